@@ -1,0 +1,19 @@
+"""The backends: one printer and one set of templates per framework.
+
+``BACKENDS`` is the only list of them; the build and the tests iterate it.
+"""
+
+from __future__ import annotations
+
+from .base import Backend
+
+
+def backends() -> dict[str, Backend]:
+    from .jax.printer import JaxBackend
+    from .numpy.printer import NumPyBackend
+    from .torch.printer import TorchBackend
+
+    return {b.name: b for b in (NumPyBackend(), JaxBackend(), TorchBackend())}
+
+
+__all__ = ["Backend", "backends"]

@@ -1,0 +1,222 @@
+"""What every backend shares: the view model handed to its template, and rendering.
+
+A backend is a folder with three parts (see README.md): ``printer.py`` (a
+printer subclass and a ``Backend`` subclass saying how a statement is
+written), ``module.py.j2`` (layout only) and the package exports template.
+The templates receive plain strings: all maths is printed here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import shutil
+import subprocess
+import sys
+from typing import Any
+
+import jinja2
+import sympy as sp
+
+from optforge.compiler.errors import BackendError
+from optforge.compiler.ir import Assign, Program, Scope, Section, base
+from optforge.compiler.render import docstring_equations
+
+from .printer import ExprPrinter
+
+HERE = pathlib.Path(__file__).parent
+
+
+@dataclasses.dataclass
+class Line:
+    code: str
+    comment: str = ""
+
+
+class Backend:
+    """How one framework's module is written. Subclasses fill in the tables."""
+
+    name = ""
+    printer: type[ExprPrinter] = ExprPrinter
+    #: rule name -> identifier in generated code (the learning rate is ``lr`` in step code everywhere)
+    names = {"learning_rate": "lr"}
+    #: scopes whose values are arrays (not Python scalars) in this backend's step code
+    array_scopes = frozenset({Scope.TENSOR, Scope.ELEMENT})
+    #: names that are arrays whatever their scope (JAX: the traced step and learning rate)
+    array_names: frozenset[str] = frozenset()
+
+    def __init__(self) -> None:
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(HERE / self.name)),
+            undefined=jinja2.StrictUndefined,
+            keep_trailing_newline=True,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+
+    # -- statements ---------------------------------------------------------------------
+
+    def make_printer(self, program: Program, scopes: dict[str, Scope]) -> ExprPrinter:
+        arrays = {n for n, s in scopes.items() if s in self.array_scopes} | set(self.array_names)
+        return self.printer(program.rule, arrays, self.names)
+
+    def statement(self, a: Assign, p: ExprPrinter) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def expr(self, expr: sp.Basic, p: ExprPrinter, equation: int | None, program: Program) -> str:
+        try:
+            return p.doprint(expr)
+        except BackendError as exc:
+            if equation is None or exc.equation is not None:
+                raise
+            eq = program.equations[equation - 1]
+            raise BackendError(program.rule, self.name, exc.node, equation=f"{equation} `{eq.text()}`") from None
+
+    def section_lines(self, program: Program, section: Section, p: ExprPrinter) -> list[Line]:
+        out: list[Line] = []
+        last = None
+        for a in section.body:
+            comment = ""
+            if a.equation is not None and a.label != last:
+                comment = a.label
+                last = a.label
+            try:
+                code = self.statement(a, p)
+            except BackendError as exc:
+                if a.equation is None or exc.equation is not None:
+                    raise
+                eq = program.equations[a.equation - 1]
+                raise BackendError(program.rule, self.name, exc.node, equation=f"{a.equation} `{eq.text()}`") from None
+            for i, c in enumerate(code):
+                out.append(Line(c, comment if i == 0 else ""))
+        return out
+
+    # -- the view model -------------------------------------------------------------------
+
+    def context(self, program: Program) -> dict[str, Any]:
+        from optforge.compiler.passes.scope import scopes_of
+
+        scopes = scopes_of(program)
+        p = self.make_printer(program, scopes)
+        cases = []
+        for i, case in enumerate(program.cases):
+            sections = self.case_sections(case)
+            printed = []
+            for s in sections:
+                printed.append(
+                    {
+                        "kind": s.kind,
+                        "lines": self.section_lines(program, s, p),
+                        "states": [n for n in self.section_states(program, s)],
+                    }
+                )
+            cond = case.test
+            keyword = "if" if i == 0 else ("else" if i == len(program.cases) - 1 else "elif")
+            cases.append(
+                {
+                    "keyword": keyword if len(program.cases) > 1 else "",
+                    "condition": "" if cond is sp.true or keyword == "else" else p.doprint(cond),
+                    "sections": printed,
+                    "states": sorted(case.states, key=[s.name for s in program.states].index),
+                }
+            )
+        states = [
+            {
+                "name": s.name,
+                "meaning": s.meaning,
+                "scope": s.scope,
+                "init": p.doprint(s.init),
+                "zero": s.init == 0,
+                "when": "" if s.allocated_when is sp.true else p.doprint(s.allocated_when),
+            }
+            for s in program.states
+        ]
+        hypers = [
+            {
+                "name": h.name,
+                "default": repr(h.default),
+                "kind": h.kind,
+                "meaning": h.meaning,
+                "low": _num(h.interval.low) if h.interval else "",
+                "high": _num(h.interval.high) if h.interval else "",
+                "low_closed": h.interval.low_closed if h.interval else False,
+                "high_closed": h.interval.high_closed if h.interval else False,
+                "interval": str(h.interval) if h.interval else "",
+            }
+            for h in program.hypers
+        ]
+        return {
+            "program": program,
+            "rule": program.rule,
+            "module": program.module,
+            "source": program.file,
+            "title": program.title,
+            "summary": program.summary,
+            "equations": docstring_equations(program),
+            "hypers": hypers,
+            "others": [h for h in hypers if h["name"] != "learning_rate"],
+            "lr": next(h for h in hypers if h["name"] == "learning_rate"),
+            "states": states,
+            # hyperparameters that decide whether a state exists, or its initial value
+            "state_conditions": sorted(
+                {str(x) for s in program.states for x in sp.sympify(s.allocated_when).free_symbols | s.init.free_symbols}
+            ),
+            "cases": cases,
+            "reads_param": program.reads_param,
+            "modules": sorted(p.modules),
+        }
+
+    def case_sections(self, case) -> tuple[Section, ...]:
+        return case.sections
+
+    def section_states(self, program: Program, section: Section) -> list[str]:
+        names = {s.name for s in program.states}
+        used = set()
+        for a in section.body:
+            used |= {base(s) for s in a.expr.free_symbols} | {a.target}
+        return [s.name for s in program.states if s.name in used and s.name in names]
+
+    def render(self, program: Program) -> str:
+        text = self.env.get_template("module.py.j2").render(**self.context(program))
+        return format_source(text, f"generated/{self.name}/{program.module}.py")
+
+    def render_exports(self, programs: list[Program]) -> str:
+        text = self.env.get_template("__init__.py.j2").render(programs=programs)
+        return format_source(text, f"generated/{self.name}/__init__.py")
+
+
+def _num(x: float) -> str:
+    if x == float("inf"):
+        return "math.inf"
+    if x == float("-inf"):
+        return "-math.inf"
+    return repr(float(x))
+
+
+def ruff_command() -> list[str]:
+    exe = shutil.which("ruff", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("ruff")
+    if exe is None:
+        raise RuntimeError("optforge build formats its output with ruff; install it: pip install -e '.[dev]'")
+    return [exe]
+
+
+def format_source(text: str, filename: str) -> str:
+    """Format with ruff (line length 110, the project's setting) and drop unused imports."""
+    config = ["--config", "line-length=110", "--config", "target-version='py311'"]
+    fixed = subprocess.run(
+        ruff_command() + ["check", "--fix", "--select", "F401,I", "--quiet", *config, "--stdin-filename", filename, "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+    )
+    if fixed.returncode not in (0, 1):
+        raise RuntimeError(f"ruff check failed on {filename}:\n{fixed.stderr}")
+    out = subprocess.run(
+        ruff_command() + ["format", *config, "--stdin-filename", filename, "-"],
+        input=fixed.stdout or text,
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"ruff could not format the generated {filename} (a template bug):\n{out.stderr}\n{text}")
+    return out.stdout

@@ -1,0 +1,58 @@
+"""The JAX backend: pure functions of traced arrays, an optax GradientTransformation."""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from optforge.compiler.ir import Assign
+
+from ..base import Backend
+from ..printer import ExprPrinter
+
+
+class JaxPrinter(ExprPrinter):
+    backend = "jax"
+    functions = {
+        "sqrt": ("jnp.sqrt", "math.sqrt"),
+        "Abs": ("jnp.abs", "abs"),
+        "sign": ("jnp.sign", ""),
+        "exp": ("jnp.exp", "math.exp"),
+        "log": ("jnp.log", "math.log"),
+        "Max": ("jnp.maximum", "max"),
+        "Min": ("jnp.minimum", "min"),
+        "clip": ("jnp.clip", ""),
+    }
+    where_call = "jnp.where"
+    and_call = "jnp.logical_and"
+    or_call = "jnp.logical_or"
+    not_call = "jnp.logical_not"
+
+
+class JaxBackend(Backend):
+    name = "jax"
+    printer = JaxPrinter
+    # under jit the step and the learning rate (a schedule's value) are traced arrays
+    array_names = frozenset({"t", "learning_rate"})
+
+    def case_sections(self, case):
+        return case.functional_sections
+
+    def statement(self, a: Assign, p: ExprPrinter) -> list[str]:
+        if a.role == "update" and a.expr == 0:
+            return ["update = jnp.zeros_like(g)"]
+        return [f"{p.name_of(a.lhs)} = {p.doprint(a.expr)}"]
+
+    def context(self, program):
+        ctx = super().context(program)
+        _check_layout(program.rule, ctx)
+        return ctx
+
+
+def _check_layout(rule: str, ctx) -> None:
+    from optforge.compiler.errors import BackendError
+
+    for case in ctx["cases"]:
+        kinds = [s["kind"] for s in case["sections"]]
+        if kinds.count("tensor") != 1 or "step" in kinds[kinds.index("tensor") :]:
+            raise BackendError(rule, "jax", f"a case with sections {kinds} (one loop over the tensors is supported)")
+    _ = sp

@@ -1,0 +1,63 @@
+"""The torch backend: a ``torch.optim.Optimizer`` whose tensors are updated in place."""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from optforge.compiler.errors import BackendError
+from optforge.compiler.ir import Assign, Scope, base
+
+from ..base import Backend
+from ..numpy.printer import in_place
+from ..printer import ExprPrinter
+
+
+class TorchPrinter(ExprPrinter):
+    backend = "torch"
+    functions = {
+        "sqrt": ("torch.sqrt", "math.sqrt"),
+        "Abs": ("torch.abs", "abs"),
+        "sign": ("torch.sign", ""),
+        "exp": ("torch.exp", "math.exp"),
+        "log": ("torch.log", "math.log"),
+        "Max": ("torch.maximum", "max"),
+        "Min": ("torch.minimum", "min"),
+        "clip": ("torch.clamp", ""),
+    }
+    where_call = "torch.where"
+    and_call = "torch.logical_and"
+    or_call = "torch.logical_or"
+    not_call = "torch.logical_not"
+
+    def minmax(self, name: str, a: sp.Basic, rest: sp.Basic, printed_rest: str) -> str:
+        # torch.maximum needs two tensors; a tensor against a number is a clamp
+        key = "min" if name == "Max" else "max"
+        if self.is_array(a) and not self.is_array(rest):
+            return self.call("torch.clamp", self._print(a), f"{key}={printed_rest}")
+        if self.is_array(rest) and not self.is_array(a):
+            return self.call("torch.clamp", printed_rest, f"{key}={self._print(a)}")
+        return super().minmax(name, a, rest, printed_rest)
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    printer = TorchPrinter
+
+    def statement(self, a: Assign, p: ExprPrinter) -> list[str]:
+        name = p.name_of(a.lhs)
+        if a.role in ("state", "param") and a.scope >= Scope.TENSOR:
+            if not p.is_array(a.expr):
+                return [f"{name}.fill_({p.doprint(a.expr)})"]
+            return in_place(a, p, "{name}.add_({expr})", "{name}.sub_({expr})", "{name}.copy_({expr})")
+        code = p.doprint(a.expr)
+        if isinstance(a.expr, sp.Symbol) and base(a.expr) in p.arrays:
+            code += ".clone()"  # a named copy of a tensor that is updated in place later
+        return [f"{name} = {code}"]
+
+    def context(self, program):
+        ctx = super().context(program)
+        for case in ctx["cases"]:
+            kinds = [s["kind"] for s in case["sections"]]
+            if kinds.count("tensor") > 1 or ("tensor" in kinds and "step" in kinds[kinds.index("tensor") :]):
+                raise BackendError(program.rule, "torch", f"a case with sections {kinds} (one loop over the tensors is supported)")
+        return ctx

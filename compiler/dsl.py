@@ -1,0 +1,487 @@
+"""The rule DSL: an optimizer written once, as it reads in its paper.
+
+A rule declares hyperparameters (with default, valid range and meaning),
+boolean flags, state (with initial value) and the update equations in order::
+
+    rule = Rule("Adamax", title="Adamax (Keras 3)")
+    lr = rule.learning_rate(0.001)
+    beta_1 = rule.hyper("beta_1", 0.9, "[0, 1)", "decay rate of the first moment")
+    m = rule.state("m", 0, "first moment")
+    rule.assign(m, m + (1 - beta_1) * (g - m), "first moment")
+    rule.assign(w, w - lr * m, "parameter update")
+
+Assignments are sequential: an equation sees the values that the equations
+above it produced; a state that is read before it is assigned in a step has
+the value of the previous step.  ``g`` is the gradient of one parameter tensor,
+``w`` the tensor, ``t`` the 1-based step.
+
+A variant derives from a rule without copying it::
+
+    AdamaxEpsInMax = Adamax.derive("AdamaxEpsInMax", title=...)
+    AdamaxEpsInMax.replace(u, maximum(beta_2 * u, abs(g) + epsilon))
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import keyword
+import math
+import os
+import re
+import sys
+from typing import Any
+
+import sympy as sp
+
+from .errors import RuleError
+
+__all__ = [
+    "Rule",
+    "g",
+    "w",
+    "t",
+    "sqrt",
+    "exp",
+    "log",
+    "sign",
+    "maximum",
+    "minimum",
+    "where",
+    "clip",
+    "Eq",
+    "Ne",
+]
+
+#: The gradient of the current parameter tensor.
+g = sp.Symbol("g")
+#: The current parameter tensor.
+w = sp.Symbol("w")
+#: The 1-based step: 1 at the first update.
+t = sp.Symbol("t")
+
+RESERVED = {"g", "w", "t"}
+
+# Names the generated code uses for itself; a rule may not take them.
+_TAKEN = {
+    "np",
+    "jnp",
+    "jax",
+    "torch",
+    "math",
+    "optax",
+    "self",
+    "state",
+    "group",
+    "params",
+    "grads",
+    "update",
+    "updates",
+    "count",
+    "step",
+    "closure",
+    "loss",
+    "lr",
+    "treedef",
+    "keys",
+    "abs",
+    "max",
+    "min",
+    "float",
+    "int",
+    "bool",
+    "callable",
+    "zip",
+    "range",
+    "len",
+}
+_TEMP_NAME = re.compile(r"^tmp\d+$")
+
+sqrt = sp.sqrt
+exp = sp.exp
+log = sp.log
+sign = sp.sign
+maximum = sp.Max
+minimum = sp.Min
+Eq = sp.Eq
+Ne = sp.Ne
+
+
+def where(condition: Any, if_true: Any, if_false: Any) -> sp.Expr:
+    """Element-wise choice: ``if_true`` where ``condition`` holds, else ``if_false``."""
+    return sp.Piecewise((sp.sympify(if_true), condition), (sp.sympify(if_false), True))
+
+
+class clip(sp.Function):  # noqa: N801 - reads as the function it is
+    """``clip(x, low, high)``: ``x`` limited to ``[low, high]`` element-wise."""
+
+    nargs = 3
+
+
+# --------------------------------------------------------------------------------------
+# declarations
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """A range of valid values, such as ``[0, 1)``."""
+
+    low: float
+    high: float
+    low_closed: bool
+    high_closed: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Interval:
+        m = re.fullmatch(r"\s*([\[(])\s*([^,]+?)\s*,\s*([^\])]+?)\s*([\])])\s*", text)
+        if not m:
+            raise ValueError(f"a range is written like '[0, 1)' or '(0, inf)'; received {text!r}")
+        low = _number(m.group(2))
+        high = _number(m.group(3))
+        return cls(low, high, m.group(1) == "[", m.group(4) == "]")
+
+    def __contains__(self, value: float) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return above and below
+
+    def __str__(self) -> str:
+        lo = "[" if self.low_closed else "("
+        hi = "]" if self.high_closed else ")"
+        return f"{lo}{_fmt(self.low)}, {_fmt(self.high)}{hi}"
+
+
+def _number(text: str) -> float:
+    text = text.strip().lower()
+    if text in ("inf", "+inf", "infinity"):
+        return math.inf
+    if text in ("-inf", "-infinity"):
+        return -math.inf
+    return float(text)
+
+
+def _fmt(x: float) -> str:
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return repr(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyper:
+    """A hyperparameter: a number fixed by the user (or, for the learning rate, a schedule)."""
+
+    name: str
+    default: float | bool | None
+    kind: str  # "float", "bool" or "learning_rate"
+    interval: Interval | None
+    meaning: str
+    latex: str
+
+    @property
+    def symbol(self) -> sp.Symbol:
+        return sp.Symbol(self.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    """A value the optimizer keeps between steps."""
+
+    name: str
+    init: sp.Expr
+    meaning: str
+    latex: str
+    scope: str | None  # declared scope ("element", "tensor", "global") or None: inferred
+
+    @property
+    def symbol(self) -> sp.Symbol:
+        return sp.Symbol(self.name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Equation:
+    """``target <- expr``, in force when the static condition ``when`` holds."""
+
+    target: str
+    expr: sp.Expr
+    label: str
+    when: Any  # a sympy boolean of flags and hyperparameters
+    origin: str  # "rules/adamax.py:31"
+    kind: str  # "assign" (state, w or g) or "let" (a named intermediate value)
+
+    def text(self) -> str:
+        arrow = "=" if self.kind == "let" else "<-"
+        cond = "" if self.when is sp.true else f"    (when {self.when})"
+        return f"{self.target} {arrow} {self.expr}{cond}"
+
+
+def _origin() -> str:
+    """file:line of the first caller outside this module."""
+    frame = sys._getframe(1)
+    here = os.path.abspath(__file__)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename) == here:
+        frame = frame.f_back
+    if frame is None:
+        return "<unknown>"
+    path = frame.f_code.co_filename
+    parts = path.replace(os.sep, "/").split("/")
+    if "rules" in parts:
+        path = "/".join(parts[len(parts) - 1 - parts[::-1].index("rules") :])
+    else:
+        path = os.path.basename(path)
+    return f"{path}:{frame.f_lineno}"
+
+
+def _snake(name: str) -> str:
+    s = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name)
+    s = re.sub(r"(?<=[A-Z])([A-Z][a-z])", r"_\1", s)
+    return s.lower()
+
+
+# --------------------------------------------------------------------------------------
+# the rule
+
+
+class Rule:
+    """An optimizer's update rule, written once for every backend.
+
+    ``name`` is the class name the backends generate (``Adamax``); the module
+    and the JAX function take its snake-case form (``adamax``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        title: str,
+        summary: str = "",
+        references: tuple[str, ...] | list[str] = (),
+        module: str | None = None,
+    ) -> None:
+        if not name.isidentifier() or not name[0].isupper():
+            raise RuleError(name, "a rule's name is a class name such as 'Adamax'")
+        self.name = name
+        self.module = module or _snake(name)
+        self.title = title
+        self.summary = summary
+        self.references = tuple(references)
+        self.file = _origin().rsplit(":", 1)[0]
+        self.base: str | None = None
+        self.hypers: dict[str, Hyper] = {}
+        self.states: dict[str, State] = {}
+        self.equations: list[Equation] = []
+        self.configs: dict[str, dict[str, Any]] = {"default": {}}
+
+    def __repr__(self) -> str:
+        return f"<Rule {self.name}: {len(self.equations)} equations>"
+
+    # -- declarations ---------------------------------------------------------------
+
+    def _declare_name(self, name: str, what: str) -> None:
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise RuleError(self.name, f"{what} name {name!r} is not a Python identifier", origin=_origin())
+        if name in RESERVED or name in _TAKEN or _TEMP_NAME.match(name) or name.startswith("_"):
+            raise RuleError(
+                self.name,
+                f"{what} name '{name}' is reserved (g, w, t are the gradient, parameter and step;"
+                " the generated code uses the others itself)",
+                origin=_origin(),
+                hint="choose another name",
+            )
+        if name in self.hypers or name in self.states or any(e.kind == "let" and e.target == name for e in self.equations):
+            raise RuleError(self.name, f"'{name}' is declared twice", origin=_origin(), hint="give it one declaration")
+
+    def learning_rate(
+        self, default: float, meaning: str = "step size (a float, or a schedule step -> lr)", *, latex: str = r"\eta"
+    ) -> sp.Symbol:
+        """Declare the learning rate ``learning_rate`` (``lr`` in torch): a float in [0, inf) or a schedule."""
+        if "learning_rate" in self.hypers:
+            raise RuleError(self.name, "the learning rate is declared twice", origin=_origin())
+        interval = Interval(0.0, math.inf, True, False)
+        self._check_default("learning_rate", default, interval)
+        self.hypers["learning_rate"] = Hyper("learning_rate", float(default), "learning_rate", interval, meaning, latex)
+        return sp.Symbol("learning_rate")
+
+    def hyper(self, name: str, default: float, range: str, meaning: str, *, latex: str | None = None) -> sp.Symbol:
+        """Declare a real hyperparameter with its default, its valid range ('[0, 1)') and a one-line meaning."""
+        self._declare_name(name, "hyperparameter")
+        interval = Interval.parse(range)
+        self._check_default(name, default, interval)
+        self.hypers[name] = Hyper(name, float(default), "float", interval, meaning, latex or _latex_name(name))
+        return sp.Symbol(name)
+
+    def flag(self, name: str, default: bool, meaning: str, *, latex: str | None = None) -> sp.Symbol:
+        """Declare a boolean option; use it in ``when=`` or in ``where(flag, a, b)``."""
+        self._declare_name(name, "flag")
+        if not isinstance(default, bool):
+            raise RuleError(self.name, f"flag '{name}' needs a bool default, received {default!r}", origin=_origin())
+        self.hypers[name] = Hyper(name, default, "bool", None, meaning, latex or rf"\mathrm{{{name}}}")
+        return sp.Symbol(name)
+
+    def state(
+        self, name: str, init: Any = 0, meaning: str = "", *, latex: str | None = None, scope: str | None = None
+    ) -> sp.Symbol:
+        """Declare a state with its initial value (a number or an expression of hyperparameters)."""
+        self._declare_name(name, "state")
+        if scope not in (None, "element", "tensor", "global"):
+            raise RuleError(
+                self.name, f"state '{name}': scope must be 'element', 'tensor' or 'global', received {scope!r}", origin=_origin()
+            )
+        self.states[name] = State(name, sp.sympify(init), meaning, latex or _latex_name(name), scope)
+        return sp.Symbol(name)
+
+    def _check_default(self, name: str, default: Any, interval: Interval) -> None:
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            raise RuleError(self.name, f"hyperparameter '{name}' needs a number as default, received {default!r}", origin=_origin())
+        if default not in interval:
+            raise RuleError(
+                self.name,
+                f"the default of '{name}' is {default!r}, outside its range {interval}",
+                origin=_origin(),
+                hint="fix the default or the range",
+            )
+
+    # -- equations --------------------------------------------------------------------
+
+    def let(self, name: str, expr: Any, label: str = "") -> sp.Symbol:
+        """A named intermediate value, recomputed every step (not kept)."""
+        self._declare_name(name, "value")
+        self.equations.append(Equation(name, sp.sympify(expr), label or name, sp.true, _origin(), "let"))
+        return sp.Symbol(name)
+
+    def assign(self, target: sp.Symbol, expr: Any, label: str = "", *, when: Any = True) -> None:
+        """``target <- expr``: update a state, the parameter ``w`` or the gradient ``g``."""
+        self.equations.append(self._equation(target, expr, label, when))
+
+    def _equation(self, target: Any, expr: Any, label: str, when: Any) -> Equation:
+        if not isinstance(target, sp.Symbol):
+            raise RuleError(self.name, f"the target of an assignment must be a state, w or g; received {target!r}", origin=_origin())
+        try:
+            expr = sp.sympify(expr)
+            when = sp.sympify(when)
+        except (sp.SympifyError, TypeError) as exc:
+            raise RuleError(self.name, f"cannot read the expression assigned to '{target}': {exc}", origin=_origin()) from None
+        return Equation(target.name, expr, label or _default_label(target.name), when, _origin(), "assign")
+
+    def config(self, name: str, **values: Any) -> None:
+        """A named configuration that the tests run (hyperparameter values)."""
+        unknown = set(values) - set(self.hypers)
+        if unknown:
+            raise RuleError(self.name, f"config '{name}' sets unknown hyperparameters {sorted(unknown)}", origin=_origin())
+        self.configs[name] = dict(values)
+
+    # -- variants ---------------------------------------------------------------------
+
+    def derive(self, name: str, *, title: str, summary: str = "", references: tuple[str, ...] | None = None) -> Rule:
+        """A new rule that starts as a copy of this one; change it with replace/insert/remove."""
+        new = copy.copy(self)
+        new.__dict__ = {k: copy.copy(v) for k, v in self.__dict__.items()}
+        new.name = name
+        new.module = _snake(name)
+        new.title = title
+        new.summary = summary or self.summary
+        new.references = self.references if references is None else tuple(references)
+        new.file = _origin().rsplit(":", 1)[0]
+        new.base = self.name
+        new.configs = {"default": {}}
+        return new
+
+    def _find(self, target: str, occurrence: int | None) -> int:
+        hits = [i for i, e in enumerate(self.equations) if e.target == target]
+        if not hits:
+            raise RuleError(self.name, f"no equation assigns '{target}'", origin=_origin())
+        if occurrence is None:
+            if len(hits) > 1:
+                raise RuleError(
+                    self.name,
+                    f"'{target}' is assigned {len(hits)} times; say which with occurrence=0..{len(hits) - 1}",
+                    origin=_origin(),
+                )
+            return hits[0]
+        if not 0 <= occurrence < len(hits):
+            raise RuleError(self.name, f"'{target}' has no occurrence {occurrence} (it has {len(hits)})", origin=_origin())
+        return hits[occurrence]
+
+    def replace(
+        self, target: sp.Symbol, expr: Any, label: str | None = None, *, when: Any = None, occurrence: int | None = None
+    ) -> Rule:
+        """Replace the equation that assigns ``target`` (keeps its label and condition unless given)."""
+        i = self._find(target.name, occurrence)
+        old = self.equations[i]
+        new = self._equation(target, expr, label or old.label, old.when if when is None else when)
+        self.equations[i] = dataclasses.replace(new, kind=old.kind)
+        return self
+
+    def insert(
+        self,
+        target: sp.Symbol,
+        expr: Any,
+        label: str = "",
+        *,
+        before: sp.Symbol | None = None,
+        after: sp.Symbol | None = None,
+        occurrence: int | None = None,
+        when: Any = True,
+    ) -> Rule:
+        """Add ``target <- expr`` before or after the equation that assigns another symbol."""
+        if (before is None) == (after is None):
+            raise RuleError(self.name, "insert() needs exactly one of before= or after=", origin=_origin())
+        anchor = before if before is not None else after
+        i = self._find(anchor.name, occurrence) + (0 if before is not None else 1)
+        self.equations.insert(i, self._equation(target, expr, label, when))
+        return self
+
+    def remove(self, target: sp.Symbol, *, occurrence: int | None = None) -> Rule:
+        """Drop the equation that assigns ``target``."""
+        del self.equations[self._find(target.name, occurrence)]
+        return self
+
+    def set_default(self, name: str, value: Any) -> Rule:
+        """Change a hyperparameter's default (the range stays)."""
+        if name not in self.hypers:
+            raise RuleError(self.name, f"no hyperparameter '{name}' to set a default for", origin=_origin())
+        h = self.hypers[name]
+        if h.kind == "bool":
+            if not isinstance(value, bool):
+                raise RuleError(self.name, f"flag '{name}' needs a bool default, received {value!r}", origin=_origin())
+        else:
+            self._check_default(name, value, h.interval)
+            value = float(value)
+        self.hypers = {**self.hypers, name: dataclasses.replace(h, default=value)}
+        return self
+
+
+def _default_label(target: str) -> str:
+    return {"w": "parameter update", "g": "gradient"}.get(target, target.replace("_", " "))
+
+
+_GREEK = {
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "eta",
+    "theta",
+    "lambda",
+    "mu",
+    "nu",
+    "rho",
+    "sigma",
+    "tau",
+    "phi",
+    "psi",
+    "omega",
+}
+
+
+def _latex_name(name: str) -> str:
+    """``beta_1`` -> ``\\beta_1``, ``epsilon`` -> ``\\epsilon``, ``momentum`` -> ``\\mathrm{momentum}``."""
+    head, _, tail = name.partition("_")
+    if head in _GREEK:
+        head = "\\" + head
+    elif len(head) > 1:
+        head = rf"\mathrm{{{head}}}"
+    if tail:
+        tail = tail if len(tail) == 1 or tail.isdigit() else rf"\mathrm{{{tail}}}"
+        return f"{head}_{{{tail}}}"
+    return head

@@ -1,0 +1,142 @@
+"""The IR: a few frozen dataclasses, the only things the passes pass around.
+
+A :class:`Program` is a rule after lowering: its declarations and one
+:class:`Case` per combination of static conditions (flags, hyperparameter
+tests such as ``momentum == 0``). Each case is straight-line code in SSA form:
+every assignment defines a new version of its target, ``m`` (the value at the
+start of the step), ``m.1``, ``m.2``... Backends print every version of a name
+with the same identifier; the verifier checks that no overwritten version is
+read afterwards.
+
+Scopes say how many values a quantity has: one for the optimizer's life
+(``CONST``: hyperparameters), one per step (``GLOBAL``: the step, the learning
+rate, global state and reductions over all tensors), one per parameter tensor
+(``TENSOR``: per-tensor state, reductions over one tensor) or one per element
+(``ELEMENT``: the shape of the parameter).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+import sympy as sp
+
+from .dsl import Equation, Hyper
+
+
+class Scope(enum.IntEnum):
+    CONST = 0
+    GLOBAL = 1
+    TENSOR = 2
+    ELEMENT = 3
+
+    @property
+    def word(self) -> str:
+        return {0: "constant", 1: "global", 2: "per tensor", 3: "per element"}[int(self)]
+
+
+def ssa(name: str, version: int) -> sp.Symbol:
+    """The symbol of one version of a name: ``m`` for version 0, ``m.2`` for version 2."""
+    return sp.Symbol(name if version == 0 else f"{name}.{version}")
+
+
+def base(symbol: sp.Symbol) -> str:
+    """The name a versioned symbol belongs to."""
+    return symbol.name.partition(".")[0]
+
+
+def version(symbol: sp.Symbol) -> int:
+    _, _, v = symbol.name.partition(".")
+    return int(v) if v else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Assign:
+    """``target.version = expr``."""
+
+    target: str
+    version: int
+    expr: sp.Expr
+    role: str  # "state", "param", "grad", "let", "temp" (compiler's), "update" (the increment)
+    scope: Scope = Scope.ELEMENT
+    label: str = ""
+    equation: int | None = None  # 1-based number of the rule's equation, None for compiler temps
+    origin: str = ""
+    section: int = 0  # index of the section (see schedule pass) that computes it
+
+    @property
+    def lhs(self) -> sp.Symbol:
+        return ssa(self.target, self.version)
+
+
+@dataclasses.dataclass(frozen=True)
+class StateVar:
+    name: str
+    init: sp.Expr
+    scope: Scope
+    meaning: str
+    latex: str
+    allocated_when: Any  # static condition under which the state exists (sp.true: always)
+    declared: Scope | None = None  # the scope the rule declared, if it did
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """A run of assignments: once per step (``kind='step'``) or in a loop over the tensors."""
+
+    kind: str  # "step" or "tensor"
+    body: tuple[Assign, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """Straight-line code for one combination of static conditions."""
+
+    condition: Any  # exact sympy boolean over flags and hyperparameter tests; sp.true if unconditional
+    body: tuple[Assign, ...]  # in-place form: assigns ``w`` (NumPy, torch)
+    test: Any = sp.true  # the condition, simplified given that the earlier cases' tests failed (if/elif/else)
+    functional: tuple[Assign, ...] = ()  # increment form: assigns ``update`` = w_new - w (JAX)
+    sections: tuple[Section, ...] = ()
+    functional_sections: tuple[Section, ...] = ()
+
+    @property
+    def states(self) -> frozenset[str]:
+        return frozenset(a.target for a in self.body if a.role == "state")
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    rule: str
+    module: str
+    title: str
+    summary: str
+    references: tuple[str, ...]
+    file: str
+    base: str | None
+    hypers: tuple[Hyper, ...]
+    states: tuple[StateVar, ...]
+    equations: tuple[Equation, ...]  # as written, for documentation
+    cases: tuple[Case, ...]
+    configs: dict[str, dict[str, Any]]
+    passes: tuple[str, ...] = ()
+
+    def hyper(self, name: str) -> Hyper:
+        return next(h for h in self.hypers if h.name == name)
+
+    def state(self, name: str) -> StateVar:
+        return next(s for s in self.states if s.name == name)
+
+    @property
+    def reads_param(self) -> bool:
+        """Whether the update reads the parameter's value (JAX's update then needs ``params``)."""
+        w = sp.Symbol("w")
+        return any(w in a.expr.free_symbols for c in self.cases for a in c.functional)
+
+    @property
+    def flags(self) -> tuple[Hyper, ...]:
+        return tuple(h for h in self.hypers if h.kind == "bool")
+
+    def replace(self, **changes: Any) -> Program:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,1 @@
+"""Compiler passes: each a pure function Program -> Program, in its own file."""

@@ -1,0 +1,62 @@
+"""Common-subexpression elimination, per case and per form (in-place and increment).
+
+SymPy's ``cse`` finds the repeated subexpressions; this pass places each
+temporary as late as it may go (just before its first use, so the generated
+code reads in the rule's order) but before anything it reads is overwritten
+in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import sympy as sp
+
+from ..ir import Assign, Program, base
+from .scope import scope_of, scopes_of
+
+
+def eliminate_common_subexpressions(program: Program) -> Program:
+    scopes = scopes_of(program)
+    cases = tuple(
+        dataclasses.replace(c, body=_cse(c.body, scopes), functional=_cse(c.functional, scopes)) for c in program.cases
+    )
+    return program.replace(cases=cases, passes=program.passes + ("eliminate_common_subexpressions",))
+
+
+def _cse(body: tuple[Assign, ...], scopes: dict) -> tuple[Assign, ...]:
+    if not body:
+        return body
+    names = sp.numbered_symbols("tmp")
+    replacements, reduced = sp.cse([a.expr for a in body], symbols=names, order="none")
+    if not replacements:
+        return body
+    stmts = [dataclasses.replace(a, expr=e) for a, e in zip(body, reduced)]
+    temps = {sym: expr for sym, expr in replacements}
+    scopes = dict(scopes)
+    for sym, expr in replacements:
+        scopes[sym.name] = scope_of(expr, scopes)
+
+    # position p: the temp is emitted just before statement p
+    position: dict[sp.Symbol, int] = {}
+    for sym, expr in reversed(replacements):
+        uses = [i for i, a in enumerate(stmts) if sym in a.expr.free_symbols]
+        uses += [position[o] for o, oe in temps.items() if o in position and sym in oe.free_symbols]
+        p = min(uses)
+        inputs = {base(s) for s in expr.free_symbols if s not in temps}
+        defined_at = max(
+            [i + 1 for i, a in enumerate(stmts) if a.lhs in expr.free_symbols] or [0]
+        )
+        overwritten = [i for i, a in enumerate(stmts) if i >= defined_at and a.target in inputs]
+        if overwritten and min(overwritten) < p:
+            p = min(overwritten)
+        position[sym] = p
+
+    out: list[Assign] = []
+    order = list(temps)
+    for i, a in enumerate(stmts + [None]):
+        for sym in sorted((s for s in order if position[s] == i), key=order.index):
+            out.append(Assign(sym.name, 0, temps[sym], "temp", scopes[sym.name]))
+        if a is not None:
+            out.append(a)
+    return tuple(out)

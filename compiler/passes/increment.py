@@ -1,0 +1,47 @@
+"""The increment form: ``update = w_new - w``, derived symbolically.
+
+optax-style transformations return the change of the parameter, not its new
+value. Subtracting at run time (``(w + d) - w``) loses the low bits of ``d``
+when ``|w| >> |d|``; instead each assignment ``w.k = w.(k-1) + d_k`` is split
+symbolically into its increment ``d_k``, and the case's functional body
+accumulates ``update = d_1 + d_2 + ...``. A later read of ``w.k`` reads
+``w + update.k``: the value ``optax.apply_updates`` will produce.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import sympy as sp
+
+from ..ir import Assign, Case, Program, Scope, ssa
+
+
+def split_increment(new: sp.Expr, old: sp.Symbol) -> sp.Expr:
+    """``new - old`` without a run-time subtraction when ``new`` is ``old + d``."""
+    if isinstance(new, sp.Add) and old in new.args:
+        return sp.Add(*[a for a in new.args if a != old])
+    return new - old
+
+
+def derive_increment(program: Program) -> Program:
+    cases = tuple(dataclasses.replace(c, functional=_functional(c)) for c in program.cases)
+    return program.replace(cases=cases, passes=program.passes + ("derive_increment",))
+
+
+def _functional(case: Case) -> tuple[Assign, ...]:
+    out: list[Assign] = []
+    subs: dict[sp.Symbol, sp.Expr] = {}
+    n = 0
+    for a in case.body:
+        expr = a.expr.xreplace(subs)
+        if a.role != "param":
+            out.append(dataclasses.replace(a, expr=expr))
+            continue
+        old = ssa("w", a.version - 1)
+        d = split_increment(a.expr, old).xreplace(subs)
+        n += 1
+        total = d if n == 1 else ssa("update", n - 1) + d
+        out.append(dataclasses.replace(a, target="update", version=n, expr=total, role="update", scope=Scope.ELEMENT))
+        subs[a.lhs] = sp.Symbol("w") + ssa("update", n)
+    return tuple(out)

@@ -1,0 +1,275 @@
+"""Lowering: a DSL rule -> a Program of straight-line cases in SSA form.
+
+Checks what can be checked on the rule as written (every symbol defined before
+use, targets that may be assigned, flags used only as conditions, static
+conditions that read only hyperparameters), then splits the rule into one case
+per combination of its static conditions and renames every assignment to a
+new version of its target.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import sympy as sp
+from sympy.logic.boolalg import Boolean, BooleanFunction
+
+from ..dsl import RESERVED, Equation, Rule
+from ..errors import RuleError
+from ..ir import Assign, Case, Program, StateVar, Scope, ssa
+
+MAX_STATIC_ATOMS = 8
+
+
+def lower(rule: Rule) -> Program:
+    _check_declarations(rule)
+    for i, eq in enumerate(rule.equations, 1):
+        _check_equation(rule, i, eq)
+    _check_every_state_assigned(rule)
+
+    atoms, encode = _static_atoms(rule)
+    cases: dict[tuple, list] = {}
+    for values in itertools.product((True, False), repeat=len(atoms)):
+        truth = dict(zip(atoms, values))
+        body = _specialise(rule, encode, truth)
+        key = tuple((a.target, a.version, sp.srepr(a.expr)) for a in body)
+        minterm = sp.And(*[a if v else sp.Not(a) for a, v in truth.items()])
+        cases.setdefault(key, [body, []])[1].append(minterm)
+
+    decode = {d: c for c, d in encode.items()}
+    program_cases = []
+    earlier = sp.false
+    for body, minterms in cases.values():
+        cond = sp.Or(*minterms)
+        exact = sp.simplify_logic(cond, form="dnf") if atoms else sp.true
+        test = sp.simplify_logic(cond, form="dnf", dontcare=earlier) if atoms else sp.true
+        earlier = sp.Or(earlier, cond)
+        program_cases.append(Case(condition=exact.xreplace(decode), test=test.xreplace(decode), body=tuple(body)))
+    for case in program_cases:
+        if not any(a.target == "w" for a in case.body):
+            raise RuleError(
+                rule.name,
+                "the parameter w is never updated" + ("" if case.condition is sp.true else f" when {case.condition}"),
+                hint="add an equation `rule.assign(w, ...)`",
+            )
+
+    declared = {"element": Scope.ELEMENT, "tensor": Scope.TENSOR, "global": Scope.GLOBAL, None: None}
+    states = tuple(
+        StateVar(s.name, s.init, Scope.ELEMENT, s.meaning, s.latex, sp.true, declared[s.scope]) for s in rule.states.values()
+    )
+    return Program(
+        rule=rule.name,
+        module=rule.module,
+        title=rule.title,
+        summary=rule.summary,
+        references=rule.references,
+        file=rule.file,
+        base=rule.base,
+        hypers=tuple(rule.hypers.values()),
+        states=states,
+        equations=tuple(rule.equations),
+        cases=tuple(program_cases),
+        configs=dict(rule.configs),
+        passes=("lower",),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# checks on the rule as written
+
+
+def _where(i: int, eq: Equation) -> dict:
+    return {"equation": f"{i} `{eq.text()}`", "origin": eq.origin}
+
+
+def _check_declarations(rule: Rule) -> None:
+    if "learning_rate" not in rule.hypers:
+        raise RuleError(rule.name, "the rule declares no learning rate", hint="add `lr = rule.learning_rate(default)`")
+    if not rule.equations:
+        raise RuleError(rule.name, "the rule has no equations", hint="add `rule.assign(w, ...)`")
+    hypers = {sp.Symbol(n) for n, h in rule.hypers.items() if h.kind == "float"}
+    for s in rule.states.values():
+        bad = s.init.free_symbols - hypers
+        if bad:
+            raise RuleError(
+                rule.name,
+                f"the initial value of state '{s.name}' is `{s.init}`, which reads {sorted(map(str, bad))};"
+                " an initial value may read only real hyperparameters (not the learning rate, flags, g, w, t or state)",
+                hint="initialise from constants, or write a first-step equation with where(t == 1, ..., ...)",
+            )
+
+
+def _check_equation(rule: Rule, i: int, eq: Equation) -> None:
+    where = _where(i, eq)
+    hypers = {n for n, h in rule.hypers.items() if h.kind != "bool"}
+    flags = {n for n, h in rule.hypers.items() if h.kind == "bool"}
+    lets = {e.target for e in rule.equations[: i - 1] if e.kind == "let"}
+    known = RESERVED | hypers | flags | set(rule.states) | lets
+
+    if eq.kind == "assign" and eq.target not in set(rule.states) | {"w", "g"} | lets:
+        what = (
+            "a hyperparameter"
+            if eq.target in hypers | flags
+            else "the step"
+            if eq.target == "t"
+            else "a value defined later"
+            if eq.target in {e.target for e in rule.equations if e.kind == "let"}
+            else "not declared"
+        )
+        raise RuleError(
+            rule.name,
+            f"'{eq.target}' cannot be assigned: it is {what}",
+            hint="assign only declared state, the parameter w or the gradient g (declare state with rule.state)",
+            **where,
+        )
+    for s in sorted(eq.expr.free_symbols | _free(eq.when), key=str):
+        if s.name not in known:
+            later = any(e.target == s.name for e in rule.equations[i - 1 :])
+            raise RuleError(
+                rule.name,
+                f"symbol '{s.name}' is not defined" + (" yet (it is defined by a later equation)" if later else ""),
+                hint="declare it with rule.hyper / rule.flag / rule.state, or define it with rule.let above this equation",
+                **where,
+            )
+    if not isinstance(eq.expr, sp.Expr):
+        raise RuleError(rule.name, f"the right-hand side is a condition, not a value: `{eq.expr}`", hint="use where(cond, a, b)", **where)
+    for s in _numeric_symbols(eq.expr):
+        if s.name in flags:
+            raise RuleError(
+                rule.name,
+                f"flag '{s.name}' is used as a number",
+                hint=f"use it as a condition: where({s.name}, a, b) or when={s.name}",
+                **where,
+            )
+    static = hypers | flags
+    bad = {s.name for s in _free(eq.when)} - static
+    if bad or sp.Symbol("learning_rate") in _free(eq.when):
+        raise RuleError(
+            rule.name,
+            f"the condition `when={eq.when}` reads {sorted(bad | ({'learning_rate'} & {s.name for s in _free(eq.when)}))};"
+            " a condition may read only flags and hyperparameters other than the learning rate",
+            hint="for a condition on data or on the step use where(cond, a, b) inside the expression",
+            **where,
+        )
+
+
+def _free(expr) -> set:
+    return set(getattr(expr, "free_symbols", set()))
+
+
+def _numeric_symbols(expr: sp.Basic) -> set[sp.Symbol]:
+    """Symbols used as values (not inside a Piecewise condition or a relational)."""
+    if isinstance(expr, sp.Symbol):
+        return {expr}
+    if isinstance(expr, sp.Piecewise):
+        out: set[sp.Symbol] = set()
+        for value, _cond in expr.args:
+            out |= _numeric_symbols(value)
+        return out
+    if isinstance(expr, (Boolean, sp.core.relational.Relational)):
+        return set()
+    out = set()
+    for arg in expr.args:
+        out |= _numeric_symbols(arg)
+    return out
+
+
+def _check_every_state_assigned(rule: Rule) -> None:
+    assigned = {e.target for e in rule.equations if e.kind == "assign"}
+    for name in rule.states:
+        if name not in assigned:
+            read = [i for i, e in enumerate(rule.equations, 1) if sp.Symbol(name) in e.expr.free_symbols]
+            raise RuleError(
+                rule.name,
+                f"state '{name}' is never updated"
+                + (f" (read by equation {read[0]})" if read else " and never read")
+                + ", so it would keep its initial value forever",
+                hint="add an equation that assigns it, or make it a hyperparameter or a rule.let",
+            )
+
+
+# --------------------------------------------------------------------------------------
+# static conditions -> cases
+
+
+def _static_atoms(rule: Rule) -> tuple[list[sp.Symbol], dict]:
+    """Boolean atoms of every static condition, each relation replaced by a dummy symbol.
+
+    ``Eq(momentum, 0)`` and ``Ne(momentum, 0)`` share one atom (``A`` and ``~A``).
+    """
+    static = {sp.Symbol(n) for n in rule.hypers if n != "learning_rate"}
+    conds = [eq.when for eq in rule.equations]
+    for eq in rule.equations:
+        for pw in eq.expr.atoms(sp.Piecewise):
+            conds += [c for _, c in pw.args if c is not sp.true and _free(c) <= static]
+    encode: dict = {}
+    atoms: list = []
+    for cond in conds:
+        for node in sp.preorder_traversal(cond):
+            if isinstance(node, sp.core.relational.Relational):
+                key = sp.Eq(*node.args) if isinstance(node, sp.Ne) else node
+                if key not in encode:
+                    encode[key] = sp.Dummy(f"c{len(encode)}")
+                    atoms.append(encode[key])
+            elif isinstance(node, sp.Symbol) and node in static and node not in atoms and not isinstance(node, sp.Dummy):
+                atoms.append(node)
+    if len(atoms) > MAX_STATIC_ATOMS:
+        raise RuleError(rule.name, f"the rule has {len(atoms)} independent static conditions; at most {MAX_STATIC_ATOMS} are supported")
+    return atoms, encode
+
+
+def _encode(cond, encode: dict):
+    def repl(node):
+        if isinstance(node, sp.Ne):
+            return sp.Not(encode[sp.Eq(*node.args)])
+        if isinstance(node, sp.core.relational.Relational) and node in encode:
+            return encode[node]
+        return node
+
+    return cond.replace(lambda n: isinstance(n, sp.core.relational.Relational), repl) if cond not in (sp.true, sp.false) else cond
+
+
+def _evaluate(cond, encode: dict, truth: dict) -> bool | None:
+    value = _encode(sp.sympify(cond), encode).xreplace({k: sp.true if v else sp.false for k, v in truth.items()})
+    if value is sp.true or value is True:
+        return True
+    if value is sp.false or value is False:
+        return False
+    return None  # depends on data
+
+
+def _collapse(expr: sp.Expr, encode: dict, truth: dict) -> sp.Expr:
+    """Resolve every Piecewise whose conditions are static under ``truth``."""
+
+    def repl(pw):
+        kept = []
+        for value, cond in pw.args:
+            v = _evaluate(cond, encode, truth) if cond is not sp.true else True
+            if v is False:
+                continue
+            kept.append((value, sp.true if v else cond))
+            if v is True:
+                break
+        if kept and kept[0][1] is sp.true:
+            return kept[0][0]
+        return sp.Piecewise(*kept)
+
+    return expr.replace(lambda n: isinstance(n, sp.Piecewise), repl)
+
+
+def _specialise(rule: Rule, encode: dict, truth: dict) -> list[Assign]:
+    current: dict[str, int] = {}
+    body: list[Assign] = []
+    for i, eq in enumerate(rule.equations, 1):
+        if not _evaluate(eq.when, encode, truth):
+            continue
+        expr = _collapse(eq.expr, encode, truth)
+        expr = expr.xreplace({sp.Symbol(n): ssa(n, v) for n, v in current.items()})
+        current[eq.target] = current.get(eq.target, 0) + 1
+        role = (
+            "let"
+            if eq.kind == "let"
+            else {"w": "param", "g": "grad"}.get(eq.target, "state" if eq.target in rule.states else "let")
+        )
+        body.append(Assign(eq.target, current[eq.target], expr, role, label=eq.label, equation=i, origin=eq.origin))
+    return body

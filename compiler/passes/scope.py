@@ -1,0 +1,93 @@
+"""Scope inference: how many values each quantity has (see ir.Scope).
+
+Hyperparameters are constant; the step and the learning rate are global; ``g``
+and ``w`` are per element. A state's scope is the widest scope of the values
+assigned to it (a fixpoint, since a state may read itself); a state whose
+declared scope is narrower than that is an error naming the equation.
+Reductions (functions that map a per-element value to one per tensor or one
+per step) narrow the scope of their argument; ``REDUCTIONS`` lists them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import sympy as sp
+
+from ..errors import RuleError
+from ..ir import Assign, Program, Scope, base
+
+#: function class name -> scope of its result (filled in by the DSL's reductions)
+REDUCTIONS: dict[str, Scope] = {}
+
+
+def scope_of(expr: sp.Basic, scopes: dict[str, Scope]) -> Scope:
+    """The scope of an expression given the scope of every name it reads."""
+    if isinstance(expr, sp.Symbol):
+        return scopes[base(expr)]
+    if isinstance(expr, sp.Function) and type(expr).__name__ in REDUCTIONS:
+        return REDUCTIONS[type(expr).__name__]
+    found = Scope.CONST
+    for arg in expr.args:
+        found = max(found, scope_of(arg, scopes))
+    return found
+
+
+def infer_scopes(program: Program) -> Program:
+    scopes: dict[str, Scope] = {h.name: Scope.CONST for h in program.hypers}
+    scopes.update({"learning_rate": Scope.GLOBAL, "t": Scope.GLOBAL, "g": Scope.ELEMENT, "w": Scope.ELEMENT})
+    declared = {s.name: s.declared for s in program.states}
+    for s in program.states:
+        scopes[s.name] = declared[s.name] or Scope.CONST
+    lets = {a.target for c in program.cases for a in c.body if a.role == "let"}
+    for name in lets:
+        scopes[name] = Scope.CONST
+
+    changed = True
+    while changed:
+        changed = False
+        for case in program.cases:
+            for a in case.body:
+                if a.role in ("param", "grad"):
+                    continue
+                s = scope_of(a.expr, scopes)
+                if s > scopes[a.target]:
+                    if a.role == "state" and declared[a.target] is not None:
+                        eq = program.equations[a.equation - 1]
+                        raise RuleError(
+                            program.rule,
+                            f"state '{a.target}' is declared {declared[a.target].word} but is assigned a value {s.word}",
+                            equation=f"{a.equation} `{eq.text()}`",
+                            origin=eq.origin,
+                            hint=f"reduce the value to one {declared[a.target].word} (e.g. with a tensor reduction)"
+                            " or declare the state with a wider scope",
+                        )
+                    scopes[a.target] = s
+                    changed = True
+
+    for s in program.states:  # a state updated from constants only is still one value per step
+        scopes[s.name] = max(scopes[s.name], Scope.GLOBAL)
+    states = tuple(dataclasses.replace(s, scope=scopes[s.name]) for s in program.states)
+    cases = tuple(
+        dataclasses.replace(c, body=tuple(_with_scope(a, scopes) for a in c.body)) for c in program.cases
+    )
+    return program.replace(states=states, cases=cases, passes=program.passes + ("infer_scopes",))
+
+
+def _with_scope(a: Assign, scopes: dict[str, Scope]) -> Assign:
+    if a.role in ("param", "grad"):
+        return dataclasses.replace(a, scope=Scope.ELEMENT)
+    return dataclasses.replace(a, scope=scopes[a.target])
+
+
+def scopes_of(program: Program) -> dict[str, Scope]:
+    """The scope of every name of a program that has been through infer_scopes."""
+    scopes: dict[str, Scope] = {h.name: Scope.CONST for h in program.hypers}
+    scopes.update({"learning_rate": Scope.GLOBAL, "t": Scope.GLOBAL, "g": Scope.ELEMENT, "w": Scope.ELEMENT})
+    scopes.update({"update": Scope.ELEMENT})
+    for s in program.states:
+        scopes[s.name] = s.scope
+    for c in program.cases:
+        for a in c.body + c.functional:
+            scopes[a.target] = a.scope
+    return scopes

@@ -1,0 +1,88 @@
+"""State analysis: what persists, under which conditions it exists, what is dead.
+
+* A state that never influences the parameter (directly or through other
+  state, in any case) is dead: an error, since it would cost memory for nothing.
+* A value assigned and then assigned again before anything reads it is lost:
+  an error for state and the parameter (the rule almost certainly meant
+  something else), silently dropped for intermediate values.
+* Intermediate values nobody reads are removed (dead-code elimination).
+* A state exists only under the static conditions of the cases that use it
+  (Keras SGD keeps no velocity when ``momentum == 0``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import sympy as sp
+
+from ..errors import RuleError
+from ..ir import Assign, Program, base
+
+
+def analyse_state(program: Program) -> Program:
+    _check_live(program)
+    cases = tuple(dataclasses.replace(c, body=_eliminate_dead(program, c.body)) for c in program.cases)
+    states = []
+    for s in program.states:
+        users = [c.condition for c in cases if any(_touches(a, s.name) for a in c.body)]
+        when = sp.simplify_logic(sp.Or(*users)) if users else sp.false
+        states.append(dataclasses.replace(s, allocated_when=when))
+    return program.replace(cases=cases, states=tuple(states), passes=program.passes + ("analyse_state",))
+
+
+def _touches(a: Assign, name: str) -> bool:
+    return a.target == name or any(base(s) == name for s in a.expr.free_symbols)
+
+
+def _check_live(program: Program) -> None:
+    deps: dict[str, set[str]] = {}
+    for c in program.cases:
+        for a in c.body:
+            deps.setdefault(a.target, set()).update(base(s) for s in a.expr.free_symbols)
+    live = {"w"}
+    todo = ["w"]
+    while todo:
+        for d in deps.get(todo.pop(), ()):
+            if d not in live:
+                live.add(d)
+                todo.append(d)
+    for s in program.states:
+        if s.name not in live:
+            eq = next(i for i, e in enumerate(program.equations, 1) if e.target == s.name)
+            raise RuleError(
+                program.rule,
+                f"state '{s.name}' is updated but never influences the parameter update (it is dead)",
+                equation=f"{eq} `{program.equations[eq - 1].text()}`",
+                origin=program.equations[eq - 1].origin,
+                hint=f"use '{s.name}' in the update of w (or of a state that w reads), or remove it",
+            )
+
+
+def _eliminate_dead(program: Program, body: tuple[Assign, ...]) -> tuple[Assign, ...]:
+    # reads that count: later assignments, and the final version of state and w (kept for the next step)
+    final = {}
+    for a in body:
+        final[a.target] = a.version
+    kept: list[Assign] = []
+    needed: set[sp.Symbol] = set()
+    for a in reversed(body):
+        persists = a.role in ("state", "param") and final[a.target] == a.version
+        if a.lhs in needed or persists:
+            kept.append(a)
+            needed |= a.expr.free_symbols
+        elif a.role in ("state", "param"):
+            later = next(b for b in body if b.target == a.target and b.version == a.version + 1)
+            eq = program.equations[a.equation - 1]
+            raise RuleError(
+                program.rule,
+                f"'{a.target}' is assigned here and again by equation {later.equation} before anything reads"
+                " this value, so it is lost",
+                equation=f"{a.equation} `{eq.text()}`",
+                origin=eq.origin,
+                hint="merge the two equations, or read the first value in the second",
+            )
+        # an unread intermediate value (let, gradient) is dropped
+    kept.reverse()
+    return tuple(kept)
+

@@ -1,0 +1,65 @@
+"""The verifier: invariants every pass must keep. Run between passes in tests.
+
+A failure here is a bug in the compiler, not in the rule: it raises
+``CompilerBug`` naming the rule, the case and the statement.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from ..ir import Program, Scope, Section, base, version
+from .scope import scope_of, scopes_of
+
+
+class CompilerBug(AssertionError):
+    pass
+
+
+def verify(program: Program) -> Program:
+    scopes = scopes_of(program)
+    for n, case in enumerate(program.cases):
+        for form, body, sections in (
+            ("in-place", case.body, case.sections),
+            ("increment", case.functional, case.functional_sections),
+        ):
+            where = f"rule '{program.rule}', case {n} ({case.condition}), {form} form"
+            if sections:
+                flat = tuple(a for s in sections for a in s.body)
+                if sorted(map(id, flat)) and len(flat) != len(body):
+                    raise CompilerBug(f"{where}: the sections hold {len(flat)} statements, the body {len(body)}")
+                _check_sections(where, sections)
+                body = flat
+            _check_body(program, where, body, scopes)
+            if form == "in-place" and any(a.role == "update" for a in body):
+                raise CompilerBug(f"{where}: the in-place form assigns `update`")
+            if form == "increment" and any(a.role == "param" for a in body):
+                raise CompilerBug(f"{where}: the increment form assigns `w`")
+    return program
+
+
+def _check_sections(where: str, sections: tuple[Section, ...]) -> None:
+    for s in sections:
+        for a in s.body:
+            if s.kind == "step" and a.scope > Scope.GLOBAL:
+                raise CompilerBug(f"{where}: `{a.lhs} = {a.expr}` ({a.scope.word}) is in a once-per-step section")
+
+
+def _check_body(program: Program, where: str, body, scopes) -> None:
+    current = {h.name: 0 for h in program.hypers}
+    current.update({"t": 0, "g": 0, "w": 0})
+    current.update({s.name: 0 for s in program.states})
+    for a in body:
+        for s in a.expr.free_symbols:
+            name = base(s)
+            if name not in current:
+                raise CompilerBug(f"{where}: `{a.lhs} = {a.expr}` reads `{s}` before it is defined")
+            if version(s) != current[name]:
+                raise CompilerBug(f"{where}: `{a.lhs} = {a.expr}` reads `{s}` but `{name}` is at version {current[name]}")
+        expected = current.get(a.target, 0) + 1 if a.role != "temp" else 0
+        if a.role != "temp" and a.version != expected:
+            raise CompilerBug(f"{where}: `{a.lhs}` should be version {expected}")
+        if scope_of(a.expr, {**scopes, **{k: scopes.get(k, Scope.ELEMENT) for k in current}}) > a.scope:
+            raise CompilerBug(f"{where}: `{a.lhs} = {a.expr}` is wider than its scope {a.scope.word}")
+        current[a.target] = a.version
+    _ = sp  # sympy is the IR's expression language

@@ -1,0 +1,32 @@
+"""The whole compiler, one pass after another."""
+
+from __future__ import annotations
+
+from .dsl import Rule
+from .ir import Program
+from .passes.cse import eliminate_common_subexpressions
+from .passes.increment import derive_increment
+from .passes.lower import lower
+from .passes.schedule import schedule
+from .passes.scope import infer_scopes
+from .passes.state import analyse_state
+from .passes.verify import verify
+
+PASSES = (
+    infer_scopes,  # how many values each quantity has: constant, global, per tensor, per element
+    analyse_state,  # what persists, under which conditions, what is dead
+    derive_increment,  # update = w_new - w, symbolically, for optax-style backends
+    eliminate_common_subexpressions,
+    schedule,  # once-per-step sections and loops over the tensors
+    verify,
+)
+
+
+def compile_rule(rule: Rule, *, check_between_passes: bool = False) -> Program:
+    """Lower a rule and run every pass; with ``check_between_passes`` the verifier runs after each."""
+    program = lower(rule)
+    for run in PASSES:
+        program = run(program)
+        if check_between_passes:
+            verify(program)
+    return program

@@ -1,0 +1,91 @@
+"""Equations as people read them: the rule's equations printed for docstrings and `optforge show`.
+
+The same rule the code is compiled from is printed here, so the docstring of a
+generated module cannot drift from its code.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.printing.precedence import PRECEDENCE
+from sympy.printing.str import StrPrinter
+
+from .dsl import Equation
+from .ir import Program
+
+
+class MathPrinter(StrPrinter):
+    """Plain-text maths: ``max(a, b)``, ``|g|``, ``sqrt(x)``, ``where(c, a, b)``, ``x^2``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def _print_Float(self, expr) -> str:
+        return repr(float(expr))
+
+    def _print_Abs(self, expr) -> str:
+        return f"|{self._print(expr.args[0])}|"
+
+    def _print_Max(self, expr) -> str:
+        return "max(" + ", ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Min(self, expr) -> str:
+        return "min(" + ", ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Piecewise(self, expr) -> str:
+        out = self._print(expr.args[-1][0])
+        for value, cond in reversed(expr.args[:-1]):
+            out = f"where({self._print(cond)}, {self._print(value)}, {out})"
+        return out
+
+    def _print_Pow(self, expr, rational=False) -> str:
+        b, e = expr.args
+        if e == sp.S.Half:
+            return f"sqrt({self._print(b)})"
+        if e == -sp.S.Half:
+            return f"1/sqrt({self._print(b)})"
+        if e == -1:
+            return "1/" + self.parenthesize(b, PRECEDENCE["Pow"])
+        return f"{self.parenthesize(b, PRECEDENCE['Pow'], strict=False)}^{self.parenthesize(e, PRECEDENCE['Pow'], strict=False)}"
+
+    def _print_Not(self, expr) -> str:
+        return f"not {self._print(expr.args[0])}"
+
+    def _print_Relational(self, expr) -> str:
+        prec = PRECEDENCE["Relational"]
+        return f"{self.parenthesize(expr.lhs, prec)} {expr.rel_op} {self.parenthesize(expr.rhs, prec)}"
+
+    _print_Equality = _print_Relational
+    _print_Unequality = _print_Relational
+
+    def _print_And(self, expr) -> str:
+        return " and ".join(self.parenthesize(a, PRECEDENCE["And"]) for a in expr.args)
+
+    def _print_Or(self, expr) -> str:
+        return " or ".join(self.parenthesize(a, PRECEDENCE["Or"]) for a in expr.args)
+
+
+def math_text(expr: sp.Basic) -> str:
+    return MathPrinter().doprint(expr)
+
+
+def equation_text(eq: Equation) -> str:
+    """``target <- expr``; when the value is the target plus terms, the target is written first."""
+    arrow = "=" if eq.kind == "let" else "<-"
+    own = sp.Symbol(eq.target)
+    if isinstance(eq.expr, sp.Add) and own in eq.expr.args:
+        rest = math_text(sp.Add(*[a for a in eq.expr.args if a != own]))
+        rest = f"- {rest[1:]}" if rest.startswith("-") else f"+ {rest}"
+        return f"{eq.target} {arrow} {eq.target} {rest}"
+    return f"{eq.target} {arrow} {math_text(eq.expr)}"
+
+
+def docstring_equations(program: Program) -> list[str]:
+    """One line per equation, with its condition when it has one."""
+    lines = []
+    for eq in program.equations:
+        text = equation_text(eq)
+        if eq.when is not sp.true:
+            text += f"    if {math_text(eq.when)}"
+        lines.append(text)
+    return lines

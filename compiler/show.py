@@ -1,0 +1,75 @@
+"""`optforge show RULE`: what a rule computes and what it stores."""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from .ir import Program, Scope
+from .render import docstring_equations, math_text
+from .passes.scope import REDUCTIONS
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for n, r in enumerate(rows):
+        out.append("  " + "  ".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip())
+        if n == 0:
+            out.append("  " + "  ".join("-" * wd for wd in widths))
+    return out
+
+
+def state_cost(program: Program, itemsize: int = 4) -> tuple[int, int, int]:
+    """(bytes per parameter element, scalars per tensor, scalars per optimizer) with every state allocated."""
+    per_element = sum(itemsize for s in program.states if s.scope == Scope.ELEMENT)
+    per_tensor = sum(1 for s in program.states if s.scope == Scope.TENSOR)
+    per_step = sum(1 for s in program.states if s.scope == Scope.GLOBAL)
+    return per_element, per_tensor, per_step
+
+
+def reductions(program: Program) -> list[str]:
+    found = []
+    for case in program.cases:
+        for a in case.body:
+            for node in sp.preorder_traversal(a.expr):
+                if type(node).__name__ in REDUCTIONS:
+                    text = math_text(node)
+                    if text not in found:
+                        found.append(text)
+    return found
+
+
+def show(program: Program) -> str:
+    lines = [f"{program.rule}: {program.title}", f"  from {program.file}" + (f", a variant of {program.base}" if program.base else "")]
+    if program.summary:
+        lines += ["", "  " + program.summary]
+    lines += ["", "equations (in order; g gradient, w parameter, t = 1, 2, ... the step):"]
+    lines += ["  " + e for e in docstring_equations(program)]
+    lines += ["", "hyperparameters:"]
+    rows = [["name", "default", "range", "meaning"]]
+    for h in program.hypers:
+        rows.append([h.name, repr(h.default), str(h.interval) if h.interval else "bool", h.meaning])
+    lines += _table(rows)
+    lines += ["", "state:"]
+    if program.states:
+        rows = [["name", "scope", "initial value", "bytes per parameter (float32)", "exists when", "meaning"]]
+        for s in program.states:
+            cost = "4" if s.scope == Scope.ELEMENT else f"one scalar {s.scope.word}"
+            when = "always" if s.allocated_when is sp.true else math_text(s.allocated_when)
+            rows.append([s.name, s.scope.word, math_text(s.init), cost, when, s.meaning])
+        lines += _table(rows)
+    else:
+        lines.append("  (none)")
+    per_element, per_tensor, per_step = state_cost(program)
+    lines.append(
+        f"  total: {per_element} bytes per float32 parameter, {per_tensor} scalar(s) per tensor, {per_step} per optimizer"
+        " (plus the step count)"
+    )
+    red = reductions(program)
+    lines += ["", "reductions:"] + (["  " + r for r in red] or ["  (none)"])
+    if len(program.cases) > 1:
+        lines += ["", "cases (static conditions, compiled separately):"]
+        for c in program.cases:
+            lines.append(f"  when {math_text(c.condition)}: updates {', '.join(sorted({a.target for a in c.body if a.role in ('state', 'param')}))}")
+    lines += ["", "passes: " + " -> ".join(program.passes)]
+    return "\n".join(lines)

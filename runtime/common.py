@@ -1,0 +1,47 @@
+"""Checks of constructor arguments, with Keras's message form.
+
+"`beta_1` must be in [0, 1). Received: beta_1=1.5"
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+
+def _interval(low: float, high: float, low_closed: bool, high_closed: bool) -> str:
+    def fmt(x: float) -> str:
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return repr(int(x)) if float(x).is_integer() else repr(x)
+
+    return f"{'[' if low_closed else '('}{fmt(low)}, {fmt(high)}{']' if high_closed else ')'}"
+
+
+def check_float(name: str, value: Any, low: float, high: float, low_closed: bool, high_closed: bool) -> float:
+    """A real hyperparameter: a Python or NumPy real number (not a bool) inside its range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a float. Received: {name}={value!r} of type {type(value).__name__}")
+    value = float(value)
+    above = value >= low if low_closed else value > low
+    below = value <= high if high_closed else value < high
+    if not (above and below) or math.isnan(value):
+        raise ValueError(f"`{name}` must be in {_interval(low, high, low_closed, high_closed)}. Received: {name}={value!r}")
+    return value
+
+
+def check_flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool. Received: {name}={value!r} of type {type(value).__name__}")
+    return value
+
+
+def check_learning_rate(value: Any, *, schedule: bool, name: str = "learning_rate") -> Any:
+    """A learning rate in [0, inf), or (where ``schedule``) a callable ``step -> lr``."""
+    if schedule and callable(value):
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        kinds = "a float or a callable schedule `step -> lr`" if schedule else "a float"
+        raise TypeError(f"`{name}` must be {kinds}. Received: {name}={value!r} of type {type(value).__name__}")
+    return check_float(name, value, 0.0, math.inf, True, False)

@@ -1,0 +1,58 @@
+"""Containers of NumPy arrays: ``params`` is a list (or tuple) or a dict of float arrays."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def leaves(params: Any, what: str = "params") -> tuple[list, list[np.ndarray]]:
+    """The keys and arrays of a list or dict of arrays, checked."""
+    if isinstance(params, dict):
+        keys = list(params)
+    elif isinstance(params, (list, tuple)):
+        keys = list(range(len(params)))
+    else:
+        raise TypeError(f"{what} must be a list or a dict of numpy arrays. Received: {type(params).__name__}")
+    if not keys:
+        raise ValueError(f"{what} is empty: expected at least one array")
+    arrays = [params[k] for k in keys]
+    for k, a in zip(keys, arrays):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{what}[{k!r}] must be a numpy.ndarray. Received: {type(a).__name__}")
+        if not np.issubdtype(a.dtype, np.floating):
+            raise TypeError(f"{what}[{k!r}] must have a floating dtype. Received: dtype={a.dtype}")
+    return keys, arrays
+
+
+def like(params: Any, arrays: list[np.ndarray]) -> Any:
+    """``arrays`` in the container type of ``params`` (dict with the same keys, or list)."""
+    if isinstance(params, dict):
+        return dict(zip(params, arrays))
+    return list(arrays)
+
+
+def check_step(params: Any, grads: Any, state: Any, names: list[str]) -> list:
+    """Keys of ``params`` after checking that grads and state match it (structure, shapes, dtypes)."""
+    keys, ws = leaves(params)
+    gkeys, gs = leaves(grads, "grads")
+    if gkeys != keys:
+        raise ValueError(f"grads must match params: expected keys {keys}, received {gkeys}")
+    for k, w, g in zip(keys, ws, gs):
+        if g.shape != w.shape or g.dtype != w.dtype:
+            raise ValueError(
+                f"grads[{k!r}] must have the shape and dtype of params[{k!r}]: expected {w.shape} {w.dtype},"
+                f" received {g.shape} {g.dtype}"
+            )
+    for name in names:
+        slot = getattr(state, name)
+        if slot is None:
+            continue
+        skeys, ss = leaves(slot, f"state.{name}")
+        if skeys != keys:
+            raise ValueError(f"state.{name} does not match params: expected keys {keys}, received {skeys}")
+        for k, w, s in zip(keys, ws, ss):
+            if s.shape != w.shape:
+                raise ValueError(f"state.{name}[{k!r}] has shape {s.shape}, params[{k!r}] has {w.shape}")
+    return keys
