@@ -1,0 +1,60 @@
+"""The reference implementations each rule is checked against, and where their semantics coincide.
+
+Sources: ../shared/REFERENCE_RULES.md section 2 (Keras 3) and section 4 (where
+Keras, torch.optim and optax agree).  Each entry maps our hyperparameters to
+the reference's constructor, or returns None where the semantics differ.
+"""
+
+from __future__ import annotations
+
+
+def keras_optimizer(rule_name: str, hypers: dict, learning_rate):
+    """Keras 3 optimizer with our hyperparameters (Keras's names are ours)."""
+    import keras
+
+    cls = {"SGD": keras.optimizers.SGD, "Adamax": keras.optimizers.Adamax, "Adagrad": keras.optimizers.Adagrad}[rule_name]
+    kw = {k: v for k, v in hypers.items() if k != "learning_rate"}
+    return cls(learning_rate=learning_rate, **kw)
+
+
+KERAS_RULES = {"SGD", "Adamax", "Adagrad"}
+
+
+def torch_optimizer(rule_name: str, hypers: dict, params, defaults: dict):
+    """torch.optim equivalent (constant learning rate only), or None where semantics differ (REFERENCE_RULES §4)."""
+    import torch
+
+    h = {**defaults, **hypers}
+    lr = h["learning_rate"]
+    if rule_name == "SGD":
+        # equal for a constant lr with dampening 0: Keras's v = -lr * torch's buffer
+        return torch.optim.SGD(params, lr=lr, momentum=h["momentum"], nesterov=h["nesterov"])
+    if rule_name == "Adamax":
+        if h["epsilon"] != 0:
+            return None  # Keras adds eps to u outside the max, torch inside: they differ unless eps = 0
+        return torch.optim.Adamax(params, lr=lr, betas=(h["beta_1"], h["beta_2"]), eps=0.0)
+    if rule_name == "Adagrad":
+        if h["epsilon"] != 0:
+            return None  # Keras: g/sqrt(a + eps); torch: g/(sqrt(a) + eps)
+        return torch.optim.Adagrad(params, lr=lr, initial_accumulator_value=h["initial_accumulator_value"], eps=0.0)
+    return None
+
+
+def optax_transform(rule_name: str, hypers: dict, defaults: dict):
+    """optax equivalent (constant learning rate), or None where semantics differ."""
+    import optax
+
+    h = {**defaults, **hypers}
+    lr = h["learning_rate"]
+    if rule_name == "SGD":
+        return optax.sgd(lr, momentum=h["momentum"] or None, nesterov=h["nesterov"])
+    if rule_name == "Adamax":
+        if h["epsilon"] != 0:
+            return None  # optax: max(|g| + eps, b2*u), as torch
+        return optax.adamax(lr, b1=h["beta_1"], b2=h["beta_2"], eps=0.0)
+    if rule_name == "Adagrad":
+        if h["initial_accumulator_value"] <= 0:
+            return None  # optax returns 0 where the accumulator is 0
+        # optax.scale_by_rss: g * rsqrt(a + eps), eps inside the root as in Keras
+        return optax.adagrad(lr, initial_accumulator_value=h["initial_accumulator_value"], eps=h["epsilon"])
+    return None

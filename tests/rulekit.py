@@ -1,0 +1,23 @@
+"""Compile a throwaway rule and import its generated modules from a temporary folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+from optforge.backends import backends
+from optforge.compiler.pipeline import compile_rule
+
+
+def load(rule, folder: pathlib.Path) -> dict:
+    """{backend: module} for a rule that is not in the registry."""
+    program = compile_rule(rule, check_between_passes=True)
+    out = {}
+    for name, backend in backends().items():
+        path = folder / f"{name}_{rule.module}.py"
+        path.write_text(backend.render(program))
+        spec = importlib.util.spec_from_file_location(f"_throwaway_{name}_{rule.module}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        out[name] = module
+    return out

@@ -1,0 +1,39 @@
+"""Every rule and configuration gives the same parameters and state in NumPy, JAX and torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cases import rule_configs
+from drivers import assert_close, problem, run, varying_lr
+
+STEPS = 100
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)], ids=["float64", "float32"])
+@pytest.mark.parametrize("rule, name, cfg", rule_configs())
+def test_backends_agree(rule, name, cfg, dtype, tol):
+    params0, grads = problem(STEPS, dtype)
+    ref_params, ref_state = run("numpy", rule, cfg, params0, grads)
+    for p in ref_params:
+        assert p.dtype == dtype
+    for backend in ("jax", "torch"):
+        params, state = run(backend, rule, cfg, params0, grads)
+        assert_close(params, ref_params, tol, f"{backend} params")
+        for n in ref_state:
+            assert (state[n] is None) == (ref_state[n] is None), f"{backend}: state {n} exists in one backend only"
+            if ref_state[n] is not None:
+                assert_close(state[n], ref_state[n], tol, f"{backend} state {n}")
+
+
+@pytest.mark.parametrize("rule, name, cfg", rule_configs())
+def test_backends_agree_with_a_schedule(rule, name, cfg):
+    params0, grads = problem(STEPS)
+    schedule = varying_lr(cfg.get("learning_rate", rule.hypers["learning_rate"].default))
+    ref_params, _ = run("numpy", rule, cfg, params0, grads, schedule)
+    const_params, _ = run("numpy", rule, cfg, params0, grads)
+    assert max(np.max(np.abs(a - b)) for a, b in zip(ref_params, const_params)) > 0, "the schedule had no effect"
+    for backend in ("jax", "torch"):
+        params, _ = run(backend, rule, cfg, params0, grads, schedule)
+        assert_close(params, ref_params, 1e-12, f"{backend} params")

@@ -1,0 +1,304 @@
+"""The compiler: broken rules are errors naming the rule and the equation; variants; the increment form."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import sympy as sp
+
+from optforge.compiler.dsl import Eq, Rule, clip, g, maximum, sqrt, t, w, where
+from optforge.compiler.errors import BackendError, RuleError
+from optforge.compiler.pipeline import compile_rule
+from optforge.rules import get, registry
+
+from drivers import assert_close, problem
+from rulekit import load
+
+
+def base_rule(name="Broken"):
+    r = Rule(name, title="a rule for tests")
+    lr = r.learning_rate(0.1)
+    return r, lr
+
+
+# --------------------------------------------------------------------------------------
+# broken rules: (what, how to build it, expected fragments of the message)
+
+
+def undefined_symbol():
+    r, lr = base_rule()
+    r.assign(w, w - lr * sp.Symbol("q") * g, "step")
+    return r
+
+
+def state_never_updated():
+    r, lr = base_rule()
+    m = r.state("m", 0, "momentum")
+    r.assign(w, w - lr * (g + m))
+    return r
+
+
+def default_outside_range():
+    r, _ = base_rule()
+    r.hyper("beta", 1.5, "[0, 1)", "decay")
+    return r
+
+
+def flag_used_as_number():
+    r, lr = base_rule()
+    f = r.flag("fancy", False, "a flag")
+    r.assign(w, w - lr * f * g)
+    return r
+
+
+def dead_state():
+    r, lr = base_rule()
+    m = r.state("m", 0, "never read")
+    r.assign(m, m + g)
+    r.assign(w, w - lr * g)
+    return r
+
+
+def state_value_lost():
+    r, lr = base_rule()
+    m = r.state("m", 0, "momentum")
+    r.assign(m, 0.9 * m + g, "first")
+    r.assign(m, g, "second")
+    r.assign(w, w - lr * m)
+    return r
+
+
+def per_tensor_state_given_elements():
+    r, lr = base_rule()
+    v = r.state("v", 0, "per-tensor second moment", scope="tensor")
+    r.assign(v, 0.9 * v + g**2, "second moment")
+    r.assign(w, w - lr * g / sqrt(v + 1))
+    return r
+
+
+def assign_to_hyperparameter():
+    r, lr = base_rule()
+    b = r.hyper("beta", 0.5, "[0, 1]", "decay")
+    r.assign(b, b * 2)
+    r.assign(w, w - lr * g)
+    return r
+
+
+def reserved_name():
+    r, _ = base_rule()
+    r.state("torch", 0, "shadows the backend")
+    return r
+
+
+def condition_on_data():
+    r, lr = base_rule()
+    r.assign(w, w - lr * g, when=sp.Gt(t, 1))
+    return r
+
+
+def no_learning_rate():
+    r = Rule("Broken", title="x")
+    r.assign(w, w - g)
+    return r
+
+
+def parameter_never_updated():
+    r, lr = base_rule()
+    m = r.state("m", 0, "momentum")
+    r.assign(m, m + lr * g)
+    return r
+
+
+def used_before_defined():
+    r, lr = base_rule()
+    r.assign(w, w - lr * sp.Symbol("d"))
+    r.let("d", g * 2)
+    return r
+
+
+BROKEN = [
+    (undefined_symbol, ["rule 'Broken'", "equation 1", "symbol 'q' is not defined", "how to fix"]),
+    (state_never_updated, ["state 'm' is never updated", "read by equation 1"]),
+    (default_outside_range, ["default of 'beta' is 1.5, outside its range [0, 1)"]),
+    (flag_used_as_number, ["equation 1", "flag 'fancy' is used as a number", "where(fancy, a, b)"]),
+    (dead_state, ["equation 1", "state 'm' is updated but never influences the parameter update"]),
+    (state_value_lost, ["equation 1", "'m' is assigned here and again by equation 2"]),
+    (per_tensor_state_given_elements, ["equation 1", "state 'v' is declared per tensor", "per element"]),
+    (assign_to_hyperparameter, ["equation 1", "'beta' cannot be assigned: it is a hyperparameter"]),
+    (reserved_name, ["state name 'torch' is reserved"]),
+    (condition_on_data, ["equation 1", "a condition may read only flags and hyperparameters"]),
+    (no_learning_rate, ["declares no learning rate"]),
+    (parameter_never_updated, ["the parameter w is never updated"]),
+    (used_before_defined, ["equation 1", "symbol 'd' is not defined yet (it is defined by a later equation)"]),
+]
+
+
+@pytest.mark.parametrize("make, fragments", BROKEN, ids=[b[0].__name__ for b in BROKEN])
+def test_broken_rule_is_a_compile_error(make, fragments):
+    with pytest.raises(RuleError) as info:
+        compile_rule(make())
+    message = str(info.value)
+    assert message.startswith("rule 'Broken'"), message
+    for f in fragments:
+        assert f in message, f"{f!r} not in:\n{message}"
+
+
+def test_error_names_the_file_and_line_of_the_equation():
+    with pytest.raises(RuleError) as info:
+        compile_rule(undefined_symbol())
+    assert "test_compiler.py:" in str(info.value)
+
+
+def test_unsupported_construct_names_the_node_and_the_backend(tmp_path):
+    r, lr = base_rule()
+    r.assign(w, w - lr * sp.sin(g))
+    with pytest.raises(BackendError) as info:
+        load(r, tmp_path)
+    message = str(info.value)
+    assert "backend cannot print `sin: sin(g)`" in message and "equation 1" in message and "rule 'Broken'" in message
+
+
+def test_every_registered_rule_passes_the_verifier_between_passes():
+    for rule in registry().values():
+        program = compile_rule(rule, check_between_passes=True)
+        assert program.passes[-1] == "schedule"
+
+
+# --------------------------------------------------------------------------------------
+# variants and new rules need no change in compiler/ or backends/
+
+
+def test_variant_in_a_few_lines_matches_torch_adamax(tmp_path):
+    """torch's Adamax is Keras's with epsilon inside the max: a variant of two replaced equations."""
+    import torch
+
+    base = get("Adamax")
+    lr, beta_1, beta_2, eps = (sp.Symbol(n) for n in ("learning_rate", "beta_1", "beta_2", "epsilon"))
+    m, u = sp.Symbol("m"), sp.Symbol("u")
+    variant = base.derive("AdamaxTorch", title="Adamax as torch.optim.Adamax")
+    variant.replace(u, maximum(beta_2 * u, abs(g) + eps))
+    variant.replace(w, w - lr / (1 - beta_1**t) * m / u)
+    variant.set_default("epsilon", 1e-8)
+    assert variant.base == "Adamax" and len(base.equations) == len(variant.equations)
+    assert base.equations[1].expr != variant.equations[1].expr, "the base rule must not change"
+
+    mods = load(variant, tmp_path)
+    params0, grads = problem(50)
+    tp = [torch.tensor(p, requires_grad=True) for p in params0]
+    ref = torch.optim.Adamax(tp, lr=0.01, betas=(0.9, 0.999), eps=1e-8)
+    for gs in grads:
+        for p, x in zip(tp, gs):
+            p.grad = torch.tensor(x)
+        ref.step()
+    want = [p.detach().numpy() for p in tp]
+
+    opt = mods["numpy"].AdamaxTorch(learning_rate=0.01)
+    params = [p.copy() for p in params0]
+    state = opt.init(params)
+    for gs in grads:
+        params, state = opt.step(params, gs, state)
+    assert_close(params, want, 1e-12, "numpy variant vs torch.optim.Adamax")
+
+    tp2 = [torch.tensor(p, requires_grad=True) for p in params0]
+    opt = mods["torch"].AdamaxTorch(tp2, lr=0.01)
+    for gs in grads:
+        for p, x in zip(tp2, gs):
+            p.grad = torch.tensor(x)
+        opt.step()
+    assert_close([p.detach().numpy() for p in tp2], want, 1e-12, "torch variant vs torch.optim.Adamax")
+
+
+def test_a_new_rule_with_where_clip_and_sign_runs_in_every_backend(tmp_path):
+    """A rule using the element-wise functions, compiled without touching compiler/ or backends/."""
+    import jax.numpy as jnp
+    import optax
+    import torch
+
+    r = Rule("SignClip", title="clipped sign descent with a warm-up")
+    lr = r.learning_rate(0.05)
+    c = r.hyper("c", 0.5, "(0, inf)", "clip value")
+    warm = r.flag("warm", True, "halve the first step")
+    m = r.state("m", 0, "momentum")
+    r.assign(m, 0.5 * m + clip(g, -c, c))
+    r.let("s", where(m > 0, sp.sign(m), 0.5 * sp.sign(m)))
+    r.assign(w, w - lr * where(Eq(t, 1), 0.5, 1.0) * sp.Symbol("s"), when=warm)
+    r.assign(w, w - lr * sp.exp(sp.log(abs(m) + 1)) * sp.Symbol("s"), when=~warm)
+    mods = load(r, tmp_path)
+
+    def model(params, grads, warm_):
+        params = [p.copy() for p in params]
+        mm = [np.zeros_like(p) for p in params]
+        for k, gs in enumerate(grads, 1):
+            for i, x in enumerate(gs):
+                mm[i] = 0.5 * mm[i] + np.clip(x, -0.5, 0.5)
+                s = np.where(mm[i] > 0, np.sign(mm[i]), 0.5 * np.sign(mm[i]))
+                if warm_:
+                    params[i] = params[i] - 0.05 * (0.5 if k == 1 else 1.0) * s
+                else:
+                    params[i] = params[i] - 0.05 * np.exp(np.log(np.abs(mm[i]) + 1)) * s
+        return params
+
+    params0, grads = problem(20)
+    for warm_ in (True, False):
+        want = model(params0, grads, warm_)
+        opt = mods["numpy"].SignClip(warm=warm_)
+        p = [x.copy() for x in params0]
+        st = opt.init(p)
+        for gs in grads:
+            p, st = opt.step(p, gs, st)
+        assert_close(p, want, 1e-12, "numpy")
+        tx = mods["jax"].sign_clip(warm=warm_)
+        jp = [jnp.asarray(x) for x in params0]
+        js = tx.init(jp)
+        for gs in grads:
+            upd, js = tx.update([jnp.asarray(x) for x in gs], js, jp)
+            jp = optax.apply_updates(jp, upd)
+        assert_close([np.asarray(x) for x in jp], want, 1e-12, "jax")
+        tp = [torch.tensor(x, requires_grad=True) for x in params0]
+        topt = mods["torch"].SignClip(tp, warm=warm_)
+        for gs in grads:
+            for q, x in zip(tp, gs):
+                q.grad = torch.tensor(x)
+            topt.step()
+        assert_close([q.detach().numpy() for q in tp], want, 1e-12, "torch")
+
+
+# --------------------------------------------------------------------------------------
+# the increment form
+
+
+def test_increment_is_derived_symbolically_not_by_subtraction():
+    program = compile_rule(get("SGD"))
+    for case in program.cases:
+        updates = [a for a in case.functional if a.role == "update"]
+        assert updates and all(sp.Symbol("w") not in a.expr.free_symbols for a in updates)
+    assert not program.reads_param
+
+
+def test_jax_update_keeps_the_low_bits_of_a_small_step_on_a_large_parameter():
+    import jax.numpy as jnp
+
+    from optforge.generated.jax import sgd
+
+    tx = sgd(learning_rate=1e-3)
+    params = [jnp.asarray(1e8)]
+    updates, _ = tx.update([jnp.asarray(1.0)], tx.init(params), params)
+    assert float(updates[0]) == -1e-3  # (w - lr*g) - w would give -0.0014901161193847656
+
+
+def test_show_lists_equations_state_scope_and_bytes():
+    out = subprocess.run([sys.executable, "-m", "optforge.cli", "show", "adamax"], capture_output=True, text=True, check=True)
+    text = out.stdout
+    assert "m <- m + (1 - beta_1)*(g - m)" in text
+    assert "per element" in text and "8 bytes per float32 parameter" in text
+    assert "reductions:" in text and "beta_1" in text and "[0, 1)" in text
+    bad = subprocess.run([sys.executable, "-m", "optforge.cli", "show", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no rule named 'nope'" in bad.stderr
+
+
+def test_sgd_stores_no_velocity_without_momentum():
+    program = compile_rule(get("SGD"))
+    assert str(program.state("velocity").allocated_when) == "Ne(momentum, 0)"

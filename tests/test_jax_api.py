@@ -1,0 +1,417 @@
+"""What a JAX / optax user expects of the generated ``optax.GradientTransformation``s.
+
+Every generic test is parametrized over the whole rule registry, so a new rule
+is covered without editing this file.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+optax = pytest.importorskip("optax")
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+
+import optforge.generated.jax as generated  # noqa: E402
+from optforge.rules import registry  # noqa: E402
+
+RULES = list(registry().values())
+RULE_IDS = [r.name for r in RULES]
+RULE_CONFIGS = [(r, name) for r in RULES for name in r.configs]
+RULE_CONFIG_IDS = [f"{r.name}-{name}" for r, name in RULE_CONFIGS]
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+
+
+def transform(rule, **kwargs) -> optax.GradientTransformation:
+    return getattr(generated, rule.module)(**kwargs)
+
+
+def config(rule, name) -> dict:
+    return dict(rule.configs[name])
+
+
+def other_hypers(rule) -> dict:
+    """A valid non-default value for every hyperparameter but the learning rate (from the configs if set)."""
+    out = {}
+    for name, h in rule.hypers.items():
+        if h.kind == "learning_rate":
+            continue
+        found = [cfg[name] for cfg in rule.configs.values() if name in cfg and cfg[name] != h.default]
+        if found:
+            out[name] = found[0]
+        elif h.kind == "bool":
+            out[name] = not h.default
+        else:
+            iv = h.interval
+            lo = iv.low if math.isfinite(iv.low) else -1.0
+            hi = iv.high if math.isfinite(iv.high) else lo + 2.0
+            out[name] = lo + 0.37 * (hi - lo)
+    return out
+
+
+def nested_params(dtype=jnp.float64, seed=0):
+    """A dict of dicts and tuples holding arrays of rank 0 to 3."""
+    rng = np.random.RandomState(seed)
+
+    def arr(*shape):
+        return jnp.asarray(rng.standard_normal(shape), dtype=dtype)
+
+    return {"a": {"b": arr(), "c": arr(2, 3, 2)}, "d": (arr(4), arr(3, 2))}
+
+
+def grad_sequence(params, n, seed, scale=1.0):
+    """``n`` fixed random gradients shaped like ``params`` (never exactly 0)."""
+    rng = np.random.RandomState(seed)
+    leaves, treedef = jax.tree.flatten(params)
+    return [
+        treedef.unflatten(
+            [jnp.asarray(scale * rng.standard_normal(leaf.shape), dtype=leaf.dtype) for leaf in leaves]
+        )
+        for _ in range(n)
+    ]
+
+
+def run(opt, params, grads_seq, update=None):
+    update = update or opt.update
+    state = opt.init(params)
+    history = []
+    for g in grads_seq:
+        updates, state = update(g, state, params)
+        params = optax.apply_updates(params, updates)
+        history.append((updates, state))
+    return params, state, history
+
+
+def assert_trees_close(a, b, rtol=1e-12, atol=1e-14):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def assert_trees_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def state_slots(state):
+    """The fields of a state that mirror the params (all but ``count``), with their values."""
+    return {k: v for k, v in state._asdict().items() if k != "count"}
+
+
+def _fmt(x: float) -> str:
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def expected_range_message(name, interval, value) -> str:
+    lo = "[" if interval.low_closed else "("
+    hi = "]" if interval.high_closed else ")"
+    return f"`{name}` must be in {lo}{_fmt(interval.low)}, {_fmt(interval.high)}{hi}. Received: {name}={value!r}"
+
+
+def out_of_range(interval) -> list[float]:
+    values = [math.nan]
+    if math.isfinite(interval.high):
+        values.append(interval.high + 1.0)
+    if math.isfinite(interval.low):
+        values.append(interval.low - 1.0)
+    if not interval.high_closed:
+        values.append(float(interval.high))
+    if not interval.low_closed:
+        values.append(float(interval.low))
+    return values
+
+
+BAD_RANGE = [
+    pytest.param(r, name, v, id=f"{r.name}-{name}={v}")
+    for r in RULES
+    for name, h in r.hypers.items()
+    if h.kind != "bool"
+    for v in out_of_range(h.interval)
+]
+NON_BOOL = [
+    pytest.param(r, name, id=f"{r.name}-{name}") for r in RULES for name, h in r.hypers.items() if h.kind != "bool"
+]
+BOOL = [pytest.param(r, name, id=f"{r.name}-{name}") for r in RULES for name, h in r.hypers.items() if h.kind == "bool"]
+
+
+# --------------------------------------------------------------------------------------
+# 1. jit
+
+
+@pytest.mark.parametrize(("rule", "cfg"), RULE_CONFIGS, ids=RULE_CONFIG_IDS)
+def test_jit_matches_eager(rule, cfg):
+    opt = transform(rule, **config(rule, cfg))
+    params = nested_params(seed=1)
+    grads = grad_sequence(params, 5, seed=2)
+    p_eager, s_eager, h_eager = run(opt, params, grads)
+    p_jit, s_jit, h_jit = run(opt, params, grads, update=jax.jit(opt.update))
+    for (u_e, st_e), (u_j, st_j) in zip(h_eager, h_jit):
+        assert_trees_close(u_e, u_j)
+        assert_trees_close(st_e, st_j)
+    assert_trees_close(p_eager, p_jit)
+    assert int(s_jit.count) == 5
+    # the params moved
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(p_jit)))
+
+
+# --------------------------------------------------------------------------------------
+# 2. pytrees
+
+
+@pytest.mark.parametrize(("rule", "cfg"), RULE_CONFIGS, ids=RULE_CONFIG_IDS)
+def test_nested_pytree_structure_and_leafwise_results(rule, cfg):
+    opt = transform(rule, **config(rule, cfg))
+    params = nested_params(seed=3)
+    grads = grad_sequence(params, 3, seed=4)
+    treedef = jax.tree.structure(params)
+
+    state = opt.init(params)
+    for name, slot in state_slots(state).items():
+        if slot is not None:
+            assert jax.tree.structure(slot) == treedef, name
+            for s, p in zip(jax.tree.leaves(slot), jax.tree.leaves(params)):
+                assert s.shape == p.shape and s.dtype == p.dtype, name
+    assert jnp.shape(state.count) == () and int(state.count) == 0
+
+    final, state, history = run(opt, params, grads)
+    for updates, st in history:
+        assert jax.tree.structure(updates) == treedef
+        assert type(st) is type(state)
+        for name, slot in state_slots(st).items():
+            if slot is not None:
+                assert jax.tree.structure(slot) == treedef, name
+    # every leaf is updated on its own: the same as optimizing that array alone
+    for i, leaf in enumerate(jax.tree.leaves(params)):
+        alone, _, _ = run(opt, leaf, [jax.tree.leaves(g)[i] for g in grads])
+        np.testing.assert_array_equal(np.asarray(alone), np.asarray(jax.tree.leaves(final)[i]))
+
+
+# --------------------------------------------------------------------------------------
+# 3. optax.chain
+
+
+@pytest.mark.parametrize(("rule", "cfg"), RULE_CONFIGS, ids=RULE_CONFIG_IDS)
+def test_inside_optax_chain(rule, cfg):
+    params = nested_params(seed=5)
+    grads = grad_sequence(params, 4, seed=6, scale=3.0)
+    assert all(float(optax.tree.norm(g)) > 1.0 for g in grads)  # the clipping acts
+
+    chained = optax.chain(optax.clip_by_global_norm(1.0), transform(rule, **config(rule, cfg)))
+    p_chain, _, h_chain = run(chained, params, grads)
+
+    clip = optax.clip_by_global_norm(1.0)
+    opt = transform(rule, **config(rule, cfg))
+    clip_state, state = clip.init(params), opt.init(params)
+    p_manual = params
+    for g, (u_chain, _) in zip(grads, h_chain):
+        clipped, clip_state = clip.update(g, clip_state, p_manual)
+        updates, state = opt.update(clipped, state, p_manual)
+        assert_trees_equal(u_chain, updates)
+        p_manual = optax.apply_updates(p_manual, updates)
+    assert_trees_equal(p_chain, p_manual)
+    # clipping changed the result
+    p_unclipped, _, _ = run(transform(rule, **config(rule, cfg)), params, grads)
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p_unclipped), jax.tree.leaves(p_chain)))
+
+
+# --------------------------------------------------------------------------------------
+# 4. schedules
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_constant_schedule_equals_float(rule):
+    others = other_hypers(rule)
+    params = nested_params(seed=7)
+    grads = grad_sequence(params, 4, seed=8)
+    p_float, s_float, _ = run(transform(rule, learning_rate=0.03, **others), params, grads)
+    for schedule in (lambda count: 0.03, optax.constant_schedule(0.03)):
+        p_sched, s_sched, _ = run(transform(rule, learning_rate=schedule, **others), params, grads)
+        assert_trees_close(p_float, p_sched)
+        assert_trees_close(s_float, s_sched)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_varying_schedule_is_applied_per_step(rule):
+    others = other_hypers(rule)
+    schedule = optax.linear_schedule(0.05, 0.005, transition_steps=5)
+    params = nested_params(seed=9)
+    grads = grad_sequence(params, 6, seed=10)
+    p_sched, _, _ = run(transform(rule, learning_rate=schedule, **others), params, grads)
+
+    # the same steps, each with a float learning rate equal to schedule(step), state carried over
+    state = transform(rule, **others).init(params)
+    p_manual = params
+    for k, g in enumerate(grads):
+        lr = float(schedule(k))  # (optax computes schedules in float32, even with x64)
+        assert lr == pytest.approx(0.05 + (0.005 - 0.05) * min(k, 5) / 5, rel=1e-6)
+        updates, state = transform(rule, learning_rate=lr, **others).update(g, state, p_manual)
+        p_manual = optax.apply_updates(p_manual, updates)
+    assert_trees_close(p_sched, p_manual)
+
+    p_const, _, _ = run(transform(rule, learning_rate=0.05, **others), params, grads)
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(p_const), jax.tree.leaves(p_sched)))
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_schedule_receives_count_from_zero(rule):
+    seen = []
+
+    def schedule(count):
+        seen.append(int(count))
+        return 0.01
+
+    params = nested_params(seed=11)
+    run(transform(rule, learning_rate=schedule), params, grad_sequence(params, 4, seed=12))
+    assert seen == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_schedule_receives_count_from_zero_under_jit(rule):
+    seen = []
+
+    def schedule(count):
+        jax.debug.callback(lambda c: seen.append(int(c)), count, ordered=True)
+        return 0.01 * (1.0 + count)
+
+    opt = transform(rule, learning_rate=schedule)
+    params = nested_params(seed=13)
+    run(opt, params, grad_sequence(params, 4, seed=14), update=jax.jit(opt.update))
+    jax.effects_barrier()
+    assert seen == [0, 1, 2, 3]
+
+
+# --------------------------------------------------------------------------------------
+# 5. dtypes
+
+
+F64_SCHEDULES = {
+    "float": None,
+    "schedule_f64": lambda count: jnp.asarray(0.02, jnp.float64) * (1.0 + 0.1 * count),
+    "linear_schedule": optax.linear_schedule(0.02, 0.01, 3),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
+@pytest.mark.parametrize("lr", list(F64_SCHEDULES))
+@pytest.mark.parametrize(("rule", "cfg"), RULE_CONFIGS, ids=RULE_CONFIG_IDS)
+def test_float32_params_keep_float32(rule, cfg, lr, jit):
+    kwargs = config(rule, cfg)
+    if F64_SCHEDULES[lr] is not None:
+        kwargs["learning_rate"] = F64_SCHEDULES[lr]
+    opt = transform(rule, **kwargs)
+    params = nested_params(dtype=jnp.float32, seed=15)
+    update = jax.jit(opt.update) if jit else opt.update
+    final, state, history = run(opt, params, grad_sequence(params, 3, seed=16), update=update)
+    for updates, st in [*history, (final, state)]:
+        for leaf in jax.tree.leaves(updates):
+            assert leaf.dtype == jnp.float32
+        for name, slot in state_slots(st).items():
+            for leaf in jax.tree.leaves(slot):
+                assert leaf.dtype == jnp.float32, name
+    assert state.count.dtype == jnp.int32
+
+
+# --------------------------------------------------------------------------------------
+# 6. lax.scan
+
+
+def _scan_vs_loop(opt, params, grads):
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *grads)
+
+    def body(carry, g):
+        p, s = carry
+        updates, s = opt.update(g, s, p)
+        return (optax.apply_updates(p, updates), s), updates
+
+    (p_scan, s_scan), u_scan = jax.jit(lambda p, s, gs: jax.lax.scan(body, (p, s), gs))(
+        params, opt.init(params), stacked
+    )
+    p_loop, s_loop, history = run(opt, params, grads)
+    return (p_scan, s_scan, u_scan), (p_loop, s_loop, history)
+
+
+@pytest.mark.parametrize(("rule", "cfg"), RULE_CONFIGS, ids=RULE_CONFIG_IDS)
+def test_lax_scan_matches_python_loop(rule, cfg):
+    opt = transform(rule, **config(rule, cfg))
+    params = nested_params(seed=17)
+    grads = grad_sequence(params, 20, seed=18)
+    (p_scan, s_scan, u_scan), (p_loop, s_loop, history) = _scan_vs_loop(opt, params, grads)
+    assert_trees_close(p_scan, p_loop)
+    assert_trees_close(s_scan, s_loop)
+    assert int(s_scan.count) == 20
+    last_updates = jax.tree.map(lambda u: u[-1], u_scan)
+    assert_trees_close(last_updates, history[-1][0])
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_lax_scan_float32_with_float64_schedule(rule):
+    opt = transform(rule, learning_rate=lambda c: jnp.asarray(0.01, jnp.float64) / (1.0 + c), **other_hypers(rule))
+    params = nested_params(dtype=jnp.float32, seed=19)
+    grads = grad_sequence(params, 20, seed=20)
+    (p_scan, s_scan, _), (p_loop, s_loop, _) = _scan_vs_loop(opt, params, grads)
+    assert_trees_close(p_scan, p_loop, rtol=1e-5, atol=1e-6)
+    for leaf in jax.tree.leaves(p_scan):
+        assert leaf.dtype == jnp.float32
+
+
+# --------------------------------------------------------------------------------------
+# 7. hyperparameter checks
+
+
+@pytest.mark.parametrize(("rule", "name", "value"), BAD_RANGE)
+def test_out_of_range_hyperparameter_raises_value_error(rule, name, value):
+    with pytest.raises(ValueError) as info:
+        transform(rule, **{name: value})
+    assert str(info.value) == expected_range_message(name, rule.hypers[name].interval, value)
+
+
+@pytest.mark.parametrize(("rule", "name"), NON_BOOL)
+@pytest.mark.parametrize("value", ["0.5", True, None], ids=["str", "bool", "None"])
+def test_non_number_hyperparameter_raises_type_error(rule, name, value):
+    with pytest.raises(TypeError, match=f"`{name}`"):
+        transform(rule, **{name: value})
+
+
+@pytest.mark.parametrize(("rule", "name"), BOOL)
+@pytest.mark.parametrize("value", ["yes", 1, None], ids=["str", "int", "None"])
+def test_non_bool_flag_raises_type_error(rule, name, value):
+    with pytest.raises(TypeError, match=f"`{name}`"):
+        transform(rule, **{name: value})
+
+
+def test_keras_form_messages_examples():
+    with pytest.raises(ValueError) as info:
+        generated.adamax(beta_1=1.5)
+    assert str(info.value) == "`beta_1` must be in [0, 1). Received: beta_1=1.5"
+    with pytest.raises(ValueError) as info:
+        generated.sgd(learning_rate=-0.1)
+    assert str(info.value) == "`learning_rate` must be in [0, inf). Received: learning_rate=-0.1"
+    with pytest.raises(TypeError):
+        generated.sgd(nesterov="yes")
+
+
+# --------------------------------------------------------------------------------------
+# 8. SGD without momentum
+
+
+def test_sgd_without_momentum_has_no_velocity():
+    params = nested_params(seed=21)
+    opt = generated.sgd(learning_rate=0.1, momentum=0.0)
+    assert opt.init(params).velocity is None
+    _, state, _ = run(opt, params, grad_sequence(params, 2, seed=22))
+    assert state.velocity is None
+    state = generated.sgd(learning_rate=0.1, momentum=0.5).init(params)
+    assert jax.tree.structure(state.velocity) == jax.tree.structure(params)
