@@ -57,7 +57,16 @@ class Backend:
     # -- statements ---------------------------------------------------------------------
 
     def make_printer(self, program: Program, scopes: dict[str, Scope]) -> ExprPrinter:
+        """A printer that knows which names hold arrays: by scope, by backend, and any value computed from one."""
         arrays = {n for n, s in scopes.items() if s in self.array_scopes} | set(self.array_names)
+        changed = True
+        while changed:
+            changed = False
+            for case in program.cases:
+                for a in case.body + case.functional:
+                    if a.target not in arrays and any(base(s) in arrays for s in a.expr.free_symbols):
+                        arrays.add(a.target)
+                        changed = True
         return self.printer(program.rule, arrays, self.names)
 
     def statement(self, a: Assign, p: ExprPrinter) -> list[str]:  # pragma: no cover - abstract
@@ -117,24 +126,26 @@ class Backend:
                     "keyword": keyword if len(program.cases) > 1 else "",
                     "condition": "" if cond is sp.true or keyword == "else" else p.doprint(cond),
                     "sections": printed,
-                    "states": sorted(case.states, key=[s.name for s in program.states].index),
+                    "states": [s.name for s in program.states if s.name in case.states and s.scope >= Scope.TENSOR],
                 }
             )
         states = [
             {
                 "name": s.name,
                 "meaning": s.meaning,
-                "scope": s.scope,
+                "scope": {Scope.ELEMENT: "element", Scope.TENSOR: "tensor", Scope.GLOBAL: "global"}[s.scope],
                 "init": p.doprint(s.init),
                 "zero": s.init == 0,
                 "when": "" if s.allocated_when is sp.true else p.doprint(s.allocated_when),
             }
             for s in program.states
+            if s.persists
         ]
         hypers = [
             {
                 "name": h.name,
                 "default": repr(h.default),
+                "required": h.default is None,
                 "kind": h.kind,
                 "meaning": h.meaning,
                 "low": _num(h.interval.low) if h.interval else "",
@@ -154,6 +165,8 @@ class Backend:
             "summary": program.summary,
             "equations": docstring_equations(program),
             "hypers": hypers,
+            "per_param": [s for s in states if s["scope"] != "global"],
+            "global_states": [s for s in states if s["scope"] == "global"],
             "others": [h for h in hypers if h["name"] != "learning_rate"],
             "lr": next(h for h in hypers if h["name"] == "learning_rate"),
             "states": states,
@@ -170,7 +183,8 @@ class Backend:
         return case.sections
 
     def section_states(self, program: Program, section: Section) -> list[str]:
-        names = {s.name for s in program.states}
+        """Per-parameter states a loop over the tensors reads or writes."""
+        names = {s.name for s in program.states if s.persists and s.scope >= Scope.TENSOR}
         used = set()
         for a in section.body:
             used |= {base(s) for s in a.expr.free_symbols} | {a.target}

@@ -117,6 +117,12 @@ class ExprPrinter(StrPrinter):
             return f"((({x}) > 0) - (({x}) < 0))"
         return self.function("sign", expr, expr.args)
 
+    def _print_TensorSum(self, expr) -> str:
+        return self.function("TensorSum", expr, expr.args)
+
+    def _print_TensorMax(self, expr) -> str:
+        return self.function("TensorMax", expr, expr.args)
+
     def _print_exp(self, expr) -> str:
         return self.function("exp", expr, expr.args)
 

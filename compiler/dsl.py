@@ -51,6 +51,14 @@ __all__ = [
     "clip",
     "Eq",
     "Ne",
+    "tensor_sum",
+    "tensor_sumsq",
+    "tensor_norm",
+    "tensor_max",
+    "global_sum",
+    "global_sumsq",
+    "global_norm",
+    "global_max",
 ]
 
 #: The gradient of the current parameter tensor.
@@ -116,6 +124,72 @@ class clip(sp.Function):  # noqa: N801 - reads as the function it is
     """``clip(x, low, high)``: ``x`` limited to ``[low, high]`` element-wise."""
 
     nargs = 3
+
+
+# --------------------------------------------------------------------------------------
+# reductions: one value per tensor, or one per step over all tensors
+
+
+class TensorSum(sp.Function):
+    """Sum over the elements of one tensor: one value per tensor."""
+
+    nargs = 1
+
+
+class TensorMax(sp.Function):
+    """Maximum over the elements of one tensor: one value per tensor."""
+
+    nargs = 1
+
+
+class GlobalSum(sp.Function):
+    """Sum over every element of every tensor of the step: one value per step."""
+
+    nargs = 1
+
+
+class GlobalMax(sp.Function):
+    """Maximum over every element of every tensor of the step: one value per step."""
+
+    nargs = 1
+
+
+def tensor_sum(x: Any) -> sp.Expr:
+    return TensorSum(sp.sympify(x))
+
+
+def tensor_sumsq(x: Any) -> sp.Expr:
+    """Sum of squares over one tensor, ``||x||^2``."""
+    return TensorSum(sp.sympify(x) ** 2)
+
+
+def tensor_norm(x: Any) -> sp.Expr:
+    """Euclidean (Frobenius) norm of one tensor, ``||x||``."""
+    return sp.sqrt(TensorSum(sp.sympify(x) ** 2))
+
+
+def tensor_max(x: Any) -> sp.Expr:
+    return TensorMax(sp.sympify(x))
+
+
+def global_sum(x: Any) -> sp.Expr:
+    return GlobalSum(sp.sympify(x))
+
+
+def global_sumsq(x: Any) -> sp.Expr:
+    return GlobalSum(sp.sympify(x) ** 2)
+
+
+def global_norm(x: Any) -> sp.Expr:
+    """Norm over all tensors of the step, ``sqrt(sum over tensors of ||x||^2)``."""
+    return sp.sqrt(GlobalSum(sp.sympify(x) ** 2))
+
+
+def global_max(x: Any) -> sp.Expr:
+    return GlobalMax(sp.sympify(x))
+
+
+REDUCTIONS = {"TensorSum": "tensor", "TensorMax": "tensor", "GlobalSum": "global", "GlobalMax": "global"}
 
 
 # --------------------------------------------------------------------------------------
@@ -291,14 +365,19 @@ class Rule:
             raise RuleError(self.name, f"'{name}' is declared twice", origin=_origin(), hint="give it one declaration")
 
     def learning_rate(
-        self, default: float, meaning: str = "step size (a float, or a schedule step -> lr)", *, latex: str = r"\eta"
+        self, default: float | None, meaning: str = "step size (a float, or a schedule step -> lr)", *, latex: str = r"\eta"
     ) -> sp.Symbol:
-        """Declare the learning rate ``learning_rate`` (``lr`` in torch): a float in [0, inf) or a schedule."""
+        """Declare the learning rate ``learning_rate`` (``lr`` in torch): a float in [0, inf) or a schedule.
+
+        ``default=None`` makes it a required argument (as in optax).
+        """
         if "learning_rate" in self.hypers:
             raise RuleError(self.name, "the learning rate is declared twice", origin=_origin())
         interval = Interval(0.0, math.inf, True, False)
-        self._check_default("learning_rate", default, interval)
-        self.hypers["learning_rate"] = Hyper("learning_rate", float(default), "learning_rate", interval, meaning, latex)
+        if default is not None:
+            self._check_default("learning_rate", default, interval)
+            default = float(default)
+        self.hypers["learning_rate"] = Hyper("learning_rate", default, "learning_rate", interval, meaning, latex)
         return sp.Symbol("learning_rate")
 
     def hyper(self, name: str, default: float, range: str, meaning: str, *, latex: str | None = None) -> sp.Symbol:

@@ -80,6 +80,7 @@ class StateVar:
     latex: str
     allocated_when: Any  # static condition under which the state exists (sp.true: always)
     declared: Scope | None = None  # the scope the rule declared, if it did
+    persists: bool = True  # False: the rule never reads the previous step's value, so nothing is stored
 
 
 @dataclasses.dataclass(frozen=True)

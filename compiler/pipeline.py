@@ -7,6 +7,7 @@ from .ir import Program
 from .passes.cse import eliminate_common_subexpressions
 from .passes.increment import derive_increment
 from .passes.lower import lower
+from .passes.reductions import extract_reductions
 from .passes.schedule import schedule
 from .passes.scope import infer_scopes
 from .passes.state import analyse_state
@@ -16,6 +17,7 @@ PASSES = (
     infer_scopes,  # how many values each quantity has: constant, global, per tensor, per element
     analyse_state,  # what persists, under which conditions, what is dead
     derive_increment,  # update = w_new - w, symbolically, for optax-style backends
+    extract_reductions,  # each distinct reduction named and computed once
     eliminate_common_subexpressions,
     schedule,  # once-per-step sections and loops over the tensors
     verify,

@@ -48,6 +48,24 @@ class MathPrinter(StrPrinter):
             return "1/" + self.parenthesize(b, PRECEDENCE["Pow"])
         return f"{self.parenthesize(b, PRECEDENCE['Pow'], strict=False)}^{self.parenthesize(e, PRECEDENCE['Pow'], strict=False)}"
 
+    def _print_TensorSum(self, expr) -> str:
+        (arg,) = expr.args
+        if isinstance(arg, sp.Pow) and arg.exp == 2:
+            return f"||{self._print(arg.base)}||^2"
+        return f"sum({self._print(arg)})"
+
+    def _print_TensorMax(self, expr) -> str:
+        return f"max_elements({self._print(expr.args[0])})"
+
+    def _print_GlobalSum(self, expr) -> str:
+        (arg,) = expr.args
+        if isinstance(arg, sp.Pow) and arg.exp == 2:
+            return f"sum_tensors ||{self._print(arg.base)}||^2"
+        return f"sum_tensors sum({self._print(arg)})"
+
+    def _print_GlobalMax(self, expr) -> str:
+        return f"max_tensors max_elements({self._print(expr.args[0])})"
+
     def _print_Not(self, expr) -> str:
         return f"not {self._print(expr.args[0])}"
 

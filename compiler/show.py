@@ -21,9 +21,10 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 def state_cost(program: Program, itemsize: int = 4) -> tuple[int, int, int]:
     """(bytes per parameter element, scalars per tensor, scalars per optimizer) with every state allocated."""
-    per_element = sum(itemsize for s in program.states if s.scope == Scope.ELEMENT)
-    per_tensor = sum(1 for s in program.states if s.scope == Scope.TENSOR)
-    per_step = sum(1 for s in program.states if s.scope == Scope.GLOBAL)
+    kept = [s for s in program.states if s.persists]
+    per_element = sum(itemsize for s in kept if s.scope == Scope.ELEMENT)
+    per_tensor = sum(1 for s in kept if s.scope == Scope.TENSOR)
+    per_step = sum(1 for s in kept if s.scope == Scope.GLOBAL)
     return per_element, per_tensor, per_step
 
 
@@ -54,8 +55,10 @@ def show(program: Program) -> str:
     if program.states:
         rows = [["name", "scope", "initial value", "bytes per parameter (float32)", "exists when", "meaning"]]
         for s in program.states:
-            cost = "4" if s.scope == Scope.ELEMENT else f"one scalar {s.scope.word}"
+            cost = "4" if s.scope == Scope.ELEMENT else ("one scalar per tensor" if s.scope == Scope.TENSOR else "one scalar")
             when = "always" if s.allocated_when is sp.true else math_text(s.allocated_when)
+            if not s.persists:
+                cost, when = "0", "never: the previous value is not read, recomputed each step"
             rows.append([s.name, s.scope.word, math_text(s.init), cost, when, s.meaning])
         lines += _table(rows)
     else:

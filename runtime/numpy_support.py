@@ -33,8 +33,11 @@ def like(params: Any, arrays: list[np.ndarray]) -> Any:
     return list(arrays)
 
 
-def check_step(params: Any, grads: Any, state: Any, names: list[str]) -> list:
-    """Keys of ``params`` after checking that grads and state match it (structure, shapes, dtypes)."""
+def check_step(params: Any, grads: Any, state: Any, scopes: dict[str, str]) -> list:
+    """Keys of ``params`` after checking that grads and state match it (structure, shapes, dtypes).
+
+    ``scopes``: per-parameter state name -> "element" (shaped like the parameter) or "tensor" (0-d).
+    """
     keys, ws = leaves(params)
     gkeys, gs = leaves(grads, "grads")
     if gkeys != keys:
@@ -45,14 +48,17 @@ def check_step(params: Any, grads: Any, state: Any, names: list[str]) -> list:
                 f"grads[{k!r}] must have the shape and dtype of params[{k!r}]: expected {w.shape} {w.dtype},"
                 f" received {g.shape} {g.dtype}"
             )
-    for name in names:
+    for name, scope in scopes.items():
         slot = getattr(state, name)
         if slot is None:
             continue
+        if not isinstance(slot, (list, tuple, dict)):
+            raise TypeError(f"state.{name} must mirror params (a list or dict). Received: {type(slot).__name__}")
         skeys, ss = leaves(slot, f"state.{name}")
         if skeys != keys:
             raise ValueError(f"state.{name} does not match params: expected keys {keys}, received {skeys}")
         for k, w, s in zip(keys, ws, ss):
-            if s.shape != w.shape:
-                raise ValueError(f"state.{name}[{k!r}] has shape {s.shape}, params[{k!r}] has {w.shape}")
+            expected = w.shape if scope == "element" else ()
+            if s.shape != expected:
+                raise ValueError(f"state.{name}[{k!r}] must have shape {expected} ({scope} state). Received: {s.shape}")
     return keys

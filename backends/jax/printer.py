@@ -21,6 +21,8 @@ class JaxPrinter(ExprPrinter):
         "Max": ("jnp.maximum", "max"),
         "Min": ("jnp.minimum", "min"),
         "clip": ("jnp.clip", ""),
+        "TensorSum": ("jnp.sum", ""),
+        "TensorMax": ("jnp.max", ""),
     }
     where_call = "jnp.where"
     and_call = "jnp.logical_and"

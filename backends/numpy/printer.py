@@ -21,6 +21,8 @@ class NumPyPrinter(ExprPrinter):
         "Max": ("np.maximum", "max"),
         "Min": ("np.minimum", "min"),
         "clip": ("np.clip", ""),
+        "TensorSum": ("np.sum", ""),
+        "TensorMax": ("np.max", ""),
     }
     where_call = "np.where"
     and_call = "np.logical_and"

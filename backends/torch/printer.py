@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sympy as sp
 
-from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import Assign, Scope, base
 
 from ..base import Backend
@@ -23,6 +22,8 @@ class TorchPrinter(ExprPrinter):
         "Max": ("torch.maximum", "max"),
         "Min": ("torch.minimum", "min"),
         "clip": ("torch.clamp", ""),
+        "TensorSum": ("torch.sum", ""),
+        "TensorMax": ("torch.amax", ""),
     }
     where_call = "torch.where"
     and_call = "torch.logical_and"
@@ -54,10 +55,3 @@ class TorchBackend(Backend):
             code += ".clone()"  # a named copy of a tensor that is updated in place later
         return [f"{name} = {code}"]
 
-    def context(self, program):
-        ctx = super().context(program)
-        for case in ctx["cases"]:
-            kinds = [s["kind"] for s in case["sections"]]
-            if kinds.count("tensor") > 1 or ("tensor" in kinds and "step" in kinds[kinds.index("tensor") :]):
-                raise BackendError(program.rule, "torch", f"a case with sections {kinds} (one loop over the tensors is supported)")
-        return ctx

@@ -29,8 +29,16 @@ def _cse(body: tuple[Assign, ...], scopes: dict) -> tuple[Assign, ...]:
         return body
     names = sp.numbered_symbols("tmp")
     replacements, reduced = sp.cse([a.expr for a in body], symbols=names, order="none")
+    # a condition (t == 1) reads better where it is used than as a named boolean
+    inline = {sym: expr for sym, expr in replacements if isinstance(expr, sp.logic.boolalg.Boolean)}
+    if inline:
+        replacements = [(sym, expr.xreplace(inline)) for sym, expr in replacements if sym not in inline]
+        reduced = [e.xreplace(inline) for e in reduced]
+        renumber = {sym: sp.Symbol(f"tmp{i}") for i, (sym, _) in enumerate(replacements)}
+        replacements = [(renumber[sym], expr.xreplace(renumber)) for sym, expr in replacements]
+        reduced = [e.xreplace(renumber) for e in reduced]
     if not replacements:
-        return body
+        return tuple(dataclasses.replace(a, expr=e) for a, e in zip(body, reduced))
     stmts = [dataclasses.replace(a, expr=e) for a, e in zip(body, reduced)]
     temps = {sym: expr for sym, expr in replacements}
     scopes = dict(scopes)

@@ -3,8 +3,9 @@
 Checks what can be checked on the rule as written (every symbol defined before
 use, targets that may be assigned, flags used only as conditions, static
 conditions that read only hyperparameters), then splits the rule into one case
-per combination of its static conditions and renames every assignment to a
-new version of its target.
+per combination of the ``when=`` conditions of its equations and renames every
+assignment to a new version of its target. A ``where(flag, a, b)`` inside an
+expression is not split: it prints as a conditional expression.
 """
 
 from __future__ import annotations
@@ -198,10 +199,7 @@ def _static_atoms(rule: Rule) -> tuple[list[sp.Symbol], dict]:
     ``Eq(momentum, 0)`` and ``Ne(momentum, 0)`` share one atom (``A`` and ``~A``).
     """
     static = {sp.Symbol(n) for n in rule.hypers if n != "learning_rate"}
-    conds = [eq.when for eq in rule.equations]
-    for eq in rule.equations:
-        for pw in eq.expr.atoms(sp.Piecewise):
-            conds += [c for _, c in pw.args if c is not sp.true and _free(c) <= static]
+    conds = [eq.when for eq in rule.equations]  # where(flag, a, b) inside an expression stays there
     encode: dict = {}
     atoms: list = []
     for cond in conds:
@@ -238,33 +236,13 @@ def _evaluate(cond, encode: dict, truth: dict) -> bool | None:
     return None  # depends on data
 
 
-def _collapse(expr: sp.Expr, encode: dict, truth: dict) -> sp.Expr:
-    """Resolve every Piecewise whose conditions are static under ``truth``."""
-
-    def repl(pw):
-        kept = []
-        for value, cond in pw.args:
-            v = _evaluate(cond, encode, truth) if cond is not sp.true else True
-            if v is False:
-                continue
-            kept.append((value, sp.true if v else cond))
-            if v is True:
-                break
-        if kept and kept[0][1] is sp.true:
-            return kept[0][0]
-        return sp.Piecewise(*kept)
-
-    return expr.replace(lambda n: isinstance(n, sp.Piecewise), repl)
-
-
 def _specialise(rule: Rule, encode: dict, truth: dict) -> list[Assign]:
     current: dict[str, int] = {}
     body: list[Assign] = []
     for i, eq in enumerate(rule.equations, 1):
         if not _evaluate(eq.when, encode, truth):
             continue
-        expr = _collapse(eq.expr, encode, truth)
-        expr = expr.xreplace({sp.Symbol(n): ssa(n, v) for n, v in current.items()})
+        expr = eq.expr.xreplace({sp.Symbol(n): ssa(n, v) for n, v in current.items()})
         current[eq.target] = current.get(eq.target, 0) + 1
         role = (
             "let"

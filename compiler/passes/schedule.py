@@ -15,6 +15,12 @@ from ..ir import Assign, Program, Scope, Section, base
 
 
 def schedule(program: Program) -> Program:
+    for case in program.cases:
+        for a in case.body:
+            if a.role == "reduce" and a.scope == Scope.GLOBAL:
+                from ..errors import RuleError
+
+                raise RuleError(program.rule, f"the reduction over all tensors `{a.expr}` is not supported by the scheduler yet")
     cases = tuple(
         dataclasses.replace(c, sections=_sections(c.body), functional_sections=_sections(c.functional))
         for c in program.cases

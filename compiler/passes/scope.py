@@ -14,11 +14,14 @@ import dataclasses
 
 import sympy as sp
 
+from ..dsl import REDUCTIONS as _DSL_REDUCTIONS
 from ..errors import RuleError
 from ..ir import Assign, Program, Scope, base
 
-#: function class name -> scope of its result (filled in by the DSL's reductions)
-REDUCTIONS: dict[str, Scope] = {}
+#: reduction function name -> scope of its result
+REDUCTIONS: dict[str, Scope] = {
+    name: {"tensor": Scope.TENSOR, "global": Scope.GLOBAL}[kind] for name, kind in _DSL_REDUCTIONS.items()
+}
 
 
 def scope_of(expr: sp.Basic, scopes: dict[str, Scope]) -> Scope:
@@ -65,6 +68,9 @@ def infer_scopes(program: Program) -> Program:
                     scopes[a.target] = s
                     changed = True
 
+    for case in program.cases:
+        for a in case.body:
+            _check_reductions(program, a, scopes)
     for s in program.states:  # a state updated from constants only is still one value per step
         scopes[s.name] = max(scopes[s.name], Scope.GLOBAL)
     states = tuple(dataclasses.replace(s, scope=scopes[s.name]) for s in program.states)
@@ -72,6 +78,27 @@ def infer_scopes(program: Program) -> Program:
         dataclasses.replace(c, body=tuple(_with_scope(a, scopes) for a in c.body)) for c in program.cases
     )
     return program.replace(states=states, cases=cases, passes=program.passes + ("infer_scopes",))
+
+
+def _check_reductions(program: Program, a: Assign, scopes: dict[str, Scope]) -> None:
+    for node in sp.preorder_traversal(a.expr):
+        if not (isinstance(node, sp.Function) and type(node).__name__ in REDUCTIONS):
+            continue
+        (arg,) = node.args
+        problem = None
+        if any(isinstance(n, sp.Function) and type(n).__name__ in REDUCTIONS for n in sp.preorder_traversal(arg)):
+            problem = "a reduction of a reduction"
+        elif scope_of(arg, scopes) < Scope.ELEMENT:
+            problem = f"a reduction of a value that is {scope_of(arg, scopes).word}, not per element"
+        if problem:
+            eq = program.equations[a.equation - 1]
+            raise RuleError(
+                program.rule,
+                f"`{node}` is {problem}",
+                equation=f"{a.equation} `{eq.text()}`",
+                origin=eq.origin,
+                hint="reduce an element-wise expression of g, w or per-element state, once",
+            )
 
 
 def _with_scope(a: Assign, scopes: dict[str, Scope]) -> Assign:

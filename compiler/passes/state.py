@@ -8,6 +8,8 @@
 * Intermediate values nobody reads are removed (dead-code elimination).
 * A state exists only under the static conditions of the cases that use it
   (Keras SGD keeps no velocity when ``momentum == 0``).
+* A state whose previous value no equation reads does not persist: it becomes
+  a temporary and costs no memory (the TF1-graph NovoGrad's ``v_t = ||g_t||^2``).
 """
 
 from __future__ import annotations
@@ -22,13 +24,30 @@ from ..ir import Assign, Program, base
 
 def analyse_state(program: Program) -> Program:
     _check_live(program)
-    cases = tuple(dataclasses.replace(c, body=_eliminate_dead(program, c.body)) for c in program.cases)
+    transient = {s.name for s in program.states if not _reads_previous(program, s.name)}
+    cases = tuple(
+        dataclasses.replace(c, body=_eliminate_dead(program, _demote(c.body, transient))) for c in program.cases
+    )
     states = []
     for s in program.states:
+        if s.name in transient:
+            states.append(dataclasses.replace(s, allocated_when=sp.false, persists=False))
+            continue
         users = [c.condition for c in cases if any(_touches(a, s.name) for a in c.body)]
         when = sp.simplify_logic(sp.Or(*users)) if users else sp.false
         states.append(dataclasses.replace(s, allocated_when=when))
     return program.replace(cases=cases, states=tuple(states), passes=program.passes + ("analyse_state",))
+
+
+def _reads_previous(program: Program, name: str) -> bool:
+    """Whether any case reads the value the state had at the start of the step."""
+    symbol = sp.Symbol(name)
+    return any(symbol in a.expr.free_symbols for c in program.cases for a in c.body)
+
+
+def _demote(body: tuple[Assign, ...], transient: set[str]) -> tuple[Assign, ...]:
+    """A state whose previous value is never read is recomputed every step: a temporary, not stored."""
+    return tuple(dataclasses.replace(a, role="let") if a.target in transient and a.role == "state" else a for a in body)
 
 
 def _touches(a: Assign, name: str) -> bool:

@@ -6,8 +6,6 @@ A failure here is a bug in the compiler, not in the rule: it raises
 
 from __future__ import annotations
 
-import sympy as sp
-
 from ..ir import Program, Scope, Section, base, version
 from .scope import scope_of, scopes_of
 
@@ -26,7 +24,7 @@ def verify(program: Program) -> Program:
             where = f"rule '{program.rule}', case {n} ({case.condition}), {form} form"
             if sections:
                 flat = tuple(a for s in sections for a in s.body)
-                if sorted(map(id, flat)) and len(flat) != len(body):
+                if len(flat) != len(body):
                     raise CompilerBug(f"{where}: the sections hold {len(flat)} statements, the body {len(body)}")
                 _check_sections(where, sections)
                 body = flat
@@ -56,10 +54,10 @@ def _check_body(program: Program, where: str, body, scopes) -> None:
                 raise CompilerBug(f"{where}: `{a.lhs} = {a.expr}` reads `{s}` before it is defined")
             if version(s) != current[name]:
                 raise CompilerBug(f"{where}: `{a.lhs} = {a.expr}` reads `{s}` but `{name}` is at version {current[name]}")
-        expected = current.get(a.target, 0) + 1 if a.role != "temp" else 0
-        if a.role != "temp" and a.version != expected:
+        fresh = a.role in ("temp", "reduce")
+        expected = 0 if fresh else current.get(a.target, 0) + 1
+        if a.version != expected:
             raise CompilerBug(f"{where}: `{a.lhs}` should be version {expected}")
         if scope_of(a.expr, {**scopes, **{k: scopes.get(k, Scope.ELEMENT) for k in current}}) > a.scope:
             raise CompilerBug(f"{where}: `{a.lhs} = {a.expr}` is wider than its scope {a.scope.word}")
         current[a.target] = a.version
-    _ = sp  # sympy is the IR's expression language

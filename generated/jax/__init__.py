@@ -3,6 +3,10 @@
 
 from .adagrad import AdagradState, adagrad
 from .adamax import AdamaxState, adamax
+from .nadam import NadamState, nadam
+from .novo_grad_tf1 import NovoGradTF1State, novo_grad_tf1
+from .novograd import NovoGradState, novograd
+from .optax_novograd import OptaxNovoGradState, optax_novograd
 from .sgd import SGDState, sgd
 
 __all__ = [
@@ -10,6 +14,14 @@ __all__ = [
     "AdagradState",
     "adamax",
     "AdamaxState",
+    "nadam",
+    "NadamState",
+    "novograd",
+    "NovoGradState",
+    "novo_grad_tf1",
+    "NovoGradTF1State",
+    "optax_novograd",
+    "OptaxNovoGradState",
     "sgd",
     "SGDState",
 ]

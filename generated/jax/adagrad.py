@@ -33,7 +33,7 @@ class AdagradState(NamedTuple):
     """State of :func:`adagrad`; each entry but ``count`` mirrors the params pytree."""
 
     count: jax.Array  # updates done so far (int32)
-    accumulator: Any  # sum of squared gradients
+    accumulator: Any  # sum of squared gradients (like the params)
 
 
 def adagrad(

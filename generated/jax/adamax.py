@@ -34,8 +34,8 @@ class AdamaxState(NamedTuple):
     """State of :func:`adamax`; each entry but ``count`` mirrors the params pytree."""
 
     count: jax.Array  # updates done so far (int32)
-    m: Any  # first moment
-    u: Any  # exponentially weighted infinity norm
+    m: Any  # first moment (like the params)
+    u: Any  # exponentially weighted infinity norm (like the params)
 
 
 def adamax(

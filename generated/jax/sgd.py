@@ -34,7 +34,7 @@ class SGDState(NamedTuple):
     """State of :func:`sgd`; each entry but ``count`` mirrors the params pytree."""
 
     count: jax.Array  # updates done so far (int32)
-    velocity: Any  # velocity, with the learning rate inside (None unless momentum != 0)
+    velocity: Any  # velocity, with the learning rate inside (like the params; None unless momentum != 0)
 
 
 def sgd(

@@ -3,6 +3,10 @@
 
 from .adagrad import Adagrad, AdagradState
 from .adamax import Adamax, AdamaxState
+from .nadam import Nadam, NadamState
+from .novo_grad_tf1 import NovoGradTF1, NovoGradTF1State
+from .novograd import NovoGrad, NovoGradState
+from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
 from .sgd import SGD, SGDState
 
 __all__ = [
@@ -10,6 +14,14 @@ __all__ = [
     "AdagradState",
     "Adamax",
     "AdamaxState",
+    "Nadam",
+    "NadamState",
+    "NovoGrad",
+    "NovoGradState",
+    "NovoGradTF1",
+    "NovoGradTF1State",
+    "OptaxNovoGrad",
+    "OptaxNovoGradState",
     "SGD",
     "SGDState",
 ]

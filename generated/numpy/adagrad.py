@@ -25,10 +25,10 @@ from optforge.runtime import common, numpy_support
 
 
 class AdagradState(NamedTuple):
-    """State of :class:`Adagrad`; each entry mirrors ``params`` (a list or a dict)."""
+    """State of :class:`Adagrad`: the step, then per-parameter entries mirroring ``params`` (a list or a dict)."""
 
     step: int  # updates done so far
-    accumulator: Any  # sum of squared gradients
+    accumulator: Any  # sum of squared gradients (an array like the parameter)
 
 
 class Adagrad:
@@ -53,7 +53,7 @@ class Adagrad:
         self.epsilon = common.check_float("epsilon", epsilon, 0.0, math.inf, True, False)
 
     def init(self, params: Any) -> AdagradState:
-        """The state before the first step: arrays shaped like ``params``."""
+        """The state before the first step."""
         keys, ws = numpy_support.leaves(params)
         initial_accumulator_value = self.initial_accumulator_value
         return AdagradState(
@@ -63,7 +63,14 @@ class Adagrad:
 
     def step(self, params: Any, grads: Any, state: AdagradState) -> tuple[Any, AdagradState]:
         """One update; ``params`` and the state's arrays are updated in place and returned."""
-        keys = numpy_support.check_step(params, grads, state, ["accumulator"])
+        keys = numpy_support.check_step(
+            params,
+            grads,
+            state,
+            {
+                "accumulator": "element",
+            },
+        )
         t = state.step + 1
         lr = self.learning_rate(state.step) if callable(self.learning_rate) else self.learning_rate
         initial_accumulator_value = self.initial_accumulator_value

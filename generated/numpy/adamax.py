@@ -26,11 +26,11 @@ from optforge.runtime import common, numpy_support
 
 
 class AdamaxState(NamedTuple):
-    """State of :class:`Adamax`; each entry mirrors ``params`` (a list or a dict)."""
+    """State of :class:`Adamax`: the step, then per-parameter entries mirroring ``params`` (a list or a dict)."""
 
     step: int  # updates done so far
-    m: Any  # first moment
-    u: Any  # exponentially weighted infinity norm
+    m: Any  # first moment (an array like the parameter)
+    u: Any  # exponentially weighted infinity norm (an array like the parameter)
 
 
 class Adamax:
@@ -56,7 +56,7 @@ class Adamax:
         self.epsilon = common.check_float("epsilon", epsilon, 0.0, math.inf, True, False)
 
     def init(self, params: Any) -> AdamaxState:
-        """The state before the first step: arrays shaped like ``params``."""
+        """The state before the first step."""
         keys, ws = numpy_support.leaves(params)
         return AdamaxState(
             step=0,
@@ -66,7 +66,15 @@ class Adamax:
 
     def step(self, params: Any, grads: Any, state: AdamaxState) -> tuple[Any, AdamaxState]:
         """One update; ``params`` and the state's arrays are updated in place and returned."""
-        keys = numpy_support.check_step(params, grads, state, ["m", "u"])
+        keys = numpy_support.check_step(
+            params,
+            grads,
+            state,
+            {
+                "m": "element",
+                "u": "element",
+            },
+        )
         t = state.step + 1
         lr = self.learning_rate(state.step) if callable(self.learning_rate) else self.learning_rate
         beta_1 = self.beta_1

@@ -26,10 +26,10 @@ from optforge.runtime import common, numpy_support
 
 
 class SGDState(NamedTuple):
-    """State of :class:`SGD`; each entry mirrors ``params`` (a list or a dict)."""
+    """State of :class:`SGD`: the step, then per-parameter entries mirroring ``params`` (a list or a dict)."""
 
     step: int  # updates done so far
-    velocity: Any  # velocity, with the learning rate inside (None unless momentum != 0)
+    velocity: Any  # velocity, with the learning rate inside (an array like the parameter; None unless momentum != 0)
 
 
 class SGD:
@@ -52,7 +52,7 @@ class SGD:
         self.nesterov = common.check_flag("nesterov", nesterov)
 
     def init(self, params: Any) -> SGDState:
-        """The state before the first step: arrays shaped like ``params``."""
+        """The state before the first step."""
         keys, ws = numpy_support.leaves(params)
         momentum = self.momentum
         return SGDState(
@@ -64,7 +64,14 @@ class SGD:
 
     def step(self, params: Any, grads: Any, state: SGDState) -> tuple[Any, SGDState]:
         """One update; ``params`` and the state's arrays are updated in place and returned."""
-        keys = numpy_support.check_step(params, grads, state, ["velocity"])
+        keys = numpy_support.check_step(
+            params,
+            grads,
+            state,
+            {
+                "velocity": "element",
+            },
+        )
         t = state.step + 1
         lr = self.learning_rate(state.step) if callable(self.learning_rate) else self.learning_rate
         momentum = self.momentum

@@ -3,10 +3,18 @@
 
 from .adagrad import Adagrad
 from .adamax import Adamax
+from .nadam import Nadam
+from .novo_grad_tf1 import NovoGradTF1
+from .novograd import NovoGrad
+from .optax_novograd import OptaxNovoGrad
 from .sgd import SGD
 
 __all__ = [
     "Adagrad",
     "Adamax",
+    "Nadam",
+    "NovoGrad",
+    "NovoGradTF1",
+    "OptaxNovoGrad",
     "SGD",
 ]

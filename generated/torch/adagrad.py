@@ -3,7 +3,7 @@
 
 Per-parameter learning rates scaled by the root of the sum of all past squared gradients.
 
-Update, for each parameter tensor w with gradient g, at step t = 1, 2, ... (counted per parameter)::
+Update, for each parameter tensor w with gradient g, at step t = 1, 2, ... (counted per parameter group)::
 
     accumulator <- accumulator + g^2
     w <- w - g*learning_rate/sqrt(accumulator + epsilon)
@@ -19,7 +19,7 @@ Use::
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from optforge.runtime import common
@@ -29,13 +29,14 @@ from torch.optim import Optimizer
 class Adagrad(Optimizer):
     """Adagrad (Keras 3 `Adagrad`).
 
-    Args:
-        params: an iterable of tensors or of parameter-group dicts.
-        lr: step size; use torch.optim.lr_scheduler to change it, in [0, inf). Default 0.001.
-        initial_accumulator_value: starting value of the accumulators, in [0, inf). Default 0.1.
-        epsilon: small constant for numerical stability, in [0, inf). Default 1e-07.
+        Args:
+            params: an iterable of tensors or of parameter-group dicts.
+            lr: step size; use torch.optim.lr_scheduler to change it, in [0, inf). Default 0.001.
+            initial_accumulator_value: starting value of the accumulators, in [0, inf). Default 0.1.
+            epsilon: small constant for numerical stability, in [0, inf). Default 1e-07.
 
-    State per parameter: ``step`` (int64 count of its updates), ``accumulator`` (sum of squared gradients).
+        Each parameter group keeps ``step`` (the number of updates, t = step); each parameter keeps
+    ``accumulator`` (sum of squared gradients, like the parameter).
     """
 
     def __init__(
@@ -55,14 +56,20 @@ class Adagrad(Optimizer):
         )
         super().__init__(params, defaults)
 
-    def _init_state(self, w: torch.Tensor, group: dict[str, Any]) -> None:
-        """Everything Adagrad keeps for one parameter."""
+    def _tensors(
+        self, params: list[torch.Tensor], group: dict[str, Any]
+    ) -> Iterator[tuple[torch.Tensor, dict]]:
+        """Each parameter that has a gradient, with its state (created at its first update)."""
         initial_accumulator_value = group["initial_accumulator_value"]
-        state = self.state[w]
-        state["step"] = torch.zeros((), dtype=torch.int64)
-        state["accumulator"] = torch.full_like(
-            w, initial_accumulator_value, memory_format=torch.preserve_format
-        )
+        for w in params:
+            if w.grad.is_sparse:
+                raise RuntimeError("Adagrad does not support sparse gradients")
+            state = self.state[w]
+            if "accumulator" not in state:
+                state["accumulator"] = torch.full_like(
+                    w, initial_accumulator_value, memory_format=torch.preserve_format
+                )
+            yield w, state
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -72,20 +79,15 @@ class Adagrad(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            params = [w for w in group["params"] if w.grad is not None]
+            if not params:
+                continue
+            group["step"] = t = group.get("step", 0) + 1
             lr = group["lr"]
             initial_accumulator_value = group["initial_accumulator_value"]
             epsilon = group["epsilon"]
-            for w in group["params"]:
-                if w.grad is None:
-                    continue
-                if w.grad.is_sparse:
-                    raise RuntimeError("Adagrad does not support sparse gradients")
+            for w, state in self._tensors(params, group):
                 g = w.grad
-                state = self.state[w]
-                if not state:
-                    self._init_state(w, group)
-                state["step"] += 1
-                t = int(state["step"])
                 accumulator = state["accumulator"]
                 # sum of squared gradients
                 accumulator.add_(g**2)

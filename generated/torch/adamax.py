@@ -3,7 +3,7 @@
 
 A variant of Adam based on the infinity norm (Kingma and Ba, section 7.1).
 
-Update, for each parameter tensor w with gradient g, at step t = 1, 2, ... (counted per parameter)::
+Update, for each parameter tensor w with gradient g, at step t = 1, 2, ... (counted per parameter group)::
 
     m <- m + (1 - beta_1)*(g - m)
     u <- max(|g|, beta_2*u)
@@ -20,7 +20,7 @@ Use::
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from optforge.runtime import common
@@ -30,14 +30,15 @@ from torch.optim import Optimizer
 class Adamax(Optimizer):
     """Adamax (Keras 3 `Adamax`).
 
-    Args:
-        params: an iterable of tensors or of parameter-group dicts.
-        lr: step size; use torch.optim.lr_scheduler to change it, in [0, inf). Default 0.001.
-        beta_1: exponential decay rate of the first moment, in [0, 1). Default 0.9.
-        beta_2: exponential decay rate of the weighted infinity norm, in [0, 1]. Default 0.999.
-        epsilon: small constant for numerical stability, in [0, inf). Default 1e-07.
+        Args:
+            params: an iterable of tensors or of parameter-group dicts.
+            lr: step size; use torch.optim.lr_scheduler to change it, in [0, inf). Default 0.001.
+            beta_1: exponential decay rate of the first moment, in [0, 1). Default 0.9.
+            beta_2: exponential decay rate of the weighted infinity norm, in [0, 1]. Default 0.999.
+            epsilon: small constant for numerical stability, in [0, inf). Default 1e-07.
 
-    State per parameter: ``step`` (int64 count of its updates), ``m`` (first moment), ``u`` (exponentially weighted infinity norm).
+        Each parameter group keeps ``step`` (the number of updates, t = step); each parameter keeps
+    ``m`` (first moment, like the parameter), ``u`` (exponentially weighted infinity norm, like the parameter).
     """
 
     def __init__(
@@ -57,12 +58,19 @@ class Adamax(Optimizer):
         )
         super().__init__(params, defaults)
 
-    def _init_state(self, w: torch.Tensor, group: dict[str, Any]) -> None:
-        """Everything Adamax keeps for one parameter."""
-        state = self.state[w]
-        state["step"] = torch.zeros((), dtype=torch.int64)
-        state["m"] = torch.zeros_like(w, memory_format=torch.preserve_format)
-        state["u"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+    def _tensors(
+        self, params: list[torch.Tensor], group: dict[str, Any]
+    ) -> Iterator[tuple[torch.Tensor, dict]]:
+        """Each parameter that has a gradient, with its state (created at its first update)."""
+        for w in params:
+            if w.grad.is_sparse:
+                raise RuntimeError("Adamax does not support sparse gradients")
+            state = self.state[w]
+            if "m" not in state:
+                state["m"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+            if "u" not in state:
+                state["u"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+            yield w, state
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -72,21 +80,16 @@ class Adamax(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            params = [w for w in group["params"] if w.grad is not None]
+            if not params:
+                continue
+            group["step"] = t = group.get("step", 0) + 1
             lr = group["lr"]
             beta_1 = group["beta_1"]
             beta_2 = group["beta_2"]
             epsilon = group["epsilon"]
-            for w in group["params"]:
-                if w.grad is None:
-                    continue
-                if w.grad.is_sparse:
-                    raise RuntimeError("Adamax does not support sparse gradients")
+            for w, state in self._tensors(params, group):
                 g = w.grad
-                state = self.state[w]
-                if not state:
-                    self._init_state(w, group)
-                state["step"] += 1
-                t = int(state["step"])
                 m = state["m"]
                 u = state["u"]
                 # first moment

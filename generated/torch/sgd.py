@@ -3,7 +3,7 @@
 
 Plain gradient descent when `momentum` is 0; otherwise a velocity with the learning rate inside it, optionally with Nesterov momentum. No velocity is stored when `momentum` is 0.
 
-Update, for each parameter tensor w with gradient g, at step t = 1, 2, ... (counted per parameter)::
+Update, for each parameter tensor w with gradient g, at step t = 1, 2, ... (counted per parameter group)::
 
     w <- w - g*learning_rate    if momentum == 0
     velocity <- -g*learning_rate + momentum*velocity    if momentum != 0
@@ -20,7 +20,7 @@ Use::
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from optforge.runtime import common
@@ -30,13 +30,14 @@ from torch.optim import Optimizer
 class SGD(Optimizer):
     """Gradient descent with momentum (Keras 3 `SGD`).
 
-    Args:
-        params: an iterable of tensors or of parameter-group dicts.
-        lr: step size; use torch.optim.lr_scheduler to change it, in [0, inf). Default 0.01.
-        momentum: accelerates descent in the relevant direction and dampens oscillations; 0 is vanilla gradient descent, in [0, 1]. Default 0.0.
-        nesterov: whether to apply Nesterov momentum. Default False.
+        Args:
+            params: an iterable of tensors or of parameter-group dicts.
+            lr: step size; use torch.optim.lr_scheduler to change it, in [0, inf). Default 0.01.
+            momentum: accelerates descent in the relevant direction and dampens oscillations; 0 is vanilla gradient descent, in [0, 1]. Default 0.0.
+            nesterov: whether to apply Nesterov momentum. Default False.
 
-    State per parameter: ``step`` (int64 count of its updates), ``velocity`` (velocity, with the learning rate inside; only when momentum != 0).
+        Each parameter group keeps ``step`` (the number of updates, t = step); each parameter keeps
+    ``velocity`` (velocity, with the learning rate inside, like the parameter; only when momentum != 0).
     """
 
     def __init__(
@@ -54,13 +55,18 @@ class SGD(Optimizer):
         )
         super().__init__(params, defaults)
 
-    def _init_state(self, w: torch.Tensor, group: dict[str, Any]) -> None:
-        """Everything SGD keeps for one parameter."""
+    def _tensors(
+        self, params: list[torch.Tensor], group: dict[str, Any]
+    ) -> Iterator[tuple[torch.Tensor, dict]]:
+        """Each parameter that has a gradient, with its state (created at its first update)."""
         momentum = group["momentum"]
-        state = self.state[w]
-        state["step"] = torch.zeros((), dtype=torch.int64)
-        if momentum != 0:
-            state["velocity"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+        for w in params:
+            if w.grad.is_sparse:
+                raise RuntimeError("SGD does not support sparse gradients")
+            state = self.state[w]
+            if momentum != 0 and "velocity" not in state:
+                state["velocity"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+            yield w, state
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -70,31 +76,30 @@ class SGD(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            params = [w for w in group["params"] if w.grad is not None]
+            if not params:
+                continue
+            group["step"] = t = group.get("step", 0) + 1
             lr = group["lr"]
             momentum = group["momentum"]
             nesterov = group["nesterov"]
-            for w in group["params"]:
-                if w.grad is None:
-                    continue
-                if w.grad.is_sparse:
-                    raise RuntimeError("SGD does not support sparse gradients")
-                g = w.grad
-                state = self.state[w]
-                if not state:
-                    self._init_state(w, group)
-                state["step"] += 1
-                t = int(state["step"])
-                if momentum == 0:
+            if momentum == 0:
+                for w, state in self._tensors(params, group):
+                    g = w.grad
                     # gradient descent
                     w.sub_(g * lr)
-                elif nesterov:
+            elif nesterov:
+                for w, state in self._tensors(params, group):
+                    g = w.grad
                     velocity = state["velocity"]
                     tmp0 = g * lr
                     # velocity
                     velocity.copy_(momentum * velocity - tmp0)
                     # Nesterov update
                     w.add_(momentum * velocity - tmp0)
-                else:
+            else:
+                for w, state in self._tensors(params, group):
+                    g = w.grad
                     velocity = state["velocity"]
                     # velocity
                     velocity.copy_(-g * lr + momentum * velocity)

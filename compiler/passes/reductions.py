@@ -1,0 +1,63 @@
+"""Reductions: each distinct reduction becomes one named value, computed once before its first use.
+
+``v <- b2*v + (1 - b2)*||g||^2`` and ``u = g/sqrt(v + eps)`` read ``||g||^2``
+once, as ``sumsq_g``; the schedule then computes it in the loop over the
+tensors (a per-tensor reduction) or in a pass over all tensors (a global one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import sympy as sp
+
+from ..ir import Assign, Program, base
+from .scope import REDUCTIONS
+
+
+def extract_reductions(program: Program) -> Program:
+    cases = tuple(
+        dataclasses.replace(c, body=_extract(c.body), functional=_extract(c.functional)) for c in program.cases
+    )
+    return program.replace(cases=cases, passes=program.passes + ("extract_reductions",))
+
+
+def _is_reduction(node: sp.Basic) -> bool:
+    return isinstance(node, sp.Function) and type(node).__name__ in REDUCTIONS
+
+
+def name_of_reduction(node: sp.Basic, taken: set[str]) -> str:
+    """``sumsq_g`` for the sum of squares of g, ``sum_x``, ``max_abs_g``, else ``red0``..."""
+    (arg,) = node.args
+    kind = "sum" if type(node).__name__.endswith("Sum") else "max"
+    scope = "" if type(node).__name__.startswith("Tensor") else "global_"
+    name = None
+    if isinstance(arg, sp.Pow) and arg.exp == 2 and isinstance(arg.base, sp.Symbol) and kind == "sum":
+        name = f"{scope}sumsq_{base(arg.base)}"
+    elif isinstance(arg, sp.Abs) and isinstance(arg.args[0], sp.Symbol):
+        name = f"{scope}{kind}_abs_{base(arg.args[0])}"
+    elif isinstance(arg, sp.Symbol):
+        name = f"{scope}{kind}_{base(arg)}"
+    n = 0
+    candidate = name or f"{scope}red{n}"
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}_{n}" if name else f"{scope}red{n}"
+    return candidate
+
+
+def _extract(body: tuple[Assign, ...]) -> tuple[Assign, ...]:
+    from .scope import REDUCTIONS as scopes
+
+    out: list[Assign] = []
+    found: dict[sp.Basic, sp.Symbol] = {}
+    taken = {a.target for a in body}
+    for a in body:
+        nodes = [n for n in sp.postorder_traversal(a.expr) if _is_reduction(n) and n not in found]
+        for node in dict.fromkeys(nodes):
+            name = name_of_reduction(node, taken)
+            taken.add(name)
+            found[node] = sp.Symbol(name)
+            out.append(Assign(name, 0, node, "reduce", scopes[type(node).__name__], label=""))
+        out.append(dataclasses.replace(a, expr=a.expr.xreplace(found)) if found else a)
+    return tuple(out)
