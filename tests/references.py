@@ -12,12 +12,20 @@ def keras_optimizer(rule_name: str, hypers: dict, learning_rate):
     """Keras 3 optimizer with our hyperparameters (Keras's names are ours)."""
     import keras
 
-    cls = {"SGD": keras.optimizers.SGD, "Adamax": keras.optimizers.Adamax, "Adagrad": keras.optimizers.Adagrad}[rule_name]
+    cls = {
+        "SGD": keras.optimizers.SGD,
+        "Adamax": keras.optimizers.Adamax,
+        "Adagrad": keras.optimizers.Adagrad,
+        "Nadam": keras.optimizers.Nadam,
+    }[rule_name]
     kw = {k: v for k, v in hypers.items() if k != "learning_rate"}
     return cls(learning_rate=learning_rate, **kw)
 
 
-KERAS_RULES = {"SGD", "Adamax", "Adagrad"}
+KERAS_RULES = {"SGD", "Adamax", "Adagrad", "Nadam"}
+
+#: rules checked against other oracles (tests/test_novograd.py): optax.novograd and transcriptions of seed page 000
+OTHER_ORACLES = {"NovoGrad", "NovoGradTF1", "OptaxNovoGrad"}
 
 
 def torch_optimizer(rule_name: str, hypers: dict, params, defaults: dict):
@@ -37,6 +45,10 @@ def torch_optimizer(rule_name: str, hypers: dict, params, defaults: dict):
         if h["epsilon"] != 0:
             return None  # Keras: g/sqrt(a + eps); torch: g/(sqrt(a) + eps)
         return torch.optim.Adagrad(params, lr=lr, initial_accumulator_value=h["initial_accumulator_value"], eps=0.0)
+    if rule_name == "Nadam":
+        # Keras's 0.96^t is torch's 0.96^(t*momentum_decay) with momentum_decay = 1; run with float64 default dtype
+        # so that torch's mu_product is not rounded to float32
+        return torch.optim.NAdam(params, lr=lr, betas=(h["beta_1"], h["beta_2"]), eps=h["epsilon"], momentum_decay=1.0)
     return None
 
 
