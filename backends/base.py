@@ -44,6 +44,10 @@ class Backend:
     array_scopes = frozenset({Scope.TENSOR, Scope.ELEMENT})
     #: names that are arrays whatever their scope (JAX: the traced step and learning rate)
     array_names: frozenset[str] = frozenset()
+    #: whether a reduction over all tensors is an array (a 0-d tensor) rather than a Python number
+    global_reductions_are_arrays = False
+    #: how an accumulator over all tensors starts
+    reduce_init = {"sum": "0.0", "max": "-math.inf"}
 
     def __init__(self) -> None:
         self.env = jinja2.Environment(
@@ -59,6 +63,8 @@ class Backend:
     def make_printer(self, program: Program, scopes: dict[str, Scope]) -> ExprPrinter:
         """A printer that knows which names hold arrays: by scope, by backend, and any value computed from one."""
         arrays = {n for n, s in scopes.items() if s in self.array_scopes} | set(self.array_names)
+        if self.global_reductions_are_arrays:
+            arrays |= {a.target for c in program.cases for a in c.body + c.functional if a.role == "reduce"}
         changed = True
         while changed:
             changed = False
@@ -67,7 +73,10 @@ class Backend:
                     if a.target not in arrays and any(base(s) in arrays for s in a.expr.free_symbols):
                         arrays.add(a.target)
                         changed = True
-        return self.printer(program.rule, arrays, self.names)
+        printer = self.printer(program.rule, arrays, self.names)
+        # buffers updated in place: a named alias of one needs a copy
+        printer.inplace = {"w"} | {s.name for s in program.states if s.persists and s.scope >= Scope.TENSOR}
+        return printer
 
     def statement(self, a: Assign, p: ExprPrinter) -> list[str]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -80,6 +89,22 @@ class Backend:
                 raise
             eq = program.equations[equation - 1]
             raise BackendError(program.rule, self.name, exc.node, equation=f"{equation} `{eq.text()}`") from None
+
+    def reduce_lines(self, section: Section, p: ExprPrinter) -> tuple[list[Line], list[Line]]:
+        """A pass over all tensors: (lines before the loop, lines inside it), one accumulator per reduction."""
+        from optforge.compiler.dsl import TensorMax, TensorSum
+
+        init, inside = [], []
+        for a in section.body:
+            (arg,) = a.expr.args
+            acc = sp.Symbol(a.target)
+            if type(a.expr).__name__ == "GlobalSum":
+                kind, step = "sum", acc + TensorSum(arg)
+            else:
+                kind, step = "max", sp.Max(acc, TensorMax(arg))
+            init.append(Line(f"{p.name_of(acc)} = {self.reduce_init[kind]}", f"over all tensors: {a.target}"))
+            inside.append(Line(f"{p.name_of(acc)} = {p.doprint(step)}"))
+        return init, inside
 
     def section_lines(self, program: Program, section: Section, p: ExprPrinter) -> list[Line]:
         out: list[Line] = []
@@ -112,11 +137,14 @@ class Backend:
             sections = self.case_sections(case)
             printed = []
             for s in sections:
+                init, lines = self.reduce_lines(s, p) if s.kind == "reduce" else ([], self.section_lines(program, s, p))
                 printed.append(
                     {
                         "kind": s.kind,
-                        "lines": self.section_lines(program, s, p),
+                        "init": init,
+                        "lines": lines,
                         "states": [n for n in self.section_states(program, s)],
+                        "reads_param": any(sp.Symbol("w") in a.expr.free_symbols for a in s.body),
                     }
                 )
             cond = case.test

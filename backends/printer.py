@@ -36,6 +36,7 @@ class ExprPrinter(StrPrinter):
         self.arrays = arrays
         self.names = names or {}
         self.modules: set[str] = set()
+        self.inplace: set[str] = set()  # names of buffers the backend updates in place
 
     # -- helpers -----------------------------------------------------------------------
 

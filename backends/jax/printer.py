@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sympy as sp
-
 from optforge.compiler.ir import Assign
 
 from ..base import Backend
@@ -35,6 +33,8 @@ class JaxBackend(Backend):
     printer = JaxPrinter
     # under jit the step and the learning rate (a schedule's value) are traced arrays
     array_names = frozenset({"t", "learning_rate"})
+    global_reductions_are_arrays = True
+    reduce_init = {"sum": "0.0", "max": "-jnp.inf"}
 
     def case_sections(self, case):
         return case.functional_sections
@@ -55,6 +55,5 @@ def _check_layout(rule: str, ctx) -> None:
 
     for case in ctx["cases"]:
         kinds = [s["kind"] for s in case["sections"]]
-        if kinds.count("tensor") != 1 or "step" in kinds[kinds.index("tensor") :]:
+        if kinds.count("tensor") != 1:
             raise BackendError(rule, "jax", f"a case with sections {kinds} (one loop over the tensors is supported)")
-    _ = sp

@@ -52,6 +52,6 @@ class NumPyBackend(Backend):
         if a.role in ("state", "param") and a.scope >= Scope.TENSOR:
             return in_place(a, p, "{name} += {expr}", "{name} -= {expr}", "{name}[...] = {expr}")
         code = p.doprint(a.expr)
-        if isinstance(a.expr, sp.Symbol) and base(a.expr) in p.arrays:
+        if isinstance(a.expr, sp.Symbol) and base(a.expr) in p.inplace:
             code += ".copy()"  # a named copy of a buffer that is updated in place later
         return [f"{name} = {code}"]

@@ -41,8 +41,10 @@ class TorchPrinter(ExprPrinter):
 
 
 class TorchBackend(Backend):
+    reduce_init = {"sum": "0.0", "max": "torch.tensor(-math.inf)"}
     name = "torch"
     printer = TorchPrinter
+    global_reductions_are_arrays = True  # 0-d tensors: no device synchronisation
 
     def statement(self, a: Assign, p: ExprPrinter) -> list[str]:
         name = p.name_of(a.lhs)
@@ -51,7 +53,7 @@ class TorchBackend(Backend):
                 return [f"{name}.fill_({p.doprint(a.expr)})"]
             return in_place(a, p, "{name}.add_({expr})", "{name}.sub_({expr})", "{name}.copy_({expr})")
         code = p.doprint(a.expr)
-        if isinstance(a.expr, sp.Symbol) and base(a.expr) in p.arrays:
+        if isinstance(a.expr, sp.Symbol) and base(a.expr) in p.inplace:
             code += ".clone()"  # a named copy of a tensor that is updated in place later
         return [f"{name} = {code}"]
 

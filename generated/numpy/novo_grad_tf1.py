@@ -97,7 +97,7 @@ class NovoGradTF1:
             m = state.m[key]
             sumsq_g = np.sum(g**2)
             # second moment (no EMA in graph mode)
-            v = sumsq_g.copy()
+            v = sumsq_g
             # normalised gradient
             u = g / np.sqrt(epsilon + v)
             # weight decay

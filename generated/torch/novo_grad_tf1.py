@@ -106,7 +106,7 @@ class NovoGradTF1(Optimizer):
                 m = state["m"]
                 sumsq_g = torch.sum(g**2)
                 # second moment (no EMA in graph mode)
-                v = sumsq_g.clone()
+                v = sumsq_g
                 # normalised gradient
                 u = g / torch.sqrt(epsilon + v)
                 # weight decay

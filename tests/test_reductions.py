@@ -1,0 +1,139 @@
+"""Reductions over one tensor and over all tensors, nested with element-wise expressions both ways."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import sympy as sp
+
+from optforge.compiler.dsl import (
+    Rule,
+    g,
+    global_max,
+    global_norm,
+    global_sumsq,
+    minimum,
+    sqrt,
+    tensor_max,
+    tensor_norm,
+    tensor_sum,
+    w,
+)
+from optforge.compiler.errors import RuleError
+from optforge.compiler.pipeline import compile_rule
+
+from drivers import assert_close, problem
+from rulekit import load
+
+
+def reductions_rule():
+    r = Rule("Reduce", title="every kind of reduction")
+    lr = r.learning_rate(0.01)
+    c = r.hyper("c", 1.0, "(0, inf)", "clip norm")
+    s = r.hyper("s", 2.0, "(0, inf)", "scale")
+    v = r.state("v", 0, "per-tensor EMA of a norm of an expression of g and w", scope="tensor")
+    gs = r.let("gs", g / s, "scaled gradient")
+    big = r.let("big", global_norm(gs), "global norm of the scaled gradient")
+    peak = r.let("peak", global_max(abs(g)), "largest gradient entry")
+    r.assign(v, 0.5 * v + 0.5 * tensor_norm(g + 0.1 * w), "per-tensor norm of an expression of g and w")
+    d = r.let("d", gs * minimum(1, c / big) + g / peak * tensor_max(abs(g)) / (1 + tensor_sum(g * w) ** 2))
+    r.assign(w, w - lr * d / sqrt(v + 1) - lr * 0.01 * global_sumsq(g) * w, "update")
+    return r
+
+
+def transcription(params0, grads, lr=0.01, c=1.0, s=2.0):
+    w = [p.copy() for p in params0]
+    v = [0.0 for _ in params0]
+    for gs_ in grads:
+        scaled = [x / s for x in gs_]
+        big = math.sqrt(sum(float(np.sum(x * x)) for x in scaled))
+        peak = max(float(np.max(np.abs(x))) for x in gs_)
+        gsq = sum(float(np.sum(x * x)) for x in gs_)
+        for i, x in enumerate(gs_):
+            v[i] = 0.5 * v[i] + 0.5 * math.sqrt(float(np.sum((x + 0.1 * w[i]) ** 2)))
+            d = scaled[i] * min(1.0, c / big) + x / peak * float(np.max(np.abs(x))) / (1 + float(np.sum(x * w[i])) ** 2)
+            w[i] = w[i] - lr * d / math.sqrt(v[i] + 1) - lr * 0.01 * gsq * w[i]
+    return w
+
+
+def test_reductions_in_every_backend(tmp_path):
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import torch
+
+    mods = load(reductions_rule(), tmp_path)
+    params0, grads = problem(30, zero_first=False)
+    want = transcription(params0, grads)
+
+    opt = mods["numpy"].Reduce()
+    p = [x.copy() for x in params0]
+    st = opt.init(p)
+    for gs_ in grads:
+        p, st = opt.step(p, gs_, st)
+    assert_close(p, want, 1e-12, "numpy")
+
+    tx = mods["jax"].reduce()
+    jp = [jnp.asarray(x) for x in params0]
+    js = tx.init(jp)
+    update = jax.jit(tx.update)
+    for gs_ in grads:
+        u, js = update([jnp.asarray(x) for x in gs_], js, jp)
+        jp = optax.apply_updates(jp, u)
+    assert_close([np.asarray(x) for x in jp], want, 1e-12, "jax")
+
+    tp = [torch.tensor(x, requires_grad=True) for x in params0]
+    topt = mods["torch"].Reduce(tp)
+    for gs_ in grads:
+        for q, x in zip(tp, gs_):
+            q.grad = torch.tensor(x)
+        topt.step()
+    assert_close([q.detach().numpy() for q in tp], want, 1e-12, "torch")
+
+
+def test_each_reduction_is_computed_once_and_global_ones_in_one_pass():
+    program = compile_rule(reductions_rule())
+    (case,) = program.cases
+    kinds = [s.kind for s in case.sections]
+    assert kinds.count("reduce") == 1, kinds  # the three global reductions share one pass
+    reduce = next(s for s in case.sections if s.kind == "reduce")
+    assert len(reduce.body) == 3
+    reductions = [a for a in case.body if a.role == "reduce"]
+    assert len({sp.srepr(a.expr) for a in reductions}) == len(reductions) == 6  # 3 global, 3 per tensor
+
+
+def test_show_lists_the_reductions():
+    from optforge.compiler.show import show
+
+    text = show(compile_rule(reductions_rule()))
+    assert "sum_tensors ||g/s||^2" in text or "sum_tensors ||g||^2" in text
+    assert "||g||^2" in text or "max_elements(|g|)" in text
+
+
+def test_reduction_of_a_reduction_is_an_error():
+    r = Rule("Bad", title="x")
+    lr = r.learning_rate(0.1)
+    r.assign(w, w - lr * g * tensor_sum(g * tensor_sum(g)))
+    with pytest.raises(RuleError, match="a reduction of a reduction"):
+        compile_rule(r)
+
+
+def test_global_reduction_of_a_value_updated_earlier_in_the_step_is_an_error():
+    r = Rule("Bad", title="x")
+    lr = r.learning_rate(0.1)
+    m = r.state("m", 0, "momentum")
+    r.assign(m, 0.9 * m + g)
+    r.assign(w, w - lr * m / global_norm(m))
+    with pytest.raises(RuleError, match="reads `m` after equation 1 updated it"):
+        compile_rule(r)
+
+
+def test_novograd_reduction_is_named_and_shown():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "optforge.cli", "show", "NovoGrad"], capture_output=True, text=True, check=True)
+    reductions = out.stdout.split("reductions:")[1].split("\n\n")[0]
+    assert "||g||^2" in reductions
