@@ -450,12 +450,20 @@ class Rule:
 
     # -- variants ---------------------------------------------------------------------
 
-    def derive(self, name: str, *, title: str, summary: str = "", references: tuple[str, ...] | None = None) -> Rule:
+    def derive(
+        self,
+        name: str,
+        *,
+        title: str,
+        summary: str = "",
+        references: tuple[str, ...] | None = None,
+        module: str | None = None,
+    ) -> Rule:
         """A new rule that starts as a copy of this one; change it with replace/insert/remove."""
         new = copy.copy(self)
         new.__dict__ = {k: copy.copy(v) for k, v in self.__dict__.items()}
         new.name = name
-        new.module = _snake(name)
+        new.module = module or _snake(name)
         new.title = title
         new.summary = summary or self.summary
         new.references = self.references if references is None else tuple(references)

@@ -55,6 +55,7 @@ NovoGrad.config("all", learning_rate=0.01, use_nesterov=True, grad_averaging=Tru
 
 NovoGradTF1 = NovoGrad.derive(
     "NovoGradTF1",
+    module="novograd_tf1",
     title="NovoGrad as TF1 graph mode runs it (OpenSeq2Seq, Clara training runs)",
     summary="The OpenSeq2Seq/Clara class in TF1 graph mode: its EMA variable is never written back, so every step"
     " normalises by the current gradient's norm alone, v_t = ||g_t||^2.",

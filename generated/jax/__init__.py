@@ -4,8 +4,8 @@
 from .adagrad import AdagradState, adagrad
 from .adamax import AdamaxState, adamax
 from .nadam import NadamState, nadam
-from .novo_grad_tf1 import NovoGradTF1State, novo_grad_tf1
 from .novograd import NovoGradState, novograd
+from .novograd_tf1 import NovoGradTF1State, novograd_tf1
 from .optax_novograd import OptaxNovoGradState, optax_novograd
 from .sgd import SGDState, sgd
 
@@ -18,7 +18,7 @@ __all__ = [
     "NadamState",
     "novograd",
     "NovoGradState",
-    "novo_grad_tf1",
+    "novograd_tf1",
     "NovoGradTF1State",
     "optax_novograd",
     "OptaxNovoGradState",

@@ -4,8 +4,8 @@
 from .adagrad import Adagrad, AdagradState
 from .adamax import Adamax, AdamaxState
 from .nadam import Nadam, NadamState
-from .novo_grad_tf1 import NovoGradTF1, NovoGradTF1State
 from .novograd import NovoGrad, NovoGradState
+from .novograd_tf1 import NovoGradTF1, NovoGradTF1State
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
 from .sgd import SGD, SGDState
 

@@ -4,8 +4,8 @@
 from .adagrad import Adagrad
 from .adamax import Adamax
 from .nadam import Nadam
-from .novo_grad_tf1 import NovoGradTF1
 from .novograd import NovoGrad
+from .novograd_tf1 import NovoGradTF1
 from .optax_novograd import OptaxNovoGrad
 from .sgd import SGD
 

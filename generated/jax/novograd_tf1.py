@@ -16,7 +16,7 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
 
 Use::
 
-    opt = novo_grad_tf1(learning_rate=1.0)
+    opt = novograd_tf1(learning_rate=1.0)
     opt_state = opt.init(params)  # params: any pytree of float arrays
     updates, opt_state = opt.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
@@ -34,13 +34,13 @@ from optforge.runtime import common
 
 
 class NovoGradTF1State(NamedTuple):
-    """State of :func:`novo_grad_tf1`; each entry but ``count`` mirrors the params pytree."""
+    """State of :func:`novograd_tf1`; each entry but ``count`` mirrors the params pytree."""
 
     count: jax.Array  # updates done so far (int32)
     m: Any  # momentum of the normalised gradients (like the params)
 
 
-def novo_grad_tf1(
+def novograd_tf1(
     learning_rate: float | Callable[[jax.Array], Any] = 1.0,
     beta1: float = 0.95,
     beta2: float = 0.98,
@@ -76,7 +76,7 @@ def novo_grad_tf1(
 
     def update_fn(grads: Any, state: NovoGradTF1State, params: Any = None) -> tuple[Any, NovoGradTF1State]:
         if params is None:
-            raise ValueError("novo_grad_tf1: update() needs params (the rule reads the parameter w)")
+            raise ValueError("novograd_tf1: update() needs params (the rule reads the parameter w)")
         count = state.count
         t = count + 1
         lr = learning_rate(count) if callable(learning_rate) else learning_rate
