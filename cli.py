@@ -52,15 +52,21 @@ def cmd_show(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="optforge", description="Optimizers written once, compiled to NumPy, JAX and PyTorch.")
+    parser = argparse.ArgumentParser(
+        prog="optforge", description="Optimizers written once, compiled to NumPy, JAX and PyTorch."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="compile every rule and write generated/ (and its exports)")
-    b.add_argument("--root", help="folder holding generated/ (default: the optforge package, i.e. the checkout)")
+    b.add_argument(
+        "--root", help="folder holding generated/ (default: the optforge package, i.e. the checkout)"
+    )
     b.set_defaults(run=cmd_build)
     c = sub.add_parser("check", help="exit 1 and print the diff when generated/ is stale")
     c.add_argument("--root", help="folder holding generated/")
     c.set_defaults(run=cmd_check)
-    s = sub.add_parser("show", help="a rule's equations, hyperparameters, state (scope, bytes per parameter), reductions")
+    s = sub.add_parser(
+        "show", help="a rule's equations, hyperparameters, state (scope, bytes per parameter), reductions"
+    )
     s.add_argument("rule", help="rule name (Adamax) or module name (adamax)")
     s.set_defaults(run=cmd_show)
     args = parser.parse_args(argv)

@@ -23,7 +23,9 @@ def main() -> None:
         for name, cfg in rule.configs.items():
             losses = [run(backend, rule, cfg, a, x0, steps) for backend in ("numpy", "jax", "torch")]
             spread = (max(losses) - min(losses)) / max(abs(min(losses)), 1e-300)
-            print(f"{rule.name:<10} {name:<16} " + " ".join(f"{v:12.6e}" for v in losses) + f" {spread:14.1e}")
+            print(
+                f"{rule.name:<10} {name:<16} " + " ".join(f"{v:12.6e}" for v in losses) + f" {spread:14.1e}"
+            )
 
 
 def run(backend: str, rule, cfg: dict, a: np.ndarray, x0: np.ndarray, steps: int) -> float:
@@ -40,7 +42,6 @@ def run(backend: str, rule, cfg: dict, a: np.ndarray, x0: np.ndarray, steps: int
         import jax
         import jax.numpy as jnp
         import optax
-
         import optforge.generated.jax as gen
 
         jax.config.update("jax_enable_x64", True)
@@ -57,9 +58,8 @@ def run(backend: str, rule, cfg: dict, a: np.ndarray, x0: np.ndarray, steps: int
         for _ in range(steps):
             x, state = step(x, state)
         return float(0.5 * jnp.sum(aj * x**2))
-    import torch
-
     import optforge.generated.torch as gen
+    import torch
 
     kw = dict(cfg)
     if "learning_rate" in kw:

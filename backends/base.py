@@ -17,7 +17,6 @@ from typing import Any
 
 import jinja2
 import sympy as sp
-
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import Assign, Program, Scope, Section, base
 from optforge.compiler.render import docstring_equations
@@ -88,7 +87,9 @@ class Backend:
             if equation is None or exc.equation is not None:
                 raise
             eq = program.equations[equation - 1]
-            raise BackendError(program.rule, self.name, exc.node, equation=f"{equation} `{eq.text()}`") from None
+            raise BackendError(
+                program.rule, self.name, exc.node, equation=f"{equation} `{eq.text()}`"
+            ) from None
 
     def reduce_lines(self, section: Section, p: ExprPrinter) -> tuple[list[Line], list[Line]]:
         """A pass over all tensors: (lines before the loop, lines inside it), one accumulator per reduction."""
@@ -120,7 +121,9 @@ class Backend:
                 if a.equation is None or exc.equation is not None:
                     raise
                 eq = program.equations[a.equation - 1]
-                raise BackendError(program.rule, self.name, exc.node, equation=f"{a.equation} `{eq.text()}`") from None
+                raise BackendError(
+                    program.rule, self.name, exc.node, equation=f"{a.equation} `{eq.text()}`"
+                ) from None
             for i, c in enumerate(code):
                 out.append(Line(c, comment if i == 0 else ""))
         return out
@@ -137,7 +140,9 @@ class Backend:
             sections = self.case_sections(case)
             printed = []
             for s in sections:
-                init, lines = self.reduce_lines(s, p) if s.kind == "reduce" else ([], self.section_lines(program, s, p))
+                init, lines = (
+                    self.reduce_lines(s, p) if s.kind == "reduce" else ([], self.section_lines(program, s, p))
+                )
                 printed.append(
                     {
                         "kind": s.kind,
@@ -154,7 +159,9 @@ class Backend:
                     "keyword": keyword if len(program.cases) > 1 else "",
                     "condition": "" if cond is sp.true or keyword == "else" else p.doprint(cond),
                     "sections": printed,
-                    "states": [s.name for s in program.states if s.name in case.states and s.scope >= Scope.TENSOR],
+                    "states": [
+                        s.name for s in program.states if s.name in case.states and s.scope >= Scope.TENSOR
+                    ],
                 }
             )
         states = [
@@ -200,7 +207,11 @@ class Backend:
             "states": states,
             # hyperparameters that decide whether a state exists, or its initial value
             "state_conditions": sorted(
-                {str(x) for s in program.states for x in sp.sympify(s.allocated_when).free_symbols | s.init.free_symbols}
+                {
+                    str(x)
+                    for s in program.states
+                    for x in sp.sympify(s.allocated_when).free_symbols | s.init.free_symbols
+                }
             ),
             "cases": cases,
             "reads_param": program.reads_param,
@@ -246,7 +257,8 @@ def format_source(text: str, filename: str) -> str:
     """Format with ruff (line length 110, the project's setting) and drop unused imports."""
     config = ["--config", "line-length=110", "--config", "target-version='py311'"]
     fixed = subprocess.run(
-        ruff_command() + ["check", "--fix", "--select", "F401,I", "--quiet", *config, "--stdin-filename", filename, "-"],
+        ruff_command()
+        + ["check", "--fix", "--select", "F401,I", "--quiet", *config, "--stdin-filename", filename, "-"],
         input=text,
         capture_output=True,
         text=True,
@@ -260,5 +272,7 @@ def format_source(text: str, filename: str) -> str:
         text=True,
     )
     if out.returncode != 0:
-        raise RuntimeError(f"ruff could not format the generated {filename} (a template bug):\n{out.stderr}\n{text}")
+        raise RuntimeError(
+            f"ruff could not format the generated {filename} (a template bug):\n{out.stderr}\n{text}"
+        )
     return out.stdout

@@ -11,12 +11,11 @@ backend: nothing is printed half-way. The printer records the modules it used.
 from __future__ import annotations
 
 import sympy as sp
+from optforge.compiler.errors import BackendError
+from optforge.compiler.ir import base
 from sympy.core.relational import Relational
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
-
-from optforge.compiler.errors import BackendError
-from optforge.compiler.ir import base
 
 _RELATION = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
@@ -213,5 +212,5 @@ class ExprPrinter(StrPrinter):
     def _print_Basic(self, expr) -> str:
         self.fail(expr)
 
-    def emptyPrinter(self, expr) -> str:  # noqa: N802 - sympy's name
+    def emptyPrinter(self, expr) -> str:
         self.fail(expr)

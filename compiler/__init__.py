@@ -4,4 +4,4 @@ from .dsl import Rule
 from .errors import BackendError, RuleError
 from .pipeline import compile_rule
 
-__all__ = ["Rule", "RuleError", "BackendError", "compile_rule"]
+__all__ = ["BackendError", "Rule", "RuleError", "compile_rule"]

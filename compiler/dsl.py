@@ -37,28 +37,28 @@ import sympy as sp
 from .errors import RuleError
 
 __all__ = [
-    "Rule",
-    "g",
-    "w",
-    "t",
-    "sqrt",
-    "exp",
-    "log",
-    "sign",
-    "maximum",
-    "minimum",
-    "where",
-    "clip",
     "Eq",
     "Ne",
-    "tensor_sum",
-    "tensor_sumsq",
-    "tensor_norm",
-    "tensor_max",
+    "Rule",
+    "clip",
+    "exp",
+    "g",
+    "global_max",
+    "global_norm",
     "global_sum",
     "global_sumsq",
-    "global_norm",
-    "global_max",
+    "log",
+    "maximum",
+    "minimum",
+    "sign",
+    "sqrt",
+    "t",
+    "tensor_max",
+    "tensor_norm",
+    "tensor_sum",
+    "tensor_sumsq",
+    "w",
+    "where",
 ]
 
 #: The gradient of the current parameter tensor.
@@ -120,7 +120,7 @@ def where(condition: Any, if_true: Any, if_false: Any) -> sp.Expr:
     return sp.Piecewise((sp.sympify(if_true), condition), (sp.sympify(if_false), True))
 
 
-class clip(sp.Function):  # noqa: N801 - reads as the function it is
+class clip(sp.Function):
     """``clip(x, low, high)``: ``x`` limited to ``[low, high]`` element-wise."""
 
     nargs = 3
@@ -361,11 +361,21 @@ class Rule:
                 origin=_origin(),
                 hint="choose another name",
             )
-        if name in self.hypers or name in self.states or any(e.kind == "let" and e.target == name for e in self.equations):
-            raise RuleError(self.name, f"'{name}' is declared twice", origin=_origin(), hint="give it one declaration")
+        if (
+            name in self.hypers
+            or name in self.states
+            or any(e.kind == "let" and e.target == name for e in self.equations)
+        ):
+            raise RuleError(
+                self.name, f"'{name}' is declared twice", origin=_origin(), hint="give it one declaration"
+            )
 
     def learning_rate(
-        self, default: float | None, meaning: str = "step size (a float, or a schedule step -> lr)", *, latex: str = r"\eta"
+        self,
+        default: float | None,
+        meaning: str = "step size (a float, or a schedule step -> lr)",
+        *,
+        latex: str = r"\eta",
     ) -> sp.Symbol:
         """Declare the learning rate ``learning_rate`` (``lr`` in torch): a float in [0, inf) or a schedule.
 
@@ -377,40 +387,60 @@ class Rule:
         if default is not None:
             self._check_default("learning_rate", default, interval)
             default = float(default)
-        self.hypers["learning_rate"] = Hyper("learning_rate", default, "learning_rate", interval, meaning, latex)
+        self.hypers["learning_rate"] = Hyper(
+            "learning_rate", default, "learning_rate", interval, meaning, latex
+        )
         return sp.Symbol("learning_rate")
 
-    def hyper(self, name: str, default: float, range: str, meaning: str, *, latex: str | None = None) -> sp.Symbol:
+    def hyper(
+        self, name: str, default: float, range: str, meaning: str, *, latex: str | None = None
+    ) -> sp.Symbol:
         """Declare a real hyperparameter with its default, its valid range ('[0, 1)') and a one-line meaning."""
         self._declare_name(name, "hyperparameter")
         interval = Interval.parse(range)
         self._check_default(name, default, interval)
-        self.hypers[name] = Hyper(name, float(default), "float", interval, meaning, latex or _latex_name(name))
+        self.hypers[name] = Hyper(
+            name, float(default), "float", interval, meaning, latex or _latex_name(name)
+        )
         return sp.Symbol(name)
 
     def flag(self, name: str, default: bool, meaning: str, *, latex: str | None = None) -> sp.Symbol:
         """Declare a boolean option; use it in ``when=`` or in ``where(flag, a, b)``."""
         self._declare_name(name, "flag")
         if not isinstance(default, bool):
-            raise RuleError(self.name, f"flag '{name}' needs a bool default, received {default!r}", origin=_origin())
+            raise RuleError(
+                self.name, f"flag '{name}' needs a bool default, received {default!r}", origin=_origin()
+            )
         self.hypers[name] = Hyper(name, default, "bool", None, meaning, latex or rf"\mathrm{{{name}}}")
         return sp.Symbol(name)
 
     def state(
-        self, name: str, init: Any = 0, meaning: str = "", *, latex: str | None = None, scope: str | None = None
+        self,
+        name: str,
+        init: Any = 0,
+        meaning: str = "",
+        *,
+        latex: str | None = None,
+        scope: str | None = None,
     ) -> sp.Symbol:
         """Declare a state with its initial value (a number or an expression of hyperparameters)."""
         self._declare_name(name, "state")
         if scope not in (None, "element", "tensor", "global"):
             raise RuleError(
-                self.name, f"state '{name}': scope must be 'element', 'tensor' or 'global', received {scope!r}", origin=_origin()
+                self.name,
+                f"state '{name}': scope must be 'element', 'tensor' or 'global', received {scope!r}",
+                origin=_origin(),
             )
         self.states[name] = State(name, sp.sympify(init), meaning, latex or _latex_name(name), scope)
         return sp.Symbol(name)
 
     def _check_default(self, name: str, default: Any, interval: Interval) -> None:
         if isinstance(default, bool) or not isinstance(default, (int, float)):
-            raise RuleError(self.name, f"hyperparameter '{name}' needs a number as default, received {default!r}", origin=_origin())
+            raise RuleError(
+                self.name,
+                f"hyperparameter '{name}' needs a number as default, received {default!r}",
+                origin=_origin(),
+            )
         if default not in interval:
             raise RuleError(
                 self.name,
@@ -433,19 +463,27 @@ class Rule:
 
     def _equation(self, target: Any, expr: Any, label: str, when: Any) -> Equation:
         if not isinstance(target, sp.Symbol):
-            raise RuleError(self.name, f"the target of an assignment must be a state, w or g; received {target!r}", origin=_origin())
+            raise RuleError(
+                self.name,
+                f"the target of an assignment must be a state, w or g; received {target!r}",
+                origin=_origin(),
+            )
         try:
             expr = sp.sympify(expr)
             when = sp.sympify(when)
         except (sp.SympifyError, TypeError) as exc:
-            raise RuleError(self.name, f"cannot read the expression assigned to '{target}': {exc}", origin=_origin()) from None
+            raise RuleError(
+                self.name, f"cannot read the expression assigned to '{target}': {exc}", origin=_origin()
+            ) from None
         return Equation(target.name, expr, label or _default_label(target.name), when, _origin(), "assign")
 
     def config(self, name: str, **values: Any) -> None:
         """A named configuration that the tests run (hyperparameter values)."""
         unknown = set(values) - set(self.hypers)
         if unknown:
-            raise RuleError(self.name, f"config '{name}' sets unknown hyperparameters {sorted(unknown)}", origin=_origin())
+            raise RuleError(
+                self.name, f"config '{name}' sets unknown hyperparameters {sorted(unknown)}", origin=_origin()
+            )
         self.configs[name] = dict(values)
 
     # -- variants ---------------------------------------------------------------------
@@ -485,11 +523,19 @@ class Rule:
                 )
             return hits[0]
         if not 0 <= occurrence < len(hits):
-            raise RuleError(self.name, f"'{target}' has no occurrence {occurrence} (it has {len(hits)})", origin=_origin())
+            raise RuleError(
+                self.name, f"'{target}' has no occurrence {occurrence} (it has {len(hits)})", origin=_origin()
+            )
         return hits[occurrence]
 
     def replace(
-        self, target: sp.Symbol, expr: Any, label: str | None = None, *, when: Any = None, occurrence: int | None = None
+        self,
+        target: sp.Symbol,
+        expr: Any,
+        label: str | None = None,
+        *,
+        when: Any = None,
+        occurrence: int | None = None,
     ) -> Rule:
         """Replace the equation that assigns ``target`` (keeps its label and condition unless given)."""
         i = self._find(target.name, occurrence)
@@ -529,7 +575,9 @@ class Rule:
         h = self.hypers[name]
         if h.kind == "bool":
             if not isinstance(value, bool):
-                raise RuleError(self.name, f"flag '{name}' needs a bool default, received {value!r}", origin=_origin())
+                raise RuleError(
+                    self.name, f"flag '{name}' needs a bool default, received {value!r}", origin=_origin()
+                )
         else:
             self._check_default(name, value, h.interval)
             value = float(value)

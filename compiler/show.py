@@ -5,8 +5,8 @@ from __future__ import annotations
 import sympy as sp
 
 from .ir import Program, Scope
-from .render import docstring_equations, math_text
 from .passes.scope import REDUCTIONS
+from .render import docstring_equations, math_text
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -41,7 +41,10 @@ def reductions(program: Program) -> list[str]:
 
 
 def show(program: Program) -> str:
-    lines = [f"{program.rule}: {program.title}", f"  from {program.file}" + (f", a variant of {program.base}" if program.base else "")]
+    lines = [
+        f"{program.rule}: {program.title}",
+        f"  from {program.file}" + (f", a variant of {program.base}" if program.base else ""),
+    ]
     if program.summary:
         lines += ["", "  " + program.summary]
     lines += ["", "equations (in order; g gradient, w parameter, t = 1, 2, ... the step):"]
@@ -55,7 +58,11 @@ def show(program: Program) -> str:
     if program.states:
         rows = [["name", "scope", "initial value", "bytes per parameter (float32)", "exists when", "meaning"]]
         for s in program.states:
-            cost = "4" if s.scope == Scope.ELEMENT else ("one scalar per tensor" if s.scope == Scope.TENSOR else "one scalar")
+            cost = (
+                "4"
+                if s.scope == Scope.ELEMENT
+                else ("one scalar per tensor" if s.scope == Scope.TENSOR else "one scalar")
+            )
             when = "always" if s.allocated_when is sp.true else math_text(s.allocated_when)
             if not s.persists:
                 cost, when = "0", "never: the previous value is not read, recomputed each step"
@@ -73,6 +80,8 @@ def show(program: Program) -> str:
     if len(program.cases) > 1:
         lines += ["", "cases (static conditions, compiled separately):"]
         for c in program.cases:
-            lines.append(f"  when {math_text(c.condition)}: updates {', '.join(sorted({a.target for a in c.body if a.role in ('state', 'param')}))}")
+            lines.append(
+                f"  when {math_text(c.condition)}: updates {', '.join(sorted({a.target for a in c.body if a.role in ('state', 'param')}))}"
+            )
     lines += ["", "passes: " + " -> ".join(program.passes)]
     return "\n".join(lines)

@@ -21,8 +21,12 @@ RULE = Rule(
 lr = RULE.learning_rate(0.001)
 beta_1 = RULE.hyper("beta_1", 0.9, "[0, 1)", "exponential decay rate of the first moment")
 beta_2 = RULE.hyper("beta_2", 0.999, "[0, 1)", "exponential decay rate of the second moment")
-epsilon = RULE.hyper("epsilon", 1e-7, "[0, inf)", "small constant for numerical stability (Kingma and Ba's epsilon hat)")
-u_product = RULE.state("u_product", 1, "product of the momentum schedule u_1 ... u_t", scope="global", latex=r"\Pi")
+epsilon = RULE.hyper(
+    "epsilon", 1e-7, "[0, inf)", "small constant for numerical stability (Kingma and Ba's epsilon hat)"
+)
+u_product = RULE.state(
+    "u_product", 1, "product of the momentum schedule u_1 ... u_t", scope="global", latex=r"\Pi"
+)
 m = RULE.state("m", 0, "first moment")
 v = RULE.state("v", 0, "second moment")
 
@@ -31,7 +35,9 @@ u_t1 = RULE.let("u_t1", beta_1 * (1 - 0.5 * 0.96 ** (t + 1)), "momentum schedule
 RULE.assign(u_product, u_product * u_t, "momentum schedule")
 RULE.assign(m, m + (1 - beta_1) * (g - m), "first moment")
 RULE.assign(v, v + (1 - beta_2) * (g**2 - v), "second moment")
-m_hat = RULE.let("m_hat", u_t1 * m / (1 - u_product * u_t1) + (1 - u_t) * g / (1 - u_product), "Nesterov momentum")
+m_hat = RULE.let(
+    "m_hat", u_t1 * m / (1 - u_product * u_t1) + (1 - u_t) * g / (1 - u_product), "Nesterov momentum"
+)
 v_hat = RULE.let("v_hat", v / (1 - beta_2**t), "bias correction")
 RULE.assign(w, w - lr * m_hat / (sqrt(v_hat) + epsilon), "parameter update")
 

@@ -31,17 +31,24 @@ NovoGrad = Rule(
 )
 lr = NovoGrad.learning_rate(1.0)
 beta1 = NovoGrad.hyper("beta1", 0.95, "[0, 1]", "decay rate of the momentum", latex=r"\beta_1")
-beta2 = NovoGrad.hyper("beta2", 0.98, "[0, 1]", "decay rate of the per-tensor second moment", latex=r"\beta_2")
+beta2 = NovoGrad.hyper(
+    "beta2", 0.98, "[0, 1]", "decay rate of the per-tensor second moment", latex=r"\beta_2"
+)
 epsilon = NovoGrad.hyper("epsilon", 1e-8, "[0, inf)", "added to the second moment inside the square root")
 weight_decay = NovoGrad.hyper(
-    "weight_decay", 0.0, "[0, inf)", "L2 term added to the normalised gradient (coupled, goes through the momentum)"
+    "weight_decay",
+    0.0,
+    "[0, inf)",
+    "L2 term added to the normalised gradient (coupled, goes through the momentum)",
 )
 grad_averaging = NovoGrad.flag("grad_averaging", False, "scale the normalised gradient by (1 - beta1)")
 use_nesterov = NovoGrad.flag("use_nesterov", False, "Nesterov momentum")
 v = NovoGrad.state("v", 0, "per-tensor second moment: EMA of ||g||^2", scope="tensor")
 m = NovoGrad.state("m", 0, "momentum of the normalised gradients")
 
-NovoGrad.assign(v, where(Eq(v, 0), tensor_sumsq(g), beta2 * v + (1 - beta2) * tensor_sumsq(g)), "second moment")
+NovoGrad.assign(
+    v, where(Eq(v, 0), tensor_sumsq(g), beta2 * v + (1 - beta2) * tensor_sumsq(g)), "second moment"
+)
 u = NovoGrad.let("u", g / sqrt(v + epsilon), "normalised gradient")
 NovoGrad.assign(u, u + where(Ne(weight_decay, 0), weight_decay * w, 0), "weight decay")
 NovoGrad.assign(u, where(grad_averaging, (1 - beta1) * u, u), "gradient averaging")
@@ -51,7 +58,9 @@ NovoGrad.assign(w, w - lr * where(use_nesterov, u + beta1 * m, m), "parameter up
 NovoGrad.config("lr_0.01", learning_rate=0.01)
 NovoGrad.config("averaging", learning_rate=0.01, grad_averaging=True, weight_decay=0.01)
 NovoGrad.config("nesterov", learning_rate=0.01, use_nesterov=True, beta2=0.5)
-NovoGrad.config("all", learning_rate=0.01, use_nesterov=True, grad_averaging=True, weight_decay=0.1, epsilon=1e-3)
+NovoGrad.config(
+    "all", learning_rate=0.01, use_nesterov=True, grad_averaging=True, weight_decay=0.1, epsilon=1e-3
+)
 
 NovoGradTF1 = NovoGrad.derive(
     "NovoGradTF1",

@@ -24,11 +24,19 @@ RULE = Rule(
 lr = RULE.learning_rate(None, "a global scaling factor, fixed or a schedule step -> lr")
 b1 = RULE.hyper("b1", 0.9, "[0, 1]", "decay rate of the first moment", latex=r"\beta_1")
 b2 = RULE.hyper("b2", 0.25, "[0, 1]", "decay rate of the per-tensor second moment", latex=r"\beta_2")
-eps = RULE.hyper("eps", 1e-6, "[0, inf)", "added to the denominator outside the square root", latex=r"\epsilon")
-eps_root = RULE.hyper(
-    "eps_root", 0.0, "[0, inf)", "added to the denominator inside the square root", latex=r"\epsilon_{\mathrm{root}}"
+eps = RULE.hyper(
+    "eps", 1e-6, "[0, inf)", "added to the denominator outside the square root", latex=r"\epsilon"
 )
-weight_decay = RULE.hyper("weight_decay", 0.0, "[0, inf)", "strength of the weight decay (through the momentum)")
+eps_root = RULE.hyper(
+    "eps_root",
+    0.0,
+    "[0, inf)",
+    "added to the denominator inside the square root",
+    latex=r"\epsilon_{\mathrm{root}}",
+)
+weight_decay = RULE.hyper(
+    "weight_decay", 0.0, "[0, inf)", "strength of the weight decay (through the momentum)"
+)
 nu = RULE.state("nu", 0, "per-tensor second moment of ||g||^2", scope="tensor", latex=r"\nu")
 mu = RULE.state("mu", 0, "first moment of the normalised gradients", latex=r"\mu")
 

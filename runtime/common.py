@@ -22,13 +22,17 @@ def _interval(low: float, high: float, low_closed: bool, high_closed: bool) -> s
 def check_float(name: str, value: Any, low: float, high: float, low_closed: bool, high_closed: bool) -> float:
     """A real hyperparameter: a Python or NumPy real number (not a bool) inside its range."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"`{name}` must be a float. Received: {name}={value!r} of type {type(value).__name__}")
-    value = float(value)
-    above = value >= low if low_closed else value > low
-    below = value <= high if high_closed else value < high
-    if not (above and below) or math.isnan(value):
-        raise ValueError(f"`{name}` must be in {_interval(low, high, low_closed, high_closed)}. Received: {name}={value!r}")
-    return value
+        raise TypeError(
+            f"`{name}` must be a float. Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    number = float(value)
+    above = number >= low if low_closed else number > low
+    below = number <= high if high_closed else number < high
+    if not (above and below) or math.isnan(number):
+        raise ValueError(
+            f"`{name}` must be in {_interval(low, high, low_closed, high_closed)}. Received: {name}={value}"
+        )
+    return number
 
 
 def check_flag(name: str, value: Any) -> bool:
@@ -37,11 +41,25 @@ def check_flag(name: str, value: Any) -> bool:
     return value
 
 
-def check_learning_rate(value: Any, *, schedule: bool, name: str = "learning_rate") -> Any:
-    """A learning rate in [0, inf), or (where ``schedule``) a callable ``step -> lr``."""
+def _scalar_array(value: Any) -> bool:
+    """A 0-d floating array of a framework (a jax.Array, possibly traced, a torch or NumPy 0-d array)."""
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    return shape is not None and tuple(shape) == () and "float" in str(dtype)
+
+
+def check_learning_rate(
+    value: Any, *, schedule: bool, name: str = "learning_rate", arrays: bool = False
+) -> Any:
+    """A learning rate in [0, inf); where ``schedule``, a callable ``step -> lr``; where ``arrays``, a 0-d
+    float array (as ``optax.inject_hyperparams`` passes; its range cannot be checked when it is traced)."""
     if schedule and callable(value):
+        return value
+    if arrays and _scalar_array(value):
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         kinds = "a float or a callable schedule `step -> lr`" if schedule else "a float"
-        raise TypeError(f"`{name}` must be {kinds}. Received: {name}={value!r} of type {type(value).__name__}")
+        raise TypeError(
+            f"`{name}` must be {kinds}. Received: {name}={value!r} of type {type(value).__name__}"
+        )
     return check_float(name, value, 0.0, math.inf, True, False)

@@ -39,9 +39,10 @@ def check_step(params: Any, grads: Any, state: Any, scopes: dict[str, str]) -> l
     ``scopes``: per-parameter state name -> "element" (shaped like the parameter) or "tensor" (0-d).
     """
     keys, ws = leaves(params)
-    gkeys, gs = leaves(grads, "grads")
-    if gkeys != keys:
+    gkeys, _ = leaves(grads, "grads")
+    if sorted(map(repr, gkeys)) != sorted(map(repr, keys)):
         raise ValueError(f"grads must match params: expected keys {keys}, received {gkeys}")
+    gs = [grads[k] for k in keys]
     for k, w, g in zip(keys, ws, gs):
         if g.shape != w.shape or g.dtype != w.dtype:
             raise ValueError(
@@ -53,12 +54,17 @@ def check_step(params: Any, grads: Any, state: Any, scopes: dict[str, str]) -> l
         if slot is None:
             continue
         if not isinstance(slot, (list, tuple, dict)):
-            raise TypeError(f"state.{name} must mirror params (a list or dict). Received: {type(slot).__name__}")
-        skeys, ss = leaves(slot, f"state.{name}")
-        if skeys != keys:
+            raise TypeError(
+                f"state.{name} must mirror params (a list or dict). Received: {type(slot).__name__}"
+            )
+        skeys, _ = leaves(slot, f"state.{name}")
+        if sorted(map(repr, skeys)) != sorted(map(repr, keys)):
             raise ValueError(f"state.{name} does not match params: expected keys {keys}, received {skeys}")
+        ss = [slot[k] for k in keys]
         for k, w, s in zip(keys, ws, ss):
             expected = w.shape if scope == "element" else ()
             if s.shape != expected:
-                raise ValueError(f"state.{name}[{k!r}] must have shape {expected} ({scope} state). Received: {s.shape}")
+                raise ValueError(
+                    f"state.{name}[{k!r}] must have shape {expected} ({scope} state). Received: {s.shape}"
+                )
     return keys

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from optforge.rules import registry
 
 RULES = registry()

@@ -2,6 +2,6 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
-import jax  # noqa: E402
+import jax
 
 jax.config.update("jax_enable_x64", True)

@@ -20,7 +20,10 @@ SCALES = [1.0, 1e-3, 1e3, 1.0, 10.0, 1.0]
 def problem(steps: int, dtype=np.float64, seed: int = 0, shapes=SHAPES, scales=SCALES, zero_first=True):
     rng = np.random.default_rng(seed)
     params = [np.asarray(rng.normal(size=s), dtype=dtype) for s in shapes]
-    grads = [[np.asarray(c * rng.normal(size=s), dtype=dtype) for s, c in zip(shapes, scales)] for _ in range(steps)]
+    grads = [
+        [np.asarray(c * rng.normal(size=s), dtype=dtype) for s, c in zip(shapes, scales)]
+        for _ in range(steps)
+    ]
     if zero_first and steps:
         grads[0][-1] = np.zeros_like(grads[0][-1])
     return params, grads
@@ -67,7 +70,6 @@ def run(backend: str, rule, hypers: dict, params0, grads, schedule=None):
         import jax
         import jax.numpy as jnp
         import optax
-
         import optforge.generated.jax as gen
 
         if schedule is not None:
@@ -83,9 +85,8 @@ def run(backend: str, rule, hypers: dict, params0, grads, schedule=None):
             n: _np([getattr(state, n)] if n in is_global else getattr(state, n)) for n in names
         }
     if backend == "torch":
-        import torch
-
         import optforge.generated.torch as gen
+        import torch
 
         if "learning_rate" in hypers:
             hypers["lr"] = hypers.pop("learning_rate")

@@ -44,11 +44,15 @@ def torch_optimizer(rule_name: str, hypers: dict, params, defaults: dict):
     if rule_name == "Adagrad":
         if h["epsilon"] != 0:
             return None  # Keras: g/sqrt(a + eps); torch: g/(sqrt(a) + eps)
-        return torch.optim.Adagrad(params, lr=lr, initial_accumulator_value=h["initial_accumulator_value"], eps=0.0)
+        return torch.optim.Adagrad(
+            params, lr=lr, initial_accumulator_value=h["initial_accumulator_value"], eps=0.0
+        )
     if rule_name == "Nadam":
         # Keras's 0.96^t is torch's 0.96^(t*momentum_decay) with momentum_decay = 1; run with float64 default dtype
         # so that torch's mu_product is not rounded to float32
-        return torch.optim.NAdam(params, lr=lr, betas=(h["beta_1"], h["beta_2"]), eps=h["epsilon"], momentum_decay=1.0)
+        return torch.optim.NAdam(
+            params, lr=lr, betas=(h["beta_1"], h["beta_2"]), eps=h["epsilon"], momentum_decay=1.0
+        )
     return None
 
 

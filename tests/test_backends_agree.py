@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from cases import rule_configs
 from drivers import assert_close, problem, run, varying_lr
 
@@ -22,7 +21,9 @@ def test_backends_agree(rule, name, cfg, dtype, tol):
         params, state = run(backend, rule, cfg, params0, grads)
         assert_close(params, ref_params, tol, f"{backend} params")
         for n in ref_state:
-            assert (state[n] is None) == (ref_state[n] is None), f"{backend}: state {n} exists in one backend only"
+            assert (state[n] is None) == (ref_state[n] is None), (
+                f"{backend}: state {n} exists in one backend only"
+            )
             if ref_state[n] is not None:
                 assert_close(state[n], ref_state[n], tol, f"{backend} state {n}")
 
@@ -33,7 +34,9 @@ def test_backends_agree_with_a_schedule(rule, name, cfg):
     schedule = varying_lr(cfg.get("learning_rate", rule.hypers["learning_rate"].default))
     ref_params, _ = run("numpy", rule, cfg, params0, grads, schedule)
     const_params, _ = run("numpy", rule, cfg, params0, grads)
-    assert max(np.max(np.abs(a - b)) for a, b in zip(ref_params, const_params)) > 0, "the schedule had no effect"
+    assert max(np.max(np.abs(a - b)) for a, b in zip(ref_params, const_params)) > 0, (
+        "the schedule had no effect"
+    )
     for backend in ("jax", "torch"):
         params, _ = run(backend, rule, cfg, params0, grads, schedule)
         assert_close(params, ref_params, 1e-12, f"{backend} params")

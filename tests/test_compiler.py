@@ -8,13 +8,11 @@ import sys
 import numpy as np
 import pytest
 import sympy as sp
-
+from drivers import assert_close, problem
 from optforge.compiler.dsl import Eq, Rule, clip, g, maximum, sqrt, t, w, where
 from optforge.compiler.errors import BackendError, RuleError
 from optforge.compiler.pipeline import compile_rule
 from optforge.rules import get, registry
-
-from drivers import assert_close, problem
 from rulekit import load
 
 
@@ -132,7 +130,10 @@ BROKEN = [
     (condition_on_data, ["equation 1", "a condition may read only flags and hyperparameters"]),
     (no_learning_rate, ["declares no learning rate"]),
     (parameter_never_updated, ["the parameter w is never updated"]),
-    (used_before_defined, ["equation 1", "symbol 'd' is not defined yet (it is defined by a later equation)"]),
+    (
+        used_before_defined,
+        ["equation 1", "symbol 'd' is not defined yet (it is defined by a later equation)"],
+    ),
 ]
 
 
@@ -158,7 +159,11 @@ def test_unsupported_construct_names_the_node_and_the_backend(tmp_path):
     with pytest.raises(BackendError) as info:
         load(r, tmp_path)
     message = str(info.value)
-    assert "backend cannot print `sin: sin(g)`" in message and "equation 1" in message and "rule 'Broken'" in message
+    assert (
+        "backend cannot print `sin: sin(g)`" in message
+        and "equation 1" in message
+        and "rule 'Broken'" in message
+    )
 
 
 def test_every_registered_rule_passes_the_verifier_between_passes():
@@ -280,7 +285,6 @@ def test_increment_is_derived_symbolically_not_by_subtraction():
 
 def test_jax_update_keeps_the_low_bits_of_a_small_step_on_a_large_parameter():
     import jax.numpy as jnp
-
     from optforge.generated.jax import sgd
 
     tx = sgd(learning_rate=1e-3)
@@ -290,12 +294,16 @@ def test_jax_update_keeps_the_low_bits_of_a_small_step_on_a_large_parameter():
 
 
 def test_show_lists_equations_state_scope_and_bytes():
-    out = subprocess.run([sys.executable, "-m", "optforge.cli", "show", "adamax"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "optforge.cli", "show", "adamax"], capture_output=True, text=True, check=True
+    )
     text = out.stdout
     assert "m <- m + (1 - beta_1)*(g - m)" in text
     assert "per element" in text and "8 bytes per float32 parameter" in text
     assert "reductions:" in text and "beta_1" in text and "[0, 1)" in text
-    bad = subprocess.run([sys.executable, "-m", "optforge.cli", "show", "nope"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "optforge.cli", "show", "nope"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "no rule named 'nope'" in bad.stderr
 
 

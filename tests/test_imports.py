@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from cases import RULES
 
 FORBIDDEN = {
@@ -19,7 +18,9 @@ FORBIDDEN = {
 
 @pytest.mark.parametrize("backend", sorted(FORBIDDEN))
 def test_generated_backend_imports_only_its_framework(backend):
-    modules = [f"optforge.generated.{backend}.{r.module}" for r in RULES.values()] + [f"optforge.generated.{backend}"]
+    modules = [f"optforge.generated.{backend}.{r.module}" for r in RULES.values()] + [
+        f"optforge.generated.{backend}"
+    ]
     code = (
         "import sys, json\n"
         + "".join(f"import {m}\n" for m in modules)
@@ -27,7 +28,9 @@ def test_generated_backend_imports_only_its_framework(backend):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = set(json.loads(out.stdout))
-    assert not (loaded & FORBIDDEN[backend]), f"{backend} modules imported {sorted(loaded & FORBIDDEN[backend])}"
+    assert not (loaded & FORBIDDEN[backend]), (
+        f"{backend} modules imported {sorted(loaded & FORBIDDEN[backend])}"
+    )
 
 
 def test_importing_optforge_generated_imports_no_framework():

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-
 from cases import RULES
 from drivers import BACKENDS, assert_close, problem, run, varying_lr
 
@@ -54,7 +53,6 @@ def test_optax_doctest_prints_the_same_objective_values_in_every_backend():
     import jax.numpy as jnp
     import optax
     import torch
-
     from optforge.generated.jax import optax_novograd
     from optforge.generated.numpy import OptaxNovoGrad as NumpyNovoGrad
     from optforge.generated.torch import OptaxNovoGrad as TorchNovoGrad
@@ -73,7 +71,7 @@ def test_optax_doctest_prints_the_same_objective_values_in_every_backend():
         grad = jax.grad(lambda x: jnp.sum(x**2))(params)
         updates, state = solver.update(grad, state, params)
         params = optax.apply_updates(params, updates)
-        printed.append("{:.2E}".format(f(np.asarray(params))))
+        printed.append(f"{f(np.asarray(params)):.2E}")
     out["jax"] = printed
 
     opt = NumpyNovoGrad(learning_rate=0.003)
@@ -82,7 +80,7 @@ def test_optax_doctest_prints_the_same_objective_values_in_every_backend():
     printed = []
     for _ in range(5):
         x, st = opt.step(x, [2 * x[0]], st)
-        printed.append("{:.2E}".format(f(x[0])))
+        printed.append(f"{f(x[0]):.2E}")
     out["numpy"] = printed
 
     xt = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
@@ -92,7 +90,7 @@ def test_optax_doctest_prints_the_same_objective_values_in_every_backend():
         topt.zero_grad()
         (xt**2).sum().backward()
         topt.step()
-        printed.append("{:.2E}".format(f(xt.detach().numpy())))
+        printed.append(f"{f(xt.detach().numpy()):.2E}")
     out["torch"] = printed
     assert out == {"jax": page, "numpy": page, "torch": page}
 
@@ -125,7 +123,8 @@ def page_000_novograd(params0, grads, lr, beta1, beta2, epsilon, weight_decay, g
 
 
 @pytest.mark.parametrize(
-    "grad_averaging, use_nesterov, weight_decay", list(itertools.product([False, True], [False, True], [0.0, 0.05]))
+    "grad_averaging, use_nesterov, weight_decay",
+    list(itertools.product([False, True], [False, True], [0.0, 0.05])),
 )
 def test_novograd_matches_seed_page_000(grad_averaging, use_nesterov, weight_decay):
     cfg = dict(
@@ -138,7 +137,9 @@ def test_novograd_matches_seed_page_000(grad_averaging, use_nesterov, weight_dec
         use_nesterov=use_nesterov,
     )
     params0, grads = problem(STEPS)
-    want = page_000_novograd(params0, grads, **{"lr" if k == "learning_rate" else k: v for k, v in cfg.items()})
+    want = page_000_novograd(
+        params0, grads, **{"lr" if k == "learning_rate" else k: v for k, v in cfg.items()}
+    )
     for backend in BACKENDS:
         got, _ = run(backend, RULES["NovoGrad"], cfg, params0, grads)
         assert_close(got, want, 1e-12, f"{backend} NovoGrad vs seed page 000")
@@ -166,11 +167,10 @@ def test_novograd_tf1_graph_mode_normalises_by_the_current_gradient():
 
 def _count_state_elements(backend: str, rule_name: str, params0):
     import jax.numpy as jnp
-    import torch
-
     import optforge.generated.jax as gj
     import optforge.generated.numpy as gn
     import optforge.generated.torch as gt
+    import torch
 
     rule = RULES[rule_name]
     if backend == "numpy":
@@ -199,7 +199,9 @@ def test_novograd_state_is_one_tensor_per_parameter_plus_one_scalar_per_tensor(b
     params0, _ = problem(1)
     n_elements = sum(p.size for p in params0)
     assert _count_state_elements(backend, rule_name, params0) == n_elements + len(params0)
-    assert _count_state_elements(backend, "Nadam", params0) == 2 * n_elements + (0 if backend == "torch" else 1)
+    assert _count_state_elements(backend, "Nadam", params0) == 2 * n_elements + (
+        0 if backend == "torch" else 1
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -210,7 +212,6 @@ def test_novograd_state_is_one_tensor_per_parameter_plus_one_scalar_per_tensor(b
 def test_jax_step_has_no_cond(rule):
     import jax
     import jax.numpy as jnp
-
     import optforge.generated.jax as gj
 
     params0, grads = problem(1)
@@ -223,11 +224,10 @@ def test_jax_step_has_no_cond(rule):
 
 def test_nadam_product_is_one_scalar_per_optimizer_not_per_parameter():
     import jax.numpy as jnp
-    import torch
-
     import optforge.generated.jax as gj
     import optforge.generated.numpy as gn
     import optforge.generated.torch as gt
+    import torch
 
     params0, grads = problem(3)
     state = gn.Nadam().init([p.copy() for p in params0])

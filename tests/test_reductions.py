@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import sympy as sp
-
+from drivers import assert_close, problem
 from optforge.compiler.dsl import (
     Rule,
     g,
@@ -23,8 +23,6 @@ from optforge.compiler.dsl import (
 )
 from optforge.compiler.errors import RuleError
 from optforge.compiler.pipeline import compile_rule
-
-from drivers import assert_close, problem
 from rulekit import load
 
 
@@ -53,7 +51,9 @@ def transcription(params0, grads, lr=0.01, c=1.0, s=2.0):
         gsq = sum(float(np.sum(x * x)) for x in gs_)
         for i, x in enumerate(gs_):
             v[i] = 0.5 * v[i] + 0.5 * math.sqrt(float(np.sum((x + 0.1 * w[i]) ** 2)))
-            d = scaled[i] * min(1.0, c / big) + x / peak * float(np.max(np.abs(x))) / (1 + float(np.sum(x * w[i])) ** 2)
+            d = scaled[i] * min(1.0, c / big) + x / peak * float(np.max(np.abs(x))) / (
+                1 + float(np.sum(x * w[i])) ** 2
+            )
             w[i] = w[i] - lr * d / math.sqrt(v[i] + 1) - lr * 0.01 * gsq * w[i]
     return w
 
@@ -134,6 +134,8 @@ def test_novograd_reduction_is_named_and_shown():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "optforge.cli", "show", "NovoGrad"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "optforge.cli", "show", "NovoGrad"], capture_output=True, text=True, check=True
+    )
     reductions = out.stdout.split("reductions:")[1].split("\n\n")[0]
     assert "||g||^2" in reductions

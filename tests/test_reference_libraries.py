@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from cases import RULES, rule_configs
 from drivers import BACKENDS, assert_close, problem, run, varying_lr
 from references import KERAS_RULES, OTHER_ORACLES, keras_optimizer, optax_transform, torch_optimizer
@@ -19,7 +18,9 @@ def defaults(rule) -> dict:
 def test_every_rule_has_a_reference():
     """A new rule must say which library it is checked against (add it to references.py)."""
     for rule in RULES.values():
-        assert rule.name in KERAS_RULES | OTHER_ORACLES, f"{rule.name} has no reference in tests/references.py"
+        assert rule.name in KERAS_RULES | OTHER_ORACLES, (
+            f"{rule.name} has no reference in tests/references.py"
+        )
 
 
 def keras_run(rule, cfg, params0, grads, learning_rate):
@@ -101,7 +102,11 @@ def test_torch_optim_where_semantics_coincide(rule, name, cfg):
 
 
 def optax_cases():
-    return [p for p in rule_configs() if optax_transform(p.values[0].name, p.values[2], defaults(p.values[0])) is not None]
+    return [
+        p
+        for p in rule_configs()
+        if optax_transform(p.values[0].name, p.values[2], defaults(p.values[0])) is not None
+    ]
 
 
 @pytest.mark.parametrize("rule, name, cfg", optax_cases())

@@ -56,4 +56,6 @@ def _check_layout(rule: str, ctx) -> None:
     for case in ctx["cases"]:
         kinds = [s["kind"] for s in case["sections"]]
         if kinds.count("tensor") != 1:
-            raise BackendError(rule, "jax", f"a case with sections {kinds} (one loop over the tensors is supported)")
+            raise BackendError(
+                rule, "jax", f"a case with sections {kinds} (one loop over the tensors is supported)"
+            )

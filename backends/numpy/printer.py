@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sympy as sp
-
 from optforge.compiler.ir import Assign, Scope, base, ssa
 
 from ..base import Backend

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sympy as sp
-
 from optforge.compiler.ir import Assign, Scope, base
 
 from ..base import Backend
@@ -56,4 +55,3 @@ class TorchBackend(Backend):
         if isinstance(a.expr, sp.Symbol) and base(a.expr) in p.inplace:
             code += ".clone()"  # a named copy of a tensor that is updated in place later
         return [f"{name} = {code}"]
-

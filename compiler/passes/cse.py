@@ -19,7 +19,8 @@ from .scope import scope_of, scopes_of
 def eliminate_common_subexpressions(program: Program) -> Program:
     scopes = scopes_of(program)
     cases = tuple(
-        dataclasses.replace(c, body=_cse(c.body, scopes), functional=_cse(c.functional, scopes)) for c in program.cases
+        dataclasses.replace(c, body=_cse(c.body, scopes), functional=_cse(c.functional, scopes))
+        for c in program.cases
     )
     return program.replace(cases=cases, passes=program.passes + ("eliminate_common_subexpressions",))
 
@@ -52,9 +53,7 @@ def _cse(body: tuple[Assign, ...], scopes: dict) -> tuple[Assign, ...]:
         uses += [position[o] for o, oe in temps.items() if o in position and sym in oe.free_symbols]
         p = min(uses)
         inputs = {base(s) for s in expr.free_symbols if s not in temps}
-        defined_at = max(
-            [i + 1 for i, a in enumerate(stmts) if a.lhs in expr.free_symbols] or [0]
-        )
+        defined_at = max([i + 1 for i, a in enumerate(stmts) if a.lhs in expr.free_symbols] or [0])
         overwritten = [i for i, a in enumerate(stmts) if i >= defined_at and a.target in inputs]
         if overwritten and min(overwritten) < p:
             p = min(overwritten)

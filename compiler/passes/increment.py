@@ -42,6 +42,8 @@ def _functional(case: Case) -> tuple[Assign, ...]:
         d = split_increment(a.expr, old).xreplace(subs)
         n += 1
         total = d if n == 1 else ssa("update", n - 1) + d
-        out.append(dataclasses.replace(a, target="update", version=n, expr=total, role="update", scope=Scope.ELEMENT))
+        out.append(
+            dataclasses.replace(a, target="update", version=n, expr=total, role="update", scope=Scope.ELEMENT)
+        )
         subs[a.lhs] = sp.Symbol("w") + ssa("update", n)
     return tuple(out)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import itertools
 
 import sympy as sp
-from sympy.logic.boolalg import Boolean, BooleanFunction
+from sympy.logic.boolalg import Boolean
 
 from ..dsl import RESERVED, Equation, Rule
 from ..errors import RuleError
-from ..ir import Assign, Case, Program, StateVar, Scope, ssa
+from ..ir import Assign, Case, Program, Scope, StateVar, ssa
 
 MAX_STATIC_ATOMS = 8
 
@@ -45,18 +45,22 @@ def lower(rule: Rule) -> Program:
         exact = sp.simplify_logic(cond, form="dnf") if atoms else sp.true
         test = sp.simplify_logic(cond, form="dnf", dontcare=earlier) if atoms else sp.true
         earlier = sp.Or(earlier, cond)
-        program_cases.append(Case(condition=exact.xreplace(decode), test=test.xreplace(decode), body=tuple(body)))
+        program_cases.append(
+            Case(condition=exact.xreplace(decode), test=test.xreplace(decode), body=tuple(body))
+        )
     for case in program_cases:
         if not any(a.target == "w" for a in case.body):
             raise RuleError(
                 rule.name,
-                "the parameter w is never updated" + ("" if case.condition is sp.true else f" when {case.condition}"),
+                "the parameter w is never updated"
+                + ("" if case.condition is sp.true else f" when {case.condition}"),
                 hint="add an equation `rule.assign(w, ...)`",
             )
 
     declared = {"element": Scope.ELEMENT, "tensor": Scope.TENSOR, "global": Scope.GLOBAL, None: None}
     states = tuple(
-        StateVar(s.name, s.init, Scope.ELEMENT, s.meaning, s.latex, sp.true, declared[s.scope]) for s in rule.states.values()
+        StateVar(s.name, s.init, Scope.ELEMENT, s.meaning, s.latex, sp.true, declared[s.scope])
+        for s in rule.states.values()
     )
     return Program(
         rule=rule.name,
@@ -85,7 +89,9 @@ def _where(i: int, eq: Equation) -> dict:
 
 def _check_declarations(rule: Rule) -> None:
     if "learning_rate" not in rule.hypers:
-        raise RuleError(rule.name, "the rule declares no learning rate", hint="add `lr = rule.learning_rate(default)`")
+        raise RuleError(
+            rule.name, "the rule declares no learning rate", hint="add `lr = rule.learning_rate(default)`"
+        )
     if not rule.equations:
         raise RuleError(rule.name, "the rule has no equations", hint="add `rule.assign(w, ...)`")
     hypers = {sp.Symbol(n) for n, h in rule.hypers.items() if h.kind == "float"}
@@ -128,12 +134,18 @@ def _check_equation(rule: Rule, i: int, eq: Equation) -> None:
             later = any(e.target == s.name for e in rule.equations[i - 1 :])
             raise RuleError(
                 rule.name,
-                f"symbol '{s.name}' is not defined" + (" yet (it is defined by a later equation)" if later else ""),
+                f"symbol '{s.name}' is not defined"
+                + (" yet (it is defined by a later equation)" if later else ""),
                 hint="declare it with rule.hyper / rule.flag / rule.state, or define it with rule.let above this equation",
                 **where,
             )
     if not isinstance(eq.expr, sp.Expr):
-        raise RuleError(rule.name, f"the right-hand side is a condition, not a value: `{eq.expr}`", hint="use where(cond, a, b)", **where)
+        raise RuleError(
+            rule.name,
+            f"the right-hand side is a condition, not a value: `{eq.expr}`",
+            hint="use where(cond, a, b)",
+            **where,
+        )
     for s in _numeric_symbols(eq.expr):
         if s.name in flags:
             raise RuleError(
@@ -209,10 +221,18 @@ def _static_atoms(rule: Rule) -> tuple[list[sp.Symbol], dict]:
                 if key not in encode:
                     encode[key] = sp.Dummy(f"c{len(encode)}")
                     atoms.append(encode[key])
-            elif isinstance(node, sp.Symbol) and node in static and node not in atoms and not isinstance(node, sp.Dummy):
+            elif (
+                isinstance(node, sp.Symbol)
+                and node in static
+                and node not in atoms
+                and not isinstance(node, sp.Dummy)
+            ):
                 atoms.append(node)
     if len(atoms) > MAX_STATIC_ATOMS:
-        raise RuleError(rule.name, f"the rule has {len(atoms)} independent static conditions; at most {MAX_STATIC_ATOMS} are supported")
+        raise RuleError(
+            rule.name,
+            f"the rule has {len(atoms)} independent static conditions; at most {MAX_STATIC_ATOMS} are supported",
+        )
     return atoms, encode
 
 
@@ -224,11 +244,17 @@ def _encode(cond, encode: dict):
             return encode[node]
         return node
 
-    return cond.replace(lambda n: isinstance(n, sp.core.relational.Relational), repl) if cond not in (sp.true, sp.false) else cond
+    return (
+        cond.replace(lambda n: isinstance(n, sp.core.relational.Relational), repl)
+        if cond not in (sp.true, sp.false)
+        else cond
+    )
 
 
 def _evaluate(cond, encode: dict, truth: dict) -> bool | None:
-    value = _encode(sp.sympify(cond), encode).xreplace({k: sp.true if v else sp.false for k, v in truth.items()})
+    value = _encode(sp.sympify(cond), encode).xreplace(
+        {k: sp.true if v else sp.false for k, v in truth.items()}
+    )
     if value is sp.true or value is True:
         return True
     if value is sp.false or value is False:
@@ -249,5 +275,7 @@ def _specialise(rule: Rule, encode: dict, truth: dict) -> list[Assign]:
             if eq.kind == "let"
             else {"w": "param", "g": "grad"}.get(eq.target, "state" if eq.target in rule.states else "let")
         )
-        body.append(Assign(eq.target, current[eq.target], expr, role, label=eq.label, equation=i, origin=eq.origin))
+        body.append(
+            Assign(eq.target, current[eq.target], expr, role, label=eq.label, equation=i, origin=eq.origin)
+        )
     return body

@@ -17,7 +17,8 @@ from .scope import REDUCTIONS
 
 def extract_reductions(program: Program) -> Program:
     cases = tuple(
-        dataclasses.replace(c, body=_extract(c.body), functional=_extract(c.functional)) for c in program.cases
+        dataclasses.replace(c, body=_extract(c.body), functional=_extract(c.functional))
+        for c in program.cases
     )
     return program.replace(cases=cases, passes=program.passes + ("extract_reductions",))
 

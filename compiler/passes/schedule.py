@@ -71,7 +71,13 @@ def _sections(program: Program, body: tuple[Assign, ...]) -> tuple[Section, ...]
         else:
             loop.append(a)
     out = []
-    for kind, assigns in (("step", before), ("reduce", reduce), ("step", between), ("tensor", loop), ("step", after)):
+    for kind, assigns in (
+        ("step", before),
+        ("reduce", reduce),
+        ("step", between),
+        ("tensor", loop),
+        ("step", after),
+    ):
         if assigns:
             out.append(Section(kind, tuple(dataclasses.replace(a, section=len(out)) for a in assigns)))
     return tuple(out)

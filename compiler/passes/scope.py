@@ -86,7 +86,9 @@ def _check_reductions(program: Program, a: Assign, scopes: dict[str, Scope]) -> 
             continue
         (arg,) = node.args
         problem = None
-        if any(isinstance(n, sp.Function) and type(n).__name__ in REDUCTIONS for n in sp.preorder_traversal(arg)):
+        if any(
+            isinstance(n, sp.Function) and type(n).__name__ in REDUCTIONS for n in sp.preorder_traversal(arg)
+        ):
             problem = "a reduction of a reduction"
         elif scope_of(arg, scopes) < Scope.ELEMENT:
             problem = f"a reduction of a value that is {scope_of(arg, scopes).word}, not per element"

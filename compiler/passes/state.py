@@ -26,7 +26,8 @@ def analyse_state(program: Program) -> Program:
     _check_live(program)
     transient = {s.name for s in program.states if not _reads_previous(program, s.name)}
     cases = tuple(
-        dataclasses.replace(c, body=_eliminate_dead(program, _demote(c.body, transient))) for c in program.cases
+        dataclasses.replace(c, body=_eliminate_dead(program, _demote(c.body, transient)))
+        for c in program.cases
     )
     states = []
     for s in program.states:
@@ -47,7 +48,9 @@ def _reads_previous(program: Program, name: str) -> bool:
 
 def _demote(body: tuple[Assign, ...], transient: set[str]) -> tuple[Assign, ...]:
     """A state whose previous value is never read is recomputed every step: a temporary, not stored."""
-    return tuple(dataclasses.replace(a, role="let") if a.target in transient and a.role == "state" else a for a in body)
+    return tuple(
+        dataclasses.replace(a, role="let") if a.target in transient and a.role == "state" else a for a in body
+    )
 
 
 def _touches(a: Assign, name: str) -> bool:
@@ -104,4 +107,3 @@ def _eliminate_dead(program: Program, body: tuple[Assign, ...]) -> tuple[Assign,
         # an unread intermediate value (let, gradient) is dropped
     kept.reverse()
     return tuple(kept)
-

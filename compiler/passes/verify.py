@@ -25,7 +25,9 @@ def verify(program: Program) -> Program:
             if sections:
                 flat = tuple(a for s in sections for a in s.body)
                 if len(flat) != len(body):
-                    raise CompilerBug(f"{where}: the sections hold {len(flat)} statements, the body {len(body)}")
+                    raise CompilerBug(
+                        f"{where}: the sections hold {len(flat)} statements, the body {len(body)}"
+                    )
                 _check_sections(where, sections)
                 body = flat
             _check_body(program, where, body, scopes)
@@ -40,7 +42,9 @@ def _check_sections(where: str, sections: tuple[Section, ...]) -> None:
     for s in sections:
         for a in s.body:
             if s.kind == "step" and a.scope > Scope.GLOBAL:
-                raise CompilerBug(f"{where}: `{a.lhs} = {a.expr}` ({a.scope.word}) is in a once-per-step section")
+                raise CompilerBug(
+                    f"{where}: `{a.lhs} = {a.expr}` ({a.scope.word}) is in a once-per-step section"
+                )
 
 
 def _check_body(program: Program, where: str, body, scopes) -> None:
@@ -53,7 +57,9 @@ def _check_body(program: Program, where: str, body, scopes) -> None:
             if name not in current:
                 raise CompilerBug(f"{where}: `{a.lhs} = {a.expr}` reads `{s}` before it is defined")
             if version(s) != current[name]:
-                raise CompilerBug(f"{where}: `{a.lhs} = {a.expr}` reads `{s}` but `{name}` is at version {current[name]}")
+                raise CompilerBug(
+                    f"{where}: `{a.lhs} = {a.expr}` reads `{s}` but `{name}` is at version {current[name]}"
+                )
         fresh = a.role in ("temp", "reduce")
         expected = 0 if fresh else current.get(a.target, 0) + 1
         if a.version != expected:

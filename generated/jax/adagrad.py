@@ -37,7 +37,7 @@ class AdagradState(NamedTuple):
 
 
 def adagrad(
-    learning_rate: float | Callable[[jax.Array], Any] = 0.001,
+    learning_rate: float | jax.Array | Callable[[jax.Array], Any] = 0.001,
     initial_accumulator_value: float = 0.1,
     epsilon: float = 1e-07,
 ) -> optax.GradientTransformation:
@@ -48,7 +48,7 @@ def adagrad(
         initial_accumulator_value: starting value of the accumulators, in [0, inf). Default 0.1.
         epsilon: small constant for numerical stability, in [0, inf). Default 1e-07.
     """
-    learning_rate = common.check_learning_rate(learning_rate, schedule=True)
+    learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
     initial_accumulator_value = common.check_float(
         "initial_accumulator_value", initial_accumulator_value, 0.0, math.inf, True, False
     )

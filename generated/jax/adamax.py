@@ -39,7 +39,7 @@ class AdamaxState(NamedTuple):
 
 
 def adamax(
-    learning_rate: float | Callable[[jax.Array], Any] = 0.001,
+    learning_rate: float | jax.Array | Callable[[jax.Array], Any] = 0.001,
     beta_1: float = 0.9,
     beta_2: float = 0.999,
     epsilon: float = 1e-07,
@@ -52,7 +52,7 @@ def adamax(
         beta_2: exponential decay rate of the weighted infinity norm, in [0, 1]. Default 0.999.
         epsilon: small constant for numerical stability, in [0, inf). Default 1e-07.
     """
-    learning_rate = common.check_learning_rate(learning_rate, schedule=True)
+    learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
     beta_1 = common.check_float("beta_1", beta_1, 0.0, 1.0, True, False)
     beta_2 = common.check_float("beta_2", beta_2, 0.0, 1.0, True, True)
     epsilon = common.check_float("epsilon", epsilon, 0.0, math.inf, True, False)

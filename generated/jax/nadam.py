@@ -45,7 +45,7 @@ class NadamState(NamedTuple):
 
 
 def nadam(
-    learning_rate: float | Callable[[jax.Array], Any] = 0.001,
+    learning_rate: float | jax.Array | Callable[[jax.Array], Any] = 0.001,
     beta_1: float = 0.9,
     beta_2: float = 0.999,
     epsilon: float = 1e-07,
@@ -58,7 +58,7 @@ def nadam(
         beta_2: exponential decay rate of the second moment, in [0, 1). Default 0.999.
         epsilon: small constant for numerical stability (Kingma and Ba's epsilon hat), in [0, inf). Default 1e-07.
     """
-    learning_rate = common.check_learning_rate(learning_rate, schedule=True)
+    learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
     beta_1 = common.check_float("beta_1", beta_1, 0.0, 1.0, True, False)
     beta_2 = common.check_float("beta_2", beta_2, 0.0, 1.0, True, False)
     epsilon = common.check_float("epsilon", epsilon, 0.0, math.inf, True, False)

@@ -42,7 +42,7 @@ class NovoGradState(NamedTuple):
 
 
 def novograd(
-    learning_rate: float | Callable[[jax.Array], Any] = 1.0,
+    learning_rate: float | jax.Array | Callable[[jax.Array], Any] = 1.0,
     beta1: float = 0.95,
     beta2: float = 0.98,
     epsilon: float = 1e-08,
@@ -61,7 +61,7 @@ def novograd(
         grad_averaging: scale the normalised gradient by (1 - beta1). Default False.
         use_nesterov: Nesterov momentum. Default False.
     """
-    learning_rate = common.check_learning_rate(learning_rate, schedule=True)
+    learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
     beta1 = common.check_float("beta1", beta1, 0.0, 1.0, True, True)
     beta2 = common.check_float("beta2", beta2, 0.0, 1.0, True, True)
     epsilon = common.check_float("epsilon", epsilon, 0.0, math.inf, True, False)

@@ -40,7 +40,7 @@ class OptaxNovoGradState(NamedTuple):
 
 
 def optax_novograd(
-    learning_rate: float | Callable[[jax.Array], Any],
+    learning_rate: float | jax.Array | Callable[[jax.Array], Any],
     b1: float = 0.9,
     b2: float = 0.25,
     eps: float = 1e-06,
@@ -57,7 +57,7 @@ def optax_novograd(
         eps_root: added to the denominator inside the square root, in [0, inf). Default 0.0.
         weight_decay: strength of the weight decay (through the momentum), in [0, inf). Default 0.0.
     """
-    learning_rate = common.check_learning_rate(learning_rate, schedule=True)
+    learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
     b1 = common.check_float("b1", b1, 0.0, 1.0, True, True)
     b2 = common.check_float("b2", b2, 0.0, 1.0, True, True)
     eps = common.check_float("eps", eps, 0.0, math.inf, True, False)

@@ -38,7 +38,7 @@ class SGDState(NamedTuple):
 
 
 def sgd(
-    learning_rate: float | Callable[[jax.Array], Any] = 0.01,
+    learning_rate: float | jax.Array | Callable[[jax.Array], Any] = 0.01,
     momentum: float = 0.0,
     nesterov: bool = False,
 ) -> optax.GradientTransformation:
@@ -49,7 +49,7 @@ def sgd(
         momentum: accelerates descent in the relevant direction and dampens oscillations; 0 is vanilla gradient descent, in [0, 1]. Default 0.0.
         nesterov: whether to apply Nesterov momentum. Default False.
     """
-    learning_rate = common.check_learning_rate(learning_rate, schedule=True)
+    learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
     momentum = common.check_float("momentum", momentum, 0.0, 1.0, True, True)
     nesterov = common.check_flag("nesterov", nesterov)
 
