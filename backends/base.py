@@ -31,6 +31,11 @@ class Line:
     code: str
     comment: str = ""
 
+    @property
+    def pad(self) -> str:
+        """The indentation of the code, for the comment above it."""
+        return self.code[: len(self.code) - len(self.code.lstrip())]
+
 
 class Backend:
     """How one framework's module is written. Subclasses fill in the tables."""
@@ -77,7 +82,29 @@ class Backend:
         printer.inplace = {"w"} | {s.name for s in program.states if s.persists and s.scope >= Scope.TENSOR}
         return printer
 
-    def statement(self, a: Assign, p: ExprPrinter) -> list[str]:  # pragma: no cover - abstract
+    def statement(self, a: Assign, p: ExprPrinter) -> list[str]:
+        """The lines of one assignment; ``x <- where(c, e, x)`` becomes ``if c:`` around ``x <- e`` where
+        ``c`` (or its static part) is a Python value."""
+        guarded = self.guard(a, p)
+        if guarded is not None:
+            cond, inner = guarded
+            return [f"if {cond}:"] + ["    " + line for line in self.statement(inner, p)]
+        return self.plain_statement(a, p)
+
+    def guard(self, a: Assign, p: ExprPrinter) -> tuple[str, Assign] | None:
+        e = a.expr
+        if a.role in ("temp", "reduce") or not (isinstance(e, sp.Piecewise) and len(e.args) == 2):
+            return None
+        (value, cond), (other, _) = e.args
+        if not (isinstance(other, sp.Symbol) and base(other) == a.target and other != a.lhs):
+            return None  # not "keep the previous value otherwise"
+        static, dynamic = p.split(cond)
+        if static is sp.true:
+            return None
+        inner = value if dynamic is sp.true else sp.Piecewise((value, dynamic), (other, True))
+        return p.doprint(static), dataclasses.replace(a, expr=inner)
+
+    def plain_statement(self, a: Assign, p: ExprPrinter) -> list[str]:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def expr(self, expr: sp.Basic, p: ExprPrinter, equation: int | None, program: Program) -> str:
@@ -91,32 +118,69 @@ class Backend:
                 program.rule, self.name, exc.node, equation=f"{equation} `{eq.text()}`"
             ) from None
 
+    def reduce_guard(self, section: Section, p: ExprPrinter) -> str:
+        """The static condition under which a pass over all tensors is needed at all ('' if always)."""
+        parts = []
+        for a in section.body:
+            if a.role != "reduce":
+                continue
+            if not isinstance(a.expr, sp.Piecewise):
+                return ""
+            static, _ = p.split(a.expr.args[0][1])
+            if static is sp.true:
+                return ""
+            parts.append(static)
+        return p.doprint(sp.simplify_logic(sp.Or(*parts))) if parts else ""
+
+    def finalize_lines(self, program: Program, p: ExprPrinter) -> list[Line]:
+        """Keras's finalize_variable_values: the rule's ``finalize`` equations, for one tensor."""
+        out = []
+        for i, (expr, label) in enumerate(program.finalize):
+            a = Assign("w", i + 1, expr, "param", Scope.ELEMENT, label)
+            for j, code in enumerate(self.statement(a, p)):
+                out.append(Line(code, label if j == 0 else ""))
+        return out
+
     def reduce_lines(self, section: Section, p: ExprPrinter) -> tuple[list[Line], list[Line]]:
         """A pass over all tensors: (lines before the loop, lines inside it), one accumulator per reduction."""
         from optforge.compiler.dsl import TensorMax, TensorSum
 
         init, inside = [], []
+        replays = [a for a in section.body if a.role == "replay"]
+        if replays:  # the values the reductions read, recomputed locally
+            inside += self.section_lines(self._program, Section("replay", tuple(replays)), p)
         for a in section.body:
-            (arg,) = a.expr.args
+            if a.role == "replay":
+                continue
             acc = sp.Symbol(a.target)
-            if type(a.expr).__name__ == "GlobalSum":
+            expr, guard = a.expr, sp.true
+            if isinstance(expr, sp.Piecewise):  # computed only under a condition
+                (expr, guard), _ = expr.args
+            (arg,) = expr.args
+            if type(expr).__name__ == "GlobalSum":
                 kind, step = "sum", acc + TensorSum(arg)
             else:
                 kind, step = "max", sp.Max(acc, TensorMax(arg))
+            if guard is not sp.true:
+                step = sp.Piecewise((step, guard), (acc, True))
             init.append(Line(f"{p.name_of(acc)} = {self.reduce_init[kind]}", f"over all tensors: {a.target}"))
             inside.append(Line(f"{p.name_of(acc)} = {p.doprint(step)}"))
         return init, inside
 
     def section_lines(self, program: Program, section: Section, p: ExprPrinter) -> list[Line]:
+        """The statements of a section; consecutive ones under the same condition share one ``if``."""
         out: list[Line] = []
-        last = None
+        last_label = None
+        open_guard = None
         for a in section.body:
             comment = ""
-            if a.equation is not None and a.label != last:
+            if a.equation is not None and a.label != last_label:
                 comment = a.label
-                last = a.label
+                last_label = a.label
             try:
-                code = self.statement(a, p)
+                guarded = self.guard(a, p)
+                cond, inner = guarded if guarded is not None else (None, a)
+                code = self.statement(inner, p)
             except BackendError as exc:
                 if a.equation is None or exc.equation is not None:
                     raise
@@ -124,8 +188,15 @@ class Backend:
                 raise BackendError(
                     program.rule, self.name, exc.node, equation=f"{a.equation} `{eq.text()}`"
                 ) from None
-            for i, c in enumerate(code):
-                out.append(Line(c, comment if i == 0 else ""))
+            if cond is None:
+                open_guard = None
+                out += [Line(c, comment if i == 0 else "") for i, c in enumerate(code)]
+                continue
+            if cond != open_guard:
+                out.append(Line(f"if {cond}:", comment))
+                open_guard = cond
+                comment = ""
+            out += [Line("    " + c, comment if i == 0 else "") for i, c in enumerate(code)]
         return out
 
     # -- the view model -------------------------------------------------------------------
@@ -135,6 +206,7 @@ class Backend:
 
         scopes = scopes_of(program)
         p = self.make_printer(program, scopes)
+        self._program = program
         cases = []
         for i, case in enumerate(program.cases):
             sections = self.case_sections(case)
@@ -143,10 +215,12 @@ class Backend:
                 init, lines = (
                     self.reduce_lines(s, p) if s.kind == "reduce" else ([], self.section_lines(program, s, p))
                 )
+                guard = self.reduce_guard(s, p) if s.kind == "reduce" else ""
                 printed.append(
                     {
                         "kind": s.kind,
                         "init": init,
+                        "guard": guard,
                         "lines": lines,
                         "states": [n for n in self.section_states(program, s)],
                         "reads_param": any(sp.Symbol("w") in a.expr.free_symbols for a in s.body),
@@ -180,7 +254,9 @@ class Backend:
             {
                 "name": h.name,
                 "default": repr(h.default),
-                "required": h.default is None,
+                "required": h.default is None and h.kind == "learning_rate",
+                "option": h.default is None and h.kind != "learning_rate",
+                "check": _check_call(h),
                 "kind": h.kind,
                 "meaning": h.meaning,
                 "low": _num(h.interval.low) if h.interval else "",
@@ -208,13 +284,22 @@ class Backend:
             # hyperparameters that decide whether a state exists, or its initial value
             "state_conditions": sorted(
                 {
-                    str(x)
+                    str(x).rstrip("?")  # Given(x) reads the option x
                     for s in program.states
                     for x in sp.sympify(s.allocated_when).free_symbols | s.init.free_symbols
                 }
             ),
             "cases": cases,
             "reads_param": program.reads_param,
+            "exclusives": [list(e) for e in program.exclusives],
+            "finalize": self.finalize_lines(program, p),
+            "finalize_states": sorted(
+                {b for e, _ in program.finalize for b in map(base, sp.sympify(e).free_symbols)}
+                & {s.name for s in program.states}
+            ),
+            "optional_states": [
+                s.name for s in program.states if s.persists and s.allocated_when is not sp.true
+            ],
             "modules": sorted(p.modules),
         }
 
@@ -236,6 +321,23 @@ class Backend:
     def render_exports(self, programs: list[Program]) -> str:
         text = self.env.get_template("__init__.py.j2").render(programs=programs)
         return format_source(text, f"generated/{self.name}/__init__.py")
+
+
+def _check_call(h) -> str:
+    """The run-time check of a constructor argument, by kind."""
+    if h.kind == "bool":
+        return f'common.check_flag("{h.name}", {h.name})'
+    if h.kind == "learning_rate" or h.interval is None:
+        return ""
+    bounds = (
+        f"{_num(h.interval.low)}, {_num(h.interval.high)}, {h.interval.low_closed}, {h.interval.high_closed}"
+    )
+    if h.default is None:
+        extra = (", integer=True" if h.kind == "int" else "") + (
+            ", zero_is_off=True" if h.zero_is_off else ""
+        )
+        return f'common.check_option("{h.name}", {h.name}, {bounds}{extra})'
+    return f'common.check_float("{h.name}", {h.name}, {bounds})'
 
 
 def _num(x: float) -> str:

@@ -64,7 +64,17 @@ class ExprPrinter(StrPrinter):
     # -- atoms -------------------------------------------------------------------------
 
     def _print_Symbol(self, expr: sp.Symbol) -> str:
+        if type(expr).__name__ == "Given":
+            return f"{self.names.get(expr.option, expr.option)} is not None"
         return self.name_of(expr)
+
+    def _print_idiv(self, expr) -> str:
+        a, b = expr.args
+        return f"{self.parenthesize(a, PRECEDENCE['Mul'])} // {self.parenthesize(b, PRECEDENCE['Mul'] + 1)}"
+
+    def _print_imod(self, expr) -> str:
+        a, b = expr.args
+        return f"{self.parenthesize(a, PRECEDENCE['Mul'])} % {self.parenthesize(b, PRECEDENCE['Mul'] + 1)}"
 
     def _print_Dummy(self, expr) -> str:
         self.fail(expr)
@@ -160,11 +170,29 @@ class ExprPrinter(StrPrinter):
             self.fail(expr)  # a Piecewise without an otherwise-branch has no value somewhere
         out = self._print(pieces[-1][0])
         for value, cond in reversed(pieces[:-1]):
-            if self.is_array(cond):  # a condition on data: element-wise select
-                out = self.call(self.where_call, self._print(cond), self._print(value), out)
-            else:  # a condition on Python scalars (the step): a plain conditional expression
-                out = f"({self._print(value)} if {self._print(cond)} else {out})"
+            out = self.choice(cond, self._print(value), out)
         return out
+
+    def split(self, cond) -> tuple:
+        """(static, dynamic) parts of a conjunction: Python values, and arrays (data or a traced step)."""
+        parts = cond.args if isinstance(cond, sp.And) else (cond,)
+        static = [c for c in parts if not self.is_array(c)]
+        dynamic = [c for c in parts if self.is_array(c)]
+        return sp.And(*static), sp.And(*dynamic)
+
+    def choice(self, cond, value: str, other: str) -> str:
+        """``value`` where ``cond`` holds, else ``other``: a Python conditional for static parts (so the
+        branch not taken is never evaluated), an element-wise select for the array parts."""
+        if isinstance(cond, sp.Or) and self.is_array(cond):
+            static = [c for c in cond.args if not self.is_array(c)]
+            if static:  # static or dynamic: the static part first
+                dynamic = sp.Or(*[c for c in cond.args if self.is_array(c)])
+                return f"({value} if {self._print(sp.Or(*static))} else {self.choice(dynamic, value, other)})"
+        static, dynamic = self.split(cond)
+        if dynamic is not sp.true:
+            inner = self.call(self.where_call, self._print(dynamic), value, other)
+            return inner if static is sp.true else f"({inner} if {self._print(static)} else {other})"
+        return f"({value} if {self._print(static)} else {other})"
 
     # -- conditions --------------------------------------------------------------------
 
@@ -183,15 +211,17 @@ class ExprPrinter(StrPrinter):
     _print_LessThan = _print_Relational
 
     def _logic(self, expr, array_fn: str, word: str) -> str:
-        parts = [self._print(a) for a in expr.args]
-        if self.is_array(expr):
+        """Python's and/or on static parts (first, so they short-circuit), the array function on the rest."""
+        static = [self._print(a) for a in expr.args if not self.is_array(a)]
+        arrays = [self._print(a) for a in expr.args if self.is_array(a)]
+        if arrays:
             if not array_fn:
                 self.fail(expr)
-            out = parts[0]
-            for p in parts[1:]:
+            out = arrays[0]
+            for p in arrays[1:]:
                 out = self.call(array_fn, out, p)
-            return out
-        return "(" + f" {word} ".join(parts) + ")"
+            static.append(out)
+        return static[0] if len(static) == 1 else "(" + f" {word} ".join(static) + ")"
 
     def _print_And(self, expr) -> str:
         return self._logic(expr, self.and_call, "and")
@@ -200,6 +230,9 @@ class ExprPrinter(StrPrinter):
         return self._logic(expr, self.or_call, "or")
 
     def _print_Not(self, expr) -> str:
+        (arg,) = expr.args
+        if type(arg).__name__ == "Given":
+            return f"{self.names.get(arg.option, arg.option)} is None"
         if self.is_array(expr):
             return self.call(self.not_call, self._print(expr.args[0]))
         return f"not {self.parenthesize(expr.args[0], PRECEDENCE['Not'])}"

@@ -38,7 +38,11 @@ from .errors import RuleError
 
 __all__ = [
     "Eq",
+    "Given",
     "Ne",
+    "idiv",
+    "imod",
+    "n",
     "Rule",
     "clip",
     "exp",
@@ -67,8 +71,10 @@ g = sp.Symbol("g")
 w = sp.Symbol("w")
 #: The 1-based step: 1 at the first update.
 t = sp.Symbol("t")
+#: The number of earlier calls of the step (0 at the first): what learning-rate schedules see.
+n = sp.Symbol("n")
 
-RESERVED = {"g", "w", "t"}
+RESERVED = {"g", "w", "t", "n"}
 
 # Names the generated code uses for itself; a rule may not take them.
 _TAKEN = {
@@ -118,6 +124,31 @@ Ne = sp.Ne
 def where(condition: Any, if_true: Any, if_false: Any) -> sp.Expr:
     """Element-wise choice: ``if_true`` where ``condition`` holds, else ``if_false``."""
     return sp.Piecewise((sp.sympify(if_true), condition), (sp.sympify(if_false), True))
+
+
+class Given(sp.Symbol):
+    """``Given(x)``: the optional hyperparameter ``x`` was given (is not None). A static condition."""
+
+    def __new__(cls, option: sp.Symbol | str):
+        name = option if isinstance(option, str) else option.name
+        obj = super().__new__(cls, f"{name}?")
+        obj.option = name
+        return obj
+
+    def __getnewargs__(self):
+        return (self.option,)
+
+
+class idiv(sp.Function):  # noqa: N801
+    """``idiv(a, b)``: integer division, ``a // b``."""
+
+    nargs = 2
+
+
+class imod(sp.Function):  # noqa: N801
+    """``imod(a, b)``: the remainder ``a % b``."""
+
+    nargs = 2
 
 
 class clip(sp.Function):
@@ -246,10 +277,11 @@ class Hyper:
 
     name: str
     default: float | bool | None
-    kind: str  # "float", "bool" or "learning_rate"
+    kind: str  # "float", "int", "bool" or "learning_rate"
     interval: Interval | None
     meaning: str
     latex: str
+    zero_is_off: bool = False  # an option whose value 0 means "not given" (Keras's clipnorm=0)
 
     @property
     def symbol(self) -> sp.Symbol:
@@ -265,6 +297,7 @@ class State:
     meaning: str
     latex: str
     scope: str | None  # declared scope ("element", "tensor", "global") or None: inferred
+    exists_if: Any = sp.true  # static condition under which it is stored (checked against every use)
 
     @property
     def symbol(self) -> sp.Symbol:
@@ -344,6 +377,10 @@ class Rule:
         self.states: dict[str, State] = {}
         self.equations: list[Equation] = []
         self.configs: dict[str, dict[str, Any]] = {"default": {}}
+        self.exclusives: list[tuple[str, ...]] = []
+        self.transforms: list[str] = []  # names of the transforms applied, in order
+        self.finalize: list[Equation] = []  # what finalize_variable_values assigns to w (e.g. the EMA)
+        self.core: list[Equation] | None = None  # the rule's own equations, when a transform wrapped them
 
     def __repr__(self) -> str:
         return f"<Rule {self.name}: {len(self.equations)} equations>"
@@ -404,6 +441,31 @@ class Rule:
         )
         return sp.Symbol(name)
 
+    def option(
+        self,
+        name: str,
+        range: str,
+        meaning: str,
+        *,
+        integer: bool = False,
+        zero_is_off: bool = False,
+        latex: str | None = None,
+    ) -> sp.Symbol:
+        """An optional hyperparameter: ``None`` (the default) turns it off; test it with ``Given(x)``.
+
+        ``zero_is_off``: 0 means off too (it becomes None when the optimizer is built).
+        """
+        self._declare_name(name, "option")
+        kind = "int" if integer else "float"
+        self.hypers[name] = Hyper(
+            name, None, kind, Interval.parse(range), meaning, latex or _latex_name(name), zero_is_off
+        )
+        return sp.Symbol(name)
+
+    def exclusive(self, *names: str) -> None:
+        """At most one of these options may be given."""
+        self.exclusives.append(tuple(names))
+
     def flag(self, name: str, default: bool, meaning: str, *, latex: str | None = None) -> sp.Symbol:
         """Declare a boolean option; use it in ``when=`` or in ``where(flag, a, b)``."""
         self._declare_name(name, "flag")
@@ -422,8 +484,13 @@ class Rule:
         *,
         latex: str | None = None,
         scope: str | None = None,
+        exists_if: Any = True,
     ) -> sp.Symbol:
-        """Declare a state with its initial value (a number or an expression of hyperparameters)."""
+        """Declare a state with its initial value (a number or an expression of hyperparameters).
+
+        ``exists_if``: a static condition (a flag, ``Given(option)``) under which it is stored; every
+        equation that reads or writes it must be guarded by it (checked).
+        """
         self._declare_name(name, "state")
         if scope not in (None, "element", "tensor", "global"):
             raise RuleError(
@@ -431,7 +498,9 @@ class Rule:
                 f"state '{name}': scope must be 'element', 'tensor' or 'global', received {scope!r}",
                 origin=_origin(),
             )
-        self.states[name] = State(name, sp.sympify(init), meaning, latex or _latex_name(name), scope)
+        self.states[name] = State(
+            name, sp.sympify(init), meaning, latex or _latex_name(name), scope, sp.sympify(exists_if)
+        )
         return sp.Symbol(name)
 
     def _check_default(self, name: str, default: Any, interval: Interval) -> None:
@@ -457,9 +526,33 @@ class Rule:
         self.equations.append(Equation(name, sp.sympify(expr), label or name, sp.true, _origin(), "let"))
         return sp.Symbol(name)
 
-    def assign(self, target: sp.Symbol, expr: Any, label: str = "", *, when: Any = True) -> None:
-        """``target <- expr``: update a state, the parameter ``w`` or the gradient ``g``."""
+    def assign(
+        self, target: sp.Symbol, expr: Any, label: str = "", *, when: Any = True, only_if: Any = None
+    ) -> None:
+        """``target <- expr``: update a state, the parameter ``w`` or the gradient ``g``.
+
+        ``when``: a static condition that selects a separately compiled branch of the whole rule.
+        ``only_if``: a condition (static, or on the step) under which this one assignment happens;
+        sugar for ``target <- where(only_if, expr, target)``, printed as an ``if`` around the statement.
+        """
+        if only_if is not None:
+            expr = where(only_if, expr, target)
         self.equations.append(self._equation(target, expr, label, when))
+
+    def finalizer(self, expr: Any, label: str, *, only_if: Any = None) -> None:
+        """What ``finalize_variable_values`` sets each parameter to at the end of training (Keras's EMA)."""
+        if only_if is not None:
+            expr = where(only_if, expr, w)
+        self.finalize.append(Equation("w", sp.sympify(expr), label, sp.true, _origin(), "assign"))
+
+    def define_step(self, expr: Any, label: str = "step") -> None:
+        """Redefine the 1-based step ``t`` (by default ``n + 1``), e.g. to count only real updates.
+
+        The definition becomes the rule's first equation; it may read ``n`` and hyperparameters.
+        """
+        if any(e.target == "t" for e in self.equations):
+            raise RuleError(self.name, "the step t is defined twice", origin=_origin())
+        self.equations.insert(0, Equation("t", sp.sympify(expr), label, sp.true, _origin(), "let"))
 
     def _equation(self, target: Any, expr: Any, label: str, when: Any) -> Equation:
         if not isinstance(target, sp.Symbol):
@@ -508,6 +601,10 @@ class Rule:
         new.file = _origin().rsplit(":", 1)[0]
         new.base = self.name
         new.configs = {"default": {}}
+        new.exclusives = list(self.exclusives)
+        new.transforms = list(self.transforms)
+        new.finalize = list(self.finalize)
+        new.core = None if self.core is None else list(self.core)
         return new
 
     def _find(self, target: str, occurrence: int | None) -> int:

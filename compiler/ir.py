@@ -122,6 +122,10 @@ class Program:
     cases: tuple[Case, ...]
     configs: dict[str, dict[str, Any]]
     passes: tuple[str, ...] = ()
+    exclusives: tuple[tuple[str, ...], ...] = ()  # options of which at most one may be given
+    finalize: tuple[tuple[Any, str], ...] = ()  # (new w, label): what finalize_variable_values assigns
+    transforms: tuple[str, ...] = ()  # transforms applied to the rule (e.g. keras_options)
+    core: tuple[Equation, ...] = ()  # the rule's own equations as written, when a transform wrapped them
 
     def hyper(self, name: str) -> Hyper:
         return next(h for h in self.hypers if h.name == name)

@@ -6,6 +6,8 @@ generated module cannot drift from its code.
 
 from __future__ import annotations
 
+import dataclasses
+
 import sympy as sp
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
@@ -47,6 +49,19 @@ class MathPrinter(StrPrinter):
         if e == -1:
             return "1/" + self.parenthesize(b, PRECEDENCE["Pow"])
         return f"{self.parenthesize(b, PRECEDENCE['Pow'], strict=False)}^{self.parenthesize(e, PRECEDENCE['Pow'], strict=False)}"
+
+    def _print_Symbol(self, expr) -> str:
+        if type(expr).__name__ == "Given":
+            return f"{expr.option} given"
+        return super()._print_Symbol(expr)
+
+    def _print_idiv(self, expr) -> str:
+        a, b = expr.args
+        return f"floor({self._print(a)}/{self._print(b)})"
+
+    def _print_imod(self, expr) -> str:
+        a, b = expr.args
+        return f"({self._print(a)} mod {self._print(b)})"
 
     def _print_TensorSum(self, expr) -> str:
         (arg,) = expr.args
@@ -98,12 +113,34 @@ def equation_text(eq: Equation) -> str:
     return f"{eq.target} {arrow} {math_text(eq.expr)}"
 
 
+def guarded_text(eq: Equation) -> str:
+    """``x <- e    if c`` for ``x <- where(c, e, x)`` (and ``x = e    if c`` for a value computed only then)."""
+    e = eq.expr
+    if isinstance(e, sp.Piecewise) and len(e.args) == 2:
+        (value, cond), (other, _) = e.args
+        if other == sp.Symbol(eq.target) or (eq.kind == "let" and other == 0):
+            return f"{equation_text(dataclasses.replace(eq, expr=value))}    if {math_text(cond)}"
+    text = equation_text(eq)
+    if eq.when is not sp.true:
+        text += f"    if {math_text(eq.when)}"
+    return text
+
+
 def docstring_equations(program: Program) -> list[str]:
-    """One line per equation, with its condition when it has one."""
-    lines = []
-    for eq in program.equations:
-        text = equation_text(eq)
-        if eq.when is not sp.true:
-            text += f"    if {math_text(eq.when)}"
-        lines.append(text)
+    """One line per equation, with its condition when it has one.
+
+    When a transform (Keras's options) wrapped the rule, the rule's own equations come first, as
+    written, then the transform's, marked by where they apply.
+    """
+    if not program.core:
+        return [guarded_text(eq) for eq in program.equations]
+    lines = [guarded_text(eq) for eq in program.core]
+    core_targets = {id(eq) for eq in program.core}
+    added = [eq for eq in program.equations if "_keras_options" in eq.origin and id(eq) not in core_targets]
+    if added:
+        lines += [
+            "",
+            "Keras's shared options around it (each only when given; the rule runs only on update calls):",
+        ]
+        lines += [guarded_text(eq) for eq in added]
     return lines

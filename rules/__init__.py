@@ -1,7 +1,8 @@
-"""The registry of optimizer rules: every module in this package that defines ``RULE``.
+"""The registry of optimizer rules: every module in this package that defines ``RULE`` (or ``RULES``).
 
 Adding an optimizer is adding a file here; nothing else changes. The registry
-(rules and their named configurations) drives the build and every test.
+(rules and their named configurations) drives the build and every test. Every
+rule gets Keras's shared options (``_keras_options.keras_options``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import importlib
 import pkgutil
 
 from optforge.compiler.dsl import Rule
+
+from ._keras_options import keras_options
 
 
 def registry() -> dict[str, Rule]:
@@ -24,7 +27,7 @@ def registry() -> dict[str, Rule]:
                 continue
             if rule.name in rules:
                 raise ValueError(f"two rules are named {rule.name!r} ({info.name}.py and another)")
-            rules[rule.name] = rule
+            rules[rule.name] = keras_options(rule)
     return dict(sorted(rules.items()))
 
 

@@ -63,3 +63,64 @@ def check_learning_rate(
             f"`{name}` must be {kinds}. Received: {name}={value!r} of type {type(value).__name__}"
         )
     return check_float(name, value, 0.0, math.inf, True, False)
+
+
+def check_option(
+    name: str,
+    value: Any,
+    low: float,
+    high: float,
+    low_closed: bool,
+    high_closed: bool,
+    *,
+    integer: bool = False,
+    zero_is_off: bool = False,
+) -> Any:
+    """An optional hyperparameter: None (off), or a number in range; ``zero_is_off`` maps 0 to None."""
+    if value is None:
+        return None
+    if integer:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(
+                f"`{name}` must be an int or None. Received: {name}={value!r} of type {type(value).__name__}"
+            )
+        if zero_is_off and value == 0:
+            return None
+        check_float(name, value, low, high, low_closed, high_closed)
+        return int(value)
+    if zero_is_off and not isinstance(value, bool) and isinstance(value, numbers.Real) and value == 0:
+        return None
+    return check_float(name, value, low, high, low_closed, high_closed)
+
+
+def check_exclusive(**values: Any) -> None:
+    """At most one of the given options may be set (Keras: one clipping option)."""
+    given = [k for k, v in values.items() if v is not None]
+    if len(given) > 1:
+        names = ", ".join(f"`{k}`" for k in values)
+        received = ", ".join(f"{k}={v}" for k, v in values.items())
+        raise ValueError(f"Only one of {names} can be set. Received: {received}")
+
+
+def learning_rate_at(learning_rate: Any, n: Any) -> Any:
+    """The learning rate of the step after ``n`` earlier calls: a value, ``schedule(n)``, or ``callable()``."""
+    if not callable(learning_rate):
+        return learning_rate
+    if _takes_no_arguments(learning_rate):
+        return learning_rate()
+    return learning_rate(n)
+
+
+def _takes_no_arguments(fn: Any) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return not any(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+        and p.default is p.empty
+        or p.kind is p.VAR_POSITIONAL
+        for p in params
+    )

@@ -6,6 +6,7 @@ state as NumPy arrays: ``(params, {state name: [array per tensor]})``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -29,11 +30,17 @@ def problem(steps: int, dtype=np.float64, seed: int = 0, shapes=SHAPES, scales=S
     return params, grads
 
 
+@functools.lru_cache(maxsize=None)
+def _stored_states(name: str) -> tuple:
+    from optforge.compiler.pipeline import compile_rule
+    from optforge.rules import registry
+
+    return tuple((s.name, s.scope.name.lower()) for s in compile_rule(registry()[name]).states if s.persists)
+
+
 def stored_states(rule):
     """(name, scope) of the states the compiled rule keeps between steps."""
-    from optforge.compiler.pipeline import compile_rule
-
-    return [(s.name, s.scope.name.lower()) for s in compile_rule(rule).states if s.persists]
+    return list(_stored_states(rule.name))
 
 
 def varying_lr(base: float):

@@ -179,8 +179,8 @@ def test_every_registered_rule_passes_the_verifier_between_passes():
 def test_variant_in_a_few_lines_matches_torch_adamax(tmp_path):
     """torch's Adamax is Keras's with epsilon inside the max: a variant of two replaced equations."""
     import torch
+    from optforge.rules.adamax import RULE as base  # the rule as written (the registry adds Keras's options)
 
-    base = get("Adamax")
     lr, beta_1, beta_2, eps = (sp.Symbol(n) for n in ("learning_rate", "beta_1", "beta_2", "epsilon"))
     m, u = sp.Symbol("m"), sp.Symbol("u")
     variant = base.derive("AdamaxTorch", title="Adamax as torch.optim.Adamax")
@@ -276,7 +276,9 @@ def test_a_new_rule_with_where_clip_and_sign_runs_in_every_backend(tmp_path):
 
 
 def test_increment_is_derived_symbolically_not_by_subtraction():
-    program = compile_rule(get("SGD"))
+    from optforge.rules.sgd import RULE
+
+    program = compile_rule(RULE)
     for case in program.cases:
         updates = [a for a in case.functional if a.role == "update"]
         assert updates and all(sp.Symbol("w") not in a.expr.free_symbols for a in updates)

@@ -32,14 +32,14 @@ class JaxBackend(Backend):
     name = "jax"
     printer = JaxPrinter
     # under jit the step and the learning rate (a schedule's value) are traced arrays
-    array_names = frozenset({"t", "learning_rate"})
+    array_names = frozenset({"t", "n", "learning_rate"})
     global_reductions_are_arrays = True
     reduce_init = {"sum": "0.0", "max": "-jnp.inf"}
 
     def case_sections(self, case):
         return case.functional_sections
 
-    def statement(self, a: Assign, p: ExprPrinter) -> list[str]:
+    def plain_statement(self, a: Assign, p: ExprPrinter) -> list[str]:
         if a.role == "update" and a.expr == 0:
             return ["update = jnp.zeros_like(g)"]
         return [f"{p.name_of(a.lhs)} = {p.doprint(a.expr)}"]

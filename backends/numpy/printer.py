@@ -46,7 +46,7 @@ class NumPyBackend(Backend):
     name = "numpy"
     printer = NumPyPrinter
 
-    def statement(self, a: Assign, p: ExprPrinter) -> list[str]:
+    def plain_statement(self, a: Assign, p: ExprPrinter) -> list[str]:
         name = p.name_of(a.lhs)
         if a.role in ("state", "param") and a.scope >= Scope.TENSOR:
             return in_place(a, p, "{name} += {expr}", "{name} -= {expr}", "{name}[...] = {expr}")

@@ -45,7 +45,7 @@ class TorchBackend(Backend):
     printer = TorchPrinter
     global_reductions_are_arrays = True  # 0-d tensors: no device synchronisation
 
-    def statement(self, a: Assign, p: ExprPrinter) -> list[str]:
+    def plain_statement(self, a: Assign, p: ExprPrinter) -> list[str]:
         name = p.name_of(a.lhs)
         if a.role in ("state", "param") and a.scope >= Scope.TENSOR:
             if not p.is_array(a.expr):

@@ -29,7 +29,25 @@ def _cse(body: tuple[Assign, ...], scopes: dict) -> tuple[Assign, ...]:
     if not body:
         return body
     names = sp.numbered_symbols("tmp")
-    replacements, reduced = sp.cse([a.expr for a in body], symbols=names, order="none")
+    # a branch of where(c, a, b) is evaluated only when chosen (Python's conditional expression, or an
+    # `if` around the statement): nothing is hoisted out of it, so each Piecewise is opaque to CSE
+    hidden: dict[sp.Symbol, sp.Basic] = {}
+
+    def hide(e):
+        d = sp.Dummy(f"pw{len(hidden)}")
+        hidden[d] = e
+        return d
+
+    exprs = [a.expr.replace(lambda e: isinstance(e, sp.Piecewise), hide) for a in body]
+    replacements, reduced = sp.cse(exprs, symbols=names, order="none")
+
+    def restore(e):
+        while e.free_symbols & hidden.keys():  # nested where's were hidden inside outer ones
+            e = e.xreplace(hidden)
+        return e
+
+    replacements = [(sym, restore(expr)) for sym, expr in replacements]
+    reduced = [restore(e) for e in reduced]
     # a condition (t == 1) reads better where it is used than as a named boolean
     inline = {sym: expr for sym, expr in replacements if isinstance(expr, sp.logic.boolalg.Boolean)}
     if inline:

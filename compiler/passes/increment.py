@@ -18,7 +18,11 @@ from ..ir import Assign, Case, Program, Scope, ssa
 
 
 def split_increment(new: sp.Expr, old: sp.Symbol) -> sp.Expr:
-    """``new - old`` without a run-time subtraction when ``new`` is ``old + d``."""
+    """``new - old`` without a run-time subtraction when ``new`` is ``old + d`` (in every branch of a where)."""
+    if new == old:
+        return sp.S.Zero
+    if isinstance(new, sp.Piecewise):
+        return sp.Piecewise(*[(split_increment(v, old), c) for v, c in new.args])
     if isinstance(new, sp.Add) and old in new.args:
         return sp.Add(*[a for a in new.args if a != old])
     return new - old

@@ -15,7 +15,7 @@ import itertools
 import sympy as sp
 from sympy.logic.boolalg import Boolean
 
-from ..dsl import RESERVED, Equation, Rule
+from ..dsl import RESERVED, Equation, Given, Rule
 from ..errors import RuleError
 from ..ir import Assign, Case, Program, Scope, StateVar, ssa
 
@@ -59,7 +59,7 @@ def lower(rule: Rule) -> Program:
 
     declared = {"element": Scope.ELEMENT, "tensor": Scope.TENSOR, "global": Scope.GLOBAL, None: None}
     states = tuple(
-        StateVar(s.name, s.init, Scope.ELEMENT, s.meaning, s.latex, sp.true, declared[s.scope])
+        StateVar(s.name, s.init, Scope.ELEMENT, s.meaning, s.latex, s.exists_if, declared[s.scope])
         for s in rule.states.values()
     )
     return Program(
@@ -76,6 +76,10 @@ def lower(rule: Rule) -> Program:
         cases=tuple(program_cases),
         configs=dict(rule.configs),
         passes=("lower",),
+        exclusives=tuple(rule.exclusives),
+        finalize=tuple((e.expr, e.label) for e in rule.finalize),
+        transforms=tuple(rule.transforms),
+        core=tuple(rule.core or ()),
     )
 
 
@@ -110,8 +114,13 @@ def _check_equation(rule: Rule, i: int, eq: Equation) -> None:
     where = _where(i, eq)
     hypers = {n for n, h in rule.hypers.items() if h.kind != "bool"}
     flags = {n for n, h in rule.hypers.items() if h.kind == "bool"}
+    given = {f"{n}?" for n, h in rule.hypers.items() if h.default is None and h.kind != "learning_rate"}
     lets = {e.target for e in rule.equations[: i - 1] if e.kind == "let"}
-    known = RESERVED | hypers | flags | set(rule.states) | lets
+    known = RESERVED | hypers | flags | given | set(rule.states) | lets
+    if eq.target == "t" and (eq.kind != "let" or i != 1):
+        raise RuleError(
+            rule.name, "the step t may only be redefined by the first equation (rule.define_step)", **where
+        )
 
     if eq.kind == "assign" and eq.target not in set(rule.states) | {"w", "g"} | lets:
         what = (
@@ -139,7 +148,7 @@ def _check_equation(rule: Rule, i: int, eq: Equation) -> None:
                 hint="declare it with rule.hyper / rule.flag / rule.state, or define it with rule.let above this equation",
                 **where,
             )
-    if not isinstance(eq.expr, sp.Expr):
+    if not isinstance(eq.expr, sp.Expr) and not (eq.kind == "let" and isinstance(eq.expr, Boolean)):
         raise RuleError(
             rule.name,
             f"the right-hand side is a condition, not a value: `{eq.expr}`",
@@ -154,7 +163,7 @@ def _check_equation(rule: Rule, i: int, eq: Equation) -> None:
                 hint=f"use it as a condition: where({s.name}, a, b) or when={s.name}",
                 **where,
             )
-    static = hypers | flags
+    static = hypers | flags | given
     bad = {s.name for s in _free(eq.when)} - static
     if bad or sp.Symbol("learning_rate") in _free(eq.when):
         raise RuleError(
@@ -211,6 +220,7 @@ def _static_atoms(rule: Rule) -> tuple[list[sp.Symbol], dict]:
     ``Eq(momentum, 0)`` and ``Ne(momentum, 0)`` share one atom (``A`` and ``~A``).
     """
     static = {sp.Symbol(n) for n in rule.hypers if n != "learning_rate"}
+    static |= {Given(n) for n, h in rule.hypers.items() if h.default is None and h.kind != "learning_rate"}
     conds = [eq.when for eq in rule.equations]  # where(flag, a, b) inside an expression stays there
     encode: dict = {}
     atoms: list = []

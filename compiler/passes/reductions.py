@@ -53,12 +53,37 @@ def _extract(body: tuple[Assign, ...]) -> tuple[Assign, ...]:
     out: list[Assign] = []
     found: dict[sp.Basic, sp.Symbol] = {}
     taken = {a.target for a in body}
+    paths = _paths(body)
     for a in body:
         nodes = [n for n in sp.postorder_traversal(a.expr) if _is_reduction(n) and n not in found]
         for node in dict.fromkeys(nodes):
             name = name_of_reduction(node, taken)
             taken.add(name)
             found[node] = sp.Symbol(name)
-            out.append(Assign(name, 0, node, "reduce", scopes[type(node).__name__], label=""))
+            guard = sp.simplify_logic(sp.Or(*paths[node]))
+            expr = node if guard is sp.true else sp.Piecewise((node, guard), (0, True))
+            out.append(Assign(name, 0, expr, "reduce", scopes[type(node).__name__], label=""))
         out.append(dataclasses.replace(a, expr=a.expr.xreplace(found)) if found else a)
     return tuple(out)
+
+
+def _paths(body: tuple[Assign, ...]) -> dict[sp.Basic, list]:
+    """For each reduction, the conditions of the where-branches it is used in (computed only then)."""
+    paths: dict[sp.Basic, list] = {}
+
+    def walk(e, path):
+        if _is_reduction(e):
+            paths.setdefault(e, []).append(path)
+            return
+        if isinstance(e, sp.Piecewise):
+            previous = sp.true
+            for value, cond in e.args:
+                walk(value, sp.And(path, previous, cond))
+                previous = sp.And(previous, sp.Not(cond))
+            return
+        for arg in e.args:
+            walk(arg, path)
+
+    for a in body:
+        walk(a.expr, sp.true)
+    return paths

@@ -6,8 +6,8 @@ The sections of a case, in order:
    tensors (bias corrections, global state such as Nadam's ``u_product``);
 2. ``reduce``: one loop over the tensors that computes every reduction over all
    tensors of the step together (one pass for the group, however many uses);
-   per-element values they read are recomputed inside it (inlined), so the
-   pass writes nothing;
+   the per-element statements they depend on are replayed inside it as local
+   values (role ``replay``), so the pass writes nothing;
 3. ``step``: values of one per step that read those reductions (a clip factor);
 4. ``tensor``: the loop that updates state and parameters;
 5. ``step``: a global assignment that a tensor-level statement above it still
@@ -21,7 +21,7 @@ import dataclasses
 import sympy as sp
 
 from ..errors import RuleError
-from ..ir import Assign, Program, Scope, Section, base, version
+from ..ir import Assign, Program, Scope, Section, base
 
 
 def schedule(program: Program) -> Program:
@@ -42,7 +42,7 @@ def _is_global_reduction(a: Assign) -> bool:
 
 def _sections(program: Program, body: tuple[Assign, ...]) -> tuple[Section, ...]:
     reductions = [a for a in body if _is_global_reduction(a)]
-    after_reduction = _depends_on(body, {a.target for a in reductions})
+    after_reduction = _depends_on(body, {a.lhs for a in reductions})
 
     before: list[Assign] = []  # step values needed before the reductions
     reduce: list[Assign] = []
@@ -50,9 +50,12 @@ def _sections(program: Program, body: tuple[Assign, ...]) -> tuple[Section, ...]
     loop: list[Assign] = []
     after: list[Assign] = []  # global assignments that must wait for the loop
     definitions = {a.lhs: a for a in body}
+    needed = _closure(reductions, definitions)
     for a in body:
+        if a.lhs in needed and not _is_global_reduction(a):
+            reduce.append(dataclasses.replace(a, role="replay"))
         if _is_global_reduction(a):
-            nested = sorted(base(s) for s in a.expr.free_symbols if base(s) in after_reduction)
+            nested = sorted(str(s) for s in needed | {a.lhs} if s in after_reduction)
             if nested:
                 raise RuleError(
                     program.rule,
@@ -60,11 +63,11 @@ def _sections(program: Program, body: tuple[Assign, ...]) -> tuple[Section, ...]
                     " first; that takes two passes over the tensors, which the scheduler does not do",
                     hint="express it with one reduction over all tensors",
                 )
-            reduce.append(dataclasses.replace(a, expr=_inline(program, a, definitions)))
+            reduce.append(a)
         elif a.scope <= Scope.GLOBAL:
             if after or any(a.target in {base(s) for s in b.expr.free_symbols} | {b.target} for b in loop):
                 after.append(a)
-            elif a.target in after_reduction:
+            elif a.lhs in after_reduction:
                 between.append(a)
             else:
                 before.append(a)
@@ -83,34 +86,24 @@ def _sections(program: Program, body: tuple[Assign, ...]) -> tuple[Section, ...]
     return tuple(out)
 
 
-def _depends_on(body: tuple[Assign, ...], roots: set[str]) -> set[str]:
-    """Names whose value depends, through any chain of assignments, on one of ``roots``."""
+def _depends_on(body: tuple[Assign, ...], roots: set[sp.Symbol]) -> set[sp.Symbol]:
+    """Versions whose value depends, through any chain of assignments, on one of ``roots``."""
     found = set(roots)
     for a in body:
-        if any(base(s) in found for s in a.expr.free_symbols):
-            found.add(a.target)
+        if a.expr.free_symbols & found:
+            found.add(a.lhs)
     return found - roots
 
 
-def _inline(program: Program, a: Assign, definitions: dict[sp.Symbol, Assign]) -> sp.Expr:
-    """The reduction's argument in terms of values a fresh pass over the tensors has: the step's inputs."""
-    states = {s.name for s in program.states}
-    expr = a.expr
-    for _ in range(len(definitions) + 1):
-        subs = {}
-        for s in expr.free_symbols:
-            d = definitions.get(s)
-            if d is None or d.scope <= Scope.GLOBAL:
-                continue  # an input (g, w, state at the start of the step) or a once-per-step value
-            if d.role in ("state", "param") or (base(s) in states and version(s) > 0):
-                raise RuleError(
-                    program.rule,
-                    f"the reduction over all tensors `{a.expr}` reads `{base(s)}` after equation {d.equation}"
-                    " updated it; a pass over all tensors cannot see values updated later in the same loop",
-                    hint="compute the reduction from values at the start of the step (g, w, state), before any update",
-                )
-            subs[s] = d.expr
-        if not subs:
-            return expr
-        expr = expr.xreplace(subs)
-    return expr
+def _closure(reductions: list[Assign], definitions: dict[sp.Symbol, Assign]) -> set[sp.Symbol]:
+    """The per-tensor and per-element values the reductions' arguments are computed from."""
+    needed: set[sp.Symbol] = set()
+    todo = [s for a in reductions for s in a.expr.free_symbols]
+    while todo:
+        s = todo.pop()
+        d = definitions.get(s)
+        if d is None or d.scope <= Scope.GLOBAL or s in needed:
+            continue  # an input (g, w, state at the start of the step) or a once-per-step value
+        needed.add(s)
+        todo += list(d.expr.free_symbols)
+    return needed

@@ -37,12 +37,11 @@ def scope_of(expr: sp.Basic, scopes: dict[str, Scope]) -> Scope:
 
 
 def infer_scopes(program: Program) -> Program:
-    scopes: dict[str, Scope] = {h.name: Scope.CONST for h in program.hypers}
-    scopes.update({"learning_rate": Scope.GLOBAL, "t": Scope.GLOBAL, "g": Scope.ELEMENT, "w": Scope.ELEMENT})
+    scopes = _inputs(program)
     declared = {s.name: s.declared for s in program.states}
     for s in program.states:
         scopes[s.name] = declared[s.name] or Scope.CONST
-    lets = {a.target for c in program.cases for a in c.body if a.role == "let"}
+    lets = {a.target for c in program.cases for a in c.body if a.role == "let" and a.target != "t"}
     for name in lets:
         scopes[name] = Scope.CONST
 
@@ -51,7 +50,7 @@ def infer_scopes(program: Program) -> Program:
         changed = False
         for case in program.cases:
             for a in case.body:
-                if a.role in ("param", "grad"):
+                if a.role in ("param", "grad") or a.target == "t":
                     continue
                 s = scope_of(a.expr, scopes)
                 if s > scopes[a.target]:
@@ -109,10 +108,18 @@ def _with_scope(a: Assign, scopes: dict[str, Scope]) -> Assign:
     return dataclasses.replace(a, scope=scopes[a.target])
 
 
+def _inputs(program: Program) -> dict[str, Scope]:
+    """Scopes of what a step starts with: hyperparameters (and whether options are given), n, t, g, w."""
+    scopes: dict[str, Scope] = {h.name: Scope.CONST for h in program.hypers}
+    scopes.update({f"{h.name}?": Scope.CONST for h in program.hypers})
+    scopes.update({"learning_rate": Scope.GLOBAL, "t": Scope.GLOBAL, "n": Scope.GLOBAL})
+    scopes.update({"g": Scope.ELEMENT, "w": Scope.ELEMENT})
+    return scopes
+
+
 def scopes_of(program: Program) -> dict[str, Scope]:
     """The scope of every name of a program that has been through infer_scopes."""
-    scopes: dict[str, Scope] = {h.name: Scope.CONST for h in program.hypers}
-    scopes.update({"learning_rate": Scope.GLOBAL, "t": Scope.GLOBAL, "g": Scope.ELEMENT, "w": Scope.ELEMENT})
+    scopes = _inputs(program)
     scopes.update({"update": Scope.ELEMENT})
     for s in program.states:
         scopes[s.name] = s.scope

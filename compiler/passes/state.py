@@ -35,9 +35,64 @@ def analyse_state(program: Program) -> Program:
             states.append(dataclasses.replace(s, allocated_when=sp.false, persists=False))
             continue
         users = [c.condition for c in cases if any(_touches(a, s.name) for a in c.body)]
-        when = sp.simplify_logic(sp.Or(*users)) if users else sp.false
+        when = sp.simplify_logic(sp.And(s.allocated_when, sp.Or(*users))) if users else sp.false
+        _check_exists_if(program, s)
         states.append(dataclasses.replace(s, allocated_when=when))
     return program.replace(cases=cases, states=tuple(states), passes=program.passes + ("analyse_state",))
+
+
+def _check_exists_if(program: Program, s) -> None:
+    """Every read and write of a state declared ``exists_if=c`` happens under a guard that implies c."""
+    cond = s.allocated_when  # the declared condition (lower copies exists_if here)
+    if cond is sp.true:
+        return
+    for case in program.cases:
+        for a in case.body:
+            for path in _paths_to(a, s.name):
+                if sp.simplify_logic(sp.And(case.condition, path, sp.Not(cond))) is not sp.false:
+                    eq = program.equations[a.equation - 1] if a.equation else None
+                    raise RuleError(
+                        program.rule,
+                        f"state '{s.name}' exists only if {cond}, but it is used where that may not hold"
+                        f" (under {sp.And(case.condition, path)})",
+                        equation=f"{a.equation} `{eq.text()}`" if eq else None,
+                        origin=eq.origin if eq else None,
+                        hint=f"guard the equation with only_if={cond} (or where({cond}, ..., ...))",
+                    )
+
+
+def _paths_to(a: Assign, name: str) -> list:
+    """Path conditions under which the assignment reads or writes ``name``.
+
+    ``x <- where(c, e, x)`` writes x only under c; its otherwise-branch (the old x, kept) is no use.
+    """
+    expr = a.expr
+    if a.target == name:
+        if isinstance(expr, sp.Piecewise) and len(expr.args) == 2 and base_of(expr.args[1][0]) == name:
+            value, cond = expr.args[0]
+            return [cond] + [sp.And(cond, p) for p in _reads(value, name, sp.true)]
+        return [sp.true] + _reads(expr, name, sp.true)
+    return _reads(expr, name, sp.true)
+
+
+def base_of(e) -> str | None:
+    return base(e) if isinstance(e, sp.Symbol) else None
+
+
+def _reads(expr, name: str, path) -> list:
+    if isinstance(expr, sp.Symbol):
+        return [path] if base(expr) == name else []
+    if isinstance(expr, sp.Piecewise):
+        out, previous = [], sp.true
+        for value, cond in expr.args:
+            here = sp.And(path, previous, cond)
+            out += _reads(value, name, here)
+            previous = sp.And(previous, sp.Not(cond))
+        return out
+    out = []
+    for arg in expr.args:
+        out += _reads(arg, name, path)
+    return out
 
 
 def _reads_previous(program: Program, name: str) -> bool:

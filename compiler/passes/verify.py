@@ -23,13 +23,13 @@ def verify(program: Program) -> Program:
         ):
             where = f"rule '{program.rule}', case {n} ({case.condition}), {form} form"
             if sections:
-                flat = tuple(a for s in sections for a in s.body)
+                flat = tuple(a for s in sections for a in s.body if a.role != "replay")
                 if len(flat) != len(body):
                     raise CompilerBug(
                         f"{where}: the sections hold {len(flat)} statements, the body {len(body)}"
                     )
                 _check_sections(where, sections)
-                body = flat
+                body = tuple(a for s in sections for a in s.body)
             _check_body(program, where, body, scopes)
             if form == "in-place" and any(a.role == "update" for a in body):
                 raise CompilerBug(f"{where}: the in-place form assigns `update`")
@@ -49,9 +49,19 @@ def _check_sections(where: str, sections: tuple[Section, ...]) -> None:
 
 def _check_body(program: Program, where: str, body, scopes) -> None:
     current = {h.name: 0 for h in program.hypers}
-    current.update({"t": 0, "g": 0, "w": 0})
+    current.update({f"{h.name}?": 0 for h in program.hypers})
+    current.update({"t": 0, "n": 0, "g": 0, "w": 0})
     current.update({s.name: 0 for s in program.states})
+    saved = None
+    reduced = {a.target for a in body if a.role == "reduce" and a.scope <= Scope.GLOBAL}
     for a in body:
+        if a.role == "replay" and saved is None:
+            saved = dict(current)  # a pass over all tensors: its values are local to it
+        elif (
+            a.role != "replay" and not (a.role == "reduce" and a.scope <= Scope.GLOBAL) and saved is not None
+        ):
+            results = {k: v for k, v in current.items() if k in reduced}
+            current, saved = {**saved, **results}, None
         for s in a.expr.free_symbols:
             name = base(s)
             if name not in current:
@@ -62,7 +72,8 @@ def _check_body(program: Program, where: str, body, scopes) -> None:
                 )
         fresh = a.role in ("temp", "reduce")
         expected = 0 if fresh else current.get(a.target, 0) + 1
-        if a.version != expected:
+        replayed = a.role == "replay" and (a.version == 0 or a.version > current.get(a.target, 0))
+        if a.version != expected and not replayed:
             raise CompilerBug(f"{where}: `{a.lhs}` should be version {expected}")
         if scope_of(a.expr, {**scopes, **{k: scopes.get(k, Scope.ELEMENT) for k in current}}) > a.scope:
             raise CompilerBug(f"{where}: `{a.lhs} = {a.expr}` is wider than its scope {a.scope.word}")

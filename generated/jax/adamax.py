@@ -9,13 +9,28 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     u <- max(|g|, beta_2*u)
     w <- w - learning_rate*m/((1 - beta_1^t)*(epsilon + u))
 
+    Keras's shared options around it (each only when given; the rule runs only on update calls):
+    t = where(gradient_accumulation_steps given, floor(n/gradient_accumulation_steps), n) + 1
+    is_update = not gradient_accumulation_steps given or (n + 1 mod gradient_accumulation_steps) == 0
+    g <- g/loss_scale_factor    if loss_scale_factor given
+    grad_accumulator <- grad_accumulator + g    if gradient_accumulation_steps given
+    g <- grad_accumulator/gradient_accumulation_steps    if gradient_accumulation_steps given and is_update
+    grad_accumulator <- 0    if gradient_accumulation_steps given and is_update
+    g <- clipnorm*g/max(clipnorm, sqrt(||g||^2))    if clipnorm given and is_update
+    g <- g*global_clipnorm*min(1/global_clipnorm, 1/sqrt(sum_tensors ||g||^2))    if global_clipnorm given and is_update
+    g <- clip(g, -clipvalue, clipvalue)    if clipvalue given and is_update
+    w <- w - learning_rate*w*weight_decay    if weight_decay given and is_update
+    ema_mu = where(t == 1, 0, ema_momentum)
+    ema <- ema*ema_mu + w*(1 - ema_mu)    if use_ema
+    w <- ema    if ema_overwrite_frequency given and use_ema and (t mod ema_overwrite_frequency) == 0
+
 ``update`` returns ``w_new - w`` (derived symbolically); apply it with ``optax.apply_updates``.
 
 Use::
 
     opt = adamax(learning_rate=0.001)
     opt_state = opt.init(params)  # params: any pytree of float arrays
-    updates, opt_state = opt.update(grads, opt_state)
+    updates, opt_state = opt.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
 """
 
@@ -33,9 +48,11 @@ from optforge.runtime import common
 class AdamaxState(NamedTuple):
     """State of :func:`adamax`; each entry but ``count`` mirrors the params pytree."""
 
-    count: jax.Array  # updates done so far (int32)
+    count: jax.Array  # calls of update so far (int32)
     m: Any  # first moment (like the params)
     u: Any  # exponentially weighted infinity norm (like the params)
+    grad_accumulator: Any  # sum of the gradients since the last update (like the params; None unless gradient_accumulation_steps is not None)
+    ema: Any  # exponential moving average of the weights (like the params; None unless use_ema)
 
 
 def adamax(
@@ -43,6 +60,15 @@ def adamax(
     beta_1: float = 0.9,
     beta_2: float = 0.999,
     epsilon: float = 1e-07,
+    weight_decay: float | None = None,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
 ) -> optax.GradientTransformation:
     """Adamax (Keras 3 `Adamax`).
 
@@ -51,43 +77,192 @@ def adamax(
         beta_1: exponential decay rate of the first moment, in [0, 1). Default 0.9.
         beta_2: exponential decay rate of the weighted infinity norm, in [0, 1]. Default 0.999.
         epsilon: small constant for numerical stability, in [0, inf). Default 1e-07.
+        weight_decay: decoupled weight decay, w <- w - w*weight_decay*lr before the update, in [0, inf). Default None.
+        clipnorm: clip each gradient to this norm (0: off), in [0, inf). Default None.
+        clipvalue: clip each gradient entry to [-clipvalue, clipvalue], in [0, inf). Default None.
+        global_clipnorm: clip the gradients so that their global norm is at most this, in [0, inf). Default None.
+        use_ema: keep an exponential moving average (EMA) of the weights. Default False.
+        ema_momentum: momentum of the EMA of the weights, in [0, 1]. Default 0.99.
+        ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
+        loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
+        gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
     """
     learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
     beta_1 = common.check_float("beta_1", beta_1, 0.0, 1.0, True, False)
     beta_2 = common.check_float("beta_2", beta_2, 0.0, 1.0, True, True)
     epsilon = common.check_float("epsilon", epsilon, 0.0, math.inf, True, False)
+    weight_decay = common.check_option("weight_decay", weight_decay, 0.0, math.inf, True, False)
+    clipnorm = common.check_option("clipnorm", clipnorm, 0.0, math.inf, True, False, zero_is_off=True)
+    clipvalue = common.check_option("clipvalue", clipvalue, 0.0, math.inf, True, False, zero_is_off=True)
+    global_clipnorm = common.check_option(
+        "global_clipnorm", global_clipnorm, 0.0, math.inf, True, False, zero_is_off=True
+    )
+    use_ema = common.check_flag("use_ema", use_ema)
+    ema_momentum = common.check_float("ema_momentum", ema_momentum, 0.0, 1.0, True, True)
+    ema_overwrite_frequency = common.check_option(
+        "ema_overwrite_frequency",
+        ema_overwrite_frequency,
+        0.0,
+        math.inf,
+        True,
+        False,
+        integer=True,
+        zero_is_off=True,
+    )
+    loss_scale_factor = common.check_option(
+        "loss_scale_factor", loss_scale_factor, 0.0, math.inf, False, False
+    )
+    gradient_accumulation_steps = common.check_option(
+        "gradient_accumulation_steps", gradient_accumulation_steps, 2.0, math.inf, True, False, integer=True
+    )
+    common.check_exclusive(
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+    )
 
     def init_fn(params: Any) -> AdamaxState:
         return AdamaxState(
             count=jnp.zeros([], jnp.int32),
             m=jax.tree.map(jnp.zeros_like, params),
             u=jax.tree.map(jnp.zeros_like, params),
+            grad_accumulator=None
+            if not (gradient_accumulation_steps is not None)
+            else jax.tree.map(jnp.zeros_like, params),
+            ema=None if not (use_ema) else jax.tree.map(jnp.zeros_like, params),
         )
 
     def update_fn(grads: Any, state: AdamaxState, params: Any = None) -> tuple[Any, AdamaxState]:
-        count = state.count
-        t = count + 1
-        lr = learning_rate(count) if callable(learning_rate) else learning_rate
+        if params is None:
+            raise ValueError("adamax: update() needs params (the rule reads the parameter w)")
+        n = state.count  # earlier calls
+        t = n + 1
+        lr = common.learning_rate_at(learning_rate, n)
         treedef = jax.tree.structure(grads)
-        updates, new_m, new_u = [], [], []
-        for g, m, u in zip(
+        # the step counts updates, not calls
+        t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
+        # an update call
+        is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
+        # EMA momentum (0 at the first update)
+        ema_mu = jnp.where(t == 1, 0, ema_momentum)
+        if global_clipnorm is not None:
+            # over all tensors: global_sumsq_g
+            global_sumsq_g = 0.0
+            for g, grad_accumulator in zip(
+                treedef.flatten_up_to(grads),
+                treedef.flatten_up_to(state.grad_accumulator)
+                if state.grad_accumulator is not None
+                else [None] * treedef.num_leaves,
+            ):
+                # loss scaling
+                if loss_scale_factor is not None:
+                    g = g / loss_scale_factor
+                # gradient accumulation
+                if gradient_accumulation_steps is not None:
+                    grad_accumulator = g + grad_accumulator
+                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
+                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
+                # clipping
+                if clipnorm is not None:
+                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
+                global_sumsq_g = (
+                    jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
+                    if global_clipnorm is not None
+                    else global_sumsq_g
+                )
+        updates, new_m, new_u, new_grad_accumulator, new_ema = [], [], [], [], []
+        for g, w, m, u, grad_accumulator, ema in zip(
             treedef.flatten_up_to(grads),
+            treedef.flatten_up_to(params),
             treedef.flatten_up_to(state.m),
             treedef.flatten_up_to(state.u),
+            treedef.flatten_up_to(state.grad_accumulator)
+            if state.grad_accumulator is not None
+            else [None] * treedef.num_leaves,
+            treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
         ):
+            # loss scaling
+            if loss_scale_factor is not None:
+                g = g / loss_scale_factor
+            # gradient accumulation
+            if gradient_accumulation_steps is not None:
+                grad_accumulator = g + grad_accumulator
+                g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
+                grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
+            sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
+            # clipping
+            if clipnorm is not None:
+                g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
+            if global_clipnorm is not None:
+                g = jnp.where(
+                    is_update,
+                    g * global_clipnorm * jnp.minimum(1 / global_clipnorm, 1 / jnp.sqrt(global_sumsq_g)),
+                    g,
+                )
+            if clipvalue is not None:
+                g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
+            # decoupled weight decay
+            update = jnp.where(is_update, -lr * w * weight_decay, 0) if weight_decay is not None else 0
             # first moment
-            m = m + (1 - beta_1) * (g - m)
+            m = jnp.where(is_update, m + (1 - beta_1) * (g - m), m)
             # infinity norm
-            u = jnp.maximum(jnp.abs(g), beta_2 * u)
+            u = jnp.where(is_update, jnp.maximum(jnp.abs(g), beta_2 * u), u)
             # parameter update
-            update = -lr * m / ((1 - beta_1**t) * (epsilon + u))
+            update = update + jnp.where(is_update, -lr * m / ((1 - beta_1**t) * (epsilon + u)), 0)
+            # EMA of the weights
+            if use_ema:
+                ema = ema * ema_mu + (1 - ema_mu) * (update + w)
+            # EMA overwrite
+            update = update + (
+                jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
+                if (ema_overwrite_frequency is not None and use_ema)
+                else 0
+            )
             updates.append(update.astype(g.dtype))
             new_m.append(m.astype(g.dtype))
             new_u.append(u.astype(g.dtype))
+            new_grad_accumulator.append(grad_accumulator)
+            new_ema.append(ema)
         return treedef.unflatten(updates), AdamaxState(
-            count=optax.safe_increment(count),
+            count=optax.safe_increment(n),
             m=treedef.unflatten(new_m),
             u=treedef.unflatten(new_u),
+            grad_accumulator=treedef.unflatten(new_grad_accumulator)
+            if state.grad_accumulator is not None
+            else None,
+            ema=treedef.unflatten(new_ema) if state.ema is not None else None,
         )
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def finalize_variable_values(
+    params: Any,
+    state: AdamaxState,
+    *,
+    beta_1: float = 0.9,
+    beta_2: float = 0.999,
+    epsilon: float = 1e-07,
+    weight_decay: float | None = None,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
+) -> Any:
+    """Keras's ``finalize_variable_values`` for :func:`adamax` built with these options: the
+    parameters to keep at the end of training."""
+    treedef = jax.tree.structure(params)
+    out = []
+    for w, ema in zip(
+        treedef.flatten_up_to(params),
+        treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
+    ):
+        # EMA of the weights
+        if use_ema:
+            w = ema
+        out.append(w)
+    return treedef.unflatten(out)

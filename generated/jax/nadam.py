@@ -14,13 +14,28 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     v_hat = v/(1 - beta_2^t)
     w <- w - learning_rate*m_hat/(epsilon + sqrt(v_hat))
 
+    Keras's shared options around it (each only when given; the rule runs only on update calls):
+    t = where(gradient_accumulation_steps given, floor(n/gradient_accumulation_steps), n) + 1
+    is_update = not gradient_accumulation_steps given or (n + 1 mod gradient_accumulation_steps) == 0
+    g <- g/loss_scale_factor    if loss_scale_factor given
+    grad_accumulator <- grad_accumulator + g    if gradient_accumulation_steps given
+    g <- grad_accumulator/gradient_accumulation_steps    if gradient_accumulation_steps given and is_update
+    grad_accumulator <- 0    if gradient_accumulation_steps given and is_update
+    g <- clipnorm*g/max(clipnorm, sqrt(||g||^2))    if clipnorm given and is_update
+    g <- g*global_clipnorm*min(1/global_clipnorm, 1/sqrt(sum_tensors ||g||^2))    if global_clipnorm given and is_update
+    g <- clip(g, -clipvalue, clipvalue)    if clipvalue given and is_update
+    w <- w - learning_rate*w*weight_decay    if weight_decay given and is_update
+    ema_mu = where(t == 1, 0, ema_momentum)
+    ema <- ema*ema_mu + w*(1 - ema_mu)    if use_ema
+    w <- ema    if ema_overwrite_frequency given and use_ema and (t mod ema_overwrite_frequency) == 0
+
 ``update`` returns ``w_new - w`` (derived symbolically); apply it with ``optax.apply_updates``.
 
 Use::
 
     opt = nadam(learning_rate=0.001)
     opt_state = opt.init(params)  # params: any pytree of float arrays
-    updates, opt_state = opt.update(grads, opt_state)
+    updates, opt_state = opt.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
 """
 
@@ -38,10 +53,12 @@ from optforge.runtime import common
 class NadamState(NamedTuple):
     """State of :func:`nadam`; each entry but ``count`` mirrors the params pytree."""
 
-    count: jax.Array  # updates done so far (int32)
+    count: jax.Array  # calls of update so far (int32)
     u_product: jax.Array  # product of the momentum schedule u_1 ... u_t (one for the optimizer)
     m: Any  # first moment (like the params)
     v: Any  # second moment (like the params)
+    grad_accumulator: Any  # sum of the gradients since the last update (like the params; None unless gradient_accumulation_steps is not None)
+    ema: Any  # exponential moving average of the weights (like the params; None unless use_ema)
 
 
 def nadam(
@@ -49,6 +66,15 @@ def nadam(
     beta_1: float = 0.9,
     beta_2: float = 0.999,
     epsilon: float = 1e-07,
+    weight_decay: float | None = None,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
 ) -> optax.GradientTransformation:
     """Nadam (Keras 3 `Nadam`).
 
@@ -57,11 +83,49 @@ def nadam(
         beta_1: exponential decay rate of the first moment, in [0, 1). Default 0.9.
         beta_2: exponential decay rate of the second moment, in [0, 1). Default 0.999.
         epsilon: small constant for numerical stability (Kingma and Ba's epsilon hat), in [0, inf). Default 1e-07.
+        weight_decay: decoupled weight decay, w <- w - w*weight_decay*lr before the update, in [0, inf). Default None.
+        clipnorm: clip each gradient to this norm (0: off), in [0, inf). Default None.
+        clipvalue: clip each gradient entry to [-clipvalue, clipvalue], in [0, inf). Default None.
+        global_clipnorm: clip the gradients so that their global norm is at most this, in [0, inf). Default None.
+        use_ema: keep an exponential moving average (EMA) of the weights. Default False.
+        ema_momentum: momentum of the EMA of the weights, in [0, 1]. Default 0.99.
+        ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
+        loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
+        gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
     """
     learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
     beta_1 = common.check_float("beta_1", beta_1, 0.0, 1.0, True, False)
     beta_2 = common.check_float("beta_2", beta_2, 0.0, 1.0, True, False)
     epsilon = common.check_float("epsilon", epsilon, 0.0, math.inf, True, False)
+    weight_decay = common.check_option("weight_decay", weight_decay, 0.0, math.inf, True, False)
+    clipnorm = common.check_option("clipnorm", clipnorm, 0.0, math.inf, True, False, zero_is_off=True)
+    clipvalue = common.check_option("clipvalue", clipvalue, 0.0, math.inf, True, False, zero_is_off=True)
+    global_clipnorm = common.check_option(
+        "global_clipnorm", global_clipnorm, 0.0, math.inf, True, False, zero_is_off=True
+    )
+    use_ema = common.check_flag("use_ema", use_ema)
+    ema_momentum = common.check_float("ema_momentum", ema_momentum, 0.0, 1.0, True, True)
+    ema_overwrite_frequency = common.check_option(
+        "ema_overwrite_frequency",
+        ema_overwrite_frequency,
+        0.0,
+        math.inf,
+        True,
+        False,
+        integer=True,
+        zero_is_off=True,
+    )
+    loss_scale_factor = common.check_option(
+        "loss_scale_factor", loss_scale_factor, 0.0, math.inf, False, False
+    )
+    gradient_accumulation_steps = common.check_option(
+        "gradient_accumulation_steps", gradient_accumulation_steps, 2.0, math.inf, True, False, integer=True
+    )
+    common.check_exclusive(
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+    )
 
     def init_fn(params: Any) -> NadamState:
         return NadamState(
@@ -69,42 +133,155 @@ def nadam(
             u_product=jnp.asarray(1, dtype=float),
             m=jax.tree.map(jnp.zeros_like, params),
             v=jax.tree.map(jnp.zeros_like, params),
+            grad_accumulator=None
+            if not (gradient_accumulation_steps is not None)
+            else jax.tree.map(jnp.zeros_like, params),
+            ema=None if not (use_ema) else jax.tree.map(jnp.zeros_like, params),
         )
 
     def update_fn(grads: Any, state: NadamState, params: Any = None) -> tuple[Any, NadamState]:
-        count = state.count
-        t = count + 1
-        lr = learning_rate(count) if callable(learning_rate) else learning_rate
+        if params is None:
+            raise ValueError("nadam: update() needs params (the rule reads the parameter w)")
+        n = state.count  # earlier calls
+        t = n + 1
+        lr = common.learning_rate_at(learning_rate, n)
         treedef = jax.tree.structure(grads)
         u_product = state.u_product
+        # the step counts updates, not calls
+        t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
+        # an update call
+        is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
         # momentum schedule
-        u_t = beta_1 * (1 - 0.5 * 0.96**t)
-        u_t1 = beta_1 * (1 - 0.5 * 0.96 ** (t + 1))
-        u_product = u_product * u_t
-        updates, new_m, new_v = [], [], []
-        for g, m, v in zip(
+        u_t = jnp.where(is_update, beta_1 * (1 - 0.5 * 0.96**t), 0)
+        u_t1 = jnp.where(is_update, beta_1 * (1 - 0.5 * 0.96 ** (t + 1)), 0)
+        u_product = jnp.where(is_update, u_product * u_t, u_product)
+        # EMA momentum (0 at the first update)
+        ema_mu = jnp.where(t == 1, 0, ema_momentum)
+        if global_clipnorm is not None:
+            # over all tensors: global_sumsq_g
+            global_sumsq_g = 0.0
+            for g, grad_accumulator in zip(
+                treedef.flatten_up_to(grads),
+                treedef.flatten_up_to(state.grad_accumulator)
+                if state.grad_accumulator is not None
+                else [None] * treedef.num_leaves,
+            ):
+                # loss scaling
+                if loss_scale_factor is not None:
+                    g = g / loss_scale_factor
+                # gradient accumulation
+                if gradient_accumulation_steps is not None:
+                    grad_accumulator = g + grad_accumulator
+                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
+                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
+                # clipping
+                if clipnorm is not None:
+                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
+                global_sumsq_g = (
+                    jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
+                    if global_clipnorm is not None
+                    else global_sumsq_g
+                )
+        updates, new_m, new_v, new_grad_accumulator, new_ema = [], [], [], [], []
+        for g, w, m, v, grad_accumulator, ema in zip(
             treedef.flatten_up_to(grads),
+            treedef.flatten_up_to(params),
             treedef.flatten_up_to(state.m),
             treedef.flatten_up_to(state.v),
+            treedef.flatten_up_to(state.grad_accumulator)
+            if state.grad_accumulator is not None
+            else [None] * treedef.num_leaves,
+            treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
         ):
+            # loss scaling
+            if loss_scale_factor is not None:
+                g = g / loss_scale_factor
+            # gradient accumulation
+            if gradient_accumulation_steps is not None:
+                grad_accumulator = g + grad_accumulator
+                g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
+                grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
+            sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
+            # clipping
+            if clipnorm is not None:
+                g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
+            if global_clipnorm is not None:
+                g = jnp.where(
+                    is_update,
+                    g * global_clipnorm * jnp.minimum(1 / global_clipnorm, 1 / jnp.sqrt(global_sumsq_g)),
+                    g,
+                )
+            if clipvalue is not None:
+                g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
+            # decoupled weight decay
+            update = jnp.where(is_update, -lr * w * weight_decay, 0) if weight_decay is not None else 0
             # first moment
-            m = m + (1 - beta_1) * (g - m)
+            m = jnp.where(is_update, m + (1 - beta_1) * (g - m), m)
             # second moment
-            v = v + (1 - beta_2) * (g**2 - v)
+            v = jnp.where(is_update, v + (1 - beta_2) * (g**2 - v), v)
             # Nesterov momentum
-            m_hat = g * (1 - u_t) / (1 - u_product) + m * u_t1 / (-u_product * u_t1 + 1)
+            m_hat = jnp.where(
+                is_update, g * (1 - u_t) / (1 - u_product) + m * u_t1 / (-u_product * u_t1 + 1), 0
+            )
             # bias correction
-            v_hat = v / (1 - beta_2**t)
+            v_hat = jnp.where(is_update, v / (1 - beta_2**t), 0)
             # parameter update
-            update = -lr * m_hat / (epsilon + jnp.sqrt(v_hat))
+            update = update + jnp.where(is_update, -lr * m_hat / (epsilon + jnp.sqrt(v_hat)), 0)
+            # EMA of the weights
+            if use_ema:
+                ema = ema * ema_mu + (1 - ema_mu) * (update + w)
+            # EMA overwrite
+            update = update + (
+                jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
+                if (ema_overwrite_frequency is not None and use_ema)
+                else 0
+            )
             updates.append(update.astype(g.dtype))
             new_m.append(m.astype(g.dtype))
             new_v.append(v.astype(g.dtype))
+            new_grad_accumulator.append(grad_accumulator)
+            new_ema.append(ema)
         return treedef.unflatten(updates), NadamState(
-            count=optax.safe_increment(count),
+            count=optax.safe_increment(n),
             u_product=u_product,
             m=treedef.unflatten(new_m),
             v=treedef.unflatten(new_v),
+            grad_accumulator=treedef.unflatten(new_grad_accumulator)
+            if state.grad_accumulator is not None
+            else None,
+            ema=treedef.unflatten(new_ema) if state.ema is not None else None,
         )
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def finalize_variable_values(
+    params: Any,
+    state: NadamState,
+    *,
+    beta_1: float = 0.9,
+    beta_2: float = 0.999,
+    epsilon: float = 1e-07,
+    weight_decay: float | None = None,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
+) -> Any:
+    """Keras's ``finalize_variable_values`` for :func:`nadam` built with these options: the
+    parameters to keep at the end of training."""
+    treedef = jax.tree.structure(params)
+    out = []
+    for w, ema in zip(
+        treedef.flatten_up_to(params),
+        treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
+    ):
+        # EMA of the weights
+        if use_ema:
+            w = ema
+        out.append(w)
+    return treedef.unflatten(out)

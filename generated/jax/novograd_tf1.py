@@ -8,9 +8,23 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     v <- ||g||^2
     u = g/sqrt(epsilon + v)
     u <- u + where(weight_decay != 0, w*weight_decay, 0)
-    u <- where(grad_averaging, u*(1 - beta1), u)
+    u <- u*(1 - beta1)    if grad_averaging
     m <- beta1*m + u
     w <- w - learning_rate*where(use_nesterov, beta1*m + u, m)
+
+    Keras's shared options around it (each only when given; the rule runs only on update calls):
+    t = where(gradient_accumulation_steps given, floor(n/gradient_accumulation_steps), n) + 1
+    is_update = not gradient_accumulation_steps given or (n + 1 mod gradient_accumulation_steps) == 0
+    g <- g/loss_scale_factor    if loss_scale_factor given
+    grad_accumulator <- grad_accumulator + g    if gradient_accumulation_steps given
+    g <- grad_accumulator/gradient_accumulation_steps    if gradient_accumulation_steps given and is_update
+    grad_accumulator <- 0    if gradient_accumulation_steps given and is_update
+    g <- clipnorm*g/max(clipnorm, sqrt(||g||^2))    if clipnorm given and is_update
+    g <- g*global_clipnorm*min(1/global_clipnorm, 1/sqrt(sum_tensors ||g||^2))    if global_clipnorm given and is_update
+    g <- clip(g, -clipvalue, clipvalue)    if clipvalue given and is_update
+    ema_mu = where(t == 1, 0, ema_momentum)
+    ema <- ema*ema_mu + w*(1 - ema_mu)    if use_ema
+    w <- ema    if ema_overwrite_frequency given and use_ema and (t mod ema_overwrite_frequency) == 0
 
 ``update`` returns ``w_new - w`` (derived symbolically); apply it with ``optax.apply_updates``.
 
@@ -36,8 +50,11 @@ from optforge.runtime import common
 class NovoGradTF1State(NamedTuple):
     """State of :func:`novograd_tf1`; each entry but ``count`` mirrors the params pytree."""
 
-    count: jax.Array  # updates done so far (int32)
+    count: jax.Array  # calls of update so far (int32)
+    v: Any  # per-tensor second moment: EMA of ||g||^2 (one 0-d array per parameter)
     m: Any  # momentum of the normalised gradients (like the params)
+    grad_accumulator: Any  # sum of the gradients since the last update (like the params; None unless gradient_accumulation_steps is not None)
+    ema: Any  # exponential moving average of the weights (like the params; None unless use_ema)
 
 
 def novograd_tf1(
@@ -48,6 +65,14 @@ def novograd_tf1(
     weight_decay: float = 0.0,
     grad_averaging: bool = False,
     use_nesterov: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
 ) -> optax.GradientTransformation:
     """NovoGrad as TF1 graph mode runs it (OpenSeq2Seq, Clara training runs).
 
@@ -59,6 +84,14 @@ def novograd_tf1(
         weight_decay: L2 term added to the normalised gradient (coupled, goes through the momentum), in [0, inf). Default 0.0.
         grad_averaging: scale the normalised gradient by (1 - beta1). Default False.
         use_nesterov: Nesterov momentum. Default False.
+        clipnorm: clip each gradient to this norm (0: off), in [0, inf). Default None.
+        clipvalue: clip each gradient entry to [-clipvalue, clipvalue], in [0, inf). Default None.
+        global_clipnorm: clip the gradients so that their global norm is at most this, in [0, inf). Default None.
+        use_ema: keep an exponential moving average (EMA) of the weights. Default False.
+        ema_momentum: momentum of the EMA of the weights, in [0, 1]. Default 0.99.
+        ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
+        loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
+        gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
     """
     learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
     beta1 = common.check_float("beta1", beta1, 0.0, 1.0, True, True)
@@ -67,44 +100,184 @@ def novograd_tf1(
     weight_decay = common.check_float("weight_decay", weight_decay, 0.0, math.inf, True, False)
     grad_averaging = common.check_flag("grad_averaging", grad_averaging)
     use_nesterov = common.check_flag("use_nesterov", use_nesterov)
+    clipnorm = common.check_option("clipnorm", clipnorm, 0.0, math.inf, True, False, zero_is_off=True)
+    clipvalue = common.check_option("clipvalue", clipvalue, 0.0, math.inf, True, False, zero_is_off=True)
+    global_clipnorm = common.check_option(
+        "global_clipnorm", global_clipnorm, 0.0, math.inf, True, False, zero_is_off=True
+    )
+    use_ema = common.check_flag("use_ema", use_ema)
+    ema_momentum = common.check_float("ema_momentum", ema_momentum, 0.0, 1.0, True, True)
+    ema_overwrite_frequency = common.check_option(
+        "ema_overwrite_frequency",
+        ema_overwrite_frequency,
+        0.0,
+        math.inf,
+        True,
+        False,
+        integer=True,
+        zero_is_off=True,
+    )
+    loss_scale_factor = common.check_option(
+        "loss_scale_factor", loss_scale_factor, 0.0, math.inf, False, False
+    )
+    gradient_accumulation_steps = common.check_option(
+        "gradient_accumulation_steps", gradient_accumulation_steps, 2.0, math.inf, True, False, integer=True
+    )
+    common.check_exclusive(
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+    )
 
     def init_fn(params: Any) -> NovoGradTF1State:
         return NovoGradTF1State(
             count=jnp.zeros([], jnp.int32),
+            v=jax.tree.map(lambda w: jnp.zeros([], w.dtype), params),
             m=jax.tree.map(jnp.zeros_like, params),
+            grad_accumulator=None
+            if not (gradient_accumulation_steps is not None)
+            else jax.tree.map(jnp.zeros_like, params),
+            ema=None if not (use_ema) else jax.tree.map(jnp.zeros_like, params),
         )
 
     def update_fn(grads: Any, state: NovoGradTF1State, params: Any = None) -> tuple[Any, NovoGradTF1State]:
         if params is None:
             raise ValueError("novograd_tf1: update() needs params (the rule reads the parameter w)")
-        count = state.count
-        t = count + 1
-        lr = learning_rate(count) if callable(learning_rate) else learning_rate
+        n = state.count  # earlier calls
+        t = n + 1
+        lr = common.learning_rate_at(learning_rate, n)
         treedef = jax.tree.structure(grads)
-        updates, new_m = [], []
-        for g, w, m in zip(
+        # the step counts updates, not calls
+        t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
+        # an update call
+        is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
+        # EMA momentum (0 at the first update)
+        ema_mu = jnp.where(t == 1, 0, ema_momentum)
+        if global_clipnorm is not None:
+            # over all tensors: global_sumsq_g
+            global_sumsq_g = 0.0
+            for g, grad_accumulator in zip(
+                treedef.flatten_up_to(grads),
+                treedef.flatten_up_to(state.grad_accumulator)
+                if state.grad_accumulator is not None
+                else [None] * treedef.num_leaves,
+            ):
+                # loss scaling
+                if loss_scale_factor is not None:
+                    g = g / loss_scale_factor
+                # gradient accumulation
+                if gradient_accumulation_steps is not None:
+                    grad_accumulator = g + grad_accumulator
+                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
+                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
+                # clipping
+                if clipnorm is not None:
+                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
+                global_sumsq_g = (
+                    jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
+                    if global_clipnorm is not None
+                    else global_sumsq_g
+                )
+        updates, new_v, new_m, new_grad_accumulator, new_ema = [], [], [], [], []
+        for g, w, v, m, grad_accumulator, ema in zip(
             treedef.flatten_up_to(grads),
             treedef.flatten_up_to(params),
+            treedef.flatten_up_to(state.v),
             treedef.flatten_up_to(state.m),
+            treedef.flatten_up_to(state.grad_accumulator)
+            if state.grad_accumulator is not None
+            else [None] * treedef.num_leaves,
+            treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
         ):
-            sumsq_g = jnp.sum(g**2)
+            # loss scaling
+            if loss_scale_factor is not None:
+                g = g / loss_scale_factor
+            # gradient accumulation
+            if gradient_accumulation_steps is not None:
+                grad_accumulator = g + grad_accumulator
+                g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
+                grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
+            sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
+            # clipping
+            if clipnorm is not None:
+                g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
+            if global_clipnorm is not None:
+                g = jnp.where(
+                    is_update,
+                    g * global_clipnorm * jnp.minimum(1 / global_clipnorm, 1 / jnp.sqrt(global_sumsq_g)),
+                    g,
+                )
+            if clipvalue is not None:
+                g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
+            sumsq_g_1 = jnp.where(is_update, jnp.sum(g**2), 0)
             # second moment (no EMA in graph mode)
-            v = sumsq_g
+            v = jnp.where(is_update, sumsq_g_1, v)
             # normalised gradient
-            u = g / jnp.sqrt(epsilon + v)
+            u = jnp.where(is_update, g / jnp.sqrt(epsilon + v), 0)
             # weight decay
-            u = u + (w * weight_decay if weight_decay != 0 else 0)
+            u = jnp.where(is_update, u + (w * weight_decay if weight_decay != 0 else 0), u)
             # gradient averaging
-            u = u * (1 - beta1) if grad_averaging else u
+            u = jnp.where(is_update, (u * (1 - beta1) if grad_averaging else u), u)
             # momentum
-            m = beta1 * m + u
+            m = jnp.where(is_update, beta1 * m + u, m)
             # parameter update
-            update = -lr * (beta1 * m + u if use_nesterov else m)
+            update = jnp.where(is_update, -lr * (beta1 * m + u if use_nesterov else m), 0)
+            # EMA of the weights
+            if use_ema:
+                ema = ema * ema_mu + (1 - ema_mu) * (update + w)
+            # EMA overwrite
+            update = update + (
+                jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
+                if (ema_overwrite_frequency is not None and use_ema)
+                else 0
+            )
             updates.append(update.astype(g.dtype))
+            new_v.append(v.astype(g.dtype))
             new_m.append(m.astype(g.dtype))
+            new_grad_accumulator.append(grad_accumulator)
+            new_ema.append(ema)
         return treedef.unflatten(updates), NovoGradTF1State(
-            count=optax.safe_increment(count),
+            count=optax.safe_increment(n),
+            v=treedef.unflatten(new_v),
             m=treedef.unflatten(new_m),
+            grad_accumulator=treedef.unflatten(new_grad_accumulator)
+            if state.grad_accumulator is not None
+            else None,
+            ema=treedef.unflatten(new_ema) if state.ema is not None else None,
         )
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def finalize_variable_values(
+    params: Any,
+    state: NovoGradTF1State,
+    *,
+    beta1: float = 0.95,
+    beta2: float = 0.98,
+    epsilon: float = 1e-08,
+    weight_decay: float = 0.0,
+    grad_averaging: bool = False,
+    use_nesterov: bool = False,
+    clipnorm: float | None = None,
+    clipvalue: float | None = None,
+    global_clipnorm: float | None = None,
+    use_ema: bool = False,
+    ema_momentum: float = 0.99,
+    ema_overwrite_frequency: int | None = None,
+    loss_scale_factor: float | None = None,
+    gradient_accumulation_steps: int | None = None,
+) -> Any:
+    """Keras's ``finalize_variable_values`` for :func:`novograd_tf1` built with these options: the
+    parameters to keep at the end of training."""
+    treedef = jax.tree.structure(params)
+    out = []
+    for w, ema in zip(
+        treedef.flatten_up_to(params),
+        treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
+    ):
+        # EMA of the weights
+        if use_ema:
+            w = ema
+        out.append(w)
+    return treedef.unflatten(out)

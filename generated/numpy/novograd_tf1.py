@@ -8,9 +8,23 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     v <- ||g||^2
     u = g/sqrt(epsilon + v)
     u <- u + where(weight_decay != 0, w*weight_decay, 0)
-    u <- where(grad_averaging, u*(1 - beta1), u)
+    u <- u*(1 - beta1)    if grad_averaging
     m <- beta1*m + u
     w <- w - learning_rate*where(use_nesterov, beta1*m + u, m)
+
+    Keras's shared options around it (each only when given; the rule runs only on update calls):
+    t = where(gradient_accumulation_steps given, floor(n/gradient_accumulation_steps), n) + 1
+    is_update = not gradient_accumulation_steps given or (n + 1 mod gradient_accumulation_steps) == 0
+    g <- g/loss_scale_factor    if loss_scale_factor given
+    grad_accumulator <- grad_accumulator + g    if gradient_accumulation_steps given
+    g <- grad_accumulator/gradient_accumulation_steps    if gradient_accumulation_steps given and is_update
+    grad_accumulator <- 0    if gradient_accumulation_steps given and is_update
+    g <- clipnorm*g/max(clipnorm, sqrt(||g||^2))    if clipnorm given and is_update
+    g <- g*global_clipnorm*min(1/global_clipnorm, 1/sqrt(sum_tensors ||g||^2))    if global_clipnorm given and is_update
+    g <- clip(g, -clipvalue, clipvalue)    if clipvalue given and is_update
+    ema_mu = where(t == 1, 0, ema_momentum)
+    ema <- ema*ema_mu + w*(1 - ema_mu)    if use_ema
+    w <- ema    if ema_overwrite_frequency given and use_ema and (t mod ema_overwrite_frequency) == 0
 
 Use::
 
@@ -31,8 +45,11 @@ from optforge.runtime import common, numpy_support
 class NovoGradTF1State(NamedTuple):
     """State of :class:`NovoGradTF1`: the step, then per-parameter entries mirroring ``params`` (a list or a dict)."""
 
-    step: int  # updates done so far
+    step: int  # calls of step() so far
+    v: Any  # per-tensor second moment: EMA of ||g||^2 (a 0-d array per parameter)
     m: Any  # momentum of the normalised gradients (an array like the parameter)
+    grad_accumulator: Any  # sum of the gradients since the last update (an array like the parameter; None unless gradient_accumulation_steps is not None)
+    ema: Any  # exponential moving average of the weights (an array like the parameter; None unless use_ema)
 
 
 class NovoGradTF1:
@@ -46,6 +63,14 @@ class NovoGradTF1:
         weight_decay: L2 term added to the normalised gradient (coupled, goes through the momentum), in [0, inf). Default 0.0.
         grad_averaging: scale the normalised gradient by (1 - beta1). Default False.
         use_nesterov: Nesterov momentum. Default False.
+        clipnorm: clip each gradient to this norm (0: off), in [0, inf). Default None.
+        clipvalue: clip each gradient entry to [-clipvalue, clipvalue], in [0, inf). Default None.
+        global_clipnorm: clip the gradients so that their global norm is at most this, in [0, inf). Default None.
+        use_ema: keep an exponential moving average (EMA) of the weights. Default False.
+        ema_momentum: momentum of the EMA of the weights, in [0, 1]. Default 0.99.
+        ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
+        loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
+        gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
     """
 
     def __init__(
@@ -57,6 +82,14 @@ class NovoGradTF1:
         weight_decay: float = 0.0,
         grad_averaging: bool = False,
         use_nesterov: bool = False,
+        clipnorm: float | None = None,
+        clipvalue: float | None = None,
+        global_clipnorm: float | None = None,
+        use_ema: bool = False,
+        ema_momentum: float = 0.99,
+        ema_overwrite_frequency: int | None = None,
+        loss_scale_factor: float | None = None,
+        gradient_accumulation_steps: int | None = None,
     ) -> None:
         self.learning_rate = common.check_learning_rate(learning_rate, schedule=True)
         self.beta1 = common.check_float("beta1", beta1, 0.0, 1.0, True, True)
@@ -65,13 +98,58 @@ class NovoGradTF1:
         self.weight_decay = common.check_float("weight_decay", weight_decay, 0.0, math.inf, True, False)
         self.grad_averaging = common.check_flag("grad_averaging", grad_averaging)
         self.use_nesterov = common.check_flag("use_nesterov", use_nesterov)
+        self.clipnorm = common.check_option(
+            "clipnorm", clipnorm, 0.0, math.inf, True, False, zero_is_off=True
+        )
+        self.clipvalue = common.check_option(
+            "clipvalue", clipvalue, 0.0, math.inf, True, False, zero_is_off=True
+        )
+        self.global_clipnorm = common.check_option(
+            "global_clipnorm", global_clipnorm, 0.0, math.inf, True, False, zero_is_off=True
+        )
+        self.use_ema = common.check_flag("use_ema", use_ema)
+        self.ema_momentum = common.check_float("ema_momentum", ema_momentum, 0.0, 1.0, True, True)
+        self.ema_overwrite_frequency = common.check_option(
+            "ema_overwrite_frequency",
+            ema_overwrite_frequency,
+            0.0,
+            math.inf,
+            True,
+            False,
+            integer=True,
+            zero_is_off=True,
+        )
+        self.loss_scale_factor = common.check_option(
+            "loss_scale_factor", loss_scale_factor, 0.0, math.inf, False, False
+        )
+        self.gradient_accumulation_steps = common.check_option(
+            "gradient_accumulation_steps",
+            gradient_accumulation_steps,
+            2.0,
+            math.inf,
+            True,
+            False,
+            integer=True,
+        )
+        common.check_exclusive(
+            clipnorm=self.clipnorm,
+            clipvalue=self.clipvalue,
+            global_clipnorm=self.global_clipnorm,
+        )
 
     def init(self, params: Any) -> NovoGradTF1State:
         """The state before the first step."""
         keys, ws = numpy_support.leaves(params)
+        use_ema = self.use_ema
+        gradient_accumulation_steps = self.gradient_accumulation_steps
         return NovoGradTF1State(
             step=0,
+            v=numpy_support.like(params, [np.zeros((), w.dtype) for w in ws]),
             m=numpy_support.like(params, [np.zeros_like(w) for w in ws]),
+            grad_accumulator=None
+            if not (gradient_accumulation_steps is not None)
+            else numpy_support.like(params, [np.zeros_like(w) for w in ws]),
+            ema=None if not (use_ema) else numpy_support.like(params, [np.zeros_like(w) for w in ws]),
         )
 
     def step(self, params: Any, grads: Any, state: NovoGradTF1State) -> tuple[Any, NovoGradTF1State]:
@@ -81,31 +159,126 @@ class NovoGradTF1:
             grads,
             state,
             {
+                "v": "tensor",
                 "m": "element",
+                "grad_accumulator": "element",
+                "ema": "element",
             },
         )
-        t = state.step + 1
-        lr = self.learning_rate(state.step) if callable(self.learning_rate) else self.learning_rate
+        n = state.step  # earlier calls
+        t = n + 1
+        lr = common.learning_rate_at(self.learning_rate, n)
         beta1 = self.beta1
         beta2 = self.beta2
         epsilon = self.epsilon
         weight_decay = self.weight_decay
         grad_averaging = self.grad_averaging
         use_nesterov = self.use_nesterov
+        clipnorm = self.clipnorm
+        clipvalue = self.clipvalue
+        global_clipnorm = self.global_clipnorm
+        use_ema = self.use_ema
+        ema_momentum = self.ema_momentum
+        ema_overwrite_frequency = self.ema_overwrite_frequency
+        loss_scale_factor = self.loss_scale_factor
+        gradient_accumulation_steps = self.gradient_accumulation_steps
+        # the step counts updates, not calls
+        t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
+        # an update call
+        is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
+        # EMA momentum (0 at the first update)
+        ema_mu = 0 if t == 1 else ema_momentum
+        if global_clipnorm is not None and is_update:
+            # over all tensors: global_sumsq_g
+            global_sumsq_g = 0.0
+            for key in keys:
+                w, g = params[key], grads[key]
+                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
+                # loss scaling
+                if loss_scale_factor is not None:
+                    g = g / loss_scale_factor
+                # gradient accumulation
+                if gradient_accumulation_steps is not None:
+                    grad_accumulator = g + grad_accumulator
+                if gradient_accumulation_steps is not None and is_update:
+                    g = grad_accumulator / gradient_accumulation_steps
+                sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
+                # clipping
+                if clipnorm is not None and is_update:
+                    g = clipnorm * g / np.maximum(clipnorm, np.sqrt(sumsq_g))
+                global_sumsq_g = (
+                    global_sumsq_g + np.sum(g**2)
+                    if (global_clipnorm is not None and is_update)
+                    else global_sumsq_g
+                )
         for key in keys:
             w, g = params[key], grads[key]
+            v = state.v[key]
             m = state.m[key]
-            sumsq_g = np.sum(g**2)
+            grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
+            ema = state.ema[key] if state.ema is not None else None
+            # loss scaling
+            if loss_scale_factor is not None:
+                g = g / loss_scale_factor
+            # gradient accumulation
+            if gradient_accumulation_steps is not None:
+                grad_accumulator += g
+            if gradient_accumulation_steps is not None and is_update:
+                g = grad_accumulator / gradient_accumulation_steps
+                grad_accumulator[...] = 0
+            sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
+            # clipping
+            if clipnorm is not None and is_update:
+                g = clipnorm * g / np.maximum(clipnorm, np.sqrt(sumsq_g))
+            if global_clipnorm is not None and is_update:
+                g = g * global_clipnorm * np.minimum(1 / global_clipnorm, 1 / np.sqrt(global_sumsq_g))
+            if clipvalue is not None and is_update:
+                g = np.clip(g, -clipvalue, clipvalue)
+            sumsq_g_1 = np.sum(g**2) if is_update else 0
             # second moment (no EMA in graph mode)
-            v = sumsq_g
+            if is_update:
+                v[...] = sumsq_g_1
             # normalised gradient
-            u = g / np.sqrt(epsilon + v)
+            u = g / np.sqrt(epsilon + v) if is_update else 0
             # weight decay
-            u = u + (w * weight_decay if weight_decay != 0 else 0)
-            # gradient averaging
-            u = u * (1 - beta1) if grad_averaging else u
-            # momentum
-            m[...] = beta1 * m + u
-            # parameter update
-            w -= lr * (beta1 * m + u if use_nesterov else m)
-        return params, state._replace(step=t)
+            if is_update:
+                u = u + (w * weight_decay if weight_decay != 0 else 0)
+                # gradient averaging
+                if grad_averaging:
+                    u = u * (1 - beta1)
+                # momentum
+                m[...] = beta1 * m + u
+                # parameter update
+                w -= lr * (beta1 * m + u if use_nesterov else m)
+            # EMA of the weights
+            if use_ema:
+                ema[...] = ema * ema_mu + w * (1 - ema_mu)
+            # EMA overwrite
+            if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
+                w[...] = ema
+        return params, state._replace(step=n + 1)
+
+    def finalize_variable_values(self, params: Any, state: NovoGradTF1State) -> Any:
+        """Keras's ``finalize_variable_values``, at the end of training: updates ``params`` in place."""
+        keys, _ = numpy_support.leaves(params)
+        beta1 = self.beta1
+        beta2 = self.beta2
+        epsilon = self.epsilon
+        weight_decay = self.weight_decay
+        grad_averaging = self.grad_averaging
+        use_nesterov = self.use_nesterov
+        clipnorm = self.clipnorm
+        clipvalue = self.clipvalue
+        global_clipnorm = self.global_clipnorm
+        use_ema = self.use_ema
+        ema_momentum = self.ema_momentum
+        ema_overwrite_frequency = self.ema_overwrite_frequency
+        loss_scale_factor = self.loss_scale_factor
+        gradient_accumulation_steps = self.gradient_accumulation_steps
+        for key in keys:
+            w = params[key]
+            ema = state.ema[key] if state.ema is not None else None
+            # EMA of the weights
+            if use_ema:
+                w[...] = ema
+        return params

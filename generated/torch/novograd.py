@@ -8,9 +8,23 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ... (coun
     v <- where(v == 0, ||g||^2, beta2*v + (1 - beta2)*||g||^2)
     u = g/sqrt(epsilon + v)
     u <- u + where(weight_decay != 0, w*weight_decay, 0)
-    u <- where(grad_averaging, u*(1 - beta1), u)
+    u <- u*(1 - beta1)    if grad_averaging
     m <- beta1*m + u
     w <- w - learning_rate*where(use_nesterov, beta1*m + u, m)
+
+    Keras's shared options around it (each only when given; the rule runs only on update calls):
+    t = where(gradient_accumulation_steps given, floor(n/gradient_accumulation_steps), n) + 1
+    is_update = not gradient_accumulation_steps given or (n + 1 mod gradient_accumulation_steps) == 0
+    g <- g/loss_scale_factor    if loss_scale_factor given
+    grad_accumulator <- grad_accumulator + g    if gradient_accumulation_steps given
+    g <- grad_accumulator/gradient_accumulation_steps    if gradient_accumulation_steps given and is_update
+    grad_accumulator <- 0    if gradient_accumulation_steps given and is_update
+    g <- clipnorm*g/max(clipnorm, sqrt(||g||^2))    if clipnorm given and is_update
+    g <- g*global_clipnorm*min(1/global_clipnorm, 1/sqrt(sum_tensors ||g||^2))    if global_clipnorm given and is_update
+    g <- clip(g, -clipvalue, clipvalue)    if clipvalue given and is_update
+    ema_mu = where(t == 1, 0, ema_momentum)
+    ema <- ema*ema_mu + w*(1 - ema_mu)    if use_ema
+    w <- ema    if ema_overwrite_frequency given and use_ema and (t mod ema_overwrite_frequency) == 0
 
 Use::
 
@@ -42,15 +56,23 @@ class NovoGrad(Optimizer):
             weight_decay: L2 term added to the normalised gradient (coupled, goes through the momentum), in [0, inf). Default 0.0.
             grad_averaging: scale the normalised gradient by (1 - beta1). Default False.
             use_nesterov: Nesterov momentum. Default False.
+            clipnorm: clip each gradient to this norm (0: off), in [0, inf). Default None.
+            clipvalue: clip each gradient entry to [-clipvalue, clipvalue], in [0, inf). Default None.
+            global_clipnorm: clip the gradients so that their global norm is at most this, in [0, inf). Default None.
+            use_ema: keep an exponential moving average (EMA) of the weights. Default False.
+            ema_momentum: momentum of the EMA of the weights, in [0, 1]. Default 0.99.
+            ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
+            loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
+            gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
 
-        Each parameter group keeps ``step`` (the number of updates, t = step); each parameter keeps
-    ``v`` (per-tensor second moment: EMA of ||g||^2, a 0-d tensor), ``m`` (momentum of the normalised gradients, like the parameter).
+        Each parameter group keeps ``step`` (the number of calls of ``step()``); each parameter keeps
+    ``v`` (per-tensor second moment: EMA of ||g||^2, a 0-d tensor), ``m`` (momentum of the normalised gradients, like the parameter), ``grad_accumulator`` (sum of the gradients since the last update, like the parameter; only when gradient_accumulation_steps is not None), ``ema`` (exponential moving average of the weights, like the parameter; only when use_ema).
     """
 
     def __init__(
         self,
         params: Any,
-        lr: float = 1.0,
+        lr: float | Callable[..., float] = 1.0,
         *,
         beta1: float = 0.95,
         beta2: float = 0.98,
@@ -58,15 +80,59 @@ class NovoGrad(Optimizer):
         weight_decay: float = 0.0,
         grad_averaging: bool = False,
         use_nesterov: bool = False,
+        clipnorm: float | None = None,
+        clipvalue: float | None = None,
+        global_clipnorm: float | None = None,
+        use_ema: bool = False,
+        ema_momentum: float = 0.99,
+        ema_overwrite_frequency: int | None = None,
+        loss_scale_factor: float | None = None,
+        gradient_accumulation_steps: int | None = None,
     ) -> None:
         defaults = dict(
-            lr=common.check_learning_rate(lr, schedule=False, name="lr"),
+            lr=common.check_learning_rate(lr, schedule=True, name="lr"),
             beta1=common.check_float("beta1", beta1, 0.0, 1.0, True, True),
             beta2=common.check_float("beta2", beta2, 0.0, 1.0, True, True),
             epsilon=common.check_float("epsilon", epsilon, 0.0, math.inf, True, False),
             weight_decay=common.check_float("weight_decay", weight_decay, 0.0, math.inf, True, False),
             grad_averaging=common.check_flag("grad_averaging", grad_averaging),
             use_nesterov=common.check_flag("use_nesterov", use_nesterov),
+            clipnorm=common.check_option("clipnorm", clipnorm, 0.0, math.inf, True, False, zero_is_off=True),
+            clipvalue=common.check_option(
+                "clipvalue", clipvalue, 0.0, math.inf, True, False, zero_is_off=True
+            ),
+            global_clipnorm=common.check_option(
+                "global_clipnorm", global_clipnorm, 0.0, math.inf, True, False, zero_is_off=True
+            ),
+            use_ema=common.check_flag("use_ema", use_ema),
+            ema_momentum=common.check_float("ema_momentum", ema_momentum, 0.0, 1.0, True, True),
+            ema_overwrite_frequency=common.check_option(
+                "ema_overwrite_frequency",
+                ema_overwrite_frequency,
+                0.0,
+                math.inf,
+                True,
+                False,
+                integer=True,
+                zero_is_off=True,
+            ),
+            loss_scale_factor=common.check_option(
+                "loss_scale_factor", loss_scale_factor, 0.0, math.inf, False, False
+            ),
+            gradient_accumulation_steps=common.check_option(
+                "gradient_accumulation_steps",
+                gradient_accumulation_steps,
+                2.0,
+                math.inf,
+                True,
+                False,
+                integer=True,
+            ),
+        )
+        common.check_exclusive(
+            clipnorm=defaults["clipnorm"],
+            clipvalue=defaults["clipvalue"],
+            global_clipnorm=defaults["global_clipnorm"],
         )
         super().__init__(params, defaults)
 
@@ -74,6 +140,8 @@ class NovoGrad(Optimizer):
         self, params: list[torch.Tensor], group: dict[str, Any]
     ) -> Iterator[tuple[torch.Tensor, dict]]:
         """Each parameter that has a gradient, with its state (created at its first update)."""
+        use_ema = group["use_ema"]
+        gradient_accumulation_steps = group["gradient_accumulation_steps"]
         for w in params:
             if w.grad.is_sparse:
                 raise RuntimeError("NovoGrad does not support sparse gradients")
@@ -82,6 +150,10 @@ class NovoGrad(Optimizer):
                 state["v"] = torch.zeros((), dtype=w.dtype, device=w.device)
             if "m" not in state:
                 state["m"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+            if gradient_accumulation_steps is not None and "grad_accumulator" not in state:
+                state["grad_accumulator"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+            if use_ema and "ema" not in state:
+                state["ema"] = torch.zeros_like(w, memory_format=torch.preserve_format)
             yield w, state
 
     @torch.no_grad()
@@ -95,29 +167,125 @@ class NovoGrad(Optimizer):
             params = [w for w in group["params"] if w.grad is not None]
             if not params:
                 continue
-            group["step"] = t = group.get("step", 0) + 1
-            lr = group["lr"]
+            n = group.get("step", 0)  # earlier calls
+            group["step"] = n + 1
+            t = n + 1
+            lr = common.learning_rate_at(group["lr"], n)
             beta1 = group["beta1"]
             beta2 = group["beta2"]
             epsilon = group["epsilon"]
             weight_decay = group["weight_decay"]
             grad_averaging = group["grad_averaging"]
             use_nesterov = group["use_nesterov"]
+            clipnorm = group["clipnorm"]
+            clipvalue = group["clipvalue"]
+            global_clipnorm = group["global_clipnorm"]
+            use_ema = group["use_ema"]
+            ema_momentum = group["ema_momentum"]
+            ema_overwrite_frequency = group["ema_overwrite_frequency"]
+            loss_scale_factor = group["loss_scale_factor"]
+            gradient_accumulation_steps = group["gradient_accumulation_steps"]
+            # the step counts updates, not calls
+            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
+            # an update call
+            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
+            # EMA momentum (0 at the first update)
+            ema_mu = 0 if t == 1 else ema_momentum
+            if global_clipnorm is not None and is_update:
+                # over all tensors: global_sumsq_g
+                global_sumsq_g = 0.0
+                for w, state in self._tensors(params, group):
+                    g = w.grad
+                    grad_accumulator = state.get("grad_accumulator")
+                    # loss scaling
+                    if loss_scale_factor is not None:
+                        g = g / loss_scale_factor
+                    # gradient accumulation
+                    if gradient_accumulation_steps is not None:
+                        grad_accumulator = g + grad_accumulator
+                    if gradient_accumulation_steps is not None and is_update:
+                        g = grad_accumulator / gradient_accumulation_steps
+                    sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
+                    # clipping
+                    if clipnorm is not None and is_update:
+                        g = clipnorm * g / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm)
+                    global_sumsq_g = (
+                        global_sumsq_g + torch.sum(g**2)
+                        if (global_clipnorm is not None and is_update)
+                        else global_sumsq_g
+                    )
             for w, state in self._tensors(params, group):
                 g = w.grad
                 v = state["v"]
                 m = state["m"]
-                sumsq_g = torch.sum(g**2)
+                grad_accumulator = state.get("grad_accumulator")
+                ema = state.get("ema")
+                # loss scaling
+                if loss_scale_factor is not None:
+                    g = g / loss_scale_factor
+                # gradient accumulation
+                if gradient_accumulation_steps is not None:
+                    grad_accumulator.add_(g)
+                if gradient_accumulation_steps is not None and is_update:
+                    g = grad_accumulator / gradient_accumulation_steps
+                    grad_accumulator.fill_(0)
+                sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
+                # clipping
+                if clipnorm is not None and is_update:
+                    g = clipnorm * g / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm)
+                if global_clipnorm is not None and is_update:
+                    g = (
+                        g
+                        * global_clipnorm
+                        * torch.clamp(1 / torch.sqrt(global_sumsq_g), max=1 / global_clipnorm)
+                    )
+                if clipvalue is not None and is_update:
+                    g = torch.clamp(g, -clipvalue, clipvalue)
+                sumsq_g_1 = torch.sum(g**2) if is_update else 0
                 # second moment
-                v.copy_(torch.where(v == 0, sumsq_g, beta2 * v + sumsq_g * (1 - beta2)))
+                if is_update:
+                    v.copy_(torch.where(v == 0, sumsq_g_1, beta2 * v + sumsq_g_1 * (1 - beta2)))
                 # normalised gradient
-                u = g / torch.sqrt(epsilon + v)
+                u = g / torch.sqrt(epsilon + v) if is_update else 0
                 # weight decay
-                u = u + (w * weight_decay if weight_decay != 0 else 0)
-                # gradient averaging
-                u = u * (1 - beta1) if grad_averaging else u
-                # momentum
-                m.copy_(beta1 * m + u)
-                # parameter update
-                w.sub_(lr * (beta1 * m + u if use_nesterov else m))
+                if is_update:
+                    u = u + (w * weight_decay if weight_decay != 0 else 0)
+                    # gradient averaging
+                    if grad_averaging:
+                        u = u * (1 - beta1)
+                    # momentum
+                    m.copy_(beta1 * m + u)
+                    # parameter update
+                    w.sub_(lr * (beta1 * m + u if use_nesterov else m))
+                # EMA of the weights
+                if use_ema:
+                    ema.copy_(ema * ema_mu + w * (1 - ema_mu))
+                # EMA overwrite
+                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
+                    w.copy_(ema)
         return loss
+
+    @torch.no_grad()
+    def finalize_variable_values(self) -> None:
+        """Keras's ``finalize_variable_values``, at the end of training: sets the parameters in place."""
+        for group in self.param_groups:
+            beta1 = group["beta1"]
+            beta2 = group["beta2"]
+            epsilon = group["epsilon"]
+            weight_decay = group["weight_decay"]
+            grad_averaging = group["grad_averaging"]
+            use_nesterov = group["use_nesterov"]
+            clipnorm = group["clipnorm"]
+            clipvalue = group["clipvalue"]
+            global_clipnorm = group["global_clipnorm"]
+            use_ema = group["use_ema"]
+            ema_momentum = group["ema_momentum"]
+            ema_overwrite_frequency = group["ema_overwrite_frequency"]
+            loss_scale_factor = group["loss_scale_factor"]
+            gradient_accumulation_steps = group["gradient_accumulation_steps"]
+            for w in group["params"]:
+                state = self.state[w]
+                ema = state.get("ema")
+                # EMA of the weights
+                if use_ema:
+                    w.copy_(ema)
