@@ -52,7 +52,12 @@ def keras_options(rule: Rule) -> Rule:
     lr = sp.Symbol("learning_rate")
 
     own_weight_decay = "weight_decay" in rule.hypers
-    if not own_weight_decay:
+    if own_weight_decay:  # the rule's own meaning wins; say so where the user reads it
+        h = r.hypers["weight_decay"]
+        r.hypers["weight_decay"] = dataclasses.replace(
+            h, meaning=h.meaning + "; this optimizer's own, not Keras's decoupled weight_decay option"
+        )
+    else:
         wd = r.option(
             "weight_decay", "[0, inf)", "decoupled weight decay, w <- w - w*weight_decay*lr before the update"
         )

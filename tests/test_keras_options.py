@@ -94,3 +94,176 @@ def test_option_matches_keras(rule_name, option):
     for backend in BACKENDS:
         got, _ = run(backend, rule, hypers, params0, grads, varying_lr(base_lr) if scheduled else None)
         assert_close(got, want, 1e-12, f"{backend} vs keras.optimizers.{rule_name} with {option}")
+
+
+# --------------------------------------------------------------------------------------
+# finalize_variable_values, state memory, ema_overwrite_frequency=0
+
+
+def _ours_finalized(backend, rule, hypers, params0, grads):
+    import jax.numpy as jnp
+    import optax
+    import optforge.generated.jax as gj
+    import optforge.generated.numpy as gn
+    import optforge.generated.torch as gt
+    import torch
+
+    if backend == "numpy":
+        opt = getattr(gn, rule.name)(**hypers)
+        p = [x.copy() for x in params0]
+        st = opt.init(p)
+        for g in grads:
+            p, st = opt.step(p, g, st)
+        return opt.finalize_variable_values(p, st)
+    if backend == "jax":
+        import importlib
+
+        tx = getattr(gj, rule.module)(**hypers)
+        p = [jnp.asarray(x) for x in params0]
+        st = tx.init(p)
+        for g in grads:
+            u, st = tx.update([jnp.asarray(x) for x in g], st, p)
+            p = optax.apply_updates(p, u)
+        module = importlib.import_module(f"optforge.generated.jax.{rule.module}")
+        return [np.asarray(x) for x in module.finalize_variable_values(p, st, **hypers)]
+    kw = {("lr" if k == "learning_rate" else k): v for k, v in hypers.items()}
+    tp = [torch.tensor(x, requires_grad=True) for x in params0]
+    opt = getattr(gt, rule.name)(tp, **kw)
+    for g in grads:
+        for q, x in zip(tp, g):
+            q.grad = torch.tensor(x)
+        opt.step()
+    opt.finalize_variable_values()
+    return [q.detach().numpy() for q in tp]
+
+
+@pytest.mark.parametrize("rule_name", ["Adamax", "SGD"])
+def test_finalize_variable_values_matches_keras(rule_name):
+    import keras
+
+    keras.config.set_floatx("float64")
+    hypers = {**BASE[rule_name], "use_ema": True, "ema_momentum": 0.9, "gradient_accumulation_steps": 2}
+    params0, grads = problem(12)
+    variables = [keras.Variable(p, dtype="float64") for p in params0]
+    opt = keras_optimizer(rule_name, hypers, hypers["learning_rate"])
+    for g in grads:
+        opt.apply_gradients(zip([keras.ops.convert_to_tensor(x) for x in g], variables))
+    opt.finalize_variable_values(variables)
+    want = [np.asarray(v.value) for v in variables]
+    before, _ = run("numpy", RULES[rule_name], hypers, params0, grads)
+    assert max(np.max(np.abs(a - b)) for a, b in zip(before, want)) > 0, "finalize changed nothing"
+    for backend in BACKENDS:
+        assert_close(_ours_finalized(backend, RULES[rule_name], hypers, params0, grads), want, 1e-12, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_options_that_are_off_store_nothing(backend):
+    """No EMA or accumulator state unless the option is on."""
+    params0, grads = problem(2)
+    for rule in RULES.values():
+        cfg = dict(rule.configs["default"])
+        _, state = run(backend, rule, cfg, params0, grads)
+        assert state["ema"] is None and state["grad_accumulator"] is None, f"{rule.name} stores option state"
+        _, state = run(
+            backend, rule, {**cfg, "use_ema": True, "gradient_accumulation_steps": 2}, params0, grads
+        )
+        assert state["ema"] is not None and state["grad_accumulator"] is not None
+
+
+def test_ema_overwrite_frequency_zero_means_never():
+    """Keras's backends disagree on 0 (JAX: every step; TF, torch: never); optforge: never, like None."""
+    rule = RULES["Adamax"]
+    params0, grads = problem(10)
+    base = {**BASE["Adamax"], "use_ema": True}
+    for backend in BACKENDS:
+        zero, _ = run(backend, rule, {**base, "ema_overwrite_frequency": 0}, params0, grads)
+        never, _ = run(backend, rule, base, params0, grads)
+        every, _ = run(backend, rule, {**base, "ema_overwrite_frequency": 1}, params0, grads)
+        assert all(np.array_equal(a, b) for a, b in zip(zero, never))
+        assert not all(np.array_equal(a, b) for a, b in zip(zero, every))
+
+
+# --------------------------------------------------------------------------------------
+# NovoGrad flavours with the options: backends agree
+
+
+@pytest.mark.parametrize("rule_name", ["NovoGrad", "NovoGradTF1", "OptaxNovoGrad"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(clipnorm=0.5, gradient_accumulation_steps=3, use_ema=True, ema_overwrite_frequency=2),
+        dict(global_clipnorm=1.0, loss_scale_factor=8.0, use_ema=True, ema_momentum=0.5),
+        dict(clipvalue=0.2, gradient_accumulation_steps=2),
+    ],
+    ids=["clipnorm_accum_ema", "global_clipnorm_loss_scale_ema", "clipvalue_accum"],
+)
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)], ids=["float64", "float32"])
+def test_novograd_backends_agree_with_options(rule_name, options, dtype, tol):
+    rule = RULES[rule_name]
+    cfg = {**rule.configs.get("lr_0.01", rule.configs["default"]), **options}
+    params0, grads = problem(60, dtype)
+    want, want_state = run("numpy", rule, cfg, params0, grads)
+    for backend in ("jax", "torch"):
+        got, state = run(backend, rule, cfg, params0, grads)
+        assert_close(got, want, tol, f"{backend} params")
+        for name, values in want_state.items():
+            if values is not None:
+                assert_close(state[name], values, tol, f"{backend} state {name}")
+
+
+def test_own_weight_decay_wins_and_says_so():
+    """NovoGrad's weight_decay is its own (coupled, seed page 000): Keras's decoupled option is not added."""
+    import optforge.generated.numpy.novograd as module
+
+    rule = RULES["NovoGrad"]
+    assert [n for n in rule.hypers if n == "weight_decay"] == ["weight_decay"]
+    assert "not Keras's decoupled" in module.NovoGrad.__doc__
+
+
+# --------------------------------------------------------------------------------------
+# torch checkpoints in the middle of an accumulation cycle and with EMA
+
+
+@pytest.mark.parametrize("rule_name", list(BASE) + ["NovoGrad"])
+@pytest.mark.parametrize("split", [4, 5])  # 5: mid-cycle with accumulation over 3 calls
+def test_torch_checkpoint_mid_accumulation_with_ema_resumes_exactly(rule_name, split):
+    import io
+
+    import optforge.generated.torch as gt
+    import torch
+
+    rule = RULES[rule_name]
+    kw = {**BASE.get(rule_name, {"learning_rate": 0.01}), "gradient_accumulation_steps": 3, "use_ema": True}
+    kw["ema_overwrite_frequency"] = 2
+    kw = {("lr" if k == "learning_rate" else k): v for k, v in kw.items()}
+    params0, grads = problem(13)
+
+    def fresh():
+        params = [torch.tensor(p, requires_grad=True) for p in params0]
+        return params, getattr(gt, rule.name)(params, **kw)
+
+    def steps(params, opt, gs):
+        for g in gs:
+            for p, x in zip(params, g):
+                p.grad = torch.tensor(x)
+            opt.step()
+
+    straight, opt = fresh()
+    steps(straight, opt, grads)
+
+    first, opt = fresh()
+    steps(first, opt, grads[:split])
+    buffer = io.BytesIO()
+    torch.save({"params": [p.detach().clone() for p in first], "opt": opt.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=False)
+    resumed, opt2 = fresh()
+    with torch.no_grad():
+        for p, q in zip(resumed, saved["params"]):
+            p.copy_(q)
+    opt2.load_state_dict(saved["opt"])
+    steps(resumed, opt2, grads[split:])
+    for a, b in zip(resumed, straight):
+        assert torch.equal(a, b)
+    state = opt2.state[resumed[0]]
+    assert "grad_accumulator" in state and "ema" in state

@@ -231,6 +231,7 @@ def finalize_variable_values(
     params: Any,
     state: AdagradState,
     *,
+    learning_rate: Any = None,
     initial_accumulator_value: float = 0.1,
     epsilon: float = 1e-07,
     weight_decay: float | None = None,
@@ -243,8 +244,8 @@ def finalize_variable_values(
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
 ) -> Any:
-    """Keras's ``finalize_variable_values`` for :func:`adagrad` built with these options: the
-    parameters to keep at the end of training."""
+    """Keras's ``finalize_variable_values`` for :func:`adagrad` built with these arguments (pass
+    the same keywords): the parameters to keep at the end of training."""
     treedef = jax.tree.structure(params)
     out = []
     for w, ema in zip(

@@ -240,6 +240,7 @@ def finalize_variable_values(
     params: Any,
     state: AdamaxState,
     *,
+    learning_rate: Any = None,
     beta_1: float = 0.9,
     beta_2: float = 0.999,
     epsilon: float = 1e-07,
@@ -253,8 +254,8 @@ def finalize_variable_values(
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
 ) -> Any:
-    """Keras's ``finalize_variable_values`` for :func:`adamax` built with these options: the
-    parameters to keep at the end of training."""
+    """Keras's ``finalize_variable_values`` for :func:`adamax` built with these arguments (pass
+    the same keywords): the parameters to keep at the end of training."""
     treedef = jax.tree.structure(params)
     out = []
     for w, ema in zip(

@@ -81,7 +81,7 @@ def novograd(
         beta1: decay rate of the momentum, in [0, 1]. Default 0.95.
         beta2: decay rate of the per-tensor second moment, in [0, 1]. Default 0.98.
         epsilon: added to the second moment inside the square root, in [0, inf). Default 1e-08.
-        weight_decay: L2 term added to the normalised gradient (coupled, goes through the momentum), in [0, inf). Default 0.0.
+        weight_decay: L2 term added to the normalised gradient (coupled, goes through the momentum); this optimizer's own, not Keras's decoupled weight_decay option, in [0, inf). Default 0.0.
         grad_averaging: scale the normalised gradient by (1 - beta1). Default False.
         use_nesterov: Nesterov momentum. Default False.
         clipnorm: clip each gradient to this norm (0: off), in [0, inf). Default None.
@@ -253,6 +253,7 @@ def finalize_variable_values(
     params: Any,
     state: NovoGradState,
     *,
+    learning_rate: Any = None,
     beta1: float = 0.95,
     beta2: float = 0.98,
     epsilon: float = 1e-08,
@@ -268,8 +269,8 @@ def finalize_variable_values(
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
 ) -> Any:
-    """Keras's ``finalize_variable_values`` for :func:`novograd` built with these options: the
-    parameters to keep at the end of training."""
+    """Keras's ``finalize_variable_values`` for :func:`novograd` built with these arguments (pass
+    the same keywords): the parameters to keep at the end of training."""
     treedef = jax.tree.structure(params)
     out = []
     for w, ema in zip(

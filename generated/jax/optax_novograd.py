@@ -79,7 +79,7 @@ def optax_novograd(
         b2: decay rate of the per-tensor second moment, in [0, 1]. Default 0.25.
         eps: added to the denominator outside the square root, in [0, inf). Default 1e-06.
         eps_root: added to the denominator inside the square root, in [0, inf). Default 0.0.
-        weight_decay: strength of the weight decay (through the momentum), in [0, inf). Default 0.0.
+        weight_decay: strength of the weight decay (through the momentum); this optimizer's own, not Keras's decoupled weight_decay option, in [0, inf). Default 0.0.
         clipnorm: clip each gradient to this norm (0: off), in [0, inf). Default None.
         clipvalue: clip each gradient entry to [-clipvalue, clipvalue], in [0, inf). Default None.
         global_clipnorm: clip the gradients so that their global norm is at most this, in [0, inf). Default None.
@@ -246,6 +246,7 @@ def finalize_variable_values(
     params: Any,
     state: OptaxNovoGradState,
     *,
+    learning_rate: Any = None,
     b1: float = 0.9,
     b2: float = 0.25,
     eps: float = 1e-06,
@@ -260,8 +261,8 @@ def finalize_variable_values(
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
 ) -> Any:
-    """Keras's ``finalize_variable_values`` for :func:`optax_novograd` built with these options: the
-    parameters to keep at the end of training."""
+    """Keras's ``finalize_variable_values`` for :func:`optax_novograd` built with these arguments (pass
+    the same keywords): the parameters to keep at the end of training."""
     treedef = jax.tree.structure(params)
     out = []
     for w, ema in zip(

@@ -410,6 +410,7 @@ def finalize_variable_values(
     params: Any,
     state: SGDState,
     *,
+    learning_rate: Any = None,
     momentum: float = 0.0,
     nesterov: bool = False,
     weight_decay: float | None = None,
@@ -422,8 +423,8 @@ def finalize_variable_values(
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
 ) -> Any:
-    """Keras's ``finalize_variable_values`` for :func:`sgd` built with these options: the
-    parameters to keep at the end of training."""
+    """Keras's ``finalize_variable_values`` for :func:`sgd` built with these arguments (pass
+    the same keywords): the parameters to keep at the end of training."""
     treedef = jax.tree.structure(params)
     out = []
     for w, ema in zip(

@@ -59,7 +59,7 @@ class OptaxNovoGrad:
         b2: decay rate of the per-tensor second moment, in [0, 1]. Default 0.25.
         eps: added to the denominator outside the square root, in [0, inf). Default 1e-06.
         eps_root: added to the denominator inside the square root, in [0, inf). Default 0.0.
-        weight_decay: strength of the weight decay (through the momentum), in [0, inf). Default 0.0.
+        weight_decay: strength of the weight decay (through the momentum); this optimizer's own, not Keras's decoupled weight_decay option, in [0, inf). Default 0.0.
         clipnorm: clip each gradient to this norm (0: off), in [0, inf). Default None.
         clipvalue: clip each gradient entry to [-clipvalue, clipvalue], in [0, inf). Default None.
         global_clipnorm: clip the gradients so that their global norm is at most this, in [0, inf). Default None.

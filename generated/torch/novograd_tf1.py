@@ -53,7 +53,7 @@ class NovoGradTF1(Optimizer):
             beta1: decay rate of the momentum, in [0, 1]. Default 0.95.
             beta2: decay rate of the per-tensor second moment, in [0, 1]. Default 0.98.
             epsilon: added to the second moment inside the square root, in [0, inf). Default 1e-08.
-            weight_decay: L2 term added to the normalised gradient (coupled, goes through the momentum), in [0, inf). Default 0.0.
+            weight_decay: L2 term added to the normalised gradient (coupled, goes through the momentum); this optimizer's own, not Keras's decoupled weight_decay option, in [0, inf). Default 0.0.
             grad_averaging: scale the normalised gradient by (1 - beta1). Default False.
             use_nesterov: Nesterov momentum. Default False.
             clipnorm: clip each gradient to this norm (0: off), in [0, inf). Default None.
