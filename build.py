@@ -32,9 +32,10 @@ def programs() -> list[Program]:
 def generate() -> dict[str, str]:
     """Relative path -> text of every generated file."""
     from optforge.backends import backends
+    from optforge.docs_pages import docs_files
 
     progs = programs()
-    files = {"generated/__init__.py": GENERATED_INIT}
+    files = {"generated/__init__.py": GENERATED_INIT, **docs_files(progs)}
     for name, backend in backends().items():
         for p in progs:
             files[f"generated/{name}/{p.module}.py"] = backend.render(p)
@@ -44,8 +45,9 @@ def generate() -> dict[str, str]:
 
 def _existing(root: pathlib.Path) -> dict[str, str]:
     out = {}
-    for path in sorted((root / "generated").rglob("*.py")):
-        out[path.relative_to(root).as_posix()] = path.read_text()
+    for pattern in ("generated/**/*.py", "docs/**/*.md"):
+        for path in sorted(root.glob(pattern)):
+            out[path.relative_to(root).as_posix()] = path.read_text()
     return out
 
 

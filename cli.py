@@ -51,6 +51,36 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_diff(args) -> int:
+    from optforge.docs_pages import diff_lines
+    from optforge.rules import get
+
+    try:
+        a, b = get(args.a), get(args.b)
+    except KeyError as exc:
+        print(exc.args[0], file=sys.stderr)
+        return 2
+    print(f"{a.name} -> {b.name}:")
+    print("\n".join(diff_lines(a, b)))
+    return 0
+
+
+def cmd_plots(args) -> int:
+    from optforge.plots import write_plots
+
+    for path in write_plots(_root(args), only=args.rule):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_site(args) -> int:
+    from optforge.site import build_site
+
+    out = build_site(_root(args), pathlib.Path(args.out).resolve() if args.out else None)
+    print(f"optforge site: wrote {out}/index.html (equations rendered by KaTeX served from the site itself)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="optforge", description="Optimizers written once, compiled to NumPy, JAX and PyTorch."
@@ -69,6 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     s.add_argument("rule", help="rule name (Adamax) or module name (adamax)")
     s.set_defaults(run=cmd_show)
+    d = sub.add_parser("diff", help="the equation-level difference between two rules")
+    d.add_argument("a")
+    d.add_argument("b")
+    d.set_defaults(run=cmd_diff)
+    pl = sub.add_parser(
+        "plots", help="draw each optimizer's loss curves in the three backends (docs/optimizers/*.png)"
+    )
+    pl.add_argument("--root", help="folder holding docs/")
+    pl.add_argument("--rule", help="only this rule")
+    pl.set_defaults(run=cmd_plots)
+    si = sub.add_parser("site", help="build the static HTML site of docs/ (KaTeX served locally) into site/")
+    si.add_argument("--root", help="folder holding docs/")
+    si.add_argument("--out", help="output folder (default: site/ beside docs/)")
+    si.set_defaults(run=cmd_site)
     args = parser.parse_args(argv)
     from optforge.compiler.errors import RuleError
 

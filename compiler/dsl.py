@@ -381,6 +381,7 @@ class Rule:
         self.transforms: list[str] = []  # names of the transforms applied, in order
         self.finalize: list[Equation] = []  # what finalize_variable_values assigns to w (e.g. the EMA)
         self.core: list[Equation] | None = None  # the rule's own equations, when a transform wrapped them
+        self.let_latex: dict[str, str] = {}  # LaTeX of the named intermediate values
 
     def __repr__(self) -> str:
         return f"<Rule {self.name}: {len(self.equations)} equations>"
@@ -520,9 +521,10 @@ class Rule:
 
     # -- equations --------------------------------------------------------------------
 
-    def let(self, name: str, expr: Any, label: str = "") -> sp.Symbol:
+    def let(self, name: str, expr: Any, label: str = "", *, latex: str | None = None) -> sp.Symbol:
         """A named intermediate value, recomputed every step (not kept)."""
         self._declare_name(name, "value")
+        self.let_latex[name] = latex or _latex_name(name)
         self.equations.append(Equation(name, sp.sympify(expr), label or name, sp.true, _origin(), "let"))
         return sp.Symbol(name)
 
@@ -605,6 +607,7 @@ class Rule:
         new.transforms = list(self.transforms)
         new.finalize = list(self.finalize)
         new.core = None if self.core is None else list(self.core)
+        new.let_latex = dict(self.let_latex)
         return new
 
     def _find(self, target: str, occurrence: int | None) -> int:
@@ -708,6 +711,8 @@ _GREEK = {
 
 def _latex_name(name: str) -> str:
     """``beta_1`` -> ``\\beta_1``, ``epsilon`` -> ``\\epsilon``, ``momentum`` -> ``\\mathrm{momentum}``."""
+    if name.endswith("_hat"):
+        return rf"\hat{{{_latex_name(name[:-4])}}}"
     head, _, tail = name.partition("_")
     if head in _GREEK:
         head = "\\" + head

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .ir import Program, Scope
+from .ir import Program, Scope, base
 from .passes.scope import REDUCTIONS
 from .render import docstring_equations, math_text
 
@@ -34,7 +34,7 @@ def reductions(program: Program) -> list[str]:
         for a in case.body:
             for node in sp.preorder_traversal(a.expr):
                 if type(node).__name__ in REDUCTIONS:
-                    text = math_text(node)
+                    text = math_text(node.xreplace({s: sp.Symbol(base(s)) for s in node.free_symbols}))
                     if text not in found:
                         found.append(text)
     return found
@@ -70,10 +70,11 @@ def show(program: Program) -> str:
         lines += _table(rows)
     else:
         lines.append("  (none)")
-    per_element, per_tensor, per_step = state_cost(program)
+    off = program.replace(states=tuple(s for s in program.states if s.allocated_when is sp.true))
+    per_element, per_tensor, per_step = state_cost(off)
     lines.append(
-        f"  total: {per_element} bytes per float32 parameter, {per_tensor} scalar(s) per tensor, {per_step} per optimizer"
-        " (plus the step count)"
+        f"  total with the options off: {per_element} bytes per float32 parameter, {per_tensor} scalar(s) per tensor,"
+        f" {per_step} per optimizer (plus the step count)"
     )
     red = reductions(program)
     lines += ["", "reductions:"] + (["  " + r for r in red] or ["  (none)"])

@@ -99,7 +99,12 @@ def keras_options(rule: Rule) -> Rule:
     r.core = list(body)
     r.equations = []
     r.define_step(where(Given(steps), idiv(n, steps), n) + 1, "the step counts updates, not calls")
-    update = r.let("is_update", sp.Or(sp.Not(Given(steps)), Eq(imod(n + 1, steps), 0)), "an update call")
+    update = r.let(
+        "is_update",
+        sp.Or(sp.Not(Given(steps)), Eq(imod(n + 1, steps), 0)),
+        "an update call",
+        latex=r"\mathrm{update}",
+    )
     r.assign(g, g / loss_scale, "loss scaling", only_if=Given(loss_scale))
     r.assign(acc, acc + g, "gradient accumulation", only_if=Given(steps))
     r.assign(g, acc / steps, "gradient accumulation", only_if=Given(steps) & update)
@@ -117,11 +122,19 @@ def keras_options(rule: Rule) -> Rule:
     if not own_weight_decay:
         r.assign(w, w - w * wd * lr, "decoupled weight decay", only_if=Given(wd) & update)
 
+    # a state the rule never reads the previous value of needs no keeping between updates (no storage)
+    read, assigned = set(), set()
+    for eq in body:  # names read before the rule assigns them: their previous step's value is used
+        read |= {s.name for s in eq.expr.free_symbols} - assigned
+        assigned.add(eq.target)
     for eq in body:  # the rule itself, on update calls only (its intermediate values too)
-        keep = sp.S.Zero if eq.kind == "let" else sp.Symbol(eq.target)
+        kept = eq.kind != "let" and (eq.target in read or eq.target not in rule.states)
+        keep = sp.Symbol(eq.target) if kept else sp.S.Zero
         r.equations.append(dataclasses.replace(eq, expr=where(update, eq.expr, keep)))
 
-    mu = r.let("ema_mu", where(Eq(t, 1), 0, ema_momentum), "EMA momentum (0 at the first update)")
+    mu = r.let(
+        "ema_mu", where(Eq(t, 1), 0, ema_momentum), "EMA momentum (0 at the first update)", latex=r"\mu'"
+    )
     r.assign(ema, mu * ema + (1 - mu) * w, "EMA of the weights", only_if=use_ema)
     r.assign(w, ema, "EMA overwrite", only_if=use_ema & Given(overwrite) & Eq(imod(t, overwrite), 0))
     r.finalizer(ema, "EMA of the weights", only_if=use_ema)

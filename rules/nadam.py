@@ -30,8 +30,8 @@ u_product = RULE.state(
 m = RULE.state("m", 0, "first moment")
 v = RULE.state("v", 0, "second moment")
 
-u_t = RULE.let("u_t", beta_1 * (1 - 0.5 * 0.96**t), "momentum schedule")
-u_t1 = RULE.let("u_t1", beta_1 * (1 - 0.5 * 0.96 ** (t + 1)), "momentum schedule")
+u_t = RULE.let("u_t", beta_1 * (1 - 0.5 * 0.96**t), "momentum schedule", latex=r"\mu")
+u_t1 = RULE.let("u_t1", beta_1 * (1 - 0.5 * 0.96 ** (t + 1)), "momentum schedule", latex=r"\mu_{t+1}")
 RULE.assign(u_product, u_product * u_t, "momentum schedule")
 RULE.assign(m, m + (1 - beta_1) * (g - m), "first moment")
 RULE.assign(v, v + (1 - beta_2) * (g**2 - v), "second moment")

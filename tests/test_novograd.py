@@ -158,7 +158,8 @@ def test_novograd_tf1_graph_mode_normalises_by_the_current_gradient():
     for backend in BACKENDS:
         got, state = run(backend, RULES["NovoGradTF1"], dict(learning_rate=0.01), params0, grads)
         assert_close(got, w, 1e-12, f"{backend} NovoGradTF1")
-        assert set(state) == {"m"}, f"{backend}: the TF1 variant stores {sorted(state)}; v must not be stored"
+        stored = {name for name, value in state.items() if value is not None}
+        assert stored == {"m"}, f"{backend}: the TF1 variant stores {sorted(stored)}; v must not be stored"
 
 
 # --------------------------------------------------------------------------------------

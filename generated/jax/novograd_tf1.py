@@ -51,7 +51,6 @@ class NovoGradTF1State(NamedTuple):
     """State of :func:`novograd_tf1`; each entry but ``count`` mirrors the params pytree."""
 
     count: jax.Array  # calls of update so far (int32)
-    v: Any  # per-tensor second moment: EMA of ||g||^2 (one 0-d array per parameter)
     m: Any  # momentum of the normalised gradients (like the params)
     grad_accumulator: Any  # sum of the gradients since the last update (like the params; None unless gradient_accumulation_steps is not None)
     ema: Any  # exponential moving average of the weights (like the params; None unless use_ema)
@@ -132,7 +131,6 @@ def novograd_tf1(
     def init_fn(params: Any) -> NovoGradTF1State:
         return NovoGradTF1State(
             count=jnp.zeros([], jnp.int32),
-            v=jax.tree.map(lambda w: jnp.zeros([], w.dtype), params),
             m=jax.tree.map(jnp.zeros_like, params),
             grad_accumulator=None
             if not (gradient_accumulation_steps is not None)
@@ -178,11 +176,10 @@ def novograd_tf1(
                     if global_clipnorm is not None
                     else global_sumsq_g
                 )
-        updates, new_v, new_m, new_grad_accumulator, new_ema = [], [], [], [], []
-        for g, w, v, m, grad_accumulator, ema in zip(
+        updates, new_m, new_grad_accumulator, new_ema = [], [], [], []
+        for g, w, m, grad_accumulator, ema in zip(
             treedef.flatten_up_to(grads),
             treedef.flatten_up_to(params),
-            treedef.flatten_up_to(state.v),
             treedef.flatten_up_to(state.m),
             treedef.flatten_up_to(state.grad_accumulator)
             if state.grad_accumulator is not None
@@ -211,7 +208,7 @@ def novograd_tf1(
                 g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
             sumsq_g_1 = jnp.where(is_update, jnp.sum(g**2), 0)
             # second moment (no EMA in graph mode)
-            v = jnp.where(is_update, sumsq_g_1, v)
+            v = jnp.where(is_update, sumsq_g_1, 0)
             # normalised gradient
             u = jnp.where(is_update, g / jnp.sqrt(epsilon + v), 0)
             # weight decay
@@ -232,13 +229,11 @@ def novograd_tf1(
                 else 0
             )
             updates.append(update.astype(g.dtype))
-            new_v.append(v.astype(g.dtype))
             new_m.append(m.astype(g.dtype))
             new_grad_accumulator.append(grad_accumulator)
             new_ema.append(ema)
         return treedef.unflatten(updates), NovoGradTF1State(
             count=optax.safe_increment(n),
-            v=treedef.unflatten(new_v),
             m=treedef.unflatten(new_m),
             grad_accumulator=treedef.unflatten(new_grad_accumulator)
             if state.grad_accumulator is not None

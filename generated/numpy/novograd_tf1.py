@@ -46,7 +46,6 @@ class NovoGradTF1State(NamedTuple):
     """State of :class:`NovoGradTF1`: the step, then per-parameter entries mirroring ``params`` (a list or a dict)."""
 
     step: int  # calls of step() so far
-    v: Any  # per-tensor second moment: EMA of ||g||^2 (a 0-d array per parameter)
     m: Any  # momentum of the normalised gradients (an array like the parameter)
     grad_accumulator: Any  # sum of the gradients since the last update (an array like the parameter; None unless gradient_accumulation_steps is not None)
     ema: Any  # exponential moving average of the weights (an array like the parameter; None unless use_ema)
@@ -144,7 +143,6 @@ class NovoGradTF1:
         gradient_accumulation_steps = self.gradient_accumulation_steps
         return NovoGradTF1State(
             step=0,
-            v=numpy_support.like(params, [np.zeros((), w.dtype) for w in ws]),
             m=numpy_support.like(params, [np.zeros_like(w) for w in ws]),
             grad_accumulator=None
             if not (gradient_accumulation_steps is not None)
@@ -159,7 +157,6 @@ class NovoGradTF1:
             grads,
             state,
             {
-                "v": "tensor",
                 "m": "element",
                 "grad_accumulator": "element",
                 "ema": "element",
@@ -213,7 +210,6 @@ class NovoGradTF1:
                 )
         for key in keys:
             w, g = params[key], grads[key]
-            v = state.v[key]
             m = state.m[key]
             grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
             ema = state.ema[key] if state.ema is not None else None
@@ -236,8 +232,7 @@ class NovoGradTF1:
                 g = np.clip(g, -clipvalue, clipvalue)
             sumsq_g_1 = np.sum(g**2) if is_update else 0
             # second moment (no EMA in graph mode)
-            if is_update:
-                v[...] = sumsq_g_1
+            v = sumsq_g_1 if is_update else 0
             # normalised gradient
             u = g / np.sqrt(epsilon + v) if is_update else 0
             # weight decay

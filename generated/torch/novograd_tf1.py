@@ -66,7 +66,7 @@ class NovoGradTF1(Optimizer):
             gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
 
         Each parameter group keeps ``step`` (the number of calls of ``step()``); each parameter keeps
-    ``v`` (per-tensor second moment: EMA of ||g||^2, a 0-d tensor), ``m`` (momentum of the normalised gradients, like the parameter), ``grad_accumulator`` (sum of the gradients since the last update, like the parameter; only when gradient_accumulation_steps is not None), ``ema`` (exponential moving average of the weights, like the parameter; only when use_ema).
+    ``m`` (momentum of the normalised gradients, like the parameter), ``grad_accumulator`` (sum of the gradients since the last update, like the parameter; only when gradient_accumulation_steps is not None), ``ema`` (exponential moving average of the weights, like the parameter; only when use_ema).
     """
 
     def __init__(
@@ -146,8 +146,6 @@ class NovoGradTF1(Optimizer):
             if w.grad.is_sparse:
                 raise RuntimeError("NovoGradTF1 does not support sparse gradients")
             state = self.state[w]
-            if "v" not in state:
-                state["v"] = torch.zeros((), dtype=w.dtype, device=w.device)
             if "m" not in state:
                 state["m"] = torch.zeros_like(w, memory_format=torch.preserve_format)
             if gradient_accumulation_steps is not None and "grad_accumulator" not in state:
@@ -216,7 +214,6 @@ class NovoGradTF1(Optimizer):
                     )
             for w, state in self._tensors(params, group):
                 g = w.grad
-                v = state["v"]
                 m = state["m"]
                 grad_accumulator = state.get("grad_accumulator")
                 ema = state.get("ema")
@@ -243,8 +240,7 @@ class NovoGradTF1(Optimizer):
                     g = torch.clamp(g, -clipvalue, clipvalue)
                 sumsq_g_1 = torch.sum(g**2) if is_update else 0
                 # second moment (no EMA in graph mode)
-                if is_update:
-                    v.copy_(sumsq_g_1)
+                v = sumsq_g_1 if is_update else 0
                 # normalised gradient
                 u = g / torch.sqrt(epsilon + v) if is_update else 0
                 # weight decay
