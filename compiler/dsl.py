@@ -714,6 +714,9 @@ def _latex_name(name: str) -> str:
     if name.endswith("_hat"):
         return rf"\hat{{{_latex_name(name[:-4])}}}"
     head, _, tail = name.partition("_")
+    if len(head) > 1 and head not in _GREEK:  # a word: upright, underscores kept
+        escaped = name.replace("_", "\\_")
+        return rf"\mathrm{{{escaped}}}"
     if head in _GREEK:
         head = "\\" + head
     elif len(head) > 1:

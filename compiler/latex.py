@@ -7,6 +7,8 @@ equation that updates it is ``m_{t-1}``, after it ``m_t``; the gradient is
 
 from __future__ import annotations
 
+import re
+
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
@@ -116,6 +118,7 @@ def equations_latex(equations: list[Equation], hypers, states, let_latex: dict[s
             rhs = f"{names.get(eq.target, eq.target)} {'-' if rest.startswith('-') else '+'} {rest.lstrip('- ')}"
         else:
             rhs = printer.doprint(expr)
+        rhs = re.sub(r"(\d) \{(\d)", r"\1 \\cdot {\2", rhs)  # 0.5 {0.96}^t would read as 0.50.96^t
         if eq.target in state_names:
             updated.add(eq.target)
         lhs_names = dict(names)

@@ -59,17 +59,27 @@ def keras_options(rule: Rule) -> Rule:
         )
     else:
         wd = r.option(
-            "weight_decay", "[0, inf)", "decoupled weight decay, w <- w - w*weight_decay*lr before the update"
+            "weight_decay",
+            "[0, inf)",
+            "decoupled weight decay, w <- w - w*weight_decay*lr before the update",
+            latex=r"\lambda",
         )
-    clipnorm = r.option("clipnorm", "[0, inf)", "clip each gradient to this norm (0: off)", zero_is_off=True)
+    clipnorm = r.option(
+        "clipnorm", "[0, inf)", "clip each gradient to this norm (0: off)", zero_is_off=True, latex=r"c_{\mathrm{norm}}"
+    )
     clipvalue = r.option(
-        "clipvalue", "[0, inf)", "clip each gradient entry to [-clipvalue, clipvalue]", zero_is_off=True
+        "clipvalue",
+        "[0, inf)",
+        "clip each gradient entry to [-clipvalue, clipvalue]",
+        zero_is_off=True,
+        latex=r"c_{\mathrm{value}}",
     )
     global_clipnorm = r.option(
         "global_clipnorm",
         "[0, inf)",
         "clip the gradients so that their global norm is at most this",
         zero_is_off=True,
+        latex=r"c_{\mathrm{global}}",
     )
     r.exclusive("clipnorm", "clipvalue", "global_clipnorm")
     use_ema = r.flag("use_ema", False, "keep an exponential moving average (EMA) of the weights")
@@ -92,8 +102,10 @@ def keras_options(rule: Rule) -> Rule:
         integer=True,
         latex="N",
     )
-    acc = r.state("grad_accumulator", 0, "sum of the gradients since the last update", exists_if=Given(steps))
-    ema = r.state("ema", 0, "exponential moving average of the weights", exists_if=use_ema)
+    acc = r.state(
+        "grad_accumulator", 0, "sum of the gradients since the last update", exists_if=Given(steps), latex="S"
+    )
+    ema = r.state("ema", 0, "exponential moving average of the weights", exists_if=use_ema, latex=r"\bar{w}")
 
     body = r.equations
     r.core = list(body)

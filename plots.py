@@ -1,0 +1,152 @@
+"""`optforge plots`: each optimizer's loss over steps on two small standard problems, in the three backends.
+
+The Rosenbrock function (from (-1.5, 2)) and a logistic regression on generated data, float64. The three
+backends' curves are drawn over each other: they coincide, which is the point of the picture; the title
+gives the largest relative difference between them.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+STEPS = {"rosenbrock": 300, "logistic": 150}
+LEARNING_RATE = {"rosenbrock": 0.002, "logistic": 0.05}
+
+
+def _logistic_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5))
+    true = np.array([1.5, -2.0, 0.5, 0.0, 1.0])
+    y = (x @ true + 0.3 * rng.normal(size=200) > 0).astype(np.float64)
+    return x, y
+
+
+def _loss_and_grad_numpy(problem, params):
+    if problem == "rosenbrock":
+        (p,) = params
+        a, b = p
+        loss = (1 - a) ** 2 + 100 * (b - a * a) ** 2
+        grad = np.array([-2 * (1 - a) - 400 * a * (b - a * a), 200 * (b - a * a)])
+        return float(loss), [grad]
+    x, y = _logistic_data()
+    wt, bias = params
+    z = x @ wt + bias
+    prob = 1 / (1 + np.exp(-z))
+    loss = float(np.mean(np.logaddexp(0, z) - y * z))
+    r = (prob - y) / len(y)
+    return loss, [x.T @ r, np.asarray(np.sum(r))]
+
+
+def _start(problem):
+    if problem == "rosenbrock":
+        return [np.array([-1.5, 2.0])]
+    return [np.zeros(5), np.asarray(0.0)]
+
+
+def curves(rule, problem: str) -> dict[str, list[float]]:
+    """Loss after each step, per backend."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import torch
+
+    import optforge.generated.jax as gj
+    import optforge.generated.numpy as gn
+    import optforge.generated.torch as gt
+
+    jax.config.update("jax_enable_x64", True)
+    cfg = {**rule.configs["default"], "learning_rate": LEARNING_RATE[problem]}
+    out = {}
+
+    opt = getattr(gn, rule.name)(**cfg)
+    params = _start(problem)
+    state = opt.init(params)
+    losses = []
+    for _ in range(STEPS[problem]):
+        loss, grads = _loss_and_grad_numpy(problem, params)
+        losses.append(loss)
+        params, state = opt.step(params, grads, state)
+    out["numpy"] = losses
+
+    x, y = _logistic_data()
+
+    def jloss(params):
+        if problem == "rosenbrock":
+            a, b = params[0]
+            return (1 - a) ** 2 + 100 * (b - a * a) ** 2
+        z = jnp.asarray(x) @ params[0] + params[1]
+        return jnp.mean(jnp.logaddexp(0, z) - jnp.asarray(y) * z)
+
+    tx = getattr(gj, rule.module)(**cfg)
+    params = [jnp.asarray(p) for p in _start(problem)]
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+        loss, grads = jax.value_and_grad(jloss)(params)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    losses = []
+    for _ in range(STEPS[problem]):
+        params, state, loss = step(params, state)
+        losses.append(float(loss))
+    out["jax"] = losses
+
+    kw = {("lr" if k == "learning_rate" else k): v for k, v in cfg.items()}
+    params = [torch.tensor(p, requires_grad=True) for p in _start(problem)]
+    topt = getattr(gt, rule.name)(params, **kw)
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    losses = []
+    for _ in range(STEPS[problem]):
+        topt.zero_grad()
+        if problem == "rosenbrock":
+            a, b = params[0][0], params[0][1]
+            loss = (1 - a) ** 2 + 100 * (b - a * a) ** 2
+        else:
+            z = xt @ params[0] + params[1]
+            loss = torch.mean(torch.logaddexp(torch.zeros_like(z), z) - yt * z)
+        loss.backward()
+        losses.append(float(loss))
+        topt.step()
+    out["torch"] = losses
+    return out
+
+
+def spread(c: dict[str, list[float]]) -> float:
+    ref = np.asarray(c["numpy"])
+    return max(float(np.max(np.abs(np.asarray(v) - ref) / np.maximum(np.abs(ref), 1e-300))) for v in c.values())
+
+
+def write_plots(root: pathlib.Path, only: str | None = None) -> list[pathlib.Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from optforge.rules import registry
+
+    written = []
+    for rule in registry().values():
+        if only and only not in (rule.name, rule.module):
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        for ax, problem in zip(axes, STEPS):
+            c = curves(rule, problem)
+            for backend, style, width in (("numpy", "-", 4.0), ("jax", "--", 2.2), ("torch", ":", 1.6)):
+                ax.plot(c[backend], style, linewidth=width, label=backend)
+            ax.set_yscale("log")
+            ax.set_xlabel("step")
+            ax.set_ylabel("loss")
+            ax.set_title(f"{problem}, lr {LEARNING_RATE[problem]}: backends differ by {spread(c):.1e}", fontsize=9)
+            ax.legend()
+        fig.suptitle(f"{rule.name}: NumPy, JAX and torch drawn over each other")
+        fig.tight_layout()
+        path = root / "docs" / "optimizers" / f"{rule.module}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=80, metadata={"Software": None})
+        plt.close(fig)
+        written.append(path)
+    return written

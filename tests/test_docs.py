@@ -1,0 +1,125 @@
+"""Documentation rendered from the rules: complete pages, drift-proof, and a site whose equations render."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import sympy as sp
+
+from optforge.backends import backends
+from optforge.compiler.dsl import Rule, g, w
+from optforge.compiler.pipeline import compile_rule
+from optforge.compiler.render import docstring_equations
+from optforge.docs_pages import page
+from optforge.rules import registry
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RULES = registry()
+
+
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
+def test_every_rule_has_a_complete_page(rule):
+    path = ROOT / "docs" / "optimizers" / f"{rule.module}.md"
+    assert path.exists(), f"{rule.name} has no page; run `optforge build`"
+    text = path.read_text()
+    program = compile_rule(rule)
+    n_equations = len(program.core or program.equations)
+    assert text.count("$$\n") >= 2 * n_equations, "a page lacks its equations"
+    assert "| name | symbol | default | range | meaning |" in text, "hyperparameter table missing"
+    assert "| name | symbol | scope | initial value | bytes per parameter (float32) | exists when |" in text
+    for h in program.hypers:
+        assert f"| `{h.name}" in text, f"hyperparameter {h.name} missing from the table"
+    assert "## Reductions" in text and "## Use" in text and "## References" in text
+    plot = re.search(r"!\[[^\]]*\]\(([^)]+\.png)\)", text)
+    assert plot and (path.parent / plot.group(1)).exists(), "the page's plot is missing; run `optforge plots`"
+    assert f"optimizers/{rule.module}.md" in (ROOT / "docs" / "index.md").read_text()
+
+
+def test_variant_page_shows_the_difference_from_its_base():
+    text = (ROOT / "docs" / "optimizers" / "novograd_tf1.md").read_text()
+    section = text.split("## Difference from NovoGrad")[1].split("## ")[0]
+    assert "`v` differs" in section and "stores nothing" in section
+
+
+def test_changing_an_equation_changes_page_and_docstring_in_one_build():
+    def rule(rate):
+        r = Rule("Throwaway", title="a rule for this test")
+        lr = r.learning_rate(0.1)
+        m = r.state("m", 0, "momentum")
+        r.assign(m, rate * m + g, "momentum")
+        r.assign(w, w - lr * m)
+        return r
+
+    before, after = rule(sp.Rational(1, 2)), rule(sp.Float(0.75))
+    pages = [page(r, compile_rule(r), None) for r in (before, after)]
+    modules = [backends()["numpy"].render(compile_rule(r)) for r in (before, after)]
+    assert pages[0] != pages[1] and modules[0] != modules[1]
+    assert r"m_{t} = g_t + \frac{m_{t-1}}{2}" in pages[0] or "0.5" in pages[0] or r"\frac{m_{t-1}}{2}" in pages[0]
+    assert "0.75" in pages[1] and "0.75" not in pages[0]
+    for r, text in zip((before, after), modules):
+        for line in docstring_equations(compile_rule(r)):
+            assert line in text
+
+
+def test_diff_command():
+    out = subprocess.run(
+        [sys.executable, "-m", "optforge.cli", "diff", "NovoGrad", "NovoGradTF1"], capture_output=True, text=True, check=True
+    )
+    assert "- v differs:" in out.stdout and "NovoGradTF1: v <- ||g||^2" in out.stdout
+    assert "stores nothing" in out.stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "optforge.cli", "diff", "Adamax", "Adagrad"], capture_output=True, text=True, check=True
+    )
+    assert "hyperparameter beta_1 only in Adamax" in out.stdout and "state accumulator only in Adagrad" in out.stdout
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def test_site_renders_equations_in_headless_chromium(tmp_path):
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("OPTFORGE_REQUIRE_BROWSER"):
+            pytest.fail("chromium is required here (OPTFORGE_REQUIRE_BROWSER is set) but is not installed")
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    pytest.importorskip("markdown")
+    from optforge.site import build_site
+
+    site = build_site(ROOT, tmp_path / "site")
+    page_path = site / "optimizers" / "nadam.html"
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+    ]
+    dom = subprocess.run(
+        [browser, *flags, "--dump-dom", page_path.as_uri()], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert 'data-math="rendered"' in dom, "KaTeX's auto-render did not run"
+    assert dom.count('class="katex-display"') >= 10, "display equations were not rendered"
+    assert "katex-error" not in dom
+    visible = re.sub(r'<span class="katex-mathml">.*?</span>', "", dom, flags=re.S)
+    visible = re.sub(r"<annotation[^>]*>.*?</annotation>", "", visible, flags=re.S)
+    visible = re.sub(r"<script.*?</script>", "", visible, flags=re.S)
+    assert "$$" not in visible and "\\beta" not in visible, "raw LaTeX left as text"
+    shot = tmp_path / "nadam.png"
+    subprocess.run(
+        [browser, *flags, "--window-size=1100,1600", f"--screenshot={shot}", page_path.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.exists() and shot.stat().st_size > 20_000
