@@ -42,6 +42,7 @@ def run(backend: str, rule, cfg: dict, a: np.ndarray, x0: np.ndarray, steps: int
         import jax
         import jax.numpy as jnp
         import optax
+
         import optforge.generated.jax as gen
 
         jax.config.update("jax_enable_x64", True)
@@ -58,8 +59,9 @@ def run(backend: str, rule, cfg: dict, a: np.ndarray, x0: np.ndarray, steps: int
         for _ in range(steps):
             x, state = step(x, state)
         return float(0.5 * jnp.sum(aj * x**2))
-    import optforge.generated.torch as gen
     import torch
+
+    import optforge.generated.torch as gen
 
     kw = dict(cfg)
     if "learning_rate" in kw:

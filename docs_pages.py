@@ -7,6 +7,7 @@ Nothing here is typed by hand beside the code: equations, tables and differences
 from __future__ import annotations
 
 import sympy as sp
+
 from optforge.compiler.dsl import Rule
 from optforge.compiler.ir import Program, Scope
 from optforge.compiler.latex import equations_latex

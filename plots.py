@@ -117,7 +117,9 @@ def curves(rule, problem: str) -> dict[str, list[float]]:
 
 def spread(c: dict[str, list[float]]) -> float:
     ref = np.asarray(c["numpy"])
-    return max(float(np.max(np.abs(np.asarray(v) - ref) / np.maximum(np.abs(ref), 1e-300))) for v in c.values())
+    return max(
+        float(np.max(np.abs(np.asarray(v) - ref) / np.maximum(np.abs(ref), 1e-300))) for v in c.values()
+    )
 
 
 def write_plots(root: pathlib.Path, only: str | None = None) -> list[pathlib.Path]:
@@ -140,7 +142,9 @@ def write_plots(root: pathlib.Path, only: str | None = None) -> list[pathlib.Pat
             ax.set_yscale("log")
             ax.set_xlabel("step")
             ax.set_ylabel("loss")
-            ax.set_title(f"{problem}, lr {LEARNING_RATE[problem]}: backends differ by {spread(c):.1e}", fontsize=9)
+            ax.set_title(
+                f"{problem}, lr {LEARNING_RATE[problem]}: backends differ by {spread(c):.1e}", fontsize=9
+            )
             ax.legend()
         fig.suptitle(f"{rule.name}: NumPy, JAX and torch drawn over each other")
         fig.tight_layout()

@@ -17,6 +17,7 @@ from typing import Any
 
 import jinja2
 import sympy as sp
+
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import Assign, Program, Scope, Section, base
 from optforge.compiler.render import docstring_equations
@@ -256,6 +257,7 @@ class Backend:
                 "default": repr(h.default),
                 "required": h.default is None and h.kind == "learning_rate",
                 "option": h.default is None and h.kind != "learning_rate",
+                "zero_is_off": h.zero_is_off,
                 "check": _check_call(h),
                 "kind": h.kind,
                 "meaning": h.meaning,

@@ -11,11 +11,12 @@ backend: nothing is printed half-way. The printer records the modules it used.
 from __future__ import annotations
 
 import sympy as sp
-from optforge.compiler.errors import BackendError
-from optforge.compiler.ir import base
 from sympy.core.relational import Relational
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
+
+from optforge.compiler.errors import BackendError
+from optforge.compiler.ir import base
 
 _RELATION = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 
 import sympy as sp
+
 from optforge.compiler.dsl import (
     Eq,
     Given,
@@ -65,7 +66,11 @@ def keras_options(rule: Rule) -> Rule:
             latex=r"\lambda",
         )
     clipnorm = r.option(
-        "clipnorm", "[0, inf)", "clip each gradient to this norm (0: off)", zero_is_off=True, latex=r"c_{\mathrm{norm}}"
+        "clipnorm",
+        "[0, inf)",
+        "clip each gradient to this norm (0: off)",
+        zero_is_off=True,
+        latex=r"c_{\mathrm{norm}}",
     )
     clipvalue = r.option(
         "clipvalue",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from optforge.rules import registry
 
 RULES = registry()

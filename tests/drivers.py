@@ -77,6 +77,7 @@ def run(backend: str, rule, hypers: dict, params0, grads, schedule=None):
         import jax
         import jax.numpy as jnp
         import optax
+
         import optforge.generated.jax as gen
 
         if schedule is not None:
@@ -92,8 +93,9 @@ def run(backend: str, rule, hypers: dict, params0, grads, schedule=None):
             n: _np([getattr(state, n)] if n in is_global else getattr(state, n)) for n in names
         }
     if backend == "torch":
-        import optforge.generated.torch as gen
         import torch
+
+        import optforge.generated.torch as gen
 
         if "learning_rate" in hypers:
             hypers["lr"] = hypers.pop("learning_rate")

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import sympy as sp
 from drivers import assert_close, problem
+from rulekit import load
+
 from optforge.compiler.dsl import Eq, Rule, clip, g, maximum, sqrt, t, w, where
 from optforge.compiler.errors import BackendError, RuleError
 from optforge.compiler.pipeline import compile_rule
 from optforge.rules import get, registry
-from rulekit import load
 
 
 def base_rule(name="Broken"):
@@ -179,6 +180,7 @@ def test_every_registered_rule_passes_the_verifier_between_passes():
 def test_variant_in_a_few_lines_matches_torch_adamax(tmp_path):
     """torch's Adamax is Keras's with epsilon inside the max: a variant of two replaced equations."""
     import torch
+
     from optforge.rules.adamax import RULE as base  # the rule as written (the registry adds Keras's options)
 
     lr, beta_1, beta_2, eps = (sp.Symbol(n) for n in ("learning_rate", "beta_1", "beta_2", "epsilon"))
@@ -287,6 +289,7 @@ def test_increment_is_derived_symbolically_not_by_subtraction():
 
 def test_jax_update_keeps_the_low_bits_of_a_small_step_on_a_large_parameter():
     import jax.numpy as jnp
+
     from optforge.generated.jax import sgd
 
     tx = sgd(learning_rate=1e-3)

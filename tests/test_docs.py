@@ -60,7 +60,11 @@ def test_changing_an_equation_changes_page_and_docstring_in_one_build():
     pages = [page(r, compile_rule(r), None) for r in (before, after)]
     modules = [backends()["numpy"].render(compile_rule(r)) for r in (before, after)]
     assert pages[0] != pages[1] and modules[0] != modules[1]
-    assert r"m_{t} = g_t + \frac{m_{t-1}}{2}" in pages[0] or "0.5" in pages[0] or r"\frac{m_{t-1}}{2}" in pages[0]
+    assert (
+        r"m_{t} = g_t + \frac{m_{t-1}}{2}" in pages[0]
+        or "0.5" in pages[0]
+        or r"\frac{m_{t-1}}{2}" in pages[0]
+    )
     assert "0.75" in pages[1] and "0.75" not in pages[0]
     for r, text in zip((before, after), modules):
         for line in docstring_equations(compile_rule(r)):
@@ -69,14 +73,23 @@ def test_changing_an_equation_changes_page_and_docstring_in_one_build():
 
 def test_diff_command():
     out = subprocess.run(
-        [sys.executable, "-m", "optforge.cli", "diff", "NovoGrad", "NovoGradTF1"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "optforge.cli", "diff", "NovoGrad", "NovoGradTF1"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "- v differs:" in out.stdout and "NovoGradTF1: v <- ||g||^2" in out.stdout
     assert "stores nothing" in out.stdout
     out = subprocess.run(
-        [sys.executable, "-m", "optforge.cli", "diff", "Adamax", "Adagrad"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "optforge.cli", "diff", "Adamax", "Adagrad"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    assert "hyperparameter beta_1 only in Adamax" in out.stdout and "state accumulator only in Adagrad" in out.stdout
+    assert (
+        "hyperparameter beta_1 only in Adamax" in out.stdout
+        and "state accumulator only in Adagrad" in out.stdout
+    )
 
 
 def _chromium() -> str | None:

@@ -7,6 +7,7 @@ is covered without editing this file.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import numpy as np
@@ -17,6 +18,7 @@ optax = pytest.importorskip("optax")
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
+
 import optforge.generated.jax as generated  # noqa: E402
 from optforge.rules import registry  # noqa: E402
 
@@ -49,22 +51,56 @@ def config(rule, name) -> dict:
     return dict(rule.configs[name])
 
 
+CLIPPING = ("clipnorm", "clipvalue", "global_clipnorm")  # Keras: at most one of them
+CLIPPING_VALUES = {"clipnorm": 1.0, "clipvalue": 0.5, "global_clipnorm": 2.0}
+
+
+def is_option(h) -> bool:
+    """One of Keras's shared options: ``None`` (its default) means off."""
+    return h.default is None and h.kind in ("float", "int")
+
+
+def inside(h) -> float | int:
+    """A valid value of ``h`` inside its range, other than its default and other than an "off" value.
+
+    An int option gets the smallest valid int from 2 up (1 would make ``ema_overwrite_frequency`` trivial).
+    """
+    iv = h.interval
+    if h.kind == "int":
+        k = max(2, math.ceil(iv.low))
+        if k == iv.low and not iv.low_closed:
+            k += 1
+        assert k in iv
+        return k
+    lo = iv.low if math.isfinite(iv.low) else -1.0
+    hi = iv.high if math.isfinite(iv.high) else lo + 2.0
+    value = lo + 0.37 * (hi - lo)
+    assert value in iv and value != h.default and value != 0
+    return value
+
+
 def other_hypers(rule) -> dict:
-    """A valid non-default value for every hyperparameter but the learning rate (from the configs if set)."""
+    """A valid non-default value for every hyperparameter but the learning rate (from the configs if set).
+
+    Every option is given (an int for an int option), but only one of the clipping options, which one
+    turning with the rule, so that the registry covers all three.
+    """
     out = {}
     for name, h in rule.hypers.items():
         if h.kind == "learning_rate":
             continue
-        found = [cfg[name] for cfg in rule.configs.values() if name in cfg and cfg[name] != h.default]
+        found = [cfg[name] for cfg in rule.configs.values() if cfg.get(name) not in (h.default, None)]
         if found:
             out[name] = found[0]
         elif h.kind == "bool":
             out[name] = not h.default
         else:
-            iv = h.interval
-            lo = iv.low if math.isfinite(iv.low) else -1.0
-            hi = iv.high if math.isfinite(iv.high) else lo + 2.0
-            out[name] = lo + 0.37 * (hi - lo)
+            out[name] = inside(h)
+    assert all(name in rule.hypers for name in CLIPPING), rule.name
+    keep = CLIPPING[RULE_IDS.index(rule.name) % len(CLIPPING)]
+    for name in CLIPPING:
+        if name != keep:
+            out.pop(name)
     return out
 
 
@@ -143,31 +179,82 @@ def expected_range_message(name, interval, value) -> str:
     )
 
 
-def out_of_range(interval) -> list[float]:
+def out_of_range(h) -> list:
+    """Values outside ``h``'s range, generated from its declaration (ints for an int option)."""
+    iv = h.interval
+    if h.kind == "int":  # a float given to an int option is a type error: see WRONG_TYPE
+        values = []
+        if math.isfinite(iv.high):
+            values.append(math.floor(iv.high) + 1 if iv.high_closed else math.ceil(iv.high))
+        if math.isfinite(iv.low):
+            values.append(math.ceil(iv.low) - 1 if iv.low_closed else math.floor(iv.low))
+        if 0 not in iv and not h.zero_is_off and 0 not in values:
+            values.append(0)
+        return values
     values = [math.nan]
-    if math.isfinite(interval.high):
-        values.append(interval.high + 1.0)
-    if math.isfinite(interval.low):
-        values.append(interval.low - 1.0)
-    if not interval.high_closed:
-        values.append(float(interval.high))
-    if not interval.low_closed:
-        values.append(float(interval.low))
+    if math.isfinite(iv.high):
+        values.append(iv.high + 1.0)
+    if math.isfinite(iv.low):
+        values.append(iv.low - 1.0)
+    if not iv.high_closed:
+        values.append(float(iv.high))
+    if not iv.low_closed:
+        values.append(float(iv.low))
+    return values
+
+
+def closed_ends(h) -> list:
+    """The finite ends that ``h``'s range includes (ints for an int option)."""
+    iv = h.interval
+    ends = [
+        x for x, closed in ((iv.low, iv.low_closed), (iv.high, iv.high_closed)) if closed and math.isfinite(x)
+    ]
+    return [int(x) for x in ends] if h.kind == "int" else [float(x) for x in ends]
+
+
+class Callable:
+    """A callable (with a stable repr for the test ids): only the learning rate may be one."""
+
+    def __call__(self, *args):
+        return 0.5
+
+    def __repr__(self) -> str:
+        return "a_callable"
+
+
+def wrong_types(h) -> list:
+    """Values of a wrong type for a non-bool hyperparameter: None is valid for an option (off), and a
+    float (even a whole one, nan or inf) is not an int."""
+    values = ["0.5", True]
+    if not is_option(h):
+        values.append(None)
+    if h.kind != "learning_rate":
+        values.append(Callable())
+    if h.kind == "int":
+        values += [2.5, 2.0, math.nan, math.inf]
     return values
 
 
 BAD_RANGE = [
-    pytest.param(r, name, v, id=f"{r.name}-{name}={v}")
+    pytest.param(r, name, v, id=f"{r.name}-{name}={v!r}")
     for r in RULES
     for name, h in r.hypers.items()
     if h.kind != "bool"
-    for v in out_of_range(h.interval)
+    for v in out_of_range(h)
 ]
-NON_BOOL = [
-    pytest.param(r, name, id=f"{r.name}-{name}")
+GOOD_ENDS = [
+    pytest.param(r, name, v, id=f"{r.name}-{name}={v!r}")
     for r in RULES
     for name, h in r.hypers.items()
     if h.kind != "bool"
+    for v in closed_ends(h)
+]
+WRONG_TYPE = [
+    pytest.param(r, name, v, id=f"{r.name}-{name}={v!r}")
+    for r in RULES
+    for name, h in r.hypers.items()
+    if h.kind != "bool"
+    for v in wrong_types(h)
 ]
 BOOL = [
     pytest.param(r, name, id=f"{r.name}-{name}")
@@ -175,6 +262,29 @@ BOOL = [
     for name, h in r.hypers.items()
     if h.kind == "bool"
 ]
+OPTIONS = [
+    pytest.param(r, name, id=f"{r.name}-{name}")
+    for r in RULES
+    for name, h in r.hypers.items()
+    if is_option(h)
+]
+ZERO_IS_OFF = [
+    pytest.param(r, name, id=f"{r.name}-{name}")
+    for r in RULES
+    for name, h in r.hypers.items()
+    if is_option(h) and h.zero_is_off
+]
+CLIPPING_PAIRS = [
+    pytest.param(r, combo, id=f"{r.name}-{'+'.join(combo)}")
+    for r in RULES
+    for combo in [*itertools.combinations(CLIPPING, 2), CLIPPING]
+]
+
+
+def clipping_message(given: dict) -> str:
+    names = ", ".join(f"`{k}`" for k in CLIPPING)
+    received = ", ".join(f"{k}={given.get(k)}" for k in CLIPPING)
+    return f"Only one of {names} can be set. Received: {received}"
 
 
 # --------------------------------------------------------------------------------------
@@ -319,6 +429,14 @@ def test_schedule_receives_count_from_zero(rule):
     params = nested_params(seed=11)
     run(transform(rule, learning_rate=schedule), params, grad_sequence(params, 4, seed=12))
     assert seen == [0, 1, 2, 3]
+    # with every option, gradient accumulation included, the count still counts calls
+    seen.clear()
+    _, state, _ = run(
+        transform(rule, learning_rate=schedule, **other_hypers(rule)),
+        params,
+        grad_sequence(params, 4, seed=12),
+    )
+    assert seen == [0, 1, 2, 3] and int(state.count) == 4
 
 
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
@@ -358,7 +476,11 @@ def _assert_float32(rule, final, state, history):
     assert state.count.dtype == jnp.int32
 
 
-@pytest.mark.parametrize(("rule", "cfg"), RULE_CONFIGS, ids=RULE_CONFIG_IDS)
+@pytest.mark.parametrize(
+    ("rule", "cfg"),
+    [(r, c) for r, c in RULE_CONFIGS],
+    ids=RULE_CONFIG_IDS,
+)
 def test_float32_params_keep_float32_under_jit_with_float64_schedule(rule, cfg):
     opt = transform(rule, **{**config(rule, cfg), "learning_rate": schedule_f64})
     params = small_params(seed=15)
@@ -366,9 +488,19 @@ def test_float32_params_keep_float32_under_jit_with_float64_schedule(rule, cfg):
     _assert_float32(rule, final, state, history)
 
 
-@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
-def test_float32_params_keep_float32_eager(rule):
-    opt = transform(rule, learning_rate=0.02, **other_hypers(rule))
+FLOAT32_LEARNING_RATES = {
+    "float": 0.02,
+    "float64_schedule": schedule_f64,
+    "float64_callable": lambda: jnp.asarray(0.02, jnp.float64),  # Keras's lr called with no arguments
+}
+
+
+@pytest.mark.parametrize(
+    ("rule", "lr"),
+    [pytest.param(r, lr, id=f"{r.name}-{lr}", marks=()) for lr in FLOAT32_LEARNING_RATES for r in RULES],
+)
+def test_float32_params_keep_float32_eager_with_every_option(rule, lr):
+    opt = transform(rule, learning_rate=FLOAT32_LEARNING_RATES[lr], **other_hypers(rule))
     params = small_params(seed=15)
     final, state, history = run(opt, params, grad_sequence(params, 3, seed=16))
     _assert_float32(rule, final, state, history)
@@ -404,6 +536,10 @@ def test_lax_scan_matches_python_loop(rule):
     assert int(s_scan.count) == 20
     last_updates = jax.tree.map(lambda u: u[-1], u_scan)
     assert_trees_close(last_updates, history[-1][0])
+    # every option on: the traced branches (update calls, EMA overwrites) agree with eager Python ones
+    p_eager, s_eager, _ = run(opt, params, grads)
+    assert_trees_close(p_scan, p_eager)
+    assert_trees_close(s_scan, s_eager)
 
 
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
@@ -438,11 +574,37 @@ def test_out_of_range_int_message_shows_the_value_received():
     )
 
 
-@pytest.mark.parametrize(("rule", "name"), NON_BOOL)
-@pytest.mark.parametrize("value", ["0.5", True, None], ids=["str", "bool", "None"])
-def test_non_number_hyperparameter_raises_type_error(rule, name, value):
-    with pytest.raises(TypeError, match=f"`{name}`"):
+@pytest.mark.parametrize(("rule", "name", "value"), WRONG_TYPE)
+def test_wrong_type_hyperparameter_raises_type_error(rule, name, value):
+    with pytest.raises(TypeError, match=f"`{name}`") as info:
         transform(rule, **{name: value})
+    if rule.hypers[name].kind == "int":
+        assert str(info.value).startswith(f"`{name}` must be an int or None. Received: {name}={value!r}")
+
+
+@pytest.mark.parametrize(("rule", "name", "value"), GOOD_ENDS)
+def test_closed_range_ends_are_accepted(rule, name, value):
+    assert isinstance(transform(rule, **{name: value}), optax.GradientTransformation)
+
+
+@pytest.mark.parametrize(("rule", "name"), OPTIONS)
+def test_option_takes_none_or_a_number(rule, name):
+    h = rule.hypers[name]
+    values = (
+        [None, inside(h), np.int64(inside(h))] if h.kind == "int" else [None, 1, inside(h), np.float32(1.0)]
+    )
+    for value in values:
+        assert isinstance(transform(rule, **{name: value}), optax.GradientTransformation)
+
+
+@pytest.mark.parametrize(("rule", "combo"), CLIPPING_PAIRS)
+def test_two_clipping_options_raise(rule, combo):
+    given = {k: CLIPPING_VALUES[k] for k in combo}
+    with pytest.raises(ValueError) as info:
+        transform(rule, **given)
+    assert str(info.value) == clipping_message(given)
+    for name in combo:  # each alone is fine
+        transform(rule, **{name: given[name]})
 
 
 @pytest.mark.parametrize(("rule", "name"), BOOL)
@@ -506,3 +668,82 @@ def test_learning_rate_injected_with_optax_inject_hyperparams(rule):
         )
         p_ref = optax.apply_updates(p_ref, updates)
     assert_trees_close(p_inj, p_ref)
+
+
+# --------------------------------------------------------------------------------------
+# Keras's shared options
+
+
+def assert_same_run(a, b) -> None:
+    """Two ``run`` results: the same params, updates and states (None for the same slots)."""
+    (p_a, s_a, h_a), (p_b, s_b, h_b) = a, b
+    assert_trees_equal(p_a, p_b)
+    assert {k for k, v in s_a._asdict().items() if v is None} == {
+        k for k, v in s_b._asdict().items() if v is None
+    }
+    assert_trees_equal(s_a, s_b)
+    for (u_a, _), (u_b, _) in zip(h_a, h_b):
+        assert_trees_equal(u_a, u_b)
+
+
+@pytest.mark.parametrize(("rule", "name"), ZERO_IS_OFF)
+def test_zero_means_off_like_none(rule, name):
+    h = rule.hypers[name]
+    base = {"use_ema": True}  # so that ema_overwrite_frequency would act
+    params = small_params(jnp.float64, seed=25)
+    grads = grad_sequence(params, 4, seed=26)
+    off = run(transform(rule, **base), params, grads)
+    for zero in [0] if h.kind == "int" else [0, 0.0]:
+        assert_same_run(off, run(transform(rule, **base, **{name: zero}), params, grads))
+    # given a value that is not 0, the option acts (otherwise the check above proves nothing)
+    on, _, _ = run(transform(rule, **base, **{name: inside(h)}), params, grads)
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(on), jax.tree.leaves(off[0])))
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_learning_rate_callable_without_arguments_is_called_each_step(rule):
+    calls = []
+
+    def constant():
+        calls.append(None)
+        return 0.02
+
+    params = small_params(jnp.float64, seed=27)
+    grads = grad_sequence(params, 4, seed=28)
+    opt = transform(rule, learning_rate=constant)
+    state, trained = opt.init(params), params
+    for k, g in enumerate(grads):
+        updates, state = opt.update(g, state, trained)
+        trained = optax.apply_updates(trained, updates)
+        assert len(calls) == k + 1  # Keras: called with no arguments, once per step (eagerly)
+    as_float, _, _ = run(transform(rule, learning_rate=0.02), params, grads)
+    assert_trees_equal(trained, as_float)
+
+    # a value that changes between calls is read at each step, all options on
+    others = other_hypers(rule)
+    values = [0.03, 0.01, 0.02, 0.005]
+    queue = iter(values)
+    varying, _, _ = run(transform(rule, learning_rate=lambda: next(queue), **others), params, grads)
+    state, manual = transform(rule, **others).init(params), params
+    for lr, g in zip(values, grads):
+        updates, state = transform(rule, learning_rate=lr, **others).update(g, state, manual)
+        manual = optax.apply_updates(manual, updates)
+    assert_trees_equal(varying, manual)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_gradient_accumulation_counts_calls_and_updates_every_nth(rule):
+    n_acc = 3
+    params = small_params(jnp.float64, seed=29)
+    grads = grad_sequence(params, 2 * n_acc, seed=30)
+    final, state, history = run(transform(rule, gradient_accumulation_steps=n_acc), params, grads)
+    for k, (updates, st) in enumerate(history):
+        assert int(st.count) == k + 1  # the count counts calls
+        moved = any(np.any(np.asarray(u) != 0) for u in jax.tree.leaves(updates))
+        assert moved == ((k + 1) % n_acc == 0), k
+    # the same as one step per n_acc calls, with the mean of their gradients
+    means = [
+        jax.tree.map(lambda *gs: sum(gs) / n_acc, *grads[j : j + n_acc]) for j in range(0, len(grads), n_acc)
+    ]
+    reference, _, _ = run(transform(rule), params, means)
+    assert_trees_close(final, reference, rtol=1e-13, atol=1e-15)

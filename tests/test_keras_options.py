@@ -103,10 +103,11 @@ def test_option_matches_keras(rule_name, option):
 def _ours_finalized(backend, rule, hypers, params0, grads):
     import jax.numpy as jnp
     import optax
+    import torch
+
     import optforge.generated.jax as gj
     import optforge.generated.numpy as gn
     import optforge.generated.torch as gt
-    import torch
 
     if backend == "numpy":
         opt = getattr(gn, rule.name)(**hypers)
@@ -229,8 +230,9 @@ def test_own_weight_decay_wins_and_says_so():
 def test_torch_checkpoint_mid_accumulation_with_ema_resumes_exactly(rule_name, split):
     import io
 
-    import optforge.generated.torch as gt
     import torch
+
+    import optforge.generated.torch as gt
 
     rule = RULES[rule_name]
     kw = {**BASE.get(rule_name, {"learning_rate": 0.01}), "gradient_accumulation_steps": 3, "use_ema": True}

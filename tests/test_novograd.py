@@ -53,6 +53,7 @@ def test_optax_doctest_prints_the_same_objective_values_in_every_backend():
     import jax.numpy as jnp
     import optax
     import torch
+
     from optforge.generated.jax import optax_novograd
     from optforge.generated.numpy import OptaxNovoGrad as NumpyNovoGrad
     from optforge.generated.torch import OptaxNovoGrad as TorchNovoGrad
@@ -168,10 +169,11 @@ def test_novograd_tf1_graph_mode_normalises_by_the_current_gradient():
 
 def _count_state_elements(backend: str, rule_name: str, params0):
     import jax.numpy as jnp
+    import torch
+
     import optforge.generated.jax as gj
     import optforge.generated.numpy as gn
     import optforge.generated.torch as gt
-    import torch
 
     rule = RULES[rule_name]
     if backend == "numpy":
@@ -213,6 +215,7 @@ def test_novograd_state_is_one_tensor_per_parameter_plus_one_scalar_per_tensor(b
 def test_jax_step_has_no_cond(rule):
     import jax
     import jax.numpy as jnp
+
     import optforge.generated.jax as gj
 
     params0, grads = problem(1)
@@ -225,10 +228,11 @@ def test_jax_step_has_no_cond(rule):
 
 def test_nadam_product_is_one_scalar_per_optimizer_not_per_parameter():
     import jax.numpy as jnp
+    import torch
+
     import optforge.generated.jax as gj
     import optforge.generated.numpy as gn
     import optforge.generated.torch as gt
-    import torch
 
     params0, grads = problem(3)
     state = gn.Nadam().init([p.copy() for p in params0])

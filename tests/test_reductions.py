@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import sympy as sp
 from drivers import assert_close, problem
+from rulekit import load
+
 from optforge.compiler.dsl import (
     Rule,
     g,
@@ -23,7 +25,6 @@ from optforge.compiler.dsl import (
 )
 from optforge.compiler.errors import RuleError
 from optforge.compiler.pipeline import compile_rule
-from rulekit import load
 
 
 def reductions_rule():

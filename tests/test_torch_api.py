@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import io
+import itertools
 import math
 import warnings
 
@@ -65,27 +66,57 @@ def state_scopes(rule) -> dict[str, str]:
     return {st.name: st.scope.name.lower() for st in compile_rule(rule).states}
 
 
+CLIPPING = ("clipnorm", "clipvalue", "global_clipnorm")  # Keras: at most one of them
+CLIPPING_VALUES = {"clipnorm": 1.0, "clipvalue": 0.5, "global_clipnorm": 2.0}
+
+
+def is_option(h) -> bool:
+    """One of Keras's shared options: ``None`` (its default) means off."""
+    return h.default is None and h.kind in ("float", "int")
+
+
+def inside(h) -> float | int:
+    """A valid value of ``h`` inside its range, other than its default and other than an "off" value.
+
+    An int option gets the smallest valid int from 2 up (1 would make ``ema_overwrite_frequency`` trivial).
+    """
+    iv = h.interval
+    if h.kind == "int":
+        k = max(2, math.ceil(iv.low))
+        if k == iv.low and not iv.low_closed:
+            k += 1
+        assert k in iv
+        return k
+    lo = iv.low if math.isfinite(iv.low) else -1.0
+    hi = iv.high if math.isfinite(iv.high) else lo + 2.0
+    value = lo + 0.37 * (hi - lo)
+    assert value in iv and value != h.default and value != 0
+    return value
+
+
 def other_hypers(rule) -> dict:
     """A valid value different from the default for every hyperparameter but the learning rate.
 
-    Taken from the rule's own configs where one sets it, otherwise chosen inside the range.
+    Taken from the rule's own configs where one sets it, otherwise chosen inside the range. Every option
+    is given (an int for an int option), but only one of the clipping options, which one turning with the
+    rule, so that the registry covers all three.
     """
     out = {}
     for name, h in rule.hypers.items():
         if h.kind == "learning_rate":
             continue
-        found = [cfg[name] for cfg in rule.configs.values() if name in cfg and cfg[name] != h.default]
+        found = [cfg[name] for cfg in rule.configs.values() if cfg.get(name) not in (h.default, None)]
         if found:
             out[name] = found[0]
         elif h.kind == "bool":
             out[name] = not h.default
         else:
-            iv = h.interval
-            lo = iv.low if math.isfinite(iv.low) else -1.0
-            hi = iv.high if math.isfinite(iv.high) else lo + 2.0
-            value = lo + 0.37 * (hi - lo)
-            assert value in iv and value != h.default
-            out[name] = value
+            out[name] = inside(h)
+    assert all(name in rule.hypers for name in CLIPPING), rule.name
+    keep = CLIPPING[RULE_IDS.index(rule.name) % len(CLIPPING)]
+    for name in CLIPPING:
+        if name != keep:
+            out.pop(name)
     return out
 
 
@@ -137,48 +168,87 @@ def expected_range_message(name: str, interval, value) -> str:
     )
 
 
-def out_of_range(interval) -> list[float]:
-    """Values outside ``interval``, generated from its declaration."""
+def out_of_range(h) -> list:
+    """Values outside ``h``'s range, generated from its declaration (ints for an int option)."""
+    iv = h.interval
+    if h.kind == "int":  # a float given to an int option is a type error: see WRONG_TYPE
+        values = []
+        if math.isfinite(iv.high):
+            values.append(math.floor(iv.high) + 1 if iv.high_closed else math.ceil(iv.high))
+        if math.isfinite(iv.low):
+            values.append(math.ceil(iv.low) - 1 if iv.low_closed else math.floor(iv.low))
+        if 0 not in iv and not h.zero_is_off and 0 not in values:
+            values.append(0)
+        return values
     values = [math.nan]
-    if math.isfinite(interval.high):
-        values.append(interval.high + 1.0)
-    if math.isfinite(interval.low):
-        values.append(interval.low - 1.0)
-    if not interval.high_closed:
-        values.append(float(interval.high))  # the open end itself (inf included)
-    if not interval.low_closed:
-        values.append(float(interval.low))
+    if math.isfinite(iv.high):
+        values.append(iv.high + 1.0)
+    if math.isfinite(iv.low):
+        values.append(iv.low - 1.0)
+    if not iv.high_closed:
+        values.append(float(iv.high))  # the open end itself (inf included)
+    if not iv.low_closed:
+        values.append(float(iv.low))
     return values
 
 
-def closed_ends(interval) -> list[float]:
-    values = []
-    if interval.low_closed and math.isfinite(interval.low):
-        values.append(float(interval.low))
-    if interval.high_closed and math.isfinite(interval.high):
-        values.append(float(interval.high))
+def closed_ends(h) -> list:
+    """The finite ends that ``h``'s range includes (ints for an int option)."""
+    iv = h.interval
+    ends = [
+        x for x, closed in ((iv.low, iv.low_closed), (iv.high, iv.high_closed)) if closed and math.isfinite(x)
+    ]
+    return [int(x) for x in ends] if h.kind == "int" else [float(x) for x in ends]
+
+
+def stored(h, value):
+    """What the optimizer keeps for a valid ``value`` of ``h``: 0 of an option where it means off is None."""
+    return None if (h.zero_is_off and value is not None and value == 0) else value
+
+
+class Callable:
+    """A callable (with a stable repr for the test ids): only the learning rate may be one."""
+
+    def __call__(self, *args):
+        return 0.5
+
+    def __repr__(self) -> str:
+        return "a_callable"
+
+
+def wrong_types(h) -> list:
+    """Values of a wrong type for a non-bool hyperparameter: None is valid for an option (off), and a
+    float (even a whole one, nan or inf) is not an int."""
+    values = ["0.5", True]
+    if not is_option(h):
+        values.append(None)
+    if h.kind != "learning_rate":
+        values.append(Callable())
+    if h.kind == "int":
+        values += [2.5, 2.0, math.nan, math.inf]
     return values
 
 
 BAD_RANGE = [
-    pytest.param(r, name, v, id=f"{r.name}-{name}={v}")
+    pytest.param(r, name, v, id=f"{r.name}-{name}={v!r}")
     for r in RULES
     for name, h in r.hypers.items()
     if h.kind != "bool"
-    for v in out_of_range(h.interval)
+    for v in out_of_range(h)
 ]
 GOOD_ENDS = [
-    pytest.param(r, name, v, id=f"{r.name}-{name}={v}")
+    pytest.param(r, name, v, id=f"{r.name}-{name}={v!r}")
     for r in RULES
     for name, h in r.hypers.items()
     if h.kind != "bool"
-    for v in closed_ends(h.interval)
+    for v in closed_ends(h)
 ]
-NON_BOOL = [
-    pytest.param(r, name, id=f"{r.name}-{name}")
+WRONG_TYPE = [
+    pytest.param(r, name, v, id=f"{r.name}-{name}={v!r}")
     for r in RULES
     for name, h in r.hypers.items()
     if h.kind != "bool"
+    for v in wrong_types(h)
 ]
 BOOL = [
     pytest.param(r, name, id=f"{r.name}-{name}")
@@ -186,6 +256,29 @@ BOOL = [
     for name, h in r.hypers.items()
     if h.kind == "bool"
 ]
+OPTIONS = [
+    pytest.param(r, name, id=f"{r.name}-{name}")
+    for r in RULES
+    for name, h in r.hypers.items()
+    if is_option(h)
+]
+ZERO_IS_OFF = [
+    pytest.param(r, name, id=f"{r.name}-{name}")
+    for r in RULES
+    for name, h in r.hypers.items()
+    if is_option(h) and h.zero_is_off
+]
+CLIPPING_PAIRS = [
+    pytest.param(r, combo, id=f"{r.name}-{'+'.join(combo)}")
+    for r in RULES
+    for combo in [*itertools.combinations(CLIPPING, 2), CLIPPING]
+]
+
+
+def clipping_message(given: dict) -> str:
+    names = ", ".join(f"`{k}`" for k in CLIPPING)
+    received = ", ".join(f"{k}={given.get(k)}" for k in CLIPPING)
+    return f"Only one of {names} can be set. Received: {received}"
 
 
 # --------------------------------------------------------------------------------------
@@ -344,8 +437,18 @@ def test_params_without_grad_are_skipped(rule):
 @pytest.mark.parametrize("via_bytes", [False, True], ids=["object", "torch.save"])
 @pytest.mark.parametrize(("rule", "config"), RULE_CONFIGS, ids=RULE_CONFIG_IDS)
 def test_state_dict_roundtrip_resumes_bitwise(rule, config, via_bytes):
+    _roundtrip(rule, torch_kwargs(config_values(rule, config)), via_bytes, split=10)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_state_dict_roundtrip_with_every_option_mid_accumulation(rule):
+    kwargs = torch_kwargs({**required(rule), **other_hypers(rule)})
+    assert kwargs["gradient_accumulation_steps"] == 2 and kwargs["use_ema"]
+    _roundtrip(rule, kwargs, via_bytes=True, split=9)  # saved between the two calls of an update
+
+
+def _roundtrip(rule, kwargs, via_bytes, split):
     cls = optimizer_class(rule)
-    kwargs = torch_kwargs(config_values(rule, config))
     model = make_model(9)
     grads = grad_sequence(model, 20, seed=10)
 
@@ -357,7 +460,7 @@ def test_state_dict_roundtrip_resumes_bitwise(rule, config, via_bytes):
 
     first = copy.deepcopy(model)
     opt_first = cls(first.parameters(), **kwargs)
-    for g in grads[:10]:
+    for g in grads[:split]:
         apply_grads(first, g)
         opt_first.step()
     saved = opt_first.state_dict()
@@ -377,7 +480,7 @@ def test_state_dict_roundtrip_resumes_bitwise(rule, config, via_bytes):
     opt_resumed.load_state_dict(saved)
     for name, value in kwargs.items():
         assert opt_resumed.param_groups[0][name] == value
-    for g in grads[10:]:
+    for g in grads[split:]:
         apply_grads(resumed, g)
         opt_resumed.step()
 
@@ -466,16 +569,45 @@ def test_out_of_range_int_message_shows_the_value_received():
 def test_closed_range_ends_are_accepted(rule, name, value):
     model = torch.nn.Linear(2, 1)
     opt = build(rule, model.parameters(), **{torch_name(name): value})
-    assert opt.defaults[torch_name(name)] == value
+    kept, expected = opt.defaults[torch_name(name)], stored(rule.hypers[name], value)
+    assert kept == expected and type(kept) is type(expected)
 
 
-@pytest.mark.parametrize(("rule", "name"), NON_BOOL)
-@pytest.mark.parametrize("value", ["0.5", True, None], ids=["str", "bool", "None"])
-def test_non_number_hyperparameter_raises_type_error(rule, name, value):
+@pytest.mark.parametrize(("rule", "name", "value"), WRONG_TYPE)
+def test_wrong_type_hyperparameter_raises_type_error(rule, name, value):
     model = torch.nn.Linear(2, 1)
     tname = torch_name(name)
-    with pytest.raises(TypeError, match=f"`{tname}`"):
+    with pytest.raises(TypeError, match=f"`{tname}`") as info:
         build(rule, model.parameters(), **{tname: value})
+    if rule.hypers[name].kind == "int":
+        assert str(info.value).startswith(f"`{name}` must be an int or None. Received: {name}={value!r}")
+
+
+@pytest.mark.parametrize(("rule", "name"), OPTIONS)
+def test_option_is_off_by_default_and_takes_none_or_a_number(rule, name):
+    h = rule.hypers[name]
+    params = list(torch.nn.Linear(2, 1).parameters())
+    assert build(rule, params).defaults[name] is None
+    assert build(rule, params, **{name: None}).defaults[name] is None
+    if h.kind == "int":
+        value, kinds = inside(h), [int]
+    else:
+        value, kinds = 1, [float, int]  # a whole number is a valid float too
+        assert value in h.interval
+    for kind in kinds:
+        kept = build(rule, params, **{name: kind(value)}).defaults[name]
+        assert kept == value and type(kept) is (int if h.kind == "int" else float)
+
+
+@pytest.mark.parametrize(("rule", "combo"), CLIPPING_PAIRS)
+def test_two_clipping_options_raise(rule, combo):
+    params = list(torch.nn.Linear(2, 1).parameters())
+    given = {k: CLIPPING_VALUES[k] for k in combo}
+    with pytest.raises(ValueError) as info:
+        build(rule, params, **given)
+    assert str(info.value) == clipping_message(given)
+    for name in combo:  # each alone is fine
+        assert build(rule, params, **{name: given[name]}).defaults[name] == given[name]
 
 
 @pytest.mark.parametrize(("rule", "name"), BOOL)
@@ -561,3 +693,156 @@ def test_sparse_gradients_raise(rule):
     assert emb.weight.grad.is_sparse
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_dtype_is_kept_with_every_option(rule, dtype):
+    model = make_model(13, dtype=dtype)
+    opt = build(rule, model.parameters(), lr=lambda: 0.02, **other_hypers(rule))
+    before = params_of(model)
+    for g in grad_sequence(model, 4, seed=14):
+        apply_grads(model, g)
+        opt.step()
+    scopes = state_scopes(rule)
+    for b, p in zip(before, model.parameters()):
+        assert p.dtype == dtype
+        assert torch.isfinite(p).all()
+        assert not torch.equal(b, p.detach())
+        assert {"grad_accumulator", "ema"} <= set(opt.state[p])
+        for key, value in opt.state[p].items():
+            if not torch.is_tensor(value) or not value.is_floating_point():
+                continue
+            assert value.dtype == dtype, key
+            expected_shape = torch.Size([]) if scopes.get(key) == "tensor" else p.shape
+            assert value.shape == expected_shape, key
+
+
+# --------------------------------------------------------------------------------------
+# 11. Keras's shared options
+
+
+def run_steps(rule, model, grads, groups=None, **kwargs):
+    """A copy of ``model`` and its optimizer after a step per gradient; ``groups``: hyperparameters of
+    a single parameter group (instead of the constructor's)."""
+    model = copy.deepcopy(model)
+    params = model.parameters() if groups is None else [{"params": model.parameters(), **groups}]
+    opt = build(rule, params, **kwargs)
+    for g in grads:
+        apply_grads(model, g)
+        opt.step()
+    return model, opt
+
+
+def assert_same_run(a, b) -> None:
+    (model_a, opt_a), (model_b, opt_b) = a, b
+    assert_bitwise(params_of(model_a), params_of(model_b))
+    for p_a, p_b in zip(model_a.parameters(), model_b.parameters()):
+        s_a, s_b = opt_a.state[p_a], opt_b.state[p_b]
+        assert set(s_a) == set(s_b)  # no state for an option that is off
+        for key in s_a:
+            assert torch.equal(s_a[key], s_b[key]), key
+
+
+@pytest.mark.parametrize(("rule", "name"), ZERO_IS_OFF)
+def test_zero_means_off_like_none(rule, name):
+    h = rule.hypers[name]
+    base = {"use_ema": True}  # so that ema_overwrite_frequency would act
+    model = make_model(17)
+    grads = grad_sequence(model, 4, seed=18)
+    off = run_steps(rule, model, grads, **base)
+    assert_same_run(off, run_steps(rule, model, grads, **base, **{name: None}))
+    for zero in [0] if h.kind == "int" else [0, 0.0]:
+        run = run_steps(rule, model, grads, **base, **{name: zero})
+        assert run[1].defaults[name] is None
+        assert_same_run(off, run)
+    # given a value that is not 0, the option acts (otherwise the checks above prove nothing)
+    on, _ = run_steps(rule, model, grads, **base, **{name: inside(h)})
+    assert any(not torch.equal(a, b) for a, b in zip(params_of(on), params_of(off[0])))
+
+
+@pytest.mark.parametrize(("rule", "name"), ZERO_IS_OFF)
+def test_zero_means_off_like_none_in_a_param_group(rule, name):
+    base = {"use_ema": True}
+    model = make_model(17)
+    grads = grad_sequence(model, 4, seed=18)
+    off = run_steps(rule, model, grads, **base)
+    assert_same_run(off, run_steps(rule, model, grads, groups={name: 0}, **base))
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_learning_rate_callable_without_arguments_is_called_each_step(rule):
+    calls = []
+
+    def constant():
+        calls.append(None)
+        return 0.02
+
+    model = make_model(19)
+    grads = grad_sequence(model, 4, seed=20)
+    trained = copy.deepcopy(model)
+    opt = build(rule, trained.parameters(), lr=constant)
+    for k, g in enumerate(grads):
+        apply_grads(trained, g)
+        opt.step()
+        assert len(calls) == k + 1  # Keras: called with no arguments, once per step
+    as_float, _ = run_steps(rule, model, grads, lr=0.02)
+    assert_bitwise(params_of(as_float), params_of(trained))
+
+    # a value that changes between calls is read at each step, all options on
+    others = other_hypers(rule)
+    values = [0.03, 0.01, 0.02, 0.005]
+    queue = iter(values)
+    varying, _ = run_steps(rule, model, grads, lr=lambda: next(queue), **others)
+    manual = copy.deepcopy(model)
+    opt = build(rule, manual.parameters(), **others)
+    for lr, g in zip(values, grads):
+        opt.param_groups[0]["lr"] = lr
+        apply_grads(manual, g)
+        opt.step()
+    assert_bitwise(params_of(varying), params_of(manual))
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_lr_schedule_receives_the_call_count_from_zero(rule):
+    seen = []
+
+    def schedule(step):
+        seen.append(step)
+        return 0.02 / (1 + step)
+
+    others = other_hypers(rule)  # gradient accumulation included: the schedule still sees every call
+    model = make_model(23)
+    grads = grad_sequence(model, 4, seed=24)
+    scheduled, opt = run_steps(rule, model, grads, lr=schedule, **others)
+    assert seen == [0, 1, 2, 3] and opt.param_groups[0]["step"] == 4
+    manual = copy.deepcopy(model)
+    opt = build(rule, manual.parameters(), **others)
+    for k, g in enumerate(grads):
+        opt.param_groups[0]["lr"] = 0.02 / (1 + k)
+        apply_grads(manual, g)
+        opt.step()
+    assert_bitwise(params_of(scheduled), params_of(manual))
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_gradient_accumulation_counts_calls_and_updates_every_nth(rule):
+    n_acc = 3
+    model = make_model(21)
+    grads = grad_sequence(model, 2 * n_acc, seed=22)
+    trained = copy.deepcopy(model)
+    opt = build(rule, trained.parameters(), gradient_accumulation_steps=n_acc)
+    for k, g in enumerate(grads):
+        before = params_of(trained)
+        apply_grads(trained, g)
+        opt.step()
+        assert opt.param_groups[0]["step"] == k + 1  # the step counter counts calls
+        changed = any(not torch.equal(a, b) for a, b in zip(before, params_of(trained)))
+        assert changed == ((k + 1) % n_acc == 0), k
+    # the same as one step per n_acc calls, with the mean of their gradients
+    means = [
+        [sum(parts) / n_acc for parts in zip(*grads[j : j + n_acc])] for j in range(0, len(grads), n_acc)
+    ]
+    reference, _ = run_steps(rule, model, means)
+    for a, b in zip(params_of(trained), params_of(reference)):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)

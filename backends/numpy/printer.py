@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sympy as sp
+
 from optforge.compiler.ir import Assign, Scope, base, ssa
 
 from ..base import Backend

@@ -41,6 +41,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
 from optforge.runtime import common
 
 
@@ -213,8 +214,10 @@ def adagrad(
             )
             updates.append(update.astype(g.dtype))
             new_accumulator.append(accumulator.astype(g.dtype))
-            new_grad_accumulator.append(grad_accumulator)
-            new_ema.append(ema)
+            new_grad_accumulator.append(
+                None if grad_accumulator is None else grad_accumulator.astype(g.dtype)
+            )
+            new_ema.append(None if ema is None else ema.astype(g.dtype))
         return treedef.unflatten(updates), AdagradState(
             count=optax.safe_increment(n),
             accumulator=treedef.unflatten(new_accumulator),

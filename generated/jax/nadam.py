@@ -47,6 +47,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
 from optforge.runtime import common
 
 
@@ -239,8 +240,10 @@ def nadam(
             updates.append(update.astype(g.dtype))
             new_m.append(m.astype(g.dtype))
             new_v.append(v.astype(g.dtype))
-            new_grad_accumulator.append(grad_accumulator)
-            new_ema.append(ema)
+            new_grad_accumulator.append(
+                None if grad_accumulator is None else grad_accumulator.astype(g.dtype)
+            )
+            new_ema.append(None if ema is None else ema.astype(g.dtype))
         return treedef.unflatten(updates), NadamState(
             count=optax.safe_increment(n),
             u_product=u_product,

@@ -44,6 +44,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
 from optforge.runtime import common
 
 
@@ -234,8 +235,10 @@ def novograd(
             updates.append(update.astype(g.dtype))
             new_v.append(v.astype(g.dtype))
             new_m.append(m.astype(g.dtype))
-            new_grad_accumulator.append(grad_accumulator)
-            new_ema.append(ema)
+            new_grad_accumulator.append(
+                None if grad_accumulator is None else grad_accumulator.astype(g.dtype)
+            )
+            new_ema.append(None if ema is None else ema.astype(g.dtype))
         return treedef.unflatten(updates), NovoGradState(
             count=optax.safe_increment(n),
             v=treedef.unflatten(new_v),

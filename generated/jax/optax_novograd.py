@@ -42,6 +42,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
 from optforge.runtime import common
 
 
@@ -227,8 +228,10 @@ def optax_novograd(
             updates.append(update.astype(g.dtype))
             new_nu.append(nu.astype(g.dtype))
             new_mu.append(mu.astype(g.dtype))
-            new_grad_accumulator.append(grad_accumulator)
-            new_ema.append(ema)
+            new_grad_accumulator.append(
+                None if grad_accumulator is None else grad_accumulator.astype(g.dtype)
+            )
+            new_ema.append(None if ema is None else ema.astype(g.dtype))
         return treedef.unflatten(updates), OptaxNovoGradState(
             count=optax.safe_increment(n),
             nu=treedef.unflatten(new_nu),

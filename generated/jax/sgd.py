@@ -43,6 +43,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
 from optforge.runtime import common
 
 
@@ -210,8 +211,10 @@ def sgd(
                     else 0
                 )
                 updates.append(update.astype(g.dtype))
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
+                new_grad_accumulator.append(
+                    None if grad_accumulator is None else grad_accumulator.astype(g.dtype)
+                )
+                new_ema.append(None if ema is None else ema.astype(g.dtype))
             return treedef.unflatten(updates), SGDState(
                 count=optax.safe_increment(n),
                 velocity=state.velocity,
@@ -300,9 +303,11 @@ def sgd(
                     else 0
                 )
                 updates.append(update.astype(g.dtype))
-                new_velocity.append(velocity)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
+                new_velocity.append(None if velocity is None else velocity.astype(g.dtype))
+                new_grad_accumulator.append(
+                    None if grad_accumulator is None else grad_accumulator.astype(g.dtype)
+                )
+                new_ema.append(None if ema is None else ema.astype(g.dtype))
             return treedef.unflatten(updates), SGDState(
                 count=optax.safe_increment(n),
                 velocity=treedef.unflatten(new_velocity) if state.velocity is not None else None,
@@ -391,9 +396,11 @@ def sgd(
                     else 0
                 )
                 updates.append(update.astype(g.dtype))
-                new_velocity.append(velocity)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
+                new_velocity.append(None if velocity is None else velocity.astype(g.dtype))
+                new_grad_accumulator.append(
+                    None if grad_accumulator is None else grad_accumulator.astype(g.dtype)
+                )
+                new_ema.append(None if ema is None else ema.astype(g.dtype))
             return treedef.unflatten(updates), SGDState(
                 count=optax.safe_increment(n),
                 velocity=treedef.unflatten(new_velocity) if state.velocity is not None else None,

@@ -37,6 +37,7 @@ import math
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
+
 from optforge.runtime import common, numpy_support
 
 

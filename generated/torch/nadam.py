@@ -43,8 +43,9 @@ import math
 from typing import Any, Callable, Iterator
 
 import torch
-from optforge.runtime import common
 from torch.optim import Optimizer
+
+from optforge.runtime import common
 
 
 class Nadam(Optimizer):
@@ -172,12 +173,12 @@ class Nadam(Optimizer):
             beta_2 = group["beta_2"]
             epsilon = group["epsilon"]
             weight_decay = group["weight_decay"]
-            clipnorm = group["clipnorm"]
-            clipvalue = group["clipvalue"]
-            global_clipnorm = group["global_clipnorm"]
+            clipnorm = group["clipnorm"] or None  # 0: off
+            clipvalue = group["clipvalue"] or None  # 0: off
+            global_clipnorm = group["global_clipnorm"] or None  # 0: off
             use_ema = group["use_ema"]
             ema_momentum = group["ema_momentum"]
-            ema_overwrite_frequency = group["ema_overwrite_frequency"]
+            ema_overwrite_frequency = group["ema_overwrite_frequency"] or None  # 0: off
             loss_scale_factor = group["loss_scale_factor"]
             gradient_accumulation_steps = group["gradient_accumulation_steps"]
             u_product = group.get("u_product", float(1))
@@ -276,12 +277,12 @@ class Nadam(Optimizer):
             beta_2 = group["beta_2"]
             epsilon = group["epsilon"]
             weight_decay = group["weight_decay"]
-            clipnorm = group["clipnorm"]
-            clipvalue = group["clipvalue"]
-            global_clipnorm = group["global_clipnorm"]
+            clipnorm = group["clipnorm"] or None  # 0: off
+            clipvalue = group["clipvalue"] or None  # 0: off
+            global_clipnorm = group["global_clipnorm"] or None  # 0: off
             use_ema = group["use_ema"]
             ema_momentum = group["ema_momentum"]
-            ema_overwrite_frequency = group["ema_overwrite_frequency"]
+            ema_overwrite_frequency = group["ema_overwrite_frequency"] or None  # 0: off
             loss_scale_factor = group["loss_scale_factor"]
             gradient_accumulation_steps = group["gradient_accumulation_steps"]
             for w in group["params"]:

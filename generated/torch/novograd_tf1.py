@@ -40,8 +40,9 @@ import math
 from typing import Any, Callable, Iterator
 
 import torch
-from optforge.runtime import common
 from torch.optim import Optimizer
+
+from optforge.runtime import common
 
 
 class NovoGradTF1(Optimizer):
@@ -175,12 +176,12 @@ class NovoGradTF1(Optimizer):
             weight_decay = group["weight_decay"]
             grad_averaging = group["grad_averaging"]
             use_nesterov = group["use_nesterov"]
-            clipnorm = group["clipnorm"]
-            clipvalue = group["clipvalue"]
-            global_clipnorm = group["global_clipnorm"]
+            clipnorm = group["clipnorm"] or None  # 0: off
+            clipvalue = group["clipvalue"] or None  # 0: off
+            global_clipnorm = group["global_clipnorm"] or None  # 0: off
             use_ema = group["use_ema"]
             ema_momentum = group["ema_momentum"]
-            ema_overwrite_frequency = group["ema_overwrite_frequency"]
+            ema_overwrite_frequency = group["ema_overwrite_frequency"] or None  # 0: off
             loss_scale_factor = group["loss_scale_factor"]
             gradient_accumulation_steps = group["gradient_accumulation_steps"]
             # the step counts updates, not calls
@@ -271,12 +272,12 @@ class NovoGradTF1(Optimizer):
             weight_decay = group["weight_decay"]
             grad_averaging = group["grad_averaging"]
             use_nesterov = group["use_nesterov"]
-            clipnorm = group["clipnorm"]
-            clipvalue = group["clipvalue"]
-            global_clipnorm = group["global_clipnorm"]
+            clipnorm = group["clipnorm"] or None  # 0: off
+            clipvalue = group["clipvalue"] or None  # 0: off
+            global_clipnorm = group["global_clipnorm"] or None  # 0: off
             use_ema = group["use_ema"]
             ema_momentum = group["ema_momentum"]
-            ema_overwrite_frequency = group["ema_overwrite_frequency"]
+            ema_overwrite_frequency = group["ema_overwrite_frequency"] or None  # 0: off
             loss_scale_factor = group["loss_scale_factor"]
             gradient_accumulation_steps = group["gradient_accumulation_steps"]
             for w in group["params"]:
