@@ -359,7 +359,16 @@ def ruff_command() -> list[str]:
 
 def format_source(text: str, filename: str) -> str:
     """Format with ruff (line length 110, the project's setting) and drop unused imports."""
-    config = ["--config", "line-length=110", "--config", "target-version='py311'"]
+    # --isolated: the output must not depend on configuration files found where the build runs
+    config = [
+        "--isolated",
+        "--config",
+        "line-length=110",
+        "--config",
+        "target-version='py311'",
+        "--config",
+        "lint.isort.known-first-party=['optforge']",
+    ]
     fixed = subprocess.run(
         ruff_command()
         + ["check", "--fix", "--select", "F401,I", "--quiet", *config, "--stdin-filename", filename, "-"],
