@@ -21,8 +21,8 @@ def leaves(params: Any, what: str = "params") -> tuple[list, list[np.ndarray]]:
     for k, a in zip(keys, arrays):
         if not isinstance(a, np.ndarray):
             raise TypeError(f"{what}[{k!r}] must be a numpy.ndarray. Received: {type(a).__name__}")
-        if not np.issubdtype(a.dtype, np.floating):
-            raise TypeError(f"{what}[{k!r}] must have a floating dtype. Received: dtype={a.dtype}")
+        if not is_float(a.dtype):
+            raise TypeError(f"{what}[{k!r}] must have a real floating dtype. Received: dtype={a.dtype}")
     return keys, arrays
 
 
@@ -68,3 +68,19 @@ def check_step(params: Any, grads: Any, state: Any, scopes: dict[str, str]) -> l
                     f"state.{name}[{k!r}] must have shape {expected} ({scope} state). Received: {s.shape}"
                 )
     return keys
+
+
+def is_float(dtype: Any) -> bool:
+    """A real floating dtype: NumPy's, or ml_dtypes' bfloat16 and float8 types."""
+    dtype = np.dtype(dtype)
+    return dtype.kind == "f" or dtype.name.startswith(("bfloat16", "float8"))
+
+
+def state_dtype(w: np.ndarray, chosen: Any = None) -> np.dtype:
+    """The dtype of a parameter's state: ``chosen``, or at least float32 (float16/bfloat16 params keep float32 state)."""
+    return np.dtype(chosen) if chosen is not None else np.promote_types(w.dtype, np.float32)
+
+
+def upcast(g: np.ndarray) -> np.ndarray:
+    """The gradient in at least float32 (no copy for float32 and float64)."""
+    return g.astype(np.promote_types(g.dtype, np.float32), copy=False)

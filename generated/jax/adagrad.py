@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optforge.runtime import common
+from optforge.runtime import common, jax_support
 
 
 class AdagradState(NamedTuple):
@@ -67,6 +67,7 @@ def adagrad(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    state_dtype: Any = None,
 ) -> optax.GradientTransformation:
     """Adagrad (Keras 3 `Adagrad`).
 
@@ -120,13 +121,25 @@ def adagrad(
     )
 
     def init_fn(params: Any) -> AdagradState:
+        jax_support.check_params(params, "adagrad")
         return AdagradState(
             count=jnp.zeros([], jnp.int32),
-            accumulator=jax.tree.map(lambda w: jnp.full_like(w, initial_accumulator_value), params),
+            accumulator=jax.tree.map(
+                lambda w: jnp.full_like(
+                    w, initial_accumulator_value, dtype=jax_support.state_dtype(w, state_dtype)
+                ),
+                params,
+            ),
             grad_accumulator=None
             if not (gradient_accumulation_steps is not None)
-            else jax.tree.map(jnp.zeros_like, params),
-            ema=None if not (use_ema) else jax.tree.map(jnp.zeros_like, params),
+            else jax.tree.map(
+                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+            ),
+            ema=None
+            if not (use_ema)
+            else jax.tree.map(
+                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+            ),
         )
 
     def update_fn(grads: Any, state: AdagradState, params: Any = None) -> tuple[Any, AdagradState]:
@@ -151,6 +164,8 @@ def adagrad(
                 if state.grad_accumulator is not None
                 else [None] * treedef.num_leaves,
             ):
+                dtype = g.dtype
+                g = jax_support.upcast(g)  # at least float32
                 # loss scaling
                 if loss_scale_factor is not None:
                     g = g / loss_scale_factor
@@ -177,6 +192,8 @@ def adagrad(
             else [None] * treedef.num_leaves,
             treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
         ):
+            dtype = g.dtype
+            g = jax_support.upcast(g)  # at least float32
             # loss scaling
             if loss_scale_factor is not None:
                 g = g / loss_scale_factor
@@ -212,19 +229,17 @@ def adagrad(
                 if (ema_overwrite_frequency is not None and use_ema)
                 else 0
             )
-            updates.append(update.astype(g.dtype))
-            new_accumulator.append(accumulator.astype(g.dtype))
-            new_grad_accumulator.append(
-                None if grad_accumulator is None else grad_accumulator.astype(g.dtype)
-            )
-            new_ema.append(None if ema is None else ema.astype(g.dtype))
+            updates.append(update.astype(dtype))
+            new_accumulator.append(accumulator)
+            new_grad_accumulator.append(grad_accumulator)
+            new_ema.append(ema)
         return treedef.unflatten(updates), AdagradState(
             count=optax.safe_increment(n),
-            accumulator=treedef.unflatten(new_accumulator),
-            grad_accumulator=treedef.unflatten(new_grad_accumulator)
+            accumulator=jax_support.like(treedef.unflatten(new_accumulator), state.accumulator),
+            grad_accumulator=jax_support.like(treedef.unflatten(new_grad_accumulator), state.grad_accumulator)
             if state.grad_accumulator is not None
             else None,
-            ema=treedef.unflatten(new_ema) if state.ema is not None else None,
+            ema=jax_support.like(treedef.unflatten(new_ema), state.ema) if state.ema is not None else None,
         )
 
     return optax.GradientTransformation(init_fn, update_fn)

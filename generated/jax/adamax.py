@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optforge.runtime import common
+from optforge.runtime import common, jax_support
 
 
 class AdamaxState(NamedTuple):
@@ -70,6 +70,7 @@ def adamax(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    state_dtype: Any = None,
 ) -> optax.GradientTransformation:
     """Adamax (Keras 3 `Adamax`).
 
@@ -123,14 +124,25 @@ def adamax(
     )
 
     def init_fn(params: Any) -> AdamaxState:
+        jax_support.check_params(params, "adamax")
         return AdamaxState(
             count=jnp.zeros([], jnp.int32),
-            m=jax.tree.map(jnp.zeros_like, params),
-            u=jax.tree.map(jnp.zeros_like, params),
+            m=jax.tree.map(
+                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+            ),
+            u=jax.tree.map(
+                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+            ),
             grad_accumulator=None
             if not (gradient_accumulation_steps is not None)
-            else jax.tree.map(jnp.zeros_like, params),
-            ema=None if not (use_ema) else jax.tree.map(jnp.zeros_like, params),
+            else jax.tree.map(
+                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+            ),
+            ema=None
+            if not (use_ema)
+            else jax.tree.map(
+                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+            ),
         )
 
     def update_fn(grads: Any, state: AdamaxState, params: Any = None) -> tuple[Any, AdamaxState]:
@@ -155,6 +167,8 @@ def adamax(
                 if state.grad_accumulator is not None
                 else [None] * treedef.num_leaves,
             ):
+                dtype = g.dtype
+                g = jax_support.upcast(g)  # at least float32
                 # loss scaling
                 if loss_scale_factor is not None:
                     g = g / loss_scale_factor
@@ -182,6 +196,8 @@ def adamax(
             else [None] * treedef.num_leaves,
             treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
         ):
+            dtype = g.dtype
+            g = jax_support.upcast(g)  # at least float32
             # loss scaling
             if loss_scale_factor is not None:
                 g = g / loss_scale_factor
@@ -219,21 +235,19 @@ def adamax(
                 if (ema_overwrite_frequency is not None and use_ema)
                 else 0
             )
-            updates.append(update.astype(g.dtype))
-            new_m.append(m.astype(g.dtype))
-            new_u.append(u.astype(g.dtype))
-            new_grad_accumulator.append(
-                None if grad_accumulator is None else grad_accumulator.astype(g.dtype)
-            )
-            new_ema.append(None if ema is None else ema.astype(g.dtype))
+            updates.append(update.astype(dtype))
+            new_m.append(m)
+            new_u.append(u)
+            new_grad_accumulator.append(grad_accumulator)
+            new_ema.append(ema)
         return treedef.unflatten(updates), AdamaxState(
             count=optax.safe_increment(n),
-            m=treedef.unflatten(new_m),
-            u=treedef.unflatten(new_u),
-            grad_accumulator=treedef.unflatten(new_grad_accumulator)
+            m=jax_support.like(treedef.unflatten(new_m), state.m),
+            u=jax_support.like(treedef.unflatten(new_u), state.u),
+            grad_accumulator=jax_support.like(treedef.unflatten(new_grad_accumulator), state.grad_accumulator)
             if state.grad_accumulator is not None
             else None,
-            ema=treedef.unflatten(new_ema) if state.ema is not None else None,
+            ema=jax_support.like(treedef.unflatten(new_ema), state.ema) if state.ema is not None else None,
         )
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optforge.runtime import common
+from optforge.runtime import common, jax_support
 
 
 class NadamState(NamedTuple):
@@ -76,6 +76,7 @@ def nadam(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    state_dtype: Any = None,
 ) -> optax.GradientTransformation:
     """Nadam (Keras 3 `Nadam`).
 
@@ -129,15 +130,26 @@ def nadam(
     )
 
     def init_fn(params: Any) -> NadamState:
+        jax_support.check_params(params, "nadam")
         return NadamState(
             count=jnp.zeros([], jnp.int32),
             u_product=jnp.asarray(1, dtype=float),
-            m=jax.tree.map(jnp.zeros_like, params),
-            v=jax.tree.map(jnp.zeros_like, params),
+            m=jax.tree.map(
+                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+            ),
+            v=jax.tree.map(
+                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+            ),
             grad_accumulator=None
             if not (gradient_accumulation_steps is not None)
-            else jax.tree.map(jnp.zeros_like, params),
-            ema=None if not (use_ema) else jax.tree.map(jnp.zeros_like, params),
+            else jax.tree.map(
+                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+            ),
+            ema=None
+            if not (use_ema)
+            else jax.tree.map(
+                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+            ),
         )
 
     def update_fn(grads: Any, state: NadamState, params: Any = None) -> tuple[Any, NadamState]:
@@ -167,6 +179,8 @@ def nadam(
                 if state.grad_accumulator is not None
                 else [None] * treedef.num_leaves,
             ):
+                dtype = g.dtype
+                g = jax_support.upcast(g)  # at least float32
                 # loss scaling
                 if loss_scale_factor is not None:
                     g = g / loss_scale_factor
@@ -194,6 +208,8 @@ def nadam(
             else [None] * treedef.num_leaves,
             treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
         ):
+            dtype = g.dtype
+            g = jax_support.upcast(g)  # at least float32
             # loss scaling
             if loss_scale_factor is not None:
                 g = g / loss_scale_factor
@@ -237,22 +253,20 @@ def nadam(
                 if (ema_overwrite_frequency is not None and use_ema)
                 else 0
             )
-            updates.append(update.astype(g.dtype))
-            new_m.append(m.astype(g.dtype))
-            new_v.append(v.astype(g.dtype))
-            new_grad_accumulator.append(
-                None if grad_accumulator is None else grad_accumulator.astype(g.dtype)
-            )
-            new_ema.append(None if ema is None else ema.astype(g.dtype))
+            updates.append(update.astype(dtype))
+            new_m.append(m)
+            new_v.append(v)
+            new_grad_accumulator.append(grad_accumulator)
+            new_ema.append(ema)
         return treedef.unflatten(updates), NadamState(
             count=optax.safe_increment(n),
             u_product=u_product,
-            m=treedef.unflatten(new_m),
-            v=treedef.unflatten(new_v),
-            grad_accumulator=treedef.unflatten(new_grad_accumulator)
+            m=jax_support.like(treedef.unflatten(new_m), state.m),
+            v=jax_support.like(treedef.unflatten(new_v), state.v),
+            grad_accumulator=jax_support.like(treedef.unflatten(new_grad_accumulator), state.grad_accumulator)
             if state.grad_accumulator is not None
             else None,
-            ema=treedef.unflatten(new_ema) if state.ema is not None else None,
+            ema=jax_support.like(treedef.unflatten(new_ema), state.ema) if state.ema is not None else None,
         )
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optforge.runtime import common
+from optforge.runtime import common, jax_support
 
 
 class OptaxNovoGradState(NamedTuple):
@@ -71,6 +71,7 @@ def optax_novograd(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    state_dtype: Any = None,
 ) -> optax.GradientTransformation:
     """NovoGrad (optax `novograd`).
 
@@ -126,14 +127,23 @@ def optax_novograd(
     )
 
     def init_fn(params: Any) -> OptaxNovoGradState:
+        jax_support.check_params(params, "optax_novograd")
         return OptaxNovoGradState(
             count=jnp.zeros([], jnp.int32),
-            nu=jax.tree.map(lambda w: jnp.zeros([], w.dtype), params),
-            mu=jax.tree.map(jnp.zeros_like, params),
+            nu=jax.tree.map(lambda w: jnp.zeros([], jax_support.state_dtype(w, state_dtype)), params),
+            mu=jax.tree.map(
+                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+            ),
             grad_accumulator=None
             if not (gradient_accumulation_steps is not None)
-            else jax.tree.map(jnp.zeros_like, params),
-            ema=None if not (use_ema) else jax.tree.map(jnp.zeros_like, params),
+            else jax.tree.map(
+                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+            ),
+            ema=None
+            if not (use_ema)
+            else jax.tree.map(
+                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+            ),
         )
 
     def update_fn(
@@ -160,6 +170,8 @@ def optax_novograd(
                 if state.grad_accumulator is not None
                 else [None] * treedef.num_leaves,
             ):
+                dtype = g.dtype
+                g = jax_support.upcast(g)  # at least float32
                 # loss scaling
                 if loss_scale_factor is not None:
                     g = g / loss_scale_factor
@@ -187,6 +199,8 @@ def optax_novograd(
             else [None] * treedef.num_leaves,
             treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
         ):
+            dtype = g.dtype
+            g = jax_support.upcast(g)  # at least float32
             # loss scaling
             if loss_scale_factor is not None:
                 g = g / loss_scale_factor
@@ -225,21 +239,19 @@ def optax_novograd(
                 if (ema_overwrite_frequency is not None and use_ema)
                 else 0
             )
-            updates.append(update.astype(g.dtype))
-            new_nu.append(nu.astype(g.dtype))
-            new_mu.append(mu.astype(g.dtype))
-            new_grad_accumulator.append(
-                None if grad_accumulator is None else grad_accumulator.astype(g.dtype)
-            )
-            new_ema.append(None if ema is None else ema.astype(g.dtype))
+            updates.append(update.astype(dtype))
+            new_nu.append(nu)
+            new_mu.append(mu)
+            new_grad_accumulator.append(grad_accumulator)
+            new_ema.append(ema)
         return treedef.unflatten(updates), OptaxNovoGradState(
             count=optax.safe_increment(n),
-            nu=treedef.unflatten(new_nu),
-            mu=treedef.unflatten(new_mu),
-            grad_accumulator=treedef.unflatten(new_grad_accumulator)
+            nu=jax_support.like(treedef.unflatten(new_nu), state.nu),
+            mu=jax_support.like(treedef.unflatten(new_mu), state.mu),
+            grad_accumulator=jax_support.like(treedef.unflatten(new_grad_accumulator), state.grad_accumulator)
             if state.grad_accumulator is not None
             else None,
-            ema=treedef.unflatten(new_ema) if state.ema is not None else None,
+            ema=jax_support.like(treedef.unflatten(new_ema), state.ema) if state.ema is not None else None,
         )
 
     return optax.GradientTransformation(init_fn, update_fn)

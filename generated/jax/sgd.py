@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optforge.runtime import common
+from optforge.runtime import common, jax_support
 
 
 class SGDState(NamedTuple):
@@ -69,6 +69,7 @@ def sgd(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    state_dtype: Any = None,
 ) -> optax.GradientTransformation:
     """Gradient descent with momentum (Keras 3 `SGD`).
 
@@ -120,13 +121,24 @@ def sgd(
     )
 
     def init_fn(params: Any) -> SGDState:
+        jax_support.check_params(params, "sgd")
         return SGDState(
             count=jnp.zeros([], jnp.int32),
-            velocity=None if not (momentum != 0) else jax.tree.map(jnp.zeros_like, params),
+            velocity=None
+            if not (momentum != 0)
+            else jax.tree.map(
+                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+            ),
             grad_accumulator=None
             if not (gradient_accumulation_steps is not None)
-            else jax.tree.map(jnp.zeros_like, params),
-            ema=None if not (use_ema) else jax.tree.map(jnp.zeros_like, params),
+            else jax.tree.map(
+                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+            ),
+            ema=None
+            if not (use_ema)
+            else jax.tree.map(
+                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+            ),
         )
 
     def update_fn(grads: Any, state: SGDState, params: Any = None) -> tuple[Any, SGDState]:
@@ -152,6 +164,8 @@ def sgd(
                     if state.grad_accumulator is not None
                     else [None] * treedef.num_leaves,
                 ):
+                    dtype = g.dtype
+                    g = jax_support.upcast(g)  # at least float32
                     # loss scaling
                     if loss_scale_factor is not None:
                         g = g / loss_scale_factor
@@ -177,6 +191,8 @@ def sgd(
                 else [None] * treedef.num_leaves,
                 treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
             ):
+                dtype = g.dtype
+                g = jax_support.upcast(g)  # at least float32
                 # loss scaling
                 if loss_scale_factor is not None:
                     g = g / loss_scale_factor
@@ -210,18 +226,20 @@ def sgd(
                     if (ema_overwrite_frequency is not None and use_ema)
                     else 0
                 )
-                updates.append(update.astype(g.dtype))
-                new_grad_accumulator.append(
-                    None if grad_accumulator is None else grad_accumulator.astype(g.dtype)
-                )
-                new_ema.append(None if ema is None else ema.astype(g.dtype))
+                updates.append(update.astype(dtype))
+                new_grad_accumulator.append(grad_accumulator)
+                new_ema.append(ema)
             return treedef.unflatten(updates), SGDState(
                 count=optax.safe_increment(n),
                 velocity=state.velocity,
-                grad_accumulator=treedef.unflatten(new_grad_accumulator)
+                grad_accumulator=jax_support.like(
+                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
+                )
                 if state.grad_accumulator is not None
                 else None,
-                ema=treedef.unflatten(new_ema) if state.ema is not None else None,
+                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
+                if state.ema is not None
+                else None,
             )
         elif nesterov:
             # the step counts updates, not calls
@@ -239,6 +257,8 @@ def sgd(
                     if state.grad_accumulator is not None
                     else [None] * treedef.num_leaves,
                 ):
+                    dtype = g.dtype
+                    g = jax_support.upcast(g)  # at least float32
                     # loss scaling
                     if loss_scale_factor is not None:
                         g = g / loss_scale_factor
@@ -267,6 +287,8 @@ def sgd(
                 else [None] * treedef.num_leaves,
                 treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
             ):
+                dtype = g.dtype
+                g = jax_support.upcast(g)  # at least float32
                 # loss scaling
                 if loss_scale_factor is not None:
                     g = g / loss_scale_factor
@@ -302,19 +324,23 @@ def sgd(
                     if (ema_overwrite_frequency is not None and use_ema)
                     else 0
                 )
-                updates.append(update.astype(g.dtype))
-                new_velocity.append(None if velocity is None else velocity.astype(g.dtype))
-                new_grad_accumulator.append(
-                    None if grad_accumulator is None else grad_accumulator.astype(g.dtype)
-                )
-                new_ema.append(None if ema is None else ema.astype(g.dtype))
+                updates.append(update.astype(dtype))
+                new_velocity.append(velocity)
+                new_grad_accumulator.append(grad_accumulator)
+                new_ema.append(ema)
             return treedef.unflatten(updates), SGDState(
                 count=optax.safe_increment(n),
-                velocity=treedef.unflatten(new_velocity) if state.velocity is not None else None,
-                grad_accumulator=treedef.unflatten(new_grad_accumulator)
+                velocity=jax_support.like(treedef.unflatten(new_velocity), state.velocity)
+                if state.velocity is not None
+                else None,
+                grad_accumulator=jax_support.like(
+                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
+                )
                 if state.grad_accumulator is not None
                 else None,
-                ema=treedef.unflatten(new_ema) if state.ema is not None else None,
+                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
+                if state.ema is not None
+                else None,
             )
         else:
             # the step counts updates, not calls
@@ -332,6 +358,8 @@ def sgd(
                     if state.grad_accumulator is not None
                     else [None] * treedef.num_leaves,
                 ):
+                    dtype = g.dtype
+                    g = jax_support.upcast(g)  # at least float32
                     # loss scaling
                     if loss_scale_factor is not None:
                         g = g / loss_scale_factor
@@ -360,6 +388,8 @@ def sgd(
                 else [None] * treedef.num_leaves,
                 treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
             ):
+                dtype = g.dtype
+                g = jax_support.upcast(g)  # at least float32
                 # loss scaling
                 if loss_scale_factor is not None:
                     g = g / loss_scale_factor
@@ -395,19 +425,23 @@ def sgd(
                     if (ema_overwrite_frequency is not None and use_ema)
                     else 0
                 )
-                updates.append(update.astype(g.dtype))
-                new_velocity.append(None if velocity is None else velocity.astype(g.dtype))
-                new_grad_accumulator.append(
-                    None if grad_accumulator is None else grad_accumulator.astype(g.dtype)
-                )
-                new_ema.append(None if ema is None else ema.astype(g.dtype))
+                updates.append(update.astype(dtype))
+                new_velocity.append(velocity)
+                new_grad_accumulator.append(grad_accumulator)
+                new_ema.append(ema)
             return treedef.unflatten(updates), SGDState(
                 count=optax.safe_increment(n),
-                velocity=treedef.unflatten(new_velocity) if state.velocity is not None else None,
-                grad_accumulator=treedef.unflatten(new_grad_accumulator)
+                velocity=jax_support.like(treedef.unflatten(new_velocity), state.velocity)
+                if state.velocity is not None
+                else None,
+                grad_accumulator=jax_support.like(
+                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
+                )
                 if state.grad_accumulator is not None
                 else None,
-                ema=treedef.unflatten(new_ema) if state.ema is not None else None,
+                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
+                if state.ema is not None
+                else None,
             )
 
     return optax.GradientTransformation(init_fn, update_fn)

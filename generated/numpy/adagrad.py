@@ -81,8 +81,10 @@ class Adagrad:
         ema_overwrite_frequency: int | None = None,
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
+        state_dtype: Any = None,
     ) -> None:
         self.learning_rate = common.check_learning_rate(learning_rate, schedule=True)
+        self.state_dtype = None if state_dtype is None else np.dtype(state_dtype)
         self.initial_accumulator_value = common.check_float(
             "initial_accumulator_value", initial_accumulator_value, 0.0, math.inf, True, False
         )
@@ -130,16 +132,24 @@ class Adagrad:
     def init(self, params: Any) -> AdagradState:
         """The state before the first step."""
         keys, ws = numpy_support.leaves(params)
+        dtypes = [
+            numpy_support.state_dtype(w, self.state_dtype) for w in ws
+        ]  # float16/bfloat16: float32 state
         initial_accumulator_value = self.initial_accumulator_value
         use_ema = self.use_ema
         gradient_accumulation_steps = self.gradient_accumulation_steps
         return AdagradState(
             step=0,
-            accumulator=numpy_support.like(params, [np.full_like(w, initial_accumulator_value) for w in ws]),
+            accumulator=numpy_support.like(
+                params,
+                [np.full_like(w, initial_accumulator_value, dtype=dtype) for w, dtype in zip(ws, dtypes)],
+            ),
             grad_accumulator=None
             if not (gradient_accumulation_steps is not None)
-            else numpy_support.like(params, [np.zeros_like(w) for w in ws]),
-            ema=None if not (use_ema) else numpy_support.like(params, [np.zeros_like(w) for w in ws]),
+            else numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),
+            ema=None
+            if not (use_ema)
+            else numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),
         )
 
     def step(self, params: Any, grads: Any, state: AdagradState) -> tuple[Any, AdagradState]:
@@ -178,7 +188,7 @@ class Adagrad:
             # over all tensors: global_sumsq_g
             global_sumsq_g = 0.0
             for key in keys:
-                w, g = params[key], grads[key]
+                w, g = params[key], numpy_support.upcast(grads[key])
                 grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
                 # loss scaling
                 if loss_scale_factor is not None:
@@ -198,7 +208,7 @@ class Adagrad:
                     else global_sumsq_g
                 )
         for key in keys:
-            w, g = params[key], grads[key]
+            w, g = params[key], numpy_support.upcast(grads[key])
             accumulator = state.accumulator[key]
             grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
             ema = state.ema[key] if state.ema is not None else None

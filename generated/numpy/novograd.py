@@ -91,8 +91,10 @@ class NovoGrad:
         ema_overwrite_frequency: int | None = None,
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
+        state_dtype: Any = None,
     ) -> None:
         self.learning_rate = common.check_learning_rate(learning_rate, schedule=True)
+        self.state_dtype = None if state_dtype is None else np.dtype(state_dtype)
         self.beta1 = common.check_float("beta1", beta1, 0.0, 1.0, True, True)
         self.beta2 = common.check_float("beta2", beta2, 0.0, 1.0, True, True)
         self.epsilon = common.check_float("epsilon", epsilon, 0.0, math.inf, True, False)
@@ -141,16 +143,21 @@ class NovoGrad:
     def init(self, params: Any) -> NovoGradState:
         """The state before the first step."""
         keys, ws = numpy_support.leaves(params)
+        dtypes = [
+            numpy_support.state_dtype(w, self.state_dtype) for w in ws
+        ]  # float16/bfloat16: float32 state
         use_ema = self.use_ema
         gradient_accumulation_steps = self.gradient_accumulation_steps
         return NovoGradState(
             step=0,
-            v=numpy_support.like(params, [np.zeros((), w.dtype) for w in ws]),
-            m=numpy_support.like(params, [np.zeros_like(w) for w in ws]),
+            v=numpy_support.like(params, [np.zeros((), dtype) for w, dtype in zip(ws, dtypes)]),
+            m=numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),
             grad_accumulator=None
             if not (gradient_accumulation_steps is not None)
-            else numpy_support.like(params, [np.zeros_like(w) for w in ws]),
-            ema=None if not (use_ema) else numpy_support.like(params, [np.zeros_like(w) for w in ws]),
+            else numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),
+            ema=None
+            if not (use_ema)
+            else numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),
         )
 
     def step(self, params: Any, grads: Any, state: NovoGradState) -> tuple[Any, NovoGradState]:
@@ -193,7 +200,7 @@ class NovoGrad:
             # over all tensors: global_sumsq_g
             global_sumsq_g = 0.0
             for key in keys:
-                w, g = params[key], grads[key]
+                w, g = params[key], numpy_support.upcast(grads[key])
                 grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
                 # loss scaling
                 if loss_scale_factor is not None:
@@ -213,7 +220,7 @@ class NovoGrad:
                     else global_sumsq_g
                 )
         for key in keys:
-            w, g = params[key], grads[key]
+            w, g = params[key], numpy_support.upcast(grads[key])
             v = state.v[key]
             m = state.m[key]
             grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None

@@ -83,8 +83,10 @@ class SGD:
         ema_overwrite_frequency: int | None = None,
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
+        state_dtype: Any = None,
     ) -> None:
         self.learning_rate = common.check_learning_rate(learning_rate, schedule=True)
+        self.state_dtype = None if state_dtype is None else np.dtype(state_dtype)
         self.momentum = common.check_float("momentum", momentum, 0.0, 1.0, True, True)
         self.nesterov = common.check_flag("nesterov", nesterov)
         self.weight_decay = common.check_option("weight_decay", weight_decay, 0.0, math.inf, True, False)
@@ -130,6 +132,9 @@ class SGD:
     def init(self, params: Any) -> SGDState:
         """The state before the first step."""
         keys, ws = numpy_support.leaves(params)
+        dtypes = [
+            numpy_support.state_dtype(w, self.state_dtype) for w in ws
+        ]  # float16/bfloat16: float32 state
         momentum = self.momentum
         use_ema = self.use_ema
         gradient_accumulation_steps = self.gradient_accumulation_steps
@@ -137,11 +142,13 @@ class SGD:
             step=0,
             velocity=None
             if not (momentum != 0)
-            else numpy_support.like(params, [np.zeros_like(w) for w in ws]),
+            else numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),
             grad_accumulator=None
             if not (gradient_accumulation_steps is not None)
-            else numpy_support.like(params, [np.zeros_like(w) for w in ws]),
-            ema=None if not (use_ema) else numpy_support.like(params, [np.zeros_like(w) for w in ws]),
+            else numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),
+            ema=None
+            if not (use_ema)
+            else numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),
         )
 
     def step(self, params: Any, grads: Any, state: SGDState) -> tuple[Any, SGDState]:
@@ -181,7 +188,7 @@ class SGD:
                 # over all tensors: global_sumsq_g
                 global_sumsq_g = 0.0
                 for key in keys:
-                    w, g = params[key], grads[key]
+                    w, g = params[key], numpy_support.upcast(grads[key])
                     grad_accumulator = (
                         state.grad_accumulator[key] if state.grad_accumulator is not None else None
                     )
@@ -203,7 +210,7 @@ class SGD:
                         else global_sumsq_g
                     )
             for key in keys:
-                w, g = params[key], grads[key]
+                w, g = params[key], numpy_support.upcast(grads[key])
                 grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
                 ema = state.ema[key] if state.ema is not None else None
                 # loss scaling
@@ -246,7 +253,7 @@ class SGD:
                 # over all tensors: global_sumsq_g
                 global_sumsq_g = 0.0
                 for key in keys:
-                    w, g = params[key], grads[key]
+                    w, g = params[key], numpy_support.upcast(grads[key])
                     grad_accumulator = (
                         state.grad_accumulator[key] if state.grad_accumulator is not None else None
                     )
@@ -268,7 +275,7 @@ class SGD:
                         else global_sumsq_g
                     )
             for key in keys:
-                w, g = params[key], grads[key]
+                w, g = params[key], numpy_support.upcast(grads[key])
                 velocity = state.velocity[key] if state.velocity is not None else None
                 grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
                 ema = state.ema[key] if state.ema is not None else None
@@ -314,7 +321,7 @@ class SGD:
                 # over all tensors: global_sumsq_g
                 global_sumsq_g = 0.0
                 for key in keys:
-                    w, g = params[key], grads[key]
+                    w, g = params[key], numpy_support.upcast(grads[key])
                     grad_accumulator = (
                         state.grad_accumulator[key] if state.grad_accumulator is not None else None
                     )
@@ -336,7 +343,7 @@ class SGD:
                         else global_sumsq_g
                     )
             for key in keys:
-                w, g = params[key], grads[key]
+                w, g = params[key], numpy_support.upcast(grads[key])
                 velocity = state.velocity[key] if state.velocity is not None else None
                 grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
                 ema = state.ema[key] if state.ema is not None else None

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.optim import Optimizer
 
-from optforge.runtime import common
+from optforge.runtime import common, torch_support
 
 
 class SGD(Optimizer):
@@ -82,6 +82,7 @@ class SGD(Optimizer):
         ema_overwrite_frequency: int | None = None,
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         defaults = dict(
             lr=common.check_learning_rate(lr, schedule=True, name="lr"),
@@ -125,7 +126,21 @@ class SGD(Optimizer):
             clipvalue=defaults["clipvalue"],
             global_clipnorm=defaults["global_clipnorm"],
         )
+        self.state_dtype = torch_support.check_state_dtype(state_dtype)
         super().__init__(params, defaults)
+        for group in self.param_groups:
+            for w in group["params"]:
+                torch_support.check_floating(w, "SGD")
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's, keeping each state tensor in the precision policy's dtype (torch would cast it to the
+        parameter's: bfloat16 state for a bfloat16 parameter)."""
+        super().load_state_dict(state_dict)
+        for w, state in self.state.items():
+            dtype = torch_support.state_dtype(w, self.state_dtype)
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                    state[key] = value.to(dtype)
 
     def _tensors(
         self, params: list[torch.Tensor], group: dict[str, Any]
@@ -135,15 +150,17 @@ class SGD(Optimizer):
         use_ema = group["use_ema"]
         gradient_accumulation_steps = group["gradient_accumulation_steps"]
         for w in params:
-            if w.grad.is_sparse:
-                raise RuntimeError("SGD does not support sparse gradients")
+            torch_support.check_param(w, "SGD")
             state = self.state[w]
+            dtype = torch_support.state_dtype(w, self.state_dtype)  # float16/bfloat16: float32 state
             if momentum != 0 and "velocity" not in state:
-                state["velocity"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+                state["velocity"] = torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
             if gradient_accumulation_steps is not None and "grad_accumulator" not in state:
-                state["grad_accumulator"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+                state["grad_accumulator"] = torch.zeros_like(
+                    w, dtype=dtype, memory_format=torch.preserve_format
+                )
             if use_ema and "ema" not in state:
-                state["ema"] = torch.zeros_like(w, memory_format=torch.preserve_format)
+                state["ema"] = torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
             yield w, state
 
     @torch.no_grad()
@@ -183,7 +200,7 @@ class SGD(Optimizer):
                     # over all tensors: global_sumsq_g
                     global_sumsq_g = 0.0
                     for w, state in self._tensors(params, group):
-                        g = w.grad
+                        g = torch_support.upcast(w.grad)
                         grad_accumulator = state.get("grad_accumulator")
                         # loss scaling
                         if loss_scale_factor is not None:
@@ -203,7 +220,7 @@ class SGD(Optimizer):
                             else global_sumsq_g
                         )
                 for w, state in self._tensors(params, group):
-                    g = w.grad
+                    g = torch_support.upcast(w.grad)
                     grad_accumulator = state.get("grad_accumulator")
                     ema = state.get("ema")
                     # loss scaling
@@ -250,7 +267,7 @@ class SGD(Optimizer):
                     # over all tensors: global_sumsq_g
                     global_sumsq_g = 0.0
                     for w, state in self._tensors(params, group):
-                        g = w.grad
+                        g = torch_support.upcast(w.grad)
                         grad_accumulator = state.get("grad_accumulator")
                         # loss scaling
                         if loss_scale_factor is not None:
@@ -270,7 +287,7 @@ class SGD(Optimizer):
                             else global_sumsq_g
                         )
                 for w, state in self._tensors(params, group):
-                    g = w.grad
+                    g = torch_support.upcast(w.grad)
                     velocity = state.get("velocity")
                     grad_accumulator = state.get("grad_accumulator")
                     ema = state.get("ema")
@@ -320,7 +337,7 @@ class SGD(Optimizer):
                     # over all tensors: global_sumsq_g
                     global_sumsq_g = 0.0
                     for w, state in self._tensors(params, group):
-                        g = w.grad
+                        g = torch_support.upcast(w.grad)
                         grad_accumulator = state.get("grad_accumulator")
                         # loss scaling
                         if loss_scale_factor is not None:
@@ -340,7 +357,7 @@ class SGD(Optimizer):
                             else global_sumsq_g
                         )
                 for w, state in self._tensors(params, group):
-                    g = w.grad
+                    g = torch_support.upcast(w.grad)
                     velocity = state.get("velocity")
                     grad_accumulator = state.get("grad_accumulator")
                     ema = state.get("ema")

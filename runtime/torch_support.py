@@ -1,0 +1,42 @@
+"""Run-time support for generated torch optimizers: the precision policy and parameter checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def state_dtype(w: torch.Tensor, chosen: Any = None) -> torch.dtype:
+    """The dtype of a parameter's state: ``chosen``, or at least float32 (half/bfloat16 params keep float32 state)."""
+    return chosen if chosen is not None else torch.promote_types(w.dtype, torch.float32)
+
+
+def upcast(g: torch.Tensor) -> torch.Tensor:
+    """The gradient in at least float32 (no copy for float32 and float64)."""
+    return g.to(torch.promote_types(g.dtype, torch.float32))
+
+
+def check_floating(w: torch.Tensor, optimizer: str) -> None:
+    if not w.is_floating_point():
+        raise TypeError(
+            f"{optimizer} updates real floating-point parameters. Received: a {w.dtype} parameter of shape {tuple(w.shape)}"
+        )
+
+
+def check_param(w: torch.Tensor, optimizer: str) -> None:
+    check_floating(w, optimizer)
+    if w.grad.is_sparse:
+        raise RuntimeError(f"{optimizer} does not support sparse gradients")
+    if w.grad.shape != w.shape:
+        raise ValueError(
+            f"the gradient of a parameter of shape {tuple(w.shape)} has shape {tuple(w.grad.shape)}"
+        )
+
+
+def check_state_dtype(chosen: Any) -> Any:
+    if chosen is not None and not (isinstance(chosen, torch.dtype) and chosen.is_floating_point):
+        raise TypeError(
+            f"`state_dtype` must be None or a floating torch.dtype. Received: state_dtype={chosen!r}"
+        )
+    return chosen
