@@ -134,6 +134,9 @@ class ExprPrinter(StrPrinter):
     def _print_TensorMax(self, expr) -> str:
         return self.function("TensorMax", expr, expr.args)
 
+    def _print_erf(self, expr) -> str:
+        return self.function("erf", expr, expr.args)
+
     def _print_exp(self, expr) -> str:
         return self.function("exp", expr, expr.args)
 

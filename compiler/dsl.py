@@ -37,6 +37,7 @@ import sympy as sp
 from .errors import RuleError
 
 __all__ = [
+    "erf",
     "Eq",
     "Given",
     "Ne",
@@ -115,6 +116,7 @@ sqrt = sp.sqrt
 exp = sp.exp
 log = sp.log
 sign = sp.sign
+erf = sp.erf
 maximum = sp.Max
 minimum = sp.Min
 Eq = sp.Eq
@@ -435,7 +437,7 @@ class Rule:
     ) -> sp.Symbol:
         """Declare a real hyperparameter with its default, its valid range ('[0, 1)') and a one-line meaning."""
         self._declare_name(name, "hyperparameter")
-        interval = Interval.parse(range)
+        interval = self._interval(name, range)
         self._check_default(name, default, interval)
         self.hypers[name] = Hyper(
             name, float(default), "float", interval, meaning, latex or _latex_name(name)
@@ -459,7 +461,7 @@ class Rule:
         self._declare_name(name, "option")
         kind = "int" if integer else "float"
         self.hypers[name] = Hyper(
-            name, None, kind, Interval.parse(range), meaning, latex or _latex_name(name), zero_is_off
+            name, None, kind, self._interval(name, range), meaning, latex or _latex_name(name), zero_is_off
         )
         return sp.Symbol(name)
 
@@ -472,7 +474,10 @@ class Rule:
         self._declare_name(name, "flag")
         if not isinstance(default, bool):
             raise RuleError(
-                self.name, f"flag '{name}' needs a bool default, received {default!r}", origin=_origin()
+                self.name,
+                f"flag '{name}' needs a bool default, received {default!r}",
+                origin=_origin(),
+                hint="write True or False; a number belongs in rule.hyper",
             )
         self.hypers[name] = Hyper(name, default, "bool", None, meaning, latex or rf"\mathrm{{{name}}}")
         return sp.Symbol(name)
@@ -498,11 +503,23 @@ class Rule:
                 self.name,
                 f"state '{name}': scope must be 'element', 'tensor' or 'global', received {scope!r}",
                 origin=_origin(),
+                hint="leave scope out to have it inferred from the equations",
             )
         self.states[name] = State(
             name, sp.sympify(init), meaning, latex or _latex_name(name), scope, sp.sympify(exists_if)
         )
         return sp.Symbol(name)
+
+    def _interval(self, name: str, text: str) -> Interval:
+        try:
+            return Interval.parse(text)
+        except (ValueError, TypeError) as exc:
+            raise RuleError(
+                self.name,
+                f"the range of '{name}' is not readable: {exc}",
+                origin=_origin(),
+                hint="write it like '[0, 1)', '(0, inf)' or '[2, inf)'",
+            ) from None
 
     def _check_default(self, name: str, default: Any, interval: Interval) -> None:
         if isinstance(default, bool) or not isinstance(default, (int, float)):
@@ -510,6 +527,7 @@ class Rule:
                 self.name,
                 f"hyperparameter '{name}' needs a number as default, received {default!r}",
                 origin=_origin(),
+                hint="give a default inside its range; for an option that may be off, use rule.option",
             )
         if default not in interval:
             raise RuleError(
@@ -553,7 +571,12 @@ class Rule:
         The definition becomes the rule's first equation; it may read ``n`` and hyperparameters.
         """
         if any(e.target == "t" for e in self.equations):
-            raise RuleError(self.name, "the step t is defined twice", origin=_origin())
+            raise RuleError(
+                self.name,
+                "the step t is defined twice",
+                origin=_origin(),
+                hint="define it once, with rule.define_step",
+            )
         self.equations.insert(0, Equation("t", sp.sympify(expr), label, sp.true, _origin(), "let"))
 
     def _equation(self, target: Any, expr: Any, label: str, when: Any) -> Equation:

@@ -11,7 +11,7 @@ import sympy as sp
 from drivers import assert_close, problem
 from rulekit import load
 
-from optforge.compiler.dsl import Eq, Rule, clip, g, maximum, sqrt, t, w, where
+from optforge.compiler.dsl import Eq, Rule, clip, g, global_norm, maximum, sqrt, t, tensor_sum, w, where
 from optforge.compiler.errors import BackendError, RuleError
 from optforge.compiler.pipeline import compile_rule
 from optforge.rules import get, registry
@@ -136,6 +136,157 @@ BROKEN = [
         ["equation 1", "symbol 'd' is not defined yet (it is defined by a later equation)"],
     ),
 ]
+
+
+def division_by_a_hyperparameter_that_may_be_zero():
+    r, lr = base_rule()
+    eps = r.hyper("eps", 1e-8, "[0, inf)", "a constant")
+    r.assign(w, w - lr * g / eps)
+    return r
+
+
+def cycle_between_definitions():
+    r, lr = base_rule()
+    r.let("a", sp.Symbol("b") + g)
+    r.let("b", sp.Symbol("a") * 2)
+    r.assign(w, w - lr * sp.Symbol("b"))
+    return r
+
+
+def missing_default():
+    r, _ = base_rule()
+    r.hyper("beta", None, "[0, 1)", "decay")
+    return r
+
+
+def unreadable_range():
+    r, _ = base_rule()
+    r.hyper("beta", 0.5, "[0; 1)", "decay")
+    return r
+
+
+def state_outside_its_condition():
+    r, lr = base_rule()
+    on = r.flag("on", False, "keep an average")
+    avg = r.state("avg", 0, "average", exists_if=on)
+    r.assign(avg, 0.5 * avg + 0.5 * w)  # not guarded by `on`
+    r.assign(w, w - lr * g - lr * where(on, avg, 0))
+    return r
+
+
+def declared_twice():
+    r, _ = base_rule()
+    r.hyper("beta", 0.5, "[0, 1]", "decay")
+    r.state("beta", 0, "again")
+    return r
+
+
+def reduction_of_a_reduction():
+    r, lr = base_rule()
+    r.assign(w, w - lr * g * tensor_sum(g * tensor_sum(g)))
+    return r
+
+
+def two_passes_over_all_tensors():
+    r, lr = base_rule()
+    first = r.let("first", global_norm(g))
+    r.assign(w, w - lr * g / global_norm(g / first))
+    return r
+
+
+def condition_on_the_learning_rate():
+    r, lr = base_rule()
+    r.assign(w, w - lr * g, when=sp.Gt(lr, 0.5))
+    return r
+
+
+def assign_to_the_step():
+    r, lr = base_rule()
+    r.assign(t, t + 1)
+    r.assign(w, w - lr * g)
+    return r
+
+
+def flag_with_a_number_default():
+    r, _ = base_rule()
+    r.flag("nesterov", 0, "Nesterov momentum")
+    return r
+
+
+def initial_value_reads_the_gradient():
+    r, lr = base_rule()
+    m = r.state("m", g, "momentum")
+    r.assign(m, m + g)
+    r.assign(w, w - lr * m)
+    return r
+
+
+def step_defined_late():
+    r, lr = base_rule()
+    r.assign(w, w - lr * g)
+    r.equations.append(type(r.equations[0])("t", sp.Symbol("n") + 2, "step", sp.true, "x.py:1", "let"))
+    return r
+
+
+def reserved_name_for_a_gradient():
+    r, _ = base_rule()
+    r.state("g", 0, "shadows the gradient")
+    return r
+
+
+def bad_scope():
+    r, _ = base_rule()
+    r.state("v", 0, "second moment", scope="layer")
+    return r
+
+
+BROKEN += [
+    (
+        division_by_a_hyperparameter_that_may_be_zero,
+        ["equation 1", "divides by 'eps', whose range [0, inf) includes 0"],
+    ),
+    (cycle_between_definitions, ["equation 1", "symbol 'b' is not defined yet"]),
+    (missing_default, ["hyperparameter 'beta' needs a number as default, received None"]),
+    (unreadable_range, ["the range of 'beta' is not readable"]),
+    (state_outside_its_condition, ["equation 1", "state 'avg' exists only if on"]),
+    (declared_twice, ["'beta' is declared twice"]),
+    (reduction_of_a_reduction, ["equation 1", "a reduction of a reduction"]),
+    (two_passes_over_all_tensors, ["need another such reduction first", "two passes"]),
+    (condition_on_the_learning_rate, ["equation 1", "a condition may read only flags and hyperparameters"]),
+    (assign_to_the_step, ["equation 1", "the step t may only be redefined by the first equation"]),
+    (flag_with_a_number_default, ["flag 'nesterov' needs a bool default, received 0"]),
+    (initial_value_reads_the_gradient, ["the initial value of state 'm' is `g`"]),
+    (step_defined_late, ["equation 2", "the step t may only be redefined by the first equation"]),
+    (reserved_name_for_a_gradient, ["state name 'g' is reserved"]),
+    (bad_scope, ["scope must be 'element', 'tensor' or 'global', received 'layer'"]),
+]
+
+
+def test_the_catalogue_has_at_least_twenty_kinds_of_mistakes():
+    assert len(BROKEN) >= 20
+
+
+def test_every_rule_error_says_what_to_do():
+    for make, _ in BROKEN:
+        with pytest.raises(RuleError) as info:
+            compile_rule(make())
+        assert "how to fix:" in str(info.value), f"{make.__name__}: no advice in\n{info.value}"
+
+
+def test_a_function_one_backend_lacks_is_an_error_for_that_backend_only():
+    from optforge.backends import backends
+    from optforge.compiler.dsl import erf
+
+    r, lr = base_rule()
+    r.assign(w, w - lr * erf(g))
+    program = compile_rule(r)
+    with pytest.raises(BackendError) as info:
+        backends()["numpy"].render(program)
+    assert "the numpy backend cannot print `erf: erf(g)`" in str(info.value) and "equation 1" in str(
+        info.value
+    )
+    for name in ("jax", "torch"):
+        assert "erf(" in backends()[name].render(program)
 
 
 @pytest.mark.parametrize("make, fragments", BROKEN, ids=[b[0].__name__ for b in BROKEN])

@@ -15,6 +15,7 @@ class JaxPrinter(ExprPrinter):
         "Abs": ("jnp.abs", "abs"),
         "sign": ("jnp.sign", ""),
         "exp": ("jnp.exp", "math.exp"),
+        "erf": ("jax.scipy.special.erf", "math.erf"),
         "log": ("jnp.log", "math.log"),
         "Max": ("jnp.maximum", "max"),
         "Min": ("jnp.minimum", "min"),

@@ -17,6 +17,7 @@ class NumPyPrinter(ExprPrinter):
         "Abs": ("np.abs", "abs"),
         "sign": ("np.sign", ""),
         "exp": ("np.exp", "math.exp"),
+        "erf": ("", "math.erf"),  # NumPy has no erf (it is SciPy's): a rule that needs it is an error here
         "log": ("np.log", "math.log"),
         "Max": ("np.maximum", "max"),
         "Min": ("np.minimum", "min"),

@@ -18,6 +18,7 @@ class TorchPrinter(ExprPrinter):
         "Abs": ("torch.abs", "abs"),
         "sign": ("torch.sign", ""),
         "exp": ("torch.exp", "math.exp"),
+        "erf": ("torch.special.erf", "math.erf"),
         "log": ("torch.log", "math.log"),
         "Max": ("torch.maximum", "max"),
         "Min": ("torch.minimum", "min"),

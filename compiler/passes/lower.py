@@ -119,7 +119,10 @@ def _check_equation(rule: Rule, i: int, eq: Equation) -> None:
     known = RESERVED | hypers | flags | given | set(rule.states) | lets
     if eq.target == "t" and (eq.kind != "let" or i != 1):
         raise RuleError(
-            rule.name, "the step t may only be redefined by the first equation (rule.define_step)", **where
+            rule.name,
+            "the step t may only be redefined by the first equation",
+            hint="use rule.define_step(expr), which puts the definition first",
+            **where,
         )
 
     if eq.kind == "assign" and eq.target not in set(rule.states) | {"w", "g"} | lets:
@@ -155,6 +158,21 @@ def _check_equation(rule: Rule, i: int, eq: Equation) -> None:
             hint="use where(cond, a, b)",
             **where,
         )
+    for node in sp.preorder_traversal(eq.expr):
+        if isinstance(node, sp.Pow) and node.exp.is_negative and isinstance(node.base, sp.Symbol):
+            h = rule.hypers.get(node.base.name)
+            if (
+                h is not None
+                and h.interval is not None
+                and 0 in h.interval
+                and not (h.default is None and h.zero_is_off)
+            ):
+                raise RuleError(
+                    rule.name,
+                    f"divides by '{h.name}', whose range {h.interval} includes 0",
+                    hint=f"exclude 0 from the range of '{h.name}' (e.g. '(0, inf)') or divide by a sum that cannot be 0",
+                    **where,
+                )
     for s in _numeric_symbols(eq.expr):
         if s.name in flags:
             raise RuleError(

@@ -55,7 +55,8 @@ def _sections(program: Program, body: tuple[Assign, ...]) -> tuple[Section, ...]
         if a.lhs in needed and not _is_global_reduction(a):
             reduce.append(dataclasses.replace(a, role="replay"))
         if _is_global_reduction(a):
-            nested = sorted(str(s) for s in needed | {a.lhs} if s in after_reduction)
+            reads = set(a.expr.free_symbols).union(*(definitions[s].expr.free_symbols for s in needed))
+            nested = sorted(str(s) for s in reads | needed if s in after_reduction)
             if nested:
                 raise RuleError(
                     program.rule,
