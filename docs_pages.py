@@ -96,6 +96,7 @@ def page(rule: Rule, program: Program, base: tuple[Rule, Program] | None) -> str
     ]
     red = reductions(program)
     lines += [f"- `{r}`" for r in red] or ["None: the update is element-wise."]
+    lines += ["", "## Precision and non-finite values", ""] + precision(program)
     lines += ["", "## Use", ""] + usage(program)
     if base:
         lines += ["", f"## Difference from {program.base}", "", *diff_lines(base[0], rule, markdown=True)]
@@ -121,6 +122,27 @@ def _without_options(program: Program) -> Program:
     """The program's states that exist with every option off."""
     states = tuple(s for s in program.states if s.allocated_when is sp.true or not s.persists)
     return program.replace(states=states)
+
+
+def precision(program: Program) -> list[str]:
+    """The same policy in every backend, said on every page."""
+    globals_ = [s.name for s in program.states if s.scope == Scope.GLOBAL and s.persists]
+    return [
+        "- float16, bfloat16, float32 and float64 parameters all work; integer or complex ones are a `TypeError`.",
+        "- State of float16/bfloat16 parameters is kept in float32 (`state_dtype=` chooses another dtype); for"
+        " float32/float64 parameters it has the parameter's dtype.",
+        "- The gradient is read in at least float32, so element-wise maths and reductions (norms) accumulate in at"
+        " least float32; the parameter is written back in its own dtype.",
+        (
+            f"- The state kept once per optimizer ({', '.join(f'`{n}`' for n in globals_)}) is a Python float (float64)"
+            " in NumPy and torch and JAX's default float in JAX, never a low-precision parameter's dtype."
+            if globals_
+            else "- Nothing is kept once per optimizer."
+        ),
+        "- A non-finite gradient entry makes its own tensor's update and state non-finite, as the equations say;"
+        " it reaches other tensors only through a reduction over all tensors (`global_clipnorm`), which then makes"
+        " every update non-finite, as in Keras.",
+    ]
 
 
 def usage(program: Program) -> list[str]:
