@@ -7,7 +7,6 @@ import math
 import ml_dtypes
 import numpy as np
 import pytest
-
 from cases import RULES
 from drivers import BACKENDS, problem, run
 

@@ -1,0 +1,239 @@
+"""The hyperparameter cases that the NumPy, JAX and PyTorch API tests share.
+
+Everything here is generated from the rule registry (each hyperparameter's kind, range and default), so
+a new rule or hyperparameter is covered without editing a test: the registry as pytest parameters, valid
+and invalid values, the pytest parameter lists of the hyperparameter checks and the messages they expect.
+The backends differ only in how a test builds an optimizer, which stays in each test file.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+
+import pytest
+
+from optforge.rules import registry
+
+RULES = list(registry().values())
+RULE_IDS = [r.name for r in RULES]
+RULE_CONFIGS = [(r, name) for r in RULES for name in r.configs]
+RULE_CONFIG_IDS = [f"{r.name}-{name}" for r, name in RULE_CONFIGS]
+
+
+# --------------------------------------------------------------------------------------
+# rules
+
+
+@functools.cache
+def state_scopes(rule) -> dict[str, str]:
+    """State name -> "global" (one value), "tensor" (one 0-d value per parameter) or "element" (shaped
+    like the parameter)."""
+    from optforge.compiler.pipeline import compile_rule
+
+    return {st.name: st.scope.name.lower() for st in compile_rule(rule).states}
+
+
+def required(rule, lr_name: str = "learning_rate") -> dict:
+    """The arguments a rule cannot do without: the learning rate when it has no default (as in optax).
+
+    ``lr_name`` is what the backend calls the learning rate (``"lr"`` in torch).
+    """
+    return {lr_name: 0.01} if rule.hypers["learning_rate"].default is None else {}
+
+
+# --------------------------------------------------------------------------------------
+# valid values
+
+CLIPPING = ("clipnorm", "clipvalue", "global_clipnorm")  # Keras: at most one of them
+CLIPPING_VALUES = {"clipnorm": 1.0, "clipvalue": 0.5, "global_clipnorm": 2.0}
+
+
+def is_option(h) -> bool:
+    """One of Keras's shared options: ``None`` (its default) means off."""
+    return h.default is None and h.kind in ("float", "int")
+
+
+def inside(h) -> float | int:
+    """A valid value of ``h`` inside its range, other than its default and other than an "off" value.
+
+    An int option gets the smallest valid int from 2 up (1 would make ``ema_overwrite_frequency`` trivial).
+    """
+    iv = h.interval
+    if h.kind == "int":
+        k = max(2, math.ceil(iv.low))
+        if k == iv.low and not iv.low_closed:
+            k += 1
+        assert k in iv
+        return k
+    lo = iv.low if math.isfinite(iv.low) else -1.0
+    hi = iv.high if math.isfinite(iv.high) else lo + 2.0
+    value = lo + 0.37 * (hi - lo)
+    assert value in iv and value != h.default and value != 0
+    return value
+
+
+def other_hypers(rule) -> dict:
+    """A valid value different from the default for every hyperparameter but the learning rate.
+
+    Taken from the rule's own configs where one sets it, otherwise chosen inside the range. Every option
+    is given (an int for an int option), but only one of the clipping options, which one turning with the
+    rule, so that the registry covers all three.
+    """
+    out = {}
+    for name, h in rule.hypers.items():
+        if h.kind == "learning_rate":
+            continue
+        found = [cfg[name] for cfg in rule.configs.values() if cfg.get(name) not in (h.default, None)]
+        if found:
+            out[name] = found[0]
+        elif h.kind == "bool":
+            out[name] = not h.default
+        else:
+            out[name] = inside(h)
+    assert all(name in rule.hypers for name in CLIPPING), rule.name
+    keep = CLIPPING[RULE_IDS.index(rule.name) % len(CLIPPING)]
+    for name in CLIPPING:
+        if name != keep:
+            out.pop(name)
+    return out
+
+
+def closed_ends(h) -> list:
+    """The finite ends that ``h``'s range includes (ints for an int option)."""
+    iv = h.interval
+    ends = [
+        x for x, closed in ((iv.low, iv.low_closed), (iv.high, iv.high_closed)) if closed and math.isfinite(x)
+    ]
+    return [int(x) for x in ends] if h.kind == "int" else [float(x) for x in ends]
+
+
+def stored(h, value):
+    """What the optimizer keeps for a valid ``value`` of ``h``: 0 of an option where it means off is None."""
+    return None if (h.zero_is_off and value is not None and value == 0) else value
+
+
+# --------------------------------------------------------------------------------------
+# invalid values
+
+
+def out_of_range(h) -> list:
+    """Values outside ``h``'s range, generated from its declaration (ints for an int option)."""
+    iv = h.interval
+    if h.kind == "int":  # a float given to an int option is a type error: see WRONG_TYPE
+        values = []
+        if math.isfinite(iv.high):
+            values.append(math.floor(iv.high) + 1 if iv.high_closed else math.ceil(iv.high))
+        if math.isfinite(iv.low):
+            values.append(math.ceil(iv.low) - 1 if iv.low_closed else math.floor(iv.low))
+        if 0 not in iv and not h.zero_is_off and 0 not in values:
+            values.append(0)
+        return values
+    values = [math.nan]
+    if math.isfinite(iv.high):
+        values.append(iv.high + 1.0)
+    if math.isfinite(iv.low):
+        values.append(iv.low - 1.0)
+    if not iv.high_closed:
+        values.append(float(iv.high))  # the open end itself (inf included)
+    if not iv.low_closed:
+        values.append(float(iv.low))
+    return values
+
+
+class Callable:
+    """A callable (with a stable repr for the test ids): only the learning rate may be one."""
+
+    def __call__(self, *args):
+        return 0.5
+
+    def __repr__(self) -> str:
+        return "a_callable"
+
+
+def wrong_types(h) -> list:
+    """Values of a wrong type for a non-bool hyperparameter: None is valid for an option (off), and a
+    float (even a whole one, nan or inf) is not an int."""
+    values = ["0.5", True]
+    if not is_option(h):
+        values.append(None)
+    if h.kind != "learning_rate":
+        values.append(Callable())
+    if h.kind == "int":
+        values += [2.5, 2.0, math.nan, math.inf]
+    return values
+
+
+# --------------------------------------------------------------------------------------
+# the messages the checks give
+
+
+def _fmt(x: float) -> str:
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def expected_range_message(name: str, interval, value) -> str:
+    """``name``: the hyperparameter as the backend calls it (``lr`` for the learning rate in torch)."""
+    lo = "[" if interval.low_closed else "("
+    hi = "]" if interval.high_closed else ")"
+    return (
+        f"`{name}` must be in {lo}{_fmt(interval.low)}, {_fmt(interval.high)}{hi}. Received: {name}={value!r}"
+    )
+
+
+def clipping_message(given: dict) -> str:
+    names = ", ".join(f"`{k}`" for k in CLIPPING)
+    received = ", ".join(f"{k}={given.get(k)}" for k in CLIPPING)
+    return f"Only one of {names} can be set. Received: {received}"
+
+
+# --------------------------------------------------------------------------------------
+# pytest parameters: (rule, name, value) or (rule, name) over the whole registry
+
+BAD_RANGE = [
+    pytest.param(r, name, v, id=f"{r.name}-{name}={v!r}")
+    for r in RULES
+    for name, h in r.hypers.items()
+    if h.kind != "bool"
+    for v in out_of_range(h)
+]
+GOOD_ENDS = [
+    pytest.param(r, name, v, id=f"{r.name}-{name}={v!r}")
+    for r in RULES
+    for name, h in r.hypers.items()
+    if h.kind != "bool"
+    for v in closed_ends(h)
+]
+WRONG_TYPE = [
+    pytest.param(r, name, v, id=f"{r.name}-{name}={v!r}")
+    for r in RULES
+    for name, h in r.hypers.items()
+    if h.kind != "bool"
+    for v in wrong_types(h)
+]
+BOOL = [
+    pytest.param(r, name, id=f"{r.name}-{name}")
+    for r in RULES
+    for name, h in r.hypers.items()
+    if h.kind == "bool"
+]
+OPTIONS = [
+    pytest.param(r, name, id=f"{r.name}-{name}")
+    for r in RULES
+    for name, h in r.hypers.items()
+    if is_option(h)
+]
+ZERO_IS_OFF = [
+    pytest.param(r, name, id=f"{r.name}-{name}")
+    for r in RULES
+    for name, h in r.hypers.items()
+    if is_option(h) and h.zero_is_off
+]
+CLIPPING_PAIRS = [
+    pytest.param(r, combo, id=f"{r.name}-{'+'.join(combo)}")
+    for r in RULES
+    for combo in [*itertools.combinations(CLIPPING, 2), CLIPPING]
+]
