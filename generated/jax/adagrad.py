@@ -145,6 +145,10 @@ def adagrad(
     def update_fn(grads: Any, state: AdagradState, params: Any = None) -> tuple[Any, AdagradState]:
         if params is None:
             raise ValueError("adagrad: update() needs params (the rule reads the parameter w)")
+        if not isinstance(state, AdagradState):
+            raise TypeError(
+                f"expected an instance of AdagradState (from adagrad(...).init). Received: {type(state).__name__}"
+            )
         n = state.count  # earlier calls
         t = n + 1
         lr = common.learning_rate_at(learning_rate, n)

@@ -148,6 +148,10 @@ def adamax(
     def update_fn(grads: Any, state: AdamaxState, params: Any = None) -> tuple[Any, AdamaxState]:
         if params is None:
             raise ValueError("adamax: update() needs params (the rule reads the parameter w)")
+        if not isinstance(state, AdamaxState):
+            raise TypeError(
+                f"expected an instance of AdamaxState (from adamax(...).init). Received: {type(state).__name__}"
+            )
         n = state.count  # earlier calls
         t = n + 1
         lr = common.learning_rate_at(learning_rate, n)

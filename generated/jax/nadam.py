@@ -155,6 +155,10 @@ def nadam(
     def update_fn(grads: Any, state: NadamState, params: Any = None) -> tuple[Any, NadamState]:
         if params is None:
             raise ValueError("nadam: update() needs params (the rule reads the parameter w)")
+        if not isinstance(state, NadamState):
+            raise TypeError(
+                f"expected an instance of NadamState (from nadam(...).init). Received: {type(state).__name__}"
+            )
         n = state.count  # earlier calls
         t = n + 1
         lr = common.learning_rate_at(learning_rate, n)

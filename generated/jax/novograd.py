@@ -154,6 +154,10 @@ def novograd(
     def update_fn(grads: Any, state: NovoGradState, params: Any = None) -> tuple[Any, NovoGradState]:
         if params is None:
             raise ValueError("novograd: update() needs params (the rule reads the parameter w)")
+        if not isinstance(state, NovoGradState):
+            raise TypeError(
+                f"expected an instance of NovoGradState (from novograd(...).init). Received: {type(state).__name__}"
+            )
         n = state.count  # earlier calls
         t = n + 1
         lr = common.learning_rate_at(learning_rate, n)

@@ -152,6 +152,10 @@ def novograd_tf1(
     def update_fn(grads: Any, state: NovoGradTF1State, params: Any = None) -> tuple[Any, NovoGradTF1State]:
         if params is None:
             raise ValueError("novograd_tf1: update() needs params (the rule reads the parameter w)")
+        if not isinstance(state, NovoGradTF1State):
+            raise TypeError(
+                f"expected an instance of NovoGradTF1State (from novograd_tf1(...).init). Received: {type(state).__name__}"
+            )
         n = state.count  # earlier calls
         t = n + 1
         lr = common.learning_rate_at(learning_rate, n)

@@ -151,6 +151,10 @@ def optax_novograd(
     ) -> tuple[Any, OptaxNovoGradState]:
         if params is None:
             raise ValueError("optax_novograd: update() needs params (the rule reads the parameter w)")
+        if not isinstance(state, OptaxNovoGradState):
+            raise TypeError(
+                f"expected an instance of OptaxNovoGradState (from optax_novograd(...).init). Received: {type(state).__name__}"
+            )
         n = state.count  # earlier calls
         t = n + 1
         lr = common.learning_rate_at(learning_rate, n)

@@ -144,6 +144,10 @@ def sgd(
     def update_fn(grads: Any, state: SGDState, params: Any = None) -> tuple[Any, SGDState]:
         if params is None:
             raise ValueError("sgd: update() needs params (the rule reads the parameter w)")
+        if not isinstance(state, SGDState):
+            raise TypeError(
+                f"expected an instance of SGDState (from sgd(...).init). Received: {type(state).__name__}"
+            )
         n = state.count  # earlier calls
         t = n + 1
         lr = common.learning_rate_at(learning_rate, n)

@@ -154,6 +154,10 @@ class Adagrad:
 
     def step(self, params: Any, grads: Any, state: AdagradState) -> tuple[Any, AdagradState]:
         """One update; ``params`` and the state's arrays are updated in place and returned."""
+        if not isinstance(state, AdagradState):
+            raise TypeError(
+                f"expected an instance of AdagradState (from Adagrad.init). Received: {type(state).__name__}"
+            )
         keys = numpy_support.check_step(
             params,
             grads,

@@ -154,6 +154,10 @@ class Adamax:
 
     def step(self, params: Any, grads: Any, state: AdamaxState) -> tuple[Any, AdamaxState]:
         """One update; ``params`` and the state's arrays are updated in place and returned."""
+        if not isinstance(state, AdamaxState):
+            raise TypeError(
+                f"expected an instance of AdamaxState (from Adamax.init). Received: {type(state).__name__}"
+            )
         keys = numpy_support.check_step(
             params,
             grads,

@@ -161,6 +161,10 @@ class Nadam:
 
     def step(self, params: Any, grads: Any, state: NadamState) -> tuple[Any, NadamState]:
         """One update; ``params`` and the state's arrays are updated in place and returned."""
+        if not isinstance(state, NadamState):
+            raise TypeError(
+                f"expected an instance of NadamState (from Nadam.init). Received: {type(state).__name__}"
+            )
         keys = numpy_support.check_step(
             params,
             grads,

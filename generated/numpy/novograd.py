@@ -162,6 +162,10 @@ class NovoGrad:
 
     def step(self, params: Any, grads: Any, state: NovoGradState) -> tuple[Any, NovoGradState]:
         """One update; ``params`` and the state's arrays are updated in place and returned."""
+        if not isinstance(state, NovoGradState):
+            raise TypeError(
+                f"expected an instance of NovoGradState (from NovoGrad.init). Received: {type(state).__name__}"
+            )
         keys = numpy_support.check_step(
             params,
             grads,

@@ -160,6 +160,10 @@ class NovoGradTF1:
 
     def step(self, params: Any, grads: Any, state: NovoGradTF1State) -> tuple[Any, NovoGradTF1State]:
         """One update; ``params`` and the state's arrays are updated in place and returned."""
+        if not isinstance(state, NovoGradTF1State):
+            raise TypeError(
+                f"expected an instance of NovoGradTF1State (from NovoGradTF1.init). Received: {type(state).__name__}"
+            )
         keys = numpy_support.check_step(
             params,
             grads,

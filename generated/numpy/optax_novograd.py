@@ -157,6 +157,10 @@ class OptaxNovoGrad:
 
     def step(self, params: Any, grads: Any, state: OptaxNovoGradState) -> tuple[Any, OptaxNovoGradState]:
         """One update; ``params`` and the state's arrays are updated in place and returned."""
+        if not isinstance(state, OptaxNovoGradState):
+            raise TypeError(
+                f"expected an instance of OptaxNovoGradState (from OptaxNovoGrad.init). Received: {type(state).__name__}"
+            )
         keys = numpy_support.check_step(
             params,
             grads,

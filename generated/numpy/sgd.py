@@ -153,6 +153,10 @@ class SGD:
 
     def step(self, params: Any, grads: Any, state: SGDState) -> tuple[Any, SGDState]:
         """One update; ``params`` and the state's arrays are updated in place and returned."""
+        if not isinstance(state, SGDState):
+            raise TypeError(
+                f"expected an instance of SGDState (from SGD.init). Received: {type(state).__name__}"
+            )
         keys = numpy_support.check_step(
             params,
             grads,

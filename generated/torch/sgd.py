@@ -135,6 +135,18 @@ class SGD(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's, keeping each state tensor in the precision policy's dtype (torch would cast it to the
         parameter's: bfloat16 state for a bfloat16 parameter)."""
+        keeps = {
+            "velocity",
+            "grad_accumulator",
+            "ema",
+        }
+        for entry in state_dict.get("state", {}).values():
+            unknown = set(entry) - keeps
+            if unknown:
+                raise ValueError(
+                    f"this state_dict holds {sorted(unknown)}, which SGD does not keep (it keeps"
+                    f" {sorted(keeps) or 'nothing per parameter'}): is it the state of another optimizer?"
+                )
         super().load_state_dict(state_dict)
         for w, state in self.state.items():
             dtype = torch_support.state_dtype(w, self.state_dtype)
