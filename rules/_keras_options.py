@@ -36,7 +36,6 @@ from optforge.compiler.dsl import (
     idiv,
     imod,
     maximum,
-    minimum,
     n,
     t,
     tensor_norm,
@@ -131,7 +130,7 @@ def keras_options(rule: Rule) -> Rule:
     )
     r.assign(
         g,
-        g * global_clipnorm * minimum(1 / global_norm(g), 1 / global_clipnorm),
+        g * global_clipnorm / maximum(global_norm(g), global_clipnorm),  # Keras's g*c*min(1/G, 1/c), without 1/0
         "clipping",
         only_if=Given(global_clipnorm) & update,
     )

@@ -16,7 +16,7 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     g <- grad_accumulator/gradient_accumulation_steps    if gradient_accumulation_steps given and is_update
     grad_accumulator <- 0    if gradient_accumulation_steps given and is_update
     g <- clipnorm*g/max(clipnorm, sqrt(||g||^2))    if clipnorm given and is_update
-    g <- g*global_clipnorm*min(1/global_clipnorm, 1/sqrt(sum_tensors ||g||^2))    if global_clipnorm given and is_update
+    g <- g*global_clipnorm/max(global_clipnorm, sqrt(sum_tensors ||g||^2))    if global_clipnorm given and is_update
     g <- clip(g, -clipvalue, clipvalue)    if clipvalue given and is_update
     w <- w - learning_rate*w*weight_decay    if weight_decay given and is_update
     ema_mu = where(t == 1, 0, ema_momentum)
@@ -212,9 +212,7 @@ def adagrad(
                 g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
             if global_clipnorm is not None:
                 g = jnp.where(
-                    is_update,
-                    g * global_clipnorm * jnp.minimum(1 / global_clipnorm, 1 / jnp.sqrt(global_sumsq_g)),
-                    g,
+                    is_update, g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)), g
                 )
             if clipvalue is not None:
                 g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)

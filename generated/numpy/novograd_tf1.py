@@ -20,7 +20,7 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     g <- grad_accumulator/gradient_accumulation_steps    if gradient_accumulation_steps given and is_update
     grad_accumulator <- 0    if gradient_accumulation_steps given and is_update
     g <- clipnorm*g/max(clipnorm, sqrt(||g||^2))    if clipnorm given and is_update
-    g <- g*global_clipnorm*min(1/global_clipnorm, 1/sqrt(sum_tensors ||g||^2))    if global_clipnorm given and is_update
+    g <- g*global_clipnorm/max(global_clipnorm, sqrt(sum_tensors ||g||^2))    if global_clipnorm given and is_update
     g <- clip(g, -clipvalue, clipvalue)    if clipvalue given and is_update
     ema_mu = where(t == 1, 0, ema_momentum)
     ema <- ema*ema_mu + w*(1 - ema_mu)    if use_ema
@@ -239,7 +239,7 @@ class NovoGradTF1:
             if clipnorm is not None and is_update:
                 g = clipnorm * g / np.maximum(clipnorm, np.sqrt(sumsq_g))
             if global_clipnorm is not None and is_update:
-                g = g * global_clipnorm * np.minimum(1 / global_clipnorm, 1 / np.sqrt(global_sumsq_g))
+                g = g * global_clipnorm / np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
             if clipvalue is not None and is_update:
                 g = np.clip(g, -clipvalue, clipvalue)
             sumsq_g_1 = np.sum(g**2) if is_update else 0

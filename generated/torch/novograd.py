@@ -20,7 +20,7 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ... (coun
     g <- grad_accumulator/gradient_accumulation_steps    if gradient_accumulation_steps given and is_update
     grad_accumulator <- 0    if gradient_accumulation_steps given and is_update
     g <- clipnorm*g/max(clipnorm, sqrt(||g||^2))    if clipnorm given and is_update
-    g <- g*global_clipnorm*min(1/global_clipnorm, 1/sqrt(sum_tensors ||g||^2))    if global_clipnorm given and is_update
+    g <- g*global_clipnorm/max(global_clipnorm, sqrt(sum_tensors ||g||^2))    if global_clipnorm given and is_update
     g <- clip(g, -clipvalue, clipvalue)    if clipvalue given and is_update
     ema_mu = where(t == 1, 0, ema_momentum)
     ema <- ema*ema_mu + w*(1 - ema_mu)    if use_ema
@@ -265,11 +265,7 @@ class NovoGrad(Optimizer):
                 if clipnorm is not None and is_update:
                     g = clipnorm * g / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm)
                 if global_clipnorm is not None and is_update:
-                    g = (
-                        g
-                        * global_clipnorm
-                        * torch.clamp(1 / torch.sqrt(global_sumsq_g), max=1 / global_clipnorm)
-                    )
+                    g = g * global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm)
                 if clipvalue is not None and is_update:
                     g = torch.clamp(g, -clipvalue, clipvalue)
                 sumsq_g_1 = torch.sum(g**2) if is_update else 0
