@@ -128,9 +128,10 @@ def keras_options(rule: Rule) -> Rule:
     r.assign(
         g, g * clipnorm / maximum(tensor_norm(g), clipnorm), "clipping", only_if=Given(clipnorm) & update
     )
+    # Keras's g*c*min(1/G, 1/c), written so that an all-zero gradient does not compute 1/0
     r.assign(
         g,
-        g * global_clipnorm / maximum(global_norm(g), global_clipnorm),  # Keras's g*c*min(1/G, 1/c), without 1/0
+        g * global_clipnorm / maximum(global_norm(g), global_clipnorm),
         "clipping",
         only_if=Given(global_clipnorm) & update,
     )
