@@ -56,6 +56,11 @@ def check_learning_rate(
     if schedule and callable(value):
         return value
     if arrays and _scalar_array(value):
+        try:
+            number = float(value)  # a concrete array: check its range; a traced one cannot be checked
+        except Exception:  # noqa: BLE001 - jax raises its own error types for tracers
+            return value
+        check_float(name, number, 0.0, math.inf, True, False)
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         kinds = "a float or a callable schedule `step -> lr`" if schedule else "a float"
@@ -106,9 +111,13 @@ def learning_rate_at(learning_rate: Any, n: Any) -> Any:
     """The learning rate of the step after ``n`` earlier calls: a value, ``schedule(n)``, or ``callable()``."""
     if not callable(learning_rate):
         return learning_rate
-    if _takes_no_arguments(learning_rate):
-        return learning_rate()
-    return learning_rate(n)
+    value = learning_rate() if _takes_no_arguments(learning_rate) else learning_rate(n)
+    shape = tuple(getattr(value, "shape", ()))
+    if shape not in ((), (1,)) or isinstance(value, (list, tuple)):
+        raise ValueError(
+            f"the learning-rate schedule must return a scalar. Received: a value of shape {shape or len(value)} at step {n}"
+        )
+    return value
 
 
 def _takes_no_arguments(fn: Any) -> bool:

@@ -25,6 +25,36 @@ def like(new: Any, old: Any) -> Any:
     return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
 
 
+def check_update(name: str, grads: Any, params: Any, states: dict[str, tuple[Any, str]]) -> None:
+    """Gradients and state match the parameters: pytree structure and leaf shapes (checked at trace time)."""
+    reference = params if params is not None else grads
+    structure = jax.tree.structure(reference)
+    if jax.tree.structure(grads) != structure:
+        raise ValueError(
+            f"{name}: pytree mismatch: the gradients' pytree {jax.tree.structure(grads)} differs from the params' {structure}"
+        )
+    shapes = [jnp.shape(x) for x in jax.tree.leaves(reference)]
+    for i, (g, shape) in enumerate(zip(jax.tree.leaves(grads), shapes)):
+        if jnp.shape(g) != shape:
+            raise ValueError(
+                f"{name}: shape mismatch: gradient leaf {i} has shape {jnp.shape(g)}, its parameter {shape}"
+            )
+    for field, (tree, scope) in states.items():
+        if tree is None:
+            continue
+        if jax.tree.structure(tree) != structure:
+            raise ValueError(
+                f"{name}: state.{field} has the pytree {jax.tree.structure(tree)}, the params {structure}:"
+                " a state made for other parameters"
+            )
+        for i, (leaf, shape) in enumerate(zip(jax.tree.leaves(tree), shapes)):
+            expected = shape if scope == "element" else ()
+            if jnp.shape(leaf) != expected:
+                raise ValueError(
+                    f"{name}: state.{field} leaf {i} has shape {jnp.shape(leaf)}, expected {expected}"
+                )
+
+
 def check_params(params: Any, name: str) -> None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         dtype = jnp.result_type(leaf)

@@ -149,6 +149,16 @@ def adagrad(
             raise TypeError(
                 f"expected an instance of AdagradState (from adagrad(...).init). Received: {type(state).__name__}"
             )
+        jax_support.check_update(
+            "adagrad",
+            grads,
+            params,
+            {
+                "accumulator": (state.accumulator, "element"),
+                "grad_accumulator": (state.grad_accumulator, "element"),
+                "ema": (state.ema, "element"),
+            },
+        )
         n = state.count  # earlier calls
         t = n + 1
         lr = common.learning_rate_at(learning_rate, n)

@@ -152,6 +152,17 @@ def adamax(
             raise TypeError(
                 f"expected an instance of AdamaxState (from adamax(...).init). Received: {type(state).__name__}"
             )
+        jax_support.check_update(
+            "adamax",
+            grads,
+            params,
+            {
+                "m": (state.m, "element"),
+                "u": (state.u, "element"),
+                "grad_accumulator": (state.grad_accumulator, "element"),
+                "ema": (state.ema, "element"),
+            },
+        )
         n = state.count  # earlier calls
         t = n + 1
         lr = common.learning_rate_at(learning_rate, n)

@@ -159,6 +159,17 @@ def nadam(
             raise TypeError(
                 f"expected an instance of NadamState (from nadam(...).init). Received: {type(state).__name__}"
             )
+        jax_support.check_update(
+            "nadam",
+            grads,
+            params,
+            {
+                "m": (state.m, "element"),
+                "v": (state.v, "element"),
+                "grad_accumulator": (state.grad_accumulator, "element"),
+                "ema": (state.ema, "element"),
+            },
+        )
         n = state.count  # earlier calls
         t = n + 1
         lr = common.learning_rate_at(learning_rate, n)

@@ -158,6 +158,17 @@ def novograd(
             raise TypeError(
                 f"expected an instance of NovoGradState (from novograd(...).init). Received: {type(state).__name__}"
             )
+        jax_support.check_update(
+            "novograd",
+            grads,
+            params,
+            {
+                "v": (state.v, "tensor"),
+                "m": (state.m, "element"),
+                "grad_accumulator": (state.grad_accumulator, "element"),
+                "ema": (state.ema, "element"),
+            },
+        )
         n = state.count  # earlier calls
         t = n + 1
         lr = common.learning_rate_at(learning_rate, n)

@@ -156,6 +156,16 @@ def novograd_tf1(
             raise TypeError(
                 f"expected an instance of NovoGradTF1State (from novograd_tf1(...).init). Received: {type(state).__name__}"
             )
+        jax_support.check_update(
+            "novograd_tf1",
+            grads,
+            params,
+            {
+                "m": (state.m, "element"),
+                "grad_accumulator": (state.grad_accumulator, "element"),
+                "ema": (state.ema, "element"),
+            },
+        )
         n = state.count  # earlier calls
         t = n + 1
         lr = common.learning_rate_at(learning_rate, n)

@@ -155,6 +155,17 @@ def optax_novograd(
             raise TypeError(
                 f"expected an instance of OptaxNovoGradState (from optax_novograd(...).init). Received: {type(state).__name__}"
             )
+        jax_support.check_update(
+            "optax_novograd",
+            grads,
+            params,
+            {
+                "nu": (state.nu, "tensor"),
+                "mu": (state.mu, "element"),
+                "grad_accumulator": (state.grad_accumulator, "element"),
+                "ema": (state.ema, "element"),
+            },
+        )
         n = state.count  # earlier calls
         t = n + 1
         lr = common.learning_rate_at(learning_rate, n)

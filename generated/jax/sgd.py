@@ -148,6 +148,16 @@ def sgd(
             raise TypeError(
                 f"expected an instance of SGDState (from sgd(...).init). Received: {type(state).__name__}"
             )
+        jax_support.check_update(
+            "sgd",
+            grads,
+            params,
+            {
+                "velocity": (state.velocity, "element"),
+                "grad_accumulator": (state.grad_accumulator, "element"),
+                "ema": (state.ema, "element"),
+            },
+        )
         n = state.count  # earlier calls
         t = n + 1
         lr = common.learning_rate_at(learning_rate, n)

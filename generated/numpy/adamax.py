@@ -184,6 +184,16 @@ class Adamax:
         ema_overwrite_frequency = self.ema_overwrite_frequency
         loss_scale_factor = self.loss_scale_factor
         gradient_accumulation_steps = self.gradient_accumulation_steps
+        if (gradient_accumulation_steps is not None) and state.grad_accumulator is None:
+            raise ValueError(
+                "state.grad_accumulator is None but this optimizer keeps it (gradient_accumulation_steps is not None): the state was made by"
+                " an optimizer with other options"
+            )
+        if (use_ema) and state.ema is None:
+            raise ValueError(
+                "state.ema is None but this optimizer keeps it (use_ema): the state was made by"
+                " an optimizer with other options"
+            )
         # the step counts updates, not calls
         t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
         # an update call

@@ -147,12 +147,28 @@ class Adagrad(Optimizer):
                     f"this state_dict holds {sorted(unknown)}, which Adagrad does not keep (it keeps"
                     f" {sorted(keeps) or 'nothing per parameter'}): is it the state of another optimizer?"
                 )
-        super().load_state_dict(state_dict)
-        for w, state in self.state.items():
+        rule = state_dict.get("optforge_rule")
+        if rule is not None and rule != "Adagrad":
+            raise ValueError(f"this state_dict was written by {rule}, not Adagrad")
+        for group in state_dict.get("param_groups", []):
+            missing = set(self.defaults) - set(group)
+            if missing:
+                raise ValueError(
+                    f"this state_dict's parameter groups lack {sorted(missing)}: is it the state of another optimizer?"
+                )
+        saved = [i for group in state_dict.get("param_groups", []) for i in group["params"]]
+        exact = {i: dict(state_dict["state"][i]) for i in saved if i in state_dict.get("state", {})}
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "optforge_rule"})
+        params = [w for group in self.param_groups for w in group["params"]]
+        for i, w in zip(saved, params):  # torch rounded floating state through the parameter's dtype: undo
             dtype = torch_support.state_dtype(w, self.state_dtype)
-            for key, value in state.items():
+            for key, value in exact.get(i, {}).items():
                 if isinstance(value, torch.Tensor) and value.is_floating_point():
-                    state[key] = value.to(dtype)
+                    self.state[w][key] = value.to(device=w.device, dtype=dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's, plus the name of the rule that wrote it (checked when loading)."""
+        return {**super().state_dict(), "optforge_rule": "Adagrad"}
 
     def _tensors(
         self, params: list[torch.Tensor], group: dict[str, Any]
