@@ -12,7 +12,8 @@ scaling, gradient accumulation).
     here, JAX agrees with them by (a)), and NumPy raises no floating-point error (divide, invalid, overflow)
     on the way. The few restrictions this needs are explained where they are made.
 
-Set OPTFORGE_PROPERTY_EXAMPLES to run more examples per rule (the default keeps the file near a minute).
+By default the examples are derandomized (the same ones on every run, so CI is reproducible). Set
+OPTFORGE_PROPERTY_EXAMPLES to run that many random examples per rule instead.
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ RULE_IDS = [r.name for r in RULES]
 SCALE = int(os.environ.get("OPTFORGE_PROPERTY_EXAMPLES", "0"))
 AGREE_EXAMPLES = SCALE or 20  # per rule; three backends each
 FINITE_EXAMPLES = SCALE or 150  # per rule; NumPy and torch each (JAX's finiteness is checked by (a))
-SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = dict(
+    derandomize=not SCALE,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 TOL = 1e-10
 CLIPPING = ("clipnorm", "clipvalue", "global_clipnorm")  # Keras: at most one
@@ -50,8 +55,16 @@ LOG10_LOW, LOG10_HIGH = -12.0, 3.0
 # strategies
 
 
-def _in_interval(interval):
-    """A float in ``interval``: its closed ends, values near its ends, and values inside."""
+def _in_interval(interval, small_rates: bool = True):
+    """A float in ``interval``: its closed ends, values near its ends, and values inside.
+
+    ``small_rates=False``: a bounded rate (a beta, a momentum) is its lower end or at least 1e-3 above it.
+    Keras's EMA form ``m + (1 - beta)*(x - m)`` equals ``beta*m + (1 - beta)*x`` only to a rounding of ``m``:
+    when x << m (a gradient that falls between steps), ``beta*m`` comes out with a relative error of about
+    2^-53/beta, 1e-7 for beta = 1e-9, in every implementation. XLA compiles it with a fused multiply-add
+    and NumPy does not, so the two differ there by more than 1e-10 without either being less accurate
+    (Nadam, beta_2 = 1e-9, epsilon = 0, gradients 0.1 then 0: the parameters agree to 3e-8 only).
+    """
     lo, hi = float(interval.low), float(interval.high)
     options = []
     if math.isinf(hi):
@@ -63,6 +76,8 @@ def _in_interval(interval):
             st.floats(lo, hi, exclude_min=not interval.low_closed, exclude_max=not interval.high_closed)
         )
         options.append(st.sampled_from([hi - 1e-3, hi - 1e-9, lo + 1e-9]))  # near the ends, inside
+        if not small_rates:
+            options = [o.map(lambda x: x if x == lo or x >= lo + 1e-3 else lo + 1e-3) for o in options]
     for end, closed in ((lo, interval.low_closed), (hi, interval.high_closed)):
         if closed and math.isfinite(end):
             options.append(st.just(end))
@@ -70,7 +85,7 @@ def _in_interval(interval):
 
 
 @st.composite
-def hyperparameters(draw, rule):
+def hyperparameters(draw, rule, small_rates=True):
     """Keyword arguments for ``rule``: its own hyperparameters in range, and sometimes each option."""
     out = {}
     clipping = draw(st.sampled_from((None,) + CLIPPING))
@@ -92,7 +107,7 @@ def hyperparameters(draw, rule):
             if draw(st.booleans()):
                 out[name] = draw(_in_interval(h.interval))
         else:  # the learning rate (required where it has no default) and the rule's own floats
-            out[name] = draw(_in_interval(h.interval))
+            out[name] = draw(_in_interval(h.interval, small_rates))
     return out
 
 
@@ -105,10 +120,10 @@ def shapes(draw):
 
 
 @st.composite
-def problems(draw, rule, hypers=None, zero_gradients=True):
+def problems(draw, rule, hypers=None, zero_gradients=True, small_rates=True):
     """(hypers, params0, grads): float64 arrays, grads[step][tensor]."""
     if hypers is None:
-        hypers = draw(hyperparameters(rule))
+        hypers = draw(hyperparameters(rule, small_rates))
     tensor_shapes = draw(shapes())
     steps = draw(st.integers(1, 5))
     seed = draw(st.integers(0, 2**32 - 1))
@@ -291,7 +306,8 @@ def _zero_gradient_divides_by_zero(rule, hypers) -> bool:
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
 def test_backends_agree_on_random_problems(rule):
     @settings(max_examples=AGREE_EXAMPLES, **SETTINGS)
-    @given(problem=problems(rule), jit=st.sampled_from([False, False, False, True]))
+    # no rates in (0, 1e-3): see _in_interval
+    @given(problem=problems(rule, small_rates=False), jit=st.sampled_from([False, False, False, True]))
     def check(problem, jit):
         hypers, params0, grads = problem
         want, scales = _run_numpy(rule, hypers, params0, grads)
