@@ -9,11 +9,12 @@ from .base import Backend
 
 
 def backends() -> dict[str, Backend]:
+    from .fused.printer import FusedBackend
     from .jax.printer import JaxBackend
     from .numpy.printer import NumPyBackend
     from .torch.printer import TorchBackend
 
-    return {b.name: b for b in (NumPyBackend(), JaxBackend(), TorchBackend())}
+    return {b.name: b for b in (NumPyBackend(), JaxBackend(), TorchBackend(), FusedBackend())}
 
 
 __all__ = ["Backend", "backends"]

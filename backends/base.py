@@ -225,6 +225,9 @@ class Backend:
                         "lines": lines,
                         "states": [n for n in self.section_states(program, s)],
                         "reads_param": any(sp.Symbol("w") in a.expr.free_symbols for a in s.body),
+                        # the fused path (generated/fused): the function that updates one tensor, and what it reads
+                        "fused": fused_name(i) if s.kind == "tensor" else "",
+                        "scalars": section_scalars(program, scopes, s, self.names) if s.kind == "tensor" else [],
                     }
                 )
             cond = case.test
@@ -323,6 +326,24 @@ class Backend:
     def render_exports(self, programs: list[Program]) -> str:
         text = self.env.get_template("__init__.py.j2").render(programs=programs)
         return format_source(text, f"generated/{self.name}/__init__.py")
+
+
+def fused_name(case: int) -> str:
+    """The function of ``generated/fused/<module>.py`` that updates one tensor in case ``case``."""
+    return f"update_case_{case}"
+
+
+def section_scalars(program: Program, scopes: dict[str, Scope], section: Section, names: dict[str, str]) -> list[str]:
+    """The once-per-step values (hyperparameters, step values) a loop over the tensors reads, in a stable order."""
+    found = set()
+    for a in section.body:
+        for s in a.expr.free_symbols:
+            name = getattr(s, "option", None) or base(s)
+            if scopes.get(name, Scope.CONST) <= Scope.GLOBAL:
+                found.add(name)
+    order = [h.name for h in program.hypers]
+    ordered = sorted(found, key=lambda n: (order.index(n) if n in order else len(order), n))
+    return [names.get(n, n) for n in ordered]
 
 
 def _check_call(h) -> str:

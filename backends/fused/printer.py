@@ -1,0 +1,404 @@
+"""The fused path: each case's loop over the tensors as one Numba kernel that reads and writes each element once.
+
+The kernels run on 1-D views of C-contiguous arrays of one dtype (float32 or float64), in place. Every
+per-element statement of the loop becomes scalar code inside a single ``for i in range(n)`` loop; every
+subexpression that reads no per-element value (a hyperparameter, the step, a per-tensor norm, a literal
+number) is *hoisted*: computed in Python once per tensor, in the loop's dtype, and passed to the kernel
+as an argument. So the kernel's arithmetic has the NumPy module's operations in the NumPy module's order
+and precision (a float32 parameter is updated in float32, with hyperparameters rounded to float32 first,
+as NumPy does with a Python float), and Numba never promotes to float64 on a literal. Static conditions
+(an option given, ``momentum == 0``) are hoisted as booleans; LLVM takes their tests out of the loop.
+
+A reduction over one tensor (``TensorSum``, ``TensorMax``: NovoGrad's layer norm, ``clipnorm``) is its
+own kernel that replays the per-element statements it reads; the Python code between kernels (per-tensor
+state, such as NovoGrad's ``v``) is printed by the NumPy backend. Reductions accumulate in float64 and may
+be reassociated (``fastmath={"reassoc"}``) so that they vectorise; the element-wise kernels keep strict
+IEEE arithmetic and NumPy's error model (``x/0`` is inf, never an exception).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import sympy as sp
+from sympy.printing.precedence import PRECEDENCE
+
+from optforge.compiler.errors import BackendError
+from optforge.compiler.ir import Assign, Program, Scope, Section, base
+
+from ..base import Backend, Line, fused_name, section_scalars
+from ..numpy.printer import NumPyBackend
+from ..printer import ExprPrinter
+
+
+@dataclasses.dataclass
+class Hoisted:
+    name: str  # c_0 (a number in the kernel's dtype) or b_0 (a bool)
+    code: str  # Python, printed by the NumPy printer
+
+
+class Hoister:
+    """The values a kernel takes from Python: each distinct (expression, guard) once."""
+
+    def __init__(self, numpy_printer: ExprPrinter, booleans: set[str], per_tensor: set[str]) -> None:
+        self.p = numpy_printer
+        self.booleans = booleans  # names that hold a bool (flags, tests computed once per step)
+        self.per_tensor = per_tensor  # names with a value per tensor (or per element)
+        self.items: list[Hoisted] = []
+        self.keys: dict[tuple, str] = {}
+        self.step: list[Hoisted] = []  # once per step (and dtype): they read no per-tensor value
+        self.pending: list[Hoisted] = []  # per tensor, created since the last flush: Python lines to print
+
+    def hoist(self, expr: sp.Basic, guards: tuple) -> str:
+        is_bool = _is_boolean(expr, self.booleans)
+        guard = sp.And(*guards) if guards and not is_bool else sp.true
+        key = (sp.srepr(expr), sp.srepr(guard))
+        if key in self.keys:
+            return self.keys[key]
+        if expr.is_Number:
+            guard = sp.true
+        if is_bool:
+            name = f"b_{sum(h.name.startswith('b_') for h in self.items)}"
+            code = f"bool({self.p.doprint(expr)})"
+        else:
+            name = f"c_{sum(h.name.startswith('c_') for h in self.items)}"
+            code = f"dt({self.p.doprint(expr)})"
+            if guard is not sp.true:  # e.g. an option's value, only where the option is given
+                code = f"{code} if {self.p.doprint(guard)} else dt(0)"
+        item = Hoisted(name, code)
+        self.items.append(item)
+        reads = {getattr(s, "option", None) or base(s) for s in (expr.free_symbols | guard.free_symbols)}
+        (self.pending if reads & self.per_tensor else self.step).append(item)
+        self.keys[key] = name
+        return name
+
+    def flush(self) -> list[Line]:
+        out = [Line(f"{h.name} = {h.code}") for h in self.pending]
+        self.pending = []
+        return out
+
+
+class KernelPrinter(ExprPrinter):
+    """Scalar code for the body of a Numba loop: per-element names are locals, everything else is hoisted."""
+
+    backend = "fused"
+    functions = {
+        "sqrt": ("math.sqrt", ""),
+        "Abs": ("abs", ""),
+        "exp": ("math.exp", ""),
+        "log": ("math.log", ""),
+        "erf": ("math.erf", ""),
+        "sign": ("np.sign", ""),  # NumPy's scalar functions, in Numba: NaN in, NaN out, as in the NumPy module
+        "Max": ("np.maximum", ""),
+        "Min": ("np.minimum", ""),
+    }
+
+    def __init__(self, rule: str, elements: set[str], hoister: Hoister, names: dict[str, str]) -> None:
+        super().__init__(rule, elements, names)
+        self.hoister = hoister
+        self.guards: tuple = ()  # static conditions under which the expression being printed is evaluated
+        self.used: set[str] = set()  # hoisted names the printed code reads
+
+    def _print(self, expr, **kwargs) -> str:
+        if isinstance(expr, sp.Basic) and not isinstance(expr, sp.Tuple) and not self.is_array(expr):
+            name = self.hoister.hoist(expr, self.guards)
+            self.used.add(name)
+            return name
+        return super()._print(expr, **kwargs)
+
+    def is_array(self, expr: sp.Basic) -> bool:
+        return any(base(s) in self.arrays for s in expr.free_symbols)
+
+    def parenthesize(self, item, level, strict=False) -> str:
+        if isinstance(item, sp.Basic) and not self.is_array(item):
+            return self._print(item)  # a hoisted name needs no parentheses
+        return super().parenthesize(item, level, strict)
+
+    def constant(self, value) -> str:
+        name = self.hoister.hoist(sp.sympify(value), ())
+        self.used.add(name)
+        return name
+
+    # every call is on a scalar inside the loop
+    def function(self, name: str, expr: sp.Basic, args) -> str:
+        fn = self.functions.get(name, ("", ""))[0]
+        if not fn:
+            self.fail(expr)
+        return self.call(fn, *[self._print(a) for a in args])
+
+    def minmax(self, name: str, a: sp.Basic, rest: sp.Basic, printed_rest: str) -> str:
+        return self.call(self.functions[name][0], self._print(a), printed_rest)
+
+    def _print_sign(self, expr) -> str:
+        return self.function("sign", expr, expr.args)
+
+    def _print_clip(self, expr) -> str:  # np.clip(x, lo, hi) is minimum(maximum(x, lo), hi)
+        x, lo, hi = (self._print(a) for a in expr.args)
+        return f"np.minimum(np.maximum({x}, {lo}), {hi})"
+
+    def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
+        b, e = expr.args
+        if e == 2:  # NumPy's x**2 is x*x
+            x = self.parenthesize(b, PRECEDENCE["Mul"], strict=True)
+            return f"({x} * {x})"
+        if e == sp.S.Half:
+            return self.call("math.sqrt", self._print(b))
+        if e == -sp.S.Half:
+            return f"{self.constant(1)} / {self.call('math.sqrt', self._print(b))}"
+        if e == -1:
+            return f"{self.constant(1)} / {self.parenthesize(b, PRECEDENCE['Pow'])}"
+        return f"{self.parenthesize(b, PRECEDENCE['Pow'], strict=True)} ** {self.parenthesize(e, PRECEDENCE['Pow'], strict=True)}"
+
+    def _print_Piecewise(self, expr) -> str:
+        pieces = list(expr.args)
+        if pieces[-1][1] is not sp.true:
+            self.fail(expr)
+        printed = []
+        static_before = []  # the static conditions of the earlier pieces, when they are wholly static
+        all_static = True
+        for value, cond in pieces:
+            saved = self.guards
+            if cond is not sp.true:
+                static = [c for c in (cond.args if isinstance(cond, sp.And) else (cond,)) if not self.is_array(c)]
+                self.guards = saved + tuple(static) + tuple(sp.Not(c) for c in static_before)
+                printed_cond = self._print(cond)
+                all_static = all_static and not self.is_array(cond)
+                static_before.append(cond)
+            else:
+                printed_cond = None
+                if all_static:
+                    self.guards = saved + tuple(sp.Not(c) for c in static_before)
+            printed.append((self._print(value), printed_cond))
+            self.guards = saved
+        out = printed[-1][0]
+        for value, cond in reversed(printed[:-1]):
+            out = f"({value} if {cond} else {out})"
+        return out
+
+    def _logic(self, expr, array_fn: str, word: str) -> str:
+        return "(" + f" {word} ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Not(self, expr) -> str:
+        return f"(not {self._print(expr.args[0])})"
+
+
+@dataclasses.dataclass
+class Kernel:
+    name: str
+    kind: str  # "update" or "reduce"
+    doc: str
+    arrays: list[str]  # array parameters (without the trailing underscore)
+    loads: list[tuple[str, str, str]]  # (array, flag under which it is kept or '', zero to use otherwise)
+    args: list[str]  # hoisted parameters
+    body: list[str]  # loop body lines
+    stores: list[tuple[str, str]]  # (array, flag that says it is allocated, '' if always)
+    accumulate: str = ""  # reduce: "sum" or "max"
+    value: str = ""  # reduce: the printed element value
+
+    @property
+    def flags(self) -> list[str]:
+        """The conditions: arguments of the kernel's factory, constants in the compiled loop."""
+        return [a for a in self.args if a.startswith("b_")]
+
+    @property
+    def values(self) -> list[str]:
+        return [a for a in self.args if not a.startswith("b_")]
+
+
+class FusedBackend(Backend):
+    """Writes ``generated/fused/<module>.py``: one Python function per case (a tensor's update) and its kernels."""
+
+    name = "fused"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numpy = NumPyBackend()
+        self.env.filters["add_underscore"] = lambda name: f"{name}_"
+
+    def render(self, program: Program) -> str:
+        from optforge.backends.base import format_source
+
+        text = self.env.get_template("module.py.j2").render(**self.fused_context(program))
+        return format_source(text, f"generated/{self.name}/{program.module}.py")
+
+    def fused_context(self, program: Program) -> dict:
+        from optforge.compiler.passes.scope import scopes_of
+
+        scopes = scopes_of(program)
+        p = self.numpy.make_printer(program, scopes)
+        self.numpy._program = program
+        functions = []
+        for i, case in enumerate(program.cases):
+            for section in case.sections:
+                if section.kind == "tensor":
+                    functions.append(self.tensor_function(program, scopes, p, i, case, section))
+        return {
+            "rule": program.rule,
+            "module": program.module,
+            "source": program.file,
+            "title": program.title,
+            "functions": functions,
+        }
+
+    def tensor_function(self, program, scopes, p, index, case, section: Section) -> dict:
+        elements = {n for n, s in scopes.items() if s == Scope.ELEMENT}
+        hoister = Hoister(p, boolean_names(program), {n for n, s in scopes.items() if s >= Scope.TENSOR})
+        kp = KernelPrinter(program.rule, elements, hoister, self.names)
+        persisting = {s.name: s for s in program.states if s.persists}
+        self._persisting = persisting
+        states = self.section_states(program, section)
+        arrays = ["w", "g"] + [s for s in states if persisting[s].scope == Scope.ELEMENT]
+        lines: list[Line] = []
+        element: list[tuple[Assign, list[str], set[str]]] = []  # statement, kernel lines, hoisted names used
+        kernels: list[Kernel] = []
+        last_label = None
+        for a in section.body:
+            comment = ""
+            if a.equation is not None and a.label != last_label:
+                comment, last_label = a.label, a.label
+            try:
+                if a.scope == Scope.ELEMENT:
+                    kp.used = set()
+                    code = f"{kp.name_of(a.lhs)} = {kp.doprint(a.expr)}"
+                    element.append((a, ([f"# {comment}"] if comment else []) + [code], set(kp.used)))
+                    lines += hoister.flush()  # computed here: they read the per-tensor values of this point
+                elif a.role == "reduce":
+                    kernel, call = self.reduction(program, index, len(kernels), a, element, kp, hoister, arrays)
+                    kernels.append(kernel)
+                    lines += hoister.flush()
+                    replaced = a.expr.replace(
+                        lambda x: type(x).__name__ in ("TensorSum", "TensorMax"), lambda x: sp.Symbol(f"dt({call})")
+                    )
+                    stmt = dataclasses.replace(a, expr=replaced)
+                    lines += [Line(c, comment if j == 0 else "") for j, c in enumerate(self.numpy.statement(stmt, p))]
+                else:
+                    lines += [Line(c, comment if j == 0 else "") for j, c in enumerate(self.numpy.statement(a, p))]
+            except BackendError as exc:
+                if a.equation is None or exc.equation is not None:
+                    raise
+                eq = program.equations[a.equation - 1]
+                raise BackendError(program.rule, self.name, exc.node, equation=f"{a.equation} `{eq.text()}`") from None
+        update = self.update_kernel(program, index, element, kp, hoister, arrays, persisting)
+        lines += hoister.flush()
+        kernels.append(update)
+        return {
+            "name": fused_name(index),
+            "case": "" if case.condition is sp.true else p.doprint(case.condition),
+            "arrays": arrays,
+            "states": states,
+            "optional": [s for s in arrays[2:] if persisting[s].allocated_when is not sp.true],
+            "scalars": section_scalars(program, scopes, section, self.names),
+            "step": hoister.step,
+            "unpack": _identifiers_in(
+                [ln.code for ln in lines] + update.args, section_scalars(program, scopes, section, self.names) + [h.name for h in hoister.step]
+            ),
+            "lines": lines,
+            "kernels": kernels,
+            "main": update,
+        }
+
+    def closure(self, element, symbols) -> list[tuple[Assign, list[str], set[str]]]:
+        """The element statements (in order) that the given symbols are computed from."""
+        needed, todo = set(), list(symbols)
+        defs = {a.lhs: (a, c, u) for a, c, u in element}
+        while todo:
+            s = todo.pop()
+            if s in defs and s not in needed:
+                needed.add(s)
+                todo += list(defs[s][0].expr.free_symbols)
+        return [e for e in element if e[0].lhs in needed]
+
+    def inputs(self, statements, extra: set, arrays: list[str]) -> list[str]:
+        """Arrays read at their value from the start of the step."""
+        read = set(extra)
+        for a, _, _ in statements:
+            read |= a.expr.free_symbols
+        return [n for n in arrays if sp.Symbol(n) in read]
+
+    def reduction(self, program, index, k, a: Assign, element, kp: KernelPrinter, hoister, arrays):
+        expr = a.expr
+        red = next(x for x in sp.preorder_traversal(expr) if type(x).__name__ in ("TensorSum", "TensorMax"))
+        (arg,) = red.args
+        statements = self.closure(element, arg.free_symbols)
+        kp.used = set()
+        kp.guards = ()
+        value = kp.doprint(arg)
+        used = set(kp.used).union(*(u for _, _, u in statements))
+        names = self.inputs(statements, arg.free_symbols, arrays)
+        loads = [self.load(n, kp) for n in names]
+        used |= {flag for _, flag, _ in loads if flag} | {zero for _, _, zero in loads if zero}
+        name = f"_reduce_{index}_{k}"
+        kernel = Kernel(
+            name=name,
+            kind="reduce",
+            doc=f"{a.target}: {'sum' if type(red).__name__ == 'TensorSum' else 'max'} of {arg} over the tensor",
+            arrays=names,
+            loads=loads,
+            args=sorted(used, key=_hoisted_order),
+            body=[c for _, code, _ in statements for c in code],
+            stores=[],
+            accumulate="sum" if type(red).__name__ == "TensorSum" else "max",
+            value=value,
+        )
+        call = f"{name}({', '.join(kernel.flags)})({', '.join([f'{n}_' for n in names] + kernel.values)})"
+        return kernel, call
+
+    def load(self, name: str, kp: KernelPrinter) -> tuple[str, str, str]:
+        """(array, flag, zero): an optional state is read only where it is kept (flag), else it is zero."""
+        state = self._persisting.get(name)
+        if state is None or state.allocated_when is sp.true:
+            return name, "", ""
+        return name, kp.hoister.hoist(state.allocated_when, ()), kp.constant(0)
+
+    def update_kernel(self, program, index, element, kp, hoister, arrays, persisting) -> Kernel:
+        written = {a.target for a, _, _ in element if a.role in ("state", "param")}
+        used = set().union(*(u for _, _, u in element)) if element else set()
+        names = self.inputs(element, {sp.Symbol(n) for n in written}, arrays)
+        loads = [self.load(n, kp) for n in names]
+        stores = [(n, flag) for n, flag, _ in loads if n in written]
+        used |= {flag for _, flag, _ in loads if flag} | {zero for _, _, zero in loads if zero}
+        return Kernel(
+            name=f"_update_{index}",
+            kind="update",
+            doc="the update of every element, in place",
+            arrays=names,
+            loads=loads,
+            args=sorted(used, key=_hoisted_order),
+            body=[c for _, code, _ in element for c in code],
+            stores=stores,
+        )
+
+
+def _identifiers_in(code: list[str], names: list[str]) -> list[str]:
+    """The names (in their order) that the code reads."""
+    import re
+
+    found = set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", " ".join(code)))
+    return [n for n in names if n in found]
+
+
+def _is_boolean(expr: sp.Basic, booleans: set[str]) -> bool:
+    if type(expr).__name__ == "Given":
+        return True
+    if isinstance(expr, sp.Symbol):  # a sympy Symbol is also a Boolean: ask what the name holds
+        return base(expr) in booleans
+    return isinstance(expr, (sp.logic.boolalg.Boolean, sp.core.relational.Relational))
+
+
+def boolean_names(program: Program) -> set[str]:
+    """Flags, and every name assigned a condition (``is_update``), or a copy of one."""
+    out = {h.name for h in program.flags}
+    changed = True
+    while changed:
+        changed = False
+        for case in program.cases:
+            for a in case.body + case.functional:
+                if a.target not in out and _is_boolean(a.expr, out):
+                    out.add(a.target)
+                    changed = True
+    return out
+
+
+def _hoisted_order(name: str) -> tuple:
+    kind, _, number = name.partition("_")
+    return (kind != "b", int(number))
