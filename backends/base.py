@@ -227,7 +227,9 @@ class Backend:
                         "reads_param": any(sp.Symbol("w") in a.expr.free_symbols for a in s.body),
                         # the fused path (generated/fused): the function that updates one tensor, and what it reads
                         "fused": fused_name(i) if s.kind == "tensor" else "",
-                        "scalars": section_scalars(program, scopes, s, self.names) if s.kind == "tensor" else [],
+                        "scalars": section_scalars(program, scopes, s, self.names)
+                        if s.kind == "tensor"
+                        else [],
                     }
                 )
             cond = case.test
@@ -333,7 +335,9 @@ def fused_name(case: int) -> str:
     return f"update_case_{case}"
 
 
-def section_scalars(program: Program, scopes: dict[str, Scope], section: Section, names: dict[str, str]) -> list[str]:
+def section_scalars(
+    program: Program, scopes: dict[str, Scope], section: Section, names: dict[str, str]
+) -> list[str]:
     """The once-per-step values (hyperparameters, step values) a loop over the tensors reads, in a stable order."""
     found = set()
     for a in section.body:

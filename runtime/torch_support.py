@@ -40,3 +40,25 @@ def check_state_dtype(chosen: Any) -> Any:
             f"`state_dtype` must be None or a floating torch.dtype. Received: state_dtype={chosen!r}"
         )
     return chosen
+
+
+_FUSED = (torch.float32, torch.float64)
+
+
+def fusable(w: torch.Tensor, g: torch.Tensor, *states: torch.Tensor | None) -> bool:
+    """Whether the fused path takes this parameter: CPU, contiguous, one dtype (float32 or float64)."""
+    if w.device.type != "cpu" or w.dtype not in _FUSED or g.dtype != w.dtype:
+        return False
+    if not (w.is_contiguous() and g.is_contiguous()):
+        return False
+    return all(s is None or (s.dtype == w.dtype and s.is_contiguous()) for s in states)
+
+
+def as_numpy(*tensors: torch.Tensor | None) -> tuple:
+    """NumPy views of CPU tensors (the same memory: the kernels update the tensors in place)."""
+    return tuple(None if t is None else t.detach().numpy() for t in tensors)
+
+
+def plain(scalars: dict[str, Any]) -> dict[str, Any]:
+    """The values of 0-d tensors (a reduction over all tensors) as Python numbers."""
+    return {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in scalars.items()}

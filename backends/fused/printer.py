@@ -88,7 +88,10 @@ class KernelPrinter(ExprPrinter):
         "exp": ("math.exp", ""),
         "log": ("math.log", ""),
         "erf": ("math.erf", ""),
-        "sign": ("np.sign", ""),  # NumPy's scalar functions, in Numba: NaN in, NaN out, as in the NumPy module
+        "sign": (
+            "np.sign",
+            "",
+        ),  # NumPy's scalar functions, in Numba: NaN in, NaN out, as in the NumPy module
         "Max": ("np.maximum", ""),
         "Min": ("np.minimum", ""),
     }
@@ -159,7 +162,9 @@ class KernelPrinter(ExprPrinter):
         for value, cond in pieces:
             saved = self.guards
             if cond is not sp.true:
-                static = [c for c in (cond.args if isinstance(cond, sp.And) else (cond,)) if not self.is_array(c)]
+                static = [
+                    c for c in (cond.args if isinstance(cond, sp.And) else (cond,)) if not self.is_array(c)
+                ]
                 self.guards = saved + tuple(static) + tuple(sp.Not(c) for c in static_before)
                 printed_cond = self._print(cond)
                 all_static = all_static and not self.is_array(cond)
@@ -263,21 +268,31 @@ class FusedBackend(Backend):
                     element.append((a, ([f"# {comment}"] if comment else []) + [code], set(kp.used)))
                     lines += hoister.flush()  # computed here: they read the per-tensor values of this point
                 elif a.role == "reduce":
-                    kernel, call = self.reduction(program, index, len(kernels), a, element, kp, hoister, arrays)
+                    kernel, call = self.reduction(
+                        program, index, len(kernels), a, element, kp, hoister, arrays
+                    )
                     kernels.append(kernel)
                     lines += hoister.flush()
                     replaced = a.expr.replace(
-                        lambda x: type(x).__name__ in ("TensorSum", "TensorMax"), lambda x: sp.Symbol(f"dt({call})")
+                        lambda x: type(x).__name__ in ("TensorSum", "TensorMax"),
+                        lambda x: sp.Symbol(f"dt({call})"),
                     )
                     stmt = dataclasses.replace(a, expr=replaced)
-                    lines += [Line(c, comment if j == 0 else "") for j, c in enumerate(self.numpy.statement(stmt, p))]
+                    lines += [
+                        Line(c, comment if j == 0 else "")
+                        for j, c in enumerate(self.numpy.statement(stmt, p))
+                    ]
                 else:
-                    lines += [Line(c, comment if j == 0 else "") for j, c in enumerate(self.numpy.statement(a, p))]
+                    lines += [
+                        Line(c, comment if j == 0 else "") for j, c in enumerate(self.numpy.statement(a, p))
+                    ]
             except BackendError as exc:
                 if a.equation is None or exc.equation is not None:
                     raise
                 eq = program.equations[a.equation - 1]
-                raise BackendError(program.rule, self.name, exc.node, equation=f"{a.equation} `{eq.text()}`") from None
+                raise BackendError(
+                    program.rule, self.name, exc.node, equation=f"{a.equation} `{eq.text()}`"
+                ) from None
         update = self.update_kernel(program, index, element, kp, hoister, arrays, persisting)
         lines += hoister.flush()
         kernels.append(update)
@@ -290,7 +305,8 @@ class FusedBackend(Backend):
             "scalars": section_scalars(program, scopes, section, self.names),
             "step": hoister.step,
             "unpack": _identifiers_in(
-                [ln.code for ln in lines] + update.args, section_scalars(program, scopes, section, self.names) + [h.name for h in hoister.step]
+                [ln.code for ln in lines] + update.args,
+                section_scalars(program, scopes, section, self.names) + [h.name for h in hoister.step],
             ),
             "lines": lines,
             "kernels": kernels,

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.optim import Optimizer
 
-from optforge.runtime import common, torch_support
+from optforge.runtime import common, fused_support, torch_support
 
 
 class Adagrad(Optimizer):
@@ -59,6 +59,10 @@ class Adagrad(Optimizer):
             ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
             loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
             gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
+            state_dtype: the dtype of the state (default: the parameter's, at least float32).
+            fused: update each float32 or float64 CPU parameter in one pass of a compiled kernel (Numba, shared
+                out over the cores) instead of torch operations; other parameters (CUDA, half precision) take
+                the plain path. Same results (float64: to rounding; see the README).
 
         Each parameter group keeps ``step`` (the number of calls of ``step()``); each parameter keeps
     ``accumulator`` (sum of squared gradients, like the parameter), ``grad_accumulator`` (sum of the gradients since the last update, like the parameter; only when gradient_accumulation_steps is not None), ``ema`` (exponential moving average of the weights, like the parameter; only when use_ema).
@@ -81,6 +85,7 @@ class Adagrad(Optimizer):
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
         state_dtype: torch.dtype | None = None,
+        fused: bool = False,
     ) -> None:
         defaults = dict(
             lr=common.check_learning_rate(lr, schedule=True, name="lr"),
@@ -127,6 +132,8 @@ class Adagrad(Optimizer):
             global_clipnorm=defaults["global_clipnorm"],
         )
         self.state_dtype = torch_support.check_state_dtype(state_dtype)
+        self.fused = fused_support.check_fused(fused)
+        self._fused = fused_support.load("adagrad", "Adagrad") if fused else None
         super().__init__(params, defaults)
         for group in self.param_groups:
             for w in group["params"]:
@@ -225,9 +232,9 @@ class Adagrad(Optimizer):
             is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
             # EMA momentum (0 at the first update)
             ema_mu = 0 if t == 1 else ema_momentum
+            # over all tensors: global_sumsq_g
+            global_sumsq_g = 0.0
             if global_clipnorm is not None and is_update:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
                 for w, state in self._tensors(params, group):
                     g = torch_support.upcast(w.grad)
                     grad_accumulator = state.get("grad_accumulator")
@@ -248,11 +255,15 @@ class Adagrad(Optimizer):
                         if (global_clipnorm is not None and is_update)
                         else global_sumsq_g
                     )
+            fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
             for w, state in self._tensors(params, group):
                 g = torch_support.upcast(w.grad)
                 accumulator = state["accumulator"]
                 grad_accumulator = state.get("grad_accumulator")
                 ema = state.get("ema")
+                if fused_work is not None and torch_support.fusable(w, g, accumulator, grad_accumulator, ema):
+                    fused_work.append(torch_support.as_numpy(w, g, accumulator, grad_accumulator, ema))
+                    continue
                 # loss scaling
                 if loss_scale_factor is not None:
                     g = g / loss_scale_factor
@@ -284,6 +295,30 @@ class Adagrad(Optimizer):
                 # EMA overwrite
                 if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                     w.copy_(ema)
+            if fused_work:
+                fused_support.run(
+                    self._fused.update_case_0,
+                    self._fused.prepare_update_case_0,
+                    fused_work,
+                    torch_support.plain(
+                        {
+                            "lr": lr,
+                            "epsilon": epsilon,
+                            "weight_decay": weight_decay,
+                            "clipnorm": clipnorm,
+                            "clipvalue": clipvalue,
+                            "global_clipnorm": global_clipnorm,
+                            "use_ema": use_ema,
+                            "ema_overwrite_frequency": ema_overwrite_frequency,
+                            "loss_scale_factor": loss_scale_factor,
+                            "gradient_accumulation_steps": gradient_accumulation_steps,
+                            "ema_mu": ema_mu,
+                            "global_sumsq_g": global_sumsq_g,
+                            "is_update": is_update,
+                            "t": t,
+                        }
+                    ),
+                )
         return loss
 
     @torch.no_grad()

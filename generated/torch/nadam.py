@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.optim import Optimizer
 
-from optforge.runtime import common, torch_support
+from optforge.runtime import common, fused_support, torch_support
 
 
 class Nadam(Optimizer):
@@ -66,6 +66,10 @@ class Nadam(Optimizer):
             ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
             loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
             gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
+            state_dtype: the dtype of the state (default: the parameter's, at least float32).
+            fused: update each float32 or float64 CPU parameter in one pass of a compiled kernel (Numba, shared
+                out over the cores) instead of torch operations; other parameters (CUDA, half precision) take
+                the plain path. Same results (float64: to rounding; see the README).
 
         Each parameter group keeps ``step`` (the number of calls of ``step()``) and ``u_product`` (product of the momentum schedule u_1 ... u_t); each parameter keeps
     ``m`` (first moment, like the parameter), ``v`` (second moment, like the parameter), ``grad_accumulator`` (sum of the gradients since the last update, like the parameter; only when gradient_accumulation_steps is not None), ``ema`` (exponential moving average of the weights, like the parameter; only when use_ema).
@@ -89,6 +93,7 @@ class Nadam(Optimizer):
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
         state_dtype: torch.dtype | None = None,
+        fused: bool = False,
     ) -> None:
         defaults = dict(
             lr=common.check_learning_rate(lr, schedule=True, name="lr"),
@@ -134,6 +139,8 @@ class Nadam(Optimizer):
             global_clipnorm=defaults["global_clipnorm"],
         )
         self.state_dtype = torch_support.check_state_dtype(state_dtype)
+        self.fused = fused_support.check_fused(fused)
+        self._fused = fused_support.load("nadam", "Nadam") if fused else None
         super().__init__(params, defaults)
         for group in self.param_groups:
             for w in group["params"]:
@@ -239,9 +246,9 @@ class Nadam(Optimizer):
                 u_product = u_product * u_t
             # EMA momentum (0 at the first update)
             ema_mu = 0 if t == 1 else ema_momentum
+            # over all tensors: global_sumsq_g
+            global_sumsq_g = 0.0
             if global_clipnorm is not None and is_update:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
                 for w, state in self._tensors(params, group):
                     g = torch_support.upcast(w.grad)
                     grad_accumulator = state.get("grad_accumulator")
@@ -262,12 +269,16 @@ class Nadam(Optimizer):
                         if (global_clipnorm is not None and is_update)
                         else global_sumsq_g
                     )
+            fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
             for w, state in self._tensors(params, group):
                 g = torch_support.upcast(w.grad)
                 m = state["m"]
                 v = state["v"]
                 grad_accumulator = state.get("grad_accumulator")
                 ema = state.get("ema")
+                if fused_work is not None and torch_support.fusable(w, g, m, v, grad_accumulator, ema):
+                    fused_work.append(torch_support.as_numpy(w, g, m, v, grad_accumulator, ema))
+                    continue
                 # loss scaling
                 if loss_scale_factor is not None:
                     g = g / loss_scale_factor
@@ -308,6 +319,35 @@ class Nadam(Optimizer):
                 # EMA overwrite
                 if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                     w.copy_(ema)
+            if fused_work:
+                fused_support.run(
+                    self._fused.update_case_0,
+                    self._fused.prepare_update_case_0,
+                    fused_work,
+                    torch_support.plain(
+                        {
+                            "lr": lr,
+                            "beta_1": beta_1,
+                            "beta_2": beta_2,
+                            "epsilon": epsilon,
+                            "weight_decay": weight_decay,
+                            "clipnorm": clipnorm,
+                            "clipvalue": clipvalue,
+                            "global_clipnorm": global_clipnorm,
+                            "use_ema": use_ema,
+                            "ema_overwrite_frequency": ema_overwrite_frequency,
+                            "loss_scale_factor": loss_scale_factor,
+                            "gradient_accumulation_steps": gradient_accumulation_steps,
+                            "ema_mu": ema_mu,
+                            "global_sumsq_g": global_sumsq_g,
+                            "is_update": is_update,
+                            "t": t,
+                            "u_product": u_product,
+                            "u_t": u_t,
+                            "u_t1": u_t1,
+                        }
+                    ),
+                )
             group["u_product"] = u_product
         return loss
 

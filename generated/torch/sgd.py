@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.optim import Optimizer
 
-from optforge.runtime import common, torch_support
+from optforge.runtime import common, fused_support, torch_support
 
 
 class SGD(Optimizer):
@@ -61,6 +61,10 @@ class SGD(Optimizer):
             ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
             loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
             gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
+            state_dtype: the dtype of the state (default: the parameter's, at least float32).
+            fused: update each float32 or float64 CPU parameter in one pass of a compiled kernel (Numba, shared
+                out over the cores) instead of torch operations; other parameters (CUDA, half precision) take
+                the plain path. Same results (float64: to rounding; see the README).
 
         Each parameter group keeps ``step`` (the number of calls of ``step()``); each parameter keeps
     ``velocity`` (velocity, with the learning rate inside, like the parameter; only when momentum != 0), ``grad_accumulator`` (sum of the gradients since the last update, like the parameter; only when gradient_accumulation_steps is not None), ``ema`` (exponential moving average of the weights, like the parameter; only when use_ema).
@@ -83,6 +87,7 @@ class SGD(Optimizer):
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
         state_dtype: torch.dtype | None = None,
+        fused: bool = False,
     ) -> None:
         defaults = dict(
             lr=common.check_learning_rate(lr, schedule=True, name="lr"),
@@ -127,6 +132,8 @@ class SGD(Optimizer):
             global_clipnorm=defaults["global_clipnorm"],
         )
         self.state_dtype = torch_support.check_state_dtype(state_dtype)
+        self.fused = fused_support.check_fused(fused)
+        self._fused = fused_support.load("sgd", "SGD") if fused else None
         super().__init__(params, defaults)
         for group in self.param_groups:
             for w in group["params"]:
@@ -224,9 +231,9 @@ class SGD(Optimizer):
                 is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
                 # EMA momentum (0 at the first update)
                 ema_mu = 0 if t == 1 else ema_momentum
+                # over all tensors: global_sumsq_g
+                global_sumsq_g = 0.0
                 if global_clipnorm is not None and is_update:
-                    # over all tensors: global_sumsq_g
-                    global_sumsq_g = 0.0
                     for w, state in self._tensors(params, group):
                         g = torch_support.upcast(w.grad)
                         grad_accumulator = state.get("grad_accumulator")
@@ -247,10 +254,14 @@ class SGD(Optimizer):
                             if (global_clipnorm is not None and is_update)
                             else global_sumsq_g
                         )
+                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
                 for w, state in self._tensors(params, group):
                     g = torch_support.upcast(w.grad)
                     grad_accumulator = state.get("grad_accumulator")
                     ema = state.get("ema")
+                    if fused_work is not None and torch_support.fusable(w, g, grad_accumulator, ema):
+                        fused_work.append(torch_support.as_numpy(w, g, grad_accumulator, ema))
+                        continue
                     # loss scaling
                     if loss_scale_factor is not None:
                         g = g / loss_scale_factor
@@ -280,6 +291,29 @@ class SGD(Optimizer):
                     # EMA overwrite
                     if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                         w.copy_(ema)
+                if fused_work:
+                    fused_support.run(
+                        self._fused.update_case_0,
+                        self._fused.prepare_update_case_0,
+                        fused_work,
+                        torch_support.plain(
+                            {
+                                "lr": lr,
+                                "weight_decay": weight_decay,
+                                "clipnorm": clipnorm,
+                                "clipvalue": clipvalue,
+                                "global_clipnorm": global_clipnorm,
+                                "use_ema": use_ema,
+                                "ema_overwrite_frequency": ema_overwrite_frequency,
+                                "loss_scale_factor": loss_scale_factor,
+                                "gradient_accumulation_steps": gradient_accumulation_steps,
+                                "ema_mu": ema_mu,
+                                "global_sumsq_g": global_sumsq_g,
+                                "is_update": is_update,
+                                "t": t,
+                            }
+                        ),
+                    )
             elif nesterov:
                 # the step counts updates, not calls
                 t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
@@ -287,9 +321,9 @@ class SGD(Optimizer):
                 is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
                 # EMA momentum (0 at the first update)
                 ema_mu = 0 if t == 1 else ema_momentum
+                # over all tensors: global_sumsq_g
+                global_sumsq_g = 0.0
                 if global_clipnorm is not None and is_update:
-                    # over all tensors: global_sumsq_g
-                    global_sumsq_g = 0.0
                     for w, state in self._tensors(params, group):
                         g = torch_support.upcast(w.grad)
                         grad_accumulator = state.get("grad_accumulator")
@@ -310,11 +344,17 @@ class SGD(Optimizer):
                             if (global_clipnorm is not None and is_update)
                             else global_sumsq_g
                         )
+                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
                 for w, state in self._tensors(params, group):
                     g = torch_support.upcast(w.grad)
                     velocity = state.get("velocity")
                     grad_accumulator = state.get("grad_accumulator")
                     ema = state.get("ema")
+                    if fused_work is not None and torch_support.fusable(
+                        w, g, velocity, grad_accumulator, ema
+                    ):
+                        fused_work.append(torch_support.as_numpy(w, g, velocity, grad_accumulator, ema))
+                        continue
                     # loss scaling
                     if loss_scale_factor is not None:
                         g = g / loss_scale_factor
@@ -346,6 +386,30 @@ class SGD(Optimizer):
                     # EMA overwrite
                     if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                         w.copy_(ema)
+                if fused_work:
+                    fused_support.run(
+                        self._fused.update_case_1,
+                        self._fused.prepare_update_case_1,
+                        fused_work,
+                        torch_support.plain(
+                            {
+                                "lr": lr,
+                                "momentum": momentum,
+                                "weight_decay": weight_decay,
+                                "clipnorm": clipnorm,
+                                "clipvalue": clipvalue,
+                                "global_clipnorm": global_clipnorm,
+                                "use_ema": use_ema,
+                                "ema_overwrite_frequency": ema_overwrite_frequency,
+                                "loss_scale_factor": loss_scale_factor,
+                                "gradient_accumulation_steps": gradient_accumulation_steps,
+                                "ema_mu": ema_mu,
+                                "global_sumsq_g": global_sumsq_g,
+                                "is_update": is_update,
+                                "t": t,
+                            }
+                        ),
+                    )
             else:
                 # the step counts updates, not calls
                 t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
@@ -353,9 +417,9 @@ class SGD(Optimizer):
                 is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
                 # EMA momentum (0 at the first update)
                 ema_mu = 0 if t == 1 else ema_momentum
+                # over all tensors: global_sumsq_g
+                global_sumsq_g = 0.0
                 if global_clipnorm is not None and is_update:
-                    # over all tensors: global_sumsq_g
-                    global_sumsq_g = 0.0
                     for w, state in self._tensors(params, group):
                         g = torch_support.upcast(w.grad)
                         grad_accumulator = state.get("grad_accumulator")
@@ -376,11 +440,17 @@ class SGD(Optimizer):
                             if (global_clipnorm is not None and is_update)
                             else global_sumsq_g
                         )
+                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
                 for w, state in self._tensors(params, group):
                     g = torch_support.upcast(w.grad)
                     velocity = state.get("velocity")
                     grad_accumulator = state.get("grad_accumulator")
                     ema = state.get("ema")
+                    if fused_work is not None and torch_support.fusable(
+                        w, g, velocity, grad_accumulator, ema
+                    ):
+                        fused_work.append(torch_support.as_numpy(w, g, velocity, grad_accumulator, ema))
+                        continue
                     # loss scaling
                     if loss_scale_factor is not None:
                         g = g / loss_scale_factor
@@ -412,6 +482,30 @@ class SGD(Optimizer):
                     # EMA overwrite
                     if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                         w.copy_(ema)
+                if fused_work:
+                    fused_support.run(
+                        self._fused.update_case_2,
+                        self._fused.prepare_update_case_2,
+                        fused_work,
+                        torch_support.plain(
+                            {
+                                "lr": lr,
+                                "momentum": momentum,
+                                "weight_decay": weight_decay,
+                                "clipnorm": clipnorm,
+                                "clipvalue": clipvalue,
+                                "global_clipnorm": global_clipnorm,
+                                "use_ema": use_ema,
+                                "ema_overwrite_frequency": ema_overwrite_frequency,
+                                "loss_scale_factor": loss_scale_factor,
+                                "gradient_accumulation_steps": gradient_accumulation_steps,
+                                "ema_mu": ema_mu,
+                                "global_sumsq_g": global_sumsq_g,
+                                "is_update": is_update,
+                                "t": t,
+                            }
+                        ),
+                    )
         return loss
 
     @torch.no_grad()

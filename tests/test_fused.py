@@ -1,0 +1,214 @@
+"""The fused path (``fused=True``: Numba kernels from generated/fused) equals the plain path.
+
+Every rule and named configuration, and each of Keras's shared options on every rule, in NumPy and in
+torch (CPU): float64 to 1e-12 relative, parameters and every stored state; float32 no less accurate
+than the plain path (both measured against the float64 run). The fused path must actually be taken
+(every tensor, counted) where it applies, and must step aside where it does not (a non-contiguous view,
+a float16 parameter, a mixed-dtype state).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from cases import RULES, rule_configs
+from drivers import problem, rel_error, stored_states
+
+from optforge.runtime import fused_support
+
+pytest.importorskip("numba")
+
+STEPS = 40
+OPTIONS = {
+    "weight_decay": dict(weight_decay=0.05),
+    "clipnorm": dict(clipnorm=0.5),
+    "clipvalue": dict(clipvalue=0.3),
+    "global_clipnorm": dict(global_clipnorm=1.0),
+    "ema_overwrite": dict(use_ema=True, ema_momentum=0.9, ema_overwrite_frequency=5),
+    "loss_scale": dict(loss_scale_factor=128.0),
+    "accumulation_clipnorm": dict(gradient_accumulation_steps=3, clipnorm=0.5),
+    "everything": dict(
+        weight_decay=0.01,
+        clipvalue=0.5,
+        use_ema=True,
+        ema_momentum=0.7,
+        ema_overwrite_frequency=4,
+        loss_scale_factor=2.0,
+        gradient_accumulation_steps=2,
+    ),
+}
+
+
+@pytest.fixture
+def fused_tensors(monkeypatch):
+    """Counts the tensors the fused path updates."""
+    count = [0]
+    run = fused_support.run
+
+    def spy(update, prepare, work, scalars):
+        count[0] += len(work)
+        return run(update, prepare, work, scalars)
+
+    monkeypatch.setattr(fused_support, "run", spy)
+    return count
+
+
+def _run(backend: str, rule, hypers: dict, params0, grads, fused: bool):
+    """Final params and stored state (name -> list of arrays, a global state as a one-element list)."""
+    hypers = dict(hypers, fused=fused)
+    names = stored_states(rule)
+    if backend == "numpy":
+        import optforge.generated.numpy as gen
+
+        opt = getattr(gen, rule.name)(**hypers)
+        params = [p.copy() for p in params0]
+        state = opt.init(params)
+        for g in grads:
+            params, state = opt.step(params, [x.copy() for x in g], state)
+        out = {}
+        for n, scope in names:
+            value = getattr(state, n)
+            out[n] = (
+                None if value is None else [np.asarray(v) for v in ([value] if scope == "global" else value)]
+            )
+        return params, out
+    import torch
+
+    import optforge.generated.torch as gen
+
+    if "learning_rate" in hypers:
+        hypers["lr"] = hypers.pop("learning_rate")
+    params = [torch.tensor(p, requires_grad=True) for p in params0]
+    opt = getattr(gen, rule.name)(params, **hypers)
+    for g in grads:
+        for p, x in zip(params, g):
+            p.grad = torch.tensor(x)
+        opt.step()
+    out = {}
+    for n, scope in names:
+        if scope == "global":
+            out[n] = [np.asarray(opt.param_groups[0][n])]
+        else:
+            values = [opt.state[p][n].numpy() if n in opt.state[p] else None for p in params]
+            out[n] = None if values[0] is None else values
+    return [p.detach().numpy() for p in params], out
+
+
+def _compare(rule, hypers, backend, fused_tensors):
+    params0, grads = problem(STEPS, np.float64)
+    plain = _run(backend, rule, hypers, params0, grads, fused=False)
+    before = fused_tensors[0]
+    fused = _run(backend, rule, hypers, params0, grads, fused=True)
+    assert fused_tensors[0] - before == STEPS * len(params0), "the fused path did not take every tensor"
+    (pp, ps), (fp, fs) = plain, fused
+    for i, (a, b) in enumerate(zip(fp, pp)):
+        assert rel_error(a, b) <= 1e-12, f"float64 params[{i}]: relative error {rel_error(a, b):.3g}"
+    for n in ps:
+        assert (fs[n] is None) == (ps[n] is None), f"state {n} exists in one path only"
+        for i, (a, b) in enumerate(zip(fs[n] or [], ps[n] or [])):
+            assert rel_error(a, b) <= 1e-12, f"float64 state {n}[{i}]: relative error {rel_error(a, b):.3g}"
+    # float32: the fused path is as accurate as the plain one, both against the float64 run
+    p32 = [p.astype(np.float32) for p in params0]
+    g32 = [[x.astype(np.float32) for x in g] for g in grads]
+    plain32, _ = _run(backend, rule, hypers, p32, g32, fused=False)
+    fused32, _ = _run(backend, rule, hypers, p32, g32, fused=True)
+    for i, (a, b, want) in enumerate(zip(fused32, plain32, pp)):
+        assert a.dtype == np.float32
+        err_fused, err_plain = rel_error(a, want), rel_error(b, want)
+        assert err_fused <= 2 * err_plain + 1e-6, (
+            f"float32 params[{i}]: fused error {err_fused:.3g}, plain error {err_plain:.3g} (against float64)"
+        )
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("rule, name, cfg", rule_configs())
+def test_fused_equals_plain(rule, name, cfg, backend, fused_tensors):
+    _compare(rule, cfg, backend, fused_tensors)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
+def test_fused_equals_plain_with_keras_options(rule, option, backend, fused_tensors):
+    hypers = dict(OPTIONS[option])
+    if rule.hypers["learning_rate"].default is None:
+        hypers["learning_rate"] = 0.01
+    _compare(rule, hypers, backend, fused_tensors)
+
+
+def test_numpy_fused_steps_aside_for_what_it_cannot_take(fused_tensors):
+    """A transposed view, a float16 parameter and a float64 parameter next to float32 ones: the views and
+    the half parameter take the plain path, the others the fused one, with the plain path's results."""
+    import optforge.generated.numpy as gen
+
+    rng = np.random.default_rng(1)
+    base = [rng.normal(size=(4, 6)), rng.normal(size=(5,)), rng.normal(size=(3, 3)), rng.normal(size=(7,))]
+    dtypes = [np.float32, np.float64, np.float16, np.float32]
+
+    def params():
+        out = [b.astype(d) for b, d in zip(base, dtypes)]
+        out[0] = np.asfortranarray(out[0])  # not C-contiguous
+        return out
+
+    grads = [[rng.normal(size=p.shape).astype(p.dtype) for p in params()] for _ in range(5)]
+    assert not params()[0].flags.c_contiguous
+    results = []
+    for fused in (False, True):
+        opt = gen.Adamax(learning_rate=0.01, fused=fused)
+        ps = params()
+        state = opt.init(ps)
+        for g in grads:
+            ps, state = opt.step(ps, g, state)
+        results.append(ps)
+    assert fused_tensors[0] == 5 * 2  # the float64 and the last float32 parameter, each step
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_fused_must_be_a_bool():
+    import optforge.generated.numpy as gen
+
+    with pytest.raises(TypeError, match="fused must be True or False. Received: 1"):
+        gen.SGD(fused=1)
+
+
+def test_fused_without_numba_says_how_to_install_it(monkeypatch):
+    import optforge.generated.numpy as gen
+
+    monkeypatch.setitem(sys.modules, "numba", None)
+    with pytest.raises(
+        ImportError, match=r"Adamax\(fused=True\) compiles its update with Numba.*optforge\[fused\]"
+    ):
+        gen.Adamax(fused=True)
+
+
+def test_shares_are_balanced():
+    sizes = [100, 90, 80, 10, 10, 5, 5]
+    parts = fused_support.shares(sizes, 2)
+    assert sorted(i for p in parts for i in p) == list(range(len(sizes)))
+    loads = [sum(sizes[i] for i in p) for p in parts]
+    assert max(loads) - min(loads) <= max(sizes)
+    assert fused_support.shares([5], 4) == [[0]]
+
+
+def test_several_threads_give_the_same_result(monkeypatch):
+    """The tensors shared out over two threads (forced) or done by one: identical results."""
+    import optforge.generated.numpy as gen
+
+    shapes = [(300, 200), (500,), (200, 300), (7,)]
+    out = []
+    for threads in ("1", "2"):
+        monkeypatch.setenv("OPTFORGE_THREADS", threads)
+        monkeypatch.setattr(fused_support, "PARALLEL_MIN", 0)
+        rng = np.random.default_rng(2)
+        ps = [rng.normal(size=s).astype(np.float32) for s in shapes]
+        gs = [rng.normal(size=s).astype(np.float32) for s in shapes]
+        opt = gen.Nadam(fused=True)
+        state = opt.init(ps)
+        for _ in range(3):
+            ps, state = opt.step(ps, gs, state)
+        out.append(ps)
+    for a, b in zip(*out):
+        assert np.array_equal(a, b)
