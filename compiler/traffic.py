@@ -36,7 +36,9 @@ def element_states(program: Program, hypers: dict[str, Any] | None = None) -> li
                 raise ValueError(f"{program.rule}: state {s.name} exists if {cond}, which reads {name!r}")
         value = cond.subs(subs)
         if value not in (sp.true, sp.false):
-            raise ValueError(f"{program.rule}: cannot decide whether state {s.name} exists ({cond} -> {value})")
+            raise ValueError(
+                f"{program.rule}: cannot decide whether state {s.name} exists ({cond} -> {value})"
+            )
         if value is sp.true:
             out.append(s.name)
     return out

@@ -1,0 +1,114 @@
+"""What each rule runs with, and the torch.optim / optax configurations it is compared with.
+
+The mapping is the one ``tests/references.py`` tests for equality (REFERENCE_RULES.md section 4): a
+reference marked ``equal`` computes our update up to float32 rounding; ``same algorithm`` means the
+reference implements the same method with a documented difference (stated in its note).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+#: the learning rate of every rule (constant: the references equal ours only for a constant one)
+LEARNING_RATE = 1e-3
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference implementation of a rule: ``make(params, **mode)`` (torch.optim) or ``make()`` (optax)."""
+
+    make: Callable[..., Any]
+    equal: bool = (
+        True  # computes our update up to float32 rounding; else the same method, differing as caveat says
+    )
+    caveat: str = ""
+
+    @property
+    def note(self) -> str:
+        head = "equal" if self.equal else "same algorithm"
+        return f"{head}: {self.caveat}" if self.caveat else head
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    """Our hyperparameters for a rule (besides the learning rate) and its references."""
+
+    hypers: dict[str, Any] = field(default_factory=dict)
+    torch: Reference | None = None  # make(params, **mode) -> torch.optim.Optimizer
+    optax: Reference | None = None  # make() -> optax.GradientTransformation
+    note: str = ""
+
+
+def _torch_sgd(params, **mode):
+    import torch
+
+    return torch.optim.SGD(params, lr=LEARNING_RATE, momentum=0.9, **mode)
+
+
+def _torch_adagrad(params, **mode):
+    import torch
+
+    return torch.optim.Adagrad(params, lr=LEARNING_RATE, initial_accumulator_value=0.1, eps=0.0, **mode)
+
+
+def _torch_adamax(params, **mode):
+    import torch
+
+    return torch.optim.Adamax(params, lr=LEARNING_RATE, betas=(0.9, 0.999), eps=0.0, **mode)
+
+
+def _torch_nadam(params, **mode):
+    import torch
+
+    return torch.optim.NAdam(
+        params, lr=LEARNING_RATE, betas=(0.9, 0.999), eps=1e-7, momentum_decay=1.0, **mode
+    )
+
+
+def _optax(name: str, **kwargs) -> Callable[[], Any]:
+    def make():
+        import optax
+
+        return getattr(optax, name)(LEARNING_RATE, **kwargs)
+
+    return make
+
+
+CONFIGS: dict[str, RuleConfig] = {
+    # torch: a constant lr and no dampening make Keras's velocity -lr times torch's buffer
+    "SGD": RuleConfig(
+        hypers=dict(momentum=0.9),
+        torch=Reference(_torch_sgd),
+        optax=Reference(_optax("sgd", momentum=0.9)),
+    ),
+    # epsilon 0: Keras has it inside the root, torch outside; optax (inside) also needs the 0.1 start
+    "Adagrad": RuleConfig(
+        hypers=dict(initial_accumulator_value=0.1, epsilon=0.0),
+        torch=Reference(_torch_adagrad),
+        optax=Reference(_optax("adagrad", initial_accumulator_value=0.1, eps=0.0)),
+    ),
+    # epsilon 0: Keras adds it to u outside the max, torch and optax inside
+    "Adamax": RuleConfig(
+        hypers=dict(epsilon=0.0),
+        torch=Reference(_torch_adamax),
+        optax=Reference(_optax("adamax", b1=0.9, b2=0.999, eps=0.0)),
+    ),
+    # torch's 0.96^(t*momentum_decay) is Keras's 0.96^t with momentum_decay = 1
+    "Nadam": RuleConfig(
+        torch=Reference(_torch_nadam, caveat="torch rounds its momentum product to float32"),
+        optax=Reference(
+            _optax("nadam", b1=0.9, b2=0.999, eps=1e-7),
+            equal=False,
+            caveat="optax has no 0.96^t momentum schedule",
+        ),
+    ),
+    "OptaxNovoGrad": RuleConfig(optax=Reference(_optax("novograd"))),
+    "NovoGrad": RuleConfig(note="no torch.optim or optax equivalent"),
+    "NovoGradTF1": RuleConfig(note="no torch.optim or optax equivalent"),
+}
+
+
+def config_for(rule_name: str) -> RuleConfig:
+    """The rule's configuration; a rule added since has its defaults and no reference."""
+    return CONFIGS.get(rule_name, RuleConfig(note="default hyperparameters, no reference configured"))

@@ -1,0 +1,164 @@
+"""One benchmark run: bandwidth, every rule's implementations (back-to-back and cold-cache), import times."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from optforge.compiler.dsl import Rule
+from optforge.compiler.pipeline import compile_rule
+from optforge.compiler.traffic import bytes_per_param
+
+from . import report
+from .configs import LEARNING_RATE, config_for
+from .measure import MIB, CacheSweeper, CpuMonitor, import_times, machine_facts, measure_bandwidth, time_steps
+from .runners import Candidate, Unsupported, candidates, torch_default_mode
+from .workload import Size, Workload, make_workload
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to run: the size, the rules (None: all), the timed steps, and the auxiliary measurements."""
+
+    size: Size
+    rules: list[str] | None = None
+    repeats: int | None = None  # None: the size's
+    warmup: int = 2
+    seed: int = 0
+    bandwidth_bytes: int = 256 * MIB
+    import_repeats: int = 3
+
+
+def select_rules(names: list[str] | None) -> list[Rule]:
+    """The registry's rules named (by name or module, e.g. ``Nadam`` or ``novograd_tf1``), or all of them."""
+    from optforge.rules import registry
+
+    rules = registry()
+    if names is None:
+        return list(rules.values())
+    by_name = {key: rule for rule in rules.values() for key in (rule.name, rule.module)}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(f"unknown rule(s) {', '.join(unknown)}; known: {', '.join(rules)}")
+    return [by_name[n] for n in names]
+
+
+def run(options: Options, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> dict:
+    """Run the benchmark; returns the results (see ``report.write`` for the files made from them)."""
+    started, monitor = time.perf_counter(), CpuMonitor()
+    log = _timestamped(log, started)
+    size, repeats = options.size, options.repeats or options.size.repeats
+    rules = select_rules(options.rules)
+    _import_frameworks()
+    workload = make_workload(size.n_params, size.n_tensors, options.seed)
+    log(f"workload: {workload.n_params:,} float32 parameters in {len(workload.params)} tensors")
+    bandwidth = measure_bandwidth(options.bandwidth_bytes)
+    log(f"bandwidth: {bandwidth.best / 1e9:.1f} GB/s ({bandwidth.method})")
+    if report.busy(monitor.report()):
+        log("warning: other processes are using the CPU; timings will be unreliable")
+    rule_facts = {rule.name: _rule_facts(rule, workload, bandwidth.best) for rule in rules}
+    sweeper = CacheSweeper(size.sweep_mib * MIB)
+    rows = []
+    gc.collect()
+    gc.freeze()  # what exists now lives to the end: collecting after each implementation need not scan it
+    try:
+        for rule in rules:
+            for candidate in candidates(rule, config_for(rule.name)):
+                row = measure(candidate, workload, repeats, options.warmup, sweeper)
+                rows.append(row | {"limit_ms": rule_facts[rule.name]["limit_ms"]})
+                log(f"{rule.name:>14} {candidate.name:<30} {report.row_summary(row)}")
+    finally:
+        gc.unfreeze()
+    imports = import_times(["numpy", "torch", "jax"], options.import_repeats)
+    log("import times measured")
+    results = {
+        "size": size.name,
+        "workload": {
+            "n_params": workload.n_params,
+            "n_tensors": len(workload.params),
+            "seed": workload.seed,
+            "dtype": "float32",
+            "learning_rate": LEARNING_RATE,
+            "repeats": repeats,
+            "warmup": options.warmup,
+            "cold_sweep_bytes": sweeper.words.nbytes,
+            "shapes": [list(s) for s in workload.shapes],
+        },
+        "machine": machine_facts()
+        | {"torch_default_mode_cpu": torch_default_mode(), "load_during_run": monitor.report()},
+        "bandwidth": {
+            "best_gb_s": bandwidth.best / 1e9,
+            "method": bandwidth.method,
+            "methods_gb_s": {k: v / 1e9 for k, v in bandwidth.methods.items()},
+            "buffer_bytes": bandwidth.buffer_bytes,
+        },
+        "imports": imports,
+        "rules": rule_facts,
+        "rows": report.with_ratios(rows),
+    }
+    results["goals"] = report.goals(results)
+    results["wall_s"] = time.perf_counter() - started
+    return results
+
+
+def _import_frameworks() -> None:
+    """Import every backend before anything is timed (the first implementation of each would pay for it)."""
+    try:
+        import optforge.generated.jax  # noqa: F401
+        import optforge.generated.numpy  # noqa: F401
+        import optforge.generated.torch  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            f"the benchmark needs NumPy, torch, JAX and optax (pip install 'optforge[all]'): {e}"
+        ) from e
+
+
+def _timestamped(log: Callable[[str], None], started: float) -> Callable[[str], None]:
+    return lambda line: log(f"[{time.perf_counter() - started:5.1f} s] {line}")
+
+
+def _rule_facts(rule: Rule, workload: Workload, bandwidth: float) -> dict:
+    """Bytes per parameter from the compiler's state analysis, and the step time they need at ``bandwidth``."""
+    config = config_for(rule.name)
+    per_param = bytes_per_param(compile_rule(rule), config.hypers, itemsize=4)
+    return {
+        "hypers": {"learning_rate": LEARNING_RATE, **config.hypers},
+        "bytes_per_param": per_param,
+        "limit_ms": 1e3 * per_param * workload.n_params / bandwidth,
+        "note": config.note,
+    }
+
+
+def measure(
+    candidate: Candidate, workload: Workload, repeats: int, warmup: int, sweeper: CacheSweeper
+) -> dict:
+    """One implementation's row: back-to-back and cold-cache step times (ms), or why it was skipped."""
+    row = {
+        "rule": candidate.rule,
+        "implementation": candidate.name,
+        "kind": candidate.kind,
+        "framework": candidate.framework,
+        "note": candidate.note,
+    }
+    monitor = CpuMonitor()
+    try:
+        runner = candidate.make(workload)
+    except Unsupported as e:
+        return row | {"status": "skipped", "note": str(e)}
+    warm = time_steps(runner, repeats, warmup)
+    cold = time_steps(runner, repeats, warmup=0, before_each=sweeper)
+    del runner
+    gc.collect()
+    return row | {
+        "status": "ok",
+        "load": monitor.report(),
+        "median_ms": 1e3 * warm.median,
+        "min_ms": 1e3 * warm.min,
+        "max_ms": 1e3 * warm.max,
+        "cold_median_ms": 1e3 * cold.median,
+        "cold_min_ms": 1e3 * cold.min,
+        "cold_max_ms": 1e3 * cold.max,
+    }
