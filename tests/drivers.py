@@ -56,9 +56,11 @@ def varying_lr(base: float):
     return schedule
 
 
-def run(backend: str, rule, hypers: dict, params0, grads, schedule=None):
-    """Final (params, {state: [array per tensor] (a one-element list for a global state) or None})."""
-    hypers = dict(hypers)
+def run(backend: str, rule, hypers: dict, params0, grads, schedule=None, fused=None):
+    """Final (params, {state: [array per tensor] (a one-element list for a global state) or None}).
+
+    ``fused``: NumPy and torch only, the optimizers' ``fused`` option (not passed when None)."""
+    hypers = dict(hypers) if fused is None else dict(hypers, fused=fused)
     stored = stored_states(rule)
     names = [n for n, _ in stored]
     is_global = {n for n, scope in stored if scope == "global"}

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 from cases import RULES, rule_configs
-from drivers import problem, rel_error, stored_states
+from drivers import problem, rel_error, run
 
 from optforge.runtime import fused_support
 
@@ -55,52 +55,11 @@ def fused_tensors(monkeypatch):
     return count
 
 
-def _run(backend: str, rule, hypers: dict, params0, grads, fused: bool):
-    """Final params and stored state (name -> list of arrays, a global state as a one-element list)."""
-    hypers = dict(hypers, fused=fused)
-    names = stored_states(rule)
-    if backend == "numpy":
-        import optforge.generated.numpy as gen
-
-        opt = getattr(gen, rule.name)(**hypers)
-        params = [p.copy() for p in params0]
-        state = opt.init(params)
-        for g in grads:
-            params, state = opt.step(params, [x.copy() for x in g], state)
-        out = {}
-        for n, scope in names:
-            value = getattr(state, n)
-            out[n] = (
-                None if value is None else [np.asarray(v) for v in ([value] if scope == "global" else value)]
-            )
-        return params, out
-    import torch
-
-    import optforge.generated.torch as gen
-
-    if "learning_rate" in hypers:
-        hypers["lr"] = hypers.pop("learning_rate")
-    params = [torch.tensor(p, requires_grad=True) for p in params0]
-    opt = getattr(gen, rule.name)(params, **hypers)
-    for g in grads:
-        for p, x in zip(params, g):
-            p.grad = torch.tensor(x)
-        opt.step()
-    out = {}
-    for n, scope in names:
-        if scope == "global":
-            out[n] = [np.asarray(opt.param_groups[0][n])]
-        else:
-            values = [opt.state[p][n].numpy() if n in opt.state[p] else None for p in params]
-            out[n] = None if values[0] is None else values
-    return [p.detach().numpy() for p in params], out
-
-
 def _compare(rule, hypers, backend, fused_tensors):
     params0, grads = problem(STEPS, np.float64)
-    plain = _run(backend, rule, hypers, params0, grads, fused=False)
+    plain = run(backend, rule, hypers, params0, grads, fused=False)
     before = fused_tensors[0]
-    fused = _run(backend, rule, hypers, params0, grads, fused=True)
+    fused = run(backend, rule, hypers, params0, grads, fused=True)
     assert fused_tensors[0] - before == STEPS * len(params0), "the fused path did not take every tensor"
     (pp, ps), (fp, fs) = plain, fused
     for i, (a, b) in enumerate(zip(fp, pp)):
@@ -112,8 +71,8 @@ def _compare(rule, hypers, backend, fused_tensors):
     # float32: the fused path is as accurate as the plain one, both against the float64 run
     p32 = [p.astype(np.float32) for p in params0]
     g32 = [[x.astype(np.float32) for x in g] for g in grads]
-    plain32, _ = _run(backend, rule, hypers, p32, g32, fused=False)
-    fused32, _ = _run(backend, rule, hypers, p32, g32, fused=True)
+    plain32, _ = run(backend, rule, hypers, p32, g32, fused=False)
+    fused32, _ = run(backend, rule, hypers, p32, g32, fused=True)
     for i, (a, b, want) in enumerate(zip(fused32, plain32, pp)):
         assert a.dtype == np.float32
         err_fused, err_plain = rel_error(a, want), rel_error(b, want)

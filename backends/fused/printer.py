@@ -220,13 +220,7 @@ class FusedBackend(Backend):
         self.numpy = NumPyBackend()
         self.env.filters["add_underscore"] = lambda name: f"{name}_"
 
-    def render(self, program: Program) -> str:
-        from optforge.backends.base import format_source
-
-        text = self.env.get_template("module.py.j2").render(**self.fused_context(program))
-        return format_source(text, f"generated/{self.name}/{program.module}.py")
-
-    def fused_context(self, program: Program) -> dict:
+    def context(self, program: Program) -> dict:
         from optforge.compiler.passes.scope import scopes_of
 
         scopes = scopes_of(program)
