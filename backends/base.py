@@ -19,9 +19,10 @@ import jinja2
 import sympy as sp
 
 from optforge.compiler.errors import BackendError
-from optforge.compiler.ir import Assign, Program, Scope, Section, base
+from optforge.compiler.ir import Assign, Program, Scope, Section, base, ssa
 from optforge.compiler.render import docstring_equations
 
+from . import inplace
 from .printer import ExprPrinter
 
 HERE = pathlib.Path(__file__).parent
@@ -53,8 +54,16 @@ class Backend:
     global_reductions_are_arrays = False
     #: how an accumulator over all tensors starts
     reduce_init = {"sum": "0.0", "max": "-math.inf"}
+    #: element-wise calls with ``out=`` (backends/inplace.py): statements on per-element arrays then
+    #: write into scratch buffers instead of allocating; None: statements as printed
+    ops: inplace.Ops | None = None
+    #: a statement on a per-tensor buffer, updated in place: "add" (x += d), "sub" and "set" (x[...] = v)
+    forms: dict[str, str] = {}
+    copy = ""  # the call that copies a buffer
+    support = ""  # the runtime module with scratch()
 
     def __init__(self) -> None:
+        self.registers: inplace.Registers | None = None  # those of the pass over the tensors being written
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(HERE / self.name)),
             undefined=jinja2.StrictUndefined,
@@ -81,6 +90,10 @@ class Backend:
         printer = self.printer(program.rule, arrays, self.names)
         # buffers updated in place: a named alias of one needs a copy
         printer.inplace = {"w"} | {s.name for s in program.states if s.persists and s.scope >= Scope.TENSOR}
+        # per-element arrays, as printed
+        printer.elements = {"w", "g"} | {
+            printer.names.get(n, n) for n, s in scopes.items() if s == Scope.ELEMENT
+        }
         return printer
 
     def statement(self, a: Assign, p: ExprPrinter) -> list[str]:
@@ -105,8 +118,52 @@ class Backend:
         inner = value if dynamic is sp.true else sp.Piecewise((value, dynamic), (other, True))
         return p.doprint(static), dataclasses.replace(a, expr=inner)
 
-    def plain_statement(self, a: Assign, p: ExprPrinter) -> list[str]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def plain_statement(self, a: Assign, p: ExprPrinter) -> list[str]:
+        """One statement without a static guard: buffers updated in place (``forms``), other names bound."""
+        special = self.fill(a, p)
+        if special is not None:
+            return special
+        name = p.name_of(a.lhs)
+        ta = self.three_address(a, p)
+        if a.role in ("state", "param") and a.scope >= Scope.TENSOR:
+            kind, value = in_place_form(a)
+            form = self.forms[kind]
+            if ta is None:
+                return [form.format(name=name, value=p.doprint(value))]
+            if kind == "set":
+                return ta.overwrite(form, name, p.doprint(value))
+            return ta.update(form, name, p.doprint(value))
+        code = p.doprint(a.expr)
+        if isinstance(a.expr, sp.Symbol) and base(a.expr) in p.inplace:
+            return [f"{name} = {code}{self.copy}"]  # a named copy of a buffer that is updated in place later
+        return [f"{name} = {code}"] if ta is None else ta.bind(name, code)
+
+    def fill(self, a: Assign, p: ExprPrinter) -> list[str] | None:
+        """A backend's own way to write this statement, or None."""
+        return None
+
+    def three_address(self, a: Assign, p: ExprPrinter) -> inplace.ThreeAddress | None:
+        """The rewriter into scratch buffers, for a per-element statement or a reduction (None: as printed)."""
+        if self.ops is None or self.registers is None or not (a.scope == Scope.ELEMENT or a.role == "reduce"):
+            return None
+        return inplace.ThreeAddress(self.ops, p.elements, self.registers)
+
+    def scratch_lines(self, section: Section, program: Program) -> list[Line]:
+        """The line that binds the registers a pass over the tensors used (none if it used none)."""
+        if self.registers is None or not self.registers.count:
+            return []
+        names = self.registers.names()
+        arrays = ", ".join(["w", "g"] + self.element_states(program, section))
+        return [
+            Line(
+                f"{', '.join(names)}{',' if len(names) == 1 else ''} = {self.support}.scratch(self._scratch, {len(names)}, {arrays})",
+                "scratch buffers for the element-wise temporaries (reused, shaped like w)",
+            )
+        ]
+
+    def element_states(self, program: Program, section: Section) -> list[str]:
+        element = {s.name for s in program.states if s.scope == Scope.ELEMENT}
+        return [n for n in self.section_states(program, section) if n in element]
 
     def expr(self, expr: sp.Basic, p: ExprPrinter, equation: int | None, program: Program) -> str:
         try:
@@ -165,7 +222,11 @@ class Backend:
             if guard is not sp.true:
                 step = sp.Piecewise((step, guard), (acc, True))
             init.append(Line(f"{p.name_of(acc)} = {self.reduce_init[kind]}", f"over all tensors: {a.target}"))
-            inside.append(Line(f"{p.name_of(acc)} = {p.doprint(step)}"))
+            if self.ops is not None and self.registers is not None:  # the reduced values into scratch buffers
+                ta = inplace.ThreeAddress(self.ops, p.elements, self.registers)
+                inside += [Line(c) for c in ta.bind(p.name_of(acc), p.doprint(step))]
+            else:
+                inside.append(Line(f"{p.name_of(acc)} = {p.doprint(step)}"))
         return init, inside
 
     def section_lines(self, program: Program, section: Section, p: ExprPrinter) -> list[Line]:
@@ -213,9 +274,12 @@ class Backend:
             sections = self.case_sections(case)
             printed = []
             for s in sections:
+                self.registers = inplace.Registers() if s.kind != "step" else None
                 init, lines = (
                     self.reduce_lines(s, p) if s.kind == "reduce" else ([], self.section_lines(program, s, p))
                 )
+                lines = self.scratch_lines(s, program) + lines
+                self.registers = None
                 guard = self.reduce_guard(s, p) if s.kind == "reduce" else ""
                 printed.append(
                     {
@@ -328,6 +392,18 @@ class Backend:
     def render_exports(self, programs: list[Program]) -> str:
         text = self.env.get_template("__init__.py.j2").render(programs=programs)
         return format_source(text, f"generated/{self.name}/__init__.py")
+
+
+def in_place_form(a: Assign) -> tuple[str, sp.Basic]:
+    """("add", d) or ("sub", d) when the new value is the old plus or minus a term d, else ("set", value)."""
+    old = ssa(a.target, a.version - 1)
+    e = a.expr
+    if isinstance(e, sp.Add) and old in e.args:
+        rest = sp.Add(*[x for x in e.args if x != old])
+        if rest.could_extract_minus_sign():
+            return "sub", -rest
+        return "add", rest
+    return "set", e
 
 
 def fused_name(case: int) -> str:

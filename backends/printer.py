@@ -37,6 +37,7 @@ class ExprPrinter(StrPrinter):
         self.names = names or {}
         self.modules: set[str] = set()
         self.inplace: set[str] = set()  # names of buffers the backend updates in place
+        self.elements: set[str] = set()  # names of per-element arrays
 
     # -- helpers -----------------------------------------------------------------------
 

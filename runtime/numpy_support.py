@@ -84,3 +84,23 @@ def state_dtype(w: np.ndarray, chosen: Any = None) -> np.dtype:
 def upcast(g: np.ndarray) -> np.ndarray:
     """The gradient in at least float32 (no copy for float32 and float64)."""
     return g.astype(np.promote_types(g.dtype, np.float32), copy=False)
+
+
+def scratch(cache: dict, count: int, w: np.ndarray, *arrays: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """``count`` buffers shaped like ``w``, in the dtype of its element-wise maths (the widest of ``w`` and
+    ``arrays``): views of one buffer per dtype, kept in ``cache`` and grown to the largest tensor's need,
+    so that a step allocates nothing in proportion to the parameters."""
+    dtype = np.result_type(w, *[a for a in arrays if a is not None])
+    key = (dtype, w.shape, count)
+    views = cache.get(key)
+    if views is None:
+        size = w.size
+        buffer = cache.get(dtype)
+        if buffer is None or buffer.size < count * size:
+            buffer = np.empty(count * size, dtype)
+            for old in [k for k in cache if isinstance(k, tuple) and k[0] == dtype]:
+                del cache[old]  # views of the buffer replaced
+            cache[dtype] = buffer
+        views = tuple(buffer[i * size : (i + 1) * size].reshape(w.shape) for i in range(count))
+        cache[key] = views
+    return views

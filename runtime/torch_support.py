@@ -62,3 +62,28 @@ def as_numpy(*tensors: torch.Tensor | None) -> tuple:
 def plain(scalars: dict[str, Any]) -> dict[str, Any]:
     """The values of 0-d tensors (a reduction over all tensors) as Python numbers."""
     return {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in scalars.items()}
+
+
+def scratch(
+    cache: dict, count: int, w: torch.Tensor, *tensors: torch.Tensor | None
+) -> tuple[torch.Tensor, ...]:
+    """``count`` buffers shaped like ``w`` on its device, in the dtype of its element-wise maths (the widest of
+    ``w`` and ``tensors``): views of one buffer per dtype and device, kept in ``cache`` and grown to the
+    largest tensor's need, so that a step allocates nothing in proportion to the parameters."""
+    dtype = w.dtype
+    for t in tensors:
+        if t is not None and t.dtype != dtype:
+            dtype = torch.promote_types(dtype, t.dtype)
+    key = (dtype, w.device, w.shape, count)
+    views = cache.get(key)
+    if views is None:
+        size = w.numel()
+        buffer = cache.get((dtype, w.device))
+        if buffer is None or buffer.numel() < count * size:
+            buffer = torch.empty(count * size, dtype=dtype, device=w.device)
+            for old in [k for k in cache if len(k) == 4 and k[:2] == (dtype, w.device)]:
+                del cache[old]  # views of the buffer replaced
+            cache[(dtype, w.device)] = buffer
+        views = tuple(buffer[i * size : (i + 1) * size].view(w.shape) for i in range(count))
+        cache[key] = views
+    return views

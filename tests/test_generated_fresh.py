@@ -32,8 +32,8 @@ def test_check_command_fails_on_a_stale_file(tmp_path):
     write(tmp_path, generate())
     target = tmp_path / "generated" / "numpy" / "adamax.py"
     text = target.read_text()
-    assert "w -= lr * m / " in text
-    target.write_text(text.replace("w -= lr * m / ", "w += lr * m / "))
+    assert "                m += _s1" in text
+    target.write_text(text.replace("                m += _s1", "                m -= _s1"))
     out = subprocess.run(
         [sys.executable, "-m", "optforge.cli", "check", "--root", str(tmp_path)],
         capture_output=True,
@@ -41,7 +41,9 @@ def test_check_command_fails_on_a_stale_file(tmp_path):
     )
     assert out.returncode == 1
     assert "optforge build" in out.stdout
-    assert any(line.startswith("+") and "w -= lr * m / " in line for line in out.stdout.splitlines())
+    assert any(
+        line.startswith("+") and "                m += _s1" in line for line in out.stdout.splitlines()
+    )
 
 
 def test_check_command_passes_when_fresh(tmp_path):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sympy as sp
 
-from optforge.compiler.ir import Assign, Scope, base
+from optforge.compiler.ir import Assign, Scope
 
+from .. import inplace
 from ..base import Backend
-from ..numpy.printer import in_place
 from ..printer import ExprPrinter
 
 
@@ -46,14 +46,12 @@ class TorchBackend(Backend):
     name = "torch"
     printer = TorchPrinter
     global_reductions_are_arrays = True  # 0-d tensors: no device synchronisation
+    ops = inplace.TORCH
+    forms = {"add": "{name}.add_({value})", "sub": "{name}.sub_({value})", "set": "{name}.copy_({value})"}
+    copy = ".clone()"
+    support = "torch_support"
 
-    def plain_statement(self, a: Assign, p: ExprPrinter) -> list[str]:
-        name = p.name_of(a.lhs)
-        if a.role in ("state", "param") and a.scope >= Scope.TENSOR:
-            if not p.is_array(a.expr):
-                return [f"{name}.fill_({p.doprint(a.expr)})"]
-            return in_place(a, p, "{name}.add_({expr})", "{name}.sub_({expr})", "{name}.copy_({expr})")
-        code = p.doprint(a.expr)
-        if isinstance(a.expr, sp.Symbol) and base(a.expr) in p.inplace:
-            code += ".clone()"  # a named copy of a tensor that is updated in place later
-        return [f"{name} = {code}"]
+    def fill(self, a: Assign, p: ExprPrinter) -> list[str] | None:
+        if a.role in ("state", "param") and a.scope >= Scope.TENSOR and not p.is_array(a.expr):
+            return [f"{p.name_of(a.lhs)}.fill_({p.doprint(a.expr)})"]
+        return None

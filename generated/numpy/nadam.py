@@ -101,6 +101,7 @@ class Nadam:
         self.state_dtype = None if state_dtype is None else np.dtype(state_dtype)
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("nadam", "Nadam") if fused else None
+        self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
         self.beta_1 = common.check_float("beta_1", beta_1, 0.0, 1.0, True, False)
         self.beta_2 = common.check_float("beta_2", beta_2, 0.0, 1.0, True, False)
         self.epsilon = common.check_float("epsilon", epsilon, 0.0, math.inf, True, False)
@@ -225,23 +226,26 @@ class Nadam:
             for key in keys:
                 w, g = params[key], numpy_support.upcast(grads[key])
                 grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
                 # loss scaling
                 if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
+                    g = np.divide(g, loss_scale_factor, out=_s0)
                 # gradient accumulation
                 if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
+                    grad_accumulator = np.add(g, grad_accumulator, out=_s1)
                 if gradient_accumulation_steps is not None and is_update:
-                    g = grad_accumulator / gradient_accumulation_steps
+                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
                 sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
                 # clipping
                 if clipnorm is not None and is_update:
-                    g = clipnorm * g / np.maximum(clipnorm, np.sqrt(sumsq_g))
-                global_sumsq_g = (
-                    global_sumsq_g + np.sum(g**2)
-                    if (global_clipnorm is not None and is_update)
-                    else global_sumsq_g
-                )
+                    np.multiply(clipnorm, g, out=_s2)
+                    g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
+                if global_clipnorm is not None and is_update:
+                    np.square(g, out=_s2)
+                    global_sumsq_g = global_sumsq_g + np.sum(_s2)
+                else:
+                    global_sumsq_g = global_sumsq_g
         fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
         for key in keys:
             w, g = params[key], numpy_support.upcast(grads[key])
@@ -252,41 +256,74 @@ class Nadam:
             if fused_work is not None and fused_support.fusable(w, g, m, v, grad_accumulator, ema):
                 fused_work.append((w, g, m, v, grad_accumulator, ema))
                 continue
+            # scratch buffers for the element-wise temporaries (reused, shaped like w)
+            _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(
+                self._scratch, 5, w, g, m, v, grad_accumulator, ema
+            )
             # loss scaling
             if loss_scale_factor is not None:
-                g = g / loss_scale_factor
+                g = np.divide(g, loss_scale_factor, out=_s0)
             # gradient accumulation
             if gradient_accumulation_steps is not None:
                 grad_accumulator += g
             if gradient_accumulation_steps is not None and is_update:
-                g = grad_accumulator / gradient_accumulation_steps
+                g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
                 grad_accumulator[...] = 0
-            sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
+            if clipnorm is not None and is_update:
+                np.square(g, out=_s1)
+                sumsq_g = np.sum(_s1)
+            else:
+                sumsq_g = 0
             # clipping
             if clipnorm is not None and is_update:
-                g = clipnorm * g / np.maximum(clipnorm, np.sqrt(sumsq_g))
+                np.multiply(clipnorm, g, out=_s1)
+                g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
             if global_clipnorm is not None and is_update:
-                g = g * global_clipnorm / np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
+                np.multiply(g, global_clipnorm, out=_s1)
+                g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
             if clipvalue is not None and is_update:
-                g = np.clip(g, -clipvalue, clipvalue)
+                g = np.clip(g, -clipvalue, clipvalue, out=_s0)
             # decoupled weight decay
             if weight_decay is not None and is_update:
-                w -= lr * w * weight_decay
+                np.multiply(lr, w, out=_s1)
+                np.multiply(_s1, weight_decay, out=_s1)
+                w -= _s1
             # first moment
             if is_update:
-                m += (1 - beta_1) * (g - m)
+                np.subtract(g, m, out=_s1)
+                np.multiply(1 - beta_1, _s1, out=_s1)
+                m += _s1
                 # second moment
-                v += (1 - beta_2) * (g**2 - v)
+                np.square(g, out=_s1)
+                np.subtract(_s1, v, out=_s1)
+                np.multiply(1 - beta_2, _s1, out=_s1)
+                v += _s1
             # Nesterov momentum
-            m_hat = g * (1 - u_t) / (1 - u_product) + m * u_t1 / (-u_product * u_t1 + 1) if is_update else 0
+            if is_update:
+                np.multiply(g, 1 - u_t, out=_s2)
+                np.divide(_s2, 1 - u_product, out=_s2)
+                np.multiply(m, u_t1, out=_s3)
+                np.divide(_s3, -u_product * u_t1 + 1, out=_s3)
+                m_hat = np.add(_s2, _s3, out=_s1)
+            else:
+                m_hat = 0
             # bias correction
-            v_hat = v / (1 - beta_2**t) if is_update else 0
+            if is_update:
+                v_hat = np.divide(v, 1 - beta_2**t, out=_s3)
+            else:
+                v_hat = 0
             # parameter update
             if is_update:
-                w -= lr * m_hat / (epsilon + np.sqrt(v_hat))
+                np.multiply(lr, m_hat, out=_s2)
+                np.sqrt(v_hat, out=_s4)
+                np.add(epsilon, _s4, out=_s4)
+                np.divide(_s2, _s4, out=_s4)
+                w -= _s4
             # EMA of the weights
             if use_ema:
-                ema[...] = ema * ema_mu + w * (1 - ema_mu)
+                np.multiply(ema, ema_mu, out=_s4)
+                np.multiply(w, 1 - ema_mu, out=_s2)
+                np.add(_s4, _s2, out=ema)
             # EMA overwrite
             if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                 w[...] = ema

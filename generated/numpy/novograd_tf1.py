@@ -100,6 +100,7 @@ class NovoGradTF1:
         self.state_dtype = None if state_dtype is None else np.dtype(state_dtype)
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("novograd_tf1", "NovoGradTF1") if fused else None
+        self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
         self.beta1 = common.check_float("beta1", beta1, 0.0, 1.0, True, True)
         self.beta2 = common.check_float("beta2", beta2, 0.0, 1.0, True, True)
         self.epsilon = common.check_float("epsilon", epsilon, 0.0, math.inf, True, False)
@@ -219,23 +220,26 @@ class NovoGradTF1:
             for key in keys:
                 w, g = params[key], numpy_support.upcast(grads[key])
                 grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
                 # loss scaling
                 if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
+                    g = np.divide(g, loss_scale_factor, out=_s0)
                 # gradient accumulation
                 if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
+                    grad_accumulator = np.add(g, grad_accumulator, out=_s1)
                 if gradient_accumulation_steps is not None and is_update:
-                    g = grad_accumulator / gradient_accumulation_steps
+                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
                 sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
                 # clipping
                 if clipnorm is not None and is_update:
-                    g = clipnorm * g / np.maximum(clipnorm, np.sqrt(sumsq_g))
-                global_sumsq_g = (
-                    global_sumsq_g + np.sum(g**2)
-                    if (global_clipnorm is not None and is_update)
-                    else global_sumsq_g
-                )
+                    np.multiply(clipnorm, g, out=_s2)
+                    g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
+                if global_clipnorm is not None and is_update:
+                    np.square(g, out=_s2)
+                    global_sumsq_g = global_sumsq_g + np.sum(_s2)
+                else:
+                    global_sumsq_g = global_sumsq_g
         fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
         for key in keys:
             w, g = params[key], numpy_support.upcast(grads[key])
@@ -245,41 +249,60 @@ class NovoGradTF1:
             if fused_work is not None and fused_support.fusable(w, g, m, grad_accumulator, ema):
                 fused_work.append((w, g, m, grad_accumulator, ema))
                 continue
+            # scratch buffers for the element-wise temporaries (reused, shaped like w)
+            _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, m, grad_accumulator, ema)
             # loss scaling
             if loss_scale_factor is not None:
-                g = g / loss_scale_factor
+                g = np.divide(g, loss_scale_factor, out=_s0)
             # gradient accumulation
             if gradient_accumulation_steps is not None:
                 grad_accumulator += g
             if gradient_accumulation_steps is not None and is_update:
-                g = grad_accumulator / gradient_accumulation_steps
+                g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
                 grad_accumulator[...] = 0
-            sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
+            if clipnorm is not None and is_update:
+                np.square(g, out=_s1)
+                sumsq_g = np.sum(_s1)
+            else:
+                sumsq_g = 0
             # clipping
             if clipnorm is not None and is_update:
-                g = clipnorm * g / np.maximum(clipnorm, np.sqrt(sumsq_g))
+                np.multiply(clipnorm, g, out=_s1)
+                g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
             if global_clipnorm is not None and is_update:
-                g = g * global_clipnorm / np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
+                np.multiply(g, global_clipnorm, out=_s1)
+                g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
             if clipvalue is not None and is_update:
-                g = np.clip(g, -clipvalue, clipvalue)
-            sumsq_g_1 = np.sum(g**2) if is_update else 0
+                g = np.clip(g, -clipvalue, clipvalue, out=_s0)
+            if is_update:
+                np.square(g, out=_s1)
+                sumsq_g_1 = np.sum(_s1)
+            else:
+                sumsq_g_1 = 0
             # second moment (no EMA in graph mode)
             v = sumsq_g_1 if is_update else 0
             # normalised gradient
-            u = g / np.sqrt(epsilon + v) if is_update else 0
+            if is_update:
+                u = np.divide(g, np.sqrt(epsilon + v), out=_s1)
+            else:
+                u = 0
             # weight decay
             if is_update:
-                u = u + (w * weight_decay if weight_decay != 0 else 0)
+                u = np.add(u, w * weight_decay if weight_decay != 0 else 0, out=_s1)
                 # gradient averaging
                 if grad_averaging:
-                    u = u * (1 - beta1)
+                    u = np.multiply(u, 1 - beta1, out=_s1)
                 # momentum
-                m[...] = beta1 * m + u
+                np.multiply(beta1, m, out=_s2)
+                np.add(_s2, u, out=m)
                 # parameter update
-                w -= lr * (beta1 * m + u if use_nesterov else m)
+                np.multiply(lr, beta1 * m + u if use_nesterov else m, out=_s2)
+                w -= _s2
             # EMA of the weights
             if use_ema:
-                ema[...] = ema * ema_mu + w * (1 - ema_mu)
+                np.multiply(ema, ema_mu, out=_s2)
+                np.multiply(w, 1 - ema_mu, out=_s3)
+                np.add(_s2, _s3, out=ema)
             # EMA overwrite
             if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                 w[...] = ema

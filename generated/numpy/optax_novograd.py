@@ -97,6 +97,7 @@ class OptaxNovoGrad:
         self.state_dtype = None if state_dtype is None else np.dtype(state_dtype)
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("optax_novograd", "OptaxNovoGrad") if fused else None
+        self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
         self.b1 = common.check_float("b1", b1, 0.0, 1.0, True, True)
         self.b2 = common.check_float("b2", b2, 0.0, 1.0, True, True)
         self.eps = common.check_float("eps", eps, 0.0, math.inf, True, False)
@@ -216,23 +217,26 @@ class OptaxNovoGrad:
             for key in keys:
                 w, g = params[key], numpy_support.upcast(grads[key])
                 grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
                 # loss scaling
                 if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
+                    g = np.divide(g, loss_scale_factor, out=_s0)
                 # gradient accumulation
                 if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
+                    grad_accumulator = np.add(g, grad_accumulator, out=_s1)
                 if gradient_accumulation_steps is not None and is_update:
-                    g = grad_accumulator / gradient_accumulation_steps
+                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
                 sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
                 # clipping
                 if clipnorm is not None and is_update:
-                    g = clipnorm * g / np.maximum(clipnorm, np.sqrt(sumsq_g))
-                global_sumsq_g = (
-                    global_sumsq_g + np.sum(g**2)
-                    if (global_clipnorm is not None and is_update)
-                    else global_sumsq_g
-                )
+                    np.multiply(clipnorm, g, out=_s2)
+                    g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
+                if global_clipnorm is not None and is_update:
+                    np.square(g, out=_s2)
+                    global_sumsq_g = global_sumsq_g + np.sum(_s2)
+                else:
+                    global_sumsq_g = global_sumsq_g
         fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
         for key in keys:
             w, g = params[key], numpy_support.upcast(grads[key])
@@ -243,37 +247,61 @@ class OptaxNovoGrad:
             if fused_work is not None and fused_support.fusable(w, g, nu, mu, grad_accumulator, ema):
                 fused_work.append((w, g, nu, mu, grad_accumulator, ema))
                 continue
+            # scratch buffers for the element-wise temporaries (reused, shaped like w)
+            _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, mu, grad_accumulator, ema)
             # loss scaling
             if loss_scale_factor is not None:
-                g = g / loss_scale_factor
+                g = np.divide(g, loss_scale_factor, out=_s0)
             # gradient accumulation
             if gradient_accumulation_steps is not None:
                 grad_accumulator += g
             if gradient_accumulation_steps is not None and is_update:
-                g = grad_accumulator / gradient_accumulation_steps
+                g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
                 grad_accumulator[...] = 0
-            sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
+            if clipnorm is not None and is_update:
+                np.square(g, out=_s1)
+                sumsq_g = np.sum(_s1)
+            else:
+                sumsq_g = 0
             # clipping
             if clipnorm is not None and is_update:
-                g = clipnorm * g / np.maximum(clipnorm, np.sqrt(sumsq_g))
+                np.multiply(clipnorm, g, out=_s1)
+                g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
             if global_clipnorm is not None and is_update:
-                g = g * global_clipnorm / np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
+                np.multiply(g, global_clipnorm, out=_s1)
+                g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
             if clipvalue is not None and is_update:
-                g = np.clip(g, -clipvalue, clipvalue)
-            sumsq_g_1 = np.sum(g**2) if is_update else 0
+                g = np.clip(g, -clipvalue, clipvalue, out=_s0)
+            if is_update:
+                np.square(g, out=_s1)
+                sumsq_g_1 = np.sum(_s1)
+            else:
+                sumsq_g_1 = 0
             # second moment
             if is_update:
                 nu[...] = sumsq_g_1 if t == 1 else b2 * nu + sumsq_g_1 * (1 - b2)
             # normalised gradient with weight decay
-            u = g / (eps + np.sqrt(eps_root + nu)) + w * weight_decay if is_update else 0
+            if is_update:
+                np.divide(g, eps + np.sqrt(eps_root + nu), out=_s2)
+                np.multiply(w, weight_decay, out=_s3)
+                u = np.add(_s2, _s3, out=_s1)
+            else:
+                u = 0
             # first moment
             if is_update:
-                mu[...] = u if t == 1 else b1 * mu + u
+                if t == 1:
+                    mu[...] = u
+                else:
+                    np.multiply(b1, mu, out=_s3)
+                    np.add(_s3, u, out=mu)
                 # parameter update
-                w -= lr * mu
+                np.multiply(lr, mu, out=_s3)
+                w -= _s3
             # EMA of the weights
             if use_ema:
-                ema[...] = ema * ema_mu + w * (1 - ema_mu)
+                np.multiply(ema, ema_mu, out=_s3)
+                np.multiply(w, 1 - ema_mu, out=_s2)
+                np.add(_s3, _s2, out=ema)
             # EMA overwrite
             if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                 w[...] = ema

@@ -93,6 +93,7 @@ class SGD:
         self.state_dtype = None if state_dtype is None else np.dtype(state_dtype)
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("sgd", "SGD") if fused else None
+        self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
         self.momentum = common.check_float("momentum", momentum, 0.0, 1.0, True, True)
         self.nesterov = common.check_flag("nesterov", nesterov)
         self.weight_decay = common.check_option("weight_decay", weight_decay, 0.0, math.inf, True, False)
@@ -217,23 +218,26 @@ class SGD:
                     grad_accumulator = (
                         state.grad_accumulator[key] if state.grad_accumulator is not None else None
                     )
+                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
                     # loss scaling
                     if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
+                        g = np.divide(g, loss_scale_factor, out=_s0)
                     # gradient accumulation
                     if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
+                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
                     if gradient_accumulation_steps is not None and is_update:
-                        g = grad_accumulator / gradient_accumulation_steps
+                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
                     sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
                     # clipping
                     if clipnorm is not None and is_update:
-                        g = clipnorm * g / np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    global_sumsq_g = (
-                        global_sumsq_g + np.sum(g**2)
-                        if (global_clipnorm is not None and is_update)
-                        else global_sumsq_g
-                    )
+                        np.multiply(clipnorm, g, out=_s2)
+                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
+                    if global_clipnorm is not None and is_update:
+                        np.square(g, out=_s2)
+                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
+                    else:
+                        global_sumsq_g = global_sumsq_g
             fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
             for key in keys:
                 w, g = params[key], numpy_support.upcast(grads[key])
@@ -242,32 +246,45 @@ class SGD:
                 if fused_work is not None and fused_support.fusable(w, g, grad_accumulator, ema):
                     fused_work.append((w, g, grad_accumulator, ema))
                     continue
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator, ema)
                 # loss scaling
                 if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
+                    g = np.divide(g, loss_scale_factor, out=_s0)
                 # gradient accumulation
                 if gradient_accumulation_steps is not None:
                     grad_accumulator += g
                 if gradient_accumulation_steps is not None and is_update:
-                    g = grad_accumulator / gradient_accumulation_steps
+                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
                     grad_accumulator[...] = 0
-                sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
+                if clipnorm is not None and is_update:
+                    np.square(g, out=_s1)
+                    sumsq_g = np.sum(_s1)
+                else:
+                    sumsq_g = 0
                 # clipping
                 if clipnorm is not None and is_update:
-                    g = clipnorm * g / np.maximum(clipnorm, np.sqrt(sumsq_g))
+                    np.multiply(clipnorm, g, out=_s1)
+                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
                 if global_clipnorm is not None and is_update:
-                    g = g * global_clipnorm / np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
+                    np.multiply(g, global_clipnorm, out=_s1)
+                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
                 if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue)
+                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
                 # decoupled weight decay
                 if weight_decay is not None and is_update:
-                    w -= lr * w * weight_decay
+                    np.multiply(lr, w, out=_s1)
+                    np.multiply(_s1, weight_decay, out=_s1)
+                    w -= _s1
                 # gradient descent
                 if is_update:
-                    w -= g * lr
+                    np.multiply(g, lr, out=_s1)
+                    w -= _s1
                 # EMA of the weights
                 if use_ema:
-                    ema[...] = ema * ema_mu + w * (1 - ema_mu)
+                    np.multiply(ema, ema_mu, out=_s1)
+                    np.multiply(w, 1 - ema_mu, out=_s2)
+                    np.add(_s1, _s2, out=ema)
                 # EMA overwrite
                 if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                     w[...] = ema
@@ -307,23 +324,26 @@ class SGD:
                     grad_accumulator = (
                         state.grad_accumulator[key] if state.grad_accumulator is not None else None
                     )
+                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
                     # loss scaling
                     if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
+                        g = np.divide(g, loss_scale_factor, out=_s0)
                     # gradient accumulation
                     if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
+                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
                     if gradient_accumulation_steps is not None and is_update:
-                        g = grad_accumulator / gradient_accumulation_steps
+                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
                     sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
                     # clipping
                     if clipnorm is not None and is_update:
-                        g = clipnorm * g / np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    global_sumsq_g = (
-                        global_sumsq_g + np.sum(g**2)
-                        if (global_clipnorm is not None and is_update)
-                        else global_sumsq_g
-                    )
+                        np.multiply(clipnorm, g, out=_s2)
+                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
+                    if global_clipnorm is not None and is_update:
+                        np.square(g, out=_s2)
+                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
+                    else:
+                        global_sumsq_g = global_sumsq_g
             fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
             for key in keys:
                 w, g = params[key], numpy_support.upcast(grads[key])
@@ -333,34 +353,52 @@ class SGD:
                 if fused_work is not None and fused_support.fusable(w, g, velocity, grad_accumulator, ema):
                     fused_work.append((w, g, velocity, grad_accumulator, ema))
                     continue
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, velocity, grad_accumulator, ema)
                 # loss scaling
                 if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
+                    g = np.divide(g, loss_scale_factor, out=_s0)
                 # gradient accumulation
                 if gradient_accumulation_steps is not None:
                     grad_accumulator += g
                 if gradient_accumulation_steps is not None and is_update:
-                    g = grad_accumulator / gradient_accumulation_steps
+                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
                     grad_accumulator[...] = 0
-                sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
+                if clipnorm is not None and is_update:
+                    np.square(g, out=_s1)
+                    sumsq_g = np.sum(_s1)
+                else:
+                    sumsq_g = 0
                 # clipping
                 if clipnorm is not None and is_update:
-                    g = clipnorm * g / np.maximum(clipnorm, np.sqrt(sumsq_g))
+                    np.multiply(clipnorm, g, out=_s1)
+                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
                 if global_clipnorm is not None and is_update:
-                    g = g * global_clipnorm / np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
+                    np.multiply(g, global_clipnorm, out=_s1)
+                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
                 if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue)
+                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
                 # decoupled weight decay
                 if weight_decay is not None and is_update:
-                    w -= lr * w * weight_decay
+                    np.multiply(lr, w, out=_s1)
+                    np.multiply(_s1, weight_decay, out=_s1)
+                    w -= _s1
                 # velocity
                 if is_update:
-                    velocity[...] = -g * lr + momentum * velocity
+                    np.negative(g, out=_s1)
+                    np.multiply(_s1, lr, out=_s1)
+                    np.multiply(momentum, velocity, out=_s2)
+                    np.add(_s1, _s2, out=velocity)
                     # Nesterov update
-                    w -= g * lr - momentum * velocity
+                    np.multiply(g, lr, out=_s2)
+                    np.multiply(momentum, velocity, out=_s1)
+                    np.subtract(_s2, _s1, out=_s1)
+                    w -= _s1
                 # EMA of the weights
                 if use_ema:
-                    ema[...] = ema * ema_mu + w * (1 - ema_mu)
+                    np.multiply(ema, ema_mu, out=_s1)
+                    np.multiply(w, 1 - ema_mu, out=_s2)
+                    np.add(_s1, _s2, out=ema)
                 # EMA overwrite
                 if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                     w[...] = ema
@@ -401,23 +439,26 @@ class SGD:
                     grad_accumulator = (
                         state.grad_accumulator[key] if state.grad_accumulator is not None else None
                     )
+                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
                     # loss scaling
                     if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
+                        g = np.divide(g, loss_scale_factor, out=_s0)
                     # gradient accumulation
                     if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
+                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
                     if gradient_accumulation_steps is not None and is_update:
-                        g = grad_accumulator / gradient_accumulation_steps
+                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
                     sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
                     # clipping
                     if clipnorm is not None and is_update:
-                        g = clipnorm * g / np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    global_sumsq_g = (
-                        global_sumsq_g + np.sum(g**2)
-                        if (global_clipnorm is not None and is_update)
-                        else global_sumsq_g
-                    )
+                        np.multiply(clipnorm, g, out=_s2)
+                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
+                    if global_clipnorm is not None and is_update:
+                        np.square(g, out=_s2)
+                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
+                    else:
+                        global_sumsq_g = global_sumsq_g
             fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
             for key in keys:
                 w, g = params[key], numpy_support.upcast(grads[key])
@@ -427,34 +468,49 @@ class SGD:
                 if fused_work is not None and fused_support.fusable(w, g, velocity, grad_accumulator, ema):
                     fused_work.append((w, g, velocity, grad_accumulator, ema))
                     continue
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, velocity, grad_accumulator, ema)
                 # loss scaling
                 if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
+                    g = np.divide(g, loss_scale_factor, out=_s0)
                 # gradient accumulation
                 if gradient_accumulation_steps is not None:
                     grad_accumulator += g
                 if gradient_accumulation_steps is not None and is_update:
-                    g = grad_accumulator / gradient_accumulation_steps
+                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
                     grad_accumulator[...] = 0
-                sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
+                if clipnorm is not None and is_update:
+                    np.square(g, out=_s1)
+                    sumsq_g = np.sum(_s1)
+                else:
+                    sumsq_g = 0
                 # clipping
                 if clipnorm is not None and is_update:
-                    g = clipnorm * g / np.maximum(clipnorm, np.sqrt(sumsq_g))
+                    np.multiply(clipnorm, g, out=_s1)
+                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
                 if global_clipnorm is not None and is_update:
-                    g = g * global_clipnorm / np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
+                    np.multiply(g, global_clipnorm, out=_s1)
+                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
                 if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue)
+                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
                 # decoupled weight decay
                 if weight_decay is not None and is_update:
-                    w -= lr * w * weight_decay
+                    np.multiply(lr, w, out=_s1)
+                    np.multiply(_s1, weight_decay, out=_s1)
+                    w -= _s1
                 # velocity
                 if is_update:
-                    velocity[...] = -g * lr + momentum * velocity
+                    np.negative(g, out=_s1)
+                    np.multiply(_s1, lr, out=_s1)
+                    np.multiply(momentum, velocity, out=_s2)
+                    np.add(_s1, _s2, out=velocity)
                     # momentum update
                     w += velocity
                 # EMA of the weights
                 if use_ema:
-                    ema[...] = ema * ema_mu + w * (1 - ema_mu)
+                    np.multiply(ema, ema_mu, out=_s2)
+                    np.multiply(w, 1 - ema_mu, out=_s1)
+                    np.add(_s2, _s1, out=ema)
                 # EMA overwrite
                 if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                     w[...] = ema

@@ -141,6 +141,7 @@ class Nadam(Optimizer):
         self.state_dtype = torch_support.check_state_dtype(state_dtype)
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("nadam", "Nadam") if fused else None
+        self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
         super().__init__(params, defaults)
         for group in self.param_groups:
             for w in group["params"]:
@@ -252,23 +253,26 @@ class Nadam(Optimizer):
                 for w, state in self._tensors(params, group):
                     g = torch_support.upcast(w.grad)
                     grad_accumulator = state.get("grad_accumulator")
+                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                    _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
                     # loss scaling
                     if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
+                        g = torch.div(g, loss_scale_factor, out=_s0)
                     # gradient accumulation
                     if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
+                        grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
                     if gradient_accumulation_steps is not None and is_update:
-                        g = grad_accumulator / gradient_accumulation_steps
+                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
                     sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
                     # clipping
                     if clipnorm is not None and is_update:
-                        g = clipnorm * g / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm)
-                    global_sumsq_g = (
-                        global_sumsq_g + torch.sum(g**2)
-                        if (global_clipnorm is not None and is_update)
-                        else global_sumsq_g
-                    )
+                        torch.mul(clipnorm, g, out=_s2)
+                        g = torch.div(_s2, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                    if global_clipnorm is not None and is_update:
+                        torch.pow(g, 2, out=_s2)
+                        global_sumsq_g = global_sumsq_g + torch.sum(_s2)
+                    else:
+                        global_sumsq_g = global_sumsq_g
             fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
             for w, state in self._tensors(params, group):
                 g = torch_support.upcast(w.grad)
@@ -279,43 +283,74 @@ class Nadam(Optimizer):
                 if fused_work is not None and torch_support.fusable(w, g, m, v, grad_accumulator, ema):
                     fused_work.append(torch_support.as_numpy(w, g, m, v, grad_accumulator, ema))
                     continue
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(
+                    self._scratch, 5, w, g, m, v, grad_accumulator, ema
+                )
                 # loss scaling
                 if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
+                    g = torch.div(g, loss_scale_factor, out=_s0)
                 # gradient accumulation
                 if gradient_accumulation_steps is not None:
                     grad_accumulator.add_(g)
                 if gradient_accumulation_steps is not None and is_update:
-                    g = grad_accumulator / gradient_accumulation_steps
+                    g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
                     grad_accumulator.fill_(0)
-                sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
+                if clipnorm is not None and is_update:
+                    torch.pow(g, 2, out=_s1)
+                    sumsq_g = torch.sum(_s1)
+                else:
+                    sumsq_g = 0
                 # clipping
                 if clipnorm is not None and is_update:
-                    g = clipnorm * g / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm)
+                    torch.mul(clipnorm, g, out=_s1)
+                    g = torch.div(_s1, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
                 if global_clipnorm is not None and is_update:
-                    g = g * global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm)
+                    torch.mul(g, global_clipnorm, out=_s1)
+                    g = torch.div(_s1, torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm), out=_s0)
                 if clipvalue is not None and is_update:
-                    g = torch.clamp(g, -clipvalue, clipvalue)
+                    g = torch.clamp(g, -clipvalue, clipvalue, out=_s0)
                 # decoupled weight decay
                 if weight_decay is not None and is_update:
-                    w.sub_(lr * w * weight_decay)
+                    torch.mul(lr, w, out=_s1)
+                    torch.mul(_s1, weight_decay, out=_s1)
+                    w.sub_(_s1)
                 # first moment
                 if is_update:
-                    m.add_((1 - beta_1) * (g - m))
+                    torch.sub(g, m, out=_s1)
+                    torch.mul(1 - beta_1, _s1, out=_s1)
+                    m.add_(_s1)
                     # second moment
-                    v.add_((1 - beta_2) * (g**2 - v))
+                    torch.pow(g, 2, out=_s1)
+                    torch.sub(_s1, v, out=_s1)
+                    torch.mul(1 - beta_2, _s1, out=_s1)
+                    v.add_(_s1)
                 # Nesterov momentum
-                m_hat = (
-                    g * (1 - u_t) / (1 - u_product) + m * u_t1 / (-u_product * u_t1 + 1) if is_update else 0
-                )
+                if is_update:
+                    torch.mul(g, 1 - u_t, out=_s2)
+                    torch.div(_s2, 1 - u_product, out=_s2)
+                    torch.mul(m, u_t1, out=_s3)
+                    torch.div(_s3, -u_product * u_t1 + 1, out=_s3)
+                    m_hat = torch.add(_s2, _s3, out=_s1)
+                else:
+                    m_hat = 0
                 # bias correction
-                v_hat = v / (1 - beta_2**t) if is_update else 0
+                if is_update:
+                    v_hat = torch.div(v, 1 - beta_2**t, out=_s3)
+                else:
+                    v_hat = 0
                 # parameter update
                 if is_update:
-                    w.sub_(lr * m_hat / (epsilon + torch.sqrt(v_hat)))
+                    torch.mul(lr, m_hat, out=_s2)
+                    torch.sqrt(v_hat, out=_s4)
+                    torch.add(epsilon, _s4, out=_s4)
+                    torch.div(_s2, _s4, out=_s4)
+                    w.sub_(_s4)
                 # EMA of the weights
                 if use_ema:
-                    ema.copy_(ema * ema_mu + w * (1 - ema_mu))
+                    torch.mul(ema, ema_mu, out=_s4)
+                    torch.mul(w, 1 - ema_mu, out=_s2)
+                    torch.add(_s4, _s2, out=ema)
                 # EMA overwrite
                 if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                     w.copy_(ema)

@@ -144,6 +144,7 @@ class NovoGrad(Optimizer):
         self.state_dtype = torch_support.check_state_dtype(state_dtype)
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("novograd", "NovoGrad") if fused else None
+        self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
         super().__init__(params, defaults)
         for group in self.param_groups:
             for w in group["params"]:
@@ -251,23 +252,26 @@ class NovoGrad(Optimizer):
                 for w, state in self._tensors(params, group):
                     g = torch_support.upcast(w.grad)
                     grad_accumulator = state.get("grad_accumulator")
+                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                    _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
                     # loss scaling
                     if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
+                        g = torch.div(g, loss_scale_factor, out=_s0)
                     # gradient accumulation
                     if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
+                        grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
                     if gradient_accumulation_steps is not None and is_update:
-                        g = grad_accumulator / gradient_accumulation_steps
+                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
                     sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
                     # clipping
                     if clipnorm is not None and is_update:
-                        g = clipnorm * g / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm)
-                    global_sumsq_g = (
-                        global_sumsq_g + torch.sum(g**2)
-                        if (global_clipnorm is not None and is_update)
-                        else global_sumsq_g
-                    )
+                        torch.mul(clipnorm, g, out=_s2)
+                        g = torch.div(_s2, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                    if global_clipnorm is not None and is_update:
+                        torch.pow(g, 2, out=_s2)
+                        global_sumsq_g = global_sumsq_g + torch.sum(_s2)
+                    else:
+                        global_sumsq_g = global_sumsq_g
             fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
             for w, state in self._tensors(params, group):
                 g = torch_support.upcast(w.grad)
@@ -278,42 +282,61 @@ class NovoGrad(Optimizer):
                 if fused_work is not None and torch_support.fusable(w, g, v, m, grad_accumulator, ema):
                     fused_work.append(torch_support.as_numpy(w, g, v, m, grad_accumulator, ema))
                     continue
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, m, grad_accumulator, ema)
                 # loss scaling
                 if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
+                    g = torch.div(g, loss_scale_factor, out=_s0)
                 # gradient accumulation
                 if gradient_accumulation_steps is not None:
                     grad_accumulator.add_(g)
                 if gradient_accumulation_steps is not None and is_update:
-                    g = grad_accumulator / gradient_accumulation_steps
+                    g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
                     grad_accumulator.fill_(0)
-                sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
+                if clipnorm is not None and is_update:
+                    torch.pow(g, 2, out=_s1)
+                    sumsq_g = torch.sum(_s1)
+                else:
+                    sumsq_g = 0
                 # clipping
                 if clipnorm is not None and is_update:
-                    g = clipnorm * g / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm)
+                    torch.mul(clipnorm, g, out=_s1)
+                    g = torch.div(_s1, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
                 if global_clipnorm is not None and is_update:
-                    g = g * global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm)
+                    torch.mul(g, global_clipnorm, out=_s1)
+                    g = torch.div(_s1, torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm), out=_s0)
                 if clipvalue is not None and is_update:
-                    g = torch.clamp(g, -clipvalue, clipvalue)
-                sumsq_g_1 = torch.sum(g**2) if is_update else 0
+                    g = torch.clamp(g, -clipvalue, clipvalue, out=_s0)
+                if is_update:
+                    torch.pow(g, 2, out=_s1)
+                    sumsq_g_1 = torch.sum(_s1)
+                else:
+                    sumsq_g_1 = 0
                 # second moment
                 if is_update:
                     v.copy_(torch.where(v == 0, sumsq_g_1, beta2 * v + sumsq_g_1 * (1 - beta2)))
                 # normalised gradient
-                u = g / torch.sqrt(epsilon + v) if is_update else 0
+                if is_update:
+                    u = torch.div(g, torch.sqrt(epsilon + v), out=_s1)
+                else:
+                    u = 0
                 # weight decay
                 if is_update:
-                    u = u + (w * weight_decay if weight_decay != 0 else 0)
+                    u = torch.add(u, w * weight_decay if weight_decay != 0 else 0, out=_s1)
                     # gradient averaging
                     if grad_averaging:
-                        u = u * (1 - beta1)
+                        u = torch.mul(u, 1 - beta1, out=_s1)
                     # momentum
-                    m.copy_(beta1 * m + u)
+                    torch.mul(beta1, m, out=_s2)
+                    torch.add(_s2, u, out=m)
                     # parameter update
-                    w.sub_(lr * (beta1 * m + u if use_nesterov else m))
+                    torch.mul(lr, beta1 * m + u if use_nesterov else m, out=_s2)
+                    w.sub_(_s2)
                 # EMA of the weights
                 if use_ema:
-                    ema.copy_(ema * ema_mu + w * (1 - ema_mu))
+                    torch.mul(ema, ema_mu, out=_s2)
+                    torch.mul(w, 1 - ema_mu, out=_s3)
+                    torch.add(_s2, _s3, out=ema)
                 # EMA overwrite
                 if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                     w.copy_(ema)

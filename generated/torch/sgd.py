@@ -134,6 +134,7 @@ class SGD(Optimizer):
         self.state_dtype = torch_support.check_state_dtype(state_dtype)
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("sgd", "SGD") if fused else None
+        self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
         super().__init__(params, defaults)
         for group in self.param_groups:
             for w in group["params"]:
@@ -237,23 +238,26 @@ class SGD(Optimizer):
                     for w, state in self._tensors(params, group):
                         g = torch_support.upcast(w.grad)
                         grad_accumulator = state.get("grad_accumulator")
+                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
                         # loss scaling
                         if loss_scale_factor is not None:
-                            g = g / loss_scale_factor
+                            g = torch.div(g, loss_scale_factor, out=_s0)
                         # gradient accumulation
                         if gradient_accumulation_steps is not None:
-                            grad_accumulator = g + grad_accumulator
+                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
                         if gradient_accumulation_steps is not None and is_update:
-                            g = grad_accumulator / gradient_accumulation_steps
+                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
                         sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
                         # clipping
                         if clipnorm is not None and is_update:
-                            g = clipnorm * g / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm)
-                        global_sumsq_g = (
-                            global_sumsq_g + torch.sum(g**2)
-                            if (global_clipnorm is not None and is_update)
-                            else global_sumsq_g
-                        )
+                            torch.mul(clipnorm, g, out=_s2)
+                            g = torch.div(_s2, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                        if global_clipnorm is not None and is_update:
+                            torch.pow(g, 2, out=_s2)
+                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
+                        else:
+                            global_sumsq_g = global_sumsq_g
                 fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
                 for w, state in self._tensors(params, group):
                     g = torch_support.upcast(w.grad)
@@ -262,32 +266,47 @@ class SGD(Optimizer):
                     if fused_work is not None and torch_support.fusable(w, g, grad_accumulator, ema):
                         fused_work.append(torch_support.as_numpy(w, g, grad_accumulator, ema))
                         continue
+                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                    _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator, ema)
                     # loss scaling
                     if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
+                        g = torch.div(g, loss_scale_factor, out=_s0)
                     # gradient accumulation
                     if gradient_accumulation_steps is not None:
                         grad_accumulator.add_(g)
                     if gradient_accumulation_steps is not None and is_update:
-                        g = grad_accumulator / gradient_accumulation_steps
+                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
                         grad_accumulator.fill_(0)
-                    sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
+                    if clipnorm is not None and is_update:
+                        torch.pow(g, 2, out=_s1)
+                        sumsq_g = torch.sum(_s1)
+                    else:
+                        sumsq_g = 0
                     # clipping
                     if clipnorm is not None and is_update:
-                        g = clipnorm * g / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm)
+                        torch.mul(clipnorm, g, out=_s1)
+                        g = torch.div(_s1, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
                     if global_clipnorm is not None and is_update:
-                        g = g * global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm)
+                        torch.mul(g, global_clipnorm, out=_s1)
+                        g = torch.div(
+                            _s1, torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm), out=_s0
+                        )
                     if clipvalue is not None and is_update:
-                        g = torch.clamp(g, -clipvalue, clipvalue)
+                        g = torch.clamp(g, -clipvalue, clipvalue, out=_s0)
                     # decoupled weight decay
                     if weight_decay is not None and is_update:
-                        w.sub_(lr * w * weight_decay)
+                        torch.mul(lr, w, out=_s1)
+                        torch.mul(_s1, weight_decay, out=_s1)
+                        w.sub_(_s1)
                     # gradient descent
                     if is_update:
-                        w.sub_(g * lr)
+                        torch.mul(g, lr, out=_s1)
+                        w.sub_(_s1)
                     # EMA of the weights
                     if use_ema:
-                        ema.copy_(ema * ema_mu + w * (1 - ema_mu))
+                        torch.mul(ema, ema_mu, out=_s1)
+                        torch.mul(w, 1 - ema_mu, out=_s2)
+                        torch.add(_s1, _s2, out=ema)
                     # EMA overwrite
                     if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                         w.copy_(ema)
@@ -327,23 +346,26 @@ class SGD(Optimizer):
                     for w, state in self._tensors(params, group):
                         g = torch_support.upcast(w.grad)
                         grad_accumulator = state.get("grad_accumulator")
+                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
                         # loss scaling
                         if loss_scale_factor is not None:
-                            g = g / loss_scale_factor
+                            g = torch.div(g, loss_scale_factor, out=_s0)
                         # gradient accumulation
                         if gradient_accumulation_steps is not None:
-                            grad_accumulator = g + grad_accumulator
+                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
                         if gradient_accumulation_steps is not None and is_update:
-                            g = grad_accumulator / gradient_accumulation_steps
+                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
                         sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
                         # clipping
                         if clipnorm is not None and is_update:
-                            g = clipnorm * g / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm)
-                        global_sumsq_g = (
-                            global_sumsq_g + torch.sum(g**2)
-                            if (global_clipnorm is not None and is_update)
-                            else global_sumsq_g
-                        )
+                            torch.mul(clipnorm, g, out=_s2)
+                            g = torch.div(_s2, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                        if global_clipnorm is not None and is_update:
+                            torch.pow(g, 2, out=_s2)
+                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
+                        else:
+                            global_sumsq_g = global_sumsq_g
                 fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
                 for w, state in self._tensors(params, group):
                     g = torch_support.upcast(w.grad)
@@ -355,34 +377,56 @@ class SGD(Optimizer):
                     ):
                         fused_work.append(torch_support.as_numpy(w, g, velocity, grad_accumulator, ema))
                         continue
+                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                    _s0, _s1, _s2 = torch_support.scratch(
+                        self._scratch, 3, w, g, velocity, grad_accumulator, ema
+                    )
                     # loss scaling
                     if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
+                        g = torch.div(g, loss_scale_factor, out=_s0)
                     # gradient accumulation
                     if gradient_accumulation_steps is not None:
                         grad_accumulator.add_(g)
                     if gradient_accumulation_steps is not None and is_update:
-                        g = grad_accumulator / gradient_accumulation_steps
+                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
                         grad_accumulator.fill_(0)
-                    sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
+                    if clipnorm is not None and is_update:
+                        torch.pow(g, 2, out=_s1)
+                        sumsq_g = torch.sum(_s1)
+                    else:
+                        sumsq_g = 0
                     # clipping
                     if clipnorm is not None and is_update:
-                        g = clipnorm * g / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm)
+                        torch.mul(clipnorm, g, out=_s1)
+                        g = torch.div(_s1, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
                     if global_clipnorm is not None and is_update:
-                        g = g * global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm)
+                        torch.mul(g, global_clipnorm, out=_s1)
+                        g = torch.div(
+                            _s1, torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm), out=_s0
+                        )
                     if clipvalue is not None and is_update:
-                        g = torch.clamp(g, -clipvalue, clipvalue)
+                        g = torch.clamp(g, -clipvalue, clipvalue, out=_s0)
                     # decoupled weight decay
                     if weight_decay is not None and is_update:
-                        w.sub_(lr * w * weight_decay)
+                        torch.mul(lr, w, out=_s1)
+                        torch.mul(_s1, weight_decay, out=_s1)
+                        w.sub_(_s1)
                     # velocity
                     if is_update:
-                        velocity.copy_(-g * lr + momentum * velocity)
+                        torch.neg(g, out=_s1)
+                        torch.mul(_s1, lr, out=_s1)
+                        torch.mul(momentum, velocity, out=_s2)
+                        torch.add(_s1, _s2, out=velocity)
                         # Nesterov update
-                        w.sub_(g * lr - momentum * velocity)
+                        torch.mul(g, lr, out=_s2)
+                        torch.mul(momentum, velocity, out=_s1)
+                        torch.sub(_s2, _s1, out=_s1)
+                        w.sub_(_s1)
                     # EMA of the weights
                     if use_ema:
-                        ema.copy_(ema * ema_mu + w * (1 - ema_mu))
+                        torch.mul(ema, ema_mu, out=_s1)
+                        torch.mul(w, 1 - ema_mu, out=_s2)
+                        torch.add(_s1, _s2, out=ema)
                     # EMA overwrite
                     if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                         w.copy_(ema)
@@ -423,23 +467,26 @@ class SGD(Optimizer):
                     for w, state in self._tensors(params, group):
                         g = torch_support.upcast(w.grad)
                         grad_accumulator = state.get("grad_accumulator")
+                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
                         # loss scaling
                         if loss_scale_factor is not None:
-                            g = g / loss_scale_factor
+                            g = torch.div(g, loss_scale_factor, out=_s0)
                         # gradient accumulation
                         if gradient_accumulation_steps is not None:
-                            grad_accumulator = g + grad_accumulator
+                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
                         if gradient_accumulation_steps is not None and is_update:
-                            g = grad_accumulator / gradient_accumulation_steps
+                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
                         sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
                         # clipping
                         if clipnorm is not None and is_update:
-                            g = clipnorm * g / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm)
-                        global_sumsq_g = (
-                            global_sumsq_g + torch.sum(g**2)
-                            if (global_clipnorm is not None and is_update)
-                            else global_sumsq_g
-                        )
+                            torch.mul(clipnorm, g, out=_s2)
+                            g = torch.div(_s2, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                        if global_clipnorm is not None and is_update:
+                            torch.pow(g, 2, out=_s2)
+                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
+                        else:
+                            global_sumsq_g = global_sumsq_g
                 fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
                 for w, state in self._tensors(params, group):
                     g = torch_support.upcast(w.grad)
@@ -451,34 +498,53 @@ class SGD(Optimizer):
                     ):
                         fused_work.append(torch_support.as_numpy(w, g, velocity, grad_accumulator, ema))
                         continue
+                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                    _s0, _s1, _s2 = torch_support.scratch(
+                        self._scratch, 3, w, g, velocity, grad_accumulator, ema
+                    )
                     # loss scaling
                     if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
+                        g = torch.div(g, loss_scale_factor, out=_s0)
                     # gradient accumulation
                     if gradient_accumulation_steps is not None:
                         grad_accumulator.add_(g)
                     if gradient_accumulation_steps is not None and is_update:
-                        g = grad_accumulator / gradient_accumulation_steps
+                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
                         grad_accumulator.fill_(0)
-                    sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
+                    if clipnorm is not None and is_update:
+                        torch.pow(g, 2, out=_s1)
+                        sumsq_g = torch.sum(_s1)
+                    else:
+                        sumsq_g = 0
                     # clipping
                     if clipnorm is not None and is_update:
-                        g = clipnorm * g / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm)
+                        torch.mul(clipnorm, g, out=_s1)
+                        g = torch.div(_s1, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
                     if global_clipnorm is not None and is_update:
-                        g = g * global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm)
+                        torch.mul(g, global_clipnorm, out=_s1)
+                        g = torch.div(
+                            _s1, torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm), out=_s0
+                        )
                     if clipvalue is not None and is_update:
-                        g = torch.clamp(g, -clipvalue, clipvalue)
+                        g = torch.clamp(g, -clipvalue, clipvalue, out=_s0)
                     # decoupled weight decay
                     if weight_decay is not None and is_update:
-                        w.sub_(lr * w * weight_decay)
+                        torch.mul(lr, w, out=_s1)
+                        torch.mul(_s1, weight_decay, out=_s1)
+                        w.sub_(_s1)
                     # velocity
                     if is_update:
-                        velocity.copy_(-g * lr + momentum * velocity)
+                        torch.neg(g, out=_s1)
+                        torch.mul(_s1, lr, out=_s1)
+                        torch.mul(momentum, velocity, out=_s2)
+                        torch.add(_s1, _s2, out=velocity)
                         # momentum update
                         w.add_(velocity)
                     # EMA of the weights
                     if use_ema:
-                        ema.copy_(ema * ema_mu + w * (1 - ema_mu))
+                        torch.mul(ema, ema_mu, out=_s2)
+                        torch.mul(w, 1 - ema_mu, out=_s1)
+                        torch.add(_s2, _s1, out=ema)
                     # EMA overwrite
                     if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                         w.copy_(ema)

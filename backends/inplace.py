@@ -1,0 +1,275 @@
+"""Element-wise statements as three-address code into reusable buffers: no temporaries allocated per step.
+
+A NumPy or torch statement such as ``w -= lr * m / ((1 - beta_1**t) * (epsilon + u))`` allocates one array
+per operation. This pass takes the statement as the backend printer wrote it, parses it with :mod:`ast`,
+and writes one call per array operation with ``out=`` a scratch buffer (a *register*)::
+
+    np.multiply(lr, m, out=_s0)
+    np.add(epsilon, u, out=_s1)
+    np.multiply(1 - beta_1**t, _s1, out=_s1)
+    np.divide(_s0, _s1, out=_s0)
+    w -= _s0
+
+Python evaluates ``a * b / c`` as ``(a * b) / c`` with the same operand types, and so do the calls: the same
+operations in the same order on the same dtypes, so the results are those of the printed expression, bit
+for bit. Sub-expressions that read no per-element array stay Python (scalars, per-tensor values). The last
+operation of an overwrite (``u[...] = ...``) writes into the target itself; a named element-wise temporary
+(``m_hat``) keeps its own register for the rest of the tensor's statements. Anything the pass does not
+know (a select, a comparison, a call without ``out=``) is left as the printed expression: correct, and
+allocating, as before.
+
+The registers are views of one buffer per dtype that the optimizer keeps (``runtime.*_support.scratch``),
+shaped like the tensor: the memory is the largest tensor times the number of registers, allocated once.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Ops:
+    """A backend's element-wise calls that take ``out=``."""
+
+    binary: dict[type, str]  # ast operator -> call
+    negative: str
+    copy: str  # the method that copies an array
+    #: element-wise calls (as printed) that take ``out=``
+    calls: frozenset[str]
+    #: calls that reduce an array to a scalar: their argument goes into a register first
+    reductions: frozenset[str]
+
+
+NUMPY = Ops(
+    binary={
+        ast.Add: "np.add",
+        ast.Sub: "np.subtract",
+        ast.Mult: "np.multiply",
+        ast.Div: "np.divide",
+        ast.Pow: "np.power",
+    },
+    negative="np.negative",
+    copy=".copy()",
+    calls=frozenset(
+        {"np.sqrt", "np.abs", "np.sign", "np.exp", "np.log", "np.maximum", "np.minimum", "np.clip"}
+    ),
+    reductions=frozenset({"np.sum", "np.max"}),
+)
+
+TORCH = Ops(
+    binary={
+        ast.Add: "torch.add",
+        ast.Sub: "torch.sub",
+        ast.Mult: "torch.mul",
+        ast.Div: "torch.div",
+        ast.Pow: "torch.pow",
+    },
+    negative="torch.neg",
+    copy=".clone()",
+    calls=frozenset(
+        {
+            "torch.sqrt",
+            "torch.abs",
+            "torch.sign",
+            "torch.exp",
+            "torch.log",
+            "torch.special.erf",
+            "torch.maximum",
+            "torch.minimum",
+            "torch.clamp",
+        }
+    ),
+    reductions=frozenset({"torch.sum", "torch.amax"}),
+)
+
+
+class Registers:
+    """The scratch buffers of one pass over the tensors: ``_s0``, ``_s1``, ...; freed ones are reused."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.free: list[str] = []
+        self.named: dict[str, str] = {}  # element-wise temporary -> its register, for the rest of the pass
+
+    def take(self) -> str:
+        if self.free:
+            return self.free.pop()
+        self.count += 1
+        return f"_s{self.count - 1}"
+
+    def give(self, register: str | None) -> None:
+        if register is not None and register not in self.named.values() and register not in self.free:
+            self.free.append(register)
+
+    def of(self, name: str) -> str:
+        if name not in self.named:
+            self.named[name] = self.take()
+        return self.named[name]
+
+    def names(self) -> list[str]:
+        return [f"_s{i}" for i in range(self.count)]
+
+
+class ThreeAddress:
+    """Rewrites one printed statement; ``elements`` are the names that hold per-element arrays."""
+
+    def __init__(self, ops: Ops, elements: set[str], registers: Registers) -> None:
+        self.ops = ops
+        self.elements = elements
+        self.regs = registers
+        self.lines: list[str] = []
+        self.held: list[str] = []  # registers read by a reduction in the statement being written
+
+    # -- what a node is -----------------------------------------------------------------
+
+    def _call_name(self, node: ast.AST) -> str:
+        return ast.unparse(node.func) if isinstance(node, ast.Call) else ""
+
+    def is_element(self, node: ast.AST) -> bool:
+        """Whether the node's value is a per-element array (a reduction's is not)."""
+        if isinstance(node, ast.Name):
+            return node.id in self.elements
+        if isinstance(node, ast.Call) and self._call_name(node) in self.ops.reductions:
+            return False
+        return any(self.is_element(c) for c in ast.iter_child_nodes(node))
+
+    # -- expressions ----------------------------------------------------------------------
+
+    def operand(self, node: ast.AST, out: str | None = None) -> tuple[str, str | None]:
+        """(code, register it occupies or None): the node evaluated, element-wise operations into registers."""
+        if not self.is_element(node):
+            return self.scalar(node), None
+        if isinstance(node, ast.Name):
+            return node.id, None
+        if isinstance(node, ast.BinOp) and type(node.op) in self.ops.binary:
+            fn = self.ops.binary[type(node.op)]
+            if isinstance(node.op, ast.Pow) and _is_two(node.right):
+                fn = "np.square" if fn == "np.power" else fn  # NumPy's x**2 is np.square
+            args = [node.left] if fn == "np.square" else [node.left, node.right]
+            return self.emit(fn, args, [], out)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return self.emit(self.ops.negative, [node.operand], [], out)
+        if isinstance(node, ast.Call) and self._call_name(node) in self.ops.calls:
+            return self.emit(self._call_name(node), node.args, node.keywords, out)
+        return self.scalar(node), None  # not known here: the printed expression, as before
+
+    def emit(self, fn: str, args: list[ast.AST], keywords: list[ast.keyword], out: str | None):
+        printed, held = [], []
+        for a in args:
+            code, reg = self.operand(a)
+            printed.append(code)
+            held.append(reg)
+        for reg in held:  # the result may go into an argument's register: element-wise, that is safe
+            self.regs.give(reg)
+        dest = out or self.regs.take()
+        extra = [ast.unparse(k) for k in keywords]
+        self.lines.append(f"{fn}({', '.join(printed + extra + [f'out={dest}'])})")
+        return dest, (None if out else dest)
+
+    def scalar(self, node: ast.AST) -> str:
+        """A node printed as Python; a reduction's argument is evaluated into a register first."""
+        node = _Reductions(self).visit(_copy(node))
+        return ast.unparse(node)
+
+    # -- statements -------------------------------------------------------------------------
+
+    def bind(self, name: str, code: str) -> list[str]:
+        """``name = code``: an element-wise value goes into ``name``'s own register."""
+        return self._branches(code, lambda node: self._bind(name, node))
+
+    def _bind(self, name: str, node: ast.AST) -> None:
+        if isinstance(node, ast.Name) and node.id in self.regs.named and node.id != name:
+            # an alias of a register would change when its owner is written again
+            self.lines.append(f"{name} = {node.id}{self.ops.copy}")
+            return
+        if isinstance(node, ast.Name) or not self.is_element(node):
+            self.lines.append(f"{name} = {self.scalar(node)}")
+            return
+        reg = self.regs.of(name)
+        code, _ = self.operand(node, out=reg)
+        if code != reg:  # not an operation: the printed expression, as before
+            self.regs.named.pop(name)
+            self.regs.give(reg)
+            self.lines.append(f"{name} = {code}")
+            return
+        self.lines[-1] = f"{name} = {self.lines[-1]}"
+
+    def update(self, form: str, name: str, code: str) -> list[str]:
+        """``form`` is ``"{name} += {value}"`` or alike: the value into a register, then the update."""
+
+        def one(node: ast.AST) -> None:
+            value, reg = self.operand(node)
+            self.lines.append(form.format(name=name, value=value))
+            self.regs.give(reg)
+
+        return self._branches(code, one)
+
+    def overwrite(self, form: str, name: str, code: str) -> list[str]:
+        """``name`` takes the value: its last operation writes into ``name`` itself; ``form`` copies
+        anything else in (``"{name}[...] = {value}"``)."""
+
+        def one(node: ast.AST) -> None:
+            value, _ = self.operand(node, out=name)
+            if value != name:
+                self.lines.append(form.format(name=name, value=value))
+
+        return self._branches(code, one)
+
+    def _branches(self, code: str, write) -> list[str]:
+        """A statement whose value is ``a if cond else b`` with a Python condition: an ``if`` block each."""
+        self.lines = []
+        node = ast.parse(code, mode="eval").body
+
+        def visit(n: ast.AST, depth: int) -> None:
+            if isinstance(n, ast.IfExp) and not self.is_element(n.test):
+                start = len(self.lines)
+                self.lines.append(f"if {self.scalar(n.test)}:")
+                visit(n.body, depth + 1)
+                self._indent(start + 1)
+                start = len(self.lines)
+                self.lines.append("else:")
+                visit(n.orelse, depth + 1)
+                self._indent(start + 1)
+                return
+            write(n)
+
+        visit(node, 0)
+        for reg in self.held:
+            self.regs.give(reg)
+        self.held = []
+        return self.lines
+
+    def _indent(self, start: int) -> None:
+        self.lines[start:] = ["    " + line for line in self.lines[start:]]
+
+
+class _Reductions(ast.NodeTransformer):
+    """Inside a scalar expression, ``np.sum(g**2)`` becomes ``np.sum(_s0)`` after ``np.square(g, out=_s0)``;
+    not under a conditional, where the argument may not be computable."""
+
+    def __init__(self, ta: ThreeAddress) -> None:
+        self.ta = ta
+
+    def visit_IfExp(self, node):
+        return node
+
+    def visit_BoolOp(self, node):
+        return node
+
+    def visit_Call(self, node):
+        if self.ta._call_name(node) in self.ta.ops.reductions and len(node.args) == 1:
+            code, reg = self.ta.operand(node.args[0])
+            if reg is not None:  # read by the statement: free after it
+                self.ta.held.append(reg)
+            node.args = [ast.parse(code, mode="eval").body]
+            return node
+        return self.generic_visit(node)
+
+
+def _copy(node: ast.AST) -> ast.AST:
+    return ast.parse(ast.unparse(node), mode="eval").body
+
+
+def _is_two(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and node.value == 2 and not isinstance(node.value, bool)
