@@ -132,7 +132,7 @@ class Backend:
                 return [form.format(name=name, value=p.doprint(value))]
             if kind == "set":
                 return ta.overwrite(form, name, p.doprint(value))
-            return ta.update(form, name, p.doprint(value))
+            return ta.update(kind, form, name, p.doprint(value))
         code = p.doprint(a.expr)
         if isinstance(a.expr, sp.Symbol) and base(a.expr) in p.inplace:
             return [f"{name} = {code}{self.copy}"]  # a named copy of a buffer that is updated in place later

@@ -39,6 +39,13 @@ class Ops:
     calls: frozenset[str]
     #: calls that reduce an array to a scalar: their argument goes into a register first
     reductions: frozenset[str]
+    #: calls whose ``out=`` must have the input's dtype (torch's abs, neg, sign, clamp): where the buffer
+    #: is wider (float32 parameters with float64 state), the call is made as printed and copied in
+    same_dtype: frozenset[str] = frozenset()
+    #: torch's compound in-place methods: ``x.add_(y, alpha=c)``, ``x.addcmul_(a, b)``, ``x.addcdiv_(a, b)``
+    #: and ``torch.add(x, y, alpha=c)``, one pass instead of two. They may fuse the multiply and the add
+    #: (one rounding instead of two): the results differ from the printed expression's in the last bit.
+    compound: bool = False
 
 
 NUMPY = Ops(
@@ -81,6 +88,8 @@ TORCH = Ops(
         }
     ),
     reductions=frozenset({"torch.sum", "torch.amax"}),
+    same_dtype=frozenset({"torch.abs", "torch.neg", "torch.sign", "torch.clamp"}),
+    compound=True,
 )
 
 
@@ -142,6 +151,18 @@ class ThreeAddress:
             return self.scalar(node), None
         if isinstance(node, ast.Name):
             return node.id, None
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+            for x, c in ((node.left, node.right), (node.right, node.left)):
+                if _negated(x) and not self.is_element(c) and self.is_element(x.operand):
+                    # (-x)*c is x*(-c), exactly: one pass fewer
+                    scaled = ast.BinOp(x.operand, ast.Mult(), ast.UnaryOp(ast.USub(), c))
+                    return self.operand(ast.fix_missing_locations(scaled), out)
+        if self.ops.compound and isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+            scaled = self._scaled(node.right)
+            if scaled is not None and self.is_element(node.left):  # a + c*x in one call
+                x, c = scaled
+                c = c if isinstance(node.op, ast.Add) else f"-({c})"
+                return self.emit(self.ops.binary[ast.Add], [node.left, x], [f"alpha={c}"], out)
         if isinstance(node, ast.BinOp) and type(node.op) in self.ops.binary:
             fn = self.ops.binary[type(node.op)]
             if isinstance(node.op, ast.Pow) and _is_two(node.right):
@@ -163,8 +184,12 @@ class ThreeAddress:
         for reg in held:  # the result may go into an argument's register: element-wise, that is safe
             self.regs.give(reg)
         dest = out or self.regs.take()
-        extra = [ast.unparse(k) for k in keywords]
-        self.lines.append(f"{fn}({', '.join(printed + extra + [f'out={dest}'])})")
+        extra = [k if isinstance(k, str) else ast.unparse(k) for k in keywords]
+        call = f"{fn}({', '.join(printed + extra + [f'out={dest}'])})"
+        if fn in self.ops.same_dtype:
+            plain = f"{fn}({', '.join(printed + extra)})"
+            call = f"{call} if {printed[0]}.dtype == {dest}.dtype else {dest}.copy_({plain})"
+        self.lines.append(call)
         return dest, (None if out else dest)
 
     def scalar(self, node: ast.AST) -> str:
@@ -195,10 +220,45 @@ class ThreeAddress:
             return
         self.lines[-1] = f"{name} = {self.lines[-1]}"
 
-    def update(self, form: str, name: str, code: str) -> list[str]:
-        """``form`` is ``"{name} += {value}"`` or alike: the value into a register, then the update."""
+    def _scaled(self, node: ast.AST) -> tuple[ast.AST, str] | None:
+        """(x, c) when the node is an element-wise x times a Python value c."""
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+            for x, c in ((node.right, node.left), (node.left, node.right)):
+                if self.is_element(x) and not self.is_element(c):
+                    return x, self.scalar(c)
+        return None
+
+    def compound(self, kind: str, name: str, node: ast.AST) -> bool:
+        """torch: ``x += c*y``, ``x += a*b`` and ``x += a/b`` (or ``-=``) as one in-place call."""
+        sign = "" if kind == "add" else "-"
+        scaled = self._scaled(node)
+        if scaled is not None:
+            x, c = scaled
+            value, reg = self.operand(x)
+            self.lines.append(f"{name}.add_({value}, alpha={f'-({c})' if sign else c})")
+            self.regs.give(reg)
+            return True
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow) and _is_two(node.right):
+            node = ast.BinOp(node.left, ast.Mult(), node.left)  # torch's x**2 is x*x
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.Div)):
+            if self.is_element(node.left) and self.is_element(node.right):
+                a, reg_a = self.operand(node.left)
+                b, reg_b = self.operand(node.right)
+                method = "addcmul_" if isinstance(node.op, ast.Mult) else "addcdiv_"
+                value = ", value=-1" if sign else ""
+                self.lines.append(f"{name}.{method}({a}, {b}{value})")
+                self.regs.give(reg_a)
+                self.regs.give(reg_b)
+                return True
+        return False
+
+    def update(self, kind: str, form: str, name: str, code: str) -> list[str]:
+        """``x += d`` (kind "add") or ``x -= d`` ("sub"); ``form`` says how: the value into a register, then
+        the update (torch: one compound call where the value is a product or a quotient)."""
 
         def one(node: ast.AST) -> None:
+            if self.ops.compound and self.compound(kind, name, node):
+                return
             value, reg = self.operand(node)
             self.lines.append(form.format(name=name, value=value))
             self.regs.give(reg)
@@ -269,6 +329,10 @@ class _Reductions(ast.NodeTransformer):
 
 def _copy(node: ast.AST) -> ast.AST:
     return ast.parse(ast.unparse(node), mode="eval").body
+
+
+def _negated(node: ast.AST) -> bool:
+    return isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
 
 
 def _is_two(node: ast.AST) -> bool:

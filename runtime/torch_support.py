@@ -54,6 +54,34 @@ def fusable(w: torch.Tensor, g: torch.Tensor, *states: torch.Tensor | None) -> b
     return all(s is None or (s.dtype == w.dtype and s.is_contiguous()) for s in states)
 
 
+def fused_arrays(cache: dict, w: torch.Tensor, g: torch.Tensor, *states: torch.Tensor | None) -> tuple | None:
+    """NumPy views of ``(w, g, *states)`` (the same memory) when the fused path takes this parameter, else None.
+
+    Making a view costs about 1.5 us a tensor, which on 200 tensors is a tenth of an update; the views of
+    the parameter and its state are kept in ``cache``, under the parameter, and used again while every
+    tensor is the same object with the same memory and shape (``p.data = ...`` or ``load_state_dict``
+    makes new ones). The gradient's view is made each step: it is often a new tensor, and a kept view
+    would keep the last gradient alive.
+    """
+    entry = cache.get(id(w))
+    tensors = (w, *states)
+    if entry is not None and all(
+        t is k and (t is None or (t.data_ptr() == ptr and t.shape == shape))
+        for t, k, (ptr, shape) in zip(tensors, entry[0], entry[1])
+    ):
+        arrays = entry[2]
+    else:
+        cache.pop(id(w), None)
+        if not fusable(w, w, *states):
+            return None
+        arrays = as_numpy(*tensors)
+        keys = tuple((0, None) if t is None else (t.data_ptr(), t.shape) for t in tensors)
+        cache[id(w)] = (tensors, keys, arrays)
+    if g.dtype != w.dtype or not g.is_contiguous() or not g.is_cpu:
+        return None
+    return (arrays[0], g.detach().numpy(), *arrays[1:])
+
+
 def as_numpy(*tensors: torch.Tensor | None) -> tuple:
     """NumPy views of CPU tensors (the same memory: the kernels update the tensors in place)."""
     return tuple(None if t is None else t.detach().numpy() for t in tensors)

@@ -136,3 +136,58 @@ def test_global_clipnorm_spreads_a_nan_to_every_tensor_as_its_maths_says(backend
     grads[1][0] = np.full_like(grads[1][0], math.nan)
     got, _ = run(backend, rule, {"learning_rate": 0.1, "global_clipnorm": 1.0}, params0, grads)
     assert all(not np.all(np.isfinite(p)) for p in got), "the global norm is NaN, so every update is"
+
+
+def _run_wide_state(backend, rule, cfg, dtype, state_dtype, fused, steps=6):
+    """float32 (or float64) params and grads, the state in ``state_dtype``: (params, [state arrays])."""
+    import torch
+
+    import optforge.generated.numpy as gn
+    import optforge.generated.torch as gt
+
+    params0, grads = problem(steps, zero_first=False)
+    params0 = [p.astype(dtype) for p in params0]
+    grads = [[x.astype(dtype) for x in g] for g in grads]
+    if backend == "numpy":
+        opt = getattr(gn, rule.name)(**cfg, state_dtype=state_dtype, fused=fused)
+        p = [x.copy() for x in params0]
+        st = opt.init(p)
+        for g in grads:
+            p, st = opt.step(p, g, st)
+        states = [a for v in st[1:] if isinstance(v, list) for a in v]
+        return p, states
+    kw = {("lr" if k == "learning_rate" else k): v for k, v in cfg.items()}
+    tp = [torch.tensor(x).requires_grad_() for x in params0]
+    opt = getattr(gt, rule.name)(
+        tp, **kw, state_dtype=getattr(torch, np.dtype(state_dtype).name), fused=fused
+    )
+    for g in grads:
+        for q, x in zip(tp, g):
+            q.grad = torch.tensor(x)
+        opt.step()
+    states = [v.numpy() for q in tp for v in opt.state[q].values() if isinstance(v, torch.Tensor)]
+    return [q.detach().numpy() for q in tp], states
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
+def test_float32_params_with_float64_state_track_the_float64_run(rule, backend, fused):
+    """state_dtype wider than the parameters: the element-wise temporaries follow the widest dtype, with
+    every option whose maths is element-wise (clipvalue, EMA with overwrite, loss scaling, accumulation)."""
+    cfg = {
+        **rule.configs.get("momentum", rule.configs["default"]),
+        "clipvalue": 0.3,
+        "use_ema": True,
+        "ema_overwrite_frequency": 4,
+        "loss_scale_factor": 2.0,
+    }
+    params, states = _run_wide_state(backend, rule, cfg, np.float32, np.float64, fused)
+    want_params, want_states = _run_wide_state(backend, rule, cfg, np.float64, np.float64, False)
+    assert states and all(s.dtype == np.float64 for s in states), [s.dtype for s in states]
+    assert len(states) == len(want_states)
+    for got, want in zip(params, want_params):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+    for got, want in zip(states, want_states):
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)

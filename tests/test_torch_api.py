@@ -665,3 +665,34 @@ def test_gradient_accumulation_counts_calls_and_updates_every_nth(rule):
     reference, _ = run_steps(rule, model, means)
     for a, b in zip(params_of(trained), params_of(reference)):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_a_deep_copied_or_pickled_optimizer_steps_like_the_original(rule, fused):
+    """copy.deepcopy and torch.save/torch.load keep the optimizer's own options (state_dtype, fused): the
+    copy's next steps equal the original's, bit for bit."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+    opt = optimizer_class(rule)(params, lr=0.01, state_dtype=torch.float64, fused=fused)
+    grads = [[torch.randn_like(p) for p in params] for _ in range(3)]
+
+    def step(o, g):
+        for p, x in zip(o.param_groups[0]["params"], g):
+            p.grad = x.clone()
+        o.step()
+
+    step(opt, grads[0])
+    buffer = io.BytesIO()
+    torch.save(opt, buffer)
+    buffer.seek(0)
+    copies = [copy.deepcopy(opt), torch.load(buffer, weights_only=False)]
+    for o in [opt, *copies]:
+        step(o, grads[1])
+        step(o, grads[2])
+    for o in copies:
+        assert o.fused is fused and o.state_dtype == torch.float64
+        for p, q in zip(opt.param_groups[0]["params"], o.param_groups[0]["params"]):
+            assert torch.equal(p, q)
+            for name, value in opt.state[p].items():
+                assert torch.equal(value, o.state[q][name]), name

@@ -199,6 +199,9 @@ class Kernel:
     stores: list[tuple[str, str]]  # (array, flag that says it is allocated, '' if always)
     accumulate: str = ""  # reduce: "sum" or "max"
     value: str = ""  # reduce: the printed element value
+    #: (name, index) of the once-per-step values read from the step's packed array ``k_``: one argument
+    #: instead of many (a Numba call costs about 0.15 us per argument)
+    packed: list[tuple[str, int]] = dataclasses.field(default_factory=list)
 
     @property
     def flags(self) -> list[str]:
@@ -207,7 +210,16 @@ class Kernel:
 
     @property
     def values(self) -> list[str]:
-        return [a for a in self.args if not a.startswith("b_")]
+        """Value arguments: the per-tensor ones (the once-per-step ones come packed in ``k_``)."""
+        packed = {n for n, _ in self.packed}
+        return [a for a in self.args if not a.startswith("b_") and a not in packed]
+
+    @property
+    def params(self) -> list[str]:
+        return [f"{n}_" for n in self.arrays] + (["k_"] if self.packed else []) + self.values
+
+    def call(self) -> str:
+        return f"{self.name}({', '.join(self.flags)})({', '.join(self.params)})"
 
 
 class FusedBackend(Backend):
@@ -290,6 +302,16 @@ class FusedBackend(Backend):
         update = self.update_kernel(program, index, element, kp, hoister, arrays, persisting)
         lines += hoister.flush()
         kernels.append(update)
+        # the once-per-step values the kernels read, packed into one array by prepare
+        step_names = {h.name for h in hoister.step}
+        packed = sorted({v for k in kernels for v in k.values if v in step_names}, key=_hoisted_order)
+        for k in kernels:
+            k.packed = [(v, packed.index(v)) for v in k.values if v in step_names]
+        calls = {_placeholder(k.name): k.call() for k in kernels}
+        for ln in lines:
+            for marker, call in calls.items():
+                ln.code = ln.code.replace(marker, call)
+        kernel_args = [a for k in kernels for a in k.flags + k.values]
         return {
             "name": fused_name(index),
             "case": "" if case.condition is sp.true else p.doprint(case.condition),
@@ -299,9 +321,11 @@ class FusedBackend(Backend):
             "scalars": section_scalars(program, scopes, section, self.names),
             "step": hoister.step,
             "unpack": _identifiers_in(
-                [ln.code for ln in lines] + update.args,
+                [ln.code for ln in lines] + kernel_args,
                 section_scalars(program, scopes, section, self.names) + [h.name for h in hoister.step],
-            ),
+            )
+            + (["k_"] if packed else []),
+            "packed": packed,
             "lines": lines,
             "kernels": kernels,
             "main": update,
@@ -350,8 +374,7 @@ class FusedBackend(Backend):
             accumulate="sum" if type(red).__name__ == "TensorSum" else "max",
             value=value,
         )
-        call = f"{name}({', '.join(kernel.flags)})({', '.join([f'{n}_' for n in names] + kernel.values)})"
-        return kernel, call
+        return kernel, _placeholder(name)
 
     def load(self, name: str, kp: KernelPrinter) -> tuple[str, str, str]:
         """(array, flag, zero): an optional state is read only where it is kept (flag), else it is zero."""
@@ -377,6 +400,11 @@ class FusedBackend(Backend):
             body=[c for _, code, _ in element for c in code],
             stores=stores,
         )
+
+
+def _placeholder(kernel: str) -> str:
+    """Where a kernel's call goes in the per-tensor lines, until its arguments are known."""
+    return f"<call {kernel}>"
 
 
 def _identifiers_in(code: list[str], names: list[str]) -> list[str]:

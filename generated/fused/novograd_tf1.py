@@ -73,40 +73,27 @@ def prepare_update_case_0(
     c_18 = dt(ema_mu) if use_ema else dt(0)
     c_19 = dt(1 - ema_mu) if use_ema else dt(0)
     b_11 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    k_ = np.array(
+        [c_0, c_1, c_2, c_3, c_4, c_6, c_7, c_8, c_9, c_11, c_12, c_13, c_14, c_15, c_16, c_17, c_18, c_19],
+        dt,
+    )  # what the kernels read, in one argument
     return (
         epsilon,
         clipnorm,
         is_update,
         b_0,
-        c_0,
         b_1,
         b_2,
-        c_1,
-        c_2,
-        c_3,
         b_3,
-        c_4,
         b_4,
-        c_6,
-        c_7,
         b_5,
-        c_8,
-        c_9,
         b_6,
-        c_11,
         b_7,
-        c_12,
-        c_13,
         b_8,
-        c_14,
-        c_15,
-        c_16,
         b_9,
-        c_17,
         b_10,
-        c_18,
-        c_19,
         b_11,
+        k_,
     )
 
 
@@ -117,35 +104,18 @@ def update_case_0(w, g, m, grad_accumulator, ema, step):
         clipnorm,
         is_update,
         b_0,
-        c_0,
         b_1,
         b_2,
-        c_1,
-        c_2,
-        c_3,
         b_3,
-        c_4,
         b_4,
-        c_6,
-        c_7,
         b_5,
-        c_8,
-        c_9,
         b_6,
-        c_11,
         b_7,
-        c_12,
-        c_13,
         b_8,
-        c_14,
-        c_15,
-        c_16,
         b_9,
-        c_17,
         b_10,
-        c_18,
-        c_19,
         b_11,
+        k_,
     ) = step
     dt = w.dtype.type
     w_ = w.reshape(-1)
@@ -156,49 +126,19 @@ def update_case_0(w, g, m, grad_accumulator, ema, step):
     # ema: None when not kept; the kernel then neither reads nor writes it
     ema_ = np.zeros(1, dt) if ema is None else ema.reshape(-1)
     sumsq_g = (
-        dt(_reduce_0_0(b_0, b_1, b_2)(g_, grad_accumulator_, c_0, c_1, c_3))
+        dt(_reduce_0_0(b_0, b_1, b_2)(g_, grad_accumulator_, k_))
         if (clipnorm is not None and is_update)
         else 0
     )
     c_5 = dt(np.maximum(clipnorm, np.sqrt(sumsq_g))) if (clipnorm is not None and is_update) else dt(0)
     sumsq_g_1 = (
-        dt(
-            _reduce_0_1(b_0, b_1, b_2, b_3, b_4, b_5)(
-                g_, grad_accumulator_, c_0, c_1, c_3, c_4, c_5, c_6, c_7, c_8, c_9
-            )
-        )
-        if is_update
-        else 0
+        dt(_reduce_0_1(b_0, b_1, b_2, b_3, b_4, b_5)(g_, grad_accumulator_, k_, c_5)) if is_update else 0
     )
     # second moment (no EMA in graph mode)
     v = sumsq_g_1 if is_update else 0
     c_10 = dt(np.sqrt(epsilon + v)) if is_update else dt(0)
     _update_0(b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9, b_10, b_11)(
-        w_,
-        g_,
-        m_,
-        grad_accumulator_,
-        ema_,
-        c_0,
-        c_1,
-        c_2,
-        c_3,
-        c_4,
-        c_5,
-        c_6,
-        c_7,
-        c_8,
-        c_9,
-        c_10,
-        c_11,
-        c_12,
-        c_13,
-        c_14,
-        c_15,
-        c_16,
-        c_17,
-        c_18,
-        c_19,
+        w_, g_, m_, grad_accumulator_, ema_, k_, c_5, c_10
     )
 
 
@@ -208,7 +148,10 @@ def _reduce_0_0(b_0, b_1, b_2):
     conditions folded away."""
 
     @numba.njit(error_model="numpy", nogil=True, cache=True, fastmath={"reassoc"})
-    def kernel(g_, grad_accumulator_, c_0, c_1, c_3):  # pragma: no cover - compiled
+    def kernel(g_, grad_accumulator_, k_):  # pragma: no cover - compiled
+        c_0 = k_[0]
+        c_1 = k_[1]
+        c_3 = k_[3]
         acc = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
@@ -230,9 +173,15 @@ def _reduce_0_1(b_0, b_1, b_2, b_3, b_4, b_5):
     conditions folded away."""
 
     @numba.njit(error_model="numpy", nogil=True, cache=True, fastmath={"reassoc"})
-    def kernel(
-        g_, grad_accumulator_, c_0, c_1, c_3, c_4, c_5, c_6, c_7, c_8, c_9
-    ):  # pragma: no cover - compiled
+    def kernel(g_, grad_accumulator_, k_, c_5):  # pragma: no cover - compiled
+        c_0 = k_[0]
+        c_1 = k_[1]
+        c_3 = k_[3]
+        c_4 = k_[4]
+        c_6 = k_[5]
+        c_7 = k_[6]
+        c_8 = k_[7]
+        c_9 = k_[8]
         acc = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
@@ -258,33 +207,25 @@ def _update_0(b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9, b_10, b_11):
     conditions folded away."""
 
     @numba.njit(error_model="numpy", nogil=True, cache=True)
-    def kernel(
-        w_,
-        g_,
-        m_,
-        grad_accumulator_,
-        ema_,
-        c_0,
-        c_1,
-        c_2,
-        c_3,
-        c_4,
-        c_5,
-        c_6,
-        c_7,
-        c_8,
-        c_9,
-        c_10,
-        c_11,
-        c_12,
-        c_13,
-        c_14,
-        c_15,
-        c_16,
-        c_17,
-        c_18,
-        c_19,
-    ):  # pragma: no cover - compiled
+    def kernel(w_, g_, m_, grad_accumulator_, ema_, k_, c_5, c_10):  # pragma: no cover - compiled
+        c_0 = k_[0]
+        c_1 = k_[1]
+        c_2 = k_[2]
+        c_3 = k_[3]
+        c_4 = k_[4]
+        c_6 = k_[5]
+        c_7 = k_[6]
+        c_8 = k_[7]
+        c_9 = k_[8]
+        c_11 = k_[9]
+        c_12 = k_[10]
+        c_13 = k_[11]
+        c_14 = k_[12]
+        c_15 = k_[13]
+        c_16 = k_[14]
+        c_17 = k_[15]
+        c_18 = k_[16]
+        c_19 = k_[17]
         for i_ in range(w_.shape[0]):
             w = w_[i_]
             g = g_[i_]

@@ -63,33 +63,23 @@ def prepare_update_case_0(
     c_13 = dt(ema_mu) if use_ema else dt(0)
     c_14 = dt(1 - ema_mu) if use_ema else dt(0)
     b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    k_ = np.array(
+        [c_0, c_1, c_2, c_3, c_4, c_6, c_7, c_8, c_9, c_10, c_11, c_12, c_13, c_14], dt
+    )  # what the kernels read, in one argument
     return (
         clipnorm,
         is_update,
         b_0,
-        c_0,
         b_1,
         b_2,
-        c_1,
-        c_2,
-        c_3,
         b_3,
-        c_4,
         b_4,
-        c_6,
-        c_7,
         b_5,
-        c_8,
-        c_9,
         b_6,
-        c_10,
-        c_11,
         b_7,
-        c_12,
         b_8,
-        c_13,
-        c_14,
         b_9,
+        k_,
     )
 
 
@@ -99,29 +89,16 @@ def update_case_0(w, g, grad_accumulator, ema, step):
         clipnorm,
         is_update,
         b_0,
-        c_0,
         b_1,
         b_2,
-        c_1,
-        c_2,
-        c_3,
         b_3,
-        c_4,
         b_4,
-        c_6,
-        c_7,
         b_5,
-        c_8,
-        c_9,
         b_6,
-        c_10,
-        c_11,
         b_7,
-        c_12,
         b_8,
-        c_13,
-        c_14,
         b_9,
+        k_,
     ) = step
     dt = w.dtype.type
     w_ = w.reshape(-1)
@@ -131,32 +108,12 @@ def update_case_0(w, g, grad_accumulator, ema, step):
     # ema: None when not kept; the kernel then neither reads nor writes it
     ema_ = np.zeros(1, dt) if ema is None else ema.reshape(-1)
     sumsq_g = (
-        dt(_reduce_0_0(b_0, b_1, b_2)(g_, grad_accumulator_, c_0, c_1, c_3))
+        dt(_reduce_0_0(b_0, b_1, b_2)(g_, grad_accumulator_, k_))
         if (clipnorm is not None and is_update)
         else 0
     )
     c_5 = dt(np.maximum(clipnorm, np.sqrt(sumsq_g))) if (clipnorm is not None and is_update) else dt(0)
-    _update_0(b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9)(
-        w_,
-        g_,
-        grad_accumulator_,
-        ema_,
-        c_0,
-        c_1,
-        c_2,
-        c_3,
-        c_4,
-        c_5,
-        c_6,
-        c_7,
-        c_8,
-        c_9,
-        c_10,
-        c_11,
-        c_12,
-        c_13,
-        c_14,
-    )
+    _update_0(b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9)(w_, g_, grad_accumulator_, ema_, k_, c_5)
 
 
 @functools.cache
@@ -165,7 +122,10 @@ def _reduce_0_0(b_0, b_1, b_2):
     conditions folded away."""
 
     @numba.njit(error_model="numpy", nogil=True, cache=True, fastmath={"reassoc"})
-    def kernel(g_, grad_accumulator_, c_0, c_1, c_3):  # pragma: no cover - compiled
+    def kernel(g_, grad_accumulator_, k_):  # pragma: no cover - compiled
+        c_0 = k_[0]
+        c_1 = k_[1]
+        c_3 = k_[3]
         acc = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
@@ -187,27 +147,21 @@ def _update_0(b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
     conditions folded away."""
 
     @numba.njit(error_model="numpy", nogil=True, cache=True)
-    def kernel(
-        w_,
-        g_,
-        grad_accumulator_,
-        ema_,
-        c_0,
-        c_1,
-        c_2,
-        c_3,
-        c_4,
-        c_5,
-        c_6,
-        c_7,
-        c_8,
-        c_9,
-        c_10,
-        c_11,
-        c_12,
-        c_13,
-        c_14,
-    ):  # pragma: no cover - compiled
+    def kernel(w_, g_, grad_accumulator_, ema_, k_, c_5):  # pragma: no cover - compiled
+        c_0 = k_[0]
+        c_1 = k_[1]
+        c_2 = k_[2]
+        c_3 = k_[3]
+        c_4 = k_[4]
+        c_6 = k_[5]
+        c_7 = k_[6]
+        c_8 = k_[7]
+        c_9 = k_[8]
+        c_10 = k_[9]
+        c_11 = k_[10]
+        c_12 = k_[11]
+        c_13 = k_[12]
+        c_14 = k_[13]
         for i_ in range(w_.shape[0]):
             w = w_[i_]
             g = g_[i_]
@@ -290,35 +244,24 @@ def prepare_update_case_1(
     c_15 = dt(1 - ema_mu) if use_ema else dt(0)
     b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
     b_10 = bool(momentum != 0)
+    k_ = np.array(
+        [c_0, c_1, c_2, c_3, c_4, c_6, c_7, c_8, c_9, c_10, c_11, c_12, c_13, c_14, c_15], dt
+    )  # what the kernels read, in one argument
     return (
         clipnorm,
         is_update,
         b_0,
-        c_0,
         b_1,
         b_2,
-        c_1,
-        c_2,
-        c_3,
         b_3,
-        c_4,
         b_4,
-        c_6,
-        c_7,
         b_5,
-        c_8,
-        c_9,
         b_6,
-        c_10,
-        c_11,
         b_7,
-        c_12,
-        c_13,
         b_8,
-        c_14,
-        c_15,
         b_9,
         b_10,
+        k_,
     )
 
 
@@ -328,31 +271,17 @@ def update_case_1(w, g, velocity, grad_accumulator, ema, step):
         clipnorm,
         is_update,
         b_0,
-        c_0,
         b_1,
         b_2,
-        c_1,
-        c_2,
-        c_3,
         b_3,
-        c_4,
         b_4,
-        c_6,
-        c_7,
         b_5,
-        c_8,
-        c_9,
         b_6,
-        c_10,
-        c_11,
         b_7,
-        c_12,
-        c_13,
         b_8,
-        c_14,
-        c_15,
         b_9,
         b_10,
+        k_,
     ) = step
     dt = w.dtype.type
     w_ = w.reshape(-1)
@@ -364,33 +293,13 @@ def update_case_1(w, g, velocity, grad_accumulator, ema, step):
     # ema: None when not kept; the kernel then neither reads nor writes it
     ema_ = np.zeros(1, dt) if ema is None else ema.reshape(-1)
     sumsq_g = (
-        dt(_reduce_1_0(b_0, b_1, b_2)(g_, grad_accumulator_, c_0, c_1, c_3))
+        dt(_reduce_1_0(b_0, b_1, b_2)(g_, grad_accumulator_, k_))
         if (clipnorm is not None and is_update)
         else 0
     )
     c_5 = dt(np.maximum(clipnorm, np.sqrt(sumsq_g))) if (clipnorm is not None and is_update) else dt(0)
     _update_1(b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9, b_10)(
-        w_,
-        g_,
-        velocity_,
-        grad_accumulator_,
-        ema_,
-        c_0,
-        c_1,
-        c_2,
-        c_3,
-        c_4,
-        c_5,
-        c_6,
-        c_7,
-        c_8,
-        c_9,
-        c_10,
-        c_11,
-        c_12,
-        c_13,
-        c_14,
-        c_15,
+        w_, g_, velocity_, grad_accumulator_, ema_, k_, c_5
     )
 
 
@@ -400,7 +309,10 @@ def _reduce_1_0(b_0, b_1, b_2):
     conditions folded away."""
 
     @numba.njit(error_model="numpy", nogil=True, cache=True, fastmath={"reassoc"})
-    def kernel(g_, grad_accumulator_, c_0, c_1, c_3):  # pragma: no cover - compiled
+    def kernel(g_, grad_accumulator_, k_):  # pragma: no cover - compiled
+        c_0 = k_[0]
+        c_1 = k_[1]
+        c_3 = k_[3]
         acc = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
@@ -422,29 +334,22 @@ def _update_1(b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9, b_10):
     conditions folded away."""
 
     @numba.njit(error_model="numpy", nogil=True, cache=True)
-    def kernel(
-        w_,
-        g_,
-        velocity_,
-        grad_accumulator_,
-        ema_,
-        c_0,
-        c_1,
-        c_2,
-        c_3,
-        c_4,
-        c_5,
-        c_6,
-        c_7,
-        c_8,
-        c_9,
-        c_10,
-        c_11,
-        c_12,
-        c_13,
-        c_14,
-        c_15,
-    ):  # pragma: no cover - compiled
+    def kernel(w_, g_, velocity_, grad_accumulator_, ema_, k_, c_5):  # pragma: no cover - compiled
+        c_0 = k_[0]
+        c_1 = k_[1]
+        c_2 = k_[2]
+        c_3 = k_[3]
+        c_4 = k_[4]
+        c_6 = k_[5]
+        c_7 = k_[6]
+        c_8 = k_[7]
+        c_9 = k_[8]
+        c_10 = k_[9]
+        c_11 = k_[10]
+        c_12 = k_[11]
+        c_13 = k_[12]
+        c_14 = k_[13]
+        c_15 = k_[14]
         for i_ in range(w_.shape[0]):
             w = w_[i_]
             g = g_[i_]
@@ -532,35 +437,24 @@ def prepare_update_case_2(
     c_15 = dt(1 - ema_mu) if use_ema else dt(0)
     b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
     b_10 = bool(momentum != 0)
+    k_ = np.array(
+        [c_0, c_1, c_2, c_3, c_4, c_6, c_7, c_8, c_9, c_10, c_11, c_12, c_13, c_14, c_15], dt
+    )  # what the kernels read, in one argument
     return (
         clipnorm,
         is_update,
         b_0,
-        c_0,
         b_1,
         b_2,
-        c_1,
-        c_2,
-        c_3,
         b_3,
-        c_4,
         b_4,
-        c_6,
-        c_7,
         b_5,
-        c_8,
-        c_9,
         b_6,
-        c_10,
-        c_11,
         b_7,
-        c_12,
-        c_13,
         b_8,
-        c_14,
-        c_15,
         b_9,
         b_10,
+        k_,
     )
 
 
@@ -570,31 +464,17 @@ def update_case_2(w, g, velocity, grad_accumulator, ema, step):
         clipnorm,
         is_update,
         b_0,
-        c_0,
         b_1,
         b_2,
-        c_1,
-        c_2,
-        c_3,
         b_3,
-        c_4,
         b_4,
-        c_6,
-        c_7,
         b_5,
-        c_8,
-        c_9,
         b_6,
-        c_10,
-        c_11,
         b_7,
-        c_12,
-        c_13,
         b_8,
-        c_14,
-        c_15,
         b_9,
         b_10,
+        k_,
     ) = step
     dt = w.dtype.type
     w_ = w.reshape(-1)
@@ -606,33 +486,13 @@ def update_case_2(w, g, velocity, grad_accumulator, ema, step):
     # ema: None when not kept; the kernel then neither reads nor writes it
     ema_ = np.zeros(1, dt) if ema is None else ema.reshape(-1)
     sumsq_g = (
-        dt(_reduce_2_0(b_0, b_1, b_2)(g_, grad_accumulator_, c_0, c_1, c_3))
+        dt(_reduce_2_0(b_0, b_1, b_2)(g_, grad_accumulator_, k_))
         if (clipnorm is not None and is_update)
         else 0
     )
     c_5 = dt(np.maximum(clipnorm, np.sqrt(sumsq_g))) if (clipnorm is not None and is_update) else dt(0)
     _update_2(b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9, b_10)(
-        w_,
-        g_,
-        velocity_,
-        grad_accumulator_,
-        ema_,
-        c_0,
-        c_1,
-        c_2,
-        c_3,
-        c_4,
-        c_5,
-        c_6,
-        c_7,
-        c_8,
-        c_9,
-        c_10,
-        c_11,
-        c_12,
-        c_13,
-        c_14,
-        c_15,
+        w_, g_, velocity_, grad_accumulator_, ema_, k_, c_5
     )
 
 
@@ -642,7 +502,10 @@ def _reduce_2_0(b_0, b_1, b_2):
     conditions folded away."""
 
     @numba.njit(error_model="numpy", nogil=True, cache=True, fastmath={"reassoc"})
-    def kernel(g_, grad_accumulator_, c_0, c_1, c_3):  # pragma: no cover - compiled
+    def kernel(g_, grad_accumulator_, k_):  # pragma: no cover - compiled
+        c_0 = k_[0]
+        c_1 = k_[1]
+        c_3 = k_[3]
         acc = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
@@ -664,29 +527,22 @@ def _update_2(b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9, b_10):
     conditions folded away."""
 
     @numba.njit(error_model="numpy", nogil=True, cache=True)
-    def kernel(
-        w_,
-        g_,
-        velocity_,
-        grad_accumulator_,
-        ema_,
-        c_0,
-        c_1,
-        c_2,
-        c_3,
-        c_4,
-        c_5,
-        c_6,
-        c_7,
-        c_8,
-        c_9,
-        c_10,
-        c_11,
-        c_12,
-        c_13,
-        c_14,
-        c_15,
-    ):  # pragma: no cover - compiled
+    def kernel(w_, g_, velocity_, grad_accumulator_, ema_, k_, c_5):  # pragma: no cover - compiled
+        c_0 = k_[0]
+        c_1 = k_[1]
+        c_2 = k_[2]
+        c_3 = k_[3]
+        c_4 = k_[4]
+        c_6 = k_[5]
+        c_7 = k_[6]
+        c_8 = k_[7]
+        c_9 = k_[8]
+        c_10 = k_[9]
+        c_11 = k_[10]
+        c_12 = k_[11]
+        c_13 = k_[12]
+        c_14 = k_[13]
+        c_15 = k_[14]
         for i_ in range(w_.shape[0]):
             w = w_[i_]
             g = g_[i_]

@@ -385,8 +385,7 @@ class SGD:
                     w -= _s1
                 # velocity
                 if is_update:
-                    np.negative(g, out=_s1)
-                    np.multiply(_s1, lr, out=_s1)
+                    np.multiply(g, -lr, out=_s1)
                     np.multiply(momentum, velocity, out=_s2)
                     np.add(_s1, _s2, out=velocity)
                     # Nesterov update
@@ -500,8 +499,7 @@ class SGD:
                     w -= _s1
                 # velocity
                 if is_update:
-                    np.negative(g, out=_s1)
-                    np.multiply(_s1, lr, out=_s1)
+                    np.multiply(g, -lr, out=_s1)
                     np.multiply(momentum, velocity, out=_s2)
                     np.add(_s1, _s2, out=velocity)
                     # momentum update

@@ -145,10 +145,26 @@ class NovoGradTF1(Optimizer):
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("novograd_tf1", "NovoGradTF1") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
+        self._views: dict = {}  # the fused path's NumPy views of each parameter and its state
         super().__init__(params, defaults)
         for group in self.param_groups:
             for w in group["params"]:
                 torch_support.check_floating(w, "NovoGradTF1")
+
+    def __getstate__(self) -> dict[str, Any]:
+        """torch's (what ``copy.deepcopy`` and pickle keep), plus this optimizer's own options."""
+        return {**super().__getstate__(), "state_dtype": self.state_dtype, "fused": self.fused}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        # unpickled, or copied (torch's load_state_dict calls this too, with neither key)
+        if "fused" in state or not hasattr(self, "fused"):
+            self.state_dtype = state.pop("state_dtype", None)
+            self.fused = state.pop("fused", False)
+            self._fused = fused_support.load("novograd_tf1", "NovoGradTF1") if self.fused else None
+        self._scratch = {}
+        self._views = {}  # the state tensors may be new
+        super().__setstate__(state)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's, keeping each state tensor in the precision policy's dtype (torch would cast it to the
@@ -275,11 +291,16 @@ class NovoGradTF1(Optimizer):
                 m = state["m"]
                 grad_accumulator = state.get("grad_accumulator")
                 ema = state.get("ema")
-                if fused_work is not None and torch_support.fusable(w, g, m, grad_accumulator, ema):
-                    fused_work.append(torch_support.as_numpy(w, g, m, grad_accumulator, ema))
+                views = (
+                    None
+                    if fused_work is None
+                    else torch_support.fused_arrays(self._views, w, g, m, grad_accumulator, ema)
+                )
+                if views is not None:
+                    fused_work.append(views)
                     continue
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, m, grad_accumulator, ema)
+                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, m, grad_accumulator, ema)
                 # loss scaling
                 if loss_scale_factor is not None:
                     g = torch.div(g, loss_scale_factor, out=_s0)
@@ -302,7 +323,11 @@ class NovoGradTF1(Optimizer):
                     torch.mul(g, global_clipnorm, out=_s1)
                     g = torch.div(_s1, torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm), out=_s0)
                 if clipvalue is not None and is_update:
-                    g = torch.clamp(g, -clipvalue, clipvalue, out=_s0)
+                    g = (
+                        torch.clamp(g, -clipvalue, clipvalue, out=_s0)
+                        if g.dtype == _s0.dtype
+                        else _s0.copy_(torch.clamp(g, -clipvalue, clipvalue))
+                    )
                 if is_update:
                     torch.pow(g, 2, out=_s1)
                     sumsq_g_1 = torch.sum(_s1)
@@ -325,13 +350,11 @@ class NovoGradTF1(Optimizer):
                     torch.mul(beta1, m, out=_s2)
                     torch.add(_s2, u, out=m)
                     # parameter update
-                    torch.mul(lr, beta1 * m + u if use_nesterov else m, out=_s2)
-                    w.sub_(_s2)
+                    w.add_(beta1 * m + u if use_nesterov else m, alpha=-(lr))
                 # EMA of the weights
                 if use_ema:
                     torch.mul(ema, ema_mu, out=_s2)
-                    torch.mul(w, 1 - ema_mu, out=_s3)
-                    torch.add(_s2, _s3, out=ema)
+                    torch.add(_s2, w, alpha=1 - ema_mu, out=ema)
                 # EMA overwrite
                 if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                     w.copy_(ema)
