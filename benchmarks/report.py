@@ -294,8 +294,10 @@ def markdown(results: dict) -> str:
             f"{w['cold_sweep_bytes'] >> 20} MiB buffer is read between steps (untimed).\n\n"
             f"Machine: {m['cpu']}, {m['cpu_count']} CPUs; {versions}. torch.optim's default on CPU: "
             f"{m['torch_default_mode_cpu']}.\n\n"
-            f"In-place bandwidth: **{bw['best_gb_s']:.1f} GB/s** ({bw['method']}; all, GB/s: {methods}). "
-            "Limit = bytes/param x parameters / bandwidth. References in _italics_.",
+            f"Bandwidth: **{bw['best_gb_s']:.1f} GB/s**, the faster of the in-place probe, "
+            f"{bw['probe_gb_s']:.1f} GB/s ({bw['method']}; all, GB/s: {methods}), and the fastest rate "
+            f"at which any implementation moved its bytes, {bw['achieved_gb_s']:.1f} GB/s "
+            f"({bw['achieved_by']}). Limit = bytes/param x parameters / bandwidth. References in _italics_.",
             *filter(None, [load_warning(results)]),
             results_table(results),
             "## Rules\n\n" + rules_table(results),

@@ -49,6 +49,16 @@ def test_limits_come_from_the_state_analysis(results):
     assert results["bandwidth"]["method"] in results["bandwidth"]["methods_gb_s"]
 
 
+def test_no_implementation_beats_the_limit(results):
+    """The limit assumes the faster of the probe and the best rate any implementation reached."""
+    bw = results["bandwidth"]
+    assert bw["best_gb_s"] == max(bw["probe_gb_s"], bw["achieved_gb_s"])
+    ratios = [r["ratio_to_limit"] for r in results["rows"] if r["status"] == "ok"]
+    assert min(ratios) >= 1 - 1e-9
+    if bw["achieved_gb_s"] >= bw["probe_gb_s"]:
+        assert min(ratios) == pytest.approx(1.0)
+
+
 def test_generated_modules_import_neither_sympy_nor_jinja2(results):
     for backend, facts in results["imports"].items():
         assert _positive(facts["framework_ms"]) and facts["overhead_ms"] >= 0, backend
