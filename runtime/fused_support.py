@@ -71,38 +71,62 @@ def _executor(n: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def shares(sizes: list[int], n: int) -> list[list[int]]:
-    """Indices split into ``n`` shares of nearly equal total size (largest first, each to the lightest share)."""
-    load = [0] * n
-    out: list[list[int]] = [[] for _ in range(n)]
-    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
-        k = load.index(min(load))
-        out[k].append(i)
-        load[k] += sizes[i]
-    return [s for s in out if s]
+#: a tensor at least this big is shared out among the threads, in contiguous parts, where the rule allows
+SPLIT_MIN = 1 << 14
 
 
-def run(update: Callable, prepare: Callable, work: list[tuple], scalars: dict[str, Any]) -> None:
-    """``update(*arrays, step)`` for each tensor in ``work`` (its arrays, the parameter first), where
-    ``step = prepare(dtype, **scalars)`` once per dtype; the tensors are shared out over the cores."""
+def run(
+    update: Callable, prepare: Callable, work: list[tuple], scalars: dict[str, Any], split: bool = False
+) -> None:
+    """``update(*arrays, step, lo, hi)`` for each tensor in ``work`` (its arrays, the parameter first), where
+    ``step = prepare(dtype, **scalars)`` once per dtype; the work is shared out over the cores.
+
+    With ``split`` (the rule writes no per-tensor state), every tensor of at least ``SPLIT_MIN`` elements
+    is cut into one contiguous part per thread, so that the threads stream through the same tensors at
+    the same time (about a tenth faster than whole tensors per thread on this benchmark's machine), and the
+    smaller ones are shared out whole. Each part computes the tensor's per-tensor values (a norm for
+    ``clipnorm``) from the whole tensor: the same values in every part, and so the same results for any
+    number of threads.
+    """
     steps = {}
     for item in work:
         dt = item[0].dtype.type
         if dt not in steps:
             steps[dt] = prepare(dt, **scalars)
     sizes = [item[0].size for item in work]
-    n = min(threads(), len(work)) if sum(sizes) >= PARALLEL_MIN else 1
+    n = (threads() if split else min(threads(), len(work))) if sum(sizes) >= PARALLEL_MIN else 1
+    parts = _parts(sizes, n, split)
 
-    def do(indices: list[int]) -> None:
-        for i in indices:
+    def do(part: list[tuple[int, int, int]]) -> None:
+        for i, lo, hi in part:
             item = work[i]
-            update(*item, steps[item[0].dtype.type])
+            update(*item, steps[item[0].dtype.type], lo, hi)
 
-    parts = shares(sizes, n)
     if len(parts) == 1:
         do(parts[0])
         return
-    futures = [_executor(n).submit(do, part) for part in parts[1:]]
+    futures = [_executor(len(parts)).submit(do, part) for part in parts[1:]]
     do(parts[0])  # this thread does a share too
     for f in futures:
         f.result()
+
+
+def _parts(sizes: list[int], n: int, split: bool) -> list[list[tuple[int, int, int]]]:
+    """(tensor, lo, hi) for each of ``n`` threads: large tensors cut in ``n`` (if ``split``), the others
+    whole, each to the thread with the least work so far."""
+    parts: list[list[tuple[int, int, int]]] = [[] for _ in range(n)]
+    load = [0] * n
+    whole = []
+    for i, size in enumerate(sizes):
+        if split and n > 1 and size >= SPLIT_MIN:
+            bounds = [size * k // n // 16 * 16 for k in range(n)] + [size]  # cache-line multiples
+            for k in range(n):
+                parts[k].append((i, bounds[k], bounds[k + 1]))
+                load[k] += bounds[k + 1] - bounds[k]
+        else:
+            whole.append(i)
+    for i in sorted(whole, key=lambda i: -sizes[i]):
+        k = load.index(min(load))
+        parts[k].append((i, 0, sizes[i]))
+        load[k] += sizes[i]
+    return [p for p in parts if p]

@@ -47,9 +47,9 @@ def fused_tensors(monkeypatch):
     count = [0]
     run = fused_support.run
 
-    def spy(update, prepare, work, scalars):
+    def spy(update, prepare, work, scalars, split=False):
         count[0] += len(work)
-        return run(update, prepare, work, scalars)
+        return run(update, prepare, work, scalars, split)
 
     monkeypatch.setattr(fused_support, "run", spy)
     return count
@@ -143,31 +143,46 @@ def test_fused_without_numba_says_how_to_install_it(monkeypatch):
         gen.Adamax(fused=True)
 
 
-def test_shares_are_balanced():
-    sizes = [100, 90, 80, 10, 10, 5, 5]
-    parts = fused_support.shares(sizes, 2)
-    assert sorted(i for p in parts for i in p) == list(range(len(sizes)))
-    loads = [sum(sizes[i] for i in p) for p in parts]
-    assert max(loads) - min(loads) <= max(sizes)
-    assert fused_support.shares([5], 4) == [[0]]
+@pytest.mark.parametrize("split", [False, True])
+def test_parts_cover_every_element_once_and_are_balanced(split):
+    sizes = [100_000, 90, 80_000, 10, 17_000, 5, 0]
+    for n in (1, 2, 3):
+        parts = fused_support._parts(sizes, n, split)
+        covered = {i: [] for i in range(len(sizes))}
+        for part in parts:
+            for i, lo, hi in part:
+                covered[i].append((lo, hi))
+        for i, ranges in covered.items():  # contiguous, disjoint, the whole tensor
+            ranges.sort()
+            assert ranges[0][0] == 0 and ranges[-1][1] == sizes[i], (i, ranges)
+            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+            if not split or sizes[i] < fused_support.SPLIT_MIN:
+                assert len(ranges) == 1
+        loads = [sum(hi - lo for _, lo, hi in p) for p in parts]
+        assert max(loads) - min(loads) <= (max(sizes) if not split else fused_support.SPLIT_MIN), loads
+    assert fused_support._parts([5], 4, True) == [[(0, 0, 5)]]
 
 
 def test_several_threads_give_the_same_result(monkeypatch):
-    """The tensors shared out over two threads (forced) or done by one: identical results."""
+    """The tensors shared out over two or three threads (forced; large ones cut in parts where the rule
+    allows) or done by one: identical results, with per-tensor values (clipnorm, NovoGrad) too."""
     import optforge.generated.numpy as gen
 
-    shapes = [(300, 200), (500,), (200, 300), (7,)]
-    out = []
-    for threads in ("1", "2"):
-        monkeypatch.setenv("OPTFORGE_THREADS", threads)
-        monkeypatch.setattr(fused_support, "PARALLEL_MIN", 0)
-        rng = np.random.default_rng(2)
-        ps = [rng.normal(size=s).astype(np.float32) for s in shapes]
-        gs = [rng.normal(size=s).astype(np.float32) for s in shapes]
-        opt = gen.Nadam(fused=True)
-        state = opt.init(ps)
-        for _ in range(3):
-            ps, state = opt.step(ps, gs, state)
-        out.append(ps)
-    for a, b in zip(*out):
-        assert np.array_equal(a, b)
+    shapes = [(300, 200), (500,), (200, 300), (7,), (40_001,)]
+    for rule, options in [("Nadam", {}), ("Adamax", {"clipnorm": 0.5}), ("NovoGrad", {})]:
+        out = []
+        for threads in ("1", "2", "3"):
+            monkeypatch.setenv("OPTFORGE_THREADS", threads)
+            monkeypatch.setattr(fused_support, "PARALLEL_MIN", 0)
+            monkeypatch.setattr(fused_support, "SPLIT_MIN", 1000)
+            rng = np.random.default_rng(2)
+            ps = [rng.normal(size=s).astype(np.float32) for s in shapes]
+            gs = [rng.normal(size=s).astype(np.float32) for s in shapes]
+            opt = getattr(gen, rule)(fused=True, **options)
+            state = opt.init(ps)
+            for _ in range(3):
+                ps, state = opt.step(ps, gs, state)
+            out.append(ps + [x for v in state[1:] if isinstance(v, list) for x in v])
+        for got in out[1:]:
+            for a, b in zip(out[0], got):
+                assert np.array_equal(a, b), rule

@@ -219,7 +219,12 @@ class Kernel:
         return [f"{n}_" for n in self.arrays] + (["k_"] if self.packed else []) + self.values
 
     def call(self) -> str:
-        return f"{self.name}({', '.join(self.flags)})({', '.join(self.params)})"
+        params = self.params
+        if (
+            self.kind == "update"
+        ):  # the part [lo, hi) of the tensor (a kernel indexing from lo would not vectorise)
+            params = [f"{p}[lo:hi]" if p.endswith("_") and p != "k_" else p for p in params]
+        return f"{self.name}({', '.join(self.flags)})({', '.join(params)})"
 
 
 class FusedBackend(Backend):
@@ -312,8 +317,12 @@ class FusedBackend(Backend):
             for marker, call in calls.items():
                 ln.code = ln.code.replace(marker, call)
         kernel_args = [a for k in kernels for a in k.flags + k.values]
+        # the update kernel may take a part of the tensor (threads sharing it) unless the per-tensor lines
+        # write a per-tensor state: every part runs them (reductions included), so they must not write
+        splittable = not any(a.role in ("state", "param") and a.scope == Scope.TENSOR for a in section.body)
         return {
             "name": fused_name(index),
+            "splittable": splittable,
             "case": "" if case.condition is sp.true else p.doprint(case.condition),
             "arrays": arrays,
             "states": states,

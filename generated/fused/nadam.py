@@ -124,8 +124,14 @@ def prepare_update_case_0(
     )
 
 
-def update_case_0(w, g, m, v, grad_accumulator, ema, step):
-    """One tensor's update: ``step`` is what prepare_update_case_0 returned."""
+#: whether threads may share one tensor's update
+SPLIT_UPDATE_CASE_0 = True
+
+
+def update_case_0(w, g, m, v, grad_accumulator, ema, step, lo=0, hi=None):
+    """One tensor's update: ``step`` is what prepare_update_case_0 returned;
+    the elements ``lo`` to ``hi`` (flat, C order; all by default) are updated, the per-tensor values computed
+    from the whole tensor."""
     (
         clipnorm,
         is_update,
@@ -142,6 +148,7 @@ def update_case_0(w, g, m, v, grad_accumulator, ema, step):
         k_,
     ) = step
     dt = w.dtype.type
+    hi = w.size if hi is None else hi
     w_ = w.reshape(-1)
     g_ = g.reshape(-1)
     m_ = m.reshape(-1)
@@ -157,7 +164,7 @@ def update_case_0(w, g, m, v, grad_accumulator, ema, step):
     )
     c_5 = dt(np.maximum(clipnorm, np.sqrt(sumsq_g))) if (clipnorm is not None and is_update) else dt(0)
     _update_0(b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9)(
-        w_, g_, m_, v_, grad_accumulator_, ema_, k_, c_5
+        w_[lo:hi], g_[lo:hi], m_[lo:hi], v_[lo:hi], grad_accumulator_[lo:hi], ema_[lo:hi], k_, c_5
     )
 
 

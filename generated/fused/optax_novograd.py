@@ -92,8 +92,14 @@ def prepare_update_case_0(
     )
 
 
-def update_case_0(w, g, nu, mu, grad_accumulator, ema, step):
-    """One tensor's update: ``step`` is what prepare_update_case_0 returned."""
+#: whether threads may share one tensor's update (no: its per-tensor state is written once per tensor)
+SPLIT_UPDATE_CASE_0 = False
+
+
+def update_case_0(w, g, nu, mu, grad_accumulator, ema, step, lo=0, hi=None):
+    """One tensor's update: ``step`` is what prepare_update_case_0 returned;
+    the elements ``lo`` to ``hi`` (flat, C order; all by default) are updated, the per-tensor values computed
+    from the whole tensor."""
     (
         b2,
         eps,
@@ -114,6 +120,7 @@ def update_case_0(w, g, nu, mu, grad_accumulator, ema, step):
         k_,
     ) = step
     dt = w.dtype.type
+    hi = w.size if hi is None else hi
     w_ = w.reshape(-1)
     g_ = g.reshape(-1)
     mu_ = mu.reshape(-1)
@@ -135,7 +142,7 @@ def update_case_0(w, g, nu, mu, grad_accumulator, ema, step):
         nu[...] = sumsq_g_1 if t == 1 else b2 * nu + sumsq_g_1 * (1 - b2)
     c_10 = dt(eps + np.sqrt(eps_root + nu)) if is_update else dt(0)
     _update_0(b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9)(
-        w_, g_, mu_, grad_accumulator_, ema_, k_, c_5, c_10
+        w_[lo:hi], g_[lo:hi], mu_[lo:hi], grad_accumulator_[lo:hi], ema_[lo:hi], k_, c_5, c_10
     )
 
 

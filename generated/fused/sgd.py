@@ -83,8 +83,14 @@ def prepare_update_case_0(
     )
 
 
-def update_case_0(w, g, grad_accumulator, ema, step):
-    """One tensor's update, where momentum == 0: ``step`` is what prepare_update_case_0 returned."""
+#: whether threads may share one tensor's update
+SPLIT_UPDATE_CASE_0 = True
+
+
+def update_case_0(w, g, grad_accumulator, ema, step, lo=0, hi=None):
+    """One tensor's update, where momentum == 0: ``step`` is what prepare_update_case_0 returned;
+    the elements ``lo`` to ``hi`` (flat, C order; all by default) are updated, the per-tensor values computed
+    from the whole tensor."""
     (
         clipnorm,
         is_update,
@@ -101,6 +107,7 @@ def update_case_0(w, g, grad_accumulator, ema, step):
         k_,
     ) = step
     dt = w.dtype.type
+    hi = w.size if hi is None else hi
     w_ = w.reshape(-1)
     g_ = g.reshape(-1)
     # grad_accumulator: None when not kept; the kernel then neither reads nor writes it
@@ -113,7 +120,9 @@ def update_case_0(w, g, grad_accumulator, ema, step):
         else 0
     )
     c_5 = dt(np.maximum(clipnorm, np.sqrt(sumsq_g))) if (clipnorm is not None and is_update) else dt(0)
-    _update_0(b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9)(w_, g_, grad_accumulator_, ema_, k_, c_5)
+    _update_0(b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9)(
+        w_[lo:hi], g_[lo:hi], grad_accumulator_[lo:hi], ema_[lo:hi], k_, c_5
+    )
 
 
 @functools.cache
@@ -265,8 +274,14 @@ def prepare_update_case_1(
     )
 
 
-def update_case_1(w, g, velocity, grad_accumulator, ema, step):
-    """One tensor's update, where (nesterov and momentum != 0): ``step`` is what prepare_update_case_1 returned."""
+#: whether threads may share one tensor's update
+SPLIT_UPDATE_CASE_1 = True
+
+
+def update_case_1(w, g, velocity, grad_accumulator, ema, step, lo=0, hi=None):
+    """One tensor's update, where (nesterov and momentum != 0): ``step`` is what prepare_update_case_1 returned;
+    the elements ``lo`` to ``hi`` (flat, C order; all by default) are updated, the per-tensor values computed
+    from the whole tensor."""
     (
         clipnorm,
         is_update,
@@ -284,6 +299,7 @@ def update_case_1(w, g, velocity, grad_accumulator, ema, step):
         k_,
     ) = step
     dt = w.dtype.type
+    hi = w.size if hi is None else hi
     w_ = w.reshape(-1)
     g_ = g.reshape(-1)
     # velocity: None when not kept; the kernel then neither reads nor writes it
@@ -299,7 +315,7 @@ def update_case_1(w, g, velocity, grad_accumulator, ema, step):
     )
     c_5 = dt(np.maximum(clipnorm, np.sqrt(sumsq_g))) if (clipnorm is not None and is_update) else dt(0)
     _update_1(b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9, b_10)(
-        w_, g_, velocity_, grad_accumulator_, ema_, k_, c_5
+        w_[lo:hi], g_[lo:hi], velocity_[lo:hi], grad_accumulator_[lo:hi], ema_[lo:hi], k_, c_5
     )
 
 
@@ -458,8 +474,14 @@ def prepare_update_case_2(
     )
 
 
-def update_case_2(w, g, velocity, grad_accumulator, ema, step):
-    """One tensor's update, where (not nesterov and momentum != 0): ``step`` is what prepare_update_case_2 returned."""
+#: whether threads may share one tensor's update
+SPLIT_UPDATE_CASE_2 = True
+
+
+def update_case_2(w, g, velocity, grad_accumulator, ema, step, lo=0, hi=None):
+    """One tensor's update, where (not nesterov and momentum != 0): ``step`` is what prepare_update_case_2 returned;
+    the elements ``lo`` to ``hi`` (flat, C order; all by default) are updated, the per-tensor values computed
+    from the whole tensor."""
     (
         clipnorm,
         is_update,
@@ -477,6 +499,7 @@ def update_case_2(w, g, velocity, grad_accumulator, ema, step):
         k_,
     ) = step
     dt = w.dtype.type
+    hi = w.size if hi is None else hi
     w_ = w.reshape(-1)
     g_ = g.reshape(-1)
     # velocity: None when not kept; the kernel then neither reads nor writes it
@@ -492,7 +515,7 @@ def update_case_2(w, g, velocity, grad_accumulator, ema, step):
     )
     c_5 = dt(np.maximum(clipnorm, np.sqrt(sumsq_g))) if (clipnorm is not None and is_update) else dt(0)
     _update_2(b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9, b_10)(
-        w_, g_, velocity_, grad_accumulator_, ema_, k_, c_5
+        w_[lo:hi], g_[lo:hi], velocity_[lo:hi], grad_accumulator_[lo:hi], ema_[lo:hi], k_, c_5
     )
 
 

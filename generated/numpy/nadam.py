@@ -353,6 +353,7 @@ class Nadam:
                     "u_t": u_t,
                     "u_t1": u_t1,
                 },
+                split=self._fused.SPLIT_UPDATE_CASE_0,
             )
         return params, state._replace(step=n + 1, u_product=u_product)
 

@@ -330,6 +330,7 @@ class NovoGradTF1:
                     "is_update": is_update,
                     "t": t,
                 },
+                split=self._fused.SPLIT_UPDATE_CASE_0,
             )
         return params, state._replace(step=n + 1)
 

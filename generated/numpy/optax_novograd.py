@@ -329,6 +329,7 @@ class OptaxNovoGrad:
                     "is_update": is_update,
                     "t": t,
                 },
+                split=self._fused.SPLIT_UPDATE_CASE_0,
             )
         return params, state._replace(step=n + 1)
 

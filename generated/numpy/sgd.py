@@ -308,6 +308,7 @@ class SGD:
                         "is_update": is_update,
                         "t": t,
                     },
+                    split=self._fused.SPLIT_UPDATE_CASE_0,
                 )
         elif nesterov:
             # the step counts updates, not calls
@@ -422,6 +423,7 @@ class SGD:
                         "is_update": is_update,
                         "t": t,
                     },
+                    split=self._fused.SPLIT_UPDATE_CASE_1,
                 )
         else:
             # the step counts updates, not calls
@@ -533,6 +535,7 @@ class SGD:
                         "is_update": is_update,
                         "t": t,
                     },
+                    split=self._fused.SPLIT_UPDATE_CASE_2,
                 )
         return params, state._replace(step=n + 1)
 

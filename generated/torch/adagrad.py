@@ -362,6 +362,7 @@ class Adagrad(Optimizer):
                             "t": t,
                         }
                     ),
+                    split=self._fused.SPLIT_UPDATE_CASE_0,
                 )
         return loss
 

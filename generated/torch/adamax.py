@@ -371,6 +371,7 @@ class Adamax(Optimizer):
                             "t": t,
                         }
                     ),
+                    split=self._fused.SPLIT_UPDATE_CASE_0,
                 )
         return loss
 

@@ -402,6 +402,7 @@ class Nadam(Optimizer):
                             "u_t1": u_t1,
                         }
                     ),
+                    split=self._fused.SPLIT_UPDATE_CASE_0,
                 )
             group["u_product"] = u_product
         return loss

@@ -390,6 +390,7 @@ class NovoGrad(Optimizer):
                             "t": t,
                         }
                     ),
+                    split=self._fused.SPLIT_UPDATE_CASE_0,
                 )
         return loss
 

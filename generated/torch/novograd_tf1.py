@@ -384,6 +384,7 @@ class NovoGradTF1(Optimizer):
                             "t": t,
                         }
                     ),
+                    split=self._fused.SPLIT_UPDATE_CASE_0,
                 )
         return loss
 

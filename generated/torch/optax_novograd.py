@@ -382,6 +382,7 @@ class OptaxNovoGrad(Optimizer):
                             "t": t,
                         }
                     ),
+                    split=self._fused.SPLIT_UPDATE_CASE_0,
                 )
         return loss
 

@@ -354,6 +354,7 @@ class SGD(Optimizer):
                                 "t": t,
                             }
                         ),
+                        split=self._fused.SPLIT_UPDATE_CASE_0,
                     )
             elif nesterov:
                 # the step counts updates, not calls
@@ -475,6 +476,7 @@ class SGD(Optimizer):
                                 "t": t,
                             }
                         ),
+                        split=self._fused.SPLIT_UPDATE_CASE_1,
                     )
             else:
                 # the step counts updates, not calls
@@ -594,6 +596,7 @@ class SGD(Optimizer):
                                 "t": t,
                             }
                         ),
+                        split=self._fused.SPLIT_UPDATE_CASE_2,
                     )
         return loss
 
