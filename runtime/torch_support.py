@@ -14,6 +14,8 @@ def state_dtype(w: torch.Tensor, chosen: Any = None) -> torch.dtype:
 
 def upcast(g: torch.Tensor) -> torch.Tensor:
     """The gradient in at least float32 (no copy for float32 and float64)."""
+    if g.dtype is torch.float32 or g.dtype is torch.float64:
+        return g  # the common case, without a call into torch
     return g.to(torch.promote_types(g.dtype, torch.float32))
 
 
@@ -26,9 +28,10 @@ def check_floating(w: torch.Tensor, optimizer: str) -> None:
 
 def check_param(w: torch.Tensor, optimizer: str) -> None:
     check_floating(w, optimizer)
-    if w.grad.is_sparse:
+    grad = w.grad
+    if grad.is_sparse:
         raise RuntimeError(f"{optimizer} does not support sparse gradients")
-    if w.grad.shape != w.shape:
+    if grad.shape != w.shape:
         raise ValueError(
             f"the gradient of a parameter of shape {tuple(w.shape)} has shape {tuple(w.grad.shape)}"
         )

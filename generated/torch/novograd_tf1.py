@@ -213,14 +213,16 @@ class NovoGradTF1(Optimizer):
         for w in params:
             torch_support.check_param(w, "NovoGradTF1")
             state = self.state[w]
-            dtype = torch_support.state_dtype(w, self.state_dtype)  # float16/bfloat16: float32 state
             if "m" not in state:
+                dtype = torch_support.state_dtype(w, self.state_dtype)  # float16/bfloat16: float32 state
                 state["m"] = torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
             if gradient_accumulation_steps is not None and "grad_accumulator" not in state:
+                dtype = torch_support.state_dtype(w, self.state_dtype)  # float16/bfloat16: float32 state
                 state["grad_accumulator"] = torch.zeros_like(
                     w, dtype=dtype, memory_format=torch.preserve_format
                 )
             if use_ema and "ema" not in state:
+                dtype = torch_support.state_dtype(w, self.state_dtype)  # float16/bfloat16: float32 state
                 state["ema"] = torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
             yield w, state
 

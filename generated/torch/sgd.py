@@ -204,14 +204,16 @@ class SGD(Optimizer):
         for w in params:
             torch_support.check_param(w, "SGD")
             state = self.state[w]
-            dtype = torch_support.state_dtype(w, self.state_dtype)  # float16/bfloat16: float32 state
             if momentum != 0 and "velocity" not in state:
+                dtype = torch_support.state_dtype(w, self.state_dtype)  # float16/bfloat16: float32 state
                 state["velocity"] = torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
             if gradient_accumulation_steps is not None and "grad_accumulator" not in state:
+                dtype = torch_support.state_dtype(w, self.state_dtype)  # float16/bfloat16: float32 state
                 state["grad_accumulator"] = torch.zeros_like(
                     w, dtype=dtype, memory_format=torch.preserve_format
                 )
             if use_ema and "ema" not in state:
+                dtype = torch_support.state_dtype(w, self.state_dtype)  # float16/bfloat16: float32 state
                 state["ema"] = torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
             yield w, state
 
