@@ -507,3 +507,29 @@ def test_no_floating_point_error_with_every_option(rule):
     with np.errstate(all="raise"):
         _, params, _ = run_steps(rule, start, make_grads(start, 4, seed=34), **other_hypers(rule))
     assert all(np.isfinite(v).all() for v in params.values())
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_a_step_allocates_nothing_in_proportion_to_the_parameters(rule):
+    """After the first step (which sizes the scratch buffers), a plain NumPy step's peak of new memory
+    is a small fraction of one tensor: the temporaries go into the optimizer's scratch buffers."""
+    import tracemalloc
+
+    shapes = [(300, 400), (120_000,), (50,)]
+    rng = np.random.default_rng(0)
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    options = {"clipvalue": 0.5, "use_ema": True, "loss_scale_factor": 2.0}
+    opt = getattr(generated, rule.name)(
+        **{**rule.configs.get("momentum", rule.configs["default"]), **options}
+    )
+    state = opt.init(params)
+    params, state = opt.step(params, grads, state)
+    tracemalloc.start()
+    try:
+        params, state = opt.step(params, grads, state)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    one_tensor = 120_000 * 4
+    assert peak < one_tensor / 10, f"a step allocated up to {peak} bytes (one tensor is {one_tensor})"
