@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import gc
 import importlib.metadata
 import importlib.util
 import json
@@ -18,8 +17,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-
-from .runners import Runner
 
 MIB = 1 << 20
 
@@ -45,28 +42,6 @@ class CacheSweeper:
 
     def __call__(self) -> None:
         self.words.max()
-
-
-def time_steps(
-    runner: Runner, repeats: int, warmup: int = 2, before_each: Callable[[], None] | None = None
-) -> Timing:
-    """``warmup`` untimed steps (compilation, lazy state), then ``repeats`` steps timed one by one with
-    ``time.perf_counter``; ``before_each`` (untimed) runs before each timed step. The garbage collector is
-    off while timing."""
-    for _ in range(warmup):
-        runner.step()
-    seconds = []
-    gc.disable()
-    try:
-        for _ in range(repeats):
-            if before_each is not None:
-                before_each()
-            start = time.perf_counter()
-            runner.step()
-            seconds.append(time.perf_counter() - start)
-    finally:
-        gc.enable()
-    return Timing.of(seconds)
 
 
 # ------------------------------------------------------------------------------------------------

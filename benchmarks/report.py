@@ -290,7 +290,8 @@ def markdown(results: dict) -> str:
         [
             f"# optforge step benchmark ({results['size']})",
             f"{w['n_params']:,} float32 parameters in {w['n_tensors']} tensors (seed {w['seed']}); "
-            f"median of {w['repeats']} steps after {w['warmup']} warm-up steps. Cold: a "
+            f"median of {w['repeats']} steps after {w['warmup']} warm-up steps; a rule's implementations "
+            "take turns, one step each per round, so that a slow phase of the machine falls on all of them. Cold: a "
             f"{w['cold_sweep_bytes'] >> 20} MiB buffer is read between steps (untimed).\n\n"
             f"Machine: {m['cpu']}, {m['cpu_count']} CPUs; {versions}. torch.optim's default on CPU: "
             f"{m['torch_default_mode_cpu']}.\n\n"

@@ -14,7 +14,7 @@ from optforge.compiler.traffic import bytes_per_param
 
 from . import report
 from .configs import LEARNING_RATE, config_for
-from .measure import MIB, CacheSweeper, CpuMonitor, import_times, machine_facts, measure_bandwidth, time_steps
+from .measure import MIB, CacheSweeper, CpuMonitor, Timing, import_times, machine_facts, measure_bandwidth
 from .runners import Candidate, Unsupported, candidates, torch_default_mode
 from .workload import Size, Workload, make_workload
 
@@ -66,10 +66,11 @@ def run(options: Options, log: Callable[[str], None] = lambda line: print(line, 
     gc.freeze()  # what exists now lives to the end: collecting after each implementation need not scan it
     try:
         for rule in rules:
-            for candidate in candidates(rule, config_for(rule.name)):
-                row = measure(candidate, workload, repeats, options.warmup, sweeper)
+            for row in measure_rule(
+                candidates(rule, config_for(rule.name)), workload, repeats, options.warmup, sweeper
+            ):
                 rows.append(row | {"limit_ms": rule_facts[rule.name]["limit_ms"]})
-                log(f"{rule.name:>14} {candidate.name:<30} {report.row_summary(row)}")
+                log(f"{rule.name:>14} {row['implementation']:<30} {report.row_summary(row)}")
     finally:
         gc.unfreeze()
     # the limit is a bound: no implementation may move its bytes faster than the bandwidth it assumes
@@ -152,33 +153,66 @@ def _rule_facts(rule: Rule, workload: Workload, bandwidth: float) -> dict:
     }
 
 
-def measure(
-    candidate: Candidate, workload: Workload, repeats: int, warmup: int, sweeper: CacheSweeper
-) -> dict:
-    """One implementation's row: back-to-back and cold-cache step times (ms), or why it was skipped."""
-    row = {
-        "rule": candidate.rule,
-        "implementation": candidate.name,
-        "kind": candidate.kind,
-        "framework": candidate.framework,
-        "note": candidate.note,
-    }
+def measure_rule(
+    candidates: list[Candidate], workload: Workload, repeats: int, warmup: int, sweeper: CacheSweeper
+) -> list[dict]:
+    """A rule's rows: every implementation's step times (ms), or why it was skipped.
+
+    The implementations take turns, one timed step each per round (in a rotating order), so that a slow
+    phase of a shared machine falls on all of them alike: their ratios are compared within the rule.
+    The back-to-back rounds come first; in the cold rounds a large buffer is read before each step.
+    """
+    rows, runners = [], []
     monitor = CpuMonitor()
-    try:
-        runner = candidate.make(workload)
-    except Unsupported as e:
-        return row | {"status": "skipped", "note": str(e)}
-    warm = time_steps(runner, repeats, warmup)
-    cold = time_steps(runner, repeats, warmup=0, before_each=sweeper)
-    del runner
+    for candidate in candidates:
+        row = {
+            "rule": candidate.rule,
+            "implementation": candidate.name,
+            "kind": candidate.kind,
+            "framework": candidate.framework,
+            "note": candidate.note,
+        }
+        try:
+            runners.append((row, candidate.make(workload)))
+        except Unsupported as e:
+            row |= {"status": "skipped", "note": str(e)}
+        rows.append(row)
+    for _ in range(warmup):
+        for _, runner in runners:
+            runner.step()
+    warm = _rounds(runners, repeats, None)
+    cold = _rounds(runners, repeats, sweeper)
+    load = monitor.report()
+    for k, (row, _) in enumerate(runners):
+        row |= {
+            "status": "ok",
+            "load": load,
+            "median_ms": 1e3 * warm[k].median,
+            "min_ms": 1e3 * warm[k].min,
+            "max_ms": 1e3 * warm[k].max,
+            "cold_median_ms": 1e3 * cold[k].median,
+            "cold_min_ms": 1e3 * cold[k].min,
+            "cold_max_ms": 1e3 * cold[k].max,
+        }
+    del runners
     gc.collect()
-    return row | {
-        "status": "ok",
-        "load": monitor.report(),
-        "median_ms": 1e3 * warm.median,
-        "min_ms": 1e3 * warm.min,
-        "max_ms": 1e3 * warm.max,
-        "cold_median_ms": 1e3 * cold.median,
-        "cold_min_ms": 1e3 * cold.min,
-        "cold_max_ms": 1e3 * cold.max,
-    }
+    return rows
+
+
+def _rounds(runners: list, repeats: int, before_each: Callable[[], None] | None) -> list[Timing]:
+    """``repeats`` rounds of one timed step per runner, the order rotating each round; ``before_each``
+    (untimed) runs before each step. The garbage collector is off while timing."""
+    seconds: list[list[float]] = [[] for _ in runners]
+    gc.disable()
+    try:
+        for r in range(repeats):
+            for j in range(len(runners)):
+                k = (r + j) % len(runners)
+                if before_each is not None:
+                    before_each()
+                start = time.perf_counter()
+                runners[k][1].step()
+                seconds[k].append(time.perf_counter() - start)
+    finally:
+        gc.enable()
+    return [Timing.of(s) for s in seconds]
