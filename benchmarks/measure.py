@@ -77,6 +77,19 @@ def measure_bandwidth(nbytes: int, repeats: int = 7) -> Bandwidth:
     return Bandwidth(rates[method], method, rates, buffer.nbytes)
 
 
+class ProbeRunner:
+    """The bandwidth probe as a runner: one step scales a float32 buffer in place that moves ``traffic``
+    bytes (half read, half written), with the method ``measure_bandwidth`` found fastest."""
+
+    def __init__(self, method: str, traffic: int) -> None:
+        self.buffer = np.ones(max(1, traffic // 8), dtype=np.float32)
+        self._run = _bandwidth_methods()[method](self.buffer)
+        self._scale = np.float32(1.0)
+
+    def step(self) -> None:
+        self._run(self._scale)
+
+
 def _bandwidth_methods() -> dict[str, Callable[[np.ndarray], Callable[[np.float32], None]]]:
     """name -> (buffer -> in-place scale(s)); torch and Numba where they are installed."""
     methods = {"numpy multiply (1 thread)": lambda a: lambda s: np.multiply(a, s, out=a)}

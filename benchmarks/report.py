@@ -205,8 +205,9 @@ def rules_table(results: dict) -> str:
         ref = best.get(rule)
         hypers = ", ".join(f"{k}={v}" for k, v in facts["hypers"].items())
         ref_text = f"{ref['implementation']} ({_ms(ref['median_ms'])} ms)" if ref else facts["note"] or "none"
-        lines.append([rule, hypers, str(facts["bytes_per_param"]), _ms(facts["limit_ms"]), ref_text])
-    return _table(["rule", "configuration", "bytes/param", "limit ms", "best reference"], lines)
+        limit = f"{_ms(facts['limit_ms'])} ({facts['limit_from']})"
+        lines.append([rule, hypers, str(facts["bytes_per_param"]), limit, ref_text])
+    return _table(["rule", "configuration", "bytes/param", "limit ms (from)", "best reference"], lines)
 
 
 def imports_table(results: dict) -> str:
@@ -295,10 +296,10 @@ def markdown(results: dict) -> str:
             f"{w['cold_sweep_bytes'] >> 20} MiB buffer is read between steps (untimed).\n\n"
             f"Machine: {m['cpu']}, {m['cpu_count']} CPUs; {versions}. torch.optim's default on CPU: "
             f"{m['torch_default_mode_cpu']}.\n\n"
-            f"Bandwidth: **{bw['best_gb_s']:.1f} GB/s**, the faster of the in-place probe, "
-            f"{bw['probe_gb_s']:.1f} GB/s ({bw['method']}; all, GB/s: {methods}), and the fastest rate "
-            f"at which any implementation moved its bytes, {bw['achieved_gb_s']:.1f} GB/s "
-            f"({bw['achieved_by']}). Limit = bytes/param x parameters / bandwidth. References in _italics_.",
+            f"In-place bandwidth at the start: {bw['best_gb_s']:.1f} GB/s ({bw['method']}; all, GB/s: "
+            f"{methods}). A rule's **limit** is the time that probe takes to move the rule's bytes "
+            "(bytes/param x parameters, half read, half written), timed in the same rounds as the rule's "
+            "implementations, or the fastest implementation's time where that is shorter. References in _italics_.",
             *filter(None, [load_warning(results)]),
             results_table(results),
             "## Rules\n\n" + rules_table(results),

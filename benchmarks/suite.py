@@ -14,7 +14,16 @@ from optforge.compiler.traffic import bytes_per_param
 
 from . import report
 from .configs import LEARNING_RATE, config_for
-from .measure import MIB, CacheSweeper, CpuMonitor, Timing, import_times, machine_facts, measure_bandwidth
+from .measure import (
+    MIB,
+    CacheSweeper,
+    CpuMonitor,
+    ProbeRunner,
+    Timing,
+    import_times,
+    machine_facts,
+    measure_bandwidth,
+)
 from .runners import Candidate, Unsupported, candidates, torch_default_mode
 from .workload import Size, Workload, make_workload
 
@@ -66,19 +75,18 @@ def run(options: Options, log: Callable[[str], None] = lambda line: print(line, 
     gc.freeze()  # what exists now lives to the end: collecting after each implementation need not scan it
     try:
         for rule in rules:
-            for row in measure_rule(
-                candidates(rule, config_for(rule.name)), workload, repeats, options.warmup, sweeper
-            ):
-                rows.append(row | {"limit_ms": rule_facts[rule.name]["limit_ms"]})
+            facts = rule_facts[rule.name]
+            probe = ProbeRunner(bandwidth.method, facts["bytes_per_param"] * workload.n_params)
+            measured, probe_timing = measure_rule(
+                candidates(rule, config_for(rule.name)), workload, repeats, options.warmup, sweeper, probe
+            )
+            _set_limit(facts, measured, probe_timing)
+            for row in measured:
+                rows.append(row | {"limit_ms": facts["limit_ms"]})
                 log(f"{rule.name:>14} {row['implementation']:<30} {report.row_summary(row)}")
+            log(f"{rule.name:>14} {'limit':<30} {_ms_text(facts['limit_ms'])} ms ({facts['limit_from']})")
     finally:
         gc.unfreeze()
-    # the limit is a bound: no implementation may move its bytes faster than the bandwidth it assumes
-    achieved = _achieved_bandwidth(rows, rule_facts, workload.n_params)
-    used = max(bandwidth.best, achieved[0])
-    for name, facts in rule_facts.items():
-        facts["limit_ms"] = 1e3 * facts["bytes_per_param"] * workload.n_params / used
-    rows = [row | {"limit_ms": rule_facts[row["rule"]]["limit_ms"]} for row in rows]
     imports = import_times(["numpy", "torch", "jax"], options.import_repeats)
     log("import times measured")
     results = {
@@ -97,11 +105,8 @@ def run(options: Options, log: Callable[[str], None] = lambda line: print(line, 
         "machine": machine_facts()
         | {"torch_default_mode_cpu": torch_default_mode(), "load_during_run": monitor.report()},
         "bandwidth": {
-            "best_gb_s": used / 1e9,
-            "probe_gb_s": bandwidth.best / 1e9,
+            "best_gb_s": bandwidth.best / 1e9,
             "method": bandwidth.method,
-            "achieved_gb_s": achieved[0] / 1e9,
-            "achieved_by": achieved[1],
             "methods_gb_s": {k: v / 1e9 for k, v in bandwidth.methods.items()},
             "buffer_bytes": bandwidth.buffer_bytes,
         },
@@ -130,15 +135,18 @@ def _timestamped(log: Callable[[str], None], started: float) -> Callable[[str], 
     return lambda line: log(f"[{time.perf_counter() - started:5.1f} s] {line}")
 
 
-def _achieved_bandwidth(rows: list[dict], rule_facts: dict, n_params: int) -> tuple[float, str]:
-    """The fastest rate at which any implementation (ours or a reference) moved its rule's bytes, back to
-    back: (bytes per second, "rule implementation")."""
-    best = (0.0, "")
+def _set_limit(facts: dict, rows: list[dict], probe: Timing) -> None:
+    """A rule's limit: the probe's time to move the rule's bytes, measured in the same rounds as the
+    implementations, or the fastest implementation's time where that is shorter (a limit is a bound)."""
+    facts["probe_ms"] = 1e3 * probe.median
+    facts["limit_ms"], facts["limit_from"] = facts["probe_ms"], "the probe"
     for row in rows:
-        if row["status"] == "ok":
-            rate = rule_facts[row["rule"]]["bytes_per_param"] * n_params / (row["median_ms"] / 1e3)
-            best = max(best, (rate, f"{row['rule']} {row['implementation']}"))
-    return best
+        if row["status"] == "ok" and row["median_ms"] < facts["limit_ms"]:
+            facts["limit_ms"], facts["limit_from"] = row["median_ms"], row["implementation"]
+
+
+def _ms_text(ms: float) -> str:
+    return f"{ms:.3g}"
 
 
 def _rule_facts(rule: Rule, workload: Workload, bandwidth: float) -> dict:
@@ -154,13 +162,18 @@ def _rule_facts(rule: Rule, workload: Workload, bandwidth: float) -> dict:
 
 
 def measure_rule(
-    candidates: list[Candidate], workload: Workload, repeats: int, warmup: int, sweeper: CacheSweeper
-) -> list[dict]:
-    """A rule's rows: every implementation's step times (ms), or why it was skipped.
+    candidates: list[Candidate],
+    workload: Workload,
+    repeats: int,
+    warmup: int,
+    sweeper: CacheSweeper,
+    probe: ProbeRunner,
+) -> tuple[list[dict], Timing]:
+    """A rule's rows (every implementation's step times in ms, or why it was skipped) and the probe's times.
 
-    The implementations take turns, one timed step each per round (in a rotating order), so that a slow
-    phase of a shared machine falls on all of them alike: their ratios are compared within the rule.
-    The back-to-back rounds come first; in the cold rounds a large buffer is read before each step.
+    The implementations and the bandwidth probe take turns, one timed step each per round (in a rotating
+    order), so that a slow phase of a shared machine falls on all of them alike. The back-to-back rounds
+    come first; in the cold rounds a large buffer is read before each step.
     """
     rows, runners = [], []
     monitor = CpuMonitor()
@@ -177,12 +190,14 @@ def measure_rule(
         except Unsupported as e:
             row |= {"status": "skipped", "note": str(e)}
         rows.append(row)
+    runners.append(({}, probe))
     for _ in range(warmup):
         for _, runner in runners:
             runner.step()
     warm = _rounds(runners, repeats, None)
     cold = _rounds(runners, repeats, sweeper)
     load = monitor.report()
+    runners.pop()
     for k, (row, _) in enumerate(runners):
         row |= {
             "status": "ok",
@@ -196,7 +211,7 @@ def measure_rule(
         }
     del runners
     gc.collect()
-    return rows
+    return rows, warm[-1]
 
 
 def _rounds(runners: list, repeats: int, before_each: Callable[[], None] | None) -> list[Timing]:
