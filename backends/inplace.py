@@ -145,12 +145,51 @@ class ThreeAddress:
 
     # -- expressions ----------------------------------------------------------------------
 
-    def operand(self, node: ast.AST, out: str | None = None) -> tuple[str, str | None]:
+    def fold(self, node: ast.AST, absorb: bool = False) -> ast.AST | None:
+        """torch: a product or quotient with Python factors, as (its element-wise part) * (one Python value),
+        which Python computes once, in double precision: ``lr * m / ((1 - b**t) * (eps + u))`` becomes
+        ``m / (eps + u) * (lr / (1 - b**t))``, two passes fewer. ``absorb``: the caller takes the Python
+        value into its call (``addcdiv_(a, b, value=c)``), so one Python factor is worth folding where the
+        element-wise part is a quotient. None where nothing is gained."""
+        if not (
+            self.ops.compound and isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.Div))
+        ):
+            return None
+        num: list[ast.AST] = []
+        den: list[ast.AST] = []
+
+        def flat(n: ast.AST, top: bool) -> None:
+            if isinstance(n, ast.BinOp) and isinstance(n.op, (ast.Mult, ast.Div)):
+                flat(n.left, top)
+                flat(n.right, top if isinstance(n.op, ast.Mult) else not top)
+            else:
+                (num if top else den).append(n)
+
+        flat(node, True)
+        e_num = [f for f in num if self.is_element(f)]
+        e_den = [f for f in den if self.is_element(f)]
+        s_num = [f for f in num if not self.is_element(f)]
+        s_den = [f for f in den if not self.is_element(f)]
+        scalars = len(s_num) + len(s_den)
+        if not e_num or not (scalars >= 2 or (absorb and scalars == 1 and e_den)):
+            return None  # nothing gained
+        scalar = _product(s_num) if s_num else ast.Constant(1.0)
+        if s_den:
+            scalar = ast.BinOp(scalar, ast.Div(), _product(s_den))
+        element = _product(e_num)
+        if e_den:
+            element = ast.BinOp(element, ast.Div(), _product(e_den))
+        return ast.fix_missing_locations(ast.BinOp(element, ast.Mult(), scalar))
+
+    def operand(self, node: ast.AST, out: str | None = None, fold: bool = True) -> tuple[str, str | None]:
         """(code, register it occupies or None): the node evaluated, element-wise operations into registers."""
         if not self.is_element(node):
             return self.scalar(node), None
         if isinstance(node, ast.Name):
             return node.id, None
+        folded = self.fold(node) if fold else None
+        if folded is not None:
+            return self.operand(folded, out, fold=False)
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
             for x, c in ((node.left, node.right), (node.right, node.left)):
                 if _negated(x) and not self.is_element(c) and self.is_element(x.operand):
@@ -158,7 +197,7 @@ class ThreeAddress:
                     scaled = ast.BinOp(x.operand, ast.Mult(), ast.UnaryOp(ast.USub(), c))
                     return self.operand(ast.fix_missing_locations(scaled), out)
         if self.ops.compound and isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
-            scaled = self._scaled(node.right)
+            scaled = self._scaled(self.fold(node.right, absorb=True) or node.right)
             if scaled is not None and self.is_element(node.left):  # a + c*x in one call
                 x, c = scaled
                 c = c if isinstance(node.op, ast.Add) else f"-({c})"
@@ -231,9 +270,19 @@ class ThreeAddress:
     def compound(self, kind: str, name: str, node: ast.AST) -> bool:
         """torch: ``x += c*y``, ``x += a*b`` and ``x += a/b`` (or ``-=``) as one in-place call."""
         sign = "" if kind == "add" else "-"
+        node = self.fold(node, absorb=True) or node
         scaled = self._scaled(node)
         if scaled is not None:
             x, c = scaled
+            if isinstance(x, ast.BinOp) and isinstance(x.op, (ast.Mult, ast.Div)):
+                if self.is_element(x.left) and self.is_element(x.right):  # x += c*a/b in one call
+                    a, reg_a = self.operand(x.left)
+                    b, reg_b = self.operand(x.right)
+                    method = "addcmul_" if isinstance(x.op, ast.Mult) else "addcdiv_"
+                    self.lines.append(f"{name}.{method}({a}, {b}, value={f'-({c})' if sign else c})")
+                    self.regs.give(reg_a)
+                    self.regs.give(reg_b)
+                    return True
             value, reg = self.operand(x)
             self.lines.append(f"{name}.add_({value}, alpha={f'-({c})' if sign else c})")
             self.regs.give(reg)
@@ -329,6 +378,13 @@ class _Reductions(ast.NodeTransformer):
 
 def _copy(node: ast.AST) -> ast.AST:
     return ast.parse(ast.unparse(node), mode="eval").body
+
+
+def _product(factors: list[ast.AST]) -> ast.AST:
+    out = factors[0]
+    for f in factors[1:]:
+        out = ast.BinOp(out, ast.Mult(), f)
+    return out
 
 
 def _negated(node: ast.AST) -> bool:

@@ -270,8 +270,7 @@ class Adagrad(Optimizer):
                     sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
                     # clipping
                     if clipnorm is not None and is_update:
-                        torch.mul(clipnorm, g, out=_s2)
-                        g = torch.div(_s2, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
                     if global_clipnorm is not None and is_update:
                         torch.pow(g, 2, out=_s2)
                         global_sumsq_g = global_sumsq_g + torch.sum(_s2)
@@ -292,9 +291,7 @@ class Adagrad(Optimizer):
                     fused_work.append(views)
                     continue
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2 = torch_support.scratch(
-                    self._scratch, 3, w, g, accumulator, grad_accumulator, ema
-                )
+                _s0, _s1 = torch_support.scratch(self._scratch, 2, w, g, accumulator, grad_accumulator, ema)
                 # loss scaling
                 if loss_scale_factor is not None:
                     g = torch.div(g, loss_scale_factor, out=_s0)
@@ -311,11 +308,13 @@ class Adagrad(Optimizer):
                     sumsq_g = 0
                 # clipping
                 if clipnorm is not None and is_update:
-                    torch.mul(clipnorm, g, out=_s1)
-                    g = torch.div(_s1, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                    g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
                 if global_clipnorm is not None and is_update:
-                    torch.mul(g, global_clipnorm, out=_s1)
-                    g = torch.div(_s1, torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm), out=_s0)
+                    g = torch.mul(
+                        g,
+                        global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
+                        out=_s0,
+                    )
                 if clipvalue is not None and is_update:
                     g = (
                         torch.clamp(g, -clipvalue, clipvalue, out=_s0)
@@ -324,20 +323,18 @@ class Adagrad(Optimizer):
                     )
                 # decoupled weight decay
                 if weight_decay is not None and is_update:
-                    torch.mul(lr, w, out=_s1)
-                    w.add_(_s1, alpha=-(weight_decay))
+                    w.add_(w, alpha=-(lr * weight_decay))
                 # sum of squared gradients
                 if is_update:
                     accumulator.addcmul_(g, g)
                     # parameter update
-                    torch.mul(g, lr, out=_s1)
-                    torch.add(accumulator, epsilon, out=_s2)
-                    torch.sqrt(_s2, out=_s2)
-                    w.addcdiv_(_s1, _s2, value=-1)
+                    torch.add(accumulator, epsilon, out=_s1)
+                    torch.sqrt(_s1, out=_s1)
+                    w.addcdiv_(g, _s1, value=-(lr))
                 # EMA of the weights
                 if use_ema:
-                    torch.mul(ema, ema_mu, out=_s2)
-                    torch.add(_s2, w, alpha=1 - ema_mu, out=ema)
+                    torch.mul(ema, ema_mu, out=_s1)
+                    torch.add(_s1, w, alpha=1 - ema_mu, out=ema)
                 # EMA overwrite
                 if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                     w.copy_(ema)

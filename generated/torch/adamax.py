@@ -274,8 +274,7 @@ class Adamax(Optimizer):
                     sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
                     # clipping
                     if clipnorm is not None and is_update:
-                        torch.mul(clipnorm, g, out=_s2)
-                        g = torch.div(_s2, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
                     if global_clipnorm is not None and is_update:
                         torch.pow(g, 2, out=_s2)
                         global_sumsq_g = global_sumsq_g + torch.sum(_s2)
@@ -314,11 +313,13 @@ class Adamax(Optimizer):
                     sumsq_g = 0
                 # clipping
                 if clipnorm is not None and is_update:
-                    torch.mul(clipnorm, g, out=_s1)
-                    g = torch.div(_s1, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                    g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
                 if global_clipnorm is not None and is_update:
-                    torch.mul(g, global_clipnorm, out=_s1)
-                    g = torch.div(_s1, torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm), out=_s0)
+                    g = torch.mul(
+                        g,
+                        global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
+                        out=_s0,
+                    )
                 if clipvalue is not None and is_update:
                     g = (
                         torch.clamp(g, -clipvalue, clipvalue, out=_s0)
@@ -327,8 +328,7 @@ class Adamax(Optimizer):
                     )
                 # decoupled weight decay
                 if weight_decay is not None and is_update:
-                    torch.mul(lr, w, out=_s1)
-                    w.add_(_s1, alpha=-(weight_decay))
+                    w.add_(w, alpha=-(lr * weight_decay))
                 # first moment
                 if is_update:
                     torch.sub(g, m, out=_s1)
@@ -338,14 +338,12 @@ class Adamax(Optimizer):
                     torch.mul(beta_2, u, out=_s2)
                     torch.maximum(_s1, _s2, out=u)
                     # parameter update
-                    torch.mul(lr, m, out=_s2)
-                    torch.add(epsilon, u, out=_s1)
-                    torch.mul(1 - beta_1**t, _s1, out=_s1)
-                    w.addcdiv_(_s2, _s1, value=-1)
+                    torch.add(epsilon, u, out=_s2)
+                    w.addcdiv_(m, _s2, value=-(lr / (1 - beta_1**t)))
                 # EMA of the weights
                 if use_ema:
-                    torch.mul(ema, ema_mu, out=_s1)
-                    torch.add(_s1, w, alpha=1 - ema_mu, out=ema)
+                    torch.mul(ema, ema_mu, out=_s2)
+                    torch.add(_s2, w, alpha=1 - ema_mu, out=ema)
                 # EMA overwrite
                 if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                     w.copy_(ema)

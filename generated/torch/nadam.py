@@ -285,8 +285,7 @@ class Nadam(Optimizer):
                     sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
                     # clipping
                     if clipnorm is not None and is_update:
-                        torch.mul(clipnorm, g, out=_s2)
-                        g = torch.div(_s2, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
                     if global_clipnorm is not None and is_update:
                         torch.pow(g, 2, out=_s2)
                         global_sumsq_g = global_sumsq_g + torch.sum(_s2)
@@ -308,8 +307,8 @@ class Nadam(Optimizer):
                     fused_work.append(views)
                     continue
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(
-                    self._scratch, 5, w, g, m, v, grad_accumulator, ema
+                _s0, _s1, _s2, _s3 = torch_support.scratch(
+                    self._scratch, 4, w, g, m, v, grad_accumulator, ema
                 )
                 # loss scaling
                 if loss_scale_factor is not None:
@@ -327,11 +326,13 @@ class Nadam(Optimizer):
                     sumsq_g = 0
                 # clipping
                 if clipnorm is not None and is_update:
-                    torch.mul(clipnorm, g, out=_s1)
-                    g = torch.div(_s1, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                    g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
                 if global_clipnorm is not None and is_update:
-                    torch.mul(g, global_clipnorm, out=_s1)
-                    g = torch.div(_s1, torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm), out=_s0)
+                    g = torch.mul(
+                        g,
+                        global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
+                        out=_s0,
+                    )
                 if clipvalue is not None and is_update:
                     g = (
                         torch.clamp(g, -clipvalue, clipvalue, out=_s0)
@@ -340,8 +341,7 @@ class Nadam(Optimizer):
                     )
                 # decoupled weight decay
                 if weight_decay is not None and is_update:
-                    torch.mul(lr, w, out=_s1)
-                    w.add_(_s1, alpha=-(weight_decay))
+                    w.add_(w, alpha=-(lr * weight_decay))
                 # first moment
                 if is_update:
                     torch.sub(g, m, out=_s1)
@@ -352,28 +352,24 @@ class Nadam(Optimizer):
                     v.add_(_s1, alpha=1 - beta_2)
                 # Nesterov momentum
                 if is_update:
-                    torch.mul(g, 1 - u_t, out=_s2)
-                    torch.div(_s2, 1 - u_product, out=_s2)
-                    torch.mul(m, u_t1, out=_s3)
-                    torch.div(_s3, -u_product * u_t1 + 1, out=_s3)
-                    m_hat = torch.add(_s2, _s3, out=_s1)
+                    torch.mul(g, (1 - u_t) / (1 - u_product), out=_s2)
+                    m_hat = torch.add(_s2, m, alpha=u_t1 / (-u_product * u_t1 + 1), out=_s1)
                 else:
                     m_hat = 0
                 # bias correction
                 if is_update:
-                    v_hat = torch.div(v, 1 - beta_2**t, out=_s3)
+                    v_hat = torch.div(v, 1 - beta_2**t, out=_s2)
                 else:
                     v_hat = 0
                 # parameter update
                 if is_update:
-                    torch.mul(lr, m_hat, out=_s2)
-                    torch.sqrt(v_hat, out=_s4)
-                    torch.add(epsilon, _s4, out=_s4)
-                    w.addcdiv_(_s2, _s4, value=-1)
+                    torch.sqrt(v_hat, out=_s3)
+                    torch.add(epsilon, _s3, out=_s3)
+                    w.addcdiv_(m_hat, _s3, value=-(lr))
                 # EMA of the weights
                 if use_ema:
-                    torch.mul(ema, ema_mu, out=_s4)
-                    torch.add(_s4, w, alpha=1 - ema_mu, out=ema)
+                    torch.mul(ema, ema_mu, out=_s3)
+                    torch.add(_s3, w, alpha=1 - ema_mu, out=ema)
                 # EMA overwrite
                 if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
                     w.copy_(ema)

@@ -284,8 +284,7 @@ class NovoGrad(Optimizer):
                     sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
                     # clipping
                     if clipnorm is not None and is_update:
-                        torch.mul(clipnorm, g, out=_s2)
-                        g = torch.div(_s2, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
                     if global_clipnorm is not None and is_update:
                         torch.pow(g, 2, out=_s2)
                         global_sumsq_g = global_sumsq_g + torch.sum(_s2)
@@ -324,11 +323,13 @@ class NovoGrad(Optimizer):
                     sumsq_g = 0
                 # clipping
                 if clipnorm is not None and is_update:
-                    torch.mul(clipnorm, g, out=_s1)
-                    g = torch.div(_s1, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                    g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
                 if global_clipnorm is not None and is_update:
-                    torch.mul(g, global_clipnorm, out=_s1)
-                    g = torch.div(_s1, torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm), out=_s0)
+                    g = torch.mul(
+                        g,
+                        global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
+                        out=_s0,
+                    )
                 if clipvalue is not None and is_update:
                     g = (
                         torch.clamp(g, -clipvalue, clipvalue, out=_s0)

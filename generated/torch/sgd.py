@@ -269,8 +269,9 @@ class SGD(Optimizer):
                         sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
                         # clipping
                         if clipnorm is not None and is_update:
-                            torch.mul(clipnorm, g, out=_s2)
-                            g = torch.div(_s2, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                            g = torch.mul(
+                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
+                            )
                         if global_clipnorm is not None and is_update:
                             torch.pow(g, 2, out=_s2)
                             global_sumsq_g = global_sumsq_g + torch.sum(_s2)
@@ -307,12 +308,12 @@ class SGD(Optimizer):
                         sumsq_g = 0
                     # clipping
                     if clipnorm is not None and is_update:
-                        torch.mul(clipnorm, g, out=_s1)
-                        g = torch.div(_s1, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
                     if global_clipnorm is not None and is_update:
-                        torch.mul(g, global_clipnorm, out=_s1)
-                        g = torch.div(
-                            _s1, torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm), out=_s0
+                        g = torch.mul(
+                            g,
+                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
+                            out=_s0,
                         )
                     if clipvalue is not None and is_update:
                         g = (
@@ -322,8 +323,7 @@ class SGD(Optimizer):
                         )
                     # decoupled weight decay
                     if weight_decay is not None and is_update:
-                        torch.mul(lr, w, out=_s1)
-                        w.add_(_s1, alpha=-(weight_decay))
+                        w.add_(w, alpha=-(lr * weight_decay))
                     # gradient descent
                     if is_update:
                         w.add_(g, alpha=-(lr))
@@ -384,8 +384,9 @@ class SGD(Optimizer):
                         sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
                         # clipping
                         if clipnorm is not None and is_update:
-                            torch.mul(clipnorm, g, out=_s2)
-                            g = torch.div(_s2, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                            g = torch.mul(
+                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
+                            )
                         if global_clipnorm is not None and is_update:
                             torch.pow(g, 2, out=_s2)
                             global_sumsq_g = global_sumsq_g + torch.sum(_s2)
@@ -423,12 +424,12 @@ class SGD(Optimizer):
                         sumsq_g = 0
                     # clipping
                     if clipnorm is not None and is_update:
-                        torch.mul(clipnorm, g, out=_s1)
-                        g = torch.div(_s1, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
                     if global_clipnorm is not None and is_update:
-                        torch.mul(g, global_clipnorm, out=_s1)
-                        g = torch.div(
-                            _s1, torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm), out=_s0
+                        g = torch.mul(
+                            g,
+                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
+                            out=_s0,
                         )
                     if clipvalue is not None and is_update:
                         g = (
@@ -438,8 +439,7 @@ class SGD(Optimizer):
                         )
                     # decoupled weight decay
                     if weight_decay is not None and is_update:
-                        torch.mul(lr, w, out=_s1)
-                        w.add_(_s1, alpha=-(weight_decay))
+                        w.add_(w, alpha=-(lr * weight_decay))
                     # velocity
                     if is_update:
                         torch.mul(g, -lr, out=_s1)
@@ -506,8 +506,9 @@ class SGD(Optimizer):
                         sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
                         # clipping
                         if clipnorm is not None and is_update:
-                            torch.mul(clipnorm, g, out=_s2)
-                            g = torch.div(_s2, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                            g = torch.mul(
+                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
+                            )
                         if global_clipnorm is not None and is_update:
                             torch.pow(g, 2, out=_s2)
                             global_sumsq_g = global_sumsq_g + torch.sum(_s2)
@@ -545,12 +546,12 @@ class SGD(Optimizer):
                         sumsq_g = 0
                     # clipping
                     if clipnorm is not None and is_update:
-                        torch.mul(clipnorm, g, out=_s1)
-                        g = torch.div(_s1, torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
                     if global_clipnorm is not None and is_update:
-                        torch.mul(g, global_clipnorm, out=_s1)
-                        g = torch.div(
-                            _s1, torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm), out=_s0
+                        g = torch.mul(
+                            g,
+                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
+                            out=_s0,
                         )
                     if clipvalue is not None and is_update:
                         g = (
@@ -560,8 +561,7 @@ class SGD(Optimizer):
                         )
                     # decoupled weight decay
                     if weight_decay is not None and is_update:
-                        torch.mul(lr, w, out=_s1)
-                        w.add_(_s1, alpha=-(weight_decay))
+                        w.add_(w, alpha=-(lr * weight_decay))
                     # velocity
                     if is_update:
                         torch.mul(g, -lr, out=_s1)
