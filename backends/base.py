@@ -142,9 +142,12 @@ class Backend:
         """A backend's own way to write this statement, or None."""
         return None
 
-    def three_address(self, a: Assign, p: ExprPrinter) -> inplace.ThreeAddress | None:
-        """The rewriter into scratch buffers, for a per-element statement or a reduction (None: as printed)."""
-        if self.ops is None or self.registers is None or not (a.scope == Scope.ELEMENT or a.role == "reduce"):
+    def three_address(self, a: Assign | None, p: ExprPrinter) -> inplace.ThreeAddress | None:
+        """The rewriter into scratch buffers, for a per-element statement, a reduction, or (``a`` None) an
+        accumulation over all tensors; None where statements stay as printed."""
+        if self.ops is None or self.registers is None:
+            return None
+        if a is not None and not (a.scope == Scope.ELEMENT or a.role == "reduce"):
             return None
         return inplace.ThreeAddress(self.ops, p.elements, self.registers)
 
@@ -222,11 +225,9 @@ class Backend:
             if guard is not sp.true:
                 step = sp.Piecewise((step, guard), (acc, True))
             init.append(Line(f"{p.name_of(acc)} = {self.reduce_init[kind]}", f"over all tensors: {a.target}"))
-            if self.ops is not None and self.registers is not None:  # the reduced values into scratch buffers
-                ta = inplace.ThreeAddress(self.ops, p.elements, self.registers)
-                inside += [Line(c) for c in ta.bind(p.name_of(acc), p.doprint(step))]
-            else:
-                inside.append(Line(f"{p.name_of(acc)} = {p.doprint(step)}"))
+            ta = self.three_address(None, p)  # the reduced values into scratch buffers
+            code = f"{p.name_of(acc)} = {p.doprint(step)}"
+            inside += [Line(c) for c in (ta.bind(p.name_of(acc), p.doprint(step)) if ta else [code])]
         return init, inside
 
     def section_lines(self, program: Program, section: Section, p: ExprPrinter) -> list[Line]:

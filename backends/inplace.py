@@ -268,38 +268,31 @@ class ThreeAddress:
         return None
 
     def compound(self, kind: str, name: str, node: ast.AST) -> bool:
-        """torch: ``x += c*y``, ``x += a*b`` and ``x += a/b`` (or ``-=``) as one in-place call."""
-        sign = "" if kind == "add" else "-"
+        """torch: ``x += c*y``, ``x += c*a*b`` and ``x += c*a/b`` (or ``-=``; c a Python value, 1 if none) as
+        one in-place call."""
         node = self.fold(node, absorb=True) or node
         scaled = self._scaled(node)
-        if scaled is not None:
-            x, c = scaled
-            if isinstance(x, ast.BinOp) and isinstance(x.op, (ast.Mult, ast.Div)):
-                if self.is_element(x.left) and self.is_element(x.right):  # x += c*a/b in one call
-                    a, reg_a = self.operand(x.left)
-                    b, reg_b = self.operand(x.right)
-                    method = "addcmul_" if isinstance(x.op, ast.Mult) else "addcdiv_"
-                    self.lines.append(f"{name}.{method}({a}, {b}, value={f'-({c})' if sign else c})")
-                    self.regs.give(reg_a)
-                    self.regs.give(reg_b)
-                    return True
+        x, c = scaled if scaled is not None else (node, None)
+        if isinstance(x, ast.BinOp) and isinstance(x.op, ast.Pow) and _is_two(x.right):
+            x = ast.BinOp(x.left, ast.Mult(), x.left)  # torch's x**2 is x*x
+        two = isinstance(x, ast.BinOp) and isinstance(x.op, (ast.Mult, ast.Div))
+        two = two and self.is_element(x.left) and self.is_element(x.right)
+        if not two and scaled is None:
+            return False
+        if kind == "sub":
+            c = "-1" if c is None else f"-({c})"
+        if two:
+            a, reg_a = self.operand(x.left)
+            b, reg_b = self.operand(x.right)
+            method = "addcmul_" if isinstance(x.op, ast.Mult) else "addcdiv_"
+            self.lines.append(f"{name}.{method}({a}, {b}{'' if c is None else f', value={c}'})")
+            self.regs.give(reg_a)
+            self.regs.give(reg_b)
+        else:
             value, reg = self.operand(x)
-            self.lines.append(f"{name}.add_({value}, alpha={f'-({c})' if sign else c})")
+            self.lines.append(f"{name}.add_({value}, alpha={c})")
             self.regs.give(reg)
-            return True
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow) and _is_two(node.right):
-            node = ast.BinOp(node.left, ast.Mult(), node.left)  # torch's x**2 is x*x
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.Div)):
-            if self.is_element(node.left) and self.is_element(node.right):
-                a, reg_a = self.operand(node.left)
-                b, reg_b = self.operand(node.right)
-                method = "addcmul_" if isinstance(node.op, ast.Mult) else "addcdiv_"
-                value = ", value=-1" if sign else ""
-                self.lines.append(f"{name}.{method}({a}, {b}{value})")
-                self.regs.give(reg_a)
-                self.regs.give(reg_b)
-                return True
-        return False
+        return True
 
     def update(self, kind: str, form: str, name: str, code: str) -> list[str]:
         """``x += d`` (kind "add") or ``x -= d`` ("sub"); ``form`` says how: the value into a register, then

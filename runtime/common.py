@@ -133,3 +133,21 @@ def _takes_no_arguments(fn: Any) -> bool:
         or p.kind is p.VAR_POSITIONAL
         for p in params
     )
+
+
+def scratch_views(cache: dict, place: tuple, count: int, size: int, shape: Any, new: Any, view: Any) -> tuple:
+    """``count`` buffers of ``size`` elements shaped ``shape``: views of one buffer per ``place`` (a dtype,
+    and a device), kept in ``cache`` and grown to the largest need, so that a step allocates nothing in
+    proportion to the parameters. ``new(n)`` makes a flat buffer, ``view(flat, shape)`` shapes a slice."""
+    key = (place, shape, count)
+    views = cache.get(key)
+    if views is None:
+        buffer, capacity = cache.get(("buffer", place), (None, 0))
+        if capacity < count * size:
+            buffer, capacity = new(count * size), count * size
+            for old in [k for k in cache if k[0] == place]:
+                del cache[old]  # views of the buffer replaced
+            cache[("buffer", place)] = buffer, capacity
+        views = tuple(view(buffer[i * size : (i + 1) * size], shape) for i in range(count))
+        cache[key] = views
+    return views

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from . import common
+
 
 def leaves(params: Any, what: str = "params") -> tuple[list, list[np.ndarray]]:
     """The keys and arrays of a list or dict of arrays, checked."""
@@ -87,20 +89,15 @@ def upcast(g: np.ndarray) -> np.ndarray:
 
 
 def scratch(cache: dict, count: int, w: np.ndarray, *arrays: np.ndarray | None) -> tuple[np.ndarray, ...]:
-    """``count`` buffers shaped like ``w``, in the dtype of its element-wise maths (the widest of ``w`` and
-    ``arrays``): views of one buffer per dtype, kept in ``cache`` and grown to the largest tensor's need,
-    so that a step allocates nothing in proportion to the parameters."""
+    """``count`` scratch buffers shaped like ``w``, in the dtype of its element-wise maths (the widest of
+    ``w`` and ``arrays``), kept between steps (``common.scratch_views``)."""
     dtype = np.result_type(w, *[a for a in arrays if a is not None])
-    key = (dtype, w.shape, count)
-    views = cache.get(key)
-    if views is None:
-        size = w.size
-        buffer = cache.get(dtype)
-        if buffer is None or buffer.size < count * size:
-            buffer = np.empty(count * size, dtype)
-            for old in [k for k in cache if isinstance(k, tuple) and k[0] == dtype]:
-                del cache[old]  # views of the buffer replaced
-            cache[dtype] = buffer
-        views = tuple(buffer[i * size : (i + 1) * size].reshape(w.shape) for i in range(count))
-        cache[key] = views
-    return views
+    return common.scratch_views(
+        cache,
+        (dtype,),
+        count,
+        w.size,
+        w.shape,
+        lambda n: np.empty(n, dtype),
+        lambda a, shape: a.reshape(shape),
+    )

@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from . import common
+
 
 def state_dtype(w: torch.Tensor, chosen: Any = None) -> torch.dtype:
     """The dtype of a parameter's state: ``chosen``, or at least float32 (half/bfloat16 params keep float32 state)."""
@@ -98,23 +100,19 @@ def plain(scalars: dict[str, Any]) -> dict[str, Any]:
 def scratch(
     cache: dict, count: int, w: torch.Tensor, *tensors: torch.Tensor | None
 ) -> tuple[torch.Tensor, ...]:
-    """``count`` buffers shaped like ``w`` on its device, in the dtype of its element-wise maths (the widest of
-    ``w`` and ``tensors``): views of one buffer per dtype and device, kept in ``cache`` and grown to the
-    largest tensor's need, so that a step allocates nothing in proportion to the parameters."""
+    """``count`` scratch buffers shaped like ``w`` on its device, in the dtype of its element-wise maths (the
+    widest of ``w`` and ``tensors``), kept between steps (``common.scratch_views``)."""
     dtype = w.dtype
     for t in tensors:
         if t is not None and t.dtype != dtype:
             dtype = torch.promote_types(dtype, t.dtype)
-    key = (dtype, w.device, w.shape, count)
-    views = cache.get(key)
-    if views is None:
-        size = w.numel()
-        buffer = cache.get((dtype, w.device))
-        if buffer is None or buffer.numel() < count * size:
-            buffer = torch.empty(count * size, dtype=dtype, device=w.device)
-            for old in [k for k in cache if len(k) == 4 and k[:2] == (dtype, w.device)]:
-                del cache[old]  # views of the buffer replaced
-            cache[(dtype, w.device)] = buffer
-        views = tuple(buffer[i * size : (i + 1) * size].view(w.shape) for i in range(count))
-        cache[key] = views
-    return views
+    device = w.device
+    return common.scratch_views(
+        cache,
+        (dtype, device),
+        count,
+        w.numel(),
+        w.shape,
+        lambda n: torch.empty(n, dtype=dtype, device=device),
+        lambda t, shape: t.view(shape),
+    )
