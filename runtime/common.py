@@ -143,7 +143,7 @@ def scratch_views(cache: dict, place: tuple, count: int, size: int, shape: Any, 
     views = cache.get(key)
     if views is None:
         buffer, capacity = cache.get(("buffer", place), (None, 0))
-        if capacity < count * size:
+        if buffer is None or capacity < count * size:
             buffer, capacity = new(count * size), count * size
             for old in [k for k in cache if k[0] == place]:
                 del cache[old]  # views of the buffer replaced
