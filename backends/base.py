@@ -289,6 +289,12 @@ class Backend:
                         "guard": guard,
                         "lines": lines,
                         "states": [n for n in self.section_states(program, s)],
+                        # the states with a value per element: what the fused kernels read by address
+                        "element_states": [
+                            n
+                            for n in self.section_states(program, s)
+                            if next(v for v in program.states if v.name == n).scope == Scope.ELEMENT
+                        ],
                         "reads_param": any(sp.Symbol("w") in a.expr.free_symbols for a in s.body),
                         # the fused path (generated/fused): the function that updates one tensor, and what it reads
                         "fused": fused_name(i) if s.kind == "tensor" else "",

@@ -5,6 +5,7 @@ Pure Python and NumPy; the kernels themselves are in ``optforge.generated.fused`
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import threading
@@ -40,14 +41,18 @@ def check_fused(fused: Any) -> bool:
 
 
 def fusable(w: np.ndarray, g: np.ndarray, *states: np.ndarray | None) -> bool:
-    """Whether the kernels take this tensor: C-contiguous, writable arrays of one dtype, float32 or float64."""
+    """Whether the kernels take this tensor: C-contiguous, writable arrays of one dtype, float32 or float64,
+    and one size (the kernels index them by address, unchecked)."""
     dtype = w.dtype
     if dtype not in FUSED_DTYPES or g.dtype != dtype or not w.flags.c_contiguous or not w.flags.writeable:
         return False
-    if not g.flags.c_contiguous:
+    size = w.size
+    if not g.flags.c_contiguous or g.size != size:
         return False
     for s in states:
-        if s is not None and (s.dtype != dtype or not s.flags.c_contiguous or not s.flags.writeable):
+        if s is not None and (
+            s.dtype != dtype or not s.flags.c_contiguous or not s.flags.writeable or s.size != size
+        ):
             return False
     return True
 
@@ -75,38 +80,92 @@ def _executor(n: int) -> ThreadPoolExecutor:
 SPLIT_MIN = 1 << 14
 
 
-def run(
-    update: Callable, prepare: Callable, work: list[tuple], scalars: dict[str, Any], split: bool = False
-) -> None:
-    """``update(*arrays, step, lo, hi)`` for each tensor in ``work`` (its arrays, the parameter first), where
-    ``step = prepare(dtype, **scalars)`` once per dtype; the work is shared out over the cores.
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """What a generated fused module (``optforge.generated.fused``) gives ``run`` for one case of a rule."""
 
-    With ``split`` (the rule writes no per-tensor state), every tensor of at least ``SPLIT_MIN`` elements
-    is cut into one contiguous part per thread, so that the threads stream through the same tensors at
-    the same time (about a tenth faster than whole tensors per thread on this benchmark's machine), and the
-    smaller ones are shared out whole. Each part computes the tensor's per-tensor values (a norm for
-    ``clipnorm``) from the whole tensor: the same values in every part, and so the same results for any
-    number of threads.
+    #: ``prepare(dt, **scalars)``: the once-per-step values, rounded to ``dt``, as the ``step`` the others take
+    prepare: Callable
+    #: ``update(w, g, *states, step)``: one whole tensor, one kernel call (a case that writes per-tensor state)
+    update: Callable | None = None
+    #: otherwise (threads may share a tensor): ``addresses(table, i, w, g, *states)`` writes the arrays' addresses into ``table[i]``
+    addresses: Callable | None = None
+    #: ``rows(rows, table, values, step)``: every ``(i, lo, hi)`` of ``rows`` in one kernel call
+    rows: Callable | None = None
+    #: ``values(w, g, *states, step)``: a tensor's per-tensor values (a norm for ``clipnorm``), or None
+    #: where the step needs none (then none of the tensors needs them)
+    values: Callable | None = None
+    #: how many per-tensor values a row's kernel reads
+    n_values: int = 0
+
+
+def run(case: Case, work: list[tuple], scalars: dict[str, Any], arrays: Callable | None = None) -> None:
+    """Updates each tensor in ``work`` (its arrays: the parameter, the gradient, then the states, None for a
+    state not kept) with ``case``, where ``step = case.prepare(dtype, **scalars)`` once per dtype; the work
+    is shared out over the cores.
+
+    Where the case allows it (it writes no per-tensor state), every tensor of at least ``SPLIT_MIN``
+    elements is cut into one contiguous part per thread, so that the threads stream through the same
+    tensors at the same time (about a tenth faster than whole tensors per thread on this benchmark's
+    machine), the smaller ones are shared out whole, and one kernel call updates all the parts, from a
+    table of addresses, its threads (Numba's ``prange``) each taking one thread's share. Numba's threading
+    layer is then OpenMP where it can be, the pool that torch's own operations use: a second pool would
+    compete for the cores with torch's threads, which keep spinning for a while after each operation. The
+    per-tensor values (a norm for ``clipnorm``) are computed first, once per tensor, so that the same
+    values reach every part whatever the number of threads. Otherwise each thread of a Python pool
+    updates whole tensors, one kernel call each.
+
+    ``arrays``: where ``work`` holds torch tensors (CPU, contiguous, one dtype, float32 or float64: the
+    caller checks), what makes NumPy views of an item's tensors, for the per-tensor Python code; the
+    kernels take the tensors by address (``data_ptr()``, about a tenth of the cost of a view).
     """
-    steps = {}
+    view = (lambda item: item) if arrays is None else (lambda item: arrays(*item))
+    by_dtype: dict[Any, list[tuple]] = {}
     for item in work:
-        dt = item[0].dtype.type
-        if dt not in steps:
-            steps[dt] = prepare(dt, **scalars)
-    sizes = [item[0].size for item in work]
-    n = (threads() if split else min(threads(), len(work))) if sum(sizes) >= PARALLEL_MIN else 1
-    parts = _parts(sizes, n, split)
+        by_dtype.setdefault(item[0].dtype, []).append(item)
+    for dtype, items in by_dtype.items():
+        if arrays is None:
+            dt, sizes = dtype.type, [item[0].size for item in items]
+        else:
+            dt, sizes = (
+                (np.float32 if dtype.itemsize == 4 else np.float64),
+                [item[0].numel() for item in items],
+            )
+        step = case.prepare(dt, **scalars)
+        many = sum(sizes) >= PARALLEL_MIN
+        if case.rows is None:
+            parts = _parts(sizes, min(threads(), len(items)) if many else 1, False)
+            _in_threads(parts, lambda part: [case.update(*view(items[i]), step) for i, _, _ in part])
+            continue
+        if arrays is None:
+            table = np.empty((len(items), len(items[0])), np.int64)
+            for i, item in enumerate(items):
+                case.addresses(table, i, *item)
+        else:
+            table = np.array([[0 if t is None else t.data_ptr() for t in item] for item in items], np.int64)
+        values = np.zeros((len(items), case.n_values), dt)
+        first = None if case.values is None else case.values(*view(items[0]), step)
+        if first is not None:  # this step needs them
+            values[0] = first
 
-    def do(part: list[tuple[int, int, int]]) -> None:
-        for i, lo, hi in part:
-            item = work[i]
-            update(*item, steps[item[0].dtype.type], lo, hi)
+            def tensor_values(part: list[tuple[int, int, int]]) -> None:
+                for i, _, _ in part:
+                    values[i] = case.values(*view(items[i]), step)
 
-    if len(parts) == 1:
-        do(parts[0])
+            rest = _parts(sizes[1:], min(threads(), len(items) - 1) if many else 1, False)
+            _in_threads([[(i + 1, lo, hi) for i, lo, hi in p] for p in rest], tensor_values)
+        parts = _parts(sizes, threads() if many else 1, True)
+        rows = np.array([row for part in parts for row in part], np.int64)
+        bounds = np.cumsum([0] + [len(part) for part in parts])
+        case.rows(rows, bounds, table, values, step)
+
+
+def _in_threads(parts: list, do: Callable[[Any], Any]) -> None:
+    """``do(part)`` for each part, each in its own thread (this one does the first)."""
+    if not parts:
         return
     futures = [_executor(len(parts)).submit(do, part) for part in parts[1:]]
-    do(parts[0])  # this thread does a share too
+    do(parts[0])
     for f in futures:
         f.result()
 

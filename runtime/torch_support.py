@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import torch
 
@@ -51,22 +52,30 @@ _FUSED = (torch.float32, torch.float64)
 
 
 def fusable(w: torch.Tensor, g: torch.Tensor, *states: torch.Tensor | None) -> bool:
-    """Whether the fused path takes this parameter: CPU, contiguous, one dtype (float32 or float64)."""
-    if w.device.type != "cpu" or w.dtype not in _FUSED or g.dtype != w.dtype:
+    """Whether the fused path takes this parameter: CPU, contiguous, one dtype (float32 or float64) and one
+    size (the kernels index the arrays by address, unchecked)."""
+    dtype = w.dtype
+    if dtype not in _FUSED or not w.is_cpu or not w.is_contiguous():
         return False
-    if not (w.is_contiguous() and g.is_contiguous()):
+    size = w.numel()
+    if g.dtype is not dtype or not g.is_cpu or not g.is_contiguous() or g.numel() != size:
         return False
-    return all(s is None or (s.dtype == w.dtype and s.is_contiguous()) for s in states)
+    for s in states:
+        if s is not None and (
+            s.dtype is not dtype or not s.is_cpu or not s.is_contiguous() or s.numel() != size
+        ):
+            return False
+    return True
 
 
-def fused_arrays(cache: dict, w: torch.Tensor, g: torch.Tensor, *states: torch.Tensor | None) -> tuple | None:
-    """NumPy views of ``(w, g, *states)`` (the same memory) when the fused path takes this parameter, else None.
+def fused_arrays(cache: dict, w: torch.Tensor, g: torch.Tensor, *states: torch.Tensor | None) -> tuple:
+    """NumPy views of ``(w, g, *states)`` (the same memory), for the fused path's per-tensor Python code
+    (the caller has checked that the fused path takes these tensors).
 
-    Making a view costs about 1.5 us a tensor, which on 200 tensors is a tenth of an update; the views of
-    the parameter and its state are kept in ``cache``, under the parameter, and used again while every
-    tensor is the same object with the same memory and shape (``p.data = ...`` or ``load_state_dict``
-    makes new ones). The gradient's view is made each step: it is often a new tensor, and a kept view
-    would keep the last gradient alive.
+    Making a view costs about 1.5 us a tensor; the views of the parameter and its state are kept in
+    ``cache``, under the parameter, and used again while every tensor is the same object with the same
+    memory and shape (``p.data = ...`` or ``load_state_dict`` makes new ones). The gradient's view is made
+    each time: it is often a new tensor, and a kept view would keep the last gradient alive.
     """
     entry = cache.get(id(w))
     tensors = (w, *states)
@@ -76,15 +85,16 @@ def fused_arrays(cache: dict, w: torch.Tensor, g: torch.Tensor, *states: torch.T
     ):
         arrays = entry[2]
     else:
-        cache.pop(id(w), None)
-        if not fusable(w, w, *states):
-            return None
         arrays = as_numpy(*tensors)
         keys = tuple((0, None) if t is None else (t.data_ptr(), t.shape) for t in tensors)
         cache[id(w)] = (tensors, keys, arrays)
-    if g.dtype != w.dtype or not g.is_contiguous() or not g.is_cpu:
-        return None
     return (arrays[0], g.detach().numpy(), *arrays[1:])
+
+
+def arrays_of(cache: dict) -> Callable[..., tuple]:
+    """``fused_arrays`` on this cache: what ``fused_support.run`` calls for the NumPy views of a parameter's
+    tensors, where the per-tensor code needs them."""
+    return functools.partial(fused_arrays, cache)
 
 
 def as_numpy(*tensors: torch.Tensor | None) -> tuple:

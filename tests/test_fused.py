@@ -47,9 +47,9 @@ def fused_tensors(monkeypatch):
     count = [0]
     run = fused_support.run
 
-    def spy(update, prepare, work, scalars, split=False):
+    def spy(case, work, scalars, arrays=None):
         count[0] += len(work)
-        return run(update, prepare, work, scalars, split)
+        return run(case, work, scalars, arrays)
 
     monkeypatch.setattr(fused_support, "run", spy)
     return count
@@ -165,16 +165,22 @@ def test_parts_cover_every_element_once_and_are_balanced(split):
 
 def test_several_threads_give_the_same_result(monkeypatch):
     """The tensors shared out over two or three threads (forced; large ones cut in parts where the rule
-    allows) or done by one: identical results, with per-tensor values (clipnorm, NovoGrad) too."""
+    allows) or done by one: identical results, with per-tensor values (clipnorm, the NovoGrads) too; and
+    torch's fused path (tensors by address) gives NumPy's results bit for bit."""
+    import torch
+
     import optforge.generated.numpy as gen
+    import optforge.generated.torch as gen_torch
 
     shapes = [(300, 200), (500,), (200, 300), (7,), (40_001,)]
-    for rule, options in [("Nadam", {}), ("Adamax", {"clipnorm": 0.5}), ("NovoGrad", {})]:
+    monkeypatch.setattr(fused_support, "PARALLEL_MIN", 0)
+    monkeypatch.setattr(fused_support, "SPLIT_MIN", 1000)
+    cases = [("Nadam", {}), ("Adamax", {"clipnorm": 0.5}), ("NovoGrad", {}), ("NovoGradTF1", {})]
+    cases += [("SGD", {"momentum": 0.9, "clipnorm": 0.5, "use_ema": True})]
+    for rule, options in cases:
         out = []
         for threads in ("1", "2", "3"):
             monkeypatch.setenv("OPTFORGE_THREADS", threads)
-            monkeypatch.setattr(fused_support, "PARALLEL_MIN", 0)
-            monkeypatch.setattr(fused_support, "SPLIT_MIN", 1000)
             rng = np.random.default_rng(2)
             ps = [rng.normal(size=s).astype(np.float32) for s in shapes]
             gs = [rng.normal(size=s).astype(np.float32) for s in shapes]
@@ -182,7 +188,18 @@ def test_several_threads_give_the_same_result(monkeypatch):
             state = opt.init(ps)
             for _ in range(3):
                 ps, state = opt.step(ps, gs, state)
-            out.append(ps + [x for v in state[1:] if isinstance(v, list) for x in v])
+            out.append(ps)
         for got in out[1:]:
             for a, b in zip(out[0], got):
                 assert np.array_equal(a, b), rule
+        rng = np.random.default_rng(2)
+        tp = [torch.nn.Parameter(torch.tensor(rng.normal(size=s).astype(np.float32))) for s in shapes]
+        gs = [torch.tensor(rng.normal(size=s).astype(np.float32)) for s in shapes]
+        hypers = {("lr" if k == "learning_rate" else k): v for k, v in options.items()}
+        opt = getattr(gen_torch, rule)(tp, fused=True, **hypers)
+        for _ in range(3):
+            for p, g in zip(tp, gs):
+                p.grad = g.clone()
+            opt.step()
+        for i, (a, b) in enumerate(zip(out[0], tp)):
+            assert np.array_equal(a, b.detach().numpy()), f"{rule}: torch params[{i}] differ from NumPy's"

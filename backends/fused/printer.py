@@ -35,6 +35,7 @@ from ..printer import ExprPrinter
 class Hoisted:
     name: str  # c_0 (a number in the kernel's dtype) or b_0 (a bool)
     code: str  # Python, printed by the NumPy printer
+    guard: sp.Basic = sp.true  # the static condition under which the value is used (else it is 0)
 
 
 class Hoister:
@@ -65,7 +66,7 @@ class Hoister:
             code = f"dt({self.p.doprint(expr)})"
             if guard is not sp.true:  # e.g. an option's value, only where the option is given
                 code = f"{code} if {self.p.doprint(guard)} else dt(0)"
-        item = Hoisted(name, code)
+        item = Hoisted(name, code, guard)
         self.items.append(item)
         reads = {getattr(s, "option", None) or base(s) for s in (expr.free_symbols | guard.free_symbols)}
         (self.pending if reads & self.per_tensor else self.step).append(item)
@@ -203,6 +204,21 @@ class Kernel:
     #: instead of many (a Numba call costs about 0.15 us per argument)
     packed: list[tuple[str, int]] = dataclasses.field(default_factory=list)
 
+    #: rows kernels: the per-tensor values, read from ``values[t_]``, and each array's column of ``table``
+    tensor_values: list[str] = dataclasses.field(default_factory=list)
+    columns: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def loop(self) -> list[str]:
+        """The element loop's body (update and rows kernels), indented relative to the loop."""
+        out = []
+        for n, flag, zero in self.loads:
+            out.append(f"{n} = {n}_[i_] if {flag} else {zero}" if flag else f"{n} = {n}_[i_]")
+        out += self.body
+        for n, flag in self.stores:
+            out += [f"if {flag}:", f"    {n}_[i_] = {n}"] if flag else [f"{n}_[i_] = {n}"]
+        return out
+
     @property
     def flags(self) -> list[str]:
         """The conditions: arguments of the kernel's factory, constants in the compiled loop."""
@@ -216,15 +232,16 @@ class Kernel:
 
     @property
     def params(self) -> list[str]:
+        if self.kind == "rows":
+            return ["rows", "bounds", "table", "values", "k_"]
         return [f"{n}_" for n in self.arrays] + (["k_"] if self.packed else []) + self.values
 
     def call(self) -> str:
-        params = self.params
-        if (
-            self.kind == "update"
-        ):  # the part [lo, hi) of the tensor (a kernel indexing from lo would not vectorise)
-            params = [f"{p}[lo:hi]" if p.endswith("_") and p != "k_" else p for p in params]
-        return f"{self.name}({', '.join(self.flags)})({', '.join(params)})"
+        if self.kind == "rows":  # the kernel is compiled for the arrays' dtype, the values' one
+            flags = ", ".join(["values.dtype.type"] + self.flags)
+            k_ = "k_" if self.packed else "np.zeros(1, values.dtype)"
+            return f"{self.name}({flags})(rows, bounds, table, values, {k_})"
+        return f"{self.name}({', '.join(self.flags)})({', '.join(self.params)})"
 
 
 class FusedBackend(Backend):
@@ -312,14 +329,29 @@ class FusedBackend(Backend):
         packed = sorted({v for k in kernels for v in k.values if v in step_names}, key=_hoisted_order)
         for k in kernels:
             k.packed = [(v, packed.index(v)) for v in k.values if v in step_names]
+        # the update kernel may take a part of the tensor (threads sharing it) unless the per-tensor lines
+        # write a per-tensor state: every part runs them (reductions included), so they must not write
+        splittable = not any(a.role in ("state", "param") and a.scope == Scope.TENSOR for a in section.body)
+        rows = None
+        values_guard = ""
+        if splittable:  # one kernel call for many tensors' parts, by address
+            tensor_values = [v for v in update.values if v not in step_names]
+            rows = dataclasses.replace(
+                update,
+                name=f"_update_rows_{index}",
+                kind="rows",
+                doc="the update of every element of each row's part of a tensor, in place",
+                tensor_values=tensor_values,
+                columns={n: i for i, n in enumerate(["w", "g"] + states)},
+            )
+            guards = [h.guard for h in hoister.items if h.name in tensor_values]
+            if guards and all(g is not sp.true for g in guards):
+                values_guard = p.doprint(sp.Or(*guards))
         calls = {_placeholder(k.name): k.call() for k in kernels}
         for ln in lines:
             for marker, call in calls.items():
                 ln.code = ln.code.replace(marker, call)
-        kernel_args = [a for k in kernels for a in k.flags + k.values]
-        # the update kernel may take a part of the tensor (threads sharing it) unless the per-tensor lines
-        # write a per-tensor state: every part runs them (reductions included), so they must not write
-        splittable = not any(a.role in ("state", "param") and a.scope == Scope.TENSOR for a in section.body)
+        kernel_args = [a for k in kernels for a in k.flags + k.values] + [values_guard]
         return {
             "name": fused_name(index),
             "splittable": splittable,
@@ -336,8 +368,15 @@ class FusedBackend(Backend):
             + (["k_"] if packed else []),
             "packed": packed,
             "lines": lines,
-            "kernels": kernels,
+            "kernels": [k for k in kernels if not (rows and k is update)] + ([rows] if rows else []),
+            "index": index,
+            # the arrays the per-tensor lines read (as 1-D views)
+            "line_arrays": [
+                a for a in arrays if f"{a}_" in _identifiers_in([ln.code for ln in lines], [f"{a}_"])
+            ],
             "main": update,
+            "rows": rows,
+            "values_guard": values_guard,
         }
 
     def closure(self, element, symbols) -> list[tuple[Assign, list[str], set[str]]]:

@@ -290,8 +290,7 @@ class Adagrad:
                 w[...] = ema
         if fused_work:
             fused_support.run(
-                self._fused.update_case_0,
-                self._fused.prepare_update_case_0,
+                self._fused.UPDATE_CASE_0,
                 fused_work,
                 {
                     "lr": lr,
@@ -309,7 +308,6 @@ class Adagrad:
                     "is_update": is_update,
                     "t": t,
                 },
-                split=self._fused.SPLIT_UPDATE_CASE_0,
             )
         return params, state._replace(step=n + 1)
 

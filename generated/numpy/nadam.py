@@ -329,8 +329,7 @@ class Nadam:
                 w[...] = ema
         if fused_work:
             fused_support.run(
-                self._fused.update_case_0,
-                self._fused.prepare_update_case_0,
+                self._fused.UPDATE_CASE_0,
                 fused_work,
                 {
                     "lr": lr,
@@ -353,7 +352,6 @@ class Nadam:
                     "u_t": u_t,
                     "u_t1": u_t1,
                 },
-                split=self._fused.SPLIT_UPDATE_CASE_0,
             )
         return params, state._replace(step=n + 1, u_product=u_product)
 

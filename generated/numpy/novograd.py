@@ -250,7 +250,7 @@ class NovoGrad:
             m = state.m[key]
             grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
             ema = state.ema[key] if state.ema is not None else None
-            if fused_work is not None and fused_support.fusable(w, g, v, m, grad_accumulator, ema):
+            if fused_work is not None and fused_support.fusable(w, g, m, grad_accumulator, ema):
                 fused_work.append((w, g, v, m, grad_accumulator, ema))
                 continue
             # scratch buffers for the element-wise temporaries (reused, shaped like w)
@@ -313,8 +313,7 @@ class NovoGrad:
                 w[...] = ema
         if fused_work:
             fused_support.run(
-                self._fused.update_case_0,
-                self._fused.prepare_update_case_0,
+                self._fused.UPDATE_CASE_0,
                 fused_work,
                 {
                     "lr": lr,
@@ -336,7 +335,6 @@ class NovoGrad:
                     "is_update": is_update,
                     "t": t,
                 },
-                split=self._fused.SPLIT_UPDATE_CASE_0,
             )
         return params, state._replace(step=n + 1)
 

@@ -244,7 +244,7 @@ class OptaxNovoGrad:
             mu = state.mu[key]
             grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
             ema = state.ema[key] if state.ema is not None else None
-            if fused_work is not None and fused_support.fusable(w, g, nu, mu, grad_accumulator, ema):
+            if fused_work is not None and fused_support.fusable(w, g, mu, grad_accumulator, ema):
                 fused_work.append((w, g, nu, mu, grad_accumulator, ema))
                 continue
             # scratch buffers for the element-wise temporaries (reused, shaped like w)
@@ -307,8 +307,7 @@ class OptaxNovoGrad:
                 w[...] = ema
         if fused_work:
             fused_support.run(
-                self._fused.update_case_0,
-                self._fused.prepare_update_case_0,
+                self._fused.UPDATE_CASE_0,
                 fused_work,
                 {
                     "lr": lr,
@@ -329,7 +328,6 @@ class OptaxNovoGrad:
                     "is_update": is_update,
                     "t": t,
                 },
-                split=self._fused.SPLIT_UPDATE_CASE_0,
             )
         return params, state._replace(step=n + 1)
 

@@ -290,8 +290,7 @@ class SGD:
                     w[...] = ema
             if fused_work:
                 fused_support.run(
-                    self._fused.update_case_0,
-                    self._fused.prepare_update_case_0,
+                    self._fused.UPDATE_CASE_0,
                     fused_work,
                     {
                         "lr": lr,
@@ -308,7 +307,6 @@ class SGD:
                         "is_update": is_update,
                         "t": t,
                     },
-                    split=self._fused.SPLIT_UPDATE_CASE_0,
                 )
         elif nesterov:
             # the step counts updates, not calls
@@ -404,8 +402,7 @@ class SGD:
                     w[...] = ema
             if fused_work:
                 fused_support.run(
-                    self._fused.update_case_1,
-                    self._fused.prepare_update_case_1,
+                    self._fused.UPDATE_CASE_1,
                     fused_work,
                     {
                         "lr": lr,
@@ -423,7 +420,6 @@ class SGD:
                         "is_update": is_update,
                         "t": t,
                     },
-                    split=self._fused.SPLIT_UPDATE_CASE_1,
                 )
         else:
             # the step counts updates, not calls
@@ -516,8 +512,7 @@ class SGD:
                     w[...] = ema
             if fused_work:
                 fused_support.run(
-                    self._fused.update_case_2,
-                    self._fused.prepare_update_case_2,
+                    self._fused.UPDATE_CASE_2,
                     fused_work,
                     {
                         "lr": lr,
@@ -535,7 +530,6 @@ class SGD:
                         "is_update": is_update,
                         "t": t,
                     },
-                    split=self._fused.SPLIT_UPDATE_CASE_2,
                 )
         return params, state._replace(step=n + 1)
 

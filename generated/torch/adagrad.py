@@ -282,13 +282,8 @@ class Adagrad(Optimizer):
                 accumulator = state["accumulator"]
                 grad_accumulator = state.get("grad_accumulator")
                 ema = state.get("ema")
-                views = (
-                    None
-                    if fused_work is None
-                    else torch_support.fused_arrays(self._views, w, g, accumulator, grad_accumulator, ema)
-                )
-                if views is not None:
-                    fused_work.append(views)
+                if fused_work is not None and torch_support.fusable(w, g, accumulator, grad_accumulator, ema):
+                    fused_work.append((w, g, accumulator, grad_accumulator, ema))
                     continue
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1 = torch_support.scratch(self._scratch, 2, w, g, accumulator, grad_accumulator, ema)
@@ -340,8 +335,7 @@ class Adagrad(Optimizer):
                     w.copy_(ema)
             if fused_work:
                 fused_support.run(
-                    self._fused.update_case_0,
-                    self._fused.prepare_update_case_0,
+                    self._fused.UPDATE_CASE_0,
                     fused_work,
                     torch_support.plain(
                         {
@@ -361,7 +355,7 @@ class Adagrad(Optimizer):
                             "t": t,
                         }
                     ),
-                    split=self._fused.SPLIT_UPDATE_CASE_0,
+                    arrays=torch_support.arrays_of(self._views),
                 )
         return loss
 

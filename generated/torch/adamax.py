@@ -287,13 +287,8 @@ class Adamax(Optimizer):
                 u = state["u"]
                 grad_accumulator = state.get("grad_accumulator")
                 ema = state.get("ema")
-                views = (
-                    None
-                    if fused_work is None
-                    else torch_support.fused_arrays(self._views, w, g, m, u, grad_accumulator, ema)
-                )
-                if views is not None:
-                    fused_work.append(views)
+                if fused_work is not None and torch_support.fusable(w, g, m, u, grad_accumulator, ema):
+                    fused_work.append((w, g, m, u, grad_accumulator, ema))
                     continue
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, m, u, grad_accumulator, ema)
@@ -349,8 +344,7 @@ class Adamax(Optimizer):
                     w.copy_(ema)
             if fused_work:
                 fused_support.run(
-                    self._fused.update_case_0,
-                    self._fused.prepare_update_case_0,
+                    self._fused.UPDATE_CASE_0,
                     fused_work,
                     torch_support.plain(
                         {
@@ -372,7 +366,7 @@ class Adamax(Optimizer):
                             "t": t,
                         }
                     ),
-                    split=self._fused.SPLIT_UPDATE_CASE_0,
+                    arrays=torch_support.arrays_of(self._views),
                 )
         return loss
 

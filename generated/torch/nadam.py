@@ -298,13 +298,8 @@ class Nadam(Optimizer):
                 v = state["v"]
                 grad_accumulator = state.get("grad_accumulator")
                 ema = state.get("ema")
-                views = (
-                    None
-                    if fused_work is None
-                    else torch_support.fused_arrays(self._views, w, g, m, v, grad_accumulator, ema)
-                )
-                if views is not None:
-                    fused_work.append(views)
+                if fused_work is not None and torch_support.fusable(w, g, m, v, grad_accumulator, ema):
+                    fused_work.append((w, g, m, v, grad_accumulator, ema))
                     continue
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = torch_support.scratch(
@@ -375,8 +370,7 @@ class Nadam(Optimizer):
                     w.copy_(ema)
             if fused_work:
                 fused_support.run(
-                    self._fused.update_case_0,
-                    self._fused.prepare_update_case_0,
+                    self._fused.UPDATE_CASE_0,
                     fused_work,
                     torch_support.plain(
                         {
@@ -401,7 +395,7 @@ class Nadam(Optimizer):
                             "u_t1": u_t1,
                         }
                     ),
-                    split=self._fused.SPLIT_UPDATE_CASE_0,
+                    arrays=torch_support.arrays_of(self._views),
                 )
             group["u_product"] = u_product
         return loss

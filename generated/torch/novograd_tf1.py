@@ -292,13 +292,8 @@ class NovoGradTF1(Optimizer):
                 m = state["m"]
                 grad_accumulator = state.get("grad_accumulator")
                 ema = state.get("ema")
-                views = (
-                    None
-                    if fused_work is None
-                    else torch_support.fused_arrays(self._views, w, g, m, grad_accumulator, ema)
-                )
-                if views is not None:
-                    fused_work.append(views)
+                if fused_work is not None and torch_support.fusable(w, g, m, grad_accumulator, ema):
+                    fused_work.append((w, g, m, grad_accumulator, ema))
                     continue
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, m, grad_accumulator, ema)
@@ -363,8 +358,7 @@ class NovoGradTF1(Optimizer):
                     w.copy_(ema)
             if fused_work:
                 fused_support.run(
-                    self._fused.update_case_0,
-                    self._fused.prepare_update_case_0,
+                    self._fused.UPDATE_CASE_0,
                     fused_work,
                     torch_support.plain(
                         {
@@ -387,7 +381,7 @@ class NovoGradTF1(Optimizer):
                             "t": t,
                         }
                     ),
-                    split=self._fused.SPLIT_UPDATE_CASE_0,
+                    arrays=torch_support.arrays_of(self._views),
                 )
         return loss
 

@@ -291,13 +291,8 @@ class OptaxNovoGrad(Optimizer):
                 mu = state["mu"]
                 grad_accumulator = state.get("grad_accumulator")
                 ema = state.get("ema")
-                views = (
-                    None
-                    if fused_work is None
-                    else torch_support.fused_arrays(self._views, w, g, nu, mu, grad_accumulator, ema)
-                )
-                if views is not None:
-                    fused_work.append(views)
+                if fused_work is not None and torch_support.fusable(w, g, mu, grad_accumulator, ema):
+                    fused_work.append((w, g, nu, mu, grad_accumulator, ema))
                     continue
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, mu, grad_accumulator, ema)
@@ -362,8 +357,7 @@ class OptaxNovoGrad(Optimizer):
                     w.copy_(ema)
             if fused_work:
                 fused_support.run(
-                    self._fused.update_case_0,
-                    self._fused.prepare_update_case_0,
+                    self._fused.UPDATE_CASE_0,
                     fused_work,
                     torch_support.plain(
                         {
@@ -386,7 +380,7 @@ class OptaxNovoGrad(Optimizer):
                             "t": t,
                         }
                     ),
-                    split=self._fused.SPLIT_UPDATE_CASE_0,
+                    arrays=torch_support.arrays_of(self._views),
                 )
         return loss
 

@@ -282,13 +282,8 @@ class SGD(Optimizer):
                     g = torch_support.upcast(w.grad)
                     grad_accumulator = state.get("grad_accumulator")
                     ema = state.get("ema")
-                    views = (
-                        None
-                        if fused_work is None
-                        else torch_support.fused_arrays(self._views, w, g, grad_accumulator, ema)
-                    )
-                    if views is not None:
-                        fused_work.append(views)
+                    if fused_work is not None and torch_support.fusable(w, g, grad_accumulator, ema):
+                        fused_work.append((w, g, grad_accumulator, ema))
                         continue
                     # scratch buffers for the element-wise temporaries (reused, shaped like w)
                     _s0, _s1 = torch_support.scratch(self._scratch, 2, w, g, grad_accumulator, ema)
@@ -336,8 +331,7 @@ class SGD(Optimizer):
                         w.copy_(ema)
                 if fused_work:
                     fused_support.run(
-                        self._fused.update_case_0,
-                        self._fused.prepare_update_case_0,
+                        self._fused.UPDATE_CASE_0,
                         fused_work,
                         torch_support.plain(
                             {
@@ -356,7 +350,7 @@ class SGD(Optimizer):
                                 "t": t,
                             }
                         ),
-                        split=self._fused.SPLIT_UPDATE_CASE_0,
+                        arrays=torch_support.arrays_of(self._views),
                     )
             elif nesterov:
                 # the step counts updates, not calls
@@ -398,13 +392,10 @@ class SGD(Optimizer):
                     velocity = state.get("velocity")
                     grad_accumulator = state.get("grad_accumulator")
                     ema = state.get("ema")
-                    views = (
-                        None
-                        if fused_work is None
-                        else torch_support.fused_arrays(self._views, w, g, velocity, grad_accumulator, ema)
-                    )
-                    if views is not None:
-                        fused_work.append(views)
+                    if fused_work is not None and torch_support.fusable(
+                        w, g, velocity, grad_accumulator, ema
+                    ):
+                        fused_work.append((w, g, velocity, grad_accumulator, ema))
                         continue
                     # scratch buffers for the element-wise temporaries (reused, shaped like w)
                     _s0, _s1 = torch_support.scratch(self._scratch, 2, w, g, velocity, grad_accumulator, ema)
@@ -457,8 +448,7 @@ class SGD(Optimizer):
                         w.copy_(ema)
                 if fused_work:
                     fused_support.run(
-                        self._fused.update_case_1,
-                        self._fused.prepare_update_case_1,
+                        self._fused.UPDATE_CASE_1,
                         fused_work,
                         torch_support.plain(
                             {
@@ -478,7 +468,7 @@ class SGD(Optimizer):
                                 "t": t,
                             }
                         ),
-                        split=self._fused.SPLIT_UPDATE_CASE_1,
+                        arrays=torch_support.arrays_of(self._views),
                     )
             else:
                 # the step counts updates, not calls
@@ -520,13 +510,10 @@ class SGD(Optimizer):
                     velocity = state.get("velocity")
                     grad_accumulator = state.get("grad_accumulator")
                     ema = state.get("ema")
-                    views = (
-                        None
-                        if fused_work is None
-                        else torch_support.fused_arrays(self._views, w, g, velocity, grad_accumulator, ema)
-                    )
-                    if views is not None:
-                        fused_work.append(views)
+                    if fused_work is not None and torch_support.fusable(
+                        w, g, velocity, grad_accumulator, ema
+                    ):
+                        fused_work.append((w, g, velocity, grad_accumulator, ema))
                         continue
                     # scratch buffers for the element-wise temporaries (reused, shaped like w)
                     _s0, _s1 = torch_support.scratch(self._scratch, 2, w, g, velocity, grad_accumulator, ema)
@@ -577,8 +564,7 @@ class SGD(Optimizer):
                         w.copy_(ema)
                 if fused_work:
                     fused_support.run(
-                        self._fused.update_case_2,
-                        self._fused.prepare_update_case_2,
+                        self._fused.UPDATE_CASE_2,
                         fused_work,
                         torch_support.plain(
                             {
@@ -598,7 +584,7 @@ class SGD(Optimizer):
                                 "t": t,
                             }
                         ),
-                        split=self._fused.SPLIT_UPDATE_CASE_2,
+                        arrays=torch_support.arrays_of(self._views),
                     )
         return loss
 

@@ -1,0 +1,34 @@
+"""Numba helpers of the generated fused kernels (``optforge.generated.fused``): tensors by address.
+
+A kernel that updates many tensors in one call takes a table of their addresses (``int64``) and views
+each as an array with ``numba.carray(pointer(address), size, dtype)``. One call per thread and step
+replaces one call per tensor, whose Python side (views, slices, the dispatch of seven arguments) cost
+about 4 us a tensor: 2 ms a step on 200 tensors, a quarter of the memory-bound update itself.
+
+The callers check every array first (dtype, C order, size): a kernel trusts its table.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+
+@intrinsic
+def pointer(typingctx, address):
+    """The integer ``address`` as a ``void*`` (what ``numba.carray`` takes)."""
+    sig = types.voidptr(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return sig, codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def address(a):  # pragma: no cover - compiled
+    """The address of an array's first element (0 for None: a state that is not kept)."""
+    return 0 if a is None else np.int64(a.ctypes.data)
