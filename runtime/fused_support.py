@@ -8,8 +8,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
@@ -17,9 +15,6 @@ import numpy as np
 FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 #: below this many elements in a step, one thread does it all (starting a second costs more than it saves)
 PARALLEL_MIN = 1 << 16
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
 
 
 def load(module: str, rule: str) -> Any:
@@ -68,14 +63,6 @@ def threads() -> int:
         return os.cpu_count() or 1
 
 
-def _executor(n: int) -> ThreadPoolExecutor:
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool._max_workers < n:
-            _pool = ThreadPoolExecutor(n, thread_name_prefix="optforge-fused")
-        return _pool
-
-
 #: a tensor at least this big is shared out among the threads, in contiguous parts, where the rule allows
 SPLIT_MIN = 1 << 14
 
@@ -86,45 +73,39 @@ class Case:
 
     #: ``prepare(dt, **scalars)``: the once-per-step values, rounded to ``dt``, as the ``step`` the others take
     prepare: Callable
-    #: ``update(w, g, *states, step)``: one whole tensor, one kernel call (a case that writes per-tensor state)
-    update: Callable | None = None
-    #: otherwise (threads may share a tensor): ``addresses(table, i, w, g, *states)`` writes the arrays' addresses into ``table[i]``
-    addresses: Callable | None = None
-    #: ``rows(rows, table, values, step)``: every ``(i, lo, hi)`` of ``rows`` in one kernel call
+    #: ``addresses(table, i, w, g, *states)``: writes the arrays' addresses into ``table[i]``
+    addresses: Callable
+    #: ``tensors(rows, bounds, table, dt, step)``: every tensor ``(i, 0, n)`` of ``rows`` whole, in one call
+    tensors: Callable
+    #: where threads may share a tensor (the case writes no per-tensor state): ``rows(rows, bounds,
+    #: table, dt, step)``, every part ``(i, lo, hi)`` of ``rows``, for the steps that read no per-tensor value
     rows: Callable | None = None
-    #: ``values(w, g, *states, step)``: a tensor's per-tensor values (a norm for ``clipnorm``), or None
-    #: where the step needs none (then none of the tensors needs them)
-    values: Callable | None = None
-    #: how many per-tensor values a row's kernel reads
-    n_values: int = 0
+    #: ``whole(step)``: whether this step reads per-tensor values (then ``tensors``, not ``rows``)
+    whole: Callable | None = None
 
 
-def run(case: Case, work: list[tuple], scalars: dict[str, Any], arrays: Callable | None = None) -> None:
-    """Updates each tensor in ``work`` (its arrays: the parameter, the gradient, then the states, None for a
-    state not kept) with ``case``, where ``step = case.prepare(dtype, **scalars)`` once per dtype; the work
-    is shared out over the cores.
+def run(case: Case, work: list[tuple], scalars: dict[str, Any]) -> None:
+    """Updates each tensor in ``work`` (its arrays or CPU tensors: the parameter, the gradient, then the
+    states, None for a state not kept) with ``case``, where ``step = case.prepare(dtype, **scalars)`` once
+    per dtype, in one parallel kernel call per dtype that takes the tensors by address (``data_ptr()`` for
+    torch tensors: no NumPy view is made). The caller has checked the arrays: C-contiguous, one dtype,
+    float32 or float64, one size.
 
-    Where the case allows it (it writes no per-tensor state), every tensor of at least ``SPLIT_MIN``
-    elements is cut into one contiguous part per thread, so that the threads stream through the same
-    tensors at the same time (about a tenth faster than whole tensors per thread on this benchmark's
-    machine), the smaller ones are shared out whole, and one kernel call updates all the parts, from a
-    table of addresses, its threads (Numba's ``prange``) each taking one thread's share. Numba's threading
-    layer is then OpenMP where it can be, the pool that torch's own operations use: a second pool would
-    compete for the cores with torch's threads, which keep spinning for a while after each operation. The
-    per-tensor values (a norm for ``clipnorm``) are computed first, once per tensor, so that the same
-    values reach every part whatever the number of threads. Otherwise each thread of a Python pool
-    updates whole tensors, one kernel call each.
-
-    ``arrays``: where ``work`` holds torch tensors (CPU, contiguous, one dtype, float32 or float64: the
-    caller checks), what makes NumPy views of an item's tensors, for the per-tensor Python code; the
-    kernels take the tensors by address (``data_ptr()``, about a tenth of the cost of a view).
+    The kernel's threads (Numba's ``prange``) each take a share of the tensors: whole tensors (``tensors``:
+    each one's per-tensor values, such as a norm, then its elements, so that the results are the same for
+    any number of threads), or, where the case writes no per-tensor state and the step reads no per-tensor
+    value, every tensor of at least ``SPLIT_MIN`` elements cut into one contiguous part per thread
+    (``rows``: the threads stream through the same tensors at the same time, about a tenth faster than
+    whole tensors on this benchmark's machine). Numba's threading layer is then OpenMP where it can be,
+    the thread pool that torch's own operations use: a second pool would compete for the cores with
+    torch's threads, which keep spinning for a while after each operation.
     """
-    view = (lambda item: item) if arrays is None else (lambda item: arrays(*item))
     by_dtype: dict[Any, list[tuple]] = {}
     for item in work:
         by_dtype.setdefault(item[0].dtype, []).append(item)
     for dtype, items in by_dtype.items():
-        if arrays is None:
+        tensors = not isinstance(items[0][0], np.ndarray)
+        if not tensors:
             dt, sizes = dtype.type, [item[0].size for item in items]
         else:
             dt, sizes = (
@@ -133,41 +114,25 @@ def run(case: Case, work: list[tuple], scalars: dict[str, Any], arrays: Callable
             )
         step = case.prepare(dt, **scalars)
         many = sum(sizes) >= PARALLEL_MIN
-        if case.rows is None:
-            parts = _parts(sizes, min(threads(), len(items)) if many else 1, False)
-            _in_threads(parts, lambda part: [case.update(*view(items[i]), step) for i, _, _ in part])
-            continue
-        if arrays is None:
+        if not tensors:
             table = np.empty((len(items), len(items[0])), np.int64)
             for i, item in enumerate(items):
                 case.addresses(table, i, *item)
         else:
             table = np.array([[0 if t is None else t.data_ptr() for t in item] for item in items], np.int64)
-        values = np.zeros((len(items), case.n_values), dt)
-        first = None if case.values is None else case.values(*view(items[0]), step)
-        if first is not None:  # this step needs them
-            values[0] = first
-
-            def tensor_values(part: list[tuple[int, int, int]]) -> None:
-                for i, _, _ in part:
-                    values[i] = case.values(*view(items[i]), step)
-
-            rest = _parts(sizes[1:], min(threads(), len(items) - 1) if many else 1, False)
-            _in_threads([[(i + 1, lo, hi) for i, lo, hi in p] for p in rest], tensor_values)
-        parts = _parts(sizes, threads() if many else 1, True)
-        rows = np.array([row for part in parts for row in part], np.int64)
-        bounds = np.cumsum([0] + [len(part) for part in parts])
-        case.rows(rows, bounds, table, values, step)
+        if case.rows is not None and (case.whole is None or not case.whole(step)):
+            rows, bounds = _rows(_parts(sizes, threads() if many else 1, True))
+            case.rows(rows, bounds, table, dt, step)
+        else:
+            rows, bounds = _rows(_parts(sizes, min(threads(), len(items)) if many else 1, False))
+            case.tensors(rows, bounds, table, dt, step)
 
 
-def _in_threads(parts: list, do: Callable[[Any], Any]) -> None:
-    """``do(part)`` for each part, each in its own thread (this one does the first)."""
-    if not parts:
-        return
-    futures = [_executor(len(parts)).submit(do, part) for part in parts[1:]]
-    do(parts[0])
-    for f in futures:
-        f.result()
+def _rows(parts: list[list[tuple[int, int, int]]]) -> tuple[np.ndarray, np.ndarray]:
+    """The parts as a kernel takes them: every ``(tensor, lo, hi)`` in one array, and where each thread's
+    share starts and ends in it."""
+    rows = np.array([row for part in parts for row in part], np.int64).reshape(-1, 3)
+    return rows, np.cumsum([0] + [len(part) for part in parts])
 
 
 def _parts(sizes: list[int], n: int, split: bool) -> list[list[tuple[int, int, int]]]:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -66,40 +65,6 @@ def fusable(w: torch.Tensor, g: torch.Tensor, *states: torch.Tensor | None) -> b
         ):
             return False
     return True
-
-
-def fused_arrays(cache: dict, w: torch.Tensor, g: torch.Tensor, *states: torch.Tensor | None) -> tuple:
-    """NumPy views of ``(w, g, *states)`` (the same memory), for the fused path's per-tensor Python code
-    (the caller has checked that the fused path takes these tensors).
-
-    Making a view costs about 1.5 us a tensor; the views of the parameter and its state are kept in
-    ``cache``, under the parameter, and used again while every tensor is the same object with the same
-    memory and shape (``p.data = ...`` or ``load_state_dict`` makes new ones). The gradient's view is made
-    each time: it is often a new tensor, and a kept view would keep the last gradient alive.
-    """
-    entry = cache.get(id(w))
-    tensors = (w, *states)
-    if entry is not None and all(
-        t is k and (t is None or (t.data_ptr() == ptr and t.shape == shape))
-        for t, k, (ptr, shape) in zip(tensors, entry[0], entry[1])
-    ):
-        arrays = entry[2]
-    else:
-        arrays = as_numpy(*tensors)
-        keys = tuple((0, None) if t is None else (t.data_ptr(), t.shape) for t in tensors)
-        cache[id(w)] = (tensors, keys, arrays)
-    return (arrays[0], g.detach().numpy(), *arrays[1:])
-
-
-def arrays_of(cache: dict) -> Callable[..., tuple]:
-    """``fused_arrays`` on this cache: what ``fused_support.run`` calls for the NumPy views of a parameter's
-    tensors, where the per-tensor code needs them."""
-    return functools.partial(fused_arrays, cache)
-
-
-def as_numpy(*tensors: torch.Tensor | None) -> tuple:
-    """NumPy views of CPU tensors (the same memory: the kernels update the tensors in place)."""
-    return tuple(None if t is None else t.detach().numpy() for t in tensors)
 
 
 def plain(scalars: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ a float16 parameter, a mixed-dtype state).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -47,9 +48,9 @@ def fused_tensors(monkeypatch):
     count = [0]
     run = fused_support.run
 
-    def spy(case, work, scalars, arrays=None):
+    def spy(case, work, scalars):
         count[0] += len(work)
-        return run(case, work, scalars, arrays)
+        return run(case, work, scalars)
 
     monkeypatch.setattr(fused_support, "run", spy)
     return count
@@ -203,3 +204,42 @@ def test_several_threads_give_the_same_result(monkeypatch):
             opt.step()
         for i, (a, b) in enumerate(zip(out[0], tp)):
             assert np.array_equal(a, b.detach().numpy()), f"{rule}: torch params[{i}] differ from NumPy's"
+
+
+def test_one_kernel_call_updates_every_tensor_of_a_step(monkeypatch):
+    """Per step and dtype, one call of the case's kernel function takes every tensor (parts of tensors where
+    the step reads no per-tensor value; whole tensors where it does: clipnorm's norm, NovoGrad's second
+    moment), never one call per tensor."""
+    import optforge.generated.numpy as gen
+
+    monkeypatch.setattr(fused_support, "PARALLEL_MIN", 0)
+    monkeypatch.setattr(fused_support, "SPLIT_MIN", 1000)
+    monkeypatch.setenv("OPTFORGE_THREADS", "2")
+    calls = []
+    run = fused_support.run
+
+    def spy(case, work, scalars):
+        counted = dataclasses.replace(
+            case,
+            tensors=lambda rows, *a: (calls.append(("tensors", len(rows))), case.tensors(rows, *a)),
+            rows=None
+            if case.rows is None
+            else lambda rows, *a: (calls.append(("rows", len(rows))), case.rows(rows, *a)),
+        )
+        return run(counted, work, scalars)
+
+    monkeypatch.setattr(fused_support, "run", spy)
+    shapes = [(40, 50), (3000,), (7,), (2, 3, 4)] * 5  # 20 tensors, 10 of them cut in two
+    rng = np.random.default_rng(0)
+    for rule, options, kind, rows in [
+        ("SGD", {"momentum": 0.9}, "rows", 30),
+        ("SGD", {"momentum": 0.9, "clipnorm": 1.0}, "tensors", 20),
+        ("NovoGrad", {}, "tensors", 20),
+    ]:
+        calls.clear()
+        ps = [rng.normal(size=s) for s in shapes]
+        opt = getattr(gen, rule)(fused=True, **options)
+        state = opt.init(ps)
+        for _ in range(3):
+            ps, state = opt.step(ps, [rng.normal(size=s) for s in shapes], state)
+        assert calls == [(kind, rows)] * 3, (rule, options, calls)

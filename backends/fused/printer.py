@@ -19,6 +19,7 @@ IEEE arithmetic and NumPy's error model (``x/0`` is inf, never an exception).
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import sympy as sp
 from sympy.printing.precedence import PRECEDENCE
@@ -26,7 +27,7 @@ from sympy.printing.precedence import PRECEDENCE
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import Assign, Program, Scope, Section, base
 
-from ..base import Backend, Line, fused_name, section_scalars
+from ..base import Backend, fused_name, section_scalars
 from ..numpy.printer import NumPyBackend
 from ..printer import ExprPrinter
 
@@ -36,6 +37,7 @@ class Hoisted:
     name: str  # c_0 (a number in the kernel's dtype) or b_0 (a bool)
     code: str  # Python, printed by the NumPy printer
     guard: sp.Basic = sp.true  # the static condition under which the value is used (else it is 0)
+    expr: sp.Basic = sp.true  # the value, for the per-tensor code printed into a kernel
 
 
 class Hoister:
@@ -66,16 +68,16 @@ class Hoister:
             code = f"dt({self.p.doprint(expr)})"
             if guard is not sp.true:  # e.g. an option's value, only where the option is given
                 code = f"{code} if {self.p.doprint(guard)} else dt(0)"
-        item = Hoisted(name, code, guard)
+        item = Hoisted(name, code, guard, expr)
         self.items.append(item)
         reads = {getattr(s, "option", None) or base(s) for s in (expr.free_symbols | guard.free_symbols)}
         (self.pending if reads & self.per_tensor else self.step).append(item)
         self.keys[key] = name
         return name
 
-    def flush(self) -> list[Line]:
-        out = [Line(f"{h.name} = {h.code}") for h in self.pending]
-        self.pending = []
+    def flush(self) -> list[Hoisted]:
+        """The per-tensor values created since the last flush: they are computed at this point."""
+        out, self.pending = self.pending, []
         return out
 
 
@@ -204,9 +206,14 @@ class Kernel:
     #: instead of many (a Numba call costs about 0.15 us per argument)
     packed: list[tuple[str, int]] = dataclasses.field(default_factory=list)
 
-    #: rows kernels: the per-tensor values, read from ``values[t_]``, and each array's column of ``table``
+    #: rows kernels: the per-tensor values (zero: the steps a rows kernel runs do not read them)
     tensor_values: list[str] = dataclasses.field(default_factory=list)
+    #: rows and tensors kernels: each array's column in ``table``
     columns: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: tensors kernels: the per-tensor states (one value each), the per-tensor code, the reductions it calls
+    tensor_loads: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (state, flag, zero)
+    tensor_code: list[str] = dataclasses.field(default_factory=list)
+    reductions: list["Kernel"] = dataclasses.field(default_factory=list)
 
     @property
     def loop(self) -> list[str]:
@@ -232,15 +239,14 @@ class Kernel:
 
     @property
     def params(self) -> list[str]:
-        if self.kind == "rows":
-            return ["rows", "bounds", "table", "values", "k_"]
+        if self.kind in ("rows", "tensors"):
+            return ["rows", "bounds", "table", "k_"]
         return [f"{n}_" for n in self.arrays] + (["k_"] if self.packed else []) + self.values
 
     def call(self) -> str:
-        if self.kind == "rows":  # the kernel is compiled for the arrays' dtype, the values' one
-            flags = ", ".join(["values.dtype.type"] + self.flags)
-            k_ = "k_" if self.packed else "np.zeros(1, values.dtype)"
-            return f"{self.name}({flags})(rows, bounds, table, values, {k_})"
+        if self.kind in ("rows", "tensors"):  # compiled for the arrays' dtype too
+            k_ = "k_" if self.packed else "np.zeros(1, dt)"
+            return f"{self.name}({', '.join(['dt'] + self.flags)})(rows, bounds, table, {k_})"
         return f"{self.name}({', '.join(self.flags)})({', '.join(self.params)})"
 
 
@@ -274,15 +280,24 @@ class FusedBackend(Backend):
         }
 
     def tensor_function(self, program, scopes, p, index, case, section: Section) -> dict:
+        """A case's loop over the tensors as kernels: ``tensors`` (each tensor whole: its reductions and
+        per-tensor code, printed as scalar code, then the element loop) and, where the case writes no
+        per-tensor state, ``rows`` (parts of tensors, for the steps that need no per-tensor value)."""
         elements = {n for n, s in scopes.items() if s == Scope.ELEMENT}
+        per_tensor = {n for n, s in scopes.items() if s == Scope.TENSOR}
         hoister = Hoister(p, boolean_names(program), {n for n, s in scopes.items() if s >= Scope.TENSOR})
-        kp = KernelPrinter(program.rule, elements, hoister, self.names)
+        kp = KernelPrinter(program.rule, elements, hoister, self.names)  # the element statements
+        scalar = KernelPrinter(program.rule, elements | per_tensor, hoister, self.names)  # per-tensor code
         persisting = {s.name: s for s in program.states if s.persists}
         self._persisting = persisting
         states = self.section_states(program, section)
         arrays = ["w", "g"] + [s for s in states if persisting[s].scope == Scope.ELEMENT]
-        lines: list[Line] = []
+        tensor_code: list[str] = []  # the per-tensor code (scalar Numba), in order
         element: list[tuple[Assign, list[str], set[str]]] = []  # statement, kernel lines, hoisted names used
+
+        def flush() -> None:  # the per-tensor values hoisted so far are computed here
+            tensor_code.extend(self.scalar_value(h, scalar) for h in hoister.flush())
+
         kernels: list[Kernel] = []
         last_label = None
         for a in section.body:
@@ -294,26 +309,24 @@ class FusedBackend(Backend):
                     kp.used = set()
                     code = f"{kp.name_of(a.lhs)} = {kp.doprint(a.expr)}"
                     element.append((a, ([f"# {comment}"] if comment else []) + [code], set(kp.used)))
-                    lines += hoister.flush()  # computed here: they read the per-tensor values of this point
-                elif a.role == "reduce":
-                    kernel, call = self.reduction(
-                        program, index, len(kernels), a, element, kp, hoister, arrays
-                    )
+                    flush()  # computed here: they read the per-tensor values of this point
+                    continue
+                tensor_code += [f"# {comment}"] if comment else []
+                if a.role == "reduce":  # its kernel, called where the value is needed
+                    kernel = self.reduction(program, index, len(kernels), a, element, kp, hoister, arrays)
                     kernels.append(kernel)
-                    lines += hoister.flush()
-                    replaced = a.expr.replace(
-                        lambda x: type(x).__name__ in ("TensorSum", "TensorMax"),
-                        lambda x: sp.Symbol(f"dt({call})"),
+                    flush()
+                    marker = sp.Symbol(f"red{len(kernels)}_")
+                    scalar.arrays = scalar.arrays | {marker.name}
+                    value = scalar.doprint(
+                        a.expr.replace(
+                            lambda x: type(x).__name__ in ("TensorSum", "TensorMax"), lambda x: marker
+                        )
                     )
-                    stmt = dataclasses.replace(a, expr=replaced)
-                    lines += [
-                        Line(c, comment if j == 0 else "")
-                        for j, c in enumerate(self.numpy.statement(stmt, p))
-                    ]
+                    value = re.sub(rf"\b{marker.name}\b", f"dt({_placeholder(kernel.name)})", value)
                 else:
-                    lines += [
-                        Line(c, comment if j == 0 else "") for j, c in enumerate(self.numpy.statement(a, p))
-                    ]
+                    value = scalar.doprint(a.expr)
+                tensor_code.append(f"{scalar.name_of(a.lhs)} = {value}")
             except BackendError as exc:
                 if a.equation is None or exc.equation is not None:
                     raise
@@ -322,62 +335,82 @@ class FusedBackend(Backend):
                     program.rule, self.name, exc.node, equation=f"{a.equation} `{eq.text()}`"
                 ) from None
         update = self.update_kernel(program, index, element, kp, hoister, arrays, persisting)
-        lines += hoister.flush()
-        kernels.append(update)
-        # the once-per-step values the kernels read, packed into one array by prepare
+        flush()
         step_names = {h.name for h in hoister.step}
-        packed = sorted({v for k in kernels for v in k.values if v in step_names}, key=_hoisted_order)
-        for k in kernels:
-            k.packed = [(v, packed.index(v)) for v in k.values if v in step_names]
-        # the update kernel may take a part of the tensor (threads sharing it) unless the per-tensor lines
-        # write a per-tensor state: every part runs them (reductions included), so they must not write
+        reductions = list(kernels)
+        read = {n for k in reductions + [update] for n in k.arrays}
+        tensor_loads = [self.load(s, scalar) for s in states if persisting[s].scope == Scope.TENSOR]
+        used = {n for k in kernels + [update] for n in k.args} | scalar.used
+        used |= {x for _, flag, zero in tensor_loads for x in (flag, zero) if x}
+        columns = {n: i for i, n in enumerate(["w", "g"] + states)}
+        tensors = dataclasses.replace(
+            update,
+            name=f"_update_tensors_{index}",
+            kind="tensors",
+            doc="each row's tensor whole: its per-tensor values, then every element, in place",
+            arrays=[n for n in arrays if n in read],
+            args=sorted((n for n in used if n in step_names), key=_hoisted_order),
+            columns=columns,
+            tensor_loads=tensor_loads,
+            tensor_code=tensor_code,
+            reductions=reductions,
+        )
+        kernels.append(tensors)
+        # parts of tensors (threads sharing one) where the per-tensor code writes no per-tensor state, for
+        # the steps whose update reads no per-tensor value (clipnorm's norm: only where clipnorm is given)
+        tensor_values = [v for v in update.values if v not in step_names]
+        guards = [h.guard for h in hoister.items if h.name in tensor_values]
         splittable = not any(a.role in ("state", "param") and a.scope == Scope.TENSOR for a in section.body)
-        rows = None
-        values_guard = ""
-        if splittable:  # one kernel call for many tensors' parts, by address
-            tensor_values = [v for v in update.values if v not in step_names]
+        rows, whole = None, ""
+        if splittable and all(g is not sp.true for g in guards):
             rows = dataclasses.replace(
                 update,
                 name=f"_update_rows_{index}",
                 kind="rows",
                 doc="the update of every element of each row's part of a tensor, in place",
+                args=[n for n in update.args if n in step_names],
                 tensor_values=tensor_values,
-                columns={n: i for i, n in enumerate(["w", "g"] + states)},
+                columns=columns,
             )
-            guards = [h.guard for h in hoister.items if h.name in tensor_values]
-            if guards and all(g is not sp.true for g in guards):
-                values_guard = p.doprint(sp.Or(*guards))
-        calls = {_placeholder(k.name): k.call() for k in kernels}
-        for ln in lines:
-            for marker, call in calls.items():
-                ln.code = ln.code.replace(marker, call)
-        kernel_args = [a for k in kernels for a in k.flags + k.values] + [values_guard]
+            kernels.append(rows)
+            whole = p.doprint(sp.Or(*guards)) if guards else ""
+        # the once-per-step values the kernels read, packed into one array by prepare
+        packed = sorted({v for k in kernels for v in k.values if v in step_names}, key=_hoisted_order)
+        for k in kernels:
+            k.packed = [(v, packed.index(v)) for v in k.values if v in step_names]
+        inner = {_placeholder(k.name): f"{k.name[1:]}({', '.join(k.params)})" for k in reductions}
+        for i, code in enumerate(tensor_code):
+            for marker, call in inner.items():
+                tensor_code[i] = tensor_code[i].replace(marker, call)
+        kernel_args = [a for k in kernels for a in k.flags + k.values] + [whole]
         return {
             "name": fused_name(index),
-            "splittable": splittable,
             "case": "" if case.condition is sp.true else p.doprint(case.condition),
-            "arrays": arrays,
             "states": states,
-            "optional": [s for s in arrays[2:] if persisting[s].allocated_when is not sp.true],
             "scalars": section_scalars(program, scopes, section, self.names),
             "step": hoister.step,
             "unpack": _identifiers_in(
-                [ln.code for ln in lines] + kernel_args,
+                kernel_args,
                 section_scalars(program, scopes, section, self.names) + [h.name for h in hoister.step],
             )
             + (["k_"] if packed else []),
             "packed": packed,
-            "lines": lines,
-            "kernels": [k for k in kernels if not (rows and k is update)] + ([rows] if rows else []),
-            "index": index,
-            # the arrays the per-tensor lines read (as 1-D views)
-            "line_arrays": [
-                a for a in arrays if f"{a}_" in _identifiers_in([ln.code for ln in lines], [f"{a}_"])
-            ],
-            "main": update,
+            "kernels": kernels,
+            "tensors": tensors,
             "rows": rows,
-            "values_guard": values_guard,
+            "whole": whole,
+            "index": index,
         }
+
+    def scalar_value(self, h: Hoisted, scalar: KernelPrinter) -> str:
+        """A per-tensor value as a kernel computes it (``dt`` is the kernel's dtype): what the NumPy
+        module computes in Python, the same operations in the same dtype."""
+        value = scalar.doprint(h.expr)
+        if h.name.startswith("b_"):
+            return f"{h.name} = {value}"
+        if h.guard is sp.true:
+            return f"{h.name} = dt({value})"
+        return f"{h.name} = dt({value}) if {scalar.doprint(h.guard)} else dt(0)"
 
     def closure(self, element, symbols) -> list[tuple[Assign, list[str], set[str]]]:
         """The element statements (in order) that the given symbols are computed from."""
@@ -422,7 +455,7 @@ class FusedBackend(Backend):
             accumulate="sum" if type(red).__name__ == "TensorSum" else "max",
             value=value,
         )
-        return kernel, _placeholder(name)
+        return kernel
 
     def load(self, name: str, kp: KernelPrinter) -> tuple[str, str, str]:
         """(array, flag, zero): an optional state is read only where it is kept (flag), else it is zero."""

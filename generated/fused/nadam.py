@@ -3,13 +3,14 @@
 
 For each case of the rule, ``prepare_update_case_<i>`` computes once per step (and dtype) the scalars the
 kernels take, rounded to the dtype, and ``UPDATE_CASE_<i>`` tells ``fused_support.run`` how to update the
-tensors in place, each element read and written once:
+tensors in place, each element read and written once, in one parallel kernel call (``numba.prange``) that
+takes the tensors by address, from a table:
 
-- where the case writes no per-tensor state, each thread updates all its parts of the tensors in one kernel
-  call (``rows_update_case_<i>``), from a table of their addresses; the per-tensor values (a norm for
-  ``clipnorm``) are computed first, once per tensor (``values_update_case_<i>``);
-- otherwise ``update_case_<i>`` updates one whole tensor: Python computes the per-tensor values (and
-  per-tensor state), then one kernel updates every element.
+- ``tensors_update_case_<i>``: each thread updates whole tensors, each one's reductions and per-tensor code
+  (NovoGrad's second moment, ``clipnorm``'s norm: scalar code, the NumPy module's operations in its order
+  and dtype) before its element loop;
+- ``rows_update_case_<i>``, where the case writes no per-tensor state and the step's update reads no
+  per-tensor value (``whole_update_case_<i>``): the threads share the large tensors, in contiguous parts.
 
 Arrays are C-contiguous and of one dtype, float32 or float64; the callers check that and take the plain
 path otherwise.
@@ -60,34 +61,36 @@ def prepare_update_case_0(
     c_2 = dt(0)
     c_3 = dt(0)
     b_3 = bool((clipnorm is not None and is_update))
-    c_4 = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
+    c_4 = dt(0)
+    c_5 = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
+    c_7 = dt(clipnorm)
     b_4 = bool((global_clipnorm is not None and is_update))
-    c_6 = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_8 = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
+    c_9 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
     )
     b_5 = bool((clipvalue is not None and is_update))
-    c_8 = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
-    c_9 = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
+    c_10 = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
+    c_11 = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_6 = bool((weight_decay is not None and is_update))
-    c_10 = dt(lr) if (weight_decay is not None and is_update) else dt(0)
-    c_11 = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
+    c_12 = dt(lr) if (weight_decay is not None and is_update) else dt(0)
+    c_13 = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
     b_7 = bool(is_update)
-    c_12 = dt(1 - beta_1) if is_update else dt(0)
-    c_13 = dt(1 - beta_2) if is_update else dt(0)
-    c_14 = dt(1 - u_t) if is_update else dt(0)
-    c_15 = dt(1 - u_product) if is_update else dt(0)
-    c_16 = dt(u_t1) if is_update else dt(0)
-    c_17 = dt(-u_product * u_t1 + 1) if is_update else dt(0)
-    c_18 = dt(0)
-    c_19 = dt(1 - beta_2**t) if is_update else dt(0)
-    c_20 = dt(lr) if is_update else dt(0)
-    c_21 = dt(epsilon) if is_update else dt(0)
+    c_14 = dt(1 - beta_1) if is_update else dt(0)
+    c_15 = dt(1 - beta_2) if is_update else dt(0)
+    c_16 = dt(1 - u_t) if is_update else dt(0)
+    c_17 = dt(1 - u_product) if is_update else dt(0)
+    c_18 = dt(u_t1) if is_update else dt(0)
+    c_19 = dt(-u_product * u_t1 + 1) if is_update else dt(0)
+    c_20 = dt(0)
+    c_21 = dt(1 - beta_2**t) if is_update else dt(0)
+    c_22 = dt(lr) if is_update else dt(0)
+    c_23 = dt(epsilon) if is_update else dt(0)
     b_8 = bool(use_ema)
-    c_22 = dt(ema_mu) if use_ema else dt(0)
-    c_23 = dt(1 - ema_mu) if use_ema else dt(0)
+    c_24 = dt(ema_mu) if use_ema else dt(0)
+    c_25 = dt(1 - ema_mu) if use_ema else dt(0)
     b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
     k_ = np.array(
         [
@@ -96,7 +99,7 @@ def prepare_update_case_0(
             c_2,
             c_3,
             c_4,
-            c_6,
+            c_5,
             c_7,
             c_8,
             c_9,
@@ -114,6 +117,8 @@ def prepare_update_case_0(
             c_21,
             c_22,
             c_23,
+            c_24,
+            c_25,
         ],
         dt,
     )  # what the kernels read, in one argument
@@ -134,39 +139,6 @@ def prepare_update_case_0(
     )
 
 
-def values_update_case_0(w, g, m, v, grad_accumulator, ema, step):
-    """One tensor's per-tensor values (what the update kernel reads for it: c_5),
-    or None where this step needs none."""
-    (
-        clipnorm,
-        is_update,
-        b_0,
-        b_1,
-        b_2,
-        b_3,
-        b_4,
-        b_5,
-        b_6,
-        b_7,
-        b_8,
-        b_9,
-        k_,
-    ) = step
-    if not (clipnorm is not None and is_update):
-        return None
-    dt = w.dtype.type
-    g_ = g.reshape(-1)
-    # grad_accumulator: None when not kept; the kernel then neither reads nor writes it
-    grad_accumulator_ = np.zeros(1, dt) if grad_accumulator is None else grad_accumulator.reshape(-1)
-    sumsq_g = (
-        dt(_reduce_0_0(b_0, b_1, b_2)(g_, grad_accumulator_, k_))
-        if (clipnorm is not None and is_update)
-        else 0
-    )
-    c_5 = dt(np.maximum(clipnorm, np.sqrt(sumsq_g))) if (clipnorm is not None and is_update) else dt(0)
-    return (c_5,)
-
-
 @numba.njit(nogil=True, cache=True)
 def addresses_update_case_0(table, i, w, g, m, v, grad_accumulator, ema):  # pragma: no cover - compiled
     """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
@@ -178,10 +150,10 @@ def addresses_update_case_0(table, i, w, g, m, v, grad_accumulator, ema):  # pra
     table[i, 5] = address(ema)
 
 
-def rows_update_case_0(rows, bounds, table, values, step):
-    """The update, of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi`` (flat, C
-    order) of tensor ``t``, whose arrays are at the addresses ``table[t]`` (w, g, m, v, grad_accumulator, ema) and
-    whose per-tensor values are ``values[t]``; in one kernel call."""
+def tensors_update_case_0(rows, bounds, table, dt, step):
+    """The update, of every row ``(t, 0, n)`` of ``rows``: tensor ``t`` whole, its arrays at
+    the addresses ``table[t]`` (w, g, m, v, grad_accumulator, ema): its per-tensor values, then every element;
+    in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]`` on thread ``i``, in dtype ``dt``."""
     (
         clipnorm,
         is_update,
@@ -197,18 +169,57 @@ def rows_update_case_0(rows, bounds, table, values, step):
         b_9,
         k_,
     ) = step
-    _update_rows_0(values.dtype.type, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9)(
-        rows, bounds, table, values, k_
-    )
+    _update_tensors_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9)(rows, bounds, table, k_)
 
 
-#: what fused_support.run takes: case 0 of the rule, its tensors cut in parts and updated by address
+def rows_update_case_0(rows, bounds, table, dt, step):
+    """As tensors_update_case_0, for every part ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi`` (flat, C order) of
+    tensor ``t``, where this step's update reads no per-tensor value (whole_update_case_0 is False)."""
+    (
+        clipnorm,
+        is_update,
+        b_0,
+        b_1,
+        b_2,
+        b_3,
+        b_4,
+        b_5,
+        b_6,
+        b_7,
+        b_8,
+        b_9,
+        k_,
+    ) = step
+    _update_rows_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9)(rows, bounds, table, k_)
+
+
+def whole_update_case_0(step):
+    """Whether this step's update reads per-tensor values (then each tensor goes whole to one thread)."""
+    (
+        clipnorm,
+        is_update,
+        b_0,
+        b_1,
+        b_2,
+        b_3,
+        b_4,
+        b_5,
+        b_6,
+        b_7,
+        b_8,
+        b_9,
+        k_,
+    ) = step
+    return bool((clipnorm is not None and is_update))
+
+
+#: what fused_support.run takes: case 0 of the rule
 UPDATE_CASE_0 = fused_support.Case(
     prepare=prepare_update_case_0,
     addresses=addresses_update_case_0,
+    tensors=tensors_update_case_0,
     rows=rows_update_case_0,
-    values=values_update_case_0,
-    n_values=1,
+    whole=whole_update_case_0,
 )
 
 
@@ -238,18 +249,19 @@ def _reduce_0_0(b_0, b_1, b_2):
 
 
 @functools.cache
-def _update_rows_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
-    """The kernel for these conditions (the update of every element of each row's part of a tensor, in place) and dtype: compiled once for each combination, the tests of the
+def _update_tensors_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
+    """The kernel for these conditions (each row's tensor whole: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
+    reduce_0_0 = _reduce_0_0(b_0, b_1, b_2)  # compiled apart: reassociated
 
     @numba.njit(error_model="numpy", nogil=True, cache=True, parallel=True)
-    def kernel(rows, bounds, table, values, k_):  # pragma: no cover - compiled
+    def kernel(rows, bounds, table, k_):  # pragma: no cover - compiled
         c_0 = k_[0]
         c_1 = k_[1]
         c_2 = k_[2]
         c_3 = k_[3]
         c_4 = k_[4]
-        c_6 = k_[5]
+        c_5 = k_[5]
         c_7 = k_[6]
         c_8 = k_[7]
         c_9 = k_[8]
@@ -267,10 +279,97 @@ def _update_rows_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
         c_21 = k_[20]
         c_22 = k_[21]
         c_23 = k_[22]
+        c_24 = k_[23]
+        c_25 = k_[24]
+        for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the tensors
+            for r_ in range(bounds[p_], bounds[p_ + 1]):
+                t_, n_ = rows[r_, 0], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), n_, dt)
+                g_ = numba.carray(pointer(table[t_, 1]), n_, dt)
+                m_ = numba.carray(pointer(table[t_, 2]), n_, dt)
+                v_ = numba.carray(pointer(table[t_, 3]), n_, dt)
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), n_, dt)
+                ema_ = numba.carray(pointer(table[t_, 5]), n_, dt)
+                sumsq_g = dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_3 else c_4
+                c_6 = dt(np.maximum(c_7, math.sqrt(sumsq_g))) if b_3 else dt(0)
+                for i_ in range(n_):
+                    w = w_[i_]
+                    g = g_[i_]
+                    m = m_[i_]
+                    v = v_[i_]
+                    grad_accumulator = grad_accumulator_[i_] if b_1 else c_3
+                    ema = ema_[i_] if b_8 else c_3
+                    # loss scaling
+                    g = g / c_0 if b_0 else g
+                    # gradient accumulation
+                    grad_accumulator = g + grad_accumulator if b_1 else grad_accumulator
+                    g = grad_accumulator / c_1 if b_2 else g
+                    grad_accumulator = c_2 if b_2 else grad_accumulator
+                    # clipping
+                    g = c_5 * g / c_6 if b_3 else g
+                    g = g * c_8 / c_9 if b_4 else g
+                    g = np.minimum(np.maximum(g, c_10), c_11) if b_5 else g
+                    # decoupled weight decay
+                    w = -c_12 * w * c_13 + w if b_6 else w
+                    # first moment
+                    m = m + c_14 * (g - m) if b_7 else m
+                    # second moment
+                    v = v + c_15 * ((g * g) - v) if b_7 else v
+                    # Nesterov momentum
+                    m_hat = g * c_16 / c_17 + m * c_18 / c_19 if b_7 else c_20
+                    # bias correction
+                    v_hat = v / c_21 if b_7 else c_20
+                    # parameter update
+                    w = -c_22 * m_hat / (c_23 + math.sqrt(v_hat)) + w if b_7 else w
+                    # EMA of the weights
+                    ema = ema * c_24 + w * c_25 if b_8 else ema
+                    # EMA overwrite
+                    w = ema if b_9 else w
+                    w_[i_] = w
+                    m_[i_] = m
+                    v_[i_] = v
+                    if b_1:
+                        grad_accumulator_[i_] = grad_accumulator
+                    if b_8:
+                        ema_[i_] = ema
+
+    return kernel
+
+
+@functools.cache
+def _update_rows_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
+    """The kernel for these conditions (the update of every element of each row's part of a tensor, in place) and dtype: compiled once for each combination, the tests of the
+    conditions folded away."""
+
+    @numba.njit(error_model="numpy", nogil=True, cache=True, parallel=True)
+    def kernel(rows, bounds, table, k_):  # pragma: no cover - compiled
+        c_0 = k_[0]
+        c_1 = k_[1]
+        c_2 = k_[2]
+        c_3 = k_[3]
+        c_5 = k_[5]
+        c_8 = k_[7]
+        c_9 = k_[8]
+        c_10 = k_[9]
+        c_11 = k_[10]
+        c_12 = k_[11]
+        c_13 = k_[12]
+        c_14 = k_[13]
+        c_15 = k_[14]
+        c_16 = k_[15]
+        c_17 = k_[16]
+        c_18 = k_[17]
+        c_19 = k_[18]
+        c_20 = k_[19]
+        c_21 = k_[20]
+        c_22 = k_[21]
+        c_23 = k_[22]
+        c_24 = k_[23]
+        c_25 = k_[24]
+        c_6 = dt(0)  # read only where this step needs each tensor whole
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                c_5 = values[t_, 0]
                 w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
                 g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
                 m_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
@@ -291,23 +390,23 @@ def _update_rows_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
                     g = grad_accumulator / c_1 if b_2 else g
                     grad_accumulator = c_2 if b_2 else grad_accumulator
                     # clipping
-                    g = c_4 * g / c_5 if b_3 else g
-                    g = g * c_6 / c_7 if b_4 else g
-                    g = np.minimum(np.maximum(g, c_8), c_9) if b_5 else g
+                    g = c_5 * g / c_6 if b_3 else g
+                    g = g * c_8 / c_9 if b_4 else g
+                    g = np.minimum(np.maximum(g, c_10), c_11) if b_5 else g
                     # decoupled weight decay
-                    w = -c_10 * w * c_11 + w if b_6 else w
+                    w = -c_12 * w * c_13 + w if b_6 else w
                     # first moment
-                    m = m + c_12 * (g - m) if b_7 else m
+                    m = m + c_14 * (g - m) if b_7 else m
                     # second moment
-                    v = v + c_13 * ((g * g) - v) if b_7 else v
+                    v = v + c_15 * ((g * g) - v) if b_7 else v
                     # Nesterov momentum
-                    m_hat = g * c_14 / c_15 + m * c_16 / c_17 if b_7 else c_18
+                    m_hat = g * c_16 / c_17 + m * c_18 / c_19 if b_7 else c_20
                     # bias correction
-                    v_hat = v / c_19 if b_7 else c_18
+                    v_hat = v / c_21 if b_7 else c_20
                     # parameter update
-                    w = -c_20 * m_hat / (c_21 + math.sqrt(v_hat)) + w if b_7 else w
+                    w = -c_22 * m_hat / (c_23 + math.sqrt(v_hat)) + w if b_7 else w
                     # EMA of the weights
-                    ema = ema * c_22 + w * c_23 if b_8 else ema
+                    ema = ema * c_24 + w * c_25 if b_8 else ema
                     # EMA overwrite
                     w = ema if b_9 else w
                     w_[i_] = w

@@ -3,13 +3,14 @@
 
 For each case of the rule, ``prepare_update_case_<i>`` computes once per step (and dtype) the scalars the
 kernels take, rounded to the dtype, and ``UPDATE_CASE_<i>`` tells ``fused_support.run`` how to update the
-tensors in place, each element read and written once:
+tensors in place, each element read and written once, in one parallel kernel call (``numba.prange``) that
+takes the tensors by address, from a table:
 
-- where the case writes no per-tensor state, each thread updates all its parts of the tensors in one kernel
-  call (``rows_update_case_<i>``), from a table of their addresses; the per-tensor values (a norm for
-  ``clipnorm``) are computed first, once per tensor (``values_update_case_<i>``);
-- otherwise ``update_case_<i>`` updates one whole tensor: Python computes the per-tensor values (and
-  per-tensor state), then one kernel updates every element.
+- ``tensors_update_case_<i>``: each thread updates whole tensors, each one's reductions and per-tensor code
+  (NovoGrad's second moment, ``clipnorm``'s norm: scalar code, the NumPy module's operations in its order
+  and dtype) before its element loop;
+- ``rows_update_case_<i>``, where the case writes no per-tensor state and the step's update reads no
+  per-tensor value (``whole_update_case_<i>``): the threads share the large tensors, in contiguous parts.
 
 Arrays are C-contiguous and of one dtype, float32 or float64; the callers check that and take the plain
 path otherwise.
@@ -18,11 +19,13 @@ path otherwise.
 from __future__ import annotations
 
 import functools
+import math
 
 import numba
 import numpy as np
 
 from optforge.runtime import fused_support
+from optforge.runtime.fused_numba import address, pointer
 
 
 def prepare_update_case_0(
@@ -56,37 +59,60 @@ def prepare_update_case_0(
     c_2 = dt(0)
     c_3 = dt(0)
     b_3 = bool((clipnorm is not None and is_update))
-    c_4 = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
+    c_4 = dt(0)
+    c_5 = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
+    c_7 = dt(clipnorm)
     b_4 = bool((global_clipnorm is not None and is_update))
-    c_6 = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_8 = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
+    c_9 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
     )
     b_5 = bool((clipvalue is not None and is_update))
-    c_8 = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
-    c_9 = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
+    c_10 = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
+    c_11 = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_6 = bool(is_update)
-    c_11 = dt(weight_decay) if is_update else dt(0)
     c_12 = dt(0)
     b_7 = bool(t == 1)
-    c_13 = dt(b1) if (is_update and t != 1) else dt(0)
-    c_14 = dt(lr) if is_update else dt(0)
+    c_13 = dt(b2) if (is_update and t != 1) else dt(0)
+    c_14 = dt(1 - b2) if (is_update and t != 1) else dt(0)
+    c_16 = dt(weight_decay) if is_update else dt(0)
+    c_17 = dt(eps)
+    c_18 = dt(eps_root)
+    c_19 = dt(b1) if (is_update and t != 1) else dt(0)
+    c_20 = dt(lr) if is_update else dt(0)
     b_8 = bool(use_ema)
-    c_15 = dt(ema_mu) if use_ema else dt(0)
-    c_16 = dt(1 - ema_mu) if use_ema else dt(0)
+    c_21 = dt(ema_mu) if use_ema else dt(0)
+    c_22 = dt(1 - ema_mu) if use_ema else dt(0)
     b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
     k_ = np.array(
-        [c_0, c_1, c_2, c_3, c_4, c_6, c_7, c_8, c_9, c_11, c_12, c_13, c_14, c_15, c_16], dt
+        [
+            c_0,
+            c_1,
+            c_2,
+            c_3,
+            c_4,
+            c_5,
+            c_7,
+            c_8,
+            c_9,
+            c_10,
+            c_11,
+            c_12,
+            c_13,
+            c_14,
+            c_16,
+            c_17,
+            c_18,
+            c_19,
+            c_20,
+            c_21,
+            c_22,
+        ],
+        dt,
     )  # what the kernels read, in one argument
     return (
-        b2,
-        eps,
-        eps_root,
-        clipnorm,
-        is_update,
-        t,
         b_0,
         b_1,
         b_2,
@@ -101,16 +127,22 @@ def prepare_update_case_0(
     )
 
 
-def update_case_0(w, g, nu, mu, grad_accumulator, ema, step):
-    """One tensor's update: ``step`` is what prepare_update_case_0 returned.
-    Python computes the per-tensor values, and one kernel updates every element."""
+@numba.njit(nogil=True, cache=True)
+def addresses_update_case_0(table, i, w, g, nu, mu, grad_accumulator, ema):  # pragma: no cover - compiled
+    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
+    table[i, 0] = address(w)
+    table[i, 1] = address(g)
+    table[i, 2] = address(nu)
+    table[i, 3] = address(mu)
+    table[i, 4] = address(grad_accumulator)
+    table[i, 5] = address(ema)
+
+
+def tensors_update_case_0(rows, bounds, table, dt, step):
+    """The update, of every row ``(t, 0, n)`` of ``rows``: tensor ``t`` whole, its arrays at
+    the addresses ``table[t]`` (w, g, nu, mu, grad_accumulator, ema): its per-tensor values, then every element;
+    in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]`` on thread ``i``, in dtype ``dt``."""
     (
-        b2,
-        eps,
-        eps_root,
-        clipnorm,
-        is_update,
-        t,
         b_0,
         b_1,
         b_2,
@@ -123,35 +155,15 @@ def update_case_0(w, g, nu, mu, grad_accumulator, ema, step):
         b_9,
         k_,
     ) = step
-    dt = w.dtype.type
-    w_ = w.reshape(-1)
-    g_ = g.reshape(-1)
-    mu_ = mu.reshape(-1)
-    # grad_accumulator: None when not kept; the kernel then neither reads nor writes it
-    grad_accumulator_ = np.zeros(1, dt) if grad_accumulator is None else grad_accumulator.reshape(-1)
-    # ema: None when not kept; the kernel then neither reads nor writes it
-    ema_ = np.zeros(1, dt) if ema is None else ema.reshape(-1)
-    sumsq_g = (
-        dt(_reduce_0_0(b_0, b_1, b_2)(g_, grad_accumulator_, k_))
-        if (clipnorm is not None and is_update)
-        else 0
-    )
-    c_5 = dt(np.maximum(clipnorm, np.sqrt(sumsq_g))) if (clipnorm is not None and is_update) else dt(0)
-    sumsq_g_1 = (
-        dt(_reduce_0_1(b_0, b_1, b_2, b_3, b_4, b_5)(g_, grad_accumulator_, k_, c_5)) if is_update else 0
-    )
-    # second moment
-    if is_update:
-        nu[...] = sumsq_g_1 if t == 1 else b2 * nu + sumsq_g_1 * (1 - b2)
-    c_10 = dt(eps + np.sqrt(eps_root + nu)) if is_update else dt(0)
-    _update_0(b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9)(
-        w_, g_, mu_, grad_accumulator_, ema_, k_, c_5, c_10
-    )
+    _update_tensors_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9)(rows, bounds, table, k_)
 
 
-#: what fused_support.run takes: case 0 of the rule, whole tensors (its per-tensor lines write a
-#: per-tensor state, once per tensor)
-UPDATE_CASE_0 = fused_support.Case(prepare=prepare_update_case_0, update=update_case_0)
+#: what fused_support.run takes: case 0 of the rule (each tensor whole: its per-tensor code writes a per-tensor state)
+UPDATE_CASE_0 = fused_support.Case(
+    prepare=prepare_update_case_0,
+    addresses=addresses_update_case_0,
+    tensors=tensors_update_case_0,
+)
 
 
 @functools.cache
@@ -185,15 +197,15 @@ def _reduce_0_1(b_0, b_1, b_2, b_3, b_4, b_5):
     conditions folded away."""
 
     @numba.njit(error_model="numpy", nogil=True, cache=True, fastmath={"reassoc"})
-    def kernel(g_, grad_accumulator_, k_, c_5):  # pragma: no cover - compiled
+    def kernel(g_, grad_accumulator_, k_, c_6):  # pragma: no cover - compiled
         c_0 = k_[0]
         c_1 = k_[1]
         c_3 = k_[3]
-        c_4 = k_[4]
-        c_6 = k_[5]
-        c_7 = k_[6]
+        c_5 = k_[5]
         c_8 = k_[7]
         c_9 = k_[8]
+        c_10 = k_[9]
+        c_11 = k_[10]
         acc = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
@@ -204,9 +216,9 @@ def _reduce_0_1(b_0, b_1, b_2, b_3, b_4, b_5):
             grad_accumulator = g + grad_accumulator if b_1 else grad_accumulator
             g = grad_accumulator / c_1 if b_2 else g
             # clipping
-            g = c_4 * g / c_5 if b_3 else g
-            g = g * c_6 / c_7 if b_4 else g
-            g = np.minimum(np.maximum(g, c_8), c_9) if b_5 else g
+            g = c_5 * g / c_6 if b_3 else g
+            g = g * c_8 / c_9 if b_4 else g
+            g = np.minimum(np.maximum(g, c_10), c_11) if b_5 else g
             acc += g * g
         return acc
 
@@ -214,58 +226,83 @@ def _reduce_0_1(b_0, b_1, b_2, b_3, b_4, b_5):
 
 
 @functools.cache
-def _update_0(b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
-    """The kernel for these conditions (the update of every element, in place): compiled once for each combination, the tests of the
+def _update_tensors_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
+    """The kernel for these conditions (each row's tensor whole: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
+    reduce_0_0 = _reduce_0_0(b_0, b_1, b_2)  # compiled apart: reassociated
+    reduce_0_1 = _reduce_0_1(b_0, b_1, b_2, b_3, b_4, b_5)  # compiled apart: reassociated
 
-    @numba.njit(error_model="numpy", nogil=True, cache=True)
-    def kernel(w_, g_, mu_, grad_accumulator_, ema_, k_, c_5, c_10):  # pragma: no cover - compiled
+    @numba.njit(error_model="numpy", nogil=True, cache=True, parallel=True)
+    def kernel(rows, bounds, table, k_):  # pragma: no cover - compiled
         c_0 = k_[0]
         c_1 = k_[1]
         c_2 = k_[2]
         c_3 = k_[3]
         c_4 = k_[4]
-        c_6 = k_[5]
+        c_5 = k_[5]
         c_7 = k_[6]
         c_8 = k_[7]
         c_9 = k_[8]
-        c_11 = k_[9]
-        c_12 = k_[10]
-        c_13 = k_[11]
-        c_14 = k_[12]
-        c_15 = k_[13]
+        c_10 = k_[9]
+        c_11 = k_[10]
+        c_12 = k_[11]
+        c_13 = k_[12]
+        c_14 = k_[13]
         c_16 = k_[14]
-        for i_ in range(w_.shape[0]):
-            w = w_[i_]
-            g = g_[i_]
-            mu = mu_[i_]
-            grad_accumulator = grad_accumulator_[i_] if b_1 else c_3
-            ema = ema_[i_] if b_8 else c_3
-            # loss scaling
-            g = g / c_0 if b_0 else g
-            # gradient accumulation
-            grad_accumulator = g + grad_accumulator if b_1 else grad_accumulator
-            g = grad_accumulator / c_1 if b_2 else g
-            grad_accumulator = c_2 if b_2 else grad_accumulator
-            # clipping
-            g = c_4 * g / c_5 if b_3 else g
-            g = g * c_6 / c_7 if b_4 else g
-            g = np.minimum(np.maximum(g, c_8), c_9) if b_5 else g
-            # normalised gradient with weight decay
-            u = g / c_10 + w * c_11 if b_6 else c_12
-            # first moment
-            mu = (u if b_7 else c_13 * mu + u) if b_6 else mu
-            # parameter update
-            w = -c_14 * mu + w if b_6 else w
-            # EMA of the weights
-            ema = ema * c_15 + w * c_16 if b_8 else ema
-            # EMA overwrite
-            w = ema if b_9 else w
-            w_[i_] = w
-            mu_[i_] = mu
-            if b_1:
-                grad_accumulator_[i_] = grad_accumulator
-            if b_8:
-                ema_[i_] = ema
+        c_17 = k_[15]
+        c_18 = k_[16]
+        c_19 = k_[17]
+        c_20 = k_[18]
+        c_21 = k_[19]
+        c_22 = k_[20]
+        for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the tensors
+            for r_ in range(bounds[p_], bounds[p_ + 1]):
+                t_, n_ = rows[r_, 0], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), n_, dt)
+                g_ = numba.carray(pointer(table[t_, 1]), n_, dt)
+                mu_ = numba.carray(pointer(table[t_, 3]), n_, dt)
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), n_, dt)
+                ema_ = numba.carray(pointer(table[t_, 5]), n_, dt)
+                nu_ = numba.carray(pointer(table[t_, 2]), 1, dt)
+                nu = nu_[0]
+                sumsq_g = dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_3 else c_4
+                c_6 = dt(np.maximum(c_7, math.sqrt(sumsq_g))) if b_3 else dt(0)
+                sumsq_g_1 = dt(reduce_0_1(g_, grad_accumulator_, k_, c_6)) if b_6 else c_12
+                # second moment
+                nu = (sumsq_g_1 if b_7 else c_13 * nu + sumsq_g_1 * c_14) if b_6 else nu
+                c_15 = dt(c_17 + math.sqrt(c_18 + nu)) if b_6 else dt(0)
+                nu_[0] = nu
+                for i_ in range(n_):
+                    w = w_[i_]
+                    g = g_[i_]
+                    mu = mu_[i_]
+                    grad_accumulator = grad_accumulator_[i_] if b_1 else c_3
+                    ema = ema_[i_] if b_8 else c_3
+                    # loss scaling
+                    g = g / c_0 if b_0 else g
+                    # gradient accumulation
+                    grad_accumulator = g + grad_accumulator if b_1 else grad_accumulator
+                    g = grad_accumulator / c_1 if b_2 else g
+                    grad_accumulator = c_2 if b_2 else grad_accumulator
+                    # clipping
+                    g = c_5 * g / c_6 if b_3 else g
+                    g = g * c_8 / c_9 if b_4 else g
+                    g = np.minimum(np.maximum(g, c_10), c_11) if b_5 else g
+                    # normalised gradient with weight decay
+                    u = g / c_15 + w * c_16 if b_6 else c_12
+                    # first moment
+                    mu = (u if b_7 else c_19 * mu + u) if b_6 else mu
+                    # parameter update
+                    w = -c_20 * mu + w if b_6 else w
+                    # EMA of the weights
+                    ema = ema * c_21 + w * c_22 if b_8 else ema
+                    # EMA overwrite
+                    w = ema if b_9 else w
+                    w_[i_] = w
+                    mu_[i_] = mu
+                    if b_1:
+                        grad_accumulator_[i_] = grad_accumulator
+                    if b_8:
+                        ema_[i_] = ema
 
     return kernel

@@ -137,7 +137,6 @@ class Adamax(Optimizer):
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("adamax", "Adamax") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
-        self._views: dict = {}  # the fused path's NumPy views of each parameter and its state
         super().__init__(params, defaults)
         for group in self.param_groups:
             for w in group["params"]:
@@ -155,7 +154,6 @@ class Adamax(Optimizer):
             self.fused = state.pop("fused", False)
             self._fused = fused_support.load("adamax", "Adamax") if self.fused else None
         self._scratch = {}
-        self._views = {}  # the state tensors may be new
         super().__setstate__(state)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -366,7 +364,6 @@ class Adamax(Optimizer):
                             "t": t,
                         }
                     ),
-                    arrays=torch_support.arrays_of(self._views),
                 )
         return loss
 

@@ -142,7 +142,6 @@ class Nadam(Optimizer):
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("nadam", "Nadam") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
-        self._views: dict = {}  # the fused path's NumPy views of each parameter and its state
         super().__init__(params, defaults)
         for group in self.param_groups:
             for w in group["params"]:
@@ -160,7 +159,6 @@ class Nadam(Optimizer):
             self.fused = state.pop("fused", False)
             self._fused = fused_support.load("nadam", "Nadam") if self.fused else None
         self._scratch = {}
-        self._views = {}  # the state tensors may be new
         super().__setstate__(state)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -395,7 +393,6 @@ class Nadam(Optimizer):
                             "u_t1": u_t1,
                         }
                     ),
-                    arrays=torch_support.arrays_of(self._views),
                 )
             group["u_product"] = u_product
         return loss
