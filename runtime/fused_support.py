@@ -6,6 +6,7 @@ Pure Python and NumPy; the kernels themselves are in ``optforge.generated.fused`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
 from typing import Any, Callable
@@ -121,18 +122,22 @@ def run(case: Case, work: list[tuple], scalars: dict[str, Any]) -> None:
         else:
             table = np.array([[0 if t is None else t.data_ptr() for t in item] for item in items], np.int64)
         if case.rows is not None and (case.whole is None or not case.whole(step)):
-            rows, bounds = _rows(_parts(sizes, threads() if many else 1, True))
+            rows, bounds = _layout(tuple(sizes), threads() if many else 1, True)
             case.rows(rows, bounds, table, dt, step)
         else:
-            rows, bounds = _rows(_parts(sizes, min(threads(), len(items)) if many else 1, False))
+            rows, bounds = _layout(tuple(sizes), min(threads(), len(items)) if many else 1, False)
             case.tensors(rows, bounds, table, dt, step)
 
 
-def _rows(parts: list[list[tuple[int, int, int]]]) -> tuple[np.ndarray, np.ndarray]:
-    """The parts as a kernel takes them: every ``(tensor, lo, hi)`` in one array, and where each thread's
-    share starts and ends in it."""
+@functools.lru_cache(maxsize=64)
+def _layout(sizes: tuple[int, ...], n: int, split: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``_parts`` as a kernel takes them: every ``(tensor, lo, hi)`` in one array, and where each thread's
+    share starts and ends in it (kept: the same tensors come back every step). Read-only."""
+    parts = _parts(list(sizes), n, split)
     rows = np.array([row for part in parts for row in part], np.int64).reshape(-1, 3)
-    return rows, np.cumsum([0] + [len(part) for part in parts])
+    bounds = np.cumsum([0] + [len(part) for part in parts])
+    rows.flags.writeable = bounds.flags.writeable = False
+    return rows, bounds
 
 
 def _parts(sizes: list[int], n: int, split: bool) -> list[list[tuple[int, int, int]]]:

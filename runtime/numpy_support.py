@@ -42,7 +42,7 @@ def check_step(params: Any, grads: Any, state: Any, scopes: dict[str, str]) -> l
     """
     keys, ws = leaves(params)
     gkeys, _ = leaves(grads, "grads")
-    if sorted(map(repr, gkeys)) != sorted(map(repr, keys)):
+    if gkeys != keys and sorted(map(repr, gkeys)) != sorted(map(repr, keys)):
         raise ValueError(f"grads must match params: expected keys {keys}, received {gkeys}")
     gs = [grads[k] for k in keys]
     for k, w, g in zip(keys, ws, gs):
@@ -60,7 +60,7 @@ def check_step(params: Any, grads: Any, state: Any, scopes: dict[str, str]) -> l
                 f"state.{name} must mirror params (a list or dict). Received: {type(slot).__name__}"
             )
         skeys, _ = leaves(slot, f"state.{name}")
-        if sorted(map(repr, skeys)) != sorted(map(repr, keys)):
+        if skeys != keys and sorted(map(repr, skeys)) != sorted(map(repr, keys)):
             raise ValueError(f"state.{name} does not match params: expected keys {keys}, received {skeys}")
         ss = [slot[k] for k in keys]
         for k, w, s in zip(keys, ws, ss):
@@ -74,6 +74,8 @@ def check_step(params: Any, grads: Any, state: Any, scopes: dict[str, str]) -> l
 
 def is_float(dtype: Any) -> bool:
     """A real floating dtype: NumPy's, or ml_dtypes' bfloat16 and float8 types."""
+    if isinstance(dtype, np.dtype) and dtype.kind == "f":
+        return True  # the common case, without np.dtype()
     dtype = np.dtype(dtype)
     return dtype.kind == "f" or dtype.name.startswith(("bfloat16", "float8"))
 
