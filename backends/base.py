@@ -296,7 +296,7 @@ class Backend:
                             if next(v for v in program.states if v.name == n).scope == Scope.ELEMENT
                         ],
                         "reads_param": any(sp.Symbol("w") in a.expr.free_symbols for a in s.body),
-                        # the fused path (generated/fused): the function that updates one tensor, and what it reads
+                        # the fused path (generated/fused): the case that updates the tensors, and what it reads
                         "fused": fused_name(i) if s.kind == "tensor" else "",
                         "scalars": section_scalars(program, scopes, s, self.names)
                         if s.kind == "tensor"
@@ -414,7 +414,7 @@ def in_place_form(a: Assign) -> tuple[str, sp.Basic]:
 
 
 def fused_name(case: int) -> str:
-    """The function of ``generated/fused/<module>.py`` that updates one tensor in case ``case``."""
+    """The name of case ``case`` in ``generated/fused/<module>.py`` (its ``UPDATE_CASE_<i>`` and functions)."""
     return f"update_case_{case}"
 
 

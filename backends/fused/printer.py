@@ -1,17 +1,19 @@
-"""The fused path: each case's loop over the tensors as one Numba kernel that reads and writes each element once.
+"""The fused path: each case's loop over the tensors as one parallel Numba kernel that reads and writes each element once.
 
 The kernels run on 1-D views of C-contiguous arrays of one dtype (float32 or float64), in place. Every
 per-element statement of the loop becomes scalar code inside a single ``for i in range(n)`` loop; every
 subexpression that reads no per-element value (a hyperparameter, the step, a per-tensor norm, a literal
-number) is *hoisted*: computed in Python once per tensor, in the loop's dtype, and passed to the kernel
-as an argument. So the kernel's arithmetic has the NumPy module's operations in the NumPy module's order
-and precision (a float32 parameter is updated in float32, with hyperparameters rounded to float32 first,
-as NumPy does with a Python float), and Numba never promotes to float64 on a literal. Static conditions
-(an option given, ``momentum == 0``) are hoisted as booleans; LLVM takes their tests out of the loop.
+number) is *hoisted*: computed once per step in Python (packed into one array, ``k_``) or once per
+tensor inside the kernel, in the loop's dtype. So the kernel's arithmetic has the NumPy module's
+operations in the NumPy module's order and precision (a float32 parameter is updated in float32, with
+hyperparameters rounded to float32 first, as NumPy does with a Python float), and Numba never promotes to
+float64 on a literal. Static conditions (an option given, ``momentum == 0``) are hoisted as booleans;
+LLVM takes their tests out of the loop.
 
 A reduction over one tensor (``TensorSum``, ``TensorMax``: NovoGrad's layer norm, ``clipnorm``) is its
-own kernel that replays the per-element statements it reads; the Python code between kernels (per-tensor
-state, such as NovoGrad's ``v``) is printed by the NumPy backend. Reductions accumulate in float64 and may
+own kernel that replays the per-element statements it reads, called from the ``tensors`` kernel; the
+per-tensor code between them (per-tensor state, such as NovoGrad's ``v``) is printed by the same
+printer, as scalar code, with the per-tensor names as locals. Reductions accumulate in float64 and may
 be reassociated (``fastmath={"reassoc"}``) so that they vectorise; the element-wise kernels keep strict
 IEEE arithmetic and NumPy's error model (``x/0`` is inf, never an exception).
 """
@@ -193,7 +195,7 @@ class KernelPrinter(ExprPrinter):
 @dataclasses.dataclass
 class Kernel:
     name: str
-    kind: str  # "update" or "reduce"
+    kind: str  # "reduce", "tensors", "rows"; or "update": the element loop the others are made from
     doc: str
     arrays: list[str]  # array parameters (without the trailing underscore)
     loads: list[tuple[str, str, str]]  # (array, flag under which it is kept or '', zero to use otherwise)
@@ -217,7 +219,7 @@ class Kernel:
 
     @property
     def loop(self) -> list[str]:
-        """The element loop's body (update and rows kernels), indented relative to the loop."""
+        """The element loop's body (rows and tensors kernels), indented relative to the loop."""
         out = []
         for n, flag, zero in self.loads:
             out.append(f"{n} = {n}_[i_] if {flag} else {zero}" if flag else f"{n} = {n}_[i_]")
@@ -251,7 +253,7 @@ class Kernel:
 
 
 class FusedBackend(Backend):
-    """Writes ``generated/fused/<module>.py``: one Python function per case (a tensor's update) and its kernels."""
+    """Writes ``generated/fused/<module>.py``: per case, its once-per-step values and its kernels."""
 
     name = "fused"
 
