@@ -76,13 +76,12 @@ class Case:
     prepare: Callable
     #: ``addresses(table, i, w, g, *states)``: writes the arrays' addresses into ``table[i]``
     addresses: Callable
-    #: ``tensors(rows, bounds, table, dt, step)``: every tensor ``(i, 0, n)`` of ``rows`` whole, in one call
-    tensors: Callable
-    #: where threads may share a tensor (the case writes no per-tensor state): ``rows(rows, bounds,
-    #: table, dt, step)``, every part ``(i, lo, hi)`` of ``rows``, for the steps that read no per-tensor value
-    rows: Callable | None = None
-    #: ``whole(step)``: whether this step reads per-tensor values (then ``tensors``, not ``rows``)
-    whole: Callable | None = None
+    #: ``update(rows, bounds, table, dt, step)``: every row ``(i, lo, hi)`` of ``rows`` (elements ``lo`` to
+    #: ``hi`` of tensor ``i``), the rows ``bounds[k]`` to ``bounds[k + 1]`` on thread ``k``, in one call
+    update: Callable
+    #: whether threads may share a tensor, each one a part: never (the case writes a per-tensor state),
+    #: always, or ``split(step)``: in the steps whose update reads no per-tensor value
+    split: bool | Callable = False
 
 
 def run(case: Case, work: list[tuple], scalars: dict[str, Any]) -> None:
@@ -92,12 +91,12 @@ def run(case: Case, work: list[tuple], scalars: dict[str, Any]) -> None:
     torch tensors: no NumPy view is made). The caller has checked the arrays: C-contiguous, one dtype,
     float32 or float64, one size.
 
-    The kernel's threads (Numba's ``prange``) each take a share of the tensors: whole tensors (``tensors``:
-    each one's per-tensor values, such as a norm, then its elements, so that the results are the same for
-    any number of threads), or, where the case writes no per-tensor state and the step reads no per-tensor
-    value, every tensor of at least ``SPLIT_MIN`` elements cut into one contiguous part per thread
-    (``rows``: the threads stream through the same tensors at the same time, about a tenth faster than
-    whole tensors on this benchmark's machine). Numba's threading layer is then OpenMP where it can be,
+    The kernel's threads (Numba's ``prange``) each take a share of the tensors: whole tensors (each one's
+    per-tensor values, such as a norm, then its elements, so that the results are the same for any number
+    of threads), or, where the case writes no per-tensor state and the step reads no per-tensor value
+    (``case.split``), every tensor of at least ``SPLIT_MIN`` elements cut into one contiguous part per
+    thread (the threads stream through the same tensors at the same time, about a tenth faster than whole
+    tensors on this benchmark's machine). Numba's threading layer is then OpenMP where it can be,
     the thread pool that torch's own operations use: a second pool would compete for the cores with
     torch's threads, which keep spinning for a while after each operation.
     """
@@ -121,12 +120,10 @@ def run(case: Case, work: list[tuple], scalars: dict[str, Any]) -> None:
                 case.addresses(table, i, *item)
         else:
             table = np.array([[0 if t is None else t.data_ptr() for t in item] for item in items], np.int64)
-        if case.rows is not None and (case.whole is None or not case.whole(step)):
-            rows, bounds = _layout(tuple(sizes), threads() if many else 1, True)
-            case.rows(rows, bounds, table, dt, step)
-        else:
-            rows, bounds = _layout(tuple(sizes), min(threads(), len(items)) if many else 1, False)
-            case.tensors(rows, bounds, table, dt, step)
+        split = case.split if isinstance(case.split, bool) else case.split(step)
+        n = threads() if many else 1
+        rows, bounds = _layout(tuple(sizes), n if split else min(n, len(items)), split)
+        case.update(rows, bounds, table, dt, step)
 
 
 @functools.lru_cache(maxsize=64)

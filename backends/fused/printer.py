@@ -11,7 +11,7 @@ float64 on a literal. Static conditions (an option given, ``momentum == 0``) are
 LLVM takes their tests out of the loop.
 
 A reduction over one tensor (``TensorSum``, ``TensorMax``: NovoGrad's layer norm, ``clipnorm``) is its
-own kernel that replays the per-element statements it reads, called from the ``tensors`` kernel; the
+own kernel that replays the per-element statements it reads, called from the update kernel; the
 per-tensor code between them (per-tensor state, such as NovoGrad's ``v``) is printed by the same
 printer, as scalar code, with the per-tensor names as locals. Reductions accumulate in float64 and may
 be reassociated (``fastmath={"reassoc"}``) so that they vectorise; the element-wise kernels keep strict
@@ -195,7 +195,7 @@ class KernelPrinter(ExprPrinter):
 @dataclasses.dataclass
 class Kernel:
     name: str
-    kind: str  # "reduce", "tensors", "rows"; or "update": the element loop the others are made from
+    kind: str  # "reduce" or "update"; or "loop": the element loop an update kernel is made from
     doc: str
     arrays: list[str]  # array parameters (without the trailing underscore)
     loads: list[tuple[str, str, str]]  # (array, flag under which it is kept or '', zero to use otherwise)
@@ -208,18 +208,16 @@ class Kernel:
     #: instead of many (a Numba call costs about 0.15 us per argument)
     packed: list[tuple[str, int]] = dataclasses.field(default_factory=list)
 
-    #: rows kernels: the per-tensor values (zero: the steps a rows kernel runs do not read them)
-    tensor_values: list[str] = dataclasses.field(default_factory=list)
-    #: rows and tensors kernels: each array's column in ``table``
+    #: update kernels: each array's column in ``table``
     columns: dict[str, int] = dataclasses.field(default_factory=dict)
-    #: tensors kernels: the per-tensor states (one value each), the per-tensor code, the reductions it calls
+    #: update kernels: the per-tensor states (one value each), the per-tensor code, the reductions it calls
     tensor_loads: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)  # (state, flag, zero)
     tensor_code: list[str] = dataclasses.field(default_factory=list)
     reductions: list["Kernel"] = dataclasses.field(default_factory=list)
 
     @property
     def loop(self) -> list[str]:
-        """The element loop's body (rows and tensors kernels), indented relative to the loop."""
+        """The element loop's body (update kernels), indented relative to the loop."""
         out = []
         for n, flag, zero in self.loads:
             out.append(f"{n} = {n}_[i_] if {flag} else {zero}" if flag else f"{n} = {n}_[i_]")
@@ -241,12 +239,12 @@ class Kernel:
 
     @property
     def params(self) -> list[str]:
-        if self.kind in ("rows", "tensors"):
+        if self.kind == "update":
             return ["rows", "bounds", "table", "k_"]
         return [f"{n}_" for n in self.arrays] + (["k_"] if self.packed else []) + self.values
 
     def call(self) -> str:
-        if self.kind in ("rows", "tensors"):  # compiled for the arrays' dtype too
+        if self.kind == "update":  # compiled for the arrays' dtype too
             k_ = "k_" if self.packed else "np.zeros(1, dt)"
             return f"{self.name}({', '.join(['dt'] + self.flags)})(rows, bounds, table, {k_})"
         return f"{self.name}({', '.join(self.flags)})({', '.join(self.params)})"
@@ -282,9 +280,9 @@ class FusedBackend(Backend):
         }
 
     def tensor_function(self, program, scopes, p, index, case, section: Section) -> dict:
-        """A case's loop over the tensors as kernels: ``tensors`` (each tensor whole: its reductions and
-        per-tensor code, printed as scalar code, then the element loop) and, where the case writes no
-        per-tensor state, ``rows`` (parts of tensors, for the steps that need no per-tensor value)."""
+        """A case's loop over the tensors as one parallel kernel: for each row of its table, a tensor (or,
+        in the steps that need no per-tensor value, where the case writes no per-tensor state, a part of
+        one): its reductions and per-tensor code, printed as scalar code, then the element loop."""
         elements = {n for n, s in scopes.items() if s == Scope.ELEMENT}
         per_tensor = {n for n, s in scopes.items() if s == Scope.TENSOR}
         hoister = Hoister(p, boolean_names(program), {n for n, s in scopes.items() if s >= Scope.TENSOR})
@@ -345,11 +343,11 @@ class FusedBackend(Backend):
         used = {n for k in kernels + [update] for n in k.args} | scalar.used
         used |= {x for _, flag, zero in tensor_loads for x in (flag, zero) if x}
         columns = {n: i for i, n in enumerate(["w", "g"] + states)}
-        tensors = dataclasses.replace(
+        kernel = dataclasses.replace(
             update,
-            name=f"_update_tensors_{index}",
-            kind="tensors",
-            doc="each row's tensor whole: its per-tensor values, then every element, in place",
+            name=f"_update_{index}",
+            kind="update",
+            doc="each row's tensor, or part of a tensor: its per-tensor values, then every element, in place",
             arrays=[n for n in arrays if n in read],
             args=sorted((n for n in used if n in step_names), key=_hoisted_order),
             columns=columns,
@@ -357,25 +355,17 @@ class FusedBackend(Backend):
             tensor_code=tensor_code,
             reductions=reductions,
         )
-        kernels.append(tensors)
-        # parts of tensors (threads sharing one) where the per-tensor code writes no per-tensor state, for
-        # the steps whose update reads no per-tensor value (clipnorm's norm: only where clipnorm is given)
+        kernels.append(kernel)
+        # threads may share a tensor, each one a contiguous part, where the per-tensor code writes no
+        # per-tensor state, in the steps whose update reads no per-tensor value (clipnorm's norm: only
+        # where clipnorm is given): then the guards of every per-tensor value the loop reads are false
         tensor_values = [v for v in update.values if v not in step_names]
         guards = [h.guard for h in hoister.items if h.name in tensor_values]
         splittable = not any(a.role in ("state", "param") and a.scope == Scope.TENSOR for a in section.body)
-        rows, whole = None, ""
-        if splittable and all(g is not sp.true for g in guards):
-            rows = dataclasses.replace(
-                update,
-                name=f"_update_rows_{index}",
-                kind="rows",
-                doc="the update of every element of each row's part of a tensor, in place",
-                args=[n for n in update.args if n in step_names],
-                tensor_values=tensor_values,
-                columns=columns,
-            )
-            kernels.append(rows)
-            whole = p.doprint(sp.Or(*guards)) if guards else ""
+        if not splittable or any(g is sp.true for g in guards):
+            split = None  # never: each tensor whole
+        else:
+            split = p.doprint(sp.Or(*guards)) if guards else ""  # "": always
         # the once-per-step values the kernels read, packed into one array by prepare
         packed = sorted({v for k in kernels for v in k.values if v in step_names}, key=_hoisted_order)
         for k in kernels:
@@ -384,7 +374,7 @@ class FusedBackend(Backend):
         for i, code in enumerate(tensor_code):
             for marker, call in inner.items():
                 tensor_code[i] = tensor_code[i].replace(marker, call)
-        kernel_args = [a for k in kernels for a in k.flags + k.values] + [whole]
+        kernel_args = [a for k in kernels for a in k.flags + k.values] + [split or ""]
         return {
             "name": fused_name(index),
             "case": "" if case.condition is sp.true else p.doprint(case.condition),
@@ -398,9 +388,8 @@ class FusedBackend(Backend):
             + (["k_"] if packed else []),
             "packed": packed,
             "kernels": kernels,
-            "tensors": tensors,
-            "rows": rows,
-            "whole": whole,
+            "kernel": kernel,
+            "split": split,
             "index": index,
         }
 
@@ -474,8 +463,8 @@ class FusedBackend(Backend):
         stores = [(n, flag) for n, flag, _ in loads if n in written]
         used |= {flag for _, flag, _ in loads if flag} | {zero for _, _, zero in loads if zero}
         return Kernel(
-            name=f"_update_{index}",
-            kind="update",
+            name=f"_loop_{index}",
+            kind="loop",
             doc="the update of every element, in place",
             arrays=names,
             loads=loads,

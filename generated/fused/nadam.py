@@ -4,13 +4,12 @@
 For each case of the rule, ``prepare_update_case_<i>`` computes once per step (and dtype) the scalars the
 kernels take, rounded to the dtype, and ``UPDATE_CASE_<i>`` tells ``fused_support.run`` how to update the
 tensors in place, each element read and written once, in one parallel kernel call (``numba.prange``) that
-takes the tensors by address, from a table:
+takes the tensors by address, from a table: ``run_update_case_<i>``.
 
-- ``tensors_update_case_<i>``: each thread updates whole tensors, each one's reductions and per-tensor code
-  (NovoGrad's second moment, ``clipnorm``'s norm: scalar code, the NumPy module's operations in its order
-  and dtype) before its element loop;
-- ``rows_update_case_<i>``, where the case writes no per-tensor state and the step's update reads no
-  per-tensor value (``whole_update_case_<i>``): the threads share the large tensors, in contiguous parts.
+Each thread updates its share of the kernel's rows, each row a whole tensor (its reductions and per-tensor
+code, such as NovoGrad's second moment or ``clipnorm``'s norm: scalar code, the NumPy module's operations in
+its order and dtype, then its element loop) or, where the case writes no per-tensor state and the step's
+update reads no per-tensor value (``split_update_case_<i>``), a contiguous part of a large tensor.
 
 Arrays are C-contiguous and of one dtype, float32 or float64; the callers check that and take the plain
 path otherwise.
@@ -150,10 +149,11 @@ def addresses_update_case_0(table, i, w, g, m, v, grad_accumulator, ema):  # pra
     table[i, 5] = address(ema)
 
 
-def tensors_update_case_0(rows, bounds, table, dt, step):
-    """The update, of every row ``(t, 0, n)`` of ``rows``: tensor ``t`` whole, its arrays at
-    the addresses ``table[t]`` (w, g, m, v, grad_accumulator, ema): its per-tensor values, then every element;
-    in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]`` on thread ``i``, in dtype ``dt``."""
+def run_update_case_0(rows, bounds, table, dt, step):
+    """The update, of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
+    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, m, v, grad_accumulator, ema):
+    its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
+    on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_0 is True."""
     (
         clipnorm,
         is_update,
@@ -169,12 +169,11 @@ def tensors_update_case_0(rows, bounds, table, dt, step):
         b_9,
         k_,
     ) = step
-    _update_tensors_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9)(rows, bounds, table, k_)
+    _update_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9)(rows, bounds, table, k_)
 
 
-def rows_update_case_0(rows, bounds, table, dt, step):
-    """As tensors_update_case_0, for every part ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi`` (flat, C order) of
-    tensor ``t``, where this step's update reads no per-tensor value (whole_update_case_0 is False)."""
+def split_update_case_0(step):
+    """Whether the threads may share a tensor in this step, each one a part: its update reads no per-tensor value."""
     (
         clipnorm,
         is_update,
@@ -190,36 +189,15 @@ def rows_update_case_0(rows, bounds, table, dt, step):
         b_9,
         k_,
     ) = step
-    _update_rows_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9)(rows, bounds, table, k_)
-
-
-def whole_update_case_0(step):
-    """Whether this step's update reads per-tensor values (then each tensor goes whole to one thread)."""
-    (
-        clipnorm,
-        is_update,
-        b_0,
-        b_1,
-        b_2,
-        b_3,
-        b_4,
-        b_5,
-        b_6,
-        b_7,
-        b_8,
-        b_9,
-        k_,
-    ) = step
-    return bool((clipnorm is not None and is_update))
+    return not (clipnorm is not None and is_update)
 
 
 #: what fused_support.run takes: case 0 of the rule
 UPDATE_CASE_0 = fused_support.Case(
     prepare=prepare_update_case_0,
     addresses=addresses_update_case_0,
-    tensors=tensors_update_case_0,
-    rows=rows_update_case_0,
-    whole=whole_update_case_0,
+    update=run_update_case_0,
+    split=split_update_case_0,
 )
 
 
@@ -249,8 +227,8 @@ def _reduce_0_0(b_0, b_1, b_2):
 
 
 @functools.cache
-def _update_tensors_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
-    """The kernel for these conditions (each row's tensor whole: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
+def _update_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
+    """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
     reduce_0_0 = _reduce_0_0(b_0, b_1, b_2)  # compiled apart: reassociated
 
@@ -281,92 +259,6 @@ def _update_tensors_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
         c_23 = k_[22]
         c_24 = k_[23]
         c_25 = k_[24]
-        for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the tensors
-            for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, n_ = rows[r_, 0], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), n_, dt)
-                g_ = numba.carray(pointer(table[t_, 1]), n_, dt)
-                m_ = numba.carray(pointer(table[t_, 2]), n_, dt)
-                v_ = numba.carray(pointer(table[t_, 3]), n_, dt)
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), n_, dt)
-                ema_ = numba.carray(pointer(table[t_, 5]), n_, dt)
-                sumsq_g = dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_3 else c_4
-                c_6 = dt(np.maximum(c_7, math.sqrt(sumsq_g))) if b_3 else dt(0)
-                for i_ in range(n_):
-                    w = w_[i_]
-                    g = g_[i_]
-                    m = m_[i_]
-                    v = v_[i_]
-                    grad_accumulator = grad_accumulator_[i_] if b_1 else c_3
-                    ema = ema_[i_] if b_8 else c_3
-                    # loss scaling
-                    g = g / c_0 if b_0 else g
-                    # gradient accumulation
-                    grad_accumulator = g + grad_accumulator if b_1 else grad_accumulator
-                    g = grad_accumulator / c_1 if b_2 else g
-                    grad_accumulator = c_2 if b_2 else grad_accumulator
-                    # clipping
-                    g = c_5 * g / c_6 if b_3 else g
-                    g = g * c_8 / c_9 if b_4 else g
-                    g = np.minimum(np.maximum(g, c_10), c_11) if b_5 else g
-                    # decoupled weight decay
-                    w = -c_12 * w * c_13 + w if b_6 else w
-                    # first moment
-                    m = m + c_14 * (g - m) if b_7 else m
-                    # second moment
-                    v = v + c_15 * ((g * g) - v) if b_7 else v
-                    # Nesterov momentum
-                    m_hat = g * c_16 / c_17 + m * c_18 / c_19 if b_7 else c_20
-                    # bias correction
-                    v_hat = v / c_21 if b_7 else c_20
-                    # parameter update
-                    w = -c_22 * m_hat / (c_23 + math.sqrt(v_hat)) + w if b_7 else w
-                    # EMA of the weights
-                    ema = ema * c_24 + w * c_25 if b_8 else ema
-                    # EMA overwrite
-                    w = ema if b_9 else w
-                    w_[i_] = w
-                    m_[i_] = m
-                    v_[i_] = v
-                    if b_1:
-                        grad_accumulator_[i_] = grad_accumulator
-                    if b_8:
-                        ema_[i_] = ema
-
-    return kernel
-
-
-@functools.cache
-def _update_rows_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
-    """The kernel for these conditions (the update of every element of each row's part of a tensor, in place) and dtype: compiled once for each combination, the tests of the
-    conditions folded away."""
-
-    @numba.njit(error_model="numpy", nogil=True, cache=True, parallel=True)
-    def kernel(rows, bounds, table, k_):  # pragma: no cover - compiled
-        c_0 = k_[0]
-        c_1 = k_[1]
-        c_2 = k_[2]
-        c_3 = k_[3]
-        c_5 = k_[5]
-        c_8 = k_[7]
-        c_9 = k_[8]
-        c_10 = k_[9]
-        c_11 = k_[10]
-        c_12 = k_[11]
-        c_13 = k_[12]
-        c_14 = k_[13]
-        c_15 = k_[14]
-        c_16 = k_[15]
-        c_17 = k_[16]
-        c_18 = k_[17]
-        c_19 = k_[18]
-        c_20 = k_[19]
-        c_21 = k_[20]
-        c_22 = k_[21]
-        c_23 = k_[22]
-        c_24 = k_[23]
-        c_25 = k_[24]
-        c_6 = dt(0)  # read only where this step needs each tensor whole
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -376,6 +268,8 @@ def _update_rows_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
                 v_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
                 grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
                 ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                sumsq_g = dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_3 else c_4
+                c_6 = dt(np.maximum(c_7, math.sqrt(sumsq_g))) if b_3 else dt(0)
                 for i_ in range(hi - lo):
                     w = w_[i_]
                     g = g_[i_]

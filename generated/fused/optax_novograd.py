@@ -4,13 +4,12 @@
 For each case of the rule, ``prepare_update_case_<i>`` computes once per step (and dtype) the scalars the
 kernels take, rounded to the dtype, and ``UPDATE_CASE_<i>`` tells ``fused_support.run`` how to update the
 tensors in place, each element read and written once, in one parallel kernel call (``numba.prange``) that
-takes the tensors by address, from a table:
+takes the tensors by address, from a table: ``run_update_case_<i>``.
 
-- ``tensors_update_case_<i>``: each thread updates whole tensors, each one's reductions and per-tensor code
-  (NovoGrad's second moment, ``clipnorm``'s norm: scalar code, the NumPy module's operations in its order
-  and dtype) before its element loop;
-- ``rows_update_case_<i>``, where the case writes no per-tensor state and the step's update reads no
-  per-tensor value (``whole_update_case_<i>``): the threads share the large tensors, in contiguous parts.
+Each thread updates its share of the kernel's rows, each row a whole tensor (its reductions and per-tensor
+code, such as NovoGrad's second moment or ``clipnorm``'s norm: scalar code, the NumPy module's operations in
+its order and dtype, then its element loop) or, where the case writes no per-tensor state and the step's
+update reads no per-tensor value (``split_update_case_<i>``), a contiguous part of a large tensor.
 
 Arrays are C-contiguous and of one dtype, float32 or float64; the callers check that and take the plain
 path otherwise.
@@ -138,10 +137,11 @@ def addresses_update_case_0(table, i, w, g, nu, mu, grad_accumulator, ema):  # p
     table[i, 5] = address(ema)
 
 
-def tensors_update_case_0(rows, bounds, table, dt, step):
-    """The update, of every row ``(t, 0, n)`` of ``rows``: tensor ``t`` whole, its arrays at
-    the addresses ``table[t]`` (w, g, nu, mu, grad_accumulator, ema): its per-tensor values, then every element;
-    in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]`` on thread ``i``, in dtype ``dt``."""
+def run_update_case_0(rows, bounds, table, dt, step):
+    """The update, of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
+    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, grad_accumulator, ema):
+    its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
+    on thread ``i``, in dtype ``dt``. A row is a whole tensor."""
     (
         b_0,
         b_1,
@@ -155,14 +155,15 @@ def tensors_update_case_0(rows, bounds, table, dt, step):
         b_9,
         k_,
     ) = step
-    _update_tensors_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9)(rows, bounds, table, k_)
+    _update_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9)(rows, bounds, table, k_)
 
 
 #: what fused_support.run takes: case 0 of the rule (each tensor whole: its per-tensor code writes a per-tensor state)
 UPDATE_CASE_0 = fused_support.Case(
     prepare=prepare_update_case_0,
     addresses=addresses_update_case_0,
-    tensors=tensors_update_case_0,
+    update=run_update_case_0,
+    split=False,
 )
 
 
@@ -226,8 +227,8 @@ def _reduce_0_1(b_0, b_1, b_2, b_3, b_4, b_5):
 
 
 @functools.cache
-def _update_tensors_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
-    """The kernel for these conditions (each row's tensor whole: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
+def _update_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
+    """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
     reduce_0_0 = _reduce_0_0(b_0, b_1, b_2)  # compiled apart: reassociated
     reduce_0_1 = _reduce_0_1(b_0, b_1, b_2, b_3, b_4, b_5)  # compiled apart: reassociated
@@ -255,14 +256,14 @@ def _update_tensors_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
         c_20 = k_[18]
         c_21 = k_[19]
         c_22 = k_[20]
-        for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the tensors
+        for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, n_ = rows[r_, 0], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), n_, dt)
-                g_ = numba.carray(pointer(table[t_, 1]), n_, dt)
-                mu_ = numba.carray(pointer(table[t_, 3]), n_, dt)
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), n_, dt)
-                ema_ = numba.carray(pointer(table[t_, 5]), n_, dt)
+                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
+                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
+                mu_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
                 nu_ = numba.carray(pointer(table[t_, 2]), 1, dt)
                 nu = nu_[0]
                 sumsq_g = dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_3 else c_4
@@ -272,7 +273,7 @@ def _update_tensors_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
                 nu = (sumsq_g_1 if b_7 else c_13 * nu + sumsq_g_1 * c_14) if b_6 else nu
                 c_15 = dt(c_17 + math.sqrt(c_18 + nu)) if b_6 else dt(0)
                 nu_[0] = nu
-                for i_ in range(n_):
+                for i_ in range(hi - lo):
                     w = w_[i_]
                     g = g_[i_]
                     mu = mu_[i_]
