@@ -96,9 +96,8 @@ def run(case: Case, work: list[tuple], scalars: dict[str, Any]) -> None:
     of threads), or, where the case writes no per-tensor state and the step reads no per-tensor value
     (``case.split``), every tensor of at least ``SPLIT_MIN`` elements cut into one contiguous part per
     thread (the threads stream through the same tensors at the same time, about a tenth faster than whole
-    tensors on this benchmark's machine). Numba's threading layer is then OpenMP where it can be,
-    the thread pool that torch's own operations use: a second pool would compete for the cores with
-    torch's threads, which keep spinning for a while after each operation.
+    tensors on this benchmark's machine). Numba's threading layer is OpenMP where it can be (its own
+    libgomp: beside torch's, a second pool; see the README's performance section).
     """
     by_dtype: dict[Any, list[tuple]] = {}
     for item in work:
