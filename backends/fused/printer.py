@@ -375,17 +375,18 @@ class FusedBackend(Backend):
             for marker, call in inner.items():
                 tensor_code[i] = tensor_code[i].replace(marker, call)
         kernel_args = [a for k in kernels for a in k.flags + k.values] + [split or ""]
+        unpack = _identifiers_in(
+            kernel_args,
+            section_scalars(program, scopes, section, self.names) + [h.name for h in hoister.step],
+        ) + (["k_"] if packed else [])
         return {
             "name": fused_name(index),
             "case": "" if case.condition is sp.true else p.doprint(case.condition),
             "states": states,
             "scalars": section_scalars(program, scopes, section, self.names),
             "step": hoister.step,
-            "unpack": _identifiers_in(
-                kernel_args,
-                section_scalars(program, scopes, section, self.names) + [h.name for h in hoister.step],
-            )
-            + (["k_"] if packed else []),
+            "unpack": unpack,
+            "split_reads": _reads(_identifiers_in([split or ""], unpack), unpack, "step"),
             "packed": packed,
             "kernels": kernels,
             "kernel": kernel,
@@ -477,6 +478,11 @@ class FusedBackend(Backend):
 def _placeholder(kernel: str) -> str:
     """Where a kernel's call goes in the per-tensor lines, until its arguments are known."""
     return f"<call {kernel}>"
+
+
+def _reads(names: list[str], order: list[str], tuple_name: str) -> str:
+    """``a, b = step[0], step[3]``: the names read from a tuple of ``order``."""
+    return f"{', '.join(names)} = {', '.join(f'{tuple_name}[{order.index(n)}]' for n in names)}"
 
 
 def _identifiers_in(code: list[str], names: list[str]) -> list[str]:

@@ -174,21 +174,7 @@ def run_update_case_0(rows, bounds, table, dt, step):
 
 def split_update_case_0(step):
     """Whether the threads may share a tensor in this step, each one a part: its update reads no per-tensor value."""
-    (
-        clipnorm,
-        is_update,
-        b_0,
-        b_1,
-        b_2,
-        b_3,
-        b_4,
-        b_5,
-        b_6,
-        b_7,
-        b_8,
-        b_9,
-        k_,
-    ) = step
+    clipnorm, is_update = step[0], step[1]
     return not (clipnorm is not None and is_update)
 
 
