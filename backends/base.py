@@ -59,7 +59,6 @@ class Backend:
     ops: inplace.Ops | None = None
     #: a statement on a per-tensor buffer, updated in place: "add" (x += d), "sub" and "set" (x[...] = v)
     forms: dict[str, str] = {}
-    copy = ""  # the call that copies a buffer
     support = ""  # the runtime module with scratch()
 
     def __init__(self) -> None:
@@ -88,8 +87,6 @@ class Backend:
                         arrays.add(a.target)
                         changed = True
         printer = self.printer(program.rule, arrays, self.names)
-        # buffers updated in place: a named alias of one needs a copy
-        printer.inplace = {"w"} | {s.name for s in program.states if s.persists and s.scope >= Scope.TENSOR}
         # per-element arrays, as printed
         printer.elements = {"w", "g"} | {
             printer.names.get(n, n) for n, s in scopes.items() if s == Scope.ELEMENT
@@ -134,8 +131,6 @@ class Backend:
                 return ta.overwrite(form, name, p.doprint(value))
             return ta.update(kind, form, name, p.doprint(value))
         code = p.doprint(a.expr)
-        if isinstance(a.expr, sp.Symbol) and base(a.expr) in p.inplace:
-            return [f"{name} = {code}{self.copy}"]  # a named copy of a buffer that is updated in place later
         return [f"{name} = {code}"] if ta is None else ta.bind(name, code)
 
     def fill(self, a: Assign, p: ExprPrinter) -> list[str] | None:

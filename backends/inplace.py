@@ -46,6 +46,9 @@ class Ops:
     #: and ``torch.add(x, y, alpha=c)``, one pass instead of two. They may fuse the multiply and the add
     #: (one rounding instead of two): the results differ from the printed expression's in the last bit.
     compound: bool = False
+    #: the copy of an array as printed, and the call that copies it into a scratch buffer instead
+    copy_call: str = ""
+    copy_into: str = ""
 
 
 NUMPY = Ops(
@@ -62,6 +65,8 @@ NUMPY = Ops(
         {"np.sqrt", "np.abs", "np.sign", "np.exp", "np.log", "np.maximum", "np.minimum", "np.clip"}
     ),
     reductions=frozenset({"np.sum", "np.max"}),
+    copy_call="np.copy",
+    copy_into="np.copyto({out}, {x})",
 )
 
 TORCH = Ops(
@@ -90,6 +95,8 @@ TORCH = Ops(
     reductions=frozenset({"torch.sum", "torch.amax"}),
     same_dtype=frozenset({"torch.abs", "torch.neg", "torch.sign", "torch.clamp"}),
     compound=True,
+    copy_call="torch.clone",
+    copy_into="{out}.copy_({x})",
 )
 
 
@@ -129,6 +136,7 @@ class ThreeAddress:
         self.regs = registers
         self.lines: list[str] = []
         self.held: list[str] = []  # registers read by a reduction in the statement being written
+        self.copies: set[int] = set()  # indices of the lines that copy into a register
 
     # -- what a node is -----------------------------------------------------------------
 
@@ -210,6 +218,13 @@ class ThreeAddress:
             return self.emit(fn, args, [], out)
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
             return self.emit(self.ops.negative, [node.operand], [], out)
+        if isinstance(node, ast.Call) and self._call_name(node) == self.ops.copy_call:
+            x, reg = self.operand(node.args[0])
+            self.regs.give(reg)
+            dest = out or self.regs.take()
+            self.lines.append(self.ops.copy_into.format(out=dest, x=x))
+            self.copies.add(len(self.lines) - 1)  # a statement, not an expression that returns ``dest``
+            return dest, (None if out else dest)
         if isinstance(node, ast.Call) and self._call_name(node) in self.ops.calls:
             return self.emit(self._call_name(node), node.args, node.keywords, out)
         return self.scalar(node), None  # not known here: the printed expression, as before
@@ -257,7 +272,10 @@ class ThreeAddress:
             self.regs.give(reg)
             self.lines.append(f"{name} = {code}")
             return
-        self.lines[-1] = f"{name} = {self.lines[-1]}"
+        if len(self.lines) - 1 in self.copies:
+            self.lines.append(f"{name} = {reg}")
+        else:
+            self.lines[-1] = f"{name} = {self.lines[-1]}"
 
     def _scaled(self, node: ast.AST) -> tuple[ast.AST, str] | None:
         """(x, c) when the node is an element-wise x times a Python value c."""
@@ -321,6 +339,7 @@ class ThreeAddress:
     def _branches(self, code: str, write) -> list[str]:
         """A statement whose value is ``a if cond else b`` with a Python condition: an ``if`` block each."""
         self.lines = []
+        self.copies = set()
         node = ast.parse(code, mode="eval").body
 
         def visit(n: ast.AST, depth: int) -> None:

@@ -36,7 +36,6 @@ class ExprPrinter(StrPrinter):
         self.arrays = arrays
         self.names = names or {}
         self.modules: set[str] = set()
-        self.inplace: set[str] = set()  # names of buffers the backend updates in place
         self.elements: set[str] = set()  # names of per-element arrays
 
     # -- helpers -----------------------------------------------------------------------
@@ -128,6 +127,14 @@ class ExprPrinter(StrPrinter):
             x = self._print(expr.args[0])
             return f"((({x}) > 0) - (({x}) < 0))"
         return self.function("sign", expr, expr.args)
+
+    def _print_Copy(self, expr) -> str:
+        """An array copied where the table has a copy (the in-place backends); anything else is a value."""
+        array_fn = self.functions.get("Copy", ("", ""))[0]
+        (arg,) = expr.args
+        if array_fn and self.is_array(arg):
+            return self.call(array_fn, self._print(arg))
+        return self._print(arg)
 
     def _print_TensorSum(self, expr) -> str:
         return self.function("TensorSum", expr, expr.args)

@@ -52,6 +52,13 @@ def version(symbol: sp.Symbol) -> int:
     return int(v) if v else 0
 
 
+class Copy(sp.Function):
+    """``Copy(x)``: the value of ``x`` now, held apart from ``x``'s storage (``passes/storage.py``). The
+    in-place backends print a copy into a scratch buffer; functional backends print ``x``."""
+
+    nargs = 1
+
+
 @dataclasses.dataclass(frozen=True)
 class Assign:
     """``target.version = expr``."""

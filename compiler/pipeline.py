@@ -11,6 +11,7 @@ from .passes.reductions import extract_reductions
 from .passes.schedule import schedule
 from .passes.scope import infer_scopes
 from .passes.state import analyse_state
+from .passes.storage import protect_aliases
 from .passes.verify import verify
 
 PASSES = (
@@ -19,6 +20,7 @@ PASSES = (
     derive_increment,  # update = w_new - w, symbolically, for optax-style backends
     extract_reductions,  # each distinct reduction named and computed once
     eliminate_common_subexpressions,
+    protect_aliases,  # a value that names a buffer updated in place later is copied (in-place form)
     schedule,  # once-per-step sections and loops over the tensors
     verify,
 )

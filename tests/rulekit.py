@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import sys
 
 from optforge.backends import backends
 from optforge.compiler.pipeline import compile_rule
@@ -20,4 +21,6 @@ def load(rule, folder: pathlib.Path) -> dict:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         out[name] = module
+        if name == "fused":  # where the NumPy and torch optimizers' fused=True looks for it
+            sys.modules[f"optforge.generated.fused.{rule.module}"] = module
     return out

@@ -20,6 +20,7 @@ class NumPyPrinter(ExprPrinter):
         "Min": ("np.minimum", "min"),
         "clip": ("np.clip", ""),
         "TensorSum": ("np.sum", ""),
+        "Copy": ("np.copy", ""),
         "TensorMax": ("np.max", ""),
     }
     where_call = "np.where"
@@ -33,5 +34,4 @@ class NumPyBackend(Backend):
     printer = NumPyPrinter
     ops = inplace.NUMPY
     forms = {"add": "{name} += {value}", "sub": "{name} -= {value}", "set": "{name}[...] = {value}"}
-    copy = ".copy()"
     support = "numpy_support"

@@ -24,6 +24,7 @@ class TorchPrinter(ExprPrinter):
         "Min": ("torch.minimum", "min"),
         "clip": ("torch.clamp", ""),
         "TensorSum": ("torch.sum", ""),
+        "Copy": ("torch.clone", ""),
         "TensorMax": ("torch.amax", ""),
     }
     where_call = "torch.where"
@@ -48,7 +49,6 @@ class TorchBackend(Backend):
     global_reductions_are_arrays = True  # 0-d tensors: no device synchronisation
     ops = inplace.TORCH
     forms = {"add": "{name}.add_({value})", "sub": "{name}.sub_({value})", "set": "{name}.copy_({value})"}
-    copy = ".clone()"
     support = "torch_support"
 
     def fill(self, a: Assign, p: ExprPrinter) -> list[str] | None:
