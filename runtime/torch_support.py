@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from . import common
+from . import common, fused_support
 
 
 def state_dtype(w: torch.Tensor, chosen: Any = None) -> torch.dtype:
@@ -91,3 +91,100 @@ def scratch(
         lambda n: torch.empty(n, dtype=dtype, device=device),
         lambda t, shape: t.view(shape),
     )
+
+
+class RuleOptimizer(torch.optim.Optimizer):
+    """What every generated torch optimizer shares: construction, copies and pickling, ``state_dict`` with
+    exact state, and the loop over the parameters that creates their state. A generated class sets the
+    class attributes and writes ``__init__`` (its hyperparameters) and ``step`` (its maths)."""
+
+    #: the rule's class name and generated module (for messages and the fused kernels)
+    rule = ""
+    module = ""
+    #: the names of everything a parameter may keep (its state in ``self.state[w]``)
+    keeps: frozenset[str] = frozenset()
+
+    def _states(self, group: dict[str, Any]) -> Iterator[tuple[str, str, float]]:
+        """What each parameter of this group keeps: (name, "element" or "tensor", initial value)."""
+        return iter(())
+
+    def _setup(self, params: Any, defaults: dict[str, Any], state_dtype: Any, fused: bool) -> None:
+        self.state_dtype = check_state_dtype(state_dtype)
+        self.fused = fused_support.check_fused(fused)
+        self._fused = fused_support.load(self.module, self.rule) if fused else None
+        self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for w in group["params"]:
+                check_floating(w, self.rule)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """torch's (what ``copy.deepcopy`` and pickle keep), plus this optimizer's own options."""
+        return {**super().__getstate__(), "state_dtype": self.state_dtype, "fused": self.fused}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        # unpickled, or copied (torch's load_state_dict calls this too, with neither key)
+        if "fused" in state or not hasattr(self, "fused"):
+            self.state_dtype = state.pop("state_dtype", None)
+            self.fused = state.pop("fused", False)
+            self._fused = fused_support.load(self.module, self.rule) if self.fused else None
+        self._scratch = {}
+        super().__setstate__(state)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's, keeping each state tensor in the precision policy's dtype (torch would cast it to the
+        parameter's: bfloat16 state for a bfloat16 parameter)."""
+        keeps = set(self.keeps)
+        for entry in state_dict.get("state", {}).values():
+            unknown = set(entry) - keeps
+            if unknown:
+                raise ValueError(
+                    f"this state_dict holds {sorted(unknown)}, which {self.rule} does not keep (it keeps"
+                    f" {sorted(keeps) or 'nothing per parameter'}): is it the state of another optimizer?"
+                )
+        rule = state_dict.get("optforge_rule")
+        if rule is not None and rule != self.rule:
+            raise ValueError(f"this state_dict was written by {rule}, not {self.rule}")
+        for group in state_dict.get("param_groups", []):
+            missing = set(self.defaults) - set(group)
+            if missing:
+                raise ValueError(
+                    f"this state_dict's parameter groups lack {sorted(missing)}: is it the state of another optimizer?"
+                )
+        saved = [i for group in state_dict.get("param_groups", []) for i in group["params"]]
+        exact = {i: dict(state_dict["state"][i]) for i in saved if i in state_dict.get("state", {})}
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "optforge_rule"})
+        params = [w for group in self.param_groups for w in group["params"]]
+        for i, w in zip(saved, params):  # torch rounded floating state through the parameter's dtype: undo
+            dtype = state_dtype(w, self.state_dtype)
+            for key, value in exact.get(i, {}).items():
+                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                    self.state[w][key] = value.to(device=w.device, dtype=dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's, plus the name of the rule that wrote it (checked when loading)."""
+        return {**super().state_dict(), "optforge_rule": self.rule}
+
+    def _tensors(
+        self, params: list[torch.Tensor], group: dict[str, Any]
+    ) -> Iterator[tuple[torch.Tensor, dict]]:
+        """Each parameter that has a gradient, with its state (created at its first update)."""
+        wanted = list(self._states(group))
+        for w in params:
+            check_param(w, self.rule)
+            state = self.state[w]
+            for name, scope, init in wanted:
+                if name not in state:
+                    state[name] = new_state(w, scope, init, state_dtype(w, self.state_dtype))
+            yield w, state
+
+
+def new_state(w: torch.Tensor, scope: str, init: float, dtype: torch.dtype) -> torch.Tensor:
+    """A state tensor at its initial value: shaped like ``w`` (``element``) or 0-d (``tensor``), on its device,
+    in ``dtype`` (float16/bfloat16 parameters: float32 state)."""
+    if scope == "element":
+        if init == 0:
+            return torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
+        return torch.full_like(w, init, dtype=dtype, memory_format=torch.preserve_format)
+    return torch.full((), init, dtype=dtype, device=w.device)

@@ -37,36 +37,39 @@ import math
 from typing import Any, Callable, Iterator
 
 import torch
-from torch.optim import Optimizer
 
 from optforge.runtime import common, fused_support, torch_support
 
 
-class Adagrad(Optimizer):
+class Adagrad(torch_support.RuleOptimizer):
     """Adagrad (Keras 3 `Adagrad`).
 
-        Args:
-            params: an iterable of tensors or of parameter-group dicts.
-            lr: step size; use torch.optim.lr_scheduler to change it, in [0, inf). Default 0.001.
-            initial_accumulator_value: starting value of the accumulators, in [0, inf). Default 0.1.
-            epsilon: small constant for numerical stability, in [0, inf). Default 1e-07.
-            weight_decay: decoupled weight decay, w <- w - w*weight_decay*lr before the update, in [0, inf). Default None.
-            clipnorm: clip each gradient to this norm (0: off), in [0, inf). Default None.
-            clipvalue: clip each gradient entry to [-clipvalue, clipvalue], in [0, inf). Default None.
-            global_clipnorm: clip the gradients so that their global norm is at most this, in [0, inf). Default None.
-            use_ema: keep an exponential moving average (EMA) of the weights. Default False.
-            ema_momentum: momentum of the EMA of the weights, in [0, 1]. Default 0.99.
-            ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
-            loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
-            gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
-            state_dtype: the dtype of the state (default: the parameter's, at least float32).
-            fused: update each float32 or float64 CPU parameter in one pass of a compiled kernel (Numba, shared
-                out over the cores) instead of torch operations; other parameters (CUDA, half precision) take
-                the plain path. Same results (float64: to rounding; see the README).
+    Args:
+        params: an iterable of tensors or of parameter-group dicts.
+        lr: step size; use torch.optim.lr_scheduler to change it, in [0, inf). Default 0.001.
+        initial_accumulator_value: starting value of the accumulators, in [0, inf). Default 0.1.
+        epsilon: small constant for numerical stability, in [0, inf). Default 1e-07.
+        weight_decay: decoupled weight decay, w <- w - w*weight_decay*lr before the update, in [0, inf). Default None.
+        clipnorm: clip each gradient to this norm (0: off), in [0, inf). Default None.
+        clipvalue: clip each gradient entry to [-clipvalue, clipvalue], in [0, inf). Default None.
+        global_clipnorm: clip the gradients so that their global norm is at most this, in [0, inf). Default None.
+        use_ema: keep an exponential moving average (EMA) of the weights. Default False.
+        ema_momentum: momentum of the EMA of the weights, in [0, 1]. Default 0.99.
+        ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
+        loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
+        gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
+        state_dtype: the dtype of the state (default: the parameter's, at least float32).
+        fused: update each float32 or float64 CPU parameter in one pass of a compiled kernel (Numba, shared
+            out over the cores) instead of torch operations; other parameters (CUDA, half precision) take
+            the plain path. Same results (float64: to rounding; see the README).
 
-        Each parameter group keeps ``step`` (the number of calls of ``step()``); each parameter keeps
+    Each parameter group keeps ``step`` (the number of calls of ``step()``); each parameter keeps
     ``accumulator`` (sum of squared gradients, like the parameter), ``grad_accumulator`` (sum of the gradients since the last update, like the parameter; only when gradient_accumulation_steps is not None), ``ema`` (exponential moving average of the weights, like the parameter; only when use_ema).
     """
+
+    rule = "Adagrad"
+    module = "adagrad"
+    keeps = frozenset({"accumulator", "grad_accumulator", "ema"})
 
     def __init__(
         self,
@@ -131,91 +134,18 @@ class Adagrad(Optimizer):
             clipvalue=defaults["clipvalue"],
             global_clipnorm=defaults["global_clipnorm"],
         )
-        self.state_dtype = torch_support.check_state_dtype(state_dtype)
-        self.fused = fused_support.check_fused(fused)
-        self._fused = fused_support.load("adagrad", "Adagrad") if fused else None
-        self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
-        super().__init__(params, defaults)
-        for group in self.param_groups:
-            for w in group["params"]:
-                torch_support.check_floating(w, "Adagrad")
+        self._setup(params, defaults, state_dtype, fused)
 
-    def __getstate__(self) -> dict[str, Any]:
-        """torch's (what ``copy.deepcopy`` and pickle keep), plus this optimizer's own options."""
-        return {**super().__getstate__(), "state_dtype": self.state_dtype, "fused": self.fused}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        # unpickled, or copied (torch's load_state_dict calls this too, with neither key)
-        if "fused" in state or not hasattr(self, "fused"):
-            self.state_dtype = state.pop("state_dtype", None)
-            self.fused = state.pop("fused", False)
-            self._fused = fused_support.load("adagrad", "Adagrad") if self.fused else None
-        self._scratch = {}
-        super().__setstate__(state)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's, keeping each state tensor in the precision policy's dtype (torch would cast it to the
-        parameter's: bfloat16 state for a bfloat16 parameter)."""
-        keeps = {
-            "accumulator",
-            "grad_accumulator",
-            "ema",
-        }
-        for entry in state_dict.get("state", {}).values():
-            unknown = set(entry) - keeps
-            if unknown:
-                raise ValueError(
-                    f"this state_dict holds {sorted(unknown)}, which Adagrad does not keep (it keeps"
-                    f" {sorted(keeps) or 'nothing per parameter'}): is it the state of another optimizer?"
-                )
-        rule = state_dict.get("optforge_rule")
-        if rule is not None and rule != "Adagrad":
-            raise ValueError(f"this state_dict was written by {rule}, not Adagrad")
-        for group in state_dict.get("param_groups", []):
-            missing = set(self.defaults) - set(group)
-            if missing:
-                raise ValueError(
-                    f"this state_dict's parameter groups lack {sorted(missing)}: is it the state of another optimizer?"
-                )
-        saved = [i for group in state_dict.get("param_groups", []) for i in group["params"]]
-        exact = {i: dict(state_dict["state"][i]) for i in saved if i in state_dict.get("state", {})}
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "optforge_rule"})
-        params = [w for group in self.param_groups for w in group["params"]]
-        for i, w in zip(saved, params):  # torch rounded floating state through the parameter's dtype: undo
-            dtype = torch_support.state_dtype(w, self.state_dtype)
-            for key, value in exact.get(i, {}).items():
-                if isinstance(value, torch.Tensor) and value.is_floating_point():
-                    self.state[w][key] = value.to(device=w.device, dtype=dtype)
-
-    def state_dict(self) -> dict[str, Any]:
-        """torch's, plus the name of the rule that wrote it (checked when loading)."""
-        return {**super().state_dict(), "optforge_rule": "Adagrad"}
-
-    def _tensors(
-        self, params: list[torch.Tensor], group: dict[str, Any]
-    ) -> Iterator[tuple[torch.Tensor, dict]]:
-        """Each parameter that has a gradient, with its state (created at its first update)."""
+    def _states(self, group: dict[str, Any]) -> Iterator[tuple[str, str, float]]:
+        """What each parameter of this group keeps: (name, "element" or "tensor", initial value)."""
         initial_accumulator_value = group["initial_accumulator_value"]
         use_ema = group["use_ema"]
         gradient_accumulation_steps = group["gradient_accumulation_steps"]
-        for w in params:
-            torch_support.check_param(w, "Adagrad")
-            state = self.state[w]
-            if "accumulator" not in state:
-                dtype = torch_support.state_dtype(w, self.state_dtype)  # float16/bfloat16: float32 state
-                state["accumulator"] = torch.full_like(
-                    w, initial_accumulator_value, dtype=dtype, memory_format=torch.preserve_format
-                )
-            if gradient_accumulation_steps is not None and "grad_accumulator" not in state:
-                dtype = torch_support.state_dtype(w, self.state_dtype)  # float16/bfloat16: float32 state
-                state["grad_accumulator"] = torch.zeros_like(
-                    w, dtype=dtype, memory_format=torch.preserve_format
-                )
-            if use_ema and "ema" not in state:
-                dtype = torch_support.state_dtype(w, self.state_dtype)  # float16/bfloat16: float32 state
-                state["ema"] = torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
-            yield w, state
+        yield "accumulator", "element", initial_accumulator_value
+        if gradient_accumulation_steps is not None:
+            yield "grad_accumulator", "element", 0
+        if use_ema:
+            yield "ema", "element", 0
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
