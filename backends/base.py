@@ -18,9 +18,10 @@ from typing import Any
 import jinja2
 import sympy as sp
 
+from optforge.compiler.analysis import param_condition
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import Assign, Program, Scope, Section, base, ssa
-from optforge.compiler.render import docstring_equations
+from optforge.compiler.render import MathPrinter, docstring_equations
 
 from . import inplace
 from .printer import ExprPrinter
@@ -265,6 +266,7 @@ class Backend:
         scopes = scopes_of(program)
         p = self.make_printer(program, scopes)
         self._program = program
+        param_when = param_condition(program)
         cases = []
         for i, case in enumerate(program.cases):
             sections = self.case_sections(case)
@@ -364,6 +366,11 @@ class Backend:
             ),
             "cases": cases,
             "reads_param": program.reads_param,
+            # when the increment form reads w: "" never, "True" always, else a Python condition
+            "param_condition": "" if param_when is sp.false else p.doprint(param_when),
+            "param_condition_text": ""
+            if param_when in (sp.true, sp.false)
+            else MathPrinter().doprint(param_when),
             "exclusives": [list(e) for e in program.exclusives],
             "finalize": self.finalize_lines(program, p),
             "finalize_states": sorted(

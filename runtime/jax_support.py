@@ -25,6 +25,12 @@ def like(new: Any, old: Any) -> Any:
     return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
 
 
+def leaves(treedef: Any, params: Any) -> list:
+    """The parameters' leaves, or None for each where ``update`` was called without them (the
+    configuration then reads no parameter)."""
+    return [None] * treedef.num_leaves if params is None else treedef.flatten_up_to(params)
+
+
 def check_update(name: str, grads: Any, params: Any, states: dict[str, tuple[Any, str]]) -> None:
     """Gradients and state match the parameters: pytree structure and leaf shapes (checked at trace time)."""
     reference = params if params is not None else grads

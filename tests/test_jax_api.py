@@ -571,3 +571,34 @@ def test_gradient_accumulation_counts_calls_and_updates_every_nth(rule):
     ]
     reference, _, _ = run(transform(rule), params, means)
     assert_trees_close(final, reference, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+@pytest.mark.parametrize(
+    "options", [{}, {"weight_decay": 0.01}, {"use_ema": True}], ids=["plain", "wd", "ema"]
+)
+def test_update_without_params_where_nothing_reads_them(rule, options):
+    """optax's convention: ``update(grads, state)`` works where the configuration reads no parameter (as
+    optax.nadam's does), equals the call with params (jit too), and says what needs them otherwise."""
+    opt = getattr(generated, rule.module)(**required(rule), **options)
+    params = small_params(jnp.float64)
+    grads = grad_sequence(params, 1, seed=5)[0]
+    state = opt.init(params)
+    with_params, _ = jax.jit(opt.update)(grads, state, params)
+    try:
+        without, _ = jax.jit(opt.update)(grads, state)
+    except ValueError as exc:
+        assert "needs params" in str(exc), str(exc)
+        assert options or _own_equations_read_w(rule), f"{rule.name} reads no w, yet: {exc}"
+        return
+    assert not options, f"{rule.name} with {options} reads w (decay, EMA) but ran without params"
+    for a, b in zip(jax.tree.leaves(without), jax.tree.leaves(with_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _own_equations_read_w(rule) -> bool:
+    """Whether the rule's own equations (not Keras's options) read ``w`` other than as ``w <- w + ...``."""
+    import sympy as sp
+
+    w = sp.Symbol("w")
+    return any((eq.expr - w if eq.target == "w" else eq.expr).has(w) for eq in (rule.core or rule.equations))

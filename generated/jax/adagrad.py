@@ -29,7 +29,7 @@ Use::
 
     opt = adagrad(learning_rate=0.001)
     opt_state = opt.init(params)  # params: any pytree of float arrays
-    updates, opt_state = opt.update(grads, opt_state, params)
+    updates, opt_state = opt.update(grads, opt_state)  # params too when weight_decay given or use_ema
     params = optax.apply_updates(params, updates)
 """
 
@@ -143,8 +143,10 @@ def adagrad(
         )
 
     def update_fn(grads: Any, state: AdagradState, params: Any = None) -> tuple[Any, AdagradState]:
-        if params is None:
-            raise ValueError("adagrad: update() needs params (the rule reads the parameter w)")
+        if params is None and (weight_decay is not None or use_ema):
+            raise ValueError(
+                "adagrad: update() needs params when weight_decay given or use_ema (the update then reads the parameter w)"
+            )
         if not isinstance(state, AdagradState):
             raise TypeError(
                 f"expected an instance of AdagradState (from adagrad(...).init). Received: {type(state).__name__}"
@@ -199,7 +201,7 @@ def adagrad(
         updates, new_accumulator, new_grad_accumulator, new_ema = [], [], [], []
         for g, w, accumulator, grad_accumulator, ema in zip(
             treedef.flatten_up_to(grads),
-            treedef.flatten_up_to(params),
+            jax_support.leaves(treedef, params),
             treedef.flatten_up_to(state.accumulator),
             treedef.flatten_up_to(state.grad_accumulator)
             if state.grad_accumulator is not None

@@ -30,7 +30,7 @@ Use::
 
     opt = adamax(learning_rate=0.001)
     opt_state = opt.init(params)  # params: any pytree of float arrays
-    updates, opt_state = opt.update(grads, opt_state, params)
+    updates, opt_state = opt.update(grads, opt_state)  # params too when weight_decay given or use_ema
     params = optax.apply_updates(params, updates)
 """
 
@@ -146,8 +146,10 @@ def adamax(
         )
 
     def update_fn(grads: Any, state: AdamaxState, params: Any = None) -> tuple[Any, AdamaxState]:
-        if params is None:
-            raise ValueError("adamax: update() needs params (the rule reads the parameter w)")
+        if params is None and (weight_decay is not None or use_ema):
+            raise ValueError(
+                "adamax: update() needs params when weight_decay given or use_ema (the update then reads the parameter w)"
+            )
         if not isinstance(state, AdamaxState):
             raise TypeError(
                 f"expected an instance of AdamaxState (from adamax(...).init). Received: {type(state).__name__}"
@@ -203,7 +205,7 @@ def adamax(
         updates, new_m, new_u, new_grad_accumulator, new_ema = [], [], [], [], []
         for g, w, m, u, grad_accumulator, ema in zip(
             treedef.flatten_up_to(grads),
-            treedef.flatten_up_to(params),
+            jax_support.leaves(treedef, params),
             treedef.flatten_up_to(state.m),
             treedef.flatten_up_to(state.u),
             treedef.flatten_up_to(state.grad_accumulator)

@@ -35,7 +35,7 @@ Use::
 
     opt = nadam(learning_rate=0.001)
     opt_state = opt.init(params)  # params: any pytree of float arrays
-    updates, opt_state = opt.update(grads, opt_state, params)
+    updates, opt_state = opt.update(grads, opt_state)  # params too when weight_decay given or use_ema
     params = optax.apply_updates(params, updates)
 """
 
@@ -153,8 +153,10 @@ def nadam(
         )
 
     def update_fn(grads: Any, state: NadamState, params: Any = None) -> tuple[Any, NadamState]:
-        if params is None:
-            raise ValueError("nadam: update() needs params (the rule reads the parameter w)")
+        if params is None and (weight_decay is not None or use_ema):
+            raise ValueError(
+                "nadam: update() needs params when weight_decay given or use_ema (the update then reads the parameter w)"
+            )
         if not isinstance(state, NadamState):
             raise TypeError(
                 f"expected an instance of NadamState (from nadam(...).init). Received: {type(state).__name__}"
@@ -215,7 +217,7 @@ def nadam(
         updates, new_m, new_v, new_grad_accumulator, new_ema = [], [], [], [], []
         for g, w, m, v, grad_accumulator, ema in zip(
             treedef.flatten_up_to(grads),
-            treedef.flatten_up_to(params),
+            jax_support.leaves(treedef, params),
             treedef.flatten_up_to(state.m),
             treedef.flatten_up_to(state.v),
             treedef.flatten_up_to(state.grad_accumulator)

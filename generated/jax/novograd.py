@@ -32,7 +32,7 @@ Use::
 
     opt = novograd(learning_rate=1.0)
     opt_state = opt.init(params)  # params: any pytree of float arrays
-    updates, opt_state = opt.update(grads, opt_state, params)
+    updates, opt_state = opt.update(grads, opt_state)  # params too when use_ema or weight_decay != 0
     params = optax.apply_updates(params, updates)
 """
 
@@ -152,8 +152,10 @@ def novograd(
         )
 
     def update_fn(grads: Any, state: NovoGradState, params: Any = None) -> tuple[Any, NovoGradState]:
-        if params is None:
-            raise ValueError("novograd: update() needs params (the rule reads the parameter w)")
+        if params is None and (use_ema or weight_decay != 0):
+            raise ValueError(
+                "novograd: update() needs params when use_ema or weight_decay != 0 (the update then reads the parameter w)"
+            )
         if not isinstance(state, NovoGradState):
             raise TypeError(
                 f"expected an instance of NovoGradState (from novograd(...).init). Received: {type(state).__name__}"
@@ -209,7 +211,7 @@ def novograd(
         updates, new_v, new_m, new_grad_accumulator, new_ema = [], [], [], [], []
         for g, w, v, m, grad_accumulator, ema in zip(
             treedef.flatten_up_to(grads),
-            treedef.flatten_up_to(params),
+            jax_support.leaves(treedef, params),
             treedef.flatten_up_to(state.v),
             treedef.flatten_up_to(state.m),
             treedef.flatten_up_to(state.grad_accumulator)

@@ -32,7 +32,7 @@ Use::
 
     opt = novograd_tf1(learning_rate=1.0)
     opt_state = opt.init(params)  # params: any pytree of float arrays
-    updates, opt_state = opt.update(grads, opt_state, params)
+    updates, opt_state = opt.update(grads, opt_state)  # params too when use_ema or weight_decay != 0
     params = optax.apply_updates(params, updates)
 """
 
@@ -150,8 +150,10 @@ def novograd_tf1(
         )
 
     def update_fn(grads: Any, state: NovoGradTF1State, params: Any = None) -> tuple[Any, NovoGradTF1State]:
-        if params is None:
-            raise ValueError("novograd_tf1: update() needs params (the rule reads the parameter w)")
+        if params is None and (use_ema or weight_decay != 0):
+            raise ValueError(
+                "novograd_tf1: update() needs params when use_ema or weight_decay != 0 (the update then reads the parameter w)"
+            )
         if not isinstance(state, NovoGradTF1State):
             raise TypeError(
                 f"expected an instance of NovoGradTF1State (from novograd_tf1(...).init). Received: {type(state).__name__}"
@@ -206,7 +208,7 @@ def novograd_tf1(
         updates, new_m, new_grad_accumulator, new_ema = [], [], [], []
         for g, w, m, grad_accumulator, ema in zip(
             treedef.flatten_up_to(grads),
-            treedef.flatten_up_to(params),
+            jax_support.leaves(treedef, params),
             treedef.flatten_up_to(state.m),
             treedef.flatten_up_to(state.grad_accumulator)
             if state.grad_accumulator is not None

@@ -31,7 +31,7 @@ Use::
 
     opt = sgd(learning_rate=0.01)
     opt_state = opt.init(params)  # params: any pytree of float arrays
-    updates, opt_state = opt.update(grads, opt_state, params)
+    updates, opt_state = opt.update(grads, opt_state)  # params too when weight_decay given or use_ema
     params = optax.apply_updates(params, updates)
 """
 
@@ -142,8 +142,10 @@ def sgd(
         )
 
     def update_fn(grads: Any, state: SGDState, params: Any = None) -> tuple[Any, SGDState]:
-        if params is None:
-            raise ValueError("sgd: update() needs params (the rule reads the parameter w)")
+        if params is None and (weight_decay is not None or use_ema):
+            raise ValueError(
+                "sgd: update() needs params when weight_decay given or use_ema (the update then reads the parameter w)"
+            )
         if not isinstance(state, SGDState):
             raise TypeError(
                 f"expected an instance of SGDState (from sgd(...).init). Received: {type(state).__name__}"
@@ -199,7 +201,7 @@ def sgd(
             updates, new_grad_accumulator, new_ema = [], [], []
             for g, w, grad_accumulator, ema in zip(
                 treedef.flatten_up_to(grads),
-                treedef.flatten_up_to(params),
+                jax_support.leaves(treedef, params),
                 treedef.flatten_up_to(state.grad_accumulator)
                 if state.grad_accumulator is not None
                 else [None] * treedef.num_leaves,
@@ -292,7 +294,7 @@ def sgd(
             updates, new_velocity, new_grad_accumulator, new_ema = [], [], [], []
             for g, w, velocity, grad_accumulator, ema in zip(
                 treedef.flatten_up_to(grads),
-                treedef.flatten_up_to(params),
+                jax_support.leaves(treedef, params),
                 treedef.flatten_up_to(state.velocity)
                 if state.velocity is not None
                 else [None] * treedef.num_leaves,
@@ -393,7 +395,7 @@ def sgd(
             updates, new_velocity, new_grad_accumulator, new_ema = [], [], [], []
             for g, w, velocity, grad_accumulator, ema in zip(
                 treedef.flatten_up_to(grads),
-                treedef.flatten_up_to(params),
+                jax_support.leaves(treedef, params),
                 treedef.flatten_up_to(state.velocity)
                 if state.velocity is not None
                 else [None] * treedef.num_leaves,

@@ -1,0 +1,60 @@
+"""Facts about a compiled program that the backends' layouts need, computed once from the IR.
+
+``param_condition``: the static condition (over hyperparameters, flags and ``Given``) under which the
+increment form reads the parameter ``w``. JAX's ``update(grads, state)`` needs ``params`` only then, as
+``optax.nadam`` does not ask for them: a rule that never reads ``w`` with ``weight_decay`` and ``use_ema``
+off works without them.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+from .ir import Program
+
+W = sp.Symbol("w")
+
+
+def is_static(cond: sp.Basic, constants: set[str]) -> bool:
+    """Whether a condition reads only constants: hyperparameters, flags, ``Given(x)``."""
+    return all(s.name.rstrip("?") in constants for s in cond.free_symbols)
+
+
+def static_part(cond: sp.Basic, constants: set[str]) -> sp.Basic:
+    """A static condition implied by ``cond``: its static conjuncts (true when it has none)."""
+    if cond is sp.true or is_static(cond, constants):
+        return cond
+    if isinstance(cond, sp.And):
+        return sp.And(*[c for c in cond.args if is_static(c, constants)])
+    return sp.true
+
+
+def reads_when(expr: sp.Basic, symbol: sp.Symbol, constants: set[str]) -> sp.Basic:
+    """The static condition under which evaluating ``expr`` may read ``symbol`` (a branch of a ``where``
+    whose condition is static is read only when it holds; a dynamic condition may choose either)."""
+    if expr == symbol:
+        return sp.true
+    if symbol not in expr.free_symbols:
+        return sp.false
+    if isinstance(expr, sp.Piecewise):
+        return sp.Or(
+            *[
+                sp.And(static_part(cond, constants), reads_when(value, symbol, constants))
+                for value, cond in expr.args
+            ],
+            *[reads_when(cond, symbol, constants) for _, cond in expr.args if not isinstance(cond, bool)],
+        )
+    return sp.Or(*[reads_when(a, symbol, constants) for a in expr.args])
+
+
+def param_condition(program: Program) -> sp.Basic:
+    """When the increment form (JAX) reads ``w``: a static condition, simplified (``false``: never)."""
+    constants = {h.name for h in program.hypers}
+    when = sp.Or(
+        *[
+            sp.And(case.condition, reads_when(a.expr, W, constants))
+            for case in program.cases
+            for a in case.functional
+        ]
+    )
+    return sp.simplify_logic(when) if when not in (sp.true, sp.false) else when
