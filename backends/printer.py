@@ -109,6 +109,18 @@ class ExprPrinter(StrPrinter):
 
     # -- arithmetic --------------------------------------------------------------------
 
+    def _print_Add(self, expr, order=None) -> str:
+        """A sum of two terms, one negative, as the rule writes it: ``1 - a*b`` (SymPy's default prints
+        ``-a*b + 1``); the same value to the bit (a + b is b + a, and negation is exact). Other sums keep
+        SymPy's order, which decides how they round."""
+        if len(expr.args) == 2:
+            a, b = expr.args
+            if a.could_extract_minus_sign() != b.could_extract_minus_sign():
+                pos, neg = (b, a) if a.could_extract_minus_sign() else (a, b)
+                prec = PRECEDENCE["Add"]
+                return f"{self.parenthesize(pos, prec)} - {self.parenthesize(-neg, prec)}"
+        return super()._print_Add(expr, order=order)
+
     def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
         b, e = expr.args
         if e == sp.S.Half:

@@ -193,27 +193,32 @@ def clipping_message(given: dict) -> str:
 # --------------------------------------------------------------------------------------
 # pytest parameters: (rule, name, value) or (rule, name) over the whole registry
 
-BAD_RANGE = [
-    pytest.param(r, name, v, id=f"{r.name}-{name}={v!r}")
-    for r in RULES
-    for name, h in r.hypers.items()
-    if h.kind != "bool"
-    for v in out_of_range(h)
-]
-GOOD_ENDS = [
-    pytest.param(r, name, v, id=f"{r.name}-{name}={v!r}")
-    for r in RULES
-    for name, h in r.hypers.items()
-    if h.kind != "bool"
-    for v in closed_ends(h)
-]
-WRONG_TYPE = [
-    pytest.param(r, name, v, id=f"{r.name}-{name}={v!r}")
-    for r in RULES
-    for name, h in r.hypers.items()
-    if h.kind != "bool"
-    for v in wrong_types(h)
-]
+def _declaration(h) -> tuple:
+    """What decides a hyperparameter's run-time check: its name (in the message), kind, range and
+    option-ness. Keras's options are declared alike in every rule."""
+    return (h.name, h.kind, str(h.interval), h.default is None, h.zero_is_off)
+
+
+def _cases(values_of) -> list:
+    """Each bad (or boundary) value once per declaration, and one per rule and hyperparameter: the shared
+    runtime checks are tested once per kind of declaration, and every generated signature is tested to
+    call the check of each of its arguments (not every rule x option x bad value)."""
+    out, seen = [], set()
+    for r in RULES:
+        for name, h in r.hypers.items():
+            if h.kind == "bool":
+                continue
+            values = values_of(h)
+            if _declaration(h) in seen:
+                values = values[:1]
+            seen.add(_declaration(h))
+            out += [pytest.param(r, name, v, id=f"{r.name}-{name}={v!r}") for v in values]
+    return out
+
+
+BAD_RANGE = _cases(out_of_range)
+GOOD_ENDS = _cases(closed_ends)
+WRONG_TYPE = _cases(wrong_types)
 BOOL = [
     pytest.param(r, name, id=f"{r.name}-{name}")
     for r in RULES
@@ -232,8 +237,9 @@ ZERO_IS_OFF = [
     for name, h in r.hypers.items()
     if is_option(h) and h.zero_is_off
 ]
-CLIPPING_PAIRS = [
+_COMBOS = [*itertools.combinations(CLIPPING, 2), CLIPPING]
+CLIPPING_PAIRS = [  # every combination for the first rule (the shared check), one for each other
     pytest.param(r, combo, id=f"{r.name}-{'+'.join(combo)}")
-    for r in RULES
-    for combo in [*itertools.combinations(CLIPPING, 2), CLIPPING]
+    for i, r in enumerate(RULES)
+    for combo in (_COMBOS if i == 0 else _COMBOS[i % len(_COMBOS) : i % len(_COMBOS) + 1])
 ]

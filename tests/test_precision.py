@@ -8,7 +8,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from cases import RULES
-from drivers import BACKENDS, problem, run
+from drivers import BACKENDS, problem, run, stored_states
 
 LOW = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 
@@ -26,7 +26,7 @@ def _run_low(backend, rule, cfg, dtype, steps=5):
     params0, grads = problem(steps, zero_first=False)
     params0 = [p.astype(dtype) for p in params0]
     grads = [[x.astype(dtype) for x in g] for g in grads]
-    names = [n for n in ("m", "u", "v", "velocity", "accumulator", "nu", "mu") if n in rule.states]
+    names = [n for n, scope in stored_states(rule) if scope == "element"]  # from the compiled rule
     if backend == "numpy":
         opt = getattr(gn, rule.name)(**cfg)
         p = [x.copy() for x in params0]

@@ -256,13 +256,13 @@ def _update_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
                     g = g * c_8 / c_9 if b_4 else g
                     g = np.minimum(np.maximum(g, c_10), c_11) if b_5 else g
                     # decoupled weight decay
-                    w = -c_12 * w * c_13 + w if b_6 else w
+                    w = w - c_12 * w * c_13 if b_6 else w
                     # first moment
                     m = m + c_14 * (g - m) if b_7 else m
                     # infinity norm
                     u = np.maximum(abs(g), c_15 * u) if b_7 else u
                     # parameter update
-                    w = -c_16 * m / (c_17 * (c_18 + u)) + w if b_7 else w
+                    w = w - c_16 * m / (c_17 * (c_18 + u)) if b_7 else w
                     # EMA of the weights
                     ema = ema * c_19 + w * c_20 if b_8 else ema
                     # EMA overwrite

@@ -82,7 +82,7 @@ def prepare_update_case_0(
     c_16 = dt(1 - u_t) if is_update else dt(0)
     c_17 = dt(1 - u_product) if is_update else dt(0)
     c_18 = dt(u_t1) if is_update else dt(0)
-    c_19 = dt(-u_product * u_t1 + 1) if is_update else dt(0)
+    c_19 = dt(1 - u_product * u_t1) if is_update else dt(0)
     c_20 = dt(0)
     c_21 = dt(1 - beta_2**t) if is_update else dt(0)
     c_22 = dt(lr) if is_update else dt(0)
@@ -274,7 +274,7 @@ def _update_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
                     g = g * c_8 / c_9 if b_4 else g
                     g = np.minimum(np.maximum(g, c_10), c_11) if b_5 else g
                     # decoupled weight decay
-                    w = -c_12 * w * c_13 + w if b_6 else w
+                    w = w - c_12 * w * c_13 if b_6 else w
                     # first moment
                     m = m + c_14 * (g - m) if b_7 else m
                     # second moment
@@ -284,7 +284,7 @@ def _update_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
                     # bias correction
                     v_hat = v / c_21 if b_7 else c_20
                     # parameter update
-                    w = -c_22 * m_hat / (c_23 + math.sqrt(v_hat)) + w if b_7 else w
+                    w = w - c_22 * m_hat / (c_23 + math.sqrt(v_hat)) if b_7 else w
                     # EMA of the weights
                     ema = ema * c_24 + w * c_25 if b_8 else ema
                     # EMA overwrite

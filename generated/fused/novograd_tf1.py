@@ -310,7 +310,7 @@ def _update_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9, b_10, b_11):
                     # momentum
                     m = c_18 * m + u if b_6 else m
                     # parameter update
-                    w = -c_19 * (c_20 * m + u if b_9 else m) + w if b_6 else w
+                    w = w - c_19 * (c_20 * m + u if b_9 else m) if b_6 else w
                     # EMA of the weights
                     ema = ema * c_21 + w * c_22 if b_10 else ema
                     # EMA overwrite

@@ -294,7 +294,7 @@ def _update_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
                     # first moment
                     mu = (u if b_7 else c_19 * mu + u) if b_6 else mu
                     # parameter update
-                    w = -c_20 * mu + w if b_6 else w
+                    w = w - c_20 * mu if b_6 else w
                     # EMA of the weights
                     ema = ema * c_21 + w * c_22 if b_8 else ema
                     # EMA overwrite

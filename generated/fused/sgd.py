@@ -217,9 +217,9 @@ def _update_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
                     g = g * c_8 / c_9 if b_4 else g
                     g = np.minimum(np.maximum(g, c_10), c_11) if b_5 else g
                     # decoupled weight decay
-                    w = -c_12 * w * c_13 + w if b_6 else w
+                    w = w - c_12 * w * c_13 if b_6 else w
                     # gradient descent
-                    w = -g * c_14 + w if b_7 else w
+                    w = w - g * c_14 if b_7 else w
                     # EMA of the weights
                     ema = ema * c_15 + w * c_16 if b_8 else ema
                     # EMA overwrite
@@ -278,8 +278,8 @@ def prepare_update_case_1(
     c_12 = dt(lr) if (weight_decay is not None and is_update) else dt(0)
     c_13 = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
     b_7 = bool(is_update)
-    c_14 = dt(lr) if is_update else dt(0)
-    c_15 = dt(momentum) if is_update else dt(0)
+    c_14 = dt(momentum) if is_update else dt(0)
+    c_15 = dt(lr) if is_update else dt(0)
     b_8 = bool(use_ema)
     c_16 = dt(ema_mu) if use_ema else dt(0)
     c_17 = dt(1 - ema_mu) if use_ema else dt(0)
@@ -432,11 +432,11 @@ def _update_1(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9, b_10):
                     g = g * c_8 / c_9 if b_4 else g
                     g = np.minimum(np.maximum(g, c_10), c_11) if b_5 else g
                     # decoupled weight decay
-                    w = -c_12 * w * c_13 + w if b_6 else w
+                    w = w - c_12 * w * c_13 if b_6 else w
                     # velocity
-                    velocity = -g * c_14 + c_15 * velocity if b_7 else velocity
+                    velocity = c_14 * velocity - g * c_15 if b_7 else velocity
                     # Nesterov update
-                    w = -g * c_14 + c_15 * velocity + w if b_7 else w
+                    w = -g * c_15 + c_14 * velocity + w if b_7 else w
                     # EMA of the weights
                     ema = ema * c_16 + w * c_17 if b_8 else ema
                     # EMA overwrite
@@ -497,8 +497,8 @@ def prepare_update_case_2(
     c_12 = dt(lr) if (weight_decay is not None and is_update) else dt(0)
     c_13 = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
     b_7 = bool(is_update)
-    c_14 = dt(lr) if is_update else dt(0)
-    c_15 = dt(momentum) if is_update else dt(0)
+    c_14 = dt(momentum) if is_update else dt(0)
+    c_15 = dt(lr) if is_update else dt(0)
     b_8 = bool(use_ema)
     c_16 = dt(ema_mu) if use_ema else dt(0)
     c_17 = dt(1 - ema_mu) if use_ema else dt(0)
@@ -651,9 +651,9 @@ def _update_2(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9, b_10):
                     g = g * c_8 / c_9 if b_4 else g
                     g = np.minimum(np.maximum(g, c_10), c_11) if b_5 else g
                     # decoupled weight decay
-                    w = -c_12 * w * c_13 + w if b_6 else w
+                    w = w - c_12 * w * c_13 if b_6 else w
                     # velocity
-                    velocity = -g * c_14 + c_15 * velocity if b_7 else velocity
+                    velocity = c_14 * velocity - g * c_15 if b_7 else velocity
                     # momentum update
                     w = velocity + w if b_7 else w
                     # EMA of the weights

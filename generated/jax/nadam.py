@@ -253,7 +253,7 @@ def nadam(
             v = jnp.where(is_update, v + (1 - beta_2) * (g**2 - v), v)
             # Nesterov momentum
             m_hat = jnp.where(
-                is_update, g * (1 - u_t) / (1 - u_product) + m * u_t1 / (-u_product * u_t1 + 1), 0
+                is_update, g * (1 - u_t) / (1 - u_product) + m * u_t1 / (1 - u_product * u_t1), 0
             )
             # bias correction
             v_hat = jnp.where(is_update, v / (1 - beta_2**t), 0)

@@ -328,9 +328,9 @@ def sgd(
                 # decoupled weight decay
                 update = jnp.where(is_update, -lr * w * weight_decay, 0) if weight_decay is not None else 0
                 # velocity
-                velocity = jnp.where(is_update, -g * lr + momentum * velocity, velocity)
+                velocity = jnp.where(is_update, momentum * velocity - g * lr, velocity)
                 # Nesterov update
-                update = update + jnp.where(is_update, -g * lr + momentum * velocity, 0)
+                update = update + jnp.where(is_update, momentum * velocity - g * lr, 0)
                 # EMA of the weights
                 if use_ema:
                     ema = ema * ema_mu + (1 - ema_mu) * (update + w)
@@ -429,7 +429,7 @@ def sgd(
                 # decoupled weight decay
                 update = jnp.where(is_update, -lr * w * weight_decay, 0) if weight_decay is not None else 0
                 # velocity
-                velocity = jnp.where(is_update, -g * lr + momentum * velocity, velocity)
+                velocity = jnp.where(is_update, momentum * velocity - g * lr, velocity)
                 # momentum update
                 update = update + jnp.where(is_update, velocity, 0)
                 # EMA of the weights

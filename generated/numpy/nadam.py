@@ -303,7 +303,7 @@ class Nadam:
                 np.multiply(g, 1 - u_t, out=_s2)
                 np.divide(_s2, 1 - u_product, out=_s2)
                 np.multiply(m, u_t1, out=_s3)
-                np.divide(_s3, -u_product * u_t1 + 1, out=_s3)
+                np.divide(_s3, 1 - u_product * u_t1, out=_s3)
                 m_hat = np.add(_s2, _s3, out=_s1)
             else:
                 m_hat = 0

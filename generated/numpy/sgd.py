@@ -384,9 +384,9 @@ class SGD:
                     w -= _s1
                 # velocity
                 if is_update:
-                    np.multiply(g, -lr, out=_s1)
-                    np.multiply(momentum, velocity, out=_s2)
-                    np.add(_s1, _s2, out=velocity)
+                    np.multiply(momentum, velocity, out=_s1)
+                    np.multiply(g, lr, out=_s2)
+                    np.subtract(_s1, _s2, out=velocity)
                     # Nesterov update
                     np.multiply(g, lr, out=_s2)
                     np.multiply(momentum, velocity, out=_s1)
@@ -497,9 +497,9 @@ class SGD:
                     w -= _s1
                 # velocity
                 if is_update:
-                    np.multiply(g, -lr, out=_s1)
-                    np.multiply(momentum, velocity, out=_s2)
-                    np.add(_s1, _s2, out=velocity)
+                    np.multiply(momentum, velocity, out=_s1)
+                    np.multiply(g, lr, out=_s2)
+                    np.subtract(_s1, _s2, out=velocity)
                     # momentum update
                     w += velocity
                 # EMA of the weights

@@ -275,7 +275,7 @@ class Nadam(torch_support.RuleOptimizer):
                 # Nesterov momentum
                 if is_update:
                     torch.mul(g, (1 - u_t) / (1 - u_product), out=_s2)
-                    m_hat = torch.add(_s2, m, alpha=u_t1 / (-u_product * u_t1 + 1), out=_s1)
+                    m_hat = torch.add(_s2, m, alpha=u_t1 / (1 - u_product * u_t1), out=_s1)
                 else:
                     m_hat = 0
                 # bias correction

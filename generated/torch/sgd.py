@@ -363,8 +363,8 @@ class SGD(torch_support.RuleOptimizer):
                         w.add_(w, alpha=-(lr * weight_decay))
                     # velocity
                     if is_update:
-                        torch.mul(g, -lr, out=_s1)
-                        torch.add(_s1, velocity, alpha=momentum, out=velocity)
+                        torch.mul(momentum, velocity, out=_s1)
+                        torch.add(_s1, g, alpha=-(lr), out=velocity)
                         # Nesterov update
                         torch.mul(g, lr, out=_s1)
                         torch.add(_s1, velocity, alpha=-(momentum), out=_s1)
@@ -480,8 +480,8 @@ class SGD(torch_support.RuleOptimizer):
                         w.add_(w, alpha=-(lr * weight_decay))
                     # velocity
                     if is_update:
-                        torch.mul(g, -lr, out=_s1)
-                        torch.add(_s1, velocity, alpha=momentum, out=velocity)
+                        torch.mul(momentum, velocity, out=_s1)
+                        torch.add(_s1, g, alpha=-(lr), out=velocity)
                         # momentum update
                         w.add_(velocity)
                     # EMA of the weights
