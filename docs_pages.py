@@ -11,7 +11,7 @@ import sympy as sp
 from optforge.compiler.dsl import Rule
 from optforge.compiler.ir import Program, Scope
 from optforge.compiler.latex import equations_latex
-from optforge.compiler.render import equation_text, guarded_text, math_text
+from optforge.compiler.render import equation_text, finalizer_equations, guarded_text, math_text
 from optforge.compiler.show import reductions, state_cost
 
 HEADER = (
@@ -43,7 +43,7 @@ def page(rule: Rule, program: Program, base: tuple[Rule, Program] | None) -> str
         "",
     ]
     for eq, tex in zip(core, equations_latex(core, program.hypers, program.states, rule.let_latex)):
-        lines += [f"{eq.label.capitalize()}:", "", "$$", tex, "$$", ""]
+        lines += [f"{heading(eq.label)}:", "", "$$", tex, "$$", ""]
     if added:
         lines += [
             "## Keras's shared options",
@@ -53,7 +53,19 @@ def page(rule: Rule, program: Program, base: tuple[Rule, Program] | None) -> str
             "",
         ]
         for eq, tex in zip(added, equations_latex(added, program.hypers, program.states, rule.let_latex)):
-            lines += [f"{eq.label.capitalize()}:", "", "$$", tex, "$$", ""]
+            lines += [f"{heading(eq.label)}:", "", "$$", tex, "$$", ""]
+    final = finalizer_equations(program)
+    if final:
+        lines += [
+            "## Finaliser",
+            "",
+            "`finalize_variable_values` (at the end of training, as in Keras) sets each parameter $w$ to the"
+            " value below; the state is the last update's and $t$ that update's step:",
+            "",
+        ]
+        texts = equations_latex(final, program.hypers, program.states, rule.let_latex, after_step=True)
+        for eq, tex in zip(final, texts):
+            lines += [f"{heading(eq.label)}:", "", "$$", tex, "$$", ""]
 
     lines += [
         "## Hyperparameters",
@@ -112,6 +124,11 @@ def page(rule: Rule, program: Program, base: tuple[Rule, Program] | None) -> str
     if program.references:
         lines += ["## References", ""] + [f"- {r}" for r in program.references] + [""]
     return "\n".join(lines)
+
+
+def heading(label: str) -> str:
+    """A label as the user wrote it, its first letter capitalised ("RMS-scaled gradient", "Fast EMA")."""
+    return label[:1].upper() + label[1:]
 
 
 def _link(rule: Rule) -> str:

@@ -192,6 +192,9 @@ class Backend:
     def finalize_lines(self, program: Program, p: ExprPrinter) -> list[Line]:
         """Keras's finalize_variable_values: the rule's ``finalize`` equations, for one tensor."""
         out = []
+        if finalize_reads_step(program):  # the template binds n, the last step's (steps taken - 1)
+            step = program.equations[0].expr if program.equations[0].target == "t" else sp.Symbol("n") + 1
+            out.append(Line(f"t = {p.doprint(step)}", "the last step's t"))
         for i, (expr, label) in enumerate(program.finalize):
             a = Assign("w", i + 1, expr, "param", Scope.ELEMENT, label)
             for j, code in enumerate(self.statement(a, p)):
@@ -373,10 +376,18 @@ class Backend:
             else MathPrinter().doprint(param_when),
             "exclusives": [list(e) for e in program.exclusives],
             "finalize": self.finalize_lines(program, p),
+            "finalize_reads_step": finalize_reads_step(program),
             "finalize_states": sorted(
                 {b for e, _ in program.finalize for b in map(base, sp.sympify(e).free_symbols)}
-                & {s.name for s in program.states}
+                & {s.name for s in program.states if s.scope != Scope.GLOBAL}
             ),
+            # the states kept once per optimizer that a finaliser reads
+            "finalize_globals": [
+                s
+                for s in states
+                if s["scope"] == "global"
+                and any(sp.Symbol(s["name"]) in sp.sympify(e).free_symbols for e, _ in program.finalize)
+            ],
             "optional_states": [
                 s.name for s in program.states if s.persists and s.allocated_when is not sp.true
             ],
@@ -413,6 +424,12 @@ def in_place_form(a: Assign) -> tuple[str, sp.Basic]:
             return "sub", -rest
         return "add", rest
     return "set", e
+
+
+def finalize_reads_step(program: Program) -> bool:
+    """Whether a finaliser reads the step (``t`` or ``n``): it sees the last step's values."""
+    step = {sp.Symbol("t"), sp.Symbol("n")}
+    return any(step & sp.sympify(e).free_symbols for e, _ in program.finalize)
 
 
 def fused_name(case: int) -> str:

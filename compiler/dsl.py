@@ -456,6 +456,9 @@ class Rule:
     ) -> sp.Symbol:
         """An optional hyperparameter: ``None`` (the default) turns it off; test it with ``Given(x)``.
 
+        Every read of its value must be guarded by ``Given(x)`` (``only_if=``, ``when=``, or inside
+        ``where(Given(x), ...)``); an unguarded read is a compile error at its equation.
+
         ``zero_is_off``: 0 means off too (it becomes None when the optimizer is built).
         """
         self._declare_name(name, "option")
@@ -479,7 +482,8 @@ class Rule:
                 origin=_origin(),
                 hint="write True or False; a number belongs in rule.hyper",
             )
-        self.hypers[name] = Hyper(name, default, "bool", None, meaning, latex or rf"\mathrm{{{name}}}")
+        escaped = name.replace("_", "\\_")
+        self.hypers[name] = Hyper(name, default, "bool", None, meaning, latex or rf"\mathrm{{{escaped}}}")
         return sp.Symbol(name)
 
     def state(
@@ -560,7 +564,12 @@ class Rule:
         self.equations.append(self._equation(target, expr, label, when))
 
     def finalizer(self, expr: Any, label: str, *, only_if: Any = None) -> None:
-        """What ``finalize_variable_values`` sets each parameter to at the end of training (Keras's EMA)."""
+        """What ``finalize_variable_values`` sets each parameter to at the end of training (Keras's EMA).
+
+        It may read ``w``, the state, the hyperparameters and the step: ``t`` and ``n`` are the last
+        update's (``t`` is the number of updates made, with the default step), so ``ema / (1 - d**t)``
+        bias-corrects an EMA. Reading ``g``, the learning rate or a ``let`` is a compile error.
+        """
         if only_if is not None:
             expr = where(only_if, expr, w)
         self.finalize.append(Equation("w", sp.sympify(expr), label, sp.true, _origin(), "assign"))

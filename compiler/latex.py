@@ -84,25 +84,36 @@ def latex_names(hypers, states, lets: dict[str, str]) -> dict[str, str]:
     return names
 
 
-def equations_latex(equations: list[Equation], hypers, states, let_latex: dict[str, str]) -> list[str]:
-    """One LaTeX equation per rule equation, with time subscripts from the order of the equations."""
+def equations_latex(
+    equations: list[Equation], hypers, states, let_latex: dict[str, str], *, after_step: bool = False
+) -> list[str]:
+    """One LaTeX equation per rule equation, with time subscripts from the order of the equations.
+
+    A state read before the equation that updates it is ``m_{t-1}``, after it ``m_t``; a value assigned
+    again (a ``let`` or a state updated twice in a step) takes a prime per reassignment, ``a'_t``, so that
+    no equation has the same name on both sides. ``after_step``: the equations run after the last step
+    (finalisers): every state is at ``t`` and the parameter they set is plain ``w``.
+    """
     base = latex_names(hypers, states, let_latex)
     state_names = {s.name for s in states} | {"w"}
-    updated: set[str] = set()
+    versioned = ({s.name for s in states} | set(let_latex)) - {"t"}  # names that get primes
+    updated: set[str] = set(state_names) if after_step else set()
+    version: dict[str, int] = {}
+    assigned: set[str] = set()
     out = []
     for eq in equations:
         names = {"g": "g_t", "t": "t", "n": "n", "learning_rate": base.get("learning_rate", r"\eta") + "_t"}
         for name, tex in base.items():
             if name == "learning_rate":
                 continue
+            tex = _prime(tex, version.get(name, 0))
             if name in state_names:
                 names[name] = _sub(tex, "t" if name in updated else "t-1")
             elif name in let_latex:
-                names[name] = tex if "_{t" in tex or name == "is_update" else _sub(tex, "t")
+                names[name] = tex if name == "is_update" else _sub(tex, "t")
             else:
                 names[name] = tex
-        names.setdefault("w", "w_t" if "w" in updated else "w_{t-1}")
-        if "w" in state_names:
+        if "w" not in base:
             names["w"] = "w_t" if "w" in updated else "w_{t-1}"
         printer = RuleLatexPrinter(names)
         expr, cond = eq.expr, None
@@ -119,13 +130,34 @@ def equations_latex(equations: list[Equation], hypers, states, let_latex: dict[s
         else:
             rhs = printer.doprint(expr)
         rhs = re.sub(r"(\d) \{(\d)", r"\1 \\cdot {\2", rhs)  # 0.5 {0.96}^t would read as 0.50.96^t
+        # the left-hand side: a name already assigned in this step gets a new version (a prime)
+        if eq.target in versioned:
+            version[eq.target] = (
+                version[eq.target] + 1 if eq.target in assigned else version.get(eq.target, 0)
+            )
+            assigned.add(eq.target)
         if eq.target in state_names:
             updated.add(eq.target)
-        lhs_names = dict(names)
-        if eq.target in state_names:
-            lhs_names[eq.target] = _sub(base.get(eq.target, "w"), "t")
-        lhs = lhs_names.get(eq.target, eq.target) if eq.target != "g" else "g_t"
-        text = f"{lhs} = {rhs}" if eq.kind == "let" or eq.target not in ("g",) else rf"{lhs} \leftarrow {rhs}"
+        if eq.target == "w" and after_step:
+            lhs = "w"
+        elif eq.target == "g":
+            lhs = "g_t"
+        elif eq.target in state_names:
+            lhs = _sub(_prime(base.get(eq.target, "w"), version.get(eq.target, 0)), "t")
+        elif eq.target in let_latex and eq.target != "is_update":
+            lhs = _sub(_prime(base[eq.target], version.get(eq.target, 0)), "t")
+        else:
+            lhs = names.get(eq.target, eq.target)
+        if lhs == rhs and eq.kind == "let":  # a name for a value that already prints so (d_{t-1} = d)
+            if isinstance(expr, sp.Symbol) and expr.name in state_names and expr.name not in updated:
+                what = rf"\text{{(kept before }} {base.get(expr.name, expr.name)} \text{{ is updated)}}"
+            else:
+                what = r"\text{(another name for this value)}"
+            text = rf"{lhs} \quad {what}"
+        elif eq.target == "g":
+            text = rf"{lhs} \leftarrow {rhs}"
+        else:
+            text = f"{lhs} = {rhs}"
         if eq.target == "t":
             text = f"t = {rhs}"
         if cond is not None:
@@ -136,9 +168,51 @@ def equations_latex(equations: list[Equation], hypers, states, let_latex: dict[s
     return out
 
 
+_TIME = re.compile(r"^\s*t\s*([+-]\s*\d+)?\s*$")
+
+
+def _split_subscript(tex: str) -> tuple[str, list[str] | None]:
+    """``m_{1,t}`` -> (``m``, ["1", "t"]); ``m_1`` -> (``m``, ["1"]); ``\\hat{m}`` -> (``\\hat{m}``, None).
+
+    Only a subscript at the very end counts (``\\mathrm{a\\_b}`` has none: its underscore is escaped)."""
+    if tex.endswith("}"):
+        depth = 0
+        for i in range(len(tex) - 1, -1, -1):
+            depth += {"}": 1, "{": -1}.get(tex[i], 0)
+            if depth == 0:
+                break
+        if i >= 1 and tex[i - 1] == "_" and (i < 2 or tex[i - 2] != "\\"):
+            items, depth, cur = [], 0, ""
+            for ch in tex[i + 1 : -1]:
+                depth += {"{": 1, "}": -1}.get(ch, 0)
+                if ch == "," and depth == 0:
+                    items.append(cur)
+                    cur = ""
+                else:
+                    cur += ch
+            return tex[: i - 1], [*items, cur]
+        return tex, None
+    m = re.search(r"(?<!\\)_([A-Za-z0-9]|\\[A-Za-z]+)$", tex)
+    if m:
+        return tex[: m.start()], [m.group(1)]
+    return tex, None
+
+
 def _sub(tex: str, sub: str) -> str:
-    """Append a time subscript: ``\\beta`` -> ``\\beta_{t}``; ``v_{1}`` -> ``v_{1,t}``."""
-    if tex.endswith("}") and "_{" in tex:
-        head, _, inner = tex.rpartition("_{")
-        return f"{head}_{{{inner[:-1]},{sub}}}"
-    return f"{tex}_{{{sub}}}"
+    """Add a time subscript once: ``\\beta`` -> ``\\beta_{t}``; ``v_{1}`` and ``v_1`` -> ``v_{1,t}``;
+    a name that already carries a time index (``\\alpha_t``, ``\\beta_{3,t}``, ``d_{t-1}``) is left as it is."""
+    head, items = _split_subscript(tex)
+    if items is None:
+        return f"{tex}_{{{sub}}}"
+    if any(_TIME.match(x) for x in items):
+        return tex
+    return f"{head}_{{{','.join([*items, sub])}}}"
+
+
+def _prime(tex: str, k: int) -> str:
+    """The k-th reassignment of a name: ``a`` -> ``a'``, ``m_{1}`` -> ``m'_{1}``, beyond three ``a^{(4)}``."""
+    if k == 0:
+        return tex
+    head, items = _split_subscript(tex)
+    mark = "'" * k if k <= 3 else f"^{{({k})}}"
+    return head + mark + ("" if items is None else f"_{{{','.join(items)}}}")

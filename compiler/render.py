@@ -144,3 +144,13 @@ def docstring_equations(program: Program) -> list[str]:
         ]
         lines += [guarded_text(eq) for eq in added]
     return lines
+
+
+def finalizer_equations(program: Program) -> list[Equation]:
+    """The finalisers (``finalize_variable_values``) as equations assigning ``w``."""
+    return [Equation("w", sp.sympify(e), label, sp.true, "", "assign") for e, label in program.finalize]
+
+
+def finalizer_text(program: Program) -> list[str]:
+    """One line per finaliser: ``w <- e    if c    (label)``."""
+    return [f"{guarded_text(eq)}    ({eq.label})" for eq in finalizer_equations(program)]

@@ -6,7 +6,7 @@ import sympy as sp
 
 from .ir import Program, Scope, base
 from .passes.scope import REDUCTIONS
-from .render import docstring_equations, math_text
+from .render import docstring_equations, finalizer_text, math_text
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -49,6 +49,12 @@ def show(program: Program) -> str:
         lines += ["", "  " + program.summary]
     lines += ["", "equations (in order; g gradient, w parameter, t = 1, 2, ... the step):"]
     lines += ["  " + e for e in docstring_equations(program)]
+    if program.finalize:
+        lines += [
+            "",
+            "finaliser (finalize_variable_values, at the end of training; t is the last update's step):",
+        ]
+        lines += ["  " + e for e in finalizer_text(program)]
     lines += ["", "hyperparameters:"]
     rows = [["name", "default", "range", "meaning"]]
     for h in program.hypers:

@@ -26,6 +26,9 @@ def lower(rule: Rule) -> Program:
     _check_declarations(rule)
     for i, eq in enumerate(rule.equations, 1):
         _check_equation(rule, i, eq)
+        _check_options_guarded(rule, eq, _where(i, eq))
+    for eq in rule.finalize:
+        _check_finalizer(rule, eq)
     _check_every_state_assigned(rule)
 
     atoms, encode = _static_atoms(rule)
@@ -108,6 +111,15 @@ def _check_declarations(rule: Rule) -> None:
                 " an initial value may read only real hyperparameters (not the learning rate, flags, g, w, t or state)",
                 hint="initialise from constants, or write a first-step equation with where(t == 1, ..., ...)",
             )
+        options = {n for n, h in rule.hypers.items() if h.default is None and h.kind != "learning_rate"}
+        for name in sorted({x.name for x in s.init.free_symbols} & options):
+            if _may_hold(sp.And(s.exists_if, sp.Not(Given(name)))):
+                raise RuleError(
+                    rule.name,
+                    f"the initial value of state '{s.name}' is `{s.init}`, which reads option '{name}' (None when"
+                    f" not given), but the state may exist without it (exists_if={s.exists_if})",
+                    hint=f"declare the state with exists_if=Given({name}), or initialise it from something else",
+                )
 
 
 def _check_equation(rule: Rule, i: int, eq: Equation) -> None:
@@ -191,6 +203,123 @@ def _check_equation(rule: Rule, i: int, eq: Equation) -> None:
             hint="for a condition on data or on the step use where(cond, a, b) inside the expression",
             **where,
         )
+
+
+def _finalizer_where(eq: Equation) -> dict:
+    return {"equation": f"finaliser '{eq.label}' `{eq.text()}`", "origin": eq.origin}
+
+
+def _check_finalizer(rule: Rule, eq: Equation) -> None:
+    """A finaliser runs after the last step: it reads w, the state, the hyperparameters and the step
+    (``t`` and ``n`` as the last step saw them), nothing the step computes and drops."""
+    where = _finalizer_where(eq)
+    flags = {n for n, h in rule.hypers.items() if h.kind == "bool"}
+    hypers = {n for n, h in rule.hypers.items() if h.kind not in ("bool", "learning_rate")}
+    given = {f"{n}?" for n, h in rule.hypers.items() if h.default is None and h.kind != "learning_rate"}
+    lets = {e.target for e in rule.equations if e.kind == "let"} - {"t"}
+    for s in sorted(eq.expr.free_symbols, key=str):
+        name = s.name
+        if name in {"w", "t", "n"} | flags | hypers | given | set(rule.states):
+            continue
+        what = (
+            "the gradient, which exists only during a step"
+            if name == "g"
+            else "the learning rate, which may be a schedule of the step"
+            if name == "learning_rate"
+            else "a value computed during a step and not kept"
+            if name in lets
+            else "not defined"
+        )
+        raise RuleError(
+            rule.name,
+            f"the finaliser reads '{name}': {what}; a finaliser may read only w, the state, the"
+            " hyperparameters and the step t (or n) of the last update",
+            hint="keep what it needs in a state (rule.state, assigned by the step), or compute it from those",
+            **where,
+        )
+    for s in _numeric_symbols(eq.expr):
+        if s.name in flags:
+            raise RuleError(
+                rule.name,
+                f"flag '{s.name}' is used as a number",
+                hint=f"use it as a condition: only_if={s.name} or where({s.name}, a, b)",
+                **where,
+            )
+    _check_options_guarded(rule, eq, where)
+
+
+def _check_options_guarded(rule: Rule, eq: Equation, where: dict) -> None:
+    """An option (``rule.option``) is None when not given: every read of its value must be reachable only
+    where ``Given(option)`` holds, by ``when=``, ``only_if=`` or an enclosing ``where(...)``."""
+    options = {n for n, h in rule.hypers.items() if h.default is None and h.kind != "learning_rate"}
+    if not options:
+        return
+    conditions: dict = {}  # a named condition (rule.let) stands for its definition
+    for e in rule.equations:
+        if e.kind == "let" and isinstance(e.expr, Boolean):
+            conditions[sp.Symbol(e.target)] = e.expr.xreplace(conditions)
+    for name, path in _option_reads(eq.expr, eq.when, options):
+        if _may_hold(sp.And(path, sp.Not(Given(name))).xreplace(conditions)):
+            reached = "" if path is sp.true else f" (this read is reached when {path})"
+            raise RuleError(
+                rule.name,
+                f"reads the value of option '{name}', which is None when it is not given, without a guard"
+                f" that ensures Given({name}){reached}; it would fail at run time",
+                hint=f"guard this read with Given({name}): only_if=Given({name}) or when=Given({name}) on the"
+                f" equation, or where(Given({name}), <value reading {name}>, <value without it>)",
+                **where,
+            )
+    for name in sorted({s.name for s in _free(eq.when)} & options):
+        if _may_hold(sp.And(eq.when, sp.Not(Given(name)))):
+            raise RuleError(
+                rule.name,
+                f"the condition `when={eq.when}` reads the value of option '{name}', which is None when it is"
+                f" not given, without requiring Given({name})",
+                hint=f"write when=Given({name}) & (...)",
+                **where,
+            )
+
+
+def _option_reads(expr, path, options: set[str]) -> list[tuple[str, object]]:
+    """(option, path condition) for each read of an option's value (``Given(x)`` itself is not one).
+
+    A branch of ``where`` is reached under its condition; the operands of ``and``/``or`` are evaluated
+    left to right and stop early (the printers keep that order, and put ``Given`` tests first).
+    """
+    if isinstance(expr, Given):
+        return []
+    if isinstance(expr, sp.Symbol):
+        return [(expr.name, path)] if expr.name in options else []
+    if isinstance(expr, sp.Piecewise):
+        out, previous = [], sp.true
+        for value, cond in expr.args:
+            out += _option_reads(cond, sp.And(path, previous), options)  # the test itself reads them
+            out += _option_reads(value, sp.And(path, previous, cond), options)
+            previous = sp.And(previous, sp.Not(cond))
+        return out
+    if isinstance(expr, (sp.And, sp.Or)):
+        out, before = [], sp.true
+        for arg in expr.args:
+            out += _option_reads(arg, sp.And(path, before), options)
+            before = sp.And(before, arg if isinstance(expr, sp.And) else sp.Not(arg))
+        return out
+    out = []
+    for arg in expr.args:
+        out += _option_reads(arg, path, options)
+    return out
+
+
+def _may_hold(cond) -> bool:
+    """Whether a condition can be true, relations on data and hyperparameters taken as free atoms."""
+    atoms: dict = {}
+
+    def atom(node):
+        key = sp.Eq(*node.args) if isinstance(node, sp.Ne) else node
+        d = atoms.setdefault(key, sp.Dummy())
+        return sp.Not(d) if isinstance(node, sp.Ne) else d
+
+    encoded = sp.sympify(cond).replace(lambda x: isinstance(x, sp.core.relational.Relational), atom)
+    return sp.satisfiable(encoded) is not False
 
 
 def _free(expr) -> set:

@@ -24,7 +24,10 @@ from ..ir import Assign, Program, base
 
 def analyse_state(program: Program) -> Program:
     _check_live(program)
-    transient = {s.name for s in program.states if not _reads_previous(program, s.name)}
+    finalized = _finalizer_reads(program)  # what the finalisers read is kept until the end of training
+    transient = {
+        s.name for s in program.states if s.name not in finalized and not _reads_previous(program, s.name)
+    }
     cases = tuple(
         dataclasses.replace(c, body=_eliminate_dead(program, _demote(c.body, transient)))
         for c in program.cases
@@ -112,13 +115,17 @@ def _touches(a: Assign, name: str) -> bool:
     return a.target == name or any(base(s) == name for s in a.expr.free_symbols)
 
 
+def _finalizer_reads(program: Program) -> set[str]:
+    return {base(x) for e, _ in program.finalize for x in sp.sympify(e).free_symbols}
+
+
 def _check_live(program: Program) -> None:
     deps: dict[str, set[str]] = {}
     for c in program.cases:
         for a in c.body:
             deps.setdefault(a.target, set()).update(base(s) for s in a.expr.free_symbols)
-    live = {"w"}
-    todo = ["w"]
+    live = {"w"} | _finalizer_reads(program)  # a state only a finaliser reads (an EMA to copy in) is used
+    todo = list(live)
     while todo:
         for d in deps.get(todo.pop(), ()):
             if d not in live:
