@@ -91,3 +91,10 @@ def scratch(
         lambda n: torch.empty(n, dtype=dtype, device=device),
         lambda t, shape: t.view(shape),
     )
+
+
+def from_param(w: torch.Tensor, dtype: torch.dtype, initial: Any) -> torch.Tensor:
+    """A state that starts at ``initial(w)`` (w in the state's dtype), created before the parameter's first
+    update: a new tensor, never a view of the parameter (which is then updated in place)."""
+    x = w.detach().to(dtype)
+    return torch.empty_like(x, memory_format=torch.preserve_format).copy_(initial(x))
