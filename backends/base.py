@@ -322,6 +322,8 @@ class Backend:
                 "scope": {Scope.ELEMENT: "element", Scope.TENSOR: "tensor", Scope.GLOBAL: "global"}[s.scope],
                 "init": p.doprint(s.init),
                 "zero": s.init == 0,
+                # an initial value that reads w: computed from each parameter (in the state's dtype)
+                "from_w": sp.Symbol("w") in s.init.free_symbols,
                 "when": "" if s.allocated_when is sp.true else p.doprint(s.allocated_when),
             }
             for s in program.states

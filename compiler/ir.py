@@ -59,6 +59,14 @@ class Copy(sp.Function):
     nargs = 1
 
 
+class AsFloat(sp.Function):
+    """``AsFloat(k)``: an integer computed at run time (the step, ``t - 1``, ``imod(t, N)``) read as a real
+    number (``passes/integers.py``). A backend whose step is an integer array (JAX) prints a conversion to a
+    weakly typed float, as a Python int would be; the others never see it."""
+
+    nargs = 1
+
+
 @dataclasses.dataclass(frozen=True)
 class Assign:
     """``target.version = expr``."""

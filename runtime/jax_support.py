@@ -69,3 +69,21 @@ def check_params(params: Any, name: str) -> None:
             raise TypeError(
                 f"{name} updates real floating-point parameters. Received: {dtype} at params{where}"
             )
+
+
+def from_params(params: Any, chosen: Any, initial: Any) -> Any:
+    """A state that starts at ``initial(w)``, w each parameter in its state's dtype (see ``state_dtype``)."""
+
+    def leaf(w: Any) -> Any:
+        dtype = state_dtype(w, chosen)
+        w = jnp.asarray(w, dtype)
+        return jnp.broadcast_to(jnp.asarray(initial(w), dtype), w.shape)
+
+    return jax.tree.map(leaf, params)
+
+
+def as_float(k: Any) -> Any:
+    """An integer array (the step) as a weakly typed float, exactly as a Python int would promote: float64
+    under ``jax_enable_x64`` (float32 without), so that ``(t - 1) / N`` or ``1 / t`` is computed in the
+    precision of the parameters it meets (integer / integer would be float32 in JAX, even under x64)."""
+    return k * 1.0

@@ -103,3 +103,14 @@ def scratch(cache: dict, count: int, w: np.ndarray, *arrays: np.ndarray | None) 
         lambda n: np.empty(n, dtype),
         lambda a, shape: a.reshape(shape),
     )
+
+
+def from_params(ws: list[np.ndarray], dtypes: list[np.dtype], initial: Any) -> list[np.ndarray]:
+    """A state that starts at ``initial(w)`` (w in the state's dtype): a new array per parameter, never a
+    view of it (the parameter is then updated in place)."""
+    out = []
+    for w, dtype in zip(ws, dtypes):
+        state = np.empty_like(w, dtype=dtype)
+        state[...] = initial(np.asarray(w, dtype=dtype))
+        out.append(state)
+    return out

@@ -93,6 +93,13 @@ def scratch(
     )
 
 
+def from_param(w: torch.Tensor, dtype: torch.dtype, initial: Any) -> torch.Tensor:
+    """A state that starts at ``initial(w)`` (w in the state's dtype), created before the parameter's first
+    update: a new tensor, never a view of the parameter (which is then updated in place)."""
+    x = w.detach().to(dtype)
+    return torch.empty_like(x, memory_format=torch.preserve_format).copy_(initial(x))
+
+
 class RuleOptimizer(torch.optim.Optimizer):
     """What every generated torch optimizer shares: construction, copies and pickling, ``state_dict`` with
     exact state, and the loop over the parameters that creates their state. A generated class sets the
@@ -104,8 +111,9 @@ class RuleOptimizer(torch.optim.Optimizer):
     #: the names of everything a parameter may keep (its state in ``self.state[w]``)
     keeps: frozenset[str] = frozenset()
 
-    def _states(self, group: dict[str, Any]) -> Iterator[tuple[str, str, float]]:
-        """What each parameter of this group keeps: (name, "element" or "tensor", initial value)."""
+    def _states(self, group: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
+        """What each parameter of this group keeps: (name, "element" or "tensor", initial value: a number or
+        a function of the parameter)."""
         return iter(())
 
     def _setup(self, params: Any, defaults: dict[str, Any], state_dtype: Any, fused: bool) -> None:
@@ -180,9 +188,12 @@ class RuleOptimizer(torch.optim.Optimizer):
             yield w, state
 
 
-def new_state(w: torch.Tensor, scope: str, init: float, dtype: torch.dtype) -> torch.Tensor:
+def new_state(w: torch.Tensor, scope: str, init: Any, dtype: torch.dtype) -> torch.Tensor:
     """A state tensor at its initial value: shaped like ``w`` (``element``) or 0-d (``tensor``), on its device,
-    in ``dtype`` (float16/bfloat16 parameters: float32 state)."""
+    in ``dtype`` (float16/bfloat16 parameters: float32 state). ``init``: a number, or a function of ``w``
+    (a state that starts from the parameter)."""
+    if callable(init):
+        return from_param(w, dtype, init)
     if scope == "element":
         if init == 0:
             return torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from optforge.compiler.ir import Assign
+from optforge.compiler.passes.integers import promote_sections
 
 from ..base import Backend
 from ..printer import ExprPrinter
@@ -24,6 +25,11 @@ class JaxPrinter(ExprPrinter):
         "TensorMax": ("jnp.max", ""),
     }
     where_call = "jnp.where"
+
+    def _print_AsFloat(self, expr) -> str:
+        """A traced integer (the int32 step) read as a real: a weakly typed float, as a Python int would be."""
+        return self.call("jax_support.as_float", self._print(expr.args[0]))
+
     and_call = "jnp.logical_and"
     or_call = "jnp.logical_or"
     not_call = "jnp.logical_not"
@@ -38,7 +44,8 @@ class JaxBackend(Backend):
     reduce_init = {"sum": "0.0", "max": "-jnp.inf"}
 
     def case_sections(self, case):
-        return case.functional_sections
+        # the step is an int32 array here: integers read as reals are converted first (passes/integers.py)
+        return promote_sections(self._program, case.functional_sections)
 
     def plain_statement(self, a: Assign, p: ExprPrinter) -> list[str]:
         if a.role == "update" and a.expr == 0:

@@ -103,13 +103,14 @@ def _check_declarations(rule: Rule) -> None:
         raise RuleError(rule.name, "the rule has no equations", hint="add `rule.assign(w, ...)`")
     hypers = {sp.Symbol(n) for n, h in rule.hypers.items() if h.kind == "float"}
     for s in rule.states.values():
-        bad = s.init.free_symbols - hypers
+        bad = s.init.free_symbols - hypers - {sp.Symbol("w")}
         if bad:
             raise RuleError(
                 rule.name,
                 f"the initial value of state '{s.name}' is `{s.init}`, which reads {sorted(map(str, bad))};"
-                " an initial value may read only real hyperparameters (not the learning rate, flags, g, w, t or state)",
-                hint="initialise from constants, or write a first-step equation with where(t == 1, ..., ...)",
+                " an initial value may read only real hyperparameters and w (the parameter before the first"
+                " update), not the learning rate, flags, options, g, t or state",
+                hint="initialise from constants or w, or write a first-step equation with where(t == 1, ..., ...)",
             )
         options = {n for n, h in rule.hypers.items() if h.default is None and h.kind != "learning_rate"}
         for name in sorted({x.name for x in s.init.free_symbols} & options):

@@ -11,7 +11,9 @@ The sections of a case, in order:
 3. ``step``: values of one per step that read those reductions (a clip factor);
 4. ``tensor``: the loop that updates state and parameters;
 5. ``step``: a global assignment that a tensor-level statement above it still
-   reads the old value of (write-after-read), after the loop.
+   reads the old value of (write-after-read; the previous learning rate kept for
+   the next step), and what reads it, after the loop; the step values that the
+   loop reads stay before it.
 """
 
 from __future__ import annotations
@@ -51,7 +53,19 @@ def _sections(program: Program, body: tuple[Assign, ...]) -> tuple[Section, ...]
     after: list[Assign] = []  # global assignments that must wait for the loop
     definitions = {a.lhs: a for a in body}
     needed = _closure(reductions, definitions)
+    waits: set[sp.Symbol] = set()  # versions assigned after the loop
     for a in body:
+        if a.scope > Scope.GLOBAL and a.expr.free_symbols & waits:
+            eq = program.equations[a.equation - 1] if a.equation else None
+            raise RuleError(
+                program.rule,
+                f"`{a.lhs} = {a.expr}` reads {sorted(str(s) for s in a.expr.free_symbols & waits)}, a value of"
+                " the step that the loop over the tensors must not see before it has read the previous one;"
+                " that takes two passes over the tensors, which the scheduler does not do",
+                equation=f"{a.equation} `{eq.text()}`" if eq else None,
+                origin=eq.origin if eq else None,
+                hint="assign the value of the step last (after every equation that reads it)",
+            )
         if a.lhs in needed and not _is_global_reduction(a):
             reduce.append(dataclasses.replace(a, role="replay"))
         if _is_global_reduction(a):
@@ -66,8 +80,16 @@ def _sections(program: Program, body: tuple[Assign, ...]) -> tuple[Section, ...]
                 )
             reduce.append(a)
         elif a.scope <= Scope.GLOBAL:
-            if after or any(a.target in {base(s) for s in b.expr.free_symbols} | {b.target} for b in loop):
+            # after the loop only what must wait for it: a write the loop still reads the old value of (a
+            # global state such as the previous learning rate, kept for the next step), or what reads or
+            # overwrites such a later value; a value of the step that the loop reads stays before it
+            if (
+                a.expr.free_symbols & waits
+                or a.target in {base(s) for s in waits}
+                or any(a.target in {base(s) for s in b.expr.free_symbols} | {b.target} for b in loop)
+            ):
                 after.append(a)
+                waits.add(a.lhs)
             elif a.lhs in after_reduction:
                 between.append(a)
             else:

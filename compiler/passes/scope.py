@@ -39,8 +39,16 @@ def scope_of(expr: sp.Basic, scopes: dict[str, Scope]) -> Scope:
 def infer_scopes(program: Program) -> Program:
     scopes = _inputs(program)
     declared = {s.name: s.declared for s in program.states}
-    for s in program.states:
-        scopes[s.name] = declared[s.name] or Scope.CONST
+    for s in program.states:  # an initial value that reads w (a copy of the weights) is per element
+        initial = scope_of(s.init, scopes)
+        if declared[s.name] is not None and initial > declared[s.name]:
+            raise RuleError(
+                program.rule,
+                f"state '{s.name}' is declared {declared[s.name].word} but its initial value `{s.init}` is"
+                f" {initial.word}",
+                hint="initialise it from hyperparameters, or declare it with scope='element' (or leave scope out)",
+            )
+        scopes[s.name] = declared[s.name] or initial
     lets = {a.target for c in program.cases for a in c.body if a.role == "let" and a.target != "t"}
     for name in lets:
         scopes[name] = Scope.CONST

@@ -240,7 +240,9 @@ def adamax(
             # infinity norm
             u = jnp.where(is_update, jnp.maximum(jnp.abs(g), beta_2 * u), u)
             # parameter update
-            update = update + jnp.where(is_update, -lr * m / ((1 - beta_1**t) * (epsilon + u)), 0)
+            update = update + jnp.where(
+                is_update, -lr * m / ((1 - beta_1 ** jax_support.as_float(t)) * (epsilon + u)), 0
+            )
             # EMA of the weights
             if use_ema:
                 ema = ema * ema_mu + (1 - ema_mu) * (update + w)

@@ -182,8 +182,8 @@ def nadam(
         # an update call
         is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
         # momentum schedule
-        u_t = jnp.where(is_update, beta_1 * (1 - 0.5 * 0.96**t), 0)
-        u_t1 = jnp.where(is_update, beta_1 * (1 - 0.5 * 0.96 ** (t + 1)), 0)
+        u_t = jnp.where(is_update, beta_1 * (1 - 0.5 * 0.96 ** jax_support.as_float(t)), 0)
+        u_t1 = jnp.where(is_update, beta_1 * (1 - 0.5 * 0.96 ** jax_support.as_float(t + 1)), 0)
         u_product = jnp.where(is_update, u_product * u_t, u_product)
         # EMA momentum (0 at the first update)
         ema_mu = jnp.where(t == 1, 0, ema_momentum)
@@ -256,7 +256,7 @@ def nadam(
                 is_update, g * (1 - u_t) / (1 - u_product) + m * u_t1 / (1 - u_product * u_t1), 0
             )
             # bias correction
-            v_hat = jnp.where(is_update, v / (1 - beta_2**t), 0)
+            v_hat = jnp.where(is_update, v / (1 - beta_2 ** jax_support.as_float(t)), 0)
             # parameter update
             update = update + jnp.where(is_update, -lr * m_hat / (epsilon + jnp.sqrt(v_hat)), 0)
             # EMA of the weights

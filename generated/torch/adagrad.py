@@ -136,7 +136,7 @@ class Adagrad(torch_support.RuleOptimizer):
         )
         self._setup(params, defaults, state_dtype, fused)
 
-    def _states(self, group: dict[str, Any]) -> Iterator[tuple[str, str, float]]:
+    def _states(self, group: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
         """What each parameter of this group keeps: (name, "element" or "tensor", initial value)."""
         initial_accumulator_value = group["initial_accumulator_value"]
         use_ema = group["use_ema"]

@@ -141,7 +141,7 @@ class OptaxNovoGrad(torch_support.RuleOptimizer):
         )
         self._setup(params, defaults, state_dtype, fused)
 
-    def _states(self, group: dict[str, Any]) -> Iterator[tuple[str, str, float]]:
+    def _states(self, group: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
         """What each parameter of this group keeps: (name, "element" or "tensor", initial value)."""
         use_ema = group["use_ema"]
         gradient_accumulation_steps = group["gradient_accumulation_steps"]
