@@ -8,13 +8,13 @@ import sys
 
 
 def _root(args) -> pathlib.Path:
-    from optforge.build import package_root
+    from optforge.builder import package_root
 
     return pathlib.Path(args.root).resolve() if args.root else package_root()
 
 
 def cmd_build(args) -> int:
-    from optforge.build import generate, write
+    from optforge.builder import generate, write
 
     root = _root(args)
     changed = write(root, generate())
@@ -25,7 +25,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from optforge.build import diff, generate
+    from optforge.builder import diff, generate
 
     root = _root(args)
     text = diff(root, generate())
@@ -52,7 +52,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from optforge.docs_pages import diff_lines
+    from optforge.documentation.pages import diff_lines
     from optforge.rules import get
 
     try:
@@ -66,7 +66,7 @@ def cmd_diff(args) -> int:
 
 
 def cmd_plots(args) -> int:
-    from optforge.plots import write_plots
+    from optforge.documentation.plots import write_plots
 
     for path in write_plots(_root(args), only=args.rule):
         print(f"wrote {path}")
@@ -74,7 +74,7 @@ def cmd_plots(args) -> int:
 
 
 def cmd_site(args) -> int:
-    from optforge.site import build_site
+    from optforge.documentation.site import build_site
 
     out = build_site(_root(args), pathlib.Path(args.out).resolve() if args.out else None)
     print(f"optforge site: wrote {out}/index.html (equations rendered by KaTeX served from the site itself)")

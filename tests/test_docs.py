@@ -16,7 +16,7 @@ from optforge.backends import backends
 from optforge.compiler.dsl import Rule, g, w
 from optforge.compiler.pipeline import compile_rule
 from optforge.compiler.render import docstring_equations
-from optforge.docs_pages import page
+from optforge.documentation.pages import page
 from optforge.rules import registry
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def test_site_renders_equations_in_headless_chromium(tmp_path):
             pytest.fail("chromium is required here (OPTFORGE_REQUIRE_BROWSER is set) but is not installed")
         pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
     pytest.importorskip("markdown")
-    from optforge.site import build_site
+    from optforge.documentation.site import build_site
 
     site = build_site(ROOT, tmp_path / "site")
     page_path = site / "optimizers" / "nadam.html"

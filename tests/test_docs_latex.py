@@ -13,9 +13,9 @@ import re
 import pytest
 
 from optforge.compiler.dsl import Rule, g, w
-from optforge.compiler.latex import _sub
 from optforge.compiler.pipeline import compile_rule
-from optforge.docs_pages import page
+from optforge.documentation.latex import _sub
+from optforge.documentation.pages import page
 from optforge.rules import registry
 
 RULES = registry()

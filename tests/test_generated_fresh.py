@@ -6,7 +6,7 @@ import pathlib
 import subprocess
 import sys
 
-from optforge.build import diff, generate, package_root, write
+from optforge.builder import diff, generate, package_root, write
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -42,7 +42,7 @@ def test_pip_install_layout_and_use(tmp_path):
         "from optforge.generated.numpy import Adamax\n"
         "opt = Adamax(learning_rate=0.1); p = [np.ones(3)]; s = opt.init(p)\n"
         "p, s = opt.step(p, [np.ones(3)], s); assert np.all(p[0] < 1)\n"
-        "from optforge.build import diff, generate, package_root\n"
+        "from optforge.builder import diff, generate, package_root\n"
         "assert diff(package_root(), generate()) == ''\n"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}

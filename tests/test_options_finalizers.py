@@ -286,7 +286,7 @@ def test_finalizer_reading_what_it_cannot_see_is_a_compile_error(what, fragment)
 
 
 def test_finalizer_is_in_show_and_the_docs_page():
-    from optforge.docs_pages import page
+    from optforge.documentation.pages import page
 
     rule = bias_corrected_ema()
     program = compile_rule(rule)

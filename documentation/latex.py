@@ -12,7 +12,7 @@ import re
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
-from .dsl import Equation
+from optforge.compiler.dsl import Equation
 
 _REDUCTION_LATEX = {
     "TensorSum": "tensor",

@@ -32,7 +32,7 @@ def programs() -> list[Program]:
 def generate() -> dict[str, str]:
     """Relative path -> text of every generated file."""
     from optforge.backends import backends
-    from optforge.docs_pages import docs_files
+    from optforge.documentation.pages import docs_files
 
     progs = programs()
     files = {"generated/__init__.py": GENERATED_INIT, **docs_files(progs)}
