@@ -99,7 +99,8 @@ class Backend:
         guarded = self.guard(a, p)
         if guarded is not None:
             cond, inner = guarded
-            return [f"if {cond}:"] + ["    " + line for line in self.statement(inner, p)]
+            lines = self.statement(inner, p)  # none: the value stays as it is (Python has no empty block)
+            return [f"if {cond}:"] + ["    " + line for line in lines] if lines else []
         return self.plain_statement(a, p)
 
     def guard(self, a: Assign, p: ExprPrinter) -> tuple[str, Assign] | None:
@@ -169,9 +170,8 @@ class Backend:
         except BackendError as exc:
             if equation is None or exc.equation is not None:
                 raise
-            eq = program.equations[equation - 1]
             raise BackendError(
-                program.rule, self.name, exc.node, equation=f"{equation} `{eq.text()}`"
+                program.rule, self.name, exc.node, equation=program.written(equation)["equation"]
             ) from None
 
     def reduce_guard(self, section: Section, p: ExprPrinter) -> str:
@@ -242,10 +242,11 @@ class Backend:
             except BackendError as exc:
                 if a.equation is None or exc.equation is not None:
                     raise
-                eq = program.equations[a.equation - 1]
                 raise BackendError(
-                    program.rule, self.name, exc.node, equation=f"{a.equation} `{eq.text()}`"
+                    program.rule, self.name, exc.node, equation=program.written(a.equation)["equation"]
                 ) from None
+            if not code:  # the statement leaves the value as it is
+                continue
             if cond is None:
                 open_guard = None
                 out += [Line(c, comment if i == 0 else "") for i, c in enumerate(code)]
@@ -318,6 +319,8 @@ class Backend:
                 "init": p.doprint(s.init),
                 "zero": s.init == 0,
                 "when": "" if s.allocated_when is sp.true else p.doprint(s.allocated_when),
+                # a global state computed from arrays (a reduction over all tensors): an array itself
+                "array": s.scope == Scope.GLOBAL and s.name in p.arrays,
             }
             for s in program.states
             if s.persists
