@@ -291,3 +291,16 @@ def test_a_global_updated_where_nothing_later_reads_its_previous_value_is_not_co
     new, sections = schedule_body(body)
     assert new == body
     assert _kinds(sections) == [("reduce", ["s"]), ("step", ["d.1"]), ("tensor", ["w.1"])]
+
+
+def test_a_pass_that_reads_a_global_from_before_its_update_reads_a_copy():
+    """``s`` sums over ``d`` from before the step, but ``d.1`` (which needs no pass) is known before it."""
+    s = sp.Symbol("s")
+    body = (
+        Assign("s", 0, GlobalSum(G * D), "reduce", Scope.GLOBAL),
+        Assign("d", 1, D + 1, "state", Scope.GLOBAL),
+        Assign("w", 1, W - (ssa("d", 1) + s) * G, "param", Scope.ELEMENT),
+    )
+    new, sections = schedule_body(body)
+    assert new[1].expr == GlobalSum(G * ssa("d_prev", 1))
+    assert _kinds(sections) == [("step", ["d_prev.1", "d.1"]), ("reduce", ["s"]), ("tensor", ["w.1"])]
