@@ -92,9 +92,11 @@ class StateVar:
 
 @dataclasses.dataclass(frozen=True)
 class Section:
-    """A run of assignments: once per step (``kind='step'``) or in a loop over the tensors."""
+    """A run of assignments: once per step (``kind='step'``) or in a loop over the tensors: a pass that
+    computes reductions over all tensors (``'reduce'``; a case has as many as its chains of reductions
+    need, see ``passes/schedule.py``) or the loop that updates them (``'tensor'``, one per case)."""
 
-    kind: str  # "step" or "tensor"
+    kind: str  # "step", "reduce" or "tensor"
     body: tuple[Assign, ...]
 
 
