@@ -100,7 +100,8 @@ class Backend:
         guarded = self.guard(a, p)
         if guarded is not None:
             cond, inner = guarded
-            return [f"if {cond}:"] + ["    " + line for line in self.statement(inner, p)]
+            lines = self.statement(inner, p)  # none: the value stays as it is (Python has no empty block)
+            return [f"if {cond}:"] + ["    " + line for line in lines] if lines else []
         return self.plain_statement(a, p)
 
     def guard(self, a: Assign, p: ExprPrinter) -> tuple[str, Assign] | None:
@@ -170,9 +171,8 @@ class Backend:
         except BackendError as exc:
             if equation is None or exc.equation is not None:
                 raise
-            eq = program.equations[equation - 1]
             raise BackendError(
-                program.rule, self.name, exc.node, equation=f"{equation} `{eq.text()}`"
+                program.rule, self.name, exc.node, equation=program.written(equation)["equation"]
             ) from None
 
     def reduce_guard(self, section: Section, p: ExprPrinter) -> str:
@@ -221,12 +221,18 @@ class Backend:
                 kind, step = "sum", acc + TensorSum(arg)
             else:
                 kind, step = "max", sp.Max(acc, TensorMax(arg))
-            if guard is not sp.true:
-                step = sp.Piecewise((step, guard), (acc, True))
+            # a static condition is an `if` around the accumulation (no `else: acc = acc`), a dynamic one
+            # (JAX's traced step) a select
+            static, dynamic = p.split(guard) if guard is not sp.true else (sp.true, sp.true)
+            if dynamic is not sp.true:
+                step = sp.Piecewise((step, dynamic), (acc, True))
             init.append(Line(f"{p.name_of(acc)} = {self.reduce_init[kind]}", f"over all tensors: {a.target}"))
             ta = self.three_address(None, p)  # the reduced values into scratch buffers
             code = f"{p.name_of(acc)} = {p.doprint(step)}"
-            inside += [Line(c) for c in (ta.bind(p.name_of(acc), p.doprint(step)) if ta else [code])]
+            lines = ta.bind(p.name_of(acc), p.doprint(step)) if ta else [code]
+            if static is not sp.true:
+                lines = [f"if {p.doprint(static)}:"] + ["    " + c for c in lines]
+            inside += [Line(c) for c in lines]
         return init, inside
 
     def section_lines(self, program: Program, section: Section, p: ExprPrinter) -> list[Line]:
@@ -246,10 +252,11 @@ class Backend:
             except BackendError as exc:
                 if a.equation is None or exc.equation is not None:
                     raise
-                eq = program.equations[a.equation - 1]
                 raise BackendError(
-                    program.rule, self.name, exc.node, equation=f"{a.equation} `{eq.text()}`"
+                    program.rule, self.name, exc.node, equation=program.written(a.equation)["equation"]
                 ) from None
+            if not code:  # the statement leaves the value as it is
+                continue
             if cond is None:
                 open_guard = None
                 out += [Line(c, comment if i == 0 else "") for i, c in enumerate(code)]
@@ -325,6 +332,8 @@ class Backend:
                 # an initial value that reads w: computed from each parameter (in the state's dtype)
                 "from_w": sp.Symbol("w") in s.init.free_symbols,
                 "when": "" if s.allocated_when is sp.true else p.doprint(s.allocated_when),
+                # a global state computed from arrays (a reduction over all tensors): an array itself
+                "array": s.scope == Scope.GLOBAL and s.name in p.arrays,
             }
             for s in program.states
             if s.persists

@@ -344,14 +344,22 @@ class ThreeAddress:
 
         def visit(n: ast.AST, depth: int) -> None:
             if isinstance(n, ast.IfExp) and not self.is_element(n.test):
+                # a branch that leaves the value as it is (``x if t > 1 else w`` into x) writes nothing,
+                # and Python has no empty block: the test is negated, or dropped
+                test = self.scalar(n.test)
                 start = len(self.lines)
-                self.lines.append(f"if {self.scalar(n.test)}:")
                 visit(n.body, depth + 1)
-                self._indent(start + 1)
-                start = len(self.lines)
-                self.lines.append("else:")
+                body = self.lines[start:]
+                del self.lines[start:]
                 visit(n.orelse, depth + 1)
-                self._indent(start + 1)
+                orelse = self.lines[start:]
+                del self.lines[start:]
+                if body:
+                    self.lines += [f"if {test}:"] + ["    " + line for line in body]
+                    if orelse:
+                        self.lines += ["else:"] + ["    " + line for line in orelse]
+                elif orelse:
+                    self.lines += [f"if not ({test}):"] + ["    " + line for line in orelse]
                 return
             write(n)
 
@@ -360,9 +368,6 @@ class ThreeAddress:
             self.regs.give(reg)
         self.held = []
         return self.lines
-
-    def _indent(self, start: int) -> None:
-        self.lines[start:] = ["    " + line for line in self.lines[start:]]
 
 
 class _Reductions(ast.NodeTransformer):

@@ -323,6 +323,17 @@ class Equation:
         return f"{self.target} {arrow} {self.expr}{cond}"
 
 
+def own_equation(equations, core, number: int) -> tuple[int, Equation]:
+    """Equation ``number`` (1-based, of ``equations``) as the rule's author wrote it, and its number there:
+    where a transform wrapped the rule's own equations (``core``; Keras's options: ``where(is_update, e,
+    x)``), the author's equation, numbered as written; else the equation itself. Errors quote this one."""
+    eq = equations[number - 1]
+    key = (eq.origin, eq.target, eq.label, eq.kind)
+    same = [e for e in equations[:number] if (e.origin, e.target, e.label, e.kind) == key]
+    own = [(i, e) for i, e in enumerate(core or (), 1) if (e.origin, e.target, e.label, e.kind) == key]
+    return own[len(same) - 1] if len(own) >= len(same) else (number, eq)
+
+
 def _origin() -> str:
     """file:line of the first caller outside this module."""
     frame = sys._getframe(1)

@@ -23,7 +23,7 @@ from typing import Any
 
 import sympy as sp
 
-from .dsl import Equation, Hyper
+from .dsl import Equation, Hyper, own_equation
 
 
 class Scope(enum.IntEnum):
@@ -100,9 +100,11 @@ class StateVar:
 
 @dataclasses.dataclass(frozen=True)
 class Section:
-    """A run of assignments: once per step (``kind='step'``) or in a loop over the tensors."""
+    """A run of assignments: once per step (``kind='step'``) or in a loop over the tensors: a pass that
+    computes reductions over all tensors (``'reduce'``; a case has as many as its chains of reductions
+    need, see ``passes/schedule.py``) or the loop that updates them (``'tensor'``, one per case)."""
 
-    kind: str  # "step" or "tensor"
+    kind: str  # "step", "reduce" or "tensor"
     body: tuple[Assign, ...]
 
 
@@ -141,6 +143,17 @@ class Program:
     finalize: tuple[tuple[Any, str], ...] = ()  # (new w, label): what finalize_variable_values assigns
     transforms: tuple[str, ...] = ()  # transforms applied to the rule (e.g. keras_options)
     core: tuple[Equation, ...] = ()  # the rule's own equations as written, when a transform wrapped them
+
+    def own(self, number: int) -> tuple[int, Equation]:
+        """Equation ``number`` (1-based, of ``equations``) as the rule's author wrote it, and its number
+        there: where a transform wrapped the rule's own equations (Keras's options: ``where(is_update, e,
+        x)``), the author's equation, numbered as written (``core``); else the equation itself."""
+        return own_equation(self.equations, self.core, number)
+
+    def written(self, number: int) -> dict[str, str]:
+        """The ``equation`` and ``origin`` of a :class:`RuleError` about equation ``number``: the author's."""
+        i, eq = self.own(number)
+        return {"equation": f"{i} `{eq.text()}`", "origin": eq.origin}
 
     def hyper(self, name: str) -> Hyper:
         return next(h for h in self.hypers if h.name == name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .ir import Program, Scope, base
+from .passes.schedule import passes_over_all_tensors
 from .passes.scope import REDUCTIONS
 from .render import docstring_equations, finalizer_text, math_text
 
@@ -38,6 +39,15 @@ def reductions(program: Program) -> list[str]:
                     if text not in found:
                         found.append(text)
     return found
+
+
+def passes_text(program: Program) -> str:
+    """How many passes over all tensors each case makes before its update (as many as the longest chain of
+    reductions over all tensors that read one another: Keras's ``global_clipnorm`` is one)."""
+    counts = [passes_over_all_tensors(c.sections) for c in program.cases]
+    if len(set(counts)) <= 1:
+        return str(counts[0] if counts else 0)
+    return ", ".join(f"{k} when {math_text(c.condition)}" for k, c in zip(counts, program.cases))
 
 
 def show(program: Program) -> str:
@@ -84,6 +94,7 @@ def show(program: Program) -> str:
     )
     red = reductions(program)
     lines += ["", "reductions:"] + (["  " + r for r in red] or ["  (none)"])
+    lines += ["", "passes over all tensors before the loop that updates them: " + passes_text(program)]
     if len(program.cases) > 1:
         lines += ["", "cases (static conditions, compiled separately):"]
         for c in program.cases:

@@ -67,6 +67,13 @@ def fusable(w: torch.Tensor, g: torch.Tensor, *states: torch.Tensor | None) -> b
     return True
 
 
+def global_value(value: Any) -> torch.Tensor:
+    """A global state that the step computes from tensors (a reduction over all tensors), as a 0-d tensor:
+    a Python number (its initial value, or a checkpoint's) becomes one, in float64, the precision of global
+    state (so ``torch.maximum`` and the other tensor functions take it)."""
+    return value if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.float64)
+
+
 def plain(scalars: dict[str, Any]) -> dict[str, Any]:
     """The values of 0-d tensors (a reduction over all tensors) as Python numbers."""
     return {k: v.item() if isinstance(v, torch.Tensor) else v for k, v in scalars.items()}

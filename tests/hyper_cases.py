@@ -193,6 +193,7 @@ def clipping_message(given: dict) -> str:
 # --------------------------------------------------------------------------------------
 # pytest parameters: (rule, name, value) or (rule, name) over the whole registry
 
+
 def _declaration(h) -> tuple:
     """What decides a hyperparameter's run-time check: its name (in the message), kind, range and
     option-ness. Keras's options are declared alike in every rule."""

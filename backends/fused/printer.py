@@ -330,9 +330,8 @@ class FusedBackend(Backend):
             except BackendError as exc:
                 if a.equation is None or exc.equation is not None:
                     raise
-                eq = program.equations[a.equation - 1]
                 raise BackendError(
-                    program.rule, self.name, exc.node, equation=f"{a.equation} `{eq.text()}`"
+                    program.rule, self.name, exc.node, equation=program.written(a.equation)["equation"]
                 ) from None
         update = self.update_kernel(program, index, element, kp, hoister, arrays, persisting)
         flush()

@@ -15,7 +15,7 @@ import itertools
 import sympy as sp
 from sympy.logic.boolalg import Boolean
 
-from ..dsl import RESERVED, Equation, Given, Rule
+from ..dsl import RESERVED, Equation, Given, Rule, own_equation
 from ..errors import RuleError
 from ..ir import Assign, Case, Program, Scope, StateVar, ssa
 
@@ -26,7 +26,7 @@ def lower(rule: Rule) -> Program:
     _check_declarations(rule)
     for i, eq in enumerate(rule.equations, 1):
         _check_equation(rule, i, eq)
-        _check_options_guarded(rule, eq, _where(i, eq))
+        _check_options_guarded(rule, eq, _where(rule, i))
     for eq in rule.finalize:
         _check_finalizer(rule, eq)
     _check_every_state_assigned(rule)
@@ -90,7 +90,9 @@ def lower(rule: Rule) -> Program:
 # checks on the rule as written
 
 
-def _where(i: int, eq: Equation) -> dict:
+def _where(rule: Rule, i: int) -> dict:
+    """Where an error is: the equation as its author wrote it (not as a transform wrapped it)."""
+    i, eq = own_equation(rule.equations, rule.core, i)
     return {"equation": f"{i} `{eq.text()}`", "origin": eq.origin}
 
 
@@ -124,7 +126,7 @@ def _check_declarations(rule: Rule) -> None:
 
 
 def _check_equation(rule: Rule, i: int, eq: Equation) -> None:
-    where = _where(i, eq)
+    where = _where(rule, i)
     hypers = {n for n, h in rule.hypers.items() if h.kind != "bool"}
     flags = {n for n, h in rule.hypers.items() if h.kind == "bool"}
     given = {f"{n}?" for n, h in rule.hypers.items() if h.default is None and h.kind != "learning_rate"}

@@ -1,19 +1,25 @@
 """Scheduling: split each case into sections run once per step, or as a loop over the tensors.
 
-The sections of a case, in order:
+A reduction over all tensors needs a pass over the tensors before any value that reads it; a reduction
+whose argument reads another's result (the gradient normalised by its global norm, then summed: or any
+reduction of a gradient that Keras's ``global_clipnorm`` clipped first) needs a pass after that one. So
+the sections of a case are, for ``K`` the length of the longest such chain (the number of passes)::
 
-1. ``step``: values with one value per step that need no reduction over all
-   tensors (bias corrections, global state such as Nadam's ``u_product``);
-2. ``reduce``: one loop over the tensors that computes every reduction over all
-   tensors of the step together (one pass for the group, however many uses);
-   the per-element statements they depend on are replayed inside it as local
-   values (role ``replay``), so the pass writes nothing;
-3. ``step``: values of one per step that read those reductions (a clip factor);
-4. ``tensor``: the loop that updates state and parameters;
-5. ``step``: a global assignment that a tensor-level statement above it still
-   reads the old value of (write-after-read; the previous learning rate kept for
-   the next step), and what reads it, after the loop; the step values that the
-   loop reads stay before it.
+    step 0, reduce 1, step 1, reduce 2, ..., reduce K, step K, tensor
+
+* ``step k``: values with one value per step that need the results of the first ``k`` passes and no
+  more (bias corrections and global state such as Nadam's ``u_product`` in ``step 0``; a global state
+  assigned from a reduction after the pass that computes it);
+* ``reduce j``: one loop over the tensors that computes together every reduction over all tensors that
+  needs exactly ``j - 1`` passes before it; the per-element and per-tensor statements they read are
+  replayed inside it as local values (role ``replay``), so a pass writes nothing;
+* ``tensor``: the loop that updates the state and the parameters.
+
+Each statement goes to the earliest section its inputs allow (and a new version of a global name no
+earlier than the previous one). A global value is a name that holds one value at a time, so when a
+statement that runs later than a global's new version still reads its previous version (the update
+reads a global state's value from before the step, while a pass reads the new one), the previous value
+is kept under a name of its own first (``d_prev = d``, role ``let``), and that statement reads it.
 """
 
 from __future__ import annotations
@@ -22,100 +28,124 @@ import dataclasses
 
 import sympy as sp
 
-from ..errors import RuleError
-from ..ir import Assign, Program, Scope, Section, base
+from ..ir import Assign, Program, Scope, Section, base, ssa, version
+
+#: where a statement runs: step sections at even positions 0, 2, ..., 2K; pass j at 2j - 1; the loop last
+LOOP = 10**9
 
 
 def schedule(program: Program) -> Program:
     cases = tuple(
-        dataclasses.replace(
-            c,
-            sections=_sections(program, c.body),
-            functional_sections=_sections(program, c.functional),
-        )
+        dataclasses.replace(c, body=body, sections=sections, functional=fbody, functional_sections=fsections)
         for c in program.cases
+        for body, sections in [schedule_body(c.body)]
+        for fbody, fsections in [schedule_body(c.functional)]
     )
     return program.replace(cases=cases, passes=program.passes + ("schedule",))
+
+
+def passes_over_all_tensors(sections: tuple[Section, ...]) -> int:
+    """The number of passes over the tensors before the loop that updates them."""
+    return sum(s.kind == "reduce" for s in sections)
 
 
 def _is_global_reduction(a: Assign) -> bool:
     return a.role == "reduce" and a.scope == Scope.GLOBAL
 
 
-def _sections(program: Program, body: tuple[Assign, ...]) -> tuple[Section, ...]:
-    reductions = [a for a in body if _is_global_reduction(a)]
-    after_reduction = _depends_on(body, {a.lhs for a in reductions})
+def _is_step(a: Assign) -> bool:
+    return a.scope <= Scope.GLOBAL and not _is_global_reduction(a)
 
-    before: list[Assign] = []  # step values needed before the reductions
-    reduce: list[Assign] = []
-    between: list[Assign] = []  # step values that read a reduction
-    loop: list[Assign] = []
-    after: list[Assign] = []  # global assignments that must wait for the loop
+
+def schedule_body(body: tuple[Assign, ...]) -> tuple[tuple[Assign, ...], tuple[Section, ...]]:
+    """One form of a case: its body (with any previous values kept under names of their own) and sections."""
+    if not body:
+        return body, ()
+    body = _keep_previous_values(body, _positions(body))
+    position = _positions(body)  # the same: a kept value is known where the value it keeps is
     definitions = {a.lhs: a for a in body}
-    needed = _closure(reductions, definitions)
-    waits: set[sp.Symbol] = set()  # versions assigned after the loop
-    for a in body:
-        if a.scope > Scope.GLOBAL and a.expr.free_symbols & waits:
-            eq = program.equations[a.equation - 1] if a.equation else None
-            raise RuleError(
-                program.rule,
-                f"`{a.lhs} = {a.expr}` reads {sorted(str(s) for s in a.expr.free_symbols & waits)}, a value of"
-                " the step that the loop over the tensors must not see before it has read the previous one;"
-                " that takes two passes over the tensors, which the scheduler does not do",
-                equation=f"{a.equation} `{eq.text()}`" if eq else None,
-                origin=eq.origin if eq else None,
-                hint="assign the value of the step last (after every equation that reads it)",
-            )
-        if a.lhs in needed and not _is_global_reduction(a):
-            reduce.append(dataclasses.replace(a, role="replay"))
-        if _is_global_reduction(a):
-            reads = set(a.expr.free_symbols).union(*(definitions[s].expr.free_symbols for s in needed))
-            nested = sorted(str(s) for s in reads | needed if s in after_reduction)
-            if nested:
-                raise RuleError(
-                    program.rule,
-                    f"the reduction over all tensors `{a.expr}` reads {nested}, which need another such reduction"
-                    " first; that takes two passes over the tensors, which the scheduler does not do",
-                    hint="express it with one reduction over all tensors",
-                )
-            reduce.append(a)
-        elif a.scope <= Scope.GLOBAL:
-            # after the loop only what must wait for it: a write the loop still reads the old value of (a
-            # global state such as the previous learning rate, kept for the next step), or what reads or
-            # overwrites such a later value; a value of the step that the loop reads stays before it
-            if (
-                a.expr.free_symbols & waits
-                or a.target in {base(s) for s in waits}
-                or any(a.target in {base(s) for s in b.expr.free_symbols} | {b.target} for b in loop)
-            ):
-                after.append(a)
-                waits.add(a.lhs)
-            elif a.lhs in after_reduction:
-                between.append(a)
-            else:
-                before.append(a)
-        else:
-            loop.append(a)
-    out = []
-    for kind, assigns in (
-        ("step", before),
-        ("reduce", reduce),
-        ("step", between),
-        ("tensor", loop),
-        ("step", after),
-    ):
+    out: list[Section] = []
+
+    def add(kind: str, assigns: list[Assign]) -> None:
         if assigns:
             out.append(Section(kind, tuple(dataclasses.replace(a, section=len(out)) for a in assigns)))
-    return tuple(out)
+
+    for p in sorted({position[a.lhs] for a in body if position[a.lhs] != LOOP}):
+        if p % 2 == 0:
+            add("step", [a for a in body if _is_step(a) and position[a.lhs] == p])
+            continue
+        reductions = [a for a in body if _is_global_reduction(a) and position[a.lhs] == p]
+        needed = _closure(reductions, definitions)
+        replays = [dataclasses.replace(a, role="replay") for a in body if a.lhs in needed]
+        add("reduce", replays + reductions)
+    add("tensor", [a for a in body if not _is_step(a) and not _is_global_reduction(a)])
+    return body, tuple(out)
 
 
-def _depends_on(body: tuple[Assign, ...], roots: set[sp.Symbol]) -> set[sp.Symbol]:
-    """Versions whose value depends, through any chain of assignments, on one of ``roots``."""
-    found = set(roots)
+def _positions(body: tuple[Assign, ...]) -> dict[sp.Symbol, int]:
+    """The position of each statement's section: step k at 2k, pass j at 2j - 1, the loop at LOOP. A
+    statement goes to the first section at which what it reads is known (``ready``), and a new version of
+    a global name no earlier than the previous one."""
+    position: dict[sp.Symbol, int] = {}
+    ready: dict[sp.Symbol, int] = {}
+    last: dict[str, int] = {}  # the position of the latest version of each global name
     for a in body:
-        if a.expr.free_symbols & found:
-            found.add(a.lhs)
-    return found - roots
+        needs = max((ready.get(s, 0) for s in a.expr.free_symbols), default=0)
+        if _is_global_reduction(a):
+            position[a.lhs] = needs + 1
+            ready[a.lhs] = needs + 2
+        elif _is_step(a):
+            position[a.lhs] = ready[a.lhs] = max(needs, last.get(a.target, 0))
+            last[a.target] = position[a.lhs]
+        else:
+            position[a.lhs] = LOOP
+            ready[a.lhs] = needs  # what a pass that replays it needs first
+    return position
+
+
+def _runs_at(body: tuple[Assign, ...], position: dict[sp.Symbol, int]) -> list[list[int]]:
+    """For each statement, the positions it runs at: its own, and the passes that replay it."""
+    definitions = {a.lhs: a for a in body}
+    at = [[position[a.lhs]] for a in body]
+    index = {a.lhs: i for i, a in enumerate(body)}
+    for a in body:
+        if _is_global_reduction(a):
+            for s in _closure([a], definitions):
+                at[index[s]].append(position[a.lhs])
+    return at
+
+
+def _keep_previous_values(body: tuple[Assign, ...], position: dict[sp.Symbol, int]) -> tuple[Assign, ...]:
+    """Statements that run after a global name's new version but read an earlier one read a copy of it."""
+    at = _runs_at(body, position)
+    copies: dict[sp.Symbol, sp.Symbol] = {}  # an earlier version -> the name that keeps it
+    taken = {a.target for a in body}
+    rewrites: dict[int, dict[sp.Symbol, sp.Symbol]] = {}
+    for i, a in enumerate(body):
+        if not _is_step(a):
+            continue
+        for j in range(i):
+            reader = body[j]
+            old = [s for s in reader.expr.free_symbols if base(s) == a.target and version(s) < a.version]
+            if not old or max(at[j]) <= position[a.lhs]:
+                continue
+            for s in old:
+                if s not in copies:
+                    name = f"{a.target}_prev" if version(s) == 0 else f"{a.target}_{version(s)}"
+                    while name in taken:
+                        name += "_"
+                    taken.add(name)
+                    copies[s] = ssa(name, 1)
+                rewrites.setdefault(j, {})[s] = copies[s]
+    if not copies:
+        return body
+    out: list[Assign] = []
+    kept = {s: Assign(c.name.partition(".")[0], 1, s, "let", Scope.GLOBAL) for s, c in copies.items()}
+    out += [kept[s] for s in kept if version(s) == 0]
+    for i, a in enumerate(body):
+        out.append(dataclasses.replace(a, expr=a.expr.xreplace(rewrites[i])) if i in rewrites else a)
+        out += [kept[s] for s in kept if s == a.lhs]
+    return tuple(out)
 
 
 def _closure(reductions: list[Assign], definitions: dict[sp.Symbol, Assign]) -> set[sp.Symbol]:

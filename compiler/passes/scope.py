@@ -63,12 +63,10 @@ def infer_scopes(program: Program) -> Program:
                 s = scope_of(a.expr, scopes)
                 if s > scopes[a.target]:
                     if a.role == "state" and declared[a.target] is not None:
-                        eq = program.equations[a.equation - 1]
                         raise RuleError(
                             program.rule,
                             f"state '{a.target}' is declared {declared[a.target].word} but is assigned a value {s.word}",
-                            equation=f"{a.equation} `{eq.text()}`",
-                            origin=eq.origin,
+                            **program.written(a.equation),
                             hint=f"reduce the value to one {declared[a.target].word} (e.g. with a tensor reduction)"
                             " or declare the state with a wider scope",
                         )
@@ -100,14 +98,17 @@ def _check_reductions(program: Program, a: Assign, scopes: dict[str, Scope]) -> 
         elif scope_of(arg, scopes) < Scope.ELEMENT:
             problem = f"a reduction of a value that is {scope_of(arg, scopes).word}, not per element"
         if problem:
-            eq = program.equations[a.equation - 1]
             raise RuleError(
                 program.rule,
-                f"`{node}` is {problem}",
-                equation=f"{a.equation} `{eq.text()}`",
-                origin=eq.origin,
+                f"`{unversioned(node)}` is {problem}",
+                **program.written(a.equation),
                 hint="reduce an element-wise expression of g, w or per-element state, once",
             )
+
+
+def unversioned(expr: sp.Basic) -> sp.Basic:
+    """``expr`` with the names the rule's author wrote (``g``, not the compiler's version ``g.3``)."""
+    return expr.xreplace({s: sp.Symbol(base(s)) for s in expr.free_symbols if isinstance(s, sp.Symbol)})
 
 
 def _with_scope(a: Assign, scopes: dict[str, Scope]) -> Assign:

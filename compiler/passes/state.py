@@ -53,13 +53,11 @@ def _check_exists_if(program: Program, s) -> None:
         for a in case.body:
             for path in _paths_to(a, s.name):
                 if sp.simplify_logic(sp.And(case.condition, path, sp.Not(cond))) is not sp.false:
-                    eq = program.equations[a.equation - 1] if a.equation else None
                     raise RuleError(
                         program.rule,
                         f"state '{s.name}' exists only if {cond}, but it is used where that may not hold"
                         f" (under {sp.And(case.condition, path)})",
-                        equation=f"{a.equation} `{eq.text()}`" if eq else None,
-                        origin=eq.origin if eq else None,
+                        **(program.written(a.equation) if a.equation else {}),
                         hint=f"guard the equation with only_if={cond} (or where({cond}, ..., ...))",
                     )
 
@@ -137,8 +135,7 @@ def _check_live(program: Program) -> None:
             raise RuleError(
                 program.rule,
                 f"state '{s.name}' is updated but never influences the parameter update (it is dead)",
-                equation=f"{eq} `{program.equations[eq - 1].text()}`",
-                origin=program.equations[eq - 1].origin,
+                **program.written(eq),
                 hint=f"use '{s.name}' in the update of w (or of a state that w reads), or remove it",
             )
 
@@ -157,13 +154,11 @@ def _eliminate_dead(program: Program, body: tuple[Assign, ...]) -> tuple[Assign,
             needed |= a.expr.free_symbols
         elif a.role in ("state", "param"):
             later = next(b for b in body if b.target == a.target and b.version == a.version + 1)
-            eq = program.equations[a.equation - 1]
             raise RuleError(
                 program.rule,
-                f"'{a.target}' is assigned here and again by equation {later.equation} before anything reads"
-                " this value, so it is lost",
-                equation=f"{a.equation} `{eq.text()}`",
-                origin=eq.origin,
+                f"'{a.target}' is assigned here and again by equation {program.own(later.equation)[0]} before"
+                " anything reads this value, so it is lost",
+                **program.written(a.equation),
                 hint="merge the two equations, or read the first value in the second",
             )
         # an unread intermediate value (let, gradient) is dropped

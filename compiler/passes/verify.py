@@ -54,14 +54,14 @@ def _check_body(program: Program, where: str, body, scopes) -> None:
     current.update({s.name: 0 for s in program.states})
     saved = None
     reduced = {a.target for a in body if a.role == "reduce" and a.scope <= Scope.GLOBAL}
+    previous = None
     for a in body:
+        if saved is not None and (a.section != previous or a.role not in ("replay", "reduce")):
+            results = {k: v for k, v in current.items() if k in reduced}  # the end of a pass
+            current, saved = {**saved, **results}, None
         if a.role == "replay" and saved is None:
             saved = dict(current)  # a pass over all tensors: its values are local to it
-        elif (
-            a.role != "replay" and not (a.role == "reduce" and a.scope <= Scope.GLOBAL) and saved is not None
-        ):
-            results = {k: v for k, v in current.items() if k in reduced}
-            current, saved = {**saved, **results}, None
+        previous = a.section
         for s in a.expr.free_symbols:
             name = base(s)
             if name not in current:

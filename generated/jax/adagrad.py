@@ -193,11 +193,8 @@ def adagrad(
                 # clipping
                 if clipnorm is not None:
                     g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                global_sumsq_g = (
-                    jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-                    if global_clipnorm is not None
-                    else global_sumsq_g
-                )
+                if global_clipnorm is not None:
+                    global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
         updates, new_accumulator, new_grad_accumulator, new_ema = [], [], [], []
         for g, w, accumulator, grad_accumulator, ema in zip(
             treedef.flatten_up_to(grads),

@@ -209,11 +209,8 @@ def nadam(
                 # clipping
                 if clipnorm is not None:
                     g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                global_sumsq_g = (
-                    jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-                    if global_clipnorm is not None
-                    else global_sumsq_g
-                )
+                if global_clipnorm is not None:
+                    global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
         updates, new_m, new_v, new_grad_accumulator, new_ema = [], [], [], [], []
         for g, w, m, v, grad_accumulator, ema in zip(
             treedef.flatten_up_to(grads),

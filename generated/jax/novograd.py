@@ -203,11 +203,8 @@ def novograd(
                 # clipping
                 if clipnorm is not None:
                     g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                global_sumsq_g = (
-                    jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-                    if global_clipnorm is not None
-                    else global_sumsq_g
-                )
+                if global_clipnorm is not None:
+                    global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
         updates, new_v, new_m, new_grad_accumulator, new_ema = [], [], [], [], []
         for g, w, v, m, grad_accumulator, ema in zip(
             treedef.flatten_up_to(grads),

@@ -193,11 +193,8 @@ def sgd(
                     # clipping
                     if clipnorm is not None:
                         g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    global_sumsq_g = (
-                        jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-                        if global_clipnorm is not None
-                        else global_sumsq_g
-                    )
+                    if global_clipnorm is not None:
+                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
             updates, new_grad_accumulator, new_ema = [], [], []
             for g, w, grad_accumulator, ema in zip(
                 treedef.flatten_up_to(grads),
@@ -286,11 +283,8 @@ def sgd(
                     # clipping
                     if clipnorm is not None:
                         g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    global_sumsq_g = (
-                        jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-                        if global_clipnorm is not None
-                        else global_sumsq_g
-                    )
+                    if global_clipnorm is not None:
+                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
             updates, new_velocity, new_grad_accumulator, new_ema = [], [], [], []
             for g, w, velocity, grad_accumulator, ema in zip(
                 treedef.flatten_up_to(grads),
@@ -387,11 +381,8 @@ def sgd(
                     # clipping
                     if clipnorm is not None:
                         g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    global_sumsq_g = (
-                        jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-                        if global_clipnorm is not None
-                        else global_sumsq_g
-                    )
+                    if global_clipnorm is not None:
+                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
             updates, new_velocity, new_grad_accumulator, new_ema = [], [], [], []
             for g, w, velocity, grad_accumulator, ema in zip(
                 treedef.flatten_up_to(grads),

@@ -244,8 +244,6 @@ class Nadam:
                 if global_clipnorm is not None and is_update:
                     np.square(g, out=_s2)
                     global_sumsq_g = global_sumsq_g + np.sum(_s2)
-                else:
-                    global_sumsq_g = global_sumsq_g
         fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
         for key in keys:
             w, g = params[key], numpy_support.upcast(grads[key])

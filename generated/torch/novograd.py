@@ -215,8 +215,6 @@ class NovoGrad(torch_support.RuleOptimizer):
                     if global_clipnorm is not None and is_update:
                         torch.pow(g, 2, out=_s2)
                         global_sumsq_g = global_sumsq_g + torch.sum(_s2)
-                    else:
-                        global_sumsq_g = global_sumsq_g
             fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
             for w, state in self._tensors(params, group):
                 g = torch_support.upcast(w.grad)
