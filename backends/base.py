@@ -129,11 +129,12 @@ class Backend:
             form = self.forms[kind]
             if ta is None:
                 return [form.format(name=name, value=p.doprint(value))]
+            printed = f"{name} {_OPERATOR[kind]} {p.doprint(value)}"  # the maths, whatever the backend's form
             if kind == "set":
-                return ta.overwrite(form, name, p.doprint(value))
-            return ta.update(kind, form, name, p.doprint(value))
+                return _explained(ta.overwrite(form, name, p.doprint(value)), printed)
+            return _explained(ta.update(kind, form, name, p.doprint(value)), printed)
         code = p.doprint(a.expr)
-        return [f"{name} = {code}"] if ta is None else ta.bind(name, code)
+        return [f"{name} = {code}"] if ta is None else _explained(ta.bind(name, code), f"{name} = {code}")
 
     def fill(self, a: Assign, p: ExprPrinter) -> list[str] | None:
         """A backend's own way to write this statement, or None."""
@@ -423,6 +424,17 @@ class Backend:
     def render_exports(self, programs: list[Program]) -> str:
         text = self.env.get_template("__init__.py.j2").render(programs=programs)
         return format_source(text, f"generated/{self.name}/__init__.py")
+
+
+_OPERATOR = {"add": "+=", "sub": "-=", "set": "="}
+
+
+def _explained(lines: list[str], printed: str) -> list[str]:
+    """Three-address code under the statement it computes, as a comment: several calls read as one line of
+    maths (a statement split by a Python condition into an ``if`` block is left as it is)."""
+    if len(lines) < 2 or any(line.rstrip().endswith(":") for line in lines):
+        return lines
+    return [f"# {printed}"] + lines
 
 
 def in_place_form(a: Assign) -> tuple[str, sp.Basic]:

@@ -53,20 +53,18 @@ class Hoister:
         self.keys: dict[tuple, str] = {}
         self.step: list[Hoisted] = []  # once per step (and dtype): they read no per-tensor value
         self.pending: list[Hoisted] = []  # per tensor, created since the last flush: Python lines to print
+        self.order: dict[str, int] = {}  # name -> when it was hoisted
 
     def hoist(self, expr: sp.Basic, guards: tuple) -> str:
         is_bool = _is_boolean(expr, self.booleans)
-        guard = sp.And(*guards) if guards and not is_bool else sp.true
+        guard = sp.And(*guards) if guards and not is_bool and not expr.is_Number else sp.true
         key = (sp.srepr(expr), sp.srepr(guard))
         if key in self.keys:
             return self.keys[key]
-        if expr.is_Number:
-            guard = sp.true
+        name = self.name_for(expr, "b" if is_bool else "c")
         if is_bool:
-            name = f"b_{sum(h.name.startswith('b_') for h in self.items)}"
             code = f"bool({self.p.doprint(expr)})"
         else:
-            name = f"c_{sum(h.name.startswith('c_') for h in self.items)}"
             code = f"dt({self.p.doprint(expr)})"
             if guard is not sp.true:  # e.g. an option's value, only where the option is given
                 code = f"{code} if {self.p.doprint(guard)} else dt(0)"
@@ -76,6 +74,23 @@ class Hoister:
         (self.pending if reads & self.per_tensor else self.step).append(item)
         self.keys[key] = name
         return name
+
+    def name_for(self, expr: sp.Basic, kind: str) -> str:
+        """``c_`` (a number) or ``b_`` (a bool) and what the value is, where that reads in a few words
+        (``c_lr``, ``c_one_minus_beta_1``, ``b_use_ema``), else its number; unique in the kernel."""
+        words = _words(expr, self.p.names)
+        stem = (
+            f"{kind}_{words}" if words else f"{kind}_{sum(h.name.startswith(kind + '_') for h in self.items)}"
+        )
+        name, k = stem, 2
+        while any(h.name == name for h in self.items):
+            name, k = f"{stem}_{k}", k + 1
+        self.order[name] = len(self.order)
+        return name
+
+    def sort_key(self, name: str) -> tuple:
+        """The kernels' arguments in order: the flags first, then the values, each as hoisted."""
+        return (not name.startswith("b_"), self.order[name])
 
     def flush(self) -> list[Hoisted]:
         """The per-tensor values created since the last flush: they are computed at this point."""
@@ -348,7 +363,7 @@ class FusedBackend(Backend):
             kind="update",
             doc="each row's tensor, or part of a tensor: its per-tensor values, then every element, in place",
             arrays=[n for n in arrays if n in read],
-            args=sorted((n for n in used if n in step_names), key=_hoisted_order),
+            args=sorted((n for n in used if n in step_names), key=hoister.sort_key),
             columns=columns,
             tensor_loads=tensor_loads,
             tensor_code=tensor_code,
@@ -366,7 +381,7 @@ class FusedBackend(Backend):
         else:
             split = p.doprint(sp.Or(*guards)) if guards else ""  # "": always
         # the once-per-step values the kernels read, packed into one array by prepare
-        packed = sorted({v for k in kernels for v in k.values if v in step_names}, key=_hoisted_order)
+        packed = sorted({v for k in kernels for v in k.values if v in step_names}, key=hoister.sort_key)
         for k in kernels:
             k.packed = [(v, packed.index(v)) for v in k.values if v in step_names]
         inner = {_placeholder(k.name): f"{k.name[1:]}({', '.join(k.params)})" for k in reductions}
@@ -440,7 +455,7 @@ class FusedBackend(Backend):
             doc=f"{a.target}: {'sum' if type(red).__name__ == 'TensorSum' else 'max'} of {arg} over the tensor",
             arrays=names,
             loads=loads,
-            args=sorted(used, key=_hoisted_order),
+            args=sorted(used, key=kp.hoister.sort_key),
             body=[c for _, code, _ in statements for c in code],
             stores=[],
             accumulate="sum" if type(red).__name__ == "TensorSum" else "max",
@@ -468,7 +483,7 @@ class FusedBackend(Backend):
             doc="the update of every element, in place",
             arrays=names,
             loads=loads,
-            args=sorted(used, key=_hoisted_order),
+            args=sorted(used, key=kp.hoister.sort_key),
             body=[c for _, code, _ in element for c in code],
             stores=stores,
         )
@@ -514,6 +529,36 @@ def boolean_names(program: Program) -> set[str]:
     return out
 
 
-def _hoisted_order(name: str) -> tuple:
-    kind, _, number = name.partition("_")
-    return (kind != "b", int(number))
+_NUMBERS = {0: "zero", 1: "one", 2: "two", sp.S.Half: "half", -1: "minus_one"}
+
+
+def _words(expr: sp.Basic, names: dict[str, str], depth: int = 0) -> str:
+    """A hoisted value in a few words for its name: ``lr``, ``one_minus_beta_1``, ``beta_1_pow_t``,
+    ``neg_clipvalue``, ``clipnorm_given_and_is_update``; '' where it would not read as a name (then the
+    value is numbered). ``names``: what the generated code calls a rule's name (``lr``)."""
+    if depth > 2:
+        return ""
+    if type(expr).__name__ == "Given":
+        return f"{expr.option}_given"
+    if isinstance(expr, sp.Symbol):
+        return names.get(base(expr), base(expr))
+    if isinstance(expr, (sp.And, sp.Or)) and len(expr.args) == 2:
+        parts = [_words(a, names, depth + 1) for a in sorted(expr.args, key=sp.default_sort_key)]
+        word = "_and_" if isinstance(expr, sp.And) else "_or_"
+        return word.join(parts) if all(parts) else ""
+    if expr.is_Number:
+        return _NUMBERS.get(expr, "")
+    if isinstance(expr, sp.Add) and len(expr.args) == 2 and sp.S.One in expr.args:
+        other = next(a for a in expr.args if a != sp.S.One)
+        if other.could_extract_minus_sign():
+            inner = _words(-other, names, depth + 1)
+            return f"one_minus_{inner}" if inner else ""
+        inner = _words(other, names, depth + 1)
+        return f"one_plus_{inner}" if inner else ""
+    if isinstance(expr, sp.Mul) and len(expr.args) == 2 and expr.args[0] == -1:
+        inner = _words(expr.args[1], names, depth + 1)
+        return f"neg_{inner}" if inner else ""
+    if isinstance(expr, sp.Pow) and expr.exp.is_Symbol:
+        b, e = _words(expr.base, names, depth + 1), _words(expr.exp, names, depth + 1)
+        return f"{b}_pow_{e}" if b and e else ""
+    return ""

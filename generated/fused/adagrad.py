@@ -45,54 +45,71 @@ def prepare_update_case_0(
     t,
 ):
     """The once-per-step values of update_case_0, in dtype ``dt``."""
-    b_0 = bool(loss_scale_factor is not None)
-    c_0 = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
-    b_1 = bool(gradient_accumulation_steps is not None)
-    b_2 = bool((gradient_accumulation_steps is not None and is_update))
-    c_1 = (
+    b_loss_scale_factor_given = bool(loss_scale_factor is not None)
+    c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
+    b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
+    b_gradient_accumulation_steps_given_and_is_update = bool(
+        (gradient_accumulation_steps is not None and is_update)
+    )
+    c_gradient_accumulation_steps = (
         dt(gradient_accumulation_steps) if (gradient_accumulation_steps is not None and is_update) else dt(0)
     )
-    c_2 = dt(0)
-    c_3 = dt(0)
-    b_3 = bool((clipnorm is not None and is_update))
-    c_4 = dt(0)
-    c_5 = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_7 = dt(clipnorm)
-    b_4 = bool((global_clipnorm is not None and is_update))
-    c_8 = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_9 = (
+    c_zero = dt(0)
+    b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
+    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
+    c_clipnorm_2 = dt(clipnorm)
+    b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
+    c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
+    c_7 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
     )
-    b_5 = bool((clipvalue is not None and is_update))
-    c_10 = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
-    c_11 = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
-    b_6 = bool((weight_decay is not None and is_update))
-    c_12 = dt(lr) if (weight_decay is not None and is_update) else dt(0)
-    c_13 = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
-    b_7 = bool(is_update)
-    c_14 = dt(lr) if is_update else dt(0)
-    c_15 = dt(epsilon) if is_update else dt(0)
-    b_8 = bool(use_ema)
-    c_16 = dt(ema_mu) if use_ema else dt(0)
-    c_17 = dt(1 - ema_mu) if use_ema else dt(0)
+    b_clipvalue_given_and_is_update = bool((clipvalue is not None and is_update))
+    c_neg_clipvalue = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
+    c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
+    b_weight_decay_given_and_is_update = bool((weight_decay is not None and is_update))
+    c_lr = dt(lr) if (weight_decay is not None and is_update) else dt(0)
+    c_weight_decay = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
+    b_is_update = bool(is_update)
+    c_lr_2 = dt(lr) if is_update else dt(0)
+    c_epsilon = dt(epsilon) if is_update else dt(0)
+    b_use_ema = bool(use_ema)
+    c_ema_mu = dt(ema_mu) if use_ema else dt(0)
+    c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
     b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
     k_ = np.array(
-        [c_0, c_1, c_2, c_3, c_4, c_5, c_7, c_8, c_9, c_10, c_11, c_12, c_13, c_14, c_15, c_16, c_17], dt
+        [
+            c_loss_scale_factor,
+            c_gradient_accumulation_steps,
+            c_zero,
+            c_clipnorm,
+            c_clipnorm_2,
+            c_global_clipnorm,
+            c_7,
+            c_neg_clipvalue,
+            c_clipvalue,
+            c_lr,
+            c_weight_decay,
+            c_lr_2,
+            c_epsilon,
+            c_ema_mu,
+            c_one_minus_ema_mu,
+        ],
+        dt,
     )  # what the kernels read, in one argument
     return (
         clipnorm,
         is_update,
-        b_0,
-        b_1,
-        b_2,
-        b_3,
-        b_4,
-        b_5,
-        b_6,
-        b_7,
-        b_8,
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+        b_clipnorm_given_and_is_update,
+        b_global_clipnorm_given_and_is_update,
+        b_clipvalue_given_and_is_update,
+        b_weight_decay_given_and_is_update,
+        b_is_update,
+        b_use_ema,
         b_9,
         k_,
     )
@@ -118,19 +135,31 @@ def run_update_case_0(rows, bounds, table, dt, step):
     (
         clipnorm,
         is_update,
-        b_0,
-        b_1,
-        b_2,
-        b_3,
-        b_4,
-        b_5,
-        b_6,
-        b_7,
-        b_8,
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+        b_clipnorm_given_and_is_update,
+        b_global_clipnorm_given_and_is_update,
+        b_clipvalue_given_and_is_update,
+        b_weight_decay_given_and_is_update,
+        b_is_update,
+        b_use_ema,
         b_9,
         k_,
     ) = step
-    _update_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9)(rows, bounds, table, k_)
+    _update_0(
+        dt,
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+        b_clipnorm_given_and_is_update,
+        b_global_clipnorm_given_and_is_update,
+        b_clipvalue_given_and_is_update,
+        b_weight_decay_given_and_is_update,
+        b_is_update,
+        b_use_ema,
+        b_9,
+    )(rows, bounds, table, k_)
 
 
 def split_update_case_0(step):
@@ -149,24 +178,34 @@ UPDATE_CASE_0 = fused_support.Case(
 
 
 @functools.cache
-def _reduce_0_0(b_0, b_1, b_2):
+def _reduce_0_0(
+    b_loss_scale_factor_given,
+    b_gradient_accumulation_steps_given,
+    b_gradient_accumulation_steps_given_and_is_update,
+):
     """The kernel for these conditions (sumsq_g: sum of g.2**2 over the tensor): compiled once for each combination, the tests of the
     conditions folded away."""
 
     @numba.njit(error_model="numpy", nogil=True, cache=True, fastmath={"reassoc"})
     def kernel(g_, grad_accumulator_, k_):  # pragma: no cover - compiled
-        c_0 = k_[0]
-        c_1 = k_[1]
-        c_3 = k_[3]
+        c_loss_scale_factor = k_[0]
+        c_gradient_accumulation_steps = k_[1]
+        c_zero = k_[2]
         acc = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
-            grad_accumulator = grad_accumulator_[i_] if b_1 else c_3
+            grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
             # loss scaling
-            g = g / c_0 if b_0 else g
+            g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
             # gradient accumulation
-            grad_accumulator = g + grad_accumulator if b_1 else grad_accumulator
-            g = grad_accumulator / c_1 if b_2 else g
+            grad_accumulator = (
+                g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
+            )
+            g = (
+                grad_accumulator / c_gradient_accumulation_steps
+                if b_gradient_accumulation_steps_given_and_is_update
+                else g
+            )
             acc += g * g
         return acc
 
@@ -174,30 +213,44 @@ def _reduce_0_0(b_0, b_1, b_2):
 
 
 @functools.cache
-def _update_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
+def _update_0(
+    dt,
+    b_loss_scale_factor_given,
+    b_gradient_accumulation_steps_given,
+    b_gradient_accumulation_steps_given_and_is_update,
+    b_clipnorm_given_and_is_update,
+    b_global_clipnorm_given_and_is_update,
+    b_clipvalue_given_and_is_update,
+    b_weight_decay_given_and_is_update,
+    b_is_update,
+    b_use_ema,
+    b_9,
+):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
-    reduce_0_0 = _reduce_0_0(b_0, b_1, b_2)  # compiled apart: reassociated
+    reduce_0_0 = _reduce_0_0(
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+    )  # compiled apart: reassociated
 
     @numba.njit(error_model="numpy", nogil=True, cache=True, parallel=True)
     def kernel(rows, bounds, table, k_):  # pragma: no cover - compiled
-        c_0 = k_[0]
-        c_1 = k_[1]
-        c_2 = k_[2]
-        c_3 = k_[3]
-        c_4 = k_[4]
-        c_5 = k_[5]
+        c_loss_scale_factor = k_[0]
+        c_gradient_accumulation_steps = k_[1]
+        c_zero = k_[2]
+        c_clipnorm = k_[3]
+        c_clipnorm_2 = k_[4]
+        c_global_clipnorm = k_[5]
         c_7 = k_[6]
-        c_8 = k_[7]
-        c_9 = k_[8]
-        c_10 = k_[9]
-        c_11 = k_[10]
-        c_12 = k_[11]
-        c_13 = k_[12]
-        c_14 = k_[13]
-        c_15 = k_[14]
-        c_16 = k_[15]
-        c_17 = k_[16]
+        c_neg_clipvalue = k_[7]
+        c_clipvalue = k_[8]
+        c_lr = k_[9]
+        c_weight_decay = k_[10]
+        c_lr_2 = k_[11]
+        c_epsilon = k_[12]
+        c_ema_mu = k_[13]
+        c_one_minus_ema_mu = k_[14]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -206,39 +259,59 @@ def _update_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9):
                 accumulator_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
                 grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
                 ema_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                sumsq_g = dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_3 else c_4
-                c_6 = dt(np.maximum(c_7, math.sqrt(sumsq_g))) if b_3 else dt(0)
+                sumsq_g = (
+                    dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
+                )
+                c_4 = (
+                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    if b_clipnorm_given_and_is_update
+                    else dt(0)
+                )
                 for i_ in range(hi - lo):
                     w = w_[i_]
                     g = g_[i_]
                     accumulator = accumulator_[i_]
-                    grad_accumulator = grad_accumulator_[i_] if b_1 else c_3
-                    ema = ema_[i_] if b_8 else c_3
+                    grad_accumulator = (
+                        grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
+                    )
+                    ema = ema_[i_] if b_use_ema else c_zero
                     # loss scaling
-                    g = g / c_0 if b_0 else g
+                    g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
                     # gradient accumulation
-                    grad_accumulator = g + grad_accumulator if b_1 else grad_accumulator
-                    g = grad_accumulator / c_1 if b_2 else g
-                    grad_accumulator = c_2 if b_2 else grad_accumulator
+                    grad_accumulator = (
+                        g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
+                    )
+                    g = (
+                        grad_accumulator / c_gradient_accumulation_steps
+                        if b_gradient_accumulation_steps_given_and_is_update
+                        else g
+                    )
+                    grad_accumulator = (
+                        c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
+                    )
                     # clipping
-                    g = c_5 * g / c_6 if b_3 else g
-                    g = g * c_8 / c_9 if b_4 else g
-                    g = np.minimum(np.maximum(g, c_10), c_11) if b_5 else g
+                    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = (
+                        np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
+                        if b_clipvalue_given_and_is_update
+                        else g
+                    )
                     # decoupled weight decay
-                    w = w - c_12 * w * c_13 if b_6 else w
+                    w = w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w
                     # sum of squared gradients
-                    accumulator = accumulator + (g * g) if b_7 else accumulator
+                    accumulator = accumulator + (g * g) if b_is_update else accumulator
                     # parameter update
-                    w = w - g * c_14 / math.sqrt(accumulator + c_15) if b_7 else w
+                    w = w - g * c_lr_2 / math.sqrt(accumulator + c_epsilon) if b_is_update else w
                     # EMA of the weights
-                    ema = ema * c_16 + w * c_17 if b_8 else ema
+                    ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
                     w = ema if b_9 else w
                     w_[i_] = w
                     accumulator_[i_] = accumulator
-                    if b_1:
+                    if b_gradient_accumulation_steps_given:
                         grad_accumulator_[i_] = grad_accumulator
-                    if b_8:
+                    if b_use_ema:
                         ema_[i_] = ema
 
     return kernel

@@ -48,85 +48,79 @@ def prepare_update_case_0(
     t,
 ):
     """The once-per-step values of update_case_0, in dtype ``dt``."""
-    b_0 = bool(loss_scale_factor is not None)
-    c_0 = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
-    b_1 = bool(gradient_accumulation_steps is not None)
-    b_2 = bool((gradient_accumulation_steps is not None and is_update))
-    c_1 = (
+    b_loss_scale_factor_given = bool(loss_scale_factor is not None)
+    c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
+    b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
+    b_gradient_accumulation_steps_given_and_is_update = bool(
+        (gradient_accumulation_steps is not None and is_update)
+    )
+    c_gradient_accumulation_steps = (
         dt(gradient_accumulation_steps) if (gradient_accumulation_steps is not None and is_update) else dt(0)
     )
-    c_2 = dt(0)
-    c_3 = dt(0)
-    b_3 = bool((clipnorm is not None and is_update))
-    c_4 = dt(0)
-    c_5 = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_7 = dt(clipnorm)
-    b_4 = bool((global_clipnorm is not None and is_update))
-    c_8 = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_9 = (
+    c_zero = dt(0)
+    b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
+    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
+    c_clipnorm_2 = dt(clipnorm)
+    b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
+    c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
+    c_7 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
     )
-    b_5 = bool((clipvalue is not None and is_update))
-    c_10 = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
-    c_11 = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
-    b_6 = bool(is_update)
-    c_12 = dt(0)
-    c_14 = dt(epsilon)
+    b_clipvalue_given_and_is_update = bool((clipvalue is not None and is_update))
+    c_neg_clipvalue = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
+    c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
+    b_is_update = bool(is_update)
+    c_epsilon = dt(epsilon)
     b_7 = bool(weight_decay != 0)
-    c_15 = dt(weight_decay) if (is_update and weight_decay != 0) else dt(0)
-    c_16 = dt(0)
-    b_8 = bool(grad_averaging)
-    c_17 = dt(1 - beta1) if (grad_averaging and is_update) else dt(0)
-    c_18 = dt(beta1) if is_update else dt(0)
-    c_19 = dt(lr) if is_update else dt(0)
-    b_9 = bool(use_nesterov)
-    c_20 = dt(beta1) if (is_update and use_nesterov) else dt(0)
-    b_10 = bool(use_ema)
-    c_21 = dt(ema_mu) if use_ema else dt(0)
-    c_22 = dt(1 - ema_mu) if use_ema else dt(0)
+    c_weight_decay = dt(weight_decay) if (is_update and weight_decay != 0) else dt(0)
+    b_grad_averaging = bool(grad_averaging)
+    c_one_minus_beta1 = dt(1 - beta1) if (grad_averaging and is_update) else dt(0)
+    c_beta1 = dt(beta1) if is_update else dt(0)
+    c_lr = dt(lr) if is_update else dt(0)
+    b_use_nesterov = bool(use_nesterov)
+    c_beta1_2 = dt(beta1) if (is_update and use_nesterov) else dt(0)
+    b_use_ema = bool(use_ema)
+    c_ema_mu = dt(ema_mu) if use_ema else dt(0)
+    c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
     b_11 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
     k_ = np.array(
         [
-            c_0,
-            c_1,
-            c_2,
-            c_3,
-            c_4,
-            c_5,
+            c_loss_scale_factor,
+            c_gradient_accumulation_steps,
+            c_zero,
+            c_clipnorm,
+            c_clipnorm_2,
+            c_global_clipnorm,
             c_7,
-            c_8,
-            c_9,
-            c_10,
-            c_11,
-            c_12,
-            c_14,
-            c_15,
-            c_16,
-            c_17,
-            c_18,
-            c_19,
-            c_20,
-            c_21,
-            c_22,
+            c_neg_clipvalue,
+            c_clipvalue,
+            c_epsilon,
+            c_weight_decay,
+            c_one_minus_beta1,
+            c_beta1,
+            c_lr,
+            c_beta1_2,
+            c_ema_mu,
+            c_one_minus_ema_mu,
         ],
         dt,
     )  # what the kernels read, in one argument
     return (
         clipnorm,
         is_update,
-        b_0,
-        b_1,
-        b_2,
-        b_3,
-        b_4,
-        b_5,
-        b_6,
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+        b_clipnorm_given_and_is_update,
+        b_global_clipnorm_given_and_is_update,
+        b_clipvalue_given_and_is_update,
+        b_is_update,
         b_7,
-        b_8,
-        b_9,
-        b_10,
+        b_grad_averaging,
+        b_use_nesterov,
+        b_use_ema,
         b_11,
         k_,
     )
@@ -150,21 +144,35 @@ def run_update_case_0(rows, bounds, table, dt, step):
     (
         clipnorm,
         is_update,
-        b_0,
-        b_1,
-        b_2,
-        b_3,
-        b_4,
-        b_5,
-        b_6,
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+        b_clipnorm_given_and_is_update,
+        b_global_clipnorm_given_and_is_update,
+        b_clipvalue_given_and_is_update,
+        b_is_update,
         b_7,
-        b_8,
-        b_9,
-        b_10,
+        b_grad_averaging,
+        b_use_nesterov,
+        b_use_ema,
         b_11,
         k_,
     ) = step
-    _update_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9, b_10, b_11)(rows, bounds, table, k_)
+    _update_0(
+        dt,
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+        b_clipnorm_given_and_is_update,
+        b_global_clipnorm_given_and_is_update,
+        b_clipvalue_given_and_is_update,
+        b_is_update,
+        b_7,
+        b_grad_averaging,
+        b_use_nesterov,
+        b_use_ema,
+        b_11,
+    )(rows, bounds, table, k_)
 
 
 def split_update_case_0(step):
@@ -183,24 +191,34 @@ UPDATE_CASE_0 = fused_support.Case(
 
 
 @functools.cache
-def _reduce_0_0(b_0, b_1, b_2):
+def _reduce_0_0(
+    b_loss_scale_factor_given,
+    b_gradient_accumulation_steps_given,
+    b_gradient_accumulation_steps_given_and_is_update,
+):
     """The kernel for these conditions (sumsq_g: sum of g.2**2 over the tensor): compiled once for each combination, the tests of the
     conditions folded away."""
 
     @numba.njit(error_model="numpy", nogil=True, cache=True, fastmath={"reassoc"})
     def kernel(g_, grad_accumulator_, k_):  # pragma: no cover - compiled
-        c_0 = k_[0]
-        c_1 = k_[1]
-        c_3 = k_[3]
+        c_loss_scale_factor = k_[0]
+        c_gradient_accumulation_steps = k_[1]
+        c_zero = k_[2]
         acc = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
-            grad_accumulator = grad_accumulator_[i_] if b_1 else c_3
+            grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
             # loss scaling
-            g = g / c_0 if b_0 else g
+            g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
             # gradient accumulation
-            grad_accumulator = g + grad_accumulator if b_1 else grad_accumulator
-            g = grad_accumulator / c_1 if b_2 else g
+            grad_accumulator = (
+                g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
+            )
+            g = (
+                grad_accumulator / c_gradient_accumulation_steps
+                if b_gradient_accumulation_steps_given_and_is_update
+                else g
+            )
             acc += g * g
         return acc
 
@@ -208,33 +226,50 @@ def _reduce_0_0(b_0, b_1, b_2):
 
 
 @functools.cache
-def _reduce_0_1(b_0, b_1, b_2, b_3, b_4, b_5):
+def _reduce_0_1(
+    b_loss_scale_factor_given,
+    b_gradient_accumulation_steps_given,
+    b_gradient_accumulation_steps_given_and_is_update,
+    b_clipnorm_given_and_is_update,
+    b_global_clipnorm_given_and_is_update,
+    b_clipvalue_given_and_is_update,
+):
     """The kernel for these conditions (sumsq_g_1: sum of g.5**2 over the tensor): compiled once for each combination, the tests of the
     conditions folded away."""
 
     @numba.njit(error_model="numpy", nogil=True, cache=True, fastmath={"reassoc"})
-    def kernel(g_, grad_accumulator_, k_, c_6):  # pragma: no cover - compiled
-        c_0 = k_[0]
-        c_1 = k_[1]
-        c_3 = k_[3]
-        c_5 = k_[5]
-        c_8 = k_[7]
-        c_9 = k_[8]
-        c_10 = k_[9]
-        c_11 = k_[10]
+    def kernel(g_, grad_accumulator_, k_, c_4):  # pragma: no cover - compiled
+        c_loss_scale_factor = k_[0]
+        c_gradient_accumulation_steps = k_[1]
+        c_zero = k_[2]
+        c_clipnorm = k_[3]
+        c_global_clipnorm = k_[5]
+        c_7 = k_[6]
+        c_neg_clipvalue = k_[7]
+        c_clipvalue = k_[8]
         acc = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
-            grad_accumulator = grad_accumulator_[i_] if b_1 else c_3
+            grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
             # loss scaling
-            g = g / c_0 if b_0 else g
+            g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
             # gradient accumulation
-            grad_accumulator = g + grad_accumulator if b_1 else grad_accumulator
-            g = grad_accumulator / c_1 if b_2 else g
+            grad_accumulator = (
+                g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
+            )
+            g = (
+                grad_accumulator / c_gradient_accumulation_steps
+                if b_gradient_accumulation_steps_given_and_is_update
+                else g
+            )
             # clipping
-            g = c_5 * g / c_6 if b_3 else g
-            g = g * c_8 / c_9 if b_4 else g
-            g = np.minimum(np.maximum(g, c_10), c_11) if b_5 else g
+            g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
+            g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+            g = (
+                np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
+                if b_clipvalue_given_and_is_update
+                else g
+            )
             acc += g * g
         return acc
 
@@ -242,35 +277,56 @@ def _reduce_0_1(b_0, b_1, b_2, b_3, b_4, b_5):
 
 
 @functools.cache
-def _update_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9, b_10, b_11):
+def _update_0(
+    dt,
+    b_loss_scale_factor_given,
+    b_gradient_accumulation_steps_given,
+    b_gradient_accumulation_steps_given_and_is_update,
+    b_clipnorm_given_and_is_update,
+    b_global_clipnorm_given_and_is_update,
+    b_clipvalue_given_and_is_update,
+    b_is_update,
+    b_7,
+    b_grad_averaging,
+    b_use_nesterov,
+    b_use_ema,
+    b_11,
+):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
-    reduce_0_0 = _reduce_0_0(b_0, b_1, b_2)  # compiled apart: reassociated
-    reduce_0_1 = _reduce_0_1(b_0, b_1, b_2, b_3, b_4, b_5)  # compiled apart: reassociated
+    reduce_0_0 = _reduce_0_0(
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+    )  # compiled apart: reassociated
+    reduce_0_1 = _reduce_0_1(
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+        b_clipnorm_given_and_is_update,
+        b_global_clipnorm_given_and_is_update,
+        b_clipvalue_given_and_is_update,
+    )  # compiled apart: reassociated
 
     @numba.njit(error_model="numpy", nogil=True, cache=True, parallel=True)
     def kernel(rows, bounds, table, k_):  # pragma: no cover - compiled
-        c_0 = k_[0]
-        c_1 = k_[1]
-        c_2 = k_[2]
-        c_3 = k_[3]
-        c_4 = k_[4]
-        c_5 = k_[5]
+        c_loss_scale_factor = k_[0]
+        c_gradient_accumulation_steps = k_[1]
+        c_zero = k_[2]
+        c_clipnorm = k_[3]
+        c_clipnorm_2 = k_[4]
+        c_global_clipnorm = k_[5]
         c_7 = k_[6]
-        c_8 = k_[7]
-        c_9 = k_[8]
-        c_10 = k_[9]
-        c_11 = k_[10]
-        c_12 = k_[11]
-        c_14 = k_[12]
-        c_15 = k_[13]
-        c_16 = k_[14]
-        c_17 = k_[15]
-        c_18 = k_[16]
-        c_19 = k_[17]
-        c_20 = k_[18]
-        c_21 = k_[19]
-        c_22 = k_[20]
+        c_neg_clipvalue = k_[7]
+        c_clipvalue = k_[8]
+        c_epsilon = k_[9]
+        c_weight_decay = k_[10]
+        c_one_minus_beta1 = k_[11]
+        c_beta1 = k_[12]
+        c_lr = k_[13]
+        c_beta1_2 = k_[14]
+        c_ema_mu = k_[15]
+        c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -279,47 +335,67 @@ def _update_0(dt, b_0, b_1, b_2, b_3, b_4, b_5, b_6, b_7, b_8, b_9, b_10, b_11):
                 m_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
                 grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
                 ema_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                sumsq_g = dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_3 else c_4
-                c_6 = dt(np.maximum(c_7, math.sqrt(sumsq_g))) if b_3 else dt(0)
-                sumsq_g_1 = dt(reduce_0_1(g_, grad_accumulator_, k_, c_6)) if b_6 else c_12
+                sumsq_g = (
+                    dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
+                )
+                c_4 = (
+                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    if b_clipnorm_given_and_is_update
+                    else dt(0)
+                )
+                sumsq_g_1 = dt(reduce_0_1(g_, grad_accumulator_, k_, c_4)) if b_is_update else c_zero
                 # second moment (no EMA in graph mode)
-                v = sumsq_g_1 if b_6 else c_12
-                c_13 = dt(math.sqrt(c_14 + v)) if b_6 else dt(0)
+                v = sumsq_g_1 if b_is_update else c_zero
+                c_10 = dt(math.sqrt(c_epsilon + v)) if b_is_update else dt(0)
                 for i_ in range(hi - lo):
                     w = w_[i_]
                     g = g_[i_]
                     m = m_[i_]
-                    grad_accumulator = grad_accumulator_[i_] if b_1 else c_3
-                    ema = ema_[i_] if b_10 else c_3
+                    grad_accumulator = (
+                        grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
+                    )
+                    ema = ema_[i_] if b_use_ema else c_zero
                     # loss scaling
-                    g = g / c_0 if b_0 else g
+                    g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
                     # gradient accumulation
-                    grad_accumulator = g + grad_accumulator if b_1 else grad_accumulator
-                    g = grad_accumulator / c_1 if b_2 else g
-                    grad_accumulator = c_2 if b_2 else grad_accumulator
+                    grad_accumulator = (
+                        g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
+                    )
+                    g = (
+                        grad_accumulator / c_gradient_accumulation_steps
+                        if b_gradient_accumulation_steps_given_and_is_update
+                        else g
+                    )
+                    grad_accumulator = (
+                        c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
+                    )
                     # clipping
-                    g = c_5 * g / c_6 if b_3 else g
-                    g = g * c_8 / c_9 if b_4 else g
-                    g = np.minimum(np.maximum(g, c_10), c_11) if b_5 else g
+                    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = (
+                        np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
+                        if b_clipvalue_given_and_is_update
+                        else g
+                    )
                     # normalised gradient
-                    u = g / c_13 if b_6 else c_12
+                    u = g / c_10 if b_is_update else c_zero
                     # weight decay
-                    u = u + (w * c_15 if b_7 else c_16) if b_6 else u
+                    u = u + (w * c_weight_decay if b_7 else c_zero) if b_is_update else u
                     # gradient averaging
-                    u = (u * c_17 if b_8 else u) if b_6 else u
+                    u = (u * c_one_minus_beta1 if b_grad_averaging else u) if b_is_update else u
                     # momentum
-                    m = c_18 * m + u if b_6 else m
+                    m = c_beta1 * m + u if b_is_update else m
                     # parameter update
-                    w = w - c_19 * (c_20 * m + u if b_9 else m) if b_6 else w
+                    w = w - c_lr * (c_beta1_2 * m + u if b_use_nesterov else m) if b_is_update else w
                     # EMA of the weights
-                    ema = ema * c_21 + w * c_22 if b_10 else ema
+                    ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
                     w = ema if b_11 else w
                     w_[i_] = w
                     m_[i_] = m
-                    if b_1:
+                    if b_gradient_accumulation_steps_given:
                         grad_accumulator_[i_] = grad_accumulator
-                    if b_10:
+                    if b_use_ema:
                         ema_[i_] = ema
 
     return kernel

@@ -224,6 +224,7 @@ class Adagrad:
                 sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
                 # clipping
                 if clipnorm is not None and is_update:
+                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
                     np.multiply(clipnorm, g, out=_s2)
                     g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
                 if global_clipnorm is not None and is_update:
@@ -256,23 +257,28 @@ class Adagrad:
                 sumsq_g = 0
             # clipping
             if clipnorm is not None and is_update:
+                # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
                 np.multiply(clipnorm, g, out=_s1)
                 g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
             if global_clipnorm is not None and is_update:
+                # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
                 np.multiply(g, global_clipnorm, out=_s1)
                 g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
             if clipvalue is not None and is_update:
                 g = np.clip(g, -clipvalue, clipvalue, out=_s0)
             # decoupled weight decay
             if weight_decay is not None and is_update:
+                # w -= lr*w*weight_decay
                 np.multiply(lr, w, out=_s1)
                 np.multiply(_s1, weight_decay, out=_s1)
                 w -= _s1
             # sum of squared gradients
             if is_update:
+                # accumulator += g**2
                 np.square(g, out=_s1)
                 accumulator += _s1
                 # parameter update
+                # w -= g*lr/np.sqrt(accumulator + epsilon)
                 np.multiply(g, lr, out=_s1)
                 np.add(accumulator, epsilon, out=_s2)
                 np.sqrt(_s2, out=_s2)
@@ -280,6 +286,7 @@ class Adagrad:
                 w -= _s2
             # EMA of the weights
             if use_ema:
+                # ema = ema*ema_mu + w*(1 - ema_mu)
                 np.multiply(ema, ema_mu, out=_s2)
                 np.multiply(w, 1 - ema_mu, out=_s1)
                 np.add(_s2, _s1, out=ema)

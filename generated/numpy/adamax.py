@@ -226,6 +226,7 @@ class Adamax:
                 sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
                 # clipping
                 if clipnorm is not None and is_update:
+                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
                     np.multiply(clipnorm, g, out=_s2)
                     g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
                 if global_clipnorm is not None and is_update:
@@ -259,28 +260,34 @@ class Adamax:
                 sumsq_g = 0
             # clipping
             if clipnorm is not None and is_update:
+                # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
                 np.multiply(clipnorm, g, out=_s1)
                 g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
             if global_clipnorm is not None and is_update:
+                # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
                 np.multiply(g, global_clipnorm, out=_s1)
                 g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
             if clipvalue is not None and is_update:
                 g = np.clip(g, -clipvalue, clipvalue, out=_s0)
             # decoupled weight decay
             if weight_decay is not None and is_update:
+                # w -= lr*w*weight_decay
                 np.multiply(lr, w, out=_s1)
                 np.multiply(_s1, weight_decay, out=_s1)
                 w -= _s1
             # first moment
             if is_update:
+                # m += (1 - beta_1)*(g - m)
                 np.subtract(g, m, out=_s1)
                 np.multiply(1 - beta_1, _s1, out=_s1)
                 m += _s1
                 # infinity norm
+                # u = np.maximum(np.abs(g), beta_2*u)
                 np.abs(g, out=_s1)
                 np.multiply(beta_2, u, out=_s2)
                 np.maximum(_s1, _s2, out=u)
                 # parameter update
+                # w -= lr*m/((1 - beta_1**t)*(epsilon + u))
                 np.multiply(lr, m, out=_s2)
                 np.add(epsilon, u, out=_s1)
                 np.multiply(1 - beta_1**t, _s1, out=_s1)
@@ -288,6 +295,7 @@ class Adamax:
                 w -= _s1
             # EMA of the weights
             if use_ema:
+                # ema = ema*ema_mu + w*(1 - ema_mu)
                 np.multiply(ema, ema_mu, out=_s1)
                 np.multiply(w, 1 - ema_mu, out=_s2)
                 np.add(_s1, _s2, out=ema)

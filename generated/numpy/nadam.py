@@ -239,6 +239,7 @@ class Nadam:
                 sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
                 # clipping
                 if clipnorm is not None and is_update:
+                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
                     np.multiply(clipnorm, g, out=_s2)
                     g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
                 if global_clipnorm is not None and is_update:
@@ -274,24 +275,29 @@ class Nadam:
                 sumsq_g = 0
             # clipping
             if clipnorm is not None and is_update:
+                # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
                 np.multiply(clipnorm, g, out=_s1)
                 g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
             if global_clipnorm is not None and is_update:
+                # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
                 np.multiply(g, global_clipnorm, out=_s1)
                 g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
             if clipvalue is not None and is_update:
                 g = np.clip(g, -clipvalue, clipvalue, out=_s0)
             # decoupled weight decay
             if weight_decay is not None and is_update:
+                # w -= lr*w*weight_decay
                 np.multiply(lr, w, out=_s1)
                 np.multiply(_s1, weight_decay, out=_s1)
                 w -= _s1
             # first moment
             if is_update:
+                # m += (1 - beta_1)*(g - m)
                 np.subtract(g, m, out=_s1)
                 np.multiply(1 - beta_1, _s1, out=_s1)
                 m += _s1
                 # second moment
+                # v += (1 - beta_2)*(g**2 - v)
                 np.square(g, out=_s1)
                 np.subtract(_s1, v, out=_s1)
                 np.multiply(1 - beta_2, _s1, out=_s1)
@@ -312,6 +318,7 @@ class Nadam:
                 v_hat = 0
             # parameter update
             if is_update:
+                # w -= lr*m_hat/(epsilon + np.sqrt(v_hat))
                 np.multiply(lr, m_hat, out=_s2)
                 np.sqrt(v_hat, out=_s4)
                 np.add(epsilon, _s4, out=_s4)
@@ -319,6 +326,7 @@ class Nadam:
                 w -= _s4
             # EMA of the weights
             if use_ema:
+                # ema = ema*ema_mu + w*(1 - ema_mu)
                 np.multiply(ema, ema_mu, out=_s4)
                 np.multiply(w, 1 - ema_mu, out=_s2)
                 np.add(_s4, _s2, out=ema)

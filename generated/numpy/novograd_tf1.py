@@ -233,6 +233,7 @@ class NovoGradTF1:
                 sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
                 # clipping
                 if clipnorm is not None and is_update:
+                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
                     np.multiply(clipnorm, g, out=_s2)
                     g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
                 if global_clipnorm is not None and is_update:
@@ -265,9 +266,11 @@ class NovoGradTF1:
                 sumsq_g = 0
             # clipping
             if clipnorm is not None and is_update:
+                # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
                 np.multiply(clipnorm, g, out=_s1)
                 g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
             if global_clipnorm is not None and is_update:
+                # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
                 np.multiply(g, global_clipnorm, out=_s1)
                 g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
             if clipvalue is not None and is_update:
@@ -291,13 +294,16 @@ class NovoGradTF1:
                 if grad_averaging:
                     u = np.multiply(u, 1 - beta1, out=_s1)
                 # momentum
+                # m = beta1*m + u
                 np.multiply(beta1, m, out=_s2)
                 np.add(_s2, u, out=m)
                 # parameter update
+                # w -= lr*(beta1*m + u if use_nesterov else m)
                 np.multiply(lr, beta1 * m + u if use_nesterov else m, out=_s2)
                 w -= _s2
             # EMA of the weights
             if use_ema:
+                # ema = ema*ema_mu + w*(1 - ema_mu)
                 np.multiply(ema, ema_mu, out=_s2)
                 np.multiply(w, 1 - ema_mu, out=_s3)
                 np.add(_s2, _s3, out=ema)

@@ -230,6 +230,7 @@ class OptaxNovoGrad:
                 sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
                 # clipping
                 if clipnorm is not None and is_update:
+                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
                     np.multiply(clipnorm, g, out=_s2)
                     g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
                 if global_clipnorm is not None and is_update:
@@ -263,9 +264,11 @@ class OptaxNovoGrad:
                 sumsq_g = 0
             # clipping
             if clipnorm is not None and is_update:
+                # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
                 np.multiply(clipnorm, g, out=_s1)
                 g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
             if global_clipnorm is not None and is_update:
+                # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
                 np.multiply(g, global_clipnorm, out=_s1)
                 g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
             if clipvalue is not None and is_update:
@@ -293,10 +296,12 @@ class OptaxNovoGrad:
                     np.multiply(b1, mu, out=_s3)
                     np.add(_s3, u, out=mu)
                 # parameter update
+                # w -= lr*mu
                 np.multiply(lr, mu, out=_s3)
                 w -= _s3
             # EMA of the weights
             if use_ema:
+                # ema = ema*ema_mu + w*(1 - ema_mu)
                 np.multiply(ema, ema_mu, out=_s3)
                 np.multiply(w, 1 - ema_mu, out=_s2)
                 np.add(_s3, _s2, out=ema)

@@ -231,6 +231,7 @@ class SGD:
                     sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
                     # clipping
                     if clipnorm is not None and is_update:
+                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
                         np.multiply(clipnorm, g, out=_s2)
                         g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
                     if global_clipnorm is not None and is_update:
@@ -262,24 +263,29 @@ class SGD:
                     sumsq_g = 0
                 # clipping
                 if clipnorm is not None and is_update:
+                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
                     np.multiply(clipnorm, g, out=_s1)
                     g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
                 if global_clipnorm is not None and is_update:
+                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
                     np.multiply(g, global_clipnorm, out=_s1)
                     g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
                 if clipvalue is not None and is_update:
                     g = np.clip(g, -clipvalue, clipvalue, out=_s0)
                 # decoupled weight decay
                 if weight_decay is not None and is_update:
+                    # w -= lr*w*weight_decay
                     np.multiply(lr, w, out=_s1)
                     np.multiply(_s1, weight_decay, out=_s1)
                     w -= _s1
                 # gradient descent
                 if is_update:
+                    # w -= g*lr
                     np.multiply(g, lr, out=_s1)
                     w -= _s1
                 # EMA of the weights
                 if use_ema:
+                    # ema = ema*ema_mu + w*(1 - ema_mu)
                     np.multiply(ema, ema_mu, out=_s1)
                     np.multiply(w, 1 - ema_mu, out=_s2)
                     np.add(_s1, _s2, out=ema)
@@ -334,6 +340,7 @@ class SGD:
                     sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
                     # clipping
                     if clipnorm is not None and is_update:
+                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
                         np.multiply(clipnorm, g, out=_s2)
                         g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
                     if global_clipnorm is not None and is_update:
@@ -366,30 +373,36 @@ class SGD:
                     sumsq_g = 0
                 # clipping
                 if clipnorm is not None and is_update:
+                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
                     np.multiply(clipnorm, g, out=_s1)
                     g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
                 if global_clipnorm is not None and is_update:
+                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
                     np.multiply(g, global_clipnorm, out=_s1)
                     g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
                 if clipvalue is not None and is_update:
                     g = np.clip(g, -clipvalue, clipvalue, out=_s0)
                 # decoupled weight decay
                 if weight_decay is not None and is_update:
+                    # w -= lr*w*weight_decay
                     np.multiply(lr, w, out=_s1)
                     np.multiply(_s1, weight_decay, out=_s1)
                     w -= _s1
                 # velocity
                 if is_update:
+                    # velocity = momentum*velocity - g*lr
                     np.multiply(momentum, velocity, out=_s1)
                     np.multiply(g, lr, out=_s2)
                     np.subtract(_s1, _s2, out=velocity)
                     # Nesterov update
+                    # w -= g*lr - momentum*velocity
                     np.multiply(g, lr, out=_s2)
                     np.multiply(momentum, velocity, out=_s1)
                     np.subtract(_s2, _s1, out=_s1)
                     w -= _s1
                 # EMA of the weights
                 if use_ema:
+                    # ema = ema*ema_mu + w*(1 - ema_mu)
                     np.multiply(ema, ema_mu, out=_s1)
                     np.multiply(w, 1 - ema_mu, out=_s2)
                     np.add(_s1, _s2, out=ema)
@@ -445,6 +458,7 @@ class SGD:
                     sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
                     # clipping
                     if clipnorm is not None and is_update:
+                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
                         np.multiply(clipnorm, g, out=_s2)
                         g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
                     if global_clipnorm is not None and is_update:
@@ -477,20 +491,24 @@ class SGD:
                     sumsq_g = 0
                 # clipping
                 if clipnorm is not None and is_update:
+                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
                     np.multiply(clipnorm, g, out=_s1)
                     g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
                 if global_clipnorm is not None and is_update:
+                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
                     np.multiply(g, global_clipnorm, out=_s1)
                     g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
                 if clipvalue is not None and is_update:
                     g = np.clip(g, -clipvalue, clipvalue, out=_s0)
                 # decoupled weight decay
                 if weight_decay is not None and is_update:
+                    # w -= lr*w*weight_decay
                     np.multiply(lr, w, out=_s1)
                     np.multiply(_s1, weight_decay, out=_s1)
                     w -= _s1
                 # velocity
                 if is_update:
+                    # velocity = momentum*velocity - g*lr
                     np.multiply(momentum, velocity, out=_s1)
                     np.multiply(g, lr, out=_s2)
                     np.subtract(_s1, _s2, out=velocity)
@@ -498,6 +516,7 @@ class SGD:
                     w += velocity
                 # EMA of the weights
                 if use_ema:
+                    # ema = ema*ema_mu + w*(1 - ema_mu)
                     np.multiply(ema, ema_mu, out=_s2)
                     np.multiply(w, 1 - ema_mu, out=_s1)
                     np.add(_s2, _s1, out=ema)

@@ -249,11 +249,13 @@ class Adagrad(torch_support.RuleOptimizer):
                 if is_update:
                     accumulator.addcmul_(g, g)
                     # parameter update
+                    # w -= g*lr/torch.sqrt(accumulator + epsilon)
                     torch.add(accumulator, epsilon, out=_s1)
                     torch.sqrt(_s1, out=_s1)
                     w.addcdiv_(g, _s1, value=-(lr))
                 # EMA of the weights
                 if use_ema:
+                    # ema = ema*ema_mu + w*(1 - ema_mu)
                     torch.mul(ema, ema_mu, out=_s1)
                     torch.add(_s1, w, alpha=1 - ema_mu, out=ema)
                 # EMA overwrite

@@ -251,17 +251,21 @@ class Adamax(torch_support.RuleOptimizer):
                     w.add_(w, alpha=-(lr * weight_decay))
                 # first moment
                 if is_update:
+                    # m += (1 - beta_1)*(g - m)
                     torch.sub(g, m, out=_s1)
                     m.add_(_s1, alpha=1 - beta_1)
                     # infinity norm
+                    # u = torch.maximum(torch.abs(g), beta_2*u)
                     torch.abs(g, out=_s1) if g.dtype == _s1.dtype else _s1.copy_(torch.abs(g))
                     torch.mul(beta_2, u, out=_s2)
                     torch.maximum(_s1, _s2, out=u)
                     # parameter update
+                    # w -= lr*m/((1 - beta_1**t)*(epsilon + u))
                     torch.add(epsilon, u, out=_s2)
                     w.addcdiv_(m, _s2, value=-(lr / (1 - beta_1**t)))
                 # EMA of the weights
                 if use_ema:
+                    # ema = ema*ema_mu + w*(1 - ema_mu)
                     torch.mul(ema, ema_mu, out=_s2)
                     torch.add(_s2, w, alpha=1 - ema_mu, out=ema)
                 # EMA overwrite

@@ -264,9 +264,11 @@ class Nadam(torch_support.RuleOptimizer):
                     w.add_(w, alpha=-(lr * weight_decay))
                 # first moment
                 if is_update:
+                    # m += (1 - beta_1)*(g - m)
                     torch.sub(g, m, out=_s1)
                     m.add_(_s1, alpha=1 - beta_1)
                     # second moment
+                    # v += (1 - beta_2)*(g**2 - v)
                     torch.pow(g, 2, out=_s1)
                     torch.sub(_s1, v, out=_s1)
                     v.add_(_s1, alpha=1 - beta_2)
@@ -283,11 +285,13 @@ class Nadam(torch_support.RuleOptimizer):
                     v_hat = 0
                 # parameter update
                 if is_update:
+                    # w -= lr*m_hat/(epsilon + torch.sqrt(v_hat))
                     torch.sqrt(v_hat, out=_s3)
                     torch.add(epsilon, _s3, out=_s3)
                     w.addcdiv_(m_hat, _s3, value=-(lr))
                 # EMA of the weights
                 if use_ema:
+                    # ema = ema*ema_mu + w*(1 - ema_mu)
                     torch.mul(ema, ema_mu, out=_s3)
                     torch.add(_s3, w, alpha=1 - ema_mu, out=ema)
                 # EMA overwrite

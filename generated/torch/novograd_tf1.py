@@ -273,12 +273,14 @@ class NovoGradTF1(torch_support.RuleOptimizer):
                     if grad_averaging:
                         u = torch.mul(u, 1 - beta1, out=_s1)
                     # momentum
+                    # m = beta1*m + u
                     torch.mul(beta1, m, out=_s2)
                     torch.add(_s2, u, out=m)
                     # parameter update
                     w.add_(beta1 * m + u if use_nesterov else m, alpha=-(lr))
                 # EMA of the weights
                 if use_ema:
+                    # ema = ema*ema_mu + w*(1 - ema_mu)
                     torch.mul(ema, ema_mu, out=_s2)
                     torch.add(_s2, w, alpha=1 - ema_mu, out=ema)
                 # EMA overwrite

@@ -275,6 +275,7 @@ class OptaxNovoGrad(torch_support.RuleOptimizer):
                     w.add_(mu, alpha=-(lr))
                 # EMA of the weights
                 if use_ema:
+                    # ema = ema*ema_mu + w*(1 - ema_mu)
                     torch.mul(ema, ema_mu, out=_s2)
                     torch.add(_s2, w, alpha=1 - ema_mu, out=ema)
                 # EMA overwrite

@@ -253,6 +253,7 @@ class SGD(torch_support.RuleOptimizer):
                         w.add_(g, alpha=-(lr))
                     # EMA of the weights
                     if use_ema:
+                        # ema = ema*ema_mu + w*(1 - ema_mu)
                         torch.mul(ema, ema_mu, out=_s1)
                         torch.add(_s1, w, alpha=1 - ema_mu, out=ema)
                     # EMA overwrite
@@ -359,14 +360,17 @@ class SGD(torch_support.RuleOptimizer):
                         w.add_(w, alpha=-(lr * weight_decay))
                     # velocity
                     if is_update:
+                        # velocity = momentum*velocity - g*lr
                         torch.mul(momentum, velocity, out=_s1)
                         torch.add(_s1, g, alpha=-(lr), out=velocity)
                         # Nesterov update
+                        # w -= g*lr - momentum*velocity
                         torch.mul(g, lr, out=_s1)
                         torch.add(_s1, velocity, alpha=-(momentum), out=_s1)
                         w.sub_(_s1)
                     # EMA of the weights
                     if use_ema:
+                        # ema = ema*ema_mu + w*(1 - ema_mu)
                         torch.mul(ema, ema_mu, out=_s1)
                         torch.add(_s1, w, alpha=1 - ema_mu, out=ema)
                     # EMA overwrite
@@ -474,12 +478,14 @@ class SGD(torch_support.RuleOptimizer):
                         w.add_(w, alpha=-(lr * weight_decay))
                     # velocity
                     if is_update:
+                        # velocity = momentum*velocity - g*lr
                         torch.mul(momentum, velocity, out=_s1)
                         torch.add(_s1, g, alpha=-(lr), out=velocity)
                         # momentum update
                         w.add_(velocity)
                     # EMA of the weights
                     if use_ema:
+                        # ema = ema*ema_mu + w*(1 - ema_mu)
                         torch.mul(ema, ema_mu, out=_s1)
                         torch.add(_s1, w, alpha=1 - ema_mu, out=ema)
                     # EMA overwrite
