@@ -20,7 +20,7 @@ import sympy as sp
 
 from optforge.compiler.analysis import param_condition
 from optforge.compiler.errors import BackendError
-from optforge.compiler.ir import Assign, Program, Scope, Section, base, ssa
+from optforge.compiler.ir import Assign, Program, Role, Scope, Section, SectionKind, base, ssa
 from optforge.compiler.render import MathPrinter, docstring_equations
 
 from . import inplace
@@ -78,7 +78,9 @@ class Backend:
         """A printer that knows which names hold arrays: by scope, by backend, and any value computed from one."""
         arrays = {n for n, s in scopes.items() if s in self.array_scopes} | set(self.array_names)
         if self.global_reductions_are_arrays:
-            arrays |= {a.target for c in program.cases for a in c.body + c.functional if a.role == "reduce"}
+            arrays |= {
+                a.target for c in program.cases for a in c.body + c.functional if a.role == Role.REDUCE
+            }
         changed = True
         while changed:
             changed = False
@@ -106,7 +108,7 @@ class Backend:
 
     def guard(self, a: Assign, p: ExprPrinter) -> tuple[str, Assign] | None:
         e = a.expr
-        if a.role in ("temp", "reduce") or not (isinstance(e, sp.Piecewise) and len(e.args) == 2):
+        if a.role in (Role.TEMP, Role.REDUCE) or not (isinstance(e, sp.Piecewise) and len(e.args) == 2):
             return None
         (value, cond), (other, _) = e.args
         if not (isinstance(other, sp.Symbol) and base(other) == a.target and other != a.lhs):
@@ -124,7 +126,7 @@ class Backend:
             return special
         name = p.name_of(a.lhs)
         ta = self.three_address(a, p)
-        if a.role in ("state", "param") and a.scope >= Scope.TENSOR:
+        if a.role in (Role.STATE, Role.PARAM) and a.scope >= Scope.TENSOR:
             kind, value = in_place_form(a)
             form = self.forms[kind]
             if ta is None:
@@ -145,7 +147,7 @@ class Backend:
         accumulation over all tensors; None where statements stay as printed."""
         if self.ops is None or self.registers is None:
             return None
-        if a is not None and not (a.scope == Scope.ELEMENT or a.role == "reduce"):
+        if a is not None and not (a.scope == Scope.ELEMENT or a.role == Role.REDUCE):
             return None
         return inplace.ThreeAddress(self.ops, p.elements, self.registers)
 
@@ -180,7 +182,7 @@ class Backend:
         """The static condition under which a pass over all tensors is needed at all ('' if always)."""
         parts = []
         for a in section.body:
-            if a.role != "reduce":
+            if a.role != Role.REDUCE:
                 continue
             if not isinstance(a.expr, sp.Piecewise):
                 return ""
@@ -197,7 +199,7 @@ class Backend:
             step = program.equations[0].expr if program.equations[0].target == "t" else sp.Symbol("n") + 1
             out.append(Line(f"t = {p.doprint(step)}", "the last step's t"))
         for i, (expr, label) in enumerate(program.finalize):
-            a = Assign("w", i + 1, expr, "param", Scope.ELEMENT, label)
+            a = Assign("w", i + 1, expr, Role.PARAM, Scope.ELEMENT, label)
             for j, code in enumerate(self.statement(a, p)):
                 out.append(Line(code, label if j == 0 else ""))
         return out
@@ -207,21 +209,19 @@ class Backend:
         from optforge.compiler.dsl import TensorMax, TensorSum
 
         init, inside = [], []
-        replays = [a for a in section.body if a.role == "replay"]
+        replays = [a for a in section.body if a.role == Role.REPLAY]
         if replays:  # the values the reductions read, recomputed locally
-            inside += self.section_lines(self._program, Section("replay", tuple(replays)), p)
+            inside += self.section_lines(self._program, Section(SectionKind.REPLAY, tuple(replays)), p)
         for a in section.body:
-            if a.role == "replay":
+            if a.role == Role.REPLAY:
                 continue
             acc = sp.Symbol(a.target)
             expr, guard = a.expr, sp.true
             if isinstance(expr, sp.Piecewise):  # computed only under a condition
                 (expr, guard), _ = expr.args
             (arg,) = expr.args
-            if type(expr).__name__ == "GlobalSum":
-                kind, step = "sum", acc + TensorSum(arg)
-            else:
-                kind, step = "max", sp.Max(acc, TensorMax(arg))
+            kind = expr.accumulate
+            step = acc + TensorSum(arg) if kind == "sum" else sp.Max(acc, TensorMax(arg))
             # a static condition is an `if` around the accumulation (no `else: acc = acc`), a dynamic one
             # (JAX's traced step) a select
             static, dynamic = p.split(guard) if guard is not sp.true else (sp.true, sp.true)
@@ -283,13 +283,15 @@ class Backend:
             sections = self.case_sections(case)
             printed = []
             for s in sections:
-                self.registers = inplace.Registers() if s.kind != "step" else None
+                self.registers = inplace.Registers() if s.kind != SectionKind.STEP else None
                 init, lines = (
-                    self.reduce_lines(s, p) if s.kind == "reduce" else ([], self.section_lines(program, s, p))
+                    self.reduce_lines(s, p)
+                    if s.kind == SectionKind.REDUCE
+                    else ([], self.section_lines(program, s, p))
                 )
                 lines = self.scratch_lines(s, program) + lines
                 self.registers = None
-                guard = self.reduce_guard(s, p) if s.kind == "reduce" else ""
+                guard = self.reduce_guard(s, p) if s.kind == SectionKind.REDUCE else ""
                 printed.append(
                     {
                         "kind": s.kind,
@@ -305,9 +307,9 @@ class Backend:
                         ],
                         "reads_param": any(sp.Symbol("w") in a.expr.free_symbols for a in s.body),
                         # the fused path (generated/fused): the case that updates the tensors, and what it reads
-                        "fused": fused_name(i) if s.kind == "tensor" else "",
+                        "fused": fused_name(i) if s.kind == SectionKind.TENSOR else "",
                         "scalars": section_scalars(program, scopes, s, self.names)
-                        if s.kind == "tensor"
+                        if s.kind == SectionKind.TENSOR
                         else [],
                     }
                 )

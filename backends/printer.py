@@ -15,6 +15,7 @@ from sympy.core.relational import Relational
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
 
+from optforge.compiler.dsl import Given
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import base
 
@@ -65,7 +66,7 @@ class ExprPrinter(StrPrinter):
     # -- atoms -------------------------------------------------------------------------
 
     def _print_Symbol(self, expr: sp.Symbol) -> str:
-        if type(expr).__name__ == "Given":
+        if isinstance(expr, Given):
             return f"{self.names.get(expr.option, expr.option)} is not None"
         return self.name_of(expr)
 
@@ -255,7 +256,7 @@ class ExprPrinter(StrPrinter):
 
     def _print_Not(self, expr) -> str:
         (arg,) = expr.args
-        if type(arg).__name__ == "Given":
+        if isinstance(arg, Given):
             return f"{self.names.get(arg.option, arg.option)} is None"
         if self.is_array(expr):
             return self.call(self.not_call, self._print(expr.args[0]))

@@ -163,28 +163,37 @@ class clip(sp.Function):
 # reductions: one value per tensor, or one per step over all tensors
 
 
-class TensorSum(sp.Function):
+class Reduction(sp.Function):
+    """A reduction: ``over`` one tensor (one value per tensor) or all tensors of the step (one value per
+    step), accumulating by ``sum`` or ``max``. Passes and printers ask these, never the class's name."""
+
+    nargs = 1
+    over = ""  # "tensor" or "global"
+    accumulate = ""  # "sum" or "max"
+
+
+class TensorSum(Reduction):
     """Sum over the elements of one tensor: one value per tensor."""
 
-    nargs = 1
+    over, accumulate = "tensor", "sum"
 
 
-class TensorMax(sp.Function):
+class TensorMax(Reduction):
     """Maximum over the elements of one tensor: one value per tensor."""
 
-    nargs = 1
+    over, accumulate = "tensor", "max"
 
 
-class GlobalSum(sp.Function):
+class GlobalSum(Reduction):
     """Sum over every element of every tensor of the step: one value per step."""
 
-    nargs = 1
+    over, accumulate = "global", "sum"
 
 
-class GlobalMax(sp.Function):
+class GlobalMax(Reduction):
     """Maximum over every element of every tensor of the step: one value per step."""
 
-    nargs = 1
+    over, accumulate = "global", "max"
 
 
 def tensor_sum(x: Any) -> sp.Expr:
@@ -222,7 +231,7 @@ def global_max(x: Any) -> sp.Expr:
     return GlobalMax(sp.sympify(x))
 
 
-REDUCTIONS = {"TensorSum": "tensor", "TensorMax": "tensor", "GlobalSum": "global", "GlobalMax": "global"}
+REDUCTIONS = {cls.__name__: cls.over for cls in (TensorSum, TensorMax, GlobalSum, GlobalMax)}
 
 
 # --------------------------------------------------------------------------------------

@@ -67,6 +67,29 @@ class AsFloat(sp.Function):
     nargs = 1
 
 
+class Role(enum.StrEnum):
+    """What an assignment writes: it decides how a backend prints it (a buffer updated in place, a name
+    bound, an accumulator) and what the passes may do with it."""
+
+    STATE = "state"  # a state variable
+    PARAM = "param"  # the parameter w
+    GRAD = "grad"  # the gradient g (rewritten by options: loss scaling, clipping)
+    LET = "let"  # a named intermediate value
+    TEMP = "temp"  # the compiler's: a common subexpression
+    UPDATE = "update"  # the increment w_new - w (the increment form)
+    REDUCE = "reduce"  # a reduction (over one tensor, or over all tensors)
+    REPLAY = "replay"  # a value recomputed inside a pass over all tensors (writes nothing)
+
+
+class SectionKind(enum.StrEnum):
+    """How a section runs: once per step, as a pass over all tensors, or as the loop that updates them."""
+
+    STEP = "step"  # once per step
+    REDUCE = "reduce"  # a pass over all tensors: reductions, with the values they read replayed
+    TENSOR = "tensor"  # the loop over the tensors that updates state and parameters
+    REPLAY = "replay"  # the replayed statements of a pass, printed as a section of their own
+
+
 @dataclasses.dataclass(frozen=True)
 class Assign:
     """``target.version = expr``."""
@@ -74,12 +97,15 @@ class Assign:
     target: str
     version: int
     expr: sp.Expr
-    role: str  # "state", "param", "grad", "let", "temp" (compiler's), "update" (the increment)
+    role: Role
     scope: Scope = Scope.ELEMENT
     label: str = ""
     equation: int | None = None  # 1-based number of the rule's equation, None for compiler temps
     origin: str = ""
     section: int = 0  # index of the section (see schedule pass) that computes it
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "role", Role(self.role))  # a typo in a role is an error here, not a miss
 
     @property
     def lhs(self) -> sp.Symbol:
@@ -100,12 +126,15 @@ class StateVar:
 
 @dataclasses.dataclass(frozen=True)
 class Section:
-    """A run of assignments: once per step (``kind='step'``) or in a loop over the tensors: a pass that
-    computes reductions over all tensors (``'reduce'``; a case has as many as its chains of reductions
-    need, see ``passes/schedule.py``) or the loop that updates them (``'tensor'``, one per case)."""
+    """A run of assignments: once per step (``STEP``) or in a loop over the tensors: a pass that
+    computes reductions over all tensors (``REDUCE``; a case has as many as its chains of reductions
+    need, see ``passes/schedule.py``) or the loop that updates them (``TENSOR``, one per case)."""
 
-    kind: str  # "step", "reduce" or "tensor"
+    kind: SectionKind
     body: tuple[Assign, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", SectionKind(self.kind))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +150,7 @@ class Case:
 
     @property
     def states(self) -> frozenset[str]:
-        return frozenset(a.target for a in self.body if a.role == "state")
+        return frozenset(a.target for a in self.body if a.role == Role.STATE)
 
 
 @dataclasses.dataclass(frozen=True)

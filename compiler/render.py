@@ -12,7 +12,7 @@ import sympy as sp
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
 
-from .dsl import Equation
+from .dsl import Equation, Given
 from .ir import Program
 
 
@@ -51,7 +51,7 @@ class MathPrinter(StrPrinter):
         return f"{self.parenthesize(b, PRECEDENCE['Pow'], strict=False)}^{self.parenthesize(e, PRECEDENCE['Pow'], strict=False)}"
 
     def _print_Symbol(self, expr) -> str:
-        if type(expr).__name__ == "Given":
+        if isinstance(expr, Given):
             return f"{expr.option} given"
         return super()._print_Symbol(expr)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .ir import Program, Scope, base
+from .dsl import Reduction
+from .ir import Program, Role, Scope, base
 from .passes.schedule import passes_over_all_tensors
-from .passes.scope import REDUCTIONS
 from .render import docstring_equations, finalizer_text, math_text
 
 
@@ -34,7 +34,7 @@ def reductions(program: Program) -> list[str]:
     for case in program.cases:
         for a in case.body:
             for node in sp.preorder_traversal(a.expr):
-                if type(node).__name__ in REDUCTIONS:
+                if isinstance(node, Reduction):
                     text = math_text(node.xreplace({s: sp.Symbol(base(s)) for s in node.free_symbols}))
                     if text not in found:
                         found.append(text)
@@ -99,7 +99,7 @@ def show(program: Program) -> str:
         lines += ["", "cases (static conditions, compiled separately):"]
         for c in program.cases:
             lines.append(
-                f"  when {math_text(c.condition)}: updates {', '.join(sorted({a.target for a in c.body if a.role in ('state', 'param')}))}"
+                f"  when {math_text(c.condition)}: updates {', '.join(sorted({a.target for a in c.body if a.role in (Role.STATE, Role.PARAM)}))}"
             )
     lines += ["", "passes: " + " -> ".join(program.passes)]
     return "\n".join(lines)

@@ -12,7 +12,7 @@ import re
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
-from optforge.compiler.dsl import Equation
+from optforge.compiler.dsl import Equation, Given
 
 _REDUCTION_LATEX = {
     "TensorSum": "tensor",
@@ -30,7 +30,7 @@ class RuleLatexPrinter(LatexPrinter):
         self.names = names
 
     def _print_Symbol(self, expr, style="plain") -> str:
-        if type(expr).__name__ == "Given":
+        if isinstance(expr, Given):
             return rf"{self.names.get(expr.option, expr.option)} \neq \mathrm{{None}}"
         return self.names.get(expr.name, super()._print_Symbol(expr))
 
@@ -71,7 +71,7 @@ class RuleLatexPrinter(LatexPrinter):
 
     def _print_Not(self, expr) -> str:
         (arg,) = expr.args
-        if type(arg).__name__ == "Given":
+        if isinstance(arg, Given):
             return rf"{self.names.get(arg.option, arg.option)} = \mathrm{{None}}"
         return super()._print_Not(expr)
 

@@ -26,8 +26,9 @@ import re
 import sympy as sp
 from sympy.printing.precedence import PRECEDENCE
 
+from optforge.compiler.dsl import Given, Reduction
 from optforge.compiler.errors import BackendError
-from optforge.compiler.ir import Assign, Program, Scope, Section, base
+from optforge.compiler.ir import Assign, Program, Role, Scope, Section, SectionKind, base
 
 from ..base import Backend, fused_name, section_scalars
 from ..numpy.printer import NumPyBackend
@@ -284,7 +285,7 @@ class FusedBackend(Backend):
         functions = []
         for i, case in enumerate(program.cases):
             for section in case.sections:
-                if section.kind == "tensor":
+                if section.kind == SectionKind.TENSOR:
                     functions.append(self.tensor_function(program, scopes, p, i, case, section))
         return {
             "rule": program.rule,
@@ -327,7 +328,7 @@ class FusedBackend(Backend):
                     flush()  # computed here: they read the per-tensor values of this point
                     continue
                 tensor_code += [f"# {comment}"] if comment else []
-                if a.role == "reduce":  # its kernel, called where the value is needed
+                if a.role == Role.REDUCE:  # its kernel, called where the value is needed
                     kernel = self.reduction(program, index, len(kernels), a, element, kp, hoister, arrays)
                     kernels.append(kernel)
                     flush()
@@ -335,7 +336,7 @@ class FusedBackend(Backend):
                     scalar.arrays = scalar.arrays | {marker.name}
                     value = scalar.doprint(
                         a.expr.replace(
-                            lambda x: type(x).__name__ in ("TensorSum", "TensorMax"), lambda x: marker
+                            lambda x: isinstance(x, Reduction) and x.over == "tensor", lambda x: marker
                         )
                     )
                     value = re.sub(rf"\b{marker.name}\b", f"dt({_placeholder(kernel.name)})", value)
@@ -375,7 +376,9 @@ class FusedBackend(Backend):
         # where clipnorm is given): then the guards of every per-tensor value the loop reads are false
         tensor_values = [v for v in update.values if v not in step_names]
         guards = [h.guard for h in hoister.items if h.name in tensor_values]
-        splittable = not any(a.role in ("state", "param") and a.scope == Scope.TENSOR for a in section.body)
+        splittable = not any(
+            a.role in (Role.STATE, Role.PARAM) and a.scope == Scope.TENSOR for a in section.body
+        )
         if not splittable or any(g is sp.true for g in guards):
             split = None  # never: each tensor whole
         else:
@@ -438,7 +441,7 @@ class FusedBackend(Backend):
 
     def reduction(self, program, index, k, a: Assign, element, kp: KernelPrinter, hoister, arrays):
         expr = a.expr
-        red = next(x for x in sp.preorder_traversal(expr) if type(x).__name__ in ("TensorSum", "TensorMax"))
+        red = next(x for x in sp.preorder_traversal(expr) if isinstance(x, Reduction) and x.over == "tensor")
         (arg,) = red.args
         statements = self.closure(element, arg.free_symbols)
         kp.used = set()
@@ -452,13 +455,13 @@ class FusedBackend(Backend):
         kernel = Kernel(
             name=name,
             kind="reduce",
-            doc=f"{a.target}: {'sum' if type(red).__name__ == 'TensorSum' else 'max'} of {arg} over the tensor",
+            doc=f"{a.target}: {red.accumulate} of {arg} over the tensor",
             arrays=names,
             loads=loads,
             args=sorted(used, key=kp.hoister.sort_key),
             body=[c for _, code, _ in statements for c in code],
             stores=[],
-            accumulate="sum" if type(red).__name__ == "TensorSum" else "max",
+            accumulate=red.accumulate,
             value=value,
         )
         return kernel
@@ -471,7 +474,7 @@ class FusedBackend(Backend):
         return name, kp.hoister.hoist(state.allocated_when, ()), kp.constant(0)
 
     def update_kernel(self, program, index, element, kp, hoister, arrays, persisting) -> Kernel:
-        written = {a.target for a, _, _ in element if a.role in ("state", "param")}
+        written = {a.target for a, _, _ in element if a.role in (Role.STATE, Role.PARAM)}
         used = set().union(*(u for _, _, u in element)) if element else set()
         names = self.inputs(element, {sp.Symbol(n) for n in written}, arrays)
         loads = [self.load(n, kp) for n in names]
@@ -508,7 +511,7 @@ def _identifiers_in(code: list[str], names: list[str]) -> list[str]:
 
 
 def _is_boolean(expr: sp.Basic, booleans: set[str]) -> bool:
-    if type(expr).__name__ == "Given":
+    if isinstance(expr, Given):
         return True
     if isinstance(expr, sp.Symbol):  # a sympy Symbol is also a Boolean: ask what the name holds
         return base(expr) in booleans
@@ -538,7 +541,7 @@ def _words(expr: sp.Basic, names: dict[str, str], depth: int = 0) -> str:
     value is numbered). ``names``: what the generated code calls a rule's name (``lr``)."""
     if depth > 2:
         return ""
-    if type(expr).__name__ == "Given":
+    if isinstance(expr, Given):
         return f"{expr.option}_given"
     if isinstance(expr, sp.Symbol):
         return names.get(base(expr), base(expr))

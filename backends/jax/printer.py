@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from optforge.compiler.ir import Assign
+from optforge.compiler.ir import Assign, Role
 from optforge.compiler.passes.integers import promote_sections
 
 from ..base import Backend
@@ -48,7 +48,7 @@ class JaxBackend(Backend):
         return promote_sections(self._program, case.functional_sections)
 
     def plain_statement(self, a: Assign, p: ExprPrinter) -> list[str]:
-        if a.role == "update" and a.expr == 0:
+        if a.role == Role.UPDATE and a.expr == 0:
             return ["update = jnp.zeros_like(g)"]
         return [f"{p.name_of(a.lhs)} = {p.doprint(a.expr)}"]
 

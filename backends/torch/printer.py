@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from optforge.compiler.ir import Assign, Scope
+from optforge.compiler.ir import Assign, Role, Scope
 
 from .. import inplace
 from ..base import Backend
@@ -52,6 +52,6 @@ class TorchBackend(Backend):
     support = "torch_support"
 
     def fill(self, a: Assign, p: ExprPrinter) -> list[str] | None:
-        if a.role in ("state", "param") and a.scope >= Scope.TENSOR and not p.is_array(a.expr):
+        if a.role in (Role.STATE, Role.PARAM) and a.scope >= Scope.TENSOR and not p.is_array(a.expr):
             return [f"{p.name_of(a.lhs)}.fill_({p.doprint(a.expr)})"]
         return None

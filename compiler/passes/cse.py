@@ -12,7 +12,7 @@ import dataclasses
 
 import sympy as sp
 
-from ..ir import Assign, Program, base
+from ..ir import Assign, Program, Role, base
 from .scope import scope_of, scopes_of
 
 
@@ -81,7 +81,7 @@ def _cse(body: tuple[Assign, ...], scopes: dict) -> tuple[Assign, ...]:
     order = list(temps)
     for i, a in enumerate(stmts + [None]):
         for sym in sorted((s for s in order if position[s] == i), key=order.index):
-            out.append(Assign(sym.name, 0, temps[sym], "temp", scopes[sym.name]))
+            out.append(Assign(sym.name, 0, temps[sym], Role.TEMP, scopes[sym.name]))
         if a is not None:
             out.append(a)
     return tuple(out)

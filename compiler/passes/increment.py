@@ -14,7 +14,7 @@ import dataclasses
 
 import sympy as sp
 
-from ..ir import Assign, Case, Program, Scope, ssa
+from ..ir import Assign, Case, Program, Role, Scope, ssa
 
 
 def split_increment(new: sp.Expr, old: sp.Symbol) -> sp.Expr:
@@ -39,7 +39,7 @@ def _functional(case: Case) -> tuple[Assign, ...]:
     n = 0
     for a in case.body:
         expr = a.expr.xreplace(subs)
-        if a.role != "param":
+        if a.role != Role.PARAM:
             out.append(dataclasses.replace(a, expr=expr))
             continue
         old = ssa("w", a.version - 1)
@@ -47,7 +47,9 @@ def _functional(case: Case) -> tuple[Assign, ...]:
         n += 1
         total = d if n == 1 else ssa("update", n - 1) + d
         out.append(
-            dataclasses.replace(a, target="update", version=n, expr=total, role="update", scope=Scope.ELEMENT)
+            dataclasses.replace(
+                a, target="update", version=n, expr=total, role=Role.UPDATE, scope=Scope.ELEMENT
+            )
         )
         subs[a.lhs] = sp.Symbol("w") + ssa("update", n)
     return tuple(out)

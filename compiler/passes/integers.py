@@ -22,7 +22,7 @@ from sympy.core.relational import Relational
 from sympy.logic.boolalg import Boolean
 
 from ..dsl import idiv, imod
-from ..ir import AsFloat, Assign, Program, Section
+from ..ir import AsFloat, Assign, Program, Role, Section
 
 _INTEGER_FUNCTIONS = (idiv, imod, sp.Max, sp.Min, sp.Abs, sp.sign)
 
@@ -49,7 +49,11 @@ def integer_names(program: Program, body: tuple[Assign, ...]) -> tuple[set[str],
     integers = {"n", "t"} | options
     stepped = {"n", "t"}
     for a in body:
-        if a.role in ("let", "temp") and not isinstance(a.expr, Boolean) and is_integer(a.expr, integers):
+        if (
+            a.role in (Role.LET, Role.TEMP)
+            and not isinstance(a.expr, Boolean)
+            and is_integer(a.expr, integers)
+        ):
             integers.add(a.lhs.name)
             if any(s.name in stepped for s in a.expr.free_symbols):
                 stepped.add(a.lhs.name)

@@ -17,7 +17,7 @@ from sympy.logic.boolalg import Boolean
 
 from ..dsl import RESERVED, Equation, Given, Rule, own_equation
 from ..errors import RuleError
-from ..ir import Assign, Case, Program, Scope, StateVar, ssa
+from ..ir import Assign, Case, Program, Role, Scope, StateVar, ssa
 
 MAX_STATIC_ATOMS = 8
 
@@ -431,9 +431,11 @@ def _specialise(rule: Rule, encode: dict, truth: dict) -> list[Assign]:
         expr = eq.expr.xreplace({sp.Symbol(n): ssa(n, v) for n, v in current.items()})
         current[eq.target] = current.get(eq.target, 0) + 1
         role = (
-            "let"
+            Role.LET
             if eq.kind == "let"
-            else {"w": "param", "g": "grad"}.get(eq.target, "state" if eq.target in rule.states else "let")
+            else {"w": Role.PARAM, "g": Role.GRAD}.get(
+                eq.target, Role.STATE if eq.target in rule.states else Role.LET
+            )
         )
         body.append(
             Assign(eq.target, current[eq.target], expr, role, label=eq.label, equation=i, origin=eq.origin)

@@ -11,8 +11,9 @@ import dataclasses
 
 import sympy as sp
 
-from ..ir import Assign, Program, base
-from .scope import REDUCTIONS
+from ..dsl import Reduction
+from ..ir import Assign, Program, Role, base
+from .scope import reduction_scope
 
 
 def extract_reductions(program: Program) -> Program:
@@ -24,14 +25,14 @@ def extract_reductions(program: Program) -> Program:
 
 
 def _is_reduction(node: sp.Basic) -> bool:
-    return isinstance(node, sp.Function) and type(node).__name__ in REDUCTIONS
+    return isinstance(node, Reduction)
 
 
 def name_of_reduction(node: sp.Basic, taken: set[str]) -> str:
     """``sumsq_g`` for the sum of squares of g, ``sum_x``, ``max_abs_g``, else ``red0``..."""
     (arg,) = node.args
-    kind = "sum" if type(node).__name__.endswith("Sum") else "max"
-    scope = "" if type(node).__name__.startswith("Tensor") else "global_"
+    kind = node.accumulate
+    scope = "" if node.over == "tensor" else "global_"
     name = None
     if isinstance(arg, sp.Pow) and arg.exp == 2 and isinstance(arg.base, sp.Symbol) and kind == "sum":
         name = f"{scope}sumsq_{base(arg.base)}"
@@ -48,8 +49,6 @@ def name_of_reduction(node: sp.Basic, taken: set[str]) -> str:
 
 
 def _extract(body: tuple[Assign, ...]) -> tuple[Assign, ...]:
-    from .scope import REDUCTIONS as scopes
-
     out: list[Assign] = []
     found: dict[sp.Basic, sp.Symbol] = {}
     taken = {a.target for a in body}
@@ -62,7 +61,7 @@ def _extract(body: tuple[Assign, ...]) -> tuple[Assign, ...]:
             found[node] = sp.Symbol(name)
             guard = sp.simplify_logic(sp.Or(*paths[node]))
             expr = node if guard is sp.true else sp.Piecewise((node, guard), (0, True))
-            out.append(Assign(name, 0, expr, "reduce", scopes[type(node).__name__], label=""))
+            out.append(Assign(name, 0, expr, Role.REDUCE, reduction_scope(node), label=""))
         out.append(dataclasses.replace(a, expr=a.expr.xreplace(found)) if found else a)
     return tuple(out)
 

@@ -28,7 +28,7 @@ import dataclasses
 
 import sympy as sp
 
-from ..ir import Assign, Program, Scope, Section, base, ssa, version
+from ..ir import Assign, Program, Role, Scope, Section, SectionKind, base, ssa, version
 
 #: where a statement runs: step sections at even positions 0, 2, ..., 2K; pass j at 2j - 1; the loop last
 LOOP = 10**9
@@ -46,11 +46,11 @@ def schedule(program: Program) -> Program:
 
 def passes_over_all_tensors(sections: tuple[Section, ...]) -> int:
     """The number of passes over the tensors before the loop that updates them."""
-    return sum(s.kind == "reduce" for s in sections)
+    return sum(s.kind == SectionKind.REDUCE for s in sections)
 
 
 def _is_global_reduction(a: Assign) -> bool:
-    return a.role == "reduce" and a.scope == Scope.GLOBAL
+    return a.role == Role.REDUCE and a.scope == Scope.GLOBAL
 
 
 def _is_step(a: Assign) -> bool:
@@ -72,13 +72,13 @@ def schedule_body(body: tuple[Assign, ...]) -> tuple[tuple[Assign, ...], tuple[S
 
     for p in sorted({position[a.lhs] for a in body if position[a.lhs] != LOOP}):
         if p % 2 == 0:
-            add("step", [a for a in body if _is_step(a) and position[a.lhs] == p])
+            add(SectionKind.STEP, [a for a in body if _is_step(a) and position[a.lhs] == p])
             continue
         reductions = [a for a in body if _is_global_reduction(a) and position[a.lhs] == p]
         needed = _closure(reductions, definitions)
-        replays = [dataclasses.replace(a, role="replay") for a in body if a.lhs in needed]
-        add("reduce", replays + reductions)
-    add("tensor", [a for a in body if not _is_step(a) and not _is_global_reduction(a)])
+        replays = [dataclasses.replace(a, role=Role.REPLAY) for a in body if a.lhs in needed]
+        add(SectionKind.REDUCE, replays + reductions)
+    add(SectionKind.TENSOR, [a for a in body if not _is_step(a) and not _is_global_reduction(a)])
     return body, tuple(out)
 
 
@@ -140,7 +140,7 @@ def _keep_previous_values(body: tuple[Assign, ...], position: dict[sp.Symbol, in
     if not copies:
         return body
     out: list[Assign] = []
-    kept = {s: Assign(c.name.partition(".")[0], 1, s, "let", Scope.GLOBAL) for s, c in copies.items()}
+    kept = {s: Assign(c.name.partition(".")[0], 1, s, Role.LET, Scope.GLOBAL) for s, c in copies.items()}
     out += [kept[s] for s in kept if version(s) == 0]
     for i, a in enumerate(body):
         out.append(dataclasses.replace(a, expr=a.expr.xreplace(rewrites[i])) if i in rewrites else a)

@@ -4,8 +4,8 @@ Hyperparameters are constant; the step and the learning rate are global; ``g``
 and ``w`` are per element. A state's scope is the widest scope of the values
 assigned to it (a fixpoint, since a state may read itself); a state whose
 declared scope is narrower than that is an error naming the equation.
-Reductions (functions that map a per-element value to one per tensor or one
-per step) narrow the scope of their argument; ``REDUCTIONS`` lists them.
+Reductions (``dsl.Reduction``: a per-element value to one per tensor or one
+per step) narrow the scope of their argument.
 """
 
 from __future__ import annotations
@@ -14,22 +14,22 @@ import dataclasses
 
 import sympy as sp
 
-from ..dsl import REDUCTIONS as _DSL_REDUCTIONS
+from ..dsl import Reduction
 from ..errors import RuleError
-from ..ir import Assign, Program, Scope, base
+from ..ir import Assign, Program, Role, Scope, base
 
-#: reduction function name -> scope of its result
-REDUCTIONS: dict[str, Scope] = {
-    name: {"tensor": Scope.TENSOR, "global": Scope.GLOBAL}[kind] for name, kind in _DSL_REDUCTIONS.items()
-}
+
+def reduction_scope(node: Reduction) -> Scope:
+    """The scope of a reduction's result: one value per tensor, or one per step."""
+    return Scope.TENSOR if node.over == "tensor" else Scope.GLOBAL
 
 
 def scope_of(expr: sp.Basic, scopes: dict[str, Scope]) -> Scope:
     """The scope of an expression given the scope of every name it reads."""
     if isinstance(expr, sp.Symbol):
         return scopes[base(expr)]
-    if isinstance(expr, sp.Function) and type(expr).__name__ in REDUCTIONS:
-        return REDUCTIONS[type(expr).__name__]
+    if isinstance(expr, Reduction):
+        return reduction_scope(expr)
     found = Scope.CONST
     for arg in expr.args:
         found = max(found, scope_of(arg, scopes))
@@ -49,7 +49,7 @@ def infer_scopes(program: Program) -> Program:
                 hint="initialise it from hyperparameters, or declare it with scope='element' (or leave scope out)",
             )
         scopes[s.name] = declared[s.name] or initial
-    lets = {a.target for c in program.cases for a in c.body if a.role == "let" and a.target != "t"}
+    lets = {a.target for c in program.cases for a in c.body if a.role == Role.LET and a.target != "t"}
     for name in lets:
         scopes[name] = Scope.CONST
 
@@ -58,11 +58,11 @@ def infer_scopes(program: Program) -> Program:
         changed = False
         for case in program.cases:
             for a in case.body:
-                if a.role in ("param", "grad") or a.target == "t":
+                if a.role in (Role.PARAM, Role.GRAD) or a.target == "t":
                     continue
                 s = scope_of(a.expr, scopes)
                 if s > scopes[a.target]:
-                    if a.role == "state" and declared[a.target] is not None:
+                    if a.role == Role.STATE and declared[a.target] is not None:
                         raise RuleError(
                             program.rule,
                             f"state '{a.target}' is declared {declared[a.target].word} but is assigned a value {s.word}",
@@ -87,13 +87,11 @@ def infer_scopes(program: Program) -> Program:
 
 def _check_reductions(program: Program, a: Assign, scopes: dict[str, Scope]) -> None:
     for node in sp.preorder_traversal(a.expr):
-        if not (isinstance(node, sp.Function) and type(node).__name__ in REDUCTIONS):
+        if not isinstance(node, Reduction):
             continue
         (arg,) = node.args
         problem = None
-        if any(
-            isinstance(n, sp.Function) and type(n).__name__ in REDUCTIONS for n in sp.preorder_traversal(arg)
-        ):
+        if any(isinstance(n, Reduction) for n in sp.preorder_traversal(arg)):
             problem = "a reduction of a reduction"
         elif scope_of(arg, scopes) < Scope.ELEMENT:
             problem = f"a reduction of a value that is {scope_of(arg, scopes).word}, not per element"
@@ -112,7 +110,7 @@ def unversioned(expr: sp.Basic) -> sp.Basic:
 
 
 def _with_scope(a: Assign, scopes: dict[str, Scope]) -> Assign:
-    if a.role in ("param", "grad"):
+    if a.role in (Role.PARAM, Role.GRAD):
         return dataclasses.replace(a, scope=Scope.ELEMENT)
     return dataclasses.replace(a, scope=scopes[a.target])
 

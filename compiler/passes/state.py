@@ -19,7 +19,7 @@ import dataclasses
 import sympy as sp
 
 from ..errors import RuleError
-from ..ir import Assign, Program, base
+from ..ir import Assign, Program, Role, base
 
 
 def analyse_state(program: Program) -> Program:
@@ -105,7 +105,8 @@ def _reads_previous(program: Program, name: str) -> bool:
 def _demote(body: tuple[Assign, ...], transient: set[str]) -> tuple[Assign, ...]:
     """A state whose previous value is never read is recomputed every step: a temporary, not stored."""
     return tuple(
-        dataclasses.replace(a, role="let") if a.target in transient and a.role == "state" else a for a in body
+        dataclasses.replace(a, role=Role.LET) if a.target in transient and a.role == Role.STATE else a
+        for a in body
     )
 
 
@@ -148,11 +149,11 @@ def _eliminate_dead(program: Program, body: tuple[Assign, ...]) -> tuple[Assign,
     kept: list[Assign] = []
     needed: set[sp.Symbol] = set()
     for a in reversed(body):
-        persists = a.role in ("state", "param") and final[a.target] == a.version
+        persists = a.role in (Role.STATE, Role.PARAM) and final[a.target] == a.version
         if a.lhs in needed or persists:
             kept.append(a)
             needed |= a.expr.free_symbols
-        elif a.role in ("state", "param"):
+        elif a.role in (Role.STATE, Role.PARAM):
             later = next(b for b in body if b.target == a.target and b.version == a.version + 1)
             raise RuleError(
                 program.rule,

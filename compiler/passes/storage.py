@@ -19,10 +19,10 @@ import dataclasses
 
 import sympy as sp
 
-from ..ir import Assign, Copy, Program, Scope, base
+from ..ir import Assign, Copy, Program, Role, Scope, base
 
 #: roles of the statements that bind a name to a value (not a buffer written in place)
-_BINDINGS = ("let", "temp")
+_BINDINGS = (Role.LET, Role.TEMP)
 
 
 def protect_aliases(program: Program) -> Program:

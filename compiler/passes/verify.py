@@ -6,7 +6,7 @@ A failure here is a bug in the compiler, not in the rule: it raises
 
 from __future__ import annotations
 
-from ..ir import Program, Scope, Section, base, version
+from ..ir import Program, Role, Scope, Section, SectionKind, base, version
 from .scope import scope_of, scopes_of
 
 
@@ -23,7 +23,7 @@ def verify(program: Program) -> Program:
         ):
             where = f"rule '{program.rule}', case {n} ({case.condition}), {form} form"
             if sections:
-                flat = tuple(a for s in sections for a in s.body if a.role != "replay")
+                flat = tuple(a for s in sections for a in s.body if a.role != Role.REPLAY)
                 if len(flat) != len(body):
                     raise CompilerBug(
                         f"{where}: the sections hold {len(flat)} statements, the body {len(body)}"
@@ -31,9 +31,9 @@ def verify(program: Program) -> Program:
                 _check_sections(where, sections)
                 body = tuple(a for s in sections for a in s.body)
             _check_body(program, where, body, scopes)
-            if form == "in-place" and any(a.role == "update" for a in body):
+            if form == "in-place" and any(a.role == Role.UPDATE for a in body):
                 raise CompilerBug(f"{where}: the in-place form assigns `update`")
-            if form == "increment" and any(a.role == "param" for a in body):
+            if form == "increment" and any(a.role == Role.PARAM for a in body):
                 raise CompilerBug(f"{where}: the increment form assigns `w`")
     return program
 
@@ -41,7 +41,7 @@ def verify(program: Program) -> Program:
 def _check_sections(where: str, sections: tuple[Section, ...]) -> None:
     for s in sections:
         for a in s.body:
-            if s.kind == "step" and a.scope > Scope.GLOBAL:
+            if s.kind == SectionKind.STEP and a.scope > Scope.GLOBAL:
                 raise CompilerBug(
                     f"{where}: `{a.lhs} = {a.expr}` ({a.scope.word}) is in a once-per-step section"
                 )
@@ -53,13 +53,13 @@ def _check_body(program: Program, where: str, body, scopes) -> None:
     current.update({"t": 0, "n": 0, "g": 0, "w": 0})
     current.update({s.name: 0 for s in program.states})
     saved = None
-    reduced = {a.target for a in body if a.role == "reduce" and a.scope <= Scope.GLOBAL}
+    reduced = {a.target for a in body if a.role == Role.REDUCE and a.scope <= Scope.GLOBAL}
     previous = None
     for a in body:
-        if saved is not None and (a.section != previous or a.role not in ("replay", "reduce")):
+        if saved is not None and (a.section != previous or a.role not in (Role.REPLAY, Role.REDUCE)):
             results = {k: v for k, v in current.items() if k in reduced}  # the end of a pass
             current, saved = {**saved, **results}, None
-        if a.role == "replay" and saved is None:
+        if a.role == Role.REPLAY and saved is None:
             saved = dict(current)  # a pass over all tensors: its values are local to it
         previous = a.section
         for s in a.expr.free_symbols:
@@ -70,9 +70,9 @@ def _check_body(program: Program, where: str, body, scopes) -> None:
                 raise CompilerBug(
                     f"{where}: `{a.lhs} = {a.expr}` reads `{s}` but `{name}` is at version {current[name]}"
                 )
-        fresh = a.role in ("temp", "reduce")
+        fresh = a.role in (Role.TEMP, Role.REDUCE)
         expected = 0 if fresh else current.get(a.target, 0) + 1
-        replayed = a.role == "replay" and (a.version == 0 or a.version > current.get(a.target, 0))
+        replayed = a.role == Role.REPLAY and (a.version == 0 or a.version > current.get(a.target, 0))
         if a.version != expected and not replayed:
             raise CompilerBug(f"{where}: `{a.lhs}` should be version {expected}")
         if scope_of(a.expr, {**scopes, **{k: scopes.get(k, Scope.ELEMENT) for k in current}}) > a.scope:

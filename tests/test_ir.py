@@ -1,0 +1,51 @@
+"""The IR's types, and single passes run on IR built by hand."""
+
+from __future__ import annotations
+
+import pytest
+import sympy as sp
+
+from optforge.compiler.dsl import Reduction, g, global_max, global_norm, tensor_max, tensor_sum
+from optforge.compiler.ir import Assign, Role, Scope, Section, SectionKind, ssa
+from optforge.compiler.passes.reductions import extract_reductions
+from optforge.compiler.passes.scope import scope_of
+
+
+def test_roles_and_section_kinds_are_typed():
+    a = Assign("m", 1, g, "state")
+    assert a.role is Role.STATE
+    with pytest.raises(ValueError):
+        Assign("m", 1, g, "stat")  # a typo is an error where it is made, not a statement no pass recognises
+    assert Section("reduce", (a,)).kind is SectionKind.REDUCE
+    with pytest.raises(ValueError):
+        Section("loop", (a,))
+
+
+def test_reductions_say_what_they_reduce_over_and_how():
+    cases = {
+        tensor_sum(g**2): ("tensor", "sum", Scope.TENSOR),
+        tensor_max(abs(g)): ("tensor", "max", Scope.TENSOR),
+        global_norm(g).args[0]: ("global", "sum", Scope.GLOBAL),
+        global_max(g): ("global", "max", Scope.GLOBAL),
+    }
+    for node, (over, accumulate, scope) in cases.items():
+        assert isinstance(node, Reduction)
+        assert (node.over, node.accumulate) == (over, accumulate)
+        assert scope_of(node, {"g": Scope.ELEMENT}) == scope
+
+
+def test_extract_reductions_alone_names_each_reduction_once():
+    from optforge.compiler.ir import Case, Program
+
+    w = sp.Symbol("w")
+    body = (
+        Assign("v", 1, sp.Symbol("v") + tensor_sum(g**2), Role.STATE, Scope.TENSOR),
+        Assign("w", 1, w - g / sp.sqrt(tensor_sum(g**2)), Role.PARAM),
+    )
+    program = Program("Hand", "hand", "", "", (), "", None, (), (), (), (Case(sp.true, body),), {})
+    (case,) = extract_reductions(program).cases
+    reduce = [a for a in case.body if a.role is Role.REDUCE]
+    assert [a.target for a in reduce] == ["sumsq_g"]
+    assert case.body[1].expr == sp.Symbol("v") + sp.Symbol("sumsq_g")
+    assert case.body[2].expr == w - g / sp.sqrt(sp.Symbol("sumsq_g"))
+    assert ssa("sumsq_g", 0) == sp.Symbol("sumsq_g")
