@@ -9,9 +9,18 @@ jax.config.update("jax_enable_x64", True)
 
 # -- the quick subset: `pytest -m quick` -------------------------------------------------------------
 # Every test not tied to a rule, and each rule-parametrized test for the first rule of the registry only
-# (the compiler, the runtime checks and each backend's machinery, once), leaving out the files that install,
-# lint, render the site in a browser, search with hypothesis or time the benchmark.
-_SLOW_FILES = {"test_install.py", "test_lint.py", "test_docs.py", "test_properties.py", "test_benchmarks.py"}
+# (the compiler, the runtime checks and each backend's machinery, once), leaving out the fused path (its
+# kernels are compiled by Numba, seconds each), the commands run in a subprocess, and the files that
+# install, lint, render the site in a browser, search with hypothesis or time the benchmark.
+_SLOW_FILES = {
+    "test_install.py",
+    "test_lint.py",
+    "test_docs.py",
+    "test_properties.py",
+    "test_benchmarks.py",
+    "test_fused.py",
+}
+_SLOW_WORDS = ("fused", "command")
 
 
 def _first_rule() -> str:
@@ -29,7 +38,7 @@ def pytest_collection_modifyitems(config, items):
 
     first = _first_rule()
     for item in items:
-        if item.path.name in _SLOW_FILES:
+        if item.path.name in _SLOW_FILES or any(word in item.name for word in _SLOW_WORDS):
             continue
         params = getattr(getattr(item, "callspec", None), "params", {})
         rule = params.get("rule", params.get("rule_name"))

@@ -1,7 +1,7 @@
 """The fused path (``fused=True``: Numba kernels from generated/fused) equals the plain path.
 
-Every rule and named configuration, and each of Keras's shared options on every rule, in NumPy and in
-torch (CPU): float64 to 1e-12 relative, parameters and every stored state; float32 no less accurate
+Every rule and named configuration, and each of Keras's shared options on two rules of the registry
+(turning, so that every rule meets some), in NumPy and in torch (CPU): float64 to 1e-12 relative, parameters and every stored state; float32 no less accurate
 than the plain path (both measured against the float64 run). The fused path must actually be taken
 (every tensor, counted) where it applies, and must step aside where it does not (a non-contiguous view,
 a float16 parameter, a mixed-dtype state).
@@ -56,7 +56,7 @@ def fused_tensors(monkeypatch):
     return count
 
 
-def _compare(rule, hypers, backend, fused_tensors):
+def _compare(rule, hypers, backend, fused_tensors, float32=True):
     params0, grads = problem(STEPS, np.float64)
     plain = run(backend, rule, hypers, params0, grads, fused=False)
     before = fused_tensors[0]
@@ -69,6 +69,8 @@ def _compare(rule, hypers, backend, fused_tensors):
         assert (fs[n] is None) == (ps[n] is None), f"state {n} exists in one path only"
         for i, (a, b) in enumerate(zip(fs[n] or [], ps[n] or [])):
             assert rel_error(a, b) <= 1e-12, f"float64 state {n}[{i}]: relative error {rel_error(a, b):.3g}"
+    if not float32:
+        return
     # float32: the fused path is as accurate as the plain one, both against the float64 run
     p32 = [p.astype(np.float32) for p in params0]
     g32 = [[x.astype(np.float32) for x in g] for g in grads]
@@ -82,20 +84,41 @@ def _compare(rule, hypers, backend, fused_tensors):
         )
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
-@pytest.mark.parametrize("rule, name, cfg", rule_configs())
+def _config_cases() -> list:
+    """Every rule and named configuration in NumPy; each rule's default in torch too (the same kernels)."""
+    return [
+        pytest.param(rule, name, cfg, backend, id=f"{rule.name}-{name}-{backend}")
+        for rule, name, cfg in (p.values for p in rule_configs())
+        for backend in (("numpy", "torch") if name == "default" else ("numpy",))
+    ]
+
+
+@pytest.mark.parametrize("rule, name, cfg, backend", _config_cases())
 def test_fused_equals_plain(rule, name, cfg, backend, fused_tensors):
-    _compare(rule, cfg, backend, fused_tensors)
+    # float32 for each rule's default (its kernels in float32 are a compile of their own, seconds each)
+    _compare(rule, cfg, backend, fused_tensors, float32=name == "default")
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch"])
-@pytest.mark.parametrize("option", sorted(OPTIONS))
-@pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
+def _option_cases() -> list:
+    """Each option on two rules, turning through the registry (each rule gets options of its own: the
+    kernels are compiled per rule and per combination of options, seconds each), in NumPy; the first of
+    the two in torch too (its kernels are the NumPy ones, called on the tensors' memory)."""
+    rules = list(RULES.values())
+    out = []
+    for i, option in enumerate(sorted(OPTIONS)):
+        for j, rule in enumerate((rules[i % len(rules)], rules[(i + len(rules) // 2) % len(rules)])):
+            for backend in ("numpy", "torch") if j == 0 else ("numpy",):
+                out.append(pytest.param(rule, option, backend, id=f"{rule.name}-{option}-{backend}"))
+    return out
+
+
+@pytest.mark.parametrize("rule, option, backend", _option_cases())
 def test_fused_equals_plain_with_keras_options(rule, option, backend, fused_tensors):
     hypers = dict(OPTIONS[option])
     if rule.hypers["learning_rate"].default is None:
         hypers["learning_rate"] = 0.01
-    _compare(rule, hypers, backend, fused_tensors)
+    # float32 once per rule (test_fused_equals_plain); with options, float64: a kernel compile fewer each
+    _compare(rule, hypers, backend, fused_tensors, float32=False)
 
 
 def test_numpy_fused_steps_aside_for_what_it_cannot_take(fused_tensors):

@@ -33,7 +33,9 @@ RULES = list(registry().values())
 RULE_IDS = [r.name for r in RULES]
 
 SCALE = int(os.environ.get("OPTFORGE_PROPERTY_EXAMPLES", "0"))
-AGREE_EXAMPLES = SCALE or 20  # per rule; three backends each
+AGREE_EXAMPLES = (
+    SCALE or 12
+)  # per rule; three backends each (OPTFORGE_PROPERTY_EXAMPLES=500 for a long search)
 FINITE_EXAMPLES = SCALE or 150  # per rule; NumPy and torch each (JAX's finiteness is checked by (a))
 SETTINGS = dict(
     derandomize=not SCALE,
