@@ -133,10 +133,10 @@ class Backend:
                 return [form.format(name=name, value=p.doprint(value))]
             printed = f"{name} {_OPERATOR[kind]} {p.doprint(value)}"  # the maths, whatever the backend's form
             if kind == "set":
-                return _explained(ta.overwrite(form, name, p.doprint(value)), printed)
-            return _explained(ta.update(kind, form, name, p.doprint(value)), printed)
+                return _explained(ta, ta.overwrite(form, name, p.doprint(value)), printed)
+            return _explained(ta, ta.update(kind, form, name, p.doprint(value)), printed)
         code = p.doprint(a.expr)
-        return [f"{name} = {code}"] if ta is None else _explained(ta.bind(name, code), f"{name} = {code}")
+        return [f"{name} = {code}"] if ta is None else _explained(ta, ta.bind(name, code), f"{name} = {code}")
 
     def fill(self, a: Assign, p: ExprPrinter) -> list[str] | None:
         """A backend's own way to write this statement, or None."""
@@ -431,10 +431,10 @@ class Backend:
 _OPERATOR = {"add": "+=", "sub": "-=", "set": "="}
 
 
-def _explained(lines: list[str], printed: str) -> list[str]:
+def _explained(ta: inplace.ThreeAddress, lines: list[str], printed: str) -> list[str]:
     """Three-address code under the statement it computes, as a comment: several calls read as one line of
     maths (a statement split by a Python condition into an ``if`` block is left as it is)."""
-    if len(lines) < 2 or any(line.rstrip().endswith(":") for line in lines):
+    if len(lines) < 2 or ta.branched:
         return lines
     return [f"# {printed}"] + lines
 

@@ -137,6 +137,7 @@ class ThreeAddress:
         self.lines: list[str] = []
         self.held: list[str] = []  # registers read by a reduction in the statement being written
         self.copies: set[int] = set()  # indices of the lines that copy into a register
+        self.branched = False  # whether the statement last written became ``if`` blocks
 
     # -- what a node is -----------------------------------------------------------------
 
@@ -340,10 +341,12 @@ class ThreeAddress:
         """A statement whose value is ``a if cond else b`` with a Python condition: an ``if`` block each."""
         self.lines = []
         self.copies = set()
+        self.branched = False
         node = ast.parse(code, mode="eval").body
 
         def visit(n: ast.AST, depth: int) -> None:
             if isinstance(n, ast.IfExp) and not self.is_element(n.test):
+                self.branched = True
                 # a branch that leaves the value as it is (``x if t > 1 else w`` into x) writes nothing,
                 # and Python has no empty block: the test is negated, or dropped
                 test = self.scalar(n.test)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sympy as sp
 
+from .dsl import Given
 from .ir import Program
 
 W = sp.Symbol("w")
@@ -17,7 +18,7 @@ W = sp.Symbol("w")
 
 def is_static(cond: sp.Basic, constants: set[str]) -> bool:
     """Whether a condition reads only constants: hyperparameters, flags, ``Given(x)``."""
-    return all(s.name.rstrip("?") in constants for s in cond.free_symbols)
+    return all((s.option if isinstance(s, Given) else s.name) in constants for s in cond.free_symbols)
 
 
 def static_part(cond: sp.Basic, constants: set[str]) -> sp.Basic:
