@@ -8,6 +8,7 @@ from .dsl import Reduction
 from .ir import Program, Role, Scope, base
 from .passes.schedule import passes_over_all_tensors
 from .render import docstring_equations, finalizer_text, math_text
+from .traffic import communication
 
 
 def _table(rows: list[list[str]]) -> list[str]:
@@ -95,6 +96,16 @@ def show(program: Program) -> str:
     red = reductions(program)
     lines += ["", "reductions:"] + (["  " + r for r in red] or ["  (none)"])
     lines += ["", "passes over all tensors before the loop that updates them: " + passes_text(program)]
+    lines += ["", "sharded parameters, per step (T tensors; element-wise work communicates nothing):"]
+    for label, options in (
+        ("no option", {}),
+        ("clipnorm", {"clipnorm": 1.0}),
+        ("global_clipnorm", {"global_clipnorm": 1.0}),
+    ):
+        c = communication(program, options)
+        k, m = len(c["per_tensor"]), len(c["over_all"])
+        size = " + ".join(x for x in (f"{k}*T" if k else "", str(m) if m else "") if x) or "0"
+        lines.append(f"  {label}: {c['collectives']} all-reduce(s) of {size} scalars")
     if len(program.cases) > 1:
         lines += ["", "cases (static conditions, compiled separately):"]
         for c in program.cases:

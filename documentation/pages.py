@@ -251,13 +251,14 @@ def index(programs: list[Program]) -> str:
         "",
         "Every optimizer is written once as a rule in `rules/` and compiled to NumPy, JAX and PyTorch;",
         "these pages are rendered from the same rules. State memory is with Keras's options off.",
+        "Training with sharded parameters, and what each optimizer communicates: [sharding](sharding.md).",
         "",
         "| optimizer | what it is | state bytes per float32 parameter | per-tensor scalars | reductions | backends |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for p in programs:
         per_element, per_tensor, _ = state_cost(_without_options(p))
-        red = ", ".join(f"`{r}`" for r in reductions(_core_program(p))) or "none"
+        red = ", ".join("`" + r.replace("|", "\\|") + "`" for r in reductions(_core_program(p))) or "none"
         lines.append(
             f"| [{p.rule}](optimizers/{p.module}.md) | {p.title} | {per_element} | {per_tensor} | {red} | "
             + ", ".join(BACKENDS)
@@ -274,7 +275,12 @@ def docs_files(programs: list[Program]) -> dict[str, str]:
     from optforge.rules import registry
 
     rules = registry()
-    files = {"docs/index.md": index(programs)}
+    from .sharding import sharding_page
+
+    files = {
+        "docs/index.md": index(programs),
+        "docs/sharding.md": sharding_page(programs, HEADER.format(source="rules/")),
+    }
     for p in programs:
         rule = rules[p.rule]
         base = None

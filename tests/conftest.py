@@ -19,6 +19,7 @@ _SLOW_FILES = {
     "test_properties.py",
     "test_benchmarks.py",
     "test_fused.py",
+    "test_sharding.py",
 }
 _SLOW_WORDS = ("fused", "command")
 
