@@ -21,7 +21,6 @@ IEEE arithmetic and NumPy's error model (``x/0`` is inf, never an exception).
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import sympy as sp
 from sympy.printing.precedence import PRECEDENCE
@@ -122,6 +121,12 @@ class KernelPrinter(ExprPrinter):
         self.hoister = hoister
         self.guards: tuple = ()  # static conditions under which the expression being printed is evaluated
         self.used: set[str] = set()  # hoisted names the printed code reads
+        self.results: dict[str, str] = {}  # name of a reduction kernel's result -> its call
+
+    def _print_Symbol(self, expr: sp.Symbol) -> str:
+        if expr.name in self.results:
+            return self.results[expr.name]
+        return super()._print_Symbol(expr)
 
     def _print(self, expr, **kwargs) -> str:
         if isinstance(expr, sp.Basic) and not isinstance(expr, sp.Tuple) and not self.is_array(expr):
@@ -332,14 +337,14 @@ class FusedBackend(Backend):
                     kernel = self.reduction(program, index, len(kernels), a, element, kp, hoister, arrays)
                     kernels.append(kernel)
                     flush()
-                    marker = sp.Symbol(f"red{len(kernels)}_")
+                    marker = sp.Symbol(f"red{len(kernels)}_")  # the kernel's result, in the per-tensor code
                     scalar.arrays = scalar.arrays | {marker.name}
+                    scalar.results[marker.name] = f"dt({reduction_call(kernel, hoister)})"
                     value = scalar.doprint(
                         a.expr.replace(
                             lambda x: isinstance(x, Reduction) and x.over == "tensor", lambda x: marker
                         )
                     )
-                    value = re.sub(rf"\b{marker.name}\b", f"dt({_placeholder(kernel.name)})", value)
                 else:
                     value = scalar.doprint(a.expr)
                 tensor_code.append(f"{scalar.name_of(a.lhs)} = {value}")
@@ -387,15 +392,13 @@ class FusedBackend(Backend):
         packed = sorted({v for k in kernels for v in k.values if v in step_names}, key=hoister.sort_key)
         for k in kernels:
             k.packed = [(v, packed.index(v)) for v in k.values if v in step_names]
-        inner = {_placeholder(k.name): f"{k.name[1:]}({', '.join(k.params)})" for k in reductions}
-        for i, code in enumerate(tensor_code):
-            for marker, call in inner.items():
-                tensor_code[i] = tensor_code[i].replace(marker, call)
-        kernel_args = [a for k in kernels for a in k.flags + k.values] + [split or ""]
-        unpack = _identifiers_in(
-            kernel_args,
-            section_scalars(program, scopes, section, self.names) + [h.name for h in hoister.step],
-        ) + (["k_"] if packed else [])
+        for k in reductions:  # the calls printed into the per-tensor code had these arguments
+            assert reduction_call(k, hoister) == f"{k.name[1:]}({', '.join(k.params)})", k.name
+        # what run_<case> takes from prepare_<case>: the kernels' arguments and what the split test reads
+        split_reads = _option_names(sp.Or(*guards), self.names) if split else set()
+        read = {a for k in kernels for a in k.flags + k.values} | split_reads
+        candidates = section_scalars(program, scopes, section, self.names) + [h.name for h in hoister.step]
+        unpack = [n for n in candidates if n in read] + (["k_"] if packed else [])
         return {
             "name": fused_name(index),
             "case": "" if case.condition is sp.true else p.doprint(case.condition),
@@ -403,7 +406,7 @@ class FusedBackend(Backend):
             "scalars": section_scalars(program, scopes, section, self.names),
             "step": hoister.step,
             "unpack": unpack,
-            "split_reads": _reads(_identifiers_in([split or ""], unpack), unpack, "step"),
+            "split_reads": _reads([n for n in unpack if n in split_reads], unpack, "step"),
             "packed": packed,
             "kernels": kernels,
             "kernel": kernel,
@@ -492,22 +495,25 @@ class FusedBackend(Backend):
         )
 
 
-def _placeholder(kernel: str) -> str:
-    """Where a kernel's call goes in the per-tensor lines, until its arguments are known."""
-    return f"<call {kernel}>"
+def reduction_call(kernel: Kernel, hoister: Hoister) -> str:
+    """The call of a reduction kernel from the update kernel: its arrays, the packed once-per-step values
+    (``k_``) where it reads any, and its per-tensor values (all hoisted before the kernel was made)."""
+    step = {h.name for h in hoister.step}
+    values = [a for a in kernel.args if not a.startswith("b_")]
+    params = [f"{n}_" for n in kernel.arrays]
+    params += (["k_"] if any(v in step for v in values) else []) + [v for v in values if v not in step]
+    return f"{kernel.name[1:]}({', '.join(params)})"
+
+
+def _option_names(expr: sp.Basic, names: dict[str, str]) -> set[str]:
+    """The names (as printed) of the values a condition reads (``Given(x)`` reads the option ``x``)."""
+    read = {getattr(s, "option", None) or base(s) for s in expr.free_symbols}
+    return {names.get(n, n) for n in read}
 
 
 def _reads(names: list[str], order: list[str], tuple_name: str) -> str:
     """``a, b = step[0], step[3]``: the names read from a tuple of ``order``."""
     return f"{', '.join(names)} = {', '.join(f'{tuple_name}[{order.index(n)}]' for n in names)}"
-
-
-def _identifiers_in(code: list[str], names: list[str]) -> list[str]:
-    """The names (in their order) that the code reads."""
-    import re
-
-    found = set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", " ".join(code)))
-    return [n for n in names if n in found]
 
 
 def _is_boolean(expr: sp.Basic, booleans: set[str]) -> bool:
