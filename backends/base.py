@@ -21,7 +21,7 @@ import sympy as sp
 from optforge.compiler.analysis import param_condition
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import Assign, Program, Role, Scope, Section, SectionKind, base, ssa
-from optforge.compiler.passes import three_address
+from optforge.compiler.passes import conditions, three_address
 from optforge.compiler.passes.evaluation import Types, evaluation_tree
 from optforge.compiler.passes.typing import array_names, element_names
 from optforge.compiler.render import MathPrinter, docstring_equations
@@ -104,17 +104,9 @@ class Backend:
         return self.plain_statement(a, p)
 
     def guard(self, a: Assign, p: ExprPrinter) -> tuple[str, Assign] | None:
-        e = a.expr
-        if a.role in (Role.TEMP, Role.REDUCE) or not (isinstance(e, sp.Piecewise) and len(e.args) == 2):
-            return None
-        (value, cond), (other, _) = e.args
-        if not (isinstance(other, sp.Symbol) and base(other) == a.target and other != a.lhs):
-            return None  # not "keep the previous value otherwise"
-        static, dynamic = p.split(cond)
-        if static is sp.true:
-            return None
-        inner = value if dynamic is sp.true else sp.Piecewise((value, dynamic), (other, True))
-        return p.doprint(static), dataclasses.replace(a, expr=inner)
+        """The static part of ``x <- where(c, e, x)``, printed, and what runs under it (passes/conditions.py)."""
+        guarded = conditions.guard(a, p.arrays)
+        return None if guarded is None else (p.doprint(guarded[0]), guarded[1])
 
     def plain_statement(self, a: Assign, p: ExprPrinter) -> list[str]:
         """One statement without a static guard: buffers updated in place (``forms``), other names bound."""
@@ -210,17 +202,8 @@ class Backend:
 
     def reduce_guard(self, section: Section, p: ExprPrinter) -> str:
         """The static condition under which a pass over all tensors is needed at all ('' if always)."""
-        parts = []
-        for a in section.body:
-            if a.role != Role.REDUCE:
-                continue
-            if not isinstance(a.expr, sp.Piecewise):
-                return ""
-            static, _ = p.split(a.expr.args[0][1])
-            if static is sp.true:
-                return ""
-            parts.append(static)
-        return p.doprint(sp.simplify_logic(sp.Or(*parts))) if parts else ""
+        cond = conditions.pass_condition(section, p.arrays)
+        return "" if cond is sp.true else p.doprint(cond)
 
     def finalize_lines(self, program: Program, p: ExprPrinter) -> list[Line]:
         """Keras's finalize_variable_values: the rule's ``finalize`` equations, for one tensor."""
@@ -254,7 +237,9 @@ class Backend:
             step = acc + TensorSum(arg) if kind == "sum" else sp.Max(acc, TensorMax(arg))
             # a static condition is an `if` around the accumulation (no `else: acc = acc`), a dynamic one
             # (JAX's traced step) a select
-            static, dynamic = p.split(guard) if guard is not sp.true else (sp.true, sp.true)
+            static, dynamic = (
+                conditions.split(guard, p.arrays) if guard is not sp.true else (sp.true, sp.true)
+            )
             if dynamic is not sp.true:
                 step = sp.Piecewise((step, dynamic), (acc, True))
             init.append(Line(f"{p.name_of(acc)} = {self.reduce_init[kind]}", f"over all tensors: {a.target}"))

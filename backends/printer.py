@@ -19,6 +19,7 @@ from optforge.compiler import ops
 from optforge.compiler.dsl import Given
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import base
+from optforge.compiler.passes import conditions
 
 _RELATION = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
@@ -208,11 +209,8 @@ class ExprPrinter(StrPrinter):
         return out
 
     def split(self, cond) -> tuple:
-        """(static, dynamic) parts of a conjunction: Python values, and arrays (data or a traced step)."""
-        parts = cond.args if isinstance(cond, sp.And) else (cond,)
-        static = [c for c in parts if not self.is_array(c)]
-        dynamic = [c for c in parts if self.is_array(c)]
-        return sp.And(*static), sp.And(*dynamic)
+        """(static, dynamic) parts of a conjunction: Python values, and arrays (passes/conditions.py)."""
+        return conditions.split(cond, self.arrays)
 
     def choice(self, cond, value: str, other: str) -> str:
         """``value`` where ``cond`` holds, else ``other``: a Python conditional for static parts (so the

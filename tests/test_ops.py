@@ -23,7 +23,7 @@ from optforge.backends.printer import OpPrinter
 from optforge.backends.torch.printer import TorchBackend, TorchPrinter
 from optforge.compiler import ops
 from optforge.compiler.ir import Assign, Case, Program, Role, Scope
-from optforge.compiler.passes import three_address
+from optforge.compiler.passes import conditions, three_address
 from optforge.compiler.passes.evaluation import Types, evaluation_tree
 from optforge.compiler.passes.typing import array_names
 
@@ -211,3 +211,21 @@ def test_typing_marks_what_is_computed_from_an_array():
     arrays = array_names(program, scopes, array_scopes={Scope.TENSOR, Scope.ELEMENT})
     assert arrays == {"w", "g", "v", "n"}
     assert array_names(program, scopes, array_scopes={Scope.ELEMENT}, always={"lr"}) == {"w", "g", "lr", "s"}
+
+
+def test_conditions_split_a_guard_into_its_python_test_and_its_element_wise_select():
+    m, g, flag, t = (sp.Symbol(v) for v in ("m", "g", "flag", "t"))
+    m1 = sp.Symbol("m.1")
+    cond = sp.And(flag, t > 1, g > 0)  # flag and t > 1 are Python values, g > 0 an array test
+    a = Assign("m", 1, sp.Piecewise((2 * g, cond), (m, True)), Role.STATE)
+    static, inner = conditions.guard(a, {"g", "m"})
+    assert static == sp.And(flag, t > 1)
+    assert inner.expr == sp.Piecewise((2 * g, g > 0), (m, True))
+    # a traced step (JAX) is an array: only the flag stays a Python test
+    static, inner = conditions.guard(a, {"g", "m", "t"})
+    assert static == flag and inner.expr == sp.Piecewise((2 * g, sp.And(t > 1, g > 0)), (m, True))
+    # not "keep the previous value otherwise": no guard
+    assert (
+        conditions.guard(Assign("m", 2, sp.Piecewise((g, flag), (m1, True)), Role.STATE), {"g"}) is not None
+    )
+    assert conditions.guard(Assign("m", 1, sp.Piecewise((g, flag), (0, True)), Role.STATE), {"g"}) is None

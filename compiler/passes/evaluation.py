@@ -23,6 +23,7 @@ from sympy.core.mul import _keep_coeff
 from ..dsl import Given
 from ..ir import base
 from ..ops import Bin, BoolOp, Call, Compare, Expr, IfExp, Kind, Leaf, Name, Neg, Not, Prec, Reduce, Value
+from .conditions import split
 
 _RELATION = {"==", "!=", "<", "<=", ">", ">="}
 #: sympy types whose printed form has parentheses Python would not write: built as trees, never leaves
@@ -256,10 +257,7 @@ class _Builder:
         return out
 
     def split(self, cond) -> tuple:
-        parts = cond.args if isinstance(cond, sp.And) else (cond,)
-        static = [c for c in parts if not self.t.is_array(c)]
-        dynamic = [c for c in parts if self.t.is_array(c)]
-        return sp.And(*static), sp.And(*dynamic)
+        return split(cond, self.t.arrays)
 
     def choice(self, cond, value: Expr, other: Expr) -> Expr:
         if isinstance(cond, sp.Or) and self.t.is_array(cond):
