@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import sympy as sp
+
+from ..dsl import Given
 from ..ir import Program, Role, Scope, base
 
 
@@ -43,3 +46,26 @@ def element_names(scopes: dict[str, Scope], names: dict[str, str]) -> frozenset[
     """The names (as the backend prints them) that hold one value per element: ``w``, ``g`` and every name
     of per-element scope."""
     return frozenset({"w", "g"} | {names.get(n, n) for n, s in scopes.items() if s == Scope.ELEMENT})
+
+
+def boolean_names(program: Program) -> set[str]:
+    """Flags, and every name assigned a condition (``is_update``), or a copy of one."""
+    out = {h.name for h in program.flags}
+    changed = True
+    while changed:
+        changed = False
+        for case in program.cases:
+            for a in case.body + case.functional:
+                if a.target not in out and is_boolean(a.expr, out):
+                    out.add(a.target)
+                    changed = True
+    return out
+
+
+def is_boolean(expr: sp.Basic, booleans: set[str]) -> bool:
+    """Whether the value is a bool: a condition, an option given, a name that holds one."""
+    if isinstance(expr, Given):
+        return True
+    if isinstance(expr, sp.Symbol):  # a sympy Symbol is also a Boolean: ask what the name holds
+        return base(expr) in booleans
+    return isinstance(expr, (sp.logic.boolalg.Boolean, sp.core.relational.Relational))
