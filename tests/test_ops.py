@@ -25,6 +25,7 @@ from optforge.compiler import ops
 from optforge.compiler.ir import Assign, Case, Program, Role, Scope
 from optforge.compiler.passes import conditions, three_address
 from optforge.compiler.passes.evaluation import Types, evaluation_tree
+from optforge.compiler.passes.hoist import Invariants
 from optforge.compiler.passes.typing import array_names
 
 a, b, c, x, y, k, h = sp.symbols("a b c x y k h", real=True)
@@ -229,3 +230,23 @@ def test_conditions_split_a_guard_into_its_python_test_and_its_element_wise_sele
         conditions.guard(Assign("m", 2, sp.Piecewise((g, flag), (m1, True)), Role.STATE), {"g"}) is not None
     )
     assert conditions.guard(Assign("m", 1, sp.Piecewise((g, flag), (0, True)), Role.STATE), {"g"}) is None
+
+
+def test_an_invariant_read_once_per_step_has_one_name_whatever_its_guards():
+    lr, beta, flag, is_update, norm = (
+        sp.Symbol(v) for v in ("learning_rate", "beta", "flag", "is_update", "norm")
+    )
+    inv = Invariants({"flag", "is_update"}, {"norm"}, {"learning_rate": "lr"})
+    assert inv.hoist(lr, (flag, is_update)) == "c_lr"
+    assert inv.hoist(lr, (is_update,)) == "c_lr"  # the same value: one name, computed where either use is
+    assert inv.hoist(1 - beta, (is_update,)) == "c_one_minus_beta"
+    assert inv.hoist(flag, (is_update,)) == "b_flag"
+    assert [(h.name, h.guard) for h in inv.step] == [
+        ("c_lr", is_update),
+        ("c_one_minus_beta", is_update),
+        ("b_flag", sp.true),
+    ]
+    # a per-tensor value is computed where it is first read, under that use's guard: one name per guard
+    assert inv.hoist(sp.sqrt(norm), (flag,)) == "c_2"
+    assert inv.hoist(sp.sqrt(norm), (is_update,)) == "c_3"
+    assert [h.name for h in inv.flush()] == ["c_2", "c_3"] and not inv.pending

@@ -54,12 +54,18 @@ class Invariants:
         """The name of ``expr``, read where ``guards`` hold."""
         is_bool = is_boolean(expr, self.booleans)
         guard = sp.And(*guards) if guards and not is_bool and not expr.is_Number else sp.true
-        key = (sp.srepr(expr), sp.srepr(guard))
-        if key in self.keys:
-            return self.keys[key]
         reads = {getattr(s, "option", None) or base(s) for s in (expr.free_symbols | guard.free_symbols)}
+        per_tensor = bool(reads & self.per_tensor)
+        # once per step: one name whatever the guard, computed where any use needs it
+        key = (sp.srepr(expr), sp.srepr(guard) if per_tensor else "")
+        if key in self.keys:
+            name = self.keys[key]
+            item = next(h for h in self.items if h.name == name)
+            if not per_tensor and item.guard is not sp.true:
+                item.guard = sp.true if guard is sp.true else sp.simplify_logic(sp.Or(item.guard, guard))
+            return name
         name = self.name_for(expr, "b" if is_bool else "c")
-        item = Hoisted(name, expr, guard, per_tensor=bool(reads & self.per_tensor))
+        item = Hoisted(name, expr, guard, per_tensor=per_tensor)
         self.items.append(item)
         (self.pending if item.per_tensor else self.step).append(item)
         self.keys[key] = name
