@@ -22,6 +22,7 @@ from optforge.compiler.analysis import param_condition
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import Assign, Program, Role, Scope, Section, SectionKind, base, ssa
 from optforge.compiler.passes import conditions, three_address
+from optforge.compiler.passes.accumulators import accumulators
 from optforge.compiler.passes.evaluation import Types, evaluation_tree
 from optforge.compiler.passes.typing import array_names, element_names
 from optforge.compiler.render import MathPrinter, docstring_equations
@@ -219,38 +220,20 @@ class Backend:
 
     def reduce_lines(self, section: Section, p: ExprPrinter) -> tuple[list[Line], list[Line]]:
         """A pass over all tensors: (lines before the loop, lines inside it), one accumulator per reduction."""
-        from optforge.compiler.dsl import TensorMax, TensorSum
-
         init, inside = [], []
         replays = [a for a in section.body if a.role == Role.REPLAY]
         if replays:  # the values the reductions read, recomputed locally
             inside += self.section_lines(self._program, Section(SectionKind.REPLAY, tuple(replays)), p)
-        for a in section.body:
-            if a.role == Role.REPLAY:
-                continue
-            acc = sp.Symbol(a.target)
-            expr, guard = a.expr, sp.true
-            if isinstance(expr, sp.Piecewise):  # computed only under a condition
-                (expr, guard), _ = expr.args
-            (arg,) = expr.args
-            kind = expr.accumulate
-            step = acc + TensorSum(arg) if kind == "sum" else sp.Max(acc, TensorMax(arg))
-            # a static condition is an `if` around the accumulation (no `else: acc = acc`), a dynamic one
-            # (JAX's traced step) a select
-            static, dynamic = (
-                conditions.split(guard, p.arrays) if guard is not sp.true else (sp.true, sp.true)
-            )
-            if dynamic is not sp.true:
-                step = sp.Piecewise((step, dynamic), (acc, True))
-            init.append(Line(f"{p.name_of(acc)} = {self.reduce_init[kind]}", f"over all tensors: {a.target}"))
-            code = f"{p.name_of(acc)} = {p.doprint(step)}"
-            lines = [code]
+        for acc in accumulators(section, p.arrays):
+            name = p.name_of(sp.Symbol(acc.name))
+            init.append(Line(f"{name} = {self.reduce_init[acc.kind]}", f"over all tensors: {acc.name}"))
+            lines = [f"{name} = {p.doprint(acc.step)}"]
             if self.lowers(None):  # the reduced values into scratch buffers
-                tree = evaluation_tree(step, self.types(p))
-                lowered = three_address.bind(p.name_of(acc), tree, self.target, self.registers)
+                tree = evaluation_tree(acc.step, self.types(p))
+                lowered = three_address.bind(name, tree, self.target, self.registers)
                 lines = OpPrinter(p, self.ops, self.forms).statements(lowered.body)
-            if static is not sp.true:
-                lines = [f"if {p.doprint(static)}:"] + ["    " + c for c in lines]
+            if acc.static is not sp.true:
+                lines = [f"if {p.doprint(acc.static)}:"] + ["    " + c for c in lines]
             inside += [Line(c) for c in lines]
         return init, inside
 

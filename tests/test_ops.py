@@ -24,6 +24,7 @@ from optforge.backends.torch.printer import TorchBackend, TorchPrinter
 from optforge.compiler import ops
 from optforge.compiler.ir import Assign, Case, Program, Role, Scope
 from optforge.compiler.passes import conditions, three_address
+from optforge.compiler.passes.accumulators import accumulators
 from optforge.compiler.passes.evaluation import Types, evaluation_tree
 from optforge.compiler.passes.hoist import Invariants
 from optforge.compiler.passes.typing import array_names
@@ -250,3 +251,28 @@ def test_an_invariant_read_once_per_step_has_one_name_whatever_its_guards():
     assert inv.hoist(sp.sqrt(norm), (flag,)) == "c_2"
     assert inv.hoist(sp.sqrt(norm), (is_update,)) == "c_3"
     assert [h.name for h in inv.flush()] == ["c_2", "c_3"] and not inv.pending
+
+
+def test_a_reduction_over_all_tensors_is_an_accumulator_tested_in_python_and_selected_on_arrays():
+    from optforge.compiler.dsl import TensorMax, TensorSum
+    from optforge.compiler.ir import Section, SectionKind
+
+    g, flag, t, norm, peak = (sp.Symbol(v) for v in ("g", "flag", "t", "norm", "peak"))
+    section = Section(
+        SectionKind.REDUCE,
+        (
+            Assign("norm", 1, sp.Piecewise((TensorSum(g**2), sp.And(flag, t > 1)), (0, True)), Role.REDUCE),
+            Assign("peak", 1, TensorMax(sp.Abs(g)), Role.REDUCE),
+        ),
+    )
+    first, second = accumulators(section, {"g"})
+    assert (first.name, first.kind, first.step, first.static) == (
+        "norm",
+        "sum",
+        norm + TensorSum(g**2),
+        sp.And(flag, t > 1),
+    )
+    assert (second.kind, second.step, second.static) == ("max", sp.Max(peak, TensorMax(sp.Abs(g))), sp.true)
+    traced, _ = accumulators(section, {"g", "t"})  # JAX: the step is traced, its test a select
+    assert traced.static == flag
+    assert traced.step == sp.Piecewise((norm + TensorSum(g**2), t > 1), (norm, True))
