@@ -42,6 +42,7 @@ from ..ops import (
     Compound,
     CopyInto,
     Expr,
+    Guarded,
     If,
     IfExp,
     Kind,
@@ -51,6 +52,7 @@ from ..ops import (
     Neg,
     Not,
     Op,
+    Paren,
     Prec,
     Reduce,
     Stmt,
@@ -148,6 +150,8 @@ def _children(e: Expr) -> tuple[Expr, ...]:
         return (e.a, e.b)
     if isinstance(e, BoolOp):
         return e.values
+    if isinstance(e, (Paren, Guarded)):
+        return (e.a,)
     return ()
 
 
