@@ -30,9 +30,11 @@ shaped like the tensor: the memory is the largest tensor times the number of reg
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import sympy as sp
 
+from ..ir import Assign, base, ssa
 from ..ops import (
     Bin,
     Bind,
@@ -59,6 +61,23 @@ from ..ops import (
     Update,
     Value,
 )
+
+
+def in_place_form(a: Assign, arrays: Iterable[str], *, fill: bool = False) -> tuple[str, sp.Basic]:
+    """How a buffer takes its new value: ("add", d) or ("sub", d) when it is the old plus or minus a term d;
+    ("fill", v) where the backend fills a buffer with a number (``fill``) and the value reads no array;
+    else ("set", value)."""
+    names = set(arrays)
+    if fill and not any(base(s) in names for s in a.expr.free_symbols):
+        return "fill", a.expr
+    old = ssa(a.target, a.version - 1)
+    e = a.expr
+    if isinstance(e, sp.Add) and old in e.args:
+        rest = sp.Add(*[x for x in e.args if x != old])
+        if rest.could_extract_minus_sign():
+            return "sub", -rest
+        return "add", rest
+    return "set", e
 
 
 @dataclasses.dataclass(frozen=True)
