@@ -163,6 +163,7 @@ class Backend:
         """The operations printed with the table, under the statement they compute, as a comment: several
         calls read as one line of maths (a statement split by a Python condition into ``if`` blocks is left
         as it is)."""
+        three_address.verify(lowered, self.registers)
         lines = OpPrinter(p, self.ops, self.forms).statements(lowered.body)
         if len(lines) < 2 or lowered.branched:
             return lines
@@ -225,6 +226,7 @@ class Backend:
             if self.lowers(None):  # the reduced values into scratch buffers
                 tree = evaluation_tree(acc.step, self.types(p))
                 lowered = three_address.bind(name, tree, self.target, self.registers)
+                three_address.verify(lowered, self.registers)
                 lines = OpPrinter(p, self.ops, self.forms).statements(lowered.body)
             if acc.static is not sp.true:
                 lines = [f"if {p.doprint(acc.static)}:"] + ["    " + c for c in lines]

@@ -73,6 +73,7 @@ def lower(backend, printer, kind: str, target: str, expr: sp.Expr) -> tuple[list
         lowered = three_address.overwrite(target, tree, backend.target, regs)
     else:
         lowered = three_address.update(kind, target, tree, backend.target, regs)
+    three_address.verify(lowered, regs)
     return OpPrinter(printer, backend.ops, backend.forms).statements(lowered.body), regs.count
 
 
@@ -308,3 +309,19 @@ def test_a_kernel_reads_its_invariants_by_name_each_computed_where_its_branch_ru
         value = h.expr.subs(values)
         env[h.name] = (bool(value) if h.boolean else float(value)) if holds else 0.0
     assert eval(code, env) == pytest.approx(float(expr.subs(values)), rel=1e-15)
+
+
+def test_the_verifier_rejects_a_register_read_before_it_is_written():
+    regs = three_address.Registers()
+    regs.take()
+    s0 = ops.Value("_s0")
+    bad = three_address.Lowered((ops.Update("sub", "w", ops.Name(s0)),), branched=False)
+    with pytest.raises(ValueError, match="reads the scratch register _s0 before"):
+        three_address.verify(bad, regs)
+    good = three_address.Lowered(
+        (ops.Op("neg", (ops.Name(ops.Value("g")),), s0), ops.Update("sub", "w", ops.Name(s0))), branched=False
+    )
+    three_address.verify(good, regs)
+    regs.named["m_hat"] = "_s0"  # _s0 now holds m_hat for the rest of the pass
+    with pytest.raises(ValueError, match="the register of m_hat"):
+        three_address.verify(good, regs)
