@@ -3,8 +3,9 @@
 The kernels run on 1-D views of C-contiguous arrays of one dtype (float32 or float64), in place. Every
 per-element statement of the loop becomes scalar code inside a single ``for i in range(n)`` loop; every
 subexpression that reads no per-element value (a hyperparameter, the step, a per-tensor norm, a literal
-number) is *hoisted*: computed once per step in Python (packed into one array, ``k_``) or once per
-tensor inside the kernel, in the loop's dtype. So the kernel's arithmetic has the NumPy module's
+number) is an invariant (``compiler/passes/hoist.py``: one name each, ``c_lr``): computed once per step in
+Python (packed into one array, ``k_``) or once per tensor inside the kernel, in the loop's dtype. The
+statements are kernel trees (``compiler/passes/evaluation.py``) printed with this backend's table. So the kernel's arithmetic has the NumPy module's
 operations in the NumPy module's order and precision (a float32 parameter is updated in float32, with
 hyperparameters rounded to float32 first, as NumPy does with a Python float), and Numba never promotes to
 float64 on a literal. Static conditions (an option given, ``momentum == 0``) are hoisted as booleans;
@@ -12,8 +13,8 @@ LLVM takes their tests out of the loop.
 
 A reduction over one tensor (``TensorSum``, ``TensorMax``: NovoGrad's layer norm, ``clipnorm``) is its
 own kernel that replays the per-element statements it reads, called from the update kernel; the
-per-tensor code between them (per-tensor state, such as NovoGrad's ``v``) is printed by the same
-printer, as scalar code, with the per-tensor names as locals. Reductions accumulate in float64 and may
+per-tensor code between them (per-tensor state, such as NovoGrad's ``v``) is printed the same way, as
+scalar code, with the per-tensor names as locals. Reductions accumulate in float64 and may
 be reassociated (``fastmath={"reassoc"}``) so that they vectorise; the element-wise kernels keep strict
 IEEE arithmetic and NumPy's error model (``x/0`` is inf, never an exception).
 """

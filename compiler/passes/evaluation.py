@@ -141,13 +141,10 @@ class _Builder:
         if isinstance(expr, sp.Symbol) and not isinstance(expr, Given):
             return Name(Value(self.t.printed(expr), Kind.ELEMENT))
         method = getattr(self, f"_{type(expr).__name__}", None)
-        if method is None:
-            if isinstance(expr, sp.core.relational.Relational):
-                method = self._Relational
-            elif not self.t.is_element(expr):
-                return self.leaf(expr)
-            else:  # not known here: printed whole by the expression printer (it allocates)
-                return self.leaf(expr)
+        if method is None and isinstance(expr, sp.core.relational.Relational):
+            method = self._Relational
+        if method is None:  # not known here: printed whole by the expression printer (an array: it allocates)
+            return self.leaf(expr)
         return method(expr)
 
     # -- arithmetic, as the printer writes it ----------------------------------------------
