@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 
@@ -117,10 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     from optforge.compiler.errors import RuleError
 
     try:
-        return args.run(args)
+        code = args.run(args)
+        # flushed here, not at exit, so that a reader gone early (`| head`) is caught below
+        sys.stdout.flush()
+        return code
     except RuleError as exc:
         print(f"optforge: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader of stdout stopped reading (`optforge show nadam | head -2`): not an error of ours. Point
+        # stdout at /dev/null so that the interpreter's own flush at exit cannot raise again, and exit as a
+        # process killed by SIGPIPE does (128 + 13), the way `yes | head` ends.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
