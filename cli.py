@@ -69,8 +69,9 @@ def cmd_diff(args) -> int:
 def cmd_plots(args) -> int:
     from optforge.documentation.plots import write_plots
 
-    for path in write_plots(_root(args), only=args.rule):
-        print(f"wrote {path}")
+    for path, plot, written in write_plots(_root(args), only=args.rule):
+        spreads = ", ".join(f"{problem} {value:.1e}" for problem, value in plot.spread.items())
+        print(f"{'wrote' if written else 'unchanged'} {path} (backends differ by at most: {spreads})")
     return 0
 
 
