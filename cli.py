@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 
@@ -68,8 +69,9 @@ def cmd_diff(args) -> int:
 def cmd_plots(args) -> int:
     from optforge.documentation.plots import write_plots
 
-    for path in write_plots(_root(args), only=args.rule):
-        print(f"wrote {path}")
+    for path, plot, written in write_plots(_root(args), only=args.rule):
+        spreads = ", ".join(f"{problem} {value:.1e}" for problem, value in plot.spread.items())
+        print(f"{'wrote' if written else 'unchanged'} {path} (backends differ by at most: {spreads})")
     return 0
 
 
@@ -117,10 +119,19 @@ def main(argv: list[str] | None = None) -> int:
     from optforge.compiler.errors import RuleError
 
     try:
-        return args.run(args)
+        code = args.run(args)
+        # flushed here, not at exit, so that a reader gone early (`| head`) is caught below
+        sys.stdout.flush()
+        return code
     except RuleError as exc:
         print(f"optforge: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader of stdout stopped reading (`optforge show nadam | head -2`): not an error of ours. Point
+        # stdout at /dev/null so that the interpreter's own flush at exit cannot raise again, and exit as a
+        # process killed by SIGPIPE does (128 + 13), the way `yes | head` ends.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -1,0 +1,53 @@
+"""The committed pictures (docs/optimizers/*.png) are what `optforge plots` draws now, pixel for pixel."""
+
+from __future__ import annotations
+
+import io
+import pathlib
+import warnings
+
+import numpy as np
+import pytest
+
+from optforge.rules import registry
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RULES = registry()
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"), dtype=np.int16)
+
+
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
+def test_committed_plot_is_what_the_plots_command_draws(rule, tmp_path):
+    import matplotlib
+    from PIL import Image
+
+    from optforge.documentation.plots import draw, plot_path
+
+    path = plot_path(ROOT, rule)
+    assert path.exists(), f"{rule.name} has no picture at {path}; run `optforge plots --rule {rule.module}`"
+    committed = path.read_bytes()
+    drawn_by = Image.open(io.BytesIO(committed)).info.get("Software")
+    ours = f"matplotlib {matplotlib.__version__}"
+    assert drawn_by == ours, (
+        f"{path.name} was drawn by {drawn_by!r}, this is {ours!r}: the pixels of text differ between "
+        f"versions; install the tested one (pip install -c constraints.txt) and run `optforge plots`"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the command prints no warning (torch's requires_grad one was)
+        fresh = draw(rule).png
+    a, b = _pixels(committed), _pixels(fresh)
+    assert a.shape == b.shape, f"{path.name}: expected {b.shape} pixels as drawn now; committed {a.shape}"
+    differ = np.any(a != b, axis=-1)
+    if differ.any():
+        (tmp_path / path.name).write_bytes(fresh)
+        rows, cols = np.nonzero(differ)
+        pytest.fail(
+            f"{path} is stale: {int(differ.sum())} pixels differ from the picture drawn now (rows "
+            f"{rows.min()}..{rows.max()}, columns {cols.min()}..{cols.max()}; drawn now: {tmp_path / path.name}); "
+            f"run `optforge plots --rule {rule.module}` and commit it"
+        )
