@@ -12,6 +12,7 @@ from cases import RULES
 from drivers import problem
 
 N = 3  # gradient_accumulation_steps
+LR = 0.01  # some rules have no default learning rate
 CALLS = 7  # two updates (calls 3 and 6), and one call after them
 
 
@@ -35,7 +36,7 @@ def test_the_rule_runs_on_update_calls_only(rule, backend):
     if backend == "numpy":
         import optforge.generated.numpy as gen
 
-        opt = getattr(gen, rule.name)(gradient_accumulation_steps=N)
+        opt = getattr(gen, rule.name)(learning_rate=LR, gradient_accumulation_steps=N)
         _counting(opt, seen)
         params = [p.copy() for p in params0]
         state = opt.init(params)
@@ -48,7 +49,7 @@ def test_the_rule_runs_on_update_calls_only(rule, backend):
         import optforge.generated.torch as gen
 
         params = [torch.tensor(p, requires_grad=True) for p in params0]
-        opt = getattr(gen, rule.name)(params, gradient_accumulation_steps=N)
+        opt = getattr(gen, rule.name)(params, lr=LR, gradient_accumulation_steps=N)
         _counting(opt, seen)
         for g in grads:
             for p, x in zip(params, g):
@@ -64,7 +65,7 @@ def test_a_call_that_only_accumulates_leaves_parameters_and_rule_state_alone(rul
     import optforge.generated.numpy as gen
 
     params0, grads = problem(N - 1)
-    opt = getattr(gen, rule.name)(gradient_accumulation_steps=N, use_ema=True)
+    opt = getattr(gen, rule.name)(learning_rate=LR, gradient_accumulation_steps=N, use_ema=True)
     params = [p.copy() for p in params0]
     state = opt.init(params)
     state0 = copy.deepcopy(state)  # the arrays are updated in place
