@@ -372,6 +372,8 @@ class Backend:
             ],
             # Keras's options this module takes (a rule's own weight_decay is not the option)
             "options": options,
+            # the states the options' stages keep (the accumulator, the EMA), not the rule
+            "option_states": [st.name for st in program.states if st.persists and st.name not in rule_states],
             "fused_cases": fused_cases,
             "rule_modules": sorted(ip.modules),
         }
