@@ -87,7 +87,8 @@ class Call:
         operands = (self.gs, states)
         if self.is_update is True:
             return update(operands)
-        shapes = jax.eval_shape(update, operands)  # what the rule returns, so that not updating returns it too
+        # what the rule returns (traced, not run), so that a call that does not update returns the same
+        shapes = jax.eval_shape(update, operands)
 
         def accumulate(operands: tuple) -> tuple[list, dict]:
             _, states = operands

@@ -84,3 +84,29 @@ def test_a_call_that_only_accumulates_leaves_parameters_and_rule_state_alone(rul
             assert all(np.array_equal(x, y) for x, y in zip(before, after)), f"{rule.name}: {name} changed"
         else:
             assert before == after, f"{rule.name}: {name} changed"
+
+
+def _top_level(rule) -> list[str]:
+    """The operations of a JAX update with gradient accumulation, outside any ``cond`` branch."""
+    import jax
+    import jax.numpy as jnp
+
+    import optforge.generated.jax as gen
+
+    params0, grads = problem(1)
+    tx = getattr(gen, rule.module)(learning_rate=LR, gradient_accumulation_steps=N, use_ema=True)
+    params = [jnp.asarray(p) for p in params0]
+    jaxpr = jax.make_jaxpr(tx.update)([jnp.asarray(g) for g in grads[0]], tx.init(params), params)
+    return sorted(str(e.primitive) for e in jaxpr.jaxpr.eqns)
+
+
+def test_jax_computes_the_rule_only_in_the_branch_of_update_calls():
+    """One ``lax.cond`` around the rule: outside it, every rule's update does the same operations (the
+    options' stages), none of the rule's."""
+    tops = {rule.name: _top_level(rule) for rule in RULES.values()}
+    first, ops = next(iter(tops.items()))
+    assert ops.count("cond") == 1, ops
+    for name, other in tops.items():
+        assert other == ops, (
+            f"{name} computes {sorted(set(other) ^ set(ops))} outside the cond ({first} does not)"
+        )
