@@ -19,7 +19,7 @@ import jinja2
 import sympy as sp
 
 from optforge.compiler.analysis import param_condition
-from optforge.compiler.errors import BackendError
+from optforge.compiler.errors import BackendError, RuleError
 from optforge.compiler.ir import Assign, Program, Role, Scope, Section, SectionKind, base
 from optforge.compiler.passes import conditions, three_address
 from optforge.compiler.passes.accumulators import accumulators
@@ -268,13 +268,9 @@ class Backend:
 
     # -- the view model -------------------------------------------------------------------
 
-    def context(self, program: Program) -> dict[str, Any]:
-        from optforge.compiler.passes.scope import scopes_of
-
-        scopes = scopes_of(program)
-        p = self.make_printer(program, scopes)
+    def print_cases(self, program: Program, scopes: dict[str, Scope], p: ExprPrinter) -> list[dict[str, Any]]:
+        """Each case of ``program``: its condition and its sections, printed."""
         self._program = program
-        param_when = param_condition(program)
         cases = []
         for i, case in enumerate(program.cases):
             sections = self.case_sections(case)
@@ -322,40 +318,72 @@ class Backend:
                     ],
                 }
             )
-        states = [
-            {
-                "name": s.name,
-                "meaning": s.meaning,
-                "scope": {Scope.ELEMENT: "element", Scope.TENSOR: "tensor", Scope.GLOBAL: "global"}[s.scope],
-                "init": p.doprint(s.init),
-                "zero": s.init == 0,
-                # an initial value that reads w: computed from each parameter (in the state's dtype)
-                "from_w": sp.Symbol("w") in s.init.free_symbols,
-                "when": "" if s.allocated_when is sp.true else p.doprint(s.allocated_when),
-                # a global state computed from arrays (a reduction over all tensors): an array itself
-                "array": s.scope == Scope.GLOBAL and s.name in p.arrays,
-            }
-            for s in program.states
-            if s.persists
-        ]
-        hypers = [
-            {
-                "name": h.name,
-                "default": repr(h.default),
-                "required": h.default is None and h.kind == "learning_rate",
-                "option": h.default is None and h.kind != "learning_rate",
-                "zero_is_off": h.zero_is_off,
-                "check": _check_call(h),
-                "kind": h.kind,
-                "meaning": h.meaning,
-                "low": _num(h.interval.low) if h.interval else "",
-                "high": _num(h.interval.high) if h.interval else "",
-                "low_closed": h.interval.low_closed if h.interval else False,
-                "high_closed": h.interval.high_closed if h.interval else False,
-                "interval": str(h.interval) if h.interval else "",
-            }
-            for h in program.hypers
-        ]
+        return cases
+
+    def stages_context(self, program: Program, cases: list[dict[str, Any]]) -> dict[str, Any]:
+        """The plain backends' view of a rule that Keras's options wrap (``program.inner``): the rule's own
+        program, printed alone (the options run as stages from ``runtime/``), and what the fused kernels,
+        compiled from the whole program, take per case."""
+        from optforge.compiler.passes.scope import scopes_of
+        from optforge.runtime.options import STAGE_VALUES
+
+        inner = program.inner or program
+        scopes = scopes_of(inner)
+        ip = self.make_printer(inner, scopes)
+        rule_cases = self.print_cases(inner, scopes, ip) if program.inner is not None else cases
+        if [c.condition for c in inner.cases] != [c.condition for c in program.cases]:
+            raise RuleError(
+                program.rule,
+                f"the rule has the cases {[str(c.condition) for c in inner.cases]}, with Keras's options"
+                f" {[str(c.condition) for c in program.cases]}: the {self.name} backend runs the options as"
+                " stages around each case of the rule",
+                hint="a transform adds no case: write its conditions with only_if=, not when=",
+            )
+        own = {h.name for h in inner.hypers}
+        options = [h.name for h in program.hypers if h.name not in own]
+        known = set(scopes) | own | {self.names.get(n, n) for n in scopes}
+        fused_cases = []
+        for i, case in enumerate(cases):
+            (s,) = [s for s in case["sections"] if s["kind"] == SectionKind.TENSOR]
+            given = set(options) | set(STAGE_VALUES) | {"lr"}
+            rule_scalars = [n for n in s["scalars"] if n not in given]
+            missing = [n for n in rule_scalars if n not in known]
+            if missing:
+                raise RuleError(
+                    program.rule,
+                    f"the fused kernel of case {i} takes {missing}, which neither the rule nor the"
+                    " options' stages (runtime/options.py) compute",
+                    hint="give the value a name in the rule, or add it to runtime/options.py's STAGE_VALUES",
+                )
+            fused_cases.append({"kernel": s["fused"].upper(), "rule_scalars": rule_scalars})
+        rule_states = {st.name for st in inner.states if st.persists}
+        return {
+            "rule_cases": rule_cases,
+            # the rule's own hyperparameters (the options' are read by the stages)
+            "rule_others": [h for h in self._hypers(inner) if h["name"] != "learning_rate"],
+            "rule_optional_states": [
+                st.name for st in inner.states if st.persists and st.allocated_when is not sp.true
+            ],
+            "rule_global_states": [
+                st for st in self._states(inner, ip) if st["scope"] == "global" and st["name"] in rule_states
+            ],
+            # Keras's options this module takes (a rule's own weight_decay is not the option)
+            "options": options,
+            # the states the options' stages keep (the accumulator, the EMA), not the rule
+            "option_states": [st.name for st in program.states if st.persists and st.name not in rule_states],
+            "fused_cases": fused_cases,
+            "rule_modules": sorted(ip.modules),
+        }
+
+    def context(self, program: Program) -> dict[str, Any]:
+        from optforge.compiler.passes.scope import scopes_of
+
+        scopes = scopes_of(program)
+        p = self.make_printer(program, scopes)
+        param_when = param_condition(program)
+        cases = self.print_cases(program, scopes, p)
+        states = self._states(program, p)
+        hypers = self._hypers(program)
         return {
             "program": program,
             "rule": program.rule,
@@ -392,6 +420,17 @@ class Backend:
                 {b for e, _ in program.finalize for b in map(base, sp.sympify(e).free_symbols)}
                 & {s.name for s in program.states if s.scope != Scope.GLOBAL}
             ),
+            # the hyperparameters a finaliser reads (its conditions too)
+            "finalize_hypers": [
+                h
+                for h in hypers
+                if h["name"]
+                in {
+                    getattr(x, "option", None) or x.name
+                    for e, _ in program.finalize
+                    for x in sp.sympify(e).free_symbols
+                }
+            ],
             # the states kept once per optimizer that a finaliser reads
             "finalize_globals": [
                 s
@@ -403,7 +442,46 @@ class Backend:
                 s.name for s in program.states if s.persists and s.allocated_when is not sp.true
             ],
             "modules": sorted(p.modules),
+            **self.stages_context(program, cases),
         }
+
+    def _states(self, program: Program, p: ExprPrinter) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": s.name,
+                "meaning": s.meaning,
+                "scope": {Scope.ELEMENT: "element", Scope.TENSOR: "tensor", Scope.GLOBAL: "global"}[s.scope],
+                "init": p.doprint(s.init),
+                "zero": s.init == 0,
+                # an initial value that reads w: computed from each parameter (in the state's dtype)
+                "from_w": sp.Symbol("w") in s.init.free_symbols,
+                "when": "" if s.allocated_when is sp.true else p.doprint(s.allocated_when),
+                # a global state computed from arrays (a reduction over all tensors): an array itself
+                "array": s.scope == Scope.GLOBAL and s.name in p.arrays,
+            }
+            for s in program.states
+            if s.persists
+        ]
+
+    def _hypers(self, program: Program) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": h.name,
+                "default": repr(h.default),
+                "required": h.default is None and h.kind == "learning_rate",
+                "option": h.default is None and h.kind != "learning_rate",
+                "zero_is_off": h.zero_is_off,
+                "check": _check_call(h),
+                "kind": h.kind,
+                "meaning": h.meaning,
+                "low": _num(h.interval.low) if h.interval else "",
+                "high": _num(h.interval.high) if h.interval else "",
+                "low_closed": h.interval.low_closed if h.interval else False,
+                "high_closed": h.interval.high_closed if h.interval else False,
+                "interval": str(h.interval) if h.interval else "",
+            }
+            for h in program.hypers
+        ]
 
     def case_sections(self, case) -> tuple[Section, ...]:
         return case.sections

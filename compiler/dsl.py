@@ -403,6 +403,9 @@ class Rule:
         self.transforms: list[str] = []  # names of the transforms applied, in order
         self.finalize: list[Equation] = []  # what finalize_variable_values assigns to w (e.g. the EMA)
         self.core: list[Equation] | None = None  # the rule's own equations, when a transform wrapped them
+        #: the rule a transform wrapped (Keras's options), compiled on its own too: the plain backends print
+        #: it and run the transform's stages from the runtime (None: not wrapped)
+        self.inner: Rule | None = None
         self.let_latex: dict[str, str] = {}  # LaTeX of the named intermediate values
 
     def __repr__(self) -> str:

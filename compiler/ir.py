@@ -172,6 +172,10 @@ class Program:
     finalize: tuple[tuple[Any, str], ...] = ()  # (new w, label): what finalize_variable_values assigns
     transforms: tuple[str, ...] = ()  # transforms applied to the rule (e.g. keras_options)
     core: tuple[Equation, ...] = ()  # the rule's own equations as written, when a transform wrapped them
+    #: the rule's own program, when a transform wrapped it (Keras's options): the plain backends (NumPy,
+    #: torch, JAX) print it and run the options as stages written once in ``runtime/``; the fused kernels
+    #: keep the options compiled in (this program)
+    inner: Program | None = None
 
     def own(self, number: int) -> tuple[int, Equation]:
         """Equation ``number`` (1-based, of ``equations``) as the rule's author wrote it, and its number

@@ -33,4 +33,6 @@ def compile_rule(rule: Rule, *, check_between_passes: bool = False) -> Program:
         program = run(program)
         if check_between_passes:
             verify(program)
+    if rule.inner is not None:  # the rule a transform wrapped, on its own (see Program.inner)
+        program = program.replace(inner=compile_rule(rule.inner, check_between_passes=check_between_passes))
     return program

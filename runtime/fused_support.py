@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import inspect
 import os
 from typing import Any, Callable
 
@@ -82,6 +83,26 @@ class Case:
     #: whether threads may share a tensor, each one a part: never (the case writes a per-tensor state),
     #: always, or ``split(step)``: in the steps whose update reads no per-tensor value
     split: bool | Callable = False
+
+
+def kernel(module: Any, case: int) -> Case:
+    """Case ``case`` of the rule in its generated fused module (``UPDATE_CASE_<case>``)."""
+    return getattr(module, f"UPDATE_CASE_{case}")
+
+
+_TAKES: dict[int, tuple[Case, tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def takes(case: Case) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What ``case`` takes, as its generated functions declare it: the states after ``w`` and ``g`` (in the
+    order of ``run``'s work items) and the once-per-step values (``prepare``'s arguments after ``dt``)."""
+    known = _TAKES.get(id(case))
+    if known is None or known[0] is not case:
+        addresses = getattr(case.addresses, "py_func", case.addresses)  # a Numba dispatcher's Python function
+        states = tuple(inspect.signature(addresses).parameters)[4:]  # after table, i, w, g
+        scalars = tuple(inspect.signature(case.prepare).parameters)[1:]  # after dt
+        known = _TAKES[id(case)] = (case, states, scalars)
+    return known[1], known[2]
 
 
 def run(case: Case, work: list[tuple], scalars: dict[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -109,14 +109,52 @@ def from_param(w: torch.Tensor, dtype: torch.dtype, initial: Any) -> torch.Tenso
 
 class RuleOptimizer(torch.optim.Optimizer):
     """What every generated torch optimizer shares: construction, copies and pickling, ``state_dict`` with
-    exact state, and the loop over the parameters that creates their state. A generated class sets the
-    class attributes and writes ``__init__`` (its hyperparameters) and ``step`` (its maths)."""
+    exact state, the loop over the parameters that creates their state, and the step: Keras's options as
+    stages (``options_torch.Call``) around the rule. A generated class sets the class attributes and writes
+    ``__init__`` (its hyperparameters), ``_states`` (what a parameter keeps) and ``_update`` (the rule's
+    own maths, run on update calls only)."""
 
     #: the rule's class name and generated module (for messages and the fused kernels)
     rule = ""
     module = ""
     #: the names of everything a parameter may keep (its state in ``self.state[w]``)
     keeps: frozenset[str] = frozenset()
+    #: the Keras options this optimizer takes (``options.KERAS_OPTIONS``, less those the rule defines itself)
+    options: tuple[str, ...] = ()
+    #: what each parameter group keeps for the rule (``group[name]``): (name, initial value, whether a 0-d
+    #: tensor), there from the first call on, even one that does not update
+    global_states: tuple[tuple[str, float, bool], ...] = ()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One update of every parameter that has a gradient; returns the closure's loss."""
+        from .options_torch import Call
+
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [w for w in group["params"] if w.grad is not None]
+            if not params:
+                continue
+            call = Call(self, group, params)
+            for name, init, array in self.global_states:
+                if name not in group:
+                    group[name] = global_value(init) if array else init
+            if call.is_update:
+                self._update(group, call)
+            else:  # gradient accumulation: the rule does not run
+                call.skip(self._case(group))
+        return loss
+
+    def _update(self, group: dict[str, Any], call: Any) -> None:
+        """The rule's own step on an update call (generated)."""
+        raise NotImplementedError
+
+    def _case(self, group: dict[str, Any]) -> int:
+        """The case of the rule that this group's hyperparameters select (generated where there are several)."""
+        return 0
 
     def _states(self, group: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
         """What each parameter of this group keeps: (name, "element" or "tensor", initial value: a number or
@@ -128,6 +166,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load(self.module, self.rule) if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
+        self._stage_scratch: dict = {}  # the options' stages' buffers (the gradient they make, ...)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for w in group["params"]:
@@ -144,7 +183,7 @@ class RuleOptimizer(torch.optim.Optimizer):
             self.state_dtype = state.pop("state_dtype", None)
             self.fused = state.pop("fused", False)
             self._fused = fused_support.load(self.module, self.rule) if self.fused else None
-        self._scratch = {}
+        self._scratch, self._stage_scratch = {}, {}
         super().__setstate__(state)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -182,10 +221,11 @@ class RuleOptimizer(torch.optim.Optimizer):
         return {**super().state_dict(), "optforge_rule": self.rule}
 
     def _tensors(
-        self, params: list[torch.Tensor], group: dict[str, Any]
+        self, params: list[torch.Tensor], group: dict[str, Any], wanted: list | None = None
     ) -> Iterator[tuple[torch.Tensor, dict]]:
-        """Each parameter that has a gradient, with its state (created at its first update)."""
-        wanted = list(self._states(group))
+        """Each parameter that has a gradient, with its state (created at its first update); ``wanted``:
+        ``self._states(group)``, if known."""
+        wanted = list(self._states(group)) if wanted is None else wanted
         for w in params:
             check_param(w, self.rule)
             state = self.state[w]

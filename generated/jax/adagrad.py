@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optforge.runtime import common, jax_support
+from optforge.runtime import common, jax_support, options_jax
 
 
 class AdagradState(NamedTuple):
@@ -120,6 +120,18 @@ def adagrad(
         global_clipnorm=global_clipnorm,
     )
 
+    stages = options_jax.Options(
+        weight_decay=weight_decay,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+        use_ema=use_ema,
+        ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency,
+        loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )
+
     def init_fn(params: Any) -> AdagradState:
         jax_support.check_params(params, "adagrad")
         return AdagradState(
@@ -161,96 +173,39 @@ def adagrad(
                 "ema": (state.ema, "element"),
             },
         )
-        n = state.count  # earlier calls
-        t = n + 1
-        lr = common.learning_rate_at(learning_rate, n)
-        treedef = jax.tree.structure(grads)
-        # the step counts updates, not calls
-        t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-        # an update call
-        is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-        # EMA momentum (0 at the first update)
-        ema_mu = jnp.where(t == 1, 0, ema_momentum)
-        if global_clipnorm is not None:
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            for g, grad_accumulator in zip(
-                treedef.flatten_up_to(grads),
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-        updates, new_accumulator, new_grad_accumulator, new_ema = [], [], [], []
-        for g, w, accumulator, grad_accumulator, ema in zip(
-            treedef.flatten_up_to(grads),
-            jax_support.leaves(treedef, params),
-            treedef.flatten_up_to(state.accumulator),
-            treedef.flatten_up_to(state.grad_accumulator)
-            if state.grad_accumulator is not None
-            else [None] * treedef.num_leaves,
-            treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-        ):
-            dtype = g.dtype
-            g = jax_support.upcast(g)  # at least float32
-            # loss scaling
-            if loss_scale_factor is not None:
-                g = g / loss_scale_factor
-            # gradient accumulation
-            if gradient_accumulation_steps is not None:
-                grad_accumulator = g + grad_accumulator
-                g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-            sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-            # clipping
-            if clipnorm is not None:
-                g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-            if global_clipnorm is not None:
-                g = jnp.where(
-                    is_update, g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)), g
-                )
-            if clipvalue is not None:
-                g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-            # decoupled weight decay
-            update = jnp.where(is_update, -lr * w * weight_decay, 0) if weight_decay is not None else 0
-            # sum of squared gradients
-            accumulator = jnp.where(is_update, accumulator + g**2, accumulator)
-            # parameter update
-            update = update + jnp.where(is_update, -g * lr / jnp.sqrt(accumulator + epsilon), 0)
-            # EMA of the weights
-            if use_ema:
-                ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-            # EMA overwrite
-            update = update + (
-                jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                if (ema_overwrite_frequency is not None and use_ema)
-                else 0
-            )
-            updates.append(update.astype(dtype))
-            new_accumulator.append(accumulator)
-            new_grad_accumulator.append(grad_accumulator)
-            new_ema.append(ema)
-        return treedef.unflatten(updates), AdagradState(
-            count=optax.safe_increment(n),
-            accumulator=jax_support.like(treedef.unflatten(new_accumulator), state.accumulator),
-            grad_accumulator=jax_support.like(treedef.unflatten(new_grad_accumulator), state.grad_accumulator)
-            if state.grad_accumulator is not None
-            else None,
-            ema=jax_support.like(treedef.unflatten(new_ema), state.ema) if state.ema is not None else None,
+        call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
+        treedef = call.treedef
+
+        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+            """The rule's own step, on update calls only: the gradients as Keras's options made them
+            (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
+            n, lr = call.n, call.lr  # n: the updates before this one
+            t = n + 1
+            updates, new_accumulator = [], []
+            for g, w, accumulator in zip(gs, ws, jax_support.leaves(treedef, rs["accumulator"])):
+                # sum of squared gradients
+                accumulator = accumulator + g**2
+                # parameter update
+                update = -g * lr / jnp.sqrt(accumulator + epsilon)
+                updates.append(update)
+                new_accumulator.append(accumulator)
+            return updates, {
+                **rs,
+                "accumulator": jax_support.like(treedef.unflatten(new_accumulator), rs["accumulator"]),
+            }
+
+        updates, rs = call.run(
+            rule,
+            {
+                "accumulator": state.accumulator,
+            },
+        )
+        updates, ema = call.finish(updates, state.ema)
+        return updates, AdagradState(
+            count=optax.safe_increment(state.count),
+            accumulator=rs["accumulator"],
+            grad_accumulator=call.accumulator,
+            ema=ema,
         )
 
     return optax.GradientTransformation(init_fn, update_fn)

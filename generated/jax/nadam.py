@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optforge.runtime import common, jax_support
+from optforge.runtime import common, jax_support, options_jax
 
 
 class NadamState(NamedTuple):
@@ -129,6 +129,18 @@ def nadam(
         global_clipnorm=global_clipnorm,
     )
 
+    stages = options_jax.Options(
+        weight_decay=weight_decay,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+        use_ema=use_ema,
+        ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency,
+        loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )
+
     def init_fn(params: Any) -> NadamState:
         jax_support.check_params(params, "nadam")
         return NadamState(
@@ -172,113 +184,59 @@ def nadam(
                 "ema": (state.ema, "element"),
             },
         )
-        n = state.count  # earlier calls
-        t = n + 1
-        lr = common.learning_rate_at(learning_rate, n)
-        treedef = jax.tree.structure(grads)
-        u_product = state.u_product
-        # the step counts updates, not calls
-        t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-        # an update call
-        is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-        # momentum schedule
-        u_t = jnp.where(is_update, beta_1 * (1 - 0.5 * 0.96 ** jax_support.as_float(t)), 0)
-        u_t1 = jnp.where(is_update, beta_1 * (1 - 0.5 * 0.96 ** jax_support.as_float(t + 1)), 0)
-        u_product = jnp.where(is_update, u_product * u_t, u_product)
-        # EMA momentum (0 at the first update)
-        ema_mu = jnp.where(t == 1, 0, ema_momentum)
-        if global_clipnorm is not None:
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            for g, grad_accumulator in zip(
-                treedef.flatten_up_to(grads),
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
+        call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
+        treedef = call.treedef
+
+        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+            """The rule's own step, on update calls only: the gradients as Keras's options made them
+            (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
+            n, lr = call.n, call.lr  # n: the updates before this one
+            t = n + 1
+            u_product = rs["u_product"]
+            # momentum schedule
+            u_t = beta_1 * (1 - 0.5 * 0.96 ** jax_support.as_float(t))
+            u_t1 = beta_1 * (1 - 0.5 * 0.96 ** jax_support.as_float(t + 1))
+            u_product = u_product * u_t
+            updates, new_m, new_v = [], [], []
+            for g, w, m, v in zip(
+                gs, ws, jax_support.leaves(treedef, rs["m"]), jax_support.leaves(treedef, rs["v"])
             ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-        updates, new_m, new_v, new_grad_accumulator, new_ema = [], [], [], [], []
-        for g, w, m, v, grad_accumulator, ema in zip(
-            treedef.flatten_up_to(grads),
-            jax_support.leaves(treedef, params),
-            treedef.flatten_up_to(state.m),
-            treedef.flatten_up_to(state.v),
-            treedef.flatten_up_to(state.grad_accumulator)
-            if state.grad_accumulator is not None
-            else [None] * treedef.num_leaves,
-            treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-        ):
-            dtype = g.dtype
-            g = jax_support.upcast(g)  # at least float32
-            # loss scaling
-            if loss_scale_factor is not None:
-                g = g / loss_scale_factor
-            # gradient accumulation
-            if gradient_accumulation_steps is not None:
-                grad_accumulator = g + grad_accumulator
-                g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-            sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-            # clipping
-            if clipnorm is not None:
-                g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-            if global_clipnorm is not None:
-                g = jnp.where(
-                    is_update, g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)), g
-                )
-            if clipvalue is not None:
-                g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-            # decoupled weight decay
-            update = jnp.where(is_update, -lr * w * weight_decay, 0) if weight_decay is not None else 0
-            # first moment
-            m = jnp.where(is_update, m + (1 - beta_1) * (g - m), m)
-            # second moment
-            v = jnp.where(is_update, v + (1 - beta_2) * (g**2 - v), v)
-            # Nesterov momentum
-            m_hat = jnp.where(
-                is_update, g * (1 - u_t) / (1 - u_product) + m * u_t1 / (1 - u_product * u_t1), 0
-            )
-            # bias correction
-            v_hat = jnp.where(is_update, v / (1 - beta_2 ** jax_support.as_float(t)), 0)
-            # parameter update
-            update = update + jnp.where(is_update, -lr * m_hat / (epsilon + jnp.sqrt(v_hat)), 0)
-            # EMA of the weights
-            if use_ema:
-                ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-            # EMA overwrite
-            update = update + (
-                jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                if (ema_overwrite_frequency is not None and use_ema)
-                else 0
-            )
-            updates.append(update.astype(dtype))
-            new_m.append(m)
-            new_v.append(v)
-            new_grad_accumulator.append(grad_accumulator)
-            new_ema.append(ema)
-        return treedef.unflatten(updates), NadamState(
-            count=optax.safe_increment(n),
-            u_product=u_product,
-            m=jax_support.like(treedef.unflatten(new_m), state.m),
-            v=jax_support.like(treedef.unflatten(new_v), state.v),
-            grad_accumulator=jax_support.like(treedef.unflatten(new_grad_accumulator), state.grad_accumulator)
-            if state.grad_accumulator is not None
-            else None,
-            ema=jax_support.like(treedef.unflatten(new_ema), state.ema) if state.ema is not None else None,
+                # first moment
+                m = m + (1 - beta_1) * (g - m)
+                # second moment
+                v = v + (1 - beta_2) * (g**2 - v)
+                # Nesterov momentum
+                m_hat = g * (1 - u_t) / (1 - u_product) + m * u_t1 / (1 - u_product * u_t1)
+                # bias correction
+                v_hat = v / (1 - beta_2 ** jax_support.as_float(t))
+                # parameter update
+                update = -lr * m_hat / (epsilon + jnp.sqrt(v_hat))
+                updates.append(update)
+                new_m.append(m)
+                new_v.append(v)
+            return updates, {
+                **rs,
+                "m": jax_support.like(treedef.unflatten(new_m), rs["m"]),
+                "v": jax_support.like(treedef.unflatten(new_v), rs["v"]),
+                "u_product": u_product,
+            }
+
+        updates, rs = call.run(
+            rule,
+            {
+                "u_product": state.u_product,
+                "m": state.m,
+                "v": state.v,
+            },
+        )
+        updates, ema = call.finish(updates, state.ema)
+        return updates, NadamState(
+            count=optax.safe_increment(state.count),
+            u_product=rs["u_product"],
+            m=rs["m"],
+            v=rs["v"],
+            grad_accumulator=call.accumulator,
+            ema=ema,
         )
 
     return optax.GradientTransformation(init_fn, update_fn)

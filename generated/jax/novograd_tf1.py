@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optforge.runtime import common, jax_support
+from optforge.runtime import common, jax_support, options_jax
 
 
 class NovoGradTF1State(NamedTuple):
@@ -130,6 +130,17 @@ def novograd_tf1(
         global_clipnorm=global_clipnorm,
     )
 
+    stages = options_jax.Options(
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+        use_ema=use_ema,
+        ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency,
+        loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )
+
     def init_fn(params: Any) -> NovoGradTF1State:
         jax_support.check_params(params, "novograd_tf1")
         return NovoGradTF1State(
@@ -168,103 +179,49 @@ def novograd_tf1(
                 "ema": (state.ema, "element"),
             },
         )
-        n = state.count  # earlier calls
-        t = n + 1
-        lr = common.learning_rate_at(learning_rate, n)
-        treedef = jax.tree.structure(grads)
-        # the step counts updates, not calls
-        t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-        # an update call
-        is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-        # EMA momentum (0 at the first update)
-        ema_mu = jnp.where(t == 1, 0, ema_momentum)
-        if global_clipnorm is not None:
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            for g, grad_accumulator in zip(
-                treedef.flatten_up_to(grads),
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-        updates, new_m, new_grad_accumulator, new_ema = [], [], [], []
-        for g, w, m, grad_accumulator, ema in zip(
-            treedef.flatten_up_to(grads),
-            jax_support.leaves(treedef, params),
-            treedef.flatten_up_to(state.m),
-            treedef.flatten_up_to(state.grad_accumulator)
-            if state.grad_accumulator is not None
-            else [None] * treedef.num_leaves,
-            treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-        ):
-            dtype = g.dtype
-            g = jax_support.upcast(g)  # at least float32
-            # loss scaling
-            if loss_scale_factor is not None:
-                g = g / loss_scale_factor
-            # gradient accumulation
-            if gradient_accumulation_steps is not None:
-                grad_accumulator = g + grad_accumulator
-                g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-            sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-            # clipping
-            if clipnorm is not None:
-                g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-            if global_clipnorm is not None:
-                g = jnp.where(
-                    is_update, g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)), g
-                )
-            if clipvalue is not None:
-                g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-            sumsq_g_1 = jnp.where(is_update, jnp.sum(g**2), 0)
-            # second moment (no EMA in graph mode)
-            v = jnp.where(is_update, sumsq_g_1, 0)
-            # normalised gradient
-            u = jnp.where(is_update, g / jnp.sqrt(epsilon + v), 0)
-            # weight decay
-            u = jnp.where(is_update, u + (w * weight_decay if weight_decay != 0 else 0), u)
-            # gradient averaging
-            u = jnp.where(is_update, (u * (1 - beta1) if grad_averaging else u), u)
-            # momentum
-            m = jnp.where(is_update, beta1 * m + u, m)
-            # parameter update
-            update = jnp.where(is_update, -lr * (beta1 * m + u if use_nesterov else m), 0)
-            # EMA of the weights
-            if use_ema:
-                ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-            # EMA overwrite
-            update = update + (
-                jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                if (ema_overwrite_frequency is not None and use_ema)
-                else 0
-            )
-            updates.append(update.astype(dtype))
-            new_m.append(m)
-            new_grad_accumulator.append(grad_accumulator)
-            new_ema.append(ema)
-        return treedef.unflatten(updates), NovoGradTF1State(
-            count=optax.safe_increment(n),
-            m=jax_support.like(treedef.unflatten(new_m), state.m),
-            grad_accumulator=jax_support.like(treedef.unflatten(new_grad_accumulator), state.grad_accumulator)
-            if state.grad_accumulator is not None
-            else None,
-            ema=jax_support.like(treedef.unflatten(new_ema), state.ema) if state.ema is not None else None,
+        call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
+        treedef = call.treedef
+
+        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+            """The rule's own step, on update calls only: the gradients as Keras's options made them
+            (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
+            n, lr = call.n, call.lr  # n: the updates before this one
+            t = n + 1
+            updates, new_m = [], []
+            for g, w, m in zip(gs, ws, jax_support.leaves(treedef, rs["m"])):
+                sumsq_g = jnp.sum(g**2)
+                # second moment (no EMA in graph mode)
+                v = sumsq_g
+                # normalised gradient
+                u = g / jnp.sqrt(epsilon + v)
+                # weight decay
+                u = u + (w * weight_decay if weight_decay != 0 else 0)
+                # gradient averaging
+                if grad_averaging:
+                    u = u * (1 - beta1)
+                # momentum
+                m = beta1 * m + u
+                # parameter update
+                update = -lr * (beta1 * m + u if use_nesterov else m)
+                updates.append(update)
+                new_m.append(m)
+            return updates, {
+                **rs,
+                "m": jax_support.like(treedef.unflatten(new_m), rs["m"]),
+            }
+
+        updates, rs = call.run(
+            rule,
+            {
+                "m": state.m,
+            },
+        )
+        updates, ema = call.finish(updates, state.ema)
+        return updates, NovoGradTF1State(
+            count=optax.safe_increment(state.count),
+            m=rs["m"],
+            grad_accumulator=call.accumulator,
+            ema=ema,
         )
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optforge.runtime import common, jax_support
+from optforge.runtime import common, jax_support, options_jax
 
 
 class SGDState(NamedTuple):
@@ -120,6 +120,18 @@ def sgd(
         global_clipnorm=global_clipnorm,
     )
 
+    stages = options_jax.Options(
+        weight_decay=weight_decay,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+        use_ema=use_ema,
+        ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency,
+        loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )
+
     def init_fn(params: Any) -> SGDState:
         jax_support.check_params(params, "sgd")
         return SGDState(
@@ -160,296 +172,68 @@ def sgd(
                 "ema": (state.ema, "element"),
             },
         )
-        n = state.count  # earlier calls
-        t = n + 1
-        lr = common.learning_rate_at(learning_rate, n)
-        treedef = jax.tree.structure(grads)
-        if momentum == 0:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
-                ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_grad_accumulator, new_ema = [], [], []
-            for g, w, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
-                    )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # decoupled weight decay
-                update = jnp.where(is_update, -lr * w * weight_decay, 0) if weight_decay is not None else 0
-                # gradient descent
-                update = update + jnp.where(is_update, -g * lr, 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), SGDState(
-                count=optax.safe_increment(n),
-                velocity=state.velocity,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
-        elif nesterov:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
-                ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_velocity, new_grad_accumulator, new_ema = [], [], [], []
-            for g, w, velocity, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.velocity)
-                if state.velocity is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
-                    )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # decoupled weight decay
-                update = jnp.where(is_update, -lr * w * weight_decay, 0) if weight_decay is not None else 0
-                # velocity
-                velocity = jnp.where(is_update, momentum * velocity - g * lr, velocity)
-                # Nesterov update
-                update = update + jnp.where(is_update, momentum * velocity - g * lr, 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_velocity.append(velocity)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), SGDState(
-                count=optax.safe_increment(n),
-                velocity=jax_support.like(treedef.unflatten(new_velocity), state.velocity)
-                if state.velocity is not None
-                else None,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
-        else:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
-                ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_velocity, new_grad_accumulator, new_ema = [], [], [], []
-            for g, w, velocity, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.velocity)
-                if state.velocity is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
-                    )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # decoupled weight decay
-                update = jnp.where(is_update, -lr * w * weight_decay, 0) if weight_decay is not None else 0
-                # velocity
-                velocity = jnp.where(is_update, momentum * velocity - g * lr, velocity)
-                # momentum update
-                update = update + jnp.where(is_update, velocity, 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_velocity.append(velocity)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), SGDState(
-                count=optax.safe_increment(n),
-                velocity=jax_support.like(treedef.unflatten(new_velocity), state.velocity)
-                if state.velocity is not None
-                else None,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
+        call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
+        treedef = call.treedef
+
+        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+            """The rule's own step, on update calls only: the gradients as Keras's options made them
+            (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
+            n, lr = call.n, call.lr  # n: the updates before this one
+            t = n + 1
+            if momentum == 0:
+                updates = []
+                for g, w in zip(gs, ws):
+                    # gradient descent
+                    update = -g * lr
+                    updates.append(update)
+                return updates, {
+                    **rs,
+                }
+            elif nesterov:
+                updates, new_velocity = [], []
+                for g, w, velocity in zip(gs, ws, jax_support.leaves(treedef, rs["velocity"])):
+                    tmp0 = g * lr
+                    # velocity
+                    velocity = momentum * velocity - tmp0
+                    # Nesterov update
+                    update = momentum * velocity - tmp0
+                    updates.append(update)
+                    new_velocity.append(velocity)
+                return updates, {
+                    **rs,
+                    "velocity": jax_support.like(treedef.unflatten(new_velocity), rs["velocity"])
+                    if rs["velocity"] is not None
+                    else None,
+                }
+            else:
+                updates, new_velocity = [], []
+                for g, w, velocity in zip(gs, ws, jax_support.leaves(treedef, rs["velocity"])):
+                    # velocity
+                    velocity = momentum * velocity - g * lr
+                    # momentum update
+                    update = velocity
+                    updates.append(update)
+                    new_velocity.append(velocity)
+                return updates, {
+                    **rs,
+                    "velocity": jax_support.like(treedef.unflatten(new_velocity), rs["velocity"])
+                    if rs["velocity"] is not None
+                    else None,
+                }
+
+        updates, rs = call.run(
+            rule,
+            {
+                "velocity": state.velocity,
+            },
+        )
+        updates, ema = call.finish(updates, state.ema)
+        return updates, SGDState(
+            count=optax.safe_increment(state.count),
+            velocity=rs["velocity"],
+            grad_accumulator=call.accumulator,
+            ema=ema,
+        )
 
     return optax.GradientTransformation(init_fn, update_fn)
 

@@ -43,7 +43,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from optforge.runtime import common, fused_support, numpy_support
+from optforge.runtime import common, fused_support, numpy_support, options_numpy
 
 
 class NadamState(NamedTuple):
@@ -79,6 +79,26 @@ class Nadam:
             over the cores) instead of NumPy operations. Same results (float64: to rounding; see the README).
     """
 
+    #: Keras's options this optimizer takes (runtime/options_numpy.py runs them around the rule)
+    options = (
+        "weight_decay",
+        "clipnorm",
+        "clipvalue",
+        "global_clipnorm",
+        "use_ema",
+        "ema_momentum",
+        "ema_overwrite_frequency",
+        "loss_scale_factor",
+        "gradient_accumulation_steps",
+    )
+    #: what each parameter keeps: "element" (an array like it) or "tensor" (a 0-d array)
+    keeps = {
+        "m": "element",
+        "v": "element",
+        "grad_accumulator": "element",
+        "ema": "element",
+    }
+
     def __init__(
         self,
         learning_rate: float | Callable[[int], float] = 0.001,
@@ -102,6 +122,7 @@ class Nadam:
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("nadam", "Nadam") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
+        self._stage_scratch: dict = {}  # the options' stages' buffers (the gradient they make, ...)
         self.beta_1 = common.check_float("beta_1", beta_1, 0.0, 1.0, True, False)
         self.beta_2 = common.check_float("beta_2", beta_2, 0.0, 1.0, True, False)
         self.epsilon = common.check_float("epsilon", epsilon, 0.0, math.inf, True, False)
@@ -172,31 +193,8 @@ class Nadam:
             raise TypeError(
                 f"expected an instance of NadamState (from Nadam.init). Received: {type(state).__name__}"
             )
-        keys = numpy_support.check_step(
-            params,
-            grads,
-            state,
-            {
-                "m": "element",
-                "v": "element",
-                "grad_accumulator": "element",
-                "ema": "element",
-            },
-        )
-        n = state.step  # earlier calls
-        t = n + 1
-        lr = common.learning_rate_at(self.learning_rate, n)
-        beta_1 = self.beta_1
-        beta_2 = self.beta_2
-        epsilon = self.epsilon
-        weight_decay = self.weight_decay
-        clipnorm = self.clipnorm
-        clipvalue = self.clipvalue
-        global_clipnorm = self.global_clipnorm
+        keys = numpy_support.check_step(params, grads, state, self.keeps)
         use_ema = self.use_ema
-        ema_momentum = self.ema_momentum
-        ema_overwrite_frequency = self.ema_overwrite_frequency
-        loss_scale_factor = self.loss_scale_factor
         gradient_accumulation_steps = self.gradient_accumulation_steps
         if (gradient_accumulation_steps is not None) and state.grad_accumulator is None:
             raise ValueError(
@@ -208,174 +206,78 @@ class Nadam:
                 "state.ema is None but this optimizer keeps it (use_ema): the state was made by"
                 " an optimizer with other options"
             )
+        call = options_numpy.Call(self, keys, params, grads, state)
+        if call.is_update:
+            state = self._update(call, state)
+        else:  # gradient accumulation: the rule does not run
+            call.skip(self._case())
+        return params, state._replace(step=state.step + 1)
+
+    def _update(self, call: options_numpy.Call, state: NadamState) -> NadamState:
+        """The rule's own step, on update calls only: ``call.tensors`` gives each tensor with its gradient as
+        Keras's options made it (``runtime/options_numpy.py``); returns the state with its new global values."""
+        n, lr = call.n, call.lr  # n: the updates before this one
+        t = n + 1
+        beta_1 = self.beta_1
+        beta_2 = self.beta_2
+        epsilon = self.epsilon
         u_product = state.u_product
-        # the step counts updates, not calls
-        t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-        # an update call
-        is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
         # momentum schedule
-        u_t = beta_1 * (1 - 0.5 * 0.96**t) if is_update else 0
-        u_t1 = beta_1 * (1 - 0.5 * 0.96 ** (t + 1)) if is_update else 0
-        if is_update:
-            u_product = u_product * u_t
-        # EMA momentum (0 at the first update)
-        ema_mu = 0 if t == 1 else ema_momentum
-        # over all tensors: global_sumsq_g
-        global_sumsq_g = 0.0
-        if global_clipnorm is not None and is_update:
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s2)
-                    g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    np.square(g, out=_s2)
-                    global_sumsq_g = global_sumsq_g + np.sum(_s2)
-        fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-        for key in keys:
-            w, g = params[key], numpy_support.upcast(grads[key])
+        u_t = beta_1 * (1 - 0.5 * 0.96**t)
+        u_t1 = beta_1 * (1 - 0.5 * 0.96 ** (t + 1))
+        u_product = u_product * u_t
+        for key, w, g in call.tensors(
+            0,
+            {
+                "beta_1": beta_1,
+                "beta_2": beta_2,
+                "epsilon": epsilon,
+                "u_product": u_product,
+                "u_t": u_t,
+                "u_t1": u_t1,
+            },
+        ):
             m = state.m[key]
             v = state.v[key]
-            grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-            ema = state.ema[key] if state.ema is not None else None
-            if fused_work is not None and fused_support.fusable(w, g, m, v, grad_accumulator, ema):
-                fused_work.append((w, g, m, v, grad_accumulator, ema))
-                continue
             # scratch buffers for the element-wise temporaries (reused, shaped like w)
-            _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(
-                self._scratch, 5, w, g, m, v, grad_accumulator, ema
-            )
-            # loss scaling
-            if loss_scale_factor is not None:
-                g = np.divide(g, loss_scale_factor, out=_s0)
-            # gradient accumulation
-            if gradient_accumulation_steps is not None:
-                grad_accumulator += g
-            if gradient_accumulation_steps is not None and is_update:
-                g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                grad_accumulator[...] = 0
-            if clipnorm is not None and is_update:
-                np.square(g, out=_s1)
-                sumsq_g = np.sum(_s1)
-            else:
-                sumsq_g = 0
-            # clipping
-            if clipnorm is not None and is_update:
-                # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                np.multiply(clipnorm, g, out=_s1)
-                g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-            if global_clipnorm is not None and is_update:
-                # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                np.multiply(g, global_clipnorm, out=_s1)
-                g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-            if clipvalue is not None and is_update:
-                g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-            # decoupled weight decay
-            if weight_decay is not None and is_update:
-                # w -= lr*w*weight_decay
-                np.multiply(lr, w, out=_s1)
-                np.multiply(_s1, weight_decay, out=_s1)
-                w -= _s1
+            _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, m, v)
             # first moment
-            if is_update:
-                # m += (1 - beta_1)*(g - m)
-                np.subtract(g, m, out=_s1)
-                np.multiply(1 - beta_1, _s1, out=_s1)
-                m += _s1
-                # second moment
-                # v += (1 - beta_2)*(g**2 - v)
-                np.square(g, out=_s1)
-                np.subtract(_s1, v, out=_s1)
-                np.multiply(1 - beta_2, _s1, out=_s1)
-                v += _s1
+            # m += (1 - beta_1)*(g - m)
+            np.subtract(g, m, out=_s0)
+            np.multiply(1 - beta_1, _s0, out=_s0)
+            m += _s0
+            # second moment
+            # v += (1 - beta_2)*(g**2 - v)
+            np.square(g, out=_s0)
+            np.subtract(_s0, v, out=_s0)
+            np.multiply(1 - beta_2, _s0, out=_s0)
+            v += _s0
             # Nesterov momentum
-            if is_update:
-                np.multiply(g, 1 - u_t, out=_s2)
-                np.divide(_s2, 1 - u_product, out=_s2)
-                np.multiply(m, u_t1, out=_s3)
-                np.divide(_s3, 1 - u_product * u_t1, out=_s3)
-                m_hat = np.add(_s2, _s3, out=_s1)
-            else:
-                m_hat = 0
+            # m_hat = g*(1 - u_t)/(1 - u_product) + m*u_t1/(1 - u_product*u_t1)
+            np.multiply(g, 1 - u_t, out=_s1)
+            np.divide(_s1, 1 - u_product, out=_s1)
+            np.multiply(m, u_t1, out=_s2)
+            np.divide(_s2, 1 - u_product * u_t1, out=_s2)
+            m_hat = np.add(_s1, _s2, out=_s0)
             # bias correction
-            if is_update:
-                v_hat = np.divide(v, 1 - beta_2**t, out=_s3)
-            else:
-                v_hat = 0
+            v_hat = np.divide(v, 1 - beta_2**t, out=_s2)
             # parameter update
-            if is_update:
-                # w -= lr*m_hat/(epsilon + np.sqrt(v_hat))
-                np.multiply(lr, m_hat, out=_s2)
-                np.sqrt(v_hat, out=_s4)
-                np.add(epsilon, _s4, out=_s4)
-                np.divide(_s2, _s4, out=_s4)
-                w -= _s4
-            # EMA of the weights
-            if use_ema:
-                # ema = ema*ema_mu + w*(1 - ema_mu)
-                np.multiply(ema, ema_mu, out=_s4)
-                np.multiply(w, 1 - ema_mu, out=_s2)
-                np.add(_s4, _s2, out=ema)
-            # EMA overwrite
-            if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                w[...] = ema
-        if fused_work:
-            fused_support.run(
-                self._fused.UPDATE_CASE_0,
-                fused_work,
-                {
-                    "lr": lr,
-                    "beta_1": beta_1,
-                    "beta_2": beta_2,
-                    "epsilon": epsilon,
-                    "weight_decay": weight_decay,
-                    "clipnorm": clipnorm,
-                    "clipvalue": clipvalue,
-                    "global_clipnorm": global_clipnorm,
-                    "use_ema": use_ema,
-                    "ema_overwrite_frequency": ema_overwrite_frequency,
-                    "loss_scale_factor": loss_scale_factor,
-                    "gradient_accumulation_steps": gradient_accumulation_steps,
-                    "ema_mu": ema_mu,
-                    "global_sumsq_g": global_sumsq_g,
-                    "is_update": is_update,
-                    "t": t,
-                    "u_product": u_product,
-                    "u_t": u_t,
-                    "u_t1": u_t1,
-                },
-            )
-        return params, state._replace(step=n + 1, u_product=u_product)
+            # w -= lr*m_hat/(epsilon + np.sqrt(v_hat))
+            np.multiply(lr, m_hat, out=_s1)
+            np.sqrt(v_hat, out=_s3)
+            np.add(epsilon, _s3, out=_s3)
+            np.divide(_s1, _s3, out=_s3)
+            w -= _s3
+        return state._replace(u_product=u_product)
+
+    def _case(self) -> int:
+        """The case of the rule (and its fused kernel) that the hyperparameters select."""
+        return 0
 
     def finalize_variable_values(self, params: Any, state: NadamState) -> Any:
         """Keras's ``finalize_variable_values``, at the end of training: updates ``params`` in place."""
         keys, _ = numpy_support.leaves(params)
-        beta_1 = self.beta_1
-        beta_2 = self.beta_2
-        epsilon = self.epsilon
-        weight_decay = self.weight_decay
-        clipnorm = self.clipnorm
-        clipvalue = self.clipvalue
-        global_clipnorm = self.global_clipnorm
         use_ema = self.use_ema
-        ema_momentum = self.ema_momentum
-        ema_overwrite_frequency = self.ema_overwrite_frequency
-        loss_scale_factor = self.loss_scale_factor
-        gradient_accumulation_steps = self.gradient_accumulation_steps
         for key in keys:
             w = params[key]
             ema = state.ema[key] if state.ema is not None else None

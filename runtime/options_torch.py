@@ -1,0 +1,159 @@
+"""Keras 3's shared options as stages around a rule, for torch (``options.py`` says what they do).
+
+``Call`` is one call of ``step()`` for one parameter group: the runtime's ``RuleOptimizer.step`` makes it
+and calls the generated ``_update`` (the rule's own code) on update calls only; the rule's loop over the
+tensors is ``for w, g, state in call.tensors(case, values)``, which runs the prologue before it hands out
+each tensor and the epilogue after the rule updated it. Every element-wise operation writes into scratch
+buffers kept between steps (no allocation in proportion to the parameters); the operations, their order
+and their dtype are those the options' equations printed inline did, so the results are the same bit for
+bit. With ``fused=True`` the tensors the kernels take go to them, options and all, after the others.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+
+from . import common, fused_support, torch_support
+from .options import KERAS_OPTIONS, Options, Step, kernel_values
+
+
+class Call:
+    """One call of ``step()`` for one parameter group (see the module docstring)."""
+
+    def __init__(self, optimizer: Any, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        n = group.get("step", 0)  # earlier calls
+        group["step"] = n + 1
+        self.optimizer = optimizer
+        self.group = group
+        self.options = o = Options.of(group, optimizer.options)
+        self.step = step = Step.of(n, o)
+        self.lr = common.learning_rate_at(group["lr"], n)
+        wanted = list(optimizer._states(group))
+        self.element = tuple(name for name, scope, _ in wanted if scope == "element")
+        self.params = list(optimizer._tensors(params, group, wanted))
+        # a pass over all tensors: the global norm of the gradients as the prologue makes them
+        self.global_sumsq_g: Any = 0.0
+        if o.global_clipnorm is not None and step.is_update:
+            self.global_sumsq_g = None  # being computed: the prologue stops before the global clipping
+            total = 0.0
+            for w, state in self.params:
+                g = self.prologue(w, torch_support.upcast(w.grad), state, peek=True)
+                _, _, s2 = self.scratch(w, g, state.get("grad_accumulator"))
+                torch.pow(g, 2, out=s2)
+                total = total + torch.sum(s2)
+            self.global_sumsq_g = total
+
+    # -- what the rule reads -----------------------------------------------------------------
+
+    @property
+    def is_update(self) -> bool:
+        return self.step.is_update
+
+    @property
+    def n(self) -> int:
+        """The rule's ``n``: the updates before this one (``t = n + 1``)."""
+        return self.step.updates
+
+    def tensors(self, case: int, values: dict[str, Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
+        """Each parameter of the plain path, its gradient as the prologue leaves it (a scratch buffer, or
+        the gradient itself when no option changes it) and its state; after the rule has updated it, the
+        epilogue. Then the parameters the fused path takes (``case``'s kernel, with the rule's once-per-step
+        ``values``), in one kernel call."""
+        opt = self.optimizer
+        fused = opt._fused is not None
+        kernel = fused_support.kernel(opt._fused, case) if fused else None
+        names, scalars = fused_support.takes(kernel) if fused else ((), ())
+        element = set(self.element)
+        work = []
+        for w, state in self.params:
+            g = torch_support.upcast(w.grad)
+            if fused:
+                states = [state.get(name) for name in names]
+                if torch_support.fusable(w, g, *[s for s, name in zip(states, names) if name in element]):
+                    work.append((w, g, *states))
+                    continue
+            g = self.prologue(w, g, state)
+            if self.step.is_update:
+                yield w, g, state
+            self.epilogue(w, state)
+        if work:
+            values = kernel_values(scalars, values, self.options, self.step, self.lr, self.global_sumsq_g)
+            fused_support.run(kernel, work, torch_support.plain(values))
+
+    def peek(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
+        """Each parameter (the fused path's too), its gradient as the prologue makes it, and its state, for
+        a pass of the rule over all tensors before its update: nothing is written."""
+        for w, state in self.params:
+            yield w, self.prologue(w, torch_support.upcast(w.grad), state, peek=True), state
+
+    def skip(self, case: int) -> None:
+        """A call that only accumulates: the stages without the rule (its fused kernel: with the rule's
+        hyperparameters, the rule's other values not read)."""
+        rule = {k: v for k, v in self.group.items() if k not in KERAS_OPTIONS and k != "lr"}
+        for _ in self.tensors(case, rule):
+            pass
+
+    # -- the stages ----------------------------------------------------------------------------
+
+    def scratch(self, w: torch.Tensor, *tensors: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        return torch_support.scratch(self.optimizer._stage_scratch, 3, w, *tensors)
+
+    def prologue(self, w: torch.Tensor, g: torch.Tensor, state: dict, peek: bool = False) -> torch.Tensor:
+        """The gradient the rule reads (``peek``: without touching the accumulator, for a pass over all
+        tensors); on an update, the decoupled weight decay too (not when peeking)."""
+        o, update = self.options, self.step.is_update
+        if not o.touches_gradient and (peek or o.weight_decay is None or not update):
+            return g
+        acc = state.get("grad_accumulator")
+        if peek:
+            s0, s1, _ = self.scratch(w, g, acc)
+        else:
+            s0, s1, _ = self.scratch(w, g, *[state[name] for name in self.element])
+        # loss scaling
+        if o.loss_scale_factor is not None:
+            g = torch.div(g, o.loss_scale_factor, out=s0)
+        # gradient accumulation
+        steps = o.gradient_accumulation_steps
+        if steps is not None:
+            if peek:
+                acc = torch.add(g, acc, out=s1)
+            else:
+                acc.add_(g)
+            if update:
+                g = torch.div(acc, steps, out=s0)
+                if not peek:
+                    acc.fill_(0)
+        if not update:
+            return g
+        # clipping
+        if o.clipnorm is not None:
+            if peek:
+                sumsq_g = torch.sum(g**2)
+            else:
+                torch.pow(g, 2, out=s1)
+                sumsq_g = torch.sum(s1)
+            g = torch.mul(g, o.clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=o.clipnorm), out=s0)
+        if o.global_clipnorm is not None and self.global_sumsq_g is not None:
+            c = o.global_clipnorm
+            g = torch.mul(g, c / torch.clamp(torch.sqrt(self.global_sumsq_g), min=c), out=s0)
+        if o.clipvalue is not None:
+            c = o.clipvalue
+            g = torch.clamp(g, -c, c, out=s0) if g.dtype == s0.dtype else s0.copy_(torch.clamp(g, -c, c))
+        # decoupled weight decay
+        if o.weight_decay is not None and not peek:
+            w.add_(w, alpha=-(self.lr * o.weight_decay))
+        return g
+
+    def epilogue(self, w: torch.Tensor, state: dict) -> None:
+        """The EMA of the weights, and its overwrite."""
+        o = self.options
+        if not o.use_ema:
+            return
+        ema, mu = state["ema"], self.step.ema_mu
+        _, s1, _ = self.scratch(w, *[state[name] for name in self.element])
+        torch.mul(ema, mu, out=s1)
+        torch.add(s1, w, alpha=1 - mu, out=ema)
+        if self.step.overwrite:
+            w.copy_(ema)

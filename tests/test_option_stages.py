@@ -1,0 +1,112 @@
+"""Keras's options as stages (runtime/options_*.py) around the rule's own code: the rule runs on update
+calls only, and its step counts updates. The options' results are judged against Keras in
+tests/test_keras_options.py; here, what the structure promises."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+from cases import RULES
+from drivers import problem
+
+N = 3  # gradient_accumulation_steps
+LR = 0.01  # some rules have no default learning rate
+CALLS = 7  # two updates (calls 3 and 6), and one call after them
+
+
+def _counting(opt, seen: list) -> None:
+    """Records the rule's ``n`` (updates before this one) each time the rule's code runs."""
+    update = opt._update
+
+    def counted(*args):
+        call = next(a for a in args if hasattr(a, "is_update"))  # numpy: (call, state); torch: (group, call)
+        seen.append(call.n)
+        return update(*args)
+
+    opt._update = counted
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda r: r.name)
+def test_the_rule_runs_on_update_calls_only(rule, backend):
+    params0, grads = problem(CALLS)
+    seen: list = []
+    if backend == "numpy":
+        import optforge.generated.numpy as gen
+
+        opt = getattr(gen, rule.name)(learning_rate=LR, gradient_accumulation_steps=N)
+        _counting(opt, seen)
+        params = [p.copy() for p in params0]
+        state = opt.init(params)
+        for g in grads:
+            params, state = opt.step(params, [x.copy() for x in g], state)
+        assert state.step == CALLS
+    else:
+        import torch
+
+        import optforge.generated.torch as gen
+
+        params = [torch.tensor(p, requires_grad=True) for p in params0]
+        opt = getattr(gen, rule.name)(params, lr=LR, gradient_accumulation_steps=N)
+        _counting(opt, seen)
+        for g in grads:
+            for p, x in zip(params, g):
+                p.grad = torch.tensor(x)
+            opt.step()
+        assert opt.param_groups[0]["step"] == CALLS
+    assert seen == [0, 1], f"{rule.name} ({backend}): the rule ran with n = {seen}, expected [0, 1]"
+
+
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda r: r.name)
+def test_a_call_that_only_accumulates_leaves_parameters_and_rule_state_alone(rule):
+    """The first N - 1 calls change nothing but the accumulator (and the EMA, which follows w)."""
+    import optforge.generated.numpy as gen
+
+    params0, grads = problem(N - 1)
+    opt = getattr(gen, rule.name)(learning_rate=LR, gradient_accumulation_steps=N, use_ema=True)
+    params = [p.copy() for p in params0]
+    state = opt.init(params)
+    state0 = copy.deepcopy(state)  # the arrays are updated in place
+    for g in grads:
+        params, state = opt.step(params, [x.copy() for x in g], state)
+    for a, b in zip(params, params0):
+        assert np.array_equal(a, b)
+    want = [sum(g[i] for g in grads) for i in range(len(params0))]
+    for a, b in zip(state.grad_accumulator, want):
+        np.testing.assert_allclose(a, b, rtol=1e-15)
+    for name in state._fields:
+        if name in ("step", "grad_accumulator", "ema"):
+            continue
+        before, after = getattr(state0, name), getattr(state, name)
+        if isinstance(before, list):
+            assert all(np.array_equal(x, y) for x, y in zip(before, after)), f"{rule.name}: {name} changed"
+        else:
+            assert before == after, f"{rule.name}: {name} changed"
+
+
+def _top_level(rule) -> list[str]:
+    """The operations of a JAX update with gradient accumulation, outside any ``cond`` branch."""
+    import jax
+    import jax.numpy as jnp
+
+    import optforge.generated.jax as gen
+
+    params0, grads = problem(1)
+    tx = getattr(gen, rule.module)(learning_rate=LR, gradient_accumulation_steps=N, use_ema=True)
+    params = [jnp.asarray(p) for p in params0]
+    jaxpr = jax.make_jaxpr(tx.update)([jnp.asarray(g) for g in grads[0]], tx.init(params), params)
+    return sorted(str(e.primitive) for e in jaxpr.jaxpr.eqns)
+
+
+def test_jax_computes_the_rule_only_in_the_branch_of_update_calls():
+    """One ``lax.cond`` around the rule: outside it, every rule's update does the same operations (the
+    options' stages), none of the rule's."""
+    tops = {rule.name: _top_level(rule) for rule in RULES.values()}
+    first, ops = next(iter(tops.items()))
+    assert ops.count("cond") == 1, ops
+    for name, other in tops.items():
+        assert other == ops, (
+            f"{name} computes {sorted(set(other) ^ set(ops))} outside the cond ({first} does not)"
+        )
