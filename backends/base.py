@@ -20,7 +20,7 @@ import sympy as sp
 
 from optforge.compiler.analysis import param_condition
 from optforge.compiler.errors import BackendError, RuleError
-from optforge.compiler.ir import Assign, Program, Role, Scope, Section, SectionKind, base
+from optforge.compiler.ir import Assign, Case, Program, Role, Scope, Section, SectionKind, base
 from optforge.compiler.passes import conditions, three_address
 from optforge.compiler.passes.accumulators import accumulators
 from optforge.compiler.passes.evaluation import Types, evaluation_tree
@@ -346,8 +346,9 @@ class Backend:
         for i, case in enumerate(cases):
             (s,) = [s for s in case["sections"] if s["kind"] == SectionKind.TENSOR]
             given = set(options) | set(STAGE_VALUES) | {"lr"}
+            renamed = _reductions_renamed(program.rule, program.cases[i], inner.cases[i], set(options))
             rule_scalars = [n for n in s["scalars"] if n not in given]
-            missing = [n for n in rule_scalars if n not in known]
+            missing = [n for n in rule_scalars if renamed.get(n, n) not in known]
             if missing:
                 raise RuleError(
                     program.rule,
@@ -355,7 +356,13 @@ class Backend:
                     " options' stages (runtime/options.py) compute",
                     hint="give the value a name in the rule, or add it to runtime/options.py's STAGE_VALUES",
                 )
-            fused_cases.append({"kernel": s["fused"].upper(), "rule_scalars": rule_scalars})
+            fused_cases.append(
+                {
+                    "kernel": s["fused"].upper(),
+                    # the kernel's name of each of the rule's values, and the rule's own
+                    "rule_scalars": [{"key": n, "value": renamed.get(n, n)} for n in rule_scalars],
+                }
+            )
         rule_states = {st.name for st in inner.states if st.persists}
         return {
             "rule_cases": rule_cases,
@@ -504,6 +511,31 @@ class Backend:
 
 
 _OPERATOR = {"add": "+=", "sub": "-=", "set": "="}
+
+
+def _reductions_renamed(rule: str, full: Case, inner: Case, options: set[str]) -> dict[str, str]:
+    """The rule's own reductions over all tensors, named in the program with the options (where the
+    options' come first: ``global_sumsq_g_1``) -> their names in the rule's own program (``global_sumsq_g``),
+    matched in order; those of the options (read under a test of an option) are the stages'."""
+
+    def reductions(case: Case, skip: set[str]) -> list[str]:
+        return [
+            a.target
+            for a in case.body
+            if a.role == Role.REDUCE
+            and a.scope == Scope.GLOBAL
+            and not any(getattr(x, "option", None) in skip for x in a.expr.free_symbols)
+        ]
+
+    ours, theirs = reductions(full, options), reductions(inner, set())
+    if len(ours) != len(theirs):
+        raise RuleError(
+            rule,
+            f"the rule has the reductions over all tensors {theirs}; with Keras's options, {ours} besides"
+            " the options' own",
+            hint="a transform adds reductions only under a test of one of its options",
+        )
+    return {a: b for a, b in zip(ours, theirs) if a != b}
 
 
 def finalize_reads_step(program: Program) -> bool:
