@@ -39,7 +39,8 @@ def pytest_unconfigure(config):
 # -- the quick subset: `pytest -m quick` -------------------------------------------------------------
 # Every test not tied to a rule, and each rule-parametrized test for the first rule of the registry only
 # (the compiler, the runtime checks and each backend's machinery, once), leaving out the fused path (its
-# kernels are compiled by Numba, seconds each), the commands run in a subprocess, and the files that
+# kernels are compiled by Numba, seconds each), the commands and imports run in a subprocess, the NovoGrad
+# family's own oracles (test_novograd.py: rules other than the first, 28 CPU seconds), and the files that
 # install, lint, render the site in a browser, search with hypothesis or time the benchmark.
 _SLOW_FILES = {
     "test_install.py",
@@ -48,6 +49,8 @@ _SLOW_FILES = {
     "test_properties.py",
     "test_benchmarks.py",
     "test_fused.py",
+    "test_novograd.py",
+    "test_imports.py",
 }
 _SLOW_WORDS = ("fused", "command")
 
