@@ -1,4 +1,8 @@
 import os
+import shutil
+import tempfile
+
+import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
@@ -7,10 +11,36 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 
+# -- one XLA compile per JAX program and process -----------------------------------------------------
+# Tests compile the same program again and again: a fresh optax transformation of the same rule and
+# hyperparameters, jitted for the same shapes (a checkpoint resumed in a fresh transformation; one
+# configuration run against Keras, torch.optim and optax). JAX's jit cache is per function object, so each
+# one compiled anew (0.7 s of XLA for Nadam's update). JAX's persistent compilation cache is per program:
+# on for the session, in a folder made for it (empty at the start, as in CI, and removed at the end), a
+# repeated compile is a file read (0.02 s). One folder per xdist worker: no process reads a cache file
+# that another one is still writing (JAX locks its cache only when it evicts).
+_JAX_CACHE_ENV = "OPTFORGE_TEST_JAX_CACHE"
+_JAX_CACHE_MADE = _JAX_CACHE_ENV not in os.environ
+if _JAX_CACHE_MADE:  # the controller (or a run without xdist); the workers inherit the variable
+    os.environ[_JAX_CACHE_ENV] = tempfile.mkdtemp(prefix="optforge-jax-cache-")
+jax.config.update(
+    "jax_compilation_cache_dir",
+    os.path.join(os.environ[_JAX_CACHE_ENV], os.environ.get("PYTEST_XDIST_WORKER", "main")),
+)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    if _JAX_CACHE_MADE:
+        shutil.rmtree(os.environ.pop(_JAX_CACHE_ENV), ignore_errors=True)
+
+
 # -- the quick subset: `pytest -m quick` -------------------------------------------------------------
 # Every test not tied to a rule, and each rule-parametrized test for the first rule of the registry only
 # (the compiler, the runtime checks and each backend's machinery, once), leaving out the fused path (its
-# kernels are compiled by Numba, seconds each), the commands run in a subprocess, and the files that
+# kernels are compiled by Numba, seconds each), the commands and imports run in a subprocess, the NovoGrad
+# family's own oracles (test_novograd.py: rules other than the first, 28 CPU seconds), and the files that
 # install, lint, render the site in a browser, search with hypothesis or time the benchmark.
 _SLOW_FILES = {
     "test_install.py",
@@ -20,6 +50,8 @@ _SLOW_FILES = {
     "test_benchmarks.py",
     "test_fused.py",
     "test_sharding.py",
+    "test_novograd.py",
+    "test_imports.py",
 }
 _SLOW_WORDS = ("fused", "command")
 
@@ -35,8 +67,6 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    import pytest
-
     first = _first_rule()
     for item in items:
         if item.path.name in _SLOW_FILES or any(word in item.name for word in _SLOW_WORDS):
@@ -46,3 +76,94 @@ def pytest_collection_modifyitems(config, items):
         name = getattr(rule, "name", rule)
         if rule is None or name == first:
             item.add_marker(pytest.mark.quick)
+
+
+# -- what the suite costs: OPTFORGE_TEST_COST=1 pytest ... --------------------------------------------
+# Prints, at the end of the session, the CPU seconds (this process's threads and the subprocesses it waited
+# for: os.times()) that the tests took, per test file and per rule of the registry (the tests parametrized
+# with that rule: what one more rule adds to the suite), setup and teardown included (a module-scoped
+# fixture counts in the test that first or last uses it). With pytest-xdist each worker measures its tests
+# and the totals are summed over the workers, with each worker's CPU outside any test (imports, collection).
+_COST = os.environ.get("OPTFORGE_TEST_COST", "") not in ("", "0")
+_COST_KEY = "optforge_cpu_s"
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _rule_of(item) -> str | None:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    rule = params.get("rule", params.get("rule_name"))
+    return None if rule is None else str(getattr(rule, "name", rule))
+
+
+if _COST:
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_setup(item):
+        start = _cpu()
+        yield
+        item.user_properties.append((_COST_KEY, _cpu() - start))
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(item):
+        start = _cpu()
+        yield
+        item.user_properties.append((_COST_KEY, _cpu() - start))
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_teardown(item, nextitem):
+        start = _cpu()
+        yield
+        item.user_properties.append((_COST_KEY, _cpu() - start))
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(item, call):
+        outcome = yield
+        report = outcome.get_result()
+        report.user_properties = [p for p in report.user_properties if p[0] == _COST_KEY][-1:]
+        report.user_properties.append(("optforge_rule", _rule_of(item)))
+
+    _costs: dict = {"tests": {}, "workers": []}
+
+    def pytest_runtest_logreport(report):
+        props = dict(report.user_properties)
+        if _COST_KEY in props:
+            entry = _costs["tests"].setdefault(report.nodeid, [props.get("optforge_rule"), 0.0])
+            entry[1] += props[_COST_KEY]
+
+    def pytest_sessionfinish(session):
+        workeroutput = getattr(session.config, "workeroutput", None)
+        if workeroutput is not None:  # an xdist worker: its whole CPU, for the controller
+            workeroutput["optforge_cpu_s"] = _cpu()
+
+    def pytest_testnodedown(node, error):
+        total = getattr(node, "workeroutput", {}).get("optforge_cpu_s")
+        if total is not None:
+            _costs["workers"].append(total)
+
+    def pytest_terminal_summary(terminalreporter):
+        tests = _costs["tests"]
+        by_file: dict = {}
+        by_rule: dict = {}
+        for nodeid, (rule, seconds) in tests.items():
+            f = by_file.setdefault(nodeid.split("::")[0], [0, 0.0])
+            f[0] += 1
+            f[1] += seconds
+            r = by_rule.setdefault(rule or "(not tied to a rule)", [0, 0.0])
+            r[0] += 1
+            r[1] += seconds
+        write = terminalreporter.write_line
+        in_tests = sum(s for _, s in tests.values())
+        terminalreporter.section("CPU seconds (OPTFORGE_TEST_COST)")
+        for title, table in (("file", by_file), ("rule", by_rule)):
+            write(f"{'per ' + title:<44} {'tests':>6} {'CPU s':>9}")
+            for key, (n, seconds) in sorted(table.items(), key=lambda kv: -kv[1][1]):
+                write(f"{key:<44} {n:>6} {seconds:>9.1f}")
+            write("")
+        workers = _costs["workers"] or [_cpu()]
+        write(
+            f"in tests: {in_tests:.1f} s; the processes in all: {sum(workers):.1f} s ({len(workers)} of them)"
+        )
