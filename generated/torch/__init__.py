@@ -6,8 +6,12 @@ from .adamax import Adamax
 from .nadam import Nadam
 from .novograd import NovoGrad
 from .novograd_tf1 import NovoGradTF1
+from .optax_adam import OptaxAdam
+from .optax_adamw import OptaxAdamW
 from .optax_novograd import OptaxNovoGrad
 from .sgd import SGD
+from .torch_adam import TorchAdam
+from .torch_adamw import TorchAdamW
 
 __all__ = [
     "Adagrad",
@@ -15,6 +19,10 @@ __all__ = [
     "Nadam",
     "NovoGrad",
     "NovoGradTF1",
+    "OptaxAdam",
+    "OptaxAdamW",
     "OptaxNovoGrad",
     "SGD",
+    "TorchAdam",
+    "TorchAdamW",
 ]
