@@ -37,19 +37,19 @@ eps_root = OptaxAdam.hyper(
     latex=r"\epsilon_{\mathrm{root}}",
 )
 nesterov = OptaxAdam.flag("nesterov", False, "Nesterov momentum (Dozat's NAdam look-ahead)")
-mu = OptaxAdam.state("mu", 0, "first moment", latex=r"\mu")
-nu = OptaxAdam.state("nu", 0, "second moment", latex=r"\nu")
+mu = OptaxAdam.state("mu", 0, "first moment", latex="m")  # optax's docstring writes m and v
+nu = OptaxAdam.state("nu", 0, "second moment", latex="v")
 
 OptaxAdam.assign(mu, (1 - b1) * g + b1 * mu, "first moment")
 OptaxAdam.assign(nu, (1 - b2) * g**2 + b2 * nu, "second moment")
-mu_hat = OptaxAdam.let("mu_hat", mu / (1 - b1**t), "bias correction", latex=r"\hat{\mu}")
+mu_hat = OptaxAdam.let("mu_hat", mu / (1 - b1**t), "bias correction", latex=r"\hat{m}")
 OptaxAdam.assign(
     mu_hat,
     b1 * mu / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t),
     "Nesterov look-ahead",
     when=nesterov,
 )
-nu_hat = OptaxAdam.let("nu_hat", nu / (1 - b2**t), "bias correction", latex=r"\hat{\nu}")
+nu_hat = OptaxAdam.let("nu_hat", nu / (1 - b2**t), "bias correction", latex=r"\hat{v}")
 u = OptaxAdam.let("u", mu_hat / (sqrt(nu_hat + eps_root) + eps), "scaled update", latex="u")
 OptaxAdam.assign(w, w - lr * u, "parameter update")
 

@@ -25,8 +25,12 @@ TorchAdam = Rule(
     ),
 )
 lr = TorchAdam.learning_rate(0.001)
-beta1 = TorchAdam.hyper("beta1", 0.9, "[0, 1)", "decay rate of the first moment (torch's betas[0])")
-beta2 = TorchAdam.hyper("beta2", 0.999, "[0, 1)", "decay rate of the second moment (torch's betas[1])")
+beta1 = TorchAdam.hyper(
+    "beta1", 0.9, "[0, 1)", "decay rate of the first moment (torch's betas[0])", latex=r"\beta_1"
+)
+beta2 = TorchAdam.hyper(
+    "beta2", 0.999, "[0, 1)", "decay rate of the second moment (torch's betas[1])", latex=r"\beta_2"
+)
 eps = TorchAdam.hyper(
     "eps", 1e-8, "[0, inf)", "added to the root of the bias-corrected second moment", latex=r"\epsilon"
 )

@@ -136,3 +136,34 @@ def test_site_renders_equations_in_headless_chromium(tmp_path):
         timeout=120,
     )
     assert shot.exists() and shot.stat().st_size > 20_000
+
+
+def _counterparts():
+    from optforge.documentation.pages import family
+
+    return [
+        pytest.param(a, b, id=f"{a.name}-{b.name}")
+        for a in RULES.values()
+        for b in RULES.values()
+        if a is not b and family(a) == family(b)
+    ]
+
+
+@pytest.mark.parametrize("rule, other", _counterparts())
+def test_a_flavour_page_says_how_it_differs_from_the_other_librarys(rule, other):
+    text = (ROOT / "docs" / "optimizers" / f"{rule.module}.md").read_text()
+    heading = f"## Difference from [{other.name}]({other.module}.md)"
+    assert heading in text, f"{rule.module}.md: expected a section {heading!r}; run `optforge build`"
+
+
+def test_the_computed_difference_tells_equal_updates_from_different_ones():
+    from optforge.documentation.pages import counterpart_lines
+
+    # torch's AdamW decays w*(1 - lr*wd) before the step, optax's adds wd*w to the update: the same function
+    same = counterpart_lines(RULES["TorchAdamW"], RULES["OptaxAdamW"])
+    assert any(line.startswith("- the same new `w`") for line in same), same
+    # torch's Adam adds wd*w to the gradient (through the moments): not optax's AdamW
+    coupled = counterpart_lines(
+        RULES["TorchAdam"].derive("L2", title="t").set_default("weight_decay", 0.1), RULES["OptaxAdamW"]
+    )
+    assert "- the new `w` differs (flags at their defaults):" in coupled, coupled
