@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from optforge.compiler.dsl import Rule
+from optforge.compiler.dsl import Given, Rule
 from optforge.compiler.ir import Program, Scope
 from optforge.compiler.render import equation_text, finalizer_equations, guarded_text, math_text
 from optforge.compiler.show import reductions, state_cost
@@ -256,11 +256,12 @@ LIBRARY_PREFIXES = ("Torch", "Optax")
 
 
 def family(rule: Rule) -> str:
-    """The optimizer a rule is a flavour of: its name without the library prefix (TorchAdam, OptaxAdam: Adam)."""
+    """The optimizer a rule is a flavour of: its name without the library prefix, in lower case (TorchAdam,
+    OptaxAdam: adam; TorchRMSprop, OptaxRmsprop: rmsprop)."""
     for prefix in LIBRARY_PREFIXES:
         if rule.name.startswith(prefix) and rule.name[len(prefix) :][:1].isupper():
-            return rule.name[len(prefix) :]
-    return rule.name
+            return rule.name[len(prefix) :].lower()
+    return rule.name.lower()
 
 
 def _own_hypers(rule: Rule) -> dict:
@@ -269,6 +270,8 @@ def _own_hypers(rule: Rule) -> dict:
     for eq in rule.core or rule.equations:
         for expr in (eq.expr, eq.when):
             names |= {x.name for x in sp.sympify(expr).free_symbols}
+    for state in rule.states.values():
+        names |= {x.name for x in sp.sympify(state.init).free_symbols}
     return {n: h for n, h in rule.hypers.items() if n in names}
 
 
@@ -287,11 +290,12 @@ def _new_values(rule: Rule) -> dict[sp.Symbol, sp.Expr]:
     hypers = _own_hypers(rule).values()
     flags = {sp.Symbol(h.name): bool(h.default) for h in hypers if h.kind == "bool"}
     defaults = {sp.Symbol(h.name): h.default for h in hypers if h.default is not None}
+    given = {Given(h.name): h.default is not None for h in rule.hypers.values()}
     values: dict[sp.Symbol, sp.Expr] = {}
     for eq in rule.core or rule.equations:
-        if not bool(sp.sympify(eq.when).subs(defaults)):
+        if sp.sympify(eq.when).subs(given).subs(defaults) is not sp.true:
             continue
-        values[sp.Symbol(eq.target)] = sp.sympify(eq.expr).subs(flags).xreplace(values)
+        values[sp.Symbol(eq.target)] = sp.sympify(eq.expr).subs(given).subs(flags).xreplace(values)
     kept = {sp.Symbol(s) for s in rule.states} | {param}
     return {k: v for k, v in values.items() if k in kept}
 
@@ -345,6 +349,9 @@ def counterpart_lines(a: Rule, b: Rule) -> list[str]:
             named = f"`{x.name}`" if x.name == y.name else f"`{x.name}` ({a.name}) is `{y.name}` ({b.name})"
             if what == "hyperparameter" and x.default != y.default:
                 out.append(f"- {what} {named}: default {x.default!r} in {a.name}, {y.default!r} in {b.name}")
+            elif what == "state" and sp.sympify(x.init) != sp.sympify(y.init):
+                init_a, init_b = math_text(sp.sympify(x.init)), math_text(sp.sympify(y.init))
+                out.append(f"- state {named}: initial value `{init_a}` in {a.name}, `{init_b}` in {b.name}")
             elif x.name != y.name:
                 out.append(f"- {what} {named}")
     va = {ca.get(k, k): e.xreplace(ca) for k, e in _new_values(a).items()}

@@ -9,9 +9,11 @@ from .novograd_tf1 import NovoGradTF1State, novograd_tf1
 from .optax_adam import OptaxAdamState, optax_adam
 from .optax_adamw import OptaxAdamWState, optax_adamw
 from .optax_novograd import OptaxNovoGradState, optax_novograd
+from .optax_rmsprop import OptaxRmspropState, optax_rmsprop
 from .sgd import SGDState, sgd
 from .torch_adam import TorchAdamState, torch_adam
 from .torch_adamw import TorchAdamWState, torch_adamw
+from .torch_rmsprop import TorchRMSpropState, torch_rmsprop
 
 __all__ = [
     "adagrad",
@@ -30,10 +32,14 @@ __all__ = [
     "OptaxAdamWState",
     "optax_novograd",
     "OptaxNovoGradState",
+    "optax_rmsprop",
+    "OptaxRmspropState",
     "sgd",
     "SGDState",
     "torch_adam",
     "TorchAdamState",
     "torch_adamw",
     "TorchAdamWState",
+    "torch_rmsprop",
+    "TorchRMSpropState",
 ]

@@ -9,9 +9,11 @@ from .novograd_tf1 import NovoGradTF1, NovoGradTF1State
 from .optax_adam import OptaxAdam, OptaxAdamState
 from .optax_adamw import OptaxAdamW, OptaxAdamWState
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
+from .optax_rmsprop import OptaxRmsprop, OptaxRmspropState
 from .sgd import SGD, SGDState
 from .torch_adam import TorchAdam, TorchAdamState
 from .torch_adamw import TorchAdamW, TorchAdamWState
+from .torch_rmsprop import TorchRMSprop, TorchRMSpropState
 
 __all__ = [
     "Adagrad",
@@ -30,10 +32,14 @@ __all__ = [
     "OptaxAdamWState",
     "OptaxNovoGrad",
     "OptaxNovoGradState",
+    "OptaxRmsprop",
+    "OptaxRmspropState",
     "SGD",
     "SGDState",
     "TorchAdam",
     "TorchAdamState",
     "TorchAdamW",
     "TorchAdamWState",
+    "TorchRMSprop",
+    "TorchRMSpropState",
 ]

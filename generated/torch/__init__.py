@@ -9,9 +9,11 @@ from .novograd_tf1 import NovoGradTF1
 from .optax_adam import OptaxAdam
 from .optax_adamw import OptaxAdamW
 from .optax_novograd import OptaxNovoGrad
+from .optax_rmsprop import OptaxRmsprop
 from .sgd import SGD
 from .torch_adam import TorchAdam
 from .torch_adamw import TorchAdamW
+from .torch_rmsprop import TorchRMSprop
 
 __all__ = [
     "Adagrad",
@@ -22,7 +24,9 @@ __all__ = [
     "OptaxAdam",
     "OptaxAdamW",
     "OptaxNovoGrad",
+    "OptaxRmsprop",
     "SGD",
     "TorchAdam",
     "TorchAdamW",
+    "TorchRMSprop",
 ]
