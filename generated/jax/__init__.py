@@ -8,6 +8,7 @@ from .novograd import NovoGradState, novograd
 from .novograd_tf1 import NovoGradTF1State, novograd_tf1
 from .optax_adam import OptaxAdamState, optax_adam
 from .optax_adamw import OptaxAdamWState, optax_adamw
+from .optax_lion import OptaxLionState, optax_lion
 from .optax_novograd import OptaxNovoGradState, optax_novograd
 from .optax_rmsprop import OptaxRmspropState, optax_rmsprop
 from .sgd import SGDState, sgd
@@ -30,6 +31,8 @@ __all__ = [
     "OptaxAdamState",
     "optax_adamw",
     "OptaxAdamWState",
+    "optax_lion",
+    "OptaxLionState",
     "optax_novograd",
     "OptaxNovoGradState",
     "optax_rmsprop",

@@ -8,6 +8,7 @@ from .novograd import NovoGrad, NovoGradState
 from .novograd_tf1 import NovoGradTF1, NovoGradTF1State
 from .optax_adam import OptaxAdam, OptaxAdamState
 from .optax_adamw import OptaxAdamW, OptaxAdamWState
+from .optax_lion import OptaxLion, OptaxLionState
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
 from .optax_rmsprop import OptaxRmsprop, OptaxRmspropState
 from .sgd import SGD, SGDState
@@ -30,6 +31,8 @@ __all__ = [
     "OptaxAdamState",
     "OptaxAdamW",
     "OptaxAdamWState",
+    "OptaxLion",
+    "OptaxLionState",
     "OptaxNovoGrad",
     "OptaxNovoGradState",
     "OptaxRmsprop",

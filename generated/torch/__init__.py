@@ -8,6 +8,7 @@ from .novograd import NovoGrad
 from .novograd_tf1 import NovoGradTF1
 from .optax_adam import OptaxAdam
 from .optax_adamw import OptaxAdamW
+from .optax_lion import OptaxLion
 from .optax_novograd import OptaxNovoGrad
 from .optax_rmsprop import OptaxRmsprop
 from .sgd import SGD
@@ -23,6 +24,7 @@ __all__ = [
     "NovoGradTF1",
     "OptaxAdam",
     "OptaxAdamW",
+    "OptaxLion",
     "OptaxNovoGrad",
     "OptaxRmsprop",
     "SGD",
