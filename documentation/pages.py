@@ -282,9 +282,10 @@ def _canonical(rule: Rule) -> dict[sp.Symbol, sp.Symbol]:
     return out
 
 
-def _new_values(rule: Rule) -> dict[sp.Symbol, sp.Expr]:
+def _new_values(rule: Rule) -> tuple[dict[sp.Symbol, sp.Expr], dict[sp.Symbol, float]]:
     """Each state's and the parameter's new value in the rule's default configuration, as one expression of
-    the previous values, the gradient and the hyperparameters (named values substituted)."""
+    the previous values, the gradient and the hyperparameters (named values substituted); and the defaults
+    of the hyperparameters that chose which equations hold (``when=Ne(weight_decay, 0)``)."""
     from optforge.compiler.dsl import w as param
 
     hypers = _own_hypers(rule).values()
@@ -292,12 +293,15 @@ def _new_values(rule: Rule) -> dict[sp.Symbol, sp.Expr]:
     defaults = {sp.Symbol(h.name): h.default for h in hypers if h.default is not None}
     given = {Given(h.name): h.default is not None for h in rule.hypers.values()}
     values: dict[sp.Symbol, sp.Expr] = {}
+    chose: dict[sp.Symbol, float] = {}
     for eq in rule.core or rule.equations:
-        if sp.sympify(eq.when).subs(given).subs(defaults) is not sp.true:
+        when = sp.sympify(eq.when).subs(given)
+        chose.update({x: defaults[x] for x in when.free_symbols if x in defaults and x not in flags})
+        if when.subs(defaults) is not sp.true:
             continue
         values[sp.Symbol(eq.target)] = sp.sympify(eq.expr).subs(given).subs(flags).xreplace(values)
     kept = {sp.Symbol(s) for s in rule.states} | {param}
-    return {k: v for k, v in values.items() if k in kept}
+    return {k: v for k, v in values.items() if k in kept}, chose
 
 
 def _equal(x: sp.Expr, y: sp.Expr) -> bool:
@@ -354,8 +358,11 @@ def counterpart_lines(a: Rule, b: Rule) -> list[str]:
                 out.append(f"- state {named}: initial value `{init_a}` in {a.name}, `{init_b}` in {b.name}")
             elif x.name != y.name:
                 out.append(f"- {what} {named}")
-    va = {ca.get(k, k): e.xreplace(ca) for k, e in _new_values(a).items()}
-    vb = {cb.get(k, k): e.xreplace(cb) for k, e in _new_values(b).items()}
+    (new_a, chose_a), (new_b, chose_b) = _new_values(a), _new_values(b)
+    fixed.update({ca[k]: v for k, v in chose_a.items()})
+    fixed.update({cb[k]: v for k, v in chose_b.items()})
+    va = {ca.get(k, k): e.xreplace(ca) for k, e in new_a.items()}
+    vb = {cb.get(k, k): e.xreplace(cb) for k, e in new_b.items()}
     same = []
     for target in [k for k in va if k in vb]:
         if _equal(va[target].subs(fixed), vb[target].subs(fixed)):

@@ -9,6 +9,7 @@ from .novograd_tf1 import NovoGradTF1State, novograd_tf1
 from .optax_adadelta import OptaxAdadeltaState, optax_adadelta
 from .optax_adam import OptaxAdamState, optax_adam
 from .optax_adamw import OptaxAdamWState, optax_adamw
+from .optax_amsgrad import OptaxAmsgradState, optax_amsgrad
 from .optax_lion import OptaxLionState, optax_lion
 from .optax_novograd import OptaxNovoGradState, optax_novograd
 from .optax_rmsprop import OptaxRmspropState, optax_rmsprop
@@ -35,6 +36,8 @@ __all__ = [
     "OptaxAdamState",
     "optax_adamw",
     "OptaxAdamWState",
+    "optax_amsgrad",
+    "OptaxAmsgradState",
     "optax_lion",
     "OptaxLionState",
     "optax_novograd",

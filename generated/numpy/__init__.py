@@ -9,6 +9,7 @@ from .novograd_tf1 import NovoGradTF1, NovoGradTF1State
 from .optax_adadelta import OptaxAdadelta, OptaxAdadeltaState
 from .optax_adam import OptaxAdam, OptaxAdamState
 from .optax_adamw import OptaxAdamW, OptaxAdamWState
+from .optax_amsgrad import OptaxAmsgrad, OptaxAmsgradState
 from .optax_lion import OptaxLion, OptaxLionState
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
 from .optax_rmsprop import OptaxRmsprop, OptaxRmspropState
@@ -35,6 +36,8 @@ __all__ = [
     "OptaxAdamState",
     "OptaxAdamW",
     "OptaxAdamWState",
+    "OptaxAmsgrad",
+    "OptaxAmsgradState",
     "OptaxLion",
     "OptaxLionState",
     "OptaxNovoGrad",

@@ -9,6 +9,7 @@ from .novograd_tf1 import NovoGradTF1
 from .optax_adadelta import OptaxAdadelta
 from .optax_adam import OptaxAdam
 from .optax_adamw import OptaxAdamW
+from .optax_amsgrad import OptaxAmsgrad
 from .optax_lion import OptaxLion
 from .optax_novograd import OptaxNovoGrad
 from .optax_rmsprop import OptaxRmsprop
@@ -27,6 +28,7 @@ __all__ = [
     "OptaxAdadelta",
     "OptaxAdam",
     "OptaxAdamW",
+    "OptaxAmsgrad",
     "OptaxLion",
     "OptaxNovoGrad",
     "OptaxRmsprop",
