@@ -25,7 +25,10 @@ def _fmt(value) -> str:
 
 
 def page(
-    rule: Rule, program: Program, base: tuple[Rule, Program] | None, counterparts: tuple[Rule, ...] = ()
+    rule: Rule,
+    program: Program,
+    base: tuple[Rule, Program] | None,
+    counterparts: tuple[tuple[Rule, dict, dict], ...] = (),
 ) -> str:
     core = list(program.core) or list(program.equations)
     added = [eq for eq in program.equations if "_keras_options" in eq.origin] if program.core else []
@@ -114,13 +117,11 @@ def page(
     lines += ["", "## Use", ""] + usage(program)
     if base:
         lines += ["", f"## Difference from {program.base}", "", *diff_lines(base[0], rule, markdown=True)]
-    for other in counterparts:
-        lines += [
-            "",
-            f"## Difference from [{other.name}]({_link(other)})",
-            "",
-            *counterpart_lines(rule, other),
-        ]
+    for other, own_flags, other_flags in counterparts:
+        setting = "".join(f" with `{k}={v!r}`" for k, v in other_flags.items())
+        setting += "".join(f" ({rule.name} with `{k}={v!r}`)" for k, v in own_flags.items())
+        lines += ["", f"## Difference from [{other.name}]({_link(other)}){setting}", ""]
+        lines += counterpart_lines(rule, other, own_flags, other_flags)
     lines += [
         "",
         "## Loss curves",
@@ -282,15 +283,15 @@ def _canonical(rule: Rule) -> dict[sp.Symbol, sp.Symbol]:
     return out
 
 
-def _new_values(rule: Rule) -> tuple[dict[sp.Symbol, sp.Expr], dict[sp.Symbol, float]]:
+def _new_values(rule: Rule, settings: dict) -> tuple[dict[sp.Symbol, sp.Expr], dict[sp.Symbol, float]]:
     """Each state's and the parameter's new value in the rule's default configuration, as one expression of
     the previous values, the gradient and the hyperparameters (named values substituted); and the defaults
     of the hyperparameters that chose which equations hold (``when=Ne(weight_decay, 0)``)."""
     from optforge.compiler.dsl import w as param
 
     hypers = _own_hypers(rule).values()
-    flags = {sp.Symbol(h.name): bool(h.default) for h in hypers if h.kind == "bool"}
-    defaults = {sp.Symbol(h.name): h.default for h in hypers if h.default is not None}
+    flags = {sp.Symbol(h.name): bool(settings.get(h.name, h.default)) for h in hypers if h.kind == "bool"}
+    defaults = {sp.Symbol(h.name): h.default for h in hypers if h.default is not None} | flags
     given = {Given(h.name): h.default is not None for h in rule.hypers.values()}
     values: dict[sp.Symbol, sp.Expr] = {}
     chose: dict[sp.Symbol, float] = {}
@@ -329,7 +330,28 @@ def _equal(x: sp.Expr, y: sp.Expr) -> bool:
     return True
 
 
-def counterpart_lines(a: Rule, b: Rule) -> list[str]:
+def counterparts(rule: Rule, rules: dict[str, Rule]) -> list[tuple[Rule, dict, dict]]:
+    """The other libraries' flavours of ``rule``, with the flag settings that make them comparable: the rules
+    of its family, and a rule whose family is the name of a flag of the other (OptaxAmsgrad and TorchAdam
+    with ``amsgrad=True``)."""
+    out = []
+    flags = {n for n, h in rule.hypers.items() if h.kind == "bool"}
+    for other in rules.values():
+        other_flags = {n for n, h in other.hypers.items() if h.kind == "bool"}
+        if other is rule:
+            continue
+        if family(other) == family(rule):
+            out.append((other, {}, {}))
+        elif family(rule) in other_flags:
+            out.append((other, {}, {family(rule): True}))
+        elif family(other) in flags:
+            out.append((other, {family(other): True}, {}))
+    return out
+
+
+def counterpart_lines(
+    a: Rule, b: Rule, a_flags: dict | None = None, b_flags: dict | None = None
+) -> list[str]:
     """How ``b`` differs from ``a``, another library's flavour of the same optimizer: names, defaults, and the
     new values of the default configuration compared as functions (symbols matched by the LaTeX the pages
     write; a hyperparameter of one rule only is set to its default)."""
@@ -358,7 +380,7 @@ def counterpart_lines(a: Rule, b: Rule) -> list[str]:
                 out.append(f"- state {named}: initial value `{init_a}` in {a.name}, `{init_b}` in {b.name}")
             elif x.name != y.name:
                 out.append(f"- {what} {named}")
-    (new_a, chose_a), (new_b, chose_b) = _new_values(a), _new_values(b)
+    (new_a, chose_a), (new_b, chose_b) = _new_values(a, a_flags or {}), _new_values(b, b_flags or {})
     fixed.update({ca[k]: v for k, v in chose_a.items()})
     fixed.update({cb[k]: v for k, v in chose_b.items()})
     va = {ca.get(k, k): e.xreplace(ca) for k, e in new_a.items()}
@@ -370,14 +392,14 @@ def counterpart_lines(a: Rule, b: Rule) -> list[str]:
             continue
         back_a = {v: sp.Symbol(k) for v, k in name_a.items()}
         back_b = {v: sp.Symbol(k) for v, k in name_b.items()}
-        out.append(f"- the new `{name_a.get(target, target)}` differs (flags at their defaults):")
+        out.append(f"- the new `{name_a.get(target, target)}` differs (other flags at their defaults):")
         out.append(f"  - {a.name}: `{math_text(va[target].xreplace(back_a))}`")
         out.append(f"  - {b.name}: `{math_text(vb[target].xreplace(back_b))}`")
     if same:
         names = {**name_a, **name_b}
         cond = ", ".join(f"`{names[k]}` = {v!r}" for k, v in fixed.items())
         out.append(
-            f"- the same new {', '.join(same)} with the flags at their defaults"
+            f"- the same new {', '.join(same)} with the other flags at their defaults"
             + (f" and {cond}" if cond else "")
             + ", up to the order of the operations"
         )
@@ -423,8 +445,7 @@ def docs_files(programs: list[Program]) -> dict[str, str]:
             from optforge.compiler.pipeline import compile_rule
 
             base = (rules[p.base], compile_rule(rules[p.base]))
-        others = tuple(r for r in rules.values() if r is not rule and family(r) == family(rule))
-        files[f"docs/optimizers/{p.module}.md"] = page(rule, p, base, others)
+        files[f"docs/optimizers/{p.module}.md"] = page(rule, p, base, tuple(counterparts(rule, rules)))
     return files
 
 

@@ -90,6 +90,14 @@ def test_diff_command():
         "hyperparameter beta_1 only in Adamax" in out.stdout
         and "state accumulator only in Adagrad" in out.stdout
     )
+    out = subprocess.run(
+        [sys.executable, "-m", "optforge.cli", "diff", "TorchRMSprop", "OptaxRmsprop"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "- hyperparameter `alpha` (TorchRMSprop) is `decay` (OptaxRmsprop)" in out.stdout
+    assert "- the new `w` differs" in out.stdout  # epsilon outside the root in torch, inside in optax
 
 
 def _chromium() -> str | None:
@@ -139,13 +147,12 @@ def test_site_renders_equations_in_headless_chromium(tmp_path):
 
 
 def _counterparts():
-    from optforge.documentation.pages import family
+    from optforge.documentation.pages import counterparts
 
     return [
         pytest.param(a, b, id=f"{a.name}-{b.name}")
         for a in RULES.values()
-        for b in RULES.values()
-        if a is not b and family(a) == family(b)
+        for b, _, _ in counterparts(a, RULES)
     ]
 
 
@@ -166,4 +173,7 @@ def test_the_computed_difference_tells_equal_updates_from_different_ones():
     coupled = counterpart_lines(
         RULES["TorchAdam"].derive("L2", title="t").set_default("weight_decay", 0.1), RULES["OptaxAdamW"]
     )
-    assert "- the new `w` differs (flags at their defaults):" in coupled, coupled
+    assert "- the new `w` differs (other flags at their defaults):" in coupled, coupled
+    # optax's AMSGrad takes the maximum of the bias-corrected second moment, torch's of the raw one
+    ams = counterpart_lines(RULES["OptaxAmsgrad"], RULES["TorchAdam"], {}, {"amsgrad": True})
+    assert any(line.startswith("- the new `nu_max` differs") for line in ams), ams
