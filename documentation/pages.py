@@ -415,14 +415,18 @@ def index(programs: list[Program]) -> str:
         "Every optimizer is written once as a rule in `rules/` and compiled to NumPy, JAX and PyTorch;",
         "these pages are rendered from the same rules. State memory is with Keras's options off.",
         "",
-        "| optimizer | what it is | state bytes per float32 parameter | per-tensor scalars | reductions | backends |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| optimizer | what it is | reference | state bytes per float32 parameter | per-tensor scalars | reductions"
+        " | backends |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for p in programs:
         per_element, per_tensor, _ = state_cost(_without_options(p))
         red = ", ".join(f"`{r}`" for r in reductions(_core_program(p))) or "none"
+        # a title names its reference last, in parentheses: "Adam (torch.optim `Adam`)"
+        what, _, reference = p.title.rpartition(" (") if p.title.endswith(")") else (p.title, "", "")
+        reference = reference[:-1] if reference else "-"
         lines.append(
-            f"| [{p.rule}](optimizers/{p.module}.md) | {p.title} | {per_element} | {per_tensor} | {red} | "
+            f"| [{p.rule}](optimizers/{p.module}.md) | {what} | {reference} | {per_element} | {per_tensor} | {red} | "
             + ", ".join(BACKENDS)
             + " |"
         )
