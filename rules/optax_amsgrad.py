@@ -44,10 +44,10 @@ nu_max = OptaxAmsgrad.state(
 OptaxAmsgrad.assign(mu, (1 - b1) * g + b1 * mu, "first moment")
 OptaxAmsgrad.assign(nu, (1 - b2) * g**2 + b2 * nu, "second moment")
 mu_hat = OptaxAmsgrad.let(
-    "mu_hat", where(bias_correction_mu, mu / (1 - b1**t), mu), "bias correction", latex=r"\hat{m}"
+    "mu_hat", mu / where(bias_correction_mu, 1 - b1**t, 1), "bias correction", latex=r"\hat{m}"
 )
 nu_hat = OptaxAmsgrad.let(
-    "nu_hat", where(bias_correction_nu, nu / (1 - b2**t), nu), "bias correction", latex=r"\hat{v}"
+    "nu_hat", nu / where(bias_correction_nu, 1 - b2**t, 1), "bias correction", latex=r"\hat{v}"
 )
 OptaxAmsgrad.assign(nu_max, maximum(nu_max, nu_hat), "running maximum")
 OptaxAmsgrad.assign(w, w - lr * mu_hat / (sqrt(nu_max + eps_root) + eps), "parameter update")

@@ -45,19 +45,15 @@ OptaxRmsprop.assign(mu, (1 - decay) * g + decay * mu, "running mean", when=cente
 correction = OptaxRmsprop.let(
     "correction", where(bias_correction, 1 - decay**t, 1), "bias correction", latex="c"
 )
-var = OptaxRmsprop.let(
-    "var",
-    where(centered, nu / correction - (mu / correction) ** 2, nu / correction),
-    "second moment",
-    latex="s",
-)
-scaled = OptaxRmsprop.let(
-    "scaled", where(eps_in_sqrt, g / sqrt(var + eps), g / (sqrt(var) + eps)), "scaled gradient", latex="u"
+var = OptaxRmsprop.let("var", nu / correction, "second moment", latex="s")
+OptaxRmsprop.assign(var, nu / correction - (mu / correction) ** 2, "variance (centered)", only_if=centered)
+scaled = OptaxRmsprop.let("scaled", g / sqrt(var + eps), "scaled gradient", latex="u")
+OptaxRmsprop.assign(
+    scaled, g / (sqrt(var) + eps), "scaled gradient (eps outside the root)", only_if=~eps_in_sqrt
 )
 OptaxRmsprop.assign(trace, -lr * scaled + momentum * trace, "trace", when=Given(momentum))
-OptaxRmsprop.assign(
-    w, w + where(nesterov, -lr * scaled + momentum * trace, trace), "momentum update", when=Given(momentum)
-)
+OptaxRmsprop.assign(w, w + trace, "momentum update", when=Given(momentum) & ~nesterov)
+OptaxRmsprop.assign(w, w - lr * scaled + momentum * trace, "Nesterov update", when=Given(momentum) & nesterov)
 OptaxRmsprop.assign(w, w - lr * scaled, "parameter update", when=~Given(momentum))
 
 OptaxRmsprop.config("default", learning_rate=0.003)  # optax has no default learning rate

@@ -50,9 +50,8 @@ TorchAdam.assign(g, g + weight_decay * w, "L2 weight decay", when=Ne(weight_deca
 TorchAdam.assign(m, m + (1 - beta1) * (g - m), "first moment")
 TorchAdam.assign(v, beta2 * v + (1 - beta2) * g**2, "second moment")
 TorchAdam.assign(v_max, maximum(v_max, v), "AMSGrad maximum", when=amsgrad)
-denom = TorchAdam.let(
-    "denom", where(amsgrad, sqrt(v_max), sqrt(v)) / sqrt(1 - beta2**t) + eps, "denominator", latex="d"
-)
+denom = TorchAdam.let("denom", sqrt(v) / sqrt(1 - beta2**t) + eps, "denominator", latex="d")
+TorchAdam.assign(denom, sqrt(v_max) / sqrt(1 - beta2**t) + eps, "AMSGrad denominator", only_if=amsgrad)
 TorchAdam.assign(w, w - lr / (1 - beta1**t) * m / denom, "parameter update")
 
 TorchAdam.config("fast", learning_rate=0.01, beta1=0.8, beta2=0.9, eps=1e-4, weight_decay=0.1)

@@ -45,9 +45,8 @@ TorchRMSprop.assign(g, where(maximize, -g, g), "maximize")
 TorchRMSprop.assign(g, g + weight_decay * w, "L2 weight decay", when=Ne(weight_decay, 0))
 TorchRMSprop.assign(square_avg, alpha * square_avg + (1 - alpha) * g**2, "running mean square")
 TorchRMSprop.assign(grad_avg, grad_avg + (1 - alpha) * (g - grad_avg), "running mean", when=centered)
-avg = TorchRMSprop.let(
-    "avg", where(centered, sqrt(square_avg - grad_avg**2), sqrt(square_avg)) + eps, "denominator", latex="d"
-)
+avg = TorchRMSprop.let("avg", sqrt(square_avg) + eps, "denominator", latex="d")
+TorchRMSprop.assign(avg, sqrt(square_avg - grad_avg**2) + eps, "centered denominator", only_if=centered)
 TorchRMSprop.assign(buf, momentum * buf + g / avg, "momentum buffer", when=Ne(momentum, 0))
 TorchRMSprop.assign(w, w - lr * buf, "momentum update", when=Ne(momentum, 0))
 TorchRMSprop.assign(w, w - lr * g / avg, "parameter update", when=Eq(momentum, 0))

@@ -81,17 +81,15 @@ def prepare_update_case_0(
     c_one_minus_b1 = dt(1 - b1) if is_update else dt(0)
     c_b2 = dt(b2) if is_update else dt(0)
     c_one_minus_b2 = dt(1 - b2) if is_update else dt(0)
-    b_bias_correction_mu = bool(bias_correction_mu)
-    c_one_minus_b1_pow_t = dt(1 - b1**t) if (bias_correction_mu and is_update) else dt(0)
-    b_bias_correction_nu = bool(bias_correction_nu)
-    c_one_minus_b2_pow_t = dt(1 - b2**t) if (bias_correction_nu and is_update) else dt(0)
+    c_16 = dt((1 / (1 - b1**t) if bias_correction_mu else 1)) if is_update else dt(0)
+    c_17 = dt((1 / (1 - b2**t) if bias_correction_nu else 1)) if is_update else dt(0)
     c_lr_2 = dt(lr) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_eps_root = dt(eps_root) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_11 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -109,8 +107,8 @@ def prepare_update_case_0(
             c_one_minus_b1,
             c_b2,
             c_one_minus_b2,
-            c_one_minus_b1_pow_t,
-            c_one_minus_b2_pow_t,
+            c_16,
+            c_17,
             c_lr_2,
             c_eps,
             c_eps_root,
@@ -130,10 +128,8 @@ def prepare_update_case_0(
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction_mu,
-        b_bias_correction_nu,
         b_use_ema,
-        b_11,
+        b_9,
         k_,
     )
 
@@ -168,10 +164,8 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction_mu,
-        b_bias_correction_nu,
         b_use_ema,
-        b_11,
+        b_9,
         k_,
     ) = step
     _update_0(
@@ -184,10 +178,8 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction_mu,
-        b_bias_correction_nu,
         b_use_ema,
-        b_11,
+        b_9,
     )(rows, bounds, table, k_)
 
 
@@ -252,10 +244,8 @@ def _update_0(
     b_clipvalue_given_and_is_update,
     b_weight_decay_given_and_is_update,
     b_is_update,
-    b_bias_correction_mu,
-    b_bias_correction_nu,
     b_use_ema,
-    b_11,
+    b_9,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -282,8 +272,8 @@ def _update_0(
         c_one_minus_b1 = k_[12]
         c_b2 = k_[13]
         c_one_minus_b2 = k_[14]
-        c_one_minus_b1_pow_t = k_[15]
-        c_one_minus_b2_pow_t = k_[16]
+        c_16 = k_[15]
+        c_17 = k_[16]
         c_lr_2 = k_[17]
         c_eps = k_[18]
         c_eps_root = k_[19]
@@ -346,12 +336,8 @@ def _update_0(
                     # second moment
                     nu = c_b2 * nu + (g * g) * c_one_minus_b2 if b_is_update else nu
                     # bias correction
-                    mu_hat = (
-                        (mu / c_one_minus_b1_pow_t if b_bias_correction_mu else mu) if b_is_update else c_zero
-                    )
-                    nu_hat = (
-                        (nu / c_one_minus_b2_pow_t if b_bias_correction_nu else nu) if b_is_update else c_zero
-                    )
+                    mu_hat = mu * c_16 if b_is_update else c_zero
+                    nu_hat = nu * c_17 if b_is_update else c_zero
                     # running maximum
                     nu_max = np.maximum(nu_hat, nu_max) if b_is_update else nu_max
                     # parameter update
@@ -359,7 +345,7 @@ def _update_0(
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
-                    w = ema if b_11 else w
+                    w = ema if b_9 else w
                     w_[i_] = w
                     mu_[i_] = mu
                     nu_[i_] = nu

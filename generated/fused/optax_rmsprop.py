@@ -35,7 +35,6 @@ def prepare_update_case_0(
     eps_in_sqrt,
     centered,
     momentum,
-    nesterov,
     weight_decay,
     clipnorm,
     clipvalue,
@@ -50,7 +49,7 @@ def prepare_update_case_0(
     is_update,
     t,
 ):
-    """The once-per-step values of update_case_0 (where (momentum is not None and centered)), in dtype ``dt``."""
+    """The once-per-step values of update_case_0 (where (momentum is not None and centered and nesterov)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
     c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
     b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
@@ -80,22 +79,19 @@ def prepare_update_case_0(
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
+    c_correction = dt(correction) if is_update else dt(0)
     b_centered = bool(centered)
-    c_correction = dt(correction) if (centered and is_update) else dt(0)
-    c_15 = dt(correction**2) if (centered and is_update) else dt(0)
-    c_correction_2 = dt(correction) if (is_update and not centered) else dt(0)
-    b_eps_in_sqrt = bool(eps_in_sqrt)
-    c_eps = dt(eps) if (eps_in_sqrt and is_update) else dt(0)
+    c_correction_2 = dt(correction) if (centered and is_update) else dt(0)
+    c_16 = dt(correction**2) if (centered and is_update) else dt(0)
+    c_eps = dt(eps) if is_update else dt(0)
+    b_9 = bool(not eps_in_sqrt)
     c_eps_2 = dt(eps) if (is_update and not eps_in_sqrt) else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     c_lr_2 = dt(lr) if is_update else dt(0)
-    b_nesterov = bool(nesterov)
-    c_momentum_2 = dt(momentum) if (is_update and nesterov) else dt(0)
-    c_lr_3 = dt(lr) if (is_update and nesterov) else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_12 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_11 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
     b_momentum_given = bool(momentum is not None)
     k_ = np.array(
         [
@@ -113,14 +109,12 @@ def prepare_update_case_0(
             c_decay,
             c_one_minus_decay,
             c_correction,
-            c_15,
             c_correction_2,
+            c_16,
             c_eps,
             c_eps_2,
             c_momentum,
             c_lr_2,
-            c_momentum_2,
-            c_lr_3,
             c_ema_mu,
             c_one_minus_ema_mu,
         ],
@@ -138,10 +132,9 @@ def prepare_update_case_0(
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_centered,
-        b_eps_in_sqrt,
-        b_nesterov,
+        b_9,
         b_use_ema,
-        b_12,
+        b_11,
         b_momentum_given,
         k_,
     )
@@ -162,7 +155,7 @@ def addresses_update_case_0(
 
 
 def run_update_case_0(rows, bounds, table, dt, step):
-    """The update, where (momentum is not None and centered), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
+    """The update, where (momentum is not None and centered and nesterov), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, trace, grad_accumulator, ema):
     its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
     on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_0 is True."""
@@ -178,10 +171,9 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_centered,
-        b_eps_in_sqrt,
-        b_nesterov,
+        b_9,
         b_use_ema,
-        b_12,
+        b_11,
         b_momentum_given,
         k_,
     ) = step
@@ -196,10 +188,9 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_centered,
-        b_eps_in_sqrt,
-        b_nesterov,
+        b_9,
         b_use_ema,
-        b_12,
+        b_11,
         b_momentum_given,
     )(rows, bounds, table, k_)
 
@@ -266,10 +257,9 @@ def _update_0(
     b_weight_decay_given_and_is_update,
     b_is_update,
     b_centered,
-    b_eps_in_sqrt,
-    b_nesterov,
+    b_9,
     b_use_ema,
-    b_12,
+    b_11,
     b_momentum_given,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
@@ -296,16 +286,14 @@ def _update_0(
         c_decay = k_[11]
         c_one_minus_decay = k_[12]
         c_correction = k_[13]
-        c_15 = k_[14]
-        c_correction_2 = k_[15]
+        c_correction_2 = k_[14]
+        c_16 = k_[15]
         c_eps = k_[16]
         c_eps_2 = k_[17]
         c_momentum = k_[18]
         c_lr_2 = k_[19]
-        c_momentum_2 = k_[20]
-        c_lr_3 = k_[21]
-        c_ema_mu = k_[22]
-        c_one_minus_ema_mu = k_[23]
+        c_ema_mu = k_[20]
+        c_one_minus_ema_mu = k_[21]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -363,29 +351,25 @@ def _update_0(
                     # running mean
                     mu = c_decay * mu + g * c_one_minus_decay if b_is_update else mu
                     # second moment
+                    var = nu / c_correction if b_is_update else c_zero
+                    # variance (centered)
                     var = (
-                        (nu / c_correction - (mu * mu) / c_15 if b_centered else nu / c_correction_2)
+                        (nu / c_correction_2 - (mu * mu) / c_16 if b_centered else var)
                         if b_is_update
-                        else c_zero
+                        else var
                     )
                     # scaled gradient
-                    scaled = (
-                        (g / math.sqrt(c_eps + var) if b_eps_in_sqrt else g / (c_eps_2 + math.sqrt(var)))
-                        if b_is_update
-                        else c_zero
-                    )
+                    scaled = g / math.sqrt(c_eps + var) if b_is_update else c_zero
+                    # scaled gradient (eps outside the root)
+                    scaled = (g / (c_eps_2 + math.sqrt(var)) if b_9 else scaled) if b_is_update else scaled
                     # trace
                     trace = c_momentum * trace - c_lr_2 * scaled if b_is_update else trace
-                    # momentum update
-                    w = (
-                        w + (c_momentum_2 * trace - c_lr_3 * scaled if b_nesterov else trace)
-                        if b_is_update
-                        else w
-                    )
+                    # Nesterov update
+                    w = -c_lr_2 * scaled + c_momentum * trace + w if b_is_update else w
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
-                    w = ema if b_12 else w
+                    w = ema if b_11 else w
                     w_[i_] = w
                     nu_[i_] = nu
                     if b_centered:
@@ -407,6 +391,7 @@ def prepare_update_case_1(
     eps,
     eps_in_sqrt,
     centered,
+    momentum,
     weight_decay,
     clipnorm,
     clipvalue,
@@ -421,7 +406,7 @@ def prepare_update_case_1(
     is_update,
     t,
 ):
-    """The once-per-step values of update_case_1 (where (centered and momentum is None)), in dtype ``dt``."""
+    """The once-per-step values of update_case_1 (where (momentum is not None and centered and not nesterov)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
     c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
     b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
@@ -451,18 +436,20 @@ def prepare_update_case_1(
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
+    c_correction = dt(correction) if is_update else dt(0)
     b_centered = bool(centered)
-    c_correction = dt(correction) if (centered and is_update) else dt(0)
-    c_15 = dt(correction**2) if (centered and is_update) else dt(0)
-    c_correction_2 = dt(correction) if (is_update and not centered) else dt(0)
-    b_eps_in_sqrt = bool(eps_in_sqrt)
-    c_eps = dt(eps) if (eps_in_sqrt and is_update) else dt(0)
+    c_correction_2 = dt(correction) if (centered and is_update) else dt(0)
+    c_16 = dt(correction**2) if (centered and is_update) else dt(0)
+    c_eps = dt(eps) if is_update else dt(0)
+    b_9 = bool(not eps_in_sqrt)
     c_eps_2 = dt(eps) if (is_update and not eps_in_sqrt) else dt(0)
+    c_momentum = dt(momentum) if is_update else dt(0)
     c_lr_2 = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
     b_11 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_momentum_given = bool(momentum is not None)
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -479,10 +466,11 @@ def prepare_update_case_1(
             c_decay,
             c_one_minus_decay,
             c_correction,
-            c_15,
             c_correction_2,
+            c_16,
             c_eps,
             c_eps_2,
+            c_momentum,
             c_lr_2,
             c_ema_mu,
             c_one_minus_ema_mu,
@@ -501,27 +489,31 @@ def prepare_update_case_1(
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_centered,
-        b_eps_in_sqrt,
+        b_9,
         b_use_ema,
         b_11,
+        b_momentum_given,
         k_,
     )
 
 
 @numba.njit(nogil=True, cache=True)
-def addresses_update_case_1(table, i, w, g, nu, mu, grad_accumulator, ema):  # pragma: no cover - compiled
+def addresses_update_case_1(
+    table, i, w, g, nu, mu, trace, grad_accumulator, ema
+):  # pragma: no cover - compiled
     """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
     table[i, 0] = address(w)
     table[i, 1] = address(g)
     table[i, 2] = address(nu)
     table[i, 3] = address(mu)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
+    table[i, 4] = address(trace)
+    table[i, 5] = address(grad_accumulator)
+    table[i, 6] = address(ema)
 
 
 def run_update_case_1(rows, bounds, table, dt, step):
-    """The update, where (centered and momentum is None), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
-    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, grad_accumulator, ema):
+    """The update, where (momentum is not None and centered and not nesterov), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
+    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, trace, grad_accumulator, ema):
     its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
     on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_1 is True."""
     (
@@ -536,9 +528,10 @@ def run_update_case_1(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_centered,
-        b_eps_in_sqrt,
+        b_9,
         b_use_ema,
         b_11,
+        b_momentum_given,
         k_,
     ) = step
     _update_1(
@@ -552,9 +545,10 @@ def run_update_case_1(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_centered,
-        b_eps_in_sqrt,
+        b_9,
         b_use_ema,
         b_11,
+        b_momentum_given,
     )(rows, bounds, table, k_)
 
 
@@ -620,9 +614,10 @@ def _update_1(
     b_weight_decay_given_and_is_update,
     b_is_update,
     b_centered,
-    b_eps_in_sqrt,
+    b_9,
     b_use_ema,
     b_11,
+    b_momentum_given,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -648,13 +643,14 @@ def _update_1(
         c_decay = k_[11]
         c_one_minus_decay = k_[12]
         c_correction = k_[13]
-        c_15 = k_[14]
-        c_correction_2 = k_[15]
+        c_correction_2 = k_[14]
+        c_16 = k_[15]
         c_eps = k_[16]
         c_eps_2 = k_[17]
-        c_lr_2 = k_[18]
-        c_ema_mu = k_[19]
-        c_one_minus_ema_mu = k_[20]
+        c_momentum = k_[18]
+        c_lr_2 = k_[19]
+        c_ema_mu = k_[20]
+        c_one_minus_ema_mu = k_[21]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -662,8 +658,9 @@ def _update_1(
                 g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
                 nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
                 mu_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                trace_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                ema_ = numba.carray(pointer(table[t_, 6]), hi, dt)[lo:hi]
                 sumsq_g = (
                     dt(reduce_1_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -677,6 +674,7 @@ def _update_1(
                     g = g_[i_]
                     nu = nu_[i_]
                     mu = mu_[i_] if b_centered else c_zero
+                    trace = trace_[i_] if b_momentum_given else c_zero
                     grad_accumulator = (
                         grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
                     )
@@ -710,19 +708,21 @@ def _update_1(
                     # running mean
                     mu = c_decay * mu + g * c_one_minus_decay if b_is_update else mu
                     # second moment
+                    var = nu / c_correction if b_is_update else c_zero
+                    # variance (centered)
                     var = (
-                        (nu / c_correction - (mu * mu) / c_15 if b_centered else nu / c_correction_2)
+                        (nu / c_correction_2 - (mu * mu) / c_16 if b_centered else var)
                         if b_is_update
-                        else c_zero
+                        else var
                     )
                     # scaled gradient
-                    scaled = (
-                        (g / math.sqrt(c_eps + var) if b_eps_in_sqrt else g / (c_eps_2 + math.sqrt(var)))
-                        if b_is_update
-                        else c_zero
-                    )
-                    # parameter update
-                    w = w - c_lr_2 * scaled if b_is_update else w
+                    scaled = g / math.sqrt(c_eps + var) if b_is_update else c_zero
+                    # scaled gradient (eps outside the root)
+                    scaled = (g / (c_eps_2 + math.sqrt(var)) if b_9 else scaled) if b_is_update else scaled
+                    # trace
+                    trace = c_momentum * trace - c_lr_2 * scaled if b_is_update else trace
+                    # momentum update
+                    w = trace + w if b_is_update else w
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
@@ -731,6 +731,8 @@ def _update_1(
                     nu_[i_] = nu
                     if b_centered:
                         mu_[i_] = mu
+                    if b_momentum_given:
+                        trace_[i_] = trace
                     if b_gradient_accumulation_steps_given:
                         grad_accumulator_[i_] = grad_accumulator
                     if b_use_ema:
@@ -746,8 +748,6 @@ def prepare_update_case_2(
     eps,
     eps_in_sqrt,
     centered,
-    momentum,
-    nesterov,
     weight_decay,
     clipnorm,
     clipvalue,
@@ -762,7 +762,7 @@ def prepare_update_case_2(
     is_update,
     t,
 ):
-    """The once-per-step values of update_case_2 (where (momentum is not None and not centered)), in dtype ``dt``."""
+    """The once-per-step values of update_case_2 (where (centered and momentum is None)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
     c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
     b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
@@ -792,23 +792,18 @@ def prepare_update_case_2(
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
+    c_correction = dt(correction) if is_update else dt(0)
     b_centered = bool(centered)
-    c_correction = dt(correction) if (centered and is_update) else dt(0)
-    c_15 = dt(correction**2) if (centered and is_update) else dt(0)
-    c_correction_2 = dt(correction) if (is_update and not centered) else dt(0)
-    b_eps_in_sqrt = bool(eps_in_sqrt)
-    c_eps = dt(eps) if (eps_in_sqrt and is_update) else dt(0)
+    c_correction_2 = dt(correction) if (centered and is_update) else dt(0)
+    c_16 = dt(correction**2) if (centered and is_update) else dt(0)
+    c_eps = dt(eps) if is_update else dt(0)
+    b_9 = bool(not eps_in_sqrt)
     c_eps_2 = dt(eps) if (is_update and not eps_in_sqrt) else dt(0)
-    c_momentum = dt(momentum) if is_update else dt(0)
     c_lr_2 = dt(lr) if is_update else dt(0)
-    b_nesterov = bool(nesterov)
-    c_momentum_2 = dt(momentum) if (is_update and nesterov) else dt(0)
-    c_lr_3 = dt(lr) if (is_update and nesterov) else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_12 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
-    b_momentum_given = bool(momentum is not None)
+    b_11 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -825,14 +820,11 @@ def prepare_update_case_2(
             c_decay,
             c_one_minus_decay,
             c_correction,
-            c_15,
             c_correction_2,
+            c_16,
             c_eps,
             c_eps_2,
-            c_momentum,
             c_lr_2,
-            c_momentum_2,
-            c_lr_3,
             c_ema_mu,
             c_one_minus_ema_mu,
         ],
@@ -850,32 +842,27 @@ def prepare_update_case_2(
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_centered,
-        b_eps_in_sqrt,
-        b_nesterov,
+        b_9,
         b_use_ema,
-        b_12,
-        b_momentum_given,
+        b_11,
         k_,
     )
 
 
 @numba.njit(nogil=True, cache=True)
-def addresses_update_case_2(
-    table, i, w, g, nu, mu, trace, grad_accumulator, ema
-):  # pragma: no cover - compiled
+def addresses_update_case_2(table, i, w, g, nu, mu, grad_accumulator, ema):  # pragma: no cover - compiled
     """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
     table[i, 0] = address(w)
     table[i, 1] = address(g)
     table[i, 2] = address(nu)
     table[i, 3] = address(mu)
-    table[i, 4] = address(trace)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
+    table[i, 4] = address(grad_accumulator)
+    table[i, 5] = address(ema)
 
 
 def run_update_case_2(rows, bounds, table, dt, step):
-    """The update, where (momentum is not None and not centered), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
-    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, trace, grad_accumulator, ema):
+    """The update, where (centered and momentum is None), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
+    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, grad_accumulator, ema):
     its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
     on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_2 is True."""
     (
@@ -890,11 +877,9 @@ def run_update_case_2(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_centered,
-        b_eps_in_sqrt,
-        b_nesterov,
+        b_9,
         b_use_ema,
-        b_12,
-        b_momentum_given,
+        b_11,
         k_,
     ) = step
     _update_2(
@@ -908,11 +893,9 @@ def run_update_case_2(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_centered,
-        b_eps_in_sqrt,
-        b_nesterov,
+        b_9,
         b_use_ema,
-        b_12,
-        b_momentum_given,
+        b_11,
     )(rows, bounds, table, k_)
 
 
@@ -978,11 +961,9 @@ def _update_2(
     b_weight_decay_given_and_is_update,
     b_is_update,
     b_centered,
-    b_eps_in_sqrt,
-    b_nesterov,
+    b_9,
     b_use_ema,
-    b_12,
-    b_momentum_given,
+    b_11,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -1008,16 +989,13 @@ def _update_2(
         c_decay = k_[11]
         c_one_minus_decay = k_[12]
         c_correction = k_[13]
-        c_15 = k_[14]
-        c_correction_2 = k_[15]
+        c_correction_2 = k_[14]
+        c_16 = k_[15]
         c_eps = k_[16]
         c_eps_2 = k_[17]
-        c_momentum = k_[18]
-        c_lr_2 = k_[19]
-        c_momentum_2 = k_[20]
-        c_lr_3 = k_[21]
-        c_ema_mu = k_[22]
-        c_one_minus_ema_mu = k_[23]
+        c_lr_2 = k_[18]
+        c_ema_mu = k_[19]
+        c_one_minus_ema_mu = k_[20]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -1025,9 +1003,8 @@ def _update_2(
                 g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
                 nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
                 mu_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                trace_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 6]), hi, dt)[lo:hi]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
                 sumsq_g = (
                     dt(reduce_2_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -1041,7 +1018,6 @@ def _update_2(
                     g = g_[i_]
                     nu = nu_[i_]
                     mu = mu_[i_] if b_centered else c_zero
-                    trace = trace_[i_] if b_momentum_given else c_zero
                     grad_accumulator = (
                         grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
                     )
@@ -1072,34 +1048,30 @@ def _update_2(
                     w = w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w
                     # running mean square
                     nu = c_decay * nu + (g * g) * c_one_minus_decay if b_is_update else nu
+                    # running mean
+                    mu = c_decay * mu + g * c_one_minus_decay if b_is_update else mu
                     # second moment
+                    var = nu / c_correction if b_is_update else c_zero
+                    # variance (centered)
                     var = (
-                        (nu / c_correction - (mu * mu) / c_15 if b_centered else nu / c_correction_2)
+                        (nu / c_correction_2 - (mu * mu) / c_16 if b_centered else var)
                         if b_is_update
-                        else c_zero
+                        else var
                     )
                     # scaled gradient
-                    scaled = (
-                        (g / math.sqrt(c_eps + var) if b_eps_in_sqrt else g / (c_eps_2 + math.sqrt(var)))
-                        if b_is_update
-                        else c_zero
-                    )
-                    # trace
-                    trace = c_momentum * trace - c_lr_2 * scaled if b_is_update else trace
-                    # momentum update
-                    w = (
-                        w + (c_momentum_2 * trace - c_lr_3 * scaled if b_nesterov else trace)
-                        if b_is_update
-                        else w
-                    )
+                    scaled = g / math.sqrt(c_eps + var) if b_is_update else c_zero
+                    # scaled gradient (eps outside the root)
+                    scaled = (g / (c_eps_2 + math.sqrt(var)) if b_9 else scaled) if b_is_update else scaled
+                    # parameter update
+                    w = w - c_lr_2 * scaled if b_is_update else w
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
-                    w = ema if b_12 else w
+                    w = ema if b_11 else w
                     w_[i_] = w
                     nu_[i_] = nu
-                    if b_momentum_given:
-                        trace_[i_] = trace
+                    if b_centered:
+                        mu_[i_] = mu
                     if b_gradient_accumulation_steps_given:
                         grad_accumulator_[i_] = grad_accumulator
                     if b_use_ema:
@@ -1115,6 +1087,7 @@ def prepare_update_case_3(
     eps,
     eps_in_sqrt,
     centered,
+    momentum,
     weight_decay,
     clipnorm,
     clipvalue,
@@ -1129,7 +1102,7 @@ def prepare_update_case_3(
     is_update,
     t,
 ):
-    """The once-per-step values of update_case_3 (where (momentum is None and not centered)), in dtype ``dt``."""
+    """The once-per-step values of update_case_3 (where (momentum is not None and nesterov and not centered)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
     c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
     b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
@@ -1159,18 +1132,20 @@ def prepare_update_case_3(
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
+    c_correction = dt(correction) if is_update else dt(0)
     b_centered = bool(centered)
-    c_correction = dt(correction) if (centered and is_update) else dt(0)
-    c_15 = dt(correction**2) if (centered and is_update) else dt(0)
-    c_correction_2 = dt(correction) if (is_update and not centered) else dt(0)
-    b_eps_in_sqrt = bool(eps_in_sqrt)
-    c_eps = dt(eps) if (eps_in_sqrt and is_update) else dt(0)
+    c_correction_2 = dt(correction) if (centered and is_update) else dt(0)
+    c_16 = dt(correction**2) if (centered and is_update) else dt(0)
+    c_eps = dt(eps) if is_update else dt(0)
+    b_9 = bool(not eps_in_sqrt)
     c_eps_2 = dt(eps) if (is_update and not eps_in_sqrt) else dt(0)
+    c_momentum = dt(momentum) if is_update else dt(0)
     c_lr_2 = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
     b_11 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_momentum_given = bool(momentum is not None)
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -1187,10 +1162,11 @@ def prepare_update_case_3(
             c_decay,
             c_one_minus_decay,
             c_correction,
-            c_15,
             c_correction_2,
+            c_16,
             c_eps,
             c_eps_2,
+            c_momentum,
             c_lr_2,
             c_ema_mu,
             c_one_minus_ema_mu,
@@ -1209,27 +1185,31 @@ def prepare_update_case_3(
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_centered,
-        b_eps_in_sqrt,
+        b_9,
         b_use_ema,
         b_11,
+        b_momentum_given,
         k_,
     )
 
 
 @numba.njit(nogil=True, cache=True)
-def addresses_update_case_3(table, i, w, g, nu, mu, grad_accumulator, ema):  # pragma: no cover - compiled
+def addresses_update_case_3(
+    table, i, w, g, nu, mu, trace, grad_accumulator, ema
+):  # pragma: no cover - compiled
     """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
     table[i, 0] = address(w)
     table[i, 1] = address(g)
     table[i, 2] = address(nu)
     table[i, 3] = address(mu)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
+    table[i, 4] = address(trace)
+    table[i, 5] = address(grad_accumulator)
+    table[i, 6] = address(ema)
 
 
 def run_update_case_3(rows, bounds, table, dt, step):
-    """The update, where (momentum is None and not centered), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
-    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, grad_accumulator, ema):
+    """The update, where (momentum is not None and nesterov and not centered), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
+    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, trace, grad_accumulator, ema):
     its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
     on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_3 is True."""
     (
@@ -1244,9 +1224,10 @@ def run_update_case_3(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_centered,
-        b_eps_in_sqrt,
+        b_9,
         b_use_ema,
         b_11,
+        b_momentum_given,
         k_,
     ) = step
     _update_3(
@@ -1260,9 +1241,10 @@ def run_update_case_3(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_centered,
-        b_eps_in_sqrt,
+        b_9,
         b_use_ema,
         b_11,
+        b_momentum_given,
     )(rows, bounds, table, k_)
 
 
@@ -1328,9 +1310,10 @@ def _update_3(
     b_weight_decay_given_and_is_update,
     b_is_update,
     b_centered,
-    b_eps_in_sqrt,
+    b_9,
     b_use_ema,
     b_11,
+    b_momentum_given,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -1356,8 +1339,703 @@ def _update_3(
         c_decay = k_[11]
         c_one_minus_decay = k_[12]
         c_correction = k_[13]
-        c_15 = k_[14]
-        c_correction_2 = k_[15]
+        c_correction_2 = k_[14]
+        c_16 = k_[15]
+        c_eps = k_[16]
+        c_eps_2 = k_[17]
+        c_momentum = k_[18]
+        c_lr_2 = k_[19]
+        c_ema_mu = k_[20]
+        c_one_minus_ema_mu = k_[21]
+        for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
+            for r_ in range(bounds[p_], bounds[p_ + 1]):
+                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
+                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
+                mu_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
+                trace_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                ema_ = numba.carray(pointer(table[t_, 6]), hi, dt)[lo:hi]
+                sumsq_g = (
+                    dt(reduce_3_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
+                )
+                c_4 = (
+                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    if b_clipnorm_given_and_is_update
+                    else dt(0)
+                )
+                for i_ in range(hi - lo):
+                    w = w_[i_]
+                    g = g_[i_]
+                    nu = nu_[i_]
+                    mu = mu_[i_] if b_centered else c_zero
+                    trace = trace_[i_] if b_momentum_given else c_zero
+                    grad_accumulator = (
+                        grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
+                    )
+                    ema = ema_[i_] if b_use_ema else c_zero
+                    # loss scaling
+                    g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
+                    # gradient accumulation
+                    grad_accumulator = (
+                        g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
+                    )
+                    g = (
+                        grad_accumulator / c_gradient_accumulation_steps
+                        if b_gradient_accumulation_steps_given_and_is_update
+                        else g
+                    )
+                    grad_accumulator = (
+                        c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
+                    )
+                    # clipping
+                    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = (
+                        np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
+                        if b_clipvalue_given_and_is_update
+                        else g
+                    )
+                    # decoupled weight decay
+                    w = w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w
+                    # running mean square
+                    nu = c_decay * nu + (g * g) * c_one_minus_decay if b_is_update else nu
+                    # second moment
+                    var = nu / c_correction if b_is_update else c_zero
+                    # variance (centered)
+                    var = (
+                        (nu / c_correction_2 - (mu * mu) / c_16 if b_centered else var)
+                        if b_is_update
+                        else var
+                    )
+                    # scaled gradient
+                    scaled = g / math.sqrt(c_eps + var) if b_is_update else c_zero
+                    # scaled gradient (eps outside the root)
+                    scaled = (g / (c_eps_2 + math.sqrt(var)) if b_9 else scaled) if b_is_update else scaled
+                    # trace
+                    trace = c_momentum * trace - c_lr_2 * scaled if b_is_update else trace
+                    # Nesterov update
+                    w = -c_lr_2 * scaled + c_momentum * trace + w if b_is_update else w
+                    # EMA of the weights
+                    ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
+                    # EMA overwrite
+                    w = ema if b_11 else w
+                    w_[i_] = w
+                    nu_[i_] = nu
+                    if b_momentum_given:
+                        trace_[i_] = trace
+                    if b_gradient_accumulation_steps_given:
+                        grad_accumulator_[i_] = grad_accumulator
+                    if b_use_ema:
+                        ema_[i_] = ema
+
+    return kernel
+
+
+def prepare_update_case_4(
+    dt,
+    lr,
+    decay,
+    eps,
+    eps_in_sqrt,
+    centered,
+    momentum,
+    weight_decay,
+    clipnorm,
+    clipvalue,
+    global_clipnorm,
+    use_ema,
+    ema_overwrite_frequency,
+    loss_scale_factor,
+    gradient_accumulation_steps,
+    correction,
+    ema_mu,
+    global_sumsq_g,
+    is_update,
+    t,
+):
+    """The once-per-step values of update_case_4 (where (momentum is not None and not centered and not nesterov)), in dtype ``dt``."""
+    b_loss_scale_factor_given = bool(loss_scale_factor is not None)
+    c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
+    b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
+    b_gradient_accumulation_steps_given_and_is_update = bool(
+        (gradient_accumulation_steps is not None and is_update)
+    )
+    c_gradient_accumulation_steps = (
+        dt(gradient_accumulation_steps) if (gradient_accumulation_steps is not None and is_update) else dt(0)
+    )
+    c_zero = dt(0)
+    b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
+    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
+    c_clipnorm_2 = dt(clipnorm)
+    b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
+    c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
+    c_7 = (
+        dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
+        if (global_clipnorm is not None and is_update)
+        else dt(0)
+    )
+    b_clipvalue_given_and_is_update = bool((clipvalue is not None and is_update))
+    c_neg_clipvalue = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
+    c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
+    b_weight_decay_given_and_is_update = bool((weight_decay is not None and is_update))
+    c_lr = dt(lr) if (weight_decay is not None and is_update) else dt(0)
+    c_weight_decay = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
+    b_is_update = bool(is_update)
+    c_decay = dt(decay) if is_update else dt(0)
+    c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
+    c_correction = dt(correction) if is_update else dt(0)
+    b_centered = bool(centered)
+    c_correction_2 = dt(correction) if (centered and is_update) else dt(0)
+    c_16 = dt(correction**2) if (centered and is_update) else dt(0)
+    c_eps = dt(eps) if is_update else dt(0)
+    b_9 = bool(not eps_in_sqrt)
+    c_eps_2 = dt(eps) if (is_update and not eps_in_sqrt) else dt(0)
+    c_momentum = dt(momentum) if is_update else dt(0)
+    c_lr_2 = dt(lr) if is_update else dt(0)
+    b_use_ema = bool(use_ema)
+    c_ema_mu = dt(ema_mu) if use_ema else dt(0)
+    c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
+    b_11 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_momentum_given = bool(momentum is not None)
+    k_ = np.array(
+        [
+            c_loss_scale_factor,
+            c_gradient_accumulation_steps,
+            c_zero,
+            c_clipnorm,
+            c_clipnorm_2,
+            c_global_clipnorm,
+            c_7,
+            c_neg_clipvalue,
+            c_clipvalue,
+            c_lr,
+            c_weight_decay,
+            c_decay,
+            c_one_minus_decay,
+            c_correction,
+            c_correction_2,
+            c_16,
+            c_eps,
+            c_eps_2,
+            c_momentum,
+            c_lr_2,
+            c_ema_mu,
+            c_one_minus_ema_mu,
+        ],
+        dt,
+    )  # what the kernels read, in one argument
+    return (
+        clipnorm,
+        is_update,
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+        b_clipnorm_given_and_is_update,
+        b_global_clipnorm_given_and_is_update,
+        b_clipvalue_given_and_is_update,
+        b_weight_decay_given_and_is_update,
+        b_is_update,
+        b_centered,
+        b_9,
+        b_use_ema,
+        b_11,
+        b_momentum_given,
+        k_,
+    )
+
+
+@numba.njit(nogil=True, cache=True)
+def addresses_update_case_4(
+    table, i, w, g, nu, mu, trace, grad_accumulator, ema
+):  # pragma: no cover - compiled
+    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
+    table[i, 0] = address(w)
+    table[i, 1] = address(g)
+    table[i, 2] = address(nu)
+    table[i, 3] = address(mu)
+    table[i, 4] = address(trace)
+    table[i, 5] = address(grad_accumulator)
+    table[i, 6] = address(ema)
+
+
+def run_update_case_4(rows, bounds, table, dt, step):
+    """The update, where (momentum is not None and not centered and not nesterov), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
+    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, trace, grad_accumulator, ema):
+    its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
+    on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_4 is True."""
+    (
+        clipnorm,
+        is_update,
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+        b_clipnorm_given_and_is_update,
+        b_global_clipnorm_given_and_is_update,
+        b_clipvalue_given_and_is_update,
+        b_weight_decay_given_and_is_update,
+        b_is_update,
+        b_centered,
+        b_9,
+        b_use_ema,
+        b_11,
+        b_momentum_given,
+        k_,
+    ) = step
+    _update_4(
+        dt,
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+        b_clipnorm_given_and_is_update,
+        b_global_clipnorm_given_and_is_update,
+        b_clipvalue_given_and_is_update,
+        b_weight_decay_given_and_is_update,
+        b_is_update,
+        b_centered,
+        b_9,
+        b_use_ema,
+        b_11,
+        b_momentum_given,
+    )(rows, bounds, table, k_)
+
+
+def split_update_case_4(step):
+    """Whether the threads may share a tensor in this step, each one a part: its update reads no per-tensor value."""
+    clipnorm, is_update = step[0], step[1]
+    return not (clipnorm is not None and is_update)
+
+
+#: what fused_support.run takes: case 4 of the rule
+UPDATE_CASE_4 = fused_support.Case(
+    prepare=prepare_update_case_4,
+    addresses=addresses_update_case_4,
+    update=run_update_case_4,
+    split=split_update_case_4,
+)
+
+
+@functools.cache
+def _reduce_4_0(
+    b_loss_scale_factor_given,
+    b_gradient_accumulation_steps_given,
+    b_gradient_accumulation_steps_given_and_is_update,
+):
+    """The kernel for these conditions (sumsq_g: sum of g.2**2 over the tensor): compiled once for each combination, the tests of the
+    conditions folded away."""
+
+    @numba.njit(error_model="numpy", nogil=True, cache=True, fastmath={"reassoc"})
+    def kernel(g_, grad_accumulator_, k_):  # pragma: no cover - compiled
+        c_loss_scale_factor = k_[0]
+        c_gradient_accumulation_steps = k_[1]
+        c_zero = k_[2]
+        acc = 0.0
+        for i_ in range(g_.shape[0]):
+            g = g_[i_]
+            grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
+            # loss scaling
+            g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
+            # gradient accumulation
+            grad_accumulator = (
+                g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
+            )
+            g = (
+                grad_accumulator / c_gradient_accumulation_steps
+                if b_gradient_accumulation_steps_given_and_is_update
+                else g
+            )
+            acc += g * g
+        return acc
+
+    return kernel
+
+
+@functools.cache
+def _update_4(
+    dt,
+    b_loss_scale_factor_given,
+    b_gradient_accumulation_steps_given,
+    b_gradient_accumulation_steps_given_and_is_update,
+    b_clipnorm_given_and_is_update,
+    b_global_clipnorm_given_and_is_update,
+    b_clipvalue_given_and_is_update,
+    b_weight_decay_given_and_is_update,
+    b_is_update,
+    b_centered,
+    b_9,
+    b_use_ema,
+    b_11,
+    b_momentum_given,
+):
+    """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
+    conditions folded away."""
+    reduce_4_0 = _reduce_4_0(
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+    )  # compiled apart: reassociated
+
+    @numba.njit(error_model="numpy", nogil=True, cache=True, parallel=True)
+    def kernel(rows, bounds, table, k_):  # pragma: no cover - compiled
+        c_loss_scale_factor = k_[0]
+        c_gradient_accumulation_steps = k_[1]
+        c_zero = k_[2]
+        c_clipnorm = k_[3]
+        c_clipnorm_2 = k_[4]
+        c_global_clipnorm = k_[5]
+        c_7 = k_[6]
+        c_neg_clipvalue = k_[7]
+        c_clipvalue = k_[8]
+        c_lr = k_[9]
+        c_weight_decay = k_[10]
+        c_decay = k_[11]
+        c_one_minus_decay = k_[12]
+        c_correction = k_[13]
+        c_correction_2 = k_[14]
+        c_16 = k_[15]
+        c_eps = k_[16]
+        c_eps_2 = k_[17]
+        c_momentum = k_[18]
+        c_lr_2 = k_[19]
+        c_ema_mu = k_[20]
+        c_one_minus_ema_mu = k_[21]
+        for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
+            for r_ in range(bounds[p_], bounds[p_ + 1]):
+                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
+                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
+                mu_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
+                trace_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                ema_ = numba.carray(pointer(table[t_, 6]), hi, dt)[lo:hi]
+                sumsq_g = (
+                    dt(reduce_4_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
+                )
+                c_4 = (
+                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    if b_clipnorm_given_and_is_update
+                    else dt(0)
+                )
+                for i_ in range(hi - lo):
+                    w = w_[i_]
+                    g = g_[i_]
+                    nu = nu_[i_]
+                    mu = mu_[i_] if b_centered else c_zero
+                    trace = trace_[i_] if b_momentum_given else c_zero
+                    grad_accumulator = (
+                        grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
+                    )
+                    ema = ema_[i_] if b_use_ema else c_zero
+                    # loss scaling
+                    g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
+                    # gradient accumulation
+                    grad_accumulator = (
+                        g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
+                    )
+                    g = (
+                        grad_accumulator / c_gradient_accumulation_steps
+                        if b_gradient_accumulation_steps_given_and_is_update
+                        else g
+                    )
+                    grad_accumulator = (
+                        c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
+                    )
+                    # clipping
+                    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = (
+                        np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
+                        if b_clipvalue_given_and_is_update
+                        else g
+                    )
+                    # decoupled weight decay
+                    w = w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w
+                    # running mean square
+                    nu = c_decay * nu + (g * g) * c_one_minus_decay if b_is_update else nu
+                    # second moment
+                    var = nu / c_correction if b_is_update else c_zero
+                    # variance (centered)
+                    var = (
+                        (nu / c_correction_2 - (mu * mu) / c_16 if b_centered else var)
+                        if b_is_update
+                        else var
+                    )
+                    # scaled gradient
+                    scaled = g / math.sqrt(c_eps + var) if b_is_update else c_zero
+                    # scaled gradient (eps outside the root)
+                    scaled = (g / (c_eps_2 + math.sqrt(var)) if b_9 else scaled) if b_is_update else scaled
+                    # trace
+                    trace = c_momentum * trace - c_lr_2 * scaled if b_is_update else trace
+                    # momentum update
+                    w = trace + w if b_is_update else w
+                    # EMA of the weights
+                    ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
+                    # EMA overwrite
+                    w = ema if b_11 else w
+                    w_[i_] = w
+                    nu_[i_] = nu
+                    if b_momentum_given:
+                        trace_[i_] = trace
+                    if b_gradient_accumulation_steps_given:
+                        grad_accumulator_[i_] = grad_accumulator
+                    if b_use_ema:
+                        ema_[i_] = ema
+
+    return kernel
+
+
+def prepare_update_case_5(
+    dt,
+    lr,
+    decay,
+    eps,
+    eps_in_sqrt,
+    centered,
+    weight_decay,
+    clipnorm,
+    clipvalue,
+    global_clipnorm,
+    use_ema,
+    ema_overwrite_frequency,
+    loss_scale_factor,
+    gradient_accumulation_steps,
+    correction,
+    ema_mu,
+    global_sumsq_g,
+    is_update,
+    t,
+):
+    """The once-per-step values of update_case_5 (where (momentum is None and not centered)), in dtype ``dt``."""
+    b_loss_scale_factor_given = bool(loss_scale_factor is not None)
+    c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
+    b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
+    b_gradient_accumulation_steps_given_and_is_update = bool(
+        (gradient_accumulation_steps is not None and is_update)
+    )
+    c_gradient_accumulation_steps = (
+        dt(gradient_accumulation_steps) if (gradient_accumulation_steps is not None and is_update) else dt(0)
+    )
+    c_zero = dt(0)
+    b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
+    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
+    c_clipnorm_2 = dt(clipnorm)
+    b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
+    c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
+    c_7 = (
+        dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
+        if (global_clipnorm is not None and is_update)
+        else dt(0)
+    )
+    b_clipvalue_given_and_is_update = bool((clipvalue is not None and is_update))
+    c_neg_clipvalue = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
+    c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
+    b_weight_decay_given_and_is_update = bool((weight_decay is not None and is_update))
+    c_lr = dt(lr) if (weight_decay is not None and is_update) else dt(0)
+    c_weight_decay = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
+    b_is_update = bool(is_update)
+    c_decay = dt(decay) if is_update else dt(0)
+    c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
+    c_correction = dt(correction) if is_update else dt(0)
+    b_centered = bool(centered)
+    c_correction_2 = dt(correction) if (centered and is_update) else dt(0)
+    c_16 = dt(correction**2) if (centered and is_update) else dt(0)
+    c_eps = dt(eps) if is_update else dt(0)
+    b_9 = bool(not eps_in_sqrt)
+    c_eps_2 = dt(eps) if (is_update and not eps_in_sqrt) else dt(0)
+    c_lr_2 = dt(lr) if is_update else dt(0)
+    b_use_ema = bool(use_ema)
+    c_ema_mu = dt(ema_mu) if use_ema else dt(0)
+    c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
+    b_11 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    k_ = np.array(
+        [
+            c_loss_scale_factor,
+            c_gradient_accumulation_steps,
+            c_zero,
+            c_clipnorm,
+            c_clipnorm_2,
+            c_global_clipnorm,
+            c_7,
+            c_neg_clipvalue,
+            c_clipvalue,
+            c_lr,
+            c_weight_decay,
+            c_decay,
+            c_one_minus_decay,
+            c_correction,
+            c_correction_2,
+            c_16,
+            c_eps,
+            c_eps_2,
+            c_lr_2,
+            c_ema_mu,
+            c_one_minus_ema_mu,
+        ],
+        dt,
+    )  # what the kernels read, in one argument
+    return (
+        clipnorm,
+        is_update,
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+        b_clipnorm_given_and_is_update,
+        b_global_clipnorm_given_and_is_update,
+        b_clipvalue_given_and_is_update,
+        b_weight_decay_given_and_is_update,
+        b_is_update,
+        b_centered,
+        b_9,
+        b_use_ema,
+        b_11,
+        k_,
+    )
+
+
+@numba.njit(nogil=True, cache=True)
+def addresses_update_case_5(table, i, w, g, nu, mu, grad_accumulator, ema):  # pragma: no cover - compiled
+    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
+    table[i, 0] = address(w)
+    table[i, 1] = address(g)
+    table[i, 2] = address(nu)
+    table[i, 3] = address(mu)
+    table[i, 4] = address(grad_accumulator)
+    table[i, 5] = address(ema)
+
+
+def run_update_case_5(rows, bounds, table, dt, step):
+    """The update, where (momentum is None and not centered), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
+    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, grad_accumulator, ema):
+    its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
+    on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_5 is True."""
+    (
+        clipnorm,
+        is_update,
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+        b_clipnorm_given_and_is_update,
+        b_global_clipnorm_given_and_is_update,
+        b_clipvalue_given_and_is_update,
+        b_weight_decay_given_and_is_update,
+        b_is_update,
+        b_centered,
+        b_9,
+        b_use_ema,
+        b_11,
+        k_,
+    ) = step
+    _update_5(
+        dt,
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+        b_clipnorm_given_and_is_update,
+        b_global_clipnorm_given_and_is_update,
+        b_clipvalue_given_and_is_update,
+        b_weight_decay_given_and_is_update,
+        b_is_update,
+        b_centered,
+        b_9,
+        b_use_ema,
+        b_11,
+    )(rows, bounds, table, k_)
+
+
+def split_update_case_5(step):
+    """Whether the threads may share a tensor in this step, each one a part: its update reads no per-tensor value."""
+    clipnorm, is_update = step[0], step[1]
+    return not (clipnorm is not None and is_update)
+
+
+#: what fused_support.run takes: case 5 of the rule
+UPDATE_CASE_5 = fused_support.Case(
+    prepare=prepare_update_case_5,
+    addresses=addresses_update_case_5,
+    update=run_update_case_5,
+    split=split_update_case_5,
+)
+
+
+@functools.cache
+def _reduce_5_0(
+    b_loss_scale_factor_given,
+    b_gradient_accumulation_steps_given,
+    b_gradient_accumulation_steps_given_and_is_update,
+):
+    """The kernel for these conditions (sumsq_g: sum of g.2**2 over the tensor): compiled once for each combination, the tests of the
+    conditions folded away."""
+
+    @numba.njit(error_model="numpy", nogil=True, cache=True, fastmath={"reassoc"})
+    def kernel(g_, grad_accumulator_, k_):  # pragma: no cover - compiled
+        c_loss_scale_factor = k_[0]
+        c_gradient_accumulation_steps = k_[1]
+        c_zero = k_[2]
+        acc = 0.0
+        for i_ in range(g_.shape[0]):
+            g = g_[i_]
+            grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
+            # loss scaling
+            g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
+            # gradient accumulation
+            grad_accumulator = (
+                g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
+            )
+            g = (
+                grad_accumulator / c_gradient_accumulation_steps
+                if b_gradient_accumulation_steps_given_and_is_update
+                else g
+            )
+            acc += g * g
+        return acc
+
+    return kernel
+
+
+@functools.cache
+def _update_5(
+    dt,
+    b_loss_scale_factor_given,
+    b_gradient_accumulation_steps_given,
+    b_gradient_accumulation_steps_given_and_is_update,
+    b_clipnorm_given_and_is_update,
+    b_global_clipnorm_given_and_is_update,
+    b_clipvalue_given_and_is_update,
+    b_weight_decay_given_and_is_update,
+    b_is_update,
+    b_centered,
+    b_9,
+    b_use_ema,
+    b_11,
+):
+    """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
+    conditions folded away."""
+    reduce_5_0 = _reduce_5_0(
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+    )  # compiled apart: reassociated
+
+    @numba.njit(error_model="numpy", nogil=True, cache=True, parallel=True)
+    def kernel(rows, bounds, table, k_):  # pragma: no cover - compiled
+        c_loss_scale_factor = k_[0]
+        c_gradient_accumulation_steps = k_[1]
+        c_zero = k_[2]
+        c_clipnorm = k_[3]
+        c_clipnorm_2 = k_[4]
+        c_global_clipnorm = k_[5]
+        c_7 = k_[6]
+        c_neg_clipvalue = k_[7]
+        c_clipvalue = k_[8]
+        c_lr = k_[9]
+        c_weight_decay = k_[10]
+        c_decay = k_[11]
+        c_one_minus_decay = k_[12]
+        c_correction = k_[13]
+        c_correction_2 = k_[14]
+        c_16 = k_[15]
         c_eps = k_[16]
         c_eps_2 = k_[17]
         c_lr_2 = k_[18]
@@ -1373,7 +2051,7 @@ def _update_3(
                 grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
                 ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
                 sumsq_g = (
-                    dt(reduce_3_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
+                    dt(reduce_5_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
                     dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
@@ -1416,17 +2094,17 @@ def _update_3(
                     # running mean square
                     nu = c_decay * nu + (g * g) * c_one_minus_decay if b_is_update else nu
                     # second moment
+                    var = nu / c_correction if b_is_update else c_zero
+                    # variance (centered)
                     var = (
-                        (nu / c_correction - (mu * mu) / c_15 if b_centered else nu / c_correction_2)
+                        (nu / c_correction_2 - (mu * mu) / c_16 if b_centered else var)
                         if b_is_update
-                        else c_zero
+                        else var
                     )
                     # scaled gradient
-                    scaled = (
-                        (g / math.sqrt(c_eps + var) if b_eps_in_sqrt else g / (c_eps_2 + math.sqrt(var)))
-                        if b_is_update
-                        else c_zero
-                    )
+                    scaled = g / math.sqrt(c_eps + var) if b_is_update else c_zero
+                    # scaled gradient (eps outside the root)
+                    scaled = (g / (c_eps_2 + math.sqrt(var)) if b_9 else scaled) if b_is_update else scaled
                     # parameter update
                     w = w - c_lr_2 * scaled if b_is_update else w
                     # EMA of the weights

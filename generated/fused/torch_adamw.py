@@ -77,8 +77,10 @@ def prepare_update_case_0(
     c_beta2 = dt(beta2) if is_update else dt(0)
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_amsgrad = bool(amsgrad)
     c_14 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
+    b_amsgrad = bool(amsgrad)
+    c_eps_2 = dt(eps) if (amsgrad and is_update) else dt(0)
+    c_16 = dt(math.sqrt(1 - beta2**t)) if (amsgrad and is_update) else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -101,6 +103,8 @@ def prepare_update_case_0(
             c_one_minus_beta2,
             c_eps,
             c_14,
+            c_eps_2,
+            c_16,
             c_lr,
             c_one_minus_beta1_pow_t,
             c_ema_mu,
@@ -266,10 +270,12 @@ def _update_0(
         c_one_minus_beta2 = k_[11]
         c_eps = k_[12]
         c_14 = k_[13]
-        c_lr = k_[14]
-        c_one_minus_beta1_pow_t = k_[15]
-        c_ema_mu = k_[16]
-        c_one_minus_ema_mu = k_[17]
+        c_eps_2 = k_[14]
+        c_16 = k_[15]
+        c_lr = k_[16]
+        c_one_minus_beta1_pow_t = k_[17]
+        c_ema_mu = k_[18]
+        c_one_minus_ema_mu = k_[19]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -331,10 +337,12 @@ def _update_0(
                     # AMSGrad maximum
                     max_exp_avg_sq = np.maximum(exp_avg_sq, max_exp_avg_sq) if b_is_update else max_exp_avg_sq
                     # denominator
+                    denom = c_eps + math.sqrt(exp_avg_sq) / c_14 if b_is_update else c_zero
+                    # AMSGrad denominator
                     denom = (
-                        c_eps + (math.sqrt(max_exp_avg_sq) if b_amsgrad else math.sqrt(exp_avg_sq)) / c_14
+                        (c_eps_2 + math.sqrt(max_exp_avg_sq) / c_16 if b_amsgrad else denom)
                         if b_is_update
-                        else c_zero
+                        else denom
                     )
                     # parameter update
                     w = w - exp_avg * c_lr / (denom * c_one_minus_beta1_pow_t) if b_is_update else w
@@ -405,8 +413,10 @@ def prepare_update_case_1(
     c_beta2 = dt(beta2) if is_update else dt(0)
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_amsgrad = bool(amsgrad)
     c_14 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
+    b_amsgrad = bool(amsgrad)
+    c_eps_2 = dt(eps) if (amsgrad and is_update) else dt(0)
+    c_16 = dt(math.sqrt(1 - beta2**t)) if (amsgrad and is_update) else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -429,6 +439,8 @@ def prepare_update_case_1(
             c_one_minus_beta2,
             c_eps,
             c_14,
+            c_eps_2,
+            c_16,
             c_lr,
             c_one_minus_beta1_pow_t,
             c_ema_mu,
@@ -594,10 +606,12 @@ def _update_1(
         c_one_minus_beta2 = k_[11]
         c_eps = k_[12]
         c_14 = k_[13]
-        c_lr = k_[14]
-        c_one_minus_beta1_pow_t = k_[15]
-        c_ema_mu = k_[16]
-        c_one_minus_ema_mu = k_[17]
+        c_eps_2 = k_[14]
+        c_16 = k_[15]
+        c_lr = k_[16]
+        c_one_minus_beta1_pow_t = k_[17]
+        c_ema_mu = k_[18]
+        c_one_minus_ema_mu = k_[19]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -657,10 +671,12 @@ def _update_1(
                         c_beta2 * exp_avg_sq + (g * g) * c_one_minus_beta2 if b_is_update else exp_avg_sq
                     )
                     # denominator
+                    denom = c_eps + math.sqrt(exp_avg_sq) / c_14 if b_is_update else c_zero
+                    # AMSGrad denominator
                     denom = (
-                        c_eps + (math.sqrt(max_exp_avg_sq) if b_amsgrad else math.sqrt(exp_avg_sq)) / c_14
+                        (c_eps_2 + math.sqrt(max_exp_avg_sq) / c_16 if b_amsgrad else denom)
                         if b_is_update
-                        else c_zero
+                        else denom
                     )
                     # parameter update
                     w = w - exp_avg * c_lr / (denom * c_one_minus_beta1_pow_t) if b_is_update else w
@@ -731,8 +747,10 @@ def prepare_update_case_2(
     c_beta2 = dt(beta2) if is_update else dt(0)
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_amsgrad = bool(amsgrad)
     c_15 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
+    b_amsgrad = bool(amsgrad)
+    c_eps_2 = dt(eps) if (amsgrad and is_update) else dt(0)
+    c_17 = dt(math.sqrt(1 - beta2**t)) if (amsgrad and is_update) else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -756,6 +774,8 @@ def prepare_update_case_2(
             c_one_minus_beta2,
             c_eps,
             c_15,
+            c_eps_2,
+            c_17,
             c_lr,
             c_one_minus_beta1_pow_t,
             c_ema_mu,
@@ -922,10 +942,12 @@ def _update_2(
         c_one_minus_beta2 = k_[12]
         c_eps = k_[13]
         c_15 = k_[14]
-        c_lr = k_[15]
-        c_one_minus_beta1_pow_t = k_[16]
-        c_ema_mu = k_[17]
-        c_one_minus_ema_mu = k_[18]
+        c_eps_2 = k_[15]
+        c_17 = k_[16]
+        c_lr = k_[17]
+        c_one_minus_beta1_pow_t = k_[18]
+        c_ema_mu = k_[19]
+        c_one_minus_ema_mu = k_[20]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -989,10 +1011,12 @@ def _update_2(
                     # AMSGrad maximum
                     max_exp_avg_sq = np.maximum(exp_avg_sq, max_exp_avg_sq) if b_is_update else max_exp_avg_sq
                     # denominator
+                    denom = c_eps + math.sqrt(exp_avg_sq) / c_15 if b_is_update else c_zero
+                    # AMSGrad denominator
                     denom = (
-                        c_eps + (math.sqrt(max_exp_avg_sq) if b_amsgrad else math.sqrt(exp_avg_sq)) / c_15
+                        (c_eps_2 + math.sqrt(max_exp_avg_sq) / c_17 if b_amsgrad else denom)
                         if b_is_update
-                        else c_zero
+                        else denom
                     )
                     # parameter update
                     w = w - exp_avg * c_lr / (denom * c_one_minus_beta1_pow_t) if b_is_update else w
@@ -1065,8 +1089,10 @@ def prepare_update_case_3(
     c_beta2 = dt(beta2) if is_update else dt(0)
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_amsgrad = bool(amsgrad)
     c_15 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
+    b_amsgrad = bool(amsgrad)
+    c_eps_2 = dt(eps) if (amsgrad and is_update) else dt(0)
+    c_17 = dt(math.sqrt(1 - beta2**t)) if (amsgrad and is_update) else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -1090,6 +1116,8 @@ def prepare_update_case_3(
             c_one_minus_beta2,
             c_eps,
             c_15,
+            c_eps_2,
+            c_17,
             c_lr,
             c_one_minus_beta1_pow_t,
             c_ema_mu,
@@ -1256,10 +1284,12 @@ def _update_3(
         c_one_minus_beta2 = k_[12]
         c_eps = k_[13]
         c_15 = k_[14]
-        c_lr = k_[15]
-        c_one_minus_beta1_pow_t = k_[16]
-        c_ema_mu = k_[17]
-        c_one_minus_ema_mu = k_[18]
+        c_eps_2 = k_[15]
+        c_17 = k_[16]
+        c_lr = k_[17]
+        c_one_minus_beta1_pow_t = k_[18]
+        c_ema_mu = k_[19]
+        c_one_minus_ema_mu = k_[20]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -1321,10 +1351,12 @@ def _update_3(
                         c_beta2 * exp_avg_sq + (g * g) * c_one_minus_beta2 if b_is_update else exp_avg_sq
                     )
                     # denominator
+                    denom = c_eps + math.sqrt(exp_avg_sq) / c_15 if b_is_update else c_zero
+                    # AMSGrad denominator
                     denom = (
-                        c_eps + (math.sqrt(max_exp_avg_sq) if b_amsgrad else math.sqrt(exp_avg_sq)) / c_15
+                        (c_eps_2 + math.sqrt(max_exp_avg_sq) / c_17 if b_amsgrad else denom)
                         if b_is_update
-                        else c_zero
+                        else denom
                     )
                     # parameter update
                     w = w - exp_avg * c_lr / (denom * c_one_minus_beta1_pow_t) if b_is_update else w

@@ -76,6 +76,7 @@ def prepare_update_case_0(
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_centered = bool(centered)
+    c_eps_2 = dt(eps) if (centered and is_update) else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -95,6 +96,7 @@ def prepare_update_case_0(
             c_alpha,
             c_one_minus_alpha,
             c_eps,
+            c_eps_2,
             c_lr,
             c_ema_mu,
             c_one_minus_ema_mu,
@@ -256,9 +258,10 @@ def _update_0(
         c_alpha = k_[9]
         c_one_minus_alpha = k_[10]
         c_eps = k_[11]
-        c_lr = k_[12]
-        c_ema_mu = k_[13]
-        c_one_minus_ema_mu = k_[14]
+        c_eps_2 = k_[12]
+        c_lr = k_[13]
+        c_ema_mu = k_[14]
+        c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -316,15 +319,12 @@ def _update_0(
                     # running mean
                     grad_avg = grad_avg + c_one_minus_alpha * (g - grad_avg) if b_is_update else grad_avg
                     # denominator
+                    avg = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
+                    # centered denominator
                     avg = (
-                        c_eps
-                        + (
-                            math.sqrt(square_avg - (grad_avg * grad_avg))
-                            if b_centered
-                            else math.sqrt(square_avg)
-                        )
+                        (c_eps_2 + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
                         if b_is_update
-                        else c_zero
+                        else avg
                     )
                     # parameter update
                     w = w - g * c_lr / avg if b_is_update else w
@@ -394,6 +394,7 @@ def prepare_update_case_1(
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_centered = bool(centered)
+    c_eps_2 = dt(eps) if (centered and is_update) else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -415,6 +416,7 @@ def prepare_update_case_1(
             c_alpha,
             c_one_minus_alpha,
             c_eps,
+            c_eps_2,
             c_momentum,
             c_lr,
             c_ema_mu,
@@ -582,10 +584,11 @@ def _update_1(
         c_alpha = k_[9]
         c_one_minus_alpha = k_[10]
         c_eps = k_[11]
-        c_momentum = k_[12]
-        c_lr = k_[13]
-        c_ema_mu = k_[14]
-        c_one_minus_ema_mu = k_[15]
+        c_eps_2 = k_[12]
+        c_momentum = k_[13]
+        c_lr = k_[14]
+        c_ema_mu = k_[15]
+        c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -645,15 +648,12 @@ def _update_1(
                     # running mean
                     grad_avg = grad_avg + c_one_minus_alpha * (g - grad_avg) if b_is_update else grad_avg
                     # denominator
+                    avg = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
+                    # centered denominator
                     avg = (
-                        c_eps
-                        + (
-                            math.sqrt(square_avg - (grad_avg * grad_avg))
-                            if b_centered
-                            else math.sqrt(square_avg)
-                        )
+                        (c_eps_2 + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
                         if b_is_update
-                        else c_zero
+                        else avg
                     )
                     # momentum buffer
                     momentum_buffer = (
@@ -728,6 +728,7 @@ def prepare_update_case_2(
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_centered = bool(centered)
+    c_eps_2 = dt(eps) if (centered and is_update) else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -747,6 +748,7 @@ def prepare_update_case_2(
             c_alpha,
             c_one_minus_alpha,
             c_eps,
+            c_eps_2,
             c_lr,
             c_ema_mu,
             c_one_minus_ema_mu,
@@ -908,9 +910,10 @@ def _update_2(
         c_alpha = k_[9]
         c_one_minus_alpha = k_[10]
         c_eps = k_[11]
-        c_lr = k_[12]
-        c_ema_mu = k_[13]
-        c_one_minus_ema_mu = k_[14]
+        c_eps_2 = k_[12]
+        c_lr = k_[13]
+        c_ema_mu = k_[14]
+        c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -966,15 +969,12 @@ def _update_2(
                         c_alpha * square_avg + (g * g) * c_one_minus_alpha if b_is_update else square_avg
                     )
                     # denominator
+                    avg = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
+                    # centered denominator
                     avg = (
-                        c_eps
-                        + (
-                            math.sqrt(square_avg - (grad_avg * grad_avg))
-                            if b_centered
-                            else math.sqrt(square_avg)
-                        )
+                        (c_eps_2 + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
                         if b_is_update
-                        else c_zero
+                        else avg
                     )
                     # parameter update
                     w = w - g * c_lr / avg if b_is_update else w
@@ -1042,6 +1042,7 @@ def prepare_update_case_3(
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_centered = bool(centered)
+    c_eps_2 = dt(eps) if (centered and is_update) else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -1063,6 +1064,7 @@ def prepare_update_case_3(
             c_alpha,
             c_one_minus_alpha,
             c_eps,
+            c_eps_2,
             c_momentum,
             c_lr,
             c_ema_mu,
@@ -1230,10 +1232,11 @@ def _update_3(
         c_alpha = k_[9]
         c_one_minus_alpha = k_[10]
         c_eps = k_[11]
-        c_momentum = k_[12]
-        c_lr = k_[13]
-        c_ema_mu = k_[14]
-        c_one_minus_ema_mu = k_[15]
+        c_eps_2 = k_[12]
+        c_momentum = k_[13]
+        c_lr = k_[14]
+        c_ema_mu = k_[15]
+        c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -1291,15 +1294,12 @@ def _update_3(
                         c_alpha * square_avg + (g * g) * c_one_minus_alpha if b_is_update else square_avg
                     )
                     # denominator
+                    avg = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
+                    # centered denominator
                     avg = (
-                        c_eps
-                        + (
-                            math.sqrt(square_avg - (grad_avg * grad_avg))
-                            if b_centered
-                            else math.sqrt(square_avg)
-                        )
+                        (c_eps_2 + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
                         if b_is_update
-                        else c_zero
+                        else avg
                     )
                     # momentum buffer
                     momentum_buffer = (
@@ -1374,6 +1374,7 @@ def prepare_update_case_4(
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_centered = bool(centered)
+    c_eps_2 = dt(eps) if (centered and is_update) else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -1394,6 +1395,7 @@ def prepare_update_case_4(
             c_alpha,
             c_one_minus_alpha,
             c_eps,
+            c_eps_2,
             c_lr,
             c_ema_mu,
             c_one_minus_ema_mu,
@@ -1556,9 +1558,10 @@ def _update_4(
         c_alpha = k_[10]
         c_one_minus_alpha = k_[11]
         c_eps = k_[12]
-        c_lr = k_[13]
-        c_ema_mu = k_[14]
-        c_one_minus_ema_mu = k_[15]
+        c_eps_2 = k_[13]
+        c_lr = k_[14]
+        c_ema_mu = k_[15]
+        c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -1618,15 +1621,12 @@ def _update_4(
                     # running mean
                     grad_avg = grad_avg + c_one_minus_alpha * (g - grad_avg) if b_is_update else grad_avg
                     # denominator
+                    avg = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
+                    # centered denominator
                     avg = (
-                        c_eps
-                        + (
-                            math.sqrt(square_avg - (grad_avg * grad_avg))
-                            if b_centered
-                            else math.sqrt(square_avg)
-                        )
+                        (c_eps_2 + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
                         if b_is_update
-                        else c_zero
+                        else avg
                     )
                     # parameter update
                     w = w - g * c_lr / avg if b_is_update else w
@@ -1698,6 +1698,7 @@ def prepare_update_case_5(
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_centered = bool(centered)
+    c_eps_2 = dt(eps) if (centered and is_update) else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -1720,6 +1721,7 @@ def prepare_update_case_5(
             c_alpha,
             c_one_minus_alpha,
             c_eps,
+            c_eps_2,
             c_momentum,
             c_lr,
             c_ema_mu,
@@ -1888,10 +1890,11 @@ def _update_5(
         c_alpha = k_[10]
         c_one_minus_alpha = k_[11]
         c_eps = k_[12]
-        c_momentum = k_[13]
-        c_lr = k_[14]
-        c_ema_mu = k_[15]
-        c_one_minus_ema_mu = k_[16]
+        c_eps_2 = k_[13]
+        c_momentum = k_[14]
+        c_lr = k_[15]
+        c_ema_mu = k_[16]
+        c_one_minus_ema_mu = k_[17]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -1953,15 +1956,12 @@ def _update_5(
                     # running mean
                     grad_avg = grad_avg + c_one_minus_alpha * (g - grad_avg) if b_is_update else grad_avg
                     # denominator
+                    avg = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
+                    # centered denominator
                     avg = (
-                        c_eps
-                        + (
-                            math.sqrt(square_avg - (grad_avg * grad_avg))
-                            if b_centered
-                            else math.sqrt(square_avg)
-                        )
+                        (c_eps_2 + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
                         if b_is_update
-                        else c_zero
+                        else avg
                     )
                     # momentum buffer
                     momentum_buffer = (
@@ -2038,6 +2038,7 @@ def prepare_update_case_6(
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_centered = bool(centered)
+    c_eps_2 = dt(eps) if (centered and is_update) else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -2058,6 +2059,7 @@ def prepare_update_case_6(
             c_alpha,
             c_one_minus_alpha,
             c_eps,
+            c_eps_2,
             c_lr,
             c_ema_mu,
             c_one_minus_ema_mu,
@@ -2220,9 +2222,10 @@ def _update_6(
         c_alpha = k_[10]
         c_one_minus_alpha = k_[11]
         c_eps = k_[12]
-        c_lr = k_[13]
-        c_ema_mu = k_[14]
-        c_one_minus_ema_mu = k_[15]
+        c_eps_2 = k_[13]
+        c_lr = k_[14]
+        c_ema_mu = k_[15]
+        c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -2280,15 +2283,12 @@ def _update_6(
                         c_alpha * square_avg + (g * g) * c_one_minus_alpha if b_is_update else square_avg
                     )
                     # denominator
+                    avg = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
+                    # centered denominator
                     avg = (
-                        c_eps
-                        + (
-                            math.sqrt(square_avg - (grad_avg * grad_avg))
-                            if b_centered
-                            else math.sqrt(square_avg)
-                        )
+                        (c_eps_2 + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
                         if b_is_update
-                        else c_zero
+                        else avg
                     )
                     # parameter update
                     w = w - g * c_lr / avg if b_is_update else w
@@ -2358,6 +2358,7 @@ def prepare_update_case_7(
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_centered = bool(centered)
+    c_eps_2 = dt(eps) if (centered and is_update) else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -2380,6 +2381,7 @@ def prepare_update_case_7(
             c_alpha,
             c_one_minus_alpha,
             c_eps,
+            c_eps_2,
             c_momentum,
             c_lr,
             c_ema_mu,
@@ -2548,10 +2550,11 @@ def _update_7(
         c_alpha = k_[10]
         c_one_minus_alpha = k_[11]
         c_eps = k_[12]
-        c_momentum = k_[13]
-        c_lr = k_[14]
-        c_ema_mu = k_[15]
-        c_one_minus_ema_mu = k_[16]
+        c_eps_2 = k_[13]
+        c_momentum = k_[14]
+        c_lr = k_[15]
+        c_ema_mu = k_[16]
+        c_one_minus_ema_mu = k_[17]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -2611,15 +2614,12 @@ def _update_7(
                         c_alpha * square_avg + (g * g) * c_one_minus_alpha if b_is_update else square_avg
                     )
                     # denominator
+                    avg = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
+                    # centered denominator
                     avg = (
-                        c_eps
-                        + (
-                            math.sqrt(square_avg - (grad_avg * grad_avg))
-                            if b_centered
-                            else math.sqrt(square_avg)
-                        )
+                        (c_eps_2 + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
                         if b_is_update
-                        else c_zero
+                        else avg
                     )
                     # momentum buffer
                     momentum_buffer = (

@@ -7,8 +7,8 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
 
     mu <- b1*mu + g*(1 - b1)
     nu <- b2*nu + g^2*(1 - b2)
-    mu_hat = where(bias_correction_mu, mu/(1 - b1^t), mu)
-    nu_hat = where(bias_correction_nu, nu/(1 - b2^t), nu)
+    mu_hat = mu*where(bias_correction_mu, 1/(1 - b1^t), 1)
+    nu_hat = nu*where(bias_correction_nu, 1/(1 - b2^t), 1)
     nu_max <- max(nu_hat, nu_max)
     w <- w - learning_rate*mu_hat/(eps + sqrt(eps_root + nu_max))
 
@@ -256,10 +256,10 @@ def optax_amsgrad(
             nu = jnp.where(is_update, b2 * nu + g**2 * (1 - b2), nu)
             # bias correction
             mu_hat = jnp.where(
-                is_update, (mu / (1 - b1 ** jax_support.as_float(t)) if bias_correction_mu else mu), 0
+                is_update, mu * (1 / (1 - b1 ** jax_support.as_float(t)) if bias_correction_mu else 1), 0
             )
             nu_hat = jnp.where(
-                is_update, (nu / (1 - b2 ** jax_support.as_float(t)) if bias_correction_nu else nu), 0
+                is_update, nu * (1 / (1 - b2 ** jax_support.as_float(t)) if bias_correction_nu else 1), 0
             )
             # running maximum
             nu_max = jnp.where(is_update, jnp.maximum(nu_hat, nu_max), nu_max)

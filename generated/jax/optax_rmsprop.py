@@ -8,10 +8,13 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     nu <- decay*nu + g^2*(1 - decay)
     mu <- decay*mu + g*(1 - decay)    if centered
     correction = where(bias_correction, 1 - decay^t, 1)
-    var = where(centered, nu/correction - mu^2/correction^2, nu/correction)
-    scaled = where(eps_in_sqrt, g/sqrt(eps + var), g/(eps + sqrt(var)))
+    var = nu/correction
+    var <- nu/correction - mu^2/correction^2    if centered
+    scaled = g/sqrt(eps + var)
+    scaled <- g/(eps + sqrt(var))    if not eps_in_sqrt
     trace <- -learning_rate*scaled + momentum*trace    if momentum given
-    w <- w + where(nesterov, -learning_rate*scaled + momentum*trace, trace)    if momentum given
+    w <- w + trace    if momentum given and not nesterov
+    w <- w - learning_rate*scaled + momentum*trace    if momentum given and nesterov
     w <- w - learning_rate*scaled    if not momentum given
 
     Keras's shared options around it (each only when given; the rule runs only on update calls):
@@ -199,7 +202,7 @@ def optax_rmsprop(
         t = n + 1
         lr = common.learning_rate_at(learning_rate, n)
         treedef = jax.tree.structure(grads)
-        if momentum is not None and centered:
+        if momentum is not None and centered and nesterov:
             # the step counts updates, not calls
             t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
             # an update call
@@ -277,19 +280,21 @@ def optax_rmsprop(
                 # running mean
                 mu = jnp.where(is_update, decay * mu + g * (1 - decay), mu)
                 # second moment
+                var = jnp.where(is_update, nu / correction, 0)
+                # variance (centered)
                 var = jnp.where(
-                    is_update, (nu / correction - mu**2 / correction**2 if centered else nu / correction), 0
+                    is_update, (nu / correction - mu**2 / correction**2 if centered else var), var
                 )
                 # scaled gradient
+                scaled = jnp.where(is_update, g / jnp.sqrt(eps + var), 0)
+                # scaled gradient (eps outside the root)
                 scaled = jnp.where(
-                    is_update, (g / jnp.sqrt(eps + var) if eps_in_sqrt else g / (eps + jnp.sqrt(var))), 0
+                    is_update, (g / (eps + jnp.sqrt(var)) if not eps_in_sqrt else scaled), scaled
                 )
                 # trace
                 trace = jnp.where(is_update, momentum * trace - lr * scaled, trace)
-                # momentum update
-                update = update + jnp.where(
-                    is_update, (momentum * trace - lr * scaled if nesterov else trace), 0
-                )
+                # Nesterov update
+                update = update + jnp.where(is_update, momentum * trace - lr * scaled, 0)
                 # EMA of the weights
                 if use_ema:
                     ema = ema * ema_mu + (1 - ema_mu) * (update + w)
@@ -321,7 +326,131 @@ def optax_rmsprop(
                 if state.ema is not None
                 else None,
             )
-        elif centered and momentum is None:
+        elif momentum is not None and centered and not nesterov:
+            # the step counts updates, not calls
+            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
+            # an update call
+            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
+            # bias correction
+            correction = jnp.where(
+                is_update, (1 - decay ** jax_support.as_float(t) if bias_correction else 1), 0
+            )
+            # EMA momentum (0 at the first update)
+            ema_mu = jnp.where(t == 1, 0, ema_momentum)
+            if global_clipnorm is not None:
+                # over all tensors: global_sumsq_g
+                global_sumsq_g = 0.0
+                for g, grad_accumulator in zip(
+                    treedef.flatten_up_to(grads),
+                    treedef.flatten_up_to(state.grad_accumulator)
+                    if state.grad_accumulator is not None
+                    else [None] * treedef.num_leaves,
+                ):
+                    dtype = g.dtype
+                    g = jax_support.upcast(g)  # at least float32
+                    # loss scaling
+                    if loss_scale_factor is not None:
+                        g = g / loss_scale_factor
+                    # gradient accumulation
+                    if gradient_accumulation_steps is not None:
+                        grad_accumulator = g + grad_accumulator
+                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
+                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
+                    # clipping
+                    if clipnorm is not None:
+                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
+                    if global_clipnorm is not None:
+                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
+            updates, new_nu, new_mu, new_trace, new_grad_accumulator, new_ema = [], [], [], [], [], []
+            for g, w, nu, mu, trace, grad_accumulator, ema in zip(
+                treedef.flatten_up_to(grads),
+                jax_support.leaves(treedef, params),
+                treedef.flatten_up_to(state.nu),
+                treedef.flatten_up_to(state.mu) if state.mu is not None else [None] * treedef.num_leaves,
+                treedef.flatten_up_to(state.trace)
+                if state.trace is not None
+                else [None] * treedef.num_leaves,
+                treedef.flatten_up_to(state.grad_accumulator)
+                if state.grad_accumulator is not None
+                else [None] * treedef.num_leaves,
+                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
+            ):
+                dtype = g.dtype
+                g = jax_support.upcast(g)  # at least float32
+                # loss scaling
+                if loss_scale_factor is not None:
+                    g = g / loss_scale_factor
+                # gradient accumulation
+                if gradient_accumulation_steps is not None:
+                    grad_accumulator = g + grad_accumulator
+                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
+                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
+                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
+                # clipping
+                if clipnorm is not None:
+                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
+                if global_clipnorm is not None:
+                    g = jnp.where(
+                        is_update,
+                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
+                        g,
+                    )
+                if clipvalue is not None:
+                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
+                # decoupled weight decay
+                update = jnp.where(is_update, -lr * w * weight_decay, 0) if weight_decay is not None else 0
+                # running mean square
+                nu = jnp.where(is_update, decay * nu + g**2 * (1 - decay), nu)
+                # running mean
+                mu = jnp.where(is_update, decay * mu + g * (1 - decay), mu)
+                # second moment
+                var = jnp.where(is_update, nu / correction, 0)
+                # variance (centered)
+                var = jnp.where(
+                    is_update, (nu / correction - mu**2 / correction**2 if centered else var), var
+                )
+                # scaled gradient
+                scaled = jnp.where(is_update, g / jnp.sqrt(eps + var), 0)
+                # scaled gradient (eps outside the root)
+                scaled = jnp.where(
+                    is_update, (g / (eps + jnp.sqrt(var)) if not eps_in_sqrt else scaled), scaled
+                )
+                # trace
+                trace = jnp.where(is_update, momentum * trace - lr * scaled, trace)
+                # momentum update
+                update = update + jnp.where(is_update, trace, 0)
+                # EMA of the weights
+                if use_ema:
+                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
+                # EMA overwrite
+                update = update + (
+                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
+                    if (ema_overwrite_frequency is not None and use_ema)
+                    else 0
+                )
+                updates.append(update.astype(dtype))
+                new_nu.append(nu)
+                new_mu.append(mu)
+                new_trace.append(trace)
+                new_grad_accumulator.append(grad_accumulator)
+                new_ema.append(ema)
+            return treedef.unflatten(updates), OptaxRmspropState(
+                count=optax.safe_increment(n),
+                nu=jax_support.like(treedef.unflatten(new_nu), state.nu),
+                mu=jax_support.like(treedef.unflatten(new_mu), state.mu) if state.mu is not None else None,
+                trace=jax_support.like(treedef.unflatten(new_trace), state.trace)
+                if state.trace is not None
+                else None,
+                grad_accumulator=jax_support.like(
+                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
+                )
+                if state.grad_accumulator is not None
+                else None,
+                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
+                if state.ema is not None
+                else None,
+            )
+        elif centered:
             # the step counts updates, not calls
             t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
             # an update call
@@ -396,12 +525,16 @@ def optax_rmsprop(
                 # running mean
                 mu = jnp.where(is_update, decay * mu + g * (1 - decay), mu)
                 # second moment
+                var = jnp.where(is_update, nu / correction, 0)
+                # variance (centered)
                 var = jnp.where(
-                    is_update, (nu / correction - mu**2 / correction**2 if centered else nu / correction), 0
+                    is_update, (nu / correction - mu**2 / correction**2 if centered else var), var
                 )
                 # scaled gradient
+                scaled = jnp.where(is_update, g / jnp.sqrt(eps + var), 0)
+                # scaled gradient (eps outside the root)
                 scaled = jnp.where(
-                    is_update, (g / jnp.sqrt(eps + var) if eps_in_sqrt else g / (eps + jnp.sqrt(var))), 0
+                    is_update, (g / (eps + jnp.sqrt(var)) if not eps_in_sqrt else scaled), scaled
                 )
                 # parameter update
                 update = update + jnp.where(is_update, -lr * scaled, 0)
@@ -433,7 +566,7 @@ def optax_rmsprop(
                 if state.ema is not None
                 else None,
             )
-        elif momentum is not None and not centered:
+        elif momentum is not None and nesterov and not centered:
             # the step counts updates, not calls
             t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
             # an update call
@@ -509,19 +642,143 @@ def optax_rmsprop(
                 # running mean square
                 nu = jnp.where(is_update, decay * nu + g**2 * (1 - decay), nu)
                 # second moment
+                var = jnp.where(is_update, nu / correction, 0)
+                # variance (centered)
                 var = jnp.where(
-                    is_update, (nu / correction - mu**2 / correction**2 if centered else nu / correction), 0
+                    is_update, (nu / correction - mu**2 / correction**2 if centered else var), var
                 )
                 # scaled gradient
+                scaled = jnp.where(is_update, g / jnp.sqrt(eps + var), 0)
+                # scaled gradient (eps outside the root)
                 scaled = jnp.where(
-                    is_update, (g / jnp.sqrt(eps + var) if eps_in_sqrt else g / (eps + jnp.sqrt(var))), 0
+                    is_update, (g / (eps + jnp.sqrt(var)) if not eps_in_sqrt else scaled), scaled
+                )
+                # trace
+                trace = jnp.where(is_update, momentum * trace - lr * scaled, trace)
+                # Nesterov update
+                update = update + jnp.where(is_update, momentum * trace - lr * scaled, 0)
+                # EMA of the weights
+                if use_ema:
+                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
+                # EMA overwrite
+                update = update + (
+                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
+                    if (ema_overwrite_frequency is not None and use_ema)
+                    else 0
+                )
+                updates.append(update.astype(dtype))
+                new_nu.append(nu)
+                new_mu.append(mu)
+                new_trace.append(trace)
+                new_grad_accumulator.append(grad_accumulator)
+                new_ema.append(ema)
+            return treedef.unflatten(updates), OptaxRmspropState(
+                count=optax.safe_increment(n),
+                nu=jax_support.like(treedef.unflatten(new_nu), state.nu),
+                mu=jax_support.like(treedef.unflatten(new_mu), state.mu) if state.mu is not None else None,
+                trace=jax_support.like(treedef.unflatten(new_trace), state.trace)
+                if state.trace is not None
+                else None,
+                grad_accumulator=jax_support.like(
+                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
+                )
+                if state.grad_accumulator is not None
+                else None,
+                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
+                if state.ema is not None
+                else None,
+            )
+        elif momentum is not None and not centered and not nesterov:
+            # the step counts updates, not calls
+            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
+            # an update call
+            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
+            # bias correction
+            correction = jnp.where(
+                is_update, (1 - decay ** jax_support.as_float(t) if bias_correction else 1), 0
+            )
+            # EMA momentum (0 at the first update)
+            ema_mu = jnp.where(t == 1, 0, ema_momentum)
+            if global_clipnorm is not None:
+                # over all tensors: global_sumsq_g
+                global_sumsq_g = 0.0
+                for g, grad_accumulator in zip(
+                    treedef.flatten_up_to(grads),
+                    treedef.flatten_up_to(state.grad_accumulator)
+                    if state.grad_accumulator is not None
+                    else [None] * treedef.num_leaves,
+                ):
+                    dtype = g.dtype
+                    g = jax_support.upcast(g)  # at least float32
+                    # loss scaling
+                    if loss_scale_factor is not None:
+                        g = g / loss_scale_factor
+                    # gradient accumulation
+                    if gradient_accumulation_steps is not None:
+                        grad_accumulator = g + grad_accumulator
+                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
+                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
+                    # clipping
+                    if clipnorm is not None:
+                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
+                    if global_clipnorm is not None:
+                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
+            updates, new_nu, new_mu, new_trace, new_grad_accumulator, new_ema = [], [], [], [], [], []
+            for g, w, nu, mu, trace, grad_accumulator, ema in zip(
+                treedef.flatten_up_to(grads),
+                jax_support.leaves(treedef, params),
+                treedef.flatten_up_to(state.nu),
+                treedef.flatten_up_to(state.mu) if state.mu is not None else [None] * treedef.num_leaves,
+                treedef.flatten_up_to(state.trace)
+                if state.trace is not None
+                else [None] * treedef.num_leaves,
+                treedef.flatten_up_to(state.grad_accumulator)
+                if state.grad_accumulator is not None
+                else [None] * treedef.num_leaves,
+                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
+            ):
+                dtype = g.dtype
+                g = jax_support.upcast(g)  # at least float32
+                # loss scaling
+                if loss_scale_factor is not None:
+                    g = g / loss_scale_factor
+                # gradient accumulation
+                if gradient_accumulation_steps is not None:
+                    grad_accumulator = g + grad_accumulator
+                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
+                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
+                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
+                # clipping
+                if clipnorm is not None:
+                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
+                if global_clipnorm is not None:
+                    g = jnp.where(
+                        is_update,
+                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
+                        g,
+                    )
+                if clipvalue is not None:
+                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
+                # decoupled weight decay
+                update = jnp.where(is_update, -lr * w * weight_decay, 0) if weight_decay is not None else 0
+                # running mean square
+                nu = jnp.where(is_update, decay * nu + g**2 * (1 - decay), nu)
+                # second moment
+                var = jnp.where(is_update, nu / correction, 0)
+                # variance (centered)
+                var = jnp.where(
+                    is_update, (nu / correction - mu**2 / correction**2 if centered else var), var
+                )
+                # scaled gradient
+                scaled = jnp.where(is_update, g / jnp.sqrt(eps + var), 0)
+                # scaled gradient (eps outside the root)
+                scaled = jnp.where(
+                    is_update, (g / (eps + jnp.sqrt(var)) if not eps_in_sqrt else scaled), scaled
                 )
                 # trace
                 trace = jnp.where(is_update, momentum * trace - lr * scaled, trace)
                 # momentum update
-                update = update + jnp.where(
-                    is_update, (momentum * trace - lr * scaled if nesterov else trace), 0
-                )
+                update = update + jnp.where(is_update, trace, 0)
                 # EMA of the weights
                 if use_ema:
                     ema = ema * ema_mu + (1 - ema_mu) * (update + w)
@@ -626,12 +883,16 @@ def optax_rmsprop(
                 # running mean square
                 nu = jnp.where(is_update, decay * nu + g**2 * (1 - decay), nu)
                 # second moment
+                var = jnp.where(is_update, nu / correction, 0)
+                # variance (centered)
                 var = jnp.where(
-                    is_update, (nu / correction - mu**2 / correction**2 if centered else nu / correction), 0
+                    is_update, (nu / correction - mu**2 / correction**2 if centered else var), var
                 )
                 # scaled gradient
+                scaled = jnp.where(is_update, g / jnp.sqrt(eps + var), 0)
+                # scaled gradient (eps outside the root)
                 scaled = jnp.where(
-                    is_update, (g / jnp.sqrt(eps + var) if eps_in_sqrt else g / (eps + jnp.sqrt(var))), 0
+                    is_update, (g / (eps + jnp.sqrt(var)) if not eps_in_sqrt else scaled), scaled
                 )
                 # parameter update
                 update = update + jnp.where(is_update, -lr * scaled, 0)

@@ -10,7 +10,8 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     exp_avg <- exp_avg + (1 - beta1)*(-exp_avg + g)
     exp_avg_sq <- beta2*exp_avg_sq + g^2*(1 - beta2)
     max_exp_avg_sq <- max(exp_avg_sq, max_exp_avg_sq)    if amsgrad
-    denom = eps + where(amsgrad, sqrt(max_exp_avg_sq), sqrt(exp_avg_sq))/sqrt(1 - beta2^t)
+    denom = eps + sqrt(exp_avg_sq)/sqrt(1 - beta2^t)
+    denom <- eps + sqrt(max_exp_avg_sq)/sqrt(1 - beta2^t)    if amsgrad
     w <- w - exp_avg*learning_rate/(denom*(1 - beta1^t))
 
     Keras's shared options around it (each only when given; the rule runs only on update calls):
@@ -269,11 +270,17 @@ def torch_adamw(
                 max_exp_avg_sq = jnp.where(is_update, jnp.maximum(exp_avg_sq, max_exp_avg_sq), max_exp_avg_sq)
                 # denominator
                 denom = jnp.where(
+                    is_update, eps + jnp.sqrt(exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t)), 0
+                )
+                # AMSGrad denominator
+                denom = jnp.where(
                     is_update,
-                    eps
-                    + (jnp.sqrt(max_exp_avg_sq) if amsgrad else jnp.sqrt(exp_avg_sq))
-                    / jnp.sqrt(1 - beta2 ** jax_support.as_float(t)),
-                    0,
+                    (
+                        eps + jnp.sqrt(max_exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t))
+                        if amsgrad
+                        else denom
+                    ),
+                    denom,
                 )
                 # parameter update
                 update = jnp.where(
@@ -392,11 +399,17 @@ def torch_adamw(
                 exp_avg_sq = jnp.where(is_update, beta2 * exp_avg_sq + g**2 * (1 - beta2), exp_avg_sq)
                 # denominator
                 denom = jnp.where(
+                    is_update, eps + jnp.sqrt(exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t)), 0
+                )
+                # AMSGrad denominator
+                denom = jnp.where(
                     is_update,
-                    eps
-                    + (jnp.sqrt(max_exp_avg_sq) if amsgrad else jnp.sqrt(exp_avg_sq))
-                    / jnp.sqrt(1 - beta2 ** jax_support.as_float(t)),
-                    0,
+                    (
+                        eps + jnp.sqrt(max_exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t))
+                        if amsgrad
+                        else denom
+                    ),
+                    denom,
                 )
                 # parameter update
                 update = jnp.where(
@@ -519,11 +532,17 @@ def torch_adamw(
                 max_exp_avg_sq = jnp.where(is_update, jnp.maximum(exp_avg_sq, max_exp_avg_sq), max_exp_avg_sq)
                 # denominator
                 denom = jnp.where(
+                    is_update, eps + jnp.sqrt(exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t)), 0
+                )
+                # AMSGrad denominator
+                denom = jnp.where(
                     is_update,
-                    eps
-                    + (jnp.sqrt(max_exp_avg_sq) if amsgrad else jnp.sqrt(exp_avg_sq))
-                    / jnp.sqrt(1 - beta2 ** jax_support.as_float(t)),
-                    0,
+                    (
+                        eps + jnp.sqrt(max_exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t))
+                        if amsgrad
+                        else denom
+                    ),
+                    denom,
                 )
                 # parameter update
                 update = update + jnp.where(
@@ -644,11 +663,17 @@ def torch_adamw(
                 exp_avg_sq = jnp.where(is_update, beta2 * exp_avg_sq + g**2 * (1 - beta2), exp_avg_sq)
                 # denominator
                 denom = jnp.where(
+                    is_update, eps + jnp.sqrt(exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t)), 0
+                )
+                # AMSGrad denominator
+                denom = jnp.where(
                     is_update,
-                    eps
-                    + (jnp.sqrt(max_exp_avg_sq) if amsgrad else jnp.sqrt(exp_avg_sq))
-                    / jnp.sqrt(1 - beta2 ** jax_support.as_float(t)),
-                    0,
+                    (
+                        eps + jnp.sqrt(max_exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t))
+                        if amsgrad
+                        else denom
+                    ),
+                    denom,
                 )
                 # parameter update
                 update = update + jnp.where(

@@ -9,7 +9,8 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     g <- g + w*weight_decay    if weight_decay != 0
     square_avg <- alpha*square_avg + g^2*(1 - alpha)
     grad_avg <- grad_avg + (1 - alpha)*(g - grad_avg)    if centered
-    avg = eps + where(centered, sqrt(-grad_avg^2 + square_avg), sqrt(square_avg))
+    avg = eps + sqrt(square_avg)
+    avg <- eps + sqrt(-grad_avg^2 + square_avg)    if centered
     momentum_buffer <- momentum*momentum_buffer + g/avg    if momentum != 0
     w <- w - learning_rate*momentum_buffer    if momentum != 0
     w <- w - g*learning_rate/avg    if momentum == 0
@@ -263,10 +264,10 @@ def torch_rmsprop(
                 # running mean
                 grad_avg = jnp.where(is_update, grad_avg + (1 - alpha) * (g - grad_avg), grad_avg)
                 # denominator
+                avg = jnp.where(is_update, eps + jnp.sqrt(square_avg), 0)
+                # centered denominator
                 avg = jnp.where(
-                    is_update,
-                    eps + (jnp.sqrt(square_avg - grad_avg**2) if centered else jnp.sqrt(square_avg)),
-                    0,
+                    is_update, (eps + jnp.sqrt(square_avg - grad_avg**2) if centered else avg), avg
                 )
                 # parameter update
                 update = jnp.where(is_update, -g * lr / avg, 0)
@@ -383,10 +384,10 @@ def torch_rmsprop(
                 # running mean
                 grad_avg = jnp.where(is_update, grad_avg + (1 - alpha) * (g - grad_avg), grad_avg)
                 # denominator
+                avg = jnp.where(is_update, eps + jnp.sqrt(square_avg), 0)
+                # centered denominator
                 avg = jnp.where(
-                    is_update,
-                    eps + (jnp.sqrt(square_avg - grad_avg**2) if centered else jnp.sqrt(square_avg)),
-                    0,
+                    is_update, (eps + jnp.sqrt(square_avg - grad_avg**2) if centered else avg), avg
                 )
                 # momentum buffer
                 momentum_buffer = jnp.where(is_update, momentum * momentum_buffer + g / avg, momentum_buffer)
@@ -498,10 +499,10 @@ def torch_rmsprop(
                 # running mean square
                 square_avg = jnp.where(is_update, alpha * square_avg + g**2 * (1 - alpha), square_avg)
                 # denominator
+                avg = jnp.where(is_update, eps + jnp.sqrt(square_avg), 0)
+                # centered denominator
                 avg = jnp.where(
-                    is_update,
-                    eps + (jnp.sqrt(square_avg - grad_avg**2) if centered else jnp.sqrt(square_avg)),
-                    0,
+                    is_update, (eps + jnp.sqrt(square_avg - grad_avg**2) if centered else avg), avg
                 )
                 # parameter update
                 update = jnp.where(is_update, -g * lr / avg, 0)
@@ -616,10 +617,10 @@ def torch_rmsprop(
                 # running mean square
                 square_avg = jnp.where(is_update, alpha * square_avg + g**2 * (1 - alpha), square_avg)
                 # denominator
+                avg = jnp.where(is_update, eps + jnp.sqrt(square_avg), 0)
+                # centered denominator
                 avg = jnp.where(
-                    is_update,
-                    eps + (jnp.sqrt(square_avg - grad_avg**2) if centered else jnp.sqrt(square_avg)),
-                    0,
+                    is_update, (eps + jnp.sqrt(square_avg - grad_avg**2) if centered else avg), avg
                 )
                 # momentum buffer
                 momentum_buffer = jnp.where(is_update, momentum * momentum_buffer + g / avg, momentum_buffer)
@@ -735,10 +736,10 @@ def torch_rmsprop(
                 # running mean
                 grad_avg = jnp.where(is_update, grad_avg + (1 - alpha) * (g - grad_avg), grad_avg)
                 # denominator
+                avg = jnp.where(is_update, eps + jnp.sqrt(square_avg), 0)
+                # centered denominator
                 avg = jnp.where(
-                    is_update,
-                    eps + (jnp.sqrt(square_avg - grad_avg**2) if centered else jnp.sqrt(square_avg)),
-                    0,
+                    is_update, (eps + jnp.sqrt(square_avg - grad_avg**2) if centered else avg), avg
                 )
                 # parameter update
                 update = jnp.where(is_update, -g * lr / avg, 0)
@@ -857,10 +858,10 @@ def torch_rmsprop(
                 # running mean
                 grad_avg = jnp.where(is_update, grad_avg + (1 - alpha) * (g - grad_avg), grad_avg)
                 # denominator
+                avg = jnp.where(is_update, eps + jnp.sqrt(square_avg), 0)
+                # centered denominator
                 avg = jnp.where(
-                    is_update,
-                    eps + (jnp.sqrt(square_avg - grad_avg**2) if centered else jnp.sqrt(square_avg)),
-                    0,
+                    is_update, (eps + jnp.sqrt(square_avg - grad_avg**2) if centered else avg), avg
                 )
                 # momentum buffer
                 momentum_buffer = jnp.where(is_update, momentum * momentum_buffer + g / avg, momentum_buffer)
@@ -974,10 +975,10 @@ def torch_rmsprop(
                 # running mean square
                 square_avg = jnp.where(is_update, alpha * square_avg + g**2 * (1 - alpha), square_avg)
                 # denominator
+                avg = jnp.where(is_update, eps + jnp.sqrt(square_avg), 0)
+                # centered denominator
                 avg = jnp.where(
-                    is_update,
-                    eps + (jnp.sqrt(square_avg - grad_avg**2) if centered else jnp.sqrt(square_avg)),
-                    0,
+                    is_update, (eps + jnp.sqrt(square_avg - grad_avg**2) if centered else avg), avg
                 )
                 # parameter update
                 update = jnp.where(is_update, -g * lr / avg, 0)
@@ -1094,10 +1095,10 @@ def torch_rmsprop(
                 # running mean square
                 square_avg = jnp.where(is_update, alpha * square_avg + g**2 * (1 - alpha), square_avg)
                 # denominator
+                avg = jnp.where(is_update, eps + jnp.sqrt(square_avg), 0)
+                # centered denominator
                 avg = jnp.where(
-                    is_update,
-                    eps + (jnp.sqrt(square_avg - grad_avg**2) if centered else jnp.sqrt(square_avg)),
-                    0,
+                    is_update, (eps + jnp.sqrt(square_avg - grad_avg**2) if centered else avg), avg
                 )
                 # momentum buffer
                 momentum_buffer = jnp.where(is_update, momentum * momentum_buffer + g / avg, momentum_buffer)

@@ -8,10 +8,13 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     nu <- decay*nu + g^2*(1 - decay)
     mu <- decay*mu + g*(1 - decay)    if centered
     correction = where(bias_correction, 1 - decay^t, 1)
-    var = where(centered, nu/correction - mu^2/correction^2, nu/correction)
-    scaled = where(eps_in_sqrt, g/sqrt(eps + var), g/(eps + sqrt(var)))
+    var = nu/correction
+    var <- nu/correction - mu^2/correction^2    if centered
+    scaled = g/sqrt(eps + var)
+    scaled <- g/(eps + sqrt(var))    if not eps_in_sqrt
     trace <- -learning_rate*scaled + momentum*trace    if momentum given
-    w <- w + where(nesterov, -learning_rate*scaled + momentum*trace, trace)    if momentum given
+    w <- w + trace    if momentum given and not nesterov
+    w <- w - learning_rate*scaled + momentum*trace    if momentum given and nesterov
     w <- w - learning_rate*scaled    if not momentum given
 
     Keras's shared options around it (each only when given; the rule runs only on update calls):
@@ -248,7 +251,7 @@ class OptaxRmsprop:
                 "state.ema is None but this optimizer keeps it (use_ema): the state was made by"
                 " an optimizer with other options"
             )
-        if momentum is not None and centered:
+        if momentum is not None and centered and nesterov:
             # the step counts updates, not calls
             t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
             # an update call
@@ -346,41 +349,42 @@ class OptaxRmsprop:
                     np.add(_s2, _s1, out=mu)
                 # second moment
                 if is_update:
+                    var = np.divide(nu, correction, out=_s1)
+                else:
+                    var = 0
+                # variance (centered)
+                if is_update:
                     if centered:
+                        # var = nu/correction - mu**2/correction**2
                         np.divide(nu, correction, out=_s2)
                         np.square(mu, out=_s3)
                         np.divide(_s3, correction**2, out=_s3)
                         var = np.subtract(_s2, _s3, out=_s1)
-                    else:
-                        var = np.divide(nu, correction, out=_s1)
-                else:
-                    var = 0
                 # scaled gradient
                 if is_update:
-                    if eps_in_sqrt:
-                        np.add(eps, var, out=_s2)
-                        np.sqrt(_s2, out=_s2)
-                        scaled = np.divide(g, _s2, out=_s3)
-                    else:
+                    np.add(eps, var, out=_s2)
+                    np.sqrt(_s2, out=_s2)
+                    scaled = np.divide(g, _s2, out=_s3)
+                else:
+                    scaled = 0
+                # scaled gradient (eps outside the root)
+                if is_update:
+                    if not eps_in_sqrt:
+                        # scaled = g/(eps + np.sqrt(var))
                         np.sqrt(var, out=_s2)
                         np.add(eps, _s2, out=_s2)
                         scaled = np.divide(g, _s2, out=_s3)
-                else:
-                    scaled = 0
-                # trace
-                if is_update:
+                    # trace
                     # trace = momentum*trace - lr*scaled
                     np.multiply(momentum, trace, out=_s2)
                     np.multiply(lr, scaled, out=_s4)
                     np.subtract(_s2, _s4, out=trace)
-                    # momentum update
-                    if nesterov:
-                        np.multiply(momentum, trace, out=_s4)
-                        np.multiply(lr, scaled, out=_s2)
-                        np.subtract(_s4, _s2, out=_s2)
-                        w += _s2
-                    else:
-                        w += trace
+                    # Nesterov update
+                    # w -= lr*scaled - momentum*trace
+                    np.multiply(lr, scaled, out=_s4)
+                    np.multiply(momentum, trace, out=_s2)
+                    np.subtract(_s4, _s2, out=_s2)
+                    w -= _s2
                 # EMA of the weights
                 if use_ema:
                     # ema = ema*ema_mu + w*(1 - ema_mu)
@@ -401,7 +405,6 @@ class OptaxRmsprop:
                         "eps_in_sqrt": eps_in_sqrt,
                         "centered": centered,
                         "momentum": momentum,
-                        "nesterov": nesterov,
                         "weight_decay": weight_decay,
                         "clipnorm": clipnorm,
                         "clipvalue": clipvalue,
@@ -417,7 +420,172 @@ class OptaxRmsprop:
                         "t": t,
                     },
                 )
-        elif centered and momentum is None:
+        elif momentum is not None and centered and not nesterov:
+            # the step counts updates, not calls
+            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
+            # an update call
+            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
+            # bias correction
+            correction = (1 - decay**t if bias_correction else 1) if is_update else 0
+            # EMA momentum (0 at the first update)
+            ema_mu = 0 if t == 1 else ema_momentum
+            # over all tensors: global_sumsq_g
+            global_sumsq_g = 0.0
+            if global_clipnorm is not None and is_update:
+                for key in keys:
+                    w, g = params[key], numpy_support.upcast(grads[key])
+                    grad_accumulator = (
+                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
+                    )
+                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
+                    # loss scaling
+                    if loss_scale_factor is not None:
+                        g = np.divide(g, loss_scale_factor, out=_s0)
+                    # gradient accumulation
+                    if gradient_accumulation_steps is not None:
+                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
+                    if gradient_accumulation_steps is not None and is_update:
+                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
+                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
+                    # clipping
+                    if clipnorm is not None and is_update:
+                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
+                        np.multiply(clipnorm, g, out=_s2)
+                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
+                    if global_clipnorm is not None and is_update:
+                        np.square(g, out=_s2)
+                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
+            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
+            for key in keys:
+                w, g = params[key], numpy_support.upcast(grads[key])
+                nu = state.nu[key]
+                mu = state.mu[key] if state.mu is not None else None
+                trace = state.trace[key] if state.trace is not None else None
+                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
+                ema = state.ema[key] if state.ema is not None else None
+                if fused_work is not None and fused_support.fusable(
+                    w, g, nu, mu, trace, grad_accumulator, ema
+                ):
+                    fused_work.append((w, g, nu, mu, trace, grad_accumulator, ema))
+                    continue
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(
+                    self._scratch, 5, w, g, nu, mu, trace, grad_accumulator, ema
+                )
+                # loss scaling
+                if loss_scale_factor is not None:
+                    g = np.divide(g, loss_scale_factor, out=_s0)
+                # gradient accumulation
+                if gradient_accumulation_steps is not None:
+                    grad_accumulator += g
+                if gradient_accumulation_steps is not None and is_update:
+                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
+                    grad_accumulator[...] = 0
+                if clipnorm is not None and is_update:
+                    np.square(g, out=_s1)
+                    sumsq_g = np.sum(_s1)
+                else:
+                    sumsq_g = 0
+                # clipping
+                if clipnorm is not None and is_update:
+                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
+                    np.multiply(clipnorm, g, out=_s1)
+                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
+                if global_clipnorm is not None and is_update:
+                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
+                    np.multiply(g, global_clipnorm, out=_s1)
+                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
+                if clipvalue is not None and is_update:
+                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
+                # decoupled weight decay
+                if weight_decay is not None and is_update:
+                    # w -= lr*w*weight_decay
+                    np.multiply(lr, w, out=_s1)
+                    np.multiply(_s1, weight_decay, out=_s1)
+                    w -= _s1
+                # running mean square
+                if is_update:
+                    # nu = decay*nu + g**2*(1 - decay)
+                    np.multiply(decay, nu, out=_s1)
+                    np.square(g, out=_s2)
+                    np.multiply(_s2, 1 - decay, out=_s2)
+                    np.add(_s1, _s2, out=nu)
+                    # running mean
+                    # mu = decay*mu + g*(1 - decay)
+                    np.multiply(decay, mu, out=_s2)
+                    np.multiply(g, 1 - decay, out=_s1)
+                    np.add(_s2, _s1, out=mu)
+                # second moment
+                if is_update:
+                    var = np.divide(nu, correction, out=_s1)
+                else:
+                    var = 0
+                # variance (centered)
+                if is_update:
+                    if centered:
+                        # var = nu/correction - mu**2/correction**2
+                        np.divide(nu, correction, out=_s2)
+                        np.square(mu, out=_s3)
+                        np.divide(_s3, correction**2, out=_s3)
+                        var = np.subtract(_s2, _s3, out=_s1)
+                # scaled gradient
+                if is_update:
+                    np.add(eps, var, out=_s2)
+                    np.sqrt(_s2, out=_s2)
+                    scaled = np.divide(g, _s2, out=_s3)
+                else:
+                    scaled = 0
+                # scaled gradient (eps outside the root)
+                if is_update:
+                    if not eps_in_sqrt:
+                        # scaled = g/(eps + np.sqrt(var))
+                        np.sqrt(var, out=_s2)
+                        np.add(eps, _s2, out=_s2)
+                        scaled = np.divide(g, _s2, out=_s3)
+                    # trace
+                    # trace = momentum*trace - lr*scaled
+                    np.multiply(momentum, trace, out=_s2)
+                    np.multiply(lr, scaled, out=_s4)
+                    np.subtract(_s2, _s4, out=trace)
+                    # momentum update
+                    w += trace
+                # EMA of the weights
+                if use_ema:
+                    # ema = ema*ema_mu + w*(1 - ema_mu)
+                    np.multiply(ema, ema_mu, out=_s4)
+                    np.multiply(w, 1 - ema_mu, out=_s2)
+                    np.add(_s4, _s2, out=ema)
+                # EMA overwrite
+                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
+                    w[...] = ema
+            if fused_work:
+                fused_support.run(
+                    self._fused.UPDATE_CASE_1,
+                    fused_work,
+                    {
+                        "lr": lr,
+                        "decay": decay,
+                        "eps": eps,
+                        "eps_in_sqrt": eps_in_sqrt,
+                        "centered": centered,
+                        "momentum": momentum,
+                        "weight_decay": weight_decay,
+                        "clipnorm": clipnorm,
+                        "clipvalue": clipvalue,
+                        "global_clipnorm": global_clipnorm,
+                        "use_ema": use_ema,
+                        "ema_overwrite_frequency": ema_overwrite_frequency,
+                        "loss_scale_factor": loss_scale_factor,
+                        "gradient_accumulation_steps": gradient_accumulation_steps,
+                        "correction": correction,
+                        "ema_mu": ema_mu,
+                        "global_sumsq_g": global_sumsq_g,
+                        "is_update": is_update,
+                        "t": t,
+                    },
+                )
+        elif centered:
             # the step counts updates, not calls
             t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
             # an update call
@@ -512,29 +680,32 @@ class OptaxRmsprop:
                     np.add(_s2, _s1, out=mu)
                 # second moment
                 if is_update:
+                    var = np.divide(nu, correction, out=_s1)
+                else:
+                    var = 0
+                # variance (centered)
+                if is_update:
                     if centered:
+                        # var = nu/correction - mu**2/correction**2
                         np.divide(nu, correction, out=_s2)
                         np.square(mu, out=_s3)
                         np.divide(_s3, correction**2, out=_s3)
                         var = np.subtract(_s2, _s3, out=_s1)
-                    else:
-                        var = np.divide(nu, correction, out=_s1)
-                else:
-                    var = 0
                 # scaled gradient
                 if is_update:
-                    if eps_in_sqrt:
-                        np.add(eps, var, out=_s2)
-                        np.sqrt(_s2, out=_s2)
-                        scaled = np.divide(g, _s2, out=_s3)
-                    else:
+                    np.add(eps, var, out=_s2)
+                    np.sqrt(_s2, out=_s2)
+                    scaled = np.divide(g, _s2, out=_s3)
+                else:
+                    scaled = 0
+                # scaled gradient (eps outside the root)
+                if is_update:
+                    if not eps_in_sqrt:
+                        # scaled = g/(eps + np.sqrt(var))
                         np.sqrt(var, out=_s2)
                         np.add(eps, _s2, out=_s2)
                         scaled = np.divide(g, _s2, out=_s3)
-                else:
-                    scaled = 0
-                # parameter update
-                if is_update:
+                    # parameter update
                     # w -= lr*scaled
                     np.multiply(lr, scaled, out=_s2)
                     w -= _s2
@@ -549,7 +720,7 @@ class OptaxRmsprop:
                     w[...] = ema
             if fused_work:
                 fused_support.run(
-                    self._fused.UPDATE_CASE_1,
+                    self._fused.UPDATE_CASE_2,
                     fused_work,
                     {
                         "lr": lr,
@@ -572,7 +743,7 @@ class OptaxRmsprop:
                         "t": t,
                     },
                 )
-        elif momentum is not None and not centered:
+        elif momentum is not None and nesterov and not centered:
             # the step counts updates, not calls
             t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
             # an update call
@@ -665,41 +836,42 @@ class OptaxRmsprop:
                     np.add(_s1, _s2, out=nu)
                 # second moment
                 if is_update:
+                    var = np.divide(nu, correction, out=_s2)
+                else:
+                    var = 0
+                # variance (centered)
+                if is_update:
                     if centered:
+                        # var = nu/correction - mu**2/correction**2
                         np.divide(nu, correction, out=_s1)
                         np.square(mu, out=_s3)
                         np.divide(_s3, correction**2, out=_s3)
                         var = np.subtract(_s1, _s3, out=_s2)
-                    else:
-                        var = np.divide(nu, correction, out=_s2)
-                else:
-                    var = 0
                 # scaled gradient
                 if is_update:
-                    if eps_in_sqrt:
-                        np.add(eps, var, out=_s1)
-                        np.sqrt(_s1, out=_s1)
-                        scaled = np.divide(g, _s1, out=_s3)
-                    else:
+                    np.add(eps, var, out=_s1)
+                    np.sqrt(_s1, out=_s1)
+                    scaled = np.divide(g, _s1, out=_s3)
+                else:
+                    scaled = 0
+                # scaled gradient (eps outside the root)
+                if is_update:
+                    if not eps_in_sqrt:
+                        # scaled = g/(eps + np.sqrt(var))
                         np.sqrt(var, out=_s1)
                         np.add(eps, _s1, out=_s1)
                         scaled = np.divide(g, _s1, out=_s3)
-                else:
-                    scaled = 0
-                # trace
-                if is_update:
+                    # trace
                     # trace = momentum*trace - lr*scaled
                     np.multiply(momentum, trace, out=_s1)
                     np.multiply(lr, scaled, out=_s4)
                     np.subtract(_s1, _s4, out=trace)
-                    # momentum update
-                    if nesterov:
-                        np.multiply(momentum, trace, out=_s4)
-                        np.multiply(lr, scaled, out=_s1)
-                        np.subtract(_s4, _s1, out=_s1)
-                        w += _s1
-                    else:
-                        w += trace
+                    # Nesterov update
+                    # w -= lr*scaled - momentum*trace
+                    np.multiply(lr, scaled, out=_s4)
+                    np.multiply(momentum, trace, out=_s1)
+                    np.subtract(_s4, _s1, out=_s1)
+                    w -= _s1
                 # EMA of the weights
                 if use_ema:
                     # ema = ema*ema_mu + w*(1 - ema_mu)
@@ -711,7 +883,7 @@ class OptaxRmsprop:
                     w[...] = ema
             if fused_work:
                 fused_support.run(
-                    self._fused.UPDATE_CASE_2,
+                    self._fused.UPDATE_CASE_3,
                     fused_work,
                     {
                         "lr": lr,
@@ -720,7 +892,166 @@ class OptaxRmsprop:
                         "eps_in_sqrt": eps_in_sqrt,
                         "centered": centered,
                         "momentum": momentum,
-                        "nesterov": nesterov,
+                        "weight_decay": weight_decay,
+                        "clipnorm": clipnorm,
+                        "clipvalue": clipvalue,
+                        "global_clipnorm": global_clipnorm,
+                        "use_ema": use_ema,
+                        "ema_overwrite_frequency": ema_overwrite_frequency,
+                        "loss_scale_factor": loss_scale_factor,
+                        "gradient_accumulation_steps": gradient_accumulation_steps,
+                        "correction": correction,
+                        "ema_mu": ema_mu,
+                        "global_sumsq_g": global_sumsq_g,
+                        "is_update": is_update,
+                        "t": t,
+                    },
+                )
+        elif momentum is not None and not centered and not nesterov:
+            # the step counts updates, not calls
+            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
+            # an update call
+            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
+            # bias correction
+            correction = (1 - decay**t if bias_correction else 1) if is_update else 0
+            # EMA momentum (0 at the first update)
+            ema_mu = 0 if t == 1 else ema_momentum
+            # over all tensors: global_sumsq_g
+            global_sumsq_g = 0.0
+            if global_clipnorm is not None and is_update:
+                for key in keys:
+                    w, g = params[key], numpy_support.upcast(grads[key])
+                    grad_accumulator = (
+                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
+                    )
+                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
+                    # loss scaling
+                    if loss_scale_factor is not None:
+                        g = np.divide(g, loss_scale_factor, out=_s0)
+                    # gradient accumulation
+                    if gradient_accumulation_steps is not None:
+                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
+                    if gradient_accumulation_steps is not None and is_update:
+                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
+                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
+                    # clipping
+                    if clipnorm is not None and is_update:
+                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
+                        np.multiply(clipnorm, g, out=_s2)
+                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
+                    if global_clipnorm is not None and is_update:
+                        np.square(g, out=_s2)
+                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
+            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
+            for key in keys:
+                w, g = params[key], numpy_support.upcast(grads[key])
+                nu = state.nu[key]
+                mu = state.mu[key] if state.mu is not None else None
+                trace = state.trace[key] if state.trace is not None else None
+                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
+                ema = state.ema[key] if state.ema is not None else None
+                if fused_work is not None and fused_support.fusable(
+                    w, g, nu, mu, trace, grad_accumulator, ema
+                ):
+                    fused_work.append((w, g, nu, mu, trace, grad_accumulator, ema))
+                    continue
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(
+                    self._scratch, 5, w, g, nu, mu, trace, grad_accumulator, ema
+                )
+                # loss scaling
+                if loss_scale_factor is not None:
+                    g = np.divide(g, loss_scale_factor, out=_s0)
+                # gradient accumulation
+                if gradient_accumulation_steps is not None:
+                    grad_accumulator += g
+                if gradient_accumulation_steps is not None and is_update:
+                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
+                    grad_accumulator[...] = 0
+                if clipnorm is not None and is_update:
+                    np.square(g, out=_s1)
+                    sumsq_g = np.sum(_s1)
+                else:
+                    sumsq_g = 0
+                # clipping
+                if clipnorm is not None and is_update:
+                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
+                    np.multiply(clipnorm, g, out=_s1)
+                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
+                if global_clipnorm is not None and is_update:
+                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
+                    np.multiply(g, global_clipnorm, out=_s1)
+                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
+                if clipvalue is not None and is_update:
+                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
+                # decoupled weight decay
+                if weight_decay is not None and is_update:
+                    # w -= lr*w*weight_decay
+                    np.multiply(lr, w, out=_s1)
+                    np.multiply(_s1, weight_decay, out=_s1)
+                    w -= _s1
+                # running mean square
+                if is_update:
+                    # nu = decay*nu + g**2*(1 - decay)
+                    np.multiply(decay, nu, out=_s1)
+                    np.square(g, out=_s2)
+                    np.multiply(_s2, 1 - decay, out=_s2)
+                    np.add(_s1, _s2, out=nu)
+                # second moment
+                if is_update:
+                    var = np.divide(nu, correction, out=_s2)
+                else:
+                    var = 0
+                # variance (centered)
+                if is_update:
+                    if centered:
+                        # var = nu/correction - mu**2/correction**2
+                        np.divide(nu, correction, out=_s1)
+                        np.square(mu, out=_s3)
+                        np.divide(_s3, correction**2, out=_s3)
+                        var = np.subtract(_s1, _s3, out=_s2)
+                # scaled gradient
+                if is_update:
+                    np.add(eps, var, out=_s1)
+                    np.sqrt(_s1, out=_s1)
+                    scaled = np.divide(g, _s1, out=_s3)
+                else:
+                    scaled = 0
+                # scaled gradient (eps outside the root)
+                if is_update:
+                    if not eps_in_sqrt:
+                        # scaled = g/(eps + np.sqrt(var))
+                        np.sqrt(var, out=_s1)
+                        np.add(eps, _s1, out=_s1)
+                        scaled = np.divide(g, _s1, out=_s3)
+                    # trace
+                    # trace = momentum*trace - lr*scaled
+                    np.multiply(momentum, trace, out=_s1)
+                    np.multiply(lr, scaled, out=_s4)
+                    np.subtract(_s1, _s4, out=trace)
+                    # momentum update
+                    w += trace
+                # EMA of the weights
+                if use_ema:
+                    # ema = ema*ema_mu + w*(1 - ema_mu)
+                    np.multiply(ema, ema_mu, out=_s4)
+                    np.multiply(w, 1 - ema_mu, out=_s1)
+                    np.add(_s4, _s1, out=ema)
+                # EMA overwrite
+                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
+                    w[...] = ema
+            if fused_work:
+                fused_support.run(
+                    self._fused.UPDATE_CASE_4,
+                    fused_work,
+                    {
+                        "lr": lr,
+                        "decay": decay,
+                        "eps": eps,
+                        "eps_in_sqrt": eps_in_sqrt,
+                        "centered": centered,
+                        "momentum": momentum,
                         "weight_decay": weight_decay,
                         "clipnorm": clipnorm,
                         "clipvalue": clipvalue,
@@ -826,29 +1157,32 @@ class OptaxRmsprop:
                     np.add(_s1, _s2, out=nu)
                 # second moment
                 if is_update:
+                    var = np.divide(nu, correction, out=_s2)
+                else:
+                    var = 0
+                # variance (centered)
+                if is_update:
                     if centered:
+                        # var = nu/correction - mu**2/correction**2
                         np.divide(nu, correction, out=_s1)
                         np.square(mu, out=_s3)
                         np.divide(_s3, correction**2, out=_s3)
                         var = np.subtract(_s1, _s3, out=_s2)
-                    else:
-                        var = np.divide(nu, correction, out=_s2)
-                else:
-                    var = 0
                 # scaled gradient
                 if is_update:
-                    if eps_in_sqrt:
-                        np.add(eps, var, out=_s1)
-                        np.sqrt(_s1, out=_s1)
-                        scaled = np.divide(g, _s1, out=_s3)
-                    else:
+                    np.add(eps, var, out=_s1)
+                    np.sqrt(_s1, out=_s1)
+                    scaled = np.divide(g, _s1, out=_s3)
+                else:
+                    scaled = 0
+                # scaled gradient (eps outside the root)
+                if is_update:
+                    if not eps_in_sqrt:
+                        # scaled = g/(eps + np.sqrt(var))
                         np.sqrt(var, out=_s1)
                         np.add(eps, _s1, out=_s1)
                         scaled = np.divide(g, _s1, out=_s3)
-                else:
-                    scaled = 0
-                # parameter update
-                if is_update:
+                    # parameter update
                     # w -= lr*scaled
                     np.multiply(lr, scaled, out=_s1)
                     w -= _s1
@@ -863,7 +1197,7 @@ class OptaxRmsprop:
                     w[...] = ema
             if fused_work:
                 fused_support.run(
-                    self._fused.UPDATE_CASE_3,
+                    self._fused.UPDATE_CASE_5,
                     fused_work,
                     {
                         "lr": lr,

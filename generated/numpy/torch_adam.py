@@ -10,7 +10,8 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     exp_avg <- exp_avg + (1 - beta1)*(-exp_avg + g)
     exp_avg_sq <- beta2*exp_avg_sq + g^2*(1 - beta2)
     max_exp_avg_sq <- max(exp_avg_sq, max_exp_avg_sq)    if amsgrad
-    denom = eps + where(amsgrad, sqrt(max_exp_avg_sq), sqrt(exp_avg_sq))/sqrt(1 - beta2^t)
+    denom = eps + sqrt(exp_avg_sq)/sqrt(1 - beta2^t)
+    denom <- eps + sqrt(max_exp_avg_sq)/sqrt(1 - beta2^t)    if amsgrad
     w <- w - exp_avg*learning_rate/(denom*(1 - beta1^t))
 
     Keras's shared options around it (each only when given; the rule runs only on update calls):
@@ -324,16 +325,19 @@ class TorchAdam:
                     np.maximum(exp_avg_sq, max_exp_avg_sq, out=max_exp_avg_sq)
                 # denominator
                 if is_update:
-                    np.divide(
-                        np.sqrt(max_exp_avg_sq) if amsgrad else np.sqrt(exp_avg_sq),
-                        math.sqrt(1 - beta2**t),
-                        out=_s1,
-                    )
+                    np.sqrt(exp_avg_sq, out=_s1)
+                    np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
                     denom = np.add(eps, _s1, out=_s2)
                 else:
                     denom = 0
-                # parameter update
+                # AMSGrad denominator
                 if is_update:
+                    if amsgrad:
+                        # denom = eps + np.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                        np.sqrt(max_exp_avg_sq, out=_s1)
+                        np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                        denom = np.add(eps, _s1, out=_s2)
+                    # parameter update
                     # w -= exp_avg*lr/(denom*(1 - beta1**t))
                     np.multiply(exp_avg, lr, out=_s1)
                     np.multiply(denom, 1 - beta1**t, out=_s3)
@@ -465,16 +469,19 @@ class TorchAdam:
                     np.add(_s1, _s2, out=exp_avg_sq)
                 # denominator
                 if is_update:
-                    np.divide(
-                        np.sqrt(max_exp_avg_sq) if amsgrad else np.sqrt(exp_avg_sq),
-                        math.sqrt(1 - beta2**t),
-                        out=_s1,
-                    )
+                    np.sqrt(exp_avg_sq, out=_s1)
+                    np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
                     denom = np.add(eps, _s1, out=_s2)
                 else:
                     denom = 0
-                # parameter update
+                # AMSGrad denominator
                 if is_update:
+                    if amsgrad:
+                        # denom = eps + np.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                        np.sqrt(max_exp_avg_sq, out=_s1)
+                        np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                        denom = np.add(eps, _s1, out=_s2)
+                    # parameter update
                     # w -= exp_avg*lr/(denom*(1 - beta1**t))
                     np.multiply(exp_avg, lr, out=_s1)
                     np.multiply(denom, 1 - beta1**t, out=_s3)
@@ -612,16 +619,19 @@ class TorchAdam:
                     np.maximum(exp_avg_sq, max_exp_avg_sq, out=max_exp_avg_sq)
                 # denominator
                 if is_update:
-                    np.divide(
-                        np.sqrt(max_exp_avg_sq) if amsgrad else np.sqrt(exp_avg_sq),
-                        math.sqrt(1 - beta2**t),
-                        out=_s1,
-                    )
+                    np.sqrt(exp_avg_sq, out=_s1)
+                    np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
                     denom = np.add(eps, _s1, out=_s2)
                 else:
                     denom = 0
-                # parameter update
+                # AMSGrad denominator
                 if is_update:
+                    if amsgrad:
+                        # denom = eps + np.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                        np.sqrt(max_exp_avg_sq, out=_s1)
+                        np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                        denom = np.add(eps, _s1, out=_s2)
+                    # parameter update
                     # w -= exp_avg*lr/(denom*(1 - beta1**t))
                     np.multiply(exp_avg, lr, out=_s1)
                     np.multiply(denom, 1 - beta1**t, out=_s3)
@@ -758,16 +768,19 @@ class TorchAdam:
                     np.add(_s1, _s2, out=exp_avg_sq)
                 # denominator
                 if is_update:
-                    np.divide(
-                        np.sqrt(max_exp_avg_sq) if amsgrad else np.sqrt(exp_avg_sq),
-                        math.sqrt(1 - beta2**t),
-                        out=_s1,
-                    )
+                    np.sqrt(exp_avg_sq, out=_s1)
+                    np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
                     denom = np.add(eps, _s1, out=_s2)
                 else:
                     denom = 0
-                # parameter update
+                # AMSGrad denominator
                 if is_update:
+                    if amsgrad:
+                        # denom = eps + np.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                        np.sqrt(max_exp_avg_sq, out=_s1)
+                        np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                        denom = np.add(eps, _s1, out=_s2)
+                    # parameter update
                     # w -= exp_avg*lr/(denom*(1 - beta1**t))
                     np.multiply(exp_avg, lr, out=_s1)
                     np.multiply(denom, 1 - beta1**t, out=_s3)

@@ -9,7 +9,8 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     g <- g + w*weight_decay    if weight_decay != 0
     square_avg <- alpha*square_avg + g^2*(1 - alpha)
     grad_avg <- grad_avg + (1 - alpha)*(g - grad_avg)    if centered
-    avg = eps + where(centered, sqrt(-grad_avg^2 + square_avg), sqrt(square_avg))
+    avg = eps + sqrt(square_avg)
+    avg <- eps + sqrt(-grad_avg^2 + square_avg)    if centered
     momentum_buffer <- momentum*momentum_buffer + g/avg    if momentum != 0
     w <- w - learning_rate*momentum_buffer    if momentum != 0
     w <- w - g*learning_rate/avg    if momentum == 0
@@ -326,13 +327,19 @@ class TorchRMSprop:
                     grad_avg += _s2
                 # denominator
                 if is_update:
-                    avg = np.add(
-                        eps, np.sqrt(square_avg - grad_avg**2) if centered else np.sqrt(square_avg), out=_s2
-                    )
+                    np.sqrt(square_avg, out=_s1)
+                    avg = np.add(eps, _s1, out=_s2)
                 else:
                     avg = 0
-                # parameter update
+                # centered denominator
                 if is_update:
+                    if centered:
+                        # avg = eps + np.sqrt(square_avg - grad_avg**2)
+                        np.square(grad_avg, out=_s1)
+                        np.subtract(square_avg, _s1, out=_s1)
+                        np.sqrt(_s1, out=_s1)
+                        avg = np.add(eps, _s1, out=_s2)
+                    # parameter update
                     # w -= g*lr/avg
                     np.multiply(g, lr, out=_s1)
                     np.divide(_s1, avg, out=_s1)
@@ -462,13 +469,19 @@ class TorchRMSprop:
                     grad_avg += _s2
                 # denominator
                 if is_update:
-                    avg = np.add(
-                        eps, np.sqrt(square_avg - grad_avg**2) if centered else np.sqrt(square_avg), out=_s2
-                    )
+                    np.sqrt(square_avg, out=_s1)
+                    avg = np.add(eps, _s1, out=_s2)
                 else:
                     avg = 0
-                # momentum buffer
+                # centered denominator
                 if is_update:
+                    if centered:
+                        # avg = eps + np.sqrt(square_avg - grad_avg**2)
+                        np.square(grad_avg, out=_s1)
+                        np.subtract(square_avg, _s1, out=_s1)
+                        np.sqrt(_s1, out=_s1)
+                        avg = np.add(eps, _s1, out=_s2)
+                    # momentum buffer
                     # momentum_buffer = momentum*momentum_buffer + g/avg
                     np.multiply(momentum, momentum_buffer, out=_s1)
                     np.divide(g, avg, out=_s3)
@@ -597,13 +610,19 @@ class TorchRMSprop:
                     np.add(_s1, _s2, out=square_avg)
                 # denominator
                 if is_update:
-                    avg = np.add(
-                        eps, np.sqrt(square_avg - grad_avg**2) if centered else np.sqrt(square_avg), out=_s2
-                    )
+                    np.sqrt(square_avg, out=_s1)
+                    avg = np.add(eps, _s1, out=_s2)
                 else:
                     avg = 0
-                # parameter update
+                # centered denominator
                 if is_update:
+                    if centered:
+                        # avg = eps + np.sqrt(square_avg - grad_avg**2)
+                        np.square(grad_avg, out=_s1)
+                        np.subtract(square_avg, _s1, out=_s1)
+                        np.sqrt(_s1, out=_s1)
+                        avg = np.add(eps, _s1, out=_s2)
+                    # parameter update
                     # w -= g*lr/avg
                     np.multiply(g, lr, out=_s1)
                     np.divide(_s1, avg, out=_s1)
@@ -728,13 +747,19 @@ class TorchRMSprop:
                     np.add(_s1, _s2, out=square_avg)
                 # denominator
                 if is_update:
-                    avg = np.add(
-                        eps, np.sqrt(square_avg - grad_avg**2) if centered else np.sqrt(square_avg), out=_s2
-                    )
+                    np.sqrt(square_avg, out=_s1)
+                    avg = np.add(eps, _s1, out=_s2)
                 else:
                     avg = 0
-                # momentum buffer
+                # centered denominator
                 if is_update:
+                    if centered:
+                        # avg = eps + np.sqrt(square_avg - grad_avg**2)
+                        np.square(grad_avg, out=_s1)
+                        np.subtract(square_avg, _s1, out=_s1)
+                        np.sqrt(_s1, out=_s1)
+                        avg = np.add(eps, _s1, out=_s2)
+                    # momentum buffer
                     # momentum_buffer = momentum*momentum_buffer + g/avg
                     np.multiply(momentum, momentum_buffer, out=_s1)
                     np.divide(g, avg, out=_s3)
@@ -872,13 +897,19 @@ class TorchRMSprop:
                     grad_avg += _s2
                 # denominator
                 if is_update:
-                    avg = np.add(
-                        eps, np.sqrt(square_avg - grad_avg**2) if centered else np.sqrt(square_avg), out=_s2
-                    )
+                    np.sqrt(square_avg, out=_s1)
+                    avg = np.add(eps, _s1, out=_s2)
                 else:
                     avg = 0
-                # parameter update
+                # centered denominator
                 if is_update:
+                    if centered:
+                        # avg = eps + np.sqrt(square_avg - grad_avg**2)
+                        np.square(grad_avg, out=_s1)
+                        np.subtract(square_avg, _s1, out=_s1)
+                        np.sqrt(_s1, out=_s1)
+                        avg = np.add(eps, _s1, out=_s2)
+                    # parameter update
                     # w -= g*lr/avg
                     np.multiply(g, lr, out=_s1)
                     np.divide(_s1, avg, out=_s1)
@@ -1013,13 +1044,19 @@ class TorchRMSprop:
                     grad_avg += _s2
                 # denominator
                 if is_update:
-                    avg = np.add(
-                        eps, np.sqrt(square_avg - grad_avg**2) if centered else np.sqrt(square_avg), out=_s2
-                    )
+                    np.sqrt(square_avg, out=_s1)
+                    avg = np.add(eps, _s1, out=_s2)
                 else:
                     avg = 0
-                # momentum buffer
+                # centered denominator
                 if is_update:
+                    if centered:
+                        # avg = eps + np.sqrt(square_avg - grad_avg**2)
+                        np.square(grad_avg, out=_s1)
+                        np.subtract(square_avg, _s1, out=_s1)
+                        np.sqrt(_s1, out=_s1)
+                        avg = np.add(eps, _s1, out=_s2)
+                    # momentum buffer
                     # momentum_buffer = momentum*momentum_buffer + g/avg
                     np.multiply(momentum, momentum_buffer, out=_s1)
                     np.divide(g, avg, out=_s3)
@@ -1153,13 +1190,19 @@ class TorchRMSprop:
                     np.add(_s1, _s2, out=square_avg)
                 # denominator
                 if is_update:
-                    avg = np.add(
-                        eps, np.sqrt(square_avg - grad_avg**2) if centered else np.sqrt(square_avg), out=_s2
-                    )
+                    np.sqrt(square_avg, out=_s1)
+                    avg = np.add(eps, _s1, out=_s2)
                 else:
                     avg = 0
-                # parameter update
+                # centered denominator
                 if is_update:
+                    if centered:
+                        # avg = eps + np.sqrt(square_avg - grad_avg**2)
+                        np.square(grad_avg, out=_s1)
+                        np.subtract(square_avg, _s1, out=_s1)
+                        np.sqrt(_s1, out=_s1)
+                        avg = np.add(eps, _s1, out=_s2)
+                    # parameter update
                     # w -= g*lr/avg
                     np.multiply(g, lr, out=_s1)
                     np.divide(_s1, avg, out=_s1)
@@ -1289,13 +1332,19 @@ class TorchRMSprop:
                     np.add(_s1, _s2, out=square_avg)
                 # denominator
                 if is_update:
-                    avg = np.add(
-                        eps, np.sqrt(square_avg - grad_avg**2) if centered else np.sqrt(square_avg), out=_s2
-                    )
+                    np.sqrt(square_avg, out=_s1)
+                    avg = np.add(eps, _s1, out=_s2)
                 else:
                     avg = 0
-                # momentum buffer
+                # centered denominator
                 if is_update:
+                    if centered:
+                        # avg = eps + np.sqrt(square_avg - grad_avg**2)
+                        np.square(grad_avg, out=_s1)
+                        np.subtract(square_avg, _s1, out=_s1)
+                        np.sqrt(_s1, out=_s1)
+                        avg = np.add(eps, _s1, out=_s2)
+                    # momentum buffer
                     # momentum_buffer = momentum*momentum_buffer + g/avg
                     np.multiply(momentum, momentum_buffer, out=_s1)
                     np.divide(g, avg, out=_s3)

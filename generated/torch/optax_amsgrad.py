@@ -7,8 +7,8 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ... (coun
 
     mu <- b1*mu + g*(1 - b1)
     nu <- b2*nu + g^2*(1 - b2)
-    mu_hat = where(bias_correction_mu, mu/(1 - b1^t), mu)
-    nu_hat = where(bias_correction_nu, nu/(1 - b2^t), nu)
+    mu_hat = mu*where(bias_correction_mu, 1/(1 - b1^t), 1)
+    nu_hat = nu*where(bias_correction_nu, 1/(1 - b2^t), 1)
     nu_max <- max(nu_hat, nu_max)
     w <- w - learning_rate*mu_hat/(eps + sqrt(eps_root + nu_max))
 
@@ -282,17 +282,11 @@ class OptaxAmsgrad(torch_support.RuleOptimizer):
                     torch.add(_s1, _s2, alpha=1 - b2, out=nu)
                 # bias correction
                 if is_update:
-                    if bias_correction_mu:
-                        mu_hat = torch.div(mu, 1 - b1**t, out=_s2)
-                    else:
-                        mu_hat = mu
+                    mu_hat = torch.mul(mu, 1 / (1 - b1**t) if bias_correction_mu else 1, out=_s2)
                 else:
                     mu_hat = 0
                 if is_update:
-                    if bias_correction_nu:
-                        nu_hat = torch.div(nu, 1 - b2**t, out=_s1)
-                    else:
-                        nu_hat = nu
+                    nu_hat = torch.mul(nu, 1 / (1 - b2**t) if bias_correction_nu else 1, out=_s1)
                 else:
                     nu_hat = 0
                 # running maximum

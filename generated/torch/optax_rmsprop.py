@@ -8,10 +8,13 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ... (coun
     nu <- decay*nu + g^2*(1 - decay)
     mu <- decay*mu + g*(1 - decay)    if centered
     correction = where(bias_correction, 1 - decay^t, 1)
-    var = where(centered, nu/correction - mu^2/correction^2, nu/correction)
-    scaled = where(eps_in_sqrt, g/sqrt(eps + var), g/(eps + sqrt(var)))
+    var = nu/correction
+    var <- nu/correction - mu^2/correction^2    if centered
+    scaled = g/sqrt(eps + var)
+    scaled <- g/(eps + sqrt(var))    if not eps_in_sqrt
     trace <- -learning_rate*scaled + momentum*trace    if momentum given
-    w <- w + where(nesterov, -learning_rate*scaled + momentum*trace, trace)    if momentum given
+    w <- w + trace    if momentum given and not nesterov
+    w <- w - learning_rate*scaled + momentum*trace    if momentum given and nesterov
     w <- w - learning_rate*scaled    if not momentum given
 
     Keras's shared options around it (each only when given; the rule runs only on update calls):
@@ -207,7 +210,7 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
             ema_overwrite_frequency = group["ema_overwrite_frequency"] or None  # 0: off
             loss_scale_factor = group["loss_scale_factor"]
             gradient_accumulation_steps = group["gradient_accumulation_steps"]
-            if momentum is not None and centered:
+            if momentum is not None and centered and nesterov:
                 # the step counts updates, not calls
                 t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
                 # an update call
@@ -302,39 +305,40 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                         torch.add(_s2, g, alpha=1 - decay, out=mu)
                     # second moment
                     if is_update:
+                        var = torch.div(nu, correction, out=_s2)
+                    else:
+                        var = 0
+                    # variance (centered)
+                    if is_update:
                         if centered:
+                            # var = nu/correction - mu**2/correction**2
                             torch.div(nu, correction, out=_s1)
                             torch.pow(mu, 2, out=_s3)
                             torch.div(_s3, correction**2, out=_s3)
                             var = torch.sub(_s1, _s3, out=_s2)
-                        else:
-                            var = torch.div(nu, correction, out=_s2)
-                    else:
-                        var = 0
                     # scaled gradient
                     if is_update:
-                        if eps_in_sqrt:
-                            torch.add(eps, var, out=_s1)
-                            torch.sqrt(_s1, out=_s1)
-                            scaled = torch.div(g, _s1, out=_s3)
-                        else:
+                        torch.add(eps, var, out=_s1)
+                        torch.sqrt(_s1, out=_s1)
+                        scaled = torch.div(g, _s1, out=_s3)
+                    else:
+                        scaled = 0
+                    # scaled gradient (eps outside the root)
+                    if is_update:
+                        if not eps_in_sqrt:
+                            # scaled = g/(eps + torch.sqrt(var))
                             torch.sqrt(var, out=_s1)
                             torch.add(eps, _s1, out=_s1)
                             scaled = torch.div(g, _s1, out=_s3)
-                    else:
-                        scaled = 0
-                    # trace
-                    if is_update:
+                        # trace
                         # trace = momentum*trace - lr*scaled
                         torch.mul(momentum, trace, out=_s1)
                         torch.add(_s1, scaled, alpha=-(lr), out=trace)
-                        # momentum update
-                        if nesterov:
-                            torch.mul(momentum, trace, out=_s1)
-                            torch.add(_s1, scaled, alpha=-(lr), out=_s1)
-                            w.add_(_s1)
-                        else:
-                            w.add_(trace)
+                        # Nesterov update
+                        # w -= lr*scaled - momentum*trace
+                        torch.mul(lr, scaled, out=_s1)
+                        torch.add(_s1, trace, alpha=-(momentum), out=_s1)
+                        w.sub_(_s1)
                     # EMA of the weights
                     if use_ema:
                         # ema = ema*ema_mu + w*(1 - ema_mu)
@@ -355,7 +359,6 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                                 "eps_in_sqrt": eps_in_sqrt,
                                 "centered": centered,
                                 "momentum": momentum,
-                                "nesterov": nesterov,
                                 "weight_decay": weight_decay,
                                 "clipnorm": clipnorm,
                                 "clipvalue": clipvalue,
@@ -372,7 +375,169 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                             }
                         ),
                     )
-            elif centered and momentum is None:
+            elif momentum is not None and centered and not nesterov:
+                # the step counts updates, not calls
+                t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
+                # an update call
+                is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
+                # bias correction
+                correction = (1 - decay**t if bias_correction else 1) if is_update else 0
+                # EMA momentum (0 at the first update)
+                ema_mu = 0 if t == 1 else ema_momentum
+                # over all tensors: global_sumsq_g
+                global_sumsq_g = 0.0
+                if global_clipnorm is not None and is_update:
+                    for w, state in self._tensors(params, group):
+                        g = torch_support.upcast(w.grad)
+                        grad_accumulator = state.get("grad_accumulator")
+                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
+                        # loss scaling
+                        if loss_scale_factor is not None:
+                            g = torch.div(g, loss_scale_factor, out=_s0)
+                        # gradient accumulation
+                        if gradient_accumulation_steps is not None:
+                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
+                        if gradient_accumulation_steps is not None and is_update:
+                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
+                        sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
+                        # clipping
+                        if clipnorm is not None and is_update:
+                            g = torch.mul(
+                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
+                            )
+                        if global_clipnorm is not None and is_update:
+                            torch.pow(g, 2, out=_s2)
+                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
+                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
+                for w, state in self._tensors(params, group):
+                    g = torch_support.upcast(w.grad)
+                    nu = state["nu"]
+                    mu = state.get("mu")
+                    trace = state.get("trace")
+                    grad_accumulator = state.get("grad_accumulator")
+                    ema = state.get("ema")
+                    if fused_work is not None and torch_support.fusable(
+                        w, g, nu, mu, trace, grad_accumulator, ema
+                    ):
+                        fused_work.append((w, g, nu, mu, trace, grad_accumulator, ema))
+                        continue
+                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                    _s0, _s1, _s2, _s3 = torch_support.scratch(
+                        self._scratch, 4, w, g, nu, mu, trace, grad_accumulator, ema
+                    )
+                    # loss scaling
+                    if loss_scale_factor is not None:
+                        g = torch.div(g, loss_scale_factor, out=_s0)
+                    # gradient accumulation
+                    if gradient_accumulation_steps is not None:
+                        grad_accumulator.add_(g)
+                    if gradient_accumulation_steps is not None and is_update:
+                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
+                        grad_accumulator.fill_(0)
+                    if clipnorm is not None and is_update:
+                        torch.pow(g, 2, out=_s1)
+                        sumsq_g = torch.sum(_s1)
+                    else:
+                        sumsq_g = 0
+                    # clipping
+                    if clipnorm is not None and is_update:
+                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                    if global_clipnorm is not None and is_update:
+                        g = torch.mul(
+                            g,
+                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
+                            out=_s0,
+                        )
+                    if clipvalue is not None and is_update:
+                        g = (
+                            torch.clamp(g, -clipvalue, clipvalue, out=_s0)
+                            if g.dtype == _s0.dtype
+                            else _s0.copy_(torch.clamp(g, -clipvalue, clipvalue))
+                        )
+                    # decoupled weight decay
+                    if weight_decay is not None and is_update:
+                        w.add_(w, alpha=-(lr * weight_decay))
+                    # running mean square
+                    if is_update:
+                        # nu = decay*nu + g**2*(1 - decay)
+                        torch.mul(decay, nu, out=_s1)
+                        torch.pow(g, 2, out=_s2)
+                        torch.add(_s1, _s2, alpha=1 - decay, out=nu)
+                        # running mean
+                        # mu = decay*mu + g*(1 - decay)
+                        torch.mul(decay, mu, out=_s2)
+                        torch.add(_s2, g, alpha=1 - decay, out=mu)
+                    # second moment
+                    if is_update:
+                        var = torch.div(nu, correction, out=_s2)
+                    else:
+                        var = 0
+                    # variance (centered)
+                    if is_update:
+                        if centered:
+                            # var = nu/correction - mu**2/correction**2
+                            torch.div(nu, correction, out=_s1)
+                            torch.pow(mu, 2, out=_s3)
+                            torch.div(_s3, correction**2, out=_s3)
+                            var = torch.sub(_s1, _s3, out=_s2)
+                    # scaled gradient
+                    if is_update:
+                        torch.add(eps, var, out=_s1)
+                        torch.sqrt(_s1, out=_s1)
+                        scaled = torch.div(g, _s1, out=_s3)
+                    else:
+                        scaled = 0
+                    # scaled gradient (eps outside the root)
+                    if is_update:
+                        if not eps_in_sqrt:
+                            # scaled = g/(eps + torch.sqrt(var))
+                            torch.sqrt(var, out=_s1)
+                            torch.add(eps, _s1, out=_s1)
+                            scaled = torch.div(g, _s1, out=_s3)
+                        # trace
+                        # trace = momentum*trace - lr*scaled
+                        torch.mul(momentum, trace, out=_s1)
+                        torch.add(_s1, scaled, alpha=-(lr), out=trace)
+                        # momentum update
+                        w.add_(trace)
+                    # EMA of the weights
+                    if use_ema:
+                        # ema = ema*ema_mu + w*(1 - ema_mu)
+                        torch.mul(ema, ema_mu, out=_s1)
+                        torch.add(_s1, w, alpha=1 - ema_mu, out=ema)
+                    # EMA overwrite
+                    if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
+                        w.copy_(ema)
+                if fused_work:
+                    fused_support.run(
+                        self._fused.UPDATE_CASE_1,
+                        fused_work,
+                        torch_support.plain(
+                            {
+                                "lr": lr,
+                                "decay": decay,
+                                "eps": eps,
+                                "eps_in_sqrt": eps_in_sqrt,
+                                "centered": centered,
+                                "momentum": momentum,
+                                "weight_decay": weight_decay,
+                                "clipnorm": clipnorm,
+                                "clipvalue": clipvalue,
+                                "global_clipnorm": global_clipnorm,
+                                "use_ema": use_ema,
+                                "ema_overwrite_frequency": ema_overwrite_frequency,
+                                "loss_scale_factor": loss_scale_factor,
+                                "gradient_accumulation_steps": gradient_accumulation_steps,
+                                "correction": correction,
+                                "ema_mu": ema_mu,
+                                "global_sumsq_g": global_sumsq_g,
+                                "is_update": is_update,
+                                "t": t,
+                            }
+                        ),
+                    )
+            elif centered:
                 # the step counts updates, not calls
                 t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
                 # an update call
@@ -464,29 +629,32 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                         torch.add(_s2, g, alpha=1 - decay, out=mu)
                     # second moment
                     if is_update:
+                        var = torch.div(nu, correction, out=_s2)
+                    else:
+                        var = 0
+                    # variance (centered)
+                    if is_update:
                         if centered:
+                            # var = nu/correction - mu**2/correction**2
                             torch.div(nu, correction, out=_s1)
                             torch.pow(mu, 2, out=_s3)
                             torch.div(_s3, correction**2, out=_s3)
                             var = torch.sub(_s1, _s3, out=_s2)
-                        else:
-                            var = torch.div(nu, correction, out=_s2)
-                    else:
-                        var = 0
                     # scaled gradient
                     if is_update:
-                        if eps_in_sqrt:
-                            torch.add(eps, var, out=_s1)
-                            torch.sqrt(_s1, out=_s1)
-                            scaled = torch.div(g, _s1, out=_s3)
-                        else:
+                        torch.add(eps, var, out=_s1)
+                        torch.sqrt(_s1, out=_s1)
+                        scaled = torch.div(g, _s1, out=_s3)
+                    else:
+                        scaled = 0
+                    # scaled gradient (eps outside the root)
+                    if is_update:
+                        if not eps_in_sqrt:
+                            # scaled = g/(eps + torch.sqrt(var))
                             torch.sqrt(var, out=_s1)
                             torch.add(eps, _s1, out=_s1)
                             scaled = torch.div(g, _s1, out=_s3)
-                    else:
-                        scaled = 0
-                    # parameter update
-                    if is_update:
+                        # parameter update
                         w.add_(scaled, alpha=-(lr))
                     # EMA of the weights
                     if use_ema:
@@ -498,7 +666,7 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                         w.copy_(ema)
                 if fused_work:
                     fused_support.run(
-                        self._fused.UPDATE_CASE_1,
+                        self._fused.UPDATE_CASE_2,
                         fused_work,
                         torch_support.plain(
                             {
@@ -523,7 +691,7 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                             }
                         ),
                     )
-            elif momentum is not None and not centered:
+            elif momentum is not None and nesterov and not centered:
                 # the step counts updates, not calls
                 t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
                 # an update call
@@ -614,39 +782,40 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                         torch.add(_s1, _s2, alpha=1 - decay, out=nu)
                     # second moment
                     if is_update:
+                        var = torch.div(nu, correction, out=_s2)
+                    else:
+                        var = 0
+                    # variance (centered)
+                    if is_update:
                         if centered:
+                            # var = nu/correction - mu**2/correction**2
                             torch.div(nu, correction, out=_s1)
                             torch.pow(mu, 2, out=_s3)
                             torch.div(_s3, correction**2, out=_s3)
                             var = torch.sub(_s1, _s3, out=_s2)
-                        else:
-                            var = torch.div(nu, correction, out=_s2)
-                    else:
-                        var = 0
                     # scaled gradient
                     if is_update:
-                        if eps_in_sqrt:
-                            torch.add(eps, var, out=_s1)
-                            torch.sqrt(_s1, out=_s1)
-                            scaled = torch.div(g, _s1, out=_s3)
-                        else:
+                        torch.add(eps, var, out=_s1)
+                        torch.sqrt(_s1, out=_s1)
+                        scaled = torch.div(g, _s1, out=_s3)
+                    else:
+                        scaled = 0
+                    # scaled gradient (eps outside the root)
+                    if is_update:
+                        if not eps_in_sqrt:
+                            # scaled = g/(eps + torch.sqrt(var))
                             torch.sqrt(var, out=_s1)
                             torch.add(eps, _s1, out=_s1)
                             scaled = torch.div(g, _s1, out=_s3)
-                    else:
-                        scaled = 0
-                    # trace
-                    if is_update:
+                        # trace
                         # trace = momentum*trace - lr*scaled
                         torch.mul(momentum, trace, out=_s1)
                         torch.add(_s1, scaled, alpha=-(lr), out=trace)
-                        # momentum update
-                        if nesterov:
-                            torch.mul(momentum, trace, out=_s1)
-                            torch.add(_s1, scaled, alpha=-(lr), out=_s1)
-                            w.add_(_s1)
-                        else:
-                            w.add_(trace)
+                        # Nesterov update
+                        # w -= lr*scaled - momentum*trace
+                        torch.mul(lr, scaled, out=_s1)
+                        torch.add(_s1, trace, alpha=-(momentum), out=_s1)
+                        w.sub_(_s1)
                     # EMA of the weights
                     if use_ema:
                         # ema = ema*ema_mu + w*(1 - ema_mu)
@@ -657,7 +826,7 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                         w.copy_(ema)
                 if fused_work:
                     fused_support.run(
-                        self._fused.UPDATE_CASE_2,
+                        self._fused.UPDATE_CASE_3,
                         fused_work,
                         torch_support.plain(
                             {
@@ -667,7 +836,164 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                                 "eps_in_sqrt": eps_in_sqrt,
                                 "centered": centered,
                                 "momentum": momentum,
-                                "nesterov": nesterov,
+                                "weight_decay": weight_decay,
+                                "clipnorm": clipnorm,
+                                "clipvalue": clipvalue,
+                                "global_clipnorm": global_clipnorm,
+                                "use_ema": use_ema,
+                                "ema_overwrite_frequency": ema_overwrite_frequency,
+                                "loss_scale_factor": loss_scale_factor,
+                                "gradient_accumulation_steps": gradient_accumulation_steps,
+                                "correction": correction,
+                                "ema_mu": ema_mu,
+                                "global_sumsq_g": global_sumsq_g,
+                                "is_update": is_update,
+                                "t": t,
+                            }
+                        ),
+                    )
+            elif momentum is not None and not centered and not nesterov:
+                # the step counts updates, not calls
+                t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
+                # an update call
+                is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
+                # bias correction
+                correction = (1 - decay**t if bias_correction else 1) if is_update else 0
+                # EMA momentum (0 at the first update)
+                ema_mu = 0 if t == 1 else ema_momentum
+                # over all tensors: global_sumsq_g
+                global_sumsq_g = 0.0
+                if global_clipnorm is not None and is_update:
+                    for w, state in self._tensors(params, group):
+                        g = torch_support.upcast(w.grad)
+                        grad_accumulator = state.get("grad_accumulator")
+                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
+                        # loss scaling
+                        if loss_scale_factor is not None:
+                            g = torch.div(g, loss_scale_factor, out=_s0)
+                        # gradient accumulation
+                        if gradient_accumulation_steps is not None:
+                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
+                        if gradient_accumulation_steps is not None and is_update:
+                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
+                        sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
+                        # clipping
+                        if clipnorm is not None and is_update:
+                            g = torch.mul(
+                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
+                            )
+                        if global_clipnorm is not None and is_update:
+                            torch.pow(g, 2, out=_s2)
+                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
+                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
+                for w, state in self._tensors(params, group):
+                    g = torch_support.upcast(w.grad)
+                    nu = state["nu"]
+                    mu = state.get("mu")
+                    trace = state.get("trace")
+                    grad_accumulator = state.get("grad_accumulator")
+                    ema = state.get("ema")
+                    if fused_work is not None and torch_support.fusable(
+                        w, g, nu, mu, trace, grad_accumulator, ema
+                    ):
+                        fused_work.append((w, g, nu, mu, trace, grad_accumulator, ema))
+                        continue
+                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                    _s0, _s1, _s2, _s3 = torch_support.scratch(
+                        self._scratch, 4, w, g, nu, mu, trace, grad_accumulator, ema
+                    )
+                    # loss scaling
+                    if loss_scale_factor is not None:
+                        g = torch.div(g, loss_scale_factor, out=_s0)
+                    # gradient accumulation
+                    if gradient_accumulation_steps is not None:
+                        grad_accumulator.add_(g)
+                    if gradient_accumulation_steps is not None and is_update:
+                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
+                        grad_accumulator.fill_(0)
+                    if clipnorm is not None and is_update:
+                        torch.pow(g, 2, out=_s1)
+                        sumsq_g = torch.sum(_s1)
+                    else:
+                        sumsq_g = 0
+                    # clipping
+                    if clipnorm is not None and is_update:
+                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
+                    if global_clipnorm is not None and is_update:
+                        g = torch.mul(
+                            g,
+                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
+                            out=_s0,
+                        )
+                    if clipvalue is not None and is_update:
+                        g = (
+                            torch.clamp(g, -clipvalue, clipvalue, out=_s0)
+                            if g.dtype == _s0.dtype
+                            else _s0.copy_(torch.clamp(g, -clipvalue, clipvalue))
+                        )
+                    # decoupled weight decay
+                    if weight_decay is not None and is_update:
+                        w.add_(w, alpha=-(lr * weight_decay))
+                    # running mean square
+                    if is_update:
+                        # nu = decay*nu + g**2*(1 - decay)
+                        torch.mul(decay, nu, out=_s1)
+                        torch.pow(g, 2, out=_s2)
+                        torch.add(_s1, _s2, alpha=1 - decay, out=nu)
+                    # second moment
+                    if is_update:
+                        var = torch.div(nu, correction, out=_s2)
+                    else:
+                        var = 0
+                    # variance (centered)
+                    if is_update:
+                        if centered:
+                            # var = nu/correction - mu**2/correction**2
+                            torch.div(nu, correction, out=_s1)
+                            torch.pow(mu, 2, out=_s3)
+                            torch.div(_s3, correction**2, out=_s3)
+                            var = torch.sub(_s1, _s3, out=_s2)
+                    # scaled gradient
+                    if is_update:
+                        torch.add(eps, var, out=_s1)
+                        torch.sqrt(_s1, out=_s1)
+                        scaled = torch.div(g, _s1, out=_s3)
+                    else:
+                        scaled = 0
+                    # scaled gradient (eps outside the root)
+                    if is_update:
+                        if not eps_in_sqrt:
+                            # scaled = g/(eps + torch.sqrt(var))
+                            torch.sqrt(var, out=_s1)
+                            torch.add(eps, _s1, out=_s1)
+                            scaled = torch.div(g, _s1, out=_s3)
+                        # trace
+                        # trace = momentum*trace - lr*scaled
+                        torch.mul(momentum, trace, out=_s1)
+                        torch.add(_s1, scaled, alpha=-(lr), out=trace)
+                        # momentum update
+                        w.add_(trace)
+                    # EMA of the weights
+                    if use_ema:
+                        # ema = ema*ema_mu + w*(1 - ema_mu)
+                        torch.mul(ema, ema_mu, out=_s1)
+                        torch.add(_s1, w, alpha=1 - ema_mu, out=ema)
+                    # EMA overwrite
+                    if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
+                        w.copy_(ema)
+                if fused_work:
+                    fused_support.run(
+                        self._fused.UPDATE_CASE_4,
+                        fused_work,
+                        torch_support.plain(
+                            {
+                                "lr": lr,
+                                "decay": decay,
+                                "eps": eps,
+                                "eps_in_sqrt": eps_in_sqrt,
+                                "centered": centered,
+                                "momentum": momentum,
                                 "weight_decay": weight_decay,
                                 "clipnorm": clipnorm,
                                 "clipvalue": clipvalue,
@@ -772,29 +1098,32 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                         torch.add(_s1, _s2, alpha=1 - decay, out=nu)
                     # second moment
                     if is_update:
+                        var = torch.div(nu, correction, out=_s2)
+                    else:
+                        var = 0
+                    # variance (centered)
+                    if is_update:
                         if centered:
+                            # var = nu/correction - mu**2/correction**2
                             torch.div(nu, correction, out=_s1)
                             torch.pow(mu, 2, out=_s3)
                             torch.div(_s3, correction**2, out=_s3)
                             var = torch.sub(_s1, _s3, out=_s2)
-                        else:
-                            var = torch.div(nu, correction, out=_s2)
-                    else:
-                        var = 0
                     # scaled gradient
                     if is_update:
-                        if eps_in_sqrt:
-                            torch.add(eps, var, out=_s1)
-                            torch.sqrt(_s1, out=_s1)
-                            scaled = torch.div(g, _s1, out=_s3)
-                        else:
+                        torch.add(eps, var, out=_s1)
+                        torch.sqrt(_s1, out=_s1)
+                        scaled = torch.div(g, _s1, out=_s3)
+                    else:
+                        scaled = 0
+                    # scaled gradient (eps outside the root)
+                    if is_update:
+                        if not eps_in_sqrt:
+                            # scaled = g/(eps + torch.sqrt(var))
                             torch.sqrt(var, out=_s1)
                             torch.add(eps, _s1, out=_s1)
                             scaled = torch.div(g, _s1, out=_s3)
-                    else:
-                        scaled = 0
-                    # parameter update
-                    if is_update:
+                        # parameter update
                         w.add_(scaled, alpha=-(lr))
                     # EMA of the weights
                     if use_ema:
@@ -806,7 +1135,7 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                         w.copy_(ema)
                 if fused_work:
                     fused_support.run(
-                        self._fused.UPDATE_CASE_3,
+                        self._fused.UPDATE_CASE_5,
                         fused_work,
                         torch_support.plain(
                             {

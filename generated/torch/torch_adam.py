@@ -10,7 +10,8 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ... (coun
     exp_avg <- exp_avg + (1 - beta1)*(-exp_avg + g)
     exp_avg_sq <- beta2*exp_avg_sq + g^2*(1 - beta2)
     max_exp_avg_sq <- max(exp_avg_sq, max_exp_avg_sq)    if amsgrad
-    denom = eps + where(amsgrad, sqrt(max_exp_avg_sq), sqrt(exp_avg_sq))/sqrt(1 - beta2^t)
+    denom = eps + sqrt(exp_avg_sq)/sqrt(1 - beta2^t)
+    denom <- eps + sqrt(max_exp_avg_sq)/sqrt(1 - beta2^t)    if amsgrad
     w <- w - exp_avg*learning_rate/(denom*(1 - beta1^t))
 
     Keras's shared options around it (each only when given; the rule runs only on update calls):
@@ -285,16 +286,19 @@ class TorchAdam(torch_support.RuleOptimizer):
                         torch.maximum(exp_avg_sq, max_exp_avg_sq, out=max_exp_avg_sq)
                     # denominator
                     if is_update:
-                        torch.div(
-                            torch.sqrt(max_exp_avg_sq) if amsgrad else torch.sqrt(exp_avg_sq),
-                            math.sqrt(1 - beta2**t),
-                            out=_s1,
-                        )
+                        torch.sqrt(exp_avg_sq, out=_s1)
+                        torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
                         denom = torch.add(eps, _s1, out=_s2)
                     else:
                         denom = 0
-                    # parameter update
+                    # AMSGrad denominator
                     if is_update:
+                        if amsgrad:
+                            # denom = eps + torch.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                            torch.sqrt(max_exp_avg_sq, out=_s1)
+                            torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                            denom = torch.add(eps, _s1, out=_s2)
+                        # parameter update
                         w.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**t)))
                     # EMA of the weights
                     if use_ema:
@@ -423,16 +427,19 @@ class TorchAdam(torch_support.RuleOptimizer):
                         torch.add(_s1, _s2, alpha=1 - beta2, out=exp_avg_sq)
                     # denominator
                     if is_update:
-                        torch.div(
-                            torch.sqrt(max_exp_avg_sq) if amsgrad else torch.sqrt(exp_avg_sq),
-                            math.sqrt(1 - beta2**t),
-                            out=_s1,
-                        )
+                        torch.sqrt(exp_avg_sq, out=_s1)
+                        torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
                         denom = torch.add(eps, _s1, out=_s2)
                     else:
                         denom = 0
-                    # parameter update
+                    # AMSGrad denominator
                     if is_update:
+                        if amsgrad:
+                            # denom = eps + torch.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                            torch.sqrt(max_exp_avg_sq, out=_s1)
+                            torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                            denom = torch.add(eps, _s1, out=_s2)
+                        # parameter update
                         w.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**t)))
                     # EMA of the weights
                     if use_ema:
@@ -565,16 +572,19 @@ class TorchAdam(torch_support.RuleOptimizer):
                         torch.maximum(exp_avg_sq, max_exp_avg_sq, out=max_exp_avg_sq)
                     # denominator
                     if is_update:
-                        torch.div(
-                            torch.sqrt(max_exp_avg_sq) if amsgrad else torch.sqrt(exp_avg_sq),
-                            math.sqrt(1 - beta2**t),
-                            out=_s1,
-                        )
+                        torch.sqrt(exp_avg_sq, out=_s1)
+                        torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
                         denom = torch.add(eps, _s1, out=_s2)
                     else:
                         denom = 0
-                    # parameter update
+                    # AMSGrad denominator
                     if is_update:
+                        if amsgrad:
+                            # denom = eps + torch.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                            torch.sqrt(max_exp_avg_sq, out=_s1)
+                            torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                            denom = torch.add(eps, _s1, out=_s2)
+                        # parameter update
                         w.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**t)))
                     # EMA of the weights
                     if use_ema:
@@ -706,16 +716,19 @@ class TorchAdam(torch_support.RuleOptimizer):
                         torch.add(_s1, _s2, alpha=1 - beta2, out=exp_avg_sq)
                     # denominator
                     if is_update:
-                        torch.div(
-                            torch.sqrt(max_exp_avg_sq) if amsgrad else torch.sqrt(exp_avg_sq),
-                            math.sqrt(1 - beta2**t),
-                            out=_s1,
-                        )
+                        torch.sqrt(exp_avg_sq, out=_s1)
+                        torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
                         denom = torch.add(eps, _s1, out=_s2)
                     else:
                         denom = 0
-                    # parameter update
+                    # AMSGrad denominator
                     if is_update:
+                        if amsgrad:
+                            # denom = eps + torch.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                            torch.sqrt(max_exp_avg_sq, out=_s1)
+                            torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                            denom = torch.add(eps, _s1, out=_s2)
+                        # parameter update
                         w.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**t)))
                     # EMA of the weights
                     if use_ema:

@@ -9,7 +9,8 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ... (coun
     g <- g + w*weight_decay    if weight_decay != 0
     square_avg <- alpha*square_avg + g^2*(1 - alpha)
     grad_avg <- grad_avg + (1 - alpha)*(g - grad_avg)    if centered
-    avg = eps + where(centered, sqrt(-grad_avg^2 + square_avg), sqrt(square_avg))
+    avg = eps + sqrt(square_avg)
+    avg <- eps + sqrt(-grad_avg^2 + square_avg)    if centered
     momentum_buffer <- momentum*momentum_buffer + g/avg    if momentum != 0
     w <- w - learning_rate*momentum_buffer    if momentum != 0
     w <- w - g*learning_rate/avg    if momentum == 0
@@ -285,15 +286,19 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                         grad_avg.add_(_s2, alpha=1 - alpha)
                     # denominator
                     if is_update:
-                        avg = torch.add(
-                            eps,
-                            torch.sqrt(square_avg - grad_avg**2) if centered else torch.sqrt(square_avg),
-                            out=_s2,
-                        )
+                        torch.sqrt(square_avg, out=_s1)
+                        avg = torch.add(eps, _s1, out=_s2)
                     else:
                         avg = 0
-                    # parameter update
+                    # centered denominator
                     if is_update:
+                        if centered:
+                            # avg = eps + torch.sqrt(square_avg - grad_avg**2)
+                            torch.pow(grad_avg, 2, out=_s1)
+                            torch.sub(square_avg, _s1, out=_s1)
+                            torch.sqrt(_s1, out=_s1)
+                            avg = torch.add(eps, _s1, out=_s2)
+                        # parameter update
                         w.addcdiv_(g, avg, value=-(lr))
                     # EMA of the weights
                     if use_ema:
@@ -423,15 +428,19 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                         grad_avg.add_(_s2, alpha=1 - alpha)
                     # denominator
                     if is_update:
-                        avg = torch.add(
-                            eps,
-                            torch.sqrt(square_avg - grad_avg**2) if centered else torch.sqrt(square_avg),
-                            out=_s2,
-                        )
+                        torch.sqrt(square_avg, out=_s1)
+                        avg = torch.add(eps, _s1, out=_s2)
                     else:
                         avg = 0
-                    # momentum buffer
+                    # centered denominator
                     if is_update:
+                        if centered:
+                            # avg = eps + torch.sqrt(square_avg - grad_avg**2)
+                            torch.pow(grad_avg, 2, out=_s1)
+                            torch.sub(square_avg, _s1, out=_s1)
+                            torch.sqrt(_s1, out=_s1)
+                            avg = torch.add(eps, _s1, out=_s2)
+                        # momentum buffer
                         # momentum_buffer = momentum*momentum_buffer + g/avg
                         torch.mul(momentum, momentum_buffer, out=_s1)
                         torch.div(g, avg, out=_s3)
@@ -560,15 +569,19 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                         torch.add(_s1, _s2, alpha=1 - alpha, out=square_avg)
                     # denominator
                     if is_update:
-                        avg = torch.add(
-                            eps,
-                            torch.sqrt(square_avg - grad_avg**2) if centered else torch.sqrt(square_avg),
-                            out=_s2,
-                        )
+                        torch.sqrt(square_avg, out=_s1)
+                        avg = torch.add(eps, _s1, out=_s2)
                     else:
                         avg = 0
-                    # parameter update
+                    # centered denominator
                     if is_update:
+                        if centered:
+                            # avg = eps + torch.sqrt(square_avg - grad_avg**2)
+                            torch.pow(grad_avg, 2, out=_s1)
+                            torch.sub(square_avg, _s1, out=_s1)
+                            torch.sqrt(_s1, out=_s1)
+                            avg = torch.add(eps, _s1, out=_s2)
+                        # parameter update
                         w.addcdiv_(g, avg, value=-(lr))
                     # EMA of the weights
                     if use_ema:
@@ -694,15 +707,19 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                         torch.add(_s1, _s2, alpha=1 - alpha, out=square_avg)
                     # denominator
                     if is_update:
-                        avg = torch.add(
-                            eps,
-                            torch.sqrt(square_avg - grad_avg**2) if centered else torch.sqrt(square_avg),
-                            out=_s2,
-                        )
+                        torch.sqrt(square_avg, out=_s1)
+                        avg = torch.add(eps, _s1, out=_s2)
                     else:
                         avg = 0
-                    # momentum buffer
+                    # centered denominator
                     if is_update:
+                        if centered:
+                            # avg = eps + torch.sqrt(square_avg - grad_avg**2)
+                            torch.pow(grad_avg, 2, out=_s1)
+                            torch.sub(square_avg, _s1, out=_s1)
+                            torch.sqrt(_s1, out=_s1)
+                            avg = torch.add(eps, _s1, out=_s2)
+                        # momentum buffer
                         # momentum_buffer = momentum*momentum_buffer + g/avg
                         torch.mul(momentum, momentum_buffer, out=_s1)
                         torch.div(g, avg, out=_s3)
@@ -837,15 +854,19 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                         grad_avg.add_(_s2, alpha=1 - alpha)
                     # denominator
                     if is_update:
-                        avg = torch.add(
-                            eps,
-                            torch.sqrt(square_avg - grad_avg**2) if centered else torch.sqrt(square_avg),
-                            out=_s2,
-                        )
+                        torch.sqrt(square_avg, out=_s1)
+                        avg = torch.add(eps, _s1, out=_s2)
                     else:
                         avg = 0
-                    # parameter update
+                    # centered denominator
                     if is_update:
+                        if centered:
+                            # avg = eps + torch.sqrt(square_avg - grad_avg**2)
+                            torch.pow(grad_avg, 2, out=_s1)
+                            torch.sub(square_avg, _s1, out=_s1)
+                            torch.sqrt(_s1, out=_s1)
+                            avg = torch.add(eps, _s1, out=_s2)
+                        # parameter update
                         w.addcdiv_(g, avg, value=-(lr))
                     # EMA of the weights
                     if use_ema:
@@ -978,15 +999,19 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                         grad_avg.add_(_s2, alpha=1 - alpha)
                     # denominator
                     if is_update:
-                        avg = torch.add(
-                            eps,
-                            torch.sqrt(square_avg - grad_avg**2) if centered else torch.sqrt(square_avg),
-                            out=_s2,
-                        )
+                        torch.sqrt(square_avg, out=_s1)
+                        avg = torch.add(eps, _s1, out=_s2)
                     else:
                         avg = 0
-                    # momentum buffer
+                    # centered denominator
                     if is_update:
+                        if centered:
+                            # avg = eps + torch.sqrt(square_avg - grad_avg**2)
+                            torch.pow(grad_avg, 2, out=_s1)
+                            torch.sub(square_avg, _s1, out=_s1)
+                            torch.sqrt(_s1, out=_s1)
+                            avg = torch.add(eps, _s1, out=_s2)
+                        # momentum buffer
                         # momentum_buffer = momentum*momentum_buffer + g/avg
                         torch.mul(momentum, momentum_buffer, out=_s1)
                         torch.div(g, avg, out=_s3)
@@ -1118,15 +1143,19 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                         torch.add(_s1, _s2, alpha=1 - alpha, out=square_avg)
                     # denominator
                     if is_update:
-                        avg = torch.add(
-                            eps,
-                            torch.sqrt(square_avg - grad_avg**2) if centered else torch.sqrt(square_avg),
-                            out=_s2,
-                        )
+                        torch.sqrt(square_avg, out=_s1)
+                        avg = torch.add(eps, _s1, out=_s2)
                     else:
                         avg = 0
-                    # parameter update
+                    # centered denominator
                     if is_update:
+                        if centered:
+                            # avg = eps + torch.sqrt(square_avg - grad_avg**2)
+                            torch.pow(grad_avg, 2, out=_s1)
+                            torch.sub(square_avg, _s1, out=_s1)
+                            torch.sqrt(_s1, out=_s1)
+                            avg = torch.add(eps, _s1, out=_s2)
+                        # parameter update
                         w.addcdiv_(g, avg, value=-(lr))
                     # EMA of the weights
                     if use_ema:
@@ -1255,15 +1284,19 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                         torch.add(_s1, _s2, alpha=1 - alpha, out=square_avg)
                     # denominator
                     if is_update:
-                        avg = torch.add(
-                            eps,
-                            torch.sqrt(square_avg - grad_avg**2) if centered else torch.sqrt(square_avg),
-                            out=_s2,
-                        )
+                        torch.sqrt(square_avg, out=_s1)
+                        avg = torch.add(eps, _s1, out=_s2)
                     else:
                         avg = 0
-                    # momentum buffer
+                    # centered denominator
                     if is_update:
+                        if centered:
+                            # avg = eps + torch.sqrt(square_avg - grad_avg**2)
+                            torch.pow(grad_avg, 2, out=_s1)
+                            torch.sub(square_avg, _s1, out=_s1)
+                            torch.sqrt(_s1, out=_s1)
+                            avg = torch.add(eps, _s1, out=_s2)
+                        # momentum buffer
                         # momentum_buffer = momentum*momentum_buffer + g/avg
                         torch.mul(momentum, momentum_buffer, out=_s1)
                         torch.div(g, avg, out=_s3)
