@@ -54,8 +54,16 @@ denom = TorchAdam.let("denom", sqrt(v) / sqrt(1 - beta2**t) + eps, "denominator"
 TorchAdam.assign(denom, sqrt(v_max) / sqrt(1 - beta2**t) + eps, "AMSGrad denominator", only_if=amsgrad)
 TorchAdam.assign(w, w - lr / (1 - beta1**t) * m / denom, "parameter update")
 
-TorchAdam.config("fast", learning_rate=0.01, beta1=0.8, beta2=0.9, eps=1e-4, weight_decay=0.1)
-TorchAdam.config("amsgrad_maximize", learning_rate=0.01, amsgrad=True, maximize=True)
+TorchAdam.config(
+    "fast_amsgrad_maximize",
+    learning_rate=0.01,
+    beta1=0.8,
+    beta2=0.9,
+    eps=1e-4,
+    weight_decay=0.1,
+    amsgrad=True,
+    maximize=True,
+)
 
 TorchAdamW = TorchAdam.derive(
     "TorchAdamW",
@@ -76,7 +84,15 @@ TorchAdamW.set_default("weight_decay", 0.01)
 TorchAdamW.hypers["weight_decay"] = dataclasses.replace(
     TorchAdamW.hypers["weight_decay"], meaning="decoupled weight decay, w <- w*(1 - lr*weight_decay)"
 )
-TorchAdamW.config("fast", learning_rate=0.01, beta1=0.8, beta2=0.9, eps=1e-4, weight_decay=0.1)
-TorchAdamW.config("amsgrad_maximize", learning_rate=0.01, amsgrad=True, maximize=True)
+TorchAdamW.config(
+    "fast_amsgrad_maximize",
+    learning_rate=0.01,
+    beta1=0.8,
+    beta2=0.9,
+    eps=1e-4,
+    weight_decay=0.1,
+    amsgrad=True,
+    maximize=True,
+)
 
 RULES = [TorchAdam, TorchAdamW]

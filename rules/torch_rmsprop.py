@@ -51,7 +51,15 @@ TorchRMSprop.assign(buf, momentum * buf + g / avg, "momentum buffer", when=Ne(mo
 TorchRMSprop.assign(w, w - lr * buf, "momentum update", when=Ne(momentum, 0))
 TorchRMSprop.assign(w, w - lr * g / avg, "parameter update", when=Eq(momentum, 0))
 
-TorchRMSprop.config("centered_momentum", learning_rate=0.001, centered=True, momentum=0.9, weight_decay=0.01)
-TorchRMSprop.config("fast_maximize", learning_rate=0.003, alpha=0.9, eps=1e-4, maximize=True)
+TorchRMSprop.config(
+    "centered_momentum_maximize",
+    learning_rate=0.003,
+    alpha=0.9,
+    eps=1e-4,
+    weight_decay=0.01,
+    momentum=0.9,
+    centered=True,
+    maximize=True,
+)
 
 RULE = TorchRMSprop
