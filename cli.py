@@ -53,8 +53,8 @@ def cmd_show(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from optforge.documentation.pages import diff_lines
-    from optforge.rules import get
+    from optforge.documentation.pages import counterpart_lines, counterparts, diff_lines
+    from optforge.rules import get, registry
 
     try:
         a, b = get(args.a), get(args.b)
@@ -62,7 +62,11 @@ def cmd_diff(args) -> int:
         print(exc.args[0], file=sys.stderr)
         return 2
     print(f"{a.name} -> {b.name}:")
-    print("\n".join(diff_lines(a, b)))
+    flavours = {other.name: (fa, fb) for other, fa, fb in counterparts(a, registry())}
+    if b.name in flavours:  # another library's flavour: the new values compared as functions
+        print("\n".join(counterpart_lines(a, b, *flavours[b.name])))
+    else:  # equation by equation
+        print("\n".join(diff_lines(a, b)))
     return 0
 
 

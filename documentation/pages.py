@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from optforge.compiler.dsl import Rule
+from optforge.compiler.dsl import Given, Rule
 from optforge.compiler.ir import Program, Scope
 from optforge.compiler.render import equation_text, finalizer_equations, guarded_text, math_text
 from optforge.compiler.show import reductions, state_cost
@@ -24,7 +24,12 @@ def _fmt(value) -> str:
     return "None (off)" if value is None else f"`{value!r}`"
 
 
-def page(rule: Rule, program: Program, base: tuple[Rule, Program] | None) -> str:
+def page(
+    rule: Rule,
+    program: Program,
+    base: tuple[Rule, Program] | None,
+    counterparts: tuple[tuple[Rule, dict, dict], ...] = (),
+) -> str:
     core = list(program.core) or list(program.equations)
     added = [eq for eq in program.equations if "_keras_options" in eq.origin] if program.core else []
     lines = [HEADER.format(source=program.file), "", f"# {program.rule}: {program.title}", ""]
@@ -112,6 +117,11 @@ def page(rule: Rule, program: Program, base: tuple[Rule, Program] | None) -> str
     lines += ["", "## Use", ""] + usage(program)
     if base:
         lines += ["", f"## Difference from {program.base}", "", *diff_lines(base[0], rule, markdown=True)]
+    for other, own_flags, other_flags in counterparts:
+        setting = "".join(f" with `{k}={v!r}`" for k, v in other_flags.items())
+        setting += "".join(f" ({rule.name} with `{k}={v!r}`)" for k, v in own_flags.items())
+        lines += ["", f"## Difference from [{other.name}]({_link(other)}){setting}", ""]
+        lines += counterpart_lines(rule, other, own_flags, other_flags)
     lines += [
         "",
         "## Loss curves",
@@ -243,6 +253,159 @@ def diff_lines(a: Rule, b: Rule, *, markdown: bool = False) -> list[str]:
     return out or ["- no difference"]
 
 
+LIBRARY_PREFIXES = ("Torch", "Optax")
+
+
+def family(rule: Rule) -> str:
+    """The optimizer a rule is a flavour of: its name without the library prefix, in lower case (TorchAdam,
+    OptaxAdam: adam; TorchRMSprop, OptaxRmsprop: rmsprop)."""
+    for prefix in LIBRARY_PREFIXES:
+        if rule.name.startswith(prefix) and rule.name[len(prefix) :][:1].isupper():
+            return rule.name[len(prefix) :].lower()
+    return rule.name.lower()
+
+
+def _own_hypers(rule: Rule) -> dict:
+    """The hyperparameters the rule's own equations read (not Keras's options around it)."""
+    names: set[str] = set()
+    for eq in rule.core or rule.equations:
+        for expr in (eq.expr, eq.when):
+            names |= {x.name for x in sp.sympify(expr).free_symbols}
+    for state in rule.states.values():
+        names |= {x.name for x in sp.sympify(state.init).free_symbols}
+    return {n: h for n, h in rule.hypers.items() if n in names}
+
+
+def _canonical(rule: Rule) -> dict[sp.Symbol, sp.Symbol]:
+    """Each hyperparameter and state of ``rule`` as the symbol the documentation writes (its LaTeX)."""
+    out = {sp.Symbol(h.name): sp.Symbol(h.latex) for h in _own_hypers(rule).values()}
+    out.update({sp.Symbol(s.name): sp.Symbol(s.latex) for s in rule.states.values()})
+    return out
+
+
+def _new_values(rule: Rule, settings: dict) -> tuple[dict[sp.Symbol, sp.Expr], dict[sp.Symbol, float]]:
+    """Each state's and the parameter's new value in the rule's default configuration, as one expression of
+    the previous values, the gradient and the hyperparameters (named values substituted); and the defaults
+    of the hyperparameters that chose which equations hold (``when=Ne(weight_decay, 0)``)."""
+    from optforge.compiler.dsl import w as param
+
+    hypers = _own_hypers(rule).values()
+    flags = {sp.Symbol(h.name): bool(settings.get(h.name, h.default)) for h in hypers if h.kind == "bool"}
+    defaults = {sp.Symbol(h.name): h.default for h in hypers if h.default is not None} | flags
+    given = {Given(h.name): h.default is not None for h in rule.hypers.values()}
+    values: dict[sp.Symbol, sp.Expr] = {}
+    chose: dict[sp.Symbol, float] = {}
+    for eq in rule.core or rule.equations:
+        when = sp.sympify(eq.when).subs(given)
+        chose.update({x: defaults[x] for x in when.free_symbols if x in defaults and x not in flags})
+        if when.subs(defaults) is not sp.true:
+            continue
+        values[sp.Symbol(eq.target)] = sp.sympify(eq.expr).subs(given).subs(flags).xreplace(values)
+    kept = {sp.Symbol(s) for s in rule.states} | {param}
+    return {k: v for k, v in values.items() if k in kept}, chose
+
+
+def _equal(x: sp.Expr, y: sp.Expr) -> bool:
+    """``x == y`` as functions: at three points where every symbol is in (0.05, 0.95) and t = 3 (the
+    identities in question, such as sqrt(v/(1 - beta^t)) = sqrt(v)/sqrt(1 - beta^t), hold there)."""
+    import random
+
+    from optforge.compiler.dsl import Reduction
+    from optforge.compiler.dsl import t as step
+
+    def numeric(e: sp.Expr) -> sp.Expr:  # a reduction of the same argument is the same number in both
+        return e.replace(lambda z: isinstance(z, Reduction), lambda z: sp.Symbol(f"<{z}>"))
+
+    x, y = numeric(x), numeric(y)
+    rng = random.Random(0)
+    symbols = sorted((x.free_symbols | y.free_symbols) - {step}, key=str)
+    for _ in range(3):
+        point = {s: rng.uniform(0.05, 0.95) for s in symbols} | {step: 3}
+        try:
+            a, b = complex(x.evalf(subs=point)), complex(y.evalf(subs=point))
+        except TypeError:  # not a number there (a function the points cannot evaluate): not shown equal
+            return False
+        if abs(a - b) > 1e-12 * max(abs(a), abs(b), 1e-300):
+            return False
+    return True
+
+
+def counterparts(rule: Rule, rules: dict[str, Rule]) -> list[tuple[Rule, dict, dict]]:
+    """The other libraries' flavours of ``rule``, with the flag settings that make them comparable: the rules
+    of its family, and a rule whose family is the name of a flag of the other (OptaxAmsgrad and TorchAdam
+    with ``amsgrad=True``)."""
+    out = []
+    flags = {n for n, h in rule.hypers.items() if h.kind == "bool"}
+    for other in rules.values():
+        other_flags = {n for n, h in other.hypers.items() if h.kind == "bool"}
+        if other is rule:
+            continue
+        if family(other) == family(rule):
+            out.append((other, {}, {}))
+        elif family(rule) in other_flags:
+            out.append((other, {}, {family(rule): True}))
+        elif family(other) in flags:
+            out.append((other, {family(other): True}, {}))
+    return out
+
+
+def counterpart_lines(
+    a: Rule, b: Rule, a_flags: dict | None = None, b_flags: dict | None = None
+) -> list[str]:
+    """How ``b`` differs from ``a``, another library's flavour of the same optimizer: names, defaults, and the
+    new values of the default configuration compared as functions (symbols matched by the LaTeX the pages
+    write; a hyperparameter of one rule only is set to its default)."""
+    ca, cb = _canonical(a), _canonical(b)
+    name_a = {v: k.name for k, v in ca.items()}
+    name_b = {v: k.name for k, v in cb.items()}
+    out = []
+    fixed: dict[sp.Symbol, float] = {}
+    for what, da, db in (("hyperparameter", _own_hypers(a), _own_hypers(b)), ("state", a.states, b.states)):
+        sa = {sp.Symbol(x.latex): x for x in da.values()}
+        sb = {sp.Symbol(x.latex): x for x in db.values()}
+        for sym in [*sa, *[s for s in sb if s not in sa]]:
+            x, y = sa.get(sym), sb.get(sym)
+            if x is None or y is None:
+                rule, z = (a, x) if y is None else (b, y)
+                default = f", default {z.default!r}" if what == "hyperparameter" else ""
+                out.append(f"- {what} `{z.name}` only in {rule.name}{default}")
+                if what == "hyperparameter" and z.kind != "bool" and z.default is not None:
+                    fixed[sym] = z.default
+                continue
+            named = f"`{x.name}`" if x.name == y.name else f"`{x.name}` ({a.name}) is `{y.name}` ({b.name})"
+            if what == "hyperparameter" and x.default != y.default:
+                out.append(f"- {what} {named}: default {x.default!r} in {a.name}, {y.default!r} in {b.name}")
+            elif what == "state" and sp.sympify(x.init) != sp.sympify(y.init):
+                init_a, init_b = math_text(sp.sympify(x.init)), math_text(sp.sympify(y.init))
+                out.append(f"- state {named}: initial value `{init_a}` in {a.name}, `{init_b}` in {b.name}")
+            elif x.name != y.name:
+                out.append(f"- {what} {named}")
+    (new_a, chose_a), (new_b, chose_b) = _new_values(a, a_flags or {}), _new_values(b, b_flags or {})
+    fixed.update({ca[k]: v for k, v in chose_a.items()})
+    fixed.update({cb[k]: v for k, v in chose_b.items()})
+    va = {ca.get(k, k): e.xreplace(ca) for k, e in new_a.items()}
+    vb = {cb.get(k, k): e.xreplace(cb) for k, e in new_b.items()}
+    same = []
+    for target in [k for k in va if k in vb]:
+        if _equal(va[target].subs(fixed), vb[target].subs(fixed)):
+            same.append(f"`{name_a.get(target, target)}`")
+            continue
+        back_a = {v: sp.Symbol(k) for v, k in name_a.items()}
+        back_b = {v: sp.Symbol(k) for v, k in name_b.items()}
+        out.append(f"- the new `{name_a.get(target, target)}` differs (other flags at their defaults):")
+        out.append(f"  - {a.name}: `{math_text(va[target].xreplace(back_a))}`")
+        out.append(f"  - {b.name}: `{math_text(vb[target].xreplace(back_b))}`")
+    if same:
+        names = {**name_a, **name_b}
+        cond = ", ".join(f"`{names[k]}` = {v!r}" for k, v in fixed.items())
+        out.append(
+            f"- the same new {', '.join(same)} with the other flags at their defaults"
+            + (f" and {cond}" if cond else "")
+            + ", up to the order of the operations"
+        )
+    return out or ["- no difference"]
+
+
 def index(programs: list[Program]) -> str:
     lines = [
         HEADER.format(source="rules/"),
@@ -253,14 +416,18 @@ def index(programs: list[Program]) -> str:
         "these pages are rendered from the same rules. State memory is with Keras's options off.",
         "Training with sharded parameters, and what each optimizer communicates: [sharding](sharding.md).",
         "",
-        "| optimizer | what it is | state bytes per float32 parameter | per-tensor scalars | reductions | backends |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| optimizer | what it is | reference | state bytes per float32 parameter | per-tensor scalars | reductions"
+        " | backends |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for p in programs:
         per_element, per_tensor, _ = state_cost(_without_options(p))
         red = ", ".join("`" + r.replace("|", "\\|") + "`" for r in reductions(_core_program(p))) or "none"
+        # a title names its reference last, in parentheses: "Adam (torch.optim `Adam`)"
+        what, _, reference = p.title.rpartition(" (") if p.title.endswith(")") else (p.title, "", "")
+        reference = reference[:-1] if reference else "-"
         lines.append(
-            f"| [{p.rule}](optimizers/{p.module}.md) | {p.title} | {per_element} | {per_tensor} | {red} | "
+            f"| [{p.rule}](optimizers/{p.module}.md) | {what} | {reference} | {per_element} | {per_tensor} | {red} | "
             + ", ".join(BACKENDS)
             + " |"
         )
@@ -288,7 +455,7 @@ def docs_files(programs: list[Program]) -> dict[str, str]:
             from optforge.compiler.pipeline import compile_rule
 
             base = (rules[p.base], compile_rule(rules[p.base]))
-        files[f"docs/optimizers/{p.module}.md"] = page(rule, p, base)
+        files[f"docs/optimizers/{p.module}.md"] = page(rule, p, base, tuple(counterparts(rule, rules)))
     return files
 
 

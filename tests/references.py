@@ -74,3 +74,49 @@ def optax_transform(rule_name: str, hypers: dict, defaults: dict):
         # optax.scale_by_rss: g * rsqrt(a + eps), eps inside the root as in Keras
         return optax.adagrad(lr, initial_accumulator_value=h["initial_accumulator_value"], eps=h["epsilon"])
     return None
+
+
+# -- rules named after the library they reproduce ----------------------------------------------------
+# A rule named Torch<Name> has the semantics, hyperparameter names and defaults of torch.optim.<Name>
+# (torch's betas=(b1, b2) as beta1, beta2); Optax<Name> (module optax_<name>) those of optax.<name>. The
+# reference tests find the reference from the rule's name: adding such a rule adds its tests.
+
+
+def library_reference(rule):
+    """("torch" | "optax", the reference's constructor) for a rule named after its library, else None."""
+    if rule.name.startswith("Torch"):
+        import torch
+
+        library, name, where = "torch", rule.name[len("Torch") :], torch.optim
+    elif rule.name.startswith("Optax"):
+        import optax
+
+        library, name, where = "optax", rule.module[len("optax_") :], optax
+    else:
+        return None
+    if not hasattr(where, name):
+        raise LookupError(
+            f"rule {rule.name} ({rule.file}): expected {where.__name__}.{name} to exist (a rule named"
+            f" {library.capitalize()}<Name> reproduces {where.__name__}.<Name>), received no such attribute"
+        )
+    return library, getattr(where, name)
+
+
+def library_kwargs(rule, hypers: dict, learning_rate) -> dict:
+    """Our hyperparameters (the rule's own, not Keras's options) in the reference's keywords."""
+    own = {h: d.default for h, d in rule.hypers.items() if h in _own_hypers(rule)}
+    kw = {k: v for k, v in {**own, **hypers}.items() if k != "learning_rate"}
+    if rule.name.startswith("Torch"):
+        if "beta1" in kw:
+            kw["betas"] = (kw.pop("beta1"), kw.pop("beta2"))
+        return dict(lr=learning_rate, **kw)
+    return dict(learning_rate=learning_rate, **kw)
+
+
+def _own_hypers(rule) -> set[str]:
+    """The hyperparameters the rule's own equations read (Keras's shared options are around every rule)."""
+    names: set[str] = set()
+    for eq in rule.core or rule.equations:
+        for expr in (eq.expr, eq.when):
+            names |= {s.name for s in getattr(expr, "free_symbols", ())}
+    return names & set(rule.hypers)

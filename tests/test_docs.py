@@ -90,6 +90,14 @@ def test_diff_command():
         "hyperparameter beta_1 only in Adamax" in out.stdout
         and "state accumulator only in Adagrad" in out.stdout
     )
+    out = subprocess.run(
+        [sys.executable, "-m", "optforge.cli", "diff", "TorchRMSprop", "OptaxRmsprop"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "- hyperparameter `alpha` (TorchRMSprop) is `decay` (OptaxRmsprop)" in out.stdout
+    assert "- the new `w` differs" in out.stdout  # epsilon outside the root in torch, inside in optax
 
 
 def _chromium() -> str | None:
@@ -136,3 +144,36 @@ def test_site_renders_equations_in_headless_chromium(tmp_path):
         timeout=120,
     )
     assert shot.exists() and shot.stat().st_size > 20_000
+
+
+def _counterparts():
+    from optforge.documentation.pages import counterparts
+
+    return [
+        pytest.param(a, b, id=f"{a.name}-{b.name}")
+        for a in RULES.values()
+        for b, _, _ in counterparts(a, RULES)
+    ]
+
+
+@pytest.mark.parametrize("rule, other", _counterparts())
+def test_a_flavour_page_says_how_it_differs_from_the_other_librarys(rule, other):
+    text = (ROOT / "docs" / "optimizers" / f"{rule.module}.md").read_text()
+    heading = f"## Difference from [{other.name}]({other.module}.md)"
+    assert heading in text, f"{rule.module}.md: expected a section {heading!r}; run `optforge build`"
+
+
+def test_the_computed_difference_tells_equal_updates_from_different_ones():
+    from optforge.documentation.pages import counterpart_lines
+
+    # torch's AdamW decays w*(1 - lr*wd) before the step, optax's adds wd*w to the update: the same function
+    same = counterpart_lines(RULES["TorchAdamW"], RULES["OptaxAdamW"])
+    assert any(line.startswith("- the same new `w`") for line in same), same
+    # torch's Adam adds wd*w to the gradient (through the moments): not optax's AdamW
+    coupled = counterpart_lines(
+        RULES["TorchAdam"].derive("L2", title="t").set_default("weight_decay", 0.1), RULES["OptaxAdamW"]
+    )
+    assert "- the new `w` differs (other flags at their defaults):" in coupled, coupled
+    # optax's AMSGrad takes the maximum of the bias-corrected second moment, torch's of the raw one
+    ams = counterpart_lines(RULES["OptaxAmsgrad"], RULES["TorchAdam"], {}, {"amsgrad": True})
+    assert any(line.startswith("- the new `nu_max` differs") for line in ams), ams

@@ -1,4 +1,8 @@
-"""Generated optimizers against the real libraries: Keras 3 (JAX backend, float64), torch.optim, optax."""
+"""Generated optimizers against the real libraries: Keras 3 (JAX backend, float64), torch.optim, optax.
+
+Rules named after their library (``TorchAdam``, ``OptaxAdam``: see references.py) are run against it in every
+configuration, with a constant learning rate and a schedule, in float64 (1e-12) and then float32.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,15 @@ import numpy as np
 import pytest
 from cases import RULES, rule_configs
 from drivers import BACKENDS, assert_close, problem, run, varying_lr
-from references import KERAS_RULES, OTHER_ORACLES, keras_optimizer, optax_transform, torch_optimizer
+from references import (
+    KERAS_RULES,
+    OTHER_ORACLES,
+    keras_optimizer,
+    library_kwargs,
+    library_reference,
+    optax_transform,
+    torch_optimizer,
+)
 
 STEPS = 100
 
@@ -18,8 +30,9 @@ def defaults(rule) -> dict:
 def test_every_rule_has_a_reference():
     """A new rule must say which library it is checked against (add it to references.py)."""
     for rule in RULES.values():
-        assert rule.name in KERAS_RULES | OTHER_ORACLES, (
-            f"{rule.name} has no reference in tests/references.py"
+        assert rule.name in KERAS_RULES | OTHER_ORACLES or library_reference(rule) is not None, (
+            f"{rule.name} ({rule.file}) has no reference: expected a name Torch<Name> or Optax<Name> (the"
+            " library's optimizer), or an entry in tests/references.py"
         )
 
 
@@ -125,3 +138,97 @@ def test_optax_where_semantics_coincide(rule, name, cfg):
     for backend in BACKENDS:
         got, _ = run(backend, rule, cfg, params0, grads)
         assert_close(got, want, 1e-12, f"{backend} vs optax")
+
+
+# --------------------------------------------------------------------------------------------------
+# Rules named after their library: torch.optim.<Name> and optax.<name>, found from the rule's name
+
+LIBRARY_STEPS = 50
+# ranks 0 to 3, gradient scales 1e-4 to 1e3; the last tensor's first gradient is all zeros
+LIBRARY_SHAPES = [(), (7,), (5, 3), (2, 3, 4)]
+LIBRARY_SCALES = [1e-4, 1.0, 1e3, 1e-2]
+FLOAT32_TOLERANCE = 1e-5
+
+
+def library_problem(dtype):
+    return problem(LIBRARY_STEPS, dtype, seed=1, shapes=LIBRARY_SHAPES, scales=LIBRARY_SCALES)
+
+
+def library_cases():
+    return [p for p in rule_configs() if library_reference(p.values[0]) is not None]
+
+
+def library_rules():
+    return [pytest.param(r, id=r.name) for r in RULES.values() if library_reference(r) is not None]
+
+
+def library_run(rule, cfg, params0, grads, schedule):
+    """The reference library's parameters after the steps (schedule: None for the constant learning rate)."""
+    library, make = library_reference(rule)
+    base = cfg.get("learning_rate", rule.hypers["learning_rate"].default)
+    if library == "torch":
+        import torch
+
+        params = [torch.tensor(p, requires_grad=True) for p in params0]
+        opt = make(params, **library_kwargs(rule, cfg, base))
+        for k, g in enumerate(grads):
+            if schedule is not None:
+                for group in opt.param_groups:
+                    group["lr"] = schedule(k)
+            for p, x in zip(params, g):
+                p.grad = torch.tensor(x)
+            opt.step()
+        return [p.detach().numpy() for p in params]
+    import jax.numpy as jnp
+    import optax
+
+    tx = make(**library_kwargs(rule, cfg, schedule or base))
+    params = [jnp.asarray(p) for p in params0]
+    state = tx.init(params)
+    for g in grads:
+        updates, state = tx.update([jnp.asarray(x) for x in g], state, params)
+        params = optax.apply_updates(params, updates)
+    return [np.asarray(p) for p in params]
+
+
+@pytest.mark.parametrize("scheduled", [False, True], ids=["constant_lr", "schedule"])
+@pytest.mark.parametrize("rule, name, cfg", library_cases())
+def test_library_rule_matches_its_library(rule, name, cfg, scheduled):
+    """float64 to 1e-12 in NumPy, JAX and torch; with the constant learning rate also the fused kernels (NumPy,
+    torch; a schedule reaches them as one more scalar) and float32 to FLOAT32_TOLERANCE."""
+    library, _ = library_reference(rule)
+    base = cfg.get("learning_rate", rule.hypers["learning_rate"].default)
+    schedule = varying_lr(base) if scheduled else None
+    params0, grads = library_problem(np.float64)
+    want = library_run(rule, cfg, params0, grads, schedule)
+    paths = [(b, None) for b in BACKENDS] + ([] if scheduled else [("numpy", True), ("torch", True)])
+    for backend, fused in paths:
+        got, _ = run(backend, rule, cfg, params0, grads, schedule, fused=fused)
+        assert_close(got, want, 1e-12, f"{backend}{' fused' if fused else ''} vs {library} (float64)")
+    if scheduled:
+        return
+    params0, grads = library_problem(np.float32)
+    want = library_run(rule, cfg, params0, grads, schedule)
+    for backend in BACKENDS:
+        got, _ = run(backend, rule, cfg, params0, grads, schedule)
+        assert got[0].dtype == np.float32, f"{backend}: float32 parameters came back as {got[0].dtype}"
+        assert_close(got, want, FLOAT32_TOLERANCE, f"{backend} vs {library} (float32)")
+
+
+@pytest.mark.parametrize("rule", library_rules())
+def test_library_rule_has_its_references_names_and_defaults(rule):
+    """Every hyperparameter the reference takes has our name (torch's betas: beta1, beta2) and default."""
+    import inspect
+
+    library, make = library_reference(rule)
+    signature = inspect.signature(make).parameters
+    ours = {n: h.default for n, h in rule.hypers.items()}
+    theirs = library_kwargs(rule, {}, rule.hypers["learning_rate"].default)
+    for name, value in theirs.items():
+        assert name in signature, f"{rule.name}: {name!r} is not a keyword of {make.__qualname__}"
+        default = signature[name].default
+        expected = None if default is inspect.Parameter.empty else default
+        assert value == expected, (
+            f"{rule.name}: default of {name!r} expected {expected!r} ({make.__qualname__}), received {value!r}"
+        )
+    assert set(ours) >= {"learning_rate"}
