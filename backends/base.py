@@ -21,10 +21,13 @@ import sympy as sp
 from optforge.compiler.analysis import param_condition
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import Assign, Program, Role, Scope, Section, SectionKind, base, ssa
+from optforge.compiler.passes import conditions, three_address
+from optforge.compiler.passes.accumulators import accumulators
+from optforge.compiler.passes.evaluation import Types, evaluation_tree
+from optforge.compiler.passes.typing import array_names, element_names
 from optforge.compiler.render import MathPrinter, docstring_equations
 
-from . import inplace
-from .printer import ExprPrinter
+from .printer import ExprPrinter, OpPrinter
 
 HERE = pathlib.Path(__file__).parent
 
@@ -55,15 +58,18 @@ class Backend:
     global_reductions_are_arrays = False
     #: how an accumulator over all tensors starts
     reduce_init = {"sum": "0.0", "max": "-math.inf"}
-    #: element-wise calls with ``out=`` (backends/inplace.py): statements on per-element arrays then
-    #: write into scratch buffers instead of allocating; None: statements as printed
-    ops: inplace.Ops | None = None
+    #: the table of element-wise operations with ``out=`` (compiler/passes/three_address.py): operation ->
+    #: call format; statements on per-element arrays then write into scratch buffers instead of
+    #: allocating. Empty: statements as printed
+    ops: dict[str, str] = {}
     #: a statement on a per-tensor buffer, updated in place: "add" (x += d), "sub" and "set" (x[...] = v)
     forms: dict[str, str] = {}
     support = ""  # the runtime module with scratch()
 
     def __init__(self) -> None:
-        self.registers: inplace.Registers | None = None  # those of the pass over the tensors being written
+        self.registers: three_address.Registers | None = (
+            None  # those of the pass over the tensors being written
+        )
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(HERE / self.name)),
             undefined=jinja2.StrictUndefined,
@@ -76,24 +82,16 @@ class Backend:
 
     def make_printer(self, program: Program, scopes: dict[str, Scope]) -> ExprPrinter:
         """A printer that knows which names hold arrays: by scope, by backend, and any value computed from one."""
-        arrays = {n for n, s in scopes.items() if s in self.array_scopes} | set(self.array_names)
-        if self.global_reductions_are_arrays:
-            arrays |= {
-                a.target for c in program.cases for a in c.body + c.functional if a.role == Role.REDUCE
-            }
-        changed = True
-        while changed:
-            changed = False
-            for case in program.cases:
-                for a in case.body + case.functional:
-                    if a.target not in arrays and any(base(s) in arrays for s in a.expr.free_symbols):
-                        arrays.add(a.target)
-                        changed = True
-        printer = self.printer(program.rule, arrays, self.names)
+        arrays = array_names(
+            program,
+            scopes,
+            array_scopes=self.array_scopes,
+            always=self.array_names,
+            reductions=self.global_reductions_are_arrays,
+        )
+        printer = self.printer(program.rule, set(arrays), self.names)
         # per-element arrays, as printed
-        printer.elements = {"w", "g"} | {
-            printer.names.get(n, n) for n, s in scopes.items() if s == Scope.ELEMENT
-        }
+        printer.elements = set(element_names(scopes, printer.names))
         return printer
 
     def statement(self, a: Assign, p: ExprPrinter) -> list[str]:
@@ -107,17 +105,9 @@ class Backend:
         return self.plain_statement(a, p)
 
     def guard(self, a: Assign, p: ExprPrinter) -> tuple[str, Assign] | None:
-        e = a.expr
-        if a.role in (Role.TEMP, Role.REDUCE) or not (isinstance(e, sp.Piecewise) and len(e.args) == 2):
-            return None
-        (value, cond), (other, _) = e.args
-        if not (isinstance(other, sp.Symbol) and base(other) == a.target and other != a.lhs):
-            return None  # not "keep the previous value otherwise"
-        static, dynamic = p.split(cond)
-        if static is sp.true:
-            return None
-        inner = value if dynamic is sp.true else sp.Piecewise((value, dynamic), (other, True))
-        return p.doprint(static), dataclasses.replace(a, expr=inner)
+        """The static part of ``x <- where(c, e, x)``, printed, and what runs under it (passes/conditions.py)."""
+        guarded = conditions.guard(a, p.arrays)
+        return None if guarded is None else (p.doprint(guarded[0]), guarded[1])
 
     def plain_statement(self, a: Assign, p: ExprPrinter) -> list[str]:
         """One statement without a static guard: buffers updated in place (``forms``), other names bound."""
@@ -125,31 +115,64 @@ class Backend:
         if special is not None:
             return special
         name = p.name_of(a.lhs)
-        ta = self.three_address(a, p)
+        lower = self.lowers(a)
         if a.role in (Role.STATE, Role.PARAM) and a.scope >= Scope.TENSOR:
             kind, value = in_place_form(a)
             form = self.forms[kind]
-            if ta is None:
+            if not lower:
                 return [form.format(name=name, value=p.doprint(value))]
             printed = f"{name} {_OPERATOR[kind]} {p.doprint(value)}"  # the maths, whatever the backend's form
+            tree = evaluation_tree(value, self.types(p))
             if kind == "set":
-                return _explained(ta, ta.overwrite(form, name, p.doprint(value)), printed)
-            return _explained(ta, ta.update(kind, form, name, p.doprint(value)), printed)
+                lowered = three_address.overwrite(name, tree, self.target, self.registers)
+            else:
+                lowered = three_address.update(kind, name, tree, self.target, self.registers)
+            return self.explained(lowered, p, printed)
         code = p.doprint(a.expr)
-        return [f"{name} = {code}"] if ta is None else _explained(ta, ta.bind(name, code), f"{name} = {code}")
+        if not lower:
+            return [f"{name} = {code}"]
+        lowered = three_address.bind(
+            name, evaluation_tree(a.expr, self.types(p)), self.target, self.registers
+        )
+        return self.explained(lowered, p, f"{name} = {code}")
 
     def fill(self, a: Assign, p: ExprPrinter) -> list[str] | None:
         """A backend's own way to write this statement, or None."""
         return None
 
-    def three_address(self, a: Assign | None, p: ExprPrinter) -> inplace.ThreeAddress | None:
-        """The rewriter into scratch buffers, for a per-element statement, a reduction, or (``a`` None) an
-        accumulation over all tensors; None where statements stay as printed."""
-        if self.ops is None or self.registers is None:
-            return None
-        if a is not None and not (a.scope == Scope.ELEMENT or a.role == Role.REDUCE):
-            return None
-        return inplace.ThreeAddress(self.ops, p.elements, self.registers)
+    def lowers(self, a: Assign | None) -> bool:
+        """Whether the statement is written as operations into scratch buffers: a per-element statement, a
+        reduction, or (``a`` None) an accumulation over all tensors, in a pass over the tensors, where the
+        backend has a table of operations."""
+        if not self.ops or self.registers is None:
+            return False
+        return a is None or a.scope == Scope.ELEMENT or a.role == Role.REDUCE
+
+    @property
+    def target(self) -> three_address.Target:
+        """What the table can write: the functions it has a row for, and whether it has compound calls."""
+        return three_address.Target(
+            calls=frozenset(k.partition("/")[0] for k in self.ops),
+            compound="inplace_addcdiv_scaled" in self.ops,
+        )
+
+    def types(self, p: ExprPrinter) -> Types:
+        """What the typing says, as the printer names things (for the evaluation trees)."""
+        return Types(
+            arrays=frozenset(p.arrays),
+            elements=frozenset(p.elements),
+            names=dict(p.names),
+            copies=bool(p.functions.get("Copy", ("", ""))[0]),
+        )
+
+    def explained(self, lowered: three_address.Lowered, p: ExprPrinter, printed: str) -> list[str]:
+        """The operations printed with the table, under the statement they compute, as a comment: several
+        calls read as one line of maths (a statement split by a Python condition into ``if`` blocks is left
+        as it is)."""
+        lines = OpPrinter(p, self.ops, self.forms).statements(lowered.body)
+        if len(lines) < 2 or lowered.branched:
+            return lines
+        return [f"# {printed}"] + lines
 
     def scratch_lines(self, section: Section, program: Program) -> list[Line]:
         """The line that binds the registers a pass over the tensors used (none if it used none)."""
@@ -180,17 +203,8 @@ class Backend:
 
     def reduce_guard(self, section: Section, p: ExprPrinter) -> str:
         """The static condition under which a pass over all tensors is needed at all ('' if always)."""
-        parts = []
-        for a in section.body:
-            if a.role != Role.REDUCE:
-                continue
-            if not isinstance(a.expr, sp.Piecewise):
-                return ""
-            static, _ = p.split(a.expr.args[0][1])
-            if static is sp.true:
-                return ""
-            parts.append(static)
-        return p.doprint(sp.simplify_logic(sp.Or(*parts))) if parts else ""
+        cond = conditions.pass_condition(section, p.arrays)
+        return "" if cond is sp.true else p.doprint(cond)
 
     def finalize_lines(self, program: Program, p: ExprPrinter) -> list[Line]:
         """Keras's finalize_variable_values: the rule's ``finalize`` equations, for one tensor."""
@@ -206,33 +220,20 @@ class Backend:
 
     def reduce_lines(self, section: Section, p: ExprPrinter) -> tuple[list[Line], list[Line]]:
         """A pass over all tensors: (lines before the loop, lines inside it), one accumulator per reduction."""
-        from optforge.compiler.dsl import TensorMax, TensorSum
-
         init, inside = [], []
         replays = [a for a in section.body if a.role == Role.REPLAY]
         if replays:  # the values the reductions read, recomputed locally
             inside += self.section_lines(self._program, Section(SectionKind.REPLAY, tuple(replays)), p)
-        for a in section.body:
-            if a.role == Role.REPLAY:
-                continue
-            acc = sp.Symbol(a.target)
-            expr, guard = a.expr, sp.true
-            if isinstance(expr, sp.Piecewise):  # computed only under a condition
-                (expr, guard), _ = expr.args
-            (arg,) = expr.args
-            kind = expr.accumulate
-            step = acc + TensorSum(arg) if kind == "sum" else sp.Max(acc, TensorMax(arg))
-            # a static condition is an `if` around the accumulation (no `else: acc = acc`), a dynamic one
-            # (JAX's traced step) a select
-            static, dynamic = p.split(guard) if guard is not sp.true else (sp.true, sp.true)
-            if dynamic is not sp.true:
-                step = sp.Piecewise((step, dynamic), (acc, True))
-            init.append(Line(f"{p.name_of(acc)} = {self.reduce_init[kind]}", f"over all tensors: {a.target}"))
-            ta = self.three_address(None, p)  # the reduced values into scratch buffers
-            code = f"{p.name_of(acc)} = {p.doprint(step)}"
-            lines = ta.bind(p.name_of(acc), p.doprint(step)) if ta else [code]
-            if static is not sp.true:
-                lines = [f"if {p.doprint(static)}:"] + ["    " + c for c in lines]
+        for acc in accumulators(section, p.arrays):
+            name = p.name_of(sp.Symbol(acc.name))
+            init.append(Line(f"{name} = {self.reduce_init[acc.kind]}", f"over all tensors: {acc.name}"))
+            lines = [f"{name} = {p.doprint(acc.step)}"]
+            if self.lowers(None):  # the reduced values into scratch buffers
+                tree = evaluation_tree(acc.step, self.types(p))
+                lowered = three_address.bind(name, tree, self.target, self.registers)
+                lines = OpPrinter(p, self.ops, self.forms).statements(lowered.body)
+            if acc.static is not sp.true:
+                lines = [f"if {p.doprint(acc.static)}:"] + ["    " + c for c in lines]
             inside += [Line(c) for c in lines]
         return init, inside
 
@@ -283,7 +284,7 @@ class Backend:
             sections = self.case_sections(case)
             printed = []
             for s in sections:
-                self.registers = inplace.Registers() if s.kind != SectionKind.STEP else None
+                self.registers = three_address.Registers() if s.kind != SectionKind.STEP else None
                 init, lines = (
                     self.reduce_lines(s, p)
                     if s.kind == SectionKind.REDUCE
@@ -429,14 +430,6 @@ class Backend:
 
 
 _OPERATOR = {"add": "+=", "sub": "-=", "set": "="}
-
-
-def _explained(ta: inplace.ThreeAddress, lines: list[str], printed: str) -> list[str]:
-    """Three-address code under the statement it computes, as a comment: several calls read as one line of
-    maths (a statement split by a Python condition into an ``if`` block is left as it is)."""
-    if len(lines) < 2 or ta.branched:
-        return lines
-    return [f"# {printed}"] + lines
 
 
 def in_place_form(a: Assign) -> tuple[str, sp.Basic]:

@@ -15,9 +15,11 @@ from sympy.core.relational import Relational
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.str import StrPrinter
 
+from optforge.compiler import ops
 from optforge.compiler.dsl import Given
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import base
+from optforge.compiler.passes import conditions
 
 _RELATION = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
@@ -173,9 +175,17 @@ class ExprPrinter(StrPrinter):
         return out
 
     def minmax(self, name: str, a: sp.Basic, rest: sp.Basic, printed_rest: str) -> str:
-        array_fn, scalar_fn = self.functions[name]
-        fn = array_fn if self.is_array(a) or self.is_array(rest) else scalar_fn
-        return self.call(fn, self._print(a), printed_rest)
+        arrays = (self.is_array(a), self.is_array(rest))
+        return self.call_text(name, any(arrays), [self._print(a), printed_rest], arrays)
+
+    def call_text(self, fn: str, array: bool, args: list[str], arrays: tuple[bool, ...] = ()) -> str:
+        """The call of a function of the table (or ``where``, ``and``, ``or``, ``not``) on printed arguments:
+        its array form or its scalar form; ``arrays``: which arguments are arrays."""
+        logic = {"where": self.where_call, "and": self.and_call, "or": self.or_call, "not": self.not_call}
+        name = logic[fn] if fn in logic else self.functions.get(fn, ("", ""))[0 if array else 1]
+        if not name:
+            raise BackendError(self.rule, self.backend, f"{fn} on {'arrays' if array else 'numbers'}")
+        return self.call(name, *args)
 
     def _print_Max(self, expr) -> str:
         return self._binary_chain("Max", expr)
@@ -199,11 +209,8 @@ class ExprPrinter(StrPrinter):
         return out
 
     def split(self, cond) -> tuple:
-        """(static, dynamic) parts of a conjunction: Python values, and arrays (data or a traced step)."""
-        parts = cond.args if isinstance(cond, sp.And) else (cond,)
-        static = [c for c in parts if not self.is_array(c)]
-        dynamic = [c for c in parts if self.is_array(c)]
-        return sp.And(*static), sp.And(*dynamic)
+        """(static, dynamic) parts of a conjunction: Python values, and arrays (passes/conditions.py)."""
+        return conditions.split(cond, self.arrays)
 
     def choice(self, cond, value: str, other: str) -> str:
         """``value`` where ``cond`` holds, else ``other``: a Python conditional for static parts (so the
@@ -272,3 +279,100 @@ class ExprPrinter(StrPrinter):
 
     def emptyPrinter(self, expr) -> str:
         self.fail(expr)
+
+
+class OpPrinter:
+    """Prints the operation IR (``compiler/ops.py``) with a backend's table: one format per operation
+    (``"*": "np.multiply({0}, {1}, out={out})"``; a row ``"Max/array,scalar"`` where the backend writes a
+    call on an array and a number otherwise), its in-place ``forms``, and the expression printer for leaves
+    and calls. It prints what the IR says, in Python's precedence: nothing is inferred here."""
+
+    def __init__(self, p: ExprPrinter, table: dict[str, str], forms: dict[str, str]) -> None:
+        self.p = p
+        self.table = table
+        self.forms = forms
+
+    def row(self, op: str, arrays: tuple[bool, ...] = ()) -> str:
+        signature = ",".join("array" if a else "scalar" for a in arrays)
+        for key in (f"{op}/{signature}", op):
+            if key in self.table:
+                return self.table[key]
+        raise BackendError(self.p.rule, self.p.backend, f"the operation {op!r} (no row in the table)")
+
+    # -- expressions ---------------------------------------------------------------------------
+
+    def expr(self, e: ops.Expr, context: int = ops.Prec.TEST) -> str:
+        text, prec = self._expr(e)
+        return f"({text})" if context > prec else text
+
+    def _expr(self, e: ops.Expr) -> tuple[str, int]:
+        P = ops.Prec
+        if isinstance(e, ops.Name):
+            return e.value.name, P.ATOM
+        if isinstance(e, ops.Leaf):
+            return self.p.doprint(e.expr), e.prec
+        if isinstance(e, ops.Bin):
+            prec = _BINARY[e.op]
+            left, right = (prec + 1, prec) if e.op == "**" else (prec, prec + 1)
+            return f"{self.expr(e.a, left)} {e.op} {self.expr(e.b, right)}", prec
+        if isinstance(e, ops.Neg):
+            return f"-{self.expr(e.a, P.FACTOR)}", P.FACTOR
+        if isinstance(e, ops.Minus):
+            return f"-({self.expr(e.a)})", P.FACTOR
+        if isinstance(e, ops.Not):
+            return f"not {self.expr(e.a, P.NOT)}", P.NOT
+        if isinstance(e, ops.Call):
+            return self.p.call_text(e.fn, e.array, [self.expr(a) for a in e.args], e.arrays), P.ATOM
+        if isinstance(e, ops.Reduce):
+            return self.p.call_text(e.fn, True, [self.expr(e.arg)]), P.ATOM
+        if isinstance(e, ops.IfExp):
+            body, test = self.expr(e.body, P.TEST + 1), self.expr(e.test, P.TEST + 1)
+            return f"{body} if {test} else {self.expr(e.orelse, P.TEST)}", P.TEST
+        if isinstance(e, ops.Compare):
+            return f"{self.expr(e.a, P.CMP + 1)} {e.op} {self.expr(e.b, P.CMP + 1)}", P.CMP
+        if isinstance(e, ops.BoolOp):
+            prec = P.AND if e.op == "and" else P.OR
+            # as Python's own unparser writes them: each operand needs one level more than the last
+            values = [self.expr(v, prec + 1 + i) for i, v in enumerate(e.values)]
+            return f" {e.op} ".join(values), prec
+        raise BackendError(self.p.rule, self.p.backend, f"the expression {e!r}")
+
+    # -- statements ----------------------------------------------------------------------------
+
+    def statements(self, body: tuple[ops.Stmt, ...]) -> list[str]:
+        return [line for s in body for line in self.statement(s)]
+
+    def statement(self, s: ops.Stmt) -> list[str]:
+        if isinstance(s, ops.Op):
+            args = [self.expr(a) for a in s.args]
+            keywords = {k: self.expr(v) for k, v in s.keywords}
+            code = self.row(s.op, s.arrays).format(*args, out=s.out.name, **keywords)
+            return [f"{s.bind} = {code}" if s.bind else code]
+        if isinstance(s, ops.CopyInto):
+            return [self.row("copy_into").format(self.expr(s.x), out=s.out.name)]
+        if isinstance(s, ops.Bind):
+            value = self.row("duplicate").format(self.expr(s.value)) if s.duplicate else self.expr(s.value)
+            return [f"{s.name} = {value}"]
+        if isinstance(s, ops.Update):
+            return [self.forms[s.form].format(name=s.target, value=self.expr(s.value))]
+        if isinstance(s, ops.Compound):
+            row = f"inplace_{s.method}" + ("" if s.scale is None else "_scaled")
+            scale = "" if s.scale is None else self.expr(s.scale)
+            return [self.row(row).format(*[self.expr(a) for a in s.args], target=s.target, scale=scale)]
+        if isinstance(s, ops.If):
+            test = self.expr(s.test)
+            head = f"if not ({test}):" if s.negated else f"if {test}:"
+            out = [head] + ["    " + line for line in self.statements(s.body)]
+            if s.orelse:
+                out += ["else:"] + ["    " + line for line in self.statements(s.orelse)]
+            return out
+        raise BackendError(self.p.rule, self.p.backend, f"the statement {s!r}")
+
+
+_BINARY = {
+    "+": ops.Prec.ARITH,
+    "-": ops.Prec.ARITH,
+    "*": ops.Prec.TERM,
+    "/": ops.Prec.TERM,
+    "**": ops.Prec.POWER,
+}

@@ -21,82 +21,19 @@ IEEE arithmetic and NumPy's error model (``x/0`` is inf, never an exception).
 from __future__ import annotations
 
 import dataclasses
-import re
 
 import sympy as sp
 from sympy.printing.precedence import PRECEDENCE
 
-from optforge.compiler.dsl import Given, Reduction
+from optforge.compiler.dsl import Reduction
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import Assign, Program, Role, Scope, Section, SectionKind, base
+from optforge.compiler.passes.hoist import Hoisted, Invariants
+from optforge.compiler.passes.typing import boolean_names
 
 from ..base import Backend, fused_name, section_scalars
 from ..numpy.printer import NumPyBackend
 from ..printer import ExprPrinter
-
-
-@dataclasses.dataclass
-class Hoisted:
-    name: str  # c_0 (a number in the kernel's dtype) or b_0 (a bool)
-    code: str  # Python, printed by the NumPy printer
-    guard: sp.Basic = sp.true  # the static condition under which the value is used (else it is 0)
-    expr: sp.Basic = sp.true  # the value, for the per-tensor code printed into a kernel
-
-
-class Hoister:
-    """The values a kernel takes from Python: each distinct (expression, guard) once."""
-
-    def __init__(self, numpy_printer: ExprPrinter, booleans: set[str], per_tensor: set[str]) -> None:
-        self.p = numpy_printer
-        self.booleans = booleans  # names that hold a bool (flags, tests computed once per step)
-        self.per_tensor = per_tensor  # names with a value per tensor (or per element)
-        self.items: list[Hoisted] = []
-        self.keys: dict[tuple, str] = {}
-        self.step: list[Hoisted] = []  # once per step (and dtype): they read no per-tensor value
-        self.pending: list[Hoisted] = []  # per tensor, created since the last flush: Python lines to print
-        self.order: dict[str, int] = {}  # name -> when it was hoisted
-
-    def hoist(self, expr: sp.Basic, guards: tuple) -> str:
-        is_bool = _is_boolean(expr, self.booleans)
-        guard = sp.And(*guards) if guards and not is_bool and not expr.is_Number else sp.true
-        key = (sp.srepr(expr), sp.srepr(guard))
-        if key in self.keys:
-            return self.keys[key]
-        name = self.name_for(expr, "b" if is_bool else "c")
-        if is_bool:
-            code = f"bool({self.p.doprint(expr)})"
-        else:
-            code = f"dt({self.p.doprint(expr)})"
-            if guard is not sp.true:  # e.g. an option's value, only where the option is given
-                code = f"{code} if {self.p.doprint(guard)} else dt(0)"
-        item = Hoisted(name, code, guard, expr)
-        self.items.append(item)
-        reads = {getattr(s, "option", None) or base(s) for s in (expr.free_symbols | guard.free_symbols)}
-        (self.pending if reads & self.per_tensor else self.step).append(item)
-        self.keys[key] = name
-        return name
-
-    def name_for(self, expr: sp.Basic, kind: str) -> str:
-        """``c_`` (a number) or ``b_`` (a bool) and what the value is, where that reads in a few words
-        (``c_lr``, ``c_one_minus_beta_1``, ``b_use_ema``), else its number; unique in the kernel."""
-        words = _words(expr, self.p.names)
-        stem = (
-            f"{kind}_{words}" if words else f"{kind}_{sum(h.name.startswith(kind + '_') for h in self.items)}"
-        )
-        name, k = stem, 2
-        while any(h.name == name for h in self.items):
-            name, k = f"{stem}_{k}", k + 1
-        self.order[name] = len(self.order)
-        return name
-
-    def sort_key(self, name: str) -> tuple:
-        """The kernels' arguments in order: the flags first, then the values, each as hoisted."""
-        return (not name.startswith("b_"), self.order[name])
-
-    def flush(self) -> list[Hoisted]:
-        """The per-tensor values created since the last flush: they are computed at this point."""
-        out, self.pending = self.pending, []
-        return out
 
 
 class KernelPrinter(ExprPrinter):
@@ -117,11 +54,17 @@ class KernelPrinter(ExprPrinter):
         "Min": ("np.minimum", ""),
     }
 
-    def __init__(self, rule: str, elements: set[str], hoister: Hoister, names: dict[str, str]) -> None:
+    def __init__(self, rule: str, elements: set[str], hoister: Invariants, names: dict[str, str]) -> None:
         super().__init__(rule, elements, names)
         self.hoister = hoister
         self.guards: tuple = ()  # static conditions under which the expression being printed is evaluated
         self.used: set[str] = set()  # hoisted names the printed code reads
+        self.results: dict[str, str] = {}  # name of a reduction kernel's result -> its call
+
+    def _print_Symbol(self, expr: sp.Symbol) -> str:
+        if expr.name in self.results:
+            return self.results[expr.name]
+        return super()._print_Symbol(expr)
 
     def _print(self, expr, **kwargs) -> str:
         if isinstance(expr, sp.Basic) and not isinstance(expr, sp.Tuple) and not self.is_array(expr):
@@ -206,6 +149,14 @@ class KernelPrinter(ExprPrinter):
 
     def _print_Not(self, expr) -> str:
         return f"(not {self._print(expr.args[0])})"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepValue:
+    """A line of ``prepare_<case>``: ``name = code``."""
+
+    name: str
+    code: str
 
 
 @dataclasses.dataclass
@@ -301,7 +252,9 @@ class FusedBackend(Backend):
         one): its reductions and per-tensor code, printed as scalar code, then the element loop."""
         elements = {n for n, s in scopes.items() if s == Scope.ELEMENT}
         per_tensor = {n for n, s in scopes.items() if s == Scope.TENSOR}
-        hoister = Hoister(p, boolean_names(program), {n for n, s in scopes.items() if s >= Scope.TENSOR})
+        hoister = Invariants(
+            boolean_names(program), {n for n, s in scopes.items() if s >= Scope.TENSOR}, p.names
+        )
         kp = KernelPrinter(program.rule, elements, hoister, self.names)  # the element statements
         scalar = KernelPrinter(program.rule, elements | per_tensor, hoister, self.names)  # per-tensor code
         persisting = {s.name: s for s in program.states if s.persists}
@@ -332,14 +285,14 @@ class FusedBackend(Backend):
                     kernel = self.reduction(program, index, len(kernels), a, element, kp, hoister, arrays)
                     kernels.append(kernel)
                     flush()
-                    marker = sp.Symbol(f"red{len(kernels)}_")
+                    marker = sp.Symbol(f"red{len(kernels)}_")  # the kernel's result, in the per-tensor code
                     scalar.arrays = scalar.arrays | {marker.name}
+                    scalar.results[marker.name] = f"dt({reduction_call(kernel, hoister)})"
                     value = scalar.doprint(
                         a.expr.replace(
                             lambda x: isinstance(x, Reduction) and x.over == "tensor", lambda x: marker
                         )
                     )
-                    value = re.sub(rf"\b{marker.name}\b", f"dt({_placeholder(kernel.name)})", value)
                 else:
                     value = scalar.doprint(a.expr)
                 tensor_code.append(f"{scalar.name_of(a.lhs)} = {value}")
@@ -387,29 +340,36 @@ class FusedBackend(Backend):
         packed = sorted({v for k in kernels for v in k.values if v in step_names}, key=hoister.sort_key)
         for k in kernels:
             k.packed = [(v, packed.index(v)) for v in k.values if v in step_names]
-        inner = {_placeholder(k.name): f"{k.name[1:]}({', '.join(k.params)})" for k in reductions}
-        for i, code in enumerate(tensor_code):
-            for marker, call in inner.items():
-                tensor_code[i] = tensor_code[i].replace(marker, call)
-        kernel_args = [a for k in kernels for a in k.flags + k.values] + [split or ""]
-        unpack = _identifiers_in(
-            kernel_args,
-            section_scalars(program, scopes, section, self.names) + [h.name for h in hoister.step],
-        ) + (["k_"] if packed else [])
+        for k in reductions:  # the calls printed into the per-tensor code had these arguments
+            assert reduction_call(k, hoister) == f"{k.name[1:]}({', '.join(k.params)})", k.name
+        # what run_<case> takes from prepare_<case>: the kernels' arguments and what the split test reads
+        split_reads = _option_names(sp.Or(*guards), self.names) if split else set()
+        read = {a for k in kernels for a in k.flags + k.values} | split_reads
+        candidates = section_scalars(program, scopes, section, self.names) + [h.name for h in hoister.step]
+        unpack = [n for n in candidates if n in read] + (["k_"] if packed else [])
         return {
             "name": fused_name(index),
             "case": "" if case.condition is sp.true else p.doprint(case.condition),
             "states": states,
             "scalars": section_scalars(program, scopes, section, self.names),
-            "step": hoister.step,
+            "step": [StepValue(h.name, self.step_code(h, p)) for h in hoister.step],
             "unpack": unpack,
-            "split_reads": _reads(_identifiers_in([split or ""], unpack), unpack, "step"),
+            "split_reads": _reads([n for n in unpack if n in split_reads], unpack, "step"),
             "packed": packed,
             "kernels": kernels,
             "kernel": kernel,
             "split": split,
             "index": index,
         }
+
+    def step_code(self, h: Hoisted, p: ExprPrinter) -> str:
+        """A once-per-step value as Python computes it (``dt`` is the kernels' dtype), by the NumPy printer."""
+        if h.boolean:
+            return f"bool({p.doprint(h.expr)})"
+        code = f"dt({p.doprint(h.expr)})"
+        if h.guard is not sp.true:  # e.g. an option's value, only where the option is given
+            code = f"{code} if {p.doprint(h.guard)} else dt(0)"
+        return code
 
     def scalar_value(self, h: Hoisted, scalar: KernelPrinter) -> str:
         """A per-tensor value as a kernel computes it (``dt`` is the kernel's dtype): what the NumPy
@@ -492,76 +452,22 @@ class FusedBackend(Backend):
         )
 
 
-def _placeholder(kernel: str) -> str:
-    """Where a kernel's call goes in the per-tensor lines, until its arguments are known."""
-    return f"<call {kernel}>"
+def reduction_call(kernel: Kernel, hoister: Invariants) -> str:
+    """The call of a reduction kernel from the update kernel: its arrays, the packed once-per-step values
+    (``k_``) where it reads any, and its per-tensor values (all hoisted before the kernel was made)."""
+    step = {h.name for h in hoister.step}
+    values = [a for a in kernel.args if not a.startswith("b_")]
+    params = [f"{n}_" for n in kernel.arrays]
+    params += (["k_"] if any(v in step for v in values) else []) + [v for v in values if v not in step]
+    return f"{kernel.name[1:]}({', '.join(params)})"
+
+
+def _option_names(expr: sp.Basic, names: dict[str, str]) -> set[str]:
+    """The names (as printed) of the values a condition reads (``Given(x)`` reads the option ``x``)."""
+    read = {getattr(s, "option", None) or base(s) for s in expr.free_symbols}
+    return {names.get(n, n) for n in read}
 
 
 def _reads(names: list[str], order: list[str], tuple_name: str) -> str:
     """``a, b = step[0], step[3]``: the names read from a tuple of ``order``."""
     return f"{', '.join(names)} = {', '.join(f'{tuple_name}[{order.index(n)}]' for n in names)}"
-
-
-def _identifiers_in(code: list[str], names: list[str]) -> list[str]:
-    """The names (in their order) that the code reads."""
-    import re
-
-    found = set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", " ".join(code)))
-    return [n for n in names if n in found]
-
-
-def _is_boolean(expr: sp.Basic, booleans: set[str]) -> bool:
-    if isinstance(expr, Given):
-        return True
-    if isinstance(expr, sp.Symbol):  # a sympy Symbol is also a Boolean: ask what the name holds
-        return base(expr) in booleans
-    return isinstance(expr, (sp.logic.boolalg.Boolean, sp.core.relational.Relational))
-
-
-def boolean_names(program: Program) -> set[str]:
-    """Flags, and every name assigned a condition (``is_update``), or a copy of one."""
-    out = {h.name for h in program.flags}
-    changed = True
-    while changed:
-        changed = False
-        for case in program.cases:
-            for a in case.body + case.functional:
-                if a.target not in out and _is_boolean(a.expr, out):
-                    out.add(a.target)
-                    changed = True
-    return out
-
-
-_NUMBERS = {0: "zero", 1: "one", 2: "two", sp.S.Half: "half", -1: "minus_one"}
-
-
-def _words(expr: sp.Basic, names: dict[str, str], depth: int = 0) -> str:
-    """A hoisted value in a few words for its name: ``lr``, ``one_minus_beta_1``, ``beta_1_pow_t``,
-    ``neg_clipvalue``, ``clipnorm_given_and_is_update``; '' where it would not read as a name (then the
-    value is numbered). ``names``: what the generated code calls a rule's name (``lr``)."""
-    if depth > 2:
-        return ""
-    if isinstance(expr, Given):
-        return f"{expr.option}_given"
-    if isinstance(expr, sp.Symbol):
-        return names.get(base(expr), base(expr))
-    if isinstance(expr, (sp.And, sp.Or)) and len(expr.args) == 2:
-        parts = [_words(a, names, depth + 1) for a in sorted(expr.args, key=sp.default_sort_key)]
-        word = "_and_" if isinstance(expr, sp.And) else "_or_"
-        return word.join(parts) if all(parts) else ""
-    if expr.is_Number:
-        return _NUMBERS.get(expr, "")
-    if isinstance(expr, sp.Add) and len(expr.args) == 2 and sp.S.One in expr.args:
-        other = next(a for a in expr.args if a != sp.S.One)
-        if other.could_extract_minus_sign():
-            inner = _words(-other, names, depth + 1)
-            return f"one_minus_{inner}" if inner else ""
-        inner = _words(other, names, depth + 1)
-        return f"one_plus_{inner}" if inner else ""
-    if isinstance(expr, sp.Mul) and len(expr.args) == 2 and expr.args[0] == -1:
-        inner = _words(expr.args[1], names, depth + 1)
-        return f"neg_{inner}" if inner else ""
-    if isinstance(expr, sp.Pow) and expr.exp.is_Symbol:
-        b, e = _words(expr.base, names, depth + 1), _words(expr.exp, names, depth + 1)
-        return f"{b}_pow_{e}" if b and e else ""
-    return ""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .. import inplace
 from ..base import Backend
 from ..printer import ExprPrinter
 
@@ -32,6 +31,26 @@ class NumPyPrinter(ExprPrinter):
 class NumPyBackend(Backend):
     name = "numpy"
     printer = NumPyPrinter
-    ops = inplace.NUMPY
+    #: element-wise operations into a buffer (compiler/passes/three_address.py): the calls of the printed
+    #: expression's operations, so the results are the same bit for bit
+    ops = {
+        "+": "np.add({0}, {1}, out={out})",
+        "-": "np.subtract({0}, {1}, out={out})",
+        "*": "np.multiply({0}, {1}, out={out})",
+        "/": "np.divide({0}, {1}, out={out})",
+        "**": "np.power({0}, {1}, out={out})",
+        "square": "np.square({0}, out={out})",  # x**2
+        "neg": "np.negative({0}, out={out})",
+        "sqrt": "np.sqrt({0}, out={out})",
+        "Abs": "np.abs({0}, out={out})",
+        "sign": "np.sign({0}, out={out})",
+        "exp": "np.exp({0}, out={out})",
+        "log": "np.log({0}, out={out})",
+        "Max": "np.maximum({0}, {1}, out={out})",
+        "Min": "np.minimum({0}, {1}, out={out})",
+        "clip": "np.clip({0}, {1}, {2}, out={out})",
+        "copy_into": "np.copyto({out}, {0})",
+        "duplicate": "{0}.copy()",  # an array held apart from the buffer it came from
+    }
     forms = {"add": "{name} += {value}", "sub": "{name} -= {value}", "set": "{name}[...] = {value}"}
     support = "numpy_support"

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import sympy as sp
-
 from optforge.compiler.ir import Assign, Role, Scope
 
-from .. import inplace
 from ..base import Backend
 from ..printer import ExprPrinter
 
@@ -32,14 +29,23 @@ class TorchPrinter(ExprPrinter):
     or_call = "torch.logical_or"
     not_call = "torch.logical_not"
 
-    def minmax(self, name: str, a: sp.Basic, rest: sp.Basic, printed_rest: str) -> str:
+    def call_text(self, fn: str, array: bool, args: list[str], arrays: tuple[bool, ...] = ()) -> str:
         # torch.maximum needs two tensors; a tensor against a number is a clamp
-        key = "min" if name == "Max" else "max"
-        if self.is_array(a) and not self.is_array(rest):
-            return self.call("torch.clamp", self._print(a), f"{key}={printed_rest}")
-        if self.is_array(rest) and not self.is_array(a):
-            return self.call("torch.clamp", printed_rest, f"{key}={self._print(a)}")
-        return super().minmax(name, a, rest, printed_rest)
+        if fn in ("Max", "Min") and len(arrays) == 2 and arrays[0] != arrays[1]:
+            x, c = (args[0], args[1]) if arrays[0] else (args[1], args[0])
+            return self.call("torch.clamp", x, f"{'min' if fn == 'Max' else 'max'}={c}")
+        return super().call_text(fn, array, args, arrays)
+
+
+#: torch's abs, neg, sign and clamp want ``out=`` of their input's dtype (float32 parameters may have float64
+#: state): where the buffer is wider, the call is made as printed and copied in
+_SAME_DTYPE = "{call_out} if {x}.dtype == {{out}}.dtype else {{out}}.copy_({call})"
+
+
+def _same_dtype(fn: str, x: str, rest: str = "") -> str:
+    return _SAME_DTYPE.format(
+        call_out=f"torch.{fn}({x}{rest}, out={{out}})", x=x, call=f"torch.{fn}({x}{rest})"
+    )
 
 
 class TorchBackend(Backend):
@@ -47,7 +53,38 @@ class TorchBackend(Backend):
     name = "torch"
     printer = TorchPrinter
     global_reductions_are_arrays = True  # 0-d tensors: no device synchronisation
-    ops = inplace.TORCH
+    #: element-wise operations into a buffer (compiler/passes/three_address.py), and the compound in-place
+    #: calls: one pass instead of two, which may round once where the printed expression rounds twice
+    ops = {
+        "+": "torch.add({0}, {1}, out={out})",
+        "-": "torch.sub({0}, {1}, out={out})",
+        "*": "torch.mul({0}, {1}, out={out})",
+        "/": "torch.div({0}, {1}, out={out})",
+        "**": "torch.pow({0}, {1}, out={out})",
+        "square": "torch.pow({0}, {1}, out={out})",  # x**2
+        "neg": _same_dtype("neg", "{0}"),
+        "sqrt": "torch.sqrt({0}, out={out})",
+        "Abs": _same_dtype("abs", "{0}"),
+        "sign": _same_dtype("sign", "{0}"),
+        "exp": "torch.exp({0}, out={out})",
+        "log": "torch.log({0}, out={out})",
+        "erf": "torch.special.erf({0}, out={out})",
+        "Max": "torch.maximum({0}, {1}, out={out})",
+        "Min": "torch.minimum({0}, {1}, out={out})",
+        "Max/array,scalar": _same_dtype("clamp", "{0}", ", min={1}"),
+        "Max/scalar,array": _same_dtype("clamp", "{1}", ", min={0}"),
+        "Min/array,scalar": _same_dtype("clamp", "{0}", ", max={1}"),
+        "Min/scalar,array": _same_dtype("clamp", "{1}", ", max={0}"),
+        "clip": _same_dtype("clamp", "{0}", ", {1}, {2}"),
+        "add_scaled": "torch.add({0}, {1}, alpha={alpha}, out={out})",  # a + c*x
+        "copy_into": "{out}.copy_({0})",
+        "duplicate": "{0}.clone()",
+        "inplace_add_scaled": "{target}.add_({0}, alpha={scale})",
+        "inplace_addcmul": "{target}.addcmul_({0}, {1})",
+        "inplace_addcmul_scaled": "{target}.addcmul_({0}, {1}, value={scale})",
+        "inplace_addcdiv": "{target}.addcdiv_({0}, {1})",
+        "inplace_addcdiv_scaled": "{target}.addcdiv_({0}, {1}, value={scale})",
+    }
     forms = {"add": "{name}.add_({value})", "sub": "{name}.sub_({value})", "set": "{name}.copy_({value})"}
     support = "torch_support"
 

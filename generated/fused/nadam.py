@@ -61,11 +61,10 @@ def prepare_update_case_0(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -74,7 +73,7 @@ def prepare_update_case_0(
     c_neg_clipvalue = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_weight_decay_given_and_is_update = bool((weight_decay is not None and is_update))
-    c_lr = dt(lr) if (weight_decay is not None and is_update) else dt(0)
+    c_lr = dt(lr) if is_update else dt(0)
     c_weight_decay = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
     c_one_minus_beta_1 = dt(1 - beta_1) if is_update else dt(0)
@@ -82,9 +81,8 @@ def prepare_update_case_0(
     c_one_minus_u_t = dt(1 - u_t) if is_update else dt(0)
     c_one_minus_u_product = dt(1 - u_product) if is_update else dt(0)
     c_u_t1 = dt(u_t1) if is_update else dt(0)
-    c_17 = dt(1 - u_product * u_t1) if is_update else dt(0)
+    c_16 = dt(1 - u_product * u_t1) if is_update else dt(0)
     c_one_minus_beta_2_pow_t = dt(1 - beta_2**t) if is_update else dt(0)
-    c_lr_2 = dt(lr) if is_update else dt(0)
     c_epsilon = dt(epsilon) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -96,9 +94,8 @@ def prepare_update_case_0(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_lr,
@@ -108,9 +105,8 @@ def prepare_update_case_0(
             c_one_minus_u_t,
             c_one_minus_u_product,
             c_u_t1,
-            c_17,
+            c_16,
             c_one_minus_beta_2_pow_t,
-            c_lr_2,
             c_epsilon,
             c_ema_mu,
             c_one_minus_ema_mu,
@@ -258,24 +254,22 @@ def _update_0(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_lr = k_[9]
-        c_weight_decay = k_[10]
-        c_one_minus_beta_1 = k_[11]
-        c_one_minus_beta_2 = k_[12]
-        c_one_minus_u_t = k_[13]
-        c_one_minus_u_product = k_[14]
-        c_u_t1 = k_[15]
-        c_17 = k_[16]
-        c_one_minus_beta_2_pow_t = k_[17]
-        c_lr_2 = k_[18]
-        c_epsilon = k_[19]
-        c_ema_mu = k_[20]
-        c_one_minus_ema_mu = k_[21]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_lr = k_[8]
+        c_weight_decay = k_[9]
+        c_one_minus_beta_1 = k_[10]
+        c_one_minus_beta_2 = k_[11]
+        c_one_minus_u_t = k_[12]
+        c_one_minus_u_product = k_[13]
+        c_u_t1 = k_[14]
+        c_16 = k_[15]
+        c_one_minus_beta_2_pow_t = k_[16]
+        c_epsilon = k_[17]
+        c_ema_mu = k_[18]
+        c_one_minus_ema_mu = k_[19]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -289,7 +283,7 @@ def _update_0(
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -318,7 +312,7 @@ def _update_0(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -332,14 +326,14 @@ def _update_0(
                     v = v + c_one_minus_beta_2 * ((g * g) - v) if b_is_update else v
                     # Nesterov momentum
                     m_hat = (
-                        g * c_one_minus_u_t / c_one_minus_u_product + m * c_u_t1 / c_17
+                        g * c_one_minus_u_t / c_one_minus_u_product + m * c_u_t1 / c_16
                         if b_is_update
                         else c_zero
                     )
                     # bias correction
                     v_hat = v / c_one_minus_beta_2_pow_t if b_is_update else c_zero
                     # parameter update
-                    w = w - c_lr_2 * m_hat / (c_epsilon + math.sqrt(v_hat)) if b_is_update else w
+                    w = w - c_lr * m_hat / (c_epsilon + math.sqrt(v_hat)) if b_is_update else w
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite

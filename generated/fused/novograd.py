@@ -60,11 +60,10 @@ def prepare_update_case_0(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -83,7 +82,6 @@ def prepare_update_case_0(
     c_beta1 = dt(beta1) if is_update else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_nesterov = bool(use_nesterov)
-    c_beta1_2 = dt(beta1) if (is_update and use_nesterov) else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
@@ -94,9 +92,8 @@ def prepare_update_case_0(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_beta2,
@@ -106,7 +103,6 @@ def prepare_update_case_0(
             c_one_minus_beta1,
             c_beta1,
             c_lr,
-            c_beta1_2,
             c_ema_mu,
             c_one_minus_ema_mu,
         ],
@@ -239,10 +235,10 @@ def _reduce_0_1(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
         acc = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
@@ -260,7 +256,7 @@ def _reduce_0_1(
             )
             # clipping
             g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-            g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+            g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
             g = (
                 np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                 if b_clipvalue_given_and_is_update
@@ -310,21 +306,19 @@ def _update_0(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_beta2 = k_[9]
-        c_one_minus_beta2 = k_[10]
-        c_epsilon = k_[11]
-        c_weight_decay = k_[12]
-        c_one_minus_beta1 = k_[13]
-        c_beta1 = k_[14]
-        c_lr = k_[15]
-        c_beta1_2 = k_[16]
-        c_ema_mu = k_[17]
-        c_one_minus_ema_mu = k_[18]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_beta2 = k_[8]
+        c_one_minus_beta2 = k_[9]
+        c_epsilon = k_[10]
+        c_weight_decay = k_[11]
+        c_one_minus_beta1 = k_[12]
+        c_beta1 = k_[13]
+        c_lr = k_[14]
+        c_ema_mu = k_[15]
+        c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -339,7 +333,7 @@ def _update_0(
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -350,7 +344,7 @@ def _update_0(
                     if b_is_update
                     else v
                 )
-                c_12 = dt(math.sqrt(c_epsilon + v)) if b_is_update else dt(0)
+                c_11 = dt(math.sqrt(c_epsilon + v)) if b_is_update else dt(0)
                 v_[0] = v
                 for i_ in range(hi - lo):
                     w = w_[i_]
@@ -376,14 +370,14 @@ def _update_0(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
                         else g
                     )
                     # normalised gradient
-                    u = g / c_12 if b_is_update else c_zero
+                    u = g / c_11 if b_is_update else c_zero
                     # weight decay
                     u = u + (w * c_weight_decay if b_7 else c_zero) if b_is_update else u
                     # gradient averaging
@@ -391,7 +385,7 @@ def _update_0(
                     # momentum
                     m = c_beta1 * m + u if b_is_update else m
                     # parameter update
-                    w = w - c_lr * (c_beta1_2 * m + u if b_use_nesterov else m) if b_is_update else w
+                    w = w - c_lr * (c_beta1 * m + u if b_use_nesterov else m) if b_is_update else w
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite

@@ -59,11 +59,10 @@ def prepare_update_case_0(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -80,7 +79,6 @@ def prepare_update_case_0(
     c_beta1 = dt(beta1) if is_update else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_nesterov = bool(use_nesterov)
-    c_beta1_2 = dt(beta1) if (is_update and use_nesterov) else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
@@ -91,9 +89,8 @@ def prepare_update_case_0(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_epsilon,
@@ -101,7 +98,6 @@ def prepare_update_case_0(
             c_one_minus_beta1,
             c_beta1,
             c_lr,
-            c_beta1_2,
             c_ema_mu,
             c_one_minus_ema_mu,
         ],
@@ -243,10 +239,10 @@ def _reduce_0_1(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
         acc = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
@@ -264,7 +260,7 @@ def _reduce_0_1(
             )
             # clipping
             g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-            g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+            g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
             g = (
                 np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                 if b_clipvalue_given_and_is_update
@@ -314,19 +310,17 @@ def _update_0(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_epsilon = k_[9]
-        c_weight_decay = k_[10]
-        c_one_minus_beta1 = k_[11]
-        c_beta1 = k_[12]
-        c_lr = k_[13]
-        c_beta1_2 = k_[14]
-        c_ema_mu = k_[15]
-        c_one_minus_ema_mu = k_[16]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_epsilon = k_[8]
+        c_weight_decay = k_[9]
+        c_one_minus_beta1 = k_[10]
+        c_beta1 = k_[11]
+        c_lr = k_[12]
+        c_ema_mu = k_[13]
+        c_one_minus_ema_mu = k_[14]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -339,14 +333,14 @@ def _update_0(
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
                 sumsq_g_1 = dt(reduce_0_1(g_, grad_accumulator_, k_, c_4)) if b_is_update else c_zero
                 # second moment (no EMA in graph mode)
                 v = sumsq_g_1 if b_is_update else c_zero
-                c_10 = dt(math.sqrt(c_epsilon + v)) if b_is_update else dt(0)
+                c_9 = dt(math.sqrt(c_epsilon + v)) if b_is_update else dt(0)
                 for i_ in range(hi - lo):
                     w = w_[i_]
                     g = g_[i_]
@@ -371,14 +365,14 @@ def _update_0(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
                         else g
                     )
                     # normalised gradient
-                    u = g / c_10 if b_is_update else c_zero
+                    u = g / c_9 if b_is_update else c_zero
                     # weight decay
                     u = u + (w * c_weight_decay if b_7 else c_zero) if b_is_update else u
                     # gradient averaging
@@ -386,7 +380,7 @@ def _update_0(
                     # momentum
                     m = c_beta1 * m + u if b_is_update else m
                     # parameter update
-                    w = w - c_lr * (c_beta1_2 * m + u if b_use_nesterov else m) if b_is_update else w
+                    w = w - c_lr * (c_beta1 * m + u if b_use_nesterov else m) if b_is_update else w
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite

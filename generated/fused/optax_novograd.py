@@ -59,11 +59,10 @@ def prepare_update_case_0(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -90,9 +89,8 @@ def prepare_update_case_0(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_b2,
@@ -228,10 +226,10 @@ def _reduce_0_1(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
         acc = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
@@ -249,7 +247,7 @@ def _reduce_0_1(
             )
             # clipping
             g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-            g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+            g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
             g = (
                 np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                 if b_clipvalue_given_and_is_update
@@ -297,20 +295,19 @@ def _update_0(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_b2 = k_[9]
-        c_one_minus_b2 = k_[10]
-        c_weight_decay = k_[11]
-        c_eps = k_[12]
-        c_eps_root = k_[13]
-        c_b1 = k_[14]
-        c_lr = k_[15]
-        c_ema_mu = k_[16]
-        c_one_minus_ema_mu = k_[17]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_b2 = k_[8]
+        c_one_minus_b2 = k_[9]
+        c_weight_decay = k_[10]
+        c_eps = k_[11]
+        c_eps_root = k_[12]
+        c_b1 = k_[13]
+        c_lr = k_[14]
+        c_ema_mu = k_[15]
+        c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -325,14 +322,14 @@ def _update_0(
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
                 sumsq_g_1 = dt(reduce_0_1(g_, grad_accumulator_, k_, c_4)) if b_is_update else c_zero
                 # second moment
                 nu = (sumsq_g_1 if b_7 else c_b2 * nu + sumsq_g_1 * c_one_minus_b2) if b_is_update else nu
-                c_12 = dt(c_eps + math.sqrt(c_eps_root + nu)) if b_is_update else dt(0)
+                c_11 = dt(c_eps + math.sqrt(c_eps_root + nu)) if b_is_update else dt(0)
                 nu_[0] = nu
                 for i_ in range(hi - lo):
                     w = w_[i_]
@@ -358,14 +355,14 @@ def _update_0(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
                         else g
                     )
                     # normalised gradient with weight decay
-                    u = g / c_12 + w * c_weight_decay if b_is_update else c_zero
+                    u = g / c_11 + w * c_weight_decay if b_is_update else c_zero
                     # first moment
                     mu = (u if b_7 else c_b1 * mu + u) if b_is_update else mu
                     # parameter update

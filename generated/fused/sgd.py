@@ -55,11 +55,10 @@ def prepare_update_case_0(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -68,10 +67,9 @@ def prepare_update_case_0(
     c_neg_clipvalue = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_weight_decay_given_and_is_update = bool((weight_decay is not None and is_update))
-    c_lr = dt(lr) if (weight_decay is not None and is_update) else dt(0)
+    c_lr = dt(lr) if is_update else dt(0)
     c_weight_decay = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
-    c_lr_2 = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
@@ -82,14 +80,12 @@ def prepare_update_case_0(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_lr,
             c_weight_decay,
-            c_lr_2,
             c_ema_mu,
             c_one_minus_ema_mu,
         ],
@@ -234,16 +230,14 @@ def _update_0(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_lr = k_[9]
-        c_weight_decay = k_[10]
-        c_lr_2 = k_[11]
-        c_ema_mu = k_[12]
-        c_one_minus_ema_mu = k_[13]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_lr = k_[8]
+        c_weight_decay = k_[9]
+        c_ema_mu = k_[10]
+        c_one_minus_ema_mu = k_[11]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -255,7 +249,7 @@ def _update_0(
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -282,7 +276,7 @@ def _update_0(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -291,7 +285,7 @@ def _update_0(
                     # decoupled weight decay
                     w = w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w
                     # gradient descent
-                    w = w - g * c_lr_2 if b_is_update else w
+                    w = w - g * c_lr if b_is_update else w
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
@@ -334,11 +328,10 @@ def prepare_update_case_1(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -347,11 +340,10 @@ def prepare_update_case_1(
     c_neg_clipvalue = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_weight_decay_given_and_is_update = bool((weight_decay is not None and is_update))
-    c_lr = dt(lr) if (weight_decay is not None and is_update) else dt(0)
+    c_lr = dt(lr) if is_update else dt(0)
     c_weight_decay = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
     c_momentum = dt(momentum) if is_update else dt(0)
-    c_lr_2 = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
@@ -363,15 +355,13 @@ def prepare_update_case_1(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_lr,
             c_weight_decay,
             c_momentum,
-            c_lr_2,
             c_ema_mu,
             c_one_minus_ema_mu,
         ],
@@ -521,17 +511,15 @@ def _update_1(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_lr = k_[9]
-        c_weight_decay = k_[10]
-        c_momentum = k_[11]
-        c_lr_2 = k_[12]
-        c_ema_mu = k_[13]
-        c_one_minus_ema_mu = k_[14]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_lr = k_[8]
+        c_weight_decay = k_[9]
+        c_momentum = k_[10]
+        c_ema_mu = k_[11]
+        c_one_minus_ema_mu = k_[12]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -544,7 +532,7 @@ def _update_1(
                     dt(reduce_1_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -572,7 +560,7 @@ def _update_1(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -581,9 +569,9 @@ def _update_1(
                     # decoupled weight decay
                     w = w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w
                     # velocity
-                    velocity = c_momentum * velocity - g * c_lr_2 if b_is_update else velocity
+                    velocity = c_momentum * velocity - g * c_lr if b_is_update else velocity
                     # Nesterov update
-                    w = -g * c_lr_2 + c_momentum * velocity + w if b_is_update else w
+                    w = -g * c_lr + c_momentum * velocity + w if b_is_update else w
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
@@ -628,11 +616,10 @@ def prepare_update_case_2(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -641,11 +628,10 @@ def prepare_update_case_2(
     c_neg_clipvalue = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_weight_decay_given_and_is_update = bool((weight_decay is not None and is_update))
-    c_lr = dt(lr) if (weight_decay is not None and is_update) else dt(0)
+    c_lr = dt(lr) if is_update else dt(0)
     c_weight_decay = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
     c_momentum = dt(momentum) if is_update else dt(0)
-    c_lr_2 = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
@@ -657,15 +643,13 @@ def prepare_update_case_2(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_lr,
             c_weight_decay,
             c_momentum,
-            c_lr_2,
             c_ema_mu,
             c_one_minus_ema_mu,
         ],
@@ -815,17 +799,15 @@ def _update_2(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_lr = k_[9]
-        c_weight_decay = k_[10]
-        c_momentum = k_[11]
-        c_lr_2 = k_[12]
-        c_ema_mu = k_[13]
-        c_one_minus_ema_mu = k_[14]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_lr = k_[8]
+        c_weight_decay = k_[9]
+        c_momentum = k_[10]
+        c_ema_mu = k_[11]
+        c_one_minus_ema_mu = k_[12]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -838,7 +820,7 @@ def _update_2(
                     dt(reduce_2_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -866,7 +848,7 @@ def _update_2(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -875,7 +857,7 @@ def _update_2(
                     # decoupled weight decay
                     w = w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w
                     # velocity
-                    velocity = c_momentum * velocity - g * c_lr_2 if b_is_update else velocity
+                    velocity = c_momentum * velocity - g * c_lr if b_is_update else velocity
                     # momentum update
                     w = velocity + w if b_is_update else w
                     # EMA of the weights

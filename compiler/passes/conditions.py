@@ -1,0 +1,62 @@
+"""Static and dynamic conditions: what a backend tests in Python, and what it selects element-wise.
+
+A condition is *static* where it reads no array (a flag, an option given, ``momentum == 0``, the step in
+NumPy and torch): Python tests it, so the branch not taken is never computed. It is *dynamic* where it
+reads an array (data, or JAX's traced step): an element-wise select. The typing pass says which names are
+arrays (``typing.py``); this pass splits conditions accordingly, and printers print the parts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import sympy as sp
+
+from ..ir import Assign, Role, Section, base
+
+
+def reads_array(expr: sp.Basic, arrays: Iterable[str]) -> bool:
+    names = set(arrays)
+    return any(base(s) in names for s in expr.free_symbols)
+
+
+def split(cond: sp.Basic, arrays: Iterable[str]) -> tuple[sp.Basic, sp.Basic]:
+    """(static, dynamic) parts of a conjunction (``sp.true`` where there is none)."""
+    names = set(arrays)
+    parts = cond.args if isinstance(cond, sp.And) else (cond,)
+    static = [c for c in parts if not reads_array(c, names)]
+    dynamic = [c for c in parts if reads_array(c, names)]
+    return sp.And(*static), sp.And(*dynamic)
+
+
+def guard(a: Assign, arrays: Iterable[str]) -> tuple[sp.Basic, Assign] | None:
+    """``x <- where(c, e, x)`` ("keep the previous value otherwise") with a static part in ``c``: (that part,
+    the assignment to run under it: ``x <- e``, or ``x <- where(dynamic, e, x)``); None for any other."""
+    e = a.expr
+    if a.role in (Role.TEMP, Role.REDUCE) or not (isinstance(e, sp.Piecewise) and len(e.args) == 2):
+        return None
+    (value, cond), (other, _) = e.args
+    if not (isinstance(other, sp.Symbol) and base(other) == a.target and other != a.lhs):
+        return None
+    static, dynamic = split(cond, arrays)
+    if static is sp.true:
+        return None
+    inner = value if dynamic is sp.true else sp.Piecewise((value, dynamic), (other, True))
+    return static, dataclasses.replace(a, expr=inner)
+
+
+def pass_condition(section: Section, arrays: Iterable[str]) -> sp.Basic:
+    """The static condition under which a pass over all tensors is needed at all (``sp.true``: always):
+    where every reduction it computes is computed under a static condition, their disjunction."""
+    parts = []
+    for a in section.body:
+        if a.role != Role.REDUCE:
+            continue
+        if not isinstance(a.expr, sp.Piecewise):
+            return sp.true
+        static, _ = split(a.expr.args[0][1], arrays)
+        if static is sp.true:
+            return sp.true
+        parts.append(static)
+    return sp.simplify_logic(sp.Or(*parts)) if parts else sp.true

@@ -1,0 +1,129 @@
+"""Invariants of the fused kernels: the values a kernel takes from outside its element loop.
+
+A fused kernel (``backends/fused``) runs a case's per-element statements as scalar code in one loop.
+Every sub-expression that reads no per-element value (a hyperparameter, the step, a per-tensor norm, a
+literal number) is an *invariant*: computed once per step (and dtype) in Python, or once per tensor
+inside the kernel, in the loop's dtype, and read by name. :class:`Invariants` gives each distinct
+invariant one name, after what it holds where that reads in a few words (``c_lr``,
+``c_one_minus_beta_1``, ``b_use_ema``; else a number: ``c_7``): ``c_`` a number, ``b_`` a bool.
+
+A number is computed only where a use needs it (its *guard*, the static conditions under which the
+expression that reads it is evaluated): elsewhere it is 0, so an option that is not given is never
+read. Once-per-step values have one name whatever the guards of their uses (the guard is the
+disjunction of theirs); a per-tensor value is computed at the point of the kernel's per-tensor code
+where it is first read, under that use's guard, so each (value, guard) has its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import sympy as sp
+
+from ..dsl import Given
+from ..ir import base
+from .typing import is_boolean
+
+
+@dataclasses.dataclass
+class Hoisted:
+    name: str  # c_... (a number in the kernel's dtype) or b_... (a bool)
+    expr: sp.Basic  # the value
+    guard: sp.Basic = sp.true  # the static condition under which the value is used (else it is 0)
+    per_tensor: bool = False  # whether it reads a per-tensor value (computed in the kernel)
+
+    @property
+    def boolean(self) -> bool:
+        return self.name.startswith("b_")
+
+
+class Invariants:
+    """The invariants of one kernel, in the order they were first read."""
+
+    def __init__(self, booleans: set[str], per_tensor: set[str], names: dict[str, str]) -> None:
+        self.booleans = booleans  # names that hold a bool (flags, tests computed once per step)
+        self.per_tensor = per_tensor  # names with a value per tensor (or per element)
+        self.names = names  # what the generated code calls a rule's name (``lr``)
+        self.items: list[Hoisted] = []
+        self.keys: dict[tuple, str] = {}
+        self.step: list[Hoisted] = []  # once per step (and dtype): they read no per-tensor value
+        self.pending: list[Hoisted] = []  # per tensor, created since the last flush
+        self.order: dict[str, int] = {}  # name -> when it was hoisted
+
+    def hoist(self, expr: sp.Basic, guards: tuple) -> str:
+        """The name of ``expr``, read where ``guards`` hold."""
+        is_bool = is_boolean(expr, self.booleans)
+        guard = sp.And(*guards) if guards and not is_bool and not expr.is_Number else sp.true
+        reads = {getattr(s, "option", None) or base(s) for s in (expr.free_symbols | guard.free_symbols)}
+        per_tensor = bool(reads & self.per_tensor)
+        # once per step: one name whatever the guard, computed where any use needs it
+        key = (sp.srepr(expr), sp.srepr(guard) if per_tensor else "")
+        if key in self.keys:
+            name = self.keys[key]
+            item = next(h for h in self.items if h.name == name)
+            if not per_tensor and item.guard is not sp.true:
+                item.guard = sp.true if guard is sp.true else sp.simplify_logic(sp.Or(item.guard, guard))
+            return name
+        name = self.name_for(expr, "b" if is_bool else "c")
+        item = Hoisted(name, expr, guard, per_tensor=per_tensor)
+        self.items.append(item)
+        (self.pending if item.per_tensor else self.step).append(item)
+        self.keys[key] = name
+        return name
+
+    def name_for(self, expr: sp.Basic, kind: str) -> str:
+        """``c_`` (a number) or ``b_`` (a bool) and what the value is, where that reads in a few words
+        (``c_lr``, ``c_one_minus_beta_1``, ``b_use_ema``), else its number; unique in the kernel."""
+        words = _words(expr, self.names)
+        stem = (
+            f"{kind}_{words}" if words else f"{kind}_{sum(h.name.startswith(kind + '_') for h in self.items)}"
+        )
+        name, k = stem, 2
+        while any(h.name == name for h in self.items):
+            name, k = f"{stem}_{k}", k + 1
+        self.order[name] = len(self.order)
+        return name
+
+    def sort_key(self, name: str) -> tuple:
+        """The kernels' arguments in order: the flags first, then the values, each as hoisted."""
+        return (not name.startswith("b_"), self.order[name])
+
+    def flush(self) -> list[Hoisted]:
+        """The per-tensor values created since the last flush: they are computed at this point."""
+        out, self.pending = self.pending, []
+        return out
+
+
+_NUMBERS = {0: "zero", 1: "one", 2: "two", sp.S.Half: "half", -1: "minus_one"}
+
+
+def _words(expr: sp.Basic, names: dict[str, str], depth: int = 0) -> str:
+    """A hoisted value in a few words for its name: ``lr``, ``one_minus_beta_1``, ``beta_1_pow_t``,
+    ``neg_clipvalue``, ``clipnorm_given_and_is_update``; '' where it would not read as a name (then the
+    value is numbered). ``names``: what the generated code calls a rule's name (``lr``)."""
+    if depth > 2:
+        return ""
+    if isinstance(expr, Given):
+        return f"{expr.option}_given"
+    if isinstance(expr, sp.Symbol):
+        return names.get(base(expr), base(expr))
+    if isinstance(expr, (sp.And, sp.Or)) and len(expr.args) == 2:
+        parts = [_words(a, names, depth + 1) for a in sorted(expr.args, key=sp.default_sort_key)]
+        word = "_and_" if isinstance(expr, sp.And) else "_or_"
+        return word.join(parts) if all(parts) else ""
+    if expr.is_Number:
+        return _NUMBERS.get(expr, "")
+    if isinstance(expr, sp.Add) and len(expr.args) == 2 and sp.S.One in expr.args:
+        other = next(a for a in expr.args if a != sp.S.One)
+        if other.could_extract_minus_sign():
+            inner = _words(-other, names, depth + 1)
+            return f"one_minus_{inner}" if inner else ""
+        inner = _words(other, names, depth + 1)
+        return f"one_plus_{inner}" if inner else ""
+    if isinstance(expr, sp.Mul) and len(expr.args) == 2 and expr.args[0] == -1:
+        inner = _words(expr.args[1], names, depth + 1)
+        return f"neg_{inner}" if inner else ""
+    if isinstance(expr, sp.Pow) and expr.exp.is_Symbol:
+        b, e = _words(expr.base, names, depth + 1), _words(expr.exp, names, depth + 1)
+        return f"{b}_pow_{e}" if b and e else ""
+    return ""

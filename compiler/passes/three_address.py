@@ -1,0 +1,376 @@
+"""Element-wise statements as three-address operations into reusable buffers: nothing allocated per step.
+
+A NumPy or torch statement such as ``w -= lr * m / ((1 - beta_1**t) * (epsilon + u))`` allocates one array
+per operation. This pass takes the statement's evaluation tree (``evaluation.py``) and writes one
+operation per array operation, each into a scratch buffer (a *register*)::
+
+    np.multiply(lr, m, out=_s0)
+    np.add(epsilon, u, out=_s1)
+    np.multiply(1 - beta_1**t, _s1, out=_s1)
+    np.divide(_s0, _s1, out=_s0)
+    w -= _s0
+
+The operations are the tree's, in its order, on the same dtypes: the results are those of the printed
+expression, bit for bit. Sub-expressions that read no per-element array stay Python (scalars,
+per-tensor values). The last operation of an overwrite (``u[...] = ...``) writes into the target
+itself; a named element-wise temporary (``m_hat``) keeps its own register for the rest of the tensor's
+statements. Anything the backend has no operation for (a select, a comparison) stays an expression:
+correct, and allocating. A statement whose value is a Python conditional (``a if c else b``, ``c`` a
+Python value) becomes an ``if`` block per branch.
+
+Where the backend has compound in-place calls (torch: ``x.add_(y, alpha=c)``, ``x.addcmul_(a, b)``,
+``x.addcdiv_(a, b)``, ``torch.add(x, y, alpha=c)``), the Python factors of a product are multiplied once
+(``m / (eps + u) * (lr / (1 - b**t))``) and the update is one call: fewer passes, and results that may
+differ from the printed expression's in the last bit.
+
+The registers are views of one buffer per dtype that the optimizer keeps (``runtime.*_support.scratch``),
+shaped like the tensor: the memory is the largest tensor times the number of registers, allocated once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import sympy as sp
+
+from ..ops import (
+    Bin,
+    Bind,
+    BoolOp,
+    Call,
+    Compare,
+    Compound,
+    CopyInto,
+    Expr,
+    If,
+    IfExp,
+    Kind,
+    Leaf,
+    Minus,
+    Name,
+    Neg,
+    Not,
+    Op,
+    Prec,
+    Reduce,
+    Stmt,
+    Update,
+    Value,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What a backend can write as operations: the names of the functions (``sqrt``, ``Max``...) it has an
+    element-wise operation with ``out=`` for, and whether it has compound in-place calls."""
+
+    calls: frozenset[str]
+    compound: bool = False
+
+
+class Registers:
+    """The scratch buffers of one pass over the tensors: ``_s0``, ``_s1``, ...; freed ones are reused."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.free: list[str] = []
+        self.named: dict[str, str] = {}  # element-wise temporary -> its register, for the rest of the pass
+
+    def take(self) -> str:
+        if self.free:
+            return self.free.pop()
+        self.count += 1
+        return f"_s{self.count - 1}"
+
+    def give(self, register: str | None) -> None:
+        if register is not None and register not in self.named.values() and register not in self.free:
+            self.free.append(register)
+
+    def of(self, name: str) -> str:
+        if name not in self.named:
+            self.named[name] = self.take()
+        return self.named[name]
+
+    def names(self) -> list[str]:
+        return [f"_s{i}" for i in range(self.count)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Lowered:
+    """A statement's operations; ``branched``: whether it became ``if`` blocks."""
+
+    body: tuple[Stmt, ...]
+    branched: bool
+
+
+def bind(name: str, tree: Expr, target: Target, registers: Registers) -> Lowered:
+    """``name = tree``: an element-wise value goes into ``name``'s own register."""
+    return _Lowering(target, registers).statement(tree, lambda lw, node: lw.bind(name, node))
+
+
+def update(form: str, name: str, tree: Expr, target: Target, registers: Registers) -> Lowered:
+    """``name += tree`` (form "add") or ``name -= tree`` ("sub")."""
+    return _Lowering(target, registers).statement(tree, lambda lw, node: lw.update(form, name, node))
+
+
+def overwrite(name: str, tree: Expr, target: Target, registers: Registers) -> Lowered:
+    """``name`` takes the value: its last operation writes into ``name`` itself."""
+    return _Lowering(target, registers).statement(tree, lambda lw, node: lw.overwrite(name, node))
+
+
+def _reg(name: str) -> Value:
+    return Value(name, Kind.ELEMENT)
+
+
+def is_element(e: Expr) -> bool:
+    """Whether the value is a per-element array (a reduction's is not)."""
+    if isinstance(e, Name):
+        return True
+    if isinstance(e, Leaf):
+        return e.kind == Kind.ELEMENT
+    if isinstance(e, Reduce):
+        return False
+    return any(is_element(c) for c in _children(e))
+
+
+def _children(e: Expr) -> tuple[Expr, ...]:
+    if isinstance(e, Bin):
+        return (e.a, e.b)
+    if isinstance(e, (Neg, Minus, Not)):
+        return (e.a,)
+    if isinstance(e, Call):
+        return e.args
+    if isinstance(e, Reduce):
+        return (e.arg,)
+    if isinstance(e, IfExp):
+        return (e.test, e.body, e.orelse)
+    if isinstance(e, Compare):
+        return (e.a, e.b)
+    if isinstance(e, BoolOp):
+        return e.values
+    return ()
+
+
+def _is_two(e: Expr) -> bool:
+    return isinstance(e, Leaf) and e.expr.is_Number and e.expr == 2
+
+
+def _product(factors: list[Expr]) -> Expr:
+    out = factors[0]
+    for f in factors[1:]:
+        out = Bin("*", out, f)
+    return out
+
+
+_ONE = Leaf(sp.Float(1.0), Kind.SCALAR, Prec.ATOM)
+_MINUS_ONE = Leaf(sp.Integer(-1), Kind.SCALAR, Prec.FACTOR)
+
+
+class _Lowering:
+    def __init__(self, target: Target, registers: Registers) -> None:
+        self.target = target
+        self.regs = registers
+        self.lines: list[Stmt] = []
+        self.held: list[str] = []  # registers read by a reduction in the statement being written
+
+    # -- expressions ------------------------------------------------------------------------
+
+    def fold(self, node: Expr, absorb: bool = False) -> Expr | None:
+        """Compound backends: a product or quotient with Python factors, as (its element-wise part) * (one
+        Python value), computed once, in double precision: ``lr * m / ((1 - b**t) * (eps + u))`` becomes
+        ``m / (eps + u) * (lr / (1 - b**t))``, two passes fewer. ``absorb``: the caller takes the Python
+        value into its call (``addcdiv_(a, b, value=c)``), so one Python factor is worth folding where the
+        element-wise part is a quotient. None where nothing is gained."""
+        if not (self.target.compound and isinstance(node, Bin) and node.op in ("*", "/")):
+            return None
+        num: list[Expr] = []
+        den: list[Expr] = []
+
+        def flat(n: Expr, top: bool) -> None:
+            if isinstance(n, Bin) and n.op in ("*", "/"):
+                flat(n.a, top)
+                flat(n.b, top if n.op == "*" else not top)
+            else:
+                (num if top else den).append(n)
+
+        flat(node, True)
+        e_num = [f for f in num if is_element(f)]
+        e_den = [f for f in den if is_element(f)]
+        s_num = [f for f in num if not is_element(f)]
+        s_den = [f for f in den if not is_element(f)]
+        scalars = len(s_num) + len(s_den)
+        if not e_num or not (scalars >= 2 or (absorb and scalars == 1 and e_den)):
+            return None
+        scalar = _product(s_num) if s_num else _ONE
+        if s_den:
+            scalar = Bin("/", scalar, _product(s_den))
+        element = _product(e_num)
+        if e_den:
+            element = Bin("/", element, _product(e_den))
+        return Bin("*", element, scalar)
+
+    def operand(self, node: Expr, out: str | None = None, fold: bool = True) -> tuple[Expr, str | None]:
+        """(value, register it occupies or None): element-wise operations written into registers."""
+        if not is_element(node):
+            return self.scalar(node), None
+        if isinstance(node, Name):
+            return node, None
+        folded = self.fold(node) if fold else None
+        if folded is not None:
+            return self.operand(folded, out, fold=False)
+        if isinstance(node, Bin) and node.op == "*":
+            for x, c in ((node.a, node.b), (node.b, node.a)):
+                if isinstance(x, Neg) and not is_element(c) and is_element(x.a):
+                    return self.operand(Bin("*", x.a, Neg(c)), out)  # (-x)*c is x*(-c): one pass fewer
+        if self.target.compound and isinstance(node, Bin) and node.op in ("+", "-"):
+            scaled = self.scaled(self.fold(node.b, absorb=True) or node.b)
+            if scaled is not None and is_element(node.a):  # a + c*x in one call
+                x, c = scaled
+                c = c if node.op == "+" else Minus(c)
+                return self.emit("add_scaled", [node.a, x], out, (("alpha", c),))
+        if isinstance(node, Bin):
+            if node.op == "**" and _is_two(node.b):
+                return self.emit("square", [node.a, node.b], out)
+            return self.emit(node.op, [node.a, node.b], out)
+        if isinstance(node, Neg):
+            return self.emit("neg", [node.a], out)
+        if isinstance(node, Call) and node.array and node.fn == "Copy":
+            x, reg = self.operand(node.args[0])
+            self.regs.give(reg)
+            dest = out or self.regs.take()
+            self.lines.append(CopyInto(x, _reg(dest)))  # a statement, not an expression returning ``dest``
+            return Name(_reg(dest)), (None if out else dest)
+        if isinstance(node, Call) and node.array and node.fn in self.target.calls:
+            return self.emit(node.fn, list(node.args), out, arrays=node.arrays)
+        return self.scalar(node), None  # no operation for it: an expression (it allocates)
+
+    def emit(self, op: str, args: list[Expr], out: str | None, keywords=(), arrays=()):
+        values, held = [], []
+        for a in args:
+            value, reg = self.operand(a)
+            values.append(value)
+            held.append(reg)
+        for reg in held:  # the result may go into an argument's register: element-wise, that is safe
+            self.regs.give(reg)
+        dest = out or self.regs.take()
+        self.lines.append(Op(op, tuple(values), _reg(dest), keywords=tuple(keywords), arrays=tuple(arrays)))
+        return Name(_reg(dest)), (None if out else dest)
+
+    def scalar(self, node: Expr) -> Expr:
+        """A value as an expression; a reduction's argument (not under a conditional, where it may not be
+        computable) is evaluated into a register first."""
+        if isinstance(node, (IfExp, BoolOp)):
+            return node
+        if isinstance(node, Reduce):
+            value, reg = self.operand(node.arg)
+            if reg is not None:  # read by the statement: free after it
+                self.held.append(reg)
+            return Reduce(node.fn, value)
+        if isinstance(node, Bin):
+            return Bin(node.op, self.scalar(node.a), self.scalar(node.b))
+        if isinstance(node, (Neg, Minus, Not)):
+            return type(node)(self.scalar(node.a))
+        if isinstance(node, Call):
+            return dataclasses.replace(node, args=tuple(self.scalar(a) for a in node.args))
+        if isinstance(node, Compare):
+            return Compare(self.scalar(node.a), node.op, self.scalar(node.b))
+        return node
+
+    def scaled(self, node: Expr) -> tuple[Expr, Expr] | None:
+        """(x, c) when the node is an element-wise x times a Python value c."""
+        if isinstance(node, Bin) and node.op == "*":
+            for x, c in ((node.b, node.a), (node.a, node.b)):
+                if is_element(x) and not is_element(c):
+                    return x, self.scalar(c)
+        return None
+
+    # -- statements ---------------------------------------------------------------------------
+
+    def bind(self, name: str, node: Expr) -> None:
+        if isinstance(node, Name) and node.value.name in self.regs.named and node.value.name != name:
+            # an alias of a register would change when its owner is written again
+            self.lines.append(Bind(name, node, duplicate=True))
+            return
+        if isinstance(node, Name) or not is_element(node):
+            self.lines.append(Bind(name, self.scalar(node)))
+            return
+        reg = self.regs.of(name)
+        value, _ = self.operand(node, out=reg)
+        if value != Name(_reg(reg)):  # not an operation: an expression
+            self.regs.named.pop(name)
+            self.regs.give(reg)
+            self.lines.append(Bind(name, value))
+            return
+        if isinstance(self.lines[-1], CopyInto):
+            self.lines.append(Bind(name, value))
+        else:
+            self.lines[-1] = dataclasses.replace(self.lines[-1], bind=name)
+
+    def compound(self, form: str, name: str, node: Expr) -> bool:
+        """``x += c*y``, ``x += c*a*b`` and ``x += c*a/b`` (or ``-=``; c a Python value, 1 if none) as one
+        in-place call."""
+        node = self.fold(node, absorb=True) or node
+        scaled = self.scaled(node)
+        x, c = scaled if scaled is not None else (node, None)
+        if isinstance(x, Bin) and x.op == "**" and _is_two(x.b):
+            x = Bin("*", x.a, x.a)  # x**2 is x*x
+        two = isinstance(x, Bin) and x.op in ("*", "/") and is_element(x.a) and is_element(x.b)
+        if not two and scaled is None:
+            return False
+        if form == "sub":
+            c = _MINUS_ONE if c is None else Minus(c)
+        if two:
+            a, reg_a = self.operand(x.a)
+            b, reg_b = self.operand(x.b)
+            method = "addcmul" if x.op == "*" else "addcdiv"
+            self.lines.append(Compound(method, name, (a, b), c))
+            self.regs.give(reg_a)
+            self.regs.give(reg_b)
+        else:
+            value, reg = self.operand(x)
+            self.lines.append(Compound("add", name, (value,), c))
+            self.regs.give(reg)
+        return True
+
+    def update(self, form: str, name: str, node: Expr) -> None:
+        if self.target.compound and self.compound(form, name, node):
+            return
+        value, reg = self.operand(node)
+        self.lines.append(Update(form, name, value))
+        self.regs.give(reg)
+
+    def overwrite(self, name: str, node: Expr) -> None:
+        value, _ = self.operand(node, out=name)
+        if value != Name(_reg(name)):
+            self.lines.append(Update("set", name, value))
+
+    def statement(self, tree: Expr, write) -> Lowered:
+        """A value ``a if cond else b`` with a Python condition is an ``if`` block per branch."""
+        branched = False
+
+        def visit(n: Expr) -> None:
+            nonlocal branched
+            if isinstance(n, IfExp) and not is_element(n.test):
+                branched = True
+                # a branch that leaves the value as it is writes nothing, and Python has no empty block: the
+                # test is negated, or dropped
+                test = self.scalar(n.test)
+                start = len(self.lines)
+                visit(n.body)
+                body = tuple(self.lines[start:])
+                del self.lines[start:]
+                visit(n.orelse)
+                orelse = tuple(self.lines[start:])
+                del self.lines[start:]
+                if body:
+                    self.lines.append(If(test, body, orelse))
+                elif orelse:
+                    self.lines.append(If(test, orelse, negated=True))
+                return
+            write(self, n)
+
+        visit(tree)
+        for reg in self.held:
+            self.regs.give(reg)
+        self.held = []
+        return Lowered(tuple(self.lines), branched)

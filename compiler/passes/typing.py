@@ -1,0 +1,71 @@
+"""Typing: which names hold arrays in a backend's step code, and which hold one value per element.
+
+A value is an array (not a Python number) where its scope says so (per tensor, per element), where the
+backend says so (JAX: the traced step and learning rate; torch and JAX: a reduction over all tensors is a
+0-d array), and where it is computed from an array. Printers and the three-address pass read this; none
+of them works it out again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import sympy as sp
+
+from ..dsl import Given
+from ..ir import Program, Role, Scope, base
+
+
+def array_names(
+    program: Program,
+    scopes: dict[str, Scope],
+    *,
+    array_scopes: Iterable[Scope],
+    always: Iterable[str] = (),
+    reductions: bool = False,
+) -> frozenset[str]:
+    """The names whose values are arrays: those of ``array_scopes``, ``always``, the reductions over all
+    tensors where ``reductions``, and every name assigned a value that reads one of them (a fixpoint over
+    every case, in-place and increment forms)."""
+    kinds = set(array_scopes)
+    arrays = {n for n, s in scopes.items() if s in kinds} | set(always)
+    statements = [a for c in program.cases for a in c.body + c.functional]
+    if reductions:
+        arrays |= {a.target for a in statements if a.role == Role.REDUCE}
+    changed = True
+    while changed:
+        changed = False
+        for a in statements:
+            if a.target not in arrays and any(base(s) in arrays for s in a.expr.free_symbols):
+                arrays.add(a.target)
+                changed = True
+    return frozenset(arrays)
+
+
+def element_names(scopes: dict[str, Scope], names: dict[str, str]) -> frozenset[str]:
+    """The names (as the backend prints them) that hold one value per element: ``w``, ``g`` and every name
+    of per-element scope."""
+    return frozenset({"w", "g"} | {names.get(n, n) for n, s in scopes.items() if s == Scope.ELEMENT})
+
+
+def boolean_names(program: Program) -> set[str]:
+    """Flags, and every name assigned a condition (``is_update``), or a copy of one."""
+    out = {h.name for h in program.flags}
+    changed = True
+    while changed:
+        changed = False
+        for case in program.cases:
+            for a in case.body + case.functional:
+                if a.target not in out and is_boolean(a.expr, out):
+                    out.add(a.target)
+                    changed = True
+    return out
+
+
+def is_boolean(expr: sp.Basic, booleans: set[str]) -> bool:
+    """Whether the value is a bool: a condition, an option given, a name that holds one."""
+    if isinstance(expr, Given):
+        return True
+    if isinstance(expr, sp.Symbol):  # a sympy Symbol is also a Boolean: ask what the name holds
+        return base(expr) in booleans
+    return isinstance(expr, (sp.logic.boolalg.Boolean, sp.core.relational.Relational))

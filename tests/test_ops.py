@@ -1,0 +1,278 @@
+"""The operation IR and its passes, one at a time, on hand-built input.
+
+- ``passes/evaluation.py`` + ``passes/three_address.py`` + a backend's table: random sympy expressions over
+  per-element arrays and Python scalars (sums, products, quotients, powers, negation, the element-wise
+  calls) are printed by the backend's expression printer and lowered into operations; both are run. The
+  oracle is the printed expression evaluated by Python itself: in NumPy the results must be identical bit
+  for bit (the same operations in the same order), in torch within the last bit (its compound calls may
+  round once where the expression rounds twice).
+- ``backends/printer.py``'s ``OpPrinter``: hand-built operations printed with a table, in Python's precedence.
+- ``passes/typing.py``: which names are arrays, on a hand-built rule IR.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import sympy as sp
+
+from optforge.backends.numpy.printer import NumPyBackend, NumPyPrinter
+from optforge.backends.printer import OpPrinter
+from optforge.backends.torch.printer import TorchBackend, TorchPrinter
+from optforge.compiler import ops
+from optforge.compiler.ir import Assign, Case, Program, Role, Scope
+from optforge.compiler.passes import conditions, three_address
+from optforge.compiler.passes.accumulators import accumulators
+from optforge.compiler.passes.evaluation import Types, evaluation_tree
+from optforge.compiler.passes.hoist import Invariants
+from optforge.compiler.passes.typing import array_names
+
+a, b, c, x, y, k, h = sp.symbols("a b c x y k h", real=True)
+ELEMENTS = [a, b, c]
+SCALARS = [k, h, sp.Integer(2), sp.Float(0.5)]
+N = 257
+TYPES = Types(arrays=frozenset("abcxy"), elements=frozenset("abcxy"), copies=True)
+
+
+def expression(rng: random.Random, depth: int, calls: list) -> sp.Expr:
+    """A random expression that reads at least one array."""
+    if depth == 0 or rng.random() < 0.2:
+        return rng.choice(ELEMENTS)
+    kind = rng.random()
+    left = expression(rng, depth - 1, calls)
+    if kind < 0.45:
+        right = expression(rng, depth - 1, calls) if rng.random() < 0.5 else rng.choice(SCALARS)
+        op = rng.choice(["+", "-", "*", "/"])
+        p, q = (left, right) if rng.random() < 0.5 else (right, left)
+        return {"+": p + q, "-": p - q, "*": p * q, "/": p / q}[op]
+    if kind < 0.55:
+        return left**2
+    if kind < 0.65:
+        return -left * rng.choice(SCALARS)
+    if kind < 0.7:
+        return sp.sqrt(sp.Abs(left))
+    fn, arity = rng.choice(calls)
+    return fn(left) if arity == 1 else fn(left, expression(rng, depth - 1, calls))
+
+
+CALLS = [(sp.Abs, 1), (sp.Max, 2), (sp.Min, 2), (sp.sign, 1), (sp.exp, 1)]
+
+
+def lower(backend, printer, kind: str, target: str, expr: sp.Expr) -> tuple[list[str], int]:
+    regs = three_address.Registers()
+    tree = evaluation_tree(expr, TYPES)
+    if kind == "bind":
+        lowered = three_address.bind(target, tree, backend.target, regs)
+    elif kind == "set":
+        lowered = three_address.overwrite(target, tree, backend.target, regs)
+    else:
+        lowered = three_address.update(kind, target, tree, backend.target, regs)
+    return OpPrinter(printer, backend.ops, backend.forms).statements(lowered.body), regs.count
+
+
+def _values(dtype, seed):
+    rng = np.random.default_rng(seed)
+    return {n: (rng.standard_normal(N) * 3).astype(dtype) for n in "abcxy"}
+
+
+def _printer(cls):
+    p = cls("test", set("abcxy"))
+    p.elements = set("abcxy")
+    return p
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", range(40))
+def test_numpy_operations_equal_the_printed_expression_bit_for_bit(seed, dtype):
+    rng = random.Random(seed)
+    expr = expression(rng, 4, CALLS)
+    kind = rng.choice(["bind", "set", "add", "sub"])
+    target = "t" if kind == "bind" else "x"
+    p = _printer(NumPyPrinter)
+    code = p.doprint(expr)
+    lines, count = lower(NumPyBackend(), p, kind, target, expr)
+    with np.errstate(all="ignore"):
+        want = {"np": np, "math": __import__("math"), "k": 0.3, "h": -1.7, **_values(dtype, seed)}
+        exec(
+            {"bind": "{t} = {c}", "set": "{t}[...] = {c}", "add": "{t} += {c}", "sub": "{t} -= {c}"}[
+                kind
+            ].format(t=target, c=code),
+            want,
+        )
+        got = {"np": np, "math": __import__("math"), "k": 0.3, "h": -1.7, **_values(dtype, seed)}
+        for i in range(count):
+            got[f"_s{i}"] = np.full(N, np.nan, dtype)  # scratch holds garbage between uses
+        exec("\n".join(lines), got)
+    assert np.array_equal(got[target], want[target], equal_nan=True), (code, lines)
+    for name in "abcy":  # inputs untouched
+        assert np.array_equal(got[name], want[name], equal_nan=True), (name, code, lines)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_torch_operations_equal_the_printed_expression_to_the_last_bit(seed):
+    torch = pytest.importorskip("torch")
+    rng = random.Random(seed)
+    expr = expression(rng, 4, CALLS)
+    kind = rng.choice(["bind", "set", "add", "sub"])
+    target = "t" if kind == "bind" else "x"
+    p = _printer(TorchPrinter)
+    code = p.doprint(expr)
+    lines, count = lower(TorchBackend(), p, kind, target, expr)
+    values = {n: torch.from_numpy(v) for n, v in _values(np.float64, seed).items()}
+    want = {"torch": torch, "k": 0.3, "h": -1.7, **{n: v.clone() for n, v in values.items()}}
+    exec(
+        {"bind": "t = {c}", "set": "x.copy_({c})", "add": "x.add_({c})", "sub": "x.sub_({c})"}[kind].format(
+            c=code
+        ),
+        want,
+    )
+    got = {"torch": torch, "k": 0.3, "h": -1.7, **{n: v.clone() for n, v in values.items()}}
+    for i in range(count):
+        got[f"_s{i}"] = torch.full((N,), float("nan"), dtype=torch.float64)
+    exec("\n".join(lines), got)
+    u, v = got[target].numpy(), want[target].numpy()
+    finite = np.isfinite(v)
+    assert np.array_equal(np.isfinite(u), finite), (code, lines)
+    scale = np.maximum(np.abs(v[finite]), 1.0)  # one rounding of a product against the sum's size
+    assert np.all(np.abs(u[finite] - v[finite]) <= 1e-13 * scale * 8), (code, lines)
+    for name in "abcy":
+        assert torch.equal(got[name], want[name]), (name, code, lines)
+
+
+def test_the_evaluation_tree_is_the_printed_expressions_python_tree():
+    lr, beta, t, eps, m, u = sp.symbols("lr beta t eps m u")
+    types = Types(arrays=frozenset({"m", "u"}), elements=frozenset({"m", "u"}))
+    tree = evaluation_tree(lr * m / ((1 - beta**t) * (eps + u)), types)
+    # lr*m/((1 - beta**t)*(eps + u)): (lr * m) / ((1 - beta**t) * (eps + u)), scalars one leaf each
+    assert isinstance(tree, ops.Bin) and tree.op == "/"
+    assert tree.a == ops.Bin("*", ops.Leaf(lr, ops.Kind.SCALAR, ops.Prec.ATOM), ops.Name(ops.Value("m")))
+    assert tree.b.op == "*" and tree.b.a.expr == 1 - beta**t and tree.b.a.prec == ops.Prec.ARITH
+    # a leading minus binds to the first factor, as Python reads `-lr*m`
+    neg = evaluation_tree(-lr * m * u, types)
+    assert neg == ops.Bin(
+        "*", ops.Bin("*", ops.Neg(ops.Leaf(lr, ops.Kind.SCALAR, ops.Prec.ATOM)), neg.a.b), neg.b
+    )
+
+
+def test_an_alias_of_a_register_is_a_copy():
+    p = _printer(NumPyPrinter)
+    regs = three_address.Registers()
+    be = NumPyBackend()
+    printed = OpPrinter(p, be.ops, be.forms)
+    first = three_address.bind("x", evaluation_tree(2 * a, TYPES), be.target, regs)
+    assert printed.statements(first.body) == ["x = np.multiply(2, a, out=_s0)"]
+    second = three_address.bind("y", evaluation_tree(x, TYPES), be.target, regs)
+    assert printed.statements(second.body) == ["y = x.copy()"]  # x's register is written again later
+
+
+def test_scalars_stay_python_and_selects_stay_expressions():
+    lr, beta, t = sp.symbols("lr beta t")
+    p = _printer(NumPyPrinter)
+    be = NumPyBackend()
+    expr = lr * (1 - beta**t) * sp.Piecewise((b, a > 0), (a, True))
+    lowered = three_address.update(
+        "sub", "w", evaluation_tree(expr, TYPES), be.target, three_address.Registers()
+    )
+    assert OpPrinter(p, be.ops, be.forms).statements(lowered.body) == [
+        "np.multiply(lr * (1 - beta**t), np.where(a > 0, b, a), out=_s0)",
+        "w -= _s0",
+    ]
+
+
+def test_the_op_printer_writes_the_table_in_pythons_precedence():
+    p = _printer(NumPyPrinter)
+    printer = OpPrinter(p, NumPyBackend.ops, NumPyBackend.forms)
+    leaf = lambda e: ops.Leaf(sp.sympify(e), ops.Kind.SCALAR, ops.Prec.ATOM)  # noqa: E731
+    assert printer.expr(ops.Bin("-", leaf("p"), ops.Bin("-", leaf("q"), leaf("r")))) == "p - (q - r)"
+    assert printer.expr(ops.Bin("**", ops.Neg(leaf("p")), leaf(2))) == "(-p) ** 2"
+    assert (
+        printer.expr(ops.IfExp(leaf("s"), ops.Bin("+", leaf("p"), leaf(1)), leaf(0))) == "p + 1 if s else 0"
+    )
+    out = ops.Value("_s0")
+    op = ops.Op("Max", (ops.Name(ops.Value("g")), leaf("c")), out, bind="m", arrays=(True, False))
+    assert printer.statement(op) == ["m = np.maximum(g, c, out=_s0)"]
+    torch_printer = OpPrinter(_printer(TorchPrinter), TorchBackend.ops, TorchBackend.forms)
+    assert torch_printer.statement(op) == [
+        "m = torch.clamp(g, min=c, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.clamp(g, min=c))"
+    ]
+    with pytest.raises(Exception, match="no row in the table"):
+        printer.statement(ops.Op("erf", (ops.Name(ops.Value("g")),), out))
+
+
+def test_typing_marks_what_is_computed_from_an_array():
+    w, g, lr, s, n = (sp.Symbol(v) for v in ("w", "g", "lr", "s", "n"))
+    body = (
+        Assign("s", 1, lr * 2, Role.LET, Scope.GLOBAL),  # from scalars: a Python value
+        Assign("n", 1, sp.Symbol("v") + 1, Role.LET, Scope.GLOBAL),  # from a per-tensor state: an array
+        Assign("w", 1, w - s * g * n, Role.PARAM),
+    )
+    program = Program("R", "r", "", "", (), "", None, (), (), (), (Case(sp.true, body),), {})
+    scopes = {"w": Scope.ELEMENT, "g": Scope.ELEMENT, "v": Scope.TENSOR, "lr": Scope.GLOBAL}
+    arrays = array_names(program, scopes, array_scopes={Scope.TENSOR, Scope.ELEMENT})
+    assert arrays == {"w", "g", "v", "n"}
+    assert array_names(program, scopes, array_scopes={Scope.ELEMENT}, always={"lr"}) == {"w", "g", "lr", "s"}
+
+
+def test_conditions_split_a_guard_into_its_python_test_and_its_element_wise_select():
+    m, g, flag, t = (sp.Symbol(v) for v in ("m", "g", "flag", "t"))
+    m1 = sp.Symbol("m.1")
+    cond = sp.And(flag, t > 1, g > 0)  # flag and t > 1 are Python values, g > 0 an array test
+    a = Assign("m", 1, sp.Piecewise((2 * g, cond), (m, True)), Role.STATE)
+    static, inner = conditions.guard(a, {"g", "m"})
+    assert static == sp.And(flag, t > 1)
+    assert inner.expr == sp.Piecewise((2 * g, g > 0), (m, True))
+    # a traced step (JAX) is an array: only the flag stays a Python test
+    static, inner = conditions.guard(a, {"g", "m", "t"})
+    assert static == flag and inner.expr == sp.Piecewise((2 * g, sp.And(t > 1, g > 0)), (m, True))
+    # not "keep the previous value otherwise": no guard
+    assert (
+        conditions.guard(Assign("m", 2, sp.Piecewise((g, flag), (m1, True)), Role.STATE), {"g"}) is not None
+    )
+    assert conditions.guard(Assign("m", 1, sp.Piecewise((g, flag), (0, True)), Role.STATE), {"g"}) is None
+
+
+def test_an_invariant_read_once_per_step_has_one_name_whatever_its_guards():
+    lr, beta, flag, is_update, norm = (
+        sp.Symbol(v) for v in ("learning_rate", "beta", "flag", "is_update", "norm")
+    )
+    inv = Invariants({"flag", "is_update"}, {"norm"}, {"learning_rate": "lr"})
+    assert inv.hoist(lr, (flag, is_update)) == "c_lr"
+    assert inv.hoist(lr, (is_update,)) == "c_lr"  # the same value: one name, computed where either use is
+    assert inv.hoist(1 - beta, (is_update,)) == "c_one_minus_beta"
+    assert inv.hoist(flag, (is_update,)) == "b_flag"
+    assert [(h.name, h.guard) for h in inv.step] == [
+        ("c_lr", is_update),
+        ("c_one_minus_beta", is_update),
+        ("b_flag", sp.true),
+    ]
+    # a per-tensor value is computed where it is first read, under that use's guard: one name per guard
+    assert inv.hoist(sp.sqrt(norm), (flag,)) == "c_2"
+    assert inv.hoist(sp.sqrt(norm), (is_update,)) == "c_3"
+    assert [h.name for h in inv.flush()] == ["c_2", "c_3"] and not inv.pending
+
+
+def test_a_reduction_over_all_tensors_is_an_accumulator_tested_in_python_and_selected_on_arrays():
+    from optforge.compiler.dsl import TensorMax, TensorSum
+    from optforge.compiler.ir import Section, SectionKind
+
+    g, flag, t, norm, peak = (sp.Symbol(v) for v in ("g", "flag", "t", "norm", "peak"))
+    section = Section(
+        SectionKind.REDUCE,
+        (
+            Assign("norm", 1, sp.Piecewise((TensorSum(g**2), sp.And(flag, t > 1)), (0, True)), Role.REDUCE),
+            Assign("peak", 1, TensorMax(sp.Abs(g)), Role.REDUCE),
+        ),
+    )
+    first, second = accumulators(section, {"g"})
+    assert (first.name, first.kind, first.step, first.static) == (
+        "norm",
+        "sum",
+        norm + TensorSum(g**2),
+        sp.And(flag, t > 1),
+    )
+    assert (second.kind, second.step, second.static) == ("max", sp.Max(peak, TensorMax(sp.Abs(g))), sp.true)
+    traced, _ = accumulators(section, {"g", "t"})  # JAX: the step is traced, its test a select
+    assert traced.static == flag
+    assert traced.step == sp.Piecewise((norm + TensorSum(g**2), t > 1), (norm, True))
