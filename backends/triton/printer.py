@@ -110,10 +110,12 @@ class TritonPrinter(KernelPrinter):
             where += [self._print(c) for c in dynamic]
             printed.append((self._print(value), constexpr, where))
             self.guards = saved
-            static_before.append(cond) if not dynamic else None
-        self.guards = self.guards + tuple(sp.Not(c) for c in static_before)
+            if not dynamic:  # where a later piece is evaluated, this condition failed
+                static_before.append(cond)
+        saved = self.guards
+        self.guards = saved + tuple(sp.Not(c) for c in static_before)
         out = self._print(pieces[-1][0])
-        self.guards = self.guards[: len(self.guards) - len(static_before)]
+        self.guards = saved
         for value, constexpr, where in reversed(printed):
             inner = value
             if where:
@@ -137,21 +139,36 @@ class TritonPrinter(KernelPrinter):
 
 @dataclasses.dataclass
 class Kernel:
-    """One ``@triton.jit`` function of a case, its lines printed."""
+    """One ``@triton.jit`` function of a case: what it reads and writes, its lines printed."""
 
     name: str
     kind: str  # "partial" (per chunk), "tensor" (per tensor), "global" (one program), "update" (per chunk)
     doc: str
-    flags: list[str]  # constexpr parameters (b_ names)
-    packed: list[tuple[str, int]]  # once-per-step values read from k_: (name, index)
-    loads: list[str]  # the lines that load per-tensor and global values, and the arrays' pointers
-    elements: list[tuple[str, str]]  # (array, flag or ''): per-element values loaded (partial, update)
-    prelude: list[str]  # per-tensor values computed once per program
-    body: list[str]
-    stores: list[str]  # lines that store results
-    when: str = ""  # the flag under which the kernel is launched at all ('' always)
-    accumulate: str = ""  # partial, tensor, global: "sum" or "max"
-    value: str = ""  # partial: the element value reduced
+    body: list[str] = dataclasses.field(default_factory=list)
+    #: the flag under which the kernel is launched at all ('' always)
+    when: str = ""
+    #: partial, tensor, global: how partial results combine ("sum" or "max"); partial: the value reduced
+    accumulate: str = ""
+    value: str = ""
+    #: partial: the per-tensor (or global) name of the reduction's result
+    result: str = ""
+    #: while printing: hoisted names the lines read, per-tensor and global names they read
+    used: set[str] = dataclasses.field(default_factory=set)
+    reads: set[str] = dataclasses.field(default_factory=set)
+    #: partial, update: the arrays read per element; update: those written
+    arrays: list[str] = dataclasses.field(default_factory=list)
+    written: list[str] = dataclasses.field(default_factory=list)
+    #: tensor, global: the names it computes, in order (kept in tvals or gvals for the later kernels)
+    assigned: list[str] = dataclasses.field(default_factory=list)
+
+    # filled in by CaseWriter.finish, once every name is hoisted
+    flags: list[str] = dataclasses.field(default_factory=list)  # constexpr parameters (b_ names)
+    packed_names: list[str] = dataclasses.field(default_factory=list)
+    packed: list[tuple[str, int]] = dataclasses.field(default_factory=list)  # (name, index in k_)
+    loads: list[str] = dataclasses.field(default_factory=list)  # per-tensor and global values, states
+    prelude: list[str] = dataclasses.field(default_factory=list)  # per-tensor values hoisted
+    elements: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (array, flag or '')
+    stores: list = dataclasses.field(default_factory=list)
 
     @property
     def grid(self) -> str:
@@ -319,7 +336,7 @@ class CaseWriter:
         for kind, a, element in self.events():
             if kind == "tensor-code":
                 if tensor_kernel is None:
-                    tensor_kernel = self.tensor_kernel(f"_tensor_{self.index}_{k}", None, "")
+                    tensor_kernel = self.tensor_kernel(f"_tensor_{self.index}_{k}", "tensor", None, "")
                     kernels.append(tensor_kernel)
                     k += 1
                 self.add_tensor_code(tensor_kernel, a)
@@ -327,10 +344,7 @@ class CaseWriter:
             over = "global" if kind == "global-reduce" else "tensor"
             red = _reduction(a.expr, over)
             partial = self.partial_kernel(f"_partial_{self.index}_{k}", a, red, element)
-            finish = self.tensor_kernel(
-                f"_{'global' if over == 'global' else 'tensor'}_{self.index}_{k}", a, red.accumulate
-            )
-            finish.kind = over if over == "global" else "tensor"
+            finish = self.tensor_kernel(f"_{over}_{self.index}_{k}", over, a, red.accumulate)
             kernels += [partial, finish]
             self.add_tensor_code(finish, a, red)
             tensor_kernel = finish if over == "tensor" else None
@@ -400,25 +414,18 @@ class CaseWriter:
             raise BackendError(
                 self.program.rule, "triton", f"a reduction whose value is not 0 where skipped: {a.expr}"
             )
-        kern = Kernel(
+        return Kernel(
             name=name,
             kind="partial",
             doc=f"{a.target}: each chunk's {red.accumulate} of {arg}",
-            flags=[],
-            packed=[],
-            loads=[],
-            elements=[],
-            prelude=[],
             body=body,
-            stores=[],
             when=when,
             accumulate=red.accumulate,
             value=value,
+            result=self.sp.name_of(a.lhs),
+            used=used,
+            arrays=self.inputs(statements, arg.free_symbols),
         )
-        kern.used = used
-        kern.reads_elements = self.inputs(statements, arg.free_symbols)
-        kern.result = self.sp.name_of(a.lhs)
-        return kern
 
     def inputs(self, statements: list[Assign], extra) -> list[str]:
         """The arrays read at their value from the start of the step."""
@@ -427,24 +434,13 @@ class CaseWriter:
             read |= a.expr.free_symbols
         return [n for n in ["w", "g"] + self.element_states if sp.Symbol(n) in read]
 
-    def tensor_kernel(self, name: str, a: Assign | None, accumulate: str) -> Kernel:
-        kern = Kernel(
-            name=name,
-            kind="tensor",
-            doc=(f"{a.target}: the partial results of each tensor's chunks, combined" if a else "")
-            + ", then the per-tensor code that follows",
-            flags=[],
-            packed=[],
-            loads=[],
-            elements=[],
-            prelude=[],
-            body=[],
-            stores=[],
-            accumulate=accumulate,
-        )
-        kern.used = set()
-        kern.assigned = []  # per-tensor names it computes, in order
-        return kern
+    def tensor_kernel(self, name: str, kind: str, a: Assign | None, accumulate: str) -> Kernel:
+        """A kernel of one program per tensor (or one in all, ``global``): a reduction's partial results
+        combined, then the per-tensor code that follows it."""
+        doc = f"{a.target}: the partial results of the chunks combined" if a else "the per-tensor code"
+        if kind == "tensor" and a is not None:
+            doc += ", then the per-tensor code that follows"
+        return Kernel(name=name, kind=kind, doc=doc, accumulate=accumulate)
 
     def add_tensor_code(self, kern: Kernel, a: Assign, red: Reduction | None = None) -> None:
         """A per-tensor statement (or a reduction's result: ``total``, the combined partial results)."""
@@ -459,7 +455,7 @@ class CaseWriter:
             line, used = self.scalar_line(a)
         kern.body.append(line)
         kern.used |= used
-        kern.reads = getattr(kern, "reads", set()) | {base(s) for s in a.expr.free_symbols}
+        kern.reads |= {base(s) for s in a.expr.free_symbols}
         name = self.sp.name_of(a.lhs)
         if name not in kern.assigned:
             kern.assigned.append(name)
@@ -476,22 +472,15 @@ class CaseWriter:
             body.append(line)
             used |= u
         written = {a.target for a in element if a.role in (Role.STATE, Role.PARAM)}
-        kern = Kernel(
+        return Kernel(
             name=f"_update_{self.index}",
             kind="update",
             doc="every element of the chunk, read once, updated in place",
-            flags=[],
-            packed=[],
-            loads=[],
-            elements=[],
-            prelude=[],
             body=body,
-            stores=[],
+            used=used,
+            arrays=self.inputs(element, {sp.Symbol(n) for n in written}),
+            written=[n for n in ["w"] + self.element_states if n in written],
         )
-        kern.used = used
-        kern.reads_elements = self.inputs(element, {sp.Symbol(n) for n in written})
-        kern.written = [n for n in ["w"] + self.element_states if n in written]
-        return kern
 
     def finish(self, kern: Kernel) -> None:
         """What a kernel loads and stores, now that every name it uses is hoisted."""
@@ -501,7 +490,7 @@ class CaseWriter:
         # per-tensor hoisted values, in the order they were hoisted, with the step values they read
         pending = [n for n in used if n in items and items[n].per_tensor]
         done: set[str] = set()
-        reads: set[str] = set(getattr(kern, "reads", set()))
+        reads: set[str] = set(kern.reads)
         while pending:
             pending = sorted(set(pending) - done, key=self.hoister.sort_key)
             for n in pending:
@@ -523,7 +512,7 @@ class CaseWriter:
         kern.prelude = prelude
         # per-tensor and global values read: from the buffers where an earlier kernel put them, or a state
         names = {self.names.get(r, r) for r in reads if r in self.per_tensor | self.global_names}
-        own = set(getattr(kern, "assigned", []))
+        own = set(kern.assigned)
         loads = []
         for n in sorted(names):
             if n in self.gslots or n in self.tslots:
@@ -548,7 +537,7 @@ class CaseWriter:
                     loads.append(self.state_load(n, kern)[0])
         kern.loads = loads
         if kern.kind in ("partial", "update"):
-            kern.elements = [(n, self.optional_flag(n, kern)) for n in kern.reads_elements]
+            kern.elements = [(n, self.optional_flag(n, kern)) for n in kern.arrays]
         if kern.kind == "update":
             kern.stores = [(n, self.optional_flag(n, kern)) for n in kern.written]
         if kern.kind in ("tensor", "global"):

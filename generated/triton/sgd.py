@@ -155,7 +155,7 @@ def _tensor_0_0(
     S_DT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):  # pragma: no cover - compiled
-    """sumsq_g: the partial results of each tensor's chunks, combined, then the per-tensor code that follows."""
+    """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
     row = tensors + t_ * 6
     c_zero = tl.load(k_ + 2)
@@ -237,7 +237,7 @@ def _global_0_1(
     S_DT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):  # pragma: no cover - compiled
-    """global_sumsq_g: the partial results of each tensor's chunks, combined, then the per-tensor code that follows."""
+    """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
     first = 0
     count = n_chunks
@@ -550,7 +550,7 @@ def _tensor_1_0(
     S_DT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):  # pragma: no cover - compiled
-    """sumsq_g: the partial results of each tensor's chunks, combined, then the per-tensor code that follows."""
+    """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
     row = tensors + t_ * 7
     c_zero = tl.load(k_ + 2)
@@ -632,7 +632,7 @@ def _global_1_1(
     S_DT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):  # pragma: no cover - compiled
-    """global_sumsq_g: the partial results of each tensor's chunks, combined, then the per-tensor code that follows."""
+    """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
     first = 0
     count = n_chunks
@@ -956,7 +956,7 @@ def _tensor_2_0(
     S_DT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):  # pragma: no cover - compiled
-    """sumsq_g: the partial results of each tensor's chunks, combined, then the per-tensor code that follows."""
+    """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
     row = tensors + t_ * 7
     c_zero = tl.load(k_ + 2)
@@ -1038,7 +1038,7 @@ def _global_2_1(
     S_DT: tl.constexpr,
     BLOCK: tl.constexpr,
 ):  # pragma: no cover - compiled
-    """global_sumsq_g: the partial results of each tensor's chunks, combined, then the per-tensor code that follows."""
+    """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
     first = 0
     count = n_chunks

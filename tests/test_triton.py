@@ -1,0 +1,189 @@
+"""The Triton path (generated/triton, runtime/triton_support) equals the plain torch path.
+
+The kernels run in Triton's interpreter on CPU tensors (``TRITON_INTERPRET=1``, set here before Triton
+compiles anything), or on a CUDA device where ``OPTFORGE_TRITON_DEVICE=cuda`` (``benchmarks/gpu_check.sh``).
+The torch optimizers are not wired to the Triton path yet: the tests route their fused hook to it (the
+parameters the fused path would take go to ``triton_support.run``, with the step's scalars the optimizer
+computed) and compare with the same optimizer's plain path (``fused=False``): every rule and named
+configuration with no option, every rule with ``clipnorm``, with ``global_clipnorm`` and with every option
+at once (``global_clipnorm`` with the rest), tensors of ranks 0 to 3 and one of several chunks; parameters
+and every stored state, float64 to 1e-12 relative, float32 to 1e-6; bfloat16 parameters with float32
+state to the rounding of bfloat16.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEVICE = os.environ.get("OPTFORGE_TRITON_DEVICE", "cpu")
+if DEVICE == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"  # before Triton decorates a kernel: the interpreter, on CPU
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from cases import RULES, rule_configs  # noqa: E402
+from drivers import rel_error  # noqa: E402
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+from optforge.runtime import fused_support, torch_support, triton_support  # noqa: E402
+
+STEPS = 3
+BLOCK = 64  # elements per chunk: the (9, 20) tensor is three chunks, the last one partial
+SHAPES = [(), (7,), (5, 3), (2, 3, 4), (9, 20)]
+SCALES = [1.0, 1e-3, 1e3, 1.0, 10.0]
+OPTIONS = {
+    "clipnorm": dict(clipnorm=0.5),
+    "global_clipnorm": dict(global_clipnorm=1.0),
+    # every option that goes with global_clipnorm (clipnorm and clipvalue exclude it)
+    "everything": dict(
+        global_clipnorm=1.0,
+        weight_decay=0.05,
+        use_ema=True,
+        ema_momentum=0.7,
+        ema_overwrite_frequency=2,
+        loss_scale_factor=4.0,
+        gradient_accumulation_steps=2,
+    ),
+}
+
+
+def problem(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    params = [rng.normal(size=s) for s in SHAPES]
+    grads = [[c * rng.normal(size=s) for s, c in zip(SHAPES, SCALES)] for _ in range(STEPS + 1)]
+    grads[0][-1] = np.zeros(SHAPES[-1])  # a tensor whose first gradient is all zeros
+    return params, grads
+
+
+def run(rule, hypers: dict, dtype, *, triton: bool, monkeypatch=None, count=None):
+    """Final parameters and states (as float64 NumPy arrays) after ``STEPS`` steps of the torch optimizer;
+    ``triton``: its fused hook routed to the Triton kernels, every parameter taken (counted)."""
+    import optforge.generated.torch as gen
+
+    hypers = dict(hypers)
+    if rule.hypers["learning_rate"].default is None:
+        hypers.setdefault("learning_rate", 0.01)
+    if "learning_rate" in hypers:
+        hypers["lr"] = hypers.pop("learning_rate")
+    if triton:
+
+        def to_triton(case, work, scalars):
+            count[0] += len(work)
+            triton_support.run(case, work, scalars, block=BLOCK)
+
+        monkeypatch.setattr(fused_support, "load", lambda module, rule: triton_support.load(module, rule))
+        monkeypatch.setattr(fused_support, "run", to_triton)
+        monkeypatch.setattr(torch_support, "fusable", triton_support.takes)
+    params0, grads = problem()
+    params = [torch.tensor(p, dtype=dtype, device=DEVICE, requires_grad=True) for p in params0]
+    opt = getattr(gen, rule.name)(params, **hypers, fused=triton)
+    for g in grads[:STEPS]:
+        for p, x in zip(params, g):
+            p.grad = torch.tensor(x, dtype=dtype, device=DEVICE)
+        opt.step()
+    if triton:
+        monkeypatch.undo()
+    states = {
+        (i, k): v.detach().double().cpu().numpy()
+        for i, p in enumerate(params)
+        for k, v in opt.state[p].items()
+    }
+    return [p.detach().double().cpu().numpy() for p in params], states
+
+
+def compare(rule, hypers: dict, dtype, tol: float, monkeypatch) -> None:
+    count = [0]
+    want_p, want_s = run(rule, hypers, dtype, triton=False)
+    got_p, got_s = run(rule, hypers, dtype, triton=True, monkeypatch=monkeypatch, count=count)
+    assert count[0] == STEPS * len(SHAPES), (
+        f"the Triton path took {count[0]} tensors, not every one each step"
+    )
+    where = f"{rule.name} {hypers} {dtype}"
+    for i, (a, b) in enumerate(zip(got_p, want_p)):
+        err = rel_error(a, b)
+        assert err <= tol, f"{where}: params[{i}] (shape {SHAPES[i]}): relative error {err:.3g} > {tol:g}"
+    assert set(got_s) == set(want_s), f"{where}: states {sorted(got_s)} instead of {sorted(want_s)}"
+    for key, b in want_s.items():
+        err = rel_error(got_s[key], b)
+        assert err <= tol, f"{where}: state {key[1]} of params[{key[0]}]: relative error {err:.3g} > {tol:g}"
+
+
+@pytest.mark.parametrize("rule, name, cfg", rule_configs())
+def test_triton_equals_plain(rule, name, cfg, monkeypatch):
+    compare(rule, cfg, torch.float64, 1e-12, monkeypatch)
+    compare(rule, cfg, torch.float32, 1e-6, monkeypatch)
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
+def test_triton_equals_plain_with_keras_options(rule, option, monkeypatch):
+    compare(rule, OPTIONS[option], torch.float64, 1e-12, monkeypatch)
+    compare(rule, OPTIONS[option], torch.float32, 1e-6, monkeypatch)
+
+
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
+def test_triton_mixed_precision(rule, monkeypatch):
+    """bfloat16 parameters and gradients, float32 state: the parameters within a bfloat16 rounding a step
+    (float32 arithmetic in another order may round a parameter to the neighbouring bfloat16 value), the
+    states, float32 from the same bfloat16 gradients, to float32's rounding."""
+    count = [0]
+    want_p, want_s = run(rule, {}, torch.bfloat16, triton=False)
+    got_p, got_s = run(rule, {}, torch.bfloat16, triton=True, monkeypatch=monkeypatch, count=count)
+    assert count[0] == STEPS * len(SHAPES)
+    for i, (a, b) in enumerate(zip(got_p, want_p)):
+        err = rel_error(a, b)
+        assert err <= STEPS * 2**-7, f"{rule.name}: bfloat16 params[{i}]: relative error {err:.3g}"
+    for key, b in want_s.items():
+        err = rel_error(got_s[key], b)
+        assert err <= 1e-5, (
+            f"{rule.name}: float32 state {key[1]} of params[{key[0]}]: relative error {err:.3g}"
+        )
+
+
+# -- the tables ------------------------------------------------------------------------------------
+
+
+def _case():
+    return triton_support.load(RULES["Adamax"].module).UPDATE_CASE_0
+
+
+def test_chunk_table_covers_every_element_once():
+    sizes = [0, 1, 63, 64, 65, 200]
+    items = [
+        (torch.zeros(n, device=DEVICE), torch.zeros(n, device=DEVICE), None, None, None, None) for n in sizes
+    ]
+    t = triton_support.tables(_case(), items, block=64)
+    chunks = t.chunks.cpu().numpy()[: t.n_chunks]
+    tensors = t.tensors.cpu().numpy()
+    assert t.n_chunks == sum((n + 63) // 64 for n in sizes) and t.n_tensors == len(sizes)
+    for i, n in enumerate(sizes):
+        first, count = tensors[i, 0], tensors[i, 1]
+        mine = chunks[first : first + count]
+        assert (mine[:, 0] == i).all(), f"tensor {i}: chunks {mine} of another tensor"
+        covered = [x for _, start, length in mine for x in range(start, start + length)]
+        assert covered == list(range(n)), f"tensor {i} of {n} elements: chunks cover {covered}"
+        assert all(0 < length <= 64 for _, _, length in mine)
+        assert tensors[i, 2] == items[i][0].data_ptr() and tensors[i, 3] == items[i][1].data_ptr()
+        assert (tensors[i, 4:] == 0).all(), "a state not kept has address 0"
+
+
+def test_tables_are_kept_until_the_tensors_change():
+    w, g = torch.zeros(100, device=DEVICE), torch.ones(100, device=DEVICE)
+    item = (w, g, torch.zeros_like(w), torch.zeros_like(w), None, None)
+    first = triton_support.tables(_case(), [item], block=64)
+    assert triton_support.tables(_case(), [item], block=64) is first
+    new_g = torch.ones(100, device=DEVICE)  # a new gradient tensor (zero_grad(set_to_none=True))
+    again = triton_support.tables(_case(), [(w, new_g, *item[2:])], block=64)
+    assert again is not first and again.tensors.cpu()[0, 3].item() == new_g.data_ptr()
+
+
+def test_takes_only_what_the_kernels_can_index():
+    w = torch.zeros(4, 5, device=DEVICE)
+    g = torch.zeros(4, 5, device=DEVICE)
+    assert triton_support.takes(w, g, torch.zeros_like(w), None)
+    assert not triton_support.takes(w.t(), g), "a transposed view is not contiguous"
+    assert not triton_support.takes(w, torch.zeros(5, device=DEVICE)), "a gradient of another size"
+    assert not triton_support.takes(w, g, torch.zeros_like(w), torch.zeros_like(w, dtype=torch.float64))
+    assert not triton_support.takes(w.int(), g), "an integer parameter"
