@@ -14,10 +14,11 @@ gives, means a 16-byte-per-array copy of the tensor table each step, the chunk t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -251,3 +252,27 @@ def run(case: Case, work: list[tuple], scalars: dict[str, Any], *, block: int = 
                 **{f: flags[f] for f in phase.flags},
                 **types,
             )
+
+
+@contextlib.contextmanager
+def via_fused_hook(*, block: int = BLOCK, calls: list | None = None) -> Iterator[None]:
+    """Until the torch optimizers call :func:`run` themselves (the wiring is the lead's, see the README's
+    Triton section): within this block, a generated torch optimizer made with ``fused=True`` sends every
+    parameter the kernels take (:func:`takes`) to the Triton kernels instead of the Numba ones, with the
+    step's scalars it computed. ``calls``: a list that receives each call's ``(case, work, scalars)``.
+
+    For the tests and ``benchmarks/gpu_check.py``; it replaces ``fused_support.load`` and ``run`` and
+    ``torch_support.fusable`` for the block's duration (not thread-safe)."""
+    from . import fused_support, torch_support
+
+    def to_triton(case: Case, work: list[tuple], scalars: dict[str, Any]) -> None:
+        if calls is not None:
+            calls.append((case, work, scalars))
+        run(case, work, scalars, block=block)
+
+    saved = fused_support.load, fused_support.run, torch_support.fusable
+    fused_support.load, fused_support.run, torch_support.fusable = load, to_triton, takes
+    try:
+        yield
+    finally:
+        fused_support.load, fused_support.run, torch_support.fusable = saved
