@@ -20,7 +20,7 @@ import sympy as sp
 
 from optforge.compiler.analysis import param_condition
 from optforge.compiler.errors import BackendError
-from optforge.compiler.ir import Assign, Program, Role, Scope, Section, SectionKind, base, ssa
+from optforge.compiler.ir import Assign, Program, Role, Scope, Section, SectionKind, base
 from optforge.compiler.passes import conditions, three_address
 from optforge.compiler.passes.accumulators import accumulators
 from optforge.compiler.passes.evaluation import Types, evaluation_tree
@@ -62,7 +62,8 @@ class Backend:
     #: call format; statements on per-element arrays then write into scratch buffers instead of
     #: allocating. Empty: statements as printed
     ops: dict[str, str] = {}
-    #: a statement on a per-tensor buffer, updated in place: "add" (x += d), "sub" and "set" (x[...] = v)
+    #: a statement on a per-tensor buffer, updated in place: "add" (x += d), "sub", "set" (x[...] = v) and,
+    #: where the backend has it, "fill" (a value that is a Python number)
     forms: dict[str, str] = {}
     support = ""  # the runtime module with scratch()
 
@@ -111,15 +112,12 @@ class Backend:
 
     def plain_statement(self, a: Assign, p: ExprPrinter) -> list[str]:
         """One statement without a static guard: buffers updated in place (``forms``), other names bound."""
-        special = self.fill(a, p)
-        if special is not None:
-            return special
         name = p.name_of(a.lhs)
         lower = self.lowers(a)
         if a.role in (Role.STATE, Role.PARAM) and a.scope >= Scope.TENSOR:
-            kind, value = in_place_form(a)
+            kind, value = three_address.in_place_form(a, p.arrays, fill="fill" in self.forms)
             form = self.forms[kind]
-            if not lower:
+            if kind == "fill" or not lower:
                 return [form.format(name=name, value=p.doprint(value))]
             printed = f"{name} {_OPERATOR[kind]} {p.doprint(value)}"  # the maths, whatever the backend's form
             tree = evaluation_tree(value, self.types(p))
@@ -135,10 +133,6 @@ class Backend:
             name, evaluation_tree(a.expr, self.types(p)), self.target, self.registers
         )
         return self.explained(lowered, p, f"{name} = {code}")
-
-    def fill(self, a: Assign, p: ExprPrinter) -> list[str] | None:
-        """A backend's own way to write this statement, or None."""
-        return None
 
     def lowers(self, a: Assign | None) -> bool:
         """Whether the statement is written as operations into scratch buffers: a per-element statement, a
@@ -169,6 +163,7 @@ class Backend:
         """The operations printed with the table, under the statement they compute, as a comment: several
         calls read as one line of maths (a statement split by a Python condition into ``if`` blocks is left
         as it is)."""
+        three_address.verify(lowered, self.registers)
         lines = OpPrinter(p, self.ops, self.forms).statements(lowered.body)
         if len(lines) < 2 or lowered.branched:
             return lines
@@ -231,6 +226,7 @@ class Backend:
             if self.lowers(None):  # the reduced values into scratch buffers
                 tree = evaluation_tree(acc.step, self.types(p))
                 lowered = three_address.bind(name, tree, self.target, self.registers)
+                three_address.verify(lowered, self.registers)
                 lines = OpPrinter(p, self.ops, self.forms).statements(lowered.body)
             if acc.static is not sp.true:
                 lines = [f"if {p.doprint(acc.static)}:"] + ["    " + c for c in lines]
@@ -430,18 +426,6 @@ class Backend:
 
 
 _OPERATOR = {"add": "+=", "sub": "-=", "set": "="}
-
-
-def in_place_form(a: Assign) -> tuple[str, sp.Basic]:
-    """("add", d) or ("sub", d) when the new value is the old plus or minus a term d, else ("set", value)."""
-    old = ssa(a.target, a.version - 1)
-    e = a.expr
-    if isinstance(e, sp.Add) and old in e.args:
-        rest = sp.Add(*[x for x in e.args if x != old])
-        if rest.could_extract_minus_sign():
-            return "sub", -rest
-        return "add", rest
-    return "set", e
 
 
 def finalize_reads_step(program: Program) -> bool:

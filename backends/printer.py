@@ -287,10 +287,17 @@ class OpPrinter:
     call on an array and a number otherwise), its in-place ``forms``, and the expression printer for leaves
     and calls. It prints what the IR says, in Python's precedence: nothing is inferred here."""
 
-    def __init__(self, p: ExprPrinter, table: dict[str, str], forms: dict[str, str]) -> None:
+    def __init__(
+        self,
+        p: ExprPrinter,
+        table: dict[str, str],
+        forms: dict[str, str],
+        values: dict[str, str] | None = None,
+    ) -> None:
         self.p = p
         self.table = table
         self.forms = forms
+        self.values = values or {}  # a value's name -> what it is printed as (the fused kernels' calls)
 
     def row(self, op: str, arrays: tuple[bool, ...] = ()) -> str:
         signature = ",".join("array" if a else "scalar" for a in arrays)
@@ -308,7 +315,7 @@ class OpPrinter:
     def _expr(self, e: ops.Expr) -> tuple[str, int]:
         P = ops.Prec
         if isinstance(e, ops.Name):
-            return e.value.name, P.ATOM
+            return self.values.get(e.value.name, e.value.name), P.ATOM
         if isinstance(e, ops.Leaf):
             return self.p.doprint(e.expr), e.prec
         if isinstance(e, ops.Bin):
@@ -332,9 +339,11 @@ class OpPrinter:
             return f"{self.expr(e.a, P.CMP + 1)} {e.op} {self.expr(e.b, P.CMP + 1)}", P.CMP
         if isinstance(e, ops.BoolOp):
             prec = P.AND if e.op == "and" else P.OR
-            # as Python's own unparser writes them: each operand needs one level more than the last
-            values = [self.expr(v, prec + 1 + i) for i, v in enumerate(e.values)]
-            return f" {e.op} ".join(values), prec
+            return f" {e.op} ".join(self.expr(v, prec + 1) for v in e.values), prec
+        if isinstance(e, ops.Paren):
+            return f"({self.expr(e.a)})", P.ATOM
+        if isinstance(e, ops.Guarded):
+            return self._expr(e.a)
         raise BackendError(self.p.rule, self.p.backend, f"the expression {e!r}")
 
     # -- statements ----------------------------------------------------------------------------

@@ -162,7 +162,24 @@ class Not:
     a: Expr
 
 
-Expr = Union[Name, Leaf, Bin, Neg, Minus, Call, Reduce, IfExp, Compare, BoolOp, Not]
+@dataclasses.dataclass(frozen=True)
+class Paren:
+    """``(a)``: parentheses a printer writes where Python needs none (the fused kernels' ``(x * x)``,
+    ``(a if c else b)``): they change nothing in what is computed."""
+
+    a: Expr
+
+
+@dataclasses.dataclass(frozen=True)
+class Guarded:
+    """``a``, evaluated only where ``guards`` hold (static conditions, sympy): a branch of a select. Printed as
+    ``a``; the fused kernels' invariants read inside it are computed only there (``passes/hoist.py``)."""
+
+    a: Expr
+    guards: tuple[sp.Basic, ...]
+
+
+Expr = Union[Name, Leaf, Bin, Neg, Minus, Call, Reduce, IfExp, Compare, BoolOp, Not, Paren, Guarded]
 
 
 # -- statements ------------------------------------------------------------------------------------

@@ -7,11 +7,15 @@
   for bit (the same operations in the same order), in torch within the last bit (its compound calls may
   round once where the expression rounds twice).
 - ``backends/printer.py``'s ``OpPrinter``: hand-built operations printed with a table, in Python's precedence.
-- ``passes/typing.py``: which names are arrays, on a hand-built rule IR.
+- ``passes/typing.py``: which names are arrays, on a hand-built rule IR; ``passes/conditions.py`` and
+  ``passes/accumulators.py`` on hand-built assignments and sections.
+- ``passes/hoist.py`` and ``evaluation.kernel_tree``: a fused kernel's invariants, their names and guards;
+  the printed kernel code evaluated against sympy's value of the expression.
 """
 
 from __future__ import annotations
 
+import ast
 import random
 
 import numpy as np
@@ -69,6 +73,7 @@ def lower(backend, printer, kind: str, target: str, expr: sp.Expr) -> tuple[list
         lowered = three_address.overwrite(target, tree, backend.target, regs)
     else:
         lowered = three_address.update(kind, target, tree, backend.target, regs)
+    three_address.verify(lowered, regs)
     return OpPrinter(printer, backend.ops, backend.forms).statements(lowered.body), regs.count
 
 
@@ -276,3 +281,47 @@ def test_a_reduction_over_all_tensors_is_an_accumulator_tested_in_python_and_sel
     traced, _ = accumulators(section, {"g", "t"})  # JAX: the step is traced, its test a select
     assert traced.static == flag
     assert traced.step == sp.Piecewise((norm + TensorSum(g**2), t > 1), (norm, True))
+
+
+@pytest.mark.parametrize("flag_value", [True, False])
+def test_a_kernel_reads_its_invariants_by_name_each_computed_where_its_branch_runs(flag_value):
+    from optforge.backends.fused.printer import KernelPrinter
+    from optforge.compiler.passes.evaluation import kernel_tree
+    from optforge.compiler.passes.hoist import hoist_tree
+
+    m, g, beta, flag = (sp.Symbol(v) for v in ("m", "g", "beta", "flag"))
+    expr = sp.Piecewise((beta * m + (1 - beta) * g**2 - 1, flag), (sp.sqrt(m), True))
+    types = Types(arrays=frozenset({"m", "g"}), elements=frozenset({"m", "g"}))
+    inv = Invariants({"flag"}, set(), {})
+    tree, used = hoist_tree(kernel_tree(expr, types), inv)
+    code = OpPrinter(KernelPrinter("test", set(), {}), {}, {}).expr(tree)
+    guards = {h.name: h.guard for h in inv.step}
+    assert used == set(guards)
+    read = list(ast.walk(ast.parse(code)))  # every invariant by name: no other name, no literal
+    assert {n.id for n in read if isinstance(n, ast.Name)} == used | {"m", "g", "math"}
+    assert not any(isinstance(n, ast.Constant) for n in read)
+    assert guards[inv.keys[(sp.srepr(1 - beta), "")]] == flag  # computed only where its branch runs
+    # the oracle: the expression's value, by sympy; the invariants as prepare_<case> computes them
+    values = {m: 0.7, g: -1.3, beta: 0.9, flag: flag_value}
+    env = {"math": __import__("math"), "np": np, "m": 0.7, "g": -1.3}
+    for h in inv.step:
+        holds = bool(h.guard.subs(values)) if h.guard is not sp.true else True
+        value = h.expr.subs(values)
+        env[h.name] = (bool(value) if h.boolean else float(value)) if holds else 0.0
+    assert eval(code, env) == pytest.approx(float(expr.subs(values)), rel=1e-15)
+
+
+def test_the_verifier_rejects_a_register_read_before_it_is_written():
+    regs = three_address.Registers()
+    regs.take()
+    s0 = ops.Value("_s0")
+    bad = three_address.Lowered((ops.Update("sub", "w", ops.Name(s0)),), branched=False)
+    with pytest.raises(ValueError, match="reads the scratch register _s0 before"):
+        three_address.verify(bad, regs)
+    good = three_address.Lowered(
+        (ops.Op("neg", (ops.Name(ops.Value("g")),), s0), ops.Update("sub", "w", ops.Name(s0))), branched=False
+    )
+    three_address.verify(good, regs)
+    regs.named["m_hat"] = "_s0"  # _s0 now holds m_hat for the rest of the pass
+    with pytest.raises(ValueError, match="the register of m_hat"):
+        three_address.verify(good, regs)

@@ -3,8 +3,9 @@
 The kernels run on 1-D views of C-contiguous arrays of one dtype (float32 or float64), in place. Every
 per-element statement of the loop becomes scalar code inside a single ``for i in range(n)`` loop; every
 subexpression that reads no per-element value (a hyperparameter, the step, a per-tensor norm, a literal
-number) is *hoisted*: computed once per step in Python (packed into one array, ``k_``) or once per
-tensor inside the kernel, in the loop's dtype. So the kernel's arithmetic has the NumPy module's
+number) is an invariant (``compiler/passes/hoist.py``: one name each, ``c_lr``): computed once per step in
+Python (packed into one array, ``k_``) or once per tensor inside the kernel, in the loop's dtype. The
+statements are kernel trees (``compiler/passes/evaluation.py``) printed with this backend's table. So the kernel's arithmetic has the NumPy module's
 operations in the NumPy module's order and precision (a float32 parameter is updated in float32, with
 hyperparameters rounded to float32 first, as NumPy does with a Python float), and Numba never promotes to
 float64 on a literal. Static conditions (an option given, ``momentum == 0``) are hoisted as booleans;
@@ -12,8 +13,8 @@ LLVM takes their tests out of the loop.
 
 A reduction over one tensor (``TensorSum``, ``TensorMax``: NovoGrad's layer norm, ``clipnorm``) is its
 own kernel that replays the per-element statements it reads, called from the update kernel; the
-per-tensor code between them (per-tensor state, such as NovoGrad's ``v``) is printed by the same
-printer, as scalar code, with the per-tensor names as locals. Reductions accumulate in float64 and may
+per-tensor code between them (per-tensor state, such as NovoGrad's ``v``) is printed the same way, as
+scalar code, with the per-tensor names as locals. Reductions accumulate in float64 and may
 be reassociated (``fastmath={"reassoc"}``) so that they vectorise; the element-wise kernels keep strict
 IEEE arithmetic and NumPy's error model (``x/0`` is inf, never an exception).
 """
@@ -23,21 +24,23 @@ from __future__ import annotations
 import dataclasses
 
 import sympy as sp
-from sympy.printing.precedence import PRECEDENCE
 
 from optforge.compiler.dsl import Reduction
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import Assign, Program, Role, Scope, Section, SectionKind, base
-from optforge.compiler.passes.hoist import Hoisted, Invariants
+from optforge.compiler.passes.evaluation import Types, kernel_tree
+from optforge.compiler.passes.hoist import Hoisted, Invariants, hoist_tree
 from optforge.compiler.passes.typing import boolean_names
 
 from ..base import Backend, fused_name, section_scalars
 from ..numpy.printer import NumPyBackend
-from ..printer import ExprPrinter
+from ..printer import ExprPrinter, OpPrinter
 
 
 class KernelPrinter(ExprPrinter):
-    """Scalar code for the body of a Numba loop: per-element names are locals, everything else is hoisted."""
+    """The functions of scalar code in a Numba loop: NumPy's scalar functions where Python's differ (NaN in,
+    NaN out, as in the NumPy module). The kernels' code is printed from kernel trees
+    (``passes/evaluation.py``) whose invariants are named (``passes/hoist.py``)."""
 
     backend = "fused"
     functions = {
@@ -46,109 +49,51 @@ class KernelPrinter(ExprPrinter):
         "exp": ("math.exp", ""),
         "log": ("math.log", ""),
         "erf": ("math.erf", ""),
-        "sign": (
-            "np.sign",
-            "",
-        ),  # NumPy's scalar functions, in Numba: NaN in, NaN out, as in the NumPy module
+        "sign": ("np.sign", ""),
         "Max": ("np.maximum", ""),
         "Min": ("np.minimum", ""),
     }
 
-    def __init__(self, rule: str, elements: set[str], hoister: Invariants, names: dict[str, str]) -> None:
-        super().__init__(rule, elements, names)
+    def call_text(self, fn: str, array: bool, args: list[str], arrays: tuple[bool, ...] = ()) -> str:
+        if fn == "clip":  # np.clip(x, lo, hi) is minimum(maximum(x, lo), hi)
+            x, lo, hi = args
+            return f"np.minimum(np.maximum({x}, {lo}), {hi})"
+        return super().call_text(fn, True, args, arrays)
+
+
+class KernelCode:
+    """Scalar code of one kernel: each expression as a kernel tree (its ``locals`` are the loop's or the
+    per-tensor code's variables), its invariants named by the kernel's :class:`Invariants`, printed with
+    the kernel printer's table. ``used``: the invariants the printed code reads."""
+
+    def __init__(self, rule: str, locals_: set[str], hoister: Invariants, names: dict[str, str]) -> None:
+        self.rule = rule
+        self.names = names
         self.hoister = hoister
-        self.guards: tuple = ()  # static conditions under which the expression being printed is evaluated
-        self.used: set[str] = set()  # hoisted names the printed code reads
-        self.results: dict[str, str] = {}  # name of a reduction kernel's result -> its call
+        self.locals = set(locals_)
+        self.used: set[str] = set()
+        self.results: dict[str, str] = {}  # a reduction kernel's result (a local) -> its call
+        self.printer = KernelPrinter(rule, set(locals_), names)
 
-    def _print_Symbol(self, expr: sp.Symbol) -> str:
-        if expr.name in self.results:
-            return self.results[expr.name]
-        return super()._print_Symbol(expr)
+    def doprint(self, expr: sp.Basic) -> str:
+        printed = frozenset(self.names.get(n, n) for n in self.locals)
+        types = Types(arrays=printed, elements=printed, names=self.names)
+        try:
+            tree = kernel_tree(expr, types)
+        except NotImplementedError as exc:
+            raise BackendError(self.rule, "fused", str(exc)) from None
+        tree, used = hoist_tree(tree, self.hoister)
+        self.used |= used
+        return OpPrinter(self.printer, {}, {}, values=self.results).expr(tree)
 
-    def _print(self, expr, **kwargs) -> str:
-        if isinstance(expr, sp.Basic) and not isinstance(expr, sp.Tuple) and not self.is_array(expr):
-            name = self.hoister.hoist(expr, self.guards)
-            self.used.add(name)
-            return name
-        return super()._print(expr, **kwargs)
-
-    def is_array(self, expr: sp.Basic) -> bool:
-        return any(base(s) in self.arrays for s in expr.free_symbols)
-
-    def parenthesize(self, item, level, strict=False) -> str:
-        if isinstance(item, sp.Basic) and not self.is_array(item):
-            return self._print(item)  # a hoisted name needs no parentheses
-        return super().parenthesize(item, level, strict)
+    def name_of(self, symbol: sp.Symbol) -> str:
+        name = base(symbol)
+        return self.names.get(name, name)
 
     def constant(self, value) -> str:
         name = self.hoister.hoist(sp.sympify(value), ())
         self.used.add(name)
         return name
-
-    # every call is on a scalar inside the loop
-    def function(self, name: str, expr: sp.Basic, args) -> str:
-        fn = self.functions.get(name, ("", ""))[0]
-        if not fn:
-            self.fail(expr)
-        return self.call(fn, *[self._print(a) for a in args])
-
-    def minmax(self, name: str, a: sp.Basic, rest: sp.Basic, printed_rest: str) -> str:
-        return self.call(self.functions[name][0], self._print(a), printed_rest)
-
-    def _print_sign(self, expr) -> str:
-        return self.function("sign", expr, expr.args)
-
-    def _print_clip(self, expr) -> str:  # np.clip(x, lo, hi) is minimum(maximum(x, lo), hi)
-        x, lo, hi = (self._print(a) for a in expr.args)
-        return f"np.minimum(np.maximum({x}, {lo}), {hi})"
-
-    def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
-        b, e = expr.args
-        if e == 2:  # NumPy's x**2 is x*x
-            x = self.parenthesize(b, PRECEDENCE["Mul"], strict=True)
-            return f"({x} * {x})"
-        if e == sp.S.Half:
-            return self.call("math.sqrt", self._print(b))
-        if e == -sp.S.Half:
-            return f"{self.constant(1)} / {self.call('math.sqrt', self._print(b))}"
-        if e == -1:
-            return f"{self.constant(1)} / {self.parenthesize(b, PRECEDENCE['Pow'])}"
-        return f"{self.parenthesize(b, PRECEDENCE['Pow'], strict=True)} ** {self.parenthesize(e, PRECEDENCE['Pow'], strict=True)}"
-
-    def _print_Piecewise(self, expr) -> str:
-        pieces = list(expr.args)
-        if pieces[-1][1] is not sp.true:
-            self.fail(expr)
-        printed = []
-        static_before = []  # the static conditions of the earlier pieces, when they are wholly static
-        all_static = True
-        for value, cond in pieces:
-            saved = self.guards
-            if cond is not sp.true:
-                static = [
-                    c for c in (cond.args if isinstance(cond, sp.And) else (cond,)) if not self.is_array(c)
-                ]
-                self.guards = saved + tuple(static) + tuple(sp.Not(c) for c in static_before)
-                printed_cond = self._print(cond)
-                all_static = all_static and not self.is_array(cond)
-                static_before.append(cond)
-            else:
-                printed_cond = None
-                if all_static:
-                    self.guards = saved + tuple(sp.Not(c) for c in static_before)
-            printed.append((self._print(value), printed_cond))
-            self.guards = saved
-        out = printed[-1][0]
-        for value, cond in reversed(printed[:-1]):
-            out = f"({value} if {cond} else {out})"
-        return out
-
-    def _logic(self, expr, array_fn: str, word: str) -> str:
-        return "(" + f" {word} ".join(self._print(a) for a in expr.args) + ")"
-
-    def _print_Not(self, expr) -> str:
-        return f"(not {self._print(expr.args[0])})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,8 +200,8 @@ class FusedBackend(Backend):
         hoister = Invariants(
             boolean_names(program), {n for n, s in scopes.items() if s >= Scope.TENSOR}, p.names
         )
-        kp = KernelPrinter(program.rule, elements, hoister, self.names)  # the element statements
-        scalar = KernelPrinter(program.rule, elements | per_tensor, hoister, self.names)  # per-tensor code
+        kp = KernelCode(program.rule, elements, hoister, self.names)  # the element statements
+        scalar = KernelCode(program.rule, elements | per_tensor, hoister, self.names)  # per-tensor code
         persisting = {s.name: s for s in program.states if s.persists}
         self._persisting = persisting
         states = self.section_states(program, section)
@@ -286,7 +231,7 @@ class FusedBackend(Backend):
                     kernels.append(kernel)
                     flush()
                     marker = sp.Symbol(f"red{len(kernels)}_")  # the kernel's result, in the per-tensor code
-                    scalar.arrays = scalar.arrays | {marker.name}
+                    scalar.locals.add(marker.name)
                     scalar.results[marker.name] = f"dt({reduction_call(kernel, hoister)})"
                     value = scalar.doprint(
                         a.expr.replace(
@@ -371,7 +316,7 @@ class FusedBackend(Backend):
             code = f"{code} if {p.doprint(h.guard)} else dt(0)"
         return code
 
-    def scalar_value(self, h: Hoisted, scalar: KernelPrinter) -> str:
+    def scalar_value(self, h: Hoisted, scalar: KernelCode) -> str:
         """A per-tensor value as a kernel computes it (``dt`` is the kernel's dtype): what the NumPy
         module computes in Python, the same operations in the same dtype."""
         value = scalar.doprint(h.expr)
@@ -399,13 +344,12 @@ class FusedBackend(Backend):
             read |= a.expr.free_symbols
         return [n for n in arrays if sp.Symbol(n) in read]
 
-    def reduction(self, program, index, k, a: Assign, element, kp: KernelPrinter, hoister, arrays):
+    def reduction(self, program, index, k, a: Assign, element, kp: KernelCode, hoister, arrays):
         expr = a.expr
         red = next(x for x in sp.preorder_traversal(expr) if isinstance(x, Reduction) and x.over == "tensor")
         (arg,) = red.args
         statements = self.closure(element, arg.free_symbols)
         kp.used = set()
-        kp.guards = ()
         value = kp.doprint(arg)
         used = set(kp.used).union(*(u for _, _, u in statements))
         names = self.inputs(statements, arg.free_symbols, arrays)
@@ -426,7 +370,7 @@ class FusedBackend(Backend):
         )
         return kernel
 
-    def load(self, name: str, kp: KernelPrinter) -> tuple[str, str, str]:
+    def load(self, name: str, kp: KernelCode) -> tuple[str, str, str]:
         """(array, flag, zero): an optional state is read only where it is kept (flag), else it is zero."""
         state = self._persisting.get(name)
         if state is None or state.allocated_when is sp.true:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from optforge.compiler.ir import Assign, Role, Scope
-
 from ..base import Backend
 from ..printer import ExprPrinter
 
@@ -85,10 +83,10 @@ class TorchBackend(Backend):
         "inplace_addcdiv": "{target}.addcdiv_({0}, {1})",
         "inplace_addcdiv_scaled": "{target}.addcdiv_({0}, {1}, value={scale})",
     }
-    forms = {"add": "{name}.add_({value})", "sub": "{name}.sub_({value})", "set": "{name}.copy_({value})"}
+    forms = {
+        "add": "{name}.add_({value})",
+        "sub": "{name}.sub_({value})",
+        "set": "{name}.copy_({value})",
+        "fill": "{name}.fill_({value})",
+    }
     support = "torch_support"
-
-    def fill(self, a: Assign, p: ExprPrinter) -> list[str] | None:
-        if a.role in (Role.STATE, Role.PARAM) and a.scope >= Scope.TENSOR and not p.is_array(a.expr):
-            return [f"{p.name_of(a.lhs)}.fill_({p.doprint(a.expr)})"]
-        return None

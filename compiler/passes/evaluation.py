@@ -22,7 +22,24 @@ from sympy.core.mul import _keep_coeff
 
 from ..dsl import Given
 from ..ir import base
-from ..ops import Bin, BoolOp, Call, Compare, Expr, IfExp, Kind, Leaf, Name, Neg, Not, Prec, Reduce, Value
+from ..ops import (
+    Bin,
+    BoolOp,
+    Call,
+    Compare,
+    Expr,
+    Guarded,
+    IfExp,
+    Kind,
+    Leaf,
+    Name,
+    Neg,
+    Not,
+    Paren,
+    Prec,
+    Reduce,
+    Value,
+)
 from .conditions import split
 
 _RELATION = {"==", "!=", "<", "<=", ">", ">="}
@@ -54,6 +71,15 @@ class Types:
 def evaluation_tree(expr: sp.Basic, types: Types) -> Expr:
     """The tree Python evaluates for the printed ``expr``."""
     return _Builder(types).tree(sp.sympify(expr))
+
+
+def kernel_tree(expr: sp.Basic, types: Types) -> Expr:
+    """The tree of ``expr`` as scalar code in a fused kernel's loop, where ``types.elements`` are the loop's
+    locals and everything else is an invariant (``hoist.py``): every sub-expression that reads no local is
+    one leaf (a select, a sum's negative term, a condition included); ``x**2`` is ``(x * x)`` (NumPy's
+    square); a select is Python's conditional, each branch guarded by the static conditions under which it
+    is evaluated."""
+    return _KernelBuilder(types).tree(sp.sympify(expr))
 
 
 def leaf_precedence(expr: sp.Basic) -> Prec:
@@ -98,6 +124,8 @@ def _has_denominator(e: sp.Basic) -> bool:
 
 
 class _Builder:
+    square = None  # how x**2 is written, where not as a power
+
     def __init__(self, types: Types) -> None:
         self.t = types
 
@@ -113,13 +141,10 @@ class _Builder:
         if isinstance(expr, sp.Symbol) and not isinstance(expr, Given):
             return Name(Value(self.t.printed(expr), Kind.ELEMENT))
         method = getattr(self, f"_{type(expr).__name__}", None)
-        if method is None:
-            if isinstance(expr, sp.core.relational.Relational):
-                method = self._Relational
-            elif not self.t.is_element(expr):
-                return self.leaf(expr)
-            else:  # not known here: printed whole by the expression printer (it allocates)
-                return self.leaf(expr)
+        if method is None and isinstance(expr, sp.core.relational.Relational):
+            method = self._Relational
+        if method is None:  # not known here: printed whole by the expression printer (an array: it allocates)
+            return self.leaf(expr)
         return method(expr)
 
     # -- arithmetic, as the printer writes it ----------------------------------------------
@@ -132,13 +157,16 @@ class _Builder:
                 return Bin("-", self.tree(pos), self.tree(-neg))
         out: Expr | None = None
         for term in expr.as_ordered_terms():
-            negative = _prints_negative(term)
+            negative = self.prints_negative(term)
             if out is None:
                 out = self.negated_first(term) if negative else self.tree(term)
             else:
                 out = Bin("-" if negative else "+", out, self.tree(-term if negative else term))
         assert out is not None
         return out
+
+    def prints_negative(self, term: sp.Basic) -> bool:
+        return _prints_negative(term)
 
     def negated_first(self, term: sp.Basic) -> Expr:
         """A term printed with a leading minus: Python binds that minus to the term's first factor."""
@@ -153,7 +181,7 @@ class _Builder:
         if args[0] is sp.S.One or any(
             isinstance(a, sp.Number) or a.is_Pow and all(ai.is_Integer for ai in a.args) for a in args[1:]
         ):
-            return self.leaf(expr)  # an unevaluated product: printed whole
+            return self.unevaluated(expr)
         c, e = expr.as_coeff_Mul()
         sign = bool(c < 0)
         if sign:
@@ -179,8 +207,14 @@ class _Builder:
             out = Bin("/", out, _product([self.tree(x) for x in den]))
         return out
 
+    def unevaluated(self, expr: sp.Basic) -> Expr:
+        """An unevaluated product: printed whole."""
+        return self.leaf(expr)
+
     def _Pow(self, expr: sp.Pow) -> Expr:
         b, e = expr.args
+        if e == 2 and self.square is not None:
+            return self.square(b)
         if e == sp.S.Half:
             return self.call("sqrt", expr, [b])
         if e == -sp.S.Half:
@@ -339,3 +373,62 @@ def _apow(item: sp.Pow) -> sp.Basic:
         eargs[0] = -eargs[0]
     e = sp.Mul._from_args(eargs)
     return item.func(b, e, evaluate=False)
+
+
+class _KernelBuilder(_Builder):
+    """The fused kernels' printer: scalar code, every sub-expression without a local an invariant."""
+
+    def tree(self, expr: sp.Basic) -> Expr:
+        if not self.t.is_element(expr):
+            return self.leaf(expr)
+        if isinstance(expr, sp.Symbol) and not isinstance(expr, Given):
+            return Name(Value(self.t.printed(expr), Kind.ELEMENT))
+        method = getattr(self, f"_{type(expr).__name__}", None)
+        if method is None and isinstance(expr, sp.core.relational.Relational):
+            method = self._Relational
+        if method is None or type(expr).__name__ in ("TensorSum", "TensorMax", "AsFloat"):
+            raise NotImplementedError(f"{type(expr).__name__} in a fused kernel: {expr}")
+        return method(expr)
+
+    def prints_negative(self, term: sp.Basic) -> bool:
+        return self.t.is_element(term) and _prints_negative(term)  # an invariant is read as it is
+
+    def unevaluated(self, expr: sp.Basic) -> Expr:
+        raise NotImplementedError(f"an unevaluated product in a fused kernel: {expr}")
+
+    def square(self, b: sp.Basic) -> Expr:
+        x = self.tree(b)
+        return Paren(Bin("*", x, x))  # NumPy's x**2 is x*x
+
+    def _Piecewise(self, expr) -> Expr:
+        pieces = list(expr.args)
+        if pieces[-1][1] is not sp.true:
+            raise NotImplementedError(f"a select without an otherwise-branch: {expr}")
+        branches = []
+        before: list[sp.Basic] = []  # the earlier pieces' conditions (the value is taken where they fail)
+        all_static = True
+        for value, cond in pieces:
+            if cond is not sp.true:
+                parts = cond.args if isinstance(cond, sp.And) else (cond,)
+                static = tuple(c for c in parts if not self.t.is_element(c))
+                guards = static + tuple(sp.Not(c) for c in before)
+                test = Guarded(self.tree(cond), guards)
+                all_static = all_static and not self.t.is_element(cond)
+                before.append(cond)
+            else:
+                test = None
+                guards = tuple(sp.Not(c) for c in before) if all_static else ()
+            branches.append((Guarded(self.tree(value), guards), test))
+        out = branches[-1][0]
+        for value, test in reversed(branches[:-1]):
+            out = Paren(IfExp(test, value, out))
+        return out
+
+    def _logic(self, expr, fn: str, word: str) -> Expr:
+        return Paren(BoolOp(word, tuple(self.tree(a) for a in expr.args)))
+
+    def _Not(self, expr) -> Expr:
+        return Paren(Not(self.tree(expr.args[0])))
+
+    def _clip(self, expr) -> Expr:
+        return Call("clip", tuple(self.tree(a) for a in expr.args), True)

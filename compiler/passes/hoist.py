@@ -22,6 +22,7 @@ import sympy as sp
 
 from ..dsl import Given
 from ..ir import base
+from ..ops import Call, Expr, Guarded, Kind, Leaf, Name, Value
 from .typing import is_boolean
 
 
@@ -127,3 +128,35 @@ def _words(expr: sp.Basic, names: dict[str, str], depth: int = 0) -> str:
         b, e = _words(expr.base, names, depth + 1), _words(expr.exp, names, depth + 1)
         return f"{b}_pow_{e}" if b and e else ""
     return ""
+
+
+def hoist_tree(tree: Expr, invariants: Invariants, guards: tuple = ()) -> tuple[Expr, set[str]]:
+    """The kernel tree (``evaluation.kernel_tree``) with each leaf replaced by its invariant's name, and the
+    names it reads. Leaves are named in the order the kernel's code reads them (an n-ary max from its last
+    argument, as it is printed); a leaf under ``Guarded`` is computed where those guards hold."""
+    used: set[str] = set()
+
+    def walk(e: Expr, guards: tuple) -> Expr:
+        if isinstance(e, Leaf):
+            name = invariants.hoist(e.expr, guards)
+            used.add(name)
+            return Name(Value(name, Kind.BOOL if name.startswith("b_") else Kind.SCALAR))
+        if isinstance(e, Guarded):
+            return Guarded(walk(e.a, guards + e.guards), e.guards)
+        if isinstance(e, Call) and e.fn in ("Max", "Min"):
+            args = [walk(a, guards) for a in reversed(e.args)][::-1]
+            return dataclasses.replace(e, args=tuple(args))
+        changes = {}
+        for f in dataclasses.fields(e):
+            x = getattr(e, f.name)
+            if isinstance(x, tuple) and all(_is_expr(v) for v in x):
+                changes[f.name] = tuple(walk(v, guards) for v in x)
+            elif _is_expr(x):
+                changes[f.name] = walk(x, guards)
+        return dataclasses.replace(e, **changes) if changes else e
+
+    return walk(tree, guards), used
+
+
+def _is_expr(x) -> bool:
+    return dataclasses.is_dataclass(x) and not isinstance(x, (Value, type))

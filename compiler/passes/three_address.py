@@ -30,9 +30,11 @@ shaped like the tensor: the memory is the largest tensor times the number of reg
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import sympy as sp
 
+from ..ir import Assign, base, ssa
 from ..ops import (
     Bin,
     Bind,
@@ -42,6 +44,7 @@ from ..ops import (
     Compound,
     CopyInto,
     Expr,
+    Guarded,
     If,
     IfExp,
     Kind,
@@ -51,12 +54,31 @@ from ..ops import (
     Neg,
     Not,
     Op,
+    Paren,
     Prec,
     Reduce,
     Stmt,
     Update,
     Value,
+    reads,
 )
+
+
+def in_place_form(a: Assign, arrays: Iterable[str], *, fill: bool = False) -> tuple[str, sp.Basic]:
+    """How a buffer takes its new value: ("add", d) or ("sub", d) when it is the old plus or minus a term d;
+    ("fill", v) where the backend fills a buffer with a number (``fill``) and the value reads no array;
+    else ("set", value)."""
+    names = set(arrays)
+    if fill and not any(base(s) in names for s in a.expr.free_symbols):
+        return "fill", a.expr
+    old = ssa(a.target, a.version - 1)
+    e = a.expr
+    if isinstance(e, sp.Add) and old in e.args:
+        rest = sp.Add(*[x for x in e.args if x != old])
+        if rest.could_extract_minus_sign():
+            return "sub", -rest
+        return "add", rest
+    return "set", e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +170,8 @@ def _children(e: Expr) -> tuple[Expr, ...]:
         return (e.a, e.b)
     if isinstance(e, BoolOp):
         return e.values
+    if isinstance(e, (Paren, Guarded)):
+        return (e.a,)
     return ()
 
 
@@ -374,3 +398,63 @@ class _Lowering:
             self.regs.give(reg)
         self.held = []
         return Lowered(tuple(self.lines), branched)
+
+
+def verify(lowered: Lowered, registers: Registers) -> None:
+    """The storage of a statement's operations is sound (for the tests, between passes): every scratch
+    register it reads was written before in the statement, or holds a named temporary; a named
+    temporary's register is written only by the statement that binds that name. Raises ``ValueError``
+    naming the register and the statement."""
+    scratch = set(registers.names())
+    owner = {r: n for n, r in registers.named.items()}
+    bound = {s.bind for s in _flat(lowered.body) if isinstance(s, Op)} | {
+        s.name for s in _flat(lowered.body) if isinstance(s, Bind)
+    }
+
+    def check(body: tuple[Stmt, ...], written: set[str]) -> None:
+        for s in body:
+            if isinstance(s, If):
+                _reading(_reads(s.test), written, scratch, owner, s)
+                check(s.body, set(written))
+                check(s.orelse, set(written))
+                continue
+            _reading(_stmt_reads(s), written, scratch, owner, s)
+            out = s.out.name if isinstance(s, (Op, CopyInto)) else None
+            if out in owner and owner[out] not in bound:
+                raise ValueError(f"{s}: writes {out}, the register of {owner[out]}, which it does not bind")
+            if out is not None:
+                written.add(out)
+
+    check(lowered.body, set())
+
+
+def _reading(names: set[str], written: set[str], scratch: set[str], owner: dict, s) -> None:
+    for n in names & scratch:
+        if n not in written and n not in owner:
+            raise ValueError(f"{s}: reads the scratch register {n} before this statement writes it")
+
+
+def _reads(e: Expr) -> set[str]:
+    return reads(e)
+
+
+def _stmt_reads(s: Stmt) -> set[str]:
+    exprs: list[Expr] = []
+    if isinstance(s, Op):
+        exprs = [*s.args, *(v for _, v in s.keywords)]
+    elif isinstance(s, CopyInto):
+        exprs = [s.x]
+    elif isinstance(s, (Bind, Update)):
+        exprs = [s.value]
+    elif isinstance(s, Compound):
+        exprs = [*s.args] + ([s.scale] if s.scale is not None else [])
+    return set().union(*(_reads(e) for e in exprs)) if exprs else set()
+
+
+def _flat(body: tuple[Stmt, ...]):
+    for s in body:
+        if isinstance(s, If):
+            yield from _flat(s.body)
+            yield from _flat(s.orelse)
+        else:
+            yield s
