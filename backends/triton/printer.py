@@ -30,26 +30,27 @@ from __future__ import annotations
 import dataclasses
 
 import sympy as sp
-from sympy.printing.precedence import PRECEDENCE
 
+from optforge.compiler import ops
 from optforge.compiler.dsl import Reduction
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import Assign, Program, Role, Scope, SectionKind, base
 from optforge.compiler.passes import conditions
-from optforge.compiler.passes.hoist import Hoisted, Invariants
+from optforge.compiler.passes.evaluation import Types, kernel_tree
+from optforge.compiler.passes.hoist import Hoisted, Invariants, hoist_tree
 from optforge.compiler.passes.typing import boolean_names
 
 from ..base import Backend, fused_name, section_scalars
-from ..fused.printer import KernelPrinter, StepValue
+from ..fused.printer import KernelCode, StepValue
 from ..numpy.printer import NumPyBackend
+from ..printer import ExprPrinter, OpPrinter
 
 
-class TritonPrinter(KernelPrinter):
-    """Triton code inside a kernel: per-element names are blocks, per-tensor names 0-d values; everything
-    that reads neither is hoisted (a ``c_*`` value of ``k_`` or a ``b_*`` constexpr flag)."""
+class TritonFunctions(ExprPrinter):
+    """The functions a kernel calls, on blocks and on 0-d values alike: Triton's, and ``triton_support``'s
+    where NumPy's semantics need them (IEEE square root in float32, NaN propagated by max and min)."""
 
     backend = "triton"
-    # sqrt, max and min from triton_support: IEEE sqrt in float32 too, NaN propagated as NumPy does
     functions = {
         "sqrt": ("fsqrt", ""),
         "Abs": ("tl.abs", ""),
@@ -61,80 +62,83 @@ class TritonPrinter(KernelPrinter):
         "Min": ("fmin", ""),
     }
 
-    def __init__(self, rule, arrays, hoister, names, step_names) -> None:
-        super().__init__(rule, arrays, hoister, names)
-        self.step_names = step_names  # a callable: the names hoisted once per step so far
+    def call_text(self, fn: str, array: bool, args: list[str], arrays: tuple[bool, ...] = ()) -> str:
+        if fn == "clip":  # np.clip(x, lo, hi) is minimum(maximum(x, lo), hi)
+            x, lo, hi = args
+            return f"fmin(fmax({x}, {lo}), {hi})"
+        return super().call_text(fn, True, args, arrays)
 
-    def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
-        b, e = expr.args
-        sqrt = self.functions["sqrt"][0]
-        if e == 2:  # NumPy's x**2 is x*x
-            x = self.parenthesize(b, PRECEDENCE["Mul"], strict=True)
-            return f"({x} * {x})"
-        if e == sp.S.Half:
-            return self.call(sqrt, self._print(b))
-        if e == -sp.S.Half:
-            return f"{self.constant(1)} / {self.call(sqrt, self._print(b))}"
-        if e == -1:
-            return f"{self.constant(1)} / {self.parenthesize(b, PRECEDENCE['Pow'])}"
-        self.fail(expr)  # Triton has no power operator; no rule needs one in a kernel yet
 
-    def _print_clip(self, expr) -> str:  # np.clip(x, lo, hi) is minimum(maximum(x, lo), hi)
-        x, lo, hi = (self._print(a) for a in expr.args)
-        return f"fmin(fmax({x}, {lo}), {hi})"
+class TritonOps(OpPrinter):
+    """A kernel tree in Triton: a select whose test is a constexpr flag stays Python's conditional (Triton
+    folds it when it compiles the kernel), any other is ``tl.where``; ``and``, ``or`` and ``not`` on values
+    (blocks, or 0-d values computed in the kernel) are ``&``, ``|`` and ``~``."""
 
-    def flag(self, cond) -> tuple[str, bool]:
-        """A condition that reads no array of this printer, hoisted: (its name, whether it is a constexpr
-        flag computed once per step; else a 0-d value computed in the kernel)."""
-        name = self._print(cond)
-        return name, name in self.step_names()
+    def __init__(self, p: ExprPrinter, flags: set[str], values: dict[str, str]) -> None:
+        super().__init__(p, {}, {}, values=values)
+        self.flags = flags  # the constexpr flags: once-per-step conditions
 
-    def _print_Piecewise(self, expr) -> str:
-        """Static conditions (constexpr flags) as Python's conditional expression, which Triton folds at
-        compile time; the others as ``tl.where``."""
-        pieces = list(expr.args)
-        if pieces[-1][1] is not sp.true:
-            self.fail(expr)
-        printed = []
-        static_before: list = []
-        for value, cond in pieces[:-1]:
-            saved = self.guards
-            parts = cond.args if isinstance(cond, sp.And) else (cond,)
-            static = [c for c in parts if not self.is_array(c)]
-            dynamic = [c for c in parts if self.is_array(c)]
-            self.guards = saved + tuple(static) + tuple(sp.Not(c) for c in static_before)
-            constexpr, where = [], []
-            if static:
-                name, is_step = self.flag(sp.And(*static))
-                (constexpr if is_step else where).append(name)
-            where += [self._print(c) for c in dynamic]
-            printed.append((self._print(value), constexpr, where))
-            self.guards = saved
-            if not dynamic:  # where a later piece is evaluated, this condition failed
-                static_before.append(cond)
-        saved = self.guards
-        self.guards = saved + tuple(sp.Not(c) for c in static_before)
-        out = self._print(pieces[-1][0])
-        self.guards = saved
-        for value, constexpr, where in reversed(printed):
-            inner = value
-            if where:
-                inner = f"tl.where({' & '.join(where)}, {value}, {out})"
-            out = f"({inner} if {constexpr[0]} else {out})" if constexpr else inner
-        return out
+    def constexpr(self, e: ops.Expr) -> bool:
+        while isinstance(e, (ops.Paren, ops.Guarded)):
+            e = e.a
+        if isinstance(e, ops.Name):
+            return e.value.name in self.flags
+        if isinstance(e, ops.BoolOp):
+            return all(self.constexpr(v) for v in e.values)
+        if isinstance(e, ops.Not):
+            return self.constexpr(e.a)
+        return False
 
-    def _logic(self, expr, array_fn: str, word: str) -> str:
-        if not self.is_array(expr):
-            return "(" + f" {word} ".join(self._print(a) for a in expr.args) + ")"
-        if any(not self.is_array(a) for a in expr.args):
-            raise BackendError(self.rule, self.backend, f"a condition mixing flags and values: {expr}")
-        op = " & " if word == "and" else " | "
-        return "(" + op.join(self._print(a) for a in expr.args) + ")"
+    def _expr(self, e: ops.Expr) -> tuple[str, int]:
+        P = ops.Prec
+        if isinstance(e, ops.Paren) and isinstance(e.a, ops.IfExp) and not self.constexpr(e.a.test):
+            return self._expr(e.a)  # a call, or parenthesised as its precedence needs
+        if isinstance(e, ops.IfExp) and not self.constexpr(e.test):
+            test = e.test
+            while isinstance(test, (ops.Paren, ops.Guarded)):
+                test = test.a
+            static = ()
+            if isinstance(test, ops.BoolOp) and test.op == "and":  # flags and values: the flags first
+                static = tuple(v for v in test.values if self.constexpr(v))
+                rest = tuple(v for v in test.values if not self.constexpr(v))
+                test = rest[0] if len(rest) == 1 else ops.BoolOp("and", rest)
+            orelse = self.expr(e.orelse)
+            where = f"tl.where({self.expr(test)}, {self.expr(e.body)}, {orelse})"
+            if not static:
+                return where, P.ATOM
+            flags = self.expr(ops.BoolOp("and", static) if len(static) > 1 else static[0], P.TEST + 1)
+            return f"{where} if {flags} else {self.expr(e.orelse, P.TEST)}", P.TEST
+        if isinstance(e, ops.BoolOp) and not self.constexpr(e):
+            if any(self.constexpr(v) for v in e.values):
+                raise BackendError(self.p.rule, self.p.backend, f"a condition mixing flags and values: {e!r}")
+            prec = 11 if e.op == "and" else 9  # & and |, as Python binds them
+            op = " & " if e.op == "and" else " | "
+            return op.join(self.expr(v, prec + 1) for v in e.values), prec
+        if isinstance(e, ops.Not) and not self.constexpr(e):
+            return f"~{self.expr(e.a, P.FACTOR)}", P.FACTOR
+        return super()._expr(e)
 
-    def _print_Not(self, expr) -> str:
-        if self.is_array(expr):
-            return f"(~{self._print(expr.args[0])})"
-        return f"(not {self._print(expr.args[0])})"
+
+class KernelText(KernelCode):
+    """Code inside a kernel: each expression as a kernel tree (``passes/evaluation.py``) whose invariants
+    are named (``passes/hoist.py``), printed by :class:`TritonOps`. ``locals_``: the names held in the
+    kernel (blocks per element; 0-d values per tensor in the per-tensor code)."""
+
+    def __init__(self, rule: str, locals_: set[str], hoister: Invariants, names: dict[str, str]) -> None:
+        super().__init__(rule, locals_, hoister, names)
+        self.printer = TritonFunctions(rule, set(locals_), names)
+
+    def doprint(self, expr: sp.Basic) -> str:
+        printed = frozenset(self.names.get(n, n) for n in self.locals)
+        types = Types(arrays=printed, elements=printed, names=self.names)
+        try:
+            tree = kernel_tree(expr, types)
+        except NotImplementedError as exc:
+            raise BackendError(self.rule, "triton", str(exc)) from None
+        tree, used = hoist_tree(tree, self.hoister)
+        self.used |= used
+        flags = {h.name for h in self.hoister.step if h.boolean}
+        return TritonOps(self.printer, flags, self.results).expr(tree)
 
 
 @dataclasses.dataclass
@@ -225,10 +229,9 @@ class CaseWriter:
         self.hoister = Invariants(
             boolean_names(program), self.elements | self.per_tensor | self.global_names, p.names
         )
-        step = lambda: {h.name for h in self.hoister.step}  # noqa: E731
-        self.kp = TritonPrinter(program.rule, set(self.elements), self.hoister, self.names, step)
-        self.sp = TritonPrinter(
-            program.rule, self.elements | self.per_tensor | self.global_names, self.hoister, self.names, step
+        self.kp = KernelText(program.rule, set(self.elements), self.hoister, self.names)
+        self.sp = KernelText(
+            program.rule, self.elements | self.per_tensor | self.global_names, self.hoister, self.names
         )
         self.persisting = {s.name: s for s in program.states if s.persists}
         states = backend.section_states(program, self.tensor_section)
@@ -394,7 +397,7 @@ class CaseWriter:
         if isinstance(expr, sp.Piecewise):
             (expr, guard), _ = expr.args
         static, dynamic = (
-            conditions.split(guard, self.sp.arrays) if guard is not sp.true else (sp.true, sp.true)
+            conditions.split(guard, self.sp.locals) if guard is not sp.true else (sp.true, sp.true)
         )
         if dynamic is not sp.true or expr != red:
             raise BackendError(self.program.rule, "triton", f"a reduction the kernels cannot take: {a.expr}")
@@ -406,7 +409,6 @@ class CaseWriter:
             body.append(line)
             used |= u
         self.kp.used = set()
-        self.kp.guards = ()
         value = self.kp.doprint(arg)
         used |= self.kp.used
         when = "" if static is sp.true else self.hoister.hoist(static, ())
@@ -448,7 +450,7 @@ class CaseWriter:
             kern.body.append(f"# {a.label}")
         if red is not None:
             marker = sp.Symbol("total_")
-            self.sp.arrays = self.sp.arrays | {marker.name}
+            self.sp.locals.add(marker.name)
             self.sp.results[marker.name] = "total"
             line, used = self.scalar_line(a, a.expr.replace(lambda x: x == red, lambda x: marker))
         else:
