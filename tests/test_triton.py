@@ -207,3 +207,41 @@ def test_gpu_check_runs_on_cpu_in_a_reduced_size(tmp_path):
             assert isinstance(times[key], float) and times[key] > 0, (name, key, times)
         assert times["bytes per parameter"] == 20, (name, times)  # w, g and one state: read 3, write 2
     assert "torch.optim foreach" in report["rules"]["Adagrad"]
+
+
+_COMPILE = """
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from optforge.runtime import triton_support
+module = triton_support.load("novograd")
+signature = {"chunks": "*i64", "tensors": "*i64", "k_": "*fp32", "tvals": "*fp64", "gvals": "*fp64",
+             "partials": "*fp64", "n_chunks": "i32"}
+types = dict(NT=3, DT=tl.float32, W_DT=tl.bfloat16, G_DT=tl.bfloat16, S_DT=tl.float32, BLOCK=1024)
+for phase in module.UPDATE_CASE_0.phases:
+    constants = {**{f: True for f in phase.flags}, **types}
+    signature_ = {**signature, **{k: "constexpr" for k in constants}}
+    source = triton.compiler.ASTSource(fn=phase.kernel, signature=signature_, constexprs=constants)
+    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+    print(phase.kernel.__name__, ".entry " + phase.kernel.__name__ in ptx)
+"""
+
+
+def test_kernels_compile_for_an_h100_without_one():
+    """Triton's compiler, not its interpreter (which takes more than the compiler does), on one rule's
+    kernels: NovoGrad (reductions over one tensor and over all tensors, per-tensor state), every flag on,
+    bfloat16 parameters with float32 state, to PTX for sm_90 (Triton's own ptxas; no GPU needed). In a
+    process of its own: this one runs the kernels in the interpreter."""
+    import subprocess
+    import sys
+
+    from triton.backends import backends
+
+    if "nvidia" not in backends:
+        pytest.skip("this Triton has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"  # Triton 3.9 warns where it is unset (3.10 changes the default)
+    done = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = dict(line.split() for line in done.stdout.splitlines())
+    kernels = [phase.kernel.__name__ for phase in triton_support.load("novograd").UPDATE_CASE_0.phases]
+    assert printed == {k: "True" for k in kernels}, done.stdout
