@@ -34,7 +34,7 @@ import sympy as sp
 from optforge.compiler import ops
 from optforge.compiler.dsl import Reduction
 from optforge.compiler.errors import BackendError
-from optforge.compiler.ir import Assign, Program, Role, Scope, SectionKind, base
+from optforge.compiler.ir import Assign, Program, Role, Scope, SectionKind, base, version
 from optforge.compiler.passes import conditions
 from optforge.compiler.passes.evaluation import Types, kernel_tree
 from optforge.compiler.passes.hoist import Hoisted, Invariants, hoist_tree
@@ -158,12 +158,15 @@ class Kernel:
     result: str = ""
     #: while printing: hoisted names the lines read, per-tensor and global names they read
     used: set[str] = dataclasses.field(default_factory=set)
-    reads: set[str] = dataclasses.field(default_factory=set)
+    reads: set[sp.Symbol] = dataclasses.field(default_factory=set)  # versioned (``v``, ``v.1``)
     #: partial, update: the arrays read per element; update: those written
     arrays: list[str] = dataclasses.field(default_factory=list)
     written: list[str] = dataclasses.field(default_factory=list)
-    #: tensor, global: the names it computes, in order (kept in tvals or gvals for the later kernels)
+    #: tensor, global: the names it computes, in order (kept in tvals or gvals for the later kernels),
+    #: and the version of each it computes last
     assigned: list[str] = dataclasses.field(default_factory=list)
+    versions: dict[str, int] = dataclasses.field(default_factory=dict)
+    defined: set[sp.Symbol] = dataclasses.field(default_factory=set)  # versions computed in the kernel
 
     # filled in by CaseWriter.finish, once every name is hoisted
     flags: list[str] = dataclasses.field(default_factory=list)  # constexpr parameters (b_ names)
@@ -243,6 +246,7 @@ class CaseWriter:
         self.gslots: dict[str, int] = {}  # values over all tensors kept in gvals
         self.per_tensor_code: dict[str, tuple[str, set[str]]] = {}  # hoisted name -> (line, names it uses)
         self.skipped: dict[str, str] = {}  # a value whose kernel may be skipped -> the flag that runs it
+        self.slot_versions: dict[str, int] = {}  # the version of each per-tensor value kept so far
 
     # -- printing ------------------------------------------------------------------------------
 
@@ -290,8 +294,8 @@ class CaseWriter:
 
     def events(self) -> list[tuple[str, Assign, list[Assign]]]:
         """In order: ("tensor-reduce" | "global-reduce" | "tensor-code", statement, the per-element
-        statements it may read), reductions over one tensor computed once (a pass over all tensors replays
-        those it reads: the first computes it)."""
+        statements it may read), each per-tensor value computed once (a pass over all tensors replays those
+        it reads: the first computes it, and writes the per-tensor state it is)."""
         out, seen = [], set()
         for section in self.reduce_sections:
             element = [a for a in section.body if a.scope == Scope.ELEMENT]
@@ -304,8 +308,9 @@ class CaseWriter:
                     if a.lhs not in seen:
                         out.append(("tensor-reduce", a, element))
                         seen.add(a.lhs)
-                else:
+                elif a.lhs not in seen:
                     out.append(("tensor-code", a, element))
+                    seen.add(a.lhs)
         element = [a for a in self.tensor_section.body if a.scope == Scope.ELEMENT]
         for a in self.tensor_section.body:
             if a.scope == Scope.ELEMENT:
@@ -314,12 +319,10 @@ class CaseWriter:
                 raise BackendError(
                     self.program.rule, "triton", f"a {a.scope.word} statement in the tensor loop"
                 )
-            if _reduction(a.expr, "tensor") is not None:
-                if a.lhs not in seen:
-                    out.append(("tensor-reduce", a, element))
-                    seen.add(a.lhs)
-            else:
-                out.append(("tensor-code", a, element))
+            if a.lhs not in seen:
+                kind = "tensor-reduce" if _reduction(a.expr, "tensor") is not None else "tensor-code"
+                out.append((kind, a, element))
+                seen.add(a.lhs)
         return out
 
     def closure(self, element: list[Assign], symbols) -> list[Assign]:
@@ -457,10 +460,12 @@ class CaseWriter:
             line, used = self.scalar_line(a)
         kern.body.append(line)
         kern.used |= used
-        kern.reads |= {base(s) for s in a.expr.free_symbols}
+        kern.reads |= {x for x in a.expr.free_symbols if x not in kern.defined}
+        kern.defined.add(a.lhs)
         name = self.sp.name_of(a.lhs)
         if name not in kern.assigned:
             kern.assigned.append(name)
+        kern.versions[name] = version(a.lhs)
 
     def update_kernel(self) -> Kernel:
         element = [a for a in self.tensor_section.body if a.scope == Scope.ELEMENT]
@@ -492,15 +497,16 @@ class CaseWriter:
         # per-tensor hoisted values, in the order they were hoisted, with the step values they read
         pending = [n for n in used if n in items and items[n].per_tensor]
         done: set[str] = set()
-        reads: set[str] = set(kern.reads)
+        reads: set[sp.Symbol] = set(kern.reads)
         while pending:
             pending = sorted(set(pending) - done, key=self.hoister.sort_key)
             for n in pending:
                 line, u = self.hoisted_line(items[n])
                 used |= u
                 done.add(n)
+                h = items[n]
                 reads |= {
-                    base(s) for s in items[n].expr.free_symbols | sp.sympify(items[n].guard).free_symbols
+                    x for x in h.expr.free_symbols | sp.sympify(h.guard).free_symbols if x not in kern.defined
                 }
             pending = [n for n in used if n in items and items[n].per_tensor and n not in done]
         prelude = [self.per_tensor_code[n][0] for n in sorted(done, key=self.hoister.sort_key)]
@@ -513,10 +519,23 @@ class CaseWriter:
         )
         kern.prelude = prelude
         # per-tensor and global values read: from the buffers where an earlier kernel put them, or a state
-        names = {self.names.get(r, r) for r in reads if r in self.per_tensor | self.global_names}
-        own = set(kern.assigned)
+        versions: dict[str, set[int]] = {}
+        for r in reads:
+            if base(r) in self.per_tensor | self.global_names:
+                versions.setdefault(self.names.get(base(r), base(r)), set()).add(version(r))
+        names = set(versions)
         loads = []
         for n in sorted(names):
+            kept = self.slot_versions.get(
+                n, 0
+            )  # the version an earlier kernel left in the buffers (or memory)
+            if versions[n] != {kept}:
+                raise BackendError(
+                    self.program.rule,
+                    "triton",
+                    f"{kern.name} reads version {sorted(versions[n])} of {n}, which an earlier kernel"
+                    f" left at version {kept}",
+                )
             if n in self.gslots or n in self.tslots:
                 load = (
                     f"tl.load(gvals + {self.gslots[n]}).to(DT)"
@@ -529,8 +548,6 @@ class CaseWriter:
                 loads.append(f"{n} = {load} if {when} else 0.0" if when else f"{n} = {load}")
             elif n in self.tensor_states:
                 loads += self.state_load(n, kern)
-            elif n in own:
-                continue
             else:
                 raise BackendError(self.program.rule, "triton", f"{n} read before any kernel computes it")
         if kern.kind == "tensor":  # the per-tensor states it writes: their addresses
@@ -551,6 +568,7 @@ class CaseWriter:
                     line = f"tl.store({n}_, {n}.to(S_DT))"
                     stores.append(f"if {flag}:\n    {line}" if flag else line)
                 slots.setdefault(n, len(slots))
+                self.slot_versions[n] = kern.versions[n]
                 if kern.kind == "global":
                     stores.append(f"tl.store(gvals + {slots[n]}, {n}.to(tl.float64))")
                 else:
