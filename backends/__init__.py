@@ -15,7 +15,9 @@ def backends() -> dict[str, Backend]:
     from .torch.printer import TorchBackend
     from .triton.printer import TritonBackend
 
-    return {b.name: b for b in (NumPyBackend(), JaxBackend(), TorchBackend(), FusedBackend(), TritonBackend())}
+    return {
+        b.name: b for b in (NumPyBackend(), JaxBackend(), TorchBackend(), FusedBackend(), TritonBackend())
+    }
 
 
 __all__ = ["Backend", "backends"]

@@ -221,6 +221,12 @@ def run(case: Case, work: list[tuple], scalars: dict[str, Any], *, block: int = 
         states = [s for s in item[2:] if s is not None]
         key = (item[0].dtype, item[1].dtype, states[0].dtype if states else None, item[0].device)
         groups.setdefault(key, []).append(item)
+    missing = [n for n in case.scalars if n not in scalars]
+    if missing:
+        raise TypeError(
+            f"triton_support.run: the step's scalars lack {', '.join(missing)}; this case reads"
+            f" {', '.join(case.scalars)}. Received: {', '.join(scalars) or 'none'}"
+        )
     given = {n: scalars[n] for n in case.scalars}
     for (w_dt, g_dt, s_dt, device), items in groups.items():
         dt = torch.promote_types(torch.promote_types(w_dt, torch.float32), s_dt or torch.float32)

@@ -245,3 +245,21 @@ def test_kernels_compile_for_an_h100_without_one():
     printed = dict(line.split() for line in done.stdout.splitlines())
     kernels = [phase.kernel.__name__ for phase in triton_support.load("novograd").UPDATE_CASE_0.phases]
     assert printed == {k: "True" for k in kernels}, done.stdout
+
+
+def test_run_says_which_scalars_are_missing():
+    w = torch.zeros(3, device=DEVICE)
+    work = [
+        (
+            w,
+            torch.ones(3, device=DEVICE),
+            torch.zeros(3, device=DEVICE),
+            torch.zeros(3, device=DEVICE),
+            None,
+            None,
+        )
+    ]
+    with pytest.raises(
+        TypeError, match=r"the step's scalars lack .*beta_1.*this case reads .*Received: lr, t"
+    ):
+        triton_support.run(_case(), work, {"lr": 0.1, "t": 1})
