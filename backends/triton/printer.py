@@ -395,15 +395,6 @@ class CaseWriter:
 
     def partial_kernel(self, name: str, a: Assign, red: Reduction, element: list[Assign]) -> Kernel:
         """One program per chunk: the chunk's partial sum (or maximum) of the reduced value."""
-        guard = sp.true
-        expr = a.expr
-        if isinstance(expr, sp.Piecewise):
-            (expr, guard), _ = expr.args
-        static, dynamic = (
-            conditions.split(guard, self.sp.locals) if guard is not sp.true else (sp.true, sp.true)
-        )
-        if dynamic is not sp.true or expr != red:
-            raise BackendError(self.program.rule, "triton", f"a reduction the kernels cannot take: {a.expr}")
         (arg,) = red.args
         statements = self.closure(element, arg.free_symbols)
         body, used = [], set()
@@ -414,11 +405,14 @@ class CaseWriter:
         self.kp.used = set()
         value = self.kp.doprint(arg)
         used |= self.kp.used
-        when = "" if static is sp.true else self.hoister.hoist(static, ())
-        if when and a.expr.args[1][0] != 0:  # the reduction's value where it is not computed: only 0 here
-            raise BackendError(
-                self.program.rule, "triton", f"a reduction whose value is not 0 where skipped: {a.expr}"
-            )
+        # where the value is the reduction under a static condition, else 0 (clipnorm's norm): the
+        # kernels are launched only where the condition holds; otherwise in every step
+        when = ""
+        e = a.expr
+        if isinstance(e, sp.Piecewise) and len(e.args) == 2 and e.args[0][0] == red and e.args[1][0] == 0:
+            static, dynamic = conditions.split(e.args[0][1], self.sp.locals)
+            if dynamic is sp.true and static is not sp.true:
+                when = self.hoister.hoist(static, ())
         return Kernel(
             name=name,
             kind="partial",
