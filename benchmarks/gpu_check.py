@@ -116,14 +116,16 @@ def check_rule(rule, shapes, device: str, repeats: int) -> dict[str, Any]:
     return result
 
 
-def run_tests(out: pathlib.Path) -> dict[str, Any]:
-    """``pytest tests/test_triton.py`` with the kernels on CUDA; its output into ``tests.txt``."""
+def run_tests(out: pathlib.Path, select: str = "") -> dict[str, Any]:
+    """``pytest tests/test_triton.py`` with the kernels on CUDA (``-k select`` where given); its output
+    into ``tests.txt``."""
     root = pathlib.Path(__file__).resolve().parent.parent
     env = dict(os.environ, OPTFORGE_TRITON_DEVICE="cuda")
     env.pop("TRITON_INTERPRET", None)
     t0 = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_triton.py"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_triton.py"]
+        + (["-k", select] if select else []),
         cwd=root,
         env=env,
         capture_output=True,
@@ -142,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20, help="timed steps per implementation")
     parser.add_argument("--rules", nargs="*", help="only these rules (default: every rule of the registry)")
     parser.add_argument("--tests", action="store_true", help="also run tests/test_triton.py on CUDA")
+    parser.add_argument("--tests-k", default="", help="only the tests pytest -k selects (e.g. 'Adamax')")
     args = parser.parse_args(argv)
 
     import torch
@@ -172,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "rules": {},
     }
     if args.tests and device == "cuda":
-        report["tests"] = run_tests(out)
+        report["tests"] = run_tests(out, args.tests_k)
     for name in args.rules or list(rules):
         report["rules"][name] = check_rule(rules[name], shapes, device, args.repeats)
         print(name, json.dumps(report["rules"][name]), flush=True)

@@ -5,7 +5,8 @@
 #
 #     OUT=/tmp/gpu benchmarks/gpu_check.sh
 #
-# About 4 minutes on an H100 (the tests compile each kernel once per combination of flags). Without CUDA
+# The tests compile each kernel once per combination of flags and dtypes (a few hundred compiles, minutes:
+# --tests-k Adamax selects some); the timings take a minute or two. Without CUDA
 # it runs in Triton's interpreter on CPU: give it a small size (--params 3000 --tensors 3 --repeats 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."

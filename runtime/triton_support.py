@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import os
 from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
@@ -113,8 +114,10 @@ def load(module: str, rule: str = "") -> Any:
 
 def interpreting() -> bool:
     """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1``): on CPU tensors, slowly."""
-    from triton import knobs
-
+    try:
+        from triton import knobs
+    except ImportError:  # pragma: no cover - Triton before 3.4 reads the variable itself
+        return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     return bool(knobs.runtime.interpret)
 
 
