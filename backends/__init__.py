@@ -13,8 +13,11 @@ def backends() -> dict[str, Backend]:
     from .jax.printer import JaxBackend
     from .numpy.printer import NumPyBackend
     from .torch.printer import TorchBackend
+    from .triton.printer import TritonBackend
 
-    return {b.name: b for b in (NumPyBackend(), JaxBackend(), TorchBackend(), FusedBackend())}
+    return {
+        b.name: b for b in (NumPyBackend(), JaxBackend(), TorchBackend(), FusedBackend(), TritonBackend())
+    }
 
 
 __all__ = ["Backend", "backends"]

@@ -1,0 +1,188 @@
+"""The Triton path on a GPU: its tests on CUDA, and every rule's step timed against the alternatives.
+
+    python -m optforge.benchmarks.gpu_check --out "$OUT" --tests     # on a CUDA machine (gpu_check.sh)
+    python -m optforge.benchmarks.gpu_check --out /tmp/x --params 3000 --tensors 3 --repeats 1   # on CPU
+
+For each rule of the registry (with the benchmark's hyperparameters, ``configs.py``), on float32
+parameters (``--params`` in ``--tensors`` tensors, the benchmark's layer stack), the median time of a step:
+
+* ``triton``: the generated torch optimizer with the Triton kernels behind its fused hook
+  (``triton_support.via_fused_hook``): what a wired optimizer will cost, its Python loop included;
+* ``triton kernels``: ``triton_support.run`` alone, on the same tensors and scalars: the launches;
+* ``torch``: the generated torch optimizer's plain path (``fused=False``);
+* ``torch.optim foreach`` / ``torch.optim fused``: torch's own optimizer, where it computes our update
+  (``configs.py``) and has that mode;
+* ``limit``: an in-place ``mul_`` over as many bytes as the step must read and write
+  (``compiler/traffic.py``: w, g and each per-element state read, w and the states written), the memory
+  bandwidth limit; ``ratio`` is triton kernels over limit.
+
+Writes ``gpu_check.json`` under ``--out`` (and, with ``--tests``, the output of ``pytest
+tests/test_triton.py`` run on CUDA, ``tests.txt``). Without CUDA it runs the kernels in Triton's
+interpreter on CPU (``TRITON_INTERPRET=1``: slow, use a small size), which the test suite does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
+
+
+def _timer(device: str) -> Callable[[Callable[[], None], int], float]:
+    """Median milliseconds of ``fn`` over ``repeats`` runs (CUDA events on a GPU), after one warm-up run."""
+    import torch
+
+    def time_it(fn: Callable[[], None], repeats: int) -> float:
+        fn()  # compiles (Triton), creates state
+        times = []
+        for _ in range(repeats):
+            if device == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+    return time_it
+
+
+def check_rule(rule, shapes, device: str, repeats: int) -> dict[str, Any]:
+    """The step times of one rule (milliseconds), see the module's docstring."""
+    import numpy as np
+    import torch
+
+    import optforge.generated.torch as gen
+    from optforge.benchmarks.configs import LEARNING_RATE, config_for
+    from optforge.compiler.pipeline import compile_rule
+    from optforge.compiler.traffic import bytes_per_param
+    from optforge.runtime import triton_support
+
+    config = config_for(rule.name)
+    hypers = dict(config.hypers)
+    time_it = _timer(device)
+    rng = np.random.default_rng(0)
+    init = [torch.tensor(rng.normal(size=s), dtype=torch.float32) for s in shapes]
+    grads = [torch.tensor(rng.normal(size=s), dtype=torch.float32) for s in shapes]
+    n = sum(int(np.prod(s)) for s in shapes)
+
+    def params() -> list[torch.Tensor]:
+        out = [torch.nn.Parameter(p.to(device)) for p in init]
+        for p, g in zip(out, grads):
+            p.grad = g.to(device)
+        return out
+
+    result: dict[str, Any] = {}
+    calls: list = []
+    with triton_support.via_fused_hook(calls=calls):
+        opt = getattr(gen, rule.name)(params(), lr=LEARNING_RATE, **hypers, fused=True)
+        result["triton"] = time_it(opt.step, repeats)
+    taken = sum(len(work) for _, work, _ in calls[-1:])
+    if taken != len(shapes):
+        raise RuntimeError(f"{rule.name}: the Triton kernels took {taken} of {len(shapes)} tensors")
+    case, work, scalars = calls[-1]
+    result["triton kernels"] = time_it(lambda: triton_support.run(case, work, scalars), repeats)
+    opt = getattr(gen, rule.name)(params(), lr=LEARNING_RATE, **hypers, fused=False)
+    result["torch"] = time_it(opt.step, repeats)
+    if config.torch is not None:
+        for mode in ("foreach", "fused"):
+            try:
+                opt = config.torch.make(params(), **{mode: True})
+                result[f"torch.optim {mode}"] = time_it(opt.step, repeats)
+            except (TypeError, RuntimeError, ValueError) as e:  # no such mode for it on this device
+                result[f"torch.optim {mode}"] = f"unsupported: {str(e).splitlines()[0][:120]}"
+    per_param = bytes_per_param(compile_rule(rule), {"learning_rate": LEARNING_RATE, **hypers})
+    buffer = torch.ones(max(1, per_param * n // 8), dtype=torch.float32, device=device)  # read + write
+    result["limit"] = time_it(lambda: buffer.mul_(1.0), repeats)
+    result["bytes per parameter"] = per_param
+    result["ratio"] = result["triton kernels"] / result["limit"]
+    return result
+
+
+def run_tests(out: pathlib.Path, select: str = "") -> dict[str, Any]:
+    """``pytest tests/test_triton.py`` with the kernels on CUDA (``-k select`` where given); its output
+    into ``tests.txt``."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = dict(os.environ, OPTFORGE_TRITON_DEVICE="cuda")
+    env.pop("TRITON_INTERPRET", None)
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_triton.py"]
+        + (["-k", select] if select else []),
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    (out / "tests.txt").write_text(done.stdout + done.stderr)
+    last = (done.stdout.strip().splitlines() or [""])[-1]
+    return {"returncode": done.returncode, "summary": last, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="the folder gpu_check.json is written to")
+    parser.add_argument("--params", type=int, default=16_600_000, help="parameters in all (16.6 M)")
+    parser.add_argument("--tensors", type=int, default=200, help="tensors they are in (200)")
+    parser.add_argument("--repeats", type=int, default=20, help="timed steps per implementation")
+    parser.add_argument("--rules", nargs="*", help="only these rules (default: every rule of the registry)")
+    parser.add_argument("--tests", action="store_true", help="also run tests/test_triton.py on CUDA")
+    parser.add_argument("--tests-k", default="", help="only the tests pytest -k selects (e.g. 'Adamax')")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"  # before a kernel is decorated: Triton's interpreter on CPU
+    from optforge.benchmarks.workload import tensor_shapes
+    from optforge.rules import registry
+
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device()
+    rules = registry()
+    unknown = sorted(set(args.rules or []) - set(rules))
+    if unknown:
+        parser.error(f"no rule named {', '.join(unknown)}; known: {', '.join(rules)}")
+    shapes = tensor_shapes(args.params, args.tensors)
+    import triton
+
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (Triton's interpreter)",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "params": sum(int(__import__("math").prod(s)) for s in shapes),
+        "tensors": len(shapes),
+        "repeats": args.repeats,
+        "unit": "milliseconds per step (median)",
+        "rules": {},
+    }
+    if args.tests and device == "cuda":
+        report["tests"] = run_tests(out, args.tests_k)
+    for name in args.rules or list(rules):
+        report["rules"][name] = check_rule(rules[name], shapes, device, args.repeats)
+        print(name, json.dumps(report["rules"][name]), flush=True)
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    failed = report.get("tests", {}).get("returncode", 0)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""The Triton path at run time: the chunk and tensor tables, the step's scalars, and the launches.
+
+The kernels are in ``optforge.generated.triton`` (one module per rule, printed from the rules by
+``backends/triton``); each case of a rule is a :class:`Case`, its kernels in launch order. :func:`run`
+takes the tensors of one step (CUDA tensors; CPU tensors where ``TRITON_INTERPRET=1``, which the tests
+use) and launches each kernel once per dtype over all of them.
+
+Host synchronisation: none in a step. The reductions (per-tensor norms, ``global_clipnorm``'s sum over all
+tensors) stay in device buffers between the kernels; the step's scalars go to the device in one small
+tensor (``k_``, copied from pinned memory without waiting); the tables are copied only when the tensors
+change (their addresses or sizes: a new gradient tensor each step, as ``zero_grad(set_to_none=True)``
+gives, means a 16-byte-per-array copy of the tensor table each step, the chunk table being kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import os
+from collections import OrderedDict
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+#: elements per chunk: one program of the chunk kernels each
+BLOCK = 1024
+
+_TL = {
+    torch.float32: tl.float32,
+    torch.float64: tl.float64,
+    torch.bfloat16: tl.bfloat16,
+    torch.float16: tl.float16,
+}
+
+
+# -- what the kernels call ------------------------------------------------------------------------
+
+
+@triton.jit
+def fsqrt(x):
+    """The square root rounded as IEEE says (Triton's ``tl.sqrt`` is approximate in float32)."""
+    if x.dtype == tl.float32:
+        return tl.sqrt_rn(x)
+    else:
+        return tl.sqrt(x)
+
+
+@triton.jit
+def fmax(a, b):
+    """NumPy's ``maximum``: NaN if either is NaN."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def fmin(a, b):
+    """NumPy's ``minimum``: NaN if either is NaN."""
+    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def fsign(x):
+    """NumPy's ``sign``: -1, 0 or 1 (NaN stays NaN), in the dtype of ``x``."""
+    return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, x)).to(x.dtype)
+
+
+# -- what a generated module declares ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One kernel of a case: launched over the chunks (one program each), the tensors, or ``one``
+    program; with the step's flags it takes (its ``tl.constexpr`` arguments); skipped in the steps where
+    the flag ``when`` is False (a reduction that the step does not need)."""
+
+    kernel: Any
+    grid: str
+    flags: tuple[str, ...] = ()
+    when: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One case of a rule in ``optforge.generated.triton.<module>``."""
+
+    #: ``prepare(dt, **scalars)``: (the step's flags by name, its numbers in the NumPy dtype ``dt``)
+    prepare: Callable
+    #: the names of the step's scalars that ``prepare`` takes
+    scalars: tuple[str, ...]
+    #: what a work item holds, in order: ``w``, ``g``, then the states (per element: shaped like ``w``)
+    arrays: tuple[str, ...]
+    #: those of the states that hold one value per tensor (0-d tensors)
+    tensor_states: tuple[str, ...]
+    #: how many per-tensor values pass from one kernel to the next (per tensor), and over all tensors
+    tensor_values: int
+    global_values: int
+    phases: tuple[Phase, ...]
+
+
+def load(module: str, rule: str = "") -> Any:
+    """The generated Triton module of a rule; a clear error when Triton is missing."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:  # pragma: no cover - triton is installed with the test extra
+        raise ImportError(
+            f"{rule or module}'s GPU kernels are compiled by Triton, which is not installed."
+            " Install it with: pip install 'optforge[triton]'"
+        ) from None
+    return importlib.import_module(f"optforge.generated.triton.{module}")
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its interpreter (``TRITON_INTERPRET=1``): on CPU tensors, slowly."""
+    try:
+        from triton import knobs
+    except ImportError:  # pragma: no cover - Triton before 3.4 reads the variable itself
+        return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return bool(knobs.runtime.interpret)
+
+
+def takes(w: torch.Tensor, g: torch.Tensor, *states: torch.Tensor | None) -> bool:
+    """Whether the kernels take this parameter: on a CUDA device (or the CPU under the interpreter),
+    contiguous, floating point, its gradient and states of its size and device, the states of one dtype."""
+    if not (w.is_cuda or (w.is_cpu and interpreting())):
+        return False
+    if w.dtype not in _TL or g.dtype not in _TL or not w.is_contiguous() or not g.is_contiguous():
+        return False
+    if g.device != w.device or g.numel() != w.numel():
+        return False
+    dtype = None
+    for s in states:
+        if s is None:
+            continue
+        if s.dtype not in (torch.float32, torch.float64) or s.device != w.device or not s.is_contiguous():
+            return False
+        if dtype is not None and s.dtype != dtype:
+            return False
+        dtype = s.dtype
+    return True
+
+
+# -- the tables ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Tables:
+    """The tables of one list of tensors (one dtype) and the buffers the kernels pass values in."""
+
+    chunks: torch.Tensor  # int64 (n_chunks, 3): tensor, start, length
+    tensors: torch.Tensor  # int64 (n_tensors, 2 + arrays): first chunk, number of chunks, addresses
+    partials: torch.Tensor  # float64 (n_chunks,): each chunk's partial result of a reduction
+    tvals: torch.Tensor  # float64 (n_tensors, tensor values)
+    gvals: torch.Tensor  # float64 (global values,)
+    n_chunks: int
+    n_tensors: int
+
+
+#: the tables of the last few lists of tensors, by (device, addresses, sizes, chunk size)
+_TABLES: OrderedDict[tuple, Tables] = OrderedDict()
+_KEEP = 16
+
+
+def tables(case: Case, items: list[tuple], block: int = BLOCK) -> Tables:
+    """The chunk and tensor tables of ``items`` (each ``(w, g, *states)``, None for a state not kept),
+    kept while the tensors stay the same (same addresses and sizes), else built again and copied to the
+    device once."""
+    device = items[0][0].device
+    addresses = tuple(0 if t is None else t.data_ptr() for item in items for t in item)
+    sizes = tuple(item[0].numel() for item in items)
+    key = (device, len(items[0]), addresses, sizes, block, case.tensor_values, case.global_values)
+    found = _TABLES.get(key)
+    if found is not None:
+        _TABLES.move_to_end(key)
+        return found
+    counts = np.array([(n + block - 1) // block for n in sizes], np.int64)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    n_chunks = int(counts.sum())
+    owner = np.repeat(np.arange(len(sizes), dtype=np.int64), counts)
+    starts = (np.arange(n_chunks, dtype=np.int64) - np.repeat(first, counts)) * block
+    lengths = np.minimum(np.repeat(np.array(sizes, np.int64), counts) - starts, block)
+    chunks = np.stack([owner, starts, lengths], axis=1) if n_chunks else np.zeros((1, 3), np.int64)
+    addr = np.array(addresses, np.int64).reshape(len(items), len(items[0]))
+    tensors = np.concatenate([first[:, None], counts[:, None], addr], axis=1)
+    made = Tables(
+        chunks=_to(torch.from_numpy(np.ascontiguousarray(chunks)), device),
+        tensors=_to(torch.from_numpy(np.ascontiguousarray(tensors)), device),
+        partials=torch.zeros(max(n_chunks, 1), dtype=torch.float64, device=device),
+        tvals=torch.zeros((len(items), max(case.tensor_values, 1)), dtype=torch.float64, device=device),
+        gvals=torch.zeros(max(case.global_values, 1), dtype=torch.float64, device=device),
+        n_chunks=n_chunks,
+        n_tensors=len(items),
+    )
+    _TABLES[key] = made
+    while len(_TABLES) > _KEEP:
+        _TABLES.popitem(last=False)
+    return made
+
+
+def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device``: from pinned memory without waiting, on a CUDA device."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x
+
+
+# -- a step ----------------------------------------------------------------------------------------
+
+
+def run(case: Case, work: list[tuple], scalars: dict[str, Any], *, block: int = BLOCK) -> None:
+    """One step of ``case`` for every tensor of ``work``, in place.
+
+    ``work``: one ``(w, g, *states)`` per parameter, the states in the order of ``case.arrays`` (None for a
+    state not kept: an option that is off), all accepted by
+    :func:`takes`. ``scalars``: the step's values by name (the hyperparameters, ``t``, ``is_update``...:
+    what the torch optimizer's step computes in Python; reductions over all tensors need not be there,
+    the kernels compute them). The tensors are grouped by dtypes and device; each group is one launch
+    per kernel of the case. Nothing is read back to the host.
+    """
+    groups: dict[tuple, list[tuple]] = {}
+    for item in work:
+        states = [s for s in item[2:] if s is not None]
+        key = (item[0].dtype, item[1].dtype, states[0].dtype if states else None, item[0].device)
+        groups.setdefault(key, []).append(item)
+    missing = [n for n in case.scalars if n not in scalars]
+    if missing:
+        raise TypeError(
+            f"triton_support.run: the step's scalars lack {', '.join(missing)}; this case reads"
+            f" {', '.join(case.scalars)}. Received: {', '.join(scalars) or 'none'}"
+        )
+    given = {n: scalars[n] for n in case.scalars}
+    for (w_dt, g_dt, s_dt, device), items in groups.items():
+        dt = torch.promote_types(torch.promote_types(w_dt, torch.float32), s_dt or torch.float32)
+        flags, values = case.prepare(np.float64 if dt == torch.float64 else np.float32, **given)
+        k_ = _to(torch.tensor(values or [0.0], dtype=dt), device)
+        t = tables(case, items, block)
+        types = dict(
+            NT=max(case.tensor_values, 1),
+            DT=_TL[dt],
+            W_DT=_TL[w_dt],
+            G_DT=_TL[g_dt],
+            S_DT=_TL[s_dt or dt],
+            BLOCK=block,
+        )
+        for phase in case.phases:
+            if phase.when and not flags[phase.when]:
+                continue
+            size = {"chunks": t.n_chunks, "tensors": t.n_tensors, "one": 1}[phase.grid]
+            if size == 0:
+                continue
+            phase.kernel[(size,)](
+                t.chunks,
+                t.tensors,
+                k_,
+                t.tvals,
+                t.gvals,
+                t.partials,
+                t.n_chunks,
+                **{f: flags[f] for f in phase.flags},
+                **types,
+            )
+
+
+@contextlib.contextmanager
+def via_fused_hook(*, block: int = BLOCK, calls: list | None = None) -> Iterator[None]:
+    """Until the torch optimizers call :func:`run` themselves (the wiring is the lead's, see the README's
+    Triton section): within this block, a generated torch optimizer made with ``fused=True`` sends every
+    parameter the kernels take (:func:`takes`) to the Triton kernels instead of the Numba ones, with the
+    step's scalars it computed. ``calls``: a list that receives each call's ``(case, work, scalars)``.
+
+    For the tests and ``benchmarks/gpu_check.py``; it replaces ``fused_support.load`` and ``run`` and
+    ``torch_support.fusable`` for the block's duration (not thread-safe)."""
+    from . import fused_support, torch_support
+
+    def to_triton(case: Case, work: list[tuple], scalars: dict[str, Any]) -> None:
+        if calls is not None:
+            calls.append((case, work, scalars))
+        run(case, work, scalars, block=block)
+
+    saved = fused_support.load, fused_support.run, torch_support.fusable
+    fused_support.load, fused_support.run, torch_support.fusable = load, to_triton, takes
+    try:
+        yield
+    finally:
+        fused_support.load, fused_support.run, torch_support.fusable = saved
