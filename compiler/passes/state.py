@@ -19,7 +19,7 @@ import dataclasses
 import sympy as sp
 
 from ..errors import RuleError
-from ..ir import Assign, Program, Role, base
+from ..ir import Assign, Program, Role, base, ssa
 
 
 def analyse_state(program: Program) -> Program:
@@ -164,4 +164,19 @@ def _eliminate_dead(program: Program, body: tuple[Assign, ...]) -> tuple[Assign,
             )
         # an unread intermediate value (let, gradient) is dropped
     kept.reverse()
-    return tuple(kept)
+    return _renumber(kept)
+
+
+def _renumber(body: list[Assign]) -> tuple[Assign, ...]:
+    """Versions numbered 1, 2, ... again per name after some were dropped (a value overwritten before it was
+    read, as ``mu_hat`` under Nesterov): the version before ``x.k`` is ``x.(k-1)`` for every later pass."""
+    count: dict[str, int] = {}
+    new: dict[sp.Symbol, sp.Symbol] = {}
+    out = []
+    for a in body:
+        count[a.target] = count.get(a.target, 0) + 1
+        expr = a.expr.xreplace(new) if new else a.expr
+        if count[a.target] != a.version:
+            new[a.lhs] = ssa(a.target, count[a.target])
+        out.append(dataclasses.replace(a, version=count[a.target], expr=expr))
+    return tuple(out)

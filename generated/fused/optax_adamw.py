@@ -59,11 +59,10 @@ def prepare_update_case_0(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -77,7 +76,7 @@ def prepare_update_case_0(
     c_b2 = dt(b2) if is_update else dt(0)
     c_one_minus_b2 = dt(1 - b2) if is_update else dt(0)
     c_one_minus_b1_pow_t = dt(1 - b1**t) if is_update else dt(0)
-    c_15 = dt(1 - b1 ** (t + 1)) if is_update else dt(0)
+    c_14 = dt(1 - b1 ** (t + 1)) if is_update else dt(0)
     c_one_minus_b2_pow_t = dt(1 - b2**t) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_eps_root = dt(eps_root) if is_update else dt(0)
@@ -93,9 +92,8 @@ def prepare_update_case_0(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_b1,
@@ -103,7 +101,7 @@ def prepare_update_case_0(
             c_b2,
             c_one_minus_b2,
             c_one_minus_b1_pow_t,
-            c_15,
+            c_14,
             c_one_minus_b2_pow_t,
             c_eps,
             c_eps_root,
@@ -251,24 +249,23 @@ def _update_0(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_b1 = k_[9]
-        c_one_minus_b1 = k_[10]
-        c_b2 = k_[11]
-        c_one_minus_b2 = k_[12]
-        c_one_minus_b1_pow_t = k_[13]
-        c_15 = k_[14]
-        c_one_minus_b2_pow_t = k_[15]
-        c_eps = k_[16]
-        c_eps_root = k_[17]
-        c_lr = k_[18]
-        c_weight_decay = k_[19]
-        c_ema_mu = k_[20]
-        c_one_minus_ema_mu = k_[21]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_b1 = k_[8]
+        c_one_minus_b1 = k_[9]
+        c_b2 = k_[10]
+        c_one_minus_b2 = k_[11]
+        c_one_minus_b1_pow_t = k_[12]
+        c_14 = k_[13]
+        c_one_minus_b2_pow_t = k_[14]
+        c_eps = k_[15]
+        c_eps_root = k_[16]
+        c_lr = k_[17]
+        c_weight_decay = k_[18]
+        c_ema_mu = k_[19]
+        c_one_minus_ema_mu = k_[20]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -282,7 +279,7 @@ def _update_0(
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -311,7 +308,7 @@ def _update_0(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -325,7 +322,7 @@ def _update_0(
                     mu_hat = mu / c_one_minus_b1_pow_t if b_is_update else c_zero
                     # Nesterov look-ahead
                     mu_hat = (
-                        c_b1 * mu / c_15 + g * c_one_minus_b1 / c_one_minus_b1_pow_t
+                        c_b1 * mu / c_14 + g * c_one_minus_b1 / c_one_minus_b1_pow_t
                         if b_is_update
                         else mu_hat
                     )
@@ -382,11 +379,10 @@ def prepare_update_case_1(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -415,9 +411,8 @@ def prepare_update_case_1(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_b1,
@@ -572,23 +567,22 @@ def _update_1(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_b1 = k_[9]
-        c_one_minus_b1 = k_[10]
-        c_b2 = k_[11]
-        c_one_minus_b2 = k_[12]
-        c_one_minus_b1_pow_t = k_[13]
-        c_one_minus_b2_pow_t = k_[14]
-        c_eps = k_[15]
-        c_eps_root = k_[16]
-        c_lr = k_[17]
-        c_weight_decay = k_[18]
-        c_ema_mu = k_[19]
-        c_one_minus_ema_mu = k_[20]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_b1 = k_[8]
+        c_one_minus_b1 = k_[9]
+        c_b2 = k_[10]
+        c_one_minus_b2 = k_[11]
+        c_one_minus_b1_pow_t = k_[12]
+        c_one_minus_b2_pow_t = k_[13]
+        c_eps = k_[14]
+        c_eps_root = k_[15]
+        c_lr = k_[16]
+        c_weight_decay = k_[17]
+        c_ema_mu = k_[18]
+        c_one_minus_ema_mu = k_[19]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -602,7 +596,7 @@ def _update_1(
                     dt(reduce_1_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -631,7 +625,7 @@ def _update_1(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update

@@ -61,11 +61,10 @@ def prepare_update_case_0(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -74,16 +73,15 @@ def prepare_update_case_0(
     c_neg_clipvalue = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_weight_decay_given_and_is_update = bool((weight_decay is not None and is_update))
-    c_lr = dt(lr) if (weight_decay is not None and is_update) else dt(0)
+    c_lr = dt(lr) if is_update else dt(0)
     c_weight_decay = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
     c_b1 = dt(b1) if is_update else dt(0)
     c_one_minus_b1 = dt(1 - b1) if is_update else dt(0)
     c_b2 = dt(b2) if is_update else dt(0)
     c_one_minus_b2 = dt(1 - b2) if is_update else dt(0)
-    c_16 = dt((1 / (1 - b1**t) if bias_correction_mu else 1)) if is_update else dt(0)
-    c_17 = dt((1 / (1 - b2**t) if bias_correction_nu else 1)) if is_update else dt(0)
-    c_lr_2 = dt(lr) if is_update else dt(0)
+    c_15 = dt((1 / (1 - b1**t) if bias_correction_mu else 1)) if is_update else dt(0)
+    c_16 = dt((1 / (1 - b2**t) if bias_correction_nu else 1)) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_eps_root = dt(eps_root) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -96,9 +94,8 @@ def prepare_update_case_0(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_lr,
@@ -107,9 +104,8 @@ def prepare_update_case_0(
             c_one_minus_b1,
             c_b2,
             c_one_minus_b2,
+            c_15,
             c_16,
-            c_17,
-            c_lr_2,
             c_eps,
             c_eps_root,
             c_ema_mu,
@@ -261,24 +257,22 @@ def _update_0(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_lr = k_[9]
-        c_weight_decay = k_[10]
-        c_b1 = k_[11]
-        c_one_minus_b1 = k_[12]
-        c_b2 = k_[13]
-        c_one_minus_b2 = k_[14]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_lr = k_[8]
+        c_weight_decay = k_[9]
+        c_b1 = k_[10]
+        c_one_minus_b1 = k_[11]
+        c_b2 = k_[12]
+        c_one_minus_b2 = k_[13]
+        c_15 = k_[14]
         c_16 = k_[15]
-        c_17 = k_[16]
-        c_lr_2 = k_[17]
-        c_eps = k_[18]
-        c_eps_root = k_[19]
-        c_ema_mu = k_[20]
-        c_one_minus_ema_mu = k_[21]
+        c_eps = k_[16]
+        c_eps_root = k_[17]
+        c_ema_mu = k_[18]
+        c_one_minus_ema_mu = k_[19]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -293,7 +287,7 @@ def _update_0(
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -323,7 +317,7 @@ def _update_0(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -336,12 +330,12 @@ def _update_0(
                     # second moment
                     nu = c_b2 * nu + (g * g) * c_one_minus_b2 if b_is_update else nu
                     # bias correction
-                    mu_hat = mu * c_16 if b_is_update else c_zero
-                    nu_hat = nu * c_17 if b_is_update else c_zero
+                    mu_hat = mu * c_15 if b_is_update else c_zero
+                    nu_hat = nu * c_16 if b_is_update else c_zero
                     # running maximum
                     nu_max = np.maximum(nu_hat, nu_max) if b_is_update else nu_max
                     # parameter update
-                    w = w - c_lr_2 * mu_hat / (c_eps + math.sqrt(c_eps_root + nu_max)) if b_is_update else w
+                    w = w - c_lr * mu_hat / (c_eps + math.sqrt(c_eps_root + nu_max)) if b_is_update else w
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite

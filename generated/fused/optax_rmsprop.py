@@ -61,11 +61,10 @@ def prepare_update_case_0(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -74,20 +73,17 @@ def prepare_update_case_0(
     c_neg_clipvalue = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_weight_decay_given_and_is_update = bool((weight_decay is not None and is_update))
-    c_lr = dt(lr) if (weight_decay is not None and is_update) else dt(0)
+    c_lr = dt(lr) if is_update else dt(0)
     c_weight_decay = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
     c_correction = dt(correction) if is_update else dt(0)
     b_centered = bool(centered)
-    c_correction_2 = dt(correction) if (centered and is_update) else dt(0)
-    c_16 = dt(correction**2) if (centered and is_update) else dt(0)
+    c_14 = dt(correction**2) if (centered and is_update) else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_9 = bool(not eps_in_sqrt)
-    c_eps_2 = dt(eps) if (is_update and not eps_in_sqrt) else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
-    c_lr_2 = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
@@ -99,9 +95,8 @@ def prepare_update_case_0(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_lr,
@@ -109,12 +104,9 @@ def prepare_update_case_0(
             c_decay,
             c_one_minus_decay,
             c_correction,
-            c_correction_2,
-            c_16,
+            c_14,
             c_eps,
-            c_eps_2,
             c_momentum,
-            c_lr_2,
             c_ema_mu,
             c_one_minus_ema_mu,
         ],
@@ -276,24 +268,20 @@ def _update_0(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_lr = k_[9]
-        c_weight_decay = k_[10]
-        c_decay = k_[11]
-        c_one_minus_decay = k_[12]
-        c_correction = k_[13]
-        c_correction_2 = k_[14]
-        c_16 = k_[15]
-        c_eps = k_[16]
-        c_eps_2 = k_[17]
-        c_momentum = k_[18]
-        c_lr_2 = k_[19]
-        c_ema_mu = k_[20]
-        c_one_minus_ema_mu = k_[21]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_lr = k_[8]
+        c_weight_decay = k_[9]
+        c_decay = k_[10]
+        c_one_minus_decay = k_[11]
+        c_correction = k_[12]
+        c_14 = k_[13]
+        c_eps = k_[14]
+        c_momentum = k_[15]
+        c_ema_mu = k_[16]
+        c_one_minus_ema_mu = k_[17]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -308,7 +296,7 @@ def _update_0(
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -338,7 +326,7 @@ def _update_0(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -354,18 +342,16 @@ def _update_0(
                     var = nu / c_correction if b_is_update else c_zero
                     # variance (centered)
                     var = (
-                        (nu / c_correction_2 - (mu * mu) / c_16 if b_centered else var)
-                        if b_is_update
-                        else var
+                        (nu / c_correction - (mu * mu) / c_14 if b_centered else var) if b_is_update else var
                     )
                     # scaled gradient
                     scaled = g / math.sqrt(c_eps + var) if b_is_update else c_zero
                     # scaled gradient (eps outside the root)
-                    scaled = (g / (c_eps_2 + math.sqrt(var)) if b_9 else scaled) if b_is_update else scaled
+                    scaled = (g / (c_eps + math.sqrt(var)) if b_9 else scaled) if b_is_update else scaled
                     # trace
-                    trace = c_momentum * trace - c_lr_2 * scaled if b_is_update else trace
+                    trace = c_momentum * trace - c_lr * scaled if b_is_update else trace
                     # Nesterov update
-                    w = -c_lr_2 * scaled + c_momentum * trace + w if b_is_update else w
+                    w = -c_lr * scaled + c_momentum * trace + w if b_is_update else w
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
@@ -418,11 +404,10 @@ def prepare_update_case_1(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -431,20 +416,17 @@ def prepare_update_case_1(
     c_neg_clipvalue = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_weight_decay_given_and_is_update = bool((weight_decay is not None and is_update))
-    c_lr = dt(lr) if (weight_decay is not None and is_update) else dt(0)
+    c_lr = dt(lr) if is_update else dt(0)
     c_weight_decay = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
     c_correction = dt(correction) if is_update else dt(0)
     b_centered = bool(centered)
-    c_correction_2 = dt(correction) if (centered and is_update) else dt(0)
-    c_16 = dt(correction**2) if (centered and is_update) else dt(0)
+    c_14 = dt(correction**2) if (centered and is_update) else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_9 = bool(not eps_in_sqrt)
-    c_eps_2 = dt(eps) if (is_update and not eps_in_sqrt) else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
-    c_lr_2 = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
@@ -456,9 +438,8 @@ def prepare_update_case_1(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_lr,
@@ -466,12 +447,9 @@ def prepare_update_case_1(
             c_decay,
             c_one_minus_decay,
             c_correction,
-            c_correction_2,
-            c_16,
+            c_14,
             c_eps,
-            c_eps_2,
             c_momentum,
-            c_lr_2,
             c_ema_mu,
             c_one_minus_ema_mu,
         ],
@@ -633,24 +611,20 @@ def _update_1(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_lr = k_[9]
-        c_weight_decay = k_[10]
-        c_decay = k_[11]
-        c_one_minus_decay = k_[12]
-        c_correction = k_[13]
-        c_correction_2 = k_[14]
-        c_16 = k_[15]
-        c_eps = k_[16]
-        c_eps_2 = k_[17]
-        c_momentum = k_[18]
-        c_lr_2 = k_[19]
-        c_ema_mu = k_[20]
-        c_one_minus_ema_mu = k_[21]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_lr = k_[8]
+        c_weight_decay = k_[9]
+        c_decay = k_[10]
+        c_one_minus_decay = k_[11]
+        c_correction = k_[12]
+        c_14 = k_[13]
+        c_eps = k_[14]
+        c_momentum = k_[15]
+        c_ema_mu = k_[16]
+        c_one_minus_ema_mu = k_[17]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -665,7 +639,7 @@ def _update_1(
                     dt(reduce_1_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -695,7 +669,7 @@ def _update_1(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -711,16 +685,14 @@ def _update_1(
                     var = nu / c_correction if b_is_update else c_zero
                     # variance (centered)
                     var = (
-                        (nu / c_correction_2 - (mu * mu) / c_16 if b_centered else var)
-                        if b_is_update
-                        else var
+                        (nu / c_correction - (mu * mu) / c_14 if b_centered else var) if b_is_update else var
                     )
                     # scaled gradient
                     scaled = g / math.sqrt(c_eps + var) if b_is_update else c_zero
                     # scaled gradient (eps outside the root)
-                    scaled = (g / (c_eps_2 + math.sqrt(var)) if b_9 else scaled) if b_is_update else scaled
+                    scaled = (g / (c_eps + math.sqrt(var)) if b_9 else scaled) if b_is_update else scaled
                     # trace
-                    trace = c_momentum * trace - c_lr_2 * scaled if b_is_update else trace
+                    trace = c_momentum * trace - c_lr * scaled if b_is_update else trace
                     # momentum update
                     w = trace + w if b_is_update else w
                     # EMA of the weights
@@ -774,11 +746,10 @@ def prepare_update_case_2(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -787,19 +758,16 @@ def prepare_update_case_2(
     c_neg_clipvalue = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_weight_decay_given_and_is_update = bool((weight_decay is not None and is_update))
-    c_lr = dt(lr) if (weight_decay is not None and is_update) else dt(0)
+    c_lr = dt(lr) if is_update else dt(0)
     c_weight_decay = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
     c_correction = dt(correction) if is_update else dt(0)
     b_centered = bool(centered)
-    c_correction_2 = dt(correction) if (centered and is_update) else dt(0)
-    c_16 = dt(correction**2) if (centered and is_update) else dt(0)
+    c_14 = dt(correction**2) if (centered and is_update) else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_9 = bool(not eps_in_sqrt)
-    c_eps_2 = dt(eps) if (is_update and not eps_in_sqrt) else dt(0)
-    c_lr_2 = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
@@ -810,9 +778,8 @@ def prepare_update_case_2(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_lr,
@@ -820,11 +787,8 @@ def prepare_update_case_2(
             c_decay,
             c_one_minus_decay,
             c_correction,
-            c_correction_2,
-            c_16,
+            c_14,
             c_eps,
-            c_eps_2,
-            c_lr_2,
             c_ema_mu,
             c_one_minus_ema_mu,
         ],
@@ -979,23 +943,19 @@ def _update_2(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_lr = k_[9]
-        c_weight_decay = k_[10]
-        c_decay = k_[11]
-        c_one_minus_decay = k_[12]
-        c_correction = k_[13]
-        c_correction_2 = k_[14]
-        c_16 = k_[15]
-        c_eps = k_[16]
-        c_eps_2 = k_[17]
-        c_lr_2 = k_[18]
-        c_ema_mu = k_[19]
-        c_one_minus_ema_mu = k_[20]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_lr = k_[8]
+        c_weight_decay = k_[9]
+        c_decay = k_[10]
+        c_one_minus_decay = k_[11]
+        c_correction = k_[12]
+        c_14 = k_[13]
+        c_eps = k_[14]
+        c_ema_mu = k_[15]
+        c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -1009,7 +969,7 @@ def _update_2(
                     dt(reduce_2_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -1038,7 +998,7 @@ def _update_2(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -1054,16 +1014,14 @@ def _update_2(
                     var = nu / c_correction if b_is_update else c_zero
                     # variance (centered)
                     var = (
-                        (nu / c_correction_2 - (mu * mu) / c_16 if b_centered else var)
-                        if b_is_update
-                        else var
+                        (nu / c_correction - (mu * mu) / c_14 if b_centered else var) if b_is_update else var
                     )
                     # scaled gradient
                     scaled = g / math.sqrt(c_eps + var) if b_is_update else c_zero
                     # scaled gradient (eps outside the root)
-                    scaled = (g / (c_eps_2 + math.sqrt(var)) if b_9 else scaled) if b_is_update else scaled
+                    scaled = (g / (c_eps + math.sqrt(var)) if b_9 else scaled) if b_is_update else scaled
                     # parameter update
-                    w = w - c_lr_2 * scaled if b_is_update else w
+                    w = w - c_lr * scaled if b_is_update else w
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
@@ -1114,11 +1072,10 @@ def prepare_update_case_3(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -1127,20 +1084,17 @@ def prepare_update_case_3(
     c_neg_clipvalue = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_weight_decay_given_and_is_update = bool((weight_decay is not None and is_update))
-    c_lr = dt(lr) if (weight_decay is not None and is_update) else dt(0)
+    c_lr = dt(lr) if is_update else dt(0)
     c_weight_decay = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
     c_correction = dt(correction) if is_update else dt(0)
     b_centered = bool(centered)
-    c_correction_2 = dt(correction) if (centered and is_update) else dt(0)
-    c_16 = dt(correction**2) if (centered and is_update) else dt(0)
+    c_14 = dt(correction**2) if (centered and is_update) else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_9 = bool(not eps_in_sqrt)
-    c_eps_2 = dt(eps) if (is_update and not eps_in_sqrt) else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
-    c_lr_2 = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
@@ -1152,9 +1106,8 @@ def prepare_update_case_3(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_lr,
@@ -1162,12 +1115,9 @@ def prepare_update_case_3(
             c_decay,
             c_one_minus_decay,
             c_correction,
-            c_correction_2,
-            c_16,
+            c_14,
             c_eps,
-            c_eps_2,
             c_momentum,
-            c_lr_2,
             c_ema_mu,
             c_one_minus_ema_mu,
         ],
@@ -1329,24 +1279,20 @@ def _update_3(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_lr = k_[9]
-        c_weight_decay = k_[10]
-        c_decay = k_[11]
-        c_one_minus_decay = k_[12]
-        c_correction = k_[13]
-        c_correction_2 = k_[14]
-        c_16 = k_[15]
-        c_eps = k_[16]
-        c_eps_2 = k_[17]
-        c_momentum = k_[18]
-        c_lr_2 = k_[19]
-        c_ema_mu = k_[20]
-        c_one_minus_ema_mu = k_[21]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_lr = k_[8]
+        c_weight_decay = k_[9]
+        c_decay = k_[10]
+        c_one_minus_decay = k_[11]
+        c_correction = k_[12]
+        c_14 = k_[13]
+        c_eps = k_[14]
+        c_momentum = k_[15]
+        c_ema_mu = k_[16]
+        c_one_minus_ema_mu = k_[17]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -1361,7 +1307,7 @@ def _update_3(
                     dt(reduce_3_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -1391,7 +1337,7 @@ def _update_3(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -1405,18 +1351,16 @@ def _update_3(
                     var = nu / c_correction if b_is_update else c_zero
                     # variance (centered)
                     var = (
-                        (nu / c_correction_2 - (mu * mu) / c_16 if b_centered else var)
-                        if b_is_update
-                        else var
+                        (nu / c_correction - (mu * mu) / c_14 if b_centered else var) if b_is_update else var
                     )
                     # scaled gradient
                     scaled = g / math.sqrt(c_eps + var) if b_is_update else c_zero
                     # scaled gradient (eps outside the root)
-                    scaled = (g / (c_eps_2 + math.sqrt(var)) if b_9 else scaled) if b_is_update else scaled
+                    scaled = (g / (c_eps + math.sqrt(var)) if b_9 else scaled) if b_is_update else scaled
                     # trace
-                    trace = c_momentum * trace - c_lr_2 * scaled if b_is_update else trace
+                    trace = c_momentum * trace - c_lr * scaled if b_is_update else trace
                     # Nesterov update
-                    w = -c_lr_2 * scaled + c_momentum * trace + w if b_is_update else w
+                    w = -c_lr * scaled + c_momentum * trace + w if b_is_update else w
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
@@ -1467,11 +1411,10 @@ def prepare_update_case_4(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -1480,20 +1423,17 @@ def prepare_update_case_4(
     c_neg_clipvalue = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_weight_decay_given_and_is_update = bool((weight_decay is not None and is_update))
-    c_lr = dt(lr) if (weight_decay is not None and is_update) else dt(0)
+    c_lr = dt(lr) if is_update else dt(0)
     c_weight_decay = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
     c_correction = dt(correction) if is_update else dt(0)
     b_centered = bool(centered)
-    c_correction_2 = dt(correction) if (centered and is_update) else dt(0)
-    c_16 = dt(correction**2) if (centered and is_update) else dt(0)
+    c_14 = dt(correction**2) if (centered and is_update) else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_9 = bool(not eps_in_sqrt)
-    c_eps_2 = dt(eps) if (is_update and not eps_in_sqrt) else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
-    c_lr_2 = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
@@ -1505,9 +1445,8 @@ def prepare_update_case_4(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_lr,
@@ -1515,12 +1454,9 @@ def prepare_update_case_4(
             c_decay,
             c_one_minus_decay,
             c_correction,
-            c_correction_2,
-            c_16,
+            c_14,
             c_eps,
-            c_eps_2,
             c_momentum,
-            c_lr_2,
             c_ema_mu,
             c_one_minus_ema_mu,
         ],
@@ -1682,24 +1618,20 @@ def _update_4(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_lr = k_[9]
-        c_weight_decay = k_[10]
-        c_decay = k_[11]
-        c_one_minus_decay = k_[12]
-        c_correction = k_[13]
-        c_correction_2 = k_[14]
-        c_16 = k_[15]
-        c_eps = k_[16]
-        c_eps_2 = k_[17]
-        c_momentum = k_[18]
-        c_lr_2 = k_[19]
-        c_ema_mu = k_[20]
-        c_one_minus_ema_mu = k_[21]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_lr = k_[8]
+        c_weight_decay = k_[9]
+        c_decay = k_[10]
+        c_one_minus_decay = k_[11]
+        c_correction = k_[12]
+        c_14 = k_[13]
+        c_eps = k_[14]
+        c_momentum = k_[15]
+        c_ema_mu = k_[16]
+        c_one_minus_ema_mu = k_[17]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -1714,7 +1646,7 @@ def _update_4(
                     dt(reduce_4_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -1744,7 +1676,7 @@ def _update_4(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -1758,16 +1690,14 @@ def _update_4(
                     var = nu / c_correction if b_is_update else c_zero
                     # variance (centered)
                     var = (
-                        (nu / c_correction_2 - (mu * mu) / c_16 if b_centered else var)
-                        if b_is_update
-                        else var
+                        (nu / c_correction - (mu * mu) / c_14 if b_centered else var) if b_is_update else var
                     )
                     # scaled gradient
                     scaled = g / math.sqrt(c_eps + var) if b_is_update else c_zero
                     # scaled gradient (eps outside the root)
-                    scaled = (g / (c_eps_2 + math.sqrt(var)) if b_9 else scaled) if b_is_update else scaled
+                    scaled = (g / (c_eps + math.sqrt(var)) if b_9 else scaled) if b_is_update else scaled
                     # trace
-                    trace = c_momentum * trace - c_lr_2 * scaled if b_is_update else trace
+                    trace = c_momentum * trace - c_lr * scaled if b_is_update else trace
                     # momentum update
                     w = trace + w if b_is_update else w
                     # EMA of the weights
@@ -1819,11 +1749,10 @@ def prepare_update_case_5(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -1832,19 +1761,16 @@ def prepare_update_case_5(
     c_neg_clipvalue = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_weight_decay_given_and_is_update = bool((weight_decay is not None and is_update))
-    c_lr = dt(lr) if (weight_decay is not None and is_update) else dt(0)
+    c_lr = dt(lr) if is_update else dt(0)
     c_weight_decay = dt(weight_decay) if (weight_decay is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
     c_correction = dt(correction) if is_update else dt(0)
     b_centered = bool(centered)
-    c_correction_2 = dt(correction) if (centered and is_update) else dt(0)
-    c_16 = dt(correction**2) if (centered and is_update) else dt(0)
+    c_14 = dt(correction**2) if (centered and is_update) else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_9 = bool(not eps_in_sqrt)
-    c_eps_2 = dt(eps) if (is_update and not eps_in_sqrt) else dt(0)
-    c_lr_2 = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
@@ -1855,9 +1781,8 @@ def prepare_update_case_5(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_lr,
@@ -1865,11 +1790,8 @@ def prepare_update_case_5(
             c_decay,
             c_one_minus_decay,
             c_correction,
-            c_correction_2,
-            c_16,
+            c_14,
             c_eps,
-            c_eps_2,
-            c_lr_2,
             c_ema_mu,
             c_one_minus_ema_mu,
         ],
@@ -2024,23 +1946,19 @@ def _update_5(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_lr = k_[9]
-        c_weight_decay = k_[10]
-        c_decay = k_[11]
-        c_one_minus_decay = k_[12]
-        c_correction = k_[13]
-        c_correction_2 = k_[14]
-        c_16 = k_[15]
-        c_eps = k_[16]
-        c_eps_2 = k_[17]
-        c_lr_2 = k_[18]
-        c_ema_mu = k_[19]
-        c_one_minus_ema_mu = k_[20]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_lr = k_[8]
+        c_weight_decay = k_[9]
+        c_decay = k_[10]
+        c_one_minus_decay = k_[11]
+        c_correction = k_[12]
+        c_14 = k_[13]
+        c_eps = k_[14]
+        c_ema_mu = k_[15]
+        c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -2054,7 +1972,7 @@ def _update_5(
                     dt(reduce_5_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -2083,7 +2001,7 @@ def _update_5(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -2097,16 +2015,14 @@ def _update_5(
                     var = nu / c_correction if b_is_update else c_zero
                     # variance (centered)
                     var = (
-                        (nu / c_correction_2 - (mu * mu) / c_16 if b_centered else var)
-                        if b_is_update
-                        else var
+                        (nu / c_correction - (mu * mu) / c_14 if b_centered else var) if b_is_update else var
                     )
                     # scaled gradient
                     scaled = g / math.sqrt(c_eps + var) if b_is_update else c_zero
                     # scaled gradient (eps outside the root)
-                    scaled = (g / (c_eps_2 + math.sqrt(var)) if b_9 else scaled) if b_is_update else scaled
+                    scaled = (g / (c_eps + math.sqrt(var)) if b_9 else scaled) if b_is_update else scaled
                     # parameter update
-                    w = w - c_lr_2 * scaled if b_is_update else w
+                    w = w - c_lr * scaled if b_is_update else w
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite

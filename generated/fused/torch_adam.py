@@ -59,11 +59,10 @@ def prepare_update_case_0(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -77,10 +76,8 @@ def prepare_update_case_0(
     c_beta2 = dt(beta2) if is_update else dt(0)
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    c_14 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
+    c_13 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
     b_amsgrad = bool(amsgrad)
-    c_eps_2 = dt(eps) if (amsgrad and is_update) else dt(0)
-    c_16 = dt(math.sqrt(1 - beta2**t)) if (amsgrad and is_update) else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -93,18 +90,15 @@ def prepare_update_case_0(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_one_minus_beta1,
             c_beta2,
             c_one_minus_beta2,
             c_eps,
-            c_14,
-            c_eps_2,
-            c_16,
+            c_13,
             c_lr,
             c_one_minus_beta1_pow_t,
             c_ema_mu,
@@ -260,22 +254,19 @@ def _update_0(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_one_minus_beta1 = k_[9]
-        c_beta2 = k_[10]
-        c_one_minus_beta2 = k_[11]
-        c_eps = k_[12]
-        c_14 = k_[13]
-        c_eps_2 = k_[14]
-        c_16 = k_[15]
-        c_lr = k_[16]
-        c_one_minus_beta1_pow_t = k_[17]
-        c_ema_mu = k_[18]
-        c_one_minus_ema_mu = k_[19]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_one_minus_beta1 = k_[8]
+        c_beta2 = k_[9]
+        c_one_minus_beta2 = k_[10]
+        c_eps = k_[11]
+        c_13 = k_[12]
+        c_lr = k_[13]
+        c_one_minus_beta1_pow_t = k_[14]
+        c_ema_mu = k_[15]
+        c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -290,7 +281,7 @@ def _update_0(
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -320,7 +311,7 @@ def _update_0(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -337,10 +328,10 @@ def _update_0(
                     # AMSGrad maximum
                     max_exp_avg_sq = np.maximum(exp_avg_sq, max_exp_avg_sq) if b_is_update else max_exp_avg_sq
                     # denominator
-                    denom = c_eps + math.sqrt(exp_avg_sq) / c_14 if b_is_update else c_zero
+                    denom = c_eps + math.sqrt(exp_avg_sq) / c_13 if b_is_update else c_zero
                     # AMSGrad denominator
                     denom = (
-                        (c_eps_2 + math.sqrt(max_exp_avg_sq) / c_16 if b_amsgrad else denom)
+                        (c_eps + math.sqrt(max_exp_avg_sq) / c_13 if b_amsgrad else denom)
                         if b_is_update
                         else denom
                     )
@@ -395,11 +386,10 @@ def prepare_update_case_1(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -413,10 +403,8 @@ def prepare_update_case_1(
     c_beta2 = dt(beta2) if is_update else dt(0)
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    c_14 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
+    c_13 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
     b_amsgrad = bool(amsgrad)
-    c_eps_2 = dt(eps) if (amsgrad and is_update) else dt(0)
-    c_16 = dt(math.sqrt(1 - beta2**t)) if (amsgrad and is_update) else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -429,18 +417,15 @@ def prepare_update_case_1(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_one_minus_beta1,
             c_beta2,
             c_one_minus_beta2,
             c_eps,
-            c_14,
-            c_eps_2,
-            c_16,
+            c_13,
             c_lr,
             c_one_minus_beta1_pow_t,
             c_ema_mu,
@@ -596,22 +581,19 @@ def _update_1(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_one_minus_beta1 = k_[9]
-        c_beta2 = k_[10]
-        c_one_minus_beta2 = k_[11]
-        c_eps = k_[12]
-        c_14 = k_[13]
-        c_eps_2 = k_[14]
-        c_16 = k_[15]
-        c_lr = k_[16]
-        c_one_minus_beta1_pow_t = k_[17]
-        c_ema_mu = k_[18]
-        c_one_minus_ema_mu = k_[19]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_one_minus_beta1 = k_[8]
+        c_beta2 = k_[9]
+        c_one_minus_beta2 = k_[10]
+        c_eps = k_[11]
+        c_13 = k_[12]
+        c_lr = k_[13]
+        c_one_minus_beta1_pow_t = k_[14]
+        c_ema_mu = k_[15]
+        c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -626,7 +608,7 @@ def _update_1(
                     dt(reduce_1_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -656,7 +638,7 @@ def _update_1(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -671,10 +653,10 @@ def _update_1(
                         c_beta2 * exp_avg_sq + (g * g) * c_one_minus_beta2 if b_is_update else exp_avg_sq
                     )
                     # denominator
-                    denom = c_eps + math.sqrt(exp_avg_sq) / c_14 if b_is_update else c_zero
+                    denom = c_eps + math.sqrt(exp_avg_sq) / c_13 if b_is_update else c_zero
                     # AMSGrad denominator
                     denom = (
-                        (c_eps_2 + math.sqrt(max_exp_avg_sq) / c_16 if b_amsgrad else denom)
+                        (c_eps + math.sqrt(max_exp_avg_sq) / c_13 if b_amsgrad else denom)
                         if b_is_update
                         else denom
                     )
@@ -728,11 +710,10 @@ def prepare_update_case_2(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -747,10 +728,8 @@ def prepare_update_case_2(
     c_beta2 = dt(beta2) if is_update else dt(0)
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    c_15 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
+    c_14 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
     b_amsgrad = bool(amsgrad)
-    c_eps_2 = dt(eps) if (amsgrad and is_update) else dt(0)
-    c_17 = dt(math.sqrt(1 - beta2**t)) if (amsgrad and is_update) else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -763,9 +742,8 @@ def prepare_update_case_2(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_weight_decay,
@@ -773,9 +751,7 @@ def prepare_update_case_2(
             c_beta2,
             c_one_minus_beta2,
             c_eps,
-            c_15,
-            c_eps_2,
-            c_17,
+            c_14,
             c_lr,
             c_one_minus_beta1_pow_t,
             c_ema_mu,
@@ -931,23 +907,20 @@ def _update_2(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_weight_decay = k_[9]
-        c_one_minus_beta1 = k_[10]
-        c_beta2 = k_[11]
-        c_one_minus_beta2 = k_[12]
-        c_eps = k_[13]
-        c_15 = k_[14]
-        c_eps_2 = k_[15]
-        c_17 = k_[16]
-        c_lr = k_[17]
-        c_one_minus_beta1_pow_t = k_[18]
-        c_ema_mu = k_[19]
-        c_one_minus_ema_mu = k_[20]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_weight_decay = k_[8]
+        c_one_minus_beta1 = k_[9]
+        c_beta2 = k_[10]
+        c_one_minus_beta2 = k_[11]
+        c_eps = k_[12]
+        c_14 = k_[13]
+        c_lr = k_[14]
+        c_one_minus_beta1_pow_t = k_[15]
+        c_ema_mu = k_[16]
+        c_one_minus_ema_mu = k_[17]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -962,7 +935,7 @@ def _update_2(
                     dt(reduce_2_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -992,7 +965,7 @@ def _update_2(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -1011,10 +984,10 @@ def _update_2(
                     # AMSGrad maximum
                     max_exp_avg_sq = np.maximum(exp_avg_sq, max_exp_avg_sq) if b_is_update else max_exp_avg_sq
                     # denominator
-                    denom = c_eps + math.sqrt(exp_avg_sq) / c_15 if b_is_update else c_zero
+                    denom = c_eps + math.sqrt(exp_avg_sq) / c_14 if b_is_update else c_zero
                     # AMSGrad denominator
                     denom = (
-                        (c_eps_2 + math.sqrt(max_exp_avg_sq) / c_17 if b_amsgrad else denom)
+                        (c_eps + math.sqrt(max_exp_avg_sq) / c_14 if b_amsgrad else denom)
                         if b_is_update
                         else denom
                     )
@@ -1070,11 +1043,10 @@ def prepare_update_case_3(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -1089,10 +1061,8 @@ def prepare_update_case_3(
     c_beta2 = dt(beta2) if is_update else dt(0)
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    c_15 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
+    c_14 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
     b_amsgrad = bool(amsgrad)
-    c_eps_2 = dt(eps) if (amsgrad and is_update) else dt(0)
-    c_17 = dt(math.sqrt(1 - beta2**t)) if (amsgrad and is_update) else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -1105,9 +1075,8 @@ def prepare_update_case_3(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_weight_decay,
@@ -1115,9 +1084,7 @@ def prepare_update_case_3(
             c_beta2,
             c_one_minus_beta2,
             c_eps,
-            c_15,
-            c_eps_2,
-            c_17,
+            c_14,
             c_lr,
             c_one_minus_beta1_pow_t,
             c_ema_mu,
@@ -1273,23 +1240,20 @@ def _update_3(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_weight_decay = k_[9]
-        c_one_minus_beta1 = k_[10]
-        c_beta2 = k_[11]
-        c_one_minus_beta2 = k_[12]
-        c_eps = k_[13]
-        c_15 = k_[14]
-        c_eps_2 = k_[15]
-        c_17 = k_[16]
-        c_lr = k_[17]
-        c_one_minus_beta1_pow_t = k_[18]
-        c_ema_mu = k_[19]
-        c_one_minus_ema_mu = k_[20]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_weight_decay = k_[8]
+        c_one_minus_beta1 = k_[9]
+        c_beta2 = k_[10]
+        c_one_minus_beta2 = k_[11]
+        c_eps = k_[12]
+        c_14 = k_[13]
+        c_lr = k_[14]
+        c_one_minus_beta1_pow_t = k_[15]
+        c_ema_mu = k_[16]
+        c_one_minus_ema_mu = k_[17]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -1304,7 +1268,7 @@ def _update_3(
                     dt(reduce_3_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -1334,7 +1298,7 @@ def _update_3(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -1351,10 +1315,10 @@ def _update_3(
                         c_beta2 * exp_avg_sq + (g * g) * c_one_minus_beta2 if b_is_update else exp_avg_sq
                     )
                     # denominator
-                    denom = c_eps + math.sqrt(exp_avg_sq) / c_15 if b_is_update else c_zero
+                    denom = c_eps + math.sqrt(exp_avg_sq) / c_14 if b_is_update else c_zero
                     # AMSGrad denominator
                     denom = (
-                        (c_eps_2 + math.sqrt(max_exp_avg_sq) / c_17 if b_amsgrad else denom)
+                        (c_eps + math.sqrt(max_exp_avg_sq) / c_14 if b_amsgrad else denom)
                         if b_is_update
                         else denom
                     )

@@ -58,11 +58,10 @@ def prepare_update_case_0(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -76,7 +75,6 @@ def prepare_update_case_0(
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_centered = bool(centered)
-    c_eps_2 = dt(eps) if (centered and is_update) else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -88,15 +86,13 @@ def prepare_update_case_0(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_alpha,
             c_one_minus_alpha,
             c_eps,
-            c_eps_2,
             c_lr,
             c_ema_mu,
             c_one_minus_ema_mu,
@@ -250,18 +246,16 @@ def _update_0(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_alpha = k_[9]
-        c_one_minus_alpha = k_[10]
-        c_eps = k_[11]
-        c_eps_2 = k_[12]
-        c_lr = k_[13]
-        c_ema_mu = k_[14]
-        c_one_minus_ema_mu = k_[15]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_alpha = k_[8]
+        c_one_minus_alpha = k_[9]
+        c_eps = k_[10]
+        c_lr = k_[11]
+        c_ema_mu = k_[12]
+        c_one_minus_ema_mu = k_[13]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -275,7 +269,7 @@ def _update_0(
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -304,7 +298,7 @@ def _update_0(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -322,7 +316,7 @@ def _update_0(
                     avg = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
                     # centered denominator
                     avg = (
-                        (c_eps_2 + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
+                        (c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
                         if b_is_update
                         else avg
                     )
@@ -376,11 +370,10 @@ def prepare_update_case_1(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -394,7 +387,6 @@ def prepare_update_case_1(
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_centered = bool(centered)
-    c_eps_2 = dt(eps) if (centered and is_update) else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -408,15 +400,13 @@ def prepare_update_case_1(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_alpha,
             c_one_minus_alpha,
             c_eps,
-            c_eps_2,
             c_momentum,
             c_lr,
             c_ema_mu,
@@ -576,19 +566,17 @@ def _update_1(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_alpha = k_[9]
-        c_one_minus_alpha = k_[10]
-        c_eps = k_[11]
-        c_eps_2 = k_[12]
-        c_momentum = k_[13]
-        c_lr = k_[14]
-        c_ema_mu = k_[15]
-        c_one_minus_ema_mu = k_[16]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_alpha = k_[8]
+        c_one_minus_alpha = k_[9]
+        c_eps = k_[10]
+        c_momentum = k_[11]
+        c_lr = k_[12]
+        c_ema_mu = k_[13]
+        c_one_minus_ema_mu = k_[14]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -603,7 +591,7 @@ def _update_1(
                     dt(reduce_1_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -633,7 +621,7 @@ def _update_1(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -651,7 +639,7 @@ def _update_1(
                     avg = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
                     # centered denominator
                     avg = (
-                        (c_eps_2 + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
+                        (c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
                         if b_is_update
                         else avg
                     )
@@ -710,11 +698,10 @@ def prepare_update_case_2(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -728,7 +715,6 @@ def prepare_update_case_2(
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_centered = bool(centered)
-    c_eps_2 = dt(eps) if (centered and is_update) else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -740,15 +726,13 @@ def prepare_update_case_2(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_alpha,
             c_one_minus_alpha,
             c_eps,
-            c_eps_2,
             c_lr,
             c_ema_mu,
             c_one_minus_ema_mu,
@@ -902,18 +886,16 @@ def _update_2(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_alpha = k_[9]
-        c_one_minus_alpha = k_[10]
-        c_eps = k_[11]
-        c_eps_2 = k_[12]
-        c_lr = k_[13]
-        c_ema_mu = k_[14]
-        c_one_minus_ema_mu = k_[15]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_alpha = k_[8]
+        c_one_minus_alpha = k_[9]
+        c_eps = k_[10]
+        c_lr = k_[11]
+        c_ema_mu = k_[12]
+        c_one_minus_ema_mu = k_[13]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -927,7 +909,7 @@ def _update_2(
                     dt(reduce_2_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -956,7 +938,7 @@ def _update_2(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -972,7 +954,7 @@ def _update_2(
                     avg = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
                     # centered denominator
                     avg = (
-                        (c_eps_2 + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
+                        (c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
                         if b_is_update
                         else avg
                     )
@@ -1024,11 +1006,10 @@ def prepare_update_case_3(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -1042,7 +1023,6 @@ def prepare_update_case_3(
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_centered = bool(centered)
-    c_eps_2 = dt(eps) if (centered and is_update) else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -1056,15 +1036,13 @@ def prepare_update_case_3(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_alpha,
             c_one_minus_alpha,
             c_eps,
-            c_eps_2,
             c_momentum,
             c_lr,
             c_ema_mu,
@@ -1224,19 +1202,17 @@ def _update_3(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_alpha = k_[9]
-        c_one_minus_alpha = k_[10]
-        c_eps = k_[11]
-        c_eps_2 = k_[12]
-        c_momentum = k_[13]
-        c_lr = k_[14]
-        c_ema_mu = k_[15]
-        c_one_minus_ema_mu = k_[16]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_alpha = k_[8]
+        c_one_minus_alpha = k_[9]
+        c_eps = k_[10]
+        c_momentum = k_[11]
+        c_lr = k_[12]
+        c_ema_mu = k_[13]
+        c_one_minus_ema_mu = k_[14]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -1251,7 +1227,7 @@ def _update_3(
                     dt(reduce_3_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -1281,7 +1257,7 @@ def _update_3(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -1297,7 +1273,7 @@ def _update_3(
                     avg = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
                     # centered denominator
                     avg = (
-                        (c_eps_2 + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
+                        (c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
                         if b_is_update
                         else avg
                     )
@@ -1355,11 +1331,10 @@ def prepare_update_case_4(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -1374,7 +1349,6 @@ def prepare_update_case_4(
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_centered = bool(centered)
-    c_eps_2 = dt(eps) if (centered and is_update) else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -1386,16 +1360,14 @@ def prepare_update_case_4(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_weight_decay,
             c_alpha,
             c_one_minus_alpha,
             c_eps,
-            c_eps_2,
             c_lr,
             c_ema_mu,
             c_one_minus_ema_mu,
@@ -1549,19 +1521,17 @@ def _update_4(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_weight_decay = k_[9]
-        c_alpha = k_[10]
-        c_one_minus_alpha = k_[11]
-        c_eps = k_[12]
-        c_eps_2 = k_[13]
-        c_lr = k_[14]
-        c_ema_mu = k_[15]
-        c_one_minus_ema_mu = k_[16]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_weight_decay = k_[8]
+        c_alpha = k_[9]
+        c_one_minus_alpha = k_[10]
+        c_eps = k_[11]
+        c_lr = k_[12]
+        c_ema_mu = k_[13]
+        c_one_minus_ema_mu = k_[14]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -1575,7 +1545,7 @@ def _update_4(
                     dt(reduce_4_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -1604,7 +1574,7 @@ def _update_4(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -1624,7 +1594,7 @@ def _update_4(
                     avg = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
                     # centered denominator
                     avg = (
-                        (c_eps_2 + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
+                        (c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
                         if b_is_update
                         else avg
                     )
@@ -1679,11 +1649,10 @@ def prepare_update_case_5(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -1698,7 +1667,6 @@ def prepare_update_case_5(
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_centered = bool(centered)
-    c_eps_2 = dt(eps) if (centered and is_update) else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -1712,16 +1680,14 @@ def prepare_update_case_5(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_weight_decay,
             c_alpha,
             c_one_minus_alpha,
             c_eps,
-            c_eps_2,
             c_momentum,
             c_lr,
             c_ema_mu,
@@ -1881,20 +1847,18 @@ def _update_5(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_weight_decay = k_[9]
-        c_alpha = k_[10]
-        c_one_minus_alpha = k_[11]
-        c_eps = k_[12]
-        c_eps_2 = k_[13]
-        c_momentum = k_[14]
-        c_lr = k_[15]
-        c_ema_mu = k_[16]
-        c_one_minus_ema_mu = k_[17]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_weight_decay = k_[8]
+        c_alpha = k_[9]
+        c_one_minus_alpha = k_[10]
+        c_eps = k_[11]
+        c_momentum = k_[12]
+        c_lr = k_[13]
+        c_ema_mu = k_[14]
+        c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -1909,7 +1873,7 @@ def _update_5(
                     dt(reduce_5_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -1939,7 +1903,7 @@ def _update_5(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -1959,7 +1923,7 @@ def _update_5(
                     avg = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
                     # centered denominator
                     avg = (
-                        (c_eps_2 + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
+                        (c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
                         if b_is_update
                         else avg
                     )
@@ -2019,11 +1983,10 @@ def prepare_update_case_6(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -2038,7 +2001,6 @@ def prepare_update_case_6(
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_centered = bool(centered)
-    c_eps_2 = dt(eps) if (centered and is_update) else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -2050,16 +2012,14 @@ def prepare_update_case_6(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_weight_decay,
             c_alpha,
             c_one_minus_alpha,
             c_eps,
-            c_eps_2,
             c_lr,
             c_ema_mu,
             c_one_minus_ema_mu,
@@ -2213,19 +2173,17 @@ def _update_6(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_weight_decay = k_[9]
-        c_alpha = k_[10]
-        c_one_minus_alpha = k_[11]
-        c_eps = k_[12]
-        c_eps_2 = k_[13]
-        c_lr = k_[14]
-        c_ema_mu = k_[15]
-        c_one_minus_ema_mu = k_[16]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_weight_decay = k_[8]
+        c_alpha = k_[9]
+        c_one_minus_alpha = k_[10]
+        c_eps = k_[11]
+        c_lr = k_[12]
+        c_ema_mu = k_[13]
+        c_one_minus_ema_mu = k_[14]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -2239,7 +2197,7 @@ def _update_6(
                     dt(reduce_6_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -2268,7 +2226,7 @@ def _update_6(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -2286,7 +2244,7 @@ def _update_6(
                     avg = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
                     # centered denominator
                     avg = (
-                        (c_eps_2 + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
+                        (c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
                         if b_is_update
                         else avg
                     )
@@ -2339,11 +2297,10 @@ def prepare_update_case_7(
     )
     c_zero = dt(0)
     b_clipnorm_given_and_is_update = bool((clipnorm is not None and is_update))
-    c_clipnorm = dt(clipnorm) if (clipnorm is not None and is_update) else dt(0)
-    c_clipnorm_2 = dt(clipnorm)
+    c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_7 = (
+    c_6 = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -2358,7 +2315,6 @@ def prepare_update_case_7(
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_centered = bool(centered)
-    c_eps_2 = dt(eps) if (centered and is_update) else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -2372,16 +2328,14 @@ def prepare_update_case_7(
             c_gradient_accumulation_steps,
             c_zero,
             c_clipnorm,
-            c_clipnorm_2,
             c_global_clipnorm,
-            c_7,
+            c_6,
             c_neg_clipvalue,
             c_clipvalue,
             c_weight_decay,
             c_alpha,
             c_one_minus_alpha,
             c_eps,
-            c_eps_2,
             c_momentum,
             c_lr,
             c_ema_mu,
@@ -2541,20 +2495,18 @@ def _update_7(
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
-        c_clipnorm_2 = k_[4]
-        c_global_clipnorm = k_[5]
-        c_7 = k_[6]
-        c_neg_clipvalue = k_[7]
-        c_clipvalue = k_[8]
-        c_weight_decay = k_[9]
-        c_alpha = k_[10]
-        c_one_minus_alpha = k_[11]
-        c_eps = k_[12]
-        c_eps_2 = k_[13]
-        c_momentum = k_[14]
-        c_lr = k_[15]
-        c_ema_mu = k_[16]
-        c_one_minus_ema_mu = k_[17]
+        c_global_clipnorm = k_[4]
+        c_6 = k_[5]
+        c_neg_clipvalue = k_[6]
+        c_clipvalue = k_[7]
+        c_weight_decay = k_[8]
+        c_alpha = k_[9]
+        c_one_minus_alpha = k_[10]
+        c_eps = k_[11]
+        c_momentum = k_[12]
+        c_lr = k_[13]
+        c_ema_mu = k_[14]
+        c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -2569,7 +2521,7 @@ def _update_7(
                     dt(reduce_7_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
                 c_4 = (
-                    dt(np.maximum(c_clipnorm_2, math.sqrt(sumsq_g)))
+                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
@@ -2599,7 +2551,7 @@ def _update_7(
                     )
                     # clipping
                     g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_7 if b_global_clipnorm_given_and_is_update else g
+                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -2617,7 +2569,7 @@ def _update_7(
                     avg = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
                     # centered denominator
                     avg = (
-                        (c_eps_2 + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
+                        (c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else avg)
                         if b_is_update
                         else avg
                     )

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optforge.runtime import common, jax_support
+from optforge.runtime import common, jax_support, options_jax
 
 
 class OptaxAdadeltaState(NamedTuple):
@@ -121,6 +121,17 @@ def optax_adadelta(
         global_clipnorm=global_clipnorm,
     )
 
+    stages = options_jax.Options(
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+        use_ema=use_ema,
+        ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency,
+        loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )
+
     def init_fn(params: Any) -> OptaxAdadeltaState:
         jax_support.check_params(params, "optax_adadelta")
         return OptaxAdadeltaState(
@@ -163,103 +174,52 @@ def optax_adadelta(
                 "ema": (state.ema, "element"),
             },
         )
-        n = state.count  # earlier calls
-        t = n + 1
-        lr = common.learning_rate_at(learning_rate, n)
-        treedef = jax.tree.structure(grads)
-        # the step counts updates, not calls
-        t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-        # an update call
-        is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-        # EMA momentum (0 at the first update)
-        ema_mu = jnp.where(t == 1, 0, ema_momentum)
-        if global_clipnorm is not None:
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            for g, grad_accumulator in zip(
-                treedef.flatten_up_to(grads),
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
+        call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
+        treedef = call.treedef
+
+        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+            """The rule's own step, on update calls only: the gradients as Keras's options made them
+            (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
+            n, lr = call.n, call.lr  # n: the updates before this one
+            t = n + 1
+            tmp0 = 1 - rho
+            updates, new_e_g, new_e_x = [], [], []
+            for g, w, e_g, e_x in zip(
+                gs, ws, jax_support.leaves(treedef, rs["e_g"]), jax_support.leaves(treedef, rs["e_x"])
             ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-        updates, new_e_g, new_e_x, new_grad_accumulator, new_ema = [], [], [], [], []
-        for g, w, e_g, e_x, grad_accumulator, ema in zip(
-            treedef.flatten_up_to(grads),
-            treedef.flatten_up_to(params),
-            treedef.flatten_up_to(state.e_g),
-            treedef.flatten_up_to(state.e_x),
-            treedef.flatten_up_to(state.grad_accumulator)
-            if state.grad_accumulator is not None
-            else [None] * treedef.num_leaves,
-            treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-        ):
-            dtype = g.dtype
-            g = jax_support.upcast(g)  # at least float32
-            # loss scaling
-            if loss_scale_factor is not None:
-                g = g / loss_scale_factor
-            # gradient accumulation
-            if gradient_accumulation_steps is not None:
-                grad_accumulator = g + grad_accumulator
-                g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-            sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-            # clipping
-            if clipnorm is not None:
-                g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-            if global_clipnorm is not None:
-                g = jnp.where(
-                    is_update, g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)), g
-                )
-            if clipvalue is not None:
-                g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-            # weight decay
-            g = jnp.where(is_update, g + w * weight_decay, g)
-            # running mean square of g
-            e_g = jnp.where(is_update, e_g * rho + g**2 * (1 - rho), e_g)
-            # step
-            u = jnp.where(is_update, g * jnp.sqrt(e_x + eps) / jnp.sqrt(e_g + eps), 0)
-            # running mean square of the steps
-            e_x = jnp.where(is_update, e_x * rho + u**2 * (1 - rho), e_x)
-            # parameter update
-            update = jnp.where(is_update, -lr * u, 0)
-            # EMA of the weights
-            if use_ema:
-                ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-            # EMA overwrite
-            update = update + (
-                jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                if (ema_overwrite_frequency is not None and use_ema)
-                else 0
-            )
-            updates.append(update.astype(dtype))
-            new_e_g.append(e_g)
-            new_e_x.append(e_x)
-            new_grad_accumulator.append(grad_accumulator)
-            new_ema.append(ema)
-        return treedef.unflatten(updates), OptaxAdadeltaState(
-            count=optax.safe_increment(n),
-            e_g=jax_support.like(treedef.unflatten(new_e_g), state.e_g),
-            e_x=jax_support.like(treedef.unflatten(new_e_x), state.e_x),
-            grad_accumulator=jax_support.like(treedef.unflatten(new_grad_accumulator), state.grad_accumulator)
-            if state.grad_accumulator is not None
-            else None,
-            ema=jax_support.like(treedef.unflatten(new_ema), state.ema) if state.ema is not None else None,
+                # weight decay
+                g = g + w * weight_decay
+                # running mean square of g
+                e_g = e_g * rho + g**2 * tmp0
+                # step
+                u = g * jnp.sqrt(e_x + eps) / jnp.sqrt(e_g + eps)
+                # running mean square of the steps
+                e_x = e_x * rho + tmp0 * u**2
+                # parameter update
+                update = -lr * u
+                updates.append(update)
+                new_e_g.append(e_g)
+                new_e_x.append(e_x)
+            return updates, {
+                **rs,
+                "e_g": jax_support.like(treedef.unflatten(new_e_g), rs["e_g"]),
+                "e_x": jax_support.like(treedef.unflatten(new_e_x), rs["e_x"]),
+            }
+
+        updates, rs = call.run(
+            rule,
+            {
+                "e_g": state.e_g,
+                "e_x": state.e_x,
+            },
+        )
+        updates, ema = call.finish(updates, state.ema)
+        return updates, OptaxAdadeltaState(
+            count=optax.safe_increment(state.count),
+            e_g=rs["e_g"],
+            e_x=rs["e_x"],
+            grad_accumulator=call.accumulator,
+            ema=ema,
         )
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optforge.runtime import common, jax_support
+from optforge.runtime import common, jax_support, options_jax
 
 
 class OptaxAdamWState(NamedTuple):
@@ -132,6 +132,17 @@ def optax_adamw(
         global_clipnorm=global_clipnorm,
     )
 
+    stages = options_jax.Options(
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+        use_ema=use_ema,
+        ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency,
+        loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )
+
     def init_fn(params: Any) -> OptaxAdamWState:
         jax_support.check_params(params, "optax_adamw")
         return OptaxAdamWState(
@@ -172,222 +183,82 @@ def optax_adamw(
                 "ema": (state.ema, "element"),
             },
         )
-        n = state.count  # earlier calls
-        t = n + 1
-        lr = common.learning_rate_at(learning_rate, n)
-        treedef = jax.tree.structure(grads)
-        if nesterov:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+        call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
+        treedef = call.treedef
+
+        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+            """The rule's own step, on update calls only: the gradients as Keras's options made them
+            (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
+            n, lr = call.n, call.lr  # n: the updates before this one
+            t = n + 1
+            if nesterov:
+                updates, new_mu, new_nu = [], [], []
+                for g, w, mu, nu in zip(
+                    gs, ws, jax_support.leaves(treedef, rs["mu"]), jax_support.leaves(treedef, rs["nu"])
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_mu, new_nu, new_grad_accumulator, new_ema = [], [], [], [], []
-            for g, w, mu, nu, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                treedef.flatten_up_to(params),
-                treedef.flatten_up_to(state.mu),
-                treedef.flatten_up_to(state.nu),
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
+                    tmp0 = g * (1 - b1)
+                    # first moment
+                    mu = b1 * mu + tmp0
+                    # second moment
+                    nu = b2 * nu + g**2 * (1 - b2)
+                    # Nesterov look-ahead
+                    mu_hat = b1 * mu / (1 - b1 ** jax_support.as_float(t + 1)) + tmp0 / (
+                        1 - b1 ** jax_support.as_float(t)
                     )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # first moment
-                mu = jnp.where(is_update, b1 * mu + g * (1 - b1), mu)
-                # second moment
-                nu = jnp.where(is_update, b2 * nu + g**2 * (1 - b2), nu)
-                # bias correction
-                mu_hat = jnp.where(is_update, mu / (1 - b1 ** jax_support.as_float(t)), 0)
-                # Nesterov look-ahead
-                mu_hat = jnp.where(
-                    is_update,
-                    b1 * mu / (1 - b1 ** jax_support.as_float(t + 1))
-                    + g * (1 - b1) / (1 - b1 ** jax_support.as_float(t)),
-                    mu_hat,
-                )
-                # bias correction
-                nu_hat = jnp.where(is_update, nu / (1 - b2 ** jax_support.as_float(t)), 0)
-                # scaled update
-                u = jnp.where(is_update, mu_hat / (eps + jnp.sqrt(eps_root + nu_hat)), 0)
-                # parameter update
-                update = jnp.where(is_update, -lr * (u + w * weight_decay), 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_mu.append(mu)
-                new_nu.append(nu)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), OptaxAdamWState(
-                count=optax.safe_increment(n),
-                mu=jax_support.like(treedef.unflatten(new_mu), state.mu),
-                nu=jax_support.like(treedef.unflatten(new_nu), state.nu),
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
-        else:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+                    # bias correction
+                    nu_hat = nu / (1 - b2 ** jax_support.as_float(t))
+                    # scaled update
+                    u = mu_hat / (eps + jnp.sqrt(eps_root + nu_hat))
+                    # parameter update
+                    update = -lr * (u + w * weight_decay)
+                    updates.append(update)
+                    new_mu.append(mu)
+                    new_nu.append(nu)
+                return updates, {
+                    **rs,
+                    "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"]),
+                    "nu": jax_support.like(treedef.unflatten(new_nu), rs["nu"]),
+                }
+            else:
+                updates, new_mu, new_nu = [], [], []
+                for g, w, mu, nu in zip(
+                    gs, ws, jax_support.leaves(treedef, rs["mu"]), jax_support.leaves(treedef, rs["nu"])
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_mu, new_nu, new_grad_accumulator, new_ema = [], [], [], [], []
-            for g, w, mu, nu, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                treedef.flatten_up_to(params),
-                treedef.flatten_up_to(state.mu),
-                treedef.flatten_up_to(state.nu),
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
-                    )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # first moment
-                mu = jnp.where(is_update, b1 * mu + g * (1 - b1), mu)
-                # second moment
-                nu = jnp.where(is_update, b2 * nu + g**2 * (1 - b2), nu)
-                # bias correction
-                mu_hat = jnp.where(is_update, mu / (1 - b1 ** jax_support.as_float(t)), 0)
-                nu_hat = jnp.where(is_update, nu / (1 - b2 ** jax_support.as_float(t)), 0)
-                # scaled update
-                u = jnp.where(is_update, mu_hat / (eps + jnp.sqrt(eps_root + nu_hat)), 0)
-                # parameter update
-                update = jnp.where(is_update, -lr * (u + w * weight_decay), 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_mu.append(mu)
-                new_nu.append(nu)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), OptaxAdamWState(
-                count=optax.safe_increment(n),
-                mu=jax_support.like(treedef.unflatten(new_mu), state.mu),
-                nu=jax_support.like(treedef.unflatten(new_nu), state.nu),
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
+                    # first moment
+                    mu = b1 * mu + g * (1 - b1)
+                    # second moment
+                    nu = b2 * nu + g**2 * (1 - b2)
+                    # bias correction
+                    mu_hat = mu / (1 - b1 ** jax_support.as_float(t))
+                    nu_hat = nu / (1 - b2 ** jax_support.as_float(t))
+                    # scaled update
+                    u = mu_hat / (eps + jnp.sqrt(eps_root + nu_hat))
+                    # parameter update
+                    update = -lr * (u + w * weight_decay)
+                    updates.append(update)
+                    new_mu.append(mu)
+                    new_nu.append(nu)
+                return updates, {
+                    **rs,
+                    "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"]),
+                    "nu": jax_support.like(treedef.unflatten(new_nu), rs["nu"]),
+                }
+
+        updates, rs = call.run(
+            rule,
+            {
+                "mu": state.mu,
+                "nu": state.nu,
+            },
+        )
+        updates, ema = call.finish(updates, state.ema)
+        return updates, OptaxAdamWState(
+            count=optax.safe_increment(state.count),
+            mu=rs["mu"],
+            nu=rs["nu"],
+            grad_accumulator=call.accumulator,
+            ema=ema,
+        )
 
     return optax.GradientTransformation(init_fn, update_fn)
 

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optforge.runtime import common, jax_support
+from optforge.runtime import common, jax_support, options_jax
 
 
 class OptaxRmspropState(NamedTuple):
@@ -147,6 +147,18 @@ def optax_rmsprop(
         global_clipnorm=global_clipnorm,
     )
 
+    stages = options_jax.Options(
+        weight_decay=weight_decay,
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+        use_ema=use_ema,
+        ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency,
+        loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )
+
     def init_fn(params: Any) -> OptaxRmspropState:
         jax_support.check_params(params, "optax_rmsprop")
         return OptaxRmspropState(
@@ -198,732 +210,269 @@ def optax_rmsprop(
                 "ema": (state.ema, "element"),
             },
         )
-        n = state.count  # earlier calls
-        t = n + 1
-        lr = common.learning_rate_at(learning_rate, n)
-        treedef = jax.tree.structure(grads)
-        if momentum is not None and centered and nesterov:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # bias correction
-            correction = jnp.where(
-                is_update, (1 - decay ** jax_support.as_float(t) if bias_correction else 1), 0
-            )
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+        call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
+        treedef = call.treedef
+
+        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+            """The rule's own step, on update calls only: the gradients as Keras's options made them
+            (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
+            n, lr = call.n, call.lr  # n: the updates before this one
+            t = n + 1
+            if momentum is not None and centered and nesterov:
+                tmp0 = 1 - decay
+                # bias correction
+                correction = 1 - decay ** jax_support.as_float(t) if bias_correction else 1
+                updates, new_nu, new_mu, new_trace = [], [], [], []
+                for g, w, nu, mu, trace in zip(
+                    gs,
+                    ws,
+                    jax_support.leaves(treedef, rs["nu"]),
+                    jax_support.leaves(treedef, rs["mu"]),
+                    jax_support.leaves(treedef, rs["trace"]),
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_nu, new_mu, new_trace, new_grad_accumulator, new_ema = [], [], [], [], [], []
-            for g, w, nu, mu, trace, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.nu),
-                treedef.flatten_up_to(state.mu) if state.mu is not None else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.trace)
-                if state.trace is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
-                    )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # decoupled weight decay
-                update = jnp.where(is_update, -lr * w * weight_decay, 0) if weight_decay is not None else 0
-                # running mean square
-                nu = jnp.where(is_update, decay * nu + g**2 * (1 - decay), nu)
-                # running mean
-                mu = jnp.where(is_update, decay * mu + g * (1 - decay), mu)
-                # second moment
-                var = jnp.where(is_update, nu / correction, 0)
-                # variance (centered)
-                var = jnp.where(
-                    is_update, (nu / correction - mu**2 / correction**2 if centered else var), var
-                )
-                # scaled gradient
-                scaled = jnp.where(is_update, g / jnp.sqrt(eps + var), 0)
-                # scaled gradient (eps outside the root)
-                scaled = jnp.where(
-                    is_update, (g / (eps + jnp.sqrt(var)) if not eps_in_sqrt else scaled), scaled
-                )
-                # trace
-                trace = jnp.where(is_update, momentum * trace - lr * scaled, trace)
-                # Nesterov update
-                update = update + jnp.where(is_update, momentum * trace - lr * scaled, 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_nu.append(nu)
-                new_mu.append(mu)
-                new_trace.append(trace)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), OptaxRmspropState(
-                count=optax.safe_increment(n),
-                nu=jax_support.like(treedef.unflatten(new_nu), state.nu),
-                mu=jax_support.like(treedef.unflatten(new_mu), state.mu) if state.mu is not None else None,
-                trace=jax_support.like(treedef.unflatten(new_trace), state.trace)
-                if state.trace is not None
-                else None,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
-        elif momentum is not None and centered and not nesterov:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # bias correction
-            correction = jnp.where(
-                is_update, (1 - decay ** jax_support.as_float(t) if bias_correction else 1), 0
-            )
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+                    # running mean square
+                    nu = decay * nu + g**2 * tmp0
+                    # running mean
+                    mu = decay * mu + g * tmp0
+                    # second moment
+                    var = nu / correction
+                    # variance (centered)
+                    if centered:
+                        var = nu / correction - mu**2 / correction**2
+                    # scaled gradient
+                    scaled = g / jnp.sqrt(eps + var)
+                    # scaled gradient (eps outside the root)
+                    if not eps_in_sqrt:
+                        scaled = g / (eps + jnp.sqrt(var))
+                    tmp1 = lr * scaled
+                    # trace
+                    trace = momentum * trace - tmp1
+                    # Nesterov update
+                    update = momentum * trace - tmp1
+                    updates.append(update)
+                    new_nu.append(nu)
+                    new_mu.append(mu)
+                    new_trace.append(trace)
+                return updates, {
+                    **rs,
+                    "nu": jax_support.like(treedef.unflatten(new_nu), rs["nu"]),
+                    "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"])
+                    if rs["mu"] is not None
+                    else None,
+                    "trace": jax_support.like(treedef.unflatten(new_trace), rs["trace"])
+                    if rs["trace"] is not None
+                    else None,
+                }
+            elif momentum is not None and centered and not nesterov:
+                tmp0 = 1 - decay
+                # bias correction
+                correction = 1 - decay ** jax_support.as_float(t) if bias_correction else 1
+                updates, new_nu, new_mu, new_trace = [], [], [], []
+                for g, w, nu, mu, trace in zip(
+                    gs,
+                    ws,
+                    jax_support.leaves(treedef, rs["nu"]),
+                    jax_support.leaves(treedef, rs["mu"]),
+                    jax_support.leaves(treedef, rs["trace"]),
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_nu, new_mu, new_trace, new_grad_accumulator, new_ema = [], [], [], [], [], []
-            for g, w, nu, mu, trace, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.nu),
-                treedef.flatten_up_to(state.mu) if state.mu is not None else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.trace)
-                if state.trace is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
-                    )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # decoupled weight decay
-                update = jnp.where(is_update, -lr * w * weight_decay, 0) if weight_decay is not None else 0
-                # running mean square
-                nu = jnp.where(is_update, decay * nu + g**2 * (1 - decay), nu)
-                # running mean
-                mu = jnp.where(is_update, decay * mu + g * (1 - decay), mu)
-                # second moment
-                var = jnp.where(is_update, nu / correction, 0)
-                # variance (centered)
-                var = jnp.where(
-                    is_update, (nu / correction - mu**2 / correction**2 if centered else var), var
-                )
-                # scaled gradient
-                scaled = jnp.where(is_update, g / jnp.sqrt(eps + var), 0)
-                # scaled gradient (eps outside the root)
-                scaled = jnp.where(
-                    is_update, (g / (eps + jnp.sqrt(var)) if not eps_in_sqrt else scaled), scaled
-                )
-                # trace
-                trace = jnp.where(is_update, momentum * trace - lr * scaled, trace)
-                # momentum update
-                update = update + jnp.where(is_update, trace, 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_nu.append(nu)
-                new_mu.append(mu)
-                new_trace.append(trace)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), OptaxRmspropState(
-                count=optax.safe_increment(n),
-                nu=jax_support.like(treedef.unflatten(new_nu), state.nu),
-                mu=jax_support.like(treedef.unflatten(new_mu), state.mu) if state.mu is not None else None,
-                trace=jax_support.like(treedef.unflatten(new_trace), state.trace)
-                if state.trace is not None
-                else None,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
-        elif centered:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # bias correction
-            correction = jnp.where(
-                is_update, (1 - decay ** jax_support.as_float(t) if bias_correction else 1), 0
-            )
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+                    # running mean square
+                    nu = decay * nu + g**2 * tmp0
+                    # running mean
+                    mu = decay * mu + g * tmp0
+                    # second moment
+                    var = nu / correction
+                    # variance (centered)
+                    if centered:
+                        var = nu / correction - mu**2 / correction**2
+                    # scaled gradient
+                    scaled = g / jnp.sqrt(eps + var)
+                    # scaled gradient (eps outside the root)
+                    if not eps_in_sqrt:
+                        scaled = g / (eps + jnp.sqrt(var))
+                    # trace
+                    trace = momentum * trace - lr * scaled
+                    # momentum update
+                    update = trace
+                    updates.append(update)
+                    new_nu.append(nu)
+                    new_mu.append(mu)
+                    new_trace.append(trace)
+                return updates, {
+                    **rs,
+                    "nu": jax_support.like(treedef.unflatten(new_nu), rs["nu"]),
+                    "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"])
+                    if rs["mu"] is not None
+                    else None,
+                    "trace": jax_support.like(treedef.unflatten(new_trace), rs["trace"])
+                    if rs["trace"] is not None
+                    else None,
+                }
+            elif centered:
+                tmp0 = 1 - decay
+                # bias correction
+                correction = 1 - decay ** jax_support.as_float(t) if bias_correction else 1
+                updates, new_nu, new_mu = [], [], []
+                for g, w, nu, mu in zip(
+                    gs, ws, jax_support.leaves(treedef, rs["nu"]), jax_support.leaves(treedef, rs["mu"])
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_nu, new_mu, new_grad_accumulator, new_ema = [], [], [], [], []
-            for g, w, nu, mu, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.nu),
-                treedef.flatten_up_to(state.mu) if state.mu is not None else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
-                    )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # decoupled weight decay
-                update = jnp.where(is_update, -lr * w * weight_decay, 0) if weight_decay is not None else 0
-                # running mean square
-                nu = jnp.where(is_update, decay * nu + g**2 * (1 - decay), nu)
-                # running mean
-                mu = jnp.where(is_update, decay * mu + g * (1 - decay), mu)
-                # second moment
-                var = jnp.where(is_update, nu / correction, 0)
-                # variance (centered)
-                var = jnp.where(
-                    is_update, (nu / correction - mu**2 / correction**2 if centered else var), var
-                )
-                # scaled gradient
-                scaled = jnp.where(is_update, g / jnp.sqrt(eps + var), 0)
-                # scaled gradient (eps outside the root)
-                scaled = jnp.where(
-                    is_update, (g / (eps + jnp.sqrt(var)) if not eps_in_sqrt else scaled), scaled
-                )
-                # parameter update
-                update = update + jnp.where(is_update, -lr * scaled, 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_nu.append(nu)
-                new_mu.append(mu)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), OptaxRmspropState(
-                count=optax.safe_increment(n),
-                nu=jax_support.like(treedef.unflatten(new_nu), state.nu),
-                mu=jax_support.like(treedef.unflatten(new_mu), state.mu) if state.mu is not None else None,
-                trace=state.trace,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
-        elif momentum is not None and nesterov and not centered:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # bias correction
-            correction = jnp.where(
-                is_update, (1 - decay ** jax_support.as_float(t) if bias_correction else 1), 0
-            )
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+                    # running mean square
+                    nu = decay * nu + g**2 * tmp0
+                    # running mean
+                    mu = decay * mu + g * tmp0
+                    # second moment
+                    var = nu / correction
+                    # variance (centered)
+                    if centered:
+                        var = nu / correction - mu**2 / correction**2
+                    # scaled gradient
+                    scaled = g / jnp.sqrt(eps + var)
+                    # scaled gradient (eps outside the root)
+                    if not eps_in_sqrt:
+                        scaled = g / (eps + jnp.sqrt(var))
+                    # parameter update
+                    update = -lr * scaled
+                    updates.append(update)
+                    new_nu.append(nu)
+                    new_mu.append(mu)
+                return updates, {
+                    **rs,
+                    "nu": jax_support.like(treedef.unflatten(new_nu), rs["nu"]),
+                    "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"])
+                    if rs["mu"] is not None
+                    else None,
+                }
+            elif momentum is not None and nesterov and not centered:
+                # bias correction
+                correction = 1 - decay ** jax_support.as_float(t) if bias_correction else 1
+                updates, new_nu, new_mu, new_trace = [], [], [], []
+                for g, w, nu, mu, trace in zip(
+                    gs,
+                    ws,
+                    jax_support.leaves(treedef, rs["nu"]),
+                    jax_support.leaves(treedef, rs["mu"]),
+                    jax_support.leaves(treedef, rs["trace"]),
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_nu, new_mu, new_trace, new_grad_accumulator, new_ema = [], [], [], [], [], []
-            for g, w, nu, mu, trace, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.nu),
-                treedef.flatten_up_to(state.mu) if state.mu is not None else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.trace)
-                if state.trace is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
-                    )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # decoupled weight decay
-                update = jnp.where(is_update, -lr * w * weight_decay, 0) if weight_decay is not None else 0
-                # running mean square
-                nu = jnp.where(is_update, decay * nu + g**2 * (1 - decay), nu)
-                # second moment
-                var = jnp.where(is_update, nu / correction, 0)
-                # variance (centered)
-                var = jnp.where(
-                    is_update, (nu / correction - mu**2 / correction**2 if centered else var), var
-                )
-                # scaled gradient
-                scaled = jnp.where(is_update, g / jnp.sqrt(eps + var), 0)
-                # scaled gradient (eps outside the root)
-                scaled = jnp.where(
-                    is_update, (g / (eps + jnp.sqrt(var)) if not eps_in_sqrt else scaled), scaled
-                )
-                # trace
-                trace = jnp.where(is_update, momentum * trace - lr * scaled, trace)
-                # Nesterov update
-                update = update + jnp.where(is_update, momentum * trace - lr * scaled, 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_nu.append(nu)
-                new_mu.append(mu)
-                new_trace.append(trace)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), OptaxRmspropState(
-                count=optax.safe_increment(n),
-                nu=jax_support.like(treedef.unflatten(new_nu), state.nu),
-                mu=jax_support.like(treedef.unflatten(new_mu), state.mu) if state.mu is not None else None,
-                trace=jax_support.like(treedef.unflatten(new_trace), state.trace)
-                if state.trace is not None
-                else None,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
-        elif momentum is not None and not centered and not nesterov:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # bias correction
-            correction = jnp.where(
-                is_update, (1 - decay ** jax_support.as_float(t) if bias_correction else 1), 0
-            )
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+                    # running mean square
+                    nu = decay * nu + g**2 * (1 - decay)
+                    # second moment
+                    var = nu / correction
+                    # variance (centered)
+                    if centered:
+                        var = nu / correction - mu**2 / correction**2
+                    # scaled gradient
+                    scaled = g / jnp.sqrt(eps + var)
+                    # scaled gradient (eps outside the root)
+                    if not eps_in_sqrt:
+                        scaled = g / (eps + jnp.sqrt(var))
+                    tmp0 = lr * scaled
+                    # trace
+                    trace = momentum * trace - tmp0
+                    # Nesterov update
+                    update = momentum * trace - tmp0
+                    updates.append(update)
+                    new_nu.append(nu)
+                    new_mu.append(mu)
+                    new_trace.append(trace)
+                return updates, {
+                    **rs,
+                    "nu": jax_support.like(treedef.unflatten(new_nu), rs["nu"]),
+                    "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"])
+                    if rs["mu"] is not None
+                    else None,
+                    "trace": jax_support.like(treedef.unflatten(new_trace), rs["trace"])
+                    if rs["trace"] is not None
+                    else None,
+                }
+            elif momentum is not None and not centered and not nesterov:
+                # bias correction
+                correction = 1 - decay ** jax_support.as_float(t) if bias_correction else 1
+                updates, new_nu, new_mu, new_trace = [], [], [], []
+                for g, w, nu, mu, trace in zip(
+                    gs,
+                    ws,
+                    jax_support.leaves(treedef, rs["nu"]),
+                    jax_support.leaves(treedef, rs["mu"]),
+                    jax_support.leaves(treedef, rs["trace"]),
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_nu, new_mu, new_trace, new_grad_accumulator, new_ema = [], [], [], [], [], []
-            for g, w, nu, mu, trace, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.nu),
-                treedef.flatten_up_to(state.mu) if state.mu is not None else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.trace)
-                if state.trace is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
-                    )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # decoupled weight decay
-                update = jnp.where(is_update, -lr * w * weight_decay, 0) if weight_decay is not None else 0
-                # running mean square
-                nu = jnp.where(is_update, decay * nu + g**2 * (1 - decay), nu)
-                # second moment
-                var = jnp.where(is_update, nu / correction, 0)
-                # variance (centered)
-                var = jnp.where(
-                    is_update, (nu / correction - mu**2 / correction**2 if centered else var), var
-                )
-                # scaled gradient
-                scaled = jnp.where(is_update, g / jnp.sqrt(eps + var), 0)
-                # scaled gradient (eps outside the root)
-                scaled = jnp.where(
-                    is_update, (g / (eps + jnp.sqrt(var)) if not eps_in_sqrt else scaled), scaled
-                )
-                # trace
-                trace = jnp.where(is_update, momentum * trace - lr * scaled, trace)
-                # momentum update
-                update = update + jnp.where(is_update, trace, 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_nu.append(nu)
-                new_mu.append(mu)
-                new_trace.append(trace)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), OptaxRmspropState(
-                count=optax.safe_increment(n),
-                nu=jax_support.like(treedef.unflatten(new_nu), state.nu),
-                mu=jax_support.like(treedef.unflatten(new_mu), state.mu) if state.mu is not None else None,
-                trace=jax_support.like(treedef.unflatten(new_trace), state.trace)
-                if state.trace is not None
-                else None,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
-        else:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # bias correction
-            correction = jnp.where(
-                is_update, (1 - decay ** jax_support.as_float(t) if bias_correction else 1), 0
-            )
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+                    # running mean square
+                    nu = decay * nu + g**2 * (1 - decay)
+                    # second moment
+                    var = nu / correction
+                    # variance (centered)
+                    if centered:
+                        var = nu / correction - mu**2 / correction**2
+                    # scaled gradient
+                    scaled = g / jnp.sqrt(eps + var)
+                    # scaled gradient (eps outside the root)
+                    if not eps_in_sqrt:
+                        scaled = g / (eps + jnp.sqrt(var))
+                    # trace
+                    trace = momentum * trace - lr * scaled
+                    # momentum update
+                    update = trace
+                    updates.append(update)
+                    new_nu.append(nu)
+                    new_mu.append(mu)
+                    new_trace.append(trace)
+                return updates, {
+                    **rs,
+                    "nu": jax_support.like(treedef.unflatten(new_nu), rs["nu"]),
+                    "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"])
+                    if rs["mu"] is not None
+                    else None,
+                    "trace": jax_support.like(treedef.unflatten(new_trace), rs["trace"])
+                    if rs["trace"] is not None
+                    else None,
+                }
+            else:
+                # bias correction
+                correction = 1 - decay ** jax_support.as_float(t) if bias_correction else 1
+                updates, new_nu, new_mu = [], [], []
+                for g, w, nu, mu in zip(
+                    gs, ws, jax_support.leaves(treedef, rs["nu"]), jax_support.leaves(treedef, rs["mu"])
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_nu, new_mu, new_grad_accumulator, new_ema = [], [], [], [], []
-            for g, w, nu, mu, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.nu),
-                treedef.flatten_up_to(state.mu) if state.mu is not None else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
-                    )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # decoupled weight decay
-                update = jnp.where(is_update, -lr * w * weight_decay, 0) if weight_decay is not None else 0
-                # running mean square
-                nu = jnp.where(is_update, decay * nu + g**2 * (1 - decay), nu)
-                # second moment
-                var = jnp.where(is_update, nu / correction, 0)
-                # variance (centered)
-                var = jnp.where(
-                    is_update, (nu / correction - mu**2 / correction**2 if centered else var), var
-                )
-                # scaled gradient
-                scaled = jnp.where(is_update, g / jnp.sqrt(eps + var), 0)
-                # scaled gradient (eps outside the root)
-                scaled = jnp.where(
-                    is_update, (g / (eps + jnp.sqrt(var)) if not eps_in_sqrt else scaled), scaled
-                )
-                # parameter update
-                update = update + jnp.where(is_update, -lr * scaled, 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_nu.append(nu)
-                new_mu.append(mu)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), OptaxRmspropState(
-                count=optax.safe_increment(n),
-                nu=jax_support.like(treedef.unflatten(new_nu), state.nu),
-                mu=jax_support.like(treedef.unflatten(new_mu), state.mu) if state.mu is not None else None,
-                trace=state.trace,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
+                    # running mean square
+                    nu = decay * nu + g**2 * (1 - decay)
+                    # second moment
+                    var = nu / correction
+                    # variance (centered)
+                    if centered:
+                        var = nu / correction - mu**2 / correction**2
+                    # scaled gradient
+                    scaled = g / jnp.sqrt(eps + var)
+                    # scaled gradient (eps outside the root)
+                    if not eps_in_sqrt:
+                        scaled = g / (eps + jnp.sqrt(var))
+                    # parameter update
+                    update = -lr * scaled
+                    updates.append(update)
+                    new_nu.append(nu)
+                    new_mu.append(mu)
+                return updates, {
+                    **rs,
+                    "nu": jax_support.like(treedef.unflatten(new_nu), rs["nu"]),
+                    "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"])
+                    if rs["mu"] is not None
+                    else None,
+                }
+
+        updates, rs = call.run(
+            rule,
+            {
+                "nu": state.nu,
+                "mu": state.mu,
+                "trace": state.trace,
+            },
+        )
+        updates, ema = call.finish(updates, state.ema)
+        return updates, OptaxRmspropState(
+            count=optax.safe_increment(state.count),
+            nu=rs["nu"],
+            mu=rs["mu"],
+            trace=rs["trace"],
+            grad_accumulator=call.accumulator,
+            ema=ema,
+        )
 
     return optax.GradientTransformation(init_fn, update_fn)
 

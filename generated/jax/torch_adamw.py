@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optforge.runtime import common, jax_support
+from optforge.runtime import common, jax_support, options_jax
 
 
 class TorchAdamWState(NamedTuple):
@@ -134,6 +134,17 @@ def torch_adamw(
         global_clipnorm=global_clipnorm,
     )
 
+    stages = options_jax.Options(
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+        use_ema=use_ema,
+        ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency,
+        loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )
+
     def init_fn(params: Any) -> TorchAdamWState:
         jax_support.check_params(params, "torch_adamw")
         return TorchAdamWState(
@@ -182,534 +193,196 @@ def torch_adamw(
                 "ema": (state.ema, "element"),
             },
         )
-        n = state.count  # earlier calls
-        t = n + 1
-        lr = common.learning_rate_at(learning_rate, n)
-        treedef = jax.tree.structure(grads)
-        if amsgrad and weight_decay == 0:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+        call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
+        treedef = call.treedef
+
+        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+            """The rule's own step, on update calls only: the gradients as Keras's options made them
+            (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
+            n, lr = call.n, call.lr  # n: the updates before this one
+            t = n + 1
+            if amsgrad and weight_decay == 0:
+                updates, new_exp_avg, new_exp_avg_sq, new_max_exp_avg_sq = [], [], [], []
+                for g, w, exp_avg, exp_avg_sq, max_exp_avg_sq in zip(
+                    gs,
+                    ws,
+                    jax_support.leaves(treedef, rs["exp_avg"]),
+                    jax_support.leaves(treedef, rs["exp_avg_sq"]),
+                    jax_support.leaves(treedef, rs["max_exp_avg_sq"]),
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_exp_avg, new_exp_avg_sq, new_max_exp_avg_sq, new_grad_accumulator, new_ema = (
-                [],
-                [],
-                [],
-                [],
-                [],
-                [],
-            )
-            for g, w, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.exp_avg),
-                treedef.flatten_up_to(state.exp_avg_sq),
-                treedef.flatten_up_to(state.max_exp_avg_sq)
-                if state.max_exp_avg_sq is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
+                    # maximize
+                    if maximize:
+                        g = -g
+                    # first moment
+                    exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
+                    # second moment
+                    exp_avg_sq = beta2 * exp_avg_sq + g**2 * (1 - beta2)
+                    # AMSGrad maximum
+                    max_exp_avg_sq = jnp.maximum(exp_avg_sq, max_exp_avg_sq)
+                    # denominator
+                    denom = eps + jnp.sqrt(exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t))
+                    # AMSGrad denominator
+                    if amsgrad:
+                        denom = eps + jnp.sqrt(max_exp_avg_sq) / jnp.sqrt(
+                            1 - beta2 ** jax_support.as_float(t)
+                        )
+                    # parameter update
+                    update = -exp_avg * lr / (denom * (1 - beta1 ** jax_support.as_float(t)))
+                    updates.append(update)
+                    new_exp_avg.append(exp_avg)
+                    new_exp_avg_sq.append(exp_avg_sq)
+                    new_max_exp_avg_sq.append(max_exp_avg_sq)
+                return updates, {
+                    **rs,
+                    "exp_avg": jax_support.like(treedef.unflatten(new_exp_avg), rs["exp_avg"]),
+                    "exp_avg_sq": jax_support.like(treedef.unflatten(new_exp_avg_sq), rs["exp_avg_sq"]),
+                    "max_exp_avg_sq": jax_support.like(
+                        treedef.unflatten(new_max_exp_avg_sq), rs["max_exp_avg_sq"]
                     )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # maximize
-                g = jnp.where(is_update, (-g if maximize else g), g)
-                # first moment
-                exp_avg = jnp.where(is_update, exp_avg + (1 - beta1) * (g - exp_avg), exp_avg)
-                # second moment
-                exp_avg_sq = jnp.where(is_update, beta2 * exp_avg_sq + g**2 * (1 - beta2), exp_avg_sq)
-                # AMSGrad maximum
-                max_exp_avg_sq = jnp.where(is_update, jnp.maximum(exp_avg_sq, max_exp_avg_sq), max_exp_avg_sq)
-                # denominator
-                denom = jnp.where(
-                    is_update, eps + jnp.sqrt(exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t)), 0
-                )
-                # AMSGrad denominator
-                denom = jnp.where(
-                    is_update,
-                    (
-                        eps + jnp.sqrt(max_exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t))
-                        if amsgrad
-                        else denom
-                    ),
-                    denom,
-                )
-                # parameter update
-                update = jnp.where(
-                    is_update, -exp_avg * lr / (denom * (1 - beta1 ** jax_support.as_float(t))), 0
-                )
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_exp_avg.append(exp_avg)
-                new_exp_avg_sq.append(exp_avg_sq)
-                new_max_exp_avg_sq.append(max_exp_avg_sq)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), TorchAdamWState(
-                count=optax.safe_increment(n),
-                exp_avg=jax_support.like(treedef.unflatten(new_exp_avg), state.exp_avg),
-                exp_avg_sq=jax_support.like(treedef.unflatten(new_exp_avg_sq), state.exp_avg_sq),
-                max_exp_avg_sq=jax_support.like(treedef.unflatten(new_max_exp_avg_sq), state.max_exp_avg_sq)
-                if state.max_exp_avg_sq is not None
-                else None,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
-        elif weight_decay == 0:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+                    if rs["max_exp_avg_sq"] is not None
+                    else None,
+                }
+            elif weight_decay == 0:
+                updates, new_exp_avg, new_exp_avg_sq, new_max_exp_avg_sq = [], [], [], []
+                for g, w, exp_avg, exp_avg_sq, max_exp_avg_sq in zip(
+                    gs,
+                    ws,
+                    jax_support.leaves(treedef, rs["exp_avg"]),
+                    jax_support.leaves(treedef, rs["exp_avg_sq"]),
+                    jax_support.leaves(treedef, rs["max_exp_avg_sq"]),
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_exp_avg, new_exp_avg_sq, new_max_exp_avg_sq, new_grad_accumulator, new_ema = (
-                [],
-                [],
-                [],
-                [],
-                [],
-                [],
-            )
-            for g, w, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.exp_avg),
-                treedef.flatten_up_to(state.exp_avg_sq),
-                treedef.flatten_up_to(state.max_exp_avg_sq)
-                if state.max_exp_avg_sq is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
+                    # maximize
+                    if maximize:
+                        g = -g
+                    # first moment
+                    exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
+                    # second moment
+                    exp_avg_sq = beta2 * exp_avg_sq + g**2 * (1 - beta2)
+                    # denominator
+                    denom = eps + jnp.sqrt(exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t))
+                    # AMSGrad denominator
+                    if amsgrad:
+                        denom = eps + jnp.sqrt(max_exp_avg_sq) / jnp.sqrt(
+                            1 - beta2 ** jax_support.as_float(t)
+                        )
+                    # parameter update
+                    update = -exp_avg * lr / (denom * (1 - beta1 ** jax_support.as_float(t)))
+                    updates.append(update)
+                    new_exp_avg.append(exp_avg)
+                    new_exp_avg_sq.append(exp_avg_sq)
+                    new_max_exp_avg_sq.append(max_exp_avg_sq)
+                return updates, {
+                    **rs,
+                    "exp_avg": jax_support.like(treedef.unflatten(new_exp_avg), rs["exp_avg"]),
+                    "exp_avg_sq": jax_support.like(treedef.unflatten(new_exp_avg_sq), rs["exp_avg_sq"]),
+                    "max_exp_avg_sq": jax_support.like(
+                        treedef.unflatten(new_max_exp_avg_sq), rs["max_exp_avg_sq"]
                     )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # maximize
-                g = jnp.where(is_update, (-g if maximize else g), g)
-                # first moment
-                exp_avg = jnp.where(is_update, exp_avg + (1 - beta1) * (g - exp_avg), exp_avg)
-                # second moment
-                exp_avg_sq = jnp.where(is_update, beta2 * exp_avg_sq + g**2 * (1 - beta2), exp_avg_sq)
-                # denominator
-                denom = jnp.where(
-                    is_update, eps + jnp.sqrt(exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t)), 0
-                )
-                # AMSGrad denominator
-                denom = jnp.where(
-                    is_update,
-                    (
-                        eps + jnp.sqrt(max_exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t))
-                        if amsgrad
-                        else denom
-                    ),
-                    denom,
-                )
-                # parameter update
-                update = jnp.where(
-                    is_update, -exp_avg * lr / (denom * (1 - beta1 ** jax_support.as_float(t))), 0
-                )
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_exp_avg.append(exp_avg)
-                new_exp_avg_sq.append(exp_avg_sq)
-                new_max_exp_avg_sq.append(max_exp_avg_sq)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), TorchAdamWState(
-                count=optax.safe_increment(n),
-                exp_avg=jax_support.like(treedef.unflatten(new_exp_avg), state.exp_avg),
-                exp_avg_sq=jax_support.like(treedef.unflatten(new_exp_avg_sq), state.exp_avg_sq),
-                max_exp_avg_sq=jax_support.like(treedef.unflatten(new_max_exp_avg_sq), state.max_exp_avg_sq)
-                if state.max_exp_avg_sq is not None
-                else None,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
-        elif amsgrad:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+                    if rs["max_exp_avg_sq"] is not None
+                    else None,
+                }
+            elif amsgrad:
+                updates, new_exp_avg, new_exp_avg_sq, new_max_exp_avg_sq = [], [], [], []
+                for g, w, exp_avg, exp_avg_sq, max_exp_avg_sq in zip(
+                    gs,
+                    ws,
+                    jax_support.leaves(treedef, rs["exp_avg"]),
+                    jax_support.leaves(treedef, rs["exp_avg_sq"]),
+                    jax_support.leaves(treedef, rs["max_exp_avg_sq"]),
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_exp_avg, new_exp_avg_sq, new_max_exp_avg_sq, new_grad_accumulator, new_ema = (
-                [],
-                [],
-                [],
-                [],
-                [],
-                [],
-            )
-            for g, w, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.exp_avg),
-                treedef.flatten_up_to(state.exp_avg_sq),
-                treedef.flatten_up_to(state.max_exp_avg_sq)
-                if state.max_exp_avg_sq is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
+                    # maximize
+                    if maximize:
+                        g = -g
+                    # decoupled weight decay
+                    update = w * (1 - lr * weight_decay) - w
+                    # first moment
+                    exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
+                    # second moment
+                    exp_avg_sq = beta2 * exp_avg_sq + g**2 * (1 - beta2)
+                    # AMSGrad maximum
+                    max_exp_avg_sq = jnp.maximum(exp_avg_sq, max_exp_avg_sq)
+                    # denominator
+                    denom = eps + jnp.sqrt(exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t))
+                    # AMSGrad denominator
+                    if amsgrad:
+                        denom = eps + jnp.sqrt(max_exp_avg_sq) / jnp.sqrt(
+                            1 - beta2 ** jax_support.as_float(t)
+                        )
+                    # parameter update
+                    update = update - exp_avg * lr / (denom * (1 - beta1 ** jax_support.as_float(t)))
+                    updates.append(update)
+                    new_exp_avg.append(exp_avg)
+                    new_exp_avg_sq.append(exp_avg_sq)
+                    new_max_exp_avg_sq.append(max_exp_avg_sq)
+                return updates, {
+                    **rs,
+                    "exp_avg": jax_support.like(treedef.unflatten(new_exp_avg), rs["exp_avg"]),
+                    "exp_avg_sq": jax_support.like(treedef.unflatten(new_exp_avg_sq), rs["exp_avg_sq"]),
+                    "max_exp_avg_sq": jax_support.like(
+                        treedef.unflatten(new_max_exp_avg_sq), rs["max_exp_avg_sq"]
                     )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # maximize
-                g = jnp.where(is_update, (-g if maximize else g), g)
-                # decoupled weight decay
-                update = jnp.where(is_update, w * (1 - lr * weight_decay) - w, 0)
-                # first moment
-                exp_avg = jnp.where(is_update, exp_avg + (1 - beta1) * (g - exp_avg), exp_avg)
-                # second moment
-                exp_avg_sq = jnp.where(is_update, beta2 * exp_avg_sq + g**2 * (1 - beta2), exp_avg_sq)
-                # AMSGrad maximum
-                max_exp_avg_sq = jnp.where(is_update, jnp.maximum(exp_avg_sq, max_exp_avg_sq), max_exp_avg_sq)
-                # denominator
-                denom = jnp.where(
-                    is_update, eps + jnp.sqrt(exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t)), 0
-                )
-                # AMSGrad denominator
-                denom = jnp.where(
-                    is_update,
-                    (
-                        eps + jnp.sqrt(max_exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t))
-                        if amsgrad
-                        else denom
-                    ),
-                    denom,
-                )
-                # parameter update
-                update = update + jnp.where(
-                    is_update, -exp_avg * lr / (denom * (1 - beta1 ** jax_support.as_float(t))), 0
-                )
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_exp_avg.append(exp_avg)
-                new_exp_avg_sq.append(exp_avg_sq)
-                new_max_exp_avg_sq.append(max_exp_avg_sq)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), TorchAdamWState(
-                count=optax.safe_increment(n),
-                exp_avg=jax_support.like(treedef.unflatten(new_exp_avg), state.exp_avg),
-                exp_avg_sq=jax_support.like(treedef.unflatten(new_exp_avg_sq), state.exp_avg_sq),
-                max_exp_avg_sq=jax_support.like(treedef.unflatten(new_max_exp_avg_sq), state.max_exp_avg_sq)
-                if state.max_exp_avg_sq is not None
-                else None,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
-        else:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+                    if rs["max_exp_avg_sq"] is not None
+                    else None,
+                }
+            else:
+                updates, new_exp_avg, new_exp_avg_sq, new_max_exp_avg_sq = [], [], [], []
+                for g, w, exp_avg, exp_avg_sq, max_exp_avg_sq in zip(
+                    gs,
+                    ws,
+                    jax_support.leaves(treedef, rs["exp_avg"]),
+                    jax_support.leaves(treedef, rs["exp_avg_sq"]),
+                    jax_support.leaves(treedef, rs["max_exp_avg_sq"]),
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_exp_avg, new_exp_avg_sq, new_max_exp_avg_sq, new_grad_accumulator, new_ema = (
-                [],
-                [],
-                [],
-                [],
-                [],
-                [],
-            )
-            for g, w, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.exp_avg),
-                treedef.flatten_up_to(state.exp_avg_sq),
-                treedef.flatten_up_to(state.max_exp_avg_sq)
-                if state.max_exp_avg_sq is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
+                    # maximize
+                    if maximize:
+                        g = -g
+                    # decoupled weight decay
+                    update = w * (1 - lr * weight_decay) - w
+                    # first moment
+                    exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
+                    # second moment
+                    exp_avg_sq = beta2 * exp_avg_sq + g**2 * (1 - beta2)
+                    # denominator
+                    denom = eps + jnp.sqrt(exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t))
+                    # AMSGrad denominator
+                    if amsgrad:
+                        denom = eps + jnp.sqrt(max_exp_avg_sq) / jnp.sqrt(
+                            1 - beta2 ** jax_support.as_float(t)
+                        )
+                    # parameter update
+                    update = update - exp_avg * lr / (denom * (1 - beta1 ** jax_support.as_float(t)))
+                    updates.append(update)
+                    new_exp_avg.append(exp_avg)
+                    new_exp_avg_sq.append(exp_avg_sq)
+                    new_max_exp_avg_sq.append(max_exp_avg_sq)
+                return updates, {
+                    **rs,
+                    "exp_avg": jax_support.like(treedef.unflatten(new_exp_avg), rs["exp_avg"]),
+                    "exp_avg_sq": jax_support.like(treedef.unflatten(new_exp_avg_sq), rs["exp_avg_sq"]),
+                    "max_exp_avg_sq": jax_support.like(
+                        treedef.unflatten(new_max_exp_avg_sq), rs["max_exp_avg_sq"]
                     )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # maximize
-                g = jnp.where(is_update, (-g if maximize else g), g)
-                # decoupled weight decay
-                update = jnp.where(is_update, w * (1 - lr * weight_decay) - w, 0)
-                # first moment
-                exp_avg = jnp.where(is_update, exp_avg + (1 - beta1) * (g - exp_avg), exp_avg)
-                # second moment
-                exp_avg_sq = jnp.where(is_update, beta2 * exp_avg_sq + g**2 * (1 - beta2), exp_avg_sq)
-                # denominator
-                denom = jnp.where(
-                    is_update, eps + jnp.sqrt(exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t)), 0
-                )
-                # AMSGrad denominator
-                denom = jnp.where(
-                    is_update,
-                    (
-                        eps + jnp.sqrt(max_exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t))
-                        if amsgrad
-                        else denom
-                    ),
-                    denom,
-                )
-                # parameter update
-                update = update + jnp.where(
-                    is_update, -exp_avg * lr / (denom * (1 - beta1 ** jax_support.as_float(t))), 0
-                )
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_exp_avg.append(exp_avg)
-                new_exp_avg_sq.append(exp_avg_sq)
-                new_max_exp_avg_sq.append(max_exp_avg_sq)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), TorchAdamWState(
-                count=optax.safe_increment(n),
-                exp_avg=jax_support.like(treedef.unflatten(new_exp_avg), state.exp_avg),
-                exp_avg_sq=jax_support.like(treedef.unflatten(new_exp_avg_sq), state.exp_avg_sq),
-                max_exp_avg_sq=jax_support.like(treedef.unflatten(new_max_exp_avg_sq), state.max_exp_avg_sq)
-                if state.max_exp_avg_sq is not None
-                else None,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
+                    if rs["max_exp_avg_sq"] is not None
+                    else None,
+                }
+
+        updates, rs = call.run(
+            rule,
+            {
+                "exp_avg": state.exp_avg,
+                "exp_avg_sq": state.exp_avg_sq,
+                "max_exp_avg_sq": state.max_exp_avg_sq,
+            },
+        )
+        updates, ema = call.finish(updates, state.ema)
+        return updates, TorchAdamWState(
+            count=optax.safe_increment(state.count),
+            exp_avg=rs["exp_avg"],
+            exp_avg_sq=rs["exp_avg_sq"],
+            max_exp_avg_sq=rs["max_exp_avg_sq"],
+            grad_accumulator=call.accumulator,
+            ema=ema,
+        )
 
     return optax.GradientTransformation(init_fn, update_fn)
 

@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optforge.runtime import common, jax_support
+from optforge.runtime import common, jax_support, options_jax
 
 
 class TorchRMSpropState(NamedTuple):
@@ -137,6 +137,17 @@ def torch_rmsprop(
         global_clipnorm=global_clipnorm,
     )
 
+    stages = options_jax.Options(
+        clipnorm=clipnorm,
+        clipvalue=clipvalue,
+        global_clipnorm=global_clipnorm,
+        use_ema=use_ema,
+        ema_momentum=ema_momentum,
+        ema_overwrite_frequency=ema_overwrite_frequency,
+        loss_scale_factor=loss_scale_factor,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+    )
+
     def init_fn(params: Any) -> TorchRMSpropState:
         jax_support.check_params(params, "torch_rmsprop")
         return TorchRMSpropState(
@@ -187,958 +198,328 @@ def torch_rmsprop(
                 "ema": (state.ema, "element"),
             },
         )
-        n = state.count  # earlier calls
-        t = n + 1
-        lr = common.learning_rate_at(learning_rate, n)
-        treedef = jax.tree.structure(grads)
-        if centered and momentum == 0 and weight_decay == 0:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+        call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
+        treedef = call.treedef
+
+        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+            """The rule's own step, on update calls only: the gradients as Keras's options made them
+            (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
+            n, lr = call.n, call.lr  # n: the updates before this one
+            t = n + 1
+            if centered and momentum == 0 and weight_decay == 0:
+                tmp0 = 1 - alpha
+                updates, new_square_avg, new_grad_avg = [], [], []
+                for g, w, square_avg, grad_avg in zip(
+                    gs,
+                    ws,
+                    jax_support.leaves(treedef, rs["square_avg"]),
+                    jax_support.leaves(treedef, rs["grad_avg"]),
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_square_avg, new_grad_avg, new_grad_accumulator, new_ema = [], [], [], [], []
-            for g, w, square_avg, grad_avg, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.square_avg),
-                treedef.flatten_up_to(state.grad_avg)
-                if state.grad_avg is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
-                    )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # maximize
-                g = jnp.where(is_update, (-g if maximize else g), g)
-                # running mean square
-                square_avg = jnp.where(is_update, alpha * square_avg + g**2 * (1 - alpha), square_avg)
-                # running mean
-                grad_avg = jnp.where(is_update, grad_avg + (1 - alpha) * (g - grad_avg), grad_avg)
-                # denominator
-                avg = jnp.where(is_update, eps + jnp.sqrt(square_avg), 0)
-                # centered denominator
-                avg = jnp.where(
-                    is_update, (eps + jnp.sqrt(square_avg - grad_avg**2) if centered else avg), avg
-                )
-                # parameter update
-                update = jnp.where(is_update, -g * lr / avg, 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_square_avg.append(square_avg)
-                new_grad_avg.append(grad_avg)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), TorchRMSpropState(
-                count=optax.safe_increment(n),
-                square_avg=jax_support.like(treedef.unflatten(new_square_avg), state.square_avg),
-                grad_avg=jax_support.like(treedef.unflatten(new_grad_avg), state.grad_avg)
-                if state.grad_avg is not None
-                else None,
-                momentum_buffer=state.momentum_buffer,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
-        elif centered and weight_decay == 0:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+                    # maximize
+                    if maximize:
+                        g = -g
+                    # running mean square
+                    square_avg = alpha * square_avg + g**2 * tmp0
+                    # running mean
+                    grad_avg = grad_avg + tmp0 * (g - grad_avg)
+                    # denominator
+                    avg = eps + jnp.sqrt(square_avg)
+                    # centered denominator
+                    if centered:
+                        avg = eps + jnp.sqrt(square_avg - grad_avg**2)
+                    # parameter update
+                    update = -g * lr / avg
+                    updates.append(update)
+                    new_square_avg.append(square_avg)
+                    new_grad_avg.append(grad_avg)
+                return updates, {
+                    **rs,
+                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), rs["square_avg"]),
+                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), rs["grad_avg"])
+                    if rs["grad_avg"] is not None
+                    else None,
+                }
+            elif centered and weight_decay == 0:
+                tmp0 = 1 - alpha
+                updates, new_square_avg, new_grad_avg, new_momentum_buffer = [], [], [], []
+                for g, w, square_avg, grad_avg, momentum_buffer in zip(
+                    gs,
+                    ws,
+                    jax_support.leaves(treedef, rs["square_avg"]),
+                    jax_support.leaves(treedef, rs["grad_avg"]),
+                    jax_support.leaves(treedef, rs["momentum_buffer"]),
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_square_avg, new_grad_avg, new_momentum_buffer, new_grad_accumulator, new_ema = (
-                [],
-                [],
-                [],
-                [],
-                [],
-                [],
-            )
-            for g, w, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.square_avg),
-                treedef.flatten_up_to(state.grad_avg)
-                if state.grad_avg is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.momentum_buffer)
-                if state.momentum_buffer is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
+                    # maximize
+                    if maximize:
+                        g = -g
+                    # running mean square
+                    square_avg = alpha * square_avg + g**2 * tmp0
+                    # running mean
+                    grad_avg = grad_avg + tmp0 * (g - grad_avg)
+                    # denominator
+                    avg = eps + jnp.sqrt(square_avg)
+                    # centered denominator
+                    if centered:
+                        avg = eps + jnp.sqrt(square_avg - grad_avg**2)
+                    # momentum buffer
+                    momentum_buffer = momentum * momentum_buffer + g / avg
+                    # momentum update
+                    update = -lr * momentum_buffer
+                    updates.append(update)
+                    new_square_avg.append(square_avg)
+                    new_grad_avg.append(grad_avg)
+                    new_momentum_buffer.append(momentum_buffer)
+                return updates, {
+                    **rs,
+                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), rs["square_avg"]),
+                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), rs["grad_avg"])
+                    if rs["grad_avg"] is not None
+                    else None,
+                    "momentum_buffer": jax_support.like(
+                        treedef.unflatten(new_momentum_buffer), rs["momentum_buffer"]
                     )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # maximize
-                g = jnp.where(is_update, (-g if maximize else g), g)
-                # running mean square
-                square_avg = jnp.where(is_update, alpha * square_avg + g**2 * (1 - alpha), square_avg)
-                # running mean
-                grad_avg = jnp.where(is_update, grad_avg + (1 - alpha) * (g - grad_avg), grad_avg)
-                # denominator
-                avg = jnp.where(is_update, eps + jnp.sqrt(square_avg), 0)
-                # centered denominator
-                avg = jnp.where(
-                    is_update, (eps + jnp.sqrt(square_avg - grad_avg**2) if centered else avg), avg
-                )
-                # momentum buffer
-                momentum_buffer = jnp.where(is_update, momentum * momentum_buffer + g / avg, momentum_buffer)
-                # momentum update
-                update = jnp.where(is_update, -lr * momentum_buffer, 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_square_avg.append(square_avg)
-                new_grad_avg.append(grad_avg)
-                new_momentum_buffer.append(momentum_buffer)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), TorchRMSpropState(
-                count=optax.safe_increment(n),
-                square_avg=jax_support.like(treedef.unflatten(new_square_avg), state.square_avg),
-                grad_avg=jax_support.like(treedef.unflatten(new_grad_avg), state.grad_avg)
-                if state.grad_avg is not None
-                else None,
-                momentum_buffer=jax_support.like(
-                    treedef.unflatten(new_momentum_buffer), state.momentum_buffer
-                )
-                if state.momentum_buffer is not None
-                else None,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
-        elif momentum == 0 and weight_decay == 0:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+                    if rs["momentum_buffer"] is not None
+                    else None,
+                }
+            elif momentum == 0 and weight_decay == 0:
+                updates, new_square_avg, new_grad_avg = [], [], []
+                for g, w, square_avg, grad_avg in zip(
+                    gs,
+                    ws,
+                    jax_support.leaves(treedef, rs["square_avg"]),
+                    jax_support.leaves(treedef, rs["grad_avg"]),
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_square_avg, new_grad_avg, new_grad_accumulator, new_ema = [], [], [], [], []
-            for g, w, square_avg, grad_avg, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.square_avg),
-                treedef.flatten_up_to(state.grad_avg)
-                if state.grad_avg is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
-                    )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # maximize
-                g = jnp.where(is_update, (-g if maximize else g), g)
-                # running mean square
-                square_avg = jnp.where(is_update, alpha * square_avg + g**2 * (1 - alpha), square_avg)
-                # denominator
-                avg = jnp.where(is_update, eps + jnp.sqrt(square_avg), 0)
-                # centered denominator
-                avg = jnp.where(
-                    is_update, (eps + jnp.sqrt(square_avg - grad_avg**2) if centered else avg), avg
-                )
-                # parameter update
-                update = jnp.where(is_update, -g * lr / avg, 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_square_avg.append(square_avg)
-                new_grad_avg.append(grad_avg)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), TorchRMSpropState(
-                count=optax.safe_increment(n),
-                square_avg=jax_support.like(treedef.unflatten(new_square_avg), state.square_avg),
-                grad_avg=jax_support.like(treedef.unflatten(new_grad_avg), state.grad_avg)
-                if state.grad_avg is not None
-                else None,
-                momentum_buffer=state.momentum_buffer,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
-        elif weight_decay == 0:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+                    # maximize
+                    if maximize:
+                        g = -g
+                    # running mean square
+                    square_avg = alpha * square_avg + g**2 * (1 - alpha)
+                    # denominator
+                    avg = eps + jnp.sqrt(square_avg)
+                    # centered denominator
+                    if centered:
+                        avg = eps + jnp.sqrt(square_avg - grad_avg**2)
+                    # parameter update
+                    update = -g * lr / avg
+                    updates.append(update)
+                    new_square_avg.append(square_avg)
+                    new_grad_avg.append(grad_avg)
+                return updates, {
+                    **rs,
+                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), rs["square_avg"]),
+                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), rs["grad_avg"])
+                    if rs["grad_avg"] is not None
+                    else None,
+                }
+            elif weight_decay == 0:
+                updates, new_square_avg, new_grad_avg, new_momentum_buffer = [], [], [], []
+                for g, w, square_avg, grad_avg, momentum_buffer in zip(
+                    gs,
+                    ws,
+                    jax_support.leaves(treedef, rs["square_avg"]),
+                    jax_support.leaves(treedef, rs["grad_avg"]),
+                    jax_support.leaves(treedef, rs["momentum_buffer"]),
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_square_avg, new_grad_avg, new_momentum_buffer, new_grad_accumulator, new_ema = (
-                [],
-                [],
-                [],
-                [],
-                [],
-                [],
-            )
-            for g, w, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.square_avg),
-                treedef.flatten_up_to(state.grad_avg)
-                if state.grad_avg is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.momentum_buffer)
-                if state.momentum_buffer is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
+                    # maximize
+                    if maximize:
+                        g = -g
+                    # running mean square
+                    square_avg = alpha * square_avg + g**2 * (1 - alpha)
+                    # denominator
+                    avg = eps + jnp.sqrt(square_avg)
+                    # centered denominator
+                    if centered:
+                        avg = eps + jnp.sqrt(square_avg - grad_avg**2)
+                    # momentum buffer
+                    momentum_buffer = momentum * momentum_buffer + g / avg
+                    # momentum update
+                    update = -lr * momentum_buffer
+                    updates.append(update)
+                    new_square_avg.append(square_avg)
+                    new_grad_avg.append(grad_avg)
+                    new_momentum_buffer.append(momentum_buffer)
+                return updates, {
+                    **rs,
+                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), rs["square_avg"]),
+                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), rs["grad_avg"])
+                    if rs["grad_avg"] is not None
+                    else None,
+                    "momentum_buffer": jax_support.like(
+                        treedef.unflatten(new_momentum_buffer), rs["momentum_buffer"]
                     )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # maximize
-                g = jnp.where(is_update, (-g if maximize else g), g)
-                # running mean square
-                square_avg = jnp.where(is_update, alpha * square_avg + g**2 * (1 - alpha), square_avg)
-                # denominator
-                avg = jnp.where(is_update, eps + jnp.sqrt(square_avg), 0)
-                # centered denominator
-                avg = jnp.where(
-                    is_update, (eps + jnp.sqrt(square_avg - grad_avg**2) if centered else avg), avg
-                )
-                # momentum buffer
-                momentum_buffer = jnp.where(is_update, momentum * momentum_buffer + g / avg, momentum_buffer)
-                # momentum update
-                update = jnp.where(is_update, -lr * momentum_buffer, 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_square_avg.append(square_avg)
-                new_grad_avg.append(grad_avg)
-                new_momentum_buffer.append(momentum_buffer)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), TorchRMSpropState(
-                count=optax.safe_increment(n),
-                square_avg=jax_support.like(treedef.unflatten(new_square_avg), state.square_avg),
-                grad_avg=jax_support.like(treedef.unflatten(new_grad_avg), state.grad_avg)
-                if state.grad_avg is not None
-                else None,
-                momentum_buffer=jax_support.like(
-                    treedef.unflatten(new_momentum_buffer), state.momentum_buffer
-                )
-                if state.momentum_buffer is not None
-                else None,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
-        elif centered and momentum == 0:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+                    if rs["momentum_buffer"] is not None
+                    else None,
+                }
+            elif centered and momentum == 0:
+                tmp0 = 1 - alpha
+                updates, new_square_avg, new_grad_avg = [], [], []
+                for g, w, square_avg, grad_avg in zip(
+                    gs,
+                    ws,
+                    jax_support.leaves(treedef, rs["square_avg"]),
+                    jax_support.leaves(treedef, rs["grad_avg"]),
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_square_avg, new_grad_avg, new_grad_accumulator, new_ema = [], [], [], [], []
-            for g, w, square_avg, grad_avg, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.square_avg),
-                treedef.flatten_up_to(state.grad_avg)
-                if state.grad_avg is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
-                    )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # maximize
-                g = jnp.where(is_update, (-g if maximize else g), g)
-                # L2 weight decay
-                g = jnp.where(is_update, g + w * weight_decay, g)
-                # running mean square
-                square_avg = jnp.where(is_update, alpha * square_avg + g**2 * (1 - alpha), square_avg)
-                # running mean
-                grad_avg = jnp.where(is_update, grad_avg + (1 - alpha) * (g - grad_avg), grad_avg)
-                # denominator
-                avg = jnp.where(is_update, eps + jnp.sqrt(square_avg), 0)
-                # centered denominator
-                avg = jnp.where(
-                    is_update, (eps + jnp.sqrt(square_avg - grad_avg**2) if centered else avg), avg
-                )
-                # parameter update
-                update = jnp.where(is_update, -g * lr / avg, 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_square_avg.append(square_avg)
-                new_grad_avg.append(grad_avg)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), TorchRMSpropState(
-                count=optax.safe_increment(n),
-                square_avg=jax_support.like(treedef.unflatten(new_square_avg), state.square_avg),
-                grad_avg=jax_support.like(treedef.unflatten(new_grad_avg), state.grad_avg)
-                if state.grad_avg is not None
-                else None,
-                momentum_buffer=state.momentum_buffer,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
-        elif centered:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+                    # maximize
+                    if maximize:
+                        g = -g
+                    # L2 weight decay
+                    g = g + w * weight_decay
+                    # running mean square
+                    square_avg = alpha * square_avg + g**2 * tmp0
+                    # running mean
+                    grad_avg = grad_avg + tmp0 * (g - grad_avg)
+                    # denominator
+                    avg = eps + jnp.sqrt(square_avg)
+                    # centered denominator
+                    if centered:
+                        avg = eps + jnp.sqrt(square_avg - grad_avg**2)
+                    # parameter update
+                    update = -g * lr / avg
+                    updates.append(update)
+                    new_square_avg.append(square_avg)
+                    new_grad_avg.append(grad_avg)
+                return updates, {
+                    **rs,
+                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), rs["square_avg"]),
+                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), rs["grad_avg"])
+                    if rs["grad_avg"] is not None
+                    else None,
+                }
+            elif centered:
+                tmp0 = 1 - alpha
+                updates, new_square_avg, new_grad_avg, new_momentum_buffer = [], [], [], []
+                for g, w, square_avg, grad_avg, momentum_buffer in zip(
+                    gs,
+                    ws,
+                    jax_support.leaves(treedef, rs["square_avg"]),
+                    jax_support.leaves(treedef, rs["grad_avg"]),
+                    jax_support.leaves(treedef, rs["momentum_buffer"]),
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_square_avg, new_grad_avg, new_momentum_buffer, new_grad_accumulator, new_ema = (
-                [],
-                [],
-                [],
-                [],
-                [],
-                [],
-            )
-            for g, w, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.square_avg),
-                treedef.flatten_up_to(state.grad_avg)
-                if state.grad_avg is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.momentum_buffer)
-                if state.momentum_buffer is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
+                    # maximize
+                    if maximize:
+                        g = -g
+                    # L2 weight decay
+                    g = g + w * weight_decay
+                    # running mean square
+                    square_avg = alpha * square_avg + g**2 * tmp0
+                    # running mean
+                    grad_avg = grad_avg + tmp0 * (g - grad_avg)
+                    # denominator
+                    avg = eps + jnp.sqrt(square_avg)
+                    # centered denominator
+                    if centered:
+                        avg = eps + jnp.sqrt(square_avg - grad_avg**2)
+                    # momentum buffer
+                    momentum_buffer = momentum * momentum_buffer + g / avg
+                    # momentum update
+                    update = -lr * momentum_buffer
+                    updates.append(update)
+                    new_square_avg.append(square_avg)
+                    new_grad_avg.append(grad_avg)
+                    new_momentum_buffer.append(momentum_buffer)
+                return updates, {
+                    **rs,
+                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), rs["square_avg"]),
+                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), rs["grad_avg"])
+                    if rs["grad_avg"] is not None
+                    else None,
+                    "momentum_buffer": jax_support.like(
+                        treedef.unflatten(new_momentum_buffer), rs["momentum_buffer"]
                     )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # maximize
-                g = jnp.where(is_update, (-g if maximize else g), g)
-                # L2 weight decay
-                g = jnp.where(is_update, g + w * weight_decay, g)
-                # running mean square
-                square_avg = jnp.where(is_update, alpha * square_avg + g**2 * (1 - alpha), square_avg)
-                # running mean
-                grad_avg = jnp.where(is_update, grad_avg + (1 - alpha) * (g - grad_avg), grad_avg)
-                # denominator
-                avg = jnp.where(is_update, eps + jnp.sqrt(square_avg), 0)
-                # centered denominator
-                avg = jnp.where(
-                    is_update, (eps + jnp.sqrt(square_avg - grad_avg**2) if centered else avg), avg
-                )
-                # momentum buffer
-                momentum_buffer = jnp.where(is_update, momentum * momentum_buffer + g / avg, momentum_buffer)
-                # momentum update
-                update = jnp.where(is_update, -lr * momentum_buffer, 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_square_avg.append(square_avg)
-                new_grad_avg.append(grad_avg)
-                new_momentum_buffer.append(momentum_buffer)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), TorchRMSpropState(
-                count=optax.safe_increment(n),
-                square_avg=jax_support.like(treedef.unflatten(new_square_avg), state.square_avg),
-                grad_avg=jax_support.like(treedef.unflatten(new_grad_avg), state.grad_avg)
-                if state.grad_avg is not None
-                else None,
-                momentum_buffer=jax_support.like(
-                    treedef.unflatten(new_momentum_buffer), state.momentum_buffer
-                )
-                if state.momentum_buffer is not None
-                else None,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
-        elif momentum == 0:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+                    if rs["momentum_buffer"] is not None
+                    else None,
+                }
+            elif momentum == 0:
+                updates, new_square_avg, new_grad_avg = [], [], []
+                for g, w, square_avg, grad_avg in zip(
+                    gs,
+                    ws,
+                    jax_support.leaves(treedef, rs["square_avg"]),
+                    jax_support.leaves(treedef, rs["grad_avg"]),
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_square_avg, new_grad_avg, new_grad_accumulator, new_ema = [], [], [], [], []
-            for g, w, square_avg, grad_avg, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.square_avg),
-                treedef.flatten_up_to(state.grad_avg)
-                if state.grad_avg is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
-                    )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # maximize
-                g = jnp.where(is_update, (-g if maximize else g), g)
-                # L2 weight decay
-                g = jnp.where(is_update, g + w * weight_decay, g)
-                # running mean square
-                square_avg = jnp.where(is_update, alpha * square_avg + g**2 * (1 - alpha), square_avg)
-                # denominator
-                avg = jnp.where(is_update, eps + jnp.sqrt(square_avg), 0)
-                # centered denominator
-                avg = jnp.where(
-                    is_update, (eps + jnp.sqrt(square_avg - grad_avg**2) if centered else avg), avg
-                )
-                # parameter update
-                update = jnp.where(is_update, -g * lr / avg, 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_square_avg.append(square_avg)
-                new_grad_avg.append(grad_avg)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), TorchRMSpropState(
-                count=optax.safe_increment(n),
-                square_avg=jax_support.like(treedef.unflatten(new_square_avg), state.square_avg),
-                grad_avg=jax_support.like(treedef.unflatten(new_grad_avg), state.grad_avg)
-                if state.grad_avg is not None
-                else None,
-                momentum_buffer=state.momentum_buffer,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
-        else:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = jnp.where(t == 1, 0, ema_momentum)
-            if global_clipnorm is not None:
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                for g, grad_accumulator in zip(
-                    treedef.flatten_up_to(grads),
-                    treedef.flatten_up_to(state.grad_accumulator)
-                    if state.grad_accumulator is not None
-                    else [None] * treedef.num_leaves,
+                    # maximize
+                    if maximize:
+                        g = -g
+                    # L2 weight decay
+                    g = g + w * weight_decay
+                    # running mean square
+                    square_avg = alpha * square_avg + g**2 * (1 - alpha)
+                    # denominator
+                    avg = eps + jnp.sqrt(square_avg)
+                    # centered denominator
+                    if centered:
+                        avg = eps + jnp.sqrt(square_avg - grad_avg**2)
+                    # parameter update
+                    update = -g * lr / avg
+                    updates.append(update)
+                    new_square_avg.append(square_avg)
+                    new_grad_avg.append(grad_avg)
+                return updates, {
+                    **rs,
+                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), rs["square_avg"]),
+                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), rs["grad_avg"])
+                    if rs["grad_avg"] is not None
+                    else None,
+                }
+            else:
+                updates, new_square_avg, new_grad_avg, new_momentum_buffer = [], [], [], []
+                for g, w, square_avg, grad_avg, momentum_buffer in zip(
+                    gs,
+                    ws,
+                    jax_support.leaves(treedef, rs["square_avg"]),
+                    jax_support.leaves(treedef, rs["grad_avg"]),
+                    jax_support.leaves(treedef, rs["momentum_buffer"]),
                 ):
-                    dtype = g.dtype
-                    g = jax_support.upcast(g)  # at least float32
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = g / loss_scale_factor
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = g + grad_accumulator
-                        g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                    # clipping
-                    if clipnorm is not None:
-                        g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                    if global_clipnorm is not None:
-                        global_sumsq_g = jnp.where(is_update, global_sumsq_g + jnp.sum(g**2), global_sumsq_g)
-            updates, new_square_avg, new_grad_avg, new_momentum_buffer, new_grad_accumulator, new_ema = (
-                [],
-                [],
-                [],
-                [],
-                [],
-                [],
-            )
-            for g, w, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema in zip(
-                treedef.flatten_up_to(grads),
-                jax_support.leaves(treedef, params),
-                treedef.flatten_up_to(state.square_avg),
-                treedef.flatten_up_to(state.grad_avg)
-                if state.grad_avg is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.momentum_buffer)
-                if state.momentum_buffer is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.grad_accumulator)
-                if state.grad_accumulator is not None
-                else [None] * treedef.num_leaves,
-                treedef.flatten_up_to(state.ema) if state.ema is not None else [None] * treedef.num_leaves,
-            ):
-                dtype = g.dtype
-                g = jax_support.upcast(g)  # at least float32
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = g / loss_scale_factor
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = g + grad_accumulator
-                    g = jnp.where(is_update, grad_accumulator / gradient_accumulation_steps, g)
-                    grad_accumulator = jnp.where(is_update, 0, grad_accumulator)
-                sumsq_g = jnp.where(is_update, jnp.sum(g**2), 0) if clipnorm is not None else 0
-                # clipping
-                if clipnorm is not None:
-                    g = jnp.where(is_update, clipnorm * g / jnp.maximum(clipnorm, jnp.sqrt(sumsq_g)), g)
-                if global_clipnorm is not None:
-                    g = jnp.where(
-                        is_update,
-                        g * global_clipnorm / jnp.maximum(global_clipnorm, jnp.sqrt(global_sumsq_g)),
-                        g,
+                    # maximize
+                    if maximize:
+                        g = -g
+                    # L2 weight decay
+                    g = g + w * weight_decay
+                    # running mean square
+                    square_avg = alpha * square_avg + g**2 * (1 - alpha)
+                    # denominator
+                    avg = eps + jnp.sqrt(square_avg)
+                    # centered denominator
+                    if centered:
+                        avg = eps + jnp.sqrt(square_avg - grad_avg**2)
+                    # momentum buffer
+                    momentum_buffer = momentum * momentum_buffer + g / avg
+                    # momentum update
+                    update = -lr * momentum_buffer
+                    updates.append(update)
+                    new_square_avg.append(square_avg)
+                    new_grad_avg.append(grad_avg)
+                    new_momentum_buffer.append(momentum_buffer)
+                return updates, {
+                    **rs,
+                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), rs["square_avg"]),
+                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), rs["grad_avg"])
+                    if rs["grad_avg"] is not None
+                    else None,
+                    "momentum_buffer": jax_support.like(
+                        treedef.unflatten(new_momentum_buffer), rs["momentum_buffer"]
                     )
-                if clipvalue is not None:
-                    g = jnp.where(is_update, jnp.clip(g, -clipvalue, clipvalue), g)
-                # maximize
-                g = jnp.where(is_update, (-g if maximize else g), g)
-                # L2 weight decay
-                g = jnp.where(is_update, g + w * weight_decay, g)
-                # running mean square
-                square_avg = jnp.where(is_update, alpha * square_avg + g**2 * (1 - alpha), square_avg)
-                # denominator
-                avg = jnp.where(is_update, eps + jnp.sqrt(square_avg), 0)
-                # centered denominator
-                avg = jnp.where(
-                    is_update, (eps + jnp.sqrt(square_avg - grad_avg**2) if centered else avg), avg
-                )
-                # momentum buffer
-                momentum_buffer = jnp.where(is_update, momentum * momentum_buffer + g / avg, momentum_buffer)
-                # momentum update
-                update = jnp.where(is_update, -lr * momentum_buffer, 0)
-                # EMA of the weights
-                if use_ema:
-                    ema = ema * ema_mu + (1 - ema_mu) * (update + w)
-                # EMA overwrite
-                update = update + (
-                    jnp.where(t % ema_overwrite_frequency == 0, ema - update - w, 0)
-                    if (ema_overwrite_frequency is not None and use_ema)
-                    else 0
-                )
-                updates.append(update.astype(dtype))
-                new_square_avg.append(square_avg)
-                new_grad_avg.append(grad_avg)
-                new_momentum_buffer.append(momentum_buffer)
-                new_grad_accumulator.append(grad_accumulator)
-                new_ema.append(ema)
-            return treedef.unflatten(updates), TorchRMSpropState(
-                count=optax.safe_increment(n),
-                square_avg=jax_support.like(treedef.unflatten(new_square_avg), state.square_avg),
-                grad_avg=jax_support.like(treedef.unflatten(new_grad_avg), state.grad_avg)
-                if state.grad_avg is not None
-                else None,
-                momentum_buffer=jax_support.like(
-                    treedef.unflatten(new_momentum_buffer), state.momentum_buffer
-                )
-                if state.momentum_buffer is not None
-                else None,
-                grad_accumulator=jax_support.like(
-                    treedef.unflatten(new_grad_accumulator), state.grad_accumulator
-                )
-                if state.grad_accumulator is not None
-                else None,
-                ema=jax_support.like(treedef.unflatten(new_ema), state.ema)
-                if state.ema is not None
-                else None,
-            )
+                    if rs["momentum_buffer"] is not None
+                    else None,
+                }
+
+        updates, rs = call.run(
+            rule,
+            {
+                "square_avg": state.square_avg,
+                "grad_avg": state.grad_avg,
+                "momentum_buffer": state.momentum_buffer,
+            },
+        )
+        updates, ema = call.finish(updates, state.ema)
+        return updates, TorchRMSpropState(
+            count=optax.safe_increment(state.count),
+            square_avg=rs["square_avg"],
+            grad_avg=rs["grad_avg"],
+            momentum_buffer=rs["momentum_buffer"],
+            grad_accumulator=call.accumulator,
+            ema=ema,
+        )
 
     return optax.GradientTransformation(init_fn, update_fn)
 

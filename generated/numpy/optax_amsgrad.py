@@ -41,7 +41,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from optforge.runtime import common, fused_support, numpy_support
+from optforge.runtime import common, fused_support, numpy_support, options_numpy
 
 
 class OptaxAmsgradState(NamedTuple):
@@ -80,6 +80,27 @@ class OptaxAmsgrad:
             over the cores) instead of NumPy operations. Same results (float64: to rounding; see the README).
     """
 
+    #: Keras's options this optimizer takes (runtime/options_numpy.py runs them around the rule)
+    options = (
+        "weight_decay",
+        "clipnorm",
+        "clipvalue",
+        "global_clipnorm",
+        "use_ema",
+        "ema_momentum",
+        "ema_overwrite_frequency",
+        "loss_scale_factor",
+        "gradient_accumulation_steps",
+    )
+    #: what each parameter keeps: "element" (an array like it) or "tensor" (a 0-d array)
+    keeps = {
+        "mu": "element",
+        "nu": "element",
+        "nu_max": "element",
+        "grad_accumulator": "element",
+        "ema": "element",
+    }
+
     def __init__(
         self,
         learning_rate: float | Callable[[int], float],
@@ -106,6 +127,7 @@ class OptaxAmsgrad:
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("optax_amsgrad", "OptaxAmsgrad") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
+        self._stage_scratch: dict = {}  # the options' stages' buffers (the gradient they make, ...)
         self.b1 = common.check_float("b1", b1, 0.0, 1.0, True, False)
         self.b2 = common.check_float("b2", b2, 0.0, 1.0, True, False)
         self.eps = common.check_float("eps", eps, 0.0, math.inf, True, False)
@@ -181,35 +203,8 @@ class OptaxAmsgrad:
             raise TypeError(
                 f"expected an instance of OptaxAmsgradState (from OptaxAmsgrad.init). Received: {type(state).__name__}"
             )
-        keys = numpy_support.check_step(
-            params,
-            grads,
-            state,
-            {
-                "mu": "element",
-                "nu": "element",
-                "nu_max": "element",
-                "grad_accumulator": "element",
-                "ema": "element",
-            },
-        )
-        n = state.step  # earlier calls
-        t = n + 1
-        lr = common.learning_rate_at(self.learning_rate, n)
-        b1 = self.b1
-        b2 = self.b2
-        eps = self.eps
-        eps_root = self.eps_root
-        bias_correction_mu = self.bias_correction_mu
-        bias_correction_nu = self.bias_correction_nu
-        weight_decay = self.weight_decay
-        clipnorm = self.clipnorm
-        clipvalue = self.clipvalue
-        global_clipnorm = self.global_clipnorm
+        keys = numpy_support.check_step(params, grads, state, self.keeps)
         use_ema = self.use_ema
-        ema_momentum = self.ema_momentum
-        ema_overwrite_frequency = self.ema_overwrite_frequency
-        loss_scale_factor = self.loss_scale_factor
         gradient_accumulation_steps = self.gradient_accumulation_steps
         if (gradient_accumulation_steps is not None) and state.grad_accumulator is None:
             raise ValueError(
@@ -221,170 +216,74 @@ class OptaxAmsgrad:
                 "state.ema is None but this optimizer keeps it (use_ema): the state was made by"
                 " an optimizer with other options"
             )
-        # the step counts updates, not calls
-        t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-        # an update call
-        is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-        # EMA momentum (0 at the first update)
-        ema_mu = 0 if t == 1 else ema_momentum
-        # over all tensors: global_sumsq_g
-        global_sumsq_g = 0.0
-        if global_clipnorm is not None and is_update:
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s2)
-                    g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    np.square(g, out=_s2)
-                    global_sumsq_g = global_sumsq_g + np.sum(_s2)
-        fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-        for key in keys:
-            w, g = params[key], numpy_support.upcast(grads[key])
-            mu = state.mu[key]
-            nu = state.nu[key]
-            nu_max = state.nu_max[key]
-            grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-            ema = state.ema[key] if state.ema is not None else None
-            if fused_work is not None and fused_support.fusable(w, g, mu, nu, nu_max, grad_accumulator, ema):
-                fused_work.append((w, g, mu, nu, nu_max, grad_accumulator, ema))
-                continue
-            # scratch buffers for the element-wise temporaries (reused, shaped like w)
-            _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(
-                self._scratch, 5, w, g, mu, nu, nu_max, grad_accumulator, ema
-            )
-            # loss scaling
-            if loss_scale_factor is not None:
-                g = np.divide(g, loss_scale_factor, out=_s0)
-            # gradient accumulation
-            if gradient_accumulation_steps is not None:
-                grad_accumulator += g
-            if gradient_accumulation_steps is not None and is_update:
-                g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                grad_accumulator[...] = 0
-            if clipnorm is not None and is_update:
-                np.square(g, out=_s1)
-                sumsq_g = np.sum(_s1)
-            else:
-                sumsq_g = 0
-            # clipping
-            if clipnorm is not None and is_update:
-                # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                np.multiply(clipnorm, g, out=_s1)
-                g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-            if global_clipnorm is not None and is_update:
-                # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                np.multiply(g, global_clipnorm, out=_s1)
-                g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-            if clipvalue is not None and is_update:
-                g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-            # decoupled weight decay
-            if weight_decay is not None and is_update:
-                # w -= lr*w*weight_decay
-                np.multiply(lr, w, out=_s1)
-                np.multiply(_s1, weight_decay, out=_s1)
-                w -= _s1
-            # first moment
-            if is_update:
-                # mu = b1*mu + g*(1 - b1)
-                np.multiply(b1, mu, out=_s1)
-                np.multiply(g, 1 - b1, out=_s2)
-                np.add(_s1, _s2, out=mu)
-                # second moment
-                # nu = b2*nu + g**2*(1 - b2)
-                np.multiply(b2, nu, out=_s2)
-                np.square(g, out=_s1)
-                np.multiply(_s1, 1 - b2, out=_s1)
-                np.add(_s2, _s1, out=nu)
-            # bias correction
-            if is_update:
-                mu_hat = np.multiply(mu, 1 / (1 - b1**t) if bias_correction_mu else 1, out=_s1)
-            else:
-                mu_hat = 0
-            if is_update:
-                nu_hat = np.multiply(nu, 1 / (1 - b2**t) if bias_correction_nu else 1, out=_s2)
-            else:
-                nu_hat = 0
-            # running maximum
-            if is_update:
-                np.maximum(nu_hat, nu_max, out=nu_max)
-                # parameter update
-                # w -= lr*mu_hat/(eps + np.sqrt(eps_root + nu_max))
-                np.multiply(lr, mu_hat, out=_s3)
-                np.add(eps_root, nu_max, out=_s4)
-                np.sqrt(_s4, out=_s4)
-                np.add(eps, _s4, out=_s4)
-                np.divide(_s3, _s4, out=_s4)
-                w -= _s4
-            # EMA of the weights
-            if use_ema:
-                # ema = ema*ema_mu + w*(1 - ema_mu)
-                np.multiply(ema, ema_mu, out=_s4)
-                np.multiply(w, 1 - ema_mu, out=_s3)
-                np.add(_s4, _s3, out=ema)
-            # EMA overwrite
-            if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                w[...] = ema
-        if fused_work:
-            fused_support.run(
-                self._fused.UPDATE_CASE_0,
-                fused_work,
-                {
-                    "lr": lr,
-                    "b1": b1,
-                    "b2": b2,
-                    "eps": eps,
-                    "eps_root": eps_root,
-                    "bias_correction_mu": bias_correction_mu,
-                    "bias_correction_nu": bias_correction_nu,
-                    "weight_decay": weight_decay,
-                    "clipnorm": clipnorm,
-                    "clipvalue": clipvalue,
-                    "global_clipnorm": global_clipnorm,
-                    "use_ema": use_ema,
-                    "ema_overwrite_frequency": ema_overwrite_frequency,
-                    "loss_scale_factor": loss_scale_factor,
-                    "gradient_accumulation_steps": gradient_accumulation_steps,
-                    "ema_mu": ema_mu,
-                    "global_sumsq_g": global_sumsq_g,
-                    "is_update": is_update,
-                    "t": t,
-                },
-            )
-        return params, state._replace(step=n + 1)
+        call = options_numpy.Call(self, keys, params, grads, state)
+        if call.is_update:
+            state = self._update(call, state)
+        else:  # gradient accumulation: the rule does not run
+            call.skip(self._case())
+        return params, state._replace(step=state.step + 1)
 
-    def finalize_variable_values(self, params: Any, state: OptaxAmsgradState) -> Any:
-        """Keras's ``finalize_variable_values``, at the end of training: updates ``params`` in place."""
-        keys, _ = numpy_support.leaves(params)
+    def _update(self, call: options_numpy.Call, state: OptaxAmsgradState) -> OptaxAmsgradState:
+        """The rule's own step, on update calls only: ``call.tensors`` gives each tensor with its gradient as
+        Keras's options made it (``runtime/options_numpy.py``); returns the state with its new global values."""
+        n, lr = call.n, call.lr  # n: the updates before this one
+        t = n + 1
         b1 = self.b1
         b2 = self.b2
         eps = self.eps
         eps_root = self.eps_root
         bias_correction_mu = self.bias_correction_mu
         bias_correction_nu = self.bias_correction_nu
-        weight_decay = self.weight_decay
-        clipnorm = self.clipnorm
-        clipvalue = self.clipvalue
-        global_clipnorm = self.global_clipnorm
+        for key, w, g in call.tensors(
+            0,
+            {
+                "b1": b1,
+                "b2": b2,
+                "eps": eps,
+                "eps_root": eps_root,
+                "bias_correction_mu": bias_correction_mu,
+                "bias_correction_nu": bias_correction_nu,
+            },
+        ):
+            mu = state.mu[key]
+            nu = state.nu[key]
+            nu_max = state.nu_max[key]
+            # scratch buffers for the element-wise temporaries (reused, shaped like w)
+            _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, mu, nu, nu_max)
+            # first moment
+            # mu = b1*mu + g*(1 - b1)
+            np.multiply(b1, mu, out=_s0)
+            np.multiply(g, 1 - b1, out=_s1)
+            np.add(_s0, _s1, out=mu)
+            # second moment
+            # nu = b2*nu + g**2*(1 - b2)
+            np.multiply(b2, nu, out=_s1)
+            np.square(g, out=_s0)
+            np.multiply(_s0, 1 - b2, out=_s0)
+            np.add(_s1, _s0, out=nu)
+            # bias correction
+            mu_hat = np.multiply(mu, 1 / (1 - b1**t) if bias_correction_mu else 1, out=_s0)
+            nu_hat = np.multiply(nu, 1 / (1 - b2**t) if bias_correction_nu else 1, out=_s1)
+            # running maximum
+            np.maximum(nu_hat, nu_max, out=nu_max)
+            # parameter update
+            # w -= lr*mu_hat/(eps + np.sqrt(eps_root + nu_max))
+            np.multiply(lr, mu_hat, out=_s2)
+            np.add(eps_root, nu_max, out=_s3)
+            np.sqrt(_s3, out=_s3)
+            np.add(eps, _s3, out=_s3)
+            np.divide(_s2, _s3, out=_s3)
+            w -= _s3
+        return state
+
+    def _case(self) -> int:
+        """The case of the rule (and its fused kernel) that the hyperparameters select."""
+        return 0
+
+    def finalize_variable_values(self, params: Any, state: OptaxAmsgradState) -> Any:
+        """Keras's ``finalize_variable_values``, at the end of training: updates ``params`` in place."""
+        keys, _ = numpy_support.leaves(params)
         use_ema = self.use_ema
-        ema_momentum = self.ema_momentum
-        ema_overwrite_frequency = self.ema_overwrite_frequency
-        loss_scale_factor = self.loss_scale_factor
-        gradient_accumulation_steps = self.gradient_accumulation_steps
         for key in keys:
             w = params[key]
             ema = state.ema[key] if state.ema is not None else None

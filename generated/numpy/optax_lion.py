@@ -37,7 +37,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from optforge.runtime import common, fused_support, numpy_support
+from optforge.runtime import common, fused_support, numpy_support, options_numpy
 
 
 class OptaxLionState(NamedTuple):
@@ -70,6 +70,24 @@ class OptaxLion:
             over the cores) instead of NumPy operations. Same results (float64: to rounding; see the README).
     """
 
+    #: Keras's options this optimizer takes (runtime/options_numpy.py runs them around the rule)
+    options = (
+        "clipnorm",
+        "clipvalue",
+        "global_clipnorm",
+        "use_ema",
+        "ema_momentum",
+        "ema_overwrite_frequency",
+        "loss_scale_factor",
+        "gradient_accumulation_steps",
+    )
+    #: what each parameter keeps: "element" (an array like it) or "tensor" (a 0-d array)
+    keeps = {
+        "mu": "element",
+        "grad_accumulator": "element",
+        "ema": "element",
+    }
+
     def __init__(
         self,
         learning_rate: float | Callable[[int], float],
@@ -92,6 +110,7 @@ class OptaxLion:
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("optax_lion", "OptaxLion") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
+        self._stage_scratch: dict = {}  # the options' stages' buffers (the gradient they make, ...)
         self.b1 = common.check_float("b1", b1, 0.0, 1.0, True, True)
         self.b2 = common.check_float("b2", b2, 0.0, 1.0, True, True)
         self.weight_decay = common.check_float("weight_decay", weight_decay, 0.0, math.inf, True, False)
@@ -159,29 +178,8 @@ class OptaxLion:
             raise TypeError(
                 f"expected an instance of OptaxLionState (from OptaxLion.init). Received: {type(state).__name__}"
             )
-        keys = numpy_support.check_step(
-            params,
-            grads,
-            state,
-            {
-                "mu": "element",
-                "grad_accumulator": "element",
-                "ema": "element",
-            },
-        )
-        n = state.step  # earlier calls
-        t = n + 1
-        lr = common.learning_rate_at(self.learning_rate, n)
-        b1 = self.b1
-        b2 = self.b2
-        weight_decay = self.weight_decay
-        clipnorm = self.clipnorm
-        clipvalue = self.clipvalue
-        global_clipnorm = self.global_clipnorm
+        keys = numpy_support.check_step(params, grads, state, self.keeps)
         use_ema = self.use_ema
-        ema_momentum = self.ema_momentum
-        ema_overwrite_frequency = self.ema_overwrite_frequency
-        loss_scale_factor = self.loss_scale_factor
         gradient_accumulation_steps = self.gradient_accumulation_steps
         if (gradient_accumulation_steps is not None) and state.grad_accumulator is None:
             raise ValueError(
@@ -193,140 +191,52 @@ class OptaxLion:
                 "state.ema is None but this optimizer keeps it (use_ema): the state was made by"
                 " an optimizer with other options"
             )
-        # the step counts updates, not calls
-        t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-        # an update call
-        is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-        # EMA momentum (0 at the first update)
-        ema_mu = 0 if t == 1 else ema_momentum
-        # over all tensors: global_sumsq_g
-        global_sumsq_g = 0.0
-        if global_clipnorm is not None and is_update:
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s2)
-                    g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    np.square(g, out=_s2)
-                    global_sumsq_g = global_sumsq_g + np.sum(_s2)
-        fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-        for key in keys:
-            w, g = params[key], numpy_support.upcast(grads[key])
+        call = options_numpy.Call(self, keys, params, grads, state)
+        if call.is_update:
+            state = self._update(call, state)
+        else:  # gradient accumulation: the rule does not run
+            call.skip(self._case())
+        return params, state._replace(step=state.step + 1)
+
+    def _update(self, call: options_numpy.Call, state: OptaxLionState) -> OptaxLionState:
+        """The rule's own step, on update calls only: ``call.tensors`` gives each tensor with its gradient as
+        Keras's options made it (``runtime/options_numpy.py``); returns the state with its new global values."""
+        n, lr = call.n, call.lr  # n: the updates before this one
+        t = n + 1
+        b1 = self.b1
+        b2 = self.b2
+        weight_decay = self.weight_decay
+        for key, w, g in call.tensors(0, {"b1": b1, "b2": b2, "weight_decay": weight_decay}):
             mu = state.mu[key]
-            grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-            ema = state.ema[key] if state.ema is not None else None
-            if fused_work is not None and fused_support.fusable(w, g, mu, grad_accumulator, ema):
-                fused_work.append((w, g, mu, grad_accumulator, ema))
-                continue
             # scratch buffers for the element-wise temporaries (reused, shaped like w)
-            _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, mu, grad_accumulator, ema)
-            # loss scaling
-            if loss_scale_factor is not None:
-                g = np.divide(g, loss_scale_factor, out=_s0)
-            # gradient accumulation
-            if gradient_accumulation_steps is not None:
-                grad_accumulator += g
-            if gradient_accumulation_steps is not None and is_update:
-                g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                grad_accumulator[...] = 0
-            if clipnorm is not None and is_update:
-                np.square(g, out=_s1)
-                sumsq_g = np.sum(_s1)
-            else:
-                sumsq_g = 0
-            # clipping
-            if clipnorm is not None and is_update:
-                # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                np.multiply(clipnorm, g, out=_s1)
-                g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-            if global_clipnorm is not None and is_update:
-                # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                np.multiply(g, global_clipnorm, out=_s1)
-                g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-            if clipvalue is not None and is_update:
-                g = np.clip(g, -clipvalue, clipvalue, out=_s0)
+            _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, mu)
             # sign of the interpolation
-            if is_update:
-                np.multiply(b1, mu, out=_s2)
-                np.multiply(g, 1 - b1, out=_s3)
-                np.add(_s2, _s3, out=_s3)
-                c = np.sign(_s3, out=_s1)
-            else:
-                c = 0
+            # c = np.sign(b1*mu + g*(1 - b1))
+            np.multiply(b1, mu, out=_s1)
+            np.multiply(g, 1 - b1, out=_s2)
+            np.add(_s1, _s2, out=_s2)
+            c = np.sign(_s2, out=_s0)
             # momentum
-            if is_update:
-                # mu = b2*mu + g*(1 - b2)
-                np.multiply(b2, mu, out=_s3)
-                np.multiply(g, 1 - b2, out=_s2)
-                np.add(_s3, _s2, out=mu)
-                # parameter update
-                # w -= lr*(c + w*weight_decay)
-                np.multiply(w, weight_decay, out=_s2)
-                np.add(c, _s2, out=_s2)
-                np.multiply(lr, _s2, out=_s2)
-                w -= _s2
-            # EMA of the weights
-            if use_ema:
-                # ema = ema*ema_mu + w*(1 - ema_mu)
-                np.multiply(ema, ema_mu, out=_s2)
-                np.multiply(w, 1 - ema_mu, out=_s3)
-                np.add(_s2, _s3, out=ema)
-            # EMA overwrite
-            if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                w[...] = ema
-        if fused_work:
-            fused_support.run(
-                self._fused.UPDATE_CASE_0,
-                fused_work,
-                {
-                    "lr": lr,
-                    "b1": b1,
-                    "b2": b2,
-                    "weight_decay": weight_decay,
-                    "clipnorm": clipnorm,
-                    "clipvalue": clipvalue,
-                    "global_clipnorm": global_clipnorm,
-                    "use_ema": use_ema,
-                    "ema_overwrite_frequency": ema_overwrite_frequency,
-                    "loss_scale_factor": loss_scale_factor,
-                    "gradient_accumulation_steps": gradient_accumulation_steps,
-                    "ema_mu": ema_mu,
-                    "global_sumsq_g": global_sumsq_g,
-                    "is_update": is_update,
-                    "t": t,
-                },
-            )
-        return params, state._replace(step=n + 1)
+            # mu = b2*mu + g*(1 - b2)
+            np.multiply(b2, mu, out=_s2)
+            np.multiply(g, 1 - b2, out=_s1)
+            np.add(_s2, _s1, out=mu)
+            # parameter update
+            # w -= lr*(c + w*weight_decay)
+            np.multiply(w, weight_decay, out=_s1)
+            np.add(c, _s1, out=_s1)
+            np.multiply(lr, _s1, out=_s1)
+            w -= _s1
+        return state
+
+    def _case(self) -> int:
+        """The case of the rule (and its fused kernel) that the hyperparameters select."""
+        return 0
 
     def finalize_variable_values(self, params: Any, state: OptaxLionState) -> Any:
         """Keras's ``finalize_variable_values``, at the end of training: updates ``params`` in place."""
         keys, _ = numpy_support.leaves(params)
-        b1 = self.b1
-        b2 = self.b2
-        weight_decay = self.weight_decay
-        clipnorm = self.clipnorm
-        clipvalue = self.clipvalue
-        global_clipnorm = self.global_clipnorm
         use_ema = self.use_ema
-        ema_momentum = self.ema_momentum
-        ema_overwrite_frequency = self.ema_overwrite_frequency
-        loss_scale_factor = self.loss_scale_factor
-        gradient_accumulation_steps = self.gradient_accumulation_steps
         for key in keys:
             w = params[key]
             ema = state.ema[key] if state.ema is not None else None

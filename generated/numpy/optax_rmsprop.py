@@ -46,7 +46,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from optforge.runtime import common, fused_support, numpy_support
+from optforge.runtime import common, fused_support, numpy_support, options_numpy
 
 
 class OptaxRmspropState(NamedTuple):
@@ -87,6 +87,27 @@ class OptaxRmsprop:
             over the cores) instead of NumPy operations. Same results (float64: to rounding; see the README).
     """
 
+    #: Keras's options this optimizer takes (runtime/options_numpy.py runs them around the rule)
+    options = (
+        "weight_decay",
+        "clipnorm",
+        "clipvalue",
+        "global_clipnorm",
+        "use_ema",
+        "ema_momentum",
+        "ema_overwrite_frequency",
+        "loss_scale_factor",
+        "gradient_accumulation_steps",
+    )
+    #: what each parameter keeps: "element" (an array like it) or "tensor" (a 0-d array)
+    keeps = {
+        "nu": "element",
+        "mu": "element",
+        "trace": "element",
+        "grad_accumulator": "element",
+        "ema": "element",
+    }
+
     def __init__(
         self,
         learning_rate: float | Callable[[int], float],
@@ -115,6 +136,7 @@ class OptaxRmsprop:
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("optax_rmsprop", "OptaxRmsprop") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
+        self._stage_scratch: dict = {}  # the options' stages' buffers (the gradient they make, ...)
         self.decay = common.check_float("decay", decay, 0.0, 1.0, True, False)
         self.eps = common.check_float("eps", eps, 0.0, math.inf, True, False)
         self.initial_scale = common.check_float("initial_scale", initial_scale, 0.0, math.inf, True, False)
@@ -199,37 +221,11 @@ class OptaxRmsprop:
             raise TypeError(
                 f"expected an instance of OptaxRmspropState (from OptaxRmsprop.init). Received: {type(state).__name__}"
             )
-        keys = numpy_support.check_step(
-            params,
-            grads,
-            state,
-            {
-                "nu": "element",
-                "mu": "element",
-                "trace": "element",
-                "grad_accumulator": "element",
-                "ema": "element",
-            },
-        )
-        n = state.step  # earlier calls
-        t = n + 1
-        lr = common.learning_rate_at(self.learning_rate, n)
-        decay = self.decay
-        eps = self.eps
+        keys = numpy_support.check_step(params, grads, state, self.keeps)
         initial_scale = self.initial_scale
-        eps_in_sqrt = self.eps_in_sqrt
         centered = self.centered
         momentum = self.momentum
-        nesterov = self.nesterov
-        bias_correction = self.bias_correction
-        weight_decay = self.weight_decay
-        clipnorm = self.clipnorm
-        clipvalue = self.clipvalue
-        global_clipnorm = self.global_clipnorm
         use_ema = self.use_ema
-        ema_momentum = self.ema_momentum
-        ema_overwrite_frequency = self.ema_overwrite_frequency
-        loss_scale_factor = self.loss_scale_factor
         gradient_accumulation_steps = self.gradient_accumulation_steps
         if (centered) and state.mu is None:
             raise ValueError(
@@ -251,980 +247,18 @@ class OptaxRmsprop:
                 "state.ema is None but this optimizer keeps it (use_ema): the state was made by"
                 " an optimizer with other options"
             )
-        if momentum is not None and centered and nesterov:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # bias correction
-            correction = (1 - decay**t if bias_correction else 1) if is_update else 0
-            # EMA momentum (0 at the first update)
-            ema_mu = 0 if t == 1 else ema_momentum
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            if global_clipnorm is not None and is_update:
-                for key in keys:
-                    w, g = params[key], numpy_support.upcast(grads[key])
-                    grad_accumulator = (
-                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                    )
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = np.divide(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                        np.multiply(clipnorm, g, out=_s2)
-                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        np.square(g, out=_s2)
-                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
-            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                nu = state.nu[key]
-                mu = state.mu[key] if state.mu is not None else None
-                trace = state.trace[key] if state.trace is not None else None
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                ema = state.ema[key] if state.ema is not None else None
-                if fused_work is not None and fused_support.fusable(
-                    w, g, nu, mu, trace, grad_accumulator, ema
-                ):
-                    fused_work.append((w, g, nu, mu, trace, grad_accumulator, ema))
-                    continue
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(
-                    self._scratch, 5, w, g, nu, mu, trace, grad_accumulator, ema
-                )
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator += g
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    grad_accumulator[...] = 0
-                if clipnorm is not None and is_update:
-                    np.square(g, out=_s1)
-                    sumsq_g = np.sum(_s1)
-                else:
-                    sumsq_g = 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s1)
-                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                    np.multiply(g, global_clipnorm, out=_s1)
-                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-                if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-                # decoupled weight decay
-                if weight_decay is not None and is_update:
-                    # w -= lr*w*weight_decay
-                    np.multiply(lr, w, out=_s1)
-                    np.multiply(_s1, weight_decay, out=_s1)
-                    w -= _s1
-                # running mean square
-                if is_update:
-                    # nu = decay*nu + g**2*(1 - decay)
-                    np.multiply(decay, nu, out=_s1)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - decay, out=_s2)
-                    np.add(_s1, _s2, out=nu)
-                    # running mean
-                    # mu = decay*mu + g*(1 - decay)
-                    np.multiply(decay, mu, out=_s2)
-                    np.multiply(g, 1 - decay, out=_s1)
-                    np.add(_s2, _s1, out=mu)
-                # second moment
-                if is_update:
-                    var = np.divide(nu, correction, out=_s1)
-                else:
-                    var = 0
-                # variance (centered)
-                if is_update:
-                    if centered:
-                        # var = nu/correction - mu**2/correction**2
-                        np.divide(nu, correction, out=_s2)
-                        np.square(mu, out=_s3)
-                        np.divide(_s3, correction**2, out=_s3)
-                        var = np.subtract(_s2, _s3, out=_s1)
-                # scaled gradient
-                if is_update:
-                    np.add(eps, var, out=_s2)
-                    np.sqrt(_s2, out=_s2)
-                    scaled = np.divide(g, _s2, out=_s3)
-                else:
-                    scaled = 0
-                # scaled gradient (eps outside the root)
-                if is_update:
-                    if not eps_in_sqrt:
-                        # scaled = g/(eps + np.sqrt(var))
-                        np.sqrt(var, out=_s2)
-                        np.add(eps, _s2, out=_s2)
-                        scaled = np.divide(g, _s2, out=_s3)
-                    # trace
-                    # trace = momentum*trace - lr*scaled
-                    np.multiply(momentum, trace, out=_s2)
-                    np.multiply(lr, scaled, out=_s4)
-                    np.subtract(_s2, _s4, out=trace)
-                    # Nesterov update
-                    # w -= lr*scaled - momentum*trace
-                    np.multiply(lr, scaled, out=_s4)
-                    np.multiply(momentum, trace, out=_s2)
-                    np.subtract(_s4, _s2, out=_s2)
-                    w -= _s2
-                # EMA of the weights
-                if use_ema:
-                    # ema = ema*ema_mu + w*(1 - ema_mu)
-                    np.multiply(ema, ema_mu, out=_s2)
-                    np.multiply(w, 1 - ema_mu, out=_s4)
-                    np.add(_s2, _s4, out=ema)
-                # EMA overwrite
-                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                    w[...] = ema
-            if fused_work:
-                fused_support.run(
-                    self._fused.UPDATE_CASE_0,
-                    fused_work,
-                    {
-                        "lr": lr,
-                        "decay": decay,
-                        "eps": eps,
-                        "eps_in_sqrt": eps_in_sqrt,
-                        "centered": centered,
-                        "momentum": momentum,
-                        "weight_decay": weight_decay,
-                        "clipnorm": clipnorm,
-                        "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm,
-                        "use_ema": use_ema,
-                        "ema_overwrite_frequency": ema_overwrite_frequency,
-                        "loss_scale_factor": loss_scale_factor,
-                        "gradient_accumulation_steps": gradient_accumulation_steps,
-                        "correction": correction,
-                        "ema_mu": ema_mu,
-                        "global_sumsq_g": global_sumsq_g,
-                        "is_update": is_update,
-                        "t": t,
-                    },
-                )
-        elif momentum is not None and centered and not nesterov:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # bias correction
-            correction = (1 - decay**t if bias_correction else 1) if is_update else 0
-            # EMA momentum (0 at the first update)
-            ema_mu = 0 if t == 1 else ema_momentum
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            if global_clipnorm is not None and is_update:
-                for key in keys:
-                    w, g = params[key], numpy_support.upcast(grads[key])
-                    grad_accumulator = (
-                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                    )
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = np.divide(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                        np.multiply(clipnorm, g, out=_s2)
-                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        np.square(g, out=_s2)
-                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
-            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                nu = state.nu[key]
-                mu = state.mu[key] if state.mu is not None else None
-                trace = state.trace[key] if state.trace is not None else None
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                ema = state.ema[key] if state.ema is not None else None
-                if fused_work is not None and fused_support.fusable(
-                    w, g, nu, mu, trace, grad_accumulator, ema
-                ):
-                    fused_work.append((w, g, nu, mu, trace, grad_accumulator, ema))
-                    continue
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(
-                    self._scratch, 5, w, g, nu, mu, trace, grad_accumulator, ema
-                )
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator += g
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    grad_accumulator[...] = 0
-                if clipnorm is not None and is_update:
-                    np.square(g, out=_s1)
-                    sumsq_g = np.sum(_s1)
-                else:
-                    sumsq_g = 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s1)
-                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                    np.multiply(g, global_clipnorm, out=_s1)
-                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-                if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-                # decoupled weight decay
-                if weight_decay is not None and is_update:
-                    # w -= lr*w*weight_decay
-                    np.multiply(lr, w, out=_s1)
-                    np.multiply(_s1, weight_decay, out=_s1)
-                    w -= _s1
-                # running mean square
-                if is_update:
-                    # nu = decay*nu + g**2*(1 - decay)
-                    np.multiply(decay, nu, out=_s1)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - decay, out=_s2)
-                    np.add(_s1, _s2, out=nu)
-                    # running mean
-                    # mu = decay*mu + g*(1 - decay)
-                    np.multiply(decay, mu, out=_s2)
-                    np.multiply(g, 1 - decay, out=_s1)
-                    np.add(_s2, _s1, out=mu)
-                # second moment
-                if is_update:
-                    var = np.divide(nu, correction, out=_s1)
-                else:
-                    var = 0
-                # variance (centered)
-                if is_update:
-                    if centered:
-                        # var = nu/correction - mu**2/correction**2
-                        np.divide(nu, correction, out=_s2)
-                        np.square(mu, out=_s3)
-                        np.divide(_s3, correction**2, out=_s3)
-                        var = np.subtract(_s2, _s3, out=_s1)
-                # scaled gradient
-                if is_update:
-                    np.add(eps, var, out=_s2)
-                    np.sqrt(_s2, out=_s2)
-                    scaled = np.divide(g, _s2, out=_s3)
-                else:
-                    scaled = 0
-                # scaled gradient (eps outside the root)
-                if is_update:
-                    if not eps_in_sqrt:
-                        # scaled = g/(eps + np.sqrt(var))
-                        np.sqrt(var, out=_s2)
-                        np.add(eps, _s2, out=_s2)
-                        scaled = np.divide(g, _s2, out=_s3)
-                    # trace
-                    # trace = momentum*trace - lr*scaled
-                    np.multiply(momentum, trace, out=_s2)
-                    np.multiply(lr, scaled, out=_s4)
-                    np.subtract(_s2, _s4, out=trace)
-                    # momentum update
-                    w += trace
-                # EMA of the weights
-                if use_ema:
-                    # ema = ema*ema_mu + w*(1 - ema_mu)
-                    np.multiply(ema, ema_mu, out=_s4)
-                    np.multiply(w, 1 - ema_mu, out=_s2)
-                    np.add(_s4, _s2, out=ema)
-                # EMA overwrite
-                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                    w[...] = ema
-            if fused_work:
-                fused_support.run(
-                    self._fused.UPDATE_CASE_1,
-                    fused_work,
-                    {
-                        "lr": lr,
-                        "decay": decay,
-                        "eps": eps,
-                        "eps_in_sqrt": eps_in_sqrt,
-                        "centered": centered,
-                        "momentum": momentum,
-                        "weight_decay": weight_decay,
-                        "clipnorm": clipnorm,
-                        "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm,
-                        "use_ema": use_ema,
-                        "ema_overwrite_frequency": ema_overwrite_frequency,
-                        "loss_scale_factor": loss_scale_factor,
-                        "gradient_accumulation_steps": gradient_accumulation_steps,
-                        "correction": correction,
-                        "ema_mu": ema_mu,
-                        "global_sumsq_g": global_sumsq_g,
-                        "is_update": is_update,
-                        "t": t,
-                    },
-                )
-        elif centered:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # bias correction
-            correction = (1 - decay**t if bias_correction else 1) if is_update else 0
-            # EMA momentum (0 at the first update)
-            ema_mu = 0 if t == 1 else ema_momentum
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            if global_clipnorm is not None and is_update:
-                for key in keys:
-                    w, g = params[key], numpy_support.upcast(grads[key])
-                    grad_accumulator = (
-                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                    )
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = np.divide(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                        np.multiply(clipnorm, g, out=_s2)
-                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        np.square(g, out=_s2)
-                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
-            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                nu = state.nu[key]
-                mu = state.mu[key] if state.mu is not None else None
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                ema = state.ema[key] if state.ema is not None else None
-                if fused_work is not None and fused_support.fusable(w, g, nu, mu, grad_accumulator, ema):
-                    fused_work.append((w, g, nu, mu, grad_accumulator, ema))
-                    continue
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(
-                    self._scratch, 5, w, g, nu, mu, grad_accumulator, ema
-                )
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator += g
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    grad_accumulator[...] = 0
-                if clipnorm is not None and is_update:
-                    np.square(g, out=_s1)
-                    sumsq_g = np.sum(_s1)
-                else:
-                    sumsq_g = 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s1)
-                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                    np.multiply(g, global_clipnorm, out=_s1)
-                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-                if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-                # decoupled weight decay
-                if weight_decay is not None and is_update:
-                    # w -= lr*w*weight_decay
-                    np.multiply(lr, w, out=_s1)
-                    np.multiply(_s1, weight_decay, out=_s1)
-                    w -= _s1
-                # running mean square
-                if is_update:
-                    # nu = decay*nu + g**2*(1 - decay)
-                    np.multiply(decay, nu, out=_s1)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - decay, out=_s2)
-                    np.add(_s1, _s2, out=nu)
-                    # running mean
-                    # mu = decay*mu + g*(1 - decay)
-                    np.multiply(decay, mu, out=_s2)
-                    np.multiply(g, 1 - decay, out=_s1)
-                    np.add(_s2, _s1, out=mu)
-                # second moment
-                if is_update:
-                    var = np.divide(nu, correction, out=_s1)
-                else:
-                    var = 0
-                # variance (centered)
-                if is_update:
-                    if centered:
-                        # var = nu/correction - mu**2/correction**2
-                        np.divide(nu, correction, out=_s2)
-                        np.square(mu, out=_s3)
-                        np.divide(_s3, correction**2, out=_s3)
-                        var = np.subtract(_s2, _s3, out=_s1)
-                # scaled gradient
-                if is_update:
-                    np.add(eps, var, out=_s2)
-                    np.sqrt(_s2, out=_s2)
-                    scaled = np.divide(g, _s2, out=_s3)
-                else:
-                    scaled = 0
-                # scaled gradient (eps outside the root)
-                if is_update:
-                    if not eps_in_sqrt:
-                        # scaled = g/(eps + np.sqrt(var))
-                        np.sqrt(var, out=_s2)
-                        np.add(eps, _s2, out=_s2)
-                        scaled = np.divide(g, _s2, out=_s3)
-                    # parameter update
-                    # w -= lr*scaled
-                    np.multiply(lr, scaled, out=_s2)
-                    w -= _s2
-                # EMA of the weights
-                if use_ema:
-                    # ema = ema*ema_mu + w*(1 - ema_mu)
-                    np.multiply(ema, ema_mu, out=_s2)
-                    np.multiply(w, 1 - ema_mu, out=_s4)
-                    np.add(_s2, _s4, out=ema)
-                # EMA overwrite
-                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                    w[...] = ema
-            if fused_work:
-                fused_support.run(
-                    self._fused.UPDATE_CASE_2,
-                    fused_work,
-                    {
-                        "lr": lr,
-                        "decay": decay,
-                        "eps": eps,
-                        "eps_in_sqrt": eps_in_sqrt,
-                        "centered": centered,
-                        "weight_decay": weight_decay,
-                        "clipnorm": clipnorm,
-                        "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm,
-                        "use_ema": use_ema,
-                        "ema_overwrite_frequency": ema_overwrite_frequency,
-                        "loss_scale_factor": loss_scale_factor,
-                        "gradient_accumulation_steps": gradient_accumulation_steps,
-                        "correction": correction,
-                        "ema_mu": ema_mu,
-                        "global_sumsq_g": global_sumsq_g,
-                        "is_update": is_update,
-                        "t": t,
-                    },
-                )
-        elif momentum is not None and nesterov and not centered:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # bias correction
-            correction = (1 - decay**t if bias_correction else 1) if is_update else 0
-            # EMA momentum (0 at the first update)
-            ema_mu = 0 if t == 1 else ema_momentum
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            if global_clipnorm is not None and is_update:
-                for key in keys:
-                    w, g = params[key], numpy_support.upcast(grads[key])
-                    grad_accumulator = (
-                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                    )
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = np.divide(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                        np.multiply(clipnorm, g, out=_s2)
-                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        np.square(g, out=_s2)
-                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
-            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                nu = state.nu[key]
-                mu = state.mu[key] if state.mu is not None else None
-                trace = state.trace[key] if state.trace is not None else None
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                ema = state.ema[key] if state.ema is not None else None
-                if fused_work is not None and fused_support.fusable(
-                    w, g, nu, mu, trace, grad_accumulator, ema
-                ):
-                    fused_work.append((w, g, nu, mu, trace, grad_accumulator, ema))
-                    continue
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(
-                    self._scratch, 5, w, g, nu, mu, trace, grad_accumulator, ema
-                )
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator += g
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    grad_accumulator[...] = 0
-                if clipnorm is not None and is_update:
-                    np.square(g, out=_s1)
-                    sumsq_g = np.sum(_s1)
-                else:
-                    sumsq_g = 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s1)
-                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                    np.multiply(g, global_clipnorm, out=_s1)
-                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-                if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-                # decoupled weight decay
-                if weight_decay is not None and is_update:
-                    # w -= lr*w*weight_decay
-                    np.multiply(lr, w, out=_s1)
-                    np.multiply(_s1, weight_decay, out=_s1)
-                    w -= _s1
-                # running mean square
-                if is_update:
-                    # nu = decay*nu + g**2*(1 - decay)
-                    np.multiply(decay, nu, out=_s1)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - decay, out=_s2)
-                    np.add(_s1, _s2, out=nu)
-                # second moment
-                if is_update:
-                    var = np.divide(nu, correction, out=_s2)
-                else:
-                    var = 0
-                # variance (centered)
-                if is_update:
-                    if centered:
-                        # var = nu/correction - mu**2/correction**2
-                        np.divide(nu, correction, out=_s1)
-                        np.square(mu, out=_s3)
-                        np.divide(_s3, correction**2, out=_s3)
-                        var = np.subtract(_s1, _s3, out=_s2)
-                # scaled gradient
-                if is_update:
-                    np.add(eps, var, out=_s1)
-                    np.sqrt(_s1, out=_s1)
-                    scaled = np.divide(g, _s1, out=_s3)
-                else:
-                    scaled = 0
-                # scaled gradient (eps outside the root)
-                if is_update:
-                    if not eps_in_sqrt:
-                        # scaled = g/(eps + np.sqrt(var))
-                        np.sqrt(var, out=_s1)
-                        np.add(eps, _s1, out=_s1)
-                        scaled = np.divide(g, _s1, out=_s3)
-                    # trace
-                    # trace = momentum*trace - lr*scaled
-                    np.multiply(momentum, trace, out=_s1)
-                    np.multiply(lr, scaled, out=_s4)
-                    np.subtract(_s1, _s4, out=trace)
-                    # Nesterov update
-                    # w -= lr*scaled - momentum*trace
-                    np.multiply(lr, scaled, out=_s4)
-                    np.multiply(momentum, trace, out=_s1)
-                    np.subtract(_s4, _s1, out=_s1)
-                    w -= _s1
-                # EMA of the weights
-                if use_ema:
-                    # ema = ema*ema_mu + w*(1 - ema_mu)
-                    np.multiply(ema, ema_mu, out=_s1)
-                    np.multiply(w, 1 - ema_mu, out=_s4)
-                    np.add(_s1, _s4, out=ema)
-                # EMA overwrite
-                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                    w[...] = ema
-            if fused_work:
-                fused_support.run(
-                    self._fused.UPDATE_CASE_3,
-                    fused_work,
-                    {
-                        "lr": lr,
-                        "decay": decay,
-                        "eps": eps,
-                        "eps_in_sqrt": eps_in_sqrt,
-                        "centered": centered,
-                        "momentum": momentum,
-                        "weight_decay": weight_decay,
-                        "clipnorm": clipnorm,
-                        "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm,
-                        "use_ema": use_ema,
-                        "ema_overwrite_frequency": ema_overwrite_frequency,
-                        "loss_scale_factor": loss_scale_factor,
-                        "gradient_accumulation_steps": gradient_accumulation_steps,
-                        "correction": correction,
-                        "ema_mu": ema_mu,
-                        "global_sumsq_g": global_sumsq_g,
-                        "is_update": is_update,
-                        "t": t,
-                    },
-                )
-        elif momentum is not None and not centered and not nesterov:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # bias correction
-            correction = (1 - decay**t if bias_correction else 1) if is_update else 0
-            # EMA momentum (0 at the first update)
-            ema_mu = 0 if t == 1 else ema_momentum
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            if global_clipnorm is not None and is_update:
-                for key in keys:
-                    w, g = params[key], numpy_support.upcast(grads[key])
-                    grad_accumulator = (
-                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                    )
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = np.divide(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                        np.multiply(clipnorm, g, out=_s2)
-                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        np.square(g, out=_s2)
-                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
-            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                nu = state.nu[key]
-                mu = state.mu[key] if state.mu is not None else None
-                trace = state.trace[key] if state.trace is not None else None
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                ema = state.ema[key] if state.ema is not None else None
-                if fused_work is not None and fused_support.fusable(
-                    w, g, nu, mu, trace, grad_accumulator, ema
-                ):
-                    fused_work.append((w, g, nu, mu, trace, grad_accumulator, ema))
-                    continue
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(
-                    self._scratch, 5, w, g, nu, mu, trace, grad_accumulator, ema
-                )
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator += g
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    grad_accumulator[...] = 0
-                if clipnorm is not None and is_update:
-                    np.square(g, out=_s1)
-                    sumsq_g = np.sum(_s1)
-                else:
-                    sumsq_g = 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s1)
-                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                    np.multiply(g, global_clipnorm, out=_s1)
-                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-                if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-                # decoupled weight decay
-                if weight_decay is not None and is_update:
-                    # w -= lr*w*weight_decay
-                    np.multiply(lr, w, out=_s1)
-                    np.multiply(_s1, weight_decay, out=_s1)
-                    w -= _s1
-                # running mean square
-                if is_update:
-                    # nu = decay*nu + g**2*(1 - decay)
-                    np.multiply(decay, nu, out=_s1)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - decay, out=_s2)
-                    np.add(_s1, _s2, out=nu)
-                # second moment
-                if is_update:
-                    var = np.divide(nu, correction, out=_s2)
-                else:
-                    var = 0
-                # variance (centered)
-                if is_update:
-                    if centered:
-                        # var = nu/correction - mu**2/correction**2
-                        np.divide(nu, correction, out=_s1)
-                        np.square(mu, out=_s3)
-                        np.divide(_s3, correction**2, out=_s3)
-                        var = np.subtract(_s1, _s3, out=_s2)
-                # scaled gradient
-                if is_update:
-                    np.add(eps, var, out=_s1)
-                    np.sqrt(_s1, out=_s1)
-                    scaled = np.divide(g, _s1, out=_s3)
-                else:
-                    scaled = 0
-                # scaled gradient (eps outside the root)
-                if is_update:
-                    if not eps_in_sqrt:
-                        # scaled = g/(eps + np.sqrt(var))
-                        np.sqrt(var, out=_s1)
-                        np.add(eps, _s1, out=_s1)
-                        scaled = np.divide(g, _s1, out=_s3)
-                    # trace
-                    # trace = momentum*trace - lr*scaled
-                    np.multiply(momentum, trace, out=_s1)
-                    np.multiply(lr, scaled, out=_s4)
-                    np.subtract(_s1, _s4, out=trace)
-                    # momentum update
-                    w += trace
-                # EMA of the weights
-                if use_ema:
-                    # ema = ema*ema_mu + w*(1 - ema_mu)
-                    np.multiply(ema, ema_mu, out=_s4)
-                    np.multiply(w, 1 - ema_mu, out=_s1)
-                    np.add(_s4, _s1, out=ema)
-                # EMA overwrite
-                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                    w[...] = ema
-            if fused_work:
-                fused_support.run(
-                    self._fused.UPDATE_CASE_4,
-                    fused_work,
-                    {
-                        "lr": lr,
-                        "decay": decay,
-                        "eps": eps,
-                        "eps_in_sqrt": eps_in_sqrt,
-                        "centered": centered,
-                        "momentum": momentum,
-                        "weight_decay": weight_decay,
-                        "clipnorm": clipnorm,
-                        "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm,
-                        "use_ema": use_ema,
-                        "ema_overwrite_frequency": ema_overwrite_frequency,
-                        "loss_scale_factor": loss_scale_factor,
-                        "gradient_accumulation_steps": gradient_accumulation_steps,
-                        "correction": correction,
-                        "ema_mu": ema_mu,
-                        "global_sumsq_g": global_sumsq_g,
-                        "is_update": is_update,
-                        "t": t,
-                    },
-                )
-        else:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # bias correction
-            correction = (1 - decay**t if bias_correction else 1) if is_update else 0
-            # EMA momentum (0 at the first update)
-            ema_mu = 0 if t == 1 else ema_momentum
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            if global_clipnorm is not None and is_update:
-                for key in keys:
-                    w, g = params[key], numpy_support.upcast(grads[key])
-                    grad_accumulator = (
-                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                    )
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = np.divide(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                        np.multiply(clipnorm, g, out=_s2)
-                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        np.square(g, out=_s2)
-                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
-            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                nu = state.nu[key]
-                mu = state.mu[key] if state.mu is not None else None
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                ema = state.ema[key] if state.ema is not None else None
-                if fused_work is not None and fused_support.fusable(w, g, nu, mu, grad_accumulator, ema):
-                    fused_work.append((w, g, nu, mu, grad_accumulator, ema))
-                    continue
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(
-                    self._scratch, 5, w, g, nu, mu, grad_accumulator, ema
-                )
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator += g
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    grad_accumulator[...] = 0
-                if clipnorm is not None and is_update:
-                    np.square(g, out=_s1)
-                    sumsq_g = np.sum(_s1)
-                else:
-                    sumsq_g = 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s1)
-                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                    np.multiply(g, global_clipnorm, out=_s1)
-                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-                if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-                # decoupled weight decay
-                if weight_decay is not None and is_update:
-                    # w -= lr*w*weight_decay
-                    np.multiply(lr, w, out=_s1)
-                    np.multiply(_s1, weight_decay, out=_s1)
-                    w -= _s1
-                # running mean square
-                if is_update:
-                    # nu = decay*nu + g**2*(1 - decay)
-                    np.multiply(decay, nu, out=_s1)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - decay, out=_s2)
-                    np.add(_s1, _s2, out=nu)
-                # second moment
-                if is_update:
-                    var = np.divide(nu, correction, out=_s2)
-                else:
-                    var = 0
-                # variance (centered)
-                if is_update:
-                    if centered:
-                        # var = nu/correction - mu**2/correction**2
-                        np.divide(nu, correction, out=_s1)
-                        np.square(mu, out=_s3)
-                        np.divide(_s3, correction**2, out=_s3)
-                        var = np.subtract(_s1, _s3, out=_s2)
-                # scaled gradient
-                if is_update:
-                    np.add(eps, var, out=_s1)
-                    np.sqrt(_s1, out=_s1)
-                    scaled = np.divide(g, _s1, out=_s3)
-                else:
-                    scaled = 0
-                # scaled gradient (eps outside the root)
-                if is_update:
-                    if not eps_in_sqrt:
-                        # scaled = g/(eps + np.sqrt(var))
-                        np.sqrt(var, out=_s1)
-                        np.add(eps, _s1, out=_s1)
-                        scaled = np.divide(g, _s1, out=_s3)
-                    # parameter update
-                    # w -= lr*scaled
-                    np.multiply(lr, scaled, out=_s1)
-                    w -= _s1
-                # EMA of the weights
-                if use_ema:
-                    # ema = ema*ema_mu + w*(1 - ema_mu)
-                    np.multiply(ema, ema_mu, out=_s1)
-                    np.multiply(w, 1 - ema_mu, out=_s4)
-                    np.add(_s1, _s4, out=ema)
-                # EMA overwrite
-                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                    w[...] = ema
-            if fused_work:
-                fused_support.run(
-                    self._fused.UPDATE_CASE_5,
-                    fused_work,
-                    {
-                        "lr": lr,
-                        "decay": decay,
-                        "eps": eps,
-                        "eps_in_sqrt": eps_in_sqrt,
-                        "centered": centered,
-                        "weight_decay": weight_decay,
-                        "clipnorm": clipnorm,
-                        "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm,
-                        "use_ema": use_ema,
-                        "ema_overwrite_frequency": ema_overwrite_frequency,
-                        "loss_scale_factor": loss_scale_factor,
-                        "gradient_accumulation_steps": gradient_accumulation_steps,
-                        "correction": correction,
-                        "ema_mu": ema_mu,
-                        "global_sumsq_g": global_sumsq_g,
-                        "is_update": is_update,
-                        "t": t,
-                    },
-                )
-        return params, state._replace(step=n + 1)
+        call = options_numpy.Call(self, keys, params, grads, state)
+        if call.is_update:
+            state = self._update(call, state)
+        else:  # gradient accumulation: the rule does not run
+            call.skip(self._case())
+        return params, state._replace(step=state.step + 1)
 
-    def finalize_variable_values(self, params: Any, state: OptaxRmspropState) -> Any:
-        """Keras's ``finalize_variable_values``, at the end of training: updates ``params`` in place."""
-        keys, _ = numpy_support.leaves(params)
+    def _update(self, call: options_numpy.Call, state: OptaxRmspropState) -> OptaxRmspropState:
+        """The rule's own step, on update calls only: ``call.tensors`` gives each tensor with its gradient as
+        Keras's options made it (``runtime/options_numpy.py``); returns the state with its new global values."""
+        n, lr = call.n, call.lr  # n: the updates before this one
+        t = n + 1
         decay = self.decay
         eps = self.eps
         initial_scale = self.initial_scale
@@ -1233,15 +267,362 @@ class OptaxRmsprop:
         momentum = self.momentum
         nesterov = self.nesterov
         bias_correction = self.bias_correction
-        weight_decay = self.weight_decay
-        clipnorm = self.clipnorm
-        clipvalue = self.clipvalue
-        global_clipnorm = self.global_clipnorm
+        if momentum is not None and centered and nesterov:
+            tmp0 = 1 - decay
+            # bias correction
+            correction = 1 - decay**t if bias_correction else 1
+            for key, w, g in call.tensors(
+                0,
+                {
+                    "decay": decay,
+                    "eps": eps,
+                    "eps_in_sqrt": eps_in_sqrt,
+                    "centered": centered,
+                    "momentum": momentum,
+                    "correction": correction,
+                },
+            ):
+                nu = state.nu[key]
+                mu = state.mu[key] if state.mu is not None else None
+                trace = state.trace[key] if state.trace is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
+                # running mean square
+                # nu = decay*nu + g**2*tmp0
+                np.multiply(decay, nu, out=_s0)
+                np.square(g, out=_s1)
+                np.multiply(_s1, tmp0, out=_s1)
+                np.add(_s0, _s1, out=nu)
+                # running mean
+                # mu = decay*mu + g*tmp0
+                np.multiply(decay, mu, out=_s1)
+                np.multiply(g, tmp0, out=_s0)
+                np.add(_s1, _s0, out=mu)
+                # second moment
+                var = np.divide(nu, correction, out=_s0)
+                # variance (centered)
+                if centered:
+                    # var = nu/correction - mu**2/correction**2
+                    np.divide(nu, correction, out=_s1)
+                    np.square(mu, out=_s2)
+                    np.divide(_s2, correction**2, out=_s2)
+                    var = np.subtract(_s1, _s2, out=_s0)
+                # scaled gradient
+                # scaled = g/np.sqrt(eps + var)
+                np.add(eps, var, out=_s1)
+                np.sqrt(_s1, out=_s1)
+                scaled = np.divide(g, _s1, out=_s2)
+                # scaled gradient (eps outside the root)
+                if not eps_in_sqrt:
+                    # scaled = g/(eps + np.sqrt(var))
+                    np.sqrt(var, out=_s1)
+                    np.add(eps, _s1, out=_s1)
+                    scaled = np.divide(g, _s1, out=_s2)
+                tmp1 = np.multiply(lr, scaled, out=_s1)
+                # trace
+                # trace = momentum*trace - tmp1
+                np.multiply(momentum, trace, out=_s3)
+                np.subtract(_s3, tmp1, out=trace)
+                # Nesterov update
+                # w += momentum*trace - tmp1
+                np.multiply(momentum, trace, out=_s3)
+                np.subtract(_s3, tmp1, out=_s3)
+                w += _s3
+        elif momentum is not None and centered and not nesterov:
+            tmp0 = 1 - decay
+            # bias correction
+            correction = 1 - decay**t if bias_correction else 1
+            for key, w, g in call.tensors(
+                1,
+                {
+                    "decay": decay,
+                    "eps": eps,
+                    "eps_in_sqrt": eps_in_sqrt,
+                    "centered": centered,
+                    "momentum": momentum,
+                    "correction": correction,
+                },
+            ):
+                nu = state.nu[key]
+                mu = state.mu[key] if state.mu is not None else None
+                trace = state.trace[key] if state.trace is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
+                # running mean square
+                # nu = decay*nu + g**2*tmp0
+                np.multiply(decay, nu, out=_s0)
+                np.square(g, out=_s1)
+                np.multiply(_s1, tmp0, out=_s1)
+                np.add(_s0, _s1, out=nu)
+                # running mean
+                # mu = decay*mu + g*tmp0
+                np.multiply(decay, mu, out=_s1)
+                np.multiply(g, tmp0, out=_s0)
+                np.add(_s1, _s0, out=mu)
+                # second moment
+                var = np.divide(nu, correction, out=_s0)
+                # variance (centered)
+                if centered:
+                    # var = nu/correction - mu**2/correction**2
+                    np.divide(nu, correction, out=_s1)
+                    np.square(mu, out=_s2)
+                    np.divide(_s2, correction**2, out=_s2)
+                    var = np.subtract(_s1, _s2, out=_s0)
+                # scaled gradient
+                # scaled = g/np.sqrt(eps + var)
+                np.add(eps, var, out=_s1)
+                np.sqrt(_s1, out=_s1)
+                scaled = np.divide(g, _s1, out=_s2)
+                # scaled gradient (eps outside the root)
+                if not eps_in_sqrt:
+                    # scaled = g/(eps + np.sqrt(var))
+                    np.sqrt(var, out=_s1)
+                    np.add(eps, _s1, out=_s1)
+                    scaled = np.divide(g, _s1, out=_s2)
+                # trace
+                # trace = momentum*trace - lr*scaled
+                np.multiply(momentum, trace, out=_s1)
+                np.multiply(lr, scaled, out=_s3)
+                np.subtract(_s1, _s3, out=trace)
+                # momentum update
+                w += trace
+        elif centered:
+            tmp0 = 1 - decay
+            # bias correction
+            correction = 1 - decay**t if bias_correction else 1
+            for key, w, g in call.tensors(
+                2,
+                {
+                    "decay": decay,
+                    "eps": eps,
+                    "eps_in_sqrt": eps_in_sqrt,
+                    "centered": centered,
+                    "correction": correction,
+                },
+            ):
+                nu = state.nu[key]
+                mu = state.mu[key] if state.mu is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, nu, mu)
+                # running mean square
+                # nu = decay*nu + g**2*tmp0
+                np.multiply(decay, nu, out=_s0)
+                np.square(g, out=_s1)
+                np.multiply(_s1, tmp0, out=_s1)
+                np.add(_s0, _s1, out=nu)
+                # running mean
+                # mu = decay*mu + g*tmp0
+                np.multiply(decay, mu, out=_s1)
+                np.multiply(g, tmp0, out=_s0)
+                np.add(_s1, _s0, out=mu)
+                # second moment
+                var = np.divide(nu, correction, out=_s0)
+                # variance (centered)
+                if centered:
+                    # var = nu/correction - mu**2/correction**2
+                    np.divide(nu, correction, out=_s1)
+                    np.square(mu, out=_s2)
+                    np.divide(_s2, correction**2, out=_s2)
+                    var = np.subtract(_s1, _s2, out=_s0)
+                # scaled gradient
+                # scaled = g/np.sqrt(eps + var)
+                np.add(eps, var, out=_s1)
+                np.sqrt(_s1, out=_s1)
+                scaled = np.divide(g, _s1, out=_s2)
+                # scaled gradient (eps outside the root)
+                if not eps_in_sqrt:
+                    # scaled = g/(eps + np.sqrt(var))
+                    np.sqrt(var, out=_s1)
+                    np.add(eps, _s1, out=_s1)
+                    scaled = np.divide(g, _s1, out=_s2)
+                # parameter update
+                # w -= lr*scaled
+                np.multiply(lr, scaled, out=_s1)
+                w -= _s1
+        elif momentum is not None and nesterov and not centered:
+            # bias correction
+            correction = 1 - decay**t if bias_correction else 1
+            for key, w, g in call.tensors(
+                3,
+                {
+                    "decay": decay,
+                    "eps": eps,
+                    "eps_in_sqrt": eps_in_sqrt,
+                    "centered": centered,
+                    "momentum": momentum,
+                    "correction": correction,
+                },
+            ):
+                nu = state.nu[key]
+                mu = state.mu[key] if state.mu is not None else None
+                trace = state.trace[key] if state.trace is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
+                # running mean square
+                # nu = decay*nu + g**2*(1 - decay)
+                np.multiply(decay, nu, out=_s0)
+                np.square(g, out=_s1)
+                np.multiply(_s1, 1 - decay, out=_s1)
+                np.add(_s0, _s1, out=nu)
+                # second moment
+                var = np.divide(nu, correction, out=_s1)
+                # variance (centered)
+                if centered:
+                    # var = nu/correction - mu**2/correction**2
+                    np.divide(nu, correction, out=_s0)
+                    np.square(mu, out=_s2)
+                    np.divide(_s2, correction**2, out=_s2)
+                    var = np.subtract(_s0, _s2, out=_s1)
+                # scaled gradient
+                # scaled = g/np.sqrt(eps + var)
+                np.add(eps, var, out=_s0)
+                np.sqrt(_s0, out=_s0)
+                scaled = np.divide(g, _s0, out=_s2)
+                # scaled gradient (eps outside the root)
+                if not eps_in_sqrt:
+                    # scaled = g/(eps + np.sqrt(var))
+                    np.sqrt(var, out=_s0)
+                    np.add(eps, _s0, out=_s0)
+                    scaled = np.divide(g, _s0, out=_s2)
+                tmp0 = np.multiply(lr, scaled, out=_s0)
+                # trace
+                # trace = momentum*trace - tmp0
+                np.multiply(momentum, trace, out=_s3)
+                np.subtract(_s3, tmp0, out=trace)
+                # Nesterov update
+                # w += momentum*trace - tmp0
+                np.multiply(momentum, trace, out=_s3)
+                np.subtract(_s3, tmp0, out=_s3)
+                w += _s3
+        elif momentum is not None and not centered and not nesterov:
+            # bias correction
+            correction = 1 - decay**t if bias_correction else 1
+            for key, w, g in call.tensors(
+                4,
+                {
+                    "decay": decay,
+                    "eps": eps,
+                    "eps_in_sqrt": eps_in_sqrt,
+                    "centered": centered,
+                    "momentum": momentum,
+                    "correction": correction,
+                },
+            ):
+                nu = state.nu[key]
+                mu = state.mu[key] if state.mu is not None else None
+                trace = state.trace[key] if state.trace is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
+                # running mean square
+                # nu = decay*nu + g**2*(1 - decay)
+                np.multiply(decay, nu, out=_s0)
+                np.square(g, out=_s1)
+                np.multiply(_s1, 1 - decay, out=_s1)
+                np.add(_s0, _s1, out=nu)
+                # second moment
+                var = np.divide(nu, correction, out=_s1)
+                # variance (centered)
+                if centered:
+                    # var = nu/correction - mu**2/correction**2
+                    np.divide(nu, correction, out=_s0)
+                    np.square(mu, out=_s2)
+                    np.divide(_s2, correction**2, out=_s2)
+                    var = np.subtract(_s0, _s2, out=_s1)
+                # scaled gradient
+                # scaled = g/np.sqrt(eps + var)
+                np.add(eps, var, out=_s0)
+                np.sqrt(_s0, out=_s0)
+                scaled = np.divide(g, _s0, out=_s2)
+                # scaled gradient (eps outside the root)
+                if not eps_in_sqrt:
+                    # scaled = g/(eps + np.sqrt(var))
+                    np.sqrt(var, out=_s0)
+                    np.add(eps, _s0, out=_s0)
+                    scaled = np.divide(g, _s0, out=_s2)
+                # trace
+                # trace = momentum*trace - lr*scaled
+                np.multiply(momentum, trace, out=_s0)
+                np.multiply(lr, scaled, out=_s3)
+                np.subtract(_s0, _s3, out=trace)
+                # momentum update
+                w += trace
+        else:
+            # bias correction
+            correction = 1 - decay**t if bias_correction else 1
+            for key, w, g in call.tensors(
+                5,
+                {
+                    "decay": decay,
+                    "eps": eps,
+                    "eps_in_sqrt": eps_in_sqrt,
+                    "centered": centered,
+                    "correction": correction,
+                },
+            ):
+                nu = state.nu[key]
+                mu = state.mu[key] if state.mu is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, nu, mu)
+                # running mean square
+                # nu = decay*nu + g**2*(1 - decay)
+                np.multiply(decay, nu, out=_s0)
+                np.square(g, out=_s1)
+                np.multiply(_s1, 1 - decay, out=_s1)
+                np.add(_s0, _s1, out=nu)
+                # second moment
+                var = np.divide(nu, correction, out=_s1)
+                # variance (centered)
+                if centered:
+                    # var = nu/correction - mu**2/correction**2
+                    np.divide(nu, correction, out=_s0)
+                    np.square(mu, out=_s2)
+                    np.divide(_s2, correction**2, out=_s2)
+                    var = np.subtract(_s0, _s2, out=_s1)
+                # scaled gradient
+                # scaled = g/np.sqrt(eps + var)
+                np.add(eps, var, out=_s0)
+                np.sqrt(_s0, out=_s0)
+                scaled = np.divide(g, _s0, out=_s2)
+                # scaled gradient (eps outside the root)
+                if not eps_in_sqrt:
+                    # scaled = g/(eps + np.sqrt(var))
+                    np.sqrt(var, out=_s0)
+                    np.add(eps, _s0, out=_s0)
+                    scaled = np.divide(g, _s0, out=_s2)
+                # parameter update
+                # w -= lr*scaled
+                np.multiply(lr, scaled, out=_s0)
+                w -= _s0
+        return state
+
+    def _case(self) -> int:
+        """The case of the rule (and its fused kernel) that the hyperparameters select."""
+        decay = self.decay
+        eps = self.eps
+        initial_scale = self.initial_scale
+        eps_in_sqrt = self.eps_in_sqrt
+        centered = self.centered
+        momentum = self.momentum
+        nesterov = self.nesterov
+        bias_correction = self.bias_correction
+        return (
+            0
+            if (momentum is not None and centered and nesterov)
+            else 1
+            if (momentum is not None and centered and not nesterov)
+            else 2
+            if centered
+            else 3
+            if (momentum is not None and nesterov and not centered)
+            else 4
+            if (momentum is not None and not centered and not nesterov)
+            else 5
+        )
+
+    def finalize_variable_values(self, params: Any, state: OptaxRmspropState) -> Any:
+        """Keras's ``finalize_variable_values``, at the end of training: updates ``params`` in place."""
+        keys, _ = numpy_support.leaves(params)
         use_ema = self.use_ema
-        ema_momentum = self.ema_momentum
-        ema_overwrite_frequency = self.ema_overwrite_frequency
-        loss_scale_factor = self.loss_scale_factor
-        gradient_accumulation_steps = self.gradient_accumulation_steps
         for key in keys:
             w = params[key]
             ema = state.ema[key] if state.ema is not None else None

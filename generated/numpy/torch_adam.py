@@ -42,7 +42,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from optforge.runtime import common, fused_support, numpy_support
+from optforge.runtime import common, fused_support, numpy_support, options_numpy
 
 
 class TorchAdamState(NamedTuple):
@@ -82,6 +82,26 @@ class TorchAdam:
             over the cores) instead of NumPy operations. Same results (float64: to rounding; see the README).
     """
 
+    #: Keras's options this optimizer takes (runtime/options_numpy.py runs them around the rule)
+    options = (
+        "clipnorm",
+        "clipvalue",
+        "global_clipnorm",
+        "use_ema",
+        "ema_momentum",
+        "ema_overwrite_frequency",
+        "loss_scale_factor",
+        "gradient_accumulation_steps",
+    )
+    #: what each parameter keeps: "element" (an array like it) or "tensor" (a 0-d array)
+    keeps = {
+        "exp_avg": "element",
+        "exp_avg_sq": "element",
+        "max_exp_avg_sq": "element",
+        "grad_accumulator": "element",
+        "ema": "element",
+    }
+
     def __init__(
         self,
         learning_rate: float | Callable[[int], float] = 0.001,
@@ -107,6 +127,7 @@ class TorchAdam:
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("torch_adam", "TorchAdam") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
+        self._stage_scratch: dict = {}  # the options' stages' buffers (the gradient they make, ...)
         self.beta1 = common.check_float("beta1", beta1, 0.0, 1.0, True, False)
         self.beta2 = common.check_float("beta2", beta2, 0.0, 1.0, True, False)
         self.eps = common.check_float("eps", eps, 0.0, math.inf, True, False)
@@ -186,34 +207,9 @@ class TorchAdam:
             raise TypeError(
                 f"expected an instance of TorchAdamState (from TorchAdam.init). Received: {type(state).__name__}"
             )
-        keys = numpy_support.check_step(
-            params,
-            grads,
-            state,
-            {
-                "exp_avg": "element",
-                "exp_avg_sq": "element",
-                "max_exp_avg_sq": "element",
-                "grad_accumulator": "element",
-                "ema": "element",
-            },
-        )
-        n = state.step  # earlier calls
-        t = n + 1
-        lr = common.learning_rate_at(self.learning_rate, n)
-        beta1 = self.beta1
-        beta2 = self.beta2
-        eps = self.eps
-        weight_decay = self.weight_decay
+        keys = numpy_support.check_step(params, grads, state, self.keeps)
         amsgrad = self.amsgrad
-        maximize = self.maximize
-        clipnorm = self.clipnorm
-        clipvalue = self.clipvalue
-        global_clipnorm = self.global_clipnorm
         use_ema = self.use_ema
-        ema_momentum = self.ema_momentum
-        ema_overwrite_frequency = self.ema_overwrite_frequency
-        loss_scale_factor = self.loss_scale_factor
         gradient_accumulation_steps = self.gradient_accumulation_steps
         if (amsgrad) and state.max_exp_avg_sq is None:
             raise ValueError(
@@ -230,615 +226,236 @@ class TorchAdam:
                 "state.ema is None but this optimizer keeps it (use_ema): the state was made by"
                 " an optimizer with other options"
             )
-        if amsgrad and weight_decay == 0:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = 0 if t == 1 else ema_momentum
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            if global_clipnorm is not None and is_update:
-                for key in keys:
-                    w, g = params[key], numpy_support.upcast(grads[key])
-                    grad_accumulator = (
-                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                    )
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = np.divide(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                        np.multiply(clipnorm, g, out=_s2)
-                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        np.square(g, out=_s2)
-                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
-            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                exp_avg = state.exp_avg[key]
-                exp_avg_sq = state.exp_avg_sq[key]
-                max_exp_avg_sq = state.max_exp_avg_sq[key] if state.max_exp_avg_sq is not None else None
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                ema = state.ema[key] if state.ema is not None else None
-                if fused_work is not None and fused_support.fusable(
-                    w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema
-                ):
-                    fused_work.append((w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema))
-                    continue
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema
-                )
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator += g
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    grad_accumulator[...] = 0
-                if clipnorm is not None and is_update:
-                    np.square(g, out=_s1)
-                    sumsq_g = np.sum(_s1)
-                else:
-                    sumsq_g = 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s1)
-                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                    np.multiply(g, global_clipnorm, out=_s1)
-                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-                if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-                # maximize
-                if is_update:
-                    if maximize:
-                        g = np.negative(g, out=_s0)
-                    # first moment
-                    # exp_avg += (1 - beta1)*(g - exp_avg)
-                    np.subtract(g, exp_avg, out=_s1)
-                    np.multiply(1 - beta1, _s1, out=_s1)
-                    exp_avg += _s1
-                    # second moment
-                    # exp_avg_sq = beta2*exp_avg_sq + g**2*(1 - beta2)
-                    np.multiply(beta2, exp_avg_sq, out=_s1)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - beta2, out=_s2)
-                    np.add(_s1, _s2, out=exp_avg_sq)
-                    # AMSGrad maximum
-                    np.maximum(exp_avg_sq, max_exp_avg_sq, out=max_exp_avg_sq)
-                # denominator
-                if is_update:
-                    np.sqrt(exp_avg_sq, out=_s1)
-                    np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                    denom = np.add(eps, _s1, out=_s2)
-                else:
-                    denom = 0
-                # AMSGrad denominator
-                if is_update:
-                    if amsgrad:
-                        # denom = eps + np.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
-                        np.sqrt(max_exp_avg_sq, out=_s1)
-                        np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                        denom = np.add(eps, _s1, out=_s2)
-                    # parameter update
-                    # w -= exp_avg*lr/(denom*(1 - beta1**t))
-                    np.multiply(exp_avg, lr, out=_s1)
-                    np.multiply(denom, 1 - beta1**t, out=_s3)
-                    np.divide(_s1, _s3, out=_s3)
-                    w -= _s3
-                # EMA of the weights
-                if use_ema:
-                    # ema = ema*ema_mu + w*(1 - ema_mu)
-                    np.multiply(ema, ema_mu, out=_s3)
-                    np.multiply(w, 1 - ema_mu, out=_s1)
-                    np.add(_s3, _s1, out=ema)
-                # EMA overwrite
-                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                    w[...] = ema
-            if fused_work:
-                fused_support.run(
-                    self._fused.UPDATE_CASE_0,
-                    fused_work,
-                    {
-                        "lr": lr,
-                        "beta1": beta1,
-                        "beta2": beta2,
-                        "eps": eps,
-                        "amsgrad": amsgrad,
-                        "maximize": maximize,
-                        "clipnorm": clipnorm,
-                        "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm,
-                        "use_ema": use_ema,
-                        "ema_overwrite_frequency": ema_overwrite_frequency,
-                        "loss_scale_factor": loss_scale_factor,
-                        "gradient_accumulation_steps": gradient_accumulation_steps,
-                        "ema_mu": ema_mu,
-                        "global_sumsq_g": global_sumsq_g,
-                        "is_update": is_update,
-                        "t": t,
-                    },
-                )
-        elif weight_decay == 0:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = 0 if t == 1 else ema_momentum
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            if global_clipnorm is not None and is_update:
-                for key in keys:
-                    w, g = params[key], numpy_support.upcast(grads[key])
-                    grad_accumulator = (
-                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                    )
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = np.divide(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                        np.multiply(clipnorm, g, out=_s2)
-                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        np.square(g, out=_s2)
-                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
-            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                exp_avg = state.exp_avg[key]
-                exp_avg_sq = state.exp_avg_sq[key]
-                max_exp_avg_sq = state.max_exp_avg_sq[key] if state.max_exp_avg_sq is not None else None
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                ema = state.ema[key] if state.ema is not None else None
-                if fused_work is not None and fused_support.fusable(
-                    w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema
-                ):
-                    fused_work.append((w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema))
-                    continue
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema
-                )
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator += g
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    grad_accumulator[...] = 0
-                if clipnorm is not None and is_update:
-                    np.square(g, out=_s1)
-                    sumsq_g = np.sum(_s1)
-                else:
-                    sumsq_g = 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s1)
-                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                    np.multiply(g, global_clipnorm, out=_s1)
-                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-                if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-                # maximize
-                if is_update:
-                    if maximize:
-                        g = np.negative(g, out=_s0)
-                    # first moment
-                    # exp_avg += (1 - beta1)*(g - exp_avg)
-                    np.subtract(g, exp_avg, out=_s1)
-                    np.multiply(1 - beta1, _s1, out=_s1)
-                    exp_avg += _s1
-                    # second moment
-                    # exp_avg_sq = beta2*exp_avg_sq + g**2*(1 - beta2)
-                    np.multiply(beta2, exp_avg_sq, out=_s1)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - beta2, out=_s2)
-                    np.add(_s1, _s2, out=exp_avg_sq)
-                # denominator
-                if is_update:
-                    np.sqrt(exp_avg_sq, out=_s1)
-                    np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                    denom = np.add(eps, _s1, out=_s2)
-                else:
-                    denom = 0
-                # AMSGrad denominator
-                if is_update:
-                    if amsgrad:
-                        # denom = eps + np.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
-                        np.sqrt(max_exp_avg_sq, out=_s1)
-                        np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                        denom = np.add(eps, _s1, out=_s2)
-                    # parameter update
-                    # w -= exp_avg*lr/(denom*(1 - beta1**t))
-                    np.multiply(exp_avg, lr, out=_s1)
-                    np.multiply(denom, 1 - beta1**t, out=_s3)
-                    np.divide(_s1, _s3, out=_s3)
-                    w -= _s3
-                # EMA of the weights
-                if use_ema:
-                    # ema = ema*ema_mu + w*(1 - ema_mu)
-                    np.multiply(ema, ema_mu, out=_s3)
-                    np.multiply(w, 1 - ema_mu, out=_s1)
-                    np.add(_s3, _s1, out=ema)
-                # EMA overwrite
-                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                    w[...] = ema
-            if fused_work:
-                fused_support.run(
-                    self._fused.UPDATE_CASE_1,
-                    fused_work,
-                    {
-                        "lr": lr,
-                        "beta1": beta1,
-                        "beta2": beta2,
-                        "eps": eps,
-                        "amsgrad": amsgrad,
-                        "maximize": maximize,
-                        "clipnorm": clipnorm,
-                        "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm,
-                        "use_ema": use_ema,
-                        "ema_overwrite_frequency": ema_overwrite_frequency,
-                        "loss_scale_factor": loss_scale_factor,
-                        "gradient_accumulation_steps": gradient_accumulation_steps,
-                        "ema_mu": ema_mu,
-                        "global_sumsq_g": global_sumsq_g,
-                        "is_update": is_update,
-                        "t": t,
-                    },
-                )
-        elif amsgrad:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = 0 if t == 1 else ema_momentum
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            if global_clipnorm is not None and is_update:
-                for key in keys:
-                    w, g = params[key], numpy_support.upcast(grads[key])
-                    grad_accumulator = (
-                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                    )
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = np.divide(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                        np.multiply(clipnorm, g, out=_s2)
-                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        np.square(g, out=_s2)
-                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
-            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                exp_avg = state.exp_avg[key]
-                exp_avg_sq = state.exp_avg_sq[key]
-                max_exp_avg_sq = state.max_exp_avg_sq[key] if state.max_exp_avg_sq is not None else None
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                ema = state.ema[key] if state.ema is not None else None
-                if fused_work is not None and fused_support.fusable(
-                    w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema
-                ):
-                    fused_work.append((w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema))
-                    continue
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema
-                )
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator += g
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    grad_accumulator[...] = 0
-                if clipnorm is not None and is_update:
-                    np.square(g, out=_s1)
-                    sumsq_g = np.sum(_s1)
-                else:
-                    sumsq_g = 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s1)
-                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                    np.multiply(g, global_clipnorm, out=_s1)
-                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-                if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-                # maximize
-                if is_update:
-                    if maximize:
-                        g = np.negative(g, out=_s0)
-                    # L2 weight decay
-                    # g = g + w*weight_decay
-                    np.multiply(w, weight_decay, out=_s1)
-                    g = np.add(g, _s1, out=_s0)
-                    # first moment
-                    # exp_avg += (1 - beta1)*(g - exp_avg)
-                    np.subtract(g, exp_avg, out=_s1)
-                    np.multiply(1 - beta1, _s1, out=_s1)
-                    exp_avg += _s1
-                    # second moment
-                    # exp_avg_sq = beta2*exp_avg_sq + g**2*(1 - beta2)
-                    np.multiply(beta2, exp_avg_sq, out=_s1)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - beta2, out=_s2)
-                    np.add(_s1, _s2, out=exp_avg_sq)
-                    # AMSGrad maximum
-                    np.maximum(exp_avg_sq, max_exp_avg_sq, out=max_exp_avg_sq)
-                # denominator
-                if is_update:
-                    np.sqrt(exp_avg_sq, out=_s1)
-                    np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                    denom = np.add(eps, _s1, out=_s2)
-                else:
-                    denom = 0
-                # AMSGrad denominator
-                if is_update:
-                    if amsgrad:
-                        # denom = eps + np.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
-                        np.sqrt(max_exp_avg_sq, out=_s1)
-                        np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                        denom = np.add(eps, _s1, out=_s2)
-                    # parameter update
-                    # w -= exp_avg*lr/(denom*(1 - beta1**t))
-                    np.multiply(exp_avg, lr, out=_s1)
-                    np.multiply(denom, 1 - beta1**t, out=_s3)
-                    np.divide(_s1, _s3, out=_s3)
-                    w -= _s3
-                # EMA of the weights
-                if use_ema:
-                    # ema = ema*ema_mu + w*(1 - ema_mu)
-                    np.multiply(ema, ema_mu, out=_s3)
-                    np.multiply(w, 1 - ema_mu, out=_s1)
-                    np.add(_s3, _s1, out=ema)
-                # EMA overwrite
-                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                    w[...] = ema
-            if fused_work:
-                fused_support.run(
-                    self._fused.UPDATE_CASE_2,
-                    fused_work,
-                    {
-                        "lr": lr,
-                        "beta1": beta1,
-                        "beta2": beta2,
-                        "eps": eps,
-                        "weight_decay": weight_decay,
-                        "amsgrad": amsgrad,
-                        "maximize": maximize,
-                        "clipnorm": clipnorm,
-                        "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm,
-                        "use_ema": use_ema,
-                        "ema_overwrite_frequency": ema_overwrite_frequency,
-                        "loss_scale_factor": loss_scale_factor,
-                        "gradient_accumulation_steps": gradient_accumulation_steps,
-                        "ema_mu": ema_mu,
-                        "global_sumsq_g": global_sumsq_g,
-                        "is_update": is_update,
-                        "t": t,
-                    },
-                )
-        else:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = 0 if t == 1 else ema_momentum
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            if global_clipnorm is not None and is_update:
-                for key in keys:
-                    w, g = params[key], numpy_support.upcast(grads[key])
-                    grad_accumulator = (
-                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                    )
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = np.divide(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                        np.multiply(clipnorm, g, out=_s2)
-                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        np.square(g, out=_s2)
-                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
-            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                exp_avg = state.exp_avg[key]
-                exp_avg_sq = state.exp_avg_sq[key]
-                max_exp_avg_sq = state.max_exp_avg_sq[key] if state.max_exp_avg_sq is not None else None
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                ema = state.ema[key] if state.ema is not None else None
-                if fused_work is not None and fused_support.fusable(
-                    w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema
-                ):
-                    fused_work.append((w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema))
-                    continue
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema
-                )
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator += g
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    grad_accumulator[...] = 0
-                if clipnorm is not None and is_update:
-                    np.square(g, out=_s1)
-                    sumsq_g = np.sum(_s1)
-                else:
-                    sumsq_g = 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s1)
-                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                    np.multiply(g, global_clipnorm, out=_s1)
-                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-                if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-                # maximize
-                if is_update:
-                    if maximize:
-                        g = np.negative(g, out=_s0)
-                    # L2 weight decay
-                    # g = g + w*weight_decay
-                    np.multiply(w, weight_decay, out=_s1)
-                    g = np.add(g, _s1, out=_s0)
-                    # first moment
-                    # exp_avg += (1 - beta1)*(g - exp_avg)
-                    np.subtract(g, exp_avg, out=_s1)
-                    np.multiply(1 - beta1, _s1, out=_s1)
-                    exp_avg += _s1
-                    # second moment
-                    # exp_avg_sq = beta2*exp_avg_sq + g**2*(1 - beta2)
-                    np.multiply(beta2, exp_avg_sq, out=_s1)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - beta2, out=_s2)
-                    np.add(_s1, _s2, out=exp_avg_sq)
-                # denominator
-                if is_update:
-                    np.sqrt(exp_avg_sq, out=_s1)
-                    np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                    denom = np.add(eps, _s1, out=_s2)
-                else:
-                    denom = 0
-                # AMSGrad denominator
-                if is_update:
-                    if amsgrad:
-                        # denom = eps + np.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
-                        np.sqrt(max_exp_avg_sq, out=_s1)
-                        np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                        denom = np.add(eps, _s1, out=_s2)
-                    # parameter update
-                    # w -= exp_avg*lr/(denom*(1 - beta1**t))
-                    np.multiply(exp_avg, lr, out=_s1)
-                    np.multiply(denom, 1 - beta1**t, out=_s3)
-                    np.divide(_s1, _s3, out=_s3)
-                    w -= _s3
-                # EMA of the weights
-                if use_ema:
-                    # ema = ema*ema_mu + w*(1 - ema_mu)
-                    np.multiply(ema, ema_mu, out=_s3)
-                    np.multiply(w, 1 - ema_mu, out=_s1)
-                    np.add(_s3, _s1, out=ema)
-                # EMA overwrite
-                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                    w[...] = ema
-            if fused_work:
-                fused_support.run(
-                    self._fused.UPDATE_CASE_3,
-                    fused_work,
-                    {
-                        "lr": lr,
-                        "beta1": beta1,
-                        "beta2": beta2,
-                        "eps": eps,
-                        "weight_decay": weight_decay,
-                        "amsgrad": amsgrad,
-                        "maximize": maximize,
-                        "clipnorm": clipnorm,
-                        "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm,
-                        "use_ema": use_ema,
-                        "ema_overwrite_frequency": ema_overwrite_frequency,
-                        "loss_scale_factor": loss_scale_factor,
-                        "gradient_accumulation_steps": gradient_accumulation_steps,
-                        "ema_mu": ema_mu,
-                        "global_sumsq_g": global_sumsq_g,
-                        "is_update": is_update,
-                        "t": t,
-                    },
-                )
-        return params, state._replace(step=n + 1)
+        call = options_numpy.Call(self, keys, params, grads, state)
+        if call.is_update:
+            state = self._update(call, state)
+        else:  # gradient accumulation: the rule does not run
+            call.skip(self._case())
+        return params, state._replace(step=state.step + 1)
 
-    def finalize_variable_values(self, params: Any, state: TorchAdamState) -> Any:
-        """Keras's ``finalize_variable_values``, at the end of training: updates ``params`` in place."""
-        keys, _ = numpy_support.leaves(params)
+    def _update(self, call: options_numpy.Call, state: TorchAdamState) -> TorchAdamState:
+        """The rule's own step, on update calls only: ``call.tensors`` gives each tensor with its gradient as
+        Keras's options made it (``runtime/options_numpy.py``); returns the state with its new global values."""
+        n, lr = call.n, call.lr  # n: the updates before this one
+        t = n + 1
         beta1 = self.beta1
         beta2 = self.beta2
         eps = self.eps
         weight_decay = self.weight_decay
         amsgrad = self.amsgrad
         maximize = self.maximize
-        clipnorm = self.clipnorm
-        clipvalue = self.clipvalue
-        global_clipnorm = self.global_clipnorm
+        if amsgrad and weight_decay == 0:
+            for key, w, g in call.tensors(
+                0, {"beta1": beta1, "beta2": beta2, "eps": eps, "amsgrad": amsgrad, "maximize": maximize}
+            ):
+                exp_avg = state.exp_avg[key]
+                exp_avg_sq = state.exp_avg_sq[key]
+                max_exp_avg_sq = state.max_exp_avg_sq[key] if state.max_exp_avg_sq is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(
+                    self._scratch, 4, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq
+                )
+                # maximize
+                if maximize:
+                    g = np.negative(g, out=_s0)
+                # first moment
+                # exp_avg += (1 - beta1)*(g - exp_avg)
+                np.subtract(g, exp_avg, out=_s1)
+                np.multiply(1 - beta1, _s1, out=_s1)
+                exp_avg += _s1
+                # second moment
+                # exp_avg_sq = beta2*exp_avg_sq + g**2*(1 - beta2)
+                np.multiply(beta2, exp_avg_sq, out=_s1)
+                np.square(g, out=_s2)
+                np.multiply(_s2, 1 - beta2, out=_s2)
+                np.add(_s1, _s2, out=exp_avg_sq)
+                # AMSGrad maximum
+                np.maximum(exp_avg_sq, max_exp_avg_sq, out=max_exp_avg_sq)
+                # denominator
+                # denom = eps + np.sqrt(exp_avg_sq)/math.sqrt(1 - beta2**t)
+                np.sqrt(exp_avg_sq, out=_s1)
+                np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                denom = np.add(eps, _s1, out=_s2)
+                # AMSGrad denominator
+                if amsgrad:
+                    # denom = eps + np.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                    np.sqrt(max_exp_avg_sq, out=_s1)
+                    np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                    denom = np.add(eps, _s1, out=_s2)
+                # parameter update
+                # w -= exp_avg*lr/(denom*(1 - beta1**t))
+                np.multiply(exp_avg, lr, out=_s1)
+                np.multiply(denom, 1 - beta1**t, out=_s3)
+                np.divide(_s1, _s3, out=_s3)
+                w -= _s3
+        elif weight_decay == 0:
+            for key, w, g in call.tensors(
+                1, {"beta1": beta1, "beta2": beta2, "eps": eps, "amsgrad": amsgrad, "maximize": maximize}
+            ):
+                exp_avg = state.exp_avg[key]
+                exp_avg_sq = state.exp_avg_sq[key]
+                max_exp_avg_sq = state.max_exp_avg_sq[key] if state.max_exp_avg_sq is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(
+                    self._scratch, 4, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq
+                )
+                # maximize
+                if maximize:
+                    g = np.negative(g, out=_s0)
+                # first moment
+                # exp_avg += (1 - beta1)*(g - exp_avg)
+                np.subtract(g, exp_avg, out=_s1)
+                np.multiply(1 - beta1, _s1, out=_s1)
+                exp_avg += _s1
+                # second moment
+                # exp_avg_sq = beta2*exp_avg_sq + g**2*(1 - beta2)
+                np.multiply(beta2, exp_avg_sq, out=_s1)
+                np.square(g, out=_s2)
+                np.multiply(_s2, 1 - beta2, out=_s2)
+                np.add(_s1, _s2, out=exp_avg_sq)
+                # denominator
+                # denom = eps + np.sqrt(exp_avg_sq)/math.sqrt(1 - beta2**t)
+                np.sqrt(exp_avg_sq, out=_s1)
+                np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                denom = np.add(eps, _s1, out=_s2)
+                # AMSGrad denominator
+                if amsgrad:
+                    # denom = eps + np.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                    np.sqrt(max_exp_avg_sq, out=_s1)
+                    np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                    denom = np.add(eps, _s1, out=_s2)
+                # parameter update
+                # w -= exp_avg*lr/(denom*(1 - beta1**t))
+                np.multiply(exp_avg, lr, out=_s1)
+                np.multiply(denom, 1 - beta1**t, out=_s3)
+                np.divide(_s1, _s3, out=_s3)
+                w -= _s3
+        elif amsgrad:
+            for key, w, g in call.tensors(
+                2,
+                {
+                    "beta1": beta1,
+                    "beta2": beta2,
+                    "eps": eps,
+                    "weight_decay": weight_decay,
+                    "amsgrad": amsgrad,
+                    "maximize": maximize,
+                },
+            ):
+                exp_avg = state.exp_avg[key]
+                exp_avg_sq = state.exp_avg_sq[key]
+                max_exp_avg_sq = state.max_exp_avg_sq[key] if state.max_exp_avg_sq is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(
+                    self._scratch, 4, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq
+                )
+                # maximize
+                if maximize:
+                    g = np.negative(g, out=_s0)
+                # L2 weight decay
+                # g = g + w*weight_decay
+                np.multiply(w, weight_decay, out=_s1)
+                g = np.add(g, _s1, out=_s0)
+                # first moment
+                # exp_avg += (1 - beta1)*(g - exp_avg)
+                np.subtract(g, exp_avg, out=_s1)
+                np.multiply(1 - beta1, _s1, out=_s1)
+                exp_avg += _s1
+                # second moment
+                # exp_avg_sq = beta2*exp_avg_sq + g**2*(1 - beta2)
+                np.multiply(beta2, exp_avg_sq, out=_s1)
+                np.square(g, out=_s2)
+                np.multiply(_s2, 1 - beta2, out=_s2)
+                np.add(_s1, _s2, out=exp_avg_sq)
+                # AMSGrad maximum
+                np.maximum(exp_avg_sq, max_exp_avg_sq, out=max_exp_avg_sq)
+                # denominator
+                # denom = eps + np.sqrt(exp_avg_sq)/math.sqrt(1 - beta2**t)
+                np.sqrt(exp_avg_sq, out=_s1)
+                np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                denom = np.add(eps, _s1, out=_s2)
+                # AMSGrad denominator
+                if amsgrad:
+                    # denom = eps + np.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                    np.sqrt(max_exp_avg_sq, out=_s1)
+                    np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                    denom = np.add(eps, _s1, out=_s2)
+                # parameter update
+                # w -= exp_avg*lr/(denom*(1 - beta1**t))
+                np.multiply(exp_avg, lr, out=_s1)
+                np.multiply(denom, 1 - beta1**t, out=_s3)
+                np.divide(_s1, _s3, out=_s3)
+                w -= _s3
+        else:
+            for key, w, g in call.tensors(
+                3,
+                {
+                    "beta1": beta1,
+                    "beta2": beta2,
+                    "eps": eps,
+                    "weight_decay": weight_decay,
+                    "amsgrad": amsgrad,
+                    "maximize": maximize,
+                },
+            ):
+                exp_avg = state.exp_avg[key]
+                exp_avg_sq = state.exp_avg_sq[key]
+                max_exp_avg_sq = state.max_exp_avg_sq[key] if state.max_exp_avg_sq is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(
+                    self._scratch, 4, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq
+                )
+                # maximize
+                if maximize:
+                    g = np.negative(g, out=_s0)
+                # L2 weight decay
+                # g = g + w*weight_decay
+                np.multiply(w, weight_decay, out=_s1)
+                g = np.add(g, _s1, out=_s0)
+                # first moment
+                # exp_avg += (1 - beta1)*(g - exp_avg)
+                np.subtract(g, exp_avg, out=_s1)
+                np.multiply(1 - beta1, _s1, out=_s1)
+                exp_avg += _s1
+                # second moment
+                # exp_avg_sq = beta2*exp_avg_sq + g**2*(1 - beta2)
+                np.multiply(beta2, exp_avg_sq, out=_s1)
+                np.square(g, out=_s2)
+                np.multiply(_s2, 1 - beta2, out=_s2)
+                np.add(_s1, _s2, out=exp_avg_sq)
+                # denominator
+                # denom = eps + np.sqrt(exp_avg_sq)/math.sqrt(1 - beta2**t)
+                np.sqrt(exp_avg_sq, out=_s1)
+                np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                denom = np.add(eps, _s1, out=_s2)
+                # AMSGrad denominator
+                if amsgrad:
+                    # denom = eps + np.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                    np.sqrt(max_exp_avg_sq, out=_s1)
+                    np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                    denom = np.add(eps, _s1, out=_s2)
+                # parameter update
+                # w -= exp_avg*lr/(denom*(1 - beta1**t))
+                np.multiply(exp_avg, lr, out=_s1)
+                np.multiply(denom, 1 - beta1**t, out=_s3)
+                np.divide(_s1, _s3, out=_s3)
+                w -= _s3
+        return state
+
+    def _case(self) -> int:
+        """The case of the rule (and its fused kernel) that the hyperparameters select."""
+        beta1 = self.beta1
+        beta2 = self.beta2
+        eps = self.eps
+        weight_decay = self.weight_decay
+        amsgrad = self.amsgrad
+        maximize = self.maximize
+        return 0 if (amsgrad and weight_decay == 0) else 1 if weight_decay == 0 else 2 if amsgrad else 3
+
+    def finalize_variable_values(self, params: Any, state: TorchAdamState) -> Any:
+        """Keras's ``finalize_variable_values``, at the end of training: updates ``params`` in place."""
+        keys, _ = numpy_support.leaves(params)
         use_ema = self.use_ema
-        ema_momentum = self.ema_momentum
-        ema_overwrite_frequency = self.ema_overwrite_frequency
-        loss_scale_factor = self.loss_scale_factor
-        gradient_accumulation_steps = self.gradient_accumulation_steps
         for key in keys:
             w = params[key]
             ema = state.ema[key] if state.ema is not None else None

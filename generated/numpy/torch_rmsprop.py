@@ -43,7 +43,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from optforge.runtime import common, fused_support, numpy_support
+from optforge.runtime import common, fused_support, numpy_support, options_numpy
 
 
 class TorchRMSpropState(NamedTuple):
@@ -81,6 +81,26 @@ class TorchRMSprop:
             over the cores) instead of NumPy operations. Same results (float64: to rounding; see the README).
     """
 
+    #: Keras's options this optimizer takes (runtime/options_numpy.py runs them around the rule)
+    options = (
+        "clipnorm",
+        "clipvalue",
+        "global_clipnorm",
+        "use_ema",
+        "ema_momentum",
+        "ema_overwrite_frequency",
+        "loss_scale_factor",
+        "gradient_accumulation_steps",
+    )
+    #: what each parameter keeps: "element" (an array like it) or "tensor" (a 0-d array)
+    keeps = {
+        "square_avg": "element",
+        "grad_avg": "element",
+        "momentum_buffer": "element",
+        "grad_accumulator": "element",
+        "ema": "element",
+    }
+
     def __init__(
         self,
         learning_rate: float | Callable[[int], float] = 0.01,
@@ -106,6 +126,7 @@ class TorchRMSprop:
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("torch_rmsprop", "TorchRMSprop") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
+        self._stage_scratch: dict = {}  # the options' stages' buffers (the gradient they make, ...)
         self.alpha = common.check_float("alpha", alpha, 0.0, math.inf, True, False)
         self.eps = common.check_float("eps", eps, 0.0, math.inf, True, False)
         self.weight_decay = common.check_float("weight_decay", weight_decay, 0.0, math.inf, True, False)
@@ -186,34 +207,10 @@ class TorchRMSprop:
             raise TypeError(
                 f"expected an instance of TorchRMSpropState (from TorchRMSprop.init). Received: {type(state).__name__}"
             )
-        keys = numpy_support.check_step(
-            params,
-            grads,
-            state,
-            {
-                "square_avg": "element",
-                "grad_avg": "element",
-                "momentum_buffer": "element",
-                "grad_accumulator": "element",
-                "ema": "element",
-            },
-        )
-        n = state.step  # earlier calls
-        t = n + 1
-        lr = common.learning_rate_at(self.learning_rate, n)
-        alpha = self.alpha
-        eps = self.eps
-        weight_decay = self.weight_decay
+        keys = numpy_support.check_step(params, grads, state, self.keeps)
         momentum = self.momentum
         centered = self.centered
-        maximize = self.maximize
-        clipnorm = self.clipnorm
-        clipvalue = self.clipvalue
-        global_clipnorm = self.global_clipnorm
         use_ema = self.use_ema
-        ema_momentum = self.ema_momentum
-        ema_overwrite_frequency = self.ema_overwrite_frequency
-        loss_scale_factor = self.loss_scale_factor
         gradient_accumulation_steps = self.gradient_accumulation_steps
         if (centered) and state.grad_avg is None:
             raise ValueError(
@@ -235,1177 +232,432 @@ class TorchRMSprop:
                 "state.ema is None but this optimizer keeps it (use_ema): the state was made by"
                 " an optimizer with other options"
             )
-        if centered and momentum == 0 and weight_decay == 0:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = 0 if t == 1 else ema_momentum
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            if global_clipnorm is not None and is_update:
-                for key in keys:
-                    w, g = params[key], numpy_support.upcast(grads[key])
-                    grad_accumulator = (
-                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                    )
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = np.divide(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                        np.multiply(clipnorm, g, out=_s2)
-                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        np.square(g, out=_s2)
-                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
-            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                square_avg = state.square_avg[key]
-                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                ema = state.ema[key] if state.ema is not None else None
-                if fused_work is not None and fused_support.fusable(
-                    w, g, square_avg, grad_avg, grad_accumulator, ema
-                ):
-                    fused_work.append((w, g, square_avg, grad_avg, grad_accumulator, ema))
-                    continue
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, square_avg, grad_avg, grad_accumulator, ema
-                )
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator += g
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    grad_accumulator[...] = 0
-                if clipnorm is not None and is_update:
-                    np.square(g, out=_s1)
-                    sumsq_g = np.sum(_s1)
-                else:
-                    sumsq_g = 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s1)
-                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                    np.multiply(g, global_clipnorm, out=_s1)
-                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-                if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-                # maximize
-                if is_update:
-                    if maximize:
-                        g = np.negative(g, out=_s0)
-                    # running mean square
-                    # square_avg = alpha*square_avg + g**2*(1 - alpha)
-                    np.multiply(alpha, square_avg, out=_s1)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - alpha, out=_s2)
-                    np.add(_s1, _s2, out=square_avg)
-                    # running mean
-                    # grad_avg += (1 - alpha)*(g - grad_avg)
-                    np.subtract(g, grad_avg, out=_s2)
-                    np.multiply(1 - alpha, _s2, out=_s2)
-                    grad_avg += _s2
-                # denominator
-                if is_update:
-                    np.sqrt(square_avg, out=_s1)
-                    avg = np.add(eps, _s1, out=_s2)
-                else:
-                    avg = 0
-                # centered denominator
-                if is_update:
-                    if centered:
-                        # avg = eps + np.sqrt(square_avg - grad_avg**2)
-                        np.square(grad_avg, out=_s1)
-                        np.subtract(square_avg, _s1, out=_s1)
-                        np.sqrt(_s1, out=_s1)
-                        avg = np.add(eps, _s1, out=_s2)
-                    # parameter update
-                    # w -= g*lr/avg
-                    np.multiply(g, lr, out=_s1)
-                    np.divide(_s1, avg, out=_s1)
-                    w -= _s1
-                # EMA of the weights
-                if use_ema:
-                    # ema = ema*ema_mu + w*(1 - ema_mu)
-                    np.multiply(ema, ema_mu, out=_s1)
-                    np.multiply(w, 1 - ema_mu, out=_s3)
-                    np.add(_s1, _s3, out=ema)
-                # EMA overwrite
-                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                    w[...] = ema
-            if fused_work:
-                fused_support.run(
-                    self._fused.UPDATE_CASE_0,
-                    fused_work,
-                    {
-                        "lr": lr,
-                        "alpha": alpha,
-                        "eps": eps,
-                        "centered": centered,
-                        "maximize": maximize,
-                        "clipnorm": clipnorm,
-                        "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm,
-                        "use_ema": use_ema,
-                        "ema_overwrite_frequency": ema_overwrite_frequency,
-                        "loss_scale_factor": loss_scale_factor,
-                        "gradient_accumulation_steps": gradient_accumulation_steps,
-                        "ema_mu": ema_mu,
-                        "global_sumsq_g": global_sumsq_g,
-                        "is_update": is_update,
-                        "t": t,
-                    },
-                )
-        elif centered and weight_decay == 0:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = 0 if t == 1 else ema_momentum
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            if global_clipnorm is not None and is_update:
-                for key in keys:
-                    w, g = params[key], numpy_support.upcast(grads[key])
-                    grad_accumulator = (
-                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                    )
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = np.divide(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                        np.multiply(clipnorm, g, out=_s2)
-                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        np.square(g, out=_s2)
-                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
-            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                square_avg = state.square_avg[key]
-                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
-                momentum_buffer = state.momentum_buffer[key] if state.momentum_buffer is not None else None
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                ema = state.ema[key] if state.ema is not None else None
-                if fused_work is not None and fused_support.fusable(
-                    w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema
-                ):
-                    fused_work.append((w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema))
-                    continue
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema
-                )
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator += g
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    grad_accumulator[...] = 0
-                if clipnorm is not None and is_update:
-                    np.square(g, out=_s1)
-                    sumsq_g = np.sum(_s1)
-                else:
-                    sumsq_g = 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s1)
-                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                    np.multiply(g, global_clipnorm, out=_s1)
-                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-                if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-                # maximize
-                if is_update:
-                    if maximize:
-                        g = np.negative(g, out=_s0)
-                    # running mean square
-                    # square_avg = alpha*square_avg + g**2*(1 - alpha)
-                    np.multiply(alpha, square_avg, out=_s1)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - alpha, out=_s2)
-                    np.add(_s1, _s2, out=square_avg)
-                    # running mean
-                    # grad_avg += (1 - alpha)*(g - grad_avg)
-                    np.subtract(g, grad_avg, out=_s2)
-                    np.multiply(1 - alpha, _s2, out=_s2)
-                    grad_avg += _s2
-                # denominator
-                if is_update:
-                    np.sqrt(square_avg, out=_s1)
-                    avg = np.add(eps, _s1, out=_s2)
-                else:
-                    avg = 0
-                # centered denominator
-                if is_update:
-                    if centered:
-                        # avg = eps + np.sqrt(square_avg - grad_avg**2)
-                        np.square(grad_avg, out=_s1)
-                        np.subtract(square_avg, _s1, out=_s1)
-                        np.sqrt(_s1, out=_s1)
-                        avg = np.add(eps, _s1, out=_s2)
-                    # momentum buffer
-                    # momentum_buffer = momentum*momentum_buffer + g/avg
-                    np.multiply(momentum, momentum_buffer, out=_s1)
-                    np.divide(g, avg, out=_s3)
-                    np.add(_s1, _s3, out=momentum_buffer)
-                    # momentum update
-                    # w -= lr*momentum_buffer
-                    np.multiply(lr, momentum_buffer, out=_s3)
-                    w -= _s3
-                # EMA of the weights
-                if use_ema:
-                    # ema = ema*ema_mu + w*(1 - ema_mu)
-                    np.multiply(ema, ema_mu, out=_s3)
-                    np.multiply(w, 1 - ema_mu, out=_s1)
-                    np.add(_s3, _s1, out=ema)
-                # EMA overwrite
-                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                    w[...] = ema
-            if fused_work:
-                fused_support.run(
-                    self._fused.UPDATE_CASE_1,
-                    fused_work,
-                    {
-                        "lr": lr,
-                        "alpha": alpha,
-                        "eps": eps,
-                        "momentum": momentum,
-                        "centered": centered,
-                        "maximize": maximize,
-                        "clipnorm": clipnorm,
-                        "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm,
-                        "use_ema": use_ema,
-                        "ema_overwrite_frequency": ema_overwrite_frequency,
-                        "loss_scale_factor": loss_scale_factor,
-                        "gradient_accumulation_steps": gradient_accumulation_steps,
-                        "ema_mu": ema_mu,
-                        "global_sumsq_g": global_sumsq_g,
-                        "is_update": is_update,
-                        "t": t,
-                    },
-                )
-        elif momentum == 0 and weight_decay == 0:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = 0 if t == 1 else ema_momentum
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            if global_clipnorm is not None and is_update:
-                for key in keys:
-                    w, g = params[key], numpy_support.upcast(grads[key])
-                    grad_accumulator = (
-                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                    )
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = np.divide(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                        np.multiply(clipnorm, g, out=_s2)
-                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        np.square(g, out=_s2)
-                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
-            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                square_avg = state.square_avg[key]
-                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                ema = state.ema[key] if state.ema is not None else None
-                if fused_work is not None and fused_support.fusable(
-                    w, g, square_avg, grad_avg, grad_accumulator, ema
-                ):
-                    fused_work.append((w, g, square_avg, grad_avg, grad_accumulator, ema))
-                    continue
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, square_avg, grad_avg, grad_accumulator, ema
-                )
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator += g
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    grad_accumulator[...] = 0
-                if clipnorm is not None and is_update:
-                    np.square(g, out=_s1)
-                    sumsq_g = np.sum(_s1)
-                else:
-                    sumsq_g = 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s1)
-                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                    np.multiply(g, global_clipnorm, out=_s1)
-                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-                if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-                # maximize
-                if is_update:
-                    if maximize:
-                        g = np.negative(g, out=_s0)
-                    # running mean square
-                    # square_avg = alpha*square_avg + g**2*(1 - alpha)
-                    np.multiply(alpha, square_avg, out=_s1)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - alpha, out=_s2)
-                    np.add(_s1, _s2, out=square_avg)
-                # denominator
-                if is_update:
-                    np.sqrt(square_avg, out=_s1)
-                    avg = np.add(eps, _s1, out=_s2)
-                else:
-                    avg = 0
-                # centered denominator
-                if is_update:
-                    if centered:
-                        # avg = eps + np.sqrt(square_avg - grad_avg**2)
-                        np.square(grad_avg, out=_s1)
-                        np.subtract(square_avg, _s1, out=_s1)
-                        np.sqrt(_s1, out=_s1)
-                        avg = np.add(eps, _s1, out=_s2)
-                    # parameter update
-                    # w -= g*lr/avg
-                    np.multiply(g, lr, out=_s1)
-                    np.divide(_s1, avg, out=_s1)
-                    w -= _s1
-                # EMA of the weights
-                if use_ema:
-                    # ema = ema*ema_mu + w*(1 - ema_mu)
-                    np.multiply(ema, ema_mu, out=_s1)
-                    np.multiply(w, 1 - ema_mu, out=_s3)
-                    np.add(_s1, _s3, out=ema)
-                # EMA overwrite
-                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                    w[...] = ema
-            if fused_work:
-                fused_support.run(
-                    self._fused.UPDATE_CASE_2,
-                    fused_work,
-                    {
-                        "lr": lr,
-                        "alpha": alpha,
-                        "eps": eps,
-                        "centered": centered,
-                        "maximize": maximize,
-                        "clipnorm": clipnorm,
-                        "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm,
-                        "use_ema": use_ema,
-                        "ema_overwrite_frequency": ema_overwrite_frequency,
-                        "loss_scale_factor": loss_scale_factor,
-                        "gradient_accumulation_steps": gradient_accumulation_steps,
-                        "ema_mu": ema_mu,
-                        "global_sumsq_g": global_sumsq_g,
-                        "is_update": is_update,
-                        "t": t,
-                    },
-                )
-        elif weight_decay == 0:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = 0 if t == 1 else ema_momentum
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            if global_clipnorm is not None and is_update:
-                for key in keys:
-                    w, g = params[key], numpy_support.upcast(grads[key])
-                    grad_accumulator = (
-                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                    )
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = np.divide(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                        np.multiply(clipnorm, g, out=_s2)
-                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        np.square(g, out=_s2)
-                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
-            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                square_avg = state.square_avg[key]
-                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
-                momentum_buffer = state.momentum_buffer[key] if state.momentum_buffer is not None else None
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                ema = state.ema[key] if state.ema is not None else None
-                if fused_work is not None and fused_support.fusable(
-                    w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema
-                ):
-                    fused_work.append((w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema))
-                    continue
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema
-                )
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator += g
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    grad_accumulator[...] = 0
-                if clipnorm is not None and is_update:
-                    np.square(g, out=_s1)
-                    sumsq_g = np.sum(_s1)
-                else:
-                    sumsq_g = 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s1)
-                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                    np.multiply(g, global_clipnorm, out=_s1)
-                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-                if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-                # maximize
-                if is_update:
-                    if maximize:
-                        g = np.negative(g, out=_s0)
-                    # running mean square
-                    # square_avg = alpha*square_avg + g**2*(1 - alpha)
-                    np.multiply(alpha, square_avg, out=_s1)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - alpha, out=_s2)
-                    np.add(_s1, _s2, out=square_avg)
-                # denominator
-                if is_update:
-                    np.sqrt(square_avg, out=_s1)
-                    avg = np.add(eps, _s1, out=_s2)
-                else:
-                    avg = 0
-                # centered denominator
-                if is_update:
-                    if centered:
-                        # avg = eps + np.sqrt(square_avg - grad_avg**2)
-                        np.square(grad_avg, out=_s1)
-                        np.subtract(square_avg, _s1, out=_s1)
-                        np.sqrt(_s1, out=_s1)
-                        avg = np.add(eps, _s1, out=_s2)
-                    # momentum buffer
-                    # momentum_buffer = momentum*momentum_buffer + g/avg
-                    np.multiply(momentum, momentum_buffer, out=_s1)
-                    np.divide(g, avg, out=_s3)
-                    np.add(_s1, _s3, out=momentum_buffer)
-                    # momentum update
-                    # w -= lr*momentum_buffer
-                    np.multiply(lr, momentum_buffer, out=_s3)
-                    w -= _s3
-                # EMA of the weights
-                if use_ema:
-                    # ema = ema*ema_mu + w*(1 - ema_mu)
-                    np.multiply(ema, ema_mu, out=_s3)
-                    np.multiply(w, 1 - ema_mu, out=_s1)
-                    np.add(_s3, _s1, out=ema)
-                # EMA overwrite
-                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                    w[...] = ema
-            if fused_work:
-                fused_support.run(
-                    self._fused.UPDATE_CASE_3,
-                    fused_work,
-                    {
-                        "lr": lr,
-                        "alpha": alpha,
-                        "eps": eps,
-                        "momentum": momentum,
-                        "centered": centered,
-                        "maximize": maximize,
-                        "clipnorm": clipnorm,
-                        "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm,
-                        "use_ema": use_ema,
-                        "ema_overwrite_frequency": ema_overwrite_frequency,
-                        "loss_scale_factor": loss_scale_factor,
-                        "gradient_accumulation_steps": gradient_accumulation_steps,
-                        "ema_mu": ema_mu,
-                        "global_sumsq_g": global_sumsq_g,
-                        "is_update": is_update,
-                        "t": t,
-                    },
-                )
-        elif centered and momentum == 0:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = 0 if t == 1 else ema_momentum
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            if global_clipnorm is not None and is_update:
-                for key in keys:
-                    w, g = params[key], numpy_support.upcast(grads[key])
-                    grad_accumulator = (
-                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                    )
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = np.divide(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                        np.multiply(clipnorm, g, out=_s2)
-                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        np.square(g, out=_s2)
-                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
-            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                square_avg = state.square_avg[key]
-                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                ema = state.ema[key] if state.ema is not None else None
-                if fused_work is not None and fused_support.fusable(
-                    w, g, square_avg, grad_avg, grad_accumulator, ema
-                ):
-                    fused_work.append((w, g, square_avg, grad_avg, grad_accumulator, ema))
-                    continue
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, square_avg, grad_avg, grad_accumulator, ema
-                )
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator += g
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    grad_accumulator[...] = 0
-                if clipnorm is not None and is_update:
-                    np.square(g, out=_s1)
-                    sumsq_g = np.sum(_s1)
-                else:
-                    sumsq_g = 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s1)
-                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                    np.multiply(g, global_clipnorm, out=_s1)
-                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-                if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-                # maximize
-                if is_update:
-                    if maximize:
-                        g = np.negative(g, out=_s0)
-                    # L2 weight decay
-                    # g = g + w*weight_decay
-                    np.multiply(w, weight_decay, out=_s1)
-                    g = np.add(g, _s1, out=_s0)
-                    # running mean square
-                    # square_avg = alpha*square_avg + g**2*(1 - alpha)
-                    np.multiply(alpha, square_avg, out=_s1)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - alpha, out=_s2)
-                    np.add(_s1, _s2, out=square_avg)
-                    # running mean
-                    # grad_avg += (1 - alpha)*(g - grad_avg)
-                    np.subtract(g, grad_avg, out=_s2)
-                    np.multiply(1 - alpha, _s2, out=_s2)
-                    grad_avg += _s2
-                # denominator
-                if is_update:
-                    np.sqrt(square_avg, out=_s1)
-                    avg = np.add(eps, _s1, out=_s2)
-                else:
-                    avg = 0
-                # centered denominator
-                if is_update:
-                    if centered:
-                        # avg = eps + np.sqrt(square_avg - grad_avg**2)
-                        np.square(grad_avg, out=_s1)
-                        np.subtract(square_avg, _s1, out=_s1)
-                        np.sqrt(_s1, out=_s1)
-                        avg = np.add(eps, _s1, out=_s2)
-                    # parameter update
-                    # w -= g*lr/avg
-                    np.multiply(g, lr, out=_s1)
-                    np.divide(_s1, avg, out=_s1)
-                    w -= _s1
-                # EMA of the weights
-                if use_ema:
-                    # ema = ema*ema_mu + w*(1 - ema_mu)
-                    np.multiply(ema, ema_mu, out=_s1)
-                    np.multiply(w, 1 - ema_mu, out=_s3)
-                    np.add(_s1, _s3, out=ema)
-                # EMA overwrite
-                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                    w[...] = ema
-            if fused_work:
-                fused_support.run(
-                    self._fused.UPDATE_CASE_4,
-                    fused_work,
-                    {
-                        "lr": lr,
-                        "alpha": alpha,
-                        "eps": eps,
-                        "weight_decay": weight_decay,
-                        "centered": centered,
-                        "maximize": maximize,
-                        "clipnorm": clipnorm,
-                        "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm,
-                        "use_ema": use_ema,
-                        "ema_overwrite_frequency": ema_overwrite_frequency,
-                        "loss_scale_factor": loss_scale_factor,
-                        "gradient_accumulation_steps": gradient_accumulation_steps,
-                        "ema_mu": ema_mu,
-                        "global_sumsq_g": global_sumsq_g,
-                        "is_update": is_update,
-                        "t": t,
-                    },
-                )
-        elif centered:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = 0 if t == 1 else ema_momentum
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            if global_clipnorm is not None and is_update:
-                for key in keys:
-                    w, g = params[key], numpy_support.upcast(grads[key])
-                    grad_accumulator = (
-                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                    )
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = np.divide(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                        np.multiply(clipnorm, g, out=_s2)
-                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        np.square(g, out=_s2)
-                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
-            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                square_avg = state.square_avg[key]
-                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
-                momentum_buffer = state.momentum_buffer[key] if state.momentum_buffer is not None else None
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                ema = state.ema[key] if state.ema is not None else None
-                if fused_work is not None and fused_support.fusable(
-                    w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema
-                ):
-                    fused_work.append((w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema))
-                    continue
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema
-                )
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator += g
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    grad_accumulator[...] = 0
-                if clipnorm is not None and is_update:
-                    np.square(g, out=_s1)
-                    sumsq_g = np.sum(_s1)
-                else:
-                    sumsq_g = 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s1)
-                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                    np.multiply(g, global_clipnorm, out=_s1)
-                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-                if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-                # maximize
-                if is_update:
-                    if maximize:
-                        g = np.negative(g, out=_s0)
-                    # L2 weight decay
-                    # g = g + w*weight_decay
-                    np.multiply(w, weight_decay, out=_s1)
-                    g = np.add(g, _s1, out=_s0)
-                    # running mean square
-                    # square_avg = alpha*square_avg + g**2*(1 - alpha)
-                    np.multiply(alpha, square_avg, out=_s1)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - alpha, out=_s2)
-                    np.add(_s1, _s2, out=square_avg)
-                    # running mean
-                    # grad_avg += (1 - alpha)*(g - grad_avg)
-                    np.subtract(g, grad_avg, out=_s2)
-                    np.multiply(1 - alpha, _s2, out=_s2)
-                    grad_avg += _s2
-                # denominator
-                if is_update:
-                    np.sqrt(square_avg, out=_s1)
-                    avg = np.add(eps, _s1, out=_s2)
-                else:
-                    avg = 0
-                # centered denominator
-                if is_update:
-                    if centered:
-                        # avg = eps + np.sqrt(square_avg - grad_avg**2)
-                        np.square(grad_avg, out=_s1)
-                        np.subtract(square_avg, _s1, out=_s1)
-                        np.sqrt(_s1, out=_s1)
-                        avg = np.add(eps, _s1, out=_s2)
-                    # momentum buffer
-                    # momentum_buffer = momentum*momentum_buffer + g/avg
-                    np.multiply(momentum, momentum_buffer, out=_s1)
-                    np.divide(g, avg, out=_s3)
-                    np.add(_s1, _s3, out=momentum_buffer)
-                    # momentum update
-                    # w -= lr*momentum_buffer
-                    np.multiply(lr, momentum_buffer, out=_s3)
-                    w -= _s3
-                # EMA of the weights
-                if use_ema:
-                    # ema = ema*ema_mu + w*(1 - ema_mu)
-                    np.multiply(ema, ema_mu, out=_s3)
-                    np.multiply(w, 1 - ema_mu, out=_s1)
-                    np.add(_s3, _s1, out=ema)
-                # EMA overwrite
-                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                    w[...] = ema
-            if fused_work:
-                fused_support.run(
-                    self._fused.UPDATE_CASE_5,
-                    fused_work,
-                    {
-                        "lr": lr,
-                        "alpha": alpha,
-                        "eps": eps,
-                        "weight_decay": weight_decay,
-                        "momentum": momentum,
-                        "centered": centered,
-                        "maximize": maximize,
-                        "clipnorm": clipnorm,
-                        "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm,
-                        "use_ema": use_ema,
-                        "ema_overwrite_frequency": ema_overwrite_frequency,
-                        "loss_scale_factor": loss_scale_factor,
-                        "gradient_accumulation_steps": gradient_accumulation_steps,
-                        "ema_mu": ema_mu,
-                        "global_sumsq_g": global_sumsq_g,
-                        "is_update": is_update,
-                        "t": t,
-                    },
-                )
-        elif momentum == 0:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = 0 if t == 1 else ema_momentum
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            if global_clipnorm is not None and is_update:
-                for key in keys:
-                    w, g = params[key], numpy_support.upcast(grads[key])
-                    grad_accumulator = (
-                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                    )
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = np.divide(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                        np.multiply(clipnorm, g, out=_s2)
-                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        np.square(g, out=_s2)
-                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
-            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                square_avg = state.square_avg[key]
-                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                ema = state.ema[key] if state.ema is not None else None
-                if fused_work is not None and fused_support.fusable(
-                    w, g, square_avg, grad_avg, grad_accumulator, ema
-                ):
-                    fused_work.append((w, g, square_avg, grad_avg, grad_accumulator, ema))
-                    continue
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, square_avg, grad_avg, grad_accumulator, ema
-                )
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator += g
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    grad_accumulator[...] = 0
-                if clipnorm is not None and is_update:
-                    np.square(g, out=_s1)
-                    sumsq_g = np.sum(_s1)
-                else:
-                    sumsq_g = 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s1)
-                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                    np.multiply(g, global_clipnorm, out=_s1)
-                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-                if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-                # maximize
-                if is_update:
-                    if maximize:
-                        g = np.negative(g, out=_s0)
-                    # L2 weight decay
-                    # g = g + w*weight_decay
-                    np.multiply(w, weight_decay, out=_s1)
-                    g = np.add(g, _s1, out=_s0)
-                    # running mean square
-                    # square_avg = alpha*square_avg + g**2*(1 - alpha)
-                    np.multiply(alpha, square_avg, out=_s1)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - alpha, out=_s2)
-                    np.add(_s1, _s2, out=square_avg)
-                # denominator
-                if is_update:
-                    np.sqrt(square_avg, out=_s1)
-                    avg = np.add(eps, _s1, out=_s2)
-                else:
-                    avg = 0
-                # centered denominator
-                if is_update:
-                    if centered:
-                        # avg = eps + np.sqrt(square_avg - grad_avg**2)
-                        np.square(grad_avg, out=_s1)
-                        np.subtract(square_avg, _s1, out=_s1)
-                        np.sqrt(_s1, out=_s1)
-                        avg = np.add(eps, _s1, out=_s2)
-                    # parameter update
-                    # w -= g*lr/avg
-                    np.multiply(g, lr, out=_s1)
-                    np.divide(_s1, avg, out=_s1)
-                    w -= _s1
-                # EMA of the weights
-                if use_ema:
-                    # ema = ema*ema_mu + w*(1 - ema_mu)
-                    np.multiply(ema, ema_mu, out=_s1)
-                    np.multiply(w, 1 - ema_mu, out=_s3)
-                    np.add(_s1, _s3, out=ema)
-                # EMA overwrite
-                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                    w[...] = ema
-            if fused_work:
-                fused_support.run(
-                    self._fused.UPDATE_CASE_6,
-                    fused_work,
-                    {
-                        "lr": lr,
-                        "alpha": alpha,
-                        "eps": eps,
-                        "weight_decay": weight_decay,
-                        "centered": centered,
-                        "maximize": maximize,
-                        "clipnorm": clipnorm,
-                        "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm,
-                        "use_ema": use_ema,
-                        "ema_overwrite_frequency": ema_overwrite_frequency,
-                        "loss_scale_factor": loss_scale_factor,
-                        "gradient_accumulation_steps": gradient_accumulation_steps,
-                        "ema_mu": ema_mu,
-                        "global_sumsq_g": global_sumsq_g,
-                        "is_update": is_update,
-                        "t": t,
-                    },
-                )
-        else:
-            # the step counts updates, not calls
-            t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-            # an update call
-            is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-            # EMA momentum (0 at the first update)
-            ema_mu = 0 if t == 1 else ema_momentum
-            # over all tensors: global_sumsq_g
-            global_sumsq_g = 0.0
-            if global_clipnorm is not None and is_update:
-                for key in keys:
-                    w, g = params[key], numpy_support.upcast(grads[key])
-                    grad_accumulator = (
-                        state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                    )
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = np.divide(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator = np.add(g, grad_accumulator, out=_s1)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    sumsq_g = np.sum(g**2) if (clipnorm is not None and is_update) else 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                        np.multiply(clipnorm, g, out=_s2)
-                        g = np.divide(_s2, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        np.square(g, out=_s2)
-                        global_sumsq_g = global_sumsq_g + np.sum(_s2)
-            fused_work = [] if self._fused is not None else None  # the tensors the fused path takes
-            for key in keys:
-                w, g = params[key], numpy_support.upcast(grads[key])
-                square_avg = state.square_avg[key]
-                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
-                momentum_buffer = state.momentum_buffer[key] if state.momentum_buffer is not None else None
-                grad_accumulator = state.grad_accumulator[key] if state.grad_accumulator is not None else None
-                ema = state.ema[key] if state.ema is not None else None
-                if fused_work is not None and fused_support.fusable(
-                    w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema
-                ):
-                    fused_work.append((w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema))
-                    continue
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema
-                )
-                # loss scaling
-                if loss_scale_factor is not None:
-                    g = np.divide(g, loss_scale_factor, out=_s0)
-                # gradient accumulation
-                if gradient_accumulation_steps is not None:
-                    grad_accumulator += g
-                if gradient_accumulation_steps is not None and is_update:
-                    g = np.divide(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                    grad_accumulator[...] = 0
-                if clipnorm is not None and is_update:
-                    np.square(g, out=_s1)
-                    sumsq_g = np.sum(_s1)
-                else:
-                    sumsq_g = 0
-                # clipping
-                if clipnorm is not None and is_update:
-                    # g = clipnorm*g/np.maximum(clipnorm, np.sqrt(sumsq_g))
-                    np.multiply(clipnorm, g, out=_s1)
-                    g = np.divide(_s1, np.maximum(clipnorm, np.sqrt(sumsq_g)), out=_s0)
-                if global_clipnorm is not None and is_update:
-                    # g = g*global_clipnorm/np.maximum(global_clipnorm, np.sqrt(global_sumsq_g))
-                    np.multiply(g, global_clipnorm, out=_s1)
-                    g = np.divide(_s1, np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)), out=_s0)
-                if clipvalue is not None and is_update:
-                    g = np.clip(g, -clipvalue, clipvalue, out=_s0)
-                # maximize
-                if is_update:
-                    if maximize:
-                        g = np.negative(g, out=_s0)
-                    # L2 weight decay
-                    # g = g + w*weight_decay
-                    np.multiply(w, weight_decay, out=_s1)
-                    g = np.add(g, _s1, out=_s0)
-                    # running mean square
-                    # square_avg = alpha*square_avg + g**2*(1 - alpha)
-                    np.multiply(alpha, square_avg, out=_s1)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - alpha, out=_s2)
-                    np.add(_s1, _s2, out=square_avg)
-                # denominator
-                if is_update:
-                    np.sqrt(square_avg, out=_s1)
-                    avg = np.add(eps, _s1, out=_s2)
-                else:
-                    avg = 0
-                # centered denominator
-                if is_update:
-                    if centered:
-                        # avg = eps + np.sqrt(square_avg - grad_avg**2)
-                        np.square(grad_avg, out=_s1)
-                        np.subtract(square_avg, _s1, out=_s1)
-                        np.sqrt(_s1, out=_s1)
-                        avg = np.add(eps, _s1, out=_s2)
-                    # momentum buffer
-                    # momentum_buffer = momentum*momentum_buffer + g/avg
-                    np.multiply(momentum, momentum_buffer, out=_s1)
-                    np.divide(g, avg, out=_s3)
-                    np.add(_s1, _s3, out=momentum_buffer)
-                    # momentum update
-                    # w -= lr*momentum_buffer
-                    np.multiply(lr, momentum_buffer, out=_s3)
-                    w -= _s3
-                # EMA of the weights
-                if use_ema:
-                    # ema = ema*ema_mu + w*(1 - ema_mu)
-                    np.multiply(ema, ema_mu, out=_s3)
-                    np.multiply(w, 1 - ema_mu, out=_s1)
-                    np.add(_s3, _s1, out=ema)
-                # EMA overwrite
-                if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                    w[...] = ema
-            if fused_work:
-                fused_support.run(
-                    self._fused.UPDATE_CASE_7,
-                    fused_work,
-                    {
-                        "lr": lr,
-                        "alpha": alpha,
-                        "eps": eps,
-                        "weight_decay": weight_decay,
-                        "momentum": momentum,
-                        "centered": centered,
-                        "maximize": maximize,
-                        "clipnorm": clipnorm,
-                        "clipvalue": clipvalue,
-                        "global_clipnorm": global_clipnorm,
-                        "use_ema": use_ema,
-                        "ema_overwrite_frequency": ema_overwrite_frequency,
-                        "loss_scale_factor": loss_scale_factor,
-                        "gradient_accumulation_steps": gradient_accumulation_steps,
-                        "ema_mu": ema_mu,
-                        "global_sumsq_g": global_sumsq_g,
-                        "is_update": is_update,
-                        "t": t,
-                    },
-                )
-        return params, state._replace(step=n + 1)
+        call = options_numpy.Call(self, keys, params, grads, state)
+        if call.is_update:
+            state = self._update(call, state)
+        else:  # gradient accumulation: the rule does not run
+            call.skip(self._case())
+        return params, state._replace(step=state.step + 1)
 
-    def finalize_variable_values(self, params: Any, state: TorchRMSpropState) -> Any:
-        """Keras's ``finalize_variable_values``, at the end of training: updates ``params`` in place."""
-        keys, _ = numpy_support.leaves(params)
+    def _update(self, call: options_numpy.Call, state: TorchRMSpropState) -> TorchRMSpropState:
+        """The rule's own step, on update calls only: ``call.tensors`` gives each tensor with its gradient as
+        Keras's options made it (``runtime/options_numpy.py``); returns the state with its new global values."""
+        n, lr = call.n, call.lr  # n: the updates before this one
+        t = n + 1
         alpha = self.alpha
         eps = self.eps
         weight_decay = self.weight_decay
         momentum = self.momentum
         centered = self.centered
         maximize = self.maximize
-        clipnorm = self.clipnorm
-        clipvalue = self.clipvalue
-        global_clipnorm = self.global_clipnorm
+        if centered and momentum == 0 and weight_decay == 0:
+            tmp0 = 1 - alpha
+            for key, w, g in call.tensors(
+                0, {"alpha": alpha, "eps": eps, "centered": centered, "maximize": maximize}
+            ):
+                square_avg = state.square_avg[key]
+                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, square_avg, grad_avg)
+                # maximize
+                if maximize:
+                    g = np.negative(g, out=_s0)
+                # running mean square
+                # square_avg = alpha*square_avg + g**2*tmp0
+                np.multiply(alpha, square_avg, out=_s1)
+                np.square(g, out=_s2)
+                np.multiply(_s2, tmp0, out=_s2)
+                np.add(_s1, _s2, out=square_avg)
+                # running mean
+                # grad_avg += tmp0*(g - grad_avg)
+                np.subtract(g, grad_avg, out=_s2)
+                np.multiply(tmp0, _s2, out=_s2)
+                grad_avg += _s2
+                # denominator
+                # avg = eps + np.sqrt(square_avg)
+                np.sqrt(square_avg, out=_s1)
+                avg = np.add(eps, _s1, out=_s2)
+                # centered denominator
+                if centered:
+                    # avg = eps + np.sqrt(square_avg - grad_avg**2)
+                    np.square(grad_avg, out=_s1)
+                    np.subtract(square_avg, _s1, out=_s1)
+                    np.sqrt(_s1, out=_s1)
+                    avg = np.add(eps, _s1, out=_s2)
+                # parameter update
+                # w -= g*lr/avg
+                np.multiply(g, lr, out=_s1)
+                np.divide(_s1, avg, out=_s1)
+                w -= _s1
+        elif centered and weight_decay == 0:
+            tmp0 = 1 - alpha
+            for key, w, g in call.tensors(
+                1,
+                {
+                    "alpha": alpha,
+                    "eps": eps,
+                    "momentum": momentum,
+                    "centered": centered,
+                    "maximize": maximize,
+                },
+            ):
+                square_avg = state.square_avg[key]
+                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
+                momentum_buffer = state.momentum_buffer[key] if state.momentum_buffer is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(
+                    self._scratch, 4, w, g, square_avg, grad_avg, momentum_buffer
+                )
+                # maximize
+                if maximize:
+                    g = np.negative(g, out=_s0)
+                # running mean square
+                # square_avg = alpha*square_avg + g**2*tmp0
+                np.multiply(alpha, square_avg, out=_s1)
+                np.square(g, out=_s2)
+                np.multiply(_s2, tmp0, out=_s2)
+                np.add(_s1, _s2, out=square_avg)
+                # running mean
+                # grad_avg += tmp0*(g - grad_avg)
+                np.subtract(g, grad_avg, out=_s2)
+                np.multiply(tmp0, _s2, out=_s2)
+                grad_avg += _s2
+                # denominator
+                # avg = eps + np.sqrt(square_avg)
+                np.sqrt(square_avg, out=_s1)
+                avg = np.add(eps, _s1, out=_s2)
+                # centered denominator
+                if centered:
+                    # avg = eps + np.sqrt(square_avg - grad_avg**2)
+                    np.square(grad_avg, out=_s1)
+                    np.subtract(square_avg, _s1, out=_s1)
+                    np.sqrt(_s1, out=_s1)
+                    avg = np.add(eps, _s1, out=_s2)
+                # momentum buffer
+                # momentum_buffer = momentum*momentum_buffer + g/avg
+                np.multiply(momentum, momentum_buffer, out=_s1)
+                np.divide(g, avg, out=_s3)
+                np.add(_s1, _s3, out=momentum_buffer)
+                # momentum update
+                # w -= lr*momentum_buffer
+                np.multiply(lr, momentum_buffer, out=_s3)
+                w -= _s3
+        elif momentum == 0 and weight_decay == 0:
+            for key, w, g in call.tensors(
+                2, {"alpha": alpha, "eps": eps, "centered": centered, "maximize": maximize}
+            ):
+                square_avg = state.square_avg[key]
+                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, square_avg, grad_avg)
+                # maximize
+                if maximize:
+                    g = np.negative(g, out=_s0)
+                # running mean square
+                # square_avg = alpha*square_avg + g**2*(1 - alpha)
+                np.multiply(alpha, square_avg, out=_s1)
+                np.square(g, out=_s2)
+                np.multiply(_s2, 1 - alpha, out=_s2)
+                np.add(_s1, _s2, out=square_avg)
+                # denominator
+                # avg = eps + np.sqrt(square_avg)
+                np.sqrt(square_avg, out=_s1)
+                avg = np.add(eps, _s1, out=_s2)
+                # centered denominator
+                if centered:
+                    # avg = eps + np.sqrt(square_avg - grad_avg**2)
+                    np.square(grad_avg, out=_s1)
+                    np.subtract(square_avg, _s1, out=_s1)
+                    np.sqrt(_s1, out=_s1)
+                    avg = np.add(eps, _s1, out=_s2)
+                # parameter update
+                # w -= g*lr/avg
+                np.multiply(g, lr, out=_s1)
+                np.divide(_s1, avg, out=_s1)
+                w -= _s1
+        elif weight_decay == 0:
+            for key, w, g in call.tensors(
+                3,
+                {
+                    "alpha": alpha,
+                    "eps": eps,
+                    "momentum": momentum,
+                    "centered": centered,
+                    "maximize": maximize,
+                },
+            ):
+                square_avg = state.square_avg[key]
+                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
+                momentum_buffer = state.momentum_buffer[key] if state.momentum_buffer is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(
+                    self._scratch, 4, w, g, square_avg, grad_avg, momentum_buffer
+                )
+                # maximize
+                if maximize:
+                    g = np.negative(g, out=_s0)
+                # running mean square
+                # square_avg = alpha*square_avg + g**2*(1 - alpha)
+                np.multiply(alpha, square_avg, out=_s1)
+                np.square(g, out=_s2)
+                np.multiply(_s2, 1 - alpha, out=_s2)
+                np.add(_s1, _s2, out=square_avg)
+                # denominator
+                # avg = eps + np.sqrt(square_avg)
+                np.sqrt(square_avg, out=_s1)
+                avg = np.add(eps, _s1, out=_s2)
+                # centered denominator
+                if centered:
+                    # avg = eps + np.sqrt(square_avg - grad_avg**2)
+                    np.square(grad_avg, out=_s1)
+                    np.subtract(square_avg, _s1, out=_s1)
+                    np.sqrt(_s1, out=_s1)
+                    avg = np.add(eps, _s1, out=_s2)
+                # momentum buffer
+                # momentum_buffer = momentum*momentum_buffer + g/avg
+                np.multiply(momentum, momentum_buffer, out=_s1)
+                np.divide(g, avg, out=_s3)
+                np.add(_s1, _s3, out=momentum_buffer)
+                # momentum update
+                # w -= lr*momentum_buffer
+                np.multiply(lr, momentum_buffer, out=_s3)
+                w -= _s3
+        elif centered and momentum == 0:
+            tmp0 = 1 - alpha
+            for key, w, g in call.tensors(
+                4,
+                {
+                    "alpha": alpha,
+                    "eps": eps,
+                    "weight_decay": weight_decay,
+                    "centered": centered,
+                    "maximize": maximize,
+                },
+            ):
+                square_avg = state.square_avg[key]
+                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, square_avg, grad_avg)
+                # maximize
+                if maximize:
+                    g = np.negative(g, out=_s0)
+                # L2 weight decay
+                # g = g + w*weight_decay
+                np.multiply(w, weight_decay, out=_s1)
+                g = np.add(g, _s1, out=_s0)
+                # running mean square
+                # square_avg = alpha*square_avg + g**2*tmp0
+                np.multiply(alpha, square_avg, out=_s1)
+                np.square(g, out=_s2)
+                np.multiply(_s2, tmp0, out=_s2)
+                np.add(_s1, _s2, out=square_avg)
+                # running mean
+                # grad_avg += tmp0*(g - grad_avg)
+                np.subtract(g, grad_avg, out=_s2)
+                np.multiply(tmp0, _s2, out=_s2)
+                grad_avg += _s2
+                # denominator
+                # avg = eps + np.sqrt(square_avg)
+                np.sqrt(square_avg, out=_s1)
+                avg = np.add(eps, _s1, out=_s2)
+                # centered denominator
+                if centered:
+                    # avg = eps + np.sqrt(square_avg - grad_avg**2)
+                    np.square(grad_avg, out=_s1)
+                    np.subtract(square_avg, _s1, out=_s1)
+                    np.sqrt(_s1, out=_s1)
+                    avg = np.add(eps, _s1, out=_s2)
+                # parameter update
+                # w -= g*lr/avg
+                np.multiply(g, lr, out=_s1)
+                np.divide(_s1, avg, out=_s1)
+                w -= _s1
+        elif centered:
+            tmp0 = 1 - alpha
+            for key, w, g in call.tensors(
+                5,
+                {
+                    "alpha": alpha,
+                    "eps": eps,
+                    "weight_decay": weight_decay,
+                    "momentum": momentum,
+                    "centered": centered,
+                    "maximize": maximize,
+                },
+            ):
+                square_avg = state.square_avg[key]
+                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
+                momentum_buffer = state.momentum_buffer[key] if state.momentum_buffer is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(
+                    self._scratch, 4, w, g, square_avg, grad_avg, momentum_buffer
+                )
+                # maximize
+                if maximize:
+                    g = np.negative(g, out=_s0)
+                # L2 weight decay
+                # g = g + w*weight_decay
+                np.multiply(w, weight_decay, out=_s1)
+                g = np.add(g, _s1, out=_s0)
+                # running mean square
+                # square_avg = alpha*square_avg + g**2*tmp0
+                np.multiply(alpha, square_avg, out=_s1)
+                np.square(g, out=_s2)
+                np.multiply(_s2, tmp0, out=_s2)
+                np.add(_s1, _s2, out=square_avg)
+                # running mean
+                # grad_avg += tmp0*(g - grad_avg)
+                np.subtract(g, grad_avg, out=_s2)
+                np.multiply(tmp0, _s2, out=_s2)
+                grad_avg += _s2
+                # denominator
+                # avg = eps + np.sqrt(square_avg)
+                np.sqrt(square_avg, out=_s1)
+                avg = np.add(eps, _s1, out=_s2)
+                # centered denominator
+                if centered:
+                    # avg = eps + np.sqrt(square_avg - grad_avg**2)
+                    np.square(grad_avg, out=_s1)
+                    np.subtract(square_avg, _s1, out=_s1)
+                    np.sqrt(_s1, out=_s1)
+                    avg = np.add(eps, _s1, out=_s2)
+                # momentum buffer
+                # momentum_buffer = momentum*momentum_buffer + g/avg
+                np.multiply(momentum, momentum_buffer, out=_s1)
+                np.divide(g, avg, out=_s3)
+                np.add(_s1, _s3, out=momentum_buffer)
+                # momentum update
+                # w -= lr*momentum_buffer
+                np.multiply(lr, momentum_buffer, out=_s3)
+                w -= _s3
+        elif momentum == 0:
+            for key, w, g in call.tensors(
+                6,
+                {
+                    "alpha": alpha,
+                    "eps": eps,
+                    "weight_decay": weight_decay,
+                    "centered": centered,
+                    "maximize": maximize,
+                },
+            ):
+                square_avg = state.square_avg[key]
+                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, square_avg, grad_avg)
+                # maximize
+                if maximize:
+                    g = np.negative(g, out=_s0)
+                # L2 weight decay
+                # g = g + w*weight_decay
+                np.multiply(w, weight_decay, out=_s1)
+                g = np.add(g, _s1, out=_s0)
+                # running mean square
+                # square_avg = alpha*square_avg + g**2*(1 - alpha)
+                np.multiply(alpha, square_avg, out=_s1)
+                np.square(g, out=_s2)
+                np.multiply(_s2, 1 - alpha, out=_s2)
+                np.add(_s1, _s2, out=square_avg)
+                # denominator
+                # avg = eps + np.sqrt(square_avg)
+                np.sqrt(square_avg, out=_s1)
+                avg = np.add(eps, _s1, out=_s2)
+                # centered denominator
+                if centered:
+                    # avg = eps + np.sqrt(square_avg - grad_avg**2)
+                    np.square(grad_avg, out=_s1)
+                    np.subtract(square_avg, _s1, out=_s1)
+                    np.sqrt(_s1, out=_s1)
+                    avg = np.add(eps, _s1, out=_s2)
+                # parameter update
+                # w -= g*lr/avg
+                np.multiply(g, lr, out=_s1)
+                np.divide(_s1, avg, out=_s1)
+                w -= _s1
+        else:
+            for key, w, g in call.tensors(
+                7,
+                {
+                    "alpha": alpha,
+                    "eps": eps,
+                    "weight_decay": weight_decay,
+                    "momentum": momentum,
+                    "centered": centered,
+                    "maximize": maximize,
+                },
+            ):
+                square_avg = state.square_avg[key]
+                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
+                momentum_buffer = state.momentum_buffer[key] if state.momentum_buffer is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(
+                    self._scratch, 4, w, g, square_avg, grad_avg, momentum_buffer
+                )
+                # maximize
+                if maximize:
+                    g = np.negative(g, out=_s0)
+                # L2 weight decay
+                # g = g + w*weight_decay
+                np.multiply(w, weight_decay, out=_s1)
+                g = np.add(g, _s1, out=_s0)
+                # running mean square
+                # square_avg = alpha*square_avg + g**2*(1 - alpha)
+                np.multiply(alpha, square_avg, out=_s1)
+                np.square(g, out=_s2)
+                np.multiply(_s2, 1 - alpha, out=_s2)
+                np.add(_s1, _s2, out=square_avg)
+                # denominator
+                # avg = eps + np.sqrt(square_avg)
+                np.sqrt(square_avg, out=_s1)
+                avg = np.add(eps, _s1, out=_s2)
+                # centered denominator
+                if centered:
+                    # avg = eps + np.sqrt(square_avg - grad_avg**2)
+                    np.square(grad_avg, out=_s1)
+                    np.subtract(square_avg, _s1, out=_s1)
+                    np.sqrt(_s1, out=_s1)
+                    avg = np.add(eps, _s1, out=_s2)
+                # momentum buffer
+                # momentum_buffer = momentum*momentum_buffer + g/avg
+                np.multiply(momentum, momentum_buffer, out=_s1)
+                np.divide(g, avg, out=_s3)
+                np.add(_s1, _s3, out=momentum_buffer)
+                # momentum update
+                # w -= lr*momentum_buffer
+                np.multiply(lr, momentum_buffer, out=_s3)
+                w -= _s3
+        return state
+
+    def _case(self) -> int:
+        """The case of the rule (and its fused kernel) that the hyperparameters select."""
+        alpha = self.alpha
+        eps = self.eps
+        weight_decay = self.weight_decay
+        momentum = self.momentum
+        centered = self.centered
+        maximize = self.maximize
+        return (
+            0
+            if (centered and momentum == 0 and weight_decay == 0)
+            else 1
+            if (centered and weight_decay == 0)
+            else 2
+            if (momentum == 0 and weight_decay == 0)
+            else 3
+            if weight_decay == 0
+            else 4
+            if (centered and momentum == 0)
+            else 5
+            if centered
+            else 6
+            if momentum == 0
+            else 7
+        )
+
+    def finalize_variable_values(self, params: Any, state: TorchRMSpropState) -> Any:
+        """Keras's ``finalize_variable_values``, at the end of training: updates ``params`` in place."""
+        keys, _ = numpy_support.leaves(params)
         use_ema = self.use_ema
-        ema_momentum = self.ema_momentum
-        ema_overwrite_frequency = self.ema_overwrite_frequency
-        loss_scale_factor = self.loss_scale_factor
-        gradient_accumulation_steps = self.gradient_accumulation_steps
         for key in keys:
             w = params[key]
             ema = state.ema[key] if state.ema is not None else None

@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from optforge.runtime import common, fused_support, torch_support
+from optforge.runtime import common, options_torch, torch_support
 
 
 class OptaxAdam(torch_support.RuleOptimizer):
@@ -77,6 +77,17 @@ class OptaxAdam(torch_support.RuleOptimizer):
 
     rule = "OptaxAdam"
     module = "optax_adam"
+    options = (
+        "weight_decay",
+        "clipnorm",
+        "clipvalue",
+        "global_clipnorm",
+        "use_ema",
+        "ema_momentum",
+        "ema_overwrite_frequency",
+        "loss_scale_factor",
+        "gradient_accumulation_steps",
+    )
     keeps = frozenset({"mu", "nu", "grad_accumulator", "ema"})
 
     def __init__(
@@ -159,345 +170,88 @@ class OptaxAdam(torch_support.RuleOptimizer):
         if use_ema:
             yield "ema", "element", 0
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One update of every parameter that has a gradient; returns the closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [w for w in group["params"] if w.grad is not None]
-            if not params:
-                continue
-            n = group.get("step", 0)  # earlier calls
-            group["step"] = n + 1
-            t = n + 1
-            lr = common.learning_rate_at(group["lr"], n)
-            b1 = group["b1"]
-            b2 = group["b2"]
-            eps = group["eps"]
-            eps_root = group["eps_root"]
-            nesterov = group["nesterov"]
-            weight_decay = group["weight_decay"]
-            clipnorm = group["clipnorm"] or None  # 0: off
-            clipvalue = group["clipvalue"] or None  # 0: off
-            global_clipnorm = group["global_clipnorm"] or None  # 0: off
-            use_ema = group["use_ema"]
-            ema_momentum = group["ema_momentum"]
-            ema_overwrite_frequency = group["ema_overwrite_frequency"] or None  # 0: off
-            loss_scale_factor = group["loss_scale_factor"]
-            gradient_accumulation_steps = group["gradient_accumulation_steps"]
-            if nesterov:
-                # the step counts updates, not calls
-                t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-                # an update call
-                is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-                # EMA momentum (0 at the first update)
-                ema_mu = 0 if t == 1 else ema_momentum
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                if global_clipnorm is not None and is_update:
-                    for w, state in self._tensors(params, group):
-                        g = torch_support.upcast(w.grad)
-                        grad_accumulator = state.get("grad_accumulator")
-                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                        # loss scaling
-                        if loss_scale_factor is not None:
-                            g = torch.div(g, loss_scale_factor, out=_s0)
-                        # gradient accumulation
-                        if gradient_accumulation_steps is not None:
-                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
-                        if gradient_accumulation_steps is not None and is_update:
-                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
-                        # clipping
-                        if clipnorm is not None and is_update:
-                            g = torch.mul(
-                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
-                            )
-                        if global_clipnorm is not None and is_update:
-                            torch.pow(g, 2, out=_s2)
-                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
-                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
-                for w, state in self._tensors(params, group):
-                    g = torch_support.upcast(w.grad)
-                    mu = state["mu"]
-                    nu = state["nu"]
-                    grad_accumulator = state.get("grad_accumulator")
-                    ema = state.get("ema")
-                    if fused_work is not None and torch_support.fusable(w, g, mu, nu, grad_accumulator, ema):
-                        fused_work.append((w, g, mu, nu, grad_accumulator, ema))
-                        continue
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(
-                        self._scratch, 5, w, g, mu, nu, grad_accumulator, ema
-                    )
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = torch.div(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator.add_(g)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        grad_accumulator.fill_(0)
-                    if clipnorm is not None and is_update:
-                        torch.pow(g, 2, out=_s1)
-                        sumsq_g = torch.sum(_s1)
-                    else:
-                        sumsq_g = 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        g = torch.mul(
-                            g,
-                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
-                            out=_s0,
-                        )
-                    if clipvalue is not None and is_update:
-                        g = (
-                            torch.clamp(g, -clipvalue, clipvalue, out=_s0)
-                            if g.dtype == _s0.dtype
-                            else _s0.copy_(torch.clamp(g, -clipvalue, clipvalue))
-                        )
-                    # decoupled weight decay
-                    if weight_decay is not None and is_update:
-                        w.add_(w, alpha=-(lr * weight_decay))
-                    # first moment
-                    if is_update:
-                        # mu = b1*mu + g*(1 - b1)
-                        torch.mul(b1, mu, out=_s1)
-                        torch.add(_s1, g, alpha=1 - b1, out=mu)
-                        # second moment
-                        # nu = b2*nu + g**2*(1 - b2)
-                        torch.mul(b2, nu, out=_s1)
-                        torch.pow(g, 2, out=_s2)
-                        torch.add(_s1, _s2, alpha=1 - b2, out=nu)
-                    # bias correction
-                    if is_update:
-                        mu_hat = torch.div(mu, 1 - b1**t, out=_s2)
-                    else:
-                        mu_hat = 0
-                    # Nesterov look-ahead
-                    if is_update:
-                        # mu_hat = b1*mu/(1 - b1**(t + 1)) + g*(1 - b1)/(1 - b1**t)
-                        torch.mul(mu, b1 / (1 - b1 ** (t + 1)), out=_s1)
-                        mu_hat = torch.add(_s1, g, alpha=(1 - b1) / (1 - b1**t), out=_s2)
-                    # bias correction
-                    if is_update:
-                        nu_hat = torch.div(nu, 1 - b2**t, out=_s1)
-                    else:
-                        nu_hat = 0
-                    # scaled update
-                    if is_update:
-                        torch.add(eps_root, nu_hat, out=_s4)
-                        torch.sqrt(_s4, out=_s4)
-                        torch.add(eps, _s4, out=_s4)
-                        u = torch.div(mu_hat, _s4, out=_s3)
-                    else:
-                        u = 0
-                    # parameter update
-                    if is_update:
-                        w.add_(u, alpha=-(lr))
-                    # EMA of the weights
-                    if use_ema:
-                        # ema = ema*ema_mu + w*(1 - ema_mu)
-                        torch.mul(ema, ema_mu, out=_s4)
-                        torch.add(_s4, w, alpha=1 - ema_mu, out=ema)
-                    # EMA overwrite
-                    if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                        w.copy_(ema)
-                if fused_work:
-                    fused_support.run(
-                        self._fused.UPDATE_CASE_0,
-                        fused_work,
-                        torch_support.plain(
-                            {
-                                "lr": lr,
-                                "b1": b1,
-                                "b2": b2,
-                                "eps": eps,
-                                "eps_root": eps_root,
-                                "weight_decay": weight_decay,
-                                "clipnorm": clipnorm,
-                                "clipvalue": clipvalue,
-                                "global_clipnorm": global_clipnorm,
-                                "use_ema": use_ema,
-                                "ema_overwrite_frequency": ema_overwrite_frequency,
-                                "loss_scale_factor": loss_scale_factor,
-                                "gradient_accumulation_steps": gradient_accumulation_steps,
-                                "ema_mu": ema_mu,
-                                "global_sumsq_g": global_sumsq_g,
-                                "is_update": is_update,
-                                "t": t,
-                            }
-                        ),
-                    )
-            else:
-                # the step counts updates, not calls
-                t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-                # an update call
-                is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-                # EMA momentum (0 at the first update)
-                ema_mu = 0 if t == 1 else ema_momentum
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                if global_clipnorm is not None and is_update:
-                    for w, state in self._tensors(params, group):
-                        g = torch_support.upcast(w.grad)
-                        grad_accumulator = state.get("grad_accumulator")
-                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                        # loss scaling
-                        if loss_scale_factor is not None:
-                            g = torch.div(g, loss_scale_factor, out=_s0)
-                        # gradient accumulation
-                        if gradient_accumulation_steps is not None:
-                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
-                        if gradient_accumulation_steps is not None and is_update:
-                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
-                        # clipping
-                        if clipnorm is not None and is_update:
-                            g = torch.mul(
-                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
-                            )
-                        if global_clipnorm is not None and is_update:
-                            torch.pow(g, 2, out=_s2)
-                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
-                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
-                for w, state in self._tensors(params, group):
-                    g = torch_support.upcast(w.grad)
-                    mu = state["mu"]
-                    nu = state["nu"]
-                    grad_accumulator = state.get("grad_accumulator")
-                    ema = state.get("ema")
-                    if fused_work is not None and torch_support.fusable(w, g, mu, nu, grad_accumulator, ema):
-                        fused_work.append((w, g, mu, nu, grad_accumulator, ema))
-                        continue
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(
-                        self._scratch, 5, w, g, mu, nu, grad_accumulator, ema
-                    )
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = torch.div(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator.add_(g)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        grad_accumulator.fill_(0)
-                    if clipnorm is not None and is_update:
-                        torch.pow(g, 2, out=_s1)
-                        sumsq_g = torch.sum(_s1)
-                    else:
-                        sumsq_g = 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        g = torch.mul(
-                            g,
-                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
-                            out=_s0,
-                        )
-                    if clipvalue is not None and is_update:
-                        g = (
-                            torch.clamp(g, -clipvalue, clipvalue, out=_s0)
-                            if g.dtype == _s0.dtype
-                            else _s0.copy_(torch.clamp(g, -clipvalue, clipvalue))
-                        )
-                    # decoupled weight decay
-                    if weight_decay is not None and is_update:
-                        w.add_(w, alpha=-(lr * weight_decay))
-                    # first moment
-                    if is_update:
-                        # mu = b1*mu + g*(1 - b1)
-                        torch.mul(b1, mu, out=_s1)
-                        torch.add(_s1, g, alpha=1 - b1, out=mu)
-                        # second moment
-                        # nu = b2*nu + g**2*(1 - b2)
-                        torch.mul(b2, nu, out=_s1)
-                        torch.pow(g, 2, out=_s2)
-                        torch.add(_s1, _s2, alpha=1 - b2, out=nu)
-                    # bias correction
-                    if is_update:
-                        mu_hat = torch.div(mu, 1 - b1**t, out=_s2)
-                    else:
-                        mu_hat = 0
-                    if is_update:
-                        nu_hat = torch.div(nu, 1 - b2**t, out=_s1)
-                    else:
-                        nu_hat = 0
-                    # scaled update
-                    if is_update:
-                        torch.add(eps_root, nu_hat, out=_s4)
-                        torch.sqrt(_s4, out=_s4)
-                        torch.add(eps, _s4, out=_s4)
-                        u = torch.div(mu_hat, _s4, out=_s3)
-                    else:
-                        u = 0
-                    # parameter update
-                    if is_update:
-                        w.add_(u, alpha=-(lr))
-                    # EMA of the weights
-                    if use_ema:
-                        # ema = ema*ema_mu + w*(1 - ema_mu)
-                        torch.mul(ema, ema_mu, out=_s4)
-                        torch.add(_s4, w, alpha=1 - ema_mu, out=ema)
-                    # EMA overwrite
-                    if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                        w.copy_(ema)
-                if fused_work:
-                    fused_support.run(
-                        self._fused.UPDATE_CASE_1,
-                        fused_work,
-                        torch_support.plain(
-                            {
-                                "lr": lr,
-                                "b1": b1,
-                                "b2": b2,
-                                "eps": eps,
-                                "eps_root": eps_root,
-                                "weight_decay": weight_decay,
-                                "clipnorm": clipnorm,
-                                "clipvalue": clipvalue,
-                                "global_clipnorm": global_clipnorm,
-                                "use_ema": use_ema,
-                                "ema_overwrite_frequency": ema_overwrite_frequency,
-                                "loss_scale_factor": loss_scale_factor,
-                                "gradient_accumulation_steps": gradient_accumulation_steps,
-                                "ema_mu": ema_mu,
-                                "global_sumsq_g": global_sumsq_g,
-                                "is_update": is_update,
-                                "t": t,
-                            }
-                        ),
-                    )
-        return loss
+    def _update(self, group: dict[str, Any], call: options_torch.Call) -> None:
+        """The rule's own step, on update calls only: ``call.tensors`` gives each parameter with its gradient as
+        Keras's options made it (``runtime/options_torch.py``), and its state."""
+        n, lr = call.n, call.lr  # n: the updates before this one
+        t = n + 1
+        b1 = group["b1"]
+        b2 = group["b2"]
+        eps = group["eps"]
+        eps_root = group["eps_root"]
+        nesterov = group["nesterov"]
+        if nesterov:
+            for w, g, state in call.tensors(0, {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}):
+                mu = state["mu"]
+                nu = state["nu"]
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(self._scratch, 5, w, g, mu, nu)
+                tmp0 = torch.mul(g, 1 - b1, out=_s0)
+                # first moment
+                # mu = b1*mu + tmp0
+                torch.mul(b1, mu, out=_s1)
+                torch.add(_s1, tmp0, out=mu)
+                # second moment
+                # nu = b2*nu + g**2*(1 - b2)
+                torch.mul(b2, nu, out=_s1)
+                torch.pow(g, 2, out=_s2)
+                torch.add(_s1, _s2, alpha=1 - b2, out=nu)
+                # Nesterov look-ahead
+                # mu_hat = b1*mu/(1 - b1**(t + 1)) + tmp0/(1 - b1**t)
+                torch.mul(mu, b1 / (1 - b1 ** (t + 1)), out=_s1)
+                torch.div(tmp0, 1 - b1**t, out=_s3)
+                mu_hat = torch.add(_s1, _s3, out=_s2)
+                # bias correction
+                nu_hat = torch.div(nu, 1 - b2**t, out=_s3)
+                # scaled update
+                # u = mu_hat/(eps + torch.sqrt(eps_root + nu_hat))
+                torch.add(eps_root, nu_hat, out=_s4)
+                torch.sqrt(_s4, out=_s4)
+                torch.add(eps, _s4, out=_s4)
+                u = torch.div(mu_hat, _s4, out=_s1)
+                # parameter update
+                w.add_(u, alpha=-(lr))
+        else:
+            for w, g, state in call.tensors(1, {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}):
+                mu = state["mu"]
+                nu = state["nu"]
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, mu, nu)
+                # first moment
+                # mu = b1*mu + g*(1 - b1)
+                torch.mul(b1, mu, out=_s0)
+                torch.add(_s0, g, alpha=1 - b1, out=mu)
+                # second moment
+                # nu = b2*nu + g**2*(1 - b2)
+                torch.mul(b2, nu, out=_s0)
+                torch.pow(g, 2, out=_s1)
+                torch.add(_s0, _s1, alpha=1 - b2, out=nu)
+                # bias correction
+                mu_hat = torch.div(mu, 1 - b1**t, out=_s1)
+                nu_hat = torch.div(nu, 1 - b2**t, out=_s0)
+                # scaled update
+                # u = mu_hat/(eps + torch.sqrt(eps_root + nu_hat))
+                torch.add(eps_root, nu_hat, out=_s3)
+                torch.sqrt(_s3, out=_s3)
+                torch.add(eps, _s3, out=_s3)
+                u = torch.div(mu_hat, _s3, out=_s2)
+                # parameter update
+                w.add_(u, alpha=-(lr))
+
+    def _case(self, group: dict[str, Any]) -> int:
+        """The case of the rule (and its fused kernel) that this group's hyperparameters select."""
+        b1 = group["b1"]
+        b2 = group["b2"]
+        eps = group["eps"]
+        eps_root = group["eps_root"]
+        nesterov = group["nesterov"]
+        return 0 if nesterov else 1
 
     @torch.no_grad()
     def finalize_variable_values(self) -> None:
         """Keras's ``finalize_variable_values``, at the end of training: sets the parameters in place."""
         for group in self.param_groups:
-            b1 = group["b1"]
-            b2 = group["b2"]
-            eps = group["eps"]
-            eps_root = group["eps_root"]
-            nesterov = group["nesterov"]
-            weight_decay = group["weight_decay"]
-            clipnorm = group["clipnorm"] or None  # 0: off
-            clipvalue = group["clipvalue"] or None  # 0: off
-            global_clipnorm = group["global_clipnorm"] or None  # 0: off
             use_ema = group["use_ema"]
-            ema_momentum = group["ema_momentum"]
-            ema_overwrite_frequency = group["ema_overwrite_frequency"] or None  # 0: off
-            loss_scale_factor = group["loss_scale_factor"]
-            gradient_accumulation_steps = group["gradient_accumulation_steps"]
             for w in group["params"]:
                 state = self.state[w]
                 ema = state.get("ema")

@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from optforge.runtime import common, fused_support, torch_support
+from optforge.runtime import common, options_torch, torch_support
 
 
 class OptaxRmsprop(torch_support.RuleOptimizer):
@@ -84,6 +84,17 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
 
     rule = "OptaxRmsprop"
     module = "optax_rmsprop"
+    options = (
+        "weight_decay",
+        "clipnorm",
+        "clipvalue",
+        "global_clipnorm",
+        "use_ema",
+        "ema_momentum",
+        "ema_overwrite_frequency",
+        "loss_scale_factor",
+        "gradient_accumulation_steps",
+    )
     keeps = frozenset({"nu", "mu", "trace", "grad_accumulator", "ema"})
 
     def __init__(
@@ -178,1011 +189,366 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
         if use_ema:
             yield "ema", "element", 0
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One update of every parameter that has a gradient; returns the closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [w for w in group["params"] if w.grad is not None]
-            if not params:
-                continue
-            n = group.get("step", 0)  # earlier calls
-            group["step"] = n + 1
-            t = n + 1
-            lr = common.learning_rate_at(group["lr"], n)
-            decay = group["decay"]
-            eps = group["eps"]
-            initial_scale = group["initial_scale"]
-            eps_in_sqrt = group["eps_in_sqrt"]
-            centered = group["centered"]
-            momentum = group["momentum"]
-            nesterov = group["nesterov"]
-            bias_correction = group["bias_correction"]
-            weight_decay = group["weight_decay"]
-            clipnorm = group["clipnorm"] or None  # 0: off
-            clipvalue = group["clipvalue"] or None  # 0: off
-            global_clipnorm = group["global_clipnorm"] or None  # 0: off
-            use_ema = group["use_ema"]
-            ema_momentum = group["ema_momentum"]
-            ema_overwrite_frequency = group["ema_overwrite_frequency"] or None  # 0: off
-            loss_scale_factor = group["loss_scale_factor"]
-            gradient_accumulation_steps = group["gradient_accumulation_steps"]
-            if momentum is not None and centered and nesterov:
-                # the step counts updates, not calls
-                t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-                # an update call
-                is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-                # bias correction
-                correction = (1 - decay**t if bias_correction else 1) if is_update else 0
-                # EMA momentum (0 at the first update)
-                ema_mu = 0 if t == 1 else ema_momentum
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                if global_clipnorm is not None and is_update:
-                    for w, state in self._tensors(params, group):
-                        g = torch_support.upcast(w.grad)
-                        grad_accumulator = state.get("grad_accumulator")
-                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                        # loss scaling
-                        if loss_scale_factor is not None:
-                            g = torch.div(g, loss_scale_factor, out=_s0)
-                        # gradient accumulation
-                        if gradient_accumulation_steps is not None:
-                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
-                        if gradient_accumulation_steps is not None and is_update:
-                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
-                        # clipping
-                        if clipnorm is not None and is_update:
-                            g = torch.mul(
-                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
-                            )
-                        if global_clipnorm is not None and is_update:
-                            torch.pow(g, 2, out=_s2)
-                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
-                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
-                for w, state in self._tensors(params, group):
-                    g = torch_support.upcast(w.grad)
-                    nu = state["nu"]
-                    mu = state.get("mu")
-                    trace = state.get("trace")
-                    grad_accumulator = state.get("grad_accumulator")
-                    ema = state.get("ema")
-                    if fused_work is not None and torch_support.fusable(
-                        w, g, nu, mu, trace, grad_accumulator, ema
-                    ):
-                        fused_work.append((w, g, nu, mu, trace, grad_accumulator, ema))
-                        continue
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2, _s3 = torch_support.scratch(
-                        self._scratch, 4, w, g, nu, mu, trace, grad_accumulator, ema
-                    )
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = torch.div(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator.add_(g)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        grad_accumulator.fill_(0)
-                    if clipnorm is not None and is_update:
-                        torch.pow(g, 2, out=_s1)
-                        sumsq_g = torch.sum(_s1)
-                    else:
-                        sumsq_g = 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        g = torch.mul(
-                            g,
-                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
-                            out=_s0,
-                        )
-                    if clipvalue is not None and is_update:
-                        g = (
-                            torch.clamp(g, -clipvalue, clipvalue, out=_s0)
-                            if g.dtype == _s0.dtype
-                            else _s0.copy_(torch.clamp(g, -clipvalue, clipvalue))
-                        )
-                    # decoupled weight decay
-                    if weight_decay is not None and is_update:
-                        w.add_(w, alpha=-(lr * weight_decay))
-                    # running mean square
-                    if is_update:
-                        # nu = decay*nu + g**2*(1 - decay)
-                        torch.mul(decay, nu, out=_s1)
-                        torch.pow(g, 2, out=_s2)
-                        torch.add(_s1, _s2, alpha=1 - decay, out=nu)
-                        # running mean
-                        # mu = decay*mu + g*(1 - decay)
-                        torch.mul(decay, mu, out=_s2)
-                        torch.add(_s2, g, alpha=1 - decay, out=mu)
-                    # second moment
-                    if is_update:
-                        var = torch.div(nu, correction, out=_s2)
-                    else:
-                        var = 0
-                    # variance (centered)
-                    if is_update:
-                        if centered:
-                            # var = nu/correction - mu**2/correction**2
-                            torch.div(nu, correction, out=_s1)
-                            torch.pow(mu, 2, out=_s3)
-                            torch.div(_s3, correction**2, out=_s3)
-                            var = torch.sub(_s1, _s3, out=_s2)
-                    # scaled gradient
-                    if is_update:
-                        torch.add(eps, var, out=_s1)
-                        torch.sqrt(_s1, out=_s1)
-                        scaled = torch.div(g, _s1, out=_s3)
-                    else:
-                        scaled = 0
-                    # scaled gradient (eps outside the root)
-                    if is_update:
-                        if not eps_in_sqrt:
-                            # scaled = g/(eps + torch.sqrt(var))
-                            torch.sqrt(var, out=_s1)
-                            torch.add(eps, _s1, out=_s1)
-                            scaled = torch.div(g, _s1, out=_s3)
-                        # trace
-                        # trace = momentum*trace - lr*scaled
-                        torch.mul(momentum, trace, out=_s1)
-                        torch.add(_s1, scaled, alpha=-(lr), out=trace)
-                        # Nesterov update
-                        # w -= lr*scaled - momentum*trace
-                        torch.mul(lr, scaled, out=_s1)
-                        torch.add(_s1, trace, alpha=-(momentum), out=_s1)
-                        w.sub_(_s1)
-                    # EMA of the weights
-                    if use_ema:
-                        # ema = ema*ema_mu + w*(1 - ema_mu)
-                        torch.mul(ema, ema_mu, out=_s1)
-                        torch.add(_s1, w, alpha=1 - ema_mu, out=ema)
-                    # EMA overwrite
-                    if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                        w.copy_(ema)
-                if fused_work:
-                    fused_support.run(
-                        self._fused.UPDATE_CASE_0,
-                        fused_work,
-                        torch_support.plain(
-                            {
-                                "lr": lr,
-                                "decay": decay,
-                                "eps": eps,
-                                "eps_in_sqrt": eps_in_sqrt,
-                                "centered": centered,
-                                "momentum": momentum,
-                                "weight_decay": weight_decay,
-                                "clipnorm": clipnorm,
-                                "clipvalue": clipvalue,
-                                "global_clipnorm": global_clipnorm,
-                                "use_ema": use_ema,
-                                "ema_overwrite_frequency": ema_overwrite_frequency,
-                                "loss_scale_factor": loss_scale_factor,
-                                "gradient_accumulation_steps": gradient_accumulation_steps,
-                                "correction": correction,
-                                "ema_mu": ema_mu,
-                                "global_sumsq_g": global_sumsq_g,
-                                "is_update": is_update,
-                                "t": t,
-                            }
-                        ),
-                    )
-            elif momentum is not None and centered and not nesterov:
-                # the step counts updates, not calls
-                t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-                # an update call
-                is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-                # bias correction
-                correction = (1 - decay**t if bias_correction else 1) if is_update else 0
-                # EMA momentum (0 at the first update)
-                ema_mu = 0 if t == 1 else ema_momentum
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                if global_clipnorm is not None and is_update:
-                    for w, state in self._tensors(params, group):
-                        g = torch_support.upcast(w.grad)
-                        grad_accumulator = state.get("grad_accumulator")
-                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                        # loss scaling
-                        if loss_scale_factor is not None:
-                            g = torch.div(g, loss_scale_factor, out=_s0)
-                        # gradient accumulation
-                        if gradient_accumulation_steps is not None:
-                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
-                        if gradient_accumulation_steps is not None and is_update:
-                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
-                        # clipping
-                        if clipnorm is not None and is_update:
-                            g = torch.mul(
-                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
-                            )
-                        if global_clipnorm is not None and is_update:
-                            torch.pow(g, 2, out=_s2)
-                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
-                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
-                for w, state in self._tensors(params, group):
-                    g = torch_support.upcast(w.grad)
-                    nu = state["nu"]
-                    mu = state.get("mu")
-                    trace = state.get("trace")
-                    grad_accumulator = state.get("grad_accumulator")
-                    ema = state.get("ema")
-                    if fused_work is not None and torch_support.fusable(
-                        w, g, nu, mu, trace, grad_accumulator, ema
-                    ):
-                        fused_work.append((w, g, nu, mu, trace, grad_accumulator, ema))
-                        continue
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2, _s3 = torch_support.scratch(
-                        self._scratch, 4, w, g, nu, mu, trace, grad_accumulator, ema
-                    )
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = torch.div(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator.add_(g)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        grad_accumulator.fill_(0)
-                    if clipnorm is not None and is_update:
-                        torch.pow(g, 2, out=_s1)
-                        sumsq_g = torch.sum(_s1)
-                    else:
-                        sumsq_g = 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        g = torch.mul(
-                            g,
-                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
-                            out=_s0,
-                        )
-                    if clipvalue is not None and is_update:
-                        g = (
-                            torch.clamp(g, -clipvalue, clipvalue, out=_s0)
-                            if g.dtype == _s0.dtype
-                            else _s0.copy_(torch.clamp(g, -clipvalue, clipvalue))
-                        )
-                    # decoupled weight decay
-                    if weight_decay is not None and is_update:
-                        w.add_(w, alpha=-(lr * weight_decay))
-                    # running mean square
-                    if is_update:
-                        # nu = decay*nu + g**2*(1 - decay)
-                        torch.mul(decay, nu, out=_s1)
-                        torch.pow(g, 2, out=_s2)
-                        torch.add(_s1, _s2, alpha=1 - decay, out=nu)
-                        # running mean
-                        # mu = decay*mu + g*(1 - decay)
-                        torch.mul(decay, mu, out=_s2)
-                        torch.add(_s2, g, alpha=1 - decay, out=mu)
-                    # second moment
-                    if is_update:
-                        var = torch.div(nu, correction, out=_s2)
-                    else:
-                        var = 0
-                    # variance (centered)
-                    if is_update:
-                        if centered:
-                            # var = nu/correction - mu**2/correction**2
-                            torch.div(nu, correction, out=_s1)
-                            torch.pow(mu, 2, out=_s3)
-                            torch.div(_s3, correction**2, out=_s3)
-                            var = torch.sub(_s1, _s3, out=_s2)
-                    # scaled gradient
-                    if is_update:
-                        torch.add(eps, var, out=_s1)
-                        torch.sqrt(_s1, out=_s1)
-                        scaled = torch.div(g, _s1, out=_s3)
-                    else:
-                        scaled = 0
-                    # scaled gradient (eps outside the root)
-                    if is_update:
-                        if not eps_in_sqrt:
-                            # scaled = g/(eps + torch.sqrt(var))
-                            torch.sqrt(var, out=_s1)
-                            torch.add(eps, _s1, out=_s1)
-                            scaled = torch.div(g, _s1, out=_s3)
-                        # trace
-                        # trace = momentum*trace - lr*scaled
-                        torch.mul(momentum, trace, out=_s1)
-                        torch.add(_s1, scaled, alpha=-(lr), out=trace)
-                        # momentum update
-                        w.add_(trace)
-                    # EMA of the weights
-                    if use_ema:
-                        # ema = ema*ema_mu + w*(1 - ema_mu)
-                        torch.mul(ema, ema_mu, out=_s1)
-                        torch.add(_s1, w, alpha=1 - ema_mu, out=ema)
-                    # EMA overwrite
-                    if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                        w.copy_(ema)
-                if fused_work:
-                    fused_support.run(
-                        self._fused.UPDATE_CASE_1,
-                        fused_work,
-                        torch_support.plain(
-                            {
-                                "lr": lr,
-                                "decay": decay,
-                                "eps": eps,
-                                "eps_in_sqrt": eps_in_sqrt,
-                                "centered": centered,
-                                "momentum": momentum,
-                                "weight_decay": weight_decay,
-                                "clipnorm": clipnorm,
-                                "clipvalue": clipvalue,
-                                "global_clipnorm": global_clipnorm,
-                                "use_ema": use_ema,
-                                "ema_overwrite_frequency": ema_overwrite_frequency,
-                                "loss_scale_factor": loss_scale_factor,
-                                "gradient_accumulation_steps": gradient_accumulation_steps,
-                                "correction": correction,
-                                "ema_mu": ema_mu,
-                                "global_sumsq_g": global_sumsq_g,
-                                "is_update": is_update,
-                                "t": t,
-                            }
-                        ),
-                    )
-            elif centered:
-                # the step counts updates, not calls
-                t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-                # an update call
-                is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-                # bias correction
-                correction = (1 - decay**t if bias_correction else 1) if is_update else 0
-                # EMA momentum (0 at the first update)
-                ema_mu = 0 if t == 1 else ema_momentum
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                if global_clipnorm is not None and is_update:
-                    for w, state in self._tensors(params, group):
-                        g = torch_support.upcast(w.grad)
-                        grad_accumulator = state.get("grad_accumulator")
-                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                        # loss scaling
-                        if loss_scale_factor is not None:
-                            g = torch.div(g, loss_scale_factor, out=_s0)
-                        # gradient accumulation
-                        if gradient_accumulation_steps is not None:
-                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
-                        if gradient_accumulation_steps is not None and is_update:
-                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
-                        # clipping
-                        if clipnorm is not None and is_update:
-                            g = torch.mul(
-                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
-                            )
-                        if global_clipnorm is not None and is_update:
-                            torch.pow(g, 2, out=_s2)
-                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
-                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
-                for w, state in self._tensors(params, group):
-                    g = torch_support.upcast(w.grad)
-                    nu = state["nu"]
-                    mu = state.get("mu")
-                    grad_accumulator = state.get("grad_accumulator")
-                    ema = state.get("ema")
-                    if fused_work is not None and torch_support.fusable(w, g, nu, mu, grad_accumulator, ema):
-                        fused_work.append((w, g, nu, mu, grad_accumulator, ema))
-                        continue
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2, _s3 = torch_support.scratch(
-                        self._scratch, 4, w, g, nu, mu, grad_accumulator, ema
-                    )
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = torch.div(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator.add_(g)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        grad_accumulator.fill_(0)
-                    if clipnorm is not None and is_update:
-                        torch.pow(g, 2, out=_s1)
-                        sumsq_g = torch.sum(_s1)
-                    else:
-                        sumsq_g = 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        g = torch.mul(
-                            g,
-                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
-                            out=_s0,
-                        )
-                    if clipvalue is not None and is_update:
-                        g = (
-                            torch.clamp(g, -clipvalue, clipvalue, out=_s0)
-                            if g.dtype == _s0.dtype
-                            else _s0.copy_(torch.clamp(g, -clipvalue, clipvalue))
-                        )
-                    # decoupled weight decay
-                    if weight_decay is not None and is_update:
-                        w.add_(w, alpha=-(lr * weight_decay))
-                    # running mean square
-                    if is_update:
-                        # nu = decay*nu + g**2*(1 - decay)
-                        torch.mul(decay, nu, out=_s1)
-                        torch.pow(g, 2, out=_s2)
-                        torch.add(_s1, _s2, alpha=1 - decay, out=nu)
-                        # running mean
-                        # mu = decay*mu + g*(1 - decay)
-                        torch.mul(decay, mu, out=_s2)
-                        torch.add(_s2, g, alpha=1 - decay, out=mu)
-                    # second moment
-                    if is_update:
-                        var = torch.div(nu, correction, out=_s2)
-                    else:
-                        var = 0
-                    # variance (centered)
-                    if is_update:
-                        if centered:
-                            # var = nu/correction - mu**2/correction**2
-                            torch.div(nu, correction, out=_s1)
-                            torch.pow(mu, 2, out=_s3)
-                            torch.div(_s3, correction**2, out=_s3)
-                            var = torch.sub(_s1, _s3, out=_s2)
-                    # scaled gradient
-                    if is_update:
-                        torch.add(eps, var, out=_s1)
-                        torch.sqrt(_s1, out=_s1)
-                        scaled = torch.div(g, _s1, out=_s3)
-                    else:
-                        scaled = 0
-                    # scaled gradient (eps outside the root)
-                    if is_update:
-                        if not eps_in_sqrt:
-                            # scaled = g/(eps + torch.sqrt(var))
-                            torch.sqrt(var, out=_s1)
-                            torch.add(eps, _s1, out=_s1)
-                            scaled = torch.div(g, _s1, out=_s3)
-                        # parameter update
-                        w.add_(scaled, alpha=-(lr))
-                    # EMA of the weights
-                    if use_ema:
-                        # ema = ema*ema_mu + w*(1 - ema_mu)
-                        torch.mul(ema, ema_mu, out=_s1)
-                        torch.add(_s1, w, alpha=1 - ema_mu, out=ema)
-                    # EMA overwrite
-                    if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                        w.copy_(ema)
-                if fused_work:
-                    fused_support.run(
-                        self._fused.UPDATE_CASE_2,
-                        fused_work,
-                        torch_support.plain(
-                            {
-                                "lr": lr,
-                                "decay": decay,
-                                "eps": eps,
-                                "eps_in_sqrt": eps_in_sqrt,
-                                "centered": centered,
-                                "weight_decay": weight_decay,
-                                "clipnorm": clipnorm,
-                                "clipvalue": clipvalue,
-                                "global_clipnorm": global_clipnorm,
-                                "use_ema": use_ema,
-                                "ema_overwrite_frequency": ema_overwrite_frequency,
-                                "loss_scale_factor": loss_scale_factor,
-                                "gradient_accumulation_steps": gradient_accumulation_steps,
-                                "correction": correction,
-                                "ema_mu": ema_mu,
-                                "global_sumsq_g": global_sumsq_g,
-                                "is_update": is_update,
-                                "t": t,
-                            }
-                        ),
-                    )
-            elif momentum is not None and nesterov and not centered:
-                # the step counts updates, not calls
-                t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-                # an update call
-                is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-                # bias correction
-                correction = (1 - decay**t if bias_correction else 1) if is_update else 0
-                # EMA momentum (0 at the first update)
-                ema_mu = 0 if t == 1 else ema_momentum
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                if global_clipnorm is not None and is_update:
-                    for w, state in self._tensors(params, group):
-                        g = torch_support.upcast(w.grad)
-                        grad_accumulator = state.get("grad_accumulator")
-                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                        # loss scaling
-                        if loss_scale_factor is not None:
-                            g = torch.div(g, loss_scale_factor, out=_s0)
-                        # gradient accumulation
-                        if gradient_accumulation_steps is not None:
-                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
-                        if gradient_accumulation_steps is not None and is_update:
-                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
-                        # clipping
-                        if clipnorm is not None and is_update:
-                            g = torch.mul(
-                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
-                            )
-                        if global_clipnorm is not None and is_update:
-                            torch.pow(g, 2, out=_s2)
-                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
-                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
-                for w, state in self._tensors(params, group):
-                    g = torch_support.upcast(w.grad)
-                    nu = state["nu"]
-                    mu = state.get("mu")
-                    trace = state.get("trace")
-                    grad_accumulator = state.get("grad_accumulator")
-                    ema = state.get("ema")
-                    if fused_work is not None and torch_support.fusable(
-                        w, g, nu, mu, trace, grad_accumulator, ema
-                    ):
-                        fused_work.append((w, g, nu, mu, trace, grad_accumulator, ema))
-                        continue
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2, _s3 = torch_support.scratch(
-                        self._scratch, 4, w, g, nu, mu, trace, grad_accumulator, ema
-                    )
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = torch.div(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator.add_(g)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        grad_accumulator.fill_(0)
-                    if clipnorm is not None and is_update:
-                        torch.pow(g, 2, out=_s1)
-                        sumsq_g = torch.sum(_s1)
-                    else:
-                        sumsq_g = 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        g = torch.mul(
-                            g,
-                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
-                            out=_s0,
-                        )
-                    if clipvalue is not None and is_update:
-                        g = (
-                            torch.clamp(g, -clipvalue, clipvalue, out=_s0)
-                            if g.dtype == _s0.dtype
-                            else _s0.copy_(torch.clamp(g, -clipvalue, clipvalue))
-                        )
-                    # decoupled weight decay
-                    if weight_decay is not None and is_update:
-                        w.add_(w, alpha=-(lr * weight_decay))
-                    # running mean square
-                    if is_update:
-                        # nu = decay*nu + g**2*(1 - decay)
-                        torch.mul(decay, nu, out=_s1)
-                        torch.pow(g, 2, out=_s2)
-                        torch.add(_s1, _s2, alpha=1 - decay, out=nu)
-                    # second moment
-                    if is_update:
-                        var = torch.div(nu, correction, out=_s2)
-                    else:
-                        var = 0
-                    # variance (centered)
-                    if is_update:
-                        if centered:
-                            # var = nu/correction - mu**2/correction**2
-                            torch.div(nu, correction, out=_s1)
-                            torch.pow(mu, 2, out=_s3)
-                            torch.div(_s3, correction**2, out=_s3)
-                            var = torch.sub(_s1, _s3, out=_s2)
-                    # scaled gradient
-                    if is_update:
-                        torch.add(eps, var, out=_s1)
-                        torch.sqrt(_s1, out=_s1)
-                        scaled = torch.div(g, _s1, out=_s3)
-                    else:
-                        scaled = 0
-                    # scaled gradient (eps outside the root)
-                    if is_update:
-                        if not eps_in_sqrt:
-                            # scaled = g/(eps + torch.sqrt(var))
-                            torch.sqrt(var, out=_s1)
-                            torch.add(eps, _s1, out=_s1)
-                            scaled = torch.div(g, _s1, out=_s3)
-                        # trace
-                        # trace = momentum*trace - lr*scaled
-                        torch.mul(momentum, trace, out=_s1)
-                        torch.add(_s1, scaled, alpha=-(lr), out=trace)
-                        # Nesterov update
-                        # w -= lr*scaled - momentum*trace
-                        torch.mul(lr, scaled, out=_s1)
-                        torch.add(_s1, trace, alpha=-(momentum), out=_s1)
-                        w.sub_(_s1)
-                    # EMA of the weights
-                    if use_ema:
-                        # ema = ema*ema_mu + w*(1 - ema_mu)
-                        torch.mul(ema, ema_mu, out=_s1)
-                        torch.add(_s1, w, alpha=1 - ema_mu, out=ema)
-                    # EMA overwrite
-                    if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                        w.copy_(ema)
-                if fused_work:
-                    fused_support.run(
-                        self._fused.UPDATE_CASE_3,
-                        fused_work,
-                        torch_support.plain(
-                            {
-                                "lr": lr,
-                                "decay": decay,
-                                "eps": eps,
-                                "eps_in_sqrt": eps_in_sqrt,
-                                "centered": centered,
-                                "momentum": momentum,
-                                "weight_decay": weight_decay,
-                                "clipnorm": clipnorm,
-                                "clipvalue": clipvalue,
-                                "global_clipnorm": global_clipnorm,
-                                "use_ema": use_ema,
-                                "ema_overwrite_frequency": ema_overwrite_frequency,
-                                "loss_scale_factor": loss_scale_factor,
-                                "gradient_accumulation_steps": gradient_accumulation_steps,
-                                "correction": correction,
-                                "ema_mu": ema_mu,
-                                "global_sumsq_g": global_sumsq_g,
-                                "is_update": is_update,
-                                "t": t,
-                            }
-                        ),
-                    )
-            elif momentum is not None and not centered and not nesterov:
-                # the step counts updates, not calls
-                t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-                # an update call
-                is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-                # bias correction
-                correction = (1 - decay**t if bias_correction else 1) if is_update else 0
-                # EMA momentum (0 at the first update)
-                ema_mu = 0 if t == 1 else ema_momentum
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                if global_clipnorm is not None and is_update:
-                    for w, state in self._tensors(params, group):
-                        g = torch_support.upcast(w.grad)
-                        grad_accumulator = state.get("grad_accumulator")
-                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                        # loss scaling
-                        if loss_scale_factor is not None:
-                            g = torch.div(g, loss_scale_factor, out=_s0)
-                        # gradient accumulation
-                        if gradient_accumulation_steps is not None:
-                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
-                        if gradient_accumulation_steps is not None and is_update:
-                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
-                        # clipping
-                        if clipnorm is not None and is_update:
-                            g = torch.mul(
-                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
-                            )
-                        if global_clipnorm is not None and is_update:
-                            torch.pow(g, 2, out=_s2)
-                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
-                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
-                for w, state in self._tensors(params, group):
-                    g = torch_support.upcast(w.grad)
-                    nu = state["nu"]
-                    mu = state.get("mu")
-                    trace = state.get("trace")
-                    grad_accumulator = state.get("grad_accumulator")
-                    ema = state.get("ema")
-                    if fused_work is not None and torch_support.fusable(
-                        w, g, nu, mu, trace, grad_accumulator, ema
-                    ):
-                        fused_work.append((w, g, nu, mu, trace, grad_accumulator, ema))
-                        continue
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2, _s3 = torch_support.scratch(
-                        self._scratch, 4, w, g, nu, mu, trace, grad_accumulator, ema
-                    )
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = torch.div(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator.add_(g)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        grad_accumulator.fill_(0)
-                    if clipnorm is not None and is_update:
-                        torch.pow(g, 2, out=_s1)
-                        sumsq_g = torch.sum(_s1)
-                    else:
-                        sumsq_g = 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        g = torch.mul(
-                            g,
-                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
-                            out=_s0,
-                        )
-                    if clipvalue is not None and is_update:
-                        g = (
-                            torch.clamp(g, -clipvalue, clipvalue, out=_s0)
-                            if g.dtype == _s0.dtype
-                            else _s0.copy_(torch.clamp(g, -clipvalue, clipvalue))
-                        )
-                    # decoupled weight decay
-                    if weight_decay is not None and is_update:
-                        w.add_(w, alpha=-(lr * weight_decay))
-                    # running mean square
-                    if is_update:
-                        # nu = decay*nu + g**2*(1 - decay)
-                        torch.mul(decay, nu, out=_s1)
-                        torch.pow(g, 2, out=_s2)
-                        torch.add(_s1, _s2, alpha=1 - decay, out=nu)
-                    # second moment
-                    if is_update:
-                        var = torch.div(nu, correction, out=_s2)
-                    else:
-                        var = 0
-                    # variance (centered)
-                    if is_update:
-                        if centered:
-                            # var = nu/correction - mu**2/correction**2
-                            torch.div(nu, correction, out=_s1)
-                            torch.pow(mu, 2, out=_s3)
-                            torch.div(_s3, correction**2, out=_s3)
-                            var = torch.sub(_s1, _s3, out=_s2)
-                    # scaled gradient
-                    if is_update:
-                        torch.add(eps, var, out=_s1)
-                        torch.sqrt(_s1, out=_s1)
-                        scaled = torch.div(g, _s1, out=_s3)
-                    else:
-                        scaled = 0
-                    # scaled gradient (eps outside the root)
-                    if is_update:
-                        if not eps_in_sqrt:
-                            # scaled = g/(eps + torch.sqrt(var))
-                            torch.sqrt(var, out=_s1)
-                            torch.add(eps, _s1, out=_s1)
-                            scaled = torch.div(g, _s1, out=_s3)
-                        # trace
-                        # trace = momentum*trace - lr*scaled
-                        torch.mul(momentum, trace, out=_s1)
-                        torch.add(_s1, scaled, alpha=-(lr), out=trace)
-                        # momentum update
-                        w.add_(trace)
-                    # EMA of the weights
-                    if use_ema:
-                        # ema = ema*ema_mu + w*(1 - ema_mu)
-                        torch.mul(ema, ema_mu, out=_s1)
-                        torch.add(_s1, w, alpha=1 - ema_mu, out=ema)
-                    # EMA overwrite
-                    if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                        w.copy_(ema)
-                if fused_work:
-                    fused_support.run(
-                        self._fused.UPDATE_CASE_4,
-                        fused_work,
-                        torch_support.plain(
-                            {
-                                "lr": lr,
-                                "decay": decay,
-                                "eps": eps,
-                                "eps_in_sqrt": eps_in_sqrt,
-                                "centered": centered,
-                                "momentum": momentum,
-                                "weight_decay": weight_decay,
-                                "clipnorm": clipnorm,
-                                "clipvalue": clipvalue,
-                                "global_clipnorm": global_clipnorm,
-                                "use_ema": use_ema,
-                                "ema_overwrite_frequency": ema_overwrite_frequency,
-                                "loss_scale_factor": loss_scale_factor,
-                                "gradient_accumulation_steps": gradient_accumulation_steps,
-                                "correction": correction,
-                                "ema_mu": ema_mu,
-                                "global_sumsq_g": global_sumsq_g,
-                                "is_update": is_update,
-                                "t": t,
-                            }
-                        ),
-                    )
-            else:
-                # the step counts updates, not calls
-                t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-                # an update call
-                is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-                # bias correction
-                correction = (1 - decay**t if bias_correction else 1) if is_update else 0
-                # EMA momentum (0 at the first update)
-                ema_mu = 0 if t == 1 else ema_momentum
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                if global_clipnorm is not None and is_update:
-                    for w, state in self._tensors(params, group):
-                        g = torch_support.upcast(w.grad)
-                        grad_accumulator = state.get("grad_accumulator")
-                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                        # loss scaling
-                        if loss_scale_factor is not None:
-                            g = torch.div(g, loss_scale_factor, out=_s0)
-                        # gradient accumulation
-                        if gradient_accumulation_steps is not None:
-                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
-                        if gradient_accumulation_steps is not None and is_update:
-                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
-                        # clipping
-                        if clipnorm is not None and is_update:
-                            g = torch.mul(
-                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
-                            )
-                        if global_clipnorm is not None and is_update:
-                            torch.pow(g, 2, out=_s2)
-                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
-                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
-                for w, state in self._tensors(params, group):
-                    g = torch_support.upcast(w.grad)
-                    nu = state["nu"]
-                    mu = state.get("mu")
-                    grad_accumulator = state.get("grad_accumulator")
-                    ema = state.get("ema")
-                    if fused_work is not None and torch_support.fusable(w, g, nu, mu, grad_accumulator, ema):
-                        fused_work.append((w, g, nu, mu, grad_accumulator, ema))
-                        continue
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2, _s3 = torch_support.scratch(
-                        self._scratch, 4, w, g, nu, mu, grad_accumulator, ema
-                    )
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = torch.div(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator.add_(g)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        grad_accumulator.fill_(0)
-                    if clipnorm is not None and is_update:
-                        torch.pow(g, 2, out=_s1)
-                        sumsq_g = torch.sum(_s1)
-                    else:
-                        sumsq_g = 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        g = torch.mul(
-                            g,
-                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
-                            out=_s0,
-                        )
-                    if clipvalue is not None and is_update:
-                        g = (
-                            torch.clamp(g, -clipvalue, clipvalue, out=_s0)
-                            if g.dtype == _s0.dtype
-                            else _s0.copy_(torch.clamp(g, -clipvalue, clipvalue))
-                        )
-                    # decoupled weight decay
-                    if weight_decay is not None and is_update:
-                        w.add_(w, alpha=-(lr * weight_decay))
-                    # running mean square
-                    if is_update:
-                        # nu = decay*nu + g**2*(1 - decay)
-                        torch.mul(decay, nu, out=_s1)
-                        torch.pow(g, 2, out=_s2)
-                        torch.add(_s1, _s2, alpha=1 - decay, out=nu)
-                    # second moment
-                    if is_update:
-                        var = torch.div(nu, correction, out=_s2)
-                    else:
-                        var = 0
-                    # variance (centered)
-                    if is_update:
-                        if centered:
-                            # var = nu/correction - mu**2/correction**2
-                            torch.div(nu, correction, out=_s1)
-                            torch.pow(mu, 2, out=_s3)
-                            torch.div(_s3, correction**2, out=_s3)
-                            var = torch.sub(_s1, _s3, out=_s2)
-                    # scaled gradient
-                    if is_update:
-                        torch.add(eps, var, out=_s1)
-                        torch.sqrt(_s1, out=_s1)
-                        scaled = torch.div(g, _s1, out=_s3)
-                    else:
-                        scaled = 0
-                    # scaled gradient (eps outside the root)
-                    if is_update:
-                        if not eps_in_sqrt:
-                            # scaled = g/(eps + torch.sqrt(var))
-                            torch.sqrt(var, out=_s1)
-                            torch.add(eps, _s1, out=_s1)
-                            scaled = torch.div(g, _s1, out=_s3)
-                        # parameter update
-                        w.add_(scaled, alpha=-(lr))
-                    # EMA of the weights
-                    if use_ema:
-                        # ema = ema*ema_mu + w*(1 - ema_mu)
-                        torch.mul(ema, ema_mu, out=_s1)
-                        torch.add(_s1, w, alpha=1 - ema_mu, out=ema)
-                    # EMA overwrite
-                    if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                        w.copy_(ema)
-                if fused_work:
-                    fused_support.run(
-                        self._fused.UPDATE_CASE_5,
-                        fused_work,
-                        torch_support.plain(
-                            {
-                                "lr": lr,
-                                "decay": decay,
-                                "eps": eps,
-                                "eps_in_sqrt": eps_in_sqrt,
-                                "centered": centered,
-                                "weight_decay": weight_decay,
-                                "clipnorm": clipnorm,
-                                "clipvalue": clipvalue,
-                                "global_clipnorm": global_clipnorm,
-                                "use_ema": use_ema,
-                                "ema_overwrite_frequency": ema_overwrite_frequency,
-                                "loss_scale_factor": loss_scale_factor,
-                                "gradient_accumulation_steps": gradient_accumulation_steps,
-                                "correction": correction,
-                                "ema_mu": ema_mu,
-                                "global_sumsq_g": global_sumsq_g,
-                                "is_update": is_update,
-                                "t": t,
-                            }
-                        ),
-                    )
-        return loss
+    def _update(self, group: dict[str, Any], call: options_torch.Call) -> None:
+        """The rule's own step, on update calls only: ``call.tensors`` gives each parameter with its gradient as
+        Keras's options made it (``runtime/options_torch.py``), and its state."""
+        n, lr = call.n, call.lr  # n: the updates before this one
+        t = n + 1
+        decay = group["decay"]
+        eps = group["eps"]
+        initial_scale = group["initial_scale"]
+        eps_in_sqrt = group["eps_in_sqrt"]
+        centered = group["centered"]
+        momentum = group["momentum"]
+        nesterov = group["nesterov"]
+        bias_correction = group["bias_correction"]
+        if momentum is not None and centered and nesterov:
+            tmp0 = 1 - decay
+            # bias correction
+            correction = 1 - decay**t if bias_correction else 1
+            for w, g, state in call.tensors(
+                0,
+                {
+                    "decay": decay,
+                    "eps": eps,
+                    "eps_in_sqrt": eps_in_sqrt,
+                    "centered": centered,
+                    "momentum": momentum,
+                    "correction": correction,
+                },
+            ):
+                nu = state["nu"]
+                mu = state.get("mu")
+                trace = state.get("trace")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
+                # running mean square
+                # nu = decay*nu + g**2*tmp0
+                torch.mul(decay, nu, out=_s0)
+                torch.pow(g, 2, out=_s1)
+                torch.mul(_s1, tmp0, out=_s1)
+                torch.add(_s0, _s1, out=nu)
+                # running mean
+                # mu = decay*mu + g*tmp0
+                torch.mul(decay, mu, out=_s1)
+                torch.mul(g, tmp0, out=_s0)
+                torch.add(_s1, _s0, out=mu)
+                # second moment
+                var = torch.div(nu, correction, out=_s0)
+                # variance (centered)
+                if centered:
+                    # var = nu/correction - mu**2/correction**2
+                    torch.div(nu, correction, out=_s1)
+                    torch.pow(mu, 2, out=_s2)
+                    torch.div(_s2, correction**2, out=_s2)
+                    var = torch.sub(_s1, _s2, out=_s0)
+                # scaled gradient
+                # scaled = g/torch.sqrt(eps + var)
+                torch.add(eps, var, out=_s1)
+                torch.sqrt(_s1, out=_s1)
+                scaled = torch.div(g, _s1, out=_s2)
+                # scaled gradient (eps outside the root)
+                if not eps_in_sqrt:
+                    # scaled = g/(eps + torch.sqrt(var))
+                    torch.sqrt(var, out=_s1)
+                    torch.add(eps, _s1, out=_s1)
+                    scaled = torch.div(g, _s1, out=_s2)
+                tmp1 = torch.mul(lr, scaled, out=_s1)
+                # trace
+                # trace = momentum*trace - tmp1
+                torch.mul(momentum, trace, out=_s3)
+                torch.sub(_s3, tmp1, out=trace)
+                # Nesterov update
+                # w += momentum*trace - tmp1
+                torch.mul(momentum, trace, out=_s3)
+                torch.sub(_s3, tmp1, out=_s3)
+                w.add_(_s3)
+        elif momentum is not None and centered and not nesterov:
+            tmp0 = 1 - decay
+            # bias correction
+            correction = 1 - decay**t if bias_correction else 1
+            for w, g, state in call.tensors(
+                1,
+                {
+                    "decay": decay,
+                    "eps": eps,
+                    "eps_in_sqrt": eps_in_sqrt,
+                    "centered": centered,
+                    "momentum": momentum,
+                    "correction": correction,
+                },
+            ):
+                nu = state["nu"]
+                mu = state.get("mu")
+                trace = state.get("trace")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, nu, mu, trace)
+                # running mean square
+                # nu = decay*nu + g**2*tmp0
+                torch.mul(decay, nu, out=_s0)
+                torch.pow(g, 2, out=_s1)
+                torch.mul(_s1, tmp0, out=_s1)
+                torch.add(_s0, _s1, out=nu)
+                # running mean
+                # mu = decay*mu + g*tmp0
+                torch.mul(decay, mu, out=_s1)
+                torch.mul(g, tmp0, out=_s0)
+                torch.add(_s1, _s0, out=mu)
+                # second moment
+                var = torch.div(nu, correction, out=_s0)
+                # variance (centered)
+                if centered:
+                    # var = nu/correction - mu**2/correction**2
+                    torch.div(nu, correction, out=_s1)
+                    torch.pow(mu, 2, out=_s2)
+                    torch.div(_s2, correction**2, out=_s2)
+                    var = torch.sub(_s1, _s2, out=_s0)
+                # scaled gradient
+                # scaled = g/torch.sqrt(eps + var)
+                torch.add(eps, var, out=_s1)
+                torch.sqrt(_s1, out=_s1)
+                scaled = torch.div(g, _s1, out=_s2)
+                # scaled gradient (eps outside the root)
+                if not eps_in_sqrt:
+                    # scaled = g/(eps + torch.sqrt(var))
+                    torch.sqrt(var, out=_s1)
+                    torch.add(eps, _s1, out=_s1)
+                    scaled = torch.div(g, _s1, out=_s2)
+                # trace
+                # trace = momentum*trace - lr*scaled
+                torch.mul(momentum, trace, out=_s1)
+                torch.add(_s1, scaled, alpha=-(lr), out=trace)
+                # momentum update
+                w.add_(trace)
+        elif centered:
+            tmp0 = 1 - decay
+            # bias correction
+            correction = 1 - decay**t if bias_correction else 1
+            for w, g, state in call.tensors(
+                2,
+                {
+                    "decay": decay,
+                    "eps": eps,
+                    "eps_in_sqrt": eps_in_sqrt,
+                    "centered": centered,
+                    "correction": correction,
+                },
+            ):
+                nu = state["nu"]
+                mu = state.get("mu")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, nu, mu)
+                # running mean square
+                # nu = decay*nu + g**2*tmp0
+                torch.mul(decay, nu, out=_s0)
+                torch.pow(g, 2, out=_s1)
+                torch.mul(_s1, tmp0, out=_s1)
+                torch.add(_s0, _s1, out=nu)
+                # running mean
+                # mu = decay*mu + g*tmp0
+                torch.mul(decay, mu, out=_s1)
+                torch.mul(g, tmp0, out=_s0)
+                torch.add(_s1, _s0, out=mu)
+                # second moment
+                var = torch.div(nu, correction, out=_s0)
+                # variance (centered)
+                if centered:
+                    # var = nu/correction - mu**2/correction**2
+                    torch.div(nu, correction, out=_s1)
+                    torch.pow(mu, 2, out=_s2)
+                    torch.div(_s2, correction**2, out=_s2)
+                    var = torch.sub(_s1, _s2, out=_s0)
+                # scaled gradient
+                # scaled = g/torch.sqrt(eps + var)
+                torch.add(eps, var, out=_s1)
+                torch.sqrt(_s1, out=_s1)
+                scaled = torch.div(g, _s1, out=_s2)
+                # scaled gradient (eps outside the root)
+                if not eps_in_sqrt:
+                    # scaled = g/(eps + torch.sqrt(var))
+                    torch.sqrt(var, out=_s1)
+                    torch.add(eps, _s1, out=_s1)
+                    scaled = torch.div(g, _s1, out=_s2)
+                # parameter update
+                w.add_(scaled, alpha=-(lr))
+        elif momentum is not None and nesterov and not centered:
+            # bias correction
+            correction = 1 - decay**t if bias_correction else 1
+            for w, g, state in call.tensors(
+                3,
+                {
+                    "decay": decay,
+                    "eps": eps,
+                    "eps_in_sqrt": eps_in_sqrt,
+                    "centered": centered,
+                    "momentum": momentum,
+                    "correction": correction,
+                },
+            ):
+                nu = state["nu"]
+                mu = state.get("mu")
+                trace = state.get("trace")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
+                # running mean square
+                # nu = decay*nu + g**2*(1 - decay)
+                torch.mul(decay, nu, out=_s0)
+                torch.pow(g, 2, out=_s1)
+                torch.add(_s0, _s1, alpha=1 - decay, out=nu)
+                # second moment
+                var = torch.div(nu, correction, out=_s1)
+                # variance (centered)
+                if centered:
+                    # var = nu/correction - mu**2/correction**2
+                    torch.div(nu, correction, out=_s0)
+                    torch.pow(mu, 2, out=_s2)
+                    torch.div(_s2, correction**2, out=_s2)
+                    var = torch.sub(_s0, _s2, out=_s1)
+                # scaled gradient
+                # scaled = g/torch.sqrt(eps + var)
+                torch.add(eps, var, out=_s0)
+                torch.sqrt(_s0, out=_s0)
+                scaled = torch.div(g, _s0, out=_s2)
+                # scaled gradient (eps outside the root)
+                if not eps_in_sqrt:
+                    # scaled = g/(eps + torch.sqrt(var))
+                    torch.sqrt(var, out=_s0)
+                    torch.add(eps, _s0, out=_s0)
+                    scaled = torch.div(g, _s0, out=_s2)
+                tmp0 = torch.mul(lr, scaled, out=_s0)
+                # trace
+                # trace = momentum*trace - tmp0
+                torch.mul(momentum, trace, out=_s3)
+                torch.sub(_s3, tmp0, out=trace)
+                # Nesterov update
+                # w += momentum*trace - tmp0
+                torch.mul(momentum, trace, out=_s3)
+                torch.sub(_s3, tmp0, out=_s3)
+                w.add_(_s3)
+        elif momentum is not None and not centered and not nesterov:
+            # bias correction
+            correction = 1 - decay**t if bias_correction else 1
+            for w, g, state in call.tensors(
+                4,
+                {
+                    "decay": decay,
+                    "eps": eps,
+                    "eps_in_sqrt": eps_in_sqrt,
+                    "centered": centered,
+                    "momentum": momentum,
+                    "correction": correction,
+                },
+            ):
+                nu = state["nu"]
+                mu = state.get("mu")
+                trace = state.get("trace")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, nu, mu, trace)
+                # running mean square
+                # nu = decay*nu + g**2*(1 - decay)
+                torch.mul(decay, nu, out=_s0)
+                torch.pow(g, 2, out=_s1)
+                torch.add(_s0, _s1, alpha=1 - decay, out=nu)
+                # second moment
+                var = torch.div(nu, correction, out=_s1)
+                # variance (centered)
+                if centered:
+                    # var = nu/correction - mu**2/correction**2
+                    torch.div(nu, correction, out=_s0)
+                    torch.pow(mu, 2, out=_s2)
+                    torch.div(_s2, correction**2, out=_s2)
+                    var = torch.sub(_s0, _s2, out=_s1)
+                # scaled gradient
+                # scaled = g/torch.sqrt(eps + var)
+                torch.add(eps, var, out=_s0)
+                torch.sqrt(_s0, out=_s0)
+                scaled = torch.div(g, _s0, out=_s2)
+                # scaled gradient (eps outside the root)
+                if not eps_in_sqrt:
+                    # scaled = g/(eps + torch.sqrt(var))
+                    torch.sqrt(var, out=_s0)
+                    torch.add(eps, _s0, out=_s0)
+                    scaled = torch.div(g, _s0, out=_s2)
+                # trace
+                # trace = momentum*trace - lr*scaled
+                torch.mul(momentum, trace, out=_s0)
+                torch.add(_s0, scaled, alpha=-(lr), out=trace)
+                # momentum update
+                w.add_(trace)
+        else:
+            # bias correction
+            correction = 1 - decay**t if bias_correction else 1
+            for w, g, state in call.tensors(
+                5,
+                {
+                    "decay": decay,
+                    "eps": eps,
+                    "eps_in_sqrt": eps_in_sqrt,
+                    "centered": centered,
+                    "correction": correction,
+                },
+            ):
+                nu = state["nu"]
+                mu = state.get("mu")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, nu, mu)
+                # running mean square
+                # nu = decay*nu + g**2*(1 - decay)
+                torch.mul(decay, nu, out=_s0)
+                torch.pow(g, 2, out=_s1)
+                torch.add(_s0, _s1, alpha=1 - decay, out=nu)
+                # second moment
+                var = torch.div(nu, correction, out=_s1)
+                # variance (centered)
+                if centered:
+                    # var = nu/correction - mu**2/correction**2
+                    torch.div(nu, correction, out=_s0)
+                    torch.pow(mu, 2, out=_s2)
+                    torch.div(_s2, correction**2, out=_s2)
+                    var = torch.sub(_s0, _s2, out=_s1)
+                # scaled gradient
+                # scaled = g/torch.sqrt(eps + var)
+                torch.add(eps, var, out=_s0)
+                torch.sqrt(_s0, out=_s0)
+                scaled = torch.div(g, _s0, out=_s2)
+                # scaled gradient (eps outside the root)
+                if not eps_in_sqrt:
+                    # scaled = g/(eps + torch.sqrt(var))
+                    torch.sqrt(var, out=_s0)
+                    torch.add(eps, _s0, out=_s0)
+                    scaled = torch.div(g, _s0, out=_s2)
+                # parameter update
+                w.add_(scaled, alpha=-(lr))
+
+    def _case(self, group: dict[str, Any]) -> int:
+        """The case of the rule (and its fused kernel) that this group's hyperparameters select."""
+        decay = group["decay"]
+        eps = group["eps"]
+        initial_scale = group["initial_scale"]
+        eps_in_sqrt = group["eps_in_sqrt"]
+        centered = group["centered"]
+        momentum = group["momentum"]
+        nesterov = group["nesterov"]
+        bias_correction = group["bias_correction"]
+        return (
+            0
+            if (momentum is not None and centered and nesterov)
+            else 1
+            if (momentum is not None and centered and not nesterov)
+            else 2
+            if centered
+            else 3
+            if (momentum is not None and nesterov and not centered)
+            else 4
+            if (momentum is not None and not centered and not nesterov)
+            else 5
+        )
 
     @torch.no_grad()
     def finalize_variable_values(self) -> None:
         """Keras's ``finalize_variable_values``, at the end of training: sets the parameters in place."""
         for group in self.param_groups:
-            decay = group["decay"]
-            eps = group["eps"]
-            initial_scale = group["initial_scale"]
-            eps_in_sqrt = group["eps_in_sqrt"]
-            centered = group["centered"]
-            momentum = group["momentum"]
-            nesterov = group["nesterov"]
-            bias_correction = group["bias_correction"]
-            weight_decay = group["weight_decay"]
-            clipnorm = group["clipnorm"] or None  # 0: off
-            clipvalue = group["clipvalue"] or None  # 0: off
-            global_clipnorm = group["global_clipnorm"] or None  # 0: off
             use_ema = group["use_ema"]
-            ema_momentum = group["ema_momentum"]
-            ema_overwrite_frequency = group["ema_overwrite_frequency"] or None  # 0: off
-            loss_scale_factor = group["loss_scale_factor"]
-            gradient_accumulation_steps = group["gradient_accumulation_steps"]
             for w in group["params"]:
                 state = self.state[w]
                 ema = state.get("ema")

@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from optforge.runtime import common, fused_support, torch_support
+from optforge.runtime import common, options_torch, torch_support
 
 
 class TorchAdadelta(torch_support.RuleOptimizer):
@@ -73,6 +73,16 @@ class TorchAdadelta(torch_support.RuleOptimizer):
 
     rule = "TorchAdadelta"
     module = "torch_adadelta"
+    options = (
+        "clipnorm",
+        "clipvalue",
+        "global_clipnorm",
+        "use_ema",
+        "ema_momentum",
+        "ema_overwrite_frequency",
+        "loss_scale_factor",
+        "gradient_accumulation_steps",
+    )
     keeps = frozenset({"square_avg", "acc_delta", "grad_accumulator", "ema"})
 
     def __init__(
@@ -151,326 +161,93 @@ class TorchAdadelta(torch_support.RuleOptimizer):
         if use_ema:
             yield "ema", "element", 0
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One update of every parameter that has a gradient; returns the closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [w for w in group["params"] if w.grad is not None]
-            if not params:
-                continue
-            n = group.get("step", 0)  # earlier calls
-            group["step"] = n + 1
-            t = n + 1
-            lr = common.learning_rate_at(group["lr"], n)
-            rho = group["rho"]
-            eps = group["eps"]
-            weight_decay = group["weight_decay"]
-            maximize = group["maximize"]
-            clipnorm = group["clipnorm"] or None  # 0: off
-            clipvalue = group["clipvalue"] or None  # 0: off
-            global_clipnorm = group["global_clipnorm"] or None  # 0: off
-            use_ema = group["use_ema"]
-            ema_momentum = group["ema_momentum"]
-            ema_overwrite_frequency = group["ema_overwrite_frequency"] or None  # 0: off
-            loss_scale_factor = group["loss_scale_factor"]
-            gradient_accumulation_steps = group["gradient_accumulation_steps"]
-            if weight_decay == 0:
-                # the step counts updates, not calls
-                t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-                # an update call
-                is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-                # EMA momentum (0 at the first update)
-                ema_mu = 0 if t == 1 else ema_momentum
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                if global_clipnorm is not None and is_update:
-                    for w, state in self._tensors(params, group):
-                        g = torch_support.upcast(w.grad)
-                        grad_accumulator = state.get("grad_accumulator")
-                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                        # loss scaling
-                        if loss_scale_factor is not None:
-                            g = torch.div(g, loss_scale_factor, out=_s0)
-                        # gradient accumulation
-                        if gradient_accumulation_steps is not None:
-                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
-                        if gradient_accumulation_steps is not None and is_update:
-                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
-                        # clipping
-                        if clipnorm is not None and is_update:
-                            g = torch.mul(
-                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
-                            )
-                        if global_clipnorm is not None and is_update:
-                            torch.pow(g, 2, out=_s2)
-                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
-                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
-                for w, state in self._tensors(params, group):
-                    g = torch_support.upcast(w.grad)
-                    square_avg = state["square_avg"]
-                    acc_delta = state["acc_delta"]
-                    grad_accumulator = state.get("grad_accumulator")
-                    ema = state.get("ema")
-                    if fused_work is not None and torch_support.fusable(
-                        w, g, square_avg, acc_delta, grad_accumulator, ema
-                    ):
-                        fused_work.append((w, g, square_avg, acc_delta, grad_accumulator, ema))
-                        continue
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2, _s3 = torch_support.scratch(
-                        self._scratch, 4, w, g, square_avg, acc_delta, grad_accumulator, ema
-                    )
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = torch.div(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator.add_(g)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        grad_accumulator.fill_(0)
-                    if clipnorm is not None and is_update:
-                        torch.pow(g, 2, out=_s1)
-                        sumsq_g = torch.sum(_s1)
-                    else:
-                        sumsq_g = 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        g = torch.mul(
-                            g,
-                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
-                            out=_s0,
-                        )
-                    if clipvalue is not None and is_update:
-                        g = (
-                            torch.clamp(g, -clipvalue, clipvalue, out=_s0)
-                            if g.dtype == _s0.dtype
-                            else _s0.copy_(torch.clamp(g, -clipvalue, clipvalue))
-                        )
-                    # maximize
-                    if is_update:
-                        if maximize:
-                            g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
-                        # running mean square of g
-                        # square_avg = g**2*(1 - rho) + rho*square_avg
-                        torch.pow(g, 2, out=_s1)
-                        torch.mul(_s1, 1 - rho, out=_s1)
-                        torch.add(_s1, square_avg, alpha=rho, out=square_avg)
-                    # step
-                    if is_update:
-                        torch.add(acc_delta, eps, out=_s2)
-                        torch.sqrt(_s2, out=_s2)
-                        torch.mul(g, _s2, out=_s2)
-                        torch.add(eps, square_avg, out=_s3)
-                        torch.sqrt(_s3, out=_s3)
-                        delta = torch.div(_s2, _s3, out=_s1)
-                    else:
-                        delta = 0
-                    # running mean square of the steps
-                    if is_update:
-                        # acc_delta = acc_delta*rho + delta**2*(1 - rho)
-                        torch.mul(acc_delta, rho, out=_s3)
-                        torch.pow(delta, 2, out=_s2)
-                        torch.add(_s3, _s2, alpha=1 - rho, out=acc_delta)
-                        # parameter update
-                        w.add_(delta, alpha=-(lr))
-                    # EMA of the weights
-                    if use_ema:
-                        # ema = ema*ema_mu + w*(1 - ema_mu)
-                        torch.mul(ema, ema_mu, out=_s2)
-                        torch.add(_s2, w, alpha=1 - ema_mu, out=ema)
-                    # EMA overwrite
-                    if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                        w.copy_(ema)
-                if fused_work:
-                    fused_support.run(
-                        self._fused.UPDATE_CASE_0,
-                        fused_work,
-                        torch_support.plain(
-                            {
-                                "lr": lr,
-                                "rho": rho,
-                                "eps": eps,
-                                "maximize": maximize,
-                                "clipnorm": clipnorm,
-                                "clipvalue": clipvalue,
-                                "global_clipnorm": global_clipnorm,
-                                "use_ema": use_ema,
-                                "ema_overwrite_frequency": ema_overwrite_frequency,
-                                "loss_scale_factor": loss_scale_factor,
-                                "gradient_accumulation_steps": gradient_accumulation_steps,
-                                "ema_mu": ema_mu,
-                                "global_sumsq_g": global_sumsq_g,
-                                "is_update": is_update,
-                                "t": t,
-                            }
-                        ),
-                    )
-            else:
-                # the step counts updates, not calls
-                t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-                # an update call
-                is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-                # EMA momentum (0 at the first update)
-                ema_mu = 0 if t == 1 else ema_momentum
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                if global_clipnorm is not None and is_update:
-                    for w, state in self._tensors(params, group):
-                        g = torch_support.upcast(w.grad)
-                        grad_accumulator = state.get("grad_accumulator")
-                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                        # loss scaling
-                        if loss_scale_factor is not None:
-                            g = torch.div(g, loss_scale_factor, out=_s0)
-                        # gradient accumulation
-                        if gradient_accumulation_steps is not None:
-                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
-                        if gradient_accumulation_steps is not None and is_update:
-                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
-                        # clipping
-                        if clipnorm is not None and is_update:
-                            g = torch.mul(
-                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
-                            )
-                        if global_clipnorm is not None and is_update:
-                            torch.pow(g, 2, out=_s2)
-                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
-                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
-                for w, state in self._tensors(params, group):
-                    g = torch_support.upcast(w.grad)
-                    square_avg = state["square_avg"]
-                    acc_delta = state["acc_delta"]
-                    grad_accumulator = state.get("grad_accumulator")
-                    ema = state.get("ema")
-                    if fused_work is not None and torch_support.fusable(
-                        w, g, square_avg, acc_delta, grad_accumulator, ema
-                    ):
-                        fused_work.append((w, g, square_avg, acc_delta, grad_accumulator, ema))
-                        continue
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2, _s3 = torch_support.scratch(
-                        self._scratch, 4, w, g, square_avg, acc_delta, grad_accumulator, ema
-                    )
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = torch.div(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator.add_(g)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        grad_accumulator.fill_(0)
-                    if clipnorm is not None and is_update:
-                        torch.pow(g, 2, out=_s1)
-                        sumsq_g = torch.sum(_s1)
-                    else:
-                        sumsq_g = 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        g = torch.mul(
-                            g,
-                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
-                            out=_s0,
-                        )
-                    if clipvalue is not None and is_update:
-                        g = (
-                            torch.clamp(g, -clipvalue, clipvalue, out=_s0)
-                            if g.dtype == _s0.dtype
-                            else _s0.copy_(torch.clamp(g, -clipvalue, clipvalue))
-                        )
-                    # maximize
-                    if is_update:
-                        if maximize:
-                            g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
-                        # L2 weight decay
-                        g = torch.add(g, w, alpha=weight_decay, out=_s0)
-                        # running mean square of g
-                        # square_avg = g**2*(1 - rho) + rho*square_avg
-                        torch.pow(g, 2, out=_s1)
-                        torch.mul(_s1, 1 - rho, out=_s1)
-                        torch.add(_s1, square_avg, alpha=rho, out=square_avg)
-                    # step
-                    if is_update:
-                        torch.add(acc_delta, eps, out=_s2)
-                        torch.sqrt(_s2, out=_s2)
-                        torch.mul(g, _s2, out=_s2)
-                        torch.add(eps, square_avg, out=_s3)
-                        torch.sqrt(_s3, out=_s3)
-                        delta = torch.div(_s2, _s3, out=_s1)
-                    else:
-                        delta = 0
-                    # running mean square of the steps
-                    if is_update:
-                        # acc_delta = acc_delta*rho + delta**2*(1 - rho)
-                        torch.mul(acc_delta, rho, out=_s3)
-                        torch.pow(delta, 2, out=_s2)
-                        torch.add(_s3, _s2, alpha=1 - rho, out=acc_delta)
-                        # parameter update
-                        w.add_(delta, alpha=-(lr))
-                    # EMA of the weights
-                    if use_ema:
-                        # ema = ema*ema_mu + w*(1 - ema_mu)
-                        torch.mul(ema, ema_mu, out=_s2)
-                        torch.add(_s2, w, alpha=1 - ema_mu, out=ema)
-                    # EMA overwrite
-                    if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                        w.copy_(ema)
-                if fused_work:
-                    fused_support.run(
-                        self._fused.UPDATE_CASE_1,
-                        fused_work,
-                        torch_support.plain(
-                            {
-                                "lr": lr,
-                                "rho": rho,
-                                "eps": eps,
-                                "weight_decay": weight_decay,
-                                "maximize": maximize,
-                                "clipnorm": clipnorm,
-                                "clipvalue": clipvalue,
-                                "global_clipnorm": global_clipnorm,
-                                "use_ema": use_ema,
-                                "ema_overwrite_frequency": ema_overwrite_frequency,
-                                "loss_scale_factor": loss_scale_factor,
-                                "gradient_accumulation_steps": gradient_accumulation_steps,
-                                "ema_mu": ema_mu,
-                                "global_sumsq_g": global_sumsq_g,
-                                "is_update": is_update,
-                                "t": t,
-                            }
-                        ),
-                    )
-        return loss
+    def _update(self, group: dict[str, Any], call: options_torch.Call) -> None:
+        """The rule's own step, on update calls only: ``call.tensors`` gives each parameter with its gradient as
+        Keras's options made it (``runtime/options_torch.py``), and its state."""
+        n, lr = call.n, call.lr  # n: the updates before this one
+        t = n + 1
+        rho = group["rho"]
+        eps = group["eps"]
+        weight_decay = group["weight_decay"]
+        maximize = group["maximize"]
+        if weight_decay == 0:
+            tmp0 = 1 - rho
+            for w, g, state in call.tensors(0, {"rho": rho, "eps": eps, "maximize": maximize}):
+                square_avg = state["square_avg"]
+                acc_delta = state["acc_delta"]
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, square_avg, acc_delta)
+                # maximize
+                if maximize:
+                    g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
+                # running mean square of g
+                # square_avg = g**2*tmp0 + rho*square_avg
+                torch.pow(g, 2, out=_s1)
+                torch.mul(_s1, tmp0, out=_s1)
+                torch.add(_s1, square_avg, alpha=rho, out=square_avg)
+                # step
+                # delta = g*torch.sqrt(acc_delta + eps)/torch.sqrt(eps + square_avg)
+                torch.add(acc_delta, eps, out=_s2)
+                torch.sqrt(_s2, out=_s2)
+                torch.mul(g, _s2, out=_s2)
+                torch.add(eps, square_avg, out=_s3)
+                torch.sqrt(_s3, out=_s3)
+                delta = torch.div(_s2, _s3, out=_s1)
+                # running mean square of the steps
+                # acc_delta = acc_delta*rho + delta**2*tmp0
+                torch.mul(acc_delta, rho, out=_s3)
+                torch.pow(delta, 2, out=_s2)
+                torch.add(_s3, _s2, alpha=tmp0, out=acc_delta)
+                # parameter update
+                w.add_(delta, alpha=-(lr))
+        else:
+            tmp0 = 1 - rho
+            for w, g, state in call.tensors(
+                1, {"rho": rho, "eps": eps, "weight_decay": weight_decay, "maximize": maximize}
+            ):
+                square_avg = state["square_avg"]
+                acc_delta = state["acc_delta"]
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, square_avg, acc_delta)
+                # maximize
+                if maximize:
+                    g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
+                # L2 weight decay
+                g = torch.add(g, w, alpha=weight_decay, out=_s0)
+                # running mean square of g
+                # square_avg = g**2*tmp0 + rho*square_avg
+                torch.pow(g, 2, out=_s1)
+                torch.mul(_s1, tmp0, out=_s1)
+                torch.add(_s1, square_avg, alpha=rho, out=square_avg)
+                # step
+                # delta = g*torch.sqrt(acc_delta + eps)/torch.sqrt(eps + square_avg)
+                torch.add(acc_delta, eps, out=_s2)
+                torch.sqrt(_s2, out=_s2)
+                torch.mul(g, _s2, out=_s2)
+                torch.add(eps, square_avg, out=_s3)
+                torch.sqrt(_s3, out=_s3)
+                delta = torch.div(_s2, _s3, out=_s1)
+                # running mean square of the steps
+                # acc_delta = acc_delta*rho + delta**2*tmp0
+                torch.mul(acc_delta, rho, out=_s3)
+                torch.pow(delta, 2, out=_s2)
+                torch.add(_s3, _s2, alpha=tmp0, out=acc_delta)
+                # parameter update
+                w.add_(delta, alpha=-(lr))
+
+    def _case(self, group: dict[str, Any]) -> int:
+        """The case of the rule (and its fused kernel) that this group's hyperparameters select."""
+        rho = group["rho"]
+        eps = group["eps"]
+        weight_decay = group["weight_decay"]
+        maximize = group["maximize"]
+        return 0 if weight_decay == 0 else 1
 
     @torch.no_grad()
     def finalize_variable_values(self) -> None:
         """Keras's ``finalize_variable_values``, at the end of training: sets the parameters in place."""
         for group in self.param_groups:
-            rho = group["rho"]
-            eps = group["eps"]
-            weight_decay = group["weight_decay"]
-            maximize = group["maximize"]
-            clipnorm = group["clipnorm"] or None  # 0: off
-            clipvalue = group["clipvalue"] or None  # 0: off
-            global_clipnorm = group["global_clipnorm"] or None  # 0: off
             use_ema = group["use_ema"]
-            ema_momentum = group["ema_momentum"]
-            ema_overwrite_frequency = group["ema_overwrite_frequency"] or None  # 0: off
-            loss_scale_factor = group["loss_scale_factor"]
-            gradient_accumulation_steps = group["gradient_accumulation_steps"]
             for w in group["params"]:
                 state = self.state[w]
                 ema = state.get("ema")

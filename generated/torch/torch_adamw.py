@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from optforge.runtime import common, fused_support, torch_support
+from optforge.runtime import common, options_torch, torch_support
 
 
 class TorchAdamW(torch_support.RuleOptimizer):
@@ -77,6 +77,16 @@ class TorchAdamW(torch_support.RuleOptimizer):
 
     rule = "TorchAdamW"
     module = "torch_adamw"
+    options = (
+        "clipnorm",
+        "clipvalue",
+        "global_clipnorm",
+        "use_ema",
+        "ema_momentum",
+        "ema_overwrite_frequency",
+        "loss_scale_factor",
+        "gradient_accumulation_steps",
+    )
     keeps = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "grad_accumulator", "ema"})
 
     def __init__(
@@ -162,629 +172,201 @@ class TorchAdamW(torch_support.RuleOptimizer):
         if use_ema:
             yield "ema", "element", 0
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One update of every parameter that has a gradient; returns the closure's loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [w for w in group["params"] if w.grad is not None]
-            if not params:
-                continue
-            n = group.get("step", 0)  # earlier calls
-            group["step"] = n + 1
-            t = n + 1
-            lr = common.learning_rate_at(group["lr"], n)
-            beta1 = group["beta1"]
-            beta2 = group["beta2"]
-            eps = group["eps"]
-            weight_decay = group["weight_decay"]
-            amsgrad = group["amsgrad"]
-            maximize = group["maximize"]
-            clipnorm = group["clipnorm"] or None  # 0: off
-            clipvalue = group["clipvalue"] or None  # 0: off
-            global_clipnorm = group["global_clipnorm"] or None  # 0: off
-            use_ema = group["use_ema"]
-            ema_momentum = group["ema_momentum"]
-            ema_overwrite_frequency = group["ema_overwrite_frequency"] or None  # 0: off
-            loss_scale_factor = group["loss_scale_factor"]
-            gradient_accumulation_steps = group["gradient_accumulation_steps"]
-            if amsgrad and weight_decay == 0:
-                # the step counts updates, not calls
-                t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-                # an update call
-                is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-                # EMA momentum (0 at the first update)
-                ema_mu = 0 if t == 1 else ema_momentum
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                if global_clipnorm is not None and is_update:
-                    for w, state in self._tensors(params, group):
-                        g = torch_support.upcast(w.grad)
-                        grad_accumulator = state.get("grad_accumulator")
-                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                        # loss scaling
-                        if loss_scale_factor is not None:
-                            g = torch.div(g, loss_scale_factor, out=_s0)
-                        # gradient accumulation
-                        if gradient_accumulation_steps is not None:
-                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
-                        if gradient_accumulation_steps is not None and is_update:
-                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
-                        # clipping
-                        if clipnorm is not None and is_update:
-                            g = torch.mul(
-                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
-                            )
-                        if global_clipnorm is not None and is_update:
-                            torch.pow(g, 2, out=_s2)
-                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
-                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
-                for w, state in self._tensors(params, group):
-                    g = torch_support.upcast(w.grad)
-                    exp_avg = state["exp_avg"]
-                    exp_avg_sq = state["exp_avg_sq"]
-                    max_exp_avg_sq = state.get("max_exp_avg_sq")
-                    grad_accumulator = state.get("grad_accumulator")
-                    ema = state.get("ema")
-                    if fused_work is not None and torch_support.fusable(
-                        w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema
-                    ):
-                        fused_work.append((w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema))
-                        continue
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = torch_support.scratch(
-                        self._scratch, 3, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema
-                    )
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = torch.div(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator.add_(g)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        grad_accumulator.fill_(0)
-                    if clipnorm is not None and is_update:
-                        torch.pow(g, 2, out=_s1)
-                        sumsq_g = torch.sum(_s1)
-                    else:
-                        sumsq_g = 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        g = torch.mul(
-                            g,
-                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
-                            out=_s0,
-                        )
-                    if clipvalue is not None and is_update:
-                        g = (
-                            torch.clamp(g, -clipvalue, clipvalue, out=_s0)
-                            if g.dtype == _s0.dtype
-                            else _s0.copy_(torch.clamp(g, -clipvalue, clipvalue))
-                        )
-                    # maximize
-                    if is_update:
-                        if maximize:
-                            g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
-                        # first moment
-                        # exp_avg += (1 - beta1)*(g - exp_avg)
-                        torch.sub(g, exp_avg, out=_s1)
-                        exp_avg.add_(_s1, alpha=1 - beta1)
-                        # second moment
-                        # exp_avg_sq = beta2*exp_avg_sq + g**2*(1 - beta2)
-                        torch.mul(beta2, exp_avg_sq, out=_s1)
-                        torch.pow(g, 2, out=_s2)
-                        torch.add(_s1, _s2, alpha=1 - beta2, out=exp_avg_sq)
-                        # AMSGrad maximum
-                        torch.maximum(exp_avg_sq, max_exp_avg_sq, out=max_exp_avg_sq)
-                    # denominator
-                    if is_update:
-                        torch.sqrt(exp_avg_sq, out=_s1)
-                        torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                        denom = torch.add(eps, _s1, out=_s2)
-                    else:
-                        denom = 0
-                    # AMSGrad denominator
-                    if is_update:
-                        if amsgrad:
-                            # denom = eps + torch.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
-                            torch.sqrt(max_exp_avg_sq, out=_s1)
-                            torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                            denom = torch.add(eps, _s1, out=_s2)
-                        # parameter update
-                        w.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**t)))
-                    # EMA of the weights
-                    if use_ema:
-                        # ema = ema*ema_mu + w*(1 - ema_mu)
-                        torch.mul(ema, ema_mu, out=_s1)
-                        torch.add(_s1, w, alpha=1 - ema_mu, out=ema)
-                    # EMA overwrite
-                    if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                        w.copy_(ema)
-                if fused_work:
-                    fused_support.run(
-                        self._fused.UPDATE_CASE_0,
-                        fused_work,
-                        torch_support.plain(
-                            {
-                                "lr": lr,
-                                "beta1": beta1,
-                                "beta2": beta2,
-                                "eps": eps,
-                                "amsgrad": amsgrad,
-                                "maximize": maximize,
-                                "clipnorm": clipnorm,
-                                "clipvalue": clipvalue,
-                                "global_clipnorm": global_clipnorm,
-                                "use_ema": use_ema,
-                                "ema_overwrite_frequency": ema_overwrite_frequency,
-                                "loss_scale_factor": loss_scale_factor,
-                                "gradient_accumulation_steps": gradient_accumulation_steps,
-                                "ema_mu": ema_mu,
-                                "global_sumsq_g": global_sumsq_g,
-                                "is_update": is_update,
-                                "t": t,
-                            }
-                        ),
-                    )
-            elif weight_decay == 0:
-                # the step counts updates, not calls
-                t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-                # an update call
-                is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-                # EMA momentum (0 at the first update)
-                ema_mu = 0 if t == 1 else ema_momentum
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                if global_clipnorm is not None and is_update:
-                    for w, state in self._tensors(params, group):
-                        g = torch_support.upcast(w.grad)
-                        grad_accumulator = state.get("grad_accumulator")
-                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                        # loss scaling
-                        if loss_scale_factor is not None:
-                            g = torch.div(g, loss_scale_factor, out=_s0)
-                        # gradient accumulation
-                        if gradient_accumulation_steps is not None:
-                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
-                        if gradient_accumulation_steps is not None and is_update:
-                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
-                        # clipping
-                        if clipnorm is not None and is_update:
-                            g = torch.mul(
-                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
-                            )
-                        if global_clipnorm is not None and is_update:
-                            torch.pow(g, 2, out=_s2)
-                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
-                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
-                for w, state in self._tensors(params, group):
-                    g = torch_support.upcast(w.grad)
-                    exp_avg = state["exp_avg"]
-                    exp_avg_sq = state["exp_avg_sq"]
-                    max_exp_avg_sq = state.get("max_exp_avg_sq")
-                    grad_accumulator = state.get("grad_accumulator")
-                    ema = state.get("ema")
-                    if fused_work is not None and torch_support.fusable(
-                        w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema
-                    ):
-                        fused_work.append((w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema))
-                        continue
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = torch_support.scratch(
-                        self._scratch, 3, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema
-                    )
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = torch.div(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator.add_(g)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        grad_accumulator.fill_(0)
-                    if clipnorm is not None and is_update:
-                        torch.pow(g, 2, out=_s1)
-                        sumsq_g = torch.sum(_s1)
-                    else:
-                        sumsq_g = 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        g = torch.mul(
-                            g,
-                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
-                            out=_s0,
-                        )
-                    if clipvalue is not None and is_update:
-                        g = (
-                            torch.clamp(g, -clipvalue, clipvalue, out=_s0)
-                            if g.dtype == _s0.dtype
-                            else _s0.copy_(torch.clamp(g, -clipvalue, clipvalue))
-                        )
-                    # maximize
-                    if is_update:
-                        if maximize:
-                            g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
-                        # first moment
-                        # exp_avg += (1 - beta1)*(g - exp_avg)
-                        torch.sub(g, exp_avg, out=_s1)
-                        exp_avg.add_(_s1, alpha=1 - beta1)
-                        # second moment
-                        # exp_avg_sq = beta2*exp_avg_sq + g**2*(1 - beta2)
-                        torch.mul(beta2, exp_avg_sq, out=_s1)
-                        torch.pow(g, 2, out=_s2)
-                        torch.add(_s1, _s2, alpha=1 - beta2, out=exp_avg_sq)
-                    # denominator
-                    if is_update:
-                        torch.sqrt(exp_avg_sq, out=_s1)
-                        torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                        denom = torch.add(eps, _s1, out=_s2)
-                    else:
-                        denom = 0
-                    # AMSGrad denominator
-                    if is_update:
-                        if amsgrad:
-                            # denom = eps + torch.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
-                            torch.sqrt(max_exp_avg_sq, out=_s1)
-                            torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                            denom = torch.add(eps, _s1, out=_s2)
-                        # parameter update
-                        w.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**t)))
-                    # EMA of the weights
-                    if use_ema:
-                        # ema = ema*ema_mu + w*(1 - ema_mu)
-                        torch.mul(ema, ema_mu, out=_s1)
-                        torch.add(_s1, w, alpha=1 - ema_mu, out=ema)
-                    # EMA overwrite
-                    if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                        w.copy_(ema)
-                if fused_work:
-                    fused_support.run(
-                        self._fused.UPDATE_CASE_1,
-                        fused_work,
-                        torch_support.plain(
-                            {
-                                "lr": lr,
-                                "beta1": beta1,
-                                "beta2": beta2,
-                                "eps": eps,
-                                "amsgrad": amsgrad,
-                                "maximize": maximize,
-                                "clipnorm": clipnorm,
-                                "clipvalue": clipvalue,
-                                "global_clipnorm": global_clipnorm,
-                                "use_ema": use_ema,
-                                "ema_overwrite_frequency": ema_overwrite_frequency,
-                                "loss_scale_factor": loss_scale_factor,
-                                "gradient_accumulation_steps": gradient_accumulation_steps,
-                                "ema_mu": ema_mu,
-                                "global_sumsq_g": global_sumsq_g,
-                                "is_update": is_update,
-                                "t": t,
-                            }
-                        ),
-                    )
-            elif amsgrad:
-                # the step counts updates, not calls
-                t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-                # an update call
-                is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-                # EMA momentum (0 at the first update)
-                ema_mu = 0 if t == 1 else ema_momentum
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                if global_clipnorm is not None and is_update:
-                    for w, state in self._tensors(params, group):
-                        g = torch_support.upcast(w.grad)
-                        grad_accumulator = state.get("grad_accumulator")
-                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                        # loss scaling
-                        if loss_scale_factor is not None:
-                            g = torch.div(g, loss_scale_factor, out=_s0)
-                        # gradient accumulation
-                        if gradient_accumulation_steps is not None:
-                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
-                        if gradient_accumulation_steps is not None and is_update:
-                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
-                        # clipping
-                        if clipnorm is not None and is_update:
-                            g = torch.mul(
-                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
-                            )
-                        if global_clipnorm is not None and is_update:
-                            torch.pow(g, 2, out=_s2)
-                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
-                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
-                for w, state in self._tensors(params, group):
-                    g = torch_support.upcast(w.grad)
-                    exp_avg = state["exp_avg"]
-                    exp_avg_sq = state["exp_avg_sq"]
-                    max_exp_avg_sq = state.get("max_exp_avg_sq")
-                    grad_accumulator = state.get("grad_accumulator")
-                    ema = state.get("ema")
-                    if fused_work is not None and torch_support.fusable(
-                        w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema
-                    ):
-                        fused_work.append((w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema))
-                        continue
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = torch_support.scratch(
-                        self._scratch, 3, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema
-                    )
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = torch.div(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator.add_(g)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        grad_accumulator.fill_(0)
-                    if clipnorm is not None and is_update:
-                        torch.pow(g, 2, out=_s1)
-                        sumsq_g = torch.sum(_s1)
-                    else:
-                        sumsq_g = 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        g = torch.mul(
-                            g,
-                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
-                            out=_s0,
-                        )
-                    if clipvalue is not None and is_update:
-                        g = (
-                            torch.clamp(g, -clipvalue, clipvalue, out=_s0)
-                            if g.dtype == _s0.dtype
-                            else _s0.copy_(torch.clamp(g, -clipvalue, clipvalue))
-                        )
-                    # maximize
-                    if is_update:
-                        if maximize:
-                            g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
-                        # decoupled weight decay
-                        torch.mul(w, 1 - lr * weight_decay, out=w)
-                        # first moment
-                        # exp_avg += (1 - beta1)*(g - exp_avg)
-                        torch.sub(g, exp_avg, out=_s1)
-                        exp_avg.add_(_s1, alpha=1 - beta1)
-                        # second moment
-                        # exp_avg_sq = beta2*exp_avg_sq + g**2*(1 - beta2)
-                        torch.mul(beta2, exp_avg_sq, out=_s1)
-                        torch.pow(g, 2, out=_s2)
-                        torch.add(_s1, _s2, alpha=1 - beta2, out=exp_avg_sq)
-                        # AMSGrad maximum
-                        torch.maximum(exp_avg_sq, max_exp_avg_sq, out=max_exp_avg_sq)
-                    # denominator
-                    if is_update:
-                        torch.sqrt(exp_avg_sq, out=_s1)
-                        torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                        denom = torch.add(eps, _s1, out=_s2)
-                    else:
-                        denom = 0
-                    # AMSGrad denominator
-                    if is_update:
-                        if amsgrad:
-                            # denom = eps + torch.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
-                            torch.sqrt(max_exp_avg_sq, out=_s1)
-                            torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                            denom = torch.add(eps, _s1, out=_s2)
-                        # parameter update
-                        w.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**t)))
-                    # EMA of the weights
-                    if use_ema:
-                        # ema = ema*ema_mu + w*(1 - ema_mu)
-                        torch.mul(ema, ema_mu, out=_s1)
-                        torch.add(_s1, w, alpha=1 - ema_mu, out=ema)
-                    # EMA overwrite
-                    if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                        w.copy_(ema)
-                if fused_work:
-                    fused_support.run(
-                        self._fused.UPDATE_CASE_2,
-                        fused_work,
-                        torch_support.plain(
-                            {
-                                "lr": lr,
-                                "beta1": beta1,
-                                "beta2": beta2,
-                                "eps": eps,
-                                "weight_decay": weight_decay,
-                                "amsgrad": amsgrad,
-                                "maximize": maximize,
-                                "clipnorm": clipnorm,
-                                "clipvalue": clipvalue,
-                                "global_clipnorm": global_clipnorm,
-                                "use_ema": use_ema,
-                                "ema_overwrite_frequency": ema_overwrite_frequency,
-                                "loss_scale_factor": loss_scale_factor,
-                                "gradient_accumulation_steps": gradient_accumulation_steps,
-                                "ema_mu": ema_mu,
-                                "global_sumsq_g": global_sumsq_g,
-                                "is_update": is_update,
-                                "t": t,
-                            }
-                        ),
-                    )
-            else:
-                # the step counts updates, not calls
-                t = (n // gradient_accumulation_steps if gradient_accumulation_steps is not None else n) + 1
-                # an update call
-                is_update = gradient_accumulation_steps is None or (n + 1) % gradient_accumulation_steps == 0
-                # EMA momentum (0 at the first update)
-                ema_mu = 0 if t == 1 else ema_momentum
-                # over all tensors: global_sumsq_g
-                global_sumsq_g = 0.0
-                if global_clipnorm is not None and is_update:
-                    for w, state in self._tensors(params, group):
-                        g = torch_support.upcast(w.grad)
-                        grad_accumulator = state.get("grad_accumulator")
-                        # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                        _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, grad_accumulator)
-                        # loss scaling
-                        if loss_scale_factor is not None:
-                            g = torch.div(g, loss_scale_factor, out=_s0)
-                        # gradient accumulation
-                        if gradient_accumulation_steps is not None:
-                            grad_accumulator = torch.add(g, grad_accumulator, out=_s1)
-                        if gradient_accumulation_steps is not None and is_update:
-                            g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        sumsq_g = torch.sum(g**2) if (clipnorm is not None and is_update) else 0
-                        # clipping
-                        if clipnorm is not None and is_update:
-                            g = torch.mul(
-                                g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0
-                            )
-                        if global_clipnorm is not None and is_update:
-                            torch.pow(g, 2, out=_s2)
-                            global_sumsq_g = global_sumsq_g + torch.sum(_s2)
-                fused_work = [] if self._fused is not None else None  # the parameters the fused path takes
-                for w, state in self._tensors(params, group):
-                    g = torch_support.upcast(w.grad)
-                    exp_avg = state["exp_avg"]
-                    exp_avg_sq = state["exp_avg_sq"]
-                    max_exp_avg_sq = state.get("max_exp_avg_sq")
-                    grad_accumulator = state.get("grad_accumulator")
-                    ema = state.get("ema")
-                    if fused_work is not None and torch_support.fusable(
-                        w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema
-                    ):
-                        fused_work.append((w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema))
-                        continue
-                    # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                    _s0, _s1, _s2 = torch_support.scratch(
-                        self._scratch, 3, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema
-                    )
-                    # loss scaling
-                    if loss_scale_factor is not None:
-                        g = torch.div(g, loss_scale_factor, out=_s0)
-                    # gradient accumulation
-                    if gradient_accumulation_steps is not None:
-                        grad_accumulator.add_(g)
-                    if gradient_accumulation_steps is not None and is_update:
-                        g = torch.div(grad_accumulator, gradient_accumulation_steps, out=_s0)
-                        grad_accumulator.fill_(0)
-                    if clipnorm is not None and is_update:
-                        torch.pow(g, 2, out=_s1)
-                        sumsq_g = torch.sum(_s1)
-                    else:
-                        sumsq_g = 0
-                    # clipping
-                    if clipnorm is not None and is_update:
-                        g = torch.mul(g, clipnorm / torch.clamp(torch.sqrt(sumsq_g), min=clipnorm), out=_s0)
-                    if global_clipnorm is not None and is_update:
-                        g = torch.mul(
-                            g,
-                            global_clipnorm / torch.clamp(torch.sqrt(global_sumsq_g), min=global_clipnorm),
-                            out=_s0,
-                        )
-                    if clipvalue is not None and is_update:
-                        g = (
-                            torch.clamp(g, -clipvalue, clipvalue, out=_s0)
-                            if g.dtype == _s0.dtype
-                            else _s0.copy_(torch.clamp(g, -clipvalue, clipvalue))
-                        )
-                    # maximize
-                    if is_update:
-                        if maximize:
-                            g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
-                        # decoupled weight decay
-                        torch.mul(w, 1 - lr * weight_decay, out=w)
-                        # first moment
-                        # exp_avg += (1 - beta1)*(g - exp_avg)
-                        torch.sub(g, exp_avg, out=_s1)
-                        exp_avg.add_(_s1, alpha=1 - beta1)
-                        # second moment
-                        # exp_avg_sq = beta2*exp_avg_sq + g**2*(1 - beta2)
-                        torch.mul(beta2, exp_avg_sq, out=_s1)
-                        torch.pow(g, 2, out=_s2)
-                        torch.add(_s1, _s2, alpha=1 - beta2, out=exp_avg_sq)
-                    # denominator
-                    if is_update:
-                        torch.sqrt(exp_avg_sq, out=_s1)
-                        torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                        denom = torch.add(eps, _s1, out=_s2)
-                    else:
-                        denom = 0
-                    # AMSGrad denominator
-                    if is_update:
-                        if amsgrad:
-                            # denom = eps + torch.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
-                            torch.sqrt(max_exp_avg_sq, out=_s1)
-                            torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                            denom = torch.add(eps, _s1, out=_s2)
-                        # parameter update
-                        w.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**t)))
-                    # EMA of the weights
-                    if use_ema:
-                        # ema = ema*ema_mu + w*(1 - ema_mu)
-                        torch.mul(ema, ema_mu, out=_s1)
-                        torch.add(_s1, w, alpha=1 - ema_mu, out=ema)
-                    # EMA overwrite
-                    if ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0:
-                        w.copy_(ema)
-                if fused_work:
-                    fused_support.run(
-                        self._fused.UPDATE_CASE_3,
-                        fused_work,
-                        torch_support.plain(
-                            {
-                                "lr": lr,
-                                "beta1": beta1,
-                                "beta2": beta2,
-                                "eps": eps,
-                                "weight_decay": weight_decay,
-                                "amsgrad": amsgrad,
-                                "maximize": maximize,
-                                "clipnorm": clipnorm,
-                                "clipvalue": clipvalue,
-                                "global_clipnorm": global_clipnorm,
-                                "use_ema": use_ema,
-                                "ema_overwrite_frequency": ema_overwrite_frequency,
-                                "loss_scale_factor": loss_scale_factor,
-                                "gradient_accumulation_steps": gradient_accumulation_steps,
-                                "ema_mu": ema_mu,
-                                "global_sumsq_g": global_sumsq_g,
-                                "is_update": is_update,
-                                "t": t,
-                            }
-                        ),
-                    )
-        return loss
+    def _update(self, group: dict[str, Any], call: options_torch.Call) -> None:
+        """The rule's own step, on update calls only: ``call.tensors`` gives each parameter with its gradient as
+        Keras's options made it (``runtime/options_torch.py``), and its state."""
+        n, lr = call.n, call.lr  # n: the updates before this one
+        t = n + 1
+        beta1 = group["beta1"]
+        beta2 = group["beta2"]
+        eps = group["eps"]
+        weight_decay = group["weight_decay"]
+        amsgrad = group["amsgrad"]
+        maximize = group["maximize"]
+        if amsgrad and weight_decay == 0:
+            for w, g, state in call.tensors(
+                0, {"beta1": beta1, "beta2": beta2, "eps": eps, "amsgrad": amsgrad, "maximize": maximize}
+            ):
+                exp_avg = state["exp_avg"]
+                exp_avg_sq = state["exp_avg_sq"]
+                max_exp_avg_sq = state.get("max_exp_avg_sq")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = torch_support.scratch(
+                    self._scratch, 3, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq
+                )
+                # maximize
+                if maximize:
+                    g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
+                # first moment
+                # exp_avg += (1 - beta1)*(g - exp_avg)
+                torch.sub(g, exp_avg, out=_s1)
+                exp_avg.add_(_s1, alpha=1 - beta1)
+                # second moment
+                # exp_avg_sq = beta2*exp_avg_sq + g**2*(1 - beta2)
+                torch.mul(beta2, exp_avg_sq, out=_s1)
+                torch.pow(g, 2, out=_s2)
+                torch.add(_s1, _s2, alpha=1 - beta2, out=exp_avg_sq)
+                # AMSGrad maximum
+                torch.maximum(exp_avg_sq, max_exp_avg_sq, out=max_exp_avg_sq)
+                # denominator
+                # denom = eps + torch.sqrt(exp_avg_sq)/math.sqrt(1 - beta2**t)
+                torch.sqrt(exp_avg_sq, out=_s1)
+                torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                denom = torch.add(eps, _s1, out=_s2)
+                # AMSGrad denominator
+                if amsgrad:
+                    # denom = eps + torch.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                    torch.sqrt(max_exp_avg_sq, out=_s1)
+                    torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                    denom = torch.add(eps, _s1, out=_s2)
+                # parameter update
+                w.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**t)))
+        elif weight_decay == 0:
+            for w, g, state in call.tensors(
+                1, {"beta1": beta1, "beta2": beta2, "eps": eps, "amsgrad": amsgrad, "maximize": maximize}
+            ):
+                exp_avg = state["exp_avg"]
+                exp_avg_sq = state["exp_avg_sq"]
+                max_exp_avg_sq = state.get("max_exp_avg_sq")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = torch_support.scratch(
+                    self._scratch, 3, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq
+                )
+                # maximize
+                if maximize:
+                    g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
+                # first moment
+                # exp_avg += (1 - beta1)*(g - exp_avg)
+                torch.sub(g, exp_avg, out=_s1)
+                exp_avg.add_(_s1, alpha=1 - beta1)
+                # second moment
+                # exp_avg_sq = beta2*exp_avg_sq + g**2*(1 - beta2)
+                torch.mul(beta2, exp_avg_sq, out=_s1)
+                torch.pow(g, 2, out=_s2)
+                torch.add(_s1, _s2, alpha=1 - beta2, out=exp_avg_sq)
+                # denominator
+                # denom = eps + torch.sqrt(exp_avg_sq)/math.sqrt(1 - beta2**t)
+                torch.sqrt(exp_avg_sq, out=_s1)
+                torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                denom = torch.add(eps, _s1, out=_s2)
+                # AMSGrad denominator
+                if amsgrad:
+                    # denom = eps + torch.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                    torch.sqrt(max_exp_avg_sq, out=_s1)
+                    torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                    denom = torch.add(eps, _s1, out=_s2)
+                # parameter update
+                w.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**t)))
+        elif amsgrad:
+            for w, g, state in call.tensors(
+                2,
+                {
+                    "beta1": beta1,
+                    "beta2": beta2,
+                    "eps": eps,
+                    "weight_decay": weight_decay,
+                    "amsgrad": amsgrad,
+                    "maximize": maximize,
+                },
+            ):
+                exp_avg = state["exp_avg"]
+                exp_avg_sq = state["exp_avg_sq"]
+                max_exp_avg_sq = state.get("max_exp_avg_sq")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = torch_support.scratch(
+                    self._scratch, 3, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq
+                )
+                # maximize
+                if maximize:
+                    g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
+                # decoupled weight decay
+                torch.mul(w, 1 - lr * weight_decay, out=w)
+                # first moment
+                # exp_avg += (1 - beta1)*(g - exp_avg)
+                torch.sub(g, exp_avg, out=_s1)
+                exp_avg.add_(_s1, alpha=1 - beta1)
+                # second moment
+                # exp_avg_sq = beta2*exp_avg_sq + g**2*(1 - beta2)
+                torch.mul(beta2, exp_avg_sq, out=_s1)
+                torch.pow(g, 2, out=_s2)
+                torch.add(_s1, _s2, alpha=1 - beta2, out=exp_avg_sq)
+                # AMSGrad maximum
+                torch.maximum(exp_avg_sq, max_exp_avg_sq, out=max_exp_avg_sq)
+                # denominator
+                # denom = eps + torch.sqrt(exp_avg_sq)/math.sqrt(1 - beta2**t)
+                torch.sqrt(exp_avg_sq, out=_s1)
+                torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                denom = torch.add(eps, _s1, out=_s2)
+                # AMSGrad denominator
+                if amsgrad:
+                    # denom = eps + torch.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                    torch.sqrt(max_exp_avg_sq, out=_s1)
+                    torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                    denom = torch.add(eps, _s1, out=_s2)
+                # parameter update
+                w.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**t)))
+        else:
+            for w, g, state in call.tensors(
+                3,
+                {
+                    "beta1": beta1,
+                    "beta2": beta2,
+                    "eps": eps,
+                    "weight_decay": weight_decay,
+                    "amsgrad": amsgrad,
+                    "maximize": maximize,
+                },
+            ):
+                exp_avg = state["exp_avg"]
+                exp_avg_sq = state["exp_avg_sq"]
+                max_exp_avg_sq = state.get("max_exp_avg_sq")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = torch_support.scratch(
+                    self._scratch, 3, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq
+                )
+                # maximize
+                if maximize:
+                    g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
+                # decoupled weight decay
+                torch.mul(w, 1 - lr * weight_decay, out=w)
+                # first moment
+                # exp_avg += (1 - beta1)*(g - exp_avg)
+                torch.sub(g, exp_avg, out=_s1)
+                exp_avg.add_(_s1, alpha=1 - beta1)
+                # second moment
+                # exp_avg_sq = beta2*exp_avg_sq + g**2*(1 - beta2)
+                torch.mul(beta2, exp_avg_sq, out=_s1)
+                torch.pow(g, 2, out=_s2)
+                torch.add(_s1, _s2, alpha=1 - beta2, out=exp_avg_sq)
+                # denominator
+                # denom = eps + torch.sqrt(exp_avg_sq)/math.sqrt(1 - beta2**t)
+                torch.sqrt(exp_avg_sq, out=_s1)
+                torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                denom = torch.add(eps, _s1, out=_s2)
+                # AMSGrad denominator
+                if amsgrad:
+                    # denom = eps + torch.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                    torch.sqrt(max_exp_avg_sq, out=_s1)
+                    torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
+                    denom = torch.add(eps, _s1, out=_s2)
+                # parameter update
+                w.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**t)))
+
+    def _case(self, group: dict[str, Any]) -> int:
+        """The case of the rule (and its fused kernel) that this group's hyperparameters select."""
+        beta1 = group["beta1"]
+        beta2 = group["beta2"]
+        eps = group["eps"]
+        weight_decay = group["weight_decay"]
+        amsgrad = group["amsgrad"]
+        maximize = group["maximize"]
+        return 0 if (amsgrad and weight_decay == 0) else 1 if weight_decay == 0 else 2 if amsgrad else 3
 
     @torch.no_grad()
     def finalize_variable_values(self) -> None:
         """Keras's ``finalize_variable_values``, at the end of training: sets the parameters in place."""
         for group in self.param_groups:
-            beta1 = group["beta1"]
-            beta2 = group["beta2"]
-            eps = group["eps"]
-            weight_decay = group["weight_decay"]
-            amsgrad = group["amsgrad"]
-            maximize = group["maximize"]
-            clipnorm = group["clipnorm"] or None  # 0: off
-            clipvalue = group["clipvalue"] or None  # 0: off
-            global_clipnorm = group["global_clipnorm"] or None  # 0: off
             use_ema = group["use_ema"]
-            ema_momentum = group["ema_momentum"]
-            ema_overwrite_frequency = group["ema_overwrite_frequency"] or None  # 0: off
-            loss_scale_factor = group["loss_scale_factor"]
-            gradient_accumulation_steps = group["gradient_accumulation_steps"]
             for w in group["params"]:
                 state = self.state[w]
                 ema = state.get("ema")
