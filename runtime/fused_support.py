@@ -96,6 +96,8 @@ _TAKES: dict[int, tuple[Case, tuple[str, ...], tuple[str, ...]]] = {}
 def takes(case: Case) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """What ``case`` takes, as its generated functions declare it: the states after ``w`` and ``g`` (in the
     order of ``run``'s work items) and the once-per-step values (``prepare``'s arguments after ``dt``)."""
+    if hasattr(case, "arrays"):  # a Triton case (runtime/triton_support.Case) says it
+        return tuple(case.arrays[2:]), tuple(case.scalars)
     known = _TAKES.get(id(case))
     if known is None or known[0] is not case:
         addresses = getattr(case.addresses, "py_func", case.addresses)  # a Numba dispatcher's Python function

@@ -123,15 +123,21 @@ def test_triton_equals_plain_with_keras_options(rule, option):
 @pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
 def test_triton_mixed_precision(rule):
     """bfloat16 parameters and gradients, float32 state: the parameters within a bfloat16 rounding a step
-    (float32 arithmetic in another order may round a parameter to the neighbouring bfloat16 value), the
-    states, float32 from the same bfloat16 gradients, to float32's rounding."""
+    (float32 arithmetic in another order may round a parameter to the neighbouring bfloat16 value) for each
+    time the plain path writes it in a step (it rounds to bfloat16 after each: TorchAdamW's decay, then its
+    update; the kernel rounds once), the states, float32 from the same bfloat16 gradients, to float32's
+    rounding."""
+    from optforge.compiler.pipeline import compile_rule
+
+    program = compile_rule(rule)
+    writes = max(sum(a.target == "w" for a in case.body) for case in (program.inner or program).cases)
     count = [0]
     want_p, want_s = run(rule, {}, torch.bfloat16, triton=False)
     got_p, got_s = run(rule, {}, torch.bfloat16, triton=True, count=count)
     assert count[0] == STEPS * len(SHAPES)
     for i, (a, b) in enumerate(zip(got_p, want_p)):
         err = rel_error(a, b)
-        assert err <= STEPS * 2**-7, f"{rule.name}: bfloat16 params[{i}]: relative error {err:.3g}"
+        assert err <= STEPS * writes * 2**-7, f"{rule.name}: bfloat16 params[{i}]: relative error {err:.3g}"
     for key, b in want_s.items():
         err = rel_error(got_s[key], b)
         assert err <= 1e-5, (

@@ -18,6 +18,8 @@ compiled kernel.
 
 from __future__ import annotations
 
+import math
+
 import triton
 import triton.language as tl
 
