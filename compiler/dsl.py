@@ -145,12 +145,18 @@ class idiv(sp.Function):  # noqa: N801
     """``idiv(a, b)``: integer division, ``a // b``."""
 
     nargs = 2
+    #: below a product's (Python's ``//`` and ``%`` bind like ``*``, left to right): a printer puts a factor
+    #: ``imod(t, N)`` of a product in parentheses, ``c * (t % N)``, not ``c * t % N`` = ``(c * t) % N``
+    precedence = 49
 
 
 class imod(sp.Function):  # noqa: N801
     """``imod(a, b)``: the remainder ``a % b``."""
 
     nargs = 2
+    #: below a product's (Python's ``//`` and ``%`` bind like ``*``, left to right): a printer puts a factor
+    #: ``imod(t, N)`` of a product in parentheses, ``c * (t % N)``, not ``c * t % N`` = ``(c * t) % N``
+    precedence = 49
 
 
 class clip(sp.Function):
