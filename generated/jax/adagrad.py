@@ -176,13 +176,13 @@ def adagrad(
         call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
         treedef = call.treedef
 
-        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+        def rule(_grads: list, _params: list, _rs: dict) -> tuple[list, dict]:
             """The rule's own step, on update calls only: the gradients as Keras's options made them
             (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
             n, lr = call.n, call.lr  # n: the updates before this one
             t = n + 1
             updates, new_accumulator = [], []
-            for g, w, accumulator in zip(gs, ws, jax_support.leaves(treedef, rs["accumulator"])):
+            for g, w, accumulator in zip(_grads, _params, jax_support.leaves(treedef, _rs["accumulator"])):
                 # sum of squared gradients
                 accumulator = accumulator + g**2
                 # parameter update
@@ -190,11 +190,11 @@ def adagrad(
                 updates.append(update)
                 new_accumulator.append(accumulator)
             return updates, {
-                **rs,
-                "accumulator": jax_support.like(treedef.unflatten(new_accumulator), rs["accumulator"]),
+                **_rs,
+                "accumulator": jax_support.like(treedef.unflatten(new_accumulator), _rs["accumulator"]),
             }
 
-        updates, rs = call.run(
+        updates, _rs = call.run(
             rule,
             {
                 "accumulator": state.accumulator,
@@ -203,7 +203,7 @@ def adagrad(
         updates, ema = call.finish(updates, state.ema)
         return updates, AdagradState(
             count=optax.safe_increment(state.count),
-            accumulator=rs["accumulator"],
+            accumulator=_rs["accumulator"],
             grad_accumulator=call.accumulator,
             ema=ema,
         )

@@ -180,14 +180,14 @@ def adamax(
         call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
         treedef = call.treedef
 
-        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+        def rule(_grads: list, _params: list, _rs: dict) -> tuple[list, dict]:
             """The rule's own step, on update calls only: the gradients as Keras's options made them
             (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
             n, lr = call.n, call.lr  # n: the updates before this one
             t = n + 1
             updates, new_m, new_u = [], [], []
             for g, w, m, u in zip(
-                gs, ws, jax_support.leaves(treedef, rs["m"]), jax_support.leaves(treedef, rs["u"])
+                _grads, _params, jax_support.leaves(treedef, _rs["m"]), jax_support.leaves(treedef, _rs["u"])
             ):
                 # first moment
                 m = m + (1 - beta_1) * (g - m)
@@ -199,12 +199,12 @@ def adamax(
                 new_m.append(m)
                 new_u.append(u)
             return updates, {
-                **rs,
-                "m": jax_support.like(treedef.unflatten(new_m), rs["m"]),
-                "u": jax_support.like(treedef.unflatten(new_u), rs["u"]),
+                **_rs,
+                "m": jax_support.like(treedef.unflatten(new_m), _rs["m"]),
+                "u": jax_support.like(treedef.unflatten(new_u), _rs["u"]),
             }
 
-        updates, rs = call.run(
+        updates, _rs = call.run(
             rule,
             {
                 "m": state.m,
@@ -214,8 +214,8 @@ def adamax(
         updates, ema = call.finish(updates, state.ema)
         return updates, AdamaxState(
             count=optax.safe_increment(state.count),
-            m=rs["m"],
-            u=rs["u"],
+            m=_rs["m"],
+            u=_rs["u"],
             grad_accumulator=call.accumulator,
             ema=ema,
         )

@@ -187,19 +187,19 @@ def nadam(
         call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
         treedef = call.treedef
 
-        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+        def rule(_grads: list, _params: list, _rs: dict) -> tuple[list, dict]:
             """The rule's own step, on update calls only: the gradients as Keras's options made them
             (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
             n, lr = call.n, call.lr  # n: the updates before this one
             t = n + 1
-            u_product = rs["u_product"]
+            u_product = _rs["u_product"]
             # momentum schedule
             u_t = beta_1 * (1 - 0.5 * 0.96 ** jax_support.as_float(t))
             u_t1 = beta_1 * (1 - 0.5 * 0.96 ** jax_support.as_float(t + 1))
             u_product = u_product * u_t
             updates, new_m, new_v = [], [], []
             for g, w, m, v in zip(
-                gs, ws, jax_support.leaves(treedef, rs["m"]), jax_support.leaves(treedef, rs["v"])
+                _grads, _params, jax_support.leaves(treedef, _rs["m"]), jax_support.leaves(treedef, _rs["v"])
             ):
                 # first moment
                 m = m + (1 - beta_1) * (g - m)
@@ -215,13 +215,13 @@ def nadam(
                 new_m.append(m)
                 new_v.append(v)
             return updates, {
-                **rs,
-                "m": jax_support.like(treedef.unflatten(new_m), rs["m"]),
-                "v": jax_support.like(treedef.unflatten(new_v), rs["v"]),
+                **_rs,
+                "m": jax_support.like(treedef.unflatten(new_m), _rs["m"]),
+                "v": jax_support.like(treedef.unflatten(new_v), _rs["v"]),
                 "u_product": u_product,
             }
 
-        updates, rs = call.run(
+        updates, _rs = call.run(
             rule,
             {
                 "u_product": state.u_product,
@@ -232,9 +232,9 @@ def nadam(
         updates, ema = call.finish(updates, state.ema)
         return updates, NadamState(
             count=optax.safe_increment(state.count),
-            u_product=rs["u_product"],
-            m=rs["m"],
-            v=rs["v"],
+            u_product=_rs["u_product"],
+            m=_rs["m"],
+            v=_rs["v"],
             grad_accumulator=call.accumulator,
             ema=ema,
         )

@@ -185,14 +185,14 @@ def novograd(
         call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
         treedef = call.treedef
 
-        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+        def rule(_grads: list, _params: list, _rs: dict) -> tuple[list, dict]:
             """The rule's own step, on update calls only: the gradients as Keras's options made them
             (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
             n, lr = call.n, call.lr  # n: the updates before this one
             t = n + 1
             updates, new_v, new_m = [], [], []
             for g, w, v, m in zip(
-                gs, ws, jax_support.leaves(treedef, rs["v"]), jax_support.leaves(treedef, rs["m"])
+                _grads, _params, jax_support.leaves(treedef, _rs["v"]), jax_support.leaves(treedef, _rs["m"])
             ):
                 sumsq_g = jnp.sum(g**2)
                 # second moment
@@ -212,12 +212,12 @@ def novograd(
                 new_v.append(v)
                 new_m.append(m)
             return updates, {
-                **rs,
-                "v": jax_support.like(treedef.unflatten(new_v), rs["v"]),
-                "m": jax_support.like(treedef.unflatten(new_m), rs["m"]),
+                **_rs,
+                "v": jax_support.like(treedef.unflatten(new_v), _rs["v"]),
+                "m": jax_support.like(treedef.unflatten(new_m), _rs["m"]),
             }
 
-        updates, rs = call.run(
+        updates, _rs = call.run(
             rule,
             {
                 "v": state.v,
@@ -227,8 +227,8 @@ def novograd(
         updates, ema = call.finish(updates, state.ema)
         return updates, NovoGradState(
             count=optax.safe_increment(state.count),
-            v=rs["v"],
-            m=rs["m"],
+            v=_rs["v"],
+            m=_rs["m"],
             grad_accumulator=call.accumulator,
             ema=ema,
         )

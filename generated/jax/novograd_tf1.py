@@ -182,13 +182,13 @@ def novograd_tf1(
         call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
         treedef = call.treedef
 
-        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+        def rule(_grads: list, _params: list, _rs: dict) -> tuple[list, dict]:
             """The rule's own step, on update calls only: the gradients as Keras's options made them
             (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
             n, lr = call.n, call.lr  # n: the updates before this one
             t = n + 1
             updates, new_m = [], []
-            for g, w, m in zip(gs, ws, jax_support.leaves(treedef, rs["m"])):
+            for g, w, m in zip(_grads, _params, jax_support.leaves(treedef, _rs["m"])):
                 sumsq_g = jnp.sum(g**2)
                 # second moment (no EMA in graph mode)
                 v = sumsq_g
@@ -206,11 +206,11 @@ def novograd_tf1(
                 updates.append(update)
                 new_m.append(m)
             return updates, {
-                **rs,
-                "m": jax_support.like(treedef.unflatten(new_m), rs["m"]),
+                **_rs,
+                "m": jax_support.like(treedef.unflatten(new_m), _rs["m"]),
             }
 
-        updates, rs = call.run(
+        updates, _rs = call.run(
             rule,
             {
                 "m": state.m,
@@ -219,7 +219,7 @@ def novograd_tf1(
         updates, ema = call.finish(updates, state.ema)
         return updates, NovoGradTF1State(
             count=optax.safe_increment(state.count),
-            m=rs["m"],
+            m=_rs["m"],
             grad_accumulator=call.accumulator,
             ema=ema,
         )

@@ -177,7 +177,7 @@ def optax_adadelta(
         call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
         treedef = call.treedef
 
-        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+        def rule(_grads: list, _params: list, _rs: dict) -> tuple[list, dict]:
             """The rule's own step, on update calls only: the gradients as Keras's options made them
             (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
             n, lr = call.n, call.lr  # n: the updates before this one
@@ -185,7 +185,10 @@ def optax_adadelta(
             tmp0 = 1 - rho
             updates, new_e_g, new_e_x = [], [], []
             for g, w, e_g, e_x in zip(
-                gs, ws, jax_support.leaves(treedef, rs["e_g"]), jax_support.leaves(treedef, rs["e_x"])
+                _grads,
+                _params,
+                jax_support.leaves(treedef, _rs["e_g"]),
+                jax_support.leaves(treedef, _rs["e_x"]),
             ):
                 # weight decay
                 g = g + w * weight_decay
@@ -201,12 +204,12 @@ def optax_adadelta(
                 new_e_g.append(e_g)
                 new_e_x.append(e_x)
             return updates, {
-                **rs,
-                "e_g": jax_support.like(treedef.unflatten(new_e_g), rs["e_g"]),
-                "e_x": jax_support.like(treedef.unflatten(new_e_x), rs["e_x"]),
+                **_rs,
+                "e_g": jax_support.like(treedef.unflatten(new_e_g), _rs["e_g"]),
+                "e_x": jax_support.like(treedef.unflatten(new_e_x), _rs["e_x"]),
             }
 
-        updates, rs = call.run(
+        updates, _rs = call.run(
             rule,
             {
                 "e_g": state.e_g,
@@ -216,8 +219,8 @@ def optax_adadelta(
         updates, ema = call.finish(updates, state.ema)
         return updates, OptaxAdadeltaState(
             count=optax.safe_increment(state.count),
-            e_g=rs["e_g"],
-            e_x=rs["e_x"],
+            e_g=_rs["e_g"],
+            e_x=_rs["e_x"],
             grad_accumulator=call.accumulator,
             ema=ema,
         )

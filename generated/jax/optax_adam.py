@@ -190,7 +190,7 @@ def optax_adam(
         call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
         treedef = call.treedef
 
-        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+        def rule(_grads: list, _params: list, _rs: dict) -> tuple[list, dict]:
             """The rule's own step, on update calls only: the gradients as Keras's options made them
             (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
             n, lr = call.n, call.lr  # n: the updates before this one
@@ -198,7 +198,10 @@ def optax_adam(
             if nesterov:
                 updates, new_mu, new_nu = [], [], []
                 for g, w, mu, nu in zip(
-                    gs, ws, jax_support.leaves(treedef, rs["mu"]), jax_support.leaves(treedef, rs["nu"])
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["mu"]),
+                    jax_support.leaves(treedef, _rs["nu"]),
                 ):
                     tmp0 = g * (1 - b1)
                     # first moment
@@ -219,14 +222,17 @@ def optax_adam(
                     new_mu.append(mu)
                     new_nu.append(nu)
                 return updates, {
-                    **rs,
-                    "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"]),
-                    "nu": jax_support.like(treedef.unflatten(new_nu), rs["nu"]),
+                    **_rs,
+                    "mu": jax_support.like(treedef.unflatten(new_mu), _rs["mu"]),
+                    "nu": jax_support.like(treedef.unflatten(new_nu), _rs["nu"]),
                 }
             else:
                 updates, new_mu, new_nu = [], [], []
                 for g, w, mu, nu in zip(
-                    gs, ws, jax_support.leaves(treedef, rs["mu"]), jax_support.leaves(treedef, rs["nu"])
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["mu"]),
+                    jax_support.leaves(treedef, _rs["nu"]),
                 ):
                     # first moment
                     mu = b1 * mu + g * (1 - b1)
@@ -243,12 +249,12 @@ def optax_adam(
                     new_mu.append(mu)
                     new_nu.append(nu)
                 return updates, {
-                    **rs,
-                    "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"]),
-                    "nu": jax_support.like(treedef.unflatten(new_nu), rs["nu"]),
+                    **_rs,
+                    "mu": jax_support.like(treedef.unflatten(new_mu), _rs["mu"]),
+                    "nu": jax_support.like(treedef.unflatten(new_nu), _rs["nu"]),
                 }
 
-        updates, rs = call.run(
+        updates, _rs = call.run(
             rule,
             {
                 "mu": state.mu,
@@ -258,8 +264,8 @@ def optax_adam(
         updates, ema = call.finish(updates, state.ema)
         return updates, OptaxAdamState(
             count=optax.safe_increment(state.count),
-            mu=rs["mu"],
-            nu=rs["nu"],
+            mu=_rs["mu"],
+            nu=_rs["nu"],
             grad_accumulator=call.accumulator,
             ema=ema,
         )

@@ -197,18 +197,18 @@ def optax_amsgrad(
         call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
         treedef = call.treedef
 
-        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+        def rule(_grads: list, _params: list, _rs: dict) -> tuple[list, dict]:
             """The rule's own step, on update calls only: the gradients as Keras's options made them
             (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
             n, lr = call.n, call.lr  # n: the updates before this one
             t = n + 1
             updates, new_mu, new_nu, new_nu_max = [], [], [], []
             for g, w, mu, nu, nu_max in zip(
-                gs,
-                ws,
-                jax_support.leaves(treedef, rs["mu"]),
-                jax_support.leaves(treedef, rs["nu"]),
-                jax_support.leaves(treedef, rs["nu_max"]),
+                _grads,
+                _params,
+                jax_support.leaves(treedef, _rs["mu"]),
+                jax_support.leaves(treedef, _rs["nu"]),
+                jax_support.leaves(treedef, _rs["nu_max"]),
             ):
                 # first moment
                 mu = b1 * mu + g * (1 - b1)
@@ -226,13 +226,13 @@ def optax_amsgrad(
                 new_nu.append(nu)
                 new_nu_max.append(nu_max)
             return updates, {
-                **rs,
-                "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"]),
-                "nu": jax_support.like(treedef.unflatten(new_nu), rs["nu"]),
-                "nu_max": jax_support.like(treedef.unflatten(new_nu_max), rs["nu_max"]),
+                **_rs,
+                "mu": jax_support.like(treedef.unflatten(new_mu), _rs["mu"]),
+                "nu": jax_support.like(treedef.unflatten(new_nu), _rs["nu"]),
+                "nu_max": jax_support.like(treedef.unflatten(new_nu_max), _rs["nu_max"]),
             }
 
-        updates, rs = call.run(
+        updates, _rs = call.run(
             rule,
             {
                 "mu": state.mu,
@@ -243,9 +243,9 @@ def optax_amsgrad(
         updates, ema = call.finish(updates, state.ema)
         return updates, OptaxAmsgradState(
             count=optax.safe_increment(state.count),
-            mu=rs["mu"],
-            nu=rs["nu"],
-            nu_max=rs["nu_max"],
+            mu=_rs["mu"],
+            nu=_rs["nu"],
+            nu_max=_rs["nu_max"],
             grad_accumulator=call.accumulator,
             ema=ema,
         )

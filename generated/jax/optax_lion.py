@@ -168,13 +168,13 @@ def optax_lion(
         call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
         treedef = call.treedef
 
-        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+        def rule(_grads: list, _params: list, _rs: dict) -> tuple[list, dict]:
             """The rule's own step, on update calls only: the gradients as Keras's options made them
             (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
             n, lr = call.n, call.lr  # n: the updates before this one
             t = n + 1
             updates, new_mu = [], []
-            for g, w, mu in zip(gs, ws, jax_support.leaves(treedef, rs["mu"])):
+            for g, w, mu in zip(_grads, _params, jax_support.leaves(treedef, _rs["mu"])):
                 # sign of the interpolation
                 c = jnp.sign(b1 * mu + g * (1 - b1))
                 # momentum
@@ -184,11 +184,11 @@ def optax_lion(
                 updates.append(update)
                 new_mu.append(mu)
             return updates, {
-                **rs,
-                "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"]),
+                **_rs,
+                "mu": jax_support.like(treedef.unflatten(new_mu), _rs["mu"]),
             }
 
-        updates, rs = call.run(
+        updates, _rs = call.run(
             rule,
             {
                 "mu": state.mu,
@@ -197,7 +197,7 @@ def optax_lion(
         updates, ema = call.finish(updates, state.ema)
         return updates, OptaxLionState(
             count=optax.safe_increment(state.count),
-            mu=rs["mu"],
+            mu=_rs["mu"],
             grad_accumulator=call.accumulator,
             ema=ema,
         )

@@ -180,14 +180,17 @@ def optax_novograd(
         call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
         treedef = call.treedef
 
-        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+        def rule(_grads: list, _params: list, _rs: dict) -> tuple[list, dict]:
             """The rule's own step, on update calls only: the gradients as Keras's options made them
             (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
             n, lr = call.n, call.lr  # n: the updates before this one
             t = n + 1
             updates, new_nu, new_mu = [], [], []
             for g, w, nu, mu in zip(
-                gs, ws, jax_support.leaves(treedef, rs["nu"]), jax_support.leaves(treedef, rs["mu"])
+                _grads,
+                _params,
+                jax_support.leaves(treedef, _rs["nu"]),
+                jax_support.leaves(treedef, _rs["mu"]),
             ):
                 sumsq_g = jnp.sum(g**2)
                 # second moment
@@ -202,12 +205,12 @@ def optax_novograd(
                 new_nu.append(nu)
                 new_mu.append(mu)
             return updates, {
-                **rs,
-                "nu": jax_support.like(treedef.unflatten(new_nu), rs["nu"]),
-                "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"]),
+                **_rs,
+                "nu": jax_support.like(treedef.unflatten(new_nu), _rs["nu"]),
+                "mu": jax_support.like(treedef.unflatten(new_mu), _rs["mu"]),
             }
 
-        updates, rs = call.run(
+        updates, _rs = call.run(
             rule,
             {
                 "nu": state.nu,
@@ -217,8 +220,8 @@ def optax_novograd(
         updates, ema = call.finish(updates, state.ema)
         return updates, OptaxNovoGradState(
             count=optax.safe_increment(state.count),
-            nu=rs["nu"],
-            mu=rs["mu"],
+            nu=_rs["nu"],
+            mu=_rs["mu"],
             grad_accumulator=call.accumulator,
             ema=ema,
         )

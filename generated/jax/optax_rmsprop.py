@@ -213,7 +213,7 @@ def optax_rmsprop(
         call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
         treedef = call.treedef
 
-        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+        def rule(_grads: list, _params: list, _rs: dict) -> tuple[list, dict]:
             """The rule's own step, on update calls only: the gradients as Keras's options made them
             (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
             n, lr = call.n, call.lr  # n: the updates before this one
@@ -224,11 +224,11 @@ def optax_rmsprop(
                 correction = 1 - decay ** jax_support.as_float(t) if bias_correction else 1
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
-                    gs,
-                    ws,
-                    jax_support.leaves(treedef, rs["nu"]),
-                    jax_support.leaves(treedef, rs["mu"]),
-                    jax_support.leaves(treedef, rs["trace"]),
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["nu"]),
+                    jax_support.leaves(treedef, _rs["mu"]),
+                    jax_support.leaves(treedef, _rs["trace"]),
                 ):
                     # running mean square
                     nu = decay * nu + g**2 * tmp0
@@ -254,13 +254,13 @@ def optax_rmsprop(
                     new_mu.append(mu)
                     new_trace.append(trace)
                 return updates, {
-                    **rs,
-                    "nu": jax_support.like(treedef.unflatten(new_nu), rs["nu"]),
-                    "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"])
-                    if rs["mu"] is not None
+                    **_rs,
+                    "nu": jax_support.like(treedef.unflatten(new_nu), _rs["nu"]),
+                    "mu": jax_support.like(treedef.unflatten(new_mu), _rs["mu"])
+                    if _rs["mu"] is not None
                     else None,
-                    "trace": jax_support.like(treedef.unflatten(new_trace), rs["trace"])
-                    if rs["trace"] is not None
+                    "trace": jax_support.like(treedef.unflatten(new_trace), _rs["trace"])
+                    if _rs["trace"] is not None
                     else None,
                 }
             elif momentum is not None and centered and not nesterov:
@@ -269,11 +269,11 @@ def optax_rmsprop(
                 correction = 1 - decay ** jax_support.as_float(t) if bias_correction else 1
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
-                    gs,
-                    ws,
-                    jax_support.leaves(treedef, rs["nu"]),
-                    jax_support.leaves(treedef, rs["mu"]),
-                    jax_support.leaves(treedef, rs["trace"]),
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["nu"]),
+                    jax_support.leaves(treedef, _rs["mu"]),
+                    jax_support.leaves(treedef, _rs["trace"]),
                 ):
                     # running mean square
                     nu = decay * nu + g**2 * tmp0
@@ -298,13 +298,13 @@ def optax_rmsprop(
                     new_mu.append(mu)
                     new_trace.append(trace)
                 return updates, {
-                    **rs,
-                    "nu": jax_support.like(treedef.unflatten(new_nu), rs["nu"]),
-                    "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"])
-                    if rs["mu"] is not None
+                    **_rs,
+                    "nu": jax_support.like(treedef.unflatten(new_nu), _rs["nu"]),
+                    "mu": jax_support.like(treedef.unflatten(new_mu), _rs["mu"])
+                    if _rs["mu"] is not None
                     else None,
-                    "trace": jax_support.like(treedef.unflatten(new_trace), rs["trace"])
-                    if rs["trace"] is not None
+                    "trace": jax_support.like(treedef.unflatten(new_trace), _rs["trace"])
+                    if _rs["trace"] is not None
                     else None,
                 }
             elif centered:
@@ -313,7 +313,10 @@ def optax_rmsprop(
                 correction = 1 - decay ** jax_support.as_float(t) if bias_correction else 1
                 updates, new_nu, new_mu = [], [], []
                 for g, w, nu, mu in zip(
-                    gs, ws, jax_support.leaves(treedef, rs["nu"]), jax_support.leaves(treedef, rs["mu"])
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["nu"]),
+                    jax_support.leaves(treedef, _rs["mu"]),
                 ):
                     # running mean square
                     nu = decay * nu + g**2 * tmp0
@@ -335,10 +338,10 @@ def optax_rmsprop(
                     new_nu.append(nu)
                     new_mu.append(mu)
                 return updates, {
-                    **rs,
-                    "nu": jax_support.like(treedef.unflatten(new_nu), rs["nu"]),
-                    "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"])
-                    if rs["mu"] is not None
+                    **_rs,
+                    "nu": jax_support.like(treedef.unflatten(new_nu), _rs["nu"]),
+                    "mu": jax_support.like(treedef.unflatten(new_mu), _rs["mu"])
+                    if _rs["mu"] is not None
                     else None,
                 }
             elif momentum is not None and nesterov and not centered:
@@ -346,11 +349,11 @@ def optax_rmsprop(
                 correction = 1 - decay ** jax_support.as_float(t) if bias_correction else 1
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
-                    gs,
-                    ws,
-                    jax_support.leaves(treedef, rs["nu"]),
-                    jax_support.leaves(treedef, rs["mu"]),
-                    jax_support.leaves(treedef, rs["trace"]),
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["nu"]),
+                    jax_support.leaves(treedef, _rs["mu"]),
+                    jax_support.leaves(treedef, _rs["trace"]),
                 ):
                     # running mean square
                     nu = decay * nu + g**2 * (1 - decay)
@@ -374,13 +377,13 @@ def optax_rmsprop(
                     new_mu.append(mu)
                     new_trace.append(trace)
                 return updates, {
-                    **rs,
-                    "nu": jax_support.like(treedef.unflatten(new_nu), rs["nu"]),
-                    "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"])
-                    if rs["mu"] is not None
+                    **_rs,
+                    "nu": jax_support.like(treedef.unflatten(new_nu), _rs["nu"]),
+                    "mu": jax_support.like(treedef.unflatten(new_mu), _rs["mu"])
+                    if _rs["mu"] is not None
                     else None,
-                    "trace": jax_support.like(treedef.unflatten(new_trace), rs["trace"])
-                    if rs["trace"] is not None
+                    "trace": jax_support.like(treedef.unflatten(new_trace), _rs["trace"])
+                    if _rs["trace"] is not None
                     else None,
                 }
             elif momentum is not None and not centered and not nesterov:
@@ -388,11 +391,11 @@ def optax_rmsprop(
                 correction = 1 - decay ** jax_support.as_float(t) if bias_correction else 1
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
-                    gs,
-                    ws,
-                    jax_support.leaves(treedef, rs["nu"]),
-                    jax_support.leaves(treedef, rs["mu"]),
-                    jax_support.leaves(treedef, rs["trace"]),
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["nu"]),
+                    jax_support.leaves(treedef, _rs["mu"]),
+                    jax_support.leaves(treedef, _rs["trace"]),
                 ):
                     # running mean square
                     nu = decay * nu + g**2 * (1 - decay)
@@ -415,13 +418,13 @@ def optax_rmsprop(
                     new_mu.append(mu)
                     new_trace.append(trace)
                 return updates, {
-                    **rs,
-                    "nu": jax_support.like(treedef.unflatten(new_nu), rs["nu"]),
-                    "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"])
-                    if rs["mu"] is not None
+                    **_rs,
+                    "nu": jax_support.like(treedef.unflatten(new_nu), _rs["nu"]),
+                    "mu": jax_support.like(treedef.unflatten(new_mu), _rs["mu"])
+                    if _rs["mu"] is not None
                     else None,
-                    "trace": jax_support.like(treedef.unflatten(new_trace), rs["trace"])
-                    if rs["trace"] is not None
+                    "trace": jax_support.like(treedef.unflatten(new_trace), _rs["trace"])
+                    if _rs["trace"] is not None
                     else None,
                 }
             else:
@@ -429,7 +432,10 @@ def optax_rmsprop(
                 correction = 1 - decay ** jax_support.as_float(t) if bias_correction else 1
                 updates, new_nu, new_mu = [], [], []
                 for g, w, nu, mu in zip(
-                    gs, ws, jax_support.leaves(treedef, rs["nu"]), jax_support.leaves(treedef, rs["mu"])
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["nu"]),
+                    jax_support.leaves(treedef, _rs["mu"]),
                 ):
                     # running mean square
                     nu = decay * nu + g**2 * (1 - decay)
@@ -449,14 +455,14 @@ def optax_rmsprop(
                     new_nu.append(nu)
                     new_mu.append(mu)
                 return updates, {
-                    **rs,
-                    "nu": jax_support.like(treedef.unflatten(new_nu), rs["nu"]),
-                    "mu": jax_support.like(treedef.unflatten(new_mu), rs["mu"])
-                    if rs["mu"] is not None
+                    **_rs,
+                    "nu": jax_support.like(treedef.unflatten(new_nu), _rs["nu"]),
+                    "mu": jax_support.like(treedef.unflatten(new_mu), _rs["mu"])
+                    if _rs["mu"] is not None
                     else None,
                 }
 
-        updates, rs = call.run(
+        updates, _rs = call.run(
             rule,
             {
                 "nu": state.nu,
@@ -467,9 +473,9 @@ def optax_rmsprop(
         updates, ema = call.finish(updates, state.ema)
         return updates, OptaxRmspropState(
             count=optax.safe_increment(state.count),
-            nu=rs["nu"],
-            mu=rs["mu"],
-            trace=rs["trace"],
+            nu=_rs["nu"],
+            mu=_rs["mu"],
+            trace=_rs["trace"],
             grad_accumulator=call.accumulator,
             ema=ema,
         )

@@ -175,23 +175,23 @@ def sgd(
         call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
         treedef = call.treedef
 
-        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+        def rule(_grads: list, _params: list, _rs: dict) -> tuple[list, dict]:
             """The rule's own step, on update calls only: the gradients as Keras's options made them
             (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
             n, lr = call.n, call.lr  # n: the updates before this one
             t = n + 1
             if momentum == 0:
                 updates = []
-                for g, w in zip(gs, ws):
+                for g, w in zip(_grads, _params):
                     # gradient descent
                     update = -g * lr
                     updates.append(update)
                 return updates, {
-                    **rs,
+                    **_rs,
                 }
             elif nesterov:
                 updates, new_velocity = [], []
-                for g, w, velocity in zip(gs, ws, jax_support.leaves(treedef, rs["velocity"])):
+                for g, w, velocity in zip(_grads, _params, jax_support.leaves(treedef, _rs["velocity"])):
                     tmp0 = g * lr
                     # velocity
                     velocity = momentum * velocity - tmp0
@@ -200,14 +200,14 @@ def sgd(
                     updates.append(update)
                     new_velocity.append(velocity)
                 return updates, {
-                    **rs,
-                    "velocity": jax_support.like(treedef.unflatten(new_velocity), rs["velocity"])
-                    if rs["velocity"] is not None
+                    **_rs,
+                    "velocity": jax_support.like(treedef.unflatten(new_velocity), _rs["velocity"])
+                    if _rs["velocity"] is not None
                     else None,
                 }
             else:
                 updates, new_velocity = [], []
-                for g, w, velocity in zip(gs, ws, jax_support.leaves(treedef, rs["velocity"])):
+                for g, w, velocity in zip(_grads, _params, jax_support.leaves(treedef, _rs["velocity"])):
                     # velocity
                     velocity = momentum * velocity - g * lr
                     # momentum update
@@ -215,13 +215,13 @@ def sgd(
                     updates.append(update)
                     new_velocity.append(velocity)
                 return updates, {
-                    **rs,
-                    "velocity": jax_support.like(treedef.unflatten(new_velocity), rs["velocity"])
-                    if rs["velocity"] is not None
+                    **_rs,
+                    "velocity": jax_support.like(treedef.unflatten(new_velocity), _rs["velocity"])
+                    if _rs["velocity"] is not None
                     else None,
                 }
 
-        updates, rs = call.run(
+        updates, _rs = call.run(
             rule,
             {
                 "velocity": state.velocity,
@@ -230,7 +230,7 @@ def sgd(
         updates, ema = call.finish(updates, state.ema)
         return updates, SGDState(
             count=optax.safe_increment(state.count),
-            velocity=rs["velocity"],
+            velocity=_rs["velocity"],
             grad_accumulator=call.accumulator,
             ema=ema,
         )

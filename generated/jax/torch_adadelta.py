@@ -183,7 +183,7 @@ def torch_adadelta(
         call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
         treedef = call.treedef
 
-        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+        def rule(_grads: list, _params: list, _rs: dict) -> tuple[list, dict]:
             """The rule's own step, on update calls only: the gradients as Keras's options made them
             (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
             n, lr = call.n, call.lr  # n: the updates before this one
@@ -192,10 +192,10 @@ def torch_adadelta(
                 tmp0 = 1 - rho
                 updates, new_square_avg, new_acc_delta = [], [], []
                 for g, w, square_avg, acc_delta in zip(
-                    gs,
-                    ws,
-                    jax_support.leaves(treedef, rs["square_avg"]),
-                    jax_support.leaves(treedef, rs["acc_delta"]),
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["square_avg"]),
+                    jax_support.leaves(treedef, _rs["acc_delta"]),
                 ):
                     # maximize
                     if maximize:
@@ -212,18 +212,18 @@ def torch_adadelta(
                     new_square_avg.append(square_avg)
                     new_acc_delta.append(acc_delta)
                 return updates, {
-                    **rs,
-                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), rs["square_avg"]),
-                    "acc_delta": jax_support.like(treedef.unflatten(new_acc_delta), rs["acc_delta"]),
+                    **_rs,
+                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), _rs["square_avg"]),
+                    "acc_delta": jax_support.like(treedef.unflatten(new_acc_delta), _rs["acc_delta"]),
                 }
             else:
                 tmp0 = 1 - rho
                 updates, new_square_avg, new_acc_delta = [], [], []
                 for g, w, square_avg, acc_delta in zip(
-                    gs,
-                    ws,
-                    jax_support.leaves(treedef, rs["square_avg"]),
-                    jax_support.leaves(treedef, rs["acc_delta"]),
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["square_avg"]),
+                    jax_support.leaves(treedef, _rs["acc_delta"]),
                 ):
                     # maximize
                     if maximize:
@@ -242,12 +242,12 @@ def torch_adadelta(
                     new_square_avg.append(square_avg)
                     new_acc_delta.append(acc_delta)
                 return updates, {
-                    **rs,
-                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), rs["square_avg"]),
-                    "acc_delta": jax_support.like(treedef.unflatten(new_acc_delta), rs["acc_delta"]),
+                    **_rs,
+                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), _rs["square_avg"]),
+                    "acc_delta": jax_support.like(treedef.unflatten(new_acc_delta), _rs["acc_delta"]),
                 }
 
-        updates, rs = call.run(
+        updates, _rs = call.run(
             rule,
             {
                 "square_avg": state.square_avg,
@@ -257,8 +257,8 @@ def torch_adadelta(
         updates, ema = call.finish(updates, state.ema)
         return updates, TorchAdadeltaState(
             count=optax.safe_increment(state.count),
-            square_avg=rs["square_avg"],
-            acc_delta=rs["acc_delta"],
+            square_avg=_rs["square_avg"],
+            acc_delta=_rs["acc_delta"],
             grad_accumulator=call.accumulator,
             ema=ema,
         )

@@ -196,7 +196,7 @@ def torch_adam(
         call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
         treedef = call.treedef
 
-        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+        def rule(_grads: list, _params: list, _rs: dict) -> tuple[list, dict]:
             """The rule's own step, on update calls only: the gradients as Keras's options made them
             (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
             n, lr = call.n, call.lr  # n: the updates before this one
@@ -204,11 +204,11 @@ def torch_adam(
             if amsgrad and weight_decay == 0:
                 updates, new_exp_avg, new_exp_avg_sq, new_max_exp_avg_sq = [], [], [], []
                 for g, w, exp_avg, exp_avg_sq, max_exp_avg_sq in zip(
-                    gs,
-                    ws,
-                    jax_support.leaves(treedef, rs["exp_avg"]),
-                    jax_support.leaves(treedef, rs["exp_avg_sq"]),
-                    jax_support.leaves(treedef, rs["max_exp_avg_sq"]),
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["exp_avg"]),
+                    jax_support.leaves(treedef, _rs["exp_avg_sq"]),
+                    jax_support.leaves(treedef, _rs["max_exp_avg_sq"]),
                 ):
                     # maximize
                     if maximize:
@@ -233,23 +233,23 @@ def torch_adam(
                     new_exp_avg_sq.append(exp_avg_sq)
                     new_max_exp_avg_sq.append(max_exp_avg_sq)
                 return updates, {
-                    **rs,
-                    "exp_avg": jax_support.like(treedef.unflatten(new_exp_avg), rs["exp_avg"]),
-                    "exp_avg_sq": jax_support.like(treedef.unflatten(new_exp_avg_sq), rs["exp_avg_sq"]),
+                    **_rs,
+                    "exp_avg": jax_support.like(treedef.unflatten(new_exp_avg), _rs["exp_avg"]),
+                    "exp_avg_sq": jax_support.like(treedef.unflatten(new_exp_avg_sq), _rs["exp_avg_sq"]),
                     "max_exp_avg_sq": jax_support.like(
-                        treedef.unflatten(new_max_exp_avg_sq), rs["max_exp_avg_sq"]
+                        treedef.unflatten(new_max_exp_avg_sq), _rs["max_exp_avg_sq"]
                     )
-                    if rs["max_exp_avg_sq"] is not None
+                    if _rs["max_exp_avg_sq"] is not None
                     else None,
                 }
             elif weight_decay == 0:
                 updates, new_exp_avg, new_exp_avg_sq, new_max_exp_avg_sq = [], [], [], []
                 for g, w, exp_avg, exp_avg_sq, max_exp_avg_sq in zip(
-                    gs,
-                    ws,
-                    jax_support.leaves(treedef, rs["exp_avg"]),
-                    jax_support.leaves(treedef, rs["exp_avg_sq"]),
-                    jax_support.leaves(treedef, rs["max_exp_avg_sq"]),
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["exp_avg"]),
+                    jax_support.leaves(treedef, _rs["exp_avg_sq"]),
+                    jax_support.leaves(treedef, _rs["max_exp_avg_sq"]),
                 ):
                     # maximize
                     if maximize:
@@ -272,23 +272,23 @@ def torch_adam(
                     new_exp_avg_sq.append(exp_avg_sq)
                     new_max_exp_avg_sq.append(max_exp_avg_sq)
                 return updates, {
-                    **rs,
-                    "exp_avg": jax_support.like(treedef.unflatten(new_exp_avg), rs["exp_avg"]),
-                    "exp_avg_sq": jax_support.like(treedef.unflatten(new_exp_avg_sq), rs["exp_avg_sq"]),
+                    **_rs,
+                    "exp_avg": jax_support.like(treedef.unflatten(new_exp_avg), _rs["exp_avg"]),
+                    "exp_avg_sq": jax_support.like(treedef.unflatten(new_exp_avg_sq), _rs["exp_avg_sq"]),
                     "max_exp_avg_sq": jax_support.like(
-                        treedef.unflatten(new_max_exp_avg_sq), rs["max_exp_avg_sq"]
+                        treedef.unflatten(new_max_exp_avg_sq), _rs["max_exp_avg_sq"]
                     )
-                    if rs["max_exp_avg_sq"] is not None
+                    if _rs["max_exp_avg_sq"] is not None
                     else None,
                 }
             elif amsgrad:
                 updates, new_exp_avg, new_exp_avg_sq, new_max_exp_avg_sq = [], [], [], []
                 for g, w, exp_avg, exp_avg_sq, max_exp_avg_sq in zip(
-                    gs,
-                    ws,
-                    jax_support.leaves(treedef, rs["exp_avg"]),
-                    jax_support.leaves(treedef, rs["exp_avg_sq"]),
-                    jax_support.leaves(treedef, rs["max_exp_avg_sq"]),
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["exp_avg"]),
+                    jax_support.leaves(treedef, _rs["exp_avg_sq"]),
+                    jax_support.leaves(treedef, _rs["max_exp_avg_sq"]),
                 ):
                     # maximize
                     if maximize:
@@ -315,23 +315,23 @@ def torch_adam(
                     new_exp_avg_sq.append(exp_avg_sq)
                     new_max_exp_avg_sq.append(max_exp_avg_sq)
                 return updates, {
-                    **rs,
-                    "exp_avg": jax_support.like(treedef.unflatten(new_exp_avg), rs["exp_avg"]),
-                    "exp_avg_sq": jax_support.like(treedef.unflatten(new_exp_avg_sq), rs["exp_avg_sq"]),
+                    **_rs,
+                    "exp_avg": jax_support.like(treedef.unflatten(new_exp_avg), _rs["exp_avg"]),
+                    "exp_avg_sq": jax_support.like(treedef.unflatten(new_exp_avg_sq), _rs["exp_avg_sq"]),
                     "max_exp_avg_sq": jax_support.like(
-                        treedef.unflatten(new_max_exp_avg_sq), rs["max_exp_avg_sq"]
+                        treedef.unflatten(new_max_exp_avg_sq), _rs["max_exp_avg_sq"]
                     )
-                    if rs["max_exp_avg_sq"] is not None
+                    if _rs["max_exp_avg_sq"] is not None
                     else None,
                 }
             else:
                 updates, new_exp_avg, new_exp_avg_sq, new_max_exp_avg_sq = [], [], [], []
                 for g, w, exp_avg, exp_avg_sq, max_exp_avg_sq in zip(
-                    gs,
-                    ws,
-                    jax_support.leaves(treedef, rs["exp_avg"]),
-                    jax_support.leaves(treedef, rs["exp_avg_sq"]),
-                    jax_support.leaves(treedef, rs["max_exp_avg_sq"]),
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["exp_avg"]),
+                    jax_support.leaves(treedef, _rs["exp_avg_sq"]),
+                    jax_support.leaves(treedef, _rs["max_exp_avg_sq"]),
                 ):
                     # maximize
                     if maximize:
@@ -356,17 +356,17 @@ def torch_adam(
                     new_exp_avg_sq.append(exp_avg_sq)
                     new_max_exp_avg_sq.append(max_exp_avg_sq)
                 return updates, {
-                    **rs,
-                    "exp_avg": jax_support.like(treedef.unflatten(new_exp_avg), rs["exp_avg"]),
-                    "exp_avg_sq": jax_support.like(treedef.unflatten(new_exp_avg_sq), rs["exp_avg_sq"]),
+                    **_rs,
+                    "exp_avg": jax_support.like(treedef.unflatten(new_exp_avg), _rs["exp_avg"]),
+                    "exp_avg_sq": jax_support.like(treedef.unflatten(new_exp_avg_sq), _rs["exp_avg_sq"]),
                     "max_exp_avg_sq": jax_support.like(
-                        treedef.unflatten(new_max_exp_avg_sq), rs["max_exp_avg_sq"]
+                        treedef.unflatten(new_max_exp_avg_sq), _rs["max_exp_avg_sq"]
                     )
-                    if rs["max_exp_avg_sq"] is not None
+                    if _rs["max_exp_avg_sq"] is not None
                     else None,
                 }
 
-        updates, rs = call.run(
+        updates, _rs = call.run(
             rule,
             {
                 "exp_avg": state.exp_avg,
@@ -377,9 +377,9 @@ def torch_adam(
         updates, ema = call.finish(updates, state.ema)
         return updates, TorchAdamState(
             count=optax.safe_increment(state.count),
-            exp_avg=rs["exp_avg"],
-            exp_avg_sq=rs["exp_avg_sq"],
-            max_exp_avg_sq=rs["max_exp_avg_sq"],
+            exp_avg=_rs["exp_avg"],
+            exp_avg_sq=_rs["exp_avg_sq"],
+            max_exp_avg_sq=_rs["max_exp_avg_sq"],
             grad_accumulator=call.accumulator,
             ema=ema,
         )

@@ -201,7 +201,7 @@ def torch_rmsprop(
         call = options_jax.Call(stages, learning_rate, state.count, grads, state.grad_accumulator, params)
         treedef = call.treedef
 
-        def rule(gs: list, ws: list, rs: dict) -> tuple[list, dict]:
+        def rule(_grads: list, _params: list, _rs: dict) -> tuple[list, dict]:
             """The rule's own step, on update calls only: the gradients as Keras's options made them
             (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
             n, lr = call.n, call.lr  # n: the updates before this one
@@ -210,10 +210,10 @@ def torch_rmsprop(
                 tmp0 = 1 - alpha
                 updates, new_square_avg, new_grad_avg = [], [], []
                 for g, w, square_avg, grad_avg in zip(
-                    gs,
-                    ws,
-                    jax_support.leaves(treedef, rs["square_avg"]),
-                    jax_support.leaves(treedef, rs["grad_avg"]),
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["square_avg"]),
+                    jax_support.leaves(treedef, _rs["grad_avg"]),
                 ):
                     # maximize
                     if maximize:
@@ -233,21 +233,21 @@ def torch_rmsprop(
                     new_square_avg.append(square_avg)
                     new_grad_avg.append(grad_avg)
                 return updates, {
-                    **rs,
-                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), rs["square_avg"]),
-                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), rs["grad_avg"])
-                    if rs["grad_avg"] is not None
+                    **_rs,
+                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), _rs["square_avg"]),
+                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), _rs["grad_avg"])
+                    if _rs["grad_avg"] is not None
                     else None,
                 }
             elif centered and weight_decay == 0:
                 tmp0 = 1 - alpha
                 updates, new_square_avg, new_grad_avg, new_momentum_buffer = [], [], [], []
                 for g, w, square_avg, grad_avg, momentum_buffer in zip(
-                    gs,
-                    ws,
-                    jax_support.leaves(treedef, rs["square_avg"]),
-                    jax_support.leaves(treedef, rs["grad_avg"]),
-                    jax_support.leaves(treedef, rs["momentum_buffer"]),
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["square_avg"]),
+                    jax_support.leaves(treedef, _rs["grad_avg"]),
+                    jax_support.leaves(treedef, _rs["momentum_buffer"]),
                 ):
                     # maximize
                     if maximize:
@@ -270,24 +270,24 @@ def torch_rmsprop(
                     new_grad_avg.append(grad_avg)
                     new_momentum_buffer.append(momentum_buffer)
                 return updates, {
-                    **rs,
-                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), rs["square_avg"]),
-                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), rs["grad_avg"])
-                    if rs["grad_avg"] is not None
+                    **_rs,
+                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), _rs["square_avg"]),
+                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), _rs["grad_avg"])
+                    if _rs["grad_avg"] is not None
                     else None,
                     "momentum_buffer": jax_support.like(
-                        treedef.unflatten(new_momentum_buffer), rs["momentum_buffer"]
+                        treedef.unflatten(new_momentum_buffer), _rs["momentum_buffer"]
                     )
-                    if rs["momentum_buffer"] is not None
+                    if _rs["momentum_buffer"] is not None
                     else None,
                 }
             elif momentum == 0 and weight_decay == 0:
                 updates, new_square_avg, new_grad_avg = [], [], []
                 for g, w, square_avg, grad_avg in zip(
-                    gs,
-                    ws,
-                    jax_support.leaves(treedef, rs["square_avg"]),
-                    jax_support.leaves(treedef, rs["grad_avg"]),
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["square_avg"]),
+                    jax_support.leaves(treedef, _rs["grad_avg"]),
                 ):
                     # maximize
                     if maximize:
@@ -305,20 +305,20 @@ def torch_rmsprop(
                     new_square_avg.append(square_avg)
                     new_grad_avg.append(grad_avg)
                 return updates, {
-                    **rs,
-                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), rs["square_avg"]),
-                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), rs["grad_avg"])
-                    if rs["grad_avg"] is not None
+                    **_rs,
+                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), _rs["square_avg"]),
+                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), _rs["grad_avg"])
+                    if _rs["grad_avg"] is not None
                     else None,
                 }
             elif weight_decay == 0:
                 updates, new_square_avg, new_grad_avg, new_momentum_buffer = [], [], [], []
                 for g, w, square_avg, grad_avg, momentum_buffer in zip(
-                    gs,
-                    ws,
-                    jax_support.leaves(treedef, rs["square_avg"]),
-                    jax_support.leaves(treedef, rs["grad_avg"]),
-                    jax_support.leaves(treedef, rs["momentum_buffer"]),
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["square_avg"]),
+                    jax_support.leaves(treedef, _rs["grad_avg"]),
+                    jax_support.leaves(treedef, _rs["momentum_buffer"]),
                 ):
                     # maximize
                     if maximize:
@@ -339,25 +339,25 @@ def torch_rmsprop(
                     new_grad_avg.append(grad_avg)
                     new_momentum_buffer.append(momentum_buffer)
                 return updates, {
-                    **rs,
-                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), rs["square_avg"]),
-                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), rs["grad_avg"])
-                    if rs["grad_avg"] is not None
+                    **_rs,
+                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), _rs["square_avg"]),
+                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), _rs["grad_avg"])
+                    if _rs["grad_avg"] is not None
                     else None,
                     "momentum_buffer": jax_support.like(
-                        treedef.unflatten(new_momentum_buffer), rs["momentum_buffer"]
+                        treedef.unflatten(new_momentum_buffer), _rs["momentum_buffer"]
                     )
-                    if rs["momentum_buffer"] is not None
+                    if _rs["momentum_buffer"] is not None
                     else None,
                 }
             elif centered and momentum == 0:
                 tmp0 = 1 - alpha
                 updates, new_square_avg, new_grad_avg = [], [], []
                 for g, w, square_avg, grad_avg in zip(
-                    gs,
-                    ws,
-                    jax_support.leaves(treedef, rs["square_avg"]),
-                    jax_support.leaves(treedef, rs["grad_avg"]),
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["square_avg"]),
+                    jax_support.leaves(treedef, _rs["grad_avg"]),
                 ):
                     # maximize
                     if maximize:
@@ -379,21 +379,21 @@ def torch_rmsprop(
                     new_square_avg.append(square_avg)
                     new_grad_avg.append(grad_avg)
                 return updates, {
-                    **rs,
-                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), rs["square_avg"]),
-                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), rs["grad_avg"])
-                    if rs["grad_avg"] is not None
+                    **_rs,
+                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), _rs["square_avg"]),
+                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), _rs["grad_avg"])
+                    if _rs["grad_avg"] is not None
                     else None,
                 }
             elif centered:
                 tmp0 = 1 - alpha
                 updates, new_square_avg, new_grad_avg, new_momentum_buffer = [], [], [], []
                 for g, w, square_avg, grad_avg, momentum_buffer in zip(
-                    gs,
-                    ws,
-                    jax_support.leaves(treedef, rs["square_avg"]),
-                    jax_support.leaves(treedef, rs["grad_avg"]),
-                    jax_support.leaves(treedef, rs["momentum_buffer"]),
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["square_avg"]),
+                    jax_support.leaves(treedef, _rs["grad_avg"]),
+                    jax_support.leaves(treedef, _rs["momentum_buffer"]),
                 ):
                     # maximize
                     if maximize:
@@ -418,24 +418,24 @@ def torch_rmsprop(
                     new_grad_avg.append(grad_avg)
                     new_momentum_buffer.append(momentum_buffer)
                 return updates, {
-                    **rs,
-                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), rs["square_avg"]),
-                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), rs["grad_avg"])
-                    if rs["grad_avg"] is not None
+                    **_rs,
+                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), _rs["square_avg"]),
+                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), _rs["grad_avg"])
+                    if _rs["grad_avg"] is not None
                     else None,
                     "momentum_buffer": jax_support.like(
-                        treedef.unflatten(new_momentum_buffer), rs["momentum_buffer"]
+                        treedef.unflatten(new_momentum_buffer), _rs["momentum_buffer"]
                     )
-                    if rs["momentum_buffer"] is not None
+                    if _rs["momentum_buffer"] is not None
                     else None,
                 }
             elif momentum == 0:
                 updates, new_square_avg, new_grad_avg = [], [], []
                 for g, w, square_avg, grad_avg in zip(
-                    gs,
-                    ws,
-                    jax_support.leaves(treedef, rs["square_avg"]),
-                    jax_support.leaves(treedef, rs["grad_avg"]),
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["square_avg"]),
+                    jax_support.leaves(treedef, _rs["grad_avg"]),
                 ):
                     # maximize
                     if maximize:
@@ -455,20 +455,20 @@ def torch_rmsprop(
                     new_square_avg.append(square_avg)
                     new_grad_avg.append(grad_avg)
                 return updates, {
-                    **rs,
-                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), rs["square_avg"]),
-                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), rs["grad_avg"])
-                    if rs["grad_avg"] is not None
+                    **_rs,
+                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), _rs["square_avg"]),
+                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), _rs["grad_avg"])
+                    if _rs["grad_avg"] is not None
                     else None,
                 }
             else:
                 updates, new_square_avg, new_grad_avg, new_momentum_buffer = [], [], [], []
                 for g, w, square_avg, grad_avg, momentum_buffer in zip(
-                    gs,
-                    ws,
-                    jax_support.leaves(treedef, rs["square_avg"]),
-                    jax_support.leaves(treedef, rs["grad_avg"]),
-                    jax_support.leaves(treedef, rs["momentum_buffer"]),
+                    _grads,
+                    _params,
+                    jax_support.leaves(treedef, _rs["square_avg"]),
+                    jax_support.leaves(treedef, _rs["grad_avg"]),
+                    jax_support.leaves(treedef, _rs["momentum_buffer"]),
                 ):
                     # maximize
                     if maximize:
@@ -491,19 +491,19 @@ def torch_rmsprop(
                     new_grad_avg.append(grad_avg)
                     new_momentum_buffer.append(momentum_buffer)
                 return updates, {
-                    **rs,
-                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), rs["square_avg"]),
-                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), rs["grad_avg"])
-                    if rs["grad_avg"] is not None
+                    **_rs,
+                    "square_avg": jax_support.like(treedef.unflatten(new_square_avg), _rs["square_avg"]),
+                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), _rs["grad_avg"])
+                    if _rs["grad_avg"] is not None
                     else None,
                     "momentum_buffer": jax_support.like(
-                        treedef.unflatten(new_momentum_buffer), rs["momentum_buffer"]
+                        treedef.unflatten(new_momentum_buffer), _rs["momentum_buffer"]
                     )
-                    if rs["momentum_buffer"] is not None
+                    if _rs["momentum_buffer"] is not None
                     else None,
                 }
 
-        updates, rs = call.run(
+        updates, _rs = call.run(
             rule,
             {
                 "square_avg": state.square_avg,
@@ -514,9 +514,9 @@ def torch_rmsprop(
         updates, ema = call.finish(updates, state.ema)
         return updates, TorchRMSpropState(
             count=optax.safe_increment(state.count),
-            square_avg=rs["square_avg"],
-            grad_avg=rs["grad_avg"],
-            momentum_buffer=rs["momentum_buffer"],
+            square_avg=_rs["square_avg"],
+            grad_avg=_rs["grad_avg"],
+            momentum_buffer=_rs["momentum_buffer"],
             grad_accumulator=call.accumulator,
             ema=ema,
         )
