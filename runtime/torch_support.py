@@ -246,3 +246,15 @@ def new_state(w: torch.Tensor, scope: str, init: Any, dtype: torch.dtype) -> tor
             return torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
         return torch.full_like(w, init, dtype=dtype, memory_format=torch.preserve_format)
     return torch.full((), init, dtype=dtype, device=w.device)
+
+
+def sign(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The sign of each element, NaN where ``x`` is NaN as in NumPy and JAX (``torch.sign(nan)`` is 0: a
+    sign-based rule, Lion, would take a NaN gradient for a zero one and step on)."""
+    if out is None:
+        s = torch.sign(x)
+    elif out.dtype == x.dtype:
+        s = torch.sign(x, out=out)
+    else:
+        s = out.copy_(torch.sign(x))
+    return torch.where(torch.isnan(x), x, s, out=s)

@@ -11,7 +11,7 @@ class TorchPrinter(ExprPrinter):
     functions = {
         "sqrt": ("torch.sqrt", "math.sqrt"),
         "Abs": ("torch.abs", "abs"),
-        "sign": ("torch.sign", ""),
+        "sign": ("torch_support.sign", ""),  # torch.sign(nan) is 0; NaN everywhere else
         "exp": ("torch.exp", "math.exp"),
         "erf": ("torch.special.erf", "math.erf"),
         "log": ("torch.log", "math.log"),
@@ -63,7 +63,7 @@ class TorchBackend(Backend):
         "neg": _same_dtype("neg", "{0}"),
         "sqrt": "torch.sqrt({0}, out={out})",
         "Abs": _same_dtype("abs", "{0}"),
-        "sign": _same_dtype("sign", "{0}"),
+        "sign": "torch_support.sign({0}, out={out})",
         "exp": "torch.exp({0}, out={out})",
         "log": "torch.log({0}, out={out})",
         "erf": "torch.special.erf({0}, out={out})",

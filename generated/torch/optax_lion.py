@@ -167,10 +167,10 @@ class OptaxLion(torch_support.RuleOptimizer):
             # scratch buffers for the element-wise temporaries (reused, shaped like w)
             _s0, _s1 = torch_support.scratch(self._scratch, 2, w, g, mu)
             # sign of the interpolation
-            # c = torch.sign(b1*mu + g*(1 - b1))
+            # c = torch_support.sign(b1*mu + g*(1 - b1))
             torch.mul(b1, mu, out=_s1)
             torch.add(_s1, g, alpha=1 - b1, out=_s1)
-            c = torch.sign(_s1, out=_s0) if _s1.dtype == _s0.dtype else _s0.copy_(torch.sign(_s1))
+            c = torch_support.sign(_s1, out=_s0)
             # momentum
             # mu = b2*mu + g*(1 - b2)
             torch.mul(b2, mu, out=_s1)
