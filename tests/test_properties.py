@@ -305,7 +305,23 @@ def _zero_gradient_divides_by_zero(rule, hypers) -> bool:
 # (a) the backends agree
 
 
-@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+#: known disagreements (open bugs), by rule: not strict, since whether the search meets them depends on its examples
+_AGREE_KNOWN = {
+    "TorchRMSprop": "centered, alpha near 0: v - avg**2 rounds below 0 in NumPy (sqrt: NaN) where torch's"
+    " addcmul rounds once and stays at 0 (a number): an ill-conditioned difference, both roundings",
+}
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        pytest.param(r, marks=pytest.mark.xfail(reason="BUG (open): " + _AGREE_KNOWN[r.name], strict=False))
+        if r.name in _AGREE_KNOWN
+        else r
+        for r in RULES
+    ],
+    ids=RULE_IDS,
+)
 def test_backends_agree_on_random_problems(rule):
     @settings(max_examples=AGREE_EXAMPLES, **SETTINGS)
     # no rates in (0, 1e-3): see _in_interval
