@@ -6,18 +6,8 @@ from .adamax import AdamaxState, adamax
 from .nadam import NadamState, nadam
 from .novograd import NovoGradState, novograd
 from .novograd_tf1 import NovoGradTF1State, novograd_tf1
-from .optax_adadelta import OptaxAdadeltaState, optax_adadelta
-from .optax_adam import OptaxAdamState, optax_adam
-from .optax_adamw import OptaxAdamWState, optax_adamw
-from .optax_amsgrad import OptaxAmsgradState, optax_amsgrad
-from .optax_lion import OptaxLionState, optax_lion
 from .optax_novograd import OptaxNovoGradState, optax_novograd
-from .optax_rmsprop import OptaxRmspropState, optax_rmsprop
 from .sgd import SGDState, sgd
-from .torch_adadelta import TorchAdadeltaState, torch_adadelta
-from .torch_adam import TorchAdamState, torch_adam
-from .torch_adamw import TorchAdamWState, torch_adamw
-from .torch_rmsprop import TorchRMSpropState, torch_rmsprop
 
 __all__ = [
     "adagrad",
@@ -30,28 +20,8 @@ __all__ = [
     "NovoGradState",
     "novograd_tf1",
     "NovoGradTF1State",
-    "optax_adadelta",
-    "OptaxAdadeltaState",
-    "optax_adam",
-    "OptaxAdamState",
-    "optax_adamw",
-    "OptaxAdamWState",
-    "optax_amsgrad",
-    "OptaxAmsgradState",
-    "optax_lion",
-    "OptaxLionState",
     "optax_novograd",
     "OptaxNovoGradState",
-    "optax_rmsprop",
-    "OptaxRmspropState",
     "sgd",
     "SGDState",
-    "torch_adadelta",
-    "TorchAdadeltaState",
-    "torch_adam",
-    "TorchAdamState",
-    "torch_adamw",
-    "TorchAdamWState",
-    "torch_rmsprop",
-    "TorchRMSpropState",
 ]

@@ -6,18 +6,8 @@ from .adamax import Adamax, AdamaxState
 from .nadam import Nadam, NadamState
 from .novograd import NovoGrad, NovoGradState
 from .novograd_tf1 import NovoGradTF1, NovoGradTF1State
-from .optax_adadelta import OptaxAdadelta, OptaxAdadeltaState
-from .optax_adam import OptaxAdam, OptaxAdamState
-from .optax_adamw import OptaxAdamW, OptaxAdamWState
-from .optax_amsgrad import OptaxAmsgrad, OptaxAmsgradState
-from .optax_lion import OptaxLion, OptaxLionState
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
-from .optax_rmsprop import OptaxRmsprop, OptaxRmspropState
 from .sgd import SGD, SGDState
-from .torch_adadelta import TorchAdadelta, TorchAdadeltaState
-from .torch_adam import TorchAdam, TorchAdamState
-from .torch_adamw import TorchAdamW, TorchAdamWState
-from .torch_rmsprop import TorchRMSprop, TorchRMSpropState
 
 __all__ = [
     "Adagrad",
@@ -30,28 +20,8 @@ __all__ = [
     "NovoGradState",
     "NovoGradTF1",
     "NovoGradTF1State",
-    "OptaxAdadelta",
-    "OptaxAdadeltaState",
-    "OptaxAdam",
-    "OptaxAdamState",
-    "OptaxAdamW",
-    "OptaxAdamWState",
-    "OptaxAmsgrad",
-    "OptaxAmsgradState",
-    "OptaxLion",
-    "OptaxLionState",
     "OptaxNovoGrad",
     "OptaxNovoGradState",
-    "OptaxRmsprop",
-    "OptaxRmspropState",
     "SGD",
     "SGDState",
-    "TorchAdadelta",
-    "TorchAdadeltaState",
-    "TorchAdam",
-    "TorchAdamState",
-    "TorchAdamW",
-    "TorchAdamWState",
-    "TorchRMSprop",
-    "TorchRMSpropState",
 ]

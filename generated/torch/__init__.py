@@ -6,18 +6,8 @@ from .adamax import Adamax
 from .nadam import Nadam
 from .novograd import NovoGrad
 from .novograd_tf1 import NovoGradTF1
-from .optax_adadelta import OptaxAdadelta
-from .optax_adam import OptaxAdam
-from .optax_adamw import OptaxAdamW
-from .optax_amsgrad import OptaxAmsgrad
-from .optax_lion import OptaxLion
 from .optax_novograd import OptaxNovoGrad
-from .optax_rmsprop import OptaxRmsprop
 from .sgd import SGD
-from .torch_adadelta import TorchAdadelta
-from .torch_adam import TorchAdam
-from .torch_adamw import TorchAdamW
-from .torch_rmsprop import TorchRMSprop
 
 __all__ = [
     "Adagrad",
@@ -25,16 +15,6 @@ __all__ = [
     "Nadam",
     "NovoGrad",
     "NovoGradTF1",
-    "OptaxAdadelta",
-    "OptaxAdam",
-    "OptaxAdamW",
-    "OptaxAmsgrad",
-    "OptaxLion",
     "OptaxNovoGrad",
-    "OptaxRmsprop",
     "SGD",
-    "TorchAdadelta",
-    "TorchAdam",
-    "TorchAdamW",
-    "TorchRMSprop",
 ]
