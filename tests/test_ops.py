@@ -126,14 +126,17 @@ def test_torch_operations_equal_the_printed_expression_to_the_last_bit(seed):
     code = p.doprint(expr)
     lines, count = lower(TorchBackend(), p, kind, target, expr)
     values = {n: torch.from_numpy(v) for n, v in _values(np.float64, seed).items()}
-    want = {"torch": torch, "k": 0.3, "h": -1.7, **{n: v.clone() for n, v in values.items()}}
+    from optforge.runtime import torch_support
+
+    modules = {"torch": torch, "torch_support": torch_support}  # what a generated torch module imports
+    want = {**modules, "k": 0.3, "h": -1.7, **{n: v.clone() for n, v in values.items()}}
     exec(
         {"bind": "t = {c}", "set": "x.copy_({c})", "add": "x.add_({c})", "sub": "x.sub_({c})"}[kind].format(
             c=code
         ),
         want,
     )
-    got = {"torch": torch, "k": 0.3, "h": -1.7, **{n: v.clone() for n, v in values.items()}}
+    got = {**modules, "k": 0.3, "h": -1.7, **{n: v.clone() for n, v in values.items()}}
     for i in range(count):
         got[f"_s{i}"] = torch.full((N,), float("nan"), dtype=torch.float64)
     exec("\n".join(lines), got)
