@@ -174,6 +174,10 @@ def tables(case: Case, items: list[tuple], block: int = BLOCK) -> Tables:
     found = _TABLES.get(key)
     if found is not None:
         _TABLES.move_to_end(key)
+        # another optimizer over tensors at the same addresses (freed and allocated again) may have left
+        # its per-tensor and global values here: each step starts from zeros
+        found.tvals.zero_()
+        found.gvals.zero_()
         return found
     counts = np.array([(n + block - 1) // block for n in sizes], np.int64)
     first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
