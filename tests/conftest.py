@@ -3,6 +3,11 @@ import os
 import pytest
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# Triton reads TRITON_INTERPRET when it decorates a kernel, its own library's (tl.sum) included, at its
+# first import: some test modules import it through torch or keras before test_triton.py is collected, so
+# the interpreter is chosen here, before any of them (a GPU run sets OPTFORGE_TRITON_DEVICE=cuda).
+if os.environ.get("OPTFORGE_TRITON_DEVICE", "cpu") == "cpu":
+    os.environ["TRITON_INTERPRET"] = "1"
 
 import jax
 

