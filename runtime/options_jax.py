@@ -4,8 +4,8 @@
 prologue), runs the generated rule (a function of those gradients, the parameters and the rule's own
 state) on update calls only, and adds the decoupled weight decay before the rule's increment and the EMA
 of the weights after it (the epilogue). With gradient accumulation the call is an update or not at run
-time (the step is traced): one ``jax.lax.cond`` around the rule, so that a call that only accumulates
-does not compute it. Everything is jit-compatible and works on any pytree; the operations are those the
+time where the step is traced (under ``jit``): one ``jax.lax.cond`` around the rule, so that a call that
+only accumulates does not compute it; an eager call branches in Python. Everything is jit-compatible and works on any pytree; the operations are those the
 options' equations printed inline did.
 """
 
@@ -85,7 +85,10 @@ class Call:
             return [d + u for d, u in zip(decay, updates)], states
 
         operands = (self.gs, states)
-        if self.is_update is True:
+        # known now (no accumulation, or an eager call): Python picks the branch; an eager lax.cond
+        # would compile both branches again on every call (half a second a step for Nadam on CPU)
+        traced = isinstance(self.is_update, jax.core.Tracer)
+        if not traced and bool(self.is_update):
             return update(operands)
         # what the rule returns (traced, not run), so that a call that does not update returns the same
         shapes = jax.eval_shape(update, operands)
@@ -95,6 +98,8 @@ class Call:
             cast = jax.tree.map(lambda x, s: jnp.asarray(x, s.dtype), states, shapes[1])
             return [jnp.zeros(s.shape, s.dtype) for s in shapes[0]], cast
 
+        if not traced:
+            return accumulate(operands)
         return jax.lax.cond(self.is_update, update, accumulate, operands)
 
     def finish(self, updates: list, ema: Any) -> tuple[Any, Any]:
