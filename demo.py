@@ -300,8 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1. Received: {args.epochs}")
-
     start = time.perf_counter()
+    try:  # before JAX and torch are imported: a bad size is said at once
+        task = make_task(epochs=args.epochs, train=args.train)
+    except ValueError as exc:
+        parser.error(str(exc))
     import jax
     import torch
 
@@ -313,10 +316,6 @@ def main(argv: list[str] | None = None) -> int:
     from optforge.rules import registry
 
     rules = registry()
-    try:
-        task = make_task(epochs=args.epochs, train=args.train)
-    except ValueError as exc:
-        parser.error(str(exc))
     steps = len(task.epochs[0])
     print(
         f"Handwritten digits (scikit-learn, 8x8 pixels): {len(task.y_train)} training and {len(task.y_test)} "

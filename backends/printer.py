@@ -20,6 +20,7 @@ from optforge.compiler.dsl import Given
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import base
 from optforge.compiler.passes import conditions
+from optforge.compiler.render import difference
 
 _RELATION = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
@@ -113,16 +114,13 @@ class ExprPrinter(StrPrinter):
     # -- arithmetic --------------------------------------------------------------------
 
     def _print_Add(self, expr, order=None) -> str:
-        """A sum of two terms, one negative, as the rule writes it: ``1 - a*b`` (SymPy's default prints
-        ``-a*b + 1``); the same value to the bit (a + b is b + a, and negation is exact). Other sums keep
+        """A sum of two terms, one negative, as the rule writes it (``render.difference``); other sums keep
         SymPy's order, which decides how they round."""
-        if len(expr.args) == 2:
-            a, b = expr.args
-            if a.could_extract_minus_sign() != b.could_extract_minus_sign():
-                pos, neg = (b, a) if a.could_extract_minus_sign() else (a, b)
-                prec = PRECEDENCE["Add"]
-                return f"{self.parenthesize(pos, prec)} - {self.parenthesize(-neg, prec)}"
-        return super()._print_Add(expr, order=order)
+        parts = difference(expr)
+        if parts is None:
+            return super()._print_Add(expr, order=order)
+        prec = PRECEDENCE["Add"]
+        return f"{self.parenthesize(parts[0], prec)} - {self.parenthesize(parts[1], prec)}"
 
     def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
         b, e = expr.args

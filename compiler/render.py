@@ -16,6 +16,18 @@ from .dsl import Equation, Given
 from .ir import Program
 
 
+def difference(expr: sp.Add) -> tuple[sp.Expr, sp.Expr] | None:
+    """``(a, b)`` for a sum of two terms that reads ``a - b`` as a rule writes it (SymPy orders ``1 - a*b``
+    as ``-a*b + 1``); None for any other sum. Printing it so is the same value to the bit: a + b is b + a,
+    and negation is exact."""
+    if len(expr.args) == 2:
+        a, b = expr.args
+        if a.could_extract_minus_sign() != b.could_extract_minus_sign():
+            pos, neg = (b, a) if a.could_extract_minus_sign() else (a, b)
+            return pos, -neg
+    return None
+
+
 class MathPrinter(StrPrinter):
     """Plain-text maths: ``max(a, b)``, ``|g|``, ``sqrt(x)``, ``where(c, a, b)``, ``x^2``."""
 
@@ -27,6 +39,13 @@ class MathPrinter(StrPrinter):
 
     def _print_Abs(self, expr) -> str:
         return f"|{self._print(expr.args[0])}|"
+
+    def _print_Add(self, expr, order=None) -> str:
+        parts = difference(expr)
+        if parts is None:
+            return super()._print_Add(expr, order=order)
+        prec = PRECEDENCE["Add"]
+        return f"{self.parenthesize(parts[0], prec)} - {self.parenthesize(parts[1], prec)}"
 
     def _print_Max(self, expr) -> str:
         return "max(" + ", ".join(self._print(a) for a in expr.args) + ")"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from optforge.rules import registry
@@ -15,3 +17,69 @@ def rule_configs():
         for rule in RULES.values()
         for name, cfg in rule.configs.items()
     ]
+
+
+# -- the rules the machinery tests run on ------------------------------------------------------------
+# Tests of what every rule shares (checkpoints, the framework APIs, storage and precision policies, the
+# options' stages) run on the fewest rules of the registry that, together, show every structural feature
+# the compiler sees in a rule: each kind of state (per element, per tensor, global; starting at zero, at
+# a hyperparameter or at the parameter), each reduction, conditional cases, flags, integer and required hyperparameters, a rule that reads
+# the parameter. A new rule with a new feature joins them by itself. The rule's own numbers (its oracles,
+# the backends' agreement, the literal transcription, the fused and Triton kernels) are tested on every
+# rule. OPTFORGE_TEST_ALL_RULES=1 runs the machinery tests on every rule too.
+
+
+def features(rule) -> frozenset[str]:
+    """The structural features of a rule, as its compiled program shows them."""
+    import sympy as sp
+
+    from optforge.compiler.dsl import Reduction
+    from optforge.compiler.pipeline import compile_rule
+
+    program = compile_rule(rule)
+    own = program.inner or program
+    out = set()
+    w = sp.Symbol("w")
+    for s in own.states:
+        if s.persists:
+            out.add(f"state {s.scope.word}")
+            init = sp.sympify(s.init).free_symbols
+            if w in init:
+                out.add("state from w")
+            elif init:
+                out.add("state from a hyperparameter")
+    for eq in own.core or own.equations:
+        expr = sp.sympify(eq.expr)
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, Reduction):
+                out.add(type(node).__name__)
+            elif isinstance(node, sp.Piecewise):
+                out.add("where")
+        if eq.target != "w" and w in expr.free_symbols:
+            out.add("reads w")
+    if len(own.cases) > 1:
+        out.add("cases")
+    for h in own.hypers:
+        if h.kind in ("bool", "int"):
+            out.add(f"{h.kind} hyperparameter")
+        if h.default is None:
+            out.add("required hyperparameter")
+    return frozenset(out)
+
+
+def _cover() -> list:
+    if os.environ.get("OPTFORGE_TEST_ALL_RULES", "") not in ("", "0"):
+        return list(RULES.values())
+    seen: set = set()
+    chosen = []
+    rules = {rule: features(rule) for rule in RULES.values()}
+    while True:  # greedy: the rule that adds the most features not yet seen, the registry's first on a tie
+        best = max(rules, key=lambda r: len(rules[r] - seen))
+        if chosen and not rules[best] - seen:
+            return [r for r in RULES.values() if r in chosen]
+        chosen.append(best)
+        seen |= rules[best]
+
+
+#: the rules the machinery tests run on (see above)
+MACHINERY = _cover()

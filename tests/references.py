@@ -22,6 +22,42 @@ def keras_optimizer(rule_name: str, hypers: dict, learning_rate):
     return cls(learning_rate=learning_rate, **kw)
 
 
+def keras_run(rule_name, hypers, params0, grads, learning_rate, finalize=False):
+    """Keras's own apply, jitted through its stateless API (eager Keras takes seconds per run); with
+    ``finalize``, the values written back and ``finalize_variable_values`` applied. ``learning_rate`` a
+    float or a Keras schedule (traced under jit: jax.numpy, float64)."""
+    import jax
+    import keras
+    import numpy as np
+
+    keras.config.set_floatx("float64")
+    variables = [keras.Variable(p, dtype="float64") for p in params0]
+    opt = keras_optimizer(rule_name, hypers, learning_rate)
+    opt.build(variables)
+    step = jax.jit(opt.stateless_apply)
+    values = [v.value for v in variables]
+    opt_values = [v.value for v in opt.variables]
+    for g in grads:
+        values, opt_values = step(opt_values, [jax.numpy.asarray(x) for x in g], values)
+    if finalize:
+        for v, x in [*zip(variables, values), *zip(opt.variables, opt_values)]:
+            v.assign(x)
+        opt.finalize_variable_values(variables)
+        values = [v.value for v in variables]
+    return [np.asarray(v) for v in values]
+
+
+def keras_schedule(schedule):
+    """A Keras schedule computing ``schedule(step)`` (drivers.varying_lr: jax.numpy for a traced step)."""
+    import keras
+
+    class Schedule(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            return schedule(step)
+
+    return Schedule()
+
+
 KERAS_RULES = {"SGD", "Adamax", "Adagrad", "Nadam"}
 
 #: rules checked against other oracles (tests/test_novograd.py): optax.novograd and transcriptions of seed page 000

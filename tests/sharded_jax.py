@@ -1,7 +1,8 @@
 """Run one rule's JAX optimizer on parameters sharded over two host devices, and without sharding.
 
 Run in a subprocess by ``tests/test_sharding.py`` (JAX reads ``XLA_FLAGS`` once, at import):
-``python tests/sharded_jax.py RULE`` prints one JSON object with, per option set and dtype, the largest
+``python tests/sharded_jax.py RULE [RULE ...]`` prints one JSON object, by rule, with, per option set and
+dtype, the largest
 relative difference between the sharded and the unsharded run (parameters and state, after every step)
 and the state leaves whose sharding differs from their parameter's.
 """
@@ -117,4 +118,4 @@ def main(rule_name: str) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1])))
+    print(json.dumps({name: main(name) for name in sys.argv[1:]}))

@@ -1,4 +1,5 @@
-"""Checkpoints and bad input at run time, in every backend, for every rule in the registry.
+"""Checkpoints and bad input at run time, in every backend, on the rules that show every feature a rule
+may have (``cases.MACHINERY``; ``OPTFORGE_TEST_ALL_RULES=1``: every rule of the registry).
 
 1. A checkpoint taken after k steps and resumed in a fresh optimizer gives, bit for bit, the parameters
    and state of an uninterrupted run: JAX (the state pytree's leaves through numpy.savez), NumPy (the
@@ -17,6 +18,7 @@ import re
 
 import numpy as np
 import pytest
+from cases import MACHINERY
 from drivers import varying_lr
 
 from optforge.rules import registry
@@ -31,9 +33,9 @@ import optforge.generated.jax as gen_jax  # noqa: E402
 import optforge.generated.numpy as gen_np  # noqa: E402
 import optforge.generated.torch as gen_torch  # noqa: E402
 
-RULES = list(registry().values())
+RULES = MACHINERY  # what every rule shares: on the rules that show every feature (tests/cases.py)
 RULE_IDS = [r.name for r in RULES]
-BY_NAME = {r.name: r for r in RULES}
+BY_NAME = {r.name: r for r in registry().values()}
 
 STEPS = 7
 KS = (0, 1, 2, 5)  # checkpoints: before the first step, after one call (mid-accumulation with N = 2), ...
@@ -283,6 +285,8 @@ def assert_trees_bitwise(got, want, what: str) -> None:
 
 
 def jax_resume_check(rule, kwargs, dtype, save_params=True, jit=False, ks=KS):
+    """An uninterrupted run, saving the parameters and state after each k of ``ks`` steps; each checkpoint
+    then resumed by a fresh transformation (and a fresh jit) must end bit for bit where the run did."""
     factory = getattr(gen_jax, rule.module)
     start = jax_tree(arrays(0, dtype))
     grads = [jax_tree(g) for g in grad_arrays(STEPS, dtype)]
@@ -291,18 +295,20 @@ def jax_resume_check(rule, kwargs, dtype, save_params=True, jit=False, ks=KS):
         return jax.jit(tx.update) if jit else tx.update
 
     tx = factory(**kwargs)
-    straight_params, straight_state = jax_run(compiled(tx), start, grads, tx.init(start))
-    for k in ks:
-        tx = factory(**kwargs)
-        params, state = jax_run(compiled(tx), start, grads[:k], tx.init(start))
-        state_blob, state_def = jax_save(state)
-        params_blob, params_def = jax_save(params) if save_params else (None, None)
-        del tx, state
-
+    update = compiled(tx)
+    params, state = start, tx.init(start)
+    saved = {}
+    for k in range(STEPS + 1):
+        if k in ks:
+            saved[k] = jax_save(state), jax_save(params) if save_params else params  # else: in memory
+        if k < STEPS:
+            params, state = jax_run(update, params, grads[k : k + 1], state)
+    straight_params, straight_state = params, state
+    del tx, update, state
+    for k, (state_saved, params_saved) in saved.items():
         tx = factory(**kwargs)  # a fresh transformation (and a fresh jit)
-        state = jax_load(state_blob, state_def)
-        if save_params:
-            params = jax_load(params_blob, params_def)
+        state = jax_load(*state_saved)
+        params = jax_load(*params_saved) if save_params else params_saved
         params, state = jax_run(compiled(tx), params, grads[k:], state)
         assert_trees_bitwise(params, straight_params, f"params resumed after {k} steps")
         assert_trees_bitwise(state, straight_state, f"state resumed after {k} steps")

@@ -1,6 +1,6 @@
 """The fused path (``fused=True``: Numba kernels from generated/fused) equals the plain path.
 
-Every rule and named configuration, and each of Keras's shared options on two rules of the registry
+Every rule and named configuration, and each of Keras's shared options on one rule of the registry
 (turning, so that every rule meets some), in NumPy and in torch (CPU): float64 to 1e-12 relative, parameters and every stored state; float32 no less accurate
 than the plain path (both measured against the float64 run). The fused path must actually be taken
 (every tensor, counted) where it applies, and must step aside where it does not (a non-contiguous view,
@@ -100,17 +100,17 @@ def test_fused_equals_plain(rule, name, cfg, backend, fused_tensors):
 
 
 def _option_cases() -> list:
-    """Each option on two rules (every option at once on one), turning through the registry (each rule gets options of its own: the
-    kernels are compiled per rule and per combination of options, seconds each), in NumPy; the first of
-    the two in torch too (its kernels are the NumPy ones, called on the tensors' memory)."""
+    """Each option on one rule, turning through the registry (the kernels are compiled per rule and per
+    combination of options, seconds each; test_keras_options.py checks each option's stage against Keras),
+    in NumPy and in torch (its kernels are the NumPy ones, called on the tensors' memory)."""
     rules = list(RULES.values())
-    out = []
-    for i, option in enumerate(sorted(OPTIONS)):
-        pair = (rules[i % len(rules)], rules[(i + len(rules) // 2) % len(rules)])
-        for j, rule in enumerate(pair[:1] if option == "everything" else pair):  # everything: the slowest
-            for backend in ("numpy", "torch") if j == 0 else ("numpy",):
-                out.append(pytest.param(rule, option, backend, id=f"{rule.name}-{option}-{backend}"))
-    return out
+    return [
+        pytest.param(
+            rules[i % len(rules)], option, backend, id=f"{rules[i % len(rules)].name}-{option}-{backend}"
+        )
+        for i, option in enumerate(sorted(OPTIONS))
+        for backend in ("numpy", "torch")
+    ]
 
 
 @pytest.mark.parametrize("rule, option, backend", _option_cases())

@@ -14,6 +14,7 @@ optax = pytest.importorskip("optax")
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
+from cases import MACHINERY  # noqa: E402
 from hyper_cases import (  # noqa: E402
     BAD_RANGE,
     BOOL,
@@ -23,8 +24,6 @@ from hyper_cases import (  # noqa: E402
     OPTIONS,
     RULE_CONFIG_IDS,
     RULE_CONFIGS,
-    RULE_IDS,
-    RULES,
     WRONG_TYPE,
     ZERO_IS_OFF,
     clipping_message,
@@ -36,6 +35,11 @@ from hyper_cases import (  # noqa: E402
 )
 
 import optforge.generated.jax as generated  # noqa: E402
+
+# the runs (jit, scan, schedules, inject_hyperparams) on the rules that show every feature (tests/cases.py);
+# the signatures' checks (hyper_cases) on every rule
+RULES = MACHINERY
+RULE_IDS = [r.name for r in RULES]
 
 # --------------------------------------------------------------------------------------
 # helpers

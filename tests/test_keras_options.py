@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cases import RULES
+from cases import MACHINERY, RULES, features
 from drivers import BACKENDS, assert_close, problem, run, varying_lr
-from references import keras_optimizer
+from references import keras_run, keras_schedule
 
 STEPS = 60
 
@@ -54,43 +54,8 @@ OPTIONS = {
 SCHEDULED = {"accumulation_schedule"}
 
 
-def keras_run(rule_name, hypers, params0, grads, learning_rate, finalize=False):
-    """Keras's own apply, jitted through its stateless API (eager Keras takes seconds per run); with
-    ``finalize``, the values written back and ``finalize_variable_values`` applied."""
-    import jax
-    import keras
-
-    keras.config.set_floatx("float64")
-    variables = [keras.Variable(p, dtype="float64") for p in params0]
-    opt = keras_optimizer(rule_name, hypers, learning_rate)
-    opt.build(variables)
-    step = jax.jit(opt.stateless_apply)
-    values = [v.value for v in variables]
-    opt_values = [v.value for v in opt.variables]
-    for g in grads:
-        values, opt_values = step(opt_values, [jax.numpy.asarray(x) for x in g], values)
-    if finalize:
-        for v, x in [*zip(variables, values), *zip(opt.variables, opt_values)]:
-            v.assign(x)
-        opt.finalize_variable_values(variables)
-        values = [v.value for v in variables]
-    return [np.asarray(v) for v in values]
-
-
-def keras_schedule(base):
-    import jax.numpy as jnp
-    import keras
-
-    class Varying(keras.optimizers.schedules.LearningRateSchedule):
-        def __call__(self, step):
-            return base * (1 + 0.8 * jnp.sin(0.37 * jnp.asarray(step, jnp.float64)))
-
-    return Varying()
-
-
-#: on every Keras rule: the options together, and the ones that change when the rule runs (accumulation
-#: with a schedule, with a global norm over the mean gradients)
-ON_EVERY_RULE = ("everything", "accumulation_schedule", "accumulation_global_clipnorm")
+#: on every Keras rule: the options together
+ON_EVERY_RULE = ("everything",)
 
 
 def _option_cases() -> list:
@@ -113,7 +78,9 @@ def test_option_matches_keras(rule_name, option):
     params0, grads = problem(STEPS)
     base_lr = hypers["learning_rate"]
     scheduled = option in SCHEDULED
-    want = keras_run(rule_name, hypers, params0, grads, keras_schedule(base_lr) if scheduled else base_lr)
+    want = keras_run(
+        rule_name, hypers, params0, grads, keras_schedule(varying_lr(base_lr)) if scheduled else base_lr
+    )
     for backend in BACKENDS:
         got, _ = run(backend, rule, hypers, params0, grads, varying_lr(base_lr) if scheduled else None)
         assert_close(got, want, 1e-12, f"{backend} vs keras.optimizers.{rule_name} with {option}")
@@ -212,10 +179,14 @@ def test_ema_overwrite_frequency_zero_means_never():
 
 
 # --------------------------------------------------------------------------------------
-# NovoGrad flavours with the options: backends agree
+# rules with their own reductions, with the options: backends agree
 
 
-@pytest.mark.parametrize("rule_name", ["NovoGrad", "NovoGradTF1", "OptaxNovoGrad"])
+#: the rules with their own reductions (a norm per tensor, a sum over all tensors) that show every feature
+REDUCING = [r.name for r in MACHINERY if features(r) & {"TensorSum", "TensorMax", "GlobalSum", "GlobalMax"}]
+
+
+@pytest.mark.parametrize("rule_name", REDUCING)
 @pytest.mark.parametrize(
     "options",
     [

@@ -7,7 +7,7 @@ import math
 import ml_dtypes
 import numpy as np
 import pytest
-from cases import RULES
+from cases import MACHINERY, RULES
 from drivers import BACKENDS, problem, run, stored_states
 
 LOW = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
@@ -58,7 +58,7 @@ def _run_low(backend, rule, cfg, dtype, steps=5):
 
 @pytest.mark.parametrize("dtype", list(LOW), ids=list(LOW))
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
+@pytest.mark.parametrize("rule", MACHINERY, ids=[r.name for r in MACHINERY])
 def test_low_precision_params_keep_float32_state(rule, backend, dtype):
     cfg = dict(rule.configs.get("momentum", rule.configs["default"]))  # SGD stores nothing without momentum
     params, state = _run_low(backend, rule, cfg, LOW[dtype])
@@ -112,7 +112,7 @@ def test_integer_and_complex_parameters_are_a_clear_error(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
+@pytest.mark.parametrize("rule", MACHINERY, ids=[r.name for r in MACHINERY])
 def test_a_nan_gradient_stays_in_its_tensor(rule, backend):
     """A NaN in one tensor's gradient does not reach the other tensors (no reduction over all tensors here)."""
     cfg = dict(rule.configs["default"])
@@ -171,7 +171,7 @@ def _run_wide_state(backend, rule, cfg, dtype, state_dtype, fused, steps=6):
 
 @pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
 @pytest.mark.parametrize("backend", ["numpy", "torch"])
-@pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
+@pytest.mark.parametrize("rule", MACHINERY, ids=[r.name for r in MACHINERY])
 def test_float32_params_with_float64_state_track_the_float64_run(rule, backend, fused):
     """state_dtype wider than the parameters: the element-wise temporaries follow the widest dtype, with
     every option whose maths is element-wise (clipvalue, EMA with overwrite, loss scaling, accumulation)."""

@@ -13,7 +13,8 @@ from drivers import BACKENDS, assert_close, problem, run, varying_lr
 from references import (
     KERAS_RULES,
     OTHER_ORACLES,
-    keras_optimizer,
+    keras_run,
+    keras_schedule,
     library_kwargs,
     library_reference,
     optax_transform,
@@ -36,17 +37,6 @@ def test_every_rule_has_a_reference():
         )
 
 
-def keras_run(rule, cfg, params0, grads, learning_rate):
-    import keras
-
-    keras.config.set_floatx("float64")
-    variables = [keras.Variable(p, dtype="float64") for p in params0]
-    opt = keras_optimizer(rule.name, cfg, learning_rate)
-    for g in grads:
-        opt.apply_gradients(zip([keras.ops.convert_to_tensor(x) for x in g], variables))
-    return [np.asarray(v.value) for v in variables]
-
-
 def keras_configs():
     return [p for p in rule_configs() if p.values[0].name in KERAS_RULES]
 
@@ -55,7 +45,7 @@ def keras_configs():
 def test_keras(rule, name, cfg):
     params0, grads = problem(STEPS)
     lr = cfg.get("learning_rate", rule.hypers["learning_rate"].default)
-    want = keras_run(rule, cfg, params0, grads, lr)
+    want = keras_run(rule.name, cfg, params0, grads, lr)
     for backend in BACKENDS:
         got, _ = run(backend, rule, cfg, params0, grads)
         assert_close(got, want, 1e-12, f"{backend} vs keras")
@@ -63,19 +53,9 @@ def test_keras(rule, name, cfg):
 
 @pytest.mark.parametrize("rule, name, cfg", keras_configs())
 def test_keras_with_a_learning_rate_that_changes_every_step(rule, name, cfg):
-    import keras
-
-    class Varying(keras.optimizers.schedules.LearningRateSchedule):
-        def __init__(self, base):
-            self.base = base
-
-        def __call__(self, step):
-            # keras.ops would compute this in float32 (Keras's schedules round there); the step is concrete
-            return np.float64(varying_lr(self.base)(int(step)))
-
     base = cfg.get("learning_rate", rule.hypers["learning_rate"].default)
     params0, grads = problem(STEPS)
-    want = keras_run(rule, cfg, params0, grads, Varying(base))
+    want = keras_run(rule.name, cfg, params0, grads, keras_schedule(varying_lr(base)))
     for backend in BACKENDS:
         got, _ = run(backend, rule, cfg, params0, grads, varying_lr(base))
         assert_close(got, want, 1e-12, f"{backend} vs keras (varying lr)")

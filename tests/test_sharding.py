@@ -1,8 +1,8 @@
-"""Sharded parameters: every JAX optimizer under ``jit`` with parameters laid out over two host devices by
+"""Sharded parameters: JAX optimizers under ``jit`` with parameters laid out over two host devices by
 ``NamedSharding`` (sharded on dim 0, on dim 1, replicated) gives the unsharded run's parameters and state,
 and keeps each per-element state laid out like its parameter.
 
-Each rule runs in its own subprocess (``tests/sharded_jax.py``: JAX reads ``XLA_FLAGS`` once, at import),
+The rules run in one subprocess (``tests/sharded_jax.py``: JAX reads ``XLA_FLAGS`` once, at import),
 with no option, with ``clipnorm`` (a norm per tensor, over its shards) and with ``global_clipnorm`` (over
 all tensors), 20 steps. The reductions add the shards' partial sums in another order than one device
 does, so the runs agree to rounding, not bit for bit: float64 to 1e-12 relative, float32 to 1e-6.
@@ -19,27 +19,30 @@ import subprocess
 import sys
 
 import pytest
-from cases import RULES
+from cases import MACHINERY, RULES
 
 WORKER = pathlib.Path(__file__).with_name("sharded_jax.py")
 
 
-@pytest.mark.parametrize("rule", RULES.values(), ids=list(RULES))
-def test_jax_sharded_run_equals_the_unsharded_one(rule):
-    out = subprocess.run(
-        [sys.executable, str(WORKER), rule.name], capture_output=True, text=True, timeout=600
-    )
+def test_jax_optimizers_sharded_equal_the_unsharded_ones():
+    """The rules that show every feature (``cases.MACHINERY``: each kind of state and reduction), in one
+    subprocess (its imports and JAX's start once, not once per rule: a fixture would run once per
+    pytest-xdist worker)."""
+    names = [r.name for r in MACHINERY]
+    out = subprocess.run([sys.executable, str(WORKER), *names], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(result) == {"none/float64", "clipnorm/float64", "global_clipnorm/float64", "none/float32"}
-    for key, r in result.items():
-        assert r["misplaced"] == [], (
-            f"{rule.name} {key}: state not laid out like its parameter: {r['misplaced']}"
-        )
-        tolerance = 1e-12 if key.endswith("float64") else 1e-6
-        assert r["rel"] <= tolerance, (
-            f"{rule.name} {key}: sharded vs unsharded, relative difference {r['rel']:.3g}"
-        )
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(results) == set(names)
+    problems = []
+    for name, result in results.items():
+        assert set(result) == {"none/float64", "clipnorm/float64", "global_clipnorm/float64", "none/float32"}
+        for key, r in result.items():
+            if r["misplaced"]:
+                problems.append(f"{name} {key}: state not laid out like its parameter: {r['misplaced']}")
+            tolerance = 1e-12 if key.endswith("float64") else 1e-6
+            if not r["rel"] <= tolerance:
+                problems.append(f"{name} {key}: sharded vs unsharded, relative difference {r['rel']:.3g}")
+    assert not problems, "\n".join(problems)
 
 
 def test_the_sharding_page_example_runs_on_two_devices():

@@ -5,8 +5,8 @@ compiles anything), or on a CUDA device where ``OPTFORGE_TRITON_DEVICE=cuda`` (`
 The torch optimizers are not wired to the Triton path yet: the tests route their fused hook to it (the
 parameters the fused path would take go to ``triton_support.run``, with the step's scalars the optimizer
 computed) and compare with the same optimizer's plain path (``fused=False``): every rule and named
-configuration with no option, every rule with ``clipnorm``, with ``global_clipnorm`` and with every option
-at once (``global_clipnorm`` with the rest), tensors of ranks 0 to 3 and one of several chunks; parameters
+configuration with no option; with ``clipnorm``, with ``global_clipnorm`` and with every option at once
+(``global_clipnorm`` with the rest), the rules that show every feature (``cases.MACHINERY``), tensors of ranks 0 to 3 and one of several chunks; parameters
 and every stored state, float64 to 1e-12 relative, float32 to 1e-6; bfloat16 parameters with float32
 state to the rounding of bfloat16.
 """
@@ -22,7 +22,7 @@ if DEVICE == "cpu":
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from cases import RULES, rule_configs  # noqa: E402
+from cases import MACHINERY, RULES, rule_configs  # noqa: E402
 from drivers import rel_error  # noqa: E402
 
 torch = pytest.importorskip("torch")
@@ -121,13 +121,13 @@ def test_triton_equals_plain(rule, name, cfg):
 
 
 @pytest.mark.parametrize("option", sorted(OPTIONS))
-@pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
+@pytest.mark.parametrize("rule", MACHINERY, ids=[r.name for r in MACHINERY])
 def test_triton_equals_plain_with_keras_options(rule, option):
     compare(rule, OPTIONS[option], torch.float64, 1e-12)
     compare(rule, OPTIONS[option], torch.float32, 1e-6)
 
 
-@pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
+@pytest.mark.parametrize("rule", MACHINERY, ids=[r.name for r in MACHINERY])
 def test_triton_mixed_precision(rule):
     """bfloat16 parameters and gradients, float32 state: the parameters within a bfloat16 rounding a step
     (float32 arithmetic in another order may round a parameter to the neighbouring bfloat16 value) for each

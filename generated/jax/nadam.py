@@ -10,7 +10,7 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     u_product <- u_product*u_t
     m <- m + (1 - beta_1)*(g - m)
     v <- v + (1 - beta_2)*(g^2 - v)
-    m_hat = g*(1 - u_t)/(1 - u_product) + m*u_t1/(-u_product*u_t1 + 1)
+    m_hat = g*(1 - u_t)/(1 - u_product) + m*u_t1/(1 - u_product*u_t1)
     v_hat = v/(1 - beta_2^t)
     w <- w - learning_rate*m_hat/(epsilon + sqrt(v_hat))
 

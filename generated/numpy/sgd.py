@@ -6,9 +6,9 @@ Plain gradient descent when `momentum` is 0; otherwise a velocity with the learn
 Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
 
     w <- w - g*learning_rate    if momentum == 0
-    velocity <- -g*learning_rate + momentum*velocity    if momentum != 0
+    velocity <- momentum*velocity - g*learning_rate    if momentum != 0
     w <- w + velocity    if not nesterov and momentum != 0
-    w <- w - g*learning_rate + momentum*velocity    if nesterov and momentum != 0
+    w <- w + momentum*velocity - g*learning_rate    if nesterov and momentum != 0
 
     Keras's shared options around it (each only when given; the rule runs only on update calls):
     t = where(gradient_accumulation_steps given, floor(n/gradient_accumulation_steps), n) + 1
