@@ -564,10 +564,12 @@ def section_scalars(
     return [names.get(n, n) for n in ordered]
 
 
-def _check_call(h) -> str:
-    """The run-time check of a constructor argument, by kind."""
+def _check_call(h, label: str | None = None) -> str:
+    """The run-time check of a constructor argument, by kind; ``label``: its name in messages (the
+    argument's own name by default)."""
+    label = label or h.name
     if h.kind == "bool":
-        return f'common.check_flag("{h.name}", {h.name})'
+        return f'common.check_flag("{label}", {h.name})'
     if h.kind == "learning_rate" or h.interval is None:
         return ""
     bounds = (
@@ -577,8 +579,8 @@ def _check_call(h) -> str:
         extra = (", integer=True" if h.kind == "int" else "") + (
             ", zero_is_off=True" if h.zero_is_off else ""
         )
-        return f'common.check_option("{h.name}", {h.name}, {bounds}{extra})'
-    return f'common.check_float("{h.name}", {h.name}, {bounds})'
+        return f'common.check_option("{label}", {h.name}, {bounds}{extra})'
+    return f'common.check_float("{label}", {h.name}, {bounds})'
 
 
 def _num(x: float) -> str:

@@ -78,11 +78,17 @@ def page(
         "| name | symbol | default | range | meaning |",
         "| --- | --- | --- | --- | --- |",
     ]
+    from optforge.backends.torch.printer import torch_names
+
+    in_torch = {"learning_rate": ("lr", None), **torch_names([h.name for h in program.hypers])}
     for h in program.hypers:
         rng = str(h.interval) if h.interval else "bool"
         if h.kind == "int":
             rng += ", integer"
-        name = "learning_rate (torch: lr)" if h.name == "learning_rate" else h.name
+        name = h.name
+        if h.name in in_torch:
+            key, index = in_torch[h.name]
+            name += f" (torch: {key}{'' if index is None else f'[{index}]'})"
         lines.append(f"| `{name}` | ${h.latex}$ | {_fmt(h.default)} | {rng} | {h.meaning} |")
     lines += ["", "## State", ""]
     lines += [

@@ -27,6 +27,7 @@ class Call:
         group["step"] = n + 1
         self.optimizer = optimizer
         self.group = group
+        self.maximize = group.get("maximize", False)  # torch.optim's: the gradients' signs flipped first
         self.options = o = Options.of(group, optimizer.options)
         self.step = step = Step.of(n, o)
         self.lr = common.learning_rate_at(group["lr"], n)
@@ -39,7 +40,7 @@ class Call:
             self.global_sumsq_g = None  # being computed: the prologue stops before the global clipping
             total = 0.0
             for w, state in self.params:
-                g = self.prologue(w, torch_support.upcast(w.grad), state, peek=True)
+                g = self.prologue(w, self.gradient(w), state, peek=True)
                 _, _, s2 = self.scratch(w, g, state.get("grad_accumulator"))
                 torch.pow(g, 2, out=s2)
                 total = total + torch.sum(s2)
@@ -62,7 +63,7 @@ class Call:
         epilogue. Then the parameters the fused path takes (``case``'s kernel, with the rule's once-per-step
         ``values``), in one kernel call."""
         opt = self.optimizer
-        fused = opt._fused is not None
+        fused = opt._fused is not None and not self.maximize  # maximize: the plain path flips the signs
         kernel = fused_support.kernel(opt._fused, case) if fused else None
         names, scalars = fused_support.takes(kernel) if fused else ((), ())
         element = set(self.element)
@@ -74,6 +75,8 @@ class Call:
                 if torch_support.fusable(w, g, *[s for s, name in zip(states, names) if name in element]):
                     work.append((w, g, *states))
                     continue
+            if self.maximize:
+                g = torch.neg(g)
             g = self.prologue(w, g, state)
             if self.step.is_update:
                 yield w, g, state
@@ -86,7 +89,7 @@ class Call:
         """Each parameter (the fused path's too), its gradient as the prologue makes it, and its state, for
         a pass of the rule over all tensors before its update: nothing is written."""
         for w, state in self.params:
-            yield w, self.prologue(w, torch_support.upcast(w.grad), state, peek=True), state
+            yield w, self.prologue(w, self.gradient(w), state, peek=True), state
 
     def skip(self, case: int) -> None:
         """A call that only accumulates: the stages without the rule (its fused kernel: with the rule's
@@ -96,6 +99,12 @@ class Call:
             pass
 
     # -- the stages ----------------------------------------------------------------------------
+
+    def gradient(self, w: torch.Tensor) -> torch.Tensor:
+        """The gradient the stages start from: ``w.grad``, at least float32, its signs flipped where the
+        group maximizes."""
+        g = torch_support.upcast(w.grad)
+        return torch.neg(g) if self.maximize else g
 
     def scratch(self, w: torch.Tensor, *tensors: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         return torch_support.scratch(self.optimizer._stage_scratch, 3, w, *tensors)

@@ -124,6 +124,10 @@ class RuleOptimizer(torch.optim.Optimizer):
     #: what each parameter group keeps for the rule (``group[name]``): (name, initial value, whether a 0-d
     #: tensor), there from the first call on, even one that does not update
     global_states: tuple[tuple[str, float, bool], ...] = ()
+    #: torch's names for the rule's hyperparameters in the parameter groups: {rule's name: (key, index in
+    #: the key's tuple or None)} (``beta_1`` is ``betas[0]``, ``epsilon`` is ``eps``), so that torch's
+    #: schedulers (OneCycleLR's momentum cycling) find them; the rule's names are accepted in a group too
+    torch_names: dict[str, tuple[str, int | None]] = {}
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -172,6 +176,24 @@ class RuleOptimizer(torch.optim.Optimizer):
             for w in group["params"]:
                 check_floating(w, self.rule)
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's, with the rule's names of hyperparameters (``beta_1``) put under torch's (``betas[0]``)."""
+        super().add_param_group(self._torch_named(param_group))
+
+    def _torch_named(self, group: dict[str, Any]) -> dict[str, Any]:
+        group = dict(group)
+        for name, (key, index) in self.torch_names.items():
+            if name not in group:
+                continue
+            value = group.pop(name)
+            if index is None:
+                group[key] = value
+            else:
+                entries = list(group.get(key, self.defaults[key]))
+                entries[index] = value
+                group[key] = tuple(entries)
+        return group
+
     def __getstate__(self) -> dict[str, Any]:
         """torch's (what ``copy.deepcopy`` and pickle keep), plus this optimizer's own options."""
         return {**super().__getstate__(), "state_dtype": self.state_dtype, "fused": self.fused}
@@ -200,6 +222,11 @@ class RuleOptimizer(torch.optim.Optimizer):
         rule = state_dict.get("optforge_rule")
         if rule is not None and rule != self.rule:
             raise ValueError(f"this state_dict was written by {rule}, not {self.rule}")
+        # a state_dict from before torch's names (beta_1 in its groups, not betas): the same values
+        groups = [self._torch_named(group) for group in state_dict.get("param_groups", [])]
+        state_dict = {**state_dict, "param_groups": groups}
+        for group in groups:
+            group.setdefault("maximize", False)
         for group in state_dict.get("param_groups", []):
             missing = set(self.defaults) - set(group)
             if missing:
@@ -258,3 +285,25 @@ def sign(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     else:
         s = out.copy_(torch.sign(x))
     return torch.where(torch.isnan(x), x, s, out=s)
+
+
+def pair(key: str, value: Any, first: Any, second: Any) -> tuple[Any, Any]:
+    """A tuple hyperparameter of torch's (``betas``), with the rule's names for its entries (``beta_1``,
+    ``beta_2``: None where not given; where given, they win)."""
+    try:
+        a, b = value
+    except (TypeError, ValueError):
+        raise TypeError(f"`{key}` must be a pair of floats. Received: {key}={value!r}") from None
+    return (a if first is None else first), (b if second is None else second)
+
+
+def learning_rate(value: Any) -> Any:
+    """A learning rate as torch.optim takes it: a 0-d tensor (torch.compile's choice) is read as its float;
+    anything else as given (checked by ``common.check_learning_rate``)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"`lr` as a tensor must hold one value. Received: a tensor of shape {tuple(value.shape)}"
+            )
+        return float(value)
+    return value

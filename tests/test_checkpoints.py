@@ -855,11 +855,18 @@ def construct(backend: str, rule, kwargs: dict):
 BACKENDS = ("numpy", "jax", "torch")
 
 
+def gen_torch_class(rule):
+    return getattr(gen_torch, rule.name)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
 def test_hyperparameter_out_of_range_or_of_wrong_type(rule, backend):
     for name, h in rule.hypers.items():
         shown = "lr" if (backend == "torch" and name == "learning_rate") else name
+        if backend == "torch" and name in gen_torch_class(rule).torch_names:  # beta_1 is betas[0]
+            key, index = gen_torch_class(rule).torch_names[name]
+            shown = re.escape(key if index is None else f"{key}[{index}]")
         if h.kind != "bool":
             for value in out_of_range(h):
                 with pytest.raises(ValueError, match=rf"`{shown}` must be in [\[(].*Received: {shown}="):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import re
 import warnings
 
 import pytest
@@ -49,6 +50,33 @@ def optimizer_class(rule):
 
 def torch_name(name: str) -> str:
     return "lr" if name == "learning_rate" else name
+
+
+def torch_label(rule, name: str) -> str:
+    """How torch's class names a hyperparameter in messages and parameter groups: ``lr``, ``betas[0]``
+    for ``beta_1``, ``eps`` for ``epsilon`` (its ``torch_names``), else the rule's name."""
+    key, index = optimizer_class(rule).torch_names.get(name, (torch_name(name), None))
+    return key if index is None else f"{key}[{index}]"
+
+
+def group_value(rule, group: dict, name: str):
+    """The value of the rule's hyperparameter ``name`` in a parameter group (or ``defaults``)."""
+    key, index = optimizer_class(rule).torch_names.get(name, (torch_name(name), None))
+    return group[key] if index is None else group[key][index]
+
+
+def torch_keyword(rule, name: str, value) -> dict:
+    """``{name: value}`` as a keyword of torch's (``betas=(value, default)`` for ``beta_1``): the rule's
+    names are keywords too, but None there means "not given"."""
+    cls = optimizer_class(rule)
+    if name not in cls.torch_names:
+        return {torch_name(name): value}
+    key, index = cls.torch_names[name]
+    if index is None:
+        return {key: value}
+    entries = list(build(rule, torch.nn.Linear(1, 1).parameters()).defaults[key])
+    entries[index] = value
+    return {key: tuple(entries)}
 
 
 def torch_kwargs(values: dict) -> dict:
@@ -169,7 +197,7 @@ def test_per_group_hyperparameters_are_honoured(rule):
     assert_bitwise(params_of(reference), params_of(model))
     # the changed hyperparameters make a difference (otherwise the check above proves nothing)
     assert any(not torch.equal(a, b) for a, b in zip(params_of(default_only)[2:], params_of(model)[2:]))
-    assert {k: opt.param_groups[1][k] for k in alt} == alt
+    assert {k: group_value(rule, opt.param_groups[1], k) for k in alt} == alt
 
 
 # --------------------------------------------------------------------------------------
@@ -298,7 +326,7 @@ def _roundtrip(rule, kwargs, via_bytes, split):
     opt_resumed = build(rule, resumed.parameters())
     opt_resumed.load_state_dict(saved)
     for name, value in kwargs.items():
-        assert opt_resumed.param_groups[0][name] == value
+        assert group_value(rule, opt_resumed.param_groups[0], name) == value
     for g in grads[split:]:
         apply_grads(resumed, g)
         opt_resumed.step()
@@ -371,10 +399,11 @@ def test_lr_scheduler(rule, scheduler):
 @pytest.mark.parametrize(("rule", "name", "value"), BAD_RANGE)
 def test_out_of_range_hyperparameter_raises_value_error(rule, name, value):
     model = torch.nn.Linear(2, 1)
-    tname = torch_name(name)
+    tname = torch_name(name)  # the rule's names are keywords too
     with pytest.raises(ValueError) as info:
         build(rule, model.parameters(), **{tname: value})
-    assert str(info.value) == expected_range_message(tname, rule.hypers[name].interval, value)
+    label = torch_label(rule, name)
+    assert str(info.value) == expected_range_message(label, rule.hypers[name].interval, value)
 
 
 def test_out_of_range_int_message_shows_the_value_received():
@@ -388,16 +417,16 @@ def test_out_of_range_int_message_shows_the_value_received():
 def test_closed_range_ends_are_accepted(rule, name, value):
     model = torch.nn.Linear(2, 1)
     opt = build(rule, model.parameters(), **{torch_name(name): value})
-    kept, expected = opt.defaults[torch_name(name)], stored(rule.hypers[name], value)
+    kept, expected = group_value(rule, opt.defaults, name), stored(rule.hypers[name], value)
     assert kept == expected and type(kept) is type(expected)
 
 
 @pytest.mark.parametrize(("rule", "name", "value"), WRONG_TYPE)
 def test_wrong_type_hyperparameter_raises_type_error(rule, name, value):
     model = torch.nn.Linear(2, 1)
-    tname = torch_name(name)
-    with pytest.raises(TypeError, match=f"`{tname}`") as info:
-        build(rule, model.parameters(), **{tname: value})
+    label = torch_label(rule, name)
+    with pytest.raises(TypeError, match=re.escape(f"`{label}`")) as info:
+        build(rule, model.parameters(), **torch_keyword(rule, name, value))
     if rule.hypers[name].kind == "int":
         assert str(info.value).startswith(f"`{name}` must be an int or None. Received: {name}={value!r}")
 
@@ -440,8 +469,8 @@ def test_non_bool_flag_raises_type_error(rule, name, value):
 def test_keras_form_messages_examples():
     params = list(torch.nn.Linear(2, 1).parameters())
     with pytest.raises(ValueError) as info:
-        generated.Adamax(params, beta_1=1.5)
-    assert str(info.value) == "`beta_1` must be in [0, 1). Received: beta_1=1.5"
+        generated.Adamax(params, betas=(1.5, 0.999))
+    assert str(info.value) == "`betas[0]` must be in [0, 1). Received: betas[0]=1.5"
     with pytest.raises(ValueError, match="`lr`"):
         generated.SGD(params, lr=-0.1)
     with pytest.raises(TypeError):
@@ -696,3 +725,138 @@ def test_a_deep_copied_or_pickled_optimizer_steps_like_the_original(rule, fused)
             assert torch.equal(p, q)
             for name, value in opt.state[p].items():
                 assert torch.equal(value, o.state[q][name]), name
+
+
+# --------------------------------------------------------------------------------------
+# 12. torch's names: betas, eps, maximize, a tensor lr; torch's schedulers that cycle momentum
+
+
+def _names(rule) -> dict:
+    """``{rule's name: (torch's key, index)}`` of the rule's torch class."""
+    return dict(optimizer_class(rule).torch_names)
+
+
+def _run(rule, grads_sign=1.0, steps=6, **kwargs):
+    model = make_model(21)
+    opt = build(rule, model.parameters(), **kwargs)
+    for g in grad_sequence(model, steps, seed=22):
+        apply_grads(model, [grads_sign * x for x in g])
+        opt.step()
+    return params_of(model), opt
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_torch_names_and_the_rules_names_give_the_same_steps(rule):
+    """``betas=(a, b), eps=e`` (torch's) is ``beta_1=a, beta_2=b, epsilon=e`` (the rule's), as constructor
+    keywords and in a parameter group; the parameter groups hold torch's names only."""
+    names = _names(rule)
+    if not names:
+        pytest.skip(f"{rule.name} has no hyperparameter torch names otherwise")
+    values = dict.fromkeys(names, 0.5)  # inside the range of each (betas, eps)
+    defaults = build(rule, torch.nn.Linear(1, 1).parameters()).defaults
+    torch_kw: dict = {}
+    for name, (key, index) in names.items():
+        if index is None:
+            torch_kw[key] = values[name]
+        else:
+            entries = list(torch_kw.get(key, defaults[key]))
+            entries[index] = values[name]
+            torch_kw[key] = tuple(entries)
+    want, opt = _run(rule, **torch_kw)
+    group = opt.param_groups[0]
+    assert not set(names) & set(group), f"the group holds the rule's names: {sorted(set(names) & set(group))}"
+    got, _ = _run(rule, **values)
+    assert_bitwise(got, want)
+    model = make_model(21)
+    opt = optimizer_class(rule)(
+        [{"params": list(model.parameters()), **values}], **required(rule, lr_name="lr")
+    )
+    for g in grad_sequence(model, 6, seed=22):
+        apply_grads(model, g)
+        opt.step()
+    assert_bitwise(params_of(model), want)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_maximize_is_the_step_on_the_negated_gradient(rule):
+    want, _ = _run(rule, grads_sign=-1.0)
+    got, opt = _run(rule, maximize=True)
+    assert opt.param_groups[0]["maximize"] is True
+    assert_bitwise(got, want)
+    plain, _ = _run(rule)
+    assert any(not torch.equal(a, b) for a, b in zip(plain, got))
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_a_tensor_learning_rate_is_taken_as_its_value(rule):
+    want, _ = _run(rule, lr=0.03125)
+    got, _ = _run(rule, lr=torch.tensor(0.03125))  # exact in float32 and float64
+    assert_bitwise(got, want)
+
+
+def _momentum_key(opt) -> str | None:
+    return "betas" if "betas" in opt.defaults else ("momentum" if "momentum" in opt.defaults else None)
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_one_cycle_lr_cycles_the_momentum_the_rule_reads(rule):
+    """OneCycleLR with ``cycle_momentum`` (its default) finds torch's momentum (``betas[0]`` or
+    ``momentum``) and changes it every step; the result is that of the same values set by hand, and not that
+    of a constant momentum."""
+    model = make_model(21)
+    opt = build(rule, model.parameters())
+    key = _momentum_key(opt)
+    if key is None:
+        pytest.skip(
+            f"{rule.name} has no momentum (torch.optim's OneCycleLR needs betas or momentum to cycle it)"
+        )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=8)
+    seen = []
+    for g in grad_sequence(model, 8, seed=22):
+        seen.append((opt.param_groups[0]["lr"], opt.param_groups[0][key]))
+        apply_grads(model, g)
+        opt.step()
+        scheduler.step()
+    assert len({m for _, m in seen}) > 1, "the momentum did not change"
+
+    def by_hand(momenta):
+        model = make_model(21)
+        opt = build(rule, model.parameters())
+        for (lr, m), g in zip(momenta, grad_sequence(model, 8, seed=22)):
+            opt.param_groups[0]["lr"], opt.param_groups[0][key] = lr, m
+            apply_grads(model, g)
+            opt.step()
+        return params_of(model)
+
+    assert_bitwise(by_hand(seen), params_of(model))
+    constant = by_hand([(lr, seen[0][1]) for lr, _ in seen])
+    assert any(not torch.equal(a, b) for a, b in zip(constant, params_of(model)))
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_a_state_dict_with_the_rules_names_in_its_groups_loads(rule):
+    """A checkpoint written before torch's names (``beta_1`` in its groups, no ``maximize``) resumes bit
+    for bit."""
+    names = _names(rule)
+    model = make_model(21)
+    opt = build(rule, model.parameters())
+    grads = grad_sequence(model, 6, seed=22)
+    for g in grads[:3]:
+        apply_grads(model, g)
+        opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    for group in saved["param_groups"]:
+        for name, (key, index) in names.items():
+            group[name] = group[key] if index is None else group[key][index]
+        for key in {key for key, _ in names.values()}:
+            del group[key]
+        del group["maximize"]
+    resumed = copy.deepcopy(model)
+    opt2 = build(rule, resumed.parameters())
+    opt2.load_state_dict(saved)
+    for g in grads[3:]:
+        apply_grads(model, g)
+        opt.step()
+        apply_grads(resumed, g)
+        opt2.step()
+    assert_bitwise(params_of(resumed), params_of(model))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..base import Backend
+from ..base import Backend, _check_call
 from ..printer import ExprPrinter
 
 
@@ -46,6 +46,25 @@ def _same_dtype(fn: str, x: str, rest: str = "") -> str:
     )
 
 
+#: torch's names for a rule's hyperparameters, where torch has the concept: a pair of the rule's becomes a
+#: tuple (Adam's ``betas``), a single one is renamed (``eps``); the rule's names are still accepted
+TORCH_PAIRS = {("beta_1", "beta_2"): "betas", ("beta1", "beta2"): "betas", ("b1", "b2"): "betas"}
+TORCH_NAMES = {"epsilon": "eps"}
+
+
+def torch_names(names: list[str]) -> dict[str, tuple[str, int | None]]:
+    """``{rule's name: (torch's key in a parameter group, index in its tuple or None)}`` for a rule's
+    hyperparameters ``names`` (only where torch's name is not one of the rule's own)."""
+    out: dict[str, tuple[str, int | None]] = {}
+    for pair, key in TORCH_PAIRS.items():
+        if all(n in names for n in pair) and key not in names:
+            out.update({n: (key, i) for i, n in enumerate(pair)})
+    for name, key in TORCH_NAMES.items():
+        if name in names and key not in names:
+            out[name] = (key, None)
+    return out
+
+
 class TorchBackend(Backend):
     reduce_init = {"sum": "0.0", "max": "torch.tensor(-math.inf)"}
     name = "torch"
@@ -53,6 +72,35 @@ class TorchBackend(Backend):
     global_reductions_are_arrays = True  # 0-d tensors: no device synchronisation
     #: element-wise operations into a buffer (compiler/passes/three_address.py), and the compound in-place
     #: calls: one pass instead of two, which may round once where the printed expression rounds twice
+
+    def context(self, program):
+        out = super().context(program)
+        out["renamed"] = renamed = [h for h in out["others"] if h["key"] != h["name"]]
+        keys = [h["key"] + ("" if h["index"] is None else f"[{h['index']}]") for h in renamed]
+        out["renamed_doc"] = (
+            f"{', '.join(h['name'] for h in renamed)}: the rule's names for {', '.join(keys)} (keywords;"
+            " where given, they win)."
+        )
+        return out
+
+    def _hypers(self, program):
+        """The base's, with torch's name of each (``key``: its parameter-group key, ``index`` in a tuple;
+        ``read``: the expression that reads it from ``group``) and, for a pair, its partner."""
+        hypers = super()._hypers(program)
+        renamed = torch_names([h["name"] for h in hypers])
+        by_name = {h.name: h for h in program.hypers}
+        for h in hypers:
+            key, index = renamed.get(h["name"], (h["name"], None))
+            h["key"], h["index"] = key, index
+            h["read"] = f'group["{key}"]' + ("" if index is None else f"[{index}]")
+            if key != h["name"]:
+                h["check"] = _check_call(by_name[h["name"]], key if index is None else f"{key}[{index}]")
+        for h in hypers:
+            if h["index"] == 0:
+                partner = next(o for o in hypers if o["key"] == h["key"] and o["index"] == 1)
+                h["partner"] = partner
+        return hypers
+
     ops = {
         "+": "torch.add({0}, {1}, out={out})",
         "-": "torch.sub({0}, {1}, out={out})",

@@ -46,9 +46,9 @@ class Adagrad(torch_support.RuleOptimizer):
 
     Args:
         params: an iterable of tensors or of parameter-group dicts.
-        lr: step size; use torch.optim.lr_scheduler to change it, in [0, inf). Default 0.001.
+        lr: step size (a float, a 0-d tensor, or a callable schedule); use torch.optim.lr_scheduler to change it, in [0, inf). Default 0.001.
         initial_accumulator_value: starting value of the accumulators, in [0, inf). Default 0.1.
-        epsilon: small constant for numerical stability, in [0, inf). Default 1e-07.
+        eps: small constant for numerical stability, in [0, inf). Default 1e-07.
         weight_decay: decoupled weight decay, w <- w - w*weight_decay*lr before the update, in [0, inf). Default None.
         clipnorm: clip each gradient to this norm (0: off), in [0, inf). Default None.
         clipvalue: clip each gradient entry to [-clipvalue, clipvalue], in [0, inf). Default None.
@@ -58,6 +58,8 @@ class Adagrad(torch_support.RuleOptimizer):
         ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
+        epsilon: the rule's names for eps (keywords; where given, they win).
+        maximize: maximize the objective: the gradients' signs are flipped first (as torch.optim's). Default False.
         state_dtype: the dtype of the state (default: the parameter's, at least float32).
         fused: update each float32 or float64 CPU parameter in one pass of a compiled kernel (Numba, shared
             out over the cores) instead of torch operations; other parameters (CUDA, half precision) take
@@ -80,6 +82,7 @@ class Adagrad(torch_support.RuleOptimizer):
         "loss_scale_factor",
         "gradient_accumulation_steps",
     )
+    torch_names = {"epsilon": ("eps", None)}
     keeps = frozenset({"accumulator", "grad_accumulator", "ema"})
 
     def __init__(
@@ -88,7 +91,7 @@ class Adagrad(torch_support.RuleOptimizer):
         lr: float | Callable[..., float] = 0.001,
         *,
         initial_accumulator_value: float = 0.1,
-        epsilon: float = 1e-07,
+        eps: float = 1e-07,
         weight_decay: float | None = None,
         clipnorm: float | None = None,
         clipvalue: float | None = None,
@@ -98,15 +101,18 @@ class Adagrad(torch_support.RuleOptimizer):
         ema_overwrite_frequency: int | None = None,
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
+        maximize: bool = False,
         state_dtype: torch.dtype | None = None,
         fused: bool = False,
+        epsilon: float | None = None,
     ) -> None:
+        epsilon = eps if epsilon is None else epsilon
         defaults = dict(
-            lr=common.check_learning_rate(lr, schedule=True, name="lr"),
+            lr=common.check_learning_rate(torch_support.learning_rate(lr), schedule=True, name="lr"),
             initial_accumulator_value=common.check_float(
                 "initial_accumulator_value", initial_accumulator_value, 0.0, math.inf, True, False
             ),
-            epsilon=common.check_float("epsilon", epsilon, 0.0, math.inf, True, False),
+            eps=common.check_float("eps", epsilon, 0.0, math.inf, True, False),
             weight_decay=common.check_option("weight_decay", weight_decay, 0.0, math.inf, True, False),
             clipnorm=common.check_option("clipnorm", clipnorm, 0.0, math.inf, True, False, zero_is_off=True),
             clipvalue=common.check_option(
@@ -139,6 +145,7 @@ class Adagrad(torch_support.RuleOptimizer):
                 False,
                 integer=True,
             ),
+            maximize=common.check_flag("maximize", maximize),
         )
         common.check_exclusive(
             clipnorm=defaults["clipnorm"],
@@ -164,7 +171,7 @@ class Adagrad(torch_support.RuleOptimizer):
         n, lr = call.n, call.lr  # n: the updates before this one
         t = n + 1
         initial_accumulator_value = group["initial_accumulator_value"]
-        epsilon = group["epsilon"]
+        epsilon = group["eps"]
         for w, g, state in call.tensors(0, {"epsilon": epsilon}):
             accumulator = state["accumulator"]
             # scratch buffers for the element-wise temporaries (reused, shaped like w)

@@ -52,10 +52,9 @@ class Nadam(torch_support.RuleOptimizer):
 
     Args:
         params: an iterable of tensors or of parameter-group dicts.
-        lr: step size; use torch.optim.lr_scheduler to change it, in [0, inf). Default 0.001.
-        beta_1: exponential decay rate of the first moment, in [0, 1). Default 0.9.
-        beta_2: exponential decay rate of the second moment, in [0, 1). Default 0.999.
-        epsilon: small constant for numerical stability (Kingma and Ba's epsilon hat), in [0, inf). Default 1e-07.
+        lr: step size (a float, a 0-d tensor, or a callable schedule); use torch.optim.lr_scheduler to change it, in [0, inf). Default 0.001.
+        betas: (beta_1, beta_2): exponential decay rate of the first moment, in [0, 1); exponential decay rate of the second moment, in [0, 1). Default (0.9, 0.999).
+        eps: small constant for numerical stability (Kingma and Ba's epsilon hat), in [0, inf). Default 1e-07.
         weight_decay: decoupled weight decay, w <- w - w*weight_decay*lr before the update, in [0, inf). Default None.
         clipnorm: clip each gradient to this norm (0: off), in [0, inf). Default None.
         clipvalue: clip each gradient entry to [-clipvalue, clipvalue], in [0, inf). Default None.
@@ -65,6 +64,8 @@ class Nadam(torch_support.RuleOptimizer):
         ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
+        beta_1, beta_2, epsilon: the rule's names for betas[0], betas[1], eps (keywords; where given, they win).
+        maximize: maximize the objective: the gradients' signs are flipped first (as torch.optim's). Default False.
         state_dtype: the dtype of the state (default: the parameter's, at least float32).
         fused: update each float32 or float64 CPU parameter in one pass of a compiled kernel (Numba, shared
             out over the cores) instead of torch operations; other parameters (CUDA, half precision) take
@@ -88,6 +89,7 @@ class Nadam(torch_support.RuleOptimizer):
         "gradient_accumulation_steps",
     )
     global_states = (("u_product", float(1), False),)
+    torch_names = {"beta_1": ("betas", 0), "beta_2": ("betas", 1), "epsilon": ("eps", None)}
     keeps = frozenset({"m", "v", "grad_accumulator", "ema"})
 
     def __init__(
@@ -95,9 +97,8 @@ class Nadam(torch_support.RuleOptimizer):
         params: Any,
         lr: float | Callable[..., float] = 0.001,
         *,
-        beta_1: float = 0.9,
-        beta_2: float = 0.999,
-        epsilon: float = 1e-07,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-07,
         weight_decay: float | None = None,
         clipnorm: float | None = None,
         clipvalue: float | None = None,
@@ -107,14 +108,22 @@ class Nadam(torch_support.RuleOptimizer):
         ema_overwrite_frequency: int | None = None,
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
+        maximize: bool = False,
         state_dtype: torch.dtype | None = None,
         fused: bool = False,
+        beta_1: float | None = None,
+        beta_2: float | None = None,
+        epsilon: float | None = None,
     ) -> None:
+        beta_1, beta_2 = torch_support.pair("betas", betas, beta_1, beta_2)
+        epsilon = eps if epsilon is None else epsilon
         defaults = dict(
-            lr=common.check_learning_rate(lr, schedule=True, name="lr"),
-            beta_1=common.check_float("beta_1", beta_1, 0.0, 1.0, True, False),
-            beta_2=common.check_float("beta_2", beta_2, 0.0, 1.0, True, False),
-            epsilon=common.check_float("epsilon", epsilon, 0.0, math.inf, True, False),
+            lr=common.check_learning_rate(torch_support.learning_rate(lr), schedule=True, name="lr"),
+            betas=(
+                common.check_float("betas[0]", beta_1, 0.0, 1.0, True, False),
+                common.check_float("betas[1]", beta_2, 0.0, 1.0, True, False),
+            ),
+            eps=common.check_float("eps", epsilon, 0.0, math.inf, True, False),
             weight_decay=common.check_option("weight_decay", weight_decay, 0.0, math.inf, True, False),
             clipnorm=common.check_option("clipnorm", clipnorm, 0.0, math.inf, True, False, zero_is_off=True),
             clipvalue=common.check_option(
@@ -147,6 +156,7 @@ class Nadam(torch_support.RuleOptimizer):
                 False,
                 integer=True,
             ),
+            maximize=common.check_flag("maximize", maximize),
         )
         common.check_exclusive(
             clipnorm=defaults["clipnorm"],
@@ -171,9 +181,9 @@ class Nadam(torch_support.RuleOptimizer):
         Keras's options made it (``runtime/options_torch.py``), and its state."""
         n, lr = call.n, call.lr  # n: the updates before this one
         t = n + 1
-        beta_1 = group["beta_1"]
-        beta_2 = group["beta_2"]
-        epsilon = group["epsilon"]
+        beta_1 = group["betas"][0]
+        beta_2 = group["betas"][1]
+        epsilon = group["eps"]
         u_product = group.get("u_product", float(1))
         # momentum schedule
         u_t = beta_1 * (1 - 0.5 * 0.96**t)

@@ -49,10 +49,9 @@ class NovoGrad(torch_support.RuleOptimizer):
 
     Args:
         params: an iterable of tensors or of parameter-group dicts.
-        lr: step size; use torch.optim.lr_scheduler to change it, in [0, inf). Default 1.0.
-        beta1: decay rate of the momentum, in [0, 1]. Default 0.95.
-        beta2: decay rate of the per-tensor second moment, in [0, 1]. Default 0.98.
-        epsilon: added to the second moment inside the square root, in [0, inf). Default 1e-08.
+        lr: step size (a float, a 0-d tensor, or a callable schedule); use torch.optim.lr_scheduler to change it, in [0, inf). Default 1.0.
+        betas: (beta1, beta2): decay rate of the momentum, in [0, 1]; decay rate of the per-tensor second moment, in [0, 1]. Default (0.95, 0.98).
+        eps: added to the second moment inside the square root, in [0, inf). Default 1e-08.
         weight_decay: L2 term added to the normalised gradient (coupled, goes through the momentum); this optimizer's own, not Keras's decoupled weight_decay option, in [0, inf). Default 0.0.
         grad_averaging: scale the normalised gradient by (1 - beta1). Default False.
         use_nesterov: Nesterov momentum. Default False.
@@ -64,6 +63,8 @@ class NovoGrad(torch_support.RuleOptimizer):
         ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
+        beta1, beta2, epsilon: the rule's names for betas[0], betas[1], eps (keywords; where given, they win).
+        maximize: maximize the objective: the gradients' signs are flipped first (as torch.optim's). Default False.
         state_dtype: the dtype of the state (default: the parameter's, at least float32).
         fused: update each float32 or float64 CPU parameter in one pass of a compiled kernel (Numba, shared
             out over the cores) instead of torch operations; other parameters (CUDA, half precision) take
@@ -85,6 +86,7 @@ class NovoGrad(torch_support.RuleOptimizer):
         "loss_scale_factor",
         "gradient_accumulation_steps",
     )
+    torch_names = {"beta1": ("betas", 0), "beta2": ("betas", 1), "epsilon": ("eps", None)}
     keeps = frozenset({"v", "m", "grad_accumulator", "ema"})
 
     def __init__(
@@ -92,9 +94,8 @@ class NovoGrad(torch_support.RuleOptimizer):
         params: Any,
         lr: float | Callable[..., float] = 1.0,
         *,
-        beta1: float = 0.95,
-        beta2: float = 0.98,
-        epsilon: float = 1e-08,
+        betas: tuple[float, float] = (0.95, 0.98),
+        eps: float = 1e-08,
         weight_decay: float = 0.0,
         grad_averaging: bool = False,
         use_nesterov: bool = False,
@@ -106,14 +107,22 @@ class NovoGrad(torch_support.RuleOptimizer):
         ema_overwrite_frequency: int | None = None,
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
+        maximize: bool = False,
         state_dtype: torch.dtype | None = None,
         fused: bool = False,
+        beta1: float | None = None,
+        beta2: float | None = None,
+        epsilon: float | None = None,
     ) -> None:
+        beta1, beta2 = torch_support.pair("betas", betas, beta1, beta2)
+        epsilon = eps if epsilon is None else epsilon
         defaults = dict(
-            lr=common.check_learning_rate(lr, schedule=True, name="lr"),
-            beta1=common.check_float("beta1", beta1, 0.0, 1.0, True, True),
-            beta2=common.check_float("beta2", beta2, 0.0, 1.0, True, True),
-            epsilon=common.check_float("epsilon", epsilon, 0.0, math.inf, True, False),
+            lr=common.check_learning_rate(torch_support.learning_rate(lr), schedule=True, name="lr"),
+            betas=(
+                common.check_float("betas[0]", beta1, 0.0, 1.0, True, True),
+                common.check_float("betas[1]", beta2, 0.0, 1.0, True, True),
+            ),
+            eps=common.check_float("eps", epsilon, 0.0, math.inf, True, False),
             weight_decay=common.check_float("weight_decay", weight_decay, 0.0, math.inf, True, False),
             grad_averaging=common.check_flag("grad_averaging", grad_averaging),
             use_nesterov=common.check_flag("use_nesterov", use_nesterov),
@@ -148,6 +157,7 @@ class NovoGrad(torch_support.RuleOptimizer):
                 False,
                 integer=True,
             ),
+            maximize=common.check_flag("maximize", maximize),
         )
         common.check_exclusive(
             clipnorm=defaults["clipnorm"],
@@ -172,9 +182,9 @@ class NovoGrad(torch_support.RuleOptimizer):
         Keras's options made it (``runtime/options_torch.py``), and its state."""
         n, lr = call.n, call.lr  # n: the updates before this one
         t = n + 1
-        beta1 = group["beta1"]
-        beta2 = group["beta2"]
-        epsilon = group["epsilon"]
+        beta1 = group["betas"][0]
+        beta2 = group["betas"][1]
+        epsilon = group["eps"]
         weight_decay = group["weight_decay"]
         grad_averaging = group["grad_averaging"]
         use_nesterov = group["use_nesterov"]

@@ -47,9 +47,8 @@ class OptaxNovoGrad(torch_support.RuleOptimizer):
 
     Args:
         params: an iterable of tensors or of parameter-group dicts.
-        lr: step size; use torch.optim.lr_scheduler to change it, in [0, inf).
-        b1: decay rate of the first moment, in [0, 1]. Default 0.9.
-        b2: decay rate of the per-tensor second moment, in [0, 1]. Default 0.25.
+        lr: step size (a float, a 0-d tensor, or a callable schedule); use torch.optim.lr_scheduler to change it, in [0, inf).
+        betas: (b1, b2): decay rate of the first moment, in [0, 1]; decay rate of the per-tensor second moment, in [0, 1]. Default (0.9, 0.25).
         eps: added to the denominator outside the square root, in [0, inf). Default 1e-06.
         eps_root: added to the denominator inside the square root, in [0, inf). Default 0.0.
         weight_decay: strength of the weight decay (through the momentum); this optimizer's own, not Keras's decoupled weight_decay option, in [0, inf). Default 0.0.
@@ -61,6 +60,8 @@ class OptaxNovoGrad(torch_support.RuleOptimizer):
         ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
+        b1, b2: the rule's names for betas[0], betas[1] (keywords; where given, they win).
+        maximize: maximize the objective: the gradients' signs are flipped first (as torch.optim's). Default False.
         state_dtype: the dtype of the state (default: the parameter's, at least float32).
         fused: update each float32 or float64 CPU parameter in one pass of a compiled kernel (Numba, shared
             out over the cores) instead of torch operations; other parameters (CUDA, half precision) take
@@ -82,6 +83,7 @@ class OptaxNovoGrad(torch_support.RuleOptimizer):
         "loss_scale_factor",
         "gradient_accumulation_steps",
     )
+    torch_names = {"b1": ("betas", 0), "b2": ("betas", 1)}
     keeps = frozenset({"nu", "mu", "grad_accumulator", "ema"})
 
     def __init__(
@@ -89,8 +91,7 @@ class OptaxNovoGrad(torch_support.RuleOptimizer):
         params: Any,
         lr: float | Callable[..., float],
         *,
-        b1: float = 0.9,
-        b2: float = 0.25,
+        betas: tuple[float, float] = (0.9, 0.25),
         eps: float = 1e-06,
         eps_root: float = 0.0,
         weight_decay: float = 0.0,
@@ -102,13 +103,19 @@ class OptaxNovoGrad(torch_support.RuleOptimizer):
         ema_overwrite_frequency: int | None = None,
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
+        maximize: bool = False,
         state_dtype: torch.dtype | None = None,
         fused: bool = False,
+        b1: float | None = None,
+        b2: float | None = None,
     ) -> None:
+        b1, b2 = torch_support.pair("betas", betas, b1, b2)
         defaults = dict(
-            lr=common.check_learning_rate(lr, schedule=True, name="lr"),
-            b1=common.check_float("b1", b1, 0.0, 1.0, True, True),
-            b2=common.check_float("b2", b2, 0.0, 1.0, True, True),
+            lr=common.check_learning_rate(torch_support.learning_rate(lr), schedule=True, name="lr"),
+            betas=(
+                common.check_float("betas[0]", b1, 0.0, 1.0, True, True),
+                common.check_float("betas[1]", b2, 0.0, 1.0, True, True),
+            ),
             eps=common.check_float("eps", eps, 0.0, math.inf, True, False),
             eps_root=common.check_float("eps_root", eps_root, 0.0, math.inf, True, False),
             weight_decay=common.check_float("weight_decay", weight_decay, 0.0, math.inf, True, False),
@@ -143,6 +150,7 @@ class OptaxNovoGrad(torch_support.RuleOptimizer):
                 False,
                 integer=True,
             ),
+            maximize=common.check_flag("maximize", maximize),
         )
         common.check_exclusive(
             clipnorm=defaults["clipnorm"],
@@ -167,8 +175,8 @@ class OptaxNovoGrad(torch_support.RuleOptimizer):
         Keras's options made it (``runtime/options_torch.py``), and its state."""
         n, lr = call.n, call.lr  # n: the updates before this one
         t = n + 1
-        b1 = group["b1"]
-        b2 = group["b2"]
+        b1 = group["betas"][0]
+        b2 = group["betas"][1]
         eps = group["eps"]
         eps_root = group["eps_root"]
         weight_decay = group["weight_decay"]

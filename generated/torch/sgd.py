@@ -48,7 +48,7 @@ class SGD(torch_support.RuleOptimizer):
 
     Args:
         params: an iterable of tensors or of parameter-group dicts.
-        lr: step size; use torch.optim.lr_scheduler to change it, in [0, inf). Default 0.01.
+        lr: step size (a float, a 0-d tensor, or a callable schedule); use torch.optim.lr_scheduler to change it, in [0, inf). Default 0.01.
         momentum: accelerates descent in the relevant direction and dampens oscillations; 0 is vanilla gradient descent, in [0, 1]. Default 0.0.
         nesterov: whether to apply Nesterov momentum. Default False.
         weight_decay: decoupled weight decay, w <- w - w*weight_decay*lr before the update, in [0, inf). Default None.
@@ -60,6 +60,7 @@ class SGD(torch_support.RuleOptimizer):
         ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
+        maximize: maximize the objective: the gradients' signs are flipped first (as torch.optim's). Default False.
         state_dtype: the dtype of the state (default: the parameter's, at least float32).
         fused: update each float32 or float64 CPU parameter in one pass of a compiled kernel (Numba, shared
             out over the cores) instead of torch operations; other parameters (CUDA, half precision) take
@@ -100,11 +101,12 @@ class SGD(torch_support.RuleOptimizer):
         ema_overwrite_frequency: int | None = None,
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
+        maximize: bool = False,
         state_dtype: torch.dtype | None = None,
         fused: bool = False,
     ) -> None:
         defaults = dict(
-            lr=common.check_learning_rate(lr, schedule=True, name="lr"),
+            lr=common.check_learning_rate(torch_support.learning_rate(lr), schedule=True, name="lr"),
             momentum=common.check_float("momentum", momentum, 0.0, 1.0, True, True),
             nesterov=common.check_flag("nesterov", nesterov),
             weight_decay=common.check_option("weight_decay", weight_decay, 0.0, math.inf, True, False),
@@ -139,6 +141,7 @@ class SGD(torch_support.RuleOptimizer):
                 False,
                 integer=True,
             ),
+            maximize=common.check_flag("maximize", maximize),
         )
         common.check_exclusive(
             clipnorm=defaults["clipnorm"],
