@@ -798,11 +798,18 @@ def _momentum_key(opt) -> str | None:
     return "betas" if "betas" in opt.defaults else ("momentum" if "momentum" in opt.defaults else None)
 
 
+MOMENTUM_CYCLES = {
+    "OneCycleLR": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=8),
+    "CyclicLR": lambda opt: torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.01, max_lr=0.1, step_size_up=3),
+}
+
+
+@pytest.mark.parametrize("scheduler", list(MOMENTUM_CYCLES))
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
-def test_one_cycle_lr_cycles_the_momentum_the_rule_reads(rule):
-    """OneCycleLR with ``cycle_momentum`` (its default) finds torch's momentum (``betas[0]`` or
-    ``momentum``) and changes it every step; the result is that of the same values set by hand, and not that
-    of a constant momentum."""
+def test_schedulers_cycle_the_momentum_the_rule_reads(rule, scheduler):
+    """OneCycleLR and CyclicLR with ``cycle_momentum`` (their default) find torch's momentum (``betas[0]``
+    or ``momentum``) and change it every step; the result is that of the same values set by hand, and not
+    that of a constant momentum."""
     model = make_model(21)
     opt = build(rule, model.parameters())
     key = _momentum_key(opt)
@@ -810,7 +817,7 @@ def test_one_cycle_lr_cycles_the_momentum_the_rule_reads(rule):
         pytest.skip(
             f"{rule.name} has no momentum (torch.optim's OneCycleLR needs betas or momentum to cycle it)"
         )
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=8)
+    scheduler = MOMENTUM_CYCLES[scheduler](opt)
     seen = []
     for g in grad_sequence(model, 8, seed=22):
         seen.append((opt.param_groups[0]["lr"], opt.param_groups[0][key]))
