@@ -564,10 +564,12 @@ def section_scalars(
     return [names.get(n, n) for n in ordered]
 
 
-def _check_call(h, label: str | None = None) -> str:
+def _check_call(h, label: str | None = None, arrays: bool | None = None) -> str:
     """The run-time check of a constructor argument, by kind; ``label``: its name in messages (the
-    argument's own name by default)."""
+    argument's own name by default); ``arrays``: a real one may be a 0-d array (JAX; False: it decides
+    which computation runs, and must not be one)."""
     label = label or h.name
+    more = {None: "", True: ", arrays=True", False: ", static=True"}[arrays] if h.kind == "float" else ""
     if h.kind == "bool":
         return f'common.check_flag("{label}", {h.name})'
     if h.kind == "learning_rate" or h.interval is None:
@@ -579,8 +581,8 @@ def _check_call(h, label: str | None = None) -> str:
         extra = (", integer=True" if h.kind == "int" else "") + (
             ", zero_is_off=True" if h.zero_is_off else ""
         )
-        return f'common.check_option("{label}", {h.name}, {bounds}{extra})'
-    return f'common.check_float("{label}", {h.name}, {bounds})'
+        return f'common.check_option("{label}", {h.name}, {bounds}{extra}{more})'
+    return f'common.check_float("{label}", {h.name}, {bounds}{more})'
 
 
 def _num(x: float) -> str:

@@ -19,11 +19,37 @@ def _interval(low: float, high: float, low_closed: bool, high_closed: bool) -> s
     return f"{'[' if low_closed else '('}{fmt(low)}, {fmt(high)}{']' if high_closed else ')'}"
 
 
-def check_float(name: str, value: Any, low: float, high: float, low_closed: bool, high_closed: bool) -> float:
-    """A real hyperparameter: a Python or NumPy real number (not a bool) inside its range."""
+def check_float(
+    name: str,
+    value: Any,
+    low: float,
+    high: float,
+    low_closed: bool,
+    high_closed: bool,
+    *,
+    arrays: bool = False,
+    static: bool = False,
+) -> Any:
+    """A real hyperparameter: a Python or NumPy real number (not a bool) inside its range; where ``arrays``,
+    also a 0-d float array, returned as it is (``optax.inject_hyperparams`` passes the hyperparameters as
+    arrays, traced under jit: a traced one's range cannot be checked). ``static``: its value decides which
+    computation runs (JAX), so an array is refused, saying what to do instead."""
+    if arrays and _scalar_array(value):
+        try:
+            number = float(value)
+        except Exception:  # noqa: BLE001 - jax raises its own error types for tracers
+            return value
+        check_float(name, number, low, high, low_closed, high_closed)
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        hint = (
+            " (its value decides which computation the update runs, so it cannot be an array: with"
+            " optax.inject_hyperparams, name it in static_args)"
+            if static and _scalar_array(value)
+            else ""
+        )
         raise TypeError(
-            f"`{name}` must be a float. Received: {name}={value!r} of type {type(value).__name__}"
+            f"`{name}` must be a float{hint}. Received: {name}={value!r} of type {type(value).__name__}"
         )
     number = float(value)
     above = number >= low if low_closed else number > low
@@ -80,10 +106,15 @@ def check_option(
     *,
     integer: bool = False,
     zero_is_off: bool = False,
+    arrays: bool = False,
 ) -> Any:
-    """An optional hyperparameter: None (off), or a number in range; ``zero_is_off`` maps 0 to None."""
+    """An optional hyperparameter: None (off), or a number in range; ``zero_is_off`` maps 0 to None; where
+    ``arrays`` (a float option), a 0-d float array as ``check_float`` takes it (not 0 then: whether the
+    option is on is decided when the optimizer is made)."""
     if value is None:
         return None
+    if arrays and not integer and _scalar_array(value):
+        return check_float(name, value, low, high, low_closed, high_closed, arrays=True)
     if integer:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise TypeError(

@@ -6,6 +6,8 @@ is covered without editing this file.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 from cases import MACHINERY  # noqa: E402
+from cases import RULES as ALL  # noqa: E402
 from hyper_cases import (  # noqa: E402
     BAD_RANGE,
     BOOL,
@@ -39,6 +42,7 @@ import optforge.generated.jax as generated  # noqa: E402
 # the runs (jit, scan, schedules, inject_hyperparams) on the rules that show every feature (tests/cases.py);
 # the signatures' checks (hyper_cases) on every rule
 RULES = MACHINERY
+ALL_RULES = list(ALL.values())
 RULE_IDS = [r.name for r in RULES]
 
 # --------------------------------------------------------------------------------------
@@ -494,6 +498,50 @@ def test_learning_rate_injected_with_optax_inject_hyperparams(rule):
         updates, state = transform(rule, learning_rate=0.03 if k < 2 else 0.01, **others).update(
             g, state, p_ref
         )
+        p_ref = optax.apply_updates(p_ref, updates)
+    assert_trees_close(p_inj, p_ref)
+
+
+def _static_hypers(rule) -> set[str]:
+    """What the JAX module refuses as an array: the hyperparameters its checks mark ``static=True``."""
+    import inspect
+    import re
+
+    source = inspect.getsource(importlib.import_module(f"optforge.generated.jax.{rule.module}"))
+    return set(re.findall(r'check_float\("(\w+)", \w+, [^)]*static=True\)', source))
+
+
+@pytest.mark.parametrize("rule", ALL_RULES, ids=[r.name for r in ALL_RULES])
+def test_every_number_injected_with_optax_inject_hyperparams(rule):
+    """``optax.inject_hyperparams(factory)(...)`` with its defaults (every number then an array in the state,
+    traced under jit) runs and gives the transformation's own results; a number that decides which
+    computation runs is refused, naming ``static_args``, and works listed there. The injected values are
+    changed mid-run (a rate that is traced, not compiled in)."""
+    factory = getattr(generated, rule.module)
+    static = tuple(sorted(_static_hypers(rule)))
+    if static:
+        with pytest.raises(TypeError, match="static_args"):
+            optax.inject_hyperparams(factory)(**required(rule)).init(nested_params())
+    opt = optax.inject_hyperparams(factory, static_args=static)(**required(rule))
+    params = nested_params(seed=23)
+    grads = grad_sequence(params, 4, seed=24)
+    state = opt.init(params)
+    injected = sorted(state.hyperparams)
+    rates = [n for n in injected if n != "learning_rate" and 0 < rule.hypers[n].default < 1]
+    assert "learning_rate" in injected and not set(static) & set(injected)
+    update = jax.jit(opt.update)
+    p_inj = params
+    changed = {n: rule.hypers[n].default * 0.5 for n in rates[:1]}
+    for k, g in enumerate(grads):
+        if k == 2:
+            for n, v in changed.items():
+                state.hyperparams[n] = jnp.asarray(v)
+        updates, state = update(g, state, p_inj)
+        p_inj = optax.apply_updates(p_inj, updates)
+    state = transform(rule).init(params)
+    p_ref = params
+    for k, g in enumerate(grads):
+        updates, state = transform(rule, **(changed if k >= 2 else {})).update(g, state, p_ref)
         p_ref = optax.apply_updates(p_ref, updates)
     assert_trees_close(p_inj, p_ref)
 

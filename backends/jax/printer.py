@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sympy as sp
+
+from optforge.compiler.analysis import param_condition
+from optforge.compiler.dsl import Given
 from optforge.compiler.ir import Assign, Role
 from optforge.compiler.passes.integers import promote_sections
 
-from ..base import Backend
+from ..base import Backend, _check_call
 from ..printer import ExprPrinter
 
 
@@ -35,6 +39,31 @@ class JaxPrinter(ExprPrinter):
     not_call = "jnp.logical_not"
 
 
+def static_hypers(program) -> set[str]:
+    """The hyperparameters whose values decide which computation a JAX update runs: they appear in a case's
+    condition, in when a state exists, in when the update reads the parameters, or in a condition that
+    reads nothing else (Python tests it)."""
+    names = {h.name for h in program.hypers}
+
+    def hyper_names(expr) -> set[str]:
+        return {str(s) for s in sp.sympify(expr).free_symbols if str(s) in names}
+
+    out = hyper_names(param_condition(program))
+    for case in program.cases:
+        out |= hyper_names(case.condition)
+    for s in program.states:
+        out |= hyper_names(s.allocated_when)
+    for case in program.cases:
+        for a in (*case.body, *case.functional):
+            for node in sp.preorder_traversal(a.expr):
+                if isinstance(node, sp.Piecewise):
+                    for _, cond in node.args:
+                        symbols = sp.sympify(cond).free_symbols
+                        if symbols and all(str(s) in names or isinstance(s, Given) for s in symbols):
+                            out |= hyper_names(cond)
+    return out
+
+
 class JaxBackend(Backend):
     name = "jax"
     printer = JaxPrinter
@@ -51,6 +80,17 @@ class JaxBackend(Backend):
         if a.role == Role.UPDATE and a.expr == 0:
             return ["update = jnp.zeros_like(g)"]
         return [f"{p.name_of(a.lhs)} = {p.doprint(a.expr)}"]
+
+    def _hypers(self, program):
+        """The base's; a real hyperparameter may be a 0-d array (``optax.inject_hyperparams``), unless its value
+        decides which computation runs (``static_hypers``)."""
+        hypers = super()._hypers(program)
+        by_name = {h.name: h for h in program.hypers}
+        static = static_hypers(program)
+        for h in hypers:
+            if h["check"] and h["kind"] == "float":
+                h["check"] = _check_call(by_name[h["name"]], arrays=h["name"] not in static)
+        return hypers
 
     def context(self, program):
         ctx = super().context(program)

@@ -96,19 +96,23 @@ def novograd(
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
     """
     learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
-    beta1 = common.check_float("beta1", beta1, 0.0, 1.0, True, True)
-    beta2 = common.check_float("beta2", beta2, 0.0, 1.0, True, True)
-    epsilon = common.check_float("epsilon", epsilon, 0.0, math.inf, True, False)
-    weight_decay = common.check_float("weight_decay", weight_decay, 0.0, math.inf, True, False)
+    beta1 = common.check_float("beta1", beta1, 0.0, 1.0, True, True, arrays=True)
+    beta2 = common.check_float("beta2", beta2, 0.0, 1.0, True, True, arrays=True)
+    epsilon = common.check_float("epsilon", epsilon, 0.0, math.inf, True, False, arrays=True)
+    weight_decay = common.check_float("weight_decay", weight_decay, 0.0, math.inf, True, False, static=True)
     grad_averaging = common.check_flag("grad_averaging", grad_averaging)
     use_nesterov = common.check_flag("use_nesterov", use_nesterov)
-    clipnorm = common.check_option("clipnorm", clipnorm, 0.0, math.inf, True, False, zero_is_off=True)
-    clipvalue = common.check_option("clipvalue", clipvalue, 0.0, math.inf, True, False, zero_is_off=True)
+    clipnorm = common.check_option(
+        "clipnorm", clipnorm, 0.0, math.inf, True, False, zero_is_off=True, arrays=True
+    )
+    clipvalue = common.check_option(
+        "clipvalue", clipvalue, 0.0, math.inf, True, False, zero_is_off=True, arrays=True
+    )
     global_clipnorm = common.check_option(
-        "global_clipnorm", global_clipnorm, 0.0, math.inf, True, False, zero_is_off=True
+        "global_clipnorm", global_clipnorm, 0.0, math.inf, True, False, zero_is_off=True, arrays=True
     )
     use_ema = common.check_flag("use_ema", use_ema)
-    ema_momentum = common.check_float("ema_momentum", ema_momentum, 0.0, 1.0, True, True)
+    ema_momentum = common.check_float("ema_momentum", ema_momentum, 0.0, 1.0, True, True, arrays=True)
     ema_overwrite_frequency = common.check_option(
         "ema_overwrite_frequency",
         ema_overwrite_frequency,
@@ -120,7 +124,7 @@ def novograd(
         zero_is_off=True,
     )
     loss_scale_factor = common.check_option(
-        "loss_scale_factor", loss_scale_factor, 0.0, math.inf, False, False
+        "loss_scale_factor", loss_scale_factor, 0.0, math.inf, False, False, arrays=True
     )
     gradient_accumulation_steps = common.check_option(
         "gradient_accumulation_steps", gradient_accumulation_steps, 2.0, math.inf, True, False, integer=True
