@@ -177,8 +177,18 @@ class RuleOptimizer(torch.optim.Optimizer):
                 check_floating(w, self.rule)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """torch's, with the rule's names of hyperparameters (``beta_1``) put under torch's (``betas[0]``)."""
-        super().add_param_group(self._torch_named(param_group))
+        """torch's, with the rule's names of hyperparameters (``beta_1``) put under torch's (``betas[0]``),
+        and the values the group gives checked as the constructor checks its own."""
+        group = self._torch_named(param_group)
+        given = {k: v for k, v in group.items() if k in self.defaults}
+        if given:
+            group.update(self._checked(**{**self.defaults, **given}))
+        super().add_param_group(group)
+
+    @staticmethod
+    def _checked(**hyperparameters: Any) -> dict[str, Any]:
+        """A parameter group's hyperparameters, checked (generated)."""
+        return hyperparameters
 
     def _torch_named(self, group: dict[str, Any]) -> dict[str, Any]:
         group = dict(group)

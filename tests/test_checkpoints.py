@@ -883,18 +883,20 @@ def test_jax_concrete_array_learning_rate_out_of_range_raises(rule, value):
         getattr(gen_jax, rule.module)(learning_rate=jnp.asarray(value))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (open): hyperparameters given per parameter group (the params dicts, add_param_group) are not"
-    " validated; only the constructor's are (torch.optim's own optimizers do the same)",
-)
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
 def test_torch_param_group_hyperparameter_out_of_range_raises(rule):
+    """A parameter group's own values are checked as the constructor's are (torch.optim's own optimizers
+    do not check them), under the rule's name or torch's."""
     name, h = next((n, h) for n, h in rule.hypers.items() if h.kind == "float" and h.default is not None)
+    key, index = gen_torch_class(rule).torch_names.get(name, (name, None))
+    shown = re.escape(key if index is None else f"{key}[{index}]")
     for bad in (out_of_range(h)[1], "0.1"):
         w = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
-        with pytest.raises((ValueError, TypeError), match=f"`{name}` must be"):
+        with pytest.raises((ValueError, TypeError), match=f"`{shown}` must be"):
             getattr(gen_torch, rule.name)([{"params": [w], name: bad}], **torch_kwargs(required(rule)))
+        opt = getattr(gen_torch, rule.name)([w], **torch_kwargs(required(rule)))
+        with pytest.raises((ValueError, TypeError), match=f"`{shown}` must be"):
+            opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], name: bad})
     w = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="`lr` must be in"):
         getattr(gen_torch, rule.name)([{"params": [w], "lr": -1.0}], **torch_kwargs(required(rule)))

@@ -105,6 +105,41 @@ class SGD(torch_support.RuleOptimizer):
         state_dtype: torch.dtype | None = None,
         fused: bool = False,
     ) -> None:
+        defaults = self._checked(
+            lr=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            use_ema=use_ema,
+            ema_momentum=ema_momentum,
+            ema_overwrite_frequency=ema_overwrite_frequency,
+            loss_scale_factor=loss_scale_factor,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            maximize=maximize,
+        )
+        self._setup(params, defaults, state_dtype, fused)
+
+    @staticmethod
+    def _checked(
+        *,
+        lr: Any,
+        momentum: Any,
+        nesterov: Any,
+        weight_decay: Any,
+        clipnorm: Any,
+        clipvalue: Any,
+        global_clipnorm: Any,
+        use_ema: Any,
+        ema_momentum: Any,
+        ema_overwrite_frequency: Any,
+        loss_scale_factor: Any,
+        gradient_accumulation_steps: Any,
+        maximize: Any,
+    ) -> dict[str, Any]:
+        """The hyperparameters of a parameter group, checked: the constructor's, and those a group gives."""
         defaults = dict(
             lr=common.check_learning_rate(torch_support.learning_rate(lr), schedule=True, name="lr"),
             momentum=common.check_float("momentum", momentum, 0.0, 1.0, True, True),
@@ -148,7 +183,7 @@ class SGD(torch_support.RuleOptimizer):
             clipvalue=defaults["clipvalue"],
             global_clipnorm=defaults["global_clipnorm"],
         )
-        self._setup(params, defaults, state_dtype, fused)
+        return defaults
 
     def _states(self, group: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
         """What each parameter of this group keeps: (name, "element" or "tensor", initial value)."""
