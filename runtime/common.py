@@ -107,6 +107,7 @@ def check_option(
     integer: bool = False,
     zero_is_off: bool = False,
     arrays: bool = False,
+    static: bool = False,
 ) -> Any:
     """An optional hyperparameter: None (off), or a number in range; ``zero_is_off`` maps 0 to None; where
     ``arrays`` (a float option), a 0-d float array as ``check_float`` takes it (not 0 then: whether the
@@ -126,7 +127,7 @@ def check_option(
         return int(value)
     if zero_is_off and not isinstance(value, bool) and isinstance(value, numbers.Real) and value == 0:
         return None
-    return check_float(name, value, low, high, low_closed, high_closed)
+    return check_float(name, value, low, high, low_closed, high_closed, static=static)
 
 
 def check_exclusive(**values: Any) -> None:
