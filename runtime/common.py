@@ -149,6 +149,11 @@ def learning_rate_at(learning_rate: Any, n: Any) -> Any:
         raise ValueError(
             f"the learning-rate schedule must return a scalar. Received: a value of shape {shape or len(value)} at step {n}"
         )
+    # one element is its scalar: a 0-d parameter stays 0-d (broadcasting would make it (1,))
+    if shape == (1,):
+        value = value.reshape(())
+        if type(value).__module__ == "numpy":
+            value = value[()]  # a NumPy scalar, which torch's and NumPy's operations take as a number
     return value
 
 

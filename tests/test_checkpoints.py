@@ -942,14 +942,6 @@ def test_schedule_returning_a_non_scalar_raises(rule, backend, shape):
         schedule_step(backend, rule, shape)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (open): a schedule value of shape (1,) is taken as a scalar, but it is not one: a 0-d"
-    " parameter becomes shape (1,) in JAX, and NumPy and torch fail inside the update with a broadcasting"
-    " error that does not name the learning rate",
-)
-# torch multiplying by a NumPy array warns: part of the bug
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
 def test_schedule_returning_shape_1_keeps_a_0d_parameter_or_raises(rule, backend):
