@@ -20,12 +20,12 @@ from optforge.compiler.dsl import Given
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import base
 from optforge.compiler.passes import conditions
-from optforge.compiler.render import difference
+from optforge.compiler.render import RuleOrder
 
 _RELATION = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
 
-class ExprPrinter(StrPrinter):
+class ExprPrinter(RuleOrder, StrPrinter):
     backend = ""
     #: sympy function name -> (array call, scalar call); "" means: not supported for that kind
     functions: dict[str, tuple[str, str]] = {}
@@ -112,15 +112,6 @@ class ExprPrinter(StrPrinter):
         return "False"
 
     # -- arithmetic --------------------------------------------------------------------
-
-    def _print_Add(self, expr, order=None) -> str:
-        """A sum of two terms, one negative, as the rule writes it (``render.difference``); other sums keep
-        SymPy's order, which decides how they round."""
-        parts = difference(expr)
-        if parts is None:
-            return super()._print_Add(expr, order=order)
-        prec = PRECEDENCE["Add"]
-        return f"{self.parenthesize(parts[0], prec)} - {self.parenthesize(parts[1], prec)}"
 
     def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
         b, e = expr.args

@@ -59,3 +59,28 @@ def param_condition(program: Program) -> sp.Basic:
         ]
     )
     return sp.simplify_logic(when) if when not in (sp.true, sp.false) else when
+
+
+def static_hypers(program: Program) -> set[str]:
+    """The hyperparameters whose values decide which computation an update runs (in JAX they cannot be
+    traced): they appear in a case's condition, in when a state exists, in when the update reads the
+    parameters, or in a condition that reads nothing else (Python tests it)."""
+    names = {h.name for h in program.hypers}
+
+    def hyper_names(expr) -> set[str]:
+        return {str(s) for s in sp.sympify(expr).free_symbols if str(s) in names}
+
+    out = hyper_names(param_condition(program))
+    for case in program.cases:
+        out |= hyper_names(case.condition)
+    for s in program.states:
+        out |= hyper_names(s.allocated_when)
+    for case in program.cases:
+        for a in (*case.body, *case.functional):
+            for node in sp.preorder_traversal(a.expr):
+                if isinstance(node, sp.Piecewise):
+                    for _, cond in node.args:
+                        symbols = sp.sympify(cond).free_symbols
+                        if symbols and all(str(s) in names or isinstance(s, Given) for s in symbols):
+                            out |= hyper_names(cond)
+    return out

@@ -28,7 +28,18 @@ def difference(expr: sp.Add) -> tuple[sp.Expr, sp.Expr] | None:
     return None
 
 
-class MathPrinter(StrPrinter):
+class RuleOrder:
+    """A printer mixin: a two-term difference printed as the rule wrote it (``difference``)."""
+
+    def _print_Add(self, expr, order=None) -> str:
+        parts = difference(expr)
+        if parts is None:
+            return super()._print_Add(expr, order=order)
+        prec = PRECEDENCE["Add"]
+        return f"{self.parenthesize(parts[0], prec)} - {self.parenthesize(parts[1], prec)}"
+
+
+class MathPrinter(RuleOrder, StrPrinter):
     """Plain-text maths: ``max(a, b)``, ``|g|``, ``sqrt(x)``, ``where(c, a, b)``, ``x^2``."""
 
     def __init__(self) -> None:
@@ -39,13 +50,6 @@ class MathPrinter(StrPrinter):
 
     def _print_Abs(self, expr) -> str:
         return f"|{self._print(expr.args[0])}|"
-
-    def _print_Add(self, expr, order=None) -> str:
-        parts = difference(expr)
-        if parts is None:
-            return super()._print_Add(expr, order=order)
-        prec = PRECEDENCE["Add"]
-        return f"{self.parenthesize(parts[0], prec)} - {self.parenthesize(parts[1], prec)}"
 
     def _print_Max(self, expr) -> str:
         return "max(" + ", ".join(self._print(a) for a in expr.args) + ")"

@@ -69,14 +69,12 @@ class Call:
         element = set(self.element)
         work = []
         for w, state in self.params:
-            g = torch_support.upcast(w.grad)
+            g = self.gradient(w)  # maximize: not fused, so the kernels never see a flipped gradient
             if fused:
                 states = [state.get(name) for name in names]
                 if torch_support.fusable(w, g, *[s for s, name in zip(states, names) if name in element]):
                     work.append((w, g, *states))
                     continue
-            if self.maximize:
-                g = torch.neg(g)
             g = self.prologue(w, g, state)
             if self.step.is_update:
                 yield w, g, state

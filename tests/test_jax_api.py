@@ -6,8 +6,6 @@ is covered without editing this file.
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 
@@ -503,12 +501,12 @@ def test_learning_rate_injected_with_optax_inject_hyperparams(rule):
 
 
 def _static_hypers(rule) -> set[str]:
-    """What the JAX module refuses as an array: the hyperparameters its checks mark ``static=True``."""
-    import inspect
-    import re
+    """What the JAX module refuses as an array: the real hyperparameters whose values decide which
+    computation runs (``compiler.analysis.static_hypers``)."""
+    from optforge.compiler.analysis import static_hypers
+    from optforge.compiler.pipeline import compile_rule
 
-    source = inspect.getsource(importlib.import_module(f"optforge.generated.jax.{rule.module}"))
-    return set(re.findall(r'check_float\("(\w+)", \w+, [^)]*static=True\)', source))
+    return {n for n in static_hypers(compile_rule(rule)) if rule.hypers[n].kind == "float"}
 
 
 @pytest.mark.parametrize("rule", ALL_RULES, ids=[r.name for r in ALL_RULES])

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import sympy as sp
-
-from optforge.compiler.analysis import param_condition
-from optforge.compiler.dsl import Given
+from optforge.compiler.analysis import static_hypers
 from optforge.compiler.ir import Assign, Role
 from optforge.compiler.passes.integers import promote_sections
 
@@ -37,31 +34,6 @@ class JaxPrinter(ExprPrinter):
     and_call = "jnp.logical_and"
     or_call = "jnp.logical_or"
     not_call = "jnp.logical_not"
-
-
-def static_hypers(program) -> set[str]:
-    """The hyperparameters whose values decide which computation a JAX update runs: they appear in a case's
-    condition, in when a state exists, in when the update reads the parameters, or in a condition that
-    reads nothing else (Python tests it)."""
-    names = {h.name for h in program.hypers}
-
-    def hyper_names(expr) -> set[str]:
-        return {str(s) for s in sp.sympify(expr).free_symbols if str(s) in names}
-
-    out = hyper_names(param_condition(program))
-    for case in program.cases:
-        out |= hyper_names(case.condition)
-    for s in program.states:
-        out |= hyper_names(s.allocated_when)
-    for case in program.cases:
-        for a in (*case.body, *case.functional):
-            for node in sp.preorder_traversal(a.expr):
-                if isinstance(node, sp.Piecewise):
-                    for _, cond in node.args:
-                        symbols = sp.sympify(cond).free_symbols
-                        if symbols and all(str(s) in names or isinstance(s, Given) for s in symbols):
-                            out |= hyper_names(cond)
-    return out
 
 
 class JaxBackend(Backend):

@@ -72,35 +72,6 @@ class TorchBackend(Backend):
     global_reductions_are_arrays = True  # 0-d tensors: no device synchronisation
     #: element-wise operations into a buffer (compiler/passes/three_address.py), and the compound in-place
     #: calls: one pass instead of two, which may round once where the printed expression rounds twice
-
-    def context(self, program):
-        out = super().context(program)
-        out["renamed"] = renamed = [h for h in out["others"] if h["key"] != h["name"]]
-        keys = [h["key"] + ("" if h["index"] is None else f"[{h['index']}]") for h in renamed]
-        out["renamed_doc"] = (
-            f"{', '.join(h['name'] for h in renamed)}: the rule's names for {', '.join(keys)} (keywords;"
-            " where given, they win)."
-        )
-        return out
-
-    def _hypers(self, program):
-        """The base's, with torch's name of each (``key``: its parameter-group key, ``index`` in a tuple;
-        ``read``: the expression that reads it from ``group``) and, for a pair, its partner."""
-        hypers = super()._hypers(program)
-        renamed = torch_names([h["name"] for h in hypers])
-        by_name = {h.name: h for h in program.hypers}
-        for h in hypers:
-            key, index = renamed.get(h["name"], (h["name"], None))
-            h["key"], h["index"] = key, index
-            h["read"] = f'group["{key}"]' + ("" if index is None else f"[{index}]")
-            if key != h["name"]:
-                h["check"] = _check_call(by_name[h["name"]], key if index is None else f"{key}[{index}]")
-        for h in hypers:
-            if h["index"] == 0:
-                partner = next(o for o in hypers if o["key"] == h["key"] and o["index"] == 1)
-                h["partner"] = partner
-        return hypers
-
     ops = {
         "+": "torch.add({0}, {1}, out={out})",
         "-": "torch.sub({0}, {1}, out={out})",
@@ -131,6 +102,35 @@ class TorchBackend(Backend):
         "inplace_addcdiv": "{target}.addcdiv_({0}, {1})",
         "inplace_addcdiv_scaled": "{target}.addcdiv_({0}, {1}, value={scale})",
     }
+
+    def context(self, program):
+        out = super().context(program)
+        out["renamed"] = renamed = [h for h in out["others"] if h["key"] != h["name"]]
+        keys = [h["key"] + ("" if h["index"] is None else f"[{h['index']}]") for h in renamed]
+        out["renamed_doc"] = (
+            f"{', '.join(h['name'] for h in renamed)}: the rule's names for {', '.join(keys)} (keywords;"
+            " where given, they win)."
+        )
+        return out
+
+    def _hypers(self, program):
+        """The base's, with torch's name of each (``key``: its parameter-group key, ``index`` in a tuple;
+        ``read``: the expression that reads it from ``group``) and, for a pair, its partner."""
+        hypers = super()._hypers(program)
+        renamed = torch_names([h["name"] for h in hypers])
+        by_name = {h.name: h for h in program.hypers}
+        for h in hypers:
+            key, index = renamed.get(h["name"], (h["name"], None))
+            h["key"], h["index"] = key, index
+            h["read"] = f'group["{key}"]' + ("" if index is None else f"[{index}]")
+            if key != h["name"]:
+                h["check"] = _check_call(by_name[h["name"]], key if index is None else f"{key}[{index}]")
+        for h in hypers:
+            if h["index"] == 0:
+                partner = next(o for o in hypers if o["key"] == h["key"] and o["index"] == 1)
+                h["partner"] = partner
+        return hypers
+
     forms = {
         "add": "{name}.add_({value})",
         "sub": "{name}.sub_({value})",
