@@ -20,11 +20,12 @@ import sympy as sp
 
 from optforge.compiler.analysis import param_condition
 from optforge.compiler.errors import BackendError, RuleError
-from optforge.compiler.ir import Assign, Case, Program, Role, Scope, Section, SectionKind, base
+from optforge.compiler.ir import Assign, Case, Form, Program, Role, Scope, Section, SectionKind, base
 from optforge.compiler.passes import conditions, three_address
 from optforge.compiler.passes.accumulators import accumulators
 from optforge.compiler.passes.evaluation import Types, evaluation_tree
 from optforge.compiler.passes.typing import array_names, element_names
+from optforge.compiler.pipeline import compile_rule
 from optforge.compiler.render import MathPrinter, docstring_equations
 
 from .printer import ExprPrinter, OpPrinter
@@ -47,6 +48,8 @@ class Backend:
     """How one framework's module is written. Subclasses fill in the tables."""
 
     name = ""
+    #: what the module's step computes: the new parameter in place, or the change (``update``; JAX)
+    form = Form.IN_PLACE
     printer: type[ExprPrinter] = ExprPrinter
     #: rule name -> identifier in generated code (the learning rate is ``lr`` in step code everywhere)
     names = {"learning_rate": "lr"}
@@ -387,7 +390,7 @@ class Backend:
 
         scopes = scopes_of(program)
         p = self.make_printer(program, scopes)
-        param_when = param_condition(program)
+        param_when = param_condition(program) if program.form == Form.INCREMENT else sp.false
         cases = self.print_cases(program, scopes, p)
         states = self._states(program, p)
         hypers = self._hypers(program)
@@ -414,7 +417,7 @@ class Backend:
                 }
             ),
             "cases": cases,
-            "reads_param": program.reads_param,
+            "reads_param": program.form == Form.INCREMENT and program.reads_param,
             # when the increment form reads w: "" never, "True" always, else a Python condition
             "param_condition": "" if param_when is sp.false else p.doprint(param_when),
             "param_condition_text": ""
@@ -501,7 +504,17 @@ class Backend:
             used |= {base(s) for s in a.expr.free_symbols} | {a.target}
         return [s.name for s in program.states if s.name in used and s.name in names]
 
+    def compile(self, rule) -> Program:
+        """``rule`` compiled in this backend's form."""
+        return compile_rule(rule, form=self.form)
+
     def render(self, program: Program) -> str:
+        if program.form != self.form:
+            raise ValueError(
+                f"the {self.name} backend prints a program in the {self.form} form; '{program.rule}' is in "
+                f"the {program.form} form: compile it with compile_rule(rule, form=Form.{self.form.name}) "
+                f"or backend.compile(rule)"
+            )
         text = self.env.get_template("module.py.j2").render(**self.context(program))
         return format_source(text, f"generated/{self.name}/{program.module}.py")
 

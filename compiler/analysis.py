@@ -11,7 +11,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .dsl import Given
-from .ir import Program
+from .ir import Form, Program
 
 W = sp.Symbol("w")
 
@@ -50,12 +50,14 @@ def reads_when(expr: sp.Basic, symbol: sp.Symbol, constants: set[str]) -> sp.Bas
 
 def param_condition(program: Program) -> sp.Basic:
     """When the increment form (JAX) reads ``w``: a static condition, simplified (``false``: never)."""
+    if program.form != Form.INCREMENT:
+        raise ValueError(f"param_condition asks about the increment form; this program is {program.form}")
     constants = {h.name for h in program.hypers}
     when = sp.Or(
         *[
             sp.And(case.condition, reads_when(a.expr, W, constants))
             for case in program.cases
-            for a in case.functional
+            for a in case.body
         ]
     )
     return sp.simplify_logic(when) if when not in (sp.true, sp.false) else when
@@ -64,7 +66,8 @@ def param_condition(program: Program) -> sp.Basic:
 def static_hypers(program: Program) -> set[str]:
     """The hyperparameters whose values decide which computation an update runs (in JAX they cannot be
     traced): they appear in a case's condition, in when a state exists, in when the update reads the
-    parameters, or in a condition that reads nothing else (Python tests it)."""
+    parameters, or in a condition that reads nothing else (Python tests it). ``program`` is in the
+    increment form (JAX's)."""
     names = {h.name for h in program.hypers}
 
     def hyper_names(expr) -> set[str]:
@@ -76,7 +79,7 @@ def static_hypers(program: Program) -> set[str]:
     for s in program.states:
         out |= hyper_names(s.allocated_when)
     for case in program.cases:
-        for a in (*case.body, *case.functional):
+        for a in case.body:
             for node in sp.preorder_traversal(a.expr):
                 if isinstance(node, sp.Piecewise):
                     for _, cond in node.args:

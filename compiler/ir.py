@@ -26,6 +26,15 @@ import sympy as sp
 from .dsl import Equation, Hyper, own_equation
 
 
+class Form(enum.StrEnum):
+    """What a program's cases compute: the new parameter in place (NumPy, torch, the kernels) or the
+    change of the parameter, ``update = w_new - w`` (JAX: what an optax transformation returns). The
+    pipeline forks after the state analysis (``pipeline.compile_rule``); a backend names its form."""
+
+    IN_PLACE = "in-place"
+    INCREMENT = "increment"
+
+
 class Scope(enum.IntEnum):
     CONST = 0
     GLOBAL = 1
@@ -139,14 +148,12 @@ class Section:
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-    """Straight-line code for one combination of static conditions."""
+    """Straight-line code for one combination of static conditions, in its program's :class:`Form`."""
 
     condition: Any  # exact sympy boolean over flags and hyperparameter tests; sp.true if unconditional
-    body: tuple[Assign, ...]  # in-place form: assigns ``w`` (NumPy, torch)
+    body: tuple[Assign, ...]  # assigns ``w`` (in-place form) or ``update`` (increment form)
     test: Any = sp.true  # the condition, simplified given that the earlier cases' tests failed (if/elif/else)
-    functional: tuple[Assign, ...] = ()  # increment form: assigns ``update`` = w_new - w (JAX)
     sections: tuple[Section, ...] = ()
-    functional_sections: tuple[Section, ...] = ()
 
     @property
     def states(self) -> frozenset[str]:
@@ -168,6 +175,7 @@ class Program:
     cases: tuple[Case, ...]
     configs: dict[str, dict[str, Any]]
     passes: tuple[str, ...] = ()
+    form: Form = Form.IN_PLACE
     exclusives: tuple[tuple[str, ...], ...] = ()  # options of which at most one may be given
     finalize: tuple[tuple[Any, str], ...] = ()  # (new w, label): what finalize_variable_values assigns
     transforms: tuple[str, ...] = ()  # transforms applied to the rule (e.g. keras_options)
@@ -196,9 +204,11 @@ class Program:
 
     @property
     def reads_param(self) -> bool:
-        """Whether the update reads the parameter's value (JAX's update then needs ``params``)."""
+        """Whether the increment form reads the parameter's value (JAX's update then needs ``params``)."""
+        if self.form != Form.INCREMENT:
+            raise ValueError(f"reads_param asks about the increment form; this program is {self.form}")
         w = sp.Symbol("w")
-        return any(w in a.expr.free_symbols for c in self.cases for a in c.functional)
+        return any(w in a.expr.free_symbols for c in self.cases for a in c.body)
 
     @property
     def flags(self) -> tuple[Hyper, ...]:

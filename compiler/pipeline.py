@@ -1,9 +1,14 @@
-"""The whole compiler, one pass after another."""
+"""The whole compiler, one pass after another.
+
+The passes up to the state analysis are shared; then the pipeline forks by :class:`~.ir.Form`: the
+in-place form (NumPy, torch, the kernels) protects aliases of buffers written in place, the increment form
+(JAX) first derives ``update = w_new - w`` symbolically. Either way a case has one body.
+"""
 
 from __future__ import annotations
 
 from .dsl import Rule
-from .ir import Program
+from .ir import Form, Program
 from .passes.cse import eliminate_common_subexpressions
 from .passes.increment import derive_increment
 from .passes.lower import lower
@@ -14,25 +19,39 @@ from .passes.state import analyse_state
 from .passes.storage import protect_aliases
 from .passes.verify import verify
 
-PASSES = (
+FRONT = (
     infer_scopes,  # how many values each quantity has: constant, global, per tensor, per element
     analyse_state,  # what persists, under which conditions, what is dead
-    derive_increment,  # update = w_new - w, symbolically, for optax-style backends
-    extract_reductions,  # each distinct reduction named and computed once
-    eliminate_common_subexpressions,
-    protect_aliases,  # a value that names a buffer updated in place later is copied (in-place form)
-    schedule,  # once-per-step sections and loops over the tensors
-    verify,
 )
 
+PASSES = {
+    Form.IN_PLACE: (
+        extract_reductions,  # each distinct reduction named and computed once
+        eliminate_common_subexpressions,
+        protect_aliases,  # a value that names a buffer updated in place later is copied
+        schedule,  # once-per-step sections and loops over the tensors
+        verify,
+    ),
+    Form.INCREMENT: (
+        derive_increment,  # update = w_new - w, symbolically, for optax-style backends
+        extract_reductions,
+        eliminate_common_subexpressions,
+        schedule,
+        verify,
+    ),
+}
 
-def compile_rule(rule: Rule, *, check_between_passes: bool = False) -> Program:
-    """Lower a rule and run every pass; with ``check_between_passes`` the verifier runs after each."""
+
+def compile_rule(rule: Rule, *, form: Form = Form.IN_PLACE, check_between_passes: bool = False) -> Program:
+    """Lower a rule and run every pass of ``form``; with ``check_between_passes`` the verifier runs after
+    each."""
     program = lower(rule)
-    for run in PASSES:
+    for run in FRONT + PASSES[Form(form)]:
         program = run(program)
         if check_between_passes:
             verify(program)
     if rule.inner is not None:  # the rule a transform wrapped, on its own (see Program.inner)
-        program = program.replace(inner=compile_rule(rule.inner, check_between_passes=check_between_passes))
+        program = program.replace(
+            inner=compile_rule(rule.inner, form=form, check_between_passes=check_between_passes)
+        )
     return program

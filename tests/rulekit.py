@@ -12,11 +12,10 @@ from optforge.compiler.pipeline import compile_rule
 
 def load(rule, folder: pathlib.Path) -> dict:
     """{backend: module} for a rule that is not in the registry."""
-    program = compile_rule(rule, check_between_passes=True)
     out = {}
     for name, backend in backends().items():
         path = folder / f"{name}_{rule.module}.py"
-        path.write_text(backend.render(program))
+        path.write_text(backend.render(compile_rule(rule, form=backend.form, check_between_passes=True)))
         spec = importlib.util.spec_from_file_location(f"_throwaway_{name}_{rule.module}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)

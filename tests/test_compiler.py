@@ -13,6 +13,7 @@ from rulekit import load
 
 from optforge.compiler.dsl import Eq, Rule, clip, g, maximum, sqrt, t, tensor_sum, w, where
 from optforge.compiler.errors import BackendError, RuleError
+from optforge.compiler.ir import Form
 from optforge.compiler.pipeline import compile_rule
 from optforge.rules import get, registry
 
@@ -271,14 +272,15 @@ def test_a_function_one_backend_lacks_is_an_error_for_that_backend_only():
 
     r, lr = base_rule()
     r.assign(w, w - lr * erf(g))
-    program = compile_rule(r)
+    numpy = backends()["numpy"]
     with pytest.raises(BackendError) as info:
-        backends()["numpy"].render(program)
+        numpy.render(numpy.compile(r))
     assert "the numpy backend cannot print `erf: erf(g)`" in str(info.value) and "equation 1" in str(
         info.value
     )
     for name in ("jax", "torch"):
-        assert "erf(" in backends()[name].render(program)
+        backend = backends()[name]
+        assert "erf(" in backend.render(backend.compile(r))
 
 
 @pytest.mark.parametrize("make, fragments", BROKEN, ids=[b[0].__name__ for b in BROKEN])
@@ -312,8 +314,9 @@ def test_unsupported_construct_names_the_node_and_the_backend(tmp_path):
 
 def test_every_registered_rule_passes_the_verifier_between_passes():
     for rule in registry().values():
-        program = compile_rule(rule, check_between_passes=True)
-        assert program.passes[-1] == "schedule"
+        for form in Form:
+            program = compile_rule(rule, form=form, check_between_passes=True)
+            assert program.passes[-1] == "schedule" and program.form == form
 
 
 # --------------------------------------------------------------------------------------
@@ -423,11 +426,25 @@ def test_a_new_rule_with_where_clip_and_sign_runs_in_every_backend(tmp_path):
 def test_increment_is_derived_symbolically_not_by_subtraction():
     from optforge.rules.sgd import RULE
 
-    program = compile_rule(RULE)
+    program = compile_rule(RULE, form=Form.INCREMENT)
     for case in program.cases:
-        updates = [a for a in case.functional if a.role == "update"]
+        updates = [a for a in case.body if a.role == "update"]
         assert updates and all(sp.Symbol("w") not in a.expr.free_symbols for a in updates)
+        assert not any(a.role == "param" for a in case.body)  # one body per case, in its form
     assert not program.reads_param
+    in_place = compile_rule(RULE)
+    assert all(any(a.role == "param" for a in c.body) for c in in_place.cases)
+    assert not any(a.role == "update" for c in in_place.cases for a in c.body)
+
+
+def test_a_backend_refuses_a_program_in_the_other_form():
+    from optforge.backends import backends
+    from optforge.rules.sgd import RULE
+
+    with pytest.raises(ValueError, match="the jax backend prints a program in the increment form"):
+        backends()["jax"].render(compile_rule(RULE))
+    with pytest.raises(ValueError, match="the torch backend prints a program in the in-place form"):
+        backends()["torch"].render(compile_rule(RULE, form=Form.INCREMENT))
 
 
 def test_jax_update_keeps_the_low_bits_of_a_small_step_on_a_large_parameter():

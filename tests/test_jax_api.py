@@ -504,9 +504,12 @@ def _static_hypers(rule) -> set[str]:
     """What the JAX module refuses as an array: the real hyperparameters whose values decide which
     computation runs (``compiler.analysis.static_hypers``)."""
     from optforge.compiler.analysis import static_hypers
+    from optforge.compiler.ir import Form
     from optforge.compiler.pipeline import compile_rule
 
-    return {n for n in static_hypers(compile_rule(rule)) if rule.hypers[n].kind == "float"}
+    return {
+        n for n in static_hypers(compile_rule(rule, form=Form.INCREMENT)) if rule.hypers[n].kind == "float"
+    }
 
 
 @pytest.mark.parametrize("rule", ALL_RULES, ids=[r.name for r in ALL_RULES])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from optforge.compiler.analysis import static_hypers
-from optforge.compiler.ir import Assign, Role
+from optforge.compiler.ir import Assign, Form, Role
 from optforge.compiler.passes.integers import promote_sections
 
 from ..base import Backend, _check_call
@@ -38,6 +38,7 @@ class JaxPrinter(ExprPrinter):
 
 class JaxBackend(Backend):
     name = "jax"
+    form = Form.INCREMENT  # an optax transformation returns the change of the parameters
     printer = JaxPrinter
     # under jit the step and the learning rate (a schedule's value) are traced arrays
     array_names = frozenset({"t", "n", "learning_rate"})
@@ -46,7 +47,7 @@ class JaxBackend(Backend):
 
     def case_sections(self, case):
         # the step is an int32 array here: integers read as reals are converted first (passes/integers.py)
-        return promote_sections(self._program, case.functional_sections)
+        return promote_sections(self._program, case.sections)
 
     def plain_statement(self, a: Assign, p: ExprPrinter) -> list[str]:
         if a.role == Role.UPDATE and a.expr == 0:

@@ -18,10 +18,7 @@ from .scope import scope_of, scopes_of
 
 def eliminate_common_subexpressions(program: Program) -> Program:
     scopes = scopes_of(program)
-    cases = tuple(
-        dataclasses.replace(c, body=_cse(c.body, scopes), functional=_cse(c.functional, scopes))
-        for c in program.cases
-    )
+    cases = tuple(dataclasses.replace(c, body=_cse(c.body, scopes)) for c in program.cases)
     return program.replace(cases=cases, passes=program.passes + ("eliminate_common_subexpressions",))
 
 

@@ -3,7 +3,7 @@
 optax-style transformations return the change of the parameter, not its new
 value. Subtracting at run time (``(w + d) - w``) loses the low bits of ``d``
 when ``|w| >> |d|``; instead each assignment ``w.k = w.(k-1) + d_k`` is split
-symbolically into its increment ``d_k``, and the case's functional body
+symbolically into its increment ``d_k``, and the case's body (in the increment form)
 accumulates ``update = d_1 + d_2 + ...``. A later read of ``w.k`` reads
 ``w + update.k``: the value ``optax.apply_updates`` will produce.
 """
@@ -14,7 +14,7 @@ import dataclasses
 
 import sympy as sp
 
-from ..ir import Assign, Case, Program, Role, Scope, ssa
+from ..ir import Assign, Case, Form, Program, Role, Scope, ssa
 
 
 def split_increment(new: sp.Expr, old: sp.Symbol) -> sp.Expr:
@@ -29,11 +29,12 @@ def split_increment(new: sp.Expr, old: sp.Symbol) -> sp.Expr:
 
 
 def derive_increment(program: Program) -> Program:
-    cases = tuple(dataclasses.replace(c, functional=_functional(c)) for c in program.cases)
-    return program.replace(cases=cases, passes=program.passes + ("derive_increment",))
+    """The program in the increment form: each case's body assigns ``update``, never ``w``."""
+    cases = tuple(dataclasses.replace(c, body=_increment(c)) for c in program.cases)
+    return program.replace(cases=cases, form=Form.INCREMENT, passes=program.passes + ("derive_increment",))
 
 
-def _functional(case: Case) -> tuple[Assign, ...]:
+def _increment(case: Case) -> tuple[Assign, ...]:
     out: list[Assign] = []
     subs: dict[sp.Symbol, sp.Expr] = {}
     n = 0

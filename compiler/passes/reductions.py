@@ -17,10 +17,7 @@ from .scope import reduction_scope
 
 
 def extract_reductions(program: Program) -> Program:
-    cases = tuple(
-        dataclasses.replace(c, body=_extract(c.body), functional=_extract(c.functional))
-        for c in program.cases
-    )
+    cases = tuple(dataclasses.replace(c, body=_extract(c.body)) for c in program.cases)
     return program.replace(cases=cases, passes=program.passes + ("extract_reductions",))
 
 

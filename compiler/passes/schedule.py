@@ -36,10 +36,9 @@ LOOP = 10**9
 
 def schedule(program: Program) -> Program:
     cases = tuple(
-        dataclasses.replace(c, body=body, sections=sections, functional=fbody, functional_sections=fsections)
+        dataclasses.replace(c, body=body, sections=sections)
         for c in program.cases
         for body, sections in [schedule_body(c.body)]
-        for fbody, fsections in [schedule_body(c.functional)]
     )
     return program.replace(cases=cases, passes=program.passes + ("schedule",))
 

@@ -131,6 +131,6 @@ def scopes_of(program: Program) -> dict[str, Scope]:
     for s in program.states:
         scopes[s.name] = s.scope
     for c in program.cases:
-        for a in c.body + c.functional:
+        for a in c.body:
             scopes[a.target] = a.scope
     return scopes

@@ -26,10 +26,10 @@ def array_names(
 ) -> frozenset[str]:
     """The names whose values are arrays: those of ``array_scopes``, ``always``, the reductions over all
     tensors where ``reductions``, and every name assigned a value that reads one of them (a fixpoint over
-    every case, in-place and increment forms)."""
+    every case)."""
     kinds = set(array_scopes)
     arrays = {n for n, s in scopes.items() if s in kinds} | set(always)
-    statements = [a for c in program.cases for a in c.body + c.functional]
+    statements = [a for c in program.cases for a in c.body]
     if reductions:
         arrays |= {a.target for a in statements if a.role == Role.REDUCE}
     changed = True
@@ -55,7 +55,7 @@ def boolean_names(program: Program) -> set[str]:
     while changed:
         changed = False
         for case in program.cases:
-            for a in case.body + case.functional:
+            for a in case.body:
                 if a.target not in out and is_boolean(a.expr, out):
                     out.add(a.target)
                     changed = True

@@ -6,7 +6,7 @@ A failure here is a bug in the compiler, not in the rule: it raises
 
 from __future__ import annotations
 
-from ..ir import Program, Role, Scope, Section, SectionKind, base, version
+from ..ir import Form, Program, Role, Scope, Section, SectionKind, base, version
 from .scope import scope_of, scopes_of
 
 
@@ -16,25 +16,22 @@ class CompilerBug(AssertionError):
 
 def verify(program: Program) -> Program:
     scopes = scopes_of(program)
+    # the front passes (before the fork) leave the in-place form; derive_increment sets the increment form
+    forbidden = Role.UPDATE if program.form == Form.IN_PLACE else Role.PARAM
     for n, case in enumerate(program.cases):
-        for form, body, sections in (
-            ("in-place", case.body, case.sections),
-            ("increment", case.functional, case.functional_sections),
-        ):
-            where = f"rule '{program.rule}', case {n} ({case.condition}), {form} form"
-            if sections:
-                flat = tuple(a for s in sections for a in s.body if a.role != Role.REPLAY)
-                if len(flat) != len(body):
-                    raise CompilerBug(
-                        f"{where}: the sections hold {len(flat)} statements, the body {len(body)}"
-                    )
-                _check_sections(where, sections)
-                body = tuple(a for s in sections for a in s.body)
-            _check_body(program, where, body, scopes)
-            if form == "in-place" and any(a.role == Role.UPDATE for a in body):
-                raise CompilerBug(f"{where}: the in-place form assigns `update`")
-            if form == "increment" and any(a.role == Role.PARAM for a in body):
-                raise CompilerBug(f"{where}: the increment form assigns `w`")
+        where = f"rule '{program.rule}', case {n} ({case.condition}), {program.form} form"
+        body, sections = case.body, case.sections
+        if sections:
+            flat = tuple(a for s in sections for a in s.body if a.role != Role.REPLAY)
+            if len(flat) != len(body):
+                raise CompilerBug(f"{where}: the sections hold {len(flat)} statements, the body {len(body)}")
+            _check_sections(where, sections)
+            body = tuple(a for s in sections for a in s.body)
+        _check_body(program, where, body, scopes)
+        if any(a.role == forbidden for a in body):
+            raise CompilerBug(
+                f"{where}: the {program.form} form assigns `{'w' if forbidden == Role.PARAM else 'update'}`"
+            )
     return program
 
 
