@@ -577,14 +577,42 @@ def section_scalars(
     return [names.get(n, n) for n in ordered]
 
 
-def _check_call(h, label: str | None = None, arrays: bool | None = None) -> str:
+def native_names(
+    names: list[str], pairs: dict[tuple[str, str], str], singles: dict[str, str]
+) -> dict[str, tuple[str, int | None]]:
+    """``{rule's name: (the framework's name, index in its tuple or None)}`` for a rule's hyperparameters
+    ``names``: a pair of the rule's that the framework passes as one tuple (``pairs``: torch's ``betas``),
+    a single one it names otherwise (``singles``: ``eps``); only where the framework's name is not one of
+    the rule's own."""
+    out: dict[str, tuple[str, int | None]] = {}
+    for pair, key in pairs.items():
+        if all(n in names for n in pair) and key not in names:
+            out.update({n: (key, i) for i, n in enumerate(pair)})
+    for name, key in singles.items():
+        if name in names and key not in names and name not in out:
+            out[name] = (key, None)
+    return out
+
+
+def renamed_doc(renamed: list[dict[str, Any]]) -> str:
+    """The docstring's line on the rule's own names, accepted beside the framework's."""
+    keys = [h["key"] + ("" if h["index"] is None else f"[{h['index']}]") for h in renamed]
+    return (
+        f"{', '.join(h['name'] for h in renamed)}: the rule's names for {', '.join(keys)} (keywords;"
+        " where given, they win)."
+    )
+
+
+def _check_call(h, label: str | None = None, arrays: bool | None = None, alias: bool = False) -> str:
     """The run-time check of a constructor argument, by kind; ``label``: its name in messages (the
     argument's own name by default); ``arrays``: a real one may be a 0-d array (JAX; False: it decides
-    which computation runs, and must not be one)."""
+    which computation runs, and must not be one); ``alias``: the argument is ``label``, or the rule's name
+    where that one is given (the message names the one given)."""
     label = label or h.name
+    given = f'*common.named("{label}", {label}, "{h.name}", {h.name})' if alias else f'"{label}", {h.name}'
     more = {None: "", True: ", arrays=True", False: ", static=True"}[arrays] if h.kind == "float" else ""
     if h.kind == "bool":
-        return f'common.check_flag("{label}", {h.name})'
+        return f"common.check_flag({given})"
     if h.kind == "learning_rate" or h.interval is None:
         return ""
     bounds = (
@@ -594,8 +622,8 @@ def _check_call(h, label: str | None = None, arrays: bool | None = None) -> str:
         extra = (", integer=True" if h.kind == "int" else "") + (
             ", zero_is_off=True" if h.zero_is_off else ""
         )
-        return f'common.check_option("{label}", {h.name}, {bounds}{extra}{more})'
-    return f'common.check_float("{label}", {h.name}, {bounds}{more})'
+        return f"common.check_option({given}, {bounds}{extra}{more})"
+    return f"common.check_float({given}, {bounds}{more})"
 
 
 def _num(x: float) -> str:

@@ -78,18 +78,26 @@ def page(
         "| name | symbol | default | range | meaning |",
         "| --- | --- | --- | --- | --- |",
     ]
+    from optforge.backends.jax.printer import optax_names
     from optforge.backends.torch.printer import torch_names
 
-    in_torch = {"learning_rate": ("lr", None), **torch_names([h.name for h in program.hypers])}
+    names = [h.name for h in program.hypers]
+    native = {
+        "optax": optax_names(names),
+        "torch": {"learning_rate": ("lr", None), **torch_names(names)},
+    }
     for h in program.hypers:
         rng = str(h.interval) if h.interval else "bool"
         if h.kind == "int":
             rng += ", integer"
-        name = h.name
-        if h.name in in_torch:
-            key, index = in_torch[h.name]
-            name += f" (torch: {key}{'' if index is None else f'[{index}]'})"
-        lines.append(f"| `{name}` | ${h.latex}$ | {_fmt(h.default)} | {rng} | {h.meaning} |")
+        others = [
+            f"{framework}: {key}{'' if index is None else f'[{index}]'}"
+            for framework, table in native.items()
+            if h.name in table
+            for key, index in [table[h.name]]
+        ]
+        name = f"`{h.name}`" + (f" ({'; '.join(others)})" if others else "")
+        lines.append(f"| {name} | ${h.latex}$ | {_fmt(h.default)} | {rng} | {h.meaning} |")
     lines += ["", "## State", ""]
     lines += [
         "| name | symbol | scope | initial value | bytes per parameter (float32) | exists when |",
@@ -178,15 +186,43 @@ def precision(program: Program) -> list[str]:
     ]
 
 
+def keywords(program: Program) -> dict[str, str]:
+    """The rule's own hyperparameters at their defaults (not Keras's options), as each backend spells
+    them: ``{backend: "beta_1=0.9, ..."}``; torch's and optax's names where they have the concept."""
+    from optforge.backends.jax.printer import optax_names
+    from optforge.backends.torch.printer import torch_names
+
+    own = [
+        h for h in (program.inner or program).hypers if h.kind != "learning_rate" and h.default is not None
+    ]
+    names = [h.name for h in program.hypers]
+    jax_names, torch_keys = optax_names(names), torch_names(names)
+    torch_kw: dict[str, object] = {}
+    for h in own:
+        key, index = torch_keys.get(h.name, (h.name, None))
+        if index is None:
+            torch_kw[key] = repr(h.default)
+        else:
+            torch_kw.setdefault(key, [None, None])[index] = repr(h.default)
+    return {
+        "numpy": "".join(f", {h.name}={h.default!r}" for h in own),
+        "jax": "".join(f", {jax_names.get(h.name, (h.name,))[0]}={h.default!r}" for h in own),
+        "torch": "".join(
+            f", {k}=({', '.join(v)})" if isinstance(v, list) else f", {k}={v}" for k, v in torch_kw.items()
+        ),
+    }
+
+
 def usage(program: Program) -> list[str]:
     lr = program.hyper("learning_rate").default or 0.01
     cls, fn = program.rule, program.module
+    kw = keywords(program)
     return [
         "NumPy:",
         "",
         "```python",
         f"from optforge.generated.numpy import {cls}",
-        f"opt = {cls}(learning_rate={lr})",
+        f"opt = {cls}(learning_rate={lr}{kw['numpy']})",
         "state = opt.init(params)  # a list or dict of float arrays",
         "params, state = opt.step(params, grads, state)",
         "```",
@@ -195,7 +231,7 @@ def usage(program: Program) -> list[str]:
         "",
         "```python",
         f"from optforge.generated.jax import {fn}",
-        f"tx = {fn}(learning_rate={lr})",
+        f"tx = {fn}(learning_rate={lr}{kw['jax']})",
         "opt_state = tx.init(params)",
         "updates, opt_state = tx.update(grads, opt_state, params)",
         "params = optax.apply_updates(params, updates)",
@@ -205,7 +241,7 @@ def usage(program: Program) -> list[str]:
         "",
         "```python",
         f"from optforge.generated.torch import {cls}",
-        f"opt = {cls}(model.parameters(), lr={lr})",
+        f"opt = {cls}(model.parameters(), lr={lr}{kw['torch']})",
         "loss.backward(); opt.step(); opt.zero_grad()",
         "```",
     ]

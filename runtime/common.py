@@ -61,6 +61,12 @@ def check_float(
     return number
 
 
+def named(name: str, value: Any, alias: str, alias_value: Any) -> tuple[str, Any]:
+    """An argument that has two names (optax's ``b1``, the rule's ``beta_1``): the alias and its value where
+    it is given (not None), else the name and its value; the name goes into the check's message."""
+    return (name, value) if alias_value is None else (alias, alias_value)
+
+
 def check_flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"`{name}` must be a bool. Received: {name}={value!r} of type {type(value).__name__}")

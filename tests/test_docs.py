@@ -24,6 +24,30 @@ RULES = registry()
 
 
 @pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
+def test_the_use_section_constructs_each_backends_optimizer_with_its_names(rule):
+    """The page's "Use" snippets (each backend's names: ``betas``, ``b1``, ``eps``) run as written, up to
+    the optimizer's construction, and give the rule's defaults."""
+    import numpy as np
+    import torch
+
+    text = (ROOT / "docs" / "optimizers" / f"{rule.module}.md").read_text()
+    use = text.split("## Use")[1].split("\n## ")[0]
+    blocks = re.findall(r"```python\n(.*?)```", use, re.S)
+    assert len(blocks) == 3, use
+    model = torch.nn.Linear(2, 1, dtype=torch.float64)
+    built = []
+    for block in blocks:
+        scope = {"model": model, "params": [np.ones(2)]}
+        exec("\n".join(block.splitlines()[:2]), scope)  # the import and the constructor
+        built.append(scope.get("opt", scope.get("tx")))
+    numpy_opt, tx, torch_opt = built
+    assert callable(tx.update) and torch_opt.param_groups[0]["params"]
+    for name, h in rule.hypers.items():
+        if h.default is not None and h.kind != "learning_rate":
+            assert getattr(numpy_opt, name) == h.default, name
+
+
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
 def test_every_rule_has_a_complete_page(rule):
     path = ROOT / "docs" / "optimizers" / f"{rule.module}.md"
     assert path.exists(), f"{rule.name} has no page; run `optforge build`"

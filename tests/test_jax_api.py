@@ -527,7 +527,8 @@ def test_every_number_injected_with_optax_inject_hyperparams(rule):
     params = nested_params(seed=23)
     grads = grad_sequence(params, 4, seed=24)
     state = opt.init(params)
-    injected = sorted(state.hyperparams)
+    rule_name = {o: n for n, o in _optax_named(rule).items()}  # the keyword -> the rule's name
+    injected = sorted(rule_name.get(n, n) for n in state.hyperparams)
     rates = [n for n in injected if n != "learning_rate" and 0 < rule.hypers[n].default < 1]
     assert "learning_rate" in injected and not set(static) & set(injected)
     update = jax.jit(opt.update)
@@ -536,7 +537,7 @@ def test_every_number_injected_with_optax_inject_hyperparams(rule):
     for k, g in enumerate(grads):
         if k == 2:
             for n, v in changed.items():
-                state.hyperparams[n] = jnp.asarray(v)
+                state.hyperparams[_optax_named(rule).get(n, n)] = jnp.asarray(v)
         updates, state = update(g, state, p_inj)
         p_inj = optax.apply_updates(p_inj, updates)
     state = transform(rule).init(params)
@@ -545,6 +546,60 @@ def test_every_number_injected_with_optax_inject_hyperparams(rule):
         updates, state = transform(rule, **(changed if k >= 2 else {})).update(g, state, p_ref)
         p_ref = optax.apply_updates(p_ref, updates)
     assert_trees_close(p_inj, p_ref)
+
+
+# optax's names: the concepts optax has are passed as optax names them, the rule's names still accepted
+#: a rule's names -> optax's, for what optax's own optimizers call b1, b2, eps (``optax.adam``'s signature
+#: is checked to hold them)
+OPTAX_NAMES = {"beta_1": "b1", "beta_2": "b2", "beta1": "b1", "beta2": "b2", "epsilon": "eps"}
+
+
+def _optax_named(rule) -> dict[str, str]:
+    return {n: o for n, o in OPTAX_NAMES.items() if n in rule.hypers and o not in rule.hypers}
+
+
+@pytest.mark.parametrize("rule", ALL_RULES, ids=[r.name for r in ALL_RULES])
+def test_optax_names_and_the_rules_names_give_the_same_steps(rule):
+    """``b1=a, b2=b, eps=e`` (optax's names) is ``beta_1=a, beta_2=b, epsilon=e`` (the rule's) bit for bit,
+    at the same defaults, and ``optax.inject_hyperparams`` injects optax's name, changed mid-run."""
+    import inspect
+
+    assert {"b1", "b2", "eps"} <= set(inspect.signature(optax.adam).parameters)
+    named = _optax_named(rule)
+    if not named:
+        pytest.skip(f"{rule.name} has no hyperparameter optax names otherwise")
+    factory = getattr(generated, rule.module)
+    signature = inspect.signature(factory).parameters
+    for name, optax_name in named.items():
+        assert signature[optax_name].default == rule.hypers[name].default, optax_name
+        assert signature[name].default is None  # the rule's name: an alias that wins where given
+        for given in (name, optax_name):  # an out-of-range value: the message names the keyword given
+            with pytest.raises(ValueError, match=f"`{given}` must be .* Received: {given}=-1"):
+                factory(**required(rule), **{given: -1.0})
+    values = {n: 0.5 * rule.hypers[n].default for n in named}
+    params = small_params(jnp.float64, seed=31)
+    grads = grad_sequence(params, 3, seed=32)
+    want = run(transform(rule, **values), params, grads)
+    got = run(transform(rule, **{named[n]: v for n, v in values.items()}), params, grads)
+    assert_trees_equal(got[0], want[0])
+    assert_trees_equal(got[1], want[1])
+    first = next(iter(named))
+    opt = optax.inject_hyperparams(factory, static_args=tuple(sorted(_static_hypers(rule))))(
+        **{**required(rule), named[first]: values[first]}
+    )
+    assert named[first] in opt.init(params).hyperparams
+    state, p = opt.init(params), params
+    for k, g in enumerate(grads):
+        if k == 1:
+            state.hyperparams[named[first]] = jnp.asarray(rule.hypers[first].default)
+        updates, state = opt.update(g, state, p)
+        p = optax.apply_updates(p, updates)
+    state, p_ref = transform(rule, **{first: values[first]}).init(params), params
+    for k, g in enumerate(grads):
+        changed = {first: rule.hypers[first].default} if k >= 1 else {first: values[first]}
+        updates, state = transform(rule, **changed).update(g, state, p_ref)
+        p_ref = optax.apply_updates(p_ref, updates)
+    assert_trees_close(p, p_ref)
 
 
 # --------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from optforge.compiler.analysis import static_hypers
 from optforge.compiler.ir import Assign, Form, Role
 from optforge.compiler.passes.integers import promote_sections
 
-from ..base import Backend, _check_call
+from ..base import Backend, _check_call, native_names, renamed_doc
 from ..printer import ExprPrinter
 
 
@@ -36,6 +36,16 @@ class JaxPrinter(ExprPrinter):
     not_call = "jnp.logical_not"
 
 
+#: optax's names for a rule's hyperparameters, where optax has the concept (``optax.adam(b1, b2, eps)``);
+#: the rule's names are still accepted
+OPTAX_NAMES = {"beta_1": "b1", "beta_2": "b2", "beta1": "b1", "beta2": "b2", "epsilon": "eps"}
+
+
+def optax_names(names: list[str]) -> dict[str, tuple[str, None]]:
+    """``{rule's name: (optax's name, None)}`` for a rule's hyperparameters ``names``."""
+    return native_names(names, {}, OPTAX_NAMES)
+
+
 class JaxBackend(Backend):
     name = "jax"
     form = Form.INCREMENT  # an optax transformation returns the change of the parameters
@@ -60,14 +70,20 @@ class JaxBackend(Backend):
         hypers = super()._hypers(program)
         by_name = {h.name: h for h in program.hypers}
         static = static_hypers(program)
+        renamed = optax_names([h["name"] for h in hypers])
         for h in hypers:
+            h["key"], h["index"] = renamed.get(h["name"], (h["name"], None))
             if h["check"] and h["kind"] == "float":
-                h["check"] = _check_call(by_name[h["name"]], arrays=h["name"] not in static)
+                h["check"] = _check_call(
+                    by_name[h["name"]], h["key"], arrays=h["name"] not in static, alias=h["key"] != h["name"]
+                )
         return hypers
 
     def context(self, program):
         ctx = super().context(program)
         _check_layout(program.rule, ctx)
+        ctx["renamed"] = renamed = [h for h in ctx["others"] if h["key"] != h["name"]]
+        ctx["renamed_doc"] = renamed_doc(renamed)
         return ctx
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..base import Backend, _check_call
+from ..base import Backend, _check_call, native_names, renamed_doc
 from ..printer import ExprPrinter
 
 
@@ -55,14 +55,7 @@ TORCH_NAMES = {"epsilon": "eps"}
 def torch_names(names: list[str]) -> dict[str, tuple[str, int | None]]:
     """``{rule's name: (torch's key in a parameter group, index in its tuple or None)}`` for a rule's
     hyperparameters ``names`` (only where torch's name is not one of the rule's own)."""
-    out: dict[str, tuple[str, int | None]] = {}
-    for pair, key in TORCH_PAIRS.items():
-        if all(n in names for n in pair) and key not in names:
-            out.update({n: (key, i) for i, n in enumerate(pair)})
-    for name, key in TORCH_NAMES.items():
-        if name in names and key not in names:
-            out[name] = (key, None)
-    return out
+    return native_names(names, TORCH_PAIRS, TORCH_NAMES)
 
 
 class TorchBackend(Backend):
@@ -106,11 +99,7 @@ class TorchBackend(Backend):
     def context(self, program):
         out = super().context(program)
         out["renamed"] = renamed = [h for h in out["others"] if h["key"] != h["name"]]
-        keys = [h["key"] + ("" if h["index"] is None else f"[{h['index']}]") for h in renamed]
-        out["renamed_doc"] = (
-            f"{', '.join(h['name'] for h in renamed)}: the rule's names for {', '.join(keys)} (keywords;"
-            " where given, they win)."
-        )
+        out["renamed_doc"] = renamed_doc(renamed)
         return out
 
     def _hypers(self, program):

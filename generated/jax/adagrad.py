@@ -57,7 +57,7 @@ class AdagradState(NamedTuple):
 def adagrad(
     learning_rate: float | jax.Array | Callable[[jax.Array], Any] = 0.001,
     initial_accumulator_value: float = 0.1,
-    epsilon: float = 1e-07,
+    eps: float = 1e-07,
     weight_decay: float | None = None,
     clipnorm: float | None = None,
     clipvalue: float | None = None,
@@ -68,13 +68,14 @@ def adagrad(
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
     state_dtype: Any = None,
+    epsilon: float | None = None,
 ) -> optax.GradientTransformation:
     """Adagrad (Keras 3 `Adagrad`).
 
     Args:
         learning_rate: step size (a float, or a schedule step -> lr), in [0, inf). Default 0.001.
         initial_accumulator_value: starting value of the accumulators, in [0, inf). Default 0.1.
-        epsilon: small constant for numerical stability, in [0, inf). Default 1e-07.
+        eps: small constant for numerical stability, in [0, inf). Default 1e-07.
         weight_decay: decoupled weight decay, w <- w - w*weight_decay*lr before the update, in [0, inf). Default None.
         clipnorm: clip each gradient to this norm (0: off), in [0, inf). Default None.
         clipvalue: clip each gradient entry to [-clipvalue, clipvalue], in [0, inf). Default None.
@@ -84,12 +85,15 @@ def adagrad(
         ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
+        epsilon: the rule's names for eps (keywords; where given, they win).
     """
     learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
     initial_accumulator_value = common.check_float(
         "initial_accumulator_value", initial_accumulator_value, 0.0, math.inf, True, False, arrays=True
     )
-    epsilon = common.check_float("epsilon", epsilon, 0.0, math.inf, True, False, arrays=True)
+    epsilon = common.check_float(
+        *common.named("eps", eps, "epsilon", epsilon), 0.0, math.inf, True, False, arrays=True
+    )
     weight_decay = common.check_option("weight_decay", weight_decay, 0.0, math.inf, True, False, arrays=True)
     clipnorm = common.check_option(
         "clipnorm", clipnorm, 0.0, math.inf, True, False, zero_is_off=True, arrays=True
@@ -221,7 +225,7 @@ def finalize_variable_values(
     *,
     learning_rate: Any = None,
     initial_accumulator_value: float = 0.1,
-    epsilon: float = 1e-07,
+    eps: float = 1e-07,
     weight_decay: float | None = None,
     clipnorm: float | None = None,
     clipvalue: float | None = None,
@@ -231,9 +235,11 @@ def finalize_variable_values(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    epsilon: float | None = None,
 ) -> Any:
     """Keras's ``finalize_variable_values`` for :func:`adagrad` built with these arguments (pass
     the same keywords): the parameters to keep at the end of training."""
+    epsilon = eps if epsilon is None else epsilon
     treedef = jax.tree.structure(params)
     out = []
     for w, ema in zip(

@@ -58,9 +58,9 @@ class AdamaxState(NamedTuple):
 
 def adamax(
     learning_rate: float | jax.Array | Callable[[jax.Array], Any] = 0.001,
-    beta_1: float = 0.9,
-    beta_2: float = 0.999,
-    epsilon: float = 1e-07,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-07,
     weight_decay: float | None = None,
     clipnorm: float | None = None,
     clipvalue: float | None = None,
@@ -71,14 +71,17 @@ def adamax(
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
     state_dtype: Any = None,
+    beta_1: float | None = None,
+    beta_2: float | None = None,
+    epsilon: float | None = None,
 ) -> optax.GradientTransformation:
     """Adamax (Keras 3 `Adamax`).
 
     Args:
         learning_rate: step size (a float, or a schedule step -> lr), in [0, inf). Default 0.001.
-        beta_1: exponential decay rate of the first moment, in [0, 1). Default 0.9.
-        beta_2: exponential decay rate of the weighted infinity norm, in [0, 1]. Default 0.999.
-        epsilon: small constant for numerical stability, in [0, inf). Default 1e-07.
+        b1: exponential decay rate of the first moment, in [0, 1). Default 0.9.
+        b2: exponential decay rate of the weighted infinity norm, in [0, 1]. Default 0.999.
+        eps: small constant for numerical stability, in [0, inf). Default 1e-07.
         weight_decay: decoupled weight decay, w <- w - w*weight_decay*lr before the update, in [0, inf). Default None.
         clipnorm: clip each gradient to this norm (0: off), in [0, inf). Default None.
         clipvalue: clip each gradient entry to [-clipvalue, clipvalue], in [0, inf). Default None.
@@ -88,11 +91,14 @@ def adamax(
         ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
+        beta_1, beta_2, epsilon: the rule's names for b1, b2, eps (keywords; where given, they win).
     """
     learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
-    beta_1 = common.check_float("beta_1", beta_1, 0.0, 1.0, True, False, arrays=True)
-    beta_2 = common.check_float("beta_2", beta_2, 0.0, 1.0, True, True, arrays=True)
-    epsilon = common.check_float("epsilon", epsilon, 0.0, math.inf, True, False, arrays=True)
+    beta_1 = common.check_float(*common.named("b1", b1, "beta_1", beta_1), 0.0, 1.0, True, False, arrays=True)
+    beta_2 = common.check_float(*common.named("b2", b2, "beta_2", beta_2), 0.0, 1.0, True, True, arrays=True)
+    epsilon = common.check_float(
+        *common.named("eps", eps, "epsilon", epsilon), 0.0, math.inf, True, False, arrays=True
+    )
     weight_decay = common.check_option("weight_decay", weight_decay, 0.0, math.inf, True, False, arrays=True)
     clipnorm = common.check_option(
         "clipnorm", clipnorm, 0.0, math.inf, True, False, zero_is_off=True, arrays=True
@@ -232,9 +238,9 @@ def finalize_variable_values(
     state: AdamaxState,
     *,
     learning_rate: Any = None,
-    beta_1: float = 0.9,
-    beta_2: float = 0.999,
-    epsilon: float = 1e-07,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-07,
     weight_decay: float | None = None,
     clipnorm: float | None = None,
     clipvalue: float | None = None,
@@ -244,9 +250,15 @@ def finalize_variable_values(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    beta_1: float | None = None,
+    beta_2: float | None = None,
+    epsilon: float | None = None,
 ) -> Any:
     """Keras's ``finalize_variable_values`` for :func:`adamax` built with these arguments (pass
     the same keywords): the parameters to keep at the end of training."""
+    beta_1 = b1 if beta_1 is None else beta_1
+    beta_2 = b2 if beta_2 is None else beta_2
+    epsilon = eps if epsilon is None else epsilon
     treedef = jax.tree.structure(params)
     out = []
     for w, ema in zip(

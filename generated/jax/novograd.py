@@ -60,9 +60,9 @@ class NovoGradState(NamedTuple):
 
 def novograd(
     learning_rate: float | jax.Array | Callable[[jax.Array], Any] = 1.0,
-    beta1: float = 0.95,
-    beta2: float = 0.98,
-    epsilon: float = 1e-08,
+    b1: float = 0.95,
+    b2: float = 0.98,
+    eps: float = 1e-08,
     weight_decay: float = 0.0,
     grad_averaging: bool = False,
     use_nesterov: bool = False,
@@ -75,14 +75,17 @@ def novograd(
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
     state_dtype: Any = None,
+    beta1: float | None = None,
+    beta2: float | None = None,
+    epsilon: float | None = None,
 ) -> optax.GradientTransformation:
     """NovoGrad (NVIDIA Clara / OpenSeq2Seq).
 
     Args:
         learning_rate: step size (a float, or a schedule step -> lr), in [0, inf). Default 1.0.
-        beta1: decay rate of the momentum, in [0, 1]. Default 0.95.
-        beta2: decay rate of the per-tensor second moment, in [0, 1]. Default 0.98.
-        epsilon: added to the second moment inside the square root, in [0, inf). Default 1e-08.
+        b1: decay rate of the momentum, in [0, 1]. Default 0.95.
+        b2: decay rate of the per-tensor second moment, in [0, 1]. Default 0.98.
+        eps: added to the second moment inside the square root, in [0, inf). Default 1e-08.
         weight_decay: L2 term added to the normalised gradient (coupled, goes through the momentum); this optimizer's own, not Keras's decoupled weight_decay option, in [0, inf). Default 0.0.
         grad_averaging: scale the normalised gradient by (1 - beta1). Default False.
         use_nesterov: Nesterov momentum. Default False.
@@ -94,11 +97,14 @@ def novograd(
         ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
+        beta1, beta2, epsilon: the rule's names for b1, b2, eps (keywords; where given, they win).
     """
     learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
-    beta1 = common.check_float("beta1", beta1, 0.0, 1.0, True, True, arrays=True)
-    beta2 = common.check_float("beta2", beta2, 0.0, 1.0, True, True, arrays=True)
-    epsilon = common.check_float("epsilon", epsilon, 0.0, math.inf, True, False, arrays=True)
+    beta1 = common.check_float(*common.named("b1", b1, "beta1", beta1), 0.0, 1.0, True, True, arrays=True)
+    beta2 = common.check_float(*common.named("b2", b2, "beta2", beta2), 0.0, 1.0, True, True, arrays=True)
+    epsilon = common.check_float(
+        *common.named("eps", eps, "epsilon", epsilon), 0.0, math.inf, True, False, arrays=True
+    )
     weight_decay = common.check_float("weight_decay", weight_decay, 0.0, math.inf, True, False, static=True)
     grad_averaging = common.check_flag("grad_averaging", grad_averaging)
     use_nesterov = common.check_flag("use_nesterov", use_nesterov)
@@ -245,9 +251,9 @@ def finalize_variable_values(
     state: NovoGradState,
     *,
     learning_rate: Any = None,
-    beta1: float = 0.95,
-    beta2: float = 0.98,
-    epsilon: float = 1e-08,
+    b1: float = 0.95,
+    b2: float = 0.98,
+    eps: float = 1e-08,
     weight_decay: float = 0.0,
     grad_averaging: bool = False,
     use_nesterov: bool = False,
@@ -259,9 +265,15 @@ def finalize_variable_values(
     ema_overwrite_frequency: int | None = None,
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
+    beta1: float | None = None,
+    beta2: float | None = None,
+    epsilon: float | None = None,
 ) -> Any:
     """Keras's ``finalize_variable_values`` for :func:`novograd` built with these arguments (pass
     the same keywords): the parameters to keep at the end of training."""
+    beta1 = b1 if beta1 is None else beta1
+    beta2 = b2 if beta2 is None else beta2
+    epsilon = eps if epsilon is None else epsilon
     treedef = jax.tree.structure(params)
     out = []
     for w, ema in zip(
