@@ -406,8 +406,11 @@ def test_out_of_range_int_message_shows_the_value_received():
 
 @pytest.mark.parametrize(("rule", "name", "value"), WRONG_TYPE)
 def test_wrong_type_hyperparameter_raises_type_error(rule, name, value):
-    with pytest.raises(TypeError, match=f"`{name}`") as info:
-        transform(rule, **{name: value})
+    """Passed by the keyword JAX names it (optax's ``b1`` for the rule's ``beta_1``: the rule's name is an
+    alias, where None means not given)."""
+    keyword = _optax_named(rule).get(name, name)
+    with pytest.raises(TypeError, match=f"`{keyword}`") as info:
+        transform(rule, **{keyword: value})
     if rule.hypers[name].kind == "int":
         assert str(info.value).startswith(f"`{name}` must be an int or None. Received: {name}={value!r}")
 
