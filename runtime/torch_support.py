@@ -237,6 +237,8 @@ class RuleOptimizer(torch.optim.Optimizer):
         state_dict = {**state_dict, "param_groups": groups}
         for group in groups:
             group.setdefault("maximize", False)
+            for name, default in TORCH_FLAGS.items():
+                group.setdefault(name, default)
         for group in state_dict.get("param_groups", []):
             missing = set(self.defaults) - set(group)
             if missing:
@@ -295,6 +297,29 @@ def sign(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     else:
         s = out.copy_(torch.sign(x))
     return torch.where(torch.isnan(x), x, s, out=s)
+
+
+#: torch.optim's keywords that choose how a step runs, with their defaults (the parameter groups keep them)
+TORCH_FLAGS = {"foreach": None, "capturable": False, "differentiable": False}
+_NOT_YET = {
+    "capturable": "a step that a CUDA graph can capture (no host synchronisation) is not there yet: the step"
+    " count and the learning rate are read on the host",
+    "differentiable": "autograd through the step is not there: the step updates the parameters in place"
+    " under torch.no_grad()",
+}
+
+
+def torch_flags(foreach: Any, capturable: Any, differentiable: Any) -> dict[str, Any]:
+    """torch.optim's ``foreach``, ``capturable`` and ``differentiable``, checked: ``foreach`` is None or a
+    bool (one implementation runs either way); the other two are False (True raises NotImplementedError)."""
+    if foreach is not None and not isinstance(foreach, bool):
+        raise TypeError(f"`foreach` must be None or a bool. Received: foreach={foreach!r}")
+    out = {"foreach": foreach}
+    for name, value in (("capturable", capturable), ("differentiable", differentiable)):
+        out[name] = common.check_flag(name, value)
+        if out[name]:
+            raise NotImplementedError(f"`{name}=True`: {_NOT_YET[name]}. Use {name}=False (the default).")
+    return out
 
 
 def pair(key: str, value: Any, first: Any, second: Any) -> tuple[Any, Any]:

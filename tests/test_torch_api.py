@@ -778,6 +778,28 @@ def test_torch_names_and_the_rules_names_give_the_same_steps(rule):
 
 
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_torch_optims_foreach_capturable_and_differentiable_keywords(rule):
+    """Code written for torch.optim passes ``foreach=``, ``capturable=False``, ``differentiable=False``: they
+    are taken and kept in the parameter groups as torch.optim keeps them, and ``foreach`` changes no result;
+    ``capturable=True`` and ``differentiable=True`` are refused with the reason (not a TypeError)."""
+    want, _ = _run(rule)
+    for foreach in (None, True, False):
+        got, opt = _run(rule, foreach=foreach, capturable=False, differentiable=False)
+        assert_bitwise(got, want)
+        group = opt.param_groups[0]
+        assert (group["foreach"], group["capturable"], group["differentiable"]) == (foreach, False, False)
+    params = list(torch.nn.Linear(2, 1).parameters())
+    for name in ("capturable", "differentiable"):
+        with pytest.raises(NotImplementedError, match=f"`{name}=True`: .* Use {name}=False"):
+            build(rule, params, **{name: True})
+        opt = build(rule, params[:1])
+        with pytest.raises(NotImplementedError, match=f"`{name}=True`"):
+            opt.add_param_group({"params": params[1:], name: True})
+    with pytest.raises(TypeError, match="`foreach` must be None or a bool. Received: foreach='yes'"):
+        build(rule, params, foreach="yes")
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
 def test_maximize_is_the_step_on_the_negated_gradient(rule):
     want, _ = _run(rule, grads_sign=-1.0)
     got, opt = _run(rule, maximize=True)

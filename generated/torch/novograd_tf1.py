@@ -65,6 +65,9 @@ class NovoGradTF1(torch_support.RuleOptimizer):
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
         beta1, beta2, epsilon: the rule's names for betas[0], betas[1], eps (keywords; where given, they win).
         maximize: maximize the objective: the gradients' signs are flipped first (as torch.optim's). Default False.
+        foreach: torch.optim's choice of implementation (None, True or False), kept in the parameter groups;
+            the plain path is one implementation whatever it says (its results do not depend on it).
+        capturable, differentiable: torch.optim's; False only (True raises NotImplementedError, saying why).
         state_dtype: the dtype of the state (default: the parameter's, at least float32).
         fused: update each float32 or float64 CPU parameter in one pass of a compiled kernel (Numba, shared
             out over the cores) instead of torch operations; other parameters (CUDA, half precision) take
@@ -108,6 +111,9 @@ class NovoGradTF1(torch_support.RuleOptimizer):
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
         maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
         state_dtype: torch.dtype | None = None,
         fused: bool = False,
         beta1: float | None = None,
@@ -132,6 +138,9 @@ class NovoGradTF1(torch_support.RuleOptimizer):
             loss_scale_factor=loss_scale_factor,
             gradient_accumulation_steps=gradient_accumulation_steps,
             maximize=maximize,
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
         )
         self._setup(params, defaults, state_dtype, fused)
 
@@ -153,6 +162,9 @@ class NovoGradTF1(torch_support.RuleOptimizer):
         loss_scale_factor: Any,
         gradient_accumulation_steps: Any,
         maximize: Any,
+        foreach: Any = None,
+        capturable: Any = False,
+        differentiable: Any = False,
     ) -> dict[str, Any]:
         """The hyperparameters of a parameter group, checked: the constructor's, and those a group gives."""
         beta1, beta2 = torch_support.pair("betas", betas, None, None)
@@ -199,6 +211,7 @@ class NovoGradTF1(torch_support.RuleOptimizer):
                 integer=True,
             ),
             maximize=common.check_flag("maximize", maximize),
+            **torch_support.torch_flags(foreach, capturable, differentiable),
         )
         common.check_exclusive(
             clipnorm=defaults["clipnorm"],
