@@ -110,9 +110,11 @@ class Call:
             for i, (u, w, e) in enumerate(zip(updates, self.ws, self.treedef.flatten_up_to(ema))):
                 # EMA of the weights
                 e = e * self.ema_mu + (1 - self.ema_mu) * (u + w)
-                # EMA overwrite
+                # EMA overwrite: the increment that takes w to e is e - w, except where e is already the new
+                # weight w + u (kept as it is: an infinite weight's e - w would be inf - inf = NaN)
                 if o.ema_overwrite_frequency is not None:
-                    u = u + jnp.where(self.t % o.ema_overwrite_frequency == 0, e - u - w, 0)
+                    to_ema = jnp.where(e == u + w, u, e - w)
+                    u = jnp.where(self.t % o.ema_overwrite_frequency == 0, to_ema, u)
                 updates[i] = u
                 new.append(e)
             ema = jax_support.like(self.treedef.unflatten(new), ema)
