@@ -11,8 +11,10 @@ import re
 
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
+from sympy.printing.precedence import PRECEDENCE
 
 from optforge.compiler.dsl import Equation, Given
+from optforge.compiler.render import RuleOrder
 
 _REDUCTION_LATEX = {
     "TensorSum": "tensor",
@@ -22,8 +24,9 @@ _REDUCTION_LATEX = {
 }
 
 
-class RuleLatexPrinter(LatexPrinter):
-    """LaTeX with each symbol's name given by ``names`` (already subscripted)."""
+class RuleLatexPrinter(RuleOrder, LatexPrinter):
+    """LaTeX with each symbol's name given by ``names`` (already subscripted); a two-term difference as the
+    rule wrote it (``1 - \\Pi_t \\mu_{t+1}``, not SymPy's ``- \\Pi_t \\mu_{t+1} + 1``)."""
 
     def __init__(self, names: dict[str, str]) -> None:
         super().__init__({"symbol_names": {}, "mul_symbol": None})
@@ -44,7 +47,7 @@ class RuleLatexPrinter(LatexPrinter):
         (arg,) = expr.args
         if isinstance(arg, sp.Pow) and arg.exp == 2:
             return rf"\lVert {self._print(arg.base)} \rVert^2"
-        return rf"\textstyle\sum {self._print(arg)}"
+        return rf"\textstyle\sum {self.parenthesize(arg, PRECEDENCE['Mul'], strict=True)}"
 
     def _print_TensorMax(self, expr, exp=None) -> str:
         return rf"\max_i \left({self._print(expr.args[0])}\right)_i"
@@ -53,7 +56,7 @@ class RuleLatexPrinter(LatexPrinter):
         (arg,) = expr.args
         if isinstance(arg, sp.Pow) and arg.exp == 2:
             return rf"\textstyle\sum_{{\text{{tensors}}}} \lVert {self._print(arg.base)} \rVert^2"
-        return rf"\textstyle\sum_{{\text{{tensors}}}} \sum {self._print(arg)}"
+        return rf"\textstyle\sum_{{\text{{tensors}}}} \sum {self.parenthesize(arg, PRECEDENCE['Mul'], strict=True)}"
 
     def _print_GlobalMax(self, expr, exp=None) -> str:
         return rf"\max_{{\text{{tensors}}, i}} \left({self._print(expr.args[0])}\right)_i"

@@ -6,6 +6,8 @@ Nothing here is typed by hand beside the code: equations, tables and differences
 
 from __future__ import annotations
 
+import re
+
 import sympy as sp
 
 from optforge.compiler.dsl import Given, Rule
@@ -20,8 +22,33 @@ HEADER = (
 BACKENDS = ("numpy", "jax", "torch")
 
 
-def _fmt(value) -> str:
-    return "None (off)" if value is None else f"`{value!r}`"
+def _fmt(value, required: bool = False) -> str:
+    if value is None:
+        return "required" if required else "None (off)"
+    return f"`{value!r}`"
+
+
+def text(words: str) -> str:
+    """A rule author's words (a summary, a label, a meaning) as Markdown shows them: ``*`` and ``_`` are
+    characters (``w <- w - w*weight_decay*lr``), not emphasis."""
+    return re.sub(r"([\\*_])", r"\\\1", words)
+
+
+def links(reference: str) -> str:
+    """A reference with its web address as a link."""
+    return re.sub(r"(https?://[^\s)>]+)", r"<\1>", reference)
+
+
+def labelled(equations: list, texts: list[str]) -> list[str]:
+    """The equations under their labels; consecutive equations with the same label share it."""
+    lines: list[str] = []
+    last = None
+    for eq, tex in zip(equations, texts):
+        if eq.label != last:
+            lines += [f"{text(heading(eq.label))}:", ""]
+            last = eq.label
+        lines += ["$$", tex, "$$", ""]
+    return lines
 
 
 def page(
@@ -34,7 +61,7 @@ def page(
     added = [eq for eq in program.equations if "_keras_options" in eq.origin] if program.core else []
     lines = [HEADER.format(source=program.file), "", f"# {program.rule}: {program.title}", ""]
     if program.summary:
-        lines += [program.summary, ""]
+        lines += [text(program.summary), ""]
     lines += [
         f"Rule: [`{program.file}`](../../{program.file})."
         + (f" A variant of [{program.base}]({_link(base[0])})." if base else ""),
@@ -47,8 +74,7 @@ def page(
         "For each parameter tensor $w$ with gradient $g_t$, at step $t = 1, 2, \\ldots$:",
         "",
     ]
-    for eq, tex in zip(core, equations_latex(core, program.hypers, program.states, rule.let_latex)):
-        lines += [f"{heading(eq.label)}:", "", "$$", tex, "$$", ""]
+    lines += labelled(core, equations_latex(core, program.hypers, program.states, rule.let_latex))
     if added:
         lines += [
             "## Keras's shared options",
@@ -57,8 +83,7 @@ def page(
             "`gradient_accumulation_steps` the update above runs only on update calls.",
             "",
         ]
-        for eq, tex in zip(added, equations_latex(added, program.hypers, program.states, rule.let_latex)):
-            lines += [f"{heading(eq.label)}:", "", "$$", tex, "$$", ""]
+        lines += labelled(added, equations_latex(added, program.hypers, program.states, rule.let_latex))
     final = finalizer_equations(program)
     if final:
         lines += [
@@ -69,8 +94,7 @@ def page(
             "",
         ]
         texts = equations_latex(final, program.hypers, program.states, rule.let_latex, after_step=True)
-        for eq, tex in zip(final, texts):
-            lines += [f"{heading(eq.label)}:", "", "$$", tex, "$$", ""]
+        lines += labelled(final, texts)
 
     lines += [
         "## Hyperparameters",
@@ -97,7 +121,8 @@ def page(
             for key, index in [table[h.name]]
         ]
         name = f"`{h.name}`" + (f" ({'; '.join(others)})" if others else "")
-        lines.append(f"| {name} | ${h.latex}$ | {_fmt(h.default)} | {rng} | {h.meaning} |")
+        default = _fmt(h.default, required=h.kind == "learning_rate")
+        lines.append(f"| {name} | ${h.latex}$ | {default} | {rng} | {text(h.meaning)} |")
     lines += ["", "## State", ""]
     lines += [
         "| name | symbol | scope | initial value | bytes per parameter (float32) | exists when |",
@@ -146,7 +171,7 @@ def page(
     ]
     lines += ["The three backends' curves coincide (`optforge plots` draws them).", ""]
     if program.references:
-        lines += ["## References", ""] + [f"- {r}" for r in program.references] + [""]
+        lines += ["## References", ""] + [f"- {links(r)}" for r in program.references] + [""]
     return "\n".join(lines)
 
 
@@ -457,6 +482,8 @@ def index(programs: list[Program]) -> str:
         "Every optimizer is written once as a rule in `rules/` and compiled to NumPy, JAX and PyTorch;",
         "these pages are rendered from the same rules. State memory is with Keras's options off.",
         "Training with sharded parameters, and what each optimizer communicates: [sharding](sharding.md).",
+        "The reductions are the rule's own; Keras's `clipnorm` and `global_clipnorm` add a norm per tensor or",
+        "over all tensors to any of them.",
         "",
         "| optimizer | what it is | reference | state bytes per float32 parameter | per-tensor scalars | reductions"
         " | backends |",
@@ -464,7 +491,10 @@ def index(programs: list[Program]) -> str:
     ]
     for p in programs:
         per_element, per_tensor, _ = state_cost(_without_options(p))
-        red = ", ".join("`" + r.replace("|", "\\|") + "`" for r in reductions(_core_program(p))) or "none"
+        red = (
+            ", ".join("`" + r.replace("|", "\\|") + "`" for r in reductions(_core_program(p)))
+            or "none (element-wise)"
+        )
         # a title names its reference last, in parentheses: "Adam (torch.optim `Adam`)"
         what, _, reference = p.title.rpartition(" (") if p.title.endswith(")") else (p.title, "", "")
         reference = reference[:-1] if reference else "-"
@@ -477,7 +507,8 @@ def index(programs: list[Program]) -> str:
 
 
 def _core_program(p: Program) -> Program:
-    return p  # reductions of the options (clipping norms) are listed on each page
+    """The rule's own program, without Keras's options (whose clipping norms every page lists)."""
+    return p.inner or p
 
 
 def docs_files(programs: list[Program]) -> dict[str, str]:

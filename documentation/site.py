@@ -84,7 +84,9 @@ def to_html(text: str) -> str:
     text = re.sub(r"(?<![\\$])\$[^$\n]+?\$", keep, text)
     body = markdown.markdown(text, extensions=["tables", "fenced_code"])
     body = re.sub(r"MATHPLACEHOLDER(\d+)X", lambda m: html.escape(kept[int(m.group(1))], quote=False), body)
-    return re.sub(r'href="([^"#:]+)\.md"', r'href="\1.html"', body)
+    body = re.sub(r'href="([^"#:]+)\.md"', r'href="\1.html"', body)
+    # a page's rule file (docs/optimizers/x.md links ../../rules/x.py): the site keeps a copy in rules/
+    return re.sub(r'href="\.\./\.\./rules/', 'href="../rules/', body)
 
 
 def build_site(root: pathlib.Path, out: pathlib.Path | None = None) -> pathlib.Path:
@@ -101,6 +103,9 @@ def build_site(root: pathlib.Path, out: pathlib.Path | None = None) -> pathlib.P
         title = next((line[2:] for line in text.splitlines() if line.startswith("# ")), rel.stem)
         up = "../" * (len(rel.parts) - 1)
         target.write_text(PAGE.format(title=html.escape(title), up=up, body=to_html(text)))
+    (out / "rules").mkdir()
+    for source in sorted((root / "rules").glob("*.py")):  # the pages' "Rule:" links, inside the site
+        shutil.copy(source, out / "rules" / source.name)
     for png in docs.rglob("*.png"):
         dest = out / png.relative_to(docs)
         dest.parent.mkdir(parents=True, exist_ok=True)

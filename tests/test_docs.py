@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 import pathlib
 import re
@@ -130,17 +131,23 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-def test_site_renders_equations_in_headless_chromium(tmp_path):
+def test_site_renders_every_pages_equations_in_headless_chromium(tmp_path):
+    """Every page's equations rendered by KaTeX in Chromium (one page that holds them all): no KaTeX error,
+    no subscript inside a ``\\mathrm{}`` name (an unescaped ``use_ema``), no Markdown emphasis made of a
+    description's ``*`` or ``_``, no raw LaTeX left as text; every link of the site stays inside it."""
     browser = _chromium()
     if browser is None:
         if os.environ.get("OPTFORGE_REQUIRE_BROWSER"):
             pytest.fail("chromium is required here (OPTFORGE_REQUIRE_BROWSER is set) but is not installed")
         pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
     pytest.importorskip("markdown")
-    from optforge.documentation.site import build_site
+    from optforge.documentation.site import PAGE, build_site, to_html
 
     site = build_site(ROOT, tmp_path / "site")
-    page_path = site / "optimizers" / "nadam.html"
+    pages = sorted((ROOT / "docs").rglob("*.md"))
+    bodies = [to_html(md.read_text()) for md in pages]
+    everything = site / "every_page.html"
+    everything.write_text(PAGE.format(title="every page", up="", body="\n".join(bodies)))
     flags = [
         "--headless",
         "--no-sandbox",
@@ -154,18 +161,39 @@ def test_site_renders_equations_in_headless_chromium(tmp_path):
         "--virtual-time-budget=10000",
     ]
     dom = subprocess.run(
-        [browser, *flags, "--dump-dom", page_path.as_uri()], capture_output=True, text=True, timeout=120
+        [browser, *flags, "--dump-dom", everything.as_uri()], capture_output=True, text=True, timeout=120
     ).stdout
     assert 'data-math="rendered"' in dom, "KaTeX's auto-render did not run"
-    assert dom.count('class="katex-display"') >= 10, "display equations were not rendered"
-    assert "katex-error" not in dom
+    displays = sum(md.read_text().count("$$\n") // 2 for md in pages)
+    assert dom.count('class="katex-display"') == displays, "display equations were not all rendered"
+    errors = re.findall(r'<span class="katex-error"[^>]*title="([^"]*)"', dom)
+    assert not errors and "katex-error" not in dom, errors[:5]
+    sources = [
+        html.unescape(t)
+        for t in re.findall(r'<annotation encoding="application/x-tex">(.*?)</annotation>', dom, re.S)
+    ]
+    assert len(sources) >= displays
+    subscripted = [t for t in sources if re.search(r"\\mathrm\{[^}]*(?<!\\)_", t)]
+    assert not subscripted, f"a subscript inside \\mathrm{{}}: {subscripted[:3]}"
     visible = re.sub(r'<span class="katex-mathml">.*?</span>', "", dom, flags=re.S)
     visible = re.sub(r"<annotation[^>]*>.*?</annotation>", "", visible, flags=re.S)
     visible = re.sub(r"<script.*?</script>", "", visible, flags=re.S)
+    emphasis = re.findall(r"<(?:em|strong)>.*?</(?:em|strong)>", visible)
+    assert not emphasis, f"Markdown emphasis made of a description's characters: {emphasis[:3]}"
     assert "$$" not in visible and "\\beta" not in visible, "raw LaTeX left as text"
+    for built in set(site.rglob("*.html")) - {everything}:
+        for href in re.findall(r'href="([^"#]+)', built.read_text()):
+            if not re.match(r"[a-z]+:", href):
+                assert (built.parent / href).resolve().is_file(), f"{built.relative_to(site)} links {href}"
     shot = tmp_path / "nadam.png"
     subprocess.run(
-        [browser, *flags, "--window-size=1100,1600", f"--screenshot={shot}", page_path.as_uri()],
+        [
+            browser,
+            *flags,
+            "--window-size=1100,1600",
+            f"--screenshot={shot}",
+            (site / "optimizers" / "nadam.html").as_uri(),
+        ],
         capture_output=True,
         timeout=120,
     )

@@ -135,3 +135,30 @@ def test_registered_pages_have_no_double_subscript_or_self_equation(rule):
         assert not DOUBLE_SUBSCRIPT.search(tex), (label, tex)
         assert r"\mathrm{" not in tex or not re.search(r"\\mathrm\{[^}]*(?<!\\)_", tex), (label, tex)
     _no_equation_names_itself(eqs)
+
+
+# -- issue 18's rendering items: term order, a sum inside a sum, repeated labels, emphasis, required ------
+
+
+def written_as_the_paper():
+    from optforge.compiler.dsl import tensor_sum
+
+    r = Rule("Written", title="as written", summary="keeps w*decay*lr and snake_case as characters")
+    lr = r.learning_rate(None, meaning="the rate, w <- w - w*lr*g")
+    beta = r.hyper("beta", 0.9, "[0, 1)", "a rate")
+    mu = r.let("mu", beta * (1 - 0.5 * 0.96**2), "schedule", latex=r"\mu")
+    s = r.let("s", tensor_sum(g + w), "schedule")
+    r.assign(w, w - lr * g * s / (1 - mu * beta), "update")
+    return r
+
+
+def test_a_page_reads_as_the_rule_was_written():
+    md = _page(written_as_the_paper())
+    eqs = _equations(md)
+    # a label shared by consecutive equations is said once, above both
+    assert md.count("Schedule:") == 1 and "\\mu_{t} = " in md and "s_{t} = " in md, md
+    update = next(tex for label, tex in eqs if label == "Update")
+    assert r"1 - \beta \mu" in update or r"1 - \mu \beta" in update, update  # not SymPy's -a b + 1
+    assert r"\sum \left(g_t + w_{t-1}\right)" in md, md  # the sum of a sum keeps its parentheses
+    assert r"w\*lr\*g" in md and r"w\*decay\*lr and snake\_case" in md  # characters, not emphasis
+    assert "| `learning_rate`" in md and "| required |" in md and "None (off)" not in md.split("## State")[0]
