@@ -75,7 +75,8 @@ def cmd_plots(args) -> int:
 
     for path, plot, written in write_plots(_root(args), only=args.rule):
         spreads = ", ".join(f"{problem} {value:.1e}" for problem, value in plot.spread.items())
-        print(f"{'wrote' if written else 'unchanged'} {path} (backends differ by at most: {spreads})")
+        said = f" (backends differ by at most: {spreads})" if spreads else ""
+        print(f"{'wrote' if written else 'unchanged'} {path}{said}")
     return 0
 
 

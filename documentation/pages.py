@@ -485,6 +485,9 @@ def index(programs: list[Program]) -> str:
         "The reductions are the rule's own; Keras's `clipnorm` and `global_clipnorm` add a norm per tensor or",
         "over all tensors to any of them.",
         "",
+        "![Every optimizer on the Rosenbrock function and a logistic regression, each at the learning rate of a"
+        " sweep that ends lowest](compare.png)",
+        "",
         "| optimizer | what it is | reference | state bytes per float32 parameter | per-tensor scalars | reductions"
         " | backends |",
         "| --- | --- | --- | --- | --- | --- | --- |",

@@ -21,15 +21,12 @@ def _pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"), dtype=np.int16)
 
 
-@pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
-def test_committed_plot_is_what_the_plots_command_draws(rule, tmp_path):
+def _assert_is_committed(path: pathlib.Path, draw, command: str, tmp_path) -> None:
+    """The picture ``draw()`` makes is the committed one at ``path``, pixel for pixel."""
     import matplotlib
     from PIL import Image
 
-    from optforge.documentation.plots import draw, plot_path
-
-    path = plot_path(ROOT, rule)
-    assert path.exists(), f"{rule.name} has no picture at {path}; run `optforge plots --rule {rule.module}`"
+    assert path.exists(), f"there is no picture at {path}; run `{command}`"
     committed = path.read_bytes()
     drawn_by = Image.open(io.BytesIO(committed)).info.get("Software")
     ours = f"matplotlib {matplotlib.__version__}"
@@ -39,7 +36,7 @@ def test_committed_plot_is_what_the_plots_command_draws(rule, tmp_path):
     )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the command prints no warning (torch's requires_grad one was)
-        fresh = draw(rule).png
+        fresh = draw()
     a, b = _pixels(committed), _pixels(fresh)
     assert a.shape == b.shape, f"{path.name}: expected {b.shape} pixels as drawn now; committed {a.shape}"
     differ = np.any(a != b, axis=-1)
@@ -49,5 +46,32 @@ def test_committed_plot_is_what_the_plots_command_draws(rule, tmp_path):
         pytest.fail(
             f"{path} is stale: {int(differ.sum())} pixels differ from the picture drawn now (rows "
             f"{rows.min()}..{rows.max()}, columns {cols.min()}..{cols.max()}; drawn now: {tmp_path / path.name}); "
-            f"run `optforge plots --rule {rule.module}` and commit it"
+            f"run `{command}` and commit it"
         )
+
+
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
+def test_committed_plot_is_what_the_plots_command_draws(rule, tmp_path):
+    from optforge.documentation.plots import draw, plot_path
+
+    path = plot_path(ROOT, rule)
+    _assert_is_committed(path, lambda: draw(rule).png, f"optforge plots --rule {rule.module}", tmp_path)
+
+
+def test_the_comparison_of_every_optimizer_is_what_the_plots_command_draws(tmp_path):
+    """docs/compare.png: every rule of the registry on the same problems, each at its sweep's best rate."""
+    from optforge.documentation.plots import comparison_path, draw_comparison
+
+    _assert_is_committed(
+        comparison_path(ROOT), lambda: draw_comparison(list(RULES.values())), "optforge plots", tmp_path
+    )
+
+
+def test_the_sweep_keeps_the_rate_that_ends_lowest():
+    """The choice checked on one rule against every rate of the sweep."""
+    from optforge.documentation.plots import LEARNING_RATES, best_learning_rate, numpy_curve
+
+    rule = next(iter(RULES.values()))
+    finals = {lr: numpy_curve(rule, "logistic", lr)[-1] for lr in LEARNING_RATES}
+    best = best_learning_rate(rule, "logistic")
+    assert all(finals[best] <= v for v in finals.values() if np.isfinite(v)), (best, finals)
