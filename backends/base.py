@@ -466,6 +466,8 @@ class Backend:
                 # an initial value that reads w: computed from each parameter (in the state's dtype)
                 "from_w": sp.Symbol("w") in s.init.free_symbols,
                 "when": "" if s.allocated_when is sp.true else p.doprint(s.allocated_when),
+                # the same, as maths (for a comment)
+                "when_text": "" if s.allocated_when is sp.true else MathPrinter().doprint(s.allocated_when),
                 # a global state computed from arrays (a reduction over all tensors): an array itself
                 "array": s.scope == Scope.GLOBAL and s.name in p.arrays,
             }

@@ -63,21 +63,14 @@ def param_condition(program: Program) -> sp.Basic:
     return sp.simplify_logic(when) if when not in (sp.true, sp.false) else when
 
 
-def static_hypers(program: Program) -> set[str]:
-    """The hyperparameters whose values decide which computation an update runs (in JAX they cannot be
-    traced): they appear in a case's condition, in when a state exists, in when the update reads the
-    parameters, or in a condition that reads nothing else (Python tests it). ``program`` is in the
-    increment form (JAX's)."""
+def static_conditions(program: Program) -> list[sp.Basic]:
+    """The conditions that decide which computation an update runs: the cases' conditions, when a state
+    exists, when the update reads the parameters, and each condition of a ``where`` that reads nothing
+    but hyperparameters (Python tests it). ``program`` is in the increment form (JAX's)."""
     names = {h.name for h in program.hypers}
-
-    def hyper_names(expr) -> set[str]:
-        return {str(s) for s in sp.sympify(expr).free_symbols if str(s) in names}
-
-    out = hyper_names(param_condition(program))
-    for case in program.cases:
-        out |= hyper_names(case.condition)
-    for s in program.states:
-        out |= hyper_names(s.allocated_when)
+    out = [param_condition(program)]
+    out += [case.condition for case in program.cases]
+    out += [sp.sympify(s.allocated_when) for s in program.states]
     for case in program.cases:
         for a in case.body:
             for node in sp.preorder_traversal(a.expr):
@@ -85,5 +78,32 @@ def static_hypers(program: Program) -> set[str]:
                     for _, cond in node.args:
                         symbols = sp.sympify(cond).free_symbols
                         if symbols and all(str(s) in names or isinstance(s, Given) for s in symbols):
-                            out |= hyper_names(cond)
+                            out.append(sp.sympify(cond))
+    return out
+
+
+def static_hypers(program: Program) -> set[str]:
+    """The hyperparameters whose values decide which computation an update runs (in JAX they cannot be
+    traced): those the :func:`static_conditions` read. ``program`` is in the increment form (JAX's)."""
+    names = {h.name for h in program.hypers}
+    return {str(s) for c in static_conditions(program) for s in c.free_symbols if str(s) in names}
+
+
+def switch_hypers(program: Program) -> set[str]:
+    """The real hyperparameters that the static conditions read only as ``h == 0`` or ``h != 0``: 0 turns a
+    computation off (SGD's momentum, NovoGrad's weight_decay), and that computation with ``h = 0`` is the
+    one it replaces. Given as an array (``optax.inject_hyperparams``, traced), such a number takes the
+    computation that is on, as optax's own optimizers do."""
+    floats = {h.name for h in program.hypers if h.kind == "float"}
+    out = set()
+    for name in static_hypers(program) & floats:
+        h = sp.Symbol(name)
+        tested = [
+            c.replace(
+                lambda e: isinstance(e, (sp.Eq, sp.Ne)) and set(e.args) == {h, sp.S.Zero}, lambda e: sp.true
+            )
+            for c in static_conditions(program)
+        ]
+        if all(h not in sp.sympify(c).free_symbols for c in tested):
+            out.add(name)
     return out

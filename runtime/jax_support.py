@@ -6,6 +6,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def nonzero(value: Any) -> bool:
+    """Whether a number that 0 turns off (SGD's momentum) turns its computation on: a Python number when it
+    is not 0; an array (``optax.inject_hyperparams`` makes one, traced under jit) always, as optax's own
+    optimizers take a given momentum: that computation with 0 is the one it replaces."""
+    return True if isinstance(value, (jax.Array, np.ndarray)) else value != 0
+
+
+def zero(value: Any) -> bool:
+    """``not nonzero(value)``."""
+    return not nonzero(value)
 
 
 def state_dtype(w: Any, chosen: Any = None) -> Any:

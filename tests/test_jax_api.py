@@ -6,6 +6,8 @@ is covered without editing this file.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -505,14 +507,48 @@ def test_learning_rate_injected_with_optax_inject_hyperparams(rule):
 
 def _static_hypers(rule) -> set[str]:
     """What the JAX module refuses as an array: the real hyperparameters whose values decide which
-    computation runs (``compiler.analysis.static_hypers``)."""
-    from optforge.compiler.analysis import static_hypers
+    computation runs, other than a number that 0 turns off (``compiler.analysis``)."""
+    from optforge.compiler.analysis import static_hypers, switch_hypers
     from optforge.compiler.ir import Form
     from optforge.compiler.pipeline import compile_rule
 
-    return {
-        n for n in static_hypers(compile_rule(rule, form=Form.INCREMENT)) if rule.hypers[n].kind == "float"
-    }
+    program = compile_rule(rule, form=Form.INCREMENT)
+    return {n for n in static_hypers(program) - switch_hypers(program) if rule.hypers[n].kind == "float"}
+
+
+def _switch_hypers(rule) -> set[str]:
+    from optforge.compiler.analysis import switch_hypers
+    from optforge.compiler.ir import Form
+    from optforge.compiler.pipeline import compile_rule
+
+    return switch_hypers(compile_rule(rule, form=Form.INCREMENT))
+
+
+SWITCHES = [pytest.param(r, n, id=f"{r.name}-{n}") for r in ALL_RULES for n in sorted(_switch_hypers(r))]
+
+
+@pytest.mark.parametrize(("rule", "name"), SWITCHES)
+def test_a_number_that_0_turns_off_is_injected_as_optax_takes_it(rule, name):
+    """SGD's momentum, NovoGrad's weight_decay: a test of ``!= 0`` decides whether a computation runs. Injected
+    (an array, traced under jit) it takes the computation that is on, as optax.sgd takes an injected
+    momentum: a value of 0 then gives the steps of the computation that is off, another value the steps of
+    the transformation built with it."""
+    factory = getattr(generated, rule.module)
+    params = small_params(jnp.float64, seed=41)
+    grads = grad_sequence(params, 4, seed=42)
+    value = 0.5 * (rule.hypers[name].interval.high if math.isfinite(rule.hypers[name].interval.high) else 0.1)
+    for start in (0.0, value):
+        opt = optax.inject_hyperparams(factory)(**{**required(rule), name: start})
+        update = jax.jit(opt.update)
+        state, p = opt.init(params), params
+        for g in grads:
+            updates, state = update(g, state, p)
+            p = optax.apply_updates(p, updates)
+        state, p_ref = transform(rule, **{name: start}).init(params), params
+        for g in grads:
+            updates, state = transform(rule, **{name: start}).update(g, state, p_ref)
+            p_ref = optax.apply_updates(p_ref, updates)
+        assert_trees_close(p, p_ref)
 
 
 @pytest.mark.parametrize("rule", ALL_RULES, ids=[r.name for r in ALL_RULES])

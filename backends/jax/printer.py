@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from optforge.compiler.analysis import static_hypers
+from optforge.compiler.analysis import static_hypers, switch_hypers
 from optforge.compiler.ir import Assign, Form, Role
 from optforge.compiler.passes.integers import promote_sections
 
@@ -26,6 +26,24 @@ class JaxPrinter(ExprPrinter):
         "TensorMax": ("jnp.max", ""),
     }
     where_call = "jnp.where"
+    #: the hyperparameters tested only against 0 (``analysis.switch_hypers``): a test prints as a call that
+    #: is true for an array (``optax.inject_hyperparams``), which takes the computation that is on
+    switches: frozenset[str] = frozenset()
+
+    def _switch(self, expr) -> str | None:
+        if expr.rhs == 0 and str(expr.lhs) in self.switches:
+            return str(expr.lhs)
+        if expr.lhs == 0 and str(expr.rhs) in self.switches:
+            return str(expr.rhs)
+        return None
+
+    def _print_Equality(self, expr) -> str:
+        name = self._switch(expr)
+        return self.call("jax_support.zero", name) if name else super()._print_Equality(expr)
+
+    def _print_Unequality(self, expr) -> str:
+        name = self._switch(expr)
+        return self.call("jax_support.nonzero", name) if name else super()._print_Unequality(expr)
 
     def _print_AsFloat(self, expr) -> str:
         """A traced integer (the int32 step) read as a real: a weakly typed float, as a Python int would be."""
@@ -55,6 +73,11 @@ class JaxBackend(Backend):
     global_reductions_are_arrays = True
     reduce_init = {"sum": "0.0", "max": "-jnp.inf"}
 
+    def make_printer(self, program, scopes):
+        printer = super().make_printer(program, scopes)
+        printer.switches = frozenset(switch_hypers(program))
+        return printer
+
     def case_sections(self, case):
         # the step is an int32 array here: integers read as reals are converted first (passes/integers.py)
         return promote_sections(self._program, case.sections)
@@ -69,7 +92,7 @@ class JaxBackend(Backend):
         decides which computation runs (``static_hypers``)."""
         hypers = super()._hypers(program)
         by_name = {h.name: h for h in program.hypers}
-        static = static_hypers(program)
+        static = static_hypers(program) - switch_hypers(program)
         renamed = optax_names([h["name"] for h in hypers])
         for h in hypers:
             h["key"], h["index"] = renamed.get(h["name"], (h["name"], None))

@@ -50,7 +50,7 @@ class AdagradState(NamedTuple):
 
     count: jax.Array  # calls of update so far (int32)
     accumulator: Any  # sum of squared gradients (like the params)
-    grad_accumulator: Any  # sum of the gradients since the last update (like the params; None unless gradient_accumulation_steps is not None)
+    grad_accumulator: Any  # sum of the gradients since the last update (like the params; None unless gradient_accumulation_steps given)
     ema: Any  # exponential moving average of the weights (like the params; None unless use_ema)
 
 

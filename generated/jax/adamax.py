@@ -52,7 +52,7 @@ class AdamaxState(NamedTuple):
     count: jax.Array  # calls of update so far (int32)
     m: Any  # first moment (like the params)
     u: Any  # exponentially weighted infinity norm (like the params)
-    grad_accumulator: Any  # sum of the gradients since the last update (like the params; None unless gradient_accumulation_steps is not None)
+    grad_accumulator: Any  # sum of the gradients since the last update (like the params; None unless gradient_accumulation_steps given)
     ema: Any  # exponential moving average of the weights (like the params; None unless use_ema)
 
 

@@ -58,7 +58,7 @@ class NadamState(NamedTuple):
     u_product: jax.Array  # product of the momentum schedule u_1 ... u_t (one for the optimizer)
     m: Any  # first moment (like the params)
     v: Any  # second moment (like the params)
-    grad_accumulator: Any  # sum of the gradients since the last update (like the params; None unless gradient_accumulation_steps is not None)
+    grad_accumulator: Any  # sum of the gradients since the last update (like the params; None unless gradient_accumulation_steps given)
     ema: Any  # exponential moving average of the weights (like the params; None unless use_ema)
 
 

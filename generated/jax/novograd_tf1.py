@@ -53,7 +53,7 @@ class NovoGradTF1State(NamedTuple):
 
     count: jax.Array  # calls of update so far (int32)
     m: Any  # momentum of the normalised gradients (like the params)
-    grad_accumulator: Any  # sum of the gradients since the last update (like the params; None unless gradient_accumulation_steps is not None)
+    grad_accumulator: Any  # sum of the gradients since the last update (like the params; None unless gradient_accumulation_steps given)
     ema: Any  # exponential moving average of the weights (like the params; None unless use_ema)
 
 
@@ -104,7 +104,7 @@ def novograd_tf1(
     epsilon = common.check_float(
         *common.named("eps", eps, "epsilon", epsilon), 0.0, math.inf, True, False, arrays=True
     )
-    weight_decay = common.check_float("weight_decay", weight_decay, 0.0, math.inf, True, False, static=True)
+    weight_decay = common.check_float("weight_decay", weight_decay, 0.0, math.inf, True, False, arrays=True)
     grad_averaging = common.check_flag("grad_averaging", grad_averaging)
     use_nesterov = common.check_flag("use_nesterov", use_nesterov)
     clipnorm = common.check_option(
@@ -171,7 +171,7 @@ def novograd_tf1(
         )
 
     def update_fn(grads: Any, state: NovoGradTF1State, params: Any = None) -> tuple[Any, NovoGradTF1State]:
-        if params is None and (use_ema or weight_decay != 0):
+        if params is None and (use_ema or jax_support.nonzero(weight_decay)):
             raise ValueError(
                 "novograd_tf1: update() needs params when use_ema or weight_decay != 0 (the update then reads the parameter w)"
             )
@@ -205,7 +205,7 @@ def novograd_tf1(
                 # normalised gradient
                 u = g / jnp.sqrt(epsilon + v)
                 # weight decay
-                u = u + (w * weight_decay if weight_decay != 0 else 0)
+                u = u + (w * weight_decay if jax_support.nonzero(weight_decay) else 0)
                 # gradient averaging
                 if grad_averaging:
                     u = u * (1 - beta1)

@@ -52,7 +52,7 @@ class OptaxNovoGradState(NamedTuple):
     count: jax.Array  # calls of update so far (int32)
     nu: Any  # per-tensor second moment of ||g||^2 (one 0-d array per parameter)
     mu: Any  # first moment of the normalised gradients (like the params)
-    grad_accumulator: Any  # sum of the gradients since the last update (like the params; None unless gradient_accumulation_steps is not None)
+    grad_accumulator: Any  # sum of the gradients since the last update (like the params; None unless gradient_accumulation_steps given)
     ema: Any  # exponential moving average of the weights (like the params; None unless use_ema)
 
 

@@ -52,7 +52,7 @@ class SGDState(NamedTuple):
 
     count: jax.Array  # calls of update so far (int32)
     velocity: Any  # velocity, with the learning rate inside (like the params; None unless momentum != 0)
-    grad_accumulator: Any  # sum of the gradients since the last update (like the params; None unless gradient_accumulation_steps is not None)
+    grad_accumulator: Any  # sum of the gradients since the last update (like the params; None unless gradient_accumulation_steps given)
     ema: Any  # exponential moving average of the weights (like the params; None unless use_ema)
 
 
@@ -88,7 +88,7 @@ def sgd(
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
     """
     learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
-    momentum = common.check_float("momentum", momentum, 0.0, 1.0, True, True, static=True)
+    momentum = common.check_float("momentum", momentum, 0.0, 1.0, True, True, arrays=True)
     nesterov = common.check_flag("nesterov", nesterov)
     weight_decay = common.check_option("weight_decay", weight_decay, 0.0, math.inf, True, False, arrays=True)
     clipnorm = common.check_option(
@@ -141,7 +141,7 @@ def sgd(
         return SGDState(
             count=jnp.zeros([], jnp.int32),
             velocity=None
-            if not (momentum != 0)
+            if not (jax_support.nonzero(momentum))
             else jax.tree.map(
                 lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
             ),
@@ -184,7 +184,7 @@ def sgd(
             (``runtime/options_jax.py``), the parameters and the rule's state; its increments and new state."""
             n, lr = call.n, call.lr  # n: the updates before this one
             t = n + 1
-            if momentum == 0:
+            if jax_support.zero(momentum):
                 updates = []
                 for g, w in zip(_grads, _params):
                     # gradient descent
