@@ -138,10 +138,11 @@ class RuleOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for i, group in enumerate(self.param_groups):
             params = [w for w in group["params"] if w.grad is not None]
             if not params:
                 continue
+            self._check_group(i, group)
             call = Call(self, group, params)
             for name, init, array in self.global_states:
                 if name not in group:
@@ -151,6 +152,27 @@ class RuleOptimizer(torch.optim.Optimizer):
             else:  # gradient accumulation: the rule does not run
                 call.skip(self._case(group))
         return loss
+
+    def _check_group(self, i: int, group: dict[str, Any]) -> None:
+        """A value put into a parameter group since its last check (by hand, by a scheduler) is checked as the
+        constructor checks its own; a rule's name put there (``beta_1``) goes under torch's (``betas[0]``).
+        Unchanged values (the same objects as at the last check) cost one identity test each."""
+        if any(name in group for name in self.torch_names):
+            renamed = self._torch_named(group)
+            for name in self.torch_names:
+                group.pop(name, None)
+            group.update(renamed)
+        values = [group[k] for k in self.defaults]
+        seen = self.__dict__.setdefault("_last_checked", {})  # group index -> its values when last checked
+        last = seen.get(i)
+        if last is not None and len(last) == len(values) and all(a is b for a, b in zip(last, values)):
+            return
+        try:
+            checked = self._checked(**{k: group[k] for k in self.defaults})
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"param_groups[{i}]: {exc}") from None
+        group.update(checked)
+        seen[i] = [group[k] for k in self.defaults]
 
     def _update(self, group: dict[str, Any], call: Any) -> None:
         """The rule's own step on an update call (generated)."""

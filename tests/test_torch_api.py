@@ -778,6 +778,41 @@ def test_torch_names_and_the_rules_names_give_the_same_steps(rule):
 
 
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_a_value_put_into_a_group_mid_training_is_checked_and_the_rules_name_is_read(rule):
+    """``opt.param_groups[0]["betas"] = (1.5, 0.999)`` between steps: the next step raises as the constructor
+    would, naming the group; ``param_groups[0]["beta_1"] = 0.5`` (the rule's name) is what ``betas[0] =
+    0.5`` does, not ignored."""
+    floats = [(n, h) for n, h in rule.hypers.items() if h.kind == "float" and h.interval is not None]
+    assert floats
+    for name, h in floats:
+        bad = h.interval.high + 1 if math.isfinite(h.interval.high) else h.interval.low - 1
+        model = make_model(21)
+        opt = build(rule, model.parameters())
+        grads = grad_sequence(model, 2, seed=22)
+        apply_grads(model, grads[0])
+        opt.step()
+        opt.param_groups[0].update(torch_keyword(rule, name, bad))
+        apply_grads(model, grads[1])
+        label = re.escape(torch_label(rule, name))
+        with pytest.raises(ValueError, match=rf"param_groups\[0\]: `{label}` must be"):
+            opt.step()
+    named = {n: h for n, h in floats if n in optimizer_class(rule).torch_names and h.default}
+    for name, h in named.items():
+        runs = []
+        for entry in ({name: 0.5 * h.default}, torch_keyword(rule, name, 0.5 * h.default)):
+            model = make_model(21)
+            opt = build(rule, model.parameters())
+            for k, g in enumerate(grad_sequence(model, 4, seed=22)):
+                if k == 2:
+                    opt.param_groups[0].update(entry)
+                apply_grads(model, g)
+                opt.step()
+            assert name not in opt.param_groups[0]
+            runs.append(params_of(model))
+        assert_bitwise(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
 def test_torch_optims_foreach_capturable_and_differentiable_keywords(rule):
     """Code written for torch.optim passes ``foreach=``, ``capturable=False``, ``differentiable=False``: they
     are taken and kept in the parameter groups as torch.optim keeps them, and ``foreach`` changes no result;
