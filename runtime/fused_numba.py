@@ -28,6 +28,15 @@ def pointer(typingctx, address):
     return sig, codegen
 
 
+def cacheable(kernel, name: str, *conditions) -> "numba.core.registry.CPUDispatcher":
+    """``kernel`` (a reduction, compiled apart) under a name that is the same in every process, so that a
+    kernel that calls it is found in Numba's on-disk cache. Numba keys a cached closure by the pickle of
+    its closure's values, and a dispatcher pickles with an id it draws at random (``uuid4``) unless one is
+    set: every process compiled such a kernel again (4 to 16 s for a NovoGrad step's kernels)."""
+    kernel._set_uuid(f"optforge:{name}{conditions!r}")
+    return kernel
+
+
 @numba.njit(nogil=True, cache=True)
 def address(a):  # pragma: no cover - compiled
     """The address of an array's first element (0 for None: a state that is not kept)."""

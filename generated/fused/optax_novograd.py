@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from optforge.runtime import fused_support
-from optforge.runtime.fused_numba import address, pointer
+from optforge.runtime.fused_numba import address, cacheable, pointer
 
 
 def prepare_update_case_0(
@@ -205,7 +205,13 @@ def _reduce_0_0(
             acc += g * g
         return acc
 
-    return kernel
+    return cacheable(
+        kernel,
+        "optax_novograd._reduce_0_0",
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+    )
 
 
 @functools.cache
@@ -256,7 +262,16 @@ def _reduce_0_1(
             acc += g * g
         return acc
 
-    return kernel
+    return cacheable(
+        kernel,
+        "optax_novograd._reduce_0_1",
+        b_loss_scale_factor_given,
+        b_gradient_accumulation_steps_given,
+        b_gradient_accumulation_steps_given_and_is_update,
+        b_clipnorm_given_and_is_update,
+        b_global_clipnorm_given_and_is_update,
+        b_clipvalue_given_and_is_update,
+    )
 
 
 @functools.cache
