@@ -20,6 +20,7 @@ picture and compares its pixels with the committed one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import pathlib
 
@@ -82,17 +83,18 @@ def numpy_curve(rule, problem: str, learning_rate: float, nudge: float = 0.0) ->
 NUDGE, STABLE = 1e-10, 1e-6
 
 
+@functools.cache
 def best_learning_rate(rule, problem: str) -> float:
     """The rate of the sweep whose run ends lowest (the smaller rate on a tie) among the stable runs: a run
     whose last loss a change of its start in the 10th digit moves by more than a millionth is chaotic (a
-    large rate on Rosenbrock), its end an accident of rounding that no two implementations share."""
-    scored = []
-    for i, lr in enumerate(LEARNING_RATES):
-        last = numpy_curve(rule, problem, lr)[-1]
-        moved = numpy_curve(rule, problem, lr, nudge=NUDGE)[-1]
-        if np.isfinite(last) and abs(moved - last) <= STABLE * abs(last):
-            scored.append((last, i))
-    return LEARNING_RATES[min(scored)[1]] if scored else LEARNING_RATES[0]
+    large rate on Rosenbrock), its end an accident of rounding that no two implementations share. The
+    runs are tried for stability from the lowest end up, until one is stable."""
+    ends = [(numpy_curve(rule, problem, lr)[-1], i) for i, lr in enumerate(LEARNING_RATES)]
+    for last, i in sorted(e for e in ends if np.isfinite(e[0])):
+        moved = numpy_curve(rule, problem, LEARNING_RATES[i], nudge=NUDGE)[-1]
+        if abs(moved - last) <= STABLE * abs(last):
+            return LEARNING_RATES[i]
+    return LEARNING_RATES[0]
 
 
 def curves(rule, problem: str, learning_rate: float) -> dict[str, list[float]]:

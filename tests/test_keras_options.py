@@ -186,18 +186,33 @@ def test_ema_overwrite_frequency_zero_means_never():
 REDUCING = [r.name for r in MACHINERY if features(r) & {"TensorSum", "TensorMax", "GlobalSum", "GlobalMax"}]
 
 
+_REDUCING_OPTIONS = {
+    "clipnorm_accum_ema": dict(
+        clipnorm=0.5, gradient_accumulation_steps=3, use_ema=True, ema_overwrite_frequency=2
+    ),
+    "global_clipnorm_loss_scale_ema": dict(
+        global_clipnorm=1.0, loss_scale_factor=8.0, use_ema=True, ema_momentum=0.5
+    ),
+    "clipvalue_accum": dict(clipvalue=0.2, gradient_accumulation_steps=2),
+}
+
+
 @pytest.mark.parametrize("rule_name", REDUCING)
 @pytest.mark.parametrize(
-    "options",
-    [
-        dict(clipnorm=0.5, gradient_accumulation_steps=3, use_ema=True, ema_overwrite_frequency=2),
-        dict(global_clipnorm=1.0, loss_scale_factor=8.0, use_ema=True, ema_momentum=0.5),
-        dict(clipvalue=0.2, gradient_accumulation_steps=2),
+    "options, dtype, tol",
+    # float64 with each option set; float32 with the one that reduces over all tensors (the others' float32
+    # runs add only what test_backends_agree's float32 runs check)
+    [pytest.param(o, np.float64, 1e-12, id=f"{k}-float64") for k, o in _REDUCING_OPTIONS.items()]
+    + [
+        pytest.param(
+            _REDUCING_OPTIONS["global_clipnorm_loss_scale_ema"],
+            np.float32,
+            1e-5,
+            id="global_clipnorm_loss_scale_ema-float32",
+        )
     ],
-    ids=["clipnorm_accum_ema", "global_clipnorm_loss_scale_ema", "clipvalue_accum"],
 )
-@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)], ids=["float64", "float32"])
-def test_novograd_backends_agree_with_options(rule_name, options, dtype, tol):
+def test_reducing_rules_backends_agree_with_options(rule_name, options, dtype, tol):
     rule = RULES[rule_name]
     cfg = {**rule.configs.get("lr_0.01", rule.configs["default"]), **options}
     params0, grads = problem(60, dtype)
