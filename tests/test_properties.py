@@ -34,9 +34,9 @@ RULE_IDS = [r.name for r in RULES]
 
 SCALE = int(os.environ.get("OPTFORGE_PROPERTY_EXAMPLES", "0"))
 AGREE_EXAMPLES = (
-    SCALE or 12
+    SCALE or 10
 )  # per rule; three backends each (OPTFORGE_PROPERTY_EXAMPLES=500 for a long search)
-FINITE_EXAMPLES = SCALE or 150  # per rule; NumPy and torch each (JAX's finiteness is checked by (a))
+FINITE_EXAMPLES = SCALE or 120  # per rule; NumPy and torch each (JAX's finiteness is checked by (a))
 SETTINGS = dict(
     derandomize=not SCALE,
     deadline=None,
