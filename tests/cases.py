@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
@@ -29,14 +30,22 @@ def rule_configs():
 # rule. OPTFORGE_TEST_ALL_RULES=1 runs the machinery tests on every rule too.
 
 
+@functools.cache
+def compiled(rule, form: str = "in-place"):
+    """``compile_rule(rule, form=form)``, once per test process (collection reads it for several files)."""
+    from optforge.compiler.pipeline import compile_rule
+
+    return compile_rule(rule, form=form)
+
+
+@functools.cache
 def features(rule) -> frozenset[str]:
     """The structural features of a rule, as its compiled program shows them."""
     import sympy as sp
 
     from optforge.compiler.dsl import Reduction
-    from optforge.compiler.pipeline import compile_rule
 
-    program = compile_rule(rule)
+    program = compiled(rule)
     own = program.inner or program
     out = set()
     w = sp.Symbol("w")

@@ -16,7 +16,7 @@ optax = pytest.importorskip("optax")
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
-from cases import MACHINERY  # noqa: E402
+from cases import MACHINERY, compiled  # noqa: E402
 from cases import RULES as ALL  # noqa: E402
 from hyper_cases import (  # noqa: E402
     BAD_RANGE,
@@ -482,19 +482,15 @@ def _static_hypers(rule) -> set[str]:
     """What the JAX module refuses as an array: the real hyperparameters whose values decide which
     computation runs, other than a number that 0 turns off (``compiler.analysis``)."""
     from optforge.compiler.analysis import static_hypers, switch_hypers
-    from optforge.compiler.ir import Form
-    from optforge.compiler.pipeline import compile_rule
 
-    program = compile_rule(rule, form=Form.INCREMENT)
+    program = compiled(rule, "increment")
     return {n for n in static_hypers(program) - switch_hypers(program) if rule.hypers[n].kind == "float"}
 
 
 def _switch_hypers(rule) -> set[str]:
     from optforge.compiler.analysis import switch_hypers
-    from optforge.compiler.ir import Form
-    from optforge.compiler.pipeline import compile_rule
 
-    return switch_hypers(compile_rule(rule, form=Form.INCREMENT))
+    return switch_hypers(compiled(rule, "increment"))
 
 
 SWITCHES = [pytest.param(r, n, id=f"{r.name}-{n}") for r in ALL_RULES for n in sorted(_switch_hypers(r))]
