@@ -49,13 +49,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "quick: a subset of the suite that runs in under two minutes")
 
 
-#: files each of whose tests is one long run (a subprocess of 10 to 35 s): they go first, so that with
-#: pytest-xdist no worker is left alone with one of them at the end while the other has nothing to do
-_LONG_FILES = ("test_sharding.py", "test_demo.py", "test_install.py", "test_benchmarks.py")
-
-
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: item.path.name not in _LONG_FILES)  # stable: the rest keep their order
     first = _first_rule()
     for item in items:
         if item.path.name in _SLOW_FILES or any(word in item.name for word in _SLOW_WORDS):
