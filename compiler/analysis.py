@@ -90,20 +90,64 @@ def static_hypers(program: Program) -> set[str]:
 
 
 def switch_hypers(program: Program) -> set[str]:
-    """The real hyperparameters that the static conditions read only as ``h == 0`` or ``h != 0``: 0 turns a
-    computation off (SGD's momentum, NovoGrad's weight_decay), and that computation with ``h = 0`` is the
-    one it replaces. Given as an array (``optax.inject_hyperparams``, traced), such a number takes the
-    computation that is on, as optax's own optimizers do."""
+    """The real hyperparameters that the static conditions read only as ``h == 0`` or ``h != 0``, where 0
+    turns a computation off (SGD's momentum, NovoGrad's weight_decay) and that computation with ``h = 0``
+    is the one it replaces: checked here, symbolically, for every case (its new parameter increment and
+    states, each expanded over the case's statements). Given as an array (``optax.inject_hyperparams``,
+    traced), such a number takes the computation that is on, as optax's own optimizers do."""
     floats = {h.name for h in program.hypers if h.kind == "float"}
     out = set()
     for name in static_hypers(program) & floats:
         h = sp.Symbol(name)
-        tested = [
-            c.replace(
-                lambda e: isinstance(e, (sp.Eq, sp.Ne)) and set(e.args) == {h, sp.S.Zero}, lambda e: sp.true
-            )
-            for c in static_conditions(program)
-        ]
-        if all(h not in sp.sympify(c).free_symbols for c in tested):
+        tested = [_read_as(c, h, on=True) for c in static_conditions(program)]
+        # the rule's own program (Keras's options, wrapped around it, read no such number)
+        if all(h not in sp.sympify(c).free_symbols for c in tested) and _off_equals_on_at_zero(
+            program.inner or program, h
+        ):
             out.add(name)
     return out
+
+
+def _read_as(expr: sp.Basic, h: sp.Symbol, on: bool) -> sp.Basic:
+    """``expr`` with each test of ``h`` against 0 decided: ``h != 0`` true (``on``) or false."""
+    return sp.sympify(expr).replace(
+        lambda e: isinstance(e, (sp.Eq, sp.Ne)) and set(e.args) == {h, sp.S.Zero},
+        lambda e: sp.true if isinstance(e, sp.Ne) == on else sp.false,
+    )
+
+
+def _final_values(body) -> dict[str, sp.Basic]:
+    """Each name a case assigns, its last value, expanded over the statements before it."""
+    env: dict = {}
+    final: dict[str, sp.Basic] = {}
+    for a in body:
+        env[a.lhs] = value = sp.sympify(a.expr).xreplace(env)
+        final[a.target] = value
+    return final
+
+
+def _off_equals_on_at_zero(program: Program, h: sp.Symbol) -> bool:
+    """Whether each case's computation with ``h != 0`` taken as true and then ``h = 0`` gives what the case
+    that ``h = 0`` selects gives (the update and the states both assign)."""
+    for on_case in program.cases:
+        on_cond = _read_as(on_case.condition, h, on=True)
+        if on_cond is sp.false:
+            continue
+        on = {k: _read_as(v, h, on=True).subs(h, 0) for k, v in _final_values(on_case.body).items()}
+        for off_case in program.cases:
+            off_cond = _read_as(off_case.condition, h, on=False)
+            if off_cond is sp.false or not sp.satisfiable(sp.And(on_cond, off_cond)):
+                continue
+            off = {k: _read_as(v, h, on=False).subs(h, 0) for k, v in _final_values(off_case.body).items()}
+            if not all(_same(on[k], off[k]) for k in on.keys() & off.keys()):
+                return False
+    return True
+
+
+def _same(a: sp.Basic, b: sp.Basic) -> bool:
+    """Whether two expanded values are equal for every input (numbers or conditions)."""
+    if a == b:
+        return True
+    if isinstance(a, sp.logic.boolalg.Boolean) or isinstance(b, sp.logic.boolalg.Boolean):
+        return not sp.satisfiable(sp.Xor(a, b))
+    return sp.expand(a - b) == 0 or sp.simplify(a - b) == 0

@@ -31,7 +31,8 @@ def _fmt(value, required: bool = False) -> str:
 def text(words: str) -> str:
     """A rule author's words (a summary, a label, a meaning) as Markdown shows them: ``*`` and ``_`` are
     characters (``w <- w - w*weight_decay*lr``), not emphasis."""
-    return re.sub(r"([\\*_])", r"\\\1", words)
+    parts = re.split(r"(`[^`]*`|\$[^$]*\$)", words)  # code spans and maths are left as written
+    return "".join(p if i % 2 else re.sub(r"([\\*_])", r"\\\1", p) for i, p in enumerate(parts))
 
 
 def links(reference: str) -> str:
@@ -232,8 +233,10 @@ def keywords(program: Program) -> dict[str, str]:
     return {
         "numpy": "".join(f", {h.name}={h.default!r}" for h in own),
         "jax": "".join(f", {jax_names.get(h.name, (h.name,))[0]}={h.default!r}" for h in own),
-        "torch": "".join(
-            f", {k}=({', '.join(v)})" if isinstance(v, list) else f", {k}={v}" for k, v in torch_kw.items()
+        "torch": "".join(  # a pair is shown where both of its entries have a default
+            f", {k}=({', '.join(v)})" if isinstance(v, list) else f", {k}={v}"
+            for k, v in torch_kw.items()
+            if not (isinstance(v, list) and None in v)
         ),
     }
 

@@ -88,7 +88,8 @@ def best_learning_rate(rule, problem: str) -> float:
     """The rate of the sweep whose run ends lowest (the smaller rate on a tie) among the stable runs: a run
     whose last loss a change of its start in the 10th digit moves by more than a millionth is chaotic (a
     large rate on Rosenbrock), its end an accident of rounding that no two implementations share. The
-    runs are tried for stability from the lowest end up, until one is stable."""
+    runs are tried for stability from the lowest end up, until one is stable; where none is (no rule of
+    the registry), the smallest rate of the sweep."""
     ends = [(numpy_curve(rule, problem, lr)[-1], i) for i, lr in enumerate(LEARNING_RATES)]
     for last, i in sorted(e for e in ends if np.isfinite(e[0])):
         moved = numpy_curve(rule, problem, LEARNING_RATES[i], nudge=NUDGE)[-1]

@@ -156,23 +156,31 @@ class RuleOptimizer(torch.optim.Optimizer):
     def _check_group(self, i: int, group: dict[str, Any]) -> None:
         """A value put into a parameter group since its last check (by hand, by a scheduler) is checked as the
         constructor checks its own; a rule's name put there (``beta_1``) goes under torch's (``betas[0]``).
-        Unchanged values (the same objects as at the last check) cost one identity test each."""
+        Unchanged values (the same objects as at the last check) cost one identity test each. Under
+        torch.compile the group's values are what its trace made of them (a tensor lr): not checked there."""
+        if torch.compiler.is_compiling():
+            return
         if any(name in group for name in self.torch_names):
             renamed = self._torch_named(group)
             for name in self.torch_names:
                 group.pop(name, None)
             group.update(renamed)
-        values = [group[k] for k in self.defaults]
+        # torch's own flags are left out: they choose no maths here, and torch.compile sets capturable=True
+        # in the groups it traces (the constructor and add_param_group check them)
+        keys = [k for k in self.defaults if k not in TORCH_FLAGS]
+        values = [group[k] for k in keys]
         seen = self.__dict__.setdefault("_last_checked", {})  # group index -> its values when last checked
         last = seen.get(i)
         if last is not None and len(last) == len(values) and all(a is b for a, b in zip(last, values)):
             return
         try:
-            checked = self._checked(**{k: group[k] for k in self.defaults})
+            checked = self._checked(**dict(zip(keys, values)))
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"param_groups[{i}]: {exc}") from None
-        group.update(checked)
-        seen[i] = [group[k] for k in self.defaults]
+        for k in keys:
+            if not (k == "lr" and isinstance(group[k], torch.Tensor)):  # a tensor lr stays the tensor it is
+                group[k] = checked[k]
+        seen[i] = [group[k] for k in keys]
 
     def _update(self, group: dict[str, Any], call: Any) -> None:
         """The rule's own step on an update call (generated)."""
@@ -239,6 +247,11 @@ class RuleOptimizer(torch.optim.Optimizer):
             self._fused = fused_support.load(self.module, self.rule) if self.fused else None
         self._scratch, self._stage_scratch = {}, {}
         super().__setstate__(state)
+        # an optimizer pickled before its groups held torch's flags (torch adds some to defaults only)
+        for name, default in TORCH_FLAGS.items():
+            self.defaults.setdefault(name, default)
+            for group in self.param_groups:
+                group.setdefault(name, default)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's, keeping each state tensor in the precision policy's dtype (torch would cast it to the

@@ -76,6 +76,10 @@ def features(rule) -> frozenset[str]:
     return frozenset(out)
 
 
+#: the features that are reductions (a norm per tensor, a sum over all tensors)
+REDUCTIONS = frozenset({"TensorSum", "TensorMax", "GlobalSum", "GlobalMax"})
+
+
 def _cover() -> list:
     if os.environ.get("OPTFORGE_TEST_ALL_RULES", "") not in ("", "0"):
         return list(RULES.values())

@@ -70,13 +70,10 @@ def misplaced(params, state, mesh) -> list[str]:
 
 
 def _reduces(rule) -> bool:
-    """Whether the rule reduces over a tensor or over all of them, options aside."""
-    from optforge.compiler.dsl import Reduction
-    from optforge.compiler.pipeline import compile_rule
+    """Whether the rule reduces over a tensor or over all of them, options aside (``cases.features``)."""
+    from cases import REDUCTIONS, features
 
-    program = compile_rule(rule)
-    own = program.inner or program
-    return any(a.expr.has(Reduction) for c in own.cases for a in c.body)
+    return bool(features(rule) & REDUCTIONS)
 
 
 def main(rule_name: str) -> dict:

@@ -496,3 +496,22 @@ def test_errors_quote_the_equation_as_its_author_wrote_it_not_as_keras_options_w
                 assert (wrapped.equation, wrapped.origin) == (plain.value.equation, plain.value.origin)
                 checked += 1
     assert checked >= 10
+
+
+def test_a_number_0_turns_off_is_a_switch_only_where_the_computation_at_0_is_the_one_it_replaces():
+    """``compiler.analysis.switch_hypers``: JAX takes the computation that is on for an injected (array) value
+    of such a number; that is right only where the on computation with 0 gives the off one. Decay by
+    ``d*w`` qualifies; clipping to ``[-tau, tau]`` does not (with 0 it clips every gradient to 0)."""
+    from optforge.compiler.analysis import switch_hypers
+
+    def rule(name, on):
+        r = Rule(name, title=name)
+        lr = r.learning_rate(0.1)
+        x = r.hyper("x", 0.0, "[0, inf)", "a number that 0 turns off")
+        r.assign(w, w - lr * where(sp.Ne(x, 0), on(x), g))
+        return r
+
+    decay = compile_rule(rule("Decay", lambda x: g + x * w), form=Form.INCREMENT)
+    clipped = compile_rule(rule("Clipped", lambda x: clip(g, -x, x)), form=Form.INCREMENT)
+    assert switch_hypers(decay) == {"x"}
+    assert switch_hypers(clipped) == set()

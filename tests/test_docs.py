@@ -43,9 +43,23 @@ def test_the_use_section_constructs_each_backends_optimizer_with_its_names(rule)
         built.append(scope.get("opt", scope.get("tx")))
     numpy_opt, tx, torch_opt = built
     assert callable(tx.update) and torch_opt.param_groups[0]["params"]
+    from optforge.backends.jax.printer import optax_names
+    from optforge.backends.torch.printer import torch_names
+
+    jax_names, torch_keys = optax_names(list(rule.hypers)), torch_names(list(rule.hypers))
     for name, h in rule.hypers.items():
         if h.default is not None and h.kind != "learning_rate":
             assert getattr(numpy_opt, name) == h.default, name
+            key, index = torch_keys.get(name, (name, None))
+            kept = torch_opt.defaults[key] if index is None else torch_opt.defaults[key][index]
+            assert kept == h.default, (name, key, kept)
+    numpy_line, jax_line = blocks[0].splitlines()[1], blocks[1].splitlines()[1]
+    shown = [n for n in rule.hypers if f" {n}=" in numpy_line and n != "learning_rate"]
+    for name in shown:  # JAX shows the same numbers under optax's names
+        assert f"{jax_names.get(name, (name,))[0]}={rule.hypers[name].default!r}" in jax_line, (
+            name,
+            jax_line,
+        )
 
 
 @pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cases import MACHINERY, RULES, features
+from cases import MACHINERY, REDUCTIONS, RULES, features
 from drivers import BACKENDS, assert_close, problem, run, varying_lr
 from references import keras_run, keras_schedule
 
@@ -183,7 +183,7 @@ def test_ema_overwrite_frequency_zero_means_never():
 
 
 #: the rules with their own reductions (a norm per tensor, a sum over all tensors) that show every feature
-REDUCING = [r.name for r in MACHINERY if features(r) & {"TensorSum", "TensorMax", "GlobalSum", "GlobalMax"}]
+REDUCING = [r.name for r in MACHINERY if features(r) & REDUCTIONS]
 
 
 _REDUCING_OPTIONS = {

@@ -813,6 +813,59 @@ def test_a_value_put_into_a_group_mid_training_is_checked_and_the_rules_name_is_
 
 
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_the_step_compiles_in_one_graph_and_follows_a_tensor_lr(rule):
+    """``torch.compile(opt.step, fullgraph=True)`` traces (torch.compile sets ``capturable`` in the groups it
+    traces: the check of a group's values must not refuse it) and steps as the plain step; a tensor put
+    into a group's ``lr`` stays that tensor, so a later ``fill_`` is followed."""
+    want, _ = _run(rule, steps=3)
+    # the step's code is shared by every optimizer: each earlier test's traces count towards Dynamo's
+    # recompile limit (8), which one program with one optimizer does not reach
+    torch._dynamo.reset()
+    model = make_model(21)
+    opt = build(rule, model.parameters())
+    grads = grad_sequence(model, 3, seed=22)
+    apply_grads(model, grads[0])
+    opt.step()
+    step = torch.compile(opt.step, backend="eager", fullgraph=True)
+    for g in grads[1:]:
+        apply_grads(model, g)
+        step()
+    assert_bitwise(params_of(model), want)
+    model = make_model(21)
+    opt = build(rule, model.parameters())
+    lr = torch.tensor(float(opt.param_groups[0]["lr"]))
+    opt.param_groups[0]["lr"] = lr
+    apply_grads(model, grads[0])
+    opt.step()
+    assert opt.param_groups[0]["lr"] is lr
+    lr.fill_(0.0)
+    before = [p.detach().clone() for p in model.parameters()]
+    apply_grads(model, grads[1])
+    opt.step()
+    assert all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters())), "lr 0 moved w"
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_an_optimizer_pickled_before_the_torch_flags_steps(rule):
+    """An optimizer pickled when its groups held no ``foreach``/``capturable``/``differentiable`` (torch adds
+    some to ``defaults`` only when unpickling) steps after unpickling, as before."""
+    import pickle
+
+    model = make_model(21)
+    opt = build(rule, model.parameters())
+    apply_grads(model, grad_sequence(model, 1, seed=22)[0])
+    opt.step()
+    state = opt.__getstate__()
+    for d in [state["defaults"], *state["param_groups"]]:
+        for name in ("foreach", "capturable", "differentiable"):
+            d.pop(name, None)
+    old = optimizer_class(rule).__new__(optimizer_class(rule))
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    assert all(g["differentiable"] is False for g in old.param_groups)
+    old.step()
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
 def test_torch_optims_foreach_capturable_and_differentiable_keywords(rule):
     """Code written for torch.optim passes ``foreach=``, ``capturable=False``, ``differentiable=False``: they
     are taken and kept in the parameter groups as torch.optim keeps them, and ``foreach`` changes no result;

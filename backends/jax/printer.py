@@ -96,9 +96,10 @@ class JaxBackend(Backend):
         renamed = optax_names([h["name"] for h in hypers])
         for h in hypers:
             h["key"], h["index"] = renamed.get(h["name"], (h["name"], None))
-            if h["check"] and h["kind"] == "float":
+            if h["check"]:  # every renamed one reads its alias, whatever its kind
+                arrays = h["name"] not in static if h["kind"] == "float" else None
                 h["check"] = _check_call(
-                    by_name[h["name"]], h["key"], arrays=h["name"] not in static, alias=h["key"] != h["name"]
+                    by_name[h["name"]], h["key"], arrays=arrays, alias=h["key"] != h["name"]
                 )
         return hypers
 
