@@ -212,7 +212,9 @@ class RuleOptimizer(torch.optim.Optimizer):
         group = self._torch_named(param_group)
         given = {k: v for k, v in group.items() if k in self.defaults}
         if given:
-            group.update(self._checked(**{**self.defaults, **given}))
+            merged = {**self.defaults, **given}
+            group.update(self._checked(**{k: v for k, v in merged.items() if k not in TORCH_FLAGS}))
+            group.update(torch_flags(*(merged[k] for k in TORCH_FLAGS)))
         super().add_param_group(group)
 
     @staticmethod

@@ -131,10 +131,8 @@ class Adamax(torch_support.RuleOptimizer):
             loss_scale_factor=loss_scale_factor,
             gradient_accumulation_steps=gradient_accumulation_steps,
             maximize=maximize,
-            foreach=foreach,
-            capturable=capturable,
-            differentiable=differentiable,
         )
+        defaults.update(torch_support.torch_flags(foreach, capturable, differentiable))
         self._setup(params, defaults, state_dtype, fused)
 
     @staticmethod
@@ -153,9 +151,6 @@ class Adamax(torch_support.RuleOptimizer):
         loss_scale_factor: Any,
         gradient_accumulation_steps: Any,
         maximize: Any,
-        foreach: Any = None,
-        capturable: Any = False,
-        differentiable: Any = False,
     ) -> dict[str, Any]:
         """The hyperparameters of a parameter group, checked: the constructor's, and those a group gives."""
         beta_1, beta_2 = torch_support.pair("betas", betas, None, None)
@@ -200,7 +195,6 @@ class Adamax(torch_support.RuleOptimizer):
                 integer=True,
             ),
             maximize=common.check_flag("maximize", maximize),
-            **torch_support.torch_flags(foreach, capturable, differentiable),
         )
         common.check_exclusive(
             clipnorm=defaults["clipnorm"],

@@ -125,10 +125,8 @@ class SGD(torch_support.RuleOptimizer):
             loss_scale_factor=loss_scale_factor,
             gradient_accumulation_steps=gradient_accumulation_steps,
             maximize=maximize,
-            foreach=foreach,
-            capturable=capturable,
-            differentiable=differentiable,
         )
+        defaults.update(torch_support.torch_flags(foreach, capturable, differentiable))
         self._setup(params, defaults, state_dtype, fused)
 
     @staticmethod
@@ -147,9 +145,6 @@ class SGD(torch_support.RuleOptimizer):
         loss_scale_factor: Any,
         gradient_accumulation_steps: Any,
         maximize: Any,
-        foreach: Any = None,
-        capturable: Any = False,
-        differentiable: Any = False,
     ) -> dict[str, Any]:
         """The hyperparameters of a parameter group, checked: the constructor's, and those a group gives."""
         defaults = dict(
@@ -189,7 +184,6 @@ class SGD(torch_support.RuleOptimizer):
                 integer=True,
             ),
             maximize=common.check_flag("maximize", maximize),
-            **torch_support.torch_flags(foreach, capturable, differentiable),
         )
         common.check_exclusive(
             clipnorm=defaults["clipnorm"],
