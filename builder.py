@@ -23,25 +23,31 @@ def package_root() -> pathlib.Path:
     return pathlib.Path(optforge.__file__).resolve().parent
 
 
-def programs(form: Form = Form.IN_PLACE) -> list[Program]:
-    from optforge.rules import registry
+def programs(
+    form: Form = Form.IN_PLACE, names: list[str] | None = None, compile=compile_rule
+) -> list[Program]:
+    from optforge.rules import select
 
-    return [compile_rule(rule, form=form) for rule in registry().values()]
+    return [compile(rule, form=form) for rule in select(names)]
 
 
-def generate() -> dict[str, str]:
-    """Relative path -> text of every generated file."""
+def generate(names: list[str] | None = None, compile=compile_rule) -> dict[str, str]:
+    """Relative path -> text of every generated file; with ``names`` (rules' names or modules), those rules'
+    modules and pages only (not the indexes and exports, which list every rule). ``compile(rule, form=)``:
+    ``compile_rule`` or one that remembers its results (the tests')."""
     from optforge.backends import backends
     from optforge.documentation.pages import docs_files
 
-    progs = {Form.IN_PLACE: programs()}  # the docs read the in-place form
-    files = {"generated/__init__.py": GENERATED_INIT, **docs_files(progs[Form.IN_PLACE])}
+    progs = {Form.IN_PLACE: programs(names=names, compile=compile)}  # the docs read the in-place form
+    files = {"generated/__init__.py": GENERATED_INIT} if names is None else {}
+    files.update(docs_files(progs[Form.IN_PLACE], indexes=names is None))
     for name, backend in backends().items():
         if backend.form not in progs:
-            progs[backend.form] = programs(backend.form)
+            progs[backend.form] = programs(backend.form, names, compile)
         for p in progs[backend.form]:
             files[f"generated/{name}/{p.module}.py"] = backend.render(p)
-        files[f"generated/{name}/__init__.py"] = backend.render_exports(progs[backend.form])
+        if names is None:
+            files[f"generated/{name}/__init__.py"] = backend.render_exports(progs[backend.form])
     return files
 
 
@@ -70,11 +76,12 @@ def write(root: pathlib.Path, files: dict[str, str]) -> list[str]:
     return changed
 
 
-def diff(root: pathlib.Path, files: dict[str, str]) -> str:
-    """A unified diff from what is on disk to what the rules generate ('' when fresh)."""
+def diff(root: pathlib.Path, files: dict[str, str], everything: bool = True) -> str:
+    """A unified diff from what is on disk to what the rules generate ('' when fresh); ``everything``:
+    ``files`` is all that is generated (a file on disk that is not among them is stale), else only some."""
     old = _existing(root)
     chunks = []
-    for rel in sorted(set(old) | set(files)):
+    for rel in sorted(set(old) | set(files) if everything else set(files)):
         a, b = old.get(rel, ""), files.get(rel, "")
         if a != b:
             chunks += difflib.unified_diff(

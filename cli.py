@@ -27,9 +27,15 @@ def cmd_build(args) -> int:
 
 def cmd_check(args) -> int:
     from optforge.builder import diff, generate
+    from optforge.rules import select
 
     root = _root(args)
-    text = diff(root, generate())
+    try:
+        select(args.rules)
+    except ValueError as exc:
+        print(exc.args[0], file=sys.stderr)
+        return 2
+    text = diff(root, generate(args.rules), everything=args.rules is None)
     if text:
         sys.stdout.write(text)
         print(f"\noptforge check: generated files under {root} are stale; refresh them with `optforge build`")
@@ -73,7 +79,10 @@ def cmd_diff(args) -> int:
 def cmd_plots(args) -> int:
     from optforge.documentation.plots import write_plots
 
-    for path, plot, written in write_plots(_root(args), only=args.rule):
+    for path, plot, written in write_plots(_root(args), only=args.rule, force=args.force):
+        if plot is None:
+            print(f"unchanged {path} (drawn from these rules, runtime and libraries; --force draws it again)")
+            continue
         spreads = ", ".join(f"{problem} {value:.1e}" for problem, value in plot.spread.items())
         said = f" (backends differ by at most: {spreads})" if spreads else ""
         print(f"{'wrote' if written else 'unchanged'} {path}{said}")
@@ -100,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     b.set_defaults(run=cmd_build)
     c = sub.add_parser("check", help="exit 1 and print the diff when generated/ is stale")
     c.add_argument("--root", help="folder holding generated/")
+    c.add_argument(
+        "--rules",
+        nargs="+",
+        metavar="RULE",
+        help="check only these rules' modules and pages (names or modules; default: everything)",
+    )
     c.set_defaults(run=cmd_check)
     s = sub.add_parser(
         "show", help="a rule's equations, hyperparameters, state (scope, bytes per parameter), reductions"
@@ -115,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     pl.add_argument("--root", help="folder holding docs/")
     pl.add_argument("--rule", help="only this rule")
+    pl.add_argument(
+        "--force", action="store_true", help="draw every picture, also those whose inputs are unchanged"
+    )
     pl.set_defaults(run=cmd_plots)
     si = sub.add_parser("site", help="build the static HTML site of docs/ (KaTeX served locally) into site/")
     si.add_argument("--root", help="folder holding docs/")

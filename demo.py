@@ -39,8 +39,10 @@ LEARNING_RATE = {
     "Nadam": 0.03,
     "NovoGrad": 0.03,
     "NovoGradTF1": 0.03,
+    "OptaxAdam": 0.03,
     "OptaxNovoGrad": 0.1,
     "SGD": 0.3,
+    "TorchAdam": 0.03,
 }
 
 
@@ -297,12 +299,18 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default="optforge-demo.png", help="where the picture goes (default: ./optforge-demo.png)"
     )
     parser.add_argument("--json", help="also write every run's curves and times to this file")
+    parser.add_argument(
+        "--rules", nargs="+", metavar="RULE", help="only these optimizers (names or modules; default: all)"
+    )
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1. Received: {args.epochs}")
     start = time.perf_counter()
-    try:  # before JAX and torch are imported: a bad size is said at once
+    from optforge.rules import select
+
+    try:  # before JAX and torch are imported: a bad size or name is said at once
         task = make_task(epochs=args.epochs, train=args.train)
+        rules = {rule.name: rule for rule in select(args.rules)}
     except ValueError as exc:
         parser.error(str(exc))
     import jax
@@ -313,9 +321,6 @@ def main(argv: list[str] | None = None) -> int:
     # wait for each other: one optimizer's 264 steps took 47 s with 2 threads, 4 s with one (2 loaded cores).
     torch.set_num_threads(1)
 
-    from optforge.rules import registry
-
-    rules = registry()
     steps = len(task.epochs[0])
     print(
         f"Handwritten digits (scikit-learn, 8x8 pixels): {len(task.y_train)} training and {len(task.y_test)} "

@@ -109,6 +109,29 @@ CONFIGS: dict[str, RuleConfig] = {
 }
 
 
-def config_for(rule_name: str) -> RuleConfig:
-    """The rule's configuration; a rule added since has its defaults and no reference."""
-    return CONFIGS.get(rule_name, RuleConfig(note="default hyperparameters, no reference configured"))
+def _library(rule_name: str, module: str) -> RuleConfig | None:
+    """A rule named after its library (``Torch<Name>``: ``torch.optim.<Name>``; ``Optax<Name>``:
+    ``optax.<name>``, its module less ``optax_``) on the defaults of both: the same update (the tests check
+    it to 1e-12 in float64)."""
+    if rule_name.startswith("Torch"):
+        name = rule_name[len("Torch") :]
+
+        def make(params, **mode):
+            import torch
+
+            return getattr(torch.optim, name)(params, lr=LEARNING_RATE, **mode)
+
+        return RuleConfig(torch=Reference(make))
+    if rule_name.startswith("Optax") and module.startswith("optax_"):
+        return RuleConfig(optax=Reference(_optax(module[len("optax_") :])))
+    return None
+
+
+def config_for(rule) -> RuleConfig:
+    """The configuration of ``rule`` (a registered rule); a rule named after its library has that library's
+    optimizer as its reference; another rule added since has its defaults and no reference."""
+    if rule.name in CONFIGS:
+        return CONFIGS[rule.name]
+    return _library(rule.name, rule.module) or RuleConfig(
+        note="default hyperparameters, no reference configured"
+    )

@@ -75,7 +75,7 @@ def check_rule(rule, shapes, device: str, repeats: int) -> dict[str, Any]:
     from optforge.compiler.traffic import bytes_per_param
     from optforge.runtime import triton_support
 
-    config = config_for(rule.name)
+    config = config_for(rule)
     hypers = dict(config.hypers)
     time_it = _timer(device)
     rng = np.random.default_rng(0)

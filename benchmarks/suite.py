@@ -43,16 +43,9 @@ class Options:
 
 def select_rules(names: list[str] | None) -> list[Rule]:
     """The registry's rules named (by name or module, e.g. ``Nadam`` or ``novograd_tf1``), or all of them."""
-    from optforge.rules import registry
+    from optforge.rules import select
 
-    rules = registry()
-    if names is None:
-        return list(rules.values())
-    by_name = {key: rule for rule in rules.values() for key in (rule.name, rule.module)}
-    unknown = [n for n in names if n not in by_name]
-    if unknown:
-        raise ValueError(f"unknown rule(s) {', '.join(unknown)}; known: {', '.join(rules)}")
-    return [by_name[n] for n in names]
+    return select(names)
 
 
 def run(options: Options, log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> dict:
@@ -78,7 +71,7 @@ def run(options: Options, log: Callable[[str], None] = lambda line: print(line, 
             facts = rule_facts[rule.name]
             probe = ProbeRunner(bandwidth.method, facts["bytes_per_param"] * workload.n_params)
             measured, probe_timing = measure_rule(
-                candidates(rule, config_for(rule.name)), workload, repeats, options.warmup, sweeper, probe
+                candidates(rule, config_for(rule)), workload, repeats, options.warmup, sweeper, probe
             )
             _set_limit(facts, measured, probe_timing)
             for row in measured:
@@ -151,7 +144,7 @@ def _ms_text(ms: float) -> str:
 
 def _rule_facts(rule: Rule, workload: Workload, bandwidth: float) -> dict:
     """Bytes per parameter from the compiler's state analysis, and the step time they need at ``bandwidth``."""
-    config = config_for(rule.name)
+    config = config_for(rule)
     per_param = bytes_per_param(compile_rule(rule), config.hypers, itemsize=4)
     return {
         "hypers": {"learning_rate": LEARNING_RATE, **config.hypers},

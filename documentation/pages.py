@@ -517,16 +517,18 @@ def _core_program(p: Program) -> Program:
     return p.inner or p
 
 
-def docs_files(programs: list[Program]) -> dict[str, str]:
+def docs_files(programs: list[Program], indexes: bool = True) -> dict[str, str]:
+    """The documentation's pages: one per program, and (``indexes``) the index and the sharding page, which
+    list every rule (``programs`` is then the whole registry)."""
     from optforge.rules import registry
 
     rules = registry()
     from .sharding import sharding_page
 
-    files = {
-        "docs/index.md": index(programs),
-        "docs/sharding.md": sharding_page(programs, HEADER.format(source="rules/")),
-    }
+    files = {}
+    if indexes:
+        files["docs/index.md"] = index(programs)
+        files["docs/sharding.md"] = sharding_page(programs, HEADER.format(source="rules/"))
     for p in programs:
         rule = rules[p.rule]
         base = None

@@ -13,8 +13,11 @@ of the last bits of a result cannot move: the curves at 80 dpi and fixed text. T
 difference between the backends is not drawn: in a closed loop (the gradient read at the parameters the
 step wrote) a one-ulp change of any generated statement moves it by orders of magnitude (NovoGradTF1 on
 Rosenbrock: 8e-7), so a title that printed it changed at each refactor of the compiler. `optforge plots`
-prints it instead; the tests hold the backends to 1e-12 in an open loop. tests/test_plots.py redraws each
-picture and compares its pixels with the committed one.
+prints it instead; the tests hold the backends to 1e-12 in an open loop. Each picture carries a digest of
+what it was drawn from (``inputs``: the rule's generated modules, the runtime, this module, the libraries'
+versions); `optforge plots` draws again those whose inputs changed, and tests/test_plots.py fails on a
+picture whose digest is not its inputs', and redraws one rule's picture and the comparison to check that
+drawing gives the committed pixels.
 """
 
 from __future__ import annotations
@@ -205,19 +208,74 @@ def draw(rule) -> Plot:
         ax.set_title(f"{problem}, lr {lr} (the sweep's best), float64", fontsize=9)
         ax.legend()
     fig.suptitle(f"{rule.name}: NumPy, JAX and torch drawn over each other")
-    return Plot(rule.name, _png(fig), spreads)
+    return Plot(rule.name, _png(fig, inputs(rule)), spreads)
 
 
-def _png(fig) -> bytes:
+#: the PNG text chunk that holds the digest of what a picture was drawn from (``inputs``)
+INPUTS_KEY = "optforge inputs"
+
+
+def _png(fig, inputs: str) -> bytes:
     import matplotlib
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
     buf = io.BytesIO()
     # no date is written to a PNG; the version says which renderer a committed picture needs to be redrawn
-    fig.savefig(buf, format="png", dpi=80, metadata={"Software": f"matplotlib {matplotlib.__version__}"})
+    metadata = {"Software": f"matplotlib {matplotlib.__version__}", INPUTS_KEY: inputs}
+    fig.savefig(buf, format="png", dpi=80, metadata=metadata)
     plt.close(fig)
     return buf.getvalue()
+
+
+def inputs(rule) -> str:
+    """A digest of everything a rule's picture is drawn from: its generated NumPy, JAX and torch modules,
+    the runtime they import, this module, and the versions of the libraries that run and draw it. A picture
+    is stale when its digest (``INPUTS_KEY``) is not this; the pictures are then drawn again."""
+    return _digest(_inputs_text(rule))
+
+
+def comparison_inputs(rules) -> str:
+    """The digest of what ``docs/compare.png`` is drawn from (every rule's NumPy module and the rest)."""
+    return _digest("".join(_inputs_text(rule) for rule in rules))
+
+
+@functools.cache
+def _shared_text() -> str:
+    import importlib.metadata
+
+    import optforge
+
+    root = pathlib.Path(optforge.__file__).resolve().parent
+    texts = [pathlib.Path(__file__).read_text()]
+    texts += [path.read_text() for path in sorted((root / "runtime").glob("*.py"))]
+    texts += [
+        f"{name} {importlib.metadata.version(name)}" for name in ("numpy", "jax", "torch", "matplotlib")
+    ]
+    return "\n".join(texts)
+
+
+def _inputs_text(rule) -> str:
+    import optforge
+
+    root = pathlib.Path(optforge.__file__).resolve().parent / "generated"
+    modules = [(root / backend / f"{rule.module}.py").read_text() for backend in ("numpy", "jax", "torch")]
+    return "\n".join([rule.name, *modules, _shared_text()])
+
+
+def _digest(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def drawn_from(path: pathlib.Path) -> str | None:
+    """The digest a committed picture was drawn from (None: none, or no picture)."""
+    if not path.exists():
+        return None
+    from PIL import Image
+
+    return Image.open(path).info.get(INPUTS_KEY)
 
 
 def draw_comparison(rules) -> bytes:
@@ -243,7 +301,7 @@ def draw_comparison(rules) -> bytes:
         )
         ax.legend(fontsize=7)
     fig.suptitle("Every optimizer on the same problems")
-    return _png(fig)
+    return _png(fig, comparison_inputs(rules))
 
 
 def comparison_path(root: pathlib.Path) -> pathlib.Path:
@@ -254,24 +312,34 @@ def plot_path(root: pathlib.Path, rule) -> pathlib.Path:
     return root / "docs" / "optimizers" / f"{rule.module}.png"
 
 
-def write_plots(root: pathlib.Path, only: str | None = None) -> list[tuple[pathlib.Path, Plot, bool]]:
-    """Draw each rule's picture (or only one) and write it where it differs: (path, plot, written)."""
+def write_plots(
+    root: pathlib.Path, only: str | None = None, force: bool = False
+) -> list[tuple[pathlib.Path, Plot | None, bool]]:
+    """Draw each rule's picture (or only one) whose inputs changed (``force``: every one) and write it where
+    it differs: (path, plot or None where its inputs are those it was drawn from, written)."""
     from optforge.rules import registry
 
+    rules = list(registry().values())
     out = []
-    for rule in registry().values():
+    for rule in rules:
         if only and only not in (rule.name, rule.module):
             continue
-        plot = draw(rule)
         path = plot_path(root, rule)
+        if not force and drawn_from(path) == inputs(rule):
+            out.append((path, None, False))
+            continue
+        plot = draw(rule)
         written = not path.exists() or path.read_bytes() != plot.png
         if written:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(plot.png)
         out.append((path, plot, written))
     if not only:
-        png = draw_comparison(list(registry().values()))
         path = comparison_path(root)
+        if not force and drawn_from(path) == comparison_inputs(rules):
+            out.append((path, None, False))
+            return out
+        png = draw_comparison(rules)
         written = not path.exists() or path.read_bytes() != png
         if written:
             path.write_bytes(png)

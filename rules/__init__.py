@@ -37,3 +37,15 @@ def get(name: str) -> Rule:
         if name in (rule.name, rule.module):
             return rule
     raise KeyError(f"no rule named {name!r}; known: {', '.join(rules)}")
+
+
+def select(names: list[str] | None) -> list[Rule]:
+    """The registry's rules named (by name or module, e.g. ``Nadam`` or ``novograd_tf1``), or all of them."""
+    rules = registry()
+    if names is None:
+        return list(rules.values())
+    by_name = {key: rule for rule in rules.values() for key in (rule.name, rule.module)}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(f"unknown rule(s) {', '.join(unknown)}; known: {', '.join(rules)}")
+    return [by_name[n] for n in names]

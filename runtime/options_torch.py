@@ -27,7 +27,8 @@ class Call:
         group["step"] = n + 1
         self.optimizer = optimizer
         self.group = group
-        self.maximize = group.get("maximize", False)  # torch.optim's: the gradients' signs flipped first
+        # torch.optim's maximize: the gradients' signs flipped first (by the stages, unless the rule does)
+        self.maximize = group.get("maximize", False) and not optimizer.rule_maximizes
         self.options = o = Options.of(group, optimizer.options)
         self.step = step = Step.of(n, o)
         self.lr = common.learning_rate_at(group["lr"], n)

@@ -128,6 +128,8 @@ class RuleOptimizer(torch.optim.Optimizer):
     #: the key's tuple or None)} (``beta_1`` is ``betas[0]``, ``epsilon`` is ``eps``), so that torch's
     #: schedulers (OneCycleLR's momentum cycling) find them; the rule's names are accepted in a group too
     torch_names: dict[str, tuple[str, int | None]] = {}
+    #: the rule has torch.optim's ``maximize`` flag itself (TorchAdam): the stages do not flip the signs again
+    rule_maximizes = False
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

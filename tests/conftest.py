@@ -19,6 +19,22 @@ jax.config.update("jax_enable_x64", True)
 # checkpoint tests), for a saving of about 20 CPU seconds in the whole suite.
 
 
+@pytest.fixture
+def fused_tensors(monkeypatch):
+    """Counts the tensors the fused path updates."""
+    from optforge.runtime import fused_support
+
+    count = [0]
+    run = fused_support.run
+
+    def spy(case, work, scalars):
+        count[0] += len(work)
+        return run(case, work, scalars)
+
+    monkeypatch.setattr(fused_support, "run", spy)
+    return count
+
+
 # -- the quick subset: `pytest -m quick` -------------------------------------------------------------
 # Every test not tied to a rule, and each rule-parametrized test for the first rule of the registry only
 # (the compiler, the runtime checks and each backend's machinery, once), leaving out the fused path (its
@@ -150,3 +166,8 @@ if _COST:
         write(
             f"in tests: {in_tests:.1f} s; the processes in all: {sum(workers):.1f} s ({len(workers)} of them)"
         )
+        if os.environ["OPTFORGE_TEST_COST"].endswith(".json"):  # every test's CPU seconds, to study
+            import json
+
+            with open(os.environ["OPTFORGE_TEST_COST"], "w") as f:
+                json.dump(tests, f, indent=0)

@@ -86,13 +86,13 @@ def test_unknown_rule_is_a_clear_error():
 
 
 @pytest.mark.parametrize(
-    "rule", [r for r in select_rules(None) if config_for(r.name).torch or config_for(r.name).optax]
+    "rule", [r for r in select_rules(None) if config_for(r).torch or config_for(r).optax]
 )
 def test_references_marked_equal_compute_our_update(rule):
     """What the benchmark calls an equal reference ends where our NumPy optimizer does (3 steps)."""
     workload = make_workload(3000, 3, seed=1)
     results = {}
-    for candidate in candidates(rule, config_for(rule.name)):
+    for candidate in candidates(rule, config_for(rule)):
         if candidate.name != "numpy" and (candidate.kind != REFERENCE or not candidate.reference.equal):
             continue
         try:

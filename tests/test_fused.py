@@ -1,8 +1,10 @@
 """The fused path (``fused=True``: Numba kernels from generated/fused) equals the plain path.
 
-Every rule and named configuration, and each of Keras's shared options on one rule of the registry
-(turning, so that every rule meets some), in NumPy and in torch (CPU): float64 to 1e-12 relative, parameters and every stored state; float32 no less accurate
-than the plain path (both measured against the float64 run). The fused path must actually be taken
+Every rule and named configuration (those named after their library: against it, in
+test_reference_libraries.py), and each of Keras's shared options on one rule of the registry (turning, so
+that every rule meets some), in NumPy and in torch (CPU): float64 to 1e-12 relative, parameters and every
+stored state; float32 (on ``cases.MACHINERY``) no less accurate than the plain path (both measured against
+the float64 run). The fused path must actually be taken
 (every tensor, counted) where it applies, and must step aside where it does not (a non-contiguous view,
 a float16 parameter, a mixed-dtype state).
 """
@@ -14,8 +16,9 @@ import sys
 
 import numpy as np
 import pytest
-from cases import RULES, rule_configs
+from cases import MACHINERY, RULES, rule_configs
 from drivers import problem, rel_error, run
+from references import library_reference
 
 from optforge.runtime import fused_support
 
@@ -40,20 +43,6 @@ OPTIONS = {
         gradient_accumulation_steps=2,
     ),
 }
-
-
-@pytest.fixture
-def fused_tensors(monkeypatch):
-    """Counts the tensors the fused path updates."""
-    count = [0]
-    run = fused_support.run
-
-    def spy(case, work, scalars):
-        count[0] += len(work)
-        return run(case, work, scalars)
-
-    monkeypatch.setattr(fused_support, "run", spy)
-    return count
 
 
 def _compare(rule, hypers, backend, fused_tensors, float32=True):
@@ -85,41 +74,46 @@ def _compare(rule, hypers, backend, fused_tensors, float32=True):
 
 
 def _config_cases() -> list:
-    """Every rule and named configuration in NumPy; each rule's default in torch too (the same kernels)."""
+    """Every rule and named configuration in NumPy, float64; each rule's default in torch too (the same
+    kernels), and in float32 on the rules that show every feature (``cases.MACHINERY``: float32 is a compile
+    of its own, seconds each, and what differs there is how the once-per-step scalars are rounded, the
+    same for every rule). A rule named after its library (TorchAdam, OptaxAdam) is left out: its fused path
+    equals the library in float64 on every configuration, in NumPy and torch, every tensor taken
+    (test_reference_libraries.py)."""
     return [
-        pytest.param(rule, name, cfg, backend, id=f"{rule.name}-{name}-{backend}")
+        pytest.param(rule, name, cfg, backends, id=f"{rule.name}-{name}")
         for rule, name, cfg in (p.values for p in rule_configs())
-        for backend in (("numpy", "torch") if name == "default" else ("numpy",))
+        for backends in [("numpy", "torch") if name == "default" else ("numpy",)]
+        if library_reference(rule) is None or (rule in MACHINERY and name == "default")
     ]
 
 
-@pytest.mark.parametrize("rule, name, cfg, backend", _config_cases())
-def test_fused_equals_plain(rule, name, cfg, backend, fused_tensors):
-    # float32 for each rule's default (its kernels in float32 are a compile of their own, seconds each)
-    _compare(rule, cfg, backend, fused_tensors, float32=name == "default")
+@pytest.mark.parametrize("rule, name, cfg, backends", _config_cases())
+def test_fused_equals_plain(rule, name, cfg, backends, fused_tensors):
+    # the backends in one test: torch's fused path calls the NumPy kernels, compiled once (seconds) here
+    for backend in backends if library_reference(rule) is None else ("numpy",):
+        _compare(rule, cfg, backend, fused_tensors, float32=name == "default" and rule in MACHINERY)
 
 
 def _option_cases() -> list:
     """Each option on one rule, turning through the registry (the kernels are compiled per rule and per
     combination of options, seconds each; test_keras_options.py checks each option's stage against Keras),
-    in NumPy and in torch (its kernels are the NumPy ones, called on the tensors' memory)."""
+    in NumPy and in torch (its kernels are the NumPy ones, called on the tensors' memory: one test)."""
     rules = list(RULES.values())
     return [
-        pytest.param(
-            rules[i % len(rules)], option, backend, id=f"{rules[i % len(rules)].name}-{option}-{backend}"
-        )
+        pytest.param(rules[i % len(rules)], option, id=f"{rules[i % len(rules)].name}-{option}")
         for i, option in enumerate(sorted(OPTIONS))
-        for backend in ("numpy", "torch")
     ]
 
 
-@pytest.mark.parametrize("rule, option, backend", _option_cases())
-def test_fused_equals_plain_with_keras_options(rule, option, backend, fused_tensors):
+@pytest.mark.parametrize("rule, option", _option_cases())
+def test_fused_equals_plain_with_keras_options(rule, option, fused_tensors):
     hypers = dict(OPTIONS[option])
     if rule.hypers["learning_rate"].default is None:
         hypers["learning_rate"] = 0.01
     # float32 once per rule (test_fused_equals_plain); with options, float64: a kernel compile fewer each
-    _compare(rule, hypers, backend, fused_tensors, float32=False)
+    for backend in ("numpy", "torch"):
+        _compare(rule, hypers, backend, fused_tensors, float32=False)
 
 
 def test_numpy_fused_steps_aside_for_what_it_cannot_take(fused_tensors):

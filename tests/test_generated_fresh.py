@@ -9,14 +9,18 @@ import sys
 import pytest
 
 from optforge.builder import diff, generate, package_root, write
+from optforge.rules import registry
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def generated() -> dict[str, str]:
-    """Everything the rules generate, once for the module (seconds: every rule through every backend)."""
-    return generate()
+    """Everything the rules generate, once for the module (seconds: every rule through every backend), from
+    the programs this test process compiled already (``cases.compiled``: the same ``compile_rule``)."""
+    from cases import RULES, compiled
+
+    return generate(compile=lambda rule, form: compiled(RULES[rule.name], form))
 
 
 def test_generated_is_fresh(generated):
@@ -37,14 +41,13 @@ def test_build_into_a_temporary_folder_reproduces_generated(tmp_path, generated)
 
 
 def test_check_command_fails_on_a_stale_file(tmp_path, generated):
-    from optforge.rules import registry
-
     write(tmp_path, generated)
     module = next(iter(registry().values())).module
     target = tmp_path / "generated" / "numpy" / f"{module}.py"
     target.write_text(target.read_text() + "STALE = True  # edited by hand\n")
+    # the command line on the one rule (every rule: test_check_command_passes_when_fresh, in this process)
     out = subprocess.run(
-        [sys.executable, "-m", "optforge.cli", "check", "--root", str(tmp_path)],
+        [sys.executable, "-m", "optforge.cli", "check", "--root", str(tmp_path), "--rules", module],
         capture_output=True,
         text=True,
     )
@@ -60,18 +63,26 @@ def test_check_command_passes_when_fresh(tmp_path, generated, monkeypatch, capsy
     from optforge.cli import main
 
     write(tmp_path, generated)
-    monkeypatch.setattr(optforge.builder, "generate", lambda: generated)
+    monkeypatch.setattr(optforge.builder, "generate", lambda names=None: generated)
     assert main(["check", "--root", str(tmp_path)]) == 0
     assert "generated files are up to date" in capsys.readouterr().out
+    # a stale file among everything, and a file that no rule produces any more
+    module = next(iter(registry().values())).module
+    target = tmp_path / "generated" / "torch" / f"{module}.py"
+    target.write_text(target.read_text() + "STALE = True  # edited by hand\n")
+    (tmp_path / "generated" / "jax" / "removed_rule.py").write_text("OLD = 1\n")
+    assert main(["check", "--root", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "-STALE = True  # edited by hand" in out and "a/generated/jax/removed_rule.py" in out, out
 
 
 def test_generated_modules_carry_header_and_equations():
-    from optforge.compiler.pipeline import compile_rule
-    from optforge.compiler.render import docstring_equations
-    from optforge.rules import registry
+    from cases import RULES, compiled
 
-    for rule in registry().values():
-        program = compile_rule(rule)
+    from optforge.compiler.render import docstring_equations
+
+    for rule in RULES.values():
+        program = compiled(rule)  # compiled once per test process
         for backend in ("numpy", "jax", "torch"):
             text = (ROOT / "generated" / backend / f"{rule.module}.py").read_text()
             assert text.startswith(

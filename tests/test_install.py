@@ -42,8 +42,9 @@ def test_pip_install_layout_and_use(tmp_path):
         "from optforge.generated.numpy import Adamax\n"
         "opt = Adamax(learning_rate=0.1); p = [np.ones(3)]; s = opt.init(p)\n"
         "p, s = opt.step(p, [np.ones(3)], s); assert np.all(p[0] < 1)\n"
+        # the installed package compiles a rule as the checkout does (its templates there): one rule, seconds
         "from optforge.builder import diff, generate, package_root\n"
-        "assert diff(package_root(), generate()) == ''\n"
+        "assert diff(package_root(), generate(['Adamax']), everything=False) == ''\n"
     )
     env = {**os.environ, "PYTHONPATH": str(target)}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env)

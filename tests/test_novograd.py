@@ -17,17 +17,14 @@ STEPS = 100
 # OptaxNovoGrad against optax.novograd
 
 
+# the rule's own configurations (default, eps_root_wd) are checked against optax.novograd in every backend
+# and fused path by test_reference_libraries.py (a rule named after its library); here one more
 @pytest.mark.parametrize(
-    "cfg",
-    [
-        dict(learning_rate=0.01),
-        dict(learning_rate=0.01, eps_root=1e-4, weight_decay=0.05, b2=0.9),
-        dict(learning_rate=0.003, b1=0.5, eps=1e-3, eps_root=1e-2, weight_decay=0.3),
-    ],
-    ids=["plain", "eps_root_wd", "strong"],
+    "cfg", [dict(learning_rate=0.003, b1=0.5, eps=1e-3, eps_root=1e-2, weight_decay=0.3)], ids=["strong"]
 )
 @pytest.mark.parametrize("scheduled", [False, True], ids=["constant_lr", "schedule"])
 def test_optax_novograd_matches_optax(cfg, scheduled):
+    import jax
     import jax.numpy as jnp
     import optax
 
@@ -38,8 +35,9 @@ def test_optax_novograd_matches_optax(cfg, scheduled):
     tx = optax.novograd(learning_rate=schedule or cfg["learning_rate"], **kw)
     params = [jnp.asarray(p) for p in params0]
     state = tx.init(params)
+    update = jax.jit(tx.update)  # as optax is run (eagerly, its steps took most of this test's time)
     for g in grads:
-        updates, state = tx.update([jnp.asarray(x) for x in g], state, params)
+        updates, state = update([jnp.asarray(x) for x in g], state, params)
         params = optax.apply_updates(params, updates)
     want = [np.asarray(p) for p in params]
     for backend in BACKENDS:

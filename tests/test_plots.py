@@ -51,20 +51,52 @@ def _assert_is_committed(path: pathlib.Path, draw, command: str, tmp_path) -> No
 
 
 @pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
-def test_committed_plot_is_what_the_plots_command_draws(rule, tmp_path):
-    from optforge.documentation.plots import draw, plot_path
+def test_committed_plot_was_drawn_from_the_rules_modules_as_they_are(rule):
+    """Each picture carries the digest of what it was drawn from (the rule's generated modules, the runtime,
+    the plotting code, the libraries' versions): a change of any of them makes it stale."""
+    from optforge.documentation.plots import drawn_from, inputs, plot_path
 
     path = plot_path(ROOT, rule)
-    _assert_is_committed(path, lambda: draw(rule).png, f"optforge plots --rule {rule.module}", tmp_path)
-
-
-def test_the_comparison_of_every_optimizer_is_what_the_plots_command_draws(tmp_path):
-    """docs/compare.png: every rule of the registry on the same problems, each at its sweep's best rate."""
-    from optforge.documentation.plots import comparison_path, draw_comparison
-
-    _assert_is_committed(
-        comparison_path(ROOT), lambda: draw_comparison(list(RULES.values())), "optforge plots", tmp_path
+    assert path.exists(), f"there is no picture at {path}; run `optforge plots --rule {rule.module}`"
+    assert drawn_from(path) == inputs(rule), (
+        f"{path} is stale: drawn from other inputs than the rule's generated modules, the runtime and the"
+        f" libraries as they are; run `optforge plots --rule {rule.module}` and commit it"
     )
+
+
+def test_committed_plot_is_what_the_plots_command_draws(tmp_path):
+    """The command draws the committed pixels (for the first rule: the digest above stands for the drawing
+    of the others), and leaves a picture whose inputs are unchanged as it is."""
+    from optforge.documentation.plots import plot_path, write_plots
+
+    rule = next(iter(RULES.values()))
+    out = tmp_path / "out"
+
+    def command() -> bytes:
+        [(path, plot, written)] = write_plots(out, only=rule.module)
+        assert plot is not None and written and path == plot_path(out, rule)
+        return path.read_bytes()
+
+    _assert_is_committed(plot_path(ROOT, rule), command, f"optforge plots --rule {rule.module}", tmp_path)
+    assert write_plots(out, only=rule.module) == [(plot_path(out, rule), None, False)]
+
+
+def test_the_comparison_of_every_optimizer_was_drawn_from_the_rules_as_they_are(tmp_path):
+    """docs/compare.png: every rule of the registry on the same problems, each at its sweep's best rate,
+    drawn from the inputs as they are (its drawing, on two rules: a picture with their digest)."""
+    from PIL import Image
+
+    from optforge.documentation.plots import comparison_inputs, comparison_path, draw_comparison, drawn_from
+
+    path = comparison_path(ROOT)
+    assert drawn_from(path) == comparison_inputs(list(RULES.values())), (
+        f"{path} is stale: drawn from other inputs than the rules' generated modules, the runtime and the"
+        " libraries as they are; run `optforge plots` and commit it"
+    )
+    two = list(RULES.values())[:2]
+    (tmp_path / "two.png").write_bytes(draw_comparison(two))
+    assert drawn_from(tmp_path / "two.png") == comparison_inputs(two)
+    assert Image.open(tmp_path / "two.png").size == Image.open(path).size
 
 
 @pytest.mark.parametrize("problem", ["logistic", "rosenbrock"])

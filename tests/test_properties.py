@@ -33,10 +33,10 @@ RULES = list(registry().values())
 RULE_IDS = [r.name for r in RULES]
 
 SCALE = int(os.environ.get("OPTFORGE_PROPERTY_EXAMPLES", "0"))
-AGREE_EXAMPLES = (
-    SCALE or 10
-)  # per rule; three backends each (OPTFORGE_PROPERTY_EXAMPLES=500 for a long search)
-FINITE_EXAMPLES = SCALE or 120  # per rule; NumPy and torch each (JAX's finiteness is checked by (a))
+# per rule; three backends each, JAX eager mostly, about 0.45 CPU s an example (OPTFORGE_PROPERTY_EXAMPLES=500
+# for a long search)
+AGREE_EXAMPLES = SCALE or 5
+FINITE_EXAMPLES = SCALE or 80  # per rule; NumPy and torch each (JAX's finiteness is checked by (a))
 SETTINGS = dict(
     derandomize=not SCALE,
     deadline=None,
@@ -280,25 +280,39 @@ def _non_finite(backend: str, tensors: dict) -> list[str]:
 
 
 def _zero_gradient_divides_by_zero(rule, hypers) -> bool:
-    """Whether the rule's own definition divides 0 by 0 for an all-zero gradient with these hyperparameters.
+    """Whether the rule's own definition divides by 0 for an all-zero gradient with these hyperparameters:
+    NumPy's first two updates on a zero gradient raise a floating-point error (run, not guessed).
 
     Every denominator of the registry's rules is a stabilised norm of the gradients: Adagrad's
-    sqrt(a + epsilon) (a starts at initial_accumulator_value), Adamax's u + epsilon (u = max |g|), Nadam's
-    sqrt(v_hat) + epsilon, NovoGrad's sqrt(v + epsilon), optax's sqrt(nu + eps_root) + eps. When every such
-    stabiliser (a float on [0, inf) of the rule itself, other than the learning rate and the weight decay)
-    is 0, a gradient that is exactly 0 gives 0/0 (or m/0 after earlier steps, with beta_2 = 0), by the
-    rule's own definition. Such gradients are then left out of property (b); (a) keeps them (all backends
-    must give the same NaN).
+    sqrt(a + epsilon), Adamax's u + epsilon, Nadam's sqrt(v_hat) + epsilon, NovoGrad's sqrt(v + epsilon),
+    Adadelta's sqrt(u + eps)/sqrt(v + eps), RMSprop's sqrt(v) + eps. With the stabiliser at 0, a gradient
+    that is exactly 0 gives 0/0 by the rule's own definition (as in its reference library). Such gradients
+    are then left out of property (b); (a) keeps them (all backends must give the same NaN).
     """
-    stabilisers = [
-        name
-        for name, h in rule.hypers.items()
-        if h.kind == "float"
-        and h.default is not None
-        and math.isinf(h.interval.high)
-        and name != "weight_decay"
-    ]
-    return bool(stabilisers) and all(hypers.get(n, rule.hypers[n].default) == 0 for n in stabilisers)
+    import optforge.generated.numpy as gen
+
+    opt = getattr(gen, rule.name)(**hypers)
+    params = [np.ones(3)]
+    state = opt.init(params)
+    try:
+        with np.errstate(divide="raise", invalid="raise", over="raise"):
+            for _ in range(2 * (hypers.get("gradient_accumulation_steps") or 1)):  # two updates
+                params, state = opt.step(params, [np.zeros(3)], state)
+    except FloatingPointError:
+        return True
+    return False
+
+
+#: where a rule's own definition is not finite for finite inputs, as its reference library's is not:
+#: (the reason, the values property (b) then draws instead)
+_FINITE_KNOWN = {
+    name: (
+        "centered: the variance v - avg**2 rounds below 0 (one gradient's, after the bias correction, is 0;"
+        " with a rate near 0, two) and its root is NaN, in torch.optim.RMSprop and optax.rmsprop too",
+        {"centered": False},
+    )
+    for name in ("TorchRMSprop", "OptaxRmsprop")
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -349,16 +363,18 @@ def test_params_and_state_stay_finite(rule):
     @given(data=st.data())
     def check(data):
         hypers = data.draw(hyperparameters(rule), label="hypers")
+        hypers.update(_FINITE_KNOWN.get(rule.name, ("", {}))[1])
         zero_ok = not _zero_gradient_divides_by_zero(rule, hypers)
         if not zero_ok:
             # Nothing stabilises the denominators: the rule then needs its second moment to stay > 0 for a
             # non-zero gradient, and Keras's form of the EMA, v + (1 - beta_2)*(g^2 - v), rounds to exactly 0
             # when beta_2 < 2^-53 (1 - beta_2 == 1.0) and g^2 < 2^-53 v: Nadam(epsilon=0, beta_2=0) gives
-            # -inf for the gradients 1 then 1e-9, and so does Keras 3 (test_nadam_..._as_in_keras below).
-            # The rule's bounded rates (betas, momenta) are then kept >= 1e-3.
+            # -inf for the gradients 1 then 1e-9, and so does Keras 3 (test_nadam_..._as_in_keras below);
+            # a rate of 1 keeps it at 0 (Adadelta's rho = 1). The rule's bounded rates (betas, momenta) are
+            # then kept 1e-3 from their ends.
             for name, h in rule.hypers.items():
                 if h.kind == "float" and h.default is not None and math.isfinite(h.interval.high):
-                    hypers[name] = max(hypers[name], 1e-3)
+                    hypers[name] = min(max(hypers[name], 1e-3), float(h.interval.high) - 1e-3)
         _, params0, grads = data.draw(problems(rule, hypers, zero_gradients=zero_ok), label="problem")
         failures = _non_finite("numpy", _run_numpy(rule, hypers, params0, grads, raise_on_fp_errors=True)[0])
         failures += _non_finite("torch", _run_torch(rule, hypers, params0, grads))

@@ -18,7 +18,6 @@ from rulekit import load
 from optforge.compiler.dsl import Rule, g, t, tensor_sum, w, where
 from optforge.compiler.ir import Assign, Copy, Scope, ssa
 from optforge.compiler.passes.storage import copies_needed
-from optforge.compiler.pipeline import compile_rule
 from optforge.rules._keras_options import keras_options
 
 LR = 0.05
@@ -199,9 +198,9 @@ def test_an_alias_of_an_alias_is_copied_at_the_read_that_needs_it():
 
 def test_registered_rules_copy_nothing_they_do_not_need():
     """No registered rule names a buffer it later overwrites: the pass adds no copy (and no cost) there."""
-    from optforge.rules import registry
+    from cases import RULES, compiled
 
-    for rule in registry().values():
-        program = compile_rule(rule)
+    for rule in RULES.values():
+        program = compiled(rule)  # compiled once per test process
         copies = [a for c in program.cases for a in c.body if a.expr.has(Copy)]
         assert not copies, f"{rule.name}: {copies[0]}"

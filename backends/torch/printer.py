@@ -100,6 +100,8 @@ class TorchBackend(Backend):
         out = super().context(program)
         out["renamed"] = renamed = [h for h in out["others"] if h["key"] != h["name"]]
         out["renamed_doc"] = renamed_doc(renamed)
+        # torch.optim's maximize is the runtime's on every optimizer, unless the rule has its own flag
+        out["own_maximize"] = any(h["name"] == "maximize" and h["kind"] == "bool" for h in out["others"])
         return out
 
     def _hypers(self, program):

@@ -6,8 +6,10 @@ from .adamax import AdamaxState, adamax
 from .nadam import NadamState, nadam
 from .novograd import NovoGradState, novograd
 from .novograd_tf1 import NovoGradTF1State, novograd_tf1
+from .optax_adam import OptaxAdamState, optax_adam
 from .optax_novograd import OptaxNovoGradState, optax_novograd
 from .sgd import SGDState, sgd
+from .torch_adam import TorchAdamState, torch_adam
 
 __all__ = [
     "adagrad",
@@ -20,8 +22,12 @@ __all__ = [
     "NovoGradState",
     "novograd_tf1",
     "NovoGradTF1State",
+    "optax_adam",
+    "OptaxAdamState",
     "optax_novograd",
     "OptaxNovoGradState",
     "sgd",
     "SGDState",
+    "torch_adam",
+    "TorchAdamState",
 ]

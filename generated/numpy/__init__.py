@@ -6,8 +6,10 @@ from .adamax import Adamax, AdamaxState
 from .nadam import Nadam, NadamState
 from .novograd import NovoGrad, NovoGradState
 from .novograd_tf1 import NovoGradTF1, NovoGradTF1State
+from .optax_adam import OptaxAdam, OptaxAdamState
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
 from .sgd import SGD, SGDState
+from .torch_adam import TorchAdam, TorchAdamState
 
 __all__ = [
     "Adagrad",
@@ -20,8 +22,12 @@ __all__ = [
     "NovoGradState",
     "NovoGradTF1",
     "NovoGradTF1State",
+    "OptaxAdam",
+    "OptaxAdamState",
     "OptaxNovoGrad",
     "OptaxNovoGradState",
     "SGD",
     "SGDState",
+    "TorchAdam",
+    "TorchAdamState",
 ]

@@ -6,8 +6,10 @@ from .adamax import Adamax
 from .nadam import Nadam
 from .novograd import NovoGrad
 from .novograd_tf1 import NovoGradTF1
+from .optax_adam import OptaxAdam
 from .optax_novograd import OptaxNovoGrad
 from .sgd import SGD
+from .torch_adam import TorchAdam
 
 __all__ = [
     "Adagrad",
@@ -15,6 +17,8 @@ __all__ = [
     "Nadam",
     "NovoGrad",
     "NovoGradTF1",
+    "OptaxAdam",
     "OptaxNovoGrad",
     "SGD",
+    "TorchAdam",
 ]
