@@ -16,8 +16,8 @@ Rosenbrock: 8e-7), so a title that printed it changed at each refactor of the co
 prints it instead; the tests hold the backends to 1e-12 in an open loop. Each picture carries a digest of
 what it was drawn from (``inputs``: the rule's generated modules, the runtime, this module, the libraries'
 versions); `optforge plots` draws again those whose inputs changed, and tests/test_plots.py fails on a
-picture whose digest is not its inputs', and redraws one rule's picture and the comparison to check that
-drawing gives the committed pixels.
+picture whose digest is not its inputs', and redraws one rule's picture to check that drawing gives the
+committed pixels.
 """
 
 from __future__ import annotations

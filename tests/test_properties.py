@@ -304,7 +304,8 @@ def _zero_gradient_divides_by_zero(rule, hypers) -> bool:
 
 
 #: where a rule's own definition is not finite for finite inputs, as its reference library's is not:
-#: (the reason, the values property (b) then draws instead)
+#: (the reason, the values property (b) then draws instead); the RMSprop flavours wait on branch
+#: library-wip for the tests' time
 _FINITE_KNOWN = {
     name: (
         "centered: the variance v - avg**2 rounds below 0 (one gradient's, after the bias correction, is 0;"
