@@ -6,8 +6,8 @@
 For each rule of the registry (with the benchmark's hyperparameters, ``configs.py``), on float32
 parameters (``--params`` in ``--tensors`` tensors, the benchmark's layer stack), the median time of a step:
 
-* ``triton``: the generated torch optimizer with the Triton kernels behind its fused hook
-  (``triton_support.via_fused_hook``): what a wired optimizer will cost, its Python loop included;
+* ``triton``: the generated torch optimizer made with ``fused=True`` (on CUDA: the Triton kernels), its
+  Python loop included;
 * ``triton kernels``: ``triton_support.run`` alone, on the same tensors and scalars: the launches;
 * ``torch``: the generated torch optimizer's plain path (``fused=False``);
 * ``torch.optim foreach`` / ``torch.optim fused``: torch's own optimizer, where it computes our update
@@ -91,8 +91,8 @@ def check_rule(rule, shapes, device: str, repeats: int) -> dict[str, Any]:
 
     result: dict[str, Any] = {}
     calls: list = []
-    with triton_support.via_fused_hook(calls=calls):
-        opt = getattr(gen, rule.name)(params(), lr=LEARNING_RATE, **hypers, fused=True)
+    with triton_support.recorded(calls):
+        opt = getattr(gen, rule.name)(params(), lr=LEARNING_RATE, **hypers, fused="triton")
         result["triton"] = time_it(opt.step, repeats)
     taken = sum(len(work) for _, work, _ in calls[-1:])
     if taken != len(shapes):

@@ -6,7 +6,9 @@ tensors is ``for w, g, state in call.tensors(case, values)``, which runs the pro
 each tensor and the epilogue after the rule updated it. Every element-wise operation writes into scratch
 buffers kept between steps (no allocation in proportion to the parameters); the operations, their order
 and their dtype are those the options' equations printed inline did, so the results are the same bit for
-bit. With ``fused=True`` the tensors the kernels take go to them, options and all, after the others.
+bit. With ``fused=True`` the tensors the kernels take go to them, options and all, after the others; with
+``fused="triton"`` (or ``fused=True`` on CUDA parameters) a group whose every parameter the Triton kernels
+take goes to them, the whole step in a few launches (``triton_support``).
 """
 
 from __future__ import annotations
@@ -35,17 +37,25 @@ class Call:
         wanted = list(optimizer._states(group))
         self.element = tuple(name for name, scope, _ in wanted if scope == "element")
         self.params = list(optimizer._tensors(params, group, wanted))
-        # a pass over all tensors: the global norm of the gradients as the prologue makes them
+        # the global norm of the gradients as the prologue makes them: a pass over all tensors, made when
+        # the plain or Numba path first needs it (the Triton kernels compute it themselves)
         self.global_sumsq_g: Any = 0.0
-        if o.global_clipnorm is not None and step.is_update:
-            self.global_sumsq_g = None  # being computed: the prologue stops before the global clipping
-            total = 0.0
-            for w, state in self.params:
-                g = self.prologue(w, self.gradient(w), state, peek=True)
-                _, _, s2 = self.scratch(w, g, state.get("grad_accumulator"))
-                torch.pow(g, 2, out=s2)
-                total = total + torch.sum(s2)
-            self.global_sumsq_g = total
+        self._global_pass = o.global_clipnorm is not None and step.is_update
+
+    def _global_norm(self) -> None:
+        """The pass over all tensors for ``global_clipnorm``, once per call, before the first tensor is
+        handed out."""
+        if not self._global_pass:
+            return
+        self._global_pass = False
+        self.global_sumsq_g = None  # being computed: the prologue stops before the global clipping
+        total = 0.0
+        for w, state in self.params:
+            g = self.prologue(w, self.gradient(w), state, peek=True)
+            _, _, s2 = self.scratch(w, g, state.get("grad_accumulator"))
+            torch.pow(g, 2, out=s2)
+            total = total + torch.sum(s2)
+        self.global_sumsq_g = total
 
     # -- what the rule reads -----------------------------------------------------------------
 
@@ -64,6 +74,9 @@ class Call:
         epilogue. Then the parameters the fused path takes (``case``'s kernel, with the rule's once-per-step
         ``values``), in one kernel call."""
         opt = self.optimizer
+        if opt.fused and not self.maximize and self._triton(case, values):
+            return
+        self._global_norm()
         fused = opt._fused is not None and not self.maximize  # maximize: the plain path flips the signs
         kernel = fused_support.kernel(opt._fused, case) if fused else None
         names, scalars = fused_support.takes(kernel) if fused else ((), ())
@@ -87,8 +100,29 @@ class Call:
     def peek(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
         """Each parameter (the fused path's too), its gradient as the prologue makes it, and its state, for
         a pass of the rule over all tensors before its update: nothing is written."""
+        self._global_norm()
         for w, state in self.params:
             yield w, self.prologue(w, self.gradient(w), state, peek=True), state
+
+    def _triton(self, case: int, values: dict[str, Any]) -> bool:
+        """The whole call on the Triton kernels, options and all, where they take every parameter of the
+        group (``fused="triton"``; ``fused=True`` on CUDA parameters; see ``triton_support.can_run``);
+        False, having done nothing, where they do not."""
+        opt = self.optimizer
+        if not self.params or (opt.fused is True and not any(w.is_cuda for w, _ in self.params)):
+            return False
+        kernel = opt._triton_case(case)
+        if kernel is None:
+            return False
+        from . import triton_support  # Triton is imported where a step may take it, not with torch
+
+        names, scalars = fused_support.takes(kernel)
+        work = [(w, w.grad, *[state.get(name) for name in names]) for w, state in self.params]
+        values = torch_support.plain(kernel_values(scalars, values, self.options, self.step, self.lr, 0.0))
+        if not triton_support.can_run(kernel, work, values):
+            return False
+        triton_support.run(kernel, work, values)
+        return True
 
     def skip(self, case: int) -> None:
         """A call that only accumulates: the stages without the rule (its fused kernel: with the rule's

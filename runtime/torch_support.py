@@ -50,6 +50,27 @@ def check_state_dtype(chosen: Any) -> Any:
 _FUSED = (torch.float32, torch.float64)
 
 
+def check_fused(fused: Any) -> bool | str:
+    """torch's ``fused``: False, True (Numba's kernels on CPU parameters, Triton's on CUDA ones) or
+    ``"triton"`` (Triton's kernels wherever they run: CUDA, or the CPU in Triton's interpreter)."""
+    if isinstance(fused, bool) or (isinstance(fused, str) and fused == "triton"):
+        return fused
+    raise TypeError(
+        f"`fused` must be True, False or 'triton'. Received: fused={fused!r} ({type(fused).__name__})"
+    )
+
+
+def _triton_load(module: str, rule: str) -> Any:
+    try:
+        from . import triton_support  # imports Triton
+    except ImportError:
+        raise ImportError(
+            f"{rule}'s GPU kernels are compiled by Triton, which is not installed. Install it with:"
+            " pip install 'optforge[triton]', or use fused=False"
+        ) from None
+    return triton_support.load(module, rule)
+
+
 def fusable(w: torch.Tensor, g: torch.Tensor, *states: torch.Tensor | None) -> bool:
     """Whether the fused path takes this parameter: CPU, contiguous, one dtype (float32 or float64) and one
     size (the kernels index the arrays by address, unchecked)."""
@@ -199,14 +220,34 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     def _setup(self, params: Any, defaults: dict[str, Any], state_dtype: Any, fused: bool) -> None:
         self.state_dtype = check_state_dtype(state_dtype)
-        self.fused = fused_support.check_fused(fused)
-        self._fused = fused_support.load(self.module, self.rule) if fused else None
+        self.fused = check_fused(fused)
+        self._load_fused()
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
         self._stage_scratch: dict = {}  # the options' stages' buffers (the gradient they make, ...)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for w in group["params"]:
                 check_floating(w, self.rule)
+
+    def _load_fused(self) -> None:
+        """The generated kernels ``fused`` asks for: Numba's (``fused=True``: CPU parameters) now; Triton's
+        (``fused="triton"``, or ``fused=True`` with CUDA parameters) at their first step
+        (:meth:`_triton_case`), so that a CPU user does not import Triton."""
+        self._fused = fused_support.load(self.module, self.rule) if self.fused is True else None
+        self._triton_module: Any = None
+        if self.fused == "triton":
+            self._triton_module = _triton_load(self.module, self.rule)
+
+    def _triton_case(self, case: int) -> Any:
+        """Case ``case`` of the rule's Triton kernels, or None where Triton is not installed (``fused=True``:
+        the step stays on the plain path)."""
+        module = self._triton_module
+        if module is None:
+            try:
+                module = self._triton_module = _triton_load(self.module, self.rule)
+            except ImportError:
+                return None
+        return getattr(module, f"UPDATE_CASE_{case}")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's, with the rule's names of hyperparameters (``beta_1``) put under torch's (``betas[0]``),
@@ -248,7 +289,7 @@ class RuleOptimizer(torch.optim.Optimizer):
         if "fused" in state or not hasattr(self, "fused"):
             self.state_dtype = state.pop("state_dtype", None)
             self.fused = state.pop("fused", False)
-            self._fused = fused_support.load(self.module, self.rule) if self.fused else None
+            self._load_fused()
         self._scratch, self._stage_scratch = {}, {}
         super().__setstate__(state)
         # an optimizer pickled before its groups held torch's flags (torch adds some to defaults only)

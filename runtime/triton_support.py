@@ -213,6 +213,29 @@ def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 # -- a step ----------------------------------------------------------------------------------------
 
 
+def _groups(work: list[tuple]) -> dict[tuple, list[tuple]]:
+    """The work items by (parameter dtype, gradient dtype, state dtype, device): one launch per kernel each."""
+    groups: dict[tuple, list[tuple]] = {}
+    for item in work:
+        states = [s for s in item[2:] if s is not None]
+        key = (item[0].dtype, item[1].dtype, states[0].dtype if states else None, item[0].device)
+        groups.setdefault(key, []).append(item)
+    return groups
+
+
+def can_run(case: Case, work: list[tuple], scalars: dict[str, Any]) -> bool:
+    """Whether :func:`run` computes this step of ``work`` as the plain path does: the kernels take every
+    tensor (:func:`takes`), and a step that reduces over all tensors (``global_clipnorm``) has them in one
+    group (one dtype, one device): the kernels' sum over all tensors is a sum over one launch's tensors."""
+    if not all(takes(*item) for item in work):
+        return False
+    if len(_groups(work)) <= 1:
+        return True
+    dt = np.float32  # the flags do not depend on the dtype
+    flags, _ = case.prepare(dt, **{n: scalars[n] for n in case.scalars})
+    return not any(p.grid == "one" and (not p.when or flags[p.when]) for p in case.phases)
+
+
 def run(case: Case, work: list[tuple], scalars: dict[str, Any], *, block: int = BLOCK) -> None:
     """One step of ``case`` for every tensor of ``work``, in place.
 
@@ -223,11 +246,7 @@ def run(case: Case, work: list[tuple], scalars: dict[str, Any], *, block: int = 
     the kernels compute them). The tensors are grouped by dtypes and device; each group is one launch
     per kernel of the case. Nothing is read back to the host.
     """
-    groups: dict[tuple, list[tuple]] = {}
-    for item in work:
-        states = [s for s in item[2:] if s is not None]
-        key = (item[0].dtype, item[1].dtype, states[0].dtype if states else None, item[0].device)
-        groups.setdefault(key, []).append(item)
+    groups = _groups(work)
     missing = [n for n in case.scalars if n not in scalars]
     if missing:
         raise TypeError(
@@ -268,24 +287,19 @@ def run(case: Case, work: list[tuple], scalars: dict[str, Any], *, block: int = 
 
 
 @contextlib.contextmanager
-def via_fused_hook(*, block: int = BLOCK, calls: list | None = None) -> Iterator[None]:
-    """Until the torch optimizers call :func:`run` themselves (the wiring is the lead's, see the README's
-    Triton section): within this block, a generated torch optimizer made with ``fused=True`` sends every
-    parameter the kernels take (:func:`takes`) to the Triton kernels instead of the Numba ones, with the
-    step's scalars it computed. ``calls``: a list that receives each call's ``(case, work, scalars)``.
+def recorded(calls: list, *, block: int = BLOCK) -> Iterator[None]:
+    """Within this block, each step the torch optimizers send to the kernels (their ``fused="triton"`` path)
+    is appended to ``calls`` as ``(case, work, scalars)`` and cut into chunks of ``block`` elements (the
+    tests take small chunks, to have tensors of several). For the tests and ``benchmarks/gpu_check.py``
+    (not thread-safe: it replaces this module's ``run`` for the block's duration)."""
+    original = globals()["run"]
 
-    For the tests and ``benchmarks/gpu_check.py``; it replaces ``fused_support.load`` and ``run`` and
-    ``torch_support.fusable`` for the block's duration (not thread-safe)."""
-    from . import fused_support, torch_support
+    def spy(case: Case, work: list[tuple], scalars: dict[str, Any], *, block: int = block) -> None:
+        calls.append((case, work, scalars))
+        original(case, work, scalars, block=block)
 
-    def to_triton(case: Case, work: list[tuple], scalars: dict[str, Any]) -> None:
-        if calls is not None:
-            calls.append((case, work, scalars))
-        run(case, work, scalars, block=block)
-
-    saved = fused_support.load, fused_support.run, torch_support.fusable
-    fused_support.load, fused_support.run, torch_support.fusable = load, to_triton, takes
+    globals()["run"] = spy
     try:
         yield
     finally:
-        fused_support.load, fused_support.run, torch_support.fusable = saved
+        globals()["run"] = original

@@ -2,9 +2,9 @@
 
 The kernels run in Triton's interpreter on CPU tensors (``TRITON_INTERPRET=1``, set here before Triton
 compiles anything), or on a CUDA device where ``OPTFORGE_TRITON_DEVICE=cuda`` (``benchmarks/gpu_check.sh``).
-The torch optimizers are not wired to the Triton path yet: the tests route their fused hook to it (the
-parameters the fused path would take go to ``triton_support.run``, with the step's scalars the optimizer
-computed) and compare with the same optimizer's plain path (``fused=False``): every rule and named
+Each test runs a torch optimizer made with ``fused="triton"`` (every parameter to ``triton_support.run``,
+with the step's scalars the optimizer computed; chunks of 64 elements) and compares it with the same
+optimizer's plain path (``fused=False``): every rule and named
 configuration with no option; with ``clipnorm``, with ``global_clipnorm`` and with every option at once
 (``global_clipnorm`` with the rest), the rules that show every feature (``cases.MACHINERY``), tensors of ranks 0 to 3 and one of several chunks; parameters
 and every stored state, float64 to 1e-12 relative, float32 to 1e-6; bfloat16 parameters with float32
@@ -70,7 +70,7 @@ def problem(seed: int = 0):
 
 def run(rule, hypers: dict, dtype, *, triton: bool, count=None):
     """Final parameters and states (as float64 NumPy arrays) after ``STEPS`` steps of the torch optimizer;
-    ``triton``: its fused hook routed to the Triton kernels (``count``: the tensors they took)."""
+    ``triton``: made with ``fused="triton"`` (``count``: the tensors the kernels took)."""
     import optforge.generated.torch as gen
 
     hypers = dict(hypers)
@@ -81,8 +81,8 @@ def run(rule, hypers: dict, dtype, *, triton: bool, count=None):
     params0, grads = problem()
     params = [torch.tensor(p, dtype=dtype, device=DEVICE, requires_grad=True) for p in params0]
     calls: list = []
-    with triton_support.via_fused_hook(block=BLOCK, calls=calls) if triton else contextlib.nullcontext():
-        opt = getattr(gen, rule.name)(params, **hypers, fused=triton)
+    with triton_support.recorded(calls, block=BLOCK) if triton else contextlib.nullcontext():
+        opt = getattr(gen, rule.name)(params, **hypers, fused="triton" if triton else False)
         for g in grads[:STEPS]:
             for p, x in zip(params, g):
                 p.grad = torch.tensor(x, dtype=dtype, device=DEVICE)
@@ -150,6 +150,92 @@ def test_triton_mixed_precision(rule):
         assert err <= 1e-5, (
             f"{rule.name}: float32 state {key[1]} of params[{key[0]}]: relative error {err:.3g}"
         )
+
+
+# -- the choice of path --------------------------------------------------------------------------
+
+
+def _steps(rule, params, fused, calls, **hypers):
+    """Three steps of the torch optimizer over ``params`` (their gradients set), recording the Triton calls."""
+    import optforge.generated.torch as gen
+
+    if rule.hypers["learning_rate"].default is None:
+        hypers.setdefault("lr", 0.01)
+    with triton_support.recorded(calls, block=BLOCK):
+        opt = getattr(gen, rule.name)(params, fused=fused, **hypers)
+        for _ in range(STEPS):
+            opt.step()
+    return opt
+
+
+def _params(dtypes, transposed: bool = False):
+    """The parameters (of ``SHAPES``, in ``dtypes``) and their gradients; ``transposed``: the third one a
+    transposed view (the same values, not contiguous)."""
+    rng = np.random.default_rng(3)
+    out = []
+    for i, (shape, dtype) in enumerate(zip(SHAPES, dtypes)):
+        w, g = (torch.tensor(rng.normal(size=shape), device=DEVICE).to(dtype) for _ in range(2))
+        if transposed and i == 2:
+            w, g = w.t().contiguous().t(), g.t().contiguous().t()
+        w.requires_grad_()
+        w.grad = g
+        out.append(w)
+    return out
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["one_not_contiguous", "two_dtypes_global_clipnorm", "two_dtypes", "fused_true_on_cpu"],
+)
+def test_a_group_goes_whole_to_the_kernels_or_whole_to_the_plain_path(case):
+    """``fused="triton"`` takes a group whose every parameter the kernels take, or none of it: a parameter
+    they cannot index (a transposed view), or two dtypes in a step that sums over all tensors
+    (``global_clipnorm``: the kernels' sum is one launch's), leave the group on the plain path; two dtypes
+    without it go to the kernels, one launch each. ``fused=True`` on CPU tensors is Numba's path, not
+    Triton's. The parameters equal the plain path's (float64 to 1e-12; float32 to 1e-6)."""
+    rule = MACHINERY[0]
+    dtypes = [torch.float64] * len(SHAPES)
+    hypers: dict = {}
+    fused = "triton"
+    if case.startswith("two_dtypes"):
+        dtypes[1] = dtypes[3] = torch.float32
+    if case.endswith("global_clipnorm"):
+        hypers["global_clipnorm"] = 1.0
+    if case == "fused_true_on_cpu":
+        fused = True
+    transposed = case == "one_not_contiguous"
+    want = _params(dtypes, transposed)
+    _steps(rule, want, False, [], **hypers)
+    got = _params(dtypes, transposed)
+    calls: list = []
+    _steps(rule, got, fused, calls, **hypers)
+    expect_triton = case == "two_dtypes"
+    assert bool(calls) == expect_triton, f"{case}: {len(calls)} calls of the Triton kernels"
+    if expect_triton:
+        assert all(len(work) == len(SHAPES) for _, work, _ in calls), "every tensor of the group each step"
+    for i, (a, b) in enumerate(zip(got, want)):
+        tol = 1e-12 if a.dtype == torch.float64 else 1e-6
+        err = rel_error(a.detach().double().cpu().numpy(), b.detach().double().cpu().numpy())
+        assert err <= tol, f"{case}: params[{i}] ({a.dtype}): relative error {err:.3g} > {tol:g}"
+
+
+def test_fused_is_checked_and_a_copy_keeps_the_triton_path():
+    import copy
+
+    import optforge.generated.torch as gen
+
+    rule = MACHINERY[0]
+    lr = {"lr": 0.01} if rule.hypers["learning_rate"].default is None else {}
+    with pytest.raises(TypeError, match=r"`fused` must be True, False or 'triton'. Received: fused='cuda'"):
+        getattr(gen, rule.name)(_params([torch.float64] * len(SHAPES)), fused="cuda", **lr)
+    params = _params([torch.float64] * len(SHAPES))
+    opt = _steps(rule, params, "triton", [])
+    twin = copy.deepcopy(opt)
+    assert twin.fused == "triton"
+    calls: list = []
+    with triton_support.recorded(calls, block=BLOCK):
+        twin.step()
+    assert len(calls) == 1, "the copy steps on the Triton kernels"
 
 
 # -- the tables ------------------------------------------------------------------------------------
