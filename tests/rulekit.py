@@ -20,6 +20,6 @@ def load(rule, folder: pathlib.Path) -> dict:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         out[name] = module
-        if name == "fused":  # where the NumPy and torch optimizers' fused=True looks for it
-            sys.modules[f"optforge.generated.fused.{rule.module}"] = module
+        if name in ("fused", "triton"):  # where the optimizers' fused=True and fused="triton" look for it
+            sys.modules[f"optforge.generated.{name}.{rule.module}"] = module
     return out

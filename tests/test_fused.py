@@ -261,3 +261,73 @@ def test_one_kernel_call_updates_every_tensor_of_a_step(monkeypatch):
         for _ in range(3):
             ps, state = opt.step(ps, [rng.normal(size=s) for s in shapes], state)
         assert calls == [(kind, rows)] * 3, (rule, options, calls)
+
+
+def test_a_state_kept_under_the_flag_that_decides_the_case(tmp_path, fused_tensors):
+    """Issue 15's defect: a state stored only under a flag (``exists_if=amsgrad``) that also decides the
+    rule's case (two equations for ``w``, ``when=amsgrad`` and ``when=~amsgrad``). The case's kernels took
+    no ``amsgrad`` (the case decides it) yet tested it (``NameError``); now the case decides it there too.
+    NumPy's plain and fused paths and torch's Triton kernels (in the interpreter) against a literal NumPy
+    transcription, float64 to 1e-12, with the flag on and off."""
+    from rulekit import load
+
+    from optforge.compiler.dsl import Rule, g, maximum, sqrt, w
+
+    R = Rule("AmsgradByFlag", title="AdamW-like, its maximum kept only with amsgrad")
+    lr = R.learning_rate(0.01)
+    b1 = R.hyper("beta1", 0.9, "[0, 1)", "first moment decay")
+    b2 = R.hyper("beta2", 0.99, "[0, 1)", "second moment decay")
+    eps = R.hyper("eps", 1e-8, "[0, inf)", "epsilon")
+    amsgrad = R.flag("amsgrad", False, "keep the running maximum of v")
+    m, v = R.state("m", 0, "first moment"), R.state("v", 0, "second moment")
+    vmax = R.state("vmax", 0, "running maximum of v", exists_if=amsgrad)
+    R.assign(m, b1 * m + (1 - b1) * g, "first moment")
+    R.assign(v, b2 * v + (1 - b2) * g**2, "second moment")
+    R.assign(vmax, maximum(vmax, v), "maximum", when=amsgrad)
+    R.assign(w, w - lr * m / (sqrt(v) + eps), "update", when=~amsgrad)
+    R.assign(w, w - lr * m / (sqrt(vmax) + eps), "update with the maximum", when=amsgrad)
+    modules = load(R, tmp_path)
+    try:
+        import torch
+
+        from optforge.runtime import triton_support
+    except ImportError:  # pragma: no cover - the test extra installs both
+        triton_support = None
+
+    def oracle(p, gs, ams):
+        p, m, v, vmax = p.copy(), 0 * p, 0 * p, 0 * p
+        for x in gs:
+            m = 0.9 * m + (1 - 0.9) * x
+            v = 0.99 * v + (1 - 0.99) * x**2
+            vmax = np.maximum(vmax, v)
+            p = p - 0.01 * m / (np.sqrt(vmax if ams else v) + 1e-8)
+        return p
+
+    params0, grads = problem(10, np.float64)
+    for ams in (False, True):
+        want = [oracle(p, [gs[i] for gs in grads], ams) for i, p in enumerate(params0)]
+        for fused in (False, True):
+            opt = modules["numpy"].AmsgradByFlag(amsgrad=ams, fused=fused)
+            ps = [p.copy() for p in params0]
+            state = opt.init(ps)
+            before = fused_tensors[0]
+            for gs in grads:
+                ps, state = opt.step(ps, gs, state)
+            assert fused_tensors[0] - before == (len(grads) * len(ps) if fused else 0)
+            for i, (a, b) in enumerate(zip(ps, want)):
+                err = rel_error(a, b)
+                assert err <= 1e-12, f"amsgrad={ams} fused={fused}: params[{i}]: relative error {err:.3g}"
+        if triton_support is None:
+            continue
+        ps = [torch.tensor(p, requires_grad=True) for p in params0]
+        calls: list = []
+        with triton_support.recorded(calls):
+            opt = modules["torch"].AmsgradByFlag(ps, amsgrad=ams, fused="triton")
+            for gs in grads:
+                for p, x in zip(ps, gs):
+                    p.grad = torch.tensor(x)
+                opt.step()
+        assert len(calls) == len(grads), "the Triton kernels took every step"
+        for i, (a, b) in enumerate(zip(ps, want)):
+            err = rel_error(a.detach().numpy(), b)
+            assert err <= 1e-12, f"amsgrad={ams} Triton: params[{i}]: relative error {err:.3g}"

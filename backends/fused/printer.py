@@ -28,6 +28,7 @@ import sympy as sp
 from optforge.compiler.dsl import Reduction
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import Assign, Program, Role, Scope, Section, SectionKind, base
+from optforge.compiler.passes.conditions import given
 from optforge.compiler.passes.evaluation import Types, kernel_tree
 from optforge.compiler.passes.hoist import Hoisted, Invariants, hoist_tree
 from optforge.compiler.passes.typing import boolean_names
@@ -204,6 +205,8 @@ class FusedBackend(Backend):
         scalar = KernelCode(program.rule, elements | per_tensor, hoister, self.names)  # per-tensor code
         persisting = {s.name: s for s in program.states if s.persists}
         self._persisting = persisting
+        # where each optional state is stored, in this case (the flags its condition decides, decided)
+        self._stored = {n: given(s.allocated_when, case.condition) for n, s in persisting.items()}
         states = self.section_states(program, section)
         arrays = ["w", "g"] + [s for s in states if persisting[s].scope == Scope.ELEMENT]
         tensor_code: list[str] = []  # the per-tensor code (scalar Numba), in order
@@ -354,7 +357,9 @@ class FusedBackend(Backend):
         used = set(kp.used).union(*(u for _, _, u in statements))
         names = self.inputs(statements, arg.free_symbols, arrays)
         loads = [self.load(n, kp) for n in names]
-        used |= {flag for _, flag, _ in loads if flag} | {zero for _, _, zero in loads if zero}
+        used |= {flag for _, flag, _ in loads if flag not in ("", "False")} | {
+            zero for _, _, zero in loads if zero
+        }
         name = f"_reduce_{index}_{k}"
         kernel = Kernel(
             name=name,
@@ -372,10 +377,11 @@ class FusedBackend(Backend):
 
     def load(self, name: str, kp: KernelCode) -> tuple[str, str, str]:
         """(array, flag, zero): an optional state is read only where it is kept (flag), else it is zero."""
-        state = self._persisting.get(name)
-        if state is None or state.allocated_when is sp.true:
+        stored = self._stored.get(name, sp.true)
+        if stored is sp.true:
             return name, "", ""
-        return name, kp.hoister.hoist(state.allocated_when, ()), kp.constant(0)
+        flag = "False" if stored is sp.false else kp.hoister.hoist(stored, ())  # False: not in this case
+        return name, flag, kp.constant(0)
 
     def update_kernel(self, program, index, element, kp, hoister, arrays, persisting) -> Kernel:
         written = {a.target for a, _, _ in element if a.role in (Role.STATE, Role.PARAM)}
@@ -383,7 +389,9 @@ class FusedBackend(Backend):
         names = self.inputs(element, {sp.Symbol(n) for n in written}, arrays)
         loads = [self.load(n, kp) for n in names]
         stores = [(n, flag) for n, flag, _ in loads if n in written]
-        used |= {flag for _, flag, _ in loads if flag} | {zero for _, _, zero in loads if zero}
+        used |= {flag for _, flag, _ in loads if flag not in ("", "False")} | {
+            zero for _, _, zero in loads if zero
+        }
         return Kernel(
             name=f"_loop_{index}",
             kind="loop",

@@ -571,9 +571,12 @@ class CaseWriter:
 
     def optional_flag(self, n: str, kern: Kernel) -> str:
         state = self.persisting.get(n)
-        if state is None or state.allocated_when is sp.true:
+        stored = sp.true if state is None else conditions.given(state.allocated_when, self.case.condition)
+        if stored is sp.true:
             return ""
-        flag = self.hoister.hoist(state.allocated_when, ())
+        if stored is sp.false:  # not stored in this case
+            return "False"
+        flag = self.hoister.hoist(stored, ())
         if flag not in kern.flags:
             kern.flags = sorted(kern.flags + [flag], key=self.hoister.sort_key)
         return flag

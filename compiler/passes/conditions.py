@@ -16,6 +16,42 @@ import sympy as sp
 from ..ir import Assign, Role, Section, base
 
 
+def may_hold(cond: sp.Basic) -> bool:
+    """Whether a condition can be true, relations on data and hyperparameters taken as free atoms."""
+    atoms: dict = {}
+
+    def atom(node):
+        key = sp.Eq(*node.args) if isinstance(node, sp.Ne) else node
+        d = atoms.setdefault(key, sp.Dummy())
+        return sp.Not(d) if isinstance(node, sp.Ne) else d
+
+    encoded = sp.sympify(cond).replace(lambda x: isinstance(x, sp.core.relational.Relational), atom)
+    return sp.satisfiable(encoded) is not False
+
+
+def given(cond: sp.Basic, assumed: sp.Basic) -> sp.Basic:
+    """``cond`` where ``assumed`` holds (a case's condition): each of its atoms (a flag, an option given, a
+    relation) that ``assumed`` decides, replaced by true or false. In the case ``amsgrad``, a state stored
+    where ``amsgrad`` is stored always: its kernel tests no flag that the case has already decided."""
+    cond = sp.sympify(cond)
+    if cond in (sp.true, sp.false) or assumed is sp.true:
+        return cond
+    decided = {}
+    for a in _boolean_atoms(cond):
+        if not may_hold(sp.And(assumed, sp.Not(a))):
+            decided[a] = sp.true
+        elif not may_hold(sp.And(assumed, a)):
+            decided[a] = sp.false
+    return cond.xreplace(decided) if decided else cond
+
+
+def _boolean_atoms(cond: sp.Basic) -> set:
+    """The atoms of a boolean function: flags, ``Given(option)``, relations."""
+    if isinstance(cond, sp.logic.boolalg.BooleanFunction):
+        return set().union(*(_boolean_atoms(a) for a in cond.args))
+    return set() if cond in (sp.true, sp.false) else {cond}
+
+
 def reads_array(expr: sp.Basic, arrays: Iterable[str]) -> bool:
     names = set(arrays)
     return any(base(s) in names for s in expr.free_symbols)

@@ -18,6 +18,7 @@ from sympy.logic.boolalg import Boolean
 from ..dsl import RESERVED, Equation, Given, Rule, own_equation
 from ..errors import RuleError
 from ..ir import Assign, Case, Program, Role, Scope, StateVar, ssa
+from .conditions import may_hold
 
 MAX_STATIC_ATOMS = 8
 
@@ -116,7 +117,7 @@ def _check_declarations(rule: Rule) -> None:
             )
         options = {n for n, h in rule.hypers.items() if h.default is None and h.kind != "learning_rate"}
         for name in sorted({x.name for x in s.init.free_symbols} & options):
-            if _may_hold(sp.And(s.exists_if, sp.Not(Given(name)))):
+            if may_hold(sp.And(s.exists_if, sp.Not(Given(name)))):
                 raise RuleError(
                     rule.name,
                     f"the initial value of state '{s.name}' is `{s.init}`, which reads option '{name}' (None when"
@@ -262,7 +263,7 @@ def _check_options_guarded(rule: Rule, eq: Equation, where: dict) -> None:
         if e.kind == "let" and isinstance(e.expr, Boolean):
             conditions[sp.Symbol(e.target)] = e.expr.xreplace(conditions)
     for name, path in _option_reads(eq.expr, eq.when, options):
-        if _may_hold(sp.And(path, sp.Not(Given(name))).xreplace(conditions)):
+        if may_hold(sp.And(path, sp.Not(Given(name))).xreplace(conditions)):
             reached = "" if path is sp.true else f" (this read is reached when {path})"
             raise RuleError(
                 rule.name,
@@ -273,7 +274,7 @@ def _check_options_guarded(rule: Rule, eq: Equation, where: dict) -> None:
                 **where,
             )
     for name in sorted({s.name for s in _free(eq.when)} & options):
-        if _may_hold(sp.And(eq.when, sp.Not(Given(name)))):
+        if may_hold(sp.And(eq.when, sp.Not(Given(name)))):
             raise RuleError(
                 rule.name,
                 f"the condition `when={eq.when}` reads the value of option '{name}', which is None when it is"
@@ -310,19 +311,6 @@ def _option_reads(expr, path, options: set[str]) -> list[tuple[str, object]]:
     for arg in expr.args:
         out += _option_reads(arg, path, options)
     return out
-
-
-def _may_hold(cond) -> bool:
-    """Whether a condition can be true, relations on data and hyperparameters taken as free atoms."""
-    atoms: dict = {}
-
-    def atom(node):
-        key = sp.Eq(*node.args) if isinstance(node, sp.Ne) else node
-        d = atoms.setdefault(key, sp.Dummy())
-        return sp.Not(d) if isinstance(node, sp.Ne) else d
-
-    encoded = sp.sympify(cond).replace(lambda x: isinstance(x, sp.core.relational.Relational), atom)
-    return sp.satisfiable(encoded) is not False
 
 
 def _free(expr) -> set:

@@ -20,6 +20,7 @@ import sympy as sp
 
 from ..errors import RuleError
 from ..ir import Assign, Program, Role, base, ssa
+from .conditions import may_hold
 
 
 def analyse_state(program: Program) -> Program:
@@ -50,9 +51,11 @@ def _check_exists_if(program: Program, s) -> None:
     if cond is sp.true:
         return
     for case in program.cases:
+        if not may_hold(sp.And(case.condition, sp.Not(cond))):
+            continue  # the case implies it: every use in it is guarded
         for a in case.body:
-            for path in _paths_to(a, s.name):
-                if sp.simplify_logic(sp.And(case.condition, path, sp.Not(cond))) is not sp.false:
+            for path in dict.fromkeys(_paths_to(a, s.name)):
+                if may_hold(sp.And(case.condition, path, sp.Not(cond))):
                     raise RuleError(
                         program.rule,
                         f"state '{s.name}' exists only if {cond}, but it is used where that may not hold"

@@ -354,7 +354,6 @@ def prepare_update_case_1(
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
     b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
-    b_10 = bool(momentum != 0)
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -386,7 +385,6 @@ def prepare_update_case_1(
         b_is_update,
         b_use_ema,
         b_9,
-        b_10,
         k_,
     )
 
@@ -419,7 +417,6 @@ def run_update_case_1(rows, bounds, table, dt, step):
         b_is_update,
         b_use_ema,
         b_9,
-        b_10,
         k_,
     ) = step
     _update_1(
@@ -434,7 +431,6 @@ def run_update_case_1(rows, bounds, table, dt, step):
         b_is_update,
         b_use_ema,
         b_9,
-        b_10,
     )(rows, bounds, table, k_)
 
 
@@ -507,7 +503,6 @@ def _update_1(
     b_is_update,
     b_use_ema,
     b_9,
-    b_10,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -551,7 +546,7 @@ def _update_1(
                 for i_ in range(hi - lo):
                     w = w_[i_]
                     g = g_[i_]
-                    velocity = velocity_[i_] if b_10 else c_zero
+                    velocity = velocity_[i_]
                     grad_accumulator = (
                         grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
                     )
@@ -589,8 +584,7 @@ def _update_1(
                     # EMA overwrite
                     w = ema if b_9 else w
                     w_[i_] = w
-                    if b_10:
-                        velocity_[i_] = velocity
+                    velocity_[i_] = velocity
                     if b_gradient_accumulation_steps_given:
                         grad_accumulator_[i_] = grad_accumulator
                     if b_use_ema:
@@ -648,7 +642,6 @@ def prepare_update_case_2(
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
     b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
-    b_10 = bool(momentum != 0)
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -680,7 +673,6 @@ def prepare_update_case_2(
         b_is_update,
         b_use_ema,
         b_9,
-        b_10,
         k_,
     )
 
@@ -713,7 +705,6 @@ def run_update_case_2(rows, bounds, table, dt, step):
         b_is_update,
         b_use_ema,
         b_9,
-        b_10,
         k_,
     ) = step
     _update_2(
@@ -728,7 +719,6 @@ def run_update_case_2(rows, bounds, table, dt, step):
         b_is_update,
         b_use_ema,
         b_9,
-        b_10,
     )(rows, bounds, table, k_)
 
 
@@ -801,7 +791,6 @@ def _update_2(
     b_is_update,
     b_use_ema,
     b_9,
-    b_10,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -845,7 +834,7 @@ def _update_2(
                 for i_ in range(hi - lo):
                     w = w_[i_]
                     g = g_[i_]
-                    velocity = velocity_[i_] if b_10 else c_zero
+                    velocity = velocity_[i_]
                     grad_accumulator = (
                         grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
                     )
@@ -883,8 +872,7 @@ def _update_2(
                     # EMA overwrite
                     w = ema if b_9 else w
                     w_[i_] = w
-                    if b_10:
-                        velocity_[i_] = velocity
+                    velocity_[i_] = velocity
                     if b_gradient_accumulation_steps_given:
                         grad_accumulator_[i_] = grad_accumulator
                     if b_use_ema:

@@ -296,7 +296,7 @@ def _update_0(
                     g = g_[i_]
                     exp_avg = exp_avg_[i_]
                     exp_avg_sq = exp_avg_sq_[i_]
-                    max_exp_avg_sq = max_exp_avg_sq_[i_] if b_amsgrad else c_zero
+                    max_exp_avg_sq = max_exp_avg_sq_[i_]
                     grad_accumulator = (
                         grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
                     )
@@ -350,8 +350,7 @@ def _update_0(
                     w_[i_] = w
                     exp_avg_[i_] = exp_avg
                     exp_avg_sq_[i_] = exp_avg_sq
-                    if b_amsgrad:
-                        max_exp_avg_sq_[i_] = max_exp_avg_sq
+                    max_exp_avg_sq_[i_] = max_exp_avg_sq
                     if b_gradient_accumulation_steps_given:
                         grad_accumulator_[i_] = grad_accumulator
                     if b_use_ema:
@@ -629,7 +628,7 @@ def _update_1(
                     g = g_[i_]
                     exp_avg = exp_avg_[i_]
                     exp_avg_sq = exp_avg_sq_[i_]
-                    max_exp_avg_sq = max_exp_avg_sq_[i_] if b_amsgrad else c_zero
+                    max_exp_avg_sq = max_exp_avg_sq_[i_] if False else c_zero
                     grad_accumulator = (
                         grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
                     )
@@ -962,7 +961,7 @@ def _update_2(
                     g = g_[i_]
                     exp_avg = exp_avg_[i_]
                     exp_avg_sq = exp_avg_sq_[i_]
-                    max_exp_avg_sq = max_exp_avg_sq_[i_] if b_amsgrad else c_zero
+                    max_exp_avg_sq = max_exp_avg_sq_[i_]
                     grad_accumulator = (
                         grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
                     )
@@ -1018,8 +1017,7 @@ def _update_2(
                     w_[i_] = w
                     exp_avg_[i_] = exp_avg
                     exp_avg_sq_[i_] = exp_avg_sq
-                    if b_amsgrad:
-                        max_exp_avg_sq_[i_] = max_exp_avg_sq
+                    max_exp_avg_sq_[i_] = max_exp_avg_sq
                     if b_gradient_accumulation_steps_given:
                         grad_accumulator_[i_] = grad_accumulator
                     if b_use_ema:
@@ -1301,7 +1299,7 @@ def _update_3(
                     g = g_[i_]
                     exp_avg = exp_avg_[i_]
                     exp_avg_sq = exp_avg_sq_[i_]
-                    max_exp_avg_sq = max_exp_avg_sq_[i_] if b_amsgrad else c_zero
+                    max_exp_avg_sq = max_exp_avg_sq_[i_] if False else c_zero
                     grad_accumulator = (
                         grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
                     )

@@ -458,7 +458,6 @@ def prepare_update_case_1(
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
     b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
-    b_10 = bool(momentum != 0)
     flags = {
         "b_loss_scale_factor_given": b_loss_scale_factor_given,
         "b_gradient_accumulation_steps_given": b_gradient_accumulation_steps_given,
@@ -470,7 +469,6 @@ def prepare_update_case_1(
         "b_is_update": b_is_update,
         "b_use_ema": b_use_ema,
         "b_9": b_9,
-        "b_10": b_10,
     }
     return flags, [
         c_loss_scale_factor,
@@ -664,7 +662,6 @@ def _update_1(
     b_is_update: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_9: tl.constexpr,
-    b_10: tl.constexpr,
     NT: tl.constexpr,
     DT: tl.constexpr,
     W_DT: tl.constexpr,
@@ -701,7 +698,7 @@ def _update_1(
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
     velocity_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    velocity = tl.load(velocity_ + i_, mask=mask).to(DT) if b_10 else 0.0
+    velocity = tl.load(velocity_ + i_, mask=mask).to(DT)
     grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
@@ -733,8 +730,7 @@ def _update_1(
     # EMA overwrite
     w = (ema if b_9 else w).to(W_DT).to(DT)
     tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    if b_10:
-        tl.store(velocity_ + i_, velocity.to(S_DT), mask=mask)
+    tl.store(velocity_ + i_, velocity.to(S_DT), mask=mask)
     if b_gradient_accumulation_steps_given:
         tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
     if b_use_ema:
@@ -814,7 +810,6 @@ UPDATE_CASE_1 = triton_support.Case(
                 "b_is_update",
                 "b_use_ema",
                 "b_9",
-                "b_10",
             ),
         ),
     ),
@@ -864,7 +859,6 @@ def prepare_update_case_2(
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
     b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
-    b_10 = bool(momentum != 0)
     flags = {
         "b_loss_scale_factor_given": b_loss_scale_factor_given,
         "b_gradient_accumulation_steps_given": b_gradient_accumulation_steps_given,
@@ -876,7 +870,6 @@ def prepare_update_case_2(
         "b_is_update": b_is_update,
         "b_use_ema": b_use_ema,
         "b_9": b_9,
-        "b_10": b_10,
     }
     return flags, [
         c_loss_scale_factor,
@@ -1070,7 +1063,6 @@ def _update_2(
     b_is_update: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_9: tl.constexpr,
-    b_10: tl.constexpr,
     NT: tl.constexpr,
     DT: tl.constexpr,
     W_DT: tl.constexpr,
@@ -1107,7 +1099,7 @@ def _update_2(
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
     velocity_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    velocity = tl.load(velocity_ + i_, mask=mask).to(DT) if b_10 else 0.0
+    velocity = tl.load(velocity_ + i_, mask=mask).to(DT)
     grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
@@ -1139,8 +1131,7 @@ def _update_2(
     # EMA overwrite
     w = (ema if b_9 else w).to(W_DT).to(DT)
     tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    if b_10:
-        tl.store(velocity_ + i_, velocity.to(S_DT), mask=mask)
+    tl.store(velocity_ + i_, velocity.to(S_DT), mask=mask)
     if b_gradient_accumulation_steps_given:
         tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
     if b_use_ema:
@@ -1220,7 +1211,6 @@ UPDATE_CASE_2 = triton_support.Case(
                 "b_is_update",
                 "b_use_ema",
                 "b_9",
-                "b_10",
             ),
         ),
     ),

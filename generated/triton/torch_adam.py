@@ -332,7 +332,7 @@ def _update_0(
     exp_avg_sq_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
     exp_avg_sq = tl.load(exp_avg_sq_ + i_, mask=mask).to(DT)
     max_exp_avg_sq_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    max_exp_avg_sq = tl.load(max_exp_avg_sq_ + i_, mask=mask).to(DT) if b_amsgrad else 0.0
+    max_exp_avg_sq = tl.load(max_exp_avg_sq_ + i_, mask=mask).to(DT)
     grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
@@ -374,8 +374,7 @@ def _update_0(
     tl.store(w_ + i_, w.to(W_DT), mask=mask)
     tl.store(exp_avg_ + i_, exp_avg.to(S_DT), mask=mask)
     tl.store(exp_avg_sq_ + i_, exp_avg_sq.to(S_DT), mask=mask)
-    if b_amsgrad:
-        tl.store(max_exp_avg_sq_ + i_, max_exp_avg_sq.to(S_DT), mask=mask)
+    tl.store(max_exp_avg_sq_ + i_, max_exp_avg_sq.to(S_DT), mask=mask)
     if b_gradient_accumulation_steps_given:
         tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
     if b_use_ema:
@@ -772,7 +771,7 @@ def _update_1(
     exp_avg_sq_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
     exp_avg_sq = tl.load(exp_avg_sq_ + i_, mask=mask).to(DT)
     max_exp_avg_sq_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    max_exp_avg_sq = tl.load(max_exp_avg_sq_ + i_, mask=mask).to(DT) if b_amsgrad else 0.0
+    max_exp_avg_sq = tl.load(max_exp_avg_sq_ + i_, mask=mask).to(DT) if False else 0.0
     grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
@@ -1212,7 +1211,7 @@ def _update_2(
     exp_avg_sq_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
     exp_avg_sq = tl.load(exp_avg_sq_ + i_, mask=mask).to(DT)
     max_exp_avg_sq_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    max_exp_avg_sq = tl.load(max_exp_avg_sq_ + i_, mask=mask).to(DT) if b_amsgrad else 0.0
+    max_exp_avg_sq = tl.load(max_exp_avg_sq_ + i_, mask=mask).to(DT)
     grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
@@ -1256,8 +1255,7 @@ def _update_2(
     tl.store(w_ + i_, w.to(W_DT), mask=mask)
     tl.store(exp_avg_ + i_, exp_avg.to(S_DT), mask=mask)
     tl.store(exp_avg_sq_ + i_, exp_avg_sq.to(S_DT), mask=mask)
-    if b_amsgrad:
-        tl.store(max_exp_avg_sq_ + i_, max_exp_avg_sq.to(S_DT), mask=mask)
+    tl.store(max_exp_avg_sq_ + i_, max_exp_avg_sq.to(S_DT), mask=mask)
     if b_gradient_accumulation_steps_given:
         tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
     if b_use_ema:
@@ -1659,7 +1657,7 @@ def _update_3(
     exp_avg_sq_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
     exp_avg_sq = tl.load(exp_avg_sq_ + i_, mask=mask).to(DT)
     max_exp_avg_sq_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    max_exp_avg_sq = tl.load(max_exp_avg_sq_ + i_, mask=mask).to(DT) if b_amsgrad else 0.0
+    max_exp_avg_sq = tl.load(max_exp_avg_sq_ + i_, mask=mask).to(DT) if False else 0.0
     grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
