@@ -30,12 +30,17 @@ def rule_configs():
 # rule. OPTFORGE_TEST_ALL_RULES=1 runs the machinery tests on every rule too.
 
 
+#: the tests' programs are compiled with the verifier after every pass
+CHECK_BETWEEN_PASSES = True
+
+
 @functools.cache
 def compiled(rule, form: str = "in-place"):
-    """``compile_rule(rule, form=form)``, once per test process (collection reads it for several files)."""
+    """``compile_rule(rule, form=form)``, once per test process (collection reads it for several files), with
+    the verifier between its passes (test_compiler.py asserts it of every rule; a small cost)."""
     from optforge.compiler.pipeline import compile_rule
 
-    return compile_rule(rule, form=form)
+    return compile_rule(rule, form=form, check_between_passes=CHECK_BETWEEN_PASSES)
 
 
 @functools.cache

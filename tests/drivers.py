@@ -32,10 +32,9 @@ def problem(steps: int, dtype=np.float64, seed: int = 0, shapes=SHAPES, scales=S
 
 @functools.lru_cache(maxsize=None)
 def _stored_states(name: str) -> tuple:
-    from optforge.compiler.pipeline import compile_rule
-    from optforge.rules import registry
+    from cases import RULES, compiled
 
-    return tuple((s.name, s.scope.name.lower()) for s in compile_rule(registry()[name]).states if s.persists)
+    return tuple((s.name, s.scope.name.lower()) for s in compiled(RULES[name]).states if s.persists)
 
 
 def stored_states(rule):

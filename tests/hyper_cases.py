@@ -13,10 +13,9 @@ import itertools
 import math
 
 import pytest
+from cases import RULES as _REGISTRY
 
-from optforge.rules import registry
-
-RULES = list(registry().values())
+RULES = list(_REGISTRY.values())
 RULE_IDS = [r.name for r in RULES]
 RULE_CONFIGS = [(r, name) for r in RULES for name in r.configs]
 RULE_CONFIG_IDS = [f"{r.name}-{name}" for r, name in RULE_CONFIGS]

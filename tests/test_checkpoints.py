@@ -19,9 +19,8 @@ import re
 import numpy as np
 import pytest
 from cases import MACHINERY
+from cases import RULES as REGISTRY
 from drivers import varying_lr
-
-from optforge.rules import registry
 
 jax = pytest.importorskip("jax")
 torch = pytest.importorskip("torch")
@@ -35,7 +34,7 @@ import optforge.generated.torch as gen_torch  # noqa: E402
 
 RULES = MACHINERY  # what every rule shares: on the rules that show every feature (tests/cases.py)
 RULE_IDS = [r.name for r in RULES]
-BY_NAME = {r.name: r for r in registry().values()}
+BY_NAME = dict(REGISTRY)
 
 STEPS = 7
 KS = (0, 1, 2, 5)  # checkpoints: before the first step, after one call (mid-accumulation with N = 2), ...

@@ -15,7 +15,7 @@ from optforge.compiler.dsl import Eq, Rule, clip, g, maximum, sqrt, t, tensor_su
 from optforge.compiler.errors import BackendError, RuleError
 from optforge.compiler.ir import Form
 from optforge.compiler.pipeline import compile_rule
-from optforge.rules import get, registry
+from optforge.rules import get
 
 
 def base_rule(name="Broken"):
@@ -313,9 +313,13 @@ def test_unsupported_construct_names_the_node_and_the_backend(tmp_path):
 
 
 def test_every_registered_rule_passes_the_verifier_between_passes():
-    for rule in registry().values():
+    """The programs every test compiles (``cases.compiled``: with the verifier after each pass), in both forms."""
+    from cases import CHECK_BETWEEN_PASSES, RULES, compiled
+
+    assert CHECK_BETWEEN_PASSES
+    for rule in RULES.values():
         for form in Form:
-            program = compile_rule(rule, form=form, check_between_passes=True)
+            program = compiled(rule, form)
             assert program.passes[-1] == "schedule" and program.form == form
 
 

@@ -12,16 +12,15 @@ import sys
 
 import pytest
 import sympy as sp
+from cases import RULES
 
 from optforge.backends import backends
 from optforge.compiler.dsl import Rule, g, w
 from optforge.compiler.pipeline import compile_rule
 from optforge.compiler.render import docstring_equations
 from optforge.documentation.pages import page
-from optforge.rules import registry
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-RULES = registry()
 
 
 @pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))

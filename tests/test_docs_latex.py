@@ -11,14 +11,13 @@ from __future__ import annotations
 import re
 
 import pytest
+from cases import RULES
 
 from optforge.compiler.dsl import Rule, g, w
 from optforge.compiler.pipeline import compile_rule
 from optforge.documentation.latex import _sub
 from optforge.documentation.pages import page
-from optforge.rules import registry
 
-RULES = registry()
 # a subscript right after a subscript: m_1_{t}, \alpha_t_{t}, x_{0}_{t}
 DOUBLE_SUBSCRIPT = re.compile(r"(?<!\\)_(\{[^{}]*\}|[A-Za-z0-9]|\\[A-Za-z]+)_")
 

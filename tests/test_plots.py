@@ -8,11 +8,9 @@ import warnings
 
 import numpy as np
 import pytest
-
-from optforge.rules import registry
+from cases import RULES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-RULES = registry()
 
 
 def _pixels(png: bytes) -> np.ndarray:

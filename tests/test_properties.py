@@ -23,13 +23,12 @@ import os
 
 import numpy as np
 import pytest
+from cases import RULES as REGISTRY
 from drivers import run, stored_states
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from optforge.rules import registry
-
-RULES = list(registry().values())
+RULES = list(REGISTRY.values())
 RULE_IDS = [r.name for r in RULES]
 
 SCALE = int(os.environ.get("OPTFORGE_PROPERTY_EXAMPLES", "0"))

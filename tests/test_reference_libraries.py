@@ -43,12 +43,23 @@ def keras_configs():
 
 @pytest.mark.parametrize("rule, name, cfg", keras_configs())
 def test_keras(rule, name, cfg):
+    """Each backend's parameters equal Keras's to 1e-12 (float64), and their states equal NumPy's (Keras's
+    are not read: for these rules this stands for test_backends_agree.py's float64 comparison)."""
     params0, grads = problem(STEPS)
     lr = cfg.get("learning_rate", rule.hypers["learning_rate"].default)
     want = keras_run(rule.name, cfg, params0, grads, lr)
+    states = {}
     for backend in BACKENDS:
-        got, _ = run(backend, rule, cfg, params0, grads)
+        got, states[backend] = run(backend, rule, cfg, params0, grads)
         assert_close(got, want, 1e-12, f"{backend} vs keras")
+    ref = states[BACKENDS[0]]
+    for backend in BACKENDS[1:]:
+        for n in ref:
+            assert (states[backend][n] is None) == (ref[n] is None), (
+                f"{backend}: state {n} exists in one backend only"
+            )
+            if ref[n] is not None:
+                assert_close(states[backend][n], ref[n], 1e-12, f"{backend} state {n} vs {BACKENDS[0]}'s")
 
 
 @pytest.mark.parametrize("rule, name, cfg", [p for p in keras_configs() if p.values[1] == "default"])
