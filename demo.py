@@ -40,9 +40,12 @@ LEARNING_RATE = {
     "NovoGrad": 0.03,
     "NovoGradTF1": 0.03,
     "OptaxAdam": 0.03,
+    "OptaxAdamW": 0.03,
+    "OptaxLion": 0.01,
     "OptaxNovoGrad": 0.1,
     "SGD": 0.3,
     "TorchAdam": 0.03,
+    "TorchAdamW": 0.03,
 }
 
 

@@ -729,8 +729,9 @@ class Rule:
         del self.equations[self._find(target.name, occurrence)]
         return self
 
-    def set_default(self, name: str, value: Any) -> Rule:
-        """Change a hyperparameter's default (the range stays)."""
+    def set_default(self, name: str, value: Any, *, meaning: str | None = None) -> Rule:
+        """Change a hyperparameter's default (the range stays) and, where given, what it means (a variant
+        that uses it otherwise: AdamW's decoupled ``weight_decay``)."""
         if name not in self.hypers:
             raise RuleError(self.name, f"no hyperparameter '{name}' to set a default for", origin=_origin())
         h = self.hypers[name]
@@ -742,7 +743,10 @@ class Rule:
         else:
             self._check_default(name, value, h.interval)
             value = float(value)
-        self.hypers = {**self.hypers, name: dataclasses.replace(h, default=value)}
+        self.hypers = {
+            **self.hypers,
+            name: dataclasses.replace(h, default=value, meaning=meaning or h.meaning),
+        }
         return self
 
 

@@ -1,11 +1,12 @@
-"""Adam as optax defines it (optax 0.2.8: ``scale_by_adam``, ``adam``).
+"""Adam and AdamW as optax defines them (optax 0.2.8: ``scale_by_adam``, ``adam``, ``adamw``).
 
 ``optax.adam = chain(scale_by_adam(b1, b2, eps, eps_root, nesterov), scale_by_learning_rate(lr))``:
 the moments are ``(1 - b)*x + b*moment``, both are bias-corrected, and the update divides by
 ``sqrt(nu_hat + eps_root) + eps``: ``eps`` outside the root as in torch, ``eps_root`` inside. ``nesterov``
-uses Dozat's look-ahead ``b1*mu_hat(t+1) + (1 - b1)*g/(1 - b1^t)``. The learning rate has no default,
-as in optax. (``optax.adamw``, a derived rule of a few lines, waits on branch ``library-wip`` for the
-tests' time.)
+uses Dozat's look-ahead ``b1*mu_hat(t+1) + (1 - b1)*g/(1 - b1^t)``. ``optax.adamw`` adds
+``weight_decay*w`` to that update before the learning rate scales it (``add_decayed_weights``):
+``w <- w - lr*(update + weight_decay*w)``, the same as torch's decoupled decay. The learning rate has no
+default, as in optax.
 """
 
 from optforge.compiler.dsl import Rule, g, sqrt, t, w
@@ -55,4 +56,24 @@ OptaxAdam.assign(w, w - lr * u, "parameter update")
 OptaxAdam.config("default", learning_rate=0.003)  # optax has no default learning rate
 OptaxAdam.config("fast_nesterov", learning_rate=0.01, b1=0.8, b2=0.9, eps=1e-4, eps_root=1e-6, nesterov=True)
 
-RULE = OptaxAdam
+OptaxAdamW = OptaxAdam.derive(
+    "OptaxAdamW",
+    module="optax_adamw",
+    title="AdamW (optax `adamw`)",
+    summary="optax's Adam with decoupled weight decay: weight_decay*w is added to the scaled update, before"
+    " the learning rate (default 1e-4).",
+    references=(
+        "Loshchilov and Hutter, Decoupled Weight Decay Regularization, ICLR 2019",
+        "optax.adamw: https://optax.readthedocs.io/en/latest/api/optimizers.html#optax.adamw",
+    ),
+)
+weight_decay = OptaxAdamW.hyper(
+    "weight_decay", 1e-4, "[0, inf)", "decoupled weight decay, added to the update", latex=r"\lambda"
+)
+OptaxAdamW.replace(w, w - lr * (u + weight_decay * w))
+OptaxAdamW.config("default", learning_rate=0.003)
+OptaxAdamW.config(
+    "fast_nesterov", learning_rate=0.01, b1=0.8, b2=0.9, eps=1e-4, weight_decay=0.1, nesterov=True
+)
+
+RULES = [OptaxAdam, OptaxAdamW]

@@ -1,8 +1,7 @@
-"""Adam as torch.optim defines it (torch 2.13, ``_single_tensor_adam``).
+"""Adam and AdamW as torch.optim defines them (torch 2.13, ``_single_tensor_adam``).
 
 ``maximize`` negates the gradient first; Adam's ``weight_decay`` is then L2, added to the gradient
-(``g + weight_decay*w``; AdamW's decoupled decay, a derived rule of a few lines, waits on branch
-``library-wip`` for the tests' time).
+(``g + weight_decay*w``), while AdamW's is decoupled, ``w <- w*(1 - lr*weight_decay)`` before the moments.
 Epsilon is added outside the root of the bias-corrected second moment,
 ``sqrt(v)/sqrt(1 - beta2^t) + eps``, and the step is ``lr/(1 - beta2^t)``. With ``amsgrad`` the
 denominator reads the running maximum of the raw second moment ``v`` (optax.amsgrad takes the maximum of
@@ -64,4 +63,31 @@ TorchAdam.config(
     maximize=True,
 )
 
-RULE = TorchAdam
+TorchAdamW = TorchAdam.derive(
+    "TorchAdamW",
+    module="torch_adamw",
+    title="AdamW (torch.optim `AdamW`)",
+    summary="torch's Adam with decoupled weight decay, w <- w*(1 - lr*weight_decay) before the moments"
+    " (default 0.01).",
+    references=(
+        "Loshchilov and Hutter, Decoupled Weight Decay Regularization, ICLR 2019",
+        "torch.optim.AdamW: https://pytorch.org/docs/stable/generated/torch.optim.AdamW.html",
+    ),
+)
+TorchAdamW.remove(g, occurrence=1)
+TorchAdamW.insert(
+    w, w * (1 - lr * weight_decay), "decoupled weight decay", before=m, when=Ne(weight_decay, 0)
+)
+TorchAdamW.set_default("weight_decay", 0.01, meaning="decoupled weight decay, w <- w*(1 - lr*weight_decay)")
+TorchAdamW.config(
+    "fast_amsgrad_maximize",
+    learning_rate=0.01,
+    beta1=0.8,
+    beta2=0.9,
+    eps=1e-4,
+    weight_decay=0.1,
+    amsgrad=True,
+    maximize=True,
+)
+
+RULES = [TorchAdam, TorchAdamW]

@@ -7,9 +7,12 @@ from .nadam import NadamState, nadam
 from .novograd import NovoGradState, novograd
 from .novograd_tf1 import NovoGradTF1State, novograd_tf1
 from .optax_adam import OptaxAdamState, optax_adam
+from .optax_adamw import OptaxAdamWState, optax_adamw
+from .optax_lion import OptaxLionState, optax_lion
 from .optax_novograd import OptaxNovoGradState, optax_novograd
 from .sgd import SGDState, sgd
 from .torch_adam import TorchAdamState, torch_adam
+from .torch_adamw import TorchAdamWState, torch_adamw
 
 __all__ = [
     "adagrad",
@@ -24,10 +27,16 @@ __all__ = [
     "NovoGradTF1State",
     "optax_adam",
     "OptaxAdamState",
+    "optax_adamw",
+    "OptaxAdamWState",
+    "optax_lion",
+    "OptaxLionState",
     "optax_novograd",
     "OptaxNovoGradState",
     "sgd",
     "SGDState",
     "torch_adam",
     "TorchAdamState",
+    "torch_adamw",
+    "TorchAdamWState",
 ]

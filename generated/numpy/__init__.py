@@ -7,9 +7,12 @@ from .nadam import Nadam, NadamState
 from .novograd import NovoGrad, NovoGradState
 from .novograd_tf1 import NovoGradTF1, NovoGradTF1State
 from .optax_adam import OptaxAdam, OptaxAdamState
+from .optax_adamw import OptaxAdamW, OptaxAdamWState
+from .optax_lion import OptaxLion, OptaxLionState
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
 from .sgd import SGD, SGDState
 from .torch_adam import TorchAdam, TorchAdamState
+from .torch_adamw import TorchAdamW, TorchAdamWState
 
 __all__ = [
     "Adagrad",
@@ -24,10 +27,16 @@ __all__ = [
     "NovoGradTF1State",
     "OptaxAdam",
     "OptaxAdamState",
+    "OptaxAdamW",
+    "OptaxAdamWState",
+    "OptaxLion",
+    "OptaxLionState",
     "OptaxNovoGrad",
     "OptaxNovoGradState",
     "SGD",
     "SGDState",
     "TorchAdam",
     "TorchAdamState",
+    "TorchAdamW",
+    "TorchAdamWState",
 ]

@@ -7,9 +7,12 @@ from .nadam import Nadam
 from .novograd import NovoGrad
 from .novograd_tf1 import NovoGradTF1
 from .optax_adam import OptaxAdam
+from .optax_adamw import OptaxAdamW
+from .optax_lion import OptaxLion
 from .optax_novograd import OptaxNovoGrad
 from .sgd import SGD
 from .torch_adam import TorchAdam
+from .torch_adamw import TorchAdamW
 
 __all__ = [
     "Adagrad",
@@ -18,7 +21,10 @@ __all__ = [
     "NovoGrad",
     "NovoGradTF1",
     "OptaxAdam",
+    "OptaxAdamW",
+    "OptaxLion",
     "OptaxNovoGrad",
     "SGD",
     "TorchAdam",
+    "TorchAdamW",
 ]
