@@ -7,3 +7,12 @@ passes), ``optforge.backends`` (printers and templates), ``optforge.generated``
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``optforge.load`` (``loader.load``), imported when first used: ``import optforge`` stays light."""
+    if name == "load":
+        from .loader import load
+
+        return load
+    raise AttributeError(f"module 'optforge' has no attribute {name!r}")

@@ -38,6 +38,7 @@ def test_the_page_has_examples():
 @pytest.mark.parametrize("line, code", BLOCKS, ids=[f"DSL.md:{line}" for line, _ in BLOCKS])
 def test_example_runs(line, code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # optforge.load's default folder
     padded = "\n" * (line - 1) + code  # a failure's traceback names the line of DSL.md
     exec(compile(padded, str(PAGE), "exec"), {"__name__": f"dsl_md_{line}"})
 
