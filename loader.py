@@ -10,6 +10,7 @@ first asked for, so that only the frameworks used need be installed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.abc
@@ -64,6 +65,14 @@ def _cache_folder() -> pathlib.Path:
     return pathlib.Path(base) / "optforge" / "rules"
 
 
+@functools.cache
+def _registered_modules() -> dict[str, str]:
+    """{module: rule name} of the registry, built once per process (a registry costs about 0.5 s)."""
+    from optforge.rules import registry
+
+    return {r.module: r.name for r in registry().values()}
+
+
 def load(
     rule: Rule, folder: str | os.PathLike | None = None, *, check_between_passes: bool = False
 ) -> Loaded:
@@ -76,11 +85,10 @@ def load(
     """
     from optforge.backends import backends
     from optforge.compiler.pipeline import compile_rule
-    from optforge.rules import registry
 
     if not isinstance(rule, Rule):
         raise TypeError(f"optforge.load takes a Rule. Received: {rule!r} ({type(rule).__name__})")
-    taken = {r.module: r.name for r in registry().values()}
+    taken = _registered_modules()
     if rule.module in taken:
         raise ValueError(
             f"rule {rule.name}: module name {rule.module!r} is the registered rule {taken[rule.module]}'s;"
