@@ -357,9 +357,7 @@ class FusedBackend(Backend):
         used = set(kp.used).union(*(u for _, _, u in statements))
         names = self.inputs(statements, arg.free_symbols, arrays)
         loads = [self.load(n, kp) for n in names]
-        used |= {flag for _, flag, _ in loads if flag not in ("", "False")} | {
-            zero for _, _, zero in loads if zero
-        }
+        used |= _load_names(loads)
         name = f"_reduce_{index}_{k}"
         kernel = Kernel(
             name=name,
@@ -389,9 +387,7 @@ class FusedBackend(Backend):
         names = self.inputs(element, {sp.Symbol(n) for n in written}, arrays)
         loads = [self.load(n, kp) for n in names]
         stores = [(n, flag) for n, flag, _ in loads if n in written]
-        used |= {flag for _, flag, _ in loads if flag not in ("", "False")} | {
-            zero for _, _, zero in loads if zero
-        }
+        used |= _load_names(loads)
         return Kernel(
             name=f"_loop_{index}",
             kind="loop",
@@ -402,6 +398,14 @@ class FusedBackend(Backend):
             body=[c for _, code, _ in element for c in code],
             stores=stores,
         )
+
+
+def _load_names(loads: list[tuple[str, str, str]]) -> set[str]:
+    """The hoisted names that optional loads read: their flags (not ``False``, a state that this case never
+    stores) and their zeros."""
+    return {flag for _, flag, _ in loads if flag not in ("", "False")} | {
+        zero for _, _, zero in loads if zero
+    }
 
 
 def reduction_call(kernel: Kernel, hoister: Invariants) -> str:
