@@ -174,16 +174,27 @@ class Backend:
 
     def scratch_lines(self, section: Section, program: Program) -> list[Line]:
         """The line that binds the registers a pass over the tensors used (none if it used none)."""
-        if self.registers is None or not self.registers.count:
+        if self.registers is None:
             return []
+        out = []
         names = self.registers.names()
-        arrays = ", ".join(["w", "g"] + self.element_states(program, section))
-        return [
-            Line(
-                f"{', '.join(names)}{',' if len(names) == 1 else ''} = {self.support}.scratch(self._scratch, {len(names)}, {arrays})",
-                "scratch buffers for the element-wise temporaries (reused, shaped like w)",
+        if names:
+            arrays = ", ".join(["w", "g"] + self.element_states(program, section))
+            out.append(
+                Line(
+                    f"{_unpacked(names)} = {self.support}.scratch(self._scratch, {len(names)}, {arrays})",
+                    "scratch buffers for the element-wise temporaries (reused, shaped like w)",
+                )
             )
-        ]
+        masks = self.registers.mask_names()
+        if masks:
+            out.append(
+                Line(
+                    f"{_unpacked(masks)} = {self.support}.masks(self._scratch, {len(masks)}, w)",
+                    "boolean buffers for the selects' conditions (reused, shaped like w)",
+                )
+            )
+        return out
 
     def element_states(self, program: Program, section: Section) -> list[str]:
         element = {s.name for s in program.states if s.scope == Scope.ELEMENT}
@@ -675,3 +686,8 @@ def format_source(text: str, filename: str) -> str:
             f"ruff could not format the generated {filename} (a template bug):\n{out.stderr}\n{text}"
         )
     return out.stdout
+
+
+def _unpacked(names: list[str]) -> str:
+    """The targets of a tuple unpacking: ``a, b`` (``a,`` for one)."""
+    return f"{', '.join(names)}{',' if len(names) == 1 else ''}"

@@ -105,6 +105,19 @@ def scratch(cache: dict, count: int, w: np.ndarray, *arrays: np.ndarray | None) 
     )
 
 
+def masks(cache: dict, count: int, w: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``count`` boolean buffers shaped like ``w`` (a select's conditions), kept between steps."""
+    return common.scratch_views(
+        cache,
+        (np.dtype(bool),),
+        count,
+        w.size,
+        w.shape,
+        lambda n: np.empty(n, bool),
+        lambda a, shape: a.reshape(shape),
+    )
+
+
 def from_params(ws: list[np.ndarray], dtypes: list[np.dtype], initial: Any) -> list[np.ndarray]:
     """A state that starts at ``initial(w)`` (w in the state's dtype): a new array per parameter, never a
     view of it (the parameter is then updated in place)."""

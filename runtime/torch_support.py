@@ -121,6 +121,20 @@ def scratch(
     )
 
 
+def masks(cache: dict, count: int, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``count`` boolean buffers shaped like ``w`` on its device (a select's conditions), kept between steps."""
+    device = w.device
+    return common.scratch_views(
+        cache,
+        (torch.bool, device),
+        count,
+        w.numel(),
+        w.shape,
+        lambda n: torch.empty(n, dtype=torch.bool, device=device),
+        lambda t, shape: t.view(shape),
+    )
+
+
 def from_param(w: torch.Tensor, dtype: torch.dtype, initial: Any) -> torch.Tensor:
     """A state that starts at ``initial(w)`` (w in the state's dtype), created before the parameter's first
     update: a new tensor, never a view of the parameter (which is then updated in place)."""

@@ -551,3 +551,66 @@ def test_a_step_allocates_nothing_in_proportion_to_the_parameters(rule):
         tracemalloc.stop()
     one_tensor = 120_000 * 4
     assert peak < one_tensor / 10, f"a step allocated up to {peak} bytes (one tensor is {one_tensor})"
+
+
+def test_a_select_on_arrays_allocates_nothing_and_keeps_float32(tmp_path):
+    """``where(s > 0, 1/sqrt(s + eps), 0)`` (optax's Adagrad) is a comparison into a boolean buffer and a
+    masked copy in NumPy and torch: a float32 step allocates nothing in proportion to the parameters, and
+    the result equals ``np.where``'s, written out independently (float64)."""
+    import tracemalloc
+
+    import torch
+    from drivers import assert_close
+    from rulekit import load
+
+    from optforge.compiler.dsl import Rule, g, sqrt, w, where
+
+    r = Rule("SelectStep", title="a step taken only where the sum of squares is positive")
+    lr = r.learning_rate(0.1)
+    eps = r.hyper("eps", 0.0, "[0, inf)", "inside the root")
+    s = r.state("s", 0.0, "sum of squares")
+    r.assign(s, s + g**2)
+    r.assign(w, w - lr * where(s > 0, 1 / sqrt(s + eps), 0) * g)
+    mods = load(r, tmp_path)
+    assert "np.copyto(" in (tmp_path / "numpy_select_step.py").read_text()
+
+    rng = np.random.default_rng(3)
+    shapes = [(300, 400), (120_000,), (7,)]
+    params = [rng.standard_normal(sh).astype(np.float32) for sh in shapes]
+    grads = [np.where(rng.random(sh) < 0.3, 0, rng.standard_normal(sh)).astype(np.float32) for sh in shapes]
+    opt = mods["numpy"].SelectStep()
+    state = opt.init(params)
+    params, state = opt.step(params, grads, state)
+    tracemalloc.start()
+    try:
+        params, state = opt.step(params, grads, state)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert params[0].dtype == np.float32
+    assert peak < 120_000 * 4 / 10, f"a step allocated up to {peak} bytes"
+
+    # float64, with elements whose sum stays 0 (no step there): the literal transcription
+    start = [rng.standard_normal(sh) for sh in shapes]
+    steps = [[np.where(rng.random(sh) < 0.3, 0, rng.standard_normal(sh)) for sh in shapes] for _ in range(3)]
+    want = [p.copy() for p in start]
+    sums = [np.zeros_like(p) for p in start]
+    for gs in steps:
+        for i, x in enumerate(gs):
+            sums[i] = sums[i] + x**2
+            with np.errstate(divide="ignore"):
+                want[i] = want[i] - 0.1 * np.where(sums[i] > 0, 1 / np.sqrt(sums[i] + 0.0), 0) * x
+    got = [p.copy() for p in start]
+    state = mods["numpy"].SelectStep().init(got)
+    opt = mods["numpy"].SelectStep()
+    for gs in steps:
+        with np.errstate(divide="ignore"):
+            got, state = opt.step(got, gs, state)
+    assert_close(got, want, 1e-12, "numpy")  # the rule's products in SymPy's order: the last bit may differ
+    tp = [torch.tensor(p, requires_grad=True) for p in start]
+    topt = mods["torch"].SelectStep(tp)
+    for gs in steps:
+        for q, x in zip(tp, gs):
+            q.grad = torch.tensor(x)
+        topt.step()
+    assert_close([q.detach().numpy() for q in tp], want, 1e-12, "torch")

@@ -57,14 +57,42 @@ def expression(rng: random.Random, depth: int, calls: list) -> sp.Expr:
         return -left * rng.choice(SCALARS)
     if kind < 0.7:
         return sp.sqrt(sp.Abs(left))
+    if kind < 0.78:  # a select on a condition over arrays
+        other = expression(rng, depth - 1, calls) if rng.random() < 0.6 else rng.choice(SCALARS)
+        return (
+            sp.Piecewise((left, condition(rng)), (other, True))
+            if rng.random() < 0.5
+            else sp.Piecewise((other, condition(rng)), (left, True))
+        )
     fn, arity = rng.choice(calls)
     return fn(left) if arity == 1 else fn(left, expression(rng, depth - 1, calls))
+
+
+def condition(rng: random.Random):
+    """A comparison of arrays and numbers, or two joined by and / or, or negated."""
+
+    def compare():
+        p = rng.choice(ELEMENTS)
+        q = rng.choice(ELEMENTS + SCALARS)
+        p, q = (p, q) if rng.random() < 0.5 else (q, p)
+        return rng.choice([sp.Lt, sp.Le, sp.Gt, sp.Ge, sp.Eq, sp.Ne])(p, q)
+
+    kind = rng.random()
+    if kind < 0.6:
+        return compare()
+    if kind < 0.75:
+        return sp.And(compare(), compare())
+    if kind < 0.9:
+        return sp.Or(compare(), compare())
+    return sp.Not(sp.And(compare(), compare()))
 
 
 CALLS = [(sp.Abs, 1), (sp.Max, 2), (sp.Min, 2), (sp.sign, 1), (sp.exp, 1)]
 
 
-def lower(backend, printer, kind: str, target: str, expr: sp.Expr) -> tuple[list[str], int]:
+def lower(
+    backend, printer, kind: str, target: str, expr: sp.Expr
+) -> tuple[list[str], three_address.Registers]:
     regs = three_address.Registers()
     tree = evaluation_tree(expr, TYPES)
     if kind == "bind":
@@ -74,7 +102,7 @@ def lower(backend, printer, kind: str, target: str, expr: sp.Expr) -> tuple[list
     else:
         lowered = three_address.update(kind, target, tree, backend.target, regs)
     three_address.verify(lowered, regs)
-    return OpPrinter(printer, backend.ops, backend.forms).statements(lowered.body), regs.count
+    return OpPrinter(printer, backend.ops, backend.forms).statements(lowered.body), regs
 
 
 def _values(dtype, seed):
@@ -97,7 +125,7 @@ def test_numpy_operations_equal_the_printed_expression_bit_for_bit(seed, dtype):
     target = "t" if kind == "bind" else "x"
     p = _printer(NumPyPrinter)
     code = p.doprint(expr)
-    lines, count = lower(NumPyBackend(), p, kind, target, expr)
+    lines, regs = lower(NumPyBackend(), p, kind, target, expr)
     with np.errstate(all="ignore"):
         want = {"np": np, "math": __import__("math"), "k": 0.3, "h": -1.7, **_values(dtype, seed)}
         exec(
@@ -107,8 +135,10 @@ def test_numpy_operations_equal_the_printed_expression_bit_for_bit(seed, dtype):
             want,
         )
         got = {"np": np, "math": __import__("math"), "k": 0.3, "h": -1.7, **_values(dtype, seed)}
-        for i in range(count):
-            got[f"_s{i}"] = np.full(N, np.nan, dtype)  # scratch holds garbage between uses
+        for r in regs.names():
+            got[r] = np.full(N, np.nan, dtype)  # scratch holds garbage between uses
+        for r in regs.mask_names():
+            got[r] = np.random.default_rng(seed).random(N) < 0.5
         exec("\n".join(lines), got)
     assert np.array_equal(got[target], want[target], equal_nan=True), (code, lines)
     for name in "abcy":  # inputs untouched
@@ -124,7 +154,7 @@ def test_torch_operations_equal_the_printed_expression_to_the_last_bit(seed):
     target = "t" if kind == "bind" else "x"
     p = _printer(TorchPrinter)
     code = p.doprint(expr)
-    lines, count = lower(TorchBackend(), p, kind, target, expr)
+    lines, regs = lower(TorchBackend(), p, kind, target, expr)
     values = {n: torch.from_numpy(v) for n, v in _values(np.float64, seed).items()}
     from optforge.runtime import torch_support
 
@@ -137,8 +167,10 @@ def test_torch_operations_equal_the_printed_expression_to_the_last_bit(seed):
         want,
     )
     got = {**modules, "k": 0.3, "h": -1.7, **{n: v.clone() for n, v in values.items()}}
-    for i in range(count):
-        got[f"_s{i}"] = torch.full((N,), float("nan"), dtype=torch.float64)
+    for r in regs.names():
+        got[r] = torch.full((N,), float("nan"), dtype=torch.float64)
+    for r in regs.mask_names():
+        got[r] = torch.rand(N) < 0.5
     exec("\n".join(lines), got)
     u, v = got[target].numpy(), want[target].numpy()
     finite = np.isfinite(v)
@@ -175,18 +207,60 @@ def test_an_alias_of_a_register_is_a_copy():
     assert printed.statements(second.body) == ["y = x.copy()"]  # x's register is written again later
 
 
-def test_scalars_stay_python_and_selects_stay_expressions():
+def test_scalars_stay_python_and_a_select_is_a_mask_and_a_masked_copy():
     lr, beta, t = sp.symbols("lr beta t")
     p = _printer(NumPyPrinter)
     be = NumPyBackend()
     expr = lr * (1 - beta**t) * sp.Piecewise((b, a > 0), (a, True))
-    lowered = three_address.update(
-        "sub", "w", evaluation_tree(expr, TYPES), be.target, three_address.Registers()
-    )
+    regs = three_address.Registers()
+    lowered = three_address.update("sub", "w", evaluation_tree(expr, TYPES), be.target, regs)
     assert OpPrinter(p, be.ops, be.forms).statements(lowered.body) == [
-        "np.multiply(lr * (1 - beta**t), np.where(a > 0, b, a), out=_s0)",
+        "np.greater(a, 0, out=_m0)",
+        "np.copyto(_s0, a)",
+        "np.copyto(_s0, b, where=_m0)",
+        "np.multiply(lr * (1 - beta**t), _s0, out=_s0)",
         "w -= _s0",
     ]
+    assert regs.names() == ["_s0"] and regs.mask_names() == ["_m0"]
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        sp.Piecewise((x, a > 0), (b, True)),  # the target is the value taken where the mask holds
+        sp.Piecewise((b, a > 0), (x, True)),  # ... where it does not
+        sp.Piecewise((x, a > 0), (0, True)),
+        sp.Piecewise((2 * x, a > 0), (x, True)),
+        sp.Piecewise((x, (x > 0) & (b < 1)), (sp.Piecewise((b, x < -1), (-x, True)), True)),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_a_select_that_reads_the_buffer_it_overwrites(expr, backend):
+    """``x[...] = where(c, x, b)``: the masked copy must not overwrite x before it is read."""
+    p = _printer(NumPyPrinter if backend == "numpy" else TorchPrinter)
+    be = NumPyBackend() if backend == "numpy" else TorchBackend()
+    lines, regs = lower(be, p, "set", "x", expr)
+    values = _values(np.float64, 5)
+    want = np.asarray(
+        sp.lambdify(list(sp.symbols("a b x", real=True)), expr, "numpy")(
+            values["a"], values["b"], values["x"]
+        ),
+        np.float64,
+    )
+    if backend == "numpy":
+        got = {"np": np, **values}
+        got.update({r: np.full(N, np.nan) for r in regs.names()})
+        got.update({r: np.zeros(N, bool) for r in regs.mask_names()})
+        exec("\n".join(lines), got)
+        assert np.array_equal(got["x"], want), lines
+    else:
+        torch = pytest.importorskip("torch")
+        got = {"torch": torch, **{n: torch.from_numpy(v) for n, v in values.items()}}
+        got.update({r: torch.full((N,), float("nan"), dtype=torch.float64) for r in regs.names()})
+        got.update({r: torch.zeros(N, dtype=torch.bool) for r in regs.mask_names()})
+        exec("\n".join(lines), got)
+        assert np.array_equal(got["x"].numpy(), want), lines
 
 
 def test_the_op_printer_writes_the_table_in_pythons_precedence():

@@ -50,6 +50,18 @@ class NumPyBackend(Backend):
         "Min": "np.minimum({0}, {1}, out={out})",
         "clip": "np.clip({0}, {1}, {2}, out={out})",
         "copy_into": "np.copyto({out}, {0})",
+        # a select (where): the comparisons and logic into boolean masks, then a masked copy
+        "<": "np.less({0}, {1}, out={out})",
+        "<=": "np.less_equal({0}, {1}, out={out})",
+        ">": "np.greater({0}, {1}, out={out})",
+        ">=": "np.greater_equal({0}, {1}, out={out})",
+        "==": "np.equal({0}, {1}, out={out})",
+        "!=": "np.not_equal({0}, {1}, out={out})",
+        "and": "np.logical_and({0}, {1}, out={out})",
+        "or": "np.logical_or({0}, {1}, out={out})",
+        "not": "np.logical_not({0}, out={out})",
+        "fill": "{out}.fill({0})",
+        "copy_where": "np.copyto({out}, {1}, where={0})",
         "duplicate": "{0}.copy()",  # an array held apart from the buffer it came from
     }
     forms = {"add": "{name} += {value}", "sub": "{name} -= {value}", "set": "{name}[...] = {value}"}

@@ -14,7 +14,10 @@ The operations are the tree's, in its order, on the same dtypes: the results are
 expression, bit for bit. Sub-expressions that read no per-element array stay Python (scalars,
 per-tensor values). The last operation of an overwrite (``u[...] = ...``) writes into the target
 itself; a named element-wise temporary (``m_hat``) keeps its own register for the rest of the tensor's
-statements. Anything the backend has no operation for (a select, a comparison) stays an expression:
+statements. A select ``where(c, a, b)`` on arrays, where the table has comparisons and a masked copy, is
+``c`` into a boolean register (a *mask*, ``_m0``), ``b`` copied into the result and ``a`` copied over it
+where the mask holds (``np.copyto(_s0, _s1, where=_m0)``): the same elements as ``np.where``, in the
+result's dtype, allocating nothing. Anything else the backend has no operation for stays an expression:
 correct, and allocating. A statement whose value is a Python conditional (``a if c else b``, ``c`` a
 Python value) becomes an ``if`` block per branch.
 
@@ -23,8 +26,9 @@ Where the backend has compound in-place calls (torch: ``x.add_(y, alpha=c)``, ``
 (``m / (eps + u) * (lr / (1 - b**t))``) and the update is one call: fewer passes, and results that may
 differ from the printed expression's in the last bit.
 
-The registers are views of one buffer per dtype that the optimizer keeps (``runtime.*_support.scratch``),
-shaped like the tensor: the memory is the largest tensor times the number of registers, allocated once.
+The registers are views of one buffer per dtype that the optimizer keeps (``runtime.*_support.scratch``,
+the masks ``masks``), shaped like the tensor: the memory is the largest tensor times the number of
+registers, allocated once.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from ..ops import (
     Compare,
     Compound,
     CopyInto,
+    DType,
     Expr,
     Guarded,
     If,
@@ -89,13 +94,21 @@ class Target:
     calls: frozenset[str]
     compound: bool = False
 
+    @property
+    def selects(self) -> bool:
+        """Whether a select on arrays is written as operations: comparisons into masks, a masked copy."""
+        return {"copy_where", "fill", *_MIRROR} <= self.calls
+
 
 class Registers:
-    """The scratch buffers of one pass over the tensors: ``_s0``, ``_s1``, ...; freed ones are reused."""
+    """The scratch buffers of one pass over the tensors: ``_s0``, ``_s1``, ... in the element-wise maths'
+    dtype, and the boolean masks ``_m0``, ``_m1``, ...; freed ones are reused."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.masks = 0
         self.free: list[str] = []
+        self.free_masks: list[str] = []
         self.named: dict[str, str] = {}  # element-wise temporary -> its register, for the rest of the pass
 
     def take(self) -> str:
@@ -104,9 +117,18 @@ class Registers:
         self.count += 1
         return f"_s{self.count - 1}"
 
+    def take_mask(self) -> str:
+        if self.free_masks:
+            return self.free_masks.pop()
+        self.masks += 1
+        return f"_m{self.masks - 1}"
+
     def give(self, register: str | None) -> None:
-        if register is not None and register not in self.named.values() and register not in self.free:
-            self.free.append(register)
+        if register is None or register in self.named.values():
+            return
+        free = self.free_masks if is_mask(register) else self.free
+        if register not in free:
+            free.append(register)
 
     def of(self, name: str) -> str:
         if name not in self.named:
@@ -115,6 +137,13 @@ class Registers:
 
     def names(self) -> list[str]:
         return [f"_s{i}" for i in range(self.count)]
+
+    def mask_names(self) -> list[str]:
+        return [f"_m{i}" for i in range(self.masks)]
+
+
+def is_mask(register: str) -> bool:
+    return register.startswith("_m")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +170,12 @@ def overwrite(name: str, tree: Expr, target: Target, registers: Registers) -> Lo
 
 
 def _reg(name: str) -> Value:
-    return Value(name, Kind.ELEMENT)
+    return Value(name, Kind.ELEMENT, DType.BOOL if is_mask(name) else DType.FLOAT)
+
+
+def _is(value: Expr, name: str) -> bool:
+    """Whether the value is the array ``name`` itself."""
+    return isinstance(value, Name) and value.value.name == name
 
 
 def is_element(e: Expr) -> bool:
@@ -185,6 +219,12 @@ def _product(factors: list[Expr]) -> Expr:
         out = Bin("*", out, f)
     return out
 
+
+#: a comparison with its operands swapped: ``0 < x`` is ``x > 0`` (for NaN too: both false)
+_MIRROR = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "==", "!=": "!="}
+_LOGIC = ("and", "or", "not")
+#: operations whose call returns nothing (``np.copyto``): a name bound to the result is bound apart
+_NO_RESULT = ("copy_where", "fill")
 
 _ONE = Leaf(sp.Float(1.0), Kind.SCALAR, Prec.ATOM)
 _MINUS_ONE = Leaf(sp.Integer(-1), Kind.SCALAR, Prec.FACTOR)
@@ -264,11 +304,52 @@ class _Lowering:
             dest = out or self.regs.take()
             self.lines.append(CopyInto(x, _reg(dest)))  # a statement, not an expression returning ``dest``
             return Name(_reg(dest)), (None if out else dest)
+        if self.target.selects and isinstance(node, Call) and node.array and node.fn == "where":
+            return self.select(node, out)
+        if self.target.selects and isinstance(node, Compare):
+            a, op, b = node.a, node.op, node.b
+            if not is_element(a):  # the array first: torch.gt(x, 0), not torch.lt(0, x)
+                a, op, b = b, _MIRROR[op], a
+            return self.emit(op, [a, b], None, mask=True)
+        if self.target.selects and isinstance(node, Call) and node.array and node.fn in _LOGIC:
+            return self.emit(node.fn, list(node.args), None, mask=True)
         if isinstance(node, Call) and node.array and node.fn in self.target.calls:
             return self.emit(node.fn, list(node.args), out, arrays=node.arrays)
         return self.scalar(node), None  # no operation for it: an expression (it allocates)
 
-    def emit(self, op: str, args: list[Expr], out: str | None, keywords=(), arrays=()):
+    def select(self, node: Call, out: str | None) -> tuple[Expr, str | None]:
+        """``where(c, a, b)``: ``c`` into a mask, then the result takes ``b``, and ``a`` where the mask holds
+        (where the result already holds ``a``, ``b`` where the negated mask holds: a number, written into a's
+        register, costs a pass over the mask instead of a buffer and a pass over it)."""
+        cond, a, b = node.args
+        mask, mask_reg = self.operand(cond)
+        a_value, a_reg = self.operand(a)
+        b_value, b_reg = self.operand(b)
+        if out is None and b_reg is not None:  # b's register becomes the result
+            dest, b_reg = b_reg, None
+        elif out is None and a_reg is not None and not is_element(b_value):
+            dest, a_reg = a_reg, None  # a's, with the number b where the mask does not hold
+        else:
+            dest = out or self.regs.take()
+        if _is(a_value, dest):
+            if mask_reg is None:  # a mask not ours to negate (a name): a register of its own
+                mask_reg = self.regs.take_mask()
+            self.lines.append(Op("not", (mask,), _reg(mask_reg)))
+            mask, a_value, b_value = Name(_reg(mask_reg)), b_value, a_value
+        elif not _is(b_value, dest):
+            if is_element(b_value):
+                self.lines.append(CopyInto(b_value, _reg(dest)))
+            else:
+                self.lines.append(Op("fill", (b_value,), _reg(dest)))
+        self.lines.append(
+            Op("copy_where", (mask, a_value), _reg(dest), arrays=(is_element(mask), is_element(a_value)))
+        )
+        for reg in (mask_reg, a_reg, b_reg):
+            self.regs.give(reg)
+        return Name(_reg(dest)), (None if out else dest)
+
+    def emit(self, op: str, args: list[Expr], out: str | None, keywords=(), arrays=(), mask: bool = False):
+        """``op`` on ``args`` into ``out``, or a register (a mask: a comparison's or a logical operation's)."""
         values, held = [], []
         for a in args:
             value, reg = self.operand(a)
@@ -276,7 +357,7 @@ class _Lowering:
             held.append(reg)
         for reg in held:  # the result may go into an argument's register: element-wise, that is safe
             self.regs.give(reg)
-        dest = out or self.regs.take()
+        dest = out or (self.regs.take_mask() if mask else self.regs.take())
         self.lines.append(Op(op, tuple(values), _reg(dest), keywords=tuple(keywords), arrays=tuple(arrays)))
         return Name(_reg(dest)), (None if out else dest)
 
@@ -325,7 +406,8 @@ class _Lowering:
             self.regs.give(reg)
             self.lines.append(Bind(name, value))
             return
-        if isinstance(self.lines[-1], CopyInto):
+        last = self.lines[-1]
+        if isinstance(last, CopyInto) or (isinstance(last, Op) and last.op in _NO_RESULT):
             self.lines.append(Bind(name, value))
         else:
             self.lines[-1] = dataclasses.replace(self.lines[-1], bind=name)
@@ -405,7 +487,7 @@ def verify(lowered: Lowered, registers: Registers) -> None:
     register it reads was written before in the statement, or holds a named temporary; a named
     temporary's register is written only by the statement that binds that name. Raises ``ValueError``
     naming the register and the statement."""
-    scratch = set(registers.names())
+    scratch = set(registers.names()) | set(registers.mask_names())
     owner = {r: n for n, r in registers.named.items()}
     bound = {s.bind for s in _flat(lowered.body) if isinstance(s, Op)} | {
         s.name for s in _flat(lowered.body) if isinstance(s, Bind)
