@@ -527,12 +527,24 @@ def test_no_floating_point_error_with_every_option(rule):
     assert all(np.isfinite(v).all() for v in params.values())
 
 
+def _second_step_peak(opt, params: list, grads: list) -> int:
+    """The peak of new memory (bytes) during a second step, in place (the first sizes the scratch buffers)."""
+    import tracemalloc
+
+    state = opt.init(params)
+    params, state = opt.step(params, grads, state)
+    tracemalloc.start()
+    try:
+        opt.step(params, grads, state)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
 def test_a_step_allocates_nothing_in_proportion_to_the_parameters(rule):
     """After the first step (which sizes the scratch buffers), a plain NumPy step's peak of new memory
     is a small fraction of one tensor: the temporaries go into the optimizer's scratch buffers."""
-    import tracemalloc
-
     shapes = [(300, 400), (120_000,), (50,)]
     rng = np.random.default_rng(0)
     params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
@@ -541,14 +553,7 @@ def test_a_step_allocates_nothing_in_proportion_to_the_parameters(rule):
     opt = getattr(generated, rule.name)(
         **{**rule.configs.get("momentum", rule.configs["default"]), **options}
     )
-    state = opt.init(params)
-    params, state = opt.step(params, grads, state)
-    tracemalloc.start()
-    try:
-        params, state = opt.step(params, grads, state)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = _second_step_peak(opt, params, grads)
     one_tensor = 120_000 * 4
     assert peak < one_tensor / 10, f"a step allocated up to {peak} bytes (one tensor is {one_tensor})"
 
@@ -557,8 +562,6 @@ def test_a_select_on_arrays_allocates_nothing_and_keeps_float32(tmp_path):
     """``where(s > 0, 1/sqrt(s + eps), 0)`` (optax's Adagrad) is a comparison into a boolean buffer and a
     masked copy in NumPy and torch: a float32 step allocates nothing in proportion to the parameters, and
     the result equals ``np.where``'s, written out independently (float64)."""
-    import tracemalloc
-
     import torch
     from drivers import assert_close
     from rulekit import load
@@ -578,15 +581,7 @@ def test_a_select_on_arrays_allocates_nothing_and_keeps_float32(tmp_path):
     shapes = [(300, 400), (120_000,), (7,)]
     params = [rng.standard_normal(sh).astype(np.float32) for sh in shapes]
     grads = [np.where(rng.random(sh) < 0.3, 0, rng.standard_normal(sh)).astype(np.float32) for sh in shapes]
-    opt = mods["numpy"].SelectStep()
-    state = opt.init(params)
-    params, state = opt.step(params, grads, state)
-    tracemalloc.start()
-    try:
-        params, state = opt.step(params, grads, state)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = _second_step_peak(mods["numpy"].SelectStep(), params, grads)
     assert params[0].dtype == np.float32
     assert peak < 120_000 * 4 / 10, f"a step allocated up to {peak} bytes"
 
