@@ -146,6 +146,9 @@ class ExprPrinter(RuleOrder, StrPrinter):
     def _print_TensorMax(self, expr) -> str:
         return self.function("TensorMax", expr, expr.args)
 
+    def _print_TensorSize(self, expr) -> str:
+        return self.function("TensorSize", expr, expr.args)
+
     def _print_erf(self, expr) -> str:
         return self.function("erf", expr, expr.args)
 

@@ -56,9 +56,11 @@ __all__ = [
     "maximum",
     "minimum",
     "sign",
+    "size",
     "sqrt",
     "t",
     "tensor_max",
+    "tensor_mean",
     "tensor_norm",
     "tensor_sum",
     "tensor_sumsq",
@@ -176,6 +178,13 @@ class Reduction(sp.Function):
     nargs = 1
     over = ""  # "tensor" or "global"
     accumulate = ""  # "sum" or "max"
+    name = ""  # the value's name, where the reduction has one whatever its argument (``size``)
+    from_shape = False  # known from the tensor's shape: no pass over its elements, no communication
+
+    @property
+    def summand(self) -> sp.Expr:
+        """What each element adds to the accumulator: the argument."""
+        return self.args[0]
 
 
 class TensorSum(Reduction):
@@ -188,6 +197,17 @@ class TensorMax(Reduction):
     """Maximum over the elements of one tensor: one value per tensor."""
 
     over, accumulate = "tensor", "max"
+
+
+class TensorSize(Reduction):
+    """The number of elements of one tensor (the argument: the parameter ``w``): a sum of 1 per element,
+    which the frameworks read from the tensor's shape."""
+
+    over, accumulate, name, from_shape = "tensor", "sum", "size", True
+
+    @property
+    def summand(self) -> sp.Expr:
+        return sp.Integer(1)
 
 
 class GlobalSum(Reduction):
@@ -216,6 +236,15 @@ def tensor_norm(x: Any) -> sp.Expr:
     return sp.sqrt(TensorSum(sp.sympify(x) ** 2))
 
 
+#: The number of elements of the current tensor (a per-tensor value: ``tensor_sum(x) / size`` is a mean).
+size = TensorSize(w)
+
+
+def tensor_mean(x: Any) -> sp.Expr:
+    """Mean over the elements of one tensor, ``tensor_sum(x) / size``."""
+    return TensorSum(sp.sympify(x)) / size
+
+
 def tensor_max(x: Any) -> sp.Expr:
     return TensorMax(sp.sympify(x))
 
@@ -237,7 +266,7 @@ def global_max(x: Any) -> sp.Expr:
     return GlobalMax(sp.sympify(x))
 
 
-REDUCTIONS = {cls.__name__: cls.over for cls in (TensorSum, TensorMax, GlobalSum, GlobalMax)}
+REDUCTIONS = {cls.__name__: cls.over for cls in (TensorSum, TensorMax, TensorSize, GlobalSum, GlobalMax)}
 
 
 # --------------------------------------------------------------------------------------

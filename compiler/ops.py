@@ -127,7 +127,8 @@ class Call:
 
 @dataclasses.dataclass(frozen=True)
 class Reduce:
-    """A reduction of an array to one value: ``sum`` or ``max`` (TensorSum, TensorMax)."""
+    """A reduction of an array to one value: ``sum``, ``max`` or its element count (TensorSum, TensorMax,
+    TensorSize)."""
 
     fn: str
     arg: Expr

@@ -115,6 +115,8 @@ def communication(program: Program, hypers: dict[str, Any] | None = None) -> dic
                 continue
             if section.kind == SectionKind.REDUCE and a.scope != Scope.GLOBAL:
                 continue  # recomputed for a reduction over all tensors: its partial sums stay local
+            if getattr(expr, "from_shape", False):
+                continue  # the element count: every device knows the tensor's shape
             reducing.add(a.lhs)
             (over_all if a.scope == Scope.GLOBAL else per_tensor).append(
                 math_text(expr.xreplace({s: sp.Symbol(base(s)) for s in expr.free_symbols}))

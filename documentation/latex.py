@@ -19,6 +19,7 @@ from optforge.compiler.render import RuleOrder
 _REDUCTION_LATEX = {
     "TensorSum": "tensor",
     "TensorMax": "tensor",
+    "TensorSize": "tensor",
     "GlobalSum": "global",
     "GlobalMax": "global",
 }
@@ -48,6 +49,9 @@ class RuleLatexPrinter(RuleOrder, LatexPrinter):
         if isinstance(arg, sp.Pow) and arg.exp == 2:
             return rf"\lVert {self._print(arg.base)} \rVert^2"
         return rf"\textstyle\sum {self.parenthesize(arg, PRECEDENCE['Mul'], strict=True)}"
+
+    def _print_TensorSize(self, expr, exp=None) -> str:
+        return r"\operatorname{size}(w)"
 
     def _print_TensorMax(self, expr, exp=None) -> str:
         return rf"\max_i \left({self._print(expr.args[0])}\right)_i"

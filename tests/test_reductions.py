@@ -17,8 +17,10 @@ from optforge.compiler.dsl import (
     global_norm,
     global_sumsq,
     minimum,
+    size,
     sqrt,
     tensor_max,
+    tensor_mean,
     tensor_norm,
     tensor_sum,
     w,
@@ -94,6 +96,69 @@ def test_reductions_in_every_backend(tmp_path):
     assert_close([q.detach().numpy() for q in tp], want, 1e-12, "torch")
 
 
+def size_rule():
+    r = Rule("RmsStep", title="a momentum of the gradient over its root mean square, per tensor")
+    lr = r.learning_rate(0.1)
+    eps = r.hyper("eps", 1e-8, "[0, inf)", "added to the quotient")
+    m = r.state("m", 0, "momentum")
+    rms = r.let("rms", sqrt(tensor_mean(g**2)), "root mean square of the tensor's gradient")
+    r.assign(m, 0.9 * m + g / rms + eps, "momentum")
+    r.assign(w, w - lr * m * size / (size + 1), "update, shrunk for small tensors")
+    return r
+
+
+def test_size_and_tensor_mean_in_every_backend_and_kernel(tmp_path, fused_tensors):
+    """``size`` (the tensor's element count) and ``tensor_mean``: NumPy, JAX, torch, the fused kernels
+    (NumPy and torch; a tensor of 20,000 elements, which the threads would share were it not for the
+    per-tensor value) and Triton's (interpreted), each against the transcription in float64; ranks 0 to 3."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import torch
+
+    mods = load(size_rule(), tmp_path)
+    shapes = [(), (7,), (5, 3), (2, 3, 4), (20_000,)]
+    params0, grads = problem(6, shapes=shapes, scales=[1.0, 1e-3, 1e2, 1.0, 10.0], zero_first=False)
+
+    def transcription(steps):
+        w_, m_ = [p.copy() for p in params0], [np.zeros_like(p) for p in params0]
+        for gs_ in grads[:steps]:
+            for i, x in enumerate(gs_):
+                n = x.size
+                m_[i] = 0.9 * m_[i] + x / math.sqrt(float(np.sum(x**2)) / n) + 1e-8
+                w_[i] = w_[i] - 0.1 * m_[i] * n / (n + 1)
+        return w_
+
+    want = transcription(len(grads))
+    for fused in (False, True):
+        opt = mods["numpy"].RmsStep(fused=fused)
+        p = [x.copy() for x in params0]
+        st = opt.init(p)
+        for gs_ in grads:
+            p, st = opt.step(p, gs_, st)
+        assert_close(p, want, 1e-12, f"numpy{' fused' if fused else ''}")
+    assert fused_tensors[0] == len(grads) * len(shapes), "the fused path did not take every tensor"
+
+    tx = mods["jax"].rms_step()
+    jp = [jnp.asarray(x) for x in params0]
+    js = tx.init(jp)
+    update = jax.jit(tx.update)
+    for gs_ in grads:
+        u, js = update([jnp.asarray(x) for x in gs_], js, jp)
+        jp = optax.apply_updates(jp, u)
+    assert_close([np.asarray(x) for x in jp], want, 1e-12, "jax")
+
+    for fused, steps in ((False, len(grads)), (True, len(grads)), ("triton", 2)):
+        tp = [torch.tensor(x, requires_grad=True) for x in params0]
+        topt = mods["torch"].RmsStep(tp, fused=fused)
+        for gs_ in grads[:steps]:
+            for q, x in zip(tp, gs_):
+                q.grad = torch.tensor(x)
+            topt.step()
+        assert_close([q.detach().numpy() for q in tp], transcription(steps), 1e-12, f"torch fused={fused}")
+    assert fused_tensors[0] == 2 * len(grads) * len(shapes), "torch's fused path did not take every tensor"
+
+
 def test_each_reduction_is_computed_once_and_global_ones_in_one_pass():
     program = compile_rule(reductions_rule())
     (case,) = program.cases
@@ -162,3 +227,20 @@ def test_novograd_reduction_is_named_and_shown():
     )
     reductions = out.stdout.split("reductions:")[1].split("\n\n")[0]
     assert "||g||^2" in reductions
+
+
+def test_size_is_read_from_the_shape_shown_and_printed_as_mathematics():
+    """``size`` is one per-tensor value, named ``size``; it needs no communication on sharded parameters
+    (the mean's sum does) and reads as mathematics on the rule's page."""
+    from optforge.compiler.show import show
+    from optforge.compiler.traffic import communication
+    from optforge.documentation.latex import equations_latex
+
+    r = size_rule()
+    program = compile_rule(r)
+    reduced = [a.target for c in program.cases for a in c.body if a.role.name == "REDUCE"]
+    assert sorted(reduced) == ["size", "sumsq_g"], reduced
+    assert communication(program, {})["per_tensor"] == ["||g||^2"]
+    assert "  size\n" in show(program)
+    rms, _, update = equations_latex(list(r.equations), list(r.hypers.values()), list(r.states.values()), {})
+    assert r"\operatorname{size}(w)" in rms and r"\operatorname{size}(w) + 1" in update, (rms, update)

@@ -229,7 +229,14 @@ class FusedBackend(Backend):
                     flush()  # computed here: they read the per-tensor values of this point
                     continue
                 tensor_code += [f"# {comment}"] if comment else []
-                if a.role == Role.REDUCE:  # its kernel, called where the value is needed
+                if a.role == Role.REDUCE and _is_size(a.expr):  # a row is a whole tensor: no kernel
+                    marker = sp.Symbol(f"size{len(kernels)}_")
+                    scalar.locals.add(marker.name)
+                    scalar.results[marker.name] = "dt(hi - lo)"
+                    value = scalar.doprint(
+                        a.expr.replace(lambda x: isinstance(x, Reduction) and x.from_shape, lambda x: marker)
+                    )
+                elif a.role == Role.REDUCE:  # its kernel, called where the value is needed
                     kernel = self.reduction(program, index, len(kernels), a, element, kp, hoister, arrays)
                     kernels.append(kernel)
                     flush()
@@ -427,3 +434,8 @@ def _option_names(expr: sp.Basic, names: dict[str, str]) -> set[str]:
 def _reads(names: list[str], order: list[str], tuple_name: str) -> str:
     """``a, b = step[0], step[3]``: the names read from a tuple of ``order``."""
     return f"{', '.join(names)} = {', '.join(f'{tuple_name}[{order.index(n)}]' for n in names)}"
+
+
+def _is_size(expr: sp.Basic) -> bool:
+    """Whether a per-tensor reduction is known from the shape (``size``: the row's length)."""
+    return any(isinstance(x, Reduction) and x.from_shape for x in sp.preorder_traversal(expr))

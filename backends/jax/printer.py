@@ -24,6 +24,7 @@ class JaxPrinter(ExprPrinter):
         "clip": ("jnp.clip", ""),
         "TensorSum": ("jnp.sum", ""),
         "TensorMax": ("jnp.max", ""),
+        "TensorSize": ("jnp.size", ""),
     }
     where_call = "jnp.where"
     #: the hyperparameters tested only against 0 (``analysis.switch_hypers``): a test prints as a call that

@@ -21,6 +21,7 @@ class NumPyPrinter(ExprPrinter):
         "TensorSum": ("np.sum", ""),
         "Copy": ("np.copy", ""),
         "TensorMax": ("np.max", ""),
+        "TensorSize": ("np.size", ""),
     }
     where_call = "np.where"
     and_call = "np.logical_and"

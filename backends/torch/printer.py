@@ -21,6 +21,7 @@ class TorchPrinter(ExprPrinter):
         "TensorSum": ("torch.sum", ""),
         "Copy": ("torch.clone", ""),
         "TensorMax": ("torch.amax", ""),
+        "TensorSize": ("torch.numel", ""),
     }
     where_call = "torch.where"
     and_call = "torch.logical_and"

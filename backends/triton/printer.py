@@ -394,8 +394,9 @@ class CaseWriter:
     # -- kernels -----------------------------------------------------------------------------------
 
     def partial_kernel(self, name: str, a: Assign, red: Reduction, element: list[Assign]) -> Kernel:
-        """One program per chunk: the chunk's partial sum (or maximum) of the reduced value."""
-        (arg,) = red.args
+        """One program per chunk: the chunk's partial sum (or maximum) of the reduced value (``size``: of 1
+        per element, in float64)."""
+        arg = red.summand
         statements = self.closure(element, arg.free_symbols)
         body, used = [], set()
         for s in statements:

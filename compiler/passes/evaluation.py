@@ -263,6 +263,9 @@ class _Builder:
     def _TensorMax(self, expr) -> Expr:
         return Reduce("TensorMax", self.tree(expr.args[0]))
 
+    def _TensorSize(self, expr) -> Expr:
+        return Reduce("TensorSize", self.tree(expr.args[0]))
+
     def _chain(self, name: str, expr) -> Expr:
         """n-ary max/min as nested binary calls (ExprPrinter._binary_chain)."""
         args = list(expr.args)
@@ -386,7 +389,7 @@ class _KernelBuilder(_Builder):
         method = getattr(self, f"_{type(expr).__name__}", None)
         if method is None and isinstance(expr, sp.core.relational.Relational):
             method = self._Relational
-        if method is None or type(expr).__name__ in ("TensorSum", "TensorMax", "AsFloat"):
+        if method is None or type(expr).__name__ in ("TensorSum", "TensorMax", "TensorSize", "AsFloat"):
             raise NotImplementedError(f"{type(expr).__name__} in a fused kernel: {expr}")
         return method(expr)
 

@@ -31,7 +31,9 @@ def name_of_reduction(node: sp.Basic, taken: set[str]) -> str:
     kind = node.accumulate
     scope = "" if node.over == "tensor" else "global_"
     name = None
-    if isinstance(arg, sp.Pow) and arg.exp == 2 and isinstance(arg.base, sp.Symbol) and kind == "sum":
+    if node.name:
+        name = f"{scope}{node.name}"
+    elif isinstance(arg, sp.Pow) and arg.exp == 2 and isinstance(arg.base, sp.Symbol) and kind == "sum":
         name = f"{scope}sumsq_{base(arg.base)}"
     elif isinstance(arg, sp.Abs) and isinstance(arg.args[0], sp.Symbol):
         name = f"{scope}{kind}_abs_{base(arg.args[0])}"
