@@ -146,6 +146,9 @@ class ExprPrinter(RuleOrder, StrPrinter):
     def _print_TensorMax(self, expr) -> str:
         return self.function("TensorMax", expr, expr.args)
 
+    def _print_float32(self, expr) -> str:
+        return self.function("float32", expr, expr.args)
+
     def _print_TensorSize(self, expr) -> str:
         return self.function("TensorSize", expr, expr.args)
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import sympy as sp
 
+from ..runtime import common
 from .errors import RuleError
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "Rule",
     "clip",
     "exp",
+    "float32",
     "g",
     "global_max",
     "global_norm",
@@ -159,6 +161,20 @@ class imod(sp.Function):  # noqa: N801
     #: below a product's (Python's ``//`` and ``%`` bind like ``*``, left to right): a printer puts a factor
     #: ``imod(t, N)`` of a product in parentheses, ``c * (t % N)``, not ``c * t % N`` = ``(c * t) % N``
     precedence = 49
+
+
+class float32(sp.Function):  # noqa: N801
+    """``float32(x)``: ``x`` rounded to the nearest float32, then used in the working dtype: a reference that
+    keeps a value in float32 (torch's NAdam keeps ``mu_product`` in a float32 tensor) is mirrored exactly. A
+    value per step or per tensor (not per element)."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_Number:
+            return sp.Float(common.float32(float(x)), 17)
+        return None
 
 
 class clip(sp.Function):

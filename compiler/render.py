@@ -92,6 +92,9 @@ class MathPrinter(RuleOrder, StrPrinter):
             return f"||{self._print(arg.base)}||^2"
         return f"sum({self._print(arg)})"
 
+    def _print_float32(self, expr) -> str:
+        return f"float32({self._print(expr.args[0])})"
+
     def _print_TensorSize(self, expr) -> str:
         return "size"
 

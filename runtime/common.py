@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import struct
 from typing import Any
 
 
@@ -194,3 +195,13 @@ def scratch_views(cache: dict, place: tuple, count: int, size: int, shape: Any, 
         views = tuple(view(buffer[i * size : (i + 1) * size], shape) for i in range(count))
         cache[key] = views
     return views
+
+
+def float32(x: Any) -> float:
+    """``x`` (a number, or a 0-d array) rounded to the nearest float32 (ties to even), as a Python float: the
+    rules' ``float32(x)`` on once-per-step values. Beyond float32's range, infinite."""
+    x = float(x)
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)

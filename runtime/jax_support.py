@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import common
+
 
 def nonzero(value: Any) -> bool:
     """Whether a number that 0 turns off (SGD's momentum) turns its computation on: a Python number when it
@@ -100,3 +102,11 @@ def as_float(k: Any) -> Any:
     under ``jax_enable_x64`` (float32 without), so that ``(t - 1) / N`` or ``1 / t`` is computed in the
     precision of the parameters it meets (integer / integer would be float32 in JAX, even under x64)."""
     return k * 1.0
+
+
+def float32(x: Any) -> Any:
+    """The rules' ``float32(x)``: ``x`` rounded to the nearest float32 in its own dtype (a traced value keeps
+    its dtype, and a Python number's weak type is kept: ``lax.reduce_precision``)."""
+    if isinstance(x, (int, float)):
+        return common.float32(x)
+    return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=23)

@@ -436,3 +436,11 @@ def learning_rate(value: Any) -> Any:
             )
         return float(value)
     return value
+
+
+def float32(x: Any) -> Any:
+    """The rules' ``float32(x)``: ``x`` rounded to the nearest float32, in its own type (a tensor keeps its
+    dtype and device: torch then computes with it as with any value of that dtype)."""
+    if isinstance(x, torch.Tensor):
+        return x.to(torch.float32).to(x.dtype)
+    return common.float32(x)

@@ -53,6 +53,7 @@ class KernelPrinter(ExprPrinter):
         "sign": ("np.sign", ""),
         "Max": ("np.maximum", ""),
         "Min": ("np.minimum", ""),
+        "float32": ("np.float32", ""),  # Numba then computes with it in the wider dtype, as NumPy
     }
 
     def call_text(self, fn: str, array: bool, args: list[str], arrays: tuple[bool, ...] = ()) -> str:

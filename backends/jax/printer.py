@@ -25,6 +25,7 @@ class JaxPrinter(ExprPrinter):
         "TensorSum": ("jnp.sum", ""),
         "TensorMax": ("jnp.max", ""),
         "TensorSize": ("jnp.size", ""),
+        "float32": ("jax_support.float32", "jax_support.float32"),
     }
     where_call = "jnp.where"
     #: the hyperparameters tested only against 0 (``analysis.switch_hypers``): a test prints as a call that

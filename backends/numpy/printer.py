@@ -22,6 +22,7 @@ class NumPyPrinter(ExprPrinter):
         "Copy": ("np.copy", ""),
         "TensorMax": ("np.max", ""),
         "TensorSize": ("np.size", ""),
+        "float32": ("common.float32", "common.float32"),  # a once-per-step or per-tensor value
     }
     where_call = "np.where"
     and_call = "np.logical_and"

@@ -22,6 +22,7 @@ class TorchPrinter(ExprPrinter):
         "Copy": ("torch.clone", ""),
         "TensorMax": ("torch.amax", ""),
         "TensorSize": ("torch.numel", ""),
+        "float32": ("torch_support.float32", "torch_support.float32"),
     }
     where_call = "torch.where"
     and_call = "torch.logical_and"

@@ -66,6 +66,8 @@ class TritonFunctions(ExprPrinter):
         if fn == "clip":  # np.clip(x, lo, hi) is minimum(maximum(x, lo), hi)
             x, lo, hi = args
             return f"fmin(fmax({x}, {lo}), {hi})"
+        if fn == "float32":  # rounded, then in the kernel's dtype again
+            return f"({args[0]}).to(tl.float32).to(DT)"
         return super().call_text(fn, True, args, arrays)
 
 

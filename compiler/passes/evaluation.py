@@ -248,6 +248,9 @@ class _Builder:
     def _erf(self, expr) -> Expr:
         return self.call("erf", expr, expr.args)
 
+    def _float32(self, expr) -> Expr:
+        return self.call("float32", expr, expr.args)
+
     def _clip(self, expr) -> Expr:
         return self.call("clip", expr, expr.args)
 
