@@ -378,9 +378,12 @@ class Equation:
     kind: str  # "assign" (state, w or g) or "let" (a named intermediate value)
 
     def text(self) -> str:
-        arrow = "=" if self.kind == "let" else "<-"
-        cond = "" if self.when is sp.true else f"    (when {self.when})"
-        return f"{self.target} {arrow} {self.expr}{cond}"
+        """The equation as ``optforge show`` prints it: in the rule's order where SymPy reordered it
+        (``w <- w - lr*g``, not ``-lr*g + w``)."""
+        from .render import equation_text, math_text  # render prints Equations: imported when used
+
+        cond = "" if self.when is sp.true else f"    (when {math_text(self.when)})"
+        return f"{equation_text(self)}{cond}"
 
 
 def own_equation(equations, core, number: int) -> tuple[int, Equation]:
