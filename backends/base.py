@@ -96,6 +96,8 @@ class Backend:
         printer = self.printer(program.rule, set(arrays), self.names)
         # per-element arrays, as printed
         printer.elements = set(element_names(scopes, printer.names))
+        if printer.tests_per_tensor_values:
+            printer.selects = {"w", "g"} | {n for n, s in scopes.items() if s == Scope.ELEMENT}
         return printer
 
     def statement(self, a: Assign, p: ExprPrinter) -> list[str]:
@@ -110,7 +112,7 @@ class Backend:
 
     def guard(self, a: Assign, p: ExprPrinter) -> tuple[str, Assign] | None:
         """The static part of ``x <- where(c, e, x)``, printed, and what runs under it (passes/conditions.py)."""
-        guarded = conditions.guard(a, p.arrays)
+        guarded = conditions.guard(a, p.selects)
         return None if guarded is None else (p.doprint(guarded[0]), guarded[1])
 
     def plain_statement(self, a: Assign, p: ExprPrinter) -> list[str]:
@@ -158,6 +160,7 @@ class Backend:
         return Types(
             arrays=frozenset(p.arrays),
             elements=frozenset(p.elements),
+            selects=frozenset(p.selects),
             names=dict(p.names),
             copies=bool(p.functions.get("Copy", ("", ""))[0]),
         )

@@ -33,11 +33,19 @@ class ExprPrinter(RuleOrder, StrPrinter):
     and_call = ""  # element-wise logical and / or / not on arrays
     or_call = ""
     not_call = ""
+    #: whether a condition on per-tensor values is tested in Python (``a if c else b``: the branch not taken
+    #: is never computed, so ``wn / gn`` where ``gn > 0`` cannot divide by zero), as NumPy can: its values
+    #: are at hand. Elsewhere (a torch 0-d tensor would synchronise a device; JAX traces) only conditions
+    #: on Python values are, and one on arrays of any scope is a select
+    tests_per_tensor_values = False
 
     def __init__(self, rule: str, arrays: set[str], names: dict[str, str] | None = None) -> None:
         super().__init__()
         self.rule = rule
         self.arrays = arrays
+        #: the names (the rule's) that make a condition a select rather than a Python test: every array,
+        #: or only the per-element ones (``tests_per_tensor_values``; set by the backend's make_printer)
+        self.selects: set[str] = arrays
         self.names = names or {}
         self.modules: set[str] = set()
         self.elements: set[str] = set()  # names of per-element arrays
@@ -205,15 +213,15 @@ class ExprPrinter(RuleOrder, StrPrinter):
 
     def split(self, cond) -> tuple:
         """(static, dynamic) parts of a conjunction: Python values, and arrays (passes/conditions.py)."""
-        return conditions.split(cond, self.arrays)
+        return conditions.split(cond, self.selects)
 
     def choice(self, cond, value: str, other: str) -> str:
         """``value`` where ``cond`` holds, else ``other``: a Python conditional for static parts (so the
         branch not taken is never evaluated), an element-wise select for the array parts."""
-        if isinstance(cond, sp.Or) and self.is_array(cond):
-            static = [c for c in cond.args if not self.is_array(c)]
+        if isinstance(cond, sp.Or) and conditions.reads_array(cond, self.selects):
+            static = [c for c in cond.args if not conditions.reads_array(c, self.selects)]
             if static:  # static or dynamic: the static part first
-                dynamic = sp.Or(*[c for c in cond.args if self.is_array(c)])
+                dynamic = sp.Or(*[c for c in cond.args if conditions.reads_array(c, self.selects)])
                 return f"({value} if {self._print(sp.Or(*static))} else {self.choice(dynamic, value, other)})"
         static, dynamic = self.split(cond)
         if dynamic is not sp.true:
@@ -239,8 +247,8 @@ class ExprPrinter(RuleOrder, StrPrinter):
 
     def _logic(self, expr, array_fn: str, word: str) -> str:
         """Python's and/or on static parts (first, so they short-circuit), the array function on the rest."""
-        static = [self._print(a) for a in expr.args if not self.is_array(a)]
-        arrays = [self._print(a) for a in expr.args if self.is_array(a)]
+        static = [self._print(a) for a in expr.args if not conditions.reads_array(a, self.selects)]
+        arrays = [self._print(a) for a in expr.args if conditions.reads_array(a, self.selects)]
         if arrays:
             if not array_fn:
                 self.fail(expr)
@@ -260,7 +268,7 @@ class ExprPrinter(RuleOrder, StrPrinter):
         (arg,) = expr.args
         if isinstance(arg, Given):
             return f"{self.names.get(arg.option, arg.option)} is None"
-        if self.is_array(expr):
+        if conditions.reads_array(expr, self.selects):
             return self.call(self.not_call, self._print(expr.args[0]))
         return f"not {self.parenthesize(expr.args[0], PRECEDENCE['Not'])}"
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import struct
 from typing import Any
 
 
@@ -197,11 +196,23 @@ def scratch_views(cache: dict, place: tuple, count: int, size: int, shape: Any, 
     return views
 
 
-def float32(x: Any) -> float:
-    """``x`` (a number, or a 0-d array) rounded to the nearest float32 (ties to even), as a Python float: the
-    rules' ``float32(x)`` on once-per-step values. Beyond float32's range, infinite."""
-    x = float(x)
-    try:
-        return struct.unpack("f", struct.pack("f", x))[0]
-    except OverflowError:
-        return math.copysign(math.inf, x)
+def float32(x: Any) -> Any:
+    """``x`` (a number, or a 0-d array) rounded to the nearest float32 (ties to even), in its own type: the
+    rules' ``float32(x)`` on once-per-step values. Arithmetic only, so that torch.compile traces it: Dekker's
+    split at 24 bits (exact rounding to nearest even in float32's normal range); below it, the subnormals'
+    quantum 2**-149; beyond float32's largest value (and the half unit above it), infinite."""
+    if abs(x) >= _FLOAT32_OVERFLOW:
+        return x * math.inf
+    if abs(x) < _FLOAT32_TINY:
+        r = (x + _SUBNORMAL_SHIFT) - _SUBNORMAL_SHIFT
+        return r if r != 0 else x * 0.0  # a zero keeps x's sign
+    c = x * _SPLIT
+    return c - (c - x)
+
+
+_SPLIT = (
+    2.0**29 + 1
+)  # Dekker: x*(2**29 + 1) - (x*(2**29 + 1) - x) keeps 53 - 29 = 24 bits, rounded to nearest
+_FLOAT32_OVERFLOW = 3.4028235677973366e38  # float32's largest value plus half its unit: rounds to infinity
+_FLOAT32_TINY = 2.0**-126  # float32's smallest normal value
+_SUBNORMAL_SHIFT = 1.5 * 2.0**-97  # a float64 whose unit is 2**-149: adding it rounds to that quantum

@@ -587,3 +587,29 @@ def test_float32_rounds_a_scalar_in_every_backend_and_kernel(tmp_path, fused_ten
     r.assign(w, w - lr * float32(g))
     with pytest.raises(RuleError, match=r"`float32\(g\)` rounds a value per element"):
         compile_rule(r)
+
+
+def test_float32_rounding_is_numpys_float32_everywhere_in_its_range():
+    """``common.float32`` (arithmetic only, for torch.compile) against NumPy's conversion: normal numbers,
+    exact ties (to even), subnormals and their ties, overflow to infinity, zeros' signs, inf and NaN."""
+    import math
+    import random
+    import warnings
+
+    from optforge.runtime.common import float32 as rounded
+
+    rng = random.Random(5)
+    values = [0.0, -0.0, 1.0, math.inf, -math.inf, math.nan, 3.4028234663852886e38, 3.4028235677973366e38]
+    values += [3.4028235677973362e38, 1e39, 2.0**-126, 2.0**-149, 2.0**-150, 3 * 2.0**-151, -1e-50]
+    for _ in range(20_000):
+        values.append(rng.uniform(0.5, 1) * 2.0 ** rng.randint(-160, 130) * rng.choice([1, -1]))
+        m = rng.randrange(2**23, 2**24)  # halfway between two float32 numbers
+        values.append((m + 0.5) * 2.0 ** rng.randint(-149, 104) * rng.choice([1, -1]))
+        values.append((rng.randrange(0, 2**23) + 0.5) * 2.0**-149)  # halfway between two subnormals
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NumPy warns of the overflow
+        for x in values:
+            got, want = rounded(x), float(np.float32(x))
+            assert (got == want and math.copysign(1, got) == math.copysign(1, want)) or (
+                math.isnan(got) and math.isnan(want)
+            ), (x, got, want)

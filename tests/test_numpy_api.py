@@ -609,3 +609,61 @@ def test_a_select_on_arrays_allocates_nothing_and_keeps_float32(tmp_path):
             q.grad = torch.tensor(x)
         topt.step()
     assert_close([q.detach().numpy() for q in tp], want, 1e-12, "torch")
+
+
+def test_a_select_on_per_tensor_values_computes_only_the_branch_it_takes(tmp_path):
+    """A LARS-like trust ratio ``where(wn > 0 and gn > 0, wn / gn, 1)`` on per-tensor norms is a Python
+    conditional in NumPy (``wn / gn if ... else 1``): a tensor whose norms are 0 steps without a
+    floating-point error under ``np.errstate(all="raise")`` (``np.where`` computed 0/0 first), and every
+    backend and kernel equals the transcription in float64."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import torch
+    from drivers import assert_close
+    from rulekit import load
+
+    from optforge.compiler.dsl import Rule, g, tensor_norm, w, where
+
+    r = Rule("Trust", title="a LARS-like trust ratio")
+    lr = r.learning_rate(0.1)
+    wn = r.let("wn", tensor_norm(w), "weight norm")
+    gn = r.let("gn", tensor_norm(g), "gradient norm")
+    ratio = r.let("ratio", where((wn > 0) & (gn > 0), wn / gn, 1), "trust ratio")
+    r.assign(w, w - lr * ratio * g, "update")
+    mods = load(r, tmp_path)
+    assert "wn / gn if " in (tmp_path / "numpy_trust.py").read_text()
+
+    rng = np.random.default_rng(7)
+    params0 = [np.zeros(3), rng.standard_normal((4, 2)), rng.standard_normal(5)]
+    grads = [
+        [np.zeros(3), rng.standard_normal((4, 2)), np.zeros(5) if k == 0 else rng.standard_normal(5)]
+        for k in range(4)
+    ]
+    want = [p.copy() for p in params0]
+    for gs in grads:
+        for i, x in enumerate(gs):
+            a, b = float(np.linalg.norm(want[i])), float(np.linalg.norm(x))
+            want[i] = want[i] - 0.1 * (a / b if a > 0 and b > 0 else 1.0) * x
+    for fused in (False, True):
+        opt = mods["numpy"].Trust(fused=fused)
+        p = [x.copy() for x in params0]
+        st = opt.init(p)
+        with np.errstate(all="raise"):
+            for gs in grads:
+                p, st = opt.step(p, gs, st)
+        assert_close(p, want, 1e-12, f"numpy{' fused' if fused else ''}")
+    tx = mods["jax"].trust()
+    jp = [jnp.asarray(x) for x in params0]
+    js = tx.init(jp)
+    for gs in grads:
+        u, js = jax.jit(tx.update)([jnp.asarray(x) for x in gs], js, jp)
+        jp = optax.apply_updates(jp, u)
+    assert_close([np.asarray(x) for x in jp], want, 1e-12, "jax")
+    tp = [torch.tensor(x, requires_grad=True) for x in params0]
+    topt = mods["torch"].Trust(tp)
+    for gs in grads:
+        for q, x in zip(tp, gs):
+            q.grad = torch.tensor(x)
+        topt.step()
+    assert_close([q.detach().numpy() for q in tp], want, 1e-12, "torch")

@@ -28,6 +28,7 @@ class NumPyPrinter(ExprPrinter):
     and_call = "np.logical_and"
     or_call = "np.logical_or"
     not_call = "np.logical_not"
+    tests_per_tensor_values = True
 
 
 class NumPyBackend(Backend):

@@ -56,6 +56,12 @@ class Types:
     elements: frozenset[str]
     names: dict[str, str] = dataclasses.field(default_factory=dict)
     copies: bool = False  # whether the backend copies an array for ``Copy(x)`` (else ``Copy(x)`` is ``x``)
+    #: the names (the rule's) that make a condition a select rather than a Python test (default: arrays)
+    selects: frozenset[str] | None = None
+
+    def is_select(self, expr: sp.Basic) -> bool:
+        names = self.arrays if self.selects is None else self.selects
+        return any(base(s) in names for s in expr.free_symbols)
 
     def printed(self, symbol: sp.Symbol) -> str:
         name = base(symbol)
@@ -297,13 +303,13 @@ class _Builder:
         return out
 
     def split(self, cond) -> tuple:
-        return split(cond, self.t.arrays)
+        return split(cond, self.t.arrays if self.t.selects is None else self.t.selects)
 
     def choice(self, cond, value: Expr, other: Expr) -> Expr:
-        if isinstance(cond, sp.Or) and self.t.is_array(cond):
-            static = [c for c in cond.args if not self.t.is_array(c)]
+        if isinstance(cond, sp.Or) and self.t.is_select(cond):
+            static = [c for c in cond.args if not self.t.is_select(c)]
             if static:
-                dynamic = sp.Or(*[c for c in cond.args if self.t.is_array(c)])
+                dynamic = sp.Or(*[c for c in cond.args if self.t.is_select(c)])
                 return IfExp(self.tree(sp.Or(*static)), value, self.choice(dynamic, value, other))
         static, dynamic = self.split(cond)
         if dynamic is not sp.true:

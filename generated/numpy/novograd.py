@@ -243,7 +243,7 @@ class NovoGrad:
             np.square(g, out=_s0)
             sumsq_g = np.sum(_s0)
             # second moment
-            v[...] = np.where(v == 0, sumsq_g, beta2 * v + sumsq_g * (1 - beta2))
+            v[...] = sumsq_g if v == 0 else beta2 * v + sumsq_g * (1 - beta2)
             # normalised gradient
             u = np.divide(g, np.sqrt(epsilon + v), out=_s0)
             # weight decay
