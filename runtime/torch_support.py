@@ -440,7 +440,11 @@ def learning_rate(value: Any) -> Any:
 
 def float32(x: Any) -> Any:
     """The rules' ``float32(x)``: ``x`` rounded to the nearest float32, in its own type (a tensor keeps its
-    dtype and device: torch then computes with it as with any value of that dtype)."""
+    dtype and device: torch then computes with it as with any value of that dtype). Under torch.compile a
+    number is a symbolic float whose arithmetic the compiler simplifies (``c - (c - x)`` is ``x``, and the
+    rounding was lost): there it is rounded as a 0-d float64 tensor, by a cast the compiler keeps."""
     if isinstance(x, torch.Tensor):
         return x.to(torch.float32).to(x.dtype)
+    if torch.compiler.is_compiling():  # a SymFloat: its arithmetic is simplified, c - (c - x) to x
+        return torch.scalar_tensor(x, dtype=torch.float64).to(torch.float32).to(torch.float64)
     return common.float32(x)

@@ -613,3 +613,20 @@ def test_float32_rounding_is_numpys_float32_everywhere_in_its_range():
             assert (got == want and math.copysign(1, got) == math.copysign(1, want)) or (
                 math.isnan(got) and math.isnan(want)
             ), (x, got, want)
+
+
+def test_float32_of_a_python_number_compiles_in_one_graph():
+    """torch.compile traces ``torch_support.float32`` on a number that changes every call (a SymFloat, as
+    the step's schedule values are): no graph break, and the value is NumPy's float32 (struct.pack on the
+    SymFloat made dynamo recurse without end)."""
+    import torch
+
+    from optforge.runtime import torch_support
+
+    @torch.compile(fullgraph=True, dynamic=True)
+    def scaled(x, k):
+        return x * torch_support.float32(k * 0.1)
+
+    x = torch.ones(3, dtype=torch.float64)
+    for k in (1.0, 3.0, 7.0):
+        assert scaled(x, k)[0].item() == float(np.float32(k * 0.1))
