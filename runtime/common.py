@@ -196,12 +196,13 @@ def scratch_views(cache: dict, place: tuple, count: int, size: int, shape: Any, 
     return views
 
 
-def float32(x: Any) -> Any:
-    """``x`` (a number, or a 0-d array) rounded to the nearest float32 (ties to even), in its own type: the
+def float32(x: Any) -> float:
+    """``x`` (a number, or a 0-d array) rounded to the nearest float32 (ties to even), a Python float: the
     rules' ``float32(x)`` on once-per-step values. Arithmetic only (no NumPy: every runtime uses it): Dekker's
     split at 24 bits (exact rounding to nearest even in float32's normal range); below it, the subnormals'
     quantum 2**-149; beyond float32's largest value (and the half unit above it), infinite. Not under
     torch.compile, whose symbolic floats simplify ``c - (c - x)`` to ``x`` (torch_support.float32)."""
+    x = float(x)  # in float64 (a float32 0-d array would split in float32: wrong)
     if abs(x) >= _FLOAT32_OVERFLOW:
         return x * math.inf
     if abs(x) < _FLOAT32_TINY:

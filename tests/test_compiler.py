@@ -613,6 +613,10 @@ def test_float32_rounding_is_numpys_float32_everywhere_in_its_range():
             assert (got == want and math.copysign(1, got) == math.copysign(1, want)) or (
                 math.isnan(got) and math.isnan(want)
             ), (x, got, want)
+        for x in values[:3000]:  # NumPy's scalars and 0-d arrays (a float32 parameter's per-tensor state)
+            for given in (np.float32(x), np.array(x, np.float32), np.float64(x)):
+                want = float(np.float32(given))
+                assert rounded(given) == want or math.isnan(want), (given, rounded(given), want)
 
 
 def test_float32_of_a_python_number_compiles_in_one_graph():
