@@ -142,9 +142,18 @@ def library_kwargs(rule, hypers: dict, learning_rate) -> dict:
     """Our hyperparameters (the rule's own, not Keras's options) in the reference's keywords."""
     own = {h: d.default for h, d in rule.hypers.items() if h in _own_hypers(rule)}
     kw = {k: v for k, v in {**own, **hypers}.items() if k != "learning_rate"}
-    if rule.name.startswith("Torch"):
-        if "beta1" in kw:
-            kw["betas"] = (kw.pop("beta1"), kw.pop("beta2"))
+    if rule.name.startswith("Torch"):  # torch's tuples (betas, etas...), as the generated module names them
+        from optforge.backends.torch.printer import torch_names
+
+        tuples: dict[str, dict[int, object]] = {}
+        for name, (key, index) in torch_names(list(rule.hypers)).items():
+            if name in kw:
+                value = kw.pop(name)
+                if index is None:
+                    kw[key] = value
+                else:
+                    tuples.setdefault(key, {})[index] = value
+        kw.update({key: tuple(parts[i] for i in sorted(parts)) for key, parts in tuples.items()})
         return dict(lr=learning_rate, **kw)
     return dict(learning_rate=learning_rate, **kw)
 

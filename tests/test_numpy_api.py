@@ -562,9 +562,8 @@ def test_a_select_on_arrays_allocates_nothing_and_keeps_float32(tmp_path):
     """``where(s > 0, 1/sqrt(s + eps), 0)`` (optax's Adagrad) is a comparison into a boolean buffer and a
     masked copy in NumPy and torch: a float32 step allocates nothing in proportion to the parameters, and
     the result equals ``np.where``'s, written out independently (float64)."""
-    import torch
     from drivers import assert_close
-    from rulekit import load
+    from rulekit import load, steps
 
     from optforge.compiler.dsl import Rule, g, sqrt, w, where
 
@@ -587,28 +586,17 @@ def test_a_select_on_arrays_allocates_nothing_and_keeps_float32(tmp_path):
 
     # float64, with elements whose sum stays 0 (no step there): the literal transcription
     start = [rng.standard_normal(sh) for sh in shapes]
-    steps = [[np.where(rng.random(sh) < 0.3, 0, rng.standard_normal(sh)) for sh in shapes] for _ in range(3)]
+    grads = [[np.where(rng.random(sh) < 0.3, 0, rng.standard_normal(sh)) for sh in shapes] for _ in range(3)]
     want = [p.copy() for p in start]
     sums = [np.zeros_like(p) for p in start]
-    for gs in steps:
+    for gs in grads:
         for i, x in enumerate(gs):
             sums[i] = sums[i] + x**2
             with np.errstate(divide="ignore"):
                 want[i] = want[i] - 0.1 * np.where(sums[i] > 0, 1 / np.sqrt(sums[i] + 0.0), 0) * x
-    got = [p.copy() for p in start]
-    state = mods["numpy"].SelectStep().init(got)
-    opt = mods["numpy"].SelectStep()
-    for gs in steps:
-        with np.errstate(divide="ignore"):
-            got, state = opt.step(got, gs, state)
-    assert_close(got, want, 1e-12, "numpy")  # the rule's products in SymPy's order: the last bit may differ
-    tp = [torch.tensor(p, requires_grad=True) for p in start]
-    topt = mods["torch"].SelectStep(tp)
-    for gs in steps:
-        for q, x in zip(tp, gs):
-            q.grad = torch.tensor(x)
-        topt.step()
-    assert_close([q.detach().numpy() for q in tp], want, 1e-12, "torch")
+    with np.errstate(divide="ignore"):  # 1/sqrt(0) where the sum is 0: computed, not taken
+        for path in ("numpy", "torch"):  # SymPy orders the rule's products: the last bit may differ
+            assert_close(steps(mods, r, start, grads, path), want, 1e-12, path)
 
 
 def test_a_select_on_per_tensor_values_computes_only_the_branch_it_takes(tmp_path):
@@ -616,12 +604,8 @@ def test_a_select_on_per_tensor_values_computes_only_the_branch_it_takes(tmp_pat
     conditional in NumPy (``wn / gn if ... else 1``): a tensor whose norms are 0 steps without a
     floating-point error under ``np.errstate(all="raise")`` (``np.where`` computed 0/0 first), and every
     backend and kernel equals the transcription in float64."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-    import torch
     from drivers import assert_close
-    from rulekit import load
+    from rulekit import load, steps
 
     from optforge.compiler.dsl import Rule, g, tensor_norm, w, where
 
@@ -645,25 +629,8 @@ def test_a_select_on_per_tensor_values_computes_only_the_branch_it_takes(tmp_pat
         for i, x in enumerate(gs):
             a, b = float(np.linalg.norm(want[i])), float(np.linalg.norm(x))
             want[i] = want[i] - 0.1 * (a / b if a > 0 and b > 0 else 1.0) * x
-    for fused in (False, True):
-        opt = mods["numpy"].Trust(fused=fused)
-        p = [x.copy() for x in params0]
-        st = opt.init(p)
-        with np.errstate(all="raise"):
-            for gs in grads:
-                p, st = opt.step(p, gs, st)
-        assert_close(p, want, 1e-12, f"numpy{' fused' if fused else ''}")
-    tx = mods["jax"].trust()
-    jp = [jnp.asarray(x) for x in params0]
-    js = tx.init(jp)
-    for gs in grads:
-        u, js = jax.jit(tx.update)([jnp.asarray(x) for x in gs], js, jp)
-        jp = optax.apply_updates(jp, u)
-    assert_close([np.asarray(x) for x in jp], want, 1e-12, "jax")
-    tp = [torch.tensor(x, requires_grad=True) for x in params0]
-    topt = mods["torch"].Trust(tp)
-    for gs in grads:
-        for q, x in zip(tp, gs):
-            q.grad = torch.tensor(x)
-        topt.step()
-    assert_close([q.detach().numpy() for q in tp], want, 1e-12, "torch")
+    with np.errstate(all="raise"):
+        for path in ("numpy", "numpy fused"):
+            assert_close(steps(mods, r, params0, grads, path), want, 1e-12, path)
+    for path in ("jax", "torch"):
+        assert_close(steps(mods, r, params0, grads, path), want, 1e-12, path)

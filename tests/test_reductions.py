@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import sympy as sp
 from drivers import assert_close, problem
-from rulekit import load
+from rulekit import load, steps
 
 from optforge.compiler.dsl import (
     Rule,
@@ -62,38 +62,12 @@ def transcription(params0, grads, lr=0.01, c=1.0, s=2.0):
 
 
 def test_reductions_in_every_backend(tmp_path):
-    import jax
-    import jax.numpy as jnp
-    import optax
-    import torch
-
-    mods = load(reductions_rule(), tmp_path)
+    rule = reductions_rule()
+    mods = load(rule, tmp_path)
     params0, grads = problem(30, zero_first=False)
     want = transcription(params0, grads)
-
-    opt = mods["numpy"].Reduce()
-    p = [x.copy() for x in params0]
-    st = opt.init(p)
-    for gs_ in grads:
-        p, st = opt.step(p, gs_, st)
-    assert_close(p, want, 1e-12, "numpy")
-
-    tx = mods["jax"].reduce()
-    jp = [jnp.asarray(x) for x in params0]
-    js = tx.init(jp)
-    update = jax.jit(tx.update)
-    for gs_ in grads:
-        u, js = update([jnp.asarray(x) for x in gs_], js, jp)
-        jp = optax.apply_updates(jp, u)
-    assert_close([np.asarray(x) for x in jp], want, 1e-12, "jax")
-
-    tp = [torch.tensor(x, requires_grad=True) for x in params0]
-    topt = mods["torch"].Reduce(tp)
-    for gs_ in grads:
-        for q, x in zip(tp, gs_):
-            q.grad = torch.tensor(x)
-        topt.step()
-    assert_close([q.detach().numpy() for q in tp], want, 1e-12, "torch")
+    for path in ("numpy", "jax", "torch"):
+        assert_close(steps(mods, rule, params0, grads, path), want, 1e-12, path)
 
 
 def size_rule():
@@ -111,51 +85,23 @@ def test_size_and_tensor_mean_in_every_backend_and_kernel(tmp_path, fused_tensor
     """``size`` (the tensor's element count) and ``tensor_mean``: NumPy, JAX, torch, the fused kernels
     (NumPy and torch; a tensor of 20,000 elements, which the threads would share were it not for the
     per-tensor value) and Triton's (interpreted), each against the transcription in float64; ranks 0 to 3."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-    import torch
-
-    mods = load(size_rule(), tmp_path)
+    rule = size_rule()
+    mods = load(rule, tmp_path)
     shapes = [(), (7,), (5, 3), (2, 3, 4), (20_000,)]
     params0, grads = problem(6, shapes=shapes, scales=[1.0, 1e-3, 1e2, 1.0, 10.0], zero_first=False)
 
-    def transcription(steps):
+    def transcription(count):
         w_, m_ = [p.copy() for p in params0], [np.zeros_like(p) for p in params0]
-        for gs_ in grads[:steps]:
+        for gs_ in grads[:count]:
             for i, x in enumerate(gs_):
                 n = x.size
                 m_[i] = 0.9 * m_[i] + x / math.sqrt(float(np.sum(x**2)) / n) + 1e-8
                 w_[i] = w_[i] - 0.1 * m_[i] * n / (n + 1)
         return w_
 
-    want = transcription(len(grads))
-    for fused in (False, True):
-        opt = mods["numpy"].RmsStep(fused=fused)
-        p = [x.copy() for x in params0]
-        st = opt.init(p)
-        for gs_ in grads:
-            p, st = opt.step(p, gs_, st)
-        assert_close(p, want, 1e-12, f"numpy{' fused' if fused else ''}")
-    assert fused_tensors[0] == len(grads) * len(shapes), "the fused path did not take every tensor"
-
-    tx = mods["jax"].rms_step()
-    jp = [jnp.asarray(x) for x in params0]
-    js = tx.init(jp)
-    update = jax.jit(tx.update)
-    for gs_ in grads:
-        u, js = update([jnp.asarray(x) for x in gs_], js, jp)
-        jp = optax.apply_updates(jp, u)
-    assert_close([np.asarray(x) for x in jp], want, 1e-12, "jax")
-
-    for fused, steps in ((False, len(grads)), (True, len(grads)), ("triton", 2)):
-        tp = [torch.tensor(x, requires_grad=True) for x in params0]
-        topt = mods["torch"].RmsStep(tp, fused=fused)
-        for gs_ in grads[:steps]:
-            for q, x in zip(tp, gs_):
-                q.grad = torch.tensor(x)
-            topt.step()
-        assert_close([q.detach().numpy() for q in tp], transcription(steps), 1e-12, f"torch fused={fused}")
+    for path in ("numpy", "numpy fused", "jax", "torch", "torch fused"):
+        assert_close(steps(mods, rule, params0, grads, path), transcription(len(grads)), 1e-12, path)
+    assert_close(steps(mods, rule, params0, grads[:2], "torch triton"), transcription(2), 1e-12, "triton")
     assert fused_tensors[0] == 2 * len(grads) * len(shapes), "torch's fused path did not take every tensor"
 
 

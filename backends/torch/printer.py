@@ -50,7 +50,13 @@ def _same_dtype(fn: str, x: str, rest: str = "") -> str:
 
 #: torch's names for a rule's hyperparameters, where torch has the concept: a pair of the rule's becomes a
 #: tuple (Adam's ``betas``), a single one is renamed (``eps``); the rule's names are still accepted
-TORCH_PAIRS = {("beta_1", "beta_2"): "betas", ("beta1", "beta2"): "betas", ("b1", "b2"): "betas"}
+TORCH_PAIRS = {
+    ("beta_1", "beta_2"): "betas",
+    ("beta1", "beta2"): "betas",
+    ("b1", "b2"): "betas",
+    ("etaminus", "etaplus"): "etas",  # Rprop
+    ("step_size_min", "step_size_max"): "step_sizes",
+}
 TORCH_NAMES = {"epsilon": "eps"}
 
 
