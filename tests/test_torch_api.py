@@ -162,16 +162,23 @@ def test_training_loop_decreases_loss(rule):
 
 
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
-def test_param_group_with_zero_lr_is_frozen(rule):
+def test_param_group_with_zero_lr_steps_as_an_optimizer_of_its_own(rule):
+    """A group whose rate is 0 steps as an optimizer over its parameters alone with that rate: frozen for
+    most rules, not for one whose rate scales only part of the step (LARS's trace, Rprop's first step);
+    the other group moves, as an optimizer of its own with its rate."""
     model = make_model(1)
+    reference = copy.deepcopy(model)
     first, second = model[0], model[2]
     opt = build(rule, [{"params": first.parameters(), "lr": 0.0}, {"params": second.parameters(), "lr": 0.1}])
-    before_first = [p.detach().clone() for p in first.parameters()]
+    alone = [build(rule, reference[0].parameters(), lr=0.0), build(rule, reference[2].parameters(), lr=0.1)]
     before_second = [p.detach().clone() for p in second.parameters()]
     for grads in grad_sequence(model, 5, seed=2):
         apply_grads(model, grads)
+        apply_grads(reference, grads)
         opt.step()
-    assert_bitwise(before_first, [p.detach() for p in first.parameters()])
+        for o in alone:
+            o.step()
+    assert_bitwise(params_of(model), params_of(reference))
     for b, p in zip(before_second, second.parameters()):
         assert not torch.equal(b, p.detach())
 
@@ -827,7 +834,9 @@ def test_a_value_put_into_a_group_mid_training_is_checked_and_the_rules_name_is_
 def test_the_step_compiles_in_one_graph_and_follows_a_tensor_lr(rule):
     """``torch.compile(opt.step, fullgraph=True)`` traces (torch.compile sets ``capturable`` in the groups it
     traces: the check of a group's values must not refuse it) and steps as the plain step; a tensor put
-    into a group's ``lr`` stays that tensor, so a later ``fill_`` is followed."""
+    into a group's ``lr`` stays that tensor, so a later ``fill_`` is followed: the step after ``fill_(0)``
+    is the step of a group whose rate was set to 0.0 (a rate of 0 need not freeze the parameters: LARS's
+    trace holds steps already scaled, Rprop reads the rate at the first step only)."""
     want, _ = _run(rule, steps=3)
     # the step's code is shared by every optimizer: each earlier test's traces count towards Dynamo's
     # recompile limit (8), which one program with one optimizer does not reach
@@ -846,18 +855,24 @@ def test_the_step_compiles_in_one_graph_and_follows_a_tensor_lr(rule):
     for x, y in zip(params_of(model), want):
         assert x.dtype == y.dtype and x.shape == y.shape
         torch.testing.assert_close(x, y, rtol=4e-16, atol=0.0)
-    model = make_model(21)
-    opt = build(rule, model.parameters())
-    lr = torch.tensor(float(opt.param_groups[0]["lr"]))
-    opt.param_groups[0]["lr"] = lr
-    apply_grads(model, grads[0])
-    opt.step()
-    assert opt.param_groups[0]["lr"] is lr
-    lr.fill_(0.0)
-    before = [p.detach().clone() for p in model.parameters()]
-    apply_grads(model, grads[1])
-    opt.step()
-    assert all(torch.equal(a, b.detach()) for a, b in zip(before, model.parameters())), "lr 0 moved w"
+    runs = []
+    for tensor_lr in (True, False):
+        model = make_model(21)
+        opt = build(rule, model.parameters())
+        lr = torch.tensor(float(opt.param_groups[0]["lr"]), dtype=torch.float64)  # the float's value
+        if tensor_lr:
+            opt.param_groups[0]["lr"] = lr
+        apply_grads(model, grads[0])
+        opt.step()
+        if tensor_lr:
+            assert opt.param_groups[0]["lr"] is lr
+            lr.fill_(0.0)
+        else:
+            opt.param_groups[0]["lr"] = 0.0
+        apply_grads(model, grads[1])
+        opt.step()
+        runs.append(params_of(model))
+    assert_bitwise(runs[0], runs[1])
 
 
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
