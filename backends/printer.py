@@ -55,6 +55,10 @@ class ExprPrinter(RuleOrder, StrPrinter):
     def is_array(self, expr: sp.Basic) -> bool:
         return any(base(s) in self.arrays for s in expr.free_symbols)
 
+    def is_select(self, expr: sp.Basic) -> bool:
+        """Whether a condition reads a name that makes it a select rather than a Python test (``selects``)."""
+        return conditions.reads_array(expr, self.selects)
+
     def fail(self, expr: sp.Basic):
         raise BackendError(self.rule, self.backend, f"{type(expr).__name__}: {sp.sstr(expr)}")
 
@@ -218,10 +222,10 @@ class ExprPrinter(RuleOrder, StrPrinter):
     def choice(self, cond, value: str, other: str) -> str:
         """``value`` where ``cond`` holds, else ``other``: a Python conditional for static parts (so the
         branch not taken is never evaluated), an element-wise select for the array parts."""
-        if isinstance(cond, sp.Or) and conditions.reads_array(cond, self.selects):
-            static = [c for c in cond.args if not conditions.reads_array(c, self.selects)]
+        if isinstance(cond, sp.Or) and self.is_select(cond):
+            static = [c for c in cond.args if not self.is_select(c)]
             if static:  # static or dynamic: the static part first
-                dynamic = sp.Or(*[c for c in cond.args if conditions.reads_array(c, self.selects)])
+                dynamic = sp.Or(*[c for c in cond.args if self.is_select(c)])
                 return f"({value} if {self._print(sp.Or(*static))} else {self.choice(dynamic, value, other)})"
         static, dynamic = self.split(cond)
         if dynamic is not sp.true:
@@ -247,8 +251,8 @@ class ExprPrinter(RuleOrder, StrPrinter):
 
     def _logic(self, expr, array_fn: str, word: str) -> str:
         """Python's and/or on static parts (first, so they short-circuit), the array function on the rest."""
-        static = [self._print(a) for a in expr.args if not conditions.reads_array(a, self.selects)]
-        arrays = [self._print(a) for a in expr.args if conditions.reads_array(a, self.selects)]
+        static = [self._print(a) for a in expr.args if not self.is_select(a)]
+        arrays = [self._print(a) for a in expr.args if self.is_select(a)]
         if arrays:
             if not array_fn:
                 self.fail(expr)
@@ -268,7 +272,7 @@ class ExprPrinter(RuleOrder, StrPrinter):
         (arg,) = expr.args
         if isinstance(arg, Given):
             return f"{self.names.get(arg.option, arg.option)} is None"
-        if conditions.reads_array(expr, self.selects):
+        if self.is_select(expr):
             return self.call(self.not_call, self._print(expr.args[0]))
         return f"not {self.parenthesize(expr.args[0], PRECEDENCE['Not'])}"
 

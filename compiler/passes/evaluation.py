@@ -59,9 +59,12 @@ class Types:
     #: the names (the rule's) that make a condition a select rather than a Python test (default: arrays)
     selects: frozenset[str] | None = None
 
+    @property
+    def select_names(self) -> frozenset[str]:
+        return self.arrays if self.selects is None else self.selects
+
     def is_select(self, expr: sp.Basic) -> bool:
-        names = self.arrays if self.selects is None else self.selects
-        return any(base(s) in names for s in expr.free_symbols)
+        return any(base(s) in self.select_names for s in expr.free_symbols)
 
     def printed(self, symbol: sp.Symbol) -> str:
         name = base(symbol)
@@ -303,7 +306,7 @@ class _Builder:
         return out
 
     def split(self, cond) -> tuple:
-        return split(cond, self.t.arrays if self.t.selects is None else self.t.selects)
+        return split(cond, self.t.select_names)
 
     def choice(self, cond, value: Expr, other: Expr) -> Expr:
         if isinstance(cond, sp.Or) and self.t.is_select(cond):
