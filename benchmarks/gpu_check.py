@@ -116,21 +116,123 @@ def check_rule(rule, shapes, device: str, repeats: int) -> dict[str, Any]:
     return result
 
 
-def run_tests(out: pathlib.Path, select: str = "") -> dict[str, Any]:
-    """``pytest tests/test_triton.py`` with the kernels on CUDA (``-k select`` where given); its output
-    into ``tests.txt``."""
+JAX_STEPS = 10
+
+
+def _jax_device() -> str:
+    import jax
+
+    return str(jax.devices()[0].device_kind)
+
+
+def check_jax(rule, shapes, repeats: int) -> dict[str, Any]:
+    """Milliseconds per step of our JAX module and of optax (where ``configs.py`` names it): ``JAX_STEPS``
+    steps inside one jitted ``lax.fori_loop``, as inside a training step, so per-call dispatch is not what
+    is timed (params and state donated); the median over ``repeats`` calls, divided by ``JAX_STEPS``."""
+    import jax
+    import numpy as np
+    import optax
+
+    import optforge.generated.jax as gj
+    from optforge.benchmarks.configs import LEARNING_RATE, config_for
+
+    config = config_for(rule)
+    rng = np.random.default_rng(0)
+    init = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    grads = [jax.device_put(rng.normal(size=s).astype(np.float32)) for s in shapes]
+
+    def per_step(tx) -> float:
+        def loop(params, state, grads):
+            def body(_, carry):
+                p, s = carry
+                updates, s = tx.update(grads, s, p)
+                return optax.apply_updates(p, updates), s
+
+            return jax.lax.fori_loop(0, JAX_STEPS, body, (params, state))
+
+        run = jax.jit(loop, donate_argnums=(0, 1))
+        params = [jax.device_put(p) for p in init]
+        carry = jax.block_until_ready(run(params, tx.init(params), grads))  # compiles
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            carry = jax.block_until_ready(run(*carry, grads))
+            times.append((time.perf_counter() - t0) * 1e3 / JAX_STEPS)
+        return statistics.median(times)
+
+    result: dict[str, Any] = {
+        "ours": per_step(getattr(gj, rule.module)(learning_rate=LEARNING_RATE, **config.hypers))
+    }
+    if config.optax is not None:
+        result["optax"] = per_step(config.optax.make())
+        result["ratio"] = result["ours"] / result["optax"]
+    return result
+
+
+def check_compile(rule, device: str) -> dict[str, Any]:
+    """``torch.compile(opt.step)`` (inductor) on the plain path: 3 steps on five small tensors of ranks 0
+    to 3 equal eager's (largest relative difference of the parameters), and the seconds the first
+    compiled step took."""
+    import numpy as np
+    import torch
+
+    import optforge.generated.torch as gen
+    from optforge.benchmarks.configs import LEARNING_RATE, config_for
+
+    rng = np.random.default_rng(1)
+    shapes = [(), (7,), (5, 3), (2, 3, 4), (64, 33)]
+    init = [rng.normal(size=s) for s in shapes]
+    grads = [[rng.normal(size=s) for s in shapes] for _ in range(3)]
+    hypers = dict(config_for(rule).hypers)
+
+    def run(compiled: bool) -> tuple[list[np.ndarray], float]:
+        params = [torch.nn.Parameter(torch.tensor(p, dtype=torch.float32, device=device)) for p in init]
+        opt = getattr(gen, rule.name)(params, lr=LEARNING_RATE, **hypers, fused=False)
+        step = torch.compile(opt.step) if compiled else opt.step
+        first = 0.0
+        for i, g in enumerate(grads):
+            for p, x in zip(params, g):
+                p.grad = torch.tensor(x, dtype=torch.float32, device=device)
+            t0 = time.perf_counter()
+            step()
+            if i == 0:
+                first = time.perf_counter() - t0
+        return [p.detach().double().cpu().numpy() for p in params], first
+
+    torch._dynamo.reset()
+    try:
+        want, _ = run(False)
+        got, seconds = run(True)
+    except Exception as e:  # what fails, for the report
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+    worst = max(float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-30))) for a, b in zip(got, want))
+    return {"max relative difference": worst, "first compiled step s": round(seconds, 1)}
+
+
+def run_tests(
+    out: pathlib.Path, select: str = "", workers: int = 0, timeout: float | None = None
+) -> dict[str, Any]:
+    """``pytest tests/test_triton.py`` with the kernels on CUDA (``-k select`` where given; ``workers``
+    processes of pytest-xdist, which compile the kernels side by side); its output into ``tests.txt``."""
     root = pathlib.Path(__file__).resolve().parent.parent
     env = dict(os.environ, OPTFORGE_TRITON_DEVICE="cuda")
     env.pop("TRITON_INTERPRET", None)
     t0 = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_triton.py"]
-        + (["-k", select] if select else []),
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_triton.py"]
+            + (["-k", select] if select else [])
+            + (["-n", str(workers)] if workers else []),
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as e:
+        text = "".join(x.decode() if isinstance(x, bytes) else x or "" for x in (e.stdout, e.stderr))
+        (out / "tests.txt").write_text(text)
+        return {"returncode": "timed out", "summary": f"stopped after {timeout} s", "seconds": timeout}
     (out / "tests.txt").write_text(done.stdout + done.stderr)
     last = (done.stdout.strip().splitlines() or [""])[-1]
     return {"returncode": done.returncode, "summary": last, "seconds": round(time.perf_counter() - t0, 1)}
@@ -145,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", nargs="*", help="only these rules (default: every rule of the registry)")
     parser.add_argument("--tests", action="store_true", help="also run tests/test_triton.py on CUDA")
     parser.add_argument("--tests-k", default="", help="only the tests pytest -k selects (e.g. 'Adamax')")
+    parser.add_argument("--tests-timeout", type=float, default=None, help="seconds the tests may take")
+    parser.add_argument("--tests-workers", type=int, default=0, help="pytest-xdist processes for the tests")
+    parser.add_argument("--compile", nargs="*", default=[], help="rules to check under torch.compile")
+    parser.add_argument(
+        "--jax", action="store_true", help="also time the JAX modules and optax (jitted loop)"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -175,10 +283,22 @@ def main(argv: list[str] | None = None) -> int:
         "rules": {},
     }
     if args.tests and device == "cuda":
-        report["tests"] = run_tests(out, args.tests_k)
+        report["tests"] = run_tests(out, args.tests_k, args.tests_workers, args.tests_timeout)
+        print("tests", json.dumps(report["tests"]), flush=True)
     for name in args.rules or list(rules):
         report["rules"][name] = check_rule(rules[name], shapes, device, args.repeats)
         print(name, json.dumps(report["rules"][name]), flush=True)
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")  # what is done so far
+    for name in args.compile:
+        report.setdefault("compile", {})[name] = check_compile(rules[name], device)
+        print("compile", name, json.dumps(report["compile"][name]), flush=True)
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    if args.jax:
+        report["jax"] = {"steps per call": JAX_STEPS, "device": _jax_device()}
+        for name in args.rules or list(rules):
+            report["jax"][name] = check_jax(rules[name], shapes, args.repeats)
+            print("jax", name, json.dumps(report["jax"][name]), flush=True)
+            (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     failed = report.get("tests", {}).get("returncode", 0)
     return 1 if failed else 0

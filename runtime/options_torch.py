@@ -50,8 +50,8 @@ class Call:
         self._global_pass = False
         self.global_sumsq_g = None  # being computed: the prologue stops before the global clipping
         total = 0.0
-        for w, state in self.params:
-            g = self.prologue(w, self.gradient(w), state, peek=True)
+        for w, g, state in self._each():
+            g = self.prologue(w, g, state, peek=True)
             _, _, s2 = self.scratch(w, g, state.get("grad_accumulator"))
             torch.pow(g, 2, out=s2)
             total = total + torch.sum(s2)
@@ -82,8 +82,7 @@ class Call:
         names, scalars = fused_support.takes(kernel) if fused else ((), ())
         element = set(self.element)
         work = []
-        for w, state in self.params:
-            g = self.gradient(w)  # maximize: not fused, so the kernels never see a flipped gradient
+        for w, g, state in self._each():  # maximize: not fused, so the kernels never see a flipped gradient
             if fused:
                 states = [state.get(name) for name in names]
                 if torch_support.fusable(w, g, *[s for s, name in zip(states, names) if name in element]):
@@ -101,8 +100,16 @@ class Call:
         """Each parameter (the fused path's too), its gradient as the prologue makes it, and its state, for
         a pass of the rule over all tensors before its update: nothing is written."""
         self._global_norm()
+        for w, g, state in self._each():
+            yield w, self.prologue(w, g, state, peek=True), state
+
+    def _each(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
+        """Each parameter, the gradient the stages start from (``gradient``) and its state; under
+        torch.compile, their 0-d tensors as views of one element (``torch_support.traceable``)."""
+        compiling = torch.compiler.is_compiling()
         for w, state in self.params:
-            yield w, self.prologue(w, self.gradient(w), state, peek=True), state
+            g = self.gradient(w)
+            yield torch_support.traceable(w, g, state) if compiling else (w, g, state)
 
     def _triton(self, case: int, values: dict[str, Any]) -> bool:
         """The whole call on the Triton kernels, options and all, where they take every parameter of the

@@ -110,6 +110,8 @@ def scratch(
         if t is not None and t.dtype != dtype:
             dtype = torch.promote_types(dtype, t.dtype)
     device = w.device
+    if torch.compiler.is_compiling():  # the graph's own temporaries, which inductor plans (below)
+        return tuple(torch.empty(w.shape, dtype=dtype, device=device) for _ in range(count))
     return common.scratch_views(
         cache,
         (dtype, device),
@@ -121,9 +123,24 @@ def scratch(
     )
 
 
+def traceable(w: torch.Tensor, g: torch.Tensor, state: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """A parameter, its gradient and its state with each 0-d tensor as a view of one element, for a step
+    that torch.compile traces: Dynamo (torch 2.13) takes a 0-d float64 tensor on the CPU for a Python
+    float, and an in-place update of it (a 0-d parameter, NovoGrad's per-tensor moment) is silently
+    dropped from the graph (torch.optim's for-loop Adamax loses its 0-d parameter's update the same way);
+    a write through a view is kept. The view writes into the tensor itself."""
+
+    def one(t: Any) -> Any:
+        return t.view(1) if isinstance(t, torch.Tensor) and t.dim() == 0 else t
+
+    return one(w), one(g), {name: one(t) for name, t in state.items()}
+
+
 def masks(cache: dict, count: int, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """``count`` boolean buffers shaped like ``w`` on its device (a select's conditions), kept between steps."""
     device = w.device
+    if torch.compiler.is_compiling():  # see scratch
+        return tuple(torch.empty(w.shape, dtype=torch.bool, device=device) for _ in range(count))
     return common.scratch_views(
         cache,
         (torch.bool, device),

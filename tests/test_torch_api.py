@@ -95,8 +95,23 @@ def build(rule, params, **kwargs):
 
 
 def make_model(seed: int = 0, dtype=torch.float64) -> torch.nn.Module:
+    """Two linear layers and a 0-d parameter (a learned scale: under torch.compile a 0-d float64 tensor is
+    traced as a Python float, see ``torch_support.traceable``)."""
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2)).to(dtype)
+    return ScaledMLP().to(dtype)
+
+
+class ScaledMLP(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+        self.scale = torch.nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.layers(x)
+
+    def __getitem__(self, i: int) -> torch.nn.Module:
+        return self.layers[i]
 
 
 def grad_sequence(model: torch.nn.Module, n: int, seed: int) -> list[list[torch.Tensor]]:
@@ -846,7 +861,7 @@ def test_the_step_compiles_in_one_graph_and_follows_a_tensor_lr(rule):
     grads = grad_sequence(model, 3, seed=22)
     apply_grads(model, grads[0])
     opt.step()
-    step = torch.compile(opt.step, backend="eager", fullgraph=True)
+    step = torch.compile(opt.step, backend="aot_eager", fullgraph=True)
     for g in grads[1:]:
         apply_grads(model, g)
         step()

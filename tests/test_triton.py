@@ -185,14 +185,14 @@ def _params(dtypes, transposed: bool = False):
 
 @pytest.mark.parametrize(
     "case",
-    ["one_not_contiguous", "two_dtypes_global_clipnorm", "two_dtypes", "fused_true_on_cpu"],
+    ["one_not_contiguous", "two_dtypes_global_clipnorm", "two_dtypes", "fused_true"],
 )
 def test_a_group_goes_whole_to_the_kernels_or_whole_to_the_plain_path(case):
     """``fused="triton"`` takes a group whose every parameter the kernels take, or none of it: a parameter
     they cannot index (a transposed view), or two dtypes in a step that sums over all tensors
     (``global_clipnorm``: the kernels' sum is one launch's), leave the group on the plain path; two dtypes
-    without it go to the kernels, one launch each. ``fused=True`` on CPU tensors is Numba's path, not
-    Triton's. The parameters equal the plain path's (float64 to 1e-12; float32 to 1e-6)."""
+    without it go to the kernels, one launch each. ``fused=True`` is Numba's path on CPU tensors (in the
+    interpreter too), the kernels' on CUDA ones. The parameters equal the plain path's (float64 to 1e-12; float32 to 1e-6)."""
     rule = MACHINERY[0]
     dtypes = [torch.float64] * len(SHAPES)
     hypers: dict = {}
@@ -201,7 +201,7 @@ def test_a_group_goes_whole_to_the_kernels_or_whole_to_the_plain_path(case):
         dtypes[1] = dtypes[3] = torch.float32
     if case.endswith("global_clipnorm"):
         hypers["global_clipnorm"] = 1.0
-    if case == "fused_true_on_cpu":
+    if case == "fused_true":
         fused = True
     transposed = case == "one_not_contiguous"
     want = _params(dtypes, transposed)
@@ -209,7 +209,8 @@ def test_a_group_goes_whole_to_the_kernels_or_whole_to_the_plain_path(case):
     got = _params(dtypes, transposed)
     calls: list = []
     _steps(rule, got, fused, calls, **hypers)
-    expect_triton = case == "two_dtypes"
+    # fused=True: Numba's path on CPU tensors, the kernels on CUDA ones
+    expect_triton = case == "two_dtypes" or (case == "fused_true" and DEVICE == "cuda")
     assert bool(calls) == expect_triton, f"{case}: {len(calls)} calls of the Triton kernels"
     if expect_triton:
         assert all(len(work) == len(SHAPES) for _, work, _ in calls), "every tensor of the group each step"
