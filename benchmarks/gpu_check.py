@@ -16,6 +16,11 @@ parameters (``--params`` in ``--tensors`` tensors, the benchmark's layer stack),
   (``compiler/traffic.py``: w, g and each per-element state read, w and the states written), the memory
   bandwidth limit; ``ratio`` is triton kernels over limit.
 
+On CUDA, each time measured with CUDA events counts the host's gaps between launches (the Python of a
+step over 200 tensors takes longer than its kernels); ``..., device time`` is the GPU's own time in the
+kernels and copies of the same calls (torch.profiler), and ``device ratio`` the kernels' device time over
+the limit's.
+
 Writes ``gpu_check.json`` under ``--out`` (and, with ``--tests``, the output of ``pytest
 tests/test_triton.py`` run on CUDA, ``tests.txt``). Without CUDA it runs the kernels in Triton's
 interpreter on CPU (``TRITON_INTERPRET=1``: slow, use a small size), which the test suite does.
@@ -64,6 +69,22 @@ def _timer(device: str) -> Callable[[Callable[[], None], int], float]:
     return time_it
 
 
+def _device_time(fn: Callable[[], None], repeats: int) -> float:
+    """Milliseconds the GPU spends in ``fn``'s kernels and copies per call (torch.profiler's device time,
+    summed over ``repeats`` calls after one warm-up): the work without the host's gaps between launches."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+    total_us = sum(e.self_device_time_total for e in prof.key_averages() if e.self_device_time_total > 0)
+    return total_us / 1e3 / repeats
+
+
 def check_rule(rule, shapes, device: str, repeats: int) -> dict[str, Any]:
     """The step times of one rule (milliseconds), see the module's docstring."""
     import numpy as np
@@ -99,6 +120,10 @@ def check_rule(rule, shapes, device: str, repeats: int) -> dict[str, Any]:
         raise RuntimeError(f"{rule.name}: the Triton kernels took {taken} of {len(shapes)} tensors")
     case, work, scalars = calls[-1]
     result["triton kernels"] = time_it(lambda: triton_support.run(case, work, scalars), repeats)
+    if device == "cuda":
+        result["triton kernels, device time"] = _device_time(
+            lambda: triton_support.run(case, work, scalars), repeats
+        )
     opt = getattr(gen, rule.name)(params(), lr=LEARNING_RATE, **hypers, fused=False)
     result["torch"] = time_it(opt.step, repeats)
     if config.torch is not None:
@@ -106,11 +131,16 @@ def check_rule(rule, shapes, device: str, repeats: int) -> dict[str, Any]:
             try:
                 opt = config.torch.make(params(), **{mode: True})
                 result[f"torch.optim {mode}"] = time_it(opt.step, repeats)
+                if device == "cuda":
+                    result[f"torch.optim {mode}, device time"] = _device_time(opt.step, repeats)
             except (TypeError, RuntimeError, ValueError) as e:  # no such mode for it on this device
                 result[f"torch.optim {mode}"] = f"unsupported: {str(e).splitlines()[0][:120]}"
     per_param = bytes_per_param(compile_rule(rule), {"learning_rate": LEARNING_RATE, **hypers})
     buffer = torch.ones(max(1, per_param * n // 8), dtype=torch.float32, device=device)  # read + write
     result["limit"] = time_it(lambda: buffer.mul_(1.0), repeats)
+    if device == "cuda":
+        result["limit, device time"] = _device_time(lambda: buffer.mul_(1.0), repeats)
+        result["device ratio"] = result["triton kernels, device time"] / result["limit, device time"]
     result["bytes per parameter"] = per_param
     result["ratio"] = result["triton kernels"] / result["limit"]
     return result

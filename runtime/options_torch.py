@@ -113,7 +113,7 @@ class Call:
 
     def _triton(self, case: int, values: dict[str, Any]) -> bool:
         """The whole call on the Triton kernels, options and all, where they take every parameter of the
-        group (``fused="triton"``; ``fused=True`` on CUDA parameters; see ``triton_support.can_run``);
+        group (``fused="triton"``; ``fused=True`` on CUDA parameters; see ``triton_support.plan``);
         False, having done nothing, where they do not."""
         opt = self.optimizer
         if not self.params or (opt.fused is True and not any(w.is_cuda for w, _ in self.params)):
@@ -126,9 +126,10 @@ class Call:
         names, scalars = fused_support.takes(kernel)
         work = [(w, w.grad, *[state.get(name) for name in names]) for w, state in self.params]
         values = torch_support.plain(kernel_values(scalars, values, self.options, self.step, self.lr, 0.0))
-        if not triton_support.can_run(kernel, work, values):
+        groups = triton_support.plan(kernel, work, values)
+        if groups is None:
             return False
-        triton_support.run(kernel, work, values)
+        triton_support.run(kernel, work, values, groups=groups)
         return True
 
     def skip(self, case: int) -> None:

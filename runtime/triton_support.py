@@ -124,22 +124,35 @@ def interpreting() -> bool:
 def takes(w: torch.Tensor, g: torch.Tensor, *states: torch.Tensor | None) -> bool:
     """Whether the kernels take this parameter: on a CUDA device (or the CPU under the interpreter),
     contiguous, floating point, its gradient and states of its size and device, the states of one dtype."""
-    if not (w.is_cuda or (w.is_cpu and interpreting())):
-        return False
-    if w.dtype not in _TL or g.dtype not in _TL or not w.is_contiguous() or not g.is_contiguous():
-        return False
-    if g.device != w.device or g.numel() != w.numel():
-        return False
-    dtype = None
+    return _launch_of(w, g, states, interpreting()) is not None
+
+
+def _launch_of(w: torch.Tensor, g: torch.Tensor, states: tuple, interpreter: bool) -> tuple | None:
+    """The launch a work item goes to, (parameter dtype, gradient dtype, state dtype, device index), where
+    the kernels take it (``takes``); None where they do not. Called for every tensor at every step: plain
+    attribute reads, no device objects made."""
+    if not (w.is_cuda or (interpreter and w.is_cpu)):
+        return None
+    w_dt, g_dt = w.dtype, g.dtype
+    if w_dt not in _TL or g_dt not in _TL or not w.is_contiguous() or not g.is_contiguous():
+        return None
+    device = w.get_device()
+    if g.get_device() != device or g.numel() != w.numel():
+        return None
+    s_dt = None
     for s in states:
         if s is None:
             continue
-        if s.dtype not in (torch.float32, torch.float64) or s.device != w.device or not s.is_contiguous():
-            return False
-        if dtype is not None and s.dtype != dtype:
-            return False
-        dtype = s.dtype
-    return True
+        dt = s.dtype
+        if dt not in _STATE_DTYPES or s.get_device() != device or not s.is_contiguous():
+            return None
+        if s_dt is not None and dt != s_dt:
+            return None
+        s_dt = dt
+    return w_dt, g_dt, s_dt, device
+
+
+_STATE_DTYPES = (torch.float32, torch.float64)
 
 
 # -- the tables ------------------------------------------------------------------------------------
@@ -213,30 +226,42 @@ def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 # -- a step ----------------------------------------------------------------------------------------
 
 
-def _groups(work: list[tuple]) -> dict[tuple, list[tuple]]:
-    """The work items by (parameter dtype, gradient dtype, state dtype, device): one launch per kernel each."""
+def plan(case: Case, work: list[tuple], scalars: dict[str, Any]) -> dict[tuple, list[tuple]] | None:
+    """The launches of a step of ``work`` (its items by parameter, gradient and state dtype and device),
+    where :func:`run` computes it as the plain path does; else None. The kernels must take every tensor
+    (:func:`takes`), and a step that reduces over all tensors (``global_clipnorm``) must have them in one
+    launch: the kernels' sum over all tensors is a sum over one launch's tensors."""
+    interpreter = interpreting()
     groups: dict[tuple, list[tuple]] = {}
     for item in work:
-        states = [s for s in item[2:] if s is not None]
-        key = (item[0].dtype, item[1].dtype, states[0].dtype if states else None, item[0].device)
-        groups.setdefault(key, []).append(item)
+        key = _launch_of(item[0], item[1], item[2:], interpreter)
+        if key is None:
+            return None
+        found = groups.get(key)
+        if found is None:
+            groups[key] = [item]
+        else:
+            found.append(item)
+    if len(groups) > 1:
+        flags, _ = case.prepare(np.float32, **{n: scalars[n] for n in case.scalars})  # as for any dtype
+        if any(p.grid == "one" and (not p.when or flags[p.when]) for p in case.phases):
+            return None
     return groups
 
 
 def can_run(case: Case, work: list[tuple], scalars: dict[str, Any]) -> bool:
-    """Whether :func:`run` computes this step of ``work`` as the plain path does: the kernels take every
-    tensor (:func:`takes`), and a step that reduces over all tensors (``global_clipnorm``) has them in one
-    group (one dtype, one device): the kernels' sum over all tensors is a sum over one launch's tensors."""
-    if not all(takes(*item) for item in work):
-        return False
-    if len(_groups(work)) <= 1:
-        return True
-    dt = np.float32  # the flags do not depend on the dtype
-    flags, _ = case.prepare(dt, **{n: scalars[n] for n in case.scalars})
-    return not any(p.grid == "one" and (not p.when or flags[p.when]) for p in case.phases)
+    """Whether :func:`run` computes this step of ``work`` as the plain path does (see :func:`plan`)."""
+    return plan(case, work, scalars) is not None
 
 
-def run(case: Case, work: list[tuple], scalars: dict[str, Any], *, block: int = BLOCK) -> None:
+def run(
+    case: Case,
+    work: list[tuple],
+    scalars: dict[str, Any],
+    *,
+    block: int = BLOCK,
+    groups: dict[tuple, list[tuple]] | None = None,
+) -> None:
     """One step of ``case`` for every tensor of ``work``, in place.
 
     ``work``: one ``(w, g, *states)`` per parameter, the states in the order of ``case.arrays`` (None for a
@@ -244,17 +269,25 @@ def run(case: Case, work: list[tuple], scalars: dict[str, Any], *, block: int = 
     :func:`takes`. ``scalars``: the step's values by name (the hyperparameters, ``t``, ``is_update``...:
     what the torch optimizer's step computes in Python; reductions over all tensors need not be there,
     the kernels compute them). The tensors are grouped by dtypes and device; each group is one launch
-    per kernel of the case. Nothing is read back to the host.
+    per kernel of the case (``groups``: :func:`plan`'s, where the caller has it). Nothing is read back to the
+    host.
     """
-    groups = _groups(work)
     missing = [n for n in case.scalars if n not in scalars]
     if missing:
         raise TypeError(
             f"triton_support.run: the step's scalars lack {', '.join(missing)}; this case reads"
             f" {', '.join(case.scalars)}. Received: {', '.join(scalars) or 'none'}"
         )
+    if groups is None:
+        groups = plan(case, work, scalars)
+        if groups is None:
+            raise ValueError(
+                "triton_support.run: the kernels do not take these tensors (see takes), or a step that sums"
+                " over all tensors has them in tensors of several dtypes"
+            )
     given = {n: scalars[n] for n in case.scalars}
-    for (w_dt, g_dt, s_dt, device), items in groups.items():
+    for (w_dt, g_dt, s_dt, _), items in groups.items():
+        device = items[0][0].device
         dt = torch.promote_types(torch.promote_types(w_dt, torch.float32), s_dt or torch.float32)
         flags, values = case.prepare(np.float64 if dt == torch.float64 else np.float32, **given)
         k_ = _to(torch.tensor(values or [0.0], dtype=dt), device)
@@ -294,9 +327,9 @@ def recorded(calls: list, *, block: int = BLOCK) -> Iterator[None]:
     (not thread-safe: it replaces this module's ``run`` for the block's duration)."""
     original = globals()["run"]
 
-    def spy(case: Case, work: list[tuple], scalars: dict[str, Any], *, block: int = block) -> None:
+    def spy(case: Case, work: list[tuple], scalars: dict[str, Any], *, block: int = block, **kw: Any) -> None:
         calls.append((case, work, scalars))
-        original(case, work, scalars, block=block)
+        original(case, work, scalars, block=block, **kw)
 
     globals()["run"] = spy
     try:
