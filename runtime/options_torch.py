@@ -74,7 +74,7 @@ class Call:
         epilogue. Then the parameters the fused path takes (``case``'s kernel, with the rule's once-per-step
         ``values``), in one kernel call."""
         opt = self.optimizer
-        if opt.fused and not self.maximize and self._triton(case, values):
+        if opt.fused is not False and not self.maximize and self._triton(case, values):
             return
         self._global_norm()
         fused = opt._fused is not None and not self.maximize  # maximize: the plain path flips the signs
@@ -113,10 +113,13 @@ class Call:
 
     def _triton(self, case: int, values: dict[str, Any]) -> bool:
         """The whole call on the Triton kernels, options and all, where they take every parameter of the
-        group (``fused="triton"``; ``fused=True`` on CUDA parameters; see ``triton_support.plan``);
-        False, having done nothing, where they do not."""
+        group (``fused="triton"``; ``fused=None`` or True on CUDA parameters; see
+        ``triton_support.plan``); False, having done nothing, where they do not, and in a step that
+        torch.compile traces (the tables' addresses are the host's)."""
         opt = self.optimizer
-        if not self.params or (opt.fused is True and not any(w.is_cuda for w, _ in self.params)):
+        if not self.params or torch.compiler.is_compiling():  # a traced step: inductor fuses it
+            return False
+        if opt.fused != "triton" and not any(w.is_cuda for w, _ in self.params):
             return False
         kernel = opt._triton_case(case)
         if kernel is None:

@@ -50,13 +50,14 @@ def check_state_dtype(chosen: Any) -> Any:
 _FUSED = (torch.float32, torch.float64)
 
 
-def check_fused(fused: Any) -> bool | str:
-    """torch's ``fused``: False, True (Numba's kernels on CPU parameters, Triton's on CUDA ones) or
-    ``"triton"`` (Triton's kernels wherever they run: CUDA, or the CPU in Triton's interpreter)."""
-    if isinstance(fused, bool) or (isinstance(fused, str) and fused == "triton"):
+def check_fused(fused: Any) -> bool | str | None:
+    """torch's ``fused``: None (Triton's kernels on CUDA parameters, where Triton is installed), True (and
+    Numba's on CPU parameters), ``"triton"`` (Triton's kernels wherever they run: CUDA, or the CPU in
+    Triton's interpreter) or False (torch operations only)."""
+    if fused is None or isinstance(fused, bool) or (isinstance(fused, str) and fused == "triton"):
         return fused
     raise TypeError(
-        f"`fused` must be True, False or 'triton'. Received: fused={fused!r} ({type(fused).__name__})"
+        f"`fused` must be None, True, False or 'triton'. Received: fused={fused!r} ({type(fused).__name__})"
     )
 
 
@@ -249,7 +250,9 @@ class RuleOptimizer(torch.optim.Optimizer):
         a function of the parameter)."""
         return iter(())
 
-    def _setup(self, params: Any, defaults: dict[str, Any], state_dtype: Any, fused: bool) -> None:
+    def _setup(
+        self, params: Any, defaults: dict[str, Any], state_dtype: Any, fused: bool | str | None
+    ) -> None:
         self.state_dtype = check_state_dtype(state_dtype)
         self.fused = check_fused(fused)
         self._load_fused()
@@ -270,15 +273,15 @@ class RuleOptimizer(torch.optim.Optimizer):
             self._triton_module = _triton_load(self.module, self.rule)
 
     def _triton_case(self, case: int) -> Any:
-        """Case ``case`` of the rule's Triton kernels, or None where Triton is not installed (``fused=True``:
-        the step stays on the plain path)."""
+        """Case ``case`` of the rule's Triton kernels, or None where Triton is not installed (``fused=None``
+        or True: the step stays on the plain path; the import is not tried again)."""
         module = self._triton_module
         if module is None:
             try:
                 module = self._triton_module = _triton_load(self.module, self.rule)
             except ImportError:
-                return None
-        return getattr(module, f"UPDATE_CASE_{case}")
+                module = self._triton_module = False
+        return None if module is False else getattr(module, f"UPDATE_CASE_{case}")
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's, with the rule's names of hyperparameters (``beta_1``) put under torch's (``betas[0]``),
@@ -376,12 +379,15 @@ class RuleOptimizer(torch.optim.Optimizer):
         """Each parameter that has a gradient, with its state (created at its first update); ``wanted``:
         ``self._states(group)``, if known."""
         wanted = list(self._states(group)) if wanted is None else wanted
+        names = {name for name, _, _ in wanted}
+        states = self.state
         for w in params:
             check_param(w, self.rule)
-            state = self.state[w]
-            for name, scope, init in wanted:
-                if name not in state:
-                    state[name] = new_state(w, scope, init, state_dtype(w, self.state_dtype))
+            state = states[w]
+            if not names <= state.keys():  # its first update (or a state that an option now keeps)
+                for name, scope, init in wanted:
+                    if name not in state:
+                        state[name] = new_state(w, scope, init, state_dtype(w, self.state_dtype))
             yield w, state
 
 

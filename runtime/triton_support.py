@@ -176,13 +176,16 @@ _TABLES: OrderedDict[tuple, Tables] = OrderedDict()
 _KEEP = 16
 
 
-def tables(case: Case, items: list[tuple], block: int = BLOCK) -> Tables:
-    """The chunk and tensor tables of ``items`` (each ``(w, g, *states)``, None for a state not kept),
-    kept while the tensors stay the same (same addresses and sizes), else built again and copied to the
-    device once."""
+def tables(case: Case, items: list[tuple] | Launch, block: int = BLOCK) -> Tables:
+    """The chunk and tensor tables of ``items`` (each ``(w, g, *states)``, None for a state not kept; or
+    a :class:`Launch`, which has their addresses and sizes), kept while the tensors stay the same (same
+    addresses and sizes), else built again and copied to the device once."""
+    if isinstance(items, Launch):
+        addresses, sizes, items = tuple(items.addresses), tuple(items.sizes), items.items
+    else:
+        addresses = tuple(0 if t is None else t.data_ptr() for item in items for t in item)
+        sizes = tuple(item[0].numel() for item in items)
     device = items[0][0].device
-    addresses = tuple(0 if t is None else t.data_ptr() for item in items for t in item)
-    sizes = tuple(item[0].numel() for item in items)
     key = (device, len(items[0]), addresses, sizes, block, case.tensor_values, case.global_values)
     found = _TABLES.get(key)
     if found is not None:
@@ -226,27 +229,41 @@ def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 # -- a step ----------------------------------------------------------------------------------------
 
 
-def plan(case: Case, work: list[tuple], scalars: dict[str, Any]) -> dict[tuple, list[tuple]] | None:
-    """The launches of a step of ``work`` (its items by parameter, gradient and state dtype and device),
-    where :func:`run` computes it as the plain path does; else None. The kernels must take every tensor
+@dataclasses.dataclass
+class Launch:
+    """The work items of one launch per kernel (one dtype of parameters, gradients and states, one
+    device), with what the tables are kept by: every tensor's address (0 for a state not kept) and each
+    parameter's size."""
+
+    items: list[tuple]
+    addresses: list[int]
+    sizes: list[int]
+
+
+def plan(case: Case, work: list[tuple], scalars: dict[str, Any]) -> dict[tuple, Launch] | None:
+    """The launches of a step of ``work`` by parameter, gradient and state dtype and device index, where
+    :func:`run` computes it as the plain path does; else None. The kernels must take every tensor
     (:func:`takes`), and a step that reduces over all tensors (``global_clipnorm``) must have them in one
-    launch: the kernels' sum over all tensors is a sum over one launch's tensors."""
+    launch: the kernels' sum over all tensors is a sum over one launch's tensors. One pass over the
+    tensors, every step: its reads are most of the host's time in a step."""
     interpreter = interpreting()
-    groups: dict[tuple, list[tuple]] = {}
+    launches: dict[tuple, Launch] = {}
     for item in work:
-        key = _launch_of(item[0], item[1], item[2:], interpreter)
+        w, g = item[0], item[1]
+        key = _launch_of(w, g, item[2:], interpreter)
         if key is None:
             return None
-        found = groups.get(key)
-        if found is None:
-            groups[key] = [item]
-        else:
-            found.append(item)
-    if len(groups) > 1:
+        launch = launches.get(key)
+        if launch is None:
+            launch = launches[key] = Launch([], [], [])
+        launch.items.append(item)
+        launch.addresses.extend([0 if t is None else t.data_ptr() for t in item])
+        launch.sizes.append(w.numel())
+    if len(launches) > 1:
         flags, _ = case.prepare(np.float32, **{n: scalars[n] for n in case.scalars})  # as for any dtype
         if any(p.grid == "one" and (not p.when or flags[p.when]) for p in case.phases):
             return None
-    return groups
+    return launches
 
 
 def can_run(case: Case, work: list[tuple], scalars: dict[str, Any]) -> bool:
@@ -260,7 +277,7 @@ def run(
     scalars: dict[str, Any],
     *,
     block: int = BLOCK,
-    groups: dict[tuple, list[tuple]] | None = None,
+    groups: dict[tuple, Launch] | None = None,
 ) -> None:
     """One step of ``case`` for every tensor of ``work``, in place.
 
@@ -286,12 +303,12 @@ def run(
                 " over all tensors has them in tensors of several dtypes"
             )
     given = {n: scalars[n] for n in case.scalars}
-    for (w_dt, g_dt, s_dt, _), items in groups.items():
-        device = items[0][0].device
+    for (w_dt, g_dt, s_dt, _), launch in groups.items():
+        device = launch.items[0][0].device
         dt = torch.promote_types(torch.promote_types(w_dt, torch.float32), s_dt or torch.float32)
         flags, values = case.prepare(np.float64 if dt == torch.float64 else np.float32, **given)
         k_ = _to(torch.tensor(values or [0.0], dtype=dt), device)
-        t = tables(case, items, block)
+        t = tables(case, launch, block)
         types = dict(
             NT=max(case.tensor_values, 1),
             DT=_TL[dt],

@@ -185,14 +185,15 @@ def _params(dtypes, transposed: bool = False):
 
 @pytest.mark.parametrize(
     "case",
-    ["one_not_contiguous", "two_dtypes_global_clipnorm", "two_dtypes", "fused_true"],
+    ["one_not_contiguous", "two_dtypes_global_clipnorm", "two_dtypes", "fused_true", "fused_default"],
 )
 def test_a_group_goes_whole_to_the_kernels_or_whole_to_the_plain_path(case):
     """``fused="triton"`` takes a group whose every parameter the kernels take, or none of it: a parameter
     they cannot index (a transposed view), or two dtypes in a step that sums over all tensors
     (``global_clipnorm``: the kernels' sum is one launch's), leave the group on the plain path; two dtypes
     without it go to the kernels, one launch each. ``fused=True`` is Numba's path on CPU tensors (in the
-    interpreter too), the kernels' on CUDA ones. The parameters equal the plain path's (float64 to 1e-12; float32 to 1e-6)."""
+    interpreter too), the kernels' on CUDA ones; the default (None) is the plain path on CPU tensors and
+    the kernels on CUDA ones. The parameters equal the plain path's (float64 to 1e-12; float32 to 1e-6)."""
     rule = MACHINERY[0]
     dtypes = [torch.float64] * len(SHAPES)
     hypers: dict = {}
@@ -203,14 +204,17 @@ def test_a_group_goes_whole_to_the_kernels_or_whole_to_the_plain_path(case):
         hypers["global_clipnorm"] = 1.0
     if case == "fused_true":
         fused = True
+    if case == "fused_default":
+        fused = None
     transposed = case == "one_not_contiguous"
     want = _params(dtypes, transposed)
     _steps(rule, want, False, [], **hypers)
     got = _params(dtypes, transposed)
     calls: list = []
     _steps(rule, got, fused, calls, **hypers)
-    # fused=True: Numba's path on CPU tensors, the kernels on CUDA ones
-    expect_triton = case == "two_dtypes" or (case == "fused_true" and DEVICE == "cuda")
+    # fused=True: Numba's path on CPU tensors, the kernels on CUDA ones; the default: the plain path on CPU
+    # tensors (the interpreter's too), the kernels on CUDA ones
+    expect_triton = case == "two_dtypes" or (case in ("fused_true", "fused_default") and DEVICE == "cuda")
     assert bool(calls) == expect_triton, f"{case}: {len(calls)} calls of the Triton kernels"
     if expect_triton:
         assert all(len(work) == len(SHAPES) for _, work, _ in calls), "every tensor of the group each step"
@@ -227,7 +231,9 @@ def test_fused_is_checked_and_a_copy_keeps_the_triton_path():
 
     rule = MACHINERY[0]
     lr = {"lr": 0.01} if rule.hypers["learning_rate"].default is None else {}
-    with pytest.raises(TypeError, match=r"`fused` must be True, False or 'triton'. Received: fused='cuda'"):
+    with pytest.raises(
+        TypeError, match=r"`fused` must be None, True, False or 'triton'. Received: fused='cuda'"
+    ):
         getattr(gen, rule.name)(_params([torch.float64] * len(SHAPES)), fused="cuda", **lr)
     params = _params([torch.float64] * len(SHAPES))
     opt = _steps(rule, params, "triton", [])

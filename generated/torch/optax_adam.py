@@ -71,11 +71,13 @@ class OptaxAdam(torch_support.RuleOptimizer):
             the plain path is one implementation whatever it says (its results do not depend on it).
         capturable, differentiable: torch.optim's; False only (True raises NotImplementedError, saying why).
         state_dtype: the dtype of the state (default: the parameter's, at least float32).
-        fused: True: each float32 or float64 CPU parameter in one pass of a compiled kernel (Numba, shared
-            out over the cores), and a group of CUDA parameters in a few launches of Triton kernels, instead
-            of torch operations; "triton": Triton's kernels only (CUDA, or CPU tensors in Triton's
-            interpreter). Parameters the kernels do not take follow the plain path. Same results (float64:
-            to rounding; see the README).
+        fused: None (the default): a group of CUDA parameters in a few launches of Triton's kernels (where
+            Triton is installed and the kernels take the whole group), torch operations otherwise; True:
+            that, and each float32 or float64 CPU parameter in one pass of a compiled kernel (Numba, shared
+            out over the cores); "triton": Triton's kernels only (CUDA, or CPU tensors in Triton's
+            interpreter); False: torch operations only. Parameters the kernels do not take follow the plain
+            path, and so does a step that torch.compile traces. Same results (float64: to rounding; see
+            the README).
 
     Each parameter group keeps ``step`` (the number of calls of ``step()``); each parameter keeps
     ``mu`` (first moment, like the parameter), ``nu`` (second moment, like the parameter), ``grad_accumulator`` (sum of the gradients since the last update, like the parameter; only when gradient_accumulation_steps is not None), ``ema`` (exponential moving average of the weights, like the parameter; only when use_ema).
@@ -120,7 +122,7 @@ class OptaxAdam(torch_support.RuleOptimizer):
         capturable: bool = False,
         differentiable: bool = False,
         state_dtype: torch.dtype | None = None,
-        fused: bool | str = False,
+        fused: bool | str | None = None,
         b1: float | None = None,
         b2: float | None = None,
     ) -> None:
