@@ -16,6 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from cases import MACHINERY  # noqa: E402
 from hyper_cases import (  # noqa: E402
     BAD_RANGE,
     BOOL,
@@ -845,7 +846,7 @@ def test_a_value_put_into_a_group_mid_training_is_checked_and_the_rules_name_is_
         assert_bitwise(runs[0], runs[1])
 
 
-@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+@pytest.mark.parametrize("rule", MACHINERY, ids=[r.name for r in MACHINERY])
 def test_the_step_compiles_in_one_graph_and_follows_a_tensor_lr(rule):
     """``torch.compile(opt.step, fullgraph=True)`` traces (torch.compile sets ``capturable`` in the groups it
     traces: the check of a group's values must not refuse it) and steps as the plain step; a tensor put
