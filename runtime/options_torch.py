@@ -127,7 +127,7 @@ class Call:
         from . import triton_support  # Triton is imported where a step may take it, not with torch
 
         names, scalars = fused_support.takes(kernel)
-        work = [(w, w.grad, *[state.get(name) for name in names]) for w, state in self.params]
+        work = [(w, w.grad, *map(state.get, names)) for w, state in self.params]
         values = torch_support.plain(kernel_values(scalars, values, self.options, self.step, self.lr, 0.0))
         groups = triton_support.plan(kernel, work, values)
         if groups is None:

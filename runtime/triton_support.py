@@ -124,13 +124,15 @@ def interpreting() -> bool:
 def takes(w: torch.Tensor, g: torch.Tensor, *states: torch.Tensor | None) -> bool:
     """Whether the kernels take this parameter: on a CUDA device (or the CPU under the interpreter),
     contiguous, floating point, its gradient and states of its size and device, the states of one dtype."""
-    return _launch_of(w, g, states, interpreting()) is not None
+    return _launch_of((w, g, *states), interpreting(), []) is not None
 
 
-def _launch_of(w: torch.Tensor, g: torch.Tensor, states: tuple, interpreter: bool) -> tuple | None:
-    """The launch a work item goes to, (parameter dtype, gradient dtype, state dtype, device index), where
-    the kernels take it (``takes``); None where they do not. Called for every tensor at every step: plain
-    attribute reads, no device objects made."""
+def _launch_of(item: tuple, interpreter: bool, addresses: list[int]) -> tuple | None:
+    """The launch a work item ``(w, g, *states)`` goes to, (parameter dtype, gradient dtype, state dtype,
+    device index), where the kernels take it (``takes``), its tensors' addresses appended to
+    ``addresses`` (0 for a state not kept); None where they do not take it. Called for every tensor at
+    every step, so written for the host's time: plain attribute reads, no device objects made."""
+    w, g = item[0], item[1]
     if not (w.is_cuda or (interpreter and w.is_cpu)):
         return None
     w_dt, g_dt = w.dtype, g.dtype
@@ -139,9 +141,12 @@ def _launch_of(w: torch.Tensor, g: torch.Tensor, states: tuple, interpreter: boo
     device = w.get_device()
     if g.get_device() != device or g.numel() != w.numel():
         return None
+    addresses.append(w.data_ptr())
+    addresses.append(g.data_ptr())
     s_dt = None
-    for s in states:
+    for s in item[2:]:
         if s is None:
+            addresses.append(0)
             continue
         dt = s.dtype
         if dt not in _STATE_DTYPES or s.get_device() != device or not s.is_contiguous():
@@ -149,6 +154,7 @@ def _launch_of(w: torch.Tensor, g: torch.Tensor, states: tuple, interpreter: boo
         if s_dt is not None and dt != s_dt:
             return None
         s_dt = dt
+        addresses.append(s.data_ptr())
     return w_dt, g_dt, s_dt, device
 
 
@@ -248,17 +254,20 @@ def plan(case: Case, work: list[tuple], scalars: dict[str, Any]) -> dict[tuple, 
     tensors, every step: its reads are most of the host's time in a step."""
     interpreter = interpreting()
     launches: dict[tuple, Launch] = {}
+    last_key, launch = None, None
     for item in work:
-        w, g = item[0], item[1]
-        key = _launch_of(w, g, item[2:], interpreter)
+        addresses: list[int] = []
+        key = _launch_of(item, interpreter, addresses)
         if key is None:
             return None
-        launch = launches.get(key)
-        if launch is None:
-            launch = launches[key] = Launch([], [], [])
+        if key != last_key:  # most steps have one launch: no lookup per tensor
+            launch = launches.get(key)
+            if launch is None:
+                launch = launches[key] = Launch([], [], [])
+            last_key = key
         launch.items.append(item)
-        launch.addresses.extend([0 if t is None else t.data_ptr() for t in item])
-        launch.sizes.append(w.numel())
+        launch.addresses += addresses
+        launch.sizes.append(item[0].numel())
     if len(launches) > 1:
         flags, _ = case.prepare(np.float32, **{n: scalars[n] for n in case.scalars})  # as for any dtype
         if any(p.grid == "one" and (not p.when or flags[p.when]) for p in case.phases):
