@@ -10,6 +10,7 @@ from __future__ import annotations
 from .dsl import Rule
 from .ir import Form, Program
 from .passes.cse import eliminate_common_subexpressions
+from .passes.guards import guard_lets
 from .passes.increment import derive_increment
 from .passes.lower import lower
 from .passes.reductions import extract_reductions
@@ -30,6 +31,7 @@ PASSES = {
         eliminate_common_subexpressions,
         protect_aliases,  # a value that names a buffer updated in place later is copied
         schedule,  # once-per-step sections and loops over the tensors
+        guard_lets,  # a once-per-step value that only a branch reads, computed only when it is taken
         verify,
     ),
     Form.INCREMENT: (
@@ -37,6 +39,7 @@ PASSES = {
         extract_reductions,
         eliminate_common_subexpressions,
         schedule,
+        guard_lets,
         verify,
     ),
 }
