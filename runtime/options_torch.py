@@ -49,13 +49,13 @@ class Call:
             return
         self._global_pass = False
         self.global_sumsq_g = None  # being computed: the prologue stops before the global clipping
-        total = 0.0
+        sums = []
         for w, g, state in self._each():
             g = self.prologue(w, g, state, peek=True)
             _, _, s2 = self.scratch(w, g, state.get("grad_accumulator"))
             torch.pow(g, 2, out=s2)
-            total = total + torch.sum(s2)
-        self.global_sumsq_g = total
+            sums.append(torch.sum(s2))
+        self.global_sumsq_g = torch_support.sum_over_tensors(sums)
 
     # -- what the rule reads -----------------------------------------------------------------
 

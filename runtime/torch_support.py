@@ -48,6 +48,8 @@ def check_state_dtype(chosen: Any) -> Any:
 
 
 _FUSED = (torch.float32, torch.float64)
+#: the tensors the kernels index: not a subclass (a DTensor, whose shards are on other processes)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def check_fused(fused: Any) -> bool | str | None:
@@ -75,6 +77,8 @@ def _triton_load(module: str, rule: str) -> Any:
 def fusable(w: torch.Tensor, g: torch.Tensor, *states: torch.Tensor | None) -> bool:
     """Whether the fused path takes this parameter: CPU, contiguous, one dtype (float32 or float64) and one
     size (the kernels index the arrays by address, unchecked)."""
+    if type(w) not in _PLAIN or type(g) not in _PLAIN:  # a DTensor's reductions span its other shards
+        return False
     dtype = w.dtype
     if dtype not in _FUSED or not w.is_cpu or not w.is_contiguous():
         return False
@@ -113,6 +117,8 @@ def scratch(
     device = w.device
     if torch.compiler.is_compiling():  # the graph's own temporaries, which inductor plans (below)
         return tuple(torch.empty(w.shape, dtype=dtype, device=device) for _ in range(count))
+    if is_distributed(w):
+        return _distributed_buffers(cache, count, w, dtype)
     return common.scratch_views(
         cache,
         (dtype, device),
@@ -122,6 +128,57 @@ def scratch(
         lambda n: torch.empty(n, dtype=dtype, device=device),
         lambda t, shape: t.view(shape),
     )
+
+
+def is_distributed(w: torch.Tensor) -> bool:
+    """Whether ``w`` is a DTensor (torch.distributed.tensor, FSDP2's parameters): a tensor of a device mesh,
+    sharded or replicated over it, whose operations run on the local shards and communicate as needed."""
+    return getattr(w, "device_mesh", None) is not None and hasattr(w, "placements")
+
+
+def sum_over_tensors(sums: list[torch.Tensor]) -> Any:
+    """The sum of per-tensor sums (0-d tensors), in order. Where the tensors are DTensors, a sharded one's
+    sum is partial on each rank: the partial sums are added locally and all-reduced once, for all the
+    tensors (not once per tensor), then the replicated ones' added; the result is replicated over the
+    first tensor's mesh."""
+    if not any(is_distributed(s) for s in sums):
+        total: Any = 0.0
+        for s in sums:
+            total = total + s
+        return total
+    from torch.distributed.tensor import DTensor, Replicate
+
+    mesh = next(s.device_mesh for s in sums if is_distributed(s))
+    partial, replicated = None, None
+    for s in sums:
+        if is_distributed(s) and any(p.is_partial() for p in s.placements):
+            if s.device_mesh is not mesh or mesh.ndim != 1:  # not this one collective: the DTensor's own
+                s = s.full_tensor()
+            else:
+                local = s.to_local()
+                partial = local if partial is None else partial + local
+                continue
+        value = s.to_local() if is_distributed(s) else s
+        replicated = value if replicated is None else replicated + value
+    total = torch.zeros((), dtype=sums[0].dtype, device=sums[0].device)
+    if partial is not None:
+        partial = partial.clone()
+        torch.distributed.all_reduce(partial, group=mesh.get_group())
+        total = total + partial
+    if replicated is not None:
+        total = total + replicated
+    return DTensor.from_local(total, mesh, [Replicate()], run_check=False)
+
+
+def _distributed_buffers(cache: dict, count: int, w: torch.Tensor, dtype: torch.dtype) -> tuple:
+    """``count`` buffers laid out like the DTensor ``w`` (its mesh and placements: the local shards' size),
+    kept between steps. Not views of one flat buffer: a DTensor's shape is the whole tensor's."""
+    key = ("distributed", dtype, tuple(w.shape), tuple(w.placements), id(w.device_mesh))
+    buffers = cache.get(key, ())
+    if len(buffers) < count:
+        buffers = buffers + tuple(torch.empty_like(w, dtype=dtype) for _ in range(count - len(buffers)))
+        cache[key] = buffers
+    return buffers[:count]
 
 
 def traceable(w: torch.Tensor, g: torch.Tensor, state: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -142,6 +199,8 @@ def masks(cache: dict, count: int, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
     device = w.device
     if torch.compiler.is_compiling():  # see scratch
         return tuple(torch.empty(w.shape, dtype=torch.bool, device=device) for _ in range(count))
+    if is_distributed(w):
+        return _distributed_buffers(cache, count, w, torch.bool)
     return common.scratch_views(
         cache,
         (torch.bool, device),
@@ -401,7 +460,13 @@ def new_state(w: torch.Tensor, scope: str, init: Any, dtype: torch.dtype) -> tor
         if init == 0:
             return torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
         return torch.full_like(w, init, dtype=dtype, memory_format=torch.preserve_format)
-    return torch.full((), init, dtype=dtype, device=w.device)
+    value = torch.full((), init, dtype=dtype, device=w.device)
+    if is_distributed(w):  # one value per tensor: the same on every rank of its mesh
+        from torch.distributed.tensor import DTensor, Replicate
+
+        mesh = w.device_mesh
+        return DTensor.from_local(value, mesh, [Replicate()] * mesh.ndim, run_check=False)
+    return value
 
 
 def sign(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -331,3 +331,17 @@ def test_a_state_kept_under_the_flag_that_decides_the_case(tmp_path, fused_tenso
         for i, (a, b) in enumerate(zip(ps, want)):
             err = rel_error(a.detach().numpy(), b)
             assert err <= 1e-12, f"amsgrad={ams} Triton: params[{i}]: relative error {err:.3g}"
+
+
+def test_the_fused_path_takes_no_tensor_subclass():
+    """Numba's kernels index a tensor's memory: a subclass (a DTensor, whose reductions span shards on other
+    processes) takes the plain path."""
+    torch = pytest.importorskip("torch")
+    from optforge.runtime import torch_support
+
+    class Sharded(torch.Tensor):
+        pass
+
+    w = torch.zeros(3, dtype=torch.float64)
+    assert torch_support.fusable(w, w.clone()) and torch_support.fusable(torch.nn.Parameter(w), w.clone())
+    assert not torch_support.fusable(w.as_subclass(Sharded), w.clone())

@@ -16,7 +16,8 @@ from optforge.compiler.ir import Role, SectionKind
 from optforge.compiler.pipeline import compile_rule
 
 STEPS = 6
-PATHS = ["numpy", "numpy fused", "jax", "torch", "torch fused", "torch triton"]
+# the fused path's prologue is the fused module's, the same for NumPy and torch: run once
+PATHS = ["numpy", "numpy fused", "jax", "torch", "torch triton"]
 
 
 def branch_rule() -> Rule:

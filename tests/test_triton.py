@@ -291,6 +291,12 @@ def test_takes_only_what_the_kernels_can_index():
     assert not triton_support.takes(w, g, torch.zeros_like(w), torch.zeros_like(w, dtype=torch.float64))
     assert not triton_support.takes(w.int(), g), "an integer parameter"
 
+    class Sharded(torch.Tensor):  # a subclass, as DTensor is: its reductions span shards elsewhere
+        pass
+
+    assert not triton_support.takes(w.as_subclass(Sharded), g), "a tensor subclass"
+    assert triton_support.takes(torch.nn.Parameter(w), g), "a parameter"
+
 
 def test_gpu_check_runs_on_cpu_in_a_reduced_size(tmp_path):
     """benchmarks/gpu_check.py, as the lead runs it on a GPU, here in Triton's interpreter: a rule with

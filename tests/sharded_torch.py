@@ -1,0 +1,107 @@
+"""Run rules' torch optimizers on DTensor parameters over two CPU processes (gloo), and without sharding.
+
+Run in a subprocess by ``tests/test_sharding.py``: ``python tests/sharded_torch.py PORT RULE[:reduces] ...`` (``:reduces``: the rule reduces over a tensor
+or over all tensors itself, NovoGrad's norm)
+starts two processes (``torch.multiprocessing``, gloo on 127.0.0.1:PORT) and prints, from rank 0, one JSON
+object by rule with, per option set and dtype, the largest relative difference between the sharded run
+(each parameter a DTensor: sharded on dim 0, on dim 1 or replicated; shards of unequal sizes) and the
+unsharded one (parameters and state, after every step: float64 with each option set that reduces
+across the shards and, for a rule that reduces itself, with none; float32 with none), and the states
+not laid out like their parameter (an element-wise state must have the parameter's placements; a per-tensor one is replicated).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+#: (shape, placement: a dimension sharded over the two ranks, or None for replicated)
+LAYOUT = [((5, 3), 0), ((7,), 0), ((3, 5), 1), ((4,), None)]
+SCALES = [1.0, 1e-3, 1e3, 10.0]
+#: options whose reductions cross the shards, and none
+OPTION_SETS = {"none": {}, "clipnorm": {"clipnorm": 0.5}, "global_clipnorm": {"global_clipnorm": 0.5}}
+STEPS = 20
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double().numpy(), b.detach().double().numpy()
+    if a.shape != b.shape:
+        return float("inf")
+    if np.array_equal(a, b, equal_nan=True):
+        return 0.0
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def run_rule(rule, mesh, dtype: torch.dtype, options: dict) -> tuple[float, list[str]]:
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    import optforge.generated.torch as gen
+
+    rng = np.random.default_rng(7)
+    full = [torch.tensor(rng.normal(size=s), dtype=dtype) for s, _ in LAYOUT]
+    grads = [[torch.tensor(c * rng.normal(size=s), dtype=dtype) for (s, _), c in zip(LAYOUT, SCALES)]]
+    for _ in range(STEPS - 1):
+        grads.append([torch.tensor(c * rng.normal(size=s), dtype=dtype) for (s, _), c in zip(LAYOUT, SCALES)])
+    placements = [[Replicate()] if dim is None else [Shard(dim)] for _, dim in LAYOUT]
+    hypers = {"lr": 0.01} if rule.hypers["learning_rate"].default is None else {}
+    plain = [torch.nn.Parameter(p.clone()) for p in full]
+    sharded = [torch.nn.Parameter(distribute_tensor(p.clone(), mesh, pl)) for p, pl in zip(full, placements)]
+    cls = getattr(gen, rule.name)
+    ref, opt = cls(plain, **hypers, **options, fused=False), cls(sharded, **hypers, **options, fused=False)
+    worst, misplaced = 0.0, []
+    for gs in grads:
+        for p, q, x, pl in zip(plain, sharded, gs, placements):
+            p.grad = x.clone()
+            q.grad = distribute_tensor(x.clone(), mesh, pl)
+        ref.step()
+        opt.step()
+        for i, (p, q) in enumerate(zip(plain, sharded)):
+            worst = max(worst, rel(q.full_tensor(), p))
+            for name, a in ref.state[p].items():
+                b = opt.state[q][name]
+                worst = max(worst, rel(b.full_tensor(), a))
+                want = tuple(q.placements) if a.dim() else (Replicate(),)
+                if tuple(b.placements) != want:
+                    misplaced.append(
+                        f"{name} of params[{i}]: {b.placements} (the parameter's {q.placements})"
+                    )
+    return worst, sorted(set(misplaced))
+
+
+def worker(rank: int, port: int, names: list[str]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        from optforge.rules import registry
+
+        mesh = init_device_mesh("cpu", (2,))
+        rules = registry()
+        results: dict = {}
+        for entry in names:
+            name, _, reduces = entry.partition(":")  # NAME:reduces, a rule that reduces itself
+            for option, values in OPTION_SETS.items():
+                # float64 where a reduction crosses the shards; float32 once per rule, with the options off
+                dtypes = [torch.float32] if option == "none" else []
+                if option != "none" or reduces:
+                    dtypes.append(torch.float64)
+                for dtype in dtypes:
+                    err, misplaced = run_rule(rules[name], mesh, dtype, values)
+                    key = f"{option}/{str(dtype).removeprefix('torch.')}"
+                    results.setdefault(name, {})[key] = {"rel": err, "misplaced": misplaced}
+        if rank == 0:
+            print(json.dumps(results))
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    import torch.multiprocessing as mp
+
+    mp.spawn(worker, args=(int(sys.argv[1]), sys.argv[2:]), nprocs=2, join=True)
