@@ -1,13 +1,15 @@
 """Run rules' torch optimizers on DTensor parameters over two CPU processes (gloo), and without sharding.
 
-Run in a subprocess by ``tests/test_sharding.py``: ``python tests/sharded_torch.py PORT RULE[:reduces] ...`` (``:reduces``: the rule reduces over a tensor
-or over all tensors itself, NovoGrad's norm)
-starts two processes (``torch.multiprocessing``, gloo on 127.0.0.1:PORT) and prints, from rank 0, one JSON
-object by rule with, per option set and dtype, the largest relative difference between the sharded run
-(each parameter a DTensor: sharded on dim 0, on dim 1 or replicated; shards of unequal sizes) and the
-unsharded one (parameters and state, after every step: float64 with each option set that reduces
-across the shards and, for a rule that reduces itself, with none; float32 with none), and the states
-not laid out like their parameter (an element-wise state must have the parameter's placements; a per-tensor one is replicated).
+Run in a subprocess by ``tests/test_sharding.py``: ``python tests/sharded_torch.py PORT RULE[:reduces] ...``
+(``:reduces``: the rule reduces over a tensor or over all tensors itself, NovoGrad's norm) starts two
+processes (``torch.multiprocessing``, gloo on 127.0.0.1:PORT) and prints, from rank 0, one JSON object by
+rule with, per option set and dtype, the largest relative difference between the sharded run (each
+parameter a DTensor: sharded on dim 0, on dim 1 or replicated; shards of unequal sizes) and the unsharded
+one (parameters and state, after every step: float64 with each option set that reduces across the shards
+and, for a rule that reduces itself, with none; float32 with none), and the states not laid out like their
+parameter (an element-wise state must have the parameter's placements; a per-tensor one is replicated).
+A rule that reduces itself also trains an MLP under FSDP2's ``fully_shard`` with ``global_clipnorm``
+(``fully_shard/float64``).
 """
 
 from __future__ import annotations
@@ -73,6 +75,34 @@ def run_rule(rule, mesh, dtype: torch.dtype, options: dict) -> tuple[float, list
     return worst, sorted(set(misplaced))
 
 
+def run_fully_shard(rule, mesh, options: dict) -> float:
+    """FSDP2: a small MLP under ``fully_shard`` (its parameters become DTensors sharded on dim 0, its
+    gradients reduce-scattered), 10 steps of a loss on the same batches on both ranks, against the
+    unsharded model: the largest relative difference of the parameters."""
+    from torch.distributed.fsdp import fully_shard
+
+    import optforge.generated.torch as gen
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        layers = [torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)]
+        return torch.nn.Sequential(*layers).double()
+
+    plain, sharded = model(), model()
+    fully_shard(sharded, mesh=mesh)
+    hypers = {"lr": 0.01} if rule.hypers["learning_rate"].default is None else {}
+    cls = getattr(gen, rule.name)
+    ref, opt = cls(plain.parameters(), **hypers, **options), cls(sharded.parameters(), **hypers, **options)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        x = torch.randn(8, 6, dtype=torch.float64, generator=generator)
+        for m, o in ((plain, ref), (sharded, opt)):
+            o.zero_grad()
+            m(x).pow(2).sum().backward()
+            o.step()
+    return max(rel(q.full_tensor(), p) for p, q in zip(plain.parameters(), sharded.parameters()))
+
+
 def worker(rank: int, port: int, names: list[str]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -95,6 +125,9 @@ def worker(rank: int, port: int, names: list[str]) -> None:
                     err, misplaced = run_rule(rules[name], mesh, dtype, values)
                     key = f"{option}/{str(dtype).removeprefix('torch.')}"
                     results.setdefault(name, {})[key] = {"rel": err, "misplaced": misplaced}
+            if reduces:  # FSDP2, with the reductions of the rule and of global_clipnorm
+                err = run_fully_shard(rules[name], mesh, {"global_clipnorm": 0.5})
+                results[name]["fully_shard/float64"] = {"rel": err, "misplaced": []}
         if rank == 0:
             print(json.dumps(results))
     finally:
