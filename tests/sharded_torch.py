@@ -1,6 +1,6 @@
 """Run rules' torch optimizers on DTensor parameters over two CPU processes (gloo), and without sharding.
 
-Run in a subprocess by ``tests/test_sharding.py``: ``python tests/sharded_torch.py PORT RULE[:reduces] ...``
+Run in a subprocess by ``tests/test_sharding.py``: ``python tests/sharded_torch.py PORT FOLDER RULE[:reduces] ...``
 (``:reduces``: the rule reduces over a tensor or over all tensors itself, NovoGrad's norm) starts two
 processes (``torch.multiprocessing``, gloo on 127.0.0.1:PORT) and prints, from rank 0, one JSON object by
 rule with, per option set and dtype, the largest relative difference between the sharded run (each
@@ -9,7 +9,8 @@ one (parameters and state, after every step: float64 with each option set that r
 and, for a rule that reduces itself, with none; float32 with none), and the states not laid out like their
 parameter (an element-wise state must have the parameter's placements; a per-tensor one is replicated).
 A rule that reduces itself also trains an MLP under FSDP2's ``fully_shard`` with ``global_clipnorm``
-(``fully_shard/float64``).
+(``fully_shard/float64``), and resumes one from a ``torch.distributed.checkpoint`` saved in FOLDER
+(``checkpoint/float64``: the largest absolute difference, 0 when bit for bit).
 """
 
 from __future__ import annotations
@@ -103,7 +104,59 @@ def run_fully_shard(rule, mesh, options: dict) -> float:
     return max(rel(q.full_tensor(), p) for p, q in zip(plain.parameters(), sharded.parameters()))
 
 
-def worker(rank: int, port: int, names: list[str]) -> None:
+def run_checkpoint(rule, mesh, folder: str) -> float:
+    """FSDP2 and ``torch.distributed.checkpoint``: 3 steps, the model's and optimizer's state saved
+    (``get_optimizer_state_dict``), 3 more; a new model and optimizer loaded from it take the same 3 steps:
+    the largest absolute difference of the parameters (0: resumed bit for bit)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+    from torch.distributed.fsdp import fully_shard
+
+    import optforge.generated.torch as gen
+
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+        fully_shard(m, mesh=mesh)
+        return m
+
+    hypers = {"lr": 0.01} if rule.hypers["learning_rate"].default is None else {}
+    generator = torch.Generator().manual_seed(2)
+    batches = [torch.randn(8, 6, dtype=torch.float64, generator=generator) for _ in range(6)]
+
+    def train(m: torch.nn.Module, o: torch.optim.Optimizer, xs: list) -> None:
+        for x in xs:
+            o.zero_grad()
+            m(x).pow(2).sum().backward()
+            o.step()
+
+    first = model()
+    opt = getattr(gen, rule.name)(first.parameters(), **hypers)
+    train(first, opt, batches[:3])
+    dcp.save(
+        {"model": get_model_state_dict(first), "optim": get_optimizer_state_dict(first, opt)},
+        checkpoint_id=folder,
+    )
+    train(first, opt, batches[3:])
+    second = model()
+    again = getattr(gen, rule.name)(second.parameters(), **hypers)
+    saved = {"model": get_model_state_dict(second), "optim": get_optimizer_state_dict(second, again)}
+    dcp.load(saved, checkpoint_id=folder)
+    set_model_state_dict(second, saved["model"])
+    set_optimizer_state_dict(second, again, saved["optim"])
+    train(second, again, batches[3:])
+    return max(
+        float((p.detach().full_tensor() - q.detach().full_tensor()).abs().max())
+        for p, q in zip(first.parameters(), second.parameters())
+    )
+
+
+def worker(rank: int, port: int, folder: str, names: list[str]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
@@ -128,6 +181,8 @@ def worker(rank: int, port: int, names: list[str]) -> None:
             if reduces:  # FSDP2, with the reductions of the rule and of global_clipnorm
                 err = run_fully_shard(rules[name], mesh, {"global_clipnorm": 0.5})
                 results[name]["fully_shard/float64"] = {"rel": err, "misplaced": []}
+                err = run_checkpoint(rules[name], mesh, os.path.join(folder, name))
+                results[name]["checkpoint/float64"] = {"rel": err, "misplaced": []}
         if rank == 0:
             print(json.dumps(results))
     finally:
@@ -137,4 +192,4 @@ def worker(rank: int, port: int, names: list[str]) -> None:
 if __name__ == "__main__":
     import torch.multiprocessing as mp
 
-    mp.spawn(worker, args=(int(sys.argv[1]), sys.argv[2:]), nprocs=2, join=True)
+    mp.spawn(worker, args=(int(sys.argv[1]), sys.argv[2], sys.argv[3:]), nprocs=2, join=True)

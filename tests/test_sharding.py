@@ -43,7 +43,7 @@ def test_jax_optimizers_sharded_equal_the_unsharded_ones():
         for key, r in result.items():
             if r["misplaced"]:
                 problems.append(f"{name} {key}: state not laid out like its parameter: {r['misplaced']}")
-            tolerance = 1e-12 if key.endswith("float64") else 1e-6
+            tolerance = 0.0 if key.startswith("checkpoint") else 1e-12 if key.endswith("float64") else 1e-6
             if not r["rel"] <= tolerance:
                 problems.append(f"{name} {key}: sharded vs unsharded, relative difference {r['rel']:.3g}")
     assert not problems, "\n".join(problems)
@@ -106,19 +106,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torch_optimizers_on_dtensors_equal_the_unsharded_ones():
+def test_torch_optimizers_on_dtensors_equal_the_unsharded_ones(tmp_path):
     """The machinery rules' torch optimizers over DTensor parameters (two processes, gloo on 127.0.0.1;
     sharded on dim 0 and on dim 1 with shards of unequal sizes, and replicated), with no option, clipnorm
     (a norm per tensor) and global_clipnorm (the shards' partial sums all-reduced once for all tensors):
     20 steps equal the unsharded run, float64 to 1e-12 and float32 to 1e-6 (``sharded_torch.py`` says
     which), parameters and state; each
     element-wise state laid out like its parameter, each per-tensor one replicated. The rules that reduce
-    themselves also train an MLP under FSDP2's ``fully_shard`` (``sharded_torch.run_fully_shard``)."""
+    themselves also train an MLP under FSDP2's ``fully_shard`` (``sharded_torch.run_fully_shard``), and resume
+    one from a ``torch.distributed.checkpoint`` bit for bit (``sharded_torch.run_checkpoint``)."""
     pytest.importorskip("torch")
     names = [r.name for r in MACHINERY]
     entries = [r.name + (":reduces" if features(r) & REDUCTIONS else "") for r in MACHINERY]
     out = subprocess.run(
-        [sys.executable, str(TORCH_WORKER), str(_free_port()), *entries],
+        [sys.executable, str(TORCH_WORKER), str(_free_port()), str(tmp_path), *entries],
         capture_output=True,
         text=True,
         timeout=900,
@@ -130,12 +131,12 @@ def test_torch_optimizers_on_dtensors_equal_the_unsharded_ones():
     for name, result in results.items():
         want = {"clipnorm/float64", "global_clipnorm/float64", "none/float32"}
         if features(RULES[name]) & REDUCTIONS:
-            want |= {"none/float64", "fully_shard/float64"}
+            want |= {"none/float64", "fully_shard/float64", "checkpoint/float64"}
         assert set(result) == want, (name, sorted(result))
         for key, r in result.items():
             if r["misplaced"]:
                 problems.append(f"{name} {key}: state not laid out like its parameter: {r['misplaced']}")
-            tolerance = 1e-12 if key.endswith("float64") else 1e-6
+            tolerance = 0.0 if key.startswith("checkpoint") else 1e-12 if key.endswith("float64") else 1e-6
             if not r["rel"] <= tolerance:
                 problems.append(f"{name} {key}: sharded vs unsharded, relative difference {r['rel']:.3g}")
     assert not problems, "\n".join(problems)
