@@ -5,8 +5,8 @@ Run in a subprocess by ``tests/test_sharding.py``: ``python tests/sharded_torch.
 processes (``torch.multiprocessing``, gloo on 127.0.0.1:PORT) and prints, from rank 0, one JSON object by
 rule with, per option set and dtype, the largest relative difference between the sharded run (each
 parameter a DTensor: sharded on dim 0, on dim 1 or replicated; shards of unequal sizes) and the unsharded
-one (parameters and state, after every step: float64 with each option set that reduces across the shards
-and, for a rule that reduces itself, with none; float32 with none), and the states not laid out like their
+one (parameters and state, after every step: float64 with global_clipnorm, and for a rule that reduces
+itself also with clipnorm and with no option; float32 with no option), and the states not laid out like their
 parameter (an element-wise state must have the parameter's placements; a per-tensor one is replicated).
 A rule that reduces itself also trains an MLP under FSDP2's ``fully_shard`` with ``global_clipnorm``
 (``fully_shard/float64``), and resumes one from a ``torch.distributed.checkpoint`` saved in FOLDER
@@ -170,9 +170,10 @@ def worker(rank: int, port: int, folder: str, names: list[str]) -> None:
         for entry in names:
             name, _, reduces = entry.partition(":")  # NAME:reduces, a rule that reduces itself
             for option, values in OPTION_SETS.items():
-                # float64 where a reduction crosses the shards; float32 once per rule, with the options off
+                # float32 once per rule, with the options off; float64 where a reduction crosses the
+                # shards: global_clipnorm's for every rule, clipnorm's and the rule's own where it reduces
                 dtypes = [torch.float32] if option == "none" else []
-                if option != "none" or reduces:
+                if option == "global_clipnorm" or reduces:
                     dtypes.append(torch.float64)
                 for dtype in dtypes:
                     err, misplaced = run_rule(rules[name], mesh, dtype, values)

@@ -31,15 +31,20 @@ def test_jax_optimizers_sharded_equal_the_unsharded_ones():
     names = [r.name for r in MACHINERY]
     out = subprocess.run([sys.executable, str(WORKER), *names], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    results = json.loads(out.stdout.strip().splitlines()[-1])
+    every = {"clipnorm/float64", "global_clipnorm/float64", "none/float32"}
+    check_sharded(json.loads(out.stdout.strip().splitlines()[-1]), names, every, {"none/float64"})
+
+
+def check_sharded(results: dict, names: list[str], every: set[str], reducing: set[str]) -> None:
+    """The workers' results, by rule, per option set and dtype (``rel``: sharded vs unsharded; ``misplaced``:
+    states not laid out like their parameter): float64 within 1e-12, float32 within 1e-6, a checkpoint's
+    resumed run 0 (bit for bit). Every rule has the results ``every`` names; a rule that reduces itself
+    ``reducing``'s too."""
     assert set(results) == set(names)
     problems = []
     for name, result in results.items():
-        # an element-wise rule with the options off runs in float32 only (sharded_jax.py)
-        want = {"clipnorm/float64", "global_clipnorm/float64", "none/float32"}
-        if features(RULES[name]) & REDUCTIONS:
-            want.add("none/float64")
-        assert set(result) == want, (name, set(result))
+        want = every | (reducing if features(RULES[name]) & REDUCTIONS else set())
+        assert set(result) == want, (name, sorted(result))
         for key, r in result.items():
             if r["misplaced"]:
                 problems.append(f"{name} {key}: state not laid out like its parameter: {r['misplaced']}")
@@ -125,18 +130,6 @@ def test_torch_optimizers_on_dtensors_equal_the_unsharded_ones(tmp_path):
         timeout=900,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    results = json.loads(out.stdout.strip().splitlines()[-1])
-    assert set(results) == set(names)
-    problems = []
-    for name, result in results.items():
-        want = {"clipnorm/float64", "global_clipnorm/float64", "none/float32"}
-        if features(RULES[name]) & REDUCTIONS:
-            want |= {"none/float64", "fully_shard/float64", "checkpoint/float64"}
-        assert set(result) == want, (name, sorted(result))
-        for key, r in result.items():
-            if r["misplaced"]:
-                problems.append(f"{name} {key}: state not laid out like its parameter: {r['misplaced']}")
-            tolerance = 0.0 if key.startswith("checkpoint") else 1e-12 if key.endswith("float64") else 1e-6
-            if not r["rel"] <= tolerance:
-                problems.append(f"{name} {key}: sharded vs unsharded, relative difference {r['rel']:.3g}")
-    assert not problems, "\n".join(problems)
+    every = {"global_clipnorm/float64", "none/float32"}
+    reducing = {"clipnorm/float64", "none/float64", "fully_shard/float64", "checkpoint/float64"}
+    check_sharded(json.loads(out.stdout.strip().splitlines()[-1]), names, every, reducing)
