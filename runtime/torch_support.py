@@ -48,8 +48,9 @@ def check_state_dtype(chosen: Any) -> Any:
 
 
 _FUSED = (torch.float32, torch.float64)
-#: the tensors the kernels index: not a subclass (a DTensor, whose shards are on other processes)
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
+#: the tensors the Numba and Triton kernels index: not a subclass (a DTensor, whose shards are on other
+#: processes)
+PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def check_fused(fused: Any) -> bool | str | None:
@@ -77,7 +78,7 @@ def _triton_load(module: str, rule: str) -> Any:
 def fusable(w: torch.Tensor, g: torch.Tensor, *states: torch.Tensor | None) -> bool:
     """Whether the fused path takes this parameter: CPU, contiguous, one dtype (float32 or float64) and one
     size (the kernels index the arrays by address, unchecked)."""
-    if type(w) not in _PLAIN or type(g) not in _PLAIN:  # a DTensor's reductions span its other shards
+    if type(w) not in PLAIN or type(g) not in PLAIN:  # a DTensor's reductions span its other shards
         return False
     dtype = w.dtype
     if dtype not in _FUSED or not w.is_cpu or not w.is_contiguous():

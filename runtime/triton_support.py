@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .torch_support import PLAIN
+
 #: elements per chunk: one program of the chunk kernels each
 BLOCK = 1024
 
@@ -133,7 +135,7 @@ def _launch_of(item: tuple, interpreter: bool, addresses: list[int]) -> tuple | 
     ``addresses`` (0 for a state not kept); None where they do not take it. Called for every tensor at
     every step, so written for the host's time: plain attribute reads, no device objects made."""
     w, g = item[0], item[1]
-    if type(w) not in _PLAIN or type(g) not in _PLAIN:  # a DTensor's reductions span its other shards
+    if type(w) not in PLAIN or type(g) not in PLAIN:  # a DTensor's reductions span its other shards
         return None
     if not (w.is_cuda or (interpreter and w.is_cpu)):
         return None
@@ -161,8 +163,6 @@ def _launch_of(item: tuple, interpreter: bool, addresses: list[int]) -> tuple | 
 
 
 _STATE_DTYPES = (torch.float32, torch.float64)
-#: the tensors the kernels index: not a subclass (a DTensor, whose shards are on other processes)
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 # -- the tables ------------------------------------------------------------------------------------
