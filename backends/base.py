@@ -642,6 +642,21 @@ def _check_call(h, label: str | None = None, arrays: bool | None = None, alias: 
     return f"common.check_float({given}, {bounds}{more})"
 
 
+def check_spec(h) -> str:
+    """The check of hyperparameter ``h`` as a table entry (``runtime/common.py``'s ``Check``): what
+    ``_check_call`` runs, for a module that keeps its checks as a table (torch's)."""
+    if h.kind == "bool":
+        return 'common.Check("flag")'
+    if h.kind == "learning_rate":
+        return 'common.Check("learning_rate")'
+    kind = "option" if h.default is None else "float"
+    args = [f'"{kind}"'] + ([f'"{h.interval}"'] if h.interval is not None else [])
+    if kind == "option":
+        args += ["integer=True"] if h.kind == "int" else []
+        args += ["zero_is_off=True"] if h.zero_is_off else []
+    return f"common.Check({', '.join(args)})"
+
+
 def _num(x: float) -> str:
     if x == float("inf"):
         return "math.inf"

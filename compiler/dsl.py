@@ -35,6 +35,7 @@ from typing import Any
 import sympy as sp
 
 from ..runtime import common
+from ..runtime.common import Interval
 from .errors import RuleError
 
 __all__ = [
@@ -287,50 +288,6 @@ REDUCTIONS = {cls.__name__: cls.over for cls in (TensorSum, TensorMax, TensorSiz
 
 # --------------------------------------------------------------------------------------
 # declarations
-
-
-@dataclasses.dataclass(frozen=True)
-class Interval:
-    """A range of valid values, such as ``[0, 1)``."""
-
-    low: float
-    high: float
-    low_closed: bool
-    high_closed: bool
-
-    @classmethod
-    def parse(cls, text: str) -> Interval:
-        m = re.fullmatch(r"\s*([\[(])\s*([^,]+?)\s*,\s*([^\])]+?)\s*([\])])\s*", text)
-        if not m:
-            raise ValueError(f"a range is written like '[0, 1)' or '(0, inf)'; received {text!r}")
-        low = _number(m.group(2))
-        high = _number(m.group(3))
-        return cls(low, high, m.group(1) == "[", m.group(4) == "]")
-
-    def __contains__(self, value: float) -> bool:
-        above = value >= self.low if self.low_closed else value > self.low
-        below = value <= self.high if self.high_closed else value < self.high
-        return above and below
-
-    def __str__(self) -> str:
-        lo = "[" if self.low_closed else "("
-        hi = "]" if self.high_closed else ")"
-        return f"{lo}{_fmt(self.low)}, {_fmt(self.high)}{hi}"
-
-
-def _number(text: str) -> float:
-    text = text.strip().lower()
-    if text in ("inf", "+inf", "infinity"):
-        return math.inf
-    if text in ("-inf", "-infinity"):
-        return -math.inf
-    return float(text)
-
-
-def _fmt(x: float) -> str:
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return repr(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
 
 
 @dataclasses.dataclass(frozen=True)

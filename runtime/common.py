@@ -5,18 +5,93 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import numbers
+import re
 from typing import Any
 
 
-def _interval(low: float, high: float, low_closed: bool, high_closed: bool) -> str:
-    def fmt(x: float) -> str:
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-        return repr(int(x)) if float(x).is_integer() else repr(x)
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """A range of valid values, such as ``[0, 1)`` (the rules declare their hyperparameters' so)."""
 
-    return f"{'[' if low_closed else '('}{fmt(low)}, {fmt(high)}{']' if high_closed else ')'}"
+    low: float
+    high: float
+    low_closed: bool
+    high_closed: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Interval:
+        m = re.fullmatch(r"\s*([\[(])\s*([^,]+?)\s*,\s*([^\])]+?)\s*([\])])\s*", text)
+        if not m:
+            raise ValueError(f"a range is written like '[0, 1)' or '(0, inf)'; received {text!r}")
+        return cls(_number(m.group(2)), _number(m.group(3)), m.group(1) == "[", m.group(4) == "]")
+
+    def __contains__(self, value: float) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return above and below
+
+    def __str__(self) -> str:
+        lo = "[" if self.low_closed else "("
+        hi = "]" if self.high_closed else ")"
+        return f"{lo}{_fmt(self.low)}, {_fmt(self.high)}{hi}"
+
+
+def _number(text: str) -> float:
+    text = text.strip().lower()
+    if text in ("inf", "+inf", "infinity"):
+        return math.inf
+    if text in ("-inf", "-infinity"):
+        return -math.inf
+    return float(text)
+
+
+def _fmt(x: float) -> str:
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return repr(int(x)) if float(x).is_integer() and abs(x) < 1e15 else repr(x)
+
+
+def _interval(low: float, high: float, low_closed: bool, high_closed: bool) -> str:
+    return str(Interval(low, high, low_closed, high_closed))
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """How a hyperparameter is checked, as its rule declares it, for a module that keeps its checks as a
+    table (torch's, whose parameter groups are checked again when changed). ``kind``: "float" (a number
+    in ``interval``), "option" (None, or a number in ``interval``; an int where ``integer``; 0 is None
+    where ``zero_is_off``), "flag" (a bool) or "learning_rate" (in [0, inf), or a callable schedule)."""
+
+    kind: str
+    interval: str | None = None
+    integer: bool = False
+    zero_is_off: bool = False
+
+    @functools.cached_property
+    def _bounds(self) -> tuple[float, float, bool, bool]:
+        i = Interval.parse(self.interval or "(-inf, inf)")
+        return i.low, i.high, i.low_closed, i.high_closed
+
+    def __call__(self, name: str, value: Any) -> Any:
+        """``value``, checked (and made a float, an int or None as its kind is); ``name`` goes into the
+        message."""
+        if self.kind == "flag":
+            return check_flag(name, value)
+        if self.kind == "learning_rate":
+            return check_learning_rate(value, schedule=True, name=name)
+        if self.kind == "option":
+            return check_option(
+                name, value, *self._bounds, integer=self.integer, zero_is_off=self.zero_is_off
+            )
+        if self.kind == "float":
+            return check_float(name, value, *self._bounds)
+        raise ValueError(
+            f"a check's kind is 'float', 'option', 'flag' or 'learning_rate'; received {self.kind!r}"
+        )
 
 
 def check_float(

@@ -243,6 +243,10 @@ class RuleOptimizer(torch.optim.Optimizer):
     torch_names: dict[str, tuple[str, int | None]] = {}
     #: the rule has torch.optim's ``maximize`` flag itself (TorchAdam): the stages do not flip the signs again
     rule_maximizes = False
+    #: how each hyperparameter of a parameter group is checked: {key: its check, or a pair of them for a
+    #: tuple of torch's (betas)}, and the groups of options of which at most one may be given
+    checks: dict[str, Any] = {}
+    exclusive: tuple[tuple[str, ...], ...] = ()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -354,10 +358,21 @@ class RuleOptimizer(torch.optim.Optimizer):
             group.update(torch_flags(*(merged[k] for k in TORCH_FLAGS)))
         super().add_param_group(group)
 
-    @staticmethod
-    def _checked(**hyperparameters: Any) -> dict[str, Any]:
-        """A parameter group's hyperparameters, checked (generated)."""
-        return hyperparameters
+    @classmethod
+    def _checked(cls, **values: Any) -> dict[str, Any]:
+        """A parameter group's hyperparameters (``values``: one for each of ``checks``), checked as the
+        generated class's table ``checks`` says, and at most one of each of its ``exclusive`` groups given."""
+        out = {}
+        for key, check in cls.checks.items():
+            value = values[key]
+            if isinstance(check, tuple):  # a pair of torch's (betas)
+                first, second = pair(key, value, None, None)
+                out[key] = (check[0](f"{key}[0]", first), check[1](f"{key}[1]", second))
+            else:
+                out[key] = check(key, learning_rate(value) if check.kind == "learning_rate" else value)
+        for names in cls.exclusive:
+            common.check_exclusive(**{name: out[name] for name in names})
+        return out
 
     def _torch_named(self, group: dict[str, Any]) -> dict[str, Any]:
         group = dict(group)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..base import Backend, _check_call, native_names, renamed_doc
+from ..base import Backend, check_spec, native_names, renamed_doc
 from ..printer import ExprPrinter
 
 
@@ -136,8 +136,7 @@ class TorchBackend(Backend):
             key, index = renamed.get(h["name"], (h["name"], None))
             h["key"], h["index"] = key, index
             h["read"] = f'group["{key}"]' + ("" if index is None else f"[{index}]")
-            if key != h["name"]:
-                h["check"] = _check_call(by_name[h["name"]], key if index is None else f"{key}[{index}]")
+            h["spec"] = check_spec(by_name[h["name"]])
         for h in hypers:
             if h["index"] == 0:
                 partner = next(o for o in hypers if o["key"] == h["key"] and o["index"] == 1)

@@ -39,7 +39,6 @@ Use::
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Iterator
 
 import torch
@@ -98,6 +97,23 @@ class Nadam(torch_support.RuleOptimizer):
     global_states = (("u_product", float(1), False),)
     torch_names = {"beta_1": ("betas", 0), "beta_2": ("betas", 1), "epsilon": ("eps", None)}
     keeps = frozenset({"m", "v", "grad_accumulator", "ema"})
+    # how a parameter group's hyperparameters are checked, in the constructor and when a group changes
+    checks = {
+        "lr": common.Check("learning_rate"),
+        "betas": (common.Check("float", "[0, 1)"), common.Check("float", "[0, 1)")),
+        "eps": common.Check("float", "[0, inf)"),
+        "weight_decay": common.Check("option", "[0, inf)"),
+        "clipnorm": common.Check("option", "[0, inf)", zero_is_off=True),
+        "clipvalue": common.Check("option", "[0, inf)", zero_is_off=True),
+        "global_clipnorm": common.Check("option", "[0, inf)", zero_is_off=True),
+        "use_ema": common.Check("flag"),
+        "ema_momentum": common.Check("float", "[0, 1]"),
+        "ema_overwrite_frequency": common.Check("option", "[0, inf)", integer=True, zero_is_off=True),
+        "loss_scale_factor": common.Check("option", "(0, inf)"),
+        "gradient_accumulation_steps": common.Check("option", "[2, inf)", integer=True),
+        "maximize": common.Check("flag"),
+    }
+    exclusive = (("clipnorm", "clipvalue", "global_clipnorm"),)
 
     def __init__(
         self,
@@ -144,74 +160,6 @@ class Nadam(torch_support.RuleOptimizer):
         )
         defaults.update(torch_support.torch_flags(foreach, capturable, differentiable))
         self._setup(params, defaults, state_dtype, fused)
-
-    @staticmethod
-    def _checked(
-        *,
-        lr: Any,
-        betas: Any,
-        eps: Any,
-        weight_decay: Any,
-        clipnorm: Any,
-        clipvalue: Any,
-        global_clipnorm: Any,
-        use_ema: Any,
-        ema_momentum: Any,
-        ema_overwrite_frequency: Any,
-        loss_scale_factor: Any,
-        gradient_accumulation_steps: Any,
-        maximize: Any,
-    ) -> dict[str, Any]:
-        """The hyperparameters of a parameter group, checked: the constructor's, and those a group gives."""
-        beta_1, beta_2 = torch_support.pair("betas", betas, None, None)
-        epsilon = eps
-        defaults = dict(
-            lr=common.check_learning_rate(torch_support.learning_rate(lr), schedule=True, name="lr"),
-            betas=(
-                common.check_float("betas[0]", beta_1, 0.0, 1.0, True, False),
-                common.check_float("betas[1]", beta_2, 0.0, 1.0, True, False),
-            ),
-            eps=common.check_float("eps", epsilon, 0.0, math.inf, True, False),
-            weight_decay=common.check_option("weight_decay", weight_decay, 0.0, math.inf, True, False),
-            clipnorm=common.check_option("clipnorm", clipnorm, 0.0, math.inf, True, False, zero_is_off=True),
-            clipvalue=common.check_option(
-                "clipvalue", clipvalue, 0.0, math.inf, True, False, zero_is_off=True
-            ),
-            global_clipnorm=common.check_option(
-                "global_clipnorm", global_clipnorm, 0.0, math.inf, True, False, zero_is_off=True
-            ),
-            use_ema=common.check_flag("use_ema", use_ema),
-            ema_momentum=common.check_float("ema_momentum", ema_momentum, 0.0, 1.0, True, True),
-            ema_overwrite_frequency=common.check_option(
-                "ema_overwrite_frequency",
-                ema_overwrite_frequency,
-                0.0,
-                math.inf,
-                True,
-                False,
-                integer=True,
-                zero_is_off=True,
-            ),
-            loss_scale_factor=common.check_option(
-                "loss_scale_factor", loss_scale_factor, 0.0, math.inf, False, False
-            ),
-            gradient_accumulation_steps=common.check_option(
-                "gradient_accumulation_steps",
-                gradient_accumulation_steps,
-                2.0,
-                math.inf,
-                True,
-                False,
-                integer=True,
-            ),
-            maximize=common.check_flag("maximize", maximize),
-        )
-        common.check_exclusive(
-            clipnorm=defaults["clipnorm"],
-            clipvalue=defaults["clipvalue"],
-            global_clipnorm=defaults["global_clipnorm"],
-        )
-        return defaults
 
     def _states(self, group: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
         """What each parameter of this group keeps: (name, "element" or "tensor", initial value)."""
