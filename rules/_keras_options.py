@@ -154,6 +154,12 @@ def keras_options(rule: Rule) -> Rule:
         "ema_mu", where(Eq(t, 1), 0, ema_momentum), "EMA momentum (0 at the first update)", latex=r"\mu'"
     )
     r.assign(ema, mu * ema + (1 - mu) * w, "EMA of the weights", only_if=use_ema)
-    r.assign(w, ema, "EMA overwrite", only_if=use_ema & Given(overwrite) & Eq(imod(t, overwrite), 0))
+    overwrite_now = r.let(
+        "ema_overwrite",
+        Given(overwrite) & Eq(imod(t, overwrite), 0),
+        "an update after which the EMA replaces the weights (with use_ema)",
+        latex=r"\mathrm{overwrite}",
+    )
+    r.assign(w, ema, "EMA overwrite", only_if=use_ema & overwrite_now)
     r.finalizer(ema, "EMA of the weights", only_if=use_ema)
     return r

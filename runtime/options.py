@@ -34,7 +34,7 @@ KERAS_OPTIONS = (
 #: the options for which 0 means off, as None does
 ZERO_IS_OFF = frozenset({"clipnorm", "clipvalue", "global_clipnorm", "ema_overwrite_frequency"})
 #: the once-per-step values the stages give the fused kernels, besides the options and the learning rate
-STAGE_VALUES = ("is_update", "t", "ema_mu", "global_sumsq_g")
+STAGE_VALUES = ("is_update", "t", "ema_mu", "ema_overwrite", "global_sumsq_g")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +116,8 @@ def kernel_values(
         "is_update": step.is_update,
         "t": step.t,
         "ema_mu": step.ema_mu,
+        # an update after which the EMA replaces the weights (with use_ema: the kernels test both)
+        "ema_overwrite": o.ema_overwrite_frequency is not None and step.t % o.ema_overwrite_frequency == 0,
         "global_sumsq_g": global_sumsq_g,
     }
     return {k: rule[k] if k in rule else given.get(k, 0) for k in names}

@@ -9,6 +9,7 @@ import math
 import subprocess
 import sys
 
+import pytest
 from cases import MACHINERY
 
 from optforge.rules import registry
@@ -16,6 +17,7 @@ from optforge.rules import registry
 BACKENDS = ("numpy", "jax", "torch")
 
 
+@pytest.mark.long
 def test_demo_command_trains_and_the_backends_agree(tmp_path):
     """The command, on two of the rules that show every feature (``cases.MACHINERY``; without --rules: all)."""
     chosen = [rule.name for rule in MACHINERY[:2]]
@@ -61,19 +63,22 @@ def test_demo_command_trains_and_the_backends_agree(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_demo_command_says_what_it_expected_of_a_bad_size(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "optforge.demo", "--train", "5"], capture_output=True, text=True, cwd=tmp_path
-    )
-    assert out.returncode == 2 and "`train` must be in [64, 1437]. Received: train=5" in out.stderr
+def _refused(argv: list[str], capsys) -> str:
+    """The demo's ``main`` on ``argv`` (in this process: its argument checks come before any import of a
+    framework): it exits 2; what it wrote on stderr."""
+    from optforge import demo
+
+    with pytest.raises(SystemExit) as exit_:
+        demo.main(argv)
+    assert exit_.value.code == 2, f"expected exit status 2; received {exit_.value.code}"
+    return capsys.readouterr().err
 
 
-def test_demo_command_says_which_rules_it_knows(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "optforge.demo", "--rules", "Adamw"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+def test_demo_command_says_what_it_expected_of_a_bad_size(capsys):
+    assert "`train` must be in [64, 1437]. Received: train=5" in _refused(["--train", "5"], capsys)
+
+
+def test_demo_command_says_which_rules_it_knows(capsys):
     first = next(iter(registry()))
-    assert out.returncode == 2 and f"unknown rule(s) Adamw; known: {first}, " in out.stderr, out.stderr
+    err = _refused(["--rules", "Adamw"], capsys)
+    assert f"unknown rule(s) Adamw; known: {first}, " in err, err

@@ -330,9 +330,19 @@ def test_an_invariant_read_once_per_step_has_one_name_whatever_its_guards():
         ("b_flag", sp.true),
     ]
     # a per-tensor value is computed where it is first read, under that use's guard: one name per guard
-    assert inv.hoist(sp.sqrt(norm), (flag,)) == "c_2"
-    assert inv.hoist(sp.sqrt(norm), (is_update,)) == "c_3"
-    assert [h.name for h in inv.flush()] == ["c_2", "c_3"] and not inv.pending
+    assert inv.hoist(sp.sqrt(norm), (flag,)) == "c_sqrt_norm"
+    assert inv.hoist(sp.sqrt(norm), (is_update,)) == "c_sqrt_norm_2"
+    assert [h.name for h in inv.flush()] == ["c_sqrt_norm", "c_sqrt_norm_2"] and not inv.pending
+
+
+def test_an_invariant_is_named_after_what_it_holds_or_numbered_where_that_is_long():
+    clip, s, t, b1, wd = (sp.Symbol(v) for v in ("clipnorm", "sumsq_g", "t", "b1", "weight_decay"))
+    inv = Invariants(set(), {"sumsq_g"}, {})
+    assert inv.hoist(sp.Max(clip, sp.sqrt(s)), ()) == "c_max_clipnorm_sqrt_sumsq_g"
+    assert inv.hoist(1 - b1 ** (t + 1), ()) == "c_one_minus_b1_pow_t_plus_one"
+    assert inv.hoist(sp.Ne(wd, 0), ()) == "b_weight_decay_is_not_zero"
+    long = sp.Max(clip * wd, sp.sqrt(s + wd * b1))  # max_clipnorm_times_weight_decay_sqrt_... (over 48)
+    assert inv.hoist(long, ()) == "c_2"  # the third c_ value: numbered from 0
 
 
 def test_a_reduction_over_all_tensors_is_an_accumulator_tested_in_python_and_selected_on_arrays():

@@ -96,37 +96,70 @@ class Invariants:
 
 
 _NUMBERS = {0: "zero", 1: "one", 2: "two", sp.S.Half: "half", -1: "minus_one"}
+#: the longest name a value gets from its words (a longer one is numbered: ``c_7``)
+_LONGEST = 48
+_COMPARISONS = {
+    sp.Eq: "is",
+    sp.Ne: "is_not",
+    sp.Lt: "below",
+    sp.Gt: "above",
+    sp.Le: "at_most",
+    sp.Ge: "at_least",
+}
 
 
-def _words(expr: sp.Basic, names: dict[str, str], depth: int = 0) -> str:
+def _words(expr: sp.Basic, names: dict[str, str]) -> str:
     """A hoisted value in a few words for its name: ``lr``, ``one_minus_beta_1``, ``beta_1_pow_t``,
-    ``neg_clipvalue``, ``clipnorm_given_and_is_update``; '' where it would not read as a name (then the
-    value is numbered). ``names``: what the generated code calls a rule's name (``lr``)."""
-    if depth > 2:
-        return ""
+    ``neg_clipvalue``, ``max_clipnorm_sqrt_sumsq_g``, ``clipnorm_given_and_is_update``; '' where that would
+    be longer than ``_LONGEST`` or does not read as a name (then the value is numbered). ``names``: what
+    the generated code calls a rule's name (``lr``)."""
+    words = _phrase(expr, names)
+    return words if len(words) <= _LONGEST else ""
+
+
+def _phrase(expr: sp.Basic, names: dict[str, str]) -> str:
+    """``_words`` without the length limit ('' where a part has no words)."""
+
+    def joined(parts: list[str], word: str) -> str:
+        return word.join(parts) if all(parts) else ""
+
     if isinstance(expr, Given):
         return f"{expr.option}_given"
     if isinstance(expr, sp.Symbol):
         return names.get(base(expr), base(expr))
-    if isinstance(expr, (sp.And, sp.Or)) and len(expr.args) == 2:
-        parts = [_words(a, names, depth + 1) for a in sorted(expr.args, key=sp.default_sort_key)]
-        word = "_and_" if isinstance(expr, sp.And) else "_or_"
-        return word.join(parts) if all(parts) else ""
     if expr.is_Number:
         return _NUMBERS.get(expr, "")
-    if isinstance(expr, sp.Add) and len(expr.args) == 2 and sp.S.One in expr.args:
-        other = next(a for a in expr.args if a != sp.S.One)
-        if other.could_extract_minus_sign():
-            inner = _words(-other, names, depth + 1)
-            return f"one_minus_{inner}" if inner else ""
-        inner = _words(other, names, depth + 1)
-        return f"one_plus_{inner}" if inner else ""
-    if isinstance(expr, sp.Mul) and len(expr.args) == 2 and expr.args[0] == -1:
-        inner = _words(expr.args[1], names, depth + 1)
-        return f"neg_{inner}" if inner else ""
-    if isinstance(expr, sp.Pow) and expr.exp.is_Symbol:
-        b, e = _words(expr.base, names, depth + 1), _words(expr.exp, names, depth + 1)
-        return f"{b}_pow_{e}" if b and e else ""
+    args = list(expr.args)
+    if isinstance(expr, (sp.And, sp.Or)) and len(args) == 2:
+        parts = [_phrase(a, names) for a in sorted(args, key=sp.default_sort_key)]
+        return joined(parts, "_and_" if isinstance(expr, sp.And) else "_or_")
+    if type(expr) in _COMPARISONS and len(args) == 2:
+        return joined([_phrase(a, names) for a in args], f"_{_COMPARISONS[type(expr)]}_")
+    if isinstance(expr, (sp.Max, sp.Min)) and len(args) == 2:
+        head = "max" if isinstance(expr, sp.Max) else "min"
+        return joined([head] + [_phrase(a, names) for a in args], "_")
+    if isinstance(expr, sp.Add) and len(args) == 2:
+        if sp.S.One in args:
+            other = next(a for a in args if a != sp.S.One)
+            if other.could_extract_minus_sign():
+                inner = _phrase(-other, names)
+                return f"one_minus_{inner}" if inner else ""
+            inner = _phrase(other, names)
+            return f"{inner}_plus_one" if inner else ""
+        return joined([_phrase(a, names) for a in args], "_plus_")
+    if isinstance(expr, sp.Mul) and len(args) == 2:
+        if args[0] == -1:
+            inner = _phrase(args[1], names)
+            return f"neg_{inner}" if inner else ""
+        return joined([_phrase(a, names) for a in args], "_times_")
+    if isinstance(expr, sp.Pow):
+        if expr.exp == sp.S.Half:
+            inner = _phrase(expr.base, names)
+            return f"sqrt_{inner}" if inner else ""
+        if not expr.exp.is_Number:
+            return joined([_phrase(expr.base, names), _phrase(expr.exp, names)], "_pow_")
+    if isinstance(expr, sp.Mod) and len(args) == 2:
+        return joined([_phrase(a, names) for a in args], "_mod_")
     return ""
 
 

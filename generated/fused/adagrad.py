@@ -36,13 +36,12 @@ def prepare_update_case_0(
     clipvalue,
     global_clipnorm,
     use_ema,
-    ema_overwrite_frequency,
     loss_scale_factor,
     gradient_accumulation_steps,
     ema_mu,
+    ema_overwrite,
     global_sumsq_g,
     is_update,
-    t,
 ):
     """The once-per-step values of update_case_0, in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
@@ -59,7 +58,7 @@ def prepare_update_case_0(
     c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_6 = (
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -75,7 +74,7 @@ def prepare_update_case_0(
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -83,7 +82,7 @@ def prepare_update_case_0(
             c_zero,
             c_clipnorm,
             c_global_clipnorm,
-            c_6,
+            c_max_global_clipnorm_sqrt_global_sumsq_g,
             c_neg_clipvalue,
             c_clipvalue,
             c_lr,
@@ -106,7 +105,7 @@ def prepare_update_case_0(
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
         k_,
     )
 
@@ -140,7 +139,7 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
         k_,
     ) = step
     _update_0(
@@ -154,7 +153,7 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
 
 
@@ -226,7 +225,7 @@ def _update_0(
     b_weight_decay_given_and_is_update,
     b_is_update,
     b_use_ema,
-    b_9,
+    b_ema_overwrite_and_use_ema,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -243,7 +242,7 @@ def _update_0(
         c_zero = k_[2]
         c_clipnorm = k_[3]
         c_global_clipnorm = k_[4]
-        c_6 = k_[5]
+        c_max_global_clipnorm_sqrt_global_sumsq_g = k_[5]
         c_neg_clipvalue = k_[6]
         c_clipvalue = k_[7]
         c_lr = k_[8]
@@ -262,7 +261,7 @@ def _update_0(
                 sumsq_g = (
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
-                c_4 = (
+                c_max_clipnorm_sqrt_sumsq_g = (
                     dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
@@ -290,8 +289,12 @@ def _update_0(
                         c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
                     )
                     # clipping
-                    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+                    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+                    g = (
+                        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+                        if b_global_clipnorm_given_and_is_update
+                        else g
+                    )
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -306,7 +309,7 @@ def _update_0(
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
-                    w = ema if b_9 else w
+                    w = ema if b_ema_overwrite_and_use_ema else w
                     w_[i_] = w
                     accumulator_[i_] = accumulator
                     if b_gradient_accumulation_steps_given:

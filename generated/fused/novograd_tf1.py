@@ -39,13 +39,12 @@ def prepare_update_case_0(
     clipvalue,
     global_clipnorm,
     use_ema,
-    ema_overwrite_frequency,
     loss_scale_factor,
     gradient_accumulation_steps,
     ema_mu,
+    ema_overwrite,
     global_sumsq_g,
     is_update,
-    t,
 ):
     """The once-per-step values of update_case_0, in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
@@ -62,7 +61,7 @@ def prepare_update_case_0(
     c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_6 = (
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -72,7 +71,7 @@ def prepare_update_case_0(
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
     c_epsilon = dt(epsilon)
-    b_7 = bool(weight_decay != 0)
+    b_weight_decay_is_not_zero = bool(weight_decay != 0)
     c_weight_decay = dt(weight_decay) if (is_update and weight_decay != 0) else dt(0)
     b_grad_averaging = bool(grad_averaging)
     c_one_minus_beta1 = dt(1 - beta1) if (grad_averaging and is_update) else dt(0)
@@ -82,7 +81,7 @@ def prepare_update_case_0(
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_11 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -90,7 +89,7 @@ def prepare_update_case_0(
             c_zero,
             c_clipnorm,
             c_global_clipnorm,
-            c_6,
+            c_max_global_clipnorm_sqrt_global_sumsq_g,
             c_neg_clipvalue,
             c_clipvalue,
             c_epsilon,
@@ -113,11 +112,11 @@ def prepare_update_case_0(
         b_global_clipnorm_given_and_is_update,
         b_clipvalue_given_and_is_update,
         b_is_update,
-        b_7,
+        b_weight_decay_is_not_zero,
         b_grad_averaging,
         b_use_nesterov,
         b_use_ema,
-        b_11,
+        b_ema_overwrite_and_use_ema,
         k_,
     )
 
@@ -147,11 +146,11 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_global_clipnorm_given_and_is_update,
         b_clipvalue_given_and_is_update,
         b_is_update,
-        b_7,
+        b_weight_decay_is_not_zero,
         b_grad_averaging,
         b_use_nesterov,
         b_use_ema,
-        b_11,
+        b_ema_overwrite_and_use_ema,
         k_,
     ) = step
     _update_0(
@@ -163,11 +162,11 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_global_clipnorm_given_and_is_update,
         b_clipvalue_given_and_is_update,
         b_is_update,
-        b_7,
+        b_weight_decay_is_not_zero,
         b_grad_averaging,
         b_use_nesterov,
         b_use_ema,
-        b_11,
+        b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
 
 
@@ -240,13 +239,13 @@ def _reduce_0_1(
     conditions folded away."""
 
     @numba.njit(error_model="numpy", nogil=True, cache=True, fastmath={"reassoc"})
-    def kernel(g_, grad_accumulator_, k_, c_4):  # pragma: no cover - compiled
+    def kernel(g_, grad_accumulator_, k_, c_max_clipnorm_sqrt_sumsq_g):  # pragma: no cover - compiled
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
         c_global_clipnorm = k_[4]
-        c_6 = k_[5]
+        c_max_global_clipnorm_sqrt_global_sumsq_g = k_[5]
         c_neg_clipvalue = k_[6]
         c_clipvalue = k_[7]
         acc = 0.0
@@ -265,8 +264,12 @@ def _reduce_0_1(
                 else g
             )
             # clipping
-            g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-            g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+            g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+            g = (
+                g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+                if b_global_clipnorm_given_and_is_update
+                else g
+            )
             g = (
                 np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                 if b_clipvalue_given_and_is_update
@@ -297,11 +300,11 @@ def _update_0(
     b_global_clipnorm_given_and_is_update,
     b_clipvalue_given_and_is_update,
     b_is_update,
-    b_7,
+    b_weight_decay_is_not_zero,
     b_grad_averaging,
     b_use_nesterov,
     b_use_ema,
-    b_11,
+    b_ema_overwrite_and_use_ema,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -326,7 +329,7 @@ def _update_0(
         c_zero = k_[2]
         c_clipnorm = k_[3]
         c_global_clipnorm = k_[4]
-        c_6 = k_[5]
+        c_max_global_clipnorm_sqrt_global_sumsq_g = k_[5]
         c_neg_clipvalue = k_[6]
         c_clipvalue = k_[7]
         c_epsilon = k_[8]
@@ -347,15 +350,19 @@ def _update_0(
                 sumsq_g = (
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
-                c_4 = (
+                c_max_clipnorm_sqrt_sumsq_g = (
                     dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                sumsq_g_1 = dt(reduce_0_1(g_, grad_accumulator_, k_, c_4)) if b_is_update else c_zero
+                sumsq_g_1 = (
+                    dt(reduce_0_1(g_, grad_accumulator_, k_, c_max_clipnorm_sqrt_sumsq_g))
+                    if b_is_update
+                    else c_zero
+                )
                 # second moment (no EMA in graph mode)
                 v = sumsq_g_1 if b_is_update else c_zero
-                c_9 = dt(math.sqrt(c_epsilon + v)) if b_is_update else dt(0)
+                c_sqrt_epsilon_plus_v = dt(math.sqrt(c_epsilon + v)) if b_is_update else dt(0)
                 for i_ in range(hi - lo):
                     w = w_[i_]
                     g = g_[i_]
@@ -379,17 +386,25 @@ def _update_0(
                         c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
                     )
                     # clipping
-                    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+                    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+                    g = (
+                        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+                        if b_global_clipnorm_given_and_is_update
+                        else g
+                    )
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
                         else g
                     )
                     # normalised gradient
-                    u = g / c_9 if b_is_update else c_zero
+                    u = g / c_sqrt_epsilon_plus_v if b_is_update else c_zero
                     # weight decay
-                    u = u + (w * c_weight_decay if b_7 else c_zero) if b_is_update else u
+                    u = (
+                        u + (w * c_weight_decay if b_weight_decay_is_not_zero else c_zero)
+                        if b_is_update
+                        else u
+                    )
                     # gradient averaging
                     u = (u * c_one_minus_beta1 if b_grad_averaging else u) if b_is_update else u
                     # momentum
@@ -399,7 +414,7 @@ def _update_0(
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
-                    w = ema if b_11 else w
+                    w = ema if b_ema_overwrite_and_use_ema else w
                     w_[i_] = w
                     m_[i_] = m
                     if b_gradient_accumulation_steps_given:

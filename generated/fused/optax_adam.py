@@ -39,10 +39,10 @@ def prepare_update_case_0(
     clipvalue,
     global_clipnorm,
     use_ema,
-    ema_overwrite_frequency,
     loss_scale_factor,
     gradient_accumulation_steps,
     ema_mu,
+    ema_overwrite,
     global_sumsq_g,
     is_update,
     t,
@@ -62,7 +62,7 @@ def prepare_update_case_0(
     c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_6 = (
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -79,14 +79,14 @@ def prepare_update_case_0(
     c_b2 = dt(b2) if is_update else dt(0)
     c_one_minus_b2 = dt(1 - b2) if is_update else dt(0)
     c_one_minus_b1_pow_t = dt(1 - b1**t) if is_update else dt(0)
-    c_16 = dt(1 - b1 ** (t + 1)) if is_update else dt(0)
+    c_one_minus_b1_pow_t_plus_one = dt(1 - b1 ** (t + 1)) if is_update else dt(0)
     c_one_minus_b2_pow_t = dt(1 - b2**t) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_eps_root = dt(eps_root) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -94,7 +94,7 @@ def prepare_update_case_0(
             c_zero,
             c_clipnorm,
             c_global_clipnorm,
-            c_6,
+            c_max_global_clipnorm_sqrt_global_sumsq_g,
             c_neg_clipvalue,
             c_clipvalue,
             c_lr,
@@ -104,7 +104,7 @@ def prepare_update_case_0(
             c_b2,
             c_one_minus_b2,
             c_one_minus_b1_pow_t,
-            c_16,
+            c_one_minus_b1_pow_t_plus_one,
             c_one_minus_b2_pow_t,
             c_eps,
             c_eps_root,
@@ -125,7 +125,7 @@ def prepare_update_case_0(
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
         k_,
     )
 
@@ -158,7 +158,7 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
         k_,
     ) = step
     _update_0(
@@ -172,7 +172,7 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
 
 
@@ -244,7 +244,7 @@ def _update_0(
     b_weight_decay_given_and_is_update,
     b_is_update,
     b_use_ema,
-    b_9,
+    b_ema_overwrite_and_use_ema,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -261,7 +261,7 @@ def _update_0(
         c_zero = k_[2]
         c_clipnorm = k_[3]
         c_global_clipnorm = k_[4]
-        c_6 = k_[5]
+        c_max_global_clipnorm_sqrt_global_sumsq_g = k_[5]
         c_neg_clipvalue = k_[6]
         c_clipvalue = k_[7]
         c_lr = k_[8]
@@ -271,7 +271,7 @@ def _update_0(
         c_b2 = k_[12]
         c_one_minus_b2 = k_[13]
         c_one_minus_b1_pow_t = k_[14]
-        c_16 = k_[15]
+        c_one_minus_b1_pow_t_plus_one = k_[15]
         c_one_minus_b2_pow_t = k_[16]
         c_eps = k_[17]
         c_eps_root = k_[18]
@@ -289,7 +289,7 @@ def _update_0(
                 sumsq_g = (
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
-                c_4 = (
+                c_max_clipnorm_sqrt_sumsq_g = (
                     dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
@@ -318,8 +318,12 @@ def _update_0(
                         c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
                     )
                     # clipping
-                    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+                    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+                    g = (
+                        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+                        if b_global_clipnorm_given_and_is_update
+                        else g
+                    )
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -335,7 +339,7 @@ def _update_0(
                     mu_hat = mu / c_one_minus_b1_pow_t if b_is_update else c_zero
                     # Nesterov look-ahead
                     mu_hat = (
-                        c_b1 * mu / c_16 + g * c_one_minus_b1 / c_one_minus_b1_pow_t
+                        c_b1 * mu / c_one_minus_b1_pow_t_plus_one + g * c_one_minus_b1 / c_one_minus_b1_pow_t
                         if b_is_update
                         else mu_hat
                     )
@@ -348,7 +352,7 @@ def _update_0(
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
-                    w = ema if b_9 else w
+                    w = ema if b_ema_overwrite_and_use_ema else w
                     w_[i_] = w
                     mu_[i_] = mu
                     nu_[i_] = nu
@@ -372,10 +376,10 @@ def prepare_update_case_1(
     clipvalue,
     global_clipnorm,
     use_ema,
-    ema_overwrite_frequency,
     loss_scale_factor,
     gradient_accumulation_steps,
     ema_mu,
+    ema_overwrite,
     global_sumsq_g,
     is_update,
     t,
@@ -395,7 +399,7 @@ def prepare_update_case_1(
     c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_6 = (
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -418,7 +422,7 @@ def prepare_update_case_1(
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -426,7 +430,7 @@ def prepare_update_case_1(
             c_zero,
             c_clipnorm,
             c_global_clipnorm,
-            c_6,
+            c_max_global_clipnorm_sqrt_global_sumsq_g,
             c_neg_clipvalue,
             c_clipvalue,
             c_lr,
@@ -456,7 +460,7 @@ def prepare_update_case_1(
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
         k_,
     )
 
@@ -489,7 +493,7 @@ def run_update_case_1(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
         k_,
     ) = step
     _update_1(
@@ -503,7 +507,7 @@ def run_update_case_1(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
 
 
@@ -575,7 +579,7 @@ def _update_1(
     b_weight_decay_given_and_is_update,
     b_is_update,
     b_use_ema,
-    b_9,
+    b_ema_overwrite_and_use_ema,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -592,7 +596,7 @@ def _update_1(
         c_zero = k_[2]
         c_clipnorm = k_[3]
         c_global_clipnorm = k_[4]
-        c_6 = k_[5]
+        c_max_global_clipnorm_sqrt_global_sumsq_g = k_[5]
         c_neg_clipvalue = k_[6]
         c_clipvalue = k_[7]
         c_lr = k_[8]
@@ -619,7 +623,7 @@ def _update_1(
                 sumsq_g = (
                     dt(reduce_1_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
-                c_4 = (
+                c_max_clipnorm_sqrt_sumsq_g = (
                     dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
@@ -648,8 +652,12 @@ def _update_1(
                         c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
                     )
                     # clipping
-                    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+                    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+                    g = (
+                        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+                        if b_global_clipnorm_given_and_is_update
+                        else g
+                    )
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -671,7 +679,7 @@ def _update_1(
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
-                    w = ema if b_9 else w
+                    w = ema if b_ema_overwrite_and_use_ema else w
                     w_[i_] = w
                     mu_[i_] = mu
                     nu_[i_] = nu

@@ -39,10 +39,10 @@ def prepare_update_case_0(
     clipvalue,
     global_clipnorm,
     use_ema,
-    ema_overwrite_frequency,
     loss_scale_factor,
     gradient_accumulation_steps,
     ema_mu,
+    ema_overwrite,
     global_sumsq_g,
     is_update,
     t,
@@ -62,7 +62,7 @@ def prepare_update_case_0(
     c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_6 = (
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -76,7 +76,7 @@ def prepare_update_case_0(
     c_b2 = dt(b2) if is_update else dt(0)
     c_one_minus_b2 = dt(1 - b2) if is_update else dt(0)
     c_one_minus_b1_pow_t = dt(1 - b1**t) if is_update else dt(0)
-    c_14 = dt(1 - b1 ** (t + 1)) if is_update else dt(0)
+    c_one_minus_b1_pow_t_plus_one = dt(1 - b1 ** (t + 1)) if is_update else dt(0)
     c_one_minus_b2_pow_t = dt(1 - b2**t) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_eps_root = dt(eps_root) if is_update else dt(0)
@@ -85,7 +85,7 @@ def prepare_update_case_0(
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_8 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -93,7 +93,7 @@ def prepare_update_case_0(
             c_zero,
             c_clipnorm,
             c_global_clipnorm,
-            c_6,
+            c_max_global_clipnorm_sqrt_global_sumsq_g,
             c_neg_clipvalue,
             c_clipvalue,
             c_b1,
@@ -101,7 +101,7 @@ def prepare_update_case_0(
             c_b2,
             c_one_minus_b2,
             c_one_minus_b1_pow_t,
-            c_14,
+            c_one_minus_b1_pow_t_plus_one,
             c_one_minus_b2_pow_t,
             c_eps,
             c_eps_root,
@@ -123,7 +123,7 @@ def prepare_update_case_0(
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_8,
+        b_ema_overwrite_and_use_ema,
         k_,
     )
 
@@ -155,7 +155,7 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_8,
+        b_ema_overwrite_and_use_ema,
         k_,
     ) = step
     _update_0(
@@ -168,7 +168,7 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_8,
+        b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
 
 
@@ -239,7 +239,7 @@ def _update_0(
     b_clipvalue_given_and_is_update,
     b_is_update,
     b_use_ema,
-    b_8,
+    b_ema_overwrite_and_use_ema,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -256,7 +256,7 @@ def _update_0(
         c_zero = k_[2]
         c_clipnorm = k_[3]
         c_global_clipnorm = k_[4]
-        c_6 = k_[5]
+        c_max_global_clipnorm_sqrt_global_sumsq_g = k_[5]
         c_neg_clipvalue = k_[6]
         c_clipvalue = k_[7]
         c_b1 = k_[8]
@@ -264,7 +264,7 @@ def _update_0(
         c_b2 = k_[10]
         c_one_minus_b2 = k_[11]
         c_one_minus_b1_pow_t = k_[12]
-        c_14 = k_[13]
+        c_one_minus_b1_pow_t_plus_one = k_[13]
         c_one_minus_b2_pow_t = k_[14]
         c_eps = k_[15]
         c_eps_root = k_[16]
@@ -284,7 +284,7 @@ def _update_0(
                 sumsq_g = (
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
-                c_4 = (
+                c_max_clipnorm_sqrt_sumsq_g = (
                     dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
@@ -313,8 +313,12 @@ def _update_0(
                         c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
                     )
                     # clipping
-                    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+                    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+                    g = (
+                        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+                        if b_global_clipnorm_given_and_is_update
+                        else g
+                    )
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -328,7 +332,7 @@ def _update_0(
                     mu_hat = mu / c_one_minus_b1_pow_t if b_is_update else c_zero
                     # Nesterov look-ahead
                     mu_hat = (
-                        c_b1 * mu / c_14 + g * c_one_minus_b1 / c_one_minus_b1_pow_t
+                        c_b1 * mu / c_one_minus_b1_pow_t_plus_one + g * c_one_minus_b1 / c_one_minus_b1_pow_t
                         if b_is_update
                         else mu_hat
                     )
@@ -341,7 +345,7 @@ def _update_0(
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
-                    w = ema if b_8 else w
+                    w = ema if b_ema_overwrite_and_use_ema else w
                     w_[i_] = w
                     mu_[i_] = mu
                     nu_[i_] = nu
@@ -365,10 +369,10 @@ def prepare_update_case_1(
     clipvalue,
     global_clipnorm,
     use_ema,
-    ema_overwrite_frequency,
     loss_scale_factor,
     gradient_accumulation_steps,
     ema_mu,
+    ema_overwrite,
     global_sumsq_g,
     is_update,
     t,
@@ -388,7 +392,7 @@ def prepare_update_case_1(
     c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_6 = (
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -410,7 +414,7 @@ def prepare_update_case_1(
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_8 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -418,7 +422,7 @@ def prepare_update_case_1(
             c_zero,
             c_clipnorm,
             c_global_clipnorm,
-            c_6,
+            c_max_global_clipnorm_sqrt_global_sumsq_g,
             c_neg_clipvalue,
             c_clipvalue,
             c_b1,
@@ -447,7 +451,7 @@ def prepare_update_case_1(
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_8,
+        b_ema_overwrite_and_use_ema,
         k_,
     )
 
@@ -479,7 +483,7 @@ def run_update_case_1(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_8,
+        b_ema_overwrite_and_use_ema,
         k_,
     ) = step
     _update_1(
@@ -492,7 +496,7 @@ def run_update_case_1(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_8,
+        b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
 
 
@@ -563,7 +567,7 @@ def _update_1(
     b_clipvalue_given_and_is_update,
     b_is_update,
     b_use_ema,
-    b_8,
+    b_ema_overwrite_and_use_ema,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -580,7 +584,7 @@ def _update_1(
         c_zero = k_[2]
         c_clipnorm = k_[3]
         c_global_clipnorm = k_[4]
-        c_6 = k_[5]
+        c_max_global_clipnorm_sqrt_global_sumsq_g = k_[5]
         c_neg_clipvalue = k_[6]
         c_clipvalue = k_[7]
         c_b1 = k_[8]
@@ -607,7 +611,7 @@ def _update_1(
                 sumsq_g = (
                     dt(reduce_1_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
-                c_4 = (
+                c_max_clipnorm_sqrt_sumsq_g = (
                     dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
@@ -636,8 +640,12 @@ def _update_1(
                         c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
                     )
                     # clipping
-                    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+                    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+                    g = (
+                        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+                        if b_global_clipnorm_given_and_is_update
+                        else g
+                    )
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -657,7 +665,7 @@ def _update_1(
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
-                    w = ema if b_8 else w
+                    w = ema if b_ema_overwrite_and_use_ema else w
                     w_[i_] = w
                     mu_[i_] = mu
                     nu_[i_] = nu

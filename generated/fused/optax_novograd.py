@@ -39,10 +39,10 @@ def prepare_update_case_0(
     clipvalue,
     global_clipnorm,
     use_ema,
-    ema_overwrite_frequency,
     loss_scale_factor,
     gradient_accumulation_steps,
     ema_mu,
+    ema_overwrite,
     global_sumsq_g,
     is_update,
     t,
@@ -62,7 +62,7 @@ def prepare_update_case_0(
     c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_6 = (
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -71,7 +71,7 @@ def prepare_update_case_0(
     c_neg_clipvalue = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
-    b_7 = bool(t == 1)
+    b_t_is_one = bool(t == 1)
     c_b2 = dt(b2) if (is_update and t != 1) else dt(0)
     c_one_minus_b2 = dt(1 - b2) if (is_update and t != 1) else dt(0)
     c_weight_decay = dt(weight_decay) if is_update else dt(0)
@@ -82,7 +82,7 @@ def prepare_update_case_0(
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -90,7 +90,7 @@ def prepare_update_case_0(
             c_zero,
             c_clipnorm,
             c_global_clipnorm,
-            c_6,
+            c_max_global_clipnorm_sqrt_global_sumsq_g,
             c_neg_clipvalue,
             c_clipvalue,
             c_b2,
@@ -113,9 +113,9 @@ def prepare_update_case_0(
         b_global_clipnorm_given_and_is_update,
         b_clipvalue_given_and_is_update,
         b_is_update,
-        b_7,
+        b_t_is_one,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
         k_,
     )
 
@@ -144,9 +144,9 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_global_clipnorm_given_and_is_update,
         b_clipvalue_given_and_is_update,
         b_is_update,
-        b_7,
+        b_t_is_one,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
         k_,
     ) = step
     _update_0(
@@ -158,9 +158,9 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_global_clipnorm_given_and_is_update,
         b_clipvalue_given_and_is_update,
         b_is_update,
-        b_7,
+        b_t_is_one,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
 
 
@@ -227,13 +227,13 @@ def _reduce_0_1(
     conditions folded away."""
 
     @numba.njit(error_model="numpy", nogil=True, cache=True, fastmath={"reassoc"})
-    def kernel(g_, grad_accumulator_, k_, c_4):  # pragma: no cover - compiled
+    def kernel(g_, grad_accumulator_, k_, c_max_clipnorm_sqrt_sumsq_g):  # pragma: no cover - compiled
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
         c_clipnorm = k_[3]
         c_global_clipnorm = k_[4]
-        c_6 = k_[5]
+        c_max_global_clipnorm_sqrt_global_sumsq_g = k_[5]
         c_neg_clipvalue = k_[6]
         c_clipvalue = k_[7]
         acc = 0.0
@@ -252,8 +252,12 @@ def _reduce_0_1(
                 else g
             )
             # clipping
-            g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-            g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+            g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+            g = (
+                g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+                if b_global_clipnorm_given_and_is_update
+                else g
+            )
             g = (
                 np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                 if b_clipvalue_given_and_is_update
@@ -284,9 +288,9 @@ def _update_0(
     b_global_clipnorm_given_and_is_update,
     b_clipvalue_given_and_is_update,
     b_is_update,
-    b_7,
+    b_t_is_one,
     b_use_ema,
-    b_9,
+    b_ema_overwrite_and_use_ema,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -311,7 +315,7 @@ def _update_0(
         c_zero = k_[2]
         c_clipnorm = k_[3]
         c_global_clipnorm = k_[4]
-        c_6 = k_[5]
+        c_max_global_clipnorm_sqrt_global_sumsq_g = k_[5]
         c_neg_clipvalue = k_[6]
         c_clipvalue = k_[7]
         c_b2 = k_[8]
@@ -336,15 +340,25 @@ def _update_0(
                 sumsq_g = (
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
-                c_4 = (
+                c_max_clipnorm_sqrt_sumsq_g = (
                     dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                sumsq_g_1 = dt(reduce_0_1(g_, grad_accumulator_, k_, c_4)) if b_is_update else c_zero
+                sumsq_g_1 = (
+                    dt(reduce_0_1(g_, grad_accumulator_, k_, c_max_clipnorm_sqrt_sumsq_g))
+                    if b_is_update
+                    else c_zero
+                )
                 # second moment
-                nu = (sumsq_g_1 if b_7 else c_b2 * nu + sumsq_g_1 * c_one_minus_b2) if b_is_update else nu
-                c_11 = dt(c_eps + math.sqrt(c_eps_root + nu)) if b_is_update else dt(0)
+                nu = (
+                    (sumsq_g_1 if b_t_is_one else c_b2 * nu + sumsq_g_1 * c_one_minus_b2)
+                    if b_is_update
+                    else nu
+                )
+                c_eps_plus_sqrt_eps_root_plus_nu = (
+                    dt(c_eps + math.sqrt(c_eps_root + nu)) if b_is_update else dt(0)
+                )
                 nu_[0] = nu
                 for i_ in range(hi - lo):
                     w = w_[i_]
@@ -369,23 +383,27 @@ def _update_0(
                         c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
                     )
                     # clipping
-                    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+                    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+                    g = (
+                        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+                        if b_global_clipnorm_given_and_is_update
+                        else g
+                    )
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
                         else g
                     )
                     # normalised gradient with weight decay
-                    u = g / c_11 + w * c_weight_decay if b_is_update else c_zero
+                    u = g / c_eps_plus_sqrt_eps_root_plus_nu + w * c_weight_decay if b_is_update else c_zero
                     # first moment
-                    mu = (u if b_7 else c_b1 * mu + u) if b_is_update else mu
+                    mu = (u if b_t_is_one else c_b1 * mu + u) if b_is_update else mu
                     # parameter update
                     w = w - c_lr * mu if b_is_update else w
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
-                    w = ema if b_9 else w
+                    w = ema if b_ema_overwrite_and_use_ema else w
                     w_[i_] = w
                     mu_[i_] = mu
                     if b_gradient_accumulation_steps_given:

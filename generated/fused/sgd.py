@@ -35,13 +35,12 @@ def prepare_update_case_0(
     clipvalue,
     global_clipnorm,
     use_ema,
-    ema_overwrite_frequency,
     loss_scale_factor,
     gradient_accumulation_steps,
     ema_mu,
+    ema_overwrite,
     global_sumsq_g,
     is_update,
-    t,
 ):
     """The once-per-step values of update_case_0 (where momentum == 0), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
@@ -58,7 +57,7 @@ def prepare_update_case_0(
     c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_6 = (
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -73,7 +72,7 @@ def prepare_update_case_0(
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -81,7 +80,7 @@ def prepare_update_case_0(
             c_zero,
             c_clipnorm,
             c_global_clipnorm,
-            c_6,
+            c_max_global_clipnorm_sqrt_global_sumsq_g,
             c_neg_clipvalue,
             c_clipvalue,
             c_lr,
@@ -103,7 +102,7 @@ def prepare_update_case_0(
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
         k_,
     )
 
@@ -134,7 +133,7 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
         k_,
     ) = step
     _update_0(
@@ -148,7 +147,7 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
 
 
@@ -220,7 +219,7 @@ def _update_0(
     b_weight_decay_given_and_is_update,
     b_is_update,
     b_use_ema,
-    b_9,
+    b_ema_overwrite_and_use_ema,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -237,7 +236,7 @@ def _update_0(
         c_zero = k_[2]
         c_clipnorm = k_[3]
         c_global_clipnorm = k_[4]
-        c_6 = k_[5]
+        c_max_global_clipnorm_sqrt_global_sumsq_g = k_[5]
         c_neg_clipvalue = k_[6]
         c_clipvalue = k_[7]
         c_lr = k_[8]
@@ -254,7 +253,7 @@ def _update_0(
                 sumsq_g = (
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
-                c_4 = (
+                c_max_clipnorm_sqrt_sumsq_g = (
                     dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
@@ -281,8 +280,12 @@ def _update_0(
                         c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
                     )
                     # clipping
-                    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+                    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+                    g = (
+                        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+                        if b_global_clipnorm_given_and_is_update
+                        else g
+                    )
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -295,7 +298,7 @@ def _update_0(
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
-                    w = ema if b_9 else w
+                    w = ema if b_ema_overwrite_and_use_ema else w
                     w_[i_] = w
                     if b_gradient_accumulation_steps_given:
                         grad_accumulator_[i_] = grad_accumulator
@@ -314,13 +317,12 @@ def prepare_update_case_1(
     clipvalue,
     global_clipnorm,
     use_ema,
-    ema_overwrite_frequency,
     loss_scale_factor,
     gradient_accumulation_steps,
     ema_mu,
+    ema_overwrite,
     global_sumsq_g,
     is_update,
-    t,
 ):
     """The once-per-step values of update_case_1 (where (nesterov and momentum != 0)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
@@ -337,7 +339,7 @@ def prepare_update_case_1(
     c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_6 = (
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -353,7 +355,7 @@ def prepare_update_case_1(
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -361,7 +363,7 @@ def prepare_update_case_1(
             c_zero,
             c_clipnorm,
             c_global_clipnorm,
-            c_6,
+            c_max_global_clipnorm_sqrt_global_sumsq_g,
             c_neg_clipvalue,
             c_clipvalue,
             c_lr,
@@ -384,7 +386,7 @@ def prepare_update_case_1(
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
         k_,
     )
 
@@ -416,7 +418,7 @@ def run_update_case_1(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
         k_,
     ) = step
     _update_1(
@@ -430,7 +432,7 @@ def run_update_case_1(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
 
 
@@ -502,7 +504,7 @@ def _update_1(
     b_weight_decay_given_and_is_update,
     b_is_update,
     b_use_ema,
-    b_9,
+    b_ema_overwrite_and_use_ema,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -519,7 +521,7 @@ def _update_1(
         c_zero = k_[2]
         c_clipnorm = k_[3]
         c_global_clipnorm = k_[4]
-        c_6 = k_[5]
+        c_max_global_clipnorm_sqrt_global_sumsq_g = k_[5]
         c_neg_clipvalue = k_[6]
         c_clipvalue = k_[7]
         c_lr = k_[8]
@@ -538,7 +540,7 @@ def _update_1(
                 sumsq_g = (
                     dt(reduce_1_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
-                c_4 = (
+                c_max_clipnorm_sqrt_sumsq_g = (
                     dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
@@ -566,8 +568,12 @@ def _update_1(
                         c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
                     )
                     # clipping
-                    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+                    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+                    g = (
+                        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+                        if b_global_clipnorm_given_and_is_update
+                        else g
+                    )
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -582,7 +588,7 @@ def _update_1(
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
-                    w = ema if b_9 else w
+                    w = ema if b_ema_overwrite_and_use_ema else w
                     w_[i_] = w
                     velocity_[i_] = velocity
                     if b_gradient_accumulation_steps_given:
@@ -602,13 +608,12 @@ def prepare_update_case_2(
     clipvalue,
     global_clipnorm,
     use_ema,
-    ema_overwrite_frequency,
     loss_scale_factor,
     gradient_accumulation_steps,
     ema_mu,
+    ema_overwrite,
     global_sumsq_g,
     is_update,
-    t,
 ):
     """The once-per-step values of update_case_2 (where (not nesterov and momentum != 0)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
@@ -625,7 +630,7 @@ def prepare_update_case_2(
     c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_6 = (
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -641,7 +646,7 @@ def prepare_update_case_2(
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -649,7 +654,7 @@ def prepare_update_case_2(
             c_zero,
             c_clipnorm,
             c_global_clipnorm,
-            c_6,
+            c_max_global_clipnorm_sqrt_global_sumsq_g,
             c_neg_clipvalue,
             c_clipvalue,
             c_lr,
@@ -672,7 +677,7 @@ def prepare_update_case_2(
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
         k_,
     )
 
@@ -704,7 +709,7 @@ def run_update_case_2(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
         k_,
     ) = step
     _update_2(
@@ -718,7 +723,7 @@ def run_update_case_2(rows, bounds, table, dt, step):
         b_weight_decay_given_and_is_update,
         b_is_update,
         b_use_ema,
-        b_9,
+        b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
 
 
@@ -790,7 +795,7 @@ def _update_2(
     b_weight_decay_given_and_is_update,
     b_is_update,
     b_use_ema,
-    b_9,
+    b_ema_overwrite_and_use_ema,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -807,7 +812,7 @@ def _update_2(
         c_zero = k_[2]
         c_clipnorm = k_[3]
         c_global_clipnorm = k_[4]
-        c_6 = k_[5]
+        c_max_global_clipnorm_sqrt_global_sumsq_g = k_[5]
         c_neg_clipvalue = k_[6]
         c_clipvalue = k_[7]
         c_lr = k_[8]
@@ -826,7 +831,7 @@ def _update_2(
                 sumsq_g = (
                     dt(reduce_2_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
-                c_4 = (
+                c_max_clipnorm_sqrt_sumsq_g = (
                     dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
@@ -854,8 +859,12 @@ def _update_2(
                         c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
                     )
                     # clipping
-                    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+                    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+                    g = (
+                        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+                        if b_global_clipnorm_given_and_is_update
+                        else g
+                    )
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -870,7 +879,7 @@ def _update_2(
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
-                    w = ema if b_9 else w
+                    w = ema if b_ema_overwrite_and_use_ema else w
                     w_[i_] = w
                     velocity_[i_] = velocity
                     if b_gradient_accumulation_steps_given:

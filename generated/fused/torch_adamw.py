@@ -39,10 +39,10 @@ def prepare_update_case_0(
     clipvalue,
     global_clipnorm,
     use_ema,
-    ema_overwrite_frequency,
     loss_scale_factor,
     gradient_accumulation_steps,
     ema_mu,
+    ema_overwrite,
     global_sumsq_g,
     is_update,
     t,
@@ -62,7 +62,7 @@ def prepare_update_case_0(
     c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_6 = (
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -76,14 +76,14 @@ def prepare_update_case_0(
     c_beta2 = dt(beta2) if is_update else dt(0)
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    c_13 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
+    c_sqrt_one_minus_beta2_pow_t = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
     b_amsgrad = bool(amsgrad)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_10 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -91,14 +91,14 @@ def prepare_update_case_0(
             c_zero,
             c_clipnorm,
             c_global_clipnorm,
-            c_6,
+            c_max_global_clipnorm_sqrt_global_sumsq_g,
             c_neg_clipvalue,
             c_clipvalue,
             c_one_minus_beta1,
             c_beta2,
             c_one_minus_beta2,
             c_eps,
-            c_13,
+            c_sqrt_one_minus_beta2_pow_t,
             c_lr,
             c_one_minus_beta1_pow_t,
             c_ema_mu,
@@ -119,7 +119,7 @@ def prepare_update_case_0(
         b_maximize,
         b_amsgrad,
         b_use_ema,
-        b_10,
+        b_ema_overwrite_and_use_ema,
         k_,
     )
 
@@ -156,7 +156,7 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_maximize,
         b_amsgrad,
         b_use_ema,
-        b_10,
+        b_ema_overwrite_and_use_ema,
         k_,
     ) = step
     _update_0(
@@ -171,7 +171,7 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_maximize,
         b_amsgrad,
         b_use_ema,
-        b_10,
+        b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
 
 
@@ -244,7 +244,7 @@ def _update_0(
     b_maximize,
     b_amsgrad,
     b_use_ema,
-    b_10,
+    b_ema_overwrite_and_use_ema,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -261,14 +261,14 @@ def _update_0(
         c_zero = k_[2]
         c_clipnorm = k_[3]
         c_global_clipnorm = k_[4]
-        c_6 = k_[5]
+        c_max_global_clipnorm_sqrt_global_sumsq_g = k_[5]
         c_neg_clipvalue = k_[6]
         c_clipvalue = k_[7]
         c_one_minus_beta1 = k_[8]
         c_beta2 = k_[9]
         c_one_minus_beta2 = k_[10]
         c_eps = k_[11]
-        c_13 = k_[12]
+        c_sqrt_one_minus_beta2_pow_t = k_[12]
         c_lr = k_[13]
         c_one_minus_beta1_pow_t = k_[14]
         c_ema_mu = k_[15]
@@ -286,7 +286,7 @@ def _update_0(
                 sumsq_g = (
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
-                c_4 = (
+                c_max_clipnorm_sqrt_sumsq_g = (
                     dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
@@ -316,8 +316,12 @@ def _update_0(
                         c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
                     )
                     # clipping
-                    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+                    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+                    g = (
+                        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+                        if b_global_clipnorm_given_and_is_update
+                        else g
+                    )
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -334,10 +338,18 @@ def _update_0(
                     # AMSGrad maximum
                     max_exp_avg_sq = np.maximum(exp_avg_sq, max_exp_avg_sq) if b_is_update else max_exp_avg_sq
                     # denominator
-                    denom = c_eps + math.sqrt(exp_avg_sq) / c_13 if b_is_update else c_zero
+                    denom = (
+                        c_eps + math.sqrt(exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t
+                        if b_is_update
+                        else c_zero
+                    )
                     # AMSGrad denominator
                     denom = (
-                        (c_eps + math.sqrt(max_exp_avg_sq) / c_13 if b_amsgrad else denom)
+                        (
+                            c_eps + math.sqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t
+                            if b_amsgrad
+                            else denom
+                        )
                         if b_is_update
                         else denom
                     )
@@ -346,7 +358,7 @@ def _update_0(
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
-                    w = ema if b_10 else w
+                    w = ema if b_ema_overwrite_and_use_ema else w
                     w_[i_] = w
                     exp_avg_[i_] = exp_avg
                     exp_avg_sq_[i_] = exp_avg_sq
@@ -371,10 +383,10 @@ def prepare_update_case_1(
     clipvalue,
     global_clipnorm,
     use_ema,
-    ema_overwrite_frequency,
     loss_scale_factor,
     gradient_accumulation_steps,
     ema_mu,
+    ema_overwrite,
     global_sumsq_g,
     is_update,
     t,
@@ -394,7 +406,7 @@ def prepare_update_case_1(
     c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_6 = (
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -408,14 +420,14 @@ def prepare_update_case_1(
     c_beta2 = dt(beta2) if is_update else dt(0)
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    c_13 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
+    c_sqrt_one_minus_beta2_pow_t = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
     b_amsgrad = bool(amsgrad)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_10 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -423,14 +435,14 @@ def prepare_update_case_1(
             c_zero,
             c_clipnorm,
             c_global_clipnorm,
-            c_6,
+            c_max_global_clipnorm_sqrt_global_sumsq_g,
             c_neg_clipvalue,
             c_clipvalue,
             c_one_minus_beta1,
             c_beta2,
             c_one_minus_beta2,
             c_eps,
-            c_13,
+            c_sqrt_one_minus_beta2_pow_t,
             c_lr,
             c_one_minus_beta1_pow_t,
             c_ema_mu,
@@ -451,7 +463,7 @@ def prepare_update_case_1(
         b_maximize,
         b_amsgrad,
         b_use_ema,
-        b_10,
+        b_ema_overwrite_and_use_ema,
         k_,
     )
 
@@ -488,7 +500,7 @@ def run_update_case_1(rows, bounds, table, dt, step):
         b_maximize,
         b_amsgrad,
         b_use_ema,
-        b_10,
+        b_ema_overwrite_and_use_ema,
         k_,
     ) = step
     _update_1(
@@ -503,7 +515,7 @@ def run_update_case_1(rows, bounds, table, dt, step):
         b_maximize,
         b_amsgrad,
         b_use_ema,
-        b_10,
+        b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
 
 
@@ -576,7 +588,7 @@ def _update_1(
     b_maximize,
     b_amsgrad,
     b_use_ema,
-    b_10,
+    b_ema_overwrite_and_use_ema,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -593,14 +605,14 @@ def _update_1(
         c_zero = k_[2]
         c_clipnorm = k_[3]
         c_global_clipnorm = k_[4]
-        c_6 = k_[5]
+        c_max_global_clipnorm_sqrt_global_sumsq_g = k_[5]
         c_neg_clipvalue = k_[6]
         c_clipvalue = k_[7]
         c_one_minus_beta1 = k_[8]
         c_beta2 = k_[9]
         c_one_minus_beta2 = k_[10]
         c_eps = k_[11]
-        c_13 = k_[12]
+        c_sqrt_one_minus_beta2_pow_t = k_[12]
         c_lr = k_[13]
         c_one_minus_beta1_pow_t = k_[14]
         c_ema_mu = k_[15]
@@ -618,7 +630,7 @@ def _update_1(
                 sumsq_g = (
                     dt(reduce_1_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
-                c_4 = (
+                c_max_clipnorm_sqrt_sumsq_g = (
                     dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
@@ -648,8 +660,12 @@ def _update_1(
                         c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
                     )
                     # clipping
-                    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+                    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+                    g = (
+                        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+                        if b_global_clipnorm_given_and_is_update
+                        else g
+                    )
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -664,10 +680,18 @@ def _update_1(
                         c_beta2 * exp_avg_sq + (g * g) * c_one_minus_beta2 if b_is_update else exp_avg_sq
                     )
                     # denominator
-                    denom = c_eps + math.sqrt(exp_avg_sq) / c_13 if b_is_update else c_zero
+                    denom = (
+                        c_eps + math.sqrt(exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t
+                        if b_is_update
+                        else c_zero
+                    )
                     # AMSGrad denominator
                     denom = (
-                        (c_eps + math.sqrt(max_exp_avg_sq) / c_13 if b_amsgrad else denom)
+                        (
+                            c_eps + math.sqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t
+                            if b_amsgrad
+                            else denom
+                        )
                         if b_is_update
                         else denom
                     )
@@ -676,7 +700,7 @@ def _update_1(
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
-                    w = ema if b_10 else w
+                    w = ema if b_ema_overwrite_and_use_ema else w
                     w_[i_] = w
                     exp_avg_[i_] = exp_avg
                     exp_avg_sq_[i_] = exp_avg_sq
@@ -701,10 +725,10 @@ def prepare_update_case_2(
     clipvalue,
     global_clipnorm,
     use_ema,
-    ema_overwrite_frequency,
     loss_scale_factor,
     gradient_accumulation_steps,
     ema_mu,
+    ema_overwrite,
     global_sumsq_g,
     is_update,
     t,
@@ -724,7 +748,7 @@ def prepare_update_case_2(
     c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_6 = (
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -734,19 +758,19 @@ def prepare_update_case_2(
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
     b_maximize = bool(maximize)
-    c_9 = dt(1 - lr * weight_decay) if is_update else dt(0)
+    c_one_minus_lr_times_weight_decay = dt(1 - lr * weight_decay) if is_update else dt(0)
     c_one_minus_beta1 = dt(1 - beta1) if is_update else dt(0)
     c_beta2 = dt(beta2) if is_update else dt(0)
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    c_14 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
+    c_sqrt_one_minus_beta2_pow_t = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
     b_amsgrad = bool(amsgrad)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_10 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -754,15 +778,15 @@ def prepare_update_case_2(
             c_zero,
             c_clipnorm,
             c_global_clipnorm,
-            c_6,
+            c_max_global_clipnorm_sqrt_global_sumsq_g,
             c_neg_clipvalue,
             c_clipvalue,
-            c_9,
+            c_one_minus_lr_times_weight_decay,
             c_one_minus_beta1,
             c_beta2,
             c_one_minus_beta2,
             c_eps,
-            c_14,
+            c_sqrt_one_minus_beta2_pow_t,
             c_lr,
             c_one_minus_beta1_pow_t,
             c_ema_mu,
@@ -783,7 +807,7 @@ def prepare_update_case_2(
         b_maximize,
         b_amsgrad,
         b_use_ema,
-        b_10,
+        b_ema_overwrite_and_use_ema,
         k_,
     )
 
@@ -820,7 +844,7 @@ def run_update_case_2(rows, bounds, table, dt, step):
         b_maximize,
         b_amsgrad,
         b_use_ema,
-        b_10,
+        b_ema_overwrite_and_use_ema,
         k_,
     ) = step
     _update_2(
@@ -835,7 +859,7 @@ def run_update_case_2(rows, bounds, table, dt, step):
         b_maximize,
         b_amsgrad,
         b_use_ema,
-        b_10,
+        b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
 
 
@@ -908,7 +932,7 @@ def _update_2(
     b_maximize,
     b_amsgrad,
     b_use_ema,
-    b_10,
+    b_ema_overwrite_and_use_ema,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -925,15 +949,15 @@ def _update_2(
         c_zero = k_[2]
         c_clipnorm = k_[3]
         c_global_clipnorm = k_[4]
-        c_6 = k_[5]
+        c_max_global_clipnorm_sqrt_global_sumsq_g = k_[5]
         c_neg_clipvalue = k_[6]
         c_clipvalue = k_[7]
-        c_9 = k_[8]
+        c_one_minus_lr_times_weight_decay = k_[8]
         c_one_minus_beta1 = k_[9]
         c_beta2 = k_[10]
         c_one_minus_beta2 = k_[11]
         c_eps = k_[12]
-        c_14 = k_[13]
+        c_sqrt_one_minus_beta2_pow_t = k_[13]
         c_lr = k_[14]
         c_one_minus_beta1_pow_t = k_[15]
         c_ema_mu = k_[16]
@@ -951,7 +975,7 @@ def _update_2(
                 sumsq_g = (
                     dt(reduce_2_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
-                c_4 = (
+                c_max_clipnorm_sqrt_sumsq_g = (
                     dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
@@ -981,8 +1005,12 @@ def _update_2(
                         c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
                     )
                     # clipping
-                    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+                    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+                    g = (
+                        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+                        if b_global_clipnorm_given_and_is_update
+                        else g
+                    )
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -991,7 +1019,7 @@ def _update_2(
                     # maximize
                     g = (-g if b_maximize else g) if b_is_update else g
                     # decoupled weight decay
-                    w = w * c_9 if b_is_update else w
+                    w = w * c_one_minus_lr_times_weight_decay if b_is_update else w
                     # first moment
                     exp_avg = exp_avg + c_one_minus_beta1 * (g - exp_avg) if b_is_update else exp_avg
                     # second moment
@@ -1001,10 +1029,18 @@ def _update_2(
                     # AMSGrad maximum
                     max_exp_avg_sq = np.maximum(exp_avg_sq, max_exp_avg_sq) if b_is_update else max_exp_avg_sq
                     # denominator
-                    denom = c_eps + math.sqrt(exp_avg_sq) / c_14 if b_is_update else c_zero
+                    denom = (
+                        c_eps + math.sqrt(exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t
+                        if b_is_update
+                        else c_zero
+                    )
                     # AMSGrad denominator
                     denom = (
-                        (c_eps + math.sqrt(max_exp_avg_sq) / c_14 if b_amsgrad else denom)
+                        (
+                            c_eps + math.sqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t
+                            if b_amsgrad
+                            else denom
+                        )
                         if b_is_update
                         else denom
                     )
@@ -1013,7 +1049,7 @@ def _update_2(
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
-                    w = ema if b_10 else w
+                    w = ema if b_ema_overwrite_and_use_ema else w
                     w_[i_] = w
                     exp_avg_[i_] = exp_avg
                     exp_avg_sq_[i_] = exp_avg_sq
@@ -1039,10 +1075,10 @@ def prepare_update_case_3(
     clipvalue,
     global_clipnorm,
     use_ema,
-    ema_overwrite_frequency,
     loss_scale_factor,
     gradient_accumulation_steps,
     ema_mu,
+    ema_overwrite,
     global_sumsq_g,
     is_update,
     t,
@@ -1062,7 +1098,7 @@ def prepare_update_case_3(
     c_clipnorm = dt(clipnorm)
     b_global_clipnorm_given_and_is_update = bool((global_clipnorm is not None and is_update))
     c_global_clipnorm = dt(global_clipnorm) if (global_clipnorm is not None and is_update) else dt(0)
-    c_6 = (
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
         dt(np.maximum(global_clipnorm, np.sqrt(global_sumsq_g)))
         if (global_clipnorm is not None and is_update)
         else dt(0)
@@ -1072,19 +1108,19 @@ def prepare_update_case_3(
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
     b_maximize = bool(maximize)
-    c_9 = dt(1 - lr * weight_decay) if is_update else dt(0)
+    c_one_minus_lr_times_weight_decay = dt(1 - lr * weight_decay) if is_update else dt(0)
     c_one_minus_beta1 = dt(1 - beta1) if is_update else dt(0)
     c_beta2 = dt(beta2) if is_update else dt(0)
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    c_14 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
+    c_sqrt_one_minus_beta2_pow_t = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
     b_amsgrad = bool(amsgrad)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_10 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     k_ = np.array(
         [
             c_loss_scale_factor,
@@ -1092,15 +1128,15 @@ def prepare_update_case_3(
             c_zero,
             c_clipnorm,
             c_global_clipnorm,
-            c_6,
+            c_max_global_clipnorm_sqrt_global_sumsq_g,
             c_neg_clipvalue,
             c_clipvalue,
-            c_9,
+            c_one_minus_lr_times_weight_decay,
             c_one_minus_beta1,
             c_beta2,
             c_one_minus_beta2,
             c_eps,
-            c_14,
+            c_sqrt_one_minus_beta2_pow_t,
             c_lr,
             c_one_minus_beta1_pow_t,
             c_ema_mu,
@@ -1121,7 +1157,7 @@ def prepare_update_case_3(
         b_maximize,
         b_amsgrad,
         b_use_ema,
-        b_10,
+        b_ema_overwrite_and_use_ema,
         k_,
     )
 
@@ -1158,7 +1194,7 @@ def run_update_case_3(rows, bounds, table, dt, step):
         b_maximize,
         b_amsgrad,
         b_use_ema,
-        b_10,
+        b_ema_overwrite_and_use_ema,
         k_,
     ) = step
     _update_3(
@@ -1173,7 +1209,7 @@ def run_update_case_3(rows, bounds, table, dt, step):
         b_maximize,
         b_amsgrad,
         b_use_ema,
-        b_10,
+        b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
 
 
@@ -1246,7 +1282,7 @@ def _update_3(
     b_maximize,
     b_amsgrad,
     b_use_ema,
-    b_10,
+    b_ema_overwrite_and_use_ema,
 ):
     """The kernel for these conditions (each row's tensor, or part of a tensor: its per-tensor values, then every element, in place) and dtype: compiled once for each combination, the tests of the
     conditions folded away."""
@@ -1263,15 +1299,15 @@ def _update_3(
         c_zero = k_[2]
         c_clipnorm = k_[3]
         c_global_clipnorm = k_[4]
-        c_6 = k_[5]
+        c_max_global_clipnorm_sqrt_global_sumsq_g = k_[5]
         c_neg_clipvalue = k_[6]
         c_clipvalue = k_[7]
-        c_9 = k_[8]
+        c_one_minus_lr_times_weight_decay = k_[8]
         c_one_minus_beta1 = k_[9]
         c_beta2 = k_[10]
         c_one_minus_beta2 = k_[11]
         c_eps = k_[12]
-        c_14 = k_[13]
+        c_sqrt_one_minus_beta2_pow_t = k_[13]
         c_lr = k_[14]
         c_one_minus_beta1_pow_t = k_[15]
         c_ema_mu = k_[16]
@@ -1289,7 +1325,7 @@ def _update_3(
                 sumsq_g = (
                     dt(reduce_3_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
-                c_4 = (
+                c_max_clipnorm_sqrt_sumsq_g = (
                     dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
                     if b_clipnorm_given_and_is_update
                     else dt(0)
@@ -1319,8 +1355,12 @@ def _update_3(
                         c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
                     )
                     # clipping
-                    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-                    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+                    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+                    g = (
+                        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+                        if b_global_clipnorm_given_and_is_update
+                        else g
+                    )
                     g = (
                         np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
                         if b_clipvalue_given_and_is_update
@@ -1329,7 +1369,7 @@ def _update_3(
                     # maximize
                     g = (-g if b_maximize else g) if b_is_update else g
                     # decoupled weight decay
-                    w = w * c_9 if b_is_update else w
+                    w = w * c_one_minus_lr_times_weight_decay if b_is_update else w
                     # first moment
                     exp_avg = exp_avg + c_one_minus_beta1 * (g - exp_avg) if b_is_update else exp_avg
                     # second moment
@@ -1337,10 +1377,18 @@ def _update_3(
                         c_beta2 * exp_avg_sq + (g * g) * c_one_minus_beta2 if b_is_update else exp_avg_sq
                     )
                     # denominator
-                    denom = c_eps + math.sqrt(exp_avg_sq) / c_14 if b_is_update else c_zero
+                    denom = (
+                        c_eps + math.sqrt(exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t
+                        if b_is_update
+                        else c_zero
+                    )
                     # AMSGrad denominator
                     denom = (
-                        (c_eps + math.sqrt(max_exp_avg_sq) / c_14 if b_amsgrad else denom)
+                        (
+                            c_eps + math.sqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t
+                            if b_amsgrad
+                            else denom
+                        )
                         if b_is_update
                         else denom
                     )
@@ -1349,7 +1397,7 @@ def _update_3(
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
-                    w = ema if b_10 else w
+                    w = ema if b_ema_overwrite_and_use_ema else w
                     w_[i_] = w
                     exp_avg_[i_] = exp_avg
                     exp_avg_sq_[i_] = exp_avg_sq

@@ -25,7 +25,8 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     g <- clip(g, -clipvalue, clipvalue)    if clipvalue given and is_update
     ema_mu = where(t == 1, 0, ema_momentum)
     ema <- ema*ema_mu + w*(1 - ema_mu)    if use_ema
-    w <- ema    if ema_overwrite_frequency given and use_ema and (t mod ema_overwrite_frequency) == 0
+    ema_overwrite = ema_overwrite_frequency given and (t mod ema_overwrite_frequency) == 0
+    w <- ema    if ema_overwrite and use_ema
 
 ``update`` returns ``w_new - w`` (derived symbolically); apply it with ``optax.apply_updates``.
 

@@ -39,8 +39,8 @@ def prepare_update_case_0(
     weight_decay,
     clipvalue,
     use_ema,
-    ema_overwrite_frequency,
     ema_mu,
+    ema_overwrite,
     t,
 ):
     """The once-per-step values of update_case_0: its flags, and its numbers in dtype ``dt``."""
@@ -72,7 +72,7 @@ def prepare_update_case_0(
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     flags = {
         "b_loss_scale_factor_given": b_loss_scale_factor_given,
         "b_gradient_accumulation_steps_given": b_gradient_accumulation_steps_given,
@@ -83,7 +83,7 @@ def prepare_update_case_0(
         "b_weight_decay_given_and_is_update": b_weight_decay_given_and_is_update,
         "b_is_update": b_is_update,
         "b_use_ema": b_use_ema,
-        "b_9": b_9,
+        "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
     return flags, [
         c_loss_scale_factor,
@@ -213,7 +213,7 @@ def _partial_0_1(
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
     grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
@@ -227,7 +227,7 @@ def _partial_0_1(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
     tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
 
 
@@ -279,7 +279,7 @@ def _update_0(
     b_weight_decay_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
     b_use_ema: tl.constexpr,
-    b_9: tl.constexpr,
+    b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
     DT: tl.constexpr,
     W_DT: tl.constexpr,
@@ -312,8 +312,10 @@ def _update_0(
     c_one_minus_ema_mu = tl.load(k_ + 14)
     global_sumsq_g = tl.load(gvals + 0).to(DT) if b_global_clipnorm_given_and_is_update else 0.0
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    c_6 = fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
+        fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    )
     w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
     w = tl.load(w_ + i_, mask=mask).to(DT)
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
@@ -339,8 +341,12 @@ def _update_0(
     )
     grad_accumulator = c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
     # clipping
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+    g = (
+        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+        if b_global_clipnorm_given_and_is_update
+        else g
+    )
     g = fmin(fmax(g, c_neg_clipvalue), c_clipvalue) if b_clipvalue_given_and_is_update else g
     # decoupled weight decay
     w = (w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w).to(W_DT).to(DT)
@@ -353,7 +359,7 @@ def _update_0(
     # EMA of the weights
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
-    w = (ema if b_9 else w).to(W_DT).to(DT)
+    w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
     tl.store(w_ + i_, w.to(W_DT), mask=mask)
     tl.store(m_ + i_, m.to(S_DT), mask=mask)
     tl.store(u_ + i_, u.to(S_DT), mask=mask)
@@ -379,8 +385,8 @@ UPDATE_CASE_0 = triton_support.Case(
         "weight_decay",
         "clipvalue",
         "use_ema",
-        "ema_overwrite_frequency",
         "ema_mu",
+        "ema_overwrite",
         "t",
     ),
     arrays=(
@@ -438,7 +444,7 @@ UPDATE_CASE_0 = triton_support.Case(
                 "b_weight_decay_given_and_is_update",
                 "b_is_update",
                 "b_use_ema",
-                "b_9",
+                "b_ema_overwrite_and_use_ema",
             ),
         ),
     ),

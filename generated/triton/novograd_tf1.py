@@ -40,9 +40,8 @@ def prepare_update_case_0(
     use_nesterov,
     clipvalue,
     use_ema,
-    ema_overwrite_frequency,
     ema_mu,
-    t,
+    ema_overwrite,
 ):
     """The once-per-step values of update_case_0: its flags, and its numbers in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
@@ -63,7 +62,7 @@ def prepare_update_case_0(
     c_neg_clipvalue = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
-    b_7 = bool(weight_decay != 0)
+    b_weight_decay_is_not_zero = bool(weight_decay != 0)
     c_weight_decay = dt(weight_decay) if (is_update and weight_decay != 0) else dt(0)
     b_grad_averaging = bool(grad_averaging)
     c_one_minus_beta1 = dt(1 - beta1) if (grad_averaging and is_update) else dt(0)
@@ -73,7 +72,7 @@ def prepare_update_case_0(
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_11 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     c_epsilon = dt(epsilon)
     flags = {
         "b_loss_scale_factor_given": b_loss_scale_factor_given,
@@ -83,11 +82,11 @@ def prepare_update_case_0(
         "b_global_clipnorm_given_and_is_update": b_global_clipnorm_given_and_is_update,
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_is_update": b_is_update,
-        "b_7": b_7,
+        "b_weight_decay_is_not_zero": b_weight_decay_is_not_zero,
         "b_grad_averaging": b_grad_averaging,
         "b_use_nesterov": b_use_nesterov,
         "b_use_ema": b_use_ema,
-        "b_11": b_11,
+        "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
     return flags, [
         c_loss_scale_factor,
@@ -216,7 +215,7 @@ def _partial_0_1(
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
     grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
@@ -230,7 +229,7 @@ def _partial_0_1(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
     tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
 
 
@@ -302,8 +301,10 @@ def _partial_0_2(
     c_clipvalue = tl.load(k_ + 6)
     global_sumsq_g = tl.load(gvals + 0).to(DT) if b_global_clipnorm_given_and_is_update else 0.0
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    c_6 = fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
+        fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    )
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
     grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
@@ -317,8 +318,12 @@ def _partial_0_2(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+    g = (
+        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+        if b_global_clipnorm_given_and_is_update
+        else g
+    )
     g = fmin(fmax(g, c_neg_clipvalue), c_clipvalue) if b_clipvalue_given_and_is_update else g
     tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
 
@@ -374,11 +379,11 @@ def _update_0(
     b_global_clipnorm_given_and_is_update: tl.constexpr,
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
-    b_7: tl.constexpr,
+    b_weight_decay_is_not_zero: tl.constexpr,
     b_grad_averaging: tl.constexpr,
     b_use_nesterov: tl.constexpr,
     b_use_ema: tl.constexpr,
-    b_11: tl.constexpr,
+    b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
     DT: tl.constexpr,
     W_DT: tl.constexpr,
@@ -411,9 +416,11 @@ def _update_0(
     global_sumsq_g = tl.load(gvals + 0).to(DT) if b_global_clipnorm_given_and_is_update else 0.0
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     v = tl.load(tvals + t_ * NT + 2).to(DT)
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    c_6 = fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
-    c_9 = fsqrt(c_epsilon + v) if b_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
+        fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    )
+    c_sqrt_epsilon_plus_v = fsqrt(c_epsilon + v) if b_is_update else 0.0
     w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
     w = tl.load(w_ + i_, mask=mask).to(DT)
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
@@ -437,13 +444,17 @@ def _update_0(
     )
     grad_accumulator = c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
     # clipping
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+    g = (
+        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+        if b_global_clipnorm_given_and_is_update
+        else g
+    )
     g = fmin(fmax(g, c_neg_clipvalue), c_clipvalue) if b_clipvalue_given_and_is_update else g
     # normalised gradient
-    u = g / c_9 if b_is_update else c_zero
+    u = g / c_sqrt_epsilon_plus_v if b_is_update else c_zero
     # weight decay
-    u = u + (w * c_weight_decay if b_7 else c_zero) if b_is_update else u
+    u = u + (w * c_weight_decay if b_weight_decay_is_not_zero else c_zero) if b_is_update else u
     # gradient averaging
     u = (u * c_one_minus_beta1 if b_grad_averaging else u) if b_is_update else u
     # momentum
@@ -453,7 +464,7 @@ def _update_0(
     # EMA of the weights
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
-    w = (ema if b_11 else w).to(W_DT).to(DT)
+    w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
     tl.store(w_ + i_, w.to(W_DT), mask=mask)
     tl.store(m_ + i_, m.to(S_DT), mask=mask)
     if b_gradient_accumulation_steps_given:
@@ -479,9 +490,8 @@ UPDATE_CASE_0 = triton_support.Case(
         "use_nesterov",
         "clipvalue",
         "use_ema",
-        "ema_overwrite_frequency",
         "ema_mu",
-        "t",
+        "ema_overwrite",
     ),
     arrays=(
         "w",
@@ -549,11 +559,11 @@ UPDATE_CASE_0 = triton_support.Case(
                 "b_global_clipnorm_given_and_is_update",
                 "b_clipvalue_given_and_is_update",
                 "b_is_update",
-                "b_7",
+                "b_weight_decay_is_not_zero",
                 "b_grad_averaging",
                 "b_use_nesterov",
                 "b_use_ema",
-                "b_11",
+                "b_ema_overwrite_and_use_ema",
             ),
         ),
     ),

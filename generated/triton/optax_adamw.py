@@ -40,8 +40,8 @@ def prepare_update_case_0(
     weight_decay,
     clipvalue,
     use_ema,
-    ema_overwrite_frequency,
     ema_mu,
+    ema_overwrite,
     t,
 ):
     """The once-per-step values of update_case_0 (where nesterov): its flags, and its numbers in dtype ``dt``."""
@@ -68,7 +68,7 @@ def prepare_update_case_0(
     c_b2 = dt(b2) if is_update else dt(0)
     c_one_minus_b2 = dt(1 - b2) if is_update else dt(0)
     c_one_minus_b1_pow_t = dt(1 - b1**t) if is_update else dt(0)
-    c_14 = dt(1 - b1 ** (t + 1)) if is_update else dt(0)
+    c_one_minus_b1_pow_t_plus_one = dt(1 - b1 ** (t + 1)) if is_update else dt(0)
     c_one_minus_b2_pow_t = dt(1 - b2**t) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_eps_root = dt(eps_root) if is_update else dt(0)
@@ -77,7 +77,7 @@ def prepare_update_case_0(
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_8 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     flags = {
         "b_loss_scale_factor_given": b_loss_scale_factor_given,
         "b_gradient_accumulation_steps_given": b_gradient_accumulation_steps_given,
@@ -87,7 +87,7 @@ def prepare_update_case_0(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_is_update": b_is_update,
         "b_use_ema": b_use_ema,
-        "b_8": b_8,
+        "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
     return flags, [
         c_loss_scale_factor,
@@ -102,7 +102,7 @@ def prepare_update_case_0(
         c_b2,
         c_one_minus_b2,
         c_one_minus_b1_pow_t,
-        c_14,
+        c_one_minus_b1_pow_t_plus_one,
         c_one_minus_b2_pow_t,
         c_eps,
         c_eps_root,
@@ -222,7 +222,7 @@ def _partial_0_1(
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
     grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
@@ -236,7 +236,7 @@ def _partial_0_1(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
     tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
 
 
@@ -287,7 +287,7 @@ def _update_0(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
     b_use_ema: tl.constexpr,
-    b_8: tl.constexpr,
+    b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
     DT: tl.constexpr,
     W_DT: tl.constexpr,
@@ -315,7 +315,7 @@ def _update_0(
     c_b2 = tl.load(k_ + 9)
     c_one_minus_b2 = tl.load(k_ + 10)
     c_one_minus_b1_pow_t = tl.load(k_ + 11)
-    c_14 = tl.load(k_ + 12)
+    c_one_minus_b1_pow_t_plus_one = tl.load(k_ + 12)
     c_one_minus_b2_pow_t = tl.load(k_ + 13)
     c_eps = tl.load(k_ + 14)
     c_eps_root = tl.load(k_ + 15)
@@ -325,8 +325,10 @@ def _update_0(
     c_one_minus_ema_mu = tl.load(k_ + 19)
     global_sumsq_g = tl.load(gvals + 0).to(DT) if b_global_clipnorm_given_and_is_update else 0.0
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    c_6 = fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
+        fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    )
     w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
     w = tl.load(w_ + i_, mask=mask).to(DT)
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
@@ -352,8 +354,12 @@ def _update_0(
     )
     grad_accumulator = c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
     # clipping
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+    g = (
+        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+        if b_global_clipnorm_given_and_is_update
+        else g
+    )
     g = fmin(fmax(g, c_neg_clipvalue), c_clipvalue) if b_clipvalue_given_and_is_update else g
     # first moment
     mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
@@ -362,7 +368,11 @@ def _update_0(
     # bias correction
     mu_hat = mu / c_one_minus_b1_pow_t if b_is_update else c_zero
     # Nesterov look-ahead
-    mu_hat = c_b1 * mu / c_14 + g * c_one_minus_b1 / c_one_minus_b1_pow_t if b_is_update else mu_hat
+    mu_hat = (
+        c_b1 * mu / c_one_minus_b1_pow_t_plus_one + g * c_one_minus_b1 / c_one_minus_b1_pow_t
+        if b_is_update
+        else mu_hat
+    )
     # bias correction
     nu_hat = nu / c_one_minus_b2_pow_t if b_is_update else c_zero
     # scaled update
@@ -372,7 +382,7 @@ def _update_0(
     # EMA of the weights
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
-    w = (ema if b_8 else w).to(W_DT).to(DT)
+    w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
     tl.store(w_ + i_, w.to(W_DT), mask=mask)
     tl.store(mu_ + i_, mu.to(S_DT), mask=mask)
     tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
@@ -399,8 +409,8 @@ UPDATE_CASE_0 = triton_support.Case(
         "weight_decay",
         "clipvalue",
         "use_ema",
-        "ema_overwrite_frequency",
         "ema_mu",
+        "ema_overwrite",
         "t",
     ),
     arrays=(
@@ -457,7 +467,7 @@ UPDATE_CASE_0 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_is_update",
                 "b_use_ema",
-                "b_8",
+                "b_ema_overwrite_and_use_ema",
             ),
         ),
     ),
@@ -479,8 +489,8 @@ def prepare_update_case_1(
     weight_decay,
     clipvalue,
     use_ema,
-    ema_overwrite_frequency,
     ema_mu,
+    ema_overwrite,
     t,
 ):
     """The once-per-step values of update_case_1 (where not nesterov): its flags, and its numbers in dtype ``dt``."""
@@ -515,7 +525,7 @@ def prepare_update_case_1(
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_8 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     flags = {
         "b_loss_scale_factor_given": b_loss_scale_factor_given,
         "b_gradient_accumulation_steps_given": b_gradient_accumulation_steps_given,
@@ -525,7 +535,7 @@ def prepare_update_case_1(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_is_update": b_is_update,
         "b_use_ema": b_use_ema,
-        "b_8": b_8,
+        "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
     return flags, [
         c_loss_scale_factor,
@@ -659,7 +669,7 @@ def _partial_1_1(
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
     grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
@@ -673,7 +683,7 @@ def _partial_1_1(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
     tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
 
 
@@ -724,7 +734,7 @@ def _update_1(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
     b_use_ema: tl.constexpr,
-    b_8: tl.constexpr,
+    b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
     DT: tl.constexpr,
     W_DT: tl.constexpr,
@@ -761,8 +771,10 @@ def _update_1(
     c_one_minus_ema_mu = tl.load(k_ + 18)
     global_sumsq_g = tl.load(gvals + 0).to(DT) if b_global_clipnorm_given_and_is_update else 0.0
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    c_6 = fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
+        fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    )
     w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
     w = tl.load(w_ + i_, mask=mask).to(DT)
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
@@ -788,8 +800,12 @@ def _update_1(
     )
     grad_accumulator = c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
     # clipping
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+    g = (
+        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+        if b_global_clipnorm_given_and_is_update
+        else g
+    )
     g = fmin(fmax(g, c_neg_clipvalue), c_clipvalue) if b_clipvalue_given_and_is_update else g
     # first moment
     mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
@@ -805,7 +821,7 @@ def _update_1(
     # EMA of the weights
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
-    w = (ema if b_8 else w).to(W_DT).to(DT)
+    w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
     tl.store(w_ + i_, w.to(W_DT), mask=mask)
     tl.store(mu_ + i_, mu.to(S_DT), mask=mask)
     tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
@@ -832,8 +848,8 @@ UPDATE_CASE_1 = triton_support.Case(
         "weight_decay",
         "clipvalue",
         "use_ema",
-        "ema_overwrite_frequency",
         "ema_mu",
+        "ema_overwrite",
         "t",
     ),
     arrays=(
@@ -890,7 +906,7 @@ UPDATE_CASE_1 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_is_update",
                 "b_use_ema",
-                "b_8",
+                "b_ema_overwrite_and_use_ema",
             ),
         ),
     ),

@@ -40,8 +40,8 @@ def prepare_update_case_0(
     weight_decay,
     clipvalue,
     use_ema,
-    ema_overwrite_frequency,
     ema_mu,
+    ema_overwrite,
     t,
 ):
     """The once-per-step values of update_case_0: its flags, and its numbers in dtype ``dt``."""
@@ -63,7 +63,7 @@ def prepare_update_case_0(
     c_neg_clipvalue = dt(-clipvalue) if (clipvalue is not None and is_update) else dt(0)
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
-    b_7 = bool(t == 1)
+    b_t_is_one = bool(t == 1)
     c_b2 = dt(b2) if (is_update and t != 1) else dt(0)
     c_one_minus_b2 = dt(1 - b2) if (is_update and t != 1) else dt(0)
     c_weight_decay = dt(weight_decay) if is_update else dt(0)
@@ -72,7 +72,7 @@ def prepare_update_case_0(
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_9 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     c_eps = dt(eps)
     c_eps_root = dt(eps_root)
     flags = {
@@ -83,9 +83,9 @@ def prepare_update_case_0(
         "b_global_clipnorm_given_and_is_update": b_global_clipnorm_given_and_is_update,
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_is_update": b_is_update,
-        "b_7": b_7,
+        "b_t_is_one": b_t_is_one,
         "b_use_ema": b_use_ema,
-        "b_9": b_9,
+        "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
     return flags, [
         c_loss_scale_factor,
@@ -216,7 +216,7 @@ def _partial_0_1(
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
     grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
@@ -230,7 +230,7 @@ def _partial_0_1(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
     tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
 
 
@@ -302,8 +302,10 @@ def _partial_0_2(
     c_clipvalue = tl.load(k_ + 6)
     global_sumsq_g = tl.load(gvals + 0).to(DT) if b_global_clipnorm_given_and_is_update else 0.0
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    c_6 = fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
+        fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    )
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
     grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
@@ -317,8 +319,12 @@ def _partial_0_2(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+    g = (
+        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+        if b_global_clipnorm_given_and_is_update
+        else g
+    )
     g = fmin(fmax(g, c_neg_clipvalue), c_clipvalue) if b_clipvalue_given_and_is_update else g
     tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
 
@@ -333,7 +339,7 @@ def _tensor_0_2(
     partials,
     n_chunks,
     b_is_update: tl.constexpr,
-    b_7: tl.constexpr,
+    b_t_is_one: tl.constexpr,
     NT: tl.constexpr,
     DT: tl.constexpr,
     W_DT: tl.constexpr,
@@ -358,7 +364,7 @@ def _tensor_0_2(
     total = tl.sum(acc).to(DT)
     sumsq_g_1 = total if b_is_update else c_zero
     # second moment
-    nu = (sumsq_g_1 if b_7 else c_b2 * nu + sumsq_g_1 * c_one_minus_b2) if b_is_update else nu
+    nu = (sumsq_g_1 if b_t_is_one else c_b2 * nu + sumsq_g_1 * c_one_minus_b2) if b_is_update else nu
     tl.store(tvals + t_ * NT + 1, sumsq_g_1.to(tl.float64))
     tl.store(nu_, nu.to(S_DT))
     tl.store(tvals + t_ * NT + 2, nu.to(tl.float64))
@@ -380,9 +386,9 @@ def _update_0(
     b_global_clipnorm_given_and_is_update: tl.constexpr,
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
-    b_7: tl.constexpr,
+    b_t_is_one: tl.constexpr,
     b_use_ema: tl.constexpr,
-    b_9: tl.constexpr,
+    b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
     DT: tl.constexpr,
     W_DT: tl.constexpr,
@@ -415,9 +421,11 @@ def _update_0(
     global_sumsq_g = tl.load(gvals + 0).to(DT) if b_global_clipnorm_given_and_is_update else 0.0
     nu = tl.load(tvals + t_ * NT + 2).to(DT)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    c_6 = fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
-    c_11 = c_eps + fsqrt(c_eps_root + nu) if b_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
+        fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    )
+    c_eps_plus_sqrt_eps_root_plus_nu = c_eps + fsqrt(c_eps_root + nu) if b_is_update else 0.0
     w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
     w = tl.load(w_ + i_, mask=mask).to(DT)
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
@@ -441,19 +449,23 @@ def _update_0(
     )
     grad_accumulator = c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
     # clipping
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+    g = (
+        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+        if b_global_clipnorm_given_and_is_update
+        else g
+    )
     g = fmin(fmax(g, c_neg_clipvalue), c_clipvalue) if b_clipvalue_given_and_is_update else g
     # normalised gradient with weight decay
-    u = g / c_11 + w * c_weight_decay if b_is_update else c_zero
+    u = g / c_eps_plus_sqrt_eps_root_plus_nu + w * c_weight_decay if b_is_update else c_zero
     # first moment
-    mu = (u if b_7 else c_b1 * mu + u) if b_is_update else mu
+    mu = (u if b_t_is_one else c_b1 * mu + u) if b_is_update else mu
     # parameter update
     w = (w - c_lr * mu if b_is_update else w).to(W_DT).to(DT)
     # EMA of the weights
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
-    w = (ema if b_9 else w).to(W_DT).to(DT)
+    w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
     tl.store(w_ + i_, w.to(W_DT), mask=mask)
     tl.store(mu_ + i_, mu.to(S_DT), mask=mask)
     if b_gradient_accumulation_steps_given:
@@ -479,8 +491,8 @@ UPDATE_CASE_0 = triton_support.Case(
         "weight_decay",
         "clipvalue",
         "use_ema",
-        "ema_overwrite_frequency",
         "ema_mu",
+        "ema_overwrite",
         "t",
     ),
     arrays=(
@@ -543,7 +555,7 @@ UPDATE_CASE_0 = triton_support.Case(
             "tensors",
             (
                 "b_is_update",
-                "b_7",
+                "b_t_is_one",
             ),
         ),
         triton_support.Phase(
@@ -557,9 +569,9 @@ UPDATE_CASE_0 = triton_support.Case(
                 "b_global_clipnorm_given_and_is_update",
                 "b_clipvalue_given_and_is_update",
                 "b_is_update",
-                "b_7",
+                "b_t_is_one",
                 "b_use_ema",
-                "b_9",
+                "b_ema_overwrite_and_use_ema",
             ),
         ),
     ),

@@ -42,8 +42,8 @@ def prepare_update_case_0(
     maximize,
     clipvalue,
     use_ema,
-    ema_overwrite_frequency,
     ema_mu,
+    ema_overwrite,
     t,
 ):
     """The once-per-step values of update_case_0 (where (amsgrad and weight_decay == 0)): its flags, and its numbers in dtype ``dt``."""
@@ -70,14 +70,14 @@ def prepare_update_case_0(
     c_beta2 = dt(beta2) if is_update else dt(0)
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    c_13 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
+    c_sqrt_one_minus_beta2_pow_t = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
     b_amsgrad = bool(amsgrad)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_10 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     flags = {
         "b_loss_scale_factor_given": b_loss_scale_factor_given,
         "b_gradient_accumulation_steps_given": b_gradient_accumulation_steps_given,
@@ -89,7 +89,7 @@ def prepare_update_case_0(
         "b_maximize": b_maximize,
         "b_amsgrad": b_amsgrad,
         "b_use_ema": b_use_ema,
-        "b_10": b_10,
+        "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
     return flags, [
         c_loss_scale_factor,
@@ -103,7 +103,7 @@ def prepare_update_case_0(
         c_beta2,
         c_one_minus_beta2,
         c_eps,
-        c_13,
+        c_sqrt_one_minus_beta2_pow_t,
         c_lr,
         c_one_minus_beta1_pow_t,
         c_ema_mu,
@@ -220,7 +220,7 @@ def _partial_0_1(
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
     grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
@@ -234,7 +234,7 @@ def _partial_0_1(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
     tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
 
 
@@ -287,7 +287,7 @@ def _update_0(
     b_maximize: tl.constexpr,
     b_amsgrad: tl.constexpr,
     b_use_ema: tl.constexpr,
-    b_10: tl.constexpr,
+    b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
     DT: tl.constexpr,
     W_DT: tl.constexpr,
@@ -314,15 +314,17 @@ def _update_0(
     c_beta2 = tl.load(k_ + 8)
     c_one_minus_beta2 = tl.load(k_ + 9)
     c_eps = tl.load(k_ + 10)
-    c_13 = tl.load(k_ + 11)
+    c_sqrt_one_minus_beta2_pow_t = tl.load(k_ + 11)
     c_lr = tl.load(k_ + 12)
     c_one_minus_beta1_pow_t = tl.load(k_ + 13)
     c_ema_mu = tl.load(k_ + 14)
     c_one_minus_ema_mu = tl.load(k_ + 15)
     global_sumsq_g = tl.load(gvals + 0).to(DT) if b_global_clipnorm_given_and_is_update else 0.0
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    c_6 = fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
+        fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    )
     w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
     w = tl.load(w_ + i_, mask=mask).to(DT)
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
@@ -350,8 +352,12 @@ def _update_0(
     )
     grad_accumulator = c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
     # clipping
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+    g = (
+        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+        if b_global_clipnorm_given_and_is_update
+        else g
+    )
     g = fmin(fmax(g, c_neg_clipvalue), c_clipvalue) if b_clipvalue_given_and_is_update else g
     # maximize
     g = (-g if b_maximize else g) if b_is_update else g
@@ -362,15 +368,19 @@ def _update_0(
     # AMSGrad maximum
     max_exp_avg_sq = fmax(exp_avg_sq, max_exp_avg_sq) if b_is_update else max_exp_avg_sq
     # denominator
-    denom = c_eps + fsqrt(exp_avg_sq) / c_13 if b_is_update else c_zero
+    denom = c_eps + fsqrt(exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t if b_is_update else c_zero
     # AMSGrad denominator
-    denom = (c_eps + fsqrt(max_exp_avg_sq) / c_13 if b_amsgrad else denom) if b_is_update else denom
+    denom = (
+        (c_eps + fsqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t if b_amsgrad else denom)
+        if b_is_update
+        else denom
+    )
     # parameter update
     w = (w - exp_avg * c_lr / (denom * c_one_minus_beta1_pow_t) if b_is_update else w).to(W_DT).to(DT)
     # EMA of the weights
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
-    w = (ema if b_10 else w).to(W_DT).to(DT)
+    w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
     tl.store(w_ + i_, w.to(W_DT), mask=mask)
     tl.store(exp_avg_ + i_, exp_avg.to(S_DT), mask=mask)
     tl.store(exp_avg_sq_ + i_, exp_avg_sq.to(S_DT), mask=mask)
@@ -398,8 +408,8 @@ UPDATE_CASE_0 = triton_support.Case(
         "maximize",
         "clipvalue",
         "use_ema",
-        "ema_overwrite_frequency",
         "ema_mu",
+        "ema_overwrite",
         "t",
     ),
     arrays=(
@@ -459,7 +469,7 @@ UPDATE_CASE_0 = triton_support.Case(
                 "b_maximize",
                 "b_amsgrad",
                 "b_use_ema",
-                "b_10",
+                "b_ema_overwrite_and_use_ema",
             ),
         ),
     ),
@@ -481,8 +491,8 @@ def prepare_update_case_1(
     maximize,
     clipvalue,
     use_ema,
-    ema_overwrite_frequency,
     ema_mu,
+    ema_overwrite,
     t,
 ):
     """The once-per-step values of update_case_1 (where (not amsgrad and weight_decay == 0)): its flags, and its numbers in dtype ``dt``."""
@@ -509,14 +519,14 @@ def prepare_update_case_1(
     c_beta2 = dt(beta2) if is_update else dt(0)
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    c_13 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
+    c_sqrt_one_minus_beta2_pow_t = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
     b_amsgrad = bool(amsgrad)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_10 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     flags = {
         "b_loss_scale_factor_given": b_loss_scale_factor_given,
         "b_gradient_accumulation_steps_given": b_gradient_accumulation_steps_given,
@@ -528,7 +538,7 @@ def prepare_update_case_1(
         "b_maximize": b_maximize,
         "b_amsgrad": b_amsgrad,
         "b_use_ema": b_use_ema,
-        "b_10": b_10,
+        "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
     return flags, [
         c_loss_scale_factor,
@@ -542,7 +552,7 @@ def prepare_update_case_1(
         c_beta2,
         c_one_minus_beta2,
         c_eps,
-        c_13,
+        c_sqrt_one_minus_beta2_pow_t,
         c_lr,
         c_one_minus_beta1_pow_t,
         c_ema_mu,
@@ -659,7 +669,7 @@ def _partial_1_1(
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
     grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
@@ -673,7 +683,7 @@ def _partial_1_1(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
     tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
 
 
@@ -726,7 +736,7 @@ def _update_1(
     b_maximize: tl.constexpr,
     b_amsgrad: tl.constexpr,
     b_use_ema: tl.constexpr,
-    b_10: tl.constexpr,
+    b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
     DT: tl.constexpr,
     W_DT: tl.constexpr,
@@ -753,15 +763,17 @@ def _update_1(
     c_beta2 = tl.load(k_ + 8)
     c_one_minus_beta2 = tl.load(k_ + 9)
     c_eps = tl.load(k_ + 10)
-    c_13 = tl.load(k_ + 11)
+    c_sqrt_one_minus_beta2_pow_t = tl.load(k_ + 11)
     c_lr = tl.load(k_ + 12)
     c_one_minus_beta1_pow_t = tl.load(k_ + 13)
     c_ema_mu = tl.load(k_ + 14)
     c_one_minus_ema_mu = tl.load(k_ + 15)
     global_sumsq_g = tl.load(gvals + 0).to(DT) if b_global_clipnorm_given_and_is_update else 0.0
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    c_6 = fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
+        fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    )
     w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
     w = tl.load(w_ + i_, mask=mask).to(DT)
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
@@ -789,8 +801,12 @@ def _update_1(
     )
     grad_accumulator = c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
     # clipping
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+    g = (
+        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+        if b_global_clipnorm_given_and_is_update
+        else g
+    )
     g = fmin(fmax(g, c_neg_clipvalue), c_clipvalue) if b_clipvalue_given_and_is_update else g
     # maximize
     g = (-g if b_maximize else g) if b_is_update else g
@@ -799,15 +815,19 @@ def _update_1(
     # second moment
     exp_avg_sq = c_beta2 * exp_avg_sq + (g * g) * c_one_minus_beta2 if b_is_update else exp_avg_sq
     # denominator
-    denom = c_eps + fsqrt(exp_avg_sq) / c_13 if b_is_update else c_zero
+    denom = c_eps + fsqrt(exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t if b_is_update else c_zero
     # AMSGrad denominator
-    denom = (c_eps + fsqrt(max_exp_avg_sq) / c_13 if b_amsgrad else denom) if b_is_update else denom
+    denom = (
+        (c_eps + fsqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t if b_amsgrad else denom)
+        if b_is_update
+        else denom
+    )
     # parameter update
     w = (w - exp_avg * c_lr / (denom * c_one_minus_beta1_pow_t) if b_is_update else w).to(W_DT).to(DT)
     # EMA of the weights
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
-    w = (ema if b_10 else w).to(W_DT).to(DT)
+    w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
     tl.store(w_ + i_, w.to(W_DT), mask=mask)
     tl.store(exp_avg_ + i_, exp_avg.to(S_DT), mask=mask)
     tl.store(exp_avg_sq_ + i_, exp_avg_sq.to(S_DT), mask=mask)
@@ -834,8 +854,8 @@ UPDATE_CASE_1 = triton_support.Case(
         "maximize",
         "clipvalue",
         "use_ema",
-        "ema_overwrite_frequency",
         "ema_mu",
+        "ema_overwrite",
         "t",
     ),
     arrays=(
@@ -895,7 +915,7 @@ UPDATE_CASE_1 = triton_support.Case(
                 "b_maximize",
                 "b_amsgrad",
                 "b_use_ema",
-                "b_10",
+                "b_ema_overwrite_and_use_ema",
             ),
         ),
     ),
@@ -918,8 +938,8 @@ def prepare_update_case_2(
     maximize,
     clipvalue,
     use_ema,
-    ema_overwrite_frequency,
     ema_mu,
+    ema_overwrite,
     t,
 ):
     """The once-per-step values of update_case_2 (where (amsgrad and weight_decay != 0)): its flags, and its numbers in dtype ``dt``."""
@@ -942,19 +962,19 @@ def prepare_update_case_2(
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
     b_maximize = bool(maximize)
-    c_9 = dt(1 - lr * weight_decay) if is_update else dt(0)
+    c_one_minus_lr_times_weight_decay = dt(1 - lr * weight_decay) if is_update else dt(0)
     c_one_minus_beta1 = dt(1 - beta1) if is_update else dt(0)
     c_beta2 = dt(beta2) if is_update else dt(0)
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    c_14 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
+    c_sqrt_one_minus_beta2_pow_t = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
     b_amsgrad = bool(amsgrad)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_10 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     flags = {
         "b_loss_scale_factor_given": b_loss_scale_factor_given,
         "b_gradient_accumulation_steps_given": b_gradient_accumulation_steps_given,
@@ -966,7 +986,7 @@ def prepare_update_case_2(
         "b_maximize": b_maximize,
         "b_amsgrad": b_amsgrad,
         "b_use_ema": b_use_ema,
-        "b_10": b_10,
+        "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
     return flags, [
         c_loss_scale_factor,
@@ -976,12 +996,12 @@ def prepare_update_case_2(
         c_global_clipnorm,
         c_neg_clipvalue,
         c_clipvalue,
-        c_9,
+        c_one_minus_lr_times_weight_decay,
         c_one_minus_beta1,
         c_beta2,
         c_one_minus_beta2,
         c_eps,
-        c_14,
+        c_sqrt_one_minus_beta2_pow_t,
         c_lr,
         c_one_minus_beta1_pow_t,
         c_ema_mu,
@@ -1098,7 +1118,7 @@ def _partial_2_1(
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
     grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
@@ -1112,7 +1132,7 @@ def _partial_2_1(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
     tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
 
 
@@ -1165,7 +1185,7 @@ def _update_2(
     b_maximize: tl.constexpr,
     b_amsgrad: tl.constexpr,
     b_use_ema: tl.constexpr,
-    b_10: tl.constexpr,
+    b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
     DT: tl.constexpr,
     W_DT: tl.constexpr,
@@ -1188,20 +1208,22 @@ def _update_2(
     c_global_clipnorm = tl.load(k_ + 4)
     c_neg_clipvalue = tl.load(k_ + 5)
     c_clipvalue = tl.load(k_ + 6)
-    c_9 = tl.load(k_ + 7)
+    c_one_minus_lr_times_weight_decay = tl.load(k_ + 7)
     c_one_minus_beta1 = tl.load(k_ + 8)
     c_beta2 = tl.load(k_ + 9)
     c_one_minus_beta2 = tl.load(k_ + 10)
     c_eps = tl.load(k_ + 11)
-    c_14 = tl.load(k_ + 12)
+    c_sqrt_one_minus_beta2_pow_t = tl.load(k_ + 12)
     c_lr = tl.load(k_ + 13)
     c_one_minus_beta1_pow_t = tl.load(k_ + 14)
     c_ema_mu = tl.load(k_ + 15)
     c_one_minus_ema_mu = tl.load(k_ + 16)
     global_sumsq_g = tl.load(gvals + 0).to(DT) if b_global_clipnorm_given_and_is_update else 0.0
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    c_6 = fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
+        fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    )
     w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
     w = tl.load(w_ + i_, mask=mask).to(DT)
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
@@ -1229,13 +1251,17 @@ def _update_2(
     )
     grad_accumulator = c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
     # clipping
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+    g = (
+        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+        if b_global_clipnorm_given_and_is_update
+        else g
+    )
     g = fmin(fmax(g, c_neg_clipvalue), c_clipvalue) if b_clipvalue_given_and_is_update else g
     # maximize
     g = (-g if b_maximize else g) if b_is_update else g
     # decoupled weight decay
-    w = (w * c_9 if b_is_update else w).to(W_DT).to(DT)
+    w = (w * c_one_minus_lr_times_weight_decay if b_is_update else w).to(W_DT).to(DT)
     # first moment
     exp_avg = exp_avg + c_one_minus_beta1 * (g - exp_avg) if b_is_update else exp_avg
     # second moment
@@ -1243,15 +1269,19 @@ def _update_2(
     # AMSGrad maximum
     max_exp_avg_sq = fmax(exp_avg_sq, max_exp_avg_sq) if b_is_update else max_exp_avg_sq
     # denominator
-    denom = c_eps + fsqrt(exp_avg_sq) / c_14 if b_is_update else c_zero
+    denom = c_eps + fsqrt(exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t if b_is_update else c_zero
     # AMSGrad denominator
-    denom = (c_eps + fsqrt(max_exp_avg_sq) / c_14 if b_amsgrad else denom) if b_is_update else denom
+    denom = (
+        (c_eps + fsqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t if b_amsgrad else denom)
+        if b_is_update
+        else denom
+    )
     # parameter update
     w = (w - exp_avg * c_lr / (denom * c_one_minus_beta1_pow_t) if b_is_update else w).to(W_DT).to(DT)
     # EMA of the weights
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
-    w = (ema if b_10 else w).to(W_DT).to(DT)
+    w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
     tl.store(w_ + i_, w.to(W_DT), mask=mask)
     tl.store(exp_avg_ + i_, exp_avg.to(S_DT), mask=mask)
     tl.store(exp_avg_sq_ + i_, exp_avg_sq.to(S_DT), mask=mask)
@@ -1280,8 +1310,8 @@ UPDATE_CASE_2 = triton_support.Case(
         "maximize",
         "clipvalue",
         "use_ema",
-        "ema_overwrite_frequency",
         "ema_mu",
+        "ema_overwrite",
         "t",
     ),
     arrays=(
@@ -1341,7 +1371,7 @@ UPDATE_CASE_2 = triton_support.Case(
                 "b_maximize",
                 "b_amsgrad",
                 "b_use_ema",
-                "b_10",
+                "b_ema_overwrite_and_use_ema",
             ),
         ),
     ),
@@ -1364,8 +1394,8 @@ def prepare_update_case_3(
     maximize,
     clipvalue,
     use_ema,
-    ema_overwrite_frequency,
     ema_mu,
+    ema_overwrite,
     t,
 ):
     """The once-per-step values of update_case_3 (where (not amsgrad and weight_decay != 0)): its flags, and its numbers in dtype ``dt``."""
@@ -1388,19 +1418,19 @@ def prepare_update_case_3(
     c_clipvalue = dt(clipvalue) if (clipvalue is not None and is_update) else dt(0)
     b_is_update = bool(is_update)
     b_maximize = bool(maximize)
-    c_9 = dt(1 - lr * weight_decay) if is_update else dt(0)
+    c_one_minus_lr_times_weight_decay = dt(1 - lr * weight_decay) if is_update else dt(0)
     c_one_minus_beta1 = dt(1 - beta1) if is_update else dt(0)
     c_beta2 = dt(beta2) if is_update else dt(0)
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    c_14 = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
+    c_sqrt_one_minus_beta2_pow_t = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
     b_amsgrad = bool(amsgrad)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
     c_one_minus_ema_mu = dt(1 - ema_mu) if use_ema else dt(0)
-    b_10 = bool((ema_overwrite_frequency is not None and use_ema and t % ema_overwrite_frequency == 0))
+    b_ema_overwrite_and_use_ema = bool((ema_overwrite and use_ema))
     flags = {
         "b_loss_scale_factor_given": b_loss_scale_factor_given,
         "b_gradient_accumulation_steps_given": b_gradient_accumulation_steps_given,
@@ -1412,7 +1442,7 @@ def prepare_update_case_3(
         "b_maximize": b_maximize,
         "b_amsgrad": b_amsgrad,
         "b_use_ema": b_use_ema,
-        "b_10": b_10,
+        "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
     return flags, [
         c_loss_scale_factor,
@@ -1422,12 +1452,12 @@ def prepare_update_case_3(
         c_global_clipnorm,
         c_neg_clipvalue,
         c_clipvalue,
-        c_9,
+        c_one_minus_lr_times_weight_decay,
         c_one_minus_beta1,
         c_beta2,
         c_one_minus_beta2,
         c_eps,
-        c_14,
+        c_sqrt_one_minus_beta2_pow_t,
         c_lr,
         c_one_minus_beta1_pow_t,
         c_ema_mu,
@@ -1544,7 +1574,7 @@ def _partial_3_1(
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
     grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
@@ -1558,7 +1588,7 @@ def _partial_3_1(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
     tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
 
 
@@ -1611,7 +1641,7 @@ def _update_3(
     b_maximize: tl.constexpr,
     b_amsgrad: tl.constexpr,
     b_use_ema: tl.constexpr,
-    b_10: tl.constexpr,
+    b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
     DT: tl.constexpr,
     W_DT: tl.constexpr,
@@ -1634,20 +1664,22 @@ def _update_3(
     c_global_clipnorm = tl.load(k_ + 4)
     c_neg_clipvalue = tl.load(k_ + 5)
     c_clipvalue = tl.load(k_ + 6)
-    c_9 = tl.load(k_ + 7)
+    c_one_minus_lr_times_weight_decay = tl.load(k_ + 7)
     c_one_minus_beta1 = tl.load(k_ + 8)
     c_beta2 = tl.load(k_ + 9)
     c_one_minus_beta2 = tl.load(k_ + 10)
     c_eps = tl.load(k_ + 11)
-    c_14 = tl.load(k_ + 12)
+    c_sqrt_one_minus_beta2_pow_t = tl.load(k_ + 12)
     c_lr = tl.load(k_ + 13)
     c_one_minus_beta1_pow_t = tl.load(k_ + 14)
     c_ema_mu = tl.load(k_ + 15)
     c_one_minus_ema_mu = tl.load(k_ + 16)
     global_sumsq_g = tl.load(gvals + 0).to(DT) if b_global_clipnorm_given_and_is_update else 0.0
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
-    c_4 = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    c_6 = fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
+    c_max_global_clipnorm_sqrt_global_sumsq_g = (
+        fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
+    )
     w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
     w = tl.load(w_ + i_, mask=mask).to(DT)
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
@@ -1675,27 +1707,35 @@ def _update_3(
     )
     grad_accumulator = c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
     # clipping
-    g = c_clipnorm * g / c_4 if b_clipnorm_given_and_is_update else g
-    g = g * c_global_clipnorm / c_6 if b_global_clipnorm_given_and_is_update else g
+    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+    g = (
+        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+        if b_global_clipnorm_given_and_is_update
+        else g
+    )
     g = fmin(fmax(g, c_neg_clipvalue), c_clipvalue) if b_clipvalue_given_and_is_update else g
     # maximize
     g = (-g if b_maximize else g) if b_is_update else g
     # decoupled weight decay
-    w = (w * c_9 if b_is_update else w).to(W_DT).to(DT)
+    w = (w * c_one_minus_lr_times_weight_decay if b_is_update else w).to(W_DT).to(DT)
     # first moment
     exp_avg = exp_avg + c_one_minus_beta1 * (g - exp_avg) if b_is_update else exp_avg
     # second moment
     exp_avg_sq = c_beta2 * exp_avg_sq + (g * g) * c_one_minus_beta2 if b_is_update else exp_avg_sq
     # denominator
-    denom = c_eps + fsqrt(exp_avg_sq) / c_14 if b_is_update else c_zero
+    denom = c_eps + fsqrt(exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t if b_is_update else c_zero
     # AMSGrad denominator
-    denom = (c_eps + fsqrt(max_exp_avg_sq) / c_14 if b_amsgrad else denom) if b_is_update else denom
+    denom = (
+        (c_eps + fsqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t if b_amsgrad else denom)
+        if b_is_update
+        else denom
+    )
     # parameter update
     w = (w - exp_avg * c_lr / (denom * c_one_minus_beta1_pow_t) if b_is_update else w).to(W_DT).to(DT)
     # EMA of the weights
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
-    w = (ema if b_10 else w).to(W_DT).to(DT)
+    w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
     tl.store(w_ + i_, w.to(W_DT), mask=mask)
     tl.store(exp_avg_ + i_, exp_avg.to(S_DT), mask=mask)
     tl.store(exp_avg_sq_ + i_, exp_avg_sq.to(S_DT), mask=mask)
@@ -1723,8 +1763,8 @@ UPDATE_CASE_3 = triton_support.Case(
         "maximize",
         "clipvalue",
         "use_ema",
-        "ema_overwrite_frequency",
         "ema_mu",
+        "ema_overwrite",
         "t",
     ),
     arrays=(
@@ -1784,7 +1824,7 @@ UPDATE_CASE_3 = triton_support.Case(
                 "b_maximize",
                 "b_amsgrad",
                 "b_use_ema",
-                "b_10",
+                "b_ema_overwrite_and_use_ema",
             ),
         ),
     ),
