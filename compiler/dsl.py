@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import enum
 import keyword
 import math
 import os
@@ -188,13 +189,28 @@ class clip(sp.Function):
 # reductions: one value per tensor, or one per step over all tensors
 
 
+class Over(enum.StrEnum):
+    """What a reduction runs over: the elements of one tensor (one value per tensor), or every element of
+    every tensor of the step (one value per step)."""
+
+    TENSOR = "tensor"
+    GLOBAL = "global"
+
+
+class Accumulate(enum.StrEnum):
+    """How a reduction accumulates its elements."""
+
+    SUM = "sum"
+    MAX = "max"
+
+
 class Reduction(sp.Function):
     """A reduction: ``over`` one tensor (one value per tensor) or all tensors of the step (one value per
     step), accumulating by ``sum`` or ``max``. Passes and printers ask these, never the class's name."""
 
     nargs = 1
-    over = ""  # "tensor" or "global"
-    accumulate = ""  # "sum" or "max"
+    over: Over
+    accumulate: Accumulate
     name = ""  # the value's name, where the reduction has one whatever its argument (``size``)
     from_shape = False  # known from the tensor's shape: no pass over its elements, no communication
 
@@ -207,20 +223,20 @@ class Reduction(sp.Function):
 class TensorSum(Reduction):
     """Sum over the elements of one tensor: one value per tensor."""
 
-    over, accumulate = "tensor", "sum"
+    over, accumulate = Over.TENSOR, Accumulate.SUM
 
 
 class TensorMax(Reduction):
     """Maximum over the elements of one tensor: one value per tensor."""
 
-    over, accumulate = "tensor", "max"
+    over, accumulate = Over.TENSOR, Accumulate.MAX
 
 
 class TensorSize(Reduction):
     """The number of elements of one tensor (the argument: the parameter ``w``): a sum of 1 per element,
     which the frameworks read from the tensor's shape."""
 
-    over, accumulate, name, from_shape = "tensor", "sum", "size", True
+    over, accumulate, name, from_shape = Over.TENSOR, Accumulate.SUM, "size", True
 
     @property
     def summand(self) -> sp.Expr:
@@ -230,13 +246,13 @@ class TensorSize(Reduction):
 class GlobalSum(Reduction):
     """Sum over every element of every tensor of the step: one value per step."""
 
-    over, accumulate = "global", "sum"
+    over, accumulate = Over.GLOBAL, Accumulate.SUM
 
 
 class GlobalMax(Reduction):
     """Maximum over every element of every tensor of the step: one value per step."""
 
-    over, accumulate = "global", "max"
+    over, accumulate = Over.GLOBAL, Accumulate.MAX
 
 
 def tensor_sum(x: Any) -> sp.Expr:

@@ -25,7 +25,7 @@ import dataclasses
 
 import sympy as sp
 
-from optforge.compiler.dsl import Reduction
+from optforge.compiler.dsl import Over, Reduction
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import Assign, Program, Role, Scope, Section, SectionKind, base
 from optforge.compiler.passes.conditions import given
@@ -246,7 +246,7 @@ class FusedBackend(Backend):
                     scalar.results[marker.name] = f"dt({reduction_call(kernel, hoister)})"
                     value = scalar.doprint(
                         a.expr.replace(
-                            lambda x: isinstance(x, Reduction) and x.over == "tensor", lambda x: marker
+                            lambda x: isinstance(x, Reduction) and x.over == Over.TENSOR, lambda x: marker
                         )
                     )
                 else:
@@ -357,7 +357,9 @@ class FusedBackend(Backend):
 
     def reduction(self, program, index, k, a: Assign, element, kp: KernelCode, hoister, arrays):
         expr = a.expr
-        red = next(x for x in sp.preorder_traversal(expr) if isinstance(x, Reduction) and x.over == "tensor")
+        red = next(
+            x for x in sp.preorder_traversal(expr) if isinstance(x, Reduction) and x.over == Over.TENSOR
+        )
         (arg,) = red.args
         statements = self.closure(element, arg.free_symbols)
         kp.used = set()

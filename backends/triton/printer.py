@@ -32,7 +32,7 @@ import dataclasses
 import sympy as sp
 
 from optforge.compiler import ops
-from optforge.compiler.dsl import Reduction
+from optforge.compiler.dsl import Over, Reduction
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import Assign, Program, Role, Scope, SectionKind, base, version
 from optforge.compiler.passes import conditions
@@ -211,7 +211,7 @@ class TritonBackend(Backend):
         }
 
 
-def _reduction(expr: sp.Basic, over: str) -> Reduction | None:
+def _reduction(expr: sp.Basic, over: Over) -> Reduction | None:
     found = [x for x in sp.preorder_traversal(expr) if isinstance(x, Reduction) and x.over == over]
     return found[0] if found else None
 
@@ -229,7 +229,10 @@ class CaseWriter:
         self.per_tensor = {n for n, s in scopes.items() if s == Scope.TENSOR}
         # reductions over all tensors: computed on the device, read by the kernels like per-tensor values
         self.global_names = {
-            a.target for s in self.reduce_sections for a in s.body if _reduction(a.expr, "global") is not None
+            a.target
+            for s in self.reduce_sections
+            for a in s.body
+            if _reduction(a.expr, Over.GLOBAL) is not None
         }
         self.hoister = Invariants(
             boolean_names(program), self.elements | self.per_tensor | self.global_names, p.names
@@ -304,9 +307,9 @@ class CaseWriter:
             for a in section.body:
                 if a.scope == Scope.ELEMENT:
                     continue
-                if _reduction(a.expr, "global") is not None:
+                if _reduction(a.expr, Over.GLOBAL) is not None:
                     out.append(("global-reduce", a, element))
-                elif _reduction(a.expr, "tensor") is not None:
+                elif _reduction(a.expr, Over.TENSOR) is not None:
                     if a.lhs not in seen:
                         out.append(("tensor-reduce", a, element))
                         seen.add(a.lhs)
@@ -322,7 +325,7 @@ class CaseWriter:
                     self.program.rule, "triton", f"a {a.scope.word} statement in the tensor loop"
                 )
             if a.lhs not in seen:
-                kind = "tensor-reduce" if _reduction(a.expr, "tensor") is not None else "tensor-code"
+                kind = "tensor-reduce" if _reduction(a.expr, Over.TENSOR) is not None else "tensor-code"
                 out.append((kind, a, element))
                 seen.add(a.lhs)
         return out
@@ -349,13 +352,13 @@ class CaseWriter:
                     k += 1
                 self.add_tensor_code(tensor_kernel, a)
                 continue
-            over = "global" if kind == "global-reduce" else "tensor"
+            over = Over.GLOBAL if kind == "global-reduce" else Over.TENSOR
             red = _reduction(a.expr, over)
             partial = self.partial_kernel(f"_partial_{self.index}_{k}", a, red, element)
             finish = self.tensor_kernel(f"_{over}_{self.index}_{k}", over, a, red.accumulate)
             kernels += [partial, finish]
             self.add_tensor_code(finish, a, red)
-            tensor_kernel = finish if over == "tensor" else None
+            tensor_kernel = finish if over == Over.TENSOR else None
             k += 1
         update = self.update_kernel()
         kernels.append(update)

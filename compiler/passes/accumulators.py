@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import sympy as sp
 
-from ..dsl import TensorMax, TensorSum
+from ..dsl import Accumulate, TensorMax, TensorSum
 from ..ir import Role, Section
 from .conditions import split
 
@@ -22,7 +22,7 @@ from .conditions import split
 @dataclasses.dataclass(frozen=True)
 class Accumulator:
     name: str  # the reduction's name, which the accumulator takes
-    kind: str  # "sum" (starts at 0) or "max" (starts at -inf)
+    kind: Accumulate  # sum (starts at 0) or max (starts at -inf)
     step: sp.Basic  # its new value after one tensor (reads the accumulator's symbol)
     static: sp.Basic = sp.true  # the Python condition under which a tensor accumulates
 
@@ -40,7 +40,7 @@ def accumulators(section: Section, arrays: Iterable[str]) -> tuple[Accumulator, 
             (expr, guard), _ = expr.args
         (arg,) = expr.args
         kind = expr.accumulate
-        step = acc + TensorSum(arg) if kind == "sum" else sp.Max(acc, TensorMax(arg))
+        step = acc + TensorSum(arg) if kind == Accumulate.SUM else sp.Max(acc, TensorMax(arg))
         static, dynamic = split(guard, arrays) if guard is not sp.true else (sp.true, sp.true)
         if dynamic is not sp.true:
             step = sp.Piecewise((step, dynamic), (acc, True))

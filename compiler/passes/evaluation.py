@@ -20,8 +20,8 @@ import dataclasses
 import sympy as sp
 from sympy.core.mul import _keep_coeff
 
-from ..dsl import Given
-from ..ir import base
+from ..dsl import Given, Reduction, idiv, imod
+from ..ir import AsFloat, Copy, base
 from ..ops import (
     Bin,
     BoolOp,
@@ -116,9 +116,9 @@ def leaf_precedence(expr: sp.Basic) -> Prec:
         if expr.exp in (-sp.S.Half, -1) or _has_denominator(expr):
             return Prec.TERM
         return Prec.POWER
-    if type(expr).__name__ in ("idiv", "imod"):
+    if isinstance(expr, (idiv, imod)):
         return Prec.TERM
-    if type(expr).__name__ == "Copy":
+    if isinstance(expr, Copy):
         return leaf_precedence(expr.args[0])
     return Prec.ATOM
 
@@ -401,7 +401,7 @@ class _KernelBuilder(_Builder):
         method = getattr(self, f"_{type(expr).__name__}", None)
         if method is None and isinstance(expr, sp.core.relational.Relational):
             method = self._Relational
-        if method is None or type(expr).__name__ in ("TensorSum", "TensorMax", "TensorSize", "AsFloat"):
+        if method is None or isinstance(expr, (Reduction, AsFloat)):
             raise NotImplementedError(f"{type(expr).__name__} in a fused kernel: {expr}")
         return method(expr)
 

@@ -11,7 +11,7 @@ import dataclasses
 
 import sympy as sp
 
-from ..dsl import Reduction
+from ..dsl import Accumulate, Over, Reduction
 from ..ir import Assign, Program, Role, base
 from .scope import reduction_scope
 
@@ -29,11 +29,16 @@ def name_of_reduction(node: sp.Basic, taken: set[str]) -> str:
     """``sumsq_g`` for the sum of squares of g, ``sum_x``, ``max_abs_g``, else ``red0``..."""
     (arg,) = node.args
     kind = node.accumulate
-    scope = "" if node.over == "tensor" else "global_"
+    scope = "" if node.over == Over.TENSOR else "global_"
     name = None
     if node.name:
         name = f"{scope}{node.name}"
-    elif isinstance(arg, sp.Pow) and arg.exp == 2 and isinstance(arg.base, sp.Symbol) and kind == "sum":
+    elif (
+        isinstance(arg, sp.Pow)
+        and arg.exp == 2
+        and isinstance(arg.base, sp.Symbol)
+        and kind == Accumulate.SUM
+    ):
         name = f"{scope}sumsq_{base(arg.base)}"
     elif isinstance(arg, sp.Abs) and isinstance(arg.args[0], sp.Symbol):
         name = f"{scope}{kind}_abs_{base(arg.args[0])}"

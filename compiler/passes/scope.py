@@ -14,14 +14,14 @@ import dataclasses
 
 import sympy as sp
 
-from ..dsl import Reduction, float32
+from ..dsl import Over, Reduction, float32
 from ..errors import RuleError
 from ..ir import Assign, Program, Role, Scope, base
 
 
 def reduction_scope(node: Reduction) -> Scope:
     """The scope of a reduction's result: one value per tensor, or one per step."""
-    return Scope.TENSOR if node.over == "tensor" else Scope.GLOBAL
+    return Scope.TENSOR if node.over == Over.TENSOR else Scope.GLOBAL
 
 
 def scope_of(expr: sp.Basic, scopes: dict[str, Scope]) -> Scope:
