@@ -71,9 +71,6 @@ class Backend:
     support = ""  # the runtime module with scratch()
 
     def __init__(self) -> None:
-        self.registers: three_address.Registers | None = (
-            None  # those of the pass over the tensors being written
-        )
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(HERE / self.name)),
             undefined=jinja2.StrictUndefined,
@@ -118,7 +115,7 @@ class Backend:
     def plain_statement(self, a: Assign, p: ExprPrinter) -> list[str]:
         """One statement without a static guard: buffers updated in place (``forms``), other names bound."""
         name = p.name_of(a.lhs)
-        lower = self.lowers(a)
+        lower = self.lowers(a, p)
         if a.role in (Role.STATE, Role.PARAM) and a.scope >= Scope.TENSOR:
             kind, value = three_address.in_place_form(a, p.arrays, fill="fill" in self.forms)
             form = self.forms[kind]
@@ -127,23 +124,21 @@ class Backend:
             printed = f"{name} {_OPERATOR[kind]} {p.doprint(value)}"  # the maths, whatever the backend's form
             tree = evaluation_tree(value, self.types(p))
             if kind == "set":
-                lowered = three_address.overwrite(name, tree, self.target, self.registers)
+                lowered = three_address.overwrite(name, tree, self.target, p.registers)
             else:
-                lowered = three_address.update(kind, name, tree, self.target, self.registers)
+                lowered = three_address.update(kind, name, tree, self.target, p.registers)
             return self.explained(lowered, p, printed)
         code = p.doprint(a.expr)
         if not lower:
             return [f"{name} = {code}"]
-        lowered = three_address.bind(
-            name, evaluation_tree(a.expr, self.types(p)), self.target, self.registers
-        )
+        lowered = three_address.bind(name, evaluation_tree(a.expr, self.types(p)), self.target, p.registers)
         return self.explained(lowered, p, f"{name} = {code}")
 
-    def lowers(self, a: Assign | None) -> bool:
+    def lowers(self, a: Assign | None, p: ExprPrinter) -> bool:
         """Whether the statement is written as operations into scratch buffers: a per-element statement, a
         reduction, or (``a`` None) an accumulation over all tensors, in a pass over the tensors, where the
         backend has a table of operations."""
-        if not self.ops or self.registers is None:
+        if not self.ops or p.registers is None:
             return False
         return a is None or a.scope == Scope.ELEMENT or a.role == Role.REDUCE
 
@@ -169,18 +164,18 @@ class Backend:
         """The operations printed with the table, under the statement they compute, as a comment: several
         calls read as one line of maths (a statement split by a Python condition into ``if`` blocks is left
         as it is)."""
-        three_address.verify(lowered, self.registers)
+        three_address.verify(lowered, p.registers)
         lines = OpPrinter(p, self.ops, self.forms).statements(lowered.body)
         if len(lines) < 2 or lowered.branched:
             return lines
         return [f"# {printed}"] + lines
 
-    def scratch_lines(self, section: Section, program: Program) -> list[Line]:
-        """The line that binds the registers a pass over the tensors used (none if it used none)."""
-        if self.registers is None:
+    def scratch_lines(self, section: Section, program: Program, registers: Any) -> list[Line]:
+        """The line that binds the ``registers`` a pass over the tensors used (none if it used none)."""
+        if registers is None:
             return []
         out = []
-        names = self.registers.names()
+        names = registers.names()
         if names:
             arrays = ", ".join(["w", "g"] + self.element_states(program, section))
             out.append(
@@ -189,7 +184,7 @@ class Backend:
                     "scratch buffers for the element-wise temporaries (reused, shaped like w)",
                 )
             )
-        masks = self.registers.mask_names()
+        masks = registers.mask_names()
         if masks:
             out.append(
                 Line(
@@ -230,20 +225,22 @@ class Backend:
                 out.append(Line(code, label if j == 0 else ""))
         return out
 
-    def reduce_lines(self, section: Section, p: ExprPrinter) -> tuple[list[Line], list[Line]]:
+    def reduce_lines(
+        self, program: Program, section: Section, p: ExprPrinter
+    ) -> tuple[list[Line], list[Line]]:
         """A pass over all tensors: (lines before the loop, lines inside it), one accumulator per reduction."""
         init, inside = [], []
         replays = [a for a in section.body if a.role == Role.REPLAY]
         if replays:  # the values the reductions read, recomputed locally
-            inside += self.section_lines(self._program, Section(SectionKind.REPLAY, tuple(replays)), p)
+            inside += self.section_lines(program, Section(SectionKind.REPLAY, tuple(replays)), p)
         for acc in accumulators(section, p.arrays):
             name = p.name_of(sp.Symbol(acc.name))
             init.append(Line(f"{name} = {self.reduce_init[acc.kind]}", f"over all tensors: {acc.name}"))
             lines = [f"{name} = {p.doprint(acc.step)}"]
-            if self.lowers(None):  # the reduced values into scratch buffers
+            if self.lowers(None, p):  # the reduced values into scratch buffers
                 tree = evaluation_tree(acc.step, self.types(p))
-                lowered = three_address.bind(name, tree, self.target, self.registers)
-                three_address.verify(lowered, self.registers)
+                lowered = three_address.bind(name, tree, self.target, p.registers)
+                three_address.verify(lowered, p.registers)
                 lines = OpPrinter(p, self.ops, self.forms).statements(lowered.body)
             if acc.static is not sp.true:
                 lines = [f"if {p.doprint(acc.static)}:"] + ["    " + c for c in lines]
@@ -287,20 +284,20 @@ class Backend:
 
     def print_cases(self, program: Program, scopes: dict[str, Scope], p: ExprPrinter) -> list[dict[str, Any]]:
         """Each case of ``program``: its condition and its sections, printed."""
-        self._program = program
         cases = []
         for i, case in enumerate(program.cases):
-            sections = self.case_sections(case)
+            sections = self.case_sections(program, case)
             printed = []
             for s in sections:
-                self.registers = three_address.Registers() if s.kind != SectionKind.STEP else None
+                # a pass over the tensors writes its element-wise temporaries into registers of its own
+                p.registers = registers = three_address.Registers() if s.kind != SectionKind.STEP else None
                 init, lines = (
-                    self.reduce_lines(s, p)
+                    self.reduce_lines(program, s, p)
                     if s.kind == SectionKind.REDUCE
                     else ([], self.section_lines(program, s, p))
                 )
-                lines = self.scratch_lines(s, program) + lines
-                self.registers = None
+                lines = self.scratch_lines(s, program, registers) + lines
+                p.registers = None
                 guard = self.reduce_guard(s, p) if s.kind == SectionKind.REDUCE else ""
                 printed.append(
                     {
@@ -509,7 +506,8 @@ class Backend:
             for h in program.hypers
         ]
 
-    def case_sections(self, case) -> tuple[Section, ...]:
+    def case_sections(self, program: Program, case) -> tuple[Section, ...]:
+        """The sections of ``case`` as this backend prints them."""
         return case.sections
 
     def section_states(self, program: Program, section: Section) -> list[str]:

@@ -10,6 +10,8 @@ backend: nothing is printed half-way. The printer records the modules it used.
 
 from __future__ import annotations
 
+from typing import Any
+
 import sympy as sp
 from sympy.core.relational import Relational
 from sympy.printing.precedence import PRECEDENCE
@@ -49,6 +51,9 @@ class ExprPrinter(RuleOrder, StrPrinter):
         self.names = names or {}
         self.modules: set[str] = set()
         self.elements: set[str] = set()  # names of per-element arrays
+        #: the scratch registers of the pass over the tensors being printed (passes/three_address.py), set
+        #: by the backend for each such pass; None outside one (statements are printed as they are)
+        self.registers: Any = None
 
     # -- helpers -----------------------------------------------------------------------
 

@@ -66,10 +66,19 @@ class KernelPrinter(ExprPrinter):
 class KernelCode:
     """Scalar code of one kernel: each expression as a kernel tree (its ``locals`` are the loop's or the
     per-tensor code's variables), its invariants named by the kernel's :class:`Invariants`, printed with
-    the kernel printer's table. ``used``: the invariants the printed code reads."""
+    the kernel printer's table. ``used``: the invariants the printed code reads; ``stored``: where each
+    optional state is kept, in this case (its condition, the case's flags decided)."""
 
-    def __init__(self, rule: str, locals_: set[str], hoister: Invariants, names: dict[str, str]) -> None:
+    def __init__(
+        self,
+        rule: str,
+        locals_: set[str],
+        hoister: Invariants,
+        names: dict[str, str],
+        stored: dict[str, sp.Basic] | None = None,
+    ) -> None:
         self.rule = rule
+        self.stored = stored or {}
         self.names = names
         self.hoister = hoister
         self.locals = set(locals_)
@@ -179,7 +188,6 @@ class FusedBackend(Backend):
 
         scopes = scopes_of(program)
         p = self.numpy.make_printer(program, scopes)
-        self.numpy._program = program
         functions = []
         for i, case in enumerate(program.cases):
             for section in case.sections:
@@ -202,12 +210,11 @@ class FusedBackend(Backend):
         hoister = Invariants(
             boolean_names(program), {n for n, s in scopes.items() if s >= Scope.TENSOR}, p.names
         )
-        kp = KernelCode(program.rule, elements, hoister, self.names)  # the element statements
-        scalar = KernelCode(program.rule, elements | per_tensor, hoister, self.names)  # per-tensor code
         persisting = {s.name: s for s in program.states if s.persists}
-        self._persisting = persisting
         # where each optional state is stored, in this case (the flags its condition decides, decided)
-        self._stored = {n: given(s.allocated_when, case.condition) for n, s in persisting.items()}
+        stored = {n: given(s.allocated_when, case.condition) for n, s in persisting.items()}
+        kp = KernelCode(program.rule, elements, hoister, self.names, stored)  # the element statements
+        scalar = KernelCode(program.rule, elements | per_tensor, hoister, self.names, stored)  # per tensor
         states = self.section_states(program, section)
         arrays = ["w", "g"] + [s for s in states if persisting[s].scope == Scope.ELEMENT]
         tensor_code: list[str] = []  # the per-tensor code (scalar Numba), in order
@@ -385,7 +392,7 @@ class FusedBackend(Backend):
 
     def load(self, name: str, kp: KernelCode) -> tuple[str, str, str]:
         """(array, flag, zero): an optional state is read only where it is kept (flag), else it is zero."""
-        stored = self._stored.get(name, sp.true)
+        stored = kp.stored.get(name, sp.true)
         if stored is sp.true:
             return name, "", ""
         flag = "False" if stored is sp.false else kp.hoister.hoist(stored, ())  # False: not in this case

@@ -80,9 +80,9 @@ class JaxBackend(Backend):
         printer.switches = frozenset(switch_hypers(program))
         return printer
 
-    def case_sections(self, case):
+    def case_sections(self, program, case):
         # the step is an int32 array here: integers read as reals are converted first (passes/integers.py)
-        return promote_sections(self._program, case.sections)
+        return promote_sections(program, case.sections)
 
     def plain_statement(self, a: Assign, p: ExprPrinter) -> list[str]:
         if a.role == Role.UPDATE and a.expr == 0:

@@ -198,7 +198,6 @@ class TritonBackend(Backend):
 
         scopes = scopes_of(program)
         p = self.numpy.make_printer(program, scopes)
-        self.numpy._program = program
         functions = []
         for i, case in enumerate(program.cases):
             functions.append(CaseWriter(self, program, scopes, p, i, case).write())
