@@ -69,6 +69,9 @@ class Backend:
     #: where the backend has it, "fill" (a value that is a Python number)
     forms: dict[str, str] = {}
     support = ""  # the runtime module with scratch()
+    #: the table's arithmetic rows take a mask (``{where}``: NumPy's ``where=``), so that each branch of a
+    #: select is computed only where it is taken
+    masked = False
 
     def __init__(self) -> None:
         self.env = jinja2.Environment(
@@ -148,6 +151,7 @@ class Backend:
         return three_address.Target(
             calls=frozenset(k.partition("/")[0] for k in self.ops),
             compound="inplace_addcdiv_scaled" in self.ops,
+            masked=self.masked,
         )
 
     def types(self, p: ExprPrinter) -> Types:

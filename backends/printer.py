@@ -367,7 +367,11 @@ class OpPrinter:
         if isinstance(s, ops.Op):
             args = [self.expr(a) for a in s.args]
             keywords = {k: self.expr(v) for k, v in s.keywords}
-            code = self.row(s.op, s.arrays).format(*args, out=s.out.name, **keywords)
+            row = self.row(s.op, s.arrays)
+            if s.mask is not None and "{where}" not in row:
+                raise BackendError(self.p.rule, self.p.backend, f"the operation {s.op!r} under a mask")
+            where = "" if s.mask is None else f", where={self.expr(s.mask)}"
+            code = row.format(*args, out=s.out.name, where=where, **keywords)
             return [f"{s.bind} = {code}" if s.bind else code]
         if isinstance(s, ops.CopyInto):
             return [self.row("copy_into").format(self.expr(s.x), out=s.out.name)]

@@ -198,6 +198,7 @@ class Op:
     bind: str = ""
     keywords: tuple[tuple[str, Expr], ...] = ()  # (name, value): ``alpha`` of ``add_scaled``
     arrays: tuple[bool, ...] = ()  # which arguments are arrays, where the table writes mixed calls otherwise
+    mask: Expr | None = None  # computed only where this boolean array holds (a branch of a select)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -599,6 +599,45 @@ def test_a_select_on_arrays_allocates_nothing_and_keeps_float32(tmp_path):
             assert_close(steps(mods, r, start, grads, path), want, 1e-12, path)
 
 
+def test_a_select_on_arrays_computes_each_branch_only_where_it_is_taken(tmp_path):
+    """Per-element selects, nested, whose branches not taken would take the root or the logarithm of a
+    negative number or divide by zero, with a reduction over the tensor inside one branch (computed over
+    the whole tensor, whatever each element's test): NumPy's operations take the branch's mask
+    (``where=``), so a step raises nothing under ``np.errstate(all="raise")`` with warnings as errors
+    (each branch was computed on every element: ``invalid value encountered in sqrt``), and every backend
+    and kernel equals the transcription in float64."""
+    import warnings
+
+    from drivers import assert_close
+    from rulekit import load, steps
+
+    from optforge.compiler.dsl import Rule, g, log, sqrt, tensor_sum, w, where
+
+    r = Rule("Branches", title="each branch only where it is taken")
+    lr = r.learning_rate(0.1)
+    inner = where(g > 2, sqrt(g - 2) + tensor_sum(g**2), log(g))
+    r.assign(w, w - lr * where(g > 0, inner, 1 / (g - 1)), "update")
+    mods = load(r, tmp_path)
+    assert "where=_m" in (tmp_path / "numpy_branches.py").read_text()
+
+    rng = np.random.default_rng(3)
+    params0 = [rng.standard_normal(7), rng.standard_normal((3, 4))]
+    # g = 1 takes log(1) (1/(g - 1) would divide by zero); g = -1 and g = 0.5 take 1/(g - 1)
+    grads = [[np.array([4.0, 1.0, -1.0, 0.5, 3.0, -2.0, 2.5]), 3 * rng.standard_normal((3, 4))]] * 3
+    want = [p.copy() for p in params0]
+    with np.errstate(all="ignore"):  # the transcription computes every branch, as np.where does
+        for gs in grads:
+            for i, x in enumerate(gs):
+                a = np.where(x > 2, np.sqrt(x - 2) + np.sum(x**2), np.log(x))
+                want[i] = want[i] - 0.1 * np.where(x > 0, a, 1 / (x - 1))
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")
+        got = steps(mods, r, params0, grads, "numpy")
+    assert_close(got, want, 1e-12, "numpy")
+    for path in ("numpy fused", "jax", "torch"):
+        assert_close(steps(mods, r, params0, grads, path), want, 1e-12, path)
+
+
 def test_a_select_on_per_tensor_values_computes_only_the_branch_it_takes(tmp_path):
     """A LARS-like trust ratio ``where(wn > 0 and gn > 0, wn / gn, 1)`` on per-tensor norms is a Python
     conditional in NumPy (``wn / gn if ... else 1``): a tensor whose norms are 0 steps without a

@@ -35,23 +35,25 @@ class NumPyBackend(Backend):
     name = "numpy"
     printer = NumPyPrinter
     #: element-wise operations into a buffer (compiler/passes/three_address.py): the calls of the printed
-    #: expression's operations, so the results are the same bit for bit
+    #: expression's operations, so the results are the same bit for bit; in a branch of a select, only
+    #: where it is taken (``where=``: a branch not taken is not computed, and warns of nothing)
+    masked = True
     ops = {
-        "+": "np.add({0}, {1}, out={out})",
-        "-": "np.subtract({0}, {1}, out={out})",
-        "*": "np.multiply({0}, {1}, out={out})",
-        "/": "np.divide({0}, {1}, out={out})",
-        "**": "np.power({0}, {1}, out={out})",
-        "square": "np.square({0}, out={out})",  # x**2
-        "neg": "np.negative({0}, out={out})",
-        "sqrt": "np.sqrt({0}, out={out})",
-        "Abs": "np.abs({0}, out={out})",
-        "sign": "np.sign({0}, out={out})",
-        "exp": "np.exp({0}, out={out})",
-        "log": "np.log({0}, out={out})",
-        "Max": "np.maximum({0}, {1}, out={out})",
-        "Min": "np.minimum({0}, {1}, out={out})",
-        "clip": "np.clip({0}, {1}, {2}, out={out})",
+        "+": "np.add({0}, {1}, out={out}{where})",
+        "-": "np.subtract({0}, {1}, out={out}{where})",
+        "*": "np.multiply({0}, {1}, out={out}{where})",
+        "/": "np.divide({0}, {1}, out={out}{where})",
+        "**": "np.power({0}, {1}, out={out}{where})",
+        "square": "np.square({0}, out={out}{where})",  # x**2
+        "neg": "np.negative({0}, out={out}{where})",
+        "sqrt": "np.sqrt({0}, out={out}{where})",
+        "Abs": "np.abs({0}, out={out}{where})",
+        "sign": "np.sign({0}, out={out}{where})",
+        "exp": "np.exp({0}, out={out}{where})",
+        "log": "np.log({0}, out={out}{where})",
+        "Max": "np.maximum({0}, {1}, out={out}{where})",
+        "Min": "np.minimum({0}, {1}, out={out}{where})",
+        "clip": "np.clip({0}, {1}, {2}, out={out}{where})",
         "copy_into": "np.copyto({out}, {0})",
         # a select (where): the comparisons and logic into boolean masks, then a masked copy
         "<": "np.less({0}, {1}, out={out})",

@@ -52,7 +52,7 @@ def _guard_case(case: Case, program: Program) -> Case:
                     return s in known or step.get(s, position) < position
 
                 # a test the value's own step cannot evaluate (a per-element one) is dropped: a weaker guard
-                read = _weaken(sp.And(outer, condition), computed)
+                read = weaken(sp.And(outer, condition), computed)
                 guards[symbol] = sp.Or(guards.get(symbol, sp.false), read)
     if not guards:
         return case
@@ -75,11 +75,11 @@ def _guard_case(case: Case, program: Program) -> Case:
     return dataclasses.replace(case, body=tuple(map(rewrite, case.body)), sections=sections)
 
 
-def _weaken(condition: sp.Basic, computed) -> sp.Basic:
+def weaken(condition: sp.Basic, computed) -> sp.Basic:
     """``condition`` with each term of its conjunctions that reads a value ``computed`` rejects replaced by
     true: a condition implied by it that the value's own step can test."""
     if isinstance(condition, sp.And):
-        return sp.And(*(_weaken(c, computed) for c in condition.args))
+        return sp.And(*(weaken(c, computed) for c in condition.args))
     return condition if all(computed(s) for s in condition.free_symbols) else sp.true
 
 

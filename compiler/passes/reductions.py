@@ -12,12 +12,14 @@ import dataclasses
 import sympy as sp
 
 from ..dsl import Accumulate, Over, Reduction
-from ..ir import Assign, Program, Role, base
-from .scope import reduction_scope
+from ..ir import Assign, Program, Role, Scope, base
+from .guards import weaken
+from .scope import reduction_scope, scopes_of
 
 
 def extract_reductions(program: Program) -> Program:
-    cases = tuple(dataclasses.replace(c, body=_extract(c.body)) for c in program.cases)
+    scopes = scopes_of(program)
+    cases = tuple(dataclasses.replace(c, body=_extract(c.body, scopes)) for c in program.cases)
     return program.replace(cases=cases, passes=program.passes + ("extract_reductions",))
 
 
@@ -52,7 +54,7 @@ def name_of_reduction(node: sp.Basic, taken: set[str]) -> str:
     return candidate
 
 
-def _extract(body: tuple[Assign, ...]) -> tuple[Assign, ...]:
+def _extract(body: tuple[Assign, ...], scopes: dict[str, Scope]) -> tuple[Assign, ...]:
     out: list[Assign] = []
     found: dict[sp.Basic, sp.Symbol] = {}
     taken = {a.target for a in body}
@@ -63,9 +65,15 @@ def _extract(body: tuple[Assign, ...]) -> tuple[Assign, ...]:
             name = name_of_reduction(node, taken)
             taken.add(name)
             found[node] = sp.Symbol(name)
-            guard = sp.simplify_logic(sp.Or(*paths[node]))
+            scope = reduction_scope(node)
+
+            def known(symbol: sp.Symbol, scope: Scope = scope) -> bool:
+                return scopes.get(base(symbol), Scope.CONST) <= scope
+
+            # a test of each element cannot decide whether a whole tensor's value is computed: dropped
+            guard = sp.simplify_logic(sp.Or(*(weaken(path, known) for path in paths[node])))
             expr = node if guard is sp.true else sp.Piecewise((node, guard), (0, True))
-            out.append(Assign(name, 0, expr, Role.REDUCE, reduction_scope(node), label=""))
+            out.append(Assign(name, 0, expr, Role.REDUCE, scope, label=""))
         out.append(dataclasses.replace(a, expr=a.expr.xreplace(found)) if found else a)
     return tuple(out)
 

@@ -17,7 +17,10 @@ itself; a named element-wise temporary (``m_hat``) keeps its own register for th
 statements. A select ``where(c, a, b)`` on arrays, where the table has comparisons and a masked copy, is
 ``c`` into a boolean register (a *mask*, ``_m0``), ``b`` copied into the result and ``a`` copied over it
 where the mask holds (``np.copyto(_s0, _s1, where=_m0)``): the same elements as ``np.where``, in the
-result's dtype, allocating nothing. Anything else the backend has no operation for stays an expression:
+result's dtype, allocating nothing. Where the table's operations take a mask (NumPy's ``where=``:
+``Target.masked``), each branch's operations are computed only where that branch is taken (a select
+inside a branch: within that branch's elements too), so a branch not taken never takes the root of a
+negative number or divides by zero; a reduction inside a branch is over the whole tensor all the same. Anything else the backend has no operation for stays an expression:
 correct, and allocating. A statement whose value is a Python conditional (``a if c else b``, ``c`` a
 Python value) becomes an ``if`` block per branch.
 
@@ -93,6 +96,9 @@ class Target:
 
     calls: frozenset[str]
     compound: bool = False
+    #: the operations take a mask (NumPy's ufuncs: ``where=``): each branch of a select is computed only
+    #: where it is taken, so a branch not taken never divides by zero or takes a root of a negative number
+    masked: bool = False
 
     @property
     def selects(self) -> bool:
@@ -140,6 +146,11 @@ class Registers:
 
     def mask_names(self) -> list[str]:
         return [f"_m{i}" for i in range(self.masks)]
+
+
+def _computed(node: Expr) -> bool:
+    """Whether a select's branch has element-wise operations of its own (not a name, not a scalar)."""
+    return is_element(node) and not isinstance(node, Name)
 
 
 def is_mask(register: str) -> bool:
@@ -236,6 +247,7 @@ class _Lowering:
         self.regs = registers
         self.lines: list[Stmt] = []
         self.held: list[str] = []  # registers read by a reduction in the statement being written
+        self.active: Expr | None = None  # the mask of the select branch being written (``Target.masked``)
 
     # -- expressions ------------------------------------------------------------------------
 
@@ -323,15 +335,22 @@ class _Lowering:
         register, costs a pass over the mask instead of a buffer and a pass over it)."""
         cond, a, b = node.args
         mask, mask_reg = self.operand(cond)
-        a_value, a_reg = self.operand(a)
-        b_value, b_reg = self.operand(b)
+        a_mask = b_mask = None
+        branch_regs: list[str] = []
+        if self.target.masked and is_element(mask):  # each branch computed only where it is taken
+            a_mask, b_mask, branch_regs = self.branch_masks(mask, _computed(a), _computed(b))
+        a_value, a_reg = self.under(a_mask, a)
+        b_value, b_reg = self.under(b_mask, b)
+        not_reg = branch_regs[-1] if b_mask is not None else None  # b's: where the mask does not hold
         if out is None and b_reg is not None:  # b's register becomes the result
             dest, b_reg = b_reg, None
         elif out is None and a_reg is not None and not is_element(b_value):
             dest, a_reg = a_reg, None  # a's, with the number b where the mask does not hold
         else:
             dest = out or self.regs.take()
-        if _is(a_value, dest):
+        if _is(a_value, dest) and not_reg is not None:  # b where the mask does not hold: b's own mask
+            mask, a_value, b_value = Name(_reg(not_reg)), b_value, a_value
+        elif _is(a_value, dest):
             if mask_reg is None:  # a mask not ours to negate (a name): a register of its own
                 mask_reg = self.regs.take_mask()
             self.lines.append(Op("not", (mask,), _reg(mask_reg)))
@@ -344,9 +363,38 @@ class _Lowering:
         self.lines.append(
             Op("copy_where", (mask, a_value), _reg(dest), arrays=(is_element(mask), is_element(a_value)))
         )
-        for reg in (mask_reg, a_reg, b_reg):
+        for reg in (mask_reg, *branch_regs, a_reg, b_reg):
             self.regs.give(reg)
         return Name(_reg(dest)), (None if out else dest)
+
+    def branch_masks(self, mask: Expr, a: bool, b: bool) -> tuple[Expr | None, Expr | None, list[str]]:
+        """The masks of a select's branches that have operations (``a``, ``b``): where its condition holds,
+        and where it does not, each within the branch being written if any (a select inside a branch:
+        only that branch's elements); None for a branch without operations; the mask registers taken."""
+        outer, taken = self.active, []
+        a_mask = b_mask = None
+        if a:
+            a_mask = mask
+            if outer is not None:
+                a_mask, reg = self.emit("and", [mask, outer], None, mask=True)
+                taken.append(reg)
+        if b:
+            b_mask, reg = self.emit("not", [mask], None, mask=True)
+            taken.append(reg)
+            if outer is not None:
+                self.lines.append(Op("and", (b_mask, outer), _reg(reg)))
+        return a_mask, b_mask, taken
+
+    def under(self, mask: Expr | None, node: Expr) -> tuple[Expr, str | None]:
+        """``operand(node)``, its operations computed only where ``mask`` holds (everywhere if None, or
+        where the branch being written says)."""
+        if mask is None:
+            return self.operand(node)
+        outer, self.active = self.active, mask
+        try:
+            return self.operand(node)
+        finally:
+            self.active = outer
 
     def emit(self, op: str, args: list[Expr], out: str | None, keywords=(), arrays=(), mask: bool = False):
         """``op`` on ``args`` into ``out``, or a register (a mask: a comparison's or a logical operation's)."""
@@ -358,7 +406,10 @@ class _Lowering:
         for reg in held:  # the result may go into an argument's register: element-wise, that is safe
             self.regs.give(reg)
         dest = out or (self.regs.take_mask() if mask else self.regs.take())
-        self.lines.append(Op(op, tuple(values), _reg(dest), keywords=tuple(keywords), arrays=tuple(arrays)))
+        where = None if mask else self.active  # arithmetic in a branch; the masks are computed everywhere
+        self.lines.append(
+            Op(op, tuple(values), _reg(dest), keywords=tuple(keywords), arrays=tuple(arrays), mask=where)
+        )
         return Name(_reg(dest)), (None if out else dest)
 
     def scalar(self, node: Expr) -> Expr:
@@ -366,8 +417,12 @@ class _Lowering:
         computable) is evaluated into a register first."""
         if isinstance(node, (IfExp, BoolOp)):
             return node
-        if isinstance(node, Reduce):
-            value, reg = self.operand(node.arg)
+        if isinstance(node, Reduce):  # over the whole tensor, whatever branch reads it
+            outer, self.active = self.active, None
+            try:
+                value, reg = self.operand(node.arg)
+            finally:
+                self.active = outer
             if reg is not None:  # read by the statement: free after it
                 self.held.append(reg)
             return Reduce(node.fn, value)
