@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from . import common
+
 #: the options, in the order the rule transform declares them
 KERAS_OPTIONS = (
     "weight_decay",
@@ -33,6 +35,21 @@ KERAS_OPTIONS = (
 )
 #: the options for which 0 means off, as None does
 ZERO_IS_OFF = frozenset({"clipnorm", "clipvalue", "global_clipnorm", "ema_overwrite_frequency"})
+#: how each option is checked, as the rule transform declares it (a test holds the two together): the
+#: torch optimizers' parameter groups add these to their rule's own checks
+CHECKS = {
+    "weight_decay": common.Check("option", "[0, inf)"),
+    "clipnorm": common.Check("option", "[0, inf)", zero_is_off=True),
+    "clipvalue": common.Check("option", "[0, inf)", zero_is_off=True),
+    "global_clipnorm": common.Check("option", "[0, inf)", zero_is_off=True),
+    "use_ema": common.Check("flag"),
+    "ema_momentum": common.Check("float", "[0, 1]"),
+    "ema_overwrite_frequency": common.Check("option", "[0, inf)", integer=True, zero_is_off=True),
+    "loss_scale_factor": common.Check("option", "(0, inf)"),
+    "gradient_accumulation_steps": common.Check("option", "[2, inf)", integer=True),
+}
+#: the options of which at most one may be given
+EXCLUSIVE = (("clipnorm", "clipvalue", "global_clipnorm"),)
 #: the once-per-step values the stages give the fused kernels, besides the options and the learning rate
 STAGE_VALUES = ("is_update", "t", "ema_mu", "ema_overwrite", "global_sumsq_g")
 

@@ -6,7 +6,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from . import common, fused_support
+from . import common, fused_support, options
 
 
 def state_dtype(w: torch.Tensor, chosen: Any = None) -> torch.dtype:
@@ -131,6 +131,9 @@ def scratch(
     )
 
 
+_FLAG = common.Check("flag")
+
+
 def is_distributed(w: torch.Tensor) -> bool:
     """Whether ``w`` is a DTensor (torch.distributed.tensor, FSDP2's parameters): a tensor of a device mesh,
     sharded or replicated over it, whose operations run on the local shards and communicate as needed."""
@@ -243,8 +246,9 @@ class RuleOptimizer(torch.optim.Optimizer):
     torch_names: dict[str, tuple[str, int | None]] = {}
     #: the rule has torch.optim's ``maximize`` flag itself (TorchAdam): the stages do not flip the signs again
     rule_maximizes = False
-    #: how each hyperparameter of a parameter group is checked: {key: its check, or a pair of them for a
-    #: tuple of torch's (betas)}, and the groups of options of which at most one may be given
+    #: how each hyperparameter of the rule is checked in a parameter group: {key: its check, or a pair of
+    #: them for a tuple of torch's (betas)}, and the rule's groups of which at most one may be given
+    #: (Keras's options' own are ``runtime/options.py``'s: ``_all_checks``)
     checks: dict[str, Any] = {}
     exclusive: tuple[tuple[str, ...], ...] = ()
 
@@ -363,16 +367,26 @@ class RuleOptimizer(torch.optim.Optimizer):
         """A parameter group's hyperparameters (``values``: one for each of ``checks``), checked as the
         generated class's table ``checks`` says, and at most one of each of its ``exclusive`` groups given."""
         out = {}
-        for key, check in cls.checks.items():
+        for key, check in cls._all_checks().items():
             value = values[key]
             if isinstance(check, tuple):  # a pair of torch's (betas)
                 first, second = pair(key, value, None, None)
                 out[key] = (check[0](f"{key}[0]", first), check[1](f"{key}[1]", second))
             else:
                 out[key] = check(key, learning_rate(value) if check.kind == "learning_rate" else value)
-        for names in cls.exclusive:
+        exclusive = cls.exclusive + tuple(e for e in options.EXCLUSIVE if set(e) <= set(cls.options))
+        for names in exclusive:
             common.check_exclusive(**{name: out[name] for name in names})
         return out
+
+    @classmethod
+    def _all_checks(cls) -> dict[str, Any]:
+        """The checks of a parameter group's keys: the rule's own (the generated ``checks``), Keras's
+        options it takes (``options.CHECKS``), and torch.optim's ``maximize`` where the rule has none."""
+        checks = dict(cls.checks)
+        checks.update((name, options.CHECKS[name]) for name in cls.options)
+        checks.setdefault("maximize", _FLAG)
+        return checks
 
     def _torch_named(self, group: dict[str, Any]) -> dict[str, Any]:
         group = dict(group)

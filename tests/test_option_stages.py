@@ -110,3 +110,24 @@ def test_jax_computes_the_rule_only_in_the_branch_of_update_calls():
         assert other == ops, (
             f"{name} computes {sorted(set(other) ^ set(ops))} outside the cond ({first} does not)"
         )
+
+
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda r: r.name)
+def test_the_runtime_checks_each_option_as_the_rule_transform_declares_it(rule):
+    """The torch optimizers check Keras's options with ``runtime/options.py``'s table; each option the rule
+    takes (its own ``weight_decay`` aside) is declared the same in the rule transform, which the
+    documentation, the NumPy and JAX checks and the kernels read; and the options' exclusive groups too."""
+    from cases import compiled
+
+    from optforge.backends.base import check_spec
+    from optforge.runtime import common, options
+
+    program = compiled(rule)
+    own = {h.name for h in (program.inner or program).hypers}
+    taken = [h for h in program.hypers if h.name not in own]
+    assert {h.name for h in taken} <= set(options.CHECKS), "an option the runtime does not check"
+    for h in taken:
+        assert eval(check_spec(h), {"common": common}) == options.CHECKS[h.name], h.name  # noqa: S307
+    for group in program.exclusives:
+        if set(group) <= {h.name for h in taken}:
+            assert tuple(group) in options.EXCLUSIVE, group

@@ -124,6 +124,8 @@ class TorchBackend(Backend):
         out["renamed_doc"] = renamed_doc(renamed)
         # torch.optim's maximize is the runtime's on every optimizer, unless the rule has its own flag
         out["own_maximize"] = any(h["name"] == "maximize" and h["kind"] == "bool" for h in out["others"])
+        # the rule's own groups of exclusive hyperparameters (Keras's options' are the runtime's)
+        out["own_exclusives"] = [e for e in out["exclusives"] if not set(e) <= set(out["options"])]
         return out
 
     def _hypers(self, program):

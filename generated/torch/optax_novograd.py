@@ -92,24 +92,15 @@ class OptaxNovoGrad(torch_support.RuleOptimizer):
     )
     torch_names = {"b1": ("betas", 0), "b2": ("betas", 1)}
     keeps = frozenset({"nu", "mu", "grad_accumulator", "ema"})
-    # how a parameter group's hyperparameters are checked, in the constructor and when a group changes
+    # how the rule's hyperparameters are checked, in the constructor and when a parameter group changes
+    # (Keras's options' checks are runtime/options.py's)
     checks = {
         "lr": common.Check("learning_rate"),
         "betas": (common.Check("float", "[0, 1]"), common.Check("float", "[0, 1]")),
         "eps": common.Check("float", "[0, inf)"),
         "eps_root": common.Check("float", "[0, inf)"),
         "weight_decay": common.Check("float", "[0, inf)"),
-        "clipnorm": common.Check("option", "[0, inf)", zero_is_off=True),
-        "clipvalue": common.Check("option", "[0, inf)", zero_is_off=True),
-        "global_clipnorm": common.Check("option", "[0, inf)", zero_is_off=True),
-        "use_ema": common.Check("flag"),
-        "ema_momentum": common.Check("float", "[0, 1]"),
-        "ema_overwrite_frequency": common.Check("option", "[0, inf)", integer=True, zero_is_off=True),
-        "loss_scale_factor": common.Check("option", "(0, inf)"),
-        "gradient_accumulation_steps": common.Check("option", "[2, inf)", integer=True),
-        "maximize": common.Check("flag"),
     }
-    exclusive = (("clipnorm", "clipvalue", "global_clipnorm"),)
 
     def __init__(
         self,

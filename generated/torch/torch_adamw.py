@@ -98,7 +98,8 @@ class TorchAdamW(torch_support.RuleOptimizer):
     torch_names = {"beta1": ("betas", 0), "beta2": ("betas", 1)}
     rule_maximizes = True
     keeps = frozenset({"exp_avg", "exp_avg_sq", "max_exp_avg_sq", "grad_accumulator", "ema"})
-    # how a parameter group's hyperparameters are checked, in the constructor and when a group changes
+    # how the rule's hyperparameters are checked, in the constructor and when a parameter group changes
+    # (Keras's options' checks are runtime/options.py's)
     checks = {
         "lr": common.Check("learning_rate"),
         "betas": (common.Check("float", "[0, 1)"), common.Check("float", "[0, 1)")),
@@ -106,16 +107,7 @@ class TorchAdamW(torch_support.RuleOptimizer):
         "weight_decay": common.Check("float", "[0, inf)"),
         "amsgrad": common.Check("flag"),
         "maximize": common.Check("flag"),
-        "clipnorm": common.Check("option", "[0, inf)", zero_is_off=True),
-        "clipvalue": common.Check("option", "[0, inf)", zero_is_off=True),
-        "global_clipnorm": common.Check("option", "[0, inf)", zero_is_off=True),
-        "use_ema": common.Check("flag"),
-        "ema_momentum": common.Check("float", "[0, 1]"),
-        "ema_overwrite_frequency": common.Check("option", "[0, inf)", integer=True, zero_is_off=True),
-        "loss_scale_factor": common.Check("option", "(0, inf)"),
-        "gradient_accumulation_steps": common.Check("option", "[2, inf)", integer=True),
     }
-    exclusive = (("clipnorm", "clipvalue", "global_clipnorm"),)
 
     def __init__(
         self,
