@@ -10,7 +10,9 @@ itself also with clipnorm and with no option; float32 with no option), and the s
 parameter (an element-wise state must have the parameter's placements; a per-tensor one is replicated).
 A rule that reduces itself also trains an MLP under FSDP2's ``fully_shard`` with ``global_clipnorm``
 (``fully_shard/float64``), and resumes one from a ``torch.distributed.checkpoint`` saved in FOLDER
-(``checkpoint/float64``: the largest absolute difference, 0 when bit for bit).
+(``checkpoint/float64``: the largest absolute difference, 0 when bit for bit), and then, in the starting
+process, resumes that checkpoint unsharded in one process (``resume_unsharded/float64``: another number of
+processes than saved it).
 """
 
 from __future__ import annotations
@@ -143,6 +145,9 @@ def run_checkpoint(rule, mesh, folder: str) -> float:
         checkpoint_id=folder,
     )
     train(first, opt, batches[3:])
+    after = [p.detach().full_tensor() for p in first.parameters()]  # a collective: on every rank
+    if dist.get_rank() == 0:  # what a resume on another number of processes must reach (resume_unsharded)
+        torch.save(after, os.path.join(folder, "after.pt"))
     second = model()
     again = getattr(gen, rule.name)(second.parameters(), **hypers)
     saved = {"model": get_model_state_dict(second), "optim": get_optimizer_state_dict(second, again)}
@@ -154,6 +159,39 @@ def run_checkpoint(rule, mesh, folder: str) -> float:
         float((p.detach().full_tensor() - q.detach().full_tensor()).abs().max())
         for p, q in zip(first.parameters(), second.parameters())
     )
+
+
+def resume_unsharded(rule, folder: str) -> float:
+    """The checkpoint ``run_checkpoint`` saved from two processes, loaded by one process without a process
+    group into the same MLP unsharded (``torch.distributed.checkpoint`` reshards it) and a new optimizer,
+    the same 3 steps: the largest relative difference of the parameters from the two processes' run (the
+    rule's norms summed over two shards there, over one tensor here: equal to rounding)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    import optforge.generated.torch as gen
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3)).double()
+    hypers = {"lr": 0.01} if rule.hypers["learning_rate"].default is None else {}
+    opt = getattr(gen, rule.name)(m.parameters(), **hypers)
+    saved = {"model": get_model_state_dict(m), "optim": get_optimizer_state_dict(m, opt)}
+    dcp.load(saved, checkpoint_id=folder)
+    set_model_state_dict(m, saved["model"])
+    set_optimizer_state_dict(m, opt, saved["optim"])
+    generator = torch.Generator().manual_seed(2)
+    batches = [torch.randn(8, 6, dtype=torch.float64, generator=generator) for _ in range(6)]
+    for x in batches[3:]:
+        opt.zero_grad()
+        m(x).pow(2).sum().backward()
+        opt.step()
+    want = torch.load(os.path.join(folder, "after.pt"))
+    return max(rel(p.detach(), q) for p, q in zip(m.parameters(), want))
 
 
 def worker(rank: int, port: int, folder: str, names: list[str]) -> None:
@@ -185,7 +223,8 @@ def worker(rank: int, port: int, folder: str, names: list[str]) -> None:
                 err = run_checkpoint(rules[name], mesh, os.path.join(folder, name))
                 results[name]["checkpoint/float64"] = {"rel": err, "misplaced": []}
         if rank == 0:
-            print(json.dumps(results))
+            with open(os.path.join(folder, "results.json"), "w") as f:
+                json.dump(results, f)
     finally:
         dist.destroy_process_group()
 
@@ -193,4 +232,15 @@ def worker(rank: int, port: int, folder: str, names: list[str]) -> None:
 if __name__ == "__main__":
     import torch.multiprocessing as mp
 
-    mp.spawn(worker, args=(int(sys.argv[1]), sys.argv[2], sys.argv[3:]), nprocs=2, join=True)
+    from optforge.rules import registry
+
+    port, folder, entries = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    mp.spawn(worker, args=(port, folder, entries), nprocs=2, join=True)
+    with open(os.path.join(folder, "results.json")) as f:
+        results = json.load(f)
+    for entry in entries:  # here, one process: the checkpoints of two resumed unsharded
+        name, _, reduces = entry.partition(":")
+        if reduces:
+            err = resume_unsharded(registry()[name], os.path.join(folder, name))
+            results[name]["resume_unsharded/float64"] = {"rel": err, "misplaced": []}
+    print(json.dumps(results))

@@ -119,7 +119,8 @@ def test_torch_optimizers_on_dtensors_equal_the_unsharded_ones(tmp_path):
     which), parameters and state; each
     element-wise state laid out like its parameter, each per-tensor one replicated. The rules that reduce
     themselves also train an MLP under FSDP2's ``fully_shard`` (``sharded_torch.run_fully_shard``), and resume
-    one from a ``torch.distributed.checkpoint`` bit for bit (``sharded_torch.run_checkpoint``)."""
+    one from a ``torch.distributed.checkpoint`` bit for bit (``sharded_torch.run_checkpoint``), and the same
+    checkpoint in one process, unsharded, to 1e-12 (``sharded_torch.resume_unsharded``)."""
     pytest.importorskip("torch")
     names = [r.name for r in MACHINERY]
     entries = [r.name + (":reduces" if features(r) & REDUCTIONS else "") for r in MACHINERY]
@@ -131,5 +132,11 @@ def test_torch_optimizers_on_dtensors_equal_the_unsharded_ones(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     every = {"global_clipnorm/float64", "none/float32"}
-    reducing = {"clipnorm/float64", "none/float64", "fully_shard/float64", "checkpoint/float64"}
+    reducing = {
+        "clipnorm/float64",
+        "none/float64",
+        "fully_shard/float64",
+        "checkpoint/float64",
+        "resume_unsharded/float64",
+    }
     check_sharded(json.loads(out.stdout.strip().splitlines()[-1]), names, every, reducing)
