@@ -69,6 +69,9 @@ class Backend:
     #: where the backend has it, "fill" (a value that is a Python number)
     forms: dict[str, str] = {}
     support = ""  # the runtime module with scratch()
+    #: the runtime module of Keras's options' stages, which also checks their values ('' where the
+    #: generated module checks them itself)
+    stages = ""
     #: the table's arithmetic rows take a mask (``{where}``: NumPy's ``where=``), so that each branch of a
     #: select is computed only where it is taken
     masked = False
@@ -491,6 +494,7 @@ class Backend:
         ]
 
     def _hypers(self, program: Program) -> list[dict[str, Any]]:
+        own = {h.name for h in (program.inner or program).hypers}
         return [
             {
                 "name": h.name,
@@ -498,7 +502,8 @@ class Backend:
                 "required": h.default is None and h.kind == "learning_rate",
                 "option": h.default is None and h.kind != "learning_rate",
                 "zero_is_off": h.zero_is_off,
-                "check": _check_call(h),
+                # Keras's options are checked by the runtime's table (runtime/options.py), the rule's here
+                "check": _check_call(h, stages=None if h.name in own else self.stages),
                 "kind": h.kind,
                 "meaning": h.meaning,
                 "low": _num(h.interval.low) if h.interval else "",
@@ -621,14 +626,19 @@ def renamed_doc(renamed: list[dict[str, Any]]) -> str:
     )
 
 
-def _check_call(h, label: str | None = None, arrays: bool | None = None, alias: bool = False) -> str:
+def _check_call(
+    h, label: str | None = None, arrays: bool | None = None, alias: bool = False, stages: str | None = None
+) -> str:
     """The run-time check of a constructor argument, by kind; ``label``: its name in messages (the
     argument's own name by default); ``arrays``: a real one may be a 0-d array (JAX; False: it decides
     which computation runs, and must not be one); ``alias``: the argument is ``label``, or the rule's name
-    where that one is given (the message names the one given)."""
+    where that one is given (the message names the one given); ``stages``: the runtime module of Keras's
+    options (``options_numpy``), for an option, which it checks (``options.CHECKS``)."""
     label = label or h.name
     given = f'*common.named("{label}", {label}, "{h.name}", {h.name})' if alias else f'"{label}", {h.name}'
     more = {None: "", True: ", arrays=True", False: ", static=True"}[arrays] if h.kind == "float" else ""
+    if stages and not alias:
+        return f"{stages}.check({given}{more})"
     if h.kind == "bool":
         return f"common.check_flag({given})"
     if h.kind == "learning_rate" or h.interval is None:

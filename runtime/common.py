@@ -76,19 +76,25 @@ class Check:
         i = Interval.parse(self.interval or "(-inf, inf)")
         return i.low, i.high, i.low_closed, i.high_closed
 
-    def __call__(self, name: str, value: Any) -> Any:
+    def __call__(self, name: str, value: Any, *, arrays: bool = False, static: bool = False) -> Any:
         """``value``, checked (and made a float, an int or None as its kind is); ``name`` goes into the
-        message."""
+        message; ``arrays``, ``static``: a real number's, as ``check_float`` takes them."""
         if self.kind == "flag":
             return check_flag(name, value)
         if self.kind == "learning_rate":
-            return check_learning_rate(value, schedule=True, name=name)
+            return check_learning_rate(value, schedule=True, name=name, arrays=arrays)
         if self.kind == "option":
             return check_option(
-                name, value, *self._bounds, integer=self.integer, zero_is_off=self.zero_is_off
+                name,
+                value,
+                *self._bounds,
+                integer=self.integer,
+                zero_is_off=self.zero_is_off,
+                arrays=arrays,
+                static=static,
             )
         if self.kind == "float":
-            return check_float(name, value, *self._bounds)
+            return check_float(name, value, *self._bounds, arrays=arrays, static=static)
         raise ValueError(
             f"a check's kind is 'float', 'option', 'flag' or 'learning_rate'; received {self.kind!r}"
         )

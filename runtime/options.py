@@ -36,7 +36,8 @@ KERAS_OPTIONS = (
 #: the options for which 0 means off, as None does
 ZERO_IS_OFF = frozenset({"clipnorm", "clipvalue", "global_clipnorm", "ema_overwrite_frequency"})
 #: how each option is checked, as the rule transform declares it (a test holds the two together): the
-#: torch optimizers' parameter groups add these to their rule's own checks
+#: generated NumPy and JAX constructors call ``check``, the torch optimizers add these to their rule's own
+#: checks of a parameter group
 CHECKS = {
     "weight_decay": common.Check("option", "[0, inf)"),
     "clipnorm": common.Check("option", "[0, inf)", zero_is_off=True),
@@ -50,6 +51,15 @@ CHECKS = {
 }
 #: the options of which at most one may be given
 EXCLUSIVE = (("clipnorm", "clipvalue", "global_clipnorm"),)
+
+
+def check(name: str, value: Any, *, arrays: bool = False, static: bool = False) -> Any:
+    """Option ``name``'s value checked as ``CHECKS`` says (the generated NumPy and JAX constructors'):
+    ``arrays``, ``static`` as ``common.check_float`` takes them (JAX: a 0-d array, a value that decides
+    which computation runs)."""
+    return CHECKS[name](name, value, arrays=arrays, static=static)
+
+
 #: the once-per-step values the stages give the fused kernels, besides the options and the learning rate
 STAGE_VALUES = ("is_update", "t", "ema_mu", "ema_overwrite", "global_sumsq_g")
 

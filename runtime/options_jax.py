@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 
 from . import common, jax_support
-from .options import Options
+from .options import Options, check
 
-__all__ = ["Call", "Options"]
+__all__ = ["Call", "Options", "check"]
 
 
 class Call:

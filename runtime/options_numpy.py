@@ -17,6 +17,7 @@ import numpy as np
 
 from . import common, fused_support, numpy_support
 from .options import KERAS_OPTIONS, STAGE_VALUES, Options, Step, kernel_values
+from .options import check as check  # the generated constructors check Keras's options with it
 
 
 class Call:

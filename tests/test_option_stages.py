@@ -114,9 +114,9 @@ def test_jax_computes_the_rule_only_in_the_branch_of_update_calls():
 
 @pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda r: r.name)
 def test_the_runtime_checks_each_option_as_the_rule_transform_declares_it(rule):
-    """The torch optimizers check Keras's options with ``runtime/options.py``'s table; each option the rule
+    """Every framework checks Keras's options with ``runtime/options.py``'s table; each option the rule
     takes (its own ``weight_decay`` aside) is declared the same in the rule transform, which the
-    documentation, the NumPy and JAX checks and the kernels read; and the options' exclusive groups too."""
+    documentation and the kernels read; and the options' exclusive groups too."""
     from cases import compiled
 
     from optforge.backends.base import check_spec

@@ -74,6 +74,7 @@ class JaxBackend(Backend):
     array_names = frozenset({"t", "n", "learning_rate"})
     global_reductions_are_arrays = True
     reduce_init = {"sum": "0.0", "max": "-jnp.inf"}
+    stages = "options_jax"
 
     def make_printer(self, program, scopes):
         printer = super().make_printer(program, scopes)
@@ -95,13 +96,18 @@ class JaxBackend(Backend):
         hypers = super()._hypers(program)
         by_name = {h.name: h for h in program.hypers}
         static = static_hypers(program) - switch_hypers(program)
+        own = {h.name for h in (program.inner or program).hypers}
         renamed = optax_names([h["name"] for h in hypers])
         for h in hypers:
             h["key"], h["index"] = renamed.get(h["name"], (h["name"], None))
             if h["check"]:  # every renamed one reads its alias, whatever its kind
                 arrays = h["name"] not in static if h["kind"] == "float" else None
                 h["check"] = _check_call(
-                    by_name[h["name"]], h["key"], arrays=arrays, alias=h["key"] != h["name"]
+                    by_name[h["name"]],
+                    h["key"],
+                    arrays=arrays,
+                    alias=h["key"] != h["name"],
+                    stages=None if h["name"] in own else self.stages,
                 )
         return hypers
 

@@ -38,6 +38,7 @@ class NumPyBackend(Backend):
     #: expression's operations, so the results are the same bit for bit; in a branch of a select, only
     #: where it is taken (``where=``: a branch not taken is not computed, and warns of nothing)
     masked = True
+    stages = "options_numpy"
     ops = {
         "+": "np.add({0}, {1}, out={out}{where})",
         "-": "np.subtract({0}, {1}, out={out}{where})",

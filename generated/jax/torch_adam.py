@@ -109,32 +109,15 @@ def torch_adam(
     weight_decay = common.check_float("weight_decay", weight_decay, 0.0, math.inf, True, False, arrays=True)
     amsgrad = common.check_flag("amsgrad", amsgrad)
     maximize = common.check_flag("maximize", maximize)
-    clipnorm = common.check_option(
-        "clipnorm", clipnorm, 0.0, math.inf, True, False, zero_is_off=True, arrays=True
-    )
-    clipvalue = common.check_option(
-        "clipvalue", clipvalue, 0.0, math.inf, True, False, zero_is_off=True, arrays=True
-    )
-    global_clipnorm = common.check_option(
-        "global_clipnorm", global_clipnorm, 0.0, math.inf, True, False, zero_is_off=True, arrays=True
-    )
-    use_ema = common.check_flag("use_ema", use_ema)
-    ema_momentum = common.check_float("ema_momentum", ema_momentum, 0.0, 1.0, True, True, arrays=True)
-    ema_overwrite_frequency = common.check_option(
-        "ema_overwrite_frequency",
-        ema_overwrite_frequency,
-        0.0,
-        math.inf,
-        True,
-        False,
-        integer=True,
-        zero_is_off=True,
-    )
-    loss_scale_factor = common.check_option(
-        "loss_scale_factor", loss_scale_factor, 0.0, math.inf, False, False, arrays=True
-    )
-    gradient_accumulation_steps = common.check_option(
-        "gradient_accumulation_steps", gradient_accumulation_steps, 2.0, math.inf, True, False, integer=True
+    clipnorm = options_jax.check("clipnorm", clipnorm, arrays=True)
+    clipvalue = options_jax.check("clipvalue", clipvalue, arrays=True)
+    global_clipnorm = options_jax.check("global_clipnorm", global_clipnorm, arrays=True)
+    use_ema = options_jax.check("use_ema", use_ema)
+    ema_momentum = options_jax.check("ema_momentum", ema_momentum, arrays=True)
+    ema_overwrite_frequency = options_jax.check("ema_overwrite_frequency", ema_overwrite_frequency)
+    loss_scale_factor = options_jax.check("loss_scale_factor", loss_scale_factor, arrays=True)
+    gradient_accumulation_steps = options_jax.check(
+        "gradient_accumulation_steps", gradient_accumulation_steps
     )
     common.check_exclusive(
         clipnorm=clipnorm,

@@ -35,7 +35,6 @@ Use::
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -117,39 +116,16 @@ class SGD:
         self._stage_scratch: dict = {}  # the options' stages' buffers (the gradient they make, ...)
         self.momentum = common.check_float("momentum", momentum, 0.0, 1.0, True, True)
         self.nesterov = common.check_flag("nesterov", nesterov)
-        self.weight_decay = common.check_option("weight_decay", weight_decay, 0.0, math.inf, True, False)
-        self.clipnorm = common.check_option(
-            "clipnorm", clipnorm, 0.0, math.inf, True, False, zero_is_off=True
-        )
-        self.clipvalue = common.check_option(
-            "clipvalue", clipvalue, 0.0, math.inf, True, False, zero_is_off=True
-        )
-        self.global_clipnorm = common.check_option(
-            "global_clipnorm", global_clipnorm, 0.0, math.inf, True, False, zero_is_off=True
-        )
-        self.use_ema = common.check_flag("use_ema", use_ema)
-        self.ema_momentum = common.check_float("ema_momentum", ema_momentum, 0.0, 1.0, True, True)
-        self.ema_overwrite_frequency = common.check_option(
-            "ema_overwrite_frequency",
-            ema_overwrite_frequency,
-            0.0,
-            math.inf,
-            True,
-            False,
-            integer=True,
-            zero_is_off=True,
-        )
-        self.loss_scale_factor = common.check_option(
-            "loss_scale_factor", loss_scale_factor, 0.0, math.inf, False, False
-        )
-        self.gradient_accumulation_steps = common.check_option(
-            "gradient_accumulation_steps",
-            gradient_accumulation_steps,
-            2.0,
-            math.inf,
-            True,
-            False,
-            integer=True,
+        self.weight_decay = options_numpy.check("weight_decay", weight_decay)
+        self.clipnorm = options_numpy.check("clipnorm", clipnorm)
+        self.clipvalue = options_numpy.check("clipvalue", clipvalue)
+        self.global_clipnorm = options_numpy.check("global_clipnorm", global_clipnorm)
+        self.use_ema = options_numpy.check("use_ema", use_ema)
+        self.ema_momentum = options_numpy.check("ema_momentum", ema_momentum)
+        self.ema_overwrite_frequency = options_numpy.check("ema_overwrite_frequency", ema_overwrite_frequency)
+        self.loss_scale_factor = options_numpy.check("loss_scale_factor", loss_scale_factor)
+        self.gradient_accumulation_steps = options_numpy.check(
+            "gradient_accumulation_steps", gradient_accumulation_steps
         )
         common.check_exclusive(
             clipnorm=self.clipnorm,
