@@ -366,8 +366,16 @@ class RuleOptimizer(torch.optim.Optimizer):
     def _checked(cls, **values: Any) -> dict[str, Any]:
         """A parameter group's hyperparameters (``values``: one for each of ``checks``), checked as the
         generated class's table ``checks`` says, and at most one of each of its ``exclusive`` groups given."""
+        checks = cls._all_checks()
+        if values.keys() != checks.keys():
+            missing, unknown = sorted(checks.keys() - values.keys()), sorted(values.keys() - checks.keys())
+            raise TypeError(
+                f"{cls.__name__}'s hyperparameters are {', '.join(checks)}."
+                + (f" Missing: {', '.join(missing)}." if missing else "")
+                + (f" Unknown: {', '.join(unknown)}." if unknown else "")
+            )
         out = {}
-        for key, check in cls._all_checks().items():
+        for key, check in checks.items():
             value = values[key]
             if isinstance(check, tuple):  # a pair of torch's (betas)
                 first, second = pair(key, value, None, None)

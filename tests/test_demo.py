@@ -17,7 +17,6 @@ from optforge.rules import registry
 BACKENDS = ("numpy", "jax", "torch")
 
 
-@pytest.mark.long
 def test_demo_command_trains_and_the_backends_agree(tmp_path):
     """The command, on two of the rules that show every feature (``cases.MACHINERY``; without --rules: all)."""
     chosen = [rule.name for rule in MACHINERY[:2]]

@@ -24,6 +24,7 @@ from optforge.compiler.dsl import (
     tensor_norm,
     tensor_sum,
     w,
+    where,
 )
 from optforge.compiler.errors import RuleError
 from optforge.compiler.pipeline import compile_rule
@@ -190,3 +191,28 @@ def test_size_is_read_from_the_shape_shown_and_printed_as_mathematics():
     assert "  size\n" in show(program)
     rms, _, update = equations_latex(list(r.equations), list(r.hypers.values()), list(r.states.values()), {})
     assert r"\operatorname{size}(w)" in rms and r"\operatorname{size}(w) + 1" in update, (rms, update)
+
+
+@pytest.mark.parametrize("divided", [False, True], ids=["gated", "gated_and_divided"])
+def test_a_reduction_in_a_where_test_runs_in_every_backend_and_kernel(tmp_path, divided):
+    """``where(||g||^2 > 1, ..., ...)``: a reduction read in a select's test (the build failed: KeyError),
+    and also in its branch (the fused module's split test read the per-tensor norm once per step: a
+    module ruff could not parse); every backend and kernel equals the transcription in float64."""
+    r = Rule("GatedNorm", title="a step gated by the gradient's norm")
+    lr = r.learning_rate(0.1)
+    s = tensor_sum(g**2)
+    r.assign(w, w - lr * where(s > 1, g / sqrt(s) if divided else g, g if divided else 0 * g), "update")
+    mods = load(r, tmp_path)
+    rng = np.random.default_rng(0)
+    params0 = [rng.standard_normal(5), 0.1 * rng.standard_normal((2, 3))]
+    grads = [[rng.standard_normal(5), 0.1 * rng.standard_normal((2, 3))] for _ in range(3)]
+    want = [p.copy() for p in params0]
+    for gs in grads:
+        for i, x in enumerate(gs):
+            big = float(np.sum(x**2)) > 1  # the first tensor's norm is above 1, the second's below
+            u = (x / math.sqrt(float(np.sum(x**2))) if divided else x) if big else (x if divided else 0 * x)
+            want[i] = want[i] - 0.1 * u
+    # the kernels where the norm is also in a branch (their split test); Numba compiles seconds each
+    paths = ("numpy", "numpy fused", "jax", "torch", "torch fused") if divided else ("numpy", "jax", "torch")
+    for path in paths:
+        assert_close(steps(mods, r, params0, grads, path), want, 1e-12, path)

@@ -295,7 +295,13 @@ class FusedBackend(Backend):
         splittable = not any(
             a.role in (Role.STATE, Role.PARAM) and a.scope == Scope.TENSOR for a in section.body
         )
-        if not splittable or any(g is sp.true for g in guards):
+        # a guard that reads a per-tensor value (where(norm > 1, ...)) cannot be tested once per step
+        per_step = all(
+            scopes.get(getattr(x, "option", None) or base(x), Scope.CONST) <= Scope.GLOBAL
+            for guard in guards
+            for x in guard.free_symbols
+        )
+        if not splittable or not per_step or any(g is sp.true for g in guards):
             split = None  # never: each tensor whole
         else:
             split = p.doprint(sp.Or(*guards)) if guards else ""  # "": always

@@ -12,7 +12,7 @@ import dataclasses
 import sympy as sp
 
 from ..dsl import Accumulate, Over, Reduction
-from ..ir import Assign, Program, Role, Scope, base
+from ..ir import Assign, Program, Role, Scope, base, ssa
 from .guards import weaken
 from .scope import reduction_scope, scopes_of
 
@@ -59,6 +59,8 @@ def _extract(body: tuple[Assign, ...], scopes: dict[str, Scope]) -> tuple[Assign
     found: dict[sp.Basic, sp.Symbol] = {}
     taken = {a.target for a in body}
     paths = _paths(body)
+    assigned = {ssa(a.target, a.version) for a in body}
+    defined: set[sp.Symbol] = set()  # the values assigned before the statement being read
     for a in body:
         nodes = [n for n in sp.postorder_traversal(a.expr) if _is_reduction(n) and n not in found]
         for node in dict.fromkeys(nodes):
@@ -68,13 +70,17 @@ def _extract(body: tuple[Assign, ...], scopes: dict[str, Scope]) -> tuple[Assign
             scope = reduction_scope(node)
 
             def known(symbol: sp.Symbol, scope: Scope = scope) -> bool:
-                return scopes.get(base(symbol), Scope.CONST) <= scope
+                """A value the reduction's own step can test, where it is computed: no wider than it, and
+                there already (an input, or assigned before its first reader)."""
+                there = symbol not in assigned or symbol in defined
+                return there and scopes.get(base(symbol), Scope.CONST) <= scope
 
             # a test of each element cannot decide whether a whole tensor's value is computed: dropped
             guard = sp.simplify_logic(sp.Or(*(weaken(path, known) for path in paths[node])))
             expr = node if guard is sp.true else sp.Piecewise((node, guard), (0, True))
             out.append(Assign(name, 0, expr, Role.REDUCE, scope, label=""))
         out.append(dataclasses.replace(a, expr=a.expr.xreplace(found)) if found else a)
+        defined.add(ssa(a.target, a.version))
     return tuple(out)
 
 
@@ -89,6 +95,7 @@ def _paths(body: tuple[Assign, ...]) -> dict[sp.Basic, list]:
         if isinstance(e, sp.Piecewise):
             previous = sp.true
             for value, cond in e.args:
+                walk(cond, sp.And(path, previous))  # a test reads its reductions where it is evaluated
                 walk(value, sp.And(path, previous, cond))
                 previous = sp.And(previous, sp.Not(cond))
             return

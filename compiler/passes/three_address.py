@@ -578,7 +578,7 @@ def _reads(e: Expr) -> set[str]:
 def _stmt_reads(s: Stmt) -> set[str]:
     exprs: list[Expr] = []
     if isinstance(s, Op):
-        exprs = [*s.args, *(v for _, v in s.keywords)]
+        exprs = [*s.args, *(v for _, v in s.keywords)] + ([s.mask] if s.mask is not None else [])
     elif isinstance(s, CopyInto):
         exprs = [s.x]
     elif isinstance(s, (Bind, Update)):
