@@ -355,11 +355,14 @@ class _Lowering:
                 mask_reg = self.regs.take_mask()
             self.lines.append(Op("not", (mask,), _reg(mask_reg)))
             mask, a_value, b_value = Name(_reg(mask_reg)), b_value, a_value
-        elif not _is(b_value, dest):
-            if is_element(b_value):
-                self.lines.append(CopyInto(b_value, _reg(dest)))
-            else:
-                self.lines.append(Op("fill", (b_value,), _reg(dest)))
+        else:
+            if not _is(b_value, dest):
+                if is_element(b_value):
+                    self.lines.append(CopyInto(b_value, _reg(dest)))
+                else:
+                    self.lines.append(Op("fill", (b_value,), _reg(dest)))
+            if a_mask is not None:  # a where it was computed: where c holds within the branch written
+                mask = a_mask
         self.lines.append(
             Op("copy_where", (mask, a_value), _reg(dest), arrays=(is_element(mask), is_element(a_value)))
         )
@@ -540,29 +543,104 @@ class _Lowering:
 def verify(lowered: Lowered, registers: Registers) -> None:
     """The storage of a statement's operations is sound (for the tests, between passes): every scratch
     register it reads was written before in the statement, or holds a named temporary; a named
-    temporary's register is written only by the statement that binds that name. Raises ``ValueError``
-    naming the register and the statement."""
+    temporary's register is written only by the statement that binds that name; and where operations
+    take a mask (a select's branches), a register computed only where a mask holds is read only there
+    (``_Regions``). Raises ``ValueError`` naming the register and the statement."""
     scratch = set(registers.names()) | set(registers.mask_names())
     owner = {r: n for n, r in registers.named.items()}
     bound = {s.bind for s in _flat(lowered.body) if isinstance(s, Op)} | {
         s.name for s in _flat(lowered.body) if isinstance(s, Bind)
     }
 
-    def check(body: tuple[Stmt, ...], written: set[str]) -> None:
+    def check(body: tuple[Stmt, ...], written: set[str], regions: _Regions) -> None:
         for s in body:
             if isinstance(s, If):
                 _reading(_reads(s.test), written, scratch, owner, s)
-                check(s.body, set(written))
-                check(s.orelse, set(written))
+                check(s.body, set(written), regions.copy())
+                check(s.orelse, set(written), regions.copy())
                 continue
             _reading(_stmt_reads(s), written, scratch, owner, s)
+            regions.step(s)
             out = s.out.name if isinstance(s, (Op, CopyInto)) else None
             if out in owner and owner[out] not in bound:
                 raise ValueError(f"{s}: writes {out}, the register of {owner[out]}, which it does not bind")
             if out is not None:
                 written.add(out)
 
-    check(lowered.body, set())
+    check(lowered.body, set(), _Regions())
+
+
+class _Regions:
+    """Where each register holds its value, as a condition over the statement's tests (a comparison into a
+    mask is a new atom; ``not``, ``and``, ``or`` of masks their logic): true unless an operation under a
+    mask wrote it. An operation under mask ``K`` (true without one) may read a register only where it
+    holds (``K`` implies its region); its result holds on ``K``. A masked copy ``copy_where(d, x, K)``
+    reads ``x`` on ``K`` and extends ``d``'s region by ``K``; a copy passes the region on."""
+
+    def __init__(self) -> None:
+        self.region: dict[str, sp.Basic] = {}  # register -> where it holds (absent: everywhere)
+        self.masks: dict[str, sp.Basic] = {}  # mask register -> its condition
+        self.atoms = 0
+
+    def copy(self) -> _Regions:
+        other = _Regions()
+        other.region, other.masks, other.atoms = dict(self.region), dict(self.masks), self.atoms
+        return other
+
+    def where(self, e: Expr | None) -> sp.Basic:
+        """The condition a mask expression stands for (true for none; a fresh atom for a name not known)."""
+        if e is None:
+            return sp.true
+        key = e.value.name if isinstance(e, Name) else repr(e)
+        if key not in self.masks:  # a boolean array the statement did not compute (a named value)
+            self.atoms += 1
+            self.masks[key] = sp.Symbol(f"mask{self.atoms}")
+        return self.masks[key]
+
+    def holds(self, e: Expr, on: sp.Basic, s) -> None:
+        for name in reads(e):
+            region = self.region.get(name, sp.true)
+            if region is not sp.true and sp.satisfiable(on & ~region):
+                raise ValueError(
+                    f"{s}: reads {name} where it was not computed ({region} does not cover {on})"
+                )
+
+    def step(self, s: Stmt) -> None:
+        if isinstance(s, CopyInto):  # a copy holds where its source does
+            if isinstance(s.x, Name):
+                self.region[s.out.name] = self.region.get(s.x.value.name, sp.true)
+            else:
+                self.holds(s.x, sp.true, s)
+                self.region.pop(s.out.name, None)
+            return
+        if not isinstance(s, Op):
+            for e in _stmt_exprs(s):
+                self.holds(e, sp.true, s)
+            return
+        out = s.out.name
+        if s.op == "copy_where":
+            mask, value = s.args
+            on = self.where(mask)
+            self.holds(value, on, s)
+            self.region[out] = self.region.get(out, sp.true) | on
+            return
+        on = self.where(s.mask)
+        for e in [*s.args, *(v for _, v in s.keywords)]:
+            self.holds(e, on, s)
+        if s.op in _MIRROR:
+            self.atoms += 1
+            self.masks[out] = sp.Symbol(f"mask{self.atoms}")
+        elif s.op in _LOGIC:
+            conds = [self.where(a) for a in s.args]
+            self.masks[out] = {
+                "not": lambda c: ~c[0],
+                "and": lambda c: c[0] & c[1],
+                "or": lambda c: c[0] | c[1],
+            }[s.op](conds)
+        if on is sp.true:
+            self.region.pop(out, None)
+        else:
+            self.region[out] = on
 
 
 def _reading(names: set[str], written: set[str], scratch: set[str], owner: dict, s) -> None:
@@ -575,16 +653,20 @@ def _reads(e: Expr) -> set[str]:
     return reads(e)
 
 
-def _stmt_reads(s: Stmt) -> set[str]:
-    exprs: list[Expr] = []
+def _stmt_exprs(s: Stmt) -> list[Expr]:
     if isinstance(s, Op):
-        exprs = [*s.args, *(v for _, v in s.keywords)] + ([s.mask] if s.mask is not None else [])
-    elif isinstance(s, CopyInto):
-        exprs = [s.x]
-    elif isinstance(s, (Bind, Update)):
-        exprs = [s.value]
-    elif isinstance(s, Compound):
-        exprs = [*s.args] + ([s.scale] if s.scale is not None else [])
+        return [*s.args, *(v for _, v in s.keywords)] + ([s.mask] if s.mask is not None else [])
+    if isinstance(s, CopyInto):
+        return [s.x]
+    if isinstance(s, (Bind, Update)):
+        return [s.value]
+    if isinstance(s, Compound):
+        return [*s.args] + ([s.scale] if s.scale is not None else [])
+    return []
+
+
+def _stmt_reads(s: Stmt) -> set[str]:
+    exprs = _stmt_exprs(s)
     return set().union(*(_reads(e) for e in exprs)) if exprs else set()
 
 
