@@ -639,14 +639,15 @@ def _check_call(
     more = {None: "", True: ", arrays=True", False: ", static=True"}[arrays] if h.kind == "float" else ""
     if stages and not alias:
         return f"{stages}.check({given}{more})"
-    if h.kind == "bool":
+    kind = check_kind(h)
+    if kind == "flag":
         return f"common.check_flag({given})"
-    if h.kind == "learning_rate" or h.interval is None:
+    if kind == "learning_rate" or h.interval is None:
         return ""
     bounds = (
         f"{_num(h.interval.low)}, {_num(h.interval.high)}, {h.interval.low_closed}, {h.interval.high_closed}"
     )
-    if h.default is None:
+    if kind == "option":
         extra = (", integer=True" if h.kind == "int" else "") + (
             ", zero_is_off=True" if h.zero_is_off else ""
         )
@@ -654,15 +655,23 @@ def _check_call(
     return f"common.check_float({given}, {bounds}{more})"
 
 
+def check_kind(h) -> str:
+    """How hyperparameter ``h`` is checked (``runtime/common.py``'s ``Check.kind``): "flag", "learning_rate",
+    "option" (None allowed: its default is None) or "float"."""
+    if h.kind == "bool":
+        return "flag"
+    if h.kind == "learning_rate":
+        return "learning_rate"
+    return "option" if h.default is None else "float"
+
+
 def check_spec(h) -> str:
     """The check of hyperparameter ``h`` as a table entry (``runtime/common.py``'s ``Check``): what
     ``_check_call`` runs, for a module that keeps its checks as a table (torch's)."""
-    if h.kind == "bool":
-        return 'common.Check("flag")'
-    if h.kind == "learning_rate":
-        return 'common.Check("learning_rate")'
-    kind = "option" if h.default is None else "float"
-    args = [f'"{kind}"'] + ([f'"{h.interval}"'] if h.interval is not None else [])
+    kind = check_kind(h)
+    args = [f'"{kind}"'] + (
+        [f'"{h.interval}"'] if h.interval is not None and kind in ("option", "float") else []
+    )
     if kind == "option":
         args += ["integer=True"] if h.kind == "int" else []
         args += ["zero_is_off=True"] if h.zero_is_off else []

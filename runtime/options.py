@@ -21,23 +21,9 @@ from typing import Any, Mapping
 
 from . import common
 
-#: the options, in the order the rule transform declares them
-KERAS_OPTIONS = (
-    "weight_decay",
-    "clipnorm",
-    "clipvalue",
-    "global_clipnorm",
-    "use_ema",
-    "ema_momentum",
-    "ema_overwrite_frequency",
-    "loss_scale_factor",
-    "gradient_accumulation_steps",
-)
-#: the options for which 0 means off, as None does
-ZERO_IS_OFF = frozenset({"clipnorm", "clipvalue", "global_clipnorm", "ema_overwrite_frequency"})
-#: how each option is checked, as the rule transform declares it (a test holds the two together): the
-#: generated NumPy and JAX constructors call ``check``, the torch optimizers add these to their rule's own
-#: checks of a parameter group
+#: how each option is checked, in the order the rule transform declares them, as it declares them (a test
+#: holds the two together): the generated NumPy and JAX constructors call ``check``, the torch optimizers
+#: add these to their rule's own checks of a parameter group
 CHECKS = {
     "weight_decay": common.Check("option", "[0, inf)"),
     "clipnorm": common.Check("option", "[0, inf)", zero_is_off=True),
@@ -49,6 +35,10 @@ CHECKS = {
     "loss_scale_factor": common.Check("option", "(0, inf)"),
     "gradient_accumulation_steps": common.Check("option", "[2, inf)", integer=True),
 }
+#: the options
+KERAS_OPTIONS = tuple(CHECKS)
+#: the options for which 0 means off, as None does
+ZERO_IS_OFF = frozenset(name for name, check in CHECKS.items() if check.zero_is_off)
 #: the options of which at most one may be given
 EXCLUSIVE = (("clipnorm", "clipvalue", "global_clipnorm"),)
 
