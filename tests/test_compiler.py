@@ -368,6 +368,34 @@ def test_variant_in_a_few_lines_matches_torch_adamax(tmp_path):
     assert_close([p.detach().numpy() for p in tp2], want, 1e-12, "torch variant vs torch.optim.Adamax")
 
 
+def test_a_value_that_is_a_number_in_one_branch_and_an_array_in_the_other_stays_an_array(tmp_path):
+    """``where(t == 1, 0, g - prev)`` (Adan's gradient difference): the first step's branch is the number 0.
+    torch's step wrote ``torch.mul(d, c, out=buffer)`` with both operands numbers, which resized the
+    scratch buffer to 0-d (a UserWarning, deprecated: an error in a later torch) and back at the next
+    step; the number now fills the value's buffer. Warnings are errors here."""
+    import warnings
+
+    r = Rule("FirstDifference", title="a gradient difference that is 0 at the first step")
+    lr = r.learning_rate(0.1)
+    b = r.hyper("b", 0.25, "[0, 1]", "weight of the difference")
+    prev = r.state("prev", 0, "the previous gradient")
+    d = r.let("d", where(Eq(t, 1), 0, g - prev), "difference")
+    r.assign(w, w - lr * (g + (1 - b) * d), "parameter update")
+    r.assign(prev, g, "kept")
+    mods = load(r, tmp_path)
+
+    params0, grads = problem(4)
+    want = [p.copy() for p in params0]
+    for k, gs in enumerate(grads, 1):
+        for i, x in enumerate(gs):
+            diff = 0.0 if k == 1 else x - grads[k - 2][i]
+            want[i] = want[i] - 0.1 * (x + 0.75 * diff)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for path in ("numpy", "torch"):
+            assert_close(steps(mods, r, params0, grads, path), want, 1e-12, path)
+
+
 def test_a_new_rule_with_where_clip_and_sign_runs_in_every_backend(tmp_path):
     """A rule using the element-wise functions, compiled without touching compiler/ or backends/."""
     import jax.numpy as jnp

@@ -248,6 +248,7 @@ class _Lowering:
         self.lines: list[Stmt] = []
         self.held: list[str] = []  # registers read by a reduction in the statement being written
         self.active: Expr | None = None  # the mask of the select branch being written (``Target.masked``)
+        self.element_statement = False  # the statement being written has a per-element value
 
     # -- expressions ------------------------------------------------------------------------
 
@@ -454,6 +455,14 @@ class _Lowering:
             # an alias of a register would change when its owner is written again
             self.lines.append(Bind(name, node, duplicate=True))
             return
+        if not is_element(node) and self.element_statement and "fill" in self.target.calls:
+            # a branch that is a number, of a value that is an array in the other branch: the number fills
+            # the value's register, so that what reads the value reads an array in either branch (an
+            # operation whose operands are all numbers would resize its ``out=`` buffer to 0-d)
+            reg = self.regs.of(name)
+            self.lines.append(Op("fill", (self.scalar(node),), _reg(reg)))
+            self.lines.append(Bind(name, Name(_reg(reg))))
+            return
         if isinstance(node, Name) or not is_element(node):
             self.lines.append(Bind(name, self.scalar(node)))
             return
@@ -511,6 +520,7 @@ class _Lowering:
     def statement(self, tree: Expr, write) -> Lowered:
         """A value ``a if cond else b`` with a Python condition is an ``if`` block per branch."""
         branched = False
+        self.element_statement = is_element(tree)
 
         def visit(n: Expr) -> None:
             nonlocal branched
