@@ -24,6 +24,7 @@ from optforge.compiler.ir import Assign, Case, Form, Program, Role, Scope, Secti
 from optforge.compiler.passes import conditions, three_address
 from optforge.compiler.passes.accumulators import accumulators
 from optforge.compiler.passes.evaluation import Types, evaluation_tree
+from optforge.compiler.passes.schedule import tensor_reduction_pass
 from optforge.compiler.passes.typing import array_names, element_names
 from optforge.compiler.pipeline import compile_rule
 from optforge.compiler.render import MathPrinter, docstring_equations
@@ -59,6 +60,10 @@ class Backend:
     array_names: frozenset[str] = frozenset()
     #: whether a reduction over all tensors is an array (a 0-d tensor) rather than a Python number
     global_reductions_are_arrays = False
+    #: a reduction over one tensor may communicate (torch: a DTensor's sum adds its shards'): where the loop
+    #: that updates the tensors has such reductions, they are also printed as a pass over all tensors before
+    #: it, which the runtime takes where they communicate (one collective instead of one per tensor)
+    tensor_reductions_communicate = False
     #: how an accumulator over all tensors starts
     reduce_init = {"sum": "0.0", "max": "-math.inf"}
     #: the table of element-wise operations with ``out=`` (compiler/passes/three_address.py): operation ->
@@ -105,7 +110,12 @@ class Backend:
 
     def statement(self, a: Assign, p: ExprPrinter) -> list[str]:
         """The lines of one assignment; ``x <- where(c, e, x)`` becomes ``if c:`` around ``x <- e`` where
-        ``c`` (or its static part) is a Python value."""
+        ``c`` (or its static part) is a Python value; a reduction that the pass before the loop computed
+        (``tensor_prepass``) is read from it where it ran."""
+        if a.role == Role.REDUCE and a.target in p.prepassed:
+            computed = self.plain_statement(a, p)
+            taken = f"{p.name_of(a.lhs)} = _reduced[w][{p.prepassed[a.target]}]"
+            return ["if _reduced is None:", *("    " + c for c in computed), "else:", "    " + taken]
         guarded = self.guard(a, p)
         if guarded is not None:
             cond, inner = guarded
@@ -296,6 +306,7 @@ class Backend:
             sections = self.case_sections(program, case)
             printed = []
             for s in sections:
+                prepass = self.tensor_prepass(program, s, p)
                 # a pass over the tensors writes its element-wise temporaries into registers of its own
                 p.registers = registers = three_address.Registers() if s.kind != SectionKind.STEP else None
                 init, lines = (
@@ -304,11 +315,12 @@ class Backend:
                     else ([], self.section_lines(program, s, p))
                 )
                 lines = self.scratch_lines(s, program, registers) + lines
-                p.registers = None
+                p.registers, p.prepassed = None, {}
                 guard = self.reduce_guard(s, p) if s.kind == SectionKind.REDUCE else ""
                 printed.append(
                     {
                         "kind": s.kind,
+                        "prepass": prepass,
                         "init": init,
                         "guard": guard,
                         "lines": lines,
@@ -340,6 +352,28 @@ class Backend:
                 }
             )
         return cases
+
+    def tensor_prepass(self, program: Program, section: Section, p: ExprPrinter) -> dict[str, Any] | None:
+        """Where the backend's reductions over one tensor communicate, the loop ``section``'s reductions as a
+        pass over all tensors (``schedule.tensor_reduction_pass``), printed: its lines, the states it reads
+        and the names it computes (in the order the loop reads them back); the loop's printer then knows
+        them (``p.prepassed``). None where there is no such pass."""
+        if not self.tensor_reductions_communicate:
+            return None
+        prepass = tensor_reduction_pass(section)
+        if prepass is None:
+            return None
+        p.registers = registers = three_address.Registers()
+        lines = self.section_lines(program, prepass, p)
+        lines = self.scratch_lines(prepass, program, registers) + lines
+        p.registers = None
+        reduced = [a for a in prepass.body if a.role == Role.REDUCE]
+        p.prepassed = {a.target: i for i, a in enumerate(reduced)}
+        return {
+            "lines": lines,
+            "states": self.section_states(program, prepass),
+            "names": [p.name_of(a.lhs) for a in reduced],
+        }
 
     def stages_context(self, program: Program, cases: list[dict[str, Any]]) -> dict[str, Any]:
         """The plain backends' view of a rule that Keras's options wrap (``program.inner``): the rule's own

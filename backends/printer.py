@@ -54,6 +54,9 @@ class ExprPrinter(RuleOrder, StrPrinter):
         #: the scratch registers of the pass over the tensors being printed (passes/three_address.py), set
         #: by the backend for each such pass; None outside one (statements are printed as they are)
         self.registers: Any = None
+        #: the reductions over one tensor that a pass before the loop computed (``tensor_prepass``): their
+        #: names and their places in the pass's tuple, read from it where it ran
+        self.prepassed: dict[str, int] = {}
 
     # -- helpers -----------------------------------------------------------------------
 

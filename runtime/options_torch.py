@@ -41,6 +41,12 @@ class Call:
         # the plain or Numba path first needs it (the Triton kernels compute it themselves)
         self.global_sumsq_g: Any = 0.0
         self._global_pass = o.global_clipnorm is not None and step.is_update
+        #: the parameters are DTensors: a reduction over one tensor adds its shards', so each pass over the
+        #: tensors all-reduces its tensors' reductions together (the rule's, ``torch_support.all_reduced``;
+        #: clipnorm's, before the first tensor is handed out), one collective instead of one per tensor
+        self.distributed = any(torch_support.is_distributed(w) for w, _ in self.params)
+        self._clip_pass = o.clipnorm is not None and step.is_update and self.distributed
+        self._clip_sums: dict | None = None
 
     def _global_norm(self) -> None:
         """The pass over all tensors for ``global_clipnorm``, once per call, before the first tensor is
@@ -56,6 +62,20 @@ class Call:
             torch.pow(g, 2, out=s2)
             sums.append(torch.sum(s2))
         self.global_sumsq_g = torch_support.sum_over_tensors(sums)
+
+    def _clip_norms(self) -> None:
+        """For DTensors, the pass over all tensors for ``clipnorm``: each tensor's sum of squares of its
+        gradient as the prologue makes it before clipping, all-reduced together, once per call."""
+        if not self._clip_pass:
+            return
+        self._clip_pass = False
+        sums = {}
+        for w, g, state in self._each():
+            g = self.prologue(w, g, state, peek=True, clip=False)
+            _, _, s2 = self.scratch(w, g, state.get("grad_accumulator"))
+            torch.pow(g, 2, out=s2)
+            sums[w] = (torch.sum(s2),)
+        self._clip_sums = torch_support.all_reduced(sums)
 
     # -- what the rule reads -----------------------------------------------------------------
 
@@ -76,6 +96,7 @@ class Call:
         opt = self.optimizer
         if opt.fused is not False and not self.maximize and self._triton(case, values):
             return
+        self._clip_norms()
         self._global_norm()
         fused = opt._fused is not None and not self.maximize  # maximize: the plain path flips the signs
         kernel = fused_support.kernel(opt._fused, case) if fused else None
@@ -99,6 +120,7 @@ class Call:
     def peek(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
         """Each parameter (the fused path's too), its gradient as the prologue makes it, and its state, for
         a pass of the rule over all tensors before its update: nothing is written."""
+        self._clip_norms()
         self._global_norm()
         for w, g, state in self._each():
             yield w, self.prologue(w, g, state, peek=True), state
@@ -153,9 +175,12 @@ class Call:
     def scratch(self, w: torch.Tensor, *tensors: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         return torch_support.scratch(self.optimizer._stage_scratch, 3, w, *tensors)
 
-    def prologue(self, w: torch.Tensor, g: torch.Tensor, state: dict, peek: bool = False) -> torch.Tensor:
+    def prologue(
+        self, w: torch.Tensor, g: torch.Tensor, state: dict, peek: bool = False, clip: bool = True
+    ) -> torch.Tensor:
         """The gradient the rule reads (``peek``: without touching the accumulator, for a pass over all
-        tensors); on an update, the decoupled weight decay too (not when peeking)."""
+        tensors; ``clip``: False stops before the clipping); on an update, the decoupled weight decay too
+        (not when peeking)."""
         o, update = self.options, self.step.is_update
         if not o.touches_gradient and (peek or o.weight_decay is None or not update):
             return g
@@ -178,11 +203,13 @@ class Call:
                 g = torch.div(acc, steps, out=s0)
                 if not peek:
                     acc.fill_(0)
-        if not update:
+        if not update or not clip:
             return g
         # clipping
         if o.clipnorm is not None:
-            if peek:
+            if self._clip_sums is not None:  # DTensors: every tensor's, all-reduced together
+                (sumsq_g,) = self._clip_sums[w]
+            elif peek:
                 sumsq_g = torch.sum(g**2)
             else:
                 torch.pow(g, 2, out=s1)

@@ -174,6 +174,31 @@ def sum_over_tensors(sums: list[torch.Tensor]) -> Any:
     return DTensor.from_local(total, mesh, [Replicate()], run_check=False)
 
 
+def all_reduced(values: dict[Any, tuple[Any, ...]]) -> dict[Any, tuple[Any, ...]]:
+    """Each tensor's reductions (0-d tensors, by parameter), whole: where they are DTensors partial over a
+    one-dimensional mesh (a sharded tensor's sum, one per shard), their local values are stacked and
+    all-reduced in one collective, for every tensor, and come back replicated; the others as they are.
+    The order is the parameters', the same on every rank."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    partial = [
+        (key, i, s)
+        for key, sums in values.items()
+        for i, s in enumerate(sums)
+        if is_distributed(s) and s.device_mesh.ndim == 1 and any(p.is_partial() for p in s.placements)
+    ]
+    if not partial:
+        return values
+    mesh = partial[0][2].device_mesh
+    partial = [(key, i, s) for key, i, s in partial if s.device_mesh is mesh]  # another mesh: its own
+    local = torch.stack([s.to_local() for _, _, s in partial])
+    torch.distributed.all_reduce(local, group=mesh.get_group())
+    out = {key: list(sums) for key, sums in values.items()}
+    for (key, i, _), total in zip(partial, local.unbind()):
+        out[key][i] = DTensor.from_local(total, mesh, [Replicate()], run_check=False)
+    return {key: tuple(sums) for key, sums in out.items()}
+
+
 def _distributed_buffers(cache: dict, count: int, w: torch.Tensor, dtype: torch.dtype) -> tuple:
     """``count`` buffers laid out like the DTensor ``w`` (its mesh and placements: the local shards' size),
     kept between steps. Not views of one flat buffer: a DTensor's shape is the whole tensor's."""

@@ -6,8 +6,9 @@ processes (``torch.multiprocessing``, gloo on 127.0.0.1:PORT) and prints, from r
 rule with, per option set and dtype, the largest relative difference between the sharded run (each
 parameter a DTensor: sharded on dim 0, on dim 1 or replicated; shards of unequal sizes) and the unsharded
 one (parameters and state, after every step: float64 with global_clipnorm, and for a rule that reduces
-itself also with clipnorm and with no option; float32 with no option), and the states not laid out like their
-parameter (an element-wise state must have the parameter's placements; a per-tensor one is replicated).
+itself also with clipnorm and with no option; float32 with no option), the states not laid out like their
+parameter (an element-wise state must have the parameter's placements; a per-tensor one is replicated), and
+the collectives of each sharded step (``CommDebugMode``: DTensor's and torch.distributed's).
 A rule that reduces itself also trains an MLP under FSDP2's ``fully_shard`` with ``global_clipnorm``
 (``fully_shard/float64``), and resumes one from a ``torch.distributed.checkpoint`` saved in FOLDER
 (``checkpoint/float64``: the largest absolute difference, 0 when bit for bit), and then, in the starting
@@ -42,8 +43,9 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
-def run_rule(rule, mesh, dtype: torch.dtype, options: dict) -> tuple[float, list[str]]:
+def run_rule(rule, mesh, dtype: torch.dtype, options: dict) -> tuple[float, list[str], list[int]]:
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    from torch.distributed.tensor.debug import CommDebugMode
 
     import optforge.generated.torch as gen
 
@@ -58,13 +60,15 @@ def run_rule(rule, mesh, dtype: torch.dtype, options: dict) -> tuple[float, list
     sharded = [torch.nn.Parameter(distribute_tensor(p.clone(), mesh, pl)) for p, pl in zip(full, placements)]
     cls = getattr(gen, rule.name)
     ref, opt = cls(plain, **hypers, **options, fused=False), cls(sharded, **hypers, **options, fused=False)
-    worst, misplaced = 0.0, []
+    worst, misplaced, collectives = 0.0, [], []
     for gs in grads:
         for p, q, x, pl in zip(plain, sharded, gs, placements):
             p.grad = x.clone()
             q.grad = distribute_tensor(x.clone(), mesh, pl)
         ref.step()
-        opt.step()
+        with CommDebugMode() as comm:  # DTensor's collectives and torch.distributed's
+            opt.step()
+        collectives.append(comm.get_total_counts())
         for i, (p, q) in enumerate(zip(plain, sharded)):
             worst = max(worst, rel(q.full_tensor(), p))
             for name, a in ref.state[p].items():
@@ -75,7 +79,7 @@ def run_rule(rule, mesh, dtype: torch.dtype, options: dict) -> tuple[float, list
                     misplaced.append(
                         f"{name} of params[{i}]: {b.placements} (the parameter's {q.placements})"
                     )
-    return worst, sorted(set(misplaced))
+    return worst, sorted(set(misplaced)), collectives
 
 
 def run_fully_shard(rule, mesh, options: dict) -> float:
@@ -214,9 +218,13 @@ def worker(rank: int, port: int, folder: str, names: list[str]) -> None:
                 if option == "global_clipnorm" or reduces:
                     dtypes.append(torch.float64)
                 for dtype in dtypes:
-                    err, misplaced = run_rule(rules[name], mesh, dtype, values)
+                    err, misplaced, collectives = run_rule(rules[name], mesh, dtype, values)
                     key = f"{option}/{str(dtype).removeprefix('torch.')}"
-                    results.setdefault(name, {})[key] = {"rel": err, "misplaced": misplaced}
+                    results.setdefault(name, {})[key] = {
+                        "rel": err,
+                        "misplaced": misplaced,
+                        "collectives": collectives,
+                    }
             if reduces:  # FSDP2, with the reductions of the rule and of global_clipnorm
                 err = run_fully_shard(rules[name], mesh, {"global_clipnorm": 0.5})
                 results[name]["fully_shard/float64"] = {"rel": err, "misplaced": []}

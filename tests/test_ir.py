@@ -49,3 +49,31 @@ def test_extract_reductions_alone_names_each_reduction_once():
     assert case.body[1].expr == sp.Symbol("v") + sp.Symbol("sumsq_g")
     assert case.body[2].expr == w - g / sp.sqrt(sp.Symbol("sumsq_g"))
     assert ssa("sumsq_g", 0) == sp.Symbol("sumsq_g")
+
+
+def test_tensor_reduction_pass_alone_replays_what_the_reductions_read_and_writes_nothing():
+    """LAMB's shape: the norm of an update computed from new state. The pass replays the state's new
+    value and the update (role ``replay``: local values) and computes the norms; with a reduction that
+    reads another, no single pass computes them (None)."""
+    from optforge.compiler.passes.schedule import tensor_reduction_pass
+
+    m, w = sp.Symbol("m"), sp.Symbol("w")
+    u, norm_u, norm_w = sp.Symbol("u"), sp.Symbol("norm_u"), sp.Symbol("norm_w")
+    body = (
+        Assign("m", 1, m / 2 + g, Role.STATE),
+        Assign("u", 0, ssa("m", 1) * 3, Role.LET),
+        Assign("norm_u", 0, tensor_sum(u**2), Role.REDUCE, Scope.TENSOR),
+        Assign("norm_w", 0, tensor_sum(w**2), Role.REDUCE, Scope.TENSOR),
+        Assign("w", 1, w - u * norm_w / norm_u, Role.PARAM),
+    )
+    prepass = tensor_reduction_pass(Section(SectionKind.TENSOR, body))
+    assert prepass.kind is SectionKind.REDUCE
+    assert [(a.target, a.role) for a in prepass.body] == [
+        ("m", Role.REPLAY),
+        ("u", Role.REPLAY),
+        ("norm_u", Role.REDUCE),
+        ("norm_w", Role.REDUCE),
+    ]
+    chained = body[:3] + (Assign("r", 0, tensor_sum(g * norm_u), Role.REDUCE, Scope.TENSOR),) + body[4:]
+    assert tensor_reduction_pass(Section(SectionKind.TENSOR, chained)) is None
+    assert tensor_reduction_pass(Section(SectionKind.TENSOR, body[:2] + body[4:])) is None  # none to pass

@@ -37,8 +37,9 @@ def test_jax_optimizers_sharded_equal_the_unsharded_ones():
 
 def check_sharded(results: dict, names: list[str], every: set[str], reducing: set[str]) -> None:
     """The workers' results, by rule, per option set and dtype (``rel``: sharded vs unsharded; ``misplaced``:
-    states not laid out like their parameter): float64 within 1e-12, float32 within 1e-6, a checkpoint's
-    resumed run 0 (bit for bit). Every rule has the results ``every`` names; a rule that reduces itself
+    states not laid out like their parameter; ``collectives``: of each step): float64 within 1e-12, float32
+    within 1e-6, a checkpoint's resumed run 0 (bit for bit), the collectives of a step as many as the
+    compiler's ``communication`` says (one per pass over the tensors that reduces, not one per tensor). Every rule has the results ``every`` names; a rule that reduces itself
     ``reducing``'s too."""
     assert set(results) == set(names)
     problems = []
@@ -46,6 +47,16 @@ def check_sharded(results: dict, names: list[str], every: set[str], reducing: se
         want = every | (reducing if features(RULES[name]) & REDUCTIONS else set())
         assert set(result) == want, (name, sorted(result))
         for key, r in result.items():
+            if "collectives" in r:  # one per pass over the tensors that reduces, as the compiler counts them
+                from sharded_torch import OPTION_SETS
+
+                from optforge.compiler.pipeline import compile_rule
+                from optforge.compiler.traffic import communication
+
+                option = OPTION_SETS[key.partition("/")[0]]
+                want = communication(compile_rule(RULES[name]), option)["collectives"]
+                if set(r["collectives"]) != {want}:
+                    problems.append(f"{name} {key}: {r['collectives']} collectives per step, expected {want}")
             if r["misplaced"]:
                 problems.append(f"{name} {key}: state not laid out like its parameter: {r['misplaced']}")
             tolerance = 0.0 if key.startswith("checkpoint") else 1e-12 if key.endswith("float64") else 1e-6

@@ -28,6 +28,7 @@ import dataclasses
 
 import sympy as sp
 
+from ..dsl import Reduction
 from ..ir import Assign, Program, Role, Scope, Section, SectionKind, base, ssa, version
 
 #: where a statement runs: step sections at even positions 0, 2, ..., 2K; pass j at 2j - 1; the loop last
@@ -79,6 +80,26 @@ def schedule_body(body: tuple[Assign, ...]) -> tuple[tuple[Assign, ...], tuple[S
         add(SectionKind.REDUCE, replays + reductions)
     add(SectionKind.TENSOR, [a for a in body if not _is_step(a) and not _is_global_reduction(a)])
     return body, tuple(out)
+
+
+def tensor_reduction_pass(section: Section) -> Section | None:
+    """The reductions over one tensor of a loop that updates the tensors (``TENSOR``), as a pass over all
+    the tensors before it (``REDUCE``: the values their arguments read replayed, nothing written), for a
+    backend whose reductions over one tensor communicate (torch's DTensors: a sharded tensor's sum is a
+    sum of its shards' sums, and one pass all-reduces every tensor's together instead of one collective
+    per tensor). None where the loop has none, or where one of them is computed under a condition or reads
+    another (the values would need more than one pass)."""
+    if section.kind != SectionKind.TENSOR:
+        return None
+    reductions = [a for a in section.body if a.role == Role.REDUCE and a.scope == Scope.TENSOR]
+    if not reductions or not all(isinstance(a.expr, Reduction) for a in reductions):
+        return None
+    definitions = {a.lhs: a for a in section.body}
+    needed = _closure(reductions, definitions)
+    if any(definitions[s].role == Role.REDUCE for s in needed):
+        return None
+    replays = [dataclasses.replace(a, role=Role.REPLAY) for a in section.body if a.lhs in needed]
+    return Section(SectionKind.REDUCE, tuple(replays + reductions))
 
 
 def _positions(body: tuple[Assign, ...]) -> dict[sp.Symbol, int]:

@@ -177,6 +177,18 @@ class NovoGradTF1(torch_support.RuleOptimizer):
         weight_decay = group["weight_decay"]
         grad_averaging = group["grad_averaging"]
         use_nesterov = group["use_nesterov"]
+        # DTensors: each tensor's reductions in one pass over the tensors first, all-reduced together
+        _reduced = None
+        if call.distributed:
+            _reduced = {}
+            for w, g, state in call.peek():
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                (_s0,) = torch_support.scratch(self._scratch, 1, w, g)
+                # sumsq_g = torch.sum(g**2)
+                torch.pow(g, 2, out=_s0)
+                sumsq_g = torch.sum(_s0)
+                _reduced[w] = (sumsq_g,)
+            _reduced = torch_support.all_reduced(_reduced)
         for w, g, state in call.tensors(
             0,
             {
@@ -190,9 +202,12 @@ class NovoGradTF1(torch_support.RuleOptimizer):
             m = state["m"]
             # scratch buffers for the element-wise temporaries (reused, shaped like w)
             _s0, _s1 = torch_support.scratch(self._scratch, 2, w, g, m)
-            # sumsq_g = torch.sum(g**2)
-            torch.pow(g, 2, out=_s0)
-            sumsq_g = torch.sum(_s0)
+            if _reduced is None:
+                # sumsq_g = torch.sum(g**2)
+                torch.pow(g, 2, out=_s0)
+                sumsq_g = torch.sum(_s0)
+            else:
+                sumsq_g = _reduced[w][0]
             # second moment (no EMA in graph mode)
             v = sumsq_g
             # normalised gradient

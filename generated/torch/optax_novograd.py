@@ -169,6 +169,18 @@ class OptaxNovoGrad(torch_support.RuleOptimizer):
         eps = group["eps"]
         eps_root = group["eps_root"]
         weight_decay = group["weight_decay"]
+        # DTensors: each tensor's reductions in one pass over the tensors first, all-reduced together
+        _reduced = None
+        if call.distributed:
+            _reduced = {}
+            for w, g, state in call.peek():
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                (_s0,) = torch_support.scratch(self._scratch, 1, w, g)
+                # sumsq_g = torch.sum(g**2)
+                torch.pow(g, 2, out=_s0)
+                sumsq_g = torch.sum(_s0)
+                _reduced[w] = (sumsq_g,)
+            _reduced = torch_support.all_reduced(_reduced)
         for w, g, state in call.tensors(
             0, {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root, "weight_decay": weight_decay}
         ):
@@ -176,9 +188,12 @@ class OptaxNovoGrad(torch_support.RuleOptimizer):
             mu = state["mu"]
             # scratch buffers for the element-wise temporaries (reused, shaped like w)
             _s0, _s1 = torch_support.scratch(self._scratch, 2, w, g, mu)
-            # sumsq_g = torch.sum(g**2)
-            torch.pow(g, 2, out=_s0)
-            sumsq_g = torch.sum(_s0)
+            if _reduced is None:
+                # sumsq_g = torch.sum(g**2)
+                torch.pow(g, 2, out=_s0)
+                sumsq_g = torch.sum(_s0)
+            else:
+                sumsq_g = _reduced[w][0]
             # second moment
             nu.copy_((sumsq_g if t == 1 else b2 * nu + sumsq_g * (1 - b2)))
             # normalised gradient with weight decay
