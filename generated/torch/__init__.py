@@ -6,6 +6,7 @@ from .adamax import Adamax
 from .nadam import Nadam
 from .novograd import NovoGrad
 from .novograd_tf1 import NovoGradTF1
+from .optax_adadelta import OptaxAdadelta
 from .optax_adam import OptaxAdam
 from .optax_adamw import OptaxAdamW
 from .optax_lion import OptaxLion
@@ -20,6 +21,7 @@ __all__ = [
     "Nadam",
     "NovoGrad",
     "NovoGradTF1",
+    "OptaxAdadelta",
     "OptaxAdam",
     "OptaxAdamW",
     "OptaxLion",
