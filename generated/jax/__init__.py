@@ -9,6 +9,7 @@ from .novograd_tf1 import NovoGradTF1State, novograd_tf1
 from .optax_adadelta import OptaxAdadeltaState, optax_adadelta
 from .optax_adam import OptaxAdamState, optax_adam
 from .optax_adamw import OptaxAdamWState, optax_adamw
+from .optax_adan import OptaxAdanState, optax_adan
 from .optax_lion import OptaxLionState, optax_lion
 from .optax_novograd import OptaxNovoGradState, optax_novograd
 from .sgd import SGDState, sgd
@@ -32,6 +33,8 @@ __all__ = [
     "OptaxAdamState",
     "optax_adamw",
     "OptaxAdamWState",
+    "optax_adan",
+    "OptaxAdanState",
     "optax_lion",
     "OptaxLionState",
     "optax_novograd",

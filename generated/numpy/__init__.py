@@ -9,6 +9,7 @@ from .novograd_tf1 import NovoGradTF1, NovoGradTF1State
 from .optax_adadelta import OptaxAdadelta, OptaxAdadeltaState
 from .optax_adam import OptaxAdam, OptaxAdamState
 from .optax_adamw import OptaxAdamW, OptaxAdamWState
+from .optax_adan import OptaxAdan, OptaxAdanState
 from .optax_lion import OptaxLion, OptaxLionState
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
 from .sgd import SGD, SGDState
@@ -32,6 +33,8 @@ __all__ = [
     "OptaxAdamState",
     "OptaxAdamW",
     "OptaxAdamWState",
+    "OptaxAdan",
+    "OptaxAdanState",
     "OptaxLion",
     "OptaxLionState",
     "OptaxNovoGrad",

@@ -9,6 +9,7 @@ from .novograd_tf1 import NovoGradTF1
 from .optax_adadelta import OptaxAdadelta
 from .optax_adam import OptaxAdam
 from .optax_adamw import OptaxAdamW
+from .optax_adan import OptaxAdan
 from .optax_lion import OptaxLion
 from .optax_novograd import OptaxNovoGrad
 from .sgd import SGD
@@ -24,6 +25,7 @@ __all__ = [
     "OptaxAdadelta",
     "OptaxAdam",
     "OptaxAdamW",
+    "OptaxAdan",
     "OptaxLion",
     "OptaxNovoGrad",
     "SGD",
