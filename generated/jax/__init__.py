@@ -15,6 +15,7 @@ from .optax_novograd import OptaxNovoGradState, optax_novograd
 from .sgd import SGDState, sgd
 from .torch_adam import TorchAdamState, torch_adam
 from .torch_adamw import TorchAdamWState, torch_adamw
+from .torch_rmsprop import TorchRMSpropState, torch_rmsprop
 
 __all__ = [
     "adagrad",
@@ -45,4 +46,6 @@ __all__ = [
     "TorchAdamState",
     "torch_adamw",
     "TorchAdamWState",
+    "torch_rmsprop",
+    "TorchRMSpropState",
 ]

@@ -15,6 +15,7 @@ from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
 from .sgd import SGD, SGDState
 from .torch_adam import TorchAdam, TorchAdamState
 from .torch_adamw import TorchAdamW, TorchAdamWState
+from .torch_rmsprop import TorchRMSprop, TorchRMSpropState
 
 __all__ = [
     "Adagrad",
@@ -45,4 +46,6 @@ __all__ = [
     "TorchAdamState",
     "TorchAdamW",
     "TorchAdamWState",
+    "TorchRMSprop",
+    "TorchRMSpropState",
 ]

@@ -15,6 +15,7 @@ from .optax_novograd import OptaxNovoGrad
 from .sgd import SGD
 from .torch_adam import TorchAdam
 from .torch_adamw import TorchAdamW
+from .torch_rmsprop import TorchRMSprop
 
 __all__ = [
     "Adagrad",
@@ -31,4 +32,5 @@ __all__ = [
     "SGD",
     "TorchAdam",
     "TorchAdamW",
+    "TorchRMSprop",
 ]
