@@ -16,6 +16,7 @@ from .sgd import SGDState, sgd
 from .torch_adam import TorchAdamState, torch_adam
 from .torch_adamw import TorchAdamWState, torch_adamw
 from .torch_rmsprop import TorchRMSpropState, torch_rmsprop
+from .torch_sgd import TorchSGDState, torch_sgd
 
 __all__ = [
     "adagrad",
@@ -48,4 +49,6 @@ __all__ = [
     "TorchAdamWState",
     "torch_rmsprop",
     "TorchRMSpropState",
+    "torch_sgd",
+    "TorchSGDState",
 ]

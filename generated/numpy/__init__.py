@@ -16,6 +16,7 @@ from .sgd import SGD, SGDState
 from .torch_adam import TorchAdam, TorchAdamState
 from .torch_adamw import TorchAdamW, TorchAdamWState
 from .torch_rmsprop import TorchRMSprop, TorchRMSpropState
+from .torch_sgd import TorchSGD, TorchSGDState
 
 __all__ = [
     "Adagrad",
@@ -48,4 +49,6 @@ __all__ = [
     "TorchAdamWState",
     "TorchRMSprop",
     "TorchRMSpropState",
+    "TorchSGD",
+    "TorchSGDState",
 ]

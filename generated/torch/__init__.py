@@ -16,6 +16,7 @@ from .sgd import SGD
 from .torch_adam import TorchAdam
 from .torch_adamw import TorchAdamW
 from .torch_rmsprop import TorchRMSprop
+from .torch_sgd import TorchSGD
 
 __all__ = [
     "Adagrad",
@@ -33,4 +34,5 @@ __all__ = [
     "TorchAdam",
     "TorchAdamW",
     "TorchRMSprop",
+    "TorchSGD",
 ]
