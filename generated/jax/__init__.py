@@ -13,6 +13,7 @@ from .optax_adan import OptaxAdanState, optax_adan
 from .optax_lion import OptaxLionState, optax_lion
 from .optax_novograd import OptaxNovoGradState, optax_novograd
 from .sgd import SGDState, sgd
+from .torch_adagrad import TorchAdagradState, torch_adagrad
 from .torch_adam import TorchAdamState, torch_adam
 from .torch_adamw import TorchAdamWState, torch_adamw
 from .torch_rmsprop import TorchRMSpropState, torch_rmsprop
@@ -43,6 +44,8 @@ __all__ = [
     "OptaxNovoGradState",
     "sgd",
     "SGDState",
+    "torch_adagrad",
+    "TorchAdagradState",
     "torch_adam",
     "TorchAdamState",
     "torch_adamw",

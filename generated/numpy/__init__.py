@@ -13,6 +13,7 @@ from .optax_adan import OptaxAdan, OptaxAdanState
 from .optax_lion import OptaxLion, OptaxLionState
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
 from .sgd import SGD, SGDState
+from .torch_adagrad import TorchAdagrad, TorchAdagradState
 from .torch_adam import TorchAdam, TorchAdamState
 from .torch_adamw import TorchAdamW, TorchAdamWState
 from .torch_rmsprop import TorchRMSprop, TorchRMSpropState
@@ -43,6 +44,8 @@ __all__ = [
     "OptaxNovoGradState",
     "SGD",
     "SGDState",
+    "TorchAdagrad",
+    "TorchAdagradState",
     "TorchAdam",
     "TorchAdamState",
     "TorchAdamW",

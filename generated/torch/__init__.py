@@ -13,6 +13,7 @@ from .optax_adan import OptaxAdan
 from .optax_lion import OptaxLion
 from .optax_novograd import OptaxNovoGrad
 from .sgd import SGD
+from .torch_adagrad import TorchAdagrad
 from .torch_adam import TorchAdam
 from .torch_adamw import TorchAdamW
 from .torch_rmsprop import TorchRMSprop
@@ -31,6 +32,7 @@ __all__ = [
     "OptaxLion",
     "OptaxNovoGrad",
     "SGD",
+    "TorchAdagrad",
     "TorchAdam",
     "TorchAdamW",
     "TorchRMSprop",
