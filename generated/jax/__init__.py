@@ -15,6 +15,7 @@ from .optax_novograd import OptaxNovoGradState, optax_novograd
 from .sgd import SGDState, sgd
 from .torch_adagrad import TorchAdagradState, torch_adagrad
 from .torch_adam import TorchAdamState, torch_adam
+from .torch_adamax import TorchAdamaxState, torch_adamax
 from .torch_adamw import TorchAdamWState, torch_adamw
 from .torch_rmsprop import TorchRMSpropState, torch_rmsprop
 from .torch_sgd import TorchSGDState, torch_sgd
@@ -50,6 +51,8 @@ __all__ = [
     "TorchAdamState",
     "torch_adamw",
     "TorchAdamWState",
+    "torch_adamax",
+    "TorchAdamaxState",
     "torch_rmsprop",
     "TorchRMSpropState",
     "torch_sgd",

@@ -15,6 +15,7 @@ from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
 from .sgd import SGD, SGDState
 from .torch_adagrad import TorchAdagrad, TorchAdagradState
 from .torch_adam import TorchAdam, TorchAdamState
+from .torch_adamax import TorchAdamax, TorchAdamaxState
 from .torch_adamw import TorchAdamW, TorchAdamWState
 from .torch_rmsprop import TorchRMSprop, TorchRMSpropState
 from .torch_sgd import TorchSGD, TorchSGDState
@@ -50,6 +51,8 @@ __all__ = [
     "TorchAdamState",
     "TorchAdamW",
     "TorchAdamWState",
+    "TorchAdamax",
+    "TorchAdamaxState",
     "TorchRMSprop",
     "TorchRMSpropState",
     "TorchSGD",

@@ -15,6 +15,7 @@ from .optax_novograd import OptaxNovoGrad
 from .sgd import SGD
 from .torch_adagrad import TorchAdagrad
 from .torch_adam import TorchAdam
+from .torch_adamax import TorchAdamax
 from .torch_adamw import TorchAdamW
 from .torch_rmsprop import TorchRMSprop
 from .torch_sgd import TorchSGD
@@ -35,6 +36,7 @@ __all__ = [
     "TorchAdagrad",
     "TorchAdam",
     "TorchAdamW",
+    "TorchAdamax",
     "TorchRMSprop",
     "TorchSGD",
 ]
