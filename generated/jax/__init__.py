@@ -17,6 +17,7 @@ from .torch_adagrad import TorchAdagradState, torch_adagrad
 from .torch_adam import TorchAdamState, torch_adam
 from .torch_adamax import TorchAdamaxState, torch_adamax
 from .torch_adamw import TorchAdamWState, torch_adamw
+from .torch_nadam import TorchNAdamState, torch_nadam
 from .torch_rmsprop import TorchRMSpropState, torch_rmsprop
 from .torch_sgd import TorchSGDState, torch_sgd
 
@@ -53,6 +54,8 @@ __all__ = [
     "TorchAdamWState",
     "torch_adamax",
     "TorchAdamaxState",
+    "torch_nadam",
+    "TorchNAdamState",
     "torch_rmsprop",
     "TorchRMSpropState",
     "torch_sgd",

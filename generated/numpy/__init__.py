@@ -17,6 +17,7 @@ from .torch_adagrad import TorchAdagrad, TorchAdagradState
 from .torch_adam import TorchAdam, TorchAdamState
 from .torch_adamax import TorchAdamax, TorchAdamaxState
 from .torch_adamw import TorchAdamW, TorchAdamWState
+from .torch_nadam import TorchNAdam, TorchNAdamState
 from .torch_rmsprop import TorchRMSprop, TorchRMSpropState
 from .torch_sgd import TorchSGD, TorchSGDState
 
@@ -53,6 +54,8 @@ __all__ = [
     "TorchAdamWState",
     "TorchAdamax",
     "TorchAdamaxState",
+    "TorchNAdam",
+    "TorchNAdamState",
     "TorchRMSprop",
     "TorchRMSpropState",
     "TorchSGD",

@@ -17,6 +17,7 @@ from .torch_adagrad import TorchAdagrad
 from .torch_adam import TorchAdam
 from .torch_adamax import TorchAdamax
 from .torch_adamw import TorchAdamW
+from .torch_nadam import TorchNAdam
 from .torch_rmsprop import TorchRMSprop
 from .torch_sgd import TorchSGD
 
@@ -37,6 +38,7 @@ __all__ = [
     "TorchAdam",
     "TorchAdamW",
     "TorchAdamax",
+    "TorchNAdam",
     "TorchRMSprop",
     "TorchSGD",
 ]
