@@ -18,6 +18,7 @@ from .torch_adam import TorchAdamState, torch_adam
 from .torch_adamax import TorchAdamaxState, torch_adamax
 from .torch_adamw import TorchAdamWState, torch_adamw
 from .torch_nadam import TorchNAdamState, torch_nadam
+from .torch_radam import TorchRAdamState, torch_radam
 from .torch_rmsprop import TorchRMSpropState, torch_rmsprop
 from .torch_sgd import TorchSGDState, torch_sgd
 
@@ -56,6 +57,8 @@ __all__ = [
     "TorchAdamaxState",
     "torch_nadam",
     "TorchNAdamState",
+    "torch_radam",
+    "TorchRAdamState",
     "torch_rmsprop",
     "TorchRMSpropState",
     "torch_sgd",

@@ -18,6 +18,7 @@ from .torch_adam import TorchAdam, TorchAdamState
 from .torch_adamax import TorchAdamax, TorchAdamaxState
 from .torch_adamw import TorchAdamW, TorchAdamWState
 from .torch_nadam import TorchNAdam, TorchNAdamState
+from .torch_radam import TorchRAdam, TorchRAdamState
 from .torch_rmsprop import TorchRMSprop, TorchRMSpropState
 from .torch_sgd import TorchSGD, TorchSGDState
 
@@ -56,6 +57,8 @@ __all__ = [
     "TorchAdamaxState",
     "TorchNAdam",
     "TorchNAdamState",
+    "TorchRAdam",
+    "TorchRAdamState",
     "TorchRMSprop",
     "TorchRMSpropState",
     "TorchSGD",

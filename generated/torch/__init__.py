@@ -18,6 +18,7 @@ from .torch_adam import TorchAdam
 from .torch_adamax import TorchAdamax
 from .torch_adamw import TorchAdamW
 from .torch_nadam import TorchNAdam
+from .torch_radam import TorchRAdam
 from .torch_rmsprop import TorchRMSprop
 from .torch_sgd import TorchSGD
 
@@ -39,6 +40,7 @@ __all__ = [
     "TorchAdamW",
     "TorchAdamax",
     "TorchNAdam",
+    "TorchRAdam",
     "TorchRMSprop",
     "TorchSGD",
 ]
