@@ -13,6 +13,7 @@ from .optax_adan import OptaxAdanState, optax_adan
 from .optax_lion import OptaxLionState, optax_lion
 from .optax_novograd import OptaxNovoGradState, optax_novograd
 from .sgd import SGDState, sgd
+from .torch_adadelta import TorchAdadeltaState, torch_adadelta
 from .torch_adagrad import TorchAdagradState, torch_adagrad
 from .torch_adam import TorchAdamState, torch_adam
 from .torch_adamax import TorchAdamaxState, torch_adamax
@@ -47,6 +48,8 @@ __all__ = [
     "OptaxNovoGradState",
     "sgd",
     "SGDState",
+    "torch_adadelta",
+    "TorchAdadeltaState",
     "torch_adagrad",
     "TorchAdagradState",
     "torch_adam",

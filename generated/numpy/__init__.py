@@ -13,6 +13,7 @@ from .optax_adan import OptaxAdan, OptaxAdanState
 from .optax_lion import OptaxLion, OptaxLionState
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
 from .sgd import SGD, SGDState
+from .torch_adadelta import TorchAdadelta, TorchAdadeltaState
 from .torch_adagrad import TorchAdagrad, TorchAdagradState
 from .torch_adam import TorchAdam, TorchAdamState
 from .torch_adamax import TorchAdamax, TorchAdamaxState
@@ -47,6 +48,8 @@ __all__ = [
     "OptaxNovoGradState",
     "SGD",
     "SGDState",
+    "TorchAdadelta",
+    "TorchAdadeltaState",
     "TorchAdagrad",
     "TorchAdagradState",
     "TorchAdam",

@@ -13,6 +13,7 @@ from .optax_adan import OptaxAdan
 from .optax_lion import OptaxLion
 from .optax_novograd import OptaxNovoGrad
 from .sgd import SGD
+from .torch_adadelta import TorchAdadelta
 from .torch_adagrad import TorchAdagrad
 from .torch_adam import TorchAdam
 from .torch_adamax import TorchAdamax
@@ -35,6 +36,7 @@ __all__ = [
     "OptaxLion",
     "OptaxNovoGrad",
     "SGD",
+    "TorchAdadelta",
     "TorchAdagrad",
     "TorchAdam",
     "TorchAdamW",
