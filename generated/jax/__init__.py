@@ -21,6 +21,7 @@ from .torch_adamw import TorchAdamWState, torch_adamw
 from .torch_nadam import TorchNAdamState, torch_nadam
 from .torch_radam import TorchRAdamState, torch_radam
 from .torch_rmsprop import TorchRMSpropState, torch_rmsprop
+from .torch_rprop import TorchRpropState, torch_rprop
 from .torch_sgd import TorchSGDState, torch_sgd
 
 __all__ = [
@@ -64,6 +65,8 @@ __all__ = [
     "TorchRAdamState",
     "torch_rmsprop",
     "TorchRMSpropState",
+    "torch_rprop",
+    "TorchRpropState",
     "torch_sgd",
     "TorchSGDState",
 ]

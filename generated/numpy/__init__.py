@@ -21,6 +21,7 @@ from .torch_adamw import TorchAdamW, TorchAdamWState
 from .torch_nadam import TorchNAdam, TorchNAdamState
 from .torch_radam import TorchRAdam, TorchRAdamState
 from .torch_rmsprop import TorchRMSprop, TorchRMSpropState
+from .torch_rprop import TorchRprop, TorchRpropState
 from .torch_sgd import TorchSGD, TorchSGDState
 
 __all__ = [
@@ -64,6 +65,8 @@ __all__ = [
     "TorchRAdamState",
     "TorchRMSprop",
     "TorchRMSpropState",
+    "TorchRprop",
+    "TorchRpropState",
     "TorchSGD",
     "TorchSGDState",
 ]

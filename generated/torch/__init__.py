@@ -21,6 +21,7 @@ from .torch_adamw import TorchAdamW
 from .torch_nadam import TorchNAdam
 from .torch_radam import TorchRAdam
 from .torch_rmsprop import TorchRMSprop
+from .torch_rprop import TorchRprop
 from .torch_sgd import TorchSGD
 
 __all__ = [
@@ -44,5 +45,6 @@ __all__ = [
     "TorchNAdam",
     "TorchRAdam",
     "TorchRMSprop",
+    "TorchRprop",
     "TorchSGD",
 ]
