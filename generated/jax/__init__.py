@@ -12,6 +12,7 @@ from .optax_adamw import OptaxAdamWState, optax_adamw
 from .optax_adan import OptaxAdanState, optax_adan
 from .optax_lion import OptaxLionState, optax_lion
 from .optax_novograd import OptaxNovoGradState, optax_novograd
+from .optax_rmsprop import OptaxRmspropState, optax_rmsprop
 from .sgd import SGDState, sgd
 from .torch_adadelta import TorchAdadeltaState, torch_adadelta
 from .torch_adagrad import TorchAdagradState, torch_adagrad
@@ -47,6 +48,8 @@ __all__ = [
     "OptaxLionState",
     "optax_novograd",
     "OptaxNovoGradState",
+    "optax_rmsprop",
+    "OptaxRmspropState",
     "sgd",
     "SGDState",
     "torch_adadelta",

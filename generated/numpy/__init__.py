@@ -12,6 +12,7 @@ from .optax_adamw import OptaxAdamW, OptaxAdamWState
 from .optax_adan import OptaxAdan, OptaxAdanState
 from .optax_lion import OptaxLion, OptaxLionState
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
+from .optax_rmsprop import OptaxRmsprop, OptaxRmspropState
 from .sgd import SGD, SGDState
 from .torch_adadelta import TorchAdadelta, TorchAdadeltaState
 from .torch_adagrad import TorchAdagrad, TorchAdagradState
@@ -47,6 +48,8 @@ __all__ = [
     "OptaxLionState",
     "OptaxNovoGrad",
     "OptaxNovoGradState",
+    "OptaxRmsprop",
+    "OptaxRmspropState",
     "SGD",
     "SGDState",
     "TorchAdadelta",

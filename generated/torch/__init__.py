@@ -12,6 +12,7 @@ from .optax_adamw import OptaxAdamW
 from .optax_adan import OptaxAdan
 from .optax_lion import OptaxLion
 from .optax_novograd import OptaxNovoGrad
+from .optax_rmsprop import OptaxRmsprop
 from .sgd import SGD
 from .torch_adadelta import TorchAdadelta
 from .torch_adagrad import TorchAdagrad
@@ -36,6 +37,7 @@ __all__ = [
     "OptaxAdan",
     "OptaxLion",
     "OptaxNovoGrad",
+    "OptaxRmsprop",
     "SGD",
     "TorchAdadelta",
     "TorchAdagrad",
