@@ -10,6 +10,7 @@ from .optax_adadelta import OptaxAdadeltaState, optax_adadelta
 from .optax_adam import OptaxAdamState, optax_adam
 from .optax_adamw import OptaxAdamWState, optax_adamw
 from .optax_adan import OptaxAdanState, optax_adan
+from .optax_amsgrad import OptaxAmsgradState, optax_amsgrad
 from .optax_lion import OptaxLionState, optax_lion
 from .optax_novograd import OptaxNovoGradState, optax_novograd
 from .optax_rmsprop import OptaxRmspropState, optax_rmsprop
@@ -44,6 +45,8 @@ __all__ = [
     "OptaxAdamWState",
     "optax_adan",
     "OptaxAdanState",
+    "optax_amsgrad",
+    "OptaxAmsgradState",
     "optax_lion",
     "OptaxLionState",
     "optax_novograd",

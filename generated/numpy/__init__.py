@@ -10,6 +10,7 @@ from .optax_adadelta import OptaxAdadelta, OptaxAdadeltaState
 from .optax_adam import OptaxAdam, OptaxAdamState
 from .optax_adamw import OptaxAdamW, OptaxAdamWState
 from .optax_adan import OptaxAdan, OptaxAdanState
+from .optax_amsgrad import OptaxAmsgrad, OptaxAmsgradState
 from .optax_lion import OptaxLion, OptaxLionState
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
 from .optax_rmsprop import OptaxRmsprop, OptaxRmspropState
@@ -44,6 +45,8 @@ __all__ = [
     "OptaxAdamWState",
     "OptaxAdan",
     "OptaxAdanState",
+    "OptaxAmsgrad",
+    "OptaxAmsgradState",
     "OptaxLion",
     "OptaxLionState",
     "OptaxNovoGrad",

@@ -10,6 +10,7 @@ from .optax_adadelta import OptaxAdadelta
 from .optax_adam import OptaxAdam
 from .optax_adamw import OptaxAdamW
 from .optax_adan import OptaxAdan
+from .optax_amsgrad import OptaxAmsgrad
 from .optax_lion import OptaxLion
 from .optax_novograd import OptaxNovoGrad
 from .optax_rmsprop import OptaxRmsprop
@@ -35,6 +36,7 @@ __all__ = [
     "OptaxAdam",
     "OptaxAdamW",
     "OptaxAdan",
+    "OptaxAmsgrad",
     "OptaxLion",
     "OptaxNovoGrad",
     "OptaxRmsprop",
