@@ -6,6 +6,7 @@ from .adamax import AdamaxState, adamax
 from .nadam import NadamState, nadam
 from .novograd import NovoGradState, novograd
 from .novograd_tf1 import NovoGradTF1State, novograd_tf1
+from .optax_adabelief import OptaxAdabeliefState, optax_adabelief
 from .optax_adadelta import OptaxAdadeltaState, optax_adadelta
 from .optax_adam import OptaxAdamState, optax_adam
 from .optax_adamw import OptaxAdamWState, optax_adamw
@@ -37,6 +38,8 @@ __all__ = [
     "NovoGradState",
     "novograd_tf1",
     "NovoGradTF1State",
+    "optax_adabelief",
+    "OptaxAdabeliefState",
     "optax_adadelta",
     "OptaxAdadeltaState",
     "optax_adam",

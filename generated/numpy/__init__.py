@@ -6,6 +6,7 @@ from .adamax import Adamax, AdamaxState
 from .nadam import Nadam, NadamState
 from .novograd import NovoGrad, NovoGradState
 from .novograd_tf1 import NovoGradTF1, NovoGradTF1State
+from .optax_adabelief import OptaxAdabelief, OptaxAdabeliefState
 from .optax_adadelta import OptaxAdadelta, OptaxAdadeltaState
 from .optax_adam import OptaxAdam, OptaxAdamState
 from .optax_adamw import OptaxAdamW, OptaxAdamWState
@@ -37,6 +38,8 @@ __all__ = [
     "NovoGradState",
     "NovoGradTF1",
     "NovoGradTF1State",
+    "OptaxAdabelief",
+    "OptaxAdabeliefState",
     "OptaxAdadelta",
     "OptaxAdadeltaState",
     "OptaxAdam",

@@ -6,6 +6,7 @@ from .adamax import Adamax
 from .nadam import Nadam
 from .novograd import NovoGrad
 from .novograd_tf1 import NovoGradTF1
+from .optax_adabelief import OptaxAdabelief
 from .optax_adadelta import OptaxAdadelta
 from .optax_adam import OptaxAdam
 from .optax_adamw import OptaxAdamW
@@ -32,6 +33,7 @@ __all__ = [
     "Nadam",
     "NovoGrad",
     "NovoGradTF1",
+    "OptaxAdabelief",
     "OptaxAdadelta",
     "OptaxAdam",
     "OptaxAdamW",
