@@ -15,6 +15,7 @@ from .optax_amsgrad import OptaxAmsgradState, optax_amsgrad
 from .optax_lion import OptaxLionState, optax_lion
 from .optax_novograd import OptaxNovoGradState, optax_novograd
 from .optax_rmsprop import OptaxRmspropState, optax_rmsprop
+from .optax_yogi import OptaxYogiState, optax_yogi
 from .sgd import SGDState, sgd
 from .torch_adadelta import TorchAdadeltaState, torch_adadelta
 from .torch_adagrad import TorchAdagradState, torch_adagrad
@@ -56,6 +57,8 @@ __all__ = [
     "OptaxNovoGradState",
     "optax_rmsprop",
     "OptaxRmspropState",
+    "optax_yogi",
+    "OptaxYogiState",
     "sgd",
     "SGDState",
     "torch_adadelta",

@@ -15,6 +15,7 @@ from .optax_amsgrad import OptaxAmsgrad, OptaxAmsgradState
 from .optax_lion import OptaxLion, OptaxLionState
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
 from .optax_rmsprop import OptaxRmsprop, OptaxRmspropState
+from .optax_yogi import OptaxYogi, OptaxYogiState
 from .sgd import SGD, SGDState
 from .torch_adadelta import TorchAdadelta, TorchAdadeltaState
 from .torch_adagrad import TorchAdagrad, TorchAdagradState
@@ -56,6 +57,8 @@ __all__ = [
     "OptaxNovoGradState",
     "OptaxRmsprop",
     "OptaxRmspropState",
+    "OptaxYogi",
+    "OptaxYogiState",
     "SGD",
     "SGDState",
     "TorchAdadelta",

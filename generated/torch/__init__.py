@@ -15,6 +15,7 @@ from .optax_amsgrad import OptaxAmsgrad
 from .optax_lion import OptaxLion
 from .optax_novograd import OptaxNovoGrad
 from .optax_rmsprop import OptaxRmsprop
+from .optax_yogi import OptaxYogi
 from .sgd import SGD
 from .torch_adadelta import TorchAdadelta
 from .torch_adagrad import TorchAdagrad
@@ -42,6 +43,7 @@ __all__ = [
     "OptaxLion",
     "OptaxNovoGrad",
     "OptaxRmsprop",
+    "OptaxYogi",
     "SGD",
     "TorchAdadelta",
     "TorchAdagrad",
