@@ -22,6 +22,7 @@ from .torch_adagrad import TorchAdagradState, torch_adagrad
 from .torch_adam import TorchAdamState, torch_adam
 from .torch_adamax import TorchAdamaxState, torch_adamax
 from .torch_adamw import TorchAdamWState, torch_adamw
+from .torch_asgd import TorchASGDState, torch_asgd
 from .torch_nadam import TorchNAdamState, torch_nadam
 from .torch_radam import TorchRAdamState, torch_radam
 from .torch_rmsprop import TorchRMSpropState, torch_rmsprop
@@ -61,6 +62,8 @@ __all__ = [
     "OptaxYogiState",
     "sgd",
     "SGDState",
+    "torch_asgd",
+    "TorchASGDState",
     "torch_adadelta",
     "TorchAdadeltaState",
     "torch_adagrad",

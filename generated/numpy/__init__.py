@@ -22,6 +22,7 @@ from .torch_adagrad import TorchAdagrad, TorchAdagradState
 from .torch_adam import TorchAdam, TorchAdamState
 from .torch_adamax import TorchAdamax, TorchAdamaxState
 from .torch_adamw import TorchAdamW, TorchAdamWState
+from .torch_asgd import TorchASGD, TorchASGDState
 from .torch_nadam import TorchNAdam, TorchNAdamState
 from .torch_radam import TorchRAdam, TorchRAdamState
 from .torch_rmsprop import TorchRMSprop, TorchRMSpropState
@@ -61,6 +62,8 @@ __all__ = [
     "OptaxYogiState",
     "SGD",
     "SGDState",
+    "TorchASGD",
+    "TorchASGDState",
     "TorchAdadelta",
     "TorchAdadeltaState",
     "TorchAdagrad",

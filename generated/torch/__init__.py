@@ -22,6 +22,7 @@ from .torch_adagrad import TorchAdagrad
 from .torch_adam import TorchAdam
 from .torch_adamax import TorchAdamax
 from .torch_adamw import TorchAdamW
+from .torch_asgd import TorchASGD
 from .torch_nadam import TorchNAdam
 from .torch_radam import TorchRAdam
 from .torch_rmsprop import TorchRMSprop
@@ -45,6 +46,7 @@ __all__ = [
     "OptaxRmsprop",
     "OptaxYogi",
     "SGD",
+    "TorchASGD",
     "TorchAdadelta",
     "TorchAdagrad",
     "TorchAdam",
