@@ -786,7 +786,7 @@ def test_torch_names_and_the_rules_names_give_the_same_steps(rule):
     names = _names(rule)
     if not names:
         pytest.skip(f"{rule.name} has no hyperparameter torch names otherwise")
-    values = dict.fromkeys(names, 0.5)  # inside the range of each (betas, eps)
+    values = {n: inside(rule.hypers[n]) for n in names}  # inside each one's range (Rprop's etaplus > 1)
     defaults = build(rule, torch.nn.Linear(1, 1).parameters()).defaults
     torch_kw: dict = {}
     for name, (key, index) in names.items():
@@ -814,8 +814,8 @@ def test_torch_names_and_the_rules_names_give_the_same_steps(rule):
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
 def test_a_value_put_into_a_group_mid_training_is_checked_and_the_rules_name_is_read(rule):
     """``opt.param_groups[0]["betas"] = (1.5, 0.999)`` between steps: the next step raises as the constructor
-    would, naming the group; ``param_groups[0]["beta_1"] = 0.5`` (the rule's name) is what ``betas[0] =
-    0.5`` does, not ignored."""
+    would, naming the group; ``param_groups[0]["beta_1"] = 0.37`` (the rule's name, a value inside its
+    range) is what ``betas[0] = 0.37`` does, not ignored."""
     floats = [(n, h) for n, h in rule.hypers.items() if h.kind == "float" and h.interval is not None]
     assert floats
     for name, h in floats:
@@ -833,7 +833,7 @@ def test_a_value_put_into_a_group_mid_training_is_checked_and_the_rules_name_is_
     named = {n: h for n, h in floats if n in optimizer_class(rule).torch_names and h.default}
     for name, h in named.items():
         runs = []
-        for entry in ({name: 0.5 * h.default}, torch_keyword(rule, name, 0.5 * h.default)):
+        for entry in ({name: inside(h)}, torch_keyword(rule, name, inside(h))):
             model = make_model(21)
             opt = build(rule, model.parameters())
             for k, g in enumerate(grad_sequence(model, 4, seed=22)):
