@@ -38,6 +38,12 @@ class RuleLatexPrinter(RuleOrder, LatexPrinter):
             return rf"{self.names.get(expr.option, expr.option)} \neq \mathrm{{None}}"
         return self.names.get(expr.name, super()._print_Symbol(expr))
 
+    def parenthesize_super(self, s: str) -> str:
+        """A power's base that ends in a superscript is braced: SymPy knows ``^``; a prime (a name assigned
+        again in the step, ``\\hat{\\mu}'_{t}``) is one too, and ``\\hat{\\mu}'_{t}^{2}`` is a double
+        superscript to KaTeX."""
+        return f"{{{s}}}" if "'" in s else super().parenthesize_super(s)
+
     def _print_Max(self, expr, exp=None) -> str:
         return r"\max\left(" + ", ".join(self._print(a) for a in expr.args) + r"\right)"
 
@@ -224,5 +230,7 @@ def _prime(tex: str, k: int) -> str:
     if k == 0:
         return tex
     head, items = _split_subscript(tex)
+    if "^" in head:  # a name with a superscript of its own (g^{prev}): primed, it is braced first
+        head = f"{{{head}}}"
     mark = "'" * k if k <= 3 else f"^{{({k})}}"
     return head + mark + ("" if items is None else f"_{{{','.join(items)}}}")

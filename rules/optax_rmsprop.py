@@ -31,7 +31,9 @@ RULE = Rule(
     ),
 )
 lr = RULE.learning_rate(None, "a global scaling factor, fixed or a schedule step -> lr")
-decay = RULE.hyper("decay", 0.9, "[0, 1)", "decay rate of the moving averages of g^2 (and g)", latex=r"\rho")
+decay = RULE.hyper(
+    "decay", 0.9, "[0, 1)", "decay rate of the moving averages of g^2 (and g)", latex=r"\alpha"
+)
 eps = RULE.hyper(
     "eps", 1e-8, "[0, inf)", "added to the denominator, inside or outside the root", latex=r"\epsilon"
 )

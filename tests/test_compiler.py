@@ -368,6 +368,44 @@ def test_variant_in_a_few_lines_matches_torch_adamax(tmp_path):
     assert_close([p.detach().numpy() for p in tp2], want, 1e-12, "torch variant vs torch.optim.Adamax")
 
 
+def test_a_temporary_is_named_once_in_the_whole_program(tmp_path):
+    """RAdam's shape (found writing optax.radam): each case's common subexpressions were numbered from
+    tmp0, so ``tmp1`` was ``1 - b2`` (a constant) in one case and ``b2**t`` (per step) in the other, and
+    the scopes and array-ness kept by name mixed them: a CompilerBug ("wider than its scope") at compile
+    time. Both flag values now compile and equal a transcription in NumPy, JAX and torch."""
+    r = Rule("RhoInf", title="a constant and a per-step value from the same hyperparameter")
+    lr = r.learning_rate(0.1)
+    b1 = r.hyper("b1", 0.9, "[0, 1)", "decay")
+    b2 = r.hyper("b2", 0.999, "[0, 1)", "decay")
+    nesterov = r.flag("nesterov", False, "look ahead")
+    mu = r.state("mu", 0, "first moment")
+    nu = r.state("nu", 0, "second moment")
+    r.assign(mu, (1 - b1) * g + b1 * mu, "first moment")
+    r.assign(nu, (1 - b2) * g**2 + b2 * nu, "second moment")
+    rho_inf = r.let("rho_inf", 2 / (1 - b2) - 1, "constant")
+    rho = r.let("rho", rho_inf - 2 * t * b2**t / (1 - b2**t), "per step")
+    mu_hat = r.let("mu_hat", mu, "first moment")
+    r.assign(mu_hat, b1 * mu / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t), "look-ahead", when=nesterov)
+    r.assign(w, w - lr * rho * mu_hat / (sqrt(nu) + 1e-8), "update")
+    mods = load(r, tmp_path)
+
+    params0, grads = problem(5)
+    for look_ahead in (False, True):
+        want = [p.copy() for p in params0]
+        m = [np.zeros_like(p) for p in params0]
+        v = [np.zeros_like(p) for p in params0]
+        for k, gs in enumerate(grads, 1):
+            for i, x in enumerate(gs):
+                m[i] = 0.1 * x + 0.9 * m[i]
+                v[i] = 0.001 * x**2 + 0.999 * v[i]
+                rho_k = (2 / 0.001 - 1) - 2 * k * 0.999**k / (1 - 0.999**k)
+                m_hat = 0.9 * m[i] / (1 - 0.9 ** (k + 1)) + 0.1 * x / (1 - 0.9**k) if look_ahead else m[i]
+                want[i] = want[i] - 0.1 * rho_k * m_hat / (np.sqrt(v[i]) + 1e-8)
+        for path in ("numpy", "jax", "torch"):
+            got = steps(mods, r, params0, grads, path, nesterov=look_ahead)
+            assert_close(got, want, 1e-12, f"{path}, nesterov={look_ahead}")
+
+
 def test_a_value_that_is_a_number_in_one_branch_and_an_array_in_the_other_stays_an_array(tmp_path):
     """``where(t == 1, 0, g - prev)`` (Adan's gradient difference): the first step's branch is the number 0.
     torch's step wrote ``torch.mul(d, c, out=buffer)`` with both operands numbers, which resized the

@@ -20,6 +20,9 @@ from optforge.documentation.pages import page
 
 # a subscript right after a subscript: m_1_{t}, \alpha_t_{t}, x_{0}_{t}
 DOUBLE_SUBSCRIPT = re.compile(r"(?<!\\)_(\{[^{}]*\}|[A-Za-z0-9]|\\[A-Za-z]+)_")
+#: a prime is a superscript: ``a'^{2}``, ``a'_{t}^{2}`` and ``g^{prev}'`` are KaTeX's "Double superscript"
+#: (``{a'_{t}}^{2}`` and ``{g^{prev}}'`` are not)
+DOUBLE_SUPERSCRIPT = re.compile(r"'(_(\{[^{}]*\}|[A-Za-z0-9]))?\^|\^(\{(?:[^{}]|\{[^{}]*\})*\}|[A-Za-z0-9])'")
 
 
 def _equations(md: str) -> list[tuple[str, str]]:
@@ -56,6 +59,7 @@ def test_time_subscript_is_merged_with_a_subscript_once():
     assert eqs["Scaled"] == r"\gamma_{3,t} = 2 \alpha_t", eqs["Scaled"]
     for label, tex in eqs.items():
         assert not DOUBLE_SUBSCRIPT.search(tex), (label, tex)
+        assert not DOUBLE_SUPERSCRIPT.search(tex), (label, tex)
         assert ",t,t" not in tex and "t-1,t" not in tex, (label, tex)
 
 
@@ -127,11 +131,12 @@ def test_labels_are_kept_as_written():
 
 
 @pytest.mark.parametrize("rule", list(RULES.values()), ids=list(RULES))
-def test_registered_pages_have_no_double_subscript_or_self_equation(rule):
+def test_registered_pages_have_no_double_subscript_or_superscript_or_self_equation(rule):
     eqs = _equations(_page(rule))
     assert eqs
     for label, tex in eqs:
         assert not DOUBLE_SUBSCRIPT.search(tex), (label, tex)
+        assert not DOUBLE_SUPERSCRIPT.search(tex), (label, tex)
         assert r"\mathrm{" not in tex or not re.search(r"\\mathrm\{[^}]*(?<!\\)_", tex), (label, tex)
     _no_equation_names_itself(eqs)
 

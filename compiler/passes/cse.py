@@ -17,15 +17,23 @@ from .scope import scope_of, scopes_of
 
 
 def eliminate_common_subexpressions(program: Program) -> Program:
+    """Each case's temporaries are numbered on from the previous case's (``tmp0``... in the first, then
+    ``tmp3``...): a name holds one value in the whole program, so what the passes and printers key by name
+    (its scope, whether it is an array) is the same in every case. Numbered per case, ``tmp1`` was
+    ``1 - b2`` (a constant) in one case and ``b2**t`` (one per step) in another."""
     scopes = scopes_of(program)
-    cases = tuple(dataclasses.replace(c, body=_cse(c.body, scopes)) for c in program.cases)
-    return program.replace(cases=cases, passes=program.passes + ("eliminate_common_subexpressions",))
+    cases, start = [], 0
+    for c in program.cases:
+        body, start = _cse(c.body, scopes, start)
+        cases.append(dataclasses.replace(c, body=body))
+    return program.replace(cases=tuple(cases), passes=program.passes + ("eliminate_common_subexpressions",))
 
 
-def _cse(body: tuple[Assign, ...], scopes: dict) -> tuple[Assign, ...]:
+def _cse(body: tuple[Assign, ...], scopes: dict, start: int) -> tuple[tuple[Assign, ...], int]:
+    """The case's body with its temporaries, numbered from ``start``; and the next free number."""
     if not body:
-        return body
-    names = sp.numbered_symbols("tmp")
+        return body, start
+    names = sp.numbered_symbols("tmp", start=start)
     # a branch of where(c, a, b) is evaluated only when chosen (Python's conditional expression, or an
     # `if` around the statement): nothing is hoisted out of it, so each Piecewise is opaque to CSE
     hidden: dict[sp.Symbol, sp.Basic] = {}
@@ -50,11 +58,11 @@ def _cse(body: tuple[Assign, ...], scopes: dict) -> tuple[Assign, ...]:
     if inline:
         replacements = [(sym, expr.xreplace(inline)) for sym, expr in replacements if sym not in inline]
         reduced = [e.xreplace(inline) for e in reduced]
-        renumber = {sym: sp.Symbol(f"tmp{i}") for i, (sym, _) in enumerate(replacements)}
+        renumber = {sym: sp.Symbol(f"tmp{start + i}") for i, (sym, _) in enumerate(replacements)}
         replacements = [(renumber[sym], expr.xreplace(renumber)) for sym, expr in replacements]
         reduced = [e.xreplace(renumber) for e in reduced]
     if not replacements:
-        return tuple(dataclasses.replace(a, expr=e) for a, e in zip(body, reduced))
+        return tuple(dataclasses.replace(a, expr=e) for a, e in zip(body, reduced)), start
     stmts = [dataclasses.replace(a, expr=e) for a, e in zip(body, reduced)]
     temps = {sym: expr for sym, expr in replacements}
     scopes = dict(scopes)
@@ -81,4 +89,4 @@ def _cse(body: tuple[Assign, ...], scopes: dict) -> tuple[Assign, ...]:
             out.append(Assign(sym.name, 0, temps[sym], Role.TEMP, scopes[sym.name]))
         if a is not None:
             out.append(a)
-    return tuple(out)
+    return tuple(out), start + len(replacements)

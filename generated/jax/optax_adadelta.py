@@ -198,7 +198,7 @@ def optax_adadelta(
                     "e_x": jax_support.like(treedef.unflatten(new_e_x), _rs["e_x"]),
                 }
             else:
-                tmp0 = 1 - rho
+                tmp1 = 1 - rho
                 updates, new_e_g, new_e_x = [], [], []
                 for g, w, e_g, e_x in zip(
                     _grads,
@@ -209,11 +209,11 @@ def optax_adadelta(
                     # coupled weight decay
                     g = g + w * weight_decay
                     # average of the squared gradient
-                    e_g = e_g * rho + g**2 * tmp0
+                    e_g = e_g * rho + g**2 * tmp1
                     # scaled update
                     u = g * jnp.sqrt(e_x + eps) / jnp.sqrt(e_g + eps)
                     # average of the squared update
-                    e_x = e_x * rho + tmp0 * u**2
+                    e_x = e_x * rho + tmp1 * u**2
                     # parameter update
                     update = -lr * u
                     updates.append(update)

@@ -234,7 +234,7 @@ def optax_adan(
                     "g_prev": jax_support.like(treedef.unflatten(new_g_prev), _rs["g_prev"]),
                 }
             else:
-                tmp0 = 1 - b2
+                tmp2 = 1 - b2
                 updates, new_m, new_v, new_nu, new_g_prev = [], [], [], [], []
                 for g, w, m, v, nu, g_prev in zip(
                     _grads,
@@ -248,15 +248,15 @@ def optax_adan(
                     diff = jnp.where(t == 1, 0, g - g_prev)
                     # moment of the gradient
                     m = b1 * m + g * (1 - b1)
-                    tmp1 = diff * tmp0
+                    tmp3 = diff * tmp2
                     # moment of the change
-                    v = b2 * v + tmp1
+                    v = b2 * v + tmp3
                     # second moment
-                    nu = b3 * nu + (1 - b3) * (g + tmp1) ** 2
+                    nu = b3 * nu + (1 - b3) * (g + tmp3) ** 2
                     # scaled update
                     u = (
                         m / (1 - b1 ** jax_support.as_float(t))
-                        + tmp0 * v / (1 - b2 ** jax_support.as_float(t))
+                        + tmp2 * v / (1 - b2 ** jax_support.as_float(t))
                     ) / (eps + jnp.sqrt(eps_root + nu / (1 - b3 ** jax_support.as_float(t))))
                     # decoupled weight decay
                     u = u + w * weight_decay

@@ -252,7 +252,7 @@ def optax_rmsprop(
                     else None,
                 }
             elif momentum is not None and bias_correction and centered and eps_in_sqrt and not nesterov:
-                tmp0 = 1 - decay
+                tmp2 = 1 - decay
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
                     _grads,
@@ -262,9 +262,9 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["trace"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp0
+                    nu = decay * nu + g**2 * tmp2
                     # first moment
-                    mu = decay * mu + g * tmp0
+                    mu = decay * mu + g * tmp2
                     # bias correction
                     v = nu / (1 - decay ** jax_support.as_float(t))
                     # first moment
@@ -292,7 +292,7 @@ def optax_rmsprop(
                     else None,
                 }
             elif bias_correction and centered and eps_in_sqrt:
-                tmp0 = 1 - decay
+                tmp3 = 1 - decay
                 updates, new_nu, new_mu = [], [], []
                 for g, w, nu, mu in zip(
                     _grads,
@@ -301,9 +301,9 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["mu"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp0
+                    nu = decay * nu + g**2 * tmp3
                     # first moment
-                    mu = decay * mu + g * tmp0
+                    mu = decay * mu + g * tmp3
                     # bias correction
                     v = nu / (1 - decay ** jax_support.as_float(t))
                     # first moment
@@ -325,7 +325,7 @@ def optax_rmsprop(
                     else None,
                 }
             elif momentum is not None and bias_correction and centered and nesterov and not eps_in_sqrt:
-                tmp0 = 1 - decay
+                tmp4 = 1 - decay
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
                     _grads,
@@ -335,9 +335,9 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["trace"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp0
+                    nu = decay * nu + g**2 * tmp4
                     # first moment
-                    mu = decay * mu + g * tmp0
+                    mu = decay * mu + g * tmp4
                     # bias correction
                     v = nu / (1 - decay ** jax_support.as_float(t))
                     # first moment
@@ -346,11 +346,11 @@ def optax_rmsprop(
                     v = v - mu_hat**2
                     # epsilon outside the root
                     u = g / (eps + jnp.sqrt(v))
-                    tmp1 = lr * u
+                    tmp5 = lr * u
                     # trace
-                    trace = momentum * trace + tmp1
+                    trace = momentum * trace + tmp5
                     # Nesterov update
-                    update = -momentum * trace - tmp1
+                    update = -momentum * trace - tmp5
                     updates.append(update)
                     new_nu.append(nu)
                     new_mu.append(mu)
@@ -366,7 +366,7 @@ def optax_rmsprop(
                     else None,
                 }
             elif momentum is not None and bias_correction and centered and not eps_in_sqrt and not nesterov:
-                tmp0 = 1 - decay
+                tmp6 = 1 - decay
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
                     _grads,
@@ -376,9 +376,9 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["trace"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp0
+                    nu = decay * nu + g**2 * tmp6
                     # first moment
-                    mu = decay * mu + g * tmp0
+                    mu = decay * mu + g * tmp6
                     # bias correction
                     v = nu / (1 - decay ** jax_support.as_float(t))
                     # first moment
@@ -406,7 +406,7 @@ def optax_rmsprop(
                     else None,
                 }
             elif bias_correction and centered:
-                tmp0 = 1 - decay
+                tmp7 = 1 - decay
                 updates, new_nu, new_mu = [], [], []
                 for g, w, nu, mu in zip(
                     _grads,
@@ -415,9 +415,9 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["mu"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp0
+                    nu = decay * nu + g**2 * tmp7
                     # first moment
-                    mu = decay * mu + g * tmp0
+                    mu = decay * mu + g * tmp7
                     # bias correction
                     v = nu / (1 - decay ** jax_support.as_float(t))
                     # first moment
@@ -439,7 +439,7 @@ def optax_rmsprop(
                     else None,
                 }
             elif momentum is not None and centered and eps_in_sqrt and nesterov and not bias_correction:
-                tmp0 = 1 - decay
+                tmp8 = 1 - decay
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
                     _grads,
@@ -449,9 +449,9 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["trace"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp0
+                    nu = decay * nu + g**2 * tmp8
                     # first moment
-                    mu = decay * mu + g * tmp0
+                    mu = decay * mu + g * tmp8
                     # second moment in the denominator
                     v = nu
                     # first moment
@@ -460,11 +460,11 @@ def optax_rmsprop(
                     v = v - mu_hat**2
                     # scaled gradient
                     u = g / jnp.sqrt(eps + v)
-                    tmp1 = lr * u
+                    tmp9 = lr * u
                     # trace
-                    trace = momentum * trace + tmp1
+                    trace = momentum * trace + tmp9
                     # Nesterov update
-                    update = -momentum * trace - tmp1
+                    update = -momentum * trace - tmp9
                     updates.append(update)
                     new_nu.append(nu)
                     new_mu.append(mu)
@@ -480,7 +480,7 @@ def optax_rmsprop(
                     else None,
                 }
             elif momentum is not None and centered and eps_in_sqrt and not bias_correction and not nesterov:
-                tmp0 = 1 - decay
+                tmp10 = 1 - decay
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
                     _grads,
@@ -490,9 +490,9 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["trace"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp0
+                    nu = decay * nu + g**2 * tmp10
                     # first moment
-                    mu = decay * mu + g * tmp0
+                    mu = decay * mu + g * tmp10
                     # second moment in the denominator
                     v = nu
                     # first moment
@@ -520,7 +520,7 @@ def optax_rmsprop(
                     else None,
                 }
             elif centered and eps_in_sqrt:
-                tmp0 = 1 - decay
+                tmp11 = 1 - decay
                 updates, new_nu, new_mu = [], [], []
                 for g, w, nu, mu in zip(
                     _grads,
@@ -529,9 +529,9 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["mu"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp0
+                    nu = decay * nu + g**2 * tmp11
                     # first moment
-                    mu = decay * mu + g * tmp0
+                    mu = decay * mu + g * tmp11
                     # second moment in the denominator
                     v = nu
                     # first moment
@@ -553,7 +553,7 @@ def optax_rmsprop(
                     else None,
                 }
             elif momentum is not None and centered and nesterov and not bias_correction and not eps_in_sqrt:
-                tmp0 = 1 - decay
+                tmp12 = 1 - decay
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
                     _grads,
@@ -563,9 +563,9 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["trace"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp0
+                    nu = decay * nu + g**2 * tmp12
                     # first moment
-                    mu = decay * mu + g * tmp0
+                    mu = decay * mu + g * tmp12
                     # second moment in the denominator
                     v = nu
                     # first moment
@@ -574,11 +574,11 @@ def optax_rmsprop(
                     v = v - mu_hat**2
                     # epsilon outside the root
                     u = g / (eps + jnp.sqrt(v))
-                    tmp1 = lr * u
+                    tmp13 = lr * u
                     # trace
-                    trace = momentum * trace + tmp1
+                    trace = momentum * trace + tmp13
                     # Nesterov update
-                    update = -momentum * trace - tmp1
+                    update = -momentum * trace - tmp13
                     updates.append(update)
                     new_nu.append(nu)
                     new_mu.append(mu)
@@ -596,7 +596,7 @@ def optax_rmsprop(
             elif (
                 momentum is not None and centered and not bias_correction and not eps_in_sqrt and not nesterov
             ):
-                tmp0 = 1 - decay
+                tmp14 = 1 - decay
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
                     _grads,
@@ -606,9 +606,9 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["trace"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp0
+                    nu = decay * nu + g**2 * tmp14
                     # first moment
-                    mu = decay * mu + g * tmp0
+                    mu = decay * mu + g * tmp14
                     # second moment in the denominator
                     v = nu
                     # first moment
@@ -636,7 +636,7 @@ def optax_rmsprop(
                     else None,
                 }
             elif centered:
-                tmp0 = 1 - decay
+                tmp15 = 1 - decay
                 updates, new_nu, new_mu = [], [], []
                 for g, w, nu, mu in zip(
                     _grads,
@@ -645,9 +645,9 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["mu"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp0
+                    nu = decay * nu + g**2 * tmp15
                     # first moment
-                    mu = decay * mu + g * tmp0
+                    mu = decay * mu + g * tmp15
                     # second moment in the denominator
                     v = nu
                     # first moment
@@ -682,11 +682,11 @@ def optax_rmsprop(
                     v = nu / (1 - decay ** jax_support.as_float(t))
                     # scaled gradient
                     u = g / jnp.sqrt(eps + v)
-                    tmp0 = lr * u
+                    tmp16 = lr * u
                     # trace
-                    trace = momentum * trace + tmp0
+                    trace = momentum * trace + tmp16
                     # Nesterov update
-                    update = -momentum * trace - tmp0
+                    update = -momentum * trace - tmp16
                     updates.append(update)
                     new_nu.append(nu)
                     new_trace.append(trace)
@@ -756,11 +756,11 @@ def optax_rmsprop(
                     v = nu / (1 - decay ** jax_support.as_float(t))
                     # epsilon outside the root
                     u = g / (eps + jnp.sqrt(v))
-                    tmp0 = lr * u
+                    tmp17 = lr * u
                     # trace
-                    trace = momentum * trace + tmp0
+                    trace = momentum * trace + tmp17
                     # Nesterov update
-                    update = -momentum * trace - tmp0
+                    update = -momentum * trace - tmp17
                     updates.append(update)
                     new_nu.append(nu)
                     new_trace.append(trace)
@@ -832,11 +832,11 @@ def optax_rmsprop(
                     v = nu
                     # scaled gradient
                     u = g / jnp.sqrt(eps + v)
-                    tmp0 = lr * u
+                    tmp18 = lr * u
                     # trace
-                    trace = momentum * trace + tmp0
+                    trace = momentum * trace + tmp18
                     # Nesterov update
-                    update = -momentum * trace - tmp0
+                    update = -momentum * trace - tmp18
                     updates.append(update)
                     new_nu.append(nu)
                     new_trace.append(trace)
@@ -910,11 +910,11 @@ def optax_rmsprop(
                     v = nu
                     # epsilon outside the root
                     u = g / (eps + jnp.sqrt(v))
-                    tmp0 = lr * u
+                    tmp19 = lr * u
                     # trace
-                    trace = momentum * trace + tmp0
+                    trace = momentum * trace + tmp19
                     # Nesterov update
-                    update = -momentum * trace - tmp0
+                    update = -momentum * trace - tmp19
                     updates.append(update)
                     new_nu.append(nu)
                     new_trace.append(trace)

@@ -205,7 +205,7 @@ def torch_adadelta(
                     "acc_delta": jax_support.like(treedef.unflatten(new_acc_delta), _rs["acc_delta"]),
                 }
             else:
-                tmp0 = 1 - rho
+                tmp1 = 1 - rho
                 updates, new_square_avg, new_acc_delta = [], [], []
                 for g, w, square_avg, acc_delta in zip(
                     _grads,
@@ -219,11 +219,11 @@ def torch_adadelta(
                     # L2 weight decay
                     g = g + w * weight_decay
                     # mean square of the gradient
-                    square_avg = g**2 * tmp0 + rho * square_avg
+                    square_avg = g**2 * tmp1 + rho * square_avg
                     # step
                     delta = g * jnp.sqrt(acc_delta + eps) / jnp.sqrt(eps + square_avg)
                     # mean square of the step
-                    acc_delta = acc_delta * rho + delta**2 * tmp0
+                    acc_delta = acc_delta * rho + delta**2 * tmp1
                     # parameter update
                     update = -delta * lr
                     updates.append(update)

@@ -257,11 +257,11 @@ def torch_nadam(
                     exp_avg_sq = beta2 * exp_avg_sq + g**2 * (1 - beta2)
                     # denominator
                     denom = eps + jnp.sqrt(exp_avg_sq / (1 - beta2 ** jax_support.as_float(t)))
-                    tmp0 = lr / denom
+                    tmp1 = lr / denom
                     # parameter update
                     update = (
-                        -exp_avg * mu_next * tmp0 / (1 - mu_next * mu_product)
-                        - g * tmp0 * (1 - mu) / (1 - mu_product)
+                        -exp_avg * mu_next * tmp1 / (1 - mu_next * mu_product)
+                        - g * tmp1 * (1 - mu) / (1 - mu_product)
                         + update
                     )
                     updates.append(update)
@@ -298,9 +298,9 @@ def torch_nadam(
                     exp_avg_sq = beta2 * exp_avg_sq + g**2 * (1 - beta2)
                     # denominator
                     denom = eps + jnp.sqrt(exp_avg_sq / (1 - beta2 ** jax_support.as_float(t)))
-                    tmp0 = lr / denom
+                    tmp2 = lr / denom
                     # parameter update
-                    update = -exp_avg * mu_next * tmp0 / (1 - mu_next * mu_product) - g * tmp0 * (1 - mu) / (
+                    update = -exp_avg * mu_next * tmp2 / (1 - mu_next * mu_product) - g * tmp2 * (1 - mu) / (
                         1 - mu_product
                     )
                     updates.append(update)

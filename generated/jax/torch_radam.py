@@ -231,13 +231,13 @@ def torch_radam(
                     "exp_avg_sq": jax_support.like(treedef.unflatten(new_exp_avg_sq), _rs["exp_avg_sq"]),
                 }
             elif decoupled_weight_decay:
-                tmp0 = 1 - beta2
+                tmp3 = 1 - beta2
                 # maximum length of the SMA
-                rho_inf = 2 / tmp0 - 1
-                tmp1 = beta2 ** jax_support.as_float(t)
-                tmp2 = 1 - tmp1
+                rho_inf = 2 / tmp3 - 1
+                tmp4 = beta2 ** jax_support.as_float(t)
+                tmp5 = 1 - tmp4
                 # length of the SMA
-                rho = rho_inf - 2 * tmp1 * jax_support.as_float(t) / tmp2
+                rho = rho_inf - 2 * tmp4 * jax_support.as_float(t) / tmp5
                 # variance rectification
                 rect = jnp.where(
                     rho > 5,
@@ -259,11 +259,11 @@ def torch_radam(
                     # first moment
                     exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
                     # second moment
-                    exp_avg_sq = beta2 * exp_avg_sq + g**2 * tmp0
+                    exp_avg_sq = beta2 * exp_avg_sq + g**2 * tmp3
                     # bias correction
                     m_hat = exp_avg / (1 - beta1 ** jax_support.as_float(t))
                     # adaptive learning rate
-                    adaptive = jnp.sqrt(tmp2) / (eps + jnp.sqrt(exp_avg_sq))
+                    adaptive = jnp.sqrt(tmp5) / (eps + jnp.sqrt(exp_avg_sq))
                     # parameter update
                     update = update - jnp.where(rho > 5, adaptive * lr * m_hat * rect, lr * m_hat)
                     updates.append(update)
@@ -275,13 +275,13 @@ def torch_radam(
                     "exp_avg_sq": jax_support.like(treedef.unflatten(new_exp_avg_sq), _rs["exp_avg_sq"]),
                 }
             else:
-                tmp0 = 1 - beta2
+                tmp6 = 1 - beta2
                 # maximum length of the SMA
-                rho_inf = 2 / tmp0 - 1
-                tmp1 = beta2 ** jax_support.as_float(t)
-                tmp2 = 1 - tmp1
+                rho_inf = 2 / tmp6 - 1
+                tmp7 = beta2 ** jax_support.as_float(t)
+                tmp8 = 1 - tmp7
                 # length of the SMA
-                rho = rho_inf - 2 * tmp1 * jax_support.as_float(t) / tmp2
+                rho = rho_inf - 2 * tmp7 * jax_support.as_float(t) / tmp8
                 # variance rectification
                 rect = jnp.where(
                     rho > 5,
@@ -303,11 +303,11 @@ def torch_radam(
                     # first moment
                     exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
                     # second moment
-                    exp_avg_sq = beta2 * exp_avg_sq + g**2 * tmp0
+                    exp_avg_sq = beta2 * exp_avg_sq + g**2 * tmp6
                     # bias correction
                     m_hat = exp_avg / (1 - beta1 ** jax_support.as_float(t))
                     # adaptive learning rate
-                    adaptive = jnp.sqrt(tmp2) / (eps + jnp.sqrt(exp_avg_sq))
+                    adaptive = jnp.sqrt(tmp8) / (eps + jnp.sqrt(exp_avg_sq))
                     # parameter update
                     update = -jnp.where(rho > 5, adaptive * lr * m_hat * rect, lr * m_hat)
                     updates.append(update)

@@ -228,7 +228,7 @@ def torch_rmsprop(
                     else None,
                 }
             elif centered and jax_support.zero(weight_decay):
-                tmp0 = 1 - alpha
+                tmp1 = 1 - alpha
                 updates, new_square_avg, new_grad_avg, new_momentum_buffer = [], [], [], []
                 for g, w, square_avg, grad_avg, momentum_buffer in zip(
                     _grads,
@@ -241,9 +241,9 @@ def torch_rmsprop(
                     if maximize:
                         g = -g
                     # mean square
-                    square_avg = alpha * square_avg + g**2 * tmp0
+                    square_avg = alpha * square_avg + g**2 * tmp1
                     # mean gradient
-                    grad_avg = grad_avg + tmp0 * (g - grad_avg)
+                    grad_avg = grad_avg + tmp1 * (g - grad_avg)
                     # denominator
                     denom = eps + jnp.sqrt(square_avg)
                     # centered denominator
@@ -339,7 +339,7 @@ def torch_rmsprop(
                     else None,
                 }
             elif centered and jax_support.zero(momentum):
-                tmp0 = 1 - alpha
+                tmp2 = 1 - alpha
                 updates, new_square_avg, new_grad_avg = [], [], []
                 for g, w, square_avg, grad_avg in zip(
                     _grads,
@@ -353,9 +353,9 @@ def torch_rmsprop(
                     # L2 weight decay
                     g = g + w * weight_decay
                     # mean square
-                    square_avg = alpha * square_avg + g**2 * tmp0
+                    square_avg = alpha * square_avg + g**2 * tmp2
                     # mean gradient
-                    grad_avg = grad_avg + tmp0 * (g - grad_avg)
+                    grad_avg = grad_avg + tmp2 * (g - grad_avg)
                     # denominator
                     denom = eps + jnp.sqrt(square_avg)
                     # centered denominator
@@ -374,7 +374,7 @@ def torch_rmsprop(
                     else None,
                 }
             elif centered:
-                tmp0 = 1 - alpha
+                tmp3 = 1 - alpha
                 updates, new_square_avg, new_grad_avg, new_momentum_buffer = [], [], [], []
                 for g, w, square_avg, grad_avg, momentum_buffer in zip(
                     _grads,
@@ -389,9 +389,9 @@ def torch_rmsprop(
                     # L2 weight decay
                     g = g + w * weight_decay
                     # mean square
-                    square_avg = alpha * square_avg + g**2 * tmp0
+                    square_avg = alpha * square_avg + g**2 * tmp3
                     # mean gradient
-                    grad_avg = grad_avg + tmp0 * (g - grad_avg)
+                    grad_avg = grad_avg + tmp3 * (g - grad_avg)
                     # denominator
                     denom = eps + jnp.sqrt(square_avg)
                     # centered denominator

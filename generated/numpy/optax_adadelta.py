@@ -221,7 +221,7 @@ class OptaxAdadelta:
                 np.multiply(lr, u, out=_s0)
                 w -= _s0
         else:
-            tmp0 = 1 - rho
+            tmp1 = 1 - rho
             for key, w, g in call.tensors(1, {"rho": rho, "eps": eps, "weight_decay": weight_decay}):
                 e_g = state.e_g[key]
                 e_x = state.e_x[key]
@@ -232,10 +232,10 @@ class OptaxAdadelta:
                 np.multiply(w, weight_decay, out=_s1)
                 g = np.add(g, _s1, out=_s0)
                 # average of the squared gradient
-                # e_g = e_g*rho + g**2*tmp0
+                # e_g = e_g*rho + g**2*tmp1
                 np.multiply(e_g, rho, out=_s1)
                 np.square(g, out=_s2)
-                np.multiply(_s2, tmp0, out=_s2)
+                np.multiply(_s2, tmp1, out=_s2)
                 np.add(_s1, _s2, out=e_g)
                 # scaled update
                 # u = g*np.sqrt(e_x + eps)/np.sqrt(e_g + eps)
@@ -246,10 +246,10 @@ class OptaxAdadelta:
                 np.sqrt(_s3, out=_s3)
                 u = np.divide(_s1, _s3, out=_s2)
                 # average of the squared update
-                # e_x = e_x*rho + tmp0*u**2
+                # e_x = e_x*rho + tmp1*u**2
                 np.multiply(e_x, rho, out=_s3)
                 np.square(u, out=_s1)
-                np.multiply(tmp0, _s1, out=_s1)
+                np.multiply(tmp1, _s1, out=_s1)
                 np.add(_s3, _s1, out=e_x)
                 # parameter update
                 # w -= lr*u

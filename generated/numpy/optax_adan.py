@@ -264,7 +264,7 @@ class OptaxAdan:
                 # kept for the next step
                 g_prev[...] = g
         else:
-            tmp0 = 1 - b2
+            tmp2 = 1 - b2
             for key, w, g in call.tensors(
                 1,
                 {
@@ -293,22 +293,22 @@ class OptaxAdan:
                 np.multiply(b1, m, out=_s1)
                 np.multiply(g, 1 - b1, out=_s2)
                 np.add(_s1, _s2, out=m)
-                tmp1 = np.multiply(diff, tmp0, out=_s2)
+                tmp3 = np.multiply(diff, tmp2, out=_s2)
                 # moment of the change
-                # v = b2*v + tmp1
+                # v = b2*v + tmp3
                 np.multiply(b2, v, out=_s1)
-                np.add(_s1, tmp1, out=v)
+                np.add(_s1, tmp3, out=v)
                 # second moment
-                # nu = b3*nu + (1 - b3)*(g + tmp1)**2
+                # nu = b3*nu + (1 - b3)*(g + tmp3)**2
                 np.multiply(b3, nu, out=_s1)
-                np.add(g, tmp1, out=_s3)
+                np.add(g, tmp3, out=_s3)
                 np.square(_s3, out=_s3)
                 np.multiply(1 - b3, _s3, out=_s3)
                 np.add(_s1, _s3, out=nu)
                 # scaled update
-                # u = (m/(1 - b1**t) + tmp0*v/(1 - b2**t))/(eps + np.sqrt(eps_root + nu/(1 - b3**t)))
+                # u = (m/(1 - b1**t) + tmp2*v/(1 - b2**t))/(eps + np.sqrt(eps_root + nu/(1 - b3**t)))
                 np.divide(m, 1 - b1**t, out=_s1)
-                np.multiply(tmp0, v, out=_s4)
+                np.multiply(tmp2, v, out=_s4)
                 np.divide(_s4, 1 - b2**t, out=_s4)
                 np.add(_s1, _s4, out=_s4)
                 np.divide(nu, 1 - b3**t, out=_s1)

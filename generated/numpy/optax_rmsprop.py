@@ -295,7 +295,7 @@ class OptaxRmsprop:
                 np.add(_s4, tmp1, out=_s4)
                 w -= _s4
         elif momentum is not None and bias_correction and centered and eps_in_sqrt and not nesterov:
-            tmp0 = 1 - decay
+            tmp2 = 1 - decay
             for key, w, g in call.tensors(
                 1, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
             ):
@@ -305,15 +305,15 @@ class OptaxRmsprop:
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp0
+                # nu = decay*nu + g**2*tmp2
                 np.multiply(decay, nu, out=_s0)
                 np.square(g, out=_s1)
-                np.multiply(_s1, tmp0, out=_s1)
+                np.multiply(_s1, tmp2, out=_s1)
                 np.add(_s0, _s1, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp0
+                # mu = decay*mu + g*tmp2
                 np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp0, out=_s0)
+                np.multiply(g, tmp2, out=_s0)
                 np.add(_s1, _s0, out=mu)
                 # bias correction
                 v = np.divide(nu, 1 - decay**t, out=_s0)
@@ -339,7 +339,7 @@ class OptaxRmsprop:
                 # momentum update
                 w -= trace
         elif bias_correction and centered and eps_in_sqrt:
-            tmp0 = 1 - decay
+            tmp3 = 1 - decay
             for key, w, g in call.tensors(
                 2, {"decay": decay, "eps": eps, "bias_correction": bias_correction}
             ):
@@ -348,15 +348,15 @@ class OptaxRmsprop:
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, nu, mu)
                 # second moment
-                # nu = decay*nu + g**2*tmp0
+                # nu = decay*nu + g**2*tmp3
                 np.multiply(decay, nu, out=_s0)
                 np.square(g, out=_s1)
-                np.multiply(_s1, tmp0, out=_s1)
+                np.multiply(_s1, tmp3, out=_s1)
                 np.add(_s0, _s1, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp0
+                # mu = decay*mu + g*tmp3
                 np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp0, out=_s0)
+                np.multiply(g, tmp3, out=_s0)
                 np.add(_s1, _s0, out=mu)
                 # bias correction
                 v = np.divide(nu, 1 - decay**t, out=_s0)
@@ -379,7 +379,7 @@ class OptaxRmsprop:
                 np.multiply(lr, u, out=_s3)
                 w -= _s3
         elif momentum is not None and bias_correction and centered and nesterov and not eps_in_sqrt:
-            tmp0 = 1 - decay
+            tmp4 = 1 - decay
             for key, w, g in call.tensors(
                 3, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
             ):
@@ -389,15 +389,15 @@ class OptaxRmsprop:
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp0
+                # nu = decay*nu + g**2*tmp4
                 np.multiply(decay, nu, out=_s0)
                 np.square(g, out=_s1)
-                np.multiply(_s1, tmp0, out=_s1)
+                np.multiply(_s1, tmp4, out=_s1)
                 np.add(_s0, _s1, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp0
+                # mu = decay*mu + g*tmp4
                 np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp0, out=_s0)
+                np.multiply(g, tmp4, out=_s0)
                 np.add(_s1, _s0, out=mu)
                 # bias correction
                 v = np.divide(nu, 1 - decay**t, out=_s0)
@@ -415,18 +415,18 @@ class OptaxRmsprop:
                 np.sqrt(v, out=_s3)
                 np.add(eps, _s3, out=_s3)
                 u = np.divide(g, _s3, out=_s2)
-                tmp1 = np.multiply(lr, u, out=_s3)
+                tmp5 = np.multiply(lr, u, out=_s3)
                 # trace
-                # trace = momentum*trace + tmp1
+                # trace = momentum*trace + tmp5
                 np.multiply(momentum, trace, out=_s4)
-                np.add(_s4, tmp1, out=trace)
+                np.add(_s4, tmp5, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp1
+                # w -= momentum*trace + tmp5
                 np.multiply(momentum, trace, out=_s4)
-                np.add(_s4, tmp1, out=_s4)
+                np.add(_s4, tmp5, out=_s4)
                 w -= _s4
         elif momentum is not None and bias_correction and centered and not eps_in_sqrt and not nesterov:
-            tmp0 = 1 - decay
+            tmp6 = 1 - decay
             for key, w, g in call.tensors(
                 4, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
             ):
@@ -436,15 +436,15 @@ class OptaxRmsprop:
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp0
+                # nu = decay*nu + g**2*tmp6
                 np.multiply(decay, nu, out=_s0)
                 np.square(g, out=_s1)
-                np.multiply(_s1, tmp0, out=_s1)
+                np.multiply(_s1, tmp6, out=_s1)
                 np.add(_s0, _s1, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp0
+                # mu = decay*mu + g*tmp6
                 np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp0, out=_s0)
+                np.multiply(g, tmp6, out=_s0)
                 np.add(_s1, _s0, out=mu)
                 # bias correction
                 v = np.divide(nu, 1 - decay**t, out=_s0)
@@ -470,7 +470,7 @@ class OptaxRmsprop:
                 # momentum update
                 w -= trace
         elif bias_correction and centered:
-            tmp0 = 1 - decay
+            tmp7 = 1 - decay
             for key, w, g in call.tensors(
                 5, {"decay": decay, "eps": eps, "bias_correction": bias_correction}
             ):
@@ -479,15 +479,15 @@ class OptaxRmsprop:
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, nu, mu)
                 # second moment
-                # nu = decay*nu + g**2*tmp0
+                # nu = decay*nu + g**2*tmp7
                 np.multiply(decay, nu, out=_s0)
                 np.square(g, out=_s1)
-                np.multiply(_s1, tmp0, out=_s1)
+                np.multiply(_s1, tmp7, out=_s1)
                 np.add(_s0, _s1, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp0
+                # mu = decay*mu + g*tmp7
                 np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp0, out=_s0)
+                np.multiply(g, tmp7, out=_s0)
                 np.add(_s1, _s0, out=mu)
                 # bias correction
                 v = np.divide(nu, 1 - decay**t, out=_s0)
@@ -510,7 +510,7 @@ class OptaxRmsprop:
                 np.multiply(lr, u, out=_s3)
                 w -= _s3
         elif momentum is not None and centered and eps_in_sqrt and nesterov and not bias_correction:
-            tmp0 = 1 - decay
+            tmp8 = 1 - decay
             for key, w, g in call.tensors(
                 6, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
             ):
@@ -520,15 +520,15 @@ class OptaxRmsprop:
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp0
+                # nu = decay*nu + g**2*tmp8
                 np.multiply(decay, nu, out=_s0)
                 np.square(g, out=_s1)
-                np.multiply(_s1, tmp0, out=_s1)
+                np.multiply(_s1, tmp8, out=_s1)
                 np.add(_s0, _s1, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp0
+                # mu = decay*mu + g*tmp8
                 np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp0, out=_s0)
+                np.multiply(g, tmp8, out=_s0)
                 np.add(_s1, _s0, out=mu)
                 # second moment in the denominator
                 v = nu
@@ -546,18 +546,18 @@ class OptaxRmsprop:
                 np.add(eps, v, out=_s3)
                 np.sqrt(_s3, out=_s3)
                 u = np.divide(g, _s3, out=_s2)
-                tmp1 = np.multiply(lr, u, out=_s3)
+                tmp9 = np.multiply(lr, u, out=_s3)
                 # trace
-                # trace = momentum*trace + tmp1
+                # trace = momentum*trace + tmp9
                 np.multiply(momentum, trace, out=_s4)
-                np.add(_s4, tmp1, out=trace)
+                np.add(_s4, tmp9, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp1
+                # w -= momentum*trace + tmp9
                 np.multiply(momentum, trace, out=_s4)
-                np.add(_s4, tmp1, out=_s4)
+                np.add(_s4, tmp9, out=_s4)
                 w -= _s4
         elif momentum is not None and centered and eps_in_sqrt and not bias_correction and not nesterov:
-            tmp0 = 1 - decay
+            tmp10 = 1 - decay
             for key, w, g in call.tensors(
                 7, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
             ):
@@ -567,15 +567,15 @@ class OptaxRmsprop:
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp0
+                # nu = decay*nu + g**2*tmp10
                 np.multiply(decay, nu, out=_s0)
                 np.square(g, out=_s1)
-                np.multiply(_s1, tmp0, out=_s1)
+                np.multiply(_s1, tmp10, out=_s1)
                 np.add(_s0, _s1, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp0
+                # mu = decay*mu + g*tmp10
                 np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp0, out=_s0)
+                np.multiply(g, tmp10, out=_s0)
                 np.add(_s1, _s0, out=mu)
                 # second moment in the denominator
                 v = nu
@@ -601,7 +601,7 @@ class OptaxRmsprop:
                 # momentum update
                 w -= trace
         elif centered and eps_in_sqrt:
-            tmp0 = 1 - decay
+            tmp11 = 1 - decay
             for key, w, g in call.tensors(
                 8, {"decay": decay, "eps": eps, "bias_correction": bias_correction}
             ):
@@ -610,15 +610,15 @@ class OptaxRmsprop:
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, nu, mu)
                 # second moment
-                # nu = decay*nu + g**2*tmp0
+                # nu = decay*nu + g**2*tmp11
                 np.multiply(decay, nu, out=_s0)
                 np.square(g, out=_s1)
-                np.multiply(_s1, tmp0, out=_s1)
+                np.multiply(_s1, tmp11, out=_s1)
                 np.add(_s0, _s1, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp0
+                # mu = decay*mu + g*tmp11
                 np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp0, out=_s0)
+                np.multiply(g, tmp11, out=_s0)
                 np.add(_s1, _s0, out=mu)
                 # second moment in the denominator
                 v = nu
@@ -641,7 +641,7 @@ class OptaxRmsprop:
                 np.multiply(lr, u, out=_s3)
                 w -= _s3
         elif momentum is not None and centered and nesterov and not bias_correction and not eps_in_sqrt:
-            tmp0 = 1 - decay
+            tmp12 = 1 - decay
             for key, w, g in call.tensors(
                 9, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
             ):
@@ -651,15 +651,15 @@ class OptaxRmsprop:
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp0
+                # nu = decay*nu + g**2*tmp12
                 np.multiply(decay, nu, out=_s0)
                 np.square(g, out=_s1)
-                np.multiply(_s1, tmp0, out=_s1)
+                np.multiply(_s1, tmp12, out=_s1)
                 np.add(_s0, _s1, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp0
+                # mu = decay*mu + g*tmp12
                 np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp0, out=_s0)
+                np.multiply(g, tmp12, out=_s0)
                 np.add(_s1, _s0, out=mu)
                 # second moment in the denominator
                 v = nu
@@ -677,18 +677,18 @@ class OptaxRmsprop:
                 np.sqrt(v, out=_s3)
                 np.add(eps, _s3, out=_s3)
                 u = np.divide(g, _s3, out=_s2)
-                tmp1 = np.multiply(lr, u, out=_s3)
+                tmp13 = np.multiply(lr, u, out=_s3)
                 # trace
-                # trace = momentum*trace + tmp1
+                # trace = momentum*trace + tmp13
                 np.multiply(momentum, trace, out=_s4)
-                np.add(_s4, tmp1, out=trace)
+                np.add(_s4, tmp13, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp1
+                # w -= momentum*trace + tmp13
                 np.multiply(momentum, trace, out=_s4)
-                np.add(_s4, tmp1, out=_s4)
+                np.add(_s4, tmp13, out=_s4)
                 w -= _s4
         elif momentum is not None and centered and not bias_correction and not eps_in_sqrt and not nesterov:
-            tmp0 = 1 - decay
+            tmp14 = 1 - decay
             for key, w, g in call.tensors(
                 10, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
             ):
@@ -698,15 +698,15 @@ class OptaxRmsprop:
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp0
+                # nu = decay*nu + g**2*tmp14
                 np.multiply(decay, nu, out=_s0)
                 np.square(g, out=_s1)
-                np.multiply(_s1, tmp0, out=_s1)
+                np.multiply(_s1, tmp14, out=_s1)
                 np.add(_s0, _s1, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp0
+                # mu = decay*mu + g*tmp14
                 np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp0, out=_s0)
+                np.multiply(g, tmp14, out=_s0)
                 np.add(_s1, _s0, out=mu)
                 # second moment in the denominator
                 v = nu
@@ -732,7 +732,7 @@ class OptaxRmsprop:
                 # momentum update
                 w -= trace
         elif centered:
-            tmp0 = 1 - decay
+            tmp15 = 1 - decay
             for key, w, g in call.tensors(
                 11, {"decay": decay, "eps": eps, "bias_correction": bias_correction}
             ):
@@ -741,15 +741,15 @@ class OptaxRmsprop:
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, nu, mu)
                 # second moment
-                # nu = decay*nu + g**2*tmp0
+                # nu = decay*nu + g**2*tmp15
                 np.multiply(decay, nu, out=_s0)
                 np.square(g, out=_s1)
-                np.multiply(_s1, tmp0, out=_s1)
+                np.multiply(_s1, tmp15, out=_s1)
                 np.add(_s0, _s1, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp0
+                # mu = decay*mu + g*tmp15
                 np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp0, out=_s0)
+                np.multiply(g, tmp15, out=_s0)
                 np.add(_s1, _s0, out=mu)
                 # second moment in the denominator
                 v = nu
@@ -790,15 +790,15 @@ class OptaxRmsprop:
                 np.add(eps, v, out=_s2)
                 np.sqrt(_s2, out=_s2)
                 u = np.divide(g, _s2, out=_s0)
-                tmp0 = np.multiply(lr, u, out=_s2)
+                tmp16 = np.multiply(lr, u, out=_s2)
                 # trace
-                # trace = momentum*trace + tmp0
+                # trace = momentum*trace + tmp16
                 np.multiply(momentum, trace, out=_s3)
-                np.add(_s3, tmp0, out=trace)
+                np.add(_s3, tmp16, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp0
+                # w -= momentum*trace + tmp16
                 np.multiply(momentum, trace, out=_s3)
-                np.add(_s3, tmp0, out=_s3)
+                np.add(_s3, tmp16, out=_s3)
                 w -= _s3
         elif momentum is not None and bias_correction and eps_in_sqrt and not centered and not nesterov:
             for key, w, g in call.tensors(13, {"decay": decay, "eps": eps, "momentum": momentum}):
@@ -867,15 +867,15 @@ class OptaxRmsprop:
                 np.sqrt(v, out=_s2)
                 np.add(eps, _s2, out=_s2)
                 u = np.divide(g, _s2, out=_s0)
-                tmp0 = np.multiply(lr, u, out=_s2)
+                tmp17 = np.multiply(lr, u, out=_s2)
                 # trace
-                # trace = momentum*trace + tmp0
+                # trace = momentum*trace + tmp17
                 np.multiply(momentum, trace, out=_s3)
-                np.add(_s3, tmp0, out=trace)
+                np.add(_s3, tmp17, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp0
+                # w -= momentum*trace + tmp17
                 np.multiply(momentum, trace, out=_s3)
-                np.add(_s3, tmp0, out=_s3)
+                np.add(_s3, tmp17, out=_s3)
                 w -= _s3
         elif momentum is not None and bias_correction and not centered and not eps_in_sqrt and not nesterov:
             for key, w, g in call.tensors(16, {"decay": decay, "eps": eps, "momentum": momentum}):
@@ -944,15 +944,15 @@ class OptaxRmsprop:
                 np.add(eps, v, out=_s0)
                 np.sqrt(_s0, out=_s0)
                 u = np.divide(g, _s0, out=_s1)
-                tmp0 = np.multiply(lr, u, out=_s0)
+                tmp18 = np.multiply(lr, u, out=_s0)
                 # trace
-                # trace = momentum*trace + tmp0
+                # trace = momentum*trace + tmp18
                 np.multiply(momentum, trace, out=_s2)
-                np.add(_s2, tmp0, out=trace)
+                np.add(_s2, tmp18, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp0
+                # w -= momentum*trace + tmp18
                 np.multiply(momentum, trace, out=_s2)
-                np.add(_s2, tmp0, out=_s2)
+                np.add(_s2, tmp18, out=_s2)
                 w -= _s2
         elif momentum is not None and eps_in_sqrt and not bias_correction and not centered and not nesterov:
             for key, w, g in call.tensors(19, {"decay": decay, "eps": eps, "momentum": momentum}):
@@ -1021,15 +1021,15 @@ class OptaxRmsprop:
                 np.sqrt(v, out=_s0)
                 np.add(eps, _s0, out=_s0)
                 u = np.divide(g, _s0, out=_s1)
-                tmp0 = np.multiply(lr, u, out=_s0)
+                tmp19 = np.multiply(lr, u, out=_s0)
                 # trace
-                # trace = momentum*trace + tmp0
+                # trace = momentum*trace + tmp19
                 np.multiply(momentum, trace, out=_s2)
-                np.add(_s2, tmp0, out=trace)
+                np.add(_s2, tmp19, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp0
+                # w -= momentum*trace + tmp19
                 np.multiply(momentum, trace, out=_s2)
-                np.add(_s2, tmp0, out=_s2)
+                np.add(_s2, tmp19, out=_s2)
                 w -= _s2
         elif (
             momentum is not None and not bias_correction and not centered and not eps_in_sqrt and not nesterov

@@ -233,7 +233,7 @@ class TorchAdadelta:
                 np.multiply(delta, lr, out=_s1)
                 w -= _s1
         else:
-            tmp0 = 1 - rho
+            tmp1 = 1 - rho
             for key, w, g in call.tensors(
                 1, {"rho": rho, "eps": eps, "weight_decay": weight_decay, "maximize": maximize}
             ):
@@ -249,9 +249,9 @@ class TorchAdadelta:
                 np.multiply(w, weight_decay, out=_s1)
                 g = np.add(g, _s1, out=_s0)
                 # mean square of the gradient
-                # square_avg = g**2*tmp0 + rho*square_avg
+                # square_avg = g**2*tmp1 + rho*square_avg
                 np.square(g, out=_s1)
-                np.multiply(_s1, tmp0, out=_s1)
+                np.multiply(_s1, tmp1, out=_s1)
                 np.multiply(rho, square_avg, out=_s2)
                 np.add(_s1, _s2, out=square_avg)
                 # step
@@ -263,10 +263,10 @@ class TorchAdadelta:
                 np.sqrt(_s3, out=_s3)
                 delta = np.divide(_s1, _s3, out=_s2)
                 # mean square of the step
-                # acc_delta = acc_delta*rho + delta**2*tmp0
+                # acc_delta = acc_delta*rho + delta**2*tmp1
                 np.multiply(acc_delta, rho, out=_s3)
                 np.square(delta, out=_s1)
-                np.multiply(_s1, tmp0, out=_s1)
+                np.multiply(_s1, tmp1, out=_s1)
                 np.add(_s3, _s1, out=acc_delta)
                 # parameter update
                 # w -= delta*lr

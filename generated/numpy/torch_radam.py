@@ -264,13 +264,13 @@ class TorchRAdam:
                     np.multiply(lr, m_hat, out=_s3)
                     w -= _s3
         elif decoupled_weight_decay:
-            tmp0 = 1 - beta2
+            tmp3 = 1 - beta2
             # maximum length of the SMA
-            rho_inf = 2 / tmp0 - 1
-            tmp1 = beta2**t
-            tmp2 = 1 - tmp1
+            rho_inf = 2 / tmp3 - 1
+            tmp4 = beta2**t
+            tmp5 = 1 - tmp4
             # length of the SMA
-            rho = rho_inf - 2 * t * tmp1 / tmp2
+            rho = rho_inf - 2 * t * tmp4 / tmp5
             # variance rectification
             rect = (
                 math.sqrt(rho_inf * (rho - 4) * (rho - 2) / (rho * (rho_inf - 4) * (rho_inf - 2)))
@@ -304,18 +304,18 @@ class TorchRAdam:
                 np.multiply(1 - beta1, _s1, out=_s1)
                 exp_avg += _s1
                 # second moment
-                # exp_avg_sq = beta2*exp_avg_sq + g**2*tmp0
+                # exp_avg_sq = beta2*exp_avg_sq + g**2*tmp3
                 np.multiply(beta2, exp_avg_sq, out=_s1)
                 np.square(g, out=_s2)
-                np.multiply(_s2, tmp0, out=_s2)
+                np.multiply(_s2, tmp3, out=_s2)
                 np.add(_s1, _s2, out=exp_avg_sq)
                 # bias correction
                 m_hat = np.divide(exp_avg, 1 - beta1**t, out=_s2)
                 # adaptive learning rate
-                # adaptive = math.sqrt(tmp2)/(eps + np.sqrt(exp_avg_sq))
+                # adaptive = math.sqrt(tmp5)/(eps + np.sqrt(exp_avg_sq))
                 np.sqrt(exp_avg_sq, out=_s3)
                 np.add(eps, _s3, out=_s3)
-                adaptive = np.divide(math.sqrt(tmp2), _s3, out=_s1)
+                adaptive = np.divide(math.sqrt(tmp5), _s3, out=_s1)
                 # parameter update
                 if rho > 5:
                     np.multiply(adaptive, lr, out=_s3)
@@ -326,13 +326,13 @@ class TorchRAdam:
                     np.multiply(lr, m_hat, out=_s3)
                     w -= _s3
         else:
-            tmp0 = 1 - beta2
+            tmp6 = 1 - beta2
             # maximum length of the SMA
-            rho_inf = 2 / tmp0 - 1
-            tmp1 = beta2**t
-            tmp2 = 1 - tmp1
+            rho_inf = 2 / tmp6 - 1
+            tmp7 = beta2**t
+            tmp8 = 1 - tmp7
             # length of the SMA
-            rho = rho_inf - 2 * t * tmp1 / tmp2
+            rho = rho_inf - 2 * t * tmp7 / tmp8
             # variance rectification
             rect = (
                 math.sqrt(rho_inf * (rho - 4) * (rho - 2) / (rho * (rho_inf - 4) * (rho_inf - 2)))
@@ -368,18 +368,18 @@ class TorchRAdam:
                 np.multiply(1 - beta1, _s1, out=_s1)
                 exp_avg += _s1
                 # second moment
-                # exp_avg_sq = beta2*exp_avg_sq + g**2*tmp0
+                # exp_avg_sq = beta2*exp_avg_sq + g**2*tmp6
                 np.multiply(beta2, exp_avg_sq, out=_s1)
                 np.square(g, out=_s2)
-                np.multiply(_s2, tmp0, out=_s2)
+                np.multiply(_s2, tmp6, out=_s2)
                 np.add(_s1, _s2, out=exp_avg_sq)
                 # bias correction
                 m_hat = np.divide(exp_avg, 1 - beta1**t, out=_s2)
                 # adaptive learning rate
-                # adaptive = math.sqrt(tmp2)/(eps + np.sqrt(exp_avg_sq))
+                # adaptive = math.sqrt(tmp8)/(eps + np.sqrt(exp_avg_sq))
                 np.sqrt(exp_avg_sq, out=_s3)
                 np.add(eps, _s3, out=_s3)
-                adaptive = np.divide(math.sqrt(tmp2), _s3, out=_s1)
+                adaptive = np.divide(math.sqrt(tmp8), _s3, out=_s1)
                 # parameter update
                 if rho > 5:
                     np.multiply(adaptive, lr, out=_s3)

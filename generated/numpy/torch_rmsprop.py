@@ -270,7 +270,7 @@ class TorchRMSprop:
                 np.divide(_s1, denom, out=_s1)
                 w -= _s1
         elif centered and weight_decay == 0:
-            tmp0 = 1 - alpha
+            tmp1 = 1 - alpha
             for key, w, g in call.tensors(
                 1,
                 {
@@ -292,15 +292,15 @@ class TorchRMSprop:
                 if maximize:
                     g = np.negative(g, out=_s0)
                 # mean square
-                # square_avg = alpha*square_avg + g**2*tmp0
+                # square_avg = alpha*square_avg + g**2*tmp1
                 np.multiply(alpha, square_avg, out=_s1)
                 np.square(g, out=_s2)
-                np.multiply(_s2, tmp0, out=_s2)
+                np.multiply(_s2, tmp1, out=_s2)
                 np.add(_s1, _s2, out=square_avg)
                 # mean gradient
-                # grad_avg += tmp0*(g - grad_avg)
+                # grad_avg += tmp1*(g - grad_avg)
                 np.subtract(g, grad_avg, out=_s2)
-                np.multiply(tmp0, _s2, out=_s2)
+                np.multiply(tmp1, _s2, out=_s2)
                 grad_avg += _s2
                 # denominator
                 # denom = eps + np.sqrt(square_avg)
@@ -403,7 +403,7 @@ class TorchRMSprop:
                 np.multiply(lr, momentum_buffer, out=_s3)
                 w -= _s3
         elif centered and momentum == 0:
-            tmp0 = 1 - alpha
+            tmp2 = 1 - alpha
             for key, w, g in call.tensors(
                 4,
                 {
@@ -426,15 +426,15 @@ class TorchRMSprop:
                 np.multiply(w, weight_decay, out=_s1)
                 g = np.add(g, _s1, out=_s0)
                 # mean square
-                # square_avg = alpha*square_avg + g**2*tmp0
+                # square_avg = alpha*square_avg + g**2*tmp2
                 np.multiply(alpha, square_avg, out=_s1)
                 np.square(g, out=_s2)
-                np.multiply(_s2, tmp0, out=_s2)
+                np.multiply(_s2, tmp2, out=_s2)
                 np.add(_s1, _s2, out=square_avg)
                 # mean gradient
-                # grad_avg += tmp0*(g - grad_avg)
+                # grad_avg += tmp2*(g - grad_avg)
                 np.subtract(g, grad_avg, out=_s2)
-                np.multiply(tmp0, _s2, out=_s2)
+                np.multiply(tmp2, _s2, out=_s2)
                 grad_avg += _s2
                 # denominator
                 # denom = eps + np.sqrt(square_avg)
@@ -453,7 +453,7 @@ class TorchRMSprop:
                 np.divide(_s1, denom, out=_s1)
                 w -= _s1
         elif centered:
-            tmp0 = 1 - alpha
+            tmp3 = 1 - alpha
             for key, w, g in call.tensors(
                 5,
                 {
@@ -480,15 +480,15 @@ class TorchRMSprop:
                 np.multiply(w, weight_decay, out=_s1)
                 g = np.add(g, _s1, out=_s0)
                 # mean square
-                # square_avg = alpha*square_avg + g**2*tmp0
+                # square_avg = alpha*square_avg + g**2*tmp3
                 np.multiply(alpha, square_avg, out=_s1)
                 np.square(g, out=_s2)
-                np.multiply(_s2, tmp0, out=_s2)
+                np.multiply(_s2, tmp3, out=_s2)
                 np.add(_s1, _s2, out=square_avg)
                 # mean gradient
-                # grad_avg += tmp0*(g - grad_avg)
+                # grad_avg += tmp3*(g - grad_avg)
                 np.subtract(g, grad_avg, out=_s2)
-                np.multiply(tmp0, _s2, out=_s2)
+                np.multiply(tmp3, _s2, out=_s2)
                 grad_avg += _s2
                 # denominator
                 # denom = eps + np.sqrt(square_avg)

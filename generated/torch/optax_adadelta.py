@@ -187,7 +187,7 @@ class OptaxAdadelta(torch_support.RuleOptimizer):
                 # parameter update
                 w.add_(u, alpha=-(lr))
         else:
-            tmp0 = 1 - rho
+            tmp1 = 1 - rho
             for w, g, state in call.tensors(1, {"rho": rho, "eps": eps, "weight_decay": weight_decay}):
                 e_g = state["e_g"]
                 e_x = state["e_x"]
@@ -196,10 +196,10 @@ class OptaxAdadelta(torch_support.RuleOptimizer):
                 # coupled weight decay
                 g = torch.add(g, w, alpha=weight_decay, out=_s0)
                 # average of the squared gradient
-                # e_g = e_g*rho + g**2*tmp0
+                # e_g = e_g*rho + g**2*tmp1
                 torch.mul(e_g, rho, out=_s1)
                 torch.pow(g, 2, out=_s2)
-                torch.add(_s1, _s2, alpha=tmp0, out=e_g)
+                torch.add(_s1, _s2, alpha=tmp1, out=e_g)
                 # scaled update
                 # u = g*torch.sqrt(e_x + eps)/torch.sqrt(e_g + eps)
                 torch.add(e_x, eps, out=_s1)
@@ -209,10 +209,10 @@ class OptaxAdadelta(torch_support.RuleOptimizer):
                 torch.sqrt(_s3, out=_s3)
                 u = torch.div(_s1, _s3, out=_s2)
                 # average of the squared update
-                # e_x = e_x*rho + tmp0*u**2
+                # e_x = e_x*rho + tmp1*u**2
                 torch.mul(e_x, rho, out=_s3)
                 torch.pow(u, 2, out=_s1)
-                torch.add(_s3, _s1, alpha=tmp0, out=e_x)
+                torch.add(_s3, _s1, alpha=tmp1, out=e_x)
                 # parameter update
                 w.add_(u, alpha=-(lr))
 

@@ -226,7 +226,7 @@ class OptaxAdan(torch_support.RuleOptimizer):
                 # kept for the next step
                 g_prev.copy_(g)
         else:
-            tmp0 = 1 - b2
+            tmp2 = 1 - b2
             for w, g, state in call.tensors(
                 1,
                 {
@@ -254,21 +254,21 @@ class OptaxAdan(torch_support.RuleOptimizer):
                 # m = b1*m + g*(1 - b1)
                 torch.mul(b1, m, out=_s1)
                 torch.add(_s1, g, alpha=1 - b1, out=m)
-                tmp1 = torch.mul(diff, tmp0, out=_s1)
+                tmp3 = torch.mul(diff, tmp2, out=_s1)
                 # moment of the change
-                # v = b2*v + tmp1
+                # v = b2*v + tmp3
                 torch.mul(b2, v, out=_s2)
-                torch.add(_s2, tmp1, out=v)
+                torch.add(_s2, tmp3, out=v)
                 # second moment
-                # nu = b3*nu + (1 - b3)*(g + tmp1)**2
+                # nu = b3*nu + (1 - b3)*(g + tmp3)**2
                 torch.mul(b3, nu, out=_s2)
-                torch.add(g, tmp1, out=_s3)
+                torch.add(g, tmp3, out=_s3)
                 torch.pow(_s3, 2, out=_s3)
                 torch.add(_s2, _s3, alpha=1 - b3, out=nu)
                 # scaled update
-                # u = (m/(1 - b1**t) + tmp0*v/(1 - b2**t))/(eps + torch.sqrt(eps_root + nu/(1 - b3**t)))
+                # u = (m/(1 - b1**t) + tmp2*v/(1 - b2**t))/(eps + torch.sqrt(eps_root + nu/(1 - b3**t)))
                 torch.div(m, 1 - b1**t, out=_s2)
-                torch.add(_s2, v, alpha=tmp0 / (1 - b2**t), out=_s2)
+                torch.add(_s2, v, alpha=tmp2 / (1 - b2**t), out=_s2)
                 torch.div(nu, 1 - b3**t, out=_s4)
                 torch.add(eps_root, _s4, out=_s4)
                 torch.sqrt(_s4, out=_s4)

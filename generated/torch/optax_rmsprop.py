@@ -217,24 +217,22 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 # nu = decay*nu + g**2*tmp0
                 torch.mul(decay, nu, out=_s0)
                 torch.pow(g, 2, out=_s1)
-                torch.mul(_s1, tmp0, out=_s1)
-                torch.add(_s0, _s1, out=nu)
+                torch.add(_s0, _s1, alpha=tmp0, out=nu)
                 # first moment
                 # mu = decay*mu + g*tmp0
                 torch.mul(decay, mu, out=_s1)
-                torch.mul(g, tmp0, out=_s0)
-                torch.add(_s1, _s0, out=mu)
+                torch.add(_s1, g, alpha=tmp0, out=mu)
                 # bias correction
-                v = torch.div(nu, 1 - decay**t, out=_s0)
+                v = torch.div(nu, 1 - decay**t, out=_s1)
                 # first moment
                 if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s1)
+                    mu_hat = torch.div(mu, 1 - decay**t, out=_s0)
                 else:
                     mu_hat = mu
                 # variance
                 # v = v - mu_hat**2
                 torch.pow(mu_hat, 2, out=_s2)
-                v = torch.sub(v, _s2, out=_s0)
+                v = torch.sub(v, _s2, out=_s1)
                 # scaled gradient
                 # u = g/torch.sqrt(eps + v)
                 torch.add(eps, v, out=_s3)
@@ -251,7 +249,7 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 torch.add(_s4, tmp1, out=_s4)
                 w.sub_(_s4)
         elif momentum is not None and bias_correction and centered and eps_in_sqrt and not nesterov:
-            tmp0 = 1 - decay
+            tmp2 = 1 - decay
             for w, g, state in call.tensors(
                 1, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
             ):
@@ -261,27 +259,25 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp0
+                # nu = decay*nu + g**2*tmp2
                 torch.mul(decay, nu, out=_s0)
                 torch.pow(g, 2, out=_s1)
-                torch.mul(_s1, tmp0, out=_s1)
-                torch.add(_s0, _s1, out=nu)
+                torch.add(_s0, _s1, alpha=tmp2, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp0
+                # mu = decay*mu + g*tmp2
                 torch.mul(decay, mu, out=_s1)
-                torch.mul(g, tmp0, out=_s0)
-                torch.add(_s1, _s0, out=mu)
+                torch.add(_s1, g, alpha=tmp2, out=mu)
                 # bias correction
-                v = torch.div(nu, 1 - decay**t, out=_s0)
+                v = torch.div(nu, 1 - decay**t, out=_s1)
                 # first moment
                 if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s1)
+                    mu_hat = torch.div(mu, 1 - decay**t, out=_s0)
                 else:
                     mu_hat = mu
                 # variance
                 # v = v - mu_hat**2
                 torch.pow(mu_hat, 2, out=_s2)
-                v = torch.sub(v, _s2, out=_s0)
+                v = torch.sub(v, _s2, out=_s1)
                 # scaled gradient
                 # u = g/torch.sqrt(eps + v)
                 torch.add(eps, v, out=_s3)
@@ -294,7 +290,7 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 # momentum update
                 w.sub_(trace)
         elif bias_correction and centered and eps_in_sqrt:
-            tmp0 = 1 - decay
+            tmp3 = 1 - decay
             for w, g, state in call.tensors(
                 2, {"decay": decay, "eps": eps, "bias_correction": bias_correction}
             ):
@@ -303,27 +299,25 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu)
                 # second moment
-                # nu = decay*nu + g**2*tmp0
+                # nu = decay*nu + g**2*tmp3
                 torch.mul(decay, nu, out=_s0)
                 torch.pow(g, 2, out=_s1)
-                torch.mul(_s1, tmp0, out=_s1)
-                torch.add(_s0, _s1, out=nu)
+                torch.add(_s0, _s1, alpha=tmp3, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp0
+                # mu = decay*mu + g*tmp3
                 torch.mul(decay, mu, out=_s1)
-                torch.mul(g, tmp0, out=_s0)
-                torch.add(_s1, _s0, out=mu)
+                torch.add(_s1, g, alpha=tmp3, out=mu)
                 # bias correction
-                v = torch.div(nu, 1 - decay**t, out=_s0)
+                v = torch.div(nu, 1 - decay**t, out=_s1)
                 # first moment
                 if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s1)
+                    mu_hat = torch.div(mu, 1 - decay**t, out=_s0)
                 else:
                     mu_hat = mu
                 # variance
                 # v = v - mu_hat**2
                 torch.pow(mu_hat, 2, out=_s2)
-                v = torch.sub(v, _s2, out=_s0)
+                v = torch.sub(v, _s2, out=_s1)
                 # scaled gradient
                 # u = g/torch.sqrt(eps + v)
                 torch.add(eps, v, out=_s3)
@@ -332,7 +326,7 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 # parameter update
                 w.add_(u, alpha=-(lr))
         elif momentum is not None and bias_correction and centered and nesterov and not eps_in_sqrt:
-            tmp0 = 1 - decay
+            tmp4 = 1 - decay
             for w, g, state in call.tensors(
                 3, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
             ):
@@ -342,44 +336,42 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp0
+                # nu = decay*nu + g**2*tmp4
                 torch.mul(decay, nu, out=_s0)
                 torch.pow(g, 2, out=_s1)
-                torch.mul(_s1, tmp0, out=_s1)
-                torch.add(_s0, _s1, out=nu)
+                torch.add(_s0, _s1, alpha=tmp4, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp0
+                # mu = decay*mu + g*tmp4
                 torch.mul(decay, mu, out=_s1)
-                torch.mul(g, tmp0, out=_s0)
-                torch.add(_s1, _s0, out=mu)
+                torch.add(_s1, g, alpha=tmp4, out=mu)
                 # bias correction
-                v = torch.div(nu, 1 - decay**t, out=_s0)
+                v = torch.div(nu, 1 - decay**t, out=_s1)
                 # first moment
                 if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s1)
+                    mu_hat = torch.div(mu, 1 - decay**t, out=_s0)
                 else:
                     mu_hat = mu
                 # variance
                 # v = v - mu_hat**2
                 torch.pow(mu_hat, 2, out=_s2)
-                v = torch.sub(v, _s2, out=_s0)
+                v = torch.sub(v, _s2, out=_s1)
                 # epsilon outside the root
                 # u = g/(eps + torch.sqrt(v))
                 torch.sqrt(v, out=_s3)
                 torch.add(eps, _s3, out=_s3)
                 u = torch.div(g, _s3, out=_s2)
-                tmp1 = torch.mul(lr, u, out=_s3)
+                tmp5 = torch.mul(lr, u, out=_s3)
                 # trace
-                # trace = momentum*trace + tmp1
+                # trace = momentum*trace + tmp5
                 torch.mul(momentum, trace, out=_s4)
-                torch.add(_s4, tmp1, out=trace)
+                torch.add(_s4, tmp5, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp1
+                # w -= momentum*trace + tmp5
                 torch.mul(momentum, trace, out=_s4)
-                torch.add(_s4, tmp1, out=_s4)
+                torch.add(_s4, tmp5, out=_s4)
                 w.sub_(_s4)
         elif momentum is not None and bias_correction and centered and not eps_in_sqrt and not nesterov:
-            tmp0 = 1 - decay
+            tmp6 = 1 - decay
             for w, g, state in call.tensors(
                 4, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
             ):
@@ -389,27 +381,25 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp0
+                # nu = decay*nu + g**2*tmp6
                 torch.mul(decay, nu, out=_s0)
                 torch.pow(g, 2, out=_s1)
-                torch.mul(_s1, tmp0, out=_s1)
-                torch.add(_s0, _s1, out=nu)
+                torch.add(_s0, _s1, alpha=tmp6, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp0
+                # mu = decay*mu + g*tmp6
                 torch.mul(decay, mu, out=_s1)
-                torch.mul(g, tmp0, out=_s0)
-                torch.add(_s1, _s0, out=mu)
+                torch.add(_s1, g, alpha=tmp6, out=mu)
                 # bias correction
-                v = torch.div(nu, 1 - decay**t, out=_s0)
+                v = torch.div(nu, 1 - decay**t, out=_s1)
                 # first moment
                 if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s1)
+                    mu_hat = torch.div(mu, 1 - decay**t, out=_s0)
                 else:
                     mu_hat = mu
                 # variance
                 # v = v - mu_hat**2
                 torch.pow(mu_hat, 2, out=_s2)
-                v = torch.sub(v, _s2, out=_s0)
+                v = torch.sub(v, _s2, out=_s1)
                 # epsilon outside the root
                 # u = g/(eps + torch.sqrt(v))
                 torch.sqrt(v, out=_s3)
@@ -422,7 +412,7 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 # momentum update
                 w.sub_(trace)
         elif bias_correction and centered:
-            tmp0 = 1 - decay
+            tmp7 = 1 - decay
             for w, g, state in call.tensors(
                 5, {"decay": decay, "eps": eps, "bias_correction": bias_correction}
             ):
@@ -431,18 +421,175 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu)
                 # second moment
-                # nu = decay*nu + g**2*tmp0
+                # nu = decay*nu + g**2*tmp7
                 torch.mul(decay, nu, out=_s0)
                 torch.pow(g, 2, out=_s1)
-                torch.mul(_s1, tmp0, out=_s1)
-                torch.add(_s0, _s1, out=nu)
+                torch.add(_s0, _s1, alpha=tmp7, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp0
+                # mu = decay*mu + g*tmp7
                 torch.mul(decay, mu, out=_s1)
-                torch.mul(g, tmp0, out=_s0)
-                torch.add(_s1, _s0, out=mu)
+                torch.add(_s1, g, alpha=tmp7, out=mu)
                 # bias correction
-                v = torch.div(nu, 1 - decay**t, out=_s0)
+                v = torch.div(nu, 1 - decay**t, out=_s1)
+                # first moment
+                if bias_correction:
+                    mu_hat = torch.div(mu, 1 - decay**t, out=_s0)
+                else:
+                    mu_hat = mu
+                # variance
+                # v = v - mu_hat**2
+                torch.pow(mu_hat, 2, out=_s2)
+                v = torch.sub(v, _s2, out=_s1)
+                # epsilon outside the root
+                # u = g/(eps + torch.sqrt(v))
+                torch.sqrt(v, out=_s3)
+                torch.add(eps, _s3, out=_s3)
+                u = torch.div(g, _s3, out=_s2)
+                # parameter update
+                w.add_(u, alpha=-(lr))
+        elif momentum is not None and centered and eps_in_sqrt and nesterov and not bias_correction:
+            tmp8 = 1 - decay
+            for w, g, state in call.tensors(
+                6, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
+            ):
+                nu = state["nu"]
+                mu = state.get("mu")
+                trace = state.get("trace")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
+                # second moment
+                # nu = decay*nu + g**2*tmp8
+                torch.mul(decay, nu, out=_s0)
+                torch.pow(g, 2, out=_s1)
+                torch.add(_s0, _s1, alpha=tmp8, out=nu)
+                # first moment
+                # mu = decay*mu + g*tmp8
+                torch.mul(decay, mu, out=_s1)
+                torch.add(_s1, g, alpha=tmp8, out=mu)
+                # second moment in the denominator
+                v = nu
+                # first moment
+                if bias_correction:
+                    mu_hat = torch.div(mu, 1 - decay**t, out=_s1)
+                else:
+                    mu_hat = mu
+                # variance
+                # v = v - mu_hat**2
+                torch.pow(mu_hat, 2, out=_s2)
+                v = torch.sub(v, _s2, out=_s0)
+                # scaled gradient
+                # u = g/torch.sqrt(eps + v)
+                torch.add(eps, v, out=_s3)
+                torch.sqrt(_s3, out=_s3)
+                u = torch.div(g, _s3, out=_s2)
+                tmp9 = torch.mul(lr, u, out=_s3)
+                # trace
+                # trace = momentum*trace + tmp9
+                torch.mul(momentum, trace, out=_s4)
+                torch.add(_s4, tmp9, out=trace)
+                # Nesterov update
+                # w -= momentum*trace + tmp9
+                torch.mul(momentum, trace, out=_s4)
+                torch.add(_s4, tmp9, out=_s4)
+                w.sub_(_s4)
+        elif momentum is not None and centered and eps_in_sqrt and not bias_correction and not nesterov:
+            tmp10 = 1 - decay
+            for w, g, state in call.tensors(
+                7, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
+            ):
+                nu = state["nu"]
+                mu = state.get("mu")
+                trace = state.get("trace")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
+                # second moment
+                # nu = decay*nu + g**2*tmp10
+                torch.mul(decay, nu, out=_s0)
+                torch.pow(g, 2, out=_s1)
+                torch.add(_s0, _s1, alpha=tmp10, out=nu)
+                # first moment
+                # mu = decay*mu + g*tmp10
+                torch.mul(decay, mu, out=_s1)
+                torch.add(_s1, g, alpha=tmp10, out=mu)
+                # second moment in the denominator
+                v = nu
+                # first moment
+                if bias_correction:
+                    mu_hat = torch.div(mu, 1 - decay**t, out=_s1)
+                else:
+                    mu_hat = mu
+                # variance
+                # v = v - mu_hat**2
+                torch.pow(mu_hat, 2, out=_s2)
+                v = torch.sub(v, _s2, out=_s0)
+                # scaled gradient
+                # u = g/torch.sqrt(eps + v)
+                torch.add(eps, v, out=_s3)
+                torch.sqrt(_s3, out=_s3)
+                u = torch.div(g, _s3, out=_s2)
+                # trace
+                # trace = lr*u + momentum*trace
+                torch.mul(lr, u, out=_s3)
+                torch.add(_s3, trace, alpha=momentum, out=trace)
+                # momentum update
+                w.sub_(trace)
+        elif centered and eps_in_sqrt:
+            tmp11 = 1 - decay
+            for w, g, state in call.tensors(
+                8, {"decay": decay, "eps": eps, "bias_correction": bias_correction}
+            ):
+                nu = state["nu"]
+                mu = state.get("mu")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu)
+                # second moment
+                # nu = decay*nu + g**2*tmp11
+                torch.mul(decay, nu, out=_s0)
+                torch.pow(g, 2, out=_s1)
+                torch.add(_s0, _s1, alpha=tmp11, out=nu)
+                # first moment
+                # mu = decay*mu + g*tmp11
+                torch.mul(decay, mu, out=_s1)
+                torch.add(_s1, g, alpha=tmp11, out=mu)
+                # second moment in the denominator
+                v = nu
+                # first moment
+                if bias_correction:
+                    mu_hat = torch.div(mu, 1 - decay**t, out=_s1)
+                else:
+                    mu_hat = mu
+                # variance
+                # v = v - mu_hat**2
+                torch.pow(mu_hat, 2, out=_s2)
+                v = torch.sub(v, _s2, out=_s0)
+                # scaled gradient
+                # u = g/torch.sqrt(eps + v)
+                torch.add(eps, v, out=_s3)
+                torch.sqrt(_s3, out=_s3)
+                u = torch.div(g, _s3, out=_s2)
+                # parameter update
+                w.add_(u, alpha=-(lr))
+        elif momentum is not None and centered and nesterov and not bias_correction and not eps_in_sqrt:
+            tmp12 = 1 - decay
+            for w, g, state in call.tensors(
+                9, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
+            ):
+                nu = state["nu"]
+                mu = state.get("mu")
+                trace = state.get("trace")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
+                # second moment
+                # nu = decay*nu + g**2*tmp12
+                torch.mul(decay, nu, out=_s0)
+                torch.pow(g, 2, out=_s1)
+                torch.add(_s0, _s1, alpha=tmp12, out=nu)
+                # first moment
+                # mu = decay*mu + g*tmp12
+                torch.mul(decay, mu, out=_s1)
+                torch.add(_s1, g, alpha=tmp12, out=mu)
+                # second moment in the denominator
+                v = nu
                 # first moment
                 if bias_correction:
                     mu_hat = torch.div(mu, 1 - decay**t, out=_s1)
@@ -457,185 +604,18 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 torch.sqrt(v, out=_s3)
                 torch.add(eps, _s3, out=_s3)
                 u = torch.div(g, _s3, out=_s2)
-                # parameter update
-                w.add_(u, alpha=-(lr))
-        elif momentum is not None and centered and eps_in_sqrt and nesterov and not bias_correction:
-            tmp0 = 1 - decay
-            for w, g, state in call.tensors(
-                6, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
-                nu = state["nu"]
-                mu = state.get("mu")
-                trace = state.get("trace")
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
-                # second moment
-                # nu = decay*nu + g**2*tmp0
-                torch.mul(decay, nu, out=_s0)
-                torch.pow(g, 2, out=_s1)
-                torch.mul(_s1, tmp0, out=_s1)
-                torch.add(_s0, _s1, out=nu)
-                # first moment
-                # mu = decay*mu + g*tmp0
-                torch.mul(decay, mu, out=_s1)
-                torch.mul(g, tmp0, out=_s0)
-                torch.add(_s1, _s0, out=mu)
-                # second moment in the denominator
-                v = nu
-                # first moment
-                if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s0)
-                else:
-                    mu_hat = mu
-                # variance
-                # v = v - mu_hat**2
-                torch.pow(mu_hat, 2, out=_s2)
-                v = torch.sub(v, _s2, out=_s1)
-                # scaled gradient
-                # u = g/torch.sqrt(eps + v)
-                torch.add(eps, v, out=_s3)
-                torch.sqrt(_s3, out=_s3)
-                u = torch.div(g, _s3, out=_s2)
-                tmp1 = torch.mul(lr, u, out=_s3)
+                tmp13 = torch.mul(lr, u, out=_s3)
                 # trace
-                # trace = momentum*trace + tmp1
+                # trace = momentum*trace + tmp13
                 torch.mul(momentum, trace, out=_s4)
-                torch.add(_s4, tmp1, out=trace)
+                torch.add(_s4, tmp13, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp1
+                # w -= momentum*trace + tmp13
                 torch.mul(momentum, trace, out=_s4)
-                torch.add(_s4, tmp1, out=_s4)
-                w.sub_(_s4)
-        elif momentum is not None and centered and eps_in_sqrt and not bias_correction and not nesterov:
-            tmp0 = 1 - decay
-            for w, g, state in call.tensors(
-                7, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
-                nu = state["nu"]
-                mu = state.get("mu")
-                trace = state.get("trace")
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
-                # second moment
-                # nu = decay*nu + g**2*tmp0
-                torch.mul(decay, nu, out=_s0)
-                torch.pow(g, 2, out=_s1)
-                torch.mul(_s1, tmp0, out=_s1)
-                torch.add(_s0, _s1, out=nu)
-                # first moment
-                # mu = decay*mu + g*tmp0
-                torch.mul(decay, mu, out=_s1)
-                torch.mul(g, tmp0, out=_s0)
-                torch.add(_s1, _s0, out=mu)
-                # second moment in the denominator
-                v = nu
-                # first moment
-                if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s0)
-                else:
-                    mu_hat = mu
-                # variance
-                # v = v - mu_hat**2
-                torch.pow(mu_hat, 2, out=_s2)
-                v = torch.sub(v, _s2, out=_s1)
-                # scaled gradient
-                # u = g/torch.sqrt(eps + v)
-                torch.add(eps, v, out=_s3)
-                torch.sqrt(_s3, out=_s3)
-                u = torch.div(g, _s3, out=_s2)
-                # trace
-                # trace = lr*u + momentum*trace
-                torch.mul(lr, u, out=_s3)
-                torch.add(_s3, trace, alpha=momentum, out=trace)
-                # momentum update
-                w.sub_(trace)
-        elif centered and eps_in_sqrt:
-            tmp0 = 1 - decay
-            for w, g, state in call.tensors(
-                8, {"decay": decay, "eps": eps, "bias_correction": bias_correction}
-            ):
-                nu = state["nu"]
-                mu = state.get("mu")
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu)
-                # second moment
-                # nu = decay*nu + g**2*tmp0
-                torch.mul(decay, nu, out=_s0)
-                torch.pow(g, 2, out=_s1)
-                torch.mul(_s1, tmp0, out=_s1)
-                torch.add(_s0, _s1, out=nu)
-                # first moment
-                # mu = decay*mu + g*tmp0
-                torch.mul(decay, mu, out=_s1)
-                torch.mul(g, tmp0, out=_s0)
-                torch.add(_s1, _s0, out=mu)
-                # second moment in the denominator
-                v = nu
-                # first moment
-                if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s0)
-                else:
-                    mu_hat = mu
-                # variance
-                # v = v - mu_hat**2
-                torch.pow(mu_hat, 2, out=_s2)
-                v = torch.sub(v, _s2, out=_s1)
-                # scaled gradient
-                # u = g/torch.sqrt(eps + v)
-                torch.add(eps, v, out=_s3)
-                torch.sqrt(_s3, out=_s3)
-                u = torch.div(g, _s3, out=_s2)
-                # parameter update
-                w.add_(u, alpha=-(lr))
-        elif momentum is not None and centered and nesterov and not bias_correction and not eps_in_sqrt:
-            tmp0 = 1 - decay
-            for w, g, state in call.tensors(
-                9, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
-                nu = state["nu"]
-                mu = state.get("mu")
-                trace = state.get("trace")
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
-                # second moment
-                # nu = decay*nu + g**2*tmp0
-                torch.mul(decay, nu, out=_s0)
-                torch.pow(g, 2, out=_s1)
-                torch.mul(_s1, tmp0, out=_s1)
-                torch.add(_s0, _s1, out=nu)
-                # first moment
-                # mu = decay*mu + g*tmp0
-                torch.mul(decay, mu, out=_s1)
-                torch.mul(g, tmp0, out=_s0)
-                torch.add(_s1, _s0, out=mu)
-                # second moment in the denominator
-                v = nu
-                # first moment
-                if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s0)
-                else:
-                    mu_hat = mu
-                # variance
-                # v = v - mu_hat**2
-                torch.pow(mu_hat, 2, out=_s2)
-                v = torch.sub(v, _s2, out=_s1)
-                # epsilon outside the root
-                # u = g/(eps + torch.sqrt(v))
-                torch.sqrt(v, out=_s3)
-                torch.add(eps, _s3, out=_s3)
-                u = torch.div(g, _s3, out=_s2)
-                tmp1 = torch.mul(lr, u, out=_s3)
-                # trace
-                # trace = momentum*trace + tmp1
-                torch.mul(momentum, trace, out=_s4)
-                torch.add(_s4, tmp1, out=trace)
-                # Nesterov update
-                # w -= momentum*trace + tmp1
-                torch.mul(momentum, trace, out=_s4)
-                torch.add(_s4, tmp1, out=_s4)
+                torch.add(_s4, tmp13, out=_s4)
                 w.sub_(_s4)
         elif momentum is not None and centered and not bias_correction and not eps_in_sqrt and not nesterov:
-            tmp0 = 1 - decay
+            tmp14 = 1 - decay
             for w, g, state in call.tensors(
                 10, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
             ):
@@ -645,27 +625,25 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp0
+                # nu = decay*nu + g**2*tmp14
                 torch.mul(decay, nu, out=_s0)
                 torch.pow(g, 2, out=_s1)
-                torch.mul(_s1, tmp0, out=_s1)
-                torch.add(_s0, _s1, out=nu)
+                torch.add(_s0, _s1, alpha=tmp14, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp0
+                # mu = decay*mu + g*tmp14
                 torch.mul(decay, mu, out=_s1)
-                torch.mul(g, tmp0, out=_s0)
-                torch.add(_s1, _s0, out=mu)
+                torch.add(_s1, g, alpha=tmp14, out=mu)
                 # second moment in the denominator
                 v = nu
                 # first moment
                 if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s0)
+                    mu_hat = torch.div(mu, 1 - decay**t, out=_s1)
                 else:
                     mu_hat = mu
                 # variance
                 # v = v - mu_hat**2
                 torch.pow(mu_hat, 2, out=_s2)
-                v = torch.sub(v, _s2, out=_s1)
+                v = torch.sub(v, _s2, out=_s0)
                 # epsilon outside the root
                 # u = g/(eps + torch.sqrt(v))
                 torch.sqrt(v, out=_s3)
@@ -678,7 +656,7 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 # momentum update
                 w.sub_(trace)
         elif centered:
-            tmp0 = 1 - decay
+            tmp15 = 1 - decay
             for w, g, state in call.tensors(
                 11, {"decay": decay, "eps": eps, "bias_correction": bias_correction}
             ):
@@ -687,27 +665,25 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu)
                 # second moment
-                # nu = decay*nu + g**2*tmp0
+                # nu = decay*nu + g**2*tmp15
                 torch.mul(decay, nu, out=_s0)
                 torch.pow(g, 2, out=_s1)
-                torch.mul(_s1, tmp0, out=_s1)
-                torch.add(_s0, _s1, out=nu)
+                torch.add(_s0, _s1, alpha=tmp15, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp0
+                # mu = decay*mu + g*tmp15
                 torch.mul(decay, mu, out=_s1)
-                torch.mul(g, tmp0, out=_s0)
-                torch.add(_s1, _s0, out=mu)
+                torch.add(_s1, g, alpha=tmp15, out=mu)
                 # second moment in the denominator
                 v = nu
                 # first moment
                 if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s0)
+                    mu_hat = torch.div(mu, 1 - decay**t, out=_s1)
                 else:
                     mu_hat = mu
                 # variance
                 # v = v - mu_hat**2
                 torch.pow(mu_hat, 2, out=_s2)
-                v = torch.sub(v, _s2, out=_s1)
+                v = torch.sub(v, _s2, out=_s0)
                 # epsilon outside the root
                 # u = g/(eps + torch.sqrt(v))
                 torch.sqrt(v, out=_s3)
@@ -733,15 +709,15 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 torch.add(eps, v, out=_s2)
                 torch.sqrt(_s2, out=_s2)
                 u = torch.div(g, _s2, out=_s0)
-                tmp0 = torch.mul(lr, u, out=_s2)
+                tmp16 = torch.mul(lr, u, out=_s2)
                 # trace
-                # trace = momentum*trace + tmp0
+                # trace = momentum*trace + tmp16
                 torch.mul(momentum, trace, out=_s3)
-                torch.add(_s3, tmp0, out=trace)
+                torch.add(_s3, tmp16, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp0
+                # w -= momentum*trace + tmp16
                 torch.mul(momentum, trace, out=_s3)
-                torch.add(_s3, tmp0, out=_s3)
+                torch.add(_s3, tmp16, out=_s3)
                 w.sub_(_s3)
         elif momentum is not None and bias_correction and eps_in_sqrt and not centered and not nesterov:
             for w, g, state in call.tensors(13, {"decay": decay, "eps": eps, "momentum": momentum}):
@@ -804,15 +780,15 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 torch.sqrt(v, out=_s2)
                 torch.add(eps, _s2, out=_s2)
                 u = torch.div(g, _s2, out=_s0)
-                tmp0 = torch.mul(lr, u, out=_s2)
+                tmp17 = torch.mul(lr, u, out=_s2)
                 # trace
-                # trace = momentum*trace + tmp0
+                # trace = momentum*trace + tmp17
                 torch.mul(momentum, trace, out=_s3)
-                torch.add(_s3, tmp0, out=trace)
+                torch.add(_s3, tmp17, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp0
+                # w -= momentum*trace + tmp17
                 torch.mul(momentum, trace, out=_s3)
-                torch.add(_s3, tmp0, out=_s3)
+                torch.add(_s3, tmp17, out=_s3)
                 w.sub_(_s3)
         elif momentum is not None and bias_correction and not centered and not eps_in_sqrt and not nesterov:
             for w, g, state in call.tensors(16, {"decay": decay, "eps": eps, "momentum": momentum}):
@@ -875,15 +851,15 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 torch.add(eps, v, out=_s0)
                 torch.sqrt(_s0, out=_s0)
                 u = torch.div(g, _s0, out=_s1)
-                tmp0 = torch.mul(lr, u, out=_s0)
+                tmp18 = torch.mul(lr, u, out=_s0)
                 # trace
-                # trace = momentum*trace + tmp0
+                # trace = momentum*trace + tmp18
                 torch.mul(momentum, trace, out=_s2)
-                torch.add(_s2, tmp0, out=trace)
+                torch.add(_s2, tmp18, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp0
+                # w -= momentum*trace + tmp18
                 torch.mul(momentum, trace, out=_s2)
-                torch.add(_s2, tmp0, out=_s2)
+                torch.add(_s2, tmp18, out=_s2)
                 w.sub_(_s2)
         elif momentum is not None and eps_in_sqrt and not bias_correction and not centered and not nesterov:
             for w, g, state in call.tensors(19, {"decay": decay, "eps": eps, "momentum": momentum}):
@@ -946,15 +922,15 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 torch.sqrt(v, out=_s0)
                 torch.add(eps, _s0, out=_s0)
                 u = torch.div(g, _s0, out=_s1)
-                tmp0 = torch.mul(lr, u, out=_s0)
+                tmp19 = torch.mul(lr, u, out=_s0)
                 # trace
-                # trace = momentum*trace + tmp0
+                # trace = momentum*trace + tmp19
                 torch.mul(momentum, trace, out=_s2)
-                torch.add(_s2, tmp0, out=trace)
+                torch.add(_s2, tmp19, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp0
+                # w -= momentum*trace + tmp19
                 torch.mul(momentum, trace, out=_s2)
-                torch.add(_s2, tmp0, out=_s2)
+                torch.add(_s2, tmp19, out=_s2)
                 w.sub_(_s2)
         elif (
             momentum is not None and not bias_correction and not centered and not eps_in_sqrt and not nesterov

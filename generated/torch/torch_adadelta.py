@@ -194,7 +194,7 @@ class TorchAdadelta(torch_support.RuleOptimizer):
                 # parameter update
                 w.add_(delta, alpha=-(lr))
         else:
-            tmp0 = 1 - rho
+            tmp1 = 1 - rho
             for w, g, state in call.tensors(
                 1, {"rho": rho, "eps": eps, "weight_decay": weight_decay, "maximize": maximize}
             ):
@@ -208,9 +208,9 @@ class TorchAdadelta(torch_support.RuleOptimizer):
                 # L2 weight decay
                 g = torch.add(g, w, alpha=weight_decay, out=_s0)
                 # mean square of the gradient
-                # square_avg = g**2*tmp0 + rho*square_avg
+                # square_avg = g**2*tmp1 + rho*square_avg
                 torch.pow(g, 2, out=_s1)
-                torch.mul(_s1, tmp0, out=_s1)
+                torch.mul(_s1, tmp1, out=_s1)
                 torch.add(_s1, square_avg, alpha=rho, out=square_avg)
                 # step
                 # delta = g*torch.sqrt(acc_delta + eps)/torch.sqrt(eps + square_avg)
@@ -221,10 +221,10 @@ class TorchAdadelta(torch_support.RuleOptimizer):
                 torch.sqrt(_s3, out=_s3)
                 delta = torch.div(_s2, _s3, out=_s1)
                 # mean square of the step
-                # acc_delta = acc_delta*rho + delta**2*tmp0
+                # acc_delta = acc_delta*rho + delta**2*tmp1
                 torch.mul(acc_delta, rho, out=_s3)
                 torch.pow(delta, 2, out=_s2)
-                torch.add(_s3, _s2, alpha=tmp0, out=acc_delta)
+                torch.add(_s3, _s2, alpha=tmp1, out=acc_delta)
                 # parameter update
                 w.add_(delta, alpha=-(lr))
 

@@ -276,12 +276,12 @@ class TorchNAdam(torch_support.RuleOptimizer):
                 torch.div(exp_avg_sq, 1 - beta2**t, out=_s1)
                 torch.sqrt(_s1, out=_s1)
                 denom = torch.add(eps, _s1, out=_s2)
-                tmp0 = torch.div(lr, denom, out=_s1)
+                tmp1 = torch.div(lr, denom, out=_s1)
                 # parameter update
-                # w -= exp_avg*mu_next*tmp0/(1 - mu_next*mu_product) + g*tmp0*(1 - mu)/(1 - mu_product)
-                torch.mul(exp_avg, tmp0, out=_s3)
+                # w -= exp_avg*mu_next*tmp1/(1 - mu_next*mu_product) + g*tmp1*(1 - mu)/(1 - mu_product)
+                torch.mul(exp_avg, tmp1, out=_s3)
                 torch.mul(_s3, mu_next / (1 - mu_next * mu_product), out=_s3)
-                torch.mul(g, tmp0, out=_s4)
+                torch.mul(g, tmp1, out=_s4)
                 torch.add(_s3, _s4, alpha=(1 - mu) / (1 - mu_product), out=_s4)
                 w.sub_(_s4)
         else:
@@ -327,12 +327,12 @@ class TorchNAdam(torch_support.RuleOptimizer):
                 torch.div(exp_avg_sq, 1 - beta2**t, out=_s1)
                 torch.sqrt(_s1, out=_s1)
                 denom = torch.add(eps, _s1, out=_s2)
-                tmp0 = torch.div(lr, denom, out=_s1)
+                tmp2 = torch.div(lr, denom, out=_s1)
                 # parameter update
-                # w -= exp_avg*mu_next*tmp0/(1 - mu_next*mu_product) + g*tmp0*(1 - mu)/(1 - mu_product)
-                torch.mul(exp_avg, tmp0, out=_s3)
+                # w -= exp_avg*mu_next*tmp2/(1 - mu_next*mu_product) + g*tmp2*(1 - mu)/(1 - mu_product)
+                torch.mul(exp_avg, tmp2, out=_s3)
                 torch.mul(_s3, mu_next / (1 - mu_next * mu_product), out=_s3)
-                torch.mul(g, tmp0, out=_s4)
+                torch.mul(g, tmp2, out=_s4)
                 torch.add(_s3, _s4, alpha=(1 - mu) / (1 - mu_product), out=_s4)
                 w.sub_(_s4)
         group["mu_product"] = mu_product

@@ -227,13 +227,13 @@ class TorchRAdam(torch_support.RuleOptimizer):
                 else:
                     w.add_(m_hat, alpha=-(lr))
         elif decoupled_weight_decay:
-            tmp0 = 1 - beta2
+            tmp3 = 1 - beta2
             # maximum length of the SMA
-            rho_inf = 2 / tmp0 - 1
-            tmp1 = beta2**t
-            tmp2 = 1 - tmp1
+            rho_inf = 2 / tmp3 - 1
+            tmp4 = beta2**t
+            tmp5 = 1 - tmp4
             # length of the SMA
-            rho = rho_inf - 2 * t * tmp1 / tmp2
+            rho = rho_inf - 2 * t * tmp4 / tmp5
             # variance rectification
             rect = (
                 math.sqrt(rho_inf * (rho - 4) * (rho - 2) / (rho * (rho_inf - 4) * (rho_inf - 2)))
@@ -266,30 +266,30 @@ class TorchRAdam(torch_support.RuleOptimizer):
                 torch.sub(g, exp_avg, out=_s1)
                 exp_avg.add_(_s1, alpha=1 - beta1)
                 # second moment
-                # exp_avg_sq = beta2*exp_avg_sq + g**2*tmp0
+                # exp_avg_sq = beta2*exp_avg_sq + g**2*tmp3
                 torch.mul(beta2, exp_avg_sq, out=_s1)
                 torch.pow(g, 2, out=_s2)
-                torch.add(_s1, _s2, alpha=tmp0, out=exp_avg_sq)
+                torch.add(_s1, _s2, alpha=tmp3, out=exp_avg_sq)
                 # bias correction
                 m_hat = torch.div(exp_avg, 1 - beta1**t, out=_s2)
                 # adaptive learning rate
-                # adaptive = math.sqrt(tmp2)/(eps + torch.sqrt(exp_avg_sq))
+                # adaptive = math.sqrt(tmp5)/(eps + torch.sqrt(exp_avg_sq))
                 torch.sqrt(exp_avg_sq, out=_s3)
                 torch.add(eps, _s3, out=_s3)
-                adaptive = torch.div(math.sqrt(tmp2), _s3, out=_s1)
+                adaptive = torch.div(math.sqrt(tmp5), _s3, out=_s1)
                 # parameter update
                 if rho > 5:
                     w.addcmul_(adaptive, m_hat, value=-(lr * rect))
                 else:
                     w.add_(m_hat, alpha=-(lr))
         else:
-            tmp0 = 1 - beta2
+            tmp6 = 1 - beta2
             # maximum length of the SMA
-            rho_inf = 2 / tmp0 - 1
-            tmp1 = beta2**t
-            tmp2 = 1 - tmp1
+            rho_inf = 2 / tmp6 - 1
+            tmp7 = beta2**t
+            tmp8 = 1 - tmp7
             # length of the SMA
-            rho = rho_inf - 2 * t * tmp1 / tmp2
+            rho = rho_inf - 2 * t * tmp7 / tmp8
             # variance rectification
             rect = (
                 math.sqrt(rho_inf * (rho - 4) * (rho - 2) / (rho * (rho_inf - 4) * (rho_inf - 2)))
@@ -322,17 +322,17 @@ class TorchRAdam(torch_support.RuleOptimizer):
                 torch.sub(g, exp_avg, out=_s1)
                 exp_avg.add_(_s1, alpha=1 - beta1)
                 # second moment
-                # exp_avg_sq = beta2*exp_avg_sq + g**2*tmp0
+                # exp_avg_sq = beta2*exp_avg_sq + g**2*tmp6
                 torch.mul(beta2, exp_avg_sq, out=_s1)
                 torch.pow(g, 2, out=_s2)
-                torch.add(_s1, _s2, alpha=tmp0, out=exp_avg_sq)
+                torch.add(_s1, _s2, alpha=tmp6, out=exp_avg_sq)
                 # bias correction
                 m_hat = torch.div(exp_avg, 1 - beta1**t, out=_s2)
                 # adaptive learning rate
-                # adaptive = math.sqrt(tmp2)/(eps + torch.sqrt(exp_avg_sq))
+                # adaptive = math.sqrt(tmp8)/(eps + torch.sqrt(exp_avg_sq))
                 torch.sqrt(exp_avg_sq, out=_s3)
                 torch.add(eps, _s3, out=_s3)
-                adaptive = torch.div(math.sqrt(tmp2), _s3, out=_s1)
+                adaptive = torch.div(math.sqrt(tmp8), _s3, out=_s1)
                 # parameter update
                 if rho > 5:
                     w.addcmul_(adaptive, m_hat, value=-(lr * rect))

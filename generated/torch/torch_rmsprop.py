@@ -216,7 +216,7 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                 # parameter update
                 w.addcdiv_(g, denom, value=-(lr))
         elif centered and weight_decay == 0:
-            tmp0 = 1 - alpha
+            tmp1 = 1 - alpha
             for w, g, state in call.tensors(
                 1,
                 {
@@ -238,14 +238,14 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                 if maximize:
                     g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
                 # mean square
-                # square_avg = alpha*square_avg + g**2*tmp0
+                # square_avg = alpha*square_avg + g**2*tmp1
                 torch.mul(alpha, square_avg, out=_s1)
                 torch.pow(g, 2, out=_s2)
-                torch.add(_s1, _s2, alpha=tmp0, out=square_avg)
+                torch.add(_s1, _s2, alpha=tmp1, out=square_avg)
                 # mean gradient
-                # grad_avg += tmp0*(g - grad_avg)
+                # grad_avg += tmp1*(g - grad_avg)
                 torch.sub(g, grad_avg, out=_s2)
-                grad_avg.add_(_s2, alpha=tmp0)
+                grad_avg.add_(_s2, alpha=tmp1)
                 # denominator
                 # denom = eps + torch.sqrt(square_avg)
                 torch.sqrt(square_avg, out=_s1)
@@ -338,7 +338,7 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                 # momentum update
                 w.add_(momentum_buffer, alpha=-(lr))
         elif centered and momentum == 0:
-            tmp0 = 1 - alpha
+            tmp2 = 1 - alpha
             for w, g, state in call.tensors(
                 4,
                 {
@@ -359,14 +359,14 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                 # L2 weight decay
                 g = torch.add(g, w, alpha=weight_decay, out=_s0)
                 # mean square
-                # square_avg = alpha*square_avg + g**2*tmp0
+                # square_avg = alpha*square_avg + g**2*tmp2
                 torch.mul(alpha, square_avg, out=_s1)
                 torch.pow(g, 2, out=_s2)
-                torch.add(_s1, _s2, alpha=tmp0, out=square_avg)
+                torch.add(_s1, _s2, alpha=tmp2, out=square_avg)
                 # mean gradient
-                # grad_avg += tmp0*(g - grad_avg)
+                # grad_avg += tmp2*(g - grad_avg)
                 torch.sub(g, grad_avg, out=_s2)
-                grad_avg.add_(_s2, alpha=tmp0)
+                grad_avg.add_(_s2, alpha=tmp2)
                 # denominator
                 # denom = eps + torch.sqrt(square_avg)
                 torch.sqrt(square_avg, out=_s1)
@@ -381,7 +381,7 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                 # parameter update
                 w.addcdiv_(g, denom, value=-(lr))
         elif centered:
-            tmp0 = 1 - alpha
+            tmp3 = 1 - alpha
             for w, g, state in call.tensors(
                 5,
                 {
@@ -406,14 +406,14 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                 # L2 weight decay
                 g = torch.add(g, w, alpha=weight_decay, out=_s0)
                 # mean square
-                # square_avg = alpha*square_avg + g**2*tmp0
+                # square_avg = alpha*square_avg + g**2*tmp3
                 torch.mul(alpha, square_avg, out=_s1)
                 torch.pow(g, 2, out=_s2)
-                torch.add(_s1, _s2, alpha=tmp0, out=square_avg)
+                torch.add(_s1, _s2, alpha=tmp3, out=square_avg)
                 # mean gradient
-                # grad_avg += tmp0*(g - grad_avg)
+                # grad_avg += tmp3*(g - grad_avg)
                 torch.sub(g, grad_avg, out=_s2)
-                grad_avg.add_(_s2, alpha=tmp0)
+                grad_avg.add_(_s2, alpha=tmp3)
                 # denominator
                 # denom = eps + torch.sqrt(square_avg)
                 torch.sqrt(square_avg, out=_s1)
