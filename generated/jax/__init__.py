@@ -13,6 +13,8 @@ from .optax_adamw import OptaxAdamWState, optax_adamw
 from .optax_adan import OptaxAdanState, optax_adan
 from .optax_amsgrad import OptaxAmsgradState, optax_amsgrad
 from .optax_lion import OptaxLionState, optax_lion
+from .optax_nadam import OptaxNadamState, optax_nadam
+from .optax_nadamw import OptaxNadamwState, optax_nadamw
 from .optax_novograd import OptaxNovoGradState, optax_novograd
 from .optax_rmsprop import OptaxRmspropState, optax_rmsprop
 from .optax_yogi import OptaxYogiState, optax_yogi
@@ -54,6 +56,10 @@ __all__ = [
     "OptaxAmsgradState",
     "optax_lion",
     "OptaxLionState",
+    "optax_nadam",
+    "OptaxNadamState",
+    "optax_nadamw",
+    "OptaxNadamwState",
     "optax_novograd",
     "OptaxNovoGradState",
     "optax_rmsprop",

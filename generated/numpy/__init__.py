@@ -13,6 +13,8 @@ from .optax_adamw import OptaxAdamW, OptaxAdamWState
 from .optax_adan import OptaxAdan, OptaxAdanState
 from .optax_amsgrad import OptaxAmsgrad, OptaxAmsgradState
 from .optax_lion import OptaxLion, OptaxLionState
+from .optax_nadam import OptaxNadam, OptaxNadamState
+from .optax_nadamw import OptaxNadamw, OptaxNadamwState
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
 from .optax_rmsprop import OptaxRmsprop, OptaxRmspropState
 from .optax_yogi import OptaxYogi, OptaxYogiState
@@ -54,6 +56,10 @@ __all__ = [
     "OptaxAmsgradState",
     "OptaxLion",
     "OptaxLionState",
+    "OptaxNadam",
+    "OptaxNadamState",
+    "OptaxNadamw",
+    "OptaxNadamwState",
     "OptaxNovoGrad",
     "OptaxNovoGradState",
     "OptaxRmsprop",

@@ -13,6 +13,8 @@ from .optax_adamw import OptaxAdamW
 from .optax_adan import OptaxAdan
 from .optax_amsgrad import OptaxAmsgrad
 from .optax_lion import OptaxLion
+from .optax_nadam import OptaxNadam
+from .optax_nadamw import OptaxNadamw
 from .optax_novograd import OptaxNovoGrad
 from .optax_rmsprop import OptaxRmsprop
 from .optax_yogi import OptaxYogi
@@ -42,6 +44,8 @@ __all__ = [
     "OptaxAdan",
     "OptaxAmsgrad",
     "OptaxLion",
+    "OptaxNadam",
+    "OptaxNadamw",
     "OptaxNovoGrad",
     "OptaxRmsprop",
     "OptaxYogi",
