@@ -9,6 +9,8 @@ from .novograd_tf1 import NovoGradTF1State, novograd_tf1
 from .optax_adabelief import OptaxAdabeliefState, optax_adabelief
 from .optax_adadelta import OptaxAdadeltaState, optax_adadelta
 from .optax_adam import OptaxAdamState, optax_adam
+from .optax_adamax import OptaxAdamaxState, optax_adamax
+from .optax_adamaxw import OptaxAdamaxwState, optax_adamaxw
 from .optax_adamw import OptaxAdamWState, optax_adamw
 from .optax_adan import OptaxAdanState, optax_adan
 from .optax_amsgrad import OptaxAmsgradState, optax_amsgrad
@@ -50,6 +52,10 @@ __all__ = [
     "OptaxAdamState",
     "optax_adamw",
     "OptaxAdamWState",
+    "optax_adamax",
+    "OptaxAdamaxState",
+    "optax_adamaxw",
+    "OptaxAdamaxwState",
     "optax_adan",
     "OptaxAdanState",
     "optax_amsgrad",

@@ -9,6 +9,8 @@ from .novograd_tf1 import NovoGradTF1, NovoGradTF1State
 from .optax_adabelief import OptaxAdabelief, OptaxAdabeliefState
 from .optax_adadelta import OptaxAdadelta, OptaxAdadeltaState
 from .optax_adam import OptaxAdam, OptaxAdamState
+from .optax_adamax import OptaxAdamax, OptaxAdamaxState
+from .optax_adamaxw import OptaxAdamaxw, OptaxAdamaxwState
 from .optax_adamw import OptaxAdamW, OptaxAdamWState
 from .optax_adan import OptaxAdan, OptaxAdanState
 from .optax_amsgrad import OptaxAmsgrad, OptaxAmsgradState
@@ -50,6 +52,10 @@ __all__ = [
     "OptaxAdamState",
     "OptaxAdamW",
     "OptaxAdamWState",
+    "OptaxAdamax",
+    "OptaxAdamaxState",
+    "OptaxAdamaxw",
+    "OptaxAdamaxwState",
     "OptaxAdan",
     "OptaxAdanState",
     "OptaxAmsgrad",

@@ -9,6 +9,8 @@ from .novograd_tf1 import NovoGradTF1
 from .optax_adabelief import OptaxAdabelief
 from .optax_adadelta import OptaxAdadelta
 from .optax_adam import OptaxAdam
+from .optax_adamax import OptaxAdamax
+from .optax_adamaxw import OptaxAdamaxw
 from .optax_adamw import OptaxAdamW
 from .optax_adan import OptaxAdan
 from .optax_amsgrad import OptaxAmsgrad
@@ -41,6 +43,8 @@ __all__ = [
     "OptaxAdadelta",
     "OptaxAdam",
     "OptaxAdamW",
+    "OptaxAdamax",
+    "OptaxAdamaxw",
     "OptaxAdan",
     "OptaxAmsgrad",
     "OptaxLion",
