@@ -19,6 +19,7 @@ from .optax_nadam import OptaxNadamState, optax_nadam
 from .optax_nadamw import OptaxNadamwState, optax_nadamw
 from .optax_novograd import OptaxNovoGradState, optax_novograd
 from .optax_rmsprop import OptaxRmspropState, optax_rmsprop
+from .optax_sgd import OptaxSgdState, optax_sgd
 from .optax_yogi import OptaxYogiState, optax_yogi
 from .sgd import SGDState, sgd
 from .torch_adadelta import TorchAdadeltaState, torch_adadelta
@@ -70,6 +71,8 @@ __all__ = [
     "OptaxNovoGradState",
     "optax_rmsprop",
     "OptaxRmspropState",
+    "optax_sgd",
+    "OptaxSgdState",
     "optax_yogi",
     "OptaxYogiState",
     "sgd",

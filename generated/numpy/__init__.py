@@ -19,6 +19,7 @@ from .optax_nadam import OptaxNadam, OptaxNadamState
 from .optax_nadamw import OptaxNadamw, OptaxNadamwState
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
 from .optax_rmsprop import OptaxRmsprop, OptaxRmspropState
+from .optax_sgd import OptaxSgd, OptaxSgdState
 from .optax_yogi import OptaxYogi, OptaxYogiState
 from .sgd import SGD, SGDState
 from .torch_adadelta import TorchAdadelta, TorchAdadeltaState
@@ -70,6 +71,8 @@ __all__ = [
     "OptaxNovoGradState",
     "OptaxRmsprop",
     "OptaxRmspropState",
+    "OptaxSgd",
+    "OptaxSgdState",
     "OptaxYogi",
     "OptaxYogiState",
     "SGD",

@@ -19,6 +19,7 @@ from .optax_nadam import OptaxNadam
 from .optax_nadamw import OptaxNadamw
 from .optax_novograd import OptaxNovoGrad
 from .optax_rmsprop import OptaxRmsprop
+from .optax_sgd import OptaxSgd
 from .optax_yogi import OptaxYogi
 from .sgd import SGD
 from .torch_adadelta import TorchAdadelta
@@ -52,6 +53,7 @@ __all__ = [
     "OptaxNadamw",
     "OptaxNovoGrad",
     "OptaxRmsprop",
+    "OptaxSgd",
     "OptaxYogi",
     "SGD",
     "TorchASGD",
