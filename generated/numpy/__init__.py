@@ -8,6 +8,7 @@ from .novograd import NovoGrad, NovoGradState
 from .novograd_tf1 import NovoGradTF1, NovoGradTF1State
 from .optax_adabelief import OptaxAdabelief, OptaxAdabeliefState
 from .optax_adadelta import OptaxAdadelta, OptaxAdadeltaState
+from .optax_adagrad import OptaxAdagrad, OptaxAdagradState
 from .optax_adam import OptaxAdam, OptaxAdamState
 from .optax_adamax import OptaxAdamax, OptaxAdamaxState
 from .optax_adamaxw import OptaxAdamaxw, OptaxAdamaxwState
@@ -49,6 +50,8 @@ __all__ = [
     "OptaxAdabeliefState",
     "OptaxAdadelta",
     "OptaxAdadeltaState",
+    "OptaxAdagrad",
+    "OptaxAdagradState",
     "OptaxAdam",
     "OptaxAdamState",
     "OptaxAdamW",
