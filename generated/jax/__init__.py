@@ -19,6 +19,7 @@ from .optax_lion import OptaxLionState, optax_lion
 from .optax_nadam import OptaxNadamState, optax_nadam
 from .optax_nadamw import OptaxNadamwState, optax_nadamw
 from .optax_novograd import OptaxNovoGradState, optax_novograd
+from .optax_radam import OptaxRadamState, optax_radam
 from .optax_rmsprop import OptaxRmspropState, optax_rmsprop
 from .optax_sgd import OptaxSgdState, optax_sgd
 from .optax_yogi import OptaxYogiState, optax_yogi
@@ -72,6 +73,8 @@ __all__ = [
     "OptaxNadamwState",
     "optax_novograd",
     "OptaxNovoGradState",
+    "optax_radam",
+    "OptaxRadamState",
     "optax_rmsprop",
     "OptaxRmspropState",
     "optax_sgd",

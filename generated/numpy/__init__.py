@@ -19,6 +19,7 @@ from .optax_lion import OptaxLion, OptaxLionState
 from .optax_nadam import OptaxNadam, OptaxNadamState
 from .optax_nadamw import OptaxNadamw, OptaxNadamwState
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
+from .optax_radam import OptaxRadam, OptaxRadamState
 from .optax_rmsprop import OptaxRmsprop, OptaxRmspropState
 from .optax_sgd import OptaxSgd, OptaxSgdState
 from .optax_yogi import OptaxYogi, OptaxYogiState
@@ -72,6 +73,8 @@ __all__ = [
     "OptaxNadamwState",
     "OptaxNovoGrad",
     "OptaxNovoGradState",
+    "OptaxRadam",
+    "OptaxRadamState",
     "OptaxRmsprop",
     "OptaxRmspropState",
     "OptaxSgd",

@@ -19,6 +19,7 @@ from .optax_lion import OptaxLion
 from .optax_nadam import OptaxNadam
 from .optax_nadamw import OptaxNadamw
 from .optax_novograd import OptaxNovoGrad
+from .optax_radam import OptaxRadam
 from .optax_rmsprop import OptaxRmsprop
 from .optax_sgd import OptaxSgd
 from .optax_yogi import OptaxYogi
@@ -54,6 +55,7 @@ __all__ = [
     "OptaxNadam",
     "OptaxNadamw",
     "OptaxNovoGrad",
+    "OptaxRadam",
     "OptaxRmsprop",
     "OptaxSgd",
     "OptaxYogi",

@@ -2,5 +2,5 @@
 """The Triton path: GPU kernels for the torch optimizers, one module per rule (``runtime/triton_support``).
 
 Nothing is imported here: a caller imports its module (and Triton) only when it runs the kernels.
-Modules: ``adagrad``, ``adamax``, ``nadam``, ``novograd``, ``novograd_tf1``, ``optax_adabelief``, ``optax_adadelta``, ``optax_adagrad``, ``optax_adam``, ``optax_adamw``, ``optax_adamax``, ``optax_adamaxw``, ``optax_adan``, ``optax_amsgrad``, ``optax_lion``, ``optax_nadam``, ``optax_nadamw``, ``optax_novograd``, ``optax_rmsprop``, ``optax_sgd``, ``optax_yogi``, ``sgd``, ``torch_asgd``, ``torch_adadelta``, ``torch_adagrad``, ``torch_adam``, ``torch_adamw``, ``torch_adamax``, ``torch_nadam``, ``torch_radam``, ``torch_rmsprop``, ``torch_rprop``, ``torch_sgd``.
+Modules: ``adagrad``, ``adamax``, ``nadam``, ``novograd``, ``novograd_tf1``, ``optax_adabelief``, ``optax_adadelta``, ``optax_adagrad``, ``optax_adam``, ``optax_adamw``, ``optax_adamax``, ``optax_adamaxw``, ``optax_adan``, ``optax_amsgrad``, ``optax_lion``, ``optax_nadam``, ``optax_nadamw``, ``optax_novograd``, ``optax_radam``, ``optax_rmsprop``, ``optax_sgd``, ``optax_yogi``, ``sgd``, ``torch_asgd``, ``torch_adadelta``, ``torch_adagrad``, ``torch_adam``, ``torch_adamw``, ``torch_adamax``, ``torch_nadam``, ``torch_radam``, ``torch_rmsprop``, ``torch_rprop``, ``torch_sgd``.
 """
