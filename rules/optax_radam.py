@@ -59,10 +59,7 @@ rho = RULE.let(
 mu_hat = RULE.let("mu_hat", mu / (1 - b1**t), "bias correction", latex=r"\hat{m}")
 RULE.assign(
     mu_hat,
-    # (g - b1*g), not (1 - b1)*g as optax: with a temporary g*(1 - b1) shared with the first moment, optforge's
-    # verifier fails (CompilerBug `rho_inf.1 = -1 + 2/tmp1 is wider than its scope constant`: the scope table of
-    # the temporaries is keyed by name across the flag's two cases, where tmp1 is 1 - b2 in one, b2^t in the other)
-    b1 * mu / (1 - b1 ** (t + 1)) + (g - b1 * g) / (1 - b1**t),
+    b1 * mu / (1 - b1 ** (t + 1)) + (1 - b1) * g / (1 - b1**t),
     "Nesterov look-ahead",
     when=nesterov,
 )

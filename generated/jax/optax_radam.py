@@ -10,7 +10,7 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     rho_inf = 2/(1 - b2) - 1
     rho = rho_inf - 2*b2^t*t/(1 - b2^t)
     mu_hat = mu/(1 - b1^t)
-    mu_hat <- b1*mu/(1 - b1^(t + 1)) + (g - b1*g)/(1 - b1^t)    if nesterov
+    mu_hat <- b1*mu/(1 - b1^(t + 1)) + g*(1 - b1)/(1 - b1^t)    if nesterov
     nu_hat = nu/(1 - b2^t)
     r = sqrt(rho_inf*(rho - 4)*(rho - 2)/(rho*(rho_inf - 4)*(rho_inf - 2)))
     w <- w - learning_rate*where(rho >= threshold, mu_hat*r/(eps + sqrt(eps_root + nu_hat)), mu_hat)
@@ -189,13 +189,13 @@ def optax_radam(
             n, lr = call.n, call.lr  # n: the updates before this one
             t = n + 1
             if nesterov:
-                tmp0 = 1 - b2
+                tmp1 = 1 - b2
                 # maximum length of the simple moving average
-                rho_inf = 2 / tmp0 - 1
-                tmp1 = b2 ** jax_support.as_float(t)
-                tmp2 = 1 / (1 - tmp1)
+                rho_inf = 2 / tmp1 - 1
+                tmp2 = b2 ** jax_support.as_float(t)
+                tmp3 = 1 / (1 - tmp2)
                 # length of the simple moving average
-                rho = rho_inf - 2 * tmp1 * tmp2 * jax_support.as_float(t)
+                rho = rho_inf - 2 * tmp2 * tmp3 * jax_support.as_float(t)
                 # rectification
                 r = jnp.where(
                     rho >= threshold,
@@ -209,16 +209,17 @@ def optax_radam(
                     jax_support.leaves(treedef, _rs["mu"]),
                     jax_support.leaves(treedef, _rs["nu"]),
                 ):
+                    tmp0 = g * (1 - b1)
                     # first moment
-                    mu = b1 * mu + g * (1 - b1)
+                    mu = b1 * mu + tmp0
                     # second moment
-                    nu = b2 * nu + g**2 * tmp0
+                    nu = b2 * nu + g**2 * tmp1
                     # Nesterov look-ahead
-                    mu_hat = b1 * mu / (1 - b1 ** jax_support.as_float(t + 1)) + (g - b1 * g) / (
+                    mu_hat = b1 * mu / (1 - b1 ** jax_support.as_float(t + 1)) + tmp0 / (
                         1 - b1 ** jax_support.as_float(t)
                     )
                     # bias correction
-                    nu_hat = nu * tmp2
+                    nu_hat = nu * tmp3
                     # parameter update
                     update = -lr * jnp.where(
                         rho >= threshold, mu_hat * r / (eps + jnp.sqrt(eps_root + nu_hat)), mu_hat
@@ -232,13 +233,13 @@ def optax_radam(
                     "nu": jax_support.like(treedef.unflatten(new_nu), _rs["nu"]),
                 }
             else:
-                tmp3 = 1 - b2
+                tmp4 = 1 - b2
                 # maximum length of the simple moving average
-                rho_inf = 2 / tmp3 - 1
-                tmp4 = b2 ** jax_support.as_float(t)
-                tmp5 = 1 / (1 - tmp4)
+                rho_inf = 2 / tmp4 - 1
+                tmp5 = b2 ** jax_support.as_float(t)
+                tmp6 = 1 / (1 - tmp5)
                 # length of the simple moving average
-                rho = rho_inf - 2 * tmp4 * tmp5 * jax_support.as_float(t)
+                rho = rho_inf - 2 * tmp5 * tmp6 * jax_support.as_float(t)
                 # rectification
                 r = jnp.where(
                     rho >= threshold,
@@ -255,10 +256,10 @@ def optax_radam(
                     # first moment
                     mu = b1 * mu + g * (1 - b1)
                     # second moment
-                    nu = b2 * nu + g**2 * tmp3
+                    nu = b2 * nu + g**2 * tmp4
                     # bias correction
                     mu_hat = mu / (1 - b1 ** jax_support.as_float(t))
-                    nu_hat = nu * tmp5
+                    nu_hat = nu * tmp6
                     # parameter update
                     update = -lr * jnp.where(
                         rho >= threshold, mu_hat * r / (eps + jnp.sqrt(eps_root + nu_hat)), mu_hat

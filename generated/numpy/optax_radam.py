@@ -10,7 +10,7 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     rho_inf = 2/(1 - b2) - 1
     rho = rho_inf - 2*b2^t*t/(1 - b2^t)
     mu_hat = mu/(1 - b1^t)
-    mu_hat <- b1*mu/(1 - b1^(t + 1)) + (g - b1*g)/(1 - b1^t)    if nesterov
+    mu_hat <- b1*mu/(1 - b1^(t + 1)) + g*(1 - b1)/(1 - b1^t)    if nesterov
     nu_hat = nu/(1 - b2^t)
     r = sqrt(rho_inf*(rho - 4)*(rho - 2)/(rho*(rho_inf - 4)*(rho_inf - 2)))
     w <- w - learning_rate*where(rho >= threshold, mu_hat*r/(eps + sqrt(eps_root + nu_hat)), mu_hat)
@@ -211,13 +211,13 @@ class OptaxRadam:
         threshold = self.threshold
         nesterov = self.nesterov
         if nesterov:
-            tmp0 = 1 - b2
+            tmp1 = 1 - b2
             # maximum length of the simple moving average
-            rho_inf = 2 / tmp0 - 1
-            tmp1 = b2**t
-            tmp2 = 1 / (1 - tmp1)
+            rho_inf = 2 / tmp1 - 1
+            tmp2 = b2**t
+            tmp3 = 1 / (1 - tmp2)
             # length of the simple moving average
-            rho = rho_inf - 2 * t * tmp1 * tmp2
+            rho = rho_inf - 2 * t * tmp2 * tmp3
             # rectification
             r = (
                 math.sqrt(rho_inf * (rho - 4) * (rho - 2) / (rho * (rho_inf - 4) * (rho_inf - 2)))
@@ -239,28 +239,26 @@ class OptaxRadam:
                 mu = state.mu[key]
                 nu = state.nu[key]
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, mu, nu)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, mu, nu)
+                tmp0 = np.multiply(g, 1 - b1, out=_s0)
                 # first moment
-                # mu = b1*mu + g*(1 - b1)
-                np.multiply(b1, mu, out=_s0)
-                np.multiply(g, 1 - b1, out=_s1)
-                np.add(_s0, _s1, out=mu)
+                # mu = b1*mu + tmp0
+                np.multiply(b1, mu, out=_s1)
+                np.add(_s1, tmp0, out=mu)
                 # second moment
-                # nu = b2*nu + g**2*tmp0
+                # nu = b2*nu + g**2*tmp1
                 np.multiply(b2, nu, out=_s1)
-                np.square(g, out=_s0)
-                np.multiply(_s0, tmp0, out=_s0)
-                np.add(_s1, _s0, out=nu)
+                np.square(g, out=_s2)
+                np.multiply(_s2, tmp1, out=_s2)
+                np.add(_s1, _s2, out=nu)
                 # Nesterov look-ahead
-                # mu_hat = b1*mu/(1 - b1**(t + 1)) + (g - b1*g)/(1 - b1**t)
+                # mu_hat = b1*mu/(1 - b1**(t + 1)) + tmp0/(1 - b1**t)
                 np.multiply(b1, mu, out=_s1)
                 np.divide(_s1, 1 - b1 ** (t + 1), out=_s1)
-                np.multiply(b1, g, out=_s2)
-                np.subtract(g, _s2, out=_s2)
-                np.divide(_s2, 1 - b1**t, out=_s2)
-                mu_hat = np.add(_s1, _s2, out=_s0)
+                np.divide(tmp0, 1 - b1**t, out=_s3)
+                mu_hat = np.add(_s1, _s3, out=_s2)
                 # bias correction
-                nu_hat = np.multiply(nu, tmp2, out=_s2)
+                nu_hat = np.multiply(nu, tmp3, out=_s3)
                 # parameter update
                 # w -= lr*(mu_hat*r/(eps + np.sqrt(eps_root + nu_hat)) if rho >= threshold else mu_hat)
                 np.multiply(
@@ -270,13 +268,13 @@ class OptaxRadam:
                 )
                 w -= _s1
         else:
-            tmp3 = 1 - b2
+            tmp4 = 1 - b2
             # maximum length of the simple moving average
-            rho_inf = 2 / tmp3 - 1
-            tmp4 = b2**t
-            tmp5 = 1 / (1 - tmp4)
+            rho_inf = 2 / tmp4 - 1
+            tmp5 = b2**t
+            tmp6 = 1 / (1 - tmp5)
             # length of the simple moving average
-            rho = rho_inf - 2 * t * tmp4 * tmp5
+            rho = rho_inf - 2 * t * tmp5 * tmp6
             # rectification
             r = (
                 math.sqrt(rho_inf * (rho - 4) * (rho - 2) / (rho * (rho_inf - 4) * (rho_inf - 2)))
@@ -305,14 +303,14 @@ class OptaxRadam:
                 np.multiply(g, 1 - b1, out=_s1)
                 np.add(_s0, _s1, out=mu)
                 # second moment
-                # nu = b2*nu + g**2*tmp3
+                # nu = b2*nu + g**2*tmp4
                 np.multiply(b2, nu, out=_s1)
                 np.square(g, out=_s0)
-                np.multiply(_s0, tmp3, out=_s0)
+                np.multiply(_s0, tmp4, out=_s0)
                 np.add(_s1, _s0, out=nu)
                 # bias correction
                 mu_hat = np.divide(mu, 1 - b1**t, out=_s0)
-                nu_hat = np.multiply(nu, tmp5, out=_s1)
+                nu_hat = np.multiply(nu, tmp6, out=_s1)
                 # parameter update
                 # w -= lr*(mu_hat*r/(eps + np.sqrt(eps_root + nu_hat)) if rho >= threshold else mu_hat)
                 np.multiply(

@@ -10,7 +10,7 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ... (coun
     rho_inf = 2/(1 - b2) - 1
     rho = rho_inf - 2*b2^t*t/(1 - b2^t)
     mu_hat = mu/(1 - b1^t)
-    mu_hat <- b1*mu/(1 - b1^(t + 1)) + (g - b1*g)/(1 - b1^t)    if nesterov
+    mu_hat <- b1*mu/(1 - b1^(t + 1)) + g*(1 - b1)/(1 - b1^t)    if nesterov
     nu_hat = nu/(1 - b2^t)
     r = sqrt(rho_inf*(rho - 4)*(rho - 2)/(rho*(rho_inf - 4)*(rho_inf - 2)))
     w <- w - learning_rate*where(rho >= threshold, mu_hat*r/(eps + sqrt(eps_root + nu_hat)), mu_hat)
@@ -186,13 +186,13 @@ class OptaxRadam(torch_support.RuleOptimizer):
         threshold = group["threshold"]
         nesterov = group["nesterov"]
         if nesterov:
-            tmp0 = 1 - b2
+            tmp1 = 1 - b2
             # maximum length of the simple moving average
-            rho_inf = 2 / tmp0 - 1
-            tmp1 = b2**t
-            tmp2 = 1 / (1 - tmp1)
+            rho_inf = 2 / tmp1 - 1
+            tmp2 = b2**t
+            tmp3 = 1 / (1 - tmp2)
             # length of the simple moving average
-            rho = rho_inf - 2 * t * tmp1 * tmp2
+            rho = rho_inf - 2 * t * tmp2 * tmp3
             # rectification
             r = (
                 math.sqrt(rho_inf * (rho - 4) * (rho - 2) / (rho * (rho_inf - 4) * (rho_inf - 2)))
@@ -214,37 +214,37 @@ class OptaxRadam(torch_support.RuleOptimizer):
                 mu = state["mu"]
                 nu = state["nu"]
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, mu, nu)
+                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, mu, nu)
+                tmp0 = torch.mul(g, 1 - b1, out=_s0)
                 # first moment
-                # mu = b1*mu + g*(1 - b1)
-                torch.mul(b1, mu, out=_s0)
-                torch.add(_s0, g, alpha=1 - b1, out=mu)
+                # mu = b1*mu + tmp0
+                torch.mul(b1, mu, out=_s1)
+                torch.add(_s1, tmp0, out=mu)
                 # second moment
-                # nu = b2*nu + g**2*tmp0
-                torch.mul(b2, nu, out=_s0)
-                torch.pow(g, 2, out=_s1)
-                torch.add(_s0, _s1, alpha=tmp0, out=nu)
+                # nu = b2*nu + g**2*tmp1
+                torch.mul(b2, nu, out=_s1)
+                torch.pow(g, 2, out=_s2)
+                torch.add(_s1, _s2, alpha=tmp1, out=nu)
                 # Nesterov look-ahead
-                # mu_hat = b1*mu/(1 - b1**(t + 1)) + (g - b1*g)/(1 - b1**t)
-                torch.mul(mu, b1 / (1 - b1 ** (t + 1)), out=_s0)
-                torch.add(g, g, alpha=-(b1), out=_s2)
-                torch.div(_s2, 1 - b1**t, out=_s2)
-                mu_hat = torch.add(_s0, _s2, out=_s1)
+                # mu_hat = b1*mu/(1 - b1**(t + 1)) + tmp0/(1 - b1**t)
+                torch.mul(mu, b1 / (1 - b1 ** (t + 1)), out=_s1)
+                torch.div(tmp0, 1 - b1**t, out=_s3)
+                mu_hat = torch.add(_s1, _s3, out=_s2)
                 # bias correction
-                nu_hat = torch.mul(nu, tmp2, out=_s2)
+                nu_hat = torch.mul(nu, tmp3, out=_s3)
                 # parameter update
                 w.add_(
                     mu_hat * r / (eps + torch.sqrt(eps_root + nu_hat)) if rho >= threshold else mu_hat,
                     alpha=-(lr),
                 )
         else:
-            tmp3 = 1 - b2
+            tmp4 = 1 - b2
             # maximum length of the simple moving average
-            rho_inf = 2 / tmp3 - 1
-            tmp4 = b2**t
-            tmp5 = 1 / (1 - tmp4)
+            rho_inf = 2 / tmp4 - 1
+            tmp5 = b2**t
+            tmp6 = 1 / (1 - tmp5)
             # length of the simple moving average
-            rho = rho_inf - 2 * t * tmp4 * tmp5
+            rho = rho_inf - 2 * t * tmp5 * tmp6
             # rectification
             r = (
                 math.sqrt(rho_inf * (rho - 4) * (rho - 2) / (rho * (rho_inf - 4) * (rho_inf - 2)))
@@ -272,13 +272,13 @@ class OptaxRadam(torch_support.RuleOptimizer):
                 torch.mul(b1, mu, out=_s0)
                 torch.add(_s0, g, alpha=1 - b1, out=mu)
                 # second moment
-                # nu = b2*nu + g**2*tmp3
+                # nu = b2*nu + g**2*tmp4
                 torch.mul(b2, nu, out=_s0)
                 torch.pow(g, 2, out=_s1)
-                torch.add(_s0, _s1, alpha=tmp3, out=nu)
+                torch.add(_s0, _s1, alpha=tmp4, out=nu)
                 # bias correction
                 mu_hat = torch.div(mu, 1 - b1**t, out=_s1)
-                nu_hat = torch.mul(nu, tmp5, out=_s0)
+                nu_hat = torch.mul(nu, tmp6, out=_s0)
                 # parameter update
                 w.add_(
                     mu_hat * r / (eps + torch.sqrt(eps_root + nu_hat)) if rho >= threshold else mu_hat,

@@ -383,7 +383,7 @@ def _update_0(
     mu_hat = mu / c_one_minus_b1_pow_t if b_is_update else c_zero
     # Nesterov look-ahead
     mu_hat = (
-        c_b1 * mu / c_one_minus_b1_pow_t_plus_one + (g - c_b1 * g) / c_one_minus_b1_pow_t
+        c_b1 * mu / c_one_minus_b1_pow_t_plus_one + g * c_one_minus_b1 / c_one_minus_b1_pow_t
         if b_is_update
         else mu_hat
     )
