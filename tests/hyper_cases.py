@@ -29,9 +29,9 @@ RULE_CONFIG_IDS = [f"{r.name}-{name}" for r, name in RULE_CONFIGS]
 def state_scopes(rule) -> dict[str, str]:
     """State name -> "global" (one value), "tensor" (one 0-d value per parameter) or "element" (shaped
     like the parameter)."""
-    from optforge.compiler.pipeline import compile_rule
+    from cases import compiled
 
-    return {st.name: st.scope.name.lower() for st in compile_rule(rule).states}
+    return {st.name: st.scope.name.lower() for st in compiled(rule).states}
 
 
 def required(rule, lr_name: str = "learning_rate") -> dict:

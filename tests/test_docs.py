@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import sympy as sp
-from cases import RULES
+from cases import RULES, compiled
 
 from optforge.backends import backends
 from optforge.compiler.dsl import Rule, g, w
@@ -66,7 +66,7 @@ def test_every_rule_has_a_complete_page(rule):
     path = ROOT / "docs" / "optimizers" / f"{rule.module}.md"
     assert path.exists(), f"{rule.name} has no page; run `optforge build`"
     text = path.read_text()
-    program = compile_rule(rule)
+    program = compiled(rule)  # once per test process (collection compiled it)
     n_equations = len(program.core or program.equations)
     assert text.count("$$\n") >= 2 * n_equations, "a page lacks its equations"
     assert "| name | symbol | default | range | meaning |" in text, "hyperparameter table missing"

@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from cases import RULES
+from cases import RULES, compiled
 
 from optforge.compiler.dsl import Rule, g, w
-from optforge.compiler.pipeline import compile_rule
 from optforge.documentation.latex import _sub
 from optforge.documentation.pages import page
 
@@ -31,7 +30,7 @@ def _equations(md: str) -> list[tuple[str, str]]:
 
 
 def _page(rule) -> str:
-    return page(rule, compile_rule(rule), None)
+    return page(rule, compiled(rule), None)  # a registered rule's: compiled once per test process
 
 
 def subscripted_names():

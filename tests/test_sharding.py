@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 import pytest
-from cases import MACHINERY, REDUCTIONS, RULES, features
+from cases import MACHINERY, REDUCTIONS, RULES, compiled, features
 
 WORKER = pathlib.Path(__file__).with_name("sharded_jax.py")
 
@@ -50,11 +50,10 @@ def check_sharded(results: dict, names: list[str], every: set[str], reducing: se
             if "collectives" in r:  # one per pass over the tensors that reduces, as the compiler counts them
                 from sharded_torch import OPTION_SETS
 
-                from optforge.compiler.pipeline import compile_rule
                 from optforge.compiler.traffic import communication
 
                 option = OPTION_SETS[key.partition("/")[0]]
-                want = communication(compile_rule(RULES[name]), option)["collectives"]
+                want = communication(compiled(RULES[name]), option)["collectives"]
                 if set(r["collectives"]) != {want}:
                     problems.append(f"{name} {key}: {r['collectives']} collectives per step, expected {want}")
             if r["misplaced"]:
@@ -89,10 +88,9 @@ def test_communication_counts_the_reductions_the_rule_writes(rule):
     import sympy as sp
 
     from optforge.compiler.dsl import GlobalSum, TensorMax, TensorSum
-    from optforge.compiler.pipeline import compile_rule
     from optforge.compiler.traffic import communication
 
-    program = compile_rule(rule)
+    program = compiled(rule)
     own = {
         node
         for eq in program.core or program.equations

@@ -22,7 +22,7 @@ if DEVICE == "cpu":
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from cases import MACHINERY, RULES, rule_configs  # noqa: E402
+from cases import MACHINERY, RULES, compiled, rule_configs  # noqa: E402
 from drivers import rel_error  # noqa: E402
 
 torch = pytest.importorskip("torch")
@@ -134,9 +134,7 @@ def test_triton_mixed_precision(rule):
     time the plain path writes it in a step (it rounds to bfloat16 after each: TorchAdamW's decay, then its
     update; the kernel rounds once), the states, float32 from the same bfloat16 gradients, to float32's
     rounding."""
-    from optforge.compiler.pipeline import compile_rule
-
-    program = compile_rule(rule)
+    program = compiled(rule)
     writes = max(sum(a.target == "w" for a in case.body) for case in (program.inner or program).cases)
     count = [0]
     want_p, want_s = run(rule, {}, torch.bfloat16, triton=False)
