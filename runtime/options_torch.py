@@ -55,13 +55,7 @@ class Call:
             return
         self._global_pass = False
         self.global_sumsq_g = None  # being computed: the prologue stops before the global clipping
-        sums = []
-        for w, g, state in self._each():
-            g = self.prologue(w, g, state, peek=True)
-            _, _, s2 = self.scratch(w, g, state.get("grad_accumulator"))
-            torch.pow(g, 2, out=s2)
-            sums.append(torch.sum(s2))
-        self.global_sumsq_g = torch_support.sum_over_tensors(sums)
+        self.global_sumsq_g = torch_support.sum_over_tensors(list(self._sums_of_squares().values()))
 
     def _clip_norms(self) -> None:
         """For DTensors, the pass over all tensors for ``clipnorm``: each tensor's sum of squares of its
@@ -69,13 +63,19 @@ class Call:
         if not self._clip_pass:
             return
         self._clip_pass = False
+        sums = self._sums_of_squares(clip=False)
+        self._clip_sums = torch_support.all_reduced({w: (s,) for w, s in sums.items()})
+
+    def _sums_of_squares(self, clip: bool = True) -> dict[torch.Tensor, torch.Tensor]:
+        """Each parameter's sum of squares of its gradient as the prologue makes it (peeking: nothing is
+        written; ``clip``: False stops before the clipping), in the parameters' order."""
         sums = {}
         for w, g, state in self._each():
-            g = self.prologue(w, g, state, peek=True, clip=False)
+            g = self.prologue(w, g, state, peek=True, clip=clip)
             _, _, s2 = self.scratch(w, g, state.get("grad_accumulator"))
             torch.pow(g, 2, out=s2)
-            sums[w] = (torch.sum(s2),)
-        self._clip_sums = torch_support.all_reduced(sums)
+            sums[w] = torch.sum(s2)
+        return sums
 
     # -- what the rule reads -----------------------------------------------------------------
 

@@ -155,8 +155,8 @@ def sum_over_tensors(sums: list[torch.Tensor]) -> Any:
     mesh = next(s.device_mesh for s in sums if is_distributed(s))
     partial, replicated = None, None
     for s in sums:
-        if is_distributed(s) and any(p.is_partial() for p in s.placements):
-            if s.device_mesh is not mesh or mesh.ndim != 1:  # not this one collective: the DTensor's own
+        if _partial(s):
+            if not _partial(s, mesh):  # not this one collective: the DTensor's own
                 s = s.full_tensor()
             else:
                 local = s.to_local()
@@ -174,6 +174,14 @@ def sum_over_tensors(sums: list[torch.Tensor]) -> Any:
     return DTensor.from_local(total, mesh, [Replicate()], run_check=False)
 
 
+def _partial(s: Any, mesh: Any = None) -> bool:
+    """Whether ``s`` is a DTensor partial on each rank (a sharded tensor's sum), and, given ``mesh``, one
+    that a collective over that one-dimensional mesh completes."""
+    if not (is_distributed(s) and any(p.is_partial() for p in s.placements)):
+        return False
+    return mesh is None or (s.device_mesh is mesh and mesh.ndim == 1)
+
+
 def all_reduced(values: dict[Any, tuple[Any, ...]]) -> dict[Any, tuple[Any, ...]]:
     """Each tensor's reductions (0-d tensors, by parameter), whole: where they are DTensors partial over a
     one-dimensional mesh (a sharded tensor's sum, one per shard), their local values are stacked and
@@ -181,16 +189,13 @@ def all_reduced(values: dict[Any, tuple[Any, ...]]) -> dict[Any, tuple[Any, ...]
     The order is the parameters', the same on every rank."""
     from torch.distributed.tensor import DTensor, Replicate
 
-    partial = [
-        (key, i, s)
-        for key, sums in values.items()
-        for i, s in enumerate(sums)
-        if is_distributed(s) and s.device_mesh.ndim == 1 and any(p.is_partial() for p in s.placements)
-    ]
+    partial = [(key, i, s) for key, sums in values.items() for i, s in enumerate(sums) if _partial(s)]
     if not partial:
         return values
     mesh = partial[0][2].device_mesh
-    partial = [(key, i, s) for key, i, s in partial if s.device_mesh is mesh]  # another mesh: its own
+    partial = [(key, i, s) for key, i, s in partial if _partial(s, mesh)]  # another mesh: DTensor's own
+    if not partial:  # a mesh of more than one dimension: DTensor completes each sum itself
+        return values
     local = torch.stack([s.to_local() for _, _, s in partial])
     torch.distributed.all_reduce(local, group=mesh.get_group())
     out = {key: list(sums) for key, sums in values.items()}
