@@ -45,7 +45,8 @@ def generate(names: list[str] | None = None, compile=compile_rule) -> dict[str, 
         if backend.form not in progs:
             progs[backend.form] = programs(backend.form, names, compile)
         for p in progs[backend.form]:
-            files[f"generated/{name}/{p.module}.py"] = backend.render(p)
+            if backend.takes(p):
+                files[f"generated/{name}/{p.module}.py"] = backend.render(p)
         if names is None:
             files[f"generated/{name}/__init__.py"] = backend.render_exports(progs[backend.form])
     return files

@@ -59,6 +59,7 @@ LEARNING_RATE = {
     "SGD": 1.0,
     "TorchASGD": 1.0,
     "TorchAdadelta": 1.0,
+    "TorchAdafactor": 0.1,
     "TorchAdagrad": 0.3,
     "TorchAdam": 0.03,
     "TorchAdamW": 0.03,

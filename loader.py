@@ -44,13 +44,17 @@ class Loaded:
     """The modules of one loaded rule: ``.numpy``, ``.jax``, ``.torch``, ``.fused`` (Numba's kernels),
     ``.triton``, each imported at first use; ``.folder`` holds their files."""
 
-    def __init__(self, rule: Rule, folder: pathlib.Path) -> None:
+    def __init__(self, rule: Rule, folder: pathlib.Path, refused: dict[str, str] | None = None) -> None:
         self.rule = rule
         self.folder = folder
+        #: the kernel backends that print no module for the rule, and why (``analysis.kernel_obstacle``)
+        self.refused = refused or {}
 
     def __getattr__(self, backend: str) -> ModuleType:
         if backend not in BACKENDS:
             raise AttributeError(f"no backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        if backend in self.refused:
+            raise ValueError(f"rule {self.rule.name} has no {backend} module: {self.refused[backend]}")
         return importlib.import_module(f"optforge.generated.{backend}.{self.rule.module}")
 
     def __getitem__(self, backend: str) -> ModuleType:
@@ -94,12 +98,21 @@ def load(
             f"rule {rule.name}: module name {rule.module!r} is the registered rule {taken[rule.module]}'s;"
             " give the rule another name (or module=...) to load it beside the registry"
         )
-    texts = {
-        name: backend.render(compile_rule(rule, form=backend.form, check_between_passes=check_between_passes))
-        for name, backend in backends().items()
-    }
+    from optforge.compiler.analysis import kernel_obstacle
+
+    programs = {}
+    texts, refused = {}, {}
+    for name, backend in backends().items():
+        if backend.form not in programs:
+            programs[backend.form] = compile_rule(
+                rule, form=backend.form, check_between_passes=check_between_passes
+            )
+        if backend.takes(programs[backend.form]):
+            texts[name] = backend.render(programs[backend.form])
+        else:
+            refused[name] = kernel_obstacle(programs[backend.form])
     if folder is None:
-        digest = hashlib.sha256("".join(texts[n] for n in BACKENDS).encode()).hexdigest()[:12]
+        digest = hashlib.sha256("".join(texts[n] for n in BACKENDS if n in texts).encode()).hexdigest()[:12]
         folder = _cache_folder() / f"{rule.module}-{digest}"
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -112,4 +125,4 @@ def load(
         fullname = f"optforge.generated.{name}.{rule.module}"
         _FINDER.paths[fullname] = path
         sys.modules.pop(fullname, None)  # an earlier load's module of that name
-    return Loaded(rule, folder)
+    return Loaded(rule, folder, refused)

@@ -18,14 +18,15 @@ from typing import Any
 import jinja2
 import sympy as sp
 
-from optforge.compiler.analysis import param_condition
+from optforge.compiler.analysis import kernel_obstacle, param_condition
 from optforge.compiler.errors import BackendError, RuleError
 from optforge.compiler.ir import Assign, Case, Form, Program, Role, Scope, Section, SectionKind, base
 from optforge.compiler.passes import conditions, three_address
 from optforge.compiler.passes.accumulators import accumulators
 from optforge.compiler.passes.evaluation import Types, evaluation_tree
 from optforge.compiler.passes.schedule import tensor_reduction_pass
-from optforge.compiler.passes.typing import array_names, element_names
+from optforge.compiler.passes.shape import shapes_of
+from optforge.compiler.passes.typing import array_names, element_names, number_names
 from optforge.compiler.pipeline import compile_rule
 from optforge.compiler.render import MathPrinter, docstring_equations
 
@@ -51,6 +52,9 @@ class Backend:
     name = ""
     #: what the module's step computes: the new parameter in place, or the change (``update``; JAX)
     form = Form.IN_PLACE
+    #: the backend prints kernels (Numba's, Triton's): a rule whose constructs they do not take yet
+    #: (``analysis.kernel_obstacle``) has no module here, and its plain modules say why
+    kernels = False
     printer: type[ExprPrinter] = ExprPrinter
     #: rule name -> identifier in generated code (the learning rate is ``lr`` in step code everywhere)
     names = {"learning_rate": "lr"}
@@ -104,6 +108,9 @@ class Backend:
         printer = self.printer(program.rule, set(arrays), self.names)
         # per-element arrays, as printed
         printer.elements = set(element_names(scopes, printer.names))
+        printer.shapes = shapes_of(program)
+        printer.reduced = frozenset(n for n, s in printer.shapes.items() if s)
+        printer.numbers = number_names(program)
         if printer.tests_per_tensor_values:
             printer.selects = {"w", "g"} | {n for n, s in scopes.items() if s == Scope.ELEMENT}
         return printer
@@ -129,26 +136,31 @@ class Backend:
         return None if guarded is None else (p.doprint(guarded[0]), guarded[1])
 
     def plain_statement(self, a: Assign, p: ExprPrinter) -> list[str]:
-        """One statement without a static guard: buffers updated in place (``forms``), other names bound."""
+        """One statement without a static guard: buffers updated in place (``forms``), other names bound;
+        a value with an axis reduced (a row) into registers of its own shape."""
         name = p.name_of(a.lhs)
         lower = self.lowers(a, p)
+        shape = (p.shapes.get(a.target) or frozenset()) if a.scope == Scope.ELEMENT else frozenset()
+        registers = p.registers.file(shape) if lower else None
         if a.role in (Role.STATE, Role.PARAM) and a.scope >= Scope.TENSOR:
             kind, value = three_address.in_place_form(a, p.arrays, fill="fill" in self.forms)
             form = self.forms[kind]
             if kind == "fill" or not lower:
                 return [form.format(name=name, value=p.doprint(value))]
             printed = f"{name} {_OPERATOR[kind]} {p.doprint(value)}"  # the maths, whatever the backend's form
-            tree = evaluation_tree(value, self.types(p))
+            tree = evaluation_tree(value, self.types(p, shape))
             if kind == "set":
-                lowered = three_address.overwrite(name, tree, self.target, p.registers)
+                lowered = three_address.overwrite(name, tree, self.target, registers)
             else:
-                lowered = three_address.update(kind, name, tree, self.target, p.registers)
-            return self.explained(lowered, p, printed)
+                lowered = three_address.update(kind, name, tree, self.target, registers)
+            return self.explained(lowered, p, printed, registers)
         code = p.doprint(a.expr)
         if not lower:
             return [f"{name} = {code}"]
-        lowered = three_address.bind(name, evaluation_tree(a.expr, self.types(p)), self.target, p.registers)
-        return self.explained(lowered, p, f"{name} = {code}")
+        lowered = three_address.bind(
+            name, evaluation_tree(a.expr, self.types(p, shape)), self.target, registers
+        )
+        return self.explained(lowered, p, f"{name} = {code}", registers)
 
     def lowers(self, a: Assign | None, p: ExprPrinter) -> bool:
         """Whether the statement is written as operations into scratch buffers: a per-element statement, a
@@ -156,6 +168,8 @@ class Backend:
         backend has a table of operations."""
         if not self.ops or p.registers is None:
             return False
+        if a is not None and a.role == Role.REDUCE and a.target in p.numbers:
+            return False  # the rank, the dtype's epsilon: Python numbers
         return a is None or a.scope == Scope.ELEMENT or a.role == Role.REDUCE
 
     @property
@@ -167,21 +181,26 @@ class Backend:
             masked=self.masked,
         )
 
-    def types(self, p: ExprPrinter) -> Types:
-        """What the typing says, as the printer names things (for the evaluation trees)."""
+    def types(self, p: ExprPrinter, shape: frozenset[int] = frozenset()) -> Types:
+        """What the typing says, as the printer names things (for the evaluation trees); ``shape``: the axes
+        reduced in the registers the statement is written into."""
         return Types(
             arrays=frozenset(p.arrays),
             elements=frozenset(p.elements),
             selects=frozenset(p.selects),
             names=dict(p.names),
             copies=bool(p.functions.get("Copy", ("", ""))[0]),
+            shapes=p.shapes,
+            file=shape,
         )
 
-    def explained(self, lowered: three_address.Lowered, p: ExprPrinter, printed: str) -> list[str]:
+    def explained(
+        self, lowered: three_address.Lowered, p: ExprPrinter, printed: str, registers: Any = None
+    ) -> list[str]:
         """The operations printed with the table, under the statement they compute, as a comment: several
         calls read as one line of maths (a statement split by a Python condition into ``if`` blocks is left
         as it is)."""
-        three_address.verify(lowered, p.registers)
+        three_address.verify(lowered, registers or p.registers)
         lines = OpPrinter(p, self.ops, self.forms).statements(lowered.body)
         if len(lines) < 2 or lowered.branched:
             return lines
@@ -192,23 +211,27 @@ class Backend:
         if registers is None:
             return []
         out = []
-        names = registers.names()
-        if names:
-            arrays = ", ".join(["w", "g"] + self.element_states(program, section))
-            out.append(
-                Line(
-                    f"{_unpacked(names)} = {self.support}.scratch(self._scratch, {len(names)}, {arrays})",
-                    "scratch buffers for the element-wise temporaries (reused, shaped like w)",
+        for file in (registers, *registers.files.values()):
+            scope = "".join(f"/{axis}" for axis in sorted(file.shape))
+            shaped = "shaped like w" if not scope else f"shaped like w with axis {scope[1:]} of length 1"
+            keyword = f', scope="element{scope}"' if scope else ""
+            names = file.names()
+            if names:
+                arrays = ", ".join(["w", "g"] + self.element_states(program, section))
+                out.append(
+                    Line(
+                        f"{_unpacked(names)} = {self.support}.scratch(self._scratch, {len(names)}, {arrays}{keyword})",
+                        f"scratch buffers for the element-wise temporaries (reused, {shaped})",
+                    )
                 )
-            )
-        masks = registers.mask_names()
-        if masks:
-            out.append(
-                Line(
-                    f"{_unpacked(masks)} = {self.support}.masks(self._scratch, {len(masks)}, w)",
-                    "boolean buffers for the selects' conditions (reused, shaped like w)",
+            masks = file.mask_names()
+            if masks:
+                out.append(
+                    Line(
+                        f"{_unpacked(masks)} = {self.support}.masks(self._scratch, {len(masks)}, w{keyword})",
+                        f"boolean buffers for the selects' conditions (reused, {shaped})",
+                    )
                 )
-            )
         return out
 
     def element_states(self, program: Program, section: Section) -> list[str]:
@@ -453,6 +476,8 @@ class Backend:
             "source": program.file,
             "title": program.title,
             "summary": program.summary,
+            # why the kernel backends print no kernels for this rule ("" where they do)
+            "kernels_refused": kernel_obstacle(program),
             "equations": docstring_equations(program),
             "hypers": hypers,
             "per_param": [s for s in states if s["scope"] != "global"],
@@ -512,7 +537,15 @@ class Backend:
             {
                 "name": s.name,
                 "meaning": s.meaning,
-                "scope": {Scope.ELEMENT: "element", Scope.TENSOR: "tensor", Scope.GLOBAL: "global"}[s.scope],
+                "scope": {Scope.ELEMENT: "element", Scope.TENSOR: "tensor", Scope.GLOBAL: "global"}[s.scope]
+                + "".join(f"/{axis}" for axis in s.reduced),
+                # axes reduced to length 1 (common.state_shape): a row or a column of a matrix
+                "reduced": bool(s.reduced),
+                "reduced_text": (
+                    f"axis {', '.join(map(str, s.reduced))} of the parameter's shape reduced to length 1"
+                    if s.reduced
+                    else ""
+                ),
                 "init": p.doprint(s.init),
                 "zero": s.init == 0,
                 # an initial value that reads w: computed from each parameter (in the state's dtype)
@@ -575,7 +608,13 @@ class Backend:
         text = self.env.get_template("module.py.j2").render(**self.context(program))
         return format_source(text, f"generated/{self.name}/{program.module}.py")
 
+    def takes(self, program: Program) -> bool:
+        """Whether this backend prints a module for the program (a kernel backend: where its constructs
+        are lowered into kernels)."""
+        return not (self.kernels and kernel_obstacle(program))
+
     def render_exports(self, programs: list[Program]) -> str:
+        programs = [p for p in programs if self.takes(p)]
         text = self.env.get_template("__init__.py.j2").render(programs=programs)
         return format_source(text, f"generated/{self.name}/__init__.py")
 

@@ -51,6 +51,11 @@ class ExprPrinter(RuleOrder, StrPrinter):
         self.names = names or {}
         self.modules: set[str] = set()
         self.elements: set[str] = set()  # names of per-element arrays
+        #: per-element names with an axis reduced (a row, a column: passes/shape.py), and the reductions
+        #: that are Python numbers (the rank): neither is written into the scratch buffers
+        self.reduced: frozenset[str] = frozenset()
+        self.shapes: dict = {}
+        self.numbers: set[str] = set()
         #: the scratch registers of the pass over the tensors being printed (passes/three_address.py), set
         #: by the backend for each such pass; None outside one (statements are printed as they are)
         self.registers: Any = None
@@ -171,6 +176,22 @@ class ExprPrinter(RuleOrder, StrPrinter):
 
     def _print_TensorSize(self, expr) -> str:
         return self.function("TensorSize", expr, expr.args)
+
+    def _print_TensorRank(self, expr) -> str:
+        return self.function("TensorRank", expr, expr.args)
+
+    def _print_MachineEpsilon(self, expr) -> str:
+        return self.function("MachineEpsilon", expr, expr.args)
+
+    def _print_AxisSum(self, expr) -> str:
+        """``tensor_sum(x, axis=-1)``: the table's call on the value and the axis (a number)."""
+        return self.function("AxisSum", expr, expr.args)
+
+    def _print_AxisMean(self, expr) -> str:
+        return self.function("AxisMean", expr, expr.args)
+
+    def _print_AxisMax(self, expr) -> str:
+        return self.function("AxisMax", expr, expr.args)
 
     def _print_erf(self, expr) -> str:
         return self.function("erf", expr, expr.args)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .dsl import Given
+from .dsl import AxisReduction, Given, MachineEpsilon, TensorRank
 from .ir import Form, Program
 
 W = sp.Symbol("w")
@@ -151,3 +151,19 @@ def _same(a: sp.Basic, b: sp.Basic) -> bool:
     if isinstance(a, sp.logic.boolalg.Boolean) or isinstance(b, sp.logic.boolalg.Boolean):
         return not sp.satisfiable(sp.Xor(a, b))
     return sp.expand(a - b) == 0 or sp.simplify(a - b) == 0
+
+
+def kernel_obstacle(program: Program) -> str:
+    """Why the kernel backends (Numba's, Triton's) print no kernels for a program, or ``""`` where they do:
+    a reduction over one axis (a row or a column of a matrix) or a value read from the tensor's rank or
+    dtype is not lowered into a kernel yet. The plain paths run such a rule in every framework."""
+    for number, eq in enumerate(program.equations, 1):
+        for node in sp.preorder_traversal(eq.expr):
+            if isinstance(node, (AxisReduction, TensorRank, MachineEpsilon)):
+                what = {TensorRank: "the tensor's rank", MachineEpsilon: "the dtype's machine epsilon"}.get(
+                    type(node), "a reduction over one axis"
+                )
+                return (
+                    f"{what} (equation {program.written(number)['equation']}) is not lowered into kernels yet"
+                )
+    return ""

@@ -47,6 +47,7 @@ __all__ = [
     "idiv",
     "imod",
     "n",
+    "rank",
     "Rule",
     "clip",
     "exp",
@@ -57,6 +58,7 @@ __all__ = [
     "global_sum",
     "global_sumsq",
     "log",
+    "machine_epsilon",
     "maximum",
     "minimum",
     "sign",
@@ -213,6 +215,7 @@ class Reduction(sp.Function):
     accumulate: Accumulate
     name = ""  # the value's name, where the reduction has one whatever its argument (``size``)
     from_shape = False  # known from the tensor's shape: no pass over its elements, no communication
+    number = False  # a Python number in every backend (the rank, the dtype's epsilon), never an array
 
     @property
     def summand(self) -> sp.Expr:
@@ -236,7 +239,7 @@ class TensorSize(Reduction):
     """The number of elements of one tensor (the argument: the parameter ``w``): a sum of 1 per element,
     which the frameworks read from the tensor's shape."""
 
-    over, accumulate, name, from_shape = Over.TENSOR, Accumulate.SUM, "size", True
+    over, accumulate, name, from_shape, number = Over.TENSOR, Accumulate.SUM, "size", True, True
 
     @property
     def summand(self) -> sp.Expr:
@@ -255,30 +258,106 @@ class GlobalMax(Reduction):
     over, accumulate = Over.GLOBAL, Accumulate.MAX
 
 
-def tensor_sum(x: Any) -> sp.Expr:
+class TensorRank(Reduction):
+    """The number of axes of one tensor (the argument: the parameter ``w``): known from its shape, one value
+    per tensor (a matrix's rank is 2)."""
+
+    over, accumulate, name, from_shape, number = Over.TENSOR, Accumulate.MAX, "rank", True, True
+
+
+class MachineEpsilon(Reduction):
+    """The machine epsilon of one tensor's dtype (the argument: the parameter ``w``; 2.2e-16 for float64,
+    1.2e-7 for float32): torch's ``torch.finfo(param.dtype).eps``, known from the tensor, one value per
+    tensor."""
+
+    over, accumulate, name, from_shape, number = Over.TENSOR, Accumulate.MAX, "machine_epsilon", True, True
+
+
+# --------------------------------------------------------------------------------------
+# reductions over one axis: a value per element, with that axis of the tensor reduced to length 1
+
+
+class AxisReduction(sp.Function):
+    """A reduction over one axis of the tensor (``axis``: -1 the last, -2 the one before): the result keeps
+    the reduced axis with length 1 (``keepdims``), so it broadcasts against the tensor: a row of one value
+    per row (``axis=-1``) or a column (``axis=-2``). A tensor without that axis (a vector's ``-2``, a
+    scalar's ``-1``) has it with length 1, as in broadcasting: the reduction leaves its values as they
+    are. Passes and printers ask ``accumulate`` and ``axis``, never the class's name."""
+
+    nargs = 2
+    accumulate: Accumulate
+    mean = False
+
+    @property
+    def axis(self) -> int:
+        return int(self.args[1])
+
+
+class AxisSum(AxisReduction):
+    """Sum over one axis, kept with length 1."""
+
+    accumulate = Accumulate.SUM
+
+
+class AxisMean(AxisReduction):
+    """Mean over one axis, kept with length 1."""
+
+    accumulate, mean = Accumulate.SUM, True
+
+
+class AxisMax(AxisReduction):
+    """Maximum over one axis, kept with length 1."""
+
+    accumulate = Accumulate.MAX
+
+
+def _axis(axis: Any, where: str) -> sp.Integer:
+    if isinstance(axis, bool) or not isinstance(axis, int) or axis >= 0:
+        raise TypeError(
+            f"{where}: axis must be a negative int counted from the last axis (-1: the last, -2: the one"
+            f" before). Received: axis={axis!r}"
+        )
+    return sp.Integer(axis)
+
+
+def tensor_sum(x: Any, axis: int | None = None) -> sp.Expr:
+    """Sum over one tensor (one value per tensor), or over one of its axes (``axis=-1``: one value per
+    row, kept as a column of length-1 rows that broadcasts)."""
+    if axis is not None:
+        return AxisSum(sp.sympify(x), _axis(axis, "tensor_sum"))
     return TensorSum(sp.sympify(x))
 
 
-def tensor_sumsq(x: Any) -> sp.Expr:
-    """Sum of squares over one tensor, ``||x||^2``."""
-    return TensorSum(sp.sympify(x) ** 2)
+def tensor_sumsq(x: Any, axis: int | None = None) -> sp.Expr:
+    """Sum of squares over one tensor, ``||x||^2`` (or over one axis)."""
+    return tensor_sum(sp.sympify(x) ** 2, axis)
 
 
-def tensor_norm(x: Any) -> sp.Expr:
-    """Euclidean (Frobenius) norm of one tensor, ``||x||``."""
-    return sp.sqrt(TensorSum(sp.sympify(x) ** 2))
+def tensor_norm(x: Any, axis: int | None = None) -> sp.Expr:
+    """Euclidean (Frobenius) norm of one tensor, ``||x||`` (or over one axis)."""
+    return sp.sqrt(tensor_sum(sp.sympify(x) ** 2, axis))
 
 
 #: The number of elements of the current tensor (a per-tensor value: ``tensor_sum(x) / size`` is a mean).
 size = TensorSize(w)
 
+#: The number of axes of the current tensor (a per-tensor value: ``where(rank >= 2, ...)`` takes matrices).
+rank = TensorRank(w)
 
-def tensor_mean(x: Any) -> sp.Expr:
-    """Mean over the elements of one tensor, ``tensor_sum(x) / size``."""
+#: The machine epsilon of the current tensor's dtype (a per-tensor value: torch's ``finfo(dtype).eps``).
+machine_epsilon = MachineEpsilon(w)
+
+
+def tensor_mean(x: Any, axis: int | None = None) -> sp.Expr:
+    """Mean over the elements of one tensor, ``tensor_sum(x) / size``; with ``axis``, over that axis."""
+    if axis is not None:
+        return AxisMean(sp.sympify(x), _axis(axis, "tensor_mean"))
     return TensorSum(sp.sympify(x)) / size
 
 
-def tensor_max(x: Any) -> sp.Expr:
+def tensor_max(x: Any, axis: int | None = None) -> sp.Expr:
+    if axis is not None:
+        return AxisMax(sp.sympify(x), _axis(axis, "tensor_max"))
     return TensorMax(sp.sympify(x))
 
 
@@ -299,7 +378,10 @@ def global_max(x: Any) -> sp.Expr:
     return GlobalMax(sp.sympify(x))
 
 
-REDUCTIONS = {cls.__name__: cls.over for cls in (TensorSum, TensorMax, TensorSize, GlobalSum, GlobalMax)}
+REDUCTIONS = {
+    cls.__name__: cls.over
+    for cls in (TensorSum, TensorMax, TensorSize, TensorRank, MachineEpsilon, GlobalSum, GlobalMax)
+}
 
 
 # --------------------------------------------------------------------------------------

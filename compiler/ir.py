@@ -131,6 +131,9 @@ class StateVar:
     allocated_when: Any  # static condition under which the state exists (sp.true: always)
     declared: Scope | None = None  # the scope the rule declared, if it did
     persists: bool = True  # False: the rule never reads the previous step's value, so nothing is stored
+    #: a per-element state's axes reduced to length 1 (passes/shape.py): (-1,) a column of one value per
+    #: row, (-2,) a row of one per column; () shaped like the parameter
+    reduced: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

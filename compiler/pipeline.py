@@ -16,12 +16,14 @@ from .passes.lower import lower
 from .passes.reductions import extract_reductions
 from .passes.schedule import schedule
 from .passes.scope import infer_scopes
+from .passes.shape import infer_shapes
 from .passes.state import analyse_state
 from .passes.storage import protect_aliases
 from .passes.verify import verify
 
 FRONT = (
     infer_scopes,  # how many values each quantity has: constant, global, per tensor, per element
+    infer_shapes,  # which axes a per-element value has reduced (a row, a column of a matrix)
     analyse_state,  # what persists, under which conditions, what is dead
 )
 

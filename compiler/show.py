@@ -24,10 +24,16 @@ def _table(rows: list[list[str]]) -> list[str]:
 def state_cost(program: Program, itemsize: int = 4) -> tuple[int, int, int]:
     """(bytes per parameter element, scalars per tensor, scalars per optimizer) with every state allocated."""
     kept = [s for s in program.states if s.persists]
-    per_element = sum(itemsize for s in kept if s.scope == Scope.ELEMENT)
+    per_element = sum(itemsize for s in kept if s.scope == Scope.ELEMENT and not s.reduced)
     per_tensor = sum(1 for s in kept if s.scope == Scope.TENSOR)
     per_step = sum(1 for s in kept if s.scope == Scope.GLOBAL)
     return per_element, per_tensor, per_step
+
+
+def reduced_cost(axes: tuple[int, ...]) -> str:
+    """What a state with axes reduced keeps, for an m x n matrix (leading axes: one per matrix)."""
+    named = {(-1,): "one per row: m of an m x n matrix", (-2,): "one per column: n of an m x n matrix"}
+    return "0 (" + named.get(tuple(axes), f"axes {', '.join(map(str, axes))} reduced to length 1") + ")"
 
 
 def reductions(program: Program) -> list[str]:
@@ -76,14 +82,17 @@ def show(program: Program) -> str:
         rows = [["name", "scope", "initial value", "bytes per parameter (float32)", "exists when", "meaning"]]
         for s in program.states:
             cost = (
-                "4"
+                reduced_cost(s.reduced)
+                if s.reduced
+                else "4"
                 if s.scope == Scope.ELEMENT
                 else ("one scalar per tensor" if s.scope == Scope.TENSOR else "one scalar")
             )
             when = "always" if s.allocated_when is sp.true else math_text(s.allocated_when)
             if not s.persists:
                 cost, when = "0", "never: the previous value is not read, recomputed each step"
-            rows.append([s.name, s.scope.word, math_text(s.init), cost, when, s.meaning])
+            scope = {(-1,): "per row", (-2,): "per column"}.get(s.reduced, s.scope.word)
+            rows.append([s.name, scope, math_text(s.init), cost, when, s.meaning])
         lines += _table(rows)
     else:
         lines.append("  (none)")

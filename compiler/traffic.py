@@ -21,8 +21,8 @@ def element_states(program: Program, hypers: dict[str, Any] | None = None) -> li
     values.update(hypers or {})
     out = []
     for s in program.states:
-        if not s.persists or s.scope != Scope.ELEMENT:
-            continue
+        if not s.persists or s.scope != Scope.ELEMENT or s.reduced:
+            continue  # a row or a column (an axis reduced): m + n values of an m x n matrix, not one per element
         cond = sp.sympify(s.allocated_when)
         subs = {}
         for x in cond.free_symbols:

@@ -20,6 +20,8 @@ _REDUCTION_LATEX = {
     "TensorSum": "tensor",
     "TensorMax": "tensor",
     "TensorSize": "tensor",
+    "TensorRank": "tensor",
+    "MachineEpsilon": "tensor",
     "GlobalSum": "global",
     "GlobalMax": "global",
 }
@@ -61,6 +63,27 @@ class RuleLatexPrinter(RuleOrder, LatexPrinter):
 
     def _print_TensorSize(self, expr, exp=None) -> str:
         return r"\operatorname{size}(w)"
+
+    def _print_TensorRank(self, expr, exp=None) -> str:
+        return r"\operatorname{ndim}(w)"
+
+    def _print_MachineEpsilon(self, expr, exp=None) -> str:
+        return r"\epsilon_{\mathrm{mach}}"
+
+    def _axis(self, word: str, expr) -> str:
+        r"""A reduction over one axis, kept with length 1: ``\operatorname{mean}_{\text{axis } -1}(x)``."""
+        return (
+            rf"\operatorname{{{word}}}_{{\text{{axis }} {expr.axis}}}\left({self._print(expr.args[0])}\right)"
+        )
+
+    def _print_AxisSum(self, expr, exp=None) -> str:
+        return self._axis("sum", expr)
+
+    def _print_AxisMean(self, expr, exp=None) -> str:
+        return self._axis("mean", expr)
+
+    def _print_AxisMax(self, expr, exp=None) -> str:
+        return self._axis("max", expr)
 
     def _print_TensorMax(self, expr, exp=None) -> str:
         return rf"\max_i \left({self._print(expr.args[0])}\right)_i"

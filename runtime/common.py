@@ -277,6 +277,22 @@ def scratch_views(cache: dict, place: tuple, count: int, size: int, shape: Any, 
     return views
 
 
+def state_shape(shape: Any, scope: str) -> tuple:
+    """The shape of a parameter's state: ``"element"`` the parameter's, ``"tensor"`` 0-d, and
+    ``"element/-1"`` (``"element/-2/-1"``...) the parameter's with those axes reduced to length 1, an axis
+    the parameter does not have left out (a vector's -2): a row or a column of Adafactor's moments."""
+    if scope == "tensor":
+        return ()
+    kind, *axes = scope.split("/")
+    if kind != "element":
+        raise ValueError(f"a state's scope is 'element', 'tensor' or 'element/<axes>'. Received: {scope!r}")
+    out = list(shape)
+    for axis in axes:
+        if -int(axis) <= len(out):
+            out[int(axis)] = 1
+    return tuple(out)
+
+
 def float32(x: Any) -> float:
     """``x`` (a number, or a 0-d array) rounded to the nearest float32 (ties to even), a Python float: the
     rules' ``float32(x)`` on once-per-step values. Arithmetic only (no NumPy: every runtime uses it): Dekker's

@@ -19,8 +19,11 @@ FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 PARALLEL_MIN = 1 << 16
 
 
-def load(module: str, rule: str) -> Any:
-    """The generated fused module of a rule; a clear error when Numba is missing."""
+def load(module: str, rule: str, refused: str = "") -> Any:
+    """The generated fused module of a rule; a clear error when Numba is missing, or where the rule has no
+    kernels (``refused``: why)."""
+    if refused:
+        raise ValueError(f"{rule}(fused=True): {rule} has no fused kernels: {refused}. Use fused=False")
     try:
         import numba  # noqa: F401
     except ImportError:

@@ -69,7 +69,7 @@ def check_update(name: str, grads: Any, params: Any, states: dict[str, tuple[Any
                 " a state made for other parameters"
             )
         for i, (leaf, shape) in enumerate(zip(jax.tree.leaves(tree), shapes)):
-            expected = shape if scope == "element" else ()
+            expected = common.state_shape(shape, scope)
             if jnp.shape(leaf) != expected:
                 raise ValueError(
                     f"{name}: state.{field} leaf {i} has shape {jnp.shape(leaf)}, expected {expected}"
@@ -110,3 +110,44 @@ def float32(x: Any) -> Any:
     if isinstance(x, (int, float)):
         return common.float32(x)
     return jax.lax.reduce_precision(x, exponent_bits=8, mantissa_bits=23)
+
+
+def new_state(w: Any, scope: str, init: Any, dtype: Any) -> Any:
+    """A state at its initial value, shaped for its scope (``common.state_shape``: like ``w``, 0-d, or with
+    axes of ``w`` reduced to length 1), laid out like ``w``: sharded as it is, its reduced axes whole on
+    every device (a vector's moment, where no axis is reduced, is ``w``'s layout itself)."""
+    shape = common.state_shape(jnp.shape(w), scope)
+    if shape == jnp.shape(w):
+        return jnp.full_like(w, init, dtype=dtype)
+    value = jnp.full(shape, init, dtype)
+    sharding = getattr(w, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding) and len(sharding.spec) <= len(shape):
+        spec = [None if shape[i] != jnp.shape(w)[i] else axis for i, axis in enumerate(sharding.spec)]
+        value = jax.device_put(
+            value, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+        )
+    return value
+
+
+def axis_sum(x: Any, axis: int) -> Any:
+    """The sum over ``axis``, kept with length 1; where ``x`` has no such axis (it has length 1), ``x``."""
+    return jnp.sum(x, axis=axis, keepdims=True) if jnp.ndim(x) >= -axis else x
+
+
+def axis_mean(x: Any, axis: int) -> Any:
+    """The mean over ``axis``, kept with length 1: the sum over the axis's length, and 0 over an empty axis
+    (a tensor with no elements); ``axis_sum``'s convention for an axis ``x`` lacks."""
+    if jnp.ndim(x) < -axis:
+        return x
+    return jnp.sum(x, axis=axis, keepdims=True) / max(jnp.shape(x)[axis], 1)
+
+
+def axis_max(x: Any, axis: int) -> Any:
+    """The maximum over ``axis``, kept with length 1, -inf over an empty axis (``axis_sum``'s convention for
+    an axis ``x`` lacks)."""
+    return jnp.max(x, axis=axis, keepdims=True, initial=-jnp.inf) if jnp.ndim(x) >= -axis else x
+
+
+def machine_epsilon(w: Any) -> float:
+    """The machine epsilon of ``w``'s dtype (``jnp.finfo``), a Python float."""
+    return float(jnp.finfo(w.dtype).eps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -64,7 +65,7 @@ def check_step(params: Any, grads: Any, state: Any, scopes: dict[str, str]) -> l
             raise ValueError(f"state.{name} does not match params: expected keys {keys}, received {skeys}")
         ss = [slot[k] for k in keys]
         for k, w, s in zip(keys, ws, ss):
-            expected = w.shape if scope == "element" else ()
+            expected = common.state_shape(w.shape, scope)
             if s.shape != expected:
                 raise ValueError(
                     f"state.{name}[{k!r}] must have shape {expected} ({scope} state). Received: {s.shape}"
@@ -90,29 +91,35 @@ def upcast(g: np.ndarray) -> np.ndarray:
     return g.astype(np.promote_types(g.dtype, np.float32), copy=False)
 
 
-def scratch(cache: dict, count: int, w: np.ndarray, *arrays: np.ndarray | None) -> tuple[np.ndarray, ...]:
-    """``count`` scratch buffers shaped like ``w``, in the dtype of its element-wise maths (the widest of
-    ``w`` and ``arrays``), kept between steps (``common.scratch_views``)."""
+def scratch(
+    cache: dict, count: int, w: np.ndarray, *arrays: np.ndarray | None, scope: str = "element"
+) -> tuple[np.ndarray, ...]:
+    """``count`` scratch buffers shaped like ``w`` (``scope``: or with axes reduced to length 1, a row's,
+    ``common.state_shape``; buffers apart), in the dtype of its element-wise maths (the widest of ``w``
+    and ``arrays``), kept between steps (``common.scratch_views``)."""
     dtype = np.result_type(w, *[a for a in arrays if a is not None])
+    shape = common.state_shape(w.shape, scope)
     return common.scratch_views(
         cache,
-        (dtype,),
+        (dtype, scope),
         count,
-        w.size,
-        w.shape,
+        math.prod(shape),
+        shape,
         lambda n: np.empty(n, dtype),
         lambda a, shape: a.reshape(shape),
     )
 
 
-def masks(cache: dict, count: int, w: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``count`` boolean buffers shaped like ``w`` (a select's conditions), kept between steps."""
+def masks(cache: dict, count: int, w: np.ndarray, scope: str = "element") -> tuple[np.ndarray, ...]:
+    """``count`` boolean buffers shaped like ``w`` (``scope``: as ``scratch``; a select's conditions), kept
+    between steps."""
+    shape = common.state_shape(w.shape, scope)
     return common.scratch_views(
         cache,
-        (np.dtype(bool),),
+        (np.dtype(bool), scope),
         count,
-        w.size,
-        w.shape,
+        math.prod(shape),
+        shape,
         lambda n: np.empty(n, bool),
         lambda a, shape: a.reshape(shape),
     )
@@ -127,3 +134,50 @@ def from_params(ws: list[np.ndarray], dtypes: list[np.dtype], initial: Any) -> l
         state[...] = initial(np.asarray(w, dtype=dtype))
         out.append(state)
     return out
+
+
+def new_state(w: np.ndarray, scope: str, init: Any, dtype: Any) -> np.ndarray:
+    """A state at its initial value, shaped for its scope (``common.state_shape``: like ``w``, 0-d, or with
+    axes of ``w`` reduced to length 1)."""
+    return np.full(common.state_shape(w.shape, scope), init, dtype)
+
+
+def axis_sum(x: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The sum over ``axis``, kept with length 1 (into ``out`` where given); where ``x`` has no such axis
+    (it has length 1), a copy of ``x`` (held apart from a buffer that is updated in place later)."""
+    if np.ndim(x) < -axis:
+        return np.array(x, copy=True) if out is None else _copied(out, x)
+    return np.sum(x, axis=axis, keepdims=True, out=out)
+
+
+def axis_mean(x: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The mean over ``axis``, kept with length 1: the sum over the axis's length, as ``np.mean`` computes
+    it, and 0 over an empty axis (a tensor with no elements); ``axis_sum``'s convention for an axis ``x``
+    lacks."""
+    if np.ndim(x) < -axis:
+        return np.array(x, copy=True) if out is None else _copied(out, x)
+    total = np.sum(x, axis=axis, keepdims=True, out=out)
+    return np.divide(total, max(np.shape(x)[axis], 1), out=out)
+
+
+def axis_max(x: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The maximum over ``axis``, kept with length 1, -inf over an empty axis (``axis_sum``'s convention for
+    an axis ``x`` lacks)."""
+    if np.ndim(x) < -axis:
+        return np.array(x, copy=True) if out is None else _copied(out, x)
+    return np.max(x, axis=axis, keepdims=True, initial=-np.inf, out=out)
+
+
+def _copied(out: np.ndarray, x: np.ndarray) -> np.ndarray:
+    np.copyto(out, x)
+    return out
+
+
+def machine_epsilon(w: np.ndarray) -> float:
+    """The machine epsilon of ``w``'s dtype (``np.finfo``; ml_dtypes' for bfloat16)."""
+    try:
+        return float(np.finfo(w.dtype).eps)
+    except ValueError:  # bfloat16, float8: NumPy does not know them
+        import ml_dtypes
+
+        return float(ml_dtypes.finfo(w.dtype).eps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterator
 
 import torch
@@ -107,25 +108,29 @@ def plain(scalars: dict[str, Any]) -> dict[str, Any]:
 
 
 def scratch(
-    cache: dict, count: int, w: torch.Tensor, *tensors: torch.Tensor | None
+    cache: dict, count: int, w: torch.Tensor, *tensors: torch.Tensor | None, scope: str = "element"
 ) -> tuple[torch.Tensor, ...]:
-    """``count`` scratch buffers shaped like ``w`` on its device, in the dtype of its element-wise maths (the
+    """``count`` scratch buffers shaped like ``w`` (``scope``: or with axes reduced to length 1, a row's,
+    ``common.state_shape``; buffers apart) on its device, in the dtype of its element-wise maths (the
     widest of ``w`` and ``tensors``), kept between steps (``common.scratch_views``)."""
     dtype = w.dtype
     for t in tensors:
         if t is not None and t.dtype != dtype:
             dtype = torch.promote_types(dtype, t.dtype)
     device = w.device
+    shape = common.state_shape(w.shape, scope)
     if torch.compiler.is_compiling():  # the graph's own temporaries, which inductor plans (below)
-        return tuple(torch.empty(w.shape, dtype=dtype, device=device) for _ in range(count))
+        return tuple(torch.empty(shape, dtype=dtype, device=device) for _ in range(count))
     if is_distributed(w):
+        if scope != "element":
+            raise NotImplementedError(_NO_REDUCED_DTENSOR)
         return _distributed_buffers(cache, count, w, dtype)
     return common.scratch_views(
         cache,
-        (dtype, device),
+        (dtype, device, scope),
         count,
-        w.numel(),
-        w.shape,
+        math.prod(shape),
+        shape,
         lambda n: torch.empty(n, dtype=dtype, device=device),
         lambda t, shape: t.view(shape),
     )
@@ -228,19 +233,23 @@ def traceable(w: torch.Tensor, g: torch.Tensor, state: dict) -> tuple[torch.Tens
     return one(w), one(g), {name: one(t) for name, t in state.items()}
 
 
-def masks(cache: dict, count: int, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``count`` boolean buffers shaped like ``w`` on its device (a select's conditions), kept between steps."""
+def masks(cache: dict, count: int, w: torch.Tensor, scope: str = "element") -> tuple[torch.Tensor, ...]:
+    """``count`` boolean buffers shaped like ``w`` (``scope``: as ``scratch``) on its device (a select's
+    conditions), kept between steps."""
     device = w.device
+    shape = common.state_shape(w.shape, scope)
     if torch.compiler.is_compiling():  # see scratch
-        return tuple(torch.empty(w.shape, dtype=torch.bool, device=device) for _ in range(count))
+        return tuple(torch.empty(shape, dtype=torch.bool, device=device) for _ in range(count))
     if is_distributed(w):
+        if scope != "element":
+            raise NotImplementedError(_NO_REDUCED_DTENSOR)
         return _distributed_buffers(cache, count, w, torch.bool)
     return common.scratch_views(
         cache,
-        (torch.bool, device),
+        (torch.bool, device, scope),
         count,
-        w.numel(),
-        w.shape,
+        math.prod(shape),
+        shape,
         lambda n: torch.empty(n, dtype=torch.bool, device=device),
         lambda t, shape: t.view(shape),
     )
@@ -263,6 +272,8 @@ class RuleOptimizer(torch.optim.Optimizer):
     #: the rule's class name and generated module (for messages and the fused kernels)
     rule = ""
     module = ""
+    #: why the rule has no kernels (Numba's, Triton's), or "" where it has them
+    kernels_refused = ""
     #: the names of everything a parameter may keep (its state in ``self.state[w]``)
     keeps: frozenset[str] = frozenset()
     #: the Keras options this optimizer takes (``options.KERAS_OPTIONS``, less those the rule defines itself)
@@ -365,8 +376,15 @@ class RuleOptimizer(torch.optim.Optimizer):
         """The generated kernels ``fused`` asks for: Numba's (``fused=True``: CPU parameters) now; Triton's
         (``fused="triton"``, or ``fused=True`` with CUDA parameters) at their first step
         (:meth:`_triton_case`), so that a CPU user does not import Triton."""
-        self._fused = fused_support.load(self.module, self.rule) if self.fused is True else None
         self._triton_module: Any = None
+        if self.kernels_refused and self.fused in (True, "triton"):
+            raise ValueError(
+                f"{self.rule}(fused={self.fused!r}): {self.rule} has no kernels: {self.kernels_refused}."
+                " Use fused=None (the plain path where there are no kernels) or fused=False"
+            )
+        if self.kernels_refused:
+            self._triton_module = False  # fused=None: the plain path
+        self._fused = fused_support.load(self.module, self.rule) if self.fused is True else None
         if self.fused == "triton":
             self._triton_module = _triton_load(self.module, self.rule)
 
@@ -524,6 +542,10 @@ def new_state(w: torch.Tensor, scope: str, init: Any, dtype: torch.dtype) -> tor
     (a state that starts from the parameter)."""
     if callable(init):
         return from_param(w, dtype, init)
+    if scope.startswith("element/"):  # axes reduced to length 1: Adafactor's row and column moments
+        if is_distributed(w):
+            raise NotImplementedError(_NO_REDUCED_DTENSOR)
+        return torch.full(common.state_shape(w.shape, scope), init, dtype=dtype, device=w.device)
     if scope == "element":
         if init == 0:
             return torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
@@ -535,6 +557,56 @@ def new_state(w: torch.Tensor, scope: str, init: Any, dtype: torch.dtype) -> tor
         mesh = w.device_mesh
         return DTensor.from_local(value, mesh, [Replicate()] * mesh.ndim, run_check=False)
     return value
+
+
+#: a rule with a state reduced over an axis (Adafactor's row and column moments) on DTensors
+_NO_REDUCED_DTENSOR = (
+    "a state or value with an axis reduced to length 1 (a row, a column: Adafactor's moments) is not"
+    " supported on DTensor parameters yet: use plain tensors, or a rule without axis reductions"
+)
+
+
+def axis_sum(x: torch.Tensor, axis: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The sum over ``axis``, kept with length 1 (into ``out`` where given); where ``x`` has no such axis
+    (it has length 1), a copy of ``x`` (held apart from a buffer that is updated in place later)."""
+    if x.dim() < -axis:
+        return x.clone() if out is None else out.copy_(x)
+    return _into(out, torch.sum(x, dim=axis, keepdim=True))
+
+
+def axis_mean(x: torch.Tensor, axis: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean over ``axis``, kept with length 1: the sum over the axis's length, and 0 over an empty axis
+    (a tensor with no elements); ``axis_sum``'s convention for an axis ``x`` lacks."""
+    if x.dim() < -axis:
+        return x.clone() if out is None else out.copy_(x)
+    return _into(out, torch.sum(x, dim=axis, keepdim=True)).div_(max(x.shape[axis], 1))
+
+
+def axis_max(x: torch.Tensor, axis: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The maximum over ``axis``, kept with length 1, -inf over an empty axis (``axis_sum``'s convention for
+    an axis ``x`` lacks)."""
+    if x.dim() < -axis:
+        return x.clone() if out is None else out.copy_(x)
+    if x.shape[axis] == 0:
+        shape = list(x.shape)
+        shape[axis] = 1
+        return _into(out, torch.full(shape, -torch.inf, dtype=x.dtype, device=x.device))
+    return _into(out, torch.amax(x, dim=axis, keepdim=True))
+
+
+def _into(out: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+    """``value``, or ``out`` holding it (a row's register: its few values copied in)."""
+    return value if out is None else out.copy_(value)
+
+
+def rank(w: torch.Tensor) -> int:
+    """The number of axes of ``w``."""
+    return w.dim()
+
+
+def machine_epsilon(w: torch.Tensor) -> float:
+    """The machine epsilon of ``w``'s dtype (``torch.finfo(w.dtype).eps``, as torch's Adafactor reads it)."""
+    return torch.finfo(w.dtype).eps
 
 
 def sign(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -57,6 +57,8 @@ def features(rule) -> frozenset[str]:
     for s in own.states:
         if s.persists:
             out.add(f"state {s.scope.word}")
+            if s.reduced:
+                out.add("state with an axis reduced")
             init = sp.sympify(s.init).free_symbols
             if w in init:
                 out.add("state from w")
@@ -81,6 +83,18 @@ def features(rule) -> frozenset[str]:
     return frozenset(out)
 
 
+def kernels(rule) -> bool:
+    """Whether the kernel backends (Numba's, Triton's) print the rule (``analysis.kernel_obstacle``)."""
+    from optforge.compiler.analysis import kernel_obstacle
+
+    return not kernel_obstacle(compiled(rule))
+
+
+def kernel_rule_configs():
+    """``rule_configs()`` of the rules that have kernels."""
+    return [p for p in rule_configs() if kernels(p.values[0])]
+
+
 #: the features that are reductions (a norm per tensor, a sum over all tensors)
 REDUCTIONS = frozenset({"TensorSum", "TensorMax", "GlobalSum", "GlobalMax"})
 
@@ -101,3 +115,15 @@ def _cover() -> list:
 
 #: the rules the machinery tests run on (see above)
 MACHINERY = _cover()
+
+
+#: the machinery rules that have kernels (the kernel backends' machinery tests)
+KERNEL_MACHINERY = [r for r in MACHINERY if kernels(r)]
+
+
+def skip_without_kernels(rule, fused) -> None:
+    """Skip a run of ``fused`` (True, "triton") on a rule that has no kernels, saying why."""
+    from optforge.compiler.analysis import kernel_obstacle
+
+    if fused and not kernels(rule):
+        pytest.skip(f"{rule.name} has no kernels: {kernel_obstacle(compiled(rule))}")

@@ -34,6 +34,21 @@ def state_scopes(rule) -> dict[str, str]:
     return {st.name: st.scope.name.lower() for st in compiled(rule).states}
 
 
+def state_shape(rule, name: str, shape) -> tuple:
+    """The shape a parameter of ``shape`` keeps state ``name`` in: 0-d (one per tensor), the parameter's,
+    or the parameter's with an axis reduced to length 1 (Adafactor's row and column moments)."""
+    from cases import compiled
+
+    st = next(s for s in compiled(rule).states if s.name == name)
+    if st.scope.name == "TENSOR":
+        return ()
+    out = list(shape)
+    for axis in st.reduced:  # an axis the parameter does not have is left out (a vector's -2)
+        if -axis <= len(out):
+            out[axis] = 1
+    return tuple(out)
+
+
 def required(rule, lr_name: str = "learning_rate") -> dict:
     """The arguments a rule cannot do without: the learning rate when it has no default (as in optax).
 

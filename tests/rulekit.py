@@ -10,7 +10,8 @@ import optforge
 def load(rule, folder: pathlib.Path) -> dict:
     """{backend: module} for a rule that is not in the registry (the verifier between the passes)."""
     loaded = optforge.load(rule, folder, check_between_passes=True)
-    return {name: loaded[name] for name in ("numpy", "jax", "torch", "fused", "triton")}
+    names = ("numpy", "jax", "torch", "fused", "triton")
+    return {name: loaded[name] for name in names if name not in loaded.refused}
 
 
 def steps(mods: dict, rule, params0: list, grads: list, path: str, **hypers) -> list:

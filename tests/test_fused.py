@@ -12,11 +12,12 @@ a float16 parameter, a mixed-dtype state).
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 
 import numpy as np
 import pytest
-from cases import MACHINERY, RULES, rule_configs
+from cases import MACHINERY, RULES, compiled, kernel_rule_configs, kernels
 from drivers import problem, rel_error, run
 from references import library_reference
 
@@ -82,7 +83,7 @@ def _config_cases() -> list:
     (test_reference_libraries.py)."""
     return [
         pytest.param(rule, name, cfg, backends, id=f"{rule.name}-{name}")
-        for rule, name, cfg in (p.values for p in rule_configs())
+        for rule, name, cfg in (p.values for p in kernel_rule_configs())
         for backends in [
             ("numpy", "torch") if name == "default" and library_reference(rule) is None else ("numpy",)
         ]
@@ -101,7 +102,7 @@ def _option_cases() -> list:
     """Each option on one rule, turning through the registry (the kernels are compiled per rule and per
     combination of options, seconds each; test_keras_options.py checks each option's stage against Keras),
     in NumPy and in torch (its kernels are the NumPy ones, called on the tensors' memory: one test)."""
-    rules = list(RULES.values())
+    rules = [r for r in RULES.values() if kernels(r)]
     return [
         pytest.param(rules[i % len(rules)], option, id=f"{rules[i % len(rules)].name}-{option}")
         for i, option in enumerate(sorted(OPTIONS))
@@ -145,6 +146,46 @@ def test_numpy_fused_steps_aside_for_what_it_cannot_take(fused_tensors):
     assert fused_tensors[0] == 5 * 2  # the float64 and the last float32 parameter, each step
     for a, b in zip(*results):
         assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def _without_kernels() -> list:
+    return [pytest.param(r, id=r.name) for r in RULES.values() if not kernels(r)]
+
+
+@pytest.mark.parametrize("rule", _without_kernels())
+def test_a_rule_without_kernels_says_why_and_steps_on_the_plain_path(rule):
+    """A rule whose constructs the kernels do not take yet (a reduction over one axis: Adafactor's): no
+    generated kernel module; ``fused=True`` (NumPy, torch) and torch's ``"triton"`` are a ValueError that
+    names the equation; torch's ``fused=None`` (kernels where there are) steps on the plain path, equal to
+    ``fused=False``."""
+    import torch
+
+    import optforge.generated.numpy as gen
+    import optforge.generated.torch as gen_torch
+    from optforge.builder import package_root
+    from optforge.compiler.analysis import kernel_obstacle
+
+    why = kernel_obstacle(compiled(rule))
+    assert "is not lowered into kernels yet" in why and "equation" in why
+    for folder in ("fused", "triton"):
+        assert not (package_root() / "generated" / folder / f"{rule.module}.py").exists()
+    with pytest.raises(ValueError, match=re.escape(f"{rule.name} has no fused kernels: {why}")):
+        getattr(gen, rule.name)(fused=True)
+    params = [torch.nn.Parameter(torch.ones(3, 2, dtype=torch.float64))]
+    for fused in (True, "triton"):
+        with pytest.raises(ValueError, match=re.escape(f"{rule.name} has no kernels: {why}")):
+            getattr(gen_torch, rule.name)(params, fused=fused)
+    results = []
+    for fused in (None, False):
+        w = torch.nn.Parameter(torch.arange(6.0, dtype=torch.float64).reshape(3, 2))
+        opt = getattr(gen_torch, rule.name)([w], fused=fused)
+        for k in range(3):
+            w.grad = torch.full_like(w, 0.5 + k)
+            opt.step()
+        results.append(w.detach().clone())
+    assert torch.equal(results[0], results[1]) and not torch.equal(
+        results[0], torch.arange(6.0, dtype=torch.float64).reshape(3, 2)
+    )
 
 
 def test_fused_must_be_a_bool():

@@ -34,6 +34,7 @@ from hyper_cases import (  # noqa: E402
     other_hypers,
     required,
     state_scopes,
+    state_shape,
 )
 
 import optforge.generated.jax as generated  # noqa: E402
@@ -165,8 +166,7 @@ def test_nested_pytree_structure_and_leafwise_results(rule, cfg):
                 continue
             assert jax.tree.structure(slot) == treedef, name
             for s, p in zip(jax.tree.leaves(slot), jax.tree.leaves(params)):
-                expected = () if scopes.get(name, "element") == "tensor" else p.shape
-                assert s.shape == expected and s.dtype == p.dtype, name
+                assert s.shape == state_shape(rule, name, p.shape) and s.dtype == p.dtype, name
 
     state = opt.init(params)
     check_state(state)
@@ -240,12 +240,14 @@ def test_varying_schedule_is_applied_per_step(rule):
     grads = grad_sequence(params, 6, seed=10)
     p_sched, _, _ = run(transform(rule, learning_rate=schedule, **others), params, grads)
 
-    # the same steps, each with a float learning rate equal to schedule(step), state carried over
+    # the same steps, each with the learning rate schedule(step) given as a number, state carried over
     state = transform(rule, **others).init(params)
     p_manual = params
     for k, g in enumerate(grads):
-        lr = float(schedule(jnp.asarray(k, jnp.int32)))  # the count is int32: optax gives float32 then
-        assert lr == pytest.approx(0.05 + (0.005 - 0.05) * min(k, 5) / 5, rel=1e-6)
+        lr = schedule(jnp.asarray(k, jnp.int32))  # the count is int32: optax gives float32 then
+        assert float(lr) == pytest.approx(0.05 + (0.005 - 0.05) * min(k, 5) / 5, rel=1e-6)
+        # the float32 number itself, as the schedule gives it (where a rule takes min(lr, 1/sqrt(t)),
+        # Adafactor's, a float32 rate makes the minimum float32: a Python float would not round it)
         updates, state = transform(rule, learning_rate=lr, **others).update(g, state, p_manual)
         p_manual = optax.apply_updates(p_manual, updates)
     assert_trees_close(p_sched, p_manual)

@@ -26,7 +26,7 @@ from hyper_cases import (
     inside,
     other_hypers,
     required,
-    state_scopes,
+    state_shape,
     stored,
 )
 
@@ -152,7 +152,7 @@ def test_float32_is_kept(rule, lr):
         assert v.dtype == np.float32
     for key, arr in state_arrays(state).items():
         assert arr.dtype == np.float32, key
-        assert arr.shape == (() if state_scopes(rule).get(key[0]) == "tensor" else params[key[1]].shape), key
+        assert arr.shape == state_shape(rule, key[0], params[key[1]].shape), key
 
 
 # --------------------------------------------------------------------------------------
@@ -394,7 +394,7 @@ def test_rank0_and_zero_size_arrays(rule, cfg):
         assert params[k] is v
     assert params["scalar"].shape == () and params["empty"].shape == (0,) and params["empty2"].shape == (3, 0)
     for key, arr in state_arrays(state).items():
-        assert arr.shape == (() if state_scopes(rule).get(key[0]) == "tensor" else params[key[1]].shape), key
+        assert arr.shape == state_shape(rule, key[0], params[key[1]].shape), key
     # a rank-0 array is optimized like a one-element array
     assert np.isfinite(params["scalar"]) and params["scalar"] != 0.7
     np.testing.assert_array_equal(params["scalar"], params["one"][0])
@@ -544,8 +544,11 @@ def _second_step_peak(opt, params: list, grads: list) -> int:
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
 def test_a_step_allocates_nothing_in_proportion_to_the_parameters(rule):
     """After the first step (which sizes the scratch buffers), a plain NumPy step's peak of new memory
-    is a small fraction of one tensor: the temporaries go into the optimizer's scratch buffers."""
-    shapes = [(300, 400), (120_000,), (50,)]
+    is a small fraction of one tensor: the temporaries go into the optimizer's scratch buffers. (NumPy's
+    own iterator buffers, up to 64 KiB whatever the sizes: a row times a column, Adafactor's estimate,
+    takes 65 KB for a 300 x 400 matrix and 1 KB for a 3000 x 4000 one; the tensors are large enough that
+    this stays under the bound.)"""
+    shapes = [(600, 800), (480_000,), (50,)]
     rng = np.random.default_rng(0)
     params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     grads = [rng.standard_normal(s).astype(np.float32) for s in shapes]
@@ -554,7 +557,7 @@ def test_a_step_allocates_nothing_in_proportion_to_the_parameters(rule):
         **{**rule.configs.get("momentum", rule.configs["default"]), **options}
     )
     peak = _second_step_peak(opt, params, grads)
-    one_tensor = 120_000 * 4
+    one_tensor = 480_000 * 4
     assert peak < one_tensor / 10, f"a step allocated up to {peak} bytes (one tensor is {one_tensor})"
 
 

@@ -7,7 +7,7 @@ import math
 import ml_dtypes
 import numpy as np
 import pytest
-from cases import MACHINERY, RULES
+from cases import MACHINERY, RULES, skip_without_kernels
 from drivers import BACKENDS, problem, run, stored_states
 
 LOW = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
@@ -175,6 +175,7 @@ def _run_wide_state(backend, rule, cfg, dtype, state_dtype, fused, steps=6):
 def test_float32_params_with_float64_state_track_the_float64_run(rule, backend, fused):
     """state_dtype wider than the parameters: the element-wise temporaries follow the widest dtype, with
     every option whose maths is element-wise (clipvalue, EMA with overwrite, loss scaling, accumulation)."""
+    skip_without_kernels(rule, fused)
     cfg = {
         **rule.configs.get("momentum", rule.configs["default"]),
         "clipvalue": 0.3,

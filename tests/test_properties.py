@@ -84,6 +84,10 @@ def _in_interval(interval, small_rates: bool = True):
         options.append(st.floats(LOG10_LOW, LOG10_HIGH).map(lambda e: float(10.0**e)))
         if lo > 0:  # e.g. (0, inf): keep the draws inside
             options = [o.filter(lambda x: x > lo) for o in options]
+    elif math.isinf(lo):  # (-inf, hi]: Adafactor's decay exponent, the mirror image
+        options.append(st.floats(LOG10_LOW, LOG10_HIGH).map(lambda e: -float(10.0**e)))
+        if hi < 0:
+            options = [o.filter(lambda x: x < hi) for o in options]
     else:
         options.append(
             st.floats(lo, hi, exclude_min=not interval.low_closed, exclude_max=not interval.high_closed)

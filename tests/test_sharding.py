@@ -131,8 +131,11 @@ def test_torch_optimizers_on_dtensors_equal_the_unsharded_ones(tmp_path):
     one from a ``torch.distributed.checkpoint`` bit for bit (``sharded_torch.run_checkpoint``), and the same
     checkpoint in one process, unsharded, to 1e-12 (``sharded_torch.resume_unsharded``)."""
     pytest.importorskip("torch")
-    names = [r.name for r in MACHINERY]
-    entries = [r.name + (":reduces" if features(r) & REDUCTIONS else "") for r in MACHINERY]
+    # a state reduced over an axis (Adafactor's rows and columns) is not on DTensors yet: torch_support
+    # raises NotImplementedError saying so
+    rules = [r for r in MACHINERY if "state with an axis reduced" not in features(r)]
+    names = [r.name for r in rules]
+    entries = [r.name + (":reduces" if features(r) & REDUCTIONS else "") for r in rules]
     out = subprocess.run(
         [sys.executable, str(TORCH_WORKER), str(_free_port()), str(tmp_path), *entries],
         capture_output=True,

@@ -6,7 +6,7 @@ Each test runs a torch optimizer made with ``fused="triton"`` (every parameter t
 with the step's scalars the optimizer computed; chunks of 64 elements) and compares it with the same
 optimizer's plain path (``fused=False``): every rule and named
 configuration with no option; with ``clipnorm``, with ``global_clipnorm`` and with every option at once
-(``global_clipnorm`` with the rest), the rules that show every feature (``cases.MACHINERY``), tensors of ranks 0 to 3 and one of several chunks; parameters
+(``global_clipnorm`` with the rest), the rules that show every feature and have kernels (``cases.KERNEL_MACHINERY``), tensors of ranks 0 to 3 and one of several chunks; parameters
 and every stored state, float64 to 1e-12 relative, float32 to 1e-6; bfloat16 parameters with float32
 state to the rounding of bfloat16.
 """
@@ -22,7 +22,7 @@ if DEVICE == "cpu":
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from cases import MACHINERY, RULES, compiled, rule_configs  # noqa: E402
+from cases import KERNEL_MACHINERY, RULES, compiled, kernel_rule_configs  # noqa: E402
 from drivers import rel_error  # noqa: E402
 
 torch = pytest.importorskip("torch")
@@ -114,20 +114,20 @@ def compare(rule, hypers: dict, dtype, tol: float) -> None:
         assert err <= tol, f"{where}: state {key[1]} of params[{key[0]}]: relative error {err:.3g} > {tol:g}"
 
 
-@pytest.mark.parametrize("rule, name, cfg", rule_configs())
+@pytest.mark.parametrize("rule, name, cfg", kernel_rule_configs())
 def test_triton_equals_plain(rule, name, cfg):
     compare(rule, cfg, torch.float64, 1e-12)
     compare(rule, cfg, torch.float32, 1e-6)
 
 
 @pytest.mark.parametrize("option", sorted(OPTIONS))
-@pytest.mark.parametrize("rule", MACHINERY, ids=[r.name for r in MACHINERY])
+@pytest.mark.parametrize("rule", KERNEL_MACHINERY, ids=[r.name for r in KERNEL_MACHINERY])
 def test_triton_equals_plain_with_keras_options(rule, option):
     compare(rule, OPTIONS[option], torch.float64, 1e-12)
     compare(rule, OPTIONS[option], torch.float32, 1e-6)
 
 
-@pytest.mark.parametrize("rule", MACHINERY, ids=[r.name for r in MACHINERY])
+@pytest.mark.parametrize("rule", KERNEL_MACHINERY, ids=[r.name for r in KERNEL_MACHINERY])
 def test_triton_mixed_precision(rule):
     """bfloat16 parameters and gradients, float32 state: the parameters within a bfloat16 rounding a step
     (float32 arithmetic in another order may round a parameter to the neighbouring bfloat16 value) for each
@@ -192,7 +192,7 @@ def test_a_group_goes_whole_to_the_kernels_or_whole_to_the_plain_path(case):
     without it go to the kernels, one launch each. ``fused=True`` is Numba's path on CPU tensors (in the
     interpreter too), the kernels' on CUDA ones; the default (None) is the plain path on CPU tensors and
     the kernels on CUDA ones. The parameters equal the plain path's (float64 to 1e-12; float32 to 1e-6)."""
-    rule = MACHINERY[0]
+    rule = KERNEL_MACHINERY[0]
     dtypes = [torch.float64] * len(SHAPES)
     hypers: dict = {}
     fused = "triton"
@@ -227,7 +227,7 @@ def test_fused_is_checked_and_a_copy_keeps_the_triton_path():
 
     import optforge.generated.torch as gen
 
-    rule = MACHINERY[0]
+    rule = KERNEL_MACHINERY[0]
     lr = {"lr": 0.01} if rule.hypers["learning_rate"].default is None else {}
     with pytest.raises(
         TypeError, match=r"`fused` must be None, True, False or 'triton'. Received: fused='cuda'"

@@ -177,6 +177,7 @@ class FusedBackend(Backend):
     """Writes ``generated/fused/<module>.py``: per case, its once-per-step values and its kernels."""
 
     name = "fused"
+    kernels = True
 
     def __init__(self) -> None:
         super().__init__()

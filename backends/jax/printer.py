@@ -25,6 +25,11 @@ class JaxPrinter(ExprPrinter):
         "TensorSum": ("jnp.sum", ""),
         "TensorMax": ("jnp.max", ""),
         "TensorSize": ("jnp.size", ""),
+        "TensorRank": ("jnp.ndim", ""),
+        "MachineEpsilon": ("jax_support.machine_epsilon", ""),
+        "AxisSum": ("jax_support.axis_sum", ""),
+        "AxisMean": ("jax_support.axis_mean", ""),
+        "AxisMax": ("jax_support.axis_max", ""),
         "float32": ("jax_support.float32", "jax_support.float32"),
     }
     where_call = "jnp.where"

@@ -22,6 +22,11 @@ class NumPyPrinter(ExprPrinter):
         "Copy": ("np.copy", ""),
         "TensorMax": ("np.max", ""),
         "TensorSize": ("np.size", ""),
+        "TensorRank": ("np.ndim", ""),
+        "MachineEpsilon": ("numpy_support.machine_epsilon", ""),
+        "AxisSum": ("numpy_support.axis_sum", ""),
+        "AxisMean": ("numpy_support.axis_mean", ""),
+        "AxisMax": ("numpy_support.axis_max", ""),
         "float32": ("common.float32", "common.float32"),  # a once-per-step or per-tensor value
     }
     where_call = "np.where"
@@ -56,6 +61,10 @@ class NumPyBackend(Backend):
         "Min": "np.minimum({0}, {1}, out={out}{where})",
         "clip": "np.clip({0}, {1}, {2}, out={out}{where})",
         "copy_into": "np.copyto({out}, {0})",
+        # over one axis, into a register shaped like the row (column) it makes
+        "AxisSum": "numpy_support.axis_sum({0}, {1}, out={out})",
+        "AxisMean": "numpy_support.axis_mean({0}, {1}, out={out})",
+        "AxisMax": "numpy_support.axis_max({0}, {1}, out={out})",
         # a select (where): the comparisons and logic into boolean masks, then a masked copy
         "<": "np.less({0}, {1}, out={out})",
         "<=": "np.less_equal({0}, {1}, out={out})",

@@ -22,6 +22,11 @@ class TorchPrinter(ExprPrinter):
         "Copy": ("torch.clone", ""),
         "TensorMax": ("torch.amax", ""),
         "TensorSize": ("torch.numel", ""),
+        "TensorRank": ("torch_support.rank", ""),
+        "MachineEpsilon": ("torch_support.machine_epsilon", ""),
+        "AxisSum": ("torch_support.axis_sum", ""),
+        "AxisMean": ("torch_support.axis_mean", ""),
+        "AxisMax": ("torch_support.axis_max", ""),
         "float32": ("torch_support.float32", "torch_support.float32"),
     }
     where_call = "torch.where"
@@ -56,6 +61,7 @@ TORCH_PAIRS = {
     ("b1", "b2"): "betas",
     ("etaminus", "etaplus"): "etas",  # Rprop
     ("step_size_min", "step_size_max"): "step_sizes",
+    ("eps1", "eps2"): "eps",  # Adafactor
 }
 TORCH_NAMES = {"epsilon": "eps"}
 
@@ -97,6 +103,10 @@ class TorchBackend(Backend):
         "clip": _same_dtype("clamp", "{0}", ", {1}, {2}"),
         "add_scaled": "torch.add({0}, {1}, alpha={alpha}, out={out})",  # a + c*x
         "copy_into": "{out}.copy_({0})",
+        # over one axis, into a register shaped like the row (column) it makes
+        "AxisSum": "torch_support.axis_sum({0}, {1}, out={out})",
+        "AxisMean": "torch_support.axis_mean({0}, {1}, out={out})",
+        "AxisMax": "torch_support.axis_max({0}, {1}, out={out})",
         # a select (where): the comparisons and logic into boolean masks, then a masked copy
         "<": "torch.lt({0}, {1}, out={out})",
         "<=": "torch.le({0}, {1}, out={out})",

@@ -188,6 +188,7 @@ class TritonBackend(Backend):
     """Writes ``generated/triton/<module>.py``: per case, its once-per-step values and its kernels."""
 
     name = "triton"
+    kernels = True
 
     def __init__(self) -> None:
         super().__init__()

@@ -41,6 +41,7 @@ from ..ops import (
     Value,
 )
 from .conditions import split
+from .shape import join, shape_of
 
 _RELATION = {"==", "!=", "<", "<=", ">", ">="}
 #: sympy types whose printed form has parentheses Python would not write: built as trees, never leaves
@@ -58,6 +59,18 @@ class Types:
     copies: bool = False  # whether the backend copies an array for ``Copy(x)`` (else ``Copy(x)`` is ``x``)
     #: the names (the rule's) that make a condition a select rather than a Python test (default: arrays)
     selects: frozenset[str] | None = None
+    #: the shape of each per-element name (passes/shape.py), and the shape of the registers the statement
+    #: is written into (``file``: none reduced, shaped like the tensor; a row's statement, its row's): a
+    #: value of another shape is one leaf, computed whole at its own shape (a row read by a statement of
+    #: the tensor's shape; the tensor's square read by a row's mean)
+    shapes: dict = dataclasses.field(default_factory=dict)
+    file: frozenset = frozenset()
+
+    def other_shape(self, expr: sp.Basic) -> bool:
+        if not self.shapes:
+            return False
+        shape = shape_of(expr, self.shapes)
+        return shape is not None and shape != self.file
 
     @property
     def select_names(self) -> frozenset[str]:
@@ -149,6 +162,8 @@ class _Builder:
             return self.leaf(expr)
         if isinstance(expr, sp.Symbol) and not isinstance(expr, Given):
             return Name(Value(self.t.printed(expr), Kind.ELEMENT))
+        if self.t.other_shape(expr):  # not the registers' shape: printed whole, at its own
+            return self.leaf(expr)
         method = getattr(self, f"_{type(expr).__name__}", None)
         if method is None and isinstance(expr, sp.core.relational.Relational):
             method = self._Relational
@@ -165,7 +180,7 @@ class _Builder:
                 pos, neg = (b, a) if a.could_extract_minus_sign() else (a, b)
                 return Bin("-", self.tree(pos), self.tree(-neg))
         out: Expr | None = None
-        for term in expr.as_ordered_terms():
+        for term in self.grouped(expr.as_ordered_terms(), sp.Add):
             negative = self.prints_negative(term)
             if out is None:
                 out = self.negated_first(term) if negative else self.tree(term)
@@ -173,6 +188,24 @@ class _Builder:
                 out = Bin("-" if negative else "+", out, self.tree(-term if negative else term))
         assert out is not None
         return out
+
+    def grouped(self, items: list[sp.Basic], combine) -> list[sp.Basic]:
+        """``items`` of an n-ary sum or product, folded left to right: a leading run whose partial result has
+        another shape than the registers' (a row plus a row, in a statement shaped like the tensor) is one
+        item, computed whole at its own shape (``combine``: sp.Add or sp.Mul, unevaluated)."""
+        if not self.t.shapes:
+            return items
+        before = None  # the shape of the items before the k-th
+        for k, item in enumerate(items):
+            shape = join(before, shape_of(item, self.t.shapes))
+            if shape == self.t.file:
+                break
+            before = shape
+        else:
+            return items
+        if before is None or k <= 1:  # numbers before it (Python values), or one item of its own
+            return items
+        return [combine(*items[:k], evaluate=False), *items[k:]]
 
     def prints_negative(self, term: sp.Basic) -> bool:
         return _prints_negative(term)
@@ -208,12 +241,12 @@ class _Builder:
             else:
                 num.append(item)
         num = num or [sp.S.One]
-        factors = [self.tree(x) for x in num]
+        factors = [self.tree(x) for x in self.grouped(num, sp.Mul)]
         if sign:
             factors[0] = Neg(factors[0])
         out = _product(factors)
         if den:
-            out = Bin("/", out, _product([self.tree(x) for x in den]))
+            out = Bin("/", out, _product([self.tree(x) for x in self.grouped(den, sp.Mul)]))
         return out
 
     def unevaluated(self, expr: sp.Basic) -> Expr:
@@ -271,6 +304,15 @@ class _Builder:
 
     def _TensorSum(self, expr) -> Expr:
         return Reduce("TensorSum", self.tree(expr.args[0]))
+
+    def _AxisSum(self, expr) -> Expr:  # over one axis, into a register of the row's (column's) shape
+        return self.call("AxisSum", expr, expr.args)
+
+    def _AxisMean(self, expr) -> Expr:
+        return self.call("AxisMean", expr, expr.args)
+
+    def _AxisMax(self, expr) -> Expr:
+        return self.call("AxisMax", expr, expr.args)
 
     def _TensorMax(self, expr) -> Expr:
         return Reduce("TensorMax", self.tree(expr.args[0]))

@@ -14,7 +14,7 @@ import dataclasses
 
 import sympy as sp
 
-from ..dsl import Over, Reduction, float32
+from ..dsl import AxisReduction, Over, Reduction, float32
 from ..errors import RuleError
 from ..ir import Assign, Program, Role, Scope, base
 
@@ -30,6 +30,8 @@ def scope_of(expr: sp.Basic, scopes: dict[str, Scope]) -> Scope:
         return scopes[base(expr)]
     if isinstance(expr, Reduction):
         return reduction_scope(expr)
+    if isinstance(expr, AxisReduction):  # one value per row (or column): still an array per tensor
+        return Scope.ELEMENT
     found = Scope.CONST
     for arg in expr.args:
         found = max(found, scope_of(arg, scopes))
@@ -88,12 +90,14 @@ def infer_scopes(program: Program) -> Program:
 
 def _check_reductions(program: Program, a: Assign, scopes: dict[str, Scope]) -> None:
     for node in sp.preorder_traversal(a.expr):
-        if not isinstance(node, Reduction):
+        if not isinstance(node, (Reduction, AxisReduction)):
             continue
-        (arg,) = node.args
+        arg = node.args[0]
         problem = None
         if any(isinstance(n, Reduction) for n in sp.preorder_traversal(arg)):
             problem = "a reduction of a reduction"
+        elif isinstance(node, Reduction) and node.from_shape:
+            continue  # size, rank: read from the tensor
         elif scope_of(arg, scopes) < Scope.ELEMENT:
             problem = f"a reduction of a value that is {scope_of(arg, scopes).word}, not per element"
         if problem:

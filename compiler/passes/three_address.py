@@ -108,9 +108,14 @@ class Target:
 
 class Registers:
     """The scratch buffers of one pass over the tensors: ``_s0``, ``_s1``, ... in the element-wise maths'
-    dtype, and the boolean masks ``_m0``, ``_m1``, ...; freed ones are reused."""
+    dtype, and the boolean masks ``_m0``, ``_m1``, ...; freed ones are reused. A value with an axis reduced
+    (a row, a column: passes/shape.py) takes registers of its own shape, a file of its own (``file``:
+    ``_row0``, ``_col0``), buffers apart from these."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "_s", shape: frozenset[int] = frozenset()) -> None:
+        self.prefix = prefix
+        self.shape = shape  # the axes reduced to length 1 (none: shaped like the tensor)
+        self.files: dict[frozenset[int], Registers] = {}
         self.count = 0
         self.masks = 0
         self.free: list[str] = []
@@ -121,13 +126,13 @@ class Registers:
         if self.free:
             return self.free.pop()
         self.count += 1
-        return f"_s{self.count - 1}"
+        return f"{self.prefix}{self.count - 1}"
 
     def take_mask(self) -> str:
         if self.free_masks:
             return self.free_masks.pop()
         self.masks += 1
-        return f"_m{self.masks - 1}"
+        return f"{self.mask_prefix}{self.masks - 1}"
 
     def give(self, register: str | None) -> None:
         if register is None or register in self.named.values():
@@ -136,16 +141,30 @@ class Registers:
         if register not in free:
             free.append(register)
 
+    def file(self, shape: frozenset[int] | None) -> Registers:
+        """The registers of values with ``shape`` (these, for a value shaped like the tensor)."""
+        if not shape or shape == self.shape:
+            return self
+        if shape not in self.files:
+            axes = tuple(sorted(shape))
+            prefix = {(-1,): "_row", (-2,): "_col"}.get(axes, "_red" + "".join(str(-a) for a in axes) + "_")
+            self.files[shape] = Registers(prefix, shape)
+        return self.files[shape]
+
     def of(self, name: str) -> str:
         if name not in self.named:
             self.named[name] = self.take()
         return self.named[name]
 
     def names(self) -> list[str]:
-        return [f"_s{i}" for i in range(self.count)]
+        return [f"{self.prefix}{i}" for i in range(self.count)]
 
     def mask_names(self) -> list[str]:
-        return [f"_m{i}" for i in range(self.masks)]
+        return [f"{self.mask_prefix}{i}" for i in range(self.masks)]
+
+    @property
+    def mask_prefix(self) -> str:
+        return "_m" if self.prefix == "_s" else "_m" + self.prefix[1:]
 
 
 def _computed(node: Expr) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import sympy as sp
 
-from ..dsl import Given
+from ..dsl import Given, Reduction
 from ..ir import Program, Role, Scope, base
 
 
@@ -28,18 +28,35 @@ def array_names(
     tensors where ``reductions``, and every name assigned a value that reads one of them (a fixpoint over
     every case)."""
     kinds = set(array_scopes)
-    arrays = {n for n, s in scopes.items() if s in kinds} | set(always)
     statements = [a for c in program.cases for a in c.body]
+    numbers = number_names(program)
+    # a named value per tensor is an array where it reads one (a state, a reduction): one computed from
+    # the tensor's size or rank and numbers only is a number
+    named = {a.target for a in statements if a.role in (Role.LET, Role.TEMP)}
+    seeded = {n for n, s in scopes.items() if s in kinds and not (s == Scope.TENSOR and n in named)}
+    arrays = (seeded - numbers) | set(always)
     if reductions:
-        arrays |= {a.target for a in statements if a.role == Role.REDUCE}
+        arrays |= {a.target for a in statements if a.role == Role.REDUCE} - numbers
     changed = True
     while changed:
         changed = False
         for a in statements:
-            if a.target not in arrays and any(base(s) in arrays for s in a.expr.free_symbols):
+            if a.target not in arrays | numbers and any(base(s) in arrays for s in a.expr.free_symbols):
                 arrays.add(a.target)
                 changed = True
     return frozenset(arrays)
+
+
+def number_names(program: Program) -> set[str]:
+    """The reductions that are Python numbers in every backend (the tensor's rank, its dtype's machine
+    epsilon: ``Reduction.number``): a test of one is a Python ``if``, not a select."""
+    out = set()
+    for case in program.cases:
+        for a in case.body:
+            found = [x for x in sp.preorder_traversal(a.expr) if isinstance(x, Reduction)]
+            if a.role == Role.REDUCE and found and all(x.number for x in found):
+                out.add(a.target)
+    return out
 
 
 def element_names(scopes: dict[str, Scope], names: dict[str, str]) -> frozenset[str]:

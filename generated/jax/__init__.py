@@ -25,6 +25,7 @@ from .optax_sgd import OptaxSgdState, optax_sgd
 from .optax_yogi import OptaxYogiState, optax_yogi
 from .sgd import SGDState, sgd
 from .torch_adadelta import TorchAdadeltaState, torch_adadelta
+from .torch_adafactor import TorchAdafactorState, torch_adafactor
 from .torch_adagrad import TorchAdagradState, torch_adagrad
 from .torch_adam import TorchAdamState, torch_adam
 from .torch_adamax import TorchAdamaxState, torch_adamax
@@ -87,6 +88,8 @@ __all__ = [
     "TorchASGDState",
     "torch_adadelta",
     "TorchAdadeltaState",
+    "torch_adafactor",
+    "TorchAdafactorState",
     "torch_adagrad",
     "TorchAdagradState",
     "torch_adam",

@@ -25,6 +25,7 @@ from .optax_sgd import OptaxSgd, OptaxSgdState
 from .optax_yogi import OptaxYogi, OptaxYogiState
 from .sgd import SGD, SGDState
 from .torch_adadelta import TorchAdadelta, TorchAdadeltaState
+from .torch_adafactor import TorchAdafactor, TorchAdafactorState
 from .torch_adagrad import TorchAdagrad, TorchAdagradState
 from .torch_adam import TorchAdam, TorchAdamState
 from .torch_adamax import TorchAdamax, TorchAdamaxState
@@ -87,6 +88,8 @@ __all__ = [
     "TorchASGDState",
     "TorchAdadelta",
     "TorchAdadeltaState",
+    "TorchAdafactor",
+    "TorchAdafactorState",
     "TorchAdagrad",
     "TorchAdagradState",
     "TorchAdam",

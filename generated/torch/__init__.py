@@ -25,6 +25,7 @@ from .optax_sgd import OptaxSgd
 from .optax_yogi import OptaxYogi
 from .sgd import SGD
 from .torch_adadelta import TorchAdadelta
+from .torch_adafactor import TorchAdafactor
 from .torch_adagrad import TorchAdagrad
 from .torch_adam import TorchAdam
 from .torch_adamax import TorchAdamax
@@ -62,6 +63,7 @@ __all__ = [
     "SGD",
     "TorchASGD",
     "TorchAdadelta",
+    "TorchAdafactor",
     "TorchAdagrad",
     "TorchAdam",
     "TorchAdamW",

@@ -1,0 +1,183 @@
+"""Reductions over one axis (a row, a column) and state shaped like them (issue 15, item 1).
+
+The shape pass on its own (``passes/shape.py``: which axes a value has reduced, a state's shape inferred
+from what it is assigned, a whole-tensor reduction of a reduced value refused); a rule written as a user
+would, with every axis reduction, the rank and the machine epsilon, run in NumPy, JAX and torch against a
+NumPy transcription of its equations written without the compiler (float64, 1e-12), on tensors of ranks
+0 to 3 and an empty one; and what a state with an axis reduced costs (``optforge show``, the benchmark's
+bytes per parameter).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sympy as sp
+from drivers import assert_close
+from rulekit import load, steps
+
+from optforge.compiler.dsl import (
+    AxisMean,
+    Rule,
+    g,
+    machine_epsilon,
+    maximum,
+    rank,
+    sqrt,
+    tensor_max,
+    tensor_mean,
+    tensor_norm,
+    tensor_sum,
+    w,
+    where,
+)
+from optforge.compiler.errors import RuleError
+from optforge.compiler.passes.shape import FULL, join, shape_of
+
+LR = 0.1
+SHAPES = [(), (7,), (5, 3), (2, 3, 4), (0, 3)]
+
+
+# -- the pass on its own -----------------------------------------------------------------------------
+
+
+def test_shapes_join_as_broadcasting_does():
+    row, col = frozenset({-1}), frozenset({-2})
+    assert join(row, col) == FULL  # a row times a column is a matrix
+    assert join(row, None) == row  # a number broadcasts against anything
+    assert join(row, frozenset({-1, -2})) == row
+    shapes = {"g": FULL, "r": row, "c": col, "lr": None}
+    r, c, lr = sp.symbols("r c lr")
+    assert shape_of(lr * r, shapes) == row
+    assert shape_of(r * c, shapes) == FULL
+    assert shape_of(AxisMean(g**2, sp.Integer(-2)), shapes) == col
+    assert shape_of(AxisMean(r, sp.Integer(-2)), shapes) == frozenset({-1, -2})
+
+
+def _factored() -> Rule:
+    R = Rule("Shapes", title="t")
+    lr = R.learning_rate(LR)
+    row = R.state("row", 0, "row moment")
+    col = R.state("col", 0, "column moment")
+    full = R.state("full", 0, "a matrix of them")
+    R.assign(row, row / 2 + tensor_mean(g**2, axis=-1), "row")
+    R.assign(col, col / 2 + tensor_mean(g**2, axis=-2), "column")
+    R.assign(full, row * col, "outer product")
+    R.assign(w, w - lr * g / sqrt(1 + full), "update")
+    return R
+
+
+def test_a_state_takes_the_shape_of_what_it_is_assigned():
+    from cases import compiled
+
+    program = compiled(_factored())
+    reduced = {s.name: s.reduced for s in program.states}
+    assert reduced["row"] == (-1,) and reduced["col"] == (-2,) and reduced["full"] == ()
+
+
+def test_a_whole_tensor_reduction_of_a_reduced_value_is_an_error_at_its_equation():
+    from optforge.compiler.pipeline import compile_rule
+
+    R = Rule("WholeOfRow", title="t")
+    lr = R.learning_rate(LR)
+    row = R.state("row", 0, "row moment")
+    R.assign(row, row + tensor_sum(g, axis=-1), "row")
+    R.assign(w, w - lr * tensor_mean(row) * g, "update")
+    with pytest.raises(RuleError) as info:
+        compile_rule(R)
+    text = str(info.value)
+    assert "equation 2 `w <- w - " in text and "`sum(row)` reduces a whole tensor" in text
+    assert "tensor_mean(x, axis=-2)" in text  # the hint
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1.0, True, "rows"])
+def test_an_axis_is_a_negative_int(axis):
+    with pytest.raises(TypeError, match=r"tensor_mean: axis must be a negative int .* Received: axis="):
+        tensor_mean(g, axis=axis)
+
+
+def test_a_reduced_state_costs_its_rows_and_columns_not_its_elements():
+    from cases import compiled
+
+    from optforge.compiler.show import show
+    from optforge.compiler.traffic import bytes_per_param
+    from optforge.rules import registry
+
+    program = compiled(registry()["TorchAdafactor"])
+    assert bytes_per_param(program) == 12  # w and g read, w written: the moments are m + n values
+    text = show(program)
+    assert "one per row: m of an m x n matrix" in text and "one per column: n of an m x n matrix" in text
+
+
+# -- a rule as a user writes it, in every backend ------------------------------------------------------
+
+
+def _every_axis_reduction() -> Rule:
+    R = Rule("AxisMix", title="every reduction over one axis")
+    lr = R.learning_rate(LR)
+    a = R.state("a", 0, "decayed row sums of |g|")
+    b = R.state("b", 0, "running column maximum of |g|")
+    R.assign(a, a / 2 + tensor_sum(abs(g), axis=-1), "row sums")
+    R.assign(b, maximum(b, tensor_max(abs(g), axis=-2)), "column maxima")
+    norm = R.let("norm", tensor_norm(g, axis=-1), "row norms")
+    v = R.let(
+        "v", where(rank >= 2, a * b / (1 + tensor_mean(a, axis=-2)), a + b), "a matrix's, or a vector's"
+    )
+    R.assign(w, w - lr * g / (1 + v + norm + machine_epsilon), "update")
+    return R
+
+
+def _over(x, axis, reduce):
+    """NumPy's reduction over ``axis`` kept with length 1; an axis the array lacks has length 1."""
+    if x.ndim < -axis:
+        return x.copy()
+    if x.shape[axis] == 0:  # an empty axis: the sum 0, the mean 0 (the DSL's), the maximum -inf
+        shape = list(x.shape)
+        shape[axis] = 1
+        return np.full(shape, -np.inf if reduce is np.max else 0.0)
+    return reduce(x, axis=axis, keepdims=True)
+
+
+def _transcription(p, gs):
+    """The rule's equations in NumPy, written from the DSL's definitions (not from generated code)."""
+    p = p.copy()
+    a = b = 0.0
+    for x in gs:
+        a = a / 2 + _over(np.abs(x), -1, np.sum)
+        b = np.maximum(b, _over(np.abs(x), -2, np.max))
+        norm = np.sqrt(_over(x**2, -1, np.sum))
+        v = a * b / (1 + _over(a, -2, np.mean)) if p.ndim >= 2 else a + b
+        p = p - LR * x / (1 + v + norm + np.finfo(p.dtype).eps)
+    return p
+
+
+@pytest.fixture(scope="module")
+def axis_mix(tmp_path_factory):
+    rule = _every_axis_reduction()
+    return rule, load(rule, tmp_path_factory.mktemp("axis_mix"))
+
+
+@pytest.mark.parametrize("path", ["numpy", "jax", "torch"])
+def test_every_axis_reduction_equals_a_transcription(axis_mix, path):
+    rule, mods = axis_mix
+    rng = np.random.default_rng(5)
+    params0 = [np.asarray(rng.standard_normal(s)) for s in SHAPES]
+    grads = [
+        [np.asarray(rng.standard_normal(s) * 10.0 ** rng.integers(-3, 3)) for s in SHAPES] for _ in range(8)
+    ]
+    want = [_transcription(p, [gs[i] for gs in grads]) for i, p in enumerate(params0)]
+    hypers = {"lr" if path == "torch" else "learning_rate": LR}
+    got = steps(mods, rule, params0, grads, path, **hypers)
+    for a, b, shape in zip(got, want, SHAPES):
+        assert a.shape == shape
+    assert_close(got, want, 1e-12, f"AxisMix ({path})")
+
+
+def test_the_state_is_stored_at_its_reduced_shape(axis_mix):
+    rule, mods = axis_mix
+    opt = getattr(mods["numpy"], rule.name)()
+    params = [np.zeros(s) for s in SHAPES]
+    state = opt.init(params)
+    assert [x.shape for x in state.a] == [(), (1,), (5, 1), (2, 3, 1), (0, 1)]
+    assert [x.shape for x in state.b] == [(), (7,), (1, 3), (2, 1, 4), (1, 3)]
+    assert "fused" not in mods and "triton" not in mods  # the kernels do not take it (yet)
