@@ -119,6 +119,8 @@ class JaxRunner:
 
 def _fused_option(cls: Any, fused: bool) -> dict[str, bool]:
     """``{"fused": fused}`` where the constructor has the option; without it, the plain path or Unsupported."""
+    if fused and getattr(cls, "kernels_refused", ""):
+        raise Unsupported(f"{cls.__qualname__} has no kernels: {cls.kernels_refused}")
     if "fused" in inspect.signature(cls).parameters:
         return {"fused": fused}
     if fused:

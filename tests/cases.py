@@ -78,8 +78,8 @@ def features(rule) -> frozenset[str]:
     for h in own.hypers:
         if h.kind in ("bool", "int"):
             out.add(f"{h.kind} hyperparameter")
-        if h.default is None:
-            out.add("required hyperparameter")
+        if h.default is None:  # the learning rate without a default (optax's), or an option of the rule's
+            out.add("required hyperparameter" if h.kind == "learning_rate" else "option of its own")
     return frozenset(out)
 
 

@@ -88,7 +88,8 @@ class NovoGradTF1:
         "loss_scale_factor",
         "gradient_accumulation_steps",
     )
-    #: what each parameter keeps: "element" (an array like it) or "tensor" (a 0-d array)
+    #: what each parameter keeps: "element" (an array like it), "element/-1" (with that axis of length 1)
+    #: or "tensor" (a 0-d array)
     keeps = {
         "m": "element",
         "grad_accumulator": "element",

@@ -84,7 +84,8 @@ class SGD:
         "loss_scale_factor",
         "gradient_accumulation_steps",
     )
-    #: what each parameter keeps: "element" (an array like it) or "tensor" (a 0-d array)
+    #: what each parameter keeps: "element" (an array like it), "element/-1" (with that axis of length 1)
+    #: or "tensor" (a 0-d array)
     keeps = {
         "velocity": "element",
         "grad_accumulator": "element",

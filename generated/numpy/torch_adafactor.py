@@ -94,13 +94,16 @@ class TorchAdafactor:
         "loss_scale_factor",
         "gradient_accumulation_steps",
     )
-    #: what each parameter keeps: "element" (an array like it) or "tensor" (a 0-d array)
+    #: what each parameter keeps: "element" (an array like it), "element/-1" (with that axis of length 1)
+    #: or "tensor" (a 0-d array)
     keeps = {
         "row_var": "element/-1",
         "col_var": "element/-2",
         "grad_accumulator": "element",
         "ema": "element",
     }
+    #: why there are no fused kernels for this rule (fused=True is an error that says so)
+    kernels_refused = "a reduction over one axis (equation 6 `row_var \u003c- row_var + beta*(mean(g^2, axis=-1) - row_var)`) is not lowered into kernels yet"
 
     def __init__(
         self,
@@ -126,11 +129,7 @@ class TorchAdafactor:
         self.state_dtype = None if state_dtype is None else np.dtype(state_dtype)
         self.fused = fused_support.check_fused(fused)
         self._fused = (
-            fused_support.load(
-                "torch_adafactor",
-                "TorchAdafactor",
-                refused="a reduction over one axis (equation 6 `row_var \u003c- row_var + beta*(mean(g^2, axis=-1) - row_var)`) is not lowered into kernels yet",
-            )
+            fused_support.load("torch_adafactor", "TorchAdafactor", refused=self.kernels_refused)
             if fused
             else None
         )
