@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .dsl import Reduction
+from .dsl import AxisReduction, Reduction
 from .ir import Program, Role, Scope, base
 from .passes.schedule import passes_over_all_tensors
 from .render import docstring_equations, finalizer_text, math_text
@@ -36,15 +36,31 @@ def reduced_cost(axes: tuple[int, ...]) -> str:
     return "0 (" + named.get(tuple(axes), f"axes {', '.join(map(str, axes))} reduced to length 1") + ")"
 
 
+def scope_word(s) -> str:
+    """A state's scope in words: per element (per row, per column where an axis is reduced), per tensor..."""
+    return {(-1,): "per row", (-2,): "per column"}.get(tuple(s.reduced), s.scope.word)
+
+
 def reductions(program: Program) -> list[str]:
+    """The reductions a program computes: over a tensor or all tensors (as the compiler names what they
+    read), and over one axis (as the equations write them); the values read from a tensor's shape or
+    dtype (its rank, its machine epsilon) are not reductions."""
     found = []
+
+    def add(node: sp.Basic) -> None:
+        text = math_text(node.xreplace({s: sp.Symbol(base(s)) for s in node.free_symbols}))
+        if text not in found:
+            found.append(text)
+
     for case in program.cases:
         for a in case.body:
             for node in sp.preorder_traversal(a.expr):
-                if isinstance(node, Reduction):
-                    text = math_text(node.xreplace({s: sp.Symbol(base(s)) for s in node.free_symbols}))
-                    if text not in found:
-                        found.append(text)
+                if isinstance(node, Reduction) and not node.number:
+                    add(node)
+    for eq in program.equations:
+        for node in sp.preorder_traversal(eq.expr):
+            if isinstance(node, AxisReduction):
+                add(node)
     return found
 
 
@@ -91,16 +107,17 @@ def show(program: Program) -> str:
             when = "always" if s.allocated_when is sp.true else math_text(s.allocated_when)
             if not s.persists:
                 cost, when = "0", "never: the previous value is not read, recomputed each step"
-            scope = {(-1,): "per row", (-2,): "per column"}.get(s.reduced, s.scope.word)
-            rows.append([s.name, scope, math_text(s.init), cost, when, s.meaning])
+            rows.append([s.name, scope_word(s), math_text(s.init), cost, when, s.meaning])
         lines += _table(rows)
     else:
         lines.append("  (none)")
     off = program.replace(states=tuple(s for s in program.states if s.allocated_when is sp.true))
     per_element, per_tensor, per_step = state_cost(off)
+    rows_and_columns = [s.name for s in off.states if s.persists and s.reduced]
     lines.append(
         f"  total with the options off: {per_element} bytes per float32 parameter, {per_tensor} scalar(s) per tensor,"
         f" {per_step} per optimizer (plus the step count)"
+        + (f", and the rows and columns of {', '.join(rows_and_columns)}" if rows_and_columns else "")
     )
     red = reductions(program)
     lines += ["", "reductions:"] + (["  " + r for r in red] or ["  (none)"])
