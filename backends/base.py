@@ -60,6 +60,9 @@ class Backend:
     names = {"learning_rate": "lr"}
     #: scopes whose values are arrays (not Python scalars) in this backend's step code
     array_scopes = frozenset({Scope.TENSOR, Scope.ELEMENT})
+    #: the hyperparameters are Python numbers in the step code (JAX's may be traced arrays: jit,
+    #: optax.inject_hyperparams), so a per-tensor value computed from them and the tensor's size is one
+    hyperparameters_are_numbers = True
     #: names that are arrays whatever their scope (JAX: the traced step and learning rate)
     array_names: frozenset[str] = frozenset()
     #: whether a reduction over all tensors is an array (a 0-d tensor) rather than a Python number
@@ -104,6 +107,7 @@ class Backend:
             array_scopes=self.array_scopes,
             always=self.array_names,
             reductions=self.global_reductions_are_arrays,
+            hypers_are_numbers=self.hyperparameters_are_numbers,
         )
         printer = self.printer(program.rule, set(arrays), self.names)
         # per-element arrays, as printed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .dsl import AxisReduction, Reduction
+from .dsl import AxisReduction, MachineEpsilon, Reduction, TensorRank
 from .ir import Program, Role, Scope, base
 from .passes.schedule import passes_over_all_tensors
 from .render import docstring_equations, finalizer_text, math_text
@@ -55,7 +55,7 @@ def reductions(program: Program) -> list[str]:
     for case in program.cases:
         for a in case.body:
             for node in sp.preorder_traversal(a.expr):
-                if isinstance(node, Reduction) and not node.number:
+                if isinstance(node, Reduction) and not isinstance(node, (TensorRank, MachineEpsilon)):
                     add(node)
     for eq in program.equations:
         for node in sp.preorder_traversal(eq.expr):

@@ -15,7 +15,12 @@ with the RMS of the parameter *before* its weight decay ``w <- w*(1 - lr*weight_
 root mean squares divide by ``max(size, 1)``: an empty tensor steps (it has nothing to update), where
 torch's divides by zero.
 
-Left out: torch's ``foreach`` (the multi-tensor path computes the same) and complex parameters.
+Differences from torch that remain: with ``eps1`` None, torch takes the machine epsilon of the first
+parameter's dtype for every parameter of a ``step()`` (here each parameter's own: they differ only in a
+group that mixes dtypes); a tensor ``lr`` is read as a Python float here (torch rounds ``alpha`` through its
+float32 0-d ``lr``: 1e-8 apart in float64); torch counts steps per parameter, here per group (they differ
+only for a parameter that had no gradient at some step). Left out: torch's ``foreach`` (the
+multi-tensor path computes the same) and complex parameters.
 """
 
 from optforge.compiler.dsl import (

@@ -181,3 +181,49 @@ def test_the_state_is_stored_at_its_reduced_shape(axis_mix):
     assert [x.shape for x in state.a] == [(), (1,), (5, 1), (2, 3, 1), (0, 1)]
     assert [x.shape for x in state.b] == [(), (7,), (1, 3), (2, 1, 4), (1, 3)]
     assert "fused" not in mods and "triton" not in mods  # the kernels do not take it (yet)
+
+
+def test_an_axis_reduction_in_a_branch_of_a_select(tmp_path):
+    """``where(row > 0.5, row / 2, tensor_mean(g**2, axis=-1))``: the mean over the whole axis, whatever
+    elements the branch takes (NumPy computes a select's branches under masks); every backend equals a
+    transcription."""
+    R = Rule("AxisInBranch", title="t")
+    lr = R.learning_rate(LR)
+    row = R.state("row", 0, "row moment")
+    R.assign(row, where(row > 0.5, row / 2, tensor_mean(g**2, axis=-1)), "row")
+    R.assign(w, w - lr * g / sqrt(1 + row), "update")
+    mods = load(R, tmp_path)
+    rng = np.random.default_rng(6)
+    shapes = [(4, 3), (5,)]
+    params0 = [rng.standard_normal(s) for s in shapes]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(6)]
+
+    def transcription(p, gs):
+        p, r = p.copy(), 0.0
+        for x in gs:
+            r = np.where(r > 0.5, r / 2, _over(x**2, -1, np.mean))
+            p = p - LR * x / np.sqrt(1 + r)
+        return p
+
+    want = [transcription(p, [gs[i] for gs in grads]) for i, p in enumerate(params0)]
+    for path in ("numpy", "jax", "torch"):
+        hypers = {"lr" if path == "torch" else "learning_rate": LR}
+        assert_close(steps(mods, R, params0, grads, path, **hypers), want, 1e-12, f"AxisInBranch ({path})")
+
+
+def test_jax_reads_the_parameters_dtype_after_a_weight_decay():
+    """The machine epsilon (and size, rank) of a bfloat16 parameter is bfloat16's, also after the weight
+    decay wrote ``w`` and with a float32 array for the learning rate (JAX's increment form had read the
+    dtype of ``w + update``: float32's epsilon, updates 300 times larger)."""
+    import jax.numpy as jnp
+
+    from optforge.generated.jax import torch_adafactor
+
+    params = [jnp.ones((4, 3), jnp.bfloat16)]
+    grads = [jnp.full((4, 3), 1e-4, jnp.bfloat16)]
+    out = []
+    for lr in (0.5, jnp.float32(0.5)):  # 1 - lr*weight_decay = 0.9375, exact in bfloat16 too
+        tx = torch_adafactor(learning_rate=lr, weight_decay=0.125)
+        updates, _ = tx.update(grads, tx.init(params), params)
+        out.append(np.asarray(updates[0], np.float64))
+    np.testing.assert_allclose(out[1], out[0], rtol=1e-2)

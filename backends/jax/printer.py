@@ -77,6 +77,7 @@ class JaxBackend(Backend):
     printer = JaxPrinter
     # under jit the step and the learning rate (a schedule's value) are traced arrays
     array_names = frozenset({"t", "n", "learning_rate"})
+    hyperparameters_are_numbers = False
     global_reductions_are_arrays = True
     reduce_init = {"sum": "0.0", "max": "-jnp.inf"}
     stages = "options_jax"

@@ -14,6 +14,7 @@ import dataclasses
 
 import sympy as sp
 
+from ..dsl import Reduction
 from ..ir import Assign, Case, Form, Program, Role, Scope, ssa
 
 
@@ -34,12 +35,19 @@ def derive_increment(program: Program) -> Program:
     return program.replace(cases=cases, form=Form.INCREMENT, passes=program.passes + ("derive_increment",))
 
 
+def _from_shape(x: sp.Basic) -> bool:
+    return isinstance(x, Reduction) and x.from_shape
+
+
 def _increment(case: Case) -> tuple[Assign, ...]:
     out: list[Assign] = []
     subs: dict[sp.Symbol, sp.Expr] = {}
     n = 0
     for a in case.body:
-        expr = a.expr.xreplace(subs)
+        # the tensor's size, rank and dtype are the parameter's, whatever step wrote it: read from ``w``
+        # itself, not from ``w + update`` (which an array learning rate may promote: JAX's machine epsilon
+        # of a bfloat16 parameter read as float32's after a weight decay)
+        expr = a.expr.replace(_from_shape, lambda x: type(x)(sp.Symbol("w"))).xreplace(subs)
         if a.role != Role.PARAM:
             out.append(dataclasses.replace(a, expr=expr))
             continue

@@ -253,6 +253,8 @@ def _product(factors: list[Expr]) -> Expr:
 #: a comparison with its operands swapped: ``0 < x`` is ``x > 0`` (for NaN too: both false)
 _MIRROR = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "==", "!=": "!="}
 _LOGIC = ("and", "or", "not")
+#: reductions over one axis (a row's, a column's): an operation into a register of the row's shape
+_AXIS = ("AxisSum", "AxisMean", "AxisMax")
 #: operations whose call returns nothing (``np.copyto``): a name bound to the result is bound apart
 _NO_RESULT = ("copy_where", "fill")
 
@@ -345,6 +347,8 @@ class _Lowering:
             return self.emit(op, [a, b], None, mask=True)
         if self.target.selects and isinstance(node, Call) and node.array and node.fn in _LOGIC:
             return self.emit(node.fn, list(node.args), None, mask=True)
+        if isinstance(node, Call) and node.fn in _AXIS and self.active is not None:
+            return self.scalar(node), None  # over a whole axis, within a select's branch: computed whole
         if isinstance(node, Call) and node.array and node.fn in self.target.calls:
             return self.emit(node.fn, list(node.args), out, arrays=node.arrays)
         return self.scalar(node), None  # no operation for it: an expression (it allocates)

@@ -23,17 +23,35 @@ def array_names(
     array_scopes: Iterable[Scope],
     always: Iterable[str] = (),
     reductions: bool = False,
+    hypers_are_numbers: bool = True,
 ) -> frozenset[str]:
     """The names whose values are arrays: those of ``array_scopes``, ``always``, the reductions over all
     tensors where ``reductions``, and every name assigned a value that reads one of them (a fixpoint over
     every case)."""
     kinds = set(array_scopes)
     statements = [a for c in program.cases for a in c.body]
-    numbers = number_names(program)
-    # a named value per tensor is an array where it reads one (a state, a reduction): one computed from
-    # the tensor's size or rank and numbers only is a number
-    named = {a.target for a in statements if a.role in (Role.LET, Role.TEMP)}
-    seeded = {n for n, s in scopes.items() if s in kinds and not (s == Scope.TENSOR and n in named)}
+    # the tensor's size, rank and epsilon are numbers, and so is a named value per tensor computed from them
+    # and Python numbers only, where the hyperparameters are numbers too (not in JAX, whose may be traced
+    # arrays: there ``max(h, 1/sqrt(size))`` must be jnp.maximum, so they stay arrays)
+    numbers = number_names(program) if hypers_are_numbers else set()
+    given = {f"{h.name}?" for h in program.hypers}  # Given(x): a Python test in every backend
+    values = {h.name for h in program.hypers} if hypers_are_numbers else set()
+    known = (numbers | given | values) - set(always)
+    candidates = {
+        a.target
+        for a in statements
+        if a.role in (Role.LET, Role.TEMP) and scopes.get(a.target) == Scope.TENSOR
+    }
+    changed = True
+    while changed:  # the largest set of them that every assignment computes from numbers
+        changed = False
+        for a in statements:
+            if a.target in candidates and not all(
+                base(s) in known or base(s) in candidates for s in a.expr.free_symbols
+            ):
+                candidates.discard(a.target)
+                changed = True
+    seeded = {n for n, s in scopes.items() if s in kinds and n not in candidates}
     arrays = (seeded - numbers) | set(always)
     if reductions:
         arrays |= {a.target for a in statements if a.role == Role.REDUCE} - numbers

@@ -202,9 +202,9 @@ def torch_adafactor(
                         g = -g
                     size = jnp.size(w)
                     # elements of the tensor (an empty one: 1)
-                    elements = max(1, size)
+                    elements = jnp.maximum(1, size)
                     sumsq_w = jnp.sum(w**2)
-                    tmp0 = 1 / math.sqrt(elements)
+                    tmp0 = 1 / jnp.sqrt(elements)
                     # relative step size
                     alpha = jnp.maximum(eps2, jnp.sqrt(sumsq_w) * tmp0) * jnp.minimum(
                         lr, 1 / jnp.sqrt(jax_support.as_float(t))
@@ -219,10 +219,10 @@ def torch_adafactor(
                     floor = eps1 if eps1 is not None else machine_epsilon
                     rank = jnp.ndim(w)
                     # second moment: factored for a matrix
-                    estimate = (
-                        col_var * row_var / jnp.maximum(floor, jax_support.axis_mean(row_var, -2))
-                        if rank >= 2
-                        else col_var
+                    estimate = jnp.where(
+                        rank >= 2,
+                        col_var * row_var / jnp.maximum(floor, jax_support.axis_mean(row_var, -2)),
+                        col_var,
                     )
                     # scaled gradient
                     u = g / jnp.sqrt(jnp.maximum(estimate, floor**2))
@@ -252,9 +252,9 @@ def torch_adafactor(
                         g = -g
                     size = jnp.size(w)
                     # elements of the tensor (an empty one: 1)
-                    elements = max(1, size)
+                    elements = jnp.maximum(1, size)
                     sumsq_w = jnp.sum(w**2)
-                    tmp2 = 1 / math.sqrt(elements)
+                    tmp2 = 1 / jnp.sqrt(elements)
                     # relative step size
                     alpha = jnp.maximum(eps2, jnp.sqrt(sumsq_w) * tmp2) * jnp.minimum(
                         lr, 1 / jnp.sqrt(jax_support.as_float(t))
@@ -266,15 +266,15 @@ def torch_adafactor(
                     row_var = beta * (jax_support.axis_mean(tmp3, -1) - row_var) + row_var
                     # column moment
                     col_var = beta * (jax_support.axis_mean(tmp3, -2) - col_var) + col_var
-                    machine_epsilon = jax_support.machine_epsilon(update + w) if eps1 is None else 0
+                    machine_epsilon = jax_support.machine_epsilon(w) if eps1 is None else 0
                     # floor of the estimate
                     floor = eps1 if eps1 is not None else machine_epsilon
-                    rank = jnp.ndim(update + w)
+                    rank = jnp.ndim(w)
                     # second moment: factored for a matrix
-                    estimate = (
-                        col_var * row_var / jnp.maximum(floor, jax_support.axis_mean(row_var, -2))
-                        if rank >= 2
-                        else col_var
+                    estimate = jnp.where(
+                        rank >= 2,
+                        col_var * row_var / jnp.maximum(floor, jax_support.axis_mean(row_var, -2)),
+                        col_var,
                     )
                     # scaled gradient
                     u = g / jnp.sqrt(jnp.maximum(estimate, floor**2))
