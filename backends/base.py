@@ -20,7 +20,18 @@ import sympy as sp
 
 from optforge.compiler.analysis import kernel_obstacle, param_condition
 from optforge.compiler.errors import BackendError, RuleError
-from optforge.compiler.ir import Assign, Case, Form, Program, Role, Scope, Section, SectionKind, base
+from optforge.compiler.ir import (
+    Assign,
+    Broadcast,
+    Case,
+    Form,
+    Program,
+    Role,
+    Scope,
+    Section,
+    SectionKind,
+    base,
+)
 from optforge.compiler.passes import conditions, three_address
 from optforge.compiler.passes.accumulators import accumulators
 from optforge.compiler.passes.evaluation import Types, evaluation_tree
@@ -161,8 +172,9 @@ class Backend:
         code = p.doprint(a.expr)
         if not lower:
             return [f"{name} = {code}"]
+        value = _broadcast_names(a.expr, shape, p.shapes)
         lowered = three_address.bind(
-            name, evaluation_tree(a.expr, self.types(p, shape)), self.target, registers
+            name, evaluation_tree(value, self.types(p, shape)), self.target, registers
         )
         return self.explained(lowered, p, f"{name} = {code}", registers)
 
@@ -331,6 +343,9 @@ class Backend:
         cases = []
         for i, case in enumerate(program.cases):
             sections = self.case_sections(program, case)
+            # the shapes of this case's values (a name may be a row in one case only), its states' as stored
+            p.shapes = shapes_of(program, case)
+            p.reduced = frozenset(n for n, s in p.shapes.items() if s)
             printed = []
             for s in sections:
                 prepass = self.tensor_prepass(program, s, p)
@@ -624,6 +639,18 @@ class Backend:
 
 
 _OPERATOR = {"add": "+=", "sub": "-=", "set": "="}
+
+
+def _broadcast_names(expr: sp.Basic, shape: frozenset[int], shapes: dict) -> sp.Basic:
+    """A value bound to a name of ``shape``, where it is (in a branch) just another name of another shape (a
+    row, where the name holds the tensor's shape in another branch): copied, broadcast, into the name's
+    register, so that what reads the name reads the name's shape in either branch."""
+    if isinstance(expr, sp.Symbol):
+        other = shapes.get(base(expr))
+        return Broadcast(expr) if other is not None and other != shape else expr
+    if isinstance(expr, sp.Piecewise):
+        return sp.Piecewise(*[(_broadcast_names(v, shape, shapes), c) for v, c in expr.args])
+    return expr
 
 
 def _reductions_renamed(rule: str, full: Case, inner: Case, options: set[str]) -> dict[str, str]:

@@ -177,6 +177,12 @@ class ExprPrinter(RuleOrder, StrPrinter):
     def _print_TensorSize(self, expr) -> str:
         return self.function("TensorSize", expr, expr.args)
 
+    def _print_Broadcast(self, expr) -> str:  # broadcast where it is read (where it is not copied)
+        return self._print(expr.args[0])
+
+    def _print_Upcast(self, expr) -> str:
+        return self.function("Upcast", expr, expr.args)
+
     def _print_TensorRank(self, expr) -> str:
         return self.function("TensorRank", expr, expr.args)
 

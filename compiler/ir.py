@@ -68,6 +68,23 @@ class Copy(sp.Function):
     nargs = 1
 
 
+class Broadcast(sp.Function):
+    """``Broadcast(x)``: ``x`` (a row) copied into a buffer of the statement's shape (the tensor's), where a
+    name holds a row in one branch and the tensor's shape in another (``backends/base.py``); no shape of
+    its own (``passes/shape.py``: it takes the statement's)."""
+
+    nargs = 1
+
+
+class Upcast(sp.Function):
+    """``Upcast(w)``: the parameter read in at least float32 (``passes/upcast.py``), where a reduction reads
+    it: a float16 parameter's square would overflow at 256 (``||w||^2`` of a parameter of 300s is inf in
+    float16). The plain backends print their ``upcast`` (no copy for float32 and float64); the kernels,
+    which compute in their own dtype, read the element."""
+
+    nargs = 1
+
+
 class AsFloat(sp.Function):
     """``AsFloat(k)``: an integer computed at run time (the step, ``t - 1``, ``imod(t, N)``) read as a real
     number (``passes/integers.py``). A backend whose step is an integer array (JAX) prints a conversion to a

@@ -19,6 +19,7 @@ from .passes.scope import infer_scopes
 from .passes.shape import infer_shapes
 from .passes.state import analyse_state
 from .passes.storage import protect_aliases
+from .passes.upcast import upcast_reductions
 from .passes.verify import verify
 
 FRONT = (
@@ -30,6 +31,7 @@ FRONT = (
 PASSES = {
     Form.IN_PLACE: (
         extract_reductions,  # each distinct reduction named and computed once
+        upcast_reductions,  # the parameter read by a reduction in at least float32, as the gradient
         eliminate_common_subexpressions,
         protect_aliases,  # a value that names a buffer updated in place later is copied
         schedule,  # once-per-step sections and loops over the tensors
@@ -39,6 +41,7 @@ PASSES = {
     Form.INCREMENT: (
         derive_increment,  # update = w_new - w, symbolically, for optax-style backends
         extract_reductions,
+        upcast_reductions,
         eliminate_common_subexpressions,
         schedule,
         guard_lets,

@@ -98,6 +98,9 @@ class MathPrinter(RuleOrder, StrPrinter):
     def _print_TensorSize(self, expr) -> str:
         return "size"
 
+    def _print_Upcast(self, expr) -> str:
+        return self._print(expr.args[0])
+
     def _print_TensorRank(self, expr) -> str:
         return "rank"
 

@@ -58,6 +58,9 @@ class RuleLatexPrinter(RuleOrder, LatexPrinter):
             return rf"\lVert {self._print(arg.base)} \rVert^2"
         return rf"\textstyle\sum {self.parenthesize(arg, PRECEDENCE['Mul'], strict=True)}"
 
+    def _print_Upcast(self, expr, exp=None) -> str:  # the parameter, read in at least float32
+        return self._print(expr.args[0])
+
     def _print_float32(self, expr, exp=None) -> str:
         return rf"\operatorname{{fl}}_{{32}}\left({self._print(expr.args[0])}\right)"
 

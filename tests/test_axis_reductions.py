@@ -227,3 +227,76 @@ def test_jax_reads_the_parameters_dtype_after_a_weight_decay():
         updates, _ = tx.update(grads, tx.init(params), params)
         out.append(np.asarray(updates[0], np.float64))
     np.testing.assert_allclose(out[1], out[0], rtol=1e-2)
+
+
+def test_a_value_that_is_a_row_in_one_case_and_a_matrix_in_another(tmp_path):
+    """``v = where(h != 0, row, g**2)``: a row where the case says so, the tensor's shape in the other; each
+    case writes it into registers of its own shape (torch resized a buffer of the tensor's shape and
+    warned, every step, before), and every backend equals a transcription."""
+    import warnings
+
+    from optforge.compiler.dsl import Ne
+
+    R = Rule("RowOrMatrix", title="t")
+    lr = R.learning_rate(LR)
+    h = R.hyper("h", 0.5, "[0, 1]", "weight of the row moment (0: none)")
+    row = R.state("row", 0, "row moment")
+    R.assign(row, row * h + tensor_mean(g**2, axis=-1), "row", when=Ne(h, 0))
+    v = R.let("v", where(Ne(h, 0), row, g**2), "the row's, or the square")
+    R.assign(w, w - lr * g / sqrt(1 + v + row), "update")
+    mods = load(R, tmp_path)
+    rng = np.random.default_rng(7)
+    shapes = [(4, 3), (5,)]
+    params0 = [rng.standard_normal(s) for s in shapes]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(5)]
+
+    def transcription(p, gs, hv):
+        p, r = p.copy(), 0.0
+        for x in gs:
+            if hv != 0:
+                r = r * hv + _over(x**2, -1, np.mean)
+            v = r if hv != 0 else x**2
+            p = p - LR * x / np.sqrt(1 + v + r)
+        return p
+
+    for hv in (0.5, 0.0):
+        want = [transcription(p, [gs[i] for gs in grads], hv) for i, p in enumerate(params0)]
+        for path in ("numpy", "jax", "torch"):
+            hypers = {"lr" if path == "torch" else "learning_rate": LR, "h": hv}
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # torch: "An output with one or more elements was resized"
+                got = steps(mods, R, params0, grads, path, **hypers)
+            assert_close(got, want, 1e-12, f"RowOrMatrix h={hv} ({path})")
+
+
+def test_a_float16_parameter_is_reduced_in_float32():
+    """||w||^2 of a float16 parameter of 300s: 1.08e6 overflows float16 (inf from 256 on), so the RMS of
+    the parameter in Adafactor's step size is read in float32, as the gradient is; every backend agrees
+    with torch.optim.Adafactor (one step, to float16's rounding), where each set the parameter to -inf."""
+    import jax.numpy as jnp
+    import torch
+
+    from optforge.generated import jax as gen_jax
+    from optforge.generated import numpy as gen_numpy
+    from optforge.generated.torch import TorchAdafactor
+
+    def torch_step(cls):
+        p = torch.full((3, 4), 300.0, dtype=torch.float16, requires_grad=True)
+        p.grad = torch.linspace(0.5, 2.0, 12, dtype=torch.float16).reshape(3, 4)
+        cls([p], lr=0.01).step()
+        return p.detach().numpy().astype(np.float64)
+
+    want = torch_step(torch.optim.Adafactor)
+    assert np.all(np.isfinite(want)) and np.all(want < 300)
+    got = {"torch": torch_step(TorchAdafactor)}
+    grad = np.linspace(0.5, 2.0, 12).reshape(3, 4).astype(np.float16)
+    opt = gen_numpy.TorchAdafactor(learning_rate=0.01)
+    params = [np.full((3, 4), 300.0, np.float16)]
+    params, _ = opt.step(params, [grad], opt.init(params))
+    got["numpy"] = params[0].astype(np.float64)
+    tx = gen_jax.torch_adafactor(learning_rate=0.01)
+    jparams = [jnp.full((3, 4), 300.0, jnp.float16)]
+    updates, _ = tx.update([jnp.asarray(grad)], tx.init(jparams), jparams)
+    got["jax"] = np.asarray(jparams[0] + updates[0], np.float64)
+    for name, value in got.items():
+        np.testing.assert_allclose(value, want, rtol=2e-3, err_msg=name)  # float16: a unit is 0.25 at 300

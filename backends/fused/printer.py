@@ -56,6 +56,9 @@ class KernelPrinter(ExprPrinter):
         "float32": ("np.float32", ""),  # Numba then computes with it in the wider dtype, as NumPy
     }
 
+    def _print_Upcast(self, expr) -> str:  # the element, which the kernel computes with in its dtype
+        return self._print(expr.args[0])
+
     def call_text(self, fn: str, array: bool, args: list[str], arrays: tuple[bool, ...] = ()) -> str:
         if fn == "clip":  # np.clip(x, lo, hi) is minimum(maximum(x, lo), hi)
             x, lo, hi = args

@@ -26,6 +26,7 @@ class JaxPrinter(ExprPrinter):
         "TensorMax": ("jnp.max", ""),
         "TensorSize": ("jnp.size", ""),
         "TensorRank": ("jnp.ndim", ""),
+        "Upcast": ("jax_support.upcast", ""),
         "MachineEpsilon": ("jax_support.machine_epsilon", ""),
         "AxisSum": ("jax_support.axis_sum", ""),
         "AxisMean": ("jax_support.axis_mean", ""),

@@ -23,6 +23,7 @@ class NumPyPrinter(ExprPrinter):
         "TensorMax": ("np.max", ""),
         "TensorSize": ("np.size", ""),
         "TensorRank": ("np.ndim", ""),
+        "Upcast": ("numpy_support.upcast", ""),
         "MachineEpsilon": ("numpy_support.machine_epsilon", ""),
         "AxisSum": ("numpy_support.axis_sum", ""),
         "AxisMean": ("numpy_support.axis_mean", ""),

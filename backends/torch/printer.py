@@ -23,6 +23,7 @@ class TorchPrinter(ExprPrinter):
         "TensorMax": ("torch.amax", ""),
         "TensorSize": ("torch.numel", ""),
         "TensorRank": ("torch_support.rank", ""),
+        "Upcast": ("torch_support.upcast", ""),
         "MachineEpsilon": ("torch_support.machine_epsilon", ""),
         "AxisSum": ("torch_support.axis_sum", ""),
         "AxisMean": ("torch_support.axis_mean", ""),

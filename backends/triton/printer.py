@@ -62,6 +62,9 @@ class TritonFunctions(ExprPrinter):
         "Min": ("fmin", ""),
     }
 
+    def _print_Upcast(self, expr) -> str:  # the element, loaded in the kernel's dtype
+        return self._print(expr.args[0])
+
     def call_text(self, fn: str, array: bool, args: list[str], arrays: tuple[bool, ...] = ()) -> str:
         if fn == "clip":  # np.clip(x, lo, hi) is minimum(maximum(x, lo), hi)
             x, lo, hi = args

@@ -296,6 +296,9 @@ class _Builder:
     def _clip(self, expr) -> Expr:
         return self.call("clip", expr, expr.args)
 
+    def _Broadcast(self, expr) -> Expr:  # into a register of the statement's shape
+        return self.call("Copy", expr, expr.args)
+
     def _Copy(self, expr) -> Expr:
         (arg,) = expr.args
         if self.t.copies and self.t.is_array(arg):
@@ -434,6 +437,9 @@ def _apow(item: sp.Pow) -> sp.Basic:
 
 class _KernelBuilder(_Builder):
     """The fused kernels' printer: scalar code, every sub-expression without a local an invariant."""
+
+    def _Upcast(self, expr) -> Expr:  # the element, in the kernel's dtype
+        return self.tree(expr.args[0])
 
     def tree(self, expr: sp.Basic) -> Expr:
         if not self.t.is_element(expr):

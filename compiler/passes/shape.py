@@ -21,7 +21,7 @@ import sympy as sp
 
 from ..dsl import AxisReduction, Reduction
 from ..errors import RuleError
-from ..ir import Program, Role, Scope, base
+from ..ir import Broadcast, Program, Role, Scope, base
 from ..render import math_text
 from .scope import scopes_of, unversioned
 
@@ -42,7 +42,7 @@ def shape_of(expr: sp.Basic, shapes: dict[str, frozenset[int] | None]) -> frozen
     """The shape of an expression given the shape of every name it reads (None: not per element)."""
     if isinstance(expr, sp.Symbol):
         return shapes.get(base(expr))
-    if isinstance(expr, Reduction):
+    if isinstance(expr, (Reduction, Broadcast)):  # a Broadcast takes the statement's shape
         return None
     if isinstance(expr, AxisReduction):
         inner = shape_of(expr.args[0], shapes)
@@ -53,22 +53,28 @@ def shape_of(expr: sp.Basic, shapes: dict[str, frozenset[int] | None]) -> frozen
     return found
 
 
-def shapes_of(program: Program) -> dict[str, frozenset[int] | None]:
+def shapes_of(program: Program, case=None) -> dict[str, frozenset[int] | None]:
     """The shape of every name of a program (after infer_scopes): ``w``, ``g`` and every per-element value
     shaped like the parameter unless reduced; the fixpoint over every case and the states' initial
-    values."""
+    values. With ``case`` (after infer_shapes): the states' shapes as stored, every other name's as that
+    case computes it (a value that is a row in one case and the tensor's shape in another)."""
     scopes = scopes_of(program)
     shapes: dict[str, frozenset[int] | None] = {n: None for n in scopes}
     shapes.update({"w": FULL, "g": FULL, "update": FULL})
+    stored = set()
     for s in program.states:
         if s.scope == Scope.ELEMENT:
             shapes[s.name] = shape_of(s.init, shapes)
-    statements = [a for c in program.cases for a in c.body]
+            if case is not None and "infer_shapes" in program.passes:
+                shapes[s.name], stored = frozenset(s.reduced), stored | {s.name}
+    statements = [a for c in program.cases for a in c.body] if case is None else list(case.body)
     changed = True
     while changed:
         changed = False
         for a in statements:
             if scopes.get(a.target) != Scope.ELEMENT and a.role not in (Role.PARAM, Role.GRAD):
+                continue
+            if a.target in stored:
                 continue
             new = join(shapes.get(a.target), shape_of(a.expr, shapes))
             if new != shapes.get(a.target):

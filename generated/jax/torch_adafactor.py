@@ -203,7 +203,7 @@ def torch_adafactor(
                     size = jnp.size(w)
                     # elements of the tensor (an empty one: 1)
                     elements = jnp.maximum(1, size)
-                    sumsq_w = jnp.sum(w**2)
+                    sumsq_w = jnp.sum(jax_support.upcast(w) ** 2)
                     tmp0 = 1 / jnp.sqrt(elements)
                     # relative step size
                     alpha = jnp.maximum(eps2, jnp.sqrt(sumsq_w) * tmp0) * jnp.minimum(
@@ -253,7 +253,7 @@ def torch_adafactor(
                     size = jnp.size(w)
                     # elements of the tensor (an empty one: 1)
                     elements = jnp.maximum(1, size)
-                    sumsq_w = jnp.sum(w**2)
+                    sumsq_w = jnp.sum(jax_support.upcast(w) ** 2)
                     tmp2 = 1 / jnp.sqrt(elements)
                     # relative step size
                     alpha = jnp.maximum(eps2, jnp.sqrt(sumsq_w) * tmp2) * jnp.minimum(

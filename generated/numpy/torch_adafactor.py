@@ -238,8 +238,8 @@ class TorchAdafactor:
                 size = np.size(w)
                 # elements of the tensor (an empty one: 1)
                 elements = max(1, size)
-                # sumsq_w = np.sum(w**2)
-                np.square(w, out=_s1)
+                # sumsq_w = np.sum(numpy_support.upcast(w)**2)
+                np.square(numpy_support.upcast(w), out=_s1)
                 sumsq_w = np.sum(_s1)
                 tmp0 = 1 / math.sqrt(elements)
                 # relative step size
@@ -268,7 +268,8 @@ class TorchAdafactor:
                         _s3, np.maximum(floor, numpy_support.axis_mean(row_var, -2)), out=_s2
                     )
                 else:
-                    estimate = col_var
+                    np.copyto(_s2, col_var)
+                    estimate = _s2
                 # scaled gradient
                 # u = g/np.sqrt(np.maximum(estimate, floor**2))
                 np.maximum(estimate, floor**2, out=_s4)
@@ -310,8 +311,8 @@ class TorchAdafactor:
                 size = np.size(w)
                 # elements of the tensor (an empty one: 1)
                 elements = max(1, size)
-                # sumsq_w = np.sum(w**2)
-                np.square(w, out=_s1)
+                # sumsq_w = np.sum(numpy_support.upcast(w)**2)
+                np.square(numpy_support.upcast(w), out=_s1)
                 sumsq_w = np.sum(_s1)
                 tmp2 = 1 / math.sqrt(elements)
                 # relative step size
@@ -342,7 +343,8 @@ class TorchAdafactor:
                         _s3, np.maximum(floor, numpy_support.axis_mean(row_var, -2)), out=_s2
                     )
                 else:
-                    estimate = col_var
+                    np.copyto(_s2, col_var)
+                    estimate = _s2
                 # scaled gradient
                 # u = g/np.sqrt(np.maximum(estimate, floor**2))
                 np.maximum(estimate, floor**2, out=_s4)

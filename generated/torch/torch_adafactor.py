@@ -201,8 +201,8 @@ class TorchAdafactor(torch_support.RuleOptimizer):
                 size = torch.numel(w)
                 # elements of the tensor (an empty one: 1)
                 elements = max(1, size)
-                # sumsq_w = torch.sum(w**2)
-                torch.pow(w, 2, out=_s1)
+                # sumsq_w = torch.sum(torch_support.upcast(w)**2)
+                torch.pow(torch_support.upcast(w), 2, out=_s1)
                 sumsq_w = torch.sum(_s1)
                 tmp0 = 1 / math.sqrt(elements)
                 # relative step size
@@ -229,7 +229,8 @@ class TorchAdafactor(torch_support.RuleOptimizer):
                         _s3, torch.clamp(torch_support.axis_mean(row_var, -2), min=floor), out=_s2
                     )
                 else:
-                    estimate = col_var
+                    _s2.copy_(col_var)
+                    estimate = _s2
                 # scaled gradient
                 # u = g/torch.sqrt(torch.clamp(estimate, min=floor**2))
                 torch.clamp(estimate, min=floor**2, out=_s4) if estimate.dtype == _s4.dtype else _s4.copy_(
@@ -270,8 +271,8 @@ class TorchAdafactor(torch_support.RuleOptimizer):
                 size = torch.numel(w)
                 # elements of the tensor (an empty one: 1)
                 elements = max(1, size)
-                # sumsq_w = torch.sum(w**2)
-                torch.pow(w, 2, out=_s1)
+                # sumsq_w = torch.sum(torch_support.upcast(w)**2)
+                torch.pow(torch_support.upcast(w), 2, out=_s1)
                 sumsq_w = torch.sum(_s1)
                 tmp2 = 1 / math.sqrt(elements)
                 # relative step size
@@ -300,7 +301,8 @@ class TorchAdafactor(torch_support.RuleOptimizer):
                         _s3, torch.clamp(torch_support.axis_mean(row_var, -2), min=floor), out=_s2
                     )
                 else:
-                    estimate = col_var
+                    _s2.copy_(col_var)
+                    estimate = _s2
                 # scaled gradient
                 # u = g/torch.sqrt(torch.clamp(estimate, min=floor**2))
                 torch.clamp(estimate, min=floor**2, out=_s4) if estimate.dtype == _s4.dtype else _s4.copy_(
