@@ -24,11 +24,12 @@ from cases import MACHINERY, REDUCTIONS, RULES, compiled, features
 WORKER = pathlib.Path(__file__).with_name("sharded_jax.py")
 
 
-def test_jax_optimizers_sharded_equal_the_unsharded_ones():
-    """The rules that show every feature (``cases.MACHINERY``: each kind of state and reduction), in one
-    subprocess (its imports and JAX's start once, not once per rule: a fixture would run once per
-    pytest-xdist worker)."""
-    names = [r.name for r in MACHINERY]
+@pytest.mark.parametrize("half", [0, 1], ids=["first_half", "second_half"])
+def test_jax_optimizers_sharded_equal_the_unsharded_ones(half):
+    """The rules that show every feature (``cases.MACHINERY``: each kind of state and reduction), in two
+    subprocesses of half the rules each (JAX's import and XLA's compiles, about 40 CPU s in all: in one
+    test, the suite's last minute could run on one core)."""
+    names = [r.name for r in MACHINERY][half::2]
     out = subprocess.run([sys.executable, str(WORKER), *names], capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     every = {"clipnorm/float64", "global_clipnorm/float64", "none/float32"}
