@@ -124,7 +124,6 @@ class Backend:
         # per-element arrays, as printed
         printer.elements = set(element_names(scopes, printer.names))
         printer.shapes = shapes_of(program)
-        printer.reduced = frozenset(n for n, s in printer.shapes.items() if s)
         printer.numbers = number_names(program)
         if printer.tests_per_tensor_values:
             printer.selects = {"w", "g"} | {n for n, s in scopes.items() if s == Scope.ELEMENT}
@@ -345,7 +344,6 @@ class Backend:
             sections = self.case_sections(program, case)
             # the shapes of this case's values (a name may be a row in one case only), its states' as stored
             p.shapes = shapes_of(program, case)
-            p.reduced = frozenset(n for n, s in p.shapes.items() if s)
             printed = []
             for s in sections:
                 prepass = self.tensor_prepass(program, s, p)

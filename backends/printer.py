@@ -51,9 +51,8 @@ class ExprPrinter(RuleOrder, StrPrinter):
         self.names = names or {}
         self.modules: set[str] = set()
         self.elements: set[str] = set()  # names of per-element arrays
-        #: per-element names with an axis reduced (a row, a column: passes/shape.py), and the reductions
-        #: that are Python numbers (the rank): neither is written into the scratch buffers
-        self.reduced: frozenset[str] = frozenset()
+        #: the shape of each per-element name (passes/shape.py: a row, a column), and the reductions that
+        #: are Python numbers (the rank): the registers a statement takes, and which are never buffers
         self.shapes: dict = {}
         self.numbers: set[str] = set()
         #: the scratch registers of the pass over the tensors being printed (passes/three_address.py), set
@@ -189,15 +188,12 @@ class ExprPrinter(RuleOrder, StrPrinter):
     def _print_MachineEpsilon(self, expr) -> str:
         return self.function("MachineEpsilon", expr, expr.args)
 
-    def _print_AxisSum(self, expr) -> str:
-        """``tensor_sum(x, axis=-1)``: the table's call on the value and the axis (a number)."""
-        return self.function("AxisSum", expr, expr.args)
+    def _print_axis_reduction(self, expr) -> str:
+        """``tensor_sum(x, axis=-1)``: the table's call (by the class's name) on the value and the axis."""
+        return self.function(type(expr).__name__, expr, expr.args)
 
-    def _print_AxisMean(self, expr) -> str:
-        return self.function("AxisMean", expr, expr.args)
-
-    def _print_AxisMax(self, expr) -> str:
-        return self.function("AxisMax", expr, expr.args)
+    # SymPy finds a printing method by the class's own name, not a base class's
+    _print_AxisSum = _print_AxisMean = _print_AxisMax = _print_axis_reduction
 
     def _print_erf(self, expr) -> str:
         return self.function("erf", expr, expr.args)

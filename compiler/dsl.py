@@ -286,7 +286,7 @@ class AxisReduction(sp.Function):
 
     nargs = 2
     accumulate: Accumulate
-    mean = False
+    word = ""  # as the equations' text and the docs print it: sum, mean, max
 
     @property
     def axis(self) -> int:
@@ -296,19 +296,19 @@ class AxisReduction(sp.Function):
 class AxisSum(AxisReduction):
     """Sum over one axis, kept with length 1."""
 
-    accumulate = Accumulate.SUM
+    accumulate, word = Accumulate.SUM, "sum"
 
 
 class AxisMean(AxisReduction):
     """Mean over one axis, kept with length 1."""
 
-    accumulate, mean = Accumulate.SUM, True
+    accumulate, word = Accumulate.SUM, "mean"
 
 
 class AxisMax(AxisReduction):
     """Maximum over one axis, kept with length 1."""
 
-    accumulate = Accumulate.MAX
+    accumulate, word = Accumulate.MAX, "max"
 
 
 def _axis(axis: Any, where: str) -> sp.Integer:

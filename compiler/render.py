@@ -107,17 +107,11 @@ class MathPrinter(RuleOrder, StrPrinter):
     def _print_MachineEpsilon(self, expr) -> str:
         return "machine_epsilon"
 
-    def _axis(self, word: str, expr) -> str:
+    def _print_axis_reduction(self, expr) -> str:
+        word = expr.word
         return f"{word}({self._print(expr.args[0])}, axis={expr.axis})"
 
-    def _print_AxisSum(self, expr) -> str:
-        return self._axis("sum", expr)
-
-    def _print_AxisMean(self, expr) -> str:
-        return self._axis("mean", expr)
-
-    def _print_AxisMax(self, expr) -> str:
-        return self._axis("max", expr)
+    _print_AxisSum = _print_AxisMean = _print_AxisMax = _print_axis_reduction
 
     def _print_TensorMax(self, expr) -> str:
         return f"max_elements({self._print(expr.args[0])})"

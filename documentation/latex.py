@@ -73,20 +73,14 @@ class RuleLatexPrinter(RuleOrder, LatexPrinter):
     def _print_MachineEpsilon(self, expr, exp=None) -> str:
         return r"\epsilon_{\mathrm{mach}}"
 
-    def _axis(self, word: str, expr) -> str:
+    def _print_axis_reduction(self, expr, exp=None) -> str:
         r"""A reduction over one axis, kept with length 1: ``\operatorname{mean}_{\text{axis } -1}(x)``."""
+        word = expr.word
         return (
             rf"\operatorname{{{word}}}_{{\text{{axis }} {expr.axis}}}\left({self._print(expr.args[0])}\right)"
         )
 
-    def _print_AxisSum(self, expr, exp=None) -> str:
-        return self._axis("sum", expr)
-
-    def _print_AxisMean(self, expr, exp=None) -> str:
-        return self._axis("mean", expr)
-
-    def _print_AxisMax(self, expr, exp=None) -> str:
-        return self._axis("max", expr)
+    _print_AxisSum = _print_AxisMean = _print_AxisMax = _print_axis_reduction
 
     def _print_TensorMax(self, expr, exp=None) -> str:
         return rf"\max_i \left({self._print(expr.args[0])}\right)_i"

@@ -308,14 +308,10 @@ class _Builder:
     def _TensorSum(self, expr) -> Expr:
         return Reduce("TensorSum", self.tree(expr.args[0]))
 
-    def _AxisSum(self, expr) -> Expr:  # over one axis, into a register of the row's (column's) shape
-        return self.call("AxisSum", expr, expr.args)
+    def _axis_reduction(self, expr) -> Expr:  # over one axis, into a register of the row's (column's) shape
+        return self.call(type(expr).__name__, expr, expr.args)
 
-    def _AxisMean(self, expr) -> Expr:
-        return self.call("AxisMean", expr, expr.args)
-
-    def _AxisMax(self, expr) -> Expr:
-        return self.call("AxisMax", expr, expr.args)
+    _AxisSum = _AxisMean = _AxisMax = _axis_reduction
 
     def _TensorMax(self, expr) -> Expr:
         return Reduce("TensorMax", self.tree(expr.args[0]))

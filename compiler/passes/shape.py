@@ -8,9 +8,9 @@ fixpoint, as for scopes): Adafactor's row and column moments are stored as ``m +
 ``m x n`` matrix. A shape is the frozenset of the reduced axes, counted from the last (-1, -2...); values
 that are not per element (a number, one per tensor) have none (``None``: they broadcast against any).
 
-The plain backends allocate a reduced state with the tensor's shape reduced
-(``runtime.common.reduced_shape``) and print a statement whose value is reduced as an expression (its few
-values allocated), not as operations into the scratch buffers shaped like the tensor.
+The plain backends allocate a reduced state with the tensor's shape reduced (``runtime.common.state_shape``)
+and write a statement whose value is a row into scratch registers of the row's shape (``Registers.file``);
+a value of another shape than its statement's is computed whole at its own (``evaluation.Types``).
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from ..ir import Broadcast, Program, Role, Scope, base
 from ..render import math_text
 from .scope import scopes_of, unversioned
 
-Shape = frozenset  # the reduced axes; FULL (none reduced) for a value shaped like the parameter
-FULL: frozenset[int] = frozenset()
+FULL: frozenset[int] = frozenset()  # no axis reduced: shaped like the parameter
 
 
 def join(a: frozenset[int] | None, b: frozenset[int] | None) -> frozenset[int] | None:
