@@ -37,6 +37,8 @@ from optforge.compiler.passes.accumulators import accumulators
 from optforge.compiler.passes.evaluation import Types, evaluation_tree
 from optforge.compiler.passes.schedule import tensor_reduction_pass
 from optforge.compiler.passes.shape import shapes_of
+from optforge.compiler.passes.shape import suffix as shape_suffix
+from optforge.compiler.passes.shape import words as shape_words
 from optforge.compiler.passes.typing import array_names, element_names, number_names
 from optforge.compiler.pipeline import compile_rule
 from optforge.compiler.render import MathPrinter, docstring_equations
@@ -162,7 +164,7 @@ class Backend:
             if kind == "fill" or not lower:
                 return [form.format(name=name, value=p.doprint(value))]
             printed = f"{name} {_OPERATOR[kind]} {p.doprint(value)}"  # the maths, whatever the backend's form
-            tree = evaluation_tree(value, self.types(p, shape))
+            tree = evaluation_tree(self.lifted(value, p), self.types(p, shape))
             if kind == "set":
                 lowered = three_address.overwrite(name, tree, self.target, registers)
             else:
@@ -171,11 +173,17 @@ class Backend:
         code = p.doprint(a.expr)
         if not lower:
             return [f"{name} = {code}"]
-        value = _broadcast_names(a.expr, shape, p.shapes)
+        value = self.lifted(_broadcast_names(a.expr, shape, p.shapes), p)
         lowered = three_address.bind(
             name, evaluation_tree(value, self.types(p, shape)), self.target, registers
         )
         return self.explained(lowered, p, f"{name} = {code}", registers)
+
+    def lifted(self, value: sp.Basic, p: ExprPrinter) -> sp.Basic:
+        """A value with its Python-tested choices between arrays lifted to the top (``conditions.lift``):
+        an ``if`` block per branch, each written into the buffers."""
+        elements = {n for n, shape in p.shapes.items() if shape is not None} | {"w", "g"}
+        return conditions.lift(value, p.selects, elements)
 
     def lowers(self, a: Assign | None, p: ExprPrinter) -> bool:
         """Whether the statement is written as operations into scratch buffers: a per-element statement, a
@@ -227,8 +235,14 @@ class Backend:
             return []
         out = []
         for file in (registers, *registers.files.values()):
-            scope = "".join(f"/{axis}" for axis in sorted(file.shape))
-            shaped = "shaped like w" if not scope else f"shaped like w with axis {scope[1:]} of length 1"
+            scope = shape_suffix(file.shape)
+            shaped = (
+                "shaped like w"
+                if not scope
+                else f"shaped like w with axis {scope[1:]} of length 1"
+                if isinstance(file.shape, frozenset)
+                else f"of w viewed as m x n, shaped {shape_words(file.shape)}"
+            )
             keyword = f', scope="element{scope}"' if scope else ""
             names = file.names()
             if names:

@@ -22,6 +22,8 @@ from optforge.compiler.dsl import Given
 from optforge.compiler.errors import BackendError
 from optforge.compiler.ir import base
 from optforge.compiler.passes import conditions
+from optforge.compiler.passes.shape import shape_of
+from optforge.compiler.passes.shape import suffix as shape_suffix
 from optforge.compiler.render import RuleOrder
 
 _RELATION = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
@@ -187,6 +189,29 @@ class ExprPrinter(RuleOrder, StrPrinter):
 
     def _print_MachineEpsilon(self, expr) -> str:
         return self.function("MachineEpsilon", expr, expr.args)
+
+    def _print_TensorRows(self, expr) -> str:
+        return self.function("TensorRows", expr, expr.args)
+
+    def _print_TensorCols(self, expr) -> str:
+        return self.function("TensorCols", expr, expr.args)
+
+    def _print_matrix_op(self, expr) -> str:
+        """A matrix operation: the table's call (by the class's name) on its operands; a result shaped like
+        the parameter, or like it with axes reduced, is given the parameter and that shape's scope (a
+        vector's ``1 x n`` product is a vector again: ``runtime.common.state_shape``)."""
+        args = [self._print(a) for a in expr.args]
+        shape = shape_of(expr, self.shapes) if self.shapes else None
+        if isinstance(shape, frozenset):
+            args.append(self.name_of(sp.Symbol("w")))
+            if shape:
+                args.append(repr("element" + shape_suffix(shape)))
+        fn = self.functions.get(type(expr).__name__, ("", ""))[0]
+        if not fn:
+            self.fail(expr)
+        return self.call(fn, *args)
+
+    _print_MatMul = _print_Transpose = _print_matrix_op
 
     def _print_axis_reduction(self, expr) -> str:
         """``tensor_sum(x, axis=-1)``: the table's call (by the class's name) on the value and the axis."""

@@ -70,7 +70,8 @@ def _optax(name: str, **kwargs) -> Callable[[], Any]:
     def make():
         import optax
 
-        return getattr(optax, name)(LEARNING_RATE, **kwargs)
+        where = optax if hasattr(optax, name) else optax.contrib  # optax.contrib.muon
+        return getattr(where, name)(LEARNING_RATE, **kwargs)
 
     return make
 

@@ -10,7 +10,17 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .dsl import AxisReduction, Given, MachineEpsilon, TensorRank
+from .dsl import (
+    AxisReduction,
+    Given,
+    MachineEpsilon,
+    MatMul,
+    MatrixOp,
+    TensorCols,
+    TensorRank,
+    TensorRows,
+    Transpose,
+)
 from .ir import Form, Program
 
 W = sp.Symbol("w")
@@ -155,14 +165,21 @@ def _same(a: sp.Basic, b: sp.Basic) -> bool:
 
 def kernel_obstacle(program: Program) -> str:
     """Why the kernel backends (Numba's, Triton's) print no kernels for a program, or ``""`` where they do:
-    a reduction over one axis (a row or a column of a matrix) or a value read from the tensor's rank or
-    dtype is not lowered into a kernel yet. The plain paths run such a rule in every framework."""
+    a reduction over one axis (a row or a column of a matrix), a matrix operation, or a value read from the
+    tensor's shape or dtype is not lowered into a kernel yet. The plain paths run such a rule in every framework."""
     for number, eq in enumerate(program.equations, 1):
         for node in sp.preorder_traversal(eq.expr):
-            if isinstance(node, (AxisReduction, TensorRank, MachineEpsilon)):
-                what = {TensorRank: "the tensor's rank", MachineEpsilon: "the dtype's machine epsilon"}.get(
-                    type(node), "a reduction over one axis"
-                )
+            if isinstance(
+                node, (AxisReduction, MatrixOp, TensorRank, TensorRows, TensorCols, MachineEpsilon)
+            ):
+                what = {
+                    TensorRank: "the tensor's rank",
+                    TensorRows: "the tensor's rows",
+                    TensorCols: "the tensor's columns",
+                    MachineEpsilon: "the dtype's machine epsilon",
+                    MatMul: "a matrix product",
+                    Transpose: "a transpose",
+                }.get(type(node), "a reduction over one axis")
                 return (
                     f"{what} (equation {program.written(number)['equation']}) is not lowered into kernels yet"
                 )

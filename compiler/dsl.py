@@ -48,6 +48,8 @@ __all__ = [
     "imod",
     "n",
     "rank",
+    "rows",
+    "cols",
     "Rule",
     "clip",
     "exp",
@@ -59,6 +61,7 @@ __all__ = [
     "global_sumsq",
     "log",
     "machine_epsilon",
+    "matmul",
     "maximum",
     "minimum",
     "sign",
@@ -70,6 +73,7 @@ __all__ = [
     "tensor_norm",
     "tensor_sum",
     "tensor_sumsq",
+    "transpose",
     "w",
     "where",
 ]
@@ -273,6 +277,58 @@ class MachineEpsilon(Reduction):
     over, accumulate, name, from_shape, number = Over.TENSOR, Accumulate.MAX, "machine_epsilon", True, True
 
 
+class TensorRows(Reduction):
+    """The length of the tensor's axis before the last (``m`` of an ``m x n`` matrix; 1 for a tensor of rank
+    below 2, which is a ``1 x n`` matrix): known from its shape, one value per tensor."""
+
+    over, accumulate, name, from_shape, number = Over.TENSOR, Accumulate.MAX, "rows", True, True
+
+
+class TensorCols(Reduction):
+    """The length of the tensor's last axis (``n`` of an ``m x n`` matrix; 1 for a 0-d tensor): known from
+    its shape, one value per tensor."""
+
+    over, accumulate, name, from_shape, number = Over.TENSOR, Accumulate.MAX, "cols", True, True
+
+
+# --------------------------------------------------------------------------------------
+# matrix operations: a per-element value viewed as a matrix (its last two axes; leading axes are batch
+# axes; a tensor of rank below 2 is a 1 x n matrix, as in broadcasting)
+
+
+class MatrixOp(sp.Function):
+    """An operation on values viewed as matrices: the result's shape is not the operands' (passes/shape.py
+    says what it is). Passes and printers ask ``isinstance(x, MatrixOp)`` and ``word``, never the class's
+    name for what they share."""
+
+    word = ""
+
+
+class MatMul(MatrixOp):
+    """The matrix product ``a @ b`` over the last two axes (``(..., m, k) @ (..., k, n)``), batched over
+    the leading ones."""
+
+    nargs = 2
+    word = "matmul"
+
+
+class Transpose(MatrixOp):
+    """The transpose of the last two axes (``(..., m, n)`` -> ``(..., n, m)``)."""
+
+    nargs = 1
+    word = "transpose"
+
+
+def matmul(a: Any, b: Any) -> sp.Expr:
+    """The matrix product of two values viewed as matrices (their last two axes; ``a @ b``)."""
+    return MatMul(sp.sympify(a), sp.sympify(b))
+
+
+def transpose(x: Any) -> sp.Expr:
+    """A value viewed as a matrix, transposed (its last two axes swapped)."""
+    return Transpose(sp.sympify(x))
+
+
 # --------------------------------------------------------------------------------------
 # reductions over one axis: a value per element, with that axis of the tensor reduced to length 1
 
@@ -343,6 +399,12 @@ size = TensorSize(w)
 
 #: The number of axes of the current tensor (a per-tensor value: ``where(rank >= 2, ...)`` takes matrices).
 rank = TensorRank(w)
+
+#: The length of the current tensor's axis before the last (``m`` of an ``m x n`` matrix; 1 below rank 2).
+rows = TensorRows(w)
+
+#: The length of the current tensor's last axis (``n`` of an ``m x n`` matrix; 1 for a 0-d tensor).
+cols = TensorCols(w)
 
 #: The machine epsilon of the current tensor's dtype (a per-tensor value: torch's ``finfo(dtype).eps``).
 machine_epsilon = MachineEpsilon(w)

@@ -22,6 +22,8 @@ _REDUCTION_LATEX = {
     "TensorSize": "tensor",
     "TensorRank": "tensor",
     "MachineEpsilon": "tensor",
+    "TensorRows": "tensor",
+    "TensorCols": "tensor",
     "GlobalSum": "global",
     "GlobalMax": "global",
 }
@@ -81,6 +83,23 @@ class RuleLatexPrinter(RuleOrder, LatexPrinter):
         )
 
     _print_AxisSum = _print_AxisMean = _print_AxisMax = _print_axis_reduction
+
+    def _print_TensorRows(self, expr, exp=None) -> str:
+        return r"\operatorname{rows}(w)"
+
+    def _print_TensorCols(self, expr, exp=None) -> str:
+        return r"\operatorname{cols}(w)"
+
+    def _print_MatMul(self, expr, exp=None) -> str:
+        """A matrix product as juxtaposition, each factor parenthesised where it is a sum."""
+        out = " ".join(self.parenthesize(a, PRECEDENCE["Mul"], strict=True) for a in expr.args)
+        return rf"\left({out}\right)^{{{exp}}}" if exp else out
+
+    def _print_Transpose(self, expr, exp=None) -> str:
+        (arg,) = expr.args
+        inner = self._print(arg) if isinstance(arg, sp.Symbol) else rf"\left({self._print(arg)}\right)"
+        out = rf"{{{inner}}}^{{\top}}"
+        return rf"\left({out}\right)^{{{exp}}}" if exp else out
 
     def _print_TensorMax(self, expr, exp=None) -> str:
         return rf"\max_i \left({self._print(expr.args[0])}\right)_i"

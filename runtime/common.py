@@ -286,11 +286,24 @@ def state_shape(shape: Any, scope: str) -> tuple:
     kind, *axes = scope.split("/")
     if kind != "element":
         raise ValueError(f"a state's scope is 'element', 'tensor' or 'element/<axes>'. Received: {scope!r}")
+    if len(axes) == 1 and not axes[0].startswith("-"):  # a matrix operation's: "mm" is m x m
+        return matrix_shape(shape, axes[0])
     out = list(shape)
     for axis in axes:
         if -int(axis) <= len(out):
             out[int(axis)] = 1
     return tuple(out)
+
+
+def matrix_shape(shape: Any, pair: str) -> tuple:
+    """The shape of a value a matrix operation makes from a parameter of ``shape`` viewed as an ``m x n``
+    matrix (its last two axes; leading axes are batch axes; below rank 2 it is ``1 x n``, ``1 x 1``):
+    ``pair`` names the last two axes with ``m``, ``n`` or ``1`` (``"mm"``: ``X @ X^T``, ``"nm"``: ``X^T``)."""
+    shape = tuple(shape)
+    sizes = {"m": shape[-2] if len(shape) >= 2 else 1, "n": shape[-1] if shape else 1, "1": 1}
+    if len(pair) != 2 or any(d not in sizes for d in pair):
+        raise ValueError(f"a matrix shape is two of 'm', 'n', '1' ('mm', 'nm'). Received: {pair!r}")
+    return shape[:-2] + tuple(sizes[d] for d in pair)
 
 
 def float32(x: Any) -> float:

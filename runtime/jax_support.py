@@ -148,6 +148,35 @@ def axis_max(x: Any, axis: int) -> Any:
     return jnp.max(x, axis=axis, keepdims=True, initial=-jnp.inf) if jnp.ndim(x) >= -axis else x
 
 
+def as_matrix(x: Any) -> Any:
+    """``x`` viewed as a matrix (its last two axes): below rank 2, a ``1 x n`` (``1 x 1``) matrix."""
+    return jnp.reshape(x, (1,) * (2 - jnp.ndim(x)) + jnp.shape(x)) if jnp.ndim(x) < 2 else x
+
+
+def matmul(a: Any, b: Any, like: Any = None, scope: str = "element") -> Any:
+    """The matrix product ``a @ b`` of two values viewed as matrices (``as_matrix``), batched over leading
+    axes, shaped as the parameter ``like``'s ``scope`` says (``common.state_shape``: a vector's ``1 x n``
+    result is a vector again)."""
+    product = jnp.matmul(as_matrix(a), as_matrix(b))
+    return product if like is None else jnp.reshape(product, common.state_shape(jnp.shape(like), scope))
+
+
+def transpose(x: Any, like: Any = None, scope: str = "element") -> Any:
+    """``x`` viewed as a matrix with its last two axes swapped, shaped as ``matmul`` says."""
+    swapped = jnp.swapaxes(as_matrix(x), -1, -2)
+    return swapped if like is None else jnp.reshape(swapped, common.state_shape(jnp.shape(like), scope))
+
+
+def rows(w: Any) -> int:
+    """The length of ``w``'s axis before the last (1 below rank 2: a ``1 x n`` matrix)."""
+    return jnp.shape(w)[-2] if jnp.ndim(w) >= 2 else 1
+
+
+def cols(w: Any) -> int:
+    """The length of ``w``'s last axis (1 for a 0-d tensor)."""
+    return jnp.shape(w)[-1] if jnp.ndim(w) >= 1 else 1
+
+
 def machine_epsilon(w: Any) -> float:
     """The machine epsilon of ``w``'s dtype (``jnp.finfo``), a Python float."""
     return float(jnp.finfo(w.dtype).eps)

@@ -168,6 +168,41 @@ def axis_max(x: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.ndar
     return np.max(x, axis=axis, keepdims=True, initial=-np.inf, out=out)
 
 
+def as_matrix(x: Any) -> np.ndarray:
+    """``x`` viewed as a matrix (its last two axes): below rank 2, a ``1 x n`` (``1 x 1``) matrix."""
+    x = np.asarray(x)
+    return x.reshape((1,) * (2 - x.ndim) + x.shape) if x.ndim < 2 else x
+
+
+def matmul(
+    a: np.ndarray, b: np.ndarray, like: np.ndarray | None = None, scope: str = "element", out: Any = None
+) -> np.ndarray:
+    """The matrix product ``a @ b`` of two values viewed as matrices (``as_matrix``), batched over leading
+    axes: into ``out`` (a buffer of the result's shape), or shaped as the parameter ``like``'s ``scope``
+    says (``common.state_shape``: a vector's ``1 x n`` result is a vector again)."""
+    if out is not None:
+        np.matmul(as_matrix(a), as_matrix(b), out=as_matrix(out))
+        return out
+    product = np.matmul(as_matrix(a), as_matrix(b))
+    return product if like is None else product.reshape(common.state_shape(np.shape(like), scope))
+
+
+def transpose(x: np.ndarray, like: np.ndarray | None = None, scope: str = "element") -> np.ndarray:
+    """``x`` viewed as a matrix with its last two axes swapped (a view), shaped as ``matmul`` says."""
+    swapped = np.swapaxes(as_matrix(x), -1, -2)
+    return swapped if like is None else swapped.reshape(common.state_shape(np.shape(like), scope))
+
+
+def rows(w: np.ndarray) -> int:
+    """The length of ``w``'s axis before the last (1 below rank 2: a ``1 x n`` matrix)."""
+    return np.shape(w)[-2] if np.ndim(w) >= 2 else 1
+
+
+def cols(w: np.ndarray) -> int:
+    """The length of ``w``'s last axis (1 for a 0-d tensor)."""
+    return np.shape(w)[-1] if np.ndim(w) >= 1 else 1
+
+
 def _copied(out: np.ndarray, x: np.ndarray) -> np.ndarray:
     np.copyto(out, x)
     return out

@@ -599,6 +599,44 @@ def _into(out: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
     return value if out is None else out.copy_(value)
 
 
+def as_matrix(x: torch.Tensor) -> torch.Tensor:
+    """``x`` viewed as a matrix (its last two axes): below rank 2, a ``1 x n`` (``1 x 1``) matrix."""
+    return x.reshape((1,) * (2 - x.dim()) + tuple(x.shape)) if x.dim() < 2 else x
+
+
+def matmul(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    like: torch.Tensor | None = None,
+    scope: str = "element",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The matrix product ``a @ b`` of two values viewed as matrices (``as_matrix``), batched over leading
+    axes: into ``out`` (a buffer of the result's shape, not an operand's), or shaped as the parameter
+    ``like``'s ``scope`` says (``common.state_shape``: a vector's ``1 x n`` result is a vector again)."""
+    if out is not None:
+        torch.matmul(as_matrix(a), as_matrix(b), out=as_matrix(out))
+        return out
+    product = torch.matmul(as_matrix(a), as_matrix(b))
+    return product if like is None else product.reshape(common.state_shape(like.shape, scope))
+
+
+def transpose(x: torch.Tensor, like: torch.Tensor | None = None, scope: str = "element") -> torch.Tensor:
+    """``x`` viewed as a matrix with its last two axes swapped (a view), shaped as ``matmul`` says."""
+    swapped = as_matrix(x).transpose(-1, -2)
+    return swapped if like is None else swapped.reshape(common.state_shape(like.shape, scope))
+
+
+def rows(w: torch.Tensor) -> int:
+    """The length of ``w``'s axis before the last (1 below rank 2: a ``1 x n`` matrix)."""
+    return w.shape[-2] if w.dim() >= 2 else 1
+
+
+def cols(w: torch.Tensor) -> int:
+    """The length of ``w``'s last axis (1 for a 0-d tensor)."""
+    return w.shape[-1] if w.dim() >= 1 else 1
+
+
 def rank(w: torch.Tensor) -> int:
     """The number of axes of ``w``."""
     return w.dim()

@@ -48,7 +48,7 @@ def features(rule) -> frozenset[str]:
     """The structural features of a rule, as its compiled program shows them."""
     import sympy as sp
 
-    from optforge.compiler.dsl import Reduction
+    from optforge.compiler.dsl import MatrixOp, Reduction
 
     program = compiled(rule)
     own = program.inner or program
@@ -69,6 +69,8 @@ def features(rule) -> frozenset[str]:
         for node in sp.preorder_traversal(expr):
             if isinstance(node, Reduction):
                 out.add(type(node).__name__)
+            elif isinstance(node, MatrixOp):
+                out.add("matrix operations")
             elif isinstance(node, sp.Piecewise):
                 out.add("where")
         if eq.target != "w" and w in expr.free_symbols:

@@ -130,6 +130,8 @@ def library_reference(rule):
         library, name, where = "optax", rule.module[len("optax_") :], optax
     else:
         return None
+    if library == "optax" and not hasattr(where, name) and hasattr(where.contrib, name):
+        where = where.contrib  # optax.contrib.muon
     if not hasattr(where, name):
         raise LookupError(
             f"rule {rule.name} ({rule.file}): expected {where.__name__}.{name} to exist (a rule named"

@@ -170,15 +170,15 @@ def test_a_rule_without_kernels_says_why_and_steps_on_the_plain_path(rule):
     for folder in ("fused", "triton"):
         assert not (package_root() / "generated" / folder / f"{rule.module}.py").exists()
     with pytest.raises(ValueError, match=re.escape(f"{rule.name} has no fused kernels: {why}")):
-        getattr(gen, rule.name)(fused=True)
+        getattr(gen, rule.name)(learning_rate=0.01, fused=True)  # a rate: optax's rules have no default
     params = [torch.nn.Parameter(torch.ones(3, 2, dtype=torch.float64))]
     for fused in (True, "triton"):
         with pytest.raises(ValueError, match=re.escape(f"{rule.name} has no kernels: {why}")):
-            getattr(gen_torch, rule.name)(params, fused=fused)
+            getattr(gen_torch, rule.name)(params, lr=0.01, fused=fused)
     results = []
     for fused in (None, False):
         w = torch.nn.Parameter(torch.arange(6.0, dtype=torch.float64).reshape(3, 2))
-        opt = getattr(gen_torch, rule.name)([w], fused=fused)
+        opt = getattr(gen_torch, rule.name)([w], lr=0.01, fused=fused)
         for k in range(3):
             w.grad = torch.full_like(w, 0.5 + k)
             opt.step()

@@ -25,6 +25,10 @@ class NumPyPrinter(ExprPrinter):
         "TensorRank": ("np.ndim", ""),
         "Upcast": ("numpy_support.upcast", ""),
         "MachineEpsilon": ("numpy_support.machine_epsilon", ""),
+        "TensorRows": ("numpy_support.rows", ""),
+        "TensorCols": ("numpy_support.cols", ""),
+        "MatMul": ("numpy_support.matmul", ""),
+        "Transpose": ("numpy_support.transpose", ""),
         "AxisSum": ("numpy_support.axis_sum", ""),
         "AxisMean": ("numpy_support.axis_mean", ""),
         "AxisMax": ("numpy_support.axis_max", ""),
@@ -66,6 +70,8 @@ class NumPyBackend(Backend):
         "AxisSum": "numpy_support.axis_sum({0}, {1}, out={out})",
         "AxisMean": "numpy_support.axis_mean({0}, {1}, out={out})",
         "AxisMax": "numpy_support.axis_max({0}, {1}, out={out})",
+        # a matrix product into a register of its shape (never one of its operands')
+        "MatMul": "numpy_support.matmul({0}, {1}, out={out})",
         # a select (where): the comparisons and logic into boolean masks, then a masked copy
         "<": "np.less({0}, {1}, out={out})",
         "<=": "np.less_equal({0}, {1}, out={out})",

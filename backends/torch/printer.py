@@ -25,6 +25,10 @@ class TorchPrinter(ExprPrinter):
         "TensorRank": ("torch_support.rank", ""),
         "Upcast": ("torch_support.upcast", ""),
         "MachineEpsilon": ("torch_support.machine_epsilon", ""),
+        "TensorRows": ("torch_support.rows", ""),
+        "TensorCols": ("torch_support.cols", ""),
+        "MatMul": ("torch_support.matmul", ""),
+        "Transpose": ("torch_support.transpose", ""),
         "AxisSum": ("torch_support.axis_sum", ""),
         "AxisMean": ("torch_support.axis_mean", ""),
         "AxisMax": ("torch_support.axis_max", ""),
@@ -108,6 +112,8 @@ class TorchBackend(Backend):
         "AxisSum": "torch_support.axis_sum({0}, {1}, out={out})",
         "AxisMean": "torch_support.axis_mean({0}, {1}, out={out})",
         "AxisMax": "torch_support.axis_max({0}, {1}, out={out})",
+        # a matrix product into a register of its shape (never one of its operands')
+        "MatMul": "torch_support.matmul({0}, {1}, out={out})",
         # a select (where): the comparisons and logic into boolean masks, then a masked copy
         "<": "torch.lt({0}, {1}, out={out})",
         "<=": "torch.le({0}, {1}, out={out})",

@@ -96,3 +96,28 @@ def pass_condition(section: Section, arrays: Iterable[str]) -> sp.Basic:
             return sp.true
         parts.append(static)
     return sp.simplify_logic(sp.Or(*parts)) if parts else sp.true
+
+
+def lift(expr: sp.Basic, selects: Iterable[str], elements: Iterable[str]) -> sp.Basic:
+    """``expr`` with each choice that Python tests (a condition reading no select name: the rank, a flag)
+    and that chooses between per-element values lifted to the top: ``lr*where(matrix, a, b)`` becomes
+    ``where(matrix, lr*a, lr*b)``, so an in-place backend writes one ``if`` block per branch into its
+    buffers instead of an expression that allocates. The values are the same: the operations of the
+    branch taken, in the same order."""
+    names, element_names = set(selects), set(elements)
+
+    def liftable(node: sp.Basic) -> bool:
+        return (
+            isinstance(node, sp.Piecewise)
+            and not any(reads_array(c, names) for _, c in node.args)
+            and any(reads_array(v, element_names) for v, _ in node.args)
+        )
+
+    if isinstance(expr, sp.Piecewise):
+        return sp.Piecewise(*[(lift(v, names, element_names), c) for v, c in expr.args], evaluate=False)
+    inner = next((n for n in sp.preorder_traversal(expr) if liftable(n)), None)
+    if inner is None:
+        return expr
+    return sp.Piecewise(
+        *[(lift(expr.xreplace({inner: v}), names, element_names), c) for v, c in inner.args], evaluate=False
+    )

@@ -313,6 +313,9 @@ class _Builder:
 
     _AxisSum = _AxisMean = _AxisMax = _axis_reduction
 
+    def _MatMul(self, expr) -> Expr:  # into a register of the product's shape
+        return self.call("MatMul", expr, expr.args)
+
     def _TensorMax(self, expr) -> Expr:
         return Reduce("TensorMax", self.tree(expr.args[0]))
 

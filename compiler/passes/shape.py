@@ -19,7 +19,7 @@ import dataclasses
 
 import sympy as sp
 
-from ..dsl import AxisReduction, Reduction
+from ..dsl import AxisReduction, MatrixOp, Reduction, Transpose
 from ..errors import RuleError
 from ..ir import Broadcast, Program, Role, Scope, base
 from ..render import math_text
@@ -27,17 +27,84 @@ from .scope import scopes_of, unversioned
 
 FULL: frozenset[int] = frozenset()  # no axis reduced: shaped like the parameter
 
+#: A shape: the axes reduced (a frozenset, FULL: none), or, for what a matrix operation makes, the last two
+#: axes as a pair of "m" (the parameter's rows), "n" (its columns) or 1: ``("m", "m")`` is ``X @ X^T`` of an
+#: ``m x n`` parameter, ``("n", "m")`` its transpose. A pair that is the parameter's with axes reduced is
+#: written as those axes (``("m", 1)`` is ``{-1}``): one shape, one spelling.
+Shape = frozenset | tuple
 
-def join(a: frozenset[int] | None, b: frozenset[int] | None) -> frozenset[int] | None:
-    """The shape of an operation on two operands: broadcasting keeps every axis either keeps."""
+
+class ShapeError(ValueError):
+    """Operands whose shapes cannot go together (``X @ X`` of an ``m x n`` matrix; an ``m x m`` value plus
+    an ``m x n`` one): the pass that finds it names the equation."""
+
+
+def as_pair(shape: Shape) -> tuple:
+    """The last two axes of a shape as a pair of "m", "n" or 1."""
+    if isinstance(shape, tuple):
+        return shape
+    if shape - {-1, -2}:
+        raise ShapeError(f"a matrix operation on a value reduced over axis {sorted(shape - {-1, -2})}")
+    return (1 if -2 in shape else "m", 1 if -1 in shape else "n")
+
+
+def canonical(pair: tuple) -> Shape:
+    """A pair as the axes it reduces where it is the parameter's shape with axes reduced."""
+    r, c = pair
+    if r in ("m", 1) and c in ("n", 1):
+        return frozenset(axis for axis, d in ((-2, r), (-1, c)) if d == 1)
+    return pair
+
+
+def join(a: Shape | None, b: Shape | None) -> Shape | None:
+    """The shape of an operation on two operands: broadcasting keeps every axis either keeps (an axis of
+    length 1 takes the other's; two lengths that differ are an error)."""
     if a is None:
         return b
     if b is None:
         return a
-    return a & b
+    if isinstance(a, frozenset) and isinstance(b, frozenset):
+        return a & b
+    out = []
+    for x, y in zip(as_pair(a), as_pair(b)):
+        if x != 1 and y != 1 and x != y:
+            raise ShapeError(f"a value of shape {words(a)} and one of shape {words(b)} do not broadcast")
+        out.append(y if x == 1 else x)
+    return canonical(tuple(out))
 
 
-def shape_of(expr: sp.Basic, shapes: dict[str, frozenset[int] | None]) -> frozenset[int] | None:
+def _matrix_shape(expr: MatrixOp, shapes: dict) -> Shape:
+    operands = []
+    for arg in expr.args:
+        inner = shape_of(arg, shapes)
+        operands.append(as_pair(FULL if inner is None else inner))  # a number: a 1 x 1 matrix broadcast
+    if isinstance(expr, Transpose):
+        ((r, c),) = operands
+        return canonical((c, r))
+    (r1, c1), (r2, c2) = operands
+    if c1 != r2:
+        raise ShapeError(
+            f"a matrix product of a value of shape {words(operands[0])} and one of shape {words(operands[1])}:"
+            " the columns of the first are not the rows of the second"
+        )
+    return canonical((r1, c2))
+
+
+def words(shape: Shape) -> str:
+    """A shape as the documentation writes it: ``m x n``, ``m x 1``, ``m x m``."""
+    r, c = as_pair(shape) if not (isinstance(shape, frozenset) and shape - {-1, -2}) else ("?", "?")
+    return f"{r} x {c}"
+
+
+def suffix(shape: Shape) -> str:
+    """A shape in a state's or a scratch buffer's scope (``runtime.common.state_shape``): ``/-1`` for a row,
+    ``/mm`` for an ``m x m`` value; empty for the parameter's shape."""
+    if isinstance(shape, tuple):
+        return "/" + "".join(str(d) for d in shape)
+    return "".join(f"/{axis}" for axis in sorted(shape))
+
+
+def shape_of(expr: sp.Basic, shapes: dict[str, Shape | None]) -> Shape | None:
     """The shape of an expression given the shape of every name it reads (None: not per element)."""
     if isinstance(expr, sp.Symbol):
         return shapes.get(base(expr))
@@ -45,7 +112,15 @@ def shape_of(expr: sp.Basic, shapes: dict[str, frozenset[int] | None]) -> frozen
         return None
     if isinstance(expr, AxisReduction):
         inner = shape_of(expr.args[0], shapes)
-        return (FULL if inner is None else inner) | {expr.axis}
+        inner = FULL if inner is None else inner
+        if isinstance(inner, tuple):
+            if expr.axis not in (-1, -2):
+                raise ShapeError(f"a reduction over axis {expr.axis} of a value of shape {words(inner)}")
+            r, c = inner
+            return canonical((r, 1) if expr.axis == -1 else (1, c))
+        return inner | {expr.axis}
+    if isinstance(expr, MatrixOp):
+        return _matrix_shape(expr, shapes)
     found = None
     for arg in expr.args:
         found = join(found, shape_of(arg, shapes))
@@ -75,7 +150,16 @@ def shapes_of(program: Program, case=None) -> dict[str, frozenset[int] | None]:
                 continue
             if a.target in stored:
                 continue
-            new = join(shapes.get(a.target), shape_of(a.expr, shapes))
+            try:
+                new = join(shapes.get(a.target), shape_of(a.expr, shapes))
+            except ShapeError as exc:
+                raise RuleError(
+                    program.rule,
+                    f"{exc} (in `{math_text(unversioned(a.expr))}`)",
+                    **program.written(a.equation),
+                    hint="a matrix operation takes the last two axes: m x n times n x k; a value of another"
+                    " shape than the parameter's is combined only with values it broadcasts against",
+                ) from None
             if new != shapes.get(a.target):
                 shapes[a.target] = new
                 changed = True
@@ -95,12 +179,21 @@ def infer_shapes(program: Program) -> Program:
                 if isinstance(node, Reduction) and not node.from_shape and shape_of(node.args[0], shapes):
                     raise RuleError(
                         program.rule,
-                        f"`{math_text(unversioned(node))}` reduces a whole tensor of values reduced over axis"
-                        f" {sorted(shape_of(node.args[0], shapes))}: a mean would divide by the tensor's size",
+                        f"`{math_text(unversioned(node))}` reduces a whole tensor of values of shape"
+                        f" {words(shape_of(node.args[0], shapes))}: a mean would divide by the tensor's size",
                         **program.written(a.equation),
                         hint="reduce it over the axes it keeps (tensor_mean(x, axis=-2)), or reduce the"
                         " per-element value",
                     )
+    for s in program.states:
+        if s.scope == Scope.ELEMENT and isinstance(shapes[s.name], tuple):
+            raise RuleError(
+                program.rule,
+                f"the state `{s.name}` would be stored with shape {words(shapes[s.name])}: a state is shaped like"
+                " the parameter (m x n), or with axes reduced (a row, a column)",
+                hint="keep the parameter's shape in the state (a matrix product back to m x n), or recompute"
+                " the value every step with a let",
+            )
     states = tuple(
         dataclasses.replace(s, reduced=tuple(sorted(shapes[s.name] or ()))) if s.scope == Scope.ELEMENT else s
         for s in program.states

@@ -141,13 +141,18 @@ class Registers:
         if register not in free:
             free.append(register)
 
-    def file(self, shape: frozenset[int] | None) -> Registers:
+    def file(self, shape: frozenset[int] | tuple | None) -> Registers:
         """The registers of values with ``shape`` (these, for a value shaped like the tensor)."""
         if not shape or shape == self.shape:
             return self
         if shape not in self.files:
-            axes = tuple(sorted(shape))
-            prefix = {(-1,): "_row", (-2,): "_col"}.get(axes, "_red" + "".join(str(-a) for a in axes) + "_")
+            if isinstance(shape, tuple):  # a matrix operation's (passes/shape.py): ``_xmm0`` for m x m
+                prefix = "_x" + "".join(str(d) for d in shape)
+            else:
+                axes = tuple(sorted(shape))
+                prefix = {(-1,): "_row", (-2,): "_col"}.get(
+                    axes, "_red" + "".join(str(-a) for a in axes) + "_"
+                )
             self.files[shape] = Registers(prefix, shape)
         return self.files[shape]
 
@@ -255,6 +260,8 @@ _MIRROR = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "==", "!=": "!="}
 _LOGIC = ("and", "or", "not")
 #: reductions over one axis (a row's, a column's): an operation into a register of the row's shape
 _AXIS = ("AxisSum", "AxisMean", "AxisMax")
+#: operations whose result may not share a buffer with an operand (a matrix product)
+_APART = ("MatMul",)
 #: operations whose call returns nothing (``np.copyto``): a name bound to the result is bound apart
 _NO_RESULT = ("copy_where", "fill")
 
@@ -430,6 +437,8 @@ class _Lowering:
             value, reg = self.operand(a)
             values.append(value)
             held.append(reg)
+        if op in _APART:  # a product reads every element of its operands for each of its own: apart
+            return self.apart(op, values, held, out, keywords, arrays)
         for reg in held:  # the result may go into an argument's register: element-wise, that is safe
             self.regs.give(reg)
         dest = out or (self.regs.take_mask() if mask else self.regs.take())
@@ -437,6 +446,20 @@ class _Lowering:
         self.lines.append(
             Op(op, tuple(values), _reg(dest), keywords=tuple(keywords), arrays=tuple(arrays), mask=where)
         )
+        return Name(_reg(dest)), (None if out else dest)
+
+    def apart(self, op: str, values: list[Expr], held: list, out: str | None, keywords, arrays):
+        """``op`` into a buffer that is none of its operands: a register of its own, copied into ``out``
+        where ``out`` is an operand (``X <- B @ X``)."""
+        into = out if out is not None and not any(_is(v, out) for v in values) else None
+        dest = into or self.regs.take()
+        self.lines.append(Op(op, tuple(values), _reg(dest), keywords=tuple(keywords), arrays=tuple(arrays)))
+        for reg in held:
+            self.regs.give(reg)
+        if out is not None and into is None:
+            self.lines.append(CopyInto(Name(_reg(dest)), _reg(out)))
+            self.regs.give(dest)
+            return Name(_reg(out)), None
         return Name(_reg(dest)), (None if out else dest)
 
     def scalar(self, node: Expr) -> Expr:
@@ -474,6 +497,8 @@ class _Lowering:
     # -- statements ---------------------------------------------------------------------------
 
     def bind(self, name: str, node: Expr) -> None:
+        if isinstance(node, Name) and node.value.name == name:  # a branch that leaves the value as it is
+            return
         if isinstance(node, Name) and node.value.name in self.regs.named and node.value.name != name:
             # an alias of a register would change when its owner is written again
             self.lines.append(Bind(name, node, duplicate=True))

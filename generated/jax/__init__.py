@@ -16,6 +16,7 @@ from .optax_adamw import OptaxAdamWState, optax_adamw
 from .optax_adan import OptaxAdanState, optax_adan
 from .optax_amsgrad import OptaxAmsgradState, optax_amsgrad
 from .optax_lion import OptaxLionState, optax_lion
+from .optax_muon import OptaxMuonState, optax_muon
 from .optax_nadam import OptaxNadamState, optax_nadam
 from .optax_nadamw import OptaxNadamwState, optax_nadamw
 from .optax_novograd import OptaxNovoGradState, optax_novograd
@@ -68,6 +69,8 @@ __all__ = [
     "OptaxAmsgradState",
     "optax_lion",
     "OptaxLionState",
+    "optax_muon",
+    "OptaxMuonState",
     "optax_nadam",
     "OptaxNadamState",
     "optax_nadamw",

@@ -16,6 +16,7 @@ from .optax_adamw import OptaxAdamW, OptaxAdamWState
 from .optax_adan import OptaxAdan, OptaxAdanState
 from .optax_amsgrad import OptaxAmsgrad, OptaxAmsgradState
 from .optax_lion import OptaxLion, OptaxLionState
+from .optax_muon import OptaxMuon, OptaxMuonState
 from .optax_nadam import OptaxNadam, OptaxNadamState
 from .optax_nadamw import OptaxNadamw, OptaxNadamwState
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
@@ -68,6 +69,8 @@ __all__ = [
     "OptaxAmsgradState",
     "OptaxLion",
     "OptaxLionState",
+    "OptaxMuon",
+    "OptaxMuonState",
     "OptaxNadam",
     "OptaxNadamState",
     "OptaxNadamw",

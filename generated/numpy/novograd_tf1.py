@@ -221,7 +221,9 @@ class NovoGradTF1:
             # normalised gradient
             u = np.divide(g, np.sqrt(epsilon + v), out=_s0)
             # weight decay
-            u = np.add(u, w * weight_decay if weight_decay != 0 else 0, out=_s0)
+            if weight_decay != 0:
+                np.multiply(w, weight_decay, out=_s1)
+                u = np.add(u, _s1, out=_s0)
             # gradient averaging
             if grad_averaging:
                 u = np.multiply(u, 1 - beta1, out=_s0)
@@ -230,9 +232,14 @@ class NovoGradTF1:
             np.multiply(beta1, m, out=_s1)
             np.add(_s1, u, out=m)
             # parameter update
-            # w -= lr*(beta1*m + u if use_nesterov else m)
-            np.multiply(lr, beta1 * m + u if use_nesterov else m, out=_s1)
-            w -= _s1
+            if use_nesterov:
+                np.multiply(beta1, m, out=_s1)
+                np.add(_s1, u, out=_s1)
+                np.multiply(lr, _s1, out=_s1)
+                w -= _s1
+            else:
+                np.multiply(lr, m, out=_s1)
+                w -= _s1
         return state
 
     def _case(self) -> int:

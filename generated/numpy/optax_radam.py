@@ -240,7 +240,7 @@ class OptaxRadam:
                 mu = state.mu[key]
                 nu = state.nu[key]
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, mu, nu)
+                _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, mu, nu)
                 tmp0 = np.multiply(g, 1 - b1, out=_s0)
                 # first moment
                 # mu = b1*mu + tmp0
@@ -261,13 +261,17 @@ class OptaxRadam:
                 # bias correction
                 nu_hat = np.multiply(nu, tmp3, out=_s3)
                 # parameter update
-                # w -= lr*(mu_hat*r/(eps + np.sqrt(eps_root + nu_hat)) if rho >= threshold else mu_hat)
-                np.multiply(
-                    lr,
-                    mu_hat * r / (eps + np.sqrt(eps_root + nu_hat)) if rho >= threshold else mu_hat,
-                    out=_s1,
-                )
-                w -= _s1
+                if rho >= threshold:
+                    np.multiply(lr, mu_hat, out=_s1)
+                    np.multiply(_s1, r, out=_s1)
+                    np.add(eps_root, nu_hat, out=_s4)
+                    np.sqrt(_s4, out=_s4)
+                    np.add(eps, _s4, out=_s4)
+                    np.divide(_s1, _s4, out=_s4)
+                    w -= _s4
+                else:
+                    np.multiply(lr, mu_hat, out=_s4)
+                    w -= _s4
         else:
             tmp4 = 1 - b2
             # maximum length of the simple moving average
@@ -297,7 +301,7 @@ class OptaxRadam:
                 mu = state.mu[key]
                 nu = state.nu[key]
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, mu, nu)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, mu, nu)
                 # first moment
                 # mu = b1*mu + g*(1 - b1)
                 np.multiply(b1, mu, out=_s0)
@@ -313,13 +317,17 @@ class OptaxRadam:
                 mu_hat = np.divide(mu, 1 - b1**t, out=_s0)
                 nu_hat = np.multiply(nu, tmp6, out=_s1)
                 # parameter update
-                # w -= lr*(mu_hat*r/(eps + np.sqrt(eps_root + nu_hat)) if rho >= threshold else mu_hat)
-                np.multiply(
-                    lr,
-                    mu_hat * r / (eps + np.sqrt(eps_root + nu_hat)) if rho >= threshold else mu_hat,
-                    out=_s2,
-                )
-                w -= _s2
+                if rho >= threshold:
+                    np.multiply(lr, mu_hat, out=_s2)
+                    np.multiply(_s2, r, out=_s2)
+                    np.add(eps_root, nu_hat, out=_s3)
+                    np.sqrt(_s3, out=_s3)
+                    np.add(eps, _s3, out=_s3)
+                    np.divide(_s2, _s3, out=_s3)
+                    w -= _s3
+                else:
+                    np.multiply(lr, mu_hat, out=_s3)
+                    w -= _s3
         return state
 
     def _case(self) -> int:

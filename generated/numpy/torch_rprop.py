@@ -243,9 +243,12 @@ class TorchRprop:
             np.copyto(_s2, etaplus, where=_m0)
             factor = _s2
             # step size (starts at the learning rate)
-            # step_size = np.clip(factor*(lr if t == 1 else step_size), step_size_min, step_size_max)
-            np.multiply(factor, lr if t == 1 else step_size, out=_s3)
-            np.clip(_s3, step_size_min, step_size_max, out=step_size)
+            if t == 1:
+                np.multiply(factor, lr, out=_s3)
+                np.clip(_s3, step_size_min, step_size_max, out=step_size)
+            else:
+                np.multiply(factor, step_size, out=_s3)
+                np.clip(_s3, step_size_min, step_size_max, out=step_size)
             # no move where the sign flipped
             # g = np.where(s < 0, 0, g)
             np.less(s, 0, out=_m1)

@@ -16,6 +16,7 @@ from .optax_adamw import OptaxAdamW
 from .optax_adan import OptaxAdan
 from .optax_amsgrad import OptaxAmsgrad
 from .optax_lion import OptaxLion
+from .optax_muon import OptaxMuon
 from .optax_nadam import OptaxNadam
 from .optax_nadamw import OptaxNadamw
 from .optax_novograd import OptaxNovoGrad
@@ -53,6 +54,7 @@ __all__ = [
     "OptaxAdan",
     "OptaxAmsgrad",
     "OptaxLion",
+    "OptaxMuon",
     "OptaxNadam",
     "OptaxNadamw",
     "OptaxNovoGrad",

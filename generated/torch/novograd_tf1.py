@@ -213,7 +213,8 @@ class NovoGradTF1(torch_support.RuleOptimizer):
             # normalised gradient
             u = torch.div(g, torch.sqrt(epsilon + v), out=_s0)
             # weight decay
-            u = torch.add(u, w * weight_decay if weight_decay != 0 else 0, out=_s0)
+            if weight_decay != 0:
+                u = torch.add(u, w, alpha=weight_decay, out=_s0)
             # gradient averaging
             if grad_averaging:
                 u = torch.mul(u, 1 - beta1, out=_s0)
@@ -222,7 +223,12 @@ class NovoGradTF1(torch_support.RuleOptimizer):
             torch.mul(beta1, m, out=_s1)
             torch.add(_s1, u, out=m)
             # parameter update
-            w.add_(beta1 * m + u if use_nesterov else m, alpha=-(lr))
+            if use_nesterov:
+                torch.mul(beta1, m, out=_s1)
+                torch.add(_s1, u, out=_s1)
+                w.add_(_s1, alpha=-(lr))
+            else:
+                w.add_(m, alpha=-(lr))
 
     @torch.no_grad()
     def finalize_variable_values(self) -> None:

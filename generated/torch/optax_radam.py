@@ -233,10 +233,13 @@ class OptaxRadam(torch_support.RuleOptimizer):
                 # bias correction
                 nu_hat = torch.mul(nu, tmp3, out=_s3)
                 # parameter update
-                w.add_(
-                    mu_hat * r / (eps + torch.sqrt(eps_root + nu_hat)) if rho >= threshold else mu_hat,
-                    alpha=-(lr),
-                )
+                if rho >= threshold:
+                    torch.add(eps_root, nu_hat, out=_s1)
+                    torch.sqrt(_s1, out=_s1)
+                    torch.add(eps, _s1, out=_s1)
+                    w.addcdiv_(mu_hat, _s1, value=-(lr * r))
+                else:
+                    w.add_(mu_hat, alpha=-(lr))
         else:
             tmp4 = 1 - b2
             # maximum length of the simple moving average
@@ -266,7 +269,7 @@ class OptaxRadam(torch_support.RuleOptimizer):
                 mu = state["mu"]
                 nu = state["nu"]
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1 = torch_support.scratch(self._scratch, 2, w, g, mu, nu)
+                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, mu, nu)
                 # first moment
                 # mu = b1*mu + g*(1 - b1)
                 torch.mul(b1, mu, out=_s0)
@@ -280,10 +283,13 @@ class OptaxRadam(torch_support.RuleOptimizer):
                 mu_hat = torch.div(mu, 1 - b1**t, out=_s1)
                 nu_hat = torch.mul(nu, tmp6, out=_s0)
                 # parameter update
-                w.add_(
-                    mu_hat * r / (eps + torch.sqrt(eps_root + nu_hat)) if rho >= threshold else mu_hat,
-                    alpha=-(lr),
-                )
+                if rho >= threshold:
+                    torch.add(eps_root, nu_hat, out=_s2)
+                    torch.sqrt(_s2, out=_s2)
+                    torch.add(eps, _s2, out=_s2)
+                    w.addcdiv_(mu_hat, _s2, value=-(lr * r))
+                else:
+                    w.add_(mu_hat, alpha=-(lr))
 
     def _case(self, group: dict[str, Any]) -> int:
         """The case of the rule (and its fused kernel) that this group's hyperparameters select."""

@@ -214,13 +214,20 @@ class TorchRprop(torch_support.RuleOptimizer):
             _s2.masked_fill_(_m0, etaplus)
             factor = _s2
             # step size (starts at the learning rate)
-            # step_size = torch.clamp(factor*(lr if t == 1 else step_size), step_size_min, step_size_max)
-            torch.mul(factor, lr if t == 1 else step_size, out=_s3)
-            torch.clamp(
-                _s3, step_size_min, step_size_max, out=step_size
-            ) if _s3.dtype == step_size.dtype else step_size.copy_(
-                torch.clamp(_s3, step_size_min, step_size_max)
-            )
+            if t == 1:
+                torch.mul(factor, lr, out=_s3)
+                torch.clamp(
+                    _s3, step_size_min, step_size_max, out=step_size
+                ) if _s3.dtype == step_size.dtype else step_size.copy_(
+                    torch.clamp(_s3, step_size_min, step_size_max)
+                )
+            else:
+                torch.mul(factor, step_size, out=_s3)
+                torch.clamp(
+                    _s3, step_size_min, step_size_max, out=step_size
+                ) if _s3.dtype == step_size.dtype else step_size.copy_(
+                    torch.clamp(_s3, step_size_min, step_size_max)
+                )
             # no move where the sign flipped
             # g = torch.where(s < 0, 0, g)
             torch.lt(s, 0, out=_m0)
