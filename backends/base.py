@@ -30,7 +30,9 @@ from optforge.compiler.ir import (
     Scope,
     Section,
     SectionKind,
+    Unused,
     base,
+    ssa,
 )
 from optforge.compiler.passes import conditions, three_address
 from optforge.compiler.passes.accumulators import accumulators
@@ -158,6 +160,9 @@ class Backend:
         lower = self.lowers(a, p)
         shape = (p.shapes.get(a.target) or frozenset()) if a.scope == Scope.ELEMENT else frozenset()
         registers = p.registers.file(shape) if lower else None
+        if registers is not None:  # under a test of the shape (passes/shape_guards.py), or always
+            unused = isinstance(a.expr, sp.Piecewise) and isinstance(a.expr.args[-1][0], Unused)
+            registers.conditions.append(a.expr.args[0][1] if unused else sp.true)
         if a.role in (Role.STATE, Role.PARAM) and a.scope >= Scope.TENSOR:
             kind, value = three_address.in_place_form(a, p.arrays, fill="fill" in self.forms)
             form = self.forms[kind]
@@ -229,7 +234,7 @@ class Backend:
             return lines
         return [f"# {printed}"] + lines
 
-    def scratch_lines(self, section: Section, program: Program, registers: Any) -> list[Line]:
+    def scratch_lines(self, section: Section, program: Program, registers: Any, p: ExprPrinter) -> list[Line]:
         """The line that binds the ``registers`` a pass over the tensors used (none if it used none)."""
         if registers is None:
             return []
@@ -244,12 +249,22 @@ class Backend:
                 else f"of w viewed as m x n, shaped {shape_words(file.shape)}"
             )
             keyword = f', scope="element{scope}"' if scope else ""
+            # where every statement that takes them runs under a test of the shape: only then
+            # (a pass that recorded none, the accumulations over all tensors': always)
+            conds = file.conditions
+            condition = sp.true if not conds or sp.true in conds else sp.Or(*conds)
+            only = (
+                ""
+                if condition is sp.true
+                else f" if {self.static_test(condition, section, p)} else (None,) * {{}}"
+            )
             names = file.names()
             if names:
                 arrays = ", ".join(["w", "g"] + self.element_states(program, section))
                 out.append(
                     Line(
-                        f"{_unpacked(names)} = {self.support}.scratch(self._scratch, {len(names)}, {arrays}{keyword})",
+                        f"{_unpacked(names)} = {self.support}.scratch(self._scratch, {len(names)}, {arrays}{keyword})"
+                        + only.format(len(names)),
                         f"scratch buffers for the element-wise temporaries (reused, {shaped})",
                     )
                 )
@@ -257,11 +272,21 @@ class Backend:
             if masks:
                 out.append(
                     Line(
-                        f"{_unpacked(masks)} = {self.support}.masks(self._scratch, {len(masks)}, w{keyword})",
+                        f"{_unpacked(masks)} = {self.support}.masks(self._scratch, {len(masks)}, w{keyword})"
+                        + only.format(len(masks)),
                         f"boolean buffers for the selects' conditions (reused, {shaped})",
                     )
                 )
         return out
+
+    def static_test(self, condition: sp.Basic, section: Section, p: ExprPrinter) -> str:
+        """A test of the tensor's shape, printed from the shape itself (``_defined``): Python's logic on
+        Python numbers, whatever reads ``w``."""
+        selects, p.selects = p.selects, set()
+        try:
+            return p.doprint(_defined(condition, section))
+        finally:
+            p.selects = selects
 
     def element_states(self, program: Program, section: Section) -> list[str]:
         element = {s.name for s in program.states if s.scope == Scope.ELEMENT}
@@ -368,7 +393,7 @@ class Backend:
                     if s.kind == SectionKind.REDUCE
                     else ([], self.section_lines(program, s, p))
                 )
-                lines = self.scratch_lines(s, program, registers) + lines
+                lines = self.scratch_lines(s, program, registers, p) + lines
                 p.registers, p.prepassed = None, {}
                 guard = self.reduce_guard(s, p) if s.kind == SectionKind.REDUCE else ""
                 printed.append(
@@ -419,7 +444,7 @@ class Backend:
             return None
         p.registers = registers = three_address.Registers()
         lines = self.section_lines(program, prepass, p)
-        lines = self.scratch_lines(prepass, program, registers) + lines
+        lines = self.scratch_lines(prepass, program, registers, p) + lines
         p.registers = None
         reduced = [a for a in prepass.body if a.role == Role.REDUCE]
         p.prepassed = {a.target: i for i, a in enumerate(reduced)}
@@ -841,6 +866,19 @@ def format_source(text: str, filename: str) -> str:
             f"ruff could not format the generated {filename} (a template bug):\n{out.stderr}\n{text}"
         )
     return out.stdout
+
+
+def _defined(condition: sp.Basic, section: Section) -> sp.Basic:
+    """A test of the tensor's shape (``matrix and not tall``) written with what its names are computed from
+    in ``section`` (``np.ndim(w) == 2 and not rows(w) > cols(w)``): testable before the loop's body computes
+    them, where its scratch buffers are taken."""
+    defined = {ssa(a.target, a.version): a.expr for a in section.body}
+    for _ in range(len(defined) + 1):
+        named = {s: defined[s] for s in condition.free_symbols if s in defined}
+        if not named:
+            break
+        condition = condition.xreplace(named)
+    return condition
 
 
 def _unpacked(names: list[str]) -> str:

@@ -14,12 +14,12 @@ from .dsl import (
     AxisReduction,
     Given,
     MachineEpsilon,
-    MatMul,
     MatrixOp,
+    MatrixProduct,
     TensorCols,
     TensorRank,
     TensorRows,
-    Transpose,
+    Transposed,
 )
 from .ir import Form, Program
 
@@ -177,8 +177,8 @@ def kernel_obstacle(program: Program) -> str:
                     TensorRows: "the tensor's rows",
                     TensorCols: "the tensor's columns",
                     MachineEpsilon: "the dtype's machine epsilon",
-                    MatMul: "a matrix product",
-                    Transpose: "a transpose",
+                    MatrixProduct: "a matrix product",
+                    Transposed: "a transpose",
                 }.get(type(node), "a reduction over one axis")
                 return (
                     f"{what} (equation {program.written(number)['equation']}) is not lowered into kernels yet"

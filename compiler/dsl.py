@@ -304,7 +304,7 @@ class MatrixOp(sp.Function):
     word = ""
 
 
-class MatMul(MatrixOp):
+class MatrixProduct(MatrixOp):
     """The matrix product ``a @ b`` over the last two axes (``(..., m, k) @ (..., k, n)``), batched over
     the leading ones."""
 
@@ -312,7 +312,7 @@ class MatMul(MatrixOp):
     word = "matmul"
 
 
-class Transpose(MatrixOp):
+class Transposed(MatrixOp):
     """The transpose of the last two axes (``(..., m, n)`` -> ``(..., n, m)``)."""
 
     nargs = 1
@@ -321,12 +321,12 @@ class Transpose(MatrixOp):
 
 def matmul(a: Any, b: Any) -> sp.Expr:
     """The matrix product of two values viewed as matrices (their last two axes; ``a @ b``)."""
-    return MatMul(sp.sympify(a), sp.sympify(b))
+    return MatrixProduct(sp.sympify(a), sp.sympify(b))
 
 
 def transpose(x: Any) -> sp.Expr:
     """A value viewed as a matrix, transposed (its last two axes swapped)."""
-    return Transpose(sp.sympify(x))
+    return Transposed(sp.sympify(x))
 
 
 # --------------------------------------------------------------------------------------

@@ -76,6 +76,17 @@ class Broadcast(sp.Function):
     nargs = 1
 
 
+class Unused(sp.Atom):
+    """The value of a name in the branch where nothing reads it (``passes/shape_guards.py``: Muon's steps
+    for a tensor that is not a matrix): printed ``None``, so that a read would fail at once, and never
+    written into a buffer."""
+
+    is_number = False
+
+    def _latex(self, printer) -> str:
+        return r"\text{unused}"
+
+
 class Upcast(sp.Function):
     """``Upcast(w)``: the parameter read in at least float32 (``passes/upcast.py``), where a reduction reads
     it: a float16 parameter's square would overflow at 256 (``||w||^2`` of a parameter of 300s is inf in

@@ -17,6 +17,7 @@ from .passes.reductions import extract_reductions
 from .passes.schedule import schedule
 from .passes.scope import infer_scopes
 from .passes.shape import infer_shapes
+from .passes.shape_guards import guard_shape_values
 from .passes.state import analyse_state
 from .passes.storage import protect_aliases
 from .passes.upcast import upcast_reductions
@@ -36,6 +37,7 @@ PASSES = {
         protect_aliases,  # a value that names a buffer updated in place later is copied
         schedule,  # once-per-step sections and loops over the tensors
         guard_lets,  # a once-per-step value that only a branch reads, computed only when it is taken
+        guard_shape_values,  # likewise a value only a test on the tensor's shape reads (Muon's matrices)
         verify,
     ),
     Form.INCREMENT: (
@@ -45,6 +47,7 @@ PASSES = {
         eliminate_common_subexpressions,
         schedule,
         guard_lets,
+        guard_shape_values,
         verify,
     ),
 }

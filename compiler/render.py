@@ -107,17 +107,20 @@ class MathPrinter(RuleOrder, StrPrinter):
     def _print_MachineEpsilon(self, expr) -> str:
         return "machine_epsilon"
 
+    def _print_Unused(self, expr) -> str:
+        return "unused"
+
     def _print_TensorRows(self, expr) -> str:
         return "rows"
 
     def _print_TensorCols(self, expr) -> str:
         return "cols"
 
-    def _print_MatMul(self, expr) -> str:
+    def _print_MatrixProduct(self, expr) -> str:
         a, b = expr.args  # parenthesised whole: `c*(A @ B)`, `(A @ B)^2` read as written
         return f"({self.parenthesize(a, PRECEDENCE['Mul'])} @ {self.parenthesize(b, PRECEDENCE['Mul'] + 1)})"
 
-    def _print_Transpose(self, expr) -> str:
+    def _print_Transposed(self, expr) -> str:
         return f"{self.parenthesize(expr.args[0], PRECEDENCE['Pow'] + 1)}^T"
 
     def _print_axis_reduction(self, expr) -> str:

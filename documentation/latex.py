@@ -90,12 +90,12 @@ class RuleLatexPrinter(RuleOrder, LatexPrinter):
     def _print_TensorCols(self, expr, exp=None) -> str:
         return r"\operatorname{cols}(w)"
 
-    def _print_MatMul(self, expr, exp=None) -> str:
+    def _print_MatrixProduct(self, expr, exp=None) -> str:
         """A matrix product as juxtaposition, each factor parenthesised where it is a sum."""
         out = " ".join(self.parenthesize(a, PRECEDENCE["Mul"], strict=True) for a in expr.args)
         return rf"\left({out}\right)^{{{exp}}}" if exp else out
 
-    def _print_Transpose(self, expr, exp=None) -> str:
+    def _print_Transposed(self, expr, exp=None) -> str:
         (arg,) = expr.args
         inner = self._print(arg) if isinstance(arg, sp.Symbol) else rf"\left({self._print(arg)}\right)"
         out = rf"{{{inner}}}^{{\top}}"

@@ -14,16 +14,16 @@ Every other tensor (a vector, a scalar, a tensor of rank 3 or more) takes ``opta
 b2=adam_b2, eps=eps, eps_root=adam_eps_root, weight_decay=adam_weight_decay, nesterov=nesterov)``, as optax's
 partition does; the first moment of either is the one state ``mu`` (its decay ``beta`` or ``adam_b1``).
 
-What differs from optax: for a tall matrix (``m > n``) optax transposes it and iterates on the ``n x n``
-Gram matrix; this rule iterates on ``X X^T`` (``m x m``) whatever the shape: the same polynomial of the same
-matrix (``p(X X^T) X = X p(X^T X)``), so the results agree to rounding (tested to 1e-12 in float64), at more
-cost for a tall matrix. The Newton-Schulz coefficients and the step count are optax's defaults, written in
-the rule (``ns_coeffs``, ``ns_steps`` are not hyperparameters here; a variant writes its own loop). Left out:
+For a tall matrix (``m > n``) optax transposes it and iterates on the ``n x n`` Gram matrix ``X^T X``;
+this rule writes that as ``X <- a X + X (b C + (c C) C)`` with ``C = X^T X``: the same products on the
+untransposed matrix, equal to rounding (a product's last bit: ``(c C) C`` is symmetric only to rounding).
+The loop over the tensors computes only the branch a tensor takes (``passes/shape_guards.py``: the
+Newton-Schulz steps for a matrix, on its smaller Gram matrix; nothing of them for a vector). The
+Newton-Schulz coefficients and the step count are optax's defaults, written in the rule (``ns_coeffs``,
+``ns_steps`` are not hyperparameters here; a variant writes its own loop). Left out:
 ``mu_dtype``, ``weight_decay_mask``, ``adam_learning_rate`` (Adam takes the same rate), ``preconditioning``
 other than ``'frobenius'``, ``muon_weight_dimension_numbers`` (matrices are the tensors of rank 2). Adam's
-second moment ``nu`` is kept for every tensor (updated only for those that are not matrices), and the
-Muon steps are computed for every tensor in the NumPy and torch modules (a vector as a ``1 x n`` matrix,
-its Gram matrix ``1 x 1``) and read only for the matrices.
+second moment ``nu`` is stored for every tensor (updated only for those that are not matrices).
 """
 
 from optforge.compiler.dsl import (
@@ -107,16 +107,23 @@ RULE.assign(
     when=nesterov,
 )
 
-# Muon: five Newton-Schulz steps from the Frobenius-normalised moment
+# Muon: five Newton-Schulz steps from the Frobenius-normalised moment, on the smaller Gram matrix
 a, b, c = 3.4445, -4.7750, 2.0315  # optax's _DEFAULT_NS_COEFFS
+tall = RULE.let("tall", rows > cols, "a tall matrix: its Gram matrix X^T X is the smaller")
 X = RULE.let("X", mu_hat / (tensor_norm(mu_hat) + eps), "Frobenius normalisation", latex="X")
-A = RULE.let("A", matmul(X, transpose(X)), "Gram matrix", latex="A")
-B = RULE.let("B", b * A + matmul(c * A, A), "Newton-Schulz polynomial", latex="B")
-RULE.assign(X, a * X + matmul(B, X), "Newton-Schulz step")
-for _ in range(4):
-    RULE.assign(A, matmul(X, transpose(X)), "Gram matrix")
-    RULE.assign(B, b * A + matmul(c * A, A), "Newton-Schulz polynomial")
-    RULE.assign(X, a * X + matmul(B, X), "Newton-Schulz step")
+for k in range(5):
+    gram, tall_gram = matmul(X, transpose(X)), matmul(transpose(X), X)  # m x m, n x n
+    if k == 0:
+        A = RULE.let("A", gram, "Gram matrix (m x m)", latex="A")
+        B = RULE.let("B", b * A + matmul(c * A, A), "Newton-Schulz polynomial", latex="B")
+        C = RULE.let("C", tall_gram, "Gram matrix of a tall matrix (n x n)", latex="C")
+        D = RULE.let("D", b * C + matmul(c * C, C), "its Newton-Schulz polynomial", latex="D")
+    else:
+        RULE.assign(A, gram, "Gram matrix (m x m)")
+        RULE.assign(B, b * A + matmul(c * A, A), "Newton-Schulz polynomial")
+        RULE.assign(C, tall_gram, "Gram matrix of a tall matrix (n x n)")
+        RULE.assign(D, b * C + matmul(c * C, C), "its Newton-Schulz polynomial")
+    RULE.assign(X, a * X + where(tall, matmul(X, D), matmul(B, X)), "Newton-Schulz step")
 RULE.assign(X, tensor_sum(mu_hat * X) * X, "dual-norm scaling", when=adaptive)
 scale = RULE.let(
     "scale",

@@ -129,12 +129,12 @@ def new_state(w: Any, scope: str, init: Any, dtype: Any) -> Any:
     return value
 
 
-def axis_sum(x: Any, axis: int) -> Any:
+def _axis_sum(x: Any, axis: int) -> Any:
     """The sum over ``axis``, kept with length 1; where ``x`` has no such axis (it has length 1), ``x``."""
     return jnp.sum(x, axis=axis, keepdims=True) if jnp.ndim(x) >= -axis else x
 
 
-def axis_mean(x: Any, axis: int) -> Any:
+def _axis_mean(x: Any, axis: int) -> Any:
     """The mean over ``axis``, kept with length 1: the sum over the axis's length, and 0 over an empty axis
     (a tensor with no elements); ``axis_sum``'s convention for an axis ``x`` lacks."""
     if jnp.ndim(x) < -axis:
@@ -142,7 +142,7 @@ def axis_mean(x: Any, axis: int) -> Any:
     return jnp.sum(x, axis=axis, keepdims=True) / max(jnp.shape(x)[axis], 1)
 
 
-def axis_max(x: Any, axis: int) -> Any:
+def _axis_max(x: Any, axis: int) -> Any:
     """The maximum over ``axis``, kept with length 1, -inf over an empty axis (``axis_sum``'s convention for
     an axis ``x`` lacks)."""
     return jnp.max(x, axis=axis, keepdims=True, initial=-jnp.inf) if jnp.ndim(x) >= -axis else x
@@ -180,3 +180,23 @@ def cols(w: Any) -> int:
 def machine_epsilon(w: Any) -> float:
     """The machine epsilon of ``w``'s dtype (``jnp.finfo``), a Python float."""
     return float(jnp.finfo(w.dtype).eps)
+
+
+def axis_sum(x: Any, axis: int, like: Any = None, scope: str = "element") -> Any:
+    """The sum over ``axis``, kept with length 1 (``_axis_sum``); ``like``: shaped as the parameter's
+    ``scope`` says (a Gram matrix's row of a vector: ``(1,)``, not ``(1, 1)``)."""
+    return _shaped(_axis_sum(x, axis), like, scope)
+
+
+def axis_mean(x: Any, axis: int, like: Any = None, scope: str = "element") -> Any:
+    """The mean over ``axis``, kept with length 1 (``_axis_mean``), shaped as ``axis_sum`` says."""
+    return _shaped(_axis_mean(x, axis), like, scope)
+
+
+def axis_max(x: Any, axis: int, like: Any = None, scope: str = "element") -> Any:
+    """The maximum over ``axis``, kept with length 1 (``_axis_max``), shaped as ``axis_sum`` says."""
+    return _shaped(_axis_max(x, axis), like, scope)
+
+
+def _shaped(result: Any, like: Any, scope: str) -> Any:
+    return result if like is None else jnp.reshape(result, common.state_shape(jnp.shape(like), scope))

@@ -142,7 +142,7 @@ def new_state(w: np.ndarray, scope: str, init: Any, dtype: Any) -> np.ndarray:
     return np.full(common.state_shape(w.shape, scope), init, dtype)
 
 
-def axis_sum(x: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.ndarray:
+def _axis_sum(x: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.ndarray:
     """The sum over ``axis``, kept with length 1 (into ``out`` where given); where ``x`` has no such axis
     (it has length 1), a copy of ``x`` (held apart from a buffer that is updated in place later)."""
     if np.ndim(x) < -axis:
@@ -150,7 +150,7 @@ def axis_sum(x: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.ndar
     return np.sum(x, axis=axis, keepdims=True, out=out)
 
 
-def axis_mean(x: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.ndarray:
+def _axis_mean(x: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.ndarray:
     """The mean over ``axis``, kept with length 1: the sum over the axis's length, as ``np.mean`` computes
     it, and 0 over an empty axis (a tensor with no elements); ``axis_sum``'s convention for an axis ``x``
     lacks."""
@@ -160,7 +160,7 @@ def axis_mean(x: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.nda
     return np.divide(total, max(np.shape(x)[axis], 1), out=out)
 
 
-def axis_max(x: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.ndarray:
+def _axis_max(x: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.ndarray:
     """The maximum over ``axis``, kept with length 1, -inf over an empty axis (``axis_sum``'s convention for
     an axis ``x`` lacks)."""
     if np.ndim(x) < -axis:
@@ -187,9 +187,15 @@ def matmul(
     return product if like is None else product.reshape(common.state_shape(np.shape(like), scope))
 
 
-def transpose(x: np.ndarray, like: np.ndarray | None = None, scope: str = "element") -> np.ndarray:
-    """``x`` viewed as a matrix with its last two axes swapped (a view), shaped as ``matmul`` says."""
+def transpose(
+    x: np.ndarray, like: np.ndarray | None = None, scope: str = "element", out: np.ndarray | None = None
+) -> np.ndarray:
+    """``x`` viewed as a matrix with its last two axes swapped: a view (shaped as ``matmul`` says), or copied
+    into ``out`` (a value kept by name must not follow the buffer it was read from)."""
     swapped = np.swapaxes(as_matrix(x), -1, -2)
+    if out is not None:
+        np.copyto(as_matrix(out), swapped)
+        return out
     return swapped if like is None else swapped.reshape(common.state_shape(np.shape(like), scope))
 
 
@@ -216,3 +222,29 @@ def machine_epsilon(w: np.ndarray) -> float:
         import ml_dtypes
 
         return float(ml_dtypes.finfo(w.dtype).eps)
+
+
+def axis_sum(
+    x: np.ndarray, axis: int, out: np.ndarray | None = None, like: Any = None, scope: str = "element"
+) -> np.ndarray:
+    """The sum over ``axis``, kept with length 1, into ``out`` (``_axis_sum``); ``like``: shaped as the
+    parameter's ``scope`` says (a Gram matrix's row of a vector: ``(1,)``, not ``(1, 1)``)."""
+    return _shaped(_axis_sum(x, axis, out), like, scope)
+
+
+def axis_mean(
+    x: np.ndarray, axis: int, out: np.ndarray | None = None, like: Any = None, scope: str = "element"
+) -> np.ndarray:
+    """The mean over ``axis``, kept with length 1 (``_axis_mean``), shaped as ``axis_sum`` says."""
+    return _shaped(_axis_mean(x, axis, out), like, scope)
+
+
+def axis_max(
+    x: np.ndarray, axis: int, out: np.ndarray | None = None, like: Any = None, scope: str = "element"
+) -> np.ndarray:
+    """The maximum over ``axis``, kept with length 1 (``_axis_max``), shaped as ``axis_sum`` says."""
+    return _shaped(_axis_max(x, axis, out), like, scope)
+
+
+def _shaped(result: np.ndarray, like: Any, scope: str) -> np.ndarray:
+    return result if like is None else result.reshape(common.state_shape(np.shape(like), scope))

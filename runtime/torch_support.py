@@ -566,7 +566,7 @@ _NO_REDUCED_DTENSOR = (
 )
 
 
-def axis_sum(x: torch.Tensor, axis: int, out: torch.Tensor | None = None) -> torch.Tensor:
+def _axis_sum(x: torch.Tensor, axis: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """The sum over ``axis``, kept with length 1 (into ``out`` where given); where ``x`` has no such axis
     (it has length 1), a copy of ``x`` (held apart from a buffer that is updated in place later)."""
     if x.dim() < -axis:
@@ -574,7 +574,7 @@ def axis_sum(x: torch.Tensor, axis: int, out: torch.Tensor | None = None) -> tor
     return _into(out, torch.sum(x, dim=axis, keepdim=True))
 
 
-def axis_mean(x: torch.Tensor, axis: int, out: torch.Tensor | None = None) -> torch.Tensor:
+def _axis_mean(x: torch.Tensor, axis: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """The mean over ``axis``, kept with length 1: the sum over the axis's length, and 0 over an empty axis
     (a tensor with no elements); ``axis_sum``'s convention for an axis ``x`` lacks."""
     if x.dim() < -axis:
@@ -582,7 +582,7 @@ def axis_mean(x: torch.Tensor, axis: int, out: torch.Tensor | None = None) -> to
     return _into(out, torch.sum(x, dim=axis, keepdim=True)).div_(max(x.shape[axis], 1))
 
 
-def axis_max(x: torch.Tensor, axis: int, out: torch.Tensor | None = None) -> torch.Tensor:
+def _axis_max(x: torch.Tensor, axis: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """The maximum over ``axis``, kept with length 1, -inf over an empty axis (``axis_sum``'s convention for
     an axis ``x`` lacks)."""
     if x.dim() < -axis:
@@ -614,16 +614,26 @@ def matmul(
     """The matrix product ``a @ b`` of two values viewed as matrices (``as_matrix``), batched over leading
     axes: into ``out`` (a buffer of the result's shape, not an operand's), or shaped as the parameter
     ``like``'s ``scope`` says (``common.state_shape``: a vector's ``1 x n`` result is a vector again)."""
+    # torch does not promote a product's operands: both in the buffer's dtype (the wider of the state's and
+    # the parameter's), or the wider of theirs
+    dtype = out.dtype if out is not None else torch.promote_types(a.dtype, b.dtype)
+    a, b = as_matrix(a).to(dtype), as_matrix(b).to(dtype)
     if out is not None:
-        torch.matmul(as_matrix(a), as_matrix(b), out=as_matrix(out))
+        torch.matmul(a, b, out=as_matrix(out))
         return out
-    product = torch.matmul(as_matrix(a), as_matrix(b))
+    product = torch.matmul(a, b)
     return product if like is None else product.reshape(common.state_shape(like.shape, scope))
 
 
-def transpose(x: torch.Tensor, like: torch.Tensor | None = None, scope: str = "element") -> torch.Tensor:
-    """``x`` viewed as a matrix with its last two axes swapped (a view), shaped as ``matmul`` says."""
+def transpose(
+    x: torch.Tensor, like: torch.Tensor | None = None, scope: str = "element", out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x`` viewed as a matrix with its last two axes swapped: a view (shaped as ``matmul`` says), or copied
+    into ``out`` (a value kept by name must not follow the buffer it was read from)."""
     swapped = as_matrix(x).transpose(-1, -2)
+    if out is not None:
+        as_matrix(out).copy_(swapped)
+        return out
     return swapped if like is None else swapped.reshape(common.state_shape(like.shape, scope))
 
 
@@ -714,3 +724,29 @@ def float32(x: Any) -> Any:
     if torch.compiler.is_compiling():  # a SymFloat: its arithmetic is simplified, c - (c - x) to x
         return torch.scalar_tensor(x, dtype=torch.float64).to(torch.float32).to(torch.float64)
     return common.float32(x)
+
+
+def axis_sum(
+    x: torch.Tensor, axis: int, out: torch.Tensor | None = None, like: Any = None, scope: str = "element"
+) -> torch.Tensor:
+    """The sum over ``axis``, kept with length 1, into ``out`` (``_axis_sum``); ``like``: shaped as the
+    parameter's ``scope`` says (a Gram matrix's row of a vector: ``(1,)``, not ``(1, 1)``)."""
+    return _shaped(_axis_sum(x, axis, out), like, scope)
+
+
+def axis_mean(
+    x: torch.Tensor, axis: int, out: torch.Tensor | None = None, like: Any = None, scope: str = "element"
+) -> torch.Tensor:
+    """The mean over ``axis``, kept with length 1 (``_axis_mean``), shaped as ``axis_sum`` says."""
+    return _shaped(_axis_mean(x, axis, out), like, scope)
+
+
+def axis_max(
+    x: torch.Tensor, axis: int, out: torch.Tensor | None = None, like: Any = None, scope: str = "element"
+) -> torch.Tensor:
+    """The maximum over ``axis``, kept with length 1 (``_axis_max``), shaped as ``axis_sum`` says."""
+    return _shaped(_axis_max(x, axis, out), like, scope)
+
+
+def _shaped(result: torch.Tensor, like: Any, scope: str) -> torch.Tensor:
+    return result if like is None else result.reshape(common.state_shape(like.shape, scope))

@@ -258,3 +258,27 @@ CLIPPING_PAIRS = [  # every combination for the first rule (the shared check), o
     for i, r in enumerate(RULES)
     for combo in (_COMBOS if i == 0 else _COMBOS[i % len(_COMBOS) : i % len(_COMBOS) + 1])
 ]
+
+
+def clipping_unseen(rule, name: str) -> str:
+    """Why the clipping option ``name`` given a value cannot be seen in ``rule``'s parameters or state, or
+    "": the rule's steps, run in NumPy with every gradient scaled down by 1e-3 (``clipnorm``,
+    ``global_clipnorm``) or clipped element-wise by hand (``clipvalue``), equal its steps on the gradients
+    as they are (to 1e-12: a sign, ``sign(g)``; a direction, ``||w|| g / ||g||``). For any other option or
+    rule, "": the option must act."""
+    import numpy as np
+    from drivers import problem, run
+
+    if name not in CLIPPING:
+        return ""
+    params0, grads = problem(4, seed=41)
+    if name == "clipvalue":
+        changed = [[np.asarray(np.clip(x, -1e-3, 1e-3)) for x in g] for g in grads]
+    else:
+        changed = [[np.asarray(x * 1e-3) for x in g] for g in grads]
+    cfg = dict(rule.configs["default"])
+    (want, _), (got, _) = run("numpy", rule, cfg, params0, grads), run("numpy", rule, cfg, params0, changed)
+    if all(np.allclose(a, b, rtol=1e-12, atol=0) for a, b in zip(got, want)):
+        how = "clipped element-wise" if name == "clipvalue" else "scaled down"
+        return f"{rule.name} steps the same with every gradient {how} by hand: {name} cannot be seen in its steps"
+    return ""

@@ -320,7 +320,8 @@ def test_every_registered_rule_passes_the_verifier_between_passes():
     for rule in RULES.values():
         for form in Form:
             program = compiled(rule, form)
-            assert program.passes[-2:] == ("schedule", "guard_lets") and program.form == form
+            assert program.passes[-3:] == ("schedule", "guard_lets", "guard_shape_values")
+            assert program.form == form
 
 
 # --------------------------------------------------------------------------------------

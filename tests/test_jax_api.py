@@ -29,6 +29,7 @@ from hyper_cases import (  # noqa: E402
     WRONG_TYPE,
     ZERO_IS_OFF,
     clipping_message,
+    clipping_unseen,
     expected_range_message,
     inside,
     other_hypers,
@@ -644,7 +645,10 @@ def test_zero_means_off_like_none(rule, name):
     # given a value that is not 0, the option acts (otherwise the check above proves nothing), on the
     # parameters or only on the state (clipping a sign-based rule's gradients)
     on = run(transform(rule, **base, **{name: inside(h)}), params, grads)
-    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(on[:2]), jax.tree.leaves(off[:2])))
+    moved = any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(on[:2]), jax.tree.leaves(off[:2])))
+    if not moved and clipping_unseen(rule, name):
+        pytest.skip(clipping_unseen(rule, name))  # a sign-based rule: the checks above are all there is
+    assert moved
 
 
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)

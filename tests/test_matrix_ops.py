@@ -20,9 +20,9 @@ from rulekit import load, steps
 
 from optforge.compiler.dsl import (
     Eq,
-    MatMul,
+    MatrixProduct,
     Rule,
-    Transpose,
+    Transposed,
     cols,
     g,
     matmul,
@@ -50,17 +50,19 @@ SHAPES = [(), (7,), (5, 3), (3, 5), (2, 3, 4), (0, 3)]
 def test_a_product_and_a_transpose_have_the_shapes_of_linear_algebra():
     x, r, gram = sp.symbols("x r gram")
     shapes = {"x": FULL, "r": frozenset({-1}), "gram": ("m", "m"), "lr": None}
-    assert shape_of(Transpose(x), shapes) == ("n", "m")
-    assert shape_of(MatMul(x, Transpose(x)), shapes) == ("m", "m")
-    assert shape_of(MatMul(Transpose(x), x), shapes) == ("n", "n")
-    assert shape_of(MatMul(gram, x), shapes) == FULL  # back to the parameter's shape: a frozenset
-    assert shape_of(MatMul(Transpose(r), x), shapes) == frozenset({-2})  # a row vector times X: a column
+    assert shape_of(Transposed(x), shapes) == ("n", "m")
+    assert shape_of(MatrixProduct(x, Transposed(x)), shapes) == ("m", "m")
+    assert shape_of(MatrixProduct(Transposed(x), x), shapes) == ("n", "n")
+    assert shape_of(MatrixProduct(gram, x), shapes) == FULL  # back to the parameter's shape: a frozenset
+    assert shape_of(MatrixProduct(Transposed(r), x), shapes) == frozenset(
+        {-2}
+    )  # a row vector times X: a column
     assert shape_of(sp.Symbol("lr") * gram + gram, shapes) == ("m", "m")
     assert join(frozenset({-1}), ("m", "m")) == ("m", "m")  # a column of m broadcasts over m x m
     with pytest.raises(ShapeError, match="do not broadcast"):
         join(FULL, ("m", "m"))
     with pytest.raises(ShapeError, match="columns of the first are not the rows of the second"):
-        shape_of(MatMul(x, x), shapes)
+        shape_of(MatrixProduct(x, x), shapes)
 
 
 def test_operands_that_do_not_go_together_are_an_error_at_the_equation():
@@ -188,3 +190,47 @@ def test_products_go_into_buffers_of_their_own_shapes(orthogonal):
         tracemalloc.stop()
     assert params[0].dtype == np.float32
     assert peak < 120_000 * 4 / 10, f"a step allocated up to {peak} bytes"
+
+
+# -- a value only a test of the shape reads: computed only for the tensors that take that branch ----------
+
+
+def test_a_value_read_under_a_test_of_the_shape_is_computed_only_there():
+    """``passes/shape_guards.py``: a let read only where ``rank == 2`` becomes ``where(rank == 2, value,
+    unused)``; one read anywhere else is left as it is."""
+    from optforge.compiler.ir import Unused
+
+    R = Rule("ShapeGuarded", title="t")
+    lr = R.learning_rate(LR)
+    gram = R.let("gram", matmul(g, transpose(g)), "read only for a matrix")
+    both = R.let("both", 2 * g, "read for every tensor")
+    R.assign(w, w - lr * (both + where(Eq(rank, 2), matmul(gram, g), 0)), "update")
+    program = _compiled(R)
+    body = {a.target: a.expr for c in program.cases for a in c.body}
+    assert isinstance(body["gram"], sp.Piecewise) and isinstance(body["gram"].args[-1][0], Unused)
+    assert body["gram"].args[0][1] == Eq(sp.Symbol("rank"), 2)
+    assert not isinstance(body["both"], sp.Piecewise)
+
+
+def test_muon_forms_only_the_smaller_gram_matrix_and_none_for_other_tensors():
+    """OptaxMuon's first NumPy step, which sizes the scratch buffers, on a tall and a wide matrix and a
+    tensor of rank 3 (Adam's): the Gram matrices are n x n for the tall one and m x m for the wide one
+    (4000 x 4000, 128 MB in float64, had they been the larger), none for the rank-3 tensor."""
+    import tracemalloc
+
+    import optforge.generated.numpy as generated
+
+    rng = np.random.default_rng(9)
+    shapes = [(4000, 3), (3, 4000), (4, 500, 3)]
+    params = [rng.standard_normal(s) for s in shapes]
+    grads = [rng.standard_normal(s) for s in shapes]
+    opt = generated.OptaxMuon(learning_rate=0.02)
+    state = opt.init(params)
+    tracemalloc.start()
+    try:
+        params, state = opt.step(params, grads, state)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    one_tensor = 12_000 * 8
+    assert peak < 20 * one_tensor, f"the first step allocated up to {peak} bytes (one tensor is {one_tensor})"

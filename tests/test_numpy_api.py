@@ -22,6 +22,7 @@ from hyper_cases import (
     WRONG_TYPE,
     ZERO_IS_OFF,
     clipping_message,
+    clipping_unseen,
     expected_range_message,
     inside,
     other_hypers,
@@ -443,6 +444,8 @@ def test_zero_means_off_like_none(rule, name):
     _, on, on_state = run_steps(rule, start, grads, **base, **{name: inside(h)})
     params_moved = any(not np.array_equal(on[k], off[1][k]) for k in on)
     state_moved = any(not np.array_equal(a, b) for a, b in zip(_leaves(on_state), _leaves(off[2])))
+    if not (params_moved or state_moved) and clipping_unseen(rule, name):
+        pytest.skip(clipping_unseen(rule, name))  # a sign-based rule: the checks above are all there is
     assert params_moved or state_moved
 
 

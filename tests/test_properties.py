@@ -300,19 +300,19 @@ def _zero_gradient_divides_by_zero(rule, hypers) -> bool:
 
     Every denominator of the registry's rules is a stabilised norm of the gradients: Adagrad's
     sqrt(a + epsilon), Adamax's u + epsilon, Nadam's sqrt(v_hat) + epsilon, NovoGrad's sqrt(v + epsilon),
-    Adadelta's sqrt(u + eps)/sqrt(v + eps), RMSprop's sqrt(v) + eps. With the stabiliser at 0, a gradient
+    Adadelta's sqrt(u + eps)/sqrt(v + eps), RMSprop's sqrt(v) + eps, Muon's ||mu_hat|| + eps (a matrix's). With the stabiliser at 0, a gradient
     that is exactly 0 gives 0/0 by the rule's own definition (as in its reference library). Such gradients
     are then left out of property (b); (a) keeps them (all backends must give the same NaN).
     """
     import optforge.generated.numpy as gen
 
     opt = getattr(gen, rule.name)(**hypers)
-    params = [np.ones(3)]
+    params = [np.ones(3), np.ones((2, 3))]  # a vector and a matrix (Muon's steps are a matrix's only)
     state = opt.init(params)
     try:
         with np.errstate(divide="raise", invalid="raise", over="raise"):
             for _ in range(2 * (hypers.get("gradient_accumulation_steps") or 1)):  # two updates
-                params, state = opt.step(params, [np.zeros(3)], state)
+                params, state = opt.step(params, [np.zeros(3), np.zeros((2, 3))], state)
     except FloatingPointError:
         return True
     return False

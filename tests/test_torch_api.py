@@ -31,6 +31,7 @@ from hyper_cases import (  # noqa: E402
     WRONG_TYPE,
     ZERO_IS_OFF,
     clipping_message,
+    clipping_unseen,
     expected_range_message,
     inside,
     other_hypers,
@@ -155,8 +156,10 @@ def test_training_loop_decreases_loss(rule):
     w_true = torch.tensor([[1.0], [-2.0], [0.5], [1.5]])
     y = x @ w_true + 0.3
     loss_fn = torch.nn.MSELoss()
-    # 50 steps at 0.05; Adadelta's steps start at about lr*sqrt(eps): 200 steps at its usual rate, 1.0
-    for lr, steps in ((0.05, 50), (1.0, 200)):
+    # 50 steps at 0.05; Adadelta's steps start at about lr*sqrt(eps): 200 steps at its usual rate, 1.0;
+    # LAMB's step is about lr*||w|| per tensor, which 1.0 overshoots: 0.1; LARS's trust ratio carries
+    # optax's trust_coefficient of 0.001: 10
+    for lr, steps in ((0.05, 50), (1.0, 200), (0.1, 200), (10.0, 200)):
         torch.manual_seed(0)
         model = torch.nn.Linear(4, 1)
         opt = build(rule, model.parameters(), lr=lr)
@@ -636,7 +639,10 @@ def test_zero_means_off_like_none(rule, name):
         model, opt = run
         return [*params_of(model), *(v for s in opt.state.values() for v in s.values() if torch.is_tensor(v))]
 
-    assert any(not torch.equal(a, b) for a, b in zip(tensors(on), tensors(off)))
+    moved = any(not torch.equal(a, b) for a, b in zip(tensors(on), tensors(off)))
+    if not moved and clipping_unseen(rule, name):
+        pytest.skip(clipping_unseen(rule, name))  # a sign-based rule: the checks above are all there is
+    assert moved
 
 
 @pytest.mark.parametrize(("rule", "name"), ZERO_IS_OFF)

@@ -27,8 +27,8 @@ class NumPyPrinter(ExprPrinter):
         "MachineEpsilon": ("numpy_support.machine_epsilon", ""),
         "TensorRows": ("numpy_support.rows", ""),
         "TensorCols": ("numpy_support.cols", ""),
-        "MatMul": ("numpy_support.matmul", ""),
-        "Transpose": ("numpy_support.transpose", ""),
+        "MatrixProduct": ("numpy_support.matmul", ""),
+        "Transposed": ("numpy_support.transpose", ""),
         "AxisSum": ("numpy_support.axis_sum", ""),
         "AxisMean": ("numpy_support.axis_mean", ""),
         "AxisMax": ("numpy_support.axis_max", ""),
@@ -71,7 +71,8 @@ class NumPyBackend(Backend):
         "AxisMean": "numpy_support.axis_mean({0}, {1}, out={out})",
         "AxisMax": "numpy_support.axis_max({0}, {1}, out={out})",
         # a matrix product into a register of its shape (never one of its operands')
-        "MatMul": "numpy_support.matmul({0}, {1}, out={out})",
+        "MatrixProduct": "numpy_support.matmul({0}, {1}, out={out})",
+        "Transposed": "numpy_support.transpose({0}, out={out})",  # a copy, not a view of a buffer
         # a select (where): the comparisons and logic into boolean masks, then a masked copy
         "<": "np.less({0}, {1}, out={out})",
         "<=": "np.less_equal({0}, {1}, out={out})",

@@ -27,8 +27,8 @@ class TorchPrinter(ExprPrinter):
         "MachineEpsilon": ("torch_support.machine_epsilon", ""),
         "TensorRows": ("torch_support.rows", ""),
         "TensorCols": ("torch_support.cols", ""),
-        "MatMul": ("torch_support.matmul", ""),
-        "Transpose": ("torch_support.transpose", ""),
+        "MatrixProduct": ("torch_support.matmul", ""),
+        "Transposed": ("torch_support.transpose", ""),
         "AxisSum": ("torch_support.axis_sum", ""),
         "AxisMean": ("torch_support.axis_mean", ""),
         "AxisMax": ("torch_support.axis_max", ""),
@@ -113,7 +113,8 @@ class TorchBackend(Backend):
         "AxisMean": "torch_support.axis_mean({0}, {1}, out={out})",
         "AxisMax": "torch_support.axis_max({0}, {1}, out={out})",
         # a matrix product into a register of its shape (never one of its operands')
-        "MatMul": "torch_support.matmul({0}, {1}, out={out})",
+        "MatrixProduct": "torch_support.matmul({0}, {1}, out={out})",
+        "Transposed": "torch_support.transpose({0}, out={out})",  # a copy, not a view of a buffer
         # a select (where): the comparisons and logic into boolean masks, then a masked copy
         "<": "torch.lt({0}, {1}, out={out})",
         "<=": "torch.le({0}, {1}, out={out})",

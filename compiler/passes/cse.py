@@ -12,6 +12,7 @@ import dataclasses
 
 import sympy as sp
 
+from ..dsl import Transposed
 from ..ir import Assign, Program, Role, base
 from .scope import scope_of, scopes_of
 
@@ -53,8 +54,14 @@ def _cse(body: tuple[Assign, ...], scopes: dict, start: int) -> tuple[tuple[Assi
 
     replacements = [(sym, restore(expr)) for sym, expr in replacements]
     reduced = [restore(e) for e in reduced]
-    # a condition (t == 1) reads better where it is used than as a named boolean
-    inline = {sym: expr for sym, expr in replacements if isinstance(expr, sp.logic.boolalg.Boolean)}
+    # a condition (t == 1) reads better where it is used than as a named boolean; a transpose of a name is a
+    # view, read where it is used (a name bound to it would follow the buffer it views)
+    inline = {
+        sym: expr
+        for sym, expr in replacements
+        if isinstance(expr, sp.logic.boolalg.Boolean)
+        or (isinstance(expr, Transposed) and expr.args[0].is_Symbol)
+    }
     if inline:
         replacements = [(sym, expr.xreplace(inline)) for sym, expr in replacements if sym not in inline]
         reduced = [e.xreplace(inline) for e in reduced]

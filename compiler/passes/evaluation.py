@@ -309,12 +309,19 @@ class _Builder:
         return Reduce("TensorSum", self.tree(expr.args[0]))
 
     def _axis_reduction(self, expr) -> Expr:  # over one axis, into a register of the row's (column's) shape
+        if self.t.shapes and isinstance(shape_of(expr.args[0], self.t.shapes), tuple):
+            return self.leaf(expr)  # over a Gram matrix's rows: printed whole, shaped as the parameter's row
         return self.call(type(expr).__name__, expr, expr.args)
 
     _AxisSum = _AxisMean = _AxisMax = _axis_reduction
 
-    def _MatMul(self, expr) -> Expr:  # into a register of the product's shape
-        return self.call("MatMul", expr, expr.args)
+    def _MatrixProduct(self, expr) -> Expr:  # into a register of the product's shape
+        return self.call("MatrixProduct", expr, expr.args)
+
+    def _Transposed(
+        self, expr
+    ) -> Expr:  # a copy into a register of its shape (a view would follow its buffer)
+        return self.call("Transposed", expr, expr.args)
 
     def _TensorMax(self, expr) -> Expr:
         return Reduce("TensorMax", self.tree(expr.args[0]))

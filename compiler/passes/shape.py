@@ -19,7 +19,7 @@ import dataclasses
 
 import sympy as sp
 
-from ..dsl import AxisReduction, MatrixOp, Reduction, Transpose
+from ..dsl import AxisReduction, MatrixOp, Reduction, Transposed
 from ..errors import RuleError
 from ..ir import Broadcast, Program, Role, Scope, base
 from ..render import math_text
@@ -77,8 +77,13 @@ def _matrix_shape(expr: MatrixOp, shapes: dict) -> Shape:
     operands = []
     for arg in expr.args:
         inner = shape_of(arg, shapes)
-        operands.append(as_pair(FULL if inner is None else inner))  # a number: a 1 x 1 matrix broadcast
-    if isinstance(expr, Transpose):
+        if inner is None:
+            raise ShapeError(
+                f"`{math_text(unversioned(expr))}` takes `{math_text(unversioned(arg))}`, a value that is not per"
+                " element, as a matrix: multiply by it instead"
+            )
+        operands.append(as_pair(inner))
+    if isinstance(expr, Transposed):
         ((r, c),) = operands
         return canonical((c, r))
     (r1, c1), (r2, c2) = operands
@@ -169,22 +174,34 @@ def shapes_of(program: Program, case=None) -> dict[str, frozenset[int] | None]:
     return shapes
 
 
+def _check_whole_reductions(a, shapes: dict) -> None:
+    """A reduction over a whole tensor reads a value of the parameter's shape (a mean divides by its size)."""
+    for node in sp.preorder_traversal(a.expr):
+        if isinstance(node, Reduction) and not node.from_shape:
+            inner = shape_of(node.args[0], shapes)
+            if inner:
+                raise ShapeError(
+                    f"`{math_text(unversioned(node))}` reduces a whole tensor of values of shape {words(inner)},"
+                    " not the parameter's m x n: a mean would divide by the parameter's size"
+                )
+
+
 def infer_shapes(program: Program) -> Program:
     """Each per-element state's shape (``StateVar.reduced``: the axes reduced to length 1), and a reduction
     over a whole tensor of a reduced value refused (``tensor_mean`` divides by the tensor's size)."""
     shapes = shapes_of(program)
     for case in program.cases:
         for a in case.body:
-            for node in sp.preorder_traversal(a.expr):
-                if isinstance(node, Reduction) and not node.from_shape and shape_of(node.args[0], shapes):
-                    raise RuleError(
-                        program.rule,
-                        f"`{math_text(unversioned(node))}` reduces a whole tensor of values of shape"
-                        f" {words(shape_of(node.args[0], shapes))}: a mean would divide by the tensor's size",
-                        **program.written(a.equation),
-                        hint="reduce it over the axes it keeps (tensor_mean(x, axis=-2)), or reduce the"
-                        " per-element value",
-                    )
+            try:
+                _check_whole_reductions(a, shapes)
+            except ShapeError as exc:
+                raise RuleError(
+                    program.rule,
+                    str(exc),
+                    **program.written(a.equation),
+                    hint="reduce a value of another shape than the parameter's over its axes"
+                    " (tensor_mean(x, axis=-2)), or reduce the per-element value",
+                ) from None
     for s in program.states:
         if s.scope == Scope.ELEMENT and isinstance(shapes[s.name], tuple):
             raise RuleError(

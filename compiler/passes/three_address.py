@@ -41,7 +41,7 @@ from collections.abc import Iterable
 
 import sympy as sp
 
-from ..ir import Assign, base, ssa
+from ..ir import Assign, Unused, base, ssa
 from ..ops import (
     Bin,
     Bind,
@@ -121,6 +121,9 @@ class Registers:
         self.free: list[str] = []
         self.free_masks: list[str] = []
         self.named: dict[str, str] = {}  # element-wise temporary -> its register, for the rest of the pass
+        #: the conditions under which the statements that take these registers run (``sp.true``: always);
+        #: a file whose statements all run under a test of the tensor's shape is allocated only then
+        self.conditions: list = []
 
     def take(self) -> str:
         if self.free:
@@ -261,7 +264,7 @@ _LOGIC = ("and", "or", "not")
 #: reductions over one axis (a row's, a column's): an operation into a register of the row's shape
 _AXIS = ("AxisSum", "AxisMean", "AxisMax")
 #: operations whose result may not share a buffer with an operand (a matrix product)
-_APART = ("MatMul",)
+_APART = ("MatrixProduct",)
 #: operations whose call returns nothing (``np.copyto``): a name bound to the result is bound apart
 _NO_RESULT = ("copy_where", "fill")
 
@@ -448,10 +451,21 @@ class _Lowering:
         )
         return Name(_reg(dest)), (None if out else dest)
 
+    def occupies(self, value: Expr, register: str) -> bool:
+        """Whether ``value`` reads the buffer ``register``: it is that register, or a name held in it (a
+        ``let`` kept in its register for the pass), or an expression reading such a name."""
+        if isinstance(value, Name):
+            names = {value.value.name}
+        elif isinstance(value, Leaf):
+            names = {base(s) for s in value.expr.free_symbols}
+        else:
+            return False
+        return any(n == register or self.regs.named.get(n) == register for n in names)
+
     def apart(self, op: str, values: list[Expr], held: list, out: str | None, keywords, arrays):
         """``op`` into a buffer that is none of its operands: a register of its own, copied into ``out``
         where ``out`` is an operand (``X <- B @ X``)."""
-        into = out if out is not None and not any(_is(v, out) for v in values) else None
+        into = out if out is not None and not any(self.occupies(v, out) for v in values) else None
         dest = into or self.regs.take()
         self.lines.append(Op(op, tuple(values), _reg(dest), keywords=tuple(keywords), arrays=tuple(arrays)))
         for reg in held:
@@ -502,6 +516,8 @@ class _Lowering:
         if isinstance(node, Name) and node.value.name in self.regs.named and node.value.name != name:
             # an alias of a register would change when its owner is written again
             self.lines.append(Bind(name, node, duplicate=True))
+            return
+        if isinstance(node, Leaf) and isinstance(node.expr, Unused):  # nothing reads it in this branch
             return
         if not is_element(node) and self.element_statement and "fill" in self.target.calls:
             # a branch that is a number, of a value that is an array in the other branch: the number fills

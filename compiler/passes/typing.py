@@ -30,10 +30,11 @@ def array_names(
     every case)."""
     kinds = set(array_scopes)
     statements = [a for c in program.cases for a in c.body]
-    # the tensor's size, rank and epsilon are numbers, and so is a named value per tensor computed from them
-    # and Python numbers only, where the hyperparameters are numbers too (not in JAX, whose may be traced
-    # arrays: there ``max(h, 1/sqrt(size))`` must be jnp.maximum, so they stay arrays)
-    numbers = number_names(program) if hypers_are_numbers else set()
+    # the tensor's size, rank, rows, columns and epsilon are numbers in every backend (a shape is static
+    # under jit), and so is a named value per tensor computed from them and Python numbers only: from the
+    # hyperparameters too where they are numbers (not in JAX, whose may be traced arrays: there
+    # ``max(h, 1/sqrt(size))`` must be jnp.maximum, so it stays an array)
+    numbers = number_names(program)
     given = {f"{h.name}?" for h in program.hypers}  # Given(x): a Python test in every backend
     values = {h.name for h in program.hypers} if hypers_are_numbers else set()
     known = (numbers | given | values) - set(always)

@@ -15,6 +15,9 @@ from .optax_adamaxw import OptaxAdamaxwState, optax_adamaxw
 from .optax_adamw import OptaxAdamWState, optax_adamw
 from .optax_adan import OptaxAdanState, optax_adan
 from .optax_amsgrad import OptaxAmsgradState, optax_amsgrad
+from .optax_fromage import OptaxFromageState, optax_fromage
+from .optax_lamb import OptaxLambState, optax_lamb
+from .optax_lars import OptaxLarsState, optax_lars
 from .optax_lion import OptaxLionState, optax_lion
 from .optax_muon import OptaxMuonState, optax_muon
 from .optax_nadam import OptaxNadamState, optax_nadam
@@ -23,6 +26,7 @@ from .optax_novograd import OptaxNovoGradState, optax_novograd
 from .optax_radam import OptaxRadamState, optax_radam
 from .optax_rmsprop import OptaxRmspropState, optax_rmsprop
 from .optax_sgd import OptaxSgdState, optax_sgd
+from .optax_sign_sgd import OptaxSignSgdState, optax_sign_sgd
 from .optax_yogi import OptaxYogiState, optax_yogi
 from .sgd import SGDState, sgd
 from .torch_adadelta import TorchAdadeltaState, torch_adadelta
@@ -67,6 +71,12 @@ __all__ = [
     "OptaxAdanState",
     "optax_amsgrad",
     "OptaxAmsgradState",
+    "optax_fromage",
+    "OptaxFromageState",
+    "optax_lamb",
+    "OptaxLambState",
+    "optax_lars",
+    "OptaxLarsState",
     "optax_lion",
     "OptaxLionState",
     "optax_muon",
@@ -83,6 +93,8 @@ __all__ = [
     "OptaxRmspropState",
     "optax_sgd",
     "OptaxSgdState",
+    "optax_sign_sgd",
+    "OptaxSignSgdState",
     "optax_yogi",
     "OptaxYogiState",
     "sgd",

@@ -10,22 +10,33 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     mu <- d*mu + g*(1 - d)
     mu_hat = mu/(1 - d^t)
     mu_hat <- d*mu/(1 - d^(t + 1)) + g*(1 - d)/(1 - d^t)    if nesterov
+    tall = rows > cols
     X = mu_hat/(eps + sqrt(||mu_hat||^2))
     A = (X @ X^T)
     B = ((2.0315*A) @ A) - 4.775*A
-    X <- 3.4445*X + (B @ X)
+    C = (X^T @ X)
+    D = ((2.0315*C) @ C) - 4.775*C
+    X <- 3.4445*X + where(tall, (X @ D), (B @ X))
     A <- (X @ X^T)
     B <- ((2.0315*A) @ A) - 4.775*A
-    X <- 3.4445*X + (B @ X)
+    C <- (X^T @ X)
+    D <- ((2.0315*C) @ C) - 4.775*C
+    X <- 3.4445*X + where(tall, (X @ D), (B @ X))
     A <- (X @ X^T)
     B <- ((2.0315*A) @ A) - 4.775*A
-    X <- 3.4445*X + (B @ X)
+    C <- (X^T @ X)
+    D <- ((2.0315*C) @ C) - 4.775*C
+    X <- 3.4445*X + where(tall, (X @ D), (B @ X))
     A <- (X @ X^T)
     B <- ((2.0315*A) @ A) - 4.775*A
-    X <- 3.4445*X + (B @ X)
+    C <- (X^T @ X)
+    D <- ((2.0315*C) @ C) - 4.775*C
+    X <- 3.4445*X + where(tall, (X @ D), (B @ X))
     A <- (X @ X^T)
     B <- ((2.0315*A) @ A) - 4.775*A
-    X <- 3.4445*X + (B @ X)
+    C <- (X^T @ X)
+    D <- ((2.0315*C) @ C) - 4.775*C
+    X <- 3.4445*X + where(tall, (X @ D), (B @ X))
     X <- X*sum(X*mu_hat)    if adaptive
     scale = where(consistent_rms given, consistent_rms*sqrt(max(cols, rows)), sqrt(max(1, cols/max(1, rows))))
     nu <- adam_b2*nu + g^2*(1 - adam_b2)    if rank != 2
@@ -226,8 +237,12 @@ def optax_muon(
                     rank = jnp.ndim(w)
                     # a matrix: Muon's step
                     matrix = rank == 2
+                    rows = jax_support.rows(w)
+                    cols = jax_support.cols(w)
+                    # a tall matrix: its Gram matrix X^T X is the smaller
+                    tall = rows > cols
                     # decay of the first moment
-                    d = jnp.where(matrix, beta, adam_b1)
+                    d = beta if matrix else adam_b1
                     tmp0 = g * (1 - d)
                     # first moment
                     mu = d * mu + tmp0
@@ -235,59 +250,102 @@ def optax_muon(
                     mu_hat = d * mu / (1 - d ** jax_support.as_float(t + 1)) + tmp0 / (
                         1 - d ** jax_support.as_float(t)
                     )
-                    sumsq_mu_hat = jnp.sum(mu_hat**2)
+                    sumsq_mu_hat = jnp.sum(mu_hat**2) if matrix else None
                     # Frobenius normalisation
-                    X = mu_hat / (eps + jnp.sqrt(sumsq_mu_hat))
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = mu_hat / (eps + jnp.sqrt(sumsq_mu_hat)) if matrix else None
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    red0 = jnp.sum(X * mu_hat)
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
+                    red0 = jnp.sum(X * mu_hat) if matrix else None
                     # dual-norm scaling
-                    X = X * red0
-                    cols = jax_support.cols(w)
-                    rows = jax_support.rows(w)
+                    X = X * red0 if matrix else None
                     # shape scaling
                     scale = (
-                        consistent_rms * jnp.sqrt(jnp.maximum(cols, rows))
-                        if consistent_rms is not None
-                        else jnp.sqrt(jnp.maximum(1, cols / jnp.maximum(1, rows)))
+                        (
+                            consistent_rms * math.sqrt(max(cols, rows))
+                            if consistent_rms is not None
+                            else math.sqrt(max(1, cols / max(1, rows)))
+                        )
+                        if matrix
+                        else None
                     )
                     # Adam's second moment
-                    nu = jnp.where(rank != 2, adam_b2 * nu + g**2 * (1 - adam_b2), nu)
+                    if rank != 2:
+                        nu = adam_b2 * nu + g**2 * (1 - adam_b2)
                     # parameter update: Muon's for a matrix, AdamW's otherwise
-                    update = -lr * jnp.where(
-                        matrix,
-                        X * scale + w * weight_decay,
-                        adam_weight_decay * w
+                    update = -lr * (
+                        X * scale + w * weight_decay
+                        if matrix
+                        else adam_weight_decay * w
                         + mu_hat
-                        / (eps + jnp.sqrt(adam_eps_root + nu / (1 - adam_b2 ** jax_support.as_float(t)))),
+                        / (eps + jnp.sqrt(adam_eps_root + nu / (1 - adam_b2 ** jax_support.as_float(t))))
                     )
                     updates.append(update)
                     new_mu.append(mu)
@@ -308,8 +366,12 @@ def optax_muon(
                     rank = jnp.ndim(w)
                     # a matrix: Muon's step
                     matrix = rank == 2
+                    rows = jax_support.rows(w)
+                    cols = jax_support.cols(w)
+                    # a tall matrix: its Gram matrix X^T X is the smaller
+                    tall = rows > cols
                     # decay of the first moment
-                    d = jnp.where(matrix, beta, adam_b1)
+                    d = beta if matrix else adam_b1
                     tmp1 = g * (1 - d)
                     # first moment
                     mu = d * mu + tmp1
@@ -317,56 +379,99 @@ def optax_muon(
                     mu_hat = d * mu / (1 - d ** jax_support.as_float(t + 1)) + tmp1 / (
                         1 - d ** jax_support.as_float(t)
                     )
-                    sumsq_mu_hat = jnp.sum(mu_hat**2)
+                    sumsq_mu_hat = jnp.sum(mu_hat**2) if matrix else None
                     # Frobenius normalisation
-                    X = mu_hat / (eps + jnp.sqrt(sumsq_mu_hat))
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = mu_hat / (eps + jnp.sqrt(sumsq_mu_hat)) if matrix else None
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    cols = jax_support.cols(w)
-                    rows = jax_support.rows(w)
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
                     # shape scaling
                     scale = (
-                        consistent_rms * jnp.sqrt(jnp.maximum(cols, rows))
-                        if consistent_rms is not None
-                        else jnp.sqrt(jnp.maximum(1, cols / jnp.maximum(1, rows)))
+                        (
+                            consistent_rms * math.sqrt(max(cols, rows))
+                            if consistent_rms is not None
+                            else math.sqrt(max(1, cols / max(1, rows)))
+                        )
+                        if matrix
+                        else None
                     )
                     # Adam's second moment
-                    nu = jnp.where(rank != 2, adam_b2 * nu + g**2 * (1 - adam_b2), nu)
+                    if rank != 2:
+                        nu = adam_b2 * nu + g**2 * (1 - adam_b2)
                     # parameter update: Muon's for a matrix, AdamW's otherwise
-                    update = -lr * jnp.where(
-                        matrix,
-                        X * scale + w * weight_decay,
-                        adam_weight_decay * w
+                    update = -lr * (
+                        X * scale + w * weight_decay
+                        if matrix
+                        else adam_weight_decay * w
                         + mu_hat
-                        / (eps + jnp.sqrt(adam_eps_root + nu / (1 - adam_b2 ** jax_support.as_float(t)))),
+                        / (eps + jnp.sqrt(adam_eps_root + nu / (1 - adam_b2 ** jax_support.as_float(t))))
                     )
                     updates.append(update)
                     new_mu.append(mu)
@@ -387,65 +492,112 @@ def optax_muon(
                     rank = jnp.ndim(w)
                     # a matrix: Muon's step
                     matrix = rank == 2
+                    rows = jax_support.rows(w)
+                    cols = jax_support.cols(w)
+                    # a tall matrix: its Gram matrix X^T X is the smaller
+                    tall = rows > cols
                     # decay of the first moment
-                    d = jnp.where(matrix, beta, adam_b1)
+                    d = beta if matrix else adam_b1
                     # first moment
                     mu = d * mu + g * (1 - d)
                     # bias correction
                     mu_hat = mu / (1 - d ** jax_support.as_float(t))
-                    sumsq_mu_hat = jnp.sum(mu_hat**2)
+                    sumsq_mu_hat = jnp.sum(mu_hat**2) if matrix else None
                     # Frobenius normalisation
-                    X = mu_hat / (eps + jnp.sqrt(sumsq_mu_hat))
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = mu_hat / (eps + jnp.sqrt(sumsq_mu_hat)) if matrix else None
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    red0 = jnp.sum(X * mu_hat)
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
+                    red0 = jnp.sum(X * mu_hat) if matrix else None
                     # dual-norm scaling
-                    X = X * red0
-                    cols = jax_support.cols(w)
-                    rows = jax_support.rows(w)
+                    X = X * red0 if matrix else None
                     # shape scaling
                     scale = (
-                        consistent_rms * jnp.sqrt(jnp.maximum(cols, rows))
-                        if consistent_rms is not None
-                        else jnp.sqrt(jnp.maximum(1, cols / jnp.maximum(1, rows)))
+                        (
+                            consistent_rms * math.sqrt(max(cols, rows))
+                            if consistent_rms is not None
+                            else math.sqrt(max(1, cols / max(1, rows)))
+                        )
+                        if matrix
+                        else None
                     )
                     # Adam's second moment
-                    nu = jnp.where(rank != 2, adam_b2 * nu + g**2 * (1 - adam_b2), nu)
+                    if rank != 2:
+                        nu = adam_b2 * nu + g**2 * (1 - adam_b2)
                     # parameter update: Muon's for a matrix, AdamW's otherwise
-                    update = -lr * jnp.where(
-                        matrix,
-                        X * scale + w * weight_decay,
-                        adam_weight_decay * w
+                    update = -lr * (
+                        X * scale + w * weight_decay
+                        if matrix
+                        else adam_weight_decay * w
                         + mu_hat
-                        / (eps + jnp.sqrt(adam_eps_root + nu / (1 - adam_b2 ** jax_support.as_float(t)))),
+                        / (eps + jnp.sqrt(adam_eps_root + nu / (1 - adam_b2 ** jax_support.as_float(t))))
                     )
                     updates.append(update)
                     new_mu.append(mu)
@@ -466,62 +618,109 @@ def optax_muon(
                     rank = jnp.ndim(w)
                     # a matrix: Muon's step
                     matrix = rank == 2
+                    rows = jax_support.rows(w)
+                    cols = jax_support.cols(w)
+                    # a tall matrix: its Gram matrix X^T X is the smaller
+                    tall = rows > cols
                     # decay of the first moment
-                    d = jnp.where(matrix, beta, adam_b1)
+                    d = beta if matrix else adam_b1
                     # first moment
                     mu = d * mu + g * (1 - d)
                     # bias correction
                     mu_hat = mu / (1 - d ** jax_support.as_float(t))
-                    sumsq_mu_hat = jnp.sum(mu_hat**2)
+                    sumsq_mu_hat = jnp.sum(mu_hat**2) if matrix else None
                     # Frobenius normalisation
-                    X = mu_hat / (eps + jnp.sqrt(sumsq_mu_hat))
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = mu_hat / (eps + jnp.sqrt(sumsq_mu_hat)) if matrix else None
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    # Gram matrix
-                    A = jax_support.matmul(X, jax_support.transpose(X))
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
+                    # Gram matrix (m x m)
+                    A = jax_support.matmul(X, jax_support.transpose(X)) if (matrix and not tall) else None
                     # Newton-Schulz polynomial
-                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A
+                    B = jax_support.matmul(2.0315 * A, A) - 4.775 * A if (matrix and not tall) else None
+                    # Gram matrix of a tall matrix (n x n)
+                    C = jax_support.matmul(jax_support.transpose(X), X) if (matrix and tall) else None
+                    # its Newton-Schulz polynomial
+                    D = jax_support.matmul(2.0315 * C, C) - 4.775 * C if (matrix and tall) else None
                     # Newton-Schulz step
-                    X = 3.4445 * X + jax_support.matmul(B, X, w)
-                    cols = jax_support.cols(w)
-                    rows = jax_support.rows(w)
+                    X = (
+                        3.4445 * X + (jax_support.matmul(X, D, w) if tall else jax_support.matmul(B, X, w))
+                        if matrix
+                        else None
+                    )
                     # shape scaling
                     scale = (
-                        consistent_rms * jnp.sqrt(jnp.maximum(cols, rows))
-                        if consistent_rms is not None
-                        else jnp.sqrt(jnp.maximum(1, cols / jnp.maximum(1, rows)))
+                        (
+                            consistent_rms * math.sqrt(max(cols, rows))
+                            if consistent_rms is not None
+                            else math.sqrt(max(1, cols / max(1, rows)))
+                        )
+                        if matrix
+                        else None
                     )
                     # Adam's second moment
-                    nu = jnp.where(rank != 2, adam_b2 * nu + g**2 * (1 - adam_b2), nu)
+                    if rank != 2:
+                        nu = adam_b2 * nu + g**2 * (1 - adam_b2)
                     # parameter update: Muon's for a matrix, AdamW's otherwise
-                    update = -lr * jnp.where(
-                        matrix,
-                        X * scale + w * weight_decay,
-                        adam_weight_decay * w
+                    update = -lr * (
+                        X * scale + w * weight_decay
+                        if matrix
+                        else adam_weight_decay * w
                         + mu_hat
-                        / (eps + jnp.sqrt(adam_eps_root + nu / (1 - adam_b2 ** jax_support.as_float(t)))),
+                        / (eps + jnp.sqrt(adam_eps_root + nu / (1 - adam_b2 ** jax_support.as_float(t))))
                     )
                     updates.append(update)
                     new_mu.append(mu)

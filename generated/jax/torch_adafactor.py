@@ -197,14 +197,16 @@ def torch_adafactor(
                     jax_support.leaves(treedef, _rs["row_var"]),
                     jax_support.leaves(treedef, _rs["col_var"]),
                 ):
+                    size = jnp.size(w)
+                    # elements of the tensor (an empty one: 1)
+                    elements = max(1, size)
+                    tmp0 = 1 / math.sqrt(elements)
+                    machine_epsilon = jax_support.machine_epsilon(w) if eps1 is None else 0
+                    rank = jnp.ndim(w)
                     # maximize
                     if maximize:
                         g = -g
-                    size = jnp.size(w)
-                    # elements of the tensor (an empty one: 1)
-                    elements = jnp.maximum(1, size)
                     sumsq_w = jnp.sum(jax_support.upcast(w) ** 2)
-                    tmp0 = 1 / jnp.sqrt(elements)
                     # relative step size
                     alpha = jnp.maximum(eps2, jnp.sqrt(sumsq_w) * tmp0) * jnp.minimum(
                         lr, 1 / jnp.sqrt(jax_support.as_float(t))
@@ -214,15 +216,13 @@ def torch_adafactor(
                     row_var = beta * (jax_support.axis_mean(tmp1, -1) - row_var) + row_var
                     # column moment
                     col_var = beta * (jax_support.axis_mean(tmp1, -2) - col_var) + col_var
-                    machine_epsilon = jax_support.machine_epsilon(w) if eps1 is None else 0
                     # floor of the estimate
                     floor = eps1 if eps1 is not None else machine_epsilon
-                    rank = jnp.ndim(w)
                     # second moment: factored for a matrix
-                    estimate = jnp.where(
-                        rank >= 2,
-                        col_var * row_var / jnp.maximum(floor, jax_support.axis_mean(row_var, -2)),
-                        col_var,
+                    estimate = (
+                        col_var * row_var / jnp.maximum(floor, jax_support.axis_mean(row_var, -2))
+                        if rank >= 2
+                        else col_var
                     )
                     # scaled gradient
                     u = g / jnp.sqrt(jnp.maximum(estimate, floor**2))
@@ -247,14 +247,16 @@ def torch_adafactor(
                     jax_support.leaves(treedef, _rs["row_var"]),
                     jax_support.leaves(treedef, _rs["col_var"]),
                 ):
+                    size = jnp.size(w)
+                    # elements of the tensor (an empty one: 1)
+                    elements = max(1, size)
+                    tmp2 = 1 / math.sqrt(elements)
+                    machine_epsilon = jax_support.machine_epsilon(w) if eps1 is None else 0
+                    rank = jnp.ndim(w)
                     # maximize
                     if maximize:
                         g = -g
-                    size = jnp.size(w)
-                    # elements of the tensor (an empty one: 1)
-                    elements = jnp.maximum(1, size)
                     sumsq_w = jnp.sum(jax_support.upcast(w) ** 2)
-                    tmp2 = 1 / jnp.sqrt(elements)
                     # relative step size
                     alpha = jnp.maximum(eps2, jnp.sqrt(sumsq_w) * tmp2) * jnp.minimum(
                         lr, 1 / jnp.sqrt(jax_support.as_float(t))
@@ -266,15 +268,13 @@ def torch_adafactor(
                     row_var = beta * (jax_support.axis_mean(tmp3, -1) - row_var) + row_var
                     # column moment
                     col_var = beta * (jax_support.axis_mean(tmp3, -2) - col_var) + col_var
-                    machine_epsilon = jax_support.machine_epsilon(w) if eps1 is None else 0
                     # floor of the estimate
                     floor = eps1 if eps1 is not None else machine_epsilon
-                    rank = jnp.ndim(w)
                     # second moment: factored for a matrix
-                    estimate = jnp.where(
-                        rank >= 2,
-                        col_var * row_var / jnp.maximum(floor, jax_support.axis_mean(row_var, -2)),
-                        col_var,
+                    estimate = (
+                        col_var * row_var / jnp.maximum(floor, jax_support.axis_mean(row_var, -2))
+                        if rank >= 2
+                        else col_var
                     )
                     # scaled gradient
                     u = g / jnp.sqrt(jnp.maximum(estimate, floor**2))

@@ -15,6 +15,9 @@ from .optax_adamaxw import OptaxAdamaxw, OptaxAdamaxwState
 from .optax_adamw import OptaxAdamW, OptaxAdamWState
 from .optax_adan import OptaxAdan, OptaxAdanState
 from .optax_amsgrad import OptaxAmsgrad, OptaxAmsgradState
+from .optax_fromage import OptaxFromage, OptaxFromageState
+from .optax_lamb import OptaxLamb, OptaxLambState
+from .optax_lars import OptaxLars, OptaxLarsState
 from .optax_lion import OptaxLion, OptaxLionState
 from .optax_muon import OptaxMuon, OptaxMuonState
 from .optax_nadam import OptaxNadam, OptaxNadamState
@@ -23,6 +26,7 @@ from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
 from .optax_radam import OptaxRadam, OptaxRadamState
 from .optax_rmsprop import OptaxRmsprop, OptaxRmspropState
 from .optax_sgd import OptaxSgd, OptaxSgdState
+from .optax_sign_sgd import OptaxSignSgd, OptaxSignSgdState
 from .optax_yogi import OptaxYogi, OptaxYogiState
 from .sgd import SGD, SGDState
 from .torch_adadelta import TorchAdadelta, TorchAdadeltaState
@@ -67,6 +71,12 @@ __all__ = [
     "OptaxAdanState",
     "OptaxAmsgrad",
     "OptaxAmsgradState",
+    "OptaxFromage",
+    "OptaxFromageState",
+    "OptaxLamb",
+    "OptaxLambState",
+    "OptaxLars",
+    "OptaxLarsState",
     "OptaxLion",
     "OptaxLionState",
     "OptaxMuon",
@@ -83,6 +93,8 @@ __all__ = [
     "OptaxRmspropState",
     "OptaxSgd",
     "OptaxSgdState",
+    "OptaxSignSgd",
+    "OptaxSignSgdState",
     "OptaxYogi",
     "OptaxYogiState",
     "SGD",

@@ -10,22 +10,33 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     mu <- d*mu + g*(1 - d)
     mu_hat = mu/(1 - d^t)
     mu_hat <- d*mu/(1 - d^(t + 1)) + g*(1 - d)/(1 - d^t)    if nesterov
+    tall = rows > cols
     X = mu_hat/(eps + sqrt(||mu_hat||^2))
     A = (X @ X^T)
     B = ((2.0315*A) @ A) - 4.775*A
-    X <- 3.4445*X + (B @ X)
+    C = (X^T @ X)
+    D = ((2.0315*C) @ C) - 4.775*C
+    X <- 3.4445*X + where(tall, (X @ D), (B @ X))
     A <- (X @ X^T)
     B <- ((2.0315*A) @ A) - 4.775*A
-    X <- 3.4445*X + (B @ X)
+    C <- (X^T @ X)
+    D <- ((2.0315*C) @ C) - 4.775*C
+    X <- 3.4445*X + where(tall, (X @ D), (B @ X))
     A <- (X @ X^T)
     B <- ((2.0315*A) @ A) - 4.775*A
-    X <- 3.4445*X + (B @ X)
+    C <- (X^T @ X)
+    D <- ((2.0315*C) @ C) - 4.775*C
+    X <- 3.4445*X + where(tall, (X @ D), (B @ X))
     A <- (X @ X^T)
     B <- ((2.0315*A) @ A) - 4.775*A
-    X <- 3.4445*X + (B @ X)
+    C <- (X^T @ X)
+    D <- ((2.0315*C) @ C) - 4.775*C
+    X <- 3.4445*X + where(tall, (X @ D), (B @ X))
     A <- (X @ X^T)
     B <- ((2.0315*A) @ A) - 4.775*A
-    X <- 3.4445*X + (B @ X)
+    C <- (X^T @ X)
+    D <- ((2.0315*C) @ C) - 4.775*C
+    X <- 3.4445*X + where(tall, (X @ D), (B @ X))
     X <- X*sum(X*mu_hat)    if adaptive
     scale = where(consistent_rms given, consistent_rms*sqrt(max(cols, rows)), sqrt(max(1, cols/max(1, rows))))
     nu <- adam_b2*nu + g^2*(1 - adam_b2)    if rank != 2
@@ -267,12 +278,24 @@ class OptaxMuon:
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, mu, nu)
                 # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped m x m)
-                _xmm0, _xmm1, _xmm2, _xmm3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, mu, nu, scope="element/mm"
+                _xmm0, _xmm1, _xmm2, _xmm3 = (
+                    numpy_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/mm")
+                    if (np.ndim(w) == 2 and numpy_support.rows(w) <= numpy_support.cols(w))
+                    else (None,) * 4
+                )
+                # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped n x n)
+                _xnn0, _xnn1, _xnn2, _xnn3 = (
+                    numpy_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/nn")
+                    if (np.ndim(w) == 2 and numpy_support.rows(w) > numpy_support.cols(w))
+                    else (None,) * 4
                 )
                 rank = np.ndim(w)
                 # a matrix: Muon's step
                 matrix = rank == 2
+                rows = numpy_support.rows(w)
+                cols = numpy_support.cols(w)
+                # a tall matrix: its Gram matrix X^T X is the smaller
+                tall = rows > cols
                 # decay of the first moment
                 d = beta if matrix else adam_b1
                 tmp0 = np.multiply(g, 1 - d, out=_s0)
@@ -286,113 +309,192 @@ class OptaxMuon:
                 np.divide(_s2, 1 - d ** (t + 1), out=_s2)
                 np.divide(tmp0, 1 - d**t, out=_s3)
                 mu_hat = np.add(_s2, _s3, out=_s1)
-                # sumsq_mu_hat = np.sum(mu_hat**2)
-                np.square(mu_hat, out=_s3)
-                sumsq_mu_hat = np.sum(_s3)
+                if matrix:
+                    np.square(mu_hat, out=_s3)
+                    sumsq_mu_hat = np.sum(_s3)
                 # Frobenius normalisation
-                X = np.divide(mu_hat, eps + np.sqrt(sumsq_mu_hat), out=_s3)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    X = np.divide(mu_hat, eps + np.sqrt(sumsq_mu_hat), out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s2)
-                numpy_support.matmul(B, X, out=_s4)
-                X = np.add(_s2, _s4, out=_s3)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s4)
+                        X = np.add(_s2, _s4, out=_s3)
+                    else:
+                        np.multiply(3.4445, X, out=_s4)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s4, _s2, out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s4)
-                numpy_support.matmul(B, X, out=_s2)
-                X = np.add(_s4, _s2, out=_s3)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s4)
+                        X = np.add(_s2, _s4, out=_s3)
+                    else:
+                        np.multiply(3.4445, X, out=_s4)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s4, _s2, out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s2)
-                numpy_support.matmul(B, X, out=_s4)
-                X = np.add(_s2, _s4, out=_s3)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s4)
+                        X = np.add(_s2, _s4, out=_s3)
+                    else:
+                        np.multiply(3.4445, X, out=_s4)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s4, _s2, out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s4)
-                numpy_support.matmul(B, X, out=_s2)
-                X = np.add(_s4, _s2, out=_s3)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s4)
+                        X = np.add(_s2, _s4, out=_s3)
+                    else:
+                        np.multiply(3.4445, X, out=_s4)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s4, _s2, out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s2)
-                numpy_support.matmul(B, X, out=_s4)
-                X = np.add(_s2, _s4, out=_s3)
-                # red0 = np.sum(X*mu_hat)
-                np.multiply(X, mu_hat, out=_s4)
-                red0 = np.sum(_s4)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s4)
+                        X = np.add(_s2, _s4, out=_s3)
+                    else:
+                        np.multiply(3.4445, X, out=_s4)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s4, _s2, out=_s3)
+                if matrix:
+                    np.multiply(X, mu_hat, out=_s2)
+                    red0 = np.sum(_s2)
                 # dual-norm scaling
-                X = np.multiply(X, red0, out=_s3)
-                cols = numpy_support.cols(w)
-                rows = numpy_support.rows(w)
+                if matrix:
+                    X = np.multiply(X, red0, out=_s3)
                 # shape scaling
                 scale = (
-                    consistent_rms * math.sqrt(max(cols, rows))
-                    if consistent_rms is not None
-                    else math.sqrt(max(1, cols / max(1, rows)))
+                    (
+                        consistent_rms * math.sqrt(max(cols, rows))
+                        if consistent_rms is not None
+                        else math.sqrt(max(1, cols / max(1, rows)))
+                    )
+                    if matrix
+                    else None
                 )
                 # Adam's second moment
                 if rank != 2:
                     # nu = adam_b2*nu + g**2*(1 - adam_b2)
-                    np.multiply(adam_b2, nu, out=_s4)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - adam_b2, out=_s2)
-                    np.add(_s4, _s2, out=nu)
+                    np.multiply(adam_b2, nu, out=_s2)
+                    np.square(g, out=_s4)
+                    np.multiply(_s4, 1 - adam_b2, out=_s4)
+                    np.add(_s2, _s4, out=nu)
                 # parameter update: Muon's for a matrix, AdamW's otherwise
                 if matrix:
-                    np.multiply(X, scale, out=_s2)
-                    np.multiply(w, weight_decay, out=_s4)
-                    np.add(_s2, _s4, out=_s4)
-                    np.multiply(lr, _s4, out=_s4)
-                    w -= _s4
-                else:
-                    np.multiply(adam_weight_decay, w, out=_s4)
-                    np.divide(nu, 1 - adam_b2**t, out=_s2)
-                    np.add(adam_eps_root, _s2, out=_s2)
-                    np.sqrt(_s2, out=_s2)
-                    np.add(eps, _s2, out=_s2)
-                    np.divide(mu_hat, _s2, out=_s2)
+                    np.multiply(X, scale, out=_s4)
+                    np.multiply(w, weight_decay, out=_s2)
                     np.add(_s4, _s2, out=_s2)
                     np.multiply(lr, _s2, out=_s2)
                     w -= _s2
+                else:
+                    np.multiply(adam_weight_decay, w, out=_s2)
+                    np.divide(nu, 1 - adam_b2**t, out=_s4)
+                    np.add(adam_eps_root, _s4, out=_s4)
+                    np.sqrt(_s4, out=_s4)
+                    np.add(eps, _s4, out=_s4)
+                    np.divide(mu_hat, _s4, out=_s4)
+                    np.add(_s2, _s4, out=_s4)
+                    np.multiply(lr, _s4, out=_s4)
+                    w -= _s4
         elif nesterov and not adaptive:
             for key, w, g in call.tensors(
                 1,
@@ -412,12 +514,24 @@ class OptaxMuon:
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, mu, nu)
                 # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped m x m)
-                _xmm0, _xmm1, _xmm2, _xmm3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, mu, nu, scope="element/mm"
+                _xmm0, _xmm1, _xmm2, _xmm3 = (
+                    numpy_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/mm")
+                    if (np.ndim(w) == 2 and numpy_support.rows(w) <= numpy_support.cols(w))
+                    else (None,) * 4
+                )
+                # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped n x n)
+                _xnn0, _xnn1, _xnn2, _xnn3 = (
+                    numpy_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/nn")
+                    if (np.ndim(w) == 2 and numpy_support.rows(w) > numpy_support.cols(w))
+                    else (None,) * 4
                 )
                 rank = np.ndim(w)
                 # a matrix: Muon's step
                 matrix = rank == 2
+                rows = numpy_support.rows(w)
+                cols = numpy_support.cols(w)
+                # a tall matrix: its Gram matrix X^T X is the smaller
+                tall = rows > cols
                 # decay of the first moment
                 d = beta if matrix else adam_b1
                 tmp1 = np.multiply(g, 1 - d, out=_s0)
@@ -431,108 +545,186 @@ class OptaxMuon:
                 np.divide(_s2, 1 - d ** (t + 1), out=_s2)
                 np.divide(tmp1, 1 - d**t, out=_s3)
                 mu_hat = np.add(_s2, _s3, out=_s1)
-                # sumsq_mu_hat = np.sum(mu_hat**2)
-                np.square(mu_hat, out=_s3)
-                sumsq_mu_hat = np.sum(_s3)
+                if matrix:
+                    np.square(mu_hat, out=_s3)
+                    sumsq_mu_hat = np.sum(_s3)
                 # Frobenius normalisation
-                X = np.divide(mu_hat, eps + np.sqrt(sumsq_mu_hat), out=_s3)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    X = np.divide(mu_hat, eps + np.sqrt(sumsq_mu_hat), out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s2)
-                numpy_support.matmul(B, X, out=_s4)
-                X = np.add(_s2, _s4, out=_s3)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s4)
+                        X = np.add(_s2, _s4, out=_s3)
+                    else:
+                        np.multiply(3.4445, X, out=_s4)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s4, _s2, out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s4)
-                numpy_support.matmul(B, X, out=_s2)
-                X = np.add(_s4, _s2, out=_s3)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s4)
+                        X = np.add(_s2, _s4, out=_s3)
+                    else:
+                        np.multiply(3.4445, X, out=_s4)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s4, _s2, out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s2)
-                numpy_support.matmul(B, X, out=_s4)
-                X = np.add(_s2, _s4, out=_s3)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s4)
+                        X = np.add(_s2, _s4, out=_s3)
+                    else:
+                        np.multiply(3.4445, X, out=_s4)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s4, _s2, out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s4)
-                numpy_support.matmul(B, X, out=_s2)
-                X = np.add(_s4, _s2, out=_s3)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s4)
+                        X = np.add(_s2, _s4, out=_s3)
+                    else:
+                        np.multiply(3.4445, X, out=_s4)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s4, _s2, out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s2)
-                numpy_support.matmul(B, X, out=_s4)
-                X = np.add(_s2, _s4, out=_s3)
-                cols = numpy_support.cols(w)
-                rows = numpy_support.rows(w)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s4)
+                        X = np.add(_s2, _s4, out=_s3)
+                    else:
+                        np.multiply(3.4445, X, out=_s4)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s4, _s2, out=_s3)
                 # shape scaling
                 scale = (
-                    consistent_rms * math.sqrt(max(cols, rows))
-                    if consistent_rms is not None
-                    else math.sqrt(max(1, cols / max(1, rows)))
+                    (
+                        consistent_rms * math.sqrt(max(cols, rows))
+                        if consistent_rms is not None
+                        else math.sqrt(max(1, cols / max(1, rows)))
+                    )
+                    if matrix
+                    else None
                 )
                 # Adam's second moment
                 if rank != 2:
                     # nu = adam_b2*nu + g**2*(1 - adam_b2)
-                    np.multiply(adam_b2, nu, out=_s4)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - adam_b2, out=_s2)
-                    np.add(_s4, _s2, out=nu)
+                    np.multiply(adam_b2, nu, out=_s2)
+                    np.square(g, out=_s4)
+                    np.multiply(_s4, 1 - adam_b2, out=_s4)
+                    np.add(_s2, _s4, out=nu)
                 # parameter update: Muon's for a matrix, AdamW's otherwise
                 if matrix:
-                    np.multiply(X, scale, out=_s2)
-                    np.multiply(w, weight_decay, out=_s4)
-                    np.add(_s2, _s4, out=_s4)
-                    np.multiply(lr, _s4, out=_s4)
-                    w -= _s4
-                else:
-                    np.multiply(adam_weight_decay, w, out=_s4)
-                    np.divide(nu, 1 - adam_b2**t, out=_s2)
-                    np.add(adam_eps_root, _s2, out=_s2)
-                    np.sqrt(_s2, out=_s2)
-                    np.add(eps, _s2, out=_s2)
-                    np.divide(mu_hat, _s2, out=_s2)
+                    np.multiply(X, scale, out=_s4)
+                    np.multiply(w, weight_decay, out=_s2)
                     np.add(_s4, _s2, out=_s2)
                     np.multiply(lr, _s2, out=_s2)
                     w -= _s2
+                else:
+                    np.multiply(adam_weight_decay, w, out=_s2)
+                    np.divide(nu, 1 - adam_b2**t, out=_s4)
+                    np.add(adam_eps_root, _s4, out=_s4)
+                    np.sqrt(_s4, out=_s4)
+                    np.add(eps, _s4, out=_s4)
+                    np.divide(mu_hat, _s4, out=_s4)
+                    np.add(_s2, _s4, out=_s4)
+                    np.multiply(lr, _s4, out=_s4)
+                    w -= _s4
         elif adaptive and not nesterov:
             for key, w, g in call.tensors(
                 2,
@@ -552,12 +744,24 @@ class OptaxMuon:
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, mu, nu)
                 # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped m x m)
-                _xmm0, _xmm1, _xmm2, _xmm3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, mu, nu, scope="element/mm"
+                _xmm0, _xmm1, _xmm2, _xmm3 = (
+                    numpy_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/mm")
+                    if (np.ndim(w) == 2 and numpy_support.rows(w) <= numpy_support.cols(w))
+                    else (None,) * 4
+                )
+                # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped n x n)
+                _xnn0, _xnn1, _xnn2, _xnn3 = (
+                    numpy_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/nn")
+                    if (np.ndim(w) == 2 and numpy_support.rows(w) > numpy_support.cols(w))
+                    else (None,) * 4
                 )
                 rank = np.ndim(w)
                 # a matrix: Muon's step
                 matrix = rank == 2
+                rows = numpy_support.rows(w)
+                cols = numpy_support.cols(w)
+                # a tall matrix: its Gram matrix X^T X is the smaller
+                tall = rows > cols
                 # decay of the first moment
                 d = beta if matrix else adam_b1
                 # first moment
@@ -567,113 +771,192 @@ class OptaxMuon:
                 np.add(_s0, _s1, out=mu)
                 # bias correction
                 mu_hat = np.divide(mu, 1 - d**t, out=_s1)
-                # sumsq_mu_hat = np.sum(mu_hat**2)
-                np.square(mu_hat, out=_s0)
-                sumsq_mu_hat = np.sum(_s0)
+                if matrix:
+                    np.square(mu_hat, out=_s0)
+                    sumsq_mu_hat = np.sum(_s0)
                 # Frobenius normalisation
-                X = np.divide(mu_hat, eps + np.sqrt(sumsq_mu_hat), out=_s0)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    X = np.divide(mu_hat, eps + np.sqrt(sumsq_mu_hat), out=_s0)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s2)
-                numpy_support.matmul(B, X, out=_s3)
-                X = np.add(_s2, _s3, out=_s0)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s3)
+                        X = np.add(_s2, _s3, out=_s0)
+                    else:
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s3, _s2, out=_s0)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s3)
-                numpy_support.matmul(B, X, out=_s2)
-                X = np.add(_s3, _s2, out=_s0)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s3)
+                        X = np.add(_s2, _s3, out=_s0)
+                    else:
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s3, _s2, out=_s0)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s2)
-                numpy_support.matmul(B, X, out=_s3)
-                X = np.add(_s2, _s3, out=_s0)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s3)
+                        X = np.add(_s2, _s3, out=_s0)
+                    else:
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s3, _s2, out=_s0)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s3)
-                numpy_support.matmul(B, X, out=_s2)
-                X = np.add(_s3, _s2, out=_s0)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s3)
+                        X = np.add(_s2, _s3, out=_s0)
+                    else:
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s3, _s2, out=_s0)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s2)
-                numpy_support.matmul(B, X, out=_s3)
-                X = np.add(_s2, _s3, out=_s0)
-                # red0 = np.sum(X*mu_hat)
-                np.multiply(X, mu_hat, out=_s3)
-                red0 = np.sum(_s3)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s3)
+                        X = np.add(_s2, _s3, out=_s0)
+                    else:
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s3, _s2, out=_s0)
+                if matrix:
+                    np.multiply(X, mu_hat, out=_s2)
+                    red0 = np.sum(_s2)
                 # dual-norm scaling
-                X = np.multiply(X, red0, out=_s0)
-                cols = numpy_support.cols(w)
-                rows = numpy_support.rows(w)
+                if matrix:
+                    X = np.multiply(X, red0, out=_s0)
                 # shape scaling
                 scale = (
-                    consistent_rms * math.sqrt(max(cols, rows))
-                    if consistent_rms is not None
-                    else math.sqrt(max(1, cols / max(1, rows)))
+                    (
+                        consistent_rms * math.sqrt(max(cols, rows))
+                        if consistent_rms is not None
+                        else math.sqrt(max(1, cols / max(1, rows)))
+                    )
+                    if matrix
+                    else None
                 )
                 # Adam's second moment
                 if rank != 2:
                     # nu = adam_b2*nu + g**2*(1 - adam_b2)
-                    np.multiply(adam_b2, nu, out=_s3)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - adam_b2, out=_s2)
-                    np.add(_s3, _s2, out=nu)
+                    np.multiply(adam_b2, nu, out=_s2)
+                    np.square(g, out=_s3)
+                    np.multiply(_s3, 1 - adam_b2, out=_s3)
+                    np.add(_s2, _s3, out=nu)
                 # parameter update: Muon's for a matrix, AdamW's otherwise
                 if matrix:
-                    np.multiply(X, scale, out=_s2)
-                    np.multiply(w, weight_decay, out=_s3)
-                    np.add(_s2, _s3, out=_s3)
-                    np.multiply(lr, _s3, out=_s3)
-                    w -= _s3
-                else:
-                    np.multiply(adam_weight_decay, w, out=_s3)
-                    np.divide(nu, 1 - adam_b2**t, out=_s2)
-                    np.add(adam_eps_root, _s2, out=_s2)
-                    np.sqrt(_s2, out=_s2)
-                    np.add(eps, _s2, out=_s2)
-                    np.divide(mu_hat, _s2, out=_s2)
+                    np.multiply(X, scale, out=_s3)
+                    np.multiply(w, weight_decay, out=_s2)
                     np.add(_s3, _s2, out=_s2)
                     np.multiply(lr, _s2, out=_s2)
                     w -= _s2
+                else:
+                    np.multiply(adam_weight_decay, w, out=_s2)
+                    np.divide(nu, 1 - adam_b2**t, out=_s3)
+                    np.add(adam_eps_root, _s3, out=_s3)
+                    np.sqrt(_s3, out=_s3)
+                    np.add(eps, _s3, out=_s3)
+                    np.divide(mu_hat, _s3, out=_s3)
+                    np.add(_s2, _s3, out=_s3)
+                    np.multiply(lr, _s3, out=_s3)
+                    w -= _s3
         else:
             for key, w, g in call.tensors(
                 3,
@@ -693,12 +976,24 @@ class OptaxMuon:
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, mu, nu)
                 # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped m x m)
-                _xmm0, _xmm1, _xmm2, _xmm3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, mu, nu, scope="element/mm"
+                _xmm0, _xmm1, _xmm2, _xmm3 = (
+                    numpy_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/mm")
+                    if (np.ndim(w) == 2 and numpy_support.rows(w) <= numpy_support.cols(w))
+                    else (None,) * 4
+                )
+                # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped n x n)
+                _xnn0, _xnn1, _xnn2, _xnn3 = (
+                    numpy_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/nn")
+                    if (np.ndim(w) == 2 and numpy_support.rows(w) > numpy_support.cols(w))
+                    else (None,) * 4
                 )
                 rank = np.ndim(w)
                 # a matrix: Muon's step
                 matrix = rank == 2
+                rows = numpy_support.rows(w)
+                cols = numpy_support.cols(w)
+                # a tall matrix: its Gram matrix X^T X is the smaller
+                tall = rows > cols
                 # decay of the first moment
                 d = beta if matrix else adam_b1
                 # first moment
@@ -708,108 +1003,186 @@ class OptaxMuon:
                 np.add(_s0, _s1, out=mu)
                 # bias correction
                 mu_hat = np.divide(mu, 1 - d**t, out=_s1)
-                # sumsq_mu_hat = np.sum(mu_hat**2)
-                np.square(mu_hat, out=_s0)
-                sumsq_mu_hat = np.sum(_s0)
+                if matrix:
+                    np.square(mu_hat, out=_s0)
+                    sumsq_mu_hat = np.sum(_s0)
                 # Frobenius normalisation
-                X = np.divide(mu_hat, eps + np.sqrt(sumsq_mu_hat), out=_s0)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    X = np.divide(mu_hat, eps + np.sqrt(sumsq_mu_hat), out=_s0)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s2)
-                numpy_support.matmul(B, X, out=_s3)
-                X = np.add(_s2, _s3, out=_s0)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s3)
+                        X = np.add(_s2, _s3, out=_s0)
+                    else:
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s3, _s2, out=_s0)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s3)
-                numpy_support.matmul(B, X, out=_s2)
-                X = np.add(_s3, _s2, out=_s0)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s3)
+                        X = np.add(_s2, _s3, out=_s0)
+                    else:
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s3, _s2, out=_s0)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s2)
-                numpy_support.matmul(B, X, out=_s3)
-                X = np.add(_s2, _s3, out=_s0)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s3)
+                        X = np.add(_s2, _s3, out=_s0)
+                    else:
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s3, _s2, out=_s0)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s3)
-                numpy_support.matmul(B, X, out=_s2)
-                X = np.add(_s3, _s2, out=_s0)
-                # Gram matrix
-                A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s3)
+                        X = np.add(_s2, _s3, out=_s0)
+                    else:
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s3, _s2, out=_s0)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = numpy_support.matmul(2.0315*A, A) - 4.775*A
-                np.multiply(2.0315, A, out=_xmm2)
-                numpy_support.matmul(_xmm2, A, out=_xmm3)
-                np.multiply(4.775, A, out=_xmm2)
-                B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + numpy_support.matmul(B, X, w)
-                np.multiply(3.4445, X, out=_s2)
-                numpy_support.matmul(B, X, out=_s3)
-                X = np.add(_s2, _s3, out=_s0)
-                cols = numpy_support.cols(w)
-                rows = numpy_support.rows(w)
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s2)
+                        numpy_support.matmul(X, D, out=_s3)
+                        X = np.add(_s2, _s3, out=_s0)
+                    else:
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(B, X, out=_s2)
+                        X = np.add(_s3, _s2, out=_s0)
                 # shape scaling
                 scale = (
-                    consistent_rms * math.sqrt(max(cols, rows))
-                    if consistent_rms is not None
-                    else math.sqrt(max(1, cols / max(1, rows)))
+                    (
+                        consistent_rms * math.sqrt(max(cols, rows))
+                        if consistent_rms is not None
+                        else math.sqrt(max(1, cols / max(1, rows)))
+                    )
+                    if matrix
+                    else None
                 )
                 # Adam's second moment
                 if rank != 2:
                     # nu = adam_b2*nu + g**2*(1 - adam_b2)
-                    np.multiply(adam_b2, nu, out=_s3)
-                    np.square(g, out=_s2)
-                    np.multiply(_s2, 1 - adam_b2, out=_s2)
-                    np.add(_s3, _s2, out=nu)
+                    np.multiply(adam_b2, nu, out=_s2)
+                    np.square(g, out=_s3)
+                    np.multiply(_s3, 1 - adam_b2, out=_s3)
+                    np.add(_s2, _s3, out=nu)
                 # parameter update: Muon's for a matrix, AdamW's otherwise
                 if matrix:
-                    np.multiply(X, scale, out=_s2)
-                    np.multiply(w, weight_decay, out=_s3)
-                    np.add(_s2, _s3, out=_s3)
-                    np.multiply(lr, _s3, out=_s3)
-                    w -= _s3
-                else:
-                    np.multiply(adam_weight_decay, w, out=_s3)
-                    np.divide(nu, 1 - adam_b2**t, out=_s2)
-                    np.add(adam_eps_root, _s2, out=_s2)
-                    np.sqrt(_s2, out=_s2)
-                    np.add(eps, _s2, out=_s2)
-                    np.divide(mu_hat, _s2, out=_s2)
+                    np.multiply(X, scale, out=_s3)
+                    np.multiply(w, weight_decay, out=_s2)
                     np.add(_s3, _s2, out=_s2)
                     np.multiply(lr, _s2, out=_s2)
                     w -= _s2
+                else:
+                    np.multiply(adam_weight_decay, w, out=_s2)
+                    np.divide(nu, 1 - adam_b2**t, out=_s3)
+                    np.add(adam_eps_root, _s3, out=_s3)
+                    np.sqrt(_s3, out=_s3)
+                    np.add(eps, _s3, out=_s3)
+                    np.divide(mu_hat, _s3, out=_s3)
+                    np.add(_s2, _s3, out=_s3)
+                    np.multiply(lr, _s3, out=_s3)
+                    w -= _s3
         return state
 
     def _case(self) -> int:

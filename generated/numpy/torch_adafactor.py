@@ -232,16 +232,18 @@ class TorchAdafactor:
                 (_row0,) = numpy_support.scratch(self._scratch, 1, w, g, row_var, col_var, scope="element/-1")
                 # scratch buffers for the element-wise temporaries (reused, shaped like w with axis -2 of length 1)
                 (_col0,) = numpy_support.scratch(self._scratch, 1, w, g, row_var, col_var, scope="element/-2")
-                # maximize
-                if maximize:
-                    g = np.negative(g, out=_s0)
                 size = np.size(w)
                 # elements of the tensor (an empty one: 1)
                 elements = max(1, size)
+                tmp0 = 1 / math.sqrt(elements)
+                machine_epsilon = numpy_support.machine_epsilon(w) if eps1 is None else 0
+                rank = np.ndim(w)
+                # maximize
+                if maximize:
+                    g = np.negative(g, out=_s0)
                 # sumsq_w = np.sum(numpy_support.upcast(w)**2)
                 np.square(numpy_support.upcast(w), out=_s1)
                 sumsq_w = np.sum(_s1)
-                tmp0 = 1 / math.sqrt(elements)
                 # relative step size
                 alpha = np.maximum(eps2, np.sqrt(sumsq_w) * tmp0) * min(lr, 1 / math.sqrt(t))
                 tmp1 = np.square(g, out=_s1)
@@ -257,10 +259,8 @@ class TorchAdafactor:
                 np.subtract(_col0, col_var, out=_col0)
                 np.multiply(beta, _col0, out=_col0)
                 col_var += _col0
-                machine_epsilon = numpy_support.machine_epsilon(w) if eps1 is None else 0
                 # floor of the estimate
                 floor = eps1 if eps1 is not None else machine_epsilon
-                rank = np.ndim(w)
                 # second moment: factored for a matrix
                 if rank >= 2:
                     np.multiply(col_var, row_var, out=_s3)
@@ -305,16 +305,18 @@ class TorchAdafactor:
                 (_row0,) = numpy_support.scratch(self._scratch, 1, w, g, row_var, col_var, scope="element/-1")
                 # scratch buffers for the element-wise temporaries (reused, shaped like w with axis -2 of length 1)
                 (_col0,) = numpy_support.scratch(self._scratch, 1, w, g, row_var, col_var, scope="element/-2")
-                # maximize
-                if maximize:
-                    g = np.negative(g, out=_s0)
                 size = np.size(w)
                 # elements of the tensor (an empty one: 1)
                 elements = max(1, size)
+                tmp2 = 1 / math.sqrt(elements)
+                machine_epsilon = numpy_support.machine_epsilon(w) if eps1 is None else 0
+                rank = np.ndim(w)
+                # maximize
+                if maximize:
+                    g = np.negative(g, out=_s0)
                 # sumsq_w = np.sum(numpy_support.upcast(w)**2)
                 np.square(numpy_support.upcast(w), out=_s1)
                 sumsq_w = np.sum(_s1)
-                tmp2 = 1 / math.sqrt(elements)
                 # relative step size
                 alpha = np.maximum(eps2, np.sqrt(sumsq_w) * tmp2) * min(lr, 1 / math.sqrt(t))
                 # decoupled weight decay
@@ -332,10 +334,8 @@ class TorchAdafactor:
                 np.subtract(_col0, col_var, out=_col0)
                 np.multiply(beta, _col0, out=_col0)
                 col_var += _col0
-                machine_epsilon = numpy_support.machine_epsilon(w) if eps1 is None else 0
                 # floor of the estimate
                 floor = eps1 if eps1 is not None else machine_epsilon
-                rank = np.ndim(w)
                 # second moment: factored for a matrix
                 if rank >= 2:
                     np.multiply(col_var, row_var, out=_s3)

@@ -15,6 +15,9 @@ from .optax_adamaxw import OptaxAdamaxw
 from .optax_adamw import OptaxAdamW
 from .optax_adan import OptaxAdan
 from .optax_amsgrad import OptaxAmsgrad
+from .optax_fromage import OptaxFromage
+from .optax_lamb import OptaxLamb
+from .optax_lars import OptaxLars
 from .optax_lion import OptaxLion
 from .optax_muon import OptaxMuon
 from .optax_nadam import OptaxNadam
@@ -23,6 +26,7 @@ from .optax_novograd import OptaxNovoGrad
 from .optax_radam import OptaxRadam
 from .optax_rmsprop import OptaxRmsprop
 from .optax_sgd import OptaxSgd
+from .optax_sign_sgd import OptaxSignSgd
 from .optax_yogi import OptaxYogi
 from .sgd import SGD
 from .torch_adadelta import TorchAdadelta
@@ -53,6 +57,9 @@ __all__ = [
     "OptaxAdamaxw",
     "OptaxAdan",
     "OptaxAmsgrad",
+    "OptaxFromage",
+    "OptaxLamb",
+    "OptaxLars",
     "OptaxLion",
     "OptaxMuon",
     "OptaxNadam",
@@ -61,6 +68,7 @@ __all__ = [
     "OptaxRadam",
     "OptaxRmsprop",
     "OptaxSgd",
+    "OptaxSignSgd",
     "OptaxYogi",
     "SGD",
     "TorchASGD",

@@ -10,22 +10,33 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ... (coun
     mu <- d*mu + g*(1 - d)
     mu_hat = mu/(1 - d^t)
     mu_hat <- d*mu/(1 - d^(t + 1)) + g*(1 - d)/(1 - d^t)    if nesterov
+    tall = rows > cols
     X = mu_hat/(eps + sqrt(||mu_hat||^2))
     A = (X @ X^T)
     B = ((2.0315*A) @ A) - 4.775*A
-    X <- 3.4445*X + (B @ X)
+    C = (X^T @ X)
+    D = ((2.0315*C) @ C) - 4.775*C
+    X <- 3.4445*X + where(tall, (X @ D), (B @ X))
     A <- (X @ X^T)
     B <- ((2.0315*A) @ A) - 4.775*A
-    X <- 3.4445*X + (B @ X)
+    C <- (X^T @ X)
+    D <- ((2.0315*C) @ C) - 4.775*C
+    X <- 3.4445*X + where(tall, (X @ D), (B @ X))
     A <- (X @ X^T)
     B <- ((2.0315*A) @ A) - 4.775*A
-    X <- 3.4445*X + (B @ X)
+    C <- (X^T @ X)
+    D <- ((2.0315*C) @ C) - 4.775*C
+    X <- 3.4445*X + where(tall, (X @ D), (B @ X))
     A <- (X @ X^T)
     B <- ((2.0315*A) @ A) - 4.775*A
-    X <- 3.4445*X + (B @ X)
+    C <- (X^T @ X)
+    D <- ((2.0315*C) @ C) - 4.775*C
+    X <- 3.4445*X + where(tall, (X @ D), (B @ X))
     A <- (X @ X^T)
     B <- ((2.0315*A) @ A) - 4.775*A
-    X <- 3.4445*X + (B @ X)
+    C <- (X^T @ X)
+    D <- ((2.0315*C) @ C) - 4.775*C
+    X <- 3.4445*X + where(tall, (X @ D), (B @ X))
     X <- X*sum(X*mu_hat)    if adaptive
     scale = where(consistent_rms given, consistent_rms*sqrt(max(cols, rows)), sqrt(max(1, cols/max(1, rows))))
     nu <- adam_b2*nu + g^2*(1 - adam_b2)    if rank != 2
@@ -237,12 +248,24 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(self._scratch, 5, w, g, mu, nu)
                 # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped m x m)
-                _xmm0, _xmm1, _xmm2, _xmm3 = torch_support.scratch(
-                    self._scratch, 4, w, g, mu, nu, scope="element/mm"
+                _xmm0, _xmm1, _xmm2, _xmm3 = (
+                    torch_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/mm")
+                    if (torch_support.rank(w) == 2 and torch_support.rows(w) <= torch_support.cols(w))
+                    else (None,) * 4
+                )
+                # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped n x n)
+                _xnn0, _xnn1, _xnn2, _xnn3 = (
+                    torch_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/nn")
+                    if (torch_support.rank(w) == 2 and torch_support.rows(w) > torch_support.cols(w))
+                    else (None,) * 4
                 )
                 rank = torch_support.rank(w)
                 # a matrix: Muon's step
                 matrix = rank == 2
+                rows = torch_support.rows(w)
+                cols = torch_support.cols(w)
+                # a tall matrix: its Gram matrix X^T X is the smaller
+                tall = rows > cols
                 # decay of the first moment
                 d = beta if matrix else adam_b1
                 tmp0 = torch.mul(g, 1 - d, out=_s0)
@@ -255,104 +278,178 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 torch.mul(mu, d / (1 - d ** (t + 1)), out=_s2)
                 torch.div(tmp0, 1 - d**t, out=_s3)
                 mu_hat = torch.add(_s2, _s3, out=_s1)
-                # sumsq_mu_hat = torch.sum(mu_hat**2)
-                torch.pow(mu_hat, 2, out=_s3)
-                sumsq_mu_hat = torch.sum(_s3)
+                if matrix:
+                    torch.pow(mu_hat, 2, out=_s3)
+                    sumsq_mu_hat = torch.sum(_s3)
                 # Frobenius normalisation
-                X = torch.div(mu_hat, eps + torch.sqrt(sumsq_mu_hat), out=_s3)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    X = torch.div(mu_hat, eps + torch.sqrt(sumsq_mu_hat), out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm2)
-                torch_support.matmul(_xmm2, A, out=_xmm3)
-                B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm2)
+                    torch_support.matmul(_xmm2, A, out=_xmm3)
+                    B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn2)
+                    torch_support.matmul(_xnn2, C, out=_xnn3)
+                    D = torch.add(_xnn3, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s2)
-                torch_support.matmul(B, X, out=_s4)
-                X = torch.add(_s2, _s4, out=_s3)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s4)
+                        X = torch.add(_s2, _s4, out=_s3)
+                    else:
+                        torch.mul(3.4445, X, out=_s4)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s4, _s2, out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm3)
-                torch_support.matmul(_xmm3, A, out=_xmm2)
-                B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm3)
+                    torch_support.matmul(_xmm3, A, out=_xmm2)
+                    B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn3)
+                    torch_support.matmul(_xnn3, C, out=_xnn2)
+                    D = torch.add(_xnn2, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s4)
-                torch_support.matmul(B, X, out=_s2)
-                X = torch.add(_s4, _s2, out=_s3)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s4)
+                        X = torch.add(_s2, _s4, out=_s3)
+                    else:
+                        torch.mul(3.4445, X, out=_s4)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s4, _s2, out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm2)
-                torch_support.matmul(_xmm2, A, out=_xmm3)
-                B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm2)
+                    torch_support.matmul(_xmm2, A, out=_xmm3)
+                    B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn2)
+                    torch_support.matmul(_xnn2, C, out=_xnn3)
+                    D = torch.add(_xnn3, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s2)
-                torch_support.matmul(B, X, out=_s4)
-                X = torch.add(_s2, _s4, out=_s3)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s4)
+                        X = torch.add(_s2, _s4, out=_s3)
+                    else:
+                        torch.mul(3.4445, X, out=_s4)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s4, _s2, out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm3)
-                torch_support.matmul(_xmm3, A, out=_xmm2)
-                B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm3)
+                    torch_support.matmul(_xmm3, A, out=_xmm2)
+                    B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn3)
+                    torch_support.matmul(_xnn3, C, out=_xnn2)
+                    D = torch.add(_xnn2, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s4)
-                torch_support.matmul(B, X, out=_s2)
-                X = torch.add(_s4, _s2, out=_s3)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s4)
+                        X = torch.add(_s2, _s4, out=_s3)
+                    else:
+                        torch.mul(3.4445, X, out=_s4)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s4, _s2, out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm2)
-                torch_support.matmul(_xmm2, A, out=_xmm3)
-                B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm2)
+                    torch_support.matmul(_xmm2, A, out=_xmm3)
+                    B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn2)
+                    torch_support.matmul(_xnn2, C, out=_xnn3)
+                    D = torch.add(_xnn3, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s2)
-                torch_support.matmul(B, X, out=_s4)
-                X = torch.add(_s2, _s4, out=_s3)
-                # red0 = torch.sum(X*mu_hat)
-                torch.mul(X, mu_hat, out=_s4)
-                red0 = torch.sum(_s4)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s4)
+                        X = torch.add(_s2, _s4, out=_s3)
+                    else:
+                        torch.mul(3.4445, X, out=_s4)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s4, _s2, out=_s3)
+                if matrix:
+                    torch.mul(X, mu_hat, out=_s2)
+                    red0 = torch.sum(_s2)
                 # dual-norm scaling
-                X = torch.mul(X, red0, out=_s3)
-                cols = torch_support.cols(w)
-                rows = torch_support.rows(w)
+                if matrix:
+                    X = torch.mul(X, red0, out=_s3)
                 # shape scaling
                 scale = (
-                    consistent_rms * math.sqrt(max(cols, rows))
-                    if consistent_rms is not None
-                    else math.sqrt(max(1, cols / max(1, rows)))
+                    (
+                        consistent_rms * math.sqrt(max(cols, rows))
+                        if consistent_rms is not None
+                        else math.sqrt(max(1, cols / max(1, rows)))
+                    )
+                    if matrix
+                    else None
                 )
                 # Adam's second moment
                 if rank != 2:
                     # nu = adam_b2*nu + g**2*(1 - adam_b2)
-                    torch.mul(adam_b2, nu, out=_s4)
-                    torch.pow(g, 2, out=_s2)
-                    torch.add(_s4, _s2, alpha=1 - adam_b2, out=nu)
+                    torch.mul(adam_b2, nu, out=_s2)
+                    torch.pow(g, 2, out=_s4)
+                    torch.add(_s2, _s4, alpha=1 - adam_b2, out=nu)
                 # parameter update: Muon's for a matrix, AdamW's otherwise
                 if matrix:
-                    torch.mul(X, scale, out=_s2)
-                    torch.add(_s2, w, alpha=weight_decay, out=_s2)
-                    w.add_(_s2, alpha=-(lr))
-                else:
-                    torch.mul(adam_weight_decay, w, out=_s2)
-                    torch.div(nu, 1 - adam_b2**t, out=_s4)
-                    torch.add(adam_eps_root, _s4, out=_s4)
-                    torch.sqrt(_s4, out=_s4)
-                    torch.add(eps, _s4, out=_s4)
-                    torch.div(mu_hat, _s4, out=_s4)
-                    torch.add(_s2, _s4, out=_s4)
+                    torch.mul(X, scale, out=_s4)
+                    torch.add(_s4, w, alpha=weight_decay, out=_s4)
                     w.add_(_s4, alpha=-(lr))
+                else:
+                    torch.mul(adam_weight_decay, w, out=_s4)
+                    torch.div(nu, 1 - adam_b2**t, out=_s2)
+                    torch.add(adam_eps_root, _s2, out=_s2)
+                    torch.sqrt(_s2, out=_s2)
+                    torch.add(eps, _s2, out=_s2)
+                    torch.div(mu_hat, _s2, out=_s2)
+                    torch.add(_s4, _s2, out=_s2)
+                    w.add_(_s2, alpha=-(lr))
         elif nesterov and not adaptive:
             for w, g, state in call.tensors(
                 1,
@@ -372,12 +469,24 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(self._scratch, 5, w, g, mu, nu)
                 # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped m x m)
-                _xmm0, _xmm1, _xmm2, _xmm3 = torch_support.scratch(
-                    self._scratch, 4, w, g, mu, nu, scope="element/mm"
+                _xmm0, _xmm1, _xmm2, _xmm3 = (
+                    torch_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/mm")
+                    if (torch_support.rank(w) == 2 and torch_support.rows(w) <= torch_support.cols(w))
+                    else (None,) * 4
+                )
+                # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped n x n)
+                _xnn0, _xnn1, _xnn2, _xnn3 = (
+                    torch_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/nn")
+                    if (torch_support.rank(w) == 2 and torch_support.rows(w) > torch_support.cols(w))
+                    else (None,) * 4
                 )
                 rank = torch_support.rank(w)
                 # a matrix: Muon's step
                 matrix = rank == 2
+                rows = torch_support.rows(w)
+                cols = torch_support.cols(w)
+                # a tall matrix: its Gram matrix X^T X is the smaller
+                tall = rows > cols
                 # decay of the first moment
                 d = beta if matrix else adam_b1
                 tmp1 = torch.mul(g, 1 - d, out=_s0)
@@ -390,99 +499,172 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 torch.mul(mu, d / (1 - d ** (t + 1)), out=_s2)
                 torch.div(tmp1, 1 - d**t, out=_s3)
                 mu_hat = torch.add(_s2, _s3, out=_s1)
-                # sumsq_mu_hat = torch.sum(mu_hat**2)
-                torch.pow(mu_hat, 2, out=_s3)
-                sumsq_mu_hat = torch.sum(_s3)
+                if matrix:
+                    torch.pow(mu_hat, 2, out=_s3)
+                    sumsq_mu_hat = torch.sum(_s3)
                 # Frobenius normalisation
-                X = torch.div(mu_hat, eps + torch.sqrt(sumsq_mu_hat), out=_s3)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    X = torch.div(mu_hat, eps + torch.sqrt(sumsq_mu_hat), out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm2)
-                torch_support.matmul(_xmm2, A, out=_xmm3)
-                B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm2)
+                    torch_support.matmul(_xmm2, A, out=_xmm3)
+                    B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn2)
+                    torch_support.matmul(_xnn2, C, out=_xnn3)
+                    D = torch.add(_xnn3, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s2)
-                torch_support.matmul(B, X, out=_s4)
-                X = torch.add(_s2, _s4, out=_s3)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s4)
+                        X = torch.add(_s2, _s4, out=_s3)
+                    else:
+                        torch.mul(3.4445, X, out=_s4)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s4, _s2, out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm3)
-                torch_support.matmul(_xmm3, A, out=_xmm2)
-                B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm3)
+                    torch_support.matmul(_xmm3, A, out=_xmm2)
+                    B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn3)
+                    torch_support.matmul(_xnn3, C, out=_xnn2)
+                    D = torch.add(_xnn2, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s4)
-                torch_support.matmul(B, X, out=_s2)
-                X = torch.add(_s4, _s2, out=_s3)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s4)
+                        X = torch.add(_s2, _s4, out=_s3)
+                    else:
+                        torch.mul(3.4445, X, out=_s4)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s4, _s2, out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm2)
-                torch_support.matmul(_xmm2, A, out=_xmm3)
-                B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm2)
+                    torch_support.matmul(_xmm2, A, out=_xmm3)
+                    B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn2)
+                    torch_support.matmul(_xnn2, C, out=_xnn3)
+                    D = torch.add(_xnn3, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s2)
-                torch_support.matmul(B, X, out=_s4)
-                X = torch.add(_s2, _s4, out=_s3)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s4)
+                        X = torch.add(_s2, _s4, out=_s3)
+                    else:
+                        torch.mul(3.4445, X, out=_s4)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s4, _s2, out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm3)
-                torch_support.matmul(_xmm3, A, out=_xmm2)
-                B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm3)
+                    torch_support.matmul(_xmm3, A, out=_xmm2)
+                    B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn3)
+                    torch_support.matmul(_xnn3, C, out=_xnn2)
+                    D = torch.add(_xnn2, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s4)
-                torch_support.matmul(B, X, out=_s2)
-                X = torch.add(_s4, _s2, out=_s3)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s4)
+                        X = torch.add(_s2, _s4, out=_s3)
+                    else:
+                        torch.mul(3.4445, X, out=_s4)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s4, _s2, out=_s3)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm2)
-                torch_support.matmul(_xmm2, A, out=_xmm3)
-                B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm2)
+                    torch_support.matmul(_xmm2, A, out=_xmm3)
+                    B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn2)
+                    torch_support.matmul(_xnn2, C, out=_xnn3)
+                    D = torch.add(_xnn3, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s2)
-                torch_support.matmul(B, X, out=_s4)
-                X = torch.add(_s2, _s4, out=_s3)
-                cols = torch_support.cols(w)
-                rows = torch_support.rows(w)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s4)
+                        X = torch.add(_s2, _s4, out=_s3)
+                    else:
+                        torch.mul(3.4445, X, out=_s4)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s4, _s2, out=_s3)
                 # shape scaling
                 scale = (
-                    consistent_rms * math.sqrt(max(cols, rows))
-                    if consistent_rms is not None
-                    else math.sqrt(max(1, cols / max(1, rows)))
+                    (
+                        consistent_rms * math.sqrt(max(cols, rows))
+                        if consistent_rms is not None
+                        else math.sqrt(max(1, cols / max(1, rows)))
+                    )
+                    if matrix
+                    else None
                 )
                 # Adam's second moment
                 if rank != 2:
                     # nu = adam_b2*nu + g**2*(1 - adam_b2)
-                    torch.mul(adam_b2, nu, out=_s4)
-                    torch.pow(g, 2, out=_s2)
-                    torch.add(_s4, _s2, alpha=1 - adam_b2, out=nu)
+                    torch.mul(adam_b2, nu, out=_s2)
+                    torch.pow(g, 2, out=_s4)
+                    torch.add(_s2, _s4, alpha=1 - adam_b2, out=nu)
                 # parameter update: Muon's for a matrix, AdamW's otherwise
                 if matrix:
-                    torch.mul(X, scale, out=_s2)
-                    torch.add(_s2, w, alpha=weight_decay, out=_s2)
-                    w.add_(_s2, alpha=-(lr))
-                else:
-                    torch.mul(adam_weight_decay, w, out=_s2)
-                    torch.div(nu, 1 - adam_b2**t, out=_s4)
-                    torch.add(adam_eps_root, _s4, out=_s4)
-                    torch.sqrt(_s4, out=_s4)
-                    torch.add(eps, _s4, out=_s4)
-                    torch.div(mu_hat, _s4, out=_s4)
-                    torch.add(_s2, _s4, out=_s4)
+                    torch.mul(X, scale, out=_s4)
+                    torch.add(_s4, w, alpha=weight_decay, out=_s4)
                     w.add_(_s4, alpha=-(lr))
+                else:
+                    torch.mul(adam_weight_decay, w, out=_s4)
+                    torch.div(nu, 1 - adam_b2**t, out=_s2)
+                    torch.add(adam_eps_root, _s2, out=_s2)
+                    torch.sqrt(_s2, out=_s2)
+                    torch.add(eps, _s2, out=_s2)
+                    torch.div(mu_hat, _s2, out=_s2)
+                    torch.add(_s4, _s2, out=_s2)
+                    w.add_(_s2, alpha=-(lr))
         elif adaptive and not nesterov:
             for w, g, state in call.tensors(
                 2,
@@ -502,12 +684,24 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, mu, nu)
                 # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped m x m)
-                _xmm0, _xmm1, _xmm2, _xmm3 = torch_support.scratch(
-                    self._scratch, 4, w, g, mu, nu, scope="element/mm"
+                _xmm0, _xmm1, _xmm2, _xmm3 = (
+                    torch_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/mm")
+                    if (torch_support.rank(w) == 2 and torch_support.rows(w) <= torch_support.cols(w))
+                    else (None,) * 4
+                )
+                # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped n x n)
+                _xnn0, _xnn1, _xnn2, _xnn3 = (
+                    torch_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/nn")
+                    if (torch_support.rank(w) == 2 and torch_support.rows(w) > torch_support.cols(w))
+                    else (None,) * 4
                 )
                 rank = torch_support.rank(w)
                 # a matrix: Muon's step
                 matrix = rank == 2
+                rows = torch_support.rows(w)
+                cols = torch_support.cols(w)
+                # a tall matrix: its Gram matrix X^T X is the smaller
+                tall = rows > cols
                 # decay of the first moment
                 d = beta if matrix else adam_b1
                 # first moment
@@ -516,104 +710,178 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 torch.add(_s0, g, alpha=1 - d, out=mu)
                 # bias correction
                 mu_hat = torch.div(mu, 1 - d**t, out=_s0)
-                # sumsq_mu_hat = torch.sum(mu_hat**2)
-                torch.pow(mu_hat, 2, out=_s1)
-                sumsq_mu_hat = torch.sum(_s1)
+                if matrix:
+                    torch.pow(mu_hat, 2, out=_s1)
+                    sumsq_mu_hat = torch.sum(_s1)
                 # Frobenius normalisation
-                X = torch.div(mu_hat, eps + torch.sqrt(sumsq_mu_hat), out=_s1)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    X = torch.div(mu_hat, eps + torch.sqrt(sumsq_mu_hat), out=_s1)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm2)
-                torch_support.matmul(_xmm2, A, out=_xmm3)
-                B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm2)
+                    torch_support.matmul(_xmm2, A, out=_xmm3)
+                    B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn2)
+                    torch_support.matmul(_xnn2, C, out=_xnn3)
+                    D = torch.add(_xnn3, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s2)
-                torch_support.matmul(B, X, out=_s3)
-                X = torch.add(_s2, _s3, out=_s1)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s3)
+                        X = torch.add(_s2, _s3, out=_s1)
+                    else:
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s3, _s2, out=_s1)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm3)
-                torch_support.matmul(_xmm3, A, out=_xmm2)
-                B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm3)
+                    torch_support.matmul(_xmm3, A, out=_xmm2)
+                    B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn3)
+                    torch_support.matmul(_xnn3, C, out=_xnn2)
+                    D = torch.add(_xnn2, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s3)
-                torch_support.matmul(B, X, out=_s2)
-                X = torch.add(_s3, _s2, out=_s1)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s3)
+                        X = torch.add(_s2, _s3, out=_s1)
+                    else:
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s3, _s2, out=_s1)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm2)
-                torch_support.matmul(_xmm2, A, out=_xmm3)
-                B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm2)
+                    torch_support.matmul(_xmm2, A, out=_xmm3)
+                    B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn2)
+                    torch_support.matmul(_xnn2, C, out=_xnn3)
+                    D = torch.add(_xnn3, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s2)
-                torch_support.matmul(B, X, out=_s3)
-                X = torch.add(_s2, _s3, out=_s1)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s3)
+                        X = torch.add(_s2, _s3, out=_s1)
+                    else:
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s3, _s2, out=_s1)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm3)
-                torch_support.matmul(_xmm3, A, out=_xmm2)
-                B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm3)
+                    torch_support.matmul(_xmm3, A, out=_xmm2)
+                    B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn3)
+                    torch_support.matmul(_xnn3, C, out=_xnn2)
+                    D = torch.add(_xnn2, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s3)
-                torch_support.matmul(B, X, out=_s2)
-                X = torch.add(_s3, _s2, out=_s1)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s3)
+                        X = torch.add(_s2, _s3, out=_s1)
+                    else:
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s3, _s2, out=_s1)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm2)
-                torch_support.matmul(_xmm2, A, out=_xmm3)
-                B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm2)
+                    torch_support.matmul(_xmm2, A, out=_xmm3)
+                    B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn2)
+                    torch_support.matmul(_xnn2, C, out=_xnn3)
+                    D = torch.add(_xnn3, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s2)
-                torch_support.matmul(B, X, out=_s3)
-                X = torch.add(_s2, _s3, out=_s1)
-                # red0 = torch.sum(X*mu_hat)
-                torch.mul(X, mu_hat, out=_s3)
-                red0 = torch.sum(_s3)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s3)
+                        X = torch.add(_s2, _s3, out=_s1)
+                    else:
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s3, _s2, out=_s1)
+                if matrix:
+                    torch.mul(X, mu_hat, out=_s2)
+                    red0 = torch.sum(_s2)
                 # dual-norm scaling
-                X = torch.mul(X, red0, out=_s1)
-                cols = torch_support.cols(w)
-                rows = torch_support.rows(w)
+                if matrix:
+                    X = torch.mul(X, red0, out=_s1)
                 # shape scaling
                 scale = (
-                    consistent_rms * math.sqrt(max(cols, rows))
-                    if consistent_rms is not None
-                    else math.sqrt(max(1, cols / max(1, rows)))
+                    (
+                        consistent_rms * math.sqrt(max(cols, rows))
+                        if consistent_rms is not None
+                        else math.sqrt(max(1, cols / max(1, rows)))
+                    )
+                    if matrix
+                    else None
                 )
                 # Adam's second moment
                 if rank != 2:
                     # nu = adam_b2*nu + g**2*(1 - adam_b2)
-                    torch.mul(adam_b2, nu, out=_s3)
-                    torch.pow(g, 2, out=_s2)
-                    torch.add(_s3, _s2, alpha=1 - adam_b2, out=nu)
+                    torch.mul(adam_b2, nu, out=_s2)
+                    torch.pow(g, 2, out=_s3)
+                    torch.add(_s2, _s3, alpha=1 - adam_b2, out=nu)
                 # parameter update: Muon's for a matrix, AdamW's otherwise
                 if matrix:
-                    torch.mul(X, scale, out=_s2)
-                    torch.add(_s2, w, alpha=weight_decay, out=_s2)
-                    w.add_(_s2, alpha=-(lr))
-                else:
-                    torch.mul(adam_weight_decay, w, out=_s2)
-                    torch.div(nu, 1 - adam_b2**t, out=_s3)
-                    torch.add(adam_eps_root, _s3, out=_s3)
-                    torch.sqrt(_s3, out=_s3)
-                    torch.add(eps, _s3, out=_s3)
-                    torch.div(mu_hat, _s3, out=_s3)
-                    torch.add(_s2, _s3, out=_s3)
+                    torch.mul(X, scale, out=_s3)
+                    torch.add(_s3, w, alpha=weight_decay, out=_s3)
                     w.add_(_s3, alpha=-(lr))
+                else:
+                    torch.mul(adam_weight_decay, w, out=_s3)
+                    torch.div(nu, 1 - adam_b2**t, out=_s2)
+                    torch.add(adam_eps_root, _s2, out=_s2)
+                    torch.sqrt(_s2, out=_s2)
+                    torch.add(eps, _s2, out=_s2)
+                    torch.div(mu_hat, _s2, out=_s2)
+                    torch.add(_s3, _s2, out=_s2)
+                    w.add_(_s2, alpha=-(lr))
         else:
             for w, g, state in call.tensors(
                 3,
@@ -633,12 +901,24 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, mu, nu)
                 # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped m x m)
-                _xmm0, _xmm1, _xmm2, _xmm3 = torch_support.scratch(
-                    self._scratch, 4, w, g, mu, nu, scope="element/mm"
+                _xmm0, _xmm1, _xmm2, _xmm3 = (
+                    torch_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/mm")
+                    if (torch_support.rank(w) == 2 and torch_support.rows(w) <= torch_support.cols(w))
+                    else (None,) * 4
+                )
+                # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped n x n)
+                _xnn0, _xnn1, _xnn2, _xnn3 = (
+                    torch_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/nn")
+                    if (torch_support.rank(w) == 2 and torch_support.rows(w) > torch_support.cols(w))
+                    else (None,) * 4
                 )
                 rank = torch_support.rank(w)
                 # a matrix: Muon's step
                 matrix = rank == 2
+                rows = torch_support.rows(w)
+                cols = torch_support.cols(w)
+                # a tall matrix: its Gram matrix X^T X is the smaller
+                tall = rows > cols
                 # decay of the first moment
                 d = beta if matrix else adam_b1
                 # first moment
@@ -647,99 +927,172 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 torch.add(_s0, g, alpha=1 - d, out=mu)
                 # bias correction
                 mu_hat = torch.div(mu, 1 - d**t, out=_s0)
-                # sumsq_mu_hat = torch.sum(mu_hat**2)
-                torch.pow(mu_hat, 2, out=_s1)
-                sumsq_mu_hat = torch.sum(_s1)
+                if matrix:
+                    torch.pow(mu_hat, 2, out=_s1)
+                    sumsq_mu_hat = torch.sum(_s1)
                 # Frobenius normalisation
-                X = torch.div(mu_hat, eps + torch.sqrt(sumsq_mu_hat), out=_s1)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    X = torch.div(mu_hat, eps + torch.sqrt(sumsq_mu_hat), out=_s1)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm2)
-                torch_support.matmul(_xmm2, A, out=_xmm3)
-                B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm2)
+                    torch_support.matmul(_xmm2, A, out=_xmm3)
+                    B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn2)
+                    torch_support.matmul(_xnn2, C, out=_xnn3)
+                    D = torch.add(_xnn3, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s2)
-                torch_support.matmul(B, X, out=_s3)
-                X = torch.add(_s2, _s3, out=_s1)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s3)
+                        X = torch.add(_s2, _s3, out=_s1)
+                    else:
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s3, _s2, out=_s1)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm3)
-                torch_support.matmul(_xmm3, A, out=_xmm2)
-                B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm3)
+                    torch_support.matmul(_xmm3, A, out=_xmm2)
+                    B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn3)
+                    torch_support.matmul(_xnn3, C, out=_xnn2)
+                    D = torch.add(_xnn2, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s3)
-                torch_support.matmul(B, X, out=_s2)
-                X = torch.add(_s3, _s2, out=_s1)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s3)
+                        X = torch.add(_s2, _s3, out=_s1)
+                    else:
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s3, _s2, out=_s1)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm2)
-                torch_support.matmul(_xmm2, A, out=_xmm3)
-                B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm2)
+                    torch_support.matmul(_xmm2, A, out=_xmm3)
+                    B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn2)
+                    torch_support.matmul(_xnn2, C, out=_xnn3)
+                    D = torch.add(_xnn3, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s2)
-                torch_support.matmul(B, X, out=_s3)
-                X = torch.add(_s2, _s3, out=_s1)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s3)
+                        X = torch.add(_s2, _s3, out=_s1)
+                    else:
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s3, _s2, out=_s1)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm3)
-                torch_support.matmul(_xmm3, A, out=_xmm2)
-                B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm3)
+                    torch_support.matmul(_xmm3, A, out=_xmm2)
+                    B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn3)
+                    torch_support.matmul(_xnn3, C, out=_xnn2)
+                    D = torch.add(_xnn2, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s3)
-                torch_support.matmul(B, X, out=_s2)
-                X = torch.add(_s3, _s2, out=_s1)
-                # Gram matrix
-                A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s3)
+                        X = torch.add(_s2, _s3, out=_s1)
+                    else:
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s3, _s2, out=_s1)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
                 # Newton-Schulz polynomial
-                # B = torch_support.matmul(2.0315*A, A) - 4.775*A
-                torch.mul(2.0315, A, out=_xmm2)
-                torch_support.matmul(_xmm2, A, out=_xmm3)
-                B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm2)
+                    torch_support.matmul(_xmm2, A, out=_xmm3)
+                    B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn2)
+                    torch_support.matmul(_xnn2, C, out=_xnn3)
+                    D = torch.add(_xnn3, C, alpha=-(4.775), out=_xnn1)
                 # Newton-Schulz step
-                # X = 3.4445*X + torch_support.matmul(B, X, w)
-                torch.mul(3.4445, X, out=_s2)
-                torch_support.matmul(B, X, out=_s3)
-                X = torch.add(_s2, _s3, out=_s1)
-                cols = torch_support.cols(w)
-                rows = torch_support.rows(w)
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s2)
+                        torch_support.matmul(X, D, out=_s3)
+                        X = torch.add(_s2, _s3, out=_s1)
+                    else:
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(B, X, out=_s2)
+                        X = torch.add(_s3, _s2, out=_s1)
                 # shape scaling
                 scale = (
-                    consistent_rms * math.sqrt(max(cols, rows))
-                    if consistent_rms is not None
-                    else math.sqrt(max(1, cols / max(1, rows)))
+                    (
+                        consistent_rms * math.sqrt(max(cols, rows))
+                        if consistent_rms is not None
+                        else math.sqrt(max(1, cols / max(1, rows)))
+                    )
+                    if matrix
+                    else None
                 )
                 # Adam's second moment
                 if rank != 2:
                     # nu = adam_b2*nu + g**2*(1 - adam_b2)
-                    torch.mul(adam_b2, nu, out=_s3)
-                    torch.pow(g, 2, out=_s2)
-                    torch.add(_s3, _s2, alpha=1 - adam_b2, out=nu)
+                    torch.mul(adam_b2, nu, out=_s2)
+                    torch.pow(g, 2, out=_s3)
+                    torch.add(_s2, _s3, alpha=1 - adam_b2, out=nu)
                 # parameter update: Muon's for a matrix, AdamW's otherwise
                 if matrix:
-                    torch.mul(X, scale, out=_s2)
-                    torch.add(_s2, w, alpha=weight_decay, out=_s2)
-                    w.add_(_s2, alpha=-(lr))
-                else:
-                    torch.mul(adam_weight_decay, w, out=_s2)
-                    torch.div(nu, 1 - adam_b2**t, out=_s3)
-                    torch.add(adam_eps_root, _s3, out=_s3)
-                    torch.sqrt(_s3, out=_s3)
-                    torch.add(eps, _s3, out=_s3)
-                    torch.div(mu_hat, _s3, out=_s3)
-                    torch.add(_s2, _s3, out=_s3)
+                    torch.mul(X, scale, out=_s3)
+                    torch.add(_s3, w, alpha=weight_decay, out=_s3)
                     w.add_(_s3, alpha=-(lr))
+                else:
+                    torch.mul(adam_weight_decay, w, out=_s3)
+                    torch.div(nu, 1 - adam_b2**t, out=_s2)
+                    torch.add(adam_eps_root, _s2, out=_s2)
+                    torch.sqrt(_s2, out=_s2)
+                    torch.add(eps, _s2, out=_s2)
+                    torch.div(mu_hat, _s2, out=_s2)
+                    torch.add(_s3, _s2, out=_s2)
+                    w.add_(_s2, alpha=-(lr))
 
     def _case(self, group: dict[str, Any]) -> int:
         """The case of the rule (and its fused kernel) that this group's hyperparameters select."""

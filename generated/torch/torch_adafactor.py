@@ -195,16 +195,18 @@ class TorchAdafactor(torch_support.RuleOptimizer):
                 (_row0,) = torch_support.scratch(self._scratch, 1, w, g, row_var, col_var, scope="element/-1")
                 # scratch buffers for the element-wise temporaries (reused, shaped like w with axis -2 of length 1)
                 (_col0,) = torch_support.scratch(self._scratch, 1, w, g, row_var, col_var, scope="element/-2")
-                # maximize
-                if maximize:
-                    g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
                 size = torch.numel(w)
                 # elements of the tensor (an empty one: 1)
                 elements = max(1, size)
+                tmp0 = 1 / math.sqrt(elements)
+                machine_epsilon = torch_support.machine_epsilon(w) if eps1 is None else 0
+                rank = torch_support.rank(w)
+                # maximize
+                if maximize:
+                    g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
                 # sumsq_w = torch.sum(torch_support.upcast(w)**2)
                 torch.pow(torch_support.upcast(w), 2, out=_s1)
                 sumsq_w = torch.sum(_s1)
-                tmp0 = 1 / math.sqrt(elements)
                 # relative step size
                 alpha = torch.clamp(torch.sqrt(sumsq_w) * tmp0, min=eps2) * min(lr, 1 / math.sqrt(t))
                 tmp1 = torch.pow(g, 2, out=_s1)
@@ -218,10 +220,8 @@ class TorchAdafactor(torch_support.RuleOptimizer):
                 torch_support.axis_mean(tmp1, -2, out=_col0)
                 torch.sub(_col0, col_var, out=_col0)
                 col_var.add_(_col0, alpha=beta)
-                machine_epsilon = torch_support.machine_epsilon(w) if eps1 is None else 0
                 # floor of the estimate
                 floor = eps1 if eps1 is not None else machine_epsilon
-                rank = torch_support.rank(w)
                 # second moment: factored for a matrix
                 if rank >= 2:
                     torch.mul(col_var, row_var, out=_s3)
@@ -265,16 +265,18 @@ class TorchAdafactor(torch_support.RuleOptimizer):
                 (_row0,) = torch_support.scratch(self._scratch, 1, w, g, row_var, col_var, scope="element/-1")
                 # scratch buffers for the element-wise temporaries (reused, shaped like w with axis -2 of length 1)
                 (_col0,) = torch_support.scratch(self._scratch, 1, w, g, row_var, col_var, scope="element/-2")
-                # maximize
-                if maximize:
-                    g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
                 size = torch.numel(w)
                 # elements of the tensor (an empty one: 1)
                 elements = max(1, size)
+                tmp2 = 1 / math.sqrt(elements)
+                machine_epsilon = torch_support.machine_epsilon(w) if eps1 is None else 0
+                rank = torch_support.rank(w)
+                # maximize
+                if maximize:
+                    g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
                 # sumsq_w = torch.sum(torch_support.upcast(w)**2)
                 torch.pow(torch_support.upcast(w), 2, out=_s1)
                 sumsq_w = torch.sum(_s1)
-                tmp2 = 1 / math.sqrt(elements)
                 # relative step size
                 alpha = torch.clamp(torch.sqrt(sumsq_w) * tmp2, min=eps2) * min(lr, 1 / math.sqrt(t))
                 # decoupled weight decay
@@ -290,10 +292,8 @@ class TorchAdafactor(torch_support.RuleOptimizer):
                 torch_support.axis_mean(tmp3, -2, out=_col0)
                 torch.sub(_col0, col_var, out=_col0)
                 col_var.add_(_col0, alpha=beta)
-                machine_epsilon = torch_support.machine_epsilon(w) if eps1 is None else 0
                 # floor of the estimate
                 floor = eps1 if eps1 is not None else machine_epsilon
-                rank = torch_support.rank(w)
                 # second moment: factored for a matrix
                 if rank >= 2:
                     torch.mul(col_var, row_var, out=_s3)
