@@ -234,3 +234,72 @@ def test_muon_forms_only_the_smaller_gram_matrix_and_none_for_other_tensors():
         tracemalloc.stop()
     one_tensor = 12_000 * 8
     assert peak < 20 * one_tensor, f"the first step allocated up to {peak} bytes (one tensor is {one_tensor})"
+
+
+# -- what a review found, each with a rule that failed before -----------------------------------------------
+
+
+def _hazards() -> Rule:
+    R = Rule("Hazards", title="products into their own operand's buffer, a transpose kept, a Gram row")
+    lr = R.learning_rate(LR)
+    m = R.state("m", 0, "momentum")
+    R.assign(m, 0.5 * m + g, "momentum")
+    X = R.let("X", 2 * g, "X")
+    A = R.let("A", matmul(g, transpose(m)), "g m^T (m x m): the gradient and a state")
+    R.assign(X, matmul(A, X), "X <- A X: the product's operand is its target")
+    T = R.let("T", transpose(X), "X^T, kept by name")
+    R.assign(X, 3 * X, "X overwritten after T took it")
+    row = R.let("row", tensor_mean(matmul(g, transpose(g)), axis=-1), "a Gram matrix's row means")
+    R.assign(w, w - lr * (X + transpose(T) + row * g), "update")
+    return R
+
+
+def _hazards_transcription(p, gs):
+    shape = p.shape
+    p, m = _matrix(p.copy()), 0.0
+    for x in gs:
+        x = _matrix(x)
+        m = 0.5 * m + x
+        X = 2 * x
+        A = x @ np.swapaxes(m, -1, -2)
+        X = A @ X
+        T = np.swapaxes(X, -1, -2).copy()
+        X = 3 * X
+        G = x @ np.swapaxes(x, -1, -2)
+        row = G.sum(axis=-1, keepdims=True) / max(G.shape[-1], 1)
+        p = p - LR * (X + np.swapaxes(T, -1, -2) + row * x)
+    return p.reshape(shape)
+
+
+@pytest.mark.parametrize("path", ["numpy", "jax", "torch"])
+def test_products_transposes_and_gram_rows_at_every_rank(tmp_path, path):
+    """``X <- A @ X`` into X's own buffer (torch wrote the product over its operand), a transpose kept by
+    name while its buffer is overwritten (NumPy and torch read the new values through the view), the
+    row means of a Gram matrix at rank 0 and 1 (a ``1 x 1`` result for a ``(1,)`` row: an error): every
+    backend equals the transcription (float64, 1e-12)."""
+    rule = _hazards()
+    mods = load(rule, tmp_path)
+    rng = np.random.default_rng(10)
+    params0 = [np.asarray(rng.standard_normal(s)) for s in SHAPES]
+    grads = [[np.asarray(rng.standard_normal(s)) for s in SHAPES] for _ in range(3)]
+    want = [_hazards_transcription(p, [gs[i] for gs in grads]) for i, p in enumerate(params0)]
+    got = steps(mods, rule, params0, grads, path, **{"lr" if path == "torch" else "learning_rate": LR})
+    assert [a.shape for a in got] == SHAPES
+    assert_close(got, want, 1e-12, f"Hazards ({path})")
+
+
+def test_torch_products_of_a_wider_state_and_bfloat16_parameters(tmp_path):
+    """torch does not promote a product's operands: float32 parameters with float64 state, and bfloat16
+    parameters, step (a RuntimeError before), as NumPy's promotion gives."""
+    import torch
+
+    rule = _hazards()
+    mods = load(rule, tmp_path)
+    cls = getattr(mods["torch"], rule.name)
+    rng = np.random.default_rng(11)
+    for dtype, state_dtype in ((torch.float32, torch.float64), (torch.bfloat16, None)):
+        p = torch.nn.Parameter(torch.tensor(rng.standard_normal((3, 5)), dtype=dtype))
+        opt = cls([p], lr=LR, **({"state_dtype": state_dtype} if state_dtype else {}))
+        p.grad = torch.tensor(rng.standard_normal((3, 5)), dtype=dtype)
+        opt.step()
+        assert p.dtype == dtype and torch.isfinite(p).all()
