@@ -44,7 +44,7 @@ def _guard_case(case: Case, program: Program) -> Case:
     for a, _ in reversed(order):  # a value's readers come after it: their own guards are known by then
         target = ssa(a.target, a.version)
         outer = guards.get(target, sp.true) if target in wanted else sp.true
-        for symbol, condition in _reads(a.expr, sp.true):
+        for symbol, condition in reads_under(a.expr, sp.true):
             if symbol in wanted:
                 position = step[symbol]
 
@@ -62,14 +62,20 @@ def _guard_case(case: Case, program: Program) -> Case:
         if condition is sp.true or condition is sp.false:
             continue
         changed[symbol] = condition
-    if not changed:
+    return guarded(case, changed, sp.Integer(0))
+
+
+def guarded(case: Case, conditions: dict[sp.Symbol, sp.Basic], otherwise: sp.Basic) -> Case:
+    """``case`` with each value of ``conditions`` (by its versioned symbol) computed only where its condition
+    holds: ``where(condition, value, otherwise)``, in the case's body and its sections alike."""
+    if not conditions:
         return case
 
     def rewrite(a: Assign) -> Assign:
-        condition = changed.get(ssa(a.target, a.version))
+        condition = conditions.get(ssa(a.target, a.version))
         if condition is None:
             return a
-        return dataclasses.replace(a, expr=sp.Piecewise((a.expr, condition), (sp.Integer(0), True)))
+        return dataclasses.replace(a, expr=sp.Piecewise((a.expr, condition), (otherwise, True)))
 
     sections = tuple(dataclasses.replace(s, body=tuple(map(rewrite, s.body))) for s in case.sections)
     return dataclasses.replace(case, body=tuple(map(rewrite, case.body)), sections=sections)
@@ -83,7 +89,7 @@ def weaken(condition: sp.Basic, computed) -> sp.Basic:
     return condition if all(computed(s) for s in condition.free_symbols) else sp.true
 
 
-def _reads(expr: sp.Basic, condition: sp.Basic):
+def reads_under(expr: sp.Basic, condition: sp.Basic):
     """Each symbol ``expr`` reads, with the condition of the branches around that read: a ``where``'s value
     is read under its test (and the earlier tests' failing); its tests are read under what holds so far."""
     if isinstance(expr, sp.Symbol):
@@ -92,9 +98,9 @@ def _reads(expr: sp.Basic, condition: sp.Basic):
     if isinstance(expr, sp.Piecewise):
         earlier = sp.true
         for value, test in expr.args:
-            yield from _reads(test, sp.And(condition, earlier))
-            yield from _reads(value, sp.And(condition, earlier, test))
+            yield from reads_under(test, sp.And(condition, earlier))
+            yield from reads_under(value, sp.And(condition, earlier, test))
             earlier = sp.And(earlier, sp.Not(test))
         return
     for arg in expr.args:
-        yield from _reads(arg, condition)
+        yield from reads_under(arg, condition)

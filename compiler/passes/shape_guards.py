@@ -20,8 +20,8 @@ import dataclasses
 import sympy as sp
 
 from ..ir import Assign, Case, Program, Role, SectionKind, Unused, base, ssa
-from .guards import _reads, weaken
-from .typing import number_names
+from .guards import guarded, reads_under, weaken
+from .typing import computed_from, number_names
 
 #: what the rule names, what the compiler names for it, and the reductions over the tensor the loop computes
 _GUARDED = (Role.LET, Role.TEMP, Role.REDUCE)
@@ -32,17 +32,7 @@ def static_names(program: Program) -> set[str]:
     temporary that each case computes from them and numbers only: Python values in every backend."""
     numbers = number_names(program)
     statements = [a for c in program.cases for a in c.body]
-    candidates = {a.target for a in statements if a.role in _GUARDED}
-    changed = True
-    while changed:  # the largest set of them that every assignment computes from the shape
-        changed = False
-        for a in statements:
-            if a.target in candidates and not all(
-                base(s) in numbers or base(s) in candidates for s in a.expr.free_symbols
-            ):
-                candidates.discard(a.target)
-                changed = True
-    return numbers | candidates
+    return numbers | computed_from(statements, {a.target for a in statements if a.role in _GUARDED}, numbers)
 
 
 def guard_shape_values(program: Program) -> Program:
@@ -59,18 +49,7 @@ def _guard_case(case: Case, static: set[str]) -> Case:
             section = dataclasses.replace(section, body=_shape_first(section.body, static))
             changed.update(_section_guards(section.body, static))
         sections.append(section)
-    case = dataclasses.replace(case, sections=tuple(sections))
-    if not changed:
-        return case
-
-    def rewrite(a: Assign) -> Assign:
-        condition = changed.get(ssa(a.target, a.version))
-        if condition is None:
-            return a
-        return dataclasses.replace(a, expr=sp.Piecewise((a.expr, condition), (Unused(), True)))
-
-    sections = tuple(dataclasses.replace(s, body=tuple(map(rewrite, s.body))) for s in case.sections)
-    return dataclasses.replace(case, body=tuple(map(rewrite, case.body)), sections=sections)
+    return guarded(dataclasses.replace(case, sections=tuple(sections)), changed, Unused())
 
 
 def _shape_first(body: tuple[Assign, ...], static: set[str]) -> tuple[Assign, ...]:
@@ -95,7 +74,7 @@ def _section_guards(body: tuple[Assign, ...], static: set[str]) -> dict[sp.Symbo
     for a in reversed(body):  # a value's readers come after it: their own guards are known by then
         target = ssa(a.target, a.version)
         outer = guards.get(target, sp.true) if target in wanted else sp.true
-        for symbol, condition in _reads(a.expr, sp.true):
+        for symbol, condition in reads_under(a.expr, sp.true):
             if symbol not in wanted:
                 continue
             at = position[symbol]

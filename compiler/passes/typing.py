@@ -38,20 +38,15 @@ def array_names(
     given = {f"{h.name}?" for h in program.hypers}  # Given(x): a Python test in every backend
     values = {h.name for h in program.hypers} if hypers_are_numbers else set()
     known = (numbers | given | values) - set(always)
-    candidates = {
-        a.target
-        for a in statements
-        if a.role in (Role.LET, Role.TEMP) and scopes.get(a.target) == Scope.TENSOR
-    }
-    changed = True
-    while changed:  # the largest set of them that every assignment computes from numbers
-        changed = False
-        for a in statements:
-            if a.target in candidates and not all(
-                base(s) in known or base(s) in candidates for s in a.expr.free_symbols
-            ):
-                candidates.discard(a.target)
-                changed = True
+    candidates = computed_from(
+        statements,
+        {
+            a.target
+            for a in statements
+            if a.role in (Role.LET, Role.TEMP) and scopes.get(a.target) == Scope.TENSOR
+        },
+        known,
+    )
     seeded = {n for n, s in scopes.items() if s in kinds and n not in candidates}
     arrays = (seeded - numbers) | set(always)
     if reductions:
@@ -64,6 +59,22 @@ def array_names(
                 arrays.add(a.target)
                 changed = True
     return frozenset(arrays)
+
+
+def computed_from(statements, candidates: set[str], known: set[str]) -> set[str]:
+    """The largest subset of ``candidates`` that every assignment to them computes from ``known`` names and
+    each other only (a fixpoint over ``statements``)."""
+    candidates = set(candidates)
+    changed = True
+    while changed:
+        changed = False
+        for a in statements:
+            if a.target in candidates and not all(
+                base(s) in known or base(s) in candidates for s in a.expr.free_symbols
+            ):
+                candidates.discard(a.target)
+                changed = True
+    return candidates
 
 
 def number_names(program: Program) -> set[str]:
