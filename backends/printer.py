@@ -203,16 +203,11 @@ class ExprPrinter(RuleOrder, StrPrinter):
         """A matrix operation: the table's call (by the class's name) on its operands; a result shaped like
         the parameter, or like it with axes reduced, is given the parameter and that shape's scope (a
         vector's ``1 x n`` product is a vector again: ``runtime.common.state_shape``)."""
-        args = [self._print(a) for a in expr.args]
         shape = shape_of(expr, self.shapes) if self.shapes else None
-        if isinstance(shape, frozenset):
-            args.append(self.name_of(sp.Symbol("w")))
-            if shape:
-                args.append(repr("element" + shape_suffix(shape)))
-        fn = self.functions.get(type(expr).__name__, ("", ""))[0]
-        if not fn:
-            self.fail(expr)
-        return self.call(fn, *args)
+        like = self.like(shape) if isinstance(shape, frozenset) else []
+        return self.call(
+            self.array_function(expr), *[self._print(a) for a in expr.args], *like[: 2 if shape else 1]
+        )
 
     _print_MatrixProduct = _print_Transposed = _print_matrix_op
 
@@ -224,12 +219,22 @@ class ExprPrinter(RuleOrder, StrPrinter):
         shape = shape_of(expr, self.shapes) if isinstance(inner, tuple) else None
         if not isinstance(shape, frozenset):
             return self.function(type(expr).__name__, expr, expr.args)
+        like, scope = self.like(shape)
+        return self.call(
+            self.array_function(expr), *[self._print(a) for a in expr.args], f"like={like}", f"scope={scope}"
+        )
+
+    def like(self, shape: frozenset) -> list[str]:
+        """The parameter and the scope of ``shape`` (``runtime.common.state_shape``), printed: what a helper
+        reshapes a matrix operation's result to, where it is the parameter's shape or a row or column of it."""
+        return [self.name_of(sp.Symbol("w")), repr("element" + shape_suffix(shape))]
+
+    def array_function(self, expr: sp.Basic) -> str:
+        """The table's array call for ``expr``'s class (a BackendError where the table has none)."""
         fn = self.functions.get(type(expr).__name__, ("", ""))[0]
         if not fn:
             self.fail(expr)
-        like = self.name_of(sp.Symbol("w"))
-        scope = repr("element" + shape_suffix(shape))
-        return self.call(fn, *[self._print(a) for a in expr.args], f"like={like}", f"scope={scope}")
+        return fn
 
     # SymPy finds a printing method by the class's own name, not a base class's
     _print_AxisSum = _print_AxisMean = _print_AxisMax = _print_axis_reduction

@@ -318,9 +318,7 @@ class _Builder:
     def _MatrixProduct(self, expr) -> Expr:  # into a register of the product's shape
         return self.call("MatrixProduct", expr, expr.args)
 
-    def _Transposed(
-        self, expr
-    ) -> Expr:  # a copy into a register of its shape (a view would follow its buffer)
+    def _Transposed(self, expr) -> Expr:  # copied into a register: a view would follow its buffer
         return self.call("Transposed", expr, expr.args)
 
     def _TensorMax(self, expr) -> Expr:
