@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 import sympy as sp
 
-from optforge.compiler.analysis import kernel_obstacle, param_condition
+from optforge.compiler.analysis import kernel_obstacle, param_condition, whole_tensor_reason
 from optforge.compiler.errors import BackendError, RuleError
 from optforge.compiler.ir import (
     Assign,
@@ -437,8 +437,8 @@ class Backend:
         pass over all tensors (``schedule.tensor_reduction_pass``), printed: its lines, the states it reads
         and the names it computes (in the order the loop reads them back); the loop's printer then knows
         them (``p.prepassed``). None where there is no such pass."""
-        if not self.tensor_reductions_communicate:
-            return None
+        if not self.tensor_reductions_communicate or whole_tensor_reason(program):
+            return None  # a rule that gathers its tensors whole reduces them where they are
         prepass = tensor_reduction_pass(section)
         if prepass is None:
             return None
@@ -534,6 +534,8 @@ class Backend:
             "summary": program.summary,
             # why the kernel backends print no kernels for this rule ("" where they do)
             "kernels_refused": kernel_obstacle(program),
+            # why a sharded parameter (torch's DTensor) is gathered whole for the rule ("" where it is not)
+            "whole_tensors": whole_tensor_reason(program),
             "equations": docstring_equations(program),
             "hypers": hypers,
             "per_param": [s for s in states if s["scope"] != "global"],

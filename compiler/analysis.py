@@ -163,24 +163,47 @@ def _same(a: sp.Basic, b: sp.Basic) -> bool:
     return sp.expand(a - b) == 0 or sp.simplify(a - b) == 0
 
 
+def _first(program: Program, types: tuple[type, ...]) -> tuple[sp.Basic, str] | None:
+    """The first node of one of ``types`` in the program's equations, with its equation as written."""
+    for number, eq in enumerate(program.equations, 1):
+        for node in sp.preorder_traversal(eq.expr):
+            if isinstance(node, types):
+                return node, program.written(number)["equation"]
+    return None
+
+
+#: what a node that the kernels or a shard cannot compute is, in a message
+_WHAT = {
+    TensorRank: "the tensor's rank",
+    TensorRows: "the tensor's rows",
+    TensorCols: "the tensor's columns",
+    MachineEpsilon: "the dtype's machine epsilon",
+    MatrixProduct: "a matrix product",
+    Transposed: "a transpose",
+}
+
+
 def kernel_obstacle(program: Program) -> str:
     """Why the kernel backends (Numba's, Triton's) print no kernels for a program, or ``""`` where they do:
     a reduction over one axis (a row or a column of a matrix), a matrix operation, or a value read from the
     tensor's shape or dtype is not lowered into a kernel yet. The plain paths run such a rule in every framework."""
-    for number, eq in enumerate(program.equations, 1):
-        for node in sp.preorder_traversal(eq.expr):
-            if isinstance(
-                node, (AxisReduction, MatrixOp, TensorRank, TensorRows, TensorCols, MachineEpsilon)
-            ):
-                what = {
-                    TensorRank: "the tensor's rank",
-                    TensorRows: "the tensor's rows",
-                    TensorCols: "the tensor's columns",
-                    MachineEpsilon: "the dtype's machine epsilon",
-                    MatrixProduct: "a matrix product",
-                    Transposed: "a transpose",
-                }.get(type(node), "a reduction over one axis")
-                return (
-                    f"{what} (equation {program.written(number)['equation']}) is not lowered into kernels yet"
-                )
-    return ""
+    found = _first(program, (AxisReduction, MatrixOp, TensorRank, TensorRows, TensorCols, MachineEpsilon))
+    if found is None:
+        return ""
+    node, equation = found
+    what = _WHAT.get(type(node), "a reduction over one axis")
+    return f"{what} (equation {equation}) is not lowered into kernels yet"
+
+
+def whole_tensor_reason(program: Program) -> str:
+    """Why a step of the program needs each parameter whole, or ``""`` where it runs on a shard of it: a
+    reduction over one axis (a row of a matrix sharded by rows is on one device, a column is not) or a
+    matrix operation (``X X^T`` of a matrix sharded by rows needs every row). torch gathers such a rule's
+    sharded parameters (DTensors, FSDP2's) for its update (``runtime/torch_support.py``); JAX's ``jit``
+    partitions the program itself. A reduction over the whole tensor does not need it: the shards' partial
+    sums are added."""
+    found = _first(program, (AxisReduction, MatrixOp))
+    if found is None:
+        return ""
+    node, equation = found
+    return f"{_WHAT.get(type(node), 'a reduction over one axis')} (equation {equation})"

@@ -131,7 +131,10 @@ def show(program: Program) -> str:
         c = communication(program, options)
         k, m = len(c["per_tensor"]), len(c["over_all"])
         size = " + ".join(x for x in (f"{k}*T" if k else "", str(m) if m else "") if x) or "0"
-        lines.append(f"  {label}: {c['collectives']} all-reduce(s) of {size} scalars")
+        gathered = (
+            f"; torch all-gathers {', '.join(c['gathered'])} of each sharded tensor" if c["gathered"] else ""
+        )
+        lines.append(f"  {label}: {c['collectives']} all-reduce(s) of {size} scalars{gathered}")
     if len(program.cases) > 1:
         lines += ["", "cases (static conditions, compiled separately):"]
         for c in program.cases:

@@ -81,10 +81,26 @@ def communication(program: Program, hypers: dict[str, Any] | None = None) -> dic
     reductions a pass over the tensors computes can travel together, so the collectives are the passes
     that reduce: those over all tensors before the update, and the update's own per-tensor reductions.
     Element-wise work communicates nothing. Returns ``per_tensor`` and ``over_all`` (the reductions, as
-    written), ``collectives`` and ``scalars(tensors)``, the number of values all-reduced per step."""
+    written), ``collectives`` and ``scalars(tensors)``, the number of values all-reduced per step.
+
+    A rule whose step needs each tensor whole (``analysis.whole_tensor_reason``: an axis reduction, a
+    matrix product) gathers each sharded tensor (torch): ``gathered`` names the arrays of a parameter that
+    are all-gathered, one collective each (the parameter, the gradient, each state shaped like the
+    parameter; a state with an axis reduced is kept whole on every device), and its own reductions are
+    computed on the whole tensors, without a collective; the options' reductions stay. Elsewhere
+    ``gathered`` is empty."""
+    from .analysis import whole_tensor_reason
     from .ir import Role, SectionKind, base
     from .render import math_text
 
+    gathered: list[str] = []
+    local: set[str] = set()  # reductions computed on whole tensors
+    if whole_tensor_reason(program):
+        own = program.inner or program
+        local = {a.target for c in own.cases for s in c.sections for a in s.body if a.role == Role.REDUCE}
+        gathered = ["w", "g"] + [
+            s.name for s in own.states if s.persists and s.scope == Scope.ELEMENT and not s.reduced
+        ]
     values = {h.name: h.default for h in program.hypers}
     values.update(hypers or {})
     case = next(
@@ -117,6 +133,8 @@ def communication(program: Program, hypers: dict[str, Any] | None = None) -> dic
                 continue  # recomputed for a reduction over all tensors: its partial sums stay local
             if getattr(expr, "from_shape", False):
                 continue  # the element count: every device knows the tensor's shape
+            if a.target in local:
+                continue  # a reduction of the gathered, whole tensor
             reducing.add(a.lhs)
             (over_all if a.scope == Scope.GLOBAL else per_tensor).append(
                 math_text(expr.xreplace({s: sp.Symbol(base(s)) for s in expr.free_symbols}))
@@ -127,4 +145,5 @@ def communication(program: Program, hypers: dict[str, Any] | None = None) -> dic
         "over_all": over_all,
         "collectives": collectives,
         "scalars": lambda tensors: len(per_tensor) * tensors + len(over_all),
+        "gathered": gathered,
     }

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from optforge.compiler.analysis import whole_tensor_reason
 from optforge.compiler.ir import Program
 from optforge.compiler.traffic import communication
 
@@ -71,9 +72,10 @@ def _rows(p: Program) -> list[str]:
         c = communication(p, options)
         what = [f"{_code(r)} per tensor" for r in c["per_tensor"]] + [_code(r) for r in c["over_all"]]
         scalars = c["scalars"](TENSORS)
+        gathered = ", ".join(_code(n) for n in c["gathered"]) or "none"
         rows.append(
             f"| [{p.rule}](optimizers/{p.module}.md) | {label} | {', '.join(what) or 'none'} |"
-            f" {c['collectives']} | {scalars} | {4 * scalars} |"
+            f" {c['collectives']} | {scalars} | {4 * scalars} | {gathered} |"
         )
     return rows
 
@@ -128,14 +130,29 @@ def sharding_page(programs: list[Program], header: str) -> str:
         "shards). The plain path only (the Numba and Triton kernels take no tensor subclass); not yet tested:",
         "meshes of more than one dimension.",
         "",
+        "A rule whose step needs each tensor whole, a reduction over one axis or a matrix product (a column",
+        "of a matrix sharded by rows, `X X^T`), gathers it: for each sharded parameter the optimizer",
+        "all-gathers the parameter, its gradient (after the options' stages, which run on the shards) and",
+        "each state shaped like it, runs the rule's step on the whole tensors, and writes each rank's shard",
+        "back; a state with an axis reduced (Adafactor's rows and columns) is kept whole, replicated. Every",
+        "rank computes the whole step (Muon's Newton-Schulz iteration on every rank, as the simple",
+        "distributed Muon implementations do), and the result is the unsharded run's bit for bit where no",
+        "option reduces (0 measured for Muon and Adafactor, as above; under `fully_shard` 2e-16). The rules",
+        "that gather: "
+        + (
+            ", ".join(f"[{p.rule}](optimizers/{p.module}.md)" for p in programs if whole_tensor_reason(p))
+            or "none"
+        )
+        + "; the table's last column names what is gathered.",
+        "",
         "## What each optimizer communicates per step",
         "",
         f"With every tensor sharded, for {TENSORS} tensors in float32 (scalars are all-reduced; the element-wise",
         "work communicates nothing). Reductions that a pass over the tensors computes travel together; a",
         "reduction that reads another waits for it: one all-reduce per link of the chain.",
         "",
-        "| optimizer | options | reductions over shards | all-reduces | scalars | bytes |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| optimizer | options | reductions over shards | all-reduces | scalars | bytes | all-gathered per sharded tensor |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     lines += [row for p in programs for row in _rows(p)]
     return "\n".join(lines) + "\n"

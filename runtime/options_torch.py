@@ -20,6 +20,9 @@ import torch
 from . import common, fused_support, torch_support
 from .options import KERAS_OPTIONS, Options, Step, kernel_values
 
+#: what the stages keep per parameter (the rule's states are the others)
+STAGE_STATES = frozenset({"grad_accumulator", "ema"})
+
 
 class Call:
     """One call of ``step()`` for one parameter group (see the module docstring)."""
@@ -111,7 +114,15 @@ class Call:
                     continue
             g = self.prologue(w, g, state)
             if self.step.is_update:
-                yield w, g, state
+                if self._gathers(w):  # the rule's step on the whole tensors, each shard written back
+                    whole = self._whole_state(state)
+                    w_whole = torch_support.whole(w)
+                    yield w_whole, torch_support.whole(g), whole
+                    torch_support.write_shard(w, w_whole)
+                    for name, value in whole.items():
+                        torch_support.write_shard(state[name], value)
+                else:
+                    yield w, g, state
             self.epilogue(w, state)
         if work:
             values = kernel_values(scalars, values, self.options, self.step, self.lr, self.global_sumsq_g)
@@ -123,7 +134,24 @@ class Call:
         self._clip_norms()
         self._global_norm()
         for w, g, state in self._each():
-            yield w, self.prologue(w, g, state, peek=True), state
+            g = self.prologue(w, g, state, peek=True)
+            if self._gathers(w):
+                yield torch_support.whole(w), torch_support.whole(g), self._whole_state(state)
+            else:
+                yield w, g, state
+
+    def _gathers(self, w: torch.Tensor) -> bool:
+        """Whether the rule's step takes ``w`` whole: a DTensor, for a rule that needs each tensor whole
+        (``RuleOptimizer.whole_tensors``: an axis reduction, a matrix product). Its gradient (after the
+        options' stages, which reduce over the shards) and state are gathered with it: one all-gather each
+        of a sharded one, the rule's own reductions then on whole tensors (no collective)."""
+        return bool(self.optimizer.whole_tensors) and self.distributed and torch_support.is_distributed(w)
+
+    @staticmethod
+    def _whole_state(state: dict) -> dict:
+        """The rule's own states of a parameter, whole (``torch_support.whole``); the stages' (the gradient
+        accumulator, the EMA) stay sharded: the stages run on the shards."""
+        return {name: torch_support.whole(s) for name, s in state.items() if name not in STAGE_STATES}
 
     def _each(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict]]:
         """Each parameter, the gradient the stages start from (``gradient``) and its state; under

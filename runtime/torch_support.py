@@ -123,7 +123,7 @@ def scratch(
         return tuple(torch.empty(shape, dtype=dtype, device=device) for _ in range(count))
     if is_distributed(w):
         if scope != "element":
-            raise NotImplementedError(_NO_REDUCED_DTENSOR)
+            raise RuntimeError(_NO_REDUCED_DTENSOR)
         return _distributed_buffers(cache, count, w, dtype)
     return common.scratch_views(
         cache,
@@ -242,7 +242,7 @@ def masks(cache: dict, count: int, w: torch.Tensor, scope: str = "element") -> t
         return tuple(torch.empty(shape, dtype=torch.bool, device=device) for _ in range(count))
     if is_distributed(w):
         if scope != "element":
-            raise NotImplementedError(_NO_REDUCED_DTENSOR)
+            raise RuntimeError(_NO_REDUCED_DTENSOR)
         return _distributed_buffers(cache, count, w, torch.bool)
     return common.scratch_views(
         cache,
@@ -274,6 +274,9 @@ class RuleOptimizer(torch.optim.Optimizer):
     module = ""
     #: why the rule has no kernels (Numba's, Triton's), or "" where it has them
     kernels_refused = ""
+    #: why the rule's step needs each parameter whole (an axis reduction, a matrix product: ``analysis.
+    #: whole_tensor_reason``), or "" where it runs on a DTensor's local shard (``Call.tensors`` gathers)
+    whole_tensors = ""
     #: the names of everything a parameter may keep (its state in ``self.state[w]``)
     keeps: frozenset[str] = frozenset()
     #: the Keras options this optimizer takes (``options.KERAS_OPTIONS``, less those the rule defines itself)
@@ -543,26 +546,51 @@ def new_state(w: torch.Tensor, scope: str, init: Any, dtype: torch.dtype) -> tor
     if callable(init):
         return from_param(w, dtype, init)
     if scope.startswith("element/"):  # axes reduced to length 1: Adafactor's row and column moments
-        if is_distributed(w):
-            raise NotImplementedError(_NO_REDUCED_DTENSOR)
-        return torch.full(common.state_shape(w.shape, scope), init, dtype=dtype, device=w.device)
+        value = torch.full(common.state_shape(w.shape, scope), init, dtype=dtype, device=w.device)
+        # of a DTensor: whole on every rank (its rule gathers the parameter whole: ``whole``)
+        return replicated(value, w.device_mesh) if is_distributed(w) else value
     if scope == "element":
         if init == 0:
             return torch.zeros_like(w, dtype=dtype, memory_format=torch.preserve_format)
         return torch.full_like(w, init, dtype=dtype, memory_format=torch.preserve_format)
     value = torch.full((), init, dtype=dtype, device=w.device)
-    if is_distributed(w):  # one value per tensor: the same on every rank of its mesh
-        from torch.distributed.tensor import DTensor, Replicate
-
-        mesh = w.device_mesh
-        return DTensor.from_local(value, mesh, [Replicate()] * mesh.ndim, run_check=False)
-    return value
+    # one value per tensor: the same on every rank of its mesh
+    return replicated(value, w.device_mesh) if is_distributed(w) else value
 
 
-#: a rule with a state reduced over an axis (Adafactor's row and column moments) on DTensors
+def replicated(value: torch.Tensor, mesh: Any) -> torch.Tensor:
+    """``value``, the same on every rank, as a DTensor replicated over ``mesh``."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    return DTensor.from_local(value, mesh, [Replicate()] * mesh.ndim, run_check=False)
+
+
+def whole(x: Any) -> Any:
+    """A DTensor's whole tensor, as a plain tensor: gathered where it is sharded (a new tensor), the local
+    tensor itself where it is replicated (written in place). Anything else as it is."""
+    if not is_distributed(x):
+        return x
+    if all(p.is_replicate() for p in x.placements):
+        return x.to_local()
+    return x.full_tensor()
+
+
+def write_shard(x: Any, value: torch.Tensor) -> None:
+    """Write into the sharded DTensor ``x`` its shard of ``value`` (a whole tensor from ``whole``, updated):
+    each rank copies its own part, nothing is communicated. A replicated one was written in place."""
+    if not is_distributed(x) or all(p.is_replicate() for p in x.placements):
+        return
+    from torch.distributed.tensor import distribute_tensor
+
+    shard = distribute_tensor(value, x.device_mesh, x.placements, src_data_rank=None)
+    x.to_local().copy_(shard.to_local())
+
+
+#: a value with an axis reduced (Adafactor's moments) or a matrix (Muon's) of a DTensor that was not
+#: gathered whole: every generated rule that has one gathers (``RuleOptimizer.whole_tensors``)
 _NO_REDUCED_DTENSOR = (
-    "a state or value with an axis reduced to length 1 (a row, a column: Adafactor's moments) is not"
-    " supported on DTensor parameters yet: use plain tensors, or a rule without axis reductions"
+    "a value with an axis reduced to length 1 (a row, a column) or a matrix product of a DTensor's shard:"
+    " its rule must gather the tensor whole (RuleOptimizer.whole_tensors)"
 )
 
 

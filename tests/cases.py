@@ -115,12 +115,19 @@ def _cover() -> list:
         seen |= rules[best]
 
 
-#: the rules the machinery tests run on (see above)
-MACHINERY = _cover()
+@functools.cache
+def _machinery() -> dict:
+    chosen = _cover()
+    return {"MACHINERY": chosen, "KERNEL_MACHINERY": [r for r in chosen if kernels(r)]}
 
 
-#: the machinery rules that have kernels (the kernel backends' machinery tests)
-KERNEL_MACHINERY = [r for r in MACHINERY if kernels(r)]
+def __getattr__(name: str):
+    """``MACHINERY`` (the rules the machinery tests run on, see above) and ``KERNEL_MACHINERY`` (those of
+    them that have kernels), computed when first read: choosing them compiles every rule, which a
+    subprocess that asks for one rule's ``features`` (tests/sharded_jax.py) should not pay."""
+    if name in ("MACHINERY", "KERNEL_MACHINERY"):
+        return _machinery()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def skip_without_kernels(rule, fused) -> None:

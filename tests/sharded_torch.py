@@ -61,6 +61,7 @@ def run_rule(rule, mesh, dtype: torch.dtype, options: dict) -> tuple[float, list
     cls = getattr(gen, rule.name)
     ref, opt = cls(plain, **hypers, **options, fused=False), cls(sharded, **hypers, **options, fused=False)
     worst, misplaced, collectives = 0.0, [], []
+    scopes = {name: scope for name, scope, _ in opt._states(opt.param_groups[0])}
     for gs in grads:
         for p, q, x, pl in zip(plain, sharded, gs, placements):
             p.grad = x.clone()
@@ -74,7 +75,9 @@ def run_rule(rule, mesh, dtype: torch.dtype, options: dict) -> tuple[float, list
             for name, a in ref.state[p].items():
                 b = opt.state[q][name]
                 worst = max(worst, rel(b.full_tensor(), a))
-                want = tuple(q.placements) if a.dim() else (Replicate(),)
+                # like the parameter where per element; replicated where per tensor or with an axis
+                # reduced (a rule that gathers each tensor whole keeps its rows and columns whole)
+                want = tuple(q.placements) if scopes[name] == "element" and a.dim() else (Replicate(),)
                 if tuple(b.placements) != want:
                     misplaced.append(
                         f"{name} of params[{i}]: {b.placements} (the parameter's {q.placements})"

@@ -49,12 +49,16 @@ def check_sharded(results: dict, names: list[str], every: set[str], reducing: se
         assert set(result) == want, (name, sorted(result))
         for key, r in result.items():
             if "collectives" in r:  # one per pass over the tensors that reduces, as the compiler counts them
-                from sharded_torch import OPTION_SETS
+                from sharded_torch import LAYOUT, OPTION_SETS
 
                 from optforge.compiler.traffic import communication
 
                 option = OPTION_SETS[key.partition("/")[0]]
-                want = communication(compiled(RULES[name]), option)["collectives"]
+                c = communication(compiled(RULES[name]), option)
+                # and a rule that needs each tensor whole: one all-gather of each array it names per
+                # sharded tensor
+                sharded = sum(dim is not None for _, dim in LAYOUT)
+                want = c["collectives"] + sharded * len(c["gathered"])
                 if set(r["collectives"]) != {want}:
                     problems.append(f"{name} {key}: {r['collectives']} collectives per step, expected {want}")
             if r["misplaced"]:
@@ -100,6 +104,7 @@ def test_communication_counts_the_reductions_the_rule_writes(rule):
     clipnorm one per tensor, chained before the rule's own (the rule reads the clipped gradient)."""
     import sympy as sp
 
+    from optforge.compiler.analysis import whole_tensor_reason
     from optforge.compiler.dsl import GlobalSum, TensorMax, TensorSum
     from optforge.compiler.traffic import communication
 
@@ -114,6 +119,12 @@ def test_communication_counts_the_reductions_the_rule_writes(rule):
     per_tensor = len([r for r in own if not isinstance(r, GlobalSum)])
     over_all = len([r for r in own if isinstance(r, GlobalSum)])
     plain = communication(program)
+    if whole_tensor_reason(program):  # gathered whole (the sharded run counts the all-gathers): its own
+        per_tensor = over_all = 0  # reductions need no collective
+        assert plain["gathered"][:2] == ["w", "g"]
+        assert set(plain["gathered"][2:]) <= {s.name for s in program.states}
+    else:
+        assert plain["gathered"] == []
     assert (len(plain["per_tensor"]), len(plain["over_all"])) == (per_tensor, over_all)
     assert plain["scalars"](10) == 10 * per_tensor + over_all
     clipped = communication(program, {"clipnorm": 1.0})
@@ -134,7 +145,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torch_optimizers_on_dtensors_equal_the_unsharded_ones(tmp_path):
+@pytest.mark.parametrize("half", [0, 1], ids=["first_half", "second_half"])
+def test_torch_optimizers_on_dtensors_equal_the_unsharded_ones(half, tmp_path):
     """The machinery rules' torch optimizers over DTensor parameters (two processes, gloo on 127.0.0.1;
     sharded on dim 0 and on dim 1 with shards of unequal sizes, and replicated), with no option, clipnorm
     (a norm per tensor) and global_clipnorm (the shards' partial sums all-reduced once for all tensors):
@@ -143,11 +155,11 @@ def test_torch_optimizers_on_dtensors_equal_the_unsharded_ones(tmp_path):
     element-wise state laid out like its parameter, each per-tensor one replicated. The rules that reduce
     themselves also train an MLP under FSDP2's ``fully_shard`` (``sharded_torch.run_fully_shard``), and resume
     one from a ``torch.distributed.checkpoint`` bit for bit (``sharded_torch.run_checkpoint``), and the same
-    checkpoint in one process, unsharded, to 1e-12 (``sharded_torch.resume_unsharded``)."""
+    checkpoint in one process, unsharded, to 1e-12 (``sharded_torch.resume_unsharded``). A rule that needs
+    each tensor whole (an axis reduction, a matrix product) gathers it: its reduced states are replicated,
+    and each step all-gathers what ``traffic.communication`` says. Half the rules in each of two tests."""
     pytest.importorskip("torch")
-    # a state reduced over an axis (Adafactor's rows and columns) and matrix operations (Muon's) are not
-    # on DTensors yet: torch_support raises NotImplementedError saying so
-    rules = [r for r in MACHINERY if not {"state with an axis reduced", "matrix operations"} & features(r)]
+    rules = MACHINERY[half::2]
     names = [r.name for r in rules]
     entries = [r.name + (":reduces" if features(r) & REDUCTIONS else "") for r in rules]
     out = subprocess.run(

@@ -114,6 +114,9 @@ class OptaxMuon(torch_support.RuleOptimizer):
 
     Each parameter group keeps ``step`` (the number of calls of ``step()``); each parameter keeps
     ``mu`` (first moment, like the parameter), ``nu`` (Adam's second moment (tensors that are not matrices), like the parameter), ``grad_accumulator`` (sum of the gradients since the last update, like the parameter; only when gradient_accumulation_steps is not None), ``ema`` (exponential moving average of the weights, like the parameter; only when use_ema).
+
+    A DTensor parameter (FSDP2's ``fully_shard``) is gathered whole for the rule's step, with its gradient
+    and state, and its shard written back: the step needs the whole tensor (a matrix product (equation 8 `A = (X @ X^T)`)).
     """
 
     rule = "OptaxMuon"
@@ -121,6 +124,7 @@ class OptaxMuon(torch_support.RuleOptimizer):
     kernels_refused = (
         "the tensor\u0027s rank (equation 1 `matrix = rank == 2`) is not lowered into kernels yet"
     )
+    whole_tensors = "a matrix product (equation 8 `A = (X @ X^T)`)"
     options = (
         "clipnorm",
         "clipvalue",

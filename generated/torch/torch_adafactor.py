@@ -84,11 +84,15 @@ class TorchAdafactor(torch_support.RuleOptimizer):
 
     Each parameter group keeps ``step`` (the number of calls of ``step()``); each parameter keeps
     ``row_var`` (running mean of g^2 over the last axis (one value per row), axis -1 of the parameter's shape reduced to length 1), ``col_var`` (running mean of g^2 over the axis before the last (one per column), axis -2 of the parameter's shape reduced to length 1), ``grad_accumulator`` (sum of the gradients since the last update, like the parameter; only when gradient_accumulation_steps is not None), ``ema`` (exponential moving average of the weights, like the parameter; only when use_ema).
+
+    A DTensor parameter (FSDP2's ``fully_shard``) is gathered whole for the rule's step, with its gradient
+    and state, and its shard written back: the step needs the whole tensor (a reduction over one axis (equation 6 `row_var <- row_var + beta*(mean(g^2, axis=-1) - row_var)`)).
     """
 
     rule = "TorchAdafactor"
     module = "torch_adafactor"
     kernels_refused = "a reduction over one axis (equation 6 `row_var \u003c- row_var + beta*(mean(g^2, axis=-1) - row_var)`) is not lowered into kernels yet"
+    whole_tensors = "a reduction over one axis (equation 6 `row_var \u003c- row_var + beta*(mean(g^2, axis=-1) - row_var)`)"
     options = (
         "clipnorm",
         "clipvalue",
