@@ -325,8 +325,14 @@ class ExprPrinter(RuleOrder, StrPrinter):
     _print_LessThan = _print_Relational
 
     def _logic(self, expr, array_fn: str, word: str) -> str:
-        """Python's and/or on static parts (first, so they short-circuit), the array function on the rest."""
-        static = [self._print(a) for a in expr.args if not self.is_select(a)]
+        """Python's and/or on static parts (first, so they short-circuit; whether an option is given before
+        them, as a test of the option reads it), the array function on the rest."""
+
+        def given(a) -> bool:
+            return isinstance(a, Given) or (isinstance(a, sp.Not) and isinstance(a.args[0], Given))
+
+        ordered = sorted(expr.args, key=lambda a: not given(a))  # stable: sympy's order otherwise
+        static = [self._print(a) for a in ordered if not self.is_select(a)]
         arrays = [self._print(a) for a in expr.args if self.is_select(a)]
         if arrays:
             if not array_fn:

@@ -98,3 +98,35 @@ def test_a_value_is_computed_only_in_the_steps_that_read_it(loaded, path):
         got = rulekit.steps(mods, rule, params0, grads, path, **rate)
     for a, b in zip(got, transcription(params0, grads)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)
+
+
+def warmup_rule() -> Rule:
+    """A warm-up over an option's steps, read only under ``where(Given(T) & (t < T), ...)``: the guard of
+    ``frac`` must keep the test that ``T`` was given (a helper's rule, AdEMAMix's warm-up: ``T > t`` of
+    ``T = None`` raised TypeError in every backend)."""
+    from optforge.compiler.dsl import Given
+
+    r = Rule("OptionalWarmup", module="optional_warmup", title="An optional warm-up", summary="A test.")
+    lr = r.learning_rate(0.1)
+    T = r.option("T", "[1, inf)", "warm-up steps (None: none)", integer=True)
+    frac = r.let("frac", where(Given(T), t / T, 1), "warm-up fraction")
+    r.assign(w, w - lr * where(Given(T) & (t < T), frac, 1) * g, "update")
+    return r
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("warmup", [None, 4])
+def test_a_guard_keeps_the_test_that_an_option_is_given(tmp_path_factory, path, warmup):
+    rule = warmup_rule()
+    mods = rulekit.load(rule, tmp_path_factory.mktemp("warmup"))
+    rng = np.random.default_rng(4)
+    params0 = [rng.normal(size=s) for s in [(), (5,), (3, 4)]]
+    grads = [[rng.normal(size=p.shape) for p in params0] for _ in range(STEPS)]
+    rate = {"lr": 0.1} if path.startswith("torch") else {"learning_rate": 0.1}
+    got = rulekit.steps(mods, rule, params0, grads, path, **rate, T=warmup)
+    want = [p.copy() for p in params0]
+    for step, gs in enumerate(grads, start=1):
+        scale = step / warmup if warmup is not None and step < warmup else 1.0
+        want = [p - 0.1 * scale * x for p, x in zip(want, gs)]
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=0)

@@ -19,6 +19,7 @@ import dataclasses
 
 import sympy as sp
 
+from ..dsl import Given
 from ..ir import Assign, Case, Program, Role, Scope, SectionKind, ssa
 
 #: the roles of the values this pass guards: what the rule names and what the compiler names for it
@@ -37,8 +38,10 @@ def _guard_case(case: Case, program: Program) -> Case:
         for i, (a, kind) in enumerate(order)
         if a.scope <= Scope.GLOBAL and kind == SectionKind.STEP
     }
-    # names every step reads before its first statement: hyperparameters, the step's counters
-    known = {sp.Symbol(h.name) for h in program.hypers} | {sp.Symbol("t"), sp.Symbol("n")}
+    # names every step reads before its first statement: hyperparameters, whether an option is given, the
+    # step's counters
+    known = {sp.Symbol(h.name) for h in program.hypers} | {Given(h.name) for h in program.hypers}
+    known |= {sp.Symbol("t"), sp.Symbol("n")}
     wanted = {ssa(a.target, a.version) for a, _ in order if a.role in _GUARDED} & step.keys()
     guards: dict[sp.Symbol, sp.Basic] = {}  # the condition under which each value is read
     for a, _ in reversed(order):  # a value's readers come after it: their own guards are known by then

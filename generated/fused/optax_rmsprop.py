@@ -726,7 +726,7 @@ def prepare_update_case_2(
     is_update,
     t,
 ):
-    """The once-per-step values of update_case_2 (where (bias_correction and centered and eps_in_sqrt and momentum is None)), in dtype ``dt``."""
+    """The once-per-step values of update_case_2 (where (momentum is None and bias_correction and centered and eps_in_sqrt)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
     c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
     b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
@@ -813,7 +813,7 @@ def addresses_update_case_2(table, i, w, g, nu, mu, grad_accumulator, ema):  # p
 
 
 def run_update_case_2(rows, bounds, table, dt, step):
-    """The update, where (bias_correction and centered and eps_in_sqrt and momentum is None), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
+    """The update, where (momentum is None and bias_correction and centered and eps_in_sqrt), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, grad_accumulator, ema):
     its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
     on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_2 is True."""
@@ -1738,7 +1738,7 @@ def prepare_update_case_5(
     is_update,
     t,
 ):
-    """The once-per-step values of update_case_5 (where (bias_correction and centered and momentum is None and not eps_in_sqrt)), in dtype ``dt``."""
+    """The once-per-step values of update_case_5 (where (momentum is None and bias_correction and centered and not eps_in_sqrt)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
     c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
     b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
@@ -1825,7 +1825,7 @@ def addresses_update_case_5(table, i, w, g, nu, mu, grad_accumulator, ema):  # p
 
 
 def run_update_case_5(rows, bounds, table, dt, step):
-    """The update, where (bias_correction and centered and momentum is None and not eps_in_sqrt), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
+    """The update, where (momentum is None and bias_correction and centered and not eps_in_sqrt), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, grad_accumulator, ema):
     its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
     on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_5 is True."""
@@ -2744,7 +2744,7 @@ def prepare_update_case_8(
     is_update,
     t,
 ):
-    """The once-per-step values of update_case_8 (where (centered and eps_in_sqrt and momentum is None and not bias_correction)), in dtype ``dt``."""
+    """The once-per-step values of update_case_8 (where (momentum is None and centered and eps_in_sqrt and not bias_correction)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
     c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
     b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
@@ -2831,7 +2831,7 @@ def addresses_update_case_8(table, i, w, g, nu, mu, grad_accumulator, ema):  # p
 
 
 def run_update_case_8(rows, bounds, table, dt, step):
-    """The update, where (centered and eps_in_sqrt and momentum is None and not bias_correction), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
+    """The update, where (momentum is None and centered and eps_in_sqrt and not bias_correction), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, grad_accumulator, ema):
     its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
     on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_8 is True."""
@@ -3750,7 +3750,7 @@ def prepare_update_case_11(
     is_update,
     t,
 ):
-    """The once-per-step values of update_case_11 (where (centered and momentum is None and not bias_correction and not eps_in_sqrt)), in dtype ``dt``."""
+    """The once-per-step values of update_case_11 (where (momentum is None and centered and not bias_correction and not eps_in_sqrt)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
     c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
     b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
@@ -3837,7 +3837,7 @@ def addresses_update_case_11(table, i, w, g, nu, mu, grad_accumulator, ema):  # 
 
 
 def run_update_case_11(rows, bounds, table, dt, step):
-    """The update, where (centered and momentum is None and not bias_correction and not eps_in_sqrt), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
+    """The update, where (momentum is None and centered and not bias_correction and not eps_in_sqrt), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, grad_accumulator, ema):
     its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
     on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_11 is True."""
@@ -4713,7 +4713,7 @@ def prepare_update_case_14(
     is_update,
     t,
 ):
-    """The once-per-step values of update_case_14 (where (bias_correction and eps_in_sqrt and momentum is None and not centered)), in dtype ``dt``."""
+    """The once-per-step values of update_case_14 (where (momentum is None and bias_correction and eps_in_sqrt and not centered)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
     c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
     b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
@@ -4797,7 +4797,7 @@ def addresses_update_case_14(table, i, w, g, nu, grad_accumulator, ema):  # prag
 
 
 def run_update_case_14(rows, bounds, table, dt, step):
-    """The update, where (bias_correction and eps_in_sqrt and momentum is None and not centered), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
+    """The update, where (momentum is None and bias_correction and eps_in_sqrt and not centered), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, grad_accumulator, ema):
     its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
     on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_14 is True."""
@@ -5661,7 +5661,7 @@ def prepare_update_case_17(
     is_update,
     t,
 ):
-    """The once-per-step values of update_case_17 (where (bias_correction and momentum is None and not centered and not eps_in_sqrt)), in dtype ``dt``."""
+    """The once-per-step values of update_case_17 (where (momentum is None and bias_correction and not centered and not eps_in_sqrt)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
     c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
     b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
@@ -5745,7 +5745,7 @@ def addresses_update_case_17(table, i, w, g, nu, grad_accumulator, ema):  # prag
 
 
 def run_update_case_17(rows, bounds, table, dt, step):
-    """The update, where (bias_correction and momentum is None and not centered and not eps_in_sqrt), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
+    """The update, where (momentum is None and bias_correction and not centered and not eps_in_sqrt), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, grad_accumulator, ema):
     its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
     on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_17 is True."""
@@ -6594,7 +6594,7 @@ def prepare_update_case_20(
     global_sumsq_g,
     is_update,
 ):
-    """The once-per-step values of update_case_20 (where (eps_in_sqrt and momentum is None and not bias_correction and not centered)), in dtype ``dt``."""
+    """The once-per-step values of update_case_20 (where (momentum is None and eps_in_sqrt and not bias_correction and not centered)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
     c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
     b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
@@ -6676,7 +6676,7 @@ def addresses_update_case_20(table, i, w, g, nu, grad_accumulator, ema):  # prag
 
 
 def run_update_case_20(rows, bounds, table, dt, step):
-    """The update, where (eps_in_sqrt and momentum is None and not bias_correction and not centered), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
+    """The update, where (momentum is None and eps_in_sqrt and not bias_correction and not centered), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, grad_accumulator, ema):
     its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
     on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_20 is True."""

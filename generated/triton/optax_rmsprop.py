@@ -949,7 +949,7 @@ def prepare_update_case_2(
     ema_overwrite,
     t,
 ):
-    """The once-per-step values of update_case_2 (where (bias_correction and centered and eps_in_sqrt and momentum is None)): its flags, and its numbers in dtype ``dt``."""
+    """The once-per-step values of update_case_2 (where (momentum is None and bias_correction and centered and eps_in_sqrt)): its flags, and its numbers in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
     c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
     b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
@@ -2301,7 +2301,7 @@ def prepare_update_case_5(
     ema_overwrite,
     t,
 ):
-    """The once-per-step values of update_case_5 (where (bias_correction and centered and momentum is None and not eps_in_sqrt)): its flags, and its numbers in dtype ``dt``."""
+    """The once-per-step values of update_case_5 (where (momentum is None and bias_correction and centered and not eps_in_sqrt)): its flags, and its numbers in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
     c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
     b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
@@ -3647,7 +3647,7 @@ def prepare_update_case_8(
     ema_overwrite,
     t,
 ):
-    """The once-per-step values of update_case_8 (where (centered and eps_in_sqrt and momentum is None and not bias_correction)): its flags, and its numbers in dtype ``dt``."""
+    """The once-per-step values of update_case_8 (where (momentum is None and centered and eps_in_sqrt and not bias_correction)): its flags, and its numbers in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
     c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
     b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
@@ -4996,7 +4996,7 @@ def prepare_update_case_11(
     ema_overwrite,
     t,
 ):
-    """The once-per-step values of update_case_11 (where (centered and momentum is None and not bias_correction and not eps_in_sqrt)): its flags, and its numbers in dtype ``dt``."""
+    """The once-per-step values of update_case_11 (where (momentum is None and centered and not bias_correction and not eps_in_sqrt)): its flags, and its numbers in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
     c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
     b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
@@ -6316,7 +6316,7 @@ def prepare_update_case_14(
     ema_overwrite,
     t,
 ):
-    """The once-per-step values of update_case_14 (where (bias_correction and eps_in_sqrt and momentum is None and not centered)): its flags, and its numbers in dtype ``dt``."""
+    """The once-per-step values of update_case_14 (where (momentum is None and bias_correction and eps_in_sqrt and not centered)): its flags, and its numbers in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
     c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
     b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
@@ -7623,7 +7623,7 @@ def prepare_update_case_17(
     ema_overwrite,
     t,
 ):
-    """The once-per-step values of update_case_17 (where (bias_correction and momentum is None and not centered and not eps_in_sqrt)): its flags, and its numbers in dtype ``dt``."""
+    """The once-per-step values of update_case_17 (where (momentum is None and bias_correction and not centered and not eps_in_sqrt)): its flags, and its numbers in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
     c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
     b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
@@ -8913,7 +8913,7 @@ def prepare_update_case_20(
     ema_mu,
     ema_overwrite,
 ):
-    """The once-per-step values of update_case_20 (where (eps_in_sqrt and momentum is None and not bias_correction and not centered)): its flags, and its numbers in dtype ``dt``."""
+    """The once-per-step values of update_case_20 (where (momentum is None and eps_in_sqrt and not bias_correction and not centered)): its flags, and its numbers in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
     c_loss_scale_factor = dt(loss_scale_factor) if loss_scale_factor is not None else dt(0)
     b_gradient_accumulation_steps_given = bool(gradient_accumulation_steps is not None)
