@@ -114,13 +114,17 @@ class Backend:
 
     # -- statements ---------------------------------------------------------------------
 
+    def always_arrays(self, program: Program) -> frozenset[str]:
+        """The names that hold arrays in this backend whatever they are computed from (``array_names``)."""
+        return self.array_names
+
     def make_printer(self, program: Program, scopes: dict[str, Scope]) -> ExprPrinter:
         """A printer that knows which names hold arrays: by scope, by backend, and any value computed from one."""
         arrays = array_names(
             program,
             scopes,
             array_scopes=self.array_scopes,
-            always=self.array_names,
+            always=self.always_arrays(program),
             reductions=self.global_reductions_are_arrays,
             hypers_are_numbers=self.hyperparameters_are_numbers,
         )

@@ -729,3 +729,32 @@ def _own_equations_read_w(rule) -> bool:
 
     w = sp.Symbol("w")
     return any((eq.expr - w if eq.target == "w" else eq.expr).has(w) for eq in (rule.core or rule.equations))
+
+
+def test_a_function_of_an_injected_hyperparameter_is_traced(tmp_path):
+    """A rule that takes the log, root and exponential of a hyperparameter alone (a helper's rule): under
+    ``optax.inject_hyperparams`` the number is a traced array, which ``math.log`` cannot take (a
+    ConcretizationTypeError under jit before); the updates equal the plain ones, and NumPy's, to 1e-12."""
+    import optax
+    import rulekit
+
+    from optforge.compiler.dsl import Rule, exp, g, log, sqrt, w
+
+    r = Rule("HyperFunctions", module="hyper_functions", title="Functions of a number", summary="A test.")
+    lr = r.learning_rate(0.1)
+    b = r.hyper("b", 0.5, "(0, 1)", "a decay")
+    r.assign(w, w - lr * (-log(b)) * sqrt(b) * exp(b) * g, "update")
+    mods = rulekit.load(r, tmp_path)
+    params = [jnp.asarray(np.linspace(-1.0, 1.0, 5))]
+    grads = [jnp.asarray(np.linspace(0.5, 2.0, 5))]
+    want = -0.1 * -math.log(0.3) * math.sqrt(0.3) * math.exp(0.3) * np.asarray(grads[0])
+    for tx in (
+        mods["jax"].hyper_functions(b=0.3),
+        optax.inject_hyperparams(mods["jax"].hyper_functions)(b=0.3),
+    ):
+        updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+        np.testing.assert_allclose(np.asarray(updates[0]), want, rtol=1e-12, atol=0)
+    opt = mods["numpy"].HyperFunctions(b=0.3)
+    p = [np.array(params[0])]
+    stepped, _ = opt.step(p, [np.array(grads[0])], opt.init(p))
+    np.testing.assert_allclose(stepped[0] - np.asarray(params[0]), want, rtol=1e-12, atol=1e-15)

@@ -87,6 +87,14 @@ class JaxBackend(Backend):
     reduce_init = {"sum": "0.0", "max": "-jnp.inf"}
     stages = "options_jax"
 
+    def always_arrays(self, program):
+        """The step, the rate, and every real hyperparameter that ``optax.inject_hyperparams`` may pass as a
+        traced array (those whose value decides no computation): a function of one is ``jnp.sqrt``, never
+        ``math.sqrt``, which a traced value cannot take. A number that 0 turns off (``switch_hypers``) stays
+        a number here: its tests are Python's, through ``jax_support.zero``, true of an array."""
+        floats = {h.name for h in program.hypers if h.kind == "float"}
+        return self.array_names | (floats - static_hypers(program))
+
     def make_printer(self, program, scopes):
         printer = super().make_printer(program, scopes)
         printer.switches = frozenset(switch_hypers(program))
