@@ -177,6 +177,11 @@ def cols(w: Any) -> int:
     return jnp.shape(w)[-1] if jnp.ndim(w) >= 1 else 1
 
 
+def tensor_max(x: Any) -> Any:
+    """The largest element of ``x``: -inf for an empty tensor (the maximum's identity; ``jnp.max`` raises)."""
+    return jnp.max(x, initial=-jnp.inf)
+
+
 def machine_epsilon(w: Any) -> float:
     """The machine epsilon of ``w``'s dtype (``jnp.finfo``), a Python float."""
     return float(jnp.finfo(w.dtype).eps)

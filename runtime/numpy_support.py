@@ -214,6 +214,12 @@ def _copied(out: np.ndarray, x: np.ndarray) -> np.ndarray:
     return out
 
 
+def tensor_max(x: Any) -> Any:
+    """The largest element of ``x``: -inf for an empty tensor (the maximum's identity, as over an empty axis;
+    ``np.max`` raises there)."""
+    return np.max(x, initial=-np.inf)
+
+
 def machine_epsilon(w: np.ndarray) -> float:
     """The machine epsilon of ``w``'s dtype (``np.finfo``; ml_dtypes' for bfloat16)."""
     try:

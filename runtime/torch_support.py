@@ -680,6 +680,14 @@ def rank(w: torch.Tensor) -> int:
     return w.dim()
 
 
+def tensor_max(x: torch.Tensor) -> torch.Tensor:
+    """The largest element of ``x``, a 0-d tensor: -inf for an empty tensor (the maximum's identity;
+    ``torch.amax`` raises there)."""
+    if x.numel() == 0:
+        return torch.full((), -math.inf, dtype=x.dtype, device=x.device)
+    return torch.amax(x)
+
+
 def machine_epsilon(w: torch.Tensor) -> float:
     """The machine epsilon of ``w``'s dtype (``torch.finfo(w.dtype).eps``, as torch's Adafactor reads it)."""
     return torch.finfo(w.dtype).eps

@@ -216,3 +216,26 @@ def test_a_reduction_in_a_where_test_runs_in_every_backend_and_kernel(tmp_path, 
     paths = ("numpy", "numpy fused", "jax", "torch", "torch fused") if divided else ("numpy", "jax", "torch")
     for path in paths:
         assert_close(steps(mods, r, params0, grads, path), want, 1e-12, path)
+
+
+def test_a_maximum_over_an_empty_tensor_is_minus_infinity(tmp_path):
+    """``tensor_max`` and ``global_max`` with an empty tensor among the parameters (a helper's rule: NumPy,
+    JAX and torch raised on the empty one): the maximum's identity, -inf, as over an empty axis; the other
+    tensors step as the transcription says, in every backend and kernel path (float64, 1e-12)."""
+    from optforge.compiler.dsl import global_max, tensor_max
+
+    r = Rule("MaxScaled", title="a step over one plus the largest gradient, per tensor and over all")
+    lr = r.learning_rate(0.1)
+    r.assign(w, w - lr * g / (1 + tensor_max(abs(g))) / (1 + global_max(abs(g))), "update")
+    mods = load(r, tmp_path)
+    shapes = [(), (7,), (0,), (5, 3), (2, 0, 3)]
+    params0, grads = problem(4, shapes=shapes, scales=[1.0, 1e-3, 1.0, 1e2, 1.0], zero_first=False)
+    want = [p.copy() for p in params0]
+    for gs_ in grads:
+        peak = max(float(np.max(np.abs(x))) for x in gs_ if x.size)
+        want = [
+            p - 0.1 * x / (1 + (np.max(np.abs(x)) if x.size else -np.inf)) / (1 + peak)
+            for p, x in zip(want, gs_)
+        ]
+    for path in ("numpy", "numpy fused", "jax", "torch", "torch fused", "torch triton"):
+        assert_close(steps(mods, r, params0, grads, path), want, 1e-12, path)

@@ -23,7 +23,7 @@ class JaxPrinter(ExprPrinter):
         "Min": ("jnp.minimum", "min"),
         "clip": ("jnp.clip", ""),
         "TensorSum": ("jnp.sum", ""),
-        "TensorMax": ("jnp.max", ""),
+        "TensorMax": ("jax_support.tensor_max", ""),
         "TensorSize": ("jnp.size", ""),
         "TensorRank": ("jnp.ndim", ""),
         "Upcast": ("jax_support.upcast", ""),

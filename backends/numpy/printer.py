@@ -20,7 +20,7 @@ class NumPyPrinter(ExprPrinter):
         "clip": ("np.clip", ""),
         "TensorSum": ("np.sum", ""),
         "Copy": ("np.copy", ""),
-        "TensorMax": ("np.max", ""),
+        "TensorMax": ("numpy_support.tensor_max", ""),
         "TensorSize": ("np.size", ""),
         "TensorRank": ("np.ndim", ""),
         "Upcast": ("numpy_support.upcast", ""),

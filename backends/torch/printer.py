@@ -20,7 +20,7 @@ class TorchPrinter(ExprPrinter):
         "clip": ("torch.clamp", ""),
         "TensorSum": ("torch.sum", ""),
         "Copy": ("torch.clone", ""),
-        "TensorMax": ("torch.amax", ""),
+        "TensorMax": ("torch_support.tensor_max", ""),
         "TensorSize": ("torch.numel", ""),
         "TensorRank": ("torch_support.rank", ""),
         "Upcast": ("torch_support.upcast", ""),
