@@ -300,3 +300,44 @@ def test_a_float16_parameter_is_reduced_in_float32():
     got["jax"] = np.asarray(jparams[0] + updates[0], np.float64)
     for name, value in got.items():
         np.testing.assert_allclose(value, want, rtol=2e-3, err_msg=name)  # float16: a unit is 0.25 at 300
+
+
+def test_a_row_in_a_statement_of_the_tensors_shape_is_computed_at_its_own_shape(tmp_path):
+    """A denominator that is a row (it reads a state reduced over the last axis) in a value shaped like the
+    tensor (a helper's rule): torch wrote the row's product into a scratch buffer of the tensor's shape,
+    which it resized there and back every step (a deprecated behaviour: a UserWarning each time). No
+    warning now, and NumPy, JAX and torch follow the transcription (float64, 1e-12)."""
+    import warnings
+
+    import rulekit
+
+    from optforge.compiler.dsl import Rule, sqrt, t, tensor_mean, tensor_norm
+
+    r = Rule("RowDenominator", module="row_denominator", title="Row-normalised momentum", summary="A test.")
+    lr = r.learning_rate(0.1)
+    m = r.state("m", 0, "momentum")
+    v = r.state("v", 0, "row second moment")
+    r.assign(v, 0.9 * v + 0.1 * tensor_mean(g**2, axis=-1), "row moment")
+    r.assign(m, 0.9 * m + g, "momentum")
+    u = r.let("u", m / ((1 - 0.9**t) * (sqrt(v / (1 - 0.999**t)) + 1e-8)), "step")
+    r.assign(w, w - lr * u / (1 + tensor_norm(u)), "update")
+    mods = rulekit.load(r, tmp_path)
+    rng = np.random.default_rng(5)
+    params0 = [rng.normal(size=s) for s in [(3, 4), (2, 3, 5), (6,)]]
+    grads = [[rng.normal(size=p.shape) for p in params0] for _ in range(4)]
+    want = []
+    for p, gs in zip(params0, zip(*grads)):
+        p, mm, vv = p.copy(), np.zeros_like(p), np.zeros(p.shape[:-1] + (1,))
+        for k, x in enumerate(gs, start=1):
+            vv = 0.9 * vv + 0.1 * np.mean(x**2, axis=-1, keepdims=True)
+            mm = 0.9 * mm + x
+            uu = mm / ((1 - 0.9**k) * (np.sqrt(vv / (1 - 0.999**k)) + 1e-8))
+            p = p - 0.1 * uu / (1 + np.sqrt(np.sum(uu**2)))
+        want.append(p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for path in ("numpy", "jax", "torch"):
+            rate = {"lr": 0.1} if path == "torch" else {"learning_rate": 0.1}
+            got = rulekit.steps(mods, r, params0, grads, path, **rate)
+            for a, b in zip(got, want):
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=0, err_msg=path)

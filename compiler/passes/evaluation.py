@@ -192,7 +192,9 @@ class _Builder:
     def grouped(self, items: list[sp.Basic], combine) -> list[sp.Basic]:
         """``items`` of an n-ary sum or product, folded left to right: a leading run whose partial result has
         another shape than the registers' (a row plus a row, in a statement shaped like the tensor) is one
-        item, computed whole at its own shape (``combine``: sp.Add or sp.Mul, unevaluated)."""
+        item, computed whole at its own shape (``combine``: sp.Add or sp.Mul, unevaluated); so are all of
+        them where the whole has another shape (a denominator that is a row: its product must not be
+        written into a register of the tensor's shape, which torch would resize)."""
         if not self.t.shapes:
             return items
         before = None  # the shape of the items before the k-th
@@ -202,7 +204,7 @@ class _Builder:
                 break
             before = shape
         else:
-            return items
+            return [combine(*items, evaluate=False)] if before is not None and len(items) > 1 else items
         if before is None or k <= 1:  # numbers before it (Python values), or one item of its own
             return items
         return [combine(*items[:k], evaluate=False), *items[k:]]
