@@ -120,3 +120,15 @@ class Call:
             ema = jax_support.like(self.treedef.unflatten(new), ema)
         out = [u.astype(dtype) for u, dtype in zip(updates, self.dtypes)]
         return self.treedef.unflatten(out), ema
+
+
+def check_kept(module: str, state: Any, name: str, kept: Any, when: str) -> None:
+    """``finalize_variable_values``' check that the state ``name`` is kept exactly where the keywords it was
+    given say (``kept``: the condition, ``when``: as written): keywords other than the optimizer's (an EMA
+    kept, ``use_ema`` not given again) are an error that says so, never the raw weights in silence."""
+    present = getattr(state, name) is not None
+    if present != bool(kept):
+        raise ValueError(
+            f"{module}.finalize_variable_values: the state {'keeps' if present else 'keeps no'} {name!r}, which"
+            f" it does only when {when}: pass the keywords {module}() was built with"
+        )

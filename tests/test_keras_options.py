@@ -139,6 +139,27 @@ def test_finalize_variable_values_matches_keras(rule_name):
         assert_close(_ours_finalized(backend, RULES[rule_name], hypers, params0, grads), want, 1e-12, backend)
 
 
+def test_jax_finalize_with_other_keywords_than_the_optimizers_is_an_error():
+    """JAX's ``finalize_variable_values`` is a function of the keywords it is given: without
+    ``use_ema=True`` again, a state that keeps an EMA returned the raw weights in silence (a helper found
+    it); it is an error that says what to pass, and so is ``use_ema=True`` for a state without one."""
+    import importlib
+
+    import jax.numpy as jnp
+
+    module = importlib.import_module("optforge.generated.jax.adamax")
+    p = [jnp.ones(3)]
+    with_ema = module.adamax(learning_rate=0.1, use_ema=True).init(p)
+    with pytest.raises(
+        ValueError, match=r"keeps 'ema', which it does only when use_ema: pass the keywords adamax\(\)"
+    ):
+        module.finalize_variable_values(p, with_ema, learning_rate=0.1)
+    without = module.adamax(learning_rate=0.1).init(p)
+    with pytest.raises(ValueError, match="keeps no 'ema'"):
+        module.finalize_variable_values(p, without, learning_rate=0.1, use_ema=True)
+    assert module.finalize_variable_values(p, with_ema, learning_rate=0.1, use_ema=True)[0].shape == (3,)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_options_that_are_off_store_nothing(backend):
     """No EMA or accumulator state unless the option is on (one step: NumPy and JAX make the state in

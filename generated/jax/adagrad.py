@@ -224,6 +224,7 @@ def finalize_variable_values(
     """Keras's ``finalize_variable_values`` for :func:`adagrad` built with these arguments (pass
     the same keywords): the parameters to keep at the end of training."""
     epsilon = eps if epsilon is None else epsilon
+    options_jax.check_kept("adagrad", state, "ema", use_ema, "use_ema")
     treedef = jax.tree.structure(params)
     out = []
     for w, ema in zip(

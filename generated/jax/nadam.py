@@ -262,6 +262,7 @@ def finalize_variable_values(
     beta_1 = b1 if beta_1 is None else beta_1
     beta_2 = b2 if beta_2 is None else beta_2
     epsilon = eps if epsilon is None else epsilon
+    options_jax.check_kept("nadam", state, "ema", use_ema, "use_ema")
     treedef = jax.tree.structure(params)
     out = []
     for w, ema in zip(

@@ -249,6 +249,7 @@ def finalize_variable_values(
     beta1 = b1 if beta1 is None else beta1
     beta2 = b2 if beta2 is None else beta2
     epsilon = eps if epsilon is None else epsilon
+    options_jax.check_kept("novograd_tf1", state, "ema", use_ema, "use_ema")
     treedef = jax.tree.structure(params)
     out = []
     for w, ema in zip(

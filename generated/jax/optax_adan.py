@@ -322,6 +322,7 @@ def finalize_variable_values(
 ) -> Any:
     """Keras's ``finalize_variable_values`` for :func:`optax_adan` built with these arguments (pass
     the same keywords): the parameters to keep at the end of training."""
+    options_jax.check_kept("optax_adan", state, "ema", use_ema, "use_ema")
     treedef = jax.tree.structure(params)
     out = []
     for w, ema in zip(

@@ -404,6 +404,7 @@ def finalize_variable_values(
     the same keywords): the parameters to keep at the end of training."""
     beta1 = b1 if beta1 is None else beta1
     beta2 = b2 if beta2 is None else beta2
+    options_jax.check_kept("torch_adamw", state, "ema", use_ema, "use_ema")
     treedef = jax.tree.structure(params)
     out = []
     for w, ema in zip(

@@ -272,6 +272,7 @@ def finalize_variable_values(
 ) -> Any:
     """Keras's ``finalize_variable_values`` for :func:`torch_asgd` built with these arguments (pass
     the same keywords): the parameters to keep at the end of training."""
+    options_jax.check_kept("torch_asgd", state, "ema", use_ema, "use_ema")
     treedef = jax.tree.structure(params)
     out = []
     for w, ax, ema in zip(
