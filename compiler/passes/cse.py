@@ -12,7 +12,7 @@ import dataclasses
 
 import sympy as sp
 
-from ..dsl import Transposed
+from ..dsl import AxisReduction, Transposed
 from ..ir import Assign, Program, Role, base
 from .scope import scope_of, scopes_of
 
@@ -46,6 +46,7 @@ def _cse(body: tuple[Assign, ...], scopes: dict, start: int) -> tuple[tuple[Assi
 
     exprs = [a.expr.replace(lambda e: isinstance(e, sp.Piecewise), hide) for a in body]
     replacements, reduced = sp.cse(exprs, symbols=names, order="none")
+    replacements, reduced = _name_axis_arguments(replacements, reduced, names)
 
     def restore(e):
         while e.free_symbols & hidden.keys():  # nested where's were hidden inside outer ones
@@ -97,3 +98,32 @@ def _cse(body: tuple[Assign, ...], scopes: dict, start: int) -> tuple[tuple[Assi
         if a is not None:
             out.append(a)
     return tuple(out), start + len(replacements)
+
+
+def _name_axis_arguments(replacements: list, reduced: list, names) -> tuple[list, list]:
+    """Each reduction over one axis of an expression (``mean(g**2, axis=-1)``) reads a temporary of its own
+    instead: NumPy and torch compute it into a scratch buffer, where the expression would be a new array
+    every step. Not inside a ``where`` (hidden here: computed only when its branch is taken)."""
+    named: dict[sp.Basic, sp.Symbol] = {}
+
+    def name(e: sp.Basic) -> sp.Basic:
+        def one(node):
+            arg = node.args[0]
+            if arg.is_Symbol or arg.is_Number:
+                return node
+            if arg not in named:
+                named[arg] = next(names)
+            return node.func(named[arg], *node.args[1:])
+
+        return e.replace(lambda x: isinstance(x, AxisReduction), one)
+
+    out = []
+    for sym, expr in replacements:
+        before = set(named)
+        expr = name(expr)
+        out += [(named[a], a) for a in named if a not in before]  # just before the temporary that reads it
+        out.append((sym, expr))
+    reduced = [name(e) for e in reduced]
+    done = {s for s, _ in out}
+    out += [(s, a) for a, s in named.items() if s not in done]
+    return out, reduced
