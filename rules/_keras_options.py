@@ -115,7 +115,12 @@ def keras_options(rule: Rule) -> Rule:
     body = r.equations
     r.core = list(body)
     r.equations = []
-    r.define_step(where(Given(steps), idiv(n, steps), n) + 1, "the step counts updates, not calls")
+    updates = where(Given(steps), idiv(n, steps), n)  # the updates before this call
+    if body and body[0].target == "t":  # the rule's own step (rule.define_step), of the updates, not calls
+        own, body = body[0], body[1:]
+        r.define_step(own.expr.xreplace({n: updates}), f"{own.label}, of the updates, not the calls")
+    else:
+        r.define_step(updates + 1, "the step counts updates, not calls")
     update = r.let(
         "is_update",
         sp.Or(sp.Not(Given(steps)), Eq(imod(n + 1, steps), 0)),

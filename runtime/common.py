@@ -205,8 +205,15 @@ def check_option(
         return check_float(name, value, low, high, low_closed, high_closed, arrays=True)
     if integer:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            hint = (
+                " (a count of steps is a Python int, not an array: with optax.inject_hyperparams, name it"
+                " in static_args)"
+                if getattr(value, "shape", None) == ()
+                else ""
+            )
             raise TypeError(
-                f"`{name}` must be an int or None. Received: {name}={value!r} of type {type(value).__name__}"
+                f"`{name}` must be an int or None{hint}. Received: {name}={value!r} of type"
+                f" {type(value).__name__}"
             )
         if zero_is_off and value == 0:
             return None

@@ -409,6 +409,23 @@ def test_out_of_range_int_message_shows_the_value_received():
     )
 
 
+def test_an_integer_given_as_an_array_says_to_name_it_in_static_args():
+    """``optax.inject_hyperparams`` passes every number as an array; an integer (a count of steps) cannot be
+    one, and the error says what to do (a helper met the bare "must be an int")."""
+    import optax
+
+    rule = next(iter(ALL.values()))
+    make = getattr(generated, rule.module)
+    rate = {"learning_rate": 0.1} if rule.hypers["learning_rate"].default is None else {}
+    tx = optax.inject_hyperparams(make)(**rate, gradient_accumulation_steps=2)
+    with pytest.raises(TypeError, match="name it in static_args"):
+        tx.init([jnp.ones(3)])
+    tx = optax.inject_hyperparams(make, static_args=("gradient_accumulation_steps",))(
+        **rate, gradient_accumulation_steps=2
+    )
+    tx.init([jnp.ones(3)])
+
+
 @pytest.mark.parametrize(("rule", "name", "value"), WRONG_TYPE)
 def test_wrong_type_hyperparameter_raises_type_error(rule, name, value):
     """Passed by the keyword JAX names it (optax's ``b1`` for the rule's ``beta_1``: the rule's name is an

@@ -131,3 +131,28 @@ def test_the_runtime_checks_each_option_as_the_rule_transform_declares_it(rule):
     for group in program.exclusives:
         if set(group) <= {h.name for h in taken}:
             assert tuple(group) in options.EXCLUSIVE, group
+
+
+def test_a_rules_own_step_counts_updates_under_gradient_accumulation(tmp_path):
+    """A rule that defines its step itself (``define_step``: ``t`` advances every ``k`` updates) with Keras's
+    options (a helper's rule: a RuleError said to use define_step, which it did): its step is read of the
+    updates, as the options' own is. ``k = 2`` with an update every 2 calls: 8 calls are 4 updates with
+    ``t = 1, 1, 2, 2``, so ``w = -(1 + 1 + 1/2 + 1/2) = -3`` in NumPy, JAX and torch."""
+    import rulekit
+
+    from optforge.compiler.dsl import Given, Rule, g, idiv, n, t, w, where
+    from optforge.rules._keras_options import keras_options
+
+    r = Rule("SlowClock", module="slow_clock", title="t advances every k updates", summary="A test.")
+    lr = r.learning_rate(1.0)
+    k = r.option("k", "[1, inf)", "updates per step", integer=True)
+    r.define_step(where(Given(k), idiv(n, k), n) + 1, "t counts groups of k updates")
+    r.assign(w, w - lr * g / t, "update")
+    rule = keras_options(r)
+    mods = rulekit.load(rule, tmp_path)
+    params0 = [np.zeros(2)]
+    grads = [[np.ones(2)] for _ in range(8)]
+    for path in ("numpy", "jax", "torch"):
+        rate = {"lr": 1.0} if path == "torch" else {"learning_rate": 1.0}
+        got = rulekit.steps(mods, rule, params0, grads, path, **rate, k=2, gradient_accumulation_steps=2)
+        np.testing.assert_allclose(got[0], [-3.0, -3.0], rtol=1e-15, err_msg=path)
