@@ -677,3 +677,58 @@ def test_float32_of_a_python_number_compiles_in_one_graph():
     x = torch.ones(3, dtype=torch.float64)
     for k in (1.0, 3.0, 7.0):
         assert scaled(x, k)[0].item() == float(np.float32(k * 0.1))
+
+
+def laprop_rule() -> Rule:
+    """LaProp (Ziyin et al. 2020) with a centered variant, as a helper wrote it: a state kept only when
+    ``centered`` (updated ``only_if=centered``) and an equation ``when=centered``, which splits the cases."""
+    from optforge.compiler.dsl import Given
+
+    r = Rule("LaPropTest", module="laprop_test", title="LaProp", summary="A test.")
+    lr = r.learning_rate(0.01)
+    b1 = r.hyper("b1", 0.9, "[0, 1)", "momentum")
+    b2 = r.hyper("b2", 0.999, "[0, 1)", "second-moment decay")
+    eps = r.hyper("eps", 1e-15, "[0, inf)", "added to the root")
+    centered = r.flag("centered", False, "centered second moment")
+    wd = r.option("wd", "[0, inf)", "decoupled weight decay")
+    m, v = r.state("m", 0, "momentum"), r.state("v", 0, "second moment")
+    gm = r.state("gm", 0, "mean gradient", exists_if=centered)
+    r.assign(v, b2 * v + (1 - b2) * g**2, "second moment")
+    r.assign(gm, b2 * gm + (1 - b2) * g, "mean", only_if=centered)
+    vhat = r.let("vhat", v / (1 - b2**t), "bias-corrected v")
+    r.assign(vhat, maximum(vhat - (gm / (1 - b2**t)) ** 2, 0), "centered", when=centered, only_if=t > 2)
+    r.assign(m, b1 * m + (1 - b1) * g / (sqrt(vhat) + eps), "momentum of the normalised gradient")
+    r.assign(w, w - lr * wd * w, "decay", only_if=Given(wd))
+    r.assign(w, w - lr * m / (1 - b1**t), "update")
+    return r
+
+
+def test_a_flag_that_decides_the_case_is_known_inside_it(tmp_path):
+    """In the case where ``centered`` holds, ``gm``'s update runs unconditionally; where it fails, not at
+    all (it was an ``if centered:`` around it in both: a dead test, and dead code in one). TorchAdam's
+    AMSGrad case computed the plain denominator and then the AMSGrad one over it, a pass thrown away. The
+    steps follow the paper's transcription in NumPy (float64, 1e-12), centered or not."""
+    rule = laprop_rule()
+    program = compile_rule(rule)
+    for case in program.cases:
+        on = bool(case.condition.subs(sp.Symbol("centered"), True))
+        targets = [a.target for a in case.body]
+        assert ("gm" in targets) == on
+        for a in case.body:
+            assert sp.Symbol("centered") not in a.expr.free_symbols, (case.condition, a.target, a.expr)
+    params0, grads = problem(6, zero_first=False)
+    for centered in (False, True):
+        want = []
+        for p0, gs in zip(params0, zip(*grads)):
+            p, mm, vv, gg = p0.copy(), 0 * p0, 0 * p0, 0 * p0
+            for k, x in enumerate(gs, start=1):
+                vv = 0.999 * vv + 0.001 * x**2
+                gg = 0.999 * gg + 0.001 * x
+                vh = vv / (1 - 0.999**k)
+                if centered and k > 2:
+                    vh = np.maximum(vh - (gg / (1 - 0.999**k)) ** 2, 0)
+                mm = 0.9 * mm + 0.1 * x / (np.sqrt(vh) + 1e-15)
+                p = p - 0.01 * mm / (1 - 0.9**k)
+            want.append(p)
+        got = steps(load(rule, tmp_path / str(centered)), rule, params0, grads, "numpy", centered=centered)
+        assert_close(got, want, 1e-12, f"centered={centered}")

@@ -46,6 +46,7 @@ def _cse(body: tuple[Assign, ...], scopes: dict, start: int) -> tuple[tuple[Assi
 
     exprs = [a.expr.replace(lambda e: isinstance(e, sp.Piecewise), hide) for a in body]
     replacements, reduced = sp.cse(exprs, symbols=names, order="none")
+    replacements, reduced = _divisors(replacements, reduced)
     replacements, reduced = _name_axis_arguments(replacements, reduced, names)
 
     def restore(e):
@@ -127,3 +128,14 @@ def _name_axis_arguments(replacements: list, reduced: list, names) -> tuple[list
     done = {s for s, _ in out}
     out += [(s, a) for a, s in named.items() if s not in done]
     return out, reduced
+
+
+def _divisors(replacements: list, reduced: list) -> tuple[list, list]:
+    """A shared reciprocal (``1/(1 - decay**t)``, read by ``nu/(1 - decay**t)`` and ``mu/(1 - decay**t)``)
+    named as its divisor: the values are still divided by it (``nu / tmp1``), as the rule wrote them, not
+    multiplied by a rounded reciprocal (one rounding more, another result in the last bit)."""
+    swap = {sym: sym**-1 for sym, expr in replacements if expr.is_Pow and expr.exp == -1}
+    if not swap:
+        return replacements, reduced
+    out = [(sym, expr.base if sym in swap else expr.xreplace(swap)) for sym, expr in replacements]
+    return out, [e.xreplace(swap) for e in reduced]

@@ -412,11 +412,18 @@ def _evaluate(cond, encode: dict, truth: dict) -> bool | None:
 
 def _specialise(rule: Rule, encode: dict, truth: dict) -> list[Assign]:
     current: dict[str, int] = {}
+    flags = {sp.Symbol(n) for n, h in rule.hypers.items() if h.kind == "bool"}
+    known = {k: sp.true if v else sp.false for k, v in truth.items() if isinstance(k, Given) or k in flags}
     body: list[Assign] = []
     for i, eq in enumerate(rule.equations, 1):
         if not _evaluate(eq.when, encode, truth):
             continue
         expr = eq.expr.xreplace({sp.Symbol(n): ssa(n, v) for n, v in current.items()})
+        # a flag, or whether an option is given, that decides the case is known in it: a choice on it inside
+        # the expression (``only_if=centered`` in the case where centered holds, or fails) is taken here
+        expr = expr.xreplace(known)
+        if eq.kind != "let" and expr == ssa(eq.target, current.get(eq.target, 0)):
+            continue  # x <- x: an only_if whose flag fails in this case
         current[eq.target] = current.get(eq.target, 0) + 1
         role = (
             Role.LET

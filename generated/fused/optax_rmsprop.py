@@ -33,7 +33,6 @@ def prepare_update_case_0(
     decay,
     eps,
     momentum,
-    bias_correction,
     weight_decay,
     clipnorm,
     clipvalue,
@@ -77,7 +76,6 @@ def prepare_update_case_0(
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
     c_one_minus_decay_pow_t = dt(1 - decay**t) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
     c_eps = dt(eps) if is_update else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -117,7 +115,6 @@ def prepare_update_case_0(
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -154,7 +151,6 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -169,7 +165,6 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -242,7 +237,6 @@ def _update_0(
     b_clipvalue_given_and_is_update,
     b_weight_decay_given_and_is_update,
     b_is_update,
-    b_bias_correction,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -340,9 +334,7 @@ def _update_0(
                     # first moment in the denominator (read only when centered)
                     mu_hat = c_zero
                     # first moment
-                    mu_hat = (
-                        (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
-                    )
+                    mu_hat = mu / c_one_minus_decay_pow_t if b_is_update else mu_hat
                     # variance
                     v = v - (mu_hat * mu_hat) if b_is_update else v
                     # scaled gradient
@@ -373,7 +365,6 @@ def prepare_update_case_1(
     decay,
     eps,
     momentum,
-    bias_correction,
     weight_decay,
     clipnorm,
     clipvalue,
@@ -417,7 +408,6 @@ def prepare_update_case_1(
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
     c_one_minus_decay_pow_t = dt(1 - decay**t) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
     c_eps = dt(eps) if is_update else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -457,7 +447,6 @@ def prepare_update_case_1(
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -494,7 +483,6 @@ def run_update_case_1(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -509,7 +497,6 @@ def run_update_case_1(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -582,7 +569,6 @@ def _update_1(
     b_clipvalue_given_and_is_update,
     b_weight_decay_given_and_is_update,
     b_is_update,
-    b_bias_correction,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -680,9 +666,7 @@ def _update_1(
                     # first moment in the denominator (read only when centered)
                     mu_hat = c_zero
                     # first moment
-                    mu_hat = (
-                        (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
-                    )
+                    mu_hat = mu / c_one_minus_decay_pow_t if b_is_update else mu_hat
                     # variance
                     v = v - (mu_hat * mu_hat) if b_is_update else v
                     # scaled gradient
@@ -712,7 +696,6 @@ def prepare_update_case_2(
     lr,
     decay,
     eps,
-    bias_correction,
     weight_decay,
     clipnorm,
     clipvalue,
@@ -756,7 +739,6 @@ def prepare_update_case_2(
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
     c_one_minus_decay_pow_t = dt(1 - decay**t) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
     c_eps = dt(eps) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -794,7 +776,6 @@ def prepare_update_case_2(
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -828,7 +809,6 @@ def run_update_case_2(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -843,7 +823,6 @@ def run_update_case_2(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -916,7 +895,6 @@ def _update_2(
     b_clipvalue_given_and_is_update,
     b_weight_decay_given_and_is_update,
     b_is_update,
-    b_bias_correction,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -1011,9 +989,7 @@ def _update_2(
                     # first moment in the denominator (read only when centered)
                     mu_hat = c_zero
                     # first moment
-                    mu_hat = (
-                        (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
-                    )
+                    mu_hat = mu / c_one_minus_decay_pow_t if b_is_update else mu_hat
                     # variance
                     v = v - (mu_hat * mu_hat) if b_is_update else v
                     # scaled gradient
@@ -1041,7 +1017,6 @@ def prepare_update_case_3(
     decay,
     eps,
     momentum,
-    bias_correction,
     weight_decay,
     clipnorm,
     clipvalue,
@@ -1085,7 +1060,6 @@ def prepare_update_case_3(
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
     c_one_minus_decay_pow_t = dt(1 - decay**t) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
     c_eps = dt(eps) if is_update else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -1125,7 +1099,6 @@ def prepare_update_case_3(
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -1162,7 +1135,6 @@ def run_update_case_3(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -1177,7 +1149,6 @@ def run_update_case_3(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -1250,7 +1221,6 @@ def _update_3(
     b_clipvalue_given_and_is_update,
     b_weight_decay_given_and_is_update,
     b_is_update,
-    b_bias_correction,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -1348,9 +1318,7 @@ def _update_3(
                     # first moment in the denominator (read only when centered)
                     mu_hat = c_zero
                     # first moment
-                    mu_hat = (
-                        (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
-                    )
+                    mu_hat = mu / c_one_minus_decay_pow_t if b_is_update else mu_hat
                     # variance
                     v = v - (mu_hat * mu_hat) if b_is_update else v
                     # scaled gradient
@@ -1383,7 +1351,6 @@ def prepare_update_case_4(
     decay,
     eps,
     momentum,
-    bias_correction,
     weight_decay,
     clipnorm,
     clipvalue,
@@ -1427,7 +1394,6 @@ def prepare_update_case_4(
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
     c_one_minus_decay_pow_t = dt(1 - decay**t) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
     c_eps = dt(eps) if is_update else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -1467,7 +1433,6 @@ def prepare_update_case_4(
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -1504,7 +1469,6 @@ def run_update_case_4(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -1519,7 +1483,6 @@ def run_update_case_4(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -1592,7 +1555,6 @@ def _update_4(
     b_clipvalue_given_and_is_update,
     b_weight_decay_given_and_is_update,
     b_is_update,
-    b_bias_correction,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -1690,9 +1652,7 @@ def _update_4(
                     # first moment in the denominator (read only when centered)
                     mu_hat = c_zero
                     # first moment
-                    mu_hat = (
-                        (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
-                    )
+                    mu_hat = mu / c_one_minus_decay_pow_t if b_is_update else mu_hat
                     # variance
                     v = v - (mu_hat * mu_hat) if b_is_update else v
                     # scaled gradient
@@ -1724,7 +1684,6 @@ def prepare_update_case_5(
     lr,
     decay,
     eps,
-    bias_correction,
     weight_decay,
     clipnorm,
     clipvalue,
@@ -1768,7 +1727,6 @@ def prepare_update_case_5(
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
     c_one_minus_decay_pow_t = dt(1 - decay**t) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
     c_eps = dt(eps) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -1806,7 +1764,6 @@ def prepare_update_case_5(
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -1840,7 +1797,6 @@ def run_update_case_5(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -1855,7 +1811,6 @@ def run_update_case_5(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -1928,7 +1883,6 @@ def _update_5(
     b_clipvalue_given_and_is_update,
     b_weight_decay_given_and_is_update,
     b_is_update,
-    b_bias_correction,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -2023,9 +1977,7 @@ def _update_5(
                     # first moment in the denominator (read only when centered)
                     mu_hat = c_zero
                     # first moment
-                    mu_hat = (
-                        (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
-                    )
+                    mu_hat = mu / c_one_minus_decay_pow_t if b_is_update else mu_hat
                     # variance
                     v = v - (mu_hat * mu_hat) if b_is_update else v
                     # scaled gradient
@@ -2055,7 +2007,6 @@ def prepare_update_case_6(
     decay,
     eps,
     momentum,
-    bias_correction,
     weight_decay,
     clipnorm,
     clipvalue,
@@ -2067,7 +2018,6 @@ def prepare_update_case_6(
     ema_overwrite,
     global_sumsq_g,
     is_update,
-    t,
 ):
     """The once-per-step values of update_case_6 (where (momentum is not None and centered and eps_in_sqrt and nesterov and not bias_correction)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
@@ -2098,8 +2048,6 @@ def prepare_update_case_6(
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
-    c_one_minus_decay_pow_t = dt(1 - decay**t) if (bias_correction and is_update) else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -2120,7 +2068,6 @@ def prepare_update_case_6(
             c_weight_decay,
             c_decay,
             c_one_minus_decay,
-            c_one_minus_decay_pow_t,
             c_eps,
             c_momentum,
             c_ema_mu,
@@ -2139,7 +2086,6 @@ def prepare_update_case_6(
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -2176,7 +2122,6 @@ def run_update_case_6(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -2191,7 +2136,6 @@ def run_update_case_6(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -2264,7 +2208,6 @@ def _update_6(
     b_clipvalue_given_and_is_update,
     b_weight_decay_given_and_is_update,
     b_is_update,
-    b_bias_correction,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -2290,11 +2233,10 @@ def _update_6(
         c_weight_decay = k_[9]
         c_decay = k_[10]
         c_one_minus_decay = k_[11]
-        c_one_minus_decay_pow_t = k_[12]
-        c_eps = k_[13]
-        c_momentum = k_[14]
-        c_ema_mu = k_[15]
-        c_one_minus_ema_mu = k_[16]
+        c_eps = k_[12]
+        c_momentum = k_[13]
+        c_ema_mu = k_[14]
+        c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -2360,9 +2302,7 @@ def _update_6(
                     # first moment in the denominator (read only when centered)
                     mu_hat = c_zero
                     # first moment
-                    mu_hat = (
-                        (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
-                    )
+                    mu_hat = mu if b_is_update else mu_hat
                     # variance
                     v = v - (mu_hat * mu_hat) if b_is_update else v
                     # scaled gradient
@@ -2393,7 +2333,6 @@ def prepare_update_case_7(
     decay,
     eps,
     momentum,
-    bias_correction,
     weight_decay,
     clipnorm,
     clipvalue,
@@ -2405,7 +2344,6 @@ def prepare_update_case_7(
     ema_overwrite,
     global_sumsq_g,
     is_update,
-    t,
 ):
     """The once-per-step values of update_case_7 (where (momentum is not None and centered and eps_in_sqrt and not bias_correction and not nesterov)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
@@ -2436,8 +2374,6 @@ def prepare_update_case_7(
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
-    c_one_minus_decay_pow_t = dt(1 - decay**t) if (bias_correction and is_update) else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -2458,7 +2394,6 @@ def prepare_update_case_7(
             c_weight_decay,
             c_decay,
             c_one_minus_decay,
-            c_one_minus_decay_pow_t,
             c_eps,
             c_momentum,
             c_ema_mu,
@@ -2477,7 +2412,6 @@ def prepare_update_case_7(
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -2514,7 +2448,6 @@ def run_update_case_7(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -2529,7 +2462,6 @@ def run_update_case_7(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -2602,7 +2534,6 @@ def _update_7(
     b_clipvalue_given_and_is_update,
     b_weight_decay_given_and_is_update,
     b_is_update,
-    b_bias_correction,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -2628,11 +2559,10 @@ def _update_7(
         c_weight_decay = k_[9]
         c_decay = k_[10]
         c_one_minus_decay = k_[11]
-        c_one_minus_decay_pow_t = k_[12]
-        c_eps = k_[13]
-        c_momentum = k_[14]
-        c_ema_mu = k_[15]
-        c_one_minus_ema_mu = k_[16]
+        c_eps = k_[12]
+        c_momentum = k_[13]
+        c_ema_mu = k_[14]
+        c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -2698,9 +2628,7 @@ def _update_7(
                     # first moment in the denominator (read only when centered)
                     mu_hat = c_zero
                     # first moment
-                    mu_hat = (
-                        (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
-                    )
+                    mu_hat = mu if b_is_update else mu_hat
                     # variance
                     v = v - (mu_hat * mu_hat) if b_is_update else v
                     # scaled gradient
@@ -2730,7 +2658,6 @@ def prepare_update_case_8(
     lr,
     decay,
     eps,
-    bias_correction,
     weight_decay,
     clipnorm,
     clipvalue,
@@ -2742,7 +2669,6 @@ def prepare_update_case_8(
     ema_overwrite,
     global_sumsq_g,
     is_update,
-    t,
 ):
     """The once-per-step values of update_case_8 (where (momentum is None and centered and eps_in_sqrt and not bias_correction)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
@@ -2773,8 +2699,6 @@ def prepare_update_case_8(
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
-    c_one_minus_decay_pow_t = dt(1 - decay**t) if (bias_correction and is_update) else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -2794,7 +2718,6 @@ def prepare_update_case_8(
             c_weight_decay,
             c_decay,
             c_one_minus_decay,
-            c_one_minus_decay_pow_t,
             c_eps,
             c_ema_mu,
             c_one_minus_ema_mu,
@@ -2812,7 +2735,6 @@ def prepare_update_case_8(
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -2846,7 +2768,6 @@ def run_update_case_8(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -2861,7 +2782,6 @@ def run_update_case_8(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -2934,7 +2854,6 @@ def _update_8(
     b_clipvalue_given_and_is_update,
     b_weight_decay_given_and_is_update,
     b_is_update,
-    b_bias_correction,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -2960,10 +2879,9 @@ def _update_8(
         c_weight_decay = k_[9]
         c_decay = k_[10]
         c_one_minus_decay = k_[11]
-        c_one_minus_decay_pow_t = k_[12]
-        c_eps = k_[13]
-        c_ema_mu = k_[14]
-        c_one_minus_ema_mu = k_[15]
+        c_eps = k_[12]
+        c_ema_mu = k_[13]
+        c_one_minus_ema_mu = k_[14]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -3027,9 +2945,7 @@ def _update_8(
                     # first moment in the denominator (read only when centered)
                     mu_hat = c_zero
                     # first moment
-                    mu_hat = (
-                        (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
-                    )
+                    mu_hat = mu if b_is_update else mu_hat
                     # variance
                     v = v - (mu_hat * mu_hat) if b_is_update else v
                     # scaled gradient
@@ -3057,7 +2973,6 @@ def prepare_update_case_9(
     decay,
     eps,
     momentum,
-    bias_correction,
     weight_decay,
     clipnorm,
     clipvalue,
@@ -3069,7 +2984,6 @@ def prepare_update_case_9(
     ema_overwrite,
     global_sumsq_g,
     is_update,
-    t,
 ):
     """The once-per-step values of update_case_9 (where (momentum is not None and centered and nesterov and not bias_correction and not eps_in_sqrt)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
@@ -3100,8 +3014,6 @@ def prepare_update_case_9(
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
-    c_one_minus_decay_pow_t = dt(1 - decay**t) if (bias_correction and is_update) else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -3122,7 +3034,6 @@ def prepare_update_case_9(
             c_weight_decay,
             c_decay,
             c_one_minus_decay,
-            c_one_minus_decay_pow_t,
             c_eps,
             c_momentum,
             c_ema_mu,
@@ -3141,7 +3052,6 @@ def prepare_update_case_9(
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -3178,7 +3088,6 @@ def run_update_case_9(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -3193,7 +3102,6 @@ def run_update_case_9(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -3266,7 +3174,6 @@ def _update_9(
     b_clipvalue_given_and_is_update,
     b_weight_decay_given_and_is_update,
     b_is_update,
-    b_bias_correction,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -3292,11 +3199,10 @@ def _update_9(
         c_weight_decay = k_[9]
         c_decay = k_[10]
         c_one_minus_decay = k_[11]
-        c_one_minus_decay_pow_t = k_[12]
-        c_eps = k_[13]
-        c_momentum = k_[14]
-        c_ema_mu = k_[15]
-        c_one_minus_ema_mu = k_[16]
+        c_eps = k_[12]
+        c_momentum = k_[13]
+        c_ema_mu = k_[14]
+        c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -3362,9 +3268,7 @@ def _update_9(
                     # first moment in the denominator (read only when centered)
                     mu_hat = c_zero
                     # first moment
-                    mu_hat = (
-                        (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
-                    )
+                    mu_hat = mu if b_is_update else mu_hat
                     # variance
                     v = v - (mu_hat * mu_hat) if b_is_update else v
                     # scaled gradient
@@ -3397,7 +3301,6 @@ def prepare_update_case_10(
     decay,
     eps,
     momentum,
-    bias_correction,
     weight_decay,
     clipnorm,
     clipvalue,
@@ -3409,7 +3312,6 @@ def prepare_update_case_10(
     ema_overwrite,
     global_sumsq_g,
     is_update,
-    t,
 ):
     """The once-per-step values of update_case_10 (where (momentum is not None and centered and not bias_correction and not eps_in_sqrt and not nesterov)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
@@ -3440,8 +3342,6 @@ def prepare_update_case_10(
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
-    c_one_minus_decay_pow_t = dt(1 - decay**t) if (bias_correction and is_update) else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -3462,7 +3362,6 @@ def prepare_update_case_10(
             c_weight_decay,
             c_decay,
             c_one_minus_decay,
-            c_one_minus_decay_pow_t,
             c_eps,
             c_momentum,
             c_ema_mu,
@@ -3481,7 +3380,6 @@ def prepare_update_case_10(
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -3518,7 +3416,6 @@ def run_update_case_10(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -3533,7 +3430,6 @@ def run_update_case_10(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -3606,7 +3502,6 @@ def _update_10(
     b_clipvalue_given_and_is_update,
     b_weight_decay_given_and_is_update,
     b_is_update,
-    b_bias_correction,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -3632,11 +3527,10 @@ def _update_10(
         c_weight_decay = k_[9]
         c_decay = k_[10]
         c_one_minus_decay = k_[11]
-        c_one_minus_decay_pow_t = k_[12]
-        c_eps = k_[13]
-        c_momentum = k_[14]
-        c_ema_mu = k_[15]
-        c_one_minus_ema_mu = k_[16]
+        c_eps = k_[12]
+        c_momentum = k_[13]
+        c_ema_mu = k_[14]
+        c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -3702,9 +3596,7 @@ def _update_10(
                     # first moment in the denominator (read only when centered)
                     mu_hat = c_zero
                     # first moment
-                    mu_hat = (
-                        (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
-                    )
+                    mu_hat = mu if b_is_update else mu_hat
                     # variance
                     v = v - (mu_hat * mu_hat) if b_is_update else v
                     # scaled gradient
@@ -3736,7 +3628,6 @@ def prepare_update_case_11(
     lr,
     decay,
     eps,
-    bias_correction,
     weight_decay,
     clipnorm,
     clipvalue,
@@ -3748,7 +3639,6 @@ def prepare_update_case_11(
     ema_overwrite,
     global_sumsq_g,
     is_update,
-    t,
 ):
     """The once-per-step values of update_case_11 (where (momentum is None and centered and not bias_correction and not eps_in_sqrt)), in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
@@ -3779,8 +3669,6 @@ def prepare_update_case_11(
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
-    c_one_minus_decay_pow_t = dt(1 - decay**t) if (bias_correction and is_update) else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -3800,7 +3688,6 @@ def prepare_update_case_11(
             c_weight_decay,
             c_decay,
             c_one_minus_decay,
-            c_one_minus_decay_pow_t,
             c_eps,
             c_ema_mu,
             c_one_minus_ema_mu,
@@ -3818,7 +3705,6 @@ def prepare_update_case_11(
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -3852,7 +3738,6 @@ def run_update_case_11(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -3867,7 +3752,6 @@ def run_update_case_11(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_weight_decay_given_and_is_update,
         b_is_update,
-        b_bias_correction,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -3940,7 +3824,6 @@ def _update_11(
     b_clipvalue_given_and_is_update,
     b_weight_decay_given_and_is_update,
     b_is_update,
-    b_bias_correction,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -3966,10 +3849,9 @@ def _update_11(
         c_weight_decay = k_[9]
         c_decay = k_[10]
         c_one_minus_decay = k_[11]
-        c_one_minus_decay_pow_t = k_[12]
-        c_eps = k_[13]
-        c_ema_mu = k_[14]
-        c_one_minus_ema_mu = k_[15]
+        c_eps = k_[12]
+        c_ema_mu = k_[13]
+        c_one_minus_ema_mu = k_[14]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
                 t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
@@ -4033,9 +3915,7 @@ def _update_11(
                     # first moment in the denominator (read only when centered)
                     mu_hat = c_zero
                     # first moment
-                    mu_hat = (
-                        (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
-                    )
+                    mu_hat = mu if b_is_update else mu_hat
                     # variance
                     v = v - (mu_hat * mu_hat) if b_is_update else v
                     # scaled gradient

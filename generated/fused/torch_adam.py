@@ -33,7 +33,6 @@ def prepare_update_case_0(
     beta1,
     beta2,
     eps,
-    amsgrad,
     maximize,
     clipnorm,
     clipvalue,
@@ -77,7 +76,6 @@ def prepare_update_case_0(
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_sqrt_one_minus_beta2_pow_t = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
-    b_amsgrad = bool(amsgrad)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -117,7 +115,6 @@ def prepare_update_case_0(
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_amsgrad,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -154,7 +151,6 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_amsgrad,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -169,7 +165,6 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_amsgrad,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -242,7 +237,6 @@ def _update_0(
     b_clipvalue_given_and_is_update,
     b_is_update,
     b_maximize,
-    b_amsgrad,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -345,11 +339,7 @@ def _update_0(
                     )
                     # AMSGrad denominator
                     denom = (
-                        (
-                            c_eps + math.sqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t
-                            if b_amsgrad
-                            else denom
-                        )
+                        c_eps + math.sqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t
                         if b_is_update
                         else denom
                     )
@@ -377,7 +367,6 @@ def prepare_update_case_1(
     beta1,
     beta2,
     eps,
-    amsgrad,
     maximize,
     clipnorm,
     clipvalue,
@@ -421,7 +410,6 @@ def prepare_update_case_1(
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_sqrt_one_minus_beta2_pow_t = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
-    b_amsgrad = bool(amsgrad)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -461,7 +449,6 @@ def prepare_update_case_1(
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_amsgrad,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -470,21 +457,20 @@ def prepare_update_case_1(
 
 @numba.njit(nogil=True, cache=True)
 def addresses_update_case_1(
-    table, i, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema
+    table, i, w, g, exp_avg, exp_avg_sq, grad_accumulator, ema
 ):  # pragma: no cover - compiled
     """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
     table[i, 0] = address(w)
     table[i, 1] = address(g)
     table[i, 2] = address(exp_avg)
     table[i, 3] = address(exp_avg_sq)
-    table[i, 4] = address(max_exp_avg_sq)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
+    table[i, 4] = address(grad_accumulator)
+    table[i, 5] = address(ema)
 
 
 def run_update_case_1(rows, bounds, table, dt, step):
     """The update, where (not amsgrad and weight_decay == 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
-    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema):
+    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, exp_avg, exp_avg_sq, grad_accumulator, ema):
     its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
     on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_1 is True."""
     (
@@ -498,7 +484,6 @@ def run_update_case_1(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_amsgrad,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -513,7 +498,6 @@ def run_update_case_1(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_amsgrad,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -586,7 +570,6 @@ def _update_1(
     b_clipvalue_given_and_is_update,
     b_is_update,
     b_maximize,
-    b_amsgrad,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -624,9 +607,8 @@ def _update_1(
                 g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
                 exp_avg_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
                 exp_avg_sq_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                max_exp_avg_sq_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 6]), hi, dt)[lo:hi]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
                 sumsq_g = (
                     dt(reduce_1_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -640,7 +622,6 @@ def _update_1(
                     g = g_[i_]
                     exp_avg = exp_avg_[i_]
                     exp_avg_sq = exp_avg_sq_[i_]
-                    max_exp_avg_sq = max_exp_avg_sq_[i_] if False else c_zero
                     grad_accumulator = (
                         grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
                     )
@@ -685,16 +666,6 @@ def _update_1(
                         if b_is_update
                         else c_zero
                     )
-                    # AMSGrad denominator
-                    denom = (
-                        (
-                            c_eps + math.sqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t
-                            if b_amsgrad
-                            else denom
-                        )
-                        if b_is_update
-                        else denom
-                    )
                     # parameter update
                     w = w - exp_avg * c_lr / (denom * c_one_minus_beta1_pow_t) if b_is_update else w
                     # EMA of the weights
@@ -719,7 +690,6 @@ def prepare_update_case_2(
     beta2,
     eps,
     weight_decay,
-    amsgrad,
     maximize,
     clipnorm,
     clipvalue,
@@ -764,7 +734,6 @@ def prepare_update_case_2(
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_sqrt_one_minus_beta2_pow_t = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
-    b_amsgrad = bool(amsgrad)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -805,7 +774,6 @@ def prepare_update_case_2(
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_amsgrad,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -842,7 +810,6 @@ def run_update_case_2(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_amsgrad,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -857,7 +824,6 @@ def run_update_case_2(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_amsgrad,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -930,7 +896,6 @@ def _update_2(
     b_clipvalue_given_and_is_update,
     b_is_update,
     b_maximize,
-    b_amsgrad,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -1036,11 +1001,7 @@ def _update_2(
                     )
                     # AMSGrad denominator
                     denom = (
-                        (
-                            c_eps + math.sqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t
-                            if b_amsgrad
-                            else denom
-                        )
+                        c_eps + math.sqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t
                         if b_is_update
                         else denom
                     )
@@ -1069,7 +1030,6 @@ def prepare_update_case_3(
     beta2,
     eps,
     weight_decay,
-    amsgrad,
     maximize,
     clipnorm,
     clipvalue,
@@ -1114,7 +1074,6 @@ def prepare_update_case_3(
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_sqrt_one_minus_beta2_pow_t = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
-    b_amsgrad = bool(amsgrad)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -1155,7 +1114,6 @@ def prepare_update_case_3(
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_amsgrad,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -1164,21 +1122,20 @@ def prepare_update_case_3(
 
 @numba.njit(nogil=True, cache=True)
 def addresses_update_case_3(
-    table, i, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema
+    table, i, w, g, exp_avg, exp_avg_sq, grad_accumulator, ema
 ):  # pragma: no cover - compiled
     """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
     table[i, 0] = address(w)
     table[i, 1] = address(g)
     table[i, 2] = address(exp_avg)
     table[i, 3] = address(exp_avg_sq)
-    table[i, 4] = address(max_exp_avg_sq)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
+    table[i, 4] = address(grad_accumulator)
+    table[i, 5] = address(ema)
 
 
 def run_update_case_3(rows, bounds, table, dt, step):
     """The update, where (not amsgrad and weight_decay != 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
-    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, exp_avg, exp_avg_sq, max_exp_avg_sq, grad_accumulator, ema):
+    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, exp_avg, exp_avg_sq, grad_accumulator, ema):
     its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
     on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_3 is True."""
     (
@@ -1192,7 +1149,6 @@ def run_update_case_3(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_amsgrad,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -1207,7 +1163,6 @@ def run_update_case_3(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_amsgrad,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -1280,7 +1235,6 @@ def _update_3(
     b_clipvalue_given_and_is_update,
     b_is_update,
     b_maximize,
-    b_amsgrad,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -1319,9 +1273,8 @@ def _update_3(
                 g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
                 exp_avg_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
                 exp_avg_sq_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                max_exp_avg_sq_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 6]), hi, dt)[lo:hi]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
                 sumsq_g = (
                     dt(reduce_3_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -1335,7 +1288,6 @@ def _update_3(
                     g = g_[i_]
                     exp_avg = exp_avg_[i_]
                     exp_avg_sq = exp_avg_sq_[i_]
-                    max_exp_avg_sq = max_exp_avg_sq_[i_] if False else c_zero
                     grad_accumulator = (
                         grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
                     )
@@ -1381,16 +1333,6 @@ def _update_3(
                         c_eps + math.sqrt(exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t
                         if b_is_update
                         else c_zero
-                    )
-                    # AMSGrad denominator
-                    denom = (
-                        (
-                            c_eps + math.sqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t
-                            if b_amsgrad
-                            else denom
-                        )
-                        if b_is_update
-                        else denom
                     )
                     # parameter update
                     w = w - exp_avg * c_lr / (denom * c_one_minus_beta1_pow_t) if b_is_update else w

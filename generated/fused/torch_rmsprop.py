@@ -32,7 +32,6 @@ def prepare_update_case_0(
     lr,
     alpha,
     eps,
-    centered,
     maximize,
     clipnorm,
     clipvalue,
@@ -73,7 +72,6 @@ def prepare_update_case_0(
     c_alpha = dt(alpha) if is_update else dt(0)
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_centered = bool(centered)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -109,7 +107,6 @@ def prepare_update_case_0(
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -145,7 +142,6 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -160,7 +156,6 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -233,7 +228,6 @@ def _update_0(
     b_clipvalue_given_and_is_update,
     b_is_update,
     b_maximize,
-    b_centered,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -324,11 +318,7 @@ def _update_0(
                     # denominator
                     denom = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
                     # centered denominator
-                    denom = (
-                        (c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else denom)
-                        if b_is_update
-                        else denom
-                    )
+                    denom = c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_is_update else denom
                     # parameter update
                     w = w - g * c_lr / denom if b_is_update else w
                     # EMA of the weights
@@ -352,7 +342,6 @@ def prepare_update_case_1(
     alpha,
     eps,
     momentum,
-    centered,
     maximize,
     clipnorm,
     clipvalue,
@@ -393,7 +382,6 @@ def prepare_update_case_1(
     c_alpha = dt(alpha) if is_update else dt(0)
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_centered = bool(centered)
     c_momentum = dt(momentum) if is_update else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -431,7 +419,6 @@ def prepare_update_case_1(
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -468,7 +455,6 @@ def run_update_case_1(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -483,7 +469,6 @@ def run_update_case_1(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -556,7 +541,6 @@ def _update_1(
     b_clipvalue_given_and_is_update,
     b_is_update,
     b_maximize,
-    b_centered,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -650,11 +634,7 @@ def _update_1(
                     # denominator
                     denom = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
                     # centered denominator
-                    denom = (
-                        (c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else denom)
-                        if b_is_update
-                        else denom
-                    )
+                    denom = c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_is_update else denom
                     # momentum buffer
                     momentum_buffer = (
                         c_momentum * momentum_buffer + g / denom if b_is_update else momentum_buffer
@@ -682,7 +662,6 @@ def prepare_update_case_2(
     lr,
     alpha,
     eps,
-    centered,
     maximize,
     clipnorm,
     clipvalue,
@@ -723,7 +702,6 @@ def prepare_update_case_2(
     c_alpha = dt(alpha) if is_update else dt(0)
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_centered = bool(centered)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -759,7 +737,6 @@ def prepare_update_case_2(
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -767,21 +744,18 @@ def prepare_update_case_2(
 
 
 @numba.njit(nogil=True, cache=True)
-def addresses_update_case_2(
-    table, i, w, g, square_avg, grad_avg, grad_accumulator, ema
-):  # pragma: no cover - compiled
+def addresses_update_case_2(table, i, w, g, square_avg, grad_accumulator, ema):  # pragma: no cover - compiled
     """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
     table[i, 0] = address(w)
     table[i, 1] = address(g)
     table[i, 2] = address(square_avg)
-    table[i, 3] = address(grad_avg)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
+    table[i, 3] = address(grad_accumulator)
+    table[i, 4] = address(ema)
 
 
 def run_update_case_2(rows, bounds, table, dt, step):
     """The update, where (not centered and momentum == 0 and weight_decay == 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
-    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, square_avg, grad_avg, grad_accumulator, ema):
+    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, square_avg, grad_accumulator, ema):
     its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
     on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_2 is True."""
     (
@@ -795,7 +769,6 @@ def run_update_case_2(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -810,7 +783,6 @@ def run_update_case_2(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -883,7 +855,6 @@ def _update_2(
     b_clipvalue_given_and_is_update,
     b_is_update,
     b_maximize,
-    b_centered,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -917,9 +888,8 @@ def _update_2(
                 w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
                 g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
                 square_avg_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                grad_avg_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
+                ema_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
                 sumsq_g = (
                     dt(reduce_2_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -932,7 +902,6 @@ def _update_2(
                     w = w_[i_]
                     g = g_[i_]
                     square_avg = square_avg_[i_]
-                    grad_avg = grad_avg_[i_] if False else c_zero
                     grad_accumulator = (
                         grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
                     )
@@ -971,12 +940,6 @@ def _update_2(
                     )
                     # denominator
                     denom = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
-                    # centered denominator
-                    denom = (
-                        (c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else denom)
-                        if b_is_update
-                        else denom
-                    )
                     # parameter update
                     w = w - g * c_lr / denom if b_is_update else w
                     # EMA of the weights
@@ -999,7 +962,6 @@ def prepare_update_case_3(
     alpha,
     eps,
     momentum,
-    centered,
     maximize,
     clipnorm,
     clipvalue,
@@ -1040,7 +1002,6 @@ def prepare_update_case_3(
     c_alpha = dt(alpha) if is_update else dt(0)
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_centered = bool(centered)
     c_momentum = dt(momentum) if is_update else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -1078,7 +1039,6 @@ def prepare_update_case_3(
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -1087,21 +1047,20 @@ def prepare_update_case_3(
 
 @numba.njit(nogil=True, cache=True)
 def addresses_update_case_3(
-    table, i, w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema
+    table, i, w, g, square_avg, momentum_buffer, grad_accumulator, ema
 ):  # pragma: no cover - compiled
     """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
     table[i, 0] = address(w)
     table[i, 1] = address(g)
     table[i, 2] = address(square_avg)
-    table[i, 3] = address(grad_avg)
-    table[i, 4] = address(momentum_buffer)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
+    table[i, 3] = address(momentum_buffer)
+    table[i, 4] = address(grad_accumulator)
+    table[i, 5] = address(ema)
 
 
 def run_update_case_3(rows, bounds, table, dt, step):
     """The update, where (not centered and weight_decay == 0 and momentum != 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
-    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema):
+    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, square_avg, momentum_buffer, grad_accumulator, ema):
     its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
     on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_3 is True."""
     (
@@ -1115,7 +1074,6 @@ def run_update_case_3(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -1130,7 +1088,6 @@ def run_update_case_3(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -1203,7 +1160,6 @@ def _update_3(
     b_clipvalue_given_and_is_update,
     b_is_update,
     b_maximize,
-    b_centered,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -1238,10 +1194,9 @@ def _update_3(
                 w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
                 g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
                 square_avg_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                grad_avg_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                momentum_buffer_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 6]), hi, dt)[lo:hi]
+                momentum_buffer_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
                 sumsq_g = (
                     dt(reduce_3_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -1254,7 +1209,6 @@ def _update_3(
                     w = w_[i_]
                     g = g_[i_]
                     square_avg = square_avg_[i_]
-                    grad_avg = grad_avg_[i_] if False else c_zero
                     momentum_buffer = momentum_buffer_[i_]
                     grad_accumulator = (
                         grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -1294,12 +1248,6 @@ def _update_3(
                     )
                     # denominator
                     denom = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
-                    # centered denominator
-                    denom = (
-                        (c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else denom)
-                        if b_is_update
-                        else denom
-                    )
                     # momentum buffer
                     momentum_buffer = (
                         c_momentum * momentum_buffer + g / denom if b_is_update else momentum_buffer
@@ -1327,7 +1275,6 @@ def prepare_update_case_4(
     alpha,
     eps,
     weight_decay,
-    centered,
     maximize,
     clipnorm,
     clipvalue,
@@ -1369,7 +1316,6 @@ def prepare_update_case_4(
     c_alpha = dt(alpha) if is_update else dt(0)
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_centered = bool(centered)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -1406,7 +1352,6 @@ def prepare_update_case_4(
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -1442,7 +1387,6 @@ def run_update_case_4(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -1457,7 +1401,6 @@ def run_update_case_4(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -1530,7 +1473,6 @@ def _update_4(
     b_clipvalue_given_and_is_update,
     b_is_update,
     b_maximize,
-    b_centered,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -1624,11 +1566,7 @@ def _update_4(
                     # denominator
                     denom = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
                     # centered denominator
-                    denom = (
-                        (c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else denom)
-                        if b_is_update
-                        else denom
-                    )
+                    denom = c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_is_update else denom
                     # parameter update
                     w = w - g * c_lr / denom if b_is_update else w
                     # EMA of the weights
@@ -1653,7 +1591,6 @@ def prepare_update_case_5(
     eps,
     weight_decay,
     momentum,
-    centered,
     maximize,
     clipnorm,
     clipvalue,
@@ -1695,7 +1632,6 @@ def prepare_update_case_5(
     c_alpha = dt(alpha) if is_update else dt(0)
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_centered = bool(centered)
     c_momentum = dt(momentum) if is_update else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -1734,7 +1670,6 @@ def prepare_update_case_5(
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -1771,7 +1706,6 @@ def run_update_case_5(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -1786,7 +1720,6 @@ def run_update_case_5(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -1859,7 +1792,6 @@ def _update_5(
     b_clipvalue_given_and_is_update,
     b_is_update,
     b_maximize,
-    b_centered,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -1956,11 +1888,7 @@ def _update_5(
                     # denominator
                     denom = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
                     # centered denominator
-                    denom = (
-                        (c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else denom)
-                        if b_is_update
-                        else denom
-                    )
+                    denom = c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_is_update else denom
                     # momentum buffer
                     momentum_buffer = (
                         c_momentum * momentum_buffer + g / denom if b_is_update else momentum_buffer
@@ -1989,7 +1917,6 @@ def prepare_update_case_6(
     alpha,
     eps,
     weight_decay,
-    centered,
     maximize,
     clipnorm,
     clipvalue,
@@ -2031,7 +1958,6 @@ def prepare_update_case_6(
     c_alpha = dt(alpha) if is_update else dt(0)
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_centered = bool(centered)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -2068,7 +1994,6 @@ def prepare_update_case_6(
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -2076,21 +2001,18 @@ def prepare_update_case_6(
 
 
 @numba.njit(nogil=True, cache=True)
-def addresses_update_case_6(
-    table, i, w, g, square_avg, grad_avg, grad_accumulator, ema
-):  # pragma: no cover - compiled
+def addresses_update_case_6(table, i, w, g, square_avg, grad_accumulator, ema):  # pragma: no cover - compiled
     """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
     table[i, 0] = address(w)
     table[i, 1] = address(g)
     table[i, 2] = address(square_avg)
-    table[i, 3] = address(grad_avg)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
+    table[i, 3] = address(grad_accumulator)
+    table[i, 4] = address(ema)
 
 
 def run_update_case_6(rows, bounds, table, dt, step):
     """The update, where (not centered and momentum == 0 and weight_decay != 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
-    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, square_avg, grad_avg, grad_accumulator, ema):
+    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, square_avg, grad_accumulator, ema):
     its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
     on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_6 is True."""
     (
@@ -2104,7 +2026,6 @@ def run_update_case_6(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -2119,7 +2040,6 @@ def run_update_case_6(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -2192,7 +2112,6 @@ def _update_6(
     b_clipvalue_given_and_is_update,
     b_is_update,
     b_maximize,
-    b_centered,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -2227,9 +2146,8 @@ def _update_6(
                 w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
                 g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
                 square_avg_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                grad_avg_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
+                ema_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
                 sumsq_g = (
                     dt(reduce_6_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -2242,7 +2160,6 @@ def _update_6(
                     w = w_[i_]
                     g = g_[i_]
                     square_avg = square_avg_[i_]
-                    grad_avg = grad_avg_[i_] if False else c_zero
                     grad_accumulator = (
                         grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
                     )
@@ -2283,12 +2200,6 @@ def _update_6(
                     )
                     # denominator
                     denom = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
-                    # centered denominator
-                    denom = (
-                        (c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else denom)
-                        if b_is_update
-                        else denom
-                    )
                     # parameter update
                     w = w - g * c_lr / denom if b_is_update else w
                     # EMA of the weights
@@ -2312,7 +2223,6 @@ def prepare_update_case_7(
     eps,
     weight_decay,
     momentum,
-    centered,
     maximize,
     clipnorm,
     clipvalue,
@@ -2354,7 +2264,6 @@ def prepare_update_case_7(
     c_alpha = dt(alpha) if is_update else dt(0)
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_centered = bool(centered)
     c_momentum = dt(momentum) if is_update else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -2393,7 +2302,6 @@ def prepare_update_case_7(
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -2402,21 +2310,20 @@ def prepare_update_case_7(
 
 @numba.njit(nogil=True, cache=True)
 def addresses_update_case_7(
-    table, i, w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema
+    table, i, w, g, square_avg, momentum_buffer, grad_accumulator, ema
 ):  # pragma: no cover - compiled
     """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
     table[i, 0] = address(w)
     table[i, 1] = address(g)
     table[i, 2] = address(square_avg)
-    table[i, 3] = address(grad_avg)
-    table[i, 4] = address(momentum_buffer)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
+    table[i, 3] = address(momentum_buffer)
+    table[i, 4] = address(grad_accumulator)
+    table[i, 5] = address(ema)
 
 
 def run_update_case_7(rows, bounds, table, dt, step):
     """The update, where (not centered and momentum != 0 and weight_decay != 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
-    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema):
+    (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, square_avg, momentum_buffer, grad_accumulator, ema):
     its per-tensor values, then every element; in one kernel call, the rows ``bounds[i]`` to ``bounds[i + 1]``
     on thread ``i``, in dtype ``dt``. A row is a whole tensor unless split_update_case_7 is True."""
     (
@@ -2430,7 +2337,6 @@ def run_update_case_7(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
         k_,
@@ -2445,7 +2351,6 @@ def run_update_case_7(rows, bounds, table, dt, step):
         b_clipvalue_given_and_is_update,
         b_is_update,
         b_maximize,
-        b_centered,
         b_use_ema,
         b_ema_overwrite_and_use_ema,
     )(rows, bounds, table, k_)
@@ -2518,7 +2423,6 @@ def _update_7(
     b_clipvalue_given_and_is_update,
     b_is_update,
     b_maximize,
-    b_centered,
     b_use_ema,
     b_ema_overwrite_and_use_ema,
 ):
@@ -2554,10 +2458,9 @@ def _update_7(
                 w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
                 g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
                 square_avg_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                grad_avg_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                momentum_buffer_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 6]), hi, dt)[lo:hi]
+                momentum_buffer_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
                 sumsq_g = (
                     dt(reduce_7_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -2570,7 +2473,6 @@ def _update_7(
                     w = w_[i_]
                     g = g_[i_]
                     square_avg = square_avg_[i_]
-                    grad_avg = grad_avg_[i_] if False else c_zero
                     momentum_buffer = momentum_buffer_[i_]
                     grad_accumulator = (
                         grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -2612,12 +2514,6 @@ def _update_7(
                     )
                     # denominator
                     denom = c_eps + math.sqrt(square_avg) if b_is_update else c_zero
-                    # centered denominator
-                    denom = (
-                        (c_eps + math.sqrt(square_avg - (grad_avg * grad_avg)) if b_centered else denom)
-                        if b_is_update
-                        else denom
-                    )
                     # momentum buffer
                     momentum_buffer = (
                         c_momentum * momentum_buffer + g / denom if b_is_update else momentum_buffer

@@ -193,9 +193,9 @@ def optax_radam(
                 # maximum length of the simple moving average
                 rho_inf = 2 / tmp1 - 1
                 tmp2 = b2 ** jax_support.as_float(t)
-                tmp3 = 1 / (1 - tmp2)
+                tmp3 = 1 - tmp2
                 # length of the simple moving average
-                rho = rho_inf - 2 * tmp2 * tmp3 * jax_support.as_float(t)
+                rho = rho_inf - 2 * tmp2 * jax_support.as_float(t) / tmp3
                 # rectification
                 r = jnp.where(
                     rho >= threshold,
@@ -219,7 +219,7 @@ def optax_radam(
                         1 - b1 ** jax_support.as_float(t)
                     )
                     # bias correction
-                    nu_hat = nu * tmp3
+                    nu_hat = nu / tmp3
                     # parameter update
                     update = -lr * jnp.where(
                         rho >= threshold, mu_hat * r / (eps + jnp.sqrt(eps_root + nu_hat)), mu_hat
@@ -237,9 +237,9 @@ def optax_radam(
                 # maximum length of the simple moving average
                 rho_inf = 2 / tmp4 - 1
                 tmp5 = b2 ** jax_support.as_float(t)
-                tmp6 = 1 / (1 - tmp5)
+                tmp6 = 1 - tmp5
                 # length of the simple moving average
-                rho = rho_inf - 2 * tmp5 * tmp6 * jax_support.as_float(t)
+                rho = rho_inf - 2 * tmp5 * jax_support.as_float(t) / tmp6
                 # rectification
                 r = jnp.where(
                     rho >= threshold,
@@ -259,7 +259,7 @@ def optax_radam(
                     nu = b2 * nu + g**2 * tmp4
                     # bias correction
                     mu_hat = mu / (1 - b1 ** jax_support.as_float(t))
-                    nu_hat = nu * tmp6
+                    nu_hat = nu / tmp6
                     # parameter update
                     update = -lr * jnp.where(
                         rho >= threshold, mu_hat * r / (eps + jnp.sqrt(eps_root + nu_hat)), mu_hat

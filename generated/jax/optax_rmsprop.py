@@ -212,6 +212,7 @@ def optax_rmsprop(
             t = n + 1
             if momentum is not None and bias_correction and centered and eps_in_sqrt and nesterov:
                 tmp0 = 1 - decay
+                tmp1 = 1 - decay ** jax_support.as_float(t)
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
                     _grads,
@@ -225,18 +226,18 @@ def optax_rmsprop(
                     # first moment
                     mu = decay * mu + g * tmp0
                     # bias correction
-                    v = nu / (1 - decay ** jax_support.as_float(t))
+                    v = nu / tmp1
                     # first moment
-                    mu_hat = mu / (1 - decay ** jax_support.as_float(t)) if bias_correction else mu
+                    mu_hat = mu / tmp1
                     # variance
                     v = v - mu_hat**2
                     # scaled gradient
                     u = g / jnp.sqrt(eps + v)
-                    tmp1 = lr * u
+                    tmp2 = lr * u
                     # trace
-                    trace = momentum * trace + tmp1
+                    trace = momentum * trace + tmp2
                     # Nesterov update
-                    update = -momentum * trace - tmp1
+                    update = -momentum * trace - tmp2
                     updates.append(update)
                     new_nu.append(nu)
                     new_mu.append(mu)
@@ -252,7 +253,8 @@ def optax_rmsprop(
                     else None,
                 }
             elif momentum is not None and bias_correction and centered and eps_in_sqrt and not nesterov:
-                tmp2 = 1 - decay
+                tmp3 = 1 - decay
+                tmp4 = 1 - decay ** jax_support.as_float(t)
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
                     _grads,
@@ -262,13 +264,13 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["trace"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp2
+                    nu = decay * nu + g**2 * tmp3
                     # first moment
-                    mu = decay * mu + g * tmp2
+                    mu = decay * mu + g * tmp3
                     # bias correction
-                    v = nu / (1 - decay ** jax_support.as_float(t))
+                    v = nu / tmp4
                     # first moment
-                    mu_hat = mu / (1 - decay ** jax_support.as_float(t)) if bias_correction else mu
+                    mu_hat = mu / tmp4
                     # variance
                     v = v - mu_hat**2
                     # scaled gradient
@@ -292,7 +294,8 @@ def optax_rmsprop(
                     else None,
                 }
             elif bias_correction and centered and eps_in_sqrt:
-                tmp3 = 1 - decay
+                tmp5 = 1 - decay
+                tmp6 = 1 - decay ** jax_support.as_float(t)
                 updates, new_nu, new_mu = [], [], []
                 for g, w, nu, mu in zip(
                     _grads,
@@ -301,13 +304,13 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["mu"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp3
+                    nu = decay * nu + g**2 * tmp5
                     # first moment
-                    mu = decay * mu + g * tmp3
+                    mu = decay * mu + g * tmp5
                     # bias correction
-                    v = nu / (1 - decay ** jax_support.as_float(t))
+                    v = nu / tmp6
                     # first moment
-                    mu_hat = mu / (1 - decay ** jax_support.as_float(t)) if bias_correction else mu
+                    mu_hat = mu / tmp6
                     # variance
                     v = v - mu_hat**2
                     # scaled gradient
@@ -325,7 +328,8 @@ def optax_rmsprop(
                     else None,
                 }
             elif momentum is not None and bias_correction and centered and nesterov and not eps_in_sqrt:
-                tmp4 = 1 - decay
+                tmp7 = 1 - decay
+                tmp8 = 1 - decay ** jax_support.as_float(t)
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
                     _grads,
@@ -335,22 +339,22 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["trace"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp4
+                    nu = decay * nu + g**2 * tmp7
                     # first moment
-                    mu = decay * mu + g * tmp4
+                    mu = decay * mu + g * tmp7
                     # bias correction
-                    v = nu / (1 - decay ** jax_support.as_float(t))
+                    v = nu / tmp8
                     # first moment
-                    mu_hat = mu / (1 - decay ** jax_support.as_float(t)) if bias_correction else mu
+                    mu_hat = mu / tmp8
                     # variance
                     v = v - mu_hat**2
                     # epsilon outside the root
                     u = g / (eps + jnp.sqrt(v))
-                    tmp5 = lr * u
+                    tmp9 = lr * u
                     # trace
-                    trace = momentum * trace + tmp5
+                    trace = momentum * trace + tmp9
                     # Nesterov update
-                    update = -momentum * trace - tmp5
+                    update = -momentum * trace - tmp9
                     updates.append(update)
                     new_nu.append(nu)
                     new_mu.append(mu)
@@ -366,7 +370,8 @@ def optax_rmsprop(
                     else None,
                 }
             elif momentum is not None and bias_correction and centered and not eps_in_sqrt and not nesterov:
-                tmp6 = 1 - decay
+                tmp10 = 1 - decay
+                tmp11 = 1 - decay ** jax_support.as_float(t)
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
                     _grads,
@@ -376,13 +381,13 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["trace"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp6
+                    nu = decay * nu + g**2 * tmp10
                     # first moment
-                    mu = decay * mu + g * tmp6
+                    mu = decay * mu + g * tmp10
                     # bias correction
-                    v = nu / (1 - decay ** jax_support.as_float(t))
+                    v = nu / tmp11
                     # first moment
-                    mu_hat = mu / (1 - decay ** jax_support.as_float(t)) if bias_correction else mu
+                    mu_hat = mu / tmp11
                     # variance
                     v = v - mu_hat**2
                     # epsilon outside the root
@@ -406,7 +411,8 @@ def optax_rmsprop(
                     else None,
                 }
             elif bias_correction and centered:
-                tmp7 = 1 - decay
+                tmp12 = 1 - decay
+                tmp13 = 1 - decay ** jax_support.as_float(t)
                 updates, new_nu, new_mu = [], [], []
                 for g, w, nu, mu in zip(
                     _grads,
@@ -415,13 +421,13 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["mu"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp7
+                    nu = decay * nu + g**2 * tmp12
                     # first moment
-                    mu = decay * mu + g * tmp7
+                    mu = decay * mu + g * tmp12
                     # bias correction
-                    v = nu / (1 - decay ** jax_support.as_float(t))
+                    v = nu / tmp13
                     # first moment
-                    mu_hat = mu / (1 - decay ** jax_support.as_float(t)) if bias_correction else mu
+                    mu_hat = mu / tmp13
                     # variance
                     v = v - mu_hat**2
                     # epsilon outside the root
@@ -439,7 +445,7 @@ def optax_rmsprop(
                     else None,
                 }
             elif momentum is not None and centered and eps_in_sqrt and nesterov and not bias_correction:
-                tmp8 = 1 - decay
+                tmp14 = 1 - decay
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
                     _grads,
@@ -449,22 +455,22 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["trace"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp8
+                    nu = decay * nu + g**2 * tmp14
                     # first moment
-                    mu = decay * mu + g * tmp8
+                    mu = decay * mu + g * tmp14
                     # second moment in the denominator
                     v = nu
                     # first moment
-                    mu_hat = mu / (1 - decay ** jax_support.as_float(t)) if bias_correction else mu
+                    mu_hat = mu
                     # variance
                     v = v - mu_hat**2
                     # scaled gradient
                     u = g / jnp.sqrt(eps + v)
-                    tmp9 = lr * u
+                    tmp15 = lr * u
                     # trace
-                    trace = momentum * trace + tmp9
+                    trace = momentum * trace + tmp15
                     # Nesterov update
-                    update = -momentum * trace - tmp9
+                    update = -momentum * trace - tmp15
                     updates.append(update)
                     new_nu.append(nu)
                     new_mu.append(mu)
@@ -480,7 +486,7 @@ def optax_rmsprop(
                     else None,
                 }
             elif momentum is not None and centered and eps_in_sqrt and not bias_correction and not nesterov:
-                tmp10 = 1 - decay
+                tmp16 = 1 - decay
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
                     _grads,
@@ -490,13 +496,13 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["trace"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp10
+                    nu = decay * nu + g**2 * tmp16
                     # first moment
-                    mu = decay * mu + g * tmp10
+                    mu = decay * mu + g * tmp16
                     # second moment in the denominator
                     v = nu
                     # first moment
-                    mu_hat = mu / (1 - decay ** jax_support.as_float(t)) if bias_correction else mu
+                    mu_hat = mu
                     # variance
                     v = v - mu_hat**2
                     # scaled gradient
@@ -520,7 +526,7 @@ def optax_rmsprop(
                     else None,
                 }
             elif centered and eps_in_sqrt:
-                tmp11 = 1 - decay
+                tmp17 = 1 - decay
                 updates, new_nu, new_mu = [], [], []
                 for g, w, nu, mu in zip(
                     _grads,
@@ -529,13 +535,13 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["mu"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp11
+                    nu = decay * nu + g**2 * tmp17
                     # first moment
-                    mu = decay * mu + g * tmp11
+                    mu = decay * mu + g * tmp17
                     # second moment in the denominator
                     v = nu
                     # first moment
-                    mu_hat = mu / (1 - decay ** jax_support.as_float(t)) if bias_correction else mu
+                    mu_hat = mu
                     # variance
                     v = v - mu_hat**2
                     # scaled gradient
@@ -553,7 +559,7 @@ def optax_rmsprop(
                     else None,
                 }
             elif momentum is not None and centered and nesterov and not bias_correction and not eps_in_sqrt:
-                tmp12 = 1 - decay
+                tmp18 = 1 - decay
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
                     _grads,
@@ -563,22 +569,22 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["trace"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp12
+                    nu = decay * nu + g**2 * tmp18
                     # first moment
-                    mu = decay * mu + g * tmp12
+                    mu = decay * mu + g * tmp18
                     # second moment in the denominator
                     v = nu
                     # first moment
-                    mu_hat = mu / (1 - decay ** jax_support.as_float(t)) if bias_correction else mu
+                    mu_hat = mu
                     # variance
                     v = v - mu_hat**2
                     # epsilon outside the root
                     u = g / (eps + jnp.sqrt(v))
-                    tmp13 = lr * u
+                    tmp19 = lr * u
                     # trace
-                    trace = momentum * trace + tmp13
+                    trace = momentum * trace + tmp19
                     # Nesterov update
-                    update = -momentum * trace - tmp13
+                    update = -momentum * trace - tmp19
                     updates.append(update)
                     new_nu.append(nu)
                     new_mu.append(mu)
@@ -596,7 +602,7 @@ def optax_rmsprop(
             elif (
                 momentum is not None and centered and not bias_correction and not eps_in_sqrt and not nesterov
             ):
-                tmp14 = 1 - decay
+                tmp20 = 1 - decay
                 updates, new_nu, new_mu, new_trace = [], [], [], []
                 for g, w, nu, mu, trace in zip(
                     _grads,
@@ -606,13 +612,13 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["trace"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp14
+                    nu = decay * nu + g**2 * tmp20
                     # first moment
-                    mu = decay * mu + g * tmp14
+                    mu = decay * mu + g * tmp20
                     # second moment in the denominator
                     v = nu
                     # first moment
-                    mu_hat = mu / (1 - decay ** jax_support.as_float(t)) if bias_correction else mu
+                    mu_hat = mu
                     # variance
                     v = v - mu_hat**2
                     # epsilon outside the root
@@ -636,7 +642,7 @@ def optax_rmsprop(
                     else None,
                 }
             elif centered:
-                tmp15 = 1 - decay
+                tmp21 = 1 - decay
                 updates, new_nu, new_mu = [], [], []
                 for g, w, nu, mu in zip(
                     _grads,
@@ -645,13 +651,13 @@ def optax_rmsprop(
                     jax_support.leaves(treedef, _rs["mu"]),
                 ):
                     # second moment
-                    nu = decay * nu + g**2 * tmp15
+                    nu = decay * nu + g**2 * tmp21
                     # first moment
-                    mu = decay * mu + g * tmp15
+                    mu = decay * mu + g * tmp21
                     # second moment in the denominator
                     v = nu
                     # first moment
-                    mu_hat = mu / (1 - decay ** jax_support.as_float(t)) if bias_correction else mu
+                    mu_hat = mu
                     # variance
                     v = v - mu_hat**2
                     # epsilon outside the root
@@ -682,11 +688,11 @@ def optax_rmsprop(
                     v = nu / (1 - decay ** jax_support.as_float(t))
                     # scaled gradient
                     u = g / jnp.sqrt(eps + v)
-                    tmp16 = lr * u
+                    tmp22 = lr * u
                     # trace
-                    trace = momentum * trace + tmp16
+                    trace = momentum * trace + tmp22
                     # Nesterov update
-                    update = -momentum * trace - tmp16
+                    update = -momentum * trace - tmp22
                     updates.append(update)
                     new_nu.append(nu)
                     new_trace.append(trace)
@@ -756,11 +762,11 @@ def optax_rmsprop(
                     v = nu / (1 - decay ** jax_support.as_float(t))
                     # epsilon outside the root
                     u = g / (eps + jnp.sqrt(v))
-                    tmp17 = lr * u
+                    tmp23 = lr * u
                     # trace
-                    trace = momentum * trace + tmp17
+                    trace = momentum * trace + tmp23
                     # Nesterov update
-                    update = -momentum * trace - tmp17
+                    update = -momentum * trace - tmp23
                     updates.append(update)
                     new_nu.append(nu)
                     new_trace.append(trace)
@@ -832,11 +838,11 @@ def optax_rmsprop(
                     v = nu
                     # scaled gradient
                     u = g / jnp.sqrt(eps + v)
-                    tmp18 = lr * u
+                    tmp24 = lr * u
                     # trace
-                    trace = momentum * trace + tmp18
+                    trace = momentum * trace + tmp24
                     # Nesterov update
-                    update = -momentum * trace - tmp18
+                    update = -momentum * trace - tmp24
                     updates.append(update)
                     new_nu.append(nu)
                     new_trace.append(trace)
@@ -910,11 +916,11 @@ def optax_rmsprop(
                     v = nu
                     # epsilon outside the root
                     u = g / (eps + jnp.sqrt(v))
-                    tmp19 = lr * u
+                    tmp25 = lr * u
                     # trace
-                    trace = momentum * trace + tmp19
+                    trace = momentum * trace + tmp25
                     # Nesterov update
-                    update = -momentum * trace - tmp19
+                    update = -momentum * trace - tmp25
                     updates.append(update)
                     new_nu.append(nu)
                     new_trace.append(trace)

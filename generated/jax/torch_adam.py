@@ -210,13 +210,8 @@ def torch_adam(
                     exp_avg_sq = beta2 * exp_avg_sq + g**2 * (1 - beta2)
                     # AMSGrad maximum
                     max_exp_avg_sq = jnp.maximum(exp_avg_sq, max_exp_avg_sq)
-                    # denominator
-                    denom = eps + jnp.sqrt(exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t))
                     # AMSGrad denominator
-                    if amsgrad:
-                        denom = eps + jnp.sqrt(max_exp_avg_sq) / jnp.sqrt(
-                            1 - beta2 ** jax_support.as_float(t)
-                        )
+                    denom = eps + jnp.sqrt(max_exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t))
                     # parameter update
                     update = -exp_avg * lr / (denom * (1 - beta1 ** jax_support.as_float(t)))
                     updates.append(update)
@@ -234,13 +229,12 @@ def torch_adam(
                     else None,
                 }
             elif jax_support.zero(weight_decay):
-                updates, new_exp_avg, new_exp_avg_sq, new_max_exp_avg_sq = [], [], [], []
-                for g, w, exp_avg, exp_avg_sq, max_exp_avg_sq in zip(
+                updates, new_exp_avg, new_exp_avg_sq = [], [], []
+                for g, w, exp_avg, exp_avg_sq in zip(
                     _grads,
                     _params,
                     jax_support.leaves(treedef, _rs["exp_avg"]),
                     jax_support.leaves(treedef, _rs["exp_avg_sq"]),
-                    jax_support.leaves(treedef, _rs["max_exp_avg_sq"]),
                 ):
                     # maximize
                     if maximize:
@@ -251,26 +245,15 @@ def torch_adam(
                     exp_avg_sq = beta2 * exp_avg_sq + g**2 * (1 - beta2)
                     # denominator
                     denom = eps + jnp.sqrt(exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t))
-                    # AMSGrad denominator
-                    if amsgrad:
-                        denom = eps + jnp.sqrt(max_exp_avg_sq) / jnp.sqrt(
-                            1 - beta2 ** jax_support.as_float(t)
-                        )
                     # parameter update
                     update = -exp_avg * lr / (denom * (1 - beta1 ** jax_support.as_float(t)))
                     updates.append(update)
                     new_exp_avg.append(exp_avg)
                     new_exp_avg_sq.append(exp_avg_sq)
-                    new_max_exp_avg_sq.append(max_exp_avg_sq)
                 return updates, {
                     **_rs,
                     "exp_avg": jax_support.like(treedef.unflatten(new_exp_avg), _rs["exp_avg"]),
                     "exp_avg_sq": jax_support.like(treedef.unflatten(new_exp_avg_sq), _rs["exp_avg_sq"]),
-                    "max_exp_avg_sq": jax_support.like(
-                        treedef.unflatten(new_max_exp_avg_sq), _rs["max_exp_avg_sq"]
-                    )
-                    if _rs["max_exp_avg_sq"] is not None
-                    else None,
                 }
             elif amsgrad:
                 updates, new_exp_avg, new_exp_avg_sq, new_max_exp_avg_sq = [], [], [], []
@@ -292,13 +275,8 @@ def torch_adam(
                     exp_avg_sq = beta2 * exp_avg_sq + g**2 * (1 - beta2)
                     # AMSGrad maximum
                     max_exp_avg_sq = jnp.maximum(exp_avg_sq, max_exp_avg_sq)
-                    # denominator
-                    denom = eps + jnp.sqrt(exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t))
                     # AMSGrad denominator
-                    if amsgrad:
-                        denom = eps + jnp.sqrt(max_exp_avg_sq) / jnp.sqrt(
-                            1 - beta2 ** jax_support.as_float(t)
-                        )
+                    denom = eps + jnp.sqrt(max_exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t))
                     # parameter update
                     update = -exp_avg * lr / (denom * (1 - beta1 ** jax_support.as_float(t)))
                     updates.append(update)
@@ -316,13 +294,12 @@ def torch_adam(
                     else None,
                 }
             else:
-                updates, new_exp_avg, new_exp_avg_sq, new_max_exp_avg_sq = [], [], [], []
-                for g, w, exp_avg, exp_avg_sq, max_exp_avg_sq in zip(
+                updates, new_exp_avg, new_exp_avg_sq = [], [], []
+                for g, w, exp_avg, exp_avg_sq in zip(
                     _grads,
                     _params,
                     jax_support.leaves(treedef, _rs["exp_avg"]),
                     jax_support.leaves(treedef, _rs["exp_avg_sq"]),
-                    jax_support.leaves(treedef, _rs["max_exp_avg_sq"]),
                 ):
                     # maximize
                     if maximize:
@@ -335,26 +312,15 @@ def torch_adam(
                     exp_avg_sq = beta2 * exp_avg_sq + g**2 * (1 - beta2)
                     # denominator
                     denom = eps + jnp.sqrt(exp_avg_sq) / jnp.sqrt(1 - beta2 ** jax_support.as_float(t))
-                    # AMSGrad denominator
-                    if amsgrad:
-                        denom = eps + jnp.sqrt(max_exp_avg_sq) / jnp.sqrt(
-                            1 - beta2 ** jax_support.as_float(t)
-                        )
                     # parameter update
                     update = -exp_avg * lr / (denom * (1 - beta1 ** jax_support.as_float(t)))
                     updates.append(update)
                     new_exp_avg.append(exp_avg)
                     new_exp_avg_sq.append(exp_avg_sq)
-                    new_max_exp_avg_sq.append(max_exp_avg_sq)
                 return updates, {
                     **_rs,
                     "exp_avg": jax_support.like(treedef.unflatten(new_exp_avg), _rs["exp_avg"]),
                     "exp_avg_sq": jax_support.like(treedef.unflatten(new_exp_avg_sq), _rs["exp_avg_sq"]),
-                    "max_exp_avg_sq": jax_support.like(
-                        treedef.unflatten(new_max_exp_avg_sq), _rs["max_exp_avg_sq"]
-                    )
-                    if _rs["max_exp_avg_sq"] is not None
-                    else None,
                 }
 
         updates, _rs = call.run(

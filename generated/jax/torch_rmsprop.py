@@ -210,11 +210,8 @@ def torch_rmsprop(
                     square_avg = alpha * square_avg + g**2 * tmp0
                     # mean gradient
                     grad_avg = grad_avg + tmp0 * (g - grad_avg)
-                    # denominator
-                    denom = eps + jnp.sqrt(square_avg)
                     # centered denominator
-                    if centered:
-                        denom = eps + jnp.sqrt(square_avg - grad_avg**2)
+                    denom = eps + jnp.sqrt(square_avg - grad_avg**2)
                     # parameter update
                     update = -g * lr / denom
                     updates.append(update)
@@ -244,11 +241,8 @@ def torch_rmsprop(
                     square_avg = alpha * square_avg + g**2 * tmp1
                     # mean gradient
                     grad_avg = grad_avg + tmp1 * (g - grad_avg)
-                    # denominator
-                    denom = eps + jnp.sqrt(square_avg)
                     # centered denominator
-                    if centered:
-                        denom = eps + jnp.sqrt(square_avg - grad_avg**2)
+                    denom = eps + jnp.sqrt(square_avg - grad_avg**2)
                     # momentum buffer
                     momentum_buffer = momentum * momentum_buffer + g / denom
                     # momentum update
@@ -270,13 +264,8 @@ def torch_rmsprop(
                     else None,
                 }
             elif jax_support.zero(momentum) and jax_support.zero(weight_decay):
-                updates, new_square_avg, new_grad_avg = [], [], []
-                for g, w, square_avg, grad_avg in zip(
-                    _grads,
-                    _params,
-                    jax_support.leaves(treedef, _rs["square_avg"]),
-                    jax_support.leaves(treedef, _rs["grad_avg"]),
-                ):
+                updates, new_square_avg = [], []
+                for g, w, square_avg in zip(_grads, _params, jax_support.leaves(treedef, _rs["square_avg"])):
                     # maximize
                     if maximize:
                         g = -g
@@ -284,28 +273,20 @@ def torch_rmsprop(
                     square_avg = alpha * square_avg + g**2 * (1 - alpha)
                     # denominator
                     denom = eps + jnp.sqrt(square_avg)
-                    # centered denominator
-                    if centered:
-                        denom = eps + jnp.sqrt(square_avg - grad_avg**2)
                     # parameter update
                     update = -g * lr / denom
                     updates.append(update)
                     new_square_avg.append(square_avg)
-                    new_grad_avg.append(grad_avg)
                 return updates, {
                     **_rs,
                     "square_avg": jax_support.like(treedef.unflatten(new_square_avg), _rs["square_avg"]),
-                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), _rs["grad_avg"])
-                    if _rs["grad_avg"] is not None
-                    else None,
                 }
             elif jax_support.zero(weight_decay):
-                updates, new_square_avg, new_grad_avg, new_momentum_buffer = [], [], [], []
-                for g, w, square_avg, grad_avg, momentum_buffer in zip(
+                updates, new_square_avg, new_momentum_buffer = [], [], []
+                for g, w, square_avg, momentum_buffer in zip(
                     _grads,
                     _params,
                     jax_support.leaves(treedef, _rs["square_avg"]),
-                    jax_support.leaves(treedef, _rs["grad_avg"]),
                     jax_support.leaves(treedef, _rs["momentum_buffer"]),
                 ):
                     # maximize
@@ -315,23 +296,16 @@ def torch_rmsprop(
                     square_avg = alpha * square_avg + g**2 * (1 - alpha)
                     # denominator
                     denom = eps + jnp.sqrt(square_avg)
-                    # centered denominator
-                    if centered:
-                        denom = eps + jnp.sqrt(square_avg - grad_avg**2)
                     # momentum buffer
                     momentum_buffer = momentum * momentum_buffer + g / denom
                     # momentum update
                     update = -lr * momentum_buffer
                     updates.append(update)
                     new_square_avg.append(square_avg)
-                    new_grad_avg.append(grad_avg)
                     new_momentum_buffer.append(momentum_buffer)
                 return updates, {
                     **_rs,
                     "square_avg": jax_support.like(treedef.unflatten(new_square_avg), _rs["square_avg"]),
-                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), _rs["grad_avg"])
-                    if _rs["grad_avg"] is not None
-                    else None,
                     "momentum_buffer": jax_support.like(
                         treedef.unflatten(new_momentum_buffer), _rs["momentum_buffer"]
                     )
@@ -356,11 +330,8 @@ def torch_rmsprop(
                     square_avg = alpha * square_avg + g**2 * tmp2
                     # mean gradient
                     grad_avg = grad_avg + tmp2 * (g - grad_avg)
-                    # denominator
-                    denom = eps + jnp.sqrt(square_avg)
                     # centered denominator
-                    if centered:
-                        denom = eps + jnp.sqrt(square_avg - grad_avg**2)
+                    denom = eps + jnp.sqrt(square_avg - grad_avg**2)
                     # parameter update
                     update = -g * lr / denom
                     updates.append(update)
@@ -392,11 +363,8 @@ def torch_rmsprop(
                     square_avg = alpha * square_avg + g**2 * tmp3
                     # mean gradient
                     grad_avg = grad_avg + tmp3 * (g - grad_avg)
-                    # denominator
-                    denom = eps + jnp.sqrt(square_avg)
                     # centered denominator
-                    if centered:
-                        denom = eps + jnp.sqrt(square_avg - grad_avg**2)
+                    denom = eps + jnp.sqrt(square_avg - grad_avg**2)
                     # momentum buffer
                     momentum_buffer = momentum * momentum_buffer + g / denom
                     # momentum update
@@ -418,13 +386,8 @@ def torch_rmsprop(
                     else None,
                 }
             elif jax_support.zero(momentum):
-                updates, new_square_avg, new_grad_avg = [], [], []
-                for g, w, square_avg, grad_avg in zip(
-                    _grads,
-                    _params,
-                    jax_support.leaves(treedef, _rs["square_avg"]),
-                    jax_support.leaves(treedef, _rs["grad_avg"]),
-                ):
+                updates, new_square_avg = [], []
+                for g, w, square_avg in zip(_grads, _params, jax_support.leaves(treedef, _rs["square_avg"])):
                     # maximize
                     if maximize:
                         g = -g
@@ -434,28 +397,20 @@ def torch_rmsprop(
                     square_avg = alpha * square_avg + g**2 * (1 - alpha)
                     # denominator
                     denom = eps + jnp.sqrt(square_avg)
-                    # centered denominator
-                    if centered:
-                        denom = eps + jnp.sqrt(square_avg - grad_avg**2)
                     # parameter update
                     update = -g * lr / denom
                     updates.append(update)
                     new_square_avg.append(square_avg)
-                    new_grad_avg.append(grad_avg)
                 return updates, {
                     **_rs,
                     "square_avg": jax_support.like(treedef.unflatten(new_square_avg), _rs["square_avg"]),
-                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), _rs["grad_avg"])
-                    if _rs["grad_avg"] is not None
-                    else None,
                 }
             else:
-                updates, new_square_avg, new_grad_avg, new_momentum_buffer = [], [], [], []
-                for g, w, square_avg, grad_avg, momentum_buffer in zip(
+                updates, new_square_avg, new_momentum_buffer = [], [], []
+                for g, w, square_avg, momentum_buffer in zip(
                     _grads,
                     _params,
                     jax_support.leaves(treedef, _rs["square_avg"]),
-                    jax_support.leaves(treedef, _rs["grad_avg"]),
                     jax_support.leaves(treedef, _rs["momentum_buffer"]),
                 ):
                     # maximize
@@ -467,23 +422,16 @@ def torch_rmsprop(
                     square_avg = alpha * square_avg + g**2 * (1 - alpha)
                     # denominator
                     denom = eps + jnp.sqrt(square_avg)
-                    # centered denominator
-                    if centered:
-                        denom = eps + jnp.sqrt(square_avg - grad_avg**2)
                     # momentum buffer
                     momentum_buffer = momentum * momentum_buffer + g / denom
                     # momentum update
                     update = -lr * momentum_buffer
                     updates.append(update)
                     new_square_avg.append(square_avg)
-                    new_grad_avg.append(grad_avg)
                     new_momentum_buffer.append(momentum_buffer)
                 return updates, {
                     **_rs,
                     "square_avg": jax_support.like(treedef.unflatten(new_square_avg), _rs["square_avg"]),
-                    "grad_avg": jax_support.like(treedef.unflatten(new_grad_avg), _rs["grad_avg"])
-                    if _rs["grad_avg"] is not None
-                    else None,
                     "momentum_buffer": jax_support.like(
                         treedef.unflatten(new_momentum_buffer), _rs["momentum_buffer"]
                     )

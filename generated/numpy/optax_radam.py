@@ -216,9 +216,9 @@ class OptaxRadam:
             # maximum length of the simple moving average
             rho_inf = 2 / tmp1 - 1
             tmp2 = b2**t
-            tmp3 = 1 / (1 - tmp2)
+            tmp3 = 1 - tmp2
             # length of the simple moving average
-            rho = rho_inf - 2 * t * tmp2 * tmp3
+            rho = rho_inf - 2 * t * tmp2 / tmp3
             # rectification
             r = (
                 math.sqrt(rho_inf * (rho - 4) * (rho - 2) / (rho * (rho_inf - 4) * (rho_inf - 2)))
@@ -259,7 +259,7 @@ class OptaxRadam:
                 np.divide(tmp0, 1 - b1**t, out=_s3)
                 mu_hat = np.add(_s1, _s3, out=_s2)
                 # bias correction
-                nu_hat = np.multiply(nu, tmp3, out=_s3)
+                nu_hat = np.divide(nu, tmp3, out=_s3)
                 # parameter update
                 if rho >= threshold:
                     np.multiply(lr, mu_hat, out=_s1)
@@ -277,9 +277,9 @@ class OptaxRadam:
             # maximum length of the simple moving average
             rho_inf = 2 / tmp4 - 1
             tmp5 = b2**t
-            tmp6 = 1 / (1 - tmp5)
+            tmp6 = 1 - tmp5
             # length of the simple moving average
-            rho = rho_inf - 2 * t * tmp5 * tmp6
+            rho = rho_inf - 2 * t * tmp5 / tmp6
             # rectification
             r = (
                 math.sqrt(rho_inf * (rho - 4) * (rho - 2) / (rho * (rho_inf - 4) * (rho_inf - 2)))
@@ -315,7 +315,7 @@ class OptaxRadam:
                 np.add(_s1, _s0, out=nu)
                 # bias correction
                 mu_hat = np.divide(mu, 1 - b1**t, out=_s0)
-                nu_hat = np.multiply(nu, tmp6, out=_s1)
+                nu_hat = np.divide(nu, tmp6, out=_s1)
                 # parameter update
                 if rho >= threshold:
                     np.multiply(lr, mu_hat, out=_s2)

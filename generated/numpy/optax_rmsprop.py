@@ -250,9 +250,8 @@ class OptaxRmsprop:
         bias_correction = self.bias_correction
         if momentum is not None and bias_correction and centered and eps_in_sqrt and nesterov:
             tmp0 = 1 - decay
-            for key, w, g in call.tensors(
-                0, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
+            tmp1 = 1 - decay**t
+            for key, w, g in call.tensors(0, {"decay": decay, "eps": eps, "momentum": momentum}):
                 nu = state.nu[key]
                 mu = state.mu[key] if state.mu is not None else None
                 trace = state.trace[key] if state.trace is not None else None
@@ -270,12 +269,9 @@ class OptaxRmsprop:
                 np.multiply(g, tmp0, out=_s0)
                 np.add(_s1, _s0, out=mu)
                 # bias correction
-                v = np.divide(nu, 1 - decay**t, out=_s0)
+                v = np.divide(nu, tmp1, out=_s0)
                 # first moment
-                if bias_correction:
-                    mu_hat = np.divide(mu, 1 - decay**t, out=_s1)
-                else:
-                    mu_hat = mu
+                mu_hat = np.divide(mu, tmp1, out=_s1)
                 # variance
                 # v = v - mu_hat**2
                 np.square(mu_hat, out=_s2)
@@ -285,44 +281,40 @@ class OptaxRmsprop:
                 np.add(eps, v, out=_s3)
                 np.sqrt(_s3, out=_s3)
                 u = np.divide(g, _s3, out=_s2)
-                tmp1 = np.multiply(lr, u, out=_s3)
+                tmp2 = np.multiply(lr, u, out=_s3)
                 # trace
-                # trace = momentum*trace + tmp1
+                # trace = momentum*trace + tmp2
                 np.multiply(momentum, trace, out=_s4)
-                np.add(_s4, tmp1, out=trace)
+                np.add(_s4, tmp2, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp1
+                # w -= momentum*trace + tmp2
                 np.multiply(momentum, trace, out=_s4)
-                np.add(_s4, tmp1, out=_s4)
+                np.add(_s4, tmp2, out=_s4)
                 w -= _s4
         elif momentum is not None and bias_correction and centered and eps_in_sqrt and not nesterov:
-            tmp2 = 1 - decay
-            for key, w, g in call.tensors(
-                1, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
+            tmp3 = 1 - decay
+            tmp4 = 1 - decay**t
+            for key, w, g in call.tensors(1, {"decay": decay, "eps": eps, "momentum": momentum}):
                 nu = state.nu[key]
                 mu = state.mu[key] if state.mu is not None else None
                 trace = state.trace[key] if state.trace is not None else None
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp2
+                # nu = decay*nu + g**2*tmp3
                 np.multiply(decay, nu, out=_s0)
                 np.square(g, out=_s1)
-                np.multiply(_s1, tmp2, out=_s1)
+                np.multiply(_s1, tmp3, out=_s1)
                 np.add(_s0, _s1, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp2
+                # mu = decay*mu + g*tmp3
                 np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp2, out=_s0)
+                np.multiply(g, tmp3, out=_s0)
                 np.add(_s1, _s0, out=mu)
                 # bias correction
-                v = np.divide(nu, 1 - decay**t, out=_s0)
+                v = np.divide(nu, tmp4, out=_s0)
                 # first moment
-                if bias_correction:
-                    mu_hat = np.divide(mu, 1 - decay**t, out=_s1)
-                else:
-                    mu_hat = mu
+                mu_hat = np.divide(mu, tmp4, out=_s1)
                 # variance
                 # v = v - mu_hat**2
                 np.square(mu_hat, out=_s2)
@@ -340,32 +332,28 @@ class OptaxRmsprop:
                 # momentum update
                 w -= trace
         elif bias_correction and centered and eps_in_sqrt:
-            tmp3 = 1 - decay
-            for key, w, g in call.tensors(
-                2, {"decay": decay, "eps": eps, "bias_correction": bias_correction}
-            ):
+            tmp5 = 1 - decay
+            tmp6 = 1 - decay**t
+            for key, w, g in call.tensors(2, {"decay": decay, "eps": eps}):
                 nu = state.nu[key]
                 mu = state.mu[key] if state.mu is not None else None
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, nu, mu)
                 # second moment
-                # nu = decay*nu + g**2*tmp3
+                # nu = decay*nu + g**2*tmp5
                 np.multiply(decay, nu, out=_s0)
                 np.square(g, out=_s1)
-                np.multiply(_s1, tmp3, out=_s1)
+                np.multiply(_s1, tmp5, out=_s1)
                 np.add(_s0, _s1, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp3
+                # mu = decay*mu + g*tmp5
                 np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp3, out=_s0)
+                np.multiply(g, tmp5, out=_s0)
                 np.add(_s1, _s0, out=mu)
                 # bias correction
-                v = np.divide(nu, 1 - decay**t, out=_s0)
+                v = np.divide(nu, tmp6, out=_s0)
                 # first moment
-                if bias_correction:
-                    mu_hat = np.divide(mu, 1 - decay**t, out=_s1)
-                else:
-                    mu_hat = mu
+                mu_hat = np.divide(mu, tmp6, out=_s1)
                 # variance
                 # v = v - mu_hat**2
                 np.square(mu_hat, out=_s2)
@@ -380,33 +368,29 @@ class OptaxRmsprop:
                 np.multiply(lr, u, out=_s3)
                 w -= _s3
         elif momentum is not None and bias_correction and centered and nesterov and not eps_in_sqrt:
-            tmp4 = 1 - decay
-            for key, w, g in call.tensors(
-                3, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
+            tmp7 = 1 - decay
+            tmp8 = 1 - decay**t
+            for key, w, g in call.tensors(3, {"decay": decay, "eps": eps, "momentum": momentum}):
                 nu = state.nu[key]
                 mu = state.mu[key] if state.mu is not None else None
                 trace = state.trace[key] if state.trace is not None else None
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp4
+                # nu = decay*nu + g**2*tmp7
                 np.multiply(decay, nu, out=_s0)
                 np.square(g, out=_s1)
-                np.multiply(_s1, tmp4, out=_s1)
+                np.multiply(_s1, tmp7, out=_s1)
                 np.add(_s0, _s1, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp4
+                # mu = decay*mu + g*tmp7
                 np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp4, out=_s0)
+                np.multiply(g, tmp7, out=_s0)
                 np.add(_s1, _s0, out=mu)
                 # bias correction
-                v = np.divide(nu, 1 - decay**t, out=_s0)
+                v = np.divide(nu, tmp8, out=_s0)
                 # first moment
-                if bias_correction:
-                    mu_hat = np.divide(mu, 1 - decay**t, out=_s1)
-                else:
-                    mu_hat = mu
+                mu_hat = np.divide(mu, tmp8, out=_s1)
                 # variance
                 # v = v - mu_hat**2
                 np.square(mu_hat, out=_s2)
@@ -416,44 +400,40 @@ class OptaxRmsprop:
                 np.sqrt(v, out=_s3)
                 np.add(eps, _s3, out=_s3)
                 u = np.divide(g, _s3, out=_s2)
-                tmp5 = np.multiply(lr, u, out=_s3)
+                tmp9 = np.multiply(lr, u, out=_s3)
                 # trace
-                # trace = momentum*trace + tmp5
+                # trace = momentum*trace + tmp9
                 np.multiply(momentum, trace, out=_s4)
-                np.add(_s4, tmp5, out=trace)
+                np.add(_s4, tmp9, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp5
+                # w -= momentum*trace + tmp9
                 np.multiply(momentum, trace, out=_s4)
-                np.add(_s4, tmp5, out=_s4)
+                np.add(_s4, tmp9, out=_s4)
                 w -= _s4
         elif momentum is not None and bias_correction and centered and not eps_in_sqrt and not nesterov:
-            tmp6 = 1 - decay
-            for key, w, g in call.tensors(
-                4, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
+            tmp10 = 1 - decay
+            tmp11 = 1 - decay**t
+            for key, w, g in call.tensors(4, {"decay": decay, "eps": eps, "momentum": momentum}):
                 nu = state.nu[key]
                 mu = state.mu[key] if state.mu is not None else None
                 trace = state.trace[key] if state.trace is not None else None
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp6
+                # nu = decay*nu + g**2*tmp10
                 np.multiply(decay, nu, out=_s0)
                 np.square(g, out=_s1)
-                np.multiply(_s1, tmp6, out=_s1)
+                np.multiply(_s1, tmp10, out=_s1)
                 np.add(_s0, _s1, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp6
+                # mu = decay*mu + g*tmp10
                 np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp6, out=_s0)
+                np.multiply(g, tmp10, out=_s0)
                 np.add(_s1, _s0, out=mu)
                 # bias correction
-                v = np.divide(nu, 1 - decay**t, out=_s0)
+                v = np.divide(nu, tmp11, out=_s0)
                 # first moment
-                if bias_correction:
-                    mu_hat = np.divide(mu, 1 - decay**t, out=_s1)
-                else:
-                    mu_hat = mu
+                mu_hat = np.divide(mu, tmp11, out=_s1)
                 # variance
                 # v = v - mu_hat**2
                 np.square(mu_hat, out=_s2)
@@ -471,32 +451,28 @@ class OptaxRmsprop:
                 # momentum update
                 w -= trace
         elif bias_correction and centered:
-            tmp7 = 1 - decay
-            for key, w, g in call.tensors(
-                5, {"decay": decay, "eps": eps, "bias_correction": bias_correction}
-            ):
+            tmp12 = 1 - decay
+            tmp13 = 1 - decay**t
+            for key, w, g in call.tensors(5, {"decay": decay, "eps": eps}):
                 nu = state.nu[key]
                 mu = state.mu[key] if state.mu is not None else None
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, nu, mu)
                 # second moment
-                # nu = decay*nu + g**2*tmp7
+                # nu = decay*nu + g**2*tmp12
                 np.multiply(decay, nu, out=_s0)
                 np.square(g, out=_s1)
-                np.multiply(_s1, tmp7, out=_s1)
+                np.multiply(_s1, tmp12, out=_s1)
                 np.add(_s0, _s1, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp7
+                # mu = decay*mu + g*tmp12
                 np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp7, out=_s0)
+                np.multiply(g, tmp12, out=_s0)
                 np.add(_s1, _s0, out=mu)
                 # bias correction
-                v = np.divide(nu, 1 - decay**t, out=_s0)
+                v = np.divide(nu, tmp13, out=_s0)
                 # first moment
-                if bias_correction:
-                    mu_hat = np.divide(mu, 1 - decay**t, out=_s1)
-                else:
-                    mu_hat = mu
+                mu_hat = np.divide(mu, tmp13, out=_s1)
                 # variance
                 # v = v - mu_hat**2
                 np.square(mu_hat, out=_s2)
@@ -511,193 +487,13 @@ class OptaxRmsprop:
                 np.multiply(lr, u, out=_s3)
                 w -= _s3
         elif momentum is not None and centered and eps_in_sqrt and nesterov and not bias_correction:
-            tmp8 = 1 - decay
-            for key, w, g in call.tensors(
-                6, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
-                nu = state.nu[key]
-                mu = state.mu[key] if state.mu is not None else None
-                trace = state.trace[key] if state.trace is not None else None
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
-                # second moment
-                # nu = decay*nu + g**2*tmp8
-                np.multiply(decay, nu, out=_s0)
-                np.square(g, out=_s1)
-                np.multiply(_s1, tmp8, out=_s1)
-                np.add(_s0, _s1, out=nu)
-                # first moment
-                # mu = decay*mu + g*tmp8
-                np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp8, out=_s0)
-                np.add(_s1, _s0, out=mu)
-                # second moment in the denominator
-                v = nu
-                # first moment
-                if bias_correction:
-                    mu_hat = np.divide(mu, 1 - decay**t, out=_s0)
-                else:
-                    mu_hat = mu
-                # variance
-                # v = v - mu_hat**2
-                np.square(mu_hat, out=_s2)
-                v = np.subtract(v, _s2, out=_s1)
-                # scaled gradient
-                # u = g/np.sqrt(eps + v)
-                np.add(eps, v, out=_s3)
-                np.sqrt(_s3, out=_s3)
-                u = np.divide(g, _s3, out=_s2)
-                tmp9 = np.multiply(lr, u, out=_s3)
-                # trace
-                # trace = momentum*trace + tmp9
-                np.multiply(momentum, trace, out=_s4)
-                np.add(_s4, tmp9, out=trace)
-                # Nesterov update
-                # w -= momentum*trace + tmp9
-                np.multiply(momentum, trace, out=_s4)
-                np.add(_s4, tmp9, out=_s4)
-                w -= _s4
-        elif momentum is not None and centered and eps_in_sqrt and not bias_correction and not nesterov:
-            tmp10 = 1 - decay
-            for key, w, g in call.tensors(
-                7, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
-                nu = state.nu[key]
-                mu = state.mu[key] if state.mu is not None else None
-                trace = state.trace[key] if state.trace is not None else None
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
-                # second moment
-                # nu = decay*nu + g**2*tmp10
-                np.multiply(decay, nu, out=_s0)
-                np.square(g, out=_s1)
-                np.multiply(_s1, tmp10, out=_s1)
-                np.add(_s0, _s1, out=nu)
-                # first moment
-                # mu = decay*mu + g*tmp10
-                np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp10, out=_s0)
-                np.add(_s1, _s0, out=mu)
-                # second moment in the denominator
-                v = nu
-                # first moment
-                if bias_correction:
-                    mu_hat = np.divide(mu, 1 - decay**t, out=_s0)
-                else:
-                    mu_hat = mu
-                # variance
-                # v = v - mu_hat**2
-                np.square(mu_hat, out=_s2)
-                v = np.subtract(v, _s2, out=_s1)
-                # scaled gradient
-                # u = g/np.sqrt(eps + v)
-                np.add(eps, v, out=_s3)
-                np.sqrt(_s3, out=_s3)
-                u = np.divide(g, _s3, out=_s2)
-                # trace
-                # trace = lr*u + momentum*trace
-                np.multiply(lr, u, out=_s3)
-                np.multiply(momentum, trace, out=_s4)
-                np.add(_s3, _s4, out=trace)
-                # momentum update
-                w -= trace
-        elif centered and eps_in_sqrt:
-            tmp11 = 1 - decay
-            for key, w, g in call.tensors(
-                8, {"decay": decay, "eps": eps, "bias_correction": bias_correction}
-            ):
-                nu = state.nu[key]
-                mu = state.mu[key] if state.mu is not None else None
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, nu, mu)
-                # second moment
-                # nu = decay*nu + g**2*tmp11
-                np.multiply(decay, nu, out=_s0)
-                np.square(g, out=_s1)
-                np.multiply(_s1, tmp11, out=_s1)
-                np.add(_s0, _s1, out=nu)
-                # first moment
-                # mu = decay*mu + g*tmp11
-                np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp11, out=_s0)
-                np.add(_s1, _s0, out=mu)
-                # second moment in the denominator
-                v = nu
-                # first moment
-                if bias_correction:
-                    mu_hat = np.divide(mu, 1 - decay**t, out=_s0)
-                else:
-                    mu_hat = mu
-                # variance
-                # v = v - mu_hat**2
-                np.square(mu_hat, out=_s2)
-                v = np.subtract(v, _s2, out=_s1)
-                # scaled gradient
-                # u = g/np.sqrt(eps + v)
-                np.add(eps, v, out=_s3)
-                np.sqrt(_s3, out=_s3)
-                u = np.divide(g, _s3, out=_s2)
-                # parameter update
-                # w -= lr*u
-                np.multiply(lr, u, out=_s3)
-                w -= _s3
-        elif momentum is not None and centered and nesterov and not bias_correction and not eps_in_sqrt:
-            tmp12 = 1 - decay
-            for key, w, g in call.tensors(
-                9, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
-                nu = state.nu[key]
-                mu = state.mu[key] if state.mu is not None else None
-                trace = state.trace[key] if state.trace is not None else None
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
-                # second moment
-                # nu = decay*nu + g**2*tmp12
-                np.multiply(decay, nu, out=_s0)
-                np.square(g, out=_s1)
-                np.multiply(_s1, tmp12, out=_s1)
-                np.add(_s0, _s1, out=nu)
-                # first moment
-                # mu = decay*mu + g*tmp12
-                np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp12, out=_s0)
-                np.add(_s1, _s0, out=mu)
-                # second moment in the denominator
-                v = nu
-                # first moment
-                if bias_correction:
-                    mu_hat = np.divide(mu, 1 - decay**t, out=_s0)
-                else:
-                    mu_hat = mu
-                # variance
-                # v = v - mu_hat**2
-                np.square(mu_hat, out=_s2)
-                v = np.subtract(v, _s2, out=_s1)
-                # epsilon outside the root
-                # u = g/(eps + np.sqrt(v))
-                np.sqrt(v, out=_s3)
-                np.add(eps, _s3, out=_s3)
-                u = np.divide(g, _s3, out=_s2)
-                tmp13 = np.multiply(lr, u, out=_s3)
-                # trace
-                # trace = momentum*trace + tmp13
-                np.multiply(momentum, trace, out=_s4)
-                np.add(_s4, tmp13, out=trace)
-                # Nesterov update
-                # w -= momentum*trace + tmp13
-                np.multiply(momentum, trace, out=_s4)
-                np.add(_s4, tmp13, out=_s4)
-                w -= _s4
-        elif momentum is not None and centered and not bias_correction and not eps_in_sqrt and not nesterov:
             tmp14 = 1 - decay
-            for key, w, g in call.tensors(
-                10, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
+            for key, w, g in call.tensors(6, {"decay": decay, "eps": eps, "momentum": momentum}):
                 nu = state.nu[key]
                 mu = state.mu[key] if state.mu is not None else None
                 trace = state.trace[key] if state.trace is not None else None
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
                 # second moment
                 # nu = decay*nu + g**2*tmp14
                 np.multiply(decay, nu, out=_s0)
@@ -712,66 +508,216 @@ class OptaxRmsprop:
                 # second moment in the denominator
                 v = nu
                 # first moment
-                if bias_correction:
-                    mu_hat = np.divide(mu, 1 - decay**t, out=_s0)
-                else:
-                    mu_hat = mu
+                mu_hat = mu
                 # variance
                 # v = v - mu_hat**2
-                np.square(mu_hat, out=_s2)
-                v = np.subtract(v, _s2, out=_s1)
-                # epsilon outside the root
-                # u = g/(eps + np.sqrt(v))
-                np.sqrt(v, out=_s3)
-                np.add(eps, _s3, out=_s3)
-                u = np.divide(g, _s3, out=_s2)
+                np.square(mu_hat, out=_s1)
+                v = np.subtract(v, _s1, out=_s0)
+                # scaled gradient
+                # u = g/np.sqrt(eps + v)
+                np.add(eps, v, out=_s2)
+                np.sqrt(_s2, out=_s2)
+                u = np.divide(g, _s2, out=_s1)
+                tmp15 = np.multiply(lr, u, out=_s2)
                 # trace
-                # trace = lr*u + momentum*trace
-                np.multiply(lr, u, out=_s3)
-                np.multiply(momentum, trace, out=_s4)
-                np.add(_s3, _s4, out=trace)
-                # momentum update
-                w -= trace
-        elif centered:
-            tmp15 = 1 - decay
-            for key, w, g in call.tensors(
-                11, {"decay": decay, "eps": eps, "bias_correction": bias_correction}
-            ):
+                # trace = momentum*trace + tmp15
+                np.multiply(momentum, trace, out=_s3)
+                np.add(_s3, tmp15, out=trace)
+                # Nesterov update
+                # w -= momentum*trace + tmp15
+                np.multiply(momentum, trace, out=_s3)
+                np.add(_s3, tmp15, out=_s3)
+                w -= _s3
+        elif momentum is not None and centered and eps_in_sqrt and not bias_correction and not nesterov:
+            tmp16 = 1 - decay
+            for key, w, g in call.tensors(7, {"decay": decay, "eps": eps, "momentum": momentum}):
                 nu = state.nu[key]
                 mu = state.mu[key] if state.mu is not None else None
+                trace = state.trace[key] if state.trace is not None else None
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, nu, mu)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp15
+                # nu = decay*nu + g**2*tmp16
                 np.multiply(decay, nu, out=_s0)
                 np.square(g, out=_s1)
-                np.multiply(_s1, tmp15, out=_s1)
+                np.multiply(_s1, tmp16, out=_s1)
                 np.add(_s0, _s1, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp15
+                # mu = decay*mu + g*tmp16
                 np.multiply(decay, mu, out=_s1)
-                np.multiply(g, tmp15, out=_s0)
+                np.multiply(g, tmp16, out=_s0)
                 np.add(_s1, _s0, out=mu)
                 # second moment in the denominator
                 v = nu
                 # first moment
-                if bias_correction:
-                    mu_hat = np.divide(mu, 1 - decay**t, out=_s0)
-                else:
-                    mu_hat = mu
+                mu_hat = mu
                 # variance
                 # v = v - mu_hat**2
-                np.square(mu_hat, out=_s2)
-                v = np.subtract(v, _s2, out=_s1)
-                # epsilon outside the root
-                # u = g/(eps + np.sqrt(v))
-                np.sqrt(v, out=_s3)
-                np.add(eps, _s3, out=_s3)
-                u = np.divide(g, _s3, out=_s2)
+                np.square(mu_hat, out=_s1)
+                v = np.subtract(v, _s1, out=_s0)
+                # scaled gradient
+                # u = g/np.sqrt(eps + v)
+                np.add(eps, v, out=_s2)
+                np.sqrt(_s2, out=_s2)
+                u = np.divide(g, _s2, out=_s1)
+                # trace
+                # trace = lr*u + momentum*trace
+                np.multiply(lr, u, out=_s2)
+                np.multiply(momentum, trace, out=_s3)
+                np.add(_s2, _s3, out=trace)
+                # momentum update
+                w -= trace
+        elif centered and eps_in_sqrt:
+            tmp17 = 1 - decay
+            for key, w, g in call.tensors(8, {"decay": decay, "eps": eps}):
+                nu = state.nu[key]
+                mu = state.mu[key] if state.mu is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, nu, mu)
+                # second moment
+                # nu = decay*nu + g**2*tmp17
+                np.multiply(decay, nu, out=_s0)
+                np.square(g, out=_s1)
+                np.multiply(_s1, tmp17, out=_s1)
+                np.add(_s0, _s1, out=nu)
+                # first moment
+                # mu = decay*mu + g*tmp17
+                np.multiply(decay, mu, out=_s1)
+                np.multiply(g, tmp17, out=_s0)
+                np.add(_s1, _s0, out=mu)
+                # second moment in the denominator
+                v = nu
+                # first moment
+                mu_hat = mu
+                # variance
+                # v = v - mu_hat**2
+                np.square(mu_hat, out=_s1)
+                v = np.subtract(v, _s1, out=_s0)
+                # scaled gradient
+                # u = g/np.sqrt(eps + v)
+                np.add(eps, v, out=_s2)
+                np.sqrt(_s2, out=_s2)
+                u = np.divide(g, _s2, out=_s1)
                 # parameter update
                 # w -= lr*u
-                np.multiply(lr, u, out=_s3)
+                np.multiply(lr, u, out=_s2)
+                w -= _s2
+        elif momentum is not None and centered and nesterov and not bias_correction and not eps_in_sqrt:
+            tmp18 = 1 - decay
+            for key, w, g in call.tensors(9, {"decay": decay, "eps": eps, "momentum": momentum}):
+                nu = state.nu[key]
+                mu = state.mu[key] if state.mu is not None else None
+                trace = state.trace[key] if state.trace is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
+                # second moment
+                # nu = decay*nu + g**2*tmp18
+                np.multiply(decay, nu, out=_s0)
+                np.square(g, out=_s1)
+                np.multiply(_s1, tmp18, out=_s1)
+                np.add(_s0, _s1, out=nu)
+                # first moment
+                # mu = decay*mu + g*tmp18
+                np.multiply(decay, mu, out=_s1)
+                np.multiply(g, tmp18, out=_s0)
+                np.add(_s1, _s0, out=mu)
+                # second moment in the denominator
+                v = nu
+                # first moment
+                mu_hat = mu
+                # variance
+                # v = v - mu_hat**2
+                np.square(mu_hat, out=_s1)
+                v = np.subtract(v, _s1, out=_s0)
+                # epsilon outside the root
+                # u = g/(eps + np.sqrt(v))
+                np.sqrt(v, out=_s2)
+                np.add(eps, _s2, out=_s2)
+                u = np.divide(g, _s2, out=_s1)
+                tmp19 = np.multiply(lr, u, out=_s2)
+                # trace
+                # trace = momentum*trace + tmp19
+                np.multiply(momentum, trace, out=_s3)
+                np.add(_s3, tmp19, out=trace)
+                # Nesterov update
+                # w -= momentum*trace + tmp19
+                np.multiply(momentum, trace, out=_s3)
+                np.add(_s3, tmp19, out=_s3)
                 w -= _s3
+        elif momentum is not None and centered and not bias_correction and not eps_in_sqrt and not nesterov:
+            tmp20 = 1 - decay
+            for key, w, g in call.tensors(10, {"decay": decay, "eps": eps, "momentum": momentum}):
+                nu = state.nu[key]
+                mu = state.mu[key] if state.mu is not None else None
+                trace = state.trace[key] if state.trace is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
+                # second moment
+                # nu = decay*nu + g**2*tmp20
+                np.multiply(decay, nu, out=_s0)
+                np.square(g, out=_s1)
+                np.multiply(_s1, tmp20, out=_s1)
+                np.add(_s0, _s1, out=nu)
+                # first moment
+                # mu = decay*mu + g*tmp20
+                np.multiply(decay, mu, out=_s1)
+                np.multiply(g, tmp20, out=_s0)
+                np.add(_s1, _s0, out=mu)
+                # second moment in the denominator
+                v = nu
+                # first moment
+                mu_hat = mu
+                # variance
+                # v = v - mu_hat**2
+                np.square(mu_hat, out=_s1)
+                v = np.subtract(v, _s1, out=_s0)
+                # epsilon outside the root
+                # u = g/(eps + np.sqrt(v))
+                np.sqrt(v, out=_s2)
+                np.add(eps, _s2, out=_s2)
+                u = np.divide(g, _s2, out=_s1)
+                # trace
+                # trace = lr*u + momentum*trace
+                np.multiply(lr, u, out=_s2)
+                np.multiply(momentum, trace, out=_s3)
+                np.add(_s2, _s3, out=trace)
+                # momentum update
+                w -= trace
+        elif centered:
+            tmp21 = 1 - decay
+            for key, w, g in call.tensors(11, {"decay": decay, "eps": eps}):
+                nu = state.nu[key]
+                mu = state.mu[key] if state.mu is not None else None
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, nu, mu)
+                # second moment
+                # nu = decay*nu + g**2*tmp21
+                np.multiply(decay, nu, out=_s0)
+                np.square(g, out=_s1)
+                np.multiply(_s1, tmp21, out=_s1)
+                np.add(_s0, _s1, out=nu)
+                # first moment
+                # mu = decay*mu + g*tmp21
+                np.multiply(decay, mu, out=_s1)
+                np.multiply(g, tmp21, out=_s0)
+                np.add(_s1, _s0, out=mu)
+                # second moment in the denominator
+                v = nu
+                # first moment
+                mu_hat = mu
+                # variance
+                # v = v - mu_hat**2
+                np.square(mu_hat, out=_s1)
+                v = np.subtract(v, _s1, out=_s0)
+                # epsilon outside the root
+                # u = g/(eps + np.sqrt(v))
+                np.sqrt(v, out=_s2)
+                np.add(eps, _s2, out=_s2)
+                u = np.divide(g, _s2, out=_s1)
+                # parameter update
+                # w -= lr*u
+                np.multiply(lr, u, out=_s2)
+                w -= _s2
         elif momentum is not None and bias_correction and eps_in_sqrt and nesterov and not centered:
             for key, w, g in call.tensors(12, {"decay": decay, "eps": eps, "momentum": momentum}):
                 nu = state.nu[key]
@@ -791,15 +737,15 @@ class OptaxRmsprop:
                 np.add(eps, v, out=_s2)
                 np.sqrt(_s2, out=_s2)
                 u = np.divide(g, _s2, out=_s0)
-                tmp16 = np.multiply(lr, u, out=_s2)
+                tmp22 = np.multiply(lr, u, out=_s2)
                 # trace
-                # trace = momentum*trace + tmp16
+                # trace = momentum*trace + tmp22
                 np.multiply(momentum, trace, out=_s3)
-                np.add(_s3, tmp16, out=trace)
+                np.add(_s3, tmp22, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp16
+                # w -= momentum*trace + tmp22
                 np.multiply(momentum, trace, out=_s3)
-                np.add(_s3, tmp16, out=_s3)
+                np.add(_s3, tmp22, out=_s3)
                 w -= _s3
         elif momentum is not None and bias_correction and eps_in_sqrt and not centered and not nesterov:
             for key, w, g in call.tensors(13, {"decay": decay, "eps": eps, "momentum": momentum}):
@@ -868,15 +814,15 @@ class OptaxRmsprop:
                 np.sqrt(v, out=_s2)
                 np.add(eps, _s2, out=_s2)
                 u = np.divide(g, _s2, out=_s0)
-                tmp17 = np.multiply(lr, u, out=_s2)
+                tmp23 = np.multiply(lr, u, out=_s2)
                 # trace
-                # trace = momentum*trace + tmp17
+                # trace = momentum*trace + tmp23
                 np.multiply(momentum, trace, out=_s3)
-                np.add(_s3, tmp17, out=trace)
+                np.add(_s3, tmp23, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp17
+                # w -= momentum*trace + tmp23
                 np.multiply(momentum, trace, out=_s3)
-                np.add(_s3, tmp17, out=_s3)
+                np.add(_s3, tmp23, out=_s3)
                 w -= _s3
         elif momentum is not None and bias_correction and not centered and not eps_in_sqrt and not nesterov:
             for key, w, g in call.tensors(16, {"decay": decay, "eps": eps, "momentum": momentum}):
@@ -945,15 +891,15 @@ class OptaxRmsprop:
                 np.add(eps, v, out=_s0)
                 np.sqrt(_s0, out=_s0)
                 u = np.divide(g, _s0, out=_s1)
-                tmp18 = np.multiply(lr, u, out=_s0)
+                tmp24 = np.multiply(lr, u, out=_s0)
                 # trace
-                # trace = momentum*trace + tmp18
+                # trace = momentum*trace + tmp24
                 np.multiply(momentum, trace, out=_s2)
-                np.add(_s2, tmp18, out=trace)
+                np.add(_s2, tmp24, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp18
+                # w -= momentum*trace + tmp24
                 np.multiply(momentum, trace, out=_s2)
-                np.add(_s2, tmp18, out=_s2)
+                np.add(_s2, tmp24, out=_s2)
                 w -= _s2
         elif momentum is not None and eps_in_sqrt and not bias_correction and not centered and not nesterov:
             for key, w, g in call.tensors(19, {"decay": decay, "eps": eps, "momentum": momentum}):
@@ -1022,15 +968,15 @@ class OptaxRmsprop:
                 np.sqrt(v, out=_s0)
                 np.add(eps, _s0, out=_s0)
                 u = np.divide(g, _s0, out=_s1)
-                tmp19 = np.multiply(lr, u, out=_s0)
+                tmp25 = np.multiply(lr, u, out=_s0)
                 # trace
-                # trace = momentum*trace + tmp19
+                # trace = momentum*trace + tmp25
                 np.multiply(momentum, trace, out=_s2)
-                np.add(_s2, tmp19, out=trace)
+                np.add(_s2, tmp25, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp19
+                # w -= momentum*trace + tmp25
                 np.multiply(momentum, trace, out=_s2)
-                np.add(_s2, tmp19, out=_s2)
+                np.add(_s2, tmp25, out=_s2)
                 w -= _s2
         elif (
             momentum is not None and not bias_correction and not centered and not eps_in_sqrt and not nesterov

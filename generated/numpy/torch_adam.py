@@ -225,7 +225,7 @@ class TorchAdam:
         maximize = self.maximize
         if amsgrad and weight_decay == 0:
             for key, w, g in call.tensors(
-                0, {"beta1": beta1, "beta2": beta2, "eps": eps, "amsgrad": amsgrad, "maximize": maximize}
+                0, {"beta1": beta1, "beta2": beta2, "eps": eps, "maximize": maximize}
             ):
                 exp_avg = state.exp_avg[key]
                 exp_avg_sq = state.exp_avg_sq[key]
@@ -250,17 +250,11 @@ class TorchAdam:
                 np.add(_s1, _s2, out=exp_avg_sq)
                 # AMSGrad maximum
                 np.maximum(exp_avg_sq, max_exp_avg_sq, out=max_exp_avg_sq)
-                # denominator
-                # denom = eps + np.sqrt(exp_avg_sq)/math.sqrt(1 - beta2**t)
-                np.sqrt(exp_avg_sq, out=_s1)
+                # AMSGrad denominator
+                # denom = eps + np.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                np.sqrt(max_exp_avg_sq, out=_s1)
                 np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
                 denom = np.add(eps, _s1, out=_s2)
-                # AMSGrad denominator
-                if amsgrad:
-                    # denom = eps + np.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
-                    np.sqrt(max_exp_avg_sq, out=_s1)
-                    np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                    denom = np.add(eps, _s1, out=_s2)
                 # parameter update
                 # w -= exp_avg*lr/(denom*(1 - beta1**t))
                 np.multiply(exp_avg, lr, out=_s1)
@@ -269,15 +263,12 @@ class TorchAdam:
                 w -= _s3
         elif weight_decay == 0:
             for key, w, g in call.tensors(
-                1, {"beta1": beta1, "beta2": beta2, "eps": eps, "amsgrad": amsgrad, "maximize": maximize}
+                1, {"beta1": beta1, "beta2": beta2, "eps": eps, "maximize": maximize}
             ):
                 exp_avg = state.exp_avg[key]
                 exp_avg_sq = state.exp_avg_sq[key]
-                max_exp_avg_sq = state.max_exp_avg_sq[key] if state.max_exp_avg_sq is not None else None
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq
-                )
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, exp_avg, exp_avg_sq)
                 # maximize
                 if maximize:
                     g = np.negative(g, out=_s0)
@@ -297,12 +288,6 @@ class TorchAdam:
                 np.sqrt(exp_avg_sq, out=_s1)
                 np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
                 denom = np.add(eps, _s1, out=_s2)
-                # AMSGrad denominator
-                if amsgrad:
-                    # denom = eps + np.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
-                    np.sqrt(max_exp_avg_sq, out=_s1)
-                    np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                    denom = np.add(eps, _s1, out=_s2)
                 # parameter update
                 # w -= exp_avg*lr/(denom*(1 - beta1**t))
                 np.multiply(exp_avg, lr, out=_s1)
@@ -317,7 +302,6 @@ class TorchAdam:
                     "beta2": beta2,
                     "eps": eps,
                     "weight_decay": weight_decay,
-                    "amsgrad": amsgrad,
                     "maximize": maximize,
                 },
             ):
@@ -348,17 +332,11 @@ class TorchAdam:
                 np.add(_s1, _s2, out=exp_avg_sq)
                 # AMSGrad maximum
                 np.maximum(exp_avg_sq, max_exp_avg_sq, out=max_exp_avg_sq)
-                # denominator
-                # denom = eps + np.sqrt(exp_avg_sq)/math.sqrt(1 - beta2**t)
-                np.sqrt(exp_avg_sq, out=_s1)
+                # AMSGrad denominator
+                # denom = eps + np.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                np.sqrt(max_exp_avg_sq, out=_s1)
                 np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
                 denom = np.add(eps, _s1, out=_s2)
-                # AMSGrad denominator
-                if amsgrad:
-                    # denom = eps + np.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
-                    np.sqrt(max_exp_avg_sq, out=_s1)
-                    np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                    denom = np.add(eps, _s1, out=_s2)
                 # parameter update
                 # w -= exp_avg*lr/(denom*(1 - beta1**t))
                 np.multiply(exp_avg, lr, out=_s1)
@@ -373,17 +351,13 @@ class TorchAdam:
                     "beta2": beta2,
                     "eps": eps,
                     "weight_decay": weight_decay,
-                    "amsgrad": amsgrad,
                     "maximize": maximize,
                 },
             ):
                 exp_avg = state.exp_avg[key]
                 exp_avg_sq = state.exp_avg_sq[key]
-                max_exp_avg_sq = state.max_exp_avg_sq[key] if state.max_exp_avg_sq is not None else None
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq
-                )
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, exp_avg, exp_avg_sq)
                 # maximize
                 if maximize:
                     g = np.negative(g, out=_s0)
@@ -407,12 +381,6 @@ class TorchAdam:
                 np.sqrt(exp_avg_sq, out=_s1)
                 np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
                 denom = np.add(eps, _s1, out=_s2)
-                # AMSGrad denominator
-                if amsgrad:
-                    # denom = eps + np.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
-                    np.sqrt(max_exp_avg_sq, out=_s1)
-                    np.divide(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                    denom = np.add(eps, _s1, out=_s2)
                 # parameter update
                 # w -= exp_avg*lr/(denom*(1 - beta1**t))
                 np.multiply(exp_avg, lr, out=_s1)

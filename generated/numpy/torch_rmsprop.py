@@ -233,9 +233,7 @@ class TorchRMSprop:
         maximize = self.maximize
         if centered and momentum == 0 and weight_decay == 0:
             tmp0 = 1 - alpha
-            for key, w, g in call.tensors(
-                0, {"alpha": alpha, "eps": eps, "centered": centered, "maximize": maximize}
-            ):
+            for key, w, g in call.tensors(0, {"alpha": alpha, "eps": eps, "maximize": maximize}):
                 square_avg = state.square_avg[key]
                 grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
@@ -254,17 +252,12 @@ class TorchRMSprop:
                 np.subtract(g, grad_avg, out=_s2)
                 np.multiply(tmp0, _s2, out=_s2)
                 grad_avg += _s2
-                # denominator
-                # denom = eps + np.sqrt(square_avg)
-                np.sqrt(square_avg, out=_s1)
-                denom = np.add(eps, _s1, out=_s2)
                 # centered denominator
-                if centered:
-                    # denom = eps + np.sqrt(square_avg - grad_avg**2)
-                    np.square(grad_avg, out=_s1)
-                    np.subtract(square_avg, _s1, out=_s1)
-                    np.sqrt(_s1, out=_s1)
-                    denom = np.add(eps, _s1, out=_s2)
+                # denom = eps + np.sqrt(square_avg - grad_avg**2)
+                np.square(grad_avg, out=_s1)
+                np.subtract(square_avg, _s1, out=_s1)
+                np.sqrt(_s1, out=_s1)
+                denom = np.add(eps, _s1, out=_s2)
                 # parameter update
                 # w -= g*lr/denom
                 np.multiply(g, lr, out=_s1)
@@ -273,14 +266,7 @@ class TorchRMSprop:
         elif centered and weight_decay == 0:
             tmp1 = 1 - alpha
             for key, w, g in call.tensors(
-                1,
-                {
-                    "alpha": alpha,
-                    "eps": eps,
-                    "momentum": momentum,
-                    "centered": centered,
-                    "maximize": maximize,
-                },
+                1, {"alpha": alpha, "eps": eps, "momentum": momentum, "maximize": maximize}
             ):
                 square_avg = state.square_avg[key]
                 grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
@@ -303,17 +289,12 @@ class TorchRMSprop:
                 np.subtract(g, grad_avg, out=_s2)
                 np.multiply(tmp1, _s2, out=_s2)
                 grad_avg += _s2
-                # denominator
-                # denom = eps + np.sqrt(square_avg)
-                np.sqrt(square_avg, out=_s1)
-                denom = np.add(eps, _s1, out=_s2)
                 # centered denominator
-                if centered:
-                    # denom = eps + np.sqrt(square_avg - grad_avg**2)
-                    np.square(grad_avg, out=_s1)
-                    np.subtract(square_avg, _s1, out=_s1)
-                    np.sqrt(_s1, out=_s1)
-                    denom = np.add(eps, _s1, out=_s2)
+                # denom = eps + np.sqrt(square_avg - grad_avg**2)
+                np.square(grad_avg, out=_s1)
+                np.subtract(square_avg, _s1, out=_s1)
+                np.sqrt(_s1, out=_s1)
+                denom = np.add(eps, _s1, out=_s2)
                 # momentum buffer
                 # momentum_buffer = momentum*momentum_buffer + g/denom
                 np.multiply(momentum, momentum_buffer, out=_s1)
@@ -324,13 +305,10 @@ class TorchRMSprop:
                 np.multiply(lr, momentum_buffer, out=_s3)
                 w -= _s3
         elif momentum == 0 and weight_decay == 0:
-            for key, w, g in call.tensors(
-                2, {"alpha": alpha, "eps": eps, "centered": centered, "maximize": maximize}
-            ):
+            for key, w, g in call.tensors(2, {"alpha": alpha, "eps": eps, "maximize": maximize}):
                 square_avg = state.square_avg[key]
-                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, square_avg, grad_avg)
+                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, square_avg)
                 # maximize
                 if maximize:
                     g = np.negative(g, out=_s0)
@@ -344,13 +322,6 @@ class TorchRMSprop:
                 # denom = eps + np.sqrt(square_avg)
                 np.sqrt(square_avg, out=_s1)
                 denom = np.add(eps, _s1, out=_s2)
-                # centered denominator
-                if centered:
-                    # denom = eps + np.sqrt(square_avg - grad_avg**2)
-                    np.square(grad_avg, out=_s1)
-                    np.subtract(square_avg, _s1, out=_s1)
-                    np.sqrt(_s1, out=_s1)
-                    denom = np.add(eps, _s1, out=_s2)
                 # parameter update
                 # w -= g*lr/denom
                 np.multiply(g, lr, out=_s1)
@@ -358,21 +329,13 @@ class TorchRMSprop:
                 w -= _s1
         elif weight_decay == 0:
             for key, w, g in call.tensors(
-                3,
-                {
-                    "alpha": alpha,
-                    "eps": eps,
-                    "momentum": momentum,
-                    "centered": centered,
-                    "maximize": maximize,
-                },
+                3, {"alpha": alpha, "eps": eps, "momentum": momentum, "maximize": maximize}
             ):
                 square_avg = state.square_avg[key]
-                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
                 momentum_buffer = state.momentum_buffer[key] if state.momentum_buffer is not None else None
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, square_avg, grad_avg, momentum_buffer
+                    self._scratch, 4, w, g, square_avg, momentum_buffer
                 )
                 # maximize
                 if maximize:
@@ -387,13 +350,6 @@ class TorchRMSprop:
                 # denom = eps + np.sqrt(square_avg)
                 np.sqrt(square_avg, out=_s1)
                 denom = np.add(eps, _s1, out=_s2)
-                # centered denominator
-                if centered:
-                    # denom = eps + np.sqrt(square_avg - grad_avg**2)
-                    np.square(grad_avg, out=_s1)
-                    np.subtract(square_avg, _s1, out=_s1)
-                    np.sqrt(_s1, out=_s1)
-                    denom = np.add(eps, _s1, out=_s2)
                 # momentum buffer
                 # momentum_buffer = momentum*momentum_buffer + g/denom
                 np.multiply(momentum, momentum_buffer, out=_s1)
@@ -406,14 +362,7 @@ class TorchRMSprop:
         elif centered and momentum == 0:
             tmp2 = 1 - alpha
             for key, w, g in call.tensors(
-                4,
-                {
-                    "alpha": alpha,
-                    "eps": eps,
-                    "weight_decay": weight_decay,
-                    "centered": centered,
-                    "maximize": maximize,
-                },
+                4, {"alpha": alpha, "eps": eps, "weight_decay": weight_decay, "maximize": maximize}
             ):
                 square_avg = state.square_avg[key]
                 grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
@@ -437,17 +386,12 @@ class TorchRMSprop:
                 np.subtract(g, grad_avg, out=_s2)
                 np.multiply(tmp2, _s2, out=_s2)
                 grad_avg += _s2
-                # denominator
-                # denom = eps + np.sqrt(square_avg)
-                np.sqrt(square_avg, out=_s1)
-                denom = np.add(eps, _s1, out=_s2)
                 # centered denominator
-                if centered:
-                    # denom = eps + np.sqrt(square_avg - grad_avg**2)
-                    np.square(grad_avg, out=_s1)
-                    np.subtract(square_avg, _s1, out=_s1)
-                    np.sqrt(_s1, out=_s1)
-                    denom = np.add(eps, _s1, out=_s2)
+                # denom = eps + np.sqrt(square_avg - grad_avg**2)
+                np.square(grad_avg, out=_s1)
+                np.subtract(square_avg, _s1, out=_s1)
+                np.sqrt(_s1, out=_s1)
+                denom = np.add(eps, _s1, out=_s2)
                 # parameter update
                 # w -= g*lr/denom
                 np.multiply(g, lr, out=_s1)
@@ -462,7 +406,6 @@ class TorchRMSprop:
                     "eps": eps,
                     "weight_decay": weight_decay,
                     "momentum": momentum,
-                    "centered": centered,
                     "maximize": maximize,
                 },
             ):
@@ -491,17 +434,12 @@ class TorchRMSprop:
                 np.subtract(g, grad_avg, out=_s2)
                 np.multiply(tmp3, _s2, out=_s2)
                 grad_avg += _s2
-                # denominator
-                # denom = eps + np.sqrt(square_avg)
-                np.sqrt(square_avg, out=_s1)
-                denom = np.add(eps, _s1, out=_s2)
                 # centered denominator
-                if centered:
-                    # denom = eps + np.sqrt(square_avg - grad_avg**2)
-                    np.square(grad_avg, out=_s1)
-                    np.subtract(square_avg, _s1, out=_s1)
-                    np.sqrt(_s1, out=_s1)
-                    denom = np.add(eps, _s1, out=_s2)
+                # denom = eps + np.sqrt(square_avg - grad_avg**2)
+                np.square(grad_avg, out=_s1)
+                np.subtract(square_avg, _s1, out=_s1)
+                np.sqrt(_s1, out=_s1)
+                denom = np.add(eps, _s1, out=_s2)
                 # momentum buffer
                 # momentum_buffer = momentum*momentum_buffer + g/denom
                 np.multiply(momentum, momentum_buffer, out=_s1)
@@ -513,19 +451,11 @@ class TorchRMSprop:
                 w -= _s3
         elif momentum == 0:
             for key, w, g in call.tensors(
-                6,
-                {
-                    "alpha": alpha,
-                    "eps": eps,
-                    "weight_decay": weight_decay,
-                    "centered": centered,
-                    "maximize": maximize,
-                },
+                6, {"alpha": alpha, "eps": eps, "weight_decay": weight_decay, "maximize": maximize}
             ):
                 square_avg = state.square_avg[key]
-                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, square_avg, grad_avg)
+                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, square_avg)
                 # maximize
                 if maximize:
                     g = np.negative(g, out=_s0)
@@ -543,13 +473,6 @@ class TorchRMSprop:
                 # denom = eps + np.sqrt(square_avg)
                 np.sqrt(square_avg, out=_s1)
                 denom = np.add(eps, _s1, out=_s2)
-                # centered denominator
-                if centered:
-                    # denom = eps + np.sqrt(square_avg - grad_avg**2)
-                    np.square(grad_avg, out=_s1)
-                    np.subtract(square_avg, _s1, out=_s1)
-                    np.sqrt(_s1, out=_s1)
-                    denom = np.add(eps, _s1, out=_s2)
                 # parameter update
                 # w -= g*lr/denom
                 np.multiply(g, lr, out=_s1)
@@ -563,16 +486,14 @@ class TorchRMSprop:
                     "eps": eps,
                     "weight_decay": weight_decay,
                     "momentum": momentum,
-                    "centered": centered,
                     "maximize": maximize,
                 },
             ):
                 square_avg = state.square_avg[key]
-                grad_avg = state.grad_avg[key] if state.grad_avg is not None else None
                 momentum_buffer = state.momentum_buffer[key] if state.momentum_buffer is not None else None
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = numpy_support.scratch(
-                    self._scratch, 4, w, g, square_avg, grad_avg, momentum_buffer
+                    self._scratch, 4, w, g, square_avg, momentum_buffer
                 )
                 # maximize
                 if maximize:
@@ -591,13 +512,6 @@ class TorchRMSprop:
                 # denom = eps + np.sqrt(square_avg)
                 np.sqrt(square_avg, out=_s1)
                 denom = np.add(eps, _s1, out=_s2)
-                # centered denominator
-                if centered:
-                    # denom = eps + np.sqrt(square_avg - grad_avg**2)
-                    np.square(grad_avg, out=_s1)
-                    np.subtract(square_avg, _s1, out=_s1)
-                    np.sqrt(_s1, out=_s1)
-                    denom = np.add(eps, _s1, out=_s2)
                 # momentum buffer
                 # momentum_buffer = momentum*momentum_buffer + g/denom
                 np.multiply(momentum, momentum_buffer, out=_s1)

@@ -190,9 +190,9 @@ class OptaxRadam(torch_support.RuleOptimizer):
             # maximum length of the simple moving average
             rho_inf = 2 / tmp1 - 1
             tmp2 = b2**t
-            tmp3 = 1 / (1 - tmp2)
+            tmp3 = 1 - tmp2
             # length of the simple moving average
-            rho = rho_inf - 2 * t * tmp2 * tmp3
+            rho = rho_inf - 2 * t * tmp2 / tmp3
             # rectification
             r = (
                 math.sqrt(rho_inf * (rho - 4) * (rho - 2) / (rho * (rho_inf - 4) * (rho_inf - 2)))
@@ -231,7 +231,7 @@ class OptaxRadam(torch_support.RuleOptimizer):
                 torch.div(tmp0, 1 - b1**t, out=_s3)
                 mu_hat = torch.add(_s1, _s3, out=_s2)
                 # bias correction
-                nu_hat = torch.mul(nu, tmp3, out=_s3)
+                nu_hat = torch.div(nu, tmp3, out=_s3)
                 # parameter update
                 if rho >= threshold:
                     torch.add(eps_root, nu_hat, out=_s1)
@@ -245,9 +245,9 @@ class OptaxRadam(torch_support.RuleOptimizer):
             # maximum length of the simple moving average
             rho_inf = 2 / tmp4 - 1
             tmp5 = b2**t
-            tmp6 = 1 / (1 - tmp5)
+            tmp6 = 1 - tmp5
             # length of the simple moving average
-            rho = rho_inf - 2 * t * tmp5 * tmp6
+            rho = rho_inf - 2 * t * tmp5 / tmp6
             # rectification
             r = (
                 math.sqrt(rho_inf * (rho - 4) * (rho - 2) / (rho * (rho_inf - 4) * (rho_inf - 2)))
@@ -281,7 +281,7 @@ class OptaxRadam(torch_support.RuleOptimizer):
                 torch.add(_s0, _s1, alpha=tmp4, out=nu)
                 # bias correction
                 mu_hat = torch.div(mu, 1 - b1**t, out=_s1)
-                nu_hat = torch.mul(nu, tmp6, out=_s0)
+                nu_hat = torch.div(nu, tmp6, out=_s0)
                 # parameter update
                 if rho >= threshold:
                     torch.add(eps_root, nu_hat, out=_s2)

@@ -205,9 +205,8 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
         bias_correction = group["bias_correction"]
         if momentum is not None and bias_correction and centered and eps_in_sqrt and nesterov:
             tmp0 = 1 - decay
-            for w, g, state in call.tensors(
-                0, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
+            tmp1 = 1 - decay**t
+            for w, g, state in call.tensors(0, {"decay": decay, "eps": eps, "momentum": momentum}):
                 nu = state["nu"]
                 mu = state.get("mu")
                 trace = state.get("trace")
@@ -223,12 +222,9 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 torch.mul(decay, mu, out=_s1)
                 torch.add(_s1, g, alpha=tmp0, out=mu)
                 # bias correction
-                v = torch.div(nu, 1 - decay**t, out=_s1)
+                v = torch.div(nu, tmp1, out=_s1)
                 # first moment
-                if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s0)
-                else:
-                    mu_hat = mu
+                mu_hat = torch.div(mu, tmp1, out=_s0)
                 # variance
                 # v = v - mu_hat**2
                 torch.pow(mu_hat, 2, out=_s2)
@@ -238,42 +234,38 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 torch.add(eps, v, out=_s3)
                 torch.sqrt(_s3, out=_s3)
                 u = torch.div(g, _s3, out=_s2)
-                tmp1 = torch.mul(lr, u, out=_s3)
+                tmp2 = torch.mul(lr, u, out=_s3)
                 # trace
-                # trace = momentum*trace + tmp1
+                # trace = momentum*trace + tmp2
                 torch.mul(momentum, trace, out=_s4)
-                torch.add(_s4, tmp1, out=trace)
+                torch.add(_s4, tmp2, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp1
+                # w -= momentum*trace + tmp2
                 torch.mul(momentum, trace, out=_s4)
-                torch.add(_s4, tmp1, out=_s4)
+                torch.add(_s4, tmp2, out=_s4)
                 w.sub_(_s4)
         elif momentum is not None and bias_correction and centered and eps_in_sqrt and not nesterov:
-            tmp2 = 1 - decay
-            for w, g, state in call.tensors(
-                1, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
+            tmp3 = 1 - decay
+            tmp4 = 1 - decay**t
+            for w, g, state in call.tensors(1, {"decay": decay, "eps": eps, "momentum": momentum}):
                 nu = state["nu"]
                 mu = state.get("mu")
                 trace = state.get("trace")
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp2
+                # nu = decay*nu + g**2*tmp3
                 torch.mul(decay, nu, out=_s0)
                 torch.pow(g, 2, out=_s1)
-                torch.add(_s0, _s1, alpha=tmp2, out=nu)
+                torch.add(_s0, _s1, alpha=tmp3, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp2
+                # mu = decay*mu + g*tmp3
                 torch.mul(decay, mu, out=_s1)
-                torch.add(_s1, g, alpha=tmp2, out=mu)
+                torch.add(_s1, g, alpha=tmp3, out=mu)
                 # bias correction
-                v = torch.div(nu, 1 - decay**t, out=_s1)
+                v = torch.div(nu, tmp4, out=_s1)
                 # first moment
-                if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s0)
-                else:
-                    mu_hat = mu
+                mu_hat = torch.div(mu, tmp4, out=_s0)
                 # variance
                 # v = v - mu_hat**2
                 torch.pow(mu_hat, 2, out=_s2)
@@ -290,30 +282,26 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 # momentum update
                 w.sub_(trace)
         elif bias_correction and centered and eps_in_sqrt:
-            tmp3 = 1 - decay
-            for w, g, state in call.tensors(
-                2, {"decay": decay, "eps": eps, "bias_correction": bias_correction}
-            ):
+            tmp5 = 1 - decay
+            tmp6 = 1 - decay**t
+            for w, g, state in call.tensors(2, {"decay": decay, "eps": eps}):
                 nu = state["nu"]
                 mu = state.get("mu")
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu)
                 # second moment
-                # nu = decay*nu + g**2*tmp3
+                # nu = decay*nu + g**2*tmp5
                 torch.mul(decay, nu, out=_s0)
                 torch.pow(g, 2, out=_s1)
-                torch.add(_s0, _s1, alpha=tmp3, out=nu)
+                torch.add(_s0, _s1, alpha=tmp5, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp3
+                # mu = decay*mu + g*tmp5
                 torch.mul(decay, mu, out=_s1)
-                torch.add(_s1, g, alpha=tmp3, out=mu)
+                torch.add(_s1, g, alpha=tmp5, out=mu)
                 # bias correction
-                v = torch.div(nu, 1 - decay**t, out=_s1)
+                v = torch.div(nu, tmp6, out=_s1)
                 # first moment
-                if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s0)
-                else:
-                    mu_hat = mu
+                mu_hat = torch.div(mu, tmp6, out=_s0)
                 # variance
                 # v = v - mu_hat**2
                 torch.pow(mu_hat, 2, out=_s2)
@@ -326,31 +314,27 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 # parameter update
                 w.add_(u, alpha=-(lr))
         elif momentum is not None and bias_correction and centered and nesterov and not eps_in_sqrt:
-            tmp4 = 1 - decay
-            for w, g, state in call.tensors(
-                3, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
+            tmp7 = 1 - decay
+            tmp8 = 1 - decay**t
+            for w, g, state in call.tensors(3, {"decay": decay, "eps": eps, "momentum": momentum}):
                 nu = state["nu"]
                 mu = state.get("mu")
                 trace = state.get("trace")
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp4
+                # nu = decay*nu + g**2*tmp7
                 torch.mul(decay, nu, out=_s0)
                 torch.pow(g, 2, out=_s1)
-                torch.add(_s0, _s1, alpha=tmp4, out=nu)
+                torch.add(_s0, _s1, alpha=tmp7, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp4
+                # mu = decay*mu + g*tmp7
                 torch.mul(decay, mu, out=_s1)
-                torch.add(_s1, g, alpha=tmp4, out=mu)
+                torch.add(_s1, g, alpha=tmp7, out=mu)
                 # bias correction
-                v = torch.div(nu, 1 - decay**t, out=_s1)
+                v = torch.div(nu, tmp8, out=_s1)
                 # first moment
-                if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s0)
-                else:
-                    mu_hat = mu
+                mu_hat = torch.div(mu, tmp8, out=_s0)
                 # variance
                 # v = v - mu_hat**2
                 torch.pow(mu_hat, 2, out=_s2)
@@ -360,42 +344,38 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 torch.sqrt(v, out=_s3)
                 torch.add(eps, _s3, out=_s3)
                 u = torch.div(g, _s3, out=_s2)
-                tmp5 = torch.mul(lr, u, out=_s3)
+                tmp9 = torch.mul(lr, u, out=_s3)
                 # trace
-                # trace = momentum*trace + tmp5
+                # trace = momentum*trace + tmp9
                 torch.mul(momentum, trace, out=_s4)
-                torch.add(_s4, tmp5, out=trace)
+                torch.add(_s4, tmp9, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp5
+                # w -= momentum*trace + tmp9
                 torch.mul(momentum, trace, out=_s4)
-                torch.add(_s4, tmp5, out=_s4)
+                torch.add(_s4, tmp9, out=_s4)
                 w.sub_(_s4)
         elif momentum is not None and bias_correction and centered and not eps_in_sqrt and not nesterov:
-            tmp6 = 1 - decay
-            for w, g, state in call.tensors(
-                4, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
+            tmp10 = 1 - decay
+            tmp11 = 1 - decay**t
+            for w, g, state in call.tensors(4, {"decay": decay, "eps": eps, "momentum": momentum}):
                 nu = state["nu"]
                 mu = state.get("mu")
                 trace = state.get("trace")
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp6
+                # nu = decay*nu + g**2*tmp10
                 torch.mul(decay, nu, out=_s0)
                 torch.pow(g, 2, out=_s1)
-                torch.add(_s0, _s1, alpha=tmp6, out=nu)
+                torch.add(_s0, _s1, alpha=tmp10, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp6
+                # mu = decay*mu + g*tmp10
                 torch.mul(decay, mu, out=_s1)
-                torch.add(_s1, g, alpha=tmp6, out=mu)
+                torch.add(_s1, g, alpha=tmp10, out=mu)
                 # bias correction
-                v = torch.div(nu, 1 - decay**t, out=_s1)
+                v = torch.div(nu, tmp11, out=_s1)
                 # first moment
-                if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s0)
-                else:
-                    mu_hat = mu
+                mu_hat = torch.div(mu, tmp11, out=_s0)
                 # variance
                 # v = v - mu_hat**2
                 torch.pow(mu_hat, 2, out=_s2)
@@ -412,30 +392,26 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 # momentum update
                 w.sub_(trace)
         elif bias_correction and centered:
-            tmp7 = 1 - decay
-            for w, g, state in call.tensors(
-                5, {"decay": decay, "eps": eps, "bias_correction": bias_correction}
-            ):
+            tmp12 = 1 - decay
+            tmp13 = 1 - decay**t
+            for w, g, state in call.tensors(5, {"decay": decay, "eps": eps}):
                 nu = state["nu"]
                 mu = state.get("mu")
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu)
                 # second moment
-                # nu = decay*nu + g**2*tmp7
+                # nu = decay*nu + g**2*tmp12
                 torch.mul(decay, nu, out=_s0)
                 torch.pow(g, 2, out=_s1)
-                torch.add(_s0, _s1, alpha=tmp7, out=nu)
+                torch.add(_s0, _s1, alpha=tmp12, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp7
+                # mu = decay*mu + g*tmp12
                 torch.mul(decay, mu, out=_s1)
-                torch.add(_s1, g, alpha=tmp7, out=mu)
+                torch.add(_s1, g, alpha=tmp12, out=mu)
                 # bias correction
-                v = torch.div(nu, 1 - decay**t, out=_s1)
+                v = torch.div(nu, tmp13, out=_s1)
                 # first moment
-                if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s0)
-                else:
-                    mu_hat = mu
+                mu_hat = torch.div(mu, tmp13, out=_s0)
                 # variance
                 # v = v - mu_hat**2
                 torch.pow(mu_hat, 2, out=_s2)
@@ -448,177 +424,8 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 # parameter update
                 w.add_(u, alpha=-(lr))
         elif momentum is not None and centered and eps_in_sqrt and nesterov and not bias_correction:
-            tmp8 = 1 - decay
-            for w, g, state in call.tensors(
-                6, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
-                nu = state["nu"]
-                mu = state.get("mu")
-                trace = state.get("trace")
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
-                # second moment
-                # nu = decay*nu + g**2*tmp8
-                torch.mul(decay, nu, out=_s0)
-                torch.pow(g, 2, out=_s1)
-                torch.add(_s0, _s1, alpha=tmp8, out=nu)
-                # first moment
-                # mu = decay*mu + g*tmp8
-                torch.mul(decay, mu, out=_s1)
-                torch.add(_s1, g, alpha=tmp8, out=mu)
-                # second moment in the denominator
-                v = nu
-                # first moment
-                if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s1)
-                else:
-                    mu_hat = mu
-                # variance
-                # v = v - mu_hat**2
-                torch.pow(mu_hat, 2, out=_s2)
-                v = torch.sub(v, _s2, out=_s0)
-                # scaled gradient
-                # u = g/torch.sqrt(eps + v)
-                torch.add(eps, v, out=_s3)
-                torch.sqrt(_s3, out=_s3)
-                u = torch.div(g, _s3, out=_s2)
-                tmp9 = torch.mul(lr, u, out=_s3)
-                # trace
-                # trace = momentum*trace + tmp9
-                torch.mul(momentum, trace, out=_s4)
-                torch.add(_s4, tmp9, out=trace)
-                # Nesterov update
-                # w -= momentum*trace + tmp9
-                torch.mul(momentum, trace, out=_s4)
-                torch.add(_s4, tmp9, out=_s4)
-                w.sub_(_s4)
-        elif momentum is not None and centered and eps_in_sqrt and not bias_correction and not nesterov:
-            tmp10 = 1 - decay
-            for w, g, state in call.tensors(
-                7, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
-                nu = state["nu"]
-                mu = state.get("mu")
-                trace = state.get("trace")
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
-                # second moment
-                # nu = decay*nu + g**2*tmp10
-                torch.mul(decay, nu, out=_s0)
-                torch.pow(g, 2, out=_s1)
-                torch.add(_s0, _s1, alpha=tmp10, out=nu)
-                # first moment
-                # mu = decay*mu + g*tmp10
-                torch.mul(decay, mu, out=_s1)
-                torch.add(_s1, g, alpha=tmp10, out=mu)
-                # second moment in the denominator
-                v = nu
-                # first moment
-                if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s1)
-                else:
-                    mu_hat = mu
-                # variance
-                # v = v - mu_hat**2
-                torch.pow(mu_hat, 2, out=_s2)
-                v = torch.sub(v, _s2, out=_s0)
-                # scaled gradient
-                # u = g/torch.sqrt(eps + v)
-                torch.add(eps, v, out=_s3)
-                torch.sqrt(_s3, out=_s3)
-                u = torch.div(g, _s3, out=_s2)
-                # trace
-                # trace = lr*u + momentum*trace
-                torch.mul(lr, u, out=_s3)
-                torch.add(_s3, trace, alpha=momentum, out=trace)
-                # momentum update
-                w.sub_(trace)
-        elif centered and eps_in_sqrt:
-            tmp11 = 1 - decay
-            for w, g, state in call.tensors(
-                8, {"decay": decay, "eps": eps, "bias_correction": bias_correction}
-            ):
-                nu = state["nu"]
-                mu = state.get("mu")
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu)
-                # second moment
-                # nu = decay*nu + g**2*tmp11
-                torch.mul(decay, nu, out=_s0)
-                torch.pow(g, 2, out=_s1)
-                torch.add(_s0, _s1, alpha=tmp11, out=nu)
-                # first moment
-                # mu = decay*mu + g*tmp11
-                torch.mul(decay, mu, out=_s1)
-                torch.add(_s1, g, alpha=tmp11, out=mu)
-                # second moment in the denominator
-                v = nu
-                # first moment
-                if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s1)
-                else:
-                    mu_hat = mu
-                # variance
-                # v = v - mu_hat**2
-                torch.pow(mu_hat, 2, out=_s2)
-                v = torch.sub(v, _s2, out=_s0)
-                # scaled gradient
-                # u = g/torch.sqrt(eps + v)
-                torch.add(eps, v, out=_s3)
-                torch.sqrt(_s3, out=_s3)
-                u = torch.div(g, _s3, out=_s2)
-                # parameter update
-                w.add_(u, alpha=-(lr))
-        elif momentum is not None and centered and nesterov and not bias_correction and not eps_in_sqrt:
-            tmp12 = 1 - decay
-            for w, g, state in call.tensors(
-                9, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
-                nu = state["nu"]
-                mu = state.get("mu")
-                trace = state.get("trace")
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(self._scratch, 5, w, g, nu, mu, trace)
-                # second moment
-                # nu = decay*nu + g**2*tmp12
-                torch.mul(decay, nu, out=_s0)
-                torch.pow(g, 2, out=_s1)
-                torch.add(_s0, _s1, alpha=tmp12, out=nu)
-                # first moment
-                # mu = decay*mu + g*tmp12
-                torch.mul(decay, mu, out=_s1)
-                torch.add(_s1, g, alpha=tmp12, out=mu)
-                # second moment in the denominator
-                v = nu
-                # first moment
-                if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s1)
-                else:
-                    mu_hat = mu
-                # variance
-                # v = v - mu_hat**2
-                torch.pow(mu_hat, 2, out=_s2)
-                v = torch.sub(v, _s2, out=_s0)
-                # epsilon outside the root
-                # u = g/(eps + torch.sqrt(v))
-                torch.sqrt(v, out=_s3)
-                torch.add(eps, _s3, out=_s3)
-                u = torch.div(g, _s3, out=_s2)
-                tmp13 = torch.mul(lr, u, out=_s3)
-                # trace
-                # trace = momentum*trace + tmp13
-                torch.mul(momentum, trace, out=_s4)
-                torch.add(_s4, tmp13, out=trace)
-                # Nesterov update
-                # w -= momentum*trace + tmp13
-                torch.mul(momentum, trace, out=_s4)
-                torch.add(_s4, tmp13, out=_s4)
-                w.sub_(_s4)
-        elif momentum is not None and centered and not bias_correction and not eps_in_sqrt and not nesterov:
             tmp14 = 1 - decay
-            for w, g, state in call.tensors(
-                10, {"decay": decay, "eps": eps, "momentum": momentum, "bias_correction": bias_correction}
-            ):
+            for w, g, state in call.tensors(6, {"decay": decay, "eps": eps, "momentum": momentum}):
                 nu = state["nu"]
                 mu = state.get("mu")
                 trace = state.get("trace")
@@ -636,59 +443,198 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 # second moment in the denominator
                 v = nu
                 # first moment
-                if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s1)
-                else:
-                    mu_hat = mu
+                mu_hat = mu
                 # variance
                 # v = v - mu_hat**2
-                torch.pow(mu_hat, 2, out=_s2)
-                v = torch.sub(v, _s2, out=_s0)
-                # epsilon outside the root
-                # u = g/(eps + torch.sqrt(v))
-                torch.sqrt(v, out=_s3)
-                torch.add(eps, _s3, out=_s3)
-                u = torch.div(g, _s3, out=_s2)
+                torch.pow(mu_hat, 2, out=_s0)
+                v = torch.sub(v, _s0, out=_s1)
+                # scaled gradient
+                # u = g/torch.sqrt(eps + v)
+                torch.add(eps, v, out=_s2)
+                torch.sqrt(_s2, out=_s2)
+                u = torch.div(g, _s2, out=_s0)
+                tmp15 = torch.mul(lr, u, out=_s2)
                 # trace
-                # trace = lr*u + momentum*trace
-                torch.mul(lr, u, out=_s3)
-                torch.add(_s3, trace, alpha=momentum, out=trace)
-                # momentum update
-                w.sub_(trace)
-        elif centered:
-            tmp15 = 1 - decay
-            for w, g, state in call.tensors(
-                11, {"decay": decay, "eps": eps, "bias_correction": bias_correction}
-            ):
+                # trace = momentum*trace + tmp15
+                torch.mul(momentum, trace, out=_s3)
+                torch.add(_s3, tmp15, out=trace)
+                # Nesterov update
+                # w -= momentum*trace + tmp15
+                torch.mul(momentum, trace, out=_s3)
+                torch.add(_s3, tmp15, out=_s3)
+                w.sub_(_s3)
+        elif momentum is not None and centered and eps_in_sqrt and not bias_correction and not nesterov:
+            tmp16 = 1 - decay
+            for w, g, state in call.tensors(7, {"decay": decay, "eps": eps, "momentum": momentum}):
                 nu = state["nu"]
                 mu = state.get("mu")
+                trace = state.get("trace")
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu)
+                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, nu, mu, trace)
                 # second moment
-                # nu = decay*nu + g**2*tmp15
+                # nu = decay*nu + g**2*tmp16
                 torch.mul(decay, nu, out=_s0)
                 torch.pow(g, 2, out=_s1)
-                torch.add(_s0, _s1, alpha=tmp15, out=nu)
+                torch.add(_s0, _s1, alpha=tmp16, out=nu)
                 # first moment
-                # mu = decay*mu + g*tmp15
+                # mu = decay*mu + g*tmp16
                 torch.mul(decay, mu, out=_s1)
-                torch.add(_s1, g, alpha=tmp15, out=mu)
+                torch.add(_s1, g, alpha=tmp16, out=mu)
                 # second moment in the denominator
                 v = nu
                 # first moment
-                if bias_correction:
-                    mu_hat = torch.div(mu, 1 - decay**t, out=_s1)
-                else:
-                    mu_hat = mu
+                mu_hat = mu
                 # variance
                 # v = v - mu_hat**2
-                torch.pow(mu_hat, 2, out=_s2)
-                v = torch.sub(v, _s2, out=_s0)
+                torch.pow(mu_hat, 2, out=_s0)
+                v = torch.sub(v, _s0, out=_s1)
+                # scaled gradient
+                # u = g/torch.sqrt(eps + v)
+                torch.add(eps, v, out=_s2)
+                torch.sqrt(_s2, out=_s2)
+                u = torch.div(g, _s2, out=_s0)
+                # trace
+                # trace = lr*u + momentum*trace
+                torch.mul(lr, u, out=_s2)
+                torch.add(_s2, trace, alpha=momentum, out=trace)
+                # momentum update
+                w.sub_(trace)
+        elif centered and eps_in_sqrt:
+            tmp17 = 1 - decay
+            for w, g, state in call.tensors(8, {"decay": decay, "eps": eps}):
+                nu = state["nu"]
+                mu = state.get("mu")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, nu, mu)
+                # second moment
+                # nu = decay*nu + g**2*tmp17
+                torch.mul(decay, nu, out=_s0)
+                torch.pow(g, 2, out=_s1)
+                torch.add(_s0, _s1, alpha=tmp17, out=nu)
+                # first moment
+                # mu = decay*mu + g*tmp17
+                torch.mul(decay, mu, out=_s1)
+                torch.add(_s1, g, alpha=tmp17, out=mu)
+                # second moment in the denominator
+                v = nu
+                # first moment
+                mu_hat = mu
+                # variance
+                # v = v - mu_hat**2
+                torch.pow(mu_hat, 2, out=_s0)
+                v = torch.sub(v, _s0, out=_s1)
+                # scaled gradient
+                # u = g/torch.sqrt(eps + v)
+                torch.add(eps, v, out=_s2)
+                torch.sqrt(_s2, out=_s2)
+                u = torch.div(g, _s2, out=_s0)
+                # parameter update
+                w.add_(u, alpha=-(lr))
+        elif momentum is not None and centered and nesterov and not bias_correction and not eps_in_sqrt:
+            tmp18 = 1 - decay
+            for w, g, state in call.tensors(9, {"decay": decay, "eps": eps, "momentum": momentum}):
+                nu = state["nu"]
+                mu = state.get("mu")
+                trace = state.get("trace")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, nu, mu, trace)
+                # second moment
+                # nu = decay*nu + g**2*tmp18
+                torch.mul(decay, nu, out=_s0)
+                torch.pow(g, 2, out=_s1)
+                torch.add(_s0, _s1, alpha=tmp18, out=nu)
+                # first moment
+                # mu = decay*mu + g*tmp18
+                torch.mul(decay, mu, out=_s1)
+                torch.add(_s1, g, alpha=tmp18, out=mu)
+                # second moment in the denominator
+                v = nu
+                # first moment
+                mu_hat = mu
+                # variance
+                # v = v - mu_hat**2
+                torch.pow(mu_hat, 2, out=_s0)
+                v = torch.sub(v, _s0, out=_s1)
                 # epsilon outside the root
                 # u = g/(eps + torch.sqrt(v))
-                torch.sqrt(v, out=_s3)
-                torch.add(eps, _s3, out=_s3)
-                u = torch.div(g, _s3, out=_s2)
+                torch.sqrt(v, out=_s2)
+                torch.add(eps, _s2, out=_s2)
+                u = torch.div(g, _s2, out=_s0)
+                tmp19 = torch.mul(lr, u, out=_s2)
+                # trace
+                # trace = momentum*trace + tmp19
+                torch.mul(momentum, trace, out=_s3)
+                torch.add(_s3, tmp19, out=trace)
+                # Nesterov update
+                # w -= momentum*trace + tmp19
+                torch.mul(momentum, trace, out=_s3)
+                torch.add(_s3, tmp19, out=_s3)
+                w.sub_(_s3)
+        elif momentum is not None and centered and not bias_correction and not eps_in_sqrt and not nesterov:
+            tmp20 = 1 - decay
+            for w, g, state in call.tensors(10, {"decay": decay, "eps": eps, "momentum": momentum}):
+                nu = state["nu"]
+                mu = state.get("mu")
+                trace = state.get("trace")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, nu, mu, trace)
+                # second moment
+                # nu = decay*nu + g**2*tmp20
+                torch.mul(decay, nu, out=_s0)
+                torch.pow(g, 2, out=_s1)
+                torch.add(_s0, _s1, alpha=tmp20, out=nu)
+                # first moment
+                # mu = decay*mu + g*tmp20
+                torch.mul(decay, mu, out=_s1)
+                torch.add(_s1, g, alpha=tmp20, out=mu)
+                # second moment in the denominator
+                v = nu
+                # first moment
+                mu_hat = mu
+                # variance
+                # v = v - mu_hat**2
+                torch.pow(mu_hat, 2, out=_s0)
+                v = torch.sub(v, _s0, out=_s1)
+                # epsilon outside the root
+                # u = g/(eps + torch.sqrt(v))
+                torch.sqrt(v, out=_s2)
+                torch.add(eps, _s2, out=_s2)
+                u = torch.div(g, _s2, out=_s0)
+                # trace
+                # trace = lr*u + momentum*trace
+                torch.mul(lr, u, out=_s2)
+                torch.add(_s2, trace, alpha=momentum, out=trace)
+                # momentum update
+                w.sub_(trace)
+        elif centered:
+            tmp21 = 1 - decay
+            for w, g, state in call.tensors(11, {"decay": decay, "eps": eps}):
+                nu = state["nu"]
+                mu = state.get("mu")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, nu, mu)
+                # second moment
+                # nu = decay*nu + g**2*tmp21
+                torch.mul(decay, nu, out=_s0)
+                torch.pow(g, 2, out=_s1)
+                torch.add(_s0, _s1, alpha=tmp21, out=nu)
+                # first moment
+                # mu = decay*mu + g*tmp21
+                torch.mul(decay, mu, out=_s1)
+                torch.add(_s1, g, alpha=tmp21, out=mu)
+                # second moment in the denominator
+                v = nu
+                # first moment
+                mu_hat = mu
+                # variance
+                # v = v - mu_hat**2
+                torch.pow(mu_hat, 2, out=_s0)
+                v = torch.sub(v, _s0, out=_s1)
+                # epsilon outside the root
+                # u = g/(eps + torch.sqrt(v))
+                torch.sqrt(v, out=_s2)
+                torch.add(eps, _s2, out=_s2)
+                u = torch.div(g, _s2, out=_s0)
                 # parameter update
                 w.add_(u, alpha=-(lr))
         elif momentum is not None and bias_correction and eps_in_sqrt and nesterov and not centered:
@@ -709,15 +655,15 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 torch.add(eps, v, out=_s2)
                 torch.sqrt(_s2, out=_s2)
                 u = torch.div(g, _s2, out=_s0)
-                tmp16 = torch.mul(lr, u, out=_s2)
+                tmp22 = torch.mul(lr, u, out=_s2)
                 # trace
-                # trace = momentum*trace + tmp16
+                # trace = momentum*trace + tmp22
                 torch.mul(momentum, trace, out=_s3)
-                torch.add(_s3, tmp16, out=trace)
+                torch.add(_s3, tmp22, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp16
+                # w -= momentum*trace + tmp22
                 torch.mul(momentum, trace, out=_s3)
-                torch.add(_s3, tmp16, out=_s3)
+                torch.add(_s3, tmp22, out=_s3)
                 w.sub_(_s3)
         elif momentum is not None and bias_correction and eps_in_sqrt and not centered and not nesterov:
             for w, g, state in call.tensors(13, {"decay": decay, "eps": eps, "momentum": momentum}):
@@ -780,15 +726,15 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 torch.sqrt(v, out=_s2)
                 torch.add(eps, _s2, out=_s2)
                 u = torch.div(g, _s2, out=_s0)
-                tmp17 = torch.mul(lr, u, out=_s2)
+                tmp23 = torch.mul(lr, u, out=_s2)
                 # trace
-                # trace = momentum*trace + tmp17
+                # trace = momentum*trace + tmp23
                 torch.mul(momentum, trace, out=_s3)
-                torch.add(_s3, tmp17, out=trace)
+                torch.add(_s3, tmp23, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp17
+                # w -= momentum*trace + tmp23
                 torch.mul(momentum, trace, out=_s3)
-                torch.add(_s3, tmp17, out=_s3)
+                torch.add(_s3, tmp23, out=_s3)
                 w.sub_(_s3)
         elif momentum is not None and bias_correction and not centered and not eps_in_sqrt and not nesterov:
             for w, g, state in call.tensors(16, {"decay": decay, "eps": eps, "momentum": momentum}):
@@ -851,15 +797,15 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 torch.add(eps, v, out=_s0)
                 torch.sqrt(_s0, out=_s0)
                 u = torch.div(g, _s0, out=_s1)
-                tmp18 = torch.mul(lr, u, out=_s0)
+                tmp24 = torch.mul(lr, u, out=_s0)
                 # trace
-                # trace = momentum*trace + tmp18
+                # trace = momentum*trace + tmp24
                 torch.mul(momentum, trace, out=_s2)
-                torch.add(_s2, tmp18, out=trace)
+                torch.add(_s2, tmp24, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp18
+                # w -= momentum*trace + tmp24
                 torch.mul(momentum, trace, out=_s2)
-                torch.add(_s2, tmp18, out=_s2)
+                torch.add(_s2, tmp24, out=_s2)
                 w.sub_(_s2)
         elif momentum is not None and eps_in_sqrt and not bias_correction and not centered and not nesterov:
             for w, g, state in call.tensors(19, {"decay": decay, "eps": eps, "momentum": momentum}):
@@ -922,15 +868,15 @@ class OptaxRmsprop(torch_support.RuleOptimizer):
                 torch.sqrt(v, out=_s0)
                 torch.add(eps, _s0, out=_s0)
                 u = torch.div(g, _s0, out=_s1)
-                tmp19 = torch.mul(lr, u, out=_s0)
+                tmp25 = torch.mul(lr, u, out=_s0)
                 # trace
-                # trace = momentum*trace + tmp19
+                # trace = momentum*trace + tmp25
                 torch.mul(momentum, trace, out=_s2)
-                torch.add(_s2, tmp19, out=trace)
+                torch.add(_s2, tmp25, out=trace)
                 # Nesterov update
-                # w -= momentum*trace + tmp19
+                # w -= momentum*trace + tmp25
                 torch.mul(momentum, trace, out=_s2)
-                torch.add(_s2, tmp19, out=_s2)
+                torch.add(_s2, tmp25, out=_s2)
                 w.sub_(_s2)
         elif (
             momentum is not None and not bias_correction and not centered and not eps_in_sqrt and not nesterov

@@ -182,7 +182,7 @@ class TorchAdam(torch_support.RuleOptimizer):
         maximize = group["maximize"]
         if amsgrad and weight_decay == 0:
             for w, g, state in call.tensors(
-                0, {"beta1": beta1, "beta2": beta2, "eps": eps, "amsgrad": amsgrad, "maximize": maximize}
+                0, {"beta1": beta1, "beta2": beta2, "eps": eps, "maximize": maximize}
             ):
                 exp_avg = state["exp_avg"]
                 exp_avg_sq = state["exp_avg_sq"]
@@ -205,30 +205,21 @@ class TorchAdam(torch_support.RuleOptimizer):
                 torch.add(_s1, _s2, alpha=1 - beta2, out=exp_avg_sq)
                 # AMSGrad maximum
                 torch.maximum(exp_avg_sq, max_exp_avg_sq, out=max_exp_avg_sq)
-                # denominator
-                # denom = eps + torch.sqrt(exp_avg_sq)/math.sqrt(1 - beta2**t)
-                torch.sqrt(exp_avg_sq, out=_s1)
+                # AMSGrad denominator
+                # denom = eps + torch.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                torch.sqrt(max_exp_avg_sq, out=_s1)
                 torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
                 denom = torch.add(eps, _s1, out=_s2)
-                # AMSGrad denominator
-                if amsgrad:
-                    # denom = eps + torch.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
-                    torch.sqrt(max_exp_avg_sq, out=_s1)
-                    torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                    denom = torch.add(eps, _s1, out=_s2)
                 # parameter update
                 w.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**t)))
         elif weight_decay == 0:
             for w, g, state in call.tensors(
-                1, {"beta1": beta1, "beta2": beta2, "eps": eps, "amsgrad": amsgrad, "maximize": maximize}
+                1, {"beta1": beta1, "beta2": beta2, "eps": eps, "maximize": maximize}
             ):
                 exp_avg = state["exp_avg"]
                 exp_avg_sq = state["exp_avg_sq"]
-                max_exp_avg_sq = state.get("max_exp_avg_sq")
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2 = torch_support.scratch(
-                    self._scratch, 3, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq
-                )
+                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, exp_avg, exp_avg_sq)
                 # maximize
                 if maximize:
                     g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
@@ -246,12 +237,6 @@ class TorchAdam(torch_support.RuleOptimizer):
                 torch.sqrt(exp_avg_sq, out=_s1)
                 torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
                 denom = torch.add(eps, _s1, out=_s2)
-                # AMSGrad denominator
-                if amsgrad:
-                    # denom = eps + torch.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
-                    torch.sqrt(max_exp_avg_sq, out=_s1)
-                    torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                    denom = torch.add(eps, _s1, out=_s2)
                 # parameter update
                 w.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**t)))
         elif amsgrad:
@@ -262,7 +247,6 @@ class TorchAdam(torch_support.RuleOptimizer):
                     "beta2": beta2,
                     "eps": eps,
                     "weight_decay": weight_decay,
-                    "amsgrad": amsgrad,
                     "maximize": maximize,
                 },
             ):
@@ -289,17 +273,11 @@ class TorchAdam(torch_support.RuleOptimizer):
                 torch.add(_s1, _s2, alpha=1 - beta2, out=exp_avg_sq)
                 # AMSGrad maximum
                 torch.maximum(exp_avg_sq, max_exp_avg_sq, out=max_exp_avg_sq)
-                # denominator
-                # denom = eps + torch.sqrt(exp_avg_sq)/math.sqrt(1 - beta2**t)
-                torch.sqrt(exp_avg_sq, out=_s1)
+                # AMSGrad denominator
+                # denom = eps + torch.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
+                torch.sqrt(max_exp_avg_sq, out=_s1)
                 torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
                 denom = torch.add(eps, _s1, out=_s2)
-                # AMSGrad denominator
-                if amsgrad:
-                    # denom = eps + torch.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
-                    torch.sqrt(max_exp_avg_sq, out=_s1)
-                    torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                    denom = torch.add(eps, _s1, out=_s2)
                 # parameter update
                 w.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**t)))
         else:
@@ -310,17 +288,13 @@ class TorchAdam(torch_support.RuleOptimizer):
                     "beta2": beta2,
                     "eps": eps,
                     "weight_decay": weight_decay,
-                    "amsgrad": amsgrad,
                     "maximize": maximize,
                 },
             ):
                 exp_avg = state["exp_avg"]
                 exp_avg_sq = state["exp_avg_sq"]
-                max_exp_avg_sq = state.get("max_exp_avg_sq")
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2 = torch_support.scratch(
-                    self._scratch, 3, w, g, exp_avg, exp_avg_sq, max_exp_avg_sq
-                )
+                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, exp_avg, exp_avg_sq)
                 # maximize
                 if maximize:
                     g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
@@ -340,12 +314,6 @@ class TorchAdam(torch_support.RuleOptimizer):
                 torch.sqrt(exp_avg_sq, out=_s1)
                 torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
                 denom = torch.add(eps, _s1, out=_s2)
-                # AMSGrad denominator
-                if amsgrad:
-                    # denom = eps + torch.sqrt(max_exp_avg_sq)/math.sqrt(1 - beta2**t)
-                    torch.sqrt(max_exp_avg_sq, out=_s1)
-                    torch.div(_s1, math.sqrt(1 - beta2**t), out=_s1)
-                    denom = torch.add(eps, _s1, out=_s2)
                 # parameter update
                 w.addcdiv_(exp_avg, denom, value=-(lr / (1 - beta1**t)))
 

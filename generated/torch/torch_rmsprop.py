@@ -183,9 +183,7 @@ class TorchRMSprop(torch_support.RuleOptimizer):
         maximize = group["maximize"]
         if centered and momentum == 0 and weight_decay == 0:
             tmp0 = 1 - alpha
-            for w, g, state in call.tensors(
-                0, {"alpha": alpha, "eps": eps, "centered": centered, "maximize": maximize}
-            ):
+            for w, g, state in call.tensors(0, {"alpha": alpha, "eps": eps, "maximize": maximize}):
                 square_avg = state["square_avg"]
                 grad_avg = state.get("grad_avg")
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
@@ -202,30 +200,18 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                 # grad_avg += tmp0*(g - grad_avg)
                 torch.sub(g, grad_avg, out=_s2)
                 grad_avg.add_(_s2, alpha=tmp0)
-                # denominator
-                # denom = eps + torch.sqrt(square_avg)
-                torch.sqrt(square_avg, out=_s1)
-                denom = torch.add(eps, _s1, out=_s2)
                 # centered denominator
-                if centered:
-                    # denom = eps + torch.sqrt(square_avg - grad_avg**2)
-                    torch.pow(grad_avg, 2, out=_s1)
-                    torch.sub(square_avg, _s1, out=_s1)
-                    torch.sqrt(_s1, out=_s1)
-                    denom = torch.add(eps, _s1, out=_s2)
+                # denom = eps + torch.sqrt(square_avg - grad_avg**2)
+                torch.pow(grad_avg, 2, out=_s1)
+                torch.sub(square_avg, _s1, out=_s1)
+                torch.sqrt(_s1, out=_s1)
+                denom = torch.add(eps, _s1, out=_s2)
                 # parameter update
                 w.addcdiv_(g, denom, value=-(lr))
         elif centered and weight_decay == 0:
             tmp1 = 1 - alpha
             for w, g, state in call.tensors(
-                1,
-                {
-                    "alpha": alpha,
-                    "eps": eps,
-                    "momentum": momentum,
-                    "centered": centered,
-                    "maximize": maximize,
-                },
+                1, {"alpha": alpha, "eps": eps, "momentum": momentum, "maximize": maximize}
             ):
                 square_avg = state["square_avg"]
                 grad_avg = state.get("grad_avg")
@@ -246,17 +232,12 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                 # grad_avg += tmp1*(g - grad_avg)
                 torch.sub(g, grad_avg, out=_s2)
                 grad_avg.add_(_s2, alpha=tmp1)
-                # denominator
-                # denom = eps + torch.sqrt(square_avg)
-                torch.sqrt(square_avg, out=_s1)
-                denom = torch.add(eps, _s1, out=_s2)
                 # centered denominator
-                if centered:
-                    # denom = eps + torch.sqrt(square_avg - grad_avg**2)
-                    torch.pow(grad_avg, 2, out=_s1)
-                    torch.sub(square_avg, _s1, out=_s1)
-                    torch.sqrt(_s1, out=_s1)
-                    denom = torch.add(eps, _s1, out=_s2)
+                # denom = eps + torch.sqrt(square_avg - grad_avg**2)
+                torch.pow(grad_avg, 2, out=_s1)
+                torch.sub(square_avg, _s1, out=_s1)
+                torch.sqrt(_s1, out=_s1)
+                denom = torch.add(eps, _s1, out=_s2)
                 # momentum buffer
                 # momentum_buffer = momentum*momentum_buffer + g/denom
                 torch.mul(momentum, momentum_buffer, out=_s1)
@@ -265,13 +246,10 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                 # momentum update
                 w.add_(momentum_buffer, alpha=-(lr))
         elif momentum == 0 and weight_decay == 0:
-            for w, g, state in call.tensors(
-                2, {"alpha": alpha, "eps": eps, "centered": centered, "maximize": maximize}
-            ):
+            for w, g, state in call.tensors(2, {"alpha": alpha, "eps": eps, "maximize": maximize}):
                 square_avg = state["square_avg"]
-                grad_avg = state.get("grad_avg")
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, square_avg, grad_avg)
+                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, square_avg)
                 # maximize
                 if maximize:
                     g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
@@ -284,32 +262,17 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                 # denom = eps + torch.sqrt(square_avg)
                 torch.sqrt(square_avg, out=_s1)
                 denom = torch.add(eps, _s1, out=_s2)
-                # centered denominator
-                if centered:
-                    # denom = eps + torch.sqrt(square_avg - grad_avg**2)
-                    torch.pow(grad_avg, 2, out=_s1)
-                    torch.sub(square_avg, _s1, out=_s1)
-                    torch.sqrt(_s1, out=_s1)
-                    denom = torch.add(eps, _s1, out=_s2)
                 # parameter update
                 w.addcdiv_(g, denom, value=-(lr))
         elif weight_decay == 0:
             for w, g, state in call.tensors(
-                3,
-                {
-                    "alpha": alpha,
-                    "eps": eps,
-                    "momentum": momentum,
-                    "centered": centered,
-                    "maximize": maximize,
-                },
+                3, {"alpha": alpha, "eps": eps, "momentum": momentum, "maximize": maximize}
             ):
                 square_avg = state["square_avg"]
-                grad_avg = state.get("grad_avg")
                 momentum_buffer = state.get("momentum_buffer")
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = torch_support.scratch(
-                    self._scratch, 4, w, g, square_avg, grad_avg, momentum_buffer
+                    self._scratch, 4, w, g, square_avg, momentum_buffer
                 )
                 # maximize
                 if maximize:
@@ -323,13 +286,6 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                 # denom = eps + torch.sqrt(square_avg)
                 torch.sqrt(square_avg, out=_s1)
                 denom = torch.add(eps, _s1, out=_s2)
-                # centered denominator
-                if centered:
-                    # denom = eps + torch.sqrt(square_avg - grad_avg**2)
-                    torch.pow(grad_avg, 2, out=_s1)
-                    torch.sub(square_avg, _s1, out=_s1)
-                    torch.sqrt(_s1, out=_s1)
-                    denom = torch.add(eps, _s1, out=_s2)
                 # momentum buffer
                 # momentum_buffer = momentum*momentum_buffer + g/denom
                 torch.mul(momentum, momentum_buffer, out=_s1)
@@ -340,14 +296,7 @@ class TorchRMSprop(torch_support.RuleOptimizer):
         elif centered and momentum == 0:
             tmp2 = 1 - alpha
             for w, g, state in call.tensors(
-                4,
-                {
-                    "alpha": alpha,
-                    "eps": eps,
-                    "weight_decay": weight_decay,
-                    "centered": centered,
-                    "maximize": maximize,
-                },
+                4, {"alpha": alpha, "eps": eps, "weight_decay": weight_decay, "maximize": maximize}
             ):
                 square_avg = state["square_avg"]
                 grad_avg = state.get("grad_avg")
@@ -367,17 +316,12 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                 # grad_avg += tmp2*(g - grad_avg)
                 torch.sub(g, grad_avg, out=_s2)
                 grad_avg.add_(_s2, alpha=tmp2)
-                # denominator
-                # denom = eps + torch.sqrt(square_avg)
-                torch.sqrt(square_avg, out=_s1)
-                denom = torch.add(eps, _s1, out=_s2)
                 # centered denominator
-                if centered:
-                    # denom = eps + torch.sqrt(square_avg - grad_avg**2)
-                    torch.pow(grad_avg, 2, out=_s1)
-                    torch.sub(square_avg, _s1, out=_s1)
-                    torch.sqrt(_s1, out=_s1)
-                    denom = torch.add(eps, _s1, out=_s2)
+                # denom = eps + torch.sqrt(square_avg - grad_avg**2)
+                torch.pow(grad_avg, 2, out=_s1)
+                torch.sub(square_avg, _s1, out=_s1)
+                torch.sqrt(_s1, out=_s1)
+                denom = torch.add(eps, _s1, out=_s2)
                 # parameter update
                 w.addcdiv_(g, denom, value=-(lr))
         elif centered:
@@ -389,7 +333,6 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                     "eps": eps,
                     "weight_decay": weight_decay,
                     "momentum": momentum,
-                    "centered": centered,
                     "maximize": maximize,
                 },
             ):
@@ -414,17 +357,12 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                 # grad_avg += tmp3*(g - grad_avg)
                 torch.sub(g, grad_avg, out=_s2)
                 grad_avg.add_(_s2, alpha=tmp3)
-                # denominator
-                # denom = eps + torch.sqrt(square_avg)
-                torch.sqrt(square_avg, out=_s1)
-                denom = torch.add(eps, _s1, out=_s2)
                 # centered denominator
-                if centered:
-                    # denom = eps + torch.sqrt(square_avg - grad_avg**2)
-                    torch.pow(grad_avg, 2, out=_s1)
-                    torch.sub(square_avg, _s1, out=_s1)
-                    torch.sqrt(_s1, out=_s1)
-                    denom = torch.add(eps, _s1, out=_s2)
+                # denom = eps + torch.sqrt(square_avg - grad_avg**2)
+                torch.pow(grad_avg, 2, out=_s1)
+                torch.sub(square_avg, _s1, out=_s1)
+                torch.sqrt(_s1, out=_s1)
+                denom = torch.add(eps, _s1, out=_s2)
                 # momentum buffer
                 # momentum_buffer = momentum*momentum_buffer + g/denom
                 torch.mul(momentum, momentum_buffer, out=_s1)
@@ -434,19 +372,11 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                 w.add_(momentum_buffer, alpha=-(lr))
         elif momentum == 0:
             for w, g, state in call.tensors(
-                6,
-                {
-                    "alpha": alpha,
-                    "eps": eps,
-                    "weight_decay": weight_decay,
-                    "centered": centered,
-                    "maximize": maximize,
-                },
+                6, {"alpha": alpha, "eps": eps, "weight_decay": weight_decay, "maximize": maximize}
             ):
                 square_avg = state["square_avg"]
-                grad_avg = state.get("grad_avg")
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, square_avg, grad_avg)
+                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, square_avg)
                 # maximize
                 if maximize:
                     g = torch.neg(g, out=_s0) if g.dtype == _s0.dtype else _s0.copy_(torch.neg(g))
@@ -461,13 +391,6 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                 # denom = eps + torch.sqrt(square_avg)
                 torch.sqrt(square_avg, out=_s1)
                 denom = torch.add(eps, _s1, out=_s2)
-                # centered denominator
-                if centered:
-                    # denom = eps + torch.sqrt(square_avg - grad_avg**2)
-                    torch.pow(grad_avg, 2, out=_s1)
-                    torch.sub(square_avg, _s1, out=_s1)
-                    torch.sqrt(_s1, out=_s1)
-                    denom = torch.add(eps, _s1, out=_s2)
                 # parameter update
                 w.addcdiv_(g, denom, value=-(lr))
         else:
@@ -478,16 +401,14 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                     "eps": eps,
                     "weight_decay": weight_decay,
                     "momentum": momentum,
-                    "centered": centered,
                     "maximize": maximize,
                 },
             ):
                 square_avg = state["square_avg"]
-                grad_avg = state.get("grad_avg")
                 momentum_buffer = state.get("momentum_buffer")
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
                 _s0, _s1, _s2, _s3 = torch_support.scratch(
-                    self._scratch, 4, w, g, square_avg, grad_avg, momentum_buffer
+                    self._scratch, 4, w, g, square_avg, momentum_buffer
                 )
                 # maximize
                 if maximize:
@@ -503,13 +424,6 @@ class TorchRMSprop(torch_support.RuleOptimizer):
                 # denom = eps + torch.sqrt(square_avg)
                 torch.sqrt(square_avg, out=_s1)
                 denom = torch.add(eps, _s1, out=_s2)
-                # centered denominator
-                if centered:
-                    # denom = eps + torch.sqrt(square_avg - grad_avg**2)
-                    torch.pow(grad_avg, 2, out=_s1)
-                    torch.sub(square_avg, _s1, out=_s1)
-                    torch.sqrt(_s1, out=_s1)
-                    denom = torch.add(eps, _s1, out=_s2)
                 # momentum buffer
                 # momentum_buffer = momentum*momentum_buffer + g/denom
                 torch.mul(momentum, momentum_buffer, out=_s1)

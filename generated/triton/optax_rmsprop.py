@@ -36,7 +36,6 @@ def prepare_update_case_0(
     decay,
     eps,
     momentum,
-    bias_correction,
     weight_decay,
     clipvalue,
     use_ema,
@@ -69,7 +68,6 @@ def prepare_update_case_0(
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
     c_one_minus_decay_pow_t = dt(1 - decay**t) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
     c_eps = dt(eps) if is_update else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -85,7 +83,6 @@ def prepare_update_case_0(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_weight_decay_given_and_is_update": b_weight_decay_given_and_is_update,
         "b_is_update": b_is_update,
-        "b_bias_correction": b_bias_correction,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -283,7 +280,6 @@ def _update_0(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_weight_decay_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
-    b_bias_correction: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -370,7 +366,7 @@ def _update_0(
     # first moment in the denominator (read only when centered)
     mu_hat = c_zero
     # first moment
-    mu_hat = (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
+    mu_hat = mu / c_one_minus_decay_pow_t if b_is_update else mu_hat
     # variance
     v = v - (mu_hat * mu_hat) if b_is_update else v
     # scaled gradient
@@ -406,7 +402,6 @@ UPDATE_CASE_0 = triton_support.Case(
         "decay",
         "eps",
         "momentum",
-        "bias_correction",
         "weight_decay",
         "clipvalue",
         "use_ema",
@@ -469,7 +464,6 @@ UPDATE_CASE_0 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_weight_decay_given_and_is_update",
                 "b_is_update",
-                "b_bias_correction",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -489,7 +483,6 @@ def prepare_update_case_1(
     decay,
     eps,
     momentum,
-    bias_correction,
     weight_decay,
     clipvalue,
     use_ema,
@@ -522,7 +515,6 @@ def prepare_update_case_1(
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
     c_one_minus_decay_pow_t = dt(1 - decay**t) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
     c_eps = dt(eps) if is_update else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -538,7 +530,6 @@ def prepare_update_case_1(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_weight_decay_given_and_is_update": b_weight_decay_given_and_is_update,
         "b_is_update": b_is_update,
-        "b_bias_correction": b_bias_correction,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -736,7 +727,6 @@ def _update_1(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_weight_decay_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
-    b_bias_correction: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -823,7 +813,7 @@ def _update_1(
     # first moment in the denominator (read only when centered)
     mu_hat = c_zero
     # first moment
-    mu_hat = (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
+    mu_hat = mu / c_one_minus_decay_pow_t if b_is_update else mu_hat
     # variance
     v = v - (mu_hat * mu_hat) if b_is_update else v
     # scaled gradient
@@ -859,7 +849,6 @@ UPDATE_CASE_1 = triton_support.Case(
         "decay",
         "eps",
         "momentum",
-        "bias_correction",
         "weight_decay",
         "clipvalue",
         "use_ema",
@@ -922,7 +911,6 @@ UPDATE_CASE_1 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_weight_decay_given_and_is_update",
                 "b_is_update",
-                "b_bias_correction",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -941,7 +929,6 @@ def prepare_update_case_2(
     lr,
     decay,
     eps,
-    bias_correction,
     weight_decay,
     clipvalue,
     use_ema,
@@ -974,7 +961,6 @@ def prepare_update_case_2(
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
     c_one_minus_decay_pow_t = dt(1 - decay**t) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
     c_eps = dt(eps) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -989,7 +975,6 @@ def prepare_update_case_2(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_weight_decay_given_and_is_update": b_weight_decay_given_and_is_update,
         "b_is_update": b_is_update,
-        "b_bias_correction": b_bias_correction,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -1186,7 +1171,6 @@ def _update_2(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_weight_decay_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
-    b_bias_correction: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -1270,7 +1254,7 @@ def _update_2(
     # first moment in the denominator (read only when centered)
     mu_hat = c_zero
     # first moment
-    mu_hat = (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
+    mu_hat = mu / c_one_minus_decay_pow_t if b_is_update else mu_hat
     # variance
     v = v - (mu_hat * mu_hat) if b_is_update else v
     # scaled gradient
@@ -1302,7 +1286,6 @@ UPDATE_CASE_2 = triton_support.Case(
         "lr",
         "decay",
         "eps",
-        "bias_correction",
         "weight_decay",
         "clipvalue",
         "use_ema",
@@ -1364,7 +1347,6 @@ UPDATE_CASE_2 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_weight_decay_given_and_is_update",
                 "b_is_update",
-                "b_bias_correction",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -1384,7 +1366,6 @@ def prepare_update_case_3(
     decay,
     eps,
     momentum,
-    bias_correction,
     weight_decay,
     clipvalue,
     use_ema,
@@ -1417,7 +1398,6 @@ def prepare_update_case_3(
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
     c_one_minus_decay_pow_t = dt(1 - decay**t) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
     c_eps = dt(eps) if is_update else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -1433,7 +1413,6 @@ def prepare_update_case_3(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_weight_decay_given_and_is_update": b_weight_decay_given_and_is_update,
         "b_is_update": b_is_update,
-        "b_bias_correction": b_bias_correction,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -1631,7 +1610,6 @@ def _update_3(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_weight_decay_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
-    b_bias_correction: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -1718,7 +1696,7 @@ def _update_3(
     # first moment in the denominator (read only when centered)
     mu_hat = c_zero
     # first moment
-    mu_hat = (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
+    mu_hat = mu / c_one_minus_decay_pow_t if b_is_update else mu_hat
     # variance
     v = v - (mu_hat * mu_hat) if b_is_update else v
     # scaled gradient
@@ -1756,7 +1734,6 @@ UPDATE_CASE_3 = triton_support.Case(
         "decay",
         "eps",
         "momentum",
-        "bias_correction",
         "weight_decay",
         "clipvalue",
         "use_ema",
@@ -1819,7 +1796,6 @@ UPDATE_CASE_3 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_weight_decay_given_and_is_update",
                 "b_is_update",
-                "b_bias_correction",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -1839,7 +1815,6 @@ def prepare_update_case_4(
     decay,
     eps,
     momentum,
-    bias_correction,
     weight_decay,
     clipvalue,
     use_ema,
@@ -1872,7 +1847,6 @@ def prepare_update_case_4(
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
     c_one_minus_decay_pow_t = dt(1 - decay**t) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
     c_eps = dt(eps) if is_update else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -1888,7 +1862,6 @@ def prepare_update_case_4(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_weight_decay_given_and_is_update": b_weight_decay_given_and_is_update,
         "b_is_update": b_is_update,
-        "b_bias_correction": b_bias_correction,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -2086,7 +2059,6 @@ def _update_4(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_weight_decay_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
-    b_bias_correction: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -2173,7 +2145,7 @@ def _update_4(
     # first moment in the denominator (read only when centered)
     mu_hat = c_zero
     # first moment
-    mu_hat = (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
+    mu_hat = mu / c_one_minus_decay_pow_t if b_is_update else mu_hat
     # variance
     v = v - (mu_hat * mu_hat) if b_is_update else v
     # scaled gradient
@@ -2211,7 +2183,6 @@ UPDATE_CASE_4 = triton_support.Case(
         "decay",
         "eps",
         "momentum",
-        "bias_correction",
         "weight_decay",
         "clipvalue",
         "use_ema",
@@ -2274,7 +2245,6 @@ UPDATE_CASE_4 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_weight_decay_given_and_is_update",
                 "b_is_update",
-                "b_bias_correction",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -2293,7 +2263,6 @@ def prepare_update_case_5(
     lr,
     decay,
     eps,
-    bias_correction,
     weight_decay,
     clipvalue,
     use_ema,
@@ -2326,7 +2295,6 @@ def prepare_update_case_5(
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
     c_one_minus_decay_pow_t = dt(1 - decay**t) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
     c_eps = dt(eps) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -2341,7 +2309,6 @@ def prepare_update_case_5(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_weight_decay_given_and_is_update": b_weight_decay_given_and_is_update,
         "b_is_update": b_is_update,
-        "b_bias_correction": b_bias_correction,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -2538,7 +2505,6 @@ def _update_5(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_weight_decay_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
-    b_bias_correction: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -2622,7 +2588,7 @@ def _update_5(
     # first moment in the denominator (read only when centered)
     mu_hat = c_zero
     # first moment
-    mu_hat = (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
+    mu_hat = mu / c_one_minus_decay_pow_t if b_is_update else mu_hat
     # variance
     v = v - (mu_hat * mu_hat) if b_is_update else v
     # scaled gradient
@@ -2656,7 +2622,6 @@ UPDATE_CASE_5 = triton_support.Case(
         "lr",
         "decay",
         "eps",
-        "bias_correction",
         "weight_decay",
         "clipvalue",
         "use_ema",
@@ -2718,7 +2683,6 @@ UPDATE_CASE_5 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_weight_decay_given_and_is_update",
                 "b_is_update",
-                "b_bias_correction",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -2738,13 +2702,11 @@ def prepare_update_case_6(
     decay,
     eps,
     momentum,
-    bias_correction,
     weight_decay,
     clipvalue,
     use_ema,
     ema_mu,
     ema_overwrite,
-    t,
 ):
     """The once-per-step values of update_case_6 (where (momentum is not None and centered and eps_in_sqrt and nesterov and not bias_correction)): its flags, and its numbers in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
@@ -2770,8 +2732,6 @@ def prepare_update_case_6(
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
-    c_one_minus_decay_pow_t = dt(1 - decay**t) if (bias_correction and is_update) else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -2787,7 +2747,6 @@ def prepare_update_case_6(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_weight_decay_given_and_is_update": b_weight_decay_given_and_is_update,
         "b_is_update": b_is_update,
-        "b_bias_correction": b_bias_correction,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -2803,7 +2762,6 @@ def prepare_update_case_6(
         c_weight_decay,
         c_decay,
         c_one_minus_decay,
-        c_one_minus_decay_pow_t,
         c_eps,
         c_momentum,
         c_ema_mu,
@@ -2985,7 +2943,6 @@ def _update_6(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_weight_decay_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
-    b_bias_correction: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -3014,11 +2971,10 @@ def _update_6(
     c_weight_decay = tl.load(k_ + 8)
     c_decay = tl.load(k_ + 9)
     c_one_minus_decay = tl.load(k_ + 10)
-    c_one_minus_decay_pow_t = tl.load(k_ + 11)
-    c_eps = tl.load(k_ + 12)
-    c_momentum = tl.load(k_ + 13)
-    c_ema_mu = tl.load(k_ + 14)
-    c_one_minus_ema_mu = tl.load(k_ + 15)
+    c_eps = tl.load(k_ + 11)
+    c_momentum = tl.load(k_ + 12)
+    c_ema_mu = tl.load(k_ + 13)
+    c_one_minus_ema_mu = tl.load(k_ + 14)
     global_sumsq_g = tl.load(gvals + 0).to(DT) if b_global_clipnorm_given_and_is_update else 0.0
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
@@ -3070,7 +3026,7 @@ def _update_6(
     # first moment in the denominator (read only when centered)
     mu_hat = c_zero
     # first moment
-    mu_hat = (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
+    mu_hat = mu if b_is_update else mu_hat
     # variance
     v = v - (mu_hat * mu_hat) if b_is_update else v
     # scaled gradient
@@ -3106,13 +3062,11 @@ UPDATE_CASE_6 = triton_support.Case(
         "decay",
         "eps",
         "momentum",
-        "bias_correction",
         "weight_decay",
         "clipvalue",
         "use_ema",
         "ema_mu",
         "ema_overwrite",
-        "t",
     ),
     arrays=(
         "w",
@@ -3169,7 +3123,6 @@ UPDATE_CASE_6 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_weight_decay_given_and_is_update",
                 "b_is_update",
-                "b_bias_correction",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -3189,13 +3142,11 @@ def prepare_update_case_7(
     decay,
     eps,
     momentum,
-    bias_correction,
     weight_decay,
     clipvalue,
     use_ema,
     ema_mu,
     ema_overwrite,
-    t,
 ):
     """The once-per-step values of update_case_7 (where (momentum is not None and centered and eps_in_sqrt and not bias_correction and not nesterov)): its flags, and its numbers in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
@@ -3221,8 +3172,6 @@ def prepare_update_case_7(
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
-    c_one_minus_decay_pow_t = dt(1 - decay**t) if (bias_correction and is_update) else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -3238,7 +3187,6 @@ def prepare_update_case_7(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_weight_decay_given_and_is_update": b_weight_decay_given_and_is_update,
         "b_is_update": b_is_update,
-        "b_bias_correction": b_bias_correction,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -3254,7 +3202,6 @@ def prepare_update_case_7(
         c_weight_decay,
         c_decay,
         c_one_minus_decay,
-        c_one_minus_decay_pow_t,
         c_eps,
         c_momentum,
         c_ema_mu,
@@ -3436,7 +3383,6 @@ def _update_7(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_weight_decay_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
-    b_bias_correction: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -3465,11 +3411,10 @@ def _update_7(
     c_weight_decay = tl.load(k_ + 8)
     c_decay = tl.load(k_ + 9)
     c_one_minus_decay = tl.load(k_ + 10)
-    c_one_minus_decay_pow_t = tl.load(k_ + 11)
-    c_eps = tl.load(k_ + 12)
-    c_momentum = tl.load(k_ + 13)
-    c_ema_mu = tl.load(k_ + 14)
-    c_one_minus_ema_mu = tl.load(k_ + 15)
+    c_eps = tl.load(k_ + 11)
+    c_momentum = tl.load(k_ + 12)
+    c_ema_mu = tl.load(k_ + 13)
+    c_one_minus_ema_mu = tl.load(k_ + 14)
     global_sumsq_g = tl.load(gvals + 0).to(DT) if b_global_clipnorm_given_and_is_update else 0.0
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
@@ -3521,7 +3466,7 @@ def _update_7(
     # first moment in the denominator (read only when centered)
     mu_hat = c_zero
     # first moment
-    mu_hat = (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
+    mu_hat = mu if b_is_update else mu_hat
     # variance
     v = v - (mu_hat * mu_hat) if b_is_update else v
     # scaled gradient
@@ -3557,13 +3502,11 @@ UPDATE_CASE_7 = triton_support.Case(
         "decay",
         "eps",
         "momentum",
-        "bias_correction",
         "weight_decay",
         "clipvalue",
         "use_ema",
         "ema_mu",
         "ema_overwrite",
-        "t",
     ),
     arrays=(
         "w",
@@ -3620,7 +3563,6 @@ UPDATE_CASE_7 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_weight_decay_given_and_is_update",
                 "b_is_update",
-                "b_bias_correction",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -3639,13 +3581,11 @@ def prepare_update_case_8(
     lr,
     decay,
     eps,
-    bias_correction,
     weight_decay,
     clipvalue,
     use_ema,
     ema_mu,
     ema_overwrite,
-    t,
 ):
     """The once-per-step values of update_case_8 (where (momentum is None and centered and eps_in_sqrt and not bias_correction)): its flags, and its numbers in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
@@ -3671,8 +3611,6 @@ def prepare_update_case_8(
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
-    c_one_minus_decay_pow_t = dt(1 - decay**t) if (bias_correction and is_update) else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -3687,7 +3625,6 @@ def prepare_update_case_8(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_weight_decay_given_and_is_update": b_weight_decay_given_and_is_update,
         "b_is_update": b_is_update,
-        "b_bias_correction": b_bias_correction,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -3703,7 +3640,6 @@ def prepare_update_case_8(
         c_weight_decay,
         c_decay,
         c_one_minus_decay,
-        c_one_minus_decay_pow_t,
         c_eps,
         c_ema_mu,
         c_one_minus_ema_mu,
@@ -3884,7 +3820,6 @@ def _update_8(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_weight_decay_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
-    b_bias_correction: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -3913,10 +3848,9 @@ def _update_8(
     c_weight_decay = tl.load(k_ + 8)
     c_decay = tl.load(k_ + 9)
     c_one_minus_decay = tl.load(k_ + 10)
-    c_one_minus_decay_pow_t = tl.load(k_ + 11)
-    c_eps = tl.load(k_ + 12)
-    c_ema_mu = tl.load(k_ + 13)
-    c_one_minus_ema_mu = tl.load(k_ + 14)
+    c_eps = tl.load(k_ + 11)
+    c_ema_mu = tl.load(k_ + 12)
+    c_one_minus_ema_mu = tl.load(k_ + 13)
     global_sumsq_g = tl.load(gvals + 0).to(DT) if b_global_clipnorm_given_and_is_update else 0.0
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
@@ -3966,7 +3900,7 @@ def _update_8(
     # first moment in the denominator (read only when centered)
     mu_hat = c_zero
     # first moment
-    mu_hat = (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
+    mu_hat = mu if b_is_update else mu_hat
     # variance
     v = v - (mu_hat * mu_hat) if b_is_update else v
     # scaled gradient
@@ -3998,13 +3932,11 @@ UPDATE_CASE_8 = triton_support.Case(
         "lr",
         "decay",
         "eps",
-        "bias_correction",
         "weight_decay",
         "clipvalue",
         "use_ema",
         "ema_mu",
         "ema_overwrite",
-        "t",
     ),
     arrays=(
         "w",
@@ -4060,7 +3992,6 @@ UPDATE_CASE_8 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_weight_decay_given_and_is_update",
                 "b_is_update",
-                "b_bias_correction",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -4080,13 +4011,11 @@ def prepare_update_case_9(
     decay,
     eps,
     momentum,
-    bias_correction,
     weight_decay,
     clipvalue,
     use_ema,
     ema_mu,
     ema_overwrite,
-    t,
 ):
     """The once-per-step values of update_case_9 (where (momentum is not None and centered and nesterov and not bias_correction and not eps_in_sqrt)): its flags, and its numbers in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
@@ -4112,8 +4041,6 @@ def prepare_update_case_9(
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
-    c_one_minus_decay_pow_t = dt(1 - decay**t) if (bias_correction and is_update) else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -4129,7 +4056,6 @@ def prepare_update_case_9(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_weight_decay_given_and_is_update": b_weight_decay_given_and_is_update,
         "b_is_update": b_is_update,
-        "b_bias_correction": b_bias_correction,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -4145,7 +4071,6 @@ def prepare_update_case_9(
         c_weight_decay,
         c_decay,
         c_one_minus_decay,
-        c_one_minus_decay_pow_t,
         c_eps,
         c_momentum,
         c_ema_mu,
@@ -4327,7 +4252,6 @@ def _update_9(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_weight_decay_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
-    b_bias_correction: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -4356,11 +4280,10 @@ def _update_9(
     c_weight_decay = tl.load(k_ + 8)
     c_decay = tl.load(k_ + 9)
     c_one_minus_decay = tl.load(k_ + 10)
-    c_one_minus_decay_pow_t = tl.load(k_ + 11)
-    c_eps = tl.load(k_ + 12)
-    c_momentum = tl.load(k_ + 13)
-    c_ema_mu = tl.load(k_ + 14)
-    c_one_minus_ema_mu = tl.load(k_ + 15)
+    c_eps = tl.load(k_ + 11)
+    c_momentum = tl.load(k_ + 12)
+    c_ema_mu = tl.load(k_ + 13)
+    c_one_minus_ema_mu = tl.load(k_ + 14)
     global_sumsq_g = tl.load(gvals + 0).to(DT) if b_global_clipnorm_given_and_is_update else 0.0
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
@@ -4412,7 +4335,7 @@ def _update_9(
     # first moment in the denominator (read only when centered)
     mu_hat = c_zero
     # first moment
-    mu_hat = (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
+    mu_hat = mu if b_is_update else mu_hat
     # variance
     v = v - (mu_hat * mu_hat) if b_is_update else v
     # scaled gradient
@@ -4450,13 +4373,11 @@ UPDATE_CASE_9 = triton_support.Case(
         "decay",
         "eps",
         "momentum",
-        "bias_correction",
         "weight_decay",
         "clipvalue",
         "use_ema",
         "ema_mu",
         "ema_overwrite",
-        "t",
     ),
     arrays=(
         "w",
@@ -4513,7 +4434,6 @@ UPDATE_CASE_9 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_weight_decay_given_and_is_update",
                 "b_is_update",
-                "b_bias_correction",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -4533,13 +4453,11 @@ def prepare_update_case_10(
     decay,
     eps,
     momentum,
-    bias_correction,
     weight_decay,
     clipvalue,
     use_ema,
     ema_mu,
     ema_overwrite,
-    t,
 ):
     """The once-per-step values of update_case_10 (where (momentum is not None and centered and not bias_correction and not eps_in_sqrt and not nesterov)): its flags, and its numbers in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
@@ -4565,8 +4483,6 @@ def prepare_update_case_10(
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
-    c_one_minus_decay_pow_t = dt(1 - decay**t) if (bias_correction and is_update) else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_momentum = dt(momentum) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -4582,7 +4498,6 @@ def prepare_update_case_10(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_weight_decay_given_and_is_update": b_weight_decay_given_and_is_update,
         "b_is_update": b_is_update,
-        "b_bias_correction": b_bias_correction,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -4598,7 +4513,6 @@ def prepare_update_case_10(
         c_weight_decay,
         c_decay,
         c_one_minus_decay,
-        c_one_minus_decay_pow_t,
         c_eps,
         c_momentum,
         c_ema_mu,
@@ -4780,7 +4694,6 @@ def _update_10(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_weight_decay_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
-    b_bias_correction: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -4809,11 +4722,10 @@ def _update_10(
     c_weight_decay = tl.load(k_ + 8)
     c_decay = tl.load(k_ + 9)
     c_one_minus_decay = tl.load(k_ + 10)
-    c_one_minus_decay_pow_t = tl.load(k_ + 11)
-    c_eps = tl.load(k_ + 12)
-    c_momentum = tl.load(k_ + 13)
-    c_ema_mu = tl.load(k_ + 14)
-    c_one_minus_ema_mu = tl.load(k_ + 15)
+    c_eps = tl.load(k_ + 11)
+    c_momentum = tl.load(k_ + 12)
+    c_ema_mu = tl.load(k_ + 13)
+    c_one_minus_ema_mu = tl.load(k_ + 14)
     global_sumsq_g = tl.load(gvals + 0).to(DT) if b_global_clipnorm_given_and_is_update else 0.0
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
@@ -4865,7 +4777,7 @@ def _update_10(
     # first moment in the denominator (read only when centered)
     mu_hat = c_zero
     # first moment
-    mu_hat = (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
+    mu_hat = mu if b_is_update else mu_hat
     # variance
     v = v - (mu_hat * mu_hat) if b_is_update else v
     # scaled gradient
@@ -4903,13 +4815,11 @@ UPDATE_CASE_10 = triton_support.Case(
         "decay",
         "eps",
         "momentum",
-        "bias_correction",
         "weight_decay",
         "clipvalue",
         "use_ema",
         "ema_mu",
         "ema_overwrite",
-        "t",
     ),
     arrays=(
         "w",
@@ -4969,7 +4879,6 @@ UPDATE_CASE_10 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_weight_decay_given_and_is_update",
                 "b_is_update",
-                "b_bias_correction",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -4988,13 +4897,11 @@ def prepare_update_case_11(
     lr,
     decay,
     eps,
-    bias_correction,
     weight_decay,
     clipvalue,
     use_ema,
     ema_mu,
     ema_overwrite,
-    t,
 ):
     """The once-per-step values of update_case_11 (where (momentum is None and centered and not bias_correction and not eps_in_sqrt)): its flags, and its numbers in dtype ``dt``."""
     b_loss_scale_factor_given = bool(loss_scale_factor is not None)
@@ -5020,8 +4927,6 @@ def prepare_update_case_11(
     b_is_update = bool(is_update)
     c_decay = dt(decay) if is_update else dt(0)
     c_one_minus_decay = dt(1 - decay) if is_update else dt(0)
-    b_bias_correction = bool(bias_correction)
-    c_one_minus_decay_pow_t = dt(1 - decay**t) if (bias_correction and is_update) else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -5036,7 +4941,6 @@ def prepare_update_case_11(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_weight_decay_given_and_is_update": b_weight_decay_given_and_is_update,
         "b_is_update": b_is_update,
-        "b_bias_correction": b_bias_correction,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -5052,7 +4956,6 @@ def prepare_update_case_11(
         c_weight_decay,
         c_decay,
         c_one_minus_decay,
-        c_one_minus_decay_pow_t,
         c_eps,
         c_ema_mu,
         c_one_minus_ema_mu,
@@ -5233,7 +5136,6 @@ def _update_11(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_weight_decay_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
-    b_bias_correction: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -5262,10 +5164,9 @@ def _update_11(
     c_weight_decay = tl.load(k_ + 8)
     c_decay = tl.load(k_ + 9)
     c_one_minus_decay = tl.load(k_ + 10)
-    c_one_minus_decay_pow_t = tl.load(k_ + 11)
-    c_eps = tl.load(k_ + 12)
-    c_ema_mu = tl.load(k_ + 13)
-    c_one_minus_ema_mu = tl.load(k_ + 14)
+    c_eps = tl.load(k_ + 11)
+    c_ema_mu = tl.load(k_ + 12)
+    c_one_minus_ema_mu = tl.load(k_ + 13)
     global_sumsq_g = tl.load(gvals + 0).to(DT) if b_global_clipnorm_given_and_is_update else 0.0
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
@@ -5315,7 +5216,7 @@ def _update_11(
     # first moment in the denominator (read only when centered)
     mu_hat = c_zero
     # first moment
-    mu_hat = (mu / c_one_minus_decay_pow_t if b_bias_correction else mu) if b_is_update else mu_hat
+    mu_hat = mu if b_is_update else mu_hat
     # variance
     v = v - (mu_hat * mu_hat) if b_is_update else v
     # scaled gradient
@@ -5349,13 +5250,11 @@ UPDATE_CASE_11 = triton_support.Case(
         "lr",
         "decay",
         "eps",
-        "bias_correction",
         "weight_decay",
         "clipvalue",
         "use_ema",
         "ema_mu",
         "ema_overwrite",
-        "t",
     ),
     arrays=(
         "w",
@@ -5414,7 +5313,6 @@ UPDATE_CASE_11 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_weight_decay_given_and_is_update",
                 "b_is_update",
-                "b_bias_correction",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),

@@ -38,7 +38,6 @@ def prepare_update_case_0(
     beta1,
     beta2,
     eps,
-    amsgrad,
     maximize,
     clipvalue,
     use_ema,
@@ -71,7 +70,6 @@ def prepare_update_case_0(
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_sqrt_one_minus_beta2_pow_t = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
-    b_amsgrad = bool(amsgrad)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -87,7 +85,6 @@ def prepare_update_case_0(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_is_update": b_is_update,
         "b_maximize": b_maximize,
-        "b_amsgrad": b_amsgrad,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -285,7 +282,6 @@ def _update_0(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
     b_maximize: tl.constexpr,
-    b_amsgrad: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -370,11 +366,7 @@ def _update_0(
     # denominator
     denom = c_eps + fsqrt(exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t if b_is_update else c_zero
     # AMSGrad denominator
-    denom = (
-        (c_eps + fsqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t if b_amsgrad else denom)
-        if b_is_update
-        else denom
-    )
+    denom = c_eps + fsqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t if b_is_update else denom
     # parameter update
     w = (w - exp_avg * c_lr / (denom * c_one_minus_beta1_pow_t) if b_is_update else w).to(W_DT).to(DT)
     # EMA of the weights
@@ -404,7 +396,6 @@ UPDATE_CASE_0 = triton_support.Case(
         "beta1",
         "beta2",
         "eps",
-        "amsgrad",
         "maximize",
         "clipvalue",
         "use_ema",
@@ -467,7 +458,6 @@ UPDATE_CASE_0 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_is_update",
                 "b_maximize",
-                "b_amsgrad",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -487,7 +477,6 @@ def prepare_update_case_1(
     beta1,
     beta2,
     eps,
-    amsgrad,
     maximize,
     clipvalue,
     use_ema,
@@ -520,7 +509,6 @@ def prepare_update_case_1(
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_sqrt_one_minus_beta2_pow_t = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
-    b_amsgrad = bool(amsgrad)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -536,7 +524,6 @@ def prepare_update_case_1(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_is_update": b_is_update,
         "b_maximize": b_maximize,
-        "b_amsgrad": b_amsgrad,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -584,14 +571,14 @@ def _partial_1_0(
     t_ = tl.load(chunks + 3 * c_)  # its tensor
     start = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
+    row = tensors + t_ * 8
     i_ = start + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
@@ -624,7 +611,7 @@ def _tensor_1_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 9
+    row = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
     first = tl.load(row)
     count = tl.load(row + 1)
@@ -662,7 +649,7 @@ def _partial_1_1(
     t_ = tl.load(chunks + 3 * c_)  # its tensor
     start = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
+    row = tensors + t_ * 8
     i_ = start + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
@@ -672,7 +659,7 @@ def _partial_1_1(
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
@@ -734,7 +721,6 @@ def _update_1(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
     b_maximize: tl.constexpr,
-    b_amsgrad: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -749,7 +735,7 @@ def _update_1(
     t_ = tl.load(chunks + 3 * c_)  # its tensor
     start = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
+    row = tensors + t_ * 8
     i_ = start + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
@@ -782,13 +768,11 @@ def _update_1(
     exp_avg = tl.load(exp_avg_ + i_, mask=mask).to(DT)
     exp_avg_sq_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
     exp_avg_sq = tl.load(exp_avg_sq_ + i_, mask=mask).to(DT)
-    max_exp_avg_sq_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    max_exp_avg_sq = tl.load(max_exp_avg_sq_ + i_, mask=mask).to(DT) if False else 0.0
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 8).to(tl.pointer_type(S_DT))
+    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
     ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
@@ -816,12 +800,6 @@ def _update_1(
     exp_avg_sq = c_beta2 * exp_avg_sq + (g * g) * c_one_minus_beta2 if b_is_update else exp_avg_sq
     # denominator
     denom = c_eps + fsqrt(exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t if b_is_update else c_zero
-    # AMSGrad denominator
-    denom = (
-        (c_eps + fsqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t if b_amsgrad else denom)
-        if b_is_update
-        else denom
-    )
     # parameter update
     w = (w - exp_avg * c_lr / (denom * c_one_minus_beta1_pow_t) if b_is_update else w).to(W_DT).to(DT)
     # EMA of the weights
@@ -850,7 +828,6 @@ UPDATE_CASE_1 = triton_support.Case(
         "beta1",
         "beta2",
         "eps",
-        "amsgrad",
         "maximize",
         "clipvalue",
         "use_ema",
@@ -863,7 +840,6 @@ UPDATE_CASE_1 = triton_support.Case(
         "g",
         "exp_avg",
         "exp_avg_sq",
-        "max_exp_avg_sq",
         "grad_accumulator",
         "ema",
     ),
@@ -913,7 +889,6 @@ UPDATE_CASE_1 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_is_update",
                 "b_maximize",
-                "b_amsgrad",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -934,7 +909,6 @@ def prepare_update_case_2(
     beta2,
     eps,
     weight_decay,
-    amsgrad,
     maximize,
     clipvalue,
     use_ema,
@@ -968,7 +942,6 @@ def prepare_update_case_2(
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_sqrt_one_minus_beta2_pow_t = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
-    b_amsgrad = bool(amsgrad)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -984,7 +957,6 @@ def prepare_update_case_2(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_is_update": b_is_update,
         "b_maximize": b_maximize,
-        "b_amsgrad": b_amsgrad,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -1183,7 +1155,6 @@ def _update_2(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
     b_maximize: tl.constexpr,
-    b_amsgrad: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -1271,11 +1242,7 @@ def _update_2(
     # denominator
     denom = c_eps + fsqrt(exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t if b_is_update else c_zero
     # AMSGrad denominator
-    denom = (
-        (c_eps + fsqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t if b_amsgrad else denom)
-        if b_is_update
-        else denom
-    )
+    denom = c_eps + fsqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t if b_is_update else denom
     # parameter update
     w = (w - exp_avg * c_lr / (denom * c_one_minus_beta1_pow_t) if b_is_update else w).to(W_DT).to(DT)
     # EMA of the weights
@@ -1306,7 +1273,6 @@ UPDATE_CASE_2 = triton_support.Case(
         "beta2",
         "eps",
         "weight_decay",
-        "amsgrad",
         "maximize",
         "clipvalue",
         "use_ema",
@@ -1369,7 +1335,6 @@ UPDATE_CASE_2 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_is_update",
                 "b_maximize",
-                "b_amsgrad",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -1390,7 +1355,6 @@ def prepare_update_case_3(
     beta2,
     eps,
     weight_decay,
-    amsgrad,
     maximize,
     clipvalue,
     use_ema,
@@ -1424,7 +1388,6 @@ def prepare_update_case_3(
     c_one_minus_beta2 = dt(1 - beta2) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
     c_sqrt_one_minus_beta2_pow_t = dt(math.sqrt(1 - beta2**t)) if is_update else dt(0)
-    b_amsgrad = bool(amsgrad)
     c_lr = dt(lr) if is_update else dt(0)
     c_one_minus_beta1_pow_t = dt(1 - beta1**t) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -1440,7 +1403,6 @@ def prepare_update_case_3(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_is_update": b_is_update,
         "b_maximize": b_maximize,
-        "b_amsgrad": b_amsgrad,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -1489,14 +1451,14 @@ def _partial_3_0(
     t_ = tl.load(chunks + 3 * c_)  # its tensor
     start = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
+    row = tensors + t_ * 8
     i_ = start + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
@@ -1529,7 +1491,7 @@ def _tensor_3_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 9
+    row = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
     first = tl.load(row)
     count = tl.load(row + 1)
@@ -1567,7 +1529,7 @@ def _partial_3_1(
     t_ = tl.load(chunks + 3 * c_)  # its tensor
     start = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
+    row = tensors + t_ * 8
     i_ = start + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
@@ -1577,7 +1539,7 @@ def _partial_3_1(
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
@@ -1639,7 +1601,6 @@ def _update_3(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
     b_maximize: tl.constexpr,
-    b_amsgrad: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -1654,7 +1615,7 @@ def _update_3(
     t_ = tl.load(chunks + 3 * c_)  # its tensor
     start = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
+    row = tensors + t_ * 8
     i_ = start + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
@@ -1688,13 +1649,11 @@ def _update_3(
     exp_avg = tl.load(exp_avg_ + i_, mask=mask).to(DT)
     exp_avg_sq_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
     exp_avg_sq = tl.load(exp_avg_sq_ + i_, mask=mask).to(DT)
-    max_exp_avg_sq_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    max_exp_avg_sq = tl.load(max_exp_avg_sq_ + i_, mask=mask).to(DT) if False else 0.0
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 8).to(tl.pointer_type(S_DT))
+    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
     ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
@@ -1724,12 +1683,6 @@ def _update_3(
     exp_avg_sq = c_beta2 * exp_avg_sq + (g * g) * c_one_minus_beta2 if b_is_update else exp_avg_sq
     # denominator
     denom = c_eps + fsqrt(exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t if b_is_update else c_zero
-    # AMSGrad denominator
-    denom = (
-        (c_eps + fsqrt(max_exp_avg_sq) / c_sqrt_one_minus_beta2_pow_t if b_amsgrad else denom)
-        if b_is_update
-        else denom
-    )
     # parameter update
     w = (w - exp_avg * c_lr / (denom * c_one_minus_beta1_pow_t) if b_is_update else w).to(W_DT).to(DT)
     # EMA of the weights
@@ -1759,7 +1712,6 @@ UPDATE_CASE_3 = triton_support.Case(
         "beta2",
         "eps",
         "weight_decay",
-        "amsgrad",
         "maximize",
         "clipvalue",
         "use_ema",
@@ -1772,7 +1724,6 @@ UPDATE_CASE_3 = triton_support.Case(
         "g",
         "exp_avg",
         "exp_avg_sq",
-        "max_exp_avg_sq",
         "grad_accumulator",
         "ema",
     ),
@@ -1822,7 +1773,6 @@ UPDATE_CASE_3 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_is_update",
                 "b_maximize",
-                "b_amsgrad",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),

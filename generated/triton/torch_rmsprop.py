@@ -35,7 +35,6 @@ def prepare_update_case_0(
     lr,
     alpha,
     eps,
-    centered,
     maximize,
     clipvalue,
     use_ema,
@@ -65,7 +64,6 @@ def prepare_update_case_0(
     c_alpha = dt(alpha) if is_update else dt(0)
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_centered = bool(centered)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -80,7 +78,6 @@ def prepare_update_case_0(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_is_update": b_is_update,
         "b_maximize": b_maximize,
-        "b_centered": b_centered,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -275,7 +272,6 @@ def _update_0(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
     b_maximize: tl.constexpr,
-    b_centered: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -353,9 +349,7 @@ def _update_0(
     # denominator
     denom = c_eps + fsqrt(square_avg) if b_is_update else c_zero
     # centered denominator
-    denom = (
-        (c_eps + fsqrt(square_avg - (grad_avg * grad_avg)) if b_centered else denom) if b_is_update else denom
-    )
+    denom = c_eps + fsqrt(square_avg - (grad_avg * grad_avg)) if b_is_update else denom
     # parameter update
     w = (w - g * c_lr / denom if b_is_update else w).to(W_DT).to(DT)
     # EMA of the weights
@@ -383,7 +377,6 @@ UPDATE_CASE_0 = triton_support.Case(
         "lr",
         "alpha",
         "eps",
-        "centered",
         "maximize",
         "clipvalue",
         "use_ema",
@@ -444,7 +437,6 @@ UPDATE_CASE_0 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_is_update",
                 "b_maximize",
-                "b_centered",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -464,7 +456,6 @@ def prepare_update_case_1(
     alpha,
     eps,
     momentum,
-    centered,
     maximize,
     clipvalue,
     use_ema,
@@ -494,7 +485,6 @@ def prepare_update_case_1(
     c_alpha = dt(alpha) if is_update else dt(0)
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_centered = bool(centered)
     c_momentum = dt(momentum) if is_update else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -510,7 +500,6 @@ def prepare_update_case_1(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_is_update": b_is_update,
         "b_maximize": b_maximize,
-        "b_centered": b_centered,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -706,7 +695,6 @@ def _update_1(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
     b_maximize: tl.constexpr,
-    b_centered: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -787,9 +775,7 @@ def _update_1(
     # denominator
     denom = c_eps + fsqrt(square_avg) if b_is_update else c_zero
     # centered denominator
-    denom = (
-        (c_eps + fsqrt(square_avg - (grad_avg * grad_avg)) if b_centered else denom) if b_is_update else denom
-    )
+    denom = c_eps + fsqrt(square_avg - (grad_avg * grad_avg)) if b_is_update else denom
     # momentum buffer
     momentum_buffer = c_momentum * momentum_buffer + g / denom if b_is_update else momentum_buffer
     # momentum update
@@ -821,7 +807,6 @@ UPDATE_CASE_1 = triton_support.Case(
         "alpha",
         "eps",
         "momentum",
-        "centered",
         "maximize",
         "clipvalue",
         "use_ema",
@@ -883,7 +868,6 @@ UPDATE_CASE_1 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_is_update",
                 "b_maximize",
-                "b_centered",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -902,7 +886,6 @@ def prepare_update_case_2(
     lr,
     alpha,
     eps,
-    centered,
     maximize,
     clipvalue,
     use_ema,
@@ -932,7 +915,6 @@ def prepare_update_case_2(
     c_alpha = dt(alpha) if is_update else dt(0)
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_centered = bool(centered)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -947,7 +929,6 @@ def prepare_update_case_2(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_is_update": b_is_update,
         "b_maximize": b_maximize,
-        "b_centered": b_centered,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -992,14 +973,14 @@ def _partial_2_0(
     t_ = tl.load(chunks + 3 * c_)  # its tensor
     start = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
+    row = tensors + t_ * 7
     i_ = start + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
@@ -1032,7 +1013,7 @@ def _tensor_2_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row = tensors + t_ * 7
     c_zero = tl.load(k_ + 2)
     first = tl.load(row)
     count = tl.load(row + 1)
@@ -1070,7 +1051,7 @@ def _partial_2_1(
     t_ = tl.load(chunks + 3 * c_)  # its tensor
     start = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
+    row = tensors + t_ * 7
     i_ = start + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
@@ -1080,7 +1061,7 @@ def _partial_2_1(
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
@@ -1142,7 +1123,6 @@ def _update_2(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
     b_maximize: tl.constexpr,
-    b_centered: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -1157,7 +1137,7 @@ def _update_2(
     t_ = tl.load(chunks + 3 * c_)  # its tensor
     start = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
+    row = tensors + t_ * 7
     i_ = start + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
@@ -1185,13 +1165,11 @@ def _update_2(
     g = tl.load(g_ + i_, mask=mask).to(DT)
     square_avg_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
     square_avg = tl.load(square_avg_ + i_, mask=mask).to(DT)
-    grad_avg_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    grad_avg = tl.load(grad_avg_ + i_, mask=mask).to(DT) if False else 0.0
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    ema_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
     ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
@@ -1217,10 +1195,6 @@ def _update_2(
     square_avg = c_alpha * square_avg + (g * g) * c_one_minus_alpha if b_is_update else square_avg
     # denominator
     denom = c_eps + fsqrt(square_avg) if b_is_update else c_zero
-    # centered denominator
-    denom = (
-        (c_eps + fsqrt(square_avg - (grad_avg * grad_avg)) if b_centered else denom) if b_is_update else denom
-    )
     # parameter update
     w = (w - g * c_lr / denom if b_is_update else w).to(W_DT).to(DT)
     # EMA of the weights
@@ -1247,7 +1221,6 @@ UPDATE_CASE_2 = triton_support.Case(
         "lr",
         "alpha",
         "eps",
-        "centered",
         "maximize",
         "clipvalue",
         "use_ema",
@@ -1258,7 +1231,6 @@ UPDATE_CASE_2 = triton_support.Case(
         "w",
         "g",
         "square_avg",
-        "grad_avg",
         "grad_accumulator",
         "ema",
     ),
@@ -1308,7 +1280,6 @@ UPDATE_CASE_2 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_is_update",
                 "b_maximize",
-                "b_centered",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -1328,7 +1299,6 @@ def prepare_update_case_3(
     alpha,
     eps,
     momentum,
-    centered,
     maximize,
     clipvalue,
     use_ema,
@@ -1358,7 +1328,6 @@ def prepare_update_case_3(
     c_alpha = dt(alpha) if is_update else dt(0)
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_centered = bool(centered)
     c_momentum = dt(momentum) if is_update else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -1374,7 +1343,6 @@ def prepare_update_case_3(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_is_update": b_is_update,
         "b_maximize": b_maximize,
-        "b_centered": b_centered,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -1420,14 +1388,14 @@ def _partial_3_0(
     t_ = tl.load(chunks + 3 * c_)  # its tensor
     start = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
+    row = tensors + t_ * 8
     i_ = start + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
@@ -1460,7 +1428,7 @@ def _tensor_3_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 9
+    row = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
     first = tl.load(row)
     count = tl.load(row + 1)
@@ -1498,7 +1466,7 @@ def _partial_3_1(
     t_ = tl.load(chunks + 3 * c_)  # its tensor
     start = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
+    row = tensors + t_ * 8
     i_ = start + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
@@ -1508,7 +1476,7 @@ def _partial_3_1(
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
@@ -1570,7 +1538,6 @@ def _update_3(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
     b_maximize: tl.constexpr,
-    b_centered: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -1585,7 +1552,7 @@ def _update_3(
     t_ = tl.load(chunks + 3 * c_)  # its tensor
     start = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
+    row = tensors + t_ * 8
     i_ = start + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
@@ -1614,15 +1581,13 @@ def _update_3(
     g = tl.load(g_ + i_, mask=mask).to(DT)
     square_avg_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
     square_avg = tl.load(square_avg_ + i_, mask=mask).to(DT)
-    grad_avg_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    grad_avg = tl.load(grad_avg_ + i_, mask=mask).to(DT) if False else 0.0
-    momentum_buffer_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    momentum_buffer_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
     momentum_buffer = tl.load(momentum_buffer_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 8).to(tl.pointer_type(S_DT))
+    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
     ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
@@ -1648,10 +1613,6 @@ def _update_3(
     square_avg = c_alpha * square_avg + (g * g) * c_one_minus_alpha if b_is_update else square_avg
     # denominator
     denom = c_eps + fsqrt(square_avg) if b_is_update else c_zero
-    # centered denominator
-    denom = (
-        (c_eps + fsqrt(square_avg - (grad_avg * grad_avg)) if b_centered else denom) if b_is_update else denom
-    )
     # momentum buffer
     momentum_buffer = c_momentum * momentum_buffer + g / denom if b_is_update else momentum_buffer
     # momentum update
@@ -1682,7 +1643,6 @@ UPDATE_CASE_3 = triton_support.Case(
         "alpha",
         "eps",
         "momentum",
-        "centered",
         "maximize",
         "clipvalue",
         "use_ema",
@@ -1693,7 +1653,6 @@ UPDATE_CASE_3 = triton_support.Case(
         "w",
         "g",
         "square_avg",
-        "grad_avg",
         "momentum_buffer",
         "grad_accumulator",
         "ema",
@@ -1744,7 +1703,6 @@ UPDATE_CASE_3 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_is_update",
                 "b_maximize",
-                "b_centered",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -1764,7 +1722,6 @@ def prepare_update_case_4(
     alpha,
     eps,
     weight_decay,
-    centered,
     maximize,
     clipvalue,
     use_ema,
@@ -1795,7 +1752,6 @@ def prepare_update_case_4(
     c_alpha = dt(alpha) if is_update else dt(0)
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_centered = bool(centered)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -1810,7 +1766,6 @@ def prepare_update_case_4(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_is_update": b_is_update,
         "b_maximize": b_maximize,
-        "b_centered": b_centered,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -2006,7 +1961,6 @@ def _update_4(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
     b_maximize: tl.constexpr,
-    b_centered: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -2087,9 +2041,7 @@ def _update_4(
     # denominator
     denom = c_eps + fsqrt(square_avg) if b_is_update else c_zero
     # centered denominator
-    denom = (
-        (c_eps + fsqrt(square_avg - (grad_avg * grad_avg)) if b_centered else denom) if b_is_update else denom
-    )
+    denom = c_eps + fsqrt(square_avg - (grad_avg * grad_avg)) if b_is_update else denom
     # parameter update
     w = (w - g * c_lr / denom if b_is_update else w).to(W_DT).to(DT)
     # EMA of the weights
@@ -2118,7 +2070,6 @@ UPDATE_CASE_4 = triton_support.Case(
         "alpha",
         "eps",
         "weight_decay",
-        "centered",
         "maximize",
         "clipvalue",
         "use_ema",
@@ -2179,7 +2130,6 @@ UPDATE_CASE_4 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_is_update",
                 "b_maximize",
-                "b_centered",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -2200,7 +2150,6 @@ def prepare_update_case_5(
     eps,
     weight_decay,
     momentum,
-    centered,
     maximize,
     clipvalue,
     use_ema,
@@ -2231,7 +2180,6 @@ def prepare_update_case_5(
     c_alpha = dt(alpha) if is_update else dt(0)
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_centered = bool(centered)
     c_momentum = dt(momentum) if is_update else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -2247,7 +2195,6 @@ def prepare_update_case_5(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_is_update": b_is_update,
         "b_maximize": b_maximize,
-        "b_centered": b_centered,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -2444,7 +2391,6 @@ def _update_5(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
     b_maximize: tl.constexpr,
-    b_centered: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -2528,9 +2474,7 @@ def _update_5(
     # denominator
     denom = c_eps + fsqrt(square_avg) if b_is_update else c_zero
     # centered denominator
-    denom = (
-        (c_eps + fsqrt(square_avg - (grad_avg * grad_avg)) if b_centered else denom) if b_is_update else denom
-    )
+    denom = c_eps + fsqrt(square_avg - (grad_avg * grad_avg)) if b_is_update else denom
     # momentum buffer
     momentum_buffer = c_momentum * momentum_buffer + g / denom if b_is_update else momentum_buffer
     # momentum update
@@ -2563,7 +2507,6 @@ UPDATE_CASE_5 = triton_support.Case(
         "eps",
         "weight_decay",
         "momentum",
-        "centered",
         "maximize",
         "clipvalue",
         "use_ema",
@@ -2625,7 +2568,6 @@ UPDATE_CASE_5 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_is_update",
                 "b_maximize",
-                "b_centered",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -2645,7 +2587,6 @@ def prepare_update_case_6(
     alpha,
     eps,
     weight_decay,
-    centered,
     maximize,
     clipvalue,
     use_ema,
@@ -2676,7 +2617,6 @@ def prepare_update_case_6(
     c_alpha = dt(alpha) if is_update else dt(0)
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_centered = bool(centered)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
     c_ema_mu = dt(ema_mu) if use_ema else dt(0)
@@ -2691,7 +2631,6 @@ def prepare_update_case_6(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_is_update": b_is_update,
         "b_maximize": b_maximize,
-        "b_centered": b_centered,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -2737,14 +2676,14 @@ def _partial_6_0(
     t_ = tl.load(chunks + 3 * c_)  # its tensor
     start = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
+    row = tensors + t_ * 7
     i_ = start + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
@@ -2777,7 +2716,7 @@ def _tensor_6_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row = tensors + t_ * 7
     c_zero = tl.load(k_ + 2)
     first = tl.load(row)
     count = tl.load(row + 1)
@@ -2815,7 +2754,7 @@ def _partial_6_1(
     t_ = tl.load(chunks + 3 * c_)  # its tensor
     start = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
+    row = tensors + t_ * 7
     i_ = start + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
@@ -2825,7 +2764,7 @@ def _partial_6_1(
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
@@ -2887,7 +2826,6 @@ def _update_6(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
     b_maximize: tl.constexpr,
-    b_centered: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -2902,7 +2840,7 @@ def _update_6(
     t_ = tl.load(chunks + 3 * c_)  # its tensor
     start = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
+    row = tensors + t_ * 7
     i_ = start + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
@@ -2931,13 +2869,11 @@ def _update_6(
     g = tl.load(g_ + i_, mask=mask).to(DT)
     square_avg_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
     square_avg = tl.load(square_avg_ + i_, mask=mask).to(DT)
-    grad_avg_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    grad_avg = tl.load(grad_avg_ + i_, mask=mask).to(DT) if False else 0.0
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    ema_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
     ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
@@ -2965,10 +2901,6 @@ def _update_6(
     square_avg = c_alpha * square_avg + (g * g) * c_one_minus_alpha if b_is_update else square_avg
     # denominator
     denom = c_eps + fsqrt(square_avg) if b_is_update else c_zero
-    # centered denominator
-    denom = (
-        (c_eps + fsqrt(square_avg - (grad_avg * grad_avg)) if b_centered else denom) if b_is_update else denom
-    )
     # parameter update
     w = (w - g * c_lr / denom if b_is_update else w).to(W_DT).to(DT)
     # EMA of the weights
@@ -2996,7 +2928,6 @@ UPDATE_CASE_6 = triton_support.Case(
         "alpha",
         "eps",
         "weight_decay",
-        "centered",
         "maximize",
         "clipvalue",
         "use_ema",
@@ -3007,7 +2938,6 @@ UPDATE_CASE_6 = triton_support.Case(
         "w",
         "g",
         "square_avg",
-        "grad_avg",
         "grad_accumulator",
         "ema",
     ),
@@ -3057,7 +2987,6 @@ UPDATE_CASE_6 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_is_update",
                 "b_maximize",
-                "b_centered",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
@@ -3078,7 +3007,6 @@ def prepare_update_case_7(
     eps,
     weight_decay,
     momentum,
-    centered,
     maximize,
     clipvalue,
     use_ema,
@@ -3109,7 +3037,6 @@ def prepare_update_case_7(
     c_alpha = dt(alpha) if is_update else dt(0)
     c_one_minus_alpha = dt(1 - alpha) if is_update else dt(0)
     c_eps = dt(eps) if is_update else dt(0)
-    b_centered = bool(centered)
     c_momentum = dt(momentum) if is_update else dt(0)
     c_lr = dt(lr) if is_update else dt(0)
     b_use_ema = bool(use_ema)
@@ -3125,7 +3052,6 @@ def prepare_update_case_7(
         "b_clipvalue_given_and_is_update": b_clipvalue_given_and_is_update,
         "b_is_update": b_is_update,
         "b_maximize": b_maximize,
-        "b_centered": b_centered,
         "b_use_ema": b_use_ema,
         "b_ema_overwrite_and_use_ema": b_ema_overwrite_and_use_ema,
     }
@@ -3172,14 +3098,14 @@ def _partial_7_0(
     t_ = tl.load(chunks + 3 * c_)  # its tensor
     start = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
+    row = tensors + t_ * 8
     i_ = start + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
@@ -3212,7 +3138,7 @@ def _tensor_7_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 9
+    row = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
     first = tl.load(row)
     count = tl.load(row + 1)
@@ -3250,7 +3176,7 @@ def _partial_7_1(
     t_ = tl.load(chunks + 3 * c_)  # its tensor
     start = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
+    row = tensors + t_ * 8
     i_ = start + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
@@ -3260,7 +3186,7 @@ def _partial_7_1(
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
     g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
     g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
@@ -3322,7 +3248,6 @@ def _update_7(
     b_clipvalue_given_and_is_update: tl.constexpr,
     b_is_update: tl.constexpr,
     b_maximize: tl.constexpr,
-    b_centered: tl.constexpr,
     b_use_ema: tl.constexpr,
     b_ema_overwrite_and_use_ema: tl.constexpr,
     NT: tl.constexpr,
@@ -3337,7 +3262,7 @@ def _update_7(
     t_ = tl.load(chunks + 3 * c_)  # its tensor
     start = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
+    row = tensors + t_ * 8
     i_ = start + tl.arange(0, BLOCK)
     mask = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
@@ -3367,15 +3292,13 @@ def _update_7(
     g = tl.load(g_ + i_, mask=mask).to(DT)
     square_avg_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
     square_avg = tl.load(square_avg_ + i_, mask=mask).to(DT)
-    grad_avg_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    grad_avg = tl.load(grad_avg_ + i_, mask=mask).to(DT) if False else 0.0
-    momentum_buffer_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    momentum_buffer_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
     momentum_buffer = tl.load(momentum_buffer_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
         tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 8).to(tl.pointer_type(S_DT))
+    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
     ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
@@ -3403,10 +3326,6 @@ def _update_7(
     square_avg = c_alpha * square_avg + (g * g) * c_one_minus_alpha if b_is_update else square_avg
     # denominator
     denom = c_eps + fsqrt(square_avg) if b_is_update else c_zero
-    # centered denominator
-    denom = (
-        (c_eps + fsqrt(square_avg - (grad_avg * grad_avg)) if b_centered else denom) if b_is_update else denom
-    )
     # momentum buffer
     momentum_buffer = c_momentum * momentum_buffer + g / denom if b_is_update else momentum_buffer
     # momentum update
@@ -3438,7 +3357,6 @@ UPDATE_CASE_7 = triton_support.Case(
         "eps",
         "weight_decay",
         "momentum",
-        "centered",
         "maximize",
         "clipvalue",
         "use_ema",
@@ -3449,7 +3367,6 @@ UPDATE_CASE_7 = triton_support.Case(
         "w",
         "g",
         "square_avg",
-        "grad_avg",
         "momentum_buffer",
         "grad_accumulator",
         "ema",
@@ -3500,7 +3417,6 @@ UPDATE_CASE_7 = triton_support.Case(
                 "b_clipvalue_given_and_is_update",
                 "b_is_update",
                 "b_maximize",
-                "b_centered",
                 "b_use_ema",
                 "b_ema_overwrite_and_use_ema",
             ),
