@@ -69,6 +69,7 @@ LEARNING_RATE = {
     "TorchAdam": 0.03,
     "TorchAdamW": 0.03,
     "TorchAdamax": 0.1,
+    "TorchMuon": 0.03,
     "TorchNAdam": 0.03,
     "TorchRAdam": 0.1,
     "TorchRMSprop": 0.03,

@@ -67,6 +67,7 @@ TORCH_PAIRS = {
     ("etaminus", "etaplus"): "etas",  # Rprop
     ("step_size_min", "step_size_max"): "step_sizes",
     ("eps1", "eps2"): "eps",  # Adafactor
+    ("adam_beta1", "adam_beta2"): "adam_betas",  # TorchMuon's AdamW
 }
 TORCH_NAMES = {"epsilon": "eps"}
 

@@ -36,6 +36,7 @@ from .torch_adam import TorchAdamState, torch_adam
 from .torch_adamax import TorchAdamaxState, torch_adamax
 from .torch_adamw import TorchAdamWState, torch_adamw
 from .torch_asgd import TorchASGDState, torch_asgd
+from .torch_muon import TorchMuonState, torch_muon
 from .torch_nadam import TorchNAdamState, torch_nadam
 from .torch_radam import TorchRAdamState, torch_radam
 from .torch_rmsprop import TorchRMSpropState, torch_rmsprop
@@ -113,6 +114,8 @@ __all__ = [
     "TorchAdamWState",
     "torch_adamax",
     "TorchAdamaxState",
+    "torch_muon",
+    "TorchMuonState",
     "torch_nadam",
     "TorchNAdamState",
     "torch_radam",

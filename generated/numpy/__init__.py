@@ -36,6 +36,7 @@ from .torch_adam import TorchAdam, TorchAdamState
 from .torch_adamax import TorchAdamax, TorchAdamaxState
 from .torch_adamw import TorchAdamW, TorchAdamWState
 from .torch_asgd import TorchASGD, TorchASGDState
+from .torch_muon import TorchMuon, TorchMuonState
 from .torch_nadam import TorchNAdam, TorchNAdamState
 from .torch_radam import TorchRAdam, TorchRAdamState
 from .torch_rmsprop import TorchRMSprop, TorchRMSpropState
@@ -113,6 +114,8 @@ __all__ = [
     "TorchAdamWState",
     "TorchAdamax",
     "TorchAdamaxState",
+    "TorchMuon",
+    "TorchMuonState",
     "TorchNAdam",
     "TorchNAdamState",
     "TorchRAdam",

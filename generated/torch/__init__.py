@@ -36,6 +36,7 @@ from .torch_adam import TorchAdam
 from .torch_adamax import TorchAdamax
 from .torch_adamw import TorchAdamW
 from .torch_asgd import TorchASGD
+from .torch_muon import TorchMuon
 from .torch_nadam import TorchNAdam
 from .torch_radam import TorchRAdam
 from .torch_rmsprop import TorchRMSprop
@@ -78,6 +79,7 @@ __all__ = [
     "TorchAdam",
     "TorchAdamW",
     "TorchAdamax",
+    "TorchMuon",
     "TorchNAdam",
     "TorchRAdam",
     "TorchRMSprop",
