@@ -421,7 +421,8 @@ def _specialise(rule: Rule, encode: dict, truth: dict) -> list[Assign]:
         expr = eq.expr.xreplace({sp.Symbol(n): ssa(n, v) for n, v in current.items()})
         # a flag, or whether an option is given, that decides the case is known in it: a choice on it inside
         # the expression (``only_if=centered`` in the case where centered holds, or fails) is taken here
-        expr = expr.xreplace(known)
+        if not known.keys().isdisjoint(expr.free_symbols):
+            expr = expr.xreplace(known)
         if eq.kind != "let" and expr == ssa(eq.target, current.get(eq.target, 0)):
             continue  # x <- x: an only_if whose flag fails in this case
         current[eq.target] = current.get(eq.target, 0) + 1
