@@ -76,6 +76,24 @@ def _optax(name: str, **kwargs) -> Callable[[], Any]:
     return make
 
 
+class _MuonWithAdamW:
+    """torch.optim.Muon for the matrices and torch.optim.AdamW (in the mode asked) for the other tensors, as
+    torch's documentation pairs them: TorchMuon's reference, one ``step()``."""
+
+    def __init__(self, params, **mode) -> None:
+        import torch
+
+        params = list(params)
+        matrices, others = [p for p in params if p.ndim == 2], [p for p in params if p.ndim != 2]
+        self.optimizers = [torch.optim.Muon(matrices, lr=LEARNING_RATE)] if matrices else []
+        if others:
+            self.optimizers.append(torch.optim.AdamW(others, lr=LEARNING_RATE, **mode))
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+
 CONFIGS: dict[str, RuleConfig] = {
     # torch: a constant lr and no dampening make Keras's velocity -lr times torch's buffer
     "SGD": RuleConfig(
@@ -105,6 +123,13 @@ CONFIGS: dict[str, RuleConfig] = {
         ),
     ),
     "OptaxNovoGrad": RuleConfig(optax=Reference(_optax("novograd"))),
+    "TorchMuon": RuleConfig(
+        torch=Reference(
+            _MuonWithAdamW,
+            equal=False,
+            caveat="torch.optim.Muon iterates in bfloat16 (1e-2 of the update apart), AdamW for the rest",
+        )
+    ),
     "NovoGrad": RuleConfig(note="no torch.optim or optax equivalent"),
     "NovoGradTF1": RuleConfig(note="no torch.optim or optax equivalent"),
 }
