@@ -137,7 +137,8 @@ def sharding_page(programs: list[Program], header: str) -> str:
         "back; a state with an axis reduced (Adafactor's rows and columns) is kept whole, replicated. Every",
         "rank computes the whole step (Muon's Newton-Schulz iteration on every rank, as the simple",
         "distributed Muon implementations do), and the result is the unsharded run's bit for bit where no",
-        "option reduces (0 measured for Muon and Adafactor, as above; under `fully_shard` 2e-16). The rules",
+        "option reduces (0 in the tests for Muon and Adafactor, as above; under `fully_shard`, 2e-16 measured",
+        "once, not a test). The rules",
         "that gather: "
         + (
             ", ".join(f"[{p.rule}](optimizers/{p.module}.md)" for p in programs if whole_tensor_reason(p))
