@@ -481,9 +481,12 @@ class Backend:
         options = [h.name for h in program.hypers if h.name not in own]
         known = set(scopes) | own | {self.names.get(n, n) for n in scopes}
         fused_cases = []
+        # a rule that defines its step itself (define_step) gives the kernels its own t, not the stages'
+        own_step = any(eq.target == "t" for eq in inner.core or inner.equations)
+        stage_values = set(STAGE_VALUES) - ({"t"} if own_step else set())
         for i, case in enumerate(cases):
             (s,) = [s for s in case["sections"] if s["kind"] == SectionKind.TENSOR]
-            given = set(options) | set(STAGE_VALUES) | {"lr"}
+            given = set(options) | stage_values | {"lr"}
             renamed = _reductions_renamed(program.rule, program.cases[i], inner.cases[i], set(options))
             rule_scalars = [n for n in s["scalars"] if n not in given]
             missing = [n for n in rule_scalars if renamed.get(n, n) not in known]

@@ -137,7 +137,8 @@ def test_a_rules_own_step_counts_updates_under_gradient_accumulation(tmp_path):
     """A rule that defines its step itself (``define_step``: ``t`` advances every ``k`` updates) with Keras's
     options (a helper's rule: a RuleError said to use define_step, which it did): its step is read of the
     updates, as the options' own is. ``k = 2`` with an update every 2 calls: 8 calls are 4 updates with
-    ``t = 1, 1, 2, 2``, so ``w = -(1 + 1 + 1/2 + 1/2) = -3`` in NumPy, JAX and torch."""
+    ``t = 1, 1, 2, 2``, so ``w = -(1 + 1 + 1/2 + 1/2) = -3`` in NumPy, JAX and torch, and in the kernels
+    (Numba's and Triton's), which took the stages' ``t`` (updates + 1) and gave -2.0833 (a review found it)."""
     import rulekit
 
     from optforge.compiler.dsl import Given, Rule, g, idiv, n, t, w, where
@@ -152,7 +153,10 @@ def test_a_rules_own_step_counts_updates_under_gradient_accumulation(tmp_path):
     mods = rulekit.load(rule, tmp_path)
     params0 = [np.zeros(2)]
     grads = [[np.ones(2)] for _ in range(8)]
-    for path in ("numpy", "jax", "torch"):
-        rate = {"lr": 1.0} if path == "torch" else {"learning_rate": 1.0}
+    for path in ("numpy", "numpy fused", "jax", "torch", "torch fused", "torch triton"):
+        rate = {"lr": 1.0} if path.startswith("torch") else {"learning_rate": 1.0}
         got = rulekit.steps(mods, rule, params0, grads, path, **rate, k=2, gradient_accumulation_steps=2)
         np.testing.assert_allclose(got[0], [-3.0, -3.0], rtol=1e-15, err_msg=path)
+        # the rule's step without accumulation, every call an update: t = 1, 1, 2, 2
+        got = rulekit.steps(mods, rule, params0, grads[:4], path, **rate, k=2)
+        np.testing.assert_allclose(got[0], [-3.0, -3.0], rtol=1e-15, err_msg=f"{path}, no accumulation")
