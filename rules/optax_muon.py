@@ -33,7 +33,6 @@ from optforge.compiler.dsl import (
     Rule,
     cols,
     g,
-    matmul,
     maximum,
     rank,
     rows,
@@ -41,10 +40,10 @@ from optforge.compiler.dsl import (
     t,
     tensor_norm,
     tensor_sum,
-    transpose,
     w,
     where,
 )
+from optforge.rules._newton_schulz import newton_schulz
 
 RULE = Rule(
     "OptaxMuon",
@@ -111,19 +110,7 @@ RULE.assign(
 a, b, c = 3.4445, -4.7750, 2.0315  # optax's _DEFAULT_NS_COEFFS
 tall = RULE.let("tall", rows > cols, "a tall matrix: its Gram matrix X^T X is the smaller")
 X = RULE.let("X", mu_hat / (tensor_norm(mu_hat) + eps), "Frobenius normalisation", latex="X")
-for k in range(5):
-    gram, tall_gram = matmul(X, transpose(X)), matmul(transpose(X), X)  # m x m, n x n
-    if k == 0:
-        A = RULE.let("A", gram, "Gram matrix (m x m)", latex="A")
-        B = RULE.let("B", b * A + matmul(c * A, A), "Newton-Schulz polynomial", latex="B")
-        C = RULE.let("C", tall_gram, "Gram matrix of a tall matrix (n x n)", latex="C")
-        D = RULE.let("D", b * C + matmul(c * C, C), "its Newton-Schulz polynomial", latex="D")
-    else:
-        RULE.assign(A, gram, "Gram matrix (m x m)")
-        RULE.assign(B, b * A + matmul(c * A, A), "Newton-Schulz polynomial")
-        RULE.assign(C, tall_gram, "Gram matrix of a tall matrix (n x n)")
-        RULE.assign(D, b * C + matmul(c * C, C), "its Newton-Schulz polynomial")
-    RULE.assign(X, a * X + where(tall, matmul(X, D), matmul(B, X)), "Newton-Schulz step")
+newton_schulz(RULE, X, tall, (a, b, c), 5, scaled_first=True)
 RULE.assign(X, tensor_sum(mu_hat * X) * X, "dual-norm scaling", when=adaptive)
 scale = RULE.let(
     "scale",

@@ -30,17 +30,16 @@ from optforge.compiler.dsl import (
     Rule,
     cols,
     g,
-    matmul,
     maximum,
     rank,
     rows,
     sqrt,
     t,
     tensor_norm,
-    transpose,
     w,
     where,
 )
+from optforge.rules._newton_schulz import newton_schulz
 
 RULE = Rule(
     "TorchMuon",
@@ -93,19 +92,7 @@ U = RULE.let("U", buf, "the update", latex="U")
 RULE.assign(U, g + momentum * (buf - g), "Nesterov look-ahead (lerp)", when=nesterov)
 tall = RULE.let("tall", rows > cols, "a tall matrix: its Gram matrix X^T X is the smaller")
 X = RULE.let("X", U / maximum(tensor_norm(U), eps), "normalisation", latex="X")
-for k in range(5):
-    gram, tall_gram = matmul(X, transpose(X)), matmul(transpose(X), X)  # m x m, n x n
-    if k == 0:
-        A = RULE.let("A", gram, "Gram matrix (m x m)", latex="A")
-        B = RULE.let("B", b * A + c * matmul(A, A), "Newton-Schulz polynomial", latex="B")
-        C = RULE.let("C", tall_gram, "Gram matrix of a tall matrix (n x n)", latex="C")
-        D = RULE.let("D", b * C + c * matmul(C, C), "its Newton-Schulz polynomial", latex="D")
-    else:
-        RULE.assign(A, gram, "Gram matrix (m x m)")
-        RULE.assign(B, b * A + c * matmul(A, A), "Newton-Schulz polynomial")
-        RULE.assign(C, tall_gram, "Gram matrix of a tall matrix (n x n)")
-        RULE.assign(D, b * C + c * matmul(C, C), "its Newton-Schulz polynomial")
-    RULE.assign(X, a * X + where(tall, matmul(X, D), matmul(B, X)), "Newton-Schulz step")
+newton_schulz(RULE, X, tall, (a, b, c), 5, scaled_first=False)
 scale = RULE.let("scale", sqrt(maximum(1, rows / maximum(cols, 1))), "shape scaling", latex="s")
 
 # AdamW, for every tensor that is not a matrix
