@@ -7,6 +7,7 @@ reference implements the same method with a documented difference (stated in its
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -76,22 +77,66 @@ def _optax(name: str, **kwargs) -> Callable[[], Any]:
     return make
 
 
-class _MuonWithAdamW:
-    """torch.optim.Muon for the matrices and torch.optim.AdamW (in the mode asked) for the other tensors, as
-    torch's documentation pairs them: TorchMuon's reference, one ``step()``."""
+class MuonWithAdamW:
+    """torch.optim.Muon for the matrices (rank 2) and torch.optim.AdamW (``mode``: foreach, fused) for the
+    other tensors, as torch's documentation pairs them: TorchMuon's reference (``rules/torch_muon.py``: one
+    rule does both), one ``step()``, one ``lr`` for both (``param_groups``: the two optimizers' groups, which
+    a schedule sets). ``bfloat16=False`` (the library tests' float64 comparison): Muon's Newton-Schulz
+    iteration in the parameters' dtype, torch's cast to bfloat16 made an identity for the step, the code
+    otherwise torch's own."""
 
-    def __init__(self, params, **mode) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        eps: float = 1e-7,
+        adam_betas: tuple = (0.9, 0.999),
+        adam_eps: float = 1e-8,
+        adam_weight_decay: float = 0.01,
+        bfloat16: bool = True,
+        **mode,
+    ) -> None:
         import torch
 
         params = list(params)
-        matrices, others = [p for p in params if p.ndim == 2], [p for p in params if p.ndim != 2]
-        self.optimizers = [torch.optim.Muon(matrices, lr=LEARNING_RATE)] if matrices else []
+        matrices = [p for p in params if p.ndim == 2]
+        others = [p for p in params if p.ndim != 2]
+        self.optimizers = []
+        if matrices:
+            self.optimizers.append(
+                torch.optim.Muon(
+                    matrices, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov, eps=eps
+                )
+            )
         if others:
-            self.optimizers.append(torch.optim.AdamW(others, lr=LEARNING_RATE, **mode))
+            self.optimizers.append(
+                torch.optim.AdamW(
+                    others, lr=lr, betas=adam_betas, eps=adam_eps, weight_decay=adam_weight_decay, **mode
+                )
+            )
+        self.bfloat16 = bfloat16
+
+    @property
+    def param_groups(self) -> list:
+        return [group for opt in self.optimizers for group in opt.param_groups]
 
     def step(self) -> None:
-        for opt in self.optimizers:
-            opt.step()
+        import contextlib
+        from unittest import mock
+
+        import torch
+
+        cast = (
+            contextlib.nullcontext()
+            if self.bfloat16
+            else mock.patch.object(torch.Tensor, "bfloat16", lambda x, *a, **k: x.clone())
+        )
+        with cast:
+            for opt in self.optimizers:
+                opt.step()
 
 
 CONFIGS: dict[str, RuleConfig] = {
@@ -125,7 +170,7 @@ CONFIGS: dict[str, RuleConfig] = {
     "OptaxNovoGrad": RuleConfig(optax=Reference(_optax("novograd"))),
     "TorchMuon": RuleConfig(
         torch=Reference(
-            _MuonWithAdamW,
+            functools.partial(MuonWithAdamW, lr=LEARNING_RATE),
             equal=False,
             caveat="torch.optim.Muon iterates in bfloat16 (1e-2 of the update apart), AdamW for the rest",
         )

@@ -118,75 +118,26 @@ def optax_transform(rule_name: str, hypers: dict, defaults: dict):
 # reference tests find the reference from the rule's name: adding such a rule adds its tests.
 
 
-class MuonWithAdamW:
-    """torch.optim.Muon for the matrices (rank 2) and torch.optim.AdamW for the other tensors, as torch's
-    documentation pairs them (``rules/torch_muon.py``: one rule does both), one ``step()``, one ``lr`` for
-    both (``param_groups``: the two optimizers' groups, which a schedule sets). ``bfloat16=False`` (the
-    library test's float64 comparison): Muon's Newton-Schulz iteration in the parameters' dtype, torch's
-    cast to bfloat16 made an identity for the step, the code otherwise torch's own."""
-
-    def __init__(
-        self,
-        params,
-        lr: float = 1e-3,
-        weight_decay: float = 0.1,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        eps: float = 1e-7,
-        adam_betas: tuple = (0.9, 0.999),
-        adam_eps: float = 1e-8,
-        adam_weight_decay: float = 0.01,
-        bfloat16: bool = False,
-    ) -> None:
-        import torch
-
-        params = list(params)
-        matrices = [p for p in params if p.ndim == 2]
-        others = [p for p in params if p.ndim != 2]
-        self.optimizers = []
-        if matrices:
-            self.optimizers.append(
-                torch.optim.Muon(
-                    matrices, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov, eps=eps
-                )
-            )
-        if others:
-            self.optimizers.append(
-                torch.optim.AdamW(
-                    others, lr=lr, betas=adam_betas, eps=adam_eps, weight_decay=adam_weight_decay
-                )
-            )
-        self.bfloat16 = bfloat16
-
-    @property
-    def param_groups(self) -> list:
-        return [group for opt in self.optimizers for group in opt.param_groups]
-
-    def step(self) -> None:
-        import contextlib
-        from unittest import mock
-
-        import torch
-
-        cast = (
-            contextlib.nullcontext()
-            if self.bfloat16
-            else mock.patch.object(torch.Tensor, "bfloat16", lambda x, *a, **k: x.clone())
-        )
-        with cast:
-            for opt in self.optimizers:
-                opt.step()
-
-
 #: a rule whose reference is two of its library's optimizers (a rule that falls back to another for the
 #: tensors the first does not take)
-COMPOSITES = {"TorchMuon": ("torch", MuonWithAdamW)}
+def _muon_with_adamw():
+    """torch.optim.Muon with AdamW (``benchmarks/configs.py``), its bfloat16 cast made an identity: the
+    float64 comparisons hold it to 1e-12."""
+    import functools
+
+    from optforge.benchmarks.configs import MuonWithAdamW
+
+    return functools.partial(MuonWithAdamW, bfloat16=False)
+
+
+COMPOSITES = {"TorchMuon": ("torch", _muon_with_adamw)}
 
 
 def library_reference(rule):
     """("torch" | "optax", the reference's constructor) for a rule named after its library, else None."""
     if rule.name in COMPOSITES:
-        return COMPOSITES[rule.name]
+        library, make = COMPOSITES[rule.name]
+        return library, make()
     if rule.name.startswith("Torch"):
         import torch
 

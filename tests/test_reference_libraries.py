@@ -260,9 +260,9 @@ def test_torch_muon_differs_from_torch_optim_muon_by_bfloat16_rounding():
     measured 1.4e-2 to 1.6e-2 of the update's norm, and by nothing else (the float64 comparisons above make
     torch's cast an identity and agree to 1e-12)."""
     import torch
-    from references import MuonWithAdamW
 
     import optforge.generated.torch as gen
+    from optforge.benchmarks.configs import MuonWithAdamW
 
     rng = np.random.default_rng(0)
     for shape in [(64, 32), (32, 64), (50, 50)]:
