@@ -78,8 +78,8 @@ class Case:
 
     #: ``prepare(dt, **scalars)``: the once-per-step values, rounded to ``dt``, as the ``step`` the others take
     prepare: Callable
-    #: ``addresses(table, i, w, g, *states)``: writes the arrays' addresses into ``table[i]``
-    addresses: Callable
+    #: the arrays of a work item, in the order of the kernels' table: ``("w", "g", *states)``
+    arrays: tuple[str, ...]
     #: ``update(rows, bounds, table, dt, step)``: every row ``(i, lo, hi)`` of ``rows`` (elements ``lo`` to
     #: ``hi`` of tensor ``i``), the rows ``bounds[k]`` to ``bounds[k + 1]`` on thread ``k``, in one call
     update: Callable
@@ -99,14 +99,12 @@ _TAKES: dict[int, tuple[Case, tuple[str, ...], tuple[str, ...]]] = {}
 def takes(case: Case) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """What ``case`` takes, as its generated functions declare it: the states after ``w`` and ``g`` (in the
     order of ``run``'s work items) and the once-per-step values (``prepare``'s arguments after ``dt``)."""
-    if hasattr(case, "arrays"):  # a Triton case (runtime/triton_support.Case) says it
+    if hasattr(case, "scalars"):  # a Triton case (runtime/triton_support.Case) says it
         return tuple(case.arrays[2:]), tuple(case.scalars)
     known = _TAKES.get(id(case))
     if known is None or known[0] is not case:
-        addresses = getattr(case.addresses, "py_func", case.addresses)  # a Numba dispatcher's Python function
-        states = tuple(inspect.signature(addresses).parameters)[4:]  # after table, i, w, g
         scalars = tuple(inspect.signature(case.prepare).parameters)[1:]  # after dt
-        known = _TAKES[id(case)] = (case, states, scalars)
+        known = _TAKES[id(case)] = (case, tuple(case.arrays[2:]), scalars)
     return known[1], known[2]
 
 
@@ -140,9 +138,11 @@ def run(case: Case, work: list[tuple], scalars: dict[str, Any]) -> None:
         step = case.prepare(dt, **scalars)
         many = sum(sizes) >= PARALLEL_MIN
         if not tensors:
+            from optforge.runtime.fused_numba import addresses
+
             table = np.empty((len(items), len(items[0])), np.int64)
             for i, item in enumerate(items):
-                case.addresses(table, i, *item)
+                addresses(table, i, *item)
         else:
             table = np.array([[0 if t is None else t.data_ptr() for t in item] for item in items], np.int64)
         split = case.split if isinstance(case.split, bool) else case.split(step)

@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from optforge.runtime import fused_support
-from optforge.runtime.fused_numba import address, cacheable, pointer
+from optforge.runtime.fused_numba import cacheable, pointer
 
 
 def prepare_update_case_0(
@@ -128,20 +128,6 @@ def prepare_update_case_0(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_0(
-    table, i, w, g, mu, nu, nu_max, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(mu)
-    table[i, 3] = address(nu)
-    table[i, 4] = address(nu_max)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
-
-
 def run_update_case_0(rows, bounds, table, dt, step):
     """The update, where (bias_correction_mu and bias_correction_nu), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, mu, nu, nu_max, grad_accumulator, ema):
@@ -186,7 +172,7 @@ def split_update_case_0(step):
 #: what fused_support.run takes: case 0 of the rule
 UPDATE_CASE_0 = fused_support.Case(
     prepare=prepare_update_case_0,
-    addresses=addresses_update_case_0,
+    arrays=("w", "g", "mu", "nu", "nu_max", "grad_accumulator", "ema"),
     update=run_update_case_0,
     split=split_update_case_0,
 )
@@ -464,20 +450,6 @@ def prepare_update_case_1(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_1(
-    table, i, w, g, mu, nu, nu_max, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(mu)
-    table[i, 3] = address(nu)
-    table[i, 4] = address(nu_max)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
-
-
 def run_update_case_1(rows, bounds, table, dt, step):
     """The update, where (bias_correction_mu and not bias_correction_nu), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, mu, nu, nu_max, grad_accumulator, ema):
@@ -522,7 +494,7 @@ def split_update_case_1(step):
 #: what fused_support.run takes: case 1 of the rule
 UPDATE_CASE_1 = fused_support.Case(
     prepare=prepare_update_case_1,
-    addresses=addresses_update_case_1,
+    arrays=("w", "g", "mu", "nu", "nu_max", "grad_accumulator", "ema"),
     update=run_update_case_1,
     split=split_update_case_1,
 )
@@ -797,20 +769,6 @@ def prepare_update_case_2(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_2(
-    table, i, w, g, mu, nu, nu_max, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(mu)
-    table[i, 3] = address(nu)
-    table[i, 4] = address(nu_max)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
-
-
 def run_update_case_2(rows, bounds, table, dt, step):
     """The update, where (bias_correction_nu and not bias_correction_mu), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, mu, nu, nu_max, grad_accumulator, ema):
@@ -855,7 +813,7 @@ def split_update_case_2(step):
 #: what fused_support.run takes: case 2 of the rule
 UPDATE_CASE_2 = fused_support.Case(
     prepare=prepare_update_case_2,
-    addresses=addresses_update_case_2,
+    arrays=("w", "g", "mu", "nu", "nu_max", "grad_accumulator", "ema"),
     update=run_update_case_2,
     split=split_update_case_2,
 )
@@ -1127,20 +1085,6 @@ def prepare_update_case_3(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_3(
-    table, i, w, g, mu, nu, nu_max, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(mu)
-    table[i, 3] = address(nu)
-    table[i, 4] = address(nu_max)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
-
-
 def run_update_case_3(rows, bounds, table, dt, step):
     """The update, where (not bias_correction_mu and not bias_correction_nu), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, mu, nu, nu_max, grad_accumulator, ema):
@@ -1185,7 +1129,7 @@ def split_update_case_3(step):
 #: what fused_support.run takes: case 3 of the rule
 UPDATE_CASE_3 = fused_support.Case(
     prepare=prepare_update_case_3,
-    addresses=addresses_update_case_3,
+    arrays=("w", "g", "mu", "nu", "nu_max", "grad_accumulator", "ema"),
     update=run_update_case_3,
     split=split_update_case_3,
 )

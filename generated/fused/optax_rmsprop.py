@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from optforge.runtime import fused_support
-from optforge.runtime.fused_numba import address, cacheable, pointer
+from optforge.runtime.fused_numba import cacheable, pointer
 
 
 def prepare_update_case_0(
@@ -121,20 +121,6 @@ def prepare_update_case_0(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_0(
-    table, i, w, g, nu, mu, trace, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(mu)
-    table[i, 4] = address(trace)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
-
-
 def run_update_case_0(rows, bounds, table, dt, step):
     """The update, where (momentum is not None and bias_correction and centered and eps_in_sqrt and nesterov), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, trace, grad_accumulator, ema):
@@ -179,7 +165,7 @@ def split_update_case_0(step):
 #: what fused_support.run takes: case 0 of the rule
 UPDATE_CASE_0 = fused_support.Case(
     prepare=prepare_update_case_0,
-    addresses=addresses_update_case_0,
+    arrays=("w", "g", "nu", "mu", "trace", "grad_accumulator", "ema"),
     update=run_update_case_0,
     split=split_update_case_0,
 )
@@ -453,20 +439,6 @@ def prepare_update_case_1(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_1(
-    table, i, w, g, nu, mu, trace, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(mu)
-    table[i, 4] = address(trace)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
-
-
 def run_update_case_1(rows, bounds, table, dt, step):
     """The update, where (momentum is not None and bias_correction and centered and eps_in_sqrt and not nesterov), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, trace, grad_accumulator, ema):
@@ -511,7 +483,7 @@ def split_update_case_1(step):
 #: what fused_support.run takes: case 1 of the rule
 UPDATE_CASE_1 = fused_support.Case(
     prepare=prepare_update_case_1,
-    addresses=addresses_update_case_1,
+    arrays=("w", "g", "nu", "mu", "trace", "grad_accumulator", "ema"),
     update=run_update_case_1,
     split=split_update_case_1,
 )
@@ -782,17 +754,6 @@ def prepare_update_case_2(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_2(table, i, w, g, nu, mu, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(mu)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
-
-
 def run_update_case_2(rows, bounds, table, dt, step):
     """The update, where (momentum is None and bias_correction and centered and eps_in_sqrt), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, grad_accumulator, ema):
@@ -837,7 +798,7 @@ def split_update_case_2(step):
 #: what fused_support.run takes: case 2 of the rule
 UPDATE_CASE_2 = fused_support.Case(
     prepare=prepare_update_case_2,
-    addresses=addresses_update_case_2,
+    arrays=("w", "g", "nu", "mu", "grad_accumulator", "ema"),
     update=run_update_case_2,
     split=split_update_case_2,
 )
@@ -1105,20 +1066,6 @@ def prepare_update_case_3(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_3(
-    table, i, w, g, nu, mu, trace, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(mu)
-    table[i, 4] = address(trace)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
-
-
 def run_update_case_3(rows, bounds, table, dt, step):
     """The update, where (momentum is not None and bias_correction and centered and nesterov and not eps_in_sqrt), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, trace, grad_accumulator, ema):
@@ -1163,7 +1110,7 @@ def split_update_case_3(step):
 #: what fused_support.run takes: case 3 of the rule
 UPDATE_CASE_3 = fused_support.Case(
     prepare=prepare_update_case_3,
-    addresses=addresses_update_case_3,
+    arrays=("w", "g", "nu", "mu", "trace", "grad_accumulator", "ema"),
     update=run_update_case_3,
     split=split_update_case_3,
 )
@@ -1439,20 +1386,6 @@ def prepare_update_case_4(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_4(
-    table, i, w, g, nu, mu, trace, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(mu)
-    table[i, 4] = address(trace)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
-
-
 def run_update_case_4(rows, bounds, table, dt, step):
     """The update, where (momentum is not None and bias_correction and centered and not eps_in_sqrt and not nesterov), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, trace, grad_accumulator, ema):
@@ -1497,7 +1430,7 @@ def split_update_case_4(step):
 #: what fused_support.run takes: case 4 of the rule
 UPDATE_CASE_4 = fused_support.Case(
     prepare=prepare_update_case_4,
-    addresses=addresses_update_case_4,
+    arrays=("w", "g", "nu", "mu", "trace", "grad_accumulator", "ema"),
     update=run_update_case_4,
     split=split_update_case_4,
 )
@@ -1770,17 +1703,6 @@ def prepare_update_case_5(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_5(table, i, w, g, nu, mu, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(mu)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
-
-
 def run_update_case_5(rows, bounds, table, dt, step):
     """The update, where (momentum is None and bias_correction and centered and not eps_in_sqrt), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, grad_accumulator, ema):
@@ -1825,7 +1747,7 @@ def split_update_case_5(step):
 #: what fused_support.run takes: case 5 of the rule
 UPDATE_CASE_5 = fused_support.Case(
     prepare=prepare_update_case_5,
-    addresses=addresses_update_case_5,
+    arrays=("w", "g", "nu", "mu", "grad_accumulator", "ema"),
     update=run_update_case_5,
     split=split_update_case_5,
 )
@@ -2092,20 +2014,6 @@ def prepare_update_case_6(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_6(
-    table, i, w, g, nu, mu, trace, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(mu)
-    table[i, 4] = address(trace)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
-
-
 def run_update_case_6(rows, bounds, table, dt, step):
     """The update, where (momentum is not None and centered and eps_in_sqrt and nesterov and not bias_correction), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, trace, grad_accumulator, ema):
@@ -2150,7 +2058,7 @@ def split_update_case_6(step):
 #: what fused_support.run takes: case 6 of the rule
 UPDATE_CASE_6 = fused_support.Case(
     prepare=prepare_update_case_6,
-    addresses=addresses_update_case_6,
+    arrays=("w", "g", "nu", "mu", "trace", "grad_accumulator", "ema"),
     update=run_update_case_6,
     split=split_update_case_6,
 )
@@ -2418,20 +2326,6 @@ def prepare_update_case_7(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_7(
-    table, i, w, g, nu, mu, trace, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(mu)
-    table[i, 4] = address(trace)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
-
-
 def run_update_case_7(rows, bounds, table, dt, step):
     """The update, where (momentum is not None and centered and eps_in_sqrt and not bias_correction and not nesterov), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, trace, grad_accumulator, ema):
@@ -2476,7 +2370,7 @@ def split_update_case_7(step):
 #: what fused_support.run takes: case 7 of the rule
 UPDATE_CASE_7 = fused_support.Case(
     prepare=prepare_update_case_7,
-    addresses=addresses_update_case_7,
+    arrays=("w", "g", "nu", "mu", "trace", "grad_accumulator", "ema"),
     update=run_update_case_7,
     split=split_update_case_7,
 )
@@ -2741,17 +2635,6 @@ def prepare_update_case_8(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_8(table, i, w, g, nu, mu, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(mu)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
-
-
 def run_update_case_8(rows, bounds, table, dt, step):
     """The update, where (momentum is None and centered and eps_in_sqrt and not bias_correction), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, grad_accumulator, ema):
@@ -2796,7 +2679,7 @@ def split_update_case_8(step):
 #: what fused_support.run takes: case 8 of the rule
 UPDATE_CASE_8 = fused_support.Case(
     prepare=prepare_update_case_8,
-    addresses=addresses_update_case_8,
+    arrays=("w", "g", "nu", "mu", "grad_accumulator", "ema"),
     update=run_update_case_8,
     split=split_update_case_8,
 )
@@ -3058,20 +2941,6 @@ def prepare_update_case_9(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_9(
-    table, i, w, g, nu, mu, trace, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(mu)
-    table[i, 4] = address(trace)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
-
-
 def run_update_case_9(rows, bounds, table, dt, step):
     """The update, where (momentum is not None and centered and nesterov and not bias_correction and not eps_in_sqrt), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, trace, grad_accumulator, ema):
@@ -3116,7 +2985,7 @@ def split_update_case_9(step):
 #: what fused_support.run takes: case 9 of the rule
 UPDATE_CASE_9 = fused_support.Case(
     prepare=prepare_update_case_9,
-    addresses=addresses_update_case_9,
+    arrays=("w", "g", "nu", "mu", "trace", "grad_accumulator", "ema"),
     update=run_update_case_9,
     split=split_update_case_9,
 )
@@ -3386,20 +3255,6 @@ def prepare_update_case_10(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_10(
-    table, i, w, g, nu, mu, trace, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(mu)
-    table[i, 4] = address(trace)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
-
-
 def run_update_case_10(rows, bounds, table, dt, step):
     """The update, where (momentum is not None and centered and not bias_correction and not eps_in_sqrt and not nesterov), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, trace, grad_accumulator, ema):
@@ -3444,7 +3299,7 @@ def split_update_case_10(step):
 #: what fused_support.run takes: case 10 of the rule
 UPDATE_CASE_10 = fused_support.Case(
     prepare=prepare_update_case_10,
-    addresses=addresses_update_case_10,
+    arrays=("w", "g", "nu", "mu", "trace", "grad_accumulator", "ema"),
     update=run_update_case_10,
     split=split_update_case_10,
 )
@@ -3711,17 +3566,6 @@ def prepare_update_case_11(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_11(table, i, w, g, nu, mu, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(mu)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
-
-
 def run_update_case_11(rows, bounds, table, dt, step):
     """The update, where (momentum is None and centered and not bias_correction and not eps_in_sqrt), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, mu, grad_accumulator, ema):
@@ -3766,7 +3610,7 @@ def split_update_case_11(step):
 #: what fused_support.run takes: case 11 of the rule
 UPDATE_CASE_11 = fused_support.Case(
     prepare=prepare_update_case_11,
-    addresses=addresses_update_case_11,
+    arrays=("w", "g", "nu", "mu", "grad_accumulator", "ema"),
     update=run_update_case_11,
     split=split_update_case_11,
 )
@@ -4033,17 +3877,6 @@ def prepare_update_case_12(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_12(table, i, w, g, nu, trace, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(trace)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
-
-
 def run_update_case_12(rows, bounds, table, dt, step):
     """The update, where (momentum is not None and bias_correction and eps_in_sqrt and nesterov and not centered), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, trace, grad_accumulator, ema):
@@ -4088,7 +3921,7 @@ def split_update_case_12(step):
 #: what fused_support.run takes: case 12 of the rule
 UPDATE_CASE_12 = fused_support.Case(
     prepare=prepare_update_case_12,
-    addresses=addresses_update_case_12,
+    arrays=("w", "g", "nu", "trace", "grad_accumulator", "ema"),
     update=run_update_case_12,
     split=split_update_case_12,
 )
@@ -4351,17 +4184,6 @@ def prepare_update_case_13(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_13(table, i, w, g, nu, trace, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(trace)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
-
-
 def run_update_case_13(rows, bounds, table, dt, step):
     """The update, where (momentum is not None and bias_correction and eps_in_sqrt and not centered and not nesterov), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, trace, grad_accumulator, ema):
@@ -4406,7 +4228,7 @@ def split_update_case_13(step):
 #: what fused_support.run takes: case 13 of the rule
 UPDATE_CASE_13 = fused_support.Case(
     prepare=prepare_update_case_13,
-    addresses=addresses_update_case_13,
+    arrays=("w", "g", "nu", "trace", "grad_accumulator", "ema"),
     update=run_update_case_13,
     split=split_update_case_13,
 )
@@ -4666,16 +4488,6 @@ def prepare_update_case_14(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_14(table, i, w, g, nu, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(grad_accumulator)
-    table[i, 4] = address(ema)
-
-
 def run_update_case_14(rows, bounds, table, dt, step):
     """The update, where (momentum is None and bias_correction and eps_in_sqrt and not centered), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, grad_accumulator, ema):
@@ -4720,7 +4532,7 @@ def split_update_case_14(step):
 #: what fused_support.run takes: case 14 of the rule
 UPDATE_CASE_14 = fused_support.Case(
     prepare=prepare_update_case_14,
-    addresses=addresses_update_case_14,
+    arrays=("w", "g", "nu", "grad_accumulator", "ema"),
     update=run_update_case_14,
     split=split_update_case_14,
 )
@@ -4977,17 +4789,6 @@ def prepare_update_case_15(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_15(table, i, w, g, nu, trace, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(trace)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
-
-
 def run_update_case_15(rows, bounds, table, dt, step):
     """The update, where (momentum is not None and bias_correction and nesterov and not centered and not eps_in_sqrt), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, trace, grad_accumulator, ema):
@@ -5032,7 +4833,7 @@ def split_update_case_15(step):
 #: what fused_support.run takes: case 15 of the rule
 UPDATE_CASE_15 = fused_support.Case(
     prepare=prepare_update_case_15,
-    addresses=addresses_update_case_15,
+    arrays=("w", "g", "nu", "trace", "grad_accumulator", "ema"),
     update=run_update_case_15,
     split=split_update_case_15,
 )
@@ -5297,17 +5098,6 @@ def prepare_update_case_16(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_16(table, i, w, g, nu, trace, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(trace)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
-
-
 def run_update_case_16(rows, bounds, table, dt, step):
     """The update, where (momentum is not None and bias_correction and not centered and not eps_in_sqrt and not nesterov), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, trace, grad_accumulator, ema):
@@ -5352,7 +5142,7 @@ def split_update_case_16(step):
 #: what fused_support.run takes: case 16 of the rule
 UPDATE_CASE_16 = fused_support.Case(
     prepare=prepare_update_case_16,
-    addresses=addresses_update_case_16,
+    arrays=("w", "g", "nu", "trace", "grad_accumulator", "ema"),
     update=run_update_case_16,
     split=split_update_case_16,
 )
@@ -5614,16 +5404,6 @@ def prepare_update_case_17(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_17(table, i, w, g, nu, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(grad_accumulator)
-    table[i, 4] = address(ema)
-
-
 def run_update_case_17(rows, bounds, table, dt, step):
     """The update, where (momentum is None and bias_correction and not centered and not eps_in_sqrt), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, grad_accumulator, ema):
@@ -5668,7 +5448,7 @@ def split_update_case_17(step):
 #: what fused_support.run takes: case 17 of the rule
 UPDATE_CASE_17 = fused_support.Case(
     prepare=prepare_update_case_17,
-    addresses=addresses_update_case_17,
+    arrays=("w", "g", "nu", "grad_accumulator", "ema"),
     update=run_update_case_17,
     split=split_update_case_17,
 )
@@ -5924,17 +5704,6 @@ def prepare_update_case_18(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_18(table, i, w, g, nu, trace, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(trace)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
-
-
 def run_update_case_18(rows, bounds, table, dt, step):
     """The update, where (momentum is not None and eps_in_sqrt and nesterov and not bias_correction and not centered), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, trace, grad_accumulator, ema):
@@ -5979,7 +5748,7 @@ def split_update_case_18(step):
 #: what fused_support.run takes: case 18 of the rule
 UPDATE_CASE_18 = fused_support.Case(
     prepare=prepare_update_case_18,
-    addresses=addresses_update_case_18,
+    arrays=("w", "g", "nu", "trace", "grad_accumulator", "ema"),
     update=run_update_case_18,
     split=split_update_case_18,
 )
@@ -6236,17 +6005,6 @@ def prepare_update_case_19(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_19(table, i, w, g, nu, trace, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(trace)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
-
-
 def run_update_case_19(rows, bounds, table, dt, step):
     """The update, where (momentum is not None and eps_in_sqrt and not bias_correction and not centered and not nesterov), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, trace, grad_accumulator, ema):
@@ -6291,7 +6049,7 @@ def split_update_case_19(step):
 #: what fused_support.run takes: case 19 of the rule
 UPDATE_CASE_19 = fused_support.Case(
     prepare=prepare_update_case_19,
-    addresses=addresses_update_case_19,
+    arrays=("w", "g", "nu", "trace", "grad_accumulator", "ema"),
     update=run_update_case_19,
     split=split_update_case_19,
 )
@@ -6545,16 +6303,6 @@ def prepare_update_case_20(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_20(table, i, w, g, nu, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(grad_accumulator)
-    table[i, 4] = address(ema)
-
-
 def run_update_case_20(rows, bounds, table, dt, step):
     """The update, where (momentum is None and eps_in_sqrt and not bias_correction and not centered), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, grad_accumulator, ema):
@@ -6599,7 +6347,7 @@ def split_update_case_20(step):
 #: what fused_support.run takes: case 20 of the rule
 UPDATE_CASE_20 = fused_support.Case(
     prepare=prepare_update_case_20,
-    addresses=addresses_update_case_20,
+    arrays=("w", "g", "nu", "grad_accumulator", "ema"),
     update=run_update_case_20,
     split=split_update_case_20,
 )
@@ -6850,17 +6598,6 @@ def prepare_update_case_21(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_21(table, i, w, g, nu, trace, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(trace)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
-
-
 def run_update_case_21(rows, bounds, table, dt, step):
     """The update, where (momentum is not None and nesterov and not bias_correction and not centered and not eps_in_sqrt), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, trace, grad_accumulator, ema):
@@ -6905,7 +6642,7 @@ def split_update_case_21(step):
 #: what fused_support.run takes: case 21 of the rule
 UPDATE_CASE_21 = fused_support.Case(
     prepare=prepare_update_case_21,
-    addresses=addresses_update_case_21,
+    arrays=("w", "g", "nu", "trace", "grad_accumulator", "ema"),
     update=run_update_case_21,
     split=split_update_case_21,
 )
@@ -7164,17 +6901,6 @@ def prepare_update_case_22(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_22(table, i, w, g, nu, trace, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(trace)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
-
-
 def run_update_case_22(rows, bounds, table, dt, step):
     """The update, where (momentum is not None and not bias_correction and not centered and not eps_in_sqrt and not nesterov), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, trace, grad_accumulator, ema):
@@ -7219,7 +6945,7 @@ def split_update_case_22(step):
 #: what fused_support.run takes: case 22 of the rule
 UPDATE_CASE_22 = fused_support.Case(
     prepare=prepare_update_case_22,
-    addresses=addresses_update_case_22,
+    arrays=("w", "g", "nu", "trace", "grad_accumulator", "ema"),
     update=run_update_case_22,
     split=split_update_case_22,
 )
@@ -7475,16 +7201,6 @@ def prepare_update_case_23(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_23(table, i, w, g, nu, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(nu)
-    table[i, 3] = address(grad_accumulator)
-    table[i, 4] = address(ema)
-
-
 def run_update_case_23(rows, bounds, table, dt, step):
     """The update, where (momentum is None and not bias_correction and not centered and not eps_in_sqrt), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, nu, grad_accumulator, ema):
@@ -7529,7 +7245,7 @@ def split_update_case_23(step):
 #: what fused_support.run takes: case 23 of the rule
 UPDATE_CASE_23 = fused_support.Case(
     prepare=prepare_update_case_23,
-    addresses=addresses_update_case_23,
+    arrays=("w", "g", "nu", "grad_accumulator", "ema"),
     update=run_update_case_23,
     split=split_update_case_23,
 )

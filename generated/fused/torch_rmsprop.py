@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from optforge.runtime import fused_support
-from optforge.runtime.fused_numba import address, cacheable, pointer
+from optforge.runtime.fused_numba import cacheable, pointer
 
 
 def prepare_update_case_0(
@@ -113,19 +113,6 @@ def prepare_update_case_0(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_0(
-    table, i, w, g, square_avg, grad_avg, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(square_avg)
-    table[i, 3] = address(grad_avg)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
-
-
 def run_update_case_0(rows, bounds, table, dt, step):
     """The update, where (centered and momentum == 0 and weight_decay == 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, square_avg, grad_avg, grad_accumulator, ema):
@@ -170,7 +157,7 @@ def split_update_case_0(step):
 #: what fused_support.run takes: case 0 of the rule
 UPDATE_CASE_0 = fused_support.Case(
     prepare=prepare_update_case_0,
-    addresses=addresses_update_case_0,
+    arrays=("w", "g", "square_avg", "grad_avg", "grad_accumulator", "ema"),
     update=run_update_case_0,
     split=split_update_case_0,
 )
@@ -425,20 +412,6 @@ def prepare_update_case_1(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_1(
-    table, i, w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(square_avg)
-    table[i, 3] = address(grad_avg)
-    table[i, 4] = address(momentum_buffer)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
-
-
 def run_update_case_1(rows, bounds, table, dt, step):
     """The update, where (centered and weight_decay == 0 and momentum != 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema):
@@ -483,7 +456,7 @@ def split_update_case_1(step):
 #: what fused_support.run takes: case 1 of the rule
 UPDATE_CASE_1 = fused_support.Case(
     prepare=prepare_update_case_1,
-    addresses=addresses_update_case_1,
+    arrays=("w", "g", "square_avg", "grad_avg", "momentum_buffer", "grad_accumulator", "ema"),
     update=run_update_case_1,
     split=split_update_case_1,
 )
@@ -743,16 +716,6 @@ def prepare_update_case_2(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_2(table, i, w, g, square_avg, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(square_avg)
-    table[i, 3] = address(grad_accumulator)
-    table[i, 4] = address(ema)
-
-
 def run_update_case_2(rows, bounds, table, dt, step):
     """The update, where (not centered and momentum == 0 and weight_decay == 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, square_avg, grad_accumulator, ema):
@@ -797,7 +760,7 @@ def split_update_case_2(step):
 #: what fused_support.run takes: case 2 of the rule
 UPDATE_CASE_2 = fused_support.Case(
     prepare=prepare_update_case_2,
-    addresses=addresses_update_case_2,
+    arrays=("w", "g", "square_avg", "grad_accumulator", "ema"),
     update=run_update_case_2,
     split=split_update_case_2,
 )
@@ -1045,19 +1008,6 @@ def prepare_update_case_3(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_3(
-    table, i, w, g, square_avg, momentum_buffer, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(square_avg)
-    table[i, 3] = address(momentum_buffer)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
-
-
 def run_update_case_3(rows, bounds, table, dt, step):
     """The update, where (not centered and weight_decay == 0 and momentum != 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, square_avg, momentum_buffer, grad_accumulator, ema):
@@ -1102,7 +1052,7 @@ def split_update_case_3(step):
 #: what fused_support.run takes: case 3 of the rule
 UPDATE_CASE_3 = fused_support.Case(
     prepare=prepare_update_case_3,
-    addresses=addresses_update_case_3,
+    arrays=("w", "g", "square_avg", "momentum_buffer", "grad_accumulator", "ema"),
     update=run_update_case_3,
     split=split_update_case_3,
 )
@@ -1358,19 +1308,6 @@ def prepare_update_case_4(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_4(
-    table, i, w, g, square_avg, grad_avg, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(square_avg)
-    table[i, 3] = address(grad_avg)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
-
-
 def run_update_case_4(rows, bounds, table, dt, step):
     """The update, where (centered and momentum == 0 and weight_decay != 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, square_avg, grad_avg, grad_accumulator, ema):
@@ -1415,7 +1352,7 @@ def split_update_case_4(step):
 #: what fused_support.run takes: case 4 of the rule
 UPDATE_CASE_4 = fused_support.Case(
     prepare=prepare_update_case_4,
-    addresses=addresses_update_case_4,
+    arrays=("w", "g", "square_avg", "grad_avg", "grad_accumulator", "ema"),
     update=run_update_case_4,
     split=split_update_case_4,
 )
@@ -1676,20 +1613,6 @@ def prepare_update_case_5(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_5(
-    table, i, w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(square_avg)
-    table[i, 3] = address(grad_avg)
-    table[i, 4] = address(momentum_buffer)
-    table[i, 5] = address(grad_accumulator)
-    table[i, 6] = address(ema)
-
-
 def run_update_case_5(rows, bounds, table, dt, step):
     """The update, where (centered and momentum != 0 and weight_decay != 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, square_avg, grad_avg, momentum_buffer, grad_accumulator, ema):
@@ -1734,7 +1657,7 @@ def split_update_case_5(step):
 #: what fused_support.run takes: case 5 of the rule
 UPDATE_CASE_5 = fused_support.Case(
     prepare=prepare_update_case_5,
-    addresses=addresses_update_case_5,
+    arrays=("w", "g", "square_avg", "grad_avg", "momentum_buffer", "grad_accumulator", "ema"),
     update=run_update_case_5,
     split=split_update_case_5,
 )
@@ -2000,16 +1923,6 @@ def prepare_update_case_6(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_6(table, i, w, g, square_avg, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(square_avg)
-    table[i, 3] = address(grad_accumulator)
-    table[i, 4] = address(ema)
-
-
 def run_update_case_6(rows, bounds, table, dt, step):
     """The update, where (not centered and momentum == 0 and weight_decay != 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, square_avg, grad_accumulator, ema):
@@ -2054,7 +1967,7 @@ def split_update_case_6(step):
 #: what fused_support.run takes: case 6 of the rule
 UPDATE_CASE_6 = fused_support.Case(
     prepare=prepare_update_case_6,
-    addresses=addresses_update_case_6,
+    arrays=("w", "g", "square_avg", "grad_accumulator", "ema"),
     update=run_update_case_6,
     split=split_update_case_6,
 )
@@ -2308,19 +2221,6 @@ def prepare_update_case_7(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_7(
-    table, i, w, g, square_avg, momentum_buffer, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(square_avg)
-    table[i, 3] = address(momentum_buffer)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
-
-
 def run_update_case_7(rows, bounds, table, dt, step):
     """The update, where (not centered and momentum != 0 and weight_decay != 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, square_avg, momentum_buffer, grad_accumulator, ema):
@@ -2365,7 +2265,7 @@ def split_update_case_7(step):
 #: what fused_support.run takes: case 7 of the rule
 UPDATE_CASE_7 = fused_support.Case(
     prepare=prepare_update_case_7,
-    addresses=addresses_update_case_7,
+    arrays=("w", "g", "square_avg", "momentum_buffer", "grad_accumulator", "ema"),
     update=run_update_case_7,
     split=split_update_case_7,
 )

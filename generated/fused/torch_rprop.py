@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from optforge.runtime import fused_support
-from optforge.runtime.fused_numba import address, cacheable, pointer
+from optforge.runtime.fused_numba import cacheable, pointer
 
 
 def prepare_update_case_0(
@@ -127,19 +127,6 @@ def prepare_update_case_0(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_0(
-    table, i, w, g, prev, step_size, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(prev)
-    table[i, 3] = address(step_size)
-    table[i, 4] = address(grad_accumulator)
-    table[i, 5] = address(ema)
-
-
 def run_update_case_0(rows, bounds, table, dt, step):
     """The update, of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, prev, step_size, grad_accumulator, ema):
@@ -188,7 +175,7 @@ def split_update_case_0(step):
 #: what fused_support.run takes: case 0 of the rule
 UPDATE_CASE_0 = fused_support.Case(
     prepare=prepare_update_case_0,
-    addresses=addresses_update_case_0,
+    arrays=("w", "g", "prev", "step_size", "grad_accumulator", "ema"),
     update=run_update_case_0,
     split=split_update_case_0,
 )

@@ -24,7 +24,7 @@ import numba
 import numpy as np
 
 from optforge.runtime import fused_support
-from optforge.runtime.fused_numba import address, cacheable, pointer
+from optforge.runtime.fused_numba import cacheable, pointer
 
 
 def prepare_update_case_0(
@@ -105,15 +105,6 @@ def prepare_update_case_0(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_0(table, i, w, g, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(grad_accumulator)
-    table[i, 3] = address(ema)
-
-
 def run_update_case_0(rows, bounds, table, dt, step):
     """The update, where (momentum == 0 and weight_decay == 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, grad_accumulator, ema):
@@ -158,7 +149,7 @@ def split_update_case_0(step):
 #: what fused_support.run takes: case 0 of the rule
 UPDATE_CASE_0 = fused_support.Case(
     prepare=prepare_update_case_0,
-    addresses=addresses_update_case_0,
+    arrays=("w", "g", "grad_accumulator", "ema"),
     update=run_update_case_0,
     split=split_update_case_0,
 )
@@ -392,18 +383,6 @@ def prepare_update_case_1(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_1(
-    table, i, w, g, momentum_buffer, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(momentum_buffer)
-    table[i, 3] = address(grad_accumulator)
-    table[i, 4] = address(ema)
-
-
 def run_update_case_1(rows, bounds, table, dt, step):
     """The update, where (nesterov and weight_decay == 0 and momentum != 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, momentum_buffer, grad_accumulator, ema):
@@ -450,7 +429,7 @@ def split_update_case_1(step):
 #: what fused_support.run takes: case 1 of the rule
 UPDATE_CASE_1 = fused_support.Case(
     prepare=prepare_update_case_1,
-    addresses=addresses_update_case_1,
+    arrays=("w", "g", "momentum_buffer", "grad_accumulator", "ema"),
     update=run_update_case_1,
     split=split_update_case_1,
 )
@@ -696,18 +675,6 @@ def prepare_update_case_2(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_2(
-    table, i, w, g, momentum_buffer, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(momentum_buffer)
-    table[i, 3] = address(grad_accumulator)
-    table[i, 4] = address(ema)
-
-
 def run_update_case_2(rows, bounds, table, dt, step):
     """The update, where (not nesterov and weight_decay == 0 and momentum != 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, momentum_buffer, grad_accumulator, ema):
@@ -754,7 +721,7 @@ def split_update_case_2(step):
 #: what fused_support.run takes: case 2 of the rule
 UPDATE_CASE_2 = fused_support.Case(
     prepare=prepare_update_case_2,
-    addresses=addresses_update_case_2,
+    arrays=("w", "g", "momentum_buffer", "grad_accumulator", "ema"),
     update=run_update_case_2,
     split=split_update_case_2,
 )
@@ -994,15 +961,6 @@ def prepare_update_case_3(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_3(table, i, w, g, grad_accumulator, ema):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(grad_accumulator)
-    table[i, 3] = address(ema)
-
-
 def run_update_case_3(rows, bounds, table, dt, step):
     """The update, where (momentum == 0 and weight_decay != 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, grad_accumulator, ema):
@@ -1047,7 +1005,7 @@ def split_update_case_3(step):
 #: what fused_support.run takes: case 3 of the rule
 UPDATE_CASE_3 = fused_support.Case(
     prepare=prepare_update_case_3,
-    addresses=addresses_update_case_3,
+    arrays=("w", "g", "grad_accumulator", "ema"),
     update=run_update_case_3,
     split=split_update_case_3,
 )
@@ -1287,18 +1245,6 @@ def prepare_update_case_4(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_4(
-    table, i, w, g, momentum_buffer, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(momentum_buffer)
-    table[i, 3] = address(grad_accumulator)
-    table[i, 4] = address(ema)
-
-
 def run_update_case_4(rows, bounds, table, dt, step):
     """The update, where (nesterov and momentum != 0 and weight_decay != 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, momentum_buffer, grad_accumulator, ema):
@@ -1345,7 +1291,7 @@ def split_update_case_4(step):
 #: what fused_support.run takes: case 4 of the rule
 UPDATE_CASE_4 = fused_support.Case(
     prepare=prepare_update_case_4,
-    addresses=addresses_update_case_4,
+    arrays=("w", "g", "momentum_buffer", "grad_accumulator", "ema"),
     update=run_update_case_4,
     split=split_update_case_4,
 )
@@ -1597,18 +1543,6 @@ def prepare_update_case_5(
     )
 
 
-@numba.njit(nogil=True, cache=True)
-def addresses_update_case_5(
-    table, i, w, g, momentum_buffer, grad_accumulator, ema
-):  # pragma: no cover - compiled
-    """Row ``i`` of ``table``: the address of each array (0: a state not kept)."""
-    table[i, 0] = address(w)
-    table[i, 1] = address(g)
-    table[i, 2] = address(momentum_buffer)
-    table[i, 3] = address(grad_accumulator)
-    table[i, 4] = address(ema)
-
-
 def run_update_case_5(rows, bounds, table, dt, step):
     """The update, where (not nesterov and momentum != 0 and weight_decay != 0), of every row ``(t, lo, hi)`` of ``rows``: the elements ``lo`` to ``hi``
     (flat, C order) of tensor ``t``, its arrays at the addresses ``table[t]`` (w, g, momentum_buffer, grad_accumulator, ema):
@@ -1655,7 +1589,7 @@ def split_update_case_5(step):
 #: what fused_support.run takes: case 5 of the rule
 UPDATE_CASE_5 = fused_support.Case(
     prepare=prepare_update_case_5,
-    addresses=addresses_update_case_5,
+    arrays=("w", "g", "momentum_buffer", "grad_accumulator", "ema"),
     update=run_update_case_5,
     split=split_update_case_5,
 )
