@@ -646,10 +646,20 @@ def matmul(
     # the parameter's), or the wider of theirs
     dtype = out.dtype if out is not None else torch.promote_types(a.dtype, b.dtype)
     a, b = as_matrix(a).to(dtype), as_matrix(b).to(dtype)
-    if out is not None:
+    if a.dim() == b.dim() == 2 and torch.compiler.is_compiling():
+        # inductor (torch 2.13) rewrites an addition with alpha of a matrix product, add(mm(a, b), c,
+        # alpha=k) or c.add_(mm(a, b), alpha=k), into addmm and drops alpha: silently wrong (10.8 apart
+        # on a 4 x 4 product; OptaxMuon's step NaN; the family of pytorch issue 167313). A batch of one
+        # product is not matched, and is the same product.
+        product = torch.bmm(a.unsqueeze(0), b.unsqueeze(0)).squeeze(0)
+        if out is not None:
+            as_matrix(out).copy_(product)
+            return out
+    elif out is not None:
         torch.matmul(a, b, out=as_matrix(out))
         return out
-    product = torch.matmul(a, b)
+    else:
+        product = torch.matmul(a, b)
     return product if like is None else product.reshape(common.state_shape(like.shape, scope))
 
 

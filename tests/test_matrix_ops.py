@@ -303,3 +303,41 @@ def test_torch_products_of_a_wider_state_and_bfloat16_parameters(tmp_path):
         p.grad = torch.tensor(rng.standard_normal((3, 5)), dtype=dtype)
         opt.step()
         assert p.dtype == dtype and torch.isfinite(p).all()
+
+
+# -- torch.compile with inductor ----------------------------------------------------------------------
+
+
+def _matrix_rules():
+    from cases import RULES, features
+
+    return [pytest.param(r, id=r.name) for r in RULES.values() if "matrix operations" in features(r)]
+
+
+@pytest.mark.parametrize("rule", _matrix_rules())
+def test_a_matrix_rules_step_compiled_with_inductor_equals_its_eager_step(rule):
+    """The step of a rule with matrix products (Muon's Newton-Schulz iteration), compiled with inductor
+    (``fullgraph=True``), on a wide matrix in float64: two steps equal the eager ones. torch 2.13's inductor
+    rewrites ``add(mm(a, b), c, alpha=k)``, ``add(c, mm(a, b), alpha=k)`` and ``c.add_(mm(a, b), alpha=k)``
+    into ``addmm`` and drops ``k`` (silently: 10.8 apart on a 4 x 4 product), and the torch modules print
+    such additions (``add_scaled``): OptaxMuon's step was NaN until ``torch_support.matmul`` formed its
+    products apart while compiling."""
+    import torch
+
+    import optforge.generated.torch as gen
+
+    rng = np.random.default_rng(0)
+    start = torch.tensor(rng.normal(size=(3, 5)))
+    grads = [torch.tensor(rng.normal(size=(3, 5))) for _ in range(2)]
+    lr = rule.hypers["learning_rate"].default or 0.01
+    torch._dynamo.reset()
+    runs = []
+    for compiled in (False, True):
+        p = torch.nn.Parameter(start.clone())
+        opt = getattr(gen, rule.name)([p], lr=lr)
+        step = torch.compile(opt.step, backend="inductor", fullgraph=True) if compiled else opt.step
+        for x in grads:
+            p.grad = x.clone()
+            step()
+        runs.append(p.detach().clone())
+    torch.testing.assert_close(runs[1], runs[0], rtol=1e-12, atol=1e-15)
