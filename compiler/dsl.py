@@ -89,40 +89,48 @@ n = sp.Symbol("n")
 
 RESERVED = {"g", "w", "t", "n"}
 
-# Names the generated code uses for itself; a rule may not take them.
-_TAKEN = {
-    "np",
-    "jnp",
-    "jax",
-    "torch",
-    "math",
-    "optax",
-    "self",
-    "state",
-    "group",
-    "params",
-    "grads",
-    "update",
-    "updates",
-    "count",
-    "step",
-    "closure",
-    "loss",
-    "lr",
-    "treedef",
-    "keys",
-    "abs",
-    "max",
-    "min",
-    "float",
-    "int",
-    "bool",
-    "callable",
-    "zip",
-    "range",
-    "len",
-}
-_TEMP_NAME = re.compile(r"^tmp\d+$")
+# Names the generated code uses for itself (NumPy, JAX, torch, the Numba and Triton kernels); a rule may
+# not take them: a let named ``key`` was overwritten by NumPy's loop over the tensors, silently (the kernels'
+# own names end in ``_``: ``mask_``, ``lo_``, ``hi_``, ``row_``). tests/test_compiler.py holds this list to
+# every name bound in the generated modules.
+_TAKEN = frozenset(
+    {
+        # modules and runtime helpers
+        *("np", "jnp", "jax", "torch", "math", "optax", "numba", "triton", "tl", "functools"),
+        *("annotations", "common", "options", "options_jax", "options_numpy", "options_torch"),
+        *("numpy_support", "jax_support", "torch_support", "fused_support", "triton_support"),
+        *("cacheable", "pointer", "machine_epsilon", "fmax", "fmin", "fsign", "fsqrt"),
+        # the optimizers' and the update functions' own names
+        *("self", "state", "group", "params", "grads", "update", "updates", "count", "step", "closure"),
+        *("loss", "lr", "treedef", "keys", "key", "call", "init", "init_fn", "update_fn", "stages"),
+        *("defaults", "checks", "flags", "keeps", "tensors", "module", "rule", "out"),
+        *("fused", "foreach", "capturable", "differentiable", "state_dtype", "global_states"),
+        *("global_sumsq_g", "kernels_refused", "whole_tensors", "torch_names", "rule_maximizes"),
+        *("finalize_variable_values", "dtype", "dtypes", "betas", "etas", "adam_betas"),
+        # the kernels' loops, rows, bounds and tables
+        *("dt", "table", "rows", "cols", "rank", "size", "bounds"),
+        *("kernel", "partials", "chunks", "n_chunks", "ws", "gvals", "tvals", "BLOCK", "DT", "NT"),
+        # Python's own, and the typing names the modules import
+        *("abs", "max", "min", "float", "int", "bool", "callable", "zip", "range", "len"),
+        *("Any", "Callable", "Iterator", "NamedTuple"),
+    }
+)
+#: the names under which the generated code also binds a rule's hyperparameters where the framework
+#: has its own (optax's ``b1``, ``b2``, ``eps``; torch's ``maximize``, ``step_sizes``): a hyperparameter
+#: may have one of them, a value or a state may not
+_HYPER_ALIASES = frozenset({"b1", "b2", "eps", "maximize", "step_sizes"})
+#: families of names the generated code makes (temporaries, a kernel's view of each array and its
+#: constants, JAX's new states, the reductions' partial sums, the kernels' functions, constants)
+_TAKEN_FAMILIES = re.compile(
+    r"^(tmp\d+|red\d+|rank_\d+|sumsq_\w*|new_\w+|[cb]_\w*|\w+_|"
+    r"(reduce|prepare|run|split|addresses)_\w+|[A-Z][A-Z0-9]*_[A-Z0-9_]+)$"
+)
+
+
+def taken(name: str) -> bool:
+    """Whether the generated code uses ``name`` itself (a rule may not declare it)."""
+    return name in _TAKEN or bool(_TAKEN_FAMILIES.match(name))
+
 
 sqrt = sp.sqrt
 exp = sp.exp
@@ -587,7 +595,9 @@ class Rule:
     def _declare_name(self, name: str, what: str) -> None:
         if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
             raise RuleError(self.name, f"{what} name {name!r} is not a Python identifier", origin=_origin())
-        if name in RESERVED or name in _TAKEN or _TEMP_NAME.match(name) or name.startswith("_"):
+        own = (self.name, f"{self.name}State")  # the rule's classes (a module's functions construct them)
+        alias = what in ("value", "state") and name in _HYPER_ALIASES
+        if name in RESERVED or taken(name) or name.startswith("_") or name in own or alias:
             raise RuleError(
                 self.name,
                 f"{what} name '{name}' is reserved (g, w, t are the gradient, parameter and step;"

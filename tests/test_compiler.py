@@ -732,3 +732,57 @@ def test_a_flag_that_decides_the_case_is_known_inside_it(tmp_path):
             want.append(p)
         got = steps(load(rule, tmp_path / str(centered)), rule, params0, grads, "numpy", centered=centered)
         assert_close(got, want, 1e-12, f"centered={centered}")
+
+
+# -- names the generated code binds itself -----------------------------------------------------------
+
+
+def _bound_names(path) -> set[str]:
+    """Every name a generated module binds (assigned, looped over, a parameter, a function, an import)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+    return names
+
+
+def test_a_rule_may_not_name_a_value_as_the_generated_code_names_its_own():
+    """Every name that a generated module (NumPy, JAX, torch, the Numba and Triton kernels) binds for itself
+    is refused as the name of a rule's value: a let named ``key`` (NumPy's loop over the tensors), ``mask``
+    (a Triton kernel's bounds), ``lo`` or ``hi`` (a Numba kernel's row) was overwritten, silently wrong in
+    that backend alone (a user's rules found them; the kernels' own names now end in ``_``, so ``mask``,
+    ``lo``, ``hi`` and ``row`` are a rule's to take). Read from every registered rule's modules, so a
+    backend that starts using a new name fails here until ``compiler/dsl.py`` reserves it."""
+    from cases import RULES
+
+    from optforge.builder import package_root
+
+    root = package_root() / "generated"
+    checked = 0
+    for rule in RULES.values():
+        own = set(rule.hypers) | set(rule.states) | {e.target for e in rule.equations} | {"w", "g", "t", "n"}
+        own.add(
+            rule.module
+        )  # JAX's factory: a value of its name is local to the update, which never calls it
+        for path in sorted(root.glob(f"*/{rule.module}.py")):
+            for name in sorted(_bound_names(path) - own):
+                if name.startswith("_"):
+                    continue  # refused as every leading underscore is
+                probe = Rule(rule.name, module=rule.module, title="a probe")
+                with pytest.raises(RuleError, match="reserved"):
+                    probe.let(name, probe.learning_rate(0.1) * 2, "a value")
+                checked += 1
+    assert checked > 1000
+    for name in ("key", "i_", "dt", "call", "new_mu", "mu_", "c_lr", "mask_"):
+        with pytest.raises(RuleError, match=f"value name '{name}' is reserved"):
+            Rule("Probe", title="a probe").let(name, 1, "a value")
+    for name in ("mask", "lo", "hi", "row", "first", "total", "acc"):  # the kernels' own end in ``_``
+        Rule("Probe", title="a probe").let(name, 1, "a value")

@@ -244,7 +244,7 @@ class FusedBackend(Backend):
                 if a.role == Role.REDUCE and _is_size(a.expr):  # a row is a whole tensor: no kernel
                     marker = sp.Symbol(f"size{len(kernels)}_")
                     scalar.locals.add(marker.name)
-                    scalar.results[marker.name] = "dt(hi - lo)"
+                    scalar.results[marker.name] = "dt(hi_ - lo_)"
                     value = scalar.doprint(
                         a.expr.replace(lambda x: isinstance(x, Reduction) and x.from_shape, lambda x: marker)
                     )

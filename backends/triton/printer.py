@@ -457,7 +457,7 @@ class CaseWriter:
         if red is not None:
             marker = sp.Symbol("total_")
             self.sp.locals.add(marker.name)
-            self.sp.results[marker.name] = "total"
+            self.sp.results[marker.name] = "total_"
             line, used = self.scalar_line(a, a.expr.replace(lambda x: x == red, lambda x: marker))
         else:
             line, used = self.scalar_line(a)
@@ -592,7 +592,7 @@ class CaseWriter:
 
     def state_load(self, n: str, kern: Kernel) -> list[str]:
         flag = self.optional_flag(n, kern)
-        ptr = f"{n}_ = tl.load(row + {self.columns[n]}).to(tl.pointer_type(S_DT))"
+        ptr = f"{n}_ = tl.load(row_ + {self.columns[n]}).to(tl.pointer_type(S_DT))"
         load = f"tl.load({n}_).to(DT)"
         return [ptr, f"{n} = {load} if {flag} else 0.0" if flag else f"{n} = {load}"]
 

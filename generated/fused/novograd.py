@@ -184,7 +184,7 @@ def _reduce_0_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -199,8 +199,8 @@ def _reduce_0_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -233,7 +233,7 @@ def _reduce_0_1(
         c_max_global_clipnorm_sqrt_global_sumsq_g = k_[5]
         c_neg_clipvalue = k_[6]
         c_clipvalue = k_[7]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -260,8 +260,8 @@ def _reduce_0_1(
                 if b_clipvalue_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -328,12 +328,12 @@ def _update_0(
         c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                m_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                m_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 v_ = numba.carray(pointer(table[t_, 2]), 1, dt)
                 v = v_[0]
                 sumsq_g = (
@@ -357,7 +357,7 @@ def _update_0(
                 )
                 c_sqrt_epsilon_plus_v = dt(math.sqrt(c_epsilon + v)) if b_is_update else dt(0)
                 v_[0] = v
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     m = m_[i_]

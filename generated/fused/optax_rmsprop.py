@@ -185,7 +185,7 @@ def _reduce_0_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -200,8 +200,8 @@ def _reduce_0_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -255,14 +255,14 @@ def _update_0(
         c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                mu_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                trace_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 6]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                mu_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                trace_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 6]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -271,7 +271,7 @@ def _update_0(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -503,7 +503,7 @@ def _reduce_1_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -518,8 +518,8 @@ def _reduce_1_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -573,14 +573,14 @@ def _update_1(
         c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                mu_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                trace_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 6]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                mu_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                trace_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 6]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_1_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -589,7 +589,7 @@ def _update_1(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -818,7 +818,7 @@ def _reduce_2_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -833,8 +833,8 @@ def _reduce_2_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -887,13 +887,13 @@ def _update_2(
         c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                mu_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                mu_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_2_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -902,7 +902,7 @@ def _update_2(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -1130,7 +1130,7 @@ def _reduce_3_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -1145,8 +1145,8 @@ def _reduce_3_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -1200,14 +1200,14 @@ def _update_3(
         c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                mu_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                trace_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 6]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                mu_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                trace_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 6]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_3_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -1216,7 +1216,7 @@ def _update_3(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -1450,7 +1450,7 @@ def _reduce_4_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -1465,8 +1465,8 @@ def _reduce_4_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -1520,14 +1520,14 @@ def _update_4(
         c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                mu_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                trace_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 6]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                mu_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                trace_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 6]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_4_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -1536,7 +1536,7 @@ def _update_4(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -1767,7 +1767,7 @@ def _reduce_5_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -1782,8 +1782,8 @@ def _reduce_5_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -1836,13 +1836,13 @@ def _update_5(
         c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                mu_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                mu_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_5_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -1851,7 +1851,7 @@ def _update_5(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -2078,7 +2078,7 @@ def _reduce_6_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -2093,8 +2093,8 @@ def _reduce_6_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -2147,14 +2147,14 @@ def _update_6(
         c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                mu_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                trace_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 6]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                mu_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                trace_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 6]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_6_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -2163,7 +2163,7 @@ def _update_6(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -2390,7 +2390,7 @@ def _reduce_7_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -2405,8 +2405,8 @@ def _reduce_7_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -2459,14 +2459,14 @@ def _update_7(
         c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                mu_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                trace_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 6]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                mu_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                trace_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 6]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_7_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -2475,7 +2475,7 @@ def _update_7(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -2699,7 +2699,7 @@ def _reduce_8_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -2714,8 +2714,8 @@ def _reduce_8_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -2767,13 +2767,13 @@ def _update_8(
         c_one_minus_ema_mu = k_[14]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                mu_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                mu_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_8_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -2782,7 +2782,7 @@ def _update_8(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -3005,7 +3005,7 @@ def _reduce_9_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -3020,8 +3020,8 @@ def _reduce_9_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -3074,14 +3074,14 @@ def _update_9(
         c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                mu_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                trace_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 6]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                mu_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                trace_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 6]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_9_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -3090,7 +3090,7 @@ def _update_9(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -3319,7 +3319,7 @@ def _reduce_10_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -3334,8 +3334,8 @@ def _reduce_10_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -3388,14 +3388,14 @@ def _update_10(
         c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                mu_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                trace_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 6]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                mu_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                trace_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 6]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_10_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -3404,7 +3404,7 @@ def _update_10(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -3630,7 +3630,7 @@ def _reduce_11_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -3645,8 +3645,8 @@ def _reduce_11_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -3698,13 +3698,13 @@ def _update_11(
         c_one_minus_ema_mu = k_[14]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                mu_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                mu_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_11_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -3713,7 +3713,7 @@ def _update_11(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -3941,7 +3941,7 @@ def _reduce_12_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -3956,8 +3956,8 @@ def _reduce_12_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -4011,13 +4011,13 @@ def _update_12(
         c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                trace_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                trace_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_12_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -4026,7 +4026,7 @@ def _update_12(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -4248,7 +4248,7 @@ def _reduce_13_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -4263,8 +4263,8 @@ def _reduce_13_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -4318,13 +4318,13 @@ def _update_13(
         c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                trace_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                trace_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_13_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -4333,7 +4333,7 @@ def _update_13(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -4552,7 +4552,7 @@ def _reduce_14_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -4567,8 +4567,8 @@ def _reduce_14_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -4621,12 +4621,12 @@ def _update_14(
         c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_14_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -4635,7 +4635,7 @@ def _update_14(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -4853,7 +4853,7 @@ def _reduce_15_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -4868,8 +4868,8 @@ def _reduce_15_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -4923,13 +4923,13 @@ def _update_15(
         c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                trace_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                trace_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_15_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -4938,7 +4938,7 @@ def _update_15(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -5162,7 +5162,7 @@ def _reduce_16_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -5177,8 +5177,8 @@ def _reduce_16_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -5232,13 +5232,13 @@ def _update_16(
         c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                trace_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                trace_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_16_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -5247,7 +5247,7 @@ def _update_16(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -5468,7 +5468,7 @@ def _reduce_17_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -5483,8 +5483,8 @@ def _reduce_17_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -5537,12 +5537,12 @@ def _update_17(
         c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_17_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -5551,7 +5551,7 @@ def _update_17(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -5768,7 +5768,7 @@ def _reduce_18_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -5783,8 +5783,8 @@ def _reduce_18_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -5837,13 +5837,13 @@ def _update_18(
         c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                trace_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                trace_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_18_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -5852,7 +5852,7 @@ def _update_18(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -6069,7 +6069,7 @@ def _reduce_19_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -6084,8 +6084,8 @@ def _reduce_19_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -6138,13 +6138,13 @@ def _update_19(
         c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                trace_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                trace_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_19_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -6153,7 +6153,7 @@ def _update_19(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -6367,7 +6367,7 @@ def _reduce_20_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -6382,8 +6382,8 @@ def _reduce_20_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -6435,12 +6435,12 @@ def _update_20(
         c_one_minus_ema_mu = k_[14]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_20_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -6449,7 +6449,7 @@ def _update_20(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -6662,7 +6662,7 @@ def _reduce_21_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -6677,8 +6677,8 @@ def _reduce_21_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -6731,13 +6731,13 @@ def _update_21(
         c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                trace_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                trace_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_21_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -6746,7 +6746,7 @@ def _update_21(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -6965,7 +6965,7 @@ def _reduce_22_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -6980,8 +6980,8 @@ def _reduce_22_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -7034,13 +7034,13 @@ def _update_22(
         c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                trace_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                trace_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_22_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -7049,7 +7049,7 @@ def _update_22(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]
@@ -7265,7 +7265,7 @@ def _reduce_23_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -7280,8 +7280,8 @@ def _reduce_23_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -7333,12 +7333,12 @@ def _update_23(
         c_one_minus_ema_mu = k_[14]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                nu_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                nu_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_23_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -7347,7 +7347,7 @@ def _update_23(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     nu = nu_[i_]

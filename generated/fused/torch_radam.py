@@ -193,7 +193,7 @@ def _reduce_0_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -208,8 +208,8 @@ def _reduce_0_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -265,13 +265,13 @@ def _update_0(
         c_one_minus_ema_mu = k_[17]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                exp_avg_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                exp_avg_sq_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                exp_avg_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                exp_avg_sq_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -280,7 +280,7 @@ def _update_0(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     exp_avg = exp_avg_[i_]
@@ -517,7 +517,7 @@ def _reduce_1_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -532,8 +532,8 @@ def _reduce_1_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -590,13 +590,13 @@ def _update_1(
         c_one_minus_ema_mu = k_[18]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                exp_avg_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                exp_avg_sq_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                exp_avg_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                exp_avg_sq_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_1_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -605,7 +605,7 @@ def _update_1(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     exp_avg = exp_avg_[i_]
@@ -844,7 +844,7 @@ def _reduce_2_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -859,8 +859,8 @@ def _reduce_2_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -917,13 +917,13 @@ def _update_2(
         c_one_minus_ema_mu = k_[18]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                exp_avg_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                exp_avg_sq_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                exp_avg_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                exp_avg_sq_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_2_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -932,7 +932,7 @@ def _update_2(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     exp_avg = exp_avg_[i_]

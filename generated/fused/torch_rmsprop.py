@@ -177,7 +177,7 @@ def _reduce_0_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -192,8 +192,8 @@ def _reduce_0_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -244,13 +244,13 @@ def _update_0(
         c_one_minus_ema_mu = k_[13]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                square_avg_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                grad_avg_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                square_avg_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                grad_avg_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -259,7 +259,7 @@ def _update_0(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     square_avg = square_avg_[i_]
@@ -476,7 +476,7 @@ def _reduce_1_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -491,8 +491,8 @@ def _reduce_1_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -544,14 +544,14 @@ def _update_1(
         c_one_minus_ema_mu = k_[14]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                square_avg_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                grad_avg_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                momentum_buffer_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 6]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                square_avg_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                grad_avg_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                momentum_buffer_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 6]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_1_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -560,7 +560,7 @@ def _update_1(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     square_avg = square_avg_[i_]
@@ -780,7 +780,7 @@ def _reduce_2_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -795,8 +795,8 @@ def _reduce_2_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -847,12 +847,12 @@ def _update_2(
         c_one_minus_ema_mu = k_[13]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                square_avg_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                square_avg_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_2_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -861,7 +861,7 @@ def _update_2(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     square_avg = square_avg_[i_]
@@ -1072,7 +1072,7 @@ def _reduce_3_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -1087,8 +1087,8 @@ def _reduce_3_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -1140,13 +1140,13 @@ def _update_3(
         c_one_minus_ema_mu = k_[14]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                square_avg_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                momentum_buffer_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                square_avg_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                momentum_buffer_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_3_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -1155,7 +1155,7 @@ def _update_3(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     square_avg = square_avg_[i_]
@@ -1372,7 +1372,7 @@ def _reduce_4_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -1387,8 +1387,8 @@ def _reduce_4_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -1440,13 +1440,13 @@ def _update_4(
         c_one_minus_ema_mu = k_[14]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                square_avg_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                grad_avg_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                square_avg_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                grad_avg_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_4_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -1455,7 +1455,7 @@ def _update_4(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     square_avg = square_avg_[i_]
@@ -1677,7 +1677,7 @@ def _reduce_5_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -1692,8 +1692,8 @@ def _reduce_5_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -1746,14 +1746,14 @@ def _update_5(
         c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                square_avg_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                grad_avg_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                momentum_buffer_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 6]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                square_avg_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                grad_avg_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                momentum_buffer_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 6]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_5_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -1762,7 +1762,7 @@ def _update_5(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     square_avg = square_avg_[i_]
@@ -1987,7 +1987,7 @@ def _reduce_6_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -2002,8 +2002,8 @@ def _reduce_6_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -2055,12 +2055,12 @@ def _update_6(
         c_one_minus_ema_mu = k_[14]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                square_avg_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                square_avg_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_6_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -2069,7 +2069,7 @@ def _update_6(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     square_avg = square_avg_[i_]
@@ -2285,7 +2285,7 @@ def _reduce_7_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -2300,8 +2300,8 @@ def _reduce_7_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -2354,13 +2354,13 @@ def _update_7(
         c_one_minus_ema_mu = k_[15]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                square_avg_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                momentum_buffer_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                square_avg_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                momentum_buffer_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_7_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -2369,7 +2369,7 @@ def _update_7(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     square_avg = square_avg_[i_]

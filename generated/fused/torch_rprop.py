@@ -195,7 +195,7 @@ def _reduce_0_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -210,8 +210,8 @@ def _reduce_0_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -267,13 +267,13 @@ def _update_0(
         c_one_minus_ema_mu = k_[16]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                prev_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                step_size_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                prev_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                step_size_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -282,7 +282,7 @@ def _update_0(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     prev = prev_[i_]

@@ -169,7 +169,7 @@ def _reduce_0_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -184,8 +184,8 @@ def _reduce_0_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -233,11 +233,11 @@ def _update_0(
         c_one_minus_ema_mu = k_[10]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -246,7 +246,7 @@ def _update_0(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     grad_accumulator = (
@@ -449,7 +449,7 @@ def _reduce_1_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -464,8 +464,8 @@ def _reduce_1_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -516,12 +516,12 @@ def _update_1(
         c_one_minus_ema_mu = k_[12]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                momentum_buffer_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                momentum_buffer_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_1_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -530,7 +530,7 @@ def _update_1(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     momentum_buffer = momentum_buffer_[i_]
@@ -741,7 +741,7 @@ def _reduce_2_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -756,8 +756,8 @@ def _reduce_2_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -808,12 +808,12 @@ def _update_2(
         c_one_minus_ema_mu = k_[12]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                momentum_buffer_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                momentum_buffer_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_2_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -822,7 +822,7 @@ def _update_2(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     momentum_buffer = momentum_buffer_[i_]
@@ -1025,7 +1025,7 @@ def _reduce_3_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -1040,8 +1040,8 @@ def _reduce_3_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -1090,11 +1090,11 @@ def _update_3(
         c_one_minus_ema_mu = k_[11]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_3_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -1103,7 +1103,7 @@ def _update_3(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     grad_accumulator = (
@@ -1311,7 +1311,7 @@ def _reduce_4_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -1326,8 +1326,8 @@ def _reduce_4_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -1379,12 +1379,12 @@ def _update_4(
         c_one_minus_ema_mu = k_[13]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                momentum_buffer_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                momentum_buffer_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_4_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -1393,7 +1393,7 @@ def _update_4(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     momentum_buffer = momentum_buffer_[i_]
@@ -1609,7 +1609,7 @@ def _reduce_5_0(
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
-        acc = 0.0
+        acc_ = 0.0
         for i_ in range(g_.shape[0]):
             g = g_[i_]
             grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
@@ -1624,8 +1624,8 @@ def _reduce_5_0(
                 if b_gradient_accumulation_steps_given_and_is_update
                 else g
             )
-            acc += g * g
-        return acc
+            acc_ += g * g
+        return acc_
 
     return cacheable(
         kernel,
@@ -1677,12 +1677,12 @@ def _update_5(
         c_one_minus_ema_mu = k_[13]
         for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
             for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo, hi = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi, dt)[lo:hi]
-                g_ = numba.carray(pointer(table[t_, 1]), hi, dt)[lo:hi]
-                momentum_buffer_ = numba.carray(pointer(table[t_, 2]), hi, dt)[lo:hi]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi, dt)[lo:hi]
-                ema_ = numba.carray(pointer(table[t_, 4]), hi, dt)[lo:hi]
+                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
+                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
+                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
+                momentum_buffer_ = numba.carray(pointer(table[t_, 2]), hi_, dt)[lo_:hi_]
+                grad_accumulator_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
+                ema_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
                 sumsq_g = (
                     dt(reduce_5_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
                 )
@@ -1691,7 +1691,7 @@ def _update_5(
                     if b_clipnorm_given_and_is_update
                     else dt(0)
                 )
-                for i_ in range(hi - lo):
+                for i_ in range(hi_ - lo_):
                     w = w_[i_]
                     g = g_[i_]
                     momentum_buffer = momentum_buffer_[i_]

@@ -128,18 +128,18 @@ def _partial_0_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -148,7 +148,7 @@ def _partial_0_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -170,16 +170,16 @@ def _tensor_0_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 9
+    row_ = tensors + t_ * 9
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -206,21 +206,21 @@ def _partial_0_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -230,7 +230,7 @@ def _partial_0_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -252,14 +252,14 @@ def _global_0_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -292,11 +292,11 @@ def _update_0(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -319,22 +319,22 @@ def _update_0(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    mu_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    mu = tl.load(mu_ + i_, mask=mask).to(DT)
-    trace_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    trace = tl.load(trace_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    mu_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    mu = tl.load(mu_ + i_, mask=mask_).to(DT)
+    trace_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    trace = tl.load(trace_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 8).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 8).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -379,14 +379,14 @@ def _update_0(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(mu_ + i_, mu.to(S_DT), mask=mask)
-    tl.store(trace_ + i_, trace.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(mu_ + i_, mu.to(S_DT), mask=mask_)
+    tl.store(trace_ + i_, trace.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 0 of the rule, its kernels in launch order
@@ -575,18 +575,18 @@ def _partial_1_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -595,7 +595,7 @@ def _partial_1_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -617,16 +617,16 @@ def _tensor_1_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 9
+    row_ = tensors + t_ * 9
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -653,21 +653,21 @@ def _partial_1_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -677,7 +677,7 @@ def _partial_1_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -699,14 +699,14 @@ def _global_1_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -739,11 +739,11 @@ def _update_1(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -766,22 +766,22 @@ def _update_1(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    mu_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    mu = tl.load(mu_ + i_, mask=mask).to(DT)
-    trace_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    trace = tl.load(trace_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    mu_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    mu = tl.load(mu_ + i_, mask=mask_).to(DT)
+    trace_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    trace = tl.load(trace_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 8).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 8).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -826,14 +826,14 @@ def _update_1(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(mu_ + i_, mu.to(S_DT), mask=mask)
-    tl.store(trace_ + i_, trace.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(mu_ + i_, mu.to(S_DT), mask=mask_)
+    tl.store(trace_ + i_, trace.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 1 of the rule, its kernels in launch order
@@ -1019,18 +1019,18 @@ def _partial_2_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1039,7 +1039,7 @@ def _partial_2_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1061,16 +1061,16 @@ def _tensor_2_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row_ = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -1097,21 +1097,21 @@ def _partial_2_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1121,7 +1121,7 @@ def _partial_2_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1143,14 +1143,14 @@ def _global_2_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -1183,11 +1183,11 @@ def _update_2(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -1209,20 +1209,20 @@ def _update_2(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    mu_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    mu = tl.load(mu_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    mu_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    mu = tl.load(mu_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -1265,13 +1265,13 @@ def _update_2(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(mu_ + i_, mu.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(mu_ + i_, mu.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 2 of the rule, its kernels in launch order
@@ -1458,18 +1458,18 @@ def _partial_3_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1478,7 +1478,7 @@ def _partial_3_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1500,16 +1500,16 @@ def _tensor_3_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 9
+    row_ = tensors + t_ * 9
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -1536,21 +1536,21 @@ def _partial_3_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1560,7 +1560,7 @@ def _partial_3_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1582,14 +1582,14 @@ def _global_3_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -1622,11 +1622,11 @@ def _update_3(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -1649,22 +1649,22 @@ def _update_3(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    mu_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    mu = tl.load(mu_ + i_, mask=mask).to(DT)
-    trace_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    trace = tl.load(trace_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    mu_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    mu = tl.load(mu_ + i_, mask=mask_).to(DT)
+    trace_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    trace = tl.load(trace_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 8).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 8).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -1711,14 +1711,14 @@ def _update_3(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(mu_ + i_, mu.to(S_DT), mask=mask)
-    tl.store(trace_ + i_, trace.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(mu_ + i_, mu.to(S_DT), mask=mask_)
+    tl.store(trace_ + i_, trace.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 3 of the rule, its kernels in launch order
@@ -1907,18 +1907,18 @@ def _partial_4_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1927,7 +1927,7 @@ def _partial_4_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1949,16 +1949,16 @@ def _tensor_4_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 9
+    row_ = tensors + t_ * 9
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -1985,21 +1985,21 @@ def _partial_4_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -2009,7 +2009,7 @@ def _partial_4_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -2031,14 +2031,14 @@ def _global_4_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -2071,11 +2071,11 @@ def _update_4(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -2098,22 +2098,22 @@ def _update_4(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    mu_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    mu = tl.load(mu_ + i_, mask=mask).to(DT)
-    trace_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    trace = tl.load(trace_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    mu_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    mu = tl.load(mu_ + i_, mask=mask_).to(DT)
+    trace_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    trace = tl.load(trace_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 8).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 8).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -2160,14 +2160,14 @@ def _update_4(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(mu_ + i_, mu.to(S_DT), mask=mask)
-    tl.store(trace_ + i_, trace.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(mu_ + i_, mu.to(S_DT), mask=mask_)
+    tl.store(trace_ + i_, trace.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 4 of the rule, its kernels in launch order
@@ -2353,18 +2353,18 @@ def _partial_5_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -2373,7 +2373,7 @@ def _partial_5_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -2395,16 +2395,16 @@ def _tensor_5_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row_ = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -2431,21 +2431,21 @@ def _partial_5_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -2455,7 +2455,7 @@ def _partial_5_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -2477,14 +2477,14 @@ def _global_5_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -2517,11 +2517,11 @@ def _update_5(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -2543,20 +2543,20 @@ def _update_5(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    mu_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    mu = tl.load(mu_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    mu_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    mu = tl.load(mu_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -2601,13 +2601,13 @@ def _update_5(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(mu_ + i_, mu.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(mu_ + i_, mu.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 5 of the rule, its kernels in launch order
@@ -2791,18 +2791,18 @@ def _partial_6_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -2811,7 +2811,7 @@ def _partial_6_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -2833,16 +2833,16 @@ def _tensor_6_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 9
+    row_ = tensors + t_ * 9
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -2869,21 +2869,21 @@ def _partial_6_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -2893,7 +2893,7 @@ def _partial_6_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -2915,14 +2915,14 @@ def _global_6_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -2955,11 +2955,11 @@ def _update_6(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -2981,22 +2981,22 @@ def _update_6(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    mu_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    mu = tl.load(mu_ + i_, mask=mask).to(DT)
-    trace_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    trace = tl.load(trace_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    mu_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    mu = tl.load(mu_ + i_, mask=mask_).to(DT)
+    trace_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    trace = tl.load(trace_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 8).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 8).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -3039,14 +3039,14 @@ def _update_6(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(mu_ + i_, mu.to(S_DT), mask=mask)
-    tl.store(trace_ + i_, trace.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(mu_ + i_, mu.to(S_DT), mask=mask_)
+    tl.store(trace_ + i_, trace.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 6 of the rule, its kernels in launch order
@@ -3231,18 +3231,18 @@ def _partial_7_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -3251,7 +3251,7 @@ def _partial_7_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -3273,16 +3273,16 @@ def _tensor_7_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 9
+    row_ = tensors + t_ * 9
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -3309,21 +3309,21 @@ def _partial_7_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -3333,7 +3333,7 @@ def _partial_7_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -3355,14 +3355,14 @@ def _global_7_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -3395,11 +3395,11 @@ def _update_7(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -3421,22 +3421,22 @@ def _update_7(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    mu_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    mu = tl.load(mu_ + i_, mask=mask).to(DT)
-    trace_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    trace = tl.load(trace_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    mu_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    mu = tl.load(mu_ + i_, mask=mask_).to(DT)
+    trace_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    trace = tl.load(trace_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 8).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 8).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -3479,14 +3479,14 @@ def _update_7(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(mu_ + i_, mu.to(S_DT), mask=mask)
-    tl.store(trace_ + i_, trace.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(mu_ + i_, mu.to(S_DT), mask=mask_)
+    tl.store(trace_ + i_, trace.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 7 of the rule, its kernels in launch order
@@ -3668,18 +3668,18 @@ def _partial_8_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -3688,7 +3688,7 @@ def _partial_8_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -3710,16 +3710,16 @@ def _tensor_8_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row_ = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -3746,21 +3746,21 @@ def _partial_8_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -3770,7 +3770,7 @@ def _partial_8_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -3792,14 +3792,14 @@ def _global_8_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -3832,11 +3832,11 @@ def _update_8(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -3857,20 +3857,20 @@ def _update_8(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    mu_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    mu = tl.load(mu_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    mu_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    mu = tl.load(mu_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -3911,13 +3911,13 @@ def _update_8(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(mu_ + i_, mu.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(mu_ + i_, mu.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 8 of the rule, its kernels in launch order
@@ -4100,18 +4100,18 @@ def _partial_9_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -4120,7 +4120,7 @@ def _partial_9_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -4142,16 +4142,16 @@ def _tensor_9_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 9
+    row_ = tensors + t_ * 9
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -4178,21 +4178,21 @@ def _partial_9_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -4202,7 +4202,7 @@ def _partial_9_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -4224,14 +4224,14 @@ def _global_9_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -4264,11 +4264,11 @@ def _update_9(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -4290,22 +4290,22 @@ def _update_9(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    mu_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    mu = tl.load(mu_ + i_, mask=mask).to(DT)
-    trace_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    trace = tl.load(trace_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    mu_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    mu = tl.load(mu_ + i_, mask=mask_).to(DT)
+    trace_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    trace = tl.load(trace_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 8).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 8).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -4350,14 +4350,14 @@ def _update_9(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(mu_ + i_, mu.to(S_DT), mask=mask)
-    tl.store(trace_ + i_, trace.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(mu_ + i_, mu.to(S_DT), mask=mask_)
+    tl.store(trace_ + i_, trace.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 9 of the rule, its kernels in launch order
@@ -4542,18 +4542,18 @@ def _partial_10_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -4562,7 +4562,7 @@ def _partial_10_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -4584,16 +4584,16 @@ def _tensor_10_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 9
+    row_ = tensors + t_ * 9
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -4620,21 +4620,21 @@ def _partial_10_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -4644,7 +4644,7 @@ def _partial_10_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -4666,14 +4666,14 @@ def _global_10_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -4706,11 +4706,11 @@ def _update_10(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -4732,22 +4732,22 @@ def _update_10(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    mu_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    mu = tl.load(mu_ + i_, mask=mask).to(DT)
-    trace_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    trace = tl.load(trace_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    mu_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    mu = tl.load(mu_ + i_, mask=mask_).to(DT)
+    trace_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    trace = tl.load(trace_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 8).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 8).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -4792,14 +4792,14 @@ def _update_10(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(mu_ + i_, mu.to(S_DT), mask=mask)
-    tl.store(trace_ + i_, trace.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(mu_ + i_, mu.to(S_DT), mask=mask_)
+    tl.store(trace_ + i_, trace.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 10 of the rule, its kernels in launch order
@@ -4984,18 +4984,18 @@ def _partial_11_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -5004,7 +5004,7 @@ def _partial_11_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -5026,16 +5026,16 @@ def _tensor_11_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row_ = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -5062,21 +5062,21 @@ def _partial_11_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -5086,7 +5086,7 @@ def _partial_11_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -5108,14 +5108,14 @@ def _global_11_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -5148,11 +5148,11 @@ def _update_11(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -5173,20 +5173,20 @@ def _update_11(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    mu_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    mu = tl.load(mu_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    mu_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    mu = tl.load(mu_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -5229,13 +5229,13 @@ def _update_11(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(mu_ + i_, mu.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(mu_ + i_, mu.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 11 of the rule, its kernels in launch order
@@ -5424,18 +5424,18 @@ def _partial_12_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -5444,7 +5444,7 @@ def _partial_12_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -5466,16 +5466,16 @@ def _tensor_12_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row_ = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -5502,21 +5502,21 @@ def _partial_12_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -5526,7 +5526,7 @@ def _partial_12_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -5548,14 +5548,14 @@ def _global_12_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -5588,11 +5588,11 @@ def _update_12(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -5615,20 +5615,20 @@ def _update_12(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    trace_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    trace = tl.load(trace_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    trace_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    trace = tl.load(trace_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -5665,13 +5665,13 @@ def _update_12(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(trace_ + i_, trace.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(trace_ + i_, trace.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 12 of the rule, its kernels in launch order
@@ -5862,18 +5862,18 @@ def _partial_13_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -5882,7 +5882,7 @@ def _partial_13_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -5904,16 +5904,16 @@ def _tensor_13_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row_ = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -5940,21 +5940,21 @@ def _partial_13_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -5964,7 +5964,7 @@ def _partial_13_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -5986,14 +5986,14 @@ def _global_13_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -6026,11 +6026,11 @@ def _update_13(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -6053,20 +6053,20 @@ def _update_13(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    trace_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    trace = tl.load(trace_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    trace_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    trace = tl.load(trace_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -6103,13 +6103,13 @@ def _update_13(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(trace_ + i_, trace.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(trace_ + i_, trace.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 13 of the rule, its kernels in launch order
@@ -6297,18 +6297,18 @@ def _partial_14_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -6317,7 +6317,7 @@ def _partial_14_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -6339,16 +6339,16 @@ def _tensor_14_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 7
+    row_ = tensors + t_ * 7
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -6375,21 +6375,21 @@ def _partial_14_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -6399,7 +6399,7 @@ def _partial_14_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -6421,14 +6421,14 @@ def _global_14_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -6461,11 +6461,11 @@ def _update_14(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -6487,18 +6487,18 @@ def _update_14(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -6533,12 +6533,12 @@ def _update_14(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 14 of the rule, its kernels in launch order
@@ -6727,18 +6727,18 @@ def _partial_15_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -6747,7 +6747,7 @@ def _partial_15_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -6769,16 +6769,16 @@ def _tensor_15_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row_ = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -6805,21 +6805,21 @@ def _partial_15_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -6829,7 +6829,7 @@ def _partial_15_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -6851,14 +6851,14 @@ def _global_15_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -6891,11 +6891,11 @@ def _update_15(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -6918,20 +6918,20 @@ def _update_15(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    trace_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    trace = tl.load(trace_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    trace_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    trace = tl.load(trace_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -6970,13 +6970,13 @@ def _update_15(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(trace_ + i_, trace.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(trace_ + i_, trace.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 15 of the rule, its kernels in launch order
@@ -7167,18 +7167,18 @@ def _partial_16_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -7187,7 +7187,7 @@ def _partial_16_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -7209,16 +7209,16 @@ def _tensor_16_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row_ = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -7245,21 +7245,21 @@ def _partial_16_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -7269,7 +7269,7 @@ def _partial_16_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -7291,14 +7291,14 @@ def _global_16_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -7331,11 +7331,11 @@ def _update_16(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -7358,20 +7358,20 @@ def _update_16(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    trace_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    trace = tl.load(trace_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    trace_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    trace = tl.load(trace_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -7410,13 +7410,13 @@ def _update_16(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(trace_ + i_, trace.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(trace_ + i_, trace.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 16 of the rule, its kernels in launch order
@@ -7604,18 +7604,18 @@ def _partial_17_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -7624,7 +7624,7 @@ def _partial_17_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -7646,16 +7646,16 @@ def _tensor_17_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 7
+    row_ = tensors + t_ * 7
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -7682,21 +7682,21 @@ def _partial_17_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -7706,7 +7706,7 @@ def _partial_17_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -7728,14 +7728,14 @@ def _global_17_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -7768,11 +7768,11 @@ def _update_17(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -7794,18 +7794,18 @@ def _update_17(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -7842,12 +7842,12 @@ def _update_17(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 17 of the rule, its kernels in launch order
@@ -8033,18 +8033,18 @@ def _partial_18_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -8053,7 +8053,7 @@ def _partial_18_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -8075,16 +8075,16 @@ def _tensor_18_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row_ = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -8111,21 +8111,21 @@ def _partial_18_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -8135,7 +8135,7 @@ def _partial_18_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -8157,14 +8157,14 @@ def _global_18_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -8197,11 +8197,11 @@ def _update_18(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -8223,20 +8223,20 @@ def _update_18(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    trace_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    trace = tl.load(trace_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    trace_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    trace = tl.load(trace_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -8271,13 +8271,13 @@ def _update_18(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(trace_ + i_, trace.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(trace_ + i_, trace.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 18 of the rule, its kernels in launch order
@@ -8464,18 +8464,18 @@ def _partial_19_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -8484,7 +8484,7 @@ def _partial_19_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -8506,16 +8506,16 @@ def _tensor_19_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row_ = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -8542,21 +8542,21 @@ def _partial_19_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -8566,7 +8566,7 @@ def _partial_19_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -8588,14 +8588,14 @@ def _global_19_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -8628,11 +8628,11 @@ def _update_19(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -8654,20 +8654,20 @@ def _update_19(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    trace_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    trace = tl.load(trace_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    trace_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    trace = tl.load(trace_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -8702,13 +8702,13 @@ def _update_19(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(trace_ + i_, trace.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(trace_ + i_, trace.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 19 of the rule, its kernels in launch order
@@ -8892,18 +8892,18 @@ def _partial_20_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -8912,7 +8912,7 @@ def _partial_20_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -8934,16 +8934,16 @@ def _tensor_20_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 7
+    row_ = tensors + t_ * 7
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -8970,21 +8970,21 @@ def _partial_20_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -8994,7 +8994,7 @@ def _partial_20_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -9016,14 +9016,14 @@ def _global_20_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -9056,11 +9056,11 @@ def _update_20(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -9081,18 +9081,18 @@ def _update_20(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -9125,12 +9125,12 @@ def _update_20(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 20 of the rule, its kernels in launch order
@@ -9315,18 +9315,18 @@ def _partial_21_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -9335,7 +9335,7 @@ def _partial_21_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -9357,16 +9357,16 @@ def _tensor_21_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row_ = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -9393,21 +9393,21 @@ def _partial_21_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -9417,7 +9417,7 @@ def _partial_21_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -9439,14 +9439,14 @@ def _global_21_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -9479,11 +9479,11 @@ def _update_21(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -9505,20 +9505,20 @@ def _update_21(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    trace_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    trace = tl.load(trace_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    trace_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    trace = tl.load(trace_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -9555,13 +9555,13 @@ def _update_21(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(trace_ + i_, trace.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(trace_ + i_, trace.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 21 of the rule, its kernels in launch order
@@ -9748,18 +9748,18 @@ def _partial_22_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -9768,7 +9768,7 @@ def _partial_22_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -9790,16 +9790,16 @@ def _tensor_22_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row_ = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -9826,21 +9826,21 @@ def _partial_22_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -9850,7 +9850,7 @@ def _partial_22_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -9872,14 +9872,14 @@ def _global_22_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -9912,11 +9912,11 @@ def _update_22(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -9938,20 +9938,20 @@ def _update_22(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    trace_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    trace = tl.load(trace_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    trace_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    trace = tl.load(trace_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -9988,13 +9988,13 @@ def _update_22(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
-    tl.store(trace_ + i_, trace.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
+    tl.store(trace_ + i_, trace.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 22 of the rule, its kernels in launch order
@@ -10178,18 +10178,18 @@ def _partial_23_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -10198,7 +10198,7 @@ def _partial_23_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -10220,16 +10220,16 @@ def _tensor_23_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 7
+    row_ = tensors + t_ * 7
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -10256,21 +10256,21 @@ def _partial_23_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -10280,7 +10280,7 @@ def _partial_23_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -10302,14 +10302,14 @@ def _global_23_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -10342,11 +10342,11 @@ def _update_23(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -10367,18 +10367,18 @@ def _update_23(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    nu_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    nu = tl.load(nu_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    nu_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    nu = tl.load(nu_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -10413,12 +10413,12 @@ def _update_23(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(nu_ + i_, nu.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 23 of the rule, its kernels in launch order

@@ -130,18 +130,18 @@ def _partial_0_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -150,7 +150,7 @@ def _partial_0_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -172,16 +172,16 @@ def _tensor_0_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 9
+    row_ = tensors + t_ * 9
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -208,21 +208,21 @@ def _partial_0_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -232,7 +232,7 @@ def _partial_0_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -254,14 +254,14 @@ def _global_0_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -294,11 +294,11 @@ def _update_0(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -321,22 +321,22 @@ def _update_0(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    exp_avg_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    exp_avg = tl.load(exp_avg_ + i_, mask=mask).to(DT)
-    exp_avg_sq_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    exp_avg_sq = tl.load(exp_avg_sq_ + i_, mask=mask).to(DT)
-    max_exp_avg_sq_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    max_exp_avg_sq = tl.load(max_exp_avg_sq_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    exp_avg_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    exp_avg = tl.load(exp_avg_ + i_, mask=mask_).to(DT)
+    exp_avg_sq_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    exp_avg_sq = tl.load(exp_avg_sq_ + i_, mask=mask_).to(DT)
+    max_exp_avg_sq_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    max_exp_avg_sq = tl.load(max_exp_avg_sq_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 8).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 8).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -373,14 +373,14 @@ def _update_0(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(exp_avg_ + i_, exp_avg.to(S_DT), mask=mask)
-    tl.store(exp_avg_sq_ + i_, exp_avg_sq.to(S_DT), mask=mask)
-    tl.store(max_exp_avg_sq_ + i_, max_exp_avg_sq.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(exp_avg_ + i_, exp_avg.to(S_DT), mask=mask_)
+    tl.store(exp_avg_sq_ + i_, exp_avg_sq.to(S_DT), mask=mask_)
+    tl.store(max_exp_avg_sq_ + i_, max_exp_avg_sq.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 0 of the rule, its kernels in launch order
@@ -569,18 +569,18 @@ def _partial_1_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -589,7 +589,7 @@ def _partial_1_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -611,16 +611,16 @@ def _tensor_1_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row_ = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -647,21 +647,21 @@ def _partial_1_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -671,7 +671,7 @@ def _partial_1_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -693,14 +693,14 @@ def _global_1_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -733,11 +733,11 @@ def _update_1(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -760,20 +760,20 @@ def _update_1(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    exp_avg_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    exp_avg = tl.load(exp_avg_ + i_, mask=mask).to(DT)
-    exp_avg_sq_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    exp_avg_sq = tl.load(exp_avg_sq_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    exp_avg_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    exp_avg = tl.load(exp_avg_ + i_, mask=mask_).to(DT)
+    exp_avg_sq_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    exp_avg_sq = tl.load(exp_avg_sq_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -806,13 +806,13 @@ def _update_1(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(exp_avg_ + i_, exp_avg.to(S_DT), mask=mask)
-    tl.store(exp_avg_sq_ + i_, exp_avg_sq.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(exp_avg_ + i_, exp_avg.to(S_DT), mask=mask_)
+    tl.store(exp_avg_sq_ + i_, exp_avg_sq.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 1 of the rule, its kernels in launch order
@@ -1003,18 +1003,18 @@ def _partial_2_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1023,7 +1023,7 @@ def _partial_2_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1045,16 +1045,16 @@ def _tensor_2_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 9
+    row_ = tensors + t_ * 9
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -1081,21 +1081,21 @@ def _partial_2_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1105,7 +1105,7 @@ def _partial_2_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1127,14 +1127,14 @@ def _global_2_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -1167,11 +1167,11 @@ def _update_2(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -1195,22 +1195,22 @@ def _update_2(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    exp_avg_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    exp_avg = tl.load(exp_avg_ + i_, mask=mask).to(DT)
-    exp_avg_sq_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    exp_avg_sq = tl.load(exp_avg_sq_ + i_, mask=mask).to(DT)
-    max_exp_avg_sq_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    max_exp_avg_sq = tl.load(max_exp_avg_sq_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    exp_avg_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    exp_avg = tl.load(exp_avg_ + i_, mask=mask_).to(DT)
+    exp_avg_sq_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    exp_avg_sq = tl.load(exp_avg_sq_ + i_, mask=mask_).to(DT)
+    max_exp_avg_sq_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    max_exp_avg_sq = tl.load(max_exp_avg_sq_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 8).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 8).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -1249,14 +1249,14 @@ def _update_2(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(exp_avg_ + i_, exp_avg.to(S_DT), mask=mask)
-    tl.store(exp_avg_sq_ + i_, exp_avg_sq.to(S_DT), mask=mask)
-    tl.store(max_exp_avg_sq_ + i_, max_exp_avg_sq.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(exp_avg_ + i_, exp_avg.to(S_DT), mask=mask_)
+    tl.store(exp_avg_sq_ + i_, exp_avg_sq.to(S_DT), mask=mask_)
+    tl.store(max_exp_avg_sq_ + i_, max_exp_avg_sq.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 2 of the rule, its kernels in launch order
@@ -1449,18 +1449,18 @@ def _partial_3_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1469,7 +1469,7 @@ def _partial_3_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1491,16 +1491,16 @@ def _tensor_3_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row_ = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -1527,21 +1527,21 @@ def _partial_3_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1551,7 +1551,7 @@ def _partial_3_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1573,14 +1573,14 @@ def _global_3_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -1613,11 +1613,11 @@ def _update_3(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -1641,20 +1641,20 @@ def _update_3(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    exp_avg_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    exp_avg = tl.load(exp_avg_ + i_, mask=mask).to(DT)
-    exp_avg_sq_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    exp_avg_sq = tl.load(exp_avg_sq_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    exp_avg_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    exp_avg = tl.load(exp_avg_ + i_, mask=mask_).to(DT)
+    exp_avg_sq_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    exp_avg_sq = tl.load(exp_avg_sq_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -1689,13 +1689,13 @@ def _update_3(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(exp_avg_ + i_, exp_avg.to(S_DT), mask=mask)
-    tl.store(exp_avg_sq_ + i_, exp_avg_sq.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(exp_avg_ + i_, exp_avg.to(S_DT), mask=mask_)
+    tl.store(exp_avg_sq_ + i_, exp_avg_sq.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 3 of the rule, its kernels in launch order

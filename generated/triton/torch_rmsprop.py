@@ -120,18 +120,18 @@ def _partial_0_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -140,7 +140,7 @@ def _partial_0_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -162,16 +162,16 @@ def _tensor_0_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row_ = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -198,21 +198,21 @@ def _partial_0_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -222,7 +222,7 @@ def _partial_0_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -244,14 +244,14 @@ def _global_0_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -284,11 +284,11 @@ def _update_0(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -308,20 +308,20 @@ def _update_0(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    square_avg_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    square_avg = tl.load(square_avg_ + i_, mask=mask).to(DT)
-    grad_avg_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    grad_avg = tl.load(grad_avg_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    square_avg_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    square_avg = tl.load(square_avg_ + i_, mask=mask_).to(DT)
+    grad_avg_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    grad_avg = tl.load(grad_avg_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -356,13 +356,13 @@ def _update_0(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(square_avg_ + i_, square_avg.to(S_DT), mask=mask)
-    tl.store(grad_avg_ + i_, grad_avg.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(square_avg_ + i_, square_avg.to(S_DT), mask=mask_)
+    tl.store(grad_avg_ + i_, grad_avg.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 0 of the rule, its kernels in launch order
@@ -543,18 +543,18 @@ def _partial_1_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -563,7 +563,7 @@ def _partial_1_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -585,16 +585,16 @@ def _tensor_1_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 9
+    row_ = tensors + t_ * 9
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -621,21 +621,21 @@ def _partial_1_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -645,7 +645,7 @@ def _partial_1_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -667,14 +667,14 @@ def _global_1_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -707,11 +707,11 @@ def _update_1(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -732,22 +732,22 @@ def _update_1(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    square_avg_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    square_avg = tl.load(square_avg_ + i_, mask=mask).to(DT)
-    grad_avg_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    grad_avg = tl.load(grad_avg_ + i_, mask=mask).to(DT)
-    momentum_buffer_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    momentum_buffer = tl.load(momentum_buffer_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    square_avg_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    square_avg = tl.load(square_avg_ + i_, mask=mask_).to(DT)
+    grad_avg_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    grad_avg = tl.load(grad_avg_ + i_, mask=mask_).to(DT)
+    momentum_buffer_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    momentum_buffer = tl.load(momentum_buffer_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 8).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 8).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -784,14 +784,14 @@ def _update_1(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(square_avg_ + i_, square_avg.to(S_DT), mask=mask)
-    tl.store(grad_avg_ + i_, grad_avg.to(S_DT), mask=mask)
-    tl.store(momentum_buffer_ + i_, momentum_buffer.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(square_avg_ + i_, square_avg.to(S_DT), mask=mask_)
+    tl.store(grad_avg_ + i_, grad_avg.to(S_DT), mask=mask_)
+    tl.store(momentum_buffer_ + i_, momentum_buffer.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 1 of the rule, its kernels in launch order
@@ -971,18 +971,18 @@ def _partial_2_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -991,7 +991,7 @@ def _partial_2_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1013,16 +1013,16 @@ def _tensor_2_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 7
+    row_ = tensors + t_ * 7
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -1049,21 +1049,21 @@ def _partial_2_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1073,7 +1073,7 @@ def _partial_2_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1095,14 +1095,14 @@ def _global_2_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -1135,11 +1135,11 @@ def _update_2(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -1159,18 +1159,18 @@ def _update_2(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    square_avg_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    square_avg = tl.load(square_avg_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    square_avg_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    square_avg = tl.load(square_avg_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -1201,12 +1201,12 @@ def _update_2(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(square_avg_ + i_, square_avg.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(square_avg_ + i_, square_avg.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 2 of the rule, its kernels in launch order
@@ -1386,18 +1386,18 @@ def _partial_3_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1406,7 +1406,7 @@ def _partial_3_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1428,16 +1428,16 @@ def _tensor_3_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row_ = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -1464,21 +1464,21 @@ def _partial_3_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1488,7 +1488,7 @@ def _partial_3_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1510,14 +1510,14 @@ def _global_3_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -1550,11 +1550,11 @@ def _update_3(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -1575,20 +1575,20 @@ def _update_3(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    square_avg_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    square_avg = tl.load(square_avg_ + i_, mask=mask).to(DT)
-    momentum_buffer_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    momentum_buffer = tl.load(momentum_buffer_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    square_avg_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    square_avg = tl.load(square_avg_ + i_, mask=mask_).to(DT)
+    momentum_buffer_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    momentum_buffer = tl.load(momentum_buffer_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -1621,13 +1621,13 @@ def _update_3(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(square_avg_ + i_, square_avg.to(S_DT), mask=mask)
-    tl.store(momentum_buffer_ + i_, momentum_buffer.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(square_avg_ + i_, square_avg.to(S_DT), mask=mask_)
+    tl.store(momentum_buffer_ + i_, momentum_buffer.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 3 of the rule, its kernels in launch order
@@ -1809,18 +1809,18 @@ def _partial_4_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1829,7 +1829,7 @@ def _partial_4_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1851,16 +1851,16 @@ def _tensor_4_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row_ = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -1887,21 +1887,21 @@ def _partial_4_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1911,7 +1911,7 @@ def _partial_4_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1933,14 +1933,14 @@ def _global_4_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -1973,11 +1973,11 @@ def _update_4(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -1998,20 +1998,20 @@ def _update_4(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    square_avg_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    square_avg = tl.load(square_avg_ + i_, mask=mask).to(DT)
-    grad_avg_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    grad_avg = tl.load(grad_avg_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    square_avg_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    square_avg = tl.load(square_avg_ + i_, mask=mask_).to(DT)
+    grad_avg_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    grad_avg = tl.load(grad_avg_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -2048,13 +2048,13 @@ def _update_4(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(square_avg_ + i_, square_avg.to(S_DT), mask=mask)
-    tl.store(grad_avg_ + i_, grad_avg.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(square_avg_ + i_, square_avg.to(S_DT), mask=mask_)
+    tl.store(grad_avg_ + i_, grad_avg.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 4 of the rule, its kernels in launch order
@@ -2239,18 +2239,18 @@ def _partial_5_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -2259,7 +2259,7 @@ def _partial_5_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -2281,16 +2281,16 @@ def _tensor_5_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 9
+    row_ = tensors + t_ * 9
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -2317,21 +2317,21 @@ def _partial_5_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -2341,7 +2341,7 @@ def _partial_5_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -2363,14 +2363,14 @@ def _global_5_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -2403,11 +2403,11 @@ def _update_5(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 9
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 9
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -2429,22 +2429,22 @@ def _update_5(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    square_avg_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    square_avg = tl.load(square_avg_ + i_, mask=mask).to(DT)
-    grad_avg_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    grad_avg = tl.load(grad_avg_ + i_, mask=mask).to(DT)
-    momentum_buffer_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    momentum_buffer = tl.load(momentum_buffer_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    square_avg_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    square_avg = tl.load(square_avg_ + i_, mask=mask_).to(DT)
+    grad_avg_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    grad_avg = tl.load(grad_avg_ + i_, mask=mask_).to(DT)
+    momentum_buffer_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    momentum_buffer = tl.load(momentum_buffer_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 8).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 8).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -2483,14 +2483,14 @@ def _update_5(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(square_avg_ + i_, square_avg.to(S_DT), mask=mask)
-    tl.store(grad_avg_ + i_, grad_avg.to(S_DT), mask=mask)
-    tl.store(momentum_buffer_ + i_, momentum_buffer.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(square_avg_ + i_, square_avg.to(S_DT), mask=mask_)
+    tl.store(grad_avg_ + i_, grad_avg.to(S_DT), mask=mask_)
+    tl.store(momentum_buffer_ + i_, momentum_buffer.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 5 of the rule, its kernels in launch order
@@ -2674,18 +2674,18 @@ def _partial_6_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -2694,7 +2694,7 @@ def _partial_6_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -2716,16 +2716,16 @@ def _tensor_6_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 7
+    row_ = tensors + t_ * 7
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -2752,21 +2752,21 @@ def _partial_6_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -2776,7 +2776,7 @@ def _partial_6_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -2798,14 +2798,14 @@ def _global_6_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -2838,11 +2838,11 @@ def _update_6(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -2863,18 +2863,18 @@ def _update_6(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    square_avg_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    square_avg = tl.load(square_avg_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    square_avg_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    square_avg = tl.load(square_avg_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -2907,12 +2907,12 @@ def _update_6(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(square_avg_ + i_, square_avg.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(square_avg_ + i_, square_avg.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 6 of the rule, its kernels in launch order
@@ -3096,18 +3096,18 @@ def _partial_7_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -3116,7 +3116,7 @@ def _partial_7_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -3138,16 +3138,16 @@ def _tensor_7_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 8
+    row_ = tensors + t_ * 8
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -3174,21 +3174,21 @@ def _partial_7_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -3198,7 +3198,7 @@ def _partial_7_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -3220,14 +3220,14 @@ def _global_7_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -3260,11 +3260,11 @@ def _update_7(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 8
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 8
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -3286,20 +3286,20 @@ def _update_7(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    square_avg_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    square_avg = tl.load(square_avg_ + i_, mask=mask).to(DT)
-    momentum_buffer_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    momentum_buffer = tl.load(momentum_buffer_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    square_avg_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    square_avg = tl.load(square_avg_ + i_, mask=mask_).to(DT)
+    momentum_buffer_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    momentum_buffer = tl.load(momentum_buffer_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 7).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 7).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -3334,13 +3334,13 @@ def _update_7(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(square_avg_ + i_, square_avg.to(S_DT), mask=mask)
-    tl.store(momentum_buffer_ + i_, momentum_buffer.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(square_avg_ + i_, square_avg.to(S_DT), mask=mask_)
+    tl.store(momentum_buffer_ + i_, momentum_buffer.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 7 of the rule, its kernels in launch order

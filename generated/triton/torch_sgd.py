@@ -112,18 +112,18 @@ def _partial_0_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 6
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 6
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -132,7 +132,7 @@ def _partial_0_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -154,16 +154,16 @@ def _tensor_0_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 6
+    row_ = tensors + t_ * 6
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -190,21 +190,21 @@ def _partial_0_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 6
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 6
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -214,7 +214,7 @@ def _partial_0_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -236,14 +236,14 @@ def _global_0_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -276,11 +276,11 @@ def _update_0(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 6
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 6
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -297,16 +297,16 @@ def _update_0(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -333,11 +333,11 @@ def _update_0(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 0 of the rule, its kernels in launch order
@@ -512,18 +512,18 @@ def _partial_1_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -532,7 +532,7 @@ def _partial_1_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -554,16 +554,16 @@ def _tensor_1_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 7
+    row_ = tensors + t_ * 7
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -590,21 +590,21 @@ def _partial_1_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -614,7 +614,7 @@ def _partial_1_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -636,14 +636,14 @@ def _global_1_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -677,11 +677,11 @@ def _update_1(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -700,18 +700,18 @@ def _update_1(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    momentum_buffer_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    momentum_buffer = tl.load(momentum_buffer_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    momentum_buffer_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    momentum_buffer = tl.load(momentum_buffer_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -744,12 +744,12 @@ def _update_1(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(momentum_buffer_ + i_, momentum_buffer.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(momentum_buffer_ + i_, momentum_buffer.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 1 of the rule, its kernels in launch order
@@ -929,18 +929,18 @@ def _partial_2_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -949,7 +949,7 @@ def _partial_2_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -971,16 +971,16 @@ def _tensor_2_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 7
+    row_ = tensors + t_ * 7
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -1007,21 +1007,21 @@ def _partial_2_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1031,7 +1031,7 @@ def _partial_2_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1053,14 +1053,14 @@ def _global_2_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -1094,11 +1094,11 @@ def _update_2(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -1117,18 +1117,18 @@ def _update_2(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    momentum_buffer_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    momentum_buffer = tl.load(momentum_buffer_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    momentum_buffer_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    momentum_buffer = tl.load(momentum_buffer_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -1161,12 +1161,12 @@ def _update_2(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(momentum_buffer_ + i_, momentum_buffer.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(momentum_buffer_ + i_, momentum_buffer.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 2 of the rule, its kernels in launch order
@@ -1340,18 +1340,18 @@ def _partial_3_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 6
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 6
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1360,7 +1360,7 @@ def _partial_3_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1382,16 +1382,16 @@ def _tensor_3_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 6
+    row_ = tensors + t_ * 6
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -1418,21 +1418,21 @@ def _partial_3_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 6
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 6
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1442,7 +1442,7 @@ def _partial_3_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1464,14 +1464,14 @@ def _global_3_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -1504,11 +1504,11 @@ def _update_3(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 6
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 6
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -1526,16 +1526,16 @@ def _update_3(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -1564,11 +1564,11 @@ def _update_3(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 3 of the rule, its kernels in launch order
@@ -1747,18 +1747,18 @@ def _partial_4_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1767,7 +1767,7 @@ def _partial_4_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1789,16 +1789,16 @@ def _tensor_4_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 7
+    row_ = tensors + t_ * 7
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -1825,21 +1825,21 @@ def _partial_4_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -1849,7 +1849,7 @@ def _partial_4_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -1871,14 +1871,14 @@ def _global_4_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -1912,11 +1912,11 @@ def _update_4(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -1936,18 +1936,18 @@ def _update_4(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    momentum_buffer_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    momentum_buffer = tl.load(momentum_buffer_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    momentum_buffer_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    momentum_buffer = tl.load(momentum_buffer_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -1982,12 +1982,12 @@ def _update_4(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(momentum_buffer_ + i_, momentum_buffer.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(momentum_buffer_ + i_, momentum_buffer.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 4 of the rule, its kernels in launch order
@@ -2171,18 +2171,18 @@ def _partial_5_0(
     """sumsq_g: each chunk's sum of g.2**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -2191,7 +2191,7 @@ def _partial_5_0(
         if b_gradient_accumulation_steps_given_and_is_update
         else g
     )
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -2213,16 +2213,16 @@ def _tensor_5_0(
 ):  # pragma: no cover - compiled
     """sumsq_g: the partial results of the chunks combined, then the per-tensor code that follows."""
     t_ = tl.program_id(0)  # the tensor
-    row = tensors + t_ * 7
+    row_ = tensors + t_ * 7
     c_zero = tl.load(k_ + 2)
-    first = tl.load(row)
-    count = tl.load(row + 1)
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    sumsq_g = total if b_clipnorm_given_and_is_update else c_zero
+    first_ = tl.load(row_)
+    count_ = tl.load(row_ + 1)
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    sumsq_g = total_ if b_clipnorm_given_and_is_update else c_zero
     tl.store(tvals + t_ * NT + 0, sumsq_g.to(tl.float64))
 
 
@@ -2249,21 +2249,21 @@ def _partial_5_1(
     """global_sumsq_g: each chunk's sum of g.3**2."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_clipnorm = tl.load(k_ + 3)
     sumsq_g = tl.load(tvals + t_ * NT + 0).to(DT) if b_clipnorm_given_and_is_update else 0.0
     c_max_clipnorm_sqrt_sumsq_g = fmax(c_clipnorm, fsqrt(sumsq_g)) if b_clipnorm_given_and_is_update else 0.0
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     grad_accumulator = g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
@@ -2273,7 +2273,7 @@ def _partial_5_1(
         else g
     )
     g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-    tl.store(partials + c_, tl.sum(tl.where(mask, (g * g), 0.0).to(tl.float64)))
+    tl.store(partials + c_, tl.sum(tl.where(mask_, (g * g), 0.0).to(tl.float64)))
 
 
 @triton.jit
@@ -2295,14 +2295,14 @@ def _global_5_1(
 ):  # pragma: no cover - compiled
     """global_sumsq_g: the partial results of the chunks combined."""
     c_zero = tl.load(k_ + 2)
-    first = 0
-    count = n_chunks
-    acc = tl.zeros((BLOCK,), tl.float64)
-    for j in range(0, count, BLOCK):  # the chunks' partial sums, in order
-        p_ = j + tl.arange(0, BLOCK)
-        acc += tl.load(partials + first + p_, mask=p_ < count, other=0.0)
-    total = tl.sum(acc).to(DT)
-    global_sumsq_g = total if b_global_clipnorm_given_and_is_update else c_zero
+    first_ = 0
+    count_ = n_chunks
+    acc_ = tl.zeros((BLOCK,), tl.float64)
+    for j_ in range(0, count_, BLOCK):  # the chunks' partial sums, in order
+        p_ = j_ + tl.arange(0, BLOCK)
+        acc_ += tl.load(partials + first_ + p_, mask=p_ < count_, other=0.0)
+    total_ = tl.sum(acc_).to(DT)
+    global_sumsq_g = total_ if b_global_clipnorm_given_and_is_update else c_zero
     tl.store(gvals + 0, global_sumsq_g.to(tl.float64))
 
 
@@ -2336,11 +2336,11 @@ def _update_5(
     """every element of the chunk, read once, updated in place."""
     c_ = tl.program_id(0)  # the chunk
     t_ = tl.load(chunks + 3 * c_)  # its tensor
-    start = tl.load(chunks + 3 * c_ + 1)
+    start_ = tl.load(chunks + 3 * c_ + 1)
     n_ = tl.load(chunks + 3 * c_ + 2)
-    row = tensors + t_ * 7
-    i_ = start + tl.arange(0, BLOCK)
-    mask = tl.arange(0, BLOCK) < n_
+    row_ = tensors + t_ * 7
+    i_ = start_ + tl.arange(0, BLOCK)
+    mask_ = tl.arange(0, BLOCK) < n_
     c_loss_scale_factor = tl.load(k_ + 0)
     c_gradient_accumulation_steps = tl.load(k_ + 1)
     c_zero = tl.load(k_ + 2)
@@ -2360,18 +2360,18 @@ def _update_5(
     c_max_global_clipnorm_sqrt_global_sumsq_g = (
         fmax(c_global_clipnorm, fsqrt(global_sumsq_g)) if b_global_clipnorm_given_and_is_update else 0.0
     )
-    w_ = tl.load(row + 2).to(tl.pointer_type(W_DT))
-    w = tl.load(w_ + i_, mask=mask).to(DT)
-    g_ = tl.load(row + 3).to(tl.pointer_type(G_DT))
-    g = tl.load(g_ + i_, mask=mask).to(DT)
-    momentum_buffer_ = tl.load(row + 4).to(tl.pointer_type(S_DT))
-    momentum_buffer = tl.load(momentum_buffer_ + i_, mask=mask).to(DT)
-    grad_accumulator_ = tl.load(row + 5).to(tl.pointer_type(S_DT))
+    w_ = tl.load(row_ + 2).to(tl.pointer_type(W_DT))
+    w = tl.load(w_ + i_, mask=mask_).to(DT)
+    g_ = tl.load(row_ + 3).to(tl.pointer_type(G_DT))
+    g = tl.load(g_ + i_, mask=mask_).to(DT)
+    momentum_buffer_ = tl.load(row_ + 4).to(tl.pointer_type(S_DT))
+    momentum_buffer = tl.load(momentum_buffer_ + i_, mask=mask_).to(DT)
+    grad_accumulator_ = tl.load(row_ + 5).to(tl.pointer_type(S_DT))
     grad_accumulator = (
-        tl.load(grad_accumulator_ + i_, mask=mask).to(DT) if b_gradient_accumulation_steps_given else 0.0
+        tl.load(grad_accumulator_ + i_, mask=mask_).to(DT) if b_gradient_accumulation_steps_given else 0.0
     )
-    ema_ = tl.load(row + 6).to(tl.pointer_type(S_DT))
-    ema = tl.load(ema_ + i_, mask=mask).to(DT) if b_use_ema else 0.0
+    ema_ = tl.load(row_ + 6).to(tl.pointer_type(S_DT))
+    ema = tl.load(ema_ + i_, mask=mask_).to(DT) if b_use_ema else 0.0
     # loss scaling
     g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
     # gradient accumulation
@@ -2406,12 +2406,12 @@ def _update_5(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
-    tl.store(w_ + i_, w.to(W_DT), mask=mask)
-    tl.store(momentum_buffer_ + i_, momentum_buffer.to(S_DT), mask=mask)
+    tl.store(w_ + i_, w.to(W_DT), mask=mask_)
+    tl.store(momentum_buffer_ + i_, momentum_buffer.to(S_DT), mask=mask_)
     if b_gradient_accumulation_steps_given:
-        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask)
+        tl.store(grad_accumulator_ + i_, grad_accumulator.to(S_DT), mask=mask_)
     if b_use_ema:
-        tl.store(ema_ + i_, ema.to(S_DT), mask=mask)
+        tl.store(ema_ + i_, ema.to(S_DT), mask=mask_)
 
 
 #: what triton_support.run takes: case 5 of the rule, its kernels in launch order
