@@ -281,9 +281,10 @@ class RuleOptimizer(torch.optim.Optimizer):
     keeps: frozenset[str] = frozenset()
     #: the Keras options this optimizer takes (``options.KERAS_OPTIONS``, less those the rule defines itself)
     options: tuple[str, ...] = ()
-    #: what each parameter group keeps for the rule (``group[name]``): (name, initial value, whether a 0-d
-    #: tensor), there from the first call on, even one that does not update
-    global_states: tuple[tuple[str, float, bool], ...] = ()
+    #: what each parameter group keeps for the rule (``group[name]``): (name, initial value or a function of
+    #: the group that gives it from its hyperparameters, whether a 0-d tensor), there from the first call on,
+    #: even one that does not update
+    global_states: tuple[tuple[str, float | Callable[[dict], float], bool], ...] = ()
     #: torch's names for the rule's hyperparameters in the parameter groups: {rule's name: (key, index in
     #: the key's tuple or None)} (``beta_1`` is ``betas[0]``, ``epsilon`` is ``eps``), so that torch's
     #: schedulers (OneCycleLR's momentum cycling) find them; the rule's names are accepted in a group too
@@ -312,8 +313,9 @@ class RuleOptimizer(torch.optim.Optimizer):
             self._check_group(i, group)
             call = Call(self, group, params)
             for name, init, array in self.global_states:
-                if name not in group:
-                    group[name] = global_value(init) if array else init
+                if name not in group:  # a number, or a function of the group's hyperparameters
+                    value = init(group) if callable(init) else init
+                    group[name] = global_value(value) if array else value
             if call.is_update:
                 self._update(group, call)
             else:  # gradient accumulation: the rule does not run

@@ -786,3 +786,33 @@ def test_a_rule_may_not_name_a_value_as_the_generated_code_names_its_own():
             Rule("Probe", title="a probe").let(name, 1, "a value")
     for name in ("mask", "lo", "hi", "row", "first", "total", "acc"):  # the kernels' own end in ``_``
         Rule("Probe", title="a probe").let(name, 1, "a value")
+
+
+def test_a_global_state_starts_at_a_hyperparameters_value_in_each_torch_group(tmp_path):
+    """A global state initialised from a hyperparameter (DSL.md: ``state("d", d0, scope="global")``): the
+    torch module failed at import (``float(d0)`` in its class body: NameError). Each parameter group starts
+    it at its own hyperparameter's value, as NumPy and JAX do; a user's rule found it."""
+    import torch
+
+    r = Rule("GlobalFromHyper", title="a global scale that starts at a hyperparameter and halves")
+    lr = r.learning_rate(0.1)
+    d0 = r.hyper("d0", 1.0, "(0, inf)", "initial scale")
+    d = r.state("d", d0, "scale", scope="global")
+    r.assign(w, w - lr * d * g, "update")
+    r.assign(d, d / 2, "halve")
+    mods = load(r, tmp_path)
+    params0, grads = problem(3, shapes=[(3,), (2, 2)], scales=[1.0, 1.0])
+    for d0_value in (1.0, 3.0):
+        want = steps(mods, r, params0, grads, "numpy", learning_rate=0.1, d0=d0_value)
+        for path in ("jax", "torch"):
+            rate = {"lr" if path == "torch" else "learning_rate": 0.1}
+            got = steps(mods, r, params0, grads, path, **rate, d0=d0_value)
+            assert_close(got, want, 1e-15, f"{path}, d0={d0_value}")
+    # two groups, each its own d0: the first step scales by it, then halves it
+    a, b = (torch.nn.Parameter(torch.ones(2, dtype=torch.float64)) for _ in range(2))
+    opt = mods["torch"].GlobalFromHyper([{"params": [a], "d0": 1.0}, {"params": [b], "d0": 4.0}], lr=0.1)
+    a.grad, b.grad = torch.ones(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    opt.step()
+    assert torch.equal(a.detach(), torch.full((2,), 0.9, dtype=torch.float64))
+    assert torch.equal(b.detach(), torch.full((2,), 0.6, dtype=torch.float64))
+    assert [float(group["d"]) for group in opt.param_groups] == [0.5, 2.0]

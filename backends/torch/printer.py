@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sympy as sp
+
+from optforge.compiler.passes.scope import scopes_of
+
 from ..base import Backend, check_spec, native_names, renamed_doc
 from ..printer import ExprPrinter
 
@@ -146,6 +150,17 @@ class TorchBackend(Backend):
         out["own_maximize"] = any(h["name"] == "maximize" and h["kind"] == "bool" for h in out["others"])
         # the rule's own groups of exclusive hyperparameters (Keras's options' are the runtime's)
         out["own_exclusives"] = [e for e in out["exclusives"] if not set(e) <= set(out["options"])]
+        # a global state's initial value as the class declares it: a number, or where it reads the rule's
+        # hyperparameters, a function of the parameter group (each group its own)
+        reads = {sp.Symbol(h["name"]): sp.Symbol(h["read"]) for h in self._hypers(program)}
+        printer = self.make_printer(program, scopes_of(program))
+        for st in out.get("rule_global_states", []):
+            init = next(s.init for s in (program.inner or program).states if s.name == st["name"])
+            st["group_init"] = (
+                f"lambda group: float({printer.doprint(init.xreplace(reads))})"
+                if init.free_symbols & set(reads)
+                else f"float({st['init']})"
+            )
         return out
 
     def _hypers(self, program):
