@@ -373,3 +373,24 @@ def test_run_says_which_scalars_are_missing():
         TypeError, match=r"the step's scalars lack .*beta_1.*this case reads .*Received: lr, t"
     ):
         triton_support.run(_case(), work, {"lr": 0.1, "t": 1})
+
+
+def test_a_state_read_only_by_a_reduction_over_all_tensors_is_loaded_there(tmp_path):
+    """A state that only a reduction over all tensors reads (a snapshot of the initial parameters, kept by
+    ``x0 <- x0``, as Prodigy's): the partial-sum kernel read it without loading it (NameError in every
+    step; a user's rule found it; Numba's kernels loaded it). Triton's kernels equal the plain torch path."""
+    from drivers import assert_close, problem
+    from rulekit import load, steps
+
+    from optforge.compiler.dsl import Rule, g, global_sum, w
+
+    r = Rule("SnapshotInAGlobalSum", title="a step scaled by the gradient's agreement with the way back")
+    lr = r.learning_rate(0.1)
+    x0 = r.state("x0", w, "the initial parameters")
+    agreement = r.let("agreement", global_sum(g * (x0 - w)), "over all tensors")
+    r.assign(w, w - lr * g * (1 + agreement / 100), "update")
+    r.assign(x0, x0, "kept")
+    mods = load(r, tmp_path)
+    params0, grads = problem(3, shapes=[(5,), (3, 4)], scales=[1.0, 1.0])
+    want = steps(mods, r, params0, grads, "torch", lr=0.1)
+    assert_close(steps(mods, r, params0, grads, "torch triton", lr=0.1), want, 1e-14, "triton")

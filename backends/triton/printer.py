@@ -245,7 +245,12 @@ class CaseWriter:
             program.rule, self.elements | self.per_tensor | self.global_names, self.hoister, self.names
         )
         self.persisting = {s.name: s for s in program.states if s.persists}
-        states = backend.section_states(program, self.tensor_section)
+        # the states the update reads or writes, and those the reductions before it read (a state read only
+        # by a reduction over all tensors, such as a snapshot of the initial parameters, is loaded there)
+        used = set(backend.section_states(program, self.tensor_section))
+        for section in self.reduce_sections:
+            used |= set(backend.section_states(program, section))
+        states = [s.name for s in program.states if s.name in used]
         self.element_states = [s for s in states if self.persisting[s].scope == Scope.ELEMENT]
         self.tensor_states = [s for s in states if self.persisting[s].scope == Scope.TENSOR]
         # the tensor table's columns: first chunk, number of chunks, then the addresses
