@@ -816,3 +816,24 @@ def test_a_global_state_starts_at_a_hyperparameters_value_in_each_torch_group(tm
     assert torch.equal(a.detach(), torch.full((2,), 0.9, dtype=torch.float64))
     assert torch.equal(b.detach(), torch.full((2,), 0.6, dtype=torch.float64))
     assert [float(group["d"]) for group in opt.param_groups] == [0.5, 2.0]
+
+
+def test_a_value_that_is_a_number_at_the_first_step_and_a_reduction_after_it(tmp_path):
+    """``dk = where(t == 1, c, d)`` with ``d`` a global state computed by a reduction over all tensors: in
+    torch ``d`` is a 0-d tensor and ``dk`` was the float ``c`` at the first step, which
+    ``torch.maximum(dk, ...)`` refused (TypeError; a user's Prodigy-like rule found it). The number is a 0-d
+    tensor there: NumPy, JAX and torch agree."""
+    from optforge.compiler.dsl import global_sum
+
+    r = Rule("FirstStepNumber", title="a scale that starts at a hyperparameter and grows with the gradients")
+    lr = r.learning_rate(0.1)
+    c = r.hyper("c", 1.0, "(0, inf)", "first value")
+    d = r.state("d", 0, "scale", scope="global")
+    dk = r.let("dk", where(Eq(t, 1), c, d), "this step's scale")
+    r.assign(w, w - lr * g / dk, "update")
+    r.assign(d, maximum(dk, global_sum(abs(g))), "grow")
+    mods = load(r, tmp_path)
+    params0, grads = problem(3, shapes=[(3,), (2, 2)], scales=[1.0, 1.0])
+    want = steps(mods, r, params0, grads, "numpy", learning_rate=0.1)
+    assert_close(steps(mods, r, params0, grads, "jax", learning_rate=0.1), want, 1e-15, "jax")
+    assert_close(steps(mods, r, params0, grads, "torch", lr=0.1), want, 1e-15, "torch")

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import sympy as sp
 
+from optforge.compiler.ir import base
 from optforge.compiler.passes.scope import scopes_of
 
 from ..base import Backend, check_spec, native_names, renamed_doc
 from ..printer import ExprPrinter
+
+
+class _ZeroD(sp.Function):
+    """A number printed as a 0-d tensor (float64, as global state: ``torch_support.global_value``)."""
+
+    nargs = 1
 
 
 class TorchPrinter(ExprPrinter):
@@ -42,6 +49,20 @@ class TorchPrinter(ExprPrinter):
     and_call = "torch.logical_and"
     or_call = "torch.logical_or"
     not_call = "torch.logical_not"
+
+    def _print_Piecewise(self, expr) -> str:
+        # a Python choice between a 0-d tensor (a reduction's value, a global state) and a number is a 0-d
+        # tensor whichever branch is taken: the number is made one (torch.maximum and the other tensor
+        # functions take no number; ``dk = c if t == 1 else d`` was a float at the first step)
+        static = not any(self.is_array(c) for _, c in expr.args)  # a Python test, not torch.where
+        if static and self.is_array(expr) and not any(base(s) in self.elements for s in expr.free_symbols):
+            pieces = [(v if self.is_array(v) else _ZeroD(v), c) for v, c in expr.args]
+            if any(isinstance(v, _ZeroD) for v, _ in pieces):
+                expr = sp.Piecewise(*pieces, evaluate=False)
+        return super()._print_Piecewise(expr)
+
+    def _print__ZeroD(self, expr) -> str:
+        return self.call("torch_support.global_value", self._print(expr.args[0]))
 
     def call_text(self, fn: str, array: bool, args: list[str], arrays: tuple[bool, ...] = ()) -> str:
         # torch.maximum needs two tensors; a tensor against a number is a clamp
