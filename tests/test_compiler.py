@@ -121,7 +121,7 @@ def used_before_defined():
 
 BROKEN = [
     (undefined_symbol, ["rule 'Broken'", "equation 1", "symbol 'q' is not defined", "how to fix"]),
-    (state_never_updated, ["state 'm' is never updated", "read by equation 1"]),
+    (state_never_updated, ["state 'm' is never updated", "equation 1 `"]),
     (default_outside_range, ["default of 'beta' is 1.5, outside its range [0, 1)"]),
     (flag_used_as_number, ["equation 1", "flag 'fancy' is used as a number", "where(fancy, a, b)"]),
     (dead_state, ["equation 1", "state 'm' is updated but never influences the parameter update"]),
@@ -837,3 +837,26 @@ def test_a_value_that_is_a_number_at_the_first_step_and_a_reduction_after_it(tmp
     want = steps(mods, r, params0, grads, "numpy", learning_rate=0.1)
     assert_close(steps(mods, r, params0, grads, "jax", learning_rate=0.1), want, 1e-15, "jax")
     assert_close(steps(mods, r, params0, grads, "torch", lr=0.1), want, 1e-15, "torch")
+
+
+def test_a_state_that_keeps_the_initial_parameters_needs_no_equation(tmp_path):
+    """A state initialised from ``w`` and never assigned is a snapshot of the initial parameters
+    (Prodigy's and D-Adaptation's ``x0``): it was refused as never updated, and ``x0 <- x0`` was the
+    workaround. It keeps its value in every backend and kernel path, against a NumPy transcription; a state
+    of a constant that is never assigned is still an error (the catalogue above)."""
+    from optforge.compiler.dsl import global_sum
+
+    r = Rule("KeepsTheStart", title="a step pulled back towards the initial parameters")
+    lr = r.learning_rate(0.1)
+    x0 = r.state("x0", w, "the initial parameters")
+    pull = r.let("pull", global_sum(g * (x0 - w)), "the gradients' agreement with the way back")
+    r.assign(w, w - lr * (g + (x0 - w) * pull / 100), "update")
+    mods = load(r, tmp_path)
+    params0, grads = problem(4, shapes=[(3,), (2, 2)], scales=[1.0, 1.0])
+    x = [p.copy() for p in params0]
+    for gs in grads:  # the transcription
+        pull_value = sum(float(np.sum(gi * (p0 - xi))) for gi, p0, xi in zip(gs, params0, x))
+        x = [xi - 0.1 * (gi + (p0 - xi) * pull_value / 100) for gi, p0, xi in zip(gs, params0, x)]
+    for path in ("numpy", "numpy fused", "jax", "torch", "torch fused", "torch triton"):
+        rate = {"lr" if path.startswith("torch") else "learning_rate": 0.1}
+        assert_close(steps(mods, r, params0, grads, path, **rate), x, 1e-13, path)

@@ -15,7 +15,7 @@ import itertools
 import sympy as sp
 from sympy.logic.boolalg import Boolean
 
-from ..dsl import RESERVED, Equation, Given, Rule, own_equation
+from ..dsl import RESERVED, Equation, Given, Rule, own_equation, w
 from ..errors import RuleError
 from ..ir import Assign, Case, Program, Role, Scope, StateVar, ssa
 from .conditions import may_hold
@@ -335,16 +335,22 @@ def _numeric_symbols(expr: sp.Basic) -> set[sp.Symbol]:
 
 
 def _check_every_state_assigned(rule: Rule) -> None:
+    """A state must be assigned, unless it is a snapshot of the initial parameters (its initial value reads
+    ``w`` and it is read: Prodigy's and D-Adaptation's ``x0``), which keeps that value."""
     assigned = {e.target for e in rule.equations if e.kind == "assign"}
-    for name in rule.states:
+    for name, state in rule.states.items():
         if name not in assigned:
             read = [i for i, e in enumerate(rule.equations, 1) if sp.Symbol(name) in e.expr.free_symbols]
+            if read and w in sp.sympify(state.init).free_symbols:
+                continue
             raise RuleError(
                 rule.name,
                 f"state '{name}' is never updated"
-                + (f" (read by equation {read[0]})" if read else " and never read")
+                + (" (read by the equation below)" if read else " and never read")
                 + ", so it would keep its initial value forever",
-                hint="add an equation that assigns it, or make it a hyperparameter or a rule.let",
+                **(_where(rule, read[0]) if read else {}),
+                hint="add an equation that assigns it, or make it a hyperparameter or a rule.let (a state"
+                " that keeps the initial parameters is one whose initial value is w)",
             )
 
 
