@@ -69,8 +69,13 @@ def infer_scopes(program: Program) -> Program:
                             program.rule,
                             f"state '{a.target}' is declared {declared[a.target].word} but is assigned a value {s.word}",
                             **program.written(a.equation),
-                            hint=f"reduce the value to one {declared[a.target].word} (e.g. with a tensor reduction)"
-                            " or declare the state with a wider scope",
+                            hint=f"reduce the value to one {declared[a.target].word} (e.g. with "
+                            + (
+                                "global_sum or global_max"
+                                if declared[a.target] == Scope.GLOBAL
+                                else "tensor_sum"
+                            )
+                            + ") or declare the state with a wider scope",
                         )
                     scopes[a.target] = s
                     changed = True
