@@ -1026,3 +1026,35 @@ def test_a_state_dict_with_the_rules_names_in_its_groups_loads(rule):
         apply_grads(resumed, g)
         opt2.step()
     assert_bitwise(params_of(resumed), params_of(model))
+
+
+@pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
+def test_the_plain_step_reads_no_tensor_as_a_number(rule):
+    """No ``.item()`` in a step (``aten._local_scalar_dense``: a device synchronisation on a GPU, and no
+    CUDA graph): with no option, with each clipping option and with the others, ``fused=False``. LAMB's
+    trust ratio and Adafactor's clipped rate were read as ``alpha=`` (torch converts it with ``.item()``):
+    one synchronisation per tensor per step; a user's review found it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Items(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                Items.count += 1
+            return func(*args, **(kwargs or {}))
+
+    options = [{}, {"clipnorm": 1.0}, {"global_clipnorm": 1.0}]
+    options.append({"use_ema": True, "gradient_accumulation_steps": 2, "loss_scale_factor": 2.0})
+    for kwargs in options:
+        model = make_model(31)
+        opt = build(rule, model.parameters(), fused=False, **kwargs)
+        for k in range(3):
+            for p in model.parameters():
+                p.grad = torch.full_like(p, 0.1 * (k + 1))
+            if k == 0:
+                opt.step()  # the first step makes the state
+                continue
+            with Items():
+                opt.step()
+        assert Items.count == 0, f"{rule.name} {kwargs}: {Items.count} tensor(s) read as a number"

@@ -216,6 +216,17 @@ def _is(value: Expr, name: str) -> bool:
     return isinstance(value, Name) and value.value.name == name
 
 
+def holds_array(e: Expr) -> bool:
+    """Whether a value that is not per-element reads an array (a per-tensor 0-d tensor, a reduction): torch
+    reads a call's ``alpha=`` or ``value=`` as a number, with ``.item()`` (a device synchronisation on a
+    GPU), so a scale holds Python values only."""
+    if isinstance(e, Leaf):
+        return e.kind != Kind.SCALAR
+    if isinstance(e, Name):
+        return e.value.kind != Kind.SCALAR
+    return any(holds_array(c) for c in _children(e))
+
+
 def is_element(e: Expr) -> bool:
     """Whether the value is a per-element array (a reduction's is not)."""
     if isinstance(e, Name):
@@ -501,10 +512,11 @@ class _Lowering:
         return node
 
     def scaled(self, node: Expr) -> tuple[Expr, Expr] | None:
-        """(x, c) when the node is an element-wise x times a Python value c."""
+        """(x, c) when the node is an element-wise x times a Python value c (not an array: see
+        ``holds_array``)."""
         if isinstance(node, Bin) and node.op == "*":
             for x, c in ((node.b, node.a), (node.a, node.b)):
-                if is_element(x) and not is_element(c):
+                if is_element(x) and not is_element(c) and not holds_array(c):
                     return x, self.scalar(c)
         return None
 
@@ -548,6 +560,16 @@ class _Lowering:
         in-place call."""
         node = self.fold(node, absorb=True) or node
         scaled = self.scaled(node)
+        if scaled is None and isinstance(node, Bin) and node.op == "*":
+            for x, c in ((node.b, node.a), (node.a, node.b)):
+                if is_element(x) and not is_element(c) and holds_array(c):
+                    # a scale that is an array (LAMB's trust ratio): x.addcmul_(y, c) takes it as a tensor
+                    # (alpha= would read it with .item()), in one pass
+                    value, reg = self.operand(x)
+                    scale = _MINUS_ONE if form == "sub" else None
+                    self.lines.append(Compound("addcmul", name, (value, self.scalar(c)), scale))
+                    self.regs.give(reg)
+                    return True
         x, c = scaled if scaled is not None else (node, None)
         if isinstance(x, Bin) and x.op == "**" and _is_two(x.b):
             x = Bin("*", x.a, x.a)  # x**2 is x*x

@@ -258,7 +258,7 @@ class OptaxLamb(torch_support.RuleOptimizer):
             # trust ratio (1 if a norm is 0)
             ratio = torch.where(torch.logical_or(u_norm == 0, w_norm == 0), 1, w_norm / u_norm)
             # parameter update
-            w.add_(u, alpha=-(lr * ratio))
+            w.addcmul_(u, lr * ratio, value=-1)
 
     @torch.no_grad()
     def finalize_variable_values(self) -> None:

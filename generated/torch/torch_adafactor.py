@@ -246,7 +246,7 @@ class TorchAdafactor(torch_support.RuleOptimizer):
                 torch.pow(u, 2, out=_s4)
                 sumsq_u = torch.sum(_s4)
                 # parameter update
-                w.add_(u, alpha=-(alpha / torch.clamp(torch.sqrt(sumsq_u) * tmp0 / d, min=1)))
+                w.addcmul_(u, alpha / torch.clamp(torch.sqrt(sumsq_u) * tmp0 / d, min=1), value=-1)
         else:
             # weight of the new squared gradient
             beta = t**beta2_decay
@@ -318,7 +318,7 @@ class TorchAdafactor(torch_support.RuleOptimizer):
                 torch.pow(u, 2, out=_s4)
                 sumsq_u = torch.sum(_s4)
                 # parameter update
-                w.add_(u, alpha=-(alpha / torch.clamp(torch.sqrt(sumsq_u) * tmp2 / d, min=1)))
+                w.addcmul_(u, alpha / torch.clamp(torch.sqrt(sumsq_u) * tmp2 / d, min=1), value=-1)
 
     def _case(self, group: dict[str, Any]) -> int:
         """The case of the rule (and its fused kernel) that this group's hyperparameters select."""
