@@ -511,12 +511,12 @@ class _Lowering:
             return Compare(self.scalar(node.a), node.op, self.scalar(node.b))
         return node
 
-    def scaled(self, node: Expr) -> tuple[Expr, Expr] | None:
-        """(x, c) when the node is an element-wise x times a Python value c (not an array: see
-        ``holds_array``)."""
+    def scaled(self, node: Expr, array: bool = False) -> tuple[Expr, Expr] | None:
+        """(x, c) when the node is an element-wise x times a value c that is not per element: a Python value
+        (a call's ``alpha=``), or with ``array`` one that holds an array (see ``holds_array``)."""
         if isinstance(node, Bin) and node.op == "*":
             for x, c in ((node.b, node.a), (node.a, node.b)):
-                if is_element(x) and not is_element(c) and not holds_array(c):
+                if is_element(x) and not is_element(c) and holds_array(c) == array:
                     return x, self.scalar(c)
         return None
 
@@ -560,16 +560,16 @@ class _Lowering:
         in-place call."""
         node = self.fold(node, absorb=True) or node
         scaled = self.scaled(node)
-        if scaled is None and isinstance(node, Bin) and node.op == "*":
-            for x, c in ((node.b, node.a), (node.a, node.b)):
-                if is_element(x) and not is_element(c) and holds_array(c):
-                    # a scale that is an array (LAMB's trust ratio): x.addcmul_(y, c) takes it as a tensor
-                    # (alpha= would read it with .item()), in one pass
-                    value, reg = self.operand(x)
-                    scale = _MINUS_ONE if form == "sub" else None
-                    self.lines.append(Compound("addcmul", name, (value, self.scalar(c)), scale))
-                    self.regs.give(reg)
-                    return True
+        by_array = self.scaled(node, array=True) if scaled is None else None
+        if by_array is not None:
+            # a scale that is an array (LAMB's trust ratio): x.addcmul_(y, c) takes it as a tensor (alpha=
+            # would read it with .item()), in one pass
+            value, reg = self.operand(by_array[0])
+            self.lines.append(
+                Compound("addcmul", name, (value, by_array[1]), _MINUS_ONE if form == "sub" else None)
+            )
+            self.regs.give(reg)
+            return True
         x, c = scaled if scaled is not None else (node, None)
         if isinstance(x, Bin) and x.op == "**" and _is_two(x.b):
             x = Bin("*", x.a, x.a)  # x**2 is x*x
