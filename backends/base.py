@@ -30,6 +30,7 @@ from optforge.compiler.ir import (
     Scope,
     Section,
     SectionKind,
+    StateVar,
     Unused,
     base,
     ssa,
@@ -43,9 +44,9 @@ from optforge.compiler.passes.shape import suffix as shape_suffix
 from optforge.compiler.passes.shape import words as shape_words
 from optforge.compiler.passes.typing import array_names, element_names, number_names
 from optforge.compiler.pipeline import compile_rule
-from optforge.compiler.render import MathPrinter, docstring_equations
+from optforge.compiler.render import MathPrinter, docstring_equations, math_text
 
-from .printer import ExprPrinter, OpPrinter
+from .printer import ExprPrinter, OpPrinter, ShapeTestPrinter
 
 HERE = pathlib.Path(__file__).parent
 
@@ -105,7 +106,10 @@ class Backend:
 
     def __init__(self) -> None:
         self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(HERE / self.name)),
+            # the backend's templates, then the partials every backend shares (``backends/*.j2``)
+            loader=jinja2.ChoiceLoader(
+                [jinja2.FileSystemLoader(str(HERE / self.name)), jinja2.FileSystemLoader(str(HERE))]
+            ),
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,
             trim_blocks=True,
@@ -602,8 +606,7 @@ class Backend:
             {
                 "name": s.name,
                 "meaning": s.meaning,
-                "scope": {Scope.ELEMENT: "element", Scope.TENSOR: "tensor", Scope.GLOBAL: "global"}[s.scope]
-                + "".join(f"/{axis}" for axis in s.reduced),
+                "scope": _scope(s),
                 # axes reduced to length 1 (common.state_shape): a row or a column of a matrix
                 "reduced": bool(s.reduced),
                 "reduced_text": (
@@ -611,6 +614,11 @@ class Backend:
                     if s.reduced
                     else ""
                 ),
+                # kept for some tensors only (a test of the shape, as Python over ``shape``): the module's
+                # constant ``scope_code`` (a ``common.PerTensor`` scope) says which
+                "kept": "" if s.kept is sp.true else ShapeTestPrinter().doprint(s.kept),
+                "kept_text": "" if s.kept is sp.true else math_text(s.kept),
+                "scope_code": f"{s.name.upper()}_SCOPE" if s.kept is not sp.true else repr(_scope(s)),
                 "init": p.doprint(s.init),
                 "zero": s.init == 0,
                 # an initial value that reads w: computed from each parameter (in the state's dtype)
@@ -893,3 +901,10 @@ def _defined(condition: sp.Basic, section: Section) -> sp.Basic:
 def _unpacked(names: list[str]) -> str:
     """The targets of a tuple unpacking: ``a, b`` (``a,`` for one)."""
     return f"{', '.join(names)}{',' if len(names) == 1 else ''}"
+
+
+def _scope(s: StateVar) -> str:
+    """A state's scope as the runtime reads it (``common.state_shape``): ``element``, ``tensor``,
+    ``global``, or ``element/-1`` (axes reduced to length 1: a row or a column of a matrix)."""
+    kind = {Scope.ELEMENT: "element", Scope.TENSOR: "tensor", Scope.GLOBAL: "global"}[s.scope]
+    return kind + "".join(f"/{axis}" for axis in s.reduced)

@@ -477,3 +477,29 @@ _BINARY = {
     "/": ops.Prec.TERM,
     "**": ops.Prec.POWER,
 }
+
+
+class ShapeTestPrinter(StrPrinter):
+    """A test of a tensor's shape (``StateVar.kept``: ``Ne(rank, 2)``) as Python over the shape tuple, the
+    same in every backend: ``runtime.common``'s ``rank``, ``rows``, ``cols`` and ``size`` of ``shape``."""
+
+    _FUNCTIONS = {"TensorRank": "rank", "TensorRows": "rows", "TensorCols": "cols", "TensorSize": "size"}
+
+    def _print_Function(self, expr) -> str:
+        name = self._FUNCTIONS.get(type(expr).__name__)
+        if name is None:
+            raise ValueError(f"a test of a tensor's shape reads {expr}, which is not its shape")
+        return f"common.{name}(shape)"
+
+    def _print_Relational(self, expr) -> str:
+        lhs, rhs = (self.parenthesize(a, PRECEDENCE["Relational"] + 1) for a in expr.args)
+        return f"{lhs} {_RELATION[expr.rel_op]} {rhs}"
+
+    def _print_And(self, expr) -> str:
+        return " and ".join(self.parenthesize(a, PRECEDENCE["And"] + 1) for a in expr.args)
+
+    def _print_Or(self, expr) -> str:
+        return " or ".join(self.parenthesize(a, PRECEDENCE["Or"] + 1) for a in expr.args)
+
+    def _print_Not(self, expr) -> str:
+        return f"not {self.parenthesize(expr.args[0], PRECEDENCE['Not'] + 1)}"

@@ -102,7 +102,7 @@ _TAKEN = frozenset(
         *("cacheable", "pointer", "machine_epsilon", "fmax", "fmin", "fsign", "fsqrt"),
         # the optimizers' and the update functions' own names
         *("self", "state", "group", "params", "grads", "update", "updates", "count", "step", "closure"),
-        *("loss", "lr", "treedef", "keys", "key", "call", "init", "init_fn", "update_fn", "stages"),
+        *("loss", "lr", "treedef", "keys", "key", "call", "init", "init_fn", "update_fn", "stages", "shape"),
         *("defaults", "checks", "flags", "keeps", "tensors", "module", "rule", "out"),
         *("fused", "foreach", "capturable", "differentiable", "state_dtype", "global_states"),
         *("global_sumsq_g", "kernels_refused", "whole_tensors", "torch_names", "rule_maximizes"),

@@ -162,6 +162,9 @@ class StateVar:
     #: a per-element state's axes reduced to length 1 (passes/shape.py): (-1,) a column of one value per
     #: row, (-2,) a row of one per column; () shaped like the parameter
     reduced: tuple[int, ...] = ()
+    #: the test of a tensor's shape under which the state is kept for it (passes/tensor_states.py: torch's
+    #: Muon keeps AdamW's second moment for the tensors that are not matrices); sp.true: every tensor's
+    kept: Any = sp.true
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,8 @@ in-place form (NumPy, torch, the kernels) protects aliases of buffers written in
 
 from __future__ import annotations
 
+import dataclasses
+
 from .dsl import Rule
 from .ir import Form, Program
 from .passes.cse import eliminate_common_subexpressions
@@ -20,6 +22,7 @@ from .passes.shape import infer_shapes
 from .passes.shape_guards import guard_shape_values
 from .passes.state import analyse_state
 from .passes.storage import protect_aliases
+from .passes.tensor_states import keep_per_tensor
 from .passes.upcast import upcast_reductions
 from .passes.verify import verify
 
@@ -27,6 +30,7 @@ FRONT = (
     infer_scopes,  # how many values each quantity has: constant, global, per tensor, per element
     infer_shapes,  # which axes a per-element value has reduced (a row, a column of a matrix)
     analyse_state,  # what persists, under which conditions, what is dead
+    keep_per_tensor,  # a state only some tensors use (by their shape) is kept for those alone
 )
 
 PASSES = {
@@ -62,7 +66,10 @@ def compile_rule(rule: Rule, *, form: Form = Form.IN_PLACE, check_between_passes
         if check_between_passes:
             verify(program)
     if rule.inner is not None:  # the rule a transform wrapped, on its own (see Program.inner)
-        program = program.replace(
-            inner=compile_rule(rule.inner, form=form, check_between_passes=check_between_passes)
-        )
+        inner = compile_rule(rule.inner, form=form, check_between_passes=check_between_passes)
+        # which tensors keep a rule's state is the rule's own: the options' guards (``is_update``) wrap its
+        # shape tests, and their stages never touch its states
+        kept = {s.name: s.kept for s in inner.states}
+        states = tuple(dataclasses.replace(s, kept=kept.get(s.name, s.kept)) for s in program.states)
+        program = program.replace(inner=inner, states=states)
     return program

@@ -23,11 +23,34 @@ def _table(rows: list[list[str]]) -> list[str]:
 
 def state_cost(program: Program, itemsize: int = 4) -> tuple[int, int, int]:
     """(bytes per parameter element, scalars per tensor, scalars per optimizer) with every state allocated."""
-    kept = [s for s in program.states if s.persists]
-    per_element = sum(itemsize for s in kept if s.scope == Scope.ELEMENT and not s.reduced)
+    kept = [s for s in program.states if s.persists]  # a state only some tensors keep: per_tensor_costs
+    per_element = sum(
+        itemsize for s in kept if s.scope == Scope.ELEMENT and not s.reduced and s.kept is sp.true
+    )
     per_tensor = sum(1 for s in kept if s.scope == Scope.TENSOR)
     per_step = sum(1 for s in kept if s.scope == Scope.GLOBAL)
     return per_element, per_tensor, per_step
+
+
+def per_tensor_costs(program: Program, itemsize: int = 4, quote=str) -> str:
+    """The bytes per parameter element of the states that only the tensors passing a test of their shape
+    keep (``StateVar.kept``): `` (+4 for the tensors where rank != 2)`` (``quote`` wraps the test)."""
+    return "".join(
+        f" (+{itemsize} for the tensors where {quote(math_text(s.kept))})"
+        for s in program.states
+        if s.persists and s.scope == Scope.ELEMENT and not s.reduced and s.kept is not sp.true
+    )
+
+
+def exists_when(s, quote=str) -> str:
+    """When a state exists: always, under a static condition (a flag, an option given), and for which
+    tensors where only some keep it; ``quote`` wraps each condition (the docs' code spans)."""
+    if not s.persists:
+        return "never: the previous value is not read, recomputed each step"
+    when = [] if s.allocated_when is sp.true else [quote(math_text(s.allocated_when))]
+    if s.kept is not sp.true:
+        when.append(f"for the tensors where {quote(math_text(s.kept))} (an empty array for the others)")
+    return "; ".join(when) or "always"
 
 
 def reduced_cost(axes: tuple[int, ...]) -> str:
@@ -104,9 +127,9 @@ def show(program: Program) -> str:
                 if s.scope == Scope.ELEMENT
                 else ("one scalar per tensor" if s.scope == Scope.TENSOR else "one scalar")
             )
-            when = "always" if s.allocated_when is sp.true else math_text(s.allocated_when)
+            when = exists_when(s)
             if not s.persists:
-                cost, when = "0", "never: the previous value is not read, recomputed each step"
+                cost = "0"
             rows.append([s.name, scope_word(s), math_text(s.init), cost, when, s.meaning])
         lines += _table(rows)
     else:
@@ -115,7 +138,8 @@ def show(program: Program) -> str:
     per_element, per_tensor, per_step = state_cost(off)
     rows_and_columns = [s.name for s in off.states if s.persists and s.reduced]
     lines.append(
-        f"  total with the options off: {per_element} bytes per float32 parameter, {per_tensor} scalar(s) per tensor,"
+        f"  total with the options off: {per_element} bytes per float32 parameter{per_tensor_costs(off)},"
+        f" {per_tensor} scalar(s) per tensor,"
         f" {per_step} per optimizer (plus the step count)"
         + (f", and the rows and columns of {', '.join(rows_and_columns)}" if rows_and_columns else "")
     )

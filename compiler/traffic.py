@@ -88,7 +88,8 @@ def communication(program: Program, hypers: dict[str, Any] | None = None) -> dic
     are all-gathered, one collective each (the parameter, the gradient, each state shaped like the
     parameter; a state with an axis reduced is kept whole on every device), and its own reductions are
     computed on the whole tensors, without a collective; the options' reductions stay. Elsewhere
-    ``gathered`` is empty."""
+    ``gathered`` is empty. ``kept`` maps each gathered state that only some tensors keep
+    (``StateVar.kept``) to its test of the tensor's shape: the others gather nothing for it."""
     from .analysis import whole_tensor_reason
     from .ir import Role, SectionKind, base
     from .render import math_text
@@ -146,4 +147,5 @@ def communication(program: Program, hypers: dict[str, Any] | None = None) -> dic
         "collectives": collectives,
         "scalars": lambda tensors: len(per_tensor) * tensors + len(over_all),
         "gathered": gathered,
+        "kept": {s.name: s.kept for s in program.states if s.name in gathered and s.kept is not sp.true},
     }

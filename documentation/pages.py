@@ -13,7 +13,14 @@ import sympy as sp
 from optforge.compiler.dsl import Given, Rule
 from optforge.compiler.ir import Program, Scope
 from optforge.compiler.render import equation_text, finalizer_equations, guarded_text, math_text
-from optforge.compiler.show import reduced_cost, reductions, scope_word, state_cost
+from optforge.compiler.show import (
+    exists_when,
+    per_tensor_costs,
+    reduced_cost,
+    reductions,
+    scope_word,
+    state_cost,
+)
 from optforge.documentation.latex import equations_latex
 
 HEADER = (
@@ -140,15 +147,17 @@ def page(
                 if s.scope == Scope.ELEMENT
                 else ("one scalar per tensor" if s.scope == Scope.TENSOR else "one scalar")
             )
-            when = "always" if s.allocated_when is sp.true else f"`{math_text(s.allocated_when)}`"
+            when = exists_when(s, quote=lambda text: f"`{text}`")
         lines.append(
             f"| `{s.name}` | ${s.latex}$ | {scope_word(s)} | `{math_text(s.init)}` | {cost} | {when} |"
         )
     per_element, per_tensor, per_step = state_cost(_without_options(program))
     rows = [s.name for s in _without_options(program).states if s.persists and s.reduced]
+    some = per_tensor_costs(_without_options(program), quote=lambda text: f"`{text}`")
     lines += [
         "",
-        f"Memory with the options off: {per_element} bytes per float32 parameter, {per_tensor} scalar(s) per tensor,"
+        f"Memory with the options off: {per_element} bytes per float32 parameter{some}, {per_tensor} scalar(s)"
+        " per tensor,"
         f" {per_step} per optimizer, plus the step count"
         + (
             f", and the rows and columns of {', '.join(f'`{n}`' for n in rows)} (m + n values of an m x n matrix)."
@@ -520,6 +529,7 @@ def index(programs: list[Program]) -> str:
         per_element, per_tensor, _ = state_cost(_without_options(p))
         if any(s.persists and s.reduced for s in _without_options(p).states):
             per_element = f"{per_element} + rows and columns"
+        per_element = f"{per_element}" + per_tensor_costs(_without_options(p), quote=lambda text: f"`{text}`")
         red = (
             ", ".join("`" + r.replace("|", "\\|") + "`" for r in reductions(_core_program(p)))
             or "none (element-wise)"

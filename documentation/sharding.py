@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from optforge.compiler.analysis import whole_tensor_reason
 from optforge.compiler.ir import Program
+from optforge.compiler.render import math_text
 from optforge.compiler.traffic import communication
 
 #: the option sets whose reductions differ: none, a norm per tensor, a norm over all tensors
@@ -72,7 +73,13 @@ def _rows(p: Program) -> list[str]:
         c = communication(p, options)
         what = [f"{_code(r)} per tensor" for r in c["per_tensor"]] + [_code(r) for r in c["over_all"]]
         scalars = c["scalars"](TENSORS)
-        gathered = ", ".join(_code(n) for n in c["gathered"]) or "none"
+        gathered = (
+            ", ".join(
+                _code(n) + (f" (where {_code(math_text(c['kept'][n]))})" if n in c["kept"] else "")
+                for n in c["gathered"]
+            )
+            or "none"
+        )
         rows.append(
             f"| [{p.rule}](optimizers/{p.module}.md) | {label} | {', '.join(what) or 'none'} |"
             f" {c['collectives']} | {scalars} | {4 * scalars} | {gathered} |"

@@ -10,7 +10,7 @@ import functools
 import math
 import numbers
 import re
-from typing import Any
+from typing import Any, Callable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,10 +284,55 @@ def scratch_views(cache: dict, place: tuple, count: int, size: int, shape: Any, 
     return views
 
 
+class PerTensor(str):
+    """The scope of a state kept for some tensors only (``"element"``, a row's...), with the test of a
+    tensor's shape that says which (``test(shape)``; ``text``: the test as the rule reads, for messages):
+    torch's Muon keeps AdamW's second moment for the tensors that are not matrices. Elsewhere an empty array
+    stands in for it (``state_shape``: ``(0,)``), which the step never reads. It is the scope's string
+    itself for everything else (``scope == "element"``)."""
+
+    test: Callable[[tuple], bool]
+    text: str
+
+    def __new__(cls, scope: str, test: Callable[[tuple], bool], text: str) -> PerTensor:
+        self = super().__new__(cls, scope)
+        self.test, self.text = test, text
+        return self
+
+
+def kept(shape: Any, scope: str) -> bool:
+    """Whether a parameter of ``shape`` keeps a state of ``scope`` (a :class:`PerTensor` scope: where its
+    test holds; any other: always)."""
+    return not isinstance(scope, PerTensor) or bool(scope.test(tuple(shape)))
+
+
+def rank(shape: tuple) -> int:
+    """The number of axes of a tensor of ``shape`` (the rules' ``rank``)."""
+    return len(shape)
+
+
+def rows(shape: tuple) -> int:
+    """The length of the axis before the last (the rules' ``rows``; 1 below rank 2)."""
+    return shape[-2] if len(shape) >= 2 else 1
+
+
+def cols(shape: tuple) -> int:
+    """The length of the last axis (the rules' ``cols``; 1 for a 0-d tensor)."""
+    return shape[-1] if shape else 1
+
+
+def size(shape: tuple) -> int:
+    """The number of elements of a tensor of ``shape`` (the rules' ``size``)."""
+    return math.prod(shape)
+
+
 def state_shape(shape: Any, scope: str) -> tuple:
     """The shape of a parameter's state: ``"element"`` the parameter's, ``"tensor"`` 0-d, and
     ``"element/-1"`` (``"element/-2/-1"``...) the parameter's with those axes reduced to length 1, an axis
-    the parameter does not have left out (a vector's -2): a row or a column of Adafactor's moments."""
+    the parameter does not have left out (a vector's -2): a row or a column of Adafactor's moments. A state
+    a parameter does not keep (:class:`PerTensor`) is empty: ``(0,)``."""
+    if not kept(shape, scope):
+        return (0,)
     if scope == "tensor":
         return ()
     kind, *axes = scope.split("/")

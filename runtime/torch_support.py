@@ -547,6 +547,9 @@ def new_state(w: torch.Tensor, scope: str, init: Any, dtype: torch.dtype) -> tor
     (a state that starts from the parameter)."""
     if callable(init):
         return from_param(w, dtype, init)
+    if not common.kept(w.shape, scope):  # a state this parameter does not keep: an empty stand-in
+        value = torch.zeros(0, dtype=dtype, device=w.device)
+        return replicated(value, w.device_mesh) if is_distributed(w) else value
     if scope.startswith("element/"):  # axes reduced to length 1: Adafactor's row and column moments
         value = torch.full(common.state_shape(w.shape, scope), init, dtype=dtype, device=w.device)
         # of a DTensor: whole on every rank (its rule gathers the parameter whole: ``whole``)

@@ -42,11 +42,28 @@ def state_shape(rule, name: str, shape) -> tuple:
     st = next(s for s in compiled(rule).states if s.name == name)
     if st.scope.name == "TENSOR":
         return ()
+    if not kept(st, shape):
+        return (0,)
     out = list(shape)
     for axis in st.reduced:  # an axis the parameter does not have is left out (a vector's -2)
         if -axis <= len(out):
             out[axis] = 1
     return tuple(out)
+
+
+def kept(state, shape) -> bool:
+    """Whether a parameter of ``shape`` keeps ``state``: its ``kept`` test of the shape (the compiler's
+    ``passes/tensor_states.py``), evaluated here on the shape's numbers (an empty array stands in where it
+    fails)."""
+    import sympy as sp
+
+    from optforge.compiler.dsl import TensorCols, TensorRank, TensorRows, TensorSize
+
+    rows = shape[-2] if len(shape) >= 2 else 1
+    cols = shape[-1] if shape else 1
+    values = {TensorRank: len(shape), TensorRows: rows, TensorCols: cols, TensorSize: math.prod(shape)}
+    test = state.kept.replace(lambda x: type(x) in values, lambda x: sp.Integer(values[type(x)]))
+    return bool(test)
 
 
 def required(rule, lr_name: str = "learning_rate") -> dict:

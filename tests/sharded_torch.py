@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from optforge.runtime import common
+
 #: (shape, placement: a dimension sharded over the two ranks, or None for replicated)
 LAYOUT = [((5, 3), 0), ((7,), 0), ((3, 5), 1), ((4,), None)]
 SCALES = [1.0, 1e-3, 1e3, 10.0]
@@ -76,8 +78,10 @@ def run_rule(rule, mesh, dtype: torch.dtype, options: dict) -> tuple[float, list
                 b = opt.state[q][name]
                 worst = max(worst, rel(b.full_tensor(), a))
                 # like the parameter where per element; replicated where per tensor or with an axis
-                # reduced (a rule that gathers each tensor whole keeps its rows and columns whole)
-                want = tuple(q.placements) if scopes[name] == "element" and a.dim() else (Replicate(),)
+                # reduced (a rule that gathers each tensor whole keeps its rows and columns whole), and
+                # the empty stand-in of a state the parameter does not keep (common.PerTensor)
+                laid_out = scopes[name] == "element" and a.dim() and common.kept(p.shape, scopes[name])
+                want = tuple(q.placements) if laid_out else (Replicate(),)
                 if tuple(b.placements) != want:
                     misplaced.append(
                         f"{name} of params[{i}]: {b.placements} (the parameter's {q.placements})"

@@ -25,7 +25,7 @@ from .conditions import may_hold
 
 def analyse_state(program: Program) -> Program:
     _check_live(program)
-    finalized = _finalizer_reads(program)  # what the finalisers read is kept until the end of training
+    finalized = finalizer_reads(program)  # what the finalisers read is kept until the end of training
     transient = {
         s.name for s in program.states if s.name not in finalized and not _reads_previous(program, s.name)
     }
@@ -74,28 +74,29 @@ def _paths_to(a: Assign, name: str) -> list:
     if a.target == name:
         if isinstance(expr, sp.Piecewise) and len(expr.args) == 2 and base_of(expr.args[1][0]) == name:
             value, cond = expr.args[0]
-            return [cond] + [sp.And(cond, p) for p in _reads(value, name, sp.true)]
-        return [sp.true] + _reads(expr, name, sp.true)
-    return _reads(expr, name, sp.true)
+            return [cond] + [sp.And(cond, p) for p in reads(value, name, sp.true)]
+        return [sp.true] + reads(expr, name, sp.true)
+    return reads(expr, name, sp.true)
 
 
 def base_of(e) -> str | None:
     return base(e) if isinstance(e, sp.Symbol) else None
 
 
-def _reads(expr, name: str, path) -> list:
+def reads(expr, name: str, path) -> list:
+    """The conditions (``path`` and the branches' tests) under which ``expr`` reads ``name``."""
     if isinstance(expr, sp.Symbol):
         return [path] if base(expr) == name else []
     if isinstance(expr, sp.Piecewise):
         out, previous = [], sp.true
         for value, cond in expr.args:
             here = sp.And(path, previous, cond)
-            out += _reads(value, name, here)
+            out += reads(value, name, here)
             previous = sp.And(previous, sp.Not(cond))
         return out
     out = []
     for arg in expr.args:
-        out += _reads(arg, name, path)
+        out += reads(arg, name, path)
     return out
 
 
@@ -117,7 +118,7 @@ def _touches(a: Assign, name: str) -> bool:
     return a.target == name or any(base(s) == name for s in a.expr.free_symbols)
 
 
-def _finalizer_reads(program: Program) -> set[str]:
+def finalizer_reads(program: Program) -> set[str]:
     return {base(x) for e, _ in program.finalize for x in sp.sympify(e).free_symbols}
 
 
@@ -126,7 +127,7 @@ def _check_live(program: Program) -> None:
     for c in program.cases:
         for a in c.body:
             deps.setdefault(a.target, set()).update(base(s) for s in a.expr.free_symbols)
-    live = {"w"} | _finalizer_reads(program)  # a state only a finaliser reads (an EMA to copy in) is used
+    live = {"w"} | finalizer_reads(program)  # a state only a finaliser reads (an EMA to copy in) is used
     todo = list(live)
     while todo:
         for d in deps.get(todo.pop(), ()):

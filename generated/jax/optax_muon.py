@@ -78,13 +78,17 @@ import optax
 
 from optforge.runtime import common, jax_support, options_jax
 
+#: ``nu`` is kept only for the tensors where rank != 2 (no other reads or writes it): an
+#: empty array stands in for it elsewhere
+NU_SCOPE = common.PerTensor("element", lambda shape: common.rank(shape) != 2, "rank != 2")
+
 
 class OptaxMuonState(NamedTuple):
     """State of :func:`optax_muon`; each entry but ``count`` mirrors the params pytree."""
 
     count: jax.Array  # calls of update so far (int32)
     mu: Any  # first moment (like the params)
-    nu: Any  # Adam's second moment (tensors that are not matrices) (like the params)
+    nu: Any  # Adam's second moment (tensors that are not matrices) (like the params; empty for a tensor unless rank != 2)
     grad_accumulator: Any  # sum of the gradients since the last update (like the params; None unless gradient_accumulation_steps given)
     ema: Any  # exponential moving average of the weights (like the params; None unless use_ema)
 
@@ -186,7 +190,8 @@ def optax_muon(
                 lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
             ),
             nu=jax.tree.map(
-                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+                lambda w: jax_support.new_state(w, NU_SCOPE, 0, jax_support.state_dtype(w, state_dtype)),
+                params,
             ),
             grad_accumulator=None
             if not (gradient_accumulation_steps is not None)
@@ -213,7 +218,7 @@ def optax_muon(
             params,
             {
                 "mu": (state.mu, "element"),
-                "nu": (state.nu, "element"),
+                "nu": (state.nu, NU_SCOPE),
                 "grad_accumulator": (state.grad_accumulator, "element"),
                 "ema": (state.ema, "element"),
             },

@@ -79,13 +79,17 @@ import optax
 
 from optforge.runtime import common, jax_support, options_jax
 
+#: ``exp_avg_sq`` is kept only for the tensors where rank != 2 (no other reads or writes it): an
+#: empty array stands in for it elsewhere
+EXP_AVG_SQ_SCOPE = common.PerTensor("element", lambda shape: common.rank(shape) != 2, "rank != 2")
+
 
 class TorchMuonState(NamedTuple):
     """State of :func:`torch_muon`; each entry but ``count`` mirrors the params pytree."""
 
     count: jax.Array  # calls of update so far (int32)
     momentum_buffer: Any  # momentum (AdamW's first moment for the other tensors) (like the params)
-    exp_avg_sq: Any  # AdamW's second moment (tensors that are not matrices) (like the params)
+    exp_avg_sq: Any  # AdamW's second moment (tensors that are not matrices) (like the params; empty for a tensor unless rank != 2)
     grad_accumulator: Any  # sum of the gradients since the last update (like the params; None unless gradient_accumulation_steps given)
     ema: Any  # exponential moving average of the weights (like the params; None unless use_ema)
 
@@ -177,7 +181,10 @@ def torch_muon(
                 lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
             ),
             exp_avg_sq=jax.tree.map(
-                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+                lambda w: jax_support.new_state(
+                    w, EXP_AVG_SQ_SCOPE, 0, jax_support.state_dtype(w, state_dtype)
+                ),
+                params,
             ),
             grad_accumulator=None
             if not (gradient_accumulation_steps is not None)
@@ -204,7 +211,7 @@ def torch_muon(
             params,
             {
                 "momentum_buffer": (state.momentum_buffer, "element"),
-                "exp_avg_sq": (state.exp_avg_sq, "element"),
+                "exp_avg_sq": (state.exp_avg_sq, EXP_AVG_SQ_SCOPE),
                 "grad_accumulator": (state.grad_accumulator, "element"),
                 "ema": (state.ema, "element"),
             },

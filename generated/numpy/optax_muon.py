@@ -73,13 +73,17 @@ import numpy as np
 
 from optforge.runtime import common, fused_support, numpy_support, options_numpy
 
+#: ``nu`` is kept only for the tensors where rank != 2 (no other reads or writes it): an
+#: empty array stands in for it elsewhere
+NU_SCOPE = common.PerTensor("element", lambda shape: common.rank(shape) != 2, "rank != 2")
+
 
 class OptaxMuonState(NamedTuple):
     """State of :class:`OptaxMuon`: the step, then per-parameter entries mirroring ``params`` (a list or a dict)."""
 
     step: int  # calls of step() so far
     mu: Any  # first moment (an array like the parameter)
-    nu: Any  # Adam's second moment (tensors that are not matrices) (an array like the parameter)
+    nu: Any  # Adam's second moment (tensors that are not matrices) (an array like the parameter; empty for a tensor unless rank != 2)
     grad_accumulator: Any  # sum of the gradients since the last update (an array like the parameter; None unless gradient_accumulation_steps is not None)
     ema: Any  # exponential moving average of the weights (an array like the parameter; None unless use_ema)
 
@@ -127,7 +131,7 @@ class OptaxMuon:
     #: or "tensor" (a 0-d array)
     keeps = {
         "mu": "element",
-        "nu": "element",
+        "nu": NU_SCOPE,
         "grad_accumulator": "element",
         "ema": "element",
     }
@@ -209,7 +213,9 @@ class OptaxMuon:
         return OptaxMuonState(
             step=0,
             mu=numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),
-            nu=numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),
+            nu=numpy_support.like(
+                params, [numpy_support.new_state(w, NU_SCOPE, 0, dtype) for w, dtype in zip(ws, dtypes)]
+            ),
             grad_accumulator=None
             if not (gradient_accumulation_steps is not None)
             else numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),

@@ -74,6 +74,10 @@ import numpy as np
 
 from optforge.runtime import common, fused_support, numpy_support, options_numpy
 
+#: ``exp_avg_sq`` is kept only for the tensors where rank != 2 (no other reads or writes it): an
+#: empty array stands in for it elsewhere
+EXP_AVG_SQ_SCOPE = common.PerTensor("element", lambda shape: common.rank(shape) != 2, "rank != 2")
+
 
 class TorchMuonState(NamedTuple):
     """State of :class:`TorchMuon`: the step, then per-parameter entries mirroring ``params`` (a list or a dict)."""
@@ -82,7 +86,7 @@ class TorchMuonState(NamedTuple):
     momentum_buffer: (
         Any  # momentum (AdamW's first moment for the other tensors) (an array like the parameter)
     )
-    exp_avg_sq: Any  # AdamW's second moment (tensors that are not matrices) (an array like the parameter)
+    exp_avg_sq: Any  # AdamW's second moment (tensors that are not matrices) (an array like the parameter; empty for a tensor unless rank != 2)
     grad_accumulator: Any  # sum of the gradients since the last update (an array like the parameter; None unless gradient_accumulation_steps is not None)
     ema: Any  # exponential moving average of the weights (an array like the parameter; None unless use_ema)
 
@@ -128,7 +132,7 @@ class TorchMuon:
     #: or "tensor" (a 0-d array)
     keeps = {
         "momentum_buffer": "element",
-        "exp_avg_sq": "element",
+        "exp_avg_sq": EXP_AVG_SQ_SCOPE,
         "grad_accumulator": "element",
         "ema": "element",
     }
@@ -207,7 +211,8 @@ class TorchMuon:
                 params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]
             ),
             exp_avg_sq=numpy_support.like(
-                params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]
+                params,
+                [numpy_support.new_state(w, EXP_AVG_SQ_SCOPE, 0, dtype) for w, dtype in zip(ws, dtypes)],
             ),
             grad_accumulator=None
             if not (gradient_accumulation_steps is not None)

@@ -74,6 +74,10 @@ import torch
 
 from optforge.runtime import common, options_torch, torch_support
 
+#: ``nu`` is kept only for the tensors where rank != 2 (no other reads or writes it): an
+#: empty array stands in for it elsewhere
+NU_SCOPE = common.PerTensor("element", lambda shape: common.rank(shape) != 2, "rank != 2")
+
 
 class OptaxMuon(torch_support.RuleOptimizer):
     """Muon (optax `contrib.muon`).
@@ -113,7 +117,7 @@ class OptaxMuon(torch_support.RuleOptimizer):
             the README).
 
     Each parameter group keeps ``step`` (the number of calls of ``step()``); each parameter keeps
-    ``mu`` (first moment, like the parameter), ``nu`` (Adam's second moment (tensors that are not matrices), like the parameter), ``grad_accumulator`` (sum of the gradients since the last update, like the parameter; only when gradient_accumulation_steps is not None), ``ema`` (exponential moving average of the weights, like the parameter; only when use_ema).
+    ``mu`` (first moment, like the parameter), ``nu`` (Adam's second moment (tensors that are not matrices), like the parameter; an empty tensor unless rank != 2), ``grad_accumulator`` (sum of the gradients since the last update, like the parameter; only when gradient_accumulation_steps is not None), ``ema`` (exponential moving average of the weights, like the parameter; only when use_ema).
 
     A DTensor parameter (FSDP2's ``fully_shard``) is gathered whole for the rule's step, with its gradient
     and state, and its shard written back: the step needs the whole tensor (a matrix product (equation 8 `A = (X @ X^T)`)).
@@ -212,7 +216,7 @@ class OptaxMuon(torch_support.RuleOptimizer):
         use_ema = group["use_ema"]
         gradient_accumulation_steps = group["gradient_accumulation_steps"]
         yield "mu", "element", 0
-        yield "nu", "element", 0
+        yield "nu", NU_SCOPE, 0
         if gradient_accumulation_steps is not None:
             yield "grad_accumulator", "element", 0
         if use_ema:

@@ -75,6 +75,10 @@ import torch
 
 from optforge.runtime import common, options_torch, torch_support
 
+#: ``exp_avg_sq`` is kept only for the tensors where rank != 2 (no other reads or writes it): an
+#: empty array stands in for it elsewhere
+EXP_AVG_SQ_SCOPE = common.PerTensor("element", lambda shape: common.rank(shape) != 2, "rank != 2")
+
 
 class TorchMuon(torch_support.RuleOptimizer):
     """Muon (torch.optim `Muon`).
@@ -112,7 +116,7 @@ class TorchMuon(torch_support.RuleOptimizer):
             the README).
 
     Each parameter group keeps ``step`` (the number of calls of ``step()``); each parameter keeps
-    ``momentum_buffer`` (momentum (AdamW's first moment for the other tensors), like the parameter), ``exp_avg_sq`` (AdamW's second moment (tensors that are not matrices), like the parameter), ``grad_accumulator`` (sum of the gradients since the last update, like the parameter; only when gradient_accumulation_steps is not None), ``ema`` (exponential moving average of the weights, like the parameter; only when use_ema).
+    ``momentum_buffer`` (momentum (AdamW's first moment for the other tensors), like the parameter), ``exp_avg_sq`` (AdamW's second moment (tensors that are not matrices), like the parameter; an empty tensor unless rank != 2), ``grad_accumulator`` (sum of the gradients since the last update, like the parameter; only when gradient_accumulation_steps is not None), ``ema`` (exponential moving average of the weights, like the parameter; only when use_ema).
 
     A DTensor parameter (FSDP2's ``fully_shard``) is gathered whole for the rule's step, with its gradient
     and state, and its shard written back: the step needs the whole tensor (a matrix product (equation 10 `A = (X @ X^T)`)).
@@ -206,7 +210,7 @@ class TorchMuon(torch_support.RuleOptimizer):
         use_ema = group["use_ema"]
         gradient_accumulation_steps = group["gradient_accumulation_steps"]
         yield "momentum_buffer", "element", 0
-        yield "exp_avg_sq", "element", 0
+        yield "exp_avg_sq", EXP_AVG_SQ_SCOPE, 0
         if gradient_accumulation_steps is not None:
             yield "grad_accumulator", "element", 0
         if use_ema:
