@@ -58,6 +58,7 @@ LEARNING_RATE = {
     "OptaxNovoGrad": 0.1,
     "OptaxRadam": 0.1,
     "OptaxRmsprop": 0.03,
+    "OptaxRprop": 0.1,
     "OptaxSgd": 1.0,
     "OptaxSignSgd": 0.01,
     "OptaxYogi": 0.03,

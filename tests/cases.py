@@ -12,6 +12,27 @@ from optforge.rules import registry
 RULES = registry()
 
 
+@functools.cache
+def first_step_moves(rule) -> bool:
+    """Whether the rule's first step can change the parameters: its own equations (Keras's options apart)
+    evaluated at ``t = 1`` with every state at its initial value and every hyperparameter at its default
+    (the gradient a symbol) leave ``w`` as it was only where the step applies the *previous* step's update
+    (optax's rprop: its first update is 0). The liveness checks of the machinery tests ("every parameter
+    moved") hold for a rule whose first step moves; for the others, some parameter moves after the first
+    step, and none at it."""
+    import sympy as sp
+
+    own = rule.inner or rule
+    values = {sp.Symbol(n): s.init for n, s in own.states.items()}
+    values.update({sp.Symbol(n): h.default for n, h in own.hypers.items() if h.default is not None})
+    values[sp.Symbol("t")] = sp.Integer(1)
+    for eq in own.equations:
+        if sp.sympify(eq.when).xreplace(values) is sp.false:
+            continue
+        values[sp.Symbol(eq.target)] = sp.sympify(eq.expr).xreplace(values)
+    return values[sp.Symbol("w")] != sp.Symbol("w")
+
+
 def rule_configs():
     return [
         pytest.param(rule, name, cfg, id=f"{rule.name}-{name}")

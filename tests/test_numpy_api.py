@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from cases import first_step_moves
 from hyper_cases import (
     BAD_RANGE,
     BOOL,
@@ -131,8 +132,9 @@ def test_updates_in_place_without_new_state_arrays(rule, cfg, container):
             assert new_arrays[key] is arr, key
         params, state = new_params, new_state
     assert state.step == 3
-    for k, arr in originals.items():
-        assert not np.array_equal(arr, snapshot[k])  # the caller's arrays changed
+    # the caller's arrays changed (a rule whose first step does not move them: some of them)
+    changed = [not np.array_equal(arr, snapshot[k]) for k, arr in originals.items()]
+    assert all(changed) if first_step_moves(rule) else any(changed)
 
 
 FLOAT64_LEARNING_RATES = {
@@ -509,7 +511,9 @@ def test_gradient_accumulation_counts_calls_and_updates_every_nth(rule):
         params, state = opt.step(params, g, state)
         assert state.step == k + 1  # the step counter counts calls
         changed = any(not np.array_equal(params[key], before[key]) for key in params)
-        assert changed == ((k + 1) % n_acc == 0), k
+        # only an update call moves the parameters (the first does not where the rule's first step does not)
+        moves = (k + 1) % n_acc == 0 and (k + 1 > n_acc or first_step_moves(rule))
+        assert changed == moves, k
     # the same as one step per n_acc calls, with the mean of their gradients
     means = [
         {key: np.asarray(sum(g[key] for g in grads[j : j + n_acc]) / n_acc) for key in start}

@@ -16,7 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cases import MACHINERY, skip_without_kernels  # noqa: E402
+from cases import MACHINERY, first_step_moves, skip_without_kernels  # noqa: E402
 from hyper_cases import (  # noqa: E402
     BAD_RANGE,
     BOOL,
@@ -198,8 +198,8 @@ def test_param_group_with_zero_lr_steps_as_an_optimizer_of_its_own(rule):
         for o in alone:
             o.step()
     assert_bitwise(params_of(model), params_of(reference))
-    for b, p in zip(before_second, second.parameters()):
-        assert not torch.equal(b, p.detach())
+    moved = [not torch.equal(b, p.detach()) for b, p in zip(before_second, second.parameters())]
+    assert all(moved) if first_step_moves(rule) else any(moved)  # a lagging rule: some of them
 
 
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
@@ -261,8 +261,8 @@ def test_step_with_closure(rule, outer_no_grad):
     assert len(seen) == 2 and seen[0] is True
     assert result is seen[1]
     assert result.requires_grad
-    for b, p in zip(before, model.parameters()):
-        assert not torch.equal(b, p.detach())
+    for b, p in zip(before, model.parameters()):  # one step: none moves where the first step does not
+        assert torch.equal(b, p.detach()) != first_step_moves(rule)
     assert opt.step() is None  # no closure: no loss
 
 
@@ -531,10 +531,11 @@ def test_dtype_is_kept(rule, config, dtype):
     for g in grad_sequence(model, 3, seed=14):
         apply_grads(model, g)
         opt.step()
-    for b, p in zip(before, model.parameters()):
+    moved = [not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters())]
+    assert all(moved) if first_step_moves(rule) else any(moved)  # a lagging rule: some of them
+    for p in model.parameters():
         assert p.dtype == dtype
         assert torch.isfinite(p).all()
-        assert not torch.equal(b, p.detach())
         for key, value in opt.state[p].items():
             if not torch.is_tensor(value) or not value.is_floating_point():
                 continue
@@ -722,7 +723,9 @@ def test_gradient_accumulation_counts_calls_and_updates_every_nth(rule):
         opt.step()
         assert opt.param_groups[0]["step"] == k + 1  # the step counter counts calls
         changed = any(not torch.equal(a, b) for a, b in zip(before, params_of(trained)))
-        assert changed == ((k + 1) % n_acc == 0), k
+        # only an update call moves the parameters (the first does not where the rule's first step does not)
+        moves = (k + 1) % n_acc == 0 and (k + 1 > n_acc or first_step_moves(rule))
+        assert changed == moves, k
     # the same as one step per n_acc calls, with the mean of their gradients
     means = [
         [sum(parts) / n_acc for parts in zip(*grads[j : j + n_acc])] for j in range(0, len(grads), n_acc)

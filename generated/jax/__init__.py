@@ -25,6 +25,7 @@ from .optax_nadamw import OptaxNadamwState, optax_nadamw
 from .optax_novograd import OptaxNovoGradState, optax_novograd
 from .optax_radam import OptaxRadamState, optax_radam
 from .optax_rmsprop import OptaxRmspropState, optax_rmsprop
+from .optax_rprop import OptaxRpropState, optax_rprop
 from .optax_sgd import OptaxSgdState, optax_sgd
 from .optax_sign_sgd import OptaxSignSgdState, optax_sign_sgd
 from .optax_yogi import OptaxYogiState, optax_yogi
@@ -92,6 +93,8 @@ __all__ = [
     "OptaxRadamState",
     "optax_rmsprop",
     "OptaxRmspropState",
+    "optax_rprop",
+    "OptaxRpropState",
     "optax_sgd",
     "OptaxSgdState",
     "optax_sign_sgd",

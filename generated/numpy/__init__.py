@@ -25,6 +25,7 @@ from .optax_nadamw import OptaxNadamw, OptaxNadamwState
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
 from .optax_radam import OptaxRadam, OptaxRadamState
 from .optax_rmsprop import OptaxRmsprop, OptaxRmspropState
+from .optax_rprop import OptaxRprop, OptaxRpropState
 from .optax_sgd import OptaxSgd, OptaxSgdState
 from .optax_sign_sgd import OptaxSignSgd, OptaxSignSgdState
 from .optax_yogi import OptaxYogi, OptaxYogiState
@@ -92,6 +93,8 @@ __all__ = [
     "OptaxRadamState",
     "OptaxRmsprop",
     "OptaxRmspropState",
+    "OptaxRprop",
+    "OptaxRpropState",
     "OptaxSgd",
     "OptaxSgdState",
     "OptaxSignSgd",

@@ -25,6 +25,7 @@ from .optax_nadamw import OptaxNadamw
 from .optax_novograd import OptaxNovoGrad
 from .optax_radam import OptaxRadam
 from .optax_rmsprop import OptaxRmsprop
+from .optax_rprop import OptaxRprop
 from .optax_sgd import OptaxSgd
 from .optax_sign_sgd import OptaxSignSgd
 from .optax_yogi import OptaxYogi
@@ -68,6 +69,7 @@ __all__ = [
     "OptaxNovoGrad",
     "OptaxRadam",
     "OptaxRmsprop",
+    "OptaxRprop",
     "OptaxSgd",
     "OptaxSignSgd",
     "OptaxYogi",

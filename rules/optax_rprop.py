@@ -34,28 +34,30 @@ eta_plus = OptaxRprop.hyper(
     "eta_plus", 1.2, "[1, inf)", "factor of the step size where the sign holds", latex=r"\eta^+"
 )
 min_step_size = OptaxRprop.hyper(
-    "min_step_size", 1e-6, "[0, inf)", "smallest step size", latex=r"\Delta_{\min}"
+    "min_step_size", 1e-6, "[0, inf)", "smallest step size", latex=r"\Gamma_{\min}"
 )
 max_step_size = OptaxRprop.hyper(
-    "max_step_size", 50.0, "[0, inf)", "largest step size", latex=r"\Delta_{\max}"
+    "max_step_size", 50.0, "[0, inf)", "largest step size", latex=r"\Gamma_{\max}"
 )
-step_sizes = OptaxRprop.state("step_sizes", 0, "step size per element", latex=r"\Delta")
+step_size = OptaxRprop.state(
+    "step_size", 0, "step size per element (optax's state names it step_sizes)", latex=r"\Gamma"
+)
 prev_updates = OptaxRprop.state("prev_updates", 0, "the previous update", latex="p")
 
 s = OptaxRprop.let("s", g * prev_updates, "agreement of the gradient with the previous update", latex="s")
-OptaxRprop.assign(step_sizes, where(Eq(t, 1), lr, step_sizes), "the learning rate is the first step size")
+OptaxRprop.assign(step_size, where(Eq(t, 1), lr, step_size), "the learning rate is the first step size")
 OptaxRprop.assign(
-    step_sizes,
+    step_size,
     where(
         Eq(s, 0),
-        step_sizes,
-        clip(step_sizes * where(s > 0, eta_plus, eta_minus), min_step_size, max_step_size),
+        step_size,
+        clip(step_size * where(s > 0, eta_plus, eta_minus), min_step_size, max_step_size),
     ),
     "step size",
 )
 OptaxRprop.assign(w, w - where(s < 0, 0, prev_updates), "parameter update: the previous step's update")
 OptaxRprop.assign(
-    prev_updates, where(s < 0, 0, step_sizes * sign(g)), "this step's update, applied at the next"
+    prev_updates, where(s < 0, 0, step_size * sign(g)), "this step's update, applied at the next"
 )
 
 OptaxRprop.config("default", learning_rate=0.01)  # optax has no default learning rate
