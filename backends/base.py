@@ -39,7 +39,7 @@ from optforge.compiler.passes import conditions, three_address
 from optforge.compiler.passes.accumulators import accumulators
 from optforge.compiler.passes.evaluation import Types, evaluation_tree
 from optforge.compiler.passes.schedule import tensor_reduction_pass
-from optforge.compiler.passes.shape import shapes_of
+from optforge.compiler.passes.shape import shapes_of, token
 from optforge.compiler.passes.shape import suffix as shape_suffix
 from optforge.compiler.passes.shape import words as shape_words
 from optforge.compiler.passes.typing import array_names, element_names, number_names
@@ -610,7 +610,7 @@ class Backend:
                 # axes reduced to length 1 (common.state_shape): a row or a column of a matrix
                 "reduced": bool(s.reduced),
                 "reduced_text": (
-                    f"axis {', '.join(map(str, s.reduced))} of the parameter's shape reduced to length 1"
+                    f"axis {', '.join(map(token, s.reduced))} of the parameter's shape reduced to length 1"
                     if s.reduced
                     else ""
                 ),
@@ -907,4 +907,4 @@ def _scope(s: StateVar) -> str:
     """A state's scope as the runtime reads it (``common.state_shape``): ``element``, ``tensor``,
     ``global``, or ``element/-1`` (axes reduced to length 1: a row or a column of a matrix)."""
     kind = {Scope.ELEMENT: "element", Scope.TENSOR: "tensor", Scope.GLOBAL: "global"}[s.scope]
-    return kind + "".join(f"/{axis}" for axis in s.reduced)
+    return kind + "".join(f"/{token(axis)}" for axis in s.reduced)

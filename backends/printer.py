@@ -196,6 +196,16 @@ class ExprPrinter(RuleOrder, StrPrinter):
     def _print_TensorRows(self, expr) -> str:
         return self.function("TensorRows", expr, expr.args)
 
+    # the axes a tensor's lengths choose, and those lengths: Python numbers from its shape, in every backend
+    def _print_AxisBySize(self, expr) -> str:
+        return f"common.axis_by_size({self.name_of(sp.Symbol('w'))}.shape, {expr.rank_by_size})"
+
+    def _print_LargestLength(self, expr) -> str:
+        return f"common.largest_length({self._print(expr.args[0])}.shape)"
+
+    def _print_SecondLargestLength(self, expr) -> str:
+        return f"common.second_largest_length({self._print(expr.args[0])}.shape)"
+
     def _print_TensorCols(self, expr) -> str:
         return self.function("TensorCols", expr, expr.args)
 
@@ -483,7 +493,14 @@ class ShapeTestPrinter(StrPrinter):
     """A test of a tensor's shape (``StateVar.kept``: ``Ne(rank, 2)``) as Python over the shape tuple, the
     same in every backend: ``runtime.common``'s ``rank``, ``rows``, ``cols`` and ``size`` of ``shape``."""
 
-    _FUNCTIONS = {"TensorRank": "rank", "TensorRows": "rows", "TensorCols": "cols", "TensorSize": "size"}
+    _FUNCTIONS = {
+        "TensorRank": "rank",
+        "TensorRows": "rows",
+        "TensorCols": "cols",
+        "TensorSize": "size",
+        "LargestLength": "largest_length",
+        "SecondLargestLength": "second_largest_length",
+    }
 
     def _print_Function(self, expr) -> str:
         name = self._FUNCTIONS.get(type(expr).__name__)

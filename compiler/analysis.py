@@ -13,9 +13,11 @@ import sympy as sp
 from .dsl import (
     AxisReduction,
     Given,
+    LargestLength,
     MachineEpsilon,
     MatrixOp,
     MatrixProduct,
+    SecondLargestLength,
     TensorCols,
     TensorRank,
     TensorRows,
@@ -177,6 +179,8 @@ _WHAT = {
     TensorRank: "the tensor's rank",
     TensorRows: "the tensor's rows",
     TensorCols: "the tensor's columns",
+    LargestLength: "the tensor's longest axis",
+    SecondLargestLength: "the tensor's second longest axis",
     MachineEpsilon: "the dtype's machine epsilon",
     MatrixProduct: "a matrix product",
     Transposed: "a transpose",
@@ -187,7 +191,11 @@ def kernel_obstacle(program: Program) -> str:
     """Why the kernel backends (Numba's, Triton's) print no kernels for a program, or ``""`` where they do:
     a reduction over one axis (a row or a column of a matrix), a matrix operation, or a value read from the
     tensor's shape or dtype is not lowered into a kernel yet. The plain paths run such a rule in every framework."""
-    found = _first(program, (AxisReduction, MatrixOp, TensorRank, TensorRows, TensorCols, MachineEpsilon))
+    found = _first(
+        program,
+        (AxisReduction, MatrixOp, TensorRank, TensorRows, TensorCols, LargestLength, SecondLargestLength)
+        + (MachineEpsilon,),
+    )
     if found is None:
         return ""
     node, equation = found

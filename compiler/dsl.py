@@ -50,6 +50,10 @@ __all__ = [
     "rank",
     "rows",
     "cols",
+    "largest_axis",
+    "second_largest_axis",
+    "largest_length",
+    "second_largest_length",
     "Rule",
     "clip",
     "exp",
@@ -108,7 +112,7 @@ _TAKEN = frozenset(
         *("global_sumsq_g", "kernels_refused", "whole_tensors", "torch_names", "rule_maximizes"),
         *("finalize_variable_values", "dtype", "dtypes", "betas", "etas", "adam_betas"),
         # the kernels' loops, rows, bounds and tables
-        *("dt", "table", "rows", "cols", "rank", "size", "bounds"),
+        *("dt", "table", "rows", "cols", "rank", "size", "bounds", "largest_length", "second_largest_length"),
         *("kernel", "partials", "chunks", "n_chunks", "ws", "gvals", "tvals", "BLOCK", "DT", "NT"),
         # Python's own, and the typing names the modules import
         *("abs", "max", "min", "float", "int", "bool", "callable", "zip", "range", "len"),
@@ -337,8 +341,52 @@ def transpose(x: Any) -> sp.Expr:
     return Transposed(sp.sympify(x))
 
 
+class LargestLength(Reduction):
+    """The length of the tensor's longest axis (1 for a 0-d tensor): known from its shape."""
+
+    over, accumulate, name, from_shape, number = Over.TENSOR, Accumulate.MAX, "largest_length", True, True
+
+
+class SecondLargestLength(Reduction):
+    """The length of the tensor's second longest axis (1 below rank 2): known from its shape. With
+    ``largest_length``, whether the two axes that ``largest_axis`` and ``second_largest_axis`` name are long
+    enough to factor over (optax's Adafactor: ``min_dim_size_to_factor``)."""
+
+    over, accumulate, name, from_shape, number = (
+        Over.TENSOR,
+        Accumulate.MAX,
+        "second_largest_length",
+        True,
+        True,
+    )
+
+
 # --------------------------------------------------------------------------------------
 # reductions over one axis: a value per element, with that axis of the tensor reduced to length 1
+
+
+class AxisBySize(sp.Function):
+    """An axis each tensor's sizes choose, as ``axis=`` of a reduction over one axis: ``AxisBySize(1)`` its
+    longest axis, ``AxisBySize(2)`` its second longest (optax's Adafactor factors over these two; ties go to
+    the later axis, as ``numpy.argsort`` orders them). A tensor of rank 1 has no second longest axis, a 0-d
+    tensor neither (a reduction over it leaves the values as they are, as over an axis a tensor lacks).
+    Resolved per tensor from the parameter's shape (``runtime.common.axis_by_size``)."""
+
+    nargs = 1
+
+    @property
+    def rank_by_size(self) -> int:
+        return int(self.args[0])
+
+    @property
+    def token(self) -> str:
+        """The axis in a state's scope (``runtime.common.state_shape``): ``largest``, ``second_largest``."""
+        return {1: "largest", 2: "second_largest"}[self.rank_by_size]
+
+
+#: The tensor's longest axis (``axis=largest_axis``), and its second longest: per tensor, by their lengths.
+largest_axis = AxisBySize(1)
+second_largest_axis = AxisBySize(2)
 
 
 class AxisReduction(sp.Function):
@@ -353,8 +401,10 @@ class AxisReduction(sp.Function):
     word = ""  # as the equations' text and the docs print it: sum, mean, max
 
     @property
-    def axis(self) -> int:
-        return int(self.args[1])
+    def axis(self) -> int | AxisBySize:
+        """The axis: a negative int, or an axis the tensor's sizes choose (:class:`AxisBySize`)."""
+        axis = self.args[1]
+        return axis if isinstance(axis, AxisBySize) else int(axis)
 
 
 class AxisSum(AxisReduction):
@@ -375,11 +425,13 @@ class AxisMax(AxisReduction):
     accumulate, word = Accumulate.MAX, "max"
 
 
-def _axis(axis: Any, where: str) -> sp.Integer:
+def _axis(axis: Any, where: str) -> sp.Basic:
+    if isinstance(axis, AxisBySize):
+        return axis
     if isinstance(axis, bool) or not isinstance(axis, int) or axis >= 0:
         raise TypeError(
             f"{where}: axis must be a negative int counted from the last axis (-1: the last, -2: the one"
-            f" before). Received: axis={axis!r}"
+            f" before), largest_axis or second_largest_axis. Received: axis={axis!r}"
         )
     return sp.Integer(axis)
 
@@ -416,6 +468,10 @@ cols = TensorCols(w)
 
 #: The machine epsilon of the current tensor's dtype (a per-tensor value: torch's ``finfo(dtype).eps``).
 machine_epsilon = MachineEpsilon(w)
+
+#: The lengths of the current tensor's longest and second longest axes (``largest_axis`` names the first).
+largest_length = LargestLength(w)
+second_largest_length = SecondLargestLength(w)
 
 
 def tensor_mean(x: Any, axis: int | None = None) -> sp.Expr:

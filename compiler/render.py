@@ -116,6 +116,15 @@ class MathPrinter(RuleOrder, StrPrinter):
     def _print_TensorCols(self, expr) -> str:
         return "cols"
 
+    def _print_LargestLength(self, expr) -> str:
+        return "largest_length"
+
+    def _print_SecondLargestLength(self, expr) -> str:
+        return "second_largest_length"
+
+    def _print_AxisBySize(self, expr) -> str:
+        return f"{expr.token}_axis"
+
     def _print_MatrixProduct(self, expr) -> str:
         a, b = expr.args  # parenthesised whole: `c*(A @ B)`, `(A @ B)^2` read as written
         return f"({self.parenthesize(a, PRECEDENCE['Mul'])} @ {self.parenthesize(b, PRECEDENCE['Mul'] + 1)})"

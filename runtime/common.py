@@ -326,6 +326,31 @@ def size(shape: tuple) -> int:
     return math.prod(shape)
 
 
+def axis_by_size(shape: Any, k: int) -> int:
+    """The axis (negative, counted from the last) of ``shape`` that is the ``k``-th longest (1: the longest),
+    in ``numpy.argsort``'s order, as optax's Adafactor chooses it (ties: the later axis is the longer); an
+    axis the shape does not have where it has fewer than ``k`` axes (-1 for a 0-d shape's longest, -2 for a
+    vector's second longest: a reduction over it leaves the values as they are)."""
+    import numpy as np
+
+    shape = tuple(shape)
+    order = [int(i) for i in np.argsort(np.asarray(shape, dtype=np.int64))] if shape else []
+    if len(order) < k:
+        return -k
+    return order[-k] - len(shape)
+
+
+def largest_length(shape: Any) -> int:
+    """The length of the longest axis of ``shape`` (1 for a 0-d shape)."""
+    return max(tuple(shape), default=1)
+
+
+def second_largest_length(shape: Any) -> int:
+    """The length of the second longest axis of ``shape`` (1 below rank 2)."""
+    shape = sorted(tuple(shape))
+    return shape[-2] if len(shape) >= 2 else 1
+
+
 def state_shape(shape: Any, scope: str) -> tuple:
     """The shape of a parameter's state: ``"element"`` the parameter's, ``"tensor"`` 0-d, and
     ``"element/-1"`` (``"element/-2/-1"``...) the parameter's with those axes reduced to length 1, an axis
@@ -338,13 +363,17 @@ def state_shape(shape: Any, scope: str) -> tuple:
     kind, *axes = scope.split("/")
     if kind != "element":
         raise ValueError(f"a state's scope is 'element', 'tensor' or 'element/<axes>'. Received: {scope!r}")
-    if len(axes) == 1 and not axes[0].startswith("-"):  # a matrix operation's: "mm" is m x m
+    if len(axes) == 1 and not axes[0].startswith("-") and axes[0] not in _BY_SIZE:  # a matrix product's
         return matrix_shape(shape, axes[0])
     out = list(shape)
-    for axis in axes:
-        if -int(axis) <= len(out):
-            out[int(axis)] = 1
+    for token in axes:  # -1, -2...; or the axis a shape's lengths choose: largest, second_largest
+        axis = int(token) if token.startswith("-") else axis_by_size(shape, _BY_SIZE[token])
+        if -axis <= len(out):
+            out[axis] = 1
     return tuple(out)
+
+
+_BY_SIZE = {"largest": 1, "second_largest": 2}
 
 
 def matrix_shape(shape: Any, pair: str) -> tuple:

@@ -19,7 +19,7 @@ import dataclasses
 
 import sympy as sp
 
-from ..dsl import AxisReduction, MatrixOp, Reduction, Transposed
+from ..dsl import AxisBySize, AxisReduction, MatrixOp, Reduction, Transposed
 from ..errors import RuleError
 from ..ir import Broadcast, Program, Role, Scope, base
 from ..render import math_text
@@ -106,7 +106,17 @@ def suffix(shape: Shape) -> str:
     ``/mm`` for an ``m x m`` value; empty for the parameter's shape."""
     if isinstance(shape, tuple):
         return "/" + "".join(str(d) for d in shape)
-    return "".join(f"/{axis}" for axis in sorted(shape))
+    return "".join(f"/{token(axis)}" for axis in sorted(shape, key=axis_order))
+
+
+def axis_order(axis) -> tuple:
+    """The order axes are listed in: -2 before -1, then the axes the lengths choose."""
+    return (1, axis.rank_by_size) if isinstance(axis, AxisBySize) else (0, axis)
+
+
+def token(axis) -> str:
+    """An axis in a scope: ``-1``; or the axis the tensor's lengths choose, ``largest``, ``second_largest``."""
+    return axis.token if isinstance(axis, AxisBySize) else str(axis)
 
 
 def shape_of(expr: sp.Basic, shapes: dict[str, Shape | None]) -> Shape | None:
@@ -212,7 +222,9 @@ def infer_shapes(program: Program) -> Program:
                 " the value every step with a let",
             )
     states = tuple(
-        dataclasses.replace(s, reduced=tuple(sorted(shapes[s.name] or ()))) if s.scope == Scope.ELEMENT else s
+        dataclasses.replace(s, reduced=tuple(sorted(shapes[s.name] or (), key=axis_order)))
+        if s.scope == Scope.ELEMENT
+        else s
         for s in program.states
     )
     return program.replace(states=states, passes=program.passes + ("infer_shapes",))

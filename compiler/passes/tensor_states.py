@@ -20,12 +20,12 @@ import dataclasses
 
 import sympy as sp
 
-from ..dsl import TensorCols, TensorRank, TensorRows, TensorSize
+from ..dsl import LargestLength, SecondLargestLength, TensorCols, TensorRank, TensorRows, TensorSize
 from ..ir import Program, Role, Scope, base, ssa
 from .state import finalizer_reads, reads
 
 #: what a per-tensor test may read: the tensor's shape (its dtype's epsilon is not a shape)
-SHAPE = (TensorRank, TensorRows, TensorCols, TensorSize)
+SHAPE = (TensorRank, TensorRows, TensorCols, TensorSize, LargestLength, SecondLargestLength)
 
 
 def keep_per_tensor(program: Program) -> Program:

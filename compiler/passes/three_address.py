@@ -70,6 +70,7 @@ from ..ops import (
     Value,
     reads,
 )
+from .shape import axis_order, token
 
 
 def in_place_form(a: Assign, arrays: Iterable[str], *, fill: bool = False) -> tuple[str, sp.Basic]:
@@ -152,9 +153,9 @@ class Registers:
             if isinstance(shape, tuple):  # a matrix operation's (passes/shape.py): ``_xmm0`` for m x m
                 prefix = "_x" + "".join(str(d) for d in shape)
             else:
-                axes = tuple(sorted(shape))
+                axes = tuple(sorted(shape, key=axis_order))
                 prefix = {(-1,): "_row", (-2,): "_col"}.get(
-                    axes, "_red" + "".join(str(-a) for a in axes) + "_"
+                    axes, "_red" + "".join(token(a).lstrip("-") for a in axes) + "_"
                 )
             self.files[shape] = Registers(prefix, shape)
         return self.files[shape]
