@@ -43,6 +43,7 @@ LEARNING_RATE = {
     "OptaxAdadelta": 1.0,
     "OptaxAdagrad": 0.3,
     "OptaxAdam": 0.03,
+    "OptaxAdafactor": 0.03,
     "OptaxAdamW": 0.03,
     "OptaxAdamax": 0.1,
     "OptaxAdamaxw": 0.1,

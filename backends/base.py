@@ -561,6 +561,7 @@ class Backend:
                     for s in program.states
                     for x in sp.sympify(s.allocated_when).free_symbols | s.init.free_symbols
                 }
+                | {h for s in program.states for h in _kept_hypers(s)}
             ),
             "cases": cases,
             "reads_param": program.form == Form.INCREMENT and program.reads_param,
@@ -618,7 +619,13 @@ class Backend:
                 # constant ``scope_code`` (a ``common.PerTensor`` scope) says which
                 "kept": "" if s.kept is sp.true else ShapeTestPrinter().doprint(s.kept),
                 "kept_text": "" if s.kept is sp.true else math_text(s.kept),
-                "scope_code": f"{s.name.upper()}_SCOPE" if s.kept is not sp.true else repr(_scope(s)),
+                # the hyperparameters the test reads: the scope is bound to their values where it is used
+                "kept_hypers": _kept_hypers(s),
+                "scope_name": f"{s.name.upper()}_SCOPE",
+                "scope_code": repr(_scope(s))
+                if s.kept is sp.true
+                else f"{s.name.upper()}_SCOPE"
+                + (f".bind({', '.join(f'{h}={h}' for h in _kept_hypers(s))})" if _kept_hypers(s) else ""),
                 "init": p.doprint(s.init),
                 "zero": s.init == 0,
                 # an initial value that reads w: computed from each parameter (in the state's dtype)
@@ -640,7 +647,7 @@ class Backend:
                 "name": h.name,
                 "default": repr(h.default),
                 "required": h.default is None and h.kind == "learning_rate",
-                "option": h.default is None and h.kind != "learning_rate",
+                "option": h.optional,
                 "zero_is_off": h.zero_is_off,
                 # Keras's options are checked by the runtime's table (runtime/options.py), the rule's here
                 "check": _check_call(h, stages=None if h.name in own else self.stages),
@@ -820,7 +827,7 @@ def check_kind(h) -> str:
         return "flag"
     if h.kind == "learning_rate":
         return "learning_rate"
-    return "option" if h.default is None else "float"
+    return "option" if h.optional else "float"
 
 
 def check_spec(h) -> str:
@@ -901,6 +908,13 @@ def _defined(condition: sp.Basic, section: Section) -> sp.Basic:
 def _unpacked(names: list[str]) -> str:
     """The targets of a tuple unpacking: ``a, b`` (``a,`` for one)."""
     return f"{', '.join(names)}{',' if len(names) == 1 else ''}"
+
+
+def _kept_hypers(s: StateVar) -> list[str]:
+    """The hyperparameters a state's per-tensor test reads (``StateVar.kept``), by name."""
+    if s.kept is sp.true:
+        return []
+    return sorted({getattr(x, "option", None) or x.name for x in s.kept.free_symbols if x.name != "w"})
 
 
 def _scope(s: StateVar) -> str:

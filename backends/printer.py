@@ -491,7 +491,8 @@ _BINARY = {
 
 class ShapeTestPrinter(StrPrinter):
     """A test of a tensor's shape (``StateVar.kept``: ``Ne(rank, 2)``) as Python over the shape tuple, the
-    same in every backend: ``runtime.common``'s ``rank``, ``rows``, ``cols`` and ``size`` of ``shape``."""
+    same in every backend: ``runtime.common``'s ``rank``, ``rows``, ``cols`` and ``size`` of ``shape``; the
+    hyperparameters it reads (flags, integers, whether an option is given) by their names."""
 
     _FUNCTIONS = {
         "TensorRank": "rank",
@@ -507,6 +508,9 @@ class ShapeTestPrinter(StrPrinter):
         if name is None:
             raise ValueError(f"a test of a tensor's shape reads {expr}, which is not its shape")
         return f"common.{name}(shape)"
+
+    def _print_Symbol(self, expr) -> str:  # a flag, an integer hyperparameter, whether an option is given
+        return f"{expr.option} is not None" if isinstance(expr, Given) else expr.name
 
     def _print_Relational(self, expr) -> str:
         lhs, rhs = (self.parenthesize(a, PRECEDENCE["Relational"] + 1) for a in expr.args)

@@ -185,8 +185,8 @@ class imod(sp.Function):  # noqa: N801
 
 class float32(sp.Function):  # noqa: N801
     """``float32(x)``: ``x`` rounded to the nearest float32, then used in the working dtype: a reference that
-    keeps a value in float32 (torch's NAdam keeps ``mu_product`` in a float32 tensor) is mirrored exactly. A
-    value per step or per tensor (not per element)."""
+    keeps a value in float32 (torch's NAdam keeps ``mu_product`` in a float32 tensor; optax's Adafactor its
+    momentum, ``dtype_momentum``) is mirrored exactly. A value per step, per tensor or per element."""
 
     nargs = 1
 
@@ -525,6 +525,9 @@ class Hyper:
     meaning: str
     latex: str
     zero_is_off: bool = False  # an option whose value 0 means "not given" (Keras's clipnorm=0)
+    #: an option: None turns it off (``Given(x)`` tests it); its default is None or a value (optax's
+    #: Adafactor ``clipping_threshold=1.0``: on unless None is given)
+    optional: bool = False
 
     @property
     def symbol(self) -> sp.Symbol:
@@ -712,9 +715,11 @@ class Rule:
         *,
         integer: bool = False,
         zero_is_off: bool = False,
+        default: float | None = None,
         latex: str | None = None,
     ) -> sp.Symbol:
-        """An optional hyperparameter: ``None`` (the default) turns it off; test it with ``Given(x)``.
+        """An optional hyperparameter: ``None`` turns it off; test it with ``Given(x)``. Off by default, or on
+        at ``default`` (optax's Adafactor: ``clipping_threshold=1.0``, ``None`` to turn it off).
 
         Every read of its value must be guarded by ``Given(x)`` (``only_if=``, ``when=``, or inside
         ``where(Given(x), ...)``); an unguarded read is a compile error at its equation.
@@ -723,8 +728,16 @@ class Rule:
         """
         self._declare_name(name, "option")
         kind = "int" if integer else "float"
+        interval = self._interval(name, range)
+        if default is not None:
+            self._check_default(name, default, interval)
+            if integer and not isinstance(default, int):
+                raise RuleError(
+                    self.name, f"the default of the integer option '{name}' is {default!r}", origin=_origin()
+                )
+            default = default if integer else float(default)
         self.hypers[name] = Hyper(
-            name, None, kind, self._interval(name, range), meaning, latex or _latex_name(name), zero_is_off
+            name, default, kind, interval, meaning, latex or _latex_name(name), zero_is_off, optional=True
         )
         return sp.Symbol(name)
 

@@ -403,11 +403,11 @@ def _equal(x: sp.Expr, y: sp.Expr) -> bool:
     identities in question, such as sqrt(v/(1 - beta^t)) = sqrt(v)/sqrt(1 - beta^t), hold there)."""
     import random
 
-    from optforge.compiler.dsl import Reduction
+    from optforge.compiler.dsl import AxisReduction, Reduction
     from optforge.compiler.dsl import t as step
 
     def numeric(e: sp.Expr) -> sp.Expr:  # a reduction of the same argument is the same number in both
-        return e.replace(lambda z: isinstance(z, Reduction), lambda z: sp.Symbol(f"<{z}>"))
+        return e.replace(lambda z: isinstance(z, (Reduction, AxisReduction)), lambda z: sp.Symbol(f"<{z}>"))
 
     x, y = numeric(x), numeric(y)
     rng = random.Random(0)
@@ -416,7 +416,7 @@ def _equal(x: sp.Expr, y: sp.Expr) -> bool:
         point = {s: rng.uniform(0.05, 0.95) for s in symbols} | {step: 3}
         try:
             a, b = complex(x.evalf(subs=point)), complex(y.evalf(subs=point))
-        except TypeError:  # not a number there (a function the points cannot evaluate): not shown equal
+        except (TypeError, ValueError):  # not a number there (the points cannot evaluate it): not shown equal
             return False
         if abs(a - b) > 1e-12 * max(abs(a), abs(b), 1e-300):
             return False

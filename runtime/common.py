@@ -291,19 +291,28 @@ class PerTensor(str):
     stands in for it (``state_shape``: ``(0,)``), which the step never reads. It is the scope's string
     itself for everything else (``scope == "element"``)."""
 
-    test: Callable[[tuple], bool]
+    test: Callable[..., bool]
     text: str
+    #: the hyperparameters the test reads besides the shape (``test(shape, **hypers)``): optax's Adafactor
+    #: keeps its full moment for the tensors it does not factor (``factored``, ``min_dim_size_to_factor``)
+    hypers: tuple[str, ...]
 
-    def __new__(cls, scope: str, test: Callable[[tuple], bool], text: str) -> PerTensor:
+    def __new__(cls, scope: str, test: Callable[..., bool], text: str, hypers: tuple = ()) -> PerTensor:
         self = super().__new__(cls, scope)
-        self.test, self.text = test, text
+        self.test, self.text, self.hypers = test, text, tuple(hypers)
         return self
 
+    def bind(self, **hypers: Any) -> PerTensor:
+        """The scope for an optimizer's hyperparameters (its test reads only the shape then)."""
+        return PerTensor(str(self), functools.partial(self.test, **hypers), self.text)
 
-def kept(shape: Any, scope: str) -> bool:
+
+def kept(shape: Any, scope: str, hypers: Any = None) -> bool:
     """Whether a parameter of ``shape`` keeps a state of ``scope`` (a :class:`PerTensor` scope: where its
-    test holds; any other: always)."""
-    return not isinstance(scope, PerTensor) or bool(scope.test(tuple(shape)))
+    test holds, given ``hypers``, a mapping, for one that reads some; any other: always)."""
+    if not isinstance(scope, PerTensor):
+        return True
+    return bool(scope.test(tuple(shape), **{h: hypers[h] for h in scope.hypers}))
 
 
 def rank(shape: tuple) -> int:
@@ -331,12 +340,18 @@ def axis_by_size(shape: Any, k: int) -> int:
     in ``numpy.argsort``'s order, as optax's Adafactor chooses it (ties: the later axis is the longer); an
     axis the shape does not have where it has fewer than ``k`` axes (-1 for a 0-d shape's longest, -2 for a
     vector's second longest: a reduction over it leaves the values as they are)."""
-    import numpy as np
-
-    shape = tuple(shape)
-    order = [int(i) for i in np.argsort(np.asarray(shape, dtype=np.int64))] if shape else []
-    if len(order) < k:
+    shape = tuple(int(n) for n in shape)
+    if len(shape) < k:
         return -k
+    order = sorted(range(len(shape)), key=shape.__getitem__)  # a stable order: numpy's below rank 4
+    top = sorted(shape)[-2:]
+    if len(shape) >= 4 and any(shape.count(n) > 1 for n in top):
+        # equal lengths among the two longest: numpy's order of them differs from a stable sort from rank 4
+        # (a vectorised sort, machine-dependent), and optax's is numpy's. A torch step that torch.compile
+        # traces breaks its graph here (rank 4 and more, with such ties only)
+        import numpy as np
+
+        order = [int(i) for i in np.argsort(np.asarray(shape, dtype=np.int64))]
     return order[-k] - len(shape)
 
 

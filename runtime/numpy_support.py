@@ -168,6 +168,15 @@ def _axis_max(x: np.ndarray, axis: int, out: np.ndarray | None = None) -> np.nda
     return np.max(x, axis=axis, keepdims=True, initial=-np.inf, out=out)
 
 
+def float32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The rules' ``float32(x)`` of an array: each element rounded to the nearest float32, in the dtype of
+    ``out`` (or of ``x``): one pass, computed in float32 (optax keeps Adafactor's momentum so)."""
+    x = np.asarray(x)
+    if out is None:
+        out = np.empty_like(x, dtype=np.promote_types(x.dtype, np.float32))
+    return np.positive(x, out=out, dtype=np.float32, casting="unsafe")
+
+
 def as_matrix(x: Any) -> np.ndarray:
     """``x`` viewed as a matrix (its last two axes): below rank 2, a ``1 x n`` (``1 x 1``) matrix."""
     x = np.asarray(x)

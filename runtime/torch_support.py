@@ -537,21 +537,24 @@ class RuleOptimizer(torch.optim.Optimizer):
             if not names <= state.keys():  # its first update (or a state that an option now keeps)
                 for name, scope, init in wanted:
                     if name not in state:
-                        state[name] = new_state(w, scope, init, state_dtype(w, self.state_dtype))
+                        state[name] = new_state(w, scope, init, state_dtype(w, self.state_dtype), group)
             yield w, state
 
 
-def new_state(w: torch.Tensor, scope: str, init: Any, dtype: torch.dtype) -> torch.Tensor:
+def new_state(
+    w: torch.Tensor, scope: str, init: Any, dtype: torch.dtype, group: dict | None = None
+) -> torch.Tensor:
     """A state tensor at its initial value: shaped like ``w`` (``element``) or 0-d (``tensor``), on its device,
     in ``dtype`` (float16/bfloat16 parameters: float32 state). ``init``: a number, or a function of ``w``
-    (a state that starts from the parameter)."""
+    (a state that starts from the parameter). ``group``: the parameter's group, whose hyperparameters a
+    state kept for some tensors only may read (``common.PerTensor``)."""
     if callable(init):
         return from_param(w, dtype, init)
-    if not common.kept(w.shape, scope):  # a state this parameter does not keep: an empty stand-in
+    if not common.kept(w.shape, scope, group):  # a state this parameter does not keep: an empty stand-in
         value = torch.zeros(0, dtype=dtype, device=w.device)
         return replicated(value, w.device_mesh) if is_distributed(w) else value
     if scope.startswith("element/"):  # axes reduced to length 1: Adafactor's row and column moments
-        value = torch.full(common.state_shape(w.shape, scope), init, dtype=dtype, device=w.device)
+        value = torch.full(common.state_shape(w.shape, str(scope)), init, dtype=dtype, device=w.device)
         # of a DTensor: whole on every rank (its rule gathers the parameter whole: ``whole``)
         return replicated(value, w.device_mesh) if is_distributed(w) else value
     if scope == "element":

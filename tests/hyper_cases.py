@@ -12,6 +12,7 @@ import functools
 import itertools
 import math
 
+import numpy as np
 import pytest
 from cases import RULES as _REGISTRY
 
@@ -34,7 +35,7 @@ def state_scopes(rule) -> dict[str, str]:
     return {st.name: st.scope.name.lower() for st in compiled(rule).states}
 
 
-def state_shape(rule, name: str, shape) -> tuple:
+def state_shape(rule, name: str, shape, hypers: dict | None = None) -> tuple:
     """The shape a parameter of ``shape`` keeps state ``name`` in: 0-d (one per tensor), the parameter's,
     or the parameter's with an axis reduced to length 1 (Adafactor's row and column moments)."""
     from cases import compiled
@@ -42,28 +43,54 @@ def state_shape(rule, name: str, shape) -> tuple:
     st = next(s for s in compiled(rule).states if s.name == name)
     if st.scope.name == "TENSOR":
         return ()
-    if not kept(st, shape):
+    if not kept(st, shape, {**{n: h.default for n, h in rule.hypers.items()}, **(hypers or {})}):
         return (0,)
     out = list(shape)
     for axis in st.reduced:  # an axis the parameter does not have is left out (a vector's -2)
+        if not isinstance(axis, int):  # the axis its lengths choose (largest_axis): numpy.argsort's order
+            order = list(np.argsort(shape)) if shape else []
+            axis = int(order[-axis.rank_by_size]) - len(shape) if len(order) >= axis.rank_by_size else -9
         if -axis <= len(out):
             out[axis] = 1
     return tuple(out)
 
 
-def kept(state, shape) -> bool:
-    """Whether a parameter of ``shape`` keeps ``state``: its ``kept`` test of the shape (the compiler's
-    ``passes/tensor_states.py``), evaluated here on the shape's numbers (an empty array stands in where it
-    fails)."""
+def kept(state, shape, hypers: dict | None = None) -> bool:
+    """Whether a parameter of ``shape`` keeps ``state``: its ``kept`` test of the shape and ``hypers`` (the
+    compiler's ``passes/tensor_states.py``), evaluated here on the shape's numbers (an empty array stands in
+    where it fails)."""
     import sympy as sp
 
-    from optforge.compiler.dsl import TensorCols, TensorRank, TensorRows, TensorSize
+    from optforge.compiler.dsl import (
+        Given,
+        LargestLength,
+        SecondLargestLength,
+        TensorCols,
+        TensorRank,
+        TensorRows,
+        TensorSize,
+    )
 
     rows = shape[-2] if len(shape) >= 2 else 1
     cols = shape[-1] if shape else 1
-    values = {TensorRank: len(shape), TensorRows: rows, TensorCols: cols, TensorSize: math.prod(shape)}
+    lengths = sorted(shape)
+    values = {
+        TensorRank: len(shape),
+        TensorRows: rows,
+        TensorCols: cols,
+        TensorSize: math.prod(shape),
+        LargestLength: lengths[-1] if lengths else 1,
+        SecondLargestLength: lengths[-2] if len(lengths) >= 2 else 1,
+    }
     test = state.kept.replace(lambda x: type(x) in values, lambda x: sp.Integer(values[type(x)]))
-    return bool(test)
+    hypers = hypers or {}
+    named = {
+        x: (sp.true if hypers.get(x.option) is not None else sp.false)
+        if isinstance(x, Given)
+        else sp.sympify(hypers[x.name])
+        for x in test.free_symbols
+    }
+    return bool(test.xreplace(named))
 
 
 def required(rule, lr_name: str = "learning_rate") -> dict:
@@ -83,7 +110,7 @@ CLIPPING_VALUES = {"clipnorm": 1.0, "clipvalue": 0.5, "global_clipnorm": 2.0}
 
 def is_option(h) -> bool:
     """One of Keras's shared options: ``None`` (its default) means off."""
-    return h.default is None and h.kind in ("float", "int")
+    return h.optional and h.kind in ("float", "int")
 
 
 def inside(h) -> float | int:
@@ -228,7 +255,7 @@ def clipping_message(given: dict) -> str:
 def _declaration(h) -> tuple:
     """What decides a hyperparameter's run-time check: its name (in the message), kind, range and
     option-ness. Keras's options are declared alike in every rule."""
-    return (h.name, h.kind, str(h.interval), h.default is None, h.zero_is_off)
+    return (h.name, h.kind, str(h.interval), h.optional, h.zero_is_off)
 
 
 def _cases(values_of) -> list:

@@ -119,7 +119,7 @@ def optax_transform(rule_name: str, hypers: dict, defaults: dict):
 
 
 #: a rule whose reference is two of its library's optimizers (a rule that falls back to another for the
-#: tensors the first does not take)
+#: tensors the first does not take), or its library's optimizer with a rounding it makes made exact
 def _muon_with_adamw():
     """torch.optim.Muon with AdamW (``benchmarks/configs.py``), its bfloat16 cast made an identity: the
     float64 comparisons hold it to 1e-12."""
@@ -130,7 +130,58 @@ def _muon_with_adamw():
     return functools.partial(MuonWithAdamW, bfloat16=False)
 
 
-COMPOSITES = {"TorchMuon": ("torch", _muon_with_adamw)}
+def nearest_float32_decay(i, exponent=0.8):
+    """optax's Adafactor decay ``1 - t^-c`` (``factorized._decay_rate_pow``, float32) with ``t^-c`` rounded to
+    the nearest float32: XLA's float32 power is not always the nearest (1 ulp apart at 8 of the first 200
+    steps on this CPU), the rule's ``float32()`` is."""
+    import jax.numpy as jnp
+
+    t = jnp.array(i + 1, jnp.float64)
+    return jnp.float32(1.0) - (t ** (-exponent)).astype(jnp.float32)
+
+
+def _adafactor_nearest_decay():
+    """optax.adafactor (optax 0.2.8's chain, built of optax's own transforms as ``optax.adafactor`` builds
+    it) with its decay's power rounded to the nearest float32 (``nearest_float32_decay``): the float64
+    comparisons hold it to 1e-12; test_reference_libraries.py compares with optax.adafactor itself too."""
+    import jax.numpy as jnp
+    import optax
+    from optax._src import factorized
+
+    def adafactor(
+        learning_rate=None,
+        min_dim_size_to_factor=128,
+        decay_rate=0.8,
+        decay_offset=0,
+        multiply_by_parameter_scale=True,
+        clipping_threshold=1.0,
+        momentum=None,
+        weight_decay_rate=None,
+        eps=1e-30,
+        factored=True,
+    ):
+        chain = [
+            factorized.scale_by_factored_rms(
+                factored, decay_rate, decay_offset, min_dim_size_to_factor, eps, nearest_float32_decay
+            )
+        ]
+        if clipping_threshold is not None:
+            chain.append(optax.clip_by_block_rms(clipping_threshold))
+        if learning_rate is not None:
+            chain.append(optax.scale_by_learning_rate(learning_rate, flip_sign=False))
+        if multiply_by_parameter_scale:
+            chain.append(optax.scale_by_param_block_rms())
+        if momentum is not None:
+            chain.append(optax.ema(momentum, debias=False, accumulator_dtype=jnp.float32))
+        if weight_decay_rate is not None:
+            chain.append(optax.add_decayed_weights(weight_decay_rate))
+        chain.append(optax.scale(-1))
+        return optax.chain(*chain)
+
+    return adafactor
+
+
+COMPOSITES = {"TorchMuon": ("torch", _muon_with_adamw), "OptaxAdafactor": ("optax", _adafactor_nearest_decay)}
 
 
 def library_reference(rule):

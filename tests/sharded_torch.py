@@ -63,7 +63,8 @@ def run_rule(rule, mesh, dtype: torch.dtype, options: dict) -> tuple[float, list
     cls = getattr(gen, rule.name)
     ref, opt = cls(plain, **hypers, **options, fused=False), cls(sharded, **hypers, **options, fused=False)
     worst, misplaced, collectives = 0.0, [], []
-    scopes = {name: scope for name, scope, _ in opt._states(opt.param_groups[0])}
+    group = opt.param_groups[0]
+    scopes = {name: scope for name, scope, _ in opt._states(group)}
     for gs in grads:
         for p, q, x, pl in zip(plain, sharded, gs, placements):
             p.grad = x.clone()
@@ -80,7 +81,7 @@ def run_rule(rule, mesh, dtype: torch.dtype, options: dict) -> tuple[float, list
                 # like the parameter where per element; replicated where per tensor or with an axis
                 # reduced (a rule that gathers each tensor whole keeps its rows and columns whole), and
                 # the empty stand-in of a state the parameter does not keep (common.PerTensor)
-                laid_out = scopes[name] == "element" and a.dim() and common.kept(p.shape, scopes[name])
+                laid_out = scopes[name] == "element" and a.dim() and common.kept(p.shape, scopes[name], group)
                 want = tuple(q.placements) if laid_out else (Replicate(),)
                 if tuple(b.placements) != want:
                     misplaced.append(

@@ -809,7 +809,7 @@ def test_zero_size_tensors_work_in_every_backend(rule, config):
         np.testing.assert_allclose(got[2], got[0], rtol=1e-12, atol=0)
     for field, slot in state._asdict().items():
         if isinstance(slot, dict):
-            assert slot["empty"].shape == state_shape(rule, field, ZERO_SIZE["empty"]), field
+            assert slot["empty"].shape == state_shape(rule, field, ZERO_SIZE["empty"], kwargs), field
             assert all(np.all(np.isfinite(a)) for a in slot.values()), field
 
 

@@ -167,7 +167,9 @@ def test_nested_pytree_structure_and_leafwise_results(rule, cfg):
                 continue
             assert jax.tree.structure(slot) == treedef, name
             for s, p in zip(jax.tree.leaves(slot), jax.tree.leaves(params)):
-                assert s.shape == state_shape(rule, name, p.shape) and s.dtype == p.dtype, name
+                assert (
+                    s.shape == state_shape(rule, name, p.shape, config(rule, cfg)) and s.dtype == p.dtype
+                ), name
 
     state = opt.init(params)
     check_state(state)
@@ -500,11 +502,13 @@ def test_sgd_without_momentum_has_no_velocity():
 
 def _static_hypers(rule) -> set[str]:
     """What the JAX module refuses as an array: the real hyperparameters whose values decide which
-    computation runs, other than a number that 0 turns off (``compiler.analysis``)."""
+    computation runs, other than a number that 0 turns off (``compiler.analysis``), and every integer that
+    inject_hyperparams would inject (one with a default: optax's ``min_dim_size_to_factor=128``)."""
     from optforge.compiler.analysis import static_hypers, switch_hypers
 
     program = compiled(rule, "increment")
-    return {n for n in static_hypers(program) - switch_hypers(program) if rule.hypers[n].kind == "float"}
+    floats = {n for n in static_hypers(program) - switch_hypers(program) if rule.hypers[n].kind == "float"}
+    return floats | {n for n, h in rule.hypers.items() if h.kind == "int" and h.default is not None}
 
 
 def _switch_hypers(rule) -> set[str]:

@@ -155,7 +155,7 @@ def test_float32_is_kept(rule, lr):
         assert v.dtype == np.float32
     for key, arr in state_arrays(state).items():
         assert arr.dtype == np.float32, key
-        assert arr.shape == state_shape(rule, key[0], params[key[1]].shape), key
+        assert arr.shape == state_shape(rule, key[0], params[key[1]].shape, other_hypers(rule)), key
 
 
 # --------------------------------------------------------------------------------------
@@ -327,7 +327,7 @@ def test_closed_range_ends_are_accepted(rule, name, value):
 @pytest.mark.parametrize(("rule", "name"), OPTIONS)
 def test_option_is_off_by_default_and_takes_none_or_a_number(rule, name):
     h = rule.hypers[name]
-    assert getattr(optimizer(rule), name) is None
+    assert getattr(optimizer(rule), name) == h.default  # off (None), or on at its default (a value)
     assert getattr(optimizer(rule, **{name: None}), name) is None
     if h.kind == "int":
         value, kinds = inside(h), [int, np.int64]
@@ -397,7 +397,7 @@ def test_rank0_and_zero_size_arrays(rule, cfg):
         assert params[k] is v
     assert params["scalar"].shape == () and params["empty"].shape == (0,) and params["empty2"].shape == (3, 0)
     for key, arr in state_arrays(state).items():
-        assert arr.shape == state_shape(rule, key[0], params[key[1]].shape), key
+        assert arr.shape == state_shape(rule, key[0], params[key[1]].shape, kwargs), key
     # a rank-0 array is optimized like a one-element array
     assert np.isfinite(params["scalar"]) and params["scalar"] != 0.7
     np.testing.assert_array_equal(params["scalar"], params["one"][0])

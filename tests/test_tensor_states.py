@@ -118,3 +118,20 @@ def test_each_backend_keeps_it_for_matrices_only_and_steps_as_written(tmp_path):
             p.grad = torch.tensor(x)
         again.step()
     assert_close([p.detach().numpy() for p in resumed], [p.detach().numpy() for p in params], 0.0, "resumed")
+
+
+def test_a_state_that_exists_under_a_flag_is_written_under_only_if_with_the_options():
+    """``exists_if=amsgrad`` with the equation's ``only_if=amsgrad`` (the guard as a ``where`` inside the
+    options' ``where(is_update, ..., x)``): the write was seen under ``is_update`` alone, and the rule was
+    refused with "guard the equation with only_if=amsgrad", which it already was."""
+    r = Rule("FlagState", title="a state that exists under a flag")
+    lr = r.learning_rate(0.1)
+    amsgrad = r.flag("amsgrad", False, "keep the largest second moment")
+    v = r.state("v", 0, "second moment")
+    v_max = r.state("v_max", 0, "largest second moment", exists_if=amsgrad)
+    r.assign(v, 0.9 * v + 0.1 * g**2, "second moment")
+    r.assign(v_max, where(v > v_max, v, v_max), "largest", only_if=amsgrad)
+    r.assign(w, w - lr * g / (sqrt(where(amsgrad, v_max, v)) + 1e-8), "update")
+    for form in (Form.IN_PLACE, Form.INCREMENT):
+        program = compile_rule(keras_options(r), form=form)
+        assert program.state("v_max").allocated_when == sp.Symbol("amsgrad")

@@ -466,7 +466,7 @@ def test_wrong_type_hyperparameter_raises_type_error(rule, name, value):
 def test_option_is_off_by_default_and_takes_none_or_a_number(rule, name):
     h = rule.hypers[name]
     params = list(torch.nn.Linear(2, 1).parameters())
-    assert group_value(rule, build(rule, params).defaults, name) is None
+    assert group_value(rule, build(rule, params).defaults, name) == h.default  # off, or on at its default
     assert group_value(rule, build(rule, params, **torch_keyword(rule, name, None)).defaults, name) is None
     if h.kind == "int":
         value, kinds = inside(h), [int]
@@ -540,7 +540,7 @@ def test_dtype_is_kept(rule, config, dtype):
             if not torch.is_tensor(value) or not value.is_floating_point():
                 continue
             assert value.dtype == dtype, key
-            assert value.shape == state_shape(rule, key, p.shape), key
+            assert value.shape == state_shape(rule, key, p.shape, config_values(rule, config)), key
 
 
 def test_sgd_without_momentum_keeps_no_velocity():
@@ -591,7 +591,7 @@ def test_dtype_is_kept_with_every_option(rule, dtype):
             if not torch.is_tensor(value) or not value.is_floating_point():
                 continue
             assert value.dtype == dtype, key
-            assert value.shape == state_shape(rule, key, p.shape), key
+            assert value.shape == state_shape(rule, key, p.shape, other_hypers(rule)), key
 
 
 # --------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ class NumPyPrinter(ExprPrinter):
         "AxisSum": ("numpy_support.axis_sum", ""),
         "AxisMean": ("numpy_support.axis_mean", ""),
         "AxisMax": ("numpy_support.axis_max", ""),
-        "float32": ("common.float32", "common.float32"),  # a once-per-step or per-tensor value
+        "float32": ("numpy_support.float32", "common.float32"),
     }
     where_call = "np.where"
     and_call = "np.logical_and"
@@ -66,6 +66,7 @@ class NumPyBackend(Backend):
         "Min": "np.minimum({0}, {1}, out={out}{where})",
         "clip": "np.clip({0}, {1}, {2}, out={out}{where})",
         "copy_into": "np.copyto({out}, {0})",
+        "float32": "numpy_support.float32({0}, out={out})",
         # over one axis, into a register shaped like the row (column) it makes
         "AxisSum": "numpy_support.axis_sum({0}, {1}, out={out})",
         "AxisMean": "numpy_support.axis_mean({0}, {1}, out={out})",

@@ -115,7 +115,7 @@ def _check_declarations(rule: Rule) -> None:
                 " update), not the learning rate, flags, options, g, t or state",
                 hint="initialise from constants or w, or write a first-step equation with where(t == 1, ..., ...)",
             )
-        options = {n for n, h in rule.hypers.items() if h.default is None and h.kind != "learning_rate"}
+        options = {n for n, h in rule.hypers.items() if h.optional}
         for name in sorted({x.name for x in s.init.free_symbols} & options):
             if may_hold(sp.And(s.exists_if, sp.Not(Given(name)))):
                 raise RuleError(
@@ -130,7 +130,7 @@ def _check_equation(rule: Rule, i: int, eq: Equation) -> None:
     where = _where(rule, i)
     hypers = {n for n, h in rule.hypers.items() if h.kind != "bool"}
     flags = {n for n, h in rule.hypers.items() if h.kind == "bool"}
-    given = {f"{n}?" for n, h in rule.hypers.items() if h.default is None and h.kind != "learning_rate"}
+    given = {f"{n}?" for n, h in rule.hypers.items() if h.optional}
     lets = {e.target for e in rule.equations[: i - 1] if e.kind == "let"}
     known = RESERVED | hypers | flags | given | set(rule.states) | lets
     if eq.target == "t" and (eq.kind != "let" or i != 1):
@@ -181,7 +181,7 @@ def _check_equation(rule: Rule, i: int, eq: Equation) -> None:
                 h is not None
                 and h.interval is not None
                 and 0 in h.interval
-                and not (h.default is None and h.zero_is_off)
+                and not (h.optional and h.zero_is_off)
             ):
                 raise RuleError(
                     rule.name,
@@ -219,7 +219,7 @@ def _check_finalizer(rule: Rule, eq: Equation) -> None:
     where = _finalizer_where(eq)
     flags = {n for n, h in rule.hypers.items() if h.kind == "bool"}
     hypers = {n for n, h in rule.hypers.items() if h.kind not in ("bool", "learning_rate")}
-    given = {f"{n}?" for n, h in rule.hypers.items() if h.default is None and h.kind != "learning_rate"}
+    given = {f"{n}?" for n, h in rule.hypers.items() if h.optional}
     lets = {e.target for e in rule.equations if e.kind == "let"} - {"t"}
     for s in sorted(eq.expr.free_symbols, key=str):
         name = s.name
@@ -255,7 +255,7 @@ def _check_finalizer(rule: Rule, eq: Equation) -> None:
 def _check_options_guarded(rule: Rule, eq: Equation, where: dict) -> None:
     """An option (``rule.option``) is None when not given: every read of its value must be reachable only
     where ``Given(option)`` holds, by ``when=``, ``only_if=`` or an enclosing ``where(...)``."""
-    options = {n for n, h in rule.hypers.items() if h.default is None and h.kind != "learning_rate"}
+    options = {n for n, h in rule.hypers.items() if h.optional}
     if not options:
         return
     conditions: dict = {}  # a named condition (rule.let) stands for its definition
@@ -364,7 +364,7 @@ def _static_atoms(rule: Rule) -> tuple[list[sp.Symbol], dict]:
     ``Eq(momentum, 0)`` and ``Ne(momentum, 0)`` share one atom (``A`` and ``~A``).
     """
     static = {sp.Symbol(n) for n in rule.hypers if n != "learning_rate"}
-    static |= {Given(n) for n, h in rule.hypers.items() if h.default is None and h.kind != "learning_rate"}
+    static |= {Given(n) for n, h in rule.hypers.items() if h.optional}
     conds = [eq.when for eq in rule.equations]  # where(flag, a, b) inside an expression stays there
     encode: dict = {}
     atoms: list = []

@@ -14,7 +14,7 @@ import dataclasses
 
 import sympy as sp
 
-from ..dsl import AxisReduction, Over, Reduction, float32
+from ..dsl import AxisReduction, Over, Reduction
 from ..errors import RuleError
 from ..ir import Assign, Program, Role, Scope, base
 
@@ -83,7 +83,6 @@ def infer_scopes(program: Program) -> Program:
     for case in program.cases:
         for a in case.body:
             _check_reductions(program, a, scopes)
-            _check_casts(program, a, scopes)
     for s in program.states:  # a state updated from constants only is still one value per step
         scopes[s.name] = max(scopes[s.name], Scope.GLOBAL)
     states = tuple(dataclasses.replace(s, scope=scopes[s.name]) for s in program.states)
@@ -111,19 +110,6 @@ def _check_reductions(program: Program, a: Assign, scopes: dict[str, Scope]) -> 
                 f"`{unversioned(node)}` is {problem}",
                 **program.written(a.equation),
                 hint="reduce an element-wise expression of g, w or per-element state, once",
-            )
-
-
-def _check_casts(program: Program, a: Assign, scopes: dict[str, Scope]) -> None:
-    for node in sp.preorder_traversal(a.expr):
-        if isinstance(node, float32) and scope_of(node.args[0], scopes) == Scope.ELEMENT:
-            raise RuleError(
-                program.rule,
-                f"`{unversioned(node)}` rounds a value per element: float32() takes a value per step or per"
-                " tensor",
-                **program.written(a.equation),
-                hint="round a scalar (a schedule, a product kept per tensor); a float32 tensor is the"
-                " state_dtype of the optimizer",
             )
 
 

@@ -31,8 +31,11 @@ def static_names(program: Program) -> set[str]:
     """The tensor's shape and dtype (``typing.number_names``: the rank, the rows...), and every ``let`` or
     temporary that each case computes from them and numbers only: Python values in every backend."""
     numbers = number_names(program)
+    # and the flags, integers and whether an option is given: Python values in every backend
+    known = numbers | {h.name for h in program.hypers if h.kind in ("bool", "int")}
+    known |= {f"{h.name}?" for h in program.hypers}
     statements = [a for c in program.cases for a in c.body]
-    return numbers | computed_from(statements, {a.target for a in statements if a.role in _GUARDED}, numbers)
+    return numbers | computed_from(statements, {a.target for a in statements if a.role in _GUARDED}, known)
 
 
 def guard_shape_values(program: Program) -> Program:

@@ -54,7 +54,7 @@ def _check_exists_if(program: Program, s) -> None:
         if not may_hold(sp.And(case.condition, sp.Not(cond))):
             continue  # the case implies it: every use in it is guarded
         for a in case.body:
-            for path in dict.fromkeys(_paths_to(a, s.name)):
+            for path in dict.fromkeys(paths_to(a, s.name)):
                 if may_hold(sp.And(case.condition, path, sp.Not(cond))):
                     raise RuleError(
                         program.rule,
@@ -65,18 +65,26 @@ def _check_exists_if(program: Program, s) -> None:
                     )
 
 
-def _paths_to(a: Assign, name: str) -> list:
+def paths_to(a: Assign, name: str) -> list:
     """Path conditions under which the assignment reads or writes ``name``.
 
-    ``x <- where(c, e, x)`` writes x only under c; its otherwise-branch (the old x, kept) is no use.
+    ``x <- where(c, e, x)`` writes x only under c; its otherwise-branch (the old x, kept) is no use, also
+    inside the guards that wrap it (Keras's options: ``where(is_update, where(c, e, x), x)``).
     """
-    expr = a.expr
-    if a.target == name:
-        if isinstance(expr, sp.Piecewise) and len(expr.args) == 2 and base_of(expr.args[1][0]) == name:
-            value, cond = expr.args[0]
-            return [cond] + [sp.And(cond, p) for p in reads(value, name, sp.true)]
-        return [sp.true] + reads(expr, name, sp.true)
-    return reads(expr, name, sp.true)
+    return _written(a.expr, name, sp.true) if a.target == name else reads(a.expr, name, sp.true)
+
+
+def _written(expr: sp.Basic, name: str, path) -> list:
+    if isinstance(expr, sp.Symbol) and base(expr) == name:
+        return []  # kept as it was
+    if not isinstance(expr, sp.Piecewise):
+        return [path] + reads(expr, name, path)  # a value computed here: written, and what it reads read
+    out, previous = [], sp.true
+    for value, cond in expr.args:
+        out += reads(cond, name, sp.And(path, previous))
+        out += _written(value, name, sp.And(path, previous, cond))
+        previous = sp.And(previous, sp.Not(cond))
+    return out
 
 
 def base_of(e) -> str | None:

@@ -20,9 +20,9 @@ import dataclasses
 
 import sympy as sp
 
-from ..dsl import LargestLength, SecondLargestLength, TensorCols, TensorRank, TensorRows, TensorSize
+from ..dsl import Given, LargestLength, SecondLargestLength, TensorCols, TensorRank, TensorRows, TensorSize
 from ..ir import Program, Role, Scope, base, ssa
-from .state import finalizer_reads, reads
+from .state import finalizer_reads, paths_to
 
 #: what a per-tensor test may read: the tensor's shape (its dtype's epsilon is not a shape)
 SHAPE = (TensorRank, TensorRows, TensorCols, TensorSize, LargestLength, SecondLargestLength)
@@ -30,58 +30,55 @@ SHAPE = (TensorRank, TensorRows, TensorCols, TensorSize, LargestLength, SecondLa
 
 def keep_per_tensor(program: Program) -> Program:
     finalized = finalizer_reads(program)
+    static = static_hypers(program)
     states = []
     for s in program.states:
         # a state that starts from the parameter, or that a finaliser reads, is every tensor's
         starts_from_w = sp.Symbol("w") in s.init.free_symbols
         if s.persists and s.scope == Scope.ELEMENT and s.name not in finalized and not starts_from_w:
-            s = dataclasses.replace(s, kept=kept_for(program, s.name))
+            s = dataclasses.replace(s, kept=kept_for(program, s.name, static))
         states.append(s)
     return program.replace(states=tuple(states), passes=program.passes + ("keep_per_tensor",))
 
 
-def kept_for(program: Program, name: str) -> sp.Basic:
-    """The test of a tensor's shape under which some case reads or writes the state ``name`` (sp.true:
-    every tensor's)."""
-    paths = []
-    for case in program.cases:
-        definitions = _shape_lets(case.body)
-        for a in case.body:
-            for path in _uses(a, name):
-                paths.append(_widened(sp.to_nnf(_shape_only(path, definitions))))
-                if paths[-1] is sp.true:
-                    return sp.true
-    return sp.simplify_logic(sp.Or(*paths)) if paths else sp.true
-
-
-def _uses(a, name: str) -> list:
-    """The conditions under which the assignment ``a`` reads or writes the state ``name``. In the state's own
-    assignment, a branch that keeps its value (``x <- where(c, e, x)``, also inside the options' guards) is
-    not a use: the tensors that take it never touch the state."""
-    return _writes(a.expr, name, sp.true) if a.target == name else reads(a.expr, name, sp.true)
-
-
-def _writes(expr: sp.Basic, name: str, path: sp.Basic) -> list:
-    if isinstance(expr, sp.Symbol) and base(expr) == name:
-        return []  # kept as it was
-    if not isinstance(expr, sp.Piecewise):
-        return [path]  # a value computed here: written, and what it reads read, under the same path
-    out, previous = [], sp.true
-    for value, cond in expr.args:
-        out += reads(cond, name, sp.And(path, previous))
-        out += _writes(value, name, sp.And(path, previous, cond))
-        previous = sp.And(previous, sp.Not(cond))
+def static_hypers(program: Program) -> set[sp.Symbol]:
+    """The hyperparameters a test of which tensors keep a state may read besides their shape: those that are
+    Python values in every backend when the state is made (flags, integers, whether an option is given)."""
+    out: set[sp.Symbol] = set()
+    for h in program.hypers:
+        if h.kind in ("bool", "int"):
+            out.add(sp.Symbol(h.name))
+        if h.optional:
+            out.add(Given(h.name))
     return out
 
 
-def _shape_lets(body) -> dict[sp.Symbol, sp.Basic]:
-    """Each ``let`` of the case computed from the tensor's shape and numbers alone, as that expression."""
+def kept_for(program: Program, name: str, static: frozenset | set = frozenset()) -> sp.Basic:
+    """The test of a tensor's shape (and of ``static`` hyperparameters) under which some case reads or
+    writes the state ``name`` (sp.true: every tensor's)."""
+    paths = []
+    for case in program.cases:
+        definitions = _shape_lets(case.body, static)
+        for a in case.body:
+            for path in paths_to(a, name):  # a branch that keeps the state's value is no use
+                paths.append(_widened(sp.to_nnf(_shape_only(path, definitions)), static))
+                if paths[-1] is sp.true:
+                    return sp.true
+    kept = sp.simplify_logic(sp.Or(*paths)) if paths else sp.true
+    # a test that does not read the shape is the same for every tensor of a group: the state's existence
+    # (StateVar.allocated_when: Keras's gradient accumulator, kept when the option is given), not this
+    return kept if kept.atoms(*SHAPE) else sp.true
+
+
+def _shape_lets(body, static: frozenset | set = frozenset()) -> dict[sp.Symbol, sp.Basic]:
+    """Each ``let`` of the case computed from the tensor's shape, ``static`` hyperparameters and numbers
+    alone, as that expression."""
     out: dict[sp.Symbol, sp.Basic] = {}
     for a in body:
         if a.role != Role.LET:
             continue
         expr = _shape_only(a.expr, out)
-        if expr.free_symbols <= {sp.Symbol("w")} and all(_in_shape(x, expr) for x in expr.free_symbols):
+        if expr.free_symbols <= {sp.Symbol("w")} | static and _in_shape(sp.Symbol("w"), expr):
             out[ssa(a.target, a.version)] = expr
     return out
 
@@ -99,18 +96,18 @@ def _in_shape(symbol: sp.Symbol, expr: sp.Basic) -> bool:
     return symbol not in bare.free_symbols
 
 
-def _widened(path: sp.Basic) -> sp.Basic:
-    """A condition in negation normal form with every atom that is not a test of the shape made true: it
-    holds wherever the path does."""
+def _widened(path: sp.Basic, static: frozenset | set = frozenset()) -> sp.Basic:
+    """A condition in negation normal form with every atom that is not a test of the shape (or of a
+    ``static`` hyperparameter) made true: it holds wherever the path does."""
     if path in (sp.true, sp.false):
         return path
     if isinstance(path, (sp.And, sp.Or)):
-        return type(path)(*(_widened(p) for p in path.args))
+        return type(path)(*(_widened(p, static) for p in path.args))
     atom = path.args[0] if isinstance(path, sp.Not) else path
-    shape_test = (
+    kept = (atom in static) or (
         isinstance(atom, sp.core.relational.Relational)
-        and atom.free_symbols <= {sp.Symbol("w")}
-        and all(_in_shape(x, atom) for x in atom.free_symbols)
-        and atom.atoms(*SHAPE)
+        and atom.free_symbols <= {sp.Symbol("w")} | static
+        and _in_shape(sp.Symbol("w"), atom)
+        and bool(atom.atoms(*SHAPE) or atom.free_symbols & static)
     )
-    return path if shape_test else sp.true
+    return path if kept else sp.true

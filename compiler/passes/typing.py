@@ -36,7 +36,8 @@ def array_names(
     # ``max(h, 1/sqrt(size))`` must be jnp.maximum, so it stays an array)
     numbers = number_names(program)
     given = {f"{h.name}?" for h in program.hypers}  # Given(x): a Python test in every backend
-    values = {h.name for h in program.hypers} if hypers_are_numbers else set()
+    # flags and integers are Python values in every backend (JAX takes them static)
+    values = {h.name for h in program.hypers if hypers_are_numbers or h.kind in ("bool", "int")}
     known = (numbers | given | values) - set(always)
     candidates = computed_from(
         statements,

@@ -8,6 +8,7 @@ from .novograd import NovoGradState, novograd
 from .novograd_tf1 import NovoGradTF1State, novograd_tf1
 from .optax_adabelief import OptaxAdabeliefState, optax_adabelief
 from .optax_adadelta import OptaxAdadeltaState, optax_adadelta
+from .optax_adafactor import OptaxAdafactorState, optax_adafactor
 from .optax_adagrad import OptaxAdagradState, optax_adagrad
 from .optax_adam import OptaxAdamState, optax_adam
 from .optax_adamax import OptaxAdamaxState, optax_adamax
@@ -59,6 +60,8 @@ __all__ = [
     "OptaxAdabeliefState",
     "optax_adadelta",
     "OptaxAdadeltaState",
+    "optax_adafactor",
+    "OptaxAdafactorState",
     "optax_adagrad",
     "OptaxAdagradState",
     "optax_adam",

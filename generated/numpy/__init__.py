@@ -8,6 +8,7 @@ from .novograd import NovoGrad, NovoGradState
 from .novograd_tf1 import NovoGradTF1, NovoGradTF1State
 from .optax_adabelief import OptaxAdabelief, OptaxAdabeliefState
 from .optax_adadelta import OptaxAdadelta, OptaxAdadeltaState
+from .optax_adafactor import OptaxAdafactor, OptaxAdafactorState
 from .optax_adagrad import OptaxAdagrad, OptaxAdagradState
 from .optax_adam import OptaxAdam, OptaxAdamState
 from .optax_adamax import OptaxAdamax, OptaxAdamaxState
@@ -59,6 +60,8 @@ __all__ = [
     "OptaxAdabeliefState",
     "OptaxAdadelta",
     "OptaxAdadeltaState",
+    "OptaxAdafactor",
+    "OptaxAdafactorState",
     "OptaxAdagrad",
     "OptaxAdagradState",
     "OptaxAdam",

@@ -8,6 +8,7 @@ from .novograd import NovoGrad
 from .novograd_tf1 import NovoGradTF1
 from .optax_adabelief import OptaxAdabelief
 from .optax_adadelta import OptaxAdadelta
+from .optax_adafactor import OptaxAdafactor
 from .optax_adagrad import OptaxAdagrad
 from .optax_adam import OptaxAdam
 from .optax_adamax import OptaxAdamax
@@ -52,6 +53,7 @@ __all__ = [
     "NovoGradTF1",
     "OptaxAdabelief",
     "OptaxAdadelta",
+    "OptaxAdafactor",
     "OptaxAdagrad",
     "OptaxAdam",
     "OptaxAdamW",
