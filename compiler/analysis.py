@@ -166,11 +166,14 @@ def _same(a: sp.Basic, b: sp.Basic) -> bool:
 
 
 def _first(program: Program, types: tuple[type, ...]) -> tuple[sp.Basic, str] | None:
-    """The first node of one of ``types`` in the program's equations, with its equation as written."""
+    """The first node of one of ``types`` in the program's equations, with its equation as written: in the
+    first equation that has one, the one of the earliest of ``types`` (SymPy's order of an ``And``'s
+    operands is not the same in every process)."""
     for number, eq in enumerate(program.equations, 1):
-        for node in sp.preorder_traversal(eq.expr):
-            if isinstance(node, types):
-                return node, program.written(number)["equation"]
+        found = [node for node in sp.preorder_traversal(eq.expr) if isinstance(node, types)]
+        if found:
+            node = min(found, key=lambda n: next(i for i, t in enumerate(types) if isinstance(n, t)))
+            return node, program.written(number)["equation"]
     return None
 
 
