@@ -94,16 +94,21 @@ def communication(program: Program, hypers: dict[str, Any] | None = None) -> dic
     from .ir import Role, SectionKind, base
     from .render import math_text
 
+    values = {h.name: h.default for h in program.hypers}
+    values.update(hypers or {})
     gathered: list[str] = []
     local: set[str] = set()  # reductions computed on whole tensors
     if whole_tensor_reason(program):
         own = program.inner or program
         local = {a.target for c in own.cases for s in c.sections for a in s.body if a.role == Role.REDUCE}
         gathered = ["w", "g"] + [
-            s.name for s in own.states if s.persists and s.scope == Scope.ELEMENT and not s.reduced
+            s.name
+            for s in own.states
+            if s.persists
+            and s.scope == Scope.ELEMENT
+            and not s.reduced
+            and _decide(s.allocated_when, values, program, f"state {s.name} exists")  # momentum=None: no m
         ]
-    values = {h.name: h.default for h in program.hypers}
-    values.update(hypers or {})
     case = next(
         (c for c in program.cases if _decide(c.condition, values, program, "case applies")), program.cases[-1]
     )

@@ -69,12 +69,13 @@ def check_sharded(results: dict, names: list[str], every: set[str], reducing: se
                 # and a rule that needs each tensor whole: one all-gather of each array it names per
                 # sharded tensor (a state only some tensors keep: for those)
                 program = compiled(RULES[name])
+                defaults = {n: h.default for n, h in RULES[name].hypers.items()}  # the workers' own
                 want = c["collectives"] + sum(
                     1
                     for shape, dim in LAYOUT
                     if dim is not None
                     for n in c["gathered"]
-                    if n not in c["kept"] or kept(program.state(n), shape)
+                    if n not in c["kept"] or kept(program.state(n), shape, defaults)
                 )
                 if set(r["collectives"]) != {want}:
                     problems.append(f"{name} {key}: {r['collectives']} collectives per step, expected {want}")
