@@ -78,7 +78,14 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "quick: a subset of the suite that runs in under two minutes")
 
 
+#: the files whose tests take tens of seconds each (subprocesses of two processes, a whole build, inductor):
+#: run first, so that the suite does not end with one worker on such a test while the other has nothing
+#: left (pytest-xdist's worksteal hands each worker a run of the collection order and steals from the end)
+_LONG_FIRST = ("test_sharding.py", "test_generated_fresh.py", "test_matrix_ops.py", "test_demo.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in _LONG_FIRST)  # stable: the order otherwise kept
     first = _first_rule()
     for item in items:
         if item.path.name in _SLOW_FILES or any(word in item.name for word in _SLOW_WORDS):
