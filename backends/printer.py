@@ -523,4 +523,6 @@ class ShapeTestPrinter(StrPrinter):
         return " or ".join(self.parenthesize(a, PRECEDENCE["Or"] + 1) for a in expr.args)
 
     def _print_Not(self, expr) -> str:
+        if isinstance(expr.args[0], Given):  # an option not given
+            return f"{expr.args[0].option} is None"
         return f"not {self.parenthesize(expr.args[0], PRECEDENCE['Not'] + 1)}"

@@ -54,9 +54,9 @@ import numpy as np
 
 from optforge.runtime import common, fused_support, numpy_support, options_numpy
 
-#: ``v_row`` is kept only for the tensors where min_dim_size_to_factor given and factored and rank >= 2 and min_dim_size_to_factor <= second_largest_length (no other reads or writes it): an
-#: empty array stands in for it elsewhere
-#: (a test of the hyperparameters too: each optimizer binds it to its values, PerTensor.bind)
+#: ``v_row`` is kept only for the tensors where (no other reads or writes it; an empty array elsewhere)
+#:     min_dim_size_to_factor given and factored and rank >= 2 and min_dim_size_to_factor <= second_largest_length
+#: a test of the hyperparameters too: each optimizer binds it to its values (PerTensor.bind)
 V_ROW_SCOPE = common.PerTensor(
     "element/largest",
     lambda shape, factored, min_dim_size_to_factor: (
@@ -71,9 +71,9 @@ V_ROW_SCOPE = common.PerTensor(
         "min_dim_size_to_factor",
     ),
 )
-#: ``v_col`` is kept only for the tensors where min_dim_size_to_factor given and factored and rank >= 2 and min_dim_size_to_factor <= second_largest_length (no other reads or writes it): an
-#: empty array stands in for it elsewhere
-#: (a test of the hyperparameters too: each optimizer binds it to its values, PerTensor.bind)
+#: ``v_col`` is kept only for the tensors where (no other reads or writes it; an empty array elsewhere)
+#:     min_dim_size_to_factor given and factored and rank >= 2 and min_dim_size_to_factor <= second_largest_length
+#: a test of the hyperparameters too: each optimizer binds it to its values (PerTensor.bind)
 V_COL_SCOPE = common.PerTensor(
     "element/second_largest",
     lambda shape, factored, min_dim_size_to_factor: (
@@ -88,13 +88,13 @@ V_COL_SCOPE = common.PerTensor(
         "min_dim_size_to_factor",
     ),
 )
-#: ``v`` is kept only for the tensors where not min_dim_size_to_factor given or not factored or min_dim_size_to_factor > second_largest_length or rank < 2 (no other reads or writes it): an
-#: empty array stands in for it elsewhere
-#: (a test of the hyperparameters too: each optimizer binds it to its values, PerTensor.bind)
+#: ``v`` is kept only for the tensors where (no other reads or writes it; an empty array elsewhere)
+#:     not min_dim_size_to_factor given or not factored or min_dim_size_to_factor > second_largest_length or rank < 2
+#: a test of the hyperparameters too: each optimizer binds it to its values (PerTensor.bind)
 V_SCOPE = common.PerTensor(
     "element",
     lambda shape, factored, min_dim_size_to_factor: (
-        not min_dim_size_to_factor is not None
+        min_dim_size_to_factor is None
         or not factored
         or min_dim_size_to_factor > common.second_largest_length(shape)
         or common.rank(shape) < 2

@@ -74,8 +74,8 @@ import numpy as np
 
 from optforge.runtime import common, fused_support, numpy_support, options_numpy
 
-#: ``exp_avg_sq`` is kept only for the tensors where rank != 2 (no other reads or writes it): an
-#: empty array stands in for it elsewhere
+#: ``exp_avg_sq`` is kept only for the tensors where (no other reads or writes it; an empty array elsewhere)
+#:     rank != 2
 EXP_AVG_SQ_SCOPE = common.PerTensor("element", lambda shape: common.rank(shape) != 2, "rank != 2")
 
 

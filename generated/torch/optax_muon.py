@@ -74,8 +74,8 @@ import torch
 
 from optforge.runtime import common, options_torch, torch_support
 
-#: ``nu`` is kept only for the tensors where rank != 2 (no other reads or writes it): an
-#: empty array stands in for it elsewhere
+#: ``nu`` is kept only for the tensors where (no other reads or writes it; an empty array elsewhere)
+#:     rank != 2
 NU_SCOPE = common.PerTensor("element", lambda shape: common.rank(shape) != 2, "rank != 2")
 
 
