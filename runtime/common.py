@@ -366,6 +366,17 @@ def second_largest_length(shape: Any) -> int:
     return shape[-2] if len(shape) >= 2 else 1
 
 
+def scope_words(scope: str, shape: Any) -> str:
+    """A state's scope in an error message: ``element state``, or for one that only some tensors keep, which
+    and that a parameter of ``shape`` is not one of them (a state made by an optforge before that)."""
+    if isinstance(scope, PerTensor) and not kept(shape, scope):
+        return (
+            f"{str(scope)} state, kept only for the tensors where {scope.text}: for this parameter an empty"
+            " array (a state saved when every tensor kept one resumes with it replaced by an empty array)"
+        )
+    return f"{str(scope)} state"
+
+
 def state_shape(shape: Any, scope: str) -> tuple:
     """The shape of a parameter's state: ``"element"`` the parameter's, ``"tensor"`` 0-d, and
     ``"element/-1"`` (``"element/-2/-1"``...) the parameter's with those axes reduced to length 1, an axis

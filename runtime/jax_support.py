@@ -73,6 +73,7 @@ def check_update(name: str, grads: Any, params: Any, states: dict[str, tuple[Any
             if jnp.shape(leaf) != expected:
                 raise ValueError(
                     f"{name}: state.{field} leaf {i} has shape {jnp.shape(leaf)}, expected {expected}"
+                    f" ({common.scope_words(scope, shape)})"
                 )
 
 

@@ -68,7 +68,8 @@ def check_step(params: Any, grads: Any, state: Any, scopes: dict[str, str]) -> l
             expected = common.state_shape(w.shape, scope)
             if s.shape != expected:
                 raise ValueError(
-                    f"state.{name}[{k!r}] must have shape {expected} ({scope} state). Received: {s.shape}"
+                    f"state.{name}[{k!r}] must have shape {expected} ({common.scope_words(scope, w.shape)})."
+                    f" Received: {s.shape}"
                 )
     return keys
 

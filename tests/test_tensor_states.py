@@ -135,3 +135,23 @@ def test_a_state_that_exists_under_a_flag_is_written_under_only_if_with_the_opti
     for form in (Form.IN_PLACE, Form.INCREMENT):
         program = compile_rule(keras_options(r), form=form)
         assert program.state("v_max").allocated_when == sp.Symbol("amsgrad")
+
+
+def test_a_state_saved_with_the_array_a_tensor_no_longer_keeps_is_a_clear_error():
+    """A NumPy or JAX state that holds TorchMuon's ``exp_avg_sq`` for a matrix (as every tensor kept it
+    before): the error says which tensors keep it and what to do."""
+    import jax.numpy as jnp
+
+    import optforge.generated.jax as generated_jax
+    import optforge.generated.numpy as generated_numpy
+
+    params, grads = [np.ones((3, 2)), np.ones(3)], [np.ones((3, 2)), np.ones(3)]
+    opt = generated_numpy.TorchMuon(learning_rate=0.01)
+    state = opt.init(params)._replace(exp_avg_sq=[np.zeros((3, 2)), np.zeros(3)])
+    with pytest.raises(ValueError, match=r"kept only for the tensors where rank != 2: for this parameter an"):
+        opt.step(params, grads, state)
+    tx = generated_jax.torch_muon(0.01)
+    leaves = [jnp.asarray(p) for p in params]
+    state = tx.init(leaves)._replace(exp_avg_sq=[jnp.zeros((3, 2)), jnp.zeros(3)])
+    with pytest.raises(ValueError, match=r"kept only for the tensors where rank != 2: for this parameter an"):
+        tx.update([jnp.asarray(g) for g in grads], state, leaves)
