@@ -21,7 +21,7 @@ import sympy as sp
 
 from ..ir import Assign, Case, Program, Role, SectionKind, Unused, base, ssa
 from .guards import guarded, reads_under, weaken
-from .typing import computed_from, number_names
+from .typing import computed_from, number_names, python_hypers
 
 #: what the rule names, what the compiler names for it, and the reductions over the tensor the loop computes
 _GUARDED = (Role.LET, Role.TEMP, Role.REDUCE)
@@ -31,9 +31,7 @@ def static_names(program: Program) -> set[str]:
     """The tensor's shape and dtype (``typing.number_names``: the rank, the rows...), and every ``let`` or
     temporary that each case computes from them and numbers only: Python values in every backend."""
     numbers = number_names(program)
-    # and the flags, integers and whether an option is given: Python values in every backend
-    known = numbers | {h.name for h in program.hypers if h.kind in ("bool", "int")}
-    known |= {f"{h.name}?" for h in program.hypers}
+    known = numbers | python_hypers(program)  # and the flags, integers, whether an option is given
     statements = [a for c in program.cases for a in c.body]
     return numbers | computed_from(statements, {a.target for a in statements if a.role in _GUARDED}, known)
 

@@ -87,10 +87,6 @@ def _written(expr: sp.Basic, name: str, path) -> list:
     return out
 
 
-def base_of(e) -> str | None:
-    return base(e) if isinstance(e, sp.Symbol) else None
-
-
 def reads(expr, name: str, path) -> list:
     """The conditions (``path`` and the branches' tests) under which ``expr`` reads ``name``."""
     if isinstance(expr, sp.Symbol):

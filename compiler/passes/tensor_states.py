@@ -9,9 +9,12 @@ under which it is read or written (in every case; ``let``\\ s computed from the 
 alone, such as ``matrix = Eq(rank, 2)``, read as their definitions) and records their disjunction as the
 state's ``kept``: the backends allocate the state for a tensor only where it holds (an empty array stands in
 elsewhere, ``runtime.common.PerTensor``). Only tests of the tensor's shape count (``rank``, ``rows``,
-``cols``, ``size``): a path that also tests anything else (a flag, a hyperparameter, the data) is widened
-to the shape tests it makes, which never drops a tensor that uses the state. A state read or written
-without a shape test, or read by a finaliser, is kept for every tensor (``kept`` stays true).
+``cols``, ``size``, the two longest axes' lengths), with the hyperparameters that are Python values where
+the state is made (flags, integers, whether an option is given: optax's Adafactor factors a tensor whose
+axes are ``min_dim_size_to_factor`` long); a path that also tests anything else (a real hyperparameter,
+the step, the data) is widened to the tests it makes that count, which never drops a tensor that uses the
+state. A state read or written without a shape test, read by a finaliser, or starting from the parameter,
+is kept for every tensor (``kept`` stays true).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sympy as sp
 from ..dsl import Given, LargestLength, SecondLargestLength, TensorCols, TensorRank, TensorRows, TensorSize
 from ..ir import Program, Role, Scope, base, ssa
 from .state import finalizer_reads, paths_to
+from .typing import python_hypers
 
 #: what a per-tensor test may read: the tensor's shape (its dtype's epsilon is not a shape)
 SHAPE = (TensorRank, TensorRows, TensorCols, TensorSize, LargestLength, SecondLargestLength)
@@ -42,15 +46,11 @@ def keep_per_tensor(program: Program) -> Program:
 
 
 def static_hypers(program: Program) -> set[sp.Symbol]:
-    """The hyperparameters a test of which tensors keep a state may read besides their shape: those that are
-    Python values in every backend when the state is made (flags, integers, whether an option is given)."""
-    out: set[sp.Symbol] = set()
-    for h in program.hypers:
-        if h.kind in ("bool", "int"):
-            out.add(sp.Symbol(h.name))
-        if h.optional:
-            out.add(Given(h.name))
-    return out
+    """The hyperparameters a test of which tensors keep a state may read besides their shape, as symbols
+    (``typing.python_hypers``: flags, integers, whether an option is given)."""
+    names = python_hypers(program)
+    flags_and_ints = {sp.Symbol(n) for n in names if not n.endswith("?")}
+    return flags_and_ints | {Given(h.name) for h in program.hypers if h.optional and f"{h.name}?" in names}
 
 
 def kept_for(program: Program, name: str, static: frozenset | set = frozenset()) -> sp.Basic:

@@ -35,10 +35,8 @@ def array_names(
     # hyperparameters too where they are numbers (not in JAX, whose may be traced arrays: there
     # ``max(h, 1/sqrt(size))`` must be jnp.maximum, so it stays an array)
     numbers = number_names(program)
-    given = {f"{h.name}?" for h in program.hypers}  # Given(x): a Python test in every backend
-    # flags and integers are Python values in every backend (JAX takes them static)
-    values = {h.name for h in program.hypers if hypers_are_numbers or h.kind in ("bool", "int")}
-    known = (numbers | given | values) - set(always)
+    values = {h.name for h in program.hypers} if hypers_are_numbers else set()
+    known = (numbers | python_hypers(program) | values) - set(always)
     candidates = computed_from(
         statements,
         {
@@ -76,6 +74,14 @@ def computed_from(statements, candidates: set[str], known: set[str]) -> set[str]
                 candidates.discard(a.target)
                 changed = True
     return candidates
+
+
+def python_hypers(program: Program) -> set[str]:
+    """The hyperparameters that are Python values in every backend (JAX takes them static): flags, integers,
+    and whether an option is given (``Given(x)``, named ``x?``)."""
+    return {h.name for h in program.hypers if h.kind in ("bool", "int")} | {
+        f"{h.name}?" for h in program.hypers
+    }
 
 
 def number_names(program: Program) -> set[str]:
