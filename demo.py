@@ -62,6 +62,7 @@ LEARNING_RATE = {
     "OptaxRprop": 0.1,
     "OptaxSgd": 1.0,
     "OptaxSignSgd": 0.01,
+    "OptaxSm3": 0.3,
     "OptaxYogi": 0.03,
     "SGD": 1.0,
     "TorchASGD": 1.0,

@@ -249,6 +249,14 @@ class ExprPrinter(RuleOrder, StrPrinter):
     # SymPy finds a printing method by the class's own name, not a base class's
     _print_AxisSum = _print_AxisMean = _print_AxisMax = _print_axis_reduction
 
+    def _print_cover(self, expr) -> str:
+        """``cover_max(x)``, ``cover_min(mu)``: the table's call on the value and the gradient (whose shape,
+        the parameter's, lays out the cover: ``runtime.common.cover_slices``; JAX's update may have no
+        parameters)."""
+        return self.call(self.array_function(expr), self._print(expr.args[0]), self.name_of(sp.Symbol("g")))
+
+    _print_CoverMax = _print_CoverMin = _print_cover
+
     def _print_erf(self, expr) -> str:
         return self.function("erf", expr, expr.args)
 

@@ -12,6 +12,8 @@ import sympy as sp
 
 from .dsl import (
     AxisReduction,
+    CoverMax,
+    CoverMin,
     Given,
     LargestLength,
     MachineEpsilon,
@@ -187,6 +189,8 @@ _WHAT = {
     MachineEpsilon: "the dtype's machine epsilon",
     MatrixProduct: "a matrix product",
     Transposed: "a transpose",
+    CoverMax: "a cover by the tensor's slices (cover_max)",
+    CoverMin: "a cover read per element (cover_min)",
 }
 
 
@@ -197,7 +201,7 @@ def kernel_obstacle(program: Program) -> str:
     found = _first(
         program,
         (AxisReduction, MatrixOp, TensorRank, TensorRows, TensorCols, LargestLength, SecondLargestLength)
-        + (MachineEpsilon,),
+        + (MachineEpsilon, CoverMax, CoverMin),
     )
     if found is None:
         return ""
@@ -208,12 +212,12 @@ def kernel_obstacle(program: Program) -> str:
 
 def whole_tensor_reason(program: Program) -> str:
     """Why a step of the program needs each parameter whole, or ``""`` where it runs on a shard of it: a
-    reduction over one axis (a row of a matrix sharded by rows is on one device, a column is not) or a
-    matrix operation (``X X^T`` of a matrix sharded by rows needs every row). torch gathers such a rule's
+    reduction over one axis (a row of a matrix sharded by rows is on one device, a column is not), a cover
+    (SM3's maximum over all axes but one) or a matrix operation (``X X^T`` of a matrix sharded by rows needs every row). torch gathers such a rule's
     sharded parameters (DTensors, FSDP2's) for its update (``runtime/torch_support.py``); JAX's ``jit``
     partitions the program itself. A reduction over the whole tensor does not need it: the shards' partial
     sums are added."""
-    found = _first(program, (AxisReduction, MatrixOp))
+    found = _first(program, (AxisReduction, MatrixOp, CoverMax, CoverMin))
     if found is None:
         return ""
     node, equation = found

@@ -56,6 +56,8 @@ __all__ = [
     "second_largest_length",
     "Rule",
     "clip",
+    "cover_max",
+    "cover_min",
     "exp",
     "float32",
     "g",
@@ -423,6 +425,40 @@ class AxisMax(AxisReduction):
     """Maximum over one axis, kept with length 1."""
 
     accumulate, word = Accumulate.MAX, "max"
+
+
+# --------------------------------------------------------------------------------------
+# a cover of the tensor by its axes (SM3): for each axis, one value per index along it
+
+
+class CoverMax(sp.Function):
+    """``cover_max(x)``: for each axis ``r`` of the tensor, the maximum of ``x`` over the slice of each index
+    along ``r`` (over every other axis): SM3's ``mu(r) <- max over j in S_r of x(j)`` for the cover of the
+    tensor by its slices. One vector per axis: ``m + n`` values for an ``m x n`` matrix, the tensor itself
+    for a vector, one value for a 0-d tensor. Stored in a state (``scope`` inferred: ``element/cover``) and
+    read per element by :class:`CoverMin`."""
+
+    nargs = 1
+
+
+class CoverMin(sp.Function):
+    """``cover_min(mu)``: for each element, the minimum over the tensor's axes of ``mu``'s value at the
+    element's index along that axis (SM3's ``nu(i) = min over r with i in S_r of mu(r)``): a value per
+    element of what :class:`CoverMax` made (a state of scope ``element/cover``)."""
+
+    nargs = 1
+
+
+def cover_max(x: Any) -> sp.Expr:
+    """For each axis, the maximum of the per-element value ``x`` over the tensor's other axes (SM3's cover
+    by slices: one vector per axis, ``m + n`` values for an ``m x n`` matrix). Assign it to a state."""
+    return CoverMax(sp.sympify(x))
+
+
+def cover_min(mu: Any) -> sp.Expr:
+    """Per element, the minimum over the tensor's axes of the cover ``mu`` (a state assigned
+    ``cover_max(...)``) at the element's index along each axis."""
+    return CoverMin(sp.sympify(mu))
 
 
 def _axis(axis: Any, where: str) -> sp.Basic:

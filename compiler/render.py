@@ -138,6 +138,12 @@ class MathPrinter(RuleOrder, StrPrinter):
 
     _print_AxisSum = _print_AxisMean = _print_AxisMax = _print_axis_reduction
 
+    def _print_CoverMax(self, expr) -> str:
+        return f"cover_max({self._print(expr.args[0])})"
+
+    def _print_CoverMin(self, expr) -> str:
+        return f"cover_min({self._print(expr.args[0])})"
+
     def _print_TensorMax(self, expr) -> str:
         return f"max_elements({self._print(expr.args[0])})"
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .dsl import AxisBySize, AxisReduction, MachineEpsilon, Reduction, TensorRank
+from .dsl import AxisBySize, AxisReduction, CoverMax, CoverMin, MachineEpsilon, Reduction, TensorRank
 from .ir import Program, Role, Scope, base
 from .passes.schedule import passes_over_all_tensors
-from .passes.shape import token
+from .passes.shape import COVER, token
 from .render import docstring_equations, finalizer_text, math_text
 from .traffic import communication
 
@@ -56,7 +56,11 @@ def exists_when(s, quote=str) -> str:
 
 def reduced_cost(axes: tuple[int, ...]) -> str:
     """What a state with axes reduced keeps, for an m x n matrix (leading axes: one per matrix)."""
-    named = {(-1,): "one per row: m of an m x n matrix", (-2,): "one per column: n of an m x n matrix"}
+    named = {
+        (-1,): "one per row: m of an m x n matrix",
+        (-2,): "one per column: n of an m x n matrix",
+        (COVER,): "one per index of each axis: m + n of an m x n matrix",
+    }
     if any(isinstance(a, AxisBySize) for a in axes):
         named[tuple(axes)] = f"the tensor with its {' and '.join(token(a) for a in axes)} axis reduced"
     return "0 (" + named.get(tuple(axes), f"axes {', '.join(map(str, axes))} reduced to length 1") + ")"
@@ -66,7 +70,7 @@ def scope_word(s) -> str:
     """A state's scope in words: per element (per row, per column where an axis is reduced), per tensor..."""
     if any(isinstance(a, AxisBySize) for a in s.reduced):
         return f"per element, {' and '.join(token(a) for a in s.reduced)} axis reduced"
-    return {(-1,): "per row", (-2,): "per column"}.get(tuple(s.reduced), s.scope.word)
+    return {(-1,): "per row", (-2,): "per column", (COVER,): "per slice"}.get(tuple(s.reduced), s.scope.word)
 
 
 def reductions(program: Program) -> list[str]:
@@ -87,7 +91,7 @@ def reductions(program: Program) -> list[str]:
                     add(node)
     for eq in program.equations:
         for node in sp.preorder_traversal(eq.expr):
-            if isinstance(node, AxisReduction):
+            if isinstance(node, (AxisReduction, CoverMax, CoverMin)):
                 add(node)
     return found
 

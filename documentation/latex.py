@@ -84,6 +84,14 @@ class RuleLatexPrinter(RuleOrder, LatexPrinter):
 
     _print_AxisSum = _print_AxisMean = _print_AxisMax = _print_axis_reduction
 
+    def _print_CoverMax(self, expr, exp=None) -> str:
+        r"""SM3's cover: for each slice ``S_r`` (each index of each axis), the maximum over it."""
+        return rf"\max_{{S_r}}\left({self._print(expr.args[0])}\right)"
+
+    def _print_CoverMin(self, expr, exp=None) -> str:
+        r"""Per element ``i``, the minimum of the cover over the slices through it."""
+        return rf"\min_{{S_r \ni i}}\left({self._print(expr.args[0])}\right)_r"
+
     def _print_TensorRows(self, expr, exp=None) -> str:
         return r"\operatorname{rows}(w)"
 

@@ -389,6 +389,8 @@ def state_shape(shape: Any, scope: str) -> tuple:
     kind, *axes = scope.split("/")
     if kind != "element":
         raise ValueError(f"a state's scope is 'element', 'tensor' or 'element/<axes>'. Received: {scope!r}")
+    if axes == ["cover"]:  # SM3's cover: one vector per axis, laid end to end (a 0-d tensor: one value)
+        return (cover_length(shape),)
     if len(axes) == 1 and not axes[0].startswith("-") and axes[0] not in _BY_SIZE:  # a matrix product's
         return matrix_shape(shape, axes[0])
     out = list(shape)
@@ -400,6 +402,28 @@ def state_shape(shape: Any, scope: str) -> tuple:
 
 
 _BY_SIZE = {"largest": 1, "second_largest": 2}
+
+
+def cover_length(shape: Any) -> int:
+    """The values of a cover of a tensor of ``shape`` by its slices (``cover_max``): one per index of each
+    axis, ``m + n`` for an ``m x n`` matrix; one for a 0-d tensor (covered by itself)."""
+    return sum(shape) if len(shape) else 1
+
+
+def cover_slices(shape: Any) -> list[tuple[int, int, tuple[int, ...]]]:
+    """Where each axis's vector lies in a cover of a tensor of ``shape`` (``cover_max``): (start, stop,
+    shape broadcasting against the tensor: ``(1, n, 1)`` for axis 1 of a rank-3 tensor), in axis order; a
+    0-d tensor's one value, shaped ``()``. A tensor with no elements (``(0, 3)``) has slices that hold none
+    (its second axis's 3): their maximum is 0 in every backend (optax stores -inf; no element reads it,
+    and a state stays finite)."""
+    shape = tuple(shape)
+    if not shape:
+        return [(0, 1, ())]
+    out, start = [], 0
+    for r, d in enumerate(shape):
+        out.append((start, start + d, (1,) * r + (d,) + (1,) * (len(shape) - r - 1)))
+        start += d
+    return out
 
 
 def matrix_shape(shape: Any, pair: str) -> tuple:

@@ -206,3 +206,29 @@ def axis_max(x: Any, axis: int, like: Any = None, scope: str = "element") -> Any
 
 def _shaped(result: Any, like: Any, scope: str) -> Any:
     return result if like is None else jnp.reshape(result, common.state_shape(jnp.shape(like), scope))
+
+
+def cover_max(x: Any, like: Any) -> Any:
+    """SM3's cover of ``x`` (shaped like the parameter ``like``): for each axis, the maximum over the other
+    axes, the vectors laid end to end (``common.cover_slices``); a vector or a 0-d tensor is its own cover;
+    a tensor with no elements, 0 (``common.cover_slices``)."""
+    shape = jnp.shape(like)
+    x = jnp.broadcast_to(x, shape)
+    if len(shape) < 2:
+        return jnp.reshape(x, (common.cover_length(shape),))
+    if x.size == 0:  # no element lies in any slice: nothing reads them (common.cover_slices)
+        return jnp.zeros(common.cover_length(shape), x.dtype)
+    axes = range(len(shape))
+    return jnp.concatenate([jnp.max(x, axis=tuple(a for a in axes if a != r)) for r in axes])
+
+
+def cover_min(mu: Any, like: Any) -> Any:
+    """Per element of a tensor shaped like ``like``, the minimum over its axes of the cover ``mu``
+    (``cover_max``) at the element's index along each."""
+    parts = [
+        jnp.reshape(mu[start:stop], shape) for start, stop, shape in common.cover_slices(jnp.shape(like))
+    ]
+    out = parts[0]
+    for part in parts[1:]:
+        out = jnp.minimum(out, part)
+    return out

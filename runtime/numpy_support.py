@@ -264,3 +264,34 @@ def axis_max(
 
 def _shaped(result: np.ndarray, like: Any, scope: str) -> np.ndarray:
     return result if like is None else result.reshape(common.state_shape(np.shape(like), scope))
+
+
+def cover_max(x: Any, like: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """SM3's cover of ``x`` (shaped like the parameter ``like``): for each axis, the maximum over the other
+    axes, the vectors laid end to end (``common.cover_slices``), into ``out`` (else a new array); a vector
+    or a 0-d tensor is its own cover; a tensor with no elements, 0 (``common.cover_slices``)."""
+    shape = np.shape(like)
+    x = np.broadcast_to(x, shape)
+    if out is None:
+        out = np.empty(common.cover_length(shape), dtype=x.dtype)
+    if len(shape) < 2:
+        np.copyto(out, x.reshape(out.shape))
+    elif x.size == 0:  # no element lies in any slice: nothing reads them (common.cover_slices)
+        out.fill(0)
+    else:
+        axes = range(len(shape))
+        for (start, stop, _), r in zip(common.cover_slices(shape), axes):
+            np.max(x, axis=tuple(a for a in axes if a != r), out=out[start:stop])
+    return out
+
+
+def cover_min(mu: np.ndarray, like: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Per element of a tensor shaped like ``like``, the minimum over its axes of the cover ``mu``
+    (``cover_max``) at the element's index along each, into ``out`` (else a new array)."""
+    parts = [mu[start:stop].reshape(shape) for start, stop, shape in common.cover_slices(np.shape(like))]
+    if out is None:
+        out = np.empty(np.shape(like), dtype=mu.dtype)
+    np.copyto(out, parts[0])
+    for part in parts[1:]:
+        np.minimum(out, part, out=out)
+    return out

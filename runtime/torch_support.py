@@ -804,3 +804,33 @@ def axis_max(
 
 def _shaped(result: torch.Tensor, like: Any, scope: str) -> torch.Tensor:
     return result if like is None else result.reshape(common.state_shape(like.shape, scope))
+
+
+def cover_max(x: torch.Tensor, like: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """SM3's cover of ``x`` (shaped like the parameter ``like``): for each axis, the maximum over the other
+    axes, the vectors laid end to end (``common.cover_slices``), into ``out`` (else a new tensor); a vector
+    or a 0-d tensor is its own cover; a tensor with no elements, 0 (``common.cover_slices``)."""
+    shape = tuple(like.shape)
+    x = torch.broadcast_to(x, shape)
+    if out is None:
+        out = torch.empty(common.cover_length(shape), dtype=x.dtype, device=x.device)
+    if len(shape) < 2:
+        return out.copy_(x.reshape(out.shape))
+    if x.numel() == 0:  # no element lies in any slice: nothing reads them (common.cover_slices)
+        return out.fill_(0)
+    axes = range(len(shape))
+    for (start, stop, _), r in zip(common.cover_slices(shape), axes):
+        out[start:stop].copy_(torch.amax(x, dim=tuple(a for a in axes if a != r)))
+    return out
+
+
+def cover_min(mu: torch.Tensor, like: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Per element of a tensor shaped like ``like``, the minimum over its axes of the cover ``mu``
+    (``cover_max``) at the element's index along each, into ``out`` (else a new tensor)."""
+    parts = [mu[start:stop].reshape(shape) for start, stop, shape in common.cover_slices(tuple(like.shape))]
+    if out is None:
+        out = torch.empty(like.shape, dtype=mu.dtype, device=mu.device)
+    out.copy_(parts[0])
+    for part in parts[1:]:
+        torch.minimum(out, part, out=out)
+    return out

@@ -69,7 +69,7 @@ def features(rule) -> frozenset[str]:
     """The structural features of a rule, as its compiled program shows them."""
     import sympy as sp
 
-    from optforge.compiler.dsl import MatrixOp, Reduction
+    from optforge.compiler.dsl import CoverMax, CoverMin, MatrixOp, Reduction
 
     program = compiled(rule)
     own = program.inner or program
@@ -92,6 +92,8 @@ def features(rule) -> frozenset[str]:
                 out.add(type(node).__name__)
             elif isinstance(node, MatrixOp):
                 out.add("matrix operations")
+            elif isinstance(node, (CoverMax, CoverMin)):
+                out.add("a cover by slices")
             elif isinstance(node, sp.Piecewise):
                 out.add("where")
         if eq.target != "w" and w in expr.free_symbols:

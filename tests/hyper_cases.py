@@ -45,6 +45,8 @@ def state_shape(rule, name: str, shape, hypers: dict | None = None) -> tuple:
         return ()
     if not kept(st, shape, {**{n: h.default for n, h in rule.hypers.items()}, **(hypers or {})}):
         return (0,)
+    if st.reduced == ("cover",):  # SM3's: one value per index of each axis (a 0-d tensor: one)
+        return (sum(shape) if len(shape) else 1,)
     out = list(shape)
     for axis in st.reduced:  # an axis the parameter does not have is left out (a vector's -2)
         if not isinstance(axis, int):  # the axis its lengths choose (largest_axis): numpy.argsort's order

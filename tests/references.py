@@ -181,7 +181,36 @@ def _adafactor_nearest_decay():
     return adafactor
 
 
-COMPOSITES = {"TorchMuon": ("torch", _muon_with_adamw), "OptaxAdafactor": ("optax", _adafactor_nearest_decay)}
+def _sm3_scheduled_scalars_as_vectors():
+    """optax.sm3 (optax 0.2.8: ``chain(scale_by_sm3(momentum), scale(-learning_rate))``) built of optax's own
+    transforms with two extensions that optax.sm3 refuses: the learning rate may be a schedule
+    (``scale_by_learning_rate``, equal to ``scale(-learning_rate)`` for a number), and a 0-d tensor is given
+    to ``scale_by_sm3`` as a vector of one element (optax fails on it: ``scale_by_sm3`` indexes the empty
+    list of the scalar's axes). tests/test_cover.py compares the rule with optax.sm3 itself as well."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    def vectors(tree):
+        return jax.tree.map(lambda x: jnp.reshape(x, (1,)) if jnp.ndim(x) == 0 else x, tree)
+
+    def sm3(learning_rate, momentum=0.9):
+        inner = optax.chain(optax.scale_by_sm3(momentum), optax.scale_by_learning_rate(learning_rate))
+
+        def update(updates, state, params=None):
+            new, state = inner.update(vectors(updates), state)
+            return jax.tree.map(lambda u, x: jnp.reshape(u, jnp.shape(x)), new, updates), state
+
+        return optax.GradientTransformation(lambda params: inner.init(vectors(params)), update)
+
+    return sm3
+
+
+COMPOSITES = {
+    "TorchMuon": ("torch", _muon_with_adamw),
+    "OptaxAdafactor": ("optax", _adafactor_nearest_decay),
+    "OptaxSm3": ("optax", _sm3_scheduled_scalars_as_vectors),
+}
 
 
 def library_reference(rule):

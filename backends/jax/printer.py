@@ -35,6 +35,8 @@ class JaxPrinter(ExprPrinter):
         "AxisSum": ("jax_support.axis_sum", ""),
         "AxisMean": ("jax_support.axis_mean", ""),
         "AxisMax": ("jax_support.axis_max", ""),
+        "CoverMax": ("jax_support.cover_max", ""),
+        "CoverMin": ("jax_support.cover_min", ""),
         "float32": ("jax_support.float32", "jax_support.float32"),
     }
     where_call = "jnp.where"

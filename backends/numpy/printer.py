@@ -32,6 +32,8 @@ class NumPyPrinter(ExprPrinter):
         "AxisSum": ("numpy_support.axis_sum", ""),
         "AxisMean": ("numpy_support.axis_mean", ""),
         "AxisMax": ("numpy_support.axis_max", ""),
+        "CoverMax": ("numpy_support.cover_max", ""),
+        "CoverMin": ("numpy_support.cover_min", ""),
         "float32": ("numpy_support.float32", "common.float32"),
     }
     where_call = "np.where"
@@ -71,6 +73,9 @@ class NumPyBackend(Backend):
         "AxisSum": "numpy_support.axis_sum({0}, {1}, out={out})",
         "AxisMean": "numpy_support.axis_mean({0}, {1}, out={out})",
         "AxisMax": "numpy_support.axis_max({0}, {1}, out={out})",
+        # SM3's cover of a value, and a cover read per element: into a register of the result's shape
+        "CoverMax": "numpy_support.cover_max({0}, {1}, out={out})",
+        "CoverMin": "numpy_support.cover_min({0}, {1}, out={out})",
         # a matrix product into a register of its shape (never one of its operands')
         "MatrixProduct": "numpy_support.matmul({0}, {1}, out={out})",
         "Transposed": "numpy_support.transpose({0}, out={out})",  # a copy, not a view of a buffer

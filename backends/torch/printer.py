@@ -43,6 +43,8 @@ class TorchPrinter(ExprPrinter):
         "AxisSum": ("torch_support.axis_sum", ""),
         "AxisMean": ("torch_support.axis_mean", ""),
         "AxisMax": ("torch_support.axis_max", ""),
+        "CoverMax": ("torch_support.cover_max", ""),
+        "CoverMin": ("torch_support.cover_min", ""),
         "float32": ("torch_support.float32", "torch_support.float32"),
     }
     where_call = "torch.where"
@@ -138,6 +140,9 @@ class TorchBackend(Backend):
         "AxisSum": "torch_support.axis_sum({0}, {1}, out={out})",
         "AxisMean": "torch_support.axis_mean({0}, {1}, out={out})",
         "AxisMax": "torch_support.axis_max({0}, {1}, out={out})",
+        # SM3's cover of a value, and a cover read per element: into a register of the result's shape
+        "CoverMax": "torch_support.cover_max({0}, {1}, out={out})",
+        "CoverMin": "torch_support.cover_min({0}, {1}, out={out})",
         # a matrix product into a register of its shape (never one of its operands')
         "MatrixProduct": "torch_support.matmul({0}, {1}, out={out})",
         "Transposed": "torch_support.transpose({0}, out={out})",  # a copy, not a view of a buffer

@@ -20,7 +20,7 @@ import dataclasses
 import sympy as sp
 from sympy.core.mul import _keep_coeff
 
-from ..dsl import Given, Reduction, idiv, imod
+from ..dsl import Given, Reduction, g, idiv, imod
 from ..ir import AsFloat, Copy, base
 from ..ops import (
     Bin,
@@ -316,6 +316,16 @@ class _Builder:
         return self.call(type(expr).__name__, expr, expr.args)
 
     _AxisSum = _AxisMean = _AxisMax = _axis_reduction
+
+    def _cover(self, expr) -> Expr:  # into a register of its shape; the gradient's shape lays the cover out
+        return Call(
+            type(expr).__name__,
+            (self.tree(expr.args[0]), self.leaf(g)),
+            self.t.is_array(expr),
+            arrays=(True, True),
+        )
+
+    _CoverMax = _CoverMin = _cover
 
     def _MatrixProduct(self, expr) -> Expr:  # into a register of the product's shape
         return self.call("MatrixProduct", expr, expr.args)

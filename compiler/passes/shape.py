@@ -19,19 +19,22 @@ import dataclasses
 
 import sympy as sp
 
-from ..dsl import AxisBySize, AxisReduction, MatrixOp, Reduction, Transposed
+from ..dsl import AxisBySize, AxisReduction, CoverMax, CoverMin, MatrixOp, Reduction, Transposed
 from ..errors import RuleError
 from ..ir import Broadcast, Program, Role, Scope, base
 from ..render import math_text
 from .scope import scopes_of, unversioned
 
 FULL: frozenset[int] = frozenset()  # no axis reduced: shaped like the parameter
+#: SM3's cover (``cover_max``): one vector per axis, ``m + n`` values for an ``m x n`` matrix; combined only
+#: with numbers and other covers, read per element by ``cover_min``
+COVER = "cover"
 
 #: A shape: the axes reduced (a frozenset, FULL: none), or, for what a matrix operation makes, the last two
 #: axes as a pair of "m" (the parameter's rows), "n" (its columns) or 1: ``("m", "m")`` is ``X @ X^T`` of an
 #: ``m x n`` parameter, ``("n", "m")`` its transpose. A pair that is the parameter's with axes reduced is
 #: written as those axes (``("m", 1)`` is ``{-1}``): one shape, one spelling.
-Shape = frozenset | tuple
+Shape = frozenset | tuple | str
 
 
 class ShapeError(ValueError):
@@ -62,6 +65,13 @@ def join(a: Shape | None, b: Shape | None) -> Shape | None:
     if a is None:
         return b
     if b is None:
+        return a
+    if COVER in (a, b):
+        if a != b:
+            raise ShapeError(
+                f"a cover (one vector per axis, from cover_max) and a value of shape {words(b if a == COVER else a)}"
+                " do not broadcast: read the cover per element with cover_min"
+            )
         return a
     if isinstance(a, frozenset) and isinstance(b, frozenset):
         return a & b
@@ -97,6 +107,8 @@ def _matrix_shape(expr: MatrixOp, shapes: dict) -> Shape:
 
 def words(shape: Shape) -> str:
     """A shape as the documentation writes it: ``m x n``, ``m x 1``, ``m x m``."""
+    if shape == COVER:
+        return "m + n (one vector per axis)"
     r, c = as_pair(shape) if not (isinstance(shape, frozenset) and shape - {-1, -2}) else ("?", "?")
     return f"{r} x {c}"
 
@@ -104,6 +116,8 @@ def words(shape: Shape) -> str:
 def suffix(shape: Shape) -> str:
     """A shape in a state's or a scratch buffer's scope (``runtime.common.state_shape``): ``/-1`` for a row,
     ``/mm`` for an ``m x m`` value; empty for the parameter's shape."""
+    if shape == COVER:
+        return "/" + COVER
     if isinstance(shape, tuple):
         return "/" + "".join(str(d) for d in shape)
     return "".join(f"/{token(axis)}" for axis in sorted(shape, key=axis_order))
@@ -111,12 +125,14 @@ def suffix(shape: Shape) -> str:
 
 def axis_order(axis) -> tuple:
     """The order axes are listed in: -2 before -1, then the axes the lengths choose."""
+    if axis == COVER:
+        return (2, 0)
     return (1, axis.rank_by_size) if isinstance(axis, AxisBySize) else (0, axis)
 
 
 def token(axis) -> str:
     """An axis in a scope: ``-1``; or the axis the tensor's lengths choose, ``largest``, ``second_largest``."""
-    return axis.token if isinstance(axis, AxisBySize) else str(axis)
+    return axis.token if isinstance(axis, AxisBySize) else str(axis)  # COVER is its own token
 
 
 def shape_of(expr: sp.Basic, shapes: dict[str, Shape | None]) -> Shape | None:
@@ -136,6 +152,9 @@ def shape_of(expr: sp.Basic, shapes: dict[str, Shape | None]) -> Shape | None:
         return inner | {expr.axis}
     if isinstance(expr, MatrixOp):
         return _matrix_shape(expr, shapes)
+    if isinstance(expr, (CoverMax, CoverMin)):
+        _check_cover(expr, shape_of(expr.args[0], shapes), final=False)
+        return COVER if isinstance(expr, CoverMax) else FULL
     found = None
     for arg in expr.args:
         found = join(found, shape_of(arg, shapes))
@@ -155,7 +174,8 @@ def shapes_of(program: Program, case=None) -> dict[str, frozenset[int] | None]:
         if s.scope == Scope.ELEMENT:
             shapes[s.name] = shape_of(s.init, shapes)
             if case is not None and "infer_shapes" in program.passes:
-                shapes[s.name], stored = frozenset(s.reduced), stored | {s.name}
+                shapes[s.name] = COVER if COVER in s.reduced else frozenset(s.reduced)
+                stored = stored | {s.name}
     statements = [a for c in program.cases for a in c.body] if case is None else list(case.body)
     changed = True
     while changed:
@@ -184,6 +204,23 @@ def shapes_of(program: Program, case=None) -> dict[str, frozenset[int] | None]:
     return shapes
 
 
+def _check_cover(expr: sp.Basic, inner: Shape | None, final: bool) -> None:
+    """``cover_max`` takes a value per element of the parameter's shape, ``cover_min`` a cover. While the
+    fixpoint runs a state's shape may not be known yet (None); ``final``: it is."""
+    wanted = FULL if isinstance(expr, CoverMax) else COVER
+    if inner == wanted or (inner is None and not final):
+        return
+    what = (
+        "a value per element, shaped like the parameter"
+        if wanted == FULL
+        else "a cover (a state assigned cover_max(...))"
+    )
+    found = "a value that is not per element" if inner is None else f"of shape {words(inner)}"
+    raise ShapeError(
+        f"`{math_text(unversioned(expr))}` takes {what}; `{math_text(unversioned(expr.args[0]))}` is {found}"
+    )
+
+
 def _check_whole_reductions(a, shapes: dict) -> None:
     """A reduction over a whole tensor reads a value of the parameter's shape (a mean divides by its size)."""
     for node in sp.preorder_traversal(a.expr):
@@ -204,6 +241,9 @@ def infer_shapes(program: Program) -> Program:
         for a in case.body:
             try:
                 _check_whole_reductions(a, shapes)
+                for node in sp.preorder_traversal(a.expr):
+                    if isinstance(node, (CoverMax, CoverMin)):
+                        _check_cover(node, shape_of(node.args[0], shapes), final=True)
             except ShapeError as exc:
                 raise RuleError(
                     program.rule,
@@ -222,9 +262,12 @@ def infer_shapes(program: Program) -> Program:
                 " the value every step with a let",
             )
     states = tuple(
-        dataclasses.replace(s, reduced=tuple(sorted(shapes[s.name] or (), key=axis_order)))
-        if s.scope == Scope.ELEMENT
-        else s
+        dataclasses.replace(s, reduced=_reduced(shapes[s.name])) if s.scope == Scope.ELEMENT else s
         for s in program.states
     )
     return program.replace(states=states, passes=program.passes + ("infer_shapes",))
+
+
+def _reduced(shape: Shape | None) -> tuple:
+    """A state's shape as ``StateVar.reduced`` holds it: the axes reduced, in order; ``(COVER,)``."""
+    return (COVER,) if shape == COVER else tuple(sorted(shape or (), key=axis_order))

@@ -70,7 +70,7 @@ from ..ops import (
     Value,
     reads,
 )
-from .shape import axis_order, token
+from .shape import COVER, axis_order, token
 
 
 def in_place_form(a: Assign, arrays: Iterable[str], *, fill: bool = False) -> tuple[str, sp.Basic]:
@@ -150,7 +150,9 @@ class Registers:
         if not shape or shape == self.shape:
             return self
         if shape not in self.files:
-            if isinstance(shape, tuple):  # a matrix operation's (passes/shape.py): ``_xmm0`` for m x m
+            if shape == COVER:  # SM3's cover: ``_cover0``
+                prefix = "_cover"
+            elif isinstance(shape, tuple):  # a matrix operation's (passes/shape.py): ``_xmm0`` for m x m
                 prefix = "_x" + "".join(str(d) for d in shape)
             else:
                 axes = tuple(sorted(shape, key=axis_order))
@@ -273,8 +275,9 @@ def _product(factors: list[Expr]) -> Expr:
 #: a comparison with its operands swapped: ``0 < x`` is ``x > 0`` (for NaN too: both false)
 _MIRROR = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "==", "!=": "!="}
 _LOGIC = ("and", "or", "not")
-#: reductions over one axis (a row's, a column's): an operation into a register of the row's shape
-_AXIS = ("AxisSum", "AxisMean", "AxisMax")
+#: reductions over one axis (a row's, a column's) and a cover's (SM3's, passes/shape.py): an operation into
+#: a register of the result's shape (none takes a mask)
+_AXIS = ("AxisSum", "AxisMean", "AxisMax", "CoverMax", "CoverMin")
 #: operations whose result may not share a buffer with an operand (a matrix product)
 _APART = ("MatrixProduct",)
 #: operations whose call returns nothing (``np.copyto``): a name bound to the result is bound apart

@@ -29,6 +29,7 @@ from .optax_rmsprop import OptaxRmspropState, optax_rmsprop
 from .optax_rprop import OptaxRpropState, optax_rprop
 from .optax_sgd import OptaxSgdState, optax_sgd
 from .optax_sign_sgd import OptaxSignSgdState, optax_sign_sgd
+from .optax_sm3 import OptaxSm3State, optax_sm3
 from .optax_yogi import OptaxYogiState, optax_yogi
 from .sgd import SGDState, sgd
 from .torch_adadelta import TorchAdadeltaState, torch_adadelta
@@ -102,6 +103,8 @@ __all__ = [
     "OptaxSgdState",
     "optax_sign_sgd",
     "OptaxSignSgdState",
+    "optax_sm3",
+    "OptaxSm3State",
     "optax_yogi",
     "OptaxYogiState",
     "sgd",

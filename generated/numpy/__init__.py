@@ -29,6 +29,7 @@ from .optax_rmsprop import OptaxRmsprop, OptaxRmspropState
 from .optax_rprop import OptaxRprop, OptaxRpropState
 from .optax_sgd import OptaxSgd, OptaxSgdState
 from .optax_sign_sgd import OptaxSignSgd, OptaxSignSgdState
+from .optax_sm3 import OptaxSm3, OptaxSm3State
 from .optax_yogi import OptaxYogi, OptaxYogiState
 from .sgd import SGD, SGDState
 from .torch_adadelta import TorchAdadelta, TorchAdadeltaState
@@ -102,6 +103,8 @@ __all__ = [
     "OptaxSgdState",
     "OptaxSignSgd",
     "OptaxSignSgdState",
+    "OptaxSm3",
+    "OptaxSm3State",
     "OptaxYogi",
     "OptaxYogiState",
     "SGD",

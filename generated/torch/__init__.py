@@ -29,6 +29,7 @@ from .optax_rmsprop import OptaxRmsprop
 from .optax_rprop import OptaxRprop
 from .optax_sgd import OptaxSgd
 from .optax_sign_sgd import OptaxSignSgd
+from .optax_sm3 import OptaxSm3
 from .optax_yogi import OptaxYogi
 from .sgd import SGD
 from .torch_adadelta import TorchAdadelta
@@ -74,6 +75,7 @@ __all__ = [
     "OptaxRprop",
     "OptaxSgd",
     "OptaxSignSgd",
+    "OptaxSm3",
     "OptaxYogi",
     "SGD",
     "TorchASGD",
