@@ -57,6 +57,7 @@ LEARNING_RATE = {
     "OptaxNadam": 0.03,
     "OptaxNadamw": 0.03,
     "OptaxNovoGrad": 0.1,
+    "OptaxPolyakSgd": 1.0,
     "OptaxRadam": 0.1,
     "OptaxRmsprop": 0.03,
     "OptaxRprop": 0.1,
@@ -138,17 +139,21 @@ def hyperparameters(rule) -> dict:
 # -- the network, three times ------------------------------------------------------------------------
 
 
-def _numpy_grads(params, x, y):
-    """Backpropagation by hand: d(mean cross-entropy)/dz = (softmax(z) - onehot(y)) / n, tanh' = 1 - h^2."""
+def _numpy_loss_and_grads(params, x, y):
+    """The batch's mean cross-entropy, and its gradient by backpropagation by hand: d(mean
+    cross-entropy)/dz = (softmax(z) - onehot(y)) / n, tanh' = 1 - h^2."""
     w1, b1, w2, b2 = params
     h = np.tanh(x @ w1 + b1)
     z = h @ w2 + b2
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    dz = e / e.sum(axis=1, keepdims=True)
+    top = z.max(axis=1, keepdims=True)
+    e = np.exp(z - top)
+    total = e.sum(axis=1, keepdims=True)
+    loss = float(np.mean(top[:, 0] + np.log(total[:, 0]) - z[np.arange(len(y)), y]))
+    dz = e / total
     dz[np.arange(len(y)), y] -= 1.0
     dz /= len(y)
     dh = (dz @ w2.T) * (1.0 - h * h)
-    return [x.T @ dh, dh.sum(axis=0), h.T @ dz, dz.sum(axis=0)]
+    return loss, [x.T @ dh, dh.sum(axis=0), h.T @ dz, dz.sum(axis=0)]
 
 
 def _numpy_eval(params, x, y):
@@ -168,8 +173,8 @@ def train_numpy(rule, task: Task, cfg: dict):
     yield _numpy_eval(params, task.x_train, task.y_train)[0], _numpy_eval(params, task.x_test, task.y_test)[1]
     for batches in task.epochs:
         for idx in batches:
-            grads = _numpy_grads(params, task.x_train[idx], task.y_train[idx])
-            params, state = opt.step(params, grads, state)
+            loss, grads = _numpy_loss_and_grads(params, task.x_train[idx], task.y_train[idx])
+            params, state = opt.step(params, grads, state, **({"value": loss} if rule.reads_loss else {}))
         yield (
             _numpy_eval(params, task.x_train, task.y_train)[0],
             _numpy_eval(params, task.x_test, task.y_test)[1],
@@ -193,11 +198,12 @@ def train_jax(rule, task: Task, cfg: dict):
         return jnp.sum(jnp.argmax(jnp.tanh(x @ w1 + b1) @ w2 + b2, axis=1) == y)
 
     tx = getattr(gen, rule.module)(**cfg)
+    with_loss = rule.reads_loss  # Polyak's step size: given the batch's loss
 
     @jax.jit
     def step(params, opt_state, x, y):
-        grads = jax.grad(loss_fn)(params, x, y)
-        updates, opt_state = tx.update(grads, opt_state, params)
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params, **({"value": loss} if with_loss else {}))
         return optax.apply_updates(params, updates), opt_state
 
     evaluate = jax.jit(lambda p: (loss_fn(p, xtr, ytr), correct(p, xte, yte)))
@@ -236,9 +242,14 @@ def train_torch(rule, task: Task, cfg: dict):
     for batches in task.epochs:
         for idx in batches:
             i = torch.from_numpy(idx)
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(logits(params, xtr[i]), ytr[i]).backward()
-            opt.step()
+
+            def closure():
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(logits(params, xtr[i]), ytr[i])
+                loss.backward()
+                return loss
+
+            opt.step(closure)
         yield evaluate(params)
 
 

@@ -565,6 +565,8 @@ class Backend:
             ),
             "cases": cases,
             "reads_param": program.form == Form.INCREMENT and program.reads_param,
+            # the step reads the objective's value (``loss``): each backend's step takes it
+            "reads_loss": program.reads_loss,
             # when the increment form reads w: "" never, "True" always, else a Python condition
             "param_condition": "" if param_when is sp.false else p.doprint(param_when),
             "param_condition_text": ""
@@ -651,7 +653,7 @@ class Backend:
                 "zero_is_off": h.zero_is_off,
                 # Keras's options are checked by the runtime's table (runtime/options.py), the rule's here
                 "check": _check_call(h, stages=None if h.name in own else self.stages),
-                "kind": h.kind,
+                "kind": "str" if h.kind == "choice" else h.kind,  # as the signature annotates it
                 "meaning": h.meaning,
                 "low": _num(h.interval.low) if h.interval else "",
                 "high": _num(h.interval.high) if h.interval else "",
@@ -807,6 +809,8 @@ def _check_call(
     kind = check_kind(h)
     if kind == "flag":
         return f"common.check_flag({given})"
+    if kind == "choice":
+        return f"common.check_choice({given}, {h.choices!r})"
     if kind == "learning_rate" or h.interval is None:
         return ""
     bounds = (
@@ -821,12 +825,12 @@ def _check_call(
 
 
 def check_kind(h) -> str:
-    """How hyperparameter ``h`` is checked (``runtime/common.py``'s ``Check.kind``): "flag", "learning_rate",
-    "option" (None allowed: its default is None) or "float"."""
+    """How hyperparameter ``h`` is checked (``runtime/common.py``'s ``Check.kind``): "flag", "choice",
+    "learning_rate", "option" (None allowed: its default is None) or "float"."""
     if h.kind == "bool":
         return "flag"
-    if h.kind == "learning_rate":
-        return "learning_rate"
+    if h.kind in ("choice", "learning_rate"):
+        return h.kind
     return "option" if h.optional else "float"
 
 
@@ -840,6 +844,8 @@ def check_spec(h) -> str:
     if kind == "option":
         args += ["integer=True"] if h.kind == "int" else []
         args += ["zero_is_off=True"] if h.zero_is_off else []
+    if kind == "choice":
+        args += [f"choices={h.choices!r}"]
     return f"common.Check({', '.join(args)})"
 
 

@@ -94,6 +94,9 @@ class ExprPrinter(RuleOrder, StrPrinter):
 
     # -- atoms -------------------------------------------------------------------------
 
+    def _print_Str(self, expr) -> str:  # a choice's value (``variant == "sps+"``): a Python string
+        return repr(expr.name)
+
     def _print_Symbol(self, expr: sp.Symbol) -> str:
         if isinstance(expr, Given):
             return f"{self.names.get(expr.option, expr.option)} is not None"
@@ -519,6 +522,9 @@ class ShapeTestPrinter(StrPrinter):
 
     def _print_Symbol(self, expr) -> str:  # a flag, an integer hyperparameter, whether an option is given
         return f"{expr.option} is not None" if isinstance(expr, Given) else expr.name
+
+    def _print_Str(self, expr) -> str:  # a choice's value
+        return repr(expr.name)
 
     def _print_Relational(self, expr) -> str:
         lhs, rhs = (self.parenthesize(a, PRECEDENCE["Relational"] + 1) for a in expr.args)

@@ -77,6 +77,13 @@ def _optax(name: str, **kwargs) -> Callable[[], Any]:
     return make
 
 
+def _optax_polyak_sgd() -> Any:
+    """optax.polyak_sgd with its ``scaling`` (the rule's learning rate) at the benchmark's rate."""
+    import optax
+
+    return optax.polyak_sgd(scaling=LEARNING_RATE)
+
+
 class MuonWithAdamW:
     """torch.optim.Muon for the matrices (rank 2) and torch.optim.AdamW (``mode``: foreach, fused) for the
     other tensors, as torch's documentation pairs them: TorchMuon's reference (``rules/torch_muon.py``: one
@@ -173,6 +180,12 @@ CONFIGS: dict[str, RuleConfig] = {
             functools.partial(MuonWithAdamW, lr=LEARNING_RATE),
             equal=False,
             caveat="torch.optim.Muon iterates in bfloat16 (1e-2 of the update apart), AdamW for the rest",
+        )
+    ),
+    "OptaxPolyakSgd": RuleConfig(
+        optax=Reference(
+            _optax_polyak_sgd,
+            caveat="optax's scaling is the rule's learning_rate; both given the objective's value 1.0 each step",
         )
     ),
     "NovoGrad": RuleConfig(note="no torch.optim or optax equivalent"),

@@ -58,16 +58,18 @@ class Candidate:
 
 
 class NumpyRunner:
-    """Our NumPy optimizer: ``params, state = opt.step(params, grads, state)`` (in place)."""
+    """Our NumPy optimizer: ``params, state = opt.step(params, grads, state)`` (in place; ``value=`` the
+    objective's value where the rule reads it)."""
 
-    def __init__(self, opt: Any, workload: Workload) -> None:
+    def __init__(self, opt: Any, workload: Workload, value: float | None = None) -> None:
         self.opt = opt
         self.params = workload.fresh_params()
         self.grads = workload.fresh_grads()
         self.state = opt.init(self.params)
+        self.kwargs = {} if value is None else {"value": value}
 
     def step(self) -> None:
-        self.params, self.state = self.opt.step(self.params, self.grads, self.state)
+        self.params, self.state = self.opt.step(self.params, self.grads, self.state, **self.kwargs)
 
     def values(self) -> list[np.ndarray]:
         return [np.array(p) for p in self.params]
@@ -76,16 +78,19 @@ class NumpyRunner:
 class TorchRunner:
     """A ``torch.optim.Optimizer`` (ours or torch's) over CPU tensors whose ``.grad`` is fixed."""
 
-    def __init__(self, make_optimizer: Callable[[list], Any], workload: Workload) -> None:
+    def __init__(
+        self, make_optimizer: Callable[[list], Any], workload: Workload, value: float | None = None
+    ) -> None:
         import torch
 
         self.params = [torch.nn.Parameter(torch.from_numpy(p)) for p in workload.fresh_params()]
         for p, g in zip(self.params, workload.fresh_grads()):
             p.grad = torch.from_numpy(g)
         self.opt = make_optimizer(self.params)
+        self.kwargs = {} if value is None else {"value": value}
 
     def step(self) -> None:
-        self.opt.step()
+        self.opt.step(**self.kwargs)
 
     def values(self) -> list[np.ndarray]:
         return [p.detach().numpy().copy() for p in self.params]
@@ -95,13 +100,15 @@ class JaxRunner:
     """An optax ``GradientTransformation`` (ours or optax's), stepped as optax users do: one jitted
     ``step(params, state, grads)`` doing ``update`` and ``optax.apply_updates``, params and state donated."""
 
-    def __init__(self, tx: Any, workload: Workload) -> None:
+    def __init__(self, tx: Any, workload: Workload, value: float | None = None) -> None:
         import jax
         import jax.numpy as jnp
         import optax
 
+        kwargs = {} if value is None else {"value": value}
+
         def step(params, state, grads):
-            updates, state = tx.update(grads, state, params)
+            updates, state = tx.update(grads, state, params, **kwargs)
             return optax.apply_updates(params, updates), state
 
         self._step = jax.jit(step, donate_argnums=(0, 1))
@@ -128,6 +135,12 @@ def _fused_option(cls: Any, fused: bool) -> dict[str, bool]:
     return {}
 
 
+def objective(rule: Rule) -> float | None:
+    """The objective's value each step is given where the rule reads it (Polyak's step size): a fixed
+    number (the step's work does not depend on it), the same for the reference; else None."""
+    return 1.0 if rule.reads_loss else None
+
+
 def ours(rule: Rule, config: RuleConfig) -> list[Candidate]:
     """Our generated modules: NumPy and torch without and with the fused path, JAX."""
 
@@ -137,7 +150,7 @@ def ours(rule: Rule, config: RuleConfig) -> list[Candidate]:
 
             cls = getattr(gnp, rule.name)
             opt = cls(learning_rate=LEARNING_RATE, **config.hypers, **_fused_option(cls, fused))
-            return NumpyRunner(opt, workload)
+            return NumpyRunner(opt, workload, objective(rule))
 
         return make
 
@@ -148,7 +161,9 @@ def ours(rule: Rule, config: RuleConfig) -> list[Candidate]:
             cls = getattr(gt, rule.name)
             option = _fused_option(cls, fused)
             return TorchRunner(
-                lambda params: cls(params, lr=LEARNING_RATE, **config.hypers, **option), workload
+                lambda params: cls(params, lr=LEARNING_RATE, **config.hypers, **option),
+                workload,
+                objective(rule),
             )
 
         return make
@@ -156,7 +171,8 @@ def ours(rule: Rule, config: RuleConfig) -> list[Candidate]:
     def jax(workload: Workload) -> Runner:
         import optforge.generated.jax as gj
 
-        return JaxRunner(getattr(gj, rule.module)(learning_rate=LEARNING_RATE, **config.hypers), workload)
+        tx = getattr(gj, rule.module)(learning_rate=LEARNING_RATE, **config.hypers)
+        return JaxRunner(tx, workload, objective(rule))
 
     return [
         Candidate(rule.name, "numpy", OURS, "numpy", numpy(False)),
@@ -193,8 +209,8 @@ def _torch_reference(reference: Reference, mode: dict[str, bool]) -> Callable[[W
     return make
 
 
-def _optax_reference(reference: Reference) -> Callable[[Workload], Runner]:
-    return lambda workload: JaxRunner(reference.make(), workload)
+def _optax_reference(reference: Reference, value: float | None = None) -> Callable[[Workload], Runner]:
+    return lambda workload: JaxRunner(reference.make(), workload, value)
 
 
 def references(rule: Rule, config: RuleConfig) -> list[Candidate]:
@@ -208,7 +224,14 @@ def references(rule: Rule, config: RuleConfig) -> list[Candidate]:
             out.append(Candidate(rule.name, name, REFERENCE, "torch", make, config.torch))
     if config.optax is not None:
         out.append(
-            Candidate(rule.name, "optax", REFERENCE, "jax", _optax_reference(config.optax), config.optax)
+            Candidate(
+                rule.name,
+                "optax",
+                REFERENCE,
+                "jax",
+                _optax_reference(config.optax, objective(rule)),
+                config.optax,
+            )
         )
     return out
 

@@ -34,6 +34,7 @@ import sys
 from typing import Any
 
 import sympy as sp
+from sympy.core.symbol import Str
 
 from ..runtime import common
 from ..runtime.common import Interval
@@ -66,6 +67,7 @@ __all__ = [
     "global_sum",
     "global_sumsq",
     "log",
+    "loss",
     "machine_epsilon",
     "matmul",
     "maximum",
@@ -92,8 +94,11 @@ w = sp.Symbol("w")
 t = sp.Symbol("t")
 #: The number of earlier calls of the step (0 at the first): what learning-rate schedules see.
 n = sp.Symbol("n")
+#: The value of the objective at this step, which the user passes to the step (optax's ``value=``, torch's
+#: ``step(closure)``): Polyak's step size reads it. A rule that reads it takes it in every backend.
+loss = sp.Symbol("loss")
 
-RESERVED = {"g", "w", "t", "n"}
+RESERVED = {"g", "w", "t", "n", "loss"}
 
 # Names the generated code uses for itself (NumPy, JAX, torch, the Numba and Triton kernels); a rule may
 # not take them: a let named ``key`` was overwritten by NumPy's loop over the tensors, silently (the kernels'
@@ -108,10 +113,31 @@ _TAKEN = frozenset(
         *("cacheable", "pointer", "machine_epsilon", "fmax", "fmin", "fsign", "fsqrt"),
         # the optimizers' and the update functions' own names
         *("self", "state", "group", "params", "grads", "update", "updates", "count", "step", "closure"),
-        *("loss", "lr", "treedef", "keys", "key", "call", "init", "init_fn", "update_fn", "stages", "shape"),
+        *(
+            "loss",
+            "value",
+            "extra_args",
+            "lr",
+            "treedef",
+            "keys",
+            "key",
+            "call",
+            "init",
+            "init_fn",
+            "update_fn",
+            "stages",
+            "shape",
+        ),
         *("defaults", "checks", "flags", "keeps", "tensors", "module", "rule", "out"),
         *("fused", "foreach", "capturable", "differentiable", "state_dtype", "global_states"),
-        *("global_sumsq_g", "kernels_refused", "whole_tensors", "torch_names", "rule_maximizes"),
+        *(
+            "global_sumsq_g",
+            "kernels_refused",
+            "whole_tensors",
+            "torch_names",
+            "rule_maximizes",
+            "reads_loss",
+        ),
         *("finalize_variable_values", "dtype", "dtypes", "betas", "etas", "adam_betas"),
         # the kernels' loops, rows, bounds and tables
         *("dt", "table", "rows", "cols", "rank", "size", "bounds", "largest_length", "second_largest_length"),
@@ -128,7 +154,7 @@ _HYPER_ALIASES = frozenset({"b1", "b2", "eps", "maximize", "step_sizes"})
 #: families of names the generated code makes (temporaries, a kernel's view of each array and its
 #: constants, JAX's new states, the reductions' partial sums, the kernels' functions, constants)
 _TAKEN_FAMILIES = re.compile(
-    r"^(tmp\d+|red\d+|rank_\d+|sumsq_\w*|new_\w+|[cb]_\w*|\w+_|"
+    r"^(tmp\d+|red\d+|rank_\d+|sumsq_\w*|global_(sum|sumsq|max)_\w+|new_\w+|[cb]_\w*|\w+_|"
     r"(reduce|prepare|run|split|addresses)_\w+|[A-Z][A-Z0-9]*_[A-Z0-9_]+)$"
 )
 
@@ -555,8 +581,8 @@ class Hyper:
     """A hyperparameter: a number fixed by the user (or, for the learning rate, a schedule)."""
 
     name: str
-    default: float | bool | None
-    kind: str  # "float", "int", "bool" or "learning_rate"
+    default: float | bool | str | None
+    kind: str  # "float", "int", "bool", "choice" or "learning_rate"
     interval: Interval | None
     meaning: str
     latex: str
@@ -564,10 +590,43 @@ class Hyper:
     #: an option: None turns it off (``Given(x)`` tests it); its default is None or a value (optax's
     #: Adafactor ``clipping_threshold=1.0``: on unless None is given)
     optional: bool = False
+    #: a choice (``kind == "choice"``): the strings it may be (optax's polyak_sgd ``variant``: "sps", "sps+")
+    choices: tuple[str, ...] = ()
 
     @property
     def symbol(self) -> sp.Symbol:
         return sp.Symbol(self.name)
+
+
+class Choice:
+    """A hyperparameter that is one of a few strings (``Rule.choice``); ``choice == "sps+"`` is the static
+    condition that it is that one (``when=``, ``only_if=``, ``where(...)``), a Python test in every backend."""
+
+    def __init__(self, rule: str, name: str, choices: tuple[str, ...]) -> None:
+        self.rule, self.name, self.choices = rule, name, choices
+        self.symbol = sp.Symbol(name)
+
+    def _value(self, value: Any) -> Str:
+        if value not in self.choices:
+            raise RuleError(
+                self.rule,
+                f"'{self.name}' is one of {', '.join(map(repr, self.choices))}; the rule compares it with"
+                f" {value!r}",
+                origin=_origin(),
+            )
+        return Str(value)
+
+    def __eq__(self, value: Any) -> sp.Basic:  # type: ignore[override]
+        return sp.Eq(self.symbol, self._value(value))
+
+    def __ne__(self, value: Any) -> sp.Basic:  # type: ignore[override]
+        return sp.Ne(self.symbol, self._value(value))
+
+    def __hash__(self) -> int:
+        return hash(self.symbol)
+
+    def __repr__(self) -> str:
+        return f"<choice {self.name}: {', '.join(map(repr, self.choices))}>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -685,6 +744,12 @@ class Rule:
     def __repr__(self) -> str:
         return f"<Rule {self.name}: {len(self.equations)} equations>"
 
+    @property
+    def reads_loss(self) -> bool:
+        """Whether the step reads the objective's value (``loss``): each backend's step then takes it
+        (NumPy's ``step(..., value=)``, JAX's ``update(..., value=)``, torch's ``step(closure)``)."""
+        return any(loss in sp.sympify(e.expr).free_symbols for e in self.equations)
+
     # -- declarations ---------------------------------------------------------------
 
     def _declare_name(self, name: str, what: str) -> None:
@@ -794,6 +859,31 @@ class Rule:
         escaped = name.replace("_", "\\_")
         self.hypers[name] = Hyper(name, default, "bool", None, meaning, latex or rf"\mathrm{{{escaped}}}")
         return sp.Symbol(name)
+
+    def choice(self, name: str, choices: tuple[str, ...], default: str, meaning: str) -> Choice:
+        """Declare a hyperparameter that is one of ``choices`` (strings), ``default`` unless given: test it
+        with ``x == "value"`` (a static condition, as a flag is). optax's polyak_sgd ``variant``."""
+        self._declare_name(name, "choice")
+        choices = tuple(choices)
+        if (
+            len(choices) < 2
+            or not all(isinstance(c, str) for c in choices)
+            or len(set(choices)) < len(choices)
+        ):
+            raise RuleError(
+                self.name,
+                f"choice '{name}' needs two or more distinct strings, received {choices!r}",
+                origin=_origin(),
+            )
+        if default not in choices:
+            raise RuleError(
+                self.name,
+                f"the default of choice '{name}' is {default!r}, not one of {', '.join(map(repr, choices))}",
+                origin=_origin(),
+            )
+        latex = r"\mathrm{" + name.replace("_", "\\_") + "}"
+        self.hypers[name] = Hyper(name, default, "choice", None, meaning, latex, choices=choices)
+        return Choice(self.name, name, choices)
 
     def state(
         self,
@@ -1015,7 +1105,14 @@ class Rule:
         if name not in self.hypers:
             raise RuleError(self.name, f"no hyperparameter '{name}' to set a default for", origin=_origin())
         h = self.hypers[name]
-        if h.kind == "bool":
+        if h.kind == "choice":
+            if value not in h.choices:
+                raise RuleError(
+                    self.name,
+                    f"choice '{name}' is one of {', '.join(map(repr, h.choices))}, received {value!r}",
+                    origin=_origin(),
+                )
+        elif h.kind == "bool":
             if not isinstance(value, bool):
                 raise RuleError(
                     self.name, f"flag '{name}' needs a bool default, received {value!r}", origin=_origin()

@@ -245,6 +245,11 @@ class Program:
         return any(w in a.expr.free_symbols for c in self.cases for a in c.body)
 
     @property
+    def reads_loss(self) -> bool:
+        """Whether the step reads the objective's value (``loss``): each backend's step takes it."""
+        return any(base(s) == "loss" for c in self.cases for a in c.body for s in a.expr.free_symbols)
+
+    @property
     def flags(self) -> tuple[Hyper, ...]:
         return tuple(h for h in self.hypers if h.kind == "bool")
 

@@ -138,6 +138,9 @@ class MathPrinter(RuleOrder, StrPrinter):
 
     _print_AxisSum = _print_AxisMean = _print_AxisMax = _print_axis_reduction
 
+    def _print_Str(self, expr) -> str:  # a choice's value: ``variant == 'sps+'``
+        return repr(expr.name)
+
     def _print_CoverMax(self, expr) -> str:
         return f"cover_max({self._print(expr.args[0])})"
 

@@ -54,6 +54,13 @@ def exists_when(s, quote=str) -> str:
     return "; ".join(when) or "always"
 
 
+def range_text(h) -> str:
+    """A hyperparameter's valid values as the tables print them: its range, ``bool``, or its choices."""
+    if h.kind == "choice":
+        return " or ".join(map(repr, h.choices))
+    return str(h.interval) if h.interval else "bool"
+
+
 def reduced_cost(axes: tuple[int, ...]) -> str:
     """What a state with axes reduced keeps, for an m x n matrix (leading axes: one per matrix)."""
     named = {
@@ -123,7 +130,7 @@ def show(program: Program) -> str:
     lines += ["", "hyperparameters:"]
     rows = [["name", "default", "range", "meaning"]]
     for h in program.hypers:
-        rows.append([h.name, repr(h.default), str(h.interval) if h.interval else "bool", h.meaning])
+        rows.append([h.name, repr(h.default), range_text(h), h.meaning])
     lines += _table(rows)
     lines += ["", "state:"]
     if program.states:

@@ -84,6 +84,9 @@ class RuleLatexPrinter(RuleOrder, LatexPrinter):
 
     _print_AxisSum = _print_AxisMean = _print_AxisMax = _print_axis_reduction
 
+    def _print_Str(self, expr, exp=None) -> str:  # a choice's value: ``\text{sps+}``
+        return rf"\text{{{expr.name}}}"
+
     def _print_CoverMax(self, expr, exp=None) -> str:
         r"""SM3's cover: for each slice ``S_r`` (each index of each axis), the maximum over it."""
         return rf"\max_{{S_r}}\left({self._print(expr.args[0])}\right)"
@@ -166,6 +169,7 @@ def equations_latex(
     out = []
     for eq in equations:
         names = {"g": "g_t", "t": "t", "n": "n", "learning_rate": base.get("learning_rate", r"\eta") + "_t"}
+        names["loss"] = r"f(w_{t-1})"  # the objective's value the step is given
         for name, tex in base.items():
             if name == "learning_rate":
                 continue

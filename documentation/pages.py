@@ -16,6 +16,7 @@ from optforge.compiler.render import equation_text, finalizer_equations, guarded
 from optforge.compiler.show import (
     exists_when,
     per_tensor_costs,
+    range_text,
     reduced_cost,
     reductions,
     scope_word,
@@ -119,7 +120,7 @@ def page(
         "torch": {"learning_rate": ("lr", None), **torch_names(names)},
     }
     for h in program.hypers:
-        rng = str(h.interval) if h.interval else "bool"
+        rng = range_text(h)
         if h.kind == "int":
             rng += ", integer"
         others = [
@@ -269,7 +270,7 @@ def usage(program: Program) -> list[str]:
         f"from optforge.generated.numpy import {cls}",
         f"opt = {cls}(learning_rate={lr}{kw['numpy']})",
         "state = opt.init(params)  # a list or dict of float arrays",
-        "params, state = opt.step(params, grads, state)",
+        "params, state = opt.step(params, grads, state" + (", value=loss)" if program.reads_loss else ")"),
         "```",
         "",
         "JAX (an `optax.GradientTransformation`):",
@@ -278,7 +279,8 @@ def usage(program: Program) -> list[str]:
         f"from optforge.generated.jax import {fn}",
         f"tx = {fn}(learning_rate={lr}{kw['jax']})",
         "opt_state = tx.init(params)",
-        "updates, opt_state = tx.update(grads, opt_state, params)",
+        "updates, opt_state = tx.update(grads, opt_state, params"
+        + (", value=loss)" if program.reads_loss else ")"),
         "params = optax.apply_updates(params, updates)",
         "```",
         "",
@@ -287,7 +289,7 @@ def usage(program: Program) -> list[str]:
         "```python",
         f"from optforge.generated.torch import {cls}",
         f"opt = {cls}(model.parameters(), lr={lr}{kw['torch']})",
-        "loss.backward(); opt.step(); opt.zero_grad()",
+        "loss.backward(); opt.step(" + ("value=loss" if program.reads_loss else "") + "); opt.zero_grad()",
         "```",
     ]
 

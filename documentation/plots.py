@@ -77,7 +77,7 @@ def numpy_curve(rule, problem: str, learning_rate: float, nudge: float = 0.0) ->
         for _ in range(STEPS[problem]):
             loss, grads = _loss_and_grad_numpy(problem, params)
             losses.append(loss)
-            params, state = opt.step(params, grads, state)
+            params, state = opt.step(params, grads, state, **({"value": loss} if rule.reads_loss else {}))
         losses.append(_loss_and_grad_numpy(problem, params)[0])
     return losses
 
@@ -123,7 +123,7 @@ def curves(rule, problem: str, learning_rate: float) -> dict[str, list[float]]:
     for _ in range(STEPS[problem]):
         loss, grads = _loss_and_grad_numpy(problem, params)
         losses.append(loss)
-        params, state = opt.step(params, grads, state)
+        params, state = opt.step(params, grads, state, **({"value": loss} if rule.reads_loss else {}))
     out["numpy"] = losses
 
     x, y = _logistic_data()
@@ -142,7 +142,7 @@ def curves(rule, problem: str, learning_rate: float) -> dict[str, list[float]]:
     @jax.jit
     def step(params, state):
         loss, grads = jax.value_and_grad(jloss)(params)
-        updates, state = tx.update(grads, state, params)
+        updates, state = tx.update(grads, state, params, **({"value": loss} if rule.reads_loss else {}))
         return optax.apply_updates(params, updates), state, loss
 
     losses = []
@@ -166,7 +166,7 @@ def curves(rule, problem: str, learning_rate: float) -> dict[str, list[float]]:
             loss = torch.mean(torch.logaddexp(torch.zeros_like(z), z) - yt * z)
         loss.backward()
         losses.append(loss.item())
-        topt.step()
+        topt.step(**({"value": loss} if rule.reads_loss else {}))
     out["torch"] = losses
     return out
 

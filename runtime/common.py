@@ -64,12 +64,14 @@ class Check:
     """How a hyperparameter is checked, as its rule declares it, for a module that keeps its checks as a
     table (torch's, whose parameter groups are checked again when changed). ``kind``: "float" (a number
     in ``interval``), "option" (None, or a number in ``interval``; an int where ``integer``; 0 is None
-    where ``zero_is_off``), "flag" (a bool) or "learning_rate" (in [0, inf), or a callable schedule)."""
+    where ``zero_is_off``), "flag" (a bool), "choice" (one of ``choices``) or "learning_rate" (in [0, inf),
+    or a callable schedule)."""
 
     kind: str
     interval: str | None = None
     integer: bool = False
     zero_is_off: bool = False
+    choices: tuple[str, ...] = ()  # a "choice": the strings it may be
 
     @functools.cached_property
     def _bounds(self) -> tuple[float, float, bool, bool]:
@@ -81,6 +83,8 @@ class Check:
         message; ``arrays``, ``static``: a real number's, as ``check_float`` takes them."""
         if self.kind == "flag":
             return check_flag(name, value)
+        if self.kind == "choice":
+            return check_choice(name, value, self.choices)
         if self.kind == "learning_rate":
             return check_learning_rate(value, schedule=True, name=name, arrays=arrays)
         if self.kind == "option":
@@ -96,7 +100,7 @@ class Check:
         if self.kind == "float":
             return check_float(name, value, *self._bounds, arrays=arrays, static=static)
         raise ValueError(
-            f"a check's kind is 'float', 'option', 'flag' or 'learning_rate'; received {self.kind!r}"
+            f"a check's kind is 'float', 'option', 'flag', 'choice' or 'learning_rate'; received {self.kind!r}"
         )
 
 
@@ -151,6 +155,20 @@ def named(name: str, value: Any, alias: str, alias_value: Any) -> tuple[str, Any
 def check_flag(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"`{name}` must be a bool. Received: {name}={value!r} of type {type(value).__name__}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """A hyperparameter that is one of a few strings (optax's polyak_sgd ``variant``)."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"`{name}` must be a str, one of {', '.join(map(repr, choices))}. Received: {name}={value!r} of type"
+            f" {type(value).__name__}"
+        )
+    if value not in choices:
+        raise ValueError(
+            f"`{name}` must be one of {', '.join(map(repr, choices))}. Received: {name}={value!r}"
+        )
     return value
 
 
@@ -459,3 +477,11 @@ _SPLIT = (
 _FLOAT32_OVERFLOW = 3.4028235677973366e38  # float32's largest value plus half its unit: rounds to infinity
 _FLOAT32_TINY = 2.0**-126  # float32's smallest normal value
 _SUBNORMAL_SHIFT = 1.5 * 2.0**-97  # a float64 whose unit is 2**-149: adding it rounds to that quantum
+
+
+def loss_value(value: Any, rule: str, how: str = "value=<the loss at the current parameters>") -> Any:
+    """The objective's value given to the step of a rule that reads it (``loss``: Polyak's step size), or
+    an error that says how to give it (``how``: the framework's way)."""
+    if value is None:
+        raise TypeError(f"{rule} reads the objective's value at this step: pass {how}")
+    return value

@@ -232,3 +232,14 @@ def cover_min(mu: Any, like: Any) -> Any:
     for part in parts[1:]:
         out = jnp.minimum(out, part)
     return out
+
+
+def loss_value(value: Any, rule: str) -> Any:
+    """The objective's value given to ``update(..., value=...)`` (optax's keyword), a 0-d array (traced
+    under jit)."""
+    value = jnp.asarray(common.loss_value(value, rule))
+    if value.ndim != 0:
+        raise ValueError(
+            f"{rule}: value= is the objective's value, a number. Received an array of shape {value.shape}"
+        )
+    return value

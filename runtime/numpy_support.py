@@ -295,3 +295,13 @@ def cover_min(mu: np.ndarray, like: np.ndarray, out: np.ndarray | None = None) -
     for part in parts[1:]:
         np.minimum(out, part, out=out)
     return out
+
+
+def loss_value(value: Any, rule: str) -> float:
+    """The objective's value given to ``step(..., value=...)`` (a number or a 0-d array), a Python float."""
+    value = common.loss_value(value, rule)
+    if np.ndim(value) != 0:
+        raise ValueError(
+            f"{rule}: value= is the objective's value, a number. Received an array of shape {np.shape(value)}"
+        )
+    return float(value)

@@ -26,7 +26,10 @@ class Call:
     """One call of ``update``: ``grads`` (a pytree), the state's ``count`` and ``grad_accumulator``, and
     ``params`` (None where nothing reads them)."""
 
-    def __init__(self, o: Options, learning_rate: Any, count: Any, grads: Any, acc: Any, params: Any) -> None:
+    def __init__(
+        self, o: Options, learning_rate: Any, count: Any, grads: Any, acc: Any, params: Any, loss: Any = None
+    ) -> None:
+        self.loss = loss  # the objective's value, where the rule reads it (``loss``)
         self.options = o
         self.treedef = treedef = jax.tree.structure(grads)
         raw = treedef.flatten_up_to(grads)

@@ -25,8 +25,11 @@ class Call:
     ``options``, ``keeps``, ``learning_rate``, ``_fused`` and ``_stage_scratch``); ``state``: its state
     before the call."""
 
-    def __init__(self, optimizer: Any, keys: list, params: Any, grads: Any, state: Any) -> None:
+    def __init__(
+        self, optimizer: Any, keys: list, params: Any, grads: Any, state: Any, loss: Any = None
+    ) -> None:
         self.optimizer = optimizer
+        self.loss = loss  # the objective's value, where the rule reads it (``loss``)
         self.keys, self.params, self.grads, self.state = keys, params, grads, state
         self.options = o = Options.of(optimizer, optimizer.options)
         self.step = step = Step.of(state.step, o)

@@ -27,7 +27,10 @@ STAGE_STATES = frozenset({"grad_accumulator", "ema"})
 class Call:
     """One call of ``step()`` for one parameter group (see the module docstring)."""
 
-    def __init__(self, optimizer: Any, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+    def __init__(
+        self, optimizer: Any, group: dict[str, Any], params: list[torch.Tensor], loss: Any = None
+    ) -> None:
+        self.loss = loss  # the objective's value, where the rule reads it (``loss``)
         n = group.get("step", 0)  # earlier calls
         group["step"] = n + 1
         self.optimizer = optimizer

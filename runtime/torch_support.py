@@ -297,25 +297,37 @@ class RuleOptimizer(torch.optim.Optimizer):
     checks: dict[str, Any] = {}
     exclusive: tuple[tuple[str, ...], ...] = ()
 
+    #: the rule reads the objective's value (``loss``: Polyak's step size): ``step`` takes it from the closure
+    #: or ``value=``
+    reads_loss = False
+
     @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One update of every parameter that has a gradient; returns the closure's loss."""
+    def step(self, closure: Callable[[], Any] | None = None, *, value: Any = None) -> Any:
+        """One update of every parameter that has a gradient; returns the closure's loss. A rule that reads
+        the objective's value takes the closure's, or ``value`` (the loss already computed)."""
         from .options_torch import Call
 
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if value is not None and not self.reads_loss:
+            raise TypeError(
+                f"{type(self).__name__}.step() reads no objective value; received value={value!r}"
+            )
+        objective = (
+            loss_value(value if value is not None else loss, type(self).__name__) if self.reads_loss else None
+        )
         for i, group in enumerate(self.param_groups):
             params = [w for w in group["params"] if w.grad is not None]
             if not params:
                 continue
             self._check_group(i, group)
-            call = Call(self, group, params)
+            call = Call(self, group, params, objective)
             for name, init, array in self.global_states:
                 if name not in group:  # a number, or a function of the group's hyperparameters
-                    value = init(group) if callable(init) else init
-                    group[name] = global_value(value) if array else value
+                    initial = init(group) if callable(init) else init
+                    group[name] = global_value(initial) if array else initial
             if call.is_update:
                 self._update(group, call)
             else:  # gradient accumulation: the rule does not run
@@ -834,3 +846,21 @@ def cover_min(mu: torch.Tensor, like: torch.Tensor, out: torch.Tensor | None = N
     for part in parts[1:]:
         torch.minimum(out, part, out=out)
     return out
+
+
+def loss_value(value: Any, rule: str) -> torch.Tensor:
+    """The objective's value at this step (the closure's loss, or ``step(value=...)``): a 0-d tensor, taken
+    out of the autograd graph, on the device it is on (no synchronisation); a number becomes a float64
+    tensor."""
+    value = common.loss_value(
+        value,
+        rule,
+        "step(closure) with a closure that returns it, or step(value=<the loss at the current parameters>)",
+    )
+    if not isinstance(value, torch.Tensor):
+        value = torch.tensor(float(value), dtype=torch.float64)
+    if value.dim() != 0:
+        raise ValueError(
+            f"{rule}: the objective's value is a number. Received a tensor of shape {tuple(value.shape)}"
+        )
+    return value.detach()

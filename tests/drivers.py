@@ -13,6 +13,24 @@ import numpy as np
 
 BACKENDS = ("numpy", "jax", "torch")
 
+
+def reads_loss(rule) -> bool:
+    """Whether the rule reads the objective's value (``loss``: Polyak's step size): its step then takes
+    ``value=`` (NumPy's step, JAX's update, torch's step)."""
+    return rule.reads_loss
+
+
+def objective(k: int) -> float:
+    """The objective's value the tests give at step ``k`` (0-based) to a rule that reads it: positive, up
+    and down (1 +- 0.8), so that its gap to an ``f_min`` of 0.5 changes sign."""
+    return 1.0 + 0.8 * math.cos(0.7 * k)
+
+
+def loss_kwargs(rule, k: int) -> dict:
+    """``{"value": objective(k)}`` for a rule that reads the objective's value, else nothing."""
+    return {"value": objective(k)} if reads_loss(rule) else {}
+
+
 # tensors of ranks 0 to 4 whose gradients have very different norms; the last one's first gradient is all zeros
 SHAPES = [(), (7,), (5, 3), (2, 3, 4), (2, 2, 3, 2), (3, 3)]
 SCALES = [1.0, 1e-3, 1e3, 1.0, 10.0, 1.0]
@@ -71,8 +89,8 @@ def run(backend: str, rule, hypers: dict, params0, grads, schedule=None, fused=N
         opt = getattr(gen, rule.name)(**hypers)
         params = [p.copy() for p in params0]
         state = opt.init(params)
-        for g in grads:
-            params, state = opt.step(params, [x.copy() for x in g], state)
+        for k, g in enumerate(grads):
+            params, state = opt.step(params, [x.copy() for x in g], state, **loss_kwargs(rule, k))
         return params, {n: _np([getattr(state, n)] if n in is_global else getattr(state, n)) for n in names}
     if backend == "jax":
         import jax
@@ -87,8 +105,8 @@ def run(backend: str, rule, hypers: dict, params0, grads, schedule=None, fused=N
         params = [jnp.asarray(p) for p in params0]
         state = tx.init(params)
         update = jax.jit(tx.update)
-        for g in grads:
-            updates, state = update([jnp.asarray(x) for x in g], state, params)
+        for k, g in enumerate(grads):
+            updates, state = update([jnp.asarray(x) for x in g], state, params, **loss_kwargs(rule, k))
             params = optax.apply_updates(params, updates)
         return [np.asarray(p) for p in params], {
             n: _np([getattr(state, n)] if n in is_global else getattr(state, n)) for n in names
@@ -108,7 +126,7 @@ def run(backend: str, rule, hypers: dict, params0, grads, schedule=None, fused=N
                     group["lr"] = schedule(k)
             for p, x in zip(params, g):
                 p.grad = torch.tensor(x)
-            opt.step()
+            opt.step(**loss_kwargs(rule, k))
         state = {}
         for n in names:
             if n in is_global:

@@ -150,6 +150,8 @@ def other_hypers(rule) -> dict:
             out[name] = found[0]
         elif h.kind == "bool":
             out[name] = not h.default
+        elif h.kind == "choice":  # another than the default
+            out[name] = next(c for c in h.choices if c != h.default)
         else:
             out[name] = inside(h)
     assert all(name in rule.hypers for name in CLIPPING), rule.name
@@ -267,7 +269,7 @@ def _cases(values_of) -> list:
     out, seen = [], set()
     for r in RULES:
         for name, h in r.hypers.items():
-            if h.kind == "bool":
+            if h.kind in ("bool", "choice"):  # a flag's and a choice's checks: BOOL, CHOICE
                 continue
             values = values_of(h)
             if _declaration(h) in seen:
@@ -285,6 +287,12 @@ BOOL = [
     for r in RULES
     for name, h in r.hypers.items()
     if h.kind == "bool"
+]
+CHOICE = [
+    pytest.param(r, name, id=f"{r.name}-{name}")
+    for r in RULES
+    for name, h in r.hypers.items()
+    if h.kind == "choice"
 ]
 OPTIONS = [
     pytest.param(r, name, id=f"{r.name}-{name}")

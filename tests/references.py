@@ -206,10 +206,24 @@ def _sm3_scheduled_scalars_as_vectors():
     return sm3
 
 
+def _polyak_sgd_learning_rate():
+    """optax.polyak_sgd with its ``scaling`` named ``learning_rate`` (the rule's name for it, as every rule's
+    rate is): the same transform, its other keywords and defaults optax's own."""
+    import optax
+
+    def polyak_sgd(learning_rate=1.0, max_learning_rate=1.0, f_min=0.0, eps=0.0, variant="sps"):
+        return optax.polyak_sgd(
+            max_learning_rate=max_learning_rate, scaling=learning_rate, f_min=f_min, eps=eps, variant=variant
+        )
+
+    return polyak_sgd
+
+
 COMPOSITES = {
     "TorchMuon": ("torch", _muon_with_adamw),
     "OptaxAdafactor": ("optax", _adafactor_nearest_decay),
     "OptaxSm3": ("optax", _sm3_scheduled_scalars_as_vectors),
+    "OptaxPolyakSgd": ("optax", _polyak_sgd_learning_rate),
 }
 
 

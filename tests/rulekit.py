@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pathlib
 
+from drivers import loss_kwargs
+
 import optforge
 
 
@@ -25,8 +27,8 @@ def steps(mods: dict, rule, params0: list, grads: list, path: str, **hypers) -> 
         opt = getattr(mods["numpy"], rule.name)(**hypers, fused=kind == "fused")
         params = [x.copy() for x in params0]
         state = opt.init(params)
-        for g in grads:
-            params, state = opt.step(params, g, state)
+        for k, g in enumerate(grads):
+            params, state = opt.step(params, g, state, **loss_kwargs(rule, k))
         return params
     if backend == "jax":
         import jax
@@ -37,8 +39,8 @@ def steps(mods: dict, rule, params0: list, grads: list, path: str, **hypers) -> 
         params = [jnp.asarray(x) for x in params0]
         state = tx.init(params)
         update = jax.jit(tx.update)
-        for g in grads:
-            updates, state = update([jnp.asarray(x) for x in g], state, params)
+        for k, g in enumerate(grads):
+            updates, state = update([jnp.asarray(x) for x in g], state, params, **loss_kwargs(rule, k))
             params = optax.apply_updates(params, updates)
         return [np.asarray(x) for x in params]
     import torch
@@ -46,8 +48,8 @@ def steps(mods: dict, rule, params0: list, grads: list, path: str, **hypers) -> 
     params = [torch.tensor(x, requires_grad=True) for x in params0]
     fused = {"": False, "fused": True, "triton": "triton"}[kind]
     opt = getattr(mods["torch"], rule.name)(params, **hypers, fused=fused)
-    for g in grads:
+    for k, g in enumerate(grads):
         for p, x in zip(params, g):
             p.grad = torch.tensor(x)
-        opt.step()
+        opt.step(**loss_kwargs(rule, k))
     return [p.detach().numpy() for p in params]

@@ -833,6 +833,8 @@ def out_of_range(h) -> list:
 def wrong_types(h) -> list:
     if h.kind == "bool":
         return [1, "yes", None]
+    if h.kind == "choice":
+        return [1, None, True]
     values = ["0.1", [0.1], True]
     if h.kind == "int":
         values.append(2.0)
@@ -863,7 +865,10 @@ def test_hyperparameter_out_of_range_or_of_wrong_type(rule, backend):
         if backend == "torch" and name in gen_torch_class(rule).torch_names:  # beta_1 is betas[0]
             key, index = gen_torch_class(rule).torch_names[name]
             shown = re.escape(key if index is None else f"{key}[{index}]")
-        if h.kind != "bool":
+        if h.kind == "choice":
+            with pytest.raises(ValueError, match=rf"`{shown}` must be one of .*Received: {shown}='nope'"):
+                construct(backend, rule, {**required(rule), name: "nope"})
+        elif h.kind != "bool":
             for value in out_of_range(h):
                 with pytest.raises(ValueError, match=rf"`{shown}` must be in [\[(].*Received: {shown}="):
                     construct(backend, rule, {**required(rule), name: value})

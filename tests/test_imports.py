@@ -45,7 +45,7 @@ def test_a_torch_step_on_cpu_with_the_defaults_loads_no_kernels():
     optimizer step imports Triton itself, for torch.compile, so Triton's presence says nothing here)."""
     steps = "".join(
         "w = torch.nn.Parameter(torch.zeros(3)); w.grad = torch.ones(3)\n"
-        f"optforge.generated.torch.{r.name}([w], lr=0.01).step()\n"
+        f"optforge.generated.torch.{r.name}([w], lr=0.01).step({'value=1.0' if r.reads_loss else ''})\n"
         for r in RULES.values()
     )
     code = (

@@ -18,6 +18,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 from cases import MACHINERY, compiled  # noqa: E402
 from cases import RULES as ALL  # noqa: E402
+from drivers import loss_kwargs  # noqa: E402
 from hyper_cases import (  # noqa: E402
     BAD_RANGE,
     BOOL,
@@ -93,12 +94,14 @@ def grad_sequence(params, n, seed, scale=1.0):
     ]
 
 
-def run(opt, params, grads_seq, update=None):
+def run(opt, params, grads_seq, update=None, rule=None):
+    """``rule``: where given, the rule under test, whose step ``k`` gets the objective's value
+    ``value=objective(k)`` if it reads it (``drivers.loss_kwargs``)."""
     update = update or opt.update
     state = opt.init(params)
     history = []
-    for g in grads_seq:
-        updates, state = update(g, state, params)
+    for k, g in enumerate(grads_seq):
+        updates, state = update(g, state, params, **(loss_kwargs(rule, k) if rule is not None else {}))
         params = optax.apply_updates(params, updates)
         history.append((updates, state))
     return params, state, history
@@ -574,12 +577,14 @@ def test_every_number_injected_with_optax_inject_hyperparams(rule):
         if k == 2:
             for n, v in changed.items():
                 state.hyperparams[_optax_named(rule).get(n, n)] = jnp.asarray(v)
-        updates, state = update(g, state, p_inj)
+        updates, state = update(g, state, p_inj, **loss_kwargs(rule, k))  # inject_hyperparams passes value=
         p_inj = optax.apply_updates(p_inj, updates)
     state = transform(rule).init(params)
     p_ref = params
     for k, g in enumerate(grads):
-        updates, state = transform(rule, **(changed if k >= 2 else {})).update(g, state, p_ref)
+        updates, state = transform(rule, **(changed if k >= 2 else {})).update(
+            g, state, p_ref, **loss_kwargs(rule, k)
+        )
         p_ref = optax.apply_updates(p_ref, updates)
     assert_trees_close(p_inj, p_ref)
 
@@ -660,12 +665,12 @@ def test_zero_means_off_like_none(rule, name):
     base = {"use_ema": True}  # so that ema_overwrite_frequency would act
     params = small_params(jnp.float64, seed=25)
     grads = grad_sequence(params, 4, seed=26)
-    off = run(transform(rule, **base), params, grads)
+    off = run(transform(rule, **base), params, grads, rule=rule)
     for zero in [0] if h.kind == "int" else [0, 0.0]:
-        assert_same_run(off, run(transform(rule, **base, **{name: zero}), params, grads))
+        assert_same_run(off, run(transform(rule, **base, **{name: zero}), params, grads, rule=rule))
     # given a value that is not 0, the option acts (otherwise the check above proves nothing), on the
     # parameters or only on the state (clipping a sign-based rule's gradients)
-    on = run(transform(rule, **base, **{name: inside(h)}), params, grads)
+    on = run(transform(rule, **base, **{name: inside(h)}), params, grads, rule=rule)
     moved = any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(on[:2]), jax.tree.leaves(off[:2])))
     if not moved and clipping_unseen(rule, name):
         pytest.skip(clipping_unseen(rule, name))  # a sign-based rule: the checks above are all there is

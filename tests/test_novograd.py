@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
 import numpy as np
 import pytest
 from cases import RULES
-from drivers import BACKENDS, assert_close, problem, run, varying_lr
+from drivers import BACKENDS, assert_close, loss_kwargs, problem, run, varying_lr
 
 STEPS = 100
 
@@ -220,7 +221,11 @@ def test_jax_step_has_no_cond(rule):
     cfg = rule.configs["default"]
     tx = getattr(gj, rule.module)(**cfg)
     params = [jnp.asarray(p) for p in params0]
-    jaxpr = str(jax.make_jaxpr(tx.update)([jnp.asarray(g) for g in grads[0]], tx.init(params), params))
+    jaxpr = str(
+        jax.make_jaxpr(functools.partial(tx.update, **loss_kwargs(rule, 0)))(
+            [jnp.asarray(g) for g in grads[0]], tx.init(params), params
+        )
+    )
     assert "cond[" not in jaxpr and "while[" not in jaxpr
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cases import first_step_moves
+from drivers import loss_kwargs
 from hyper_cases import (
     BAD_RANGE,
     BOOL,
@@ -89,14 +90,14 @@ def test_list_and_dict_give_the_same_results(rule, cfg):
     as_dict = {k: v.copy() for k, v in start.items()}
     opt = optimizer(rule, **kwargs)
     state_d = opt.init(as_dict)
-    for g in grads:
-        as_dict, state_d = opt.step(as_dict, g, state_d)
+    for k, g in enumerate(grads):
+        as_dict, state_d = opt.step(as_dict, g, state_d, **loss_kwargs(rule, k))
 
     as_list = [start[k].copy() for k in keys]
     opt = optimizer(rule, **kwargs)
     state_l = opt.init(as_list)
-    for g in grads:
-        as_list, state_l = opt.step(as_list, [g[k] for k in keys], state_l)
+    for k, g in enumerate(grads):
+        as_list, state_l = opt.step(as_list, [g[key] for key in keys], state_l, **loss_kwargs(rule, k))
 
     assert isinstance(as_list, list) and isinstance(as_dict, dict)
     assert state_d.step == state_l.step == 5
@@ -120,9 +121,9 @@ def test_updates_in_place_without_new_state_arrays(rule, cfg, container):
     opt = optimizer(rule, **rule.configs[cfg])
     state = opt.init(params)
     arrays = state_arrays(state)
-    for g in make_grads(start, 3, seed=4):
+    for step, g in enumerate(make_grads(start, 3, seed=4)):
         grads = g if container == "dict" else list(g.values())
-        new_params, new_state = opt.step(params, grads, state)
+        new_params, new_state = opt.step(params, grads, state, **loss_kwargs(rule, step))
         assert new_params is params
         for k, arr in originals.items():
             assert new_params[k] is arr
@@ -149,8 +150,8 @@ def test_float32_is_kept(rule, lr):
     params = make_params(seed=5, dtype=np.float32)
     opt = optimizer(rule, learning_rate=FLOAT64_LEARNING_RATES[lr], **other_hypers(rule))
     state = opt.init(params)
-    for g in make_grads(params, 3, seed=6):
-        params, state = opt.step(params, g, state)
+    for k, g in enumerate(make_grads(params, 3, seed=6)):
+        params, state = opt.step(params, g, state, **loss_kwargs(rule, k))
     for v in params.values():
         assert v.dtype == np.float32
     for key, arr in state_arrays(state).items():
@@ -175,15 +176,17 @@ def test_schedule_receives_step_from_zero(rule):
     grads = make_grads(params, 4, seed=8)
     opt = optimizer(rule, learning_rate=schedule, **others)
     state = opt.init(params)
-    for g in grads:
-        params, state = opt.step(params, g, state)
+    for k, g in enumerate(grads):
+        params, state = opt.step(params, g, state, **loss_kwargs(rule, k))
     assert seen == [0, 1, 2, 3]
 
     # the same as a float learning rate of schedule(step) at each step, state carried over
     manual = make_params(seed=7)
     state = optimizer(rule, **others).init(manual)
     for k, g in enumerate(grads):
-        manual, state = optimizer(rule, learning_rate=0.02 / (1 + k), **others).step(manual, g, state)
+        manual, state = optimizer(rule, learning_rate=0.02 / (1 + k), **others).step(
+            manual, g, state, **loss_kwargs(rule, k)
+        )
     for k in params:
         np.testing.assert_array_equal(params[k], manual[k])
 
@@ -200,7 +203,7 @@ def test_grad_with_another_shape_names_key_and_shapes(rule):
     grads = make_grads(params, 1, seed=10)[0]
     grads["w1"] = np.ones((4, 3))
     with pytest.raises(ValueError) as info:
-        opt.step(params, grads, state)
+        opt.step(params, grads, state, **loss_kwargs(rule, 0))
     msg = str(info.value)
     assert "'w1'" in msg and "(3, 4)" in msg and "(4, 3)" in msg
 
@@ -209,7 +212,7 @@ def test_grad_with_another_shape_names_key_and_shapes(rule):
     glist = [np.ones(v.shape) for v in as_list]
     glist[1] = np.ones((5,))
     with pytest.raises(ValueError) as info:
-        opt.step(as_list, glist, state)
+        opt.step(as_list, glist, state, **loss_kwargs(rule, 0))
     msg = str(info.value)
     assert "[1]" in msg and "(4,)" in msg and "(5,)" in msg
 
@@ -235,7 +238,7 @@ def test_grad_with_another_dtype(rule):
     grads = make_grads(params, 1, seed=12)[0]
     grads["b1"] = grads["b1"].astype(np.float32)
     with pytest.raises(ValueError, match="'b1'"):
-        opt.step(params, grads, state)
+        opt.step(params, grads, state, **loss_kwargs(rule, 0))
 
 
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
@@ -245,15 +248,15 @@ def test_wrong_number_of_grads(rule):
     state = opt.init(params)
     grads = [np.ones(p.shape) for p in params]
     with pytest.raises(ValueError):
-        opt.step(params, grads[:-1], state)
+        opt.step(params, grads[:-1], state, **loss_kwargs(rule, 0))
     with pytest.raises(ValueError):
-        opt.step(params, grads + [np.ones(3)], state)
+        opt.step(params, grads + [np.ones(3)], state, **loss_kwargs(rule, 0))
     dparams = make_params(seed=13)
     dstate = opt.init(dparams)
     dgrads = {k: np.ones(v.shape) for k, v in dparams.items()}
     del dgrads["s"]
     with pytest.raises(ValueError):
-        opt.step(dparams, dgrads, dstate)
+        opt.step(dparams, dgrads, dstate, **loss_kwargs(rule, 0))
 
 
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
@@ -272,7 +275,7 @@ def test_params_not_a_list_or_dict_in_step(rule):
     opt = optimizer(rule)
     state = opt.init([np.zeros(3)])
     with pytest.raises(TypeError):
-        opt.step(np.zeros(3), [np.ones(3)], state)
+        opt.step(np.zeros(3), [np.ones(3)], state, **loss_kwargs(rule, 0))
 
 
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
@@ -290,7 +293,7 @@ def test_integer_arrays(rule):
     params = [np.zeros(3)]
     state = opt.init(params)
     with pytest.raises(TypeError):
-        opt.step(params, [np.arange(3)], state)
+        opt.step(params, [np.arange(3)], state, **loss_kwargs(rule, 0))
 
 
 @pytest.mark.parametrize(("rule", "name", "value"), BAD_RANGE)
@@ -384,7 +387,7 @@ def test_rank0_and_zero_size_arrays(rule, cfg):
     ids = {k: v for k, v in params.items()}
     opt = optimizer(rule, **kwargs)
     state = opt.init(params)
-    for _ in range(4):
+    for k in range(4):
         g = rng.standard_normal()
         grads = {
             "scalar": np.array(g),
@@ -392,7 +395,7 @@ def test_rank0_and_zero_size_arrays(rule, cfg):
             "empty2": np.zeros((3, 0)),
             "one": np.array([g]),
         }
-        params, state = opt.step(params, grads, state)
+        params, state = opt.step(params, grads, state, **loss_kwargs(rule, k))
     for k, v in ids.items():
         assert params[k] is v
     assert params["scalar"].shape == () and params["empty"].shape == (0,) and params["empty2"].shape == (3, 0)
@@ -407,13 +410,15 @@ def test_rank0_and_zero_size_arrays(rule, cfg):
 # 5. Keras's shared options
 
 
-def run_steps(rule, start: dict, grads: list[dict], **kwargs):
-    """``(opt, params, state)`` after a step per gradient, from a copy of ``start``."""
+def run_steps(rule, start: dict, grads: list[dict], loss_steps=None, **kwargs):
+    """``(opt, params, state)`` after a step per gradient, from a copy of ``start``. ``loss_steps``: the
+    index ``k`` whose objective value (``drivers.objective``) each step is given, where the rule reads it
+    (default 0, 1, 2, ...)."""
     params = {k: v.copy() for k, v in start.items()}
     opt = optimizer(rule, **kwargs)
     state = opt.init(params)
-    for g in grads:
-        params, state = opt.step(params, g, state)
+    for k, g in zip(range(len(grads)) if loss_steps is None else loss_steps, grads, strict=True):
+        params, state = opt.step(params, g, state, **loss_kwargs(rule, k))
     return opt, params, state
 
 
@@ -479,7 +484,7 @@ def test_learning_rate_callable_without_arguments_is_called_each_step(rule):
     opt = optimizer(rule, learning_rate=constant)
     state = opt.init(params)
     for k, g in enumerate(grads):
-        params, state = opt.step(params, g, state)
+        params, state = opt.step(params, g, state, **loss_kwargs(rule, k))
         assert len(calls) == k + 1  # Keras: called with no arguments, once per step
     _, as_float, _ = run_steps(rule, start, grads, learning_rate=0.02)
     for k in params:
@@ -492,8 +497,10 @@ def test_learning_rate_callable_without_arguments_is_called_each_step(rule):
     _, varying, _ = run_steps(rule, start, grads, learning_rate=lambda: next(queue), **others)
     manual = {k: v.copy() for k, v in start.items()}
     state = optimizer(rule, **others).init(manual)
-    for lr, g in zip(values, grads):
-        manual, state = optimizer(rule, learning_rate=lr, **others).step(manual, g, state)
+    for k, (lr, g) in enumerate(zip(values, grads)):
+        manual, state = optimizer(rule, learning_rate=lr, **others).step(
+            manual, g, state, **loss_kwargs(rule, k)
+        )
     for k in manual:
         np.testing.assert_array_equal(varying[k], manual[k])
 
@@ -508,18 +515,19 @@ def test_gradient_accumulation_counts_calls_and_updates_every_nth(rule):
     state = opt.init(params)
     for k, g in enumerate(grads):
         before = {key: v.copy() for key, v in params.items()}
-        params, state = opt.step(params, g, state)
+        params, state = opt.step(params, g, state, **loss_kwargs(rule, k))
         assert state.step == k + 1  # the step counter counts calls
         changed = any(not np.array_equal(params[key], before[key]) for key in params)
         # only an update call moves the parameters (the first does not where the rule's first step does not)
         moves = (k + 1) % n_acc == 0 and (k + 1 > n_acc or first_step_moves(rule))
         assert changed == moves, k
-    # the same as one step per n_acc calls, with the mean of their gradients
+    # the same as one step per n_acc calls, with the mean of their gradients (and, for a rule that reads
+    # the objective's value, the value given at the update call, as optax.MultiSteps passes it on)
     means = [
         {key: np.asarray(sum(g[key] for g in grads[j : j + n_acc]) / n_acc) for key in start}
         for j in range(0, len(grads), n_acc)
     ]
-    _, reference, _ = run_steps(rule, start, means)
+    _, reference, _ = run_steps(rule, start, means, loss_steps=range(n_acc - 1, len(grads), n_acc))
     for key in params:
         np.testing.assert_allclose(params[key], reference[key], rtol=1e-13, atol=1e-15)
 
@@ -534,15 +542,17 @@ def test_no_floating_point_error_with_every_option(rule):
     assert all(np.isfinite(v).all() for v in params.values())
 
 
-def _second_step_peak(opt, params: list, grads: list) -> int:
-    """The peak of new memory (bytes) during a second step, in place (the first sizes the scratch buffers)."""
+def _second_step_peak(opt, params: list, grads: list, rule=None) -> int:
+    """The peak of new memory (bytes) during a second step, in place (the first sizes the scratch buffers).
+    ``rule``: where given, each step gets the objective's value if the rule reads it."""
     import tracemalloc
 
+    losses = [loss_kwargs(rule, k) if rule is not None else {} for k in range(2)]
     state = opt.init(params)
-    params, state = opt.step(params, grads, state)
+    params, state = opt.step(params, grads, state, **losses[0])
     tracemalloc.start()
     try:
-        opt.step(params, grads, state)
+        opt.step(params, grads, state, **losses[1])
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -563,7 +573,7 @@ def test_a_step_allocates_nothing_in_proportion_to_the_parameters(rule):
     opt = getattr(generated, rule.name)(
         **{**rule.configs.get("momentum", rule.configs["default"]), **options}
     )
-    peak = _second_step_peak(opt, params, grads)
+    peak = _second_step_peak(opt, params, grads, rule)
     one_tensor = 480_000 * 4
     assert peak < one_tensor / 10, f"a step allocated up to {peak} bytes (one tensor is {one_tensor})"
 

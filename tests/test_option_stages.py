@@ -5,11 +5,12 @@ tests/test_keras_options.py; here, what the structure promises."""
 from __future__ import annotations
 
 import copy
+import functools
 
 import numpy as np
 import pytest
 from cases import RULES
-from drivers import problem
+from drivers import loss_kwargs, problem
 
 N = 3  # gradient_accumulation_steps
 LR = 0.01  # some rules have no default learning rate
@@ -40,8 +41,8 @@ def test_the_rule_runs_on_update_calls_only(rule, backend):
         _counting(opt, seen)
         params = [p.copy() for p in params0]
         state = opt.init(params)
-        for g in grads:
-            params, state = opt.step(params, [x.copy() for x in g], state)
+        for k, g in enumerate(grads):
+            params, state = opt.step(params, [x.copy() for x in g], state, **loss_kwargs(rule, k))
         assert state.step == CALLS
     else:
         import torch
@@ -51,10 +52,10 @@ def test_the_rule_runs_on_update_calls_only(rule, backend):
         params = [torch.tensor(p, requires_grad=True) for p in params0]
         opt = getattr(gen, rule.name)(params, lr=LR, gradient_accumulation_steps=N)
         _counting(opt, seen)
-        for g in grads:
+        for k, g in enumerate(grads):
             for p, x in zip(params, g):
                 p.grad = torch.tensor(x)
-            opt.step()
+            opt.step(**loss_kwargs(rule, k))
         assert opt.param_groups[0]["step"] == CALLS
     assert seen == [0, 1], f"{rule.name} ({backend}): the rule ran with n = {seen}, expected [0, 1]"
 
@@ -69,8 +70,8 @@ def test_a_call_that_only_accumulates_leaves_parameters_and_rule_state_alone(rul
     params = [p.copy() for p in params0]
     state = opt.init(params)
     state0 = copy.deepcopy(state)  # the arrays are updated in place
-    for g in grads:
-        params, state = opt.step(params, [x.copy() for x in g], state)
+    for k, g in enumerate(grads):
+        params, state = opt.step(params, [x.copy() for x in g], state, **loss_kwargs(rule, k))
     for a, b in zip(params, params0):
         assert np.array_equal(a, b)
     want = [sum(g[i] for g in grads) for i in range(len(params0))]
@@ -96,7 +97,8 @@ def _top_level(rule) -> list[str]:
     params0, grads = problem(1)
     tx = getattr(gen, rule.module)(learning_rate=LR, gradient_accumulation_steps=N, use_ema=True)
     params = [jnp.asarray(p) for p in params0]
-    jaxpr = jax.make_jaxpr(tx.update)([jnp.asarray(g) for g in grads[0]], tx.init(params), params)
+    update = functools.partial(tx.update, **loss_kwargs(rule, 0))
+    jaxpr = jax.make_jaxpr(update)([jnp.asarray(g) for g in grads[0]], tx.init(params), params)
     return sorted(str(e.primitive) for e in jaxpr.jaxpr.eqns)
 
 

@@ -24,7 +24,7 @@ import os
 import numpy as np
 import pytest
 from cases import RULES as REGISTRY
-from drivers import run, stored_states
+from drivers import loss_kwargs, run, stored_states
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -113,6 +113,8 @@ def hyperparameters(draw, rule, small_rates=True):
             continue
         if h.kind == "bool":
             out[name] = draw(st.booleans())
+        elif h.kind == "choice":
+            out[name] = draw(st.sampled_from(h.choices))
         elif h.kind == "int":
             if name == "gradient_accumulation_steps":
                 value = draw(st.none() | st.integers(2, 4))
@@ -207,8 +209,8 @@ def _run_numpy(rule, hypers, params0, grads, raise_on_fp_errors=False):
         )
     )
     with context:
-        for g in grads:
-            params, state = opt.step(params, [x.copy() for x in g], state)
+        for k_, g in enumerate(grads):
+            params, state = opt.step(params, [x.copy() for x in g], state, **loss_kwargs(rule, k_))
             for k, v in tensors(state).items():
                 if v is not None:
                     scales[k] = [max(s, magnitude(a)) for s, a in zip(scales[k], v)]
@@ -230,8 +232,8 @@ def _run_jax(rule, hypers, params0, grads, jit):
     params = [jnp.asarray(p) for p in params0]
     state = tx.init(params)
     update = jax.jit(tx.update) if jit else tx.update
-    for g in grads:
-        updates, state = update([jnp.asarray(x) for x in g], state, params)
+    for k, g in enumerate(grads):
+        updates, state = update([jnp.asarray(x) for x in g], state, params, **loss_kwargs(rule, k))
         params = optax.apply_updates(params, updates)
     out = {"params": [np.asarray(p) for p in params]}
     for name, is_global in _stored(rule):
@@ -311,8 +313,10 @@ def _zero_gradient_divides_by_zero(rule, hypers) -> bool:
     state = opt.init(params)
     try:
         with np.errstate(divide="raise", invalid="raise", over="raise"):
-            for _ in range(2 * (hypers.get("gradient_accumulation_steps") or 1)):  # two updates
-                params, state = opt.step(params, [np.zeros(3), np.zeros((2, 3))], state)
+            for k in range(2 * (hypers.get("gradient_accumulation_steps") or 1)):  # two updates
+                params, state = opt.step(
+                    params, [np.zeros(3), np.zeros((2, 3))], state, **loss_kwargs(rule, k)
+                )
     except FloatingPointError:
         return True
     return False
@@ -411,7 +415,7 @@ def test_global_clipnorm_of_zero_gradients_raises_no_floating_point_error_in_num
     params = [np.ones(shape)]
     state = opt.init(params)
     with np.errstate(divide="raise", invalid="raise", over="raise"):
-        params, state = opt.step(params, [np.zeros(shape)], state)
+        params, state = opt.step(params, [np.zeros(shape)], state, **loss_kwargs(rule, 0))
     assert np.all(np.isfinite(params[0]))
 
 

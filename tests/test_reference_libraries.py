@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cases import RULES, kernels, rule_configs
-from drivers import BACKENDS, assert_close, problem, run, varying_lr
+from drivers import BACKENDS, assert_close, loss_kwargs, problem, run, varying_lr
 from references import (
     KERAS_RULES,
     OTHER_ORACLES,
@@ -201,8 +201,8 @@ def library_run(rule, cfg, params0, grads, schedule):
     params = [jnp.asarray(p) for p in params0]
     state = tx.init(params)
     update = jax.jit(tx.update)  # as optax is run (eager: 50 steps took 1.9 s, most of this test)
-    for g in grads:
-        updates, state = update([jnp.asarray(x) for x in g], state, params)
+    for k, g in enumerate(grads):
+        updates, state = update([jnp.asarray(x) for x in g], state, params, **loss_kwargs(rule, k))
         params = optax.apply_updates(params, updates)
     return [np.asarray(p) for p in params]
 

@@ -17,6 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from cases import MACHINERY, first_step_moves, skip_without_kernels  # noqa: E402
+from drivers import loss_kwargs, reads_loss  # noqa: E402
 from hyper_cases import (  # noqa: E402
     BAD_RANGE,
     BOOL,
@@ -168,7 +169,7 @@ def test_training_loop_decreases_loss(rule):
             opt.zero_grad()
             loss = loss_fn(model(x), y)
             loss.backward()
-            opt.step()
+            opt.step(**({"value": loss} if reads_loss(rule) else {}))  # Polyak's: the loss just computed
             losses.append(loss.item())
         assert all(math.isfinite(v) for v in losses)
         if losses[-1] < 0.5 * losses[0]:
@@ -191,12 +192,12 @@ def test_param_group_with_zero_lr_steps_as_an_optimizer_of_its_own(rule):
     opt = build(rule, [{"params": first.parameters(), "lr": 0.0}, {"params": second.parameters(), "lr": 0.1}])
     alone = [build(rule, reference[0].parameters(), lr=0.0), build(rule, reference[2].parameters(), lr=0.1)]
     before_second = [p.detach().clone() for p in second.parameters()]
-    for grads in grad_sequence(model, 5, seed=2):
+    for k, grads in enumerate(grad_sequence(model, 5, seed=2)):
         apply_grads(model, grads)
         apply_grads(reference, grads)
-        opt.step()
+        opt.step(**loss_kwargs(rule, k))
         for o in alone:
-            o.step()
+            o.step(**loss_kwargs(rule, k))
     assert_bitwise(params_of(model), params_of(reference))
     moved = [not torch.equal(b, p.detach()) for b, p in zip(before_second, second.parameters())]
     assert all(moved) if first_step_moves(rule) else any(moved)  # a lagging rule: some of them
@@ -217,14 +218,12 @@ def test_per_group_hyperparameters_are_honoured(rule):
     ref_second = build(rule, reference[2].parameters(), lr=0.03, **alt)
     default_only = copy.deepcopy(model)
     opt_default = build(rule, default_only.parameters(), lr=0.03)
-    for grads in grad_sequence(model, 6, seed=4):
+    for k, grads in enumerate(grad_sequence(model, 6, seed=4)):
         apply_grads(model, grads)
         apply_grads(reference, grads)
         apply_grads(default_only, grads)
-        opt.step()
-        ref_first.step()
-        ref_second.step()
-        opt_default.step()
+        for o in (opt, ref_first, ref_second, opt_default):
+            o.step(**loss_kwargs(rule, k))
     assert_bitwise(params_of(reference), params_of(model))
     # the changed hyperparameters make a difference (otherwise the check above proves nothing)
     assert any(not torch.equal(a, b) for a, b in zip(params_of(default_only)[2:], params_of(model)[2:]))
@@ -263,7 +262,7 @@ def test_step_with_closure(rule, outer_no_grad):
     assert result.requires_grad
     for b, p in zip(before, model.parameters()):  # one step: none moves where the first step does not
         assert torch.equal(b, p.detach()) != first_step_moves(rule)
-    assert opt.step() is None  # no closure: no loss
+    assert opt.step(**loss_kwargs(rule, 1)) is None  # no closure: no loss returned (value= is not returned)
 
 
 # --------------------------------------------------------------------------------------
@@ -296,10 +295,10 @@ def test_params_without_grad_are_skipped(rule):
     before_unused = [p.detach().clone() for p in unused]
     before_used = [p.detach().clone() for p in used]
     gen = torch.Generator().manual_seed(8)
-    for _ in range(3):
+    for k in range(3):
         for p in used:
             p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
-        opt.step()
+        opt.step(**loss_kwargs(rule, k))
     for p, b in zip(unused, before_unused):
         assert p.grad is None
         assert torch.equal(p.detach(), b)
@@ -332,15 +331,15 @@ def _roundtrip(rule, kwargs, via_bytes, split):
 
     straight = copy.deepcopy(model)
     opt_straight = cls(straight.parameters(), **kwargs)
-    for g in grads:
+    for k, g in enumerate(grads):
         apply_grads(straight, g)
-        opt_straight.step()
+        opt_straight.step(**loss_kwargs(rule, k))
 
     first = copy.deepcopy(model)
     opt_first = cls(first.parameters(), **kwargs)
-    for g in grads[:split]:
+    for k, g in enumerate(grads[:split]):
         apply_grads(first, g)
-        opt_first.step()
+        opt_first.step(**loss_kwargs(rule, k))
     saved = opt_first.state_dict()
     if via_bytes:
         buf = io.BytesIO()
@@ -358,9 +357,9 @@ def _roundtrip(rule, kwargs, via_bytes, split):
     opt_resumed.load_state_dict(saved)
     for name, value in kwargs.items():
         assert group_value(rule, opt_resumed.param_groups[0], name) == value
-    for g in grads[split:]:
+    for k, g in enumerate(grads[split:], start=split):  # the values the uninterrupted run got at these steps
         apply_grads(resumed, g)
-        opt_resumed.step()
+        opt_resumed.step(**loss_kwargs(rule, k))
 
     assert_bitwise(params_of(straight), params_of(resumed))
     assert group_entries(opt_straight) == group_entries(opt_resumed)
@@ -382,10 +381,10 @@ def _run_with_scheduler(rule, make_scheduler):
     lrs = []
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. "lr_scheduler.step() before optimizer.step()"
-        for g in grad_sequence(model, 10, seed=12):
+        for k, g in enumerate(grad_sequence(model, 10, seed=12)):
             lrs.append(opt.param_groups[0]["lr"])
             apply_grads(model, g)
-            opt.step()
+            opt.step(**loss_kwargs(rule, k))
             scheduler.step()
     return params_of(model), lrs
 
@@ -393,11 +392,11 @@ def _run_with_scheduler(rule, make_scheduler):
 def _run_with_lrs(rule, lrs):
     model = make_model(11)
     opt = build(rule, model.parameters(), lr=0.08, **other_hypers(rule))
-    for lr, g in zip(lrs, grad_sequence(model, 10, seed=12)):
+    for k, (lr, g) in enumerate(zip(lrs, grad_sequence(model, 10, seed=12))):
         for group in opt.param_groups:
             group["lr"] = lr
         apply_grads(model, g)
-        opt.step()
+        opt.step(**loss_kwargs(rule, k))
     return params_of(model)
 
 
@@ -528,9 +527,9 @@ def test_dtype_is_kept(rule, config, dtype):
     model = make_model(13, dtype=dtype)
     opt = build(rule, model.parameters(), **torch_kwargs(config_values(rule, config)))
     before = params_of(model)
-    for g in grad_sequence(model, 3, seed=14):
+    for k, g in enumerate(grad_sequence(model, 3, seed=14)):
         apply_grads(model, g)
-        opt.step()
+        opt.step(**loss_kwargs(rule, k))
     moved = [not torch.equal(b, p.detach()) for b, p in zip(before, model.parameters())]
     assert all(moved) if first_step_moves(rule) else any(moved)  # a lagging rule: some of them
     for p in model.parameters():
@@ -570,7 +569,7 @@ def test_sparse_gradients_raise(rule):
     emb(torch.tensor([1, 2, 4])).sum().backward()
     assert emb.weight.grad.is_sparse
     with pytest.raises(RuntimeError, match="sparse"):
-        opt.step()
+        opt.step(**loss_kwargs(rule, 0))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
@@ -579,9 +578,9 @@ def test_dtype_is_kept_with_every_option(rule, dtype):
     model = make_model(13, dtype=dtype)
     opt = build(rule, model.parameters(), lr=lambda: 0.02, **other_hypers(rule))
     before = params_of(model)
-    for g in grad_sequence(model, 4, seed=14):
+    for k, g in enumerate(grad_sequence(model, 4, seed=14)):
         apply_grads(model, g)
-        opt.step()
+        opt.step(**loss_kwargs(rule, k))
     for b, p in zip(before, model.parameters()):
         assert p.dtype == dtype
         assert torch.isfinite(p).all()
@@ -598,15 +597,16 @@ def test_dtype_is_kept_with_every_option(rule, dtype):
 # 11. Keras's shared options
 
 
-def run_steps(rule, model, grads, groups=None, **kwargs):
+def run_steps(rule, model, grads, groups=None, loss_steps=None, **kwargs):
     """A copy of ``model`` and its optimizer after a step per gradient; ``groups``: hyperparameters of
-    a single parameter group (instead of the constructor's)."""
+    a single parameter group (instead of the constructor's); ``loss_steps``: the index ``k`` whose objective
+    value (``drivers.objective``) each step is given, where the rule reads it (default 0, 1, 2, ...)."""
     model = copy.deepcopy(model)
     params = model.parameters() if groups is None else [{"params": model.parameters(), **groups}]
     opt = build(rule, params, **kwargs)
-    for g in grads:
+    for k, g in zip(range(len(grads)) if loss_steps is None else loss_steps, grads, strict=True):
         apply_grads(model, g)
-        opt.step()
+        opt.step(**loss_kwargs(rule, k))
     return model, opt
 
 
@@ -669,7 +669,7 @@ def test_learning_rate_callable_without_arguments_is_called_each_step(rule):
     opt = build(rule, trained.parameters(), lr=constant)
     for k, g in enumerate(grads):
         apply_grads(trained, g)
-        opt.step()
+        opt.step(**loss_kwargs(rule, k))
         assert len(calls) == k + 1  # Keras: called with no arguments, once per step
     as_float, _ = run_steps(rule, model, grads, lr=0.02)
     assert_bitwise(params_of(as_float), params_of(trained))
@@ -681,10 +681,10 @@ def test_learning_rate_callable_without_arguments_is_called_each_step(rule):
     varying, _ = run_steps(rule, model, grads, lr=lambda: next(queue), **others)
     manual = copy.deepcopy(model)
     opt = build(rule, manual.parameters(), **others)
-    for lr, g in zip(values, grads):
+    for k, (lr, g) in enumerate(zip(values, grads)):
         opt.param_groups[0]["lr"] = lr
         apply_grads(manual, g)
-        opt.step()
+        opt.step(**loss_kwargs(rule, k))
     assert_bitwise(params_of(varying), params_of(manual))
 
 
@@ -706,7 +706,7 @@ def test_lr_schedule_receives_the_call_count_from_zero(rule):
     for k, g in enumerate(grads):
         opt.param_groups[0]["lr"] = 0.02 / (1 + k)
         apply_grads(manual, g)
-        opt.step()
+        opt.step(**loss_kwargs(rule, k))
     assert_bitwise(params_of(scheduled), params_of(manual))
 
 
@@ -720,17 +720,18 @@ def test_gradient_accumulation_counts_calls_and_updates_every_nth(rule):
     for k, g in enumerate(grads):
         before = params_of(trained)
         apply_grads(trained, g)
-        opt.step()
+        opt.step(**loss_kwargs(rule, k))
         assert opt.param_groups[0]["step"] == k + 1  # the step counter counts calls
         changed = any(not torch.equal(a, b) for a, b in zip(before, params_of(trained)))
         # only an update call moves the parameters (the first does not where the rule's first step does not)
         moves = (k + 1) % n_acc == 0 and (k + 1 > n_acc or first_step_moves(rule))
         assert changed == moves, k
-    # the same as one step per n_acc calls, with the mean of their gradients
+    # the same as one step per n_acc calls, with the mean of their gradients (and, for a rule that reads
+    # the objective's value, the value given at the update call, as optax.MultiSteps passes it on)
     means = [
         [sum(parts) / n_acc for parts in zip(*grads[j : j + n_acc])] for j in range(0, len(grads), n_acc)
     ]
-    reference, _ = run_steps(rule, model, means)
+    reference, _ = run_steps(rule, model, means, loss_steps=range(n_acc - 1, len(grads), n_acc))
     for a, b in zip(params_of(trained), params_of(reference)):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
 
@@ -746,19 +747,19 @@ def test_a_deep_copied_or_pickled_optimizer_steps_like_the_original(rule, fused)
     opt = optimizer_class(rule)(params, lr=0.01, state_dtype=torch.float64, fused=fused)
     grads = [[torch.randn_like(p) for p in params] for _ in range(3)]
 
-    def step(o, g):
-        for p, x in zip(o.param_groups[0]["params"], g):
+    def step(o, k):
+        for p, x in zip(o.param_groups[0]["params"], grads[k]):
             p.grad = x.clone()
-        o.step()
+        o.step(**loss_kwargs(rule, k))
 
-    step(opt, grads[0])
+    step(opt, 0)
     buffer = io.BytesIO()
     torch.save(opt, buffer)
     buffer.seek(0)
     copies = [copy.deepcopy(opt), torch.load(buffer, weights_only=False)]
     for o in [opt, *copies]:
-        step(o, grads[1])
-        step(o, grads[2])
+        step(o, 1)
+        step(o, 2)
     for o in copies:
         assert o.fused is fused and o.state_dtype == torch.float64
         for p, q in zip(opt.param_groups[0]["params"], o.param_groups[0]["params"]):
@@ -779,9 +780,9 @@ def _names(rule) -> dict:
 def _run(rule, grads_sign=1.0, steps=6, **kwargs):
     model = make_model(21)
     opt = build(rule, model.parameters(), **kwargs)
-    for g in grad_sequence(model, steps, seed=22):
+    for k, g in enumerate(grad_sequence(model, steps, seed=22)):
         apply_grads(model, [grads_sign * x for x in g])
-        opt.step()
+        opt.step(**loss_kwargs(rule, k))
     return params_of(model), opt
 
 
@@ -811,9 +812,9 @@ def test_torch_names_and_the_rules_names_give_the_same_steps(rule):
     opt = optimizer_class(rule)(
         [{"params": list(model.parameters()), **values}], **required(rule, lr_name="lr")
     )
-    for g in grad_sequence(model, 6, seed=22):
+    for k, g in enumerate(grad_sequence(model, 6, seed=22)):
         apply_grads(model, g)
-        opt.step()
+        opt.step(**loss_kwargs(rule, k))
     assert_bitwise(params_of(model), want)
 
 
@@ -830,12 +831,12 @@ def test_a_value_put_into_a_group_mid_training_is_checked_and_the_rules_name_is_
         opt = build(rule, model.parameters())
         grads = grad_sequence(model, 2, seed=22)
         apply_grads(model, grads[0])
-        opt.step()
+        opt.step(**loss_kwargs(rule, 0))
         opt.param_groups[0].update(torch_keyword(rule, name, bad))
         apply_grads(model, grads[1])
         label = re.escape(torch_label(rule, name))
         with pytest.raises(ValueError, match=rf"param_groups\[0\]: `{label}` must be"):
-            opt.step()
+            opt.step(**loss_kwargs(rule, 1))
     named = {n: h for n, h in floats if n in optimizer_class(rule).torch_names and h.default}
     for name, h in named.items():
         runs = []
@@ -846,7 +847,7 @@ def test_a_value_put_into_a_group_mid_training_is_checked_and_the_rules_name_is_
                 if k == 2:
                     opt.param_groups[0].update(entry)
                 apply_grads(model, g)
-                opt.step()
+                opt.step(**loss_kwargs(rule, k))
             assert name not in opt.param_groups[0]
             runs.append(params_of(model))
         assert_bitwise(runs[0], runs[1])
@@ -906,7 +907,7 @@ def test_an_optimizer_pickled_before_the_torch_flags_steps(rule):
     model = make_model(21)
     opt = build(rule, model.parameters())
     apply_grads(model, grad_sequence(model, 1, seed=22)[0])
-    opt.step()
+    opt.step(**loss_kwargs(rule, 0))
     state = opt.__getstate__()
     for d in [state["defaults"], *state["param_groups"]]:
         for name in ("foreach", "capturable", "differentiable"):
@@ -914,7 +915,7 @@ def test_an_optimizer_pickled_before_the_torch_flags_steps(rule):
     old = optimizer_class(rule).__new__(optimizer_class(rule))
     old.__setstate__(pickle.loads(pickle.dumps(state)))
     assert all(g["differentiable"] is False for g in old.param_groups)
-    old.step()
+    old.step(**loss_kwargs(rule, 1))
 
 
 @pytest.mark.parametrize("rule", RULES, ids=RULE_IDS)
@@ -981,20 +982,20 @@ def test_schedulers_cycle_the_momentum_the_rule_reads(rule, scheduler):
         )
     scheduler = MOMENTUM_CYCLES[scheduler](opt)
     seen = []
-    for g in grad_sequence(model, 8, seed=22):
+    for k, g in enumerate(grad_sequence(model, 8, seed=22)):
         seen.append((opt.param_groups[0]["lr"], opt.param_groups[0][key]))
         apply_grads(model, g)
-        opt.step()
+        opt.step(**loss_kwargs(rule, k))
         scheduler.step()
     assert len({m for _, m in seen}) > 1, "the momentum did not change"
 
     def by_hand(momenta):
         model = make_model(21)
         opt = build(rule, model.parameters())
-        for (lr, m), g in zip(momenta, grad_sequence(model, 8, seed=22)):
+        for k, ((lr, m), g) in enumerate(zip(momenta, grad_sequence(model, 8, seed=22))):
             opt.param_groups[0]["lr"], opt.param_groups[0][key] = lr, m
             apply_grads(model, g)
-            opt.step()
+            opt.step(**loss_kwargs(rule, k))
         return params_of(model)
 
     assert_bitwise(by_hand(seen), params_of(model))
@@ -1010,9 +1011,9 @@ def test_a_state_dict_with_the_rules_names_in_its_groups_loads(rule):
     model = make_model(21)
     opt = build(rule, model.parameters())
     grads = grad_sequence(model, 6, seed=22)
-    for g in grads[:3]:
+    for k, g in enumerate(grads[:3]):
         apply_grads(model, g)
-        opt.step()
+        opt.step(**loss_kwargs(rule, k))
     saved = copy.deepcopy(opt.state_dict())
     for group in saved["param_groups"]:
         for name, (key, index) in names.items():
@@ -1023,11 +1024,11 @@ def test_a_state_dict_with_the_rules_names_in_its_groups_loads(rule):
     resumed = copy.deepcopy(model)
     opt2 = build(rule, resumed.parameters())
     opt2.load_state_dict(saved)
-    for g in grads[3:]:
+    for k, g in enumerate(grads[3:], start=3):
         apply_grads(model, g)
-        opt.step()
+        opt.step(**loss_kwargs(rule, k))
         apply_grads(resumed, g)
-        opt2.step()
+        opt2.step(**loss_kwargs(rule, k))
     assert_bitwise(params_of(resumed), params_of(model))
 
 
@@ -1055,9 +1056,11 @@ def test_the_plain_step_reads_no_tensor_as_a_number(rule):
         for k in range(3):
             for p in model.parameters():
                 p.grad = torch.full_like(p, 0.1 * (k + 1))
+            # the objective's value as a closure gives it, a 0-d tensor: not read as a number either
+            loss = {n: torch.tensor(v, dtype=torch.float64) for n, v in loss_kwargs(rule, k).items()}
             if k == 0:
-                opt.step()  # the first step makes the state
+                opt.step(**loss)  # the first step makes the state
                 continue
             with Items():
-                opt.step()
+                opt.step(**loss)
         assert Items.count == 0, f"{rule.name} {kwargs}: {Items.count} tensor(s) read as a number"

@@ -23,7 +23,7 @@ if DEVICE == "cpu":
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from cases import KERNEL_MACHINERY, RULES, compiled, kernel_rule_configs  # noqa: E402
-from drivers import rel_error  # noqa: E402
+from drivers import loss_kwargs, rel_error  # noqa: E402
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
@@ -83,10 +83,10 @@ def run(rule, hypers: dict, dtype, *, triton: bool, count=None):
     calls: list = []
     with triton_support.recorded(calls, block=BLOCK) if triton else contextlib.nullcontext():
         opt = getattr(gen, rule.name)(params, **hypers, fused="triton" if triton else False)
-        for g in grads[:STEPS]:
+        for k, g in enumerate(grads[:STEPS]):
             for p, x in zip(params, g):
                 p.grad = torch.tensor(x, dtype=dtype, device=DEVICE)
-            opt.step()
+            opt.step(**loss_kwargs(rule, k))
     if count is not None:
         count[0] += sum(len(work) for _, work, _ in calls)
     states = {

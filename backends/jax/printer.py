@@ -83,7 +83,7 @@ class JaxBackend(Backend):
     form = Form.INCREMENT  # an optax transformation returns the change of the parameters
     printer = JaxPrinter
     # under jit the step and the learning rate (a schedule's value) are traced arrays
-    array_names = frozenset({"t", "n", "learning_rate"})
+    array_names = frozenset({"t", "n", "learning_rate", "loss"})
     hyperparameters_are_numbers = False
     global_reductions_are_arrays = True
     reduce_init = {"sum": "0.0", "max": "-jnp.inf"}

@@ -110,6 +110,7 @@ class TorchBackend(Backend):
     name = "torch"
     printer = TorchPrinter
     global_reductions_are_arrays = True  # 0-d tensors: no device synchronisation
+    array_names = frozenset({"loss"})  # the objective's value: a 0-d tensor (torch_support.loss_value)
     tensor_reductions_communicate = True  # a DTensor's sum adds its shards'
     #: element-wise operations into a buffer (compiler/passes/three_address.py), and the compound in-place
     #: calls: one pass instead of two, which may round once where the printed expression rounds twice

@@ -125,10 +125,10 @@ def _with_scope(a: Assign, scopes: dict[str, Scope]) -> Assign:
 
 
 def _inputs(program: Program) -> dict[str, Scope]:
-    """Scopes of what a step starts with: hyperparameters (and whether options are given), n, t, g, w."""
+    """Scopes of what a step starts with: hyperparameters (and whether options are given), n, t, the loss, g, w."""
     scopes: dict[str, Scope] = {h.name: Scope.CONST for h in program.hypers}
     scopes.update({f"{h.name}?": Scope.CONST for h in program.hypers})
-    scopes.update({"learning_rate": Scope.GLOBAL, "t": Scope.GLOBAL, "n": Scope.GLOBAL})
+    scopes.update({"learning_rate": Scope.GLOBAL, "t": Scope.GLOBAL, "n": Scope.GLOBAL, "loss": Scope.GLOBAL})
     scopes.update({"g": Scope.ELEMENT, "w": Scope.ELEMENT})
     return scopes
 

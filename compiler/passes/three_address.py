@@ -230,6 +230,15 @@ def holds_array(e: Expr) -> bool:
     return any(holds_array(c) for c in _children(e))
 
 
+def mixed(e: Expr) -> bool:
+    """Whether a value that is not per element is an array or a Python number as a Python test goes (``lr *
+    loss if mode == "loss" else lr``): neither a call's ``alpha=`` (a number) nor its tensor operand takes
+    it, so no compound call does."""
+    if isinstance(e, IfExp) and holds_array(e.body) != holds_array(e.orelse):
+        return True
+    return any(mixed(c) for c in _children(e))
+
+
 def is_element(e: Expr) -> bool:
     """Whether the value is a per-element array (a reduction's is not)."""
     if isinstance(e, Name):
@@ -520,7 +529,7 @@ class _Lowering:
         (a call's ``alpha=``), or with ``array`` one that holds an array (see ``holds_array``)."""
         if isinstance(node, Bin) and node.op == "*":
             for x, c in ((node.b, node.a), (node.a, node.b)):
-                if is_element(x) and not is_element(c) and holds_array(c) == array:
+                if is_element(x) and not is_element(c) and holds_array(c) == array and not mixed(c):
                     return x, self.scalar(c)
         return None
 

@@ -78,8 +78,8 @@ def computed_from(statements, candidates: set[str], known: set[str]) -> set[str]
 
 def python_hypers(program: Program) -> set[str]:
     """The hyperparameters that are Python values in every backend (JAX takes them static): flags, integers,
-    and whether an option is given (``Given(x)``, named ``x?``)."""
-    return {h.name for h in program.hypers if h.kind in ("bool", "int")} | {
+    choices (strings), and whether an option is given (``Given(x)``, named ``x?``)."""
+    return {h.name for h in program.hypers if h.kind in ("bool", "int", "choice")} | {
         f"{h.name}?" for h in program.hypers
     }
 

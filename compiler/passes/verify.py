@@ -47,7 +47,7 @@ def _check_sections(where: str, sections: tuple[Section, ...]) -> None:
 def _check_body(program: Program, where: str, body, scopes) -> None:
     current = {h.name: 0 for h in program.hypers}
     current.update({f"{h.name}?": 0 for h in program.hypers})
-    current.update({"t": 0, "n": 0, "g": 0, "w": 0})
+    current.update({"t": 0, "n": 0, "loss": 0, "g": 0, "w": 0})
     current.update({s.name: 0 for s in program.states})
     saved = None
     reduced = {a.target for a in body if a.role == Role.REDUCE and a.scope <= Scope.GLOBAL}

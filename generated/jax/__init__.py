@@ -24,6 +24,7 @@ from .optax_muon import OptaxMuonState, optax_muon
 from .optax_nadam import OptaxNadamState, optax_nadam
 from .optax_nadamw import OptaxNadamwState, optax_nadamw
 from .optax_novograd import OptaxNovoGradState, optax_novograd
+from .optax_polyak_sgd import OptaxPolyakSgdState, optax_polyak_sgd
 from .optax_radam import OptaxRadamState, optax_radam
 from .optax_rmsprop import OptaxRmspropState, optax_rmsprop
 from .optax_rprop import OptaxRpropState, optax_rprop
@@ -93,6 +94,8 @@ __all__ = [
     "OptaxNadamwState",
     "optax_novograd",
     "OptaxNovoGradState",
+    "optax_polyak_sgd",
+    "OptaxPolyakSgdState",
     "optax_radam",
     "OptaxRadamState",
     "optax_rmsprop",

@@ -24,6 +24,7 @@ from .optax_muon import OptaxMuon, OptaxMuonState
 from .optax_nadam import OptaxNadam, OptaxNadamState
 from .optax_nadamw import OptaxNadamw, OptaxNadamwState
 from .optax_novograd import OptaxNovoGrad, OptaxNovoGradState
+from .optax_polyak_sgd import OptaxPolyakSgd, OptaxPolyakSgdState
 from .optax_radam import OptaxRadam, OptaxRadamState
 from .optax_rmsprop import OptaxRmsprop, OptaxRmspropState
 from .optax_rprop import OptaxRprop, OptaxRpropState
@@ -93,6 +94,8 @@ __all__ = [
     "OptaxNadamwState",
     "OptaxNovoGrad",
     "OptaxNovoGradState",
+    "OptaxPolyakSgd",
+    "OptaxPolyakSgdState",
     "OptaxRadam",
     "OptaxRadamState",
     "OptaxRmsprop",

@@ -24,6 +24,7 @@ from .optax_muon import OptaxMuon
 from .optax_nadam import OptaxNadam
 from .optax_nadamw import OptaxNadamw
 from .optax_novograd import OptaxNovoGrad
+from .optax_polyak_sgd import OptaxPolyakSgd
 from .optax_radam import OptaxRadam
 from .optax_rmsprop import OptaxRmsprop
 from .optax_rprop import OptaxRprop
@@ -70,6 +71,7 @@ __all__ = [
     "OptaxNadam",
     "OptaxNadamw",
     "OptaxNovoGrad",
+    "OptaxPolyakSgd",
     "OptaxRadam",
     "OptaxRmsprop",
     "OptaxRprop",
