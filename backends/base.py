@@ -653,7 +653,8 @@ class Backend:
                 "zero_is_off": h.zero_is_off,
                 # Keras's options are checked by the runtime's table (runtime/options.py), the rule's here
                 "check": _check_call(h, stages=None if h.name in own else self.stages),
-                "kind": "str" if h.kind == "choice" else h.kind,  # as the signature annotates it
+                # as the signature annotates it
+                "kind": ("str | None" if None in h.choices else "str") if h.kind == "choice" else h.kind,
                 "meaning": h.meaning,
                 "low": _num(h.interval.low) if h.interval else "",
                 "high": _num(h.interval.high) if h.interval else "",

@@ -100,6 +100,7 @@ class MuonWithAdamW:
         momentum: float = 0.95,
         nesterov: bool = True,
         eps: float = 1e-7,
+        adjust_lr_fn: str | None = None,
         adam_betas: tuple = (0.9, 0.999),
         adam_eps: float = 1e-8,
         adam_weight_decay: float = 0.01,
@@ -115,7 +116,13 @@ class MuonWithAdamW:
         if matrices:
             self.optimizers.append(
                 torch.optim.Muon(
-                    matrices, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov, eps=eps
+                    matrices,
+                    lr=lr,
+                    weight_decay=weight_decay,
+                    momentum=momentum,
+                    nesterov=nesterov,
+                    eps=eps,
+                    adjust_lr_fn=adjust_lr_fn,
                 )
             )
         if others:

@@ -607,11 +607,11 @@ class Choice:
         self.symbol = sp.Symbol(name)
 
     def _value(self, value: Any) -> Str:
-        if value not in self.choices:
+        if not isinstance(value, str) or value not in self.choices:
             raise RuleError(
                 self.rule,
                 f"'{self.name}' is one of {', '.join(map(repr, self.choices))}; the rule compares it with"
-                f" {value!r}",
+                f" {value!r} (a test compares it with one of its strings)",
                 origin=_origin(),
             )
         return Str(value)
@@ -747,8 +747,12 @@ class Rule:
     @property
     def reads_loss(self) -> bool:
         """Whether the step reads the objective's value (``loss``): each backend's step then takes it
-        (NumPy's ``step(..., value=)``, JAX's ``update(..., value=)``, torch's ``step(closure)``)."""
-        return any(loss in sp.sympify(e.expr).free_symbols for e in self.equations)
+        (NumPy's ``step(..., value=)``, JAX's ``update(..., value=)``, torch's ``step(closure)``). Asked at
+        every step by drivers (the demo, the plots, the tests): kept until the equations change."""
+        key = tuple(map(id, self.equations))
+        if getattr(self, "_reads_loss", (None,))[0] != key:
+            self._reads_loss = (key, any(loss in sp.sympify(e.expr).free_symbols for e in self.equations))
+        return self._reads_loss[1]
 
     # -- declarations ---------------------------------------------------------------
 
@@ -861,18 +865,21 @@ class Rule:
         return sp.Symbol(name)
 
     def choice(self, name: str, choices: tuple[str, ...], default: str, meaning: str) -> Choice:
-        """Declare a hyperparameter that is one of ``choices`` (strings), ``default`` unless given: test it
-        with ``x == "value"`` (a static condition, as a flag is). optax's polyak_sgd ``variant``."""
+        """Declare a hyperparameter that is one of ``choices`` (strings; None may be one, as torch's Muon's
+        ``adjust_lr_fn=None``), ``default`` unless given: test it with ``x == "value"`` (a static condition,
+        as a flag is), a string of its. optax's polyak_sgd ``variant``."""
         self._declare_name(name, "choice")
         choices = tuple(choices)
+        strings = [c for c in choices if c is not None]
         if (
             len(choices) < 2
-            or not all(isinstance(c, str) for c in choices)
+            or not strings
+            or not all(isinstance(c, str) for c in strings)
             or len(set(choices)) < len(choices)
         ):
             raise RuleError(
                 self.name,
-                f"choice '{name}' needs two or more distinct strings, received {choices!r}",
+                f"choice '{name}' needs two or more distinct strings (None may be one), received {choices!r}",
                 origin=_origin(),
             )
         if default not in choices:

@@ -84,8 +84,9 @@ class RuleLatexPrinter(RuleOrder, LatexPrinter):
 
     _print_AxisSum = _print_AxisMean = _print_AxisMax = _print_axis_reduction
 
-    def _print_Str(self, expr, exp=None) -> str:  # a choice's value: ``\text{sps+}``
-        return rf"\text{{{expr.name}}}"
+    def _print_Str(self, expr, exp=None) -> str:  # a choice's value: ``\text{sps+}``, ``\text{match\_rms}``
+        text = re.sub(r"([_&%#$])", r"\\\1", expr.name)
+        return rf"\text{{{text}}}"
 
     def _print_CoverMax(self, expr, exp=None) -> str:
         r"""SM3's cover: for each slice ``S_r`` (each index of each axis), the maximum over it."""

@@ -130,7 +130,10 @@ def page(
             for key, index in [table[h.name]]
         ]
         name = f"`{h.name}`" + (f" ({'; '.join(others)})" if others else "")
-        default = _fmt(h.default, required=h.kind == "learning_rate")
+        # a choice's None is one of its values (torch's Muon's adjust_lr_fn), not an option turned off
+        default = (
+            f"`{h.default!r}`" if h.kind == "choice" else _fmt(h.default, required=h.kind == "learning_rate")
+        )
         lines.append(f"| {name} | ${h.latex}$ | {default} | {rng} | {text(h.meaning)} |")
     lines += ["", "## State", ""]
     lines += [

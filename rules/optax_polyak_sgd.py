@@ -36,7 +36,7 @@ variant = RULE.choice(
 )
 
 u = RULE.let("u", lr * g, "the scaled gradient", latex="u")
-norm2 = RULE.let("norm2", global_sum(u**2), "its squared norm over every tensor", latex=r"\|u\|^2")
+norm2 = RULE.let("norm2", global_sum(u**2), "its squared norm over every tensor", latex="s")
 gap = RULE.let(
     "gap",
     where(variant == "sps+", maximum(loss - f_min, 0), loss - f_min),

@@ -6,7 +6,9 @@ mu)``, the update ``lerp(g, B, mu)`` with ``nesterov`` (on by default) or ``B``;
 when it is tall, ``m > n``) divided by ``max(||X||, eps)``, then five steps of the quintic Newton-Schulz
 iteration ``A = X X^T``, ``X <- a X + (b A + c A A) X`` with torch's coefficients ``(a, b, c) = (3.4445,
 -4.7750, 2.0315)``; the weight decay ``w <- w*(1 - lr*weight_decay)`` with the rate as given, then the step
-``w <- w - lr*sqrt(max(1, m/n))*X`` (torch's ``adjust_lr_fn`` "original", its default).
+``w <- w - lr*sqrt(max(1, m/n))*X`` (torch's ``adjust_lr_fn`` None or "original", its default), or
+``w <- w - lr*0.2*sqrt(max(m, n))*X`` with ``adjust_lr_fn="match_rms_adamw"`` (the update's RMS then
+matches AdamW's, so that AdamW's rate serves).
 
 torch.optim.Muon refuses every other tensor (a ``ValueError`` for a vector, a scalar, a tensor of rank 3
 or more); here they take torch.optim.AdamW's step with ``adam_betas``, ``adam_eps`` and
@@ -20,8 +22,7 @@ torch computes the Newton-Schulz iteration in bfloat16; this rule computes it in
 (the library tests make the cast an identity), and differs from torch's own by bfloat16's rounding (about
 1e-2 of the update). A tall matrix is iterated on its ``n x n`` Gram matrix ``X^T X`` without transposing
 it: ``X <- a X + X (b C + c C C)``, equal to torch's to rounding. Left out: ``ns_coefficients`` and
-``ns_steps`` (torch's defaults, written in the rule), ``adjust_lr_fn="match_rms_adamw"`` (a choice of
-string is not a hyperparameter kind yet), AdamW's ``amsgrad``.
+``ns_steps`` (torch's defaults, written in the rule), AdamW's ``amsgrad``.
 """
 
 from optforge.compiler.dsl import (
@@ -60,6 +61,13 @@ weight_decay = RULE.hyper(
 )
 momentum = RULE.hyper("momentum", 0.95, "[0, 1)", "momentum of the matrices' buffer", latex=r"\beta")
 nesterov = RULE.flag("nesterov", True, "Nesterov's look-ahead on the momentum (matrices)")
+adjust_lr_fn = RULE.choice(
+    "adjust_lr_fn",
+    (None, "original", "match_rms_adamw"),
+    None,
+    "the rate's scale for an m x n matrix: None or 'original' sqrt(max(1, m/n)), 'match_rms_adamw'"
+    " 0.2*sqrt(max(m, n))",
+)
 eps = RULE.hyper(
     "eps", 1e-7, "[0, inf)", "lower bound of the norm that normalises the update", latex=r"\epsilon"
 )
@@ -93,7 +101,16 @@ RULE.assign(U, g + momentum * (buf - g), "Nesterov look-ahead (lerp)", when=nest
 tall = RULE.let("tall", rows > cols, "a tall matrix: its Gram matrix X^T X is the smaller")
 X = RULE.let("X", U / maximum(tensor_norm(U), eps), "normalisation", latex="X")
 newton_schulz(RULE, X, tall, (a, b, c), 5, scaled_first=False)
-scale = RULE.let("scale", sqrt(maximum(1, rows / maximum(cols, 1))), "shape scaling", latex="s")
+scale = RULE.let(
+    "scale",
+    where(
+        adjust_lr_fn == "match_rms_adamw",
+        0.2 * sqrt(maximum(rows, cols)),
+        sqrt(maximum(1, rows / maximum(cols, 1))),
+    ),
+    "shape scaling",
+    latex="s",
+)
 
 # AdamW, for every tensor that is not a matrix
 RULE.assign(v, adam_beta2 * v + (1 - adam_beta2) * g**2, "AdamW's second moment", only_if=Ne(rank, 2))
@@ -104,6 +121,7 @@ RULE.assign(
     "parameter update: Muon's for a matrix, AdamW's otherwise",
 )
 
+RULE.config("match_rms_adamw", learning_rate=0.01, adjust_lr_fn="match_rms_adamw")
 RULE.config(
     "everything",
     learning_rate=0.01,

@@ -159,10 +159,13 @@ def check_flag(name: str, value: Any) -> bool:
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    """A hyperparameter that is one of a few strings (optax's polyak_sgd ``variant``)."""
+    """A hyperparameter that is one of a few strings (optax's polyak_sgd ``variant``; None where it is one
+    of them: torch's Muon's ``adjust_lr_fn``)."""
+    if value is None and None in choices:
+        return None
     if not isinstance(value, str):
         raise TypeError(
-            f"`{name}` must be a str, one of {', '.join(map(repr, choices))}. Received: {name}={value!r} of type"
+            f"`{name}` must be one of {', '.join(map(repr, choices))}. Received: {name}={value!r} of type"
             f" {type(value).__name__}"
         )
     if value not in choices:

@@ -834,7 +834,7 @@ def wrong_types(h) -> list:
     if h.kind == "bool":
         return [1, "yes", None]
     if h.kind == "choice":
-        return [1, None, True]
+        return [1, True] + ([] if None in h.choices else [None])
     values = ["0.1", [0.1], True]
     if h.kind == "int":
         values.append(2.0)

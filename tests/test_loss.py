@@ -163,7 +163,7 @@ def test_a_choice_is_checked_in_every_backend():
         ):
             make(variant="sps-")
         with pytest.raises(
-            TypeError, match=r"`variant` must be a str, one of 'sps', 'sps\+'. Received: variant=1"
+            TypeError, match=r"`variant` must be one of 'sps', 'sps\+'. Received: variant=1 of type int"
         ):
             make(variant=1)
     # a value put into a parameter group mid-training is checked as the constructor checks it

@@ -39,7 +39,7 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ...::
     C <- (X^T @ X)
     D <- 2.0315*(C @ C) - 4.775*C
     X <- 3.4445*X + where(tall, (X @ D), (B @ X))
-    scale = sqrt(max(1, rows/max(1, cols)))
+    scale = where(adjust_lr_fn == 'match_rms_adamw', 0.2*sqrt(max(cols, rows)), sqrt(max(1, rows/max(1, cols))))
     exp_avg_sq <- adam_beta2*exp_avg_sq + g^2*(1 - adam_beta2)    if rank != 2
     w <- w - learning_rate*where(matrix, X*scale, momentum_buffer/((1 - adam_beta1^t)*(adam_eps + sqrt(exp_avg_sq)/sqrt(1 - adam_beta2^t))))
 
@@ -99,6 +99,7 @@ def torch_muon(
     weight_decay: float = 0.1,
     momentum: float = 0.95,
     nesterov: bool = True,
+    adjust_lr_fn: str | None = None,
     eps: float = 1e-07,
     adam_beta1: float = 0.9,
     adam_beta2: float = 0.999,
@@ -121,6 +122,7 @@ def torch_muon(
         weight_decay: decoupled weight decay of the matrices; this optimizer's own, not Keras's decoupled weight_decay option, in [0, inf). Default 0.1.
         momentum: momentum of the matrices' buffer, in [0, 1). Default 0.95.
         nesterov: Nesterov's look-ahead on the momentum (matrices). Default True.
+        adjust_lr_fn: the rate's scale for an m x n matrix: None or 'original' sqrt(max(1, m/n)), 'match_rms_adamw' 0.2*sqrt(max(m, n)). Default None.
         eps: lower bound of the norm that normalises the update, in [0, inf). Default 1e-07.
         adam_beta1: AdamW's first-moment decay (torch's adam_betas[0]), in [0, 1). Default 0.9.
         adam_beta2: AdamW's second-moment decay (torch's adam_betas[1]), in [0, 1). Default 0.999.
@@ -139,6 +141,7 @@ def torch_muon(
     weight_decay = common.check_float("weight_decay", weight_decay, 0.0, math.inf, True, False, arrays=True)
     momentum = common.check_float("momentum", momentum, 0.0, 1.0, True, False, arrays=True)
     nesterov = common.check_flag("nesterov", nesterov)
+    adjust_lr_fn = common.check_choice("adjust_lr_fn", adjust_lr_fn, (None, "original", "match_rms_adamw"))
     eps = common.check_float("eps", eps, 0.0, math.inf, True, False, arrays=True)
     adam_beta1 = common.check_float("adam_beta1", adam_beta1, 0.0, 1.0, True, False, arrays=True)
     adam_beta2 = common.check_float("adam_beta2", adam_beta2, 0.0, 1.0, True, False, arrays=True)
@@ -240,7 +243,11 @@ def torch_muon(
                     # a tall matrix: its Gram matrix X^T X is the smaller
                     tall = rows > cols
                     # shape scaling
-                    scale = math.sqrt(max(1, rows / max(1, cols)))
+                    scale = (
+                        0.2 * math.sqrt(max(cols, rows))
+                        if adjust_lr_fn == "match_rms_adamw"
+                        else math.sqrt(max(1, rows / max(1, cols)))
+                    )
                     # weight decay
                     decay = weight_decay if matrix else adam_weight_decay
                     # decoupled weight decay
@@ -366,7 +373,11 @@ def torch_muon(
                     # a tall matrix: its Gram matrix X^T X is the smaller
                     tall = rows > cols
                     # shape scaling
-                    scale = math.sqrt(max(1, rows / max(1, cols)))
+                    scale = (
+                        0.2 * math.sqrt(max(cols, rows))
+                        if adjust_lr_fn == "match_rms_adamw"
+                        else math.sqrt(max(1, rows / max(1, cols)))
+                    )
                     # weight decay
                     decay = weight_decay if matrix else adam_weight_decay
                     # decoupled weight decay
@@ -504,6 +515,7 @@ def finalize_variable_values(
     weight_decay: float = 0.1,
     momentum: float = 0.95,
     nesterov: bool = True,
+    adjust_lr_fn: str | None = None,
     eps: float = 1e-07,
     adam_beta1: float = 0.9,
     adam_beta2: float = 0.999,

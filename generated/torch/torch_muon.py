@@ -39,7 +39,7 @@ Update, for each parameter tensor w with gradient g, at step t = 1, 2, ... (coun
     C <- (X^T @ X)
     D <- 2.0315*(C @ C) - 4.775*C
     X <- 3.4445*X + where(tall, (X @ D), (B @ X))
-    scale = sqrt(max(1, rows/max(1, cols)))
+    scale = where(adjust_lr_fn == 'match_rms_adamw', 0.2*sqrt(max(cols, rows)), sqrt(max(1, rows/max(1, cols))))
     exp_avg_sq <- adam_beta2*exp_avg_sq + g^2*(1 - adam_beta2)    if rank != 2
     w <- w - learning_rate*where(matrix, X*scale, momentum_buffer/((1 - adam_beta1^t)*(adam_eps + sqrt(exp_avg_sq)/sqrt(1 - adam_beta2^t))))
 
@@ -89,6 +89,7 @@ class TorchMuon(torch_support.RuleOptimizer):
         weight_decay: decoupled weight decay of the matrices; this optimizer's own, not Keras's decoupled weight_decay option, in [0, inf). Default 0.1.
         momentum: momentum of the matrices' buffer, in [0, 1). Default 0.95.
         nesterov: Nesterov's look-ahead on the momentum (matrices). Default True.
+        adjust_lr_fn: the rate's scale for an m x n matrix: None or 'original' sqrt(max(1, m/n)), 'match_rms_adamw' 0.2*sqrt(max(m, n)). Default None.
         eps: lower bound of the norm that normalises the update, in [0, inf). Default 1e-07.
         adam_betas: (adam_beta1, adam_beta2): AdamW's first-moment decay (torch's adam_betas[0]), in [0, 1); AdamW's second-moment decay (torch's adam_betas[1]), in [0, 1). Default (0.9, 0.999).
         adam_eps: added to AdamW's bias-corrected root, in [0, inf). Default 1e-08.
@@ -147,6 +148,7 @@ class TorchMuon(torch_support.RuleOptimizer):
         "weight_decay": common.Check("float", "[0, inf)"),
         "momentum": common.Check("float", "[0, 1)"),
         "nesterov": common.Check("flag"),
+        "adjust_lr_fn": common.Check("choice", choices=(None, "original", "match_rms_adamw")),
         "eps": common.Check("float", "[0, inf)"),
         "adam_betas": (common.Check("float", "[0, 1)"), common.Check("float", "[0, 1)")),
         "adam_eps": common.Check("float", "[0, inf)"),
@@ -161,6 +163,7 @@ class TorchMuon(torch_support.RuleOptimizer):
         weight_decay: float = 0.1,
         momentum: float = 0.95,
         nesterov: bool = True,
+        adjust_lr_fn: str | None = None,
         eps: float = 1e-07,
         adam_betas: tuple[float, float] = (0.9, 0.999),
         adam_eps: float = 1e-08,
@@ -188,6 +191,7 @@ class TorchMuon(torch_support.RuleOptimizer):
             weight_decay=weight_decay,
             momentum=momentum,
             nesterov=nesterov,
+            adjust_lr_fn=adjust_lr_fn,
             eps=eps,
             adam_betas=(adam_beta1, adam_beta2),
             adam_eps=adam_eps,
@@ -224,6 +228,7 @@ class TorchMuon(torch_support.RuleOptimizer):
         weight_decay = group["weight_decay"]
         momentum = group["momentum"]
         nesterov = group["nesterov"]
+        adjust_lr_fn = group["adjust_lr_fn"]
         eps = group["eps"]
         adam_beta1 = group["adam_betas"][0]
         adam_beta2 = group["adam_betas"][1]
@@ -235,6 +240,7 @@ class TorchMuon(torch_support.RuleOptimizer):
                 {
                     "weight_decay": weight_decay,
                     "momentum": momentum,
+                    "adjust_lr_fn": adjust_lr_fn,
                     "eps": eps,
                     "adam_beta1": adam_beta1,
                     "adam_beta2": adam_beta2,
@@ -272,7 +278,11 @@ class TorchMuon(torch_support.RuleOptimizer):
                 # a tall matrix: its Gram matrix X^T X is the smaller
                 tall = rows > cols
                 # shape scaling
-                scale = math.sqrt(max(1, rows / max(1, cols)))
+                scale = (
+                    0.2 * math.sqrt(max(cols, rows))
+                    if adjust_lr_fn == "match_rms_adamw"
+                    else math.sqrt(max(1, rows / max(1, cols)))
+                )
                 rank_1 = torch_support.rank(w)
                 # weight decay
                 decay = weight_decay if matrix else adam_weight_decay
@@ -444,6 +454,7 @@ class TorchMuon(torch_support.RuleOptimizer):
                 {
                     "weight_decay": weight_decay,
                     "momentum": momentum,
+                    "adjust_lr_fn": adjust_lr_fn,
                     "eps": eps,
                     "adam_beta1": adam_beta1,
                     "adam_beta2": adam_beta2,
@@ -479,7 +490,11 @@ class TorchMuon(torch_support.RuleOptimizer):
                 # a tall matrix: its Gram matrix X^T X is the smaller
                 tall = rows > cols
                 # shape scaling
-                scale = math.sqrt(max(1, rows / max(1, cols)))
+                scale = (
+                    0.2 * math.sqrt(max(cols, rows))
+                    if adjust_lr_fn == "match_rms_adamw"
+                    else math.sqrt(max(1, rows / max(1, cols)))
+                )
                 rank_1 = torch_support.rank(w)
                 # weight decay
                 decay = weight_decay if matrix else adam_weight_decay
@@ -650,6 +665,7 @@ class TorchMuon(torch_support.RuleOptimizer):
         weight_decay = group["weight_decay"]
         momentum = group["momentum"]
         nesterov = group["nesterov"]
+        adjust_lr_fn = group["adjust_lr_fn"]
         eps = group["eps"]
         adam_beta1 = group["adam_betas"][0]
         adam_beta2 = group["adam_betas"][1]
