@@ -62,13 +62,20 @@ def rule_configs():
 CHECK_BETWEEN_PASSES = True
 
 
-@functools.cache
 def compiled(rule, form: str = "in-place"):
     """``compile_rule(rule, form=form)``, once per test process (collection reads it for several files), with
     the verifier between its passes (test_compiler.py asserts it of every rule; a small cost)."""
-    from optforge.compiler.pipeline import compile_rule
+    from optforge.compiler.ir import Form
 
-    return compile_rule(rule, form=form, check_between_passes=CHECK_BETWEEN_PASSES)
+    return _both_forms(rule)[Form(form)]
+
+
+@functools.cache
+def _both_forms(rule) -> dict:
+    """The rule in both forms, lowered once (``compile_forms``): collection asks each rule in both."""
+    from optforge.compiler.pipeline import compile_forms
+
+    return compile_forms(rule, check_between_passes=CHECK_BETWEEN_PASSES)
 
 
 @functools.cache
