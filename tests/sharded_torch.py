@@ -241,6 +241,10 @@ def worker(rank: int, port: int, folder: str, names: list[str]) -> None:
         if rank == 0:
             with open(os.path.join(folder, "results.json"), "w") as f:
                 json.dump(results, f)
+        # both ranks done with every collective before either tears gloo down (a rank leaving while the
+        # other still talks to it may abort the process: seen once, under a loaded machine); not on an
+        # error, where the other rank may never come (spawn reports the error and stops it)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
