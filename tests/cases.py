@@ -142,13 +142,11 @@ def _cover() -> list:
     """The machinery rules. They step with gradients alone: a rule whose step also reads the objective's
     value (``loss``, Polyak's) is not one of them; tests/test_loss.py runs its machinery (checkpoints, jit,
     chains, closures, the options) with the value given."""
-    from drivers import reads_loss
-
     if os.environ.get("OPTFORGE_TEST_ALL_RULES", "") not in ("", "0"):
-        return [r for r in RULES.values() if not reads_loss(r)]
+        return [r for r in RULES.values() if not r.reads_loss]
     seen: set = set()
     chosen = []
-    rules = {rule: features(rule) for rule in RULES.values() if not reads_loss(rule)}
+    rules = {rule: features(rule) for rule in RULES.values() if not rule.reads_loss}
     while True:  # greedy: the rule that adds the most features not yet seen, the registry's first on a tie
         best = max(rules, key=lambda r: len(rules[r] - seen))
         if chosen and not rules[best] - seen:

@@ -14,12 +14,6 @@ import numpy as np
 BACKENDS = ("numpy", "jax", "torch")
 
 
-def reads_loss(rule) -> bool:
-    """Whether the rule reads the objective's value (``loss``: Polyak's step size): its step then takes
-    ``value=`` (NumPy's step, JAX's update, torch's step)."""
-    return rule.reads_loss
-
-
 def objective(k: int) -> float:
     """The objective's value the tests give at step ``k`` (0-based) to a rule that reads it: positive, up
     and down (1 +- 0.8), so that its gap to an ``f_min`` of 0.5 changes sign."""
@@ -27,8 +21,9 @@ def objective(k: int) -> float:
 
 
 def loss_kwargs(rule, k: int) -> dict:
-    """``{"value": objective(k)}`` for a rule that reads the objective's value, else nothing."""
-    return {"value": objective(k)} if reads_loss(rule) else {}
+    """``{"value": objective(k)}`` for a rule that reads the objective's value (``Rule.reads_loss``: its
+    step then takes ``value=``), else nothing."""
+    return {"value": objective(k)} if rule.reads_loss else {}
 
 
 # tensors of ranks 0 to 4 whose gradients have very different norms; the last one's first gradient is all zeros

@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from cases import MACHINERY, first_step_moves, skip_without_kernels  # noqa: E402
-from drivers import loss_kwargs, reads_loss  # noqa: E402
+from drivers import loss_kwargs  # noqa: E402
 from hyper_cases import (  # noqa: E402
     BAD_RANGE,
     BOOL,
@@ -169,7 +169,7 @@ def test_training_loop_decreases_loss(rule):
             opt.zero_grad()
             loss = loss_fn(model(x), y)
             loss.backward()
-            opt.step(**({"value": loss} if reads_loss(rule) else {}))  # Polyak's: the loss just computed
+            opt.step(**({"value": loss} if rule.reads_loss else {}))  # Polyak's: the loss just computed
             losses.append(loss.item())
         assert all(math.isfinite(v) for v in losses)
         if losses[-1] < 0.5 * losses[0]:
