@@ -214,3 +214,40 @@ def test_a_rule_reading_the_loss_and_a_choice_runs_on_every_path(tmp_path, mode)
     assert len(paths) == 6, paths  # the kernels take the loss: no path refused
     for path in paths:
         assert_close(steps(mods, rule, params0, grads, path, mode=mode), want, 1e-12, path)
+
+
+def test_a_torch_step_that_reads_the_loss_compiles_in_one_graph():
+    """torch.compile (fullgraph) of ``step(value=loss)``, the loss a 0-d tensor as a closure returns it:
+    equal to the eager steps to 1e-12 (float64, sps+, 3 steps)."""
+    import torch
+
+    from optforge.generated.torch import OptaxPolyakSgd as TorchPolyak
+
+    torch.manual_seed(0)
+    compiled_ws = [
+        torch.randn(4, 3, dtype=torch.float64, requires_grad=True),
+        torch.randn(5, dtype=torch.float64, requires_grad=True),
+    ]
+    eager_ws = [w.detach().clone().requires_grad_(True) for w in compiled_ws]
+    kw = dict(lr=0.5, variant="sps+", f_min=0.1)
+    compiled_opt, eager_opt = TorchPolyak(compiled_ws, **kw), TorchPolyak(eager_ws, **kw)
+
+    def objective(ws):
+        return (ws[0] ** 2).sum() + (ws[1] ** 2).sum()
+
+    @torch.compile(backend="aot_eager", fullgraph=True)
+    def step(value):
+        compiled_opt.step(value=value)
+
+    for _ in range(3):
+        values = []
+        for opt, ws in ((compiled_opt, compiled_ws), (eager_opt, eager_ws)):
+            opt.zero_grad()
+            value = objective(ws)
+            value.backward()
+            values.append(value.detach())
+        step(values[0])
+        eager_opt.step(value=values[1])
+    assert_close(
+        [w.detach().numpy() for w in compiled_ws], [w.detach().numpy() for w in eager_ws], 1e-12, "compiled"
+    )
