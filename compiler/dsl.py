@@ -591,7 +591,7 @@ class Hyper:
     #: Adafactor ``clipping_threshold=1.0``: on unless None is given)
     optional: bool = False
     #: a choice (``kind == "choice"``): the strings it may be (optax's polyak_sgd ``variant``: "sps", "sps+")
-    choices: tuple[str, ...] = ()
+    choices: tuple[str | None, ...] = ()
 
     @property
     def symbol(self) -> sp.Symbol:
@@ -602,7 +602,7 @@ class Choice:
     """A hyperparameter that is one of a few strings (``Rule.choice``); ``choice == "sps+"`` is the static
     condition that it is that one (``when=``, ``only_if=``, ``where(...)``), a Python test in every backend."""
 
-    def __init__(self, rule: str, name: str, choices: tuple[str, ...]) -> None:
+    def __init__(self, rule: str, name: str, choices: tuple[str | None, ...]) -> None:
         self.rule, self.name, self.choices = rule, name, choices
         self.symbol = sp.Symbol(name)
 
@@ -864,7 +864,7 @@ class Rule:
         self.hypers[name] = Hyper(name, default, "bool", None, meaning, latex or rf"\mathrm{{{escaped}}}")
         return sp.Symbol(name)
 
-    def choice(self, name: str, choices: tuple[str, ...], default: str, meaning: str) -> Choice:
+    def choice(self, name: str, choices: tuple[str | None, ...], default: str | None, meaning: str) -> Choice:
         """Declare a hyperparameter that is one of ``choices`` (strings; None may be one, as torch's Muon's
         ``adjust_lr_fn=None``), ``default`` unless given: test it with ``x == "value"`` (a static condition,
         as a flag is), a string of its. optax's polyak_sgd ``variant``."""

@@ -71,7 +71,7 @@ class Check:
     interval: str | None = None
     integer: bool = False
     zero_is_off: bool = False
-    choices: tuple[str, ...] = ()  # a "choice": the strings it may be
+    choices: tuple[str | None, ...] = ()  # a "choice": the strings it may be (None may be one)
 
     @functools.cached_property
     def _bounds(self) -> tuple[float, float, bool, bool]:
@@ -158,7 +158,7 @@ def check_flag(name: str, value: Any) -> bool:
     return value
 
 
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+def check_choice(name: str, value: Any, choices: tuple[str | None, ...]) -> str | None:
     """A hyperparameter that is one of a few strings (optax's polyak_sgd ``variant``; None where it is one
     of them: torch's Muon's ``adjust_lr_fn``)."""
     if value is None and None in choices:

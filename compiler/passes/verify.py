@@ -6,6 +6,7 @@ A failure here is a bug in the compiler, not in the rule: it raises
 
 from __future__ import annotations
 
+from ..dsl import RESERVED
 from ..ir import Form, Program, Role, Scope, Section, SectionKind, base, version
 from .scope import scope_of, scopes_of
 
@@ -47,7 +48,7 @@ def _check_sections(where: str, sections: tuple[Section, ...]) -> None:
 def _check_body(program: Program, where: str, body, scopes) -> None:
     current = {h.name: 0 for h in program.hypers}
     current.update({f"{h.name}?": 0 for h in program.hypers})
-    current.update({"t": 0, "n": 0, "loss": 0, "g": 0, "w": 0})
+    current.update({name: 0 for name in RESERVED})  # what a step starts with: g, w, t, n, the loss
     current.update({s.name: 0 for s in program.states})
     saved = None
     reduced = {a.target for a in body if a.role == Role.REDUCE and a.scope <= Scope.GLOBAL}
