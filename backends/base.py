@@ -137,6 +137,8 @@ class Backend:
         printer.elements = set(element_names(scopes, printer.names))
         printer.shapes = shapes_of(program)
         printer.numbers = number_names(program)
+        # the states stored in a dtype of their own (``mu_dtype``): narrower than the arithmetic, maybe
+        printer.narrow = {printer.names.get(s.name, s.name) for s in program.states if s.dtype}
         if printer.tests_per_tensor_values:
             printer.selects = {"w", "g"} | {n for n, s in scopes.items() if s == Scope.ELEMENT}
         return printer
@@ -179,16 +181,16 @@ class Backend:
             printed = f"{name} {_OPERATOR[kind]} {p.doprint(value)}"  # the maths, whatever the backend's form
             tree = evaluation_tree(self.lifted(value, p), self.types(p, shape))
             if kind == "set":
-                lowered = three_address.overwrite(name, tree, self.target, registers)
+                lowered = three_address.overwrite(name, tree, self.target(p), registers)
             else:
-                lowered = three_address.update(kind, name, tree, self.target, registers)
+                lowered = three_address.update(kind, name, tree, self.target(p), registers)
             return self.explained(lowered, p, printed, registers)
         code = p.doprint(a.expr)
         if not lower:
             return [f"{name} = {code}"]
         value = self.lifted(_broadcast_names(a.expr, shape, p.shapes), p)
         lowered = three_address.bind(
-            name, evaluation_tree(value, self.types(p, shape)), self.target, registers
+            name, evaluation_tree(value, self.types(p, shape)), self.target(p), registers
         )
         return self.explained(lowered, p, f"{name} = {code}", registers)
 
@@ -208,13 +210,14 @@ class Backend:
             return False  # the rank, the dtype's epsilon: Python numbers
         return a is None or a.scope == Scope.ELEMENT or a.role == Role.REDUCE
 
-    @property
-    def target(self) -> three_address.Target:
-        """What the table can write: the functions it has a row for, and whether it has compound calls."""
+    def target(self, p: ExprPrinter) -> three_address.Target:
+        """What the table can write: the functions it has a row for, and whether it has compound calls;
+        which arrays may be narrower than the arithmetic (``p.narrow``)."""
         return three_address.Target(
             calls=frozenset(k.partition("/")[0] for k in self.ops),
             compound="inplace_addcdiv_scaled" in self.ops,
             masked=self.masked,
+            narrow=frozenset(p.narrow),
         )
 
     def types(self, p: ExprPrinter, shape: frozenset[int] = frozenset()) -> Types:
@@ -341,7 +344,7 @@ class Backend:
             lines = [f"{name} = {p.doprint(acc.step)}"]
             if self.lowers(None, p):  # the reduced values into scratch buffers
                 tree = evaluation_tree(acc.step, self.types(p))
-                lowered = three_address.bind(name, tree, self.target, p.registers)
+                lowered = three_address.bind(name, tree, self.target(p), p.registers)
                 three_address.verify(lowered, p.registers)
                 lines = OpPrinter(p, self.ops, self.forms).statements(lowered.body)
             if acc.static is not sp.true:
@@ -419,6 +422,14 @@ class Backend:
                             if next(v for v in program.states if v.name == n).scope == Scope.ELEMENT
                         ],
                         "reads_param": any(sp.Symbol("w") in a.expr.free_symbols for a in s.body),
+                        # a pass's reductions over all tensors, (printed name, "sum" | "max"): torch adds
+                        # (or takes the largest of) every parameter group's (``RuleOptimizer.step``)
+                        "totals": [
+                            (p.name_of(sp.Symbol(acc.name)), str(acc.kind))
+                            for acc in accumulators(s, p.arrays)
+                        ]
+                        if s.kind == SectionKind.REDUCE
+                        else [],
                         # the fused path (generated/fused): the case that updates the tensors, and what it reads
                         "fused": fused_name(i) if s.kind == SectionKind.TENSOR else "",
                         "scalars": section_scalars(program, scopes, s, self.names)
@@ -511,6 +522,9 @@ class Backend:
         rule_states = {st.name for st in inner.states if st.persists}
         return {
             "rule_cases": rule_cases,
+            # a pass of the rule over all tensors yields its parts of the reductions (torch: every group's
+            # are combined, ``RuleOptimizer.step``)
+            "over_groups": any(s["totals"] for c in rule_cases for s in c["sections"]),
             # the rule's own hyperparameters (the options' are read by the stages)
             "rule_others": [h for h in self._hypers(inner) if h["name"] != "learning_rate"],
             "rule_optional_states": [
@@ -600,6 +614,11 @@ class Backend:
             "optional_states": [
                 s.name for s in program.states if s.persists and s.allocated_when is not sp.true
             ],
+            # the constructor keywords that choose a state's dtype (optax's mu_dtype), each with its states
+            "dtype_keywords": [
+                {"name": k, "states": [s.name for s in program.states if s.persists and s.dtype == k]}
+                for k in dict.fromkeys(s.dtype for s in program.states if s.persists and s.dtype)
+            ],
             "modules": sorted(p.modules),
             **self.stages_context(program, cases),
         }
@@ -610,6 +629,8 @@ class Backend:
                 "name": s.name,
                 "meaning": s.meaning,
                 "scope": _scope(s),
+                # the constructor keyword that chooses its dtype ("": the optimizer's state dtype)
+                "dtype": s.dtype,
                 # axes reduced to length 1 (common.state_shape): a row or a column of a matrix
                 "reduced": bool(s.reduced),
                 "reduced_text": (

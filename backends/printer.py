@@ -57,6 +57,7 @@ class ExprPrinter(RuleOrder, StrPrinter):
         #: are Python numbers (the rank): the registers a statement takes, and which are never buffers
         self.shapes: dict = {}
         self.numbers: set[str] = set()
+        self.narrow: set[str] = set()  # arrays stored in a dtype of their own (a state's mu_dtype)
         #: the scratch registers of the pass over the tensors being printed (passes/three_address.py), set
         #: by the backend for each such pass; None outside one (statements are printed as they are)
         self.registers: Any = None

@@ -137,6 +137,7 @@ _TAKEN = frozenset(
             "torch_names",
             "rule_maximizes",
             "reads_loss",
+            "stored_dtypes",
         ),
         *("finalize_variable_values", "dtype", "dtypes", "betas", "etas", "adam_betas"),
         # the kernels' loops, rows, bounds and tables
@@ -177,7 +178,25 @@ Ne = sp.Ne
 
 def where(condition: Any, if_true: Any, if_false: Any) -> sp.Expr:
     """Element-wise choice: ``if_true`` where ``condition`` holds, else ``if_false``."""
-    return sp.Piecewise((sp.sympify(if_true), condition), (sp.sympify(if_false), True))
+    return sp.Piecewise(
+        (sp.sympify(if_true), checked_condition(condition, "where()")), (sp.sympify(if_false), True)
+    )
+
+
+def checked_condition(condition: Any, what: str, rule: str | None = None) -> Any:
+    """``condition``, refused where it is Python's ``True`` or ``False``: that is what ``t == 1`` and ``x != 0``
+    give (they compare the two expressions as written: ``t`` is not the number 1), and a condition that is
+    always one or the other would silently drop a branch. A RuleError naming ``rule`` where there is one."""
+    if isinstance(condition, bool):
+        message = (
+            f"the condition of {what} is Python's {condition}, not a condition on values: `==` and `!=`"
+            " compare two expressions as written (`t == 1` is False, `x != 0` is True)"
+        )
+        hint = "write Eq(t, 1) or Ne(x, 0) (from optforge.compiler.dsl), or leave the condition out"
+        if rule is not None:
+            raise RuleError(rule, message, origin=_origin(), hint=hint)
+        raise TypeError(f"{message} ({_origin()}); {hint}")
+    return condition
 
 
 class Given(sp.Symbol):
@@ -639,6 +658,9 @@ class State:
     latex: str
     scope: str | None  # declared scope ("element", "tensor", "global") or None: inferred
     exists_if: Any = sp.true  # static condition under which it is stored (checked against every use)
+    #: the constructor keyword that chooses its storage dtype (optax's ``mu_dtype``), or "" (the state's
+    #: dtype is the optimizer's: ``state_dtype``, else the parameter's, at least float32)
+    dtype: str = ""
 
     @property
     def symbol(self) -> sp.Symbol:
@@ -762,21 +784,53 @@ class Rule:
         own = (self.name, f"{self.name}State")  # the rule's classes (a module's functions construct them)
         alias = what in ("value", "state") and name in _HYPER_ALIASES
         if name in RESERVED or taken(name) or name.startswith("_") or name in own or alias:
+            if name in RESERVED:
+                why = (
+                    "g, w, t, n and loss are the gradient, the parameter, the steps and the objective's value"
+                )
+            elif name.startswith("_") or (name not in _TAKEN and _TAKEN_FAMILIES.match(name)):
+                why = (
+                    "the generated code names its own values so: a leading _, a trailing _, tmp3, red3, c_*,"
+                    " b_*, new_*, sumsq_*, global_sum_*, prepare_*, ALL_CAPS_NAMES"
+                )
+            elif name in own:
+                why = "the generated classes take the rule's name and its state's"
+            else:
+                why = "the generated code uses it itself"
             raise RuleError(
                 self.name,
-                f"{what} name '{name}' is reserved (g, w, t are the gradient, parameter and step;"
-                " the generated code uses the others itself)",
+                f"{what} name '{name}' is reserved ({why})",
                 origin=_origin(),
                 hint="choose another name",
             )
         if (
             name in self.hypers
             or name in self.states
+            or name in self.dtype_keywords
             or any(e.kind == "let" and e.target == name for e in self.equations)
         ):
             raise RuleError(
                 self.name, f"'{name}' is declared twice", origin=_origin(), hint="give it one declaration"
             )
+
+    def _declare_dtype(self, state: str, keyword: Any) -> None:
+        """``keyword``, the constructor argument that chooses ``state``'s storage dtype: a new name, or one
+        that another state's dtype already takes (both then follow it)."""
+        if keyword in self.dtype_keywords:
+            return
+        if keyword == state:
+            raise RuleError(
+                self.name,
+                f"state '{state}': dtype={keyword!r} names the state itself, not a keyword for its dtype",
+                origin=_origin(),
+                hint=f"name the keyword after the state, such as dtype='{state}_dtype'",
+            )
+        self._declare_name(keyword, "dtype keyword")
+
+    @property
+    def dtype_keywords(self) -> list[str]:
+        """The constructor keywords that choose states' dtypes (``state(..., dtype=)``), in order."""
+        return list(dict.fromkeys(s.dtype for s in self.states.values() if s.dtype))
 
     def learning_rate(
         self,
@@ -900,14 +954,21 @@ class Rule:
         *,
         latex: str | None = None,
         scope: str | None = None,
-        exists_if: Any = True,
+        exists_if: Any = sp.true,
+        dtype: str | None = None,
     ) -> sp.Symbol:
         """Declare a state with its initial value (a number or an expression of hyperparameters).
 
         ``exists_if``: a static condition (a flag, ``Given(option)``) under which it is stored; every
         equation that reads or writes it must be guarded by it (checked).
+        ``dtype``: the name of a constructor keyword that chooses the dtype the state is stored in (optax's
+        ``mu_dtype``; None, its default, keeps the optimizer's state dtype). The step computes with the value
+        as stored, and its new value is rounded to that dtype when it is stored, after the step has read it.
         """
         self._declare_name(name, "state")
+        checked_condition(exists_if, "exists_if=", self.name)
+        if dtype is not None:
+            self._declare_dtype(name, dtype)
         if scope not in (None, "element", "tensor", "global"):
             raise RuleError(
                 self.name,
@@ -916,7 +977,13 @@ class Rule:
                 hint="leave scope out to have it inferred from the equations",
             )
         self.states[name] = State(
-            name, sp.sympify(init), meaning, latex or _latex_name(name), scope, sp.sympify(exists_if)
+            name,
+            sp.sympify(init),
+            meaning,
+            latex or _latex_name(name),
+            scope,
+            sp.sympify(exists_if),
+            dtype or "",
         )
         return sp.Symbol(name)
 
@@ -957,7 +1024,7 @@ class Rule:
         return sp.Symbol(name)
 
     def assign(
-        self, target: sp.Symbol, expr: Any, label: str = "", *, when: Any = True, only_if: Any = None
+        self, target: sp.Symbol, expr: Any, label: str = "", *, when: Any = sp.true, only_if: Any = None
     ) -> None:
         """``target <- expr``: update a state, the parameter ``w`` or the gradient ``g``.
 
@@ -966,7 +1033,7 @@ class Rule:
         sugar for ``target <- where(only_if, expr, target)``, printed as an ``if`` around the statement.
         """
         if only_if is not None:
-            expr = where(only_if, expr, target)
+            expr = where(checked_condition(only_if, "only_if=", self.name), expr, target)
         self.equations.append(self._equation(target, expr, label, when))
 
     def finalizer(self, expr: Any, label: str, *, only_if: Any = None) -> None:
@@ -977,7 +1044,7 @@ class Rule:
         bias-corrects an EMA. Reading ``g``, the learning rate or a ``let`` is a compile error.
         """
         if only_if is not None:
-            expr = where(only_if, expr, w)
+            expr = where(checked_condition(only_if, "only_if=", self.name), expr, w)
         self.finalize.append(Equation("w", sp.sympify(expr), label, sp.true, _origin(), "assign"))
 
     def define_step(self, expr: Any, label: str = "step") -> None:
@@ -1001,6 +1068,7 @@ class Rule:
                 f"the target of an assignment must be a state, w or g; received {target!r}",
                 origin=_origin(),
             )
+        checked_condition(when, "when=", self.name)
         try:
             expr = sp.sympify(expr)
             when = sp.sympify(when)
@@ -1091,7 +1159,7 @@ class Rule:
         before: sp.Symbol | None = None,
         after: sp.Symbol | None = None,
         occurrence: int | None = None,
-        when: Any = True,
+        when: Any = sp.true,
     ) -> Rule:
         """Add ``target <- expr`` before or after the equation that assigns another symbol."""
         if (before is None) == (after is None):

@@ -165,6 +165,8 @@ class StateVar:
     #: the test of a tensor's shape under which the state is kept for it (passes/tensor_states.py: torch's
     #: Muon keeps AdamW's second moment for the tensors that are not matrices); sp.true: every tensor's
     kept: Any = sp.true
+    #: the constructor keyword that chooses the dtype it is stored in (``Rule.state(..., dtype=)``), or ""
+    dtype: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,7 @@ from .passes.shape import infer_shapes
 from .passes.shape_guards import guard_shape_values
 from .passes.state import analyse_state
 from .passes.storage import protect_aliases
+from .passes.stored_dtype import hold_stored_states
 from .passes.tensor_states import keep_per_tensor
 from .passes.upcast import upcast_reductions
 from .passes.verify import verify
@@ -35,6 +36,7 @@ FRONT = (
 
 PASSES = {
     Form.IN_PLACE: (
+        hold_stored_states,  # a state stored in a dtype of its own: its new value stored after it is read
         extract_reductions,  # each distinct reduction named and computed once
         upcast_reductions,  # the parameter read by a reduction in at least float32, as the gradient
         eliminate_common_subexpressions,

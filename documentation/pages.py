@@ -152,6 +152,8 @@ def page(
                 else ("one scalar per tensor" if s.scope == Scope.TENSOR else "one scalar")
             )
             when = exists_when(s, quote=lambda text: f"`{text}`")
+            if s.dtype:  # optax's mu_dtype: the bytes of the dtype the user chooses
+                cost += f" (in the dtype `{s.dtype}` chooses: 2 for float16 or bfloat16)"
         lines.append(
             f"| `{s.name}` | ${s.latex}$ | {scope_word(s)} | `{math_text(s.init)}` | {cost} | {when} |"
         )

@@ -37,7 +37,7 @@ eps_root = OptaxAdam.hyper(
     latex=r"\epsilon_{\mathrm{root}}",
 )
 nesterov = OptaxAdam.flag("nesterov", False, "Nesterov momentum (Dozat's NAdam look-ahead)")
-mu = OptaxAdam.state("mu", 0, "first moment", latex="m")  # optax's docstring writes m and v
+mu = OptaxAdam.state("mu", 0, "first moment", latex="m", dtype="mu_dtype")  # optax's docstring writes m and v
 nu = OptaxAdam.state("nu", 0, "second moment", latex="v")
 
 OptaxAdam.assign(mu, (1 - b1) * g + b1 * mu, "first moment")

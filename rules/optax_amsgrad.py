@@ -39,7 +39,7 @@ bias_correction_mu = RULE.flag("bias_correction_mu", True, "divide the first mom
 bias_correction_nu = RULE.flag(
     "bias_correction_nu", True, "divide the second moment by 1 - b2^t before the running maximum"
 )
-mu = RULE.state("mu", 0, "first moment", latex="m")
+mu = RULE.state("mu", 0, "first moment", latex="m", dtype="mu_dtype")
 nu = RULE.state("nu", 0, "second moment", latex="v")
 nu_max = RULE.state("nu_max", 0, "running maximum of the (bias-corrected) second moment", latex=r"v^{\max}")
 

@@ -27,7 +27,7 @@ b2 = OptaxLion.hyper("b2", 0.99, "[0, 1]", "decay rate of the momentum", latex=r
 weight_decay = OptaxLion.hyper(
     "weight_decay", 1e-3, "[0, inf)", "decoupled weight decay, added to the update", latex=r"\lambda"
 )
-mu = OptaxLion.state("mu", 0, "momentum", latex="m")
+mu = OptaxLion.state("mu", 0, "momentum", latex="m", dtype="mu_dtype")
 
 c = OptaxLion.let("c", sign((1 - b1) * g + b1 * mu), "sign of the interpolation", latex="c")
 OptaxLion.assign(mu, (1 - b2) * g + b2 * mu, "momentum")

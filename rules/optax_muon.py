@@ -92,7 +92,7 @@ adam_eps_root = RULE.hyper(
 adam_weight_decay = RULE.hyper(
     "adam_weight_decay", 0.0, "[0, inf)", "Adam's decoupled weight decay", latex=r"\lambda_{\mathrm{A}}"
 )
-mu = RULE.state("mu", 0, "first moment", latex="m")
+mu = RULE.state("mu", 0, "first moment", latex="m", dtype="mu_dtype")
 nu = RULE.state("nu", 0, "Adam's second moment (tensors that are not matrices)", latex="v")
 
 matrix = RULE.let("matrix", Eq(rank, 2), "a matrix: Muon's step")

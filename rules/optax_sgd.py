@@ -26,7 +26,14 @@ momentum = RULE.option(
     "momentum", "[0, inf)", "decay rate of the trace of gradients; None: no momentum", latex=r"\mu"
 )
 nesterov = RULE.flag("nesterov", False, "Nesterov momentum (with momentum only)")
-trace = RULE.state("trace", 0, "trace of the gradients (momentum)", exists_if=Given(momentum), latex="b")
+trace = RULE.state(
+    "trace",
+    0,
+    "trace of the gradients (momentum)",
+    exists_if=Given(momentum),
+    latex="b",
+    dtype="accumulator_dtype",
+)
 
 RULE.assign(w, w - lr * g, "gradient descent", when=~Given(momentum))
 RULE.assign(trace, g + momentum * trace, "trace", when=Given(momentum))

@@ -23,6 +23,23 @@ def zero(value: Any) -> bool:
     return not nonzero(value)
 
 
+def check_dtype(name: str, chosen: Any, otherwise: Any = None) -> Any:
+    """A state's dtype as the function was given it (``state_dtype``, a rule's ``mu_dtype``): a
+    floating-point dtype, or ``otherwise`` for None."""
+    if chosen is None:
+        return otherwise
+    try:
+        dtype = jnp.dtype(chosen)
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"`{name}` must be None or a floating-point dtype (jnp.bfloat16, jnp.float32, ...). Received:"
+            f" {name}={chosen!r}"
+        )
+    return dtype
+
+
 def state_dtype(w: Any, chosen: Any = None) -> Any:
     """The dtype of a parameter's state: ``chosen``, or at least float32 (float16/bfloat16 params keep float32 state)."""
     return jnp.dtype(chosen) if chosen is not None else jnp.promote_types(w.dtype, jnp.float32)

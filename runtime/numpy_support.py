@@ -23,7 +23,8 @@ def leaves(params: Any, what: str = "params") -> tuple[list, list[np.ndarray]]:
     arrays = [params[k] for k in keys]
     for k, a in zip(keys, arrays):
         if not isinstance(a, np.ndarray):
-            raise TypeError(f"{what}[{k!r}] must be a numpy.ndarray. Received: {type(a).__name__}")
+            scalar = " (a NumPy scalar: np.asarray(x) is its 0-d array)" if isinstance(a, np.generic) else ""
+            raise TypeError(f"{what}[{k!r}] must be a numpy.ndarray. Received: {type(a).__name__}{scalar}")
         if not is_float(a.dtype):
             raise TypeError(f"{what}[{k!r}] must have a real floating dtype. Received: dtype={a.dtype}")
     return keys, arrays
@@ -80,6 +81,23 @@ def is_float(dtype: Any) -> bool:
         return True  # the common case, without np.dtype()
     dtype = np.dtype(dtype)
     return dtype.kind == "f" or dtype.name.startswith(("bfloat16", "float8"))
+
+
+def check_dtype(name: str, chosen: Any) -> np.dtype | None:
+    """A state's dtype as the constructor was given it (``state_dtype``, a rule's ``mu_dtype``): None, or
+    a floating-point dtype (NumPy's, or ml_dtypes' bfloat16)."""
+    if chosen is None:
+        return None
+    try:
+        dtype = np.dtype(chosen)
+    except TypeError:
+        dtype = None
+    if dtype is None or not is_float(dtype):
+        raise TypeError(
+            f"`{name}` must be None or a floating-point dtype (np.float32, 'float64', ...). Received:"
+            f" {name}={chosen!r}"
+        )
+    return dtype
 
 
 def state_dtype(w: np.ndarray, chosen: Any = None) -> np.dtype:

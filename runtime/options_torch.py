@@ -53,6 +53,23 @@ class Call:
         self.distributed = any(torch_support.is_distributed(w) for w, _ in self.params)
         self._clip_pass = o.clipnorm is not None and step.is_update and self.distributed
         self._clip_sums: dict | None = None
+        self._shared = False  # global_clipnorm's norm is over several groups (share_global_norm)
+
+    @property
+    def clips_globally(self) -> bool:
+        """Whether this call clips by the global norm and has not computed it yet."""
+        return self._global_pass
+
+    def sums_of_squares(self) -> dict[torch.Tensor, torch.Tensor]:
+        """Each parameter's part of the global norm (``torch_support.share_global_norm``)."""
+        return self._sums_of_squares()
+
+    def share_global_norm(self, total: Any) -> None:
+        """The global norm's square over several groups' gradients, computed by ``share_global_norm``: this
+        group clips by it, on the plain or Numba path (the Triton kernels compute their own group's)."""
+        self._global_pass = False
+        self.global_sumsq_g = total
+        self._shared = True
 
     def _global_norm(self) -> None:
         """The pass over all tensors for ``global_clipnorm``, once per call, before the first tensor is
@@ -171,6 +188,8 @@ class Call:
         torch.compile traces (the tables' addresses are the host's)."""
         opt = self.optimizer
         if not self.params or torch.compiler.is_compiling():  # a traced step: inductor fuses it
+            return False
+        if self._shared:  # the global norm is over several groups: the kernels would take this one's
             return False
         if opt.fused != "triton" and not any(w.is_cuda for w, _ in self.params):
             return False

@@ -40,11 +40,9 @@ def check_param(w: torch.Tensor, optimizer: str) -> None:
         )
 
 
-def check_state_dtype(chosen: Any) -> Any:
+def check_state_dtype(chosen: Any, name: str = "state_dtype") -> Any:
     if chosen is not None and not (isinstance(chosen, torch.dtype) and chosen.is_floating_point):
-        raise TypeError(
-            f"`state_dtype` must be None or a floating torch.dtype. Received: state_dtype={chosen!r}"
-        )
+        raise TypeError(f"`{name}` must be None or a floating torch.dtype. Received: {name}={chosen!r}")
     return chosen
 
 
@@ -93,6 +91,52 @@ def fusable(w: torch.Tensor, g: torch.Tensor, *states: torch.Tensor | None) -> b
         ):
             return False
     return True
+
+
+def share_global_norm(calls: list) -> None:
+    """``global_clipnorm`` in several parameter groups: the norm is over the gradients of every group that
+    clips by it (as NumPy's and JAX's is over every tensor, and ``torch.nn.utils.clip_grad_norm_`` over
+    the parameters it is given), each group clipping by its own value. Those groups' steps take the plain or
+    Numba path (Triton's kernels would compute their own group's norm). One group: nothing to do."""
+    clipping = [c for c in calls if c.clips_globally]
+    if len(clipping) < 2:
+        return
+    for c in clipping:
+        c.global_sumsq_g = None  # being computed: the prologue stops before the global clipping
+    total = sum_over_tensors([s for c in clipping for s in c.sums_of_squares().values()])
+    for c in clipping:
+        c.share_global_norm(total)
+
+
+def over_groups(steps: list) -> None:
+    """The steps of the parameter groups whose rule reduces over all tensors (``_update`` a generator), side
+    by side: at each pass over the tensors each group's step yields its part of each reduction (``{name:
+    ("sum" | "max", value)}``) and is sent back the whole, every group's parts combined in the groups' order
+    (a reduction over all tensors spans every group, as NumPy's and JAX's span every tensor). One group:
+    its own parts, unchanged."""
+    pending = _advanced([(run, None) for run in steps], None)
+    while pending:
+        totals: dict[str, Any] = {}
+        for _, parts in pending:
+            for name, (kind, value) in parts.items():
+                if name not in totals:
+                    totals[name] = value
+                elif kind == "sum":
+                    totals[name] = totals[name] + value
+                else:
+                    totals[name] = torch.maximum(torch.as_tensor(totals[name]), torch.as_tensor(value))
+        pending = _advanced(pending, totals)
+
+
+def _advanced(pending: list, value: Any) -> list:
+    """Each step sent ``value``: (step, what it yields next) for those that have not finished."""
+    out = []
+    for run, _ in pending:
+        try:
+            out.append((run, run.send(value)))
+        except StopIteration:
+            pass
+    return out
 
 
 def global_value(value: Any) -> torch.Tensor:
@@ -274,6 +318,8 @@ class RuleOptimizer(torch.optim.Optimizer):
     module = ""
     #: why the rule has no kernels (Numba's, Triton's), or "" where it has them
     kernels_refused = ""
+    #: the states whose dtype a keyword of the constructor chooses: state -> keyword (``mu_dtype``)
+    stored_dtypes: dict[str, str] = {}
     #: why the rule's step needs each parameter whole (an axis reduction, a matrix product: ``analysis.
     #: whole_tensor_reason``), or "" where it runs on a DTensor's local shard (``Call.tensors`` gathers)
     whole_tensors = ""
@@ -318,20 +364,27 @@ class RuleOptimizer(torch.optim.Optimizer):
         objective = (
             loss_value(value if value is not None else loss, type(self).__name__) if self.reads_loss else None
         )
+        calls = []
         for i, group in enumerate(self.param_groups):
             params = [w for w in group["params"] if w.grad is not None]
             if not params:
                 continue
             self._check_group(i, group)
-            call = Call(self, group, params, objective)
+            calls.append(Call(self, group, params, objective))
             for name, init, array in self.global_states:
                 if name not in group:  # a number, or a function of the group's hyperparameters
                     initial = init(group) if callable(init) else init
                     group[name] = global_value(initial) if array else initial
+        share_global_norm(calls)  # global_clipnorm: the norm over every group's gradients
+        steps = []
+        for call in calls:
             if call.is_update:
-                self._update(group, call)
+                run = self._update(call.group, call)
+                if run is not None:  # a generator: the rule reduces over all tensors (see over_groups)
+                    steps.append(run)
             else:  # gradient accumulation: the rule does not run
-                call.skip(self._case(group))
+                call.skip(self._case(call.group))
+        over_groups(steps)
         return loss
 
     def _check_group(self, i: int, group: dict[str, Any]) -> None:
@@ -367,6 +420,11 @@ class RuleOptimizer(torch.optim.Optimizer):
         """The rule's own step on an update call (generated)."""
         raise NotImplementedError
 
+    def _state_dtype(self, w: torch.Tensor, name: str) -> torch.dtype:
+        """The dtype of ``w``'s state ``name``: its keyword's choice (``mu_dtype``), else ``state_dtype``'s."""
+        chosen = self.dtypes.get(self.stored_dtypes.get(name, ""))
+        return state_dtype(w, self.state_dtype if chosen is None else chosen)
+
     def _case(self, group: dict[str, Any]) -> int:
         """The case of the rule that this group's hyperparameters select (generated where there are several)."""
         return 0
@@ -377,9 +435,16 @@ class RuleOptimizer(torch.optim.Optimizer):
         return iter(())
 
     def _setup(
-        self, params: Any, defaults: dict[str, Any], state_dtype: Any, fused: bool | str | None
+        self,
+        params: Any,
+        defaults: dict[str, Any],
+        state_dtype: Any,
+        fused: bool | str | None,
+        dtypes: dict[str, Any] | None = None,
     ) -> None:
         self.state_dtype = check_state_dtype(state_dtype)
+        #: the dtypes chosen by the rule's keywords (``mu_dtype``: ``stored_dtypes`` says of which states)
+        self.dtypes = {k: check_state_dtype(v, k) for k, v in (dtypes or {}).items()}
         self.fused = check_fused(fused)
         self._load_fused()
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
@@ -477,13 +542,15 @@ class RuleOptimizer(torch.optim.Optimizer):
 
     def __getstate__(self) -> dict[str, Any]:
         """torch's (what ``copy.deepcopy`` and pickle keep), plus this optimizer's own options."""
-        return {**super().__getstate__(), "state_dtype": self.state_dtype, "fused": self.fused}
+        own = {"state_dtype": self.state_dtype, "dtypes": self.dtypes, "fused": self.fused}
+        return {**super().__getstate__(), **own}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
         # unpickled, or copied (torch's load_state_dict calls this too, with neither key)
         if "fused" in state or not hasattr(self, "fused"):
             self.state_dtype = state.pop("state_dtype", None)
+            self.dtypes = state.pop("dtypes", {})
             self.fused = state.pop("fused", False)
             self._load_fused()
         self._scratch, self._stage_scratch = {}, {}
@@ -526,10 +593,9 @@ class RuleOptimizer(torch.optim.Optimizer):
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "optforge_rule"})
         params = [w for group in self.param_groups for w in group["params"]]
         for i, w in zip(saved, params):  # torch rounded floating state through the parameter's dtype: undo
-            dtype = state_dtype(w, self.state_dtype)
             for key, value in exact.get(i, {}).items():
                 if isinstance(value, torch.Tensor) and value.is_floating_point():
-                    self.state[w][key] = value.to(device=w.device, dtype=dtype)
+                    self.state[w][key] = value.to(device=w.device, dtype=self._state_dtype(w, key))
 
     def state_dict(self) -> dict[str, Any]:
         """torch's, plus the name of the rule that wrote it (checked when loading)."""
@@ -549,7 +615,7 @@ class RuleOptimizer(torch.optim.Optimizer):
             if not names <= state.keys():  # its first update (or a state that an option now keeps)
                 for name, scope, init in wanted:
                     if name not in state:
-                        state[name] = new_state(w, scope, init, state_dtype(w, self.state_dtype), group)
+                        state[name] = new_state(w, scope, init, self._state_dtype(w, name), group)
             yield w, state
 
 

@@ -774,6 +774,7 @@ def test_a_rule_may_not_name_a_value_as_the_generated_code_names_its_own():
     checked = 0
     for rule in RULES.values():
         own = set(rule.hypers) | set(rule.states) | {e.target for e in rule.equations} | {"w", "g", "t", "n"}
+        own |= set(rule.dtype_keywords)  # the constructor keywords of states' dtypes (mu_dtype)
         own.add(
             rule.module
         )  # JAX's factory: a value of its name is local to the update, which never calls it
@@ -865,3 +866,39 @@ def test_a_state_that_keeps_the_initial_parameters_needs_no_equation(tmp_path):
     for path in ("numpy", "numpy fused", "jax", "torch", "torch fused", "torch triton"):
         rate = {"lr" if path.startswith("torch") else "learning_rate": 0.1}
         assert_close(steps(mods, r, params0, grads, path, **rate), x, 1e-13, path)
+
+
+def test_a_condition_that_is_python_s_true_or_false_is_refused():
+    """``t == 1`` and ``x != 0`` compare two expressions as written (SymPy's structural equality): Python's
+    False and True. ``where(t == 1, g, m)`` silently became ``m`` and ``when=(b == 0)`` a branch that never
+    runs (a user's optimistic gradient descent ended at 0.05 where optax gives 0.15); each is now an error
+    that says to write ``Eq``/``Ne``, naming the rule where there is one."""
+    from optforge.compiler.dsl import Eq, Ne, where
+
+    r = Rule("PythonBool", title="a probe")
+    lr = r.learning_rate(0.1)
+    b = r.hyper("b", 0.0, "[0, 1)", "b")
+    m = r.state("m", 0, "m")
+    with pytest.raises(TypeError, match=r"where\(\) is Python's False.*Eq\(t, 1\)"):
+        where(t == 1, g, m)
+    with pytest.raises(TypeError, match="Python's True"):
+        where(g != 0, g, 0)
+    with pytest.raises(RuleError, match=r"rule 'PythonBool'.*when= is Python's False"):
+        r.assign(w, w - lr * g, when=(b == 0))
+    with pytest.raises(RuleError, match="only_if= is Python's True"):
+        r.assign(m, m + g, only_if=(g != 0))
+    with pytest.raises(RuleError, match="exists_if= is Python's False"):
+        r.state("v", 0, "v", exists_if=(b == 1))
+    r.assign(m, where(Eq(t, 1), g, m + g), "first step", only_if=Ne(g, 0))  # the spellings that work
+    r.assign(w, w - lr * m, "update", when=Eq(b, 0))
+    r.assign(w, w - 2 * lr * m, "update", when=Ne(b, 0))
+    compile_rule(r)
+
+
+def test_a_reserved_name_says_why():
+    """``c_alpha`` (AdEMAMix's alpha, as a user named it) is the kernels' constants' family: the error says
+    which names are the generated code's, not only that the name is reserved."""
+    with pytest.raises(RuleError, match=r"value name 'c_alpha' is reserved \(the generated code names.*c_\*"):
+        Rule("Probe", title="a probe").let("c_alpha", 1, "a value")
+    with pytest.raises(RuleError, match="g, w, t, n and loss are the gradient"):
+        Rule("Probe", title="a probe").let("loss", 1, "a value")

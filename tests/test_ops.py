@@ -96,11 +96,11 @@ def lower(
     regs = three_address.Registers()
     tree = evaluation_tree(expr, TYPES)
     if kind == "bind":
-        lowered = three_address.bind(target, tree, backend.target, regs)
+        lowered = three_address.bind(target, tree, backend.target(printer), regs)
     elif kind == "set":
-        lowered = three_address.overwrite(target, tree, backend.target, regs)
+        lowered = three_address.overwrite(target, tree, backend.target(printer), regs)
     else:
-        lowered = three_address.update(kind, target, tree, backend.target, regs)
+        lowered = three_address.update(kind, target, tree, backend.target(printer), regs)
     three_address.verify(lowered, regs)
     return OpPrinter(printer, backend.ops, backend.forms).statements(lowered.body), regs
 
@@ -201,9 +201,9 @@ def test_an_alias_of_a_register_is_a_copy():
     regs = three_address.Registers()
     be = NumPyBackend()
     printed = OpPrinter(p, be.ops, be.forms)
-    first = three_address.bind("x", evaluation_tree(2 * a, TYPES), be.target, regs)
+    first = three_address.bind("x", evaluation_tree(2 * a, TYPES), be.target(p), regs)
     assert printed.statements(first.body) == ["x = np.multiply(2, a, out=_s0)"]
-    second = three_address.bind("y", evaluation_tree(x, TYPES), be.target, regs)
+    second = three_address.bind("y", evaluation_tree(x, TYPES), be.target(p), regs)
     assert printed.statements(second.body) == ["y = x.copy()"]  # x's register is written again later
 
 
@@ -213,7 +213,7 @@ def test_scalars_stay_python_and_a_select_is_a_mask_and_a_masked_copy():
     be = NumPyBackend()
     expr = lr * (1 - beta**t) * sp.Piecewise((b, a > 0), (a, True))
     regs = three_address.Registers()
-    lowered = three_address.update("sub", "w", evaluation_tree(expr, TYPES), be.target, regs)
+    lowered = three_address.update("sub", "w", evaluation_tree(expr, TYPES), be.target(p), regs)
     assert OpPrinter(p, be.ops, be.forms).statements(lowered.body) == [
         "np.greater(a, 0, out=_m0)",
         "np.copyto(_s0, a)",

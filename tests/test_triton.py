@@ -394,3 +394,24 @@ def test_a_state_read_only_by_a_reduction_over_all_tensors_is_loaded_there(tmp_p
     params0, grads = problem(3, shapes=[(5,), (3, 4)], scales=[1.0, 1.0])
     want = steps(mods, r, params0, grads, "torch", lr=0.1)
     assert_close(steps(mods, r, params0, grads, "torch triton", lr=0.1), want, 1e-14, "triton")
+
+
+def test_a_once_per_step_value_printed_with_numpy_s_functions_runs(tmp_path):
+    """A user's ``gn = global_norm(g)`` read through ``maximum``: the once-per-step value ``Max(1, gn /
+    max_grad_norm)`` is computed in ``prepare`` by the NumPy printer, ``np.maximum``, and the module imported
+    no NumPy (a NameError at the first step; a user's rule found it). Equal to the plain torch path."""
+    from drivers import assert_close, problem
+    from rulekit import load, steps
+
+    from optforge.compiler.dsl import Rule, g, global_norm, maximum, tensor_norm, w
+
+    r = Rule("UserClipGlobal", title="clipped to a global norm, then per-tensor normalised")
+    lr = r.learning_rate(0.1)
+    largest = r.hyper("max_grad_norm", 1.0, "(0, inf)", "the largest global gradient norm")
+    gn = r.let("gn", global_norm(g), "the global gradient norm")
+    r.assign(g, g / maximum(gn / largest, 1), "global clip")
+    r.assign(w, w - lr * g / (tensor_norm(g) + 1), "update")
+    mods = load(r, tmp_path)
+    params0, grads = problem(3, shapes=[(5,), (3, 4)], scales=[1.0, 10.0])
+    want = steps(mods, r, params0, grads, "torch", lr=0.1)
+    assert_close(steps(mods, r, params0, grads, "torch triton", lr=0.1), want, 1e-14, "triton")

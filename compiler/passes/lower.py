@@ -63,7 +63,9 @@ def lower(rule: Rule) -> Program:
 
     declared = {"element": Scope.ELEMENT, "tensor": Scope.TENSOR, "global": Scope.GLOBAL, None: None}
     states = tuple(
-        StateVar(s.name, s.init, Scope.ELEMENT, s.meaning, s.latex, s.exists_if, declared[s.scope])
+        StateVar(
+            s.name, s.init, Scope.ELEMENT, s.meaning, s.latex, s.exists_if, declared[s.scope], dtype=s.dtype
+        )
         for s in rule.states.values()
     )
     return Program(

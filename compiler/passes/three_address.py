@@ -100,6 +100,10 @@ class Target:
     #: the operations take a mask (NumPy's ufuncs: ``where=``): each branch of a select is computed only
     #: where it is taken, so a branch not taken never divides by zero or takes a root of a negative number
     masked: bool = False
+    #: arrays that may be stored in a dtype narrower than the arithmetic (a state's ``mu_dtype``): a Python
+    #: number times one is an operation of its own, in its dtype (as NumPy and JAX round ``b1*mu``), never
+    #: folded into a compound call's ``alpha=`` (torch computes that in the other operand's dtype)
+    narrow: frozenset[str] = frozenset()
 
     @property
     def selects(self) -> bool:
@@ -326,6 +330,8 @@ class _Lowering:
                 (num if top else den).append(n)
 
         flat(node, True)
+        if any(self.is_narrow(f) for f in num + den):
+            return None
         e_num = [f for f in num if is_element(f)]
         e_den = [f for f in den if is_element(f)]
         s_num = [f for f in num if not is_element(f)]
@@ -529,9 +535,15 @@ class _Lowering:
         (a call's ``alpha=``), or with ``array`` one that holds an array (see ``holds_array``)."""
         if isinstance(node, Bin) and node.op == "*":
             for x, c in ((node.b, node.a), (node.a, node.b)):
+                if self.is_narrow(x):
+                    return None
                 if is_element(x) and not is_element(c) and holds_array(c) == array and not mixed(c):
                     return x, self.scalar(c)
         return None
+
+    def is_narrow(self, e: Expr) -> bool:
+        """A name of an array that may be narrower than the arithmetic (``Target.narrow``)."""
+        return isinstance(e, Name) and e.value.name in self.target.narrow
 
     # -- statements ---------------------------------------------------------------------------
 

@@ -320,13 +320,13 @@ def _update_0(
                     # decoupled weight decay
                     w = w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w
                     # first moment
-                    mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
+                    new_mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
                     # second moment
                     nu = c_b2 * nu + (g * g) * c_one_minus_b2 if b_is_update else nu
                     # first moment in the update
-                    mu_hat = mu if b_is_update else c_zero
+                    mu_hat = new_mu if b_is_update else c_zero
                     # bias correction
-                    mu_hat = mu / c_one_minus_b1_pow_t if b_is_update else mu_hat
+                    mu_hat = new_mu / c_one_minus_b1_pow_t if b_is_update else mu_hat
                     # second moment in the maximum
                     nu_eff = nu if b_is_update else c_zero
                     # bias correction
@@ -339,6 +339,8 @@ def _update_0(
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
                     w = ema if b_ema_overwrite_and_use_ema else w
+                    # mu stored (in its dtype)
+                    mu = new_mu
                     w_[i_] = w
                     mu_[i_] = mu
                     nu_[i_] = nu
@@ -641,13 +643,13 @@ def _update_1(
                     # decoupled weight decay
                     w = w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w
                     # first moment
-                    mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
+                    new_mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
                     # second moment
                     nu = c_b2 * nu + (g * g) * c_one_minus_b2 if b_is_update else nu
                     # first moment in the update
-                    mu_hat = mu if b_is_update else c_zero
+                    mu_hat = new_mu if b_is_update else c_zero
                     # bias correction
-                    mu_hat = mu / c_one_minus_b1_pow_t if b_is_update else mu_hat
+                    mu_hat = new_mu / c_one_minus_b1_pow_t if b_is_update else mu_hat
                     # second moment in the maximum
                     nu_eff = nu if b_is_update else c_zero
                     # running maximum
@@ -658,6 +660,8 @@ def _update_1(
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
                     w = ema if b_ema_overwrite_and_use_ema else w
+                    # mu stored (in its dtype)
+                    mu = new_mu
                     w_[i_] = w
                     mu_[i_] = mu
                     nu_[i_] = nu
@@ -960,11 +964,11 @@ def _update_2(
                     # decoupled weight decay
                     w = w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w
                     # first moment
-                    mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
+                    new_mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
                     # second moment
                     nu = c_b2 * nu + (g * g) * c_one_minus_b2 if b_is_update else nu
                     # first moment in the update
-                    mu_hat = mu if b_is_update else c_zero
+                    mu_hat = new_mu if b_is_update else c_zero
                     # second moment in the maximum
                     nu_eff = nu if b_is_update else c_zero
                     # bias correction
@@ -977,6 +981,8 @@ def _update_2(
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
                     w = ema if b_ema_overwrite_and_use_ema else w
+                    # mu stored (in its dtype)
+                    mu = new_mu
                     w_[i_] = w
                     mu_[i_] = mu
                     nu_[i_] = nu
@@ -1275,11 +1281,11 @@ def _update_3(
                     # decoupled weight decay
                     w = w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w
                     # first moment
-                    mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
+                    new_mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
                     # second moment
                     nu = c_b2 * nu + (g * g) * c_one_minus_b2 if b_is_update else nu
                     # first moment in the update
-                    mu_hat = mu if b_is_update else c_zero
+                    mu_hat = new_mu if b_is_update else c_zero
                     # second moment in the maximum
                     nu_eff = nu if b_is_update else c_zero
                     # running maximum
@@ -1290,6 +1296,8 @@ def _update_3(
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
                     w = ema if b_ema_overwrite_and_use_ema else w
+                    # mu stored (in its dtype)
+                    mu = new_mu
                     w_[i_] = w
                     mu_[i_] = mu
                     nu_[i_] = nu

@@ -291,13 +291,15 @@ def _update_0(
                     # decoupled weight decay
                     w = w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w
                     # trace
-                    trace = g + c_momentum * trace if b_is_update else trace
+                    new_trace = g + c_momentum * trace if b_is_update else trace
                     # Nesterov update
-                    w = w - c_lr * (g + c_momentum * trace) if b_is_update else w
+                    w = w - c_lr * (g + c_momentum * new_trace) if b_is_update else w
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
                     w = ema if b_ema_overwrite_and_use_ema else w
+                    # trace stored (in its dtype)
+                    trace = new_trace
                     w_[i_] = w
                     trace_[i_] = trace
                     if b_gradient_accumulation_steps_given:
@@ -572,13 +574,15 @@ def _update_1(
                     # decoupled weight decay
                     w = w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w
                     # trace
-                    trace = g + c_momentum * trace if b_is_update else trace
+                    new_trace = g + c_momentum * trace if b_is_update else trace
                     # momentum update
-                    w = w - c_lr * trace if b_is_update else w
+                    w = w - c_lr * new_trace if b_is_update else w
                     # EMA of the weights
                     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
                     # EMA overwrite
                     w = ema if b_ema_overwrite_and_use_ema else w
+                    # trace stored (in its dtype)
+                    trace = new_trace
                     w_[i_] = w
                     trace_[i_] = trace
                     if b_gradient_accumulation_steps_given:

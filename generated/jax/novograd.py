@@ -98,9 +98,11 @@ def novograd(
         ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
+        state_dtype: the dtype of the state (default: the parameter's, at least float32).
         beta1, beta2, epsilon: the rule's names for b1, b2, eps (keywords; where given, they win).
     """
     learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
+    state_dtype = jax_support.check_dtype("state_dtype", state_dtype)
     beta1 = common.check_float(*common.named("b1", b1, "beta1", beta1), 0.0, 1.0, True, True, arrays=True)
     beta2 = common.check_float(*common.named("b2", b2, "beta2", beta2), 0.0, 1.0, True, True, arrays=True)
     epsilon = common.check_float(

@@ -78,6 +78,7 @@ def optax_adam(
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
     state_dtype: Any = None,
+    mu_dtype: Any = None,
 ) -> optax.GradientTransformation:
     """Adam (optax `adam`).
 
@@ -97,8 +98,12 @@ def optax_adam(
         ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
+        state_dtype: the dtype of the state (default: the parameter's, at least float32).
+        mu_dtype: the dtype mu is stored in (default: the state's, as state_dtype says); the step reads the stored value and rounds the new one to it when it stores it.
     """
     learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
+    state_dtype = jax_support.check_dtype("state_dtype", state_dtype)
+    mu_dtype = jax_support.check_dtype("mu_dtype", mu_dtype, state_dtype)
     b1 = common.check_float("b1", b1, 0.0, 1.0, True, False, arrays=True)
     b2 = common.check_float("b2", b2, 0.0, 1.0, True, False, arrays=True)
     eps = common.check_float("eps", eps, 0.0, math.inf, True, False, arrays=True)
@@ -137,9 +142,7 @@ def optax_adam(
         jax_support.check_params(params, "optax_adam")
         return OptaxAdamState(
             count=jnp.zeros([], jnp.int32),
-            mu=jax.tree.map(
-                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
-            ),
+            mu=jax.tree.map(lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, mu_dtype)), params),
             nu=jax.tree.map(
                 lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
             ),

@@ -94,8 +94,10 @@ def optax_lars(
         ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
+        state_dtype: the dtype of the state (default: the parameter's, at least float32).
     """
     learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
+    state_dtype = jax_support.check_dtype("state_dtype", state_dtype)
     weight_decay = common.check_float("weight_decay", weight_decay, 0.0, math.inf, True, False, arrays=True)
     trust_coefficient = common.check_float(
         "trust_coefficient", trust_coefficient, 0.0, math.inf, True, False, arrays=True

@@ -91,8 +91,10 @@ def optax_polyak_sgd(
         ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
+        state_dtype: the dtype of the state (default: the parameter's, at least float32).
     """
     learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
+    state_dtype = jax_support.check_dtype("state_dtype", state_dtype)
     max_learning_rate = common.check_float(
         "max_learning_rate", max_learning_rate, 0.0, math.inf, True, False, arrays=True
     )

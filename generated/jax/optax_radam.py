@@ -101,8 +101,10 @@ def optax_radam(
         ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
+        state_dtype: the dtype of the state (default: the parameter's, at least float32).
     """
     learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
+    state_dtype = jax_support.check_dtype("state_dtype", state_dtype)
     b1 = common.check_float("b1", b1, 0.0, 1.0, True, False, arrays=True)
     b2 = common.check_float("b2", b2, 0.0, 1.0, True, False, arrays=True)
     eps = common.check_float("eps", eps, 0.0, math.inf, True, False, arrays=True)

@@ -71,6 +71,7 @@ def optax_sgd(
     loss_scale_factor: float | None = None,
     gradient_accumulation_steps: int | None = None,
     state_dtype: Any = None,
+    accumulator_dtype: Any = None,
 ) -> optax.GradientTransformation:
     """Gradient descent with momentum (optax `sgd`).
 
@@ -87,8 +88,12 @@ def optax_sgd(
         ema_overwrite_frequency: replace the weights by their EMA every this many updates (None or 0: never), in [0, inf). Default None.
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
+        state_dtype: the dtype of the state (default: the parameter's, at least float32).
+        accumulator_dtype: the dtype trace is stored in (default: the state's, as state_dtype says); the step reads the stored value and rounds the new one to it when it stores it.
     """
     learning_rate = common.check_learning_rate(learning_rate, schedule=True, arrays=True)
+    state_dtype = jax_support.check_dtype("state_dtype", state_dtype)
+    accumulator_dtype = jax_support.check_dtype("accumulator_dtype", accumulator_dtype, state_dtype)
     momentum = common.check_option("momentum", momentum, 0.0, math.inf, True, False, arrays=True)
     nesterov = common.check_flag("nesterov", nesterov)
     weight_decay = options_jax.check("weight_decay", weight_decay, arrays=True)
@@ -127,7 +132,7 @@ def optax_sgd(
             trace=None
             if not (momentum is not None)
             else jax.tree.map(
-                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, state_dtype)), params
+                lambda w: jnp.zeros_like(w, dtype=jax_support.state_dtype(w, accumulator_dtype)), params
             ),
             grad_accumulator=None
             if not (gradient_accumulation_steps is not None)

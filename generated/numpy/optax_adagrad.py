@@ -109,7 +109,7 @@ class OptaxAdagrad:
         fused: bool = False,
     ) -> None:
         self.learning_rate = common.check_learning_rate(learning_rate, schedule=True)
-        self.state_dtype = None if state_dtype is None else np.dtype(state_dtype)
+        self.state_dtype = numpy_support.check_dtype("state_dtype", state_dtype)
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("optax_adagrad", "OptaxAdagrad") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps

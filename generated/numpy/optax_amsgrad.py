@@ -79,6 +79,7 @@ class OptaxAmsgrad:
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
         state_dtype: the dtype of the state (default: the parameter's, at least float32).
+        mu_dtype: the dtype mu is stored in (default: the state's, as state_dtype says); the step reads the stored value and rounds the new one to it when it stores it.
         fused: update each float32 or float64 tensor in one pass of a compiled kernel (Numba, shared out
             over the cores) instead of NumPy operations. Same results (float64: to rounding; see the README).
     """
@@ -124,10 +125,12 @@ class OptaxAmsgrad:
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
         state_dtype: Any = None,
+        mu_dtype: Any = None,
         fused: bool = False,
     ) -> None:
         self.learning_rate = common.check_learning_rate(learning_rate, schedule=True)
-        self.state_dtype = None if state_dtype is None else np.dtype(state_dtype)
+        self.state_dtype = numpy_support.check_dtype("state_dtype", state_dtype)
+        self.mu_dtype = numpy_support.check_dtype("mu_dtype", mu_dtype)
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("optax_amsgrad", "OptaxAmsgrad") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
@@ -161,11 +164,14 @@ class OptaxAmsgrad:
         dtypes = [
             numpy_support.state_dtype(w, self.state_dtype) for w in ws
         ]  # float16/bfloat16: float32 state
+        _mu_dtypes = dtypes if self.mu_dtype is None else [self.mu_dtype] * len(ws)
         use_ema = self.use_ema
         gradient_accumulation_steps = self.gradient_accumulation_steps
         return OptaxAmsgradState(
             step=0,
-            mu=numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),
+            mu=numpy_support.like(
+                params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, _mu_dtypes)]
+            ),
             nu=numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),
             nu_max=numpy_support.like(
                 params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]
@@ -221,20 +227,88 @@ class OptaxAmsgrad:
                 nu = state.nu[key]
                 nu_max = state.nu_max[key]
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, mu, nu, nu_max)
+                _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, mu, nu, nu_max)
                 # first moment
-                # mu = b1*mu + g*(1 - b1)
-                np.multiply(b1, mu, out=_s0)
-                np.multiply(g, 1 - b1, out=_s1)
-                np.add(_s0, _s1, out=mu)
+                # new_mu = b1*mu + g*(1 - b1)
+                np.multiply(b1, mu, out=_s1)
+                np.multiply(g, 1 - b1, out=_s2)
+                new_mu = np.add(_s1, _s2, out=_s0)
                 # second moment
                 # nu = b2*nu + g**2*(1 - b2)
-                np.multiply(b2, nu, out=_s1)
-                np.square(g, out=_s0)
-                np.multiply(_s0, 1 - b2, out=_s0)
-                np.add(_s1, _s0, out=nu)
+                np.multiply(b2, nu, out=_s2)
+                np.square(g, out=_s1)
+                np.multiply(_s1, 1 - b2, out=_s1)
+                np.add(_s2, _s1, out=nu)
                 # bias correction
-                mu_hat = np.divide(mu, 1 - b1**t, out=_s0)
+                mu_hat = np.divide(new_mu, 1 - b1**t, out=_s1)
+                nu_eff = np.divide(nu, 1 - b2**t, out=_s2)
+                # running maximum
+                np.maximum(nu_eff, nu_max, out=nu_max)
+                # parameter update
+                # w -= lr*mu_hat/(eps + np.sqrt(eps_root + nu_max))
+                np.multiply(lr, mu_hat, out=_s3)
+                np.add(eps_root, nu_max, out=_s4)
+                np.sqrt(_s4, out=_s4)
+                np.add(eps, _s4, out=_s4)
+                np.divide(_s3, _s4, out=_s4)
+                w -= _s4
+                # mu stored (in its dtype)
+                mu[...] = new_mu
+        elif bias_correction_mu and not bias_correction_nu:
+            for key, w, g in call.tensors(1, {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}):
+                mu = state.mu[key]
+                nu = state.nu[key]
+                nu_max = state.nu_max[key]
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, mu, nu, nu_max)
+                # first moment
+                # new_mu = b1*mu + g*(1 - b1)
+                np.multiply(b1, mu, out=_s1)
+                np.multiply(g, 1 - b1, out=_s2)
+                new_mu = np.add(_s1, _s2, out=_s0)
+                # second moment
+                # nu = b2*nu + g**2*(1 - b2)
+                np.multiply(b2, nu, out=_s2)
+                np.square(g, out=_s1)
+                np.multiply(_s1, 1 - b2, out=_s1)
+                np.add(_s2, _s1, out=nu)
+                # bias correction
+                mu_hat = np.divide(new_mu, 1 - b1**t, out=_s1)
+                # second moment in the maximum
+                nu_eff = nu
+                # running maximum
+                np.maximum(nu_eff, nu_max, out=nu_max)
+                # parameter update
+                # w -= lr*mu_hat/(eps + np.sqrt(eps_root + nu_max))
+                np.multiply(lr, mu_hat, out=_s2)
+                np.add(eps_root, nu_max, out=_s3)
+                np.sqrt(_s3, out=_s3)
+                np.add(eps, _s3, out=_s3)
+                np.divide(_s2, _s3, out=_s3)
+                w -= _s3
+                # mu stored (in its dtype)
+                mu[...] = new_mu
+        elif bias_correction_nu and not bias_correction_mu:
+            for key, w, g in call.tensors(2, {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}):
+                mu = state.mu[key]
+                nu = state.nu[key]
+                nu_max = state.nu_max[key]
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, mu, nu, nu_max)
+                # first moment
+                # new_mu = b1*mu + g*(1 - b1)
+                np.multiply(b1, mu, out=_s1)
+                np.multiply(g, 1 - b1, out=_s2)
+                new_mu = np.add(_s1, _s2, out=_s0)
+                # second moment
+                # nu = b2*nu + g**2*(1 - b2)
+                np.multiply(b2, nu, out=_s2)
+                np.square(g, out=_s1)
+                np.multiply(_s1, 1 - b2, out=_s1)
+                np.add(_s2, _s1, out=nu)
+                # first moment in the update
+                mu_hat = new_mu.copy()
+                # bias correction
                 nu_eff = np.divide(nu, 1 - b2**t, out=_s1)
                 # running maximum
                 np.maximum(nu_eff, nu_max, out=nu_max)
@@ -246,102 +320,42 @@ class OptaxAmsgrad:
                 np.add(eps, _s3, out=_s3)
                 np.divide(_s2, _s3, out=_s3)
                 w -= _s3
-        elif bias_correction_mu and not bias_correction_nu:
-            for key, w, g in call.tensors(1, {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}):
-                mu = state.mu[key]
-                nu = state.nu[key]
-                nu_max = state.nu_max[key]
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, mu, nu, nu_max)
-                # first moment
-                # mu = b1*mu + g*(1 - b1)
-                np.multiply(b1, mu, out=_s0)
-                np.multiply(g, 1 - b1, out=_s1)
-                np.add(_s0, _s1, out=mu)
-                # second moment
-                # nu = b2*nu + g**2*(1 - b2)
-                np.multiply(b2, nu, out=_s1)
-                np.square(g, out=_s0)
-                np.multiply(_s0, 1 - b2, out=_s0)
-                np.add(_s1, _s0, out=nu)
-                # bias correction
-                mu_hat = np.divide(mu, 1 - b1**t, out=_s0)
-                # second moment in the maximum
-                nu_eff = nu
-                # running maximum
-                np.maximum(nu_eff, nu_max, out=nu_max)
-                # parameter update
-                # w -= lr*mu_hat/(eps + np.sqrt(eps_root + nu_max))
-                np.multiply(lr, mu_hat, out=_s1)
-                np.add(eps_root, nu_max, out=_s2)
-                np.sqrt(_s2, out=_s2)
-                np.add(eps, _s2, out=_s2)
-                np.divide(_s1, _s2, out=_s2)
-                w -= _s2
-        elif bias_correction_nu and not bias_correction_mu:
-            for key, w, g in call.tensors(2, {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}):
-                mu = state.mu[key]
-                nu = state.nu[key]
-                nu_max = state.nu_max[key]
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, mu, nu, nu_max)
-                # first moment
-                # mu = b1*mu + g*(1 - b1)
-                np.multiply(b1, mu, out=_s0)
-                np.multiply(g, 1 - b1, out=_s1)
-                np.add(_s0, _s1, out=mu)
-                # second moment
-                # nu = b2*nu + g**2*(1 - b2)
-                np.multiply(b2, nu, out=_s1)
-                np.square(g, out=_s0)
-                np.multiply(_s0, 1 - b2, out=_s0)
-                np.add(_s1, _s0, out=nu)
-                # first moment in the update
-                mu_hat = mu
-                # bias correction
-                nu_eff = np.divide(nu, 1 - b2**t, out=_s0)
-                # running maximum
-                np.maximum(nu_eff, nu_max, out=nu_max)
-                # parameter update
-                # w -= lr*mu_hat/(eps + np.sqrt(eps_root + nu_max))
-                np.multiply(lr, mu_hat, out=_s1)
-                np.add(eps_root, nu_max, out=_s2)
-                np.sqrt(_s2, out=_s2)
-                np.add(eps, _s2, out=_s2)
-                np.divide(_s1, _s2, out=_s2)
-                w -= _s2
+                # mu stored (in its dtype)
+                mu[...] = new_mu
         else:
             for key, w, g in call.tensors(3, {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}):
                 mu = state.mu[key]
                 nu = state.nu[key]
                 nu_max = state.nu_max[key]
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1 = numpy_support.scratch(self._scratch, 2, w, g, mu, nu, nu_max)
+                _s0, _s1, _s2 = numpy_support.scratch(self._scratch, 3, w, g, mu, nu, nu_max)
                 # first moment
-                # mu = b1*mu + g*(1 - b1)
-                np.multiply(b1, mu, out=_s0)
-                np.multiply(g, 1 - b1, out=_s1)
-                np.add(_s0, _s1, out=mu)
+                # new_mu = b1*mu + g*(1 - b1)
+                np.multiply(b1, mu, out=_s1)
+                np.multiply(g, 1 - b1, out=_s2)
+                new_mu = np.add(_s1, _s2, out=_s0)
                 # second moment
                 # nu = b2*nu + g**2*(1 - b2)
-                np.multiply(b2, nu, out=_s1)
-                np.square(g, out=_s0)
-                np.multiply(_s0, 1 - b2, out=_s0)
-                np.add(_s1, _s0, out=nu)
+                np.multiply(b2, nu, out=_s2)
+                np.square(g, out=_s1)
+                np.multiply(_s1, 1 - b2, out=_s1)
+                np.add(_s2, _s1, out=nu)
                 # first moment in the update
-                mu_hat = mu
+                mu_hat = new_mu.copy()
                 # second moment in the maximum
                 nu_eff = nu
                 # running maximum
                 np.maximum(nu_eff, nu_max, out=nu_max)
                 # parameter update
                 # w -= lr*mu_hat/(eps + np.sqrt(eps_root + nu_max))
-                np.multiply(lr, mu_hat, out=_s0)
-                np.add(eps_root, nu_max, out=_s1)
-                np.sqrt(_s1, out=_s1)
-                np.add(eps, _s1, out=_s1)
-                np.divide(_s0, _s1, out=_s1)
-                w -= _s1
+                np.multiply(lr, mu_hat, out=_s1)
+                np.add(eps_root, nu_max, out=_s2)
+                np.sqrt(_s2, out=_s2)
+                np.add(eps, _s2, out=_s2)
+                np.divide(_s1, _s2, out=_s2)
+                w -= _s2
+                # mu stored (in its dtype)
+                mu[...] = new_mu
         return state
 
     def _case(self) -> int:

@@ -67,6 +67,7 @@ class OptaxLion:
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
         state_dtype: the dtype of the state (default: the parameter's, at least float32).
+        mu_dtype: the dtype mu is stored in (default: the state's, as state_dtype says); the step reads the stored value and rounds the new one to it when it stores it.
         fused: update each float32 or float64 tensor in one pass of a compiled kernel (Numba, shared out
             over the cores) instead of NumPy operations. Same results (float64: to rounding; see the README).
     """
@@ -105,10 +106,12 @@ class OptaxLion:
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
         state_dtype: Any = None,
+        mu_dtype: Any = None,
         fused: bool = False,
     ) -> None:
         self.learning_rate = common.check_learning_rate(learning_rate, schedule=True)
-        self.state_dtype = None if state_dtype is None else np.dtype(state_dtype)
+        self.state_dtype = numpy_support.check_dtype("state_dtype", state_dtype)
+        self.mu_dtype = numpy_support.check_dtype("mu_dtype", mu_dtype)
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("optax_lion", "OptaxLion") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
@@ -138,11 +141,14 @@ class OptaxLion:
         dtypes = [
             numpy_support.state_dtype(w, self.state_dtype) for w in ws
         ]  # float16/bfloat16: float32 state
+        _mu_dtypes = dtypes if self.mu_dtype is None else [self.mu_dtype] * len(ws)
         use_ema = self.use_ema
         gradient_accumulation_steps = self.gradient_accumulation_steps
         return OptaxLionState(
             step=0,
-            mu=numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),
+            mu=numpy_support.like(
+                params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, _mu_dtypes)]
+            ),
             grad_accumulator=None
             if not (gradient_accumulation_steps is not None)
             else numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),

@@ -112,6 +112,7 @@ class OptaxMuon:
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
         state_dtype: the dtype of the state (default: the parameter's, at least float32).
+        mu_dtype: the dtype mu is stored in (default: the state's, as state_dtype says); the step reads the stored value and rounds the new one to it when it stores it.
         fused: update each float32 or float64 tensor in one pass of a compiled kernel (Numba, shared out
             over the cores) instead of NumPy operations. Same results (float64: to rounding; see the README).
     """
@@ -162,10 +163,12 @@ class OptaxMuon:
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
         state_dtype: Any = None,
+        mu_dtype: Any = None,
         fused: bool = False,
     ) -> None:
         self.learning_rate = common.check_learning_rate(learning_rate, schedule=True)
-        self.state_dtype = None if state_dtype is None else np.dtype(state_dtype)
+        self.state_dtype = numpy_support.check_dtype("state_dtype", state_dtype)
+        self.mu_dtype = numpy_support.check_dtype("mu_dtype", mu_dtype)
         self.fused = fused_support.check_fused(fused)
         self._fused = (
             fused_support.load("optax_muon", "OptaxMuon", refused=self.kernels_refused) if fused else None
@@ -208,11 +211,14 @@ class OptaxMuon:
         dtypes = [
             numpy_support.state_dtype(w, self.state_dtype) for w in ws
         ]  # float16/bfloat16: float32 state
+        _mu_dtypes = dtypes if self.mu_dtype is None else [self.mu_dtype] * len(ws)
         use_ema = self.use_ema
         gradient_accumulation_steps = self.gradient_accumulation_steps
         return OptaxMuonState(
             step=0,
-            mu=numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),
+            mu=numpy_support.like(
+                params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, _mu_dtypes)]
+            ),
             nu=numpy_support.like(
                 params, [numpy_support.new_state(w, NU_SCOPE, 0, dtype) for w, dtype in zip(ws, dtypes)]
             ),
@@ -282,7 +288,7 @@ class OptaxMuon:
                 mu = state.mu[key]
                 nu = state.nu[key]
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, mu, nu)
+                _s0, _s1, _s2, _s3, _s4, _s5 = numpy_support.scratch(self._scratch, 6, w, g, mu, nu)
                 # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped m x m)
                 _xmm0, _xmm1, _xmm2, _xmm3 = (
                     numpy_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/mm")
@@ -306,21 +312,21 @@ class OptaxMuon:
                 d = beta if matrix else adam_b1
                 tmp0 = np.multiply(g, 1 - d, out=_s0)
                 # first moment
-                # mu = d*mu + tmp0
-                np.multiply(d, mu, out=_s1)
-                np.add(_s1, tmp0, out=mu)
-                # Nesterov look-ahead
-                # mu_hat = d*mu/(1 - d**(t + 1)) + tmp0/(1 - d**t)
+                # new_mu = d*mu + tmp0
                 np.multiply(d, mu, out=_s2)
-                np.divide(_s2, 1 - d ** (t + 1), out=_s2)
-                np.divide(tmp0, 1 - d**t, out=_s3)
-                mu_hat = np.add(_s2, _s3, out=_s1)
+                new_mu = np.add(_s2, tmp0, out=_s1)
+                # Nesterov look-ahead
+                # mu_hat = d*new_mu/(1 - d**(t + 1)) + tmp0/(1 - d**t)
+                np.multiply(d, new_mu, out=_s3)
+                np.divide(_s3, 1 - d ** (t + 1), out=_s3)
+                np.divide(tmp0, 1 - d**t, out=_s4)
+                mu_hat = np.add(_s3, _s4, out=_s2)
                 if matrix:
-                    np.square(mu_hat, out=_s3)
-                    sumsq_mu_hat = np.sum(_s3)
+                    np.square(mu_hat, out=_s4)
+                    sumsq_mu_hat = np.sum(_s4)
                 # Frobenius normalisation
                 if matrix:
-                    X = np.divide(mu_hat, eps + np.sqrt(sumsq_mu_hat), out=_s3)
+                    X = np.divide(mu_hat, eps + np.sqrt(sumsq_mu_hat), out=_s4)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
@@ -342,13 +348,13 @@ class OptaxMuon:
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        np.multiply(3.4445, X, out=_s2)
-                        numpy_support.matmul(X, D, out=_s4)
-                        X = np.add(_s2, _s4, out=_s3)
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(X, D, out=_s5)
+                        X = np.add(_s3, _s5, out=_s4)
                     else:
-                        np.multiply(3.4445, X, out=_s4)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s4, _s2, out=_s3)
+                        np.multiply(3.4445, X, out=_s5)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s5, _s3, out=_s4)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
@@ -370,13 +376,13 @@ class OptaxMuon:
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        np.multiply(3.4445, X, out=_s2)
-                        numpy_support.matmul(X, D, out=_s4)
-                        X = np.add(_s2, _s4, out=_s3)
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(X, D, out=_s5)
+                        X = np.add(_s3, _s5, out=_s4)
                     else:
-                        np.multiply(3.4445, X, out=_s4)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s4, _s2, out=_s3)
+                        np.multiply(3.4445, X, out=_s5)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s5, _s3, out=_s4)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
@@ -398,13 +404,13 @@ class OptaxMuon:
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        np.multiply(3.4445, X, out=_s2)
-                        numpy_support.matmul(X, D, out=_s4)
-                        X = np.add(_s2, _s4, out=_s3)
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(X, D, out=_s5)
+                        X = np.add(_s3, _s5, out=_s4)
                     else:
-                        np.multiply(3.4445, X, out=_s4)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s4, _s2, out=_s3)
+                        np.multiply(3.4445, X, out=_s5)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s5, _s3, out=_s4)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
@@ -426,13 +432,13 @@ class OptaxMuon:
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        np.multiply(3.4445, X, out=_s2)
-                        numpy_support.matmul(X, D, out=_s4)
-                        X = np.add(_s2, _s4, out=_s3)
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(X, D, out=_s5)
+                        X = np.add(_s3, _s5, out=_s4)
                     else:
-                        np.multiply(3.4445, X, out=_s4)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s4, _s2, out=_s3)
+                        np.multiply(3.4445, X, out=_s5)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s5, _s3, out=_s4)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
@@ -454,19 +460,19 @@ class OptaxMuon:
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        np.multiply(3.4445, X, out=_s2)
-                        numpy_support.matmul(X, D, out=_s4)
-                        X = np.add(_s2, _s4, out=_s3)
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(X, D, out=_s5)
+                        X = np.add(_s3, _s5, out=_s4)
                     else:
-                        np.multiply(3.4445, X, out=_s4)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s4, _s2, out=_s3)
+                        np.multiply(3.4445, X, out=_s5)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s5, _s3, out=_s4)
                 if matrix:
-                    np.multiply(X, mu_hat, out=_s2)
-                    red0 = np.sum(_s2)
+                    np.multiply(X, mu_hat, out=_s3)
+                    red0 = np.sum(_s3)
                 # dual-norm scaling
                 if matrix:
-                    X = np.multiply(X, red0, out=_s3)
+                    X = np.multiply(X, red0, out=_s4)
                 # shape scaling
                 scale = (
                     (
@@ -480,30 +486,264 @@ class OptaxMuon:
                 # Adam's second moment
                 if rank != 2:
                     # nu = adam_b2*nu + g**2*(1 - adam_b2)
-                    np.multiply(adam_b2, nu, out=_s2)
-                    np.square(g, out=_s4)
-                    np.multiply(_s4, 1 - adam_b2, out=_s4)
-                    np.add(_s2, _s4, out=nu)
+                    np.multiply(adam_b2, nu, out=_s3)
+                    np.square(g, out=_s5)
+                    np.multiply(_s5, 1 - adam_b2, out=_s5)
+                    np.add(_s3, _s5, out=nu)
                 # parameter update: Muon's for a matrix, AdamW's otherwise
                 if matrix:
-                    np.multiply(X, scale, out=_s4)
-                    np.multiply(w, weight_decay, out=_s2)
-                    np.add(_s4, _s2, out=_s2)
-                    np.multiply(lr, _s2, out=_s2)
-                    w -= _s2
+                    np.multiply(X, scale, out=_s5)
+                    np.multiply(w, weight_decay, out=_s3)
+                    np.add(_s5, _s3, out=_s3)
+                    np.multiply(lr, _s3, out=_s3)
+                    w -= _s3
                 else:
-                    np.multiply(adam_weight_decay, w, out=_s2)
-                    np.divide(nu, 1 - adam_b2**t, out=_s4)
-                    np.add(adam_eps_root, _s4, out=_s4)
-                    np.sqrt(_s4, out=_s4)
-                    np.add(eps, _s4, out=_s4)
-                    np.divide(mu_hat, _s4, out=_s4)
-                    np.add(_s2, _s4, out=_s4)
-                    np.multiply(lr, _s4, out=_s4)
-                    w -= _s4
+                    np.multiply(adam_weight_decay, w, out=_s3)
+                    np.divide(nu, 1 - adam_b2**t, out=_s5)
+                    np.add(adam_eps_root, _s5, out=_s5)
+                    np.sqrt(_s5, out=_s5)
+                    np.add(eps, _s5, out=_s5)
+                    np.divide(mu_hat, _s5, out=_s5)
+                    np.add(_s3, _s5, out=_s5)
+                    np.multiply(lr, _s5, out=_s5)
+                    w -= _s5
+                # mu stored (in its dtype)
+                mu[...] = new_mu
         elif nesterov and not adaptive:
             for key, w, g in call.tensors(
                 1,
+                {
+                    "beta": beta,
+                    "eps": eps,
+                    "weight_decay": weight_decay,
+                    "consistent_rms": consistent_rms,
+                    "adam_b1": adam_b1,
+                    "adam_b2": adam_b2,
+                    "adam_eps_root": adam_eps_root,
+                    "adam_weight_decay": adam_weight_decay,
+                },
+            ):
+                mu = state.mu[key]
+                nu = state.nu[key]
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3, _s4, _s5 = numpy_support.scratch(self._scratch, 6, w, g, mu, nu)
+                # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped m x m)
+                _xmm0, _xmm1, _xmm2, _xmm3 = (
+                    numpy_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/mm")
+                    if (np.ndim(w) == 2 and numpy_support.rows(w) <= numpy_support.cols(w))
+                    else (None,) * 4
+                )
+                # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped n x n)
+                _xnn0, _xnn1, _xnn2, _xnn3 = (
+                    numpy_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/nn")
+                    if (np.ndim(w) == 2 and numpy_support.rows(w) > numpy_support.cols(w))
+                    else (None,) * 4
+                )
+                rank = np.ndim(w)
+                # a matrix: Muon's step
+                matrix = rank == 2
+                rows = numpy_support.rows(w)
+                cols = numpy_support.cols(w)
+                # a tall matrix: its Gram matrix X^T X is the smaller
+                tall = rows > cols
+                # decay of the first moment
+                d = beta if matrix else adam_b1
+                tmp1 = np.multiply(g, 1 - d, out=_s0)
+                # first moment
+                # new_mu = d*mu + tmp1
+                np.multiply(d, mu, out=_s2)
+                new_mu = np.add(_s2, tmp1, out=_s1)
+                # Nesterov look-ahead
+                # mu_hat = d*new_mu/(1 - d**(t + 1)) + tmp1/(1 - d**t)
+                np.multiply(d, new_mu, out=_s3)
+                np.divide(_s3, 1 - d ** (t + 1), out=_s3)
+                np.divide(tmp1, 1 - d**t, out=_s4)
+                mu_hat = np.add(_s3, _s4, out=_s2)
+                if matrix:
+                    np.square(mu_hat, out=_s4)
+                    sumsq_mu_hat = np.sum(_s4)
+                # Frobenius normalisation
+                if matrix:
+                    X = np.divide(mu_hat, eps + np.sqrt(sumsq_mu_hat), out=_s4)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                # Newton-Schulz polynomial
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
+                # Newton-Schulz step
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(X, D, out=_s5)
+                        X = np.add(_s3, _s5, out=_s4)
+                    else:
+                        np.multiply(3.4445, X, out=_s5)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s5, _s3, out=_s4)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                # Newton-Schulz polynomial
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
+                # Newton-Schulz step
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(X, D, out=_s5)
+                        X = np.add(_s3, _s5, out=_s4)
+                    else:
+                        np.multiply(3.4445, X, out=_s5)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s5, _s3, out=_s4)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                # Newton-Schulz polynomial
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
+                # Newton-Schulz step
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(X, D, out=_s5)
+                        X = np.add(_s3, _s5, out=_s4)
+                    else:
+                        np.multiply(3.4445, X, out=_s5)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s5, _s3, out=_s4)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                # Newton-Schulz polynomial
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
+                # Newton-Schulz step
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(X, D, out=_s5)
+                        X = np.add(_s3, _s5, out=_s4)
+                    else:
+                        np.multiply(3.4445, X, out=_s5)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s5, _s3, out=_s4)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
+                # Newton-Schulz polynomial
+                if matrix and not tall:
+                    np.multiply(2.0315, A, out=_xmm2)
+                    numpy_support.matmul(_xmm2, A, out=_xmm3)
+                    np.multiply(4.775, A, out=_xmm2)
+                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    np.multiply(2.0315, C, out=_xnn2)
+                    numpy_support.matmul(_xnn2, C, out=_xnn3)
+                    np.multiply(4.775, C, out=_xnn2)
+                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
+                # Newton-Schulz step
+                if matrix:
+                    if tall:
+                        np.multiply(3.4445, X, out=_s3)
+                        numpy_support.matmul(X, D, out=_s5)
+                        X = np.add(_s3, _s5, out=_s4)
+                    else:
+                        np.multiply(3.4445, X, out=_s5)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s5, _s3, out=_s4)
+                # shape scaling
+                scale = (
+                    (
+                        consistent_rms * math.sqrt(max(cols, rows))
+                        if consistent_rms is not None
+                        else math.sqrt(max(1, cols / max(1, rows)))
+                    )
+                    if matrix
+                    else None
+                )
+                # Adam's second moment
+                if rank != 2:
+                    # nu = adam_b2*nu + g**2*(1 - adam_b2)
+                    np.multiply(adam_b2, nu, out=_s3)
+                    np.square(g, out=_s5)
+                    np.multiply(_s5, 1 - adam_b2, out=_s5)
+                    np.add(_s3, _s5, out=nu)
+                # parameter update: Muon's for a matrix, AdamW's otherwise
+                if matrix:
+                    np.multiply(X, scale, out=_s5)
+                    np.multiply(w, weight_decay, out=_s3)
+                    np.add(_s5, _s3, out=_s3)
+                    np.multiply(lr, _s3, out=_s3)
+                    w -= _s3
+                else:
+                    np.multiply(adam_weight_decay, w, out=_s3)
+                    np.divide(nu, 1 - adam_b2**t, out=_s5)
+                    np.add(adam_eps_root, _s5, out=_s5)
+                    np.sqrt(_s5, out=_s5)
+                    np.add(eps, _s5, out=_s5)
+                    np.divide(mu_hat, _s5, out=_s5)
+                    np.add(_s3, _s5, out=_s5)
+                    np.multiply(lr, _s5, out=_s5)
+                    w -= _s5
+                # mu stored (in its dtype)
+                mu[...] = new_mu
+        elif adaptive and not nesterov:
+            for key, w, g in call.tensors(
+                2,
                 {
                     "beta": beta,
                     "eps": eps,
@@ -540,23 +780,19 @@ class OptaxMuon:
                 tall = rows > cols
                 # decay of the first moment
                 d = beta if matrix else adam_b1
-                tmp1 = np.multiply(g, 1 - d, out=_s0)
                 # first moment
-                # mu = d*mu + tmp1
+                # new_mu = d*mu + g*(1 - d)
                 np.multiply(d, mu, out=_s1)
-                np.add(_s1, tmp1, out=mu)
-                # Nesterov look-ahead
-                # mu_hat = d*mu/(1 - d**(t + 1)) + tmp1/(1 - d**t)
-                np.multiply(d, mu, out=_s2)
-                np.divide(_s2, 1 - d ** (t + 1), out=_s2)
-                np.divide(tmp1, 1 - d**t, out=_s3)
-                mu_hat = np.add(_s2, _s3, out=_s1)
+                np.multiply(g, 1 - d, out=_s2)
+                new_mu = np.add(_s1, _s2, out=_s0)
+                # bias correction
+                mu_hat = np.divide(new_mu, 1 - d**t, out=_s2)
                 if matrix:
-                    np.square(mu_hat, out=_s3)
-                    sumsq_mu_hat = np.sum(_s3)
+                    np.square(mu_hat, out=_s1)
+                    sumsq_mu_hat = np.sum(_s1)
                 # Frobenius normalisation
                 if matrix:
-                    X = np.divide(mu_hat, eps + np.sqrt(sumsq_mu_hat), out=_s3)
+                    X = np.divide(mu_hat, eps + np.sqrt(sumsq_mu_hat), out=_s1)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
@@ -578,13 +814,13 @@ class OptaxMuon:
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        np.multiply(3.4445, X, out=_s2)
+                        np.multiply(3.4445, X, out=_s3)
                         numpy_support.matmul(X, D, out=_s4)
-                        X = np.add(_s2, _s4, out=_s3)
+                        X = np.add(_s3, _s4, out=_s1)
                     else:
                         np.multiply(3.4445, X, out=_s4)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s4, _s2, out=_s3)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s4, _s3, out=_s1)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
@@ -606,13 +842,13 @@ class OptaxMuon:
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        np.multiply(3.4445, X, out=_s2)
+                        np.multiply(3.4445, X, out=_s3)
                         numpy_support.matmul(X, D, out=_s4)
-                        X = np.add(_s2, _s4, out=_s3)
+                        X = np.add(_s3, _s4, out=_s1)
                     else:
                         np.multiply(3.4445, X, out=_s4)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s4, _s2, out=_s3)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s4, _s3, out=_s1)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
@@ -634,13 +870,13 @@ class OptaxMuon:
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        np.multiply(3.4445, X, out=_s2)
+                        np.multiply(3.4445, X, out=_s3)
                         numpy_support.matmul(X, D, out=_s4)
-                        X = np.add(_s2, _s4, out=_s3)
+                        X = np.add(_s3, _s4, out=_s1)
                     else:
                         np.multiply(3.4445, X, out=_s4)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s4, _s2, out=_s3)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s4, _s3, out=_s1)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
@@ -662,13 +898,13 @@ class OptaxMuon:
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        np.multiply(3.4445, X, out=_s2)
+                        np.multiply(3.4445, X, out=_s3)
                         numpy_support.matmul(X, D, out=_s4)
-                        X = np.add(_s2, _s4, out=_s3)
+                        X = np.add(_s3, _s4, out=_s1)
                     else:
                         np.multiply(3.4445, X, out=_s4)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s4, _s2, out=_s3)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s4, _s3, out=_s1)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
@@ -690,13 +926,19 @@ class OptaxMuon:
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        np.multiply(3.4445, X, out=_s2)
+                        np.multiply(3.4445, X, out=_s3)
                         numpy_support.matmul(X, D, out=_s4)
-                        X = np.add(_s2, _s4, out=_s3)
+                        X = np.add(_s3, _s4, out=_s1)
                     else:
                         np.multiply(3.4445, X, out=_s4)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s4, _s2, out=_s3)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s4, _s3, out=_s1)
+                if matrix:
+                    np.multiply(X, mu_hat, out=_s3)
+                    red0 = np.sum(_s3)
+                # dual-norm scaling
+                if matrix:
+                    X = np.multiply(X, red0, out=_s1)
                 # shape scaling
                 scale = (
                     (
@@ -710,259 +952,29 @@ class OptaxMuon:
                 # Adam's second moment
                 if rank != 2:
                     # nu = adam_b2*nu + g**2*(1 - adam_b2)
-                    np.multiply(adam_b2, nu, out=_s2)
+                    np.multiply(adam_b2, nu, out=_s3)
                     np.square(g, out=_s4)
                     np.multiply(_s4, 1 - adam_b2, out=_s4)
-                    np.add(_s2, _s4, out=nu)
+                    np.add(_s3, _s4, out=nu)
                 # parameter update: Muon's for a matrix, AdamW's otherwise
                 if matrix:
                     np.multiply(X, scale, out=_s4)
-                    np.multiply(w, weight_decay, out=_s2)
-                    np.add(_s4, _s2, out=_s2)
-                    np.multiply(lr, _s2, out=_s2)
-                    w -= _s2
+                    np.multiply(w, weight_decay, out=_s3)
+                    np.add(_s4, _s3, out=_s3)
+                    np.multiply(lr, _s3, out=_s3)
+                    w -= _s3
                 else:
-                    np.multiply(adam_weight_decay, w, out=_s2)
+                    np.multiply(adam_weight_decay, w, out=_s3)
                     np.divide(nu, 1 - adam_b2**t, out=_s4)
                     np.add(adam_eps_root, _s4, out=_s4)
                     np.sqrt(_s4, out=_s4)
                     np.add(eps, _s4, out=_s4)
                     np.divide(mu_hat, _s4, out=_s4)
-                    np.add(_s2, _s4, out=_s4)
+                    np.add(_s3, _s4, out=_s4)
                     np.multiply(lr, _s4, out=_s4)
                     w -= _s4
-        elif adaptive and not nesterov:
-            for key, w, g in call.tensors(
-                2,
-                {
-                    "beta": beta,
-                    "eps": eps,
-                    "weight_decay": weight_decay,
-                    "consistent_rms": consistent_rms,
-                    "adam_b1": adam_b1,
-                    "adam_b2": adam_b2,
-                    "adam_eps_root": adam_eps_root,
-                    "adam_weight_decay": adam_weight_decay,
-                },
-            ):
-                mu = state.mu[key]
-                nu = state.nu[key]
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, mu, nu)
-                # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped m x m)
-                _xmm0, _xmm1, _xmm2, _xmm3 = (
-                    numpy_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/mm")
-                    if (np.ndim(w) == 2 and numpy_support.rows(w) <= numpy_support.cols(w))
-                    else (None,) * 4
-                )
-                # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped n x n)
-                _xnn0, _xnn1, _xnn2, _xnn3 = (
-                    numpy_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/nn")
-                    if (np.ndim(w) == 2 and numpy_support.rows(w) > numpy_support.cols(w))
-                    else (None,) * 4
-                )
-                rank = np.ndim(w)
-                # a matrix: Muon's step
-                matrix = rank == 2
-                rows = numpy_support.rows(w)
-                cols = numpy_support.cols(w)
-                # a tall matrix: its Gram matrix X^T X is the smaller
-                tall = rows > cols
-                # decay of the first moment
-                d = beta if matrix else adam_b1
-                # first moment
-                # mu = d*mu + g*(1 - d)
-                np.multiply(d, mu, out=_s0)
-                np.multiply(g, 1 - d, out=_s1)
-                np.add(_s0, _s1, out=mu)
-                # bias correction
-                mu_hat = np.divide(mu, 1 - d**t, out=_s1)
-                if matrix:
-                    np.square(mu_hat, out=_s0)
-                    sumsq_mu_hat = np.sum(_s0)
-                # Frobenius normalisation
-                if matrix:
-                    X = np.divide(mu_hat, eps + np.sqrt(sumsq_mu_hat), out=_s0)
-                # Gram matrix (m x m)
-                if matrix and not tall:
-                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
-                # Newton-Schulz polynomial
-                if matrix and not tall:
-                    np.multiply(2.0315, A, out=_xmm2)
-                    numpy_support.matmul(_xmm2, A, out=_xmm3)
-                    np.multiply(4.775, A, out=_xmm2)
-                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
-                # Gram matrix of a tall matrix (n x n)
-                if matrix and tall:
-                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
-                # its Newton-Schulz polynomial
-                if matrix and tall:
-                    np.multiply(2.0315, C, out=_xnn2)
-                    numpy_support.matmul(_xnn2, C, out=_xnn3)
-                    np.multiply(4.775, C, out=_xnn2)
-                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
-                # Newton-Schulz step
-                if matrix:
-                    if tall:
-                        np.multiply(3.4445, X, out=_s2)
-                        numpy_support.matmul(X, D, out=_s3)
-                        X = np.add(_s2, _s3, out=_s0)
-                    else:
-                        np.multiply(3.4445, X, out=_s3)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s3, _s2, out=_s0)
-                # Gram matrix (m x m)
-                if matrix and not tall:
-                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
-                # Newton-Schulz polynomial
-                if matrix and not tall:
-                    np.multiply(2.0315, A, out=_xmm2)
-                    numpy_support.matmul(_xmm2, A, out=_xmm3)
-                    np.multiply(4.775, A, out=_xmm2)
-                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
-                # Gram matrix of a tall matrix (n x n)
-                if matrix and tall:
-                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
-                # its Newton-Schulz polynomial
-                if matrix and tall:
-                    np.multiply(2.0315, C, out=_xnn2)
-                    numpy_support.matmul(_xnn2, C, out=_xnn3)
-                    np.multiply(4.775, C, out=_xnn2)
-                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
-                # Newton-Schulz step
-                if matrix:
-                    if tall:
-                        np.multiply(3.4445, X, out=_s2)
-                        numpy_support.matmul(X, D, out=_s3)
-                        X = np.add(_s2, _s3, out=_s0)
-                    else:
-                        np.multiply(3.4445, X, out=_s3)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s3, _s2, out=_s0)
-                # Gram matrix (m x m)
-                if matrix and not tall:
-                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
-                # Newton-Schulz polynomial
-                if matrix and not tall:
-                    np.multiply(2.0315, A, out=_xmm2)
-                    numpy_support.matmul(_xmm2, A, out=_xmm3)
-                    np.multiply(4.775, A, out=_xmm2)
-                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
-                # Gram matrix of a tall matrix (n x n)
-                if matrix and tall:
-                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
-                # its Newton-Schulz polynomial
-                if matrix and tall:
-                    np.multiply(2.0315, C, out=_xnn2)
-                    numpy_support.matmul(_xnn2, C, out=_xnn3)
-                    np.multiply(4.775, C, out=_xnn2)
-                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
-                # Newton-Schulz step
-                if matrix:
-                    if tall:
-                        np.multiply(3.4445, X, out=_s2)
-                        numpy_support.matmul(X, D, out=_s3)
-                        X = np.add(_s2, _s3, out=_s0)
-                    else:
-                        np.multiply(3.4445, X, out=_s3)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s3, _s2, out=_s0)
-                # Gram matrix (m x m)
-                if matrix and not tall:
-                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
-                # Newton-Schulz polynomial
-                if matrix and not tall:
-                    np.multiply(2.0315, A, out=_xmm2)
-                    numpy_support.matmul(_xmm2, A, out=_xmm3)
-                    np.multiply(4.775, A, out=_xmm2)
-                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
-                # Gram matrix of a tall matrix (n x n)
-                if matrix and tall:
-                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
-                # its Newton-Schulz polynomial
-                if matrix and tall:
-                    np.multiply(2.0315, C, out=_xnn2)
-                    numpy_support.matmul(_xnn2, C, out=_xnn3)
-                    np.multiply(4.775, C, out=_xnn2)
-                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
-                # Newton-Schulz step
-                if matrix:
-                    if tall:
-                        np.multiply(3.4445, X, out=_s2)
-                        numpy_support.matmul(X, D, out=_s3)
-                        X = np.add(_s2, _s3, out=_s0)
-                    else:
-                        np.multiply(3.4445, X, out=_s3)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s3, _s2, out=_s0)
-                # Gram matrix (m x m)
-                if matrix and not tall:
-                    A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
-                # Newton-Schulz polynomial
-                if matrix and not tall:
-                    np.multiply(2.0315, A, out=_xmm2)
-                    numpy_support.matmul(_xmm2, A, out=_xmm3)
-                    np.multiply(4.775, A, out=_xmm2)
-                    B = np.subtract(_xmm3, _xmm2, out=_xmm1)
-                # Gram matrix of a tall matrix (n x n)
-                if matrix and tall:
-                    C = numpy_support.matmul(numpy_support.transpose(X), X, out=_xnn0)
-                # its Newton-Schulz polynomial
-                if matrix and tall:
-                    np.multiply(2.0315, C, out=_xnn2)
-                    numpy_support.matmul(_xnn2, C, out=_xnn3)
-                    np.multiply(4.775, C, out=_xnn2)
-                    D = np.subtract(_xnn3, _xnn2, out=_xnn1)
-                # Newton-Schulz step
-                if matrix:
-                    if tall:
-                        np.multiply(3.4445, X, out=_s2)
-                        numpy_support.matmul(X, D, out=_s3)
-                        X = np.add(_s2, _s3, out=_s0)
-                    else:
-                        np.multiply(3.4445, X, out=_s3)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s3, _s2, out=_s0)
-                if matrix:
-                    np.multiply(X, mu_hat, out=_s2)
-                    red0 = np.sum(_s2)
-                # dual-norm scaling
-                if matrix:
-                    X = np.multiply(X, red0, out=_s0)
-                # shape scaling
-                scale = (
-                    (
-                        consistent_rms * math.sqrt(max(cols, rows))
-                        if consistent_rms is not None
-                        else math.sqrt(max(1, cols / max(1, rows)))
-                    )
-                    if matrix
-                    else None
-                )
-                # Adam's second moment
-                if rank != 2:
-                    # nu = adam_b2*nu + g**2*(1 - adam_b2)
-                    np.multiply(adam_b2, nu, out=_s2)
-                    np.square(g, out=_s3)
-                    np.multiply(_s3, 1 - adam_b2, out=_s3)
-                    np.add(_s2, _s3, out=nu)
-                # parameter update: Muon's for a matrix, AdamW's otherwise
-                if matrix:
-                    np.multiply(X, scale, out=_s3)
-                    np.multiply(w, weight_decay, out=_s2)
-                    np.add(_s3, _s2, out=_s2)
-                    np.multiply(lr, _s2, out=_s2)
-                    w -= _s2
-                else:
-                    np.multiply(adam_weight_decay, w, out=_s2)
-                    np.divide(nu, 1 - adam_b2**t, out=_s3)
-                    np.add(adam_eps_root, _s3, out=_s3)
-                    np.sqrt(_s3, out=_s3)
-                    np.add(eps, _s3, out=_s3)
-                    np.divide(mu_hat, _s3, out=_s3)
-                    np.add(_s2, _s3, out=_s3)
-                    np.multiply(lr, _s3, out=_s3)
-                    w -= _s3
+                # mu stored (in its dtype)
+                mu[...] = new_mu
         else:
             for key, w, g in call.tensors(
                 3,
@@ -980,7 +992,7 @@ class OptaxMuon:
                 mu = state.mu[key]
                 nu = state.nu[key]
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, mu, nu)
+                _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, mu, nu)
                 # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped m x m)
                 _xmm0, _xmm1, _xmm2, _xmm3 = (
                     numpy_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/mm")
@@ -1003,18 +1015,18 @@ class OptaxMuon:
                 # decay of the first moment
                 d = beta if matrix else adam_b1
                 # first moment
-                # mu = d*mu + g*(1 - d)
-                np.multiply(d, mu, out=_s0)
-                np.multiply(g, 1 - d, out=_s1)
-                np.add(_s0, _s1, out=mu)
+                # new_mu = d*mu + g*(1 - d)
+                np.multiply(d, mu, out=_s1)
+                np.multiply(g, 1 - d, out=_s2)
+                new_mu = np.add(_s1, _s2, out=_s0)
                 # bias correction
-                mu_hat = np.divide(mu, 1 - d**t, out=_s1)
+                mu_hat = np.divide(new_mu, 1 - d**t, out=_s2)
                 if matrix:
-                    np.square(mu_hat, out=_s0)
-                    sumsq_mu_hat = np.sum(_s0)
+                    np.square(mu_hat, out=_s1)
+                    sumsq_mu_hat = np.sum(_s1)
                 # Frobenius normalisation
                 if matrix:
-                    X = np.divide(mu_hat, eps + np.sqrt(sumsq_mu_hat), out=_s0)
+                    X = np.divide(mu_hat, eps + np.sqrt(sumsq_mu_hat), out=_s1)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
@@ -1036,13 +1048,13 @@ class OptaxMuon:
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        np.multiply(3.4445, X, out=_s2)
-                        numpy_support.matmul(X, D, out=_s3)
-                        X = np.add(_s2, _s3, out=_s0)
-                    else:
                         np.multiply(3.4445, X, out=_s3)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s3, _s2, out=_s0)
+                        numpy_support.matmul(X, D, out=_s4)
+                        X = np.add(_s3, _s4, out=_s1)
+                    else:
+                        np.multiply(3.4445, X, out=_s4)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s4, _s3, out=_s1)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
@@ -1064,13 +1076,13 @@ class OptaxMuon:
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        np.multiply(3.4445, X, out=_s2)
-                        numpy_support.matmul(X, D, out=_s3)
-                        X = np.add(_s2, _s3, out=_s0)
-                    else:
                         np.multiply(3.4445, X, out=_s3)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s3, _s2, out=_s0)
+                        numpy_support.matmul(X, D, out=_s4)
+                        X = np.add(_s3, _s4, out=_s1)
+                    else:
+                        np.multiply(3.4445, X, out=_s4)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s4, _s3, out=_s1)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
@@ -1092,13 +1104,13 @@ class OptaxMuon:
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        np.multiply(3.4445, X, out=_s2)
-                        numpy_support.matmul(X, D, out=_s3)
-                        X = np.add(_s2, _s3, out=_s0)
-                    else:
                         np.multiply(3.4445, X, out=_s3)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s3, _s2, out=_s0)
+                        numpy_support.matmul(X, D, out=_s4)
+                        X = np.add(_s3, _s4, out=_s1)
+                    else:
+                        np.multiply(3.4445, X, out=_s4)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s4, _s3, out=_s1)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
@@ -1120,13 +1132,13 @@ class OptaxMuon:
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        np.multiply(3.4445, X, out=_s2)
-                        numpy_support.matmul(X, D, out=_s3)
-                        X = np.add(_s2, _s3, out=_s0)
-                    else:
                         np.multiply(3.4445, X, out=_s3)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s3, _s2, out=_s0)
+                        numpy_support.matmul(X, D, out=_s4)
+                        X = np.add(_s3, _s4, out=_s1)
+                    else:
+                        np.multiply(3.4445, X, out=_s4)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s4, _s3, out=_s1)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = numpy_support.matmul(X, numpy_support.transpose(X), out=_xmm0)
@@ -1148,13 +1160,13 @@ class OptaxMuon:
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        np.multiply(3.4445, X, out=_s2)
-                        numpy_support.matmul(X, D, out=_s3)
-                        X = np.add(_s2, _s3, out=_s0)
-                    else:
                         np.multiply(3.4445, X, out=_s3)
-                        numpy_support.matmul(B, X, out=_s2)
-                        X = np.add(_s3, _s2, out=_s0)
+                        numpy_support.matmul(X, D, out=_s4)
+                        X = np.add(_s3, _s4, out=_s1)
+                    else:
+                        np.multiply(3.4445, X, out=_s4)
+                        numpy_support.matmul(B, X, out=_s3)
+                        X = np.add(_s4, _s3, out=_s1)
                 # shape scaling
                 scale = (
                     (
@@ -1168,27 +1180,29 @@ class OptaxMuon:
                 # Adam's second moment
                 if rank != 2:
                     # nu = adam_b2*nu + g**2*(1 - adam_b2)
-                    np.multiply(adam_b2, nu, out=_s2)
-                    np.square(g, out=_s3)
-                    np.multiply(_s3, 1 - adam_b2, out=_s3)
-                    np.add(_s2, _s3, out=nu)
+                    np.multiply(adam_b2, nu, out=_s3)
+                    np.square(g, out=_s4)
+                    np.multiply(_s4, 1 - adam_b2, out=_s4)
+                    np.add(_s3, _s4, out=nu)
                 # parameter update: Muon's for a matrix, AdamW's otherwise
                 if matrix:
-                    np.multiply(X, scale, out=_s3)
-                    np.multiply(w, weight_decay, out=_s2)
-                    np.add(_s3, _s2, out=_s2)
-                    np.multiply(lr, _s2, out=_s2)
-                    w -= _s2
-                else:
-                    np.multiply(adam_weight_decay, w, out=_s2)
-                    np.divide(nu, 1 - adam_b2**t, out=_s3)
-                    np.add(adam_eps_root, _s3, out=_s3)
-                    np.sqrt(_s3, out=_s3)
-                    np.add(eps, _s3, out=_s3)
-                    np.divide(mu_hat, _s3, out=_s3)
-                    np.add(_s2, _s3, out=_s3)
+                    np.multiply(X, scale, out=_s4)
+                    np.multiply(w, weight_decay, out=_s3)
+                    np.add(_s4, _s3, out=_s3)
                     np.multiply(lr, _s3, out=_s3)
                     w -= _s3
+                else:
+                    np.multiply(adam_weight_decay, w, out=_s3)
+                    np.divide(nu, 1 - adam_b2**t, out=_s4)
+                    np.add(adam_eps_root, _s4, out=_s4)
+                    np.sqrt(_s4, out=_s4)
+                    np.add(eps, _s4, out=_s4)
+                    np.divide(mu_hat, _s4, out=_s4)
+                    np.add(_s3, _s4, out=_s4)
+                    np.multiply(lr, _s4, out=_s4)
+                    w -= _s4
+                # mu stored (in its dtype)
+                mu[...] = new_mu
         return state
 
     def _case(self) -> int:

@@ -75,6 +75,7 @@ class OptaxNadamw:
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
         state_dtype: the dtype of the state (default: the parameter's, at least float32).
+        mu_dtype: the dtype mu is stored in (default: the state's, as state_dtype says); the step reads the stored value and rounds the new one to it when it stores it.
         fused: update each float32 or float64 tensor in one pass of a compiled kernel (Numba, shared out
             over the cores) instead of NumPy operations. Same results (float64: to rounding; see the README).
     """
@@ -117,10 +118,12 @@ class OptaxNadamw:
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
         state_dtype: Any = None,
+        mu_dtype: Any = None,
         fused: bool = False,
     ) -> None:
         self.learning_rate = common.check_learning_rate(learning_rate, schedule=True)
-        self.state_dtype = None if state_dtype is None else np.dtype(state_dtype)
+        self.state_dtype = numpy_support.check_dtype("state_dtype", state_dtype)
+        self.mu_dtype = numpy_support.check_dtype("mu_dtype", mu_dtype)
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("optax_nadamw", "OptaxNadamw") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
@@ -153,11 +156,14 @@ class OptaxNadamw:
         dtypes = [
             numpy_support.state_dtype(w, self.state_dtype) for w in ws
         ]  # float16/bfloat16: float32 state
+        _mu_dtypes = dtypes if self.mu_dtype is None else [self.mu_dtype] * len(ws)
         use_ema = self.use_ema
         gradient_accumulation_steps = self.gradient_accumulation_steps
         return OptaxNadamwState(
             step=0,
-            mu=numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),
+            mu=numpy_support.like(
+                params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, _mu_dtypes)]
+            ),
             nu=numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),
             grad_accumulator=None
             if not (gradient_accumulation_steps is not None)
@@ -211,38 +217,40 @@ class OptaxNadamw:
                 mu = state.mu[key]
                 nu = state.nu[key]
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, mu, nu)
+                _s0, _s1, _s2, _s3, _s4, _s5 = numpy_support.scratch(self._scratch, 6, w, g, mu, nu)
                 tmp0 = np.multiply(g, 1 - b1, out=_s0)
                 # first moment
-                # mu = b1*mu + tmp0
-                np.multiply(b1, mu, out=_s1)
-                np.add(_s1, tmp0, out=mu)
+                # new_mu = b1*mu + tmp0
+                np.multiply(b1, mu, out=_s2)
+                new_mu = np.add(_s2, tmp0, out=_s1)
                 # second moment
                 # nu = b2*nu + g**2*(1 - b2)
-                np.multiply(b2, nu, out=_s1)
-                np.square(g, out=_s2)
-                np.multiply(_s2, 1 - b2, out=_s2)
-                np.add(_s1, _s2, out=nu)
+                np.multiply(b2, nu, out=_s2)
+                np.square(g, out=_s3)
+                np.multiply(_s3, 1 - b2, out=_s3)
+                np.add(_s2, _s3, out=nu)
                 # Nesterov look-ahead
-                # mu_hat = b1*mu/(1 - b1**(t + 1)) + tmp0/(1 - b1**t)
-                np.multiply(b1, mu, out=_s1)
-                np.divide(_s1, 1 - b1 ** (t + 1), out=_s1)
-                np.divide(tmp0, 1 - b1**t, out=_s3)
-                mu_hat = np.add(_s1, _s3, out=_s2)
+                # mu_hat = b1*new_mu/(1 - b1**(t + 1)) + tmp0/(1 - b1**t)
+                np.multiply(b1, new_mu, out=_s2)
+                np.divide(_s2, 1 - b1 ** (t + 1), out=_s2)
+                np.divide(tmp0, 1 - b1**t, out=_s4)
+                mu_hat = np.add(_s2, _s4, out=_s3)
                 # bias correction
-                nu_hat = np.divide(nu, 1 - b2**t, out=_s3)
+                nu_hat = np.divide(nu, 1 - b2**t, out=_s4)
                 # scaled update
                 # u = mu_hat/(eps + np.sqrt(eps_root + nu_hat))
-                np.add(eps_root, nu_hat, out=_s4)
-                np.sqrt(_s4, out=_s4)
-                np.add(eps, _s4, out=_s4)
-                u = np.divide(mu_hat, _s4, out=_s1)
+                np.add(eps_root, nu_hat, out=_s5)
+                np.sqrt(_s5, out=_s5)
+                np.add(eps, _s5, out=_s5)
+                u = np.divide(mu_hat, _s5, out=_s2)
                 # parameter update
                 # w -= lr*(u + w*weight_decay)
-                np.multiply(w, weight_decay, out=_s4)
-                np.add(u, _s4, out=_s4)
-                np.multiply(lr, _s4, out=_s4)
-                w -= _s4
+                np.multiply(w, weight_decay, out=_s5)
+                np.add(u, _s5, out=_s5)
+                np.multiply(lr, _s5, out=_s5)
+                w -= _s5
+                # mu stored (in its dtype)
+                mu[...] = new_mu
         else:
             for key, w, g in call.tensors(
                 1, {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root, "weight_decay": weight_decay}
@@ -250,33 +258,35 @@ class OptaxNadamw:
                 mu = state.mu[key]
                 nu = state.nu[key]
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = numpy_support.scratch(self._scratch, 4, w, g, mu, nu)
+                _s0, _s1, _s2, _s3, _s4 = numpy_support.scratch(self._scratch, 5, w, g, mu, nu)
                 # first moment
-                # mu = b1*mu + g*(1 - b1)
-                np.multiply(b1, mu, out=_s0)
-                np.multiply(g, 1 - b1, out=_s1)
-                np.add(_s0, _s1, out=mu)
+                # new_mu = b1*mu + g*(1 - b1)
+                np.multiply(b1, mu, out=_s1)
+                np.multiply(g, 1 - b1, out=_s2)
+                new_mu = np.add(_s1, _s2, out=_s0)
                 # second moment
                 # nu = b2*nu + g**2*(1 - b2)
-                np.multiply(b2, nu, out=_s1)
-                np.square(g, out=_s0)
-                np.multiply(_s0, 1 - b2, out=_s0)
-                np.add(_s1, _s0, out=nu)
+                np.multiply(b2, nu, out=_s2)
+                np.square(g, out=_s1)
+                np.multiply(_s1, 1 - b2, out=_s1)
+                np.add(_s2, _s1, out=nu)
                 # bias correction
-                mu_hat = np.divide(mu, 1 - b1**t, out=_s0)
-                nu_hat = np.divide(nu, 1 - b2**t, out=_s1)
+                mu_hat = np.divide(new_mu, 1 - b1**t, out=_s1)
+                nu_hat = np.divide(nu, 1 - b2**t, out=_s2)
                 # scaled update
                 # u = mu_hat/(eps + np.sqrt(eps_root + nu_hat))
-                np.add(eps_root, nu_hat, out=_s3)
-                np.sqrt(_s3, out=_s3)
-                np.add(eps, _s3, out=_s3)
-                u = np.divide(mu_hat, _s3, out=_s2)
+                np.add(eps_root, nu_hat, out=_s4)
+                np.sqrt(_s4, out=_s4)
+                np.add(eps, _s4, out=_s4)
+                u = np.divide(mu_hat, _s4, out=_s3)
                 # parameter update
                 # w -= lr*(u + w*weight_decay)
-                np.multiply(w, weight_decay, out=_s3)
-                np.add(u, _s3, out=_s3)
-                np.multiply(lr, _s3, out=_s3)
-                w -= _s3
+                np.multiply(w, weight_decay, out=_s4)
+                np.add(u, _s4, out=_s4)
+                np.multiply(lr, _s4, out=_s4)
+                w -= _s4
+                # mu stored (in its dtype)
+                mu[...] = new_mu
         return state
 
     def _case(self) -> int:

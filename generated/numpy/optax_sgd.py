@@ -69,6 +69,7 @@ class OptaxSgd:
         loss_scale_factor: the gradients are divided by it first, in (0, inf). Default None.
         gradient_accumulation_steps: update every N calls, with the average gradient, in [2, inf). Default None.
         state_dtype: the dtype of the state (default: the parameter's, at least float32).
+        accumulator_dtype: the dtype trace is stored in (default: the state's, as state_dtype says); the step reads the stored value and rounds the new one to it when it stores it.
         fused: update each float32 or float64 tensor in one pass of a compiled kernel (Numba, shared out
             over the cores) instead of NumPy operations. Same results (float64: to rounding; see the README).
     """
@@ -108,10 +109,12 @@ class OptaxSgd:
         loss_scale_factor: float | None = None,
         gradient_accumulation_steps: int | None = None,
         state_dtype: Any = None,
+        accumulator_dtype: Any = None,
         fused: bool = False,
     ) -> None:
         self.learning_rate = common.check_learning_rate(learning_rate, schedule=True)
-        self.state_dtype = None if state_dtype is None else np.dtype(state_dtype)
+        self.state_dtype = numpy_support.check_dtype("state_dtype", state_dtype)
+        self.accumulator_dtype = numpy_support.check_dtype("accumulator_dtype", accumulator_dtype)
         self.fused = fused_support.check_fused(fused)
         self._fused = fused_support.load("optax_sgd", "OptaxSgd") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
@@ -141,6 +144,7 @@ class OptaxSgd:
         dtypes = [
             numpy_support.state_dtype(w, self.state_dtype) for w in ws
         ]  # float16/bfloat16: float32 state
+        _accumulator_dtypes = dtypes if self.accumulator_dtype is None else [self.accumulator_dtype] * len(ws)
         momentum = self.momentum
         use_ema = self.use_ema
         gradient_accumulation_steps = self.gradient_accumulation_steps
@@ -148,7 +152,9 @@ class OptaxSgd:
             step=0,
             trace=None
             if not (momentum is not None)
-            else numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),
+            else numpy_support.like(
+                params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, _accumulator_dtypes)]
+            ),
             grad_accumulator=None
             if not (gradient_accumulation_steps is not None)
             else numpy_support.like(params, [np.zeros_like(w, dtype=dtype) for w, dtype in zip(ws, dtypes)]),
@@ -200,30 +206,34 @@ class OptaxSgd:
             for key, w, g in call.tensors(0, {"momentum": momentum}):
                 trace = state.trace[key] if state.trace is not None else None
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                (_s0,) = numpy_support.scratch(self._scratch, 1, w, g, trace)
+                _s0, _s1 = numpy_support.scratch(self._scratch, 2, w, g, trace)
                 # trace
-                # trace = g + momentum*trace
-                np.multiply(momentum, trace, out=_s0)
-                np.add(g, _s0, out=trace)
+                # new_trace = g + momentum*trace
+                np.multiply(momentum, trace, out=_s1)
+                new_trace = np.add(g, _s1, out=_s0)
                 # Nesterov update
-                # w -= lr*(g + momentum*trace)
-                np.multiply(momentum, trace, out=_s0)
-                np.add(g, _s0, out=_s0)
-                np.multiply(lr, _s0, out=_s0)
-                w -= _s0
+                # w -= lr*(g + momentum*new_trace)
+                np.multiply(momentum, new_trace, out=_s1)
+                np.add(g, _s1, out=_s1)
+                np.multiply(lr, _s1, out=_s1)
+                w -= _s1
+                # trace stored (in its dtype)
+                trace[...] = new_trace
         elif momentum is not None and not nesterov:
             for key, w, g in call.tensors(1, {"momentum": momentum}):
                 trace = state.trace[key] if state.trace is not None else None
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                (_s0,) = numpy_support.scratch(self._scratch, 1, w, g, trace)
+                _s0, _s1 = numpy_support.scratch(self._scratch, 2, w, g, trace)
                 # trace
-                # trace = g + momentum*trace
-                np.multiply(momentum, trace, out=_s0)
-                np.add(g, _s0, out=trace)
+                # new_trace = g + momentum*trace
+                np.multiply(momentum, trace, out=_s1)
+                new_trace = np.add(g, _s1, out=_s0)
                 # momentum update
-                # w -= lr*trace
-                np.multiply(lr, trace, out=_s0)
-                w -= _s0
+                # w -= lr*new_trace
+                np.multiply(lr, new_trace, out=_s1)
+                w -= _s1
+                # trace stored (in its dtype)
+                trace[...] = new_trace
         else:
             for key, w, g in call.tensors(2, {}):
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)

@@ -73,6 +73,7 @@ class OptaxAmsgrad(torch_support.RuleOptimizer):
             the plain path is one implementation whatever it says (its results do not depend on it).
         capturable, differentiable: torch.optim's; False only (True raises NotImplementedError, saying why).
         state_dtype: the dtype of the state (default: the parameter's, at least float32).
+        mu_dtype: the dtype mu is stored in (default: the state's, as state_dtype says); the step reads the stored value and rounds the new one to it when it stores it.
         fused: None (the default): a group of CUDA parameters in a few launches of Triton's kernels (where
             Triton is installed and the kernels take the whole group), torch operations otherwise; True:
             that, and each float32 or float64 CPU parameter in one pass of a compiled kernel (Numba, shared
@@ -100,6 +101,9 @@ class OptaxAmsgrad(torch_support.RuleOptimizer):
     )
     torch_names = {"b1": ("betas", 0), "b2": ("betas", 1)}
     keeps = frozenset({"mu", "nu", "nu_max", "grad_accumulator", "ema"})
+    stored_dtypes = {
+        "mu": "mu_dtype",
+    }
     # how the rule's hyperparameters are checked, in the constructor and when a parameter group changes
     # (Keras's options' checks are runtime/options.py's)
     checks = {
@@ -135,6 +139,7 @@ class OptaxAmsgrad(torch_support.RuleOptimizer):
         capturable: bool = False,
         differentiable: bool = False,
         state_dtype: torch.dtype | None = None,
+        mu_dtype: torch.dtype | None = None,
         fused: bool | str | None = None,
         b1: float | None = None,
         b2: float | None = None,
@@ -159,7 +164,15 @@ class OptaxAmsgrad(torch_support.RuleOptimizer):
             maximize=maximize,
         )
         defaults.update(torch_support.torch_flags(foreach, capturable, differentiable))
-        self._setup(params, defaults, state_dtype, fused)
+        self._setup(
+            params,
+            defaults,
+            state_dtype,
+            fused,
+            {
+                "mu_dtype": mu_dtype,
+            },
+        )
 
     def _states(self, group: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
         """What each parameter of this group keeps: (name, "element" or "tensor", initial value)."""
@@ -190,101 +203,47 @@ class OptaxAmsgrad(torch_support.RuleOptimizer):
                 nu = state["nu"]
                 nu_max = state["nu_max"]
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, mu, nu, nu_max)
+                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, mu, nu, nu_max)
                 # first moment
-                # mu = b1*mu + g*(1 - b1)
-                torch.mul(b1, mu, out=_s0)
-                torch.add(_s0, g, alpha=1 - b1, out=mu)
+                # new_mu = b1*mu + g*(1 - b1)
+                torch.mul(b1, mu, out=_s1)
+                new_mu = torch.add(_s1, g, alpha=1 - b1, out=_s0)
                 # second moment
                 # nu = b2*nu + g**2*(1 - b2)
-                torch.mul(b2, nu, out=_s0)
-                torch.pow(g, 2, out=_s1)
-                torch.add(_s0, _s1, alpha=1 - b2, out=nu)
+                torch.mul(b2, nu, out=_s1)
+                torch.pow(g, 2, out=_s2)
+                torch.add(_s1, _s2, alpha=1 - b2, out=nu)
                 # bias correction
-                mu_hat = torch.div(mu, 1 - b1**t, out=_s1)
-                nu_eff = torch.div(nu, 1 - b2**t, out=_s0)
+                mu_hat = torch.div(new_mu, 1 - b1**t, out=_s2)
+                nu_eff = torch.div(nu, 1 - b2**t, out=_s1)
                 # running maximum
                 torch.maximum(nu_eff, nu_max, out=nu_max)
                 # parameter update
                 # w -= lr*mu_hat/(eps + torch.sqrt(eps_root + nu_max))
-                torch.add(eps_root, nu_max, out=_s2)
-                torch.sqrt(_s2, out=_s2)
-                torch.add(eps, _s2, out=_s2)
-                w.addcdiv_(mu_hat, _s2, value=-(lr))
+                torch.add(eps_root, nu_max, out=_s3)
+                torch.sqrt(_s3, out=_s3)
+                torch.add(eps, _s3, out=_s3)
+                w.addcdiv_(mu_hat, _s3, value=-(lr))
+                # mu stored (in its dtype)
+                mu.copy_(new_mu)
         elif bias_correction_mu and not bias_correction_nu:
             for w, g, state in call.tensors(1, {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}):
                 mu = state["mu"]
                 nu = state["nu"]
                 nu_max = state["nu_max"]
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1 = torch_support.scratch(self._scratch, 2, w, g, mu, nu, nu_max)
+                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, mu, nu, nu_max)
                 # first moment
-                # mu = b1*mu + g*(1 - b1)
-                torch.mul(b1, mu, out=_s0)
-                torch.add(_s0, g, alpha=1 - b1, out=mu)
+                # new_mu = b1*mu + g*(1 - b1)
+                torch.mul(b1, mu, out=_s1)
+                new_mu = torch.add(_s1, g, alpha=1 - b1, out=_s0)
                 # second moment
                 # nu = b2*nu + g**2*(1 - b2)
-                torch.mul(b2, nu, out=_s0)
-                torch.pow(g, 2, out=_s1)
-                torch.add(_s0, _s1, alpha=1 - b2, out=nu)
+                torch.mul(b2, nu, out=_s1)
+                torch.pow(g, 2, out=_s2)
+                torch.add(_s1, _s2, alpha=1 - b2, out=nu)
                 # bias correction
-                mu_hat = torch.div(mu, 1 - b1**t, out=_s1)
-                # second moment in the maximum
-                nu_eff = nu
-                # running maximum
-                torch.maximum(nu_eff, nu_max, out=nu_max)
-                # parameter update
-                # w -= lr*mu_hat/(eps + torch.sqrt(eps_root + nu_max))
-                torch.add(eps_root, nu_max, out=_s0)
-                torch.sqrt(_s0, out=_s0)
-                torch.add(eps, _s0, out=_s0)
-                w.addcdiv_(mu_hat, _s0, value=-(lr))
-        elif bias_correction_nu and not bias_correction_mu:
-            for w, g, state in call.tensors(2, {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}):
-                mu = state["mu"]
-                nu = state["nu"]
-                nu_max = state["nu_max"]
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1 = torch_support.scratch(self._scratch, 2, w, g, mu, nu, nu_max)
-                # first moment
-                # mu = b1*mu + g*(1 - b1)
-                torch.mul(b1, mu, out=_s0)
-                torch.add(_s0, g, alpha=1 - b1, out=mu)
-                # second moment
-                # nu = b2*nu + g**2*(1 - b2)
-                torch.mul(b2, nu, out=_s0)
-                torch.pow(g, 2, out=_s1)
-                torch.add(_s0, _s1, alpha=1 - b2, out=nu)
-                # first moment in the update
-                mu_hat = mu
-                # bias correction
-                nu_eff = torch.div(nu, 1 - b2**t, out=_s1)
-                # running maximum
-                torch.maximum(nu_eff, nu_max, out=nu_max)
-                # parameter update
-                # w -= lr*mu_hat/(eps + torch.sqrt(eps_root + nu_max))
-                torch.add(eps_root, nu_max, out=_s0)
-                torch.sqrt(_s0, out=_s0)
-                torch.add(eps, _s0, out=_s0)
-                w.addcdiv_(mu_hat, _s0, value=-(lr))
-        else:
-            for w, g, state in call.tensors(3, {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}):
-                mu = state["mu"]
-                nu = state["nu"]
-                nu_max = state["nu_max"]
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1 = torch_support.scratch(self._scratch, 2, w, g, mu, nu, nu_max)
-                # first moment
-                # mu = b1*mu + g*(1 - b1)
-                torch.mul(b1, mu, out=_s0)
-                torch.add(_s0, g, alpha=1 - b1, out=mu)
-                # second moment
-                # nu = b2*nu + g**2*(1 - b2)
-                torch.mul(b2, nu, out=_s0)
-                torch.pow(g, 2, out=_s1)
-                torch.add(_s0, _s1, alpha=1 - b2, out=nu)
-                # first moment in the update
-                mu_hat = mu
+                mu_hat = torch.div(new_mu, 1 - b1**t, out=_s2)
                 # second moment in the maximum
                 nu_eff = nu
                 # running maximum
@@ -295,6 +254,68 @@ class OptaxAmsgrad(torch_support.RuleOptimizer):
                 torch.sqrt(_s1, out=_s1)
                 torch.add(eps, _s1, out=_s1)
                 w.addcdiv_(mu_hat, _s1, value=-(lr))
+                # mu stored (in its dtype)
+                mu.copy_(new_mu)
+        elif bias_correction_nu and not bias_correction_mu:
+            for w, g, state in call.tensors(2, {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}):
+                mu = state["mu"]
+                nu = state["nu"]
+                nu_max = state["nu_max"]
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, mu, nu, nu_max)
+                # first moment
+                # new_mu = b1*mu + g*(1 - b1)
+                torch.mul(b1, mu, out=_s1)
+                new_mu = torch.add(_s1, g, alpha=1 - b1, out=_s0)
+                # second moment
+                # nu = b2*nu + g**2*(1 - b2)
+                torch.mul(b2, nu, out=_s1)
+                torch.pow(g, 2, out=_s2)
+                torch.add(_s1, _s2, alpha=1 - b2, out=nu)
+                # first moment in the update
+                mu_hat = new_mu.clone()
+                # bias correction
+                nu_eff = torch.div(nu, 1 - b2**t, out=_s2)
+                # running maximum
+                torch.maximum(nu_eff, nu_max, out=nu_max)
+                # parameter update
+                # w -= lr*mu_hat/(eps + torch.sqrt(eps_root + nu_max))
+                torch.add(eps_root, nu_max, out=_s1)
+                torch.sqrt(_s1, out=_s1)
+                torch.add(eps, _s1, out=_s1)
+                w.addcdiv_(mu_hat, _s1, value=-(lr))
+                # mu stored (in its dtype)
+                mu.copy_(new_mu)
+        else:
+            for w, g, state in call.tensors(3, {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}):
+                mu = state["mu"]
+                nu = state["nu"]
+                nu_max = state["nu_max"]
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2 = torch_support.scratch(self._scratch, 3, w, g, mu, nu, nu_max)
+                # first moment
+                # new_mu = b1*mu + g*(1 - b1)
+                torch.mul(b1, mu, out=_s1)
+                new_mu = torch.add(_s1, g, alpha=1 - b1, out=_s0)
+                # second moment
+                # nu = b2*nu + g**2*(1 - b2)
+                torch.mul(b2, nu, out=_s1)
+                torch.pow(g, 2, out=_s2)
+                torch.add(_s1, _s2, alpha=1 - b2, out=nu)
+                # first moment in the update
+                mu_hat = new_mu.clone()
+                # second moment in the maximum
+                nu_eff = nu
+                # running maximum
+                torch.maximum(nu_eff, nu_max, out=nu_max)
+                # parameter update
+                # w -= lr*mu_hat/(eps + torch.sqrt(eps_root + nu_max))
+                torch.add(eps_root, nu_max, out=_s2)
+                torch.sqrt(_s2, out=_s2)
+                torch.add(eps, _s2, out=_s2)
+                w.addcdiv_(mu_hat, _s2, value=-(lr))
+                # mu stored (in its dtype)
+                mu.copy_(new_mu)
 
     def _case(self, group: dict[str, Any]) -> int:
         """The case of the rule (and its fused kernel) that this group's hyperparameters select."""

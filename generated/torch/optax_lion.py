@@ -63,6 +63,7 @@ class OptaxLion(torch_support.RuleOptimizer):
             the plain path is one implementation whatever it says (its results do not depend on it).
         capturable, differentiable: torch.optim's; False only (True raises NotImplementedError, saying why).
         state_dtype: the dtype of the state (default: the parameter's, at least float32).
+        mu_dtype: the dtype mu is stored in (default: the state's, as state_dtype says); the step reads the stored value and rounds the new one to it when it stores it.
         fused: None (the default): a group of CUDA parameters in a few launches of Triton's kernels (where
             Triton is installed and the kernels take the whole group), torch operations otherwise; True:
             that, and each float32 or float64 CPU parameter in one pass of a compiled kernel (Numba, shared
@@ -89,6 +90,9 @@ class OptaxLion(torch_support.RuleOptimizer):
     )
     torch_names = {"b1": ("betas", 0), "b2": ("betas", 1)}
     keeps = frozenset({"mu", "grad_accumulator", "ema"})
+    stored_dtypes = {
+        "mu": "mu_dtype",
+    }
     # how the rule's hyperparameters are checked, in the constructor and when a parameter group changes
     # (Keras's options' checks are runtime/options.py's)
     checks = {
@@ -117,6 +121,7 @@ class OptaxLion(torch_support.RuleOptimizer):
         capturable: bool = False,
         differentiable: bool = False,
         state_dtype: torch.dtype | None = None,
+        mu_dtype: torch.dtype | None = None,
         fused: bool | str | None = None,
         b1: float | None = None,
         b2: float | None = None,
@@ -137,7 +142,15 @@ class OptaxLion(torch_support.RuleOptimizer):
             maximize=maximize,
         )
         defaults.update(torch_support.torch_flags(foreach, capturable, differentiable))
-        self._setup(params, defaults, state_dtype, fused)
+        self._setup(
+            params,
+            defaults,
+            state_dtype,
+            fused,
+            {
+                "mu_dtype": mu_dtype,
+            },
+        )
 
     def _states(self, group: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
         """What each parameter of this group keeps: (name, "element" or "tensor", initial value)."""

@@ -108,6 +108,7 @@ class OptaxMuon(torch_support.RuleOptimizer):
             the plain path is one implementation whatever it says (its results do not depend on it).
         capturable, differentiable: torch.optim's; False only (True raises NotImplementedError, saying why).
         state_dtype: the dtype of the state (default: the parameter's, at least float32).
+        mu_dtype: the dtype mu is stored in (default: the state's, as state_dtype says); the step reads the stored value and rounds the new one to it when it stores it.
         fused: None (the default): a group of CUDA parameters in a few launches of Triton's kernels (where
             Triton is installed and the kernels take the whole group), torch operations otherwise; True:
             that, and each float32 or float64 CPU parameter in one pass of a compiled kernel (Numba, shared
@@ -140,6 +141,9 @@ class OptaxMuon(torch_support.RuleOptimizer):
         "gradient_accumulation_steps",
     )
     keeps = frozenset({"mu", "nu", "grad_accumulator", "ema"})
+    stored_dtypes = {
+        "mu": "mu_dtype",
+    }
     # how the rule's hyperparameters are checked, in the constructor and when a parameter group changes
     # (Keras's options' checks are runtime/options.py's)
     checks = {
@@ -184,6 +188,7 @@ class OptaxMuon(torch_support.RuleOptimizer):
         capturable: bool = False,
         differentiable: bool = False,
         state_dtype: torch.dtype | None = None,
+        mu_dtype: torch.dtype | None = None,
         fused: bool | str | None = None,
     ) -> None:
         defaults = self._checked(
@@ -209,7 +214,15 @@ class OptaxMuon(torch_support.RuleOptimizer):
             maximize=maximize,
         )
         defaults.update(torch_support.torch_flags(foreach, capturable, differentiable))
-        self._setup(params, defaults, state_dtype, fused)
+        self._setup(
+            params,
+            defaults,
+            state_dtype,
+            fused,
+            {
+                "mu_dtype": mu_dtype,
+            },
+        )
 
     def _states(self, group: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
         """What each parameter of this group keeps: (name, "element" or "tensor", initial value)."""
@@ -254,7 +267,7 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 mu = state["mu"]
                 nu = state["nu"]
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(self._scratch, 5, w, g, mu, nu)
+                _s0, _s1, _s2, _s3, _s4, _s5 = torch_support.scratch(self._scratch, 6, w, g, mu, nu)
                 # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped m x m)
                 _xmm0, _xmm1, _xmm2, _xmm3 = (
                     torch_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/mm")
@@ -278,20 +291,20 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 d = beta if matrix else adam_b1
                 tmp0 = torch.mul(g, 1 - d, out=_s0)
                 # first moment
-                # mu = d*mu + tmp0
-                torch.mul(d, mu, out=_s1)
-                torch.add(_s1, tmp0, out=mu)
+                # new_mu = d*mu + tmp0
+                torch.mul(d, mu, out=_s2)
+                new_mu = torch.add(_s2, tmp0, out=_s1)
                 # Nesterov look-ahead
-                # mu_hat = d*mu/(1 - d**(t + 1)) + tmp0/(1 - d**t)
-                torch.mul(mu, d / (1 - d ** (t + 1)), out=_s2)
-                torch.div(tmp0, 1 - d**t, out=_s3)
-                mu_hat = torch.add(_s2, _s3, out=_s1)
+                # mu_hat = d*new_mu/(1 - d**(t + 1)) + tmp0/(1 - d**t)
+                torch.mul(new_mu, d / (1 - d ** (t + 1)), out=_s3)
+                torch.div(tmp0, 1 - d**t, out=_s4)
+                mu_hat = torch.add(_s3, _s4, out=_s2)
                 if matrix:
-                    torch.pow(mu_hat, 2, out=_s3)
-                    sumsq_mu_hat = torch.sum(_s3)
+                    torch.pow(mu_hat, 2, out=_s4)
+                    sumsq_mu_hat = torch.sum(_s4)
                 # Frobenius normalisation
                 if matrix:
-                    X = torch.div(mu_hat, eps + torch.sqrt(sumsq_mu_hat), out=_s3)
+                    X = torch.div(mu_hat, eps + torch.sqrt(sumsq_mu_hat), out=_s4)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
@@ -311,13 +324,13 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        torch.mul(3.4445, X, out=_s2)
-                        torch_support.matmul(X, D, out=_s4)
-                        X = torch.add(_s2, _s4, out=_s3)
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(X, D, out=_s5)
+                        X = torch.add(_s3, _s5, out=_s4)
                     else:
-                        torch.mul(3.4445, X, out=_s4)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s4, _s2, out=_s3)
+                        torch.mul(3.4445, X, out=_s5)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s5, _s3, out=_s4)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
@@ -337,13 +350,13 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        torch.mul(3.4445, X, out=_s2)
-                        torch_support.matmul(X, D, out=_s4)
-                        X = torch.add(_s2, _s4, out=_s3)
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(X, D, out=_s5)
+                        X = torch.add(_s3, _s5, out=_s4)
                     else:
-                        torch.mul(3.4445, X, out=_s4)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s4, _s2, out=_s3)
+                        torch.mul(3.4445, X, out=_s5)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s5, _s3, out=_s4)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
@@ -363,13 +376,13 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        torch.mul(3.4445, X, out=_s2)
-                        torch_support.matmul(X, D, out=_s4)
-                        X = torch.add(_s2, _s4, out=_s3)
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(X, D, out=_s5)
+                        X = torch.add(_s3, _s5, out=_s4)
                     else:
-                        torch.mul(3.4445, X, out=_s4)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s4, _s2, out=_s3)
+                        torch.mul(3.4445, X, out=_s5)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s5, _s3, out=_s4)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
@@ -389,13 +402,13 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        torch.mul(3.4445, X, out=_s2)
-                        torch_support.matmul(X, D, out=_s4)
-                        X = torch.add(_s2, _s4, out=_s3)
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(X, D, out=_s5)
+                        X = torch.add(_s3, _s5, out=_s4)
                     else:
-                        torch.mul(3.4445, X, out=_s4)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s4, _s2, out=_s3)
+                        torch.mul(3.4445, X, out=_s5)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s5, _s3, out=_s4)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
@@ -415,19 +428,19 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        torch.mul(3.4445, X, out=_s2)
-                        torch_support.matmul(X, D, out=_s4)
-                        X = torch.add(_s2, _s4, out=_s3)
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(X, D, out=_s5)
+                        X = torch.add(_s3, _s5, out=_s4)
                     else:
-                        torch.mul(3.4445, X, out=_s4)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s4, _s2, out=_s3)
+                        torch.mul(3.4445, X, out=_s5)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s5, _s3, out=_s4)
                 if matrix:
-                    torch.mul(X, mu_hat, out=_s2)
-                    red0 = torch.sum(_s2)
+                    torch.mul(X, mu_hat, out=_s3)
+                    red0 = torch.sum(_s3)
                 # dual-norm scaling
                 if matrix:
-                    X = torch.mul(X, red0, out=_s3)
+                    X = torch.mul(X, red0, out=_s4)
                 # shape scaling
                 scale = (
                     (
@@ -441,26 +454,245 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # Adam's second moment
                 if rank != 2:
                     # nu = adam_b2*nu + g**2*(1 - adam_b2)
-                    torch.mul(adam_b2, nu, out=_s2)
-                    torch.pow(g, 2, out=_s4)
-                    torch.add(_s2, _s4, alpha=1 - adam_b2, out=nu)
+                    torch.mul(adam_b2, nu, out=_s3)
+                    torch.pow(g, 2, out=_s5)
+                    torch.add(_s3, _s5, alpha=1 - adam_b2, out=nu)
                 # parameter update: Muon's for a matrix, AdamW's otherwise
                 if matrix:
-                    torch.mul(X, scale, out=_s4)
-                    torch.add(_s4, w, alpha=weight_decay, out=_s4)
-                    w.add_(_s4, alpha=-(lr))
+                    torch.mul(X, scale, out=_s5)
+                    torch.add(_s5, w, alpha=weight_decay, out=_s5)
+                    w.add_(_s5, alpha=-(lr))
                 else:
-                    torch.mul(adam_weight_decay, w, out=_s4)
-                    torch.div(nu, 1 - adam_b2**t, out=_s2)
-                    torch.add(adam_eps_root, _s2, out=_s2)
-                    torch.sqrt(_s2, out=_s2)
-                    torch.add(eps, _s2, out=_s2)
-                    torch.div(mu_hat, _s2, out=_s2)
-                    torch.add(_s4, _s2, out=_s2)
-                    w.add_(_s2, alpha=-(lr))
+                    torch.mul(adam_weight_decay, w, out=_s5)
+                    torch.div(nu, 1 - adam_b2**t, out=_s3)
+                    torch.add(adam_eps_root, _s3, out=_s3)
+                    torch.sqrt(_s3, out=_s3)
+                    torch.add(eps, _s3, out=_s3)
+                    torch.div(mu_hat, _s3, out=_s3)
+                    torch.add(_s5, _s3, out=_s3)
+                    w.add_(_s3, alpha=-(lr))
+                # mu stored (in its dtype)
+                mu.copy_(new_mu)
         elif nesterov and not adaptive:
             for w, g, state in call.tensors(
                 1,
+                {
+                    "beta": beta,
+                    "eps": eps,
+                    "weight_decay": weight_decay,
+                    "consistent_rms": consistent_rms,
+                    "adam_b1": adam_b1,
+                    "adam_b2": adam_b2,
+                    "adam_eps_root": adam_eps_root,
+                    "adam_weight_decay": adam_weight_decay,
+                },
+            ):
+                mu = state["mu"]
+                nu = state["nu"]
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1, _s2, _s3, _s4, _s5 = torch_support.scratch(self._scratch, 6, w, g, mu, nu)
+                # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped m x m)
+                _xmm0, _xmm1, _xmm2, _xmm3 = (
+                    torch_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/mm")
+                    if (torch_support.rank(w) == 2 and torch_support.rows(w) <= torch_support.cols(w))
+                    else (None,) * 4
+                )
+                # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped n x n)
+                _xnn0, _xnn1, _xnn2, _xnn3 = (
+                    torch_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/nn")
+                    if (torch_support.rank(w) == 2 and torch_support.rows(w) > torch_support.cols(w))
+                    else (None,) * 4
+                )
+                rank = torch_support.rank(w)
+                # a matrix: Muon's step
+                matrix = rank == 2
+                rows = torch_support.rows(w)
+                cols = torch_support.cols(w)
+                # a tall matrix: its Gram matrix X^T X is the smaller
+                tall = rows > cols
+                # decay of the first moment
+                d = beta if matrix else adam_b1
+                tmp1 = torch.mul(g, 1 - d, out=_s0)
+                # first moment
+                # new_mu = d*mu + tmp1
+                torch.mul(d, mu, out=_s2)
+                new_mu = torch.add(_s2, tmp1, out=_s1)
+                # Nesterov look-ahead
+                # mu_hat = d*new_mu/(1 - d**(t + 1)) + tmp1/(1 - d**t)
+                torch.mul(new_mu, d / (1 - d ** (t + 1)), out=_s3)
+                torch.div(tmp1, 1 - d**t, out=_s4)
+                mu_hat = torch.add(_s3, _s4, out=_s2)
+                if matrix:
+                    torch.pow(mu_hat, 2, out=_s4)
+                    sumsq_mu_hat = torch.sum(_s4)
+                # Frobenius normalisation
+                if matrix:
+                    X = torch.div(mu_hat, eps + torch.sqrt(sumsq_mu_hat), out=_s4)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                # Newton-Schulz polynomial
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm2)
+                    torch_support.matmul(_xmm2, A, out=_xmm3)
+                    B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn2)
+                    torch_support.matmul(_xnn2, C, out=_xnn3)
+                    D = torch.add(_xnn3, C, alpha=-(4.775), out=_xnn1)
+                # Newton-Schulz step
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(X, D, out=_s5)
+                        X = torch.add(_s3, _s5, out=_s4)
+                    else:
+                        torch.mul(3.4445, X, out=_s5)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s5, _s3, out=_s4)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                # Newton-Schulz polynomial
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm3)
+                    torch_support.matmul(_xmm3, A, out=_xmm2)
+                    B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn3)
+                    torch_support.matmul(_xnn3, C, out=_xnn2)
+                    D = torch.add(_xnn2, C, alpha=-(4.775), out=_xnn1)
+                # Newton-Schulz step
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(X, D, out=_s5)
+                        X = torch.add(_s3, _s5, out=_s4)
+                    else:
+                        torch.mul(3.4445, X, out=_s5)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s5, _s3, out=_s4)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                # Newton-Schulz polynomial
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm2)
+                    torch_support.matmul(_xmm2, A, out=_xmm3)
+                    B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn2)
+                    torch_support.matmul(_xnn2, C, out=_xnn3)
+                    D = torch.add(_xnn3, C, alpha=-(4.775), out=_xnn1)
+                # Newton-Schulz step
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(X, D, out=_s5)
+                        X = torch.add(_s3, _s5, out=_s4)
+                    else:
+                        torch.mul(3.4445, X, out=_s5)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s5, _s3, out=_s4)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                # Newton-Schulz polynomial
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm3)
+                    torch_support.matmul(_xmm3, A, out=_xmm2)
+                    B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn3)
+                    torch_support.matmul(_xnn3, C, out=_xnn2)
+                    D = torch.add(_xnn2, C, alpha=-(4.775), out=_xnn1)
+                # Newton-Schulz step
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(X, D, out=_s5)
+                        X = torch.add(_s3, _s5, out=_s4)
+                    else:
+                        torch.mul(3.4445, X, out=_s5)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s5, _s3, out=_s4)
+                # Gram matrix (m x m)
+                if matrix and not tall:
+                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
+                # Newton-Schulz polynomial
+                if matrix and not tall:
+                    torch.mul(2.0315, A, out=_xmm2)
+                    torch_support.matmul(_xmm2, A, out=_xmm3)
+                    B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
+                # Gram matrix of a tall matrix (n x n)
+                if matrix and tall:
+                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
+                # its Newton-Schulz polynomial
+                if matrix and tall:
+                    torch.mul(2.0315, C, out=_xnn2)
+                    torch_support.matmul(_xnn2, C, out=_xnn3)
+                    D = torch.add(_xnn3, C, alpha=-(4.775), out=_xnn1)
+                # Newton-Schulz step
+                if matrix:
+                    if tall:
+                        torch.mul(3.4445, X, out=_s3)
+                        torch_support.matmul(X, D, out=_s5)
+                        X = torch.add(_s3, _s5, out=_s4)
+                    else:
+                        torch.mul(3.4445, X, out=_s5)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s5, _s3, out=_s4)
+                # shape scaling
+                scale = (
+                    (
+                        consistent_rms * math.sqrt(max(cols, rows))
+                        if consistent_rms is not None
+                        else math.sqrt(max(1, cols / max(1, rows)))
+                    )
+                    if matrix
+                    else None
+                )
+                # Adam's second moment
+                if rank != 2:
+                    # nu = adam_b2*nu + g**2*(1 - adam_b2)
+                    torch.mul(adam_b2, nu, out=_s3)
+                    torch.pow(g, 2, out=_s5)
+                    torch.add(_s3, _s5, alpha=1 - adam_b2, out=nu)
+                # parameter update: Muon's for a matrix, AdamW's otherwise
+                if matrix:
+                    torch.mul(X, scale, out=_s5)
+                    torch.add(_s5, w, alpha=weight_decay, out=_s5)
+                    w.add_(_s5, alpha=-(lr))
+                else:
+                    torch.mul(adam_weight_decay, w, out=_s5)
+                    torch.div(nu, 1 - adam_b2**t, out=_s3)
+                    torch.add(adam_eps_root, _s3, out=_s3)
+                    torch.sqrt(_s3, out=_s3)
+                    torch.add(eps, _s3, out=_s3)
+                    torch.div(mu_hat, _s3, out=_s3)
+                    torch.add(_s5, _s3, out=_s3)
+                    w.add_(_s3, alpha=-(lr))
+                # mu stored (in its dtype)
+                mu.copy_(new_mu)
+        elif adaptive and not nesterov:
+            for w, g, state in call.tensors(
+                2,
                 {
                     "beta": beta,
                     "eps": eps,
@@ -497,22 +729,18 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 tall = rows > cols
                 # decay of the first moment
                 d = beta if matrix else adam_b1
-                tmp1 = torch.mul(g, 1 - d, out=_s0)
                 # first moment
-                # mu = d*mu + tmp1
+                # new_mu = d*mu + g*(1 - d)
                 torch.mul(d, mu, out=_s1)
-                torch.add(_s1, tmp1, out=mu)
-                # Nesterov look-ahead
-                # mu_hat = d*mu/(1 - d**(t + 1)) + tmp1/(1 - d**t)
-                torch.mul(mu, d / (1 - d ** (t + 1)), out=_s2)
-                torch.div(tmp1, 1 - d**t, out=_s3)
-                mu_hat = torch.add(_s2, _s3, out=_s1)
+                new_mu = torch.add(_s1, g, alpha=1 - d, out=_s0)
+                # bias correction
+                mu_hat = torch.div(new_mu, 1 - d**t, out=_s1)
                 if matrix:
-                    torch.pow(mu_hat, 2, out=_s3)
-                    sumsq_mu_hat = torch.sum(_s3)
+                    torch.pow(mu_hat, 2, out=_s2)
+                    sumsq_mu_hat = torch.sum(_s2)
                 # Frobenius normalisation
                 if matrix:
-                    X = torch.div(mu_hat, eps + torch.sqrt(sumsq_mu_hat), out=_s3)
+                    X = torch.div(mu_hat, eps + torch.sqrt(sumsq_mu_hat), out=_s2)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
@@ -532,13 +760,13 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        torch.mul(3.4445, X, out=_s2)
+                        torch.mul(3.4445, X, out=_s3)
                         torch_support.matmul(X, D, out=_s4)
-                        X = torch.add(_s2, _s4, out=_s3)
+                        X = torch.add(_s3, _s4, out=_s2)
                     else:
                         torch.mul(3.4445, X, out=_s4)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s4, _s2, out=_s3)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s4, _s3, out=_s2)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
@@ -558,13 +786,13 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        torch.mul(3.4445, X, out=_s2)
+                        torch.mul(3.4445, X, out=_s3)
                         torch_support.matmul(X, D, out=_s4)
-                        X = torch.add(_s2, _s4, out=_s3)
+                        X = torch.add(_s3, _s4, out=_s2)
                     else:
                         torch.mul(3.4445, X, out=_s4)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s4, _s2, out=_s3)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s4, _s3, out=_s2)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
@@ -584,13 +812,13 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        torch.mul(3.4445, X, out=_s2)
+                        torch.mul(3.4445, X, out=_s3)
                         torch_support.matmul(X, D, out=_s4)
-                        X = torch.add(_s2, _s4, out=_s3)
+                        X = torch.add(_s3, _s4, out=_s2)
                     else:
                         torch.mul(3.4445, X, out=_s4)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s4, _s2, out=_s3)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s4, _s3, out=_s2)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
@@ -610,13 +838,13 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        torch.mul(3.4445, X, out=_s2)
+                        torch.mul(3.4445, X, out=_s3)
                         torch_support.matmul(X, D, out=_s4)
-                        X = torch.add(_s2, _s4, out=_s3)
+                        X = torch.add(_s3, _s4, out=_s2)
                     else:
                         torch.mul(3.4445, X, out=_s4)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s4, _s2, out=_s3)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s4, _s3, out=_s2)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
@@ -636,13 +864,19 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        torch.mul(3.4445, X, out=_s2)
+                        torch.mul(3.4445, X, out=_s3)
                         torch_support.matmul(X, D, out=_s4)
-                        X = torch.add(_s2, _s4, out=_s3)
+                        X = torch.add(_s3, _s4, out=_s2)
                     else:
                         torch.mul(3.4445, X, out=_s4)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s4, _s2, out=_s3)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s4, _s3, out=_s2)
+                if matrix:
+                    torch.mul(X, mu_hat, out=_s3)
+                    red0 = torch.sum(_s3)
+                # dual-norm scaling
+                if matrix:
+                    X = torch.mul(X, red0, out=_s2)
                 # shape scaling
                 scale = (
                     (
@@ -656,9 +890,9 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # Adam's second moment
                 if rank != 2:
                     # nu = adam_b2*nu + g**2*(1 - adam_b2)
-                    torch.mul(adam_b2, nu, out=_s2)
+                    torch.mul(adam_b2, nu, out=_s3)
                     torch.pow(g, 2, out=_s4)
-                    torch.add(_s2, _s4, alpha=1 - adam_b2, out=nu)
+                    torch.add(_s3, _s4, alpha=1 - adam_b2, out=nu)
                 # parameter update: Muon's for a matrix, AdamW's otherwise
                 if matrix:
                     torch.mul(X, scale, out=_s4)
@@ -666,230 +900,15 @@ class OptaxMuon(torch_support.RuleOptimizer):
                     w.add_(_s4, alpha=-(lr))
                 else:
                     torch.mul(adam_weight_decay, w, out=_s4)
-                    torch.div(nu, 1 - adam_b2**t, out=_s2)
-                    torch.add(adam_eps_root, _s2, out=_s2)
-                    torch.sqrt(_s2, out=_s2)
-                    torch.add(eps, _s2, out=_s2)
-                    torch.div(mu_hat, _s2, out=_s2)
-                    torch.add(_s4, _s2, out=_s2)
-                    w.add_(_s2, alpha=-(lr))
-        elif adaptive and not nesterov:
-            for w, g, state in call.tensors(
-                2,
-                {
-                    "beta": beta,
-                    "eps": eps,
-                    "weight_decay": weight_decay,
-                    "consistent_rms": consistent_rms,
-                    "adam_b1": adam_b1,
-                    "adam_b2": adam_b2,
-                    "adam_eps_root": adam_eps_root,
-                    "adam_weight_decay": adam_weight_decay,
-                },
-            ):
-                mu = state["mu"]
-                nu = state["nu"]
-                # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, mu, nu)
-                # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped m x m)
-                _xmm0, _xmm1, _xmm2, _xmm3 = (
-                    torch_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/mm")
-                    if (torch_support.rank(w) == 2 and torch_support.rows(w) <= torch_support.cols(w))
-                    else (None,) * 4
-                )
-                # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped n x n)
-                _xnn0, _xnn1, _xnn2, _xnn3 = (
-                    torch_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/nn")
-                    if (torch_support.rank(w) == 2 and torch_support.rows(w) > torch_support.cols(w))
-                    else (None,) * 4
-                )
-                rank = torch_support.rank(w)
-                # a matrix: Muon's step
-                matrix = rank == 2
-                rows = torch_support.rows(w)
-                cols = torch_support.cols(w)
-                # a tall matrix: its Gram matrix X^T X is the smaller
-                tall = rows > cols
-                # decay of the first moment
-                d = beta if matrix else adam_b1
-                # first moment
-                # mu = d*mu + g*(1 - d)
-                torch.mul(d, mu, out=_s0)
-                torch.add(_s0, g, alpha=1 - d, out=mu)
-                # bias correction
-                mu_hat = torch.div(mu, 1 - d**t, out=_s0)
-                if matrix:
-                    torch.pow(mu_hat, 2, out=_s1)
-                    sumsq_mu_hat = torch.sum(_s1)
-                # Frobenius normalisation
-                if matrix:
-                    X = torch.div(mu_hat, eps + torch.sqrt(sumsq_mu_hat), out=_s1)
-                # Gram matrix (m x m)
-                if matrix and not tall:
-                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
-                # Newton-Schulz polynomial
-                if matrix and not tall:
-                    torch.mul(2.0315, A, out=_xmm2)
-                    torch_support.matmul(_xmm2, A, out=_xmm3)
-                    B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
-                # Gram matrix of a tall matrix (n x n)
-                if matrix and tall:
-                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
-                # its Newton-Schulz polynomial
-                if matrix and tall:
-                    torch.mul(2.0315, C, out=_xnn2)
-                    torch_support.matmul(_xnn2, C, out=_xnn3)
-                    D = torch.add(_xnn3, C, alpha=-(4.775), out=_xnn1)
-                # Newton-Schulz step
-                if matrix:
-                    if tall:
-                        torch.mul(3.4445, X, out=_s2)
-                        torch_support.matmul(X, D, out=_s3)
-                        X = torch.add(_s2, _s3, out=_s1)
-                    else:
-                        torch.mul(3.4445, X, out=_s3)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s3, _s2, out=_s1)
-                # Gram matrix (m x m)
-                if matrix and not tall:
-                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
-                # Newton-Schulz polynomial
-                if matrix and not tall:
-                    torch.mul(2.0315, A, out=_xmm3)
-                    torch_support.matmul(_xmm3, A, out=_xmm2)
-                    B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
-                # Gram matrix of a tall matrix (n x n)
-                if matrix and tall:
-                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
-                # its Newton-Schulz polynomial
-                if matrix and tall:
-                    torch.mul(2.0315, C, out=_xnn3)
-                    torch_support.matmul(_xnn3, C, out=_xnn2)
-                    D = torch.add(_xnn2, C, alpha=-(4.775), out=_xnn1)
-                # Newton-Schulz step
-                if matrix:
-                    if tall:
-                        torch.mul(3.4445, X, out=_s2)
-                        torch_support.matmul(X, D, out=_s3)
-                        X = torch.add(_s2, _s3, out=_s1)
-                    else:
-                        torch.mul(3.4445, X, out=_s3)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s3, _s2, out=_s1)
-                # Gram matrix (m x m)
-                if matrix and not tall:
-                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
-                # Newton-Schulz polynomial
-                if matrix and not tall:
-                    torch.mul(2.0315, A, out=_xmm2)
-                    torch_support.matmul(_xmm2, A, out=_xmm3)
-                    B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
-                # Gram matrix of a tall matrix (n x n)
-                if matrix and tall:
-                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
-                # its Newton-Schulz polynomial
-                if matrix and tall:
-                    torch.mul(2.0315, C, out=_xnn2)
-                    torch_support.matmul(_xnn2, C, out=_xnn3)
-                    D = torch.add(_xnn3, C, alpha=-(4.775), out=_xnn1)
-                # Newton-Schulz step
-                if matrix:
-                    if tall:
-                        torch.mul(3.4445, X, out=_s2)
-                        torch_support.matmul(X, D, out=_s3)
-                        X = torch.add(_s2, _s3, out=_s1)
-                    else:
-                        torch.mul(3.4445, X, out=_s3)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s3, _s2, out=_s1)
-                # Gram matrix (m x m)
-                if matrix and not tall:
-                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
-                # Newton-Schulz polynomial
-                if matrix and not tall:
-                    torch.mul(2.0315, A, out=_xmm3)
-                    torch_support.matmul(_xmm3, A, out=_xmm2)
-                    B = torch.add(_xmm2, A, alpha=-(4.775), out=_xmm1)
-                # Gram matrix of a tall matrix (n x n)
-                if matrix and tall:
-                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
-                # its Newton-Schulz polynomial
-                if matrix and tall:
-                    torch.mul(2.0315, C, out=_xnn3)
-                    torch_support.matmul(_xnn3, C, out=_xnn2)
-                    D = torch.add(_xnn2, C, alpha=-(4.775), out=_xnn1)
-                # Newton-Schulz step
-                if matrix:
-                    if tall:
-                        torch.mul(3.4445, X, out=_s2)
-                        torch_support.matmul(X, D, out=_s3)
-                        X = torch.add(_s2, _s3, out=_s1)
-                    else:
-                        torch.mul(3.4445, X, out=_s3)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s3, _s2, out=_s1)
-                # Gram matrix (m x m)
-                if matrix and not tall:
-                    A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
-                # Newton-Schulz polynomial
-                if matrix and not tall:
-                    torch.mul(2.0315, A, out=_xmm2)
-                    torch_support.matmul(_xmm2, A, out=_xmm3)
-                    B = torch.add(_xmm3, A, alpha=-(4.775), out=_xmm1)
-                # Gram matrix of a tall matrix (n x n)
-                if matrix and tall:
-                    C = torch_support.matmul(torch_support.transpose(X), X, out=_xnn0)
-                # its Newton-Schulz polynomial
-                if matrix and tall:
-                    torch.mul(2.0315, C, out=_xnn2)
-                    torch_support.matmul(_xnn2, C, out=_xnn3)
-                    D = torch.add(_xnn3, C, alpha=-(4.775), out=_xnn1)
-                # Newton-Schulz step
-                if matrix:
-                    if tall:
-                        torch.mul(3.4445, X, out=_s2)
-                        torch_support.matmul(X, D, out=_s3)
-                        X = torch.add(_s2, _s3, out=_s1)
-                    else:
-                        torch.mul(3.4445, X, out=_s3)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s3, _s2, out=_s1)
-                if matrix:
-                    torch.mul(X, mu_hat, out=_s2)
-                    red0 = torch.sum(_s2)
-                # dual-norm scaling
-                if matrix:
-                    X = torch.mul(X, red0, out=_s1)
-                # shape scaling
-                scale = (
-                    (
-                        consistent_rms * math.sqrt(max(cols, rows))
-                        if consistent_rms is not None
-                        else math.sqrt(max(1, cols / max(1, rows)))
-                    )
-                    if matrix
-                    else None
-                )
-                # Adam's second moment
-                if rank != 2:
-                    # nu = adam_b2*nu + g**2*(1 - adam_b2)
-                    torch.mul(adam_b2, nu, out=_s2)
-                    torch.pow(g, 2, out=_s3)
-                    torch.add(_s2, _s3, alpha=1 - adam_b2, out=nu)
-                # parameter update: Muon's for a matrix, AdamW's otherwise
-                if matrix:
-                    torch.mul(X, scale, out=_s3)
-                    torch.add(_s3, w, alpha=weight_decay, out=_s3)
+                    torch.div(nu, 1 - adam_b2**t, out=_s3)
+                    torch.add(adam_eps_root, _s3, out=_s3)
+                    torch.sqrt(_s3, out=_s3)
+                    torch.add(eps, _s3, out=_s3)
+                    torch.div(mu_hat, _s3, out=_s3)
+                    torch.add(_s4, _s3, out=_s3)
                     w.add_(_s3, alpha=-(lr))
-                else:
-                    torch.mul(adam_weight_decay, w, out=_s3)
-                    torch.div(nu, 1 - adam_b2**t, out=_s2)
-                    torch.add(adam_eps_root, _s2, out=_s2)
-                    torch.sqrt(_s2, out=_s2)
-                    torch.add(eps, _s2, out=_s2)
-                    torch.div(mu_hat, _s2, out=_s2)
-                    torch.add(_s3, _s2, out=_s2)
-                    w.add_(_s2, alpha=-(lr))
+                # mu stored (in its dtype)
+                mu.copy_(new_mu)
         else:
             for w, g, state in call.tensors(
                 3,
@@ -907,7 +926,7 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 mu = state["mu"]
                 nu = state["nu"]
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, mu, nu)
+                _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(self._scratch, 5, w, g, mu, nu)
                 # scratch buffers for the element-wise temporaries (reused, of w viewed as m x n, shaped m x m)
                 _xmm0, _xmm1, _xmm2, _xmm3 = (
                     torch_support.scratch(self._scratch, 4, w, g, mu, nu, scope="element/mm")
@@ -930,17 +949,17 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # decay of the first moment
                 d = beta if matrix else adam_b1
                 # first moment
-                # mu = d*mu + g*(1 - d)
-                torch.mul(d, mu, out=_s0)
-                torch.add(_s0, g, alpha=1 - d, out=mu)
+                # new_mu = d*mu + g*(1 - d)
+                torch.mul(d, mu, out=_s1)
+                new_mu = torch.add(_s1, g, alpha=1 - d, out=_s0)
                 # bias correction
-                mu_hat = torch.div(mu, 1 - d**t, out=_s0)
+                mu_hat = torch.div(new_mu, 1 - d**t, out=_s1)
                 if matrix:
-                    torch.pow(mu_hat, 2, out=_s1)
-                    sumsq_mu_hat = torch.sum(_s1)
+                    torch.pow(mu_hat, 2, out=_s2)
+                    sumsq_mu_hat = torch.sum(_s2)
                 # Frobenius normalisation
                 if matrix:
-                    X = torch.div(mu_hat, eps + torch.sqrt(sumsq_mu_hat), out=_s1)
+                    X = torch.div(mu_hat, eps + torch.sqrt(sumsq_mu_hat), out=_s2)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
@@ -960,13 +979,13 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        torch.mul(3.4445, X, out=_s2)
-                        torch_support.matmul(X, D, out=_s3)
-                        X = torch.add(_s2, _s3, out=_s1)
-                    else:
                         torch.mul(3.4445, X, out=_s3)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s3, _s2, out=_s1)
+                        torch_support.matmul(X, D, out=_s4)
+                        X = torch.add(_s3, _s4, out=_s2)
+                    else:
+                        torch.mul(3.4445, X, out=_s4)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s4, _s3, out=_s2)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
@@ -986,13 +1005,13 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        torch.mul(3.4445, X, out=_s2)
-                        torch_support.matmul(X, D, out=_s3)
-                        X = torch.add(_s2, _s3, out=_s1)
-                    else:
                         torch.mul(3.4445, X, out=_s3)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s3, _s2, out=_s1)
+                        torch_support.matmul(X, D, out=_s4)
+                        X = torch.add(_s3, _s4, out=_s2)
+                    else:
+                        torch.mul(3.4445, X, out=_s4)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s4, _s3, out=_s2)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
@@ -1012,13 +1031,13 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        torch.mul(3.4445, X, out=_s2)
-                        torch_support.matmul(X, D, out=_s3)
-                        X = torch.add(_s2, _s3, out=_s1)
-                    else:
                         torch.mul(3.4445, X, out=_s3)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s3, _s2, out=_s1)
+                        torch_support.matmul(X, D, out=_s4)
+                        X = torch.add(_s3, _s4, out=_s2)
+                    else:
+                        torch.mul(3.4445, X, out=_s4)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s4, _s3, out=_s2)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
@@ -1038,13 +1057,13 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        torch.mul(3.4445, X, out=_s2)
-                        torch_support.matmul(X, D, out=_s3)
-                        X = torch.add(_s2, _s3, out=_s1)
-                    else:
                         torch.mul(3.4445, X, out=_s3)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s3, _s2, out=_s1)
+                        torch_support.matmul(X, D, out=_s4)
+                        X = torch.add(_s3, _s4, out=_s2)
+                    else:
+                        torch.mul(3.4445, X, out=_s4)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s4, _s3, out=_s2)
                 # Gram matrix (m x m)
                 if matrix and not tall:
                     A = torch_support.matmul(X, torch_support.transpose(X), out=_xmm0)
@@ -1064,13 +1083,13 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # Newton-Schulz step
                 if matrix:
                     if tall:
-                        torch.mul(3.4445, X, out=_s2)
-                        torch_support.matmul(X, D, out=_s3)
-                        X = torch.add(_s2, _s3, out=_s1)
-                    else:
                         torch.mul(3.4445, X, out=_s3)
-                        torch_support.matmul(B, X, out=_s2)
-                        X = torch.add(_s3, _s2, out=_s1)
+                        torch_support.matmul(X, D, out=_s4)
+                        X = torch.add(_s3, _s4, out=_s2)
+                    else:
+                        torch.mul(3.4445, X, out=_s4)
+                        torch_support.matmul(B, X, out=_s3)
+                        X = torch.add(_s4, _s3, out=_s2)
                 # shape scaling
                 scale = (
                     (
@@ -1084,23 +1103,25 @@ class OptaxMuon(torch_support.RuleOptimizer):
                 # Adam's second moment
                 if rank != 2:
                     # nu = adam_b2*nu + g**2*(1 - adam_b2)
-                    torch.mul(adam_b2, nu, out=_s2)
-                    torch.pow(g, 2, out=_s3)
-                    torch.add(_s2, _s3, alpha=1 - adam_b2, out=nu)
+                    torch.mul(adam_b2, nu, out=_s3)
+                    torch.pow(g, 2, out=_s4)
+                    torch.add(_s3, _s4, alpha=1 - adam_b2, out=nu)
                 # parameter update: Muon's for a matrix, AdamW's otherwise
                 if matrix:
-                    torch.mul(X, scale, out=_s3)
-                    torch.add(_s3, w, alpha=weight_decay, out=_s3)
-                    w.add_(_s3, alpha=-(lr))
+                    torch.mul(X, scale, out=_s4)
+                    torch.add(_s4, w, alpha=weight_decay, out=_s4)
+                    w.add_(_s4, alpha=-(lr))
                 else:
-                    torch.mul(adam_weight_decay, w, out=_s3)
-                    torch.div(nu, 1 - adam_b2**t, out=_s2)
-                    torch.add(adam_eps_root, _s2, out=_s2)
-                    torch.sqrt(_s2, out=_s2)
-                    torch.add(eps, _s2, out=_s2)
-                    torch.div(mu_hat, _s2, out=_s2)
-                    torch.add(_s3, _s2, out=_s2)
-                    w.add_(_s2, alpha=-(lr))
+                    torch.mul(adam_weight_decay, w, out=_s4)
+                    torch.div(nu, 1 - adam_b2**t, out=_s3)
+                    torch.add(adam_eps_root, _s3, out=_s3)
+                    torch.sqrt(_s3, out=_s3)
+                    torch.add(eps, _s3, out=_s3)
+                    torch.div(mu_hat, _s3, out=_s3)
+                    torch.add(_s4, _s3, out=_s3)
+                    w.add_(_s3, alpha=-(lr))
+                # mu stored (in its dtype)
+                mu.copy_(new_mu)
 
     def _case(self, group: dict[str, Any]) -> int:
         """The case of the rule (and its fused kernel) that this group's hyperparameters select."""

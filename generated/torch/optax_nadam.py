@@ -71,6 +71,7 @@ class OptaxNadam(torch_support.RuleOptimizer):
             the plain path is one implementation whatever it says (its results do not depend on it).
         capturable, differentiable: torch.optim's; False only (True raises NotImplementedError, saying why).
         state_dtype: the dtype of the state (default: the parameter's, at least float32).
+        mu_dtype: the dtype mu is stored in (default: the state's, as state_dtype says); the step reads the stored value and rounds the new one to it when it stores it.
         fused: None (the default): a group of CUDA parameters in a few launches of Triton's kernels (where
             Triton is installed and the kernels take the whole group), torch operations otherwise; True:
             that, and each float32 or float64 CPU parameter in one pass of a compiled kernel (Numba, shared
@@ -98,6 +99,9 @@ class OptaxNadam(torch_support.RuleOptimizer):
     )
     torch_names = {"b1": ("betas", 0), "b2": ("betas", 1)}
     keeps = frozenset({"mu", "nu", "grad_accumulator", "ema"})
+    stored_dtypes = {
+        "mu": "mu_dtype",
+    }
     # how the rule's hyperparameters are checked, in the constructor and when a parameter group changes
     # (Keras's options' checks are runtime/options.py's)
     checks = {
@@ -131,6 +135,7 @@ class OptaxNadam(torch_support.RuleOptimizer):
         capturable: bool = False,
         differentiable: bool = False,
         state_dtype: torch.dtype | None = None,
+        mu_dtype: torch.dtype | None = None,
         fused: bool | str | None = None,
         b1: float | None = None,
         b2: float | None = None,
@@ -154,7 +159,15 @@ class OptaxNadam(torch_support.RuleOptimizer):
             maximize=maximize,
         )
         defaults.update(torch_support.torch_flags(foreach, capturable, differentiable))
-        self._setup(params, defaults, state_dtype, fused)
+        self._setup(
+            params,
+            defaults,
+            state_dtype,
+            fused,
+            {
+                "mu_dtype": mu_dtype,
+            },
+        )
 
     def _states(self, group: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
         """What each parameter of this group keeps: (name, "element" or "tensor", initial value)."""
@@ -182,58 +195,62 @@ class OptaxNadam(torch_support.RuleOptimizer):
                 mu = state["mu"]
                 nu = state["nu"]
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(self._scratch, 5, w, g, mu, nu)
+                _s0, _s1, _s2, _s3, _s4, _s5 = torch_support.scratch(self._scratch, 6, w, g, mu, nu)
                 tmp0 = torch.mul(g, 1 - b1, out=_s0)
                 # first moment
-                # mu = b1*mu + tmp0
-                torch.mul(b1, mu, out=_s1)
-                torch.add(_s1, tmp0, out=mu)
+                # new_mu = b1*mu + tmp0
+                torch.mul(b1, mu, out=_s2)
+                new_mu = torch.add(_s2, tmp0, out=_s1)
                 # second moment
                 # nu = b2*nu + g**2*(1 - b2)
-                torch.mul(b2, nu, out=_s1)
-                torch.pow(g, 2, out=_s2)
-                torch.add(_s1, _s2, alpha=1 - b2, out=nu)
+                torch.mul(b2, nu, out=_s2)
+                torch.pow(g, 2, out=_s3)
+                torch.add(_s2, _s3, alpha=1 - b2, out=nu)
                 # Nesterov look-ahead
-                # mu_hat = b1*mu/(1 - b1**(t + 1)) + tmp0/(1 - b1**t)
-                torch.mul(mu, b1 / (1 - b1 ** (t + 1)), out=_s1)
-                torch.div(tmp0, 1 - b1**t, out=_s3)
-                mu_hat = torch.add(_s1, _s3, out=_s2)
+                # mu_hat = b1*new_mu/(1 - b1**(t + 1)) + tmp0/(1 - b1**t)
+                torch.mul(new_mu, b1 / (1 - b1 ** (t + 1)), out=_s2)
+                torch.div(tmp0, 1 - b1**t, out=_s4)
+                mu_hat = torch.add(_s2, _s4, out=_s3)
                 # bias correction
-                nu_hat = torch.div(nu, 1 - b2**t, out=_s3)
+                nu_hat = torch.div(nu, 1 - b2**t, out=_s4)
                 # scaled update
                 # u = mu_hat/(eps + torch.sqrt(eps_root + nu_hat))
-                torch.add(eps_root, nu_hat, out=_s4)
-                torch.sqrt(_s4, out=_s4)
-                torch.add(eps, _s4, out=_s4)
-                u = torch.div(mu_hat, _s4, out=_s1)
+                torch.add(eps_root, nu_hat, out=_s5)
+                torch.sqrt(_s5, out=_s5)
+                torch.add(eps, _s5, out=_s5)
+                u = torch.div(mu_hat, _s5, out=_s2)
                 # parameter update
                 w.add_(u, alpha=-(lr))
+                # mu stored (in its dtype)
+                mu.copy_(new_mu)
         else:
             for w, g, state in call.tensors(1, {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}):
                 mu = state["mu"]
                 nu = state["nu"]
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                _s0, _s1, _s2, _s3 = torch_support.scratch(self._scratch, 4, w, g, mu, nu)
+                _s0, _s1, _s2, _s3, _s4 = torch_support.scratch(self._scratch, 5, w, g, mu, nu)
                 # first moment
-                # mu = b1*mu + g*(1 - b1)
-                torch.mul(b1, mu, out=_s0)
-                torch.add(_s0, g, alpha=1 - b1, out=mu)
+                # new_mu = b1*mu + g*(1 - b1)
+                torch.mul(b1, mu, out=_s1)
+                new_mu = torch.add(_s1, g, alpha=1 - b1, out=_s0)
                 # second moment
                 # nu = b2*nu + g**2*(1 - b2)
-                torch.mul(b2, nu, out=_s0)
-                torch.pow(g, 2, out=_s1)
-                torch.add(_s0, _s1, alpha=1 - b2, out=nu)
+                torch.mul(b2, nu, out=_s1)
+                torch.pow(g, 2, out=_s2)
+                torch.add(_s1, _s2, alpha=1 - b2, out=nu)
                 # bias correction
-                mu_hat = torch.div(mu, 1 - b1**t, out=_s1)
-                nu_hat = torch.div(nu, 1 - b2**t, out=_s0)
+                mu_hat = torch.div(new_mu, 1 - b1**t, out=_s2)
+                nu_hat = torch.div(nu, 1 - b2**t, out=_s1)
                 # scaled update
                 # u = mu_hat/(eps + torch.sqrt(eps_root + nu_hat))
-                torch.add(eps_root, nu_hat, out=_s3)
-                torch.sqrt(_s3, out=_s3)
-                torch.add(eps, _s3, out=_s3)
-                u = torch.div(mu_hat, _s3, out=_s2)
+                torch.add(eps_root, nu_hat, out=_s4)
+                torch.sqrt(_s4, out=_s4)
+                torch.add(eps, _s4, out=_s4)
+                u = torch.div(mu_hat, _s4, out=_s3)
                 # parameter update
                 w.add_(u, alpha=-(lr))
+                # mu stored (in its dtype)
+                mu.copy_(new_mu)
 
     def _case(self, group: dict[str, Any]) -> int:
         """The case of the rule (and its fused kernel) that this group's hyperparameters select."""

@@ -160,9 +160,11 @@ class OptaxPolyakSgd(torch_support.RuleOptimizer):
         if use_ema:
             yield "ema", "element", 0
 
-    def _update(self, group: dict[str, Any], call: options_torch.Call) -> None:
+    def _update(self, group: dict[str, Any], call: options_torch.Call) -> Iterator[dict[str, Any]]:
         """The rule's own step, on update calls only: ``call.tensors`` gives each parameter with its gradient as
-        Keras's options made it (``runtime/options_torch.py``), and its state."""
+        Keras's options made it (``runtime/options_torch.py``), and its state. At each pass over all tensors it yields
+        its parts of the reductions and takes back their totals over every parameter group (``RuleOptimizer.step``
+        runs the groups' steps side by side)."""
         n, lr = call.n, call.lr  # n: the updates before this one
         t = n + 1
         loss = call.loss  # the objective's value (the closure's loss, or step(value=...))
@@ -181,6 +183,11 @@ class OptaxPolyakSgd(torch_support.RuleOptimizer):
             u = torch.mul(g, lr, out=_s0)
             torch.pow(u, 2, out=_s1)
             global_sumsq_u = global_sumsq_u + torch.sum(_s1)
+        # every parameter group's part combined (RuleOptimizer.step runs the groups' steps side by side)
+        _totals = yield {
+            "global_sumsq_u": ("sum", global_sumsq_u),
+        }
+        global_sumsq_u = _totals["global_sumsq_u"]
         # its squared norm over every tensor
         norm2 = global_sumsq_u
         # Polyak's step size (0 where the norm is at most float64's machine epsilon)

@@ -65,6 +65,7 @@ class OptaxSgd(torch_support.RuleOptimizer):
             the plain path is one implementation whatever it says (its results do not depend on it).
         capturable, differentiable: torch.optim's; False only (True raises NotImplementedError, saying why).
         state_dtype: the dtype of the state (default: the parameter's, at least float32).
+        accumulator_dtype: the dtype trace is stored in (default: the state's, as state_dtype says); the step reads the stored value and rounds the new one to it when it stores it.
         fused: None (the default): a group of CUDA parameters in a few launches of Triton's kernels (where
             Triton is installed and the kernels take the whole group), torch operations otherwise; True:
             that, and each float32 or float64 CPU parameter in one pass of a compiled kernel (Numba, shared
@@ -91,6 +92,9 @@ class OptaxSgd(torch_support.RuleOptimizer):
         "gradient_accumulation_steps",
     )
     keeps = frozenset({"trace", "grad_accumulator", "ema"})
+    stored_dtypes = {
+        "trace": "accumulator_dtype",
+    }
     # how the rule's hyperparameters are checked, in the constructor and when a parameter group changes
     # (Keras's options' checks are runtime/options.py's)
     checks = {
@@ -120,6 +124,7 @@ class OptaxSgd(torch_support.RuleOptimizer):
         capturable: bool = False,
         differentiable: bool = False,
         state_dtype: torch.dtype | None = None,
+        accumulator_dtype: torch.dtype | None = None,
         fused: bool | str | None = None,
     ) -> None:
         defaults = self._checked(
@@ -138,7 +143,15 @@ class OptaxSgd(torch_support.RuleOptimizer):
             maximize=maximize,
         )
         defaults.update(torch_support.torch_flags(foreach, capturable, differentiable))
-        self._setup(params, defaults, state_dtype, fused)
+        self._setup(
+            params,
+            defaults,
+            state_dtype,
+            fused,
+            {
+                "accumulator_dtype": accumulator_dtype,
+            },
+        )
 
     def _states(self, group: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
         """What each parameter of this group keeps: (name, "element" or "tensor", initial value)."""
@@ -163,20 +176,30 @@ class OptaxSgd(torch_support.RuleOptimizer):
             for w, g, state in call.tensors(0, {"momentum": momentum}):
                 trace = state.get("trace")
                 # scratch buffers for the element-wise temporaries (reused, shaped like w)
-                (_s0,) = torch_support.scratch(self._scratch, 1, w, g, trace)
+                _s0, _s1 = torch_support.scratch(self._scratch, 2, w, g, trace)
                 # trace
-                torch.add(g, trace, alpha=momentum, out=trace)
+                # new_trace = g + momentum*trace
+                torch.mul(momentum, trace, out=_s1)
+                new_trace = torch.add(g, _s1, out=_s0)
                 # Nesterov update
-                # w -= lr*(g + momentum*trace)
-                torch.add(g, trace, alpha=momentum, out=_s0)
-                w.add_(_s0, alpha=-(lr))
+                # w -= lr*(g + momentum*new_trace)
+                torch.add(g, new_trace, alpha=momentum, out=_s1)
+                w.add_(_s1, alpha=-(lr))
+                # trace stored (in its dtype)
+                trace.copy_(new_trace)
         elif momentum is not None and not nesterov:
             for w, g, state in call.tensors(1, {"momentum": momentum}):
                 trace = state.get("trace")
+                # scratch buffers for the element-wise temporaries (reused, shaped like w)
+                _s0, _s1 = torch_support.scratch(self._scratch, 2, w, g, trace)
                 # trace
-                torch.add(g, trace, alpha=momentum, out=trace)
+                # new_trace = g + momentum*trace
+                torch.mul(momentum, trace, out=_s1)
+                new_trace = torch.add(g, _s1, out=_s0)
                 # momentum update
-                w.add_(trace, alpha=-(lr))
+                w.add_(new_trace, alpha=-(lr))
+                # trace stored (in its dtype)
+                trace.copy_(new_trace)
         else:
             for w, g, state in call.tensors(2, {}):
                 # gradient descent

@@ -367,14 +367,14 @@ def _update_0(
     # decoupled weight decay
     w = (w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w).to(W_DT).to(DT)
     # first moment
-    mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
+    new_mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
     # second moment
     nu = c_b2 * nu + (g * g) * c_one_minus_b2 if b_is_update else nu
     # bias correction
-    mu_hat = mu / c_one_minus_b1_pow_t if b_is_update else c_zero
+    mu_hat = new_mu / c_one_minus_b1_pow_t if b_is_update else c_zero
     # Nesterov look-ahead
     mu_hat = (
-        c_b1 * mu / c_one_minus_b1_pow_t_plus_one + g * c_one_minus_b1 / c_one_minus_b1_pow_t
+        c_b1 * new_mu / c_one_minus_b1_pow_t_plus_one + g * c_one_minus_b1 / c_one_minus_b1_pow_t
         if b_is_update
         else mu_hat
     )
@@ -388,6 +388,8 @@ def _update_0(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
+    # mu stored (in its dtype)
+    mu = new_mu
     tl.store(w_ + i_, w.to(W_DT), mask=mask_)
     tl.store(mu_ + i_, mu.to(S_DT), mask=mask_)
     tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
@@ -819,11 +821,11 @@ def _update_1(
     # decoupled weight decay
     w = (w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w).to(W_DT).to(DT)
     # first moment
-    mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
+    new_mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
     # second moment
     nu = c_b2 * nu + (g * g) * c_one_minus_b2 if b_is_update else nu
     # bias correction
-    mu_hat = mu / c_one_minus_b1_pow_t if b_is_update else c_zero
+    mu_hat = new_mu / c_one_minus_b1_pow_t if b_is_update else c_zero
     nu_hat = nu / c_one_minus_b2_pow_t if b_is_update else c_zero
     # scaled update
     u = mu_hat / (c_eps + fsqrt(c_eps_root + nu_hat)) if b_is_update else c_zero
@@ -833,6 +835,8 @@ def _update_1(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
+    # mu stored (in its dtype)
+    mu = new_mu
     tl.store(w_ + i_, w.to(W_DT), mask=mask_)
     tl.store(mu_ + i_, mu.to(S_DT), mask=mask_)
     tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)

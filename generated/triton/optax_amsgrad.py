@@ -366,13 +366,13 @@ def _update_0(
     # decoupled weight decay
     w = (w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w).to(W_DT).to(DT)
     # first moment
-    mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
+    new_mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
     # second moment
     nu = c_b2 * nu + (g * g) * c_one_minus_b2 if b_is_update else nu
     # first moment in the update
-    mu_hat = mu if b_is_update else c_zero
+    mu_hat = new_mu if b_is_update else c_zero
     # bias correction
-    mu_hat = mu / c_one_minus_b1_pow_t if b_is_update else mu_hat
+    mu_hat = new_mu / c_one_minus_b1_pow_t if b_is_update else mu_hat
     # second moment in the maximum
     nu_eff = nu if b_is_update else c_zero
     # bias correction
@@ -385,6 +385,8 @@ def _update_0(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
+    # mu stored (in its dtype)
+    mu = new_mu
     tl.store(w_ + i_, w.to(W_DT), mask=mask_)
     tl.store(mu_ + i_, mu.to(S_DT), mask=mask_)
     tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
@@ -817,13 +819,13 @@ def _update_1(
     # decoupled weight decay
     w = (w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w).to(W_DT).to(DT)
     # first moment
-    mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
+    new_mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
     # second moment
     nu = c_b2 * nu + (g * g) * c_one_minus_b2 if b_is_update else nu
     # first moment in the update
-    mu_hat = mu if b_is_update else c_zero
+    mu_hat = new_mu if b_is_update else c_zero
     # bias correction
-    mu_hat = mu / c_one_minus_b1_pow_t if b_is_update else mu_hat
+    mu_hat = new_mu / c_one_minus_b1_pow_t if b_is_update else mu_hat
     # second moment in the maximum
     nu_eff = nu if b_is_update else c_zero
     # running maximum
@@ -834,6 +836,8 @@ def _update_1(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
+    # mu stored (in its dtype)
+    mu = new_mu
     tl.store(w_ + i_, w.to(W_DT), mask=mask_)
     tl.store(mu_ + i_, mu.to(S_DT), mask=mask_)
     tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
@@ -1266,11 +1270,11 @@ def _update_2(
     # decoupled weight decay
     w = (w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w).to(W_DT).to(DT)
     # first moment
-    mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
+    new_mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
     # second moment
     nu = c_b2 * nu + (g * g) * c_one_minus_b2 if b_is_update else nu
     # first moment in the update
-    mu_hat = mu if b_is_update else c_zero
+    mu_hat = new_mu if b_is_update else c_zero
     # second moment in the maximum
     nu_eff = nu if b_is_update else c_zero
     # bias correction
@@ -1283,6 +1287,8 @@ def _update_2(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
+    # mu stored (in its dtype)
+    mu = new_mu
     tl.store(w_ + i_, w.to(W_DT), mask=mask_)
     tl.store(mu_ + i_, mu.to(S_DT), mask=mask_)
     tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
@@ -1711,11 +1717,11 @@ def _update_3(
     # decoupled weight decay
     w = (w - c_lr * w * c_weight_decay if b_weight_decay_given_and_is_update else w).to(W_DT).to(DT)
     # first moment
-    mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
+    new_mu = c_b1 * mu + g * c_one_minus_b1 if b_is_update else mu
     # second moment
     nu = c_b2 * nu + (g * g) * c_one_minus_b2 if b_is_update else nu
     # first moment in the update
-    mu_hat = mu if b_is_update else c_zero
+    mu_hat = new_mu if b_is_update else c_zero
     # second moment in the maximum
     nu_eff = nu if b_is_update else c_zero
     # running maximum
@@ -1726,6 +1732,8 @@ def _update_3(
     ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
     # EMA overwrite
     w = (ema if b_ema_overwrite_and_use_ema else w).to(W_DT).to(DT)
+    # mu stored (in its dtype)
+    mu = new_mu
     tl.store(w_ + i_, w.to(W_DT), mask=mask_)
     tl.store(mu_ + i_, mu.to(S_DT), mask=mask_)
     tl.store(nu_ + i_, nu.to(S_DT), mask=mask_)
