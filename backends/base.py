@@ -558,7 +558,11 @@ class Backend:
             "title": program.title,
             "summary": program.summary,
             # why the kernel backends print no kernels for this rule ("" where they do)
-            "kernels_refused": kernel_obstacle(program),
+            "kernels_refused": kernel_obstacle(program) if program.kernel_class is None else "",
+            # the tensors the kernels take where not every tensor's step is element-wise ("" every tensor)
+            "kernel_tensors": ""
+            if program.kernel_class is None
+            else repr(math_text(program.kernel_class[0])),
             # why a sharded parameter (torch's DTensor) is gathered whole for the rule ("" where it is not)
             "whole_tensors": whole_tensor_reason(program),
             "equations": docstring_equations(program),
@@ -709,13 +713,18 @@ class Backend:
                 f"the {program.form} form: compile it with compile_rule(rule, form=Form.{self.form.name}) "
                 f"or backend.compile(rule)"
             )
-        text = self.env.get_template("module.py.j2").render(**self.context(program))
+        test = None
+        if self.kernels and kernel_obstacle(program) and program.kernel_class is not None:
+            test, program = program.kernel_class  # the tensors whose step is element-wise
+        context = self.context(program)
+        context["tensor_test"] = None if test is None else tensor_test(test)
+        text = self.env.get_template("module.py.j2").render(**context)
         return format_source(text, f"generated/{self.name}/{program.module}.py")
 
     def takes(self, program: Program) -> bool:
         """Whether this backend prints a module for the program (a kernel backend: where its constructs
-        are lowered into kernels)."""
-        return not (self.kernels and kernel_obstacle(program))
+        are lowered into kernels, for every tensor or for those whose step is element-wise)."""
+        return not (self.kernels and kernel_obstacle(program) and program.kernel_class is None)
 
     def render_exports(self, programs: list[Program]) -> str:
         programs = [p for p in programs if self.takes(p)]
@@ -936,6 +945,17 @@ def _defined(condition: sp.Basic, section: Section) -> sp.Basic:
 def _unpacked(names: list[str]) -> str:
     """The targets of a tuple unpacking: ``a, b`` (``a,`` for one)."""
     return f"{', '.join(names)}{',' if len(names) == 1 else ''}"
+
+
+def tensor_test(test: sp.Basic) -> dict[str, Any]:
+    """The test of the tensors a kernel module takes (``Program.kernel_class``), as its template prints it:
+    Python over the shape (``code``), read by the hyperparameters it names (``hypers``), and as maths."""
+    return {
+        "code": ShapeTestPrinter().doprint(test),
+        "text": math_text(test),
+        "literal": repr(math_text(test)),
+        "hypers": sorted({getattr(x, "option", None) or x.name for x in test.free_symbols if x.name != "w"}),
+    }
 
 
 def _kept_hypers(s: StateVar) -> list[str]:

@@ -194,15 +194,22 @@ _WHAT = {
 }
 
 
+#: what the kernels (Numba's, Triton's) do not compute: a reduction over one axis, a matrix operation, a
+#: cover, a value read from the tensor's shape or dtype (``shape_class`` finds the tensors whose step
+#: reads none of them)
+KERNEL_OBSTACLES = (AxisReduction, MatrixOp, TensorRank, TensorRows, TensorCols, LargestLength) + (
+    SecondLargestLength,
+    MachineEpsilon,
+    CoverMax,
+    CoverMin,
+)
+
+
 def kernel_obstacle(program: Program) -> str:
     """Why the kernel backends (Numba's, Triton's) print no kernels for a program, or ``""`` where they do:
     a reduction over one axis (a row or a column of a matrix), a matrix operation, or a value read from the
     tensor's shape or dtype is not lowered into a kernel yet. The plain paths run such a rule in every framework."""
-    found = _first(
-        program,
-        (AxisReduction, MatrixOp, TensorRank, TensorRows, TensorCols, LargestLength, SecondLargestLength)
-        + (MachineEpsilon, CoverMax, CoverMin),
-    )
+    found = _first(program, KERNEL_OBSTACLES)
     if found is None:
         return ""
     node, equation = found

@@ -138,6 +138,8 @@ _TAKEN = frozenset(
             "rule_maximizes",
             "reads_loss",
             "stored_dtypes",
+            "kernel_tensors",
+            "TAKES",
         ),
         *("finalize_variable_values", "dtype", "dtypes", "betas", "etas", "adam_betas"),
         # the kernels' loops, rows, bounds and tables
@@ -761,6 +763,9 @@ class Rule:
         #: the rule a transform wrapped (Keras's options), compiled on its own too: the plain backends print
         #: it and run the transform's stages from the runtime (None: not wrapped)
         self.inner: Rule | None = None
+        #: the transform that made this rule from ``inner`` (Keras's options), to apply it again to ``inner``
+        #: specialised (``shape_class``: the rule for the tensors whose step is element-wise)
+        self.wrap: Any = None
         self.let_latex: dict[str, str] = {}  # LaTeX of the named intermediate values
 
     def __repr__(self) -> str:

@@ -220,6 +220,10 @@ class Program:
     #: torch, JAX) print it and run the options as stages written once in ``runtime/``; the fused kernels
     #: keep the options compiled in (this program)
     inner: Program | None = None
+    #: the tensors whose step is element-wise where the whole program's is not (``shape_class``): (their
+    #: test, of the shape and of static hyperparameters; the program specialised to them), which the
+    #: kernel backends print; None where every tensor's or no tensor's step is element-wise
+    kernel_class: tuple[Any, Program] | None = None
 
     def own(self, number: int) -> tuple[int, Equation]:
         """Equation ``number`` (1-based, of ``equations``) as the rule's author wrote it, and its number

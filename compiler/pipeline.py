@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import sympy as sp
+
+from .analysis import kernel_obstacle
 from .dsl import Rule
+from .errors import RuleError
 from .ir import Form, Program
 from .passes.cse import eliminate_common_subexpressions
 from .passes.guards import guard_lets
@@ -26,6 +30,7 @@ from .passes.stored_dtype import hold_stored_states
 from .passes.tensor_states import keep_per_tensor
 from .passes.upcast import upcast_reductions
 from .passes.verify import verify
+from .shape_class import kernel_class
 
 FRONT = (
     infer_scopes,  # how many values each quantity has: constant, global, per tensor, per element
@@ -93,5 +98,36 @@ def compile_forms(
             kept = {s.name: s.kept for s in inner[form].states}
             states = tuple(dataclasses.replace(s, kept=kept.get(s.name, s.kept)) for s in program.states)
             program = program.replace(inner=inner[form], states=states)
+        if form == Form.IN_PLACE and kernel_obstacle(program):
+            found = kernel_class(rule)
+            if found is not None:  # the kernels take the tensors whose step is element-wise
+                test, special = found
+                try:
+                    kernels = compile_forms(
+                        special, (Form.IN_PLACE,), check_between_passes=check_between_passes
+                    )
+                except RuleError:  # the specialised rule is not one (a state it reads no step writes)
+                    kernels = {Form.IN_PLACE: None}
+                aligned = kernels[Form.IN_PLACE] and _aligned(kernels[Form.IN_PLACE], program)
+                if aligned is not None:
+                    program = program.replace(kernel_class=(test, aligned))
         out[form] = program
     return out
+
+
+def _aligned(kernels: Program, program: Program) -> Program | None:
+    """``kernels`` (the program specialised to the tensors whose step is element-wise) with one case per
+    case of ``program``, in its order (the plain path calls the kernels of its own case): the specialised
+    case whose condition the case implies (a flag that only the dropped whole-tensor steps read merges
+    two cases into one). None where a case implies none."""
+    cases = []
+    for case in program.cases:
+        found = [
+            k
+            for k in kernels.cases
+            if sp.simplify_logic(sp.And(case.condition, sp.Not(k.condition))) is sp.false
+        ]
+        if not found:
+            return None
+        cases.append(dataclasses.replace(found[0], condition=case.condition, test=case.test))
+    return kernels.replace(cases=tuple(cases))

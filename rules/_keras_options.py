@@ -50,6 +50,7 @@ def keras_options(rule: Rule) -> Rule:
     r.base, r.file, r.configs = rule.base, rule.file, dict(rule.configs)
     r.transforms.append("keras_options")
     r.inner = rule  # the plain backends print the rule alone; runtime/options_*.py run the options around it
+    r.wrap = keras_options
     lr = sp.Symbol("learning_rate")
 
     own_weight_decay = "weight_decay" in rule.hypers

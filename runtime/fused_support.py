@@ -86,6 +86,9 @@ class Case:
     #: whether threads may share a tensor, each one a part: never (the case writes a per-tensor state),
     #: always, or ``split(step)``: in the steps whose update reads no per-tensor value
     split: bool | Callable = False
+    #: the tensors the kernels take (``common.PerTensor``: a test of the shape and of hyperparameters), or
+    #: "element": every tensor (a rule whose step reads the shape takes the others on its plain path)
+    takes: str = "element"
 
 
 def kernel(module: Any, case: int) -> Case:

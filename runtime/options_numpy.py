@@ -74,7 +74,11 @@ class Call:
             w, g = self.params[key], numpy_support.upcast(self.grads[key])
             if fused:
                 states = [self.get(name, key) for name in names]
-                if fused_support.fusable(w, g, *[s for s, name in zip(states, names) if name in element]):
+                if fused_support.fusable(
+                    w, g, *[s for s, name in zip(states, names) if name in element]
+                ) and common.kept(
+                    w.shape, kernel.takes, vars(opt)
+                ):  # a tensor whose step the kernels compute
                     work.append((w, g, *states))
                     continue
             g = self.prologue(key, w, g)

@@ -117,8 +117,11 @@ class Call:
         epilogue. Then the parameters the fused path takes (``case``'s kernel, with the rule's once-per-step
         ``values``), in one kernel call."""
         opt = self.optimizer
-        if opt.fused is not False and not self.maximize and self._triton(case, values):
-            return
+        done: set[int] = set()  # the tensors Triton's kernels updated (by id)
+        if opt.fused is not False and not self.maximize:
+            done = self._triton(case, values)
+            if len(done) == len(self.params):
+                return
         self._clip_norms()
         self._global_norm()
         fused = opt._fused is not None and not self.maximize  # maximize: the plain path flips the signs
@@ -127,9 +130,15 @@ class Call:
         element = set(self.element)
         work = []
         for w, g, state in self._each():  # maximize: not fused, so the kernels never see a flipped gradient
+            if done and id(w) in done:
+                continue
             if fused:
                 states = [state.get(name) for name in names]
-                if torch_support.fusable(w, g, *[s for s, name in zip(states, names) if name in element]):
+                if torch_support.fusable(
+                    w, g, *[s for s, name in zip(states, names) if name in element]
+                ) and common.kept(
+                    w.shape, kernel.takes, self.group
+                ):  # a tensor whose step the kernels compute
                     work.append((w, g, *states))
                     continue
             g = self.prologue(w, g, state)
@@ -181,31 +190,35 @@ class Call:
             g = self.gradient(w)
             yield torch_support.traceable(w, g, state) if compiling else (w, g, state)
 
-    def _triton(self, case: int, values: dict[str, Any]) -> bool:
-        """The whole call on the Triton kernels, options and all, where they take every parameter of the
-        group (``fused="triton"``; ``fused=None`` or True on CUDA parameters; see
-        ``triton_support.plan``); False, having done nothing, where they do not, and in a step that
-        torch.compile traces (the tables' addresses are the host's)."""
+    def _triton(self, case: int, values: dict[str, Any]) -> set[int]:
+        """The call on the Triton kernels, options and all, for the tensors they take (``fused="triton"``;
+        ``fused=None`` or True on CUDA parameters; see ``triton_support.plan``): every parameter of the group,
+        or those whose step is element-wise (a rule that reads the shape: the kernels' ``takes``) where
+        the step does not reduce over all tensors. Returns the ids of the tensors updated: none where the
+        kernels take none, and in a step that torch.compile traces (the tables' addresses are the host's)."""
         opt = self.optimizer
         if not self.params or torch.compiler.is_compiling():  # a traced step: inductor fuses it
-            return False
+            return set()
         if self._shared:  # the global norm is over several groups: the kernels would take this one's
-            return False
+            return set()
         if opt.fused != "triton" and not any(w.is_cuda for w, _ in self.params):
-            return False
+            return set()
         kernel = opt._triton_case(case)
         if kernel is None:
-            return False
+            return set()
         from . import triton_support  # Triton is imported where a step may take it, not with torch
 
         names, scalars = fused_support.takes(kernel)
-        work = [(w, w.grad, *map(state.get, names)) for w, state in self.params]
+        taken = [(w, state) for w, state in self.params if common.kept(w.shape, kernel.takes, self.group)]
+        if not taken:
+            return set()
+        work = [(w, w.grad, *map(state.get, names)) for w, state in taken]
         values = torch_support.plain(kernel_values(scalars, values, self.options, self.step, self.lr, 0.0))
-        groups = triton_support.plan(kernel, work, values)
+        groups = triton_support.plan(kernel, work, values, partial=len(taken) < len(self.params))
         if groups is None:
-            return False
+            return set()
         triton_support.run(kernel, work, values, groups=groups)
-        return True
+        return {id(w) for w, _ in taken}
 
     def skip(self, case: int) -> None:
         """A call that only accumulates: the stages without the rule (its fused kernel: with the rule's

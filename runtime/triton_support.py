@@ -100,6 +100,8 @@ class Case:
     tensor_values: int
     global_values: int
     phases: tuple[Phase, ...]
+    #: the tensors the kernels take (``common.PerTensor``), or "element": every tensor
+    takes: str = "element"
 
 
 def load(module: str, rule: str = "") -> Any:
@@ -250,11 +252,14 @@ class Launch:
     sizes: list[int]
 
 
-def plan(case: Case, work: list[tuple], scalars: dict[str, Any]) -> dict[tuple, Launch] | None:
+def plan(
+    case: Case, work: list[tuple], scalars: dict[str, Any], partial: bool = False
+) -> dict[tuple, Launch] | None:
     """The launches of a step of ``work`` by parameter, gradient and state dtype and device index, where
     :func:`run` computes it as the plain path does; else None. The kernels must take every tensor
     (:func:`takes`), and a step that reduces over all tensors (``global_clipnorm``) must have them in one
-    launch: the kernels' sum over all tensors is a sum over one launch's tensors. One pass over the
+    launch, and all of them (``partial``: ``work`` is some of the group's tensors, the others the plain
+    path's): the kernels' sum over all tensors is a sum over one launch's tensors. One pass over the
     tensors, every step: its reads are most of the host's time in a step."""
     interpreter = interpreting()
     launches: dict[tuple, Launch] = {}
@@ -272,7 +277,7 @@ def plan(case: Case, work: list[tuple], scalars: dict[str, Any]) -> dict[tuple, 
         launch.items.append(item)
         launch.addresses += addresses
         launch.sizes.append(item[0].numel())
-    if len(launches) > 1:
+    if len(launches) > 1 or partial:
         flags, _ = case.prepare(np.float32, **{n: scalars[n] for n in case.scalars})  # as for any dtype
         if any(p.grid == "one" and (not p.when or flags[p.when]) for p in case.phases):
             return None

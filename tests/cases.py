@@ -123,10 +123,41 @@ def features(rule) -> frozenset[str]:
 
 
 def kernels(rule) -> bool:
-    """Whether the kernel backends (Numba's, Triton's) print the rule (``analysis.kernel_obstacle``)."""
+    """Whether the kernel backends (Numba's, Triton's) print the rule: for every tensor
+    (``analysis.kernel_obstacle``), or for those whose step is element-wise (``Program.kernel_class``)."""
     from optforge.compiler.analysis import kernel_obstacle
 
-    return not kernel_obstacle(compiled(rule))
+    program = compiled(rule)
+    return not kernel_obstacle(program) or program.kernel_class is not None
+
+
+def kernel_takes(rule, shape: tuple, hypers: dict) -> bool:
+    """Whether the rule's kernels take a tensor of ``shape`` (every tensor, or those the test of the
+    tensors whose step is element-wise passes), given the hyperparameters (the rule's defaults under
+    ``hypers``), evaluated here from the compiler's test, not from the generated module."""
+    import sympy as sp
+
+    from optforge.compiler.dsl import Given
+
+    program = compiled(rule)
+    if program.kernel_class is None:
+        return True
+    test = program.kernel_class[0]
+    values = {**{n: h.default for n, h in rule.hypers.items()}, **hypers}
+    shape_values = {
+        "TensorRank": len(shape),
+        "TensorRows": shape[-2] if len(shape) >= 2 else 1,
+        "TensorCols": shape[-1] if shape else 1,
+        "LargestLength": sorted(shape)[-1] if shape else 1,
+        "SecondLargestLength": sorted(shape)[-2] if len(shape) >= 2 else 1,
+    }
+    replace = {x: sp.Integer(shape_values[type(x).__name__]) for x in test.atoms(sp.Function)}
+    for x in test.free_symbols:
+        if isinstance(x, Given):
+            replace[x] = sp.true if values.get(x.option) is not None else sp.false
+        elif x.name in values and values[x.name] is not None:
+            replace[x] = sp.sympify(values[x.name])
+    return bool(test.xreplace(replace))
 
 
 def kernel_rule_configs():

@@ -457,6 +457,14 @@ class _KernelBuilder(_Builder):
     def _Upcast(self, expr) -> Expr:  # the element, in the kernel's dtype
         return self.tree(expr.args[0])
 
+    def _Pow(self, expr: sp.Pow) -> Expr:
+        """A power of one half written as a float (``v**-0.5``, optax's Adafactor) is a square root, as the
+        rational one is: Triton has no power of a block (the interpreter none at all)."""
+        b, e = expr.args
+        if isinstance(e, sp.Float) and abs(float(e)) == 0.5:
+            return super()._Pow(sp.Pow(b, sp.S.Half if e > 0 else -sp.S.Half, evaluate=False))
+        return super()._Pow(expr)
+
     def tree(self, expr: sp.Basic) -> Expr:
         if not self.t.is_element(expr):
             return self.leaf(expr)

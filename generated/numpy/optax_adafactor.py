@@ -169,8 +169,8 @@ class OptaxAdafactor:
         "grad_accumulator": "element",
         "ema": "element",
     }
-    #: why there are no fused kernels for this rule (fused=True is an error that says so)
-    kernels_refused = "the tensor\u0027s rank (equation 1 `split = min_dim_size_to_factor given and factored and second_largest_length \u003e= min_dim_size_to_factor and rank \u003e= 2`) is not lowered into kernels yet"
+    #: the tensors the fused kernels take: those whose step is element-wise (the others take the plain path)
+    kernel_tensors = "not min_dim_size_to_factor given or not factored or min_dim_size_to_factor > second_largest_length or rank < 2"
 
     def __init__(
         self,
@@ -199,11 +199,7 @@ class OptaxAdafactor:
         self.learning_rate = common.check_learning_rate(learning_rate, schedule=True)
         self.state_dtype = numpy_support.check_dtype("state_dtype", state_dtype)
         self.fused = fused_support.check_fused(fused)
-        self._fused = (
-            fused_support.load("optax_adafactor", "OptaxAdafactor", refused=self.kernels_refused)
-            if fused
-            else None
-        )
+        self._fused = fused_support.load("optax_adafactor", "OptaxAdafactor") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
         self._stage_scratch: dict = {}  # the options' stages' buffers (the gradient they make, ...)
         self.min_dim_size_to_factor = common.check_option(

@@ -136,10 +136,8 @@ class OptaxMuon:
         "grad_accumulator": "element",
         "ema": "element",
     }
-    #: why there are no fused kernels for this rule (fused=True is an error that says so)
-    kernels_refused = (
-        "the tensor\u0027s rank (equation 1 `matrix = rank == 2`) is not lowered into kernels yet"
-    )
+    #: the tensors the fused kernels take: those whose step is element-wise (the others take the plain path)
+    kernel_tensors = "rank != 2"
 
     def __init__(
         self,
@@ -170,9 +168,7 @@ class OptaxMuon:
         self.state_dtype = numpy_support.check_dtype("state_dtype", state_dtype)
         self.mu_dtype = numpy_support.check_dtype("mu_dtype", mu_dtype)
         self.fused = fused_support.check_fused(fused)
-        self._fused = (
-            fused_support.load("optax_muon", "OptaxMuon", refused=self.kernels_refused) if fused else None
-        )
+        self._fused = fused_support.load("optax_muon", "OptaxMuon") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
         self._stage_scratch: dict = {}  # the options' stages' buffers (the gradient they make, ...)
         self.beta = common.check_float("beta", beta, 0.0, 1.0, True, False)

@@ -137,10 +137,8 @@ class TorchMuon:
         "grad_accumulator": "element",
         "ema": "element",
     }
-    #: why there are no fused kernels for this rule (fused=True is an error that says so)
-    kernels_refused = (
-        "the tensor\u0027s rank (equation 1 `matrix = rank == 2`) is not lowered into kernels yet"
-    )
+    #: the tensors the fused kernels take: those whose step is element-wise (the others take the plain path)
+    kernel_tensors = "rank != 2"
 
     def __init__(
         self,
@@ -168,9 +166,7 @@ class TorchMuon:
         self.learning_rate = common.check_learning_rate(learning_rate, schedule=True)
         self.state_dtype = numpy_support.check_dtype("state_dtype", state_dtype)
         self.fused = fused_support.check_fused(fused)
-        self._fused = (
-            fused_support.load("torch_muon", "TorchMuon", refused=self.kernels_refused) if fused else None
-        )
+        self._fused = fused_support.load("torch_muon", "TorchMuon") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
         self._stage_scratch: dict = {}  # the options' stages' buffers (the gradient they make, ...)
         self.weight_decay = common.check_float("weight_decay", weight_decay, 0.0, math.inf, True, False)

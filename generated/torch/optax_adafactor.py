@@ -153,7 +153,8 @@ class OptaxAdafactor(torch_support.RuleOptimizer):
 
     rule = "OptaxAdafactor"
     module = "optax_adafactor"
-    kernels_refused = "the tensor\u0027s rank (equation 1 `split = min_dim_size_to_factor given and factored and second_largest_length \u003e= min_dim_size_to_factor and rank \u003e= 2`) is not lowered into kernels yet"
+    #: the tensors the fused kernels take: those whose step is element-wise (the others take the plain path)
+    kernel_tensors = "not min_dim_size_to_factor given or not factored or min_dim_size_to_factor > second_largest_length or rank < 2"
     whole_tensors = "a reduction over one axis (equation 5 `v_row \u003c- where(split, beta*v_row + one_minus_beta*mean(g2, axis=AxisBySize(1)), v_row)`)"
     options = (
         "weight_decay",

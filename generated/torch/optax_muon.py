@@ -126,9 +126,8 @@ class OptaxMuon(torch_support.RuleOptimizer):
 
     rule = "OptaxMuon"
     module = "optax_muon"
-    kernels_refused = (
-        "the tensor\u0027s rank (equation 1 `matrix = rank == 2`) is not lowered into kernels yet"
-    )
+    #: the tensors the fused kernels take: those whose step is element-wise (the others take the plain path)
+    kernel_tensors = "rank != 2"
     whole_tensors = "a matrix product (equation 8 `A = (X @ X^T)`)"
     options = (
         "clipnorm",
