@@ -1064,3 +1064,39 @@ def test_the_plain_step_reads_no_tensor_as_a_number(rule):
             with Items():
                 opt.step(**loss)
         assert Items.count == 0, f"{rule.name} {kwargs}: {Items.count} tensor(s) read as a number"
+
+
+def test_a_select_on_a_per_tensor_test_broadcasts_into_its_mask(tmp_path):
+    """``where(Eq(tensor_norm(g), 0), w, ...)``: the test is one 0-d tensor per tensor; its negation was
+    written with ``torch.logical_not(nw == 0, out=_m0)`` into a mask of the tensor's shape, which torch
+    resized to 0-d with a deprecation warning every step (a future torch raises there; a user's rule found
+    it). It is broadcast into the mask now: no warning, and the steps equal a NumPy transcription."""
+    import numpy as np
+    from drivers import assert_close, problem
+    from rulekit import load
+
+    from optforge.compiler.dsl import Eq, Rule, g, tensor_norm, w, where
+
+    r = Rule("UserTensorCondition", title="a step normalised per tensor, then one where g > 0")
+    lr = r.learning_rate(0.1)
+    nw = r.let("nw", tensor_norm(g), "the gradient's norm")
+    r.assign(w, where(Eq(nw, 0), w, w - lr * g / nw), "normalised step (a test per tensor)")
+    r.assign(w, where(g > 0, w - 0.01, w), "a step where g > 0 (a test per element)")
+    mods = load(r, tmp_path)
+    params0, grads = problem(3, shapes=[(5,), (3, 4), ()], scales=[1.0, 1.0, 1.0])
+    grads[1][0] = np.zeros(5)  # a tensor whose gradient is 0: its norm test holds
+    want = [p.copy() for p in params0]
+    for gs in grads:
+        for i, x in enumerate(gs):
+            n = np.sqrt(np.sum(x * x))
+            want[i] = want[i] - 0.1 * x / n if n else want[i]
+            want[i] = np.where(x > 0, want[i] - 0.01, want[i])
+    params = [torch.tensor(p, requires_grad=True) for p in params0]
+    opt = mods["torch"].UserTensorCondition(params, lr=0.1, fused=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "An output with one or more elements was resized"
+        for gs in grads:
+            for p, x in zip(params, gs):
+                p.grad = torch.tensor(x)
+            opt.step()
+    assert_close([p.detach().numpy() for p in params], want, 1e-12, "torch vs the transcription")

@@ -157,6 +157,8 @@ class TorchBackend(Backend):
         "and": "torch.logical_and({0}, {1}, out={out})",
         "or": "torch.logical_or({0}, {1}, out={out})",
         "not": "torch.logical_not({0}, out={out})",
+        # a test per tensor (a 0-d tensor) into a mask of the tensor's shape: out= would resize the mask
+        "not/scalar": "{out}.fill_(torch.logical_not({0}))",
         "fill": "{out}.fill_({0})",
         "copy_where": "torch.where({0}, {1}, {out}, out={out})",
         "copy_where/array,scalar": "{out}.masked_fill_({0}, {1})",

@@ -417,7 +417,8 @@ class _Lowering:
         elif _is(a_value, dest):
             if mask_reg is None:  # a mask not ours to negate (a name): a register of its own
                 mask_reg = self.regs.take_mask()
-            self.lines.append(Op("not", (mask,), _reg(mask_reg)))
+            # a condition per tensor (a 0-d value) negated into the mask: broadcast, not a mask resized
+            self.lines.append(Op("not", (mask,), _reg(mask_reg), arrays=(is_element(mask),)))
             mask, a_value, b_value = Name(_reg(mask_reg)), b_value, a_value
         else:
             if not _is(b_value, dest):
