@@ -24,7 +24,7 @@ from typing import Any
 import sympy as sp
 
 from .analysis import KERNEL_OBSTACLES
-from .dsl import Given, Rule
+from .dsl import CoverMax, CoverMin, Given, Rule, TensorRank
 from .passes.tensor_states import SHAPE
 
 #: at most this many tests are combined (2**n specialisations, each a pass over the equations)
@@ -65,11 +65,23 @@ def _whole(equations) -> bool:
     )
 
 
+#: a vector's (or a number's) cover by its slices is itself: SM3's ``cover_max`` and ``cover_min`` are the
+#: identity below rank 2 (each slice along the one axis is one element)
+SMALL = TensorRank(sp.Symbol("w")) <= 1
+
+
 def _atoms(rule: Rule) -> list[sp.Basic]:
     """The shape tests of the rule's equations (a ``Ne`` as its ``Eq``), and the flags and options that
-    appear in the same conditions, in a stable order."""
+    appear in the same conditions, in a stable order; ``SMALL`` where the rule covers a tensor by its
+    slices."""
     flags = {sp.Symbol(h.name) for h in rule.hypers.values() if h.kind == "bool"}
     found: dict[str, sp.Basic] = {}
+    if any(
+        isinstance(node, (CoverMax, CoverMin))
+        for eq in rule.equations
+        for node in sp.preorder_traversal(sp.sympify(eq.expr))
+    ):
+        found[sp.srepr(SMALL)] = SMALL
     for eq in rule.equations:
         for expr in (sp.sympify(eq.expr), sp.sympify(eq.when)):
             for node in sp.preorder_traversal(expr):
@@ -101,9 +113,12 @@ def specialise(rule: Rule, assumption: dict[sp.Basic, sp.Basic]) -> Rule | None:
     lets = {eq.target for eq in rule.equations if eq.kind == "let"}
     step = {sp.Symbol(h) for h in rule.hypers} | {sp.Symbol("t"), sp.Symbol("n")}
     equations = []
+    small = assumption.get(SMALL) is sp.true
     for eq in rule.equations:
         original = sp.sympify(eq.expr)
         expr = _substituted(original, replace, constants)
+        if small:  # a cover below rank 2 is the tensor itself
+            expr = expr.replace(lambda x: isinstance(x, (CoverMax, CoverMin)), lambda x: x.args[0])
         when = _substituted(sp.sympify(eq.when), replace, constants)
         target = sp.Symbol(eq.target)
         # a value the assumption made true or false, or one of the step where it was one per tensor

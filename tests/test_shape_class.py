@@ -40,10 +40,12 @@ def test_the_registry_s_shape_reading_rules_take_what_their_rules_say():
     Muon's step is element-wise except for a matrix; optax's Adafactor's except for a tensor it factors
     (rank 2 or more, its second longest axis at least min_dim_size_to_factor, with factored on)."""
     found = {name for name, rule in RULES.items() if compiled(rule).kernel_class is not None}
-    assert {"OptaxMuon", "TorchMuon", "OptaxAdafactor"} <= found
+    assert {"OptaxMuon", "TorchMuon", "OptaxAdafactor", "OptaxSm3"} <= found
     for name in ("OptaxMuon", "TorchMuon"):
         for shape in SHAPES:
             assert kernel_takes(RULES[name], shape, {}) == (len(shape) != 2), (name, shape)
+    for shape in SHAPES:  # SM3: a vector's or a number's cover by its slices is itself
+        assert kernel_takes(RULES["OptaxSm3"], shape, {}) == (len(shape) <= 1), shape
     rule = RULES["OptaxAdafactor"]
     for factored in (True, False):
         for min_dim in (None, 3, 128):
@@ -53,7 +55,7 @@ def test_the_registry_s_shape_reading_rules_take_what_their_rules_say():
                 assert kernel_takes(rule, shape, hypers) == (not split), (hypers, shape)
 
 
-@pytest.mark.parametrize("name", ["OptaxMuon", "TorchMuon", "OptaxAdafactor"])
+@pytest.mark.parametrize("name", ["OptaxMuon", "TorchMuon", "OptaxAdafactor", "OptaxSm3"])
 def test_the_generated_test_is_the_compiler_s(name):
     """The kernel modules' ``TAKES`` (Python printed from the test) agree with the test evaluated here, on
     shapes of ranks 0 to 3 and every value of the hyperparameters it reads."""
@@ -137,13 +139,12 @@ def test_a_user_s_rule_takes_its_element_wise_tensors_to_the_kernels(tmp_path, f
             assert fused_tensors[0] - before == 4 * 3, f"{path}: the kernels took {fused_tensors[0] - before}"
 
 
-@pytest.mark.parametrize("name", ["TorchAdafactor", "OptaxSm3"])
-def test_a_rule_whose_every_tensor_reads_its_shape_has_no_kernels(name):
-    """TorchAdafactor reduces every tensor over an axis, OptaxSm3 covers every tensor by its slices: no
-    assignment of their shape tests makes a step element-wise (their vectors' steps are, written another
-    way: not found)."""
-    assert compiled(RULES[name]).kernel_class is None
-    assert kernel_class(RULES[name]) is None
+def test_a_rule_whose_every_tensor_reads_its_shape_has_no_kernels():
+    """TorchAdafactor reduces every tensor over its last two axes (a vector's too, where the mean over an
+    axis it lacks is the value itself) and reads the dtype's epsilon: no assignment of its shape tests makes
+    a step element-wise."""
+    assert compiled(RULES["TorchAdafactor"]).kernel_class is None
+    assert kernel_class(RULES["TorchAdafactor"]) is None
 
 
 def test_a_rule_that_reads_no_shape_is_every_tensor_s():

@@ -92,8 +92,8 @@ class OptaxSm3:
         "grad_accumulator": "element",
         "ema": "element",
     }
-    #: why there are no fused kernels for this rule (fused=True is an error that says so)
-    kernels_refused = "a cover read per element (cover_min) (equation 1 `accumulator = g^2 + cover_min(mu)`) is not lowered into kernels yet"
+    #: the tensors the fused kernels take: those whose step is element-wise (the others take the plain path)
+    kernel_tensors = "rank <= 1"
 
     def __init__(
         self,
@@ -114,9 +114,7 @@ class OptaxSm3:
         self.learning_rate = common.check_learning_rate(learning_rate, schedule=True)
         self.state_dtype = numpy_support.check_dtype("state_dtype", state_dtype)
         self.fused = fused_support.check_fused(fused)
-        self._fused = (
-            fused_support.load("optax_sm3", "OptaxSm3", refused=self.kernels_refused) if fused else None
-        )
+        self._fused = fused_support.load("optax_sm3", "OptaxSm3") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
         self._stage_scratch: dict = {}  # the options' stages' buffers (the gradient they make, ...)
         self.momentum = common.check_float("momentum", momentum, 0.0, 1.0, True, True)

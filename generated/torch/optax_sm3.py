@@ -81,7 +81,8 @@ class OptaxSm3(torch_support.RuleOptimizer):
 
     rule = "OptaxSm3"
     module = "optax_sm3"
-    kernels_refused = "a cover read per element (cover_min) (equation 1 `accumulator = g^2 + cover_min(mu)`) is not lowered into kernels yet"
+    #: the tensors the fused kernels take: those whose step is element-wise (the others take the plain path)
+    kernel_tensors = "rank <= 1"
     whole_tensors = "a cover read per element (cover_min) (equation 1 `accumulator = g^2 + cover_min(mu)`)"
     options = (
         "weight_decay",
