@@ -18,6 +18,7 @@ from .ir import Form, Program
 from .passes.cse import eliminate_common_subexpressions
 from .passes.guards import guard_lets
 from .passes.increment import derive_increment
+from .passes.integers import check_integer_operands
 from .passes.lower import lower
 from .passes.reductions import extract_reductions
 from .passes.schedule import schedule
@@ -34,6 +35,7 @@ from .shape_class import kernel_class
 
 FRONT = (
     infer_scopes,  # how many values each quantity has: constant, global, per tensor, per element
+    check_integer_operands,  # idiv and imod of integers only
     infer_shapes,  # which axes a per-element value has reduced (a row, a column of a matrix)
     analyse_state,  # what persists, under which conditions, what is dead
     keep_per_tensor,  # a state only some tensors use (by their shape) is kept for those alone

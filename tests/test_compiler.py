@@ -902,3 +902,29 @@ def test_a_reserved_name_says_why():
         Rule("Probe", title="a probe").let("c_alpha", 1, "a value")
     with pytest.raises(RuleError, match="g, w, t, n and loss are the gradient"):
         Rule("Probe", title="a probe").let("loss", 1, "a value")
+
+
+def test_idiv_and_imod_take_integers_only():
+    """``imod(t, k)`` with a real hyperparameter ``k`` (a user's Lookahead, ``k=2.5``) computed a real
+    remainder in every backend, silently; it is a RuleError naming the equation and the operand. An
+    integer option takes it."""
+    from optforge.compiler.dsl import Given, imod
+
+    def lookahead(integer: bool) -> Rule:
+        r = Rule("Lookahead", title="slow weights every k steps")
+        lr = r.learning_rate(0.1)
+        if integer:
+            k = r.option("k", "[1, inf)", "sync period", integer=True, default=5)
+            sync = r.let("sync", Given(k) & Eq(imod(t, k), 0), "sync step")
+        else:
+            k = r.hyper("k", 5.0, "[1, inf)", "sync period")
+            sync = r.let("sync", Eq(imod(t, k), 0), "sync step")
+        slow = r.state("slow", w, "slow weights")
+        r.assign(w, w - lr * g, "fast step")
+        r.assign(slow, slow + 0.5 * (w - slow), "slow step", only_if=sync)
+        r.assign(w, slow, "back to the slow weights", only_if=sync)
+        return r
+
+    with pytest.raises(RuleError, match=r"equation 1 `sync = .*imod takes integers.*operand `k` is not one"):
+        compile_rule(lookahead(integer=False))
+    compile_rule(lookahead(integer=True))

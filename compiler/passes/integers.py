@@ -22,6 +22,7 @@ from sympy.core.relational import Relational
 from sympy.logic.boolalg import Boolean
 
 from ..dsl import idiv, imod
+from ..errors import RuleError
 from ..ir import AsFloat, Assign, Program, Role, Section
 
 _INTEGER_FUNCTIONS = (idiv, imod, sp.Max, sp.Min, sp.Abs, sp.sign)
@@ -109,3 +110,27 @@ def promote_sections(program: Program, sections: tuple[Section, ...]) -> tuple[S
         )
         for s in sections
     )
+
+
+def check_integer_operands(program: Program) -> Program:
+    """``idiv`` and ``imod`` of integers only: ``imod(t, k)`` with a real hyperparameter ``k`` computed a
+    real remainder in every backend, silently (a user's Lookahead with ``k=2.5``). A RuleError naming the
+    equation and the operand."""
+    for case in program.cases:
+        integers, _ = integer_names(program, case.body)
+        for a in case.body:
+            for node in sp.preorder_traversal(a.expr):
+                if not isinstance(node, (idiv, imod)):
+                    continue
+                for arg in node.args:
+                    if not is_integer(arg, integers):
+                        written = program.written(a.equation) if a.equation is not None else {}
+                        raise RuleError(
+                            program.rule,
+                            f"{type(node).__name__} takes integers (n, t, integer hyperparameters, integer"
+                            f" literals and values computed from them); its operand `{arg}` is not one",
+                            **written,
+                            hint="declare it as an integer option: rule.option(name, range, meaning, integer=True,"
+                            " default=...)",
+                        )
+    return program
