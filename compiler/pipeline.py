@@ -73,7 +73,11 @@ def compile_rule(rule: Rule, *, form: Form = Form.IN_PLACE, check_between_passes
 
 
 def compile_forms(
-    rule: Rule, forms: tuple[Form, ...] = tuple(Form), *, check_between_passes: bool = False
+    rule: Rule,
+    forms: tuple[Form, ...] = tuple(Form),
+    *,
+    check_between_passes: bool = False,
+    kernels: bool = True,
 ) -> dict[Form, Program]:
     """The rule compiled in each of ``forms`` (``compile_rule``'s programs), the lowering and the shared
     passes (``FRONT``) run once for all: they are most of a compile (40 ms of a rule's 100)."""
@@ -83,7 +87,7 @@ def compile_forms(
         if check_between_passes:
             verify(front)
     inner = (
-        compile_forms(rule.inner, forms, check_between_passes=check_between_passes)
+        compile_forms(rule.inner, forms, check_between_passes=check_between_passes, kernels=False)
         if rule.inner is not None  # the rule a transform wrapped, on its own (see Program.inner)
         else None
     )
@@ -100,7 +104,8 @@ def compile_forms(
             kept = {s.name: s.kept for s in inner[form].states}
             states = tuple(dataclasses.replace(s, kept=kept.get(s.name, s.kept)) for s in program.states)
             program = program.replace(inner=inner[form], states=states)
-        if form == Form.IN_PLACE and kernel_obstacle(program):
+        # the kernels print the whole program (a rule's own, inside Keras's options, is the plain paths')
+        if kernels and form == Form.IN_PLACE and kernel_obstacle(program):
             found = kernel_class(rule)
             if found is not None:  # the kernels take the tensors whose step is element-wise
                 test, special = found
@@ -127,7 +132,7 @@ def _aligned(kernels: Program, program: Program) -> Program | None:
         found = [
             k
             for k in kernels.cases
-            if sp.simplify_logic(sp.And(case.condition, sp.Not(k.condition))) is sp.false
+            if sp.simplify_logic(sp.And(case.condition, sp.Not(k.condition)), deep=False) is sp.false
         ]
         if not found:
             return None

@@ -50,7 +50,10 @@ def kernel_class(rule: Rule) -> tuple[sp.Basic, Rule] | None:
         return None
     first = found[0][1]
     same = [a for a, s in found if _key(s) == _key(first)]
-    test = sp.simplify_logic(sp.Or(*[sp.And(*[x if v else sp.Not(x) for x, v in a.items()]) for a in same]))
+    # deep=False: the tests are atoms (SymPy's simplification of each relation costs seconds, for nothing)
+    test = sp.simplify_logic(
+        sp.Or(*[sp.And(*[x if v else sp.Not(x) for x, v in a.items()]) for a in same]), deep=False
+    )
     wrap = getattr(rule, "wrap", None)
     return test, (wrap(first) if rule.inner is not None and wrap is not None else first)
 

@@ -28,16 +28,16 @@ from optforge.runtime.fused_numba import cacheable, pointer
 
 #: the tensors these kernels take: those whose step is element-wise (the rule specialised to them); every
 #: other tensor takes the plain path
-#:     not min_dim_size_to_factor given or not factored or min_dim_size_to_factor > second_largest_length or rank < 2
+#:     not min_dim_size_to_factor given or not factored or second_largest_length < min_dim_size_to_factor or rank < 2
 TAKES = common.PerTensor(
     "element",
     lambda shape, factored, min_dim_size_to_factor: (
         min_dim_size_to_factor is None
         or not factored
-        or min_dim_size_to_factor > common.second_largest_length(shape)
+        or common.second_largest_length(shape) < min_dim_size_to_factor
         or common.rank(shape) < 2
     ),
-    "not min_dim_size_to_factor given or not factored or min_dim_size_to_factor > second_largest_length or rank < 2",
+    "not min_dim_size_to_factor given or not factored or second_largest_length < min_dim_size_to_factor or rank < 2",
     (
         "factored",
         "min_dim_size_to_factor",

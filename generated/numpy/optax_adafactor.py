@@ -170,7 +170,7 @@ class OptaxAdafactor:
         "ema": "element",
     }
     #: the tensors the fused kernels take: those whose step is element-wise (the others take the plain path)
-    kernel_tensors = "not min_dim_size_to_factor given or not factored or min_dim_size_to_factor > second_largest_length or rank < 2"
+    kernel_tensors = "not min_dim_size_to_factor given or not factored or second_largest_length < min_dim_size_to_factor or rank < 2"
 
     def __init__(
         self,

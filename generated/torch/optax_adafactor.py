@@ -154,7 +154,7 @@ class OptaxAdafactor(torch_support.RuleOptimizer):
     rule = "OptaxAdafactor"
     module = "optax_adafactor"
     #: the tensors the fused kernels take: those whose step is element-wise (the others take the plain path)
-    kernel_tensors = "not min_dim_size_to_factor given or not factored or min_dim_size_to_factor > second_largest_length or rank < 2"
+    kernel_tensors = "not min_dim_size_to_factor given or not factored or second_largest_length < min_dim_size_to_factor or rank < 2"
     whole_tensors = "a reduction over one axis (equation 5 `v_row \u003c- where(split, beta*v_row + one_minus_beta*mean(g2, axis=AxisBySize(1)), v_row)`)"
     options = (
         "weight_decay",
