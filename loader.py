@@ -110,7 +110,7 @@ def load(
         if backend.takes(programs[backend.form]):
             texts[name] = backend.render(programs[backend.form])
         else:
-            refused[name] = kernel_obstacle(programs[backend.form])  # no tensor's step is element-wise
+            refused[name] = kernel_obstacle(programs[backend.form])
     if folder is None:
         digest = hashlib.sha256("".join(texts[n] for n in BACKENDS if n in texts).encode()).hexdigest()[:12]
         folder = _cache_folder() / f"{rule.module}-{digest}"

@@ -106,20 +106,26 @@ def compile_forms(
             program = program.replace(inner=inner[form], states=states)
         # the kernels print the whole program (a rule's own, inside Keras's options, is the plain paths')
         if kernels and form == Form.IN_PLACE and kernel_obstacle(program):
-            found = kernel_class(rule)
-            if found is not None:  # the kernels take the tensors whose step is element-wise
-                test, special = found
-                try:
-                    kernels = compile_forms(
-                        special, (Form.IN_PLACE,), check_between_passes=check_between_passes
-                    )
-                except RuleError:  # the specialised rule is not one (a state it reads no step writes)
-                    kernels = {Form.IN_PLACE: None}
-                aligned = kernels[Form.IN_PLACE] and _aligned(kernels[Form.IN_PLACE], program)
-                if aligned is not None:
-                    program = program.replace(kernel_class=(test, aligned))
+            program = program.replace(kernel_class=_kernel_class(rule, program, check_between_passes))
         out[form] = program
     return out
+
+
+def _kernel_class(rule: Rule, program: Program, check: bool) -> tuple | None:
+    """``Program.kernel_class`` of ``program`` (``rule`` compiled in place, a step that reads the shape):
+    the test of the tensors whose step is element-wise and the rule specialised to them, compiled with
+    its cases aligned to ``program``'s; None where there are no such tensors, or the specialised rule is
+    not one (a state it reads that no step writes)."""
+    found = kernel_class(rule)
+    if found is None:
+        return None
+    test, special = found
+    try:
+        specialised = compile_forms(special, (Form.IN_PLACE,), check_between_passes=check)[Form.IN_PLACE]
+    except RuleError:
+        return None
+    aligned = _aligned(specialised, program)
+    return None if aligned is None else (test, aligned)
 
 
 def _aligned(kernels: Program, program: Program) -> Program | None:

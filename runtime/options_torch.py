@@ -55,22 +55,6 @@ class Call:
         self._clip_sums: dict | None = None
         self._shared = False  # global_clipnorm's norm is over several groups (share_global_norm)
 
-    @property
-    def clips_globally(self) -> bool:
-        """Whether this call clips by the global norm and has not computed it yet."""
-        return self._global_pass
-
-    def sums_of_squares(self) -> dict[torch.Tensor, torch.Tensor]:
-        """Each parameter's part of the global norm (``torch_support.share_global_norm``)."""
-        return self._sums_of_squares()
-
-    def share_global_norm(self, total: Any) -> None:
-        """The global norm's square over several groups' gradients, computed by ``share_global_norm``: this
-        group clips by it, on the plain or Numba path (the Triton kernels compute their own group's)."""
-        self._global_pass = False
-        self.global_sumsq_g = total
-        self._shared = True
-
     def _global_norm(self) -> None:
         """The pass over all tensors for ``global_clipnorm``, once per call, before the first tensor is
         handed out."""
@@ -300,3 +284,18 @@ class Call:
         torch.add(s1, w, alpha=1 - mu, out=ema)
         if self.step.overwrite:
             w.copy_(ema)
+
+
+def share_global_norm(calls: list[Call]) -> None:
+    """``global_clipnorm`` in several parameter groups: the norm is over the gradients of every group that
+    clips by it (as NumPy's and JAX's is over every tensor, and ``torch.nn.utils.clip_grad_norm_`` over
+    the parameters it is given), each group clipping by its own value. Those groups' steps take the plain or
+    Numba path (Triton's kernels would compute their own group's norm). One group: nothing to do."""
+    clipping = [c for c in calls if c._global_pass]
+    if len(clipping) < 2:
+        return
+    for c in clipping:
+        c.global_sumsq_g = None  # being computed: the prologue stops before the global clipping
+    total = torch_support.sum_over_tensors([s for c in clipping for s in c._sums_of_squares().values()])
+    for c in clipping:
+        c._global_pass, c.global_sumsq_g, c._shared = False, total, True

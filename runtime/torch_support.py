@@ -93,21 +93,6 @@ def fusable(w: torch.Tensor, g: torch.Tensor, *states: torch.Tensor | None) -> b
     return True
 
 
-def share_global_norm(calls: list) -> None:
-    """``global_clipnorm`` in several parameter groups: the norm is over the gradients of every group that
-    clips by it (as NumPy's and JAX's is over every tensor, and ``torch.nn.utils.clip_grad_norm_`` over
-    the parameters it is given), each group clipping by its own value. Those groups' steps take the plain or
-    Numba path (Triton's kernels would compute their own group's norm). One group: nothing to do."""
-    clipping = [c for c in calls if c.clips_globally]
-    if len(clipping) < 2:
-        return
-    for c in clipping:
-        c.global_sumsq_g = None  # being computed: the prologue stops before the global clipping
-    total = sum_over_tensors([s for c in clipping for s in c.sums_of_squares().values()])
-    for c in clipping:
-        c.share_global_norm(total)
-
-
 def over_groups(steps: list) -> None:
     """The steps of the parameter groups whose rule reduces over all tensors (``_update`` a generator), side
     by side: at each pass over the tensors each group's step yields its part of each reduction (``{name:
@@ -351,7 +336,7 @@ class RuleOptimizer(torch.optim.Optimizer):
     def step(self, closure: Callable[[], Any] | None = None, *, value: Any = None) -> Any:
         """One update of every parameter that has a gradient; returns the closure's loss. A rule that reads
         the objective's value takes the closure's, or ``value`` (the loss already computed)."""
-        from .options_torch import Call
+        from .options_torch import Call, share_global_norm
 
         loss = None
         if closure is not None:
