@@ -1,4 +1,5 @@
-"""The fused path: each case's loop over the tensors as one parallel Numba kernel that reads and writes each element once.
+"""The fused path: each case's loop over the tensors as one Numba row kernel that reads and writes each element once,
+called on every tensor (or part of one) by the threads of ``runtime/fused_numba.drive``.
 
 The kernels run on 1-D views of C-contiguous arrays of one dtype (float32 or float64), in place. Every
 per-element statement of the loop becomes scalar code inside a single ``for i in range(n)`` loop; every
@@ -169,10 +170,15 @@ class Kernel:
             return ["rows", "bounds", "table", "k_"]
         return [f"{n}_" for n in self.arrays] + (["k_"] if self.packed else []) + self.values
 
+    @property
+    def width(self) -> int:
+        """Update kernels: the columns of a row of ``table`` that the kernel reads."""
+        return max(self.columns.values()) + 1
+
     def call(self) -> str:
-        if self.kind == "update":  # compiled for the arrays' dtype too
+        if self.kind == "update":  # compiled for the arrays' dtype too; the threads are drive()'s
             k_ = "k_" if self.packed else "np.zeros(1, dt)"
-            return f"{self.name}({', '.join(['dt'] + self.flags)})(rows, bounds, table, {k_})"
+            return f"drive({self.name}({', '.join(['dt'] + self.flags)}).address, rows, bounds, table, {k_})"
         return f"{self.name}({', '.join(self.flags)})({', '.join(self.params)})"
 
 
@@ -206,9 +212,9 @@ class FusedBackend(Backend):
         }
 
     def tensor_function(self, program, scopes, p, index, case, section: Section) -> dict:
-        """A case's loop over the tensors as one parallel kernel: for each row of its table, a tensor (or,
-        in the steps that need no per-tensor value, where the case writes no per-tensor state, a part of
-        one): its reductions and per-tensor code, printed as scalar code, then the element loop."""
+        """A case's loop over the tensors as one row kernel, which ``drive`` runs on every row of its table:
+        a tensor (or, in the steps that need no per-tensor value, where the case writes no per-tensor state,
+        a part of one): its reductions and per-tensor code, printed as scalar code, then the element loop."""
         elements = {n for n, s in scopes.items() if s == Scope.ELEMENT}
         per_tensor = {n for n, s in scopes.items() if s == Scope.TENSOR}
         hoister = Invariants(

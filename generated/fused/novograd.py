@@ -3,8 +3,9 @@
 
 For each case of the rule, ``prepare_update_case_<i>`` computes once per step (and dtype) the scalars the
 kernels take, rounded to the dtype, and ``UPDATE_CASE_<i>`` tells ``fused_support.run`` how to update the
-tensors in place, each element read and written once, in one parallel kernel call (``numba.prange``) that
-takes the tensors by address, from a table: ``run_update_case_<i>``.
+tensors in place, each element read and written once, in one parallel call (``fused_numba.drive``: its
+threads call the case's row kernel on each row) that takes the tensors by address, from a table:
+``run_update_case_<i>``.
 
 Each thread updates its share of the kernel's rows, each row a whole tensor (its reductions and per-tensor
 code, such as NovoGrad's second moment or ``clipnorm``'s norm: scalar code, the NumPy module's operations in
@@ -24,7 +25,7 @@ import numba
 import numpy as np
 
 from optforge.runtime import fused_support
-from optforge.runtime.fused_numba import cacheable, pointer
+from optforge.runtime.fused_numba import ROW, cacheable, drive, pointer
 
 
 def prepare_update_case_0(
@@ -144,21 +145,27 @@ def run_update_case_0(rows, bounds, table, dt, step):
         b_ema_overwrite_and_use_ema,
         k_,
     ) = step
-    _update_0(
-        dt,
-        b_loss_scale_factor_given,
-        b_gradient_accumulation_steps_given,
-        b_gradient_accumulation_steps_given_and_is_update,
-        b_clipnorm_given_and_is_update,
-        b_global_clipnorm_given_and_is_update,
-        b_clipvalue_given_and_is_update,
-        b_is_update,
-        b_weight_decay_is_not_zero,
-        b_grad_averaging,
-        b_use_nesterov,
-        b_use_ema,
-        b_ema_overwrite_and_use_ema,
-    )(rows, bounds, table, k_)
+    drive(
+        _update_0(
+            dt,
+            b_loss_scale_factor_given,
+            b_gradient_accumulation_steps_given,
+            b_gradient_accumulation_steps_given_and_is_update,
+            b_clipnorm_given_and_is_update,
+            b_global_clipnorm_given_and_is_update,
+            b_clipvalue_given_and_is_update,
+            b_is_update,
+            b_weight_decay_is_not_zero,
+            b_grad_averaging,
+            b_use_nesterov,
+            b_use_ema,
+            b_ema_overwrite_and_use_ema,
+        ).address,
+        rows,
+        bounds,
+        table,
+        k_,
+    )
 
 
 #: what fused_support.run takes: case 0 of the rule (each tensor whole: its per-tensor code writes a per-tensor state)
@@ -307,8 +314,10 @@ def _update_0(
         b_clipvalue_given_and_is_update,
     )  # compiled apart: reassociated
 
-    @numba.njit(error_model="numpy", nogil=True, cache=True, parallel=True)
-    def kernel(rows, bounds, table, k_):  # pragma: no cover - compiled
+    @numba.cfunc(ROW, error_model="numpy", cache=True)
+    def kernel(lo_, hi_, row_, values_):  # pragma: no cover - compiled
+        table_ = numba.carray(row_, 6, np.int64)  # the tensor's arrays' addresses
+        k_ = numba.carray(values_, 17, dt)  # the step's values
         c_loss_scale_factor = k_[0]
         c_gradient_accumulation_steps = k_[1]
         c_zero = k_[2]
@@ -326,94 +335,75 @@ def _update_0(
         c_lr = k_[14]
         c_ema_mu = k_[15]
         c_one_minus_ema_mu = k_[16]
-        for p_ in numba.prange(bounds.shape[0] - 1):  # each thread its share of the rows
-            for r_ in range(bounds[p_], bounds[p_ + 1]):
-                t_, lo_, hi_ = rows[r_, 0], rows[r_, 1], rows[r_, 2]
-                w_ = numba.carray(pointer(table[t_, 0]), hi_, dt)[lo_:hi_]
-                g_ = numba.carray(pointer(table[t_, 1]), hi_, dt)[lo_:hi_]
-                m_ = numba.carray(pointer(table[t_, 3]), hi_, dt)[lo_:hi_]
-                grad_accumulator_ = numba.carray(pointer(table[t_, 4]), hi_, dt)[lo_:hi_]
-                ema_ = numba.carray(pointer(table[t_, 5]), hi_, dt)[lo_:hi_]
-                v_ = numba.carray(pointer(table[t_, 2]), 1, dt)
-                v = v_[0]
-                sumsq_g = (
-                    dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
-                )
-                c_max_clipnorm_sqrt_sumsq_g = (
-                    dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g)))
-                    if b_clipnorm_given_and_is_update
-                    else dt(0)
-                )
-                sumsq_g_1 = (
-                    dt(reduce_0_1(g_, grad_accumulator_, k_, c_max_clipnorm_sqrt_sumsq_g))
-                    if b_is_update
-                    else c_zero
-                )
-                # second moment
-                v = (
-                    (sumsq_g_1 if v == c_zero else c_beta2 * v + sumsq_g_1 * c_one_minus_beta2)
-                    if b_is_update
-                    else v
-                )
-                c_sqrt_epsilon_plus_v = dt(math.sqrt(c_epsilon + v)) if b_is_update else dt(0)
-                v_[0] = v
-                for i_ in range(hi_ - lo_):
-                    w = w_[i_]
-                    g = g_[i_]
-                    m = m_[i_]
-                    grad_accumulator = (
-                        grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
-                    )
-                    ema = ema_[i_] if b_use_ema else c_zero
-                    # loss scaling
-                    g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
-                    # gradient accumulation
-                    grad_accumulator = (
-                        g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
-                    )
-                    g = (
-                        grad_accumulator / c_gradient_accumulation_steps
-                        if b_gradient_accumulation_steps_given_and_is_update
-                        else g
-                    )
-                    grad_accumulator = (
-                        c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
-                    )
-                    # clipping
-                    g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
-                    g = (
-                        g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
-                        if b_global_clipnorm_given_and_is_update
-                        else g
-                    )
-                    g = (
-                        np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
-                        if b_clipvalue_given_and_is_update
-                        else g
-                    )
-                    # normalised gradient
-                    u = g / c_sqrt_epsilon_plus_v if b_is_update else c_zero
-                    # weight decay
-                    u = (
-                        u + (w * c_weight_decay if b_weight_decay_is_not_zero else c_zero)
-                        if b_is_update
-                        else u
-                    )
-                    # gradient averaging
-                    u = (u * c_one_minus_beta1 if b_grad_averaging else u) if b_is_update else u
-                    # momentum
-                    m = c_beta1 * m + u if b_is_update else m
-                    # parameter update
-                    w = w - c_lr * (c_beta1 * m + u if b_use_nesterov else m) if b_is_update else w
-                    # EMA of the weights
-                    ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
-                    # EMA overwrite
-                    w = ema if b_ema_overwrite_and_use_ema else w
-                    w_[i_] = w
-                    m_[i_] = m
-                    if b_gradient_accumulation_steps_given:
-                        grad_accumulator_[i_] = grad_accumulator
-                    if b_use_ema:
-                        ema_[i_] = ema
+        w_ = numba.carray(pointer(table_[0]), hi_, dt)[lo_:hi_]
+        g_ = numba.carray(pointer(table_[1]), hi_, dt)[lo_:hi_]
+        m_ = numba.carray(pointer(table_[3]), hi_, dt)[lo_:hi_]
+        grad_accumulator_ = numba.carray(pointer(table_[4]), hi_, dt)[lo_:hi_]
+        ema_ = numba.carray(pointer(table_[5]), hi_, dt)[lo_:hi_]
+        v_ = numba.carray(pointer(table_[2]), 1, dt)
+        v = v_[0]
+        sumsq_g = dt(reduce_0_0(g_, grad_accumulator_, k_)) if b_clipnorm_given_and_is_update else c_zero
+        c_max_clipnorm_sqrt_sumsq_g = (
+            dt(np.maximum(c_clipnorm, math.sqrt(sumsq_g))) if b_clipnorm_given_and_is_update else dt(0)
+        )
+        sumsq_g_1 = (
+            dt(reduce_0_1(g_, grad_accumulator_, k_, c_max_clipnorm_sqrt_sumsq_g)) if b_is_update else c_zero
+        )
+        # second moment
+        v = (sumsq_g_1 if v == c_zero else c_beta2 * v + sumsq_g_1 * c_one_minus_beta2) if b_is_update else v
+        c_sqrt_epsilon_plus_v = dt(math.sqrt(c_epsilon + v)) if b_is_update else dt(0)
+        v_[0] = v
+        for i_ in range(hi_ - lo_):
+            w = w_[i_]
+            g = g_[i_]
+            m = m_[i_]
+            grad_accumulator = grad_accumulator_[i_] if b_gradient_accumulation_steps_given else c_zero
+            ema = ema_[i_] if b_use_ema else c_zero
+            # loss scaling
+            g = g / c_loss_scale_factor if b_loss_scale_factor_given else g
+            # gradient accumulation
+            grad_accumulator = (
+                g + grad_accumulator if b_gradient_accumulation_steps_given else grad_accumulator
+            )
+            g = (
+                grad_accumulator / c_gradient_accumulation_steps
+                if b_gradient_accumulation_steps_given_and_is_update
+                else g
+            )
+            grad_accumulator = (
+                c_zero if b_gradient_accumulation_steps_given_and_is_update else grad_accumulator
+            )
+            # clipping
+            g = c_clipnorm * g / c_max_clipnorm_sqrt_sumsq_g if b_clipnorm_given_and_is_update else g
+            g = (
+                g * c_global_clipnorm / c_max_global_clipnorm_sqrt_global_sumsq_g
+                if b_global_clipnorm_given_and_is_update
+                else g
+            )
+            g = (
+                np.minimum(np.maximum(g, c_neg_clipvalue), c_clipvalue)
+                if b_clipvalue_given_and_is_update
+                else g
+            )
+            # normalised gradient
+            u = g / c_sqrt_epsilon_plus_v if b_is_update else c_zero
+            # weight decay
+            u = u + (w * c_weight_decay if b_weight_decay_is_not_zero else c_zero) if b_is_update else u
+            # gradient averaging
+            u = (u * c_one_minus_beta1 if b_grad_averaging else u) if b_is_update else u
+            # momentum
+            m = c_beta1 * m + u if b_is_update else m
+            # parameter update
+            w = w - c_lr * (c_beta1 * m + u if b_use_nesterov else m) if b_is_update else w
+            # EMA of the weights
+            ema = ema * c_ema_mu + w * c_one_minus_ema_mu if b_use_ema else ema
+            # EMA overwrite
+            w = ema if b_ema_overwrite_and_use_ema else w
+            w_[i_] = w
+            m_[i_] = m
+            if b_gradient_accumulation_steps_given:
+                grad_accumulator_[i_] = grad_accumulator
+            if b_use_ema:
+                ema_[i_] = ema
 
-    return kernel
+    return kernel  # kept (functools.cache) while drive() calls it by its address
