@@ -170,7 +170,7 @@ _HYPER_ALIASES = frozenset({"b1", "b2", "eps", "maximize", "step_sizes"})
 #: families of names the generated code makes (temporaries, a kernel's view of each array and its
 #: constants, JAX's new states, the reductions' partial sums, the kernels' functions, constants)
 _TAKEN_FAMILIES = re.compile(
-    r"^(tmp\d+|red\d+|rank_\d+|sumsq_\w*|global_(sum|sumsq|max)_\w+|new_\w+|[cb]_\w*|\w+_|"
+    r"^(tmp\d+|red\d+|(rank|size|rows|cols|machine_epsilon)_\d+|sumsq_\w*|global_(sum|sumsq|max)_\w+|new_\w+|[cb]_\w*|\w+_|"
     r"(reduce|prepare|run|split|addresses)_\w+|[A-Z][A-Z0-9]*_[A-Z0-9_]+)$"
 )
 
@@ -349,6 +349,20 @@ class MachineEpsilon(Reduction):
     tensor."""
 
     over, accumulate, name, from_shape, number = Over.TENSOR, Accumulate.MAX, "machine_epsilon", True, True
+
+
+class DtypeEpsilon(sp.Function):
+    """The machine epsilon of the dtype a kernel computes in: a value of the step, where a kernel takes
+    tensors of one dtype (``compiler/shape_class.py`` reads :class:`MachineEpsilon` so for the kernels).
+    The kernels' once-per-step code prints it as ``np.finfo(dt).eps``."""
+
+    nargs = 0
+    is_real = True
+    is_positive = True
+
+    @property
+    def is_number(self) -> bool:  # a value of the step, not a number SymPy knows (Max compares numbers)
+        return False
 
 
 class TensorRows(Reduction):

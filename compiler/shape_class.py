@@ -24,11 +24,30 @@ from typing import Any
 import sympy as sp
 
 from .analysis import KERNEL_OBSTACLES
-from .dsl import CoverMax, CoverMin, Given, Rule, TensorRank
+from .dsl import (
+    Accumulate,
+    AxisBySize,
+    AxisMean,
+    AxisReduction,
+    CoverMax,
+    CoverMin,
+    DtypeEpsilon,
+    Given,
+    MachineEpsilon,
+    Rule,
+    TensorMax,
+    TensorRank,
+    TensorSize,
+    TensorSum,
+)
 from .passes.tensor_states import SHAPE
 
 #: at most this many tests are combined (2**n specialisations, each a pass over the equations)
 MOST = 6
+
+#: the name of this transform in ``Rule.transforms``: a state of a specialised rule is updated where the
+#: plain path updates it, even where nothing it computes reads it (TorchAdafactor's row moment of a vector)
+SPECIALISED = "shape_class"
 
 
 def kernel_class(rule: Rule) -> tuple[sp.Basic, Rule] | None:
@@ -72,6 +91,37 @@ def _whole(equations) -> bool:
 #: identity below rank 2 (each slice along the one axis is one element)
 SMALL = TensorRank(sp.Symbol("w")) <= 1
 
+#: the ranks the shape tests are tried on (a rank above it passes the same tests as this one)
+RANKS = range(9)
+
+
+def _small(assumption: dict[sp.Basic, sp.Basic]) -> bool:
+    """Whether the assumption leaves only tensors of rank 0 or 1 (``SMALL`` true, or ``rank >= 2`` false)."""
+    rank = TensorRank(sp.Symbol("w"))
+    tests = []  # (the test at each rank, its value): the tests that read the rank alone
+    for atom, value in assumption.items():
+        at = [sp.sympify(atom.xreplace({rank: r})) for r in RANKS]
+        if all(x in (sp.true, sp.false) for x in at):
+            tests.append((at, value))
+    ranks = [r for r in RANKS if all(at[r] == value for at, value in tests)]
+    return bool(tests) and bool(ranks) and max(ranks) <= 1
+
+
+def _small_tensor(node: sp.Basic) -> sp.Basic:
+    """What a cover or a reduction over one axis is for a tensor of rank 0 or 1: the value itself over an
+    axis it lacks (the one before the last, the second longest; a cover: each slice is one element), a
+    reduction over the whole tensor over the one it has (a mean of no element is 0, as over an empty
+    axis)."""
+    if isinstance(node, (CoverMax, CoverMin)):
+        return node.args[0]
+    axis, x = node.axis, node.args[0]
+    if (axis.rank_by_size >= 2) if isinstance(axis, AxisBySize) else axis <= -2:
+        return x
+    if node.accumulate == Accumulate.MAX:
+        return TensorMax(x)
+    total = TensorSum(x)
+    return total / sp.Max(TensorSize(sp.Symbol("w")), 1) if isinstance(node, AxisMean) else total
+
 
 def _atoms(rule: Rule) -> list[sp.Basic]:
     """The shape tests of the rule's equations (a ``Ne`` as its ``Eq``), and the flags and options that
@@ -114,14 +164,20 @@ def specialise(rule: Rule, assumption: dict[sp.Basic, sp.Basic]) -> Rule | None:
     replace.update({sp.Ne(*a.args): sp.Not(v) for a, v in assumption.items() if isinstance(a, sp.Eq)})
     constants: dict[sp.Symbol, sp.Basic] = {}  # lets that the assumption makes constants of the step
     lets = {eq.target for eq in rule.equations if eq.kind == "let"}
-    step = {sp.Symbol(h) for h in rule.hypers} | {sp.Symbol("t"), sp.Symbol("n")}
+    step = (
+        {sp.Symbol(h) for h in rule.hypers}
+        | {Given(h) for h in rule.hypers}
+        | {sp.Symbol("t"), sp.Symbol("n")}
+    )
     equations = []
-    small = assumption.get(SMALL) is sp.true
+    small = _small(assumption)
     for eq in rule.equations:
         original = sp.sympify(eq.expr)
         expr = _substituted(original, replace, constants)
-        if small:  # a cover below rank 2 is the tensor itself
-            expr = expr.replace(lambda x: isinstance(x, (CoverMax, CoverMin)), lambda x: x.args[0])
+        if small:  # a cover below rank 2 is the tensor itself, a reduction over an axis it lacks too
+            expr = expr.replace(lambda x: isinstance(x, (CoverMax, CoverMin, AxisReduction)), _small_tensor)
+        # a kernel's tensors share one dtype: its machine epsilon is one value of the step
+        expr = expr.replace(lambda x: isinstance(x, MachineEpsilon), lambda x: DtypeEpsilon())
         when = _substituted(sp.sympify(eq.when), replace, constants)
         target = sp.Symbol(eq.target)
         # a value the assumption made true or false, or one of the step where it was one per tensor
@@ -133,7 +189,7 @@ def specialise(rule: Rule, assumption: dict[sp.Basic, sp.Basic]) -> Rule | None:
             constants[target] = expr
             continue
         constants.pop(target, None)
-        if when is sp.false or (expr == target and eq.target in lets):  # never in force, or a value kept
+        if when is sp.false or expr == target:  # never in force, or a value (a state) kept as it is
             continue
         equations.append(type(eq)(eq.target, expr, eq.label, when, eq.origin, eq.kind))
     equations = _live(equations, rule)
@@ -146,6 +202,7 @@ def specialise(rule: Rule, assumption: dict[sp.Basic, sp.Basic]) -> Rule | None:
     special.states = {n: s for n, s in rule.states.items() if n in written}
     special.core = None
     special.let_latex = dict(rule.let_latex)
+    special.transforms = [*rule.transforms, SPECIALISED]
     return special
 
 
@@ -158,13 +215,14 @@ def _substituted(expr: Any, replace: dict, constants: dict) -> Any:
 
 
 def _live(equations: list, rule: Rule) -> list:
-    """The equations of the values the parameter's update needs (and a finaliser reads), from ``w`` back:
-    a value nothing needs, or a state only its own update reads, is dropped."""
+    """The equations of the values the parameter's update and the states' updates need (and a finaliser
+    reads), from ``w`` and the states back: a value nothing needs is dropped. A state's update is kept even
+    where nothing else reads the state: the kernels store what the plain path stores."""
     deps: dict[str, set[str]] = {}
     for eq in equations:
         names = {x.name for x in sp.sympify(eq.expr).free_symbols | sp.sympify(eq.when).free_symbols}
         deps.setdefault(eq.target, set()).update(names)
-    live = {"w"} | {x.name for e in rule.finalize for x in sp.sympify(e.expr).free_symbols}
+    live = {"w"} | set(rule.states) | {x.name for e in rule.finalize for x in sp.sympify(e.expr).free_symbols}
     todo = list(live)
     while todo:
         for name in deps.get(todo.pop(), ()):

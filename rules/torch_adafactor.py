@@ -6,7 +6,9 @@ The second moment of a tensor of rank 2 or more is factored over its last two ax
 ``beta_t = t**beta2_decay``; the estimate is ``r*c / max(mean of r over the rows, eps1)``, so an
 ``m x n`` matrix keeps ``m + n`` values (leading axes are batch axes: one row and one column per matrix).
 A tensor of rank 0 or 1 keeps the full moment: over an axis it does not have, the mean leaves the values as
-they are (as in broadcasting), so its column moment *is* torch's ``variance`` and the estimate is it.
+they are (as in broadcasting), so its column moment *is* torch's ``variance`` and the estimate is it
+(its row moment, which torch does not keep, is the mean of g^2 over the tensor). Such a tensor's step is
+element-wise: the kernels take it (``compiler/shape_class.py``).
 
 The update is ``g / sqrt(max(estimate, eps1^2))``, divided by ``max(1, RMS(update) / d)`` (clipping by the
 root mean square) and scaled by ``alpha = max(eps2, RMS(w)) * min(lr, 1/sqrt(t))``: the relative step size,

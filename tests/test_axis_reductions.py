@@ -157,8 +157,11 @@ def axis_mix(tmp_path_factory):
     return rule, load(rule, tmp_path_factory.mktemp("axis_mix"))
 
 
-@pytest.mark.parametrize("path", ["numpy", "jax", "torch"])
-def test_every_axis_reduction_equals_a_transcription(axis_mix, path):
+@pytest.mark.parametrize("path", ["numpy", "jax", "torch", "numpy fused", "torch fused", "torch triton"])
+def test_every_axis_reduction_equals_a_transcription(axis_mix, path, fused_tensors):
+    """Every path equals the transcription; the kernels take the tensors of rank 0 and 1 (below rank 2 a
+    reduction over the last axis is one over the whole tensor, over the axis before it the value itself),
+    the plain path the others, in the same step."""
     rule, mods = axis_mix
     rng = np.random.default_rng(5)
     params0 = [np.asarray(rng.standard_normal(s)) for s in SHAPES]
@@ -166,11 +169,13 @@ def test_every_axis_reduction_equals_a_transcription(axis_mix, path):
         [np.asarray(rng.standard_normal(s) * 10.0 ** rng.integers(-3, 3)) for s in SHAPES] for _ in range(8)
     ]
     want = [_transcription(p, [gs[i] for gs in grads]) for i, p in enumerate(params0)]
-    hypers = {"lr" if path == "torch" else "learning_rate": LR}
+    hypers = {"lr" if path.startswith("torch") else "learning_rate": LR}
     got = steps(mods, rule, params0, grads, path, **hypers)
     for a, b, shape in zip(got, want, SHAPES):
         assert a.shape == shape
     assert_close(got, want, 1e-12, f"AxisMix ({path})")
+    if path.endswith("fused"):
+        assert fused_tensors[0] == 8 * sum(len(s) < 2 for s in SHAPES), fused_tensors[0]
 
 
 def test_the_state_is_stored_at_its_reduced_shape(axis_mix):
@@ -180,7 +185,7 @@ def test_the_state_is_stored_at_its_reduced_shape(axis_mix):
     state = opt.init(params)
     assert [x.shape for x in state.a] == [(), (1,), (5, 1), (2, 3, 1), (0, 1)]
     assert [x.shape for x in state.b] == [(), (7,), (1, 3), (2, 1, 4), (1, 3)]
-    assert "fused" not in mods and "triton" not in mods  # the kernels do not take it (yet)
+    assert getattr(mods["numpy"], rule.name).kernel_tensors == "rank < 2"  # the others: plain path
 
 
 def test_an_axis_reduction_in_a_branch_of_a_select(tmp_path):

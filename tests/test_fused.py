@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 import pytest
-from cases import MACHINERY, RULES, compiled, kernel_rule_configs, kernel_takes, kernels
+from cases import MACHINERY, RULES, kernel_rule_configs, kernel_takes, kernels
 from drivers import problem, rel_error, run
 from references import library_reference
 
@@ -152,41 +152,40 @@ def test_numpy_fused_steps_aside_for_what_it_cannot_take(fused_tensors):
         assert a.dtype == b.dtype and np.array_equal(a, b)
 
 
-def _without_kernels() -> list:
-    return [pytest.param(r, id=r.name) for r in RULES.values() if not kernels(r)]
-
-
-@pytest.mark.parametrize("rule", _without_kernels())
-def test_a_rule_without_kernels_says_why_and_steps_on_the_plain_path(rule):
-    """A rule whose constructs the kernels do not take yet (a reduction over one axis: Adafactor's): no
-    generated kernel module; ``fused=True`` (NumPy, torch) and torch's ``"triton"`` are a ValueError that
-    names the equation; torch's ``fused=None`` (kernels where there are) steps on the plain path, equal to
-    ``fused=False``."""
+def test_a_rule_without_kernels_says_why_and_steps_on_the_plain_path(tmp_path):
+    """A rule whose constructs the kernels do not take (a user's, through ``optforge.load``: every branch
+    reads a matrix's rows; every rule of the registry has kernels for some tensors): no kernel module;
+    ``fused=True`` (NumPy, torch) and torch's ``"triton"`` are a ValueError that names the equation; torch's
+    ``fused=None`` (kernels where there are) steps on the plain path, equal to ``fused=False``."""
     import torch
 
-    import optforge.generated.numpy as gen
-    import optforge.generated.torch as gen_torch
-    from optforge.builder import package_root
+    import optforge
     from optforge.compiler.analysis import kernel_obstacle
+    from optforge.compiler.dsl import Rule, g, rank, rows, w, where
+    from optforge.compiler.pipeline import compile_rule
 
-    why = kernel_obstacle(compiled(rule))
-    assert "is not lowered into kernels yet" in why and "equation" in why
-    for folder in ("fused", "triton"):
-        assert not (package_root() / "generated" / folder / f"{rule.module}.py").exists()
+    rule = Rule("UserRowsEverywhere", title="a step scaled by the rows in every branch")
+    lr = rule.learning_rate(0.1)
+    rule.assign(w, w - lr * where(rank >= 2, g * rows, g / rows), "update")
+    loaded = optforge.load(rule, tmp_path)
+    why = kernel_obstacle(compile_rule(rule))
+    assert "is not lowered into kernels yet" in why and "equation 1" in why, why
+    assert set(loaded.refused) == {"fused", "triton"}
+    assert not list(tmp_path.rglob("fused/*.py")) and not list(tmp_path.rglob("triton/*.py"))
     with pytest.raises(ValueError, match=re.escape(f"{rule.name} has no fused kernels: {why}")):
-        getattr(gen, rule.name)(learning_rate=0.01, fused=True)  # a rate: optax's rules have no default
+        getattr(loaded.numpy, rule.name)(learning_rate=0.01, fused=True)
     params = [torch.nn.Parameter(torch.ones(3, 2, dtype=torch.float64))]
     for fused in (True, "triton"):
         with pytest.raises(ValueError, match=re.escape(f"{rule.name} has no kernels: {why}")):
-            getattr(gen_torch, rule.name)(params, lr=0.01, fused=fused)
+            getattr(loaded.torch, rule.name)(params, lr=0.01, fused=fused)
     results = []
     for fused in (None, False):
-        w = torch.nn.Parameter(torch.arange(6.0, dtype=torch.float64).reshape(3, 2))
-        opt = getattr(gen_torch, rule.name)([w], lr=0.01, fused=fused)
+        w0 = torch.nn.Parameter(torch.arange(6.0, dtype=torch.float64).reshape(3, 2))
+        opt = getattr(loaded.torch, rule.name)([w0], lr=0.01, fused=fused)
         for k in range(3):
-            w.grad = torch.full_like(w, 0.5 + k)
+            w0.grad = torch.full_like(w0, 0.5 + k)
             opt.step()
-        results.append(w.detach().clone())
+        results.append(w0.detach().clone())
     assert torch.equal(results[0], results[1]) and not torch.equal(
         results[0], torch.arange(6.0, dtype=torch.float64).reshape(3, 2)
     )

@@ -42,6 +42,11 @@ class NumPyPrinter(ExprPrinter):
     not_call = "np.logical_not"
     tests_per_tensor_values = True
 
+    def _print_DtypeEpsilon(self, expr) -> str:
+        """Only in the kernels' once-per-step code, which this printer prints (``prepare``: ``dt`` is the
+        kernels' dtype); the NumPy module reads each tensor's (``MachineEpsilon``)."""
+        return "float(np.finfo(dt).eps)"
+
 
 class NumPyBackend(Backend):
     name = "numpy"

@@ -102,8 +102,8 @@ class TorchAdafactor:
         "grad_accumulator": "element",
         "ema": "element",
     }
-    #: why there are no fused kernels for this rule (fused=True is an error that says so)
-    kernels_refused = "a reduction over one axis (equation 6 `row_var \u003c- row_var + beta*(mean(g^2, axis=-1) - row_var)`) is not lowered into kernels yet"
+    #: the tensors the fused kernels take: those whose step is element-wise (the others take the plain path)
+    kernel_tensors = "rank < 2"
 
     def __init__(
         self,
@@ -128,11 +128,7 @@ class TorchAdafactor:
         self.learning_rate = common.check_learning_rate(learning_rate, schedule=True)
         self.state_dtype = numpy_support.check_dtype("state_dtype", state_dtype)
         self.fused = fused_support.check_fused(fused)
-        self._fused = (
-            fused_support.load("torch_adafactor", "TorchAdafactor", refused=self.kernels_refused)
-            if fused
-            else None
-        )
+        self._fused = fused_support.load("torch_adafactor", "TorchAdafactor") if fused else None
         self._scratch: dict = {}  # the plain path's buffers for element-wise temporaries, kept between steps
         self._stage_scratch: dict = {}  # the options' stages' buffers (the gradient they make, ...)
         self.beta2_decay = common.check_float("beta2_decay", beta2_decay, -math.inf, 0.0, False, True)

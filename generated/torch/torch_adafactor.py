@@ -91,7 +91,8 @@ class TorchAdafactor(torch_support.RuleOptimizer):
 
     rule = "TorchAdafactor"
     module = "torch_adafactor"
-    kernels_refused = "a reduction over one axis (equation 6 `row_var \u003c- row_var + beta*(mean(g^2, axis=-1) - row_var)`) is not lowered into kernels yet"
+    #: the tensors the fused kernels take: those whose step is element-wise (the others take the plain path)
+    kernel_tensors = "rank < 2"
     whole_tensors = "a reduction over one axis (equation 6 `row_var \u003c- row_var + beta*(mean(g^2, axis=-1) - row_var)`)"
     options = (
         "clipnorm",
