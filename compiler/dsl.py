@@ -585,10 +585,11 @@ second_largest_length = SecondLargestLength(w)
 
 
 def tensor_mean(x: Any, axis: int | None = None) -> sp.Expr:
-    """Mean over the elements of one tensor, ``tensor_sum(x) / size``; with ``axis``, over that axis."""
+    """Mean over the elements of one tensor, ``tensor_sum(x) / max(size, 1)`` (a tensor with no element: 0,
+    as a mean over an empty axis); with ``axis``, over that axis."""
     if axis is not None:
         return AxisMean(sp.sympify(x), _axis(axis, "tensor_mean"))
-    return TensorSum(sp.sympify(x)) / size
+    return TensorSum(sp.sympify(x)) / sp.Max(size, 1)
 
 
 def tensor_max(x: Any, axis: int | None = None) -> sp.Expr:

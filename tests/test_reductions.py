@@ -239,3 +239,45 @@ def test_a_maximum_over_an_empty_tensor_is_minus_infinity(tmp_path):
         ]
     for path in ("numpy", "numpy fused", "jax", "torch", "torch fused", "torch triton"):
         assert_close(steps(mods, r, params0, grads, path), want, 1e-12, path)
+
+
+def test_the_mean_of_a_tensor_with_no_element_is_zero(tmp_path):
+    """``tensor_mean`` of an empty tensor is 0, as a mean over an empty axis (it was 0/0: a NaN stored in a
+    per-tensor state, in every backend); the other tensors step as the transcription says."""
+    import jax.numpy as jnp
+    import torch
+
+    r = Rule("MeanState", title="a per-tensor mean kept")
+    lr = r.learning_rate(0.1)
+    v = r.state("v", 0, "mean of g^2", scope="tensor")
+    r.assign(v, 0.5 * v + tensor_mean(g**2), "mean")
+    r.assign(w, w - lr * g / sqrt(1 + v), "update")
+    mods = load(r, tmp_path)
+    shapes = [(0,), (3, 2), (2, 0)]
+    params0, grads = problem(3, shapes=shapes, zero_first=False)
+    opt = mods["numpy"].MeanState()
+    params = [p.copy() for p in params0]
+    state = opt.init(params)
+    for gs_ in grads:
+        params, state = opt.step(params, gs_, state)
+    tx = mods["jax"].mean_state()
+    jstate = tx.init([jnp.asarray(p) for p in params0])
+    for gs_ in grads:
+        _, jstate = tx.update([jnp.asarray(x) for x in gs_], jstate, [jnp.asarray(p) for p in params0])
+    tparams = [torch.tensor(p, requires_grad=True) for p in params0]
+    topt = mods["torch"].MeanState(tparams)
+    for gs_ in grads:
+        for p, x in zip(tparams, gs_):
+            p.grad = torch.tensor(x)
+        topt.step()
+    for i in (0, 2):  # the empty ones
+        got = [float(state.v[i]), float(jstate.v[i]), float(topt.state[tparams[i]]["v"])]
+        assert got == [0.0, 0.0, 0.0], f"tensor {i} {shapes[i]}: v = {got}"
+    transcribed = [p.copy() for p in params0]
+    vs = [0.0] * len(shapes)
+    for gs_ in grads:
+        for i, x in enumerate(gs_):
+            vs[i] = 0.5 * vs[i] + (float(np.sum(x**2)) / x.size if x.size else 0.0)
+            transcribed[i] = transcribed[i] - 0.1 * x / math.sqrt(1 + vs[i])
+    for path in ("numpy", "jax", "torch", "numpy fused", "torch fused"):
+        assert_close(steps(mods, r, params0, grads, path), transcribed, 1e-12, path)
