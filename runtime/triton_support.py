@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from .torch_support import PLAIN
 
@@ -123,6 +124,28 @@ def interpreting() -> bool:
     except ImportError:  # pragma: no cover - Triton before 3.4 reads the variable itself
         return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     return bool(knobs.runtime.interpret)
+
+
+def _fpow_interpreted(x, y):
+    """``x ** y`` as NumPy's ``power`` of floats, where the interpreter runs the kernels (it has no libdevice:
+    the tests): ``exp(y log|x|)``, with the sign of an odd integer power of a negative number, NaN for any
+    other power of one (its ``log``), and 1 where ``y`` is 0 or ``x`` is 1."""
+    y = y + tl.zeros_like(x)
+    r = tl.exp(y * tl.log(tl.abs(x)))
+    whole = y == tl.floor(y)
+    odd = whole & (y - 2.0 * tl.floor(y * 0.5) == 1.0)
+    r = tl.where(x < 0, tl.where(whole, tl.where(odd, -r, r), tl.log(x)), r)
+    return tl.where((y == 0) | (x == 1), 1.0, r).to(x.dtype)
+
+
+def _fpow_compiled(x, y):
+    """``x ** y``: libdevice's ``pow`` (CUDA's, IEEE's ``pow`` of floats), the exponent in the base's dtype."""
+    return libdevice.pow(x, (y + tl.zeros_like(x)).to(x.dtype))
+
+
+#: ``x ** y`` of a block and a number or a block (a power other than 2 and +-1/2, which print as a product
+#: and square roots: ``v ** (1/3)``, MADGRAD's cube root); Triton has no ``**`` of blocks
+fpow = triton.jit(_fpow_interpreted if interpreting() else _fpow_compiled)
 
 
 def takes(w: torch.Tensor, g: torch.Tensor, *states: torch.Tensor | None) -> bool:

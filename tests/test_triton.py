@@ -428,3 +428,36 @@ def test_a_once_per_step_value_printed_with_numpy_s_functions_runs(tmp_path):
     params0, grads = problem(3, shapes=[(5,), (3, 4)], scales=[1.0, 10.0])
     want = steps(mods, r, params0, grads, "torch", lr=0.1)
     assert_close(steps(mods, r, params0, grads, "torch triton", lr=0.1), want, 1e-14, "triton")
+
+
+def test_a_power_of_a_block_in_the_kernels(tmp_path):
+    """A power other than 2 and +-1/2 (a cube root, MADGRAD's; an odd power of a negative number; a power
+    read from a hyperparameter): Triton has no ``**`` of blocks, and the kernel printed one (a TypeError
+    at its first step; a helper's MADGRAD found it). Every path, Triton's (``fpow``) and Numba's included,
+    equals a NumPy transcription in float64."""
+    from drivers import assert_close, problem
+    from rulekit import load, steps
+
+    from optforge.compiler.dsl import Rule, g, w
+
+    r = Rule("UserPowers", title="powers")
+    lr = r.learning_rate(0.1)
+    p = r.hyper("p", 1.5, "(0, inf)", "a power")
+    s = r.state("s", 0, "sum of squares")
+    r.assign(s, s + g**2, "sum of squares")
+    r.assign(w, w - lr * (g**3 / (1 + s ** (1.0 / 3.0)) + 0.1 * s**p / (1 + s) ** 2.5), "update")
+    mods = load(r, tmp_path)
+    shapes = [(), (7,), (3, 4)]
+    params0, grads = problem(5, shapes=shapes, scales=[1.0, 0.5, 2.0], zero_first=False)
+    want = [x.copy() for x in params0]
+    sums = [np.zeros(s_) for s_ in shapes]
+    for gs in grads:
+        for i, x in enumerate(gs):
+            sums[i] = sums[i] + x**2
+            want[i] = want[i] - 0.1 * (
+                x**3 / (1 + np.cbrt(sums[i])) + 0.1 * sums[i] ** 1.5 / (1 + sums[i]) ** 2.5
+            )
+    assert any((x < 0).any() for gs in grads for x in gs), "no negative gradient: the odd power is not tested"
+    for path in ("numpy", "numpy fused", "jax", "torch", "torch fused", "torch triton"):
+        hypers = {"lr": 0.1} if path.startswith("torch") else {}
+        assert_close(steps(mods, r, params0, grads, path, **hypers), want, 1e-12, path)

@@ -121,6 +121,8 @@ class TritonOps(OpPrinter):
             return op.join(self.expr(v, prec + 1) for v in e.values), prec
         if isinstance(e, ops.Not) and not self.constexpr(e):
             return f"~{self.expr(e.a, P.FACTOR)}", P.FACTOR
+        if isinstance(e, ops.Bin) and e.op == "**":  # Triton has no ** of blocks
+            return f"fpow({self.expr(e.a)}, {self.expr(e.b)})", P.ATOM
         return super()._expr(e)
 
 
