@@ -499,6 +499,8 @@ class Backend:
         # a rule that defines its step itself (define_step) gives the kernels its own t, not the stages'
         own_step = any(eq.target == "t" for eq in inner.core or inner.equations)
         stage_values = set(STAGE_VALUES) - ({"t"} if own_step else set())
+        if "global_clipnorm" not in options:  # no stage sums the gradient: a global_sumsq_g is the rule's own
+            stage_values.discard("global_sumsq_g")
         for i, case in enumerate(cases):
             (s,) = [s for s in case["sections"] if s["kind"] == SectionKind.TENSOR]
             given = set(options) | stage_values | {"lr"}

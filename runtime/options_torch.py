@@ -54,6 +54,9 @@ class Call:
         self._clip_pass = o.clipnorm is not None and step.is_update and self.distributed
         self._clip_sums: dict | None = None
         self._shared = False  # global_clipnorm's norm is over several groups (share_global_norm)
+        #: the parameter groups stepping together: a rule's reductions over all tensors span them all
+        #: (``torch_support.over_groups``), where Triton's kernels would sum over this group's launch only
+        self.groups = 1
 
     def _global_norm(self) -> None:
         """The pass over all tensors for ``global_clipnorm``, once per call, before the first tensor is
@@ -198,7 +201,8 @@ class Call:
             return set()
         work = [(w, w.grad, *map(state.get, names)) for w, state in taken]
         values = torch_support.plain(kernel_values(scalars, values, self.options, self.step, self.lr, 0.0))
-        groups = triton_support.plan(kernel, work, values, partial=len(taken) < len(self.params))
+        partial = len(taken) < len(self.params) or self.groups > 1  # the kernels' sums would miss tensors
+        groups = triton_support.plan(kernel, work, values, partial=partial)
         if groups is None:
             return set()
         triton_support.run(kernel, work, values, groups=groups)

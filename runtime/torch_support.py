@@ -361,6 +361,8 @@ class RuleOptimizer(torch.optim.Optimizer):
                     initial = init(group) if callable(init) else init
                     group[name] = global_value(initial) if array else initial
         share_global_norm(calls)  # global_clipnorm: the norm over every group's gradients
+        for call in calls:
+            call.groups = len(calls)
         steps = []
         for call in calls:
             if call.is_update:

@@ -107,3 +107,30 @@ def test_groups_with_their_own_rates_share_the_sum_and_keep_their_rates(tmp_path
                 p.grad = torch.tensor(x)
             opt.step()
         assert_close([p.detach().numpy() for p in params], ws, 1e-12, f"fused={fused}")
+
+
+def test_a_user_rule_s_reductions_over_all_tensors_on_every_kernel_path(tmp_path):
+    """A user's rule (``optforge.load``: no Keras option) that reads its own sum of squares over all tensors,
+    per element: Numba's kernels took Keras's ``global_sumsq_g`` in its place (0: the steps were 1e7 times
+    too long), and Triton's, with two parameter groups, summed over one group (a helper's rules found both).
+    Every path, in one group and in two, equals a NumPy transcription (float64, 1e-12)."""
+    from optforge.compiler.dsl import global_max, global_norm
+    from rulekit import load, steps
+
+    r = Rule("UserGlobalNorm", title="normalised by the global norm, scaled by the largest gradient")
+    lr = r.learning_rate(0.1)
+    r.assign(w, w - lr * g / (global_norm(g) + 1e-8) * (1 + global_sum(g * w) / (1 + global_max(abs(g)))), "step")
+    mods = load(r, tmp_path)
+    params0, grads = problem(4, shapes=SHAPES, scales=[1.0, 3.0, 10.0, 0.1], zero_first=False)
+    want = [p.copy() for p in params0]
+    for gs in grads:
+        norm = np.sqrt(sum(float(np.sum(x**2)) for x in gs))
+        dot = sum(float(np.sum(x * p)) for x, p in zip(gs, want))
+        peak = max(float(np.max(np.abs(x))) for x in gs if x.size)
+        want = [p - 0.1 * x / (norm + 1e-8) * (1 + dot / (1 + peak)) for p, x in zip(want, gs)]
+    for path in ("numpy", "numpy fused", "torch", "torch fused", "torch triton"):
+        got = steps(mods, r, params0, grads, path, **({"lr": 0.1} if path.startswith("torch") else {}))
+        assert_close(got, want, 1e-12, path)
+    for fused in (False, True, "triton"):
+        got = torch_in_two_groups(mods["torch"], r, {"learning_rate": 0.1}, params0, grads, fused=fused)
+        assert_close(got, want, 1e-12, f"two groups, fused={fused}")
