@@ -114,12 +114,15 @@ def test_a_user_rule_s_reductions_over_all_tensors_on_every_kernel_path(tmp_path
     per element: Numba's kernels took Keras's ``global_sumsq_g`` in its place (0: the steps were 1e7 times
     too long), and Triton's, with two parameter groups, summed over one group (a helper's rules found both).
     Every path, in one group and in two, equals a NumPy transcription (float64, 1e-12)."""
-    from optforge.compiler.dsl import global_max, global_norm
     from rulekit import load, steps
+
+    from optforge.compiler.dsl import global_max, global_norm
 
     r = Rule("UserGlobalNorm", title="normalised by the global norm, scaled by the largest gradient")
     lr = r.learning_rate(0.1)
-    r.assign(w, w - lr * g / (global_norm(g) + 1e-8) * (1 + global_sum(g * w) / (1 + global_max(abs(g)))), "step")
+    r.assign(
+        w, w - lr * g / (global_norm(g) + 1e-8) * (1 + global_sum(g * w) / (1 + global_max(abs(g)))), "step"
+    )
     mods = load(r, tmp_path)
     params0, grads = problem(4, shapes=SHAPES, scales=[1.0, 3.0, 10.0, 0.1], zero_first=False)
     want = [p.copy() for p in params0]

@@ -281,3 +281,29 @@ def test_the_mean_of_a_tensor_with_no_element_is_zero(tmp_path):
             transcribed[i] = transcribed[i] - 0.1 * x / math.sqrt(1 + vs[i])
     for path in ("numpy", "jax", "torch", "numpy fused", "torch fused"):
         assert_close(steps(mods, r, params0, grads, path), transcribed, 1e-12, path)
+
+
+def test_the_shape_is_read_after_a_first_step_of_the_parameter(tmp_path):
+    """A decoupled weight decay, then a step that reads the tensor's size, rank, dtype's epsilon and a mean
+    (Cautious AdamW's order: a helper's rule): the increment form (JAX's) read ``size`` of ``w + update``
+    before the update was defined, an internal error at compile time. Every backend equals a NumPy
+    transcription (float64, 1e-12)."""
+    from optforge.compiler.dsl import machine_epsilon, rank
+
+    r = Rule("DecayThenShape", title="decay, then a step scaled by the shape")
+    lr = r.learning_rate(0.1)
+    r.assign(w, w - lr * 0.01 * w, "decoupled decay")
+    r.assign(
+        w, w - lr * g * (1 + tensor_mean(g) ** 2) / size * (rank + 1) * (1 + machine_epsilon * 1e14), "step"
+    )
+    mods = load(r, tmp_path)
+    shapes = [(), (7,), (5, 3)]
+    params0, grads = problem(4, shapes=shapes, zero_first=False)
+    want = [p.copy() for p in params0]
+    for gs_ in grads:
+        for i, x in enumerate(gs_):
+            decayed = want[i] - 0.1 * 0.01 * want[i]
+            scale = (1 + np.mean(x) ** 2) / x.size * (x.ndim + 1) * (1 + np.finfo(np.float64).eps * 1e14)
+            want[i] = decayed - 0.1 * x * scale
+    for path in ("numpy", "jax", "torch"):  # no kernels: the rank is not lowered into them
+        assert_close(steps(mods, r, params0, grads, path), want, 1e-12, path)

@@ -47,12 +47,12 @@ def _increment(case: Case) -> tuple[Assign, ...]:
         # the tensor's size, rank and dtype are the parameter's, whatever step wrote it: read from ``w``
         # itself, not from ``w + update`` (which an array learning rate may promote: JAX's machine epsilon
         # of a bfloat16 parameter read as float32's after a weight decay)
-        expr = a.expr.replace(_from_shape, lambda x: type(x)(sp.Symbol("w"))).xreplace(subs)
+        shaped = a.expr.replace(_from_shape, lambda x: type(x)(sp.Symbol("w")))
         if a.role != Role.PARAM:
-            out.append(dataclasses.replace(a, expr=expr))
+            out.append(dataclasses.replace(a, expr=shaped.xreplace(subs)))
             continue
         old = ssa("w", a.version - 1)
-        d = split_increment(a.expr, old).xreplace(subs)
+        d = split_increment(shaped, old).xreplace(subs)  # a step after another reads the shape of w too
         n += 1
         total = d if n == 1 else ssa("update", n - 1) + d
         out.append(
