@@ -928,3 +928,22 @@ def test_idiv_and_imod_take_integers_only():
     with pytest.raises(RuleError, match=r"equation 1 `sync = .*imod takes integers.*operand `k` is not one"):
         compile_rule(lookahead(integer=False))
     compile_rule(lookahead(integer=True))
+
+
+def test_an_initial_value_that_reads_a_reduction_is_a_rule_error():
+    """``state("r", global_norm(w))`` compiled and then failed when printed (a BackendError asking to extend
+    the NumPy printer's table), and ``state("a", tensor_mean(w))`` built NumPy's state shaped like ``w``,
+    which its own step refused (a helper's DoG found both): a RuleError naming the state and the reduction,
+    whose hint writes the first step's value with ``Eq(t, 1)`` (``where`` refuses ``t == 1``)."""
+    from optforge.compiler.dsl import global_norm, tensor_mean
+
+    for init, reduction in ((global_norm(w) + 1, "GlobalSum"), (tensor_mean(w), "TensorSum")):
+        r = Rule("InitReduces", title="t")
+        r.learning_rate(0.1)
+        s = r.state("r", init, "a state")
+        r.assign(w, w - 0.1 * g * s, "update")
+        with pytest.raises(
+            RuleError, match=f"initial value of state 'r' .* reads the reduction .*{reduction}"
+        ) as e:
+            compile_rule(r)
+        assert "where(Eq(t, 1)" in str(e.value)

@@ -15,7 +15,7 @@ import itertools
 import sympy as sp
 from sympy.logic.boolalg import Boolean
 
-from ..dsl import RESERVED, Equation, Given, Rule, own_equation, w
+from ..dsl import RESERVED, AxisReduction, Equation, Given, Reduction, Rule, own_equation, w
 from ..errors import RuleError
 from ..ir import Assign, Case, Program, Role, Scope, StateVar, ssa
 from .conditions import may_hold
@@ -115,7 +115,18 @@ def _check_declarations(rule: Rule) -> None:
                 f"the initial value of state '{s.name}' is `{s.init}`, which reads {sorted(map(str, bad))};"
                 " an initial value may read only real hyperparameters and w (the parameter before the first"
                 " update), not the learning rate, flags, options, g, t or state",
-                hint="initialise from constants or w, or write a first-step equation with where(t == 1, ..., ...)",
+                hint="initialise from constants or w, or write a first-step equation with where(Eq(t, 1), ..., ...)",
+            )
+        reductions = sorted(
+            {str(x) for x in sp.preorder_traversal(s.init) if isinstance(x, (Reduction, AxisReduction))}
+        )
+        if reductions:
+            raise RuleError(
+                rule.name,
+                f"the initial value of state '{s.name}' is `{s.init}`, which reads the reduction"
+                f" {', '.join(reductions)}; an initial value is element-wise in w and the hyperparameters"
+                " (each backend's init() builds it from the parameter alone)",
+                hint=f"write the first step's value in an equation: {s.name} <- where(Eq(t, 1), <value>, {s.name})",
             )
         options = {n for n, h in rule.hypers.items() if h.optional}
         for name in sorted({x.name for x in s.init.free_symbols} & options):
