@@ -947,3 +947,17 @@ def test_an_initial_value_that_reads_a_reduction_is_a_rule_error():
         ) as e:
             compile_rule(r)
         assert "where(Eq(t, 1)" in str(e.value)
+
+
+def test_a_temporary_state_assigned_twice_before_a_read_is_a_rule_error():
+    """DSL.md: a state assigned twice with nothing reading the first value is an error (the first value is
+    lost). A state whose previous value nothing reads is a temporary (not stored), and its first value was
+    dropped silently (a helper's rule, ``m <- g; m <- 2 g``, compiled)."""
+    r = Rule("TwoWrites", title="t")
+    lr = r.learning_rate(0.1)
+    m = r.state("m", 0, "m")
+    r.assign(m, g, "first")
+    r.assign(m, 2 * g, "second")
+    r.assign(w, w - lr * m, "update")
+    with pytest.raises(RuleError, match="'m' is assigned here and again by equation 2 before anything reads"):
+        compile_rule(r)

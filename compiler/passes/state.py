@@ -30,7 +30,7 @@ def analyse_state(program: Program) -> Program:
         s.name for s in program.states if s.name not in finalized and not _reads_previous(program, s.name)
     }
     cases = tuple(
-        dataclasses.replace(c, body=_eliminate_dead(program, _demote(c.body, transient)))
+        dataclasses.replace(c, body=_eliminate_dead(program, _demote(c.body, transient), transient))
         for c in program.cases
     )
     states = []
@@ -153,7 +153,9 @@ def _check_live(program: Program) -> None:
             )
 
 
-def _eliminate_dead(program: Program, body: tuple[Assign, ...]) -> tuple[Assign, ...]:
+def _eliminate_dead(
+    program: Program, body: tuple[Assign, ...], transient: set[str] = frozenset()
+) -> tuple[Assign, ...]:
     # reads that count: later assignments, and the final version of state and w (kept for the next step)
     final = {}
     for a in body:
@@ -165,8 +167,10 @@ def _eliminate_dead(program: Program, body: tuple[Assign, ...]) -> tuple[Assign,
         if a.lhs in needed or persists:
             kept.append(a)
             needed |= a.expr.free_symbols
-        elif a.role in (Role.STATE, Role.PARAM):
-            later = next(b for b in body if b.target == a.target and b.version == a.version + 1)
+        elif a.role in (Role.STATE, Role.PARAM) or a.target in transient:  # a state, stored or not
+            later = next((b for b in body if b.target == a.target and b.version == a.version + 1), None)
+            if later is None:  # a temporary's value that this case does not read: dropped
+                continue
             raise RuleError(
                 program.rule,
                 f"'{a.target}' is assigned here and again by equation {program.own(later.equation)[0]} before"
