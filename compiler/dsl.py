@@ -144,20 +144,8 @@ _TAKEN = frozenset(
         *("finalize_variable_values", "dtype", "dtypes", "betas", "etas", "adam_betas"),
         # the kernels' loops, rows, bounds and tables
         *("dt", "table", "rows", "cols", "rank", "size", "bounds", "largest_length", "second_largest_length"),
-        *(
-            "kernel",
-            "partials",
-            "chunks",
-            "n_chunks",
-            "ws",
-            "gvals",
-            "tvals",
-            "BLOCK",
-            "DT",
-            "NT",
-            "ROW",
-            "drive",
-        ),
+        *("kernel", "partials", "chunks", "n_chunks", "ws", "gvals", "tvals", "BLOCK", "DT", "NT"),
+        *("ROW", "drive"),  # the fused kernels' row signature and their threads' driver
         # Python's own, and the typing names the modules import
         *("abs", "max", "min", "float", "int", "bool", "callable", "zip", "range", "len"),
         *("Any", "Callable", "Iterator", "NamedTuple"),

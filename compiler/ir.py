@@ -196,6 +196,12 @@ class Case:
         return frozenset(a.target for a in self.body if a.role == Role.STATE)
 
 
+#: ``Program.transforms``: the rule specialised to the tensors whose step is element-wise
+#: (``compiler/shape_class.py``); its states are updated where the plain path updates them, even where
+#: nothing it computes reads them (TorchAdafactor's row moment of a vector): no state of it is dead
+SPECIALISED = "shape_class"
+
+
 @dataclasses.dataclass(frozen=True)
 class Program:
     rule: str

@@ -40,14 +40,11 @@ from .dsl import (
     TensorSize,
     TensorSum,
 )
+from .ir import SPECIALISED
 from .passes.tensor_states import SHAPE
 
 #: at most this many tests are combined (2**n specialisations, each a pass over the equations)
 MOST = 6
-
-#: the name of this transform in ``Rule.transforms``: a state of a specialised rule is updated where the
-#: plain path updates it, even where nothing it computes reads it (TorchAdafactor's row moment of a vector)
-SPECIALISED = "shape_class"
 
 
 def kernel_class(rule: Rule) -> tuple[sp.Basic, Rule] | None:

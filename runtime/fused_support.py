@@ -119,12 +119,12 @@ def run(case: Case, work: list[tuple], scalars: dict[str, Any]) -> None:
     float32 or float64, one size.
 
     The threads (Numba's ``prange``, in ``fused_numba.drive``: they call the case's row kernel) each take a
-    share of the tensors: whole tensors (each one's per-tensor values, such as a norm, then its elements,
-    so that the results are the same for any number of threads), or, where the case writes no per-tensor state and the step reads no per-tensor value
-    (``case.split``), every tensor of at least ``SPLIT_MIN`` elements cut into one contiguous part per
-    thread (the threads stream through the same tensors at the same time, about a tenth faster than whole
-    tensors on this benchmark's machine). Numba's threading layer is OpenMP where it can be (its own
-    libgomp: beside torch's, a second pool; see the README's performance section).
+    share of the tensors: whole tensors (each one's per-tensor values, such as a norm, then its elements, so
+    that the results are the same for any number of threads), or, where the case writes no per-tensor state
+    and the step reads no per-tensor value (``case.split``), every tensor of at least ``SPLIT_MIN`` elements
+    cut into one contiguous part per thread (the threads stream through the same tensors at the same time,
+    about a tenth faster than whole tensors on this benchmark's machine). Numba's threading layer is OpenMP
+    where it can be (its own libgomp: beside torch's, a second pool; see the README's performance section).
     """
     by_dtype: dict[Any, list[tuple]] = {}
     for item in work:

@@ -19,7 +19,7 @@ import dataclasses
 import sympy as sp
 
 from ..errors import RuleError
-from ..ir import Assign, Program, Role, base, ssa
+from ..ir import SPECIALISED, Assign, Program, Role, base, ssa
 from .conditions import may_hold
 
 
@@ -127,9 +127,7 @@ def finalizer_reads(program: Program) -> set[str]:
 
 
 def _check_live(program: Program) -> None:
-    if (
-        "shape_class" in program.transforms
-    ):  # a rule specialised for the kernels stores what the plain path stores
+    if SPECIALISED in program.transforms:  # for the kernels: it stores what the plain path stores
         return
     deps: dict[str, set[str]] = {}
     for c in program.cases:
